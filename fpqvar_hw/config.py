@@ -1,0 +1,368 @@
+"""Accelerator configuration: one frozen dataclass, one instance per preset.
+
+``build.py --preset NAME --param key=value`` starts from :data:`PRESETS` and
+applies overrides through :func:`apply_overrides`, which parses each value with
+the field's declared type and re-runs the dataclass validation, so an invalid
+combination fails with a message that names the field and the allowed values.
+
+Element formats are per layer (``qkv``, ``proj``, ``fc1``, ``fc2``) for the
+input activation (``*_act``) and the weight (``*_weight``).  ``fc2_act`` may be
+a dual format (DFQ): ``dfq4`` = e1m2fn negatives + e2m1fn positives, two
+scales, still 4-bit codes; ``dfq6`` = 5-bit integer negatives (scale max/31) +
+e2m3fn positives (``docs/numerics.md`` section 3, fpqvar-algorithm.md section 4).
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from dataclasses import dataclass, fields
+
+__all__ = ["ElementFormat", "ScaleFormat", "Rotation", "AcceleratorConfig", "PRESETS",
+           "preset_names", "get_preset", "apply_overrides", "parse_param", "LAYERS"]
+
+#: The four quantized linears of a VAR block, in dataflow order.
+LAYERS = ("qkv", "proj", "fc1", "fc2")
+
+
+class ElementFormat(str, enum.Enum):
+    """Element formats the matrix engine can consume (names = fpqvar_quant registry names)."""
+
+    E2M1 = "e2m1fn"
+    E1M2 = "e1m2fn"
+    E3M0 = "e3m0fn"
+    E2M3 = "e2m3fn"
+    E3M2 = "e3m2fn"
+    INT4 = "int4"
+    INT6 = "int6"
+    INT8 = "int8"
+    DFQ4 = "dfq4"   # e1m2fn (x <= 0) + e2m1fn (x > 0), two scales, 4-bit codes
+    DFQ6 = "dfq6"   # 5-bit uniform (x <= 0, scale max/31) + e2m3fn (x > 0), 6-bit codes
+
+    @property
+    def bits(self) -> int:
+        """Code width in bits (sign included)."""
+        return {"e2m1fn": 4, "e1m2fn": 4, "e3m0fn": 4, "int4": 4, "dfq4": 4,
+                "e2m3fn": 6, "e3m2fn": 6, "int6": 6, "dfq6": 6, "int8": 8}[self.value]
+
+    @property
+    def is_dual(self) -> bool:
+        return self in (ElementFormat.DFQ4, ElementFormat.DFQ6)
+
+    @property
+    def is_integer(self) -> bool:
+        return self.value.startswith("int")
+
+    @property
+    def registry_names(self) -> tuple[str, ...]:
+        """fpqvar_quant format names behind this element format (two for DFQ: neg, pos)."""
+        if self is ElementFormat.DFQ4:
+            return ("e1m2fn", "e2m1fn")
+        if self is ElementFormat.DFQ6:
+            return ("int6", "e2m3fn")
+        return (self.value,)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class ScaleFormat(str, enum.Enum):
+    """Per-group scale format: FP16 (project default) or OCP-MX power of two."""
+
+    FP16 = "fp16"
+    E8M0 = "e8m0"
+
+    @property
+    def bits(self) -> int:
+        return 16 if self is ScaleFormat.FP16 else 8
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Rotation(str, enum.Enum):
+    """Online rotation before the QKV and FC1 quantizers."""
+
+    GHT = "ght"     # group-wise Hadamard (128-groups), fast Walsh-Hadamard unit
+    NONE = "none"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class KVFormat(str, enum.Enum):
+    """KV-cache element format in DRAM."""
+
+    FP16 = "fp16"
+    E2M3 = "e2m3fn"   # KV6: per (token, head) group of 64, FP16 scale
+
+    @property
+    def bits_per_element(self) -> float:
+        return 16.0 if self is KVFormat.FP16 else 6.0 + 16.0 / 64.0
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class AcceleratorConfig:
+    """Everything that shapes the generated accelerator and its performance model.
+
+    Formats
+        ``qkv_act`` ... ``fc2_weight``: element formats of each quantized GEMM.
+        ``group_size``: elements per quantization group (one scale each) along
+        the reduction dimension; must divide 1024 (C = 64*depth is a multiple of 128
+        for even depths) and be a multiple of ``lanes``.
+        ``scale_format``: FP16 or e8m0 scales.  ``rotation``: GHT or none.
+        ``kv_format``: KV cache in DRAM.
+    Array
+        ``tm`` x ``tn`` group dot-product units (``tm`` token rows, ``tn`` output
+        columns); each consumes ``lanes`` element pairs per cycle.  ``quant_lanes``:
+        elements per cycle of the quantizer/Hadamard path; ``vector_lanes``: FP32
+        lanes of the vector unit; ``attn_macs``: FP multiply-accumulates per cycle of
+        the attention unit.
+    Memory
+        ``act_buffer_kib``: on-chip quantized-activation buffer (URAM); when the
+        rows of a scale step do not fit, weights are streamed more than once.
+        ``dram_efficiency``: fraction of peak DRAM bandwidth sustained by long bursts.
+    Run
+        ``clock_mhz``: ``None`` = the platform's clock.  ``batch``: images per run;
+        ``cfg``: classifier-free guidance doubles the rows.  ``coarse_pipeline``
+        (level 1: unit overlap + weight prefetch) and ``fine_pipeline`` (level 2: II=1
+        inside units) switch the two pipeline levels for what-if measurements.
+    """
+
+    preset: str
+    qkv_act: ElementFormat
+    qkv_weight: ElementFormat
+    proj_act: ElementFormat
+    proj_weight: ElementFormat
+    fc1_act: ElementFormat
+    fc1_weight: ElementFormat
+    fc2_act: ElementFormat
+    fc2_weight: ElementFormat
+    group_size: int = 128
+    scale_format: ScaleFormat = ScaleFormat.FP16
+    rotation: Rotation = Rotation.GHT
+    kv_format: KVFormat = KVFormat.FP16
+    tm: int = 16
+    tn: int = 16
+    lanes: int = 32
+    quant_lanes: int = 32
+    vector_lanes: int = 32
+    attn_macs: int = 128
+    act_buffer_kib: int = 4096
+    dram_efficiency: float = 0.8
+    clock_mhz: float | None = None
+    batch: int = 1
+    cfg: bool = True
+    coarse_pipeline: bool = True
+    fine_pipeline: bool = True
+
+    def __post_init__(self) -> None:
+        # Coerce strings into enums so PRESETS literals and overrides share one path.
+        for f in fields(self):
+            v = getattr(self, f.name)
+            etype = _enum_type(f)
+            if etype is not None and not isinstance(v, etype):
+                object.__setattr__(self, f.name, _parse_enum(f.name, etype, v))
+        if not self.preset:
+            raise ValueError("preset name must not be empty")
+        for layer in LAYERS:
+            w = getattr(self, f"{layer}_weight")
+            if w.is_dual:
+                raise ValueError(f"{layer}_weight={w}: dual formats (DFQ) apply to activations "
+                                 f"only; use a plain format for weights")
+        for layer in ("qkv", "proj", "fc1"):
+            a = getattr(self, f"{layer}_act")
+            if a.is_dual:
+                raise ValueError(f"{layer}_act={a}: DFQ is defined for the FC2 input (GELU output) "
+                                 f"only; use it as fc2_act")
+        for name in ("group_size", "tm", "tn", "lanes", "quant_lanes", "vector_lanes",
+                     "attn_macs", "act_buffer_kib", "batch"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if 1024 % self.group_size:
+            raise ValueError(f"group_size must divide 1024 (C = 64*depth is a multiple of 128), "
+                             f"got {self.group_size}")
+        for name in ("lanes", "quant_lanes"):
+            v = getattr(self, name)
+            if v > self.group_size or self.group_size % v:
+                raise ValueError(f"{name} must divide group_size={self.group_size}, got {v}")
+        if self.rotation is Rotation.GHT and self.group_size > 128:
+            raise ValueError(f"rotation=ght rotates 128-groups; group_size must be <= 128, "
+                             f"got {self.group_size}")
+        if self.scale_format is ScaleFormat.E8M0 and any(
+                getattr(self, f"{l}_{k}").is_dual for l in LAYERS for k in ("act", "weight")):
+            raise ValueError("scale_format=e8m0 cannot be combined with a DFQ format "
+                             "(DFQ scales are FP16 by definition)")
+        if not 0 < self.dram_efficiency <= 1:
+            raise ValueError(f"dram_efficiency must be in (0, 1], got {self.dram_efficiency}")
+        if self.clock_mhz is not None and not 10 <= self.clock_mhz <= 1000:
+            raise ValueError(f"clock_mhz must be between 10 and 1000 (or unset), "
+                             f"got {self.clock_mhz}")
+        for name in ("cfg", "coarse_pipeline", "fine_pipeline"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+
+    # ---------------------------------------------------------------- helpers
+    def act_format(self, layer: str) -> ElementFormat:
+        return getattr(self, f"{_check_layer(layer)}_act")
+
+    def weight_format(self, layer: str) -> ElementFormat:
+        return getattr(self, f"{_check_layer(layer)}_weight")
+
+    @property
+    def is_integer(self) -> bool:
+        """True for the integer baselines (every quantized operand an integer format)."""
+        return all(getattr(self, f"{l}_{k}").is_integer for l in LAYERS for k in ("act", "weight"))
+
+    @property
+    def dot_units(self) -> int:
+        return self.tm * self.tn
+
+    def as_dict(self) -> dict:
+        """JSON-ready dict (enums as their values), field order preserved."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = v.value if isinstance(v, enum.Enum) else v
+        return out
+
+    def replace(self, **changes) -> "AcceleratorConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _check_layer(layer: str) -> str:
+    if layer not in LAYERS:
+        raise ValueError(f"unknown layer {layer!r}; layers are {', '.join(LAYERS)}")
+    return layer
+
+
+def _field_type(f: dataclasses.Field) -> object:
+    hints = typing.get_type_hints(AcceleratorConfig)
+    return hints[f.name]
+
+
+def _enum_type(f: dataclasses.Field) -> type[enum.Enum] | None:
+    t = _field_type(f)
+    if isinstance(t, type) and issubclass(t, enum.Enum):
+        return t
+    return None
+
+
+def _parse_enum(name: str, etype: type[enum.Enum], value: object) -> enum.Enum:
+    try:
+        return etype(value)
+    except ValueError:
+        allowed = ", ".join(m.value for m in etype)
+        raise ValueError(f"{name} must be one of {allowed}; got {value!r}") from None
+
+
+E = ElementFormat
+#: One configuration per preset.  Array sizes are chosen so each preset fits the
+#: VCK190 budget with the per-unit synthesis figures in docs/build.md.
+PRESETS: dict[str, AcceleratorConfig] = {c.preset: c for c in [
+    # FPQVAR default: e2m1 weights/activations, DFQ on the FC2 input, GHT.
+    AcceleratorConfig(preset="w4a4", qkv_act=E.E2M1, qkv_weight=E.E2M1, proj_act=E.E2M1,
+                      proj_weight=E.E2M1, fc1_act=E.E2M1, fc1_weight=E.E2M1, fc2_act=E.DFQ4,
+                      fc2_weight=E.E2M1),
+    # FP6: e2m3 everywhere, FP6 DFQ on the FC2 input.
+    AcceleratorConfig(preset="w6a6", qkv_act=E.E2M3, qkv_weight=E.E2M3, proj_act=E.E2M3,
+                      proj_weight=E.E2M3, fc1_act=E.E2M3, fc1_weight=E.E2M3, fc2_act=E.DFQ6,
+                      fc2_weight=E.E2M3),
+    # Integer baseline, LiteVAR scope: int4 with the FC2 input at int8.
+    AcceleratorConfig(preset="int4", qkv_act=E.INT4, qkv_weight=E.INT4, proj_act=E.INT4,
+                      proj_weight=E.INT4, fc1_act=E.INT4, fc1_weight=E.INT4, fc2_act=E.INT8,
+                      fc2_weight=E.INT4, rotation=Rotation.NONE),
+    # Integer baseline: int8 everywhere.
+    AcceleratorConfig(preset="int8", qkv_act=E.INT8, qkv_weight=E.INT8, proj_act=E.INT8,
+                      proj_weight=E.INT8, fc1_act=E.INT8, fc1_weight=E.INT8, fc2_act=E.INT8,
+                      fc2_weight=E.INT8, rotation=Rotation.NONE),
+    # OCP MXFP4: e2m1 elements, e8m0 scales, block 32.
+    AcceleratorConfig(preset="mxfp4", qkv_act=E.E2M1, qkv_weight=E.E2M1, proj_act=E.E2M1,
+                      proj_weight=E.E2M1, fc1_act=E.E2M1, fc1_weight=E.E2M1, fc2_act=E.E2M1,
+                      fc2_weight=E.E2M1, group_size=32, scale_format=ScaleFormat.E8M0),
+]}
+del E
+
+
+def preset_names() -> tuple[str, ...]:
+    return tuple(PRESETS)
+
+
+def get_preset(name: str) -> AcceleratorConfig:
+    """The preset's config; ``ValueError`` lists the valid names."""
+    try:
+        return PRESETS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}") from None
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _parse_value(name: str, t: object, text: str) -> object:
+    """Parse ``text`` as a value of the declared field type ``t``."""
+    origin = typing.get_origin(t)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(t) if a is not type(None)]
+        if text.lower() in ("none", "auto", ""):
+            return None
+        return _parse_value(name, args[0], text)
+    if isinstance(t, type) and issubclass(t, enum.Enum):
+        return _parse_enum(name, t, text)
+    if t is bool:
+        low = text.lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise ValueError(f"{name} is a bool; use true/false (or 1/0, on/off), got {text!r}")
+    if t is int:
+        try:
+            return int(text, 0)
+        except ValueError:
+            raise ValueError(f"{name} must be an integer, got {text!r}") from None
+    if t is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"{name} must be a number, got {text!r}") from None
+    if t is str:
+        return text
+    raise TypeError(f"field {name} has unsupported type {t!r}")  # pragma: no cover
+
+
+def parse_param(text: str) -> tuple[str, str]:
+    """Split one ``key=value`` override; ``ValueError`` if malformed."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ValueError(f"--param expects key=value, got {text!r}")
+    return key, value.strip()
+
+
+def apply_overrides(config: AcceleratorConfig,
+                    overrides: typing.Iterable[str] | typing.Mapping[str, str]) -> AcceleratorConfig:
+    """Return ``config`` with ``key=value`` overrides applied and re-validated.
+
+    Unknown keys raise ``ValueError`` listing the valid ones; ``preset`` cannot be
+    overridden (choose another preset instead); a key given twice is an error.
+    """
+    items = list(overrides.items()) if isinstance(overrides, typing.Mapping) else \
+        [parse_param(t) for t in overrides]
+    valid = {f.name: f for f in fields(AcceleratorConfig) if f.name != "preset"}
+    changes: dict[str, object] = {}
+    for key, text in items:
+        if key == "preset":
+            raise ValueError("preset cannot be set with --param; use --preset")
+        if key not in valid:
+            raise ValueError(f"unknown parameter {key!r}; valid parameters: {', '.join(valid)}")
+        if key in changes:
+            raise ValueError(f"parameter {key!r} given twice")
+        changes[key] = _parse_value(key, _field_type(valid[key]), str(text))
+    return dataclasses.replace(config, **changes)
