@@ -1,0 +1,294 @@
+"""Golden model of the vector unit: FP32 nonlinear approximations and row operations.
+
+Every function here is a fixed sequence of IEEE FP32 operations (each one
+correctly rounded, round to nearest even, subnormals kept: what
+``numpy.float32`` computes and what ``fpqvar_hw.fpu`` builds) plus integer bit
+manipulation of FP32 encodings and small tables.  That sequence *is* the
+definition (``docs/numerics.md`` section 4); the RTL performs the same
+operations in the same order, and ``fpqvar_quant.approx`` runs the very same
+code on torch tensors (the algorithms are written once against a tiny backend,
+:class:`Backend`; ``NUMPY`` is the golden one).
+
+Approximations (constants are FP32; ``mul``/``add``/``sub`` are single FP32 ops):
+
+* ``exp(x)``: clamp to [-104, 89]; ``t = x*LOG2E``; ``n = rint(t)`` via the
+  magic-number add ``s = t + 1.5*2^23`` (``n = bits(s) - bits(1.5*2^23)``,
+  ``r = s - 1.5*2^23``); Cody-Waite ``f = (x - r*LN2_HI) - r*LN2_LO``; degree-7
+  Taylor polynomial in Horner form ``p = (...(C7*f + C6)*f + ...)*f + C0``;
+  ``y = ldexp(p, n)`` with one rounding (the product ``p * 2^n`` rounded once).
+* ``reciprocal(d)``: ``m`` = mantissa of ``d`` in [1, 2); ``y0`` = 128-entry table
+  of ``fp32(1/(1 + (k + 0.5)/128))`` indexed by the top 7 fraction bits; two Newton
+  steps ``y = y + y*(1 - m*y)``; ``ldexp(y, 127 - E)``, sign of ``d``.  Zero and
+  subnormal ``d`` give +-Inf (subnormal inputs are treated as zero), +-Inf gives
+  +-0, NaN gives NaN.
+* ``rsqrt(v)``: ``v = m' * 2^(2k)`` with ``m'`` in [1, 4); ``y0`` = 128-entry table
+  (odd exponent bit, top 6 fraction bits) of ``fp32(1/sqrt(midpoint))``; two
+  Newton steps ``y = y*(1.5 - (y*y)*(m'*0.5))``; ``ldexp(y, -k)``.  +0, -0 and
+  subnormals give +Inf, negative or NaN gives NaN, +Inf gives +0.
+* ``gelu(x)`` (tanh form, as ``0.5 x (1 + tanh(u)) = x / (1 + exp(-2u))``):
+  ``x3 = (x*x)*x``; ``inner = x3*GELU_K + x``; ``u2 = inner*GELU_2C``;
+  ``y = x * reciprocal(exp(-u2) + 1)``.
+
+Row operations use one canonical summation order, :func:`tree_sum` with ``P``
+interleaved partial sums (the vector unit's lanes x adder latency):
+
+* ``softmax(x)``: ``m = max(x)``; ``e = exp(x - m)``; ``y = e * reciprocal(sum(e))``.
+* ``layernorm_modulate(x, scale, shift)``: ``mu = sum(x)*fp32(1/C)``;
+  ``d = x - mu``; ``var = sum(d*d)*fp32(1/C)``; ``y = d*rsqrt(var + 1e-6)``;
+  ``out = y*(1 + scale) + shift``.
+* ``l2norm_temperature(q, t)`` per 64-wide head: ``s = rsqrt(max(sum(q*q), 1e-24))``
+  (``F.normalize``'s eps 1e-12 squared); ``g = s * exp(min(t, ln 100))``; ``out = q*g``.
+* ``gamma_residual(x, gamma, y) = x + gamma*y``.
+"""
+from __future__ import annotations
+
+import math
+import struct
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Backend", "NUMPY", "exp", "reciprocal", "rsqrt", "gelu", "softmax",
+           "layernorm_modulate", "l2norm_temperature", "gamma_residual", "tree_sum",
+           "RECIP_TABLE", "RSQRT_TABLE", "CONST", "f32"]
+
+
+def f32(v: float) -> float:
+    """Round a Python float to the nearest FP32 value (RNE)."""
+    return struct.unpack("<f", struct.pack("<f", v))[0]
+
+
+#: FP32 constants of the definitions (exact values after rounding to FP32).
+CONST = {
+    "MAGIC": 12582912.0,                    # 1.5 * 2^23: x + MAGIC rounds x to an integer
+    "LOG2E": f32(1.0 / math.log(2.0)),
+    "LN2_HI": struct.unpack("<f", bytes.fromhex("0072313f"))[0],   # 0x3F317200, 15 bits
+    "LN2_LO": struct.unpack("<f", bytes.fromhex("8ebebf35"))[0],   # 0x35BFBE8E
+    "EXP_LO": -104.0,
+    "EXP_HI": 89.0,
+    "GELU_K": f32(0.044715),
+    "GELU_2C": f32(2.0 * math.sqrt(2.0 / math.pi)),
+    "LN_EPS": f32(1e-6),
+    "L2_EPS_SQ": f32(1e-24),
+    "LN100": f32(math.log(100.0)),
+    "HALF": 0.5, "ONE": 1.0, "THREE_HALVES": 1.5,
+}
+#: Horner coefficients C7 .. C0 of exp(f) on |f| <= ln(2)/2: fp32(1/k!).
+EXP_POLY = tuple(f32(1.0 / math.factorial(k)) for k in range(7, -1, -1))
+
+RECIP_BITS = 7
+RSQRT_BITS = 6
+RECIP_TABLE = np.array([1.0 / (1.0 + (k + 0.5) / 2 ** RECIP_BITS)
+                        for k in range(2 ** RECIP_BITS)], dtype=np.float32)
+RSQRT_TABLE = np.array([1.0 / math.sqrt((1.0 + (j + 0.5) / 2 ** RSQRT_BITS) * 2 ** odd)
+                        for odd in (0, 1) for j in range(2 ** RSQRT_BITS)], dtype=np.float32)
+
+
+class Backend:
+    """The operations the definitions may use, on float32 arrays (numpy version).
+
+    Subclasses (torch: ``fpqvar_quant.approx``) must give bit-identical results.
+    """
+
+    def asf32(self, x: Any) -> Any:
+        return np.asarray(x, dtype=np.float32)
+
+    def const(self, v: float, like: Any) -> Any:
+        return np.float32(v)
+
+    def mul(self, a, b):
+        with np.errstate(all="ignore"):
+            return np.multiply(a, b, dtype=np.float32)
+
+    def add(self, a, b):
+        with np.errstate(all="ignore"):
+            return np.add(a, b, dtype=np.float32)
+
+    def sub(self, a, b):
+        with np.errstate(all="ignore"):
+            return np.subtract(a, b, dtype=np.float32)
+
+    def neg(self, a):
+        return np.negative(a)
+
+    def maximum(self, a, b):
+        return np.maximum(a, b)        # NaN propagates; never called on two zeros here
+
+    def minimum(self, a, b):
+        return np.minimum(a, b)
+
+    def bits(self, a):
+        """FP32 encoding as int64 (sign included as bit 31)."""
+        return np.asarray(a, dtype=np.float32).view(np.uint32).astype(np.int64)
+
+    def from_bits(self, b):
+        return np.asarray(b).astype(np.uint32).view(np.float32)
+
+    def where(self, c, a, b):
+        return np.where(c, a, b).astype(np.float32)
+
+    def take(self, table: np.ndarray, idx):
+        return table[idx]
+
+    def ldexp(self, p, n):
+        """``p * 2^n`` rounded once to FP32 (float64 holds the product exactly)."""
+        with np.errstate(all="ignore"):
+            return (p.astype(np.float64) * np.exp2(n.astype(np.float64))).astype(np.float32)
+
+    def zeros_like(self, a):
+        return np.zeros_like(a, dtype=np.float32)
+
+    def isnan(self, a):
+        return np.isnan(a)
+
+    def row_max(self, x):
+        return np.max(x, axis=-1, keepdims=True)
+
+    def reshape(self, x, shape):
+        return x.reshape(shape)
+
+
+NUMPY = Backend()
+
+
+def _ctx(xp: Backend | None) -> Backend:
+    return NUMPY if xp is None else xp
+
+
+def exp(x, xp: Backend | None = None):
+    """FP32 ``exp`` as defined in the module docstring."""
+    xp = _ctx(xp)
+    x = xp.asf32(x)
+    c = lambda v: xp.const(v, x)  # noqa: E731
+    x = xp.minimum(xp.maximum(x, c(CONST["EXP_LO"])), c(CONST["EXP_HI"]))
+    t = xp.mul(x, c(CONST["LOG2E"]))
+    s = xp.add(t, c(CONST["MAGIC"]))
+    n = xp.bits(s) - 0x4B400000
+    r = xp.sub(s, c(CONST["MAGIC"]))
+    f = xp.sub(xp.sub(x, xp.mul(r, c(CONST["LN2_HI"]))), xp.mul(r, c(CONST["LN2_LO"])))
+    p = c(EXP_POLY[0])
+    for coef in EXP_POLY[1:]:
+        p = xp.add(xp.mul(p, f), c(coef))
+    return xp.ldexp(p, n)
+
+
+def _fields(xp: Backend, x):
+    b = xp.bits(x)
+    return (b >> 31) & 1, (b >> 23) & 0xFF, b & 0x7FFFFF
+
+
+def reciprocal(d, xp: Backend | None = None):
+    """FP32 ``1/d`` as defined in the module docstring."""
+    xp = _ctx(xp)
+    d = xp.asf32(d)
+    c = lambda v: xp.const(v, d)  # noqa: E731
+    sign, E, man = _fields(xp, d)
+    m = xp.from_bits(0x3F800000 | man)
+    y = xp.take(RECIP_TABLE, man >> (23 - RECIP_BITS))
+    for _ in range(2):
+        y = xp.add(y, xp.mul(y, xp.sub(c(1.0), xp.mul(m, y))))
+    res = xp.ldexp(y, 127 - E)
+    inf = xp.from_bits(0x7F800000 + 0 * E)
+    res = xp.where(E == 0, inf, res)
+    res = xp.where((E == 255) & (man == 0), xp.from_bits(0 * E), res)
+    res = xp.where((E == 255) & (man != 0), xp.from_bits(0x7FC00000 + 0 * E), res)
+    return xp.from_bits(xp.bits(res) | (sign << 31))
+
+
+def rsqrt(v, xp: Backend | None = None):
+    """FP32 ``1/sqrt(v)`` as defined in the module docstring."""
+    xp = _ctx(xp)
+    v = xp.asf32(v)
+    c = lambda val: xp.const(val, v)  # noqa: E731
+    sign, E, man = _fields(xp, v)
+    e = E - 127
+    odd = e & 1
+    m = xp.from_bits(((127 + odd) << 23) | man)
+    y = xp.take(RSQRT_TABLE, (odd << RSQRT_BITS) | (man >> (23 - RSQRT_BITS)))
+    h = xp.mul(m, c(CONST["HALF"]))
+    for _ in range(2):
+        y = xp.mul(y, xp.sub(c(CONST["THREE_HALVES"]), xp.mul(xp.mul(y, y), h)))
+    res = xp.ldexp(y, -((e - odd) >> 1))
+    res = xp.where(E == 0, xp.from_bits(0x7F800000 + 0 * E), res)
+    res = xp.where((E == 255) & (man == 0), xp.from_bits(0 * E), res)
+    bad = ((E == 255) & (man != 0)) | ((sign == 1) & (E != 0))
+    return xp.where(bad, xp.from_bits(0x7FC00000 + 0 * E), res)
+
+
+def gelu(x, xp: Backend | None = None):
+    """FP32 GELU (tanh form) as defined in the module docstring."""
+    xp = _ctx(xp)
+    x = xp.asf32(x)
+    c = lambda v: xp.const(v, x)  # noqa: E731
+    x3 = xp.mul(xp.mul(x, x), x)
+    inner = xp.add(xp.mul(x3, c(CONST["GELU_K"])), x)
+    u2 = xp.mul(inner, c(CONST["GELU_2C"]))
+    den = xp.add(exp(xp.neg(u2), xp), c(1.0))
+    return xp.mul(x, reciprocal(den, xp))
+
+
+def tree_sum(x, P: int = 8, xp: Backend | None = None):
+    """Sum over the last axis in the canonical order.
+
+    ``P`` partial sums (``P`` a power of two dividing the length): partial ``j``
+    adds elements ``j, j+P, j+2P, ...`` one at a time starting from +0.0; then the
+    partials are added pairwise, neighbours first: ``((p0+p1)+(p2+p3))+...``.
+    Returns shape ``x.shape[:-1] + (1,)``.
+    """
+    xp = _ctx(xp)
+    n = x.shape[-1]
+    if P < 1 or P & (P - 1) or n % P:
+        raise ValueError(f"P must be a power of two dividing the row length {n}, got {P}")
+    v = xp.reshape(x, tuple(x.shape[:-1]) + (n // P, P))
+    acc = xp.zeros_like(v[..., 0, :])            # +0.0
+    for k in range(n // P):
+        acc = xp.add(acc, v[..., k, :])
+    while acc.shape[-1] > 1:
+        acc = xp.add(acc[..., 0::2], acc[..., 1::2])
+    return acc
+
+
+def softmax(x, P: int = 8, xp: Backend | None = None):
+    """Softmax over the last axis (FP32 in and out), as in the module docstring."""
+    xp = _ctx(xp)
+    x = xp.asf32(x)
+    e = exp(xp.sub(x, xp.row_max(x)), xp)
+    return xp.mul(e, reciprocal(tree_sum(e, P, xp), xp))
+
+
+def layernorm_modulate(x, scale, shift, P: int = 8, xp: Backend | None = None):
+    """LayerNorm without affine (eps 1e-6) then adaLN ``y*(1 + scale) + shift``.
+
+    ``x``: [..., C]; ``scale``/``shift`` broadcast against it (one row per image).
+    """
+    xp = _ctx(xp)
+    x = xp.asf32(x)
+    C = x.shape[-1]
+    inv_c = xp.const(f32(1.0 / C), x)
+    mu = xp.mul(tree_sum(x, P, xp), inv_c)
+    d = xp.sub(x, mu)
+    var = xp.mul(tree_sum(xp.mul(d, d), P, xp), inv_c)
+    y = xp.mul(d, rsqrt(xp.add(var, xp.const(CONST["LN_EPS"], x)), xp))
+    return xp.add(xp.mul(y, xp.add(xp.asf32(scale), xp.const(1.0, x))), xp.asf32(shift))
+
+
+def l2norm_temperature(q, t=None, P: int = 8, xp: Backend | None = None):
+    """Per-head L2 normalisation times ``exp(min(t, ln 100))``.
+
+    ``q``: [..., heads, 64] (any last-axis length divisible by ``P``);
+    ``t``: per-head log-temperature broadcastable to [..., heads, 1], or None for
+    the keys (factor 1, no multiply).
+    """
+    xp = _ctx(xp)
+    q = xp.asf32(q)
+    ss = xp.maximum(tree_sum(xp.mul(q, q), P, xp), xp.const(CONST["L2_EPS_SQ"], q))
+    g = rsqrt(ss, xp)
+    if t is not None:
+        g = xp.mul(g, exp(xp.minimum(xp.asf32(t), xp.const(CONST["LN100"], q)), xp))
+    return xp.mul(q, g)
+
+
+def gamma_residual(x, gamma, y, xp: Backend | None = None):
+    """``x + gamma*y`` (unfused: two roundings)."""
+    xp = _ctx(xp)
+    return xp.add(xp.asf32(x), xp.mul(xp.asf32(gamma), xp.asf32(y)))

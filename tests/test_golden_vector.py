@@ -1,0 +1,97 @@
+"""Golden vector-unit definitions: accuracy against float64, special values, sum order."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from fpqvar_quant.golden import fp32 as g
+from fpqvar_quant.golden import vector as v
+
+ALL_FP16 = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+ULP = 2.0 ** -23
+
+
+def rel_err(y: np.ndarray, ref: np.ndarray, floor: float = 2.0 ** -126) -> np.ndarray:
+    """Relative error where the exact result is a finite FP32 value >= ``floor``."""
+    with np.errstate(over="ignore"):
+        ok = np.isfinite(ref.astype(np.float32)) & (np.abs(ref) >= floor)
+    assert np.array_equal(np.isinf(y), np.isinf(ref.astype(np.float32))), "overflow mismatch"
+    return np.abs(y.astype(np.float64)[ok] - ref[ok]) / np.abs(ref[ok])
+
+
+def gelu64(x: np.ndarray) -> np.ndarray:
+    """GELU(tanh) in float64 written without cancellation: x / (1 + exp(-2u))."""
+    x = x.astype(np.float64)
+    u = math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)
+    with np.errstate(over="ignore"):
+        return x / (1 + np.exp(-2 * u))
+
+
+@pytest.mark.parametrize("name,ref,bound_ulp", [
+    ("exp", np.exp, 2), ("reciprocal", lambda x: 1 / x, 2), ("rsqrt", lambda x: 1 / np.sqrt(x), 3),
+    ("gelu", gelu64, 128)])  # the tail x < -5 inherits exp's conditioning: |d exp(u)| = |u| * |du|
+def test_accuracy_all_fp16(name, ref, bound_ulp):
+    """Every finite FP16 input: relative error bound where the result is normal.
+
+    GELU's far negative tail (|GELU(x)| < 2^-100, x < -9.9) returns -0 because
+    exp(-2u) overflows first; the absolute error there is below 2^-100.
+    """
+    x = ALL_FP16[np.isfinite(ALL_FP16)]
+    if name in ("reciprocal", "rsqrt"):
+        x = x[x > 0]
+    with np.errstate(all="ignore"):
+        y, r = getattr(v, name)(x), ref(x.astype(np.float64))
+    floor = 2.0 ** -100 if name == "gelu" else 2.0 ** -126
+    e = rel_err(y, r, floor)
+    assert e.max() <= bound_ulp * ULP, f"{name}: max rel err {e.max():.3g}"
+    tiny = np.abs(r) < floor
+    assert np.abs(y[tiny] - r[tiny]).max(initial=0) < floor
+
+
+@pytest.mark.parametrize("fn,x,want", [
+    ("exp", [0.0, -0.0, np.inf, -np.inf, np.nan, 89.0, -104.0], [1.0, 1.0, np.inf, 0.0, np.nan, np.inf, 0.0]),
+    ("reciprocal", [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-40, 2.0, -4.0],
+     [np.inf, -np.inf, 0.0, -0.0, np.nan, np.inf, 0.5, -0.25]),
+    ("rsqrt", [0.0, -0.0, np.inf, -1.0, np.nan, 1e-40, 4.0, 0.25], [np.inf, np.inf, 0.0, np.nan, np.nan, np.inf, 0.5, 2.0]),
+    ("gelu", [0.0, -0.0, np.inf, -np.inf, np.nan, -20.0], [0.0, -0.0, np.inf, np.nan, np.nan, -0.0]),
+])
+def test_special_values(fn, x, want):
+    got = g.canon(getattr(v, fn)(np.array(x, np.float32)))
+    assert list(got) == list(g.canon(np.array(want, np.float32)))
+
+
+@pytest.mark.parametrize("P", [1, 2, 8])
+def test_tree_sum_order(P):
+    x = np.random.default_rng(P).standard_normal((3, 64)).astype(np.float32) * 1e4
+    got = v.tree_sum(x, P)
+    for r in range(3):
+        parts = []
+        for j in range(P):
+            acc = np.float32(0.0)
+            for i in range(j, 64, P):
+                acc = np.float32(acc + x[r, i])
+            parts.append(acc)
+        while len(parts) > 1:
+            parts = [np.float32(parts[k] + parts[k + 1]) for k in range(0, len(parts), 2)]
+        assert got[r, 0].view(np.uint32) == parts[0].view(np.uint32)
+    with pytest.raises(ValueError, match="power of two"):
+        v.tree_sum(x, 3)
+
+
+@pytest.mark.parametrize("seed", [21])
+def test_row_ops_close_to_float64(seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((8, 1024)) * 4 + rng.standard_normal((8, 1))).astype(np.float32)
+    xd = x.astype(np.float64)
+    sm = np.exp(xd - xd.max(-1, keepdims=True))
+    sm /= sm.sum(-1, keepdims=True)
+    assert np.abs(v.softmax(x) - sm).max() < 1e-6
+    sc, sh = rng.standard_normal((2, 1, 1024)).astype(np.float32)
+    ln = (xd - xd.mean(-1, keepdims=True)) / np.sqrt(xd.var(-1, keepdims=True) + 1e-6)
+    assert np.abs(v.layernorm_modulate(x, sc, sh) - (ln * (1 + sc) + sh)).max() < 1e-5
+    q = x.reshape(8, 16, 64)
+    t = np.full((16, 1), 10.0, np.float32)   # clamped at ln 100
+    qn = np.linalg.norm(v.l2norm_temperature(q, t).astype(np.float64), axis=-1)
+    assert np.abs(qn - 100).max() < 1e-4
