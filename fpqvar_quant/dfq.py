@@ -1,0 +1,173 @@
+"""Dual Format Quantization (DFQ) for FC2 inputs, and the AFPQ baseline.
+
+FC2's input is a GELU(tanh) output: a short negative side (min about -0.17)
+and a long positive tail.  DFQ quantizes the two sides of each group with
+separate scales *and* separate grids; the sign bit of the code selects the grid.
+
+Variants (``DFQSpec.variant``):
+
+* ``"fp4"`` -- 4-bit codes.  Negatives (``x <= 0``, zero included) on the
+  e1m2fn grid with ``s_neg = R(max|x <= 0| / 1.75)``; positives on e2m1fn with
+  ``s_pos = R(max(x > 0) / 6)``.  Code = ``1 | e1m2fn magnitude code (3 bits)``
+  for ``x <= 0``, ``0 | e2m1fn magnitude code`` for ``x > 0``.
+* ``"fp6"`` -- 6-bit codes.  Negatives on the uniform integer grid 0..31 (5
+  magnitude bits) with ``s_neg = R(max|x <= 0| / 31)``; positives on e2m3fn
+  (``s_pos = R(max / 7.5)``).  Code = ``1 | n`` (``n`` = 0..31) for
+  ``x <= 0``, ``0 | e2m3fn magnitude code`` otherwise.  (The reference code
+  divides by 32, a 33-level grid that does not fit 6 bits; not copied.)
+* ``"afpq"`` -- baseline: the same format (``afpq_fmt``, default e2m1fn) on both
+  sides with separate scales ``max|x <= 0| / fmax`` and ``max(x > 0) / fmax``;
+  codes are the format's sign-magnitude codes of ``x / s_side`` (except that
+  ``+0.0`` is on the negative side too, code ``1 | 0``).  Float formats only.
+
+``R`` is the scale rounding of :mod:`fpqvar_quant.quantize` for
+``scale_format`` (default fp16: RNE of the exact quotient, 2**-24 on
+underflow).  Element rounding is the registry's: nearest, ties to the even
+code, saturating.  A group with no negatives (or no positives) gets
+``scale_neg == 0`` (``scale_pos == 0``) and its would-be elements of that side
+do not exist, so nothing is NaN; an all-zero group gives zero scales, codes
+``1 | 0`` (fp4/fp6: zero is on the negative side) and values ``-0.0``.
+Dequantized value of a negative-side code with magnitude value ``v``:
+``-(s_neg * v)`` (so ``x = 0`` comes back as ``-0.0``; compare with ``==``).
+
+Granularity: ``group_size`` consecutive elements of the last dim (must divide
+it), or ``group_size=None`` for one group per token (row over the last dim).
+Scales have shape ``x.shape[:-1] + (K // group_size,)`` (``(..., 1)`` per token).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from .formats import get_format
+from .quantize import Granularity, QuantSpec, _to_torch, quantize
+
+__all__ = ["DFQSpec", "DFQResult", "dfq_quantize", "dfq_fake_quant", "dfq_dequantize",
+           "DFQ_VARIANTS"]
+
+DFQ_VARIANTS = ("fp4", "fp6", "afpq")
+
+
+@dataclass(frozen=True)
+class DFQSpec:
+    """Frozen DFQ configuration (see the module docstring).
+
+    variant: ``"fp4" | "fp6" | "afpq"``.
+    group_size: elements per group along the last dim, or ``None`` = per token.
+    scale_format: ``"fp32" | "fp16" | "e8m0" | "e4m3"`` (as in QuantSpec).
+    tie: ``"even"`` (contract) or ``"reference"``.
+    afpq_fmt: element format of both sides for ``variant="afpq"``.
+    """
+
+    variant: str = "fp4"
+    group_size: int | None = 128
+    scale_format: str = "fp16"
+    tie: str = "even"
+    afpq_fmt: str = "e2m1fn"
+
+    def __post_init__(self) -> None:
+        if self.variant not in DFQ_VARIANTS:
+            raise ValueError(f"unknown DFQ variant {self.variant!r}; valid: {', '.join(DFQ_VARIANTS)}")
+        if self.variant == "afpq" and get_format(self.afpq_fmt).kind != "float":
+            raise ValueError(f"afpq_fmt must be a float element format, got {self.afpq_fmt!r}")
+        # validate the rest through the side specs (same messages as QuantSpec)
+        self.side_specs()
+
+    def side_specs(self) -> tuple[QuantSpec, QuantSpec]:
+        """(negative-side spec, positive-side spec) quantizing magnitudes."""
+        neg, pos = {"fp4": ("e1m2fn", "e2m1fn"), "fp6": ("int6", "e2m3fn"),
+                    "afpq": (self.afpq_fmt, self.afpq_fmt)}[self.variant]
+        if self.group_size is None:
+            kw = dict(granularity=Granularity.PER_TOKEN, group_size=None)
+        else:
+            kw = dict(granularity=Granularity.PER_GROUP, group_size=self.group_size)
+        return (QuantSpec(neg, scale_format=self.scale_format, tie=self.tie, **kw),
+                QuantSpec(pos, scale_format=self.scale_format, tie=self.tie, **kw))
+
+    @property
+    def bits(self) -> int:
+        """Code width: 4 (fp4), 6 (fp6) or the AFPQ format's width."""
+        return {"fp4": 4, "fp6": 6}.get(self.variant) or get_format(self.afpq_fmt).bits
+
+
+class DFQResult(NamedTuple):
+    """``codes`` (uint8, shape of x), ``scale_neg``/``scale_pos`` (float32,
+    ``[..., K // G]``), ``dequant`` (dtype of x); numpy or torch like x."""
+
+    codes: Any
+    scale_neg: Any
+    scale_pos: Any
+    dequant: Any
+
+
+def _dfq(t: torch.Tensor, spec: DFQSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                  torch.Tensor]:
+    neg_spec, pos_spec = spec.side_specs()
+    neg = t <= 0
+    neg_mag = torch.where(neg, t.abs(), torch.zeros((), dtype=t.dtype))
+    pos_val = torch.where(neg, torch.zeros((), dtype=t.dtype), t)   # NaN stays here: raises
+    rn = quantize(neg_mag, neg_spec)
+    rp = quantize(pos_val, pos_spec)
+    sign_bit = 1 << (spec.bits - 1)
+    codes = torch.where(neg, rn.codes | sign_bit, rp.codes).to(torch.uint8)
+    deq = torch.where(neg, -rn.dequant, rp.dequant)
+    return codes, rn.scales, rp.scales, deq
+
+
+def dfq_quantize(x: Any, spec: DFQSpec) -> DFQResult:
+    """Dual-format quantization of ``x`` (``[..., K]``); numpy or torch."""
+    t, was_np = _to_torch(x)
+    with torch.no_grad():
+        out = _dfq(t.detach(), spec)
+    if was_np:
+        return DFQResult(*(o.numpy() for o in out))
+    return DFQResult(*out)
+
+
+def dfq_dequantize(codes: Any, scale_neg: Any, scale_pos: Any, spec: DFQSpec) -> Any:
+    """Values of DFQ codes (float32): the inverse map used by the golden model.
+
+    ``scale_neg``/``scale_pos`` have the layout of :class:`DFQResult`.
+    """
+    was_np = not isinstance(codes, torch.Tensor)
+    c = torch.as_tensor(np.asarray(codes) if was_np else codes).to(torch.int64)
+    sn = torch.as_tensor(scale_neg, dtype=torch.float32)
+    sp = torch.as_tensor(scale_pos, dtype=torch.float32)
+    neg_spec, pos_spec = spec.side_specs()
+    L = c.shape[-1] // sn.shape[-1]
+    sn = sn.repeat_interleave(L, dim=-1)
+    sp = sp.repeat_interleave(L, dim=-1)
+    sign_bit = 1 << (spec.bits - 1)
+    if bool(((c < 0) | (c >= 2 * sign_bit)).any()):
+        raise ValueError(f"DFQ {spec.variant} codes must lie in 0..{2 * sign_bit - 1}")
+    is_neg = (c & sign_bit) != 0
+    mag = c & (sign_bit - 1)
+    vn = neg_spec.format.decode(mag.to(torch.uint8))
+    vp = pos_spec.format.decode(mag.to(torch.uint8))
+    out = torch.where(is_neg, -(sn * vn), sp * vp)
+    return out.numpy() if was_np else out
+
+
+class _DFQSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, spec: DFQSpec) -> torch.Tensor:  # type: ignore[override]
+        return _dfq(x.detach(), spec)[3]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return grad, None
+
+
+def dfq_fake_quant(x: Any, spec: DFQSpec) -> Any:
+    """DFQ dequantized values; torch input is differentiable (straight-through)."""
+    t, was_np = _to_torch(x)
+    if was_np:
+        with torch.no_grad():
+            return _dfq(t, spec)[3].numpy()
+    if t.requires_grad and torch.is_grad_enabled():
+        return _DFQSTE.apply(t, spec)
+    with torch.no_grad():
+        return _dfq(t, spec)[3]
