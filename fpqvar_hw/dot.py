@@ -1,6 +1,6 @@
 """Group dot-product unit: exact integer group sums, FP32 scaling and accumulation.
 
-Arithmetic (``docs/numerics.md`` section 3.2, golden model
+Arithmetic (``docs/numerics.md`` section 3, "Products and group accumulation", golden model
 ``fpqvar_quant.golden.dot``): per group of ``G`` elements the exact code
 products (:mod:`fpqvar_hw.multiplier`) are summed exactly by a registered
 adder tree into the integer ``S``; the group result is

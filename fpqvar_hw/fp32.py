@@ -10,7 +10,7 @@ front end the dot product needs and nothing else:
   the 11-bit significands is exact in FP32, and ``S * 2^L`` is exact because
   ``|S| < 2^24``), so ``round_pack`` of it equals
   ``RNE_fp32(fp32(S * 2^L) * (fp32(s_a) * fp32(s_w)))`` -- the contract of
-  ``docs/numerics.md`` section 3.2 -- with a single rounding;
+  ``docs/numerics.md`` section 3, "Products and group accumulation" -- with a single rounding;
 * :func:`round_pack` and :func:`add`: thin combinational wrappers around
   ``fpu.RoundPack`` and the FP32 add front end.
 

@@ -12,7 +12,7 @@ One signature, several micro-architectures (:class:`MulVariant`):
 * ``DSP``: decode both codes to signed integers and use ``*`` (Yosys maps wide
   enough multiplies onto DSP48E2 slices).
 
-Fixed-point encoding (``docs/numerics.md`` section 3.1): an element code of a
+Fixed-point encoding (``docs/numerics.md`` section 3, "Products and group accumulation"): an element code of a
 float format with ``m`` mantissa bits and bias ``b`` is an exact integer
 multiple of ``2^(1-b-m)`` (integers: of 1).  The product port ``p`` carries the
 exact product in units of ``2^lsb_exp = lsb_a * lsb_b``:

@@ -1,6 +1,6 @@
 """Golden model of the group dot-product unit (bit-level numpy).
 
-Contract (``docs/numerics.md`` section 3.2):
+Contract (``docs/numerics.md`` section 3, "Products and group accumulation"):
 
 * Inputs: activation codes ``a`` and weight codes ``w`` of length ``K`` (the
   last axis), split into ``K / G`` groups of ``G`` consecutive elements; one

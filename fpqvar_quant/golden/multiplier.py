@@ -4,7 +4,7 @@ Every element code is an exact multiple of its format's *LSB*: a float format
 with ``m`` mantissa bits and bias ``b`` has LSB ``2^(1-b-m)`` (its smallest
 subnormal), an integer format has LSB 1.  The product of two codes is
 therefore an exact signed integer in units of ``lsb_a * lsb_b``; that integer
-is what the hardware multipliers emit (see ``docs/numerics.md`` section 3.1).
+is what the hardware multipliers emit (see ``docs/numerics.md`` section 3, "Products and group accumulation").
 
 | pair (a x b)        | LSB     | max abs | signed width |
 |---------------------|---------|---------|--------------|

@@ -1,0 +1,150 @@
+"""Mutation check: does the co-simulation suite catch small RTL bugs?
+
+    python scripts/mutate_rtl.py                 # every mutant
+    python scripts/mutate_rtl.py --only lut-flip # one (see --list)
+
+Each mutant is a one-line change to an RTL generator (a flipped LUT entry, an
+off-by-one shift, a swapped sign, a dropped carry between beats).  For each,
+the script copies the sources into a scratch folder, applies the change there
+(the working tree is never touched, so concurrent test runs are unaffected),
+runs the relevant ``pytest sim/...`` cocotb test on the mutated Verilog, and
+records whether the suite failed ("killed") or passed ("SURVIVED").  It prints
+a table and exits 1 if any mutant survived (or if the unmutated baseline
+fails, with ``--baseline``).  Every mutant needs one Verilator build (about a
+minute).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+COPY = ("fpqvar_hw", "fpqvar_quant", "sim", "tests", "conftest.py", "pyproject.toml")
+MUL_TEST = "sim/test_multiplier.py::test_multiplier_exhaustive[E2M1_E2M1-LUT]"
+MUL_DEC_TEST = "sim/test_multiplier.py::test_multiplier_exhaustive[E2M1_E2M1-DECOMPOSED]"
+DOT_TEST = "sim/test_dot.py::test_dot_cosim[E2M1_E2M1-False-LUT-16-40-4-101]"
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str       # relative to the repository root
+    old: str        # must occur exactly once
+    new: str
+    test: str       # pytest node id that must fail
+    story: str
+
+
+MUTANTS = [
+    Mutant("lut-flip", "fpqvar_hw/multiplier.py",
+           "self._table(m, Cat(mag_a, mag_b), self.magnitude_table, mag)",
+           "self._table(m, Cat(mag_a, mag_b), [v ^ (k == 45) for k, v in "
+           "enumerate(self.magnitude_table)], mag)",
+           MUL_TEST, "bit 0 of table entry 45 flipped (3 x 3 -> 37/4 instead of 36/4)"),
+    Mutant("shift-off-by-one", "fpqvar_hw/multiplier.py",
+           "return Mux(e == 0, 0, (e - 1)[:len(e)])",
+           "return Mux(e == 0, 0, e)",
+           MUL_DEC_TEST, "DECOMPOSED: significand shifted by E instead of E-1"),
+    Mutant("sign-swap", "fpqvar_hw/multiplier.py",
+           "m.d.comb += self.p.eq(Mux(sign, -mag, mag))",
+           "m.d.comb += self.p.eq(Mux(sign, mag, -mag))",
+           MUL_TEST, "product negated when the signs agree"),
+    Mutant("scale-exp-off-by-one", "fpqvar_hw/fp32.py",
+           "u.exp.eq(ua.exp + uw.exp + (lsb_exp - 2 * FP16.man_bits + sig_bits - 1)),",
+           "u.exp.eq(ua.exp + uw.exp + (lsb_exp - 2 * FP16.man_bits + sig_bits)),",
+           DOT_TEST, "group result scaled by 2 (product LSB exponent off by one)"),
+    Mutant("beat-carry-dropped", "fpqvar_hw/dot.py",
+           "m.d.sync += [S.eq(total), part.eq(total)]",
+           "m.d.sync += [S.eq(total), part.eq(tree_out)]",
+           DOT_TEST, "partial group sum keeps only the latest beat"),
+]
+
+
+def _copy_tree(dst: Path) -> None:
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "build", ".pytest_cache")
+    for name in COPY:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dst / name, ignore=ignore)
+        else:
+            shutil.copy2(src, dst / name)
+    runtime = REPO / "build" / "sim" / "_verilator_runtime"
+    if runtime.exists():   # reuse the compiled Verilator runtime (design independent)
+        (dst / "build" / "sim").mkdir(parents=True)
+        shutil.copytree(runtime, dst / "build" / "sim" / "_verilator_runtime")
+
+
+def run_case(mutant: "Mutant | None", test: str, *, verbose: bool) -> tuple[bool, float, str]:
+    """Run ``test`` on a scratch copy, mutated by ``mutant``; return (passed, seconds, tail)."""
+    with tempfile.TemporaryDirectory(prefix="fpqvar-mutant-") as tmp:
+        root = Path(tmp)
+        _copy_tree(root)
+        if mutant is not None:
+            path = root / mutant.file
+            text = path.read_text()
+            n = text.count(mutant.old)
+            if n != 1:
+                raise SystemExit(f"mutant {mutant.name}: expected exactly one occurrence of its "
+                                 f"target in {mutant.file}, found {n}; update MUTANTS")
+            path.write_text(text.replace(mutant.old, mutant.new))
+        env = dict(os.environ, PYTHONPATH=str(root))
+        env.pop("PYTEST_CURRENT_TEST", None)
+        t0 = time.time()
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                               "--run-slow", test], cwd=root, env=env, capture_output=True, text=True)
+        out = proc.stdout + proc.stderr
+        if verbose:
+            print(out)
+        if proc.returncode not in (0, 1):
+            raise SystemExit(f"pytest could not run {test} (exit {proc.returncode}):\n{out[-3000:]}")
+        return proc.returncode == 0, time.time() - t0, out.strip().splitlines()[-1] if out else ""
+
+
+def main(argv: "list[str] | None" = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", action="append", default=[], metavar="NAME",
+                    help="run only this mutant (repeatable; see --list)")
+    ap.add_argument("--list", action="store_true", help="list the mutants and exit")
+    ap.add_argument("--baseline", action="store_true",
+                    help="first check that the unmutated sources pass each test used")
+    ap.add_argument("-v", "--verbose", action="store_true", help="print pytest output")
+    args = ap.parse_args(argv)
+    names = {m.name for m in MUTANTS}
+    unknown = set(args.only) - names
+    if unknown:
+        ap.error(f"unknown mutant(s) {sorted(unknown)}; choose from {sorted(names)}")
+    chosen = [m for m in MUTANTS if not args.only or m.name in args.only]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name:22s} {m.file:26s} {m.story}")
+        return 0
+    if args.baseline:
+        for test in sorted({m.test for m in chosen}):
+            ok, secs, tail = run_case(None, test, verbose=args.verbose)
+            print(f"baseline {test}: {'pass' if ok else 'FAIL'} ({secs:.0f} s) {tail}", flush=True)
+            if not ok:
+                print("the unmutated sources fail; mutation results would mean nothing", file=sys.stderr)
+                return 1
+    rows = []
+    for m in chosen:
+        print(f"running mutant {m.name} ...", file=sys.stderr, flush=True)
+        passed, secs, tail = run_case(m, m.test, verbose=args.verbose)
+        rows.append((m, "SURVIVED" if passed else "killed", secs))
+    print(f"{'mutant':22s} {'result':9s} {'time':>6s}  test / what changed")
+    for m, res, secs in rows:
+        print(f"{m.name:22s} {res:9s} {secs:5.0f}s  {m.test}\n{'':40s}{m.story}")
+    survived = [m.name for m, res, _ in rows if res == "SURVIVED"]
+    print(f"{len(rows) - len(survived)} of {len(rows)} mutants killed")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
