@@ -1,0 +1,74 @@
+"""Layering: fpqvar_quant never imports amaranth or fpqvar_hw; fpqvar_hw imports
+nothing from fpqvar_quant except the format descriptors (fpqvar_quant.formats)."""
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FORBIDDEN = ("amaranth", "fpqvar_hw")
+
+PROBE = r"""
+import importlib, json, pkgutil, sys
+import fpqvar_quant
+names = ["fpqvar_quant"]
+failed = {}
+for m in pkgutil.walk_packages(fpqvar_quant.__path__, "fpqvar_quant.", onerror=lambda n: None):
+    names.append(m.name)
+    try:
+        importlib.import_module(m.name)
+    except Exception as e:                    # reported, not hidden: see the assertion
+        failed[m.name] = repr(e)
+print(json.dumps({"imported": names, "failed": failed, "modules": sorted(sys.modules)}))
+"""
+
+
+def test_fpqvar_quant_imports_no_hardware_code():
+    out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300, check=True)
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "fpqvar_quant.quantize" in data["imported"] and "fpqvar_quant.ght" in data["imported"]
+    assert not data["failed"], f"submodules failed to import: {data['failed']}"
+    bad = [m for m in data["modules"] if m.split(".")[0] in FORBIDDEN]
+    assert not bad, f"fpqvar_quant pulled in hardware modules: {bad[:10]}"
+
+
+#: names fpqvar_hw may take from the package itself (re-exported descriptors)
+ALLOWED_FROM_PACKAGE = {"formats", "Format", "get_format", "FORMATS"}
+
+
+def violations(path: Path) -> list[str]:
+    """Imports in ``path`` that reach fpqvar_quant beyond its format descriptors."""
+    bad = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            mods = [a.name for a in node.names]
+            bad += [m for m in mods if m.split(".")[0] == "fpqvar_quant"
+                    and m != "fpqvar_quant.formats"]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            m = node.module
+            if m == "fpqvar_quant":
+                bad += [f"{m}.{a.name}" for a in node.names if a.name not in ALLOWED_FROM_PACKAGE]
+            elif m.startswith("fpqvar_quant.") and m != "fpqvar_quant.formats":
+                bad.append(m)
+    return bad
+
+
+def test_fpqvar_hw_uses_only_format_descriptors_from_fpqvar_quant():
+    files = sorted((ROOT / "fpqvar_hw").rglob("*.py"))
+    assert files, "fpqvar_hw has no Python files?"
+    bad = [f"{f.relative_to(ROOT)}: {m}" for f in files for m in violations(f)]
+    assert not bad, "fpqvar_hw may import only fpqvar_quant.formats:\n" + "\n".join(bad)
+
+
+def test_static_checker_catches_violations(tmp_path):
+    """The AST scan must flag forbidden imports (guards against a vacuous test)."""
+    p = tmp_path / "x.py"
+    p.write_text("from fpqvar_quant.quantize import quantize\nimport fpqvar_quant.ght\n"
+                 "from fpqvar_quant import formats, dfq\nfrom fpqvar_quant.formats import get_format\n"
+                 "import fpqvar_quant.formats\ndef f():\n    from fpqvar_quant.golden import x\n")
+    assert violations(p) == ["fpqvar_quant.quantize", "fpqvar_quant.ght", "fpqvar_quant.dfq",
+                             "fpqvar_quant.golden"]
