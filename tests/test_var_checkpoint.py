@@ -196,6 +196,22 @@ def test_truncated_file_clear_error(tiny_ckpt, fraction):
     assert str(path) in str(ei.value)
 
 
+def test_training_checkpoint_with_python_objects_seed6(tmp_path):
+    import argparse
+
+    torch.manual_seed(6)
+    vae, var = build_vae_var(depth=2, embed_dim=128, num_heads=2, V=64, ch=32, vae_ch_mult=(1, 1), patch_nums=(1, 2, 3))
+    path = tmp_path / "ar-ckpt-last.pth"
+    torch.save({"args": argparse.Namespace(depth=2), "trainer": {"var_wo_ddp": var.state_dict(),
+                                                                  "vae_local": vae.state_dict()}}, path)
+    with pytest.raises(CheckpointError, match="trusted=True"):
+        read_state_dict(path)
+    assert set(read_state_dict(path, trusted=True)) == set(var.state_dict())
+    assert set(read_state_dict(path, trusted=True, select="trainer.vae_local")) == set(vae.state_dict())
+    with pytest.raises(CheckpointError, match="no entry 'trainer.vae'"):
+        read_state_dict(path, trusted=True, select="trainer.vae")
+
+
 def test_garbage_and_non_state_dict_files(tmp_path):
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"this is not a checkpoint" * 10)

@@ -27,7 +27,7 @@ def build_vae_var(device: Union[str, torch.device] = "cpu", patch_nums: Sequence
                   init_std: float = -1, *, embed_dim: Optional[int] = None, num_heads: Optional[int] = None,
                   mlp_ratio: float = 4.0, dtype: torch.dtype = torch.float32,
                   vae_ch_mult: Sequence[int] = (1, 1, 2, 2, 4), vae_num_res_blocks: int = 2,
-                  drop_path_rate: Optional[float] = None) -> Tuple[VQVAE, VAR]:
+                  vae_in_channels: int = 3, drop_path_rate: Optional[float] = None) -> Tuple[VQVAE, VAR]:
     """Build ``(vae, var)`` like the official code: ``embed_dim = 64 * depth``,
     ``num_heads = depth``, ``drop_path_rate = 0.1 * depth / 24``, ``cond_drop_rate = 0.1``,
     then ``var.init_weights(init_adaln, init_adaln_gamma, init_head, init_std)``.
@@ -41,7 +41,7 @@ def build_vae_var(device: Union[str, torch.device] = "cpu", patch_nums: Sequence
 
     Keyword-only extras for small models: ``embed_dim`` / ``num_heads``
     (default ``64 * depth`` / ``depth``), ``mlp_ratio``, ``vae_ch_mult``,
-    ``vae_num_res_blocks`` and ``drop_path_rate``.
+    ``vae_num_res_blocks``, ``vae_in_channels`` (image channels) and ``drop_path_rate``.
     """
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
@@ -60,7 +60,8 @@ def build_vae_var(device: Union[str, torch.device] = "cpu", patch_nums: Sequence
     # init, VAR with the official ``init_weights``.  Nothing global is patched.
     with torch.device("meta"):
         vae = VQVAE(vocab_size=V, z_channels=Cvae, ch=ch, test_mode=True, share_quant_resi=share_quant_resi,
-                    v_patch_nums=tuple(patch_nums), ch_mult=vae_ch_mult, num_res_blocks=vae_num_res_blocks)
+                    v_patch_nums=tuple(patch_nums), ch_mult=vae_ch_mult, num_res_blocks=vae_num_res_blocks,
+                    in_channels=vae_in_channels)
         var = VAR(vae_local=vae, num_classes=num_classes, depth=depth, embed_dim=embed_dim, num_heads=num_heads,
                   mlp_ratio=mlp_ratio, drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=dpr, norm_eps=1e-6,
                   shared_aln=shared_aln, cond_drop_rate=0.1, attn_l2_norm=attn_l2_norm, patch_nums=tuple(patch_nums),

@@ -67,7 +67,13 @@ class StateDictReport:
         return "\n".join(lines)
 
 
-def _unwrap(obj: object, path: str) -> Dict[str, torch.Tensor]:
+def _unwrap(obj: object, path: str, select: Optional[str]) -> Dict[str, torch.Tensor]:
+    if select:
+        for part in select.split("."):
+            if not (isinstance(obj, Mapping) and part in obj):
+                raise CheckpointError(f"{path}: no entry {select!r} (failed at {part!r}); "
+                                      f"top-level keys: {list(obj)[:10] if isinstance(obj, Mapping) else type(obj).__name__}")
+            obj = obj[part]
     for _ in range(4):
         if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             return dict(obj)
@@ -81,21 +87,35 @@ def _unwrap(obj: object, path: str) -> Dict[str, torch.Tensor]:
                           f"got {type(obj).__name__}. Pass the official var_d*.pth / vae_ch160v4096z32.pth file.")
 
 
-def read_state_dict(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, torch.Tensor]:
-    """Read a flat state dict from a ``.pth`` file (tensors only, no code execution)."""
+def read_state_dict(path: PathLike, map_location: Union[str, torch.device] = "cpu", *,
+                    select: Optional[str] = None, trusted: bool = False) -> Dict[str, torch.Tensor]:
+    """Read a flat state dict from a ``.pth`` file.
+
+    ``select``: dotted path of the state dict inside a wrapped file, e.g.
+    ``"trainer.vae_local"`` for the VQVAE of an official training checkpoint
+    (default: the first of ``state_dict``/``model``/``module``/``var_wo_ddp``/
+    ``vae_local``/``trainer``, recursively).  ``trusted=False`` (default) loads
+    with ``weights_only=True`` (no code execution); training checkpoints that
+    pickle Python objects need ``trusted=True``, only for files you trust.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path!r}. Download the official weights "
                                 f"(e.g. var_d16.pth, vae_ch160v4096z32.pth) and pass their path.")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        obj = torch.load(path, map_location=map_location, weights_only=not trusted)
     except Exception as e:  # torch.load raises many types for damaged files (RuntimeError, EOFError, IndexError, ...)
+        if "Weights only load failed" in str(e):
+            raise CheckpointError(
+                f"{path}: the file pickles Python objects besides tensors (e.g. a training checkpoint); "
+                f"refusing to execute them. Pass trusted=True only if you trust the file's source.") from e
         size = os.path.getsize(path)
+        first = str(e).splitlines()[0] if str(e) else ""
         raise CheckpointError(
             f"{path}: cannot read the checkpoint ({size} bytes): it is truncated or corrupt, or not a PyTorch "
-            f"file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
+            f"file ({type(e).__name__}: {first}). "
             f"Download it again and compare its size/checksum with the official release.") from e
-    return _unwrap(obj, path)
+    return _unwrap(obj, path, select)
 
 
 def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> StateDictReport:
@@ -131,9 +151,11 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, what:
     model.load_state_dict(state_dict, strict=True, assign=assign)
 
 
-def load_checkpoint(model: nn.Module, path: PathLike, map_location: Union[str, torch.device] = "cpu") -> None:
-    """:func:`read_state_dict` + :func:`load_into`."""
-    load_into(model, read_state_dict(path, map_location=map_location), what=os.fspath(path))
+def load_checkpoint(model: nn.Module, path: PathLike, map_location: Union[str, torch.device] = "cpu", *,
+                    select: Optional[str] = None, trusted: bool = False) -> None:
+    """:func:`read_state_dict` + :func:`load_into` (strict; clear errors)."""
+    sd = read_state_dict(path, map_location=map_location, select=select, trusted=trusted)
+    load_into(model, sd, what=os.fspath(path))
 
 
 @dataclass(frozen=True)
