@@ -1,0 +1,441 @@
+"""``fpqvar-quant``: calibrate, quantize, sample, evaluate and export VAR models.
+
+Typical flow with the official weights on a GPU::
+
+    fpqvar-quant calibrate --var-ckpt var_d16.pth --vae-ckpt vae_ch160v4096z32.pth --out calib_d16
+    fpqvar-quant quantize  --var-ckpt var_d16.pth --vae-ckpt vae_ch160v4096z32.pth \\
+                           --preset fp4-fpqvar --calib calib_d16 --out d16_fp4.pt
+    torchrun --nproc_per_node 8 -m fpqvar_quant.cli sample --quantized d16_fp4.pt \\
+                           --vae-ckpt vae_ch160v4096z32.pth --out samples_fp4
+    fpqvar-quant evaluate  --samples samples_fp4 --ref VIRTUAL_imagenet256_labeled.npz
+    fpqvar-quant export    --quantized d16_fp4.pt --out d16_fp4_pkg
+
+Without checkpoints every command runs on a random "quantization-test" model
+(``--depth 2 --patch-nums 1,2,3 --vae-ch 16 --vocab-size 64`` is a CPU-sized one).
+
+Adding a subcommand: write ``add_<name>(subparsers)`` that creates its parser
+and calls ``set_defaults(func=run_<name>)`` (``run_<name>(args) -> int``), then
+append it to :data:`COMMANDS`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["main", "build_parser", "COMMANDS", "parse_classes"]
+
+
+# ------------------------------------------------------------------ helpers
+class CliError(Exception):
+    """A user error: printed without traceback, exit status 2."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def _depth(text: str) -> int:
+    v = _positive_int(text)
+    if v % 2:
+        raise argparse.ArgumentTypeError(
+            f"depth {v} is odd: C = 64*depth must be a multiple of 128 (the quantization "
+            "group size); use an even depth (official: 16, 20, 24, 30, 36)")
+    return v
+
+
+def _patch_nums(text: str) -> tuple[int, ...]:
+    from .ptq.models import parse_patch_nums
+    try:
+        return parse_patch_nums(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _preset(text: str) -> str:
+    from .ptq.config import PRESETS
+    if text not in PRESETS:
+        raise argparse.ArgumentTypeError(f"unknown preset {text!r}; choose one of: "
+                                         f"{', '.join(PRESETS)}")
+    return text
+
+
+def parse_classes(text: str, num_classes: int) -> list[int]:
+    """``"0-9,15,20-21"`` -> sorted unique class ids, each in ``[0, num_classes)``."""
+    out: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "-" in part:
+                a, b = (int(t) for t in part.split("-", 1))
+                if b < a:
+                    raise ValueError
+                out.update(range(a, b + 1))
+            else:
+                out.add(int(part))
+        except ValueError:
+            raise ValueError(f"bad class list {text!r}: use ids and ranges like 0-99,150") from None
+    bad = [c for c in out if not 0 <= c < num_classes]
+    if bad or not out:
+        raise ValueError(f"class ids must be in 0..{num_classes - 1}, got {text!r}")
+    return sorted(out)
+
+
+def _device(name: str | None) -> str:
+    import torch
+    if name:
+        return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model (official checkpoints, or a random quantization-test model)")
+    g.add_argument("--var-ckpt", metavar="PTH", help="official VAR checkpoint (var_d16.pth ...); "
+                   "depth/patch nums are read from it. Needs --vae-ckpt.")
+    g.add_argument("--vae-ckpt", metavar="PTH", help="official VQVAE checkpoint "
+                   "(vae_ch160v4096z32.pth)")
+    g.add_argument("--depth", type=_depth, default=16,
+                   help="depth of a random model (even; C = 64*depth) [16]")
+    g.add_argument("--patch-nums", type=_patch_nums, default=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
+                   metavar="N,N,...", help="scales of a random model [256px schedule]")
+    g.add_argument("--shared-aln", action="store_true", help="random model with shared adaLN (d36 style)")
+    g.add_argument("--vae-ch", type=_positive_int, default=160, help="VQVAE width of a random model [160]")
+    g.add_argument("--vocab-size", type=_positive_int, default=4096,
+                   help="codebook size of a random model [4096]")
+    g.add_argument("--num-classes", type=_positive_int, default=1000,
+                   help="classes of a random model [1000]")
+    g.add_argument("--init-seed", type=_nonneg_int, default=0, help="seed of the random init [0]")
+    g.add_argument("--outlier-channels", type=_nonneg_int, default=0,
+                   help="random model: channels with large activations, as in trained models [0]")
+    g.add_argument("--device", help="torch device [cuda if available, else cpu]")
+
+
+def _model_spec(args):
+    from .ptq.models import ModelSpec
+    return ModelSpec(depth=args.depth, patch_nums=args.patch_nums, shared_aln=args.shared_aln,
+                     var_ckpt=args.var_ckpt, vae_ckpt=args.vae_ckpt, init_seed=args.init_seed,
+                     vae_ch=args.vae_ch, vocab_size=args.vocab_size, num_classes=args.num_classes,
+                     outlier_channels=args.outlier_channels)
+
+
+def _add_sampling_args(p: argparse.ArgumentParser, batch: int) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--cfg", type=float, default=1.5, help="classifier-free guidance [1.5]")
+    g.add_argument("--top-k", type=_nonneg_int, default=900, help="top-k [900]")
+    g.add_argument("--top-p", type=float, default=0.96, help="top-p [0.96]")
+    g.add_argument("--seed", type=_nonneg_int, default=0, help="sampling seed [0]")
+    g.add_argument("--batch-size", type=_positive_int, default=batch,
+                   help=f"images per forward batch [{batch}]")
+
+
+def _progress(args) -> bool:
+    return not getattr(args, "no_progress", False)
+
+
+# ------------------------------------------------------------------ calibrate
+def add_calibrate(sub) -> None:
+    p = sub.add_parser("calibrate", help="sample with the FP model and store every quantized "
+                       "layer's inputs (calibration set)",
+                       description="Generate the calibration set: the FP model samples "
+                       "--num-images images (classes 0..N-1, one each) and the inputs of every "
+                       "attn.mat_qkv / attn.proj / ffn.fc1 / ffn.fc2 at all scales and both CFG "
+                       "halves are streamed to --out as .npy shards + index.json. Resumable.")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--num-images", type=_positive_int, default=100, help="images [100]")
+    p.add_argument("--dtype", choices=("float16", "float32"), default="float16",
+                   help="storage dtype of the captured inputs [float16]")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_sampling_args(p, batch=25)
+    _add_model_args(p)
+    p.set_defaults(func=run_calibrate)
+
+
+def run_calibrate(args) -> int:
+    from .ptq.calibrate import generate_calibration
+    from .ptq.models import build_models
+
+    _, var, _ = build_models(_model_spec(args), device=_device(args.device))
+    if args.num_images > var.num_classes:
+        raise CliError(f"--num-images {args.num_images} exceeds the {var.num_classes} classes "
+                       "(one image per class)")
+    cs = generate_calibration(var, args.out, num_images=args.num_images, batch_size=args.batch_size,
+                              cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                              dtype=args.dtype, progress=_progress(args))
+    print(f"calibration set: {cs.num_images} images, {len(cs.layers)} layers, "
+          f"{len(cs.shards)} shards in {args.out}")
+    return 0
+
+
+# ------------------------------------------------------------------ quantize
+def add_quantize(sub) -> None:
+    from .ptq.config import PRESETS
+    p = sub.add_parser("quantize", help="apply a preset (GALT, MixedFormat, GHT, DFQ, KV) and save "
+                       "the quantized model",
+                       description="Quantize a VAR with a named preset and save it "
+                       "(state dict + config) for `sample` and `export`. Presets: "
+                       + ", ".join(PRESETS) + ". Presets with GALT or MixedFormat need --calib.")
+    p.add_argument("--preset", type=_preset, required=True, help="preset name (see above)")
+    p.add_argument("--out", required=True, metavar="FILE", help="output .pt file")
+    p.add_argument("--calib", metavar="DIR", help="calibration set from `fpqvar-quant calibrate`")
+    p.add_argument("--galt-epochs", type=_positive_int, help="override GALT epochs [50]")
+    p.add_argument("--max-tokens", type=_positive_int,
+                   help="calibration rows per layer for GALT/MixedFormat (random subset) [all]")
+    p.add_argument("--report", metavar="JSON", help="also write a JSON summary (formats, GALT losses)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_model_args(p)
+    p.set_defaults(func=run_quantize)
+
+
+def run_quantize(args) -> int:
+    from .ptq.calibrate import CalibrationSet
+    from .ptq.config import get_preset
+    from .ptq.models import build_models
+    from .ptq.quantize_model import quantize_model, save_quantized
+
+    cfg = get_preset(args.preset, **({"galt_epochs": args.galt_epochs} if args.galt_epochs else {}))
+    spec = _model_spec(args)
+    calib = CalibrationSet(args.calib) if args.calib else None
+    _, var, shape = build_models(spec, device=_device(args.device))
+    report = quantize_model(var, cfg, calib, max_tokens=args.max_tokens, progress=_progress(args))
+    save_quantized(var, report, args.out, {"shape": shape.to_dict(), "vae_ckpt": spec.vae_ckpt,
+                                           "var_ckpt": spec.var_ckpt})
+    if args.report:
+        Path(args.report).write_text(json.dumps(report.summary(), indent=1))
+    print(f"{cfg.name}: {len(report.layers)} quantized linears, GALT {len(report.galt)} vectors, "
+          f"KV {'quantized' if report.kv_quantized else 'fp'} -> {args.out}")
+    return 0
+
+
+def _load_quantized_models(path: str, vae_ckpt: str | None, device: str):
+    from .ptq.models import ModelSpec, rebuild
+    from .ptq.quantize_model import load_quantized, read_quantized
+
+    obj = read_quantized(path)
+    meta = obj["model_kwargs"]
+    vae_ckpt = vae_ckpt or meta.get("vae_ckpt")
+    if vae_ckpt is not None and not Path(vae_ckpt).is_file():
+        raise CliError(f"VQVAE checkpoint {vae_ckpt} not found: pass --vae-ckpt")
+    vae, var = rebuild(ModelSpec.from_dict(meta["shape"]), vae_ckpt, device=device)
+    report = load_quantized(var, obj)
+    return vae, var, report
+
+
+# ------------------------------------------------------------------ sample
+def add_sample(sub) -> None:
+    from .ptq.config import PRESETS
+    p = sub.add_parser("sample", help="generate PNG samples (resumable, multi-GPU with torchrun)",
+                       description="Write <out>/<class>_<index>.png for every class and index. "
+                       "Existing PNGs are skipped, so an interrupted run (or a failed rank) is "
+                       "resumed by rerunning the same command. Under torchrun each rank takes "
+                       "the classes c with c % WORLD_SIZE == RANK. Batch j of class c uses "
+                       "g_seed = seed*10^9 + c*10^4 + j, so results do not depend on the number "
+                       "of ranks.")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--quantized", metavar="FILE", help="quantized model from `quantize`")
+    src.add_argument("--preset", type=_preset, help="quantize on the fly (" + ", ".join(PRESETS) +
+                     "); GALT/MixedFormat presets need --calib [fp model]")
+    p.add_argument("--calib", metavar="DIR", help="calibration set for --preset")
+    p.add_argument("--classes", default=None, metavar="LIST",
+                   help="class ids/ranges, e.g. 0-999 or 0-9,42 [all classes]")
+    p.add_argument("--per-class", type=_positive_int, default=50, help="images per class [50]")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_sampling_args(p, batch=25)
+    _add_model_args(p)
+    p.set_defaults(func=run_sample)
+
+
+def _dist_info() -> tuple[int, int, int]:
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def sample_units(classes: list[int], per_class: int, batch_size: int, rank: int, world: int
+                 ) -> list[tuple[int, int, list[int]]]:
+    """Work of one rank: ``(class, batch index, image indices)``; class c belongs to
+    rank ``c % world`` so no image is generated twice."""
+    units = []
+    for c in classes:
+        if c % world != rank:
+            continue
+        for j, start in enumerate(range(0, per_class, batch_size)):
+            units.append((c, j, list(range(start, min(start + batch_size, per_class)))))
+    return units
+
+
+def png_name(c: int, i: int) -> str:
+    return f"{c:04d}_{i:05d}.png"
+
+
+def run_sample(args) -> int:
+    import numpy as np
+    import torch
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    rank, world, local = _dist_info()
+    device = _device(args.device)
+    if world > 1:
+        import torch.distributed as dist
+        if device.startswith("cuda"):
+            device = f"cuda:{local}"
+            torch.cuda.set_device(local)
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    if args.calib and not args.preset:
+        raise CliError("--calib is only used with --preset")
+    if args.quantized:
+        vae, var, _ = _load_quantized_models(args.quantized, args.vae_ckpt, device)
+    else:
+        from .ptq.models import build_models
+        _, var, _ = build_models(_model_spec(args), device=device)
+        if args.preset:
+            from .ptq.calibrate import CalibrationSet
+            from .ptq.config import get_preset
+            from .ptq.quantize_model import quantize_model
+            quantize_model(var, get_preset(args.preset),
+                           CalibrationSet(args.calib) if args.calib else None,
+                           progress=_progress(args) and rank == 0)
+    classes = (list(range(var.num_classes)) if args.classes is None
+               else parse_classes(args.classes, var.num_classes))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    units = sample_units(classes, args.per_class, args.batch_size, rank, world)
+    todo = [u for u in units if not all((out / png_name(u[0], i)).exists() for i in u[2])]
+    written = 0
+    for c, j, idx in tqdm(todo, desc=f"sample r{rank}", disable=not _progress(args), unit="batch"):
+        imgs = var.autoregressive_infer_cfg(B=len(idx), label_B=torch.full((len(idx),), c,
+                                                                            device=device),
+                                            g_seed=args.seed * 10**9 + c * 10**4 + j, cfg=args.cfg,
+                                            top_k=min(args.top_k, int(var.V)), top_p=args.top_p)
+        arr = imgs.mul(255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        for i, a in zip(idx, arr):
+            tmp = out / (png_name(c, i) + ".tmp")
+            Image.fromarray(np.ascontiguousarray(a)).save(tmp, format="PNG")
+            os.replace(tmp, out / png_name(c, i))
+            written += 1
+    skipped = sum(len(u[2]) for u in units) - sum(len(u[2]) for u in todo)
+    print(f"rank {rank}/{world}: wrote {written} PNGs, skipped {skipped} existing, in {out}")
+    if world > 1:
+        import torch.distributed as dist
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0
+
+
+# ------------------------------------------------------------------ evaluate
+def add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="FID / IS / precision / recall of a PNG folder against an "
+                       "ADM reference batch",
+                       description="Compute FID, Inception Score, precision and recall (ADM "
+                       "evaluator definitions) of the PNGs under --samples against --ref "
+                       "(VIRTUAL_imagenet256_labeled.npz layout: arr_0 images [+ mu, sigma]). "
+                       "Needs torch-fidelity and its Inception weights file on this machine; "
+                       "nothing is downloaded. Exit status 2 with instructions when missing.")
+    p.add_argument("--samples", required=True, metavar="DIR", help="folder of PNG samples")
+    p.add_argument("--ref", required=True, metavar="NPZ", help="ADM reference batch")
+    p.add_argument("--inception-weights", metavar="PTH",
+                   help="weights-inception-2015-12-05-6726825d.pth [torch hub cache]")
+    p.add_argument("--batch-size", type=_positive_int, default=100, help="images per batch [100]")
+    p.add_argument("--device", help="torch device [cuda if available, else cpu]")
+    p.add_argument("--json", metavar="FILE", help="also write the metrics as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_evaluate)
+
+
+def run_evaluate(args) -> int:
+    from .ptq.evaluate import EvaluatorUnavailable, evaluate_folder
+    try:
+        m = evaluate_folder(args.samples, args.ref, inception_weights=args.inception_weights,
+                            batch_size=args.batch_size, device=_device(args.device),
+                            progress=_progress(args))
+    except EvaluatorUnavailable as e:
+        print(f"fpqvar-quant evaluate: cannot compute metrics here: {e}", file=sys.stderr)
+        return 2
+    print(f"FID {m.fid:.3f}  IS {m.inception_score:.2f}  precision {m.precision:.3f}  "
+          f"recall {m.recall:.3f}  ({m.num_samples} samples, {m.num_reference} reference)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(m.to_dict(), indent=1))
+    return 0
+
+
+# ------------------------------------------------------------------ export
+def add_export(sub) -> None:
+    p = sub.add_parser("export", help="write the quantized model package (numpy + json)",
+                       description="Export a quantized model (from `quantize`) as a versioned "
+                       "package directory: manifest.json + arrays.npz with weight codes, raw scale "
+                       "bits, Hadamard signs, GALT vectors, per-layer config and model dims. "
+                       "Read it with fpqvar_quant.ptq.package (numpy/json only).")
+    p.add_argument("--quantized", required=True, metavar="FILE", help="quantized model (.pt)")
+    p.add_argument("--out", required=True, metavar="DIR", help="package directory to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=run_export)
+
+
+def run_export(args) -> int:
+    from .ptq.quantize_model import load_quantized, read_quantized
+
+    obj = read_quantized(args.quantized)
+    from .ptq.export import export_package
+    from .ptq.models import ModelSpec, rebuild
+
+    _, var = rebuild(ModelSpec.from_dict(obj["model_kwargs"]["shape"]))
+    report = load_quantized(var, obj)
+    path = export_package(var, report, args.out, overwrite=args.overwrite)
+    print(f"package written to {path} ({len(report.layers)} layers)")
+    return 0
+
+
+# ------------------------------------------------------------------ main
+#: (registration function) for every subcommand, in --help order. Append to extend.
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_calibrate, add_quantize, add_sample, add_evaluate, add_export]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fpqvar-quant",
+        description="FPQVAR post-training quantization of VAR models: calibrate -> quantize -> "
+                    "sample -> evaluate, and export for the hardware.",
+        epilog="Run `fpqvar-quant COMMAND --help` for each command's options.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .var import CheckpointError
+    try:
+        return int(args.func(args))
+    except (CliError, ValueError, TypeError, FileNotFoundError, FileExistsError, KeyError,
+            CheckpointError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"fpqvar-quant {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
