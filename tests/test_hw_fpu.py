@@ -19,16 +19,18 @@ LANES = 8
 FMTS = {"fp32": FP32, "fp16": FP16}
 
 
-def run_unit(dut: FPUnit, operands: dict[str, np.ndarray], seed: int) -> np.ndarray:
-    """Stream ``operands`` (equal-length bit arrays) through ``dut``; return outputs.
+def run_unit(dut, lane_words: list[int], out_width: int, seed: int, in_width: int | None = None
+             ) -> np.ndarray:
+    """Stream per-lane packed input words through ``dut`` (``i``/``o`` array streams of
+    ``dut.lanes`` lanes); return the per-lane output words in order.
 
-    Random input gaps and output backpressure from ``seed``; checks that exactly as
-    many beats come out as went in.
+    Random input gaps and output backpressure from ``seed``; fails if a beat is lost.
     """
-    n = len(next(iter(operands.values())))
-    beats = -(-n // dut.lanes)
-    padded = {k: np.concatenate([v, np.zeros(beats * dut.lanes - n, v.dtype)])
-              for k, v in operands.items()}
+    lanes = dut.lanes
+    in_width = in_width or len(dut.i.payload.as_value()) // lanes
+    n = len(lane_words)
+    beats = -(-n // lanes)
+    words = list(lane_words) + [0] * (beats * lanes - n)
     rng = np.random.default_rng(seed)
     results: list[int] = []
 
@@ -37,30 +39,27 @@ def run_unit(dut: FPUnit, operands: dict[str, np.ndarray], seed: int) -> np.ndar
             while rng.random() < 0.2:
                 ctx.set(dut.i.valid, 0)
                 await ctx.tick()
-            for lane in range(dut.lanes):
-                for k, v in padded.items():
-                    ctx.set(getattr(dut.i.payload[lane], k).as_value(), int(v[t * dut.lanes + lane]))
+            word = 0
+            for lane in range(lanes):
+                word |= int(words[t * lanes + lane]) << (lane * in_width)
+            ctx.set(dut.i.payload.as_value(), word)
             ctx.set(dut.i.valid, 1)
             await ctx.tick().until(dut.i.ready)
         ctx.set(dut.i.valid, 0)
 
     async def sink(ctx):
         rng2 = np.random.default_rng(seed + 1)
-        while len(results) < beats * dut.lanes:
-            ready = int(rng2.random() < 0.7)
-            ctx.set(dut.o.ready, ready)
+        while len(results) < beats * lanes:
+            ctx.set(dut.o.ready, int(rng2.random() < 0.7))
             await ctx.tick()
-            # sample what was transferred on that edge
-        ctx.set(dut.o.ready, 0)
 
     async def monitor(ctx):
-        width = dut.dst.width
         async for _clk, _rst, valid, ready, payload in ctx.tick().sample(
                 dut.o.valid, dut.o.ready, dut.o.payload.as_value()):
             if valid and ready:
-                for lane in range(dut.lanes):
-                    results.append((payload >> (lane * width)) & ((1 << width) - 1))
-            if len(results) >= beats * dut.lanes:
+                for lane in range(lanes):
+                    results.append((payload >> (lane * out_width)) & ((1 << out_width) - 1))
+            if len(results) >= beats * lanes:
                 break
 
     sim = Simulator(dut)
@@ -68,9 +67,17 @@ def run_unit(dut: FPUnit, operands: dict[str, np.ndarray], seed: int) -> np.ndar
     sim.add_testbench(source)
     sim.add_testbench(sink)
     sim.add_process(monitor)
-    sim.run_until(1e-6 * (beats * 4 + 200))
-    assert len(results) == beats * dut.lanes, f"lost beats: got {len(results)} of {beats * dut.lanes}"
+    sim.run_until(1e-6 * (beats * 4 + 4 * getattr(dut, "latency", 2) + 200))
+    assert len(results) == beats * lanes, f"lost beats: got {len(results)} of {beats * lanes}"
     return np.array(results[:n], dtype=np.uint64)
+
+
+def run_op(dut: FPUnit, operands: dict[str, np.ndarray], seed: int) -> np.ndarray:
+    """Pack named operands (payload field order) into lane words and run ``dut``."""
+    w = dut.fmt.width
+    words = [sum(int(operands[k][i]) << (j * w) for j, k in enumerate(dut.op.operands))
+             for i in range(len(next(iter(operands.values()))))]
+    return run_unit(dut, words, dut.dst.width, seed)
 
 
 def check(op: str, fmt: str, got: np.ndarray, want: np.ndarray, ops: dict[str, np.ndarray]):
@@ -100,7 +107,7 @@ def test_corner_pairs(op, fmt):
     vals = corner_values(FMTS[fmt])
     a, b = (np.array(x, dtype=np.uint64) for x in zip(*itertools.product(vals, vals)))
     dut = FPUnit(FPOp(op), FMTS[fmt], lanes=LANES)
-    got = run_unit(dut, {"a": a, "b": b}, seed=1)
+    got = run_op(dut, {"a": a, "b": b}, seed=1)
     want = {"add": golden.add, "mul": golden.mul, "max": golden.maximum}[op](a, b, fmt)
     check(op, fmt, got, want, {"a": a, "b": b})
 
@@ -113,7 +120,7 @@ def test_random_biased(op, fmt, seed, n):
     ops = dict(zip("abc", golden.sample_operands(fmt, n, seed, op="mul" if op == "mad" else op,
                                                   arity=arity)))
     dut = FPUnit(FPOp(op), FMTS[fmt], lanes=LANES)
-    got = run_unit(dut, ops, seed=seed)
+    got = run_op(dut, ops, seed=seed)
     fn = {"add": golden.add, "mul": golden.mul, "mad": golden.mad}[op]
     check(op, fmt, got, fn(*ops.values(), fmt), ops)
 
@@ -130,7 +137,7 @@ def test_convert(src, dst):
                                                               0x33000001, 0xB3800000]])
     a = a.astype(np.uint64)
     dut = FPUnit(FPOp.CONVERT, FMTS[src], dst=FMTS[dst], lanes=LANES)
-    got = run_unit(dut, {"a": a}, seed=3)
+    got = run_op(dut, {"a": a}, seed=3)
     check("convert", f"{src}->{dst}", got, golden.convert(a, src, dst), {"a": a})
 
 
