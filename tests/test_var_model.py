@@ -5,6 +5,7 @@ patch_nums (1, 2, 3, 4) (L = 30), VQVAE ch 32 with ch_mult (1, 1) (8x8 images).
 """
 from __future__ import annotations
 
+import math
 from typing import List, Tuple
 
 import pytest
@@ -284,3 +285,61 @@ def test_builder_validation():
         build_vae_var(device="meta", depth=2, dtype=torch.int32)
     _, var = build_vae_var(device="meta", depth=4)
     assert (var.C, var.num_heads, var.blocks[0].attn.head_dim, var.L) == (256, 4, 64, 680)
+
+
+def test_block_and_head_follow_the_design_equations_seed17():
+    """Independent re-statement of design/var-model.md for one block and the head (float64)."""
+    _, var = tiny(17, outliers=2)
+    blk = var.blocks[1]
+    blk.attn.scale_mul_1H11.data[0, 1] = 5.0  # above ln(100): must be clamped
+    g = torch.Generator().manual_seed(17)
+    B, Lq, C, H = 2, 5, 128, 2
+    x = torch.randn(B, Lq, C, generator=g, dtype=torch.float64)
+    cond = var.class_emb(torch.tensor([3, 1000]))
+
+    def ln(t):
+        return (t - t.mean(-1, keepdim=True)) / torch.sqrt(t.var(-1, unbiased=False, keepdim=True) + 1e-6)
+
+    mod = (torch.nn.functional.silu(cond) @ blk.ada_lin[1].weight.T + blk.ada_lin[1].bias).view(B, 1, 6, C)
+    gamma1, gamma2, scale1, scale2, shift1, shift2 = (mod[:, :, i] for i in range(6))
+    a = blk.attn
+    h = ln(x) * (1 + scale1) + shift1
+    qkv = h @ a.mat_qkv.weight.T + torch.cat([a.q_bias, torch.zeros(C, dtype=torch.float64), a.v_bias])
+    q, k, v = (qkv[..., i * C:(i + 1) * C].view(B, Lq, H, 64).transpose(1, 2) for i in range(3))
+    temp = torch.exp(torch.clamp(a.scale_mul_1H11, max=math.log(100)))
+    q = q / q.norm(dim=-1, keepdim=True) * temp
+    k = k / k.norm(dim=-1, keepdim=True)
+    o = ((q @ k.transpose(-1, -2)).softmax(-1) @ v).transpose(1, 2).reshape(B, Lq, C)
+    x1 = x + gamma1 * (o @ a.proj.weight.T + a.proj.bias)
+    f = blk.ffn
+    h2 = ln(x1) * (1 + scale2) + shift2
+    u = h2 @ f.fc1.weight.T + f.fc1.bias
+    gelu = 0.5 * u * (1 + torch.tanh(math.sqrt(2 / math.pi) * (u + 0.044715 * u ** 3)))
+    x2 = x1 + gamma2 * (gelu @ f.fc2.weight.T + f.fc2.bias)
+    torch.testing.assert_close(blk(x, cond, attn_bias=None), x2, rtol=1e-12, atol=1e-12)
+
+    hm = var.head_nm.ada_lin[1]
+    scale, shift = (torch.nn.functional.silu(cond) @ hm.weight.T + hm.bias).view(B, 1, 2, C).unbind(2)
+    logits = (ln(x2) * (1 + scale) + shift) @ var.head.weight.T + var.head.bias
+    torch.testing.assert_close(var.get_logits(x2, cond), logits, rtol=1e-12, atol=1e-12)
+
+
+def test_token_embedding_composition_seed18(model):
+    """First token = class_emb(label) + pos_start + lvl_embed(0) + pos_1LC[0]; others =
+    word_embed(x) + lvl_embed(scale) + pos_1LC[i]  (design/var-model.md)."""
+    vae, var = model
+    _, x = teacher_input(vae, 2, seed=18)
+    lab = torch.tensor([6, 1000])
+    seen = {}
+
+    def grab(mod, args, kwargs):
+        seen["x"] = kwargs["x"]
+
+    hook = var.blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
+    var(lab, x)
+    hook.remove()
+    lvl = var.lvl_1L[0]
+    first = var.class_emb(lab) + var.pos_start[0, 0] + var.lvl_embed.weight[0] + var.pos_1LC[0, 0]
+    rest = x @ var.word_embed.weight.T + var.word_embed.bias + var.lvl_embed.weight[lvl[1:]] + var.pos_1LC[0, 1:]
+    torch.testing.assert_close(seen["x"][:, 0], first, rtol=0, atol=1e-12)
+    torch.testing.assert_close(seen["x"][:, 1:], rest, rtol=0, atol=1e-12)

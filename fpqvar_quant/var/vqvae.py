@@ -4,6 +4,11 @@
 share_quant_resi=4)`` with the default ``ch_mult=(1, 1, 2, 2, 4)`` (16x
 downsampling).  ``ch_mult``, ``num_res_blocks`` and ``in_channels`` are exposed
 for small test models; the official values are the defaults.
+
+Difference from the official class: the training ``forward`` returns
+``(reconstruction, vq_loss)`` (no codebook-usage percentages, which need
+torch.distributed); the quantizer's usage statistics are still tracked in
+``quantize.ema_vocab_hit_SV``.
 """
 from __future__ import annotations
 
