@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from .formats import get_format
-from .quantize import Granularity, QuantSpec, _to_torch, quantize
+from .quantize import Granularity, QuantSpec, _run, _serial, _to_torch
 
 __all__ = ["DFQSpec", "DFQResult", "dfq_quantize", "dfq_fake_quant", "dfq_dequantize",
            "DFQ_VARIANTS"]
@@ -103,18 +103,22 @@ class DFQResult(NamedTuple):
     dequant: Any
 
 
-def _dfq(t: torch.Tensor, spec: DFQSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                  torch.Tensor]:
+def _dfq(t: torch.Tensor, spec: DFQSpec, want_codes: bool = True
+         ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(codes or None, scale_neg, scale_pos, dequant) of a validated tensor."""
     neg_spec, pos_spec = spec.side_specs()
-    neg = t <= 0
-    neg_mag = torch.where(neg, t.abs(), torch.zeros((), dtype=t.dtype))
-    pos_val = torch.where(neg, torch.zeros((), dtype=t.dtype), t)   # NaN stays here: raises
-    rn = quantize(neg_mag, neg_spec)
-    rp = quantize(pos_val, pos_spec)
-    sign_bit = 1 << (spec.bits - 1)
-    codes = torch.where(neg, rn.codes | sign_bit, rp.codes).to(torch.uint8)
-    deq = torch.where(neg, -rn.dequant, rp.dequant)
-    return codes, rn.scales, rp.scales, deq
+    with _serial(t.device):
+        neg = t <= 0
+        zero = torch.zeros((), dtype=t.dtype, device=t.device)
+        neg_mag = torch.where(neg, t.abs(), zero)
+        pos_val = torch.where(neg, zero, t)                  # NaN stays here: raises
+        cn, sn, vn = _run(neg_mag, neg_spec, want_codes)
+        cp, sp, vp = _run(pos_val, pos_spec, want_codes)
+        deq = torch.where(neg, vn.neg_(), vp)
+        codes = None
+        if want_codes:
+            codes = torch.where(neg, cn | (1 << (spec.bits - 1)), cp).to(torch.uint8)
+    return codes, sn, sp, deq
 
 
 def dfq_quantize(x: Any, spec: DFQSpec) -> DFQResult:
@@ -154,7 +158,7 @@ def dfq_dequantize(codes: Any, scale_neg: Any, scale_pos: Any, spec: DFQSpec) ->
 class _DFQSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, spec: DFQSpec) -> torch.Tensor:  # type: ignore[override]
-        return _dfq(x.detach(), spec)[3]
+        return _dfq(x.detach(), spec, want_codes=False)[3]
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
@@ -166,8 +170,8 @@ def dfq_fake_quant(x: Any, spec: DFQSpec) -> Any:
     t, was_np = _to_torch(x)
     if was_np:
         with torch.no_grad():
-            return _dfq(t, spec)[3].numpy()
+            return _dfq(t, spec, want_codes=False)[3].numpy()
     if t.requires_grad and torch.is_grad_enabled():
         return _DFQSTE.apply(t, spec)
     with torch.no_grad():
-        return _dfq(t, spec)[3]
+        return _dfq(t, spec, want_codes=False)[3]

@@ -255,7 +255,7 @@ def test_int_formats_seed3(name):
     assert f.max_value == mx
     rng = np.random.default_rng(3)
     x = np.concatenate([all_fp16_as_fp32(), rng.uniform(-2 * mx, 2 * mx, 100_000).astype(np.float32),
-                        np.arange(-mx - 1, mx + 1) + 0.5])
+                        (np.arange(-mx - 1, mx + 1) + 0.5).astype(np.float32)])
     x = x[np.isfinite(x)]                       # x >> max also checks saturation
     want_int = np.clip(np.rint(x.astype(np.float64)), -mx, mx).astype(np.int64)   # rint: half-even
     codes = f.encode(x)
