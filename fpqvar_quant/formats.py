@@ -162,7 +162,11 @@ class Format:
         if _is_torch(x):
             import torch
 
-            codes = self.encode(x.detach().to("cpu", torch.float32).numpy())
+            # float64, not float32: a float64 tensor must not be rounded twice
+            if not (x.is_floating_point() or x.dtype in (torch.int8, torch.int16, torch.int32,
+                                                         torch.int64, torch.uint8)):
+                raise TypeError(f"{self.name}.encode expects a real numeric tensor, got {x.dtype}")
+            codes = self.encode(x.detach().to("cpu", torch.float64).numpy())
             return torch.from_numpy(codes).to(x.device)
         a = np.asarray(x)
         if a.dtype.kind not in "fiu":

@@ -282,6 +282,15 @@ def test_torch_in_torch_out(name):
     np.testing.assert_array_equal(f.quantize_values(x), f.decode(f.encode(x)))
 
 
+def test_torch_float64_is_not_rounded_through_float32():
+    # regression: the torch path used to convert to float32 first, so
+    # 2.5 + 1e-9 became the tie 2.5 and rounded to 2.0 instead of 3.0
+    x = torch.tensor([2.5 + 1e-9, -(2.5 + 1e-9)], dtype=torch.float64)
+    np.testing.assert_array_equal(get_format("e2m1fn").encode(x).numpy(), [0b0101, 0b1101])
+    with pytest.raises(TypeError):
+        get_format("e2m1fn").encode(torch.tensor([1 + 1j]))
+
+
 def test_registry_and_errors():
     assert set(format_names()) == {"e2m1fn", "e1m2fn", "e3m0fn", "e2m3fn", "e3m2fn", "e4m3fn",
                                    "e5m2", "e8m0fnu", "int4", "int6", "int8"}

@@ -114,6 +114,26 @@ def test_all_fp16_inputs_fixed_scale(fmt, scale_exp):
     check_against_oracle(x, QuantSpec(fmt, "tensor", scale_format="fp16"))
 
 
+@pytest.mark.parametrize("fmt", ELEMENT_FORMATS)
+def test_arithmetic_rounder_equals_registry_on_all_fp16(fmt):
+    """The fast rounding core on every finite fp16 value taken as the quotient
+    x / s itself (in and far beyond the range: saturation), both tie modes."""
+    from fpqvar_quant.quantize import _codes_chunk, _round_chunk
+    f = get_format(fmt)
+    for tie in ("even", "reference"):
+        q = torch.from_numpy(ALL_FP16.copy()).view(1, -1)
+        eb = torch.empty(q.shape, dtype=torch.int32)
+        _round_chunk(q, eb, torch.empty_like(q), f, tie)
+        got = _codes_chunk(q, eb, f).numpy().ravel().astype(np.uint8)
+        if tie == "even":
+            want = f.encode(ALL_FP16)
+        else:                                                   # ties to larger magnitude
+            grid = f.positive_grid
+            idx = np.searchsorted((grid[:-1] + grid[1:]) / 2, np.abs(ALL_FP16), side="right")
+            want = f.encode(np.copysign(grid[idx], ALL_FP16))
+        np.testing.assert_array_equal(got, want)
+
+
 def test_grid_midpoints_are_ties_to_even_code():
     # e2m1fn with scale 1 (absmax 6): 2.5 is between codes 4 (2.0) and 5 (3.0)
     x = np.array([[6.0, 0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, -2.5, -5.0]], np.float32)
