@@ -45,7 +45,7 @@ def make_parser() -> argparse.ArgumentParser:
         description="Generate the FPQVAR accelerator (RTL, manifests, resource and throughput "
                     "reports, Vivado collateral) for one platform and preset.",
         epilog="Outputs are deterministic. Yosys results are cached by content hash under "
-               "build/.synth-cache/. Vivado Tcl/XDC are generated but NOT run (no Vivado "
+               "build/synth/. Vivado Tcl/XDC are generated but NOT run (no Vivado "
                "here). See docs/build.md.")
     p.add_argument("--platform", default="vck190", choices=platform_names(),
                    help="target platform (default: vck190): " + "; ".join(
@@ -123,7 +123,8 @@ def signature_ports(component) -> list[dict]:
 
 def unit_manifest(component, variant, spec, config, platform) -> dict:
     """The unit's own ``manifest()`` plus build context (ports from the signature if absent)."""
-    own = component.manifest() if callable(getattr(component, "manifest", None)) else {}
+    from fpqvar_hw.perf import component_manifest
+    own = component_manifest(component)
     man = {"instance": variant.instance, "unit": spec.name, "module": spec.module,
            "class": type(component).__name__, "count_in_accelerator": variant.count,
            "inside": variant.inside, "build_params": variant.params,
@@ -296,7 +297,7 @@ def run_build(platform, config, out, *, synth=True, lint=True, jobs=2, verbose=T
     from fpqvar_hw.registry import resolve_units
     from fpqvar_hw.resources import FitError, check_fit
     out = Path(out)
-    cache_dir = cache_dir or (REPO / "build" / ".synth-cache")
+    cache_dir = cache_dir or (REPO / "build" / "synth")
     _prepare_out(out)
     (out / "config.json").write_text(_json({"platform": platform.as_dict(),
                                             "config": config.as_dict()}))
@@ -373,8 +374,7 @@ def _int_dot_resources(config, platform, jobs, cache_dir, verbose) -> dict:
 def make_summary(platform, config, out, emitted, pending, top_exists, lint_res, res_rep, rep,
                  viv) -> str:
     from fpqvar_hw.perf import PAPER_FP_INT_RATIO, PAPER_IMAGES_PER_S
-    rel = out.relative_to(REPO) if out.is_absolute() and REPO in out.parents else out
-    L = [f"FPQVAR build: platform {platform.name}, preset {config.preset} -> {rel}", ""]
+    L = [f"FPQVAR build: platform {platform.name}, preset {config.preset}", ""]
     L.append(f"RTL: {len(emitted)} unit variants emitted with manifests"
              + (f"; pending: " + "; ".join(f"{k} ({v})" for k, v in pending.items())
                 if pending else ""))
@@ -452,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"build.py: error: {e}", file=sys.stderr)
         return 1
     print(result.summary)
+    print(f"\nOutputs in {result.out}")
     return 0
 
 

@@ -138,23 +138,30 @@ class UnitTiming:
 
 
 def _manifest_timing(name: str, manifest: Mapping | None, item: str, default_latency: int,
-                     default_cpi: int, why: str) -> UnitTiming:
-    """Read ``latency`` / ``cycles_per_item`` from a unit manifest, or fall back.
+                     beats_per_item: int, why: str) -> UnitTiming:
+    """Timing from a unit manifest (``latency``; optional ``ii``, cycles per beat, default 1),
+    or the stated design assumption when the unit does not exist yet.
 
-    Accepted manifest keys: ``latency`` (int cycles) and either
-    ``cycles_per_item`` / ``cycles_per_group`` or ``ii`` (initiation interval).
+    ``beats_per_item`` comes from the config (e.g. ``group_size / lanes`` beats per group).
     """
     if manifest is not None and isinstance(manifest.get("latency"), int):
-        cpi = None
-        for key in ("cycles_per_item", "cycles_per_group", "cycles_per_vector", "ii"):
-            if isinstance(manifest.get(key), int):
-                cpi = manifest[key]
-                break
-        if cpi is None:
-            cpi = default_cpi
-        mod = manifest.get("module") or manifest.get("name") or name
-        return UnitTiming(name, manifest["latency"], cpi, item, f"manifest of {mod}")
-    return UnitTiming(name, default_latency, default_cpi, item, f"assumed: {why}")
+        ii = manifest.get("ii", 1)
+        if not isinstance(ii, int) or ii < 1:
+            raise ValueError(f"{name} manifest: ii must be a positive int, got {ii!r}")
+        src = manifest.get("latency_source", "manifest()")
+        return UnitTiming(name, manifest["latency"], ii * beats_per_item, item,
+                          f"{name} unit ({src})")
+    return UnitTiming(name, default_latency, beats_per_item, item, f"assumed: {why}")
+
+
+def component_manifest(component) -> dict:
+    """A unit's ``manifest()``, or ``{"latency": component.latency}`` when it has no
+    manifest but states its latency as an attribute (the docstring contract)."""
+    if callable(getattr(component, "manifest", None)):
+        return dict(component.manifest())
+    lat = getattr(component, "latency", None)
+    return {"latency": lat, "latency_source": "component.latency attribute"} \
+        if isinstance(lat, int) else {}
 
 
 def unit_timings(config: AcceleratorConfig,

@@ -155,16 +155,39 @@ def _multiplier_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
 
 
 def _dot_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
-    cls = _find_class(mod, ("GroupDot", "DotProduct", "GroupDotProduct", "Dot"))
-    out = []
+    """One GroupDot per distinct operand pair; the array cell (count tm*tn) is the DFQ
+    variant when FC2 uses DFQ (it holds both grids' adder trees), else the first pair."""
+    from .multiplier import MulPair, MulVariant
+    by_value = {p.value: p for p in MulPair}
+    native = max(c.qkv_act.bits, c.qkv_weight.bits)
+    specs: list[tuple[str, dict]] = []
     for a, w in _operand_pairs(c):
-        kw = _kw(cls, a_format=_fmt(a), b_format=_fmt(w), act_format=_fmt(a),
-                 weight_format=_fmt(w), x_format=_fmt(a), w_format=_fmt(w),
-                 group_size=c.group_size, lanes=c.lanes, scale_format=c.scale_format.value)
-        out.append(Variant(f"dot_{a.value}_{w.value}", lambda cls=cls, kw=kw: cls(**kw),
-                           c.tm * c.tn, None, kw))
-    # One physical array serves every layer: count only the first (widest-use) pair.
-    return out[:1] + [Variant(v.instance, v.factory, 0, None, v.params) for v in out[1:]]
+        if a.is_integer and w.is_integer and max(a.bits, w.bits) > native:
+            continue          # runs as native-width passes on the same array
+        dfq = a is ElementFormat.DFQ4
+        key = ("e2m1fn", w.value) if dfq else (a.value, w.value)
+        name = f"dot_{a.value}_{w.value}_g{c.group_size}_l{c.lanes}"
+        specs.append((name, {"key": key, "dfq": dfq, "dual": a.is_dual}))
+    cell = next((i for i, (_, sp) in enumerate(specs) if sp["dual"]), 0)
+    out = []
+    for i, (name, sp) in enumerate(specs):
+        def make(sp=sp):
+            if c.scale_format.value != "fp16":
+                raise ValueError(f"{mod.__name__}.GroupDot has FP16 scale ports; scale_format="
+                                 f"{c.scale_format} is not implemented in RTL")
+            if sp["dual"] and not sp["dfq"]:
+                raise ValueError("GroupDot implements DFQ-FP4 only; the FP6 dual format (dfq6) "
+                                 "has no RTL yet")
+            if sp["key"] not in by_value:
+                raise ValueError(f"no multiplier pair {sp['key'][0]} x {sp['key'][1]}")
+            pair = by_value[sp["key"]]
+            var = MulVariant.DSP if pair.fmt_a.bits > 4 and not pair.is_float else MulVariant.LUT
+            return mod.GroupDot(pair=pair, group_size=c.group_size, lanes=c.lanes, variant=var,
+                                dfq=sp["dfq"])
+        out.append(Variant(name, make, c.tm * c.tn if i == cell else 0, None,
+                           {"pair": " x ".join(sp["key"]), "dfq": sp["dfq"],
+                            "group_size": c.group_size, "lanes": c.lanes}))
+    return out
 
 
 def _vector_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:

@@ -11,18 +11,15 @@ plus on-chip buffers estimated from their sizes (not synthesised, marked so),
 and the units that do not exist yet are listed as missing, never guessed.
 When the accelerator top exists and is small enough it is synthesised too.
 
-Synthesis results are cached by content hash (Verilog text + top name + the
-synthesis runner's source) under ``build/.synth-cache/``.
+Synthesis results are cached by content hash by :mod:`fpqvar_hw.synth` under
+``build/synth/``.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
-import inspect
-import json
 import math
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -57,73 +54,32 @@ def synth_available() -> bool:
     return importlib.util.find_spec(SYNTH_MODULE) is not None
 
 
-def _synth_source_hash() -> str:
-    spec = importlib.util.find_spec(SYNTH_MODULE)
-    if spec is None or spec.origin is None:
-        return "none"
-    return hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()[:16]
+def _result_to_dict(res) -> dict:
+    """Report keys of a :class:`fpqvar_hw.synth.SynthResult` (+ logic depth)."""
+    return {"LUT": res.lut, "FF": res.ff, "DSP": res.dsp, "CARRY": res.carry,
+            "BRAM36": res.bram, "URAM": res.uram, "logic_depth": res.depth}
 
 
-def _result_to_dict(res: object) -> dict:
-    """Normalise the runner's SynthResult into the report keys (+ logic depth)."""
-    def get(*names: str) -> int | None:
-        for n in names:
-            for cand in (n, n.lower(), n.upper()):
-                if isinstance(res, Mapping) and cand in res:
-                    return res[cand]
-                if hasattr(res, cand):
-                    return getattr(res, cand)
-        return None
-    out: dict = {}
-    for key, names in (("LUT", ("lut", "luts")), ("FF", ("ff", "ffs")), ("DSP", ("dsp", "dsps")),
-                       ("CARRY", ("carry", "carry8", "carries")),
-                       ("BRAM36", ("bram36", "bram", "brams")), ("URAM", ("uram", "urams"))):
-        v = get(*names)
-        out[key] = int(v) if v is not None else 0
-    depth = get("logic_depth", "depth", "max_depth", "lut_depth")
-    out["logic_depth"] = int(depth) if depth is not None else None
-    return out
-
-
-def _synthesize_one(verilog: str, top: str) -> dict:
-    """Worker: call ``fpqvar_hw.synth.synthesize`` on Verilog text (process pool)."""
-    synth = importlib.import_module(SYNTH_MODULE)
-    fn = synth.synthesize
-    params = inspect.signature(fn).parameters
-    if "verilog" in params:
-        res = fn(verilog=verilog, top=top)
-    else:
-        res = fn(verilog, top=top)
-    return _result_to_dict(res)
-
-
-def run_synth_jobs(jobs: Iterable[SynthJob], *, cache_dir: Path, workers: int = 2,
+def run_synth_jobs(jobs: Iterable[SynthJob], *, cache_dir: Path | None = None, workers: int = 2,
                    progress=None) -> dict[str, dict]:
-    """Synthesise every job (cached by content hash); returns instance -> resources dict."""
+    """Synthesise every job with ``fpqvar_hw.synth.synthesize`` (which caches by content
+    hash under ``cache_dir``, default ``build/synth/``); returns instance -> resources.
+
+    Yosys runs as a subprocess, so ``workers`` threads give ``workers`` parallel Yosys runs.
+    """
     jobs = list(jobs)
     if not synth_available():
         raise RuntimeError(f"{SYNTH_MODULE} is not in the tree; run with --no-synth")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    salt = _synth_source_hash()
-    results: dict[str, dict] = {}
-    todo: list[tuple[SynthJob, Path]] = []
-    for j in jobs:
-        key = hashlib.sha256(f"{salt}\0{j.top}\0{j.verilog}".encode()).hexdigest()
-        path = cache_dir / f"{key}.json"
-        if path.exists():
-            results[j.instance] = json.loads(path.read_text())
-        else:
-            todo.append((j, path))
-    if todo:
-        with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-            futs = [(j, p, pool.submit(_synthesize_one, j.verilog, j.top)) for j, p in todo]
-            for j, p, f in futs:
-                res = f.result()
-                p.write_text(json.dumps(res, indent=1, sort_keys=True))
-                results[j.instance] = res
-                if progress:
-                    progress(j.instance)
-    return {j.instance: results[j.instance] for j in jobs}
+    synth = importlib.import_module(SYNTH_MODULE)
+
+    def one(j: SynthJob) -> dict:
+        res = _result_to_dict(synth.synthesize(j.verilog, top=j.top, cache_dir=cache_dir))
+        if progress:
+            progress(j.instance)
+        return res
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = list(pool.map(one, jobs))
+    return {j.instance: r for j, r in zip(jobs, results)}
 
 
 def buffer_estimate(config: AcceleratorConfig, max_C: int = 64 * 36) -> dict[str, int]:

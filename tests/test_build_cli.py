@@ -1,0 +1,138 @@
+"""build.py: argument errors, outputs, determinism, fit refusal."""
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import build
+from fpqvar_hw.config import apply_overrides, get_preset
+from fpqvar_hw.platform import VCK190, VERILOG
+from fpqvar_hw.resources import FitError, check_fit, fit_fractions
+from fpqvar_hw.vivado import tcl_syntax_ok
+
+REPO = Path(build.__file__).resolve().parent
+# Small array, small groups: emission stays fast; the flow is the same.
+SMALL = ["lanes=8", "quant_lanes=8", "tm=2", "tn=2"]
+
+
+def _run_main(capsys, *argv):
+    with pytest.raises(SystemExit) as e:
+        build.main(list(argv))
+    return e.value.code, capsys.readouterr()
+
+
+def test_help_lists_every_option():
+    out = subprocess.run([sys.executable, str(REPO / "build.py"), "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    for opt in ("--platform", "--preset", "--param", "--out", "--list-presets", "--no-synth",
+                "--jobs", "vck190", "verilog", "w4a4", "int4", "mxfp4"):
+        assert opt in out
+
+
+def test_list_presets(capsys):
+    assert build.main(["--list-presets"]) == 0
+    out = capsys.readouterr().out
+    assert "w4a4" in out and "dfq4/e2m1fn" in out and "int8/int4" in out
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--platform", "zcu999"], "invalid choice: 'zcu999'"),
+    (["--preset", "w3a3"], "invalid choice: 'w3a3'"),
+    (["--param", "tm"], "expects key=value"),
+    (["--param", "nosuch=1"], "unknown parameter 'nosuch'"),
+    (["--param", "tm=-2"], "tm must be a positive integer"),
+    (["--param", "fc2_weight=dfq4"], "dual formats"),
+    (["--jobs", "0"], "--jobs must be >= 1"),
+])
+def test_invalid_arguments_exit_2_with_message(capsys, argv, msg):
+    code, cap = _run_main(capsys, *argv)
+    assert code == 2
+    assert msg in cap.err
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_build_outputs_and_determinism(tmp_path):
+    cfg = apply_overrides(get_preset("w4a4"), SMALL)
+    a = build.run_build(VCK190, cfg, tmp_path / "a", synth=False, lint=False, verbose=False)
+    b = build.run_build(VCK190, cfg, tmp_path / "b", synth=False, lint=False, verbose=False)
+    da, db = _digest(tmp_path / "a"), _digest(tmp_path / "b")
+    assert da == db, [k for k in da if da[k] != db.get(k)]
+    for f in ("config.json", "throughput.json", "throughput.md", "resources.json",
+              "resources.md", "roofline.png", "step_breakdown.png", "summary.md",
+              "vivado/package_ip.tcl", "vivado/block_design.tcl", "vivado/fpqvar_top.xdc"):
+        assert f in da, f
+    # every emitted unit has Verilog and a manifest with ports
+    import json
+    for inst in a.emitted:
+        assert (tmp_path / "a" / "rtl" / f"{inst}.v").exists()
+        man = json.loads((tmp_path / "a" / "manifests" / f"{inst}.json").read_text())
+        assert man["ports"] or man["manifest"].get("ports")
+    assert "NOT RUN" in a.summary and "1.1" in a.summary and "3.1x" in a.summary
+    if not any("top" == k for k in a.pending):
+        assert "fpqvar_top emitted" in a.summary
+    else:
+        assert "PENDING" in a.summary
+    png = (tmp_path / "a" / "roofline.png").read_bytes()
+    assert b"Software" not in png and b"matplotlib" not in png.lower()
+
+
+def test_vivado_tcl_parses():
+    from fpqvar_hw import vivado
+    for text in (vivado.package_ip_tcl(VCK190, False), vivado.block_design_tcl(VCK190, 300, True)):
+        ok, detail = tcl_syntax_ok(text)
+        assert ok, detail
+        assert "NOT RUN" in text
+    assert "ipx::package_project" in vivado.package_ip_tcl(VCK190, True)
+    bd = vivado.block_design_tcl(VCK190, 300, True)
+    for ip in ("versal_cips", "axi_noc", "num_mc_ddr {1}", "pl_ps_irq0"):
+        assert ip in bd
+    assert "-period 3.333" in vivado.xdc(VCK190, 300)
+    ok, _ = tcl_syntax_ok("puts {unbalanced\n")
+    assert not ok
+
+
+def test_verilog_platform_writes_no_vivado(tmp_path):
+    cfg = apply_overrides(get_preset("int4"), SMALL)
+    r = build.run_build(VERILOG, cfg, tmp_path / "v", synth=False, lint=False, verbose=False)
+    assert not (tmp_path / "v" / "vivado").exists()
+    assert "none for this platform" in r.summary
+
+
+def test_refuses_to_overwrite_foreign_folder(tmp_path):
+    (tmp_path / "mine.txt").write_text("keep me")
+    with pytest.raises(build.BuildError, match="was not written by build.py"):
+        build.run_build(VERILOG, get_preset("w4a4"), tmp_path, synth=False, lint=False,
+                        verbose=False)
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_fit_check_names_the_resource():
+    budget = VCK190.budget
+    ok = {"LUT": budget["LUT"], "FF": 0, "DSP": 0, "CARRY": 10**9, "BRAM36": 0, "URAM": 0}
+    check_fit(ok, VCK190, get_preset("w4a4"))          # exactly full fits; CARRY has no budget
+    assert fit_fractions(ok, VCK190)["LUT"] == 1.0 and fit_fractions(ok, VCK190)["CARRY"] is None
+    with pytest.raises(FitError, match=r"DSP 2,000 > 1,968 .*Lower --param"):
+        check_fit({**ok, "DSP": 2000}, VCK190, get_preset("w4a4"))
+    check_fit({**ok, "DSP": 10**9}, VERILOG, get_preset("w4a4"))   # no budget: never refuses
+
+
+@pytest.mark.slow
+def test_lint_clean_and_synth_cached_build_is_deterministic(tmp_path):
+    from fpqvar_hw.lint import verilator_available
+    from fpqvar_hw.resources import synth_available
+    if not (verilator_available() and synth_available()):
+        pytest.skip("needs verilator and fpqvar_hw.synth")
+    cfg = apply_overrides(get_preset("w4a4"), SMALL)
+    a = build.run_build(VCK190, cfg, tmp_path / "a", synth=True, lint=True, verbose=False)
+    b = build.run_build(VCK190, cfg, tmp_path / "b", synth=True, lint=True, verbose=False)
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert "Lint (verilator -Wall, waivers in fpqvar_hw/lint_waivers.vlt): clean" in a.summary
+    assert a.resources["total"]["LUT"] > 0
