@@ -87,3 +87,45 @@ def test_parse_classes():
     for bad in ("5-2", "a", "10", ""):
         with pytest.raises(ValueError, match="class"):
             parse_classes(bad, 10)
+
+
+TINY = ["--depth", "2", "--patch-nums", "1,2,3", "--vae-ch", "32", "--vocab-size", "32",
+        "--num-classes", "6", "--init-seed", "1", "--outlier-channels", "4", "--device", "cpu"]
+
+
+def test_sample_units_shard_classes_without_overlap():
+    from fpqvar_quant.cli import sample_units
+    classes = list(range(10))
+    per_rank = [sample_units(classes, 5, 2, r, 3) for r in range(3)]
+    images = [(c, i) for units in per_rank for c, _, idx in units for i in idx]
+    assert sorted(images) == [(c, i) for c in classes for i in range(5)]   # all, exactly once
+    assert {c for c, _, _ in per_rank[1]} == {1, 4, 7}
+
+
+def test_end_to_end_tiny_model(tmp_path, capsys):
+    """calibrate -> quantize (fp4-fpqvar) -> sample (resumable) -> export -> package."""
+    from fpqvar_quant.ptq.package import load_package
+
+    cal, q, out, pkg = (tmp_path / n for n in ("cal", "q.pt", "samples", "pkg"))
+    assert main(["calibrate", "--out", str(cal), "--num-images", "2", "--batch-size", "2",
+                 "--top-k", "20", "--no-progress"] + TINY) == 0
+    assert main(["quantize", "--preset", "fp4-fpqvar-kv6", "--calib", str(cal), "--galt-epochs",
+                 "1", "--out", str(q), "--report", str(tmp_path / "r.json"), "--no-progress"]
+                + TINY) == 0
+    assert "GALT" not in capsys.readouterr().err
+    argv = ["sample", "--quantized", str(q), "--out", str(out), "--classes", "0,4",
+            "--per-class", "2", "--batch-size", "2", "--top-k", "20", "--no-progress"]
+    assert main(argv) == 0
+    files = sorted(p.name for p in out.glob("*.png"))
+    assert files == ["0000_00000.png", "0000_00001.png", "0004_00000.png", "0004_00001.png"]
+    first = (out / files[0]).read_bytes()
+    (out / files[-1]).unlink()                       # an interrupted run: resume redoes one batch
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "wrote 2 PNGs, skipped 2 existing" in capsys.readouterr().out
+    assert (out / files[0]).read_bytes() == first
+    assert Image.open(out / files[-1]).size == (48, 48)
+    assert main(["export", "--quantized", str(q), "--out", str(pkg)]) == 0
+    p = load_package(pkg)
+    assert p.manifest["quant_config"]["name"] == "fp4-fpqvar-kv6" and len(p.layers) == 8
+    assert _err(["export", "--quantized", str(q), "--out", str(pkg)], capsys).count("exists")

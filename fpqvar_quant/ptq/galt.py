@@ -17,6 +17,9 @@ current ``s`` is measured on the whole calibration set without updates and the
 best vector is kept - the initial ``s = 1`` is a candidate too, so GALT never
 makes the calibration loss worse. (The reference code keeps the last vector.)
 ``s`` is clamped to ``>= 1e-4`` in the forward pass so ``W / s`` stays finite.
+During GALT ``H_G`` is applied as a dense per-group product with the block
+``H`` (same matrix as the FWHT computes; several times faster under autograd
+on CPU); the quantized model itself uses the FWHT.
 
 Folding (:func:`fold_smoothing_into_block`): with ``x_mod = LN(x)(1 + scale) + shift``
 and ``scale = W_sc c + b_sc``, ``shift = W_sh c + b_sh``,
@@ -38,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ght import ght
+from ..ght import ght_matrix
 from ..quantize import fake_quant
 from .config import QuantConfig
 from .qlinear import LayerQuant, act_fake_quant, weight_spec
@@ -89,14 +92,27 @@ class AdamW:
         self.p.grad = None
 
 
+def _rotate(x: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """``x H_G``: every group of ``H.shape[0]`` channels times the dense block ``H``."""
+    G = H.shape[0]
+    return (x.reshape(*x.shape[:-1], x.shape[-1] // G, G) @ H).reshape(x.shape)
+
+
+def _hadamard_block(signs: torch.Tensor | None, cfg: QuantConfig, like: torch.Tensor
+                    ) -> torch.Tensor | None:
+    if signs is None:
+        return None
+    H = ght_matrix(signs.detach().cpu().numpy(), group=cfg.ght_group)
+    return torch.from_numpy(H).to(device=like.device, dtype=like.dtype)
+
+
 def _quantized_output(x: torch.Tensor, weight: torch.Tensor, s: torch.Tensor,
-                      cfg: QuantConfig, lq: LayerQuant, signs: torch.Tensor | None
+                      cfg: QuantConfig, lq: LayerQuant, H: torch.Tensor | None
                       ) -> torch.Tensor:
     s = s.clamp_min(_S_MIN)
     xs, ws = x * s, weight / s
-    if signs is not None:
-        xs = ght(xs, signs, group=cfg.ght_group)
-        ws = ght(ws, signs, group=cfg.ght_group)
+    if H is not None:
+        xs, ws = _rotate(xs, H), _rotate(ws, H)
     xq = act_fake_quant(xs, cfg, lq)
     wq = fake_quant(ws, weight_spec(cfg, lq.w_fmt)) if lq.w_fmt is not None else ws
     return xq @ wq.t()
@@ -107,10 +123,11 @@ def galt_loss(batches: Iterable[torch.Tensor], weight: torch.Tensor, s: torch.Te
               cfg: QuantConfig, lq: LayerQuant, signs: torch.Tensor | None = None) -> float:
     """Mean (over all output elements) squared error of the quantized layer with
     smoothing ``s`` against ``x W^T`` over ``batches`` of input rows."""
+    H = _hadamard_block(signs, cfg, weight)
     total, count = 0.0, 0
     for x in batches:
         x = x.to(weight.dtype)
-        y = _quantized_output(x, weight, s, cfg, lq, signs)
+        y = _quantized_output(x, weight, s, cfg, lq, H)
         total += float(F.mse_loss(y, x @ weight.t(), reduction="sum"))
         count += y.numel()
     if count == 0:
@@ -134,6 +151,7 @@ def learn_smoothing(weight: torch.Tensor, batches: Callable[[], Iterable[torch.T
     lr = cfg.galt_lr if lr is None else lr
     w = weight.detach().float()
     sg = None if signs is None else signs.to(device=w.device, dtype=w.dtype)
+    H = _hadamard_block(sg, cfg, w)
     s = torch.ones(w.shape[1], device=w.device, dtype=w.dtype, requires_grad=True)
     opt = AdamW(s, lr=lr)
     init = galt_loss((b.to(w.device) for b in batches()), w, s.detach(), cfg, lq, sg)
@@ -143,7 +161,7 @@ def learn_smoothing(weight: torch.Tensor, batches: Callable[[], Iterable[torch.T
             x = x.to(device=w.device, dtype=w.dtype)
             with torch.no_grad():
                 target = x @ w.t()
-            loss = F.mse_loss(_quantized_output(x, w, s, cfg, lq, sg), target)
+            loss = F.mse_loss(_quantized_output(x, w, s, cfg, lq, H), target)
             opt.zero_grad()
             loss.backward()
             opt.step()
