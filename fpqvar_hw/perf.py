@@ -138,18 +138,25 @@ class UnitTiming:
 
 
 def _manifest_timing(name: str, manifest: Mapping | None, item: str, default_latency: int,
-                     beats_per_item: int, why: str) -> UnitTiming:
-    """Timing from a unit manifest (``latency``; optional ``ii``, cycles per beat, default 1),
-    or the stated design assumption when the unit does not exist yet.
+                     beats_per_item: int, why: str, *, out_beats_per_item: int = 1) -> UnitTiming:
+    """Timing from a unit manifest, or the stated design assumption when the unit is missing.
 
-    ``beats_per_item`` comes from the config (e.g. ``group_size / lanes`` beats per group).
+    Manifest keys: ``latency`` or ``latency_cycles`` (input handshake of an item's last
+    beat to its *first* output beat), optional ``ii`` / ``initiation_interval`` (cycles per
+    beat, default 1).  ``beats_per_item`` comes from the config (``group_size / lanes``);
+    an item leaving as ``out_beats_per_item`` beats adds ``out_beats_per_item - 1`` cycles
+    of latency to its last output beat.
     """
-    if manifest is not None and isinstance(manifest.get("latency"), int):
-        ii = manifest.get("ii", 1)
+    lat = None
+    if manifest is not None:
+        lat = next((manifest[k] for k in ("latency", "latency_cycles")
+                    if isinstance(manifest.get(k), int)), None)
+    if lat is not None:
+        ii = next((manifest[k] for k in ("ii", "initiation_interval") if k in manifest), 1)
         if not isinstance(ii, int) or ii < 1:
             raise ValueError(f"{name} manifest: ii must be a positive int, got {ii!r}")
         src = manifest.get("latency_source", "manifest()")
-        return UnitTiming(name, manifest["latency"], ii * beats_per_item, item,
+        return UnitTiming(name, lat + (out_beats_per_item - 1) * ii, ii * beats_per_item, item,
                           f"{name} unit ({src})")
     return UnitTiming(name, default_latency, beats_per_item, item, f"assumed: {why}")
 
@@ -174,7 +181,8 @@ def unit_timings(config: AcceleratorConfig,
         "quantizer": _manifest_timing(
             "quantizer", m.get("quantizer"), f"one {G}-element group",
             4, max(1, G // config.quant_lanes),
-            "absmax tree + scale + threshold compare, lanes elements/cycle"),
+            "absmax tree + scale + threshold compare, lanes elements/cycle",
+            out_beats_per_item=max(1, G // config.quant_lanes)),
         "hadamard": _manifest_timing(
             "hadamard", m.get("hadamard"), "one 128-element group",
             9, max(1, 128 // config.quant_lanes), "7 butterfly stages + in/out registers"),

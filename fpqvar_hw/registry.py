@@ -90,12 +90,13 @@ def _find_class(mod: Any, names: tuple[str, ...]) -> Any:
 
 
 def _quantizer_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
-    cls = _find_class(mod, ("Quantizer", "GroupQuantizer", "LUTQuantizer"))
+    """One Quantizer per distinct activation format (plain formats share one instance)."""
     out = []
     for f in _act_formats(c):
-        kw = _kw(cls, format=_fmt(f), fmt=_fmt(f), element_format=_fmt(f),
-                 group_size=c.group_size, lanes=c.quant_lanes, scale_format=c.scale_format.value)
-        out.append(Variant(f"quantizer_{f.value}", lambda cls=cls, kw=kw: cls(**kw), 1, None, kw))
+        kw = {"format": f.value, "group_size": c.group_size, "lanes": c.quant_lanes,
+              "scale_format": c.scale_format.value}
+        out.append(Variant(f"quantizer_{f.value}_g{c.group_size}_l{c.quant_lanes}",
+                           lambda kw=kw: mod.Quantizer(**kw), 1, None, kw))
     return out
 
 
@@ -155,8 +156,8 @@ def _multiplier_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
 
 
 def _dot_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
-    """One GroupDot per distinct operand pair; the array cell (count tm*tn) is the DFQ
-    variant when FC2 uses DFQ (it holds both grids' adder trees), else the first pair."""
+    """One GroupDot per distinct operand pair; the array cell (count tm*tn) is the DFQ-FP4
+    variant when FC2 uses it (it holds both grids' adder trees), else the first pair."""
     from .multiplier import MulPair, MulVariant
     by_value = {p.value: p for p in MulPair}
     native = max(c.qkv_act.bits, c.qkv_weight.bits)
@@ -168,7 +169,8 @@ def _dot_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
         key = ("e2m1fn", w.value) if dfq else (a.value, w.value)
         name = f"dot_{a.value}_{w.value}_g{c.group_size}_l{c.lanes}"
         specs.append((name, {"key": key, "dfq": dfq, "dual": a.is_dual}))
-    cell = next((i for i, (_, sp) in enumerate(specs) if sp["dual"]), 0)
+    # the DFQ-FP4 cell holds both grids' trees; dfq6 has no RTL, so its array is the plain cell
+    cell = next((i for i, (_, sp) in enumerate(specs) if sp["dfq"]), 0)
     out = []
     for i, (name, sp) in enumerate(specs):
         def make(sp=sp):
@@ -190,10 +192,20 @@ def _dot_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
     return out
 
 
+#: Element-wise FP32 function pipelines of the vector unit and how many the accelerator
+#: holds: per-element functions once per vector lane, per-row functions once.
+_VECTOR_FUNCS = (("gelu", "lanes"), ("exp", "lanes"), ("rsqrt", 1), ("reciprocal", 1))
+
+
 def _vector_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
-    cls = _find_class(mod, ("VectorUnit", "Vector"))
-    kw = _kw(cls, lanes=c.vector_lanes)
-    return [Variant("vector", lambda: cls(**kw), 1, None, kw)]
+    """One-lane Elementwise pipelines (synthesised once, counted per lane)."""
+    out = []
+    for fname, per in _VECTOR_FUNCS:
+        func = mod.Func(fname)
+        count = c.vector_lanes if per == "lanes" else per
+        out.append(Variant(f"vector_{fname}", lambda func=func: mod.Elementwise(func, lanes=1),
+                           count, None, {"func": fname, "lanes": 1}))
+    return out
 
 
 def _attention_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
@@ -217,7 +229,8 @@ UNITS: tuple[UnitSpec, ...] = (
              _multiplier_variants),
     UnitSpec("dot", "fpqvar_hw.dot", "group dot-product unit (matrix-engine cell)",
              _dot_variants),
-    UnitSpec("vector", "fpqvar_hw.vector", "FP32 vector unit (LayerNorm, GELU, softmax...)",
+    UnitSpec("vector", "fpqvar_hw.vector", "FP32 vector unit: element-wise GELU/exp/rsqrt/"
+             "reciprocal pipelines",
              _vector_variants),
     UnitSpec("attention", "fpqvar_hw.attention", "attention unit (QK^T, softmax, PV)",
              _attention_variants),

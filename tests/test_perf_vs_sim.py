@@ -96,3 +96,30 @@ def test_dot_cycles(seed, group_size, lanes, groups_per_dot, dots, dfq):
     print(f"dot G={group_size} lanes={lanes} dfq={dfq}: measured {measured}, "
           f"predicted {predicted}")
     _check(predicted, measured)
+
+
+@pytest.mark.skipif(not _have("fpqvar_hw.quantizer"), reason="fpqvar_hw.quantizer not in the tree")
+@pytest.mark.parametrize("seed, fmt, group_size, lanes, groups", [
+    (11, "e2m1fn", 32, 8, 6),
+    (12, "dfq4", 64, 16, 5),
+    (13, "int4", 32, 32, 8),
+])
+def test_quantizer_cycles(seed, fmt, group_size, lanes, groups):
+    from fpqvar_hw.quantizer import Quantizer
+    dut = Quantizer(format=fmt, group_size=group_size, lanes=lanes)
+    cfg = get_preset("w4a4").replace(group_size=group_size, lanes=lanes, quant_lanes=lanes)
+    timing = unit_timings(cfg, {"quantizer": component_manifest(dut)})["quantizer"]
+    assert not timing.assumed
+    rng = random.Random(seed)
+    beats = []
+    for _ in range(groups * group_size // lanes):
+        raw = 0
+        for k in range(lanes):      # finite FP16 values (exponent field < 31)
+            raw |= (rng.getrandbits(1) << 15 | rng.randrange(31) << 10 | rng.getrandbits(10)) \
+                << (16 * k)
+        beats.append(raw)
+    measured = measure_stream(dut, beats, expect_outputs=len(beats))
+    predicted = timing.cycles(groups)
+    print(f"quantizer {fmt} G={group_size} lanes={lanes}: measured {measured}, "
+          f"predicted {predicted}")
+    _check(predicted, measured)
