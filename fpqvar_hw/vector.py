@@ -28,7 +28,7 @@ from amaranth.lib.wiring import In, Out
 from .fpu import (FP16, FP32, FloatFormat, RoundPack, _add_front, _convert_front, _mul_front,
                   float_layout, fp_max, unpack, unrounded_layout)
 
-__all__ = ["Dataflow", "Func", "Elementwise", "fp32_bits"]
+__all__ = ["Dataflow", "Func", "Elementwise", "Softmax", "fp32_bits"]
 
 
 def fp32_bits(v: float) -> int:
@@ -86,6 +86,8 @@ class Dataflow:
         return r
 
     def const(self, bits: int, width: int = 32) -> Val:
+        """A constant; stage -1 means valid at every stage (also used for signals held
+        stable while the pipeline runs, such as a row's maximum)."""
         return Val(Const(bits, width), -1)
 
     def at(self, v: Val, stage: int) -> Value:
@@ -124,8 +126,9 @@ class Dataflow:
         return self._fp(lambda m, x, y: _add_front(m, x, y, FP32), a, b)
 
     def neg(self, a: Val) -> Val:
-        return Val(a.sig ^ (1 << 31), a.stage) if a.stage >= 0 else \
-            Val(Const(a.sig.value ^ (1 << 31), 32), -1)
+        if isinstance(a.sig, Const):
+            return Val(Const(a.sig.value ^ (1 << 31), 32), a.stage)
+        return Val(a.sig ^ (1 << 31), a.stage)
 
     def sub(self, a: Val, b: Val) -> Val:
         return self.add(a, self.neg(b))
@@ -303,4 +306,128 @@ class Elementwise(wiring.Component):
         m.d.comb += self.o.valid.eq(valid[-1])
         for k, o in enumerate(outs):
             m.d.comb += self.o.payload[k].as_value().eq(o)
+        return m
+
+
+class Softmax(wiring.Component):
+    """Row softmax over FP32 elements, bit-exact to ``golden.vector.softmax(x, P)``.
+
+    ``i``: stream of FP32 elements, rows of ``length`` back to back; ``o``: stream of
+    the FP32 results in the same order.  One element per beat.
+
+    Per row: (1) load the row into a buffer while keeping the running max
+    (``max`` is exact, so any order gives the golden ``max``); (2) stream the
+    buffer through ``exp(x - m)`` (one :class:`Dataflow` pipeline, one element per
+    cycle), write ``e`` back and accumulate it into ``P`` interleaved partial sums
+    with one FP32 adder (partial ``k mod P``; ``P >= 4`` exceeds the adder latency 2,
+    so each partial's previous sum is back before its next element); (3) a pipelined
+    adder tree ``((p0+p1)+(p2+p3))+...`` and ``reciprocal`` give ``r``; (4) stream
+    out ``e * r`` with backpressure.  Cycles per row: about
+    ``3*length + latency(exp) + latency(tree + reciprocal)`` plus stalls; the
+    next row is accepted after the last output of the previous one.
+    The buffer uses an asynchronous read port (distributed RAM on the FPGA).
+    """
+
+    def __init__(self, *, length: int, P: int = 8):
+        if not isinstance(length, int) or length < 1:
+            raise ValueError(f"length must be a positive integer, got {length!r}")
+        if P < 4 or P & (P - 1) or length % P:
+            raise ValueError(f"P must be a power of two >= 4 dividing length {length}, got {P}")
+        self.length, self.P, self.lanes = length, P, 1
+        super().__init__({
+            "i": In(stream.Signature(float_layout(FP32))),
+            "o": Out(stream.Signature(float_layout(FP32))),
+        })
+
+    def elaborate(self, platform):
+        from amaranth.lib.memory import Memory
+        from .fpu import FPOp, FPUnit
+
+        m = Module()
+        n, P = self.length, self.P
+        m.submodules.buf = buf = Memory(shape=32, depth=n, init=[])
+        rd = buf.read_port(domain="comb")
+        wr = buf.write_port()
+        k = Signal(range(n + 1))          # element counter of the current phase
+        mx = Signal(32, init=0xFF800000)  # running max, starts at -Inf
+        acc = [Signal(32, name=f"acc{j}") for j in range(P)]
+        r = Signal(32)
+
+        # (2) exp pipeline, always enabled; valid and index travel alongside.
+        df = Dataflow(m, Const(1), prefix="sm_")
+        x_in = Signal(32)
+        e_val = df.exp(df.sub(Val(x_in, 0), Val(mx, -1)))
+        L = e_val.stage
+        go = Signal()
+        tags = [Cat(go, k[:len(k)])]
+        for _ in range(L):
+            t = Signal(len(tags[0]))
+            m.d.sync += t.eq(tags[-1])
+            tags.append(t)
+        e_valid, e_idx = tags[-1][0], tags[-1][1:]
+        e_sig = df.at(e_val, L)
+
+        # accumulation: one adder, partial sums in registers
+        m.submodules.adder = adder = FPUnit(FPOp.ADD, FP32)
+        part = Signal(range(P))
+        m.d.comb += [part.eq(e_idx[:len(part)]), adder.o.ready.eq(1),
+                     adder.i.valid.eq(e_valid),
+                     adder.i.payload[0].a.as_value().eq(Array(acc)[part]),
+                     adder.i.payload[0].b.as_value().eq(e_sig)]
+        dst = [Signal(range(P), name=f"part_d{d}") for d in range(2)]
+        m.d.sync += [dst[0].eq(part), dst[1].eq(dst[0])]
+        with m.If(adder.o.valid):
+            m.d.sync += Array(acc)[dst[1]].eq(adder.o.payload[0].as_value())
+
+        # (3) tree + reciprocal on the (stable) partials
+        df2 = Dataflow(m, Const(1), prefix="tr_")
+        level = [Val(a, 0) for a in acc]
+        while len(level) > 1:
+            level = [df2.add(level[q], level[q + 1]) for q in range(0, len(level), 2)]
+        recip = df2.reciprocal(level[0])
+        L2 = recip.stage
+
+        # (4) output multiply with backpressure
+        m.submodules.mul = mul = FPUnit(FPOp.MUL, FP32)
+        wiring.connect(m, wiring.flipped(self.o), mul.o)
+
+        wait = Signal(range(max(L, L2) + 4))
+        m.d.comb += [rd.addr.eq(k[:len(rd.addr)]), x_in.eq(rd.data)]
+        new_max = fp_max(m, mx, self.i.payload.as_value(), FP32)
+        with m.FSM():
+            with m.State("LOAD"):
+                m.d.comb += [self.i.ready.eq(1), wr.addr.eq(k), wr.data.eq(self.i.payload.as_value()),
+                             wr.en.eq(self.i.valid)]
+                with m.If(self.i.valid):
+                    m.d.sync += [mx.eq(new_max), k.eq(k + 1)]
+                    with m.If(k == n - 1):
+                        m.d.sync += k.eq(0)
+                        m.next = "EXP"
+            with m.State("EXP"):
+                m.d.comb += go.eq(1)
+                m.d.sync += k.eq(k + 1)
+                with m.If(k == n - 1):
+                    m.d.sync += [k.eq(0), wait.eq(0)]
+                    m.next = "DRAIN"
+            with m.State("DRAIN"):         # exp results still writing back / accumulating
+                m.d.sync += wait.eq(wait + 1)
+                with m.If(wait == L + 3):
+                    m.d.sync += wait.eq(0)
+                    m.next = "REDUCE"
+            with m.State("REDUCE"):        # tree + reciprocal pipeline settles
+                m.d.sync += wait.eq(wait + 1)
+                with m.If(wait == L2):
+                    m.d.sync += r.eq(df2.at(recip, L2))
+                    m.next = "OUT"
+            with m.State("OUT"):
+                m.d.comb += [mul.i.valid.eq(1), mul.i.payload[0].a.as_value().eq(rd.data),
+                             mul.i.payload[0].b.as_value().eq(r)]
+                with m.If(mul.i.ready):
+                    m.d.sync += k.eq(k + 1)
+                    with m.If(k == n - 1):
+                        m.d.sync += [k.eq(0), mx.eq(0xFF800000)] + [a.eq(0) for a in acc]
+                        m.next = "LOAD"
+        # write back e (during EXP/DRAIN; LOAD writes come from the input)
+        with m.If(e_valid):
+            m.d.comb += [wr.addr.eq(e_idx), wr.data.eq(e_sig), wr.en.eq(1)]
         return m

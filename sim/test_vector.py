@@ -63,3 +63,43 @@ def test_bad_parameters():
         Elementwise("gelu")
     with pytest.raises(ValueError, match="lanes"):
         Elementwise(Func.EXP, lanes=0)
+
+
+def run_exhaustive_fp16(func: str, lanes: int, seed: int, monkeypatch) -> None:
+    """Every FP16 input through ``Elementwise(func, src=FP16, dst=FP16)`` in cocotb.
+
+    Runs on Icarus: Verilator's C++ build of these 50-80-stage pipelines takes many
+    minutes, Icarus compiles in seconds and 65,536 inputs take about a minute.
+    """
+    from sim.runner import BUILD_ROOT, run_cocotb
+
+    monkeypatch.setenv("SIM", "icarus")
+    x = np.arange(1 << 16, dtype=np.uint16)
+    path = BUILD_ROOT / "vectors" / f"elementwise-{func}-fp16-all.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, x=x, y=golden_path(func, x, "fp16", "fp16"))
+    run_cocotb(Elementwise(Func(func), lanes=lanes, src=FP16, dst=FP16),
+               name=f"elementwise-{func}-fp16-l{lanes}", test_module="sim.tb_fpu", seed=seed,
+               params=dict(vectors=str(path), lanes=lanes, seed=seed, idle=0.05, backpressure=0.1,
+                           inputs=[["x", 16]], outputs=[["y", 16]]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("func,seed", [("gelu", 31), ("exp", 32)])
+def test_elementwise_fp16_exhaustive_cocotb(func, seed, monkeypatch):
+    run_exhaustive_fp16(func, 8, seed, monkeypatch)
+
+
+@pytest.mark.parametrize("length,rows,seed", [(64, 3, 41), pytest.param(1024, 2, 42, marks=pytest.mark.slow)])
+def test_softmax_amaranth(length, rows, seed):
+    """Seeded rows (scales from 0.1 to 30, one row with -Inf entries) against golden softmax."""
+    from fpqvar_hw.vector import Softmax
+
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((rows, length)) * rng.uniform(0.1, 30, (rows, 1))).astype(np.float32)
+    x[0, ::7] = -np.inf                     # masked positions
+    want = g.canon(v.softmax(x, P=8)).reshape(-1)
+    dut = Softmax(length=length, P=8)
+    got = run_unit(dut, [int(b) for b in x.view(np.uint32).reshape(-1)], 32, seed,
+                   max_cycles=rows * (6 * length + 400))
+    check(got, want, x.view(np.uint32).reshape(-1), "softmax")

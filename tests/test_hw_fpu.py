@@ -19,8 +19,8 @@ LANES = 8
 FMTS = {"fp32": FP32, "fp16": FP16}
 
 
-def run_unit(dut, lane_words: list[int], out_width: int, seed: int, in_width: int | None = None
-             ) -> np.ndarray:
+def run_unit(dut, lane_words: list[int], out_width: int, seed: int, in_width: int | None = None,
+             max_cycles: int | None = None) -> np.ndarray:
     """Stream per-lane packed input words through ``dut`` (``i``/``o`` array streams of
     ``dut.lanes`` lanes); return the per-lane output words in order.
 
@@ -67,7 +67,7 @@ def run_unit(dut, lane_words: list[int], out_width: int, seed: int, in_width: in
     sim.add_testbench(source)
     sim.add_testbench(sink)
     sim.add_process(monitor)
-    sim.run_until(1e-6 * (beats * 4 + 4 * getattr(dut, "latency", 2) + 200))
+    sim.run_until(1e-6 * (max_cycles or (beats * 4 + 4 * getattr(dut, "latency", 2) + 200)))
     assert len(results) == beats * lanes, f"lost beats: got {len(results)} of {beats * lanes}"
     return np.array(results[:n], dtype=np.uint64)
 
