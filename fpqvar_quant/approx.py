@@ -18,7 +18,7 @@ import torch
 from .golden import vector as _v
 
 __all__ = ["TorchBackend", "TORCH", "exp", "reciprocal", "rsqrt", "gelu", "softmax",
-           "layernorm_modulate", "l2norm_temperature", "gamma_residual"]
+           "layernorm_modulate", "l2norm_temperature", "gamma_residual", "attention"]
 
 
 class TorchBackend(_v.Backend):
@@ -68,6 +68,15 @@ class TorchBackend(_v.Backend):
     def zeros_like(self, a):
         return torch.zeros_like(a, dtype=torch.float32)
 
+    def concat_zeros(self, x, k: int):
+        return torch.cat([x, x.new_zeros(tuple(x.shape[:-1]) + (k,))], dim=-1)
+
+    def swap_last(self, x):
+        return x.transpose(-1, -2)
+
+    def concat(self, xs, axis: int):
+        return torch.cat(xs, dim=axis)
+
     def isnan(self, a):
         return torch.isnan(a)
 
@@ -111,3 +120,10 @@ def l2norm_temperature(q, t=None, P: int = 8) -> torch.Tensor:
 
 def gamma_residual(x, gamma, y) -> torch.Tensor:
     return _v.gamma_residual(x, gamma, y, TORCH)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, P: int = 8) -> torch.Tensor:
+    """Attention of the hardware (``fpqvar_quant.golden.attention.attention``) on tensors."""
+    from .golden import attention as _att
+
+    return _att.attention(q, k, v, P, TORCH)

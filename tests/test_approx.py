@@ -43,3 +43,13 @@ def test_row_ops_identical(seed):
     same(v.l2norm_temperature(q, t), approx.l2norm_temperature(torch.from_numpy(q), torch.from_numpy(t)))
     same(v.l2norm_temperature(q), approx.l2norm_temperature(torch.from_numpy(q)))
     same(v.gamma_residual(x, s, x), approx.gamma_residual(tx, ts, tx))
+
+
+@pytest.mark.parametrize("seed", [61])
+def test_attention_identical(seed):
+    from fpqvar_quant.golden import attention as att
+
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((2, 5, 64)).astype(np.float32)
+    k, vv = rng.standard_normal((2, 2, 155, 64)).astype(np.float16).astype(np.float32)
+    same(att.attention(q, k, vv), approx.attention(*(torch.from_numpy(t) for t in (q, k, vv))))

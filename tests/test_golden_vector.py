@@ -78,6 +78,10 @@ def test_tree_sum_order(P):
         assert got[r, 0].view(np.uint32) == parts[0].view(np.uint32)
     with pytest.raises(ValueError, match="power of two"):
         v.tree_sum(x, 3)
+    # a length that P does not divide: same as padding with +0.0
+    assert np.array_equal(v.tree_sum(x[:, :61], P).view(np.uint32),
+                          v.tree_sum(np.concatenate([x[:, :61], np.zeros((3, 3), np.float32)], 1), P)
+                          .view(np.uint32))
 
 
 @pytest.mark.parametrize("seed", [21])
@@ -95,3 +99,25 @@ def test_row_ops_close_to_float64(seed):
     t = np.full((16, 1), 10.0, np.float32)   # clamped at ln 100
     qn = np.linalg.norm(v.l2norm_temperature(q, t).astype(np.float64), axis=-1)
     assert np.abs(qn - 100).max() < 1e-4
+
+
+@pytest.mark.parametrize("kind,nq,nk,seed", [("fp16", 4, 680, 51), ("kv6", 9, 14, 52)])
+def test_attention_close_to_float64(kind, nq, nk, seed):
+    """Golden attention over a decoded KV cache (KV length up to 680) vs float64 math."""
+    from fpqvar_quant.golden import attention as att
+
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((2, nq, 64)).astype(np.float32)
+    q = (q / np.linalg.norm(q, axis=-1, keepdims=True) * 4).astype(np.float32)
+    k16, v16 = (rng.standard_normal((2, 2, nk, 64)).astype(np.float16).view(np.uint16))
+    k, vv = (att.kv_decode(att.kv_encode(t, kind)) for t in (k16, v16))
+    if kind == "kv6":   # e2m3fn codes: at most half a grid step of error per element
+        assert np.abs(k - k16.view(np.float16)).max() <= 0.125 * np.abs(k16.view(np.float16)).max()
+    out = att.attention(q, k, vv)
+    qd, kd, vd = (t.astype(np.float64) for t in (q, k, vv))
+    s = qd @ kd.transpose(0, 2, 1)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    ref = (p / p.sum(-1, keepdims=True)) @ vd
+    assert out.shape == (2, nq, 64) and np.abs(out - ref).max() < 1e-5
+    with pytest.raises(ValueError, match="KV cache format"):
+        att.kv_encode(k16, "kv4")

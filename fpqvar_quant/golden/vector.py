@@ -138,6 +138,17 @@ class Backend:
     def zeros_like(self, a):
         return np.zeros_like(a, dtype=np.float32)
 
+    def concat_zeros(self, x, k: int):
+        """Append ``k`` +0.0 along the last axis."""
+        return np.concatenate([x, np.zeros(x.shape[:-1] + (k,), np.float32)], axis=-1)
+
+    def swap_last(self, x):
+        """Swap the last two axes."""
+        return np.swapaxes(x, -1, -2)
+
+    def concat(self, xs, axis: int):
+        return np.concatenate(xs, axis=axis)
+
     def isnan(self, a):
         return np.isnan(a)
 
@@ -230,15 +241,20 @@ def gelu(x, xp: Backend | None = None):
 def tree_sum(x, P: int = 8, xp: Backend | None = None):
     """Sum over the last axis in the canonical order.
 
-    ``P`` partial sums (``P`` a power of two dividing the length): partial ``j``
-    adds elements ``j, j+P, j+2P, ...`` one at a time starting from +0.0; then the
-    partials are added pairwise, neighbours first: ``((p0+p1)+(p2+p3))+...``.
-    Returns shape ``x.shape[:-1] + (1,)``.
+    ``P`` partial sums (``P`` a power of two): partial ``j`` adds elements
+    ``j, j+P, j+2P, ...`` one at a time starting from +0.0; then the partials are
+    added pairwise, neighbours first: ``((p0+p1)+(p2+p3))+...``.  A row whose
+    length is not a multiple of ``P`` behaves as if padded with +0.0 (adding +0.0
+    to a sum that started at +0.0 changes nothing).  Returns shape
+    ``x.shape[:-1] + (1,)``.
     """
     xp = _ctx(xp)
     n = x.shape[-1]
-    if P < 1 or P & (P - 1) or n % P:
-        raise ValueError(f"P must be a power of two dividing the row length {n}, got {P}")
+    if P < 1 or P & (P - 1):
+        raise ValueError(f"P must be a power of two, got {P}")
+    if n % P:
+        x = xp.concat_zeros(x, P - n % P)
+        n = x.shape[-1]
     v = xp.reshape(x, tuple(x.shape[:-1]) + (n // P, P))
     acc = xp.zeros_like(v[..., 0, :])            # +0.0
     for k in range(n // P):
