@@ -29,7 +29,8 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fpqvar_hw.dot import GroupDot                                    # noqa: E402
-from fpqvar_hw.multiplier import MulPair, MulVariant, Multiplier, check_variant  # noqa: E402
+from fpqvar_hw.multiplier import (MagnitudeCore, MulPair, MulVariant, Multiplier,  # noqa: E402
+                                  check_variant)
 from fpqvar_hw.synth import synthesize                                 # noqa: E402
 
 
@@ -45,6 +46,9 @@ class Entry:
 def _mul_entries() -> list[Entry]:
     out = []
     for pair in MulPair:
+        if pair.is_float:
+            out.append(Entry(f"mul {pair.name.lower()} magnitude core", "multiplier",
+                             lambda p=pair: MagnitudeCore(pair=p)))
         for var in MulVariant:
             try:
                 check_variant(pair, var)

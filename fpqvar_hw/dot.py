@@ -17,13 +17,13 @@ are derived from the largest product); FP32 overflow would give +-Inf.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from . import fp32
 from .fpu import FP16, FP32, float_layout
-from .multiplier import Multiplier, MulPair, MulVariant, check_variant, code_layout
+from .multiplier import MagnitudeCore, Multiplier, MulPair, MulVariant, check_variant, code_layout
 
 __all__ = ["GroupDot", "dfq_code_layout", "sum_width"]
 
@@ -96,6 +96,9 @@ class GroupDot(wiring.Component):
         self.pair, self.variant, self.dfq = pair, variant, dfq
         self.group_size, self.lanes, self.levels_per_stage = group_size, lanes, levels_per_stage
         self.beats_per_group = group_size // lanes
+        #: float LUT lanes keep sign and magnitude: the tree adds ones' complements
+        #: and the signs as carry-ins (cheaper than a negation per product)
+        self.ones_complement = variant is MulVariant.LUT and pair.is_float and not dfq
         self.tree_levels = (lanes - 1).bit_length()
         self.tree_stages = max(1, -(-self.tree_levels // levels_per_stage))
         #: cycles from the final beat's handshake to ``o.valid``
@@ -150,11 +153,25 @@ class GroupDot(wiring.Component):
         # ---- products (stage 1) and adder trees
         sums = []
         for pair, tag in self._halves:
-            prods = []
+            leaves, carries = [], []
             for lane in range(self.lanes):
+                code, wcode = x.a[lane], x.w[lane]
+                if self.ones_complement:
+                    # |p| from the LUT table and the sign, registered; the leaf is the
+                    # ones' complement ~|p| when negative, the +1 enters the tree as a carry-in
+                    core = MagnitudeCore(pair=pair)
+                    m.submodules[f"mag{lane}"] = core
+                    m.d.comb += [core.mag_a.eq(Cat(code.mantissa, code.exponent)),
+                                 core.mag_b.eq(Cat(wcode.mantissa, wcode.exponent))]
+                    mag = reg(core.mag, f"mag{lane}")
+                    neg = reg(code.sign ^ wcode.sign, f"neg{lane}")
+                    leaf = Signal(signed(pair.width), name=f"leaf{lane}")
+                    m.d.comb += leaf.eq((Cat(mag, Const(0, 1)) ^ neg.replicate(pair.width)).as_signed())
+                    leaves.append((leaf, pair.max_abs + 1))
+                    carries.append(neg)
+                    continue
                 mul = Multiplier(pair=pair, variant=self.variant)
                 m.submodules[f"mul_{tag}{lane}"] = mul
-                code = x.a[lane]
                 if self.dfq:
                     gate = code.neg if tag == "neg" else ~code.neg
                     m.d.comb += mul.a.as_value().eq(code.as_value())
@@ -163,17 +180,20 @@ class GroupDot(wiring.Component):
                 else:
                     m.d.comb += mul.a.eq(code)
                     p = mul.p
-                m.d.comb += mul.b.eq(x.w[lane])
-                prods.append((reg(p, f"prod_{tag}{lane}"), pair.max_abs))
-            sums.append((self._tree(m, prods, tag, reg), pair))
+                m.d.comb += mul.b.eq(wcode)
+                leaves.append((reg(p, f"prod_{tag}{lane}"), pair.max_abs))
+            sums.append((self._tree(m, leaves, carries, tag, reg), pair))
         # all trees have the same depth, so one control shift register serves them
         for k in range(self.tree_stages):
             ctrl = reg(ctrl, f"ctrl_t{k}")
 
         # ---- group-sum register: exact S over the beats of a group
         group_sums = []
-        for (tree_out, tree_max), pair in sums:
+        for (tree_root, _, leftover), pair in sums:
             smax = pair.max_abs * self.group_size
+            tree_out = Signal(signed(sum_width(smax)), name=f"tree_{pair.name}")
+            # the exact sum fits sum_width(smax); two's complement truncation is exact
+            m.d.comb += tree_out.eq(sum(leftover, tree_root))
             S = Signal(signed(sum_width(smax)), name=f"S_{pair.name}")
             if bpg == 1:
                 with m.If(en):
@@ -219,23 +239,32 @@ class GroupDot(wiring.Component):
                          self.o.payload.as_value().eq(acc_next)]
         return m
 
-    def _tree(self, m: Module, leaves, tag: str, reg):
-        """Registered pairwise adder tree; returns (sum signal, max abs)."""
+    def _tree(self, m: Module, leaves, carries, tag: str, reg):
+        """Registered pairwise adder tree over ``leaves`` (``(signal, max abs)``).
+
+        Each adder also takes one bit from the pool ``carries`` as its carry-in
+        (``L - 1`` adders absorb all but one of ``L`` bits).  Returns ``(sum,
+        max abs, leftover carry bits)``; the pool is registered with the tree.
+        """
         level = list(leaves)
+        pool = list(carries)
         depth = 0
         while len(level) > 1:
             nxt = []
             for j in range(0, len(level) - 1, 2):
                 (a, ma), (b, mb) = level[j], level[j + 1]
-                s = Signal(signed(sum_width(ma + mb)), name=f"t_{tag}{depth}_{j // 2}")
-                m.d.comb += s.eq(a + b)
-                nxt.append((s, ma + mb))
+                bound = ma + mb + (1 if pool else 0)
+                s = Signal(signed(sum_width(bound)), name=f"t_{tag}{depth}_{j // 2}")
+                m.d.comb += s.eq(a + b + pool.pop() if pool else a + b)
+                nxt.append((s, bound))
             if len(level) % 2:
                 nxt.append(level[-1])
             depth += 1
             if depth % self.levels_per_stage == 0 or len(nxt) == 1:
                 nxt = [(reg(s, f"r_{s.name}"), mx) for s, mx in nxt]
+                pool = [reg(c, f"r_{tag}c{depth}_{k}") for k, c in enumerate(pool)]
             level = nxt
         if depth == 0:  # a single lane: keep the stage count uniform
             level = [(reg(level[0][0], f"r_{tag}_single"), level[0][1])]
-        return level[0]
+            pool = [reg(c, f"r_{tag}c_single{k}") for k, c in enumerate(pool)]
+        return level[0][0], level[0][1], pool

@@ -47,7 +47,7 @@ from amaranth.lib.wiring import In, Out
 
 from fpqvar_quant.formats import Format, get_format
 
-__all__ = ["MulPair", "MulVariant", "Multiplier", "check_variant", "code_layout", "operand_int"]
+__all__ = ["MulPair", "MulVariant", "Multiplier", "MagnitudeCore", "magnitude_table", "check_variant", "code_layout", "operand_int"]
 
 
 class MulPair(enum.Enum):
@@ -140,6 +140,36 @@ def check_variant(pair: MulPair, variant: MulVariant) -> None:
         raise ValueError("INT8_INT8 as a LUT would be a 65,536-entry table; use MulVariant.DSP")
 
 
+def magnitude_table(pair: MulPair) -> list[int]:
+    """Float pairs: ``|p|`` indexed by ``mag_a | mag_b << (bits_a - 1)`` (magnitude codes)."""
+    fa, fb = pair.fmt_a, pair.fmt_b
+    na, nb = fa.bits - 1, fb.bits - 1
+    return [operand_int(fa, k & ((1 << na) - 1)) * operand_int(fb, k >> na)
+            for k in range(1 << (na + nb))]
+
+
+class MagnitudeCore(wiring.Component):
+    """The ``LUT`` variant's unsigned magnitude table alone (float pairs).
+
+    Ports: ``mag_a``, ``mag_b`` (the codes without their sign bits) -> ``mag``
+    (``pair.mag_width`` bits, ``|p|``).  Combinational.  It is the part of the
+    multiplier that is "one LUT6 per product bit" for e2m1fn x e2m1fn; the
+    benchmark reports it next to the full signed :class:`Multiplier`.
+    """
+
+    def __init__(self, *, pair: MulPair):
+        if not isinstance(pair, MulPair) or not pair.is_float:
+            raise ValueError(f"MagnitudeCore takes a float MulPair, got {pair!r}")
+        self.pair = pair
+        super().__init__({"mag_a": In(pair.fmt_a.bits - 1), "mag_b": In(pair.fmt_b.bits - 1),
+                          "mag": Out(pair.mag_width)})
+
+    def elaborate(self, platform):
+        m = Module()
+        Multiplier._table(m, Cat(self.mag_a, self.mag_b), magnitude_table(self.pair), self.mag)
+        return m
+
+
 class Multiplier(wiring.Component):
     """Combinational exact code x code multiplier (a leaf operator, no clock).
 
@@ -167,10 +197,7 @@ class Multiplier(wiring.Component):
     @cached_property
     def magnitude_table(self) -> list[int]:
         """Float pairs: ``|p|`` indexed by ``mag_a | mag_b << (bits_a - 1)``."""
-        fa, fb = self.pair.fmt_a, self.pair.fmt_b
-        na, nb = fa.bits - 1, fb.bits - 1
-        return [operand_int(fa, k & ((1 << na) - 1)) * operand_int(fb, k >> na)
-                for k in range(1 << (na + nb))]
+        return magnitude_table(self.pair)
 
     @cached_property
     def int_table(self) -> list[int]:

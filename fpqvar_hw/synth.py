@@ -9,14 +9,17 @@ Script, per design::
     read_verilog -sv design.v
     synth_xilinx -family xcup -flatten -noiopad -top <top> [-abc9]
     tee -q -o stat.json stat -json
-    tee -q -o ltp.txt ltp -noff
+    tee -q -o ltp.txt ltp -noff t:FD* %n
 
 ``-noiopad``: the unit is a block inside a larger design, not a chip top, so no
 IBUF/OBUF cells.  **Logic depth** is ``ltp -noff``: the number of cells on the
 longest combinational path between flip-flops / ports, every LUT, CARRY4/8
 slice, MUXF7/8 and DSP counting as one level (a 16-bit carry chain on CARRY8
 is 2 levels, so depth understates ripple delay slightly; it is the usual
-"levels of logic" figure a timing estimate starts from).
+"levels of logic" figure a timing estimate starts from).  The selection
+``t:FD* %n`` removes the flip-flops from the graph: ``-noff`` alone only knows
+Yosys' internal FF types, not the mapped FDRE/FDSE cells, and would measure
+paths straight through the pipeline registers.
 
 Results are cached by the SHA-256 of (Verilog, script, Yosys version) under
 ``build/synth/<hash>/`` (the Verilog, ``stat.json``, ``ltp.txt`` and the log
@@ -35,7 +38,7 @@ from pathlib import Path
 __all__ = ["SynthResult", "synthesize", "DEFAULT_CACHE", "YosysError"]
 
 DEFAULT_CACHE = Path(__file__).resolve().parents[1] / "build" / "synth"
-_SCRIPT_VERSION = "1"
+_SCRIPT_VERSION = "2"
 
 
 class YosysError(RuntimeError):
@@ -133,7 +136,7 @@ def synthesize(design, *, top: str = "top", abc9: bool = True,
         "read_verilog -sv design.v",
         f"synth_xilinx -family xcup -flatten -noiopad -top {top}{flags}",
         "tee -q -o stat.json stat -json",
-        "tee -q -o ltp.txt ltp -noff",
+        "tee -q -o ltp.txt ltp -noff t:FD* %n",
     ]) + "\n"
     key = hashlib.sha256("\0".join([text, script, _yosys_version(), _SCRIPT_VERSION])
                          .encode()).hexdigest()[:20]

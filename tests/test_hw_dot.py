@@ -71,6 +71,8 @@ CASES = [
     (MulPair.E3M2_E2M3, False, 8, 2, MulVariant.DSP),
     (MulPair.INT4_INT4, False, 8, 4, MulVariant.LUT),
     (MulPair.INT8_INT8, False, 4, 1, MulVariant.DSP),
+    (MulPair.E3M2_E2M3, False, 8, 8, MulVariant.LUT),   # ones' complement tree, 1 beat/group
+    (MulPair.E2M1_E2M1, False, 4, 1, MulVariant.LUT),   # single lane: no adder, carry kept
 ]
 
 
