@@ -119,8 +119,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="depth of a random model (even; C = 64*depth) [16]")
     g.add_argument("--patch-nums", type=_patch_nums, default=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
                    metavar="N,N,...", help="scales of a random model [256px schedule]")
-    g.add_argument("--shared-aln", action="store_true", help="random model with shared adaLN (d36 style)")
-    g.add_argument("--vae-ch", type=_positive_int, default=160, help="VQVAE width of a random model [160]")
+    g.add_argument("--shared-aln", action="store_true",
+                   help="random model with shared adaLN (d36 style)")
+    g.add_argument("--vae-ch", type=_positive_int, default=160,
+                   help="VQVAE width of a random model (multiple of 32) [160]")
     g.add_argument("--vocab-size", type=_positive_int, default=4096,
                    help="codebook size of a random model [4096]")
     g.add_argument("--num-classes", type=_positive_int, default=1000,
@@ -147,6 +149,20 @@ def _add_sampling_args(p: argparse.ArgumentParser, batch: int) -> None:
     g.add_argument("--seed", type=_nonneg_int, default=0, help="sampling seed [0]")
     g.add_argument("--batch-size", type=_positive_int, default=batch,
                    help=f"images per forward batch [{batch}]")
+    g.add_argument("--amp", choices=("none", "fp16", "bf16"), default="none",
+                   help="run under torch.autocast with this dtype (the official demo uses fp16 "
+                   "on GPUs) [none: the model dtype, fp32]")
+
+
+def _autocast(args, device: str):
+    """``torch.autocast`` context for ``--amp`` (a no-op context for "none")."""
+    import contextlib
+
+    import torch
+    if args.amp == "none":
+        return contextlib.nullcontext()
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[args.amp]
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
 def _progress(args) -> bool:
@@ -175,13 +191,16 @@ def run_calibrate(args) -> int:
     from .ptq.calibrate import generate_calibration
     from .ptq.models import build_models
 
-    _, var, _ = build_models(_model_spec(args), device=_device(args.device))
+    device = _device(args.device)
+    _, var, _ = build_models(_model_spec(args), device=device)
     if args.num_images > var.num_classes:
         raise CliError(f"--num-images {args.num_images} exceeds the {var.num_classes} classes "
                        "(one image per class)")
-    cs = generate_calibration(var, args.out, num_images=args.num_images, batch_size=args.batch_size,
-                              cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                              dtype=args.dtype, progress=_progress(args))
+    with _autocast(args, device):
+        cs = generate_calibration(var, args.out, num_images=args.num_images,
+                                  batch_size=args.batch_size, cfg=args.cfg, top_k=args.top_k,
+                                  top_p=args.top_p, seed=args.seed, dtype=args.dtype,
+                                  progress=_progress(args))
     print(f"calibration set: {cs.num_images} images, {len(cs.layers)} layers, "
           f"{len(cs.shards)} shards in {args.out}")
     return 0
@@ -201,7 +220,8 @@ def add_quantize(sub) -> None:
     p.add_argument("--galt-epochs", type=_positive_int, help="override GALT epochs [50]")
     p.add_argument("--max-tokens", type=_positive_int,
                    help="calibration rows per layer for GALT/MixedFormat (random subset) [all]")
-    p.add_argument("--report", metavar="JSON", help="also write a JSON summary (formats, GALT losses)")
+    p.add_argument("--report", metavar="JSON",
+                   help="also write a JSON summary (formats, GALT losses)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_model_args(p)
     p.set_defaults(func=run_quantize)
@@ -324,11 +344,14 @@ def run_sample(args) -> int:
     todo = [u for u in units if not all((out / png_name(u[0], i)).exists() for i in u[2])]
     written = 0
     for c, j, idx in tqdm(todo, desc=f"sample r{rank}", disable=not _progress(args), unit="batch"):
-        imgs = var.autoregressive_infer_cfg(B=len(idx), label_B=torch.full((len(idx),), c,
-                                                                            device=device),
-                                            g_seed=args.seed * 10**9 + c * 10**4 + j, cfg=args.cfg,
-                                            top_k=min(args.top_k, int(var.V)), top_p=args.top_p)
-        arr = imgs.mul(255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        with _autocast(args, device):
+            imgs = var.autoregressive_infer_cfg(B=len(idx),
+                                                label_B=torch.full((len(idx),), c, device=device),
+                                                g_seed=args.seed * 10**9 + c * 10**4 + j,
+                                                cfg=args.cfg, top_k=min(args.top_k, int(var.V)),
+                                                top_p=args.top_p)
+        arr = imgs.float().mul(255).round().clamp(0, 255).to(torch.uint8)
+        arr = arr.permute(0, 2, 3, 1).cpu().numpy()
         for i, a in zip(idx, arr):
             tmp = out / (png_name(c, i) + ".tmp")
             Image.fromarray(np.ascontiguousarray(a)).save(tmp, format="PNG")
@@ -408,8 +431,10 @@ def run_export(args) -> int:
 
 # ------------------------------------------------------------------ main
 #: (registration function) for every subcommand, in --help order. Append to extend.
+from .digits.demo import add_demo  # noqa: E402  (the embedded digits demo; light import)
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    add_calibrate, add_quantize, add_sample, add_evaluate, add_export]
+    add_calibrate, add_quantize, add_sample, add_evaluate, add_export, add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

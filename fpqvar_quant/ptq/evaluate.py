@@ -178,7 +178,8 @@ def _extractor(weights: str | Path | None, device: str):
         from torch_fidelity import FeatureExtractorInceptionV3
     except ImportError as e:
         raise EvaluatorUnavailable(
-            "torch-fidelity is not installed; install it with `pip install torch-fidelity` "
+            "torch-fidelity is not installed; install it with `pip install 'fpqvar[eval]'` "
+            "(or `pip install torch-fidelity==0.4.0`) "
             "(it provides the TF-FID Inception-V3 port used by the ADM-compatible metrics)") from e
     path = _find_weights(weights)
     fe = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
