@@ -52,7 +52,7 @@ class ModelConfig:
     vqvae_lr: float = 2e-3
     vqvae_restart_epochs: int = 10
     # VAR training: teacher-forced cross-entropy, AdamW with warmup + cosine decay.
-    var_epochs: int = 50
+    var_epochs: int = 16
     var_batch: int = 64
     var_lr: float = 2e-3
     var_weight_decay: float = 0.05
