@@ -28,7 +28,7 @@ from amaranth.lib.wiring import In, Out
 from .fpu import (FP16, FP32, FloatFormat, RoundPack, _add_front, _convert_front, _mul_front,
                   float_layout, fp_max, unpack, unrounded_layout)
 
-__all__ = ["Dataflow", "Func", "Elementwise", "Softmax", "fp32_bits"]
+__all__ = ["Dataflow", "Func", "Elementwise", "Softmax", "LayerNormModulate", "fp32_bits"]
 
 
 def fp32_bits(v: float) -> int:
@@ -430,4 +430,143 @@ class Softmax(wiring.Component):
         # write back e (during EXP/DRAIN; LOAD writes come from the input)
         with m.If(e_valid):
             m.d.comb += [wr.addr.eq(e_idx), wr.data.eq(e_sig), wr.en.eq(1)]
+        return m
+
+
+class LayerNormModulate(wiring.Component):
+    """LayerNorm without affine (eps 1e-6) and adaLN modulate ``y*(1 + scale) + shift``,
+    bit-exact to ``golden.vector.layernorm_modulate(x, scale, shift, P)``.
+
+    ``i``: stream of ``{x, scale, shift}`` (FP32 each), one channel per beat, rows of
+    ``length`` channels back to back; ``o``: stream of FP32 results in order.
+
+    Per row: (1) load ``x``/``scale``/``shift`` into buffers while one adder
+    accumulates ``x`` into ``P`` interleaved partial sums; (2) tree,
+    ``mu = sum * fp32(1/C)``; (3) stream ``d = x - mu`` (written back) and
+    accumulate ``d*d``; (4) tree, ``* fp32(1/C)``, ``+ 1e-6``, ``rsqrt`` -> ``r``;
+    (5) stream ``(d*r)*(1 + scale) + shift`` out through a stall-able pipeline.
+    Cycles per row about ``3*length`` plus pipeline latencies plus stalls.
+    """
+
+    def __init__(self, *, length: int, P: int = 8):
+        if not isinstance(length, int) or length < 1:
+            raise ValueError(f"length must be a positive integer, got {length!r}")
+        if P < 4 or P & (P - 1) or length % P:
+            raise ValueError(f"P must be a power of two >= 4 dividing length {length}, got {P}")
+        self.length, self.P, self.lanes = length, P, 1
+        fl = float_layout(FP32)
+        super().__init__({
+            "i": In(stream.Signature(data.StructLayout({"x": fl, "scale": fl, "shift": fl}))),
+            "o": Out(stream.Signature(fl)),
+        })
+
+    def elaborate(self, platform):
+        from amaranth.lib.memory import Memory
+        from .fpu import FPOp, FPUnit
+
+        m = Module()
+        n, P = self.length, self.P
+        mems = {}
+        for name in ("x", "scale", "shift"):
+            m.submodules[f"buf_{name}"] = mem = Memory(shape=32, depth=n, init=[])
+            mems[name] = (mem.read_port(domain="comb"), mem.write_port())
+        k = Signal(range(n + 1))
+        acc = [Signal(32, name=f"acc{j}") for j in range(P)]
+        mu, r = Signal(32), Signal(32)
+        inv_c = fp32_bits(1.0 / n)
+        for rd, _ in mems.values():
+            m.d.comb += rd.addr.eq(k[:len(rd.addr)])
+
+        # accumulation adder (load: x; variance pass: d*d), issue tags delayed by its latency
+        m.submodules.adder = adder = FPUnit(FPOp.ADD, FP32)
+        issue, issue_idx, issue_val = Signal(), Signal(range(n)), Signal(32)
+        m.d.comb += [adder.o.ready.eq(1), adder.i.valid.eq(issue),
+                     adder.i.payload[0].a.as_value().eq(Array(acc)[issue_idx[:(P - 1).bit_length()]]),
+                     adder.i.payload[0].b.as_value().eq(issue_val)]
+        dst = [Signal(range(P), name=f"part_d{d}") for d in range(2)]
+        m.d.sync += [dst[0].eq(issue_idx[:(P - 1).bit_length()]), dst[1].eq(dst[0])]
+        clear = Signal()
+        with m.If(clear):
+            m.d.sync += [a.eq(0) for a in acc]
+        with m.Elif(adder.o.valid):
+            m.d.sync += Array(acc)[dst[1]].eq(adder.o.payload[0].as_value())
+
+        # variance pass: d = x - mu, dd = d*d (always-enabled pipeline with tags)
+        df = Dataflow(m, Const(1), prefix="var_")
+        d_val = df.sub(Val(mems["x"][0].data, 0), Val(mu, -1))
+        dd_val = df.mul(d_val, d_val)
+        Lv = dd_val.stage
+        go = Signal()
+        tags = [Cat(go, k[:len(issue_idx)])]
+        for _ in range(Lv):
+            t = Signal(len(tags[0]))
+            m.d.sync += t.eq(tags[-1])
+            tags.append(t)
+        v_valid, v_idx = tags[-1][0], tags[-1][1:]
+        d_at = df.at(d_val, Lv)
+
+        # trees: mean and 1/sqrt(var + eps) on the stable partials
+        df2 = Dataflow(m, Const(1), prefix="tr_")
+        level = [Val(a, 0) for a in acc]
+        while len(level) > 1:
+            level = [df2.add(level[q], level[q + 1]) for q in range(0, len(level), 2)]
+        mean = df2.mul(level[0], df2.const(inv_c))
+        rs = df2.rsqrt(df2.add(df2.mul(level[0], df2.const(inv_c)), df2.const(fp32_bits(1e-6))))
+        Lm, Lr = mean.stage, rs.stage
+
+        # output pipeline (stall-able)
+        en = ~self.o.valid | self.o.ready
+        out_go = Signal()
+        df3 = Dataflow(m, en, prefix="out_")
+        y = df3.mul(Val(mems["x"][0].data, 0), Val(r, -1))
+        one_plus = df3.add(Val(mems["scale"][0].data, 0), df3.const(ONE))
+        res = df3.add(df3.mul(y, one_plus), Val(mems["shift"][0].data, 0))
+        Lo = res.stage
+        ovalid = Signal(Lo)
+        with m.If(en):
+            m.d.sync += ovalid.eq(Cat(out_go, ovalid[:-1]))
+        m.d.comb += [self.o.valid.eq(ovalid[-1]), self.o.payload.as_value().eq(df3.at(res, Lo))]
+
+        wait = Signal(range(max(Lv, Lm, Lr) + 4))
+        wx = mems["x"][1]
+        with m.FSM():
+            with m.State("LOAD"):
+                m.d.comb += [self.i.ready.eq(1), issue.eq(self.i.valid), issue_idx.eq(k),
+                             issue_val.eq(self.i.payload.x.as_value())]
+                for name, (_, wp) in mems.items():
+                    m.d.comb += [wp.addr.eq(k), wp.data.eq(getattr(self.i.payload, name).as_value()),
+                                 wp.en.eq(self.i.valid)]
+                with m.If(self.i.valid):
+                    m.d.sync += k.eq(k + 1)
+                    with m.If(k == n - 1):
+                        m.d.sync += [k.eq(0), wait.eq(0)]
+                        m.next = "MEAN"
+            with m.State("MEAN"):          # adder drains (3), then the tree settles
+                m.d.sync += wait.eq(wait + 1)
+                with m.If(wait == Lm + 3):
+                    m.d.sync += [mu.eq(df2.at(mean, Lm)), wait.eq(0)]
+                    m.d.comb += clear.eq(1)
+                    m.next = "VAR"
+            with m.State("VAR"):
+                m.d.comb += go.eq(1)
+                m.d.sync += k.eq(k + 1)
+                with m.If(k == n - 1):
+                    m.d.sync += [k.eq(0), wait.eq(0)]
+                    m.next = "RSQRT"
+            with m.State("RSQRT"):
+                m.d.sync += wait.eq(wait + 1)
+                with m.If(wait == Lv + 3 + Lr):
+                    m.d.sync += r.eq(df2.at(rs, Lr))
+                    m.next = "OUT"
+            with m.State("OUT"):
+                m.d.comb += out_go.eq(en)
+                with m.If(en):
+                    m.d.sync += k.eq(k + 1)
+                    with m.If(k == n - 1):
+                        m.d.sync += k.eq(0)
+                        m.d.comb += clear.eq(1)
+                        m.next = "LOAD"
+        with m.If(v_valid):   # variance pass: issue d*d, write d back
+            m.d.comb += [issue.eq(1), issue_idx.eq(v_idx), issue_val.eq(df.at(dd_val, Lv)),
+                         wx.addr.eq(v_idx), wx.data.eq(d_at), wx.en.eq(1)]
         return m

@@ -103,3 +103,20 @@ def test_softmax_amaranth(length, rows, seed):
     got = run_unit(dut, [int(b) for b in x.view(np.uint32).reshape(-1)], 32, seed,
                    max_cycles=rows * (6 * length + 400))
     check(got, want, x.view(np.uint32).reshape(-1), "softmax")
+
+
+@pytest.mark.parametrize("length,rows,seed", [(64, 2, 71), pytest.param(1024, 2, 72, marks=pytest.mark.slow)])
+def test_layernorm_modulate_amaranth(length, rows, seed):
+    """Seeded rows with offsets and scales, per-row adaLN scale/shift, vs golden."""
+    from fpqvar_hw.vector import LayerNormModulate
+
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((rows, length)) * rng.uniform(0.01, 50, (rows, 1))
+         + rng.standard_normal((rows, 1)) * 5).astype(np.float32)
+    sc, sh = (rng.standard_normal((2, rows, length)) * 0.5).astype(np.float32)
+    want = g.canon(v.layernorm_modulate(x, sc, sh, P=8)).reshape(-1)
+    u = lambda a: a.view(np.uint32).reshape(-1).astype(np.uint64)  # noqa: E731
+    words = [int(a) | (int(b) << 32) | (int(c) << 64) for a, b, c in zip(u(x), u(sc), u(sh))]
+    dut = LayerNormModulate(length=length, P=8)
+    got = run_unit(dut, words, 32, seed, in_width=96, max_cycles=rows * (8 * length + 600))
+    check(got, want, u(x), "layernorm_modulate")
