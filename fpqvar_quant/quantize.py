@@ -173,8 +173,10 @@ def _to_torch(x: Any) -> tuple[torch.Tensor, bool]:
         if a.dtype.kind != "f":
             raise TypeError(f"quantize expects floating-point data, got dtype {a.dtype}; "
                             "convert with .astype(np.float32)")
-        t, was_np = torch.from_numpy(np.ascontiguousarray(a).astype(a.dtype.newbyteorder("="),
-                                                                      copy=False)), True
+        a = np.ascontiguousarray(a).astype(a.dtype.newbyteorder("="), copy=False)
+        if not a.flags.writeable:               # torch.from_numpy warns on read-only views
+            a = a.copy()
+        t, was_np = torch.from_numpy(a), True
     if not t.is_floating_point():
         raise TypeError(f"quantize expects floating-point data, got dtype {t.dtype}; "
                         "convert with .float()")
