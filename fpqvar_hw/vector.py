@@ -28,7 +28,7 @@ from amaranth.lib.wiring import In, Out
 from .fpu import (FP16, FP32, FloatFormat, RoundPack, _add_front, _convert_front, _mul_front,
                   float_layout, fp_max, unpack, unrounded_layout)
 
-__all__ = ["Dataflow", "Func", "Elementwise", "Softmax", "LayerNormModulate", "fp32_bits"]
+__all__ = ["Dataflow", "Func", "Elementwise", "Softmax", "LayerNormModulate", "L2NormTemperature", "fp32_bits"]
 
 
 def fp32_bits(v: float) -> int:
@@ -569,4 +569,103 @@ class LayerNormModulate(wiring.Component):
         with m.If(v_valid):   # variance pass: issue d*d, write d back
             m.d.comb += [issue.eq(1), issue_idx.eq(v_idx), issue_val.eq(df.at(dd_val, Lv)),
                          wx.addr.eq(v_idx), wx.data.eq(d_at), wx.en.eq(1)]
+        return m
+
+
+class L2NormTemperature(wiring.Component):
+    """Per-head L2 normalisation, optionally times ``exp(min(t, ln 100))``; bit-exact to
+    ``golden.vector.l2norm_temperature(q, t if temperature else None, P)``.
+
+    ``i``: stream of ``{x, t}`` (FP32) with ``temperature=True``, else ``{x}``; heads of
+    ``head_dim`` elements back to back (``t`` is taken from a head's first element);
+    ``o``: FP32 results in order.  Per head: load while ``x*x`` is accumulated into
+    ``P`` partial sums; tree, ``max(., 1e-24)``, ``rsqrt`` (times the temperature) ->
+    ``g``; stream out ``x*g`` with backpressure.
+    """
+
+    def __init__(self, *, head_dim: int = 64, P: int = 8, temperature: bool = True):
+        if P < 4 or P & (P - 1) or head_dim % P:
+            raise ValueError(f"P must be a power of two >= 4 dividing head_dim {head_dim}, got {P}")
+        self.length, self.P, self.temperature, self.lanes = head_dim, P, temperature, 1
+        fl = float_layout(FP32)
+        fields = {"x": fl, "t": fl} if temperature else {"x": fl}
+        super().__init__({"i": In(stream.Signature(data.StructLayout(fields))),
+                          "o": Out(stream.Signature(fl))})
+
+    def elaborate(self, platform):
+        from amaranth.lib.memory import Memory
+        from .fpu import FPOp, FPUnit
+
+        m = Module()
+        n, P = self.length, self.P
+        m.submodules.buf = buf = Memory(shape=32, depth=n, init=[])
+        rd, wr = buf.read_port(domain="comb"), buf.write_port()
+        k = Signal(range(n + 1))
+        acc = [Signal(32, name=f"acc{j}") for j in range(P)]
+        t, g = Signal(32), Signal(32)
+        m.d.comb += rd.addr.eq(k[:len(rd.addr)])
+        x_in = self.i.payload.x.as_value()
+
+        # x*x pipeline on accepted inputs, then one accumulation adder
+        df = Dataflow(m, Const(1), prefix="sq_")
+        sq = df.mul(Val(x_in, 0), Val(x_in, 0))
+        Ls = sq.stage
+        take = Signal()
+        tags = [Cat(take, k[:(n - 1).bit_length()])]
+        for _ in range(Ls):
+            tg = Signal(len(tags[0]))
+            m.d.sync += tg.eq(tags[-1])
+            tags.append(tg)
+        s_valid, s_idx = tags[-1][0], tags[-1][1:]
+        pbits = (P - 1).bit_length()
+        m.submodules.adder = adder = FPUnit(FPOp.ADD, FP32)
+        m.d.comb += [adder.o.ready.eq(1), adder.i.valid.eq(s_valid),
+                     adder.i.payload[0].a.as_value().eq(Array(acc)[s_idx[:pbits]]),
+                     adder.i.payload[0].b.as_value().eq(df.at(sq, Ls))]
+        dst = [Signal(pbits, name=f"part_d{d}") for d in range(2)]
+        m.d.sync += [dst[0].eq(s_idx[:pbits]), dst[1].eq(dst[0])]
+        clear = Signal()
+        with m.If(clear):
+            m.d.sync += [a.eq(0) for a in acc]
+        with m.Elif(adder.o.valid):
+            m.d.sync += Array(acc)[dst[1]].eq(adder.o.payload[0].as_value())
+
+        df2 = Dataflow(m, Const(1), prefix="tr_")
+        level = [Val(a, 0) for a in acc]
+        while len(level) > 1:
+            level = [df2.add(level[q], level[q + 1]) for q in range(0, len(level), 2)]
+        gain = df2.rsqrt(df2.max(level[0], df2.const(fp32_bits(1e-24))))
+        if self.temperature:
+            gain = df2.mul(gain, df2.exp(df2.min(Val(t, 0), df2.const(fp32_bits(math.log(100.0))))))
+        Lg = gain.stage
+
+        m.submodules.mul = mul = FPUnit(FPOp.MUL, FP32)
+        wiring.connect(m, wiring.flipped(self.o), mul.o)
+        wait = Signal(range(Ls + Lg + 8))
+        with m.FSM():
+            with m.State("LOAD"):
+                m.d.comb += [self.i.ready.eq(1), take.eq(self.i.valid), wr.addr.eq(k),
+                             wr.data.eq(x_in), wr.en.eq(self.i.valid)]
+                with m.If(self.i.valid):
+                    if self.temperature:
+                        with m.If(k == 0):
+                            m.d.sync += t.eq(self.i.payload.t.as_value())
+                    m.d.sync += k.eq(k + 1)
+                    with m.If(k == n - 1):
+                        m.d.sync += [k.eq(0), wait.eq(0)]
+                        m.next = "REDUCE"
+            with m.State("REDUCE"):
+                m.d.sync += wait.eq(wait + 1)
+                with m.If(wait == Ls + 3 + Lg):
+                    m.d.sync += g.eq(df2.at(gain, Lg))
+                    m.next = "OUT"
+            with m.State("OUT"):
+                m.d.comb += [mul.i.valid.eq(1), mul.i.payload[0].a.as_value().eq(rd.data),
+                             mul.i.payload[0].b.as_value().eq(g)]
+                with m.If(mul.i.ready):
+                    m.d.sync += k.eq(k + 1)
+                    with m.If(k == n - 1):
+                        m.d.sync += k.eq(0)
+                        m.d.comb += clear.eq(1)
+                        m.next = "LOAD"
         return m

@@ -120,3 +120,22 @@ def test_layernorm_modulate_amaranth(length, rows, seed):
     dut = LayerNormModulate(length=length, P=8)
     got = run_unit(dut, words, 32, seed, in_width=96, max_cycles=rows * (8 * length + 600))
     check(got, want, u(x), "layernorm_modulate")
+
+
+@pytest.mark.parametrize("temperature,seed", [(True, 81), (False, 82)])
+def test_l2norm_temperature_amaranth(temperature, seed):
+    """Three 64-wide heads (one all-zero: eps path) with per-head log-temperatures
+    below and above the ln 100 clamp."""
+    from fpqvar_hw.vector import L2NormTemperature
+
+    rng = np.random.default_rng(seed)
+    q = (rng.standard_normal((3, 64)) * rng.uniform(0.01, 20, (3, 1))).astype(np.float32)
+    q[1] = 0.0
+    t = np.array([[1.386], [7.0], [-2.0]], np.float32)
+    want = g.canon(v.l2norm_temperature(q, t if temperature else None, P=8)).reshape(-1)
+    u = lambda a: a.view(np.uint32).reshape(-1).astype(np.uint64)  # noqa: E731
+    tt = np.repeat(t, 64, axis=1)
+    words = [int(a) | ((int(b) << 32) if temperature else 0) for a, b in zip(u(q), u(tt))]
+    dut = L2NormTemperature(head_dim=64, P=8, temperature=temperature)
+    got = run_unit(dut, words, 32, seed, in_width=64 if temperature else 32, max_cycles=3 * 600)
+    check(got, want, u(q), "l2norm_temperature")
