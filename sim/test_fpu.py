@@ -100,6 +100,7 @@ def run(fmt: str, n: int, seed: int, lanes: int, idle: float = 0.1, backpressure
 LANES = {"fp16": 16, "fp32": 8}
 
 
+@pytest.mark.slow   # the Verilator build of the bundle takes minutes; the sim itself seconds
 @pytest.mark.parametrize("fmt,seed", [("fp16", 1), ("fp32", 2)])
 def test_fpu_quick(fmt, seed):
     run(fmt, 20_000, seed, LANES[fmt])
