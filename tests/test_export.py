@@ -66,6 +66,14 @@ def test_package_round_trip(preset, fp_model, tmp_path):
         np.testing.assert_allclose(H @ H.T, np.eye(128), atol=1e-12)
         assert set(np.unique(pkg.hadamard_signs)) <= {-1, 1}
         assert len(pkg.galt) == 2 * len(var.blocks)
+    fc2 = pkg.layers["blocks.0.ffn.fc2"].meta
+    if cfg.dfq:
+        sides = fc2["dfq_formats"]
+        assert sides == {"fp4": {"negative": "e1m2fn", "positive": "e2m1fn"},
+                         "fp6": {"negative": "int6", "positive": "e2m3fn"}}[cfg.dfq]
+        for f in sides.values():
+            bits = 4 if cfg.dfq == "fp4" else 6
+            assert len(pkg.manifest["element_formats"][f]["values"]) == 2 ** bits
     if cfg.kv_fmt:
         assert pkg.manifest["kv_cache"] == {"fmt": "e2m3fn", "group_size": 64, "scale_format": "fp16"}
     with pytest.raises(FileExistsError):

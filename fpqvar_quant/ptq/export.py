@@ -24,6 +24,15 @@ _SCALE_STORAGE = {"fp16": ("uint16", "IEEE binary16 bits"),
                   "e4m3": ("uint8", "OCP e4m3fn code")}
 
 
+def _dfq_sides() -> dict[str, tuple[str, str]]:
+    from ..dfq import DFQSpec
+    return {v: tuple(sp.fmt for sp in DFQSpec(variant=v).side_specs())
+            for v in ("fp4", "fp6", "afpq")}
+
+
+_DFQ_SIDES = _dfq_sides()
+
+
 def model_dims(var: nn.Module) -> dict:
     """Shape facts of a VAR the hardware compiler needs."""
     blk = var.blocks[0]
@@ -89,8 +98,10 @@ def export_package(var: nn.Module, report: QuantizationReport, out_dir: str | Pa
         for fmt in (lq.w_fmt, lq.a_fmt):
             if fmt:
                 fmts.add(fmt)
-        if lq.dfq == "fp4":
-            fmts.update(("e1m2fn", "e2m1fn"))
+        if lq.dfq is not None:      # the two grids of the FC2-input dual format
+            entry["dfq_formats"] = {"negative": _DFQ_SIDES[lq.dfq][0],
+                                    "positive": _DFQ_SIDES[lq.dfq][1]}
+            fmts.update(_DFQ_SIDES[lq.dfq])
         def put(field: str, arr: np.ndarray) -> None:
             entry[field] = f"{name}/{field}"
             arrays[entry[field]] = arr

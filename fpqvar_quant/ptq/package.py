@@ -24,7 +24,8 @@ Package layout, version 1: a directory with
                 "dfq", "ght", "w_granularity", "w_group_size", "a_granularity",
                 "a_group_size", "codes": key|null, "scales": key|null,
                 "weight": key|null (float weight when w_fmt is null),
-                "bias": key|null, "smooth": key|null, "smooth_online": bool}},
+                "bias": key|null, "smooth": key|null, "smooth_online": bool,
+                "dfq_formats": {"negative": fmt, "positive": fmt} (DFQ layers only)}},
      "galt": {module path: key} (learned vectors, for reference; folded unless
               the layer says smooth_online),
      "float_params": {state-dict key: array key} (everything not quantized)}
