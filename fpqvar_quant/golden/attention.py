@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import vector as _v
-from .quantizer import quantize_groups
 from ..formats import get_format
 
 __all__ = ["KVEntry", "kv_encode", "kv_decode", "attention", "HEAD_DIM", "KV_FORMATS"]
@@ -51,6 +50,8 @@ def kv_encode(x_fp16_bits, kind: str = "fp16") -> KVEntry:
         raise ValueError(f"last axis must be head_dim {HEAD_DIM}, got shape {x.shape}")
     if kind == "fp16":
         return KVEntry("fp16", bits=x)
+    from .quantizer import quantize_groups   # the group quantizer's golden model
+
     q = quantize_groups(x.reshape(-1, HEAD_DIM), "e2m3fn")
     return KVEntry("kv6", codes=np.asarray(q.codes).reshape(x.shape).astype(np.uint8),
                    scales=np.asarray(q.scales).reshape(x.shape[:-1]).astype(np.uint16))
