@@ -258,8 +258,8 @@ def _scales_from_absmax(a: np.ndarray, f: Format, scale_format: str) -> np.ndarr
     return np.where((s == 0) & pos, np.float32(2.0 ** -149), s)
 
 
-def _absmax_rows(x2: torch.Tensor) -> torch.Tensor:
-    """max|row| of a 2-D tensor (chunked, NaN-propagating); raises on NaN/Inf."""
+def _minmax_rows(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(max, min) of every row of a 2-D tensor, chunked; raises on NaN/Inf."""
     rows, L = x2.shape
     mx = torch.empty(rows, dtype=x2.dtype, device=x2.device)
     mn = torch.empty_like(mx)
@@ -267,11 +267,16 @@ def _absmax_rows(x2: torch.Tensor) -> torch.Tensor:
     for i in range(0, rows, step):
         torch.amax(x2[i:i + step], dim=-1, out=mx[i:i + step])
         torch.amin(x2[i:i + step], dim=-1, out=mn[i:i + step])
-    a = torch.maximum(mx, mn.neg_())
-    if not bool(torch.isfinite(a).all()):
+    if not bool((torch.isfinite(mx) & torch.isfinite(mn)).all()):   # amax/amin keep NaN
         raise ValueError("input contains NaN or Inf; quantizers need finite data "
                          "(clip or replace non-finite values first)")
-    return a
+    return mx, mn
+
+
+def _absmax_rows(x2: torch.Tensor) -> torch.Tensor:
+    """max|row| of a 2-D tensor (chunked); raises on NaN/Inf."""
+    mx, mn = _minmax_rows(x2)
+    return torch.maximum(mx, mn.neg_())
 
 
 def _prepare(x: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:

@@ -119,6 +119,18 @@ def test_dfq_beats_plain_fp4_on_gelu_outputs_seed1():
     assert mse(dfq_fake_quant(x, DFQSpec("fp6", group_size=None))) < dfq
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_input_dtypes_seed4(dtype):
+    x = torch.nn.functional.gelu(torch.randn(8, 256, generator=torch.Generator().manual_seed(4)) * 2)
+    x = x.to(dtype)
+    for variant in ("fp4", "fp6"):
+        r = dfq_quantize(x, DFQSpec(variant))
+        ref = dfq_quantize(x.to(torch.float64), DFQSpec(variant))         # exact widening
+        assert r.dequant.dtype == dtype
+        assert torch.equal(r.codes, ref.codes) and torch.equal(r.scale_neg, ref.scale_neg)
+        assert torch.equal(r.dequant, ref.dequant.to(dtype))
+
+
 def test_straight_through_gradient_seed2():
     x = torch.randn(4, 128, generator=torch.Generator().manual_seed(2), requires_grad=True)
     y = dfq_fake_quant(x, DFQSpec("fp4"))
