@@ -17,6 +17,8 @@ import fpqvar_quant
 names = ["fpqvar_quant"]
 failed = {}
 for m in pkgutil.walk_packages(fpqvar_quant.__path__, "fpqvar_quant.", onerror=lambda n: None):
+    if m.name.rsplit(".", 1)[-1] == "__main__":      # a CLI entry point runs on import
+        continue
     names.append(m.name)
     try:
         importlib.import_module(m.name)
