@@ -1,0 +1,137 @@
+"""Fast Amaranth-simulator tests of fpqvar_hw.quantizer against the golden model.
+
+The exhaustive FP16 sweeps run in co-simulation (sim/test_quantizer.py); here:
+construction checks, the reciprocal constants over every 11-bit significand,
+a few seeded groups per format with random stalls, and the latency figure.
+"""
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from fpqvar_hw.quantizer import (LATENCY_AFTER_LAST, QUANTIZER_FORMATS, QUOT_P, Quantizer, grid,
+                                 scale_constants)
+from fpqvar_quant.golden import quantizer as gq
+
+
+def _pack_beats(x: np.ndarray, lanes: int) -> list[int]:
+    flat = x.reshape(-1, lanes)
+    return [sum(int(v) << (16 * k) for k, v in enumerate(row)) for row in flat]
+
+
+def _expected_beats(q, dut: Quantizer) -> list[int]:
+    """Packed output beats the DUT must produce for golden result ``q``."""
+    L, B, cw = dut.lanes, dut.beats, dut.code.size
+    out = []
+    for g in range(q.codes.shape[0]):
+        for b in range(B):
+            v = 0
+            for k in range(L):
+                v |= int(q.codes[g, b * L + k]) << (cw * k)
+            off = cw * L
+            for s in range(dut.n_scales):
+                v |= int(q.scales[g, s]) << (off + 16 * s)
+            v |= int(b == B - 1) << (off + 16 * dut.n_scales)
+            out.append(v)
+    return out
+
+
+def run_quantizer(dut: Quantizer, beats: list[int], *, seed: int, idle: float, bp: float,
+                  max_cycles: int = 20000):
+    """Drive ``beats`` with random idle/backpressure; return (output beats, cycle
+    of each input acceptance, cycle of each output transfer, error flag)."""
+    rng = np.random.default_rng(seed)
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    got, t_in, t_out = [], [], []
+    flag = []
+
+    async def tb(ctx):
+        i, cyc = 0, 0
+        while (len(got) < len(beats)) and cyc < max_cycles:
+            send = i < len(beats) and rng.random() >= idle
+            ctx.set(dut.i.valid, int(send))
+            if send:
+                ctx.set(dut.i.payload.as_value(), beats[i])
+            ready = rng.random() >= bp
+            ctx.set(dut.o.ready, int(ready))
+            _, _, iv, ir, ov, orr, op = await ctx.tick().sample(
+                dut.i.valid, dut.i.ready, dut.o.valid, dut.o.ready, dut.o.payload.as_value())
+            if iv and ir:
+                t_in.append(cyc)
+                i += 1
+            if ov and orr:
+                got.append(int(op))
+                t_out.append(cyc)
+            cyc += 1
+        ctx.set(dut.i.valid, 0)
+        flag.append(ctx.get(dut.error))
+
+    sim.add_testbench(tb)
+    sim.run()
+    return got, t_in, t_out, bool(flag[0])
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(format="e9m9"), "format must be one of"),
+    (dict(lanes=24), "lanes must divide group_size"),
+    (dict(lanes=0), "lanes must be a positive integer"),
+    (dict(scale_format="e8m0"), "fp16"),
+])
+def test_bad_config(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        Quantizer(**kw)
+
+
+@pytest.mark.parametrize("fmt", sorted({grid(f).fmax_odd for f in QUANTIZER_FORMATS if f != "dfq4"}))
+def test_reciprocal_constant_exact_for_every_significand(fmt):
+    """floor(Ma * 2^P / F) == (Ma * R) >> (K - P) for every 11-bit Ma (the scale's quotient)."""
+    F = fmt
+    R, K = scale_constants(F)
+    ma = np.arange(1, 2048, dtype=object)
+    assert all((int(a) << QUOT_P) // F == (int(a) * R) >> (K - QUOT_P) for a in ma)
+
+
+def test_grid_matches_golden():
+    for f in QUANTIZER_FORMATS:
+        if f == "dfq4":
+            continue
+        g, s = grid(f), gq.grid_spec(f)
+        assert (g.mid_num, g.frac_bits, g.fmax_odd, g.fmax_exp) == \
+            (s.mid_num, s.frac_bits, s.fmax_odd, s.fmax_exp), f
+
+
+@pytest.mark.parametrize("fmt,lanes,seed", [("e2m1fn", 8, 1), ("dfq4", 8, 2), ("int4", 16, 3),
+                                            ("e2m3fn", 2, 4), ("e3m2fn", 2, 5)])
+def test_random_groups_match_golden(fmt, lanes, seed):
+    G = 32
+    dut = Quantizer(format=fmt, group_size=G, lanes=lanes)
+    x = gq.random_groups(np.random.default_rng(seed), 12, G)
+    q = gq.quantize_groups(x, fmt)
+    got, _, _, err = run_quantizer(dut, _pack_beats(x, lanes), seed=seed, idle=0.3, bp=0.3)
+    exp = _expected_beats(q, dut)
+    assert len(got) == len(exp)
+    bad = [k for k, (a, b) in enumerate(zip(got, exp)) if a != b]
+    assert not bad, f"{len(bad)} mismatching beats, first {bad[0]}: {got[bad[0]]:#x} != {exp[bad[0]]:#x}"
+    assert err == bool(q.error.any())
+
+
+def test_full_throughput_and_latency():
+    """No idle, no backpressure: one beat per cycle in and out, fixed latency."""
+    G, L = 32, 8
+    dut = Quantizer(format="e2m1fn", group_size=G, lanes=L)
+    x = gq.random_groups(np.random.default_rng(7), 6, G)
+    x[:, :] &= 0x7BFF   # finite only
+    got, t_in, t_out, _ = run_quantizer(dut, _pack_beats(x, L), seed=7, idle=0.0, bp=0.0)
+    assert got == _expected_beats(gq.quantize_groups(x, "e2m1fn"), dut)
+    B = G // L
+    assert np.all(np.diff(t_in) == 1), "input stalled"
+    assert np.all(np.diff(t_out) == 1), "output has bubbles"
+    assert t_out[0] - t_in[B - 1] == LATENCY_AFTER_LAST
+
+
+def test_manifest_json():
+    import json
+
+    m = Quantizer(format="dfq4", lanes=16).manifest()
+    json.dumps(m)
+    assert m["config"]["beats_per_group"] == 8 and m["formats"]["scale_order"] == ["neg", "pos"]
