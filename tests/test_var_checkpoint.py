@@ -147,8 +147,11 @@ def test_strict_load_d16_random_state_dict_seed0(d16_table):
 
 def test_strict_load_vqvae_random_state_dict_seed1(vae_table):
     sd = random_state_dict(vae_table, seed=1)
-    vae, _ = build_vae_var(device="meta", depth=2)
-    vae.to_empty(device="cpu")  # no init needed: every tensor is overwritten by the strict load
+    vae, var = build_vae_var(device="cpu", depth=2, init=False)  # every tensor is overwritten by the strict load
+    lvl = torch.cat([torch.full((p * p,), i) for i, p in enumerate(PATCH_NUMS_256)])
+    assert torch.equal(var.lvl_1L[0], lvl)  # init=False still computes the buffers
+    assert torch.equal(var.attn_bias_for_masking[0, 0] == 0, lvl[None, :] <= lvl[:, None])
+    assert not var.blocks[0].attn.zero_k_bias.any() and not vae.quantize.ema_vocab_hit_SV.any()
     load_into(vae, sd, what="vae_ch160v4096z32.pth")
     for k in ("encoder.down.4.attn.1.qkv.weight", "decoder.up.0.block.2.conv2.bias", "quantize.embedding.weight",
               "quantize.quant_resi.qresi_ls.3.weight", "post_quant_conv.weight"):

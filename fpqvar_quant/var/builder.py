@@ -27,7 +27,8 @@ def build_vae_var(device: Union[str, torch.device] = "cpu", patch_nums: Sequence
                   init_std: float = -1, *, embed_dim: Optional[int] = None, num_heads: Optional[int] = None,
                   mlp_ratio: float = 4.0, dtype: torch.dtype = torch.float32,
                   vae_ch_mult: Sequence[int] = (1, 1, 2, 2, 4), vae_num_res_blocks: int = 2,
-                  vae_in_channels: int = 3, drop_path_rate: Optional[float] = None) -> Tuple[VQVAE, VAR]:
+                  vae_in_channels: int = 3, drop_path_rate: Optional[float] = None,
+                  init: bool = True) -> Tuple[VQVAE, VAR]:
     """Build ``(vae, var)`` like the official code: ``embed_dim = 64 * depth``,
     ``num_heads = depth``, ``drop_path_rate = 0.1 * depth / 24``, ``cond_drop_rate = 0.1``,
     then ``var.init_weights(init_adaln, init_adaln_gamma, init_head, init_std)``.
@@ -42,6 +43,10 @@ def build_vae_var(device: Union[str, torch.device] = "cpu", patch_nums: Sequence
     Keyword-only extras for small models: ``embed_dim`` / ``num_heads``
     (default ``64 * depth`` / ``depth``), ``mlp_ratio``, ``vae_ch_mult``,
     ``vae_num_res_blocks``, ``vae_in_channels`` (image channels) and ``drop_path_rate``.
+
+    ``init=False`` skips the random initialisation (parameters are allocated but
+    left uninitialised, buffers are computed): for models that are loaded from a
+    checkpoint right away (a d30 random init costs minutes on a CPU).
     """
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
@@ -69,8 +74,10 @@ def build_vae_var(device: Union[str, torch.device] = "cpu", patch_nums: Sequence
     vae.to_empty(device=device).to(dtype=dtype)
     var.to_empty(device=device).to(dtype=dtype)
     if device.type != "meta":
-        reset_vae_parameters_(vae)
         var.reset_buffers()
+        vae.quantize.ema_vocab_hit_SV.zero_()
+    if device.type != "meta" and init:
+        reset_vae_parameters_(vae)
         var.reset_direct_parameters()
         var.init_weights(init_adaln=init_adaln, init_adaln_gamma=init_adaln_gamma, init_head=init_head,
                          init_std=init_std)
