@@ -2,7 +2,7 @@
 (FoundationVision/VAR) module names, buffers and semantics.
 
     from fpqvar_quant.var import build_vae_var, load_checkpoint
-    vae, var = build_vae_var(device="cpu", depth=16)
+    vae, var = build_vae_var(device="cpu", depth=16, init=False)  # init=False: weights come from the files
     load_checkpoint(vae, "vae_ch160v4096z32.pth"); load_checkpoint(var, "var_d16.pth")
     imgs = var.eval().autoregressive_infer_cfg(B=4, label_B=torch.tensor([0, 1, 2, 3]), g_seed=0,
                                                cfg=1.5, top_k=900, top_p=0.96)
