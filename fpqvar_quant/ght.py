@@ -8,14 +8,16 @@ Definitions (``docs/numerics.md`` section 2):
   to ``scipy.linalg.hadamard``).  :func:`fwht` computes ``x @ Had_G`` on every
   group of ``G`` consecutive elements of the last dim in ``log2 G`` butterfly
   stages (``G log G`` adds), never as a dense matmul.
-* ``H = Had_G · D / sqrt(G)`` with ``D = diag(signs)``, one ``signs`` vector of
+* ``H = D · Had_G / sqrt(G)`` with ``D = diag(signs)``, one ``signs`` vector of
   +-1 shared by all groups; ``H_G = blockdiag(H, ..., H)``.  ``H`` is
   orthogonal, so ``x W^T = (x H_G)(W H_G)^T``.  :func:`ght` computes
-  ``x H_G = fwht(x) * signs / sqrt(G)``: **the signs multiply the transform's
-  output** (column ``j`` of ``Had_G`` is scaled by ``signs[j]``).
-* The project's sign vector is data: ``assets/ght_signs_n128_seed42.json``
-  (drawn once with ``numpy.random.default_rng(42).integers(0, 2, 128) * 2 - 1``;
-  the golden model and the hardware read that file, see :func:`random_signs`).
+  ``x H_G = fwht(x * signs) / sqrt(G)``: **the signs multiply the input** (row
+  ``j`` of ``Had_G`` is scaled by ``signs[j]``), as the hardware unit and its
+  golden model do (``docs/numerics.md`` section 3: ``(x * D) Had_128 / 8``).
+* The project's sign vector is data: ``assets/ght_signs_n128_seed42.json``,
+  drawn once as ``1 - 2 * numpy.random.default_rng(42).integers(0, 2, 128)``:
+  the same stream as the golden model's sign *bits* ``d`` (1 = negate), so
+  ``signs == 1 - 2 * fpqvar_quant.golden.hadamard.random_signs(42)``.
 """
 from __future__ import annotations
 
@@ -45,6 +47,13 @@ def _check_pow2(group: int, what: str = "group") -> None:
         raise ValueError(f"{what} must be a power of two (1, 2, 4, ... 128, ...), got {group!r}")
 
 
+def _check_last_dim(shape: tuple[int, ...], group: int) -> None:
+    _check_pow2(group)
+    if not shape or shape[-1] % group:
+        raise ValueError(f"group must divide the last dimension K={shape[-1] if shape else 0}, "
+                         f"got {group}")
+
+
 def fwht(x: Any, group: int = 128) -> Any:
     """Unnormalised fast Walsh-Hadamard transform of each ``group`` of the last dim.
 
@@ -59,9 +68,7 @@ def fwht(x: Any, group: int = 128) -> Any:
         t = np.asarray(x)
         if t.dtype.kind not in "fiu":
             raise TypeError(f"fwht expects a real numeric array, got dtype {t.dtype}")
-    if t.ndim == 0 or t.shape[-1] % group:
-        raise ValueError(f"group must divide the last dimension K={t.shape[-1] if t.ndim else 0}, "
-                         f"got {group}")
+    _check_last_dim(tuple(t.shape), group)
     lead = tuple(t.shape[:-1])
     k = t.shape[-1]
     h = 1
@@ -131,7 +138,8 @@ def _paley(m: int) -> np.ndarray:
 
 
 def _generate_signs(n: int, seed: int) -> np.ndarray:
-    return (np.random.default_rng(seed).integers(0, 2, n) * 2 - 1).astype(np.int8)
+    """``1 - 2 * bits`` of the seeded draw: bit 1 means "negate" (golden model's bits)."""
+    return (1 - 2 * np.random.default_rng(seed).integers(0, 2, n)).astype(np.int8)
 
 
 def random_signs(n: int = 128, seed: int = 42) -> np.ndarray:
@@ -139,7 +147,7 @@ def random_signs(n: int = 128, seed: int = 42) -> np.ndarray:
 
     ``(128, 42)`` is read from :data:`SIGNS_PATH` (the project's stored data;
     a test checks that the generator still reproduces it); other ``(n, seed)``
-    are generated with ``numpy.random.default_rng(seed).integers(0, 2, n) * 2 - 1``.
+    are generated with ``1 - 2 * numpy.random.default_rng(seed).integers(0, 2, n)``.
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
@@ -168,7 +176,7 @@ def _signs_for(signs: Any, group: int, like: Any) -> Any:
 
 
 def ght(x: Any, signs: Any, group: int = 128, normalize: bool = True) -> Any:
-    """``x @ H_G`` (``H = Had_G D / sqrt(G)``) on the last dim, fast.
+    """``x @ H_G`` (``H = D Had_G / sqrt(G)``) on the last dim, fast.
 
     ``normalize=False`` omits the ``1/sqrt(G)``.  numpy or torch floating input,
     same type and dtype out (computed in that dtype).
@@ -181,19 +189,20 @@ def ght(x: Any, signs: Any, group: int = 128, normalize: bool = True) -> Any:
         if x.dtype.kind != "f":
             raise TypeError(f"ght expects floating-point data, got dtype {x.dtype}; "
                             "use fwht for integers")
-    y = fwht(x, group)
-    shp = y.shape
-    y = (y.reshape(*shp[:-1], shp[-1] // group, group) * _signs_for(signs, group, y)).reshape(shp)
+    shp = tuple(x.shape)
+    _check_last_dim(shp, group)
+    xs = (x.reshape(*shp[:-1], shp[-1] // group, group) * _signs_for(signs, group, x)).reshape(shp)
+    y = fwht(xs, group)
     if normalize:
         y = y / math.sqrt(group)
     return y
 
 
 def ght_matrix(signs: Any, group: int = 128) -> np.ndarray:
-    """Dense ``H = Had_G D / sqrt(G)`` (float64), for tests and offline checks."""
+    """Dense ``H = D Had_G / sqrt(G)`` (float64), for tests and offline checks."""
     _check_pow2(group)
     d = _signs_for(signs, group, np.zeros(0, np.float64))
-    return _sylvester(group).astype(np.float64) * d[None, :] / math.sqrt(group)
+    return d[:, None] * _sylvester(group).astype(np.float64) / math.sqrt(group)
 
 
 def fuse_ght_weight(W: Any, signs: Any, group: int = 128, dtype: Any = None) -> Any:
@@ -211,7 +220,7 @@ def fuse_ght_weight(W: Any, signs: Any, group: int = 128, dtype: Any = None) -> 
 
 
 class RandomizedHadamard:
-    """Full-size randomized Hadamard baseline: ``H = Had_n D / sqrt(n)``.
+    """Full-size randomized Hadamard baseline: ``H = D Had_n / sqrt(n)``.
 
     ``n = m * 2^k`` (see :func:`supported_hadamard_size`); ``Had_n =
     kron(Paley_m, Had_2^k)`` is applied as an FWHT on the ``2^k`` part and a
@@ -230,13 +239,14 @@ class RandomizedHadamard:
     @property
     def matrix(self) -> np.ndarray:
         """Dense orthogonal ``H`` (float64)."""
-        return hadamard_matrix(self.n).astype(np.float64) * self.signs[None, :] / math.sqrt(self.n)
+        return self.signs[:, None] * hadamard_matrix(self.n).astype(np.float64) / math.sqrt(self.n)
 
     def apply(self, x: Any) -> Any:
         """``x @ H`` on the last dim (size n); numpy or torch floating, same dtype."""
         if (x.shape[-1] if hasattr(x, "shape") and len(x.shape) else None) != self.n:
             raise ValueError(f"last dimension must be {self.n}, got shape {tuple(np.shape(x))}")
         lead = tuple(x.shape[:-1])
+        x = x * _signs_for(self.signs, self.n, x)
         y = fwht(x.reshape(*lead, self.m, self.p), self.p)                 # X @ Had_p per row
         if self._paley is not None:
             a = self._paley
@@ -244,8 +254,7 @@ class RandomizedHadamard:
                 y = torch.einsum("...ij,ia->...aj", y, torch.from_numpy(a).to(y.device, y.dtype))
             else:
                 y = np.einsum("...ij,ia->...aj", y, a.astype(y.dtype))
-        y = y.reshape(*lead, self.n)
-        return y * _signs_for(self.signs, self.n, y) / math.sqrt(self.n)
+        return y.reshape(*lead, self.n) / math.sqrt(self.n)
 
     def fuse_weight(self, W: Any, dtype: Any = None) -> Any:
         """``W H`` computed in float64, rounded once to ``dtype`` (default W's)."""
