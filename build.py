@@ -85,6 +85,9 @@ class BuildError(RuntimeError):
 
 
 HEADLINE = "d16"
+#: Logic levels (LUT/CARRY/MUXF cells, Yosys `ltp -noff`) that fit a 300 MHz cycle on a
+#: -2 Versal/UltraScale+ part with routing: about 0.35-0.45 ns per level + routing.
+CLOCK_DEPTH_LIMIT = 8
 MARKER = ".fpqvar-build"
 
 
@@ -274,13 +277,17 @@ def _int_comparison(config, platform, timings, unit_res) -> dict:
     out = {"fp_preset": base.preset, "int_preset": "int4", "model": HEADLINE,
            "same_array_fp_images_per_s": fp, "same_array_int_images_per_s": it,
            "same_array_ratio": fp / it}
-    fp_dot = unit_res.get("dot_e2m1fn_e2m1fn") if unit_res else None
-    int_dot = unit_res.get("dot_int4_int4") if unit_res else None
+    def cell(prefix: str, counted: bool):
+        return next((u for n, u in sorted(unit_res.items()) if n.startswith(prefix)
+                     and (u.get("count") or not counted)), None)
+    fp_dot = cell("dot_", True) if unit_res and not config.is_integer else None
+    int_dot = cell("dot_int4_int4", False) if unit_res else None
     if fp_dot and int_dot and fp_dot["LUT"] and int_dot["LUT"]:
         scale = fp_dot["LUT"] / int_dot["LUT"]
-        tm_eq = max(1, int(config.tm * min(1.0, scale)))
+        tm_eq = max(1, round(config.tm * scale))    # same total dot-unit LUTs
         it_eq = perf.evaluate(HEADLINE, intc.replace(tm=tm_eq), platform, timings).images_per_s
-        out.update({"dot_lut_fp": fp_dot["LUT"], "dot_lut_int": int_dot["LUT"],
+        out.update({"dot_fp": fp_dot["instance"], "dot_int": int_dot["instance"],
+                    "dot_lut_fp": fp_dot["LUT"], "dot_lut_int": int_dot["LUT"],
                     "equal_lut_int_tm": tm_eq, "equal_lut_int_images_per_s": it_eq,
                     "equal_lut_ratio": fp / it_eq})
     return out
@@ -366,8 +373,9 @@ def _int_dot_resources(config, platform, jobs, cache_dir, verbose) -> dict:
         if r.spec.name == "dot" and r.variants:
             v = r.variants[0]
             text = verilog.convert(v.factory(), name=v.instance, emit_src=False)
-            return R.run_synth_jobs([R.SynthJob(v.instance, v.instance, text)],
-                                    cache_dir=cache_dir, workers=jobs)
+            res = R.run_synth_jobs([R.SynthJob(v.instance, v.instance, text)],
+                                   cache_dir=cache_dir, workers=jobs)
+            return {v.instance: {"instance": v.instance, "count": 0, **res[v.instance]}}
     return {}
 
 
@@ -397,6 +405,12 @@ def make_summary(platform, config, out, emitted, pending, top_exists, lint_res, 
         L.append("Resources (Yosys xcup, units x counts + est. buffers): " + ", ".join(parts))
         if res_rep["not_included"]:
             L.append("  not included: " + ", ".join(res_rep["not_included"]))
+        deep = [f"{u['instance']} {u['logic_depth']}" for u in res_rep["units"]
+                if (u.get("logic_depth") or 0) > CLOCK_DEPTH_LIMIT]
+        L.append(f"Clock {rep['clock_mhz']:g} MHz is a planning figure (LightMamba closed 400 MHz "
+                 f"on this PL); it holds for <= ~{CLOCK_DEPTH_LIMIT} logic levels between "
+                 f"registers (Yosys ltp): " + ("all units within" if not deep else
+                                               "too deep now: " + ", ".join(deep)))
     L.append("Vivado: " + (f"{len(viv)} files in vivado/ - GENERATED, NOT RUN (no Vivado here)"
                            if viv else "none for this platform"))
     L += ["", f"Throughput (transformer only, clock {rep['clock_mhz']:g} MHz, batch "
@@ -416,8 +430,8 @@ def make_summary(platform, config, out, emitted, pending, top_exists, lint_res, 
     c = rep["fp_vs_int"]
     L += ["", f"FP/INT ({c['model']}, {c['fp_preset']} vs {c['int_preset']}): same array "
           f"{c['same_array_ratio']:.2f}x" + (
-              f", equal dot-unit LUTs {c['equal_lut_ratio']:.2f}x (int4 dot {c['dot_lut_int']} vs "
-              f"e2m1 dot {c['dot_lut_fp']} LUT -> int array tm={c['equal_lut_int_tm']})"
+              f", equal dot-unit LUTs {c['equal_lut_ratio']:.2f}x ({c['dot_int']} {c['dot_lut_int']:,}"
+              f" vs {c['dot_fp']} {c['dot_lut_fp']:,} LUT -> int array tm={c['equal_lut_int_tm']})"
               if "equal_lut_ratio" in c else " (equal-LUT ratio needs synthesis)")
           + f"; paper: {PAPER_FP_INT_RATIO}x"]
     d16 = rep["models"].get(HEADLINE)

@@ -148,7 +148,7 @@ class AcceleratorConfig:
     rotation: Rotation = Rotation.GHT
     kv_format: KVFormat = KVFormat.FP16
     tm: int = 16
-    tn: int = 16
+    tn: int = 8
     lanes: int = 32
     quant_lanes: int = 32
     vector_lanes: int = 32
@@ -283,9 +283,11 @@ PRESETS: dict[str, AcceleratorConfig] = {c.preset: c for c in [
                       proj_weight=E.INT4, fc1_act=E.INT4, fc1_weight=E.INT4, fc2_act=E.INT8,
                       fc2_weight=E.INT4, rotation=Rotation.NONE),
     # Integer baseline: int8 everywhere.
+    # int8 multipliers map onto DSP slices (a 65,536-entry LUT table is not built), so
+    # the array is DSP-bound: 8x4 cells x 32 lanes.
     AcceleratorConfig(preset="int8", qkv_act=E.INT8, qkv_weight=E.INT8, proj_act=E.INT8,
                       proj_weight=E.INT8, fc1_act=E.INT8, fc1_weight=E.INT8, fc2_act=E.INT8,
-                      fc2_weight=E.INT8, rotation=Rotation.NONE),
+                      fc2_weight=E.INT8, rotation=Rotation.NONE, tm=8, tn=4),
     # OCP MXFP4: e2m1 elements, e8m0 scales, block 32.
     AcceleratorConfig(preset="mxfp4", qkv_act=E.E2M1, qkv_weight=E.E2M1, proj_act=E.E2M1,
                       proj_weight=E.E2M1, fc1_act=E.E2M1, fc1_weight=E.E2M1, fc2_act=E.E2M1,

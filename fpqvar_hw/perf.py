@@ -185,7 +185,8 @@ def unit_timings(config: AcceleratorConfig,
             out_beats_per_item=max(1, G // config.quant_lanes)),
         "hadamard": _manifest_timing(
             "hadamard", m.get("hadamard"), "one 128-element group",
-            9, max(1, 128 // config.quant_lanes), "7 butterfly stages + in/out registers"),
+            9, max(1, 128 // config.quant_lanes), "7 butterfly stages + in/out registers",
+            out_beats_per_item=max(1, 128 // config.quant_lanes)),
         "dot": _manifest_timing(
             "dot", m.get("dot"), f"one {G}-element group per dot unit",
             lanes_log + 8, max(1, G // config.lanes),

@@ -101,11 +101,11 @@ def _quantizer_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
 
 
 def _hadamard_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
+    """One GroupHadamard (128-groups) at the quantizer path's width, when GHT is on."""
     if c.rotation is not Rotation.GHT:
         return []
-    cls = _find_class(mod, ("GroupHadamard", "Hadamard", "HadamardUnit"))
-    kw = _kw(cls, group_size=128, size=128, lanes=c.quant_lanes)
-    return [Variant("hadamard", lambda: cls(**kw), 1, None, kw)]
+    kw = {"lanes": c.quant_lanes, "group_size": 128}
+    return [Variant(f"hadamard_l{c.quant_lanes}", lambda: mod.GroupHadamard(**kw), 1, None, kw)]
 
 
 def _operand_pairs(c: AcceleratorConfig) -> list[tuple[ElementFormat, ElementFormat]]:

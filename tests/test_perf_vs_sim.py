@@ -123,3 +123,25 @@ def test_quantizer_cycles(seed, fmt, group_size, lanes, groups):
     print(f"quantizer {fmt} G={group_size} lanes={lanes}: measured {measured}, "
           f"predicted {predicted}")
     _check(predicted, measured)
+
+
+@pytest.mark.skipif(not _have("fpqvar_hw.hadamard"), reason="fpqvar_hw.hadamard not in the tree")
+@pytest.mark.parametrize("seed, lanes, groups", [(21, 16, 4), (22, 32, 6)])
+def test_hadamard_cycles(seed, lanes, groups):
+    from fpqvar_hw.hadamard import GroupHadamard
+    dut = GroupHadamard(lanes=lanes)
+    cfg = get_preset("w4a4").replace(quant_lanes=lanes, lanes=min(lanes, 128))
+    timing = unit_timings(cfg, {"hadamard": component_manifest(dut)})["hadamard"]
+    assert not timing.assumed
+    rng = random.Random(seed)
+    beats = []
+    for _ in range(groups * 128 // lanes):
+        raw = 0
+        for k in range(lanes):      # small finite FP16 values
+            raw |= (rng.getrandbits(1) << 15 | rng.randrange(5, 20) << 10 | rng.getrandbits(10)) \
+                << (16 * k)
+        beats.append(raw)
+    measured = measure_stream(dut, beats, expect_outputs=len(beats))
+    predicted = timing.cycles(groups)
+    print(f"hadamard lanes={lanes}: measured {measured}, predicted {predicted}")
+    _check(predicted, measured)
