@@ -52,7 +52,7 @@ def test_frozen_and_overrides():
     ({"dfq": "fp4"}, "needs quantized activations"),
     ({"w_fmt": "e2m1fn", "w_group_size": 0}, "positive int"),
     ({"ght": True, "ght_group": 96}, "power of two"),
-    ({"tie": "up"}, "tie"),
+    ({"tie": "up"}, "tie must be"),
     ({"mixedformat": True}, "mixedformat"),
 ])
 def test_validation_messages(kwargs, msg):
@@ -65,3 +65,13 @@ def test_unknown_preset_and_field():
         get_preset("fp3")
     with pytest.raises(ValueError, match="unknown QuantConfig field"):
         get_preset("fp4-baseline", galt_epoch=2)
+
+
+def test_specs_follow_config():
+    from fpqvar_quant.ptq.qlinear import act_spec, weight_spec
+    cfg = get_preset("fp6-baseline", tie="reference")
+    w, a = weight_spec(cfg, "e2m3fn"), act_spec(cfg, "e2m3fn")
+    assert (w.granularity.value, a.granularity.value, w.tie, a.tie) == \
+        ("channel", "token", "reference", "reference")
+    m = get_preset("mxfp4")
+    assert (weight_spec(m, "e2m1fn").group_size, act_spec(m, "e2m1fn").scale_format) == (32, "e8m0")

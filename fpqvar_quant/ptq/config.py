@@ -66,7 +66,8 @@ class QuantConfig:
     ``mixedformat`` picks per layer one element format among
     ``mixed_candidates`` (used for weights and activations of that layer) by
     GEMM-output MSE on calibration data. ``kv_fmt`` quantizes cached K and V
-    per (token, head) group of ``kv_group_size`` channels.
+    per (token, head) group of ``kv_group_size`` channels. ``tie``: "even"
+    (project default) or "reference" (the reference CUDA kernel's rounding).
     """
 
     name: str = "custom"
@@ -109,8 +110,10 @@ class QuantConfig:
             if getattr(self, field_name) not in _SCALE_FORMATS:
                 raise ValueError(f"{field_name} must be one of {_SCALE_FORMATS}, "
                                  f"got {getattr(self, field_name)!r}")
-        if self.tie != "even":
-            raise ValueError(f"tie must be 'even' (the project's rounding rule), got {self.tie!r}")
+        if self.tie not in ("even", "reference"):
+            raise ValueError("tie must be 'even' (the project's rounding rule) or 'reference' "
+                             "(ties to the larger magnitude, as the FPQVAR CUDA kernel), "
+                             f"got {self.tie!r}")
         if self.dfq is not None and self.dfq not in _DFQ_VARIANTS:
             raise ValueError(f"dfq must be None or one of {_DFQ_VARIANTS}, got {self.dfq!r}")
         if self.dfq is not None and self.a_fmt is None:

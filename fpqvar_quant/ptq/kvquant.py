@@ -21,17 +21,18 @@ __all__ = ["KVCacheQuantizer", "install_kv_quantizer", "remove_kv_quantizer"]
 class KVCacheQuantizer(nn.Module):
     """``(k, v) -> (Q(k), Q(v))`` with per-(token, head) group scales."""
 
-    def __init__(self, fmt: str = "e2m3fn", group_size: int = 64, scale_format: str = "fp16") -> None:
+    def __init__(self, fmt: str = "e2m3fn", group_size: int = 64, scale_format: str = "fp16",
+                 tie: str = "even") -> None:
         super().__init__()
         self.fmt, self.group_size, self.scale_format = fmt, group_size, scale_format
         self.spec = QuantSpec(fmt, granularity="group", group_size=group_size,
-                              scale_format=scale_format)
+                              scale_format=scale_format, tie=tie)
 
     @classmethod
     def from_config(cls, cfg: QuantConfig) -> "KVCacheQuantizer":
         if cfg.kv_fmt is None:
             raise ValueError(f"config {cfg.name!r} does not quantize the KV cache (kv_fmt=None)")
-        return cls(cfg.kv_fmt, cfg.kv_group_size, cfg.kv_scale_format)
+        return cls(cfg.kv_fmt, cfg.kv_group_size, cfg.kv_scale_format, cfg.tie)
 
     def forward(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if k.shape[-1] % self.group_size:

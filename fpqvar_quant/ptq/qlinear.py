@@ -73,8 +73,8 @@ def weight_spec(cfg: QuantConfig, fmt: str) -> QuantSpec:
     if cfg.w_granularity == "group":
         return QuantSpec(fmt, granularity="group", group_size=cfg.w_group_size,
                          scale_format=cfg.scale_format, tie=cfg.tie)
-    if cfg.w_granularity == "channel":  # one scale per output row = last-dim reduction
-        return QuantSpec(fmt, granularity="token", scale_format=cfg.scale_format, tie=cfg.tie)
+    if cfg.w_granularity == "channel":  # one scale per output row
+        return QuantSpec(fmt, granularity="channel", scale_format=cfg.scale_format, tie=cfg.tie)
     return QuantSpec(fmt, granularity="tensor", scale_format=cfg.scale_format, tie=cfg.tie)
 
 
@@ -94,7 +94,7 @@ def act_fake_quant(x: torch.Tensor, cfg: QuantConfig, lq: LayerQuant) -> torch.T
     if lq.dfq is not None:
         group = cfg.a_group_size if cfg.a_granularity == "group" else None
         return dfq_fake_quant(x, DFQSpec(variant=lq.dfq, group_size=group,
-                                         scale_format=cfg.scale_format))
+                                         scale_format=cfg.scale_format, tie=cfg.tie))
     return fake_quant(x, act_spec(cfg, lq.a_fmt))
 
 
