@@ -65,7 +65,8 @@ def test_demo_runs_and_writes_the_grid(tmp_path):
     from fpqvar_quant.digits.demo import run
 
     png = tmp_path / "grid.png"
-    res = run(["fp32", "fp4-fpqvar", "fp6-fpqvar"], out=png, n_per_class=4, galt_epochs=2, quiet=True)
+    res = run(["fp32", "fp4-fpqvar", "fp6-fpqvar"], out=png, n_per_class=4, galt_epochs=1, max_tokens=256,
+              held_out_limit=32, quiet=True)
     assert png.stat().st_size > 1000
     assert [r.method for r in res] == ["fp32", "fp4-fpqvar", "fp6-fpqvar"]
     assert res[0].token_agreement == 1.0 and res[0].mean_kl == 0.0

@@ -67,8 +67,10 @@ DEMO_MAX_TOKENS = 2048
 
 def run(methods: Sequence[str] = DEFAULT_METHODS, *, out: Path = Path("digits_demo.png"), n_per_class: int = 20,
         seed: int = 0, galt_epochs: int | None = DEMO_GALT_EPOCHS, max_tokens: int | None = DEMO_MAX_TOKENS,
-        quiet: bool = False) -> list:
-    """Run the demo; returns the ``MethodResult`` list (see ``fpqvar_quant.digits.evaluate``)."""
+        held_out_limit: int | None = None, quiet: bool = False) -> list:
+    """Run the demo; returns the ``MethodResult`` list (see ``fpqvar_quant.digits.evaluate``).
+
+    ``held_out_limit`` caps the held-out digits used for the teacher-forced KL / SQNR (all 359 by default)."""
     import torch
 
     from .evaluate import evaluate_methods, format_table
@@ -79,7 +81,7 @@ def run(methods: Sequence[str] = DEFAULT_METHODS, *, out: Path = Path("digits_de
     log = (lambda s: None) if quiet else (lambda s: print(s, flush=True))
     torch.set_num_threads(min(torch.get_num_threads(), 4))
     results = evaluate_methods(methods, n_per_class=n_per_class, seed=seed, galt_epochs=galt_epochs,
-                               max_tokens=max_tokens, log=log)
+                               max_tokens=max_tokens, held_out_limit=held_out_limit, log=log)
     save_grid(results, out)
     base = real_data_baseline(n_per_class * 10)
     if not quiet:
