@@ -1,6 +1,6 @@
 """Group Hadamard unit: streaming fast Walsh-Hadamard transform over 128-groups.
 
-Numerics: ``docs/numerics.md`` section 3.4; golden model
+Numerics: ``docs/numerics.md`` section 3, "Group Hadamard unit"; golden model
 ``fpqvar_quant.golden.hadamard`` (bit-exact co-simulation in sim/test_hadamard.py).
 
     y_i = RNE_fp16( (1/8) * sum_j (-1)^(d_j + popcount(i & j)) x_j )
@@ -95,7 +95,7 @@ class GroupHadamard(wiring.Component):
             "latency_note": "from the last input beat of a group to its first output beat",
             "initiation_interval": 1,
             "overflow_policy": "saturate to +-65504 and set the sticky overflow flag",
-            "numerics": "docs/numerics.md section 3.4",
+            "numerics": "docs/numerics.md section 3, Group Hadamard unit",
         }
 
     def elaborate(self, platform):

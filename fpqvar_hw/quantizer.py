@@ -1,6 +1,6 @@
 """LUT-based group quantizer: FP16 groups in, per-group scale(s) and element codes out.
 
-Numerics: ``docs/numerics.md`` section 3.1; golden model
+Numerics: ``docs/numerics.md`` section 3, "Group quantizer"; golden model
 ``fpqvar_quant.golden.quantizer`` (the RTL is tested bit-exactly against it).
 
 Micro-architecture (no divider anywhere):
@@ -202,7 +202,7 @@ class Quantizer(wiring.Component):
             "latency_note": "from the last input beat of a group to its first output beat",
             "initiation_interval": 1,
             "thresholds_per_lane": sum(len(g.mid_num) for g in self.sides),
-            "numerics": "docs/numerics.md section 3.1",
+            "numerics": "docs/numerics.md section 3, Group quantizer",
         }
 
     # --------------------------------------------------------------- elaborate

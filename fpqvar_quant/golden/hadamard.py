@@ -1,6 +1,6 @@
 """Golden model of the group Hadamard unit (bit-level numpy).
 
-Contract (``docs/numerics.md`` section 3.4), per group of N = 128 FP16 inputs ``x``
+Contract (``docs/numerics.md`` section 3, "Group Hadamard unit"), per group of N = 128 FP16 inputs ``x``
 and a sign vector ``d`` (``d_j = 1`` means "negate x_j"):
 
     y_i = RNE_fp16( (1/8) * sum_j (-1)^(d_j + popcount(i & j)) * x_j )

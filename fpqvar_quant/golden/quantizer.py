@@ -1,6 +1,6 @@
 """Golden model of the LUT-based group quantizer (bit-level numpy).
 
-Contract (``docs/numerics.md`` section 3.1), per group of G FP16 inputs ``x``:
+Contract (``docs/numerics.md`` section 3, "Group quantizer"), per group of G FP16 inputs ``x``:
 
 1. **NaN/Inf**: if any element has exponent field 31, every scale of the group is
    the FP16 quiet NaN ``0x7E00`` (e8m0: ``0xFF``), every code is 0 and the group's
