@@ -59,7 +59,9 @@ class GroupDot(wiring.Component):
     the whole pipeline holds while ``o.valid & ~o.ready``; ``i.ready = ~o.valid
     | o.ready``; ``o.valid`` never depends on ``o.ready``.
 
-    Pipeline: product registers; adder tree registered every
+    Pipeline: product registers (float ``LUT`` lanes without DFQ register
+    ``|p|`` and its sign: the tree adds ones' complements and takes the signs
+    as carry-ins, saving the per-product negation); adder tree registered every
     ``levels_per_stage`` levels; the group-sum register (adds the beats of a
     multi-beat group); the scaled-sum front end; ``RoundPack``; (DFQ: add front
     end and ``RoundPack`` of the two halves, 1 cycle); the accumulator, whose

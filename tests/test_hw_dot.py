@@ -86,3 +86,31 @@ def test_dot_random(pair, dfq, group_size, lanes, variant, seed):
                        group_size=group_size, seed=seed)
     out, _ = run_dot(dut, pack_beats(dut.beat_layout, vec, lanes, group_size), 12, seed)
     check(out, expected(vec, group_size))
+
+
+@pytest.mark.parametrize("lanes,dfq", [(8, False), (2, False), (8, True)])
+def test_latency_attribute(lanes, dfq):
+    """Cycles from the final beat's handshake to o.valid equal ``dut.latency`` (no stalls)."""
+    dut = GroupDot(pair=MulPair.E2M1_E2M1, group_size=8, lanes=lanes, dfq=dfq)
+    vec = make_vectors(DFQ if dfq else "e2m1fn", "e2m1fn", n_dots=1, groups_per_dot=1,
+                       group_size=8, seed=5)
+    beats = pack_beats(dut.beat_layout, vec, lanes, 8)
+    seen = []
+
+    async def tb(ctx):
+        ctx.set(dut.o.ready, 1)
+        for b in beats:
+            ctx.set(dut.i.payload.as_value(), b)
+            ctx.set(dut.i.valid, 1)
+            await ctx.tick()
+        ctx.set(dut.i.valid, 0)
+        for k in range(1, 20):
+            _, _, valid = await ctx.tick().sample(dut.o.valid)
+            if valid:
+                seen.append(k)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    assert seen == [dut.latency]
