@@ -246,3 +246,18 @@ def test_kv_cache_quantization_seed8(calibrated):
         errs[fmt] = rel_err(teacher_forced(var, 8), ref)
         assert var.state_dict().keys() == fp_var.state_dict().keys()   # no new state
     assert 0 < errs["e2m3fn"] < errs["e2m1fn"] < 1
+
+
+def test_build_from_checkpoint_files_seed9(tmp_path):
+    """ModelSpec with .pth files: shape read from the VAR file, weights loaded strictly."""
+    vae, var, _ = tiny(depth=2, seed=9)
+    torch.save(var.state_dict(), tmp_path / "var.pth")
+    torch.save(vae.state_dict(), tmp_path / "vae.pth")
+    spec = ModelSpec(depth=16, patch_nums=PATCH_NUMS, vae_ch=32, var_ckpt=str(tmp_path / "var.pth"),
+                     vae_ckpt=str(tmp_path / "vae.pth"))
+    vae2, var2, shape = build_models(spec)
+    assert (shape.depth, shape.vocab_size, shape.num_classes) == (2, 32, 8)
+    torch.testing.assert_close(teacher_forced(var2, 9), teacher_forced(var, 9), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="patch-nums"):
+        build_models(ModelSpec(patch_nums=(1, 2), var_ckpt=str(tmp_path / "var.pth"),
+                               vae_ckpt=str(tmp_path / "vae.pth")))

@@ -87,11 +87,16 @@ def build_models(spec: ModelSpec, device: str | torch.device = "cpu",
     if spec.var_ckpt is not None:
         sd = read_state_dict(spec.var_ckpt)
         vc = infer_var_config(sd)
-        if vc.patch_nums is None:
-            raise ValueError(f"{spec.var_ckpt}: cannot infer patch nums from pos_1LC")
-        shape = ModelSpec(depth=vc.depth, patch_nums=vc.patch_nums, shared_aln=vc.shared_aln,
+        pns = vc.patch_nums
+        if pns is None:   # not a released schedule: accept --patch-nums if its L matches
+            L = int(sd["pos_1LC"].shape[1])
+            if sum(p * p for p in spec.patch_nums) != L:
+                raise ValueError(f"{spec.var_ckpt}: pos_1LC has L={L} tokens, which matches no "
+                                 "known schedule; pass --patch-nums with sum(pn^2) = L")
+            pns = spec.patch_nums
+        shape = ModelSpec(depth=vc.depth, patch_nums=pns, shared_aln=vc.shared_aln,
                           vocab_size=vc.V, num_classes=vc.num_classes, vae_ch=spec.vae_ch)
-        vae, var = _build(shape, device, dtype)
+        vae, var = _build(shape, device, dtype, init=False)   # weights come from the files
         load_into(var, sd, what=spec.var_ckpt)
         load_into(vae, read_state_dict(spec.vae_ckpt), what=spec.vae_ckpt)
     else:
@@ -103,13 +108,13 @@ def build_models(spec: ModelSpec, device: str | torch.device = "cpu",
     return vae.eval(), var.eval(), shape
 
 
-def _build(shape: ModelSpec, device, dtype):
+def _build(shape: ModelSpec, device, dtype, init: bool = True):
     from ..var import build_vae_var
 
     torch.manual_seed(shape.init_seed)
     return build_vae_var(device=device, patch_nums=shape.patch_nums, V=shape.vocab_size,
                          ch=shape.vae_ch, num_classes=shape.num_classes, depth=shape.depth,
-                         shared_aln=shape.shared_aln, dtype=dtype)
+                         shared_aln=shape.shared_aln, dtype=dtype, init=init)
 
 
 def rebuild(shape: ModelSpec, vae_ckpt: str | None = None, device: str | torch.device = "cpu",
@@ -122,7 +127,8 @@ def rebuild(shape: ModelSpec, vae_ckpt: str | None = None, device: str | torch.d
     """
     from ..var import load_into, read_state_dict
 
-    vae, var = _build(shape, device, dtype)
+    # without a VQVAE file the random VQVAE must be re-drawn exactly: full init then
+    vae, var = _build(shape, device, dtype, init=vae_ckpt is None)
     if vae_ckpt is not None:
         load_into(vae, read_state_dict(vae_ckpt), what=str(vae_ckpt))
     return vae.eval(), var.eval()
