@@ -8,12 +8,15 @@ Definitions (``docs/numerics.md`` section 2):
   to ``scipy.linalg.hadamard``).  :func:`fwht` computes ``x @ Had_G`` on every
   group of ``G`` consecutive elements of the last dim in ``log2 G`` butterfly
   stages (``G log G`` adds), never as a dense matmul.
-* ``H = D · Had_G / sqrt(G)`` with ``D = diag(signs)``, one ``signs`` vector of
-  +-1 shared by all groups; ``H_G = blockdiag(H, ..., H)``.  ``H`` is
-  orthogonal, so ``x W^T = (x H_G)(W H_G)^T``.  :func:`ght` computes
-  ``x H_G = fwht(x * signs) / sqrt(G)``: **the signs multiply the input** (row
-  ``j`` of ``Had_G`` is scaled by ``signs[j]``), as the hardware unit and its
-  golden model do (``docs/numerics.md`` section 3: ``(x * D) Had_128 / 8``).
+* ``H = Had_G · D / sqrt(G)`` (the FPQVAR paper's definition) with
+  ``D = diag(signs)``, one ``signs`` vector of +-1 shared by all groups;
+  ``H_G = blockdiag(H, ..., H)``.  ``H`` is orthogonal, so
+  ``x W^T = (x H_G)(W H_G)^T``.  :func:`ght` computes
+  ``x H_G = fwht(x) * signs / sqrt(G)``: **the signs multiply the transform's
+  output** (column ``j`` of ``Had_G`` is scaled by ``signs[j]``).  The hardware
+  contract (``docs/numerics.md`` section 3, golden ``hadamard``) applies the
+  signs to the *input*, ``(x * D) Had_128 / 8``, i.e. ``D Had``: an open
+  conflict for the lead (see section 2 of numerics.md).
 * The project's sign vector is data: ``assets/ght_signs_n128_seed42.json``,
   drawn once as ``1 - 2 * numpy.random.default_rng(42).integers(0, 2, 128)``:
   the same stream as the golden model's sign *bits* ``d`` (1 = negate), so
@@ -176,7 +179,7 @@ def _signs_for(signs: Any, group: int, like: Any) -> Any:
 
 
 def ght(x: Any, signs: Any, group: int = 128, normalize: bool = True) -> Any:
-    """``x @ H_G`` (``H = D Had_G / sqrt(G)``) on the last dim, fast.
+    """``x @ H_G`` (``H = Had_G D / sqrt(G)``) on the last dim, fast.
 
     ``normalize=False`` omits the ``1/sqrt(G)``.  numpy or torch floating input,
     same type and dtype out (computed in that dtype).
@@ -191,18 +194,18 @@ def ght(x: Any, signs: Any, group: int = 128, normalize: bool = True) -> Any:
                             "use fwht for integers")
     shp = tuple(x.shape)
     _check_last_dim(shp, group)
-    xs = (x.reshape(*shp[:-1], shp[-1] // group, group) * _signs_for(signs, group, x)).reshape(shp)
-    y = fwht(xs, group)
+    y = fwht(x, group)
+    y = (y.reshape(*shp[:-1], shp[-1] // group, group) * _signs_for(signs, group, y)).reshape(shp)
     if normalize:
         y = y / math.sqrt(group)
     return y
 
 
 def ght_matrix(signs: Any, group: int = 128) -> np.ndarray:
-    """Dense ``H = D Had_G / sqrt(G)`` (float64), for tests and offline checks."""
+    """Dense ``H = Had_G D / sqrt(G)`` (float64), for tests and offline checks."""
     _check_pow2(group)
     d = _signs_for(signs, group, np.zeros(0, np.float64))
-    return d[:, None] * _sylvester(group).astype(np.float64) / math.sqrt(group)
+    return _sylvester(group).astype(np.float64) * d[None, :] / math.sqrt(group)
 
 
 def fuse_ght_weight(W: Any, signs: Any, group: int = 128, dtype: Any = None) -> Any:
@@ -220,7 +223,7 @@ def fuse_ght_weight(W: Any, signs: Any, group: int = 128, dtype: Any = None) -> 
 
 
 class RandomizedHadamard:
-    """Full-size randomized Hadamard baseline: ``H = D Had_n / sqrt(n)``.
+    """Full-size randomized Hadamard baseline: ``H = Had_n D / sqrt(n)``.
 
     ``n = m * 2^k`` (see :func:`supported_hadamard_size`); ``Had_n =
     kron(Paley_m, Had_2^k)`` is applied as an FWHT on the ``2^k`` part and a
@@ -239,14 +242,13 @@ class RandomizedHadamard:
     @property
     def matrix(self) -> np.ndarray:
         """Dense orthogonal ``H`` (float64)."""
-        return self.signs[:, None] * hadamard_matrix(self.n).astype(np.float64) / math.sqrt(self.n)
+        return hadamard_matrix(self.n).astype(np.float64) * self.signs[None, :] / math.sqrt(self.n)
 
     def apply(self, x: Any) -> Any:
         """``x @ H`` on the last dim (size n); numpy or torch floating, same dtype."""
         if (x.shape[-1] if hasattr(x, "shape") and len(x.shape) else None) != self.n:
             raise ValueError(f"last dimension must be {self.n}, got shape {tuple(np.shape(x))}")
         lead = tuple(x.shape[:-1])
-        x = x * _signs_for(self.signs, self.n, x)
         y = fwht(x.reshape(*lead, self.m, self.p), self.p)                 # X @ Had_p per row
         if self._paley is not None:
             a = self._paley
@@ -254,7 +256,8 @@ class RandomizedHadamard:
                 y = torch.einsum("...ij,ia->...aj", y, torch.from_numpy(a).to(y.device, y.dtype))
             else:
                 y = np.einsum("...ij,ia->...aj", y, a.astype(y.dtype))
-        return y.reshape(*lead, self.n) / math.sqrt(self.n)
+        y = y.reshape(*lead, self.n)
+        return y * _signs_for(self.signs, self.n, y) / math.sqrt(self.n)
 
     def fuse_weight(self, W: Any, dtype: Any = None) -> Any:
         """``W H`` computed in float64, rounded once to ``dtype`` (default W's)."""

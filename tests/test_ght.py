@@ -46,10 +46,10 @@ def test_stored_signs_are_the_seeded_draw():
     np.testing.assert_array_equal(random_signs(64, seed=7), random_signs(64, seed=7))
 
 
-def test_same_signs_and_transform_as_the_hardware_golden_model_seed8():
-    """ght.py and fpqvar_quant.golden.hadamard (the hardware contract,
-    y = RNE_fp16((x * D) Had / 8)) must describe the same H: same sign vector
-    for seed 42 (golden bit 1 = negate) and the same sign placement (input)."""
+def test_signs_and_butterfly_agree_with_the_hardware_golden_model_seed8():
+    """Same sign vector as fpqvar_quant.golden.hadamard for seed 42 (golden bit
+    1 = negate), and fwht equals the golden transform y = RNE_fp16((x * D) Had / 8).
+    (The golden applies D to the input, ght to the output: see numerics.md 2.)"""
     from fpqvar_quant.golden import hadamard as gh
     signs = random_signs()
     np.testing.assert_array_equal(signs, 1 - 2 * gh.random_signs(42).astype(np.int64))
@@ -57,16 +57,17 @@ def test_same_signs_and_transform_as_the_hardware_golden_model_seed8():
     golden = gh.hadamard_groups(x.view(np.uint16).reshape(-1, 128), gh.random_signs(42))
     assert not golden.overflow.any() and not golden.error.any()
     # float64 sums of fp16 values are exact here, so one fp16 rounding remains
-    mine = (ght(x.astype(np.float64), signs, normalize=False) / 8).astype(np.float16)
-    np.testing.assert_array_equal(golden.y, mine.view(np.uint16).reshape(-1, 128))
+    xd = x.astype(np.float64).reshape(-1, 128) * signs
+    mine = (fwht(xd, 128) / 8).astype(np.float16)
+    np.testing.assert_array_equal(golden.y, mine.view(np.uint16))
 
 
 def test_ght_matrix_orthogonal_and_ght_matches_dense_seed1():
     signs = random_signs()
     H = ght_matrix(signs)
     np.testing.assert_allclose(H @ H.T, np.eye(128), rtol=0, atol=1e-14)
-    # H = D Had / sqrt(G): the signs scale the rows, i.e. they multiply the input
-    np.testing.assert_array_equal(H, signs[:, None] * scipy.linalg.hadamard(128) / np.sqrt(128))
+    # H = Had D / sqrt(G): the signs scale the columns (the transform's output)
+    np.testing.assert_array_equal(H, scipy.linalg.hadamard(128) * signs[None, :] / np.sqrt(128))
     x = np.random.default_rng(1).standard_normal((7, 512))
     HG = scipy.linalg.block_diag(*[H] * 4)
     np.testing.assert_allclose(ght(x, signs), x @ HG, rtol=0, atol=1e-13)
