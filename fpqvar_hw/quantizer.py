@@ -33,7 +33,8 @@ Ports (``lanes`` FP16 values per beat, ``group_size / lanes`` beats per group)
 ArrayLayout(FP16, n_scales), last: 1)``: one output beat per input beat, with
 the group's scale(s) repeated on each beat and ``last`` on its final beat.  DFQ
 scales are ``(neg, pos)``.  Code layouts: floats ``(mantissa, exponent, sign)``;
-integers ``(value: signed)``; DFQ ``(magnitude: 3, negative: 1)``.
+integers ``(value: signed)``; DFQ ``(magnitude: 3 or 5, negative: 1)`` (dfq4:
+e1m2fn negatives + e2m1fn positives; dfq6: uniform 0..31 negatives + e2m3fn).
 ``error``: sticky flag, set when a NaN/Inf input beat is accepted; cleared by reset.
 
 Latency / throughput: one beat per cycle in and out (II = 1) with no
@@ -59,8 +60,11 @@ from .fpu import FP16, RoundPack, clz, float_layout
 __all__ = ["Quantizer", "QUANTIZER_FORMATS", "code_layout", "Grid", "grid", "scale_constants",
            "LATENCY_AFTER_LAST"]
 
-QUANTIZER_FORMATS = ("e2m1fn", "e1m2fn", "e3m0fn", "e2m3fn", "e3m2fn", "int4", "int6", "int8", "dfq4")
 DFQ = "dfq4"
+#: Dual formats: (negative-side grid, positive-side grid, code bits); the code's
+#: top bit selects the grid (1 = negative side).
+DFQ_FORMATS = {"dfq4": ("e1m2fn", "e2m1fn", 4), "dfq6": ("int6", "e2m3fn", 6)}
+QUANTIZER_FORMATS = ("e2m1fn", "e1m2fn", "e3m0fn", "e2m3fn", "e3m2fn", "int4", "int6", "int8") + tuple(DFQ_FORMATS)
 FP16_LAYOUT = float_layout(FP16)
 #: Cycles from the acceptance of a group's last input beat to its first output beat
 #: (no stalls); measured by tests/test_hw_quantizer.py.
@@ -130,8 +134,8 @@ def scale_constants(fmax_odd: int) -> tuple[int, int]:
 
 def code_layout(fmt: str) -> data.StructLayout:
     """Layout of one element code; its packed bits equal the code (ml_dtypes packing)."""
-    if fmt == DFQ:
-        return data.StructLayout({"magnitude": 3, "negative": 1})
+    if fmt in DFQ_FORMATS:
+        return data.StructLayout({"magnitude": DFQ_FORMATS[fmt][2] - 1, "negative": 1})
     f = get_format(fmt)
     if f.kind == "int":
         return data.StructLayout({"value": signed(f.bits)})
@@ -166,7 +170,8 @@ class Quantizer(wiring.Component):
                              "(e8m0 scales are modelled in fpqvar_quant.golden.quantizer)")
         self.format, self.group_size, self.lanes, self.scale_format = fmt, group_size, lanes, scale_format
         self.beats = group_size // lanes
-        self.sides: tuple[Grid, ...] = (grid("e1m2fn"), grid("e2m1fn")) if fmt == DFQ else (grid(fmt),)
+        self.sides: tuple[Grid, ...] = ((grid(DFQ_FORMATS[fmt][0]), grid(DFQ_FORMATS[fmt][1]))
+                                        if fmt in DFQ_FORMATS else (grid(fmt),))
         self.n_scales = len(self.sides)
         self.code = code_layout(fmt)
         self.out_layout = data.StructLayout({
@@ -189,7 +194,7 @@ class Quantizer(wiring.Component):
             "config": {"format": self.format, "group_size": self.group_size, "lanes": self.lanes,
                        "beats_per_group": self.beats, "scale_format": self.scale_format},
             "formats": {"input": "fp16", "codes": self.format, "scales": ["fp16"] * self.n_scales,
-                        "scale_order": ["neg", "pos"] if self.format == DFQ else ["scale"]},
+                        "scale_order": ["neg", "pos"] if self.format in DFQ_FORMATS else ["scale"]},
             "ports": {
                 "i": {"dir": "in", "kind": "stream", "payload_bits": 16 * self.lanes,
                       "payload": f"ArrayLayout(fp16, {self.lanes})"},
@@ -276,7 +281,7 @@ class Quantizer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         L, B, S = self.lanes, self.beats, self.n_scales
-        dfq = self.format == DFQ
+        dfq = self.format in DFQ_FORMATS
         nthr = [len(g.mid_num) for g in self.sides]
 
         # ------------------------------------------------------------ ingest
@@ -389,7 +394,8 @@ class Quantizer(wiring.Component):
                 idx.append(cnt)
             code = Signal(self.code.size, name=f"l{lane}_code")
             if dfq:
-                m.d.comb += code.eq(Mux(sides[0], Cat(idx[0][:3], Const(1, 1)), Cat(idx[1][:3], Const(0, 1))))
+                mb = self.code.size - 1
+                m.d.comb += code.eq(Mux(sides[0], Cat(idx[0][:mb], Const(1, 1)), Cat(idx[1][:mb], Const(0, 1))))
             elif self.sides[0].kind == "int":
                 w = self.code.size
                 mag_c = idx[0][:w]

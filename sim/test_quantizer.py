@@ -22,7 +22,7 @@ ANCHORS = (0x7BFF, 0x3C00, 0x0400, 0x0003, 0x0001)
 
 def sweep_groups(fmt: str, group_size: int, anchor: int) -> np.ndarray:
     """All 65,536 patterns, group_size - n_anchor per group, after the anchor(s)."""
-    anchors = [anchor, anchor | 0x8000] if fmt == "dfq4" else [anchor]
+    anchors = [anchor, anchor | 0x8000] if fmt.startswith("dfq") else [anchor]
     per = group_size - len(anchors)
     pats = np.arange(0x10000, dtype=np.uint16)
     n = -(-len(pats) // per)
@@ -70,7 +70,7 @@ def test_dfq_corner_groups(tmp_path):
     _run("dfq4", 8, 64, x, seed=13, idle=0.2, backpressure=0.2, tmp_path=tmp_path)
 
 
-SWEEP = [("e2m1fn", 8), ("dfq4", 8), ("e2m3fn", 8), ("e3m2fn", 8), ("int4", 8), ("int8", 4)]
+SWEEP = [("e2m1fn", 8), ("dfq4", 8), ("e2m3fn", 8), ("e3m2fn", 8), ("int4", 8), ("int8", 4), ("dfq6", 4)]
 
 
 @pytest.mark.slow

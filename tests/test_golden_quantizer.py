@@ -124,3 +124,11 @@ def test_exporter_cli(tmp_path):
     g = gq.quantize_groups(v["x"], "dfq4")
     assert np.array_equal(g.codes, v["codes"]) and np.array_equal(g.scales, v["scales"])
     assert v["x"].shape == (20, 32)
+
+
+def test_dfq6_sides():
+    x = np.array([-0.31, -0.01, 0.0, 7.5, 1.0], np.float16).view(np.uint16)[None]
+    q = gq.quantize_groups(x, "dfq6")
+    s_neg, s_pos = q.scales[0].view(np.float16).astype(np.float64)
+    assert s_neg == np.float16(np.float16(0.31) / 31) and s_pos == 1.0
+    assert q.codes[0].tolist() == [0x20 | 31, 0x20 | 1, 0x20, 31, 8]

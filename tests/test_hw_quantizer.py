@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from fpqvar_hw.quantizer import (LATENCY_AFTER_LAST, QUANTIZER_FORMATS, QUOT_P, Quantizer, grid,
+from fpqvar_hw.quantizer import (DFQ_FORMATS, LATENCY_AFTER_LAST, QUANTIZER_FORMATS, QUOT_P, Quantizer, grid,
                                  scale_constants)
 from fpqvar_quant.golden import quantizer as gq
 
@@ -82,7 +82,7 @@ def test_bad_config(kw, msg):
         Quantizer(**kw)
 
 
-@pytest.mark.parametrize("fmt", sorted({grid(f).fmax_odd for f in QUANTIZER_FORMATS if f != "dfq4"}))
+@pytest.mark.parametrize("fmt", sorted({grid(f).fmax_odd for f in QUANTIZER_FORMATS if f not in DFQ_FORMATS}))
 def test_reciprocal_constant_exact_for_every_significand(fmt):
     """floor(Ma * 2^P / F) == (Ma * R) >> (K - P) for every 11-bit Ma (the scale's quotient)."""
     F = fmt
@@ -93,7 +93,7 @@ def test_reciprocal_constant_exact_for_every_significand(fmt):
 
 def test_grid_matches_golden():
     for f in QUANTIZER_FORMATS:
-        if f == "dfq4":
+        if f in DFQ_FORMATS:
             continue
         g, s = grid(f), gq.grid_spec(f)
         assert (g.mid_num, g.frac_bits, g.fmax_odd, g.fmax_exp) == \
@@ -135,3 +135,13 @@ def test_manifest_json():
     m = Quantizer(format="dfq4", lanes=16).manifest()
     json.dumps(m)
     assert m["config"]["beats_per_group"] == 8 and m["formats"]["scale_order"] == ["neg", "pos"]
+
+
+def test_dfq6_matches_golden():
+    """FP6 dual format (W6A6 FC2 input): uniform 0..31 negatives + e2m3fn positives."""
+    G, L = 16, 2
+    dut = Quantizer(format="dfq6", group_size=G, lanes=L)
+    x = gq.random_groups(np.random.default_rng(9), 6, G)
+    q = gq.quantize_groups(x, "dfq6")
+    got, _, _, _ = run_quantizer(dut, _pack_beats(x, L), seed=9, idle=0.2, bp=0.2)
+    assert got == _expected_beats(q, dut)

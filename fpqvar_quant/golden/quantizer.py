@@ -22,6 +22,8 @@ Contract (``docs/numerics.md`` section 3, "Group quantizer"), per group of G FP1
    elements with ``x > 0`` use e2m1fn with ``s_pos = RNE_fp16(max(x>0) / 6)``,
    code ``k``.  A side with no nonzero element has scale 0 and its elements get
    magnitude index 0.  Scales are returned in the order (neg, pos).
+   ``dfq6``: the same with the uniform 0..31 grid (int6 magnitudes, ``s_neg =
+   max|x<=0| / 31``) for negatives, e2m3fn for positives, code ``0x20 | k``.
 
 Nothing here uses float arithmetic: ``|x|`` is an integer in units of 2^-24
 (:func:`fp16.to_fixed`), midpoints are integers in units of 2^-c, and the
@@ -43,8 +45,12 @@ __all__ = ["QUANTIZER_FORMATS", "DFQ", "SCALE_FORMATS", "GridSpec", "grid_spec",
            "scale_e8m0", "quantize_groups", "GoldenQuant", "n_scales", "canonical_format"]
 
 DFQ = "dfq4"
+#: Dual formats: (negative-side grid, positive-side grid, code bits).  dfq6 is the
+#: FP6 variant: 5-bit uniform negatives (the int6 magnitude grid, scale max/31) and
+#: e2m3fn positives.
+DFQ_FORMATS = {"dfq4": ("e1m2fn", "e2m1fn", 4), "dfq6": ("int6", "e2m3fn", 6)}
 #: Element formats the quantizer supports (``dfq`` is accepted as an alias of ``dfq4``).
-QUANTIZER_FORMATS = ("e2m1fn", "e1m2fn", "e3m0fn", "e2m3fn", "e3m2fn", "int4", "int6", "int8", DFQ)
+QUANTIZER_FORMATS = ("e2m1fn", "e1m2fn", "e3m0fn", "e2m3fn", "e3m2fn", "int4", "int6", "int8") + tuple(DFQ_FORMATS)
 SCALE_FORMATS = ("fp16", "e8m0")
 
 
@@ -58,7 +64,7 @@ def canonical_format(fmt: str) -> str:
 
 def n_scales(fmt: str) -> int:
     """Scales per group: 2 for DFQ (neg, pos), else 1."""
-    return 2 if canonical_format(fmt) == DFQ else 1
+    return 2 if canonical_format(fmt) in DFQ_FORMATS else 1
 
 
 @dataclass(frozen=True)
@@ -166,9 +172,10 @@ def quantize_groups(x_bits: Any, fmt: str, *, scale_format: str = "fp16") -> Gol
     err = special.any(axis=-1)
     mag = np.where(special, 0, fp16.to_fixed(np.where(special, 0, b)))
     mag = np.abs(mag)
-    if fmt == DFQ:
+    if fmt in DFQ_FORMATS:
+        neg_fmt, pos_fmt, bits = DFQ_FORMATS[fmt]
         neg_side = (sign == 1) | (mag == 0)
-        sides = [(neg_side, grid_spec("e1m2fn"), 0x8), (~neg_side, grid_spec("e2m1fn"), 0x0)]
+        sides = [(neg_side, grid_spec(neg_fmt), 1 << (bits - 1)), (~neg_side, grid_spec(pos_fmt), 0x0)]
     else:
         spec = grid_spec(fmt)
         sides = [(np.ones(b.shape, dtype=bool), spec, None)]
