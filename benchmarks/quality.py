@@ -42,28 +42,32 @@ METHODS: list[tuple[str, str]] = [
 ]
 
 
-def sqnr_plot(results, path: Path) -> None:
-    """Per-layer GEMM-output SQNR (dB), one line per quantized method."""
+def sqnr_plot(rows: list[tuple[str, dict[str, float]]], path: Path) -> None:
+    """Per-layer GEMM-output SQNR (dB), one line per quantized method; ``rows`` are
+    (label, {layer: dB}) pairs (methods without quantized layers are skipped)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    quantized = [r for r in results if r.sqnr]
-    if not quantized:
+    rows = [(m, sq) for m, sq in rows if sq]
+    if not rows:
         return
-    layers = list(quantized[0].sqnr)
+    layers = list(rows[0][1])
     short = [n.replace("blocks.", "b").replace("attn.mat_qkv", "qkv").replace("attn.", "").replace("ffn.", "")
              for n in layers]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(layers) + 2), 4.2))
-    for r in quantized:
-        ax.plot(range(len(layers)), [r.sqnr[n] for n in layers], marker="o", ms=3, label=r.method)
+    cmap = plt.get_cmap("tab20")
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(layers) + 2) + 2.6, 4.2))
+    for i, (m, sq) in enumerate(rows):
+        six = "6" in m
+        ax.plot(range(len(layers)), [sq[n] for n in layers], marker="os^vD<>"[i % 7], ms=4, color=cmap(i % 20),
+                linestyle="--" if six else "-", label=m)
     ax.set_xticks(range(len(layers)))
     ax.set_xticklabels(short, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("GEMM-output SQNR (dB)")
-    ax.set_title("digits VAR: per-layer SQNR (teacher-forced held-out digits)")
+    ax.set_title("digits VAR: per-layer SQNR (teacher-forced held-out digits)", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -232,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": [dict(r.row(), kl_per_scale=r.kl_per_scale, token_agreement_per_scale=r.token_agreement_per_scale,
                       sqnr_per_layer=r.sqnr) for r in results],
         "outlier_block_sqnr": outlier}, indent=2) + "\n")
-    sqnr_plot(results, args.out_dir / "quality_sqnr.png")
+    sqnr_plot([(r.method, r.sqnr) for r in results], args.out_dir / "quality_sqnr.png")
     print()
     print(table)
     print(note + outlier_md)
