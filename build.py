@@ -208,13 +208,17 @@ def _resources(out, emitted, texts, resolved, config, platform, pending, jobs, c
         raise BuildError("fpqvar_hw.synth (the Yosys runner) is not in the tree; pass --no-synth")
     synth_jobs = [R.SynthJob(v.instance, v.instance, texts[v.instance]) for v in emitted
                   if not any(r.spec.is_top and v in r.variants for r in resolved)]
-    _log(verbose, f"  synth {len(synth_jobs)} unit variants (cache {cache_dir})")
+    _log(verbose, f"  synth {len(synth_jobs)} unit variants (cache {cache_dir.name}/)")
     res = R.run_synth_jobs(synth_jobs, cache_dir=cache_dir, workers=jobs,
                            progress=lambda n: _log(verbose, f"    synthesised {n}"))
     rows = []
     units = []
+    failed = {}
     for v in emitted:
         if v.instance not in res:
+            continue
+        if "error" in res[v.instance]:
+            failed[v.instance] = res[v.instance]["error"]
             continue
         units.append({"instance": v.instance, "count": v.count, "inside": v.inside,
                       **res[v.instance]})
@@ -232,8 +236,10 @@ def _resources(out, emitted, texts, resolved, config, platform, pending, jobs, c
         "method": ("per-unit synthesis x instance count + estimated buffers; the accelerator "
                    "top " + ("exists but is too large to synthesise here in minutes"
                              if top_exists else "does not exist yet (issue 8)")),
-        "not_included": sorted(pending) + ([] if top_exists else
-                                           ["control/DMA/matrix-engine glue (top pending)"]),
+        "not_included": sorted(pending) + [f"{k} (synthesis failed: {v})"
+                                           for k, v in sorted(failed.items())]
+        + ([] if top_exists else ["control/DMA/matrix-engine glue (top pending)"]),
+        "total_is_lower_bound": bool(failed),
         "max_logic_depth": max((u.get("logic_depth") or 0 for u in units), default=None),
     }
     (out / "resources.json").write_text(_json(report))
@@ -402,7 +408,9 @@ def make_summary(platform, config, out, emitted, pending, top_exists, lint_res, 
         parts = [f"{k} {res_rep['total'][k]:,}" + (f" ({100 * fr[k]:.1f} %)" if fr[k] is not None
                                                    else "") for k in ("LUT", "FF", "DSP",
                                                                       "BRAM36", "URAM")]
-        L.append("Resources (Yosys xcup, units x counts + est. buffers): " + ", ".join(parts))
+        L.append("Resources (Yosys xcup, units x counts + est. buffers"
+                 + (", LOWER BOUND: some units failed to synthesise" if
+                    res_rep.get("total_is_lower_bound") else "") + "): " + ", ".join(parts))
         if res_rep["not_included"]:
             L.append("  not included: " + ", ".join(res_rep["not_included"]))
         deep = [f"{u['instance']} {u['logic_depth']}" for u in res_rep["units"]

