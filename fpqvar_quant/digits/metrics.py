@@ -89,8 +89,8 @@ def sample_quality(images: torch.Tensor, labels: torch.Tensor,
 
 
 def real_data_baseline(n: int | None = None, classifier: DigitClassifier | None = None) -> SampleQuality:
-    """The metrics of real *training* digits (first ``n`` of them, all if None): the floor
-    a perfect generator would reach at that sample count."""
+    """The metrics of real *training* digits (first ``n`` of them, all if None): what
+    real data scores at that sample count (a reference, not a strict floor)."""
     split = load_digits_split()
     x, y = split.train_images, split.train_labels
     if n is not None:
