@@ -142,3 +142,20 @@ def test_dfq_all_negative_all_positive():
     assert f(gdot.dot(gdot.DFQ, "e2m1fn", pos, w, one, one, G, [np.uint16(0x7E00)])) != f(
         gdot.dot(gdot.DFQ, "e2m1fn", pos, w, one, one, G, one))  # NaN neg scale poisons the group
     assert f(gdot.dot(gdot.DFQ, "e2m1fn", pos, w, one, one, G, one)) == 48.0
+
+
+def test_exporters(tmp_path):
+    """python -m fpqvar_quant.golden {multiplier,dot}: arrays reproduce from the golden model."""
+    import json
+    import subprocess
+    import sys
+    for unit, extra in (("multiplier", ["--pair", "e1m2fn,e2m1fn"]), ("dot", ["--a-fmt", "dfq", "--n", "20"])):
+        subprocess.run([sys.executable, "-m", "fpqvar_quant.golden", unit, "--out", str(tmp_path / unit),
+                        "--seed", "3", *extra], check=True, capture_output=True)
+    m = np.load(tmp_path / "multiplier" / "vectors.npz")
+    assert len(m["p"]) == 256 and np.array_equal(m["p"], multiply("e1m2fn", "e2m1fn", m["a"], m["b"]))
+    d = np.load(tmp_path / "dot" / "vectors.npz")
+    man = json.loads((tmp_path / "dot" / "manifest.json").read_text())
+    assert np.array_equal(d["out"], gdot.dot(gdot.DFQ, "e2m1fn", d["a"], d["w"], d["s_a"], d["s_w"],
+                                             man["config"]["group_size"],
+                                             d["s_a_neg"]))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import register_exporter
 from ..formats import get_format
 from .multiplier import code_to_int, product_spec
 
@@ -124,3 +125,34 @@ def dot(a_fmt: str, w_fmt: str, a_codes, w_codes, s_a, s_w, group_size: int,
             acc = (acc + g[..., j]).astype(np.float32)
     out = _canonical_bits(acc)
     return (out, _canonical_bits(g)) if return_groups else out
+
+
+def _add_args(p) -> None:
+    p.add_argument("--a-fmt", default="e2m1fn",
+                   choices=["e2m1fn", "e2m3fn", "e3m2fn", "int4", "int8", DFQ],
+                   help="activation format (dfq: e1m2fn negatives + e2m1fn positives)")
+    p.add_argument("--w-fmt", default="e2m1fn", choices=["e2m1fn", "e2m3fn", "int4", "int8"],
+                   help="weight format (must pair with --a-fmt as in golden.multiplier.PAIRS)")
+    p.add_argument("--group-size", type=int, default=128, help="G (default 128)")
+    p.add_argument("--groups", type=int, default=4, help="groups per dot product (default 4)")
+
+
+@register_exporter("dot", "group dot product: codes + FP16 group scales -> FP32", _add_args)
+def _export(args, rng: np.random.Generator):
+    """``--n`` random dot products: uniform codes, random finite positive FP16 scales."""
+    a_bits = 4 if args.a_fmt == DFQ else get_format(args.a_fmt).bits
+    shp = (args.n, args.groups * args.group_size)
+    a = rng.integers(0, 1 << a_bits, size=shp).astype(np.uint8)
+    w = rng.integers(0, 1 << get_format(args.w_fmt).bits, size=shp).astype(np.uint8)
+    sc = (args.n, args.groups)
+    s_a, s_w = (rng.integers(0, 0x7C00, size=sc).astype(np.uint16) for _ in range(2))
+    s_n = rng.integers(0, 0x7C00, size=sc).astype(np.uint16) if args.a_fmt == DFQ else None
+    out, g = dot(args.a_fmt, args.w_fmt, a, w, s_a, s_w, args.group_size, s_n, return_groups=True)
+    arrays = {"a": a, "w": w, "s_a": s_a, "s_w": s_w, "g": g, "out": out}
+    if s_n is not None:
+        arrays["s_a_neg"] = s_n
+    config = {"a_fmt": args.a_fmt, "w_fmt": args.w_fmt, "group_size": args.group_size,
+              "groups": args.groups, "scales": "fp16 bits", "out": "fp32 bits, canonical NaN 0x7FC00000",
+              "g": "per-group fp32 results (bits)"}
+    return arrays, config
+

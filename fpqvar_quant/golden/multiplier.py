@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import register_exporter
 from ..formats import Format, get_format
 
 __all__ = ["PAIRS", "ProductSpec", "product_spec", "code_to_int", "multiply"]
@@ -106,3 +107,22 @@ def product_spec(a: "str | Format", b: "str | Format") -> ProductSpec:
 def multiply(a: "str | Format", b: "str | Format", codes_a, codes_b) -> np.ndarray:
     """Exact products (int64, units of ``product_spec(a, b).lsb``), broadcasting."""
     return code_to_int(a, codes_a) * code_to_int(b, codes_b)
+
+
+def _add_args(p) -> None:
+    p.add_argument("--pair", default="e2m1fn,e2m1fn", choices=[",".join(x) for x in PAIRS],
+                   help="activation,weight formats (default e2m1fn,e2m1fn)")
+
+
+@register_exporter("multiplier", "code x code -> exact fixed-point product, every pair", _add_args)
+def _export(args, rng: np.random.Generator):
+    """Every code pair of one multiplier (``--n`` is ignored: the space is exhaustive)."""
+    fa, fb = args.pair.split(",")
+    na, nb = 1 << get_format(fa).bits, 1 << get_format(fb).bits
+    a, b = np.meshgrid(np.arange(na), np.arange(nb), indexing="ij")
+    a, b = a.ravel().astype(np.uint8), b.ravel().astype(np.uint8)
+    spec = product_spec(fa, fb)
+    config = {"a": fa, "b": fb, "lsb_exp": spec.lsb_exp, "max_abs": spec.max_abs,
+              "width": spec.width, "encoding": "p = exact product in units of 2^lsb_exp"}
+    return {"a": a, "b": b, "p": multiply(fa, fb, a, b).astype(np.int32)}, config
+
