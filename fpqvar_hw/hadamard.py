@@ -3,30 +3,32 @@
 Numerics: ``docs/numerics.md`` section 3, "Group Hadamard unit"; golden model
 ``fpqvar_quant.golden.hadamard`` (bit-exact co-simulation in sim/test_hadamard.py).
 
-    y_i = RNE_fp16( (1/8) * sum_j (-1)^(d_j + popcount(i & j)) x_j )
+    y_i = RNE_fp16( (1/8) * (-1)^d_i * sum_j (-1)^popcount(i & j) x_j )
 
 computed exactly in fixed point (every FP16 value is an integer multiple of
 2^-24 below 2^40 in magnitude; the 128-term sum needs 48 bits plus sign) and
 rounded once by the shared :class:`fpqvar_hw.fpu.RoundPack`.  No multipliers:
-the sign vector flips signs, butterflies add and subtract.
+butterflies add and subtract, the sign vector flips output signs (``x Had D``,
+the paper's ``H = Had D / sqrt(128)``; a zero stays +0).
 
 Micro-architecture (``lanes`` = L values per beat, B = 128 / L beats per group,
 element index ``j = beat * L + lane``; ``Had_128 = Had_B (x) Had_L``):
 
-1. **Input stage**: FP16 -> signed fixed point, sign flip by ``signs[j]``, then
+1. **Input stage**: FP16 -> signed fixed point, then
    an L-point FWHT across the lanes (log2 L butterfly levels); registered.
 2. **Beat accumulation**: B x L accumulators; beat b adds ``(-1)^popcount(b & b')
    z_b`` into accumulator row b' (the B-point transform across beats).  After
    the last beat the rows move to an output buffer, so the next group
    accumulates while this one drains (II = 1).
-3. **Output**: one row of L values per cycle through L RoundPack instances into
-   the registered output payload.
+3. **Output**: one row of L values per cycle, sign flipped by ``signs[i]``
+   (``i = row * L + lane``; not for an exact zero), through L RoundPack
+   instances into the registered output payload.
 
 Ports
 -----
 ``i``: stream of ``ArrayLayout(FP16, lanes)``; 128 / lanes beats per group.
 ``o``: stream of ``ArrayLayout(FP16, lanes)``, same element order.
-``signs``: 128-bit input, bit j = 1 negates x_j (the random sign vector D as
+``signs``: 128-bit input, bit i = 1 negates output y_i (the random sign vector D as
 data, loaded at run time; it must be stable while a group is in flight).
 ``error``: sticky; set when a group containing NaN/Inf is output (its outputs are
 all ``0x7E00``).  ``overflow``: sticky; set when an output saturated to +-65504.
@@ -111,8 +113,6 @@ class GroupHadamard(wiring.Component):
         s1_take = Signal()
         m.d.comb += self.i.ready.eq(~s1_valid | s1_take)
         accept = self.i.valid & self.i.ready
-        dsel = Signal(L)
-        m.d.comb += dsel.eq(self.signs.word_select(in_cnt, L))
         vals = []
         specials = []
         for k in range(L):
@@ -123,7 +123,7 @@ class GroupHadamard(wiring.Component):
             mag = Signal(41, name=f"mag{k}")
             m.d.comb += mag.eq(sig << sh)
             v = Signal(signed(ACC_BITS), name=f"fx{k}")
-            m.d.comb += v.eq(Mux(x.sign ^ dsel[k], -mag, mag))
+            m.d.comb += v.eq(Mux(x.sign, -mag, mag))
             vals.append(v)
             specials.append(x.exponent == 0x1F)
         h = 1
@@ -180,13 +180,16 @@ class GroupHadamard(wiring.Component):
         # --------------------------------------------------------------- output
         m.d.comb += ob_fire.eq(ob_valid & (~self.o.valid | self.o.ready))
         outs, ovfs = [], []
+        dsel = Signal(L)
+        m.d.comb += dsel.eq(self.signs.word_select(ob_cnt, L))
         for k in range(L):
             row = Signal(signed(ACC_BITS), name=f"row{k}")
             m.d.comb += row.eq(Cat(*[obuf[r][k] for r in range(B)]).word_select(ob_cnt, ACC_BITS))
             rp = RoundPack(FP16, sig_bits=ACC_BITS - 1, exp_bits=8)
             m.submodules[f"rp{k}"] = rp
-            neg = row < 0
-            m.d.comb += [rp.i.sig.eq(Mux(neg, -row, row)[:ACC_BITS - 1]),
+            neg = Signal(name=f"neg{k}")
+            m.d.comb += neg.eq((row < 0) ^ (dsel[k] & (row != 0)))
+            m.d.comb += [rp.i.sig.eq(Mux(row < 0, -row, row)[:ACC_BITS - 1]),
                          rp.i.exp.eq(-24 - OUT_SHIFT + ACC_BITS - 2), rp.i.sticky.eq(0),
                          rp.i.sign.eq(neg), rp.i.nan.eq(0), rp.i.inf.eq(0)]
             o = rp.o.as_value()

@@ -14,9 +14,8 @@ Definitions (``docs/numerics.md`` section 2):
   ``x W^T = (x H_G)(W H_G)^T``.  :func:`ght` computes
   ``x H_G = fwht(x) * signs / sqrt(G)``: **the signs multiply the transform's
   output** (column ``j`` of ``Had_G`` is scaled by ``signs[j]``).  The hardware
-  contract (``docs/numerics.md`` section 3, golden ``hadamard``) applies the
-  signs to the *input*, ``(x * D) Had_128 / 8``, i.e. ``D Had``: an open
-  conflict for the lead (see section 2 of numerics.md).
+  Hadamard unit and its golden model (``docs/numerics.md`` section 3) use the
+  same order, ``RNE_fp16(x Had D / 8)`` = ``sqrt(2) x H`` rounded once.
 * The project's sign vector is data: ``assets/ght_signs_n128_seed42.json``,
   drawn once as ``1 - 2 * numpy.random.default_rng(42).integers(0, 2, 128)``:
   the same stream as the golden model's sign *bits* ``d`` (1 = negate), so

@@ -46,10 +46,11 @@ def test_stored_signs_are_the_seeded_draw():
     np.testing.assert_array_equal(random_signs(64, seed=7), random_signs(64, seed=7))
 
 
-def test_signs_and_butterfly_agree_with_the_hardware_golden_model_seed8():
+def test_ght_equals_the_hardware_golden_hadamard_bit_for_bit_seed8():
     """Same sign vector as fpqvar_quant.golden.hadamard for seed 42 (golden bit
-    1 = negate), and fwht equals the golden transform y = RNE_fp16((x * D) Had / 8).
-    (The golden applies D to the input, ght to the output: see numerics.md 2.)"""
+    1 = negate), and the golden hardware transform y = RNE_fp16(x Had D / 8) is
+    exactly sqrt(2) * ght(x) rounded once: software GHT and hardware agree on the
+    order H = Had D (signs on the transform's output)."""
     from fpqvar_quant.golden import hadamard as gh
     signs = random_signs()
     np.testing.assert_array_equal(signs, 1 - 2 * gh.random_signs(42).astype(np.int64))
@@ -57,9 +58,12 @@ def test_signs_and_butterfly_agree_with_the_hardware_golden_model_seed8():
     golden = gh.hadamard_groups(x.view(np.uint16).reshape(-1, 128), gh.random_signs(42))
     assert not golden.overflow.any() and not golden.error.any()
     # float64 sums of fp16 values are exact here, so one fp16 rounding remains
-    xd = x.astype(np.float64).reshape(-1, 128) * signs
-    mine = (fwht(xd, 128) / 8).astype(np.float16)
-    np.testing.assert_array_equal(golden.y, mine.view(np.uint16))
+    xr = x.astype(np.float64).reshape(-1, 128)
+    via_ght = (ght(xr, signs, 128, normalize=False) / 8).astype(np.float16)
+    np.testing.assert_array_equal(golden.y, via_ght.view(np.uint16))
+    # and the orthonormal GHT differs from it by exactly sqrt(2)
+    np.testing.assert_allclose(ght(xr, signs, 128) * np.sqrt(2), ght(xr, signs, 128, normalize=False) / 8,
+                               rtol=1e-15, atol=0)
 
 
 def test_ght_matrix_orthogonal_and_ght_matches_dense_seed1():

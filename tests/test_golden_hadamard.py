@@ -26,7 +26,7 @@ def test_matches_float64_where_exact(seed):
     x = np.where(np.abs(x) < 2.0 ** -10, np.float16(0), x)
     d = gh.random_signs(seed)
     r = gh.hadamard_groups(x.view(np.uint16), d)
-    ref = ((x.astype(np.float64) * np.where(d == 1, -1.0, 1.0)) @ gh.hadamard_matrix().T) / 8
+    ref = ((x.astype(np.float64) @ gh.hadamard_matrix().T) * np.where(d == 1, -1.0, 1.0)) / 8
     assert np.array_equal(r.y, ref.astype(np.float16).view(np.uint16))
     assert not r.overflow.any() and not r.error.any()
 

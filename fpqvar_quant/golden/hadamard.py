@@ -1,15 +1,20 @@
 """Golden model of the group Hadamard unit (bit-level numpy).
 
 Contract (``docs/numerics.md`` section 3, "Group Hadamard unit"), per group of N = 128 FP16 inputs ``x``
-and a sign vector ``d`` (``d_j = 1`` means "negate x_j"):
+and a sign vector ``d`` (``d_i = 1`` means "negate output y_i"):
 
-    y_i = RNE_fp16( (1/8) * sum_j (-1)^(d_j + popcount(i & j)) * x_j )
+    y_i = RNE_fp16( (1/8) * (-1)^d_i * sum_j (-1)^popcount(i & j) * x_j )
 
 (Sylvester-ordered Hadamard matrix, ``Had[i, j] = (-1)^popcount(i & j)``).  The
 sum is exact (integers in units of 2^-24, ``|sum| < 2^47``) and rounded once.
 With the orthonormal ``H = Had D / sqrt(128)`` this is ``y = sqrt(2) * x H``.
 
-* An exact zero sum gives +0.
+The signs act on the transform's output (``x Had D``), the paper's
+``H = Had D / sqrt(128)`` and :func:`fpqvar_quant.ght.ght`; negation commutes
+with round-to-nearest-even, so applying it before or after the rounding is the
+same.
+
+* An exact zero sum gives +0 (the sign vector does not make it -0).
 * **Overflow** (``|y|`` rounds beyond 65504): the output saturates to +-65504
   (``0x7BFF`` / ``0xFBFF``) and the group's ``overflow`` flag is set.
 * **NaN/Inf** anywhere in the input group: every output of the group is the
@@ -71,12 +76,12 @@ def hadamard_groups(x_bits: Any, signs: Any) -> GoldenHadamard:
     if b.ndim < 1 or b.shape[-1] != N:
         raise ValueError(f"x_bits must have last axis {N} (one group), got shape {b.shape}")
     if d.shape != (N,) or d.dtype.kind not in "iub" or np.any((d != 0) & (d != 1)):
-        raise ValueError(f"signs must be {N} values in {{0, 1}} (1 = negate)")
+        raise ValueError(f"signs must be {N} values in {{0, 1}} (1 = negate y_i)")
     special = fp16.is_special(b)
     err = special.any(axis=-1)
     x = fp16.to_fixed(np.where(special, 0, b))
-    x = np.where(d.astype(bool), -x, x)
     s = x @ hadamard_matrix(N)                     # exact int64, |s| < 2^47
+    s = np.where(d.astype(bool), -s, s)            # output signs: x Had D
     bits, overflow = fp16.round_rational(np.abs(s), 1, -24 - OUT_SHIFT)
     bits = np.where(overflow, fp16.MAX_FINITE, bits)
     bits = np.where(s < 0, bits | 0x8000, bits)
