@@ -151,7 +151,7 @@ class AcceleratorConfig:
     tn: int = 8
     lanes: int = 32
     quant_lanes: int = 32
-    vector_lanes: int = 4
+    vector_lanes: int = 8
     attn_macs: int = 1024
     act_buffer_kib: int = 4096
     dram_efficiency: float = 0.8
