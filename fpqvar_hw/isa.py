@@ -1,0 +1,609 @@
+"""The accelerator's instruction set, registers and DRAM layouts (``docs/top.md``).
+
+This module is the one implementation of every encoding in ``docs/top.md``:
+the RTL (controller, matrix engine, vector engine) reads its word indices and
+enums from here, the compiler (:mod:`fpqvar_hw.compiler`) encodes with it and
+the reference executor (:mod:`fpqvar_hw.isa_sim`) decodes with it.  It imports
+only numpy and ``amaranth.lib.data``.
+
+Instruction: ``INSTR_BYTES = 128`` bytes = ``INSTR_WORDS = 32`` little-endian
+32-bit words at ``PROG_ADDR + 128 * i`` (``INSTR_LAYOUT``: an
+``ArrayLayout(32, 32)``, element ``w`` = word ``w``).
+
+Word 0 (header): ``[7:0]`` opcode (:class:`Opcode`), ``[8]`` sync,
+``[23:16]`` sub-op, ``[31:24]`` flags (``HDR_*`` constants).
+
+============  ======  ==========================================================
+GEMM (1)      word    field
+============  ======  ==========================================================
+GEMM_ACT      1       act_addr: FP32 rows at ``act_addr + r*act_stride`` (16-aligned)
+GEMM_ACT_STRIDE 2     bytes, multiple of 16
+GEMM_M        3       rows (>= 1)
+GEMM_K        4       reduction length, multiple of ``K_ALIGN`` = 128
+GEMM_N        5       output features (>= 1)
+GEMM_W        6       packed weight codes (:func:`pack_gemm_weights`), 16-aligned
+GEMM_WS       7       packed weight scales, 16-aligned
+GEMM_BIAS     8       FP32 bias ``[ceil(N/Tn)*Tn]`` (read with flag BIAS), 16-aligned
+GEMM_OUT      9       FP32 outputs at ``out_addr + r*out_stride + 4*n`` (4-aligned)
+GEMM_OUT_STRIDE 10    bytes, multiple of 4
+GEMM_SIGNS    11      16 bytes of Hadamard sign bits (:func:`pack_signs`), 16-aligned
+============  ======  ==========================================================
+
+Sub-op (:class:`GemmSubop`): 0 PLAIN (the configured activation format of
+qkv/proj/fc1), 1 DFQ (the configured FC2-input format, ``cfg.fc2_act``).
+Flags (:class:`GemmFlag`): bit 0 HAD, bit 1 BIAS.
+
+============  ======  ==========================================================
+VEC (2)       word    field
+============  ======  ==========================================================
+VEC_N         1..4    loop counts n0..n3 (n0 innermost; all >= 1)
+VEC_A         5..9    operand A: base, s0, s1, s2, s3 (signed 32-bit byte strides)
+VEC_B         10..14  operand B
+VEC_C         15..19  operand C
+VEC_D         20..24  destination D
+============  ======  ==========================================================
+
+Element ``(i0, i1, i2, i3)`` of an operand is at ``(base + i0*s0 + i1*s1 +
+i2*s2 + i3*s3) mod 2^32`` (:func:`operand_address`); FDOT's D and L2NT's B
+are addressed with ``i0 = 0`` (one value per row, s0 unused).  Sub-ops
+(:class:`VecSubop`): LNMOD, RESID, GELU, L2NT, SOFTMAX, FDOT, CVT16; which
+operands each one reads/writes is :data:`VEC_OPERANDS`.  Flags
+(:class:`VecFlag`): bit 0 B_FP16, bit 1 D_FP16.
+
+Errors (:class:`ErrorCode`): 1 unknown opcode, 2 address out of the DRAM
+window, 3 AXI read error, 4 AXI write error, 5 invalid field.  What counts as
+an invalid field is :meth:`Gemm.check` / :meth:`Vec.check` (zero count,
+misalignment, unknown sub-op or flag bits, K not a multiple of 128, L2NT
+``n0 != 64``, SOFTMAX ``n0 > max_kv``); the window rule is
+:func:`in_window`.
+
+Registers: :data:`REGS` (byte offsets on ``s_axil``) and the ``CTRL_*`` /
+``STATUS_*`` bit constants.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import ClassVar, Iterable
+
+import numpy as np
+from amaranth.lib import data
+
+__all__ = [
+    "INSTR_WORDS", "INSTR_BYTES", "INSTR_LAYOUT", "WORD_BYTES", "BUS_BYTES", "K_ALIGN", "HAD_GROUP",
+    "Opcode", "GemmSubop", "GemmFlag", "VecSubop", "VecFlag", "ErrorCode",
+    "HDR_OPCODE_SHIFT", "HDR_OPCODE_BITS", "HDR_SYNC_BIT", "HDR_SUBOP_SHIFT", "HDR_SUBOP_BITS",
+    "HDR_FLAGS_SHIFT", "HDR_FLAGS_BITS",
+    "GEMM_ACT", "GEMM_ACT_STRIDE", "GEMM_M", "GEMM_K", "GEMM_N", "GEMM_W", "GEMM_WS",
+    "GEMM_BIAS", "GEMM_OUT", "GEMM_OUT_STRIDE", "GEMM_SIGNS",
+    "VEC_N", "VEC_A", "VEC_B", "VEC_C", "VEC_D", "VEC_OPERAND_WORD", "OPERAND_FIELDS",
+    "VEC_OPERANDS", "L2NT_LEN", "MAX_KV_LEN", "MAX_LN_LEN", "VEC_P",
+    "REGS", "REG_ID_VALUE", "CTRL_START", "CTRL_ABORT", "CTRL_IRQ_EN", "CTRL_COARSE", "CTRL_FINE",
+    "STATUS_BUSY", "STATUS_DONE", "STATUS_ERROR", "STATUS_ABORTED", "STATUS_ERR_SHIFT",
+    "STATUS_ERR_BITS",
+    "IsaError", "Operand", "Halt", "Gemm", "Vec", "Instruction", "decode", "decode_program",
+    "encode_program", "header", "operand_address", "in_window",
+    "gemm_padded_n", "gemm_code_word_bytes", "gemm_code_bytes", "gemm_scale_bytes",
+    "pack_gemm_weights", "unpack_gemm_weights", "pack_signs", "pack_sign_bits", "unpack_signs",
+]
+
+# ------------------------------------------------------------------ instruction
+INSTR_WORDS = 32
+WORD_BYTES = 4
+INSTR_BYTES = INSTR_WORDS * WORD_BYTES          # 128
+#: One 32-bit word per element: ``INSTR_LAYOUT`` view of the 1024-bit instruction.
+INSTR_LAYOUT = data.ArrayLayout(32, INSTR_WORDS)
+#: AXI data width in bytes (one bus word); packed tables are padded to it.
+BUS_BYTES = 16
+#: GEMM K must be a multiple of this (the Hadamard group, and every supported group size divides it).
+K_ALIGN = 128
+#: Hadamard group length (fixed by the unit).
+HAD_GROUP = 128
+
+HDR_OPCODE_SHIFT, HDR_OPCODE_BITS = 0, 8
+HDR_SYNC_BIT = 8
+HDR_SUBOP_SHIFT, HDR_SUBOP_BITS = 16, 8
+HDR_FLAGS_SHIFT, HDR_FLAGS_BITS = 24, 8
+
+
+class Opcode(enum.IntEnum):
+    HALT = 0x00
+    GEMM = 0x01
+    VEC = 0x02
+
+
+class GemmSubop(enum.IntEnum):
+    #: the configured activation format of qkv / proj / fc1 (e2m1fn in w4a4)
+    PLAIN = 0
+    #: the configured FC2-input format ``cfg.fc2_act`` (dual-format DFQ in w4a4)
+    DFQ = 1
+
+
+class GemmFlag(enum.IntFlag):
+    HAD = 1 << 0     #: Hadamard on the FP16 activations (signs at signs_addr)
+    BIAS = 1 << 1    #: add the FP32 bias (one RNE add)
+
+
+class VecSubop(enum.IntEnum):
+    LNMOD = 0
+    RESID = 1
+    GELU = 2
+    L2NT = 3
+    SOFTMAX = 4
+    FDOT = 5
+    CVT16 = 6
+
+
+class VecFlag(enum.IntFlag):
+    B_FP16 = 1 << 0  #: operand B holds FP16 values (FDOT against the FP16 KV cache)
+    D_FP16 = 1 << 1  #: destination D is FP16 (CVT16 needs it)
+
+
+class ErrorCode(enum.IntEnum):
+    NONE = 0
+    OPCODE = 1       #: unknown opcode
+    ADDRESS = 2      #: a generated address outside [DRAM_BASE, DRAM_BASE + DRAM_SIZE)
+    AXI_READ = 3     #: AXI read error response
+    AXI_WRITE = 4    #: AXI write error response
+    FIELD = 5        #: invalid field (zero count, misaligned, unsupported size / sub-op / flag)
+
+
+# GEMM word indices
+GEMM_ACT, GEMM_ACT_STRIDE, GEMM_M, GEMM_K, GEMM_N = 1, 2, 3, 4, 5
+GEMM_W, GEMM_WS, GEMM_BIAS, GEMM_OUT, GEMM_OUT_STRIDE, GEMM_SIGNS = 6, 7, 8, 9, 10, 11
+
+# VEC word indices: counts n0..n3 at VEC_N + i; operand X's base at VEC_X, stride s_i at VEC_X + 1 + i.
+VEC_N = 1
+VEC_A, VEC_B, VEC_C, VEC_D = 5, 10, 15, 20
+VEC_OPERAND_WORD = {"a": VEC_A, "b": VEC_B, "c": VEC_C, "d": VEC_D}
+OPERAND_FIELDS = ("base", "s0", "s1", "s2", "s3")
+
+#: Operands each VEC sub-op reads (first) and writes (``"d"``).  Unlisted operands
+#: are ignored: neither checked nor accessed.
+VEC_OPERANDS: dict[VecSubop, tuple[str, ...]] = {
+    VecSubop.LNMOD: ("a", "b", "c", "d"),
+    VecSubop.RESID: ("a", "b", "c", "d"),
+    VecSubop.GELU: ("a", "d"),
+    VecSubop.L2NT: ("a", "b", "d"),
+    VecSubop.SOFTMAX: ("a", "d"),
+    VecSubop.FDOT: ("a", "b", "d"),
+    VecSubop.CVT16: ("a", "d"),
+}
+#: L2NT rows are one head: n0 must equal this.
+L2NT_LEN = 64
+#: Largest SOFTMAX row (KV length) the default build supports (VAR 256px: 680).
+MAX_KV_LEN = 1024
+#: Largest LNMOD row (C) the default build supports (VAR-d36: 2304).
+MAX_LN_LEN = 4096
+#: Tree-sum width P of the vector engine's row operations (``golden.vector.tree_sum``).
+VEC_P = 8
+
+# --------------------------------------------------------------------- registers
+REGS: dict[str, int] = {
+    "CTRL": 0x00, "STATUS": 0x04, "PROG_ADDR": 0x08, "DRAM_BASE": 0x0C, "DRAM_SIZE": 0x10,
+    "ERR_PC": 0x14, "PC": 0x18, "ID": 0x1C, "CYCLES": 0x20, "GEMM_CYCLES": 0x24,
+    "VEC_CYCLES": 0x28, "OVERLAP_CYCLES": 0x2C,
+}
+REG_ID_VALUE = 0x46505156       # "FPQV"
+CTRL_START, CTRL_ABORT, CTRL_IRQ_EN, CTRL_COARSE, CTRL_FINE = 1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 4
+STATUS_BUSY, STATUS_DONE, STATUS_ERROR, STATUS_ABORTED = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+STATUS_ERR_SHIFT, STATUS_ERR_BITS = 8, 4
+
+
+class IsaError(ValueError):
+    """An instruction that the hardware would reject; ``code`` is its :class:`ErrorCode`."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = ErrorCode(code)
+
+
+def _u32(v: int, what: str) -> int:
+    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not 0 <= int(v) < 1 << 32:
+        raise ValueError(f"{what} must be an unsigned 32-bit integer, got {v!r}")
+    return int(v)
+
+
+def _s32(v: int, what: str) -> int:
+    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not -(1 << 31) <= int(v) < 1 << 31:
+        raise ValueError(f"{what} must be a signed 32-bit integer, got {v!r}")
+    return int(v)
+
+
+def header(opcode: int, *, sync: bool = False, subop: int = 0, flags: int = 0) -> int:
+    """Word 0 of an instruction."""
+    if not 0 <= opcode < 1 << HDR_OPCODE_BITS or not 0 <= subop < 1 << HDR_SUBOP_BITS \
+            or not 0 <= flags < 1 << HDR_FLAGS_BITS:
+        raise ValueError(f"header field out of range: opcode={opcode}, subop={subop}, flags={flags}")
+    return (opcode << HDR_OPCODE_SHIFT) | (int(bool(sync)) << HDR_SYNC_BIT) \
+        | (subop << HDR_SUBOP_SHIFT) | (flags << HDR_FLAGS_SHIFT)
+
+
+def _words_to_bytes(words: list[int]) -> bytes:
+    assert len(words) == INSTR_WORDS
+    return np.asarray([w & 0xFFFFFFFF for w in words], dtype="<u4").tobytes()
+
+
+def operand_address(base: int, strides: Iterable[int], idx: Iterable[int]) -> int:
+    """Address of one element: ``(base + sum(i_k * s_k)) mod 2^32`` (32-bit wrap-around)."""
+    return (base + sum(i * s for i, s in zip(idx, strides))) & 0xFFFFFFFF
+
+
+def in_window(addr: int, nbytes: int, dram_base: int, dram_size: int) -> bool:
+    """True when the access ``[addr, addr + nbytes)`` lies in ``[base, base + size)``
+    (compared without wrap-around)."""
+    return dram_base <= addr and addr + nbytes <= dram_base + dram_size
+
+
+# ------------------------------------------------------------------ instructions
+@dataclass(frozen=True)
+class Halt:
+    """End of program: the controller waits for both engines, then sets done (and irq)."""
+
+    opcode: ClassVar[Opcode] = Opcode.HALT
+    sync: bool = False
+
+    def encode(self) -> bytes:
+        return _words_to_bytes([header(Opcode.HALT, sync=self.sync)] + [0] * (INSTR_WORDS - 1))
+
+    def check(self, **_) -> None:
+        """A HALT is always valid."""
+
+
+@dataclass(frozen=True)
+class Gemm:
+    """``out = Q(T(fp16(act))) . W'^T (+ bias)`` (``docs/top.md``, executed by
+    :func:`fpqvar_hw.isa_sim.gemm`)."""
+
+    opcode: ClassVar[Opcode] = Opcode.GEMM
+    act_addr: int
+    act_stride: int
+    m: int
+    k: int
+    n: int
+    w_addr: int
+    ws_addr: int
+    out_addr: int
+    out_stride: int
+    bias_addr: int = 0
+    signs_addr: int = 0
+    subop: int = GemmSubop.PLAIN
+    flags: int = 0
+    sync: bool = False
+
+    _WORDS: ClassVar[dict[str, int]] = {
+        "act_addr": GEMM_ACT, "act_stride": GEMM_ACT_STRIDE, "m": GEMM_M, "k": GEMM_K,
+        "n": GEMM_N, "w_addr": GEMM_W, "ws_addr": GEMM_WS, "bias_addr": GEMM_BIAS,
+        "out_addr": GEMM_OUT, "out_stride": GEMM_OUT_STRIDE, "signs_addr": GEMM_SIGNS}
+
+    def __post_init__(self) -> None:
+        for name in self._WORDS:
+            _u32(getattr(self, name), f"GEMM {name}")
+
+    @property
+    def had(self) -> bool:
+        return bool(self.flags & GemmFlag.HAD)
+
+    @property
+    def bias(self) -> bool:
+        return bool(self.flags & GemmFlag.BIAS)
+
+    def encode(self) -> bytes:
+        w = [0] * INSTR_WORDS
+        w[0] = header(Opcode.GEMM, sync=self.sync, subop=int(self.subop), flags=int(self.flags))
+        for name, idx in self._WORDS.items():
+            w[idx] = getattr(self, name)
+        return _words_to_bytes(w)
+
+    @classmethod
+    def from_words(cls, w: np.ndarray) -> "Gemm":
+        h = int(w[0])
+        return cls(**{name: int(w[idx]) for name, idx in cls._WORDS.items()},
+                   subop=(h >> HDR_SUBOP_SHIFT) & 0xFF, flags=(h >> HDR_FLAGS_SHIFT) & 0xFF,
+                   sync=bool(h >> HDR_SYNC_BIT & 1))
+
+    def check(self, **_) -> None:
+        """Raise :class:`IsaError` (code FIELD) for what the matrix engine rejects."""
+        def bad(msg: str):
+            raise IsaError(ErrorCode.FIELD, f"GEMM: {msg}")
+        if self.subop not in tuple(GemmSubop):
+            bad(f"unknown sub-op {self.subop} (0 PLAIN, 1 DFQ)")
+        if self.flags & ~int(GemmFlag.HAD | GemmFlag.BIAS):
+            bad(f"unknown flag bits 0x{self.flags:02x} (bit 0 HAD, bit 1 BIAS)")
+        for name in ("m", "k", "n"):
+            if getattr(self, name) == 0:
+                bad(f"{name.upper()} must be >= 1")
+        if self.k % K_ALIGN:
+            bad(f"K={self.k} must be a multiple of {K_ALIGN}")
+        for name in ("act_addr", "act_stride", "w_addr", "ws_addr"):
+            if getattr(self, name) % BUS_BYTES:
+                bad(f"{name}=0x{getattr(self, name):x} must be a multiple of {BUS_BYTES}")
+        for name, on in (("bias_addr", self.bias), ("signs_addr", self.had)):
+            if on and getattr(self, name) % BUS_BYTES:
+                bad(f"{name}=0x{getattr(self, name):x} must be a multiple of {BUS_BYTES}")
+        for name in ("out_addr", "out_stride"):
+            if getattr(self, name) % 4:
+                bad(f"{name}=0x{getattr(self, name):x} must be a multiple of 4")
+
+
+@dataclass(frozen=True)
+class Operand:
+    """One VEC operand: element ``(i0..i3)`` at ``base + sum(i_k * s_k)`` (bytes)."""
+
+    base: int = 0
+    s0: int = 0
+    s1: int = 0
+    s2: int = 0
+    s3: int = 0
+
+    def __post_init__(self) -> None:
+        _u32(self.base, "operand base")
+        for k in range(4):
+            _s32(getattr(self, f"s{k}"), f"operand stride s{k}")
+
+    @property
+    def strides(self) -> tuple[int, int, int, int]:
+        return (self.s0, self.s1, self.s2, self.s3)
+
+
+@dataclass(frozen=True)
+class Vec:
+    """An element-wise or row operation over a 4-level loop nest (``docs/top.md``)."""
+
+    opcode: ClassVar[Opcode] = Opcode.VEC
+    subop: int
+    n: tuple[int, int, int, int]
+    a: Operand = field(default_factory=Operand)
+    b: Operand = field(default_factory=Operand)
+    c: Operand = field(default_factory=Operand)
+    d: Operand = field(default_factory=Operand)
+    flags: int = 0
+    sync: bool = False
+
+    def __post_init__(self) -> None:
+        n = tuple(int(v) for v in self.n)
+        if len(n) != 4:
+            raise ValueError(f"VEC needs four loop counts (n0, n1, n2, n3), got {self.n!r}")
+        for k, v in enumerate(n):
+            _u32(v, f"VEC n{k}")
+        object.__setattr__(self, "n", n)
+
+    @property
+    def operands(self) -> tuple[str, ...]:
+        """Operands this sub-op accesses (``VEC_OPERANDS``), empty for an unknown sub-op."""
+        try:
+            return VEC_OPERANDS[VecSubop(self.subop)]
+        except ValueError:
+            return ()
+
+    def elem_bytes(self, name: str) -> int:
+        """Element size of operand ``name``: 2 for B with B_FP16 and D with D_FP16, else 4."""
+        if name == "b" and self.flags & VecFlag.B_FP16:
+            return 2
+        if name == "d" and self.flags & VecFlag.D_FP16:
+            return 2
+        return 4
+
+    def encode(self) -> bytes:
+        w = [0] * INSTR_WORDS
+        w[0] = header(Opcode.VEC, sync=self.sync, subop=int(self.subop), flags=int(self.flags))
+        for k in range(4):
+            w[VEC_N + k] = self.n[k]
+        for name, idx in VEC_OPERAND_WORD.items():
+            op: Operand = getattr(self, name)
+            w[idx] = op.base
+            for k, s in enumerate(op.strides):
+                w[idx + 1 + k] = s & 0xFFFFFFFF
+        return _words_to_bytes(w)
+
+    @classmethod
+    def from_words(cls, w: np.ndarray) -> "Vec":
+        h = int(w[0])
+
+        def s32(v: int) -> int:
+            v = int(v)
+            return v - (1 << 32) if v >> 31 else v
+        ops = {name: Operand(int(w[idx]), *(s32(w[idx + 1 + k]) for k in range(4)))
+               for name, idx in VEC_OPERAND_WORD.items()}
+        return cls(subop=(h >> HDR_SUBOP_SHIFT) & 0xFF, n=tuple(int(w[VEC_N + k]) for k in range(4)),
+                   flags=(h >> HDR_FLAGS_SHIFT) & 0xFF, sync=bool(h >> HDR_SYNC_BIT & 1), **ops)
+
+    def check(self, *, max_kv: int = MAX_KV_LEN, max_ln: int = MAX_LN_LEN) -> None:
+        """Raise :class:`IsaError` (code FIELD) for what the vector engine rejects."""
+        def bad(msg: str):
+            raise IsaError(ErrorCode.FIELD, f"VEC: {msg}")
+        try:
+            sub = VecSubop(self.subop)
+        except ValueError:
+            bad(f"unknown sub-op {self.subop} (known: "
+                + ", ".join(f"{s.value} {s.name}" for s in VecSubop) + ")")
+        if self.flags & ~int(VecFlag.B_FP16 | VecFlag.D_FP16):
+            bad(f"unknown flag bits 0x{self.flags:02x} (bit 0 B_FP16, bit 1 D_FP16)")
+        if any(v == 0 for v in self.n):
+            bad(f"loop counts must be >= 1, got n={self.n}")
+        if self.flags & VecFlag.B_FP16 and sub is not VecSubop.FDOT:
+            bad(f"flag B_FP16 is only defined for FDOT, not {sub.name}")
+        if bool(self.flags & VecFlag.D_FP16) != (sub is VecSubop.CVT16):
+            bad("CVT16 needs flag D_FP16 and no other sub-op may set it")
+        if sub is VecSubop.L2NT and self.n[0] != L2NT_LEN:
+            bad(f"L2NT rows are one head: n0 must be {L2NT_LEN}, got {self.n[0]}")
+        if sub is VecSubop.SOFTMAX and self.n[0] > max_kv:
+            bad(f"SOFTMAX row length n0={self.n[0]} exceeds the configured maximum {max_kv}")
+        if sub is VecSubop.LNMOD and self.n[0] > max_ln:
+            bad(f"LNMOD row length n0={self.n[0]} exceeds the configured maximum {max_ln}")
+        for name in self.operands:
+            size = self.elem_bytes(name)
+            op: Operand = getattr(self, name)
+            row_const = (name == "d" and sub is VecSubop.FDOT) or (name == "b" and sub is VecSubop.L2NT)
+            strides = op.strides[1:] if row_const else op.strides      # s0 unused there
+            if op.base % size or any(s % size for s in strides):
+                bad(f"operand {name.upper()} base/strides must be multiples of its element "
+                    f"size {size}: base=0x{op.base:x}, strides={op.strides}")
+
+
+Instruction = Halt | Gemm | Vec
+
+
+def decode(raw: bytes) -> Instruction:
+    """Decode one 128-byte instruction.  An unknown opcode raises
+    :class:`IsaError` with code OPCODE (what the controller reports as error 1);
+    field validity is checked separately by ``check()``."""
+    if len(raw) != INSTR_BYTES:
+        raise ValueError(f"an instruction is {INSTR_BYTES} bytes, got {len(raw)}")
+    w = np.frombuffer(bytes(raw), dtype="<u4")
+    op = int(w[0]) & 0xFF
+    if op == Opcode.HALT:
+        return Halt(sync=bool(int(w[0]) >> HDR_SYNC_BIT & 1))
+    if op == Opcode.GEMM:
+        return Gemm.from_words(w)
+    if op == Opcode.VEC:
+        return Vec.from_words(w)
+    raise IsaError(ErrorCode.OPCODE, f"unknown opcode 0x{op:02x} (0 HALT, 1 GEMM, 2 VEC)")
+
+
+def encode_program(instrs: Iterable[Instruction]) -> bytes:
+    """Concatenated encodings."""
+    return b"".join(i.encode() for i in instrs)
+
+
+def decode_program(raw: bytes) -> list[Instruction]:
+    """Decode a whole program (length a multiple of 128 bytes)."""
+    if len(raw) % INSTR_BYTES:
+        raise ValueError(f"program length {len(raw)} is not a multiple of {INSTR_BYTES}")
+    return [decode(raw[i:i + INSTR_BYTES]) for i in range(0, len(raw), INSTR_BYTES)]
+
+
+# ------------------------------------------------------------- weight packing
+def _check_pack_params(tn: int, lanes: int, bits: int, group: int) -> None:
+    for name, v in (("tn", tn), ("lanes", lanes), ("bits", bits), ("group", group)):
+        if not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if bits > 8:
+        raise ValueError(f"codes are at most 8 bits, got bits={bits}")
+    if K_ALIGN % lanes or K_ALIGN % group:
+        raise ValueError(f"lanes ({lanes}) and group ({group}) must divide {K_ALIGN}")
+
+
+def gemm_padded_n(n: int, tn: int) -> int:
+    """N rounded up to a multiple of Tn (the packed feature count)."""
+    return -(-n // tn) * tn
+
+
+def gemm_code_word_bytes(lanes: int, bits: int) -> int:
+    """Bytes of one (feature block, beat, feature) entry: ``lanes*bits`` bits padded to 16 bytes."""
+    return -(-lanes * bits // (8 * BUS_BYTES)) * BUS_BYTES
+
+
+def gemm_code_bytes(n: int, k: int, *, tn: int, lanes: int, bits: int) -> int:
+    """Size of the packed codes of an ``[n, k]`` weight."""
+    return gemm_padded_n(n, tn) * (k // lanes) * gemm_code_word_bytes(lanes, bits)
+
+
+def gemm_scale_bytes(n: int, k: int, *, tn: int, group: int) -> int:
+    """Size of the packed FP16 scales of an ``[n, k]`` weight."""
+    per = -(-2 * tn // BUS_BYTES) * BUS_BYTES
+    return (gemm_padded_n(n, tn) // tn) * (k // group) * per
+
+
+def pack_gemm_weights(codes, scales, *, tn: int, lanes: int, bits: int, group: int
+                      ) -> tuple[bytes, bytes]:
+    """DRAM images of a weight for GEMM: ``(codes_bytes, scales_bytes)``.
+
+    ``codes``: ``uint8 [N, K]`` element codes (low ``bits`` bits used);
+    ``scales``: ``uint16 [N, K/group]`` FP16 scale bits.  N is padded to a
+    multiple of ``tn`` with zero codes and zero scales.
+
+    Codes, in this order: feature block ``nb`` (``tn`` features), beat ``kb``
+    (``lanes`` consecutive k), feature ``t`` of the block; each entry holds the
+    ``lanes`` codes of feature ``nb*tn + t`` at ``k = kb*lanes + j`` packed
+    little-endian (lane ``j`` at bit ``j*bits``), padded with zero bits to whole
+    16-byte words (:func:`gemm_code_word_bytes`).
+    Scales: for ``nb``, group ``g``: the ``tn`` FP16 scales of the block's
+    features (uint16 little-endian), padded to whole 16-byte words.
+    """
+    _check_pack_params(tn, lanes, bits, group)
+    c = np.asarray(codes)
+    s = np.asarray(scales)
+    if c.ndim != 2 or c.dtype.kind not in "ui":
+        raise ValueError(f"codes must be an integer [N, K] array, got {c.dtype} {c.shape}")
+    n, k = c.shape
+    if n < 1 or k < 1 or k % K_ALIGN:
+        raise ValueError(f"weight shape [N={n}, K={k}]: need N >= 1 and K a multiple of {K_ALIGN}")
+    if s.shape != (n, k // group) or s.dtype.kind not in "ui":
+        raise ValueError(f"scales must be integer FP16 bits of shape {(n, k // group)}, "
+                         f"got {s.dtype} {s.shape}")
+    if np.any(c < 0) or np.any(c >= 1 << bits):
+        raise ValueError(f"codes must fit in {bits} bits")
+    if np.any(s < 0) or np.any(s > 0xFFFF):
+        raise ValueError("scales must be 16-bit patterns")
+    np_ = gemm_padded_n(n, tn)
+    cp = np.zeros((np_, k), dtype=np.uint64)
+    cp[:n] = c
+    sp = np.zeros((np_, k // group), dtype=np.uint16)
+    sp[:n] = s
+    nblk, beats = np_ // tn, k // lanes
+    # [nb, t, kb, j] -> [nb, kb, t, j]
+    v = cp.reshape(nblk, tn, beats, lanes).transpose(0, 2, 1, 3)
+    wb = gemm_code_word_bytes(lanes, bits)
+    nbits = wb * 8
+    # bit matrix: lane j's code occupies bits [j*bits, (j+1)*bits) of the entry
+    bitpos = np.arange(lanes)[:, None] * bits + np.arange(bits)[None, :]          # [lanes, bits]
+    bitval = (v[..., None] >> np.arange(bits, dtype=np.uint64)) & np.uint64(1)     # [..., lanes, bits]
+    entry_bits = np.zeros(v.shape[:3] + (nbits,), dtype=np.uint8)
+    entry_bits[..., bitpos.reshape(-1)] = bitval.reshape(v.shape[:3] + (lanes * bits,))
+    code_bytes = np.packbits(entry_bits, axis=-1, bitorder="little").tobytes()
+    per = -(-2 * tn // BUS_BYTES) * BUS_BYTES
+    sb = np.zeros((nblk, k // group, per // 2), dtype="<u2")
+    sb[:, :, :tn] = sp.reshape(nblk, tn, k // group).transpose(0, 2, 1)
+    return code_bytes, sb.tobytes()
+
+
+def unpack_gemm_weights(code_bytes: bytes, scale_bytes: bytes, n: int, k: int, *, tn: int,
+                        lanes: int, bits: int, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`pack_gemm_weights`: ``(codes uint8 [n, k], scales uint16 [n, k/group])``."""
+    _check_pack_params(tn, lanes, bits, group)
+    if k % K_ALIGN or n < 1:
+        raise ValueError(f"weight shape [N={n}, K={k}]: need N >= 1 and K a multiple of {K_ALIGN}")
+    want_c = gemm_code_bytes(n, k, tn=tn, lanes=lanes, bits=bits)
+    want_s = gemm_scale_bytes(n, k, tn=tn, group=group)
+    if len(code_bytes) != want_c or len(scale_bytes) != want_s:
+        raise ValueError(f"packed sizes {len(code_bytes)}/{len(scale_bytes)} bytes, expected "
+                         f"{want_c}/{want_s} for N={n}, K={k}")
+    np_ = gemm_padded_n(n, tn)
+    nblk, beats = np_ // tn, k // lanes
+    wb = gemm_code_word_bytes(lanes, bits)
+    raw = np.frombuffer(code_bytes, dtype=np.uint8).reshape(nblk, beats, tn, wb)
+    bitsarr = np.unpackbits(raw, axis=-1, bitorder="little")[..., :lanes * bits]
+    bitsarr = bitsarr.reshape(nblk, beats, tn, lanes, bits).astype(np.uint8)
+    vals = (bitsarr << np.arange(bits, dtype=np.uint8)).sum(axis=-1, dtype=np.uint16)
+    codes = vals.transpose(0, 2, 1, 3).reshape(np_, k)[:n].astype(np.uint8)
+    per = -(-2 * tn // BUS_BYTES) * BUS_BYTES
+    sb = np.frombuffer(scale_bytes, dtype="<u2").reshape(nblk, k // group, per // 2)[:, :, :tn]
+    scales = sb.transpose(0, 2, 1).reshape(np_, k // group)[:n].astype(np.uint16)
+    return codes, scales
+
+
+def pack_signs(signs_pm1) -> bytes:
+    """16 bytes for GEMM's signs_addr from the package's +-1 sign vector (128 values):
+    bit ``k`` (little-endian over the bytes) = 1 when Hadamard output ``k`` is
+    negated (``signs_pm1[k] == -1``)."""
+    d = np.asarray(signs_pm1)
+    if d.shape != (HAD_GROUP,) or d.dtype.kind not in "iuf" or not np.all((d == 1) | (d == -1)):
+        raise ValueError(f"need {HAD_GROUP} signs in {{+1, -1}}, got {d.dtype} {d.shape}; "
+                         "for 0/1 sign bits use pack_sign_bits")
+    return pack_sign_bits((d < 0).astype(np.uint8))
+
+
+def pack_sign_bits(bits) -> bytes:
+    """16 bytes from 128 sign bits (``golden.hadamard`` convention: 1 = negate)."""
+    b = np.asarray(bits)
+    if b.shape != (HAD_GROUP,) or b.dtype.kind not in "iub" or np.any((b != 0) & (b != 1)):
+        raise ValueError(f"need {HAD_GROUP} sign bits in {{0, 1}}, got {b.dtype} {b.shape}")
+    return np.packbits(b.astype(np.uint8), bitorder="little").tobytes()
+
+
+def unpack_signs(raw: bytes) -> np.ndarray:
+    """The 128 sign bits (uint8, 1 = negate) of :func:`pack_signs` output."""
+    if len(raw) != HAD_GROUP // 8:
+        raise ValueError(f"signs are {HAD_GROUP // 8} bytes, got {len(raw)}")
+    return np.unpackbits(np.frombuffer(bytes(raw), dtype=np.uint8), bitorder="little")
