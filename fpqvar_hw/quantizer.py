@@ -22,6 +22,12 @@ Micro-architecture (no divider anywhere):
    ``floor16``/``ceil16`` round to the FP16 grid and the key is the FP16
    magnitude bit pattern.  Then ``|x| > T_j  <=>  mag(x) > V_j`` (even j) and
    ``|x| >= T_j  <=>  mag(x) > V_j`` (odd j, the tie goes to the even code).
+   **e8m0 scales** (OCP MX, ``scale_format="e8m0"``): the scale stage is the
+   exponent of A's leading one, ``code = 127 + floor(log2 A) - emax`` (a
+   leading-zero count and an add), and the keys come from a per-format constant
+   table indexed by the scale code (:func:`e8m0_keys`; the thresholds
+   ``mid_j * 2^e`` of a power-of-two scale are constants per exponent): one
+   LUT6 per key bit.
 3. **Element** (per lane, per beat): ``k = sum_j [mag(x) > V_j]`` -- a row of
    15-bit constant-per-group comparators (thermometer code) and a popcount, the
    logic that maps onto LUT6+carry; then sign/grid selection into the code.
@@ -30,7 +36,8 @@ Ports (``lanes`` FP16 values per beat, ``group_size / lanes`` beats per group)
 -----
 ``i``: stream of ``ArrayLayout(FP16, lanes)``; groups are consecutive beats.
 ``o``: stream of ``StructLayout(codes: ArrayLayout(code, lanes), scales:
-ArrayLayout(FP16, n_scales), last: 1)``: one output beat per input beat, with
+ArrayLayout(scale, n_scales), last: 1)``, ``scale`` = FP16 (16 bits) or the
+8-bit e8m0 code (``scale_format="e8m0"``): one output beat per input beat, with
 the group's scale(s) repeated on each beat and ``last`` on its final beat.  DFQ
 scales are ``(neg, pos)``.  Code layouts: floats ``(mantissa, exponent, sign)``;
 integers ``(value: signed)``; DFQ ``(magnitude: 3 or 5, negative: 1)`` (dfq4:
@@ -57,15 +64,18 @@ from amaranth.lib.wiring import In, Out
 from fpqvar_quant.formats import get_format
 from .fpu import FP16, RoundPack, clz, float_layout
 
-__all__ = ["Quantizer", "QUANTIZER_FORMATS", "code_layout", "Grid", "grid", "scale_constants",
-           "LATENCY_AFTER_LAST"]
+__all__ = ["Quantizer", "QUANTIZER_FORMATS", "SCALE_FORMATS", "code_layout", "Grid", "grid",
+           "scale_constants", "e8m0_exponents", "e8m0_keys", "LATENCY_AFTER_LAST"]
 
 DFQ = "dfq4"
 #: Dual formats: (negative-side grid, positive-side grid, code bits); the code's
 #: top bit selects the grid (1 = negative side).
 DFQ_FORMATS = {"dfq4": ("e1m2fn", "e2m1fn", 4), "dfq6": ("int6", "e2m3fn", 6)}
 QUANTIZER_FORMATS = ("e2m1fn", "e1m2fn", "e3m0fn", "e2m3fn", "e3m2fn", "int4", "int6", "int8") + tuple(DFQ_FORMATS)
+SCALE_FORMATS = ("fp16", "e8m0")
 FP16_LAYOUT = float_layout(FP16)
+#: Largest finite FP16 magnitude pattern (65504); keys never exceed it.
+_FP16_MAX_MAG = 0x7BFF
 #: Cycles from the acceptance of a group's last input beat to its first output beat
 #: (no stalls); measured by tests/test_hw_quantizer.py.
 LATENCY_AFTER_LAST = 6
@@ -89,6 +99,11 @@ class Grid:
     @property
     def mag_bits(self) -> int:
         return self.bits - 1
+
+    @property
+    def emax(self) -> int:
+        """``floor(log2 fmax)``: the e8m0 scale is ``2^(floor(log2 A) - emax)``."""
+        return self.fmax_odd.bit_length() - 1 + self.fmax_exp
 
 
 def grid(name: str) -> Grid:
@@ -132,6 +147,40 @@ def scale_constants(fmax_odd: int) -> tuple[int, int]:
     return R, K
 
 
+def _fp16_mag_value(v: int) -> Fraction:
+    """Exact value of the FP16 magnitude pattern ``v`` (finite, 15 bits)."""
+    e, mt = v >> 10, v & 0x3FF
+    return Fraction(mt, 1 << 24) if e == 0 else Fraction(1024 + mt, 1 << 10) * Fraction(2) ** (e - 15)
+
+
+def e8m0_exponents(g: Grid) -> range:
+    """Unbiased scale exponents ``floor(log2 A) - emax`` over every finite FP16 ``A > 0``."""
+    return range(-24 - g.emax, 15 - g.emax + 1)
+
+
+def e8m0_keys(g: Grid, exponent: int) -> tuple[int, ...]:
+    """Comparator keys ``V_j`` for the scale ``s = 2^exponent`` (exact, from the grid).
+
+    ``mag(x) > V_j`` must equal ``|x| > mid_j * s`` for even ``j`` and
+    ``|x| >= mid_j * s`` for odd ``j`` (ties to the even code): ``V_j`` is the
+    largest FP16 magnitude pattern whose value is ``<= T_j`` (even ``j``) or
+    ``< T_j`` (odd ``j``), found by bisection over the monotone patterns.
+    """
+    keys = []
+    for j, n in enumerate(g.mid_num):
+        t = Fraction(n, 1 << g.frac_bits) * Fraction(2) ** exponent
+        lo, hi = 0, _FP16_MAX_MAG            # invariant: value(lo) passes (value(0) = 0 < t)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            v = _fp16_mag_value(mid)
+            if v < t or (v == t and j % 2 == 0):
+                lo = mid
+            else:
+                hi = mid - 1
+        keys.append(lo)
+    return tuple(keys)
+
+
 def code_layout(fmt: str) -> data.StructLayout:
     """Layout of one element code; its packed bits equal the code (ml_dtypes packing)."""
     if fmt in DFQ_FORMATS:
@@ -151,8 +200,8 @@ class Quantizer(wiring.Component):
         (``"dfq"`` is accepted for ``"dfq4"``).
     group_size: elements per group (default 128); a multiple of ``lanes``.
     lanes: FP16 elements per beat (default 16).
-    scale_format: ``"fp16"`` (the RTL supports FP16 scales; e8m0 exists in the
-        golden model only).
+    scale_format: ``"fp16"`` (default) or ``"e8m0"`` (OCP MX power-of-two
+        scales, 8-bit codes; every format including DFQ).
     """
 
     def __init__(self, *, format: str = "e2m1fn", group_size: int = 128, lanes: int = 16,
@@ -165,18 +214,20 @@ class Quantizer(wiring.Component):
                 raise ValueError(f"{nm} must be a positive integer, got {v!r}")
         if group_size % lanes:
             raise ValueError(f"lanes must divide group_size, got lanes={lanes}, group_size={group_size}")
-        if scale_format != "fp16":
-            raise ValueError(f"the RTL quantizer supports scale_format='fp16' only, got {scale_format!r} "
-                             "(e8m0 scales are modelled in fpqvar_quant.golden.quantizer)")
+        if scale_format not in SCALE_FORMATS:
+            raise ValueError(f"scale_format must be one of {', '.join(SCALE_FORMATS)}, got {scale_format!r}")
         self.format, self.group_size, self.lanes, self.scale_format = fmt, group_size, lanes, scale_format
         self.beats = group_size // lanes
         self.sides: tuple[Grid, ...] = ((grid(DFQ_FORMATS[fmt][0]), grid(DFQ_FORMATS[fmt][1]))
                                         if fmt in DFQ_FORMATS else (grid(fmt),))
         self.n_scales = len(self.sides)
         self.code = code_layout(fmt)
+        #: one scale: FP16 fields, or the raw 8-bit e8m0 code
+        self.scale_shape = FP16_LAYOUT if scale_format == "fp16" else unsigned(8)
+        self.scale_bits = 16 if scale_format == "fp16" else 8
         self.out_layout = data.StructLayout({
             "codes": data.ArrayLayout(self.code, lanes),
-            "scales": data.ArrayLayout(FP16_LAYOUT, self.n_scales),
+            "scales": data.ArrayLayout(self.scale_shape, self.n_scales),
             "last": 1,
         })
         super().__init__({
@@ -193,14 +244,15 @@ class Quantizer(wiring.Component):
             "class": type(self).__name__,
             "config": {"format": self.format, "group_size": self.group_size, "lanes": self.lanes,
                        "beats_per_group": self.beats, "scale_format": self.scale_format},
-            "formats": {"input": "fp16", "codes": self.format, "scales": ["fp16"] * self.n_scales,
+            "formats": {"input": "fp16", "codes": self.format,
+                        "scales": [self.scale_format] * self.n_scales,
                         "scale_order": ["neg", "pos"] if self.format in DFQ_FORMATS else ["scale"]},
             "ports": {
                 "i": {"dir": "in", "kind": "stream", "payload_bits": 16 * self.lanes,
                       "payload": f"ArrayLayout(fp16, {self.lanes})"},
                 "o": {"dir": "out", "kind": "stream", "payload_bits": self.out_layout.size,
                       "payload": f"codes: ArrayLayout({self.code.size}-bit code, {self.lanes}); "
-                                 f"scales: ArrayLayout(fp16, {self.n_scales}); last: 1"},
+                                 f"scales: ArrayLayout({self.scale_format}, {self.n_scales}); last: 1"},
                 "error": {"dir": "out", "kind": "flag", "bits": 1, "sticky": True},
             },
             "latency_cycles": LATENCY_AFTER_LAST,
@@ -233,6 +285,27 @@ class Quantizer(wiring.Component):
         s = Signal(16, name=f"{name}_s")
         m.d.comb += s.eq(Mux(amax == 0, 0, Mux(rp.o.as_value() == 0, 1, rp.o.as_value())))
         return s
+
+    def _e8m0_scale_stage(self, m: Module, g: Grid, amax: Value, name: str) -> Value:
+        """Combinational e8m0 code ``127 + floor(log2 A) - emax`` (0 when ``A == 0``)."""
+        ex = amax[10:15]
+        sig = Signal(11, name=f"{name}_sig")
+        m.d.comb += sig.eq(Cat(amax[0:10], ex != 0))
+        lz = clz(m, sig)
+        # floor(log2 A) = max(E, 1) - 15 - clz(significand); the code is always in 1..254
+        code = Signal(8, name=f"{name}_e8m0")
+        m.d.comb += code.eq(Mux(amax == 0, 0, Mux(ex == 0, 1, ex) - lz + (127 - 15 - g.emax)))
+        return code
+
+    def _e8m0_threshold_keys(self, m: Module, g: Grid, code: Value, name: str) -> list[Signal]:
+        """Keys ``V_j`` of ``T_j = mid_j * 2^(code - 127)`` from a constant table per code
+        (all-ones when code == 0, the zero group / empty DFQ side)."""
+        keys = [Signal(16, name=f"{name}_v{j}", init=0x7FFF) for j in range(len(g.mid_num))]
+        with m.Switch(code[:8]):
+            for e in e8m0_exponents(g):
+                with m.Case(e + 127):
+                    m.d.comb += [k.eq(v) for k, v in zip(keys, e8m0_keys(g, e))]
+        return keys
 
     def _threshold_keys(self, m: Module, g: Grid, s: Value, name: str) -> list[Signal]:
         """Keys ``V_j`` of the thresholds ``T_j = s * mid_j`` (all-ones when s == 0).
@@ -351,14 +424,21 @@ class Quantizer(wiring.Component):
         en = Signal()
         m.d.comb += [en.eq(~b1_valid | take_next), aq.r_en.eq(en)]
         ar = amax_layout(aq.r_data)
-        scales = [self._scale_stage(m, g, ar.amax[k], f"sc{k}") for k, g in enumerate(self.sides)]
-        keys = [self._threshold_keys(m, g, b0_scales[k], f"th{k}") for k, g in enumerate(self.sides)]
+        if self.scale_format == "e8m0":
+            scales = [self._e8m0_scale_stage(m, g, ar.amax[k], f"sc{k}") for k, g in enumerate(self.sides)]
+            keys = [self._e8m0_threshold_keys(m, g, b0_scales[k], f"th{k}")
+                    for k, g in enumerate(self.sides)]
+            nan_scale = 0xFF
+        else:
+            scales = [self._scale_stage(m, g, ar.amax[k], f"sc{k}") for k, g in enumerate(self.sides)]
+            keys = [self._threshold_keys(m, g, b0_scales[k], f"th{k}") for k, g in enumerate(self.sides)]
+            nan_scale = 0x7E00
         with m.If(en):
             m.d.sync += [b0_valid.eq(aq.r_rdy), b0_special.eq(ar.special), b1_valid.eq(b0_valid)]
             for k in range(S):
                 m.d.sync += b0_scales[k].eq(scales[k])
                 m.d.sync += [b1.keys[k][j].eq(v) for j, v in enumerate(keys[k])]
-                m.d.sync += b1.scales[k].eq(Mux(b0_special, 0x7E00, b0_scales[k]))
+                m.d.sync += b1.scales[k].eq(Mux(b0_special, nan_scale, b0_scales[k]))
             m.d.sync += [b1.special.eq(b0_special),
                          b1.zero.eq(~b0_special & Cat(*[s == 0 for s in b0_scales]).all())]
 
@@ -407,7 +487,8 @@ class Quantizer(wiring.Component):
         with m.If(fire):
             m.d.sync += self.o.valid.eq(1)
             m.d.sync += [self.o.payload.codes[lane].as_value().eq(c) for lane, c in enumerate(codes)]
-            m.d.sync += [self.o.payload.scales[k].as_value().eq(cur.scales[k]) for k in range(S)]
+            m.d.sync += [Value.cast(self.o.payload.scales[k]).eq(cur.scales[k][:self.scale_bits])
+                         for k in range(S)]
             m.d.sync += self.o.payload.last.eq(out_last)
             m.d.sync += out_cnt.eq(Mux(out_last, 0, out_cnt + 1))
         with m.Elif(self.o.ready):

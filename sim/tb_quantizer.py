@@ -2,7 +2,8 @@
 
 Parameters (sim.streams.tb_params): ``vectors`` (npz with ``x`` [n, G] FP16 bits,
 ``codes`` [n, G], ``scales`` [n, S], ``error`` [n] from the golden model),
-``lanes``, ``code_bits``, ``n_scales``, ``seed``, ``idle``, ``backpressure``.
+``lanes``, ``code_bits``, ``n_scales``, ``scale_bits`` (16 for FP16 scales, 8 for
+e8m0; default 16), ``seed``, ``idle``, ``backpressure``.
 """
 import cocotb
 import numpy as np
@@ -14,20 +15,21 @@ def pack_inputs(x: np.ndarray, lanes: int) -> list[int]:
     return [sum(int(v) << (16 * k) for k, v in enumerate(row)) for row in x.reshape(-1, lanes)]
 
 
-def pack_outputs(codes: np.ndarray, scales: np.ndarray, lanes: int, code_bits: int) -> list[int]:
+def pack_outputs(codes: np.ndarray, scales: np.ndarray, lanes: int, code_bits: int,
+                 scale_bits: int = 16) -> list[int]:
     n, G = codes.shape
     B = G // lanes
     out = []
     for g in range(n):
         sc = 0
         for s, v in enumerate(scales[g]):
-            sc |= int(v) << (16 * s)
+            sc |= int(v) << (scale_bits * s)
         for b in range(B):
             v = 0
             for k in range(lanes):
                 v |= int(codes[g, b * lanes + k]) << (code_bits * k)
             v |= sc << (code_bits * lanes)
-            v |= int(b == B - 1) << (code_bits * lanes + 16 * scales.shape[1])
+            v |= int(b == B - 1) << (code_bits * lanes + scale_bits * scales.shape[1])
             out.append(v)
     return out
 
@@ -41,9 +43,10 @@ class QuantizerTB(StreamTB):
 
     def fields(self, v: int):
         L, cb, S = self.p["lanes"], self.p["code_bits"], self.p["n_scales"]
+        sb = self.p.get("scale_bits", 16)
         codes = [(v >> (cb * k)) & ((1 << cb) - 1) for k in range(L)]
-        scales = [(v >> (cb * L + 16 * s)) & 0xFFFF for s in range(S)]
-        last = (v >> (cb * L + 16 * S)) & 1
+        scales = [(v >> (cb * L + sb * s)) & ((1 << sb) - 1) for s in range(S)]
+        last = (v >> (cb * L + sb * S)) & 1
         return codes, scales, last
 
     def describe(self, idx: int, exp: int, act: int) -> str:
@@ -54,8 +57,12 @@ class QuantizerTB(StreamTB):
         ac, as_, al = self.fields(act)
         parts = [f"group {g} beat {b}"]
         if es != as_:
-            parts.append("scales exp " + ",".join(f"{s:#06x}({np.uint16(s).view(np.float16)})" for s in es)
-                         + " act " + ",".join(f"{s:#06x}({np.uint16(s).view(np.float16)})" for s in as_))
+            if self.p.get("scale_bits", 16) == 8:       # e8m0 code: 2^(code - 127)
+                parts.append("e8m0 scales exp " + ",".join(f"{s:#04x}(2^{s - 127})" for s in es)
+                             + " act " + ",".join(f"{s:#04x}(2^{s - 127})" for s in as_))
+            else:
+                parts.append("scales exp " + ",".join(f"{s:#06x}({np.uint16(s).view(np.float16)})" for s in es)
+                             + " act " + ",".join(f"{s:#06x}({np.uint16(s).view(np.float16)})" for s in as_))
         if el != al:
             parts.append(f"last exp {el} act {al}")
         for k in range(L):
@@ -73,7 +80,8 @@ async def quantizer_vectors(dut):
     x, codes, scales, error = v["x"], v["codes"], v["scales"], v["error"]
     tb = QuantizerTB(dut, p, x)
     tb.sources["i"].send(pack_inputs(x, p["lanes"]))
-    tb.scoreboards["o"].expect(pack_outputs(codes, scales, p["lanes"], p["code_bits"]))
+    tb.scoreboards["o"].expect(pack_outputs(codes, scales, p["lanes"], p["code_bits"],
+                                            p.get("scale_bits", 16)))
     await tb.start()
     await tb.finish(timeout_cycles=40 * x.size // p["lanes"] + 1000)
     assert int(dut.error.value) == int(error.any()), \

@@ -9,6 +9,10 @@
   scale, NaN/Inf patterns make error groups -- all checked bit-exactly.
   Anchors: 65504 (max-range scale), 1.0, 2^-14 (subnormal scale), 3 * 2^-24
   and 2^-24 (scale underflow -> 2^-24).
+* e8m0 (OCP MX) power-of-two scales: seeded random groups under backpressure
+  (default tier, the mxfp4 preset's e2m1fn / group 32) and the same exhaustive
+  sweep per format (slow; the anchors then give scales 2^15-emax ... 2^-24-emax,
+  i.e. scale codes at both ends of the range, where the key tables saturate).
 """
 import numpy as np
 import pytest
@@ -49,14 +53,16 @@ def dfq_corner_groups(rng: np.random.Generator, group_size: int) -> np.ndarray:
     return np.stack(groups)
 
 
-def _run(fmt, lanes, group_size, x, *, seed, idle, backpressure, tmp_path):
-    q = gq.quantize_groups(x, fmt)
+def _run(fmt, lanes, group_size, x, *, seed, idle, backpressure, tmp_path, scale_format="fp16"):
+    q = gq.quantize_groups(x, fmt, scale_format=scale_format)
     vec = tmp_path / "vectors.npz"
     np.savez(vec, x=x, codes=q.codes, scales=q.scales, error=q.error)
-    dut = Quantizer(format=fmt, group_size=group_size, lanes=lanes)
-    run_cocotb(dut, name=f"quantizer-{fmt}-g{group_size}-l{lanes}", test_module="sim.tb_quantizer",
+    dut = Quantizer(format=fmt, group_size=group_size, lanes=lanes, scale_format=scale_format)
+    tag = "" if scale_format == "fp16" else f"-{scale_format}"
+    run_cocotb(dut, name=f"quantizer-{fmt}-g{group_size}-l{lanes}{tag}", test_module="sim.tb_quantizer",
                params=dict(vectors=str(vec), lanes=lanes, code_bits=dut.code.size,
-                           n_scales=dut.n_scales, seed=seed, idle=idle, backpressure=backpressure))
+                           n_scales=dut.n_scales, scale_bits=dut.scale_bits, seed=seed, idle=idle,
+                           backpressure=backpressure))
 
 
 @pytest.mark.parametrize("fmt,seed", [("e2m1fn", 11), ("dfq4", 12)])
@@ -79,6 +85,25 @@ def test_all_fp16_patterns(fmt, lanes, tmp_path):
     G = 64 if lanes == 8 else 32
     x = np.concatenate([sweep_groups(fmt, G, a) for a in ANCHORS])
     _run(fmt, lanes, G, x, seed=21, idle=0.05, backpressure=0.1, tmp_path=tmp_path)
+
+
+def test_e8m0_random_groups_backpressure(tmp_path):
+    """The mxfp4 preset's quantizer (e2m1fn, group 32, e8m0 scales), narrow lanes."""
+    x = gq.random_groups(np.random.default_rng(51), 400, 32)
+    _run("e2m1fn", 8, 32, x, seed=51, idle=0.3, backpressure=0.4, tmp_path=tmp_path,
+         scale_format="e8m0")
+
+
+SWEEP_E8M0 = [("e2m1fn", 8), ("dfq4", 8), ("e3m2fn", 8), ("int8", 4), ("dfq6", 4)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt,lanes", SWEEP_E8M0)
+def test_all_fp16_patterns_e8m0(fmt, lanes, tmp_path):
+    G = 64 if lanes == 8 else 32
+    x = np.concatenate([sweep_groups(fmt, G, a) for a in ANCHORS])
+    _run(fmt, lanes, G, x, seed=22, idle=0.05, backpressure=0.1, tmp_path=tmp_path,
+         scale_format="e8m0")
 
 
 @pytest.mark.slow

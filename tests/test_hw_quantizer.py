@@ -2,14 +2,16 @@
 
 The exhaustive FP16 sweeps run in co-simulation (sim/test_quantizer.py); here:
 construction checks, the reciprocal constants over every 11-bit significand,
-a few seeded groups per format with random stalls, and the latency figure.
+the e8m0 key tables over every FP16 magnitude, a few seeded groups per format
+and scale format with random stalls, and the latency figure.
 """
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from fpqvar_hw.quantizer import (DFQ_FORMATS, LATENCY_AFTER_LAST, QUANTIZER_FORMATS, QUOT_P, Quantizer, grid,
-                                 scale_constants)
+from fpqvar_hw.quantizer import (DFQ_FORMATS, LATENCY_AFTER_LAST, QUANTIZER_FORMATS, QUOT_P, Quantizer,
+                                 e8m0_exponents, e8m0_keys, grid, scale_constants)
+from fpqvar_quant.golden import fp16
 from fpqvar_quant.golden import quantizer as gq
 
 
@@ -27,10 +29,10 @@ def _expected_beats(q, dut: Quantizer) -> list[int]:
             v = 0
             for k in range(L):
                 v |= int(q.codes[g, b * L + k]) << (cw * k)
-            off = cw * L
+            off, sb = cw * L, dut.scale_bits
             for s in range(dut.n_scales):
-                v |= int(q.scales[g, s]) << (off + 16 * s)
-            v |= int(b == B - 1) << (off + 16 * dut.n_scales)
+                v |= int(q.scales[g, s]) << (off + sb * s)
+            v |= int(b == B - 1) << (off + sb * dut.n_scales)
             out.append(v)
     return out
 
@@ -75,7 +77,7 @@ def run_quantizer(dut: Quantizer, beats: list[int], *, seed: int, idle: float, b
     (dict(format="e9m9"), "format must be one of"),
     (dict(lanes=24), "lanes must divide group_size"),
     (dict(lanes=0), "lanes must be a positive integer"),
-    (dict(scale_format="e8m0"), "fp16"),
+    (dict(scale_format="e5m2"), "scale_format must be one of fp16, e8m0"),
 ])
 def test_bad_config(kw, msg):
     with pytest.raises(ValueError, match=msg):
@@ -100,13 +102,33 @@ def test_grid_matches_golden():
             (s.mid_num, s.frac_bits, s.fmax_odd, s.fmax_exp), f
 
 
-@pytest.mark.parametrize("fmt,lanes,seed", [("e2m1fn", 8, 1), ("dfq4", 8, 2), ("int4", 16, 3),
-                                            ("e2m3fn", 2, 4), ("e3m2fn", 2, 5)])
-def test_random_groups_match_golden(fmt, lanes, seed):
+@pytest.mark.parametrize("fmt", ["e2m1fn", "e1m2fn", "e3m2fn", "int6", "int8"])
+def test_e8m0_keys_match_exact_thresholds_for_every_magnitude(fmt):
+    """For every scale exponent and every finite FP16 magnitude, ``mag > V_j`` is the
+    golden comparison ``|x| > s mid_j`` (even j) / ``|x| >= s mid_j`` (odd j)."""
+    g = grid(fmt)
+    mags = np.arange(0x7C00, dtype=np.int64)
+    fixed = fp16.to_fixed(mags)                       # |x| in units of 2^-24
+    for e in e8m0_exponents(g):
+        keys = np.array(e8m0_keys(g, e), dtype=np.int64)
+        # |x| vs mid_num * 2^(e - c) as integers: fixed * 2^(c + 24 - e ...) on the larger side
+        sh = g.frac_bits - 24 - e
+        for j, n in enumerate(g.mid_num):
+            lhs, rhs = (fixed << sh, n) if sh >= 0 else (fixed, n << -sh)
+            want = (lhs > rhs) | ((lhs == rhs) & (j % 2 == 1))
+            assert np.array_equal(mags > keys[j], want), (fmt, e, j)
+
+
+@pytest.mark.parametrize("fmt,lanes,seed,scale_format", [
+    ("e2m1fn", 8, 1, "fp16"), ("dfq4", 8, 2, "fp16"), ("int4", 16, 3, "fp16"),
+    ("e2m3fn", 2, 4, "fp16"), ("e3m2fn", 2, 5, "fp16"),
+    ("e2m1fn", 8, 41, "e8m0"), ("dfq4", 8, 42, "e8m0"), ("int8", 4, 43, "e8m0"),
+    ("e3m2fn", 4, 44, "e8m0"), ("dfq6", 4, 45, "e8m0")])
+def test_random_groups_match_golden(fmt, lanes, seed, scale_format):
     G = 32
-    dut = Quantizer(format=fmt, group_size=G, lanes=lanes)
+    dut = Quantizer(format=fmt, group_size=G, lanes=lanes, scale_format=scale_format)
     x = gq.random_groups(np.random.default_rng(seed), 12, G)
-    q = gq.quantize_groups(x, fmt)
+    q = gq.quantize_groups(x, fmt, scale_format=scale_format)
     got, _, _, err = run_quantizer(dut, _pack_beats(x, lanes), seed=seed, idle=0.3, bp=0.3)
     exp = _expected_beats(q, dut)
     assert len(got) == len(exp)
@@ -115,14 +137,15 @@ def test_random_groups_match_golden(fmt, lanes, seed):
     assert err == bool(q.error.any())
 
 
-def test_full_throughput_and_latency():
+@pytest.mark.parametrize("scale_format", ["fp16", "e8m0"])
+def test_full_throughput_and_latency(scale_format):
     """No idle, no backpressure: one beat per cycle in and out, fixed latency."""
     G, L = 32, 8
-    dut = Quantizer(format="e2m1fn", group_size=G, lanes=L)
+    dut = Quantizer(format="e2m1fn", group_size=G, lanes=L, scale_format=scale_format)
     x = gq.random_groups(np.random.default_rng(7), 6, G)
     x[:, :] &= 0x7BFF   # finite only
     got, t_in, t_out, _ = run_quantizer(dut, _pack_beats(x, L), seed=7, idle=0.0, bp=0.0)
-    assert got == _expected_beats(gq.quantize_groups(x, "e2m1fn"), dut)
+    assert got == _expected_beats(gq.quantize_groups(x, "e2m1fn", scale_format=scale_format), dut)
     B = G // L
     assert np.all(np.diff(t_in) == 1), "input stalled"
     assert np.all(np.diff(t_out) == 1), "output has bubbles"
@@ -135,6 +158,9 @@ def test_manifest_json():
     m = Quantizer(format="dfq4", lanes=16).manifest()
     json.dumps(m)
     assert m["config"]["beats_per_group"] == 8 and m["formats"]["scale_order"] == ["neg", "pos"]
+    m8 = Quantizer(format="e2m1fn", group_size=32, lanes=8, scale_format="e8m0").manifest()
+    assert m8["formats"]["scales"] == ["e8m0"] and m8["config"]["scale_format"] == "e8m0"
+    assert "ArrayLayout(e8m0, 1)" in m8["ports"]["o"]["payload"]
 
 
 def test_dfq6_matches_golden():
