@@ -28,7 +28,8 @@ from amaranth.lib.wiring import In, Out
 from .fpu import (FP16, FP32, FloatFormat, RoundPack, _add_front, _convert_front, _mul_front,
                   float_layout, fp_max, unpack, unrounded_layout)
 
-__all__ = ["Dataflow", "Func", "Elementwise", "Softmax", "LayerNormModulate", "L2NormTemperature", "fp32_bits"]
+__all__ = ["Dataflow", "Func", "Elementwise", "PartialSums", "Softmax", "LayerNormModulate", "L2NormTemperature",
+           "FDot", "Residual", "fp32_bits"]
 
 
 def fp32_bits(v: float) -> int:
@@ -309,34 +310,105 @@ class Elementwise(wiring.Component):
         return m
 
 
+class PartialSums:
+    """``P`` interleaved FP32 partial sums fed by one pipelined adder: the accumulation
+    half of golden ``tree_sum``, shared by the row units (a builder inside the caller's
+    module, not a component).
+
+    Each cycle the caller may drive ``issue`` = 1 to add ``value`` to partial ``part``
+    (element ``k`` of a row goes to partial ``k mod P``); ``clear`` sets every partial
+    to +0.0 and wins over a write-back in the same cycle.  A partial holds its new sum
+    :attr:`DRAIN` = 3 cycles after the issue (adder latency 2, then the register), so one
+    partial may receive an element every ``P >= 4`` cycles: a row streamed at one
+    element per cycle never reads a stale partial.  :meth:`tree` builds the pairwise
+    tree ``((p0+p1)+(p2+p3))+...`` over the partials.
+
+    Rows shorter than ``P`` or not a multiple of ``P`` leave the unused partials at
+    +0.0, which is exactly golden ``tree_sum``'s padding with +0.0.
+    """
+
+    DRAIN = 3
+
+    def __init__(self, m: Module, P: int, prefix: str):
+        from .fpu import FPOp, FPUnit
+
+        if P < 4 or P & (P - 1):
+            raise ValueError(f"P must be a power of two >= 4 (the adder latency is 2), got {P}")
+        self.P = P
+        self.acc = [Signal(32, name=f"{prefix}acc{j}") for j in range(P)]
+        self.issue = Signal(name=f"{prefix}issue")
+        self.part = Signal(range(P), name=f"{prefix}part")
+        self.value = Signal(32, name=f"{prefix}value")
+        self.clear = Signal(name=f"{prefix}clear")
+        m.submodules[f"{prefix}adder"] = adder = FPUnit(FPOp.ADD, FP32)
+        m.d.comb += [adder.o.ready.eq(1), adder.i.valid.eq(self.issue),
+                     adder.i.payload[0].a.as_value().eq(Array(self.acc)[self.part]),
+                     adder.i.payload[0].b.as_value().eq(self.value)]
+        dst = [Signal(range(P), name=f"{prefix}dst{d}") for d in range(adder.latency)]
+        m.d.sync += [dst[0].eq(self.part)] + [dst[d + 1].eq(dst[d]) for d in range(len(dst) - 1)]
+        with m.If(self.clear):
+            m.d.sync += [a.eq(0) for a in self.acc]
+        with m.Elif(adder.o.valid):
+            m.d.sync += Array(self.acc)[dst[-1]].eq(adder.o.payload[0].as_value())
+
+    def tree(self, df: Dataflow) -> Val:
+        """The pairwise tree over the partials (taken at stage 0 of ``df``)."""
+        level = [Val(a, 0) for a in self.acc]
+        while len(level) > 1:
+            level = [df.add(level[q], level[q + 1]) for q in range(0, len(level), 2)]
+        return level[0]
+
+
+def _check_row_params(unit, name: str, length: int, P: int, *, divides: bool) -> None:
+    unit._MustUse__silence = True    # a rejected configuration is not an unused design
+    if not isinstance(length, int) or length < 1:
+        raise ValueError(f"{name} must be a positive integer, got {length!r}")
+    if not isinstance(P, int) or P < 4 or P & (P - 1):
+        raise ValueError(f"P must be a power of two >= 4, got {P!r}")
+    if divides and length % P:
+        raise ValueError(f"P ({P}) must divide {name} ({length})")
+    unit._MustUse__silence = False
+
+
+def _tags(m: Module, head: Value, stages: int) -> Value:
+    """``head`` delayed by ``stages`` always-enabled registers."""
+    t = head
+    for _ in range(stages):
+        r = Signal(len(t))
+        m.d.sync += r.eq(t)
+        t = r
+    return t
+
+
 class Softmax(wiring.Component):
-    """Row softmax over FP32 elements, bit-exact to ``golden.vector.softmax(x, P)``.
+    """Row softmax over FP32 elements, bit-exact to ``golden.vector.softmax(row, P)``, for
+    rows of 1 to ``length`` elements.
 
-    ``i``: stream of FP32 elements, rows of ``length`` back to back; ``o``: stream of
-    the FP32 results in the same order.  One element per beat.
+    ``i``: stream of ``{x, last}``: FP32 elements, a row ends with ``last`` = 1 (or after
+    ``length`` elements, whichever comes first: without ``last`` the unit computes rows
+    of exactly ``length``); ``o``: stream of the FP32 results in the same order.  One
+    element per beat.
 
-    Per row: (1) load the row into a buffer while keeping the running max
-    (``max`` is exact, so any order gives the golden ``max``); (2) stream the
-    buffer through ``exp(x - m)`` (one :class:`Dataflow` pipeline, one element per
-    cycle), write ``e`` back and accumulate it into ``P`` interleaved partial sums
-    with one FP32 adder (partial ``k mod P``; ``P >= 4`` exceeds the adder latency 2,
-    so each partial's previous sum is back before its next element); (3) a pipelined
-    adder tree ``((p0+p1)+(p2+p3))+...`` and ``reciprocal`` give ``r``; (4) stream
-    out ``e * r`` with backpressure.  Cycles per row: about
-    ``3*length + latency(exp) + latency(tree + reciprocal)`` plus stalls; the
-    next row is accepted after the last output of the previous one.
-    The buffer uses an asynchronous read port (distributed RAM on the FPGA).
+    Per row: (1) load the row into a buffer while keeping the running max (``max`` is
+    exact, so any order gives the golden ``max``); (2) stream the buffer through
+    ``exp(x - m)`` (one :class:`Dataflow` pipeline, one element per cycle), write ``e``
+    back and accumulate it into :class:`PartialSums` (unused partials stay +0.0: the
+    golden padding); (3) the pairwise tree and ``reciprocal`` give ``r``; (4) stream out
+    ``e * r`` with backpressure.  Cycles per row of ``n``: about ``3*n +
+    latency(exp) + latency(tree + reciprocal)`` plus stalls; the next row is accepted
+    after the last output of the previous one.  The buffer uses an asynchronous read
+    port (distributed RAM on the FPGA).
     """
 
     def __init__(self, *, length: int, P: int = 8):
-        if not isinstance(length, int) or length < 1:
-            raise ValueError(f"length must be a positive integer, got {length!r}")
-        if P < 4 or P & (P - 1) or length % P:
-            raise ValueError(f"P must be a power of two >= 4 dividing length {length}, got {P}")
+        _check_row_params(self, "length", length, P, divides=False)
         self.length, self.P, self.lanes = length, P, 1
+        #: element pipeline depth (the load phase takes one element per cycle)
+        self.latency = 1
+        fl = float_layout(FP32)
         super().__init__({
-            "i": In(stream.Signature(float_layout(FP32))),
-            "o": Out(stream.Signature(float_layout(FP32))),
+            "i": In(stream.Signature(data.StructLayout({"x": fl, "last": 1}))),
+            "o": Out(stream.Signature(fl)),
         })
 
     def elaborate(self, platform):
@@ -349,9 +421,10 @@ class Softmax(wiring.Component):
         rd = buf.read_port(domain="comb")
         wr = buf.write_port()
         k = Signal(range(n + 1))          # element counter of the current phase
+        end = Signal(range(n))            # index of the row's last element
         mx = Signal(32, init=0xFF800000)  # running max, starts at -Inf
-        acc = [Signal(32, name=f"acc{j}") for j in range(P)]
         r = Signal(32)
+        ps = PartialSums(m, P, "sum_")
 
         # (2) exp pipeline, always enabled; valid and index travel alongside.
         df = Dataflow(m, Const(1), prefix="sm_")
@@ -359,32 +432,14 @@ class Softmax(wiring.Component):
         e_val = df.exp(df.sub(Val(x_in, 0), Val(mx, -1)))
         L = e_val.stage
         go = Signal()
-        tags = [Cat(go, k[:len(k)])]
-        for _ in range(L):
-            t = Signal(len(tags[0]))
-            m.d.sync += t.eq(tags[-1])
-            tags.append(t)
-        e_valid, e_idx = tags[-1][0], tags[-1][1:]
+        tag = _tags(m, Cat(go, k), L)
+        e_valid, e_idx = tag[0], tag[1:]
         e_sig = df.at(e_val, L)
-
-        # accumulation: one adder, partial sums in registers
-        m.submodules.adder = adder = FPUnit(FPOp.ADD, FP32)
-        part = Signal(range(P))
-        m.d.comb += [part.eq(e_idx[:len(part)]), adder.o.ready.eq(1),
-                     adder.i.valid.eq(e_valid),
-                     adder.i.payload[0].a.as_value().eq(Array(acc)[part]),
-                     adder.i.payload[0].b.as_value().eq(e_sig)]
-        dst = [Signal(range(P), name=f"part_d{d}") for d in range(2)]
-        m.d.sync += [dst[0].eq(part), dst[1].eq(dst[0])]
-        with m.If(adder.o.valid):
-            m.d.sync += Array(acc)[dst[1]].eq(adder.o.payload[0].as_value())
+        m.d.comb += [ps.issue.eq(e_valid), ps.part.eq(e_idx[:len(ps.part)]), ps.value.eq(e_sig)]
 
         # (3) tree + reciprocal on the (stable) partials
         df2 = Dataflow(m, Const(1), prefix="tr_")
-        level = [Val(a, 0) for a in acc]
-        while len(level) > 1:
-            level = [df2.add(level[q], level[q + 1]) for q in range(0, len(level), 2)]
-        recip = df2.reciprocal(level[0])
+        recip = df2.reciprocal(ps.tree(df2))
         L2 = recip.stage
 
         # (4) output multiply with backpressure
@@ -393,25 +448,25 @@ class Softmax(wiring.Component):
 
         wait = Signal(range(max(L, L2) + 4))
         m.d.comb += [rd.addr.eq(k[:len(rd.addr)]), x_in.eq(rd.data)]
-        new_max = fp_max(m, mx, self.i.payload.as_value(), FP32)
+        new_max = fp_max(m, mx, self.i.payload.x.as_value(), FP32)
         with m.FSM():
             with m.State("LOAD"):
-                m.d.comb += [self.i.ready.eq(1), wr.addr.eq(k), wr.data.eq(self.i.payload.as_value()),
+                m.d.comb += [self.i.ready.eq(1), wr.addr.eq(k), wr.data.eq(self.i.payload.x.as_value()),
                              wr.en.eq(self.i.valid)]
                 with m.If(self.i.valid):
                     m.d.sync += [mx.eq(new_max), k.eq(k + 1)]
-                    with m.If(k == n - 1):
-                        m.d.sync += k.eq(0)
+                    with m.If(self.i.payload.last | (k == n - 1)):
+                        m.d.sync += [k.eq(0), end.eq(k)]
                         m.next = "EXP"
             with m.State("EXP"):
                 m.d.comb += go.eq(1)
                 m.d.sync += k.eq(k + 1)
-                with m.If(k == n - 1):
+                with m.If(k == end):
                     m.d.sync += [k.eq(0), wait.eq(0)]
                     m.next = "DRAIN"
             with m.State("DRAIN"):         # exp results still writing back / accumulating
                 m.d.sync += wait.eq(wait + 1)
-                with m.If(wait == L + 3):
+                with m.If(wait == L + PartialSums.DRAIN):
                     m.d.sync += wait.eq(0)
                     m.next = "REDUCE"
             with m.State("REDUCE"):        # tree + reciprocal pipeline settles
@@ -424,8 +479,9 @@ class Softmax(wiring.Component):
                              mul.i.payload[0].b.as_value().eq(r)]
                 with m.If(mul.i.ready):
                     m.d.sync += k.eq(k + 1)
-                    with m.If(k == n - 1):
-                        m.d.sync += [k.eq(0), mx.eq(0xFF800000)] + [a.eq(0) for a in acc]
+                    with m.If(k == end):
+                        m.d.sync += [k.eq(0), mx.eq(0xFF800000)]
+                        m.d.comb += ps.clear.eq(1)
                         m.next = "LOAD"
         # write back e (during EXP/DRAIN; LOAD writes come from the input)
         with m.If(e_valid):
@@ -440,20 +496,18 @@ class LayerNormModulate(wiring.Component):
     ``i``: stream of ``{x, scale, shift}`` (FP32 each), one channel per beat, rows of
     ``length`` channels back to back; ``o``: stream of FP32 results in order.
 
-    Per row: (1) load ``x``/``scale``/``shift`` into buffers while one adder
-    accumulates ``x`` into ``P`` interleaved partial sums; (2) tree,
-    ``mu = sum * fp32(1/C)``; (3) stream ``d = x - mu`` (written back) and
-    accumulate ``d*d``; (4) tree, ``* fp32(1/C)``, ``+ 1e-6``, ``rsqrt`` -> ``r``;
-    (5) stream ``(d*r)*(1 + scale) + shift`` out through a stall-able pipeline.
-    Cycles per row about ``3*length`` plus pipeline latencies plus stalls.
+    Per row: (1) load ``x``/``scale``/``shift`` into buffers while :class:`PartialSums`
+    accumulates ``x``; (2) tree, ``mu = sum * fp32(1/C)``; (3) stream ``d = x - mu``
+    (written back) and accumulate ``d*d``; (4) tree, ``* fp32(1/C)``, ``+ 1e-6``,
+    ``rsqrt`` -> ``r``; (5) stream ``(d*r)*(1 + scale) + shift`` out through a
+    stall-able pipeline.  Cycles per row about ``3*length`` plus pipeline latencies plus
+    stalls.
     """
 
     def __init__(self, *, length: int, P: int = 8):
-        if not isinstance(length, int) or length < 1:
-            raise ValueError(f"length must be a positive integer, got {length!r}")
-        if P < 4 or P & (P - 1) or length % P:
-            raise ValueError(f"P must be a power of two >= 4 dividing length {length}, got {P}")
+        _check_row_params(self, "length", length, P, divides=True)
         self.length, self.P, self.lanes = length, P, 1
+        self.latency = 1   # element pipeline depth of the load phase
         fl = float_layout(FP32)
         super().__init__({
             "i": In(stream.Signature(data.StructLayout({"x": fl, "scale": fl, "shift": fl}))),
@@ -462,7 +516,6 @@ class LayerNormModulate(wiring.Component):
 
     def elaborate(self, platform):
         from amaranth.lib.memory import Memory
-        from .fpu import FPOp, FPUnit
 
         m = Module()
         n, P = self.length, self.P
@@ -471,25 +524,15 @@ class LayerNormModulate(wiring.Component):
             m.submodules[f"buf_{name}"] = mem = Memory(shape=32, depth=n, init=[])
             mems[name] = (mem.read_port(domain="comb"), mem.write_port())
         k = Signal(range(n + 1))
-        acc = [Signal(32, name=f"acc{j}") for j in range(P)]
         mu, r = Signal(32), Signal(32)
         inv_c = fp32_bits(1.0 / n)
         for rd, _ in mems.values():
             m.d.comb += rd.addr.eq(k[:len(rd.addr)])
 
-        # accumulation adder (load: x; variance pass: d*d), issue tags delayed by its latency
-        m.submodules.adder = adder = FPUnit(FPOp.ADD, FP32)
-        issue, issue_idx, issue_val = Signal(), Signal(range(n)), Signal(32)
-        m.d.comb += [adder.o.ready.eq(1), adder.i.valid.eq(issue),
-                     adder.i.payload[0].a.as_value().eq(Array(acc)[issue_idx[:(P - 1).bit_length()]]),
-                     adder.i.payload[0].b.as_value().eq(issue_val)]
-        dst = [Signal(range(P), name=f"part_d{d}") for d in range(2)]
-        m.d.sync += [dst[0].eq(issue_idx[:(P - 1).bit_length()]), dst[1].eq(dst[0])]
-        clear = Signal()
-        with m.If(clear):
-            m.d.sync += [a.eq(0) for a in acc]
-        with m.Elif(adder.o.valid):
-            m.d.sync += Array(acc)[dst[1]].eq(adder.o.payload[0].as_value())
+        # accumulation (load: x; variance pass: d*d)
+        ps = PartialSums(m, P, "sum_")
+        issue_idx = Signal(range(n))
+        m.d.comb += ps.part.eq(issue_idx[:len(ps.part)])
 
         # variance pass: d = x - mu, dd = d*d (always-enabled pipeline with tags)
         df = Dataflow(m, Const(1), prefix="var_")
@@ -497,21 +540,15 @@ class LayerNormModulate(wiring.Component):
         dd_val = df.mul(d_val, d_val)
         Lv = dd_val.stage
         go = Signal()
-        tags = [Cat(go, k[:len(issue_idx)])]
-        for _ in range(Lv):
-            t = Signal(len(tags[0]))
-            m.d.sync += t.eq(tags[-1])
-            tags.append(t)
-        v_valid, v_idx = tags[-1][0], tags[-1][1:]
+        tag = _tags(m, Cat(go, k[:len(issue_idx)]), Lv)
+        v_valid, v_idx = tag[0], tag[1:]
         d_at = df.at(d_val, Lv)
 
         # trees: mean and 1/sqrt(var + eps) on the stable partials
         df2 = Dataflow(m, Const(1), prefix="tr_")
-        level = [Val(a, 0) for a in acc]
-        while len(level) > 1:
-            level = [df2.add(level[q], level[q + 1]) for q in range(0, len(level), 2)]
-        mean = df2.mul(level[0], df2.const(inv_c))
-        rs = df2.rsqrt(df2.add(df2.mul(level[0], df2.const(inv_c)), df2.const(fp32_bits(1e-6))))
+        total = ps.tree(df2)
+        mean = df2.mul(total, df2.const(inv_c))
+        rs = df2.rsqrt(df2.add(df2.mul(total, df2.const(inv_c)), df2.const(fp32_bits(1e-6))))
         Lm, Lr = mean.stage, rs.stage
 
         # output pipeline (stall-able)
@@ -527,12 +564,12 @@ class LayerNormModulate(wiring.Component):
             m.d.sync += ovalid.eq(Cat(out_go, ovalid[:-1]))
         m.d.comb += [self.o.valid.eq(ovalid[-1]), self.o.payload.as_value().eq(df3.at(res, Lo))]
 
-        wait = Signal(range(max(Lv, Lm, Lr) + 4))
+        wait = Signal(range(max(Lv, Lm, Lr) + PartialSums.DRAIN + 1 + Lr))
         wx = mems["x"][1]
         with m.FSM():
             with m.State("LOAD"):
-                m.d.comb += [self.i.ready.eq(1), issue.eq(self.i.valid), issue_idx.eq(k),
-                             issue_val.eq(self.i.payload.x.as_value())]
+                m.d.comb += [self.i.ready.eq(1), ps.issue.eq(self.i.valid), issue_idx.eq(k),
+                             ps.value.eq(self.i.payload.x.as_value())]
                 for name, (_, wp) in mems.items():
                     m.d.comb += [wp.addr.eq(k), wp.data.eq(getattr(self.i.payload, name).as_value()),
                                  wp.en.eq(self.i.valid)]
@@ -541,11 +578,11 @@ class LayerNormModulate(wiring.Component):
                     with m.If(k == n - 1):
                         m.d.sync += [k.eq(0), wait.eq(0)]
                         m.next = "MEAN"
-            with m.State("MEAN"):          # adder drains (3), then the tree settles
+            with m.State("MEAN"):          # adder drains, then the tree settles
                 m.d.sync += wait.eq(wait + 1)
-                with m.If(wait == Lm + 3):
+                with m.If(wait == Lm + PartialSums.DRAIN):
                     m.d.sync += [mu.eq(df2.at(mean, Lm)), wait.eq(0)]
-                    m.d.comb += clear.eq(1)
+                    m.d.comb += ps.clear.eq(1)
                     m.next = "VAR"
             with m.State("VAR"):
                 m.d.comb += go.eq(1)
@@ -555,7 +592,7 @@ class LayerNormModulate(wiring.Component):
                     m.next = "RSQRT"
             with m.State("RSQRT"):
                 m.d.sync += wait.eq(wait + 1)
-                with m.If(wait == Lv + 3 + Lr):
+                with m.If(wait == Lv + PartialSums.DRAIN + Lr):
                     m.d.sync += r.eq(df2.at(rs, Lr))
                     m.next = "OUT"
             with m.State("OUT"):
@@ -564,10 +601,10 @@ class LayerNormModulate(wiring.Component):
                     m.d.sync += k.eq(k + 1)
                     with m.If(k == n - 1):
                         m.d.sync += k.eq(0)
-                        m.d.comb += clear.eq(1)
+                        m.d.comb += ps.clear.eq(1)
                         m.next = "LOAD"
         with m.If(v_valid):   # variance pass: issue d*d, write d back
-            m.d.comb += [issue.eq(1), issue_idx.eq(v_idx), issue_val.eq(df.at(dd_val, Lv)),
+            m.d.comb += [ps.issue.eq(1), issue_idx.eq(v_idx), ps.value.eq(df.at(dd_val, Lv)),
                          wx.addr.eq(v_idx), wx.data.eq(d_at), wx.en.eq(1)]
         return m
 
@@ -579,14 +616,14 @@ class L2NormTemperature(wiring.Component):
     ``i``: stream of ``{x, t}`` (FP32) with ``temperature=True``, else ``{x}``; heads of
     ``head_dim`` elements back to back (``t`` is taken from a head's first element);
     ``o``: FP32 results in order.  Per head: load while ``x*x`` is accumulated into
-    ``P`` partial sums; tree, ``max(., 1e-24)``, ``rsqrt`` (times the temperature) ->
+    :class:`PartialSums`; tree, ``max(., 1e-24)``, ``rsqrt`` (times the temperature) ->
     ``g``; stream out ``x*g`` with backpressure.
     """
 
     def __init__(self, *, head_dim: int = 64, P: int = 8, temperature: bool = True):
-        if P < 4 or P & (P - 1) or head_dim % P:
-            raise ValueError(f"P must be a power of two >= 4 dividing head_dim {head_dim}, got {P}")
+        _check_row_params(self, "head_dim", head_dim, P, divides=True)
         self.length, self.P, self.temperature, self.lanes = head_dim, P, temperature, 1
+        self.latency = 1   # element pipeline depth of the load phase
         fl = float_layout(FP32)
         fields = {"x": fl, "t": fl} if temperature else {"x": fl}
         super().__init__({"i": In(stream.Signature(data.StructLayout(fields))),
@@ -601,47 +638,29 @@ class L2NormTemperature(wiring.Component):
         m.submodules.buf = buf = Memory(shape=32, depth=n, init=[])
         rd, wr = buf.read_port(domain="comb"), buf.write_port()
         k = Signal(range(n + 1))
-        acc = [Signal(32, name=f"acc{j}") for j in range(P)]
         t, g = Signal(32), Signal(32)
         m.d.comb += rd.addr.eq(k[:len(rd.addr)])
         x_in = self.i.payload.x.as_value()
 
-        # x*x pipeline on accepted inputs, then one accumulation adder
+        # x*x pipeline on accepted inputs, then the partial sums
         df = Dataflow(m, Const(1), prefix="sq_")
         sq = df.mul(Val(x_in, 0), Val(x_in, 0))
         Ls = sq.stage
         take = Signal()
-        tags = [Cat(take, k[:(n - 1).bit_length()])]
-        for _ in range(Ls):
-            tg = Signal(len(tags[0]))
-            m.d.sync += tg.eq(tags[-1])
-            tags.append(tg)
-        s_valid, s_idx = tags[-1][0], tags[-1][1:]
-        pbits = (P - 1).bit_length()
-        m.submodules.adder = adder = FPUnit(FPOp.ADD, FP32)
-        m.d.comb += [adder.o.ready.eq(1), adder.i.valid.eq(s_valid),
-                     adder.i.payload[0].a.as_value().eq(Array(acc)[s_idx[:pbits]]),
-                     adder.i.payload[0].b.as_value().eq(df.at(sq, Ls))]
-        dst = [Signal(pbits, name=f"part_d{d}") for d in range(2)]
-        m.d.sync += [dst[0].eq(s_idx[:pbits]), dst[1].eq(dst[0])]
-        clear = Signal()
-        with m.If(clear):
-            m.d.sync += [a.eq(0) for a in acc]
-        with m.Elif(adder.o.valid):
-            m.d.sync += Array(acc)[dst[1]].eq(adder.o.payload[0].as_value())
+        tag = _tags(m, Cat(take, k[:(n - 1).bit_length()]), Ls)
+        ps = PartialSums(m, P, "sum_")
+        m.d.comb += [ps.issue.eq(tag[0]), ps.part.eq(tag[1:][:len(ps.part)]),
+                     ps.value.eq(df.at(sq, Ls))]
 
         df2 = Dataflow(m, Const(1), prefix="tr_")
-        level = [Val(a, 0) for a in acc]
-        while len(level) > 1:
-            level = [df2.add(level[q], level[q + 1]) for q in range(0, len(level), 2)]
-        gain = df2.rsqrt(df2.max(level[0], df2.const(fp32_bits(1e-24))))
+        gain = df2.rsqrt(df2.max(ps.tree(df2), df2.const(fp32_bits(1e-24))))
         if self.temperature:
             gain = df2.mul(gain, df2.exp(df2.min(Val(t, 0), df2.const(fp32_bits(math.log(100.0))))))
         Lg = gain.stage
 
         m.submodules.mul = mul = FPUnit(FPOp.MUL, FP32)
         wiring.connect(m, wiring.flipped(self.o), mul.o)
-        wait = Signal(range(Ls + Lg + 8))
+        wait = Signal(range(Ls + Lg + PartialSums.DRAIN + 1))
         with m.FSM():
             with m.State("LOAD"):
                 m.d.comb += [self.i.ready.eq(1), take.eq(self.i.valid), wr.addr.eq(k),
@@ -656,7 +675,7 @@ class L2NormTemperature(wiring.Component):
                         m.next = "REDUCE"
             with m.State("REDUCE"):
                 m.d.sync += wait.eq(wait + 1)
-                with m.If(wait == Ls + 3 + Lg):
+                with m.If(wait == Ls + PartialSums.DRAIN + Lg):
                     m.d.sync += g.eq(df2.at(gain, Lg))
                     m.next = "OUT"
             with m.State("OUT"):
@@ -666,6 +685,116 @@ class L2NormTemperature(wiring.Component):
                     m.d.sync += k.eq(k + 1)
                     with m.If(k == n - 1):
                         m.d.sync += k.eq(0)
-                        m.d.comb += clear.eq(1)
+                        m.d.comb += ps.clear.eq(1)
                         m.next = "LOAD"
+        return m
+
+
+class FDot(wiring.Component):
+    """FP32 dot products of rows ended by ``last``, bit-exact to
+    ``golden.attention.tree_last(a * b, P)`` = ``golden.vector.tree_sum(a*b, P)``.
+
+    ``i``: stream of ``{a, b, last}`` (FP32; an FP16 operand is converted exactly before
+    it gets here); ``o``: one FP32 sum per row, in row order.  Rows have any length
+    >= 1 (element ``k`` of a row goes to partial ``k mod P``; unused partials stay
+    +0.0, the golden padding).
+
+    Timing: products one per cycle (multiplier latency 2) into :class:`PartialSums`;
+    after a row's ``last`` the input pauses ``2 + PartialSums.DRAIN`` cycles while the
+    partials settle, then the partials enter the pairwise adder tree (free-running,
+    ``2*log2(P)`` cycles) and are cleared for the next row at once.  Sums wait in a small
+    FIFO for ``o.ready``; the input is held while that FIFO could overflow.  Cycles per
+    row of ``n`` elements: ``n + 5`` without stalls.
+    """
+
+    FIFO_DEPTH = 4
+
+    def __init__(self, *, P: int = 8):
+        self._MustUse__silence = True
+        if not isinstance(P, int) or P < 4 or P & (P - 1):
+            raise ValueError(f"P must be a power of two >= 4, got {P!r}")
+        self._MustUse__silence = False
+        self.P, self.lanes = P, 1
+        self.latency = 2 + PartialSums.DRAIN   # product + accumulate, per element
+        fl = float_layout(FP32)
+        super().__init__({
+            "i": In(stream.Signature(data.StructLayout({"a": fl, "b": fl, "last": 1}))),
+            "o": Out(stream.Signature(fl)),
+        })
+
+    def elaborate(self, platform):
+        from amaranth.lib.fifo import SyncFIFOBuffered
+
+        m = Module()
+        P = self.P
+        ps = PartialSums(m, P, "sum_")
+        k = Signal(range(P))     # element index in the row, mod P
+        take = Signal()
+
+        df = Dataflow(m, Const(1), prefix="prod_")
+        prod = df.mul(Val(self.i.payload.a.as_value(), 0), Val(self.i.payload.b.as_value(), 0))
+        Lp = prod.stage
+        tag = _tags(m, Cat(take, k), Lp)
+        m.d.comb += [ps.issue.eq(tag[0]), ps.part.eq(tag[1:]), ps.value.eq(df.at(prod, Lp))]
+
+        # tree over the partials, free-running; a valid bit travels alongside
+        snap = Signal()
+        df2 = Dataflow(m, Const(1), prefix="tr_")
+        total = ps.tree(df2)
+        Lt = total.stage
+        t_valid = _tags(m, snap, Lt)
+
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=32, depth=self.FIFO_DEPTH)
+        m.d.comb += [fifo.w_data.eq(df2.at(total, Lt)), fifo.w_en.eq(t_valid),
+                     self.o.valid.eq(fifo.r_rdy), self.o.payload.as_value().eq(fifo.r_data),
+                     fifo.r_en.eq(self.o.ready)]
+        # sums in the tree or in the FIFO; a new row's sum is started only when it fits
+        pending = Signal(range(self.FIFO_DEPTH + 1))
+        m.d.sync += pending.eq(pending + snap - (self.o.valid & self.o.ready))
+
+        wait = Signal(range(Lp + PartialSums.DRAIN + 1))
+        with m.FSM():
+            with m.State("ACC"):
+                m.d.comb += [self.i.ready.eq(1), take.eq(self.i.valid)]
+                with m.If(self.i.valid):
+                    m.d.sync += k.eq(k + 1)
+                    with m.If(self.i.payload.last):
+                        m.d.sync += [k.eq(0), wait.eq(0)]
+                        m.next = "DRAIN"
+            with m.State("DRAIN"):        # the last products reach the partials
+                with m.If(wait != Lp + PartialSums.DRAIN - 1):
+                    m.d.sync += wait.eq(wait + 1)
+                with m.Elif(pending < self.FIFO_DEPTH):
+                    m.d.comb += [snap.eq(1), ps.clear.eq(1)]   # the tree samples, partials clear
+                    m.next = "ACC"
+        return m
+
+
+class Residual(wiring.Component):
+    """``x + g*y`` in FP32 (unfused: the product is rounded, then the sum), bit-exact to
+    ``golden.vector.gamma_residual(x, g, y)``.
+
+    ``i``: stream of ``{x, g, y}`` (FP32); ``o``: FP32.  Latency ``self.latency`` = 4
+    cycles, initiation interval 1; the pipeline holds while ``o.valid & ~o.ready``.
+    """
+
+    def __init__(self):
+        self.lanes = 1
+        self.latency = 4
+        fl = float_layout(FP32)
+        super().__init__({"i": In(stream.Signature(data.StructLayout({"x": fl, "g": fl, "y": fl}))),
+                          "o": Out(stream.Signature(fl))})
+
+    def elaborate(self, platform):
+        m = Module()
+        en = ~self.o.valid | self.o.ready
+        m.d.comb += self.i.ready.eq(en)
+        df = Dataflow(m, en, prefix="res_")
+        p = self.i.payload
+        res = df.add(Val(p.x.as_value(), 0), df.mul(Val(p.g.as_value(), 0), Val(p.y.as_value(), 0)))
+        assert res.stage == self.latency
+        valid = Signal(self.latency)
+        with m.If(en):
+            m.d.sync += valid.eq(Cat(self.i.valid, valid[:-1]))
+        m.d.comb += [self.o.valid.eq(valid[-1]), self.o.payload.as_value().eq(df.at(res, res.stage))]
         return m
