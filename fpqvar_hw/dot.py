@@ -10,6 +10,14 @@ starting from +0.0.  DFQ activations give two integer sums (positive grid
 e2m1fn x e2m1fn, units 2^-2; negative grid e1m2fn x e2m1fn, units 2^-3) and
 ``g = RNE(RNE(S_pos * t_pos) + RNE(S_neg * t_neg))``.
 
+Dual-mode cell (``dual=True``, the matrix engine's cell): a DFQ unit whose
+beats carry a ``plain`` bit.  ``plain = 1`` reads the activation codes as
+signed e2m1fn (the DFQ code's ``neg`` bit is the e2m1 sign bit): every lane
+feeds the e2m1 x e2m1 half with its sign, the negative-grid half contributes
++0 (its products are gated off and its group result is not added:
+``g = RNE(S_pos * t_pos)``), so the result is bit for bit the plain e2m1fn
+dot product.  ``plain = 0`` is the DFQ unit above.
+
 Special values: NaN/Inf scales propagate by IEEE rules (a quantizer's error
 group carries the FP16 NaN scale 0x7E00, so its dot product reads NaN); the
 output NaN is always ``0x7FC00000``.  The integer path cannot overflow (widths
@@ -17,7 +25,7 @@ are derived from the largest product); FP32 overflow would give +-Inf.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -70,12 +78,13 @@ class GroupDot(wiring.Component):
 
     Parameters (keyword-only): ``pair`` (:class:`MulPair`), ``group_size`` (G),
     ``lanes`` (must divide G), ``variant`` (:class:`MulVariant`), ``dfq``
-    (DFQ-FP4 activations; needs ``pair=MulPair.E2M1_E2M1``), ``levels_per_stage``.
+    (DFQ-FP4 activations; needs ``pair=MulPair.E2M1_E2M1``), ``dual`` (adds the
+    per-beat ``plain`` mode bit to a DFQ unit; same latency), ``levels_per_stage``.
     """
 
     def __init__(self, *, pair: MulPair = MulPair.E2M1_E2M1, group_size: int = 128,
                  lanes: int = 128, variant: MulVariant = MulVariant.LUT, dfq: bool = False,
-                 levels_per_stage: int = 2):
+                 dual: bool = False, levels_per_stage: int = 2):
         if not isinstance(pair, MulPair):
             raise TypeError(f"pair must be a MulPair, got {pair!r}")
         if not isinstance(variant, MulVariant):
@@ -88,6 +97,8 @@ class GroupDot(wiring.Component):
             raise ValueError(f"lanes must divide group_size {group_size}, got {lanes}")
         if dfq and pair is not MulPair.E2M1_E2M1:
             raise ValueError("dfq=True takes e2m1fn weights: use pair=MulPair.E2M1_E2M1")
+        if dual and not dfq:
+            raise ValueError("dual=True is a DFQ unit with a plain e2m1fn mode: set dfq=True too")
         self._halves = ([(MulPair.E2M1_E2M1, "pos"), (MulPair.E1M2_E2M1, "neg")] if dfq
                         else [(pair, "all")])
         for p, _ in self._halves:
@@ -95,7 +106,7 @@ class GroupDot(wiring.Component):
                 raise ValueError(f"group_size {group_size} lets a {p.name} group sum reach 2^24, "
                                  "which FP32 cannot hold exactly; use a smaller group_size")
             check_variant(p, variant)
-        self.pair, self.variant, self.dfq = pair, variant, dfq
+        self.pair, self.variant, self.dfq, self.dual = pair, variant, dfq, dual
         self.group_size, self.lanes, self.levels_per_stage = group_size, lanes, levels_per_stage
         self.beats_per_group = group_size // lanes
         #: float LUT lanes keep sign and magnitude: the tree adds ones' complements
@@ -111,6 +122,8 @@ class GroupDot(wiring.Component):
                   "s_a": float_layout(FP16), "s_w": float_layout(FP16), "last": 1}
         if dfq:
             fields["s_a_neg"] = float_layout(FP16)
+        if dual:
+            fields["plain"] = 1
         self.beat_layout = data.StructLayout(fields)
         super().__init__({
             "i": In(stream.Signature(self.beat_layout)),
@@ -144,11 +157,12 @@ class GroupDot(wiring.Component):
         # ---- control word carried alongside the integer datapath
         x = self.i.payload
         scales = [x.s_a, x.s_w] + ([x.s_a_neg] if self.dfq else [])
-        ctrl_layout = data.StructLayout({"valid": 1, "grp_end": 1, "last": 1,
+        ctrl_layout = data.StructLayout({"valid": 1, "grp_end": 1, "last": 1, "plain": 1,
                                          "scales": data.ArrayLayout(16, len(scales))})
         ctrl_in = Signal(ctrl_layout)
+        plain = x.plain if self.dual else Const(0)
         m.d.comb += [ctrl_in.valid.eq(self.i.valid), ctrl_in.grp_end.eq(grp_end_in),
-                     ctrl_in.last.eq(x.last)]
+                     ctrl_in.last.eq(x.last), ctrl_in.plain.eq(plain)]
         m.d.comb += [ctrl_in.scales[k].eq(s) for k, s in enumerate(scales)]
         ctrl = reg(ctrl_in, "ctrl_p")
 
@@ -175,7 +189,8 @@ class GroupDot(wiring.Component):
                 mul = Multiplier(pair=pair, variant=self.variant)
                 m.submodules[f"mul_{tag}{lane}"] = mul
                 if self.dfq:
-                    gate = code.neg if tag == "neg" else ~code.neg
+                    # dual cell, plain mode: every lane is a signed e2m1 code on the pos half
+                    gate = (code.neg & ~plain) if tag == "neg" else (~code.neg | plain)
                     m.d.comb += mul.a.as_value().eq(code.as_value())
                     p = Signal(signed(pair.width), name=f"p_{tag}{lane}")
                     m.d.comb += p.eq(gate.replicate(pair.width).as_signed() & mul.p)
@@ -224,7 +239,9 @@ class GroupDot(wiring.Component):
         g_parts = [reg(fp32.round_pack(m, u, f"rp{k}"), f"g{k}") for k, u in enumerate(results)]
         ctrl = reg(ctrl, "ctrl_g")
         if self.dfq:
-            g = reg(fp32.add(m, g_parts[0], g_parts[1], "dfq_add"), "g")
+            g_sum = fp32.add(m, g_parts[0], g_parts[1], "dfq_add")
+            # plain mode (dual cell): the negative-grid half contributes nothing
+            g = reg(Mux(ctrl.plain, g_parts[0], g_sum) if self.dual else g_sum, "g")
             ctrl = reg(ctrl, "ctrl_d")
         else:
             g = g_parts[0]
