@@ -3,6 +3,8 @@
     python benchmarks/unit_resources.py                # every registered unit
     python benchmarks/unit_resources.py --filter mac   # names matching a regex
     python benchmarks/unit_resources.py --list
+    python benchmarks/unit_resources.py --filter '^(fp|elementwise|softmax|layernorm|l2norm)' \
+        --out benchmarks/results/unit_resources.md   # also write a markdown table
 
 For each entry: LUTs (all sizes; each takes one LUT6 site), LUT6, FF, DSP48E2,
 CARRY (CARRY4/8), MUXF7/8, logic depth (``ltp -noff``: cells on the longest
@@ -29,9 +31,12 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fpqvar_hw.dot import GroupDot                                    # noqa: E402
+from fpqvar_hw.fpu import FP16, FP32, FPOp, FPUnit                     # noqa: E402
 from fpqvar_hw.multiplier import (MagnitudeCore, MulPair, MulVariant, Multiplier,  # noqa: E402
                                   check_variant)
 from fpqvar_hw.synth import synthesize                                 # noqa: E402
+from fpqvar_hw.vector import (Elementwise, Func, L2NormTemperature,    # noqa: E402
+                              LayerNormModulate, Softmax)
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,33 @@ def _mac(pair: MulPair, var: MulVariant, *, dfq: bool = False, lanes: int = 128)
                  lanes=lanes)
 
 
+def _fp_entries() -> list[Entry]:
+    """FP32 building blocks (one lane each, 2-stage pipelines of ``fpqvar_hw.fpu``)."""
+    return [
+        Entry("fp32 add", "fp building blocks", lambda: FPUnit(FPOp.ADD, FP32)),
+        Entry("fp32 mul", "fp building blocks", lambda: FPUnit(FPOp.MUL, FP32)),
+        Entry("fp32 max", "fp building blocks", lambda: FPUnit(FPOp.MAX, FP32)),
+        Entry("fp16 -> fp32 convert", "fp building blocks",
+              lambda: FPUnit(FPOp.CONVERT, FP16, dst=FP32)),
+        Entry("fp32 -> fp16 convert", "fp building blocks",
+              lambda: FPUnit(FPOp.CONVERT, FP32, dst=FP16)),
+    ]
+
+
+def _vector_entries() -> list[Entry]:
+    """Vector-unit functions: element-wise at 1 lane (FP32 in/out), row units at small sizes."""
+    out = [Entry(f"elementwise {f.value} x1", "vector unit (FP32)",
+                 lambda f=f: Elementwise(f, lanes=1)) for f in Func]
+    out += [
+        Entry("softmax len 64 P8", "vector unit (FP32)", lambda: Softmax(length=64, P=8)),
+        Entry("layernorm_modulate len 64 P8", "vector unit (FP32)",
+              lambda: LayerNormModulate(length=64, P=8)),
+        Entry("l2norm_temperature hd 64 P8", "vector unit (FP32)",
+              lambda: L2NormTemperature(head_dim=64, P=8, temperature=True)),
+    ]
+    return out
+
+
 #: Every unit in the table, in print order.  Other units append here.
 REGISTRY: list[Entry] = [
     *_mul_entries(),
@@ -75,6 +107,8 @@ REGISTRY: list[Entry] = [
     _mac(MulPair.INT4_INT4, MulVariant.DSP),
     _mac(MulPair.E2M1_E2M1, MulVariant.LUT, dfq=True),
     _mac(MulPair.E2M3_E2M3, MulVariant.DECOMPOSED, lanes=32),
+    *_fp_entries(),
+    *_vector_entries(),
 ]
 
 
@@ -83,6 +117,7 @@ def main(argv: "list[str] | None" = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--filter", default="", help="regex on the unit name (default: all)")
     ap.add_argument("--list", action="store_true", help="list the registered units and exit")
+    ap.add_argument("--out", help="also write the table as markdown to this file")
     ap.add_argument("--no-abc9", action="store_true",
                     help="use Yosys' default ABC flow instead of -abc9 (see fpqvar_hw/synth.py)")
     args = ap.parse_args(argv)
@@ -94,11 +129,14 @@ def main(argv: "list[str] | None" = None) -> int:
     if not entries:
         print(f"no unit matches {args.filter!r}; see --list", file=sys.stderr)
         return 2
+    flow = "Yosys synth_xilinx -family xcup -flatten -noiopad" + ("" if args.no_abc9 else " -abc9")
     hdr = f"{'unit':34s} {'LUT':>7s} {'LUT6':>6s} {'FF':>6s} {'DSP':>4s} {'CARRY':>5s} " \
-          f"{'MUXF':>5s} {'depth':>5s} {'LUT/lane':>8s}"
-    print("Yosys synth_xilinx -family xcup -flatten -noiopad" + ("" if args.no_abc9 else " -abc9"))
+          f"{'MUXF':>5s} {'LUTRAM':>6s} {'depth':>5s} {'LUT/lane':>8s}"
+    print(flow)
     print(hdr)
     print("-" * len(hdr))
+    md = ["| group | unit | LUT | LUT6 | FF | DSP | CARRY | MUXF | LUTRAM | depth | LUT/lane |",
+          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     group = None
     for e in entries:
         if e.group != group:
@@ -109,9 +147,18 @@ def main(argv: "list[str] | None" = None) -> int:
         r = synthesize(e.build(), abc9=not args.no_abc9)
         per = f"{r.lut / e.lanes:8.1f}" if e.lanes else f"{'':8s}"
         print(f"{e.name:34s} {r.lut:7d} {r.lut6:6d} {r.ff:6d} {r.dsp:4d} {r.carry:5d} "
-              f"{r.muxf:5d} {r.depth:5d} {per}", flush=True)
+              f"{r.muxf:5d} {r.lutram:6d} {r.depth:5d} {per}", flush=True)
+        md.append(f"| {e.group} | {e.name} | {r.lut} | {r.lut6} | {r.ff} | {r.dsp} | {r.carry} | "
+                  f"{r.muxf} | {r.lutram} | {r.depth} | {per.strip()} |")
         if time.time() - t0 > 5:
             print(f"  ({time.time() - t0:.0f} s)", file=sys.stderr)
+    if args.out:
+        cmd = "python benchmarks/unit_resources.py" + "".join(
+            f" {a}" if a.startswith("-") else f" '{a}'" for a in (argv if argv is not None else sys.argv[1:]))
+        Path(args.out).write_text(
+            f"# Unit resources ({flow})\n\nGenerated by `{cmd}`.  Estimates of the logic "
+            "(UltraScale+ mapping), not a Vivado result; see the docstring of "
+            "`benchmarks/unit_resources.py`.\n\n" + "\n".join(md) + "\n")
     return 0
 
 
