@@ -121,3 +121,74 @@ def test_attention_close_to_float64(kind, nq, nk, seed):
     assert out.shape == (2, nq, 64) and np.abs(out - ref).max() < 1e-5
     with pytest.raises(ValueError, match="KV cache format"):
         att.kv_encode(k16, "kv4")
+
+
+def _export(tmp_path, unit: str, *extra: str, seed: int = 3):
+    """Run ``python -m fpqvar_quant.golden UNIT`` in a subprocess; return (arrays, manifest)."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "-".join((unit,) + extra).replace(" ", "")
+    subprocess.run([sys.executable, "-m", "fpqvar_quant.golden", unit, "--out", str(out),
+                    "--seed", str(seed), *extra], check=True, capture_output=True, text=True)
+    return dict(np.load(out / "vectors.npz")), json.loads((out / "manifest.json").read_text())
+
+
+def test_vector_exporter_elementwise(tmp_path):
+    """Exported element-wise vectors reproduce from the golden model, are seeded, and
+    the FP32-source set covers NaN, Inf, subnormal and ordinary inputs."""
+    a, man = _export(tmp_path, "vector", "--func", "gelu", "--n", "300")
+    assert man["unit"] == "vector" and man["config"]["func"] == "gelu" and man["seed"] == 3
+    x = a["x"].view(np.float32)
+    assert a["x"].dtype == np.uint32 and a["y"].dtype == np.uint32 and len(x) == 300
+    assert np.isnan(x).any() and np.isinf(x).any() and (np.abs(x) < np.finfo(np.float32).tiny).any()
+    assert np.array_equal(a["y"], g.canon(v.gelu(x)))
+    again, _ = _export(tmp_path, "vector", "--func", "gelu", "--n", "301")
+    assert np.array_equal(again["x"][:100], a["x"][:100])        # same seed, same stream
+    for func in ("exp", "rsqrt"):
+        h, man = _export(tmp_path, "vector", "--func", func, "--src", "fp16", "--dst", "fp16", "--n", "200")
+        xf = g.to_float(g.convert(h["x"], "fp16", "fp32"))
+        assert h["x"].dtype == np.uint16 and h["y"].dtype == np.uint16 and man["config"]["dst"] == "fp16"
+        assert np.array_equal(h["y"], g.convert(g.canon(getattr(v, func)(xf)), "fp32", "fp16"))
+
+
+def test_vector_exporter_rows(tmp_path):
+    f = lambda b: b.view(np.float32)  # noqa: E731
+    s, man = _export(tmp_path, "vector", "--func", "softmax", "--n", "3", "--length", "40")
+    assert s["x"].shape == (3, 40) and man["config"]["length"] == 40
+    assert np.array_equal(s["y"], g.canon(v.softmax(f(s["x"]), P=8)))
+    ln, _ = _export(tmp_path, "vector", "--func", "layernorm_modulate", "--n", "2", "--P", "4")
+    assert np.array_equal(ln["y"], g.canon(v.layernorm_modulate(f(ln["x"]), f(ln["scale"]),
+                                                               f(ln["shift"]), P=4)))
+    l2, man = _export(tmp_path, "vector", "--func", "l2norm_temperature", "--n", "5")
+    assert l2["q"].shape == (5, 64) and l2["t"].shape == (5,) and man["config"]["temperature"]
+    assert np.array_equal(l2["y"], g.canon(v.l2norm_temperature(f(l2["q"]), f(l2["t"])[:, None])))
+    k, man = _export(tmp_path, "vector", "--func", "l2norm_temperature", "--n", "2", "--no-temperature")
+    assert "t" not in k and np.array_equal(k["y"], g.canon(v.l2norm_temperature(f(k["q"]), None)))
+
+
+@pytest.mark.parametrize("kv", ["fp16", "kv6"])
+def test_attention_exporter(tmp_path, kv):
+    from fpqvar_quant.golden import attention as att
+
+    a, man = _export(tmp_path, "attention", "--n", "5", "--keys", "19", "--kv", kv)
+    assert man["config"]["kv"] == kv and a["q"].shape == (2, 5, 64) and a["out"].shape == (2, 5, 64)
+    if kv == "fp16":
+        k, vv = (att.kv_decode(att.KVEntry("fp16", bits=a[n])) for n in ("k", "v"))
+    else:
+        k, vv = (att.kv_decode(att.KVEntry("kv6", codes=a[f"{n}_codes"], scales=a[f"{n}_scales"]))
+                 for n in ("k", "v"))
+        assert a["k_codes"].dtype == np.uint8 and a["k_scales"].shape == (2, 19)
+    assert k.shape == (2, 19, 64)
+    assert np.array_equal(a["out"], g.canon(att.attention(a["q"].view(np.float32), k, vv)))
+
+
+def test_exporter_bad_options(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "fpqvar_quant.golden", "vector", "--func", "softmax",
+                        "--src", "fp16", "--out", str(tmp_path), "--seed", "1"],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "only apply to element-wise" in r.stderr

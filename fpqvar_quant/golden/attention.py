@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import register_exporter
 from . import vector as _v
 from ..formats import get_format
 
@@ -92,3 +93,51 @@ def tree_last(x, P: int, xp: _v.Backend):
     """``tree_sum`` over the last axis, dropping it."""
     r = _v.tree_sum(x, P, xp)
     return r[..., 0]
+
+
+# --------------------------------------------------------------------------- vector export
+def _attention_args(p) -> None:
+    p.add_argument("--heads", type=int, default=2, help="heads H (default 2)")
+    p.add_argument("--keys", type=int, default=30, help="cached keys Nk per head (default 30)")
+    p.add_argument("--kv", default="fp16", choices=KV_FORMATS, help="KV cache format (default fp16)")
+    p.add_argument("--P", type=int, default=8, help="partial sums of tree_sum (default 8)")
+
+
+@register_exporter("attention", "attention unit: FP32 queries over an FP16 or kv6 KV cache -> FP32",
+                   _attention_args)
+def _export_attention(args, rng: np.random.Generator):
+    """``--n`` queries per head against ``--keys`` cached keys, as VAR feeds the unit:
+    q rows L2-normalised times a temperature in [1, 100] (FP32), k rows
+    L2-normalised and v rows normal, both rounded to FP16 and encoded for the
+    cache (``kv_encode``).  Arrays: ``q`` uint32 [H, n, 64]; ``k``/``v`` uint16
+    FP16 bits [H, Nk, 64] (fp16) or ``k_codes``/``v_codes`` uint8 [H, Nk, 64] +
+    ``k_scales``/``v_scales`` uint16 [H, Nk] (kv6); ``out`` uint32 [H, n, 64]
+    (canonical NaN ``0x7FC00000``)."""
+    from .fp32 import canon
+
+    H, n, nk = args.heads, args.n, args.keys
+    if H < 1 or nk < 1:
+        raise SystemExit(f"--heads and --keys must be >= 1, got {H} and {nk}")
+    if args.P < 1 or args.P & (args.P - 1):
+        raise SystemExit(f"--P must be a power of two, got {args.P}")
+
+    def unit_rows(shape):
+        x = rng.standard_normal(shape)
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    q = (unit_rows((H, n, HEAD_DIM)) * rng.uniform(1, 100, (H, 1, 1))).astype(np.float32)
+    k16 = unit_rows((H, nk, HEAD_DIM)).astype(np.float16).view(np.uint16)
+    v16 = rng.standard_normal((H, nk, HEAD_DIM)).astype(np.float16).view(np.uint16)
+    ke, ve = kv_encode(k16, args.kv), kv_encode(v16, args.kv)
+    out = canon(attention(q, kv_decode(ke), kv_decode(ve), args.P), "fp32")
+    arrays = {"q": q.view(np.uint32), "out": out}
+    for name, e in (("k", ke), ("v", ve)):
+        if args.kv == "fp16":
+            arrays[name] = e.bits
+        else:
+            arrays[f"{name}_codes"], arrays[f"{name}_scales"] = e.codes, e.scales
+    config = {"heads": H, "queries": n, "keys": nk, "head_dim": HEAD_DIM, "kv": args.kv, "P": args.P,
+              "q": "fp32 bits", "out": "fp32 bits",
+              "cache": "fp16 bits" if args.kv == "fp16" else "e2m3fn codes + fp16 scale per token-head",
+              "definition": "docs/numerics.md section 4 (golden/attention.py)"}
+    return arrays, config

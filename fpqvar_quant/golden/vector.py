@@ -48,6 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from . import register_exporter
+
 __all__ = ["Backend", "NUMPY", "exp", "reciprocal", "rsqrt", "gelu", "softmax",
            "layernorm_modulate", "l2norm_temperature", "gamma_residual", "tree_sum",
            "RECIP_TABLE", "RSQRT_TABLE", "CONST", "f32"]
@@ -308,3 +310,101 @@ def gamma_residual(x, gamma, y, xp: Backend | None = None):
     """``x + gamma*y`` (unfused: two roundings)."""
     xp = _ctx(xp)
     return xp.add(xp.asf32(x), xp.mul(xp.asf32(gamma), xp.asf32(y)))
+
+
+# --------------------------------------------------------------------------- vector export
+ELEMENTWISE = ("exp", "reciprocal", "rsqrt", "gelu")
+ROW_OPS = ("softmax", "layernorm_modulate", "l2norm_temperature")
+#: First inputs of an FP32 element-wise export: +-0, +-Inf, quiet and signalling-payload
+#: NaNs, smallest/largest subnormal, smallest normal, largest finite, +-1, exp's clamps.
+SPECIAL_FP32 = (0x00000000, 0x80000000, 0x7F800000, 0xFF800000, 0x7FC00000, 0xFF800001,
+                0x00000001, 0x807FFFFF, 0x00800000, 0x7F7FFFFF, 0xFF7FFFFF, 0x3F800000,
+                0xBF800000, 0xC2D00000, 0x42B20000)
+
+
+def _vector_args(p) -> None:
+    p.add_argument("--func", default="gelu", choices=ELEMENTWISE + ROW_OPS,
+                   help="function (default gelu); element-wise ones give --n values, row ops --n rows")
+    p.add_argument("--src", default="fp32", choices=["fp32", "fp16"],
+                   help="element-wise input format (fp16: converted exactly to FP32; default fp32)")
+    p.add_argument("--dst", default="fp32", choices=["fp32", "fp16"],
+                   help="element-wise output format (fp16: one RNE rounding of the FP32 result)")
+    p.add_argument("--length", type=int, default=64,
+                   help="row length C for softmax/layernorm_modulate (default 64); "
+                        "l2norm_temperature rows are 64-wide heads")
+    p.add_argument("--P", type=int, default=8, help="partial sums of tree_sum (default 8)")
+    p.add_argument("--no-temperature", action="store_true",
+                   help="l2norm_temperature without the temperature factor (the keys)")
+
+
+def _bits32(x) -> np.ndarray:
+    from .fp32 import canon
+    return canon(np.asarray(x, dtype=np.float32), "fp32")
+
+
+def _row_scales(rng: np.random.Generator, n: int, lo: float, hi: float) -> np.ndarray:
+    return np.exp2(rng.uniform(lo, hi, (n, 1)))
+
+
+@register_exporter("vector", "vector unit: FP32 exp/reciprocal/rsqrt/GELU, softmax, "
+                             "layernorm+modulate, L2 norm+temperature", _vector_args)
+def _export_vector(args, rng: np.random.Generator):
+    """Element-wise: ``--n`` inputs, a third any encoding (starting with
+    ``SPECIAL_FP32``: NaN, Inf, subnormal, ...), a third normal values of scale 8, a third of scale 2^k for k
+    uniform in [-30, 30] (fp16 source: uniform over all 2^16 encodings).  Row ops:
+    ``--n`` rows of normal entries times a per-row scale; layernorm rows get an
+    offset and normal ``scale``/``shift`` (std 0.5); l2norm heads a log-temperature
+    in [-3, 6].  Arrays hold raw bits (``x``/``y`` as uint16 for fp16, uint32
+    for fp32; NaN results canonical ``0x7FC00000`` / ``0x7E00``)."""
+    from .fp32 import convert, to_float
+
+    if args.P < 1 or args.P & (args.P - 1):
+        raise SystemExit(f"--P must be a power of two, got {args.P}")
+    n, f = args.n, args.func
+    config = {"func": f, "P": args.P, "definition": "docs/numerics.md section 4 (golden/vector.py)"}
+    if f in ELEMENTWISE:
+        if args.src == "fp16":
+            x = rng.integers(0, 1 << 16, n, dtype=np.uint64).astype(np.uint16)
+            xf = to_float(convert(x, "fp16", "fp32"), "fp32")
+        else:
+            k = n // 3
+            special = np.array(SPECIAL_FP32, np.uint32)[:k]
+            xf = np.concatenate([
+                special.view(np.float32),
+                rng.integers(0, 1 << 32, k - len(special), dtype=np.uint64).astype(np.uint32)
+                .view(np.float32),
+                (rng.standard_normal(k) * 8).astype(np.float32),
+                (rng.standard_normal(n - 2 * k) * np.exp2(rng.uniform(-30, 30, n - 2 * k)))
+                .astype(np.float32)])
+            x = xf.view(np.uint32)
+        y = _bits32(globals()[f](xf))
+        if args.dst == "fp16":
+            y = convert(y, "fp32", "fp16")
+        config.update(src=args.src, dst=args.dst, x=f"{args.src} bits", y=f"{args.dst} bits")
+        return {"x": x, "y": y}, config
+    if args.src != "fp32" or args.dst != "fp32":
+        raise SystemExit(f"--src/--dst only apply to element-wise functions; {f} is FP32 in and out")
+    if f == "l2norm_temperature":
+        q = (rng.standard_normal((n, 64)) * _row_scales(rng, n, -10, 10)).astype(np.float32)
+        config.update(head_dim=64, temperature=not args.no_temperature)
+        if args.no_temperature:
+            return {"q": q.view(np.uint32), "y": _bits32(l2norm_temperature(q, None, args.P))}, config
+        t = rng.uniform(-3, 6, (n, 1)).astype(np.float32)
+        return ({"q": q.view(np.uint32), "t": t.view(np.uint32)[:, 0],
+                 "y": _bits32(l2norm_temperature(q, t, args.P))}, config)
+    C = args.length
+    if C < 1:
+        raise SystemExit(f"--length must be >= 1, got {C}")
+    config["length"] = C
+    x = (rng.standard_normal((n, C)) * _row_scales(rng, n, -4, 4)).astype(np.float32)
+    if f == "softmax":
+        return {"x": x.view(np.uint32), "y": _bits32(softmax(x, args.P))}, config
+    x = (x + rng.standard_normal((n, 1)) * 4 * np.abs(x).max(-1, keepdims=True)).astype(np.float32)
+    sc, sh = (rng.standard_normal((2, n, C)) * 0.5).astype(np.float32)
+    return ({"x": x.view(np.uint32), "scale": sc.view(np.uint32), "shift": sh.view(np.uint32),
+             "y": _bits32(layernorm_modulate(x, sc, sh, args.P))}, config)
+
+
+# The attention unit's exporter lives in golden/attention.py; importing it here
+# registers it (``EXPORTER_MODULES`` in golden/__init__.py lists "vector").
+from . import attention as _attention  # noqa: E402,F401
