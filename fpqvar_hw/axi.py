@@ -8,12 +8,16 @@ flattened port names (``m_axi__araddr`` ...) match cocotbext-axi's
 """
 from __future__ import annotations
 
+from amaranth.hdl import Module, Signal
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
 
 __all__ = ["DATA_BITS", "DATA_BYTES", "ADDR_BITS", "LITE_ADDR_BITS", "AXI4Signature",
-           "AXILiteSignature", "ReadClient", "WriteClient", "READ_REQ", "READ_RESP",
-           "WRITE_REQ", "WRITE_RESP", "MAX_BURST"]
+           "AXI4ReadSignature", "AXI4WriteSignature", "AXILiteSignature", "ReadClient",
+           "WriteClient", "READ_REQ", "READ_RESP", "WRITE_REQ", "WRITE_RESP", "MAX_BURST",
+           "AXI_OKAY", "ReadArbiter", "WriteArbiter", "AXILiteBridge", "connect_axi4_halves"]
 
 DATA_BITS = 128
 DATA_BYTES = DATA_BITS // 8
@@ -22,6 +26,10 @@ LITE_ADDR_BITS = 8
 #: longest burst an engine may request (AXI4 INCR allows 256 beats; 4 KiB boundary
 #: rule: a burst must not cross a 4096-byte boundary, the requester splits)
 MAX_BURST = 16
+#: RRESP/BRESP value of a successful transfer; anything else is an error
+AXI_OKAY = 0
+_BURST_INCR = 1
+_SIZE_LOG2 = ceil_log2(DATA_BYTES)   # arsize/awsize: 16-byte beats
 
 READ_REQ = data.StructLayout({"addr": ADDR_BITS, "len": 8})          # len = beats - 1
 READ_RESP = data.StructLayout({"data": DATA_BITS, "last": 1, "err": 1})
@@ -29,21 +37,60 @@ WRITE_REQ = data.StructLayout({"addr": ADDR_BITS, "data": DATA_BITS, "strb": DAT
 WRITE_RESP = data.StructLayout({"err": 1})
 
 
+_AXI4_READ_MEMBERS = ("araddr", "arlen", "arsize", "arburst", "arcache", "arprot", "arvalid",
+                      "arready", "rdata", "rresp", "rlast", "rvalid", "rready")
+_AXI4_WRITE_MEMBERS = ("awaddr", "awlen", "awsize", "awburst", "awcache", "awprot", "awvalid",
+                       "awready", "wdata", "wstrb", "wlast", "wvalid", "wready", "bresp",
+                       "bvalid", "bready")
+
+
+def _axi4_members(addr_bits: int, data_bits: int) -> dict:
+    return {
+        "awaddr": Out(addr_bits), "awlen": Out(8), "awsize": Out(3), "awburst": Out(2),
+        "awcache": Out(4), "awprot": Out(3), "awvalid": Out(1), "awready": In(1),
+        "wdata": Out(data_bits), "wstrb": Out(data_bits // 8), "wlast": Out(1),
+        "wvalid": Out(1), "wready": In(1),
+        "bresp": In(2), "bvalid": In(1), "bready": Out(1),
+        "araddr": Out(addr_bits), "arlen": Out(8), "arsize": Out(3), "arburst": Out(2),
+        "arcache": Out(4), "arprot": Out(3), "arvalid": Out(1), "arready": In(1),
+        "rdata": In(data_bits), "rresp": In(2), "rlast": In(1), "rvalid": In(1),
+        "rready": Out(1),
+    }
+
+
 class AXI4Signature(wiring.Signature):
     """AXI4 master port (Out = driven by the master), single ID, no user/qos/region."""
 
     def __init__(self, *, addr_bits: int = ADDR_BITS, data_bits: int = DATA_BITS):
-        super().__init__({
-            "awaddr": Out(addr_bits), "awlen": Out(8), "awsize": Out(3), "awburst": Out(2),
-            "awcache": Out(4), "awprot": Out(3), "awvalid": Out(1), "awready": In(1),
-            "wdata": Out(data_bits), "wstrb": Out(data_bits // 8), "wlast": Out(1),
-            "wvalid": Out(1), "wready": In(1),
-            "bresp": In(2), "bvalid": In(1), "bready": Out(1),
-            "araddr": Out(addr_bits), "arlen": Out(8), "arsize": Out(3), "arburst": Out(2),
-            "arcache": Out(4), "arprot": Out(3), "arvalid": Out(1), "arready": In(1),
-            "rdata": In(data_bits), "rresp": In(2), "rlast": In(1), "rvalid": In(1),
-            "rready": Out(1),
-        })
+        super().__init__(_axi4_members(addr_bits, data_bits))
+
+
+class AXI4ReadSignature(wiring.Signature):
+    """The read half (AR and R channels) of :class:`AXI4Signature`, same member names."""
+
+    def __init__(self, *, addr_bits: int = ADDR_BITS, data_bits: int = DATA_BITS):
+        m = _axi4_members(addr_bits, data_bits)
+        super().__init__({k: m[k] for k in _AXI4_READ_MEMBERS})
+
+
+class AXI4WriteSignature(wiring.Signature):
+    """The write half (AW, W and B channels) of :class:`AXI4Signature`, same member names."""
+
+    def __init__(self, *, addr_bits: int = ADDR_BITS, data_bits: int = DATA_BITS):
+        m = _axi4_members(addr_bits, data_bits)
+        super().__init__({k: m[k] for k in _AXI4_WRITE_MEMBERS})
+
+
+def connect_axi4_halves(m: Module, bus, rd, wr) -> None:
+    """Drive AXI4 master ``bus`` from a read half ``rd`` and a write half ``wr`` (both
+    masters, e.g. the ``axi`` ports of :class:`ReadArbiter` and :class:`WriteArbiter`)."""
+    for half, names in ((rd, _AXI4_READ_MEMBERS), (wr, _AXI4_WRITE_MEMBERS)):
+        sig = half.signature
+        for name in names:
+            if sig.members[name].flow == Out:
+                m.d.comb += getattr(bus, name).eq(getattr(half, name))
+            else:
+                m.d.comb += getattr(half, name).eq(getattr(bus, name))
 
 
 class AXILiteSignature(wiring.Signature):
@@ -73,3 +120,197 @@ class WriteClient(wiring.Signature):
     def __init__(self):
         super().__init__({"req": Out(stream.Signature(WRITE_REQ)),
                           "resp": In(stream.Signature(WRITE_RESP))})
+
+
+# ------------------------------------------------------------------ arbiters
+def _round_robin(m: Module, valids: list, last: Signal, can, grant) -> None:
+    """Grant one of ``valids`` when ``can``: the first requester after ``last`` (the
+    previously granted index) in circular order.  ``grant(i)`` adds the statements of
+    granting client ``i``; ``last`` is updated here."""
+    n = len(valids)
+    with m.If(can):
+        with m.Switch(last):
+            for prev in range(n):
+                with m.Case(prev):
+                    for k in range(1, n + 1):
+                        i = (prev + k) % n
+                        with (m.If if k == 1 else m.Elif)(valids[i]):
+                            grant(i)
+                            m.d.sync += last.eq(i)
+
+
+def _check_clients(n_clients: int, max_outstanding: int) -> None:
+    if not isinstance(n_clients, int) or n_clients < 1:
+        raise ValueError(f"n_clients must be a positive integer, got {n_clients!r}")
+    if not isinstance(max_outstanding, int) or max_outstanding < 1:
+        raise ValueError(f"max_outstanding must be a positive integer, got {max_outstanding!r}")
+
+
+class ReadArbiter(wiring.Component):
+    """``n_clients`` :class:`ReadClient` ports -> the read half of one AXI4 master (one ID).
+
+    Ports: ``clients[i]`` (``In(ReadClient())``: the arbiter receives ``req`` and
+    drives ``resp``), ``axi`` (:class:`AXI4ReadSignature`, master).
+
+    * Requests: round-robin among the clients with a pending ``req`` (the one after
+      the last granted index wins).  A grant registers the burst into the AR channel
+      (``arsize`` = 16-byte beats, ``arburst`` = INCR, ``arlen`` = ``req.len``) and
+      pushes the client index into a tag FIFO.  One AR may be granted per cycle;
+      ``req.ready`` is high in the cycle of the grant.  A client must keep every
+      burst within one 4 KiB page and at most 256 beats (AXI4 INCR rules); the
+      engines use at most :data:`MAX_BURST` beats.
+    * Up to ``max_outstanding`` bursts may be in flight (tag FIFO depth).  With one
+      ID the slave answers in order, so the head tag names the owner of every R
+      beat: ``resp`` gets ``data``, ``last`` (= ``rlast``) and ``err`` (``rresp`` !=
+      OKAY, per beat).  ``rready`` follows the owning client's ``resp.ready``: a
+      client that stalls its responses stalls everyone behind it, so a client
+      should only request what it can accept.
+    * Latency: AR valid one cycle after ``req`` (registered); R -> ``resp`` is
+      combinational.
+    """
+
+    def __init__(self, n_clients: int, *, max_outstanding: int = 8):
+        _check_clients(n_clients, max_outstanding)
+        self.n_clients = n_clients
+        self.max_outstanding = max_outstanding
+        super().__init__({"clients": In(ReadClient()).array(n_clients),
+                          "axi": Out(AXI4ReadSignature())})
+
+    def elaborate(self, platform):
+        m = Module()
+        n, axi = self.n_clients, self.axi
+        tags = m.submodules.tags = SyncFIFO(width=max(1, ceil_log2(n)), depth=self.max_outstanding)
+
+        m.d.comb += [axi.arsize.eq(_SIZE_LOG2), axi.arburst.eq(_BURST_INCR),
+                     axi.arcache.eq(0), axi.arprot.eq(0)]
+        with m.If(axi.arvalid & axi.arready):
+            m.d.sync += axi.arvalid.eq(0)
+        last = Signal(range(n), init=n - 1)
+
+        def grant(i):
+            c = self.clients[i]
+            m.d.comb += [c.req.ready.eq(1), tags.w_en.eq(1), tags.w_data.eq(i)]
+            m.d.sync += [axi.arvalid.eq(1), axi.araddr.eq(c.req.payload.addr),
+                         axi.arlen.eq(c.req.payload.len)]
+
+        _round_robin(m, [c.req.valid for c in self.clients], last,
+                     (~axi.arvalid | axi.arready) & tags.w_rdy, grant)
+
+        tag = tags.r_data
+        for i, c in enumerate(self.clients):
+            m.d.comb += [c.resp.payload.data.eq(axi.rdata), c.resp.payload.last.eq(axi.rlast),
+                         c.resp.payload.err.eq(axi.rresp != AXI_OKAY),
+                         c.resp.valid.eq(axi.rvalid & tags.r_rdy & (tag == i))]
+        with m.Switch(tag):
+            for i, c in enumerate(self.clients):
+                with m.Case(i):
+                    m.d.comb += axi.rready.eq(tags.r_rdy & c.resp.ready)
+        m.d.comb += tags.r_en.eq(axi.rvalid & axi.rready & axi.rlast)
+        return m
+
+
+class WriteArbiter(wiring.Component):
+    """``n_clients`` :class:`WriteClient` ports -> the write half of one AXI4 master (one ID).
+
+    Ports: ``clients[i]`` (``In(WriteClient())``), ``axi`` (:class:`AXI4WriteSignature`,
+    master).
+
+    * Every request is one 16-byte beat: a round-robin grant registers it into both
+      the AW channel (``awlen`` = 0, ``awsize`` = 16 bytes, INCR) and the W channel
+      (``wlast`` = 1, ``wstrb`` from the request).  The two channels complete
+      independently (AXI allows W before or after AW); the next grant waits until
+      both registers are free (or freeing in that cycle), so AW and W stay in the
+      same order and at most one beat apart.
+    * Up to ``max_outstanding`` writes wait for their B response (tag FIFO).  B
+      responses come in order (one ID) and go to the owning client's ``resp``
+      with ``err`` = (``bresp`` != OKAY).
+    """
+
+    def __init__(self, n_clients: int, *, max_outstanding: int = 8):
+        _check_clients(n_clients, max_outstanding)
+        self.n_clients = n_clients
+        self.max_outstanding = max_outstanding
+        super().__init__({"clients": In(WriteClient()).array(n_clients),
+                          "axi": Out(AXI4WriteSignature())})
+
+    def elaborate(self, platform):
+        m = Module()
+        n, axi = self.n_clients, self.axi
+        tags = m.submodules.tags = SyncFIFO(width=max(1, ceil_log2(n)), depth=self.max_outstanding)
+
+        m.d.comb += [axi.awlen.eq(0), axi.awsize.eq(_SIZE_LOG2), axi.awburst.eq(_BURST_INCR),
+                     axi.awcache.eq(0), axi.awprot.eq(0), axi.wlast.eq(1)]
+        with m.If(axi.awvalid & axi.awready):
+            m.d.sync += axi.awvalid.eq(0)
+        with m.If(axi.wvalid & axi.wready):
+            m.d.sync += axi.wvalid.eq(0)
+        last = Signal(range(n), init=n - 1)
+
+        def grant(i):
+            c = self.clients[i]
+            m.d.comb += [c.req.ready.eq(1), tags.w_en.eq(1), tags.w_data.eq(i)]
+            m.d.sync += [axi.awvalid.eq(1), axi.awaddr.eq(c.req.payload.addr),
+                         axi.wvalid.eq(1), axi.wdata.eq(c.req.payload.data),
+                         axi.wstrb.eq(c.req.payload.strb)]
+
+        can = (~axi.awvalid | axi.awready) & (~axi.wvalid | axi.wready) & tags.w_rdy
+        _round_robin(m, [c.req.valid for c in self.clients], last, can, grant)
+
+        tag = tags.r_data
+        for i, c in enumerate(self.clients):
+            m.d.comb += [c.resp.payload.err.eq(axi.bresp != AXI_OKAY),
+                         c.resp.valid.eq(axi.bvalid & tags.r_rdy & (tag == i))]
+        with m.Switch(tag):
+            for i, c in enumerate(self.clients):
+                with m.Case(i):
+                    m.d.comb += axi.bready.eq(tags.r_rdy & c.resp.ready)
+        m.d.comb += tags.r_en.eq(axi.bvalid & axi.bready)
+        return m
+
+
+# ----------------------------------------------------------- AXI4-Lite slave
+class AXILiteBridge(wiring.Component):
+    """AXI4-Lite slave -> a simple synchronous register bus (one access at a time).
+
+    Ports: ``axil`` (``In(AXILiteSignature())``, the slave side), and the register
+    bus seen by the register file:
+
+    * ``w_en`` (one-cycle pulse), ``w_addr`` (word-aligned byte address), ``w_data``,
+      ``w_strb``: a write; the register file applies it in that cycle.
+    * ``r_addr`` (Out), ``r_data`` (In): while ``r_en`` pulses, the register file
+      drives ``r_data`` combinationally from ``r_addr``; the bridge registers it
+      into ``rdata``.  A read has no side effects.
+
+    A write is accepted when AW and W are both valid and no B response is pending
+    (``awready`` = ``wready`` = that condition); B (OKAY) follows one cycle later.
+    A read is accepted when no R response is pending; R (OKAY) follows one cycle
+    later.  Address bits [1:0] are ignored; every response is OKAY (unmapped
+    offsets read 0 and ignore writes).
+    """
+
+    def __init__(self, *, addr_bits: int = LITE_ADDR_BITS):
+        super().__init__({
+            "axil": In(AXILiteSignature(addr_bits=addr_bits)),
+            "w_en": Out(1), "w_addr": Out(addr_bits), "w_data": Out(32), "w_strb": Out(4),
+            "r_en": Out(1), "r_addr": Out(addr_bits), "r_data": In(32),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        a = self.axil
+        m.d.comb += [a.bresp.eq(AXI_OKAY), a.rresp.eq(AXI_OKAY)]
+        take_w = a.awvalid & a.wvalid & ~a.bvalid
+        m.d.comb += [a.awready.eq(take_w), a.wready.eq(take_w),
+                     self.w_en.eq(take_w), self.w_addr.eq(a.awaddr & ~3),
+                     self.w_data.eq(a.wdata), self.w_strb.eq(a.wstrb)]
+        with m.If(take_w):
+            m.d.sync += a.bvalid.eq(1)
+        with m.Elif(a.bready):
+            m.d.sync += a.bvalid.eq(0)
+        take_r = a.arvalid & ~a.rvalid
+        m.d.comb += [a.arready.eq(take_r), self.r_en.eq(take_r), self.r_addr.eq(a.araddr & ~3)]
+        with m.If(take_r):
+            m.d.sync += [a.rvalid.eq(1), a.rdata.eq(self.r_data)]
+        with m.Elif(a.rready):
+            m.d.sync += a.rvalid.eq(0)
+        return m
