@@ -64,6 +64,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="skip the Verilator lint step")
     p.add_argument("--jobs", type=int, default=2, metavar="N",
                    help="parallel Yosys processes (default: 2)")
+    p.add_argument("--synth-cache", type=Path, default=None, metavar="DIR",
+                   help="Yosys result cache (default: build/synth/); an empty folder gives a "
+                        "cold-cache build")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
     return p
 
@@ -168,7 +171,8 @@ def _emit_units(resolved, config, platform, out: Path, verbose: bool):
         if r.pending:
             pending[r.spec.name] = r.pending
             continue
-        for v in r.variants:
+        pending.update(r.pending_variants)
+        for v in r.ready:
             try:
                 comp = v.factory()
             except (ValueError, TypeError, NotImplementedError) as e:
@@ -469,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out if args.out is not None else REPO / "build" / f"{platform.name}-{config.preset}"
     try:
         result = run_build(platform, config, out, synth=not args.no_synth, lint=not args.no_lint,
-                           jobs=args.jobs, verbose=not args.quiet)
+                           jobs=args.jobs, verbose=not args.quiet, cache_dir=args.synth_cache)
     except BuildError as e:
         print(f"build.py: error: {e}", file=sys.stderr)
         return 1

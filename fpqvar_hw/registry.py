@@ -7,6 +7,16 @@ accelerator contains (used to scale per-unit synthesis figures when the top is
 too large to synthesise here).  A unit whose module is not in the tree yet is
 reported as *pending* with the reason; nothing is faked in its place.
 
+A variant is pending too when the RTL exists but cannot serve the config: the
+variant function states what the variant needs (``Variant.needs``, e.g. "the
+W6A6 FC2 array cell: int6 x e2m3fn and e2m3fn x e2m3fn halves") and
+:func:`resolve_units` *probes* its factory (constructs the component, no
+elaboration): a ``ValueError`` / ``TypeError`` / ``NotImplementedError`` from
+the unit's own constructor makes the variant pending with ``needs`` plus the
+unit's message.  So the registry never claims a capability the RTL lacks, and
+a unit that gains one (e.g. e8m0 scales in the quantizer) is picked up without
+editing the registry.
+
 To add a unit: write its module (a ``wiring.Component`` with ``manifest()``),
 then append one :class:`UnitSpec` to :data:`UNITS` whose ``variants`` function
 maps the config onto the constructor's keyword arguments.
@@ -16,12 +26,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from .config import AcceleratorConfig, ElementFormat, Rotation
 
-__all__ = ["Variant", "UnitSpec", "UNITS", "Resolved", "resolve_units", "unit_names"]
+__all__ = ["Variant", "UnitSpec", "UNITS", "Resolved", "resolve_units", "unit_names", "probe"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,9 @@ class Variant:
     ``count``: instances of this variant in the accelerator.  ``inside``: name of
     the unit that contains these instances (their resources are already part of
     that unit, so totals must not add them again); ``None`` for a top-level unit.
+    ``needs``: what this variant must do for the config, in words (used in the
+    pending reason when the RTL cannot).  ``pending``: set by
+    :func:`resolve_units` when the factory refused the config (the reason).
     """
 
     instance: str
@@ -38,6 +51,8 @@ class Variant:
     count: int
     inside: str | None = None
     params: dict = field(default_factory=dict)
+    needs: str = ""
+    pending: str | None = None
 
 
 @dataclass(frozen=True)
@@ -53,11 +68,21 @@ class UnitSpec:
 
 @dataclass(frozen=True)
 class Resolved:
-    """A unit after resolution: ``variants`` (empty when pending) and ``pending`` reason."""
+    """A unit after resolution: ``variants`` (empty when the whole unit is pending) and
+    the unit's ``pending`` reason.  Individual variants may be pending on their own
+    (:attr:`Variant.pending`); :attr:`ready` are the ones to emit."""
 
     spec: UnitSpec
     variants: tuple[Variant, ...]
     pending: str | None
+
+    @property
+    def ready(self) -> tuple[Variant, ...]:
+        return tuple(v for v in self.variants if v.pending is None)
+
+    @property
+    def pending_variants(self) -> dict[str, str]:
+        return {v.instance: v.pending for v in self.variants if v.pending is not None}
 
 
 def _kw(cls: Any, **candidates: Any) -> dict:
@@ -95,8 +120,10 @@ def _quantizer_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
     for f in _act_formats(c):
         kw = {"format": f.value, "group_size": c.group_size, "lanes": c.quant_lanes,
               "scale_format": c.scale_format.value}
-        out.append(Variant(f"quantizer_{f.value}_g{c.group_size}_l{c.quant_lanes}",
-                           lambda kw=kw: mod.Quantizer(**kw), 1, None, kw))
+        sf = "" if c.scale_format.value == "fp16" else f"_{c.scale_format.value}"
+        out.append(Variant(f"quantizer_{f.value}_g{c.group_size}_l{c.quant_lanes}{sf}",
+                           lambda kw=kw: mod.Quantizer(**kw), 1, None, kw,
+                           needs=f"{f.value} codes with {c.scale_format} scales"))
     return out
 
 
@@ -143,6 +170,7 @@ def _multiplier_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
     by_value = {p.value: p for p in pair_enum}
     out = []
     n = c.tm * c.tn * c.lanes
+    dfq6_neg = ElementFormat.DFQ6.registry_names[0]
     for ga, gw in _mul_pairs(c):
         def make(ga=ga, gw=gw):
             if (ga, gw) not in by_value:
@@ -151,7 +179,10 @@ def _multiplier_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
             var = variant_enum.DSP if pair.fmt_a.bits > 4 and not pair.is_float \
                 else variant_enum.LUT
             return mod.Multiplier(pair=pair, variant=var)
-        out.append(Variant(f"multiplier_{ga}_{gw}", make, n, "dot", {"pair": f"{ga} x {gw}"}))
+        needs = (f"the dfq6 negative half ({ga} codes 0..31 x {gw} weights)" if ga == dfq6_neg
+                 and ElementFormat.DFQ6 in _act_formats(c) else f"{ga} x {gw} products")
+        out.append(Variant(f"multiplier_{ga}_{gw}", make, n, "dot", {"pair": f"{ga} x {gw}"},
+                           needs=needs))
     return out
 
 
@@ -169,26 +200,36 @@ def _dot_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
         key = ("e2m1fn", w.value) if dfq else (a.value, w.value)
         name = f"dot_{a.value}_{w.value}_g{c.group_size}_l{c.lanes}"
         specs.append((name, {"key": key, "dfq": dfq, "dual": a.is_dual}))
-    # the DFQ-FP4 cell holds both grids' trees; dfq6 has no RTL, so its array is the plain cell
+    # The array cell (count tm*tn) is the DFQ-FP4 cell when FC2 uses it (it holds both grids'
+    # trees).  A dfq6 cell has no RTL (pending, below), so a W6A6 array is counted as its
+    # plain e2m3fn x e2m3fn cells and the missing int6 tree is listed as not included.
     cell = next((i for i, (_, sp) in enumerate(specs) if sp["dfq"]), 0)
+    takes_scale_format = "scale_format" in inspect.signature(mod.GroupDot).parameters
     out = []
     for i, (name, sp) in enumerate(specs):
         def make(sp=sp):
-            if c.scale_format.value != "fp16":
-                raise ValueError(f"{mod.__name__}.GroupDot has FP16 scale ports; scale_format="
-                                 f"{c.scale_format} is not implemented in RTL")
+            if c.scale_format.value != "fp16" and not takes_scale_format:
+                raise ValueError(f"{mod.__name__}.GroupDot has FP16 scale ports (s_a, s_w); "
+                                 f"scale_format={c.scale_format} is not implemented in RTL")
             if sp["dual"] and not sp["dfq"]:
-                raise ValueError("GroupDot implements DFQ-FP4 only; the FP6 dual format (dfq6) "
-                                 "has no RTL yet")
+                raise ValueError(f"{mod.__name__}.GroupDot's DFQ mode is DFQ-FP4 only (dfq=True: "
+                                 "e1m2fn / e2m1fn halves on e2m1fn weights)")
             if sp["key"] not in by_value:
                 raise ValueError(f"no multiplier pair {sp['key'][0]} x {sp['key'][1]}")
             pair = by_value[sp["key"]]
             var = MulVariant.DSP if pair.fmt_a.bits > 4 and not pair.is_float else MulVariant.LUT
+            kw = {"scale_format": c.scale_format.value} if takes_scale_format else {}
             return mod.GroupDot(pair=pair, group_size=c.group_size, lanes=c.lanes, variant=var,
-                                dfq=sp["dfq"])
+                                dfq=sp["dfq"], **kw)
+        a, w = sp["key"]
+        if sp["dual"] and not sp["dfq"]:
+            needs = ("the W6A6 FC2 cell (dfq6 activations: int6 x e2m3fn and e2m3fn x e2m3fn "
+                     "halves, two scales; the array is counted as plain cells without it)")
+        else:
+            needs = f"{a} x {w} group dot products with {c.scale_format} scales"
         out.append(Variant(name, make, c.tm * c.tn if i == cell else 0, None,
                            {"pair": " x ".join(sp["key"]), "dfq": sp["dfq"],
-                            "group_size": c.group_size, "lanes": c.lanes}))
+                            "group_size": c.group_size, "lanes": c.lanes}, needs=needs))
     return out
 
 
@@ -263,5 +304,22 @@ def resolve_units(config: AcceleratorConfig,
         except (LookupError, ValueError, TypeError, NotImplementedError) as e:
             out.append(Resolved(spec, (), f"{spec.module}: {e}"))
             continue
-        out.append(Resolved(spec, tuple(variants), None))
+        out.append(Resolved(spec, tuple(probe(v) for v in variants), None))
     return out
+
+
+def probe(v: Variant) -> Variant:
+    """Construct ``v`` once (no elaboration); a refusal makes the variant pending."""
+    if v.pending is not None:
+        return v
+    try:
+        comp = v.factory()
+    except (ValueError, TypeError, NotImplementedError) as e:
+        what = f"{v.needs}: " if v.needs else ""
+        return replace(v, pending=f"{what}{type(e).__name__}: {e}")
+    # An unelaborated Amaranth component warns when garbage-collected; this one is a probe.
+    try:
+        comp._MustUse__silence = True
+    except AttributeError:
+        pass
+    return v

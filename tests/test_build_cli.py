@@ -138,37 +138,6 @@ def test_lint_clean_and_synth_cached_build_is_deterministic(tmp_path):
     assert a.resources["total"]["LUT"] > 0
 
 
-def test_registry_marks_missing_and_unservable_units_pending():
-    from fpqvar_hw.registry import UNITS, UnitSpec, Variant, resolve_units
-
-    def refuse(mod, c):
-        raise ValueError("format not implemented")
-    specs = (UnitSpec("ghost", "fpqvar_hw.no_such_unit", "missing", lambda m, c: []),
-             UnitSpec("picky", "fpqvar_hw.config", "cannot serve", refuse),
-             UnitSpec("ok", "fpqvar_hw.config", "serves",
-                      lambda m, c: [Variant("ok_unit", lambda: None, c.tm * c.tn)]))
-    res = {r.spec.name: r for r in resolve_units(get_preset("w4a4"), specs)}
-    assert res["ghost"].pending == "fpqvar_hw.no_such_unit is not in the tree yet"
-    assert "format not implemented" in res["picky"].pending and not res["picky"].variants
-    assert res["ok"].pending is None and \
-        res["ok"].variants[0].count == get_preset("w4a4").tm * get_preset("w4a4").tn
-    assert {u.name for u in UNITS} >= {"quantizer", "hadamard", "multiplier", "dot", "vector",
-                                       "attention", "top"}
-
-
-def test_dfq6_and_e8m0_are_reported_pending_not_faked():
-    from fpqvar_hw.registry import resolve_units
-    for preset, needle in (("w6a6", "dfq6"), ("mxfp4", "e8m0")):
-        problems = []
-        for r in resolve_units(get_preset(preset)):
-            for v in r.variants:
-                try:
-                    v.factory()
-                except ValueError as e:
-                    problems.append(str(e))
-        assert any(needle in p for p in problems), (preset, problems)
-
-
 def test_failed_synthesis_is_reported_not_guessed(monkeypatch, tmp_path):
     from fpqvar_hw import resources
     from fpqvar_hw.resources import SynthJob, run_synth_jobs, synth_available
