@@ -18,8 +18,9 @@ Input sets (``--stride`` thins the large sweeps):
 * gelu: every ``stride``-th FP32 encoding with abs(x) <= 2^16 plus every FP16 value;
 * row operations (``P = 8``, rows of 64 and 1024): seeded rows whose scale is
   log-uniform in [2^-20, 2^20] (softmax: [2^-10, 2^10], beyond that almost every
-  output underflows or equals 1), normal entries, a random offset per row
-  (layernorm) and normal adaLN ``scale``/``shift`` (std 0.5); ``l2norm`` is
+  output underflows or equals 1; reported once over all outputs and once over
+  outputs >= 2^-10), normal entries, with and without a random offset per row
+  of up to ~4x the row's range (layernorm) and normal adaLN ``scale``/``shift`` (std 0.5); ``l2norm`` is
   per 64-wide head with a log-temperature uniform in [-3, 6] (above ln 100 it is
   clamped).  Layernorm's output has unit RMS and cancels (``x - mean`` and
   ``y*(1 + scale) + shift``), so its errors are in ulp of ``max(|y|, 1)``: an
@@ -151,18 +152,20 @@ def row_cases(n_rows: int) -> list[tuple]:
     for length in (64, 1024):
         n = max(1, n_rows * 64 // length)
         x = _rows(11 + length, n, length, -10, 10)
-        cases.append((f"softmax C={length}", lambda x: v.softmax(x, P=8), softmax64, x,
-                      f"{n} rows, scale 2^+-10", 2.0 ** -126, 0.0))
+        for floor in (2.0 ** -126, 2.0 ** -10):
+            cases.append((f"softmax C={length}", lambda x: v.softmax(x, P=8), softmax64, x,
+                          f"{n} rows, scale 2^+-10", floor, 0.0))
     for length in (64, 1024):
         n = max(1, n_rows * 64 // length)
         rng = np.random.default_rng(21 + length)
-        x = _rows(23 + length, n, length, -20, 20)
-        x = (x + (rng.standard_normal((n, 1)) * 4 * np.abs(x).max(-1, keepdims=True))).astype(np.float32)
+        x0 = _rows(23 + length, n, length, -20, 20)
         sc, sh = (rng.standard_normal((2, n, length)) * 0.5).astype(np.float32)
-        cases.append((f"layernorm_modulate C={length}",
-                      lambda x, sc=sc, sh=sh: v.layernorm_modulate(x, sc, sh, P=8),
-                      lambda x, sc=sc, sh=sh: layernorm64(x, sc, sh), x,
-                      f"{n} rows, scale 2^+-20, offset", 2.0 ** -126, 1.0))
+        offset = (rng.standard_normal((n, 1)) * 4 * np.abs(x0).max(-1, keepdims=True)).astype(np.float32)
+        for x, label in ((x0, "no offset"), ((x0 + offset).astype(np.float32), "offset")):
+            cases.append((f"layernorm_modulate C={length}",
+                          lambda x, sc=sc, sh=sh: v.layernorm_modulate(x, sc, sh, P=8),
+                          lambda x, sc=sc, sh=sh: layernorm64(x, sc, sh), x,
+                          f"{n} rows, scale 2^+-20, {label}", 2.0 ** -126, 1.0))
     rng = np.random.default_rng(31)
     n = n_rows * 4
     q = _rows(32, n, 64, -20, 20).reshape(n // 4, 4, 64)
