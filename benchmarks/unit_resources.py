@@ -6,8 +6,14 @@
     python benchmarks/unit_resources.py --filter '^(fp|elementwise|softmax|layernorm|l2norm)' \
         --out benchmarks/results/unit_resources.md   # also write a markdown table
 
+Units: the multipliers and group-dot MAC arrays, the FP32 building blocks of
+``fpqvar_hw.fpu`` (one lane: add, mul, max, FP16 <-> FP32 convert), the
+element-wise functions of ``fpqvar_hw.vector`` at one lane (FP32 in and out)
+and its row units at small sizes (softmax and layernorm rows of 64, one
+64-wide L2-norm head; ``P = 8``).
+
 For each entry: LUTs (all sizes; each takes one LUT6 site), LUT6, FF, DSP48E2,
-CARRY (CARRY4/8), MUXF7/8, logic depth (``ltp -noff``: cells on the longest
+CARRY (CARRY4/8), MUXF7/8, LUTRAM (distributed-RAM cells: the row buffers), logic depth (``ltp -noff``: cells on the longest
 register-to-register path, see ``fpqvar_hw/synth.py``), and for multiply-
 accumulate units the LUTs per lane (whole unit incl. adder tree, group-sum
 register and the shared FP32 scale/accumulate tail, divided by the lane count).
