@@ -54,8 +54,9 @@ Errors (:class:`ErrorCode`): 1 unknown opcode, 2 address out of the DRAM
 window, 3 AXI read error, 4 AXI write error, 5 invalid field.  What counts as
 an invalid field is :meth:`Gemm.check` / :meth:`Vec.check` (zero count,
 misalignment, unknown sub-op or flag bits, K not a multiple of 128, L2NT
-``n0 != 64``, SOFTMAX ``n0 > max_kv``); the window rule is
-:func:`in_window`.
+``n0 != 64``, SOFTMAX ``n0 > max_kv``); the bytes an instruction touches are
+:func:`footprint` (every one must lie in the DRAM window, error 2).  Checks
+apply in this order: opcode (1), fields (5), window (2).
 
 Registers: :data:`REGS` (byte offsets on ``s_axil``) and the ``CTRL_*`` /
 ``STATUS_*`` bit constants.
@@ -85,6 +86,8 @@ __all__ = [
     "encode_program", "header", "operand_address", "in_window",
     "gemm_padded_n", "gemm_code_word_bytes", "gemm_code_bytes", "gemm_scale_bytes",
     "pack_gemm_weights", "unpack_gemm_weights", "pack_signs", "pack_sign_bits", "unpack_signs",
+    "vec_addresses", "gemm_row_addresses", "merge_intervals", "intervals_overlap", "Footprint",
+    "footprint",
 ]
 
 # ------------------------------------------------------------------ instruction
@@ -607,3 +610,114 @@ def unpack_signs(raw: bytes) -> np.ndarray:
     if len(raw) != HAD_GROUP // 8:
         raise ValueError(f"signs are {HAD_GROUP // 8} bytes, got {len(raw)}")
     return np.unpackbits(np.frombuffer(bytes(raw), dtype=np.uint8), bitorder="little")
+
+
+# ------------------------------------------------------------------ footprints
+def vec_addresses(v: Vec, name: str) -> np.ndarray:
+    """Byte addresses (int64, mod 2^32) of operand ``name``'s elements in loop
+    order, shape ``(n3, n2, n1, n0)``; ``(n3, n2, n1, 1)`` for the one-per-row
+    operands (FDOT's D, L2NT's B)."""
+    op: Operand = getattr(v, name)
+    n0, n1, n2, n3 = v.n
+    row_const = (name == "d" and v.subop == VecSubop.FDOT) or (name == "b" and v.subop == VecSubop.L2NT)
+    if row_const:
+        n0 = 1
+    i0 = np.arange(n0, dtype=np.int64) * op.s0
+    i1 = np.arange(n1, dtype=np.int64) * op.s1
+    i2 = np.arange(n2, dtype=np.int64) * op.s2
+    i3 = np.arange(n3, dtype=np.int64) * op.s3
+    a = op.base + i3[:, None, None, None] + i2[None, :, None, None] + i1[None, None, :, None] \
+        + i0[None, None, None, :]
+    return a & 0xFFFFFFFF
+
+
+def gemm_row_addresses(base: int, stride: int, m: int) -> np.ndarray:
+    """Start addresses (int64, mod 2^32) of the M rows of a GEMM operand."""
+    return (base + np.arange(m, dtype=np.int64) * stride) & 0xFFFFFFFF
+
+
+def _intervals(starts: np.ndarray, length: int) -> np.ndarray:
+    """Sorted, merged ``[start, end)`` intervals ``int64 [k, 2]`` of equal-length accesses."""
+    s = np.unique(np.asarray(starts, dtype=np.int64).ravel())
+    if s.size == 0:
+        return np.zeros((0, 2), np.int64)
+    e = s + length
+    # merge where the next start <= the running end (sorted starts, equal lengths)
+    brk = np.nonzero(s[1:] > e[:-1])[0]
+    first = np.concatenate([[0], brk + 1])
+    last = np.concatenate([brk, [s.size - 1]])
+    return np.stack([s[first], e[last]], axis=1)
+
+
+def merge_intervals(*parts: np.ndarray) -> np.ndarray:
+    """Union of interval arrays as one sorted, merged ``int64 [k, 2]`` array."""
+    iv = np.concatenate([p for p in parts if p.size] or [np.zeros((0, 2), np.int64)])
+    if iv.shape[0] == 0:
+        return iv
+    iv = iv[np.argsort(iv[:, 0], kind="stable")]
+    run_end = np.maximum.accumulate(iv[:, 1])
+    brk = np.nonzero(iv[1:, 0] > run_end[:-1])[0]
+    first = np.concatenate([[0], brk + 1])
+    last = np.concatenate([brk, [iv.shape[0] - 1]])
+    return np.stack([iv[first, 0], run_end[last]], axis=1)
+
+
+def intervals_overlap(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when two sorted, merged interval arrays share a byte."""
+    if a.shape[0] == 0 or b.shape[0] == 0:
+        return False
+    # for every interval of a: the first interval of b that ends after its start
+    j = np.searchsorted(b[:, 1], a[:, 0], side="right")
+    ok = j < b.shape[0]
+    return bool(np.any(b[j[ok], 0] < a[ok, 1]))
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """DRAM bytes an instruction reads and writes: sorted, merged ``[start, end)``
+    interval arrays (int64 ``[k, 2]``, addresses as generated, mod 2^32)."""
+
+    reads: np.ndarray
+    writes: np.ndarray
+
+    def conflicts(self, other: "Footprint") -> bool:
+        """RAW, WAR or WAW between the two instructions."""
+        return (intervals_overlap(self.reads, other.writes) or intervals_overlap(self.writes, other.reads)
+                or intervals_overlap(self.writes, other.writes))
+
+    def within(self, dram_base: int, dram_size: int) -> bool:
+        """Every access inside ``[dram_base, dram_base + dram_size)``."""
+        lo, hi = dram_base, dram_base + dram_size
+        return all(iv.shape[0] == 0 or (iv[0, 0] >= lo and iv[-1, 1] <= hi)
+                   for iv in (self.reads, self.writes))
+
+
+def footprint(instr: Instruction, *, tn: int, lanes: int, bits: int, group: int) -> Footprint:
+    """The :class:`Footprint` of a valid instruction (call ``check()`` first).
+
+    GEMM: activation rows (``K*4`` bytes each), the packed codes and scales
+    (:func:`gemm_code_bytes` / :func:`gemm_scale_bytes`), the bias (``4*ceil(N/Tn)*Tn``
+    bytes, flag BIAS), the signs (16 bytes, flag HAD); writes the ``N*4`` bytes of
+    each output row.  VEC: every element of the operands its sub-op uses
+    (:data:`VEC_OPERANDS`, :func:`vec_addresses`).  HALT: nothing.
+    """
+    empty = np.zeros((0, 2), np.int64)
+    if isinstance(instr, Halt):
+        return Footprint(empty, empty)
+    if isinstance(instr, Gemm):
+        g = instr
+        reads = [_intervals(gemm_row_addresses(g.act_addr, g.act_stride, g.m), 4 * g.k),
+                 np.array([[g.w_addr, g.w_addr + gemm_code_bytes(g.n, g.k, tn=tn, lanes=lanes,
+                                                                 bits=bits)]], np.int64),
+                 np.array([[g.ws_addr, g.ws_addr + gemm_scale_bytes(g.n, g.k, tn=tn, group=group)]],
+                          np.int64)]
+        if g.bias:
+            reads.append(np.array([[g.bias_addr, g.bias_addr + 4 * gemm_padded_n(g.n, tn)]], np.int64))
+        if g.had:
+            reads.append(np.array([[g.signs_addr, g.signs_addr + HAD_GROUP // 8]], np.int64))
+        writes = _intervals(gemm_row_addresses(g.out_addr, g.out_stride, g.m), 4 * g.n)
+        return Footprint(merge_intervals(*reads), writes)
+    v = instr
+    reads = [_intervals(vec_addresses(v, nm), v.elem_bytes(nm)) for nm in v.operands if nm != "d"]
+    writes = _intervals(vec_addresses(v, "d"), v.elem_bytes("d"))
+    return Footprint(merge_intervals(*reads), writes)

@@ -1,0 +1,405 @@
+"""Host compiler: quantized model package -> DRAM image + one program per scale step.
+
+Imports numpy, the package reader (:mod:`fpqvar_quant.ptq.package`) and the
+golden block's parameter extraction (:func:`fpqvar_quant.golden.block.block_params`,
+numpy only) -- never torch (``tests/test_compiler.py`` checks it).  Encodings
+come from :mod:`fpqvar_hw.isa`; the program of a step computes exactly
+:func:`fpqvar_quant.golden.block.model_step` (``docs/top.md``, "What a block
+step compiles to"; ``docs/numerics.md`` section 5).
+
+Usage (the driver)::
+
+    comp = Compiler(pkg, cfg, rows=2 * B)          # rows = 2B with CFG
+    for addr, data in comp.image(): write(addr, data)          # once
+    for step in range(comp.steps):
+        for b in range(depth): write(*comp.encode_adaln(b, ada[b]))   # per image batch
+        write(comp.x_addr, comp.encode_x(x))                          # [R, L, C] FP32
+        write(comp.prog_addr, comp.program(step)); start(comp.prog_addr)
+        x = comp.decode_x(read(comp.x_addr, comp.x_bytes(step)), step)
+
+DRAM layout (every region 128-byte aligned, from ``dram_base`` upward; the
+addresses are attributes, :meth:`regions` lists them):
+
+* ``prog_addr``: room for the longest step program (``prog_bytes``);
+* per block ``b`` and layer: packed codes and scales (:func:`isa.pack_gemm_weights`,
+  Hadamard-folded scales from ``golden.block``), FP32 bias padded to
+  ``ceil(N/Tn)*Tn``; per block: temperature vector ``t`` (FP32 ``[H]``),
+  adaLN vectors ``[R, 6, C]`` FP32 (written by the driver, :meth:`encode_adaln`),
+  K and V caches, FP16 ``[R, H, L_total, 64]`` each (token ``j`` of row ``r``,
+  head ``h`` at ``((r*H + h)*L_total + j)*128``);
+* shared: Hadamard sign bits (16 bytes), a zero FP32 word (the keys' temperature);
+* ``x_addr``: the step's input/output ``x`` ``[R, L, C]`` FP32, dense for the
+  step's ``L``;
+* scratch (dense for the step's ``L``): ``h`` ``[R*L, C]``, ``qkv`` ``[R*L, 3C]``,
+  ``scores`` ``[R*L, H, L_start+L]``, ``attn`` ``[R*L, C]``, ``y`` ``[R*L, C]``,
+  ``f`` ``[R*L, hidden]``.
+
+Program of a step: per block, three phases over token tiles (``tile_tokens``
+tokens of one row): A = LNMOD, GEMM qkv, L2NT q, L2NT k, CVT16 k, CVT16 v
+(cache positions ``[L_start + l0, L_start + l1)``); B = per tile FDOT q.K
+(one instruction: dims x keys x queries x heads), SOFTMAX, FDOT p.V, GEMM proj,
+RESID; C = LNMOD, GEMM fc1, GELU, GEMM fc2, RESID; then HALT.  Within a phase
+the tiles' chains are interleaved with a skew of one stage so that the matrix
+engine works on tile t+1 while the vector engine finishes tile t.
+Sync flags: :func:`assign_sync` (exact byte-range RAW/WAR/WAW against the
+instruction that may still run on the other engine).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from fpqvar_quant.golden import block as _blk
+
+from . import isa
+from .config import AcceleratorConfig, ScaleFormat
+from .isa import Gemm, GemmFlag, GemmSubop, Halt, Opcode, Operand, Vec, VecFlag, VecSubop
+
+__all__ = ["Compiler", "assign_sync", "Region"]
+
+_ALIGN = 128
+_F32 = 4
+#: instructions per tile and block: phase A 6, B 5, C 5
+_PER_TILE = 16
+#: head dim of the attention dataflow (the L2NT row)
+HEAD_DIM = isa.L2NT_LEN
+
+
+def _round_up(v: int, a: int = _ALIGN) -> int:
+    return -(-v // a) * a
+
+
+@dataclass(frozen=True)
+class Region:
+    """A named DRAM region."""
+
+    name: str
+    addr: int
+    size: int
+
+
+def assign_sync(instrs: list, footprints: list[isa.Footprint], *, coarse: bool = True) -> list:
+    """``instrs`` with ``sync`` set exactly where needed.
+
+    Each engine runs one instruction at a time, in order, and dispatch is in
+    program order, so when instruction ``k`` is dispatched the only instruction
+    of the other engine that may still run is the latest one before ``k``, ``i``,
+    and only if no instruction in ``[i + 1, k)`` had ``sync`` (a sync waits for
+    both engines to be idle; ``i`` itself may be a sync instruction).  ``k`` gets
+    ``sync`` when its footprint conflicts with ``i``'s (RAW, WAR or WAW over DRAM
+    bytes).  With
+    ``coarse=False`` every instruction gets ``sync`` (the hardware treats them so
+    anyway).
+    """
+    out = []
+    last_sync = -1
+    last_on: dict[Opcode, int] = {}
+    for k, ins in enumerate(instrs):
+        if isinstance(ins, Halt):
+            out.append(ins)
+            continue
+        other = Opcode.VEC if ins.opcode == Opcode.GEMM else Opcode.GEMM
+        i = last_on.get(other)
+        need = not coarse or (i is not None and i >= last_sync
+                              and footprints[k].conflicts(footprints[i]))
+        ins = replace(ins, sync=need)
+        if need:
+            last_sync = k
+        last_on[ins.opcode] = k
+        out.append(ins)
+    return out
+
+
+class Compiler:
+    """Compile a quantized package for an accelerator config (module docstring).
+
+    ``pkg``: a loaded :class:`fpqvar_quant.ptq.package.QuantizedPackage`;
+    ``cfg``: :class:`AcceleratorConfig` (its formats must match the package's);
+    ``rows``: R, the rows of every step (2B with CFG); ``dram_base``: first byte
+    of the layout (multiple of 128); ``dram_size``: window size (default: the
+    layout's size rounded up to 4 KiB; too small raises); ``tile_tokens``:
+    tokens per tile (default ``cfg.tm``); ``max_kv``: the build's SOFTMAX limit.
+    """
+
+    def __init__(self, pkg, cfg: AcceleratorConfig, rows: int, *, dram_base: int = 0,
+                 dram_size: int | None = None, tile_tokens: int | None = None,
+                 max_kv: int = isa.MAX_KV_LEN) -> None:
+        if not isinstance(rows, int) or rows < 1:
+            raise ValueError(f"rows must be a positive int (2 * batch with CFG), got {rows!r}")
+        if dram_base % _ALIGN:
+            raise ValueError(f"dram_base must be a multiple of {_ALIGN}, got 0x{dram_base:x}")
+        self.pkg, self.cfg, self.rows = pkg, cfg, rows
+        m = pkg.model
+        self.depth, self.C, self.H = int(m["depth"]), int(m["embed_dim"]), int(m["num_heads"])
+        self.hidden = int(m["mlp_hidden"])
+        self.patch_nums = [int(p) for p in m["patch_nums"]]
+        self.step_lens = [p * p for p in self.patch_nums]
+        self.steps = len(self.step_lens)
+        self.L_total = sum(self.step_lens)
+        self.L_max = max(self.step_lens)
+        self.tile_tokens = cfg.tm if tile_tokens is None else int(tile_tokens)
+        if self.tile_tokens < 1:
+            raise ValueError(f"tile_tokens must be >= 1, got {tile_tokens}")
+        if self.L_total > max_kv:
+            raise ValueError(f"the model attends over {self.L_total} tokens; the build's SOFTMAX "
+                             f"limit is {max_kv} (max_kv)")
+        if self.C > isa.MAX_LN_LEN:
+            raise ValueError(f"embed_dim {self.C} exceeds the LNMOD row limit {isa.MAX_LN_LEN}")
+        kv = pkg.manifest.get("kv_cache")
+        if kv is not None:
+            raise ValueError(f"the package quantizes the KV cache ({kv['fmt']}); the ISA has FP16 "
+                             "KV caches only (FDOT reads FP32 or FP16)")
+        self.params = [_blk.block_params(pkg, b) for b in range(self.depth)]
+        self._check_formats()
+        self.pack = dict(tn=cfg.tn, lanes=cfg.lanes, bits=cfg.qkv_weight.bits, group=cfg.group_size)
+        self._layout(dram_base, dram_size)
+
+    # ---------------------------------------------------------------- checks
+    def _check_formats(self) -> None:
+        cfg = self.cfg
+        if cfg.scale_format is not ScaleFormat.FP16:
+            raise ValueError("the compiler emits FP16 weight scales; use a config with scale_format=fp16")
+        for role in ("qkv", "proj", "fc1", "fc2"):
+            lay = getattr(self.params[0], role)
+            want_a = cfg.act_format(role).value
+            want_w = cfg.weight_format(role).value
+            if lay.a_fmt != want_a or lay.w_fmt != want_w:
+                raise ValueError(f"layer {role}: the package quantizes a={lay.a_fmt}, w={lay.w_fmt}; "
+                                 f"the accelerator config {cfg.preset!r} computes a={want_a}, w={want_w}")
+            if lay.group != cfg.group_size:
+                raise ValueError(f"layer {role}: package group size {lay.group} != "
+                                 f"config group_size {cfg.group_size}")
+            if lay.hadamard != (role in ("qkv", "fc1")) or \
+                    (lay.hadamard and cfg.rotation.value != "ght"):
+                raise ValueError(f"layer {role}: Hadamard={lay.hadamard} does not match the "
+                                 f"dataflow (GHT on qkv and fc1, config rotation={cfg.rotation})")
+        if self.C % isa.K_ALIGN or self.hidden % isa.K_ALIGN:
+            raise ValueError(f"embed_dim {self.C} and mlp_hidden {self.hidden} must be multiples "
+                             f"of {isa.K_ALIGN}")
+
+    # ---------------------------------------------------------------- layout
+    def _layout(self, base: int, size: int | None) -> None:
+        regions: list[Region] = []
+        static: list[tuple[int, bytes]] = []
+        cur = base
+
+        def alloc(name: str, nbytes: int, data: bytes | None = None) -> int:
+            nonlocal cur
+            addr = cur
+            regions.append(Region(name, addr, nbytes))
+            if data is not None:
+                assert len(data) <= nbytes
+                static.append((addr, data))
+            cur = _round_up(addr + max(nbytes, 1))
+            return addr
+
+        R, C, H, Ls = self.rows, self.C, self.H, self.L_max
+        n_prog = max(self.depth * _PER_TILE * len(self._tiles(L)) for L in self.step_lens) + 1
+        self.prog_bytes = n_prog * isa.INSTR_BYTES
+        self.prog_addr = alloc("program", self.prog_bytes)
+        signs = self.params[0].signs
+        self.signs_addr = alloc("signs", 16, isa.pack_sign_bits(signs) if signs is not None else bytes(16))
+        self.zero_addr = alloc("zero", 16, bytes(16))
+        self.layer_addr: list[dict[str, dict[str, int]]] = []
+        self.temp_addr, self.ada_addr, self.k_addr, self.v_addr = [], [], [], []
+        kv_bytes = R * H * self.L_total * HEAD_DIM * 2
+        for b, p in enumerate(self.params):
+            la = {}
+            for role, lay in p.layers().items():
+                cb, sb = isa.pack_gemm_weights(lay.codes, lay.scales, **self.pack)
+                np_ = isa.gemm_padded_n(lay.n, self.cfg.tn)
+                bias = np.zeros(np_, "<f4")
+                if lay.bias is not None:
+                    bias[:lay.n] = lay.bias
+                la[role] = {"w": alloc(f"block{b}.{role}.codes", len(cb), cb),
+                            "ws": alloc(f"block{b}.{role}.scales", len(sb), sb),
+                            "bias": alloc(f"block{b}.{role}.bias", 4 * np_, bias.tobytes())}
+            self.layer_addr.append(la)
+            self.temp_addr.append(alloc(f"block{b}.temperature", 4 * H,
+                                        p.log_temp.astype("<f4").tobytes()))
+            self.ada_addr.append(alloc(f"block{b}.adaln", 4 * R * 6 * C))
+            self.k_addr.append(alloc(f"block{b}.k_cache", kv_bytes))
+            self.v_addr.append(alloc(f"block{b}.v_cache", kv_bytes))
+        self.x_addr = alloc("x", 4 * R * Ls * C)
+        self.h_addr = alloc("scratch.h", 4 * R * Ls * C)
+        self.qkv_addr = alloc("scratch.qkv", 4 * R * Ls * 3 * C)
+        self.scores_addr = alloc("scratch.scores", 4 * R * Ls * H * self.L_total)
+        self.attn_addr = alloc("scratch.attn", 4 * R * Ls * C)
+        self.y_addr = alloc("scratch.y", 4 * R * Ls * C)
+        self.f_addr = alloc("scratch.f", 4 * R * Ls * self.hidden)
+        used = _round_up(cur - base, 4096)
+        if size is None:
+            size = used
+        elif size < cur - base:
+            raise ValueError(f"dram_size 0x{size:x} is too small: the layout needs 0x{cur - base:x} bytes")
+        self.dram_base, self.dram_size = base, size
+        self._regions, self._static = regions, static
+
+    def regions(self) -> list[Region]:
+        """Every DRAM region, in address order."""
+        return list(self._regions)
+
+    def image(self) -> list[tuple[int, bytes]]:
+        """Static DRAM contents ``[(addr, bytes)]``: weights, scales, biases, signs,
+        temperatures, the zero word.  Caches, adaLN, x and scratch need no initial value."""
+        return list(self._static)
+
+    # ------------------------------------------------------------ driver I/O
+    def step_tokens(self, step: int) -> tuple[int, int]:
+        """``(L_start, L)`` of scale step ``step``."""
+        if not 0 <= step < self.steps:
+            raise ValueError(f"step must be in 0..{self.steps - 1}, got {step}")
+        return sum(self.step_lens[:step]), self.step_lens[step]
+
+    def x_bytes(self, step: int) -> int:
+        return 4 * self.rows * self.step_tokens(step)[1] * self.C
+
+    def encode_x(self, x) -> bytes:
+        """``x`` float32 ``[R, L, C]`` -> the bytes to write at :attr:`x_addr`."""
+        a = np.asarray(x, dtype=np.float32)
+        if a.ndim != 3 or a.shape[0] != self.rows or a.shape[2] != self.C or a.shape[1] not in self.step_lens:
+            raise ValueError(f"x must be [R={self.rows}, L (a step's token count), C={self.C}], got {a.shape}")
+        return a.astype("<f4").tobytes()
+
+    def decode_x(self, raw: bytes, step: int) -> np.ndarray:
+        """The bytes read back from :attr:`x_addr` -> float32 ``[R, L, C]``."""
+        L = self.step_tokens(step)[1]
+        if len(raw) != self.x_bytes(step):
+            raise ValueError(f"expected {self.x_bytes(step)} bytes for step {step}, got {len(raw)}")
+        return np.frombuffer(raw, dtype="<f4").reshape(self.rows, L, self.C).astype(np.float32)
+
+    def encode_adaln(self, block: int, ada) -> tuple[int, bytes]:
+        """``(addr, bytes)`` writing block ``block``'s adaLN vectors: ``ada`` float32
+        ``[R, 6, C]`` in the torch order (gamma1, gamma2, scale1, scale2, shift1,
+        shift2), online GALT vectors folded in (``golden.block.device_modulation``)."""
+        p = self.params[block]
+        a = _blk.device_modulation(ada, p)
+        if a.shape[0] != self.rows:
+            raise ValueError(f"adaLN vectors must have R={self.rows} rows, got {a.shape[0]}")
+        return self.ada_addr[block], a.astype("<f4").tobytes()
+
+    def kv_cache(self, dram_read, block: int) -> tuple[np.ndarray, np.ndarray]:
+        """FP16 bits ``(K, V)`` ``[R, H, L_total, 64]`` of a block, read with
+        ``dram_read(addr, nbytes) -> bytes`` (debugging and tests)."""
+        shape = (self.rows, self.H, self.L_total, HEAD_DIM)
+        n = int(np.prod(shape)) * 2
+        return tuple(np.frombuffer(dram_read(a, n), dtype="<u2").reshape(shape)
+                     for a in (self.k_addr[block], self.v_addr[block]))
+
+    # --------------------------------------------------------------- program
+    def program(self, step: int) -> bytes:
+        """Instruction bytes of scale step ``step`` (all blocks, then HALT), to be
+        written at :attr:`prog_addr`."""
+        return isa.encode_program(self.instructions(step))
+
+    def instructions(self, step: int) -> list:
+        """The step's instructions with sync flags (:func:`assign_sync`)."""
+        ins = self._instructions(step) + [Halt()]
+        fps = [isa.footprint(i, **self.pack) for i in ins]
+        return assign_sync(ins, fps, coarse=self.cfg.coarse_pipeline)
+
+    def _tiles(self, L: int) -> list[tuple[int, int, int]]:
+        t = self.tile_tokens
+        return [(r, l0, min(L, l0 + t)) for r in range(self.rows) for l0 in range(0, L, t)]
+
+    def _instructions(self, step: int) -> list:
+        L_start, L = self.step_tokens(step)
+        out: list = []
+        tiles = self._tiles(L)
+        for b in range(self.depth):
+            for phase in (self._phase_a, self._phase_b, self._phase_c):
+                out += _skew([phase(b, L_start, L, r, l0, l1) for r, l0, l1 in tiles])
+        return out
+
+    # one tile = tokens [l0, l1) of row r; token rows t0.. in the step-dense buffers
+    def _gemm(self, b: int, role: str, act: int, act_stride: int, m: int, out: int,
+              out_stride: int) -> Gemm:
+        lay = getattr(self.params[b], role)
+        a = self.layer_addr[b][role]
+        flags = (GemmFlag.HAD if lay.hadamard else 0) | (GemmFlag.BIAS if lay.bias is not None else 0)
+        return Gemm(act_addr=act, act_stride=act_stride, m=m, k=lay.k, n=lay.n, w_addr=a["w"],
+                    ws_addr=a["ws"], bias_addr=a["bias"], out_addr=out, out_stride=out_stride,
+                    signs_addr=self.signs_addr, flags=int(flags),
+                    subop=int(GemmSubop.DFQ if role == "fc2" else GemmSubop.PLAIN))
+
+    def _ada(self, b: int, r: int, idx: int) -> int:
+        return self.ada_addr[b] + (r * 6 + idx) * self.C * _F32
+
+    def _lnmod(self, b: int, r: int, t0: int, n: int, scale: int, shift: int) -> Vec:
+        C = self.C
+        x = self.x_addr + t0 * C * _F32
+        return Vec(subop=VecSubop.LNMOD, n=(C, n, 1, 1), a=Operand(x, 4, C * 4),
+                   b=Operand(self._ada(b, r, scale), 4, 0), c=Operand(self._ada(b, r, shift), 4, 0),
+                   d=Operand(self.h_addr + t0 * C * _F32, 4, C * 4))
+
+    def _resid(self, b: int, r: int, t0: int, n: int, gamma: int) -> Vec:
+        C = self.C
+        x = Operand(self.x_addr + t0 * C * _F32, 4, C * 4)
+        return Vec(subop=VecSubop.RESID, n=(C, n, 1, 1), a=x, b=Operand(self._ada(b, r, gamma), 4, 0),
+                   c=Operand(self.y_addr + t0 * C * _F32, 4, C * 4), d=x)
+
+    def _phase_a(self, b: int, L_start: int, L: int, r: int, l0: int, l1: int) -> list:
+        C, H, n = self.C, self.H, l1 - l0
+        t0 = r * L + l0
+        row3 = 3 * C * _F32
+        q = self.qkv_addr + t0 * row3
+        head_kv = self.L_total * HEAD_DIM * 2
+        cache_off = (r * H * self.L_total + L_start + l0) * HEAD_DIM * 2
+        ins = [self._lnmod(b, r, t0, n, 2, 4),
+               self._gemm(b, "qkv", self.h_addr + t0 * C * _F32, C * _F32, n, q, row3)]
+        for part, t_addr, t_stride in ((0, self.temp_addr[b], 4), (1, self.zero_addr, 0)):
+            a = Operand(q + part * C * _F32, 4, HEAD_DIM * _F32, row3)
+            ins.append(Vec(subop=VecSubop.L2NT, n=(HEAD_DIM, H, n, 1), a=a,
+                           b=Operand(t_addr, 0, t_stride, 0), d=a))
+        for part, cache in ((1, self.k_addr[b]), (2, self.v_addr[b])):
+            ins.append(Vec(subop=VecSubop.CVT16, n=(HEAD_DIM, H, n, 1), flags=VecFlag.D_FP16,
+                           a=Operand(q + part * C * _F32, 4, HEAD_DIM * _F32, row3),
+                           d=Operand(cache + cache_off, 2, head_kv, HEAD_DIM * 2)))
+        return ins
+
+    def _phase_b(self, b: int, L_start: int, L: int, r: int, l0: int, l1: int) -> list:
+        C, H, n = self.C, self.H, l1 - l0
+        Lk = L_start + L
+        t0 = r * L + l0
+        row3 = 3 * C * _F32
+        head_kv = self.L_total * HEAD_DIM * 2
+        cache_row = r * H * head_kv
+        s_tok = H * Lk * _F32                      # scores [t, h, j]
+        sc = self.scores_addr + t0 * s_tok
+        att = self.attn_addr + t0 * C * _F32
+        return [
+            # scores[t, h, j] = sum_d q[t, h, d] * K[r, h, j, d]     loops (d, j, t, h)
+            Vec(subop=VecSubop.FDOT, n=(HEAD_DIM, Lk, n, H), flags=VecFlag.B_FP16,
+                a=Operand(self.qkv_addr + t0 * row3, 4, 0, row3, HEAD_DIM * _F32),
+                b=Operand(self.k_addr[b] + cache_row, 2, HEAD_DIM * 2, 0, head_kv),
+                d=Operand(sc, 0, 4, s_tok, Lk * _F32)),
+            Vec(subop=VecSubop.SOFTMAX, n=(Lk, H, n, 1), a=Operand(sc, 4, Lk * _F32, s_tok),
+                d=Operand(sc, 4, Lk * _F32, s_tok)),
+            # attn[t, h*64 + d] = sum_j p[t, h, j] * V[r, h, j, d]   loops (j, d, t, h)
+            Vec(subop=VecSubop.FDOT, n=(Lk, HEAD_DIM, n, H), flags=VecFlag.B_FP16,
+                a=Operand(sc, 4, 0, s_tok, Lk * _F32),
+                b=Operand(self.v_addr[b] + cache_row, HEAD_DIM * 2, 2, 0, head_kv),
+                d=Operand(att, 0, 4, C * _F32, HEAD_DIM * _F32)),
+            self._gemm(b, "proj", att, C * _F32, n, self.y_addr + t0 * C * _F32, C * _F32),
+            self._resid(b, r, t0, n, 0),
+        ]
+
+    def _phase_c(self, b: int, L_start: int, L: int, r: int, l0: int, l1: int) -> list:
+        C, F, n = self.C, self.hidden, l1 - l0
+        t0 = r * L + l0
+        f = self.f_addr + t0 * F * _F32
+        fo = Operand(f, 4, F * _F32)
+        return [self._lnmod(b, r, t0, n, 3, 5),
+                self._gemm(b, "fc1", self.h_addr + t0 * C * _F32, C * _F32, n, f, F * _F32),
+                Vec(subop=VecSubop.GELU, n=(F, n, 1, 1), a=fo, d=fo),
+                self._gemm(b, "fc2", f, F * _F32, n, self.y_addr + t0 * C * _F32, C * _F32),
+                self._resid(b, r, t0, n, 1)]
+
+
+def _skew(chains: list[list]) -> list:
+    """Interleave per-tile instruction chains: stage s of tile t at wave t + s
+    (software pipelining; the chains must not depend on each other)."""
+    keyed = [((t + s, t), ins) for t, ch in enumerate(chains) for s, ins in enumerate(ch)]
+    keyed.sort(key=lambda kv: kv[0])
+    return [ins for _, ins in keyed]
