@@ -214,20 +214,18 @@ def error_table(stride: int, n_rows: int) -> tuple[str, list[dict]]:
 APPROXIMATIONS = ("gelu", "layernorm", "l2norm", "attention")
 
 
-def _exact_ln_mod(ln, x, scale, shift):
-    """What the PyTorch model computes: ``LN(x)*(1 + scale) + shift`` (float32)."""
-    return ln(x).mul(scale.add(1)).add_(shift)
-
-
-def _block_forward(block, approx_ln: bool):
+def _block_forward(block):
+    """``AdaLNSelfAttn.forward`` with both ``LN(x)*(1 + scale) + shift`` as
+    ``approx.layernorm_modulate`` (the residual adds are the same FP32 ops as the
+    hardware's ``gamma_residual``: one multiply, one add)."""
     from fpqvar_quant import approx
 
     def forward(x, cond_BD, attn_bias):
-        ln_mod = (lambda x, sc, sh: approx.layernorm_modulate(x, sc, sh)) if approx_ln \
-            else (lambda x, sc, sh: _exact_ln_mod(block.ln_wo_grad, x, sc, sh))
         gamma1, gamma2, scale1, scale2, shift1, shift2 = block.modulation(cond_BD)
-        x = x + block.drop_path(block.attn(ln_mod(x, scale1, shift1), attn_bias=attn_bias).mul_(gamma1))
-        x = x + block.drop_path(block.ffn(ln_mod(x, scale2, shift2)).mul(gamma2))
+        h = approx.layernorm_modulate(x, scale1, shift1)
+        x = x + block.drop_path(block.attn(h, attn_bias=attn_bias).mul_(gamma1))
+        h = approx.layernorm_modulate(x, scale2, shift2)
+        x = x + block.drop_path(block.ffn(h).mul(gamma2))
         return x
     return forward
 
@@ -330,7 +328,7 @@ def hardware_approximations(var, enable: Iterable[str] = APPROXIMATIONS) -> Iter
             if "gelu" in enable:
                 patch(b.ffn.act, approx.gelu)
             if "layernorm" in enable:
-                patch(b, _block_forward(b, approx_ln=True))
+                patch(b, _block_forward(b))
             if {"l2norm", "attention"} & enable:
                 patch(b.attn, _attn_forward(b.attn, "l2norm" in enable, "attention" in enable))
         if "layernorm" in enable:
