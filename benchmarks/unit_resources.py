@@ -15,8 +15,9 @@ and its row units at small sizes (softmax and layernorm rows of 64, one
 For each entry: LUTs (all sizes; each takes one LUT6 site), LUT6, FF, DSP48E2,
 CARRY (CARRY4/8), MUXF7/8, LUTRAM (distributed-RAM cells: the row buffers),
 logic depth (``ltp -noff``: cells on the longest register-to-register path, see
-``fpqvar_hw/synth.py``), and for multiply-accumulate units the LUTs per lane (whole unit incl. adder tree, group-sum
-register and the shared FP32 scale/accumulate tail, divided by the lane count).
+``fpqvar_hw/synth.py``), and for multiply-accumulate units the LUTs per lane
+(whole unit incl. adder tree, group-sum register and the shared FP32
+scale/accumulate tail, divided by the lane count).
 UltraScale+ mapping (closest open flow to the Versal target): an estimate, not
 a Vivado result.  Results are cached under ``build/synth/``.
 
