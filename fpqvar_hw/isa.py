@@ -87,7 +87,7 @@ __all__ = [
     "gemm_padded_n", "gemm_code_word_bytes", "gemm_code_bytes", "gemm_scale_bytes",
     "pack_gemm_weights", "unpack_gemm_weights", "pack_signs", "pack_sign_bits", "unpack_signs",
     "vec_addresses", "gemm_row_addresses", "merge_intervals", "intervals_overlap", "Footprint",
-    "footprint",
+    "footprint", "accesses_in_window",
 ]
 
 # ------------------------------------------------------------------ instruction
@@ -638,7 +638,9 @@ def gemm_row_addresses(base: int, stride: int, m: int) -> np.ndarray:
 
 def _intervals(starts: np.ndarray, length: int) -> np.ndarray:
     """Sorted, merged ``[start, end)`` intervals ``int64 [k, 2]`` of equal-length accesses."""
-    s = np.unique(np.asarray(starts, dtype=np.int64).ravel())
+    s = np.sort(np.asarray(starts, dtype=np.int64), axis=None)
+    if s.size > 1:
+        s = s[np.concatenate([[True], s[1:] != s[:-1]])]
     if s.size == 0:
         return np.zeros((0, 2), np.int64)
     e = s + length
@@ -690,6 +692,32 @@ class Footprint:
         lo, hi = dram_base, dram_base + dram_size
         return all(iv.shape[0] == 0 or (iv[0, 0] >= lo and iv[-1, 1] <= hi)
                    for iv in (self.reads, self.writes))
+
+
+def accesses_in_window(instr: Instruction, dram_base: int, dram_size: int, *, tn: int, lanes: int,
+                       bits: int, group: int) -> bool:
+    """``footprint(instr).within(dram_base, dram_size)``, computed from the lowest
+    and highest address of each access stream only (fast; the error-2 check)."""
+    lo, hi = dram_base, dram_base + dram_size
+    if isinstance(instr, Halt):
+        return True
+    spans: list[tuple[int, int]] = []
+    if isinstance(instr, Gemm):
+        g = instr
+        for base, stride, n in ((g.act_addr, g.act_stride, 4 * g.k), (g.out_addr, g.out_stride, 4 * g.n)):
+            rows = gemm_row_addresses(base, stride, g.m)
+            spans.append((int(rows.min()), int(rows.max()) + n))
+        spans.append((g.w_addr, g.w_addr + gemm_code_bytes(g.n, g.k, tn=tn, lanes=lanes, bits=bits)))
+        spans.append((g.ws_addr, g.ws_addr + gemm_scale_bytes(g.n, g.k, tn=tn, group=group)))
+        if g.bias:
+            spans.append((g.bias_addr, g.bias_addr + 4 * gemm_padded_n(g.n, tn)))
+        if g.had:
+            spans.append((g.signs_addr, g.signs_addr + HAD_GROUP // 8))
+    else:
+        for nm in instr.operands:
+            a = vec_addresses(instr, nm)
+            spans.append((int(a.min()), int(a.max()) + instr.elem_bytes(nm)))
+    return all(lo <= s and e <= hi for s, e in spans)
 
 
 def footprint(instr: Instruction, *, tn: int, lanes: int, bits: int, group: int) -> Footprint:

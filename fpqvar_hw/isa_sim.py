@@ -20,7 +20,7 @@ Errors
     Checked per instruction before it touches DRAM, in the order: fetch
     address in the window (2), opcode (1), fields (5, :meth:`isa.Gemm.check` /
     :meth:`isa.Vec.check`), every accessed byte in the window (2,
-    :func:`isa.footprint`).  The run stops with ``error``, ``err_pc`` = the
+    :func:`isa.accesses_in_window`, the bounds of :func:`isa.footprint`).  The run stops with ``error``, ``err_pc`` = the
     instruction's index and ``pc`` = instructions completed before it; the
     erring instruction writes nothing.  (The RTL may have completed a
     following instruction of the other engine: co-simulation compares
@@ -297,7 +297,7 @@ def execute(dram: Dram, prog_addr: int, cfg: AcceleratorConfig, *, max_kv: int =
         except IsaError as e:
             stop = RunResult(i, e.code, i, str(e))
             break
-        if not isa.footprint(ins, **kw).within(dram.base, dram.size):
+        if not isa.accesses_in_window(ins, dram.base, dram.size, **kw):
             stop = RunResult(i, ErrorCode.ADDRESS, i, f"instruction {i} ({type(ins).__name__}) "
                              "accesses bytes outside the DRAM window")
             break

@@ -190,3 +190,46 @@ def test_pack_signs():
         isa.pack_signs(np.zeros(128))
     with pytest.raises(ValueError, match="128"):
         isa.pack_signs(np.ones(64))
+
+
+def test_footprint_vec_exact_bytes():
+    v = Vec(subop=VecSubop.RESID, n=(2, 2, 1, 1), a=Operand(0x100, 4, 16), b=Operand(0x200, 0, 4),
+            c=Operand(0x300, -4, 0), d=Operand(0x400, 8, 4))
+    fp = isa.footprint(v, tn=8, lanes=32, bits=4, group=128)
+    assert fp.reads.tolist() == [[0x100, 0x108], [0x110, 0x118], [0x200, 0x208], [0x2FC, 0x304]]
+    assert fp.writes.tolist() == [[0x400, 0x410]]
+    f = isa.footprint(Vec(subop=VecSubop.FDOT, n=(4, 3, 1, 1), a=Operand(0, 4), b=Operand(0x40, 2, 8),
+                          d=Operand(0x80, 99, 4), flags=VecFlag.B_FP16), tn=8, lanes=32, bits=4, group=128)
+    assert f.writes.tolist() == [[0x80, 0x8C]] and f.reads.tolist() == [[0, 0x10], [0x40, 0x58]]
+
+
+def test_footprint_gemm_and_conflicts():
+    kw = dict(tn=8, lanes=32, bits=4, group=128)
+    g = gemm(m=2, k=128, n=10, act_stride=1024, flags=GemmFlag.BIAS)
+    fp = isa.footprint(g, **kw)
+    code = isa.gemm_code_bytes(10, 128, tn=8, lanes=32, bits=4)
+    assert [0x1000, 0x1200] in fp.reads.tolist() and [0x1400, 0x1600] in fp.reads.tolist()
+    assert [0x2000, 0x2000 + code] in fp.reads.tolist() and [0x5000, 0x5000 + 64] in fp.reads.tolist()
+    assert fp.writes.tolist() == [[0x4004, 0x4004 + 40], [0x4004 + 44, 0x4004 + 84]]
+    reader = isa.footprint(Vec(subop=VecSubop.GELU, n=(1, 1, 1, 1), a=Operand(0x4004 + 40, 4),
+                               d=Operand(0x9000, 4)), **kw)
+    assert not fp.conflicts(reader)                     # the 4-byte gap between output rows
+    reader2 = isa.footprint(Vec(subop=VecSubop.GELU, n=(1, 1, 1, 1), a=Operand(0x4004 + 44, 4),
+                                d=Operand(0x9000, 4)), **kw)
+    assert fp.conflicts(reader2) and reader2.conflicts(fp)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_window_check_equals_footprint_bounds(seed):
+    rng = np.random.default_rng(seed)
+    kw = dict(tn=8, lanes=32, bits=4, group=128)
+    for _ in range(200):
+        if rng.random() < 0.5:
+            ins = Vec(subop=int(rng.integers(0, 7)), n=tuple(int(v) for v in rng.integers(1, 5, 4)),
+                      **{o: Operand(int(rng.integers(0, 0x3000)) * 4, *(int(s) * 4 for s in rng.integers(-64, 64, 4)))
+                         for o in "abcd"})
+        else:
+            ins = gemm(act_addr=int(rng.integers(0, 0x800)) * 16, w_addr=int(rng.integers(0, 0x800)) * 16,
+                       out_addr=int(rng.integers(0, 0x3000)) * 4, m=int(rng.integers(1, 4)))
+        want = isa.footprint(ins, **kw).within(0x1000, 0x8000)
+        assert isa.accesses_in_window(ins, 0x1000, 0x8000, **kw) == want
