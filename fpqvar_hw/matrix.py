@@ -1,0 +1,792 @@
+"""Matrix engine: executes GEMM instructions (``docs/top.md``) on a ``tm x tn`` array
+of group dot-product cells.
+
+Per instruction (fields: :class:`fpqvar_hw.isa.Gemm`), exactly
+``fpqvar_hw.isa_sim.gemm``: for each block of ``tm`` activation rows, every FP32
+row is read from DRAM, converted to FP16 (RNE, overflow to Inf;
+:class:`~fpqvar_hw.fpu.FPUnit` CONVERT), optionally rotated by the group
+Hadamard unit (flag HAD; signs from ``signs_addr``), group-quantized
+(:class:`~fpqvar_hw.quantizer.Quantizer`: sub-op 0 the plain activation format,
+sub-op 1 the DFQ format) and stored as codes + scales in the on-chip activation
+buffer.  The packed weights (:func:`fpqvar_hw.isa.pack_gemm_weights`) then
+stream through the array: cell ``(i, j)`` computes the dot product of block row
+``i`` with feature ``nb*tn + j`` (:class:`~fpqvar_hw.dot.GroupDot`, dual-mode:
+plain e2m1fn or DFQ activations, selected per instruction).  With flag BIAS one
+FP32 add (RNE) adds ``bias[f]``; results go to ``out_addr + r*out_stride + 4*f``
+(rows ``>= M`` and padded features ``>= N`` are never written).
+
+Supported formats: the w4a4 preset's (e2m1fn weights, e2m1fn activations for
+qkv/proj/fc1, DFQ-FP4 ``dfq4`` for the FC2 input, FP16 scales, groups of 128);
+any other configuration raises ``ValueError`` at construction (see
+:func:`check_config`).
+
+Micro-architecture (three decoupled processes, each on its own DMA clients):
+
+* **Loader** (``rd_act``): the sign word (flag HAD), then the rows in bursts of
+  up to ``axi.MAX_BURST`` words (never across a 4 KiB boundary) -> FP16
+  conversion (4 lanes, one bus word per cycle) -> gearbox to ``quant_lanes`` ->
+  Hadamard (or bypass) -> quantizer -> activation buffer.  The buffer is double
+  banked: block ``b + 1`` is quantized into one bank while the array computes
+  block ``b`` from the other (the coarse pipeline inside the engine).
+* **Compute** (``rd_w`` codes, ``rd_ws`` scales): weights are prefetched into
+  FIFOs (requests run ahead of the array as far as FIFO space allows) and
+  gathered into one array beat of ``tn`` weight words; the activation words of
+  the ``tm`` rows come from the buffer.  One array beat per cycle at most; the
+  128-bit bus supplies one weight word per cycle, so a beat takes
+  ``tn * ceil(lanes*4/128)`` cycles when the weight stream is the bottleneck.
+* **Drain** (``rd_bias``, ``wr``): the ``tm x tn`` results of a feature block
+  are captured (the array computes the next block meanwhile), the bias added
+  (one FP32 add per result), and consecutive results of a row that share a
+  16-byte word are merged into one strobed write.
+
+DMA discipline: a read request is issued only when its response beats fit in
+the client's FIFO (responses are never back-pressured, so no client can block
+a shared in-order read channel); every request's byte range is checked against
+``[dram_base, dram_base + dram_size)`` before it is issued (error 2).
+
+Errors (``error``, held until the next ``cmd``): 2 address out of the window,
+3 read error response, 4 write error response, 5 invalid field
+(:meth:`fpqvar_hw.isa.Gemm.check`: unknown sub-op/flag bits, zero M/N/K, K not a
+multiple of 128, misaligned addresses; and K above ``max_k``).  A field error
+is detected before any access.  On errors 2-4 and on ``abort`` the engine stops
+issuing, drains every outstanding transaction (write responses included),
+flushes all units (``ResetInserter``) and drops ``busy``.  Quantizer NaN/Inf
+groups are not errors: they follow the numerics contract (NaN scale, so the
+affected outputs read NaN).
+
+``fine`` low (no fine pipeline): each unit is fed one beat per its latency
+(converter 2, Hadamard ``hadamard.LATENCY_AFTER_LAST``, quantizer
+``quantizer.LATENCY_AFTER_LAST``, dot array ``GroupDot.latency``, bias add 2
+cycles), modelling non-pipelined units.
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Array, Cat, Const, Elaboratable, Module, Mux, ResetInserter, Signal
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2, exact_log2
+
+from . import axi, isa
+from .config import AcceleratorConfig, ElementFormat, ScaleFormat
+from .dot import GroupDot
+from .fpu import FP16, FP32, FPOp, FPUnit, _add_front, float_layout
+from .hadamard import LATENCY_AFTER_LAST as HAD_LATENCY, GroupHadamard
+from .multiplier import MulPair
+from .quantizer import LATENCY_AFTER_LAST as QUANT_LATENCY, Quantizer
+from .vector import Dataflow, Val
+
+__all__ = ["MatrixEngine", "check_config", "SUPPORTED_PRESETS", "JOB_LAYOUT"]
+
+#: Presets whose formats the engine implements.
+SUPPORTED_PRESETS = ("w4a4",)
+#: A DMA job: ``words`` consecutive 16-byte words from ``addr`` (split into bursts).
+JOB_LAYOUT = data.StructLayout({"addr": 32, "words": 32})
+_CODE_BITS = 4
+_PAGE = 4096
+
+
+def check_config(cfg: AcceleratorConfig) -> None:
+    """Raise ``ValueError`` unless the engine can execute ``cfg``'s GEMMs."""
+    if not isinstance(cfg, AcceleratorConfig):
+        raise TypeError(f"cfg must be an AcceleratorConfig, got {type(cfg).__name__}")
+    E = ElementFormat
+    problems = []
+    for layer in ("qkv", "proj", "fc1", "fc2"):
+        if cfg.weight_format(layer) is not E.E2M1:
+            problems.append(f"{layer}_weight={cfg.weight_format(layer)} (need e2m1fn)")
+    for layer in ("qkv", "proj", "fc1"):
+        if cfg.act_format(layer) is not E.E2M1:
+            problems.append(f"{layer}_act={cfg.act_format(layer)} (need e2m1fn)")
+    if cfg.fc2_act is not E.DFQ4:
+        problems.append(f"fc2_act={cfg.fc2_act} (need dfq4)")
+    if cfg.scale_format is not ScaleFormat.FP16:
+        problems.append(f"scale_format={cfg.scale_format} (need fp16)")
+    if cfg.group_size != 128:
+        problems.append(f"group_size={cfg.group_size} (need 128)")
+    if problems:
+        raise ValueError(
+            f"MatrixEngine implements the formats of preset(s) {', '.join(SUPPORTED_PRESETS)} "
+            f"(e2m1fn weights and activations, dfq4 FC2 input, FP16 scales, groups of 128); "
+            f"preset {cfg.preset!r} has " + "; ".join(problems))
+    if cfg.quant_lanes < 4 or cfg.quant_lanes & (cfg.quant_lanes - 1):
+        raise ValueError(f"quant_lanes must be a power of two >= 4 (one bus word carries 4 FP32 "
+                         f"values), got {cfg.quant_lanes}")
+    if cfg.lanes < cfg.quant_lanes:
+        raise ValueError(f"lanes ({cfg.lanes}) must be >= quant_lanes ({cfg.quant_lanes}): a "
+                         f"buffer word gathers whole quantizer beats")
+    if not (cfg.tn % 4 == 0 or 4 % cfg.tn == 0):
+        raise ValueError(f"tn must be 1, 2 or a multiple of 4 (a feature block's FP32 bias must "
+                         f"start at a 4-byte lane of a 16-byte word), got {cfg.tn}")
+
+
+def _min(*vals):
+    out = vals[0]
+    for v in vals[1:]:
+        out = Mux(v < out, v, out)
+    return out
+
+
+def _in_window(addr, nbytes, base, size):
+    """``[addr, addr + nbytes)`` inside ``[base, base + size)`` (33-bit, no wrap-around)."""
+    end = Cat(addr, Const(0, 1)) + nbytes
+    return (addr >= base) & (end <= Cat(base, Const(0, 1)) + size)
+
+
+def _gate(m: Module, fine, latency: int, name: str):
+    """Throttle for ``fine`` low: returns ``(ok, fire_hook)``; call ``fire_hook(fire)`` once
+    with the transfer condition.  While ``fine`` is low a transfer is allowed only
+    ``latency`` cycles after the previous one."""
+    cnt = Signal(range(max(latency, 1)), name=f"{name}_thr")
+    ok = Signal(name=f"{name}_ok")
+    m.d.comb += ok.eq(fine | (cnt == 0))
+
+    def hook(fire):
+        with m.If(fire & ~fine & (latency > 1)):
+            m.d.sync += cnt.eq(latency - 1)
+        with m.Elif(cnt != 0):
+            m.d.sync += cnt.eq(cnt - 1)
+    return ok, hook
+
+
+def _gearbox(m: Module, in_valid, in_data, n: int, out_fire, name: str):
+    """Collect ``n`` stream words; returns ``(in_ready, slots, full)``.  The consumer
+    empties it with ``out_fire`` (a new word may enter in the same cycle)."""
+    slots = [Signal(len(in_data), name=f"{name}{k}") for k in range(n)]
+    cnt = Signal(range(n + 1), name=f"{name}_cnt")
+    full = Signal(name=f"{name}_full")
+    ready = Signal(name=f"{name}_ready")
+    m.d.comb += [full.eq(cnt == n), ready.eq(~full | out_fire)]
+    pop = in_valid & ready
+    with m.If(out_fire):
+        m.d.sync += cnt.eq(pop)
+        with m.If(pop):
+            m.d.sync += slots[0].eq(in_data)
+    with m.Elif(pop):
+        m.d.sync += cnt.eq(cnt + 1)
+        for k in range(n):
+            with m.If(cnt == k):
+                m.d.sync += slots[k].eq(in_data)
+    return ready, slots, full
+
+
+class _BurstReader(wiring.Component):
+    """One DMA read client: jobs in, bursts out, response words through a FIFO.
+
+    ``job``: ``{addr, words}`` (16-byte aligned address, word count, 0 = nothing);
+    split into INCR bursts of at most ``axi.MAX_BURST`` words that never cross
+    a 4 KiB boundary.  A burst is requested only when ``reserved + level + len
+    <= depth`` (its beats are sure to fit the FIFO) and only when it lies inside
+    ``[base, base + size)``; otherwise ``window_error`` is set (sticky) and the
+    job stalls.  ``stop`` blocks new jobs and requests (a request already
+    presented is held until taken).  ``quiet``: no request pending and no beat
+    outstanding.  ``read_error`` (sticky): a response beat had ``err``.
+    """
+
+    def __init__(self, *, depth: int):
+        if depth < axi.MAX_BURST:
+            raise ValueError(f"the FIFO must hold one full burst ({axi.MAX_BURST}), got {depth}")
+        self.depth = depth
+        super().__init__({
+            "job": In(stream.Signature(JOB_LAYOUT)),
+            "bus": Out(axi.ReadClient()),
+            "data": Out(stream.Signature(axi.DATA_BITS)),
+            "base": In(32), "size": In(32), "stop": In(1),
+            "window_error": Out(1), "read_error": Out(1), "quiet": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.q = q = fifo.SyncFIFOBuffered(width=axi.DATA_BITS, depth=self.depth)
+        req, resp = self.bus.req, self.bus.resp
+        addr, left, have = Signal(32), Signal(32), Signal()
+        reserved = Signal(range(self.depth + 1))
+        to_page = Signal(range(_PAGE // axi.DATA_BYTES + 1))
+        m.d.comb += to_page.eq((_PAGE - addr[:12]) >> 4)
+        n = Signal(range(axi.MAX_BURST + 1))
+        m.d.comb += n.eq(_min(Const(axi.MAX_BURST), left, to_page))
+        inside = _in_window(addr, n << 4, self.base, self.size)
+        credit = (reserved + q.level + n) <= self.depth
+        issue = Signal()
+        m.d.comb += issue.eq(have & ~self.stop & (~req.valid | req.ready) & inside & credit)
+        with m.If(have & ~self.stop & ~inside):
+            m.d.sync += self.window_error.eq(1)
+        with m.If(issue):
+            m.d.sync += [req.valid.eq(1), req.payload.addr.eq(addr), req.payload.len.eq(n - 1),
+                         addr.eq(addr + (n << 4)), left.eq(left - n)]
+            with m.If(left == n):
+                m.d.sync += have.eq(0)
+        with m.Elif(req.ready):
+            m.d.sync += req.valid.eq(0)
+        m.d.comb += self.job.ready.eq(~have & ~self.stop)
+        with m.If(self.job.valid & self.job.ready):
+            m.d.sync += [addr.eq(self.job.payload.addr), left.eq(self.job.payload.words),
+                         have.eq(self.job.payload.words != 0)]
+        got = Signal()
+        m.d.comb += [resp.ready.eq(q.w_rdy), got.eq(resp.valid & q.w_rdy),
+                     q.w_en.eq(got), q.w_data.eq(resp.payload.data)]
+        with m.If(got & resp.payload.err):
+            m.d.sync += self.read_error.eq(1)
+        m.d.sync += reserved.eq(reserved + Mux(issue, n, 0) - got)
+        m.d.comb += [self.data.valid.eq(q.r_rdy), self.data.payload.eq(q.r_data),
+                     q.r_en.eq(self.data.ready),
+                     self.quiet.eq((reserved == 0) & ~req.valid)]
+        return m
+
+
+class MatrixEngine(wiring.Component):
+    """The matrix engine (module docstring; interface: ``docs/top.md``, "Engine interface").
+
+    Ports
+    -----
+    ``cmd``: In stream of ``isa.INSTR_LAYOUT`` (a GEMM instruction); taken only while idle.
+    ``busy``: Out(1), from taking ``cmd`` until every issued AXI transaction completed.
+    ``error``: Out(4), error code of the last instruction (0 none; 2, 3, 4, 5).
+    ``abort``: In(1); ``fine``: In(1) fine pipeline enable; ``dram_base``, ``dram_size``: In(32).
+    ``rd_act`` (signs, activation rows), ``rd_w`` (weight codes), ``rd_ws`` (weight
+    scales), ``rd_bias`` (bias): Out(:class:`axi.ReadClient`); ``wr``: Out(:class:`axi.WriteClient`).
+
+    Parameters: ``cfg`` (:class:`AcceleratorConfig`; ``tm``, ``tn``, ``lanes``,
+    ``quant_lanes`` and the formats are used), keyword-only ``max_k`` (largest K,
+    a power of two >= 128: it sizes the double-banked activation buffer,
+    ``2 * tm * max_k`` codes and ``2 * tm * max_k / 128`` scale pairs; larger K
+    is error 5), ``fifo_words`` (depth of each read client's FIFO, >= 16).
+    """
+
+    def __init__(self, cfg: AcceleratorConfig, *, max_k: int = 8192, fifo_words: int = 32):
+        self._MustUse__silence = True     # a rejected configuration is not an unused design
+        check_config(cfg)
+        if not isinstance(max_k, int) or max_k < 128 or max_k & (max_k - 1):
+            raise ValueError(f"max_k must be a power of two >= 128, got {max_k!r}")
+        if not isinstance(fifo_words, int) or fifo_words < axi.MAX_BURST:
+            raise ValueError(f"fifo_words must be >= {axi.MAX_BURST} (one burst), got {fifo_words!r}")
+        self._MustUse__silence = False
+        self.cfg, self.max_k, self.fifo_words = cfg, max_k, fifo_words
+        self.tm, self.tn, self.lanes, self.qlanes = cfg.tm, cfg.tn, cfg.lanes, cfg.quant_lanes
+        #: bus words per (beat, feature) weight entry and per (block, group) scale entry
+        self.code_words = isa.gemm_code_word_bytes(cfg.lanes, _CODE_BITS) // axi.DATA_BYTES
+        self.scale_words = -(-2 * cfg.tn // axi.DATA_BYTES)
+        cell = GroupDot(pair=MulPair.E2M1_E2M1, dfq=True, dual=True, group_size=128,
+                        lanes=cfg.lanes)
+        cell._MustUse__silence = True     # only its latency is needed here
+        #: cycles from a dot product's final beat to its result (one array cell)
+        self.cell_latency = cell.latency
+        super().__init__({
+            "cmd": In(stream.Signature(isa.INSTR_LAYOUT)),
+            "busy": Out(1), "error": Out(4), "abort": In(1), "fine": In(1),
+            "dram_base": In(32), "dram_size": In(32),
+            "rd_act": Out(axi.ReadClient()), "rd_w": Out(axi.ReadClient()),
+            "rd_ws": Out(axi.ReadClient()), "rd_bias": Out(axi.ReadClient()),
+            "wr": Out(axi.WriteClient()),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        w = self.cmd.payload
+        hdr = w[0]
+        fields = {name: Signal(32, name=f"f_{name}") for name in (
+            "act", "act_stride", "m", "k", "n", "w", "ws", "bias", "out", "out_stride", "signs")}
+        index = {"act": isa.GEMM_ACT, "act_stride": isa.GEMM_ACT_STRIDE, "m": isa.GEMM_M,
+                 "k": isa.GEMM_K, "n": isa.GEMM_N, "w": isa.GEMM_W, "ws": isa.GEMM_WS,
+                 "bias": isa.GEMM_BIAS, "out": isa.GEMM_OUT, "out_stride": isa.GEMM_OUT_STRIDE,
+                 "signs": isa.GEMM_SIGNS}
+        subop = Signal(isa.HDR_SUBOP_BITS)
+        flags = Signal(isa.HDR_FLAGS_BITS)
+        f = fields
+        had = flags[0]
+        use_bias = flags[1]
+
+        # ------------------------------------------------------------ field checks
+        def mis(v, a):
+            return v[:exact_log2(a)] != 0
+        bad = Signal()
+        m.d.comb += bad.eq(
+            (subop > int(max(isa.GemmSubop)))
+            | ((flags & ~int(isa.GemmFlag.HAD | isa.GemmFlag.BIAS)) != 0)
+            | (f["m"] == 0) | (f["n"] == 0) | (f["k"] == 0) | mis(f["k"], isa.K_ALIGN)
+            | (f["k"] > self.max_k)
+            | mis(f["act"], 16) | mis(f["act_stride"], 16) | mis(f["w"], 16) | mis(f["ws"], 16)
+            | (use_bias & mis(f["bias"], 16)) | (had & mis(f["signs"], 16))
+            | mis(f["out"], 4) | mis(f["out_stride"], 4))
+
+        # ------------------------------------------------------------ datapath
+        flush = Signal()
+        go = Signal()
+        dp = _Datapath(self, fields, dfq=subop[0], had=had, use_bias=use_bias, go=go)
+        m.submodules.dp = ResetInserter(flush)(dp)
+
+        with m.FSM(name="ctl"):
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    m.d.sync += [sig.eq(w[index[name]]) for name, sig in fields.items()]
+                    m.d.sync += [subop.eq(hdr[isa.HDR_SUBOP_SHIFT:][:isa.HDR_SUBOP_BITS]),
+                                 flags.eq(hdr[isa.HDR_FLAGS_SHIFT:][:isa.HDR_FLAGS_BITS]),
+                                 self.error.eq(0), self.busy.eq(1)]
+                    m.next = "CHECK"
+            with m.State("CHECK"):
+                with m.If(bad):
+                    m.d.sync += [self.error.eq(isa.ErrorCode.FIELD), self.busy.eq(0)]
+                    m.next = "IDLE"
+                with m.Elif(self.abort):
+                    m.d.sync += self.busy.eq(0)
+                    m.next = "IDLE"
+                with m.Else():
+                    m.d.comb += go.eq(1)
+                    m.next = "RUN"
+            with m.State("RUN"):
+                with m.If(dp.window_error):
+                    m.d.sync += self.error.eq(isa.ErrorCode.ADDRESS)
+                    m.next = "DRAIN"
+                with m.Elif(dp.read_error):
+                    m.d.sync += self.error.eq(isa.ErrorCode.AXI_READ)
+                    m.next = "DRAIN"
+                with m.Elif(dp.write_error):
+                    m.d.sync += self.error.eq(isa.ErrorCode.AXI_WRITE)
+                    m.next = "DRAIN"
+                with m.Elif(self.abort):
+                    m.next = "DRAIN"
+                with m.Elif(dp.done):
+                    m.next = "FLUSH"
+            with m.State("DRAIN"):
+                m.d.comb += dp.stop.eq(1)
+                with m.If(dp.quiet):
+                    m.next = "FLUSH"
+            with m.State("FLUSH"):
+                m.d.comb += [flush.eq(1), dp.stop.eq(1)]
+                m.d.sync += self.busy.eq(0)
+                m.next = "IDLE"
+        return m
+
+
+class _Datapath(Elaboratable):
+    """Everything of :class:`MatrixEngine` below its command FSM (flushed as one unit).
+
+    Drives the engine's DMA ports directly.  Inputs: the latched instruction
+    ``fields``, ``dfq``/``had``/``use_bias``, ``go`` (1-cycle start), ``stop``.
+    Outputs: ``done`` (results written and acknowledged), ``quiet`` (nothing
+    outstanding), sticky ``window_error``, ``read_error``, ``write_error``.
+    """
+
+    def __init__(self, eng: MatrixEngine, fields, *, dfq, had, use_bias, go):
+        self.eng, self.f = eng, fields
+        self.dfq, self.had, self.use_bias, self.go = dfq, had, use_bias, go
+        self.stop = Signal()
+        self.done = Signal()
+        self.quiet = Signal()
+        self.window_error = Signal()
+        self.read_error = Signal()
+        self.write_error = Signal()
+
+    def elaborate(self, platform):
+        m = Module()
+        e, f = self.eng, self.f
+        tm, tn, lanes, Q = e.tm, e.tn, e.lanes, e.qlanes
+        fine = e.fine
+        readers = {}
+        for name in ("rd_act", "rd_w", "rd_ws", "rd_bias"):
+            r = _BurstReader(depth=e.fifo_words)
+            m.submodules[name] = readers[name] = r
+            wiring.connect(m, wiring.flipped(getattr(e, name)), r.bus)
+            m.d.comb += [r.base.eq(e.dram_base), r.size.eq(e.dram_size), r.stop.eq(self.stop)]
+
+        # -------------------------------------------------- sizes of this GEMM
+        K, M, N = f["k"], f["m"], f["n"]
+        kb_bits = ceil_log2(e.max_k // lanes)
+        g_bits = ceil_log2(e.max_k // 128)
+        KB = Signal(kb_bits + 1)          # beats (buffer words) per row
+        G = Signal(g_bits + 1)            # groups per row
+        m.d.comb += [KB.eq(K[exact_log2(lanes):]), G.eq(K[7:])]
+        tw = tn * e.code_words            # bus words per array beat
+        bpg = 128 // lanes                # array beats per group
+
+        # ================================================= job generators
+        # rd_act: the sign word (HAD), then each row (K/4 words)
+        act_job = readers["rd_act"].job
+        aj_row = Signal(32)
+        aj_addr = Signal(32)
+        aj_signs = Signal()
+        aj_on = Signal()
+        with m.If(self.go):
+            m.d.sync += [aj_row.eq(0), aj_addr.eq(f["act"]), aj_signs.eq(self.had), aj_on.eq(1)]
+        m.d.comb += act_job.valid.eq(aj_on)
+        with m.If(aj_signs):
+            m.d.comb += [act_job.payload.addr.eq(f["signs"]), act_job.payload.words.eq(1)]
+        with m.Else():
+            m.d.comb += [act_job.payload.addr.eq(aj_addr), act_job.payload.words.eq(K[2:])]
+        with m.If(act_job.valid & act_job.ready):
+            with m.If(aj_signs):
+                m.d.sync += aj_signs.eq(0)
+            with m.Else():
+                m.d.sync += [aj_addr.eq(aj_addr + f["act_stride"]), aj_row.eq(aj_row + 1)]
+                with m.If(aj_row + 1 == M):
+                    m.d.sync += aj_on.eq(0)
+
+        # rd_w / rd_ws / rd_bias: per row block, per feature block
+        def block_jobs(name, base, words, step, enable, addr_of=None):
+            """One job per (row block, feature block); ``addr_of(f0)`` overrides the
+            running address ``base + step * feature_block``."""
+            job = readers[name].job
+            r0, f0, addr, on = (Signal(32, name=f"{name}_r0"), Signal(32, name=f"{name}_f0"),
+                                Signal(32, name=f"{name}_addr"), Signal(name=f"{name}_on"))
+            with m.If(self.go):
+                m.d.sync += [r0.eq(0), f0.eq(0), addr.eq(base), on.eq(enable)]
+            m.d.comb += [job.valid.eq(on), job.payload.words.eq(words),
+                         job.payload.addr.eq(addr if addr_of is None else addr_of(f0))]
+            with m.If(job.valid & job.ready):
+                m.d.sync += [f0.eq(f0 + tn), addr.eq(addr + step)]
+                with m.If(f0 + tn >= N):
+                    m.d.sync += [f0.eq(0), addr.eq(base), r0.eq(r0 + tm)]
+                    with m.If(r0 + tm >= M):
+                        m.d.sync += on.eq(0)
+            return f0
+        w_words = Signal(32)
+        m.d.comb += w_words.eq(KB * tw)
+        block_jobs("rd_w", f["w"], w_words, w_words << 4, 1)
+        s_words = Signal(32)
+        m.d.comb += s_words.eq(G * e.scale_words)
+        block_jobs("rd_ws", f["ws"], s_words, s_words << 4, 1)
+        # bias: the words covering features [f0, f0 + tn) (bias is padded to a multiple of tn)
+        bj_f0 = Signal(32)
+        b_first = Signal(32)
+        b_last = Signal(32)
+        bias_words = Signal(32)
+        m.d.comb += [b_first.eq(bj_f0 << 2), b_last.eq((bj_f0 << 2) + 4 * tn - 1),
+                     bias_words.eq((b_last >> 4) - (b_first >> 4) + 1)]
+        bj = block_jobs("rd_bias", 0, bias_words, 0, self.use_bias,
+                        addr_of=lambda _: f["bias"] + Cat(Const(0, 4), b_first[4:]))
+        m.d.comb += bj_f0.eq(bj)
+
+        # ================================================= loader
+        act = readers["rd_act"].data
+        signs = Signal(128)
+        want_signs = Signal()
+        with m.If(self.go):
+            m.d.sync += want_signs.eq(self.had)
+        m.submodules.cvt = cvt = FPUnit(FPOp.CONVERT, FP32, dst=FP16, lanes=4)
+        ok_c, hook_c = _gate(m, fine, cvt.latency, "cvt")
+        with m.If(want_signs):
+            m.d.comb += act.ready.eq(1)
+            with m.If(act.valid):
+                m.d.sync += [signs.eq(act.payload), want_signs.eq(0)]
+        with m.Else():
+            m.d.comb += [cvt.i.valid.eq(act.valid & ok_c), act.ready.eq(cvt.i.ready & ok_c),
+                         cvt.i.payload.as_value().eq(act.payload)]
+        hook_c(cvt.i.valid & cvt.i.ready)
+
+        # gearbox 4 -> Q FP16 lanes
+        q_fire = Signal()
+        g_ready, g_slots, g_full = _gearbox(m, cvt.o.valid, cvt.o.payload.as_value(), Q // 4,
+                                            q_fire, "x16_")
+        m.d.comb += cvt.o.ready.eq(g_ready)
+        x16 = Cat(*g_slots)
+
+        # Hadamard (flag HAD) or bypass
+        m.submodules.had = hu = GroupHadamard(lanes=Q)
+        m.d.comb += hu.signs.eq(signs)
+        qin_valid, qin_ready, qin_data = Signal(), Signal(), Signal(16 * Q)
+        ok_h, hook_h = _gate(m, fine, HAD_LATENCY, "had")
+        with m.If(self.had):
+            m.d.comb += [hu.i.valid.eq(g_full & ok_h), q_fire.eq(hu.i.valid & hu.i.ready),
+                         hu.i.payload.as_value().eq(x16),
+                         qin_valid.eq(hu.o.valid), hu.o.ready.eq(qin_ready),
+                         qin_data.eq(hu.o.payload.as_value())]
+        with m.Else():
+            m.d.comb += [qin_valid.eq(g_full), q_fire.eq(g_full & qin_ready), qin_data.eq(x16)]
+        hook_h(hu.i.valid & hu.i.ready)
+
+        # quantizers: plain (sub-op 0) and DFQ (sub-op 1); one output format for the writer
+        m.submodules.qplain = qp = Quantizer(format=str(e.cfg.qkv_act), group_size=128, lanes=Q)
+        m.submodules.qdfq = qd = Quantizer(format=str(e.cfg.fc2_act), group_size=128, lanes=Q)
+        ok_q, hook_q = _gate(m, fine, QUANT_LATENCY, "quant")
+        qo = Signal(data.StructLayout({"codes": _CODE_BITS * Q, "s_pos": 16, "s_neg": 16, "last": 1}))
+        qo_valid, qo_ready = Signal(), Signal()
+        for qq, sel in ((qp, ~self.dfq), (qd, self.dfq)):
+            with m.If(sel):
+                m.d.comb += [qq.i.valid.eq(qin_valid & ok_q), qin_ready.eq(qq.i.ready & ok_q),
+                             qq.i.payload.as_value().eq(qin_data),
+                             qo_valid.eq(qq.o.valid), qq.o.ready.eq(qo_ready),
+                             qo.codes.eq(qq.o.payload.codes.as_value()),
+                             qo.last.eq(qq.o.payload.last)]
+        m.d.comb += [qo.s_pos.eq(Mux(self.dfq, qd.o.payload.scales[1].as_value(),
+                                     qp.o.payload.scales[0].as_value())),
+                     qo.s_neg.eq(Mux(self.dfq, qd.o.payload.scales[0].as_value(), 0))]
+        hook_q(qin_valid & qin_ready)
+
+        # activation buffer: per block row, two banks of codes and scale pairs
+        kb_max, g_max = e.max_k // lanes, e.max_k // 128
+        act_rd, sc_rd, act_wr, sc_wr = [], [], [], []
+        for i in range(tm):
+            am = Memory(shape=_CODE_BITS * lanes, depth=2 * kb_max, init=[])
+            sm = Memory(shape=32, depth=2 * g_max, init=[])
+            m.submodules[f"abuf{i}"], m.submodules[f"sbuf{i}"] = am, sm
+            act_wr.append(am.write_port())
+            act_rd.append(am.read_port())
+            sc_wr.append(sm.write_port())
+            sc_rd.append(sm.read_port())
+        bank_full = Signal(2)
+        set_full = Signal(2)
+        clr_full = Signal(2)
+        m.d.sync += bank_full.eq((bank_full | set_full) & ~clr_full)
+
+        # writer: R quantizer beats -> one buffer word
+        R = lanes // Q
+        wbank = Signal()
+        wrow = Signal(range(tm))
+        wkb = Signal(kb_bits)
+        wg = Signal(g_bits)
+        wsub = Signal(range(R))
+        wrows_left = Signal(32)
+        with m.If(self.go):
+            m.d.sync += [wbank.eq(0), wrow.eq(0), wkb.eq(0), wg.eq(0), wsub.eq(0),
+                         wrows_left.eq(M)]
+        hold = [Signal(_CODE_BITS * Q, name=f"wgear{k}") for k in range(R - 1)]
+        m.d.comb += qo_ready.eq(~bank_full.bit_select(wbank, 1))
+        wfire = qo_valid & qo_ready
+        word_done = Signal()
+        m.d.comb += word_done.eq(wfire & (wsub == R - 1))
+        with m.If(wfire):
+            m.d.sync += wsub.eq(Mux(wsub == R - 1, 0, wsub + 1))
+            for k in range(R - 1):
+                with m.If(wsub == k):
+                    m.d.sync += hold[k].eq(qo.codes)
+        for i in range(tm):
+            m.d.comb += [act_wr[i].addr.eq(Cat(wkb, wbank)), act_wr[i].data.eq(Cat(*hold, qo.codes)),
+                         act_wr[i].en.eq(word_done & (wrow == i)),
+                         sc_wr[i].addr.eq(Cat(wg, wbank)), sc_wr[i].data.eq(Cat(qo.s_pos, qo.s_neg)),
+                         sc_wr[i].en.eq(wfire & qo.last & (wrow == i))]
+        with m.If(wfire & qo.last):
+            m.d.sync += wg.eq(wg + 1)
+        with m.If(word_done):
+            m.d.sync += wkb.eq(wkb + 1)
+            with m.If(wkb == KB - 1):                 # row complete
+                m.d.sync += [wkb.eq(0), wg.eq(0), wrow.eq(wrow + 1), wrows_left.eq(wrows_left - 1)]
+                with m.If((wrow == tm - 1) | (wrows_left == 1)):   # block complete
+                    m.d.comb += set_full.bit_select(wbank, 1).eq(1)
+                    m.d.sync += [wrow.eq(0), wbank.eq(~wbank)]
+
+        # ================================================= compute
+        cw = readers["rd_w"].data
+        cs = readers["rd_ws"].data
+        a_fire = Signal()
+        g_last_beat = Signal()
+        w_ready, w_slots, w_full = _gearbox(m, cw.valid, cw.payload, tw, a_fire, "wgear")
+        s_ready, s_slots, s_full = _gearbox(m, cs.valid, cs.payload, e.scale_words,
+                                            a_fire & g_last_beat, "sgear")
+        m.d.comb += [cw.ready.eq(w_ready), cs.ready.eq(s_ready)]
+        cbank = Signal()
+        c_r0 = Signal(32)
+        c_f0 = Signal(32)
+        c_kb = Signal(kb_bits)
+        c_g = Signal(g_bits)
+        c_kbi = Signal(range(bpg))
+        c_on = Signal()
+        with m.If(self.go):
+            m.d.sync += [cbank.eq(0), c_r0.eq(0), c_f0.eq(0), c_kb.eq(0), c_g.eq(0), c_kbi.eq(0),
+                         c_on.eq(1)]
+        b_valid = Signal()
+        b_w = Signal(128 * tw)
+        b_ws = Signal(128 * e.scale_words)
+        b_last = Signal()
+        cells = [[GroupDot(pair=MulPair.E2M1_E2M1, dfq=True, dual=True, group_size=128,
+                           lanes=lanes) for _ in range(tn)] for _ in range(tm)]
+        for i in range(tm):
+            for j in range(tn):
+                m.submodules[f"cell{i}_{j}"] = cells[i][j]
+        flat = [c for row in cells for c in row]
+        arr_ready = Signal()
+        m.d.comb += arr_ready.eq(Cat(*[c.i.ready for c in flat]).all())
+        b_take = b_valid & arr_ready
+        ok_d, hook_d = _gate(m, fine, e.cell_latency, "dot")
+        m.d.comb += [g_last_beat.eq(c_kbi == bpg - 1),
+                     a_fire.eq(c_on & bank_full.bit_select(cbank, 1) & w_full & s_full & ok_d
+                               & (~b_valid | b_take))]
+        hook_d(a_fire)
+        for i in range(tm):
+            m.d.comb += [act_rd[i].addr.eq(Cat(c_kb, cbank)), act_rd[i].en.eq(a_fire),
+                         sc_rd[i].addr.eq(Cat(c_g, cbank)), sc_rd[i].en.eq(a_fire)]
+        nb_last = Signal()
+        m.d.comb += nb_last.eq(c_f0 + tn >= N)
+        with m.If(a_fire):
+            m.d.sync += [b_valid.eq(1), b_w.eq(Cat(*w_slots)), b_ws.eq(Cat(*s_slots)),
+                         b_last.eq(c_kb == KB - 1), c_kb.eq(c_kb + 1),
+                         c_kbi.eq(Mux(g_last_beat, 0, c_kbi + 1))]
+            with m.If(g_last_beat):
+                m.d.sync += c_g.eq(c_g + 1)
+            with m.If(c_kb == KB - 1):              # feature block done
+                m.d.sync += [c_kb.eq(0), c_g.eq(0), c_f0.eq(c_f0 + tn)]
+                with m.If(nb_last):                 # row block done: release the bank
+                    m.d.comb += clr_full.bit_select(cbank, 1).eq(1)
+                    m.d.sync += [c_f0.eq(0), cbank.eq(~cbank), c_r0.eq(c_r0 + tm)]
+                    with m.If(c_r0 + tm >= M):
+                        m.d.sync += c_on.eq(0)
+        with m.Elif(b_take):
+            m.d.sync += b_valid.eq(0)
+        cb = 128 * e.code_words
+        for i in range(tm):
+            a_word = act_rd[i].data
+            s_pair = sc_rd[i].data
+            for j in range(tn):
+                c = cells[i][j]
+                p = c.i.payload
+                m.d.comb += [c.i.valid.eq(b_valid),
+                             p.a.as_value().eq(a_word),
+                             p.w.as_value().eq(b_w[j * cb:j * cb + _CODE_BITS * lanes]),
+                             p.s_a.as_value().eq(s_pair[:16]), p.s_a_neg.as_value().eq(s_pair[16:]),
+                             p.s_w.as_value().eq(b_ws[16 * j:16 * j + 16]),
+                             p.last.eq(b_last), p.plain.eq(~self.dfq)]
+
+        # ================================================= drain
+        cap = [[Signal(32, name=f"cap{i}_{j}") for j in range(tn)] for i in range(tm)]
+        cap_full = Signal()
+        cap_take = Signal()
+        for c in flat:
+            m.d.comb += c.o.ready.eq(~cap_full)
+        with m.If(flat[0].o.valid & ~cap_full):
+            m.d.sync += [cap[i][j].eq(cells[i][j].o.payload.as_value())
+                         for i in range(tm) for j in range(tn)]
+            m.d.sync += cap_full.eq(1)
+        with m.Elif(cap_take):
+            m.d.sync += cap_full.eq(0)
+
+        bias = [Signal(32, name=f"bias{j}") for j in range(tn)]
+        bd = readers["rd_bias"].data
+        d_r0, d_f0, d_fb = Signal(32), Signal(32), Signal(32)
+        d_rows = Signal(range(tm + 1))
+        d_row_addr, d_blk_addr, d_col = Signal(32), Signal(32), Signal(32)
+        d_r = Signal(range(tm))
+        d_t = Signal(range(tn))
+        d_bw = Signal(32)          # bias words still to read for this feature block
+        left_rows = Signal(32)
+        m.d.comb += [left_rows.eq(M - d_r0), d_rows.eq(Mux(left_rows < tm, left_rows, tm))]
+
+        # stage 0 of the output pipeline (registered), then the FP32 add (2 stages)
+        en = Signal()
+        item_layout = data.StructLayout({"value": 32, "bias": 32, "addr": 32, "write": 1,
+                                         "flush": 1, "final": 1})
+        s0 = Signal(item_layout)
+        s0_valid = Signal()
+        emit = Signal()
+        item = Signal(item_layout)
+        ok_b, hook_b = _gate(m, fine, 2, "bias")
+        with m.If(en):
+            m.d.sync += [s0_valid.eq(emit), s0.eq(item)]
+        hook_b(emit)
+        df = Dataflow(m, en, "badd_")
+        sum_ = df.add(Val(s0.value, 0), Val(s0.bias, 0))
+        s2 = Signal(item_layout)
+        m.d.comb += s2.eq(df.at(Val(s0.as_value(), 0), 2))
+        s2_valid = df.at(Val(s0_valid, 0), 2)
+        s2_value = Mux(self.use_bias, df.at(sum_, 2), s2.value)
+
+        with m.FSM(name="drain"):
+            with m.State("IDLE"):
+                with m.If(self.go):
+                    m.d.sync += [d_r0.eq(0), d_f0.eq(0), d_fb.eq(0), d_blk_addr.eq(f["out"])]
+                    m.next = "BIAS"
+            with m.State("BIAS"):
+                m.d.sync += d_bw.eq(Mux(self.use_bias, ((d_fb + 4 * tn - 1) >> 4) - (d_fb >> 4) + 1, 0))
+                m.next = "BIAS_READ"
+            with m.State("BIAS_READ"):
+                m.d.comb += bd.ready.eq(d_bw != 0)
+                with m.If(bd.valid & (d_bw != 0)):
+                    m.d.sync += d_bw.eq(d_bw - 1)
+                    widx = ((d_fb + 4 * tn - 1) >> 4) - d_bw + 1     # word index of this beat
+                    for j in range(tn):
+                        fb = d_fb + 4 * j
+                        with m.If((fb >> 4) == widx):
+                            m.d.sync += bias[j].eq(bd.payload.word_select(fb[2:4], 32))
+                with m.If(d_bw == 0):
+                    m.next = "WAIT"
+            with m.State("WAIT"):
+                with m.If(cap_full):
+                    m.d.sync += [d_r.eq(0), d_t.eq(0), d_row_addr.eq(d_blk_addr), d_col.eq(d_fb)]
+                    m.next = "EMIT"
+            with m.State("EMIT"):
+                m.d.comb += [emit.eq(en & ok_b),
+                             item.value.eq(Array(Array(r) for r in cap)[d_r][d_t]),
+                             item.bias.eq(Array(bias)[d_t]),
+                             item.addr.eq(d_row_addr + d_col),
+                             item.write.eq(d_f0 + d_t < N)]
+                with m.If(emit):
+                    m.d.sync += [d_t.eq(d_t + 1), d_col.eq(d_col + 4)]
+                    with m.If(d_t == tn - 1):
+                        m.d.sync += [d_t.eq(0), d_col.eq(d_fb), d_r.eq(d_r + 1),
+                                     d_row_addr.eq(d_row_addr + f["out_stride"])]
+                        with m.If(d_r == d_rows - 1):
+                            m.next = "FLUSH"
+            with m.State("FLUSH"):
+                last_nb = d_f0 + tn >= N
+                last_blk = d_r0 + tm >= M
+                m.d.comb += [emit.eq(en & ok_b), item.flush.eq(1), item.final.eq(last_nb & last_blk)]
+                with m.If(emit):
+                    m.d.comb += cap_take.eq(1)
+                    m.d.sync += [d_f0.eq(d_f0 + tn), d_fb.eq(d_fb + 4 * tn)]
+                    with m.If(last_nb):
+                        m.d.sync += [d_f0.eq(0), d_fb.eq(0), d_r0.eq(d_r0 + tm),
+                                     d_blk_addr.eq(d_blk_addr + f["out_stride"] * tm)]
+                    with m.If(last_nb & last_blk):
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.next = "BIAS"
+
+        # write combiner: merge results that share a 16-byte word into one strobed write
+        wr = e.wr
+        w_window = Signal()       # a result address outside the window (sticky)
+        p_valid = Signal()
+        p_addr = Signal(28)
+        p_data = Signal(128)
+        p_strb = Signal(16)
+        outstanding = Signal(32)
+        req_free = ~wr.req.valid | wr.req.ready
+        same = p_valid & (p_addr == s2.addr[4:])
+        inside = _in_window(s2.addr, 4, e.dram_base, e.dram_size)
+        need_emit = Signal()
+        m.d.comb += need_emit.eq(p_valid & (s2.flush | (s2.write & ~same)))
+        m.d.comb += en.eq(~s2_valid | ~need_emit | req_free | self.stop)
+        take = s2_valid & en
+        new_req = take & need_emit & ~self.stop
+        with m.If(new_req):
+            m.d.sync += [wr.req.valid.eq(1), wr.req.payload.addr.eq(Cat(Const(0, 4), p_addr)),
+                         wr.req.payload.data.eq(p_data), wr.req.payload.strb.eq(p_strb)]
+        with m.Elif(wr.req.ready):
+            m.d.sync += wr.req.valid.eq(0)
+        lane = s2.addr[2:4]
+        with m.If(take):
+            with m.If(s2.flush):
+                m.d.sync += p_valid.eq(0)
+            with m.Elif(s2.write & ~inside):
+                m.d.sync += w_window.eq(1)
+            with m.Elif(s2.write & same):
+                for k in range(4):
+                    with m.If(lane == k):
+                        m.d.sync += [p_data.word_select(k, 32).eq(s2_value),
+                                     p_strb.word_select(k, 4).eq(0xF)]
+            with m.Elif(s2.write):
+                m.d.sync += [p_valid.eq(1), p_addr.eq(s2.addr[4:]), p_data.eq(0)]
+                for k in range(4):
+                    with m.If(lane == k):
+                        m.d.sync += [p_data.word_select(k, 32).eq(s2_value),
+                                     p_strb.eq(0xF << (4 * k))]
+        final_seen = Signal()
+        with m.If(self.go):
+            m.d.sync += final_seen.eq(0)
+        with m.If(take & s2.final):
+            m.d.sync += final_seen.eq(1)
+        m.d.comb += wr.resp.ready.eq(1)
+        wsent = wr.req.valid & wr.req.ready
+        wgot = wr.resp.valid
+        m.d.sync += outstanding.eq(outstanding + wsent - wgot)
+        with m.If(wgot & wr.resp.payload.err):
+            m.d.sync += self.write_error.eq(1)
+
+        # ================================================= status
+        readers_quiet = Cat(*[r.quiet for r in readers.values()]).all()
+        m.d.comb += [
+            self.quiet.eq(readers_quiet & ~wr.req.valid & (outstanding == 0)),
+            self.done.eq(final_seen & self.quiet),
+            self.window_error.eq(Cat(*[r.window_error for r in readers.values()]).any()
+                                 | w_window),
+            self.read_error.eq(Cat(*[r.read_error for r in readers.values()]).any()),
+        ]
+        return m
