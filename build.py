@@ -88,9 +88,6 @@ class BuildError(RuntimeError):
 
 
 HEADLINE = "d16"
-#: Logic levels (LUT/CARRY/MUXF cells, Yosys `ltp -noff`) that fit a 300 MHz cycle on a
-#: -2 Versal/UltraScale+ part with routing: about 0.35-0.45 ns per level + routing.
-CLOCK_DEPTH_LIMIT = 8
 MARKER = ".fpqvar-build"
 
 
@@ -245,6 +242,9 @@ def _resources(out, emitted, texts, resolved, config, platform, pending, jobs, c
         + ([] if top_exists else ["control/DMA/matrix-engine glue (top pending)"]),
         "total_is_lower_bound": bool(failed),
         "max_logic_depth": max((u.get("logic_depth") or 0 for u in units), default=None),
+        # the clock is set by the units in the design (an unused variant, count 0, is not)
+        "clock_estimate": R.clock_estimate([u for u in units if u["count"] or u["inside"]],
+                                           config.clock_mhz or platform.clock_mhz),
     }
     (out / "resources.json").write_text(_json(report))
     (out / "resources.md").write_text(resources_markdown(report, platform))
@@ -255,11 +255,14 @@ def resources_markdown(rep: dict, platform) -> str:
     from fpqvar_hw.resources import KEYS
     lines = [f"# Resources: preset {rep['preset']} on {rep['platform']}", "", rep["flow"], "",
              f"Method: {rep['method']}.", "",
-             "| unit | count | inside | " + " | ".join(KEYS) + " | logic depth |",
-             "|---|---|---|" + "---|" * len(KEYS) + "---|"]
+             "| unit | count | inside | " + " | ".join(KEYS) +
+             " | logic depth (LUT + carry levels) | est. f_max MHz |",
+             "|---|---|---|" + "---|" * len(KEYS) + "---|---|"]
     for u in rep["units"]:
         lines.append(f"| {u['instance']} | {u['count']} | {u['inside'] or ''} | " +
-                     " | ".join(f"{u[k]:,}" for k in KEYS) + f" | {u.get('logic_depth')} |")
+                     " | ".join(f"{u[k]:,}" for k in KEYS) +
+                     f" | {u.get('logic_depth')} ({u.get('lut_levels')} + {u.get('carry_levels')})"
+                     f" | {u.get('fmax_mhz_est')} |")
     b = rep["buffers_estimated_not_synthesised"]
     lines.append("| buffers (estimated) | 1 | | " + " | ".join(f"{b[k]:,}" for k in KEYS) + " | |")
     lines.append("| **total** | | | " + " | ".join(f"**{rep['total'][k]:,}**" for k in KEYS) +
@@ -270,6 +273,13 @@ def resources_markdown(rep: dict, platform) -> str:
         "n/a" if rep["fraction_of_budget"][k] is None else f"{100 * rep['fraction_of_budget'][k]:.1f} %"
         for k in KEYS) + " | |")
     lines += ["", "Not included: " + (", ".join(rep["not_included"]) or "nothing"), ""]
+    ce = rep.get("clock_estimate") or {}
+    if ce.get("achievable_mhz"):
+        lines += ["## Clock estimate", "", f"Achievable clock {ce['achievable_mhz']:g} MHz "
+                  f"(planning figure {ce['planning_mhz']:g} MHz), limited by "
+                  f"{ce['limited_by']} (logic depth {ce['limit_logic_depth']}); "
+                  f"{ce['planning_mhz']:g} MHz allows about {ce['lut_levels_at_planning_clock']} "
+                  f"LUT levels. Model: {ce['model']}.", ""]
     return "\n".join(lines)
 
 
@@ -351,6 +361,7 @@ def run_build(platform, config, out, *, synth=True, lint=True, jobs=2, verbose=T
     timings = perf.unit_timings(config, manifests)
     rep = perf.throughput_report(config, platform, timings, headline=HEADLINE)
     rep["fp_vs_int"] = _int_comparison(config, platform, timings, unit_res)
+    rep["clock_estimate"] = _clock_scaled(rep, res_rep)
     (out / "throughput.json").write_text(_json(rep))
     (out / "throughput.md").write_text(perf.throughput_markdown(rep))
     perf.plot_roofline(rep, out / "roofline.png")
@@ -370,6 +381,18 @@ def run_build(platform, config, out, *, synth=True, lint=True, jobs=2, verbose=T
         except FitError as e:
             raise BuildError(f"{e} (reports written to {out})") from None
     return BuildResult(out, summary, [v.instance for v in emitted], pending, rep, res_rep)
+
+
+def _clock_scaled(rep: dict, res_rep: dict | None) -> dict:
+    """The logic-depth clock estimate and images/s at that clock (cycles unchanged)."""
+    ce = dict((res_rep or {}).get("clock_estimate") or {})
+    if not ce.get("achievable_mhz"):
+        return {"achievable_mhz": None,
+                "note": "not estimated (" + ("--no-synth" if res_rep is None else
+                                             ce.get("note", "no unit synthesised")) + ")"}
+    f = ce["achievable_mhz"] / rep["clock_mhz"]
+    ce["images_per_s"] = {k: m["images_per_s"] * f for k, m in rep["models"].items()}
+    return ce
 
 
 def _int_dot_resources(config, platform, jobs, cache_dir, verbose) -> dict:
@@ -417,18 +440,26 @@ def make_summary(platform, config, out, emitted, pending, top_exists, lint_res, 
                     res_rep.get("total_is_lower_bound") else "") + "): " + ", ".join(parts))
         if res_rep["not_included"]:
             L.append("  not included: " + ", ".join(res_rep["not_included"]))
-        deep = [f"{u['instance']} {u['logic_depth']}" for u in res_rep["units"]
-                if (u.get("logic_depth") or 0) > CLOCK_DEPTH_LIMIT]
-        L.append(f"Clock {rep['clock_mhz']:g} MHz is a planning figure (LightMamba closed 400 MHz "
-                 f"on this PL); it holds for <= ~{CLOCK_DEPTH_LIMIT} logic levels between "
-                 f"registers (Yosys ltp): " + ("all units within" if not deep else
-                                               "too deep now: " + ", ".join(deep)))
+        ce = rep["clock_estimate"]
+        if ce.get("achievable_mhz"):
+            slow = ce["slower_than_planning"]
+            L.append(f"Clock: {rep['clock_mhz']:g} MHz is the planning figure (LightMamba closed "
+                     f"400 MHz on this PL); from the units' logic depth the RTL reaches about "
+                     f"{ce['achievable_mhz']:g} MHz, limited by {ce['limited_by']} (depth "
+                     f"{ce['limit_logic_depth']}; {rep['clock_mhz']:g} MHz allows ~"
+                     f"{ce['lut_levels_at_planning_clock']} LUT levels)"
+                     + (f"; {len(slow)} unit(s) below {rep['clock_mhz']:g} MHz" if slow else "")
+                     + " [delay model in resources.md]")
     L.append("Vivado: " + (f"{len(viv)} files in vivado/ - GENERATED, NOT RUN (no Vivado here)"
                            if viv else "none for this platform"))
+    ce = rep["clock_estimate"]
+    est = ce.get("images_per_s")
     L += ["", f"Throughput (transformer only, clock {rep['clock_mhz']:g} MHz, batch "
           f"{rep['batch']}, DRAM {rep['dram_gbps']} GB/s):", "",
-          f"| model | images/s | vs paper {PAPER_IMAGES_PER_S} | end-to-end images/s | "
-          f"limited by |", "|---|---|---|---|---|"]
+          f"| model | images/s | vs paper {PAPER_IMAGES_PER_S} | "
+          + (f"images/s at est. {ce['achievable_mhz']:g} MHz | " if est else "")
+          + "end-to-end images/s | limited by |", "|---|---|---|" + ("---|" if est else "")
+          + "---|---|"]
     for name, m in rep["models"].items():
         steps = m["steps"]
         mem = sum(s["cycles"] for s in steps if s["bound"] == "memory")
@@ -438,7 +469,8 @@ def make_summary(platform, config, out, emitted, pending, top_exists, lint_res, 
         lim = (f"DRAM ({100 * mem / tot:.0f} % of cycles in memory-bound steps)" if mem > tot / 2
                else f"{unit} (largest step {big['step']})")
         L.append(f"| {name} | {m['images_per_s']:.3g} | {m['images_per_s'] / PAPER_IMAGES_PER_S:.2f}x"
-                 f" | {m['end_to_end_images_per_s']:.3g} | {lim} |")
+                 + (f" | {est[name]:.3g}" if est else "")
+                 + f" | {m['end_to_end_images_per_s']:.3g} | {lim} |")
     c = rep["fp_vs_int"]
     L += ["", f"FP/INT ({c['model']}, {c['fp_preset']} vs {c['int_preset']}): same array "
           f"{c['same_array_ratio']:.2f}x" + (

@@ -454,6 +454,19 @@ def throughput_markdown(rep: dict) -> str:
                      f"{m['decoder_s']:.3g} | {_fmt_rate(m['end_to_end_images_per_s'])} | "
                      f"{m['tflop_per_batch']:.3g} | {m['dram_gb_per_batch']:.3g} | "
                      f"{mem}/{len(m['steps'])} |")
+    ce = rep.get("clock_estimate") or {}
+    if ce.get("images_per_s"):
+        lines += ["", f"## At the clock the RTL's logic depth supports", "",
+                  f"Estimated achievable clock {ce['achievable_mhz']:g} MHz (limited by "
+                  f"{ce['limited_by']}, logic depth {ce['limit_logic_depth']}) instead of the "
+                  f"{rep['clock_mhz']:g} MHz planning figure; {ce['model']}.", "",
+                  f"| model | images/s at {rep['clock_mhz']:g} MHz | images/s at "
+                  f"{ce['achievable_mhz']:g} MHz |", "|---|---|---|"]
+        for name, m in rep["models"].items():
+            lines.append(f"| {name} | {_fmt_rate(m['images_per_s'])} | "
+                         f"{_fmt_rate(ce['images_per_s'][name])} |")
+    elif ce:
+        lines += ["", f"Achievable clock: {ce.get('note', 'not estimated')}."]
     lines += ["", f"Paper (VCK190, depth not stated): {PAPER_IMAGES_PER_S} image/s.", "",
               "## Host-side assumption", "", rep["assumptions"]["host_work"] + f"; host: "
               f"{rep['assumptions']['host']} at {rep['assumptions']['host_gflops']:g} GFLOP/s.",

@@ -13,6 +13,26 @@ When the accelerator top exists and is small enough it is synthesised too.
 
 Synthesis results are cached by content hash by :mod:`fpqvar_hw.synth` under
 ``build/synth/``.
+
+Clock estimate from logic depth
+-------------------------------
+Yosys gives no timing for Versal, so the achievable clock is *estimated* from
+the longest register-to-register path of every synthesised unit (``ltp``, see
+:mod:`fpqvar_hw.synth`) with a documented per-level delay model
+(:func:`path_delay_ns`): each path level is classified from the cell it goes
+through as a carry-chain stage (CARRY4/CARRY8, named ``carry`` by the Xilinx
+techmap) or a LUT/MUXF/DSP level, and
+
+    t = REG_OVERHEAD_NS + LUT_LEVEL_NS * lut_levels + CARRY_LEVEL_NS * carry_levels,
+    f_max = 1000 / t MHz.
+
+The constants are planning figures for a -2 speed grade Versal / UltraScale+
+fabric: a LUT is ~0.1 ns and an average routed net ~0.35 ns, a CARRY8 stage
+on the dedicated chain ~0.1-0.15 ns, and clock-to-Q + setup + clock
+uncertainty ~0.35 ns.  With them 300 MHz allows about 6 LUT levels, and
+LightMamba's 400 MHz on the same PL corresponds to about 4.  Real routed
+delays vary by roughly +-30 % with placement and congestion; the estimate says
+which unit limits the clock and by how much, not what Vivado would close.
 """
 from __future__ import annotations
 
@@ -29,7 +49,9 @@ from .config import AcceleratorConfig
 from .platform import Platform
 
 __all__ = ["KEYS", "SynthJob", "synth_available", "run_synth_jobs", "buffer_estimate",
-           "FitError", "total_resources", "fit_fractions", "check_fit", "FLOW_NOTE"]
+           "FitError", "total_resources", "fit_fractions", "check_fit", "FLOW_NOTE",
+           "LUT_LEVEL_NS", "CARRY_LEVEL_NS", "REG_OVERHEAD_NS", "path_levels", "path_delay_ns",
+           "fmax_mhz", "clock_estimate", "DELAY_MODEL_NOTE"]
 
 #: Resource keys in reports; the platform budget uses the same names.
 KEYS = ("LUT", "FF", "DSP", "CARRY", "BRAM36", "URAM")
@@ -55,10 +77,78 @@ def synth_available() -> bool:
     return importlib.util.find_spec(SYNTH_MODULE) is not None
 
 
+#: Delay model of one path level (module docstring): ns per LUT/MUXF/DSP level incl. routing,
+#: per carry-chain stage, and per register-to-register path (clock-to-Q, setup, uncertainty).
+LUT_LEVEL_NS = 0.45
+CARRY_LEVEL_NS = 0.15
+REG_OVERHEAD_NS = 0.35
+DELAY_MODEL_NOTE = (f"estimated from the Yosys longest path per unit: {REG_OVERHEAD_NS} ns "
+                    f"register overhead + {LUT_LEVEL_NS} ns per LUT level (incl. routing) + "
+                    f"{CARRY_LEVEL_NS} ns per carry stage (-2 speed grade planning figures, "
+                    f"+-30 %); not a Vivado timing result")
+
+
+def path_levels(ltp_text: str, depth: int) -> dict[str, int | bool]:
+    """Split Yosys' longest path (``ltp`` output) into LUT and carry levels.
+
+    Each path step ``N: <net> (via <cell>)`` goes through one cell; a cell whose
+    name contains ``carry`` (the Xilinx techmap's CARRY4/CARRY8 instances) is a
+    carry stage, anything else a LUT level (LUTs, MUXF7/8 and DSPs, counted at
+    the LUT cost).  When the listing is missing, all ``depth`` levels count as
+    LUT levels (conservative) and ``classified`` is False.
+    """
+    import re
+    vias = re.findall(r"^\s*\d+: .*\(via (.*)\)\s*$", ltp_text, re.M)
+    if not vias or len(vias) != depth:
+        return {"lut": depth, "carry": 0, "classified": False}
+    carry = sum("carry" in v.lower() for v in vias)
+    return {"lut": depth - carry, "carry": carry, "classified": True}
+
+
+def path_delay_ns(lut_levels: int, carry_levels: int) -> float:
+    """Estimated register-to-register delay of a path (module docstring)."""
+    return REG_OVERHEAD_NS + LUT_LEVEL_NS * lut_levels + CARRY_LEVEL_NS * carry_levels
+
+
+def fmax_mhz(lut_levels: int, carry_levels: int) -> float:
+    return 1000.0 / path_delay_ns(lut_levels, carry_levels)
+
+
 def _result_to_dict(res) -> dict:
-    """Report keys of a :class:`fpqvar_hw.synth.SynthResult` (+ logic depth)."""
+    """Report keys of a :class:`fpqvar_hw.synth.SynthResult` (+ logic depth and the
+    clock estimate of its longest path)."""
+    ltp = Path(res.workdir) / "ltp.txt" if res.workdir else None
+    lv = path_levels(ltp.read_text() if ltp is not None and ltp.exists() else "", res.depth)
     return {"LUT": res.lut, "FF": res.ff, "DSP": res.dsp, "CARRY": res.carry,
-            "BRAM36": res.bram, "URAM": res.uram, "logic_depth": res.depth}
+            "BRAM36": res.bram, "URAM": res.uram, "logic_depth": res.depth,
+            "lut_levels": lv["lut"], "carry_levels": lv["carry"],
+            "levels_classified": lv["classified"],
+            "fmax_mhz_est": round(fmax_mhz(lv["lut"], lv["carry"]), 1)}
+
+
+def clock_estimate(units: Iterable[Mapping], planning_mhz: float) -> dict:
+    """Achievable clock of the design = the slowest synthesised unit's estimated f_max.
+
+    ``units``: resource-report rows with ``instance`` and the keys of
+    :func:`_result_to_dict`.  Returns the estimate, the limiting unit, every unit
+    slower than ``planning_mhz``, and the LUT levels a ``planning_mhz`` cycle allows.
+    """
+    rows = [u for u in units if u.get("fmax_mhz_est")]
+    if not rows:
+        return {"achievable_mhz": None, "note": "no synthesised unit: clock not estimated"}
+    worst = min(rows, key=lambda u: u["fmax_mhz_est"])
+    allowed = int((1000.0 / planning_mhz - REG_OVERHEAD_NS) // LUT_LEVEL_NS)
+    return {
+        "planning_mhz": planning_mhz,
+        "achievable_mhz": min(planning_mhz, worst["fmax_mhz_est"]),
+        "limited_by": worst["instance"],
+        "limit_logic_depth": worst["logic_depth"],
+        "lut_levels_at_planning_clock": allowed,
+        "slower_than_planning": {u["instance"]: u["fmax_mhz_est"] for u in
+                                 sorted(rows, key=lambda u: u["fmax_mhz_est"])
+                                 if u["fmax_mhz_est"] < planning_mhz},
+        "model": DELAY_MODEL_NOTE,
+    }
 
 
 def run_synth_jobs(jobs: Iterable[SynthJob], *, cache_dir: Path | None = None, workers: int = 2,

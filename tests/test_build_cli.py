@@ -151,3 +151,38 @@ def test_failed_synthesis_is_reported_not_guessed(monkeypatch, tmp_path):
     res = run_synth_jobs([SynthJob("u", "u", "module u; endmodule")], cache_dir=tmp_path)
     assert res == {"u": {"error": res["u"]["error"]}} and "TimeoutExpired" in res["u"]["error"]
     assert resources.total_resources([]) == {k: 0 for k in resources.KEYS}
+
+
+LTP_SAMPLE = """Longest topological path in u (length=3):
+    0: \\a [0]
+    1: n1 (via $abc$1$lut$aiger1$5)
+    2: n2 (via $gt$design.v:7$3.genblk1.slice[0].genblk1.carry4)
+    3: n3 (via $abc$1$lut$aiger1$9)
+"""
+
+
+def test_path_levels_and_delay_model():
+    from fpqvar_hw import resources as R
+    assert R.path_levels(LTP_SAMPLE, 3) == {"lut": 2, "carry": 1, "classified": True}
+    # a listing that does not match the reported depth counts every level as a LUT level
+    assert R.path_levels("", 5) == {"lut": 5, "carry": 0, "classified": False}
+    assert R.path_delay_ns(2, 1) == pytest.approx(R.REG_OVERHEAD_NS + 2 * R.LUT_LEVEL_NS
+                                                  + R.CARRY_LEVEL_NS)
+    # 300 MHz (3.33 ns) holds 6 LUT levels but not 7 under the model
+    assert R.fmax_mhz(6, 0) > 300 > R.fmax_mhz(7, 0)
+
+
+def test_clock_estimate_is_the_slowest_unit_and_scales_images_per_s():
+    from fpqvar_hw import resources as R
+    units = [{"instance": "fast", "logic_depth": 4, "fmax_mhz_est": 645.0},
+             {"instance": "deep", "logic_depth": 42, "fmax_mhz_est": 77.0},
+             {"instance": "mid", "logic_depth": 30, "fmax_mhz_est": 101.0}]
+    ce = R.clock_estimate(units, 300)
+    assert ce["achievable_mhz"] == 77.0 and ce["limited_by"] == "deep"
+    assert list(ce["slower_than_planning"]) == ["deep", "mid"]
+    assert R.clock_estimate([units[0]], 300)["achievable_mhz"] == 300   # never above planning
+    assert R.clock_estimate([], 300)["achievable_mhz"] is None
+    rep = {"clock_mhz": 300, "models": {"d16": {"images_per_s": 3.0}}}
+    scaled = build._clock_scaled(rep, {"clock_estimate": ce})
+    assert scaled["images_per_s"]["d16"] == pytest.approx(3.0 * 77 / 300)
+    assert "--no-synth" in build._clock_scaled(rep, None)["note"]
