@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import enum
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -62,8 +63,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="skip the Yosys synth_xilinx resource step (reports say so)")
     p.add_argument("--no-lint", action="store_true",
                    help="skip the Verilator lint step")
-    p.add_argument("--jobs", type=int, default=2, metavar="N",
-                   help="parallel Yosys processes (default: 2)")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
+                   help="parallel Yosys processes (default: the number of CPUs, "
+                        f"{os.cpu_count() or 1} here)")
     p.add_argument("--synth-cache", type=Path, default=None, metavar="DIR",
                    help="Yosys result cache (default: build/synth/); an empty folder gives a "
                         "cold-cache build")
@@ -203,14 +205,15 @@ def _lint(out: Path, emitted, verbose: bool) -> dict:
 
 
 def _resources(out, emitted, texts, resolved, config, platform, pending, jobs, cache_dir,
-               verbose) -> dict:
+               verbose, extra_jobs=()) -> dict:
     from fpqvar_hw import resources as R
     if not R.synth_available():
         raise BuildError("fpqvar_hw.synth (the Yosys runner) is not in the tree; pass --no-synth")
     synth_jobs = [R.SynthJob(v.instance, v.instance, texts[v.instance]) for v in emitted
                   if not any(r.spec.is_top and v in r.variants for r in resolved)]
-    _log(verbose, f"  synth {len(synth_jobs)} unit variants (cache {cache_dir.name}/)")
-    res = R.run_synth_jobs(synth_jobs, cache_dir=cache_dir, workers=jobs,
+    _log(verbose, f"  synth {len(synth_jobs) + len(extra_jobs)} unit variants, {jobs} parallel "
+                  f"Yosys processes (cache {cache_dir}/)")
+    res = R.run_synth_jobs(synth_jobs + list(extra_jobs), cache_dir=cache_dir, workers=jobs,
                            progress=lambda n: _log(verbose, f"    synthesised {n}"))
     rows = []
     units = []
@@ -243,6 +246,8 @@ def _resources(out, emitted, texts, resolved, config, platform, pending, jobs, c
         "total_is_lower_bound": bool(failed),
         "max_logic_depth": max((u.get("logic_depth") or 0 for u in units), default=None),
         # the clock is set by the units in the design (an unused variant, count 0, is not)
+        # synthesised for comparisons only (the int4 cell for the equal-LUT FP/INT ratio)
+        "comparison_units": {j.instance: res[j.instance] for j in extra_jobs},
         "clock_estimate": R.clock_estimate([u for u in units if u["count"] or u["inside"]],
                                            config.clock_mhz or platform.clock_mhz),
     }
@@ -342,11 +347,15 @@ def run_build(platform, config, out, *, synth=True, lint=True, jobs=2, verbose=T
     unit_res: dict = {}
     if synth and emitted:
         _log(verbose, "[3/6] Yosys synth_xilinx -family xcup per unit")
+        # the int4 cell of the same array (equal-LUT FP/INT ratio) joins the same Yosys pool
+        int_job = (_int_dot_job(config) if config.preset != "int4" and not config.is_integer
+                   else None)
         res_rep = _resources(out, emitted, texts, resolved, config, platform, pending, jobs,
-                             cache_dir, verbose)
+                             cache_dir, verbose, extra_jobs=(int_job,) if int_job else ())
         unit_res = {u["instance"]: u for u in res_rep["units"]}
-        if config.preset != "int4" and not config.is_integer:
-            unit_res.update(_int_dot_resources(config, platform, jobs, cache_dir, verbose))
+        for name, r in res_rep["comparison_units"].items():
+            if "error" not in r:
+                unit_res[name] = {"instance": name, "count": 0, **r}
     elif synth:
         _log(verbose, "[3/6] no units to synthesise")
     else:
@@ -395,21 +404,19 @@ def _clock_scaled(rep: dict, res_rep: dict | None) -> dict:
     return ce
 
 
-def _int_dot_resources(config, platform, jobs, cache_dir, verbose) -> dict:
-    """Synthesise the int4 dot unit of the same array for the equal-LUT FP/INT comparison."""
+def _int_dot_job(config):
+    """Synthesis job of the int4 dot unit of the same array (equal-LUT FP/INT comparison)."""
     from amaranth.back import verilog
     from fpqvar_hw import resources as R
     from fpqvar_hw.registry import resolve_units
     intc = PRESETS["int4"].replace(lanes=config.lanes, group_size=config.group_size
                                    if 1024 % config.group_size == 0 else 128)
     for r in resolve_units(intc):
-        if r.spec.name == "dot" and r.variants:
-            v = r.variants[0]
+        if r.spec.name == "dot" and r.ready:
+            v = r.ready[0]
             text = verilog.convert(v.factory(), name=v.instance, emit_src=False)
-            res = R.run_synth_jobs([R.SynthJob(v.instance, v.instance, text)],
-                                   cache_dir=cache_dir, workers=jobs)
-            return {v.instance: {"instance": v.instance, "count": 0, **res[v.instance]}}
-    return {}
+            return R.SynthJob(v.instance, v.instance, text)
+    return None
 
 
 def make_summary(platform, config, out, emitted, pending, top_exists, lint_res, res_rep, rep,

@@ -158,8 +158,10 @@ def run_synth_jobs(jobs: Iterable[SynthJob], *, cache_dir: Path | None = None, w
     or ``{"error": message}`` for a unit whose synthesis failed or timed out.
 
     Yosys runs as a subprocess, so ``workers`` threads give ``workers`` parallel Yosys runs.
+    Jobs start longest first (Verilog size as the proxy for synthesis time), so a long
+    unit does not start last and leave the other workers idle (LPT scheduling).
     """
-    jobs = list(jobs)
+    jobs = sorted(jobs, key=lambda j: -len(j.verilog))
     if not synth_available():
         raise RuntimeError(f"{SYNTH_MODULE} is not in the tree; run with --no-synth")
     synth = importlib.import_module(SYNTH_MODULE)

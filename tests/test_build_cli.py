@@ -186,3 +186,27 @@ def test_clock_estimate_is_the_slowest_unit_and_scales_images_per_s():
     scaled = build._clock_scaled(rep, {"clock_estimate": ce})
     assert scaled["images_per_s"]["d16"] == pytest.approx(3.0 * 77 / 300)
     assert "--no-synth" in build._clock_scaled(rep, None)["note"]
+
+
+def test_synth_jobs_run_longest_first_and_report_clock_fields(monkeypatch, tmp_path):
+    """LPT order (largest Verilog first) and the per-unit clock estimate from ltp.txt."""
+    from fpqvar_hw import resources
+    from fpqvar_hw.resources import SynthJob, run_synth_jobs, synth_available
+    if not synth_available():
+        pytest.skip("fpqvar_hw.synth not in the tree")
+    import fpqvar_hw.synth as synth
+    order = []
+    (tmp_path / "ltp.txt").write_text(LTP_SAMPLE)
+
+    def fake(text, *, top, cache_dir=None):
+        order.append(top)
+        return synth.SynthResult(top=top, cells={"LUT6": 10, "CARRY8": 1}, depth=3,
+                                 workdir=str(tmp_path))
+    monkeypatch.setattr(synth, "synthesize", fake)
+    jobs = [SynthJob("small", "small", "x" * 10), SynthJob("big", "big", "x" * 1000),
+            SynthJob("mid", "mid", "x" * 100)]
+    res = run_synth_jobs(jobs, workers=1)
+    assert order == ["big", "mid", "small"] and set(res) == {"small", "big", "mid"}
+    r = res["big"]
+    assert (r["LUT"], r["logic_depth"], r["lut_levels"], r["carry_levels"]) == (10, 3, 2, 1)
+    assert r["fmax_mhz_est"] == pytest.approx(resources.fmax_mhz(2, 1), abs=0.1)
