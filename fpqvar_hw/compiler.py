@@ -53,8 +53,9 @@ import numpy as np
 from fpqvar_quant.golden import block as _blk
 
 from . import isa
-from .config import AcceleratorConfig, ScaleFormat
+from .config import AcceleratorConfig
 from .isa import Gemm, GemmFlag, GemmSubop, Halt, Opcode, Operand, Vec, VecFlag, VecSubop
+from .isa_sim import gemm_formats
 
 __all__ = ["Compiler", "assign_sync", "Region"]
 
@@ -153,13 +154,13 @@ class Compiler:
         self.params = [_blk.block_params(pkg, b) for b in range(self.depth)]
         self._check_formats()
         self.pack = dict(tn=cfg.tn, lanes=cfg.lanes, bits=cfg.qkv_weight.bits, group=cfg.group_size)
+        # (gemm_formats guarantees one weight format for all four layers)
         self._layout(dram_base, dram_size)
 
     # ---------------------------------------------------------------- checks
     def _check_formats(self) -> None:
         cfg = self.cfg
-        if cfg.scale_format is not ScaleFormat.FP16:
-            raise ValueError("the compiler emits FP16 weight scales; use a config with scale_format=fp16")
+        gemm_formats(cfg)      # the ISA's one-plain-format / FP16-scale limits (ValueError)
         for role in ("qkv", "proj", "fc1", "fc2"):
             lay = getattr(self.params[0], role)
             want_a = cfg.act_format(role).value
@@ -170,10 +171,10 @@ class Compiler:
             if lay.group != cfg.group_size:
                 raise ValueError(f"layer {role}: package group size {lay.group} != "
                                  f"config group_size {cfg.group_size}")
-            if lay.hadamard != (role in ("qkv", "fc1")) or \
-                    (lay.hadamard and cfg.rotation.value != "ght"):
-                raise ValueError(f"layer {role}: Hadamard={lay.hadamard} does not match the "
-                                 f"dataflow (GHT on qkv and fc1, config rotation={cfg.rotation})")
+            if lay.hadamard and (role not in ("qkv", "fc1") or cfg.rotation.value != "ght"):
+                raise ValueError(f"layer {role}: the package rotates its input (GHT) but the "
+                                 f"accelerator rotates only the qkv/fc1 inputs, and only with "
+                                 f"rotation=ght (config: {cfg.rotation})")
         if self.C % isa.K_ALIGN or self.hidden % isa.K_ALIGN:
             raise ValueError(f"embed_dim {self.C} and mlp_hidden {self.hidden} must be multiples "
                              f"of {isa.K_ALIGN}")

@@ -631,6 +631,54 @@ def vec_addresses(v: Vec, name: str) -> np.ndarray:
     return a & 0xFFFFFFFF
 
 
+def _operand_dims(v: Vec, name: str) -> tuple[int, list[tuple[int, int]]]:
+    """``(base, [(count, stride), ...])`` of an operand's loop nest (row-const: n0 = 1)."""
+    op: Operand = getattr(v, name)
+    row_const = (name == "d" and v.subop == VecSubop.FDOT) or (name == "b" and v.subop == VecSubop.L2NT)
+    counts = (1,) + tuple(v.n[1:]) if row_const else tuple(v.n)
+    return op.base, list(zip(counts, op.strides))
+
+
+def _operand_bounds(v: Vec, name: str) -> tuple[int, int]:
+    """Lowest address and end of the highest element, without wrap-around when the
+    operand does not cross 0 or 2^32 (else from the wrapped element addresses)."""
+    base, dims = _operand_dims(v, name)
+    size = v.elem_bytes(name)
+    lo = base + sum(min(0, (n - 1) * st) for n, st in dims)
+    hi = base + sum(max(0, (n - 1) * st) for n, st in dims) + size
+    if lo < 0 or hi > 1 << 32:
+        a = vec_addresses(v, name)
+        return int(a.min()), int(a.max()) + size
+    return lo, hi
+
+
+def _operand_intervals(v: Vec, name: str) -> np.ndarray:
+    """Merged byte intervals of an operand, without enumerating every element:
+    dims with count 1 or stride 0 are dropped, negative strides flipped, and
+    dims whose stride does not exceed the contiguous run so far extend the run."""
+    base, dims = _operand_dims(v, name)
+    length = v.elem_bytes(name)
+    rest = []
+    for n, st in dims:
+        if n == 1 or st == 0:
+            continue
+        if st < 0:
+            base += (n - 1) * st
+            st = -st
+        rest.append((n, st))
+    rest.sort(key=lambda d: d[1])
+    outer = []
+    for n, st in rest:
+        if not outer and st <= length:
+            length += (n - 1) * st
+        else:
+            outer.append((n, st))
+    starts = np.array([base], dtype=np.int64)
+    for n, st in outer:
+        starts = (starts[:, None] + np.arange(n, dtype=np.int64)[None, :] * st).ravel()
+    return _intervals(starts & 0xFFFFFFFF, length)
+
+
 def gemm_row_addresses(base: int, stride: int, m: int) -> np.ndarray:
     """Start addresses (int64, mod 2^32) of the M rows of a GEMM operand."""
     return (base + np.arange(m, dtype=np.int64) * stride) & 0xFFFFFFFF
@@ -714,9 +762,7 @@ def accesses_in_window(instr: Instruction, dram_base: int, dram_size: int, *, tn
         if g.had:
             spans.append((g.signs_addr, g.signs_addr + HAD_GROUP // 8))
     else:
-        for nm in instr.operands:
-            a = vec_addresses(instr, nm)
-            spans.append((int(a.min()), int(a.max()) + instr.elem_bytes(nm)))
+        spans += [_operand_bounds(instr, nm) for nm in instr.operands]
     return all(lo <= s and e <= hi for s, e in spans)
 
 
@@ -746,6 +792,6 @@ def footprint(instr: Instruction, *, tn: int, lanes: int, bits: int, group: int)
         writes = _intervals(gemm_row_addresses(g.out_addr, g.out_stride, g.m), 4 * g.n)
         return Footprint(merge_intervals(*reads), writes)
     v = instr
-    reads = [_intervals(vec_addresses(v, nm), v.elem_bytes(nm)) for nm in v.operands if nm != "d"]
-    writes = _intervals(vec_addresses(v, "d"), v.elem_bytes("d"))
+    reads = [_operand_intervals(v, nm) for nm in v.operands if nm != "d"]
+    writes = _operand_intervals(v, "d")
     return Footprint(merge_intervals(*reads), writes)

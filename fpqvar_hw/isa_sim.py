@@ -47,7 +47,7 @@ from fpqvar_quant.golden import vector as _vec
 
 from . import isa
 from .config import AcceleratorConfig, ScaleFormat
-from .isa import ErrorCode, Gemm, GemmSubop, Halt, IsaError, Opcode, Vec, VecFlag, VecSubop
+from .isa import ErrorCode, Gemm, GemmSubop, Halt, IsaError, Opcode, Vec, VecSubop
 
 __all__ = ["Dram", "RunResult", "GemmFormats", "gemm_formats", "gemm", "vec", "execute",
            "fetch_program", "legal_order"]

@@ -280,7 +280,9 @@ def test_driver_helpers(comp):
 
 
 def test_compiler_rejects_mismatches(pkg):
-    with pytest.raises(ValueError, match="w6a6"):
+    with pytest.raises(ValueError, match="computes a=int4"):
+        Compiler(pkg, get_preset("int4"), rows=2)
+    with pytest.raises(ValueError, match="dfq6"):
         Compiler(pkg, get_preset("w6a6"), rows=2)
     with pytest.raises(ValueError, match="too small"):
         Compiler(pkg, CFG, rows=2, dram_size=0x1000)

@@ -233,3 +233,23 @@ def test_window_check_equals_footprint_bounds(seed):
                        out_addr=int(rng.integers(0, 0x3000)) * 4, m=int(rng.integers(1, 4)))
         want = isa.footprint(ins, **kw).within(0x1000, 0x8000)
         assert isa.accesses_in_window(ins, 0x1000, 0x8000, **kw) == want
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_footprint_intervals_equal_element_enumeration(seed):
+    """The collapsed-loop interval computation equals merging every element's bytes."""
+    rng = np.random.default_rng(seed)
+    for _ in range(300):
+        sub = int(rng.integers(0, 7))
+        n = tuple(int(v) for v in rng.integers(1, 6, 4))
+        ops = {o: Operand(0x10000 + int(rng.integers(0, 64)) * 4,
+                          *(int(rng.choice([0, 1, 2, 4, 8, 16, -4, -12, 64])) * 4 for _ in range(4)))
+               for o in "abcd"}
+        v = Vec(subop=sub, n=n, **ops, flags=VecFlag.D_FP16 if sub == VecSubop.CVT16 else 0)
+        fp = isa.footprint(v, tn=8, lanes=32, bits=4, group=128)
+        want_r = isa.merge_intervals(*[
+            isa.merge_intervals(*[np.array([[a, a + v.elem_bytes(o)]]) for a in isa.vec_addresses(v, o).ravel()])
+            for o in v.operands if o != "d"])
+        d = isa.vec_addresses(v, "d").ravel()
+        want_w = isa.merge_intervals(*[np.array([[a, a + v.elem_bytes("d")]]) for a in d])
+        assert fp.reads.tolist() == want_r.tolist() and fp.writes.tolist() == want_w.tolist(), v
