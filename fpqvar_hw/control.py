@@ -18,7 +18,8 @@ Structure
   fetch whose 128 bytes are not inside the DRAM window is not issued; the buffer
   is marked with error 2 instead, and an AXI read error on any beat marks it
   with error 3.  Either error is raised only if that instruction is reached
-  (a prefetch past the HALT never faults).  The fetch client only requests a
+  (a prefetch past the HALT never faults); nothing is fetched behind a HALT in
+  the dispatch register, and a run ends only with no fetch burst in flight.  The fetch client only requests a
   burst when the buffer is free, so it never stalls the shared R channel.
 * **Dispatch** (one instruction per cycle at most, in program order): HALT waits
   for both engines to be idle, then finishes the run (``PC`` = its index + 1,
@@ -186,10 +187,22 @@ class Controller(wiring.Component):
         fetch_in_window = Signal()
         m.d.comb += fetch_in_window.eq(lo_ok & hi_ok)
 
+        # the dispatch register (declared here: the fetch stops behind a HALT)
+        instr = Signal(isa.INSTR_LAYOUT)
+        ivalid = Signal()
+        ierr = Signal(isa.STATUS_ERR_BITS)
+        ipc = Signal(32)
+        hdr = instr[0]
+        opcode = hdr[isa.HDR_OPCODE_SHIFT:isa.HDR_OPCODE_SHIFT + isa.HDR_OPCODE_BITS]
+        sync_bit = hdr[isa.HDR_SYNC_BIT]
+        prefetch = Signal()
+        m.d.comb += prefetch.eq(fetching & (fstate == F_EMPTY)
+                                & ~(ivalid & (ierr == 0) & (opcode == Opcode.HALT)))
+
         req = self.fetch.req
         m.d.comb += [req.payload.addr.eq(faddr), req.payload.len.eq(INSTR_BEATS - 1),
-                     req.valid.eq(fetching & (fstate == F_EMPTY) & fetch_in_window)]
-        with m.If(fetching & (fstate == F_EMPTY) & ~fetch_in_window):
+                     req.valid.eq(prefetch & fetch_in_window)]
+        with m.If(prefetch & ~fetch_in_window):
             m.d.sync += [fstate.eq(F_FULL), ferr.eq(ErrorCode.ADDRESS)]
         with m.If(req.valid & req.ready):
             m.d.sync += [fstate.eq(F_RECV), fbeat.eq(0), ferr.eq(0)]
@@ -208,18 +221,11 @@ class Controller(wiring.Component):
                 m.d.sync += fstate.eq(F_FULL)
 
         # -------------------------------------------------------------- dispatch
-        instr = Signal(isa.INSTR_LAYOUT)
-        ivalid = Signal()
-        ierr = Signal(isa.STATUS_ERR_BITS)
-        ipc = Signal(32)
         with m.If(fetching & (fstate == F_FULL) & ~ivalid):
             m.d.sync += [instr.eq(fbuf), ierr.eq(ferr), ipc.eq(fpc), ivalid.eq(1),
                          fstate.eq(F_EMPTY), fpc.eq(fpc + 1),
                          faddr.eq(faddr + isa.INSTR_BYTES)]
 
-        hdr = instr[0]
-        opcode = hdr[isa.HDR_OPCODE_SHIFT:isa.HDR_OPCODE_SHIFT + isa.HDR_OPCODE_BITS]
-        sync_bit = hdr[isa.HDR_SYNC_BIT]
         settle = Signal()                     # an engine got a cmd last cycle
         m.d.sync += settle.eq(self.gemm.cmd.valid & self.gemm.cmd.ready
                               | self.vec.cmd.valid & self.vec.cmd.ready)
@@ -250,7 +256,7 @@ class Controller(wiring.Component):
                          vec_cycles.eq(vec_cycles + self.vec.busy),
                          overlap_cycles.eq(overlap_cycles + (self.gemm.busy & self.vec.busy))]
 
-        def finish():
+        def finish():     # only when no fetch burst is in flight (fstate != F_RECV)
             m.d.sync += [busy.eq(0), done.eq(1), ivalid.eq(0), fstate.eq(F_EMPTY)]
 
         with m.FSM(name="run"):
@@ -280,7 +286,9 @@ class Controller(wiring.Component):
                     with m.If(ierr != 0):
                         m.d.comb += decode_err.eq(ierr)
                     with m.Elif(opcode == Opcode.HALT):
-                        with m.If(both_idle):
+                        # no fetch burst may be left in flight: its beats would block the
+                        # shared R channel after the run
+                        with m.If(both_idle & (fstate != F_RECV)):
                             m.d.sync += pc.eq(ipc + 1)
                             finish()
                             m.next = "IDLE"

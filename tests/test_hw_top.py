@@ -50,6 +50,7 @@ class Harness:
         self.busy_cycles = {"gemm": 0, "vec": 0, "both": 0}
         self.busy_now = {"gemm": False, "vec": False}
         self.violations: list[tuple[int, bool]] = []
+        self.fetch_in_flight = False
         self.cycle = 0
         self.result: dict = {}
 
@@ -123,6 +124,7 @@ class Harness:
                 if not valid:
                     continue
                 ctx.set(f.req.ready, 0)
+                self.fetch_in_flight = True
                 assert ln == 7 and addr % 128 == 0, (addr, ln)
                 assert self.base <= addr and addr + 128 <= self.base + self.size, \
                     f"fetch at {addr:#x} outside the window"
@@ -139,6 +141,7 @@ class Harness:
                     ctx.set(f.resp.valid, 1)
                     await ctx.tick().until(f.resp.ready)
                 ctx.set(f.resp.valid, 0)
+                self.fetch_in_flight = False
         proc.background = True
         return proc
 
@@ -176,6 +179,8 @@ class Harness:
                 await ctx.tick()
             else:
                 raise AssertionError("no irq: the controller hung")
+            # a burst left in flight after done would block the shared R channel
+            assert not self.fetch_in_flight, "run ended with an instruction fetch in flight"
             for name in isa.REGS:
                 self.result[name] = await self.rreg(ctx, name)
         return proc
