@@ -156,6 +156,7 @@ class Compiler:
         self.pack = dict(tn=cfg.tn, lanes=cfg.lanes, bits=cfg.qkv_weight.bits, group=cfg.group_size)
         # (gemm_formats guarantees one weight format for all four layers)
         self._layout(dram_base, dram_size)
+        self._programs: dict[int, bytes] = {}
 
     # ---------------------------------------------------------------- checks
     def _check_formats(self) -> None:
@@ -291,8 +292,10 @@ class Compiler:
     # --------------------------------------------------------------- program
     def program(self, step: int) -> bytes:
         """Instruction bytes of scale step ``step`` (all blocks, then HALT), to be
-        written at :attr:`prog_addr`."""
-        return isa.encode_program(self.instructions(step))
+        written at :attr:`prog_addr`.  Programs depend only on the step (cached)."""
+        if step not in self._programs:
+            self._programs[step] = isa.encode_program(self.instructions(step))
+        return self._programs[step]
 
     def instructions(self, step: int) -> list:
         """The step's instructions with sync flags (:func:`assign_sync`)."""

@@ -540,7 +540,7 @@ def pack_gemm_weights(codes, scales, *, tn: int, lanes: int, bits: int, group: i
     if np.any(s < 0) or np.any(s > 0xFFFF):
         raise ValueError("scales must be 16-bit patterns")
     np_ = gemm_padded_n(n, tn)
-    cp = np.zeros((np_, k), dtype=np.uint64)
+    cp = np.zeros((np_, k), dtype=np.uint8 if 8 % bits == 0 else np.uint64)
     cp[:n] = c
     sp = np.zeros((np_, k // group), dtype=np.uint16)
     sp[:n] = s
@@ -548,13 +548,23 @@ def pack_gemm_weights(codes, scales, *, tn: int, lanes: int, bits: int, group: i
     # [nb, t, kb, j] -> [nb, kb, t, j]
     v = cp.reshape(nblk, tn, beats, lanes).transpose(0, 2, 1, 3)
     wb = gemm_code_word_bytes(lanes, bits)
-    nbits = wb * 8
-    # bit matrix: lane j's code occupies bits [j*bits, (j+1)*bits) of the entry
-    bitpos = np.arange(lanes)[:, None] * bits + np.arange(bits)[None, :]          # [lanes, bits]
-    bitval = (v[..., None] >> np.arange(bits, dtype=np.uint64)) & np.uint64(1)     # [..., lanes, bits]
-    entry_bits = np.zeros(v.shape[:3] + (nbits,), dtype=np.uint8)
-    entry_bits[..., bitpos.reshape(-1)] = bitval.reshape(v.shape[:3] + (lanes * bits,))
-    code_bytes = np.packbits(entry_bits, axis=-1, bitorder="little").tobytes()
+    if 8 % bits == 0 and lanes * bits % 8 == 0:
+        # whole codes per byte: lane j in byte j // per at bit (j % per) * bits
+        per = 8 // bits
+        vv = v.astype(np.uint8).reshape(v.shape[:3] + (lanes // per, per))
+        packed = np.zeros(vv.shape[:-1], dtype=np.uint8)
+        for j in range(per):
+            packed |= (vv[..., j] << (j * bits)).astype(np.uint8)
+        entry = np.zeros(v.shape[:3] + (wb,), dtype=np.uint8)
+        entry[..., :packed.shape[-1]] = packed
+        code_bytes = entry.tobytes()
+    else:
+        # bit matrix: lane j's code occupies bits [j*bits, (j+1)*bits) of the entry
+        bitpos = np.arange(lanes)[:, None] * bits + np.arange(bits)[None, :]          # [lanes, bits]
+        bitval = (v[..., None] >> np.arange(bits, dtype=np.uint64)) & np.uint64(1)     # [..., lanes, bits]
+        entry_bits = np.zeros(v.shape[:3] + (wb * 8,), dtype=np.uint8)
+        entry_bits[..., bitpos.reshape(-1)] = bitval.reshape(v.shape[:3] + (lanes * bits,))
+        code_bytes = np.packbits(entry_bits, axis=-1, bitorder="little").tobytes()
     per = -(-2 * tn // BUS_BYTES) * BUS_BYTES
     sb = np.zeros((nblk, k // group, per // 2), dtype="<u2")
     sb[:, :, :tn] = sp.reshape(nblk, tn, k // group).transpose(0, 2, 1)
@@ -576,9 +586,15 @@ def unpack_gemm_weights(code_bytes: bytes, scale_bytes: bytes, n: int, k: int, *
     nblk, beats = np_ // tn, k // lanes
     wb = gemm_code_word_bytes(lanes, bits)
     raw = np.frombuffer(code_bytes, dtype=np.uint8).reshape(nblk, beats, tn, wb)
-    bitsarr = np.unpackbits(raw, axis=-1, bitorder="little")[..., :lanes * bits]
-    bitsarr = bitsarr.reshape(nblk, beats, tn, lanes, bits).astype(np.uint8)
-    vals = (bitsarr << np.arange(bits, dtype=np.uint8)).sum(axis=-1, dtype=np.uint16)
+    if 8 % bits == 0 and lanes * bits % 8 == 0:
+        per = 8 // bits
+        b = raw[..., :lanes // per]
+        vals = np.stack([(b >> (j * bits)) & ((1 << bits) - 1) for j in range(per)], axis=-1)
+        vals = vals.reshape(nblk, beats, tn, lanes)
+    else:
+        bitsarr = np.unpackbits(raw, axis=-1, bitorder="little")[..., :lanes * bits]
+        bitsarr = bitsarr.reshape(nblk, beats, tn, lanes, bits).astype(np.uint8)
+        vals = (bitsarr << np.arange(bits, dtype=np.uint8)).sum(axis=-1, dtype=np.uint16)
     codes = vals.transpose(0, 2, 1, 3).reshape(np_, k)[:n].astype(np.uint8)
     per = -(-2 * tn // BUS_BYTES) * BUS_BYTES
     sb = np.frombuffer(scale_bytes, dtype="<u2").reshape(nblk, k // group, per // 2)[:, :, :tn]
