@@ -411,8 +411,12 @@ class Vec:
         return cls(subop=(h >> HDR_SUBOP_SHIFT) & 0xFF, n=tuple(int(w[VEC_N + k]) for k in range(4)),
                    flags=(h >> HDR_FLAGS_SHIFT) & 0xFF, sync=bool(h >> HDR_SYNC_BIT & 1), **ops)
 
-    def check(self, *, max_kv: int = MAX_KV_LEN, max_ln: int = MAX_LN_LEN) -> None:
-        """Raise :class:`IsaError` (code FIELD) for what the vector engine rejects."""
+    def check(self, *, max_kv: int = MAX_KV_LEN, max_ln: int = MAX_LN_LEN,
+              ln_len: int | None = None) -> None:
+        """Raise :class:`IsaError` (code FIELD) for what the vector engine rejects.
+
+        ``max_kv``: the build's SOFTMAX row limit; LNMOD rows: ``n0 == ln_len`` when
+        given (an engine built for one C), else ``n0 <= max_ln``."""
         def bad(msg: str):
             raise IsaError(ErrorCode.FIELD, f"VEC: {msg}")
         try:
@@ -432,6 +436,8 @@ class Vec:
             bad(f"L2NT rows are one head: n0 must be {L2NT_LEN}, got {self.n[0]}")
         if sub is VecSubop.SOFTMAX and self.n[0] > max_kv:
             bad(f"SOFTMAX row length n0={self.n[0]} exceeds the configured maximum {max_kv}")
+        if sub is VecSubop.LNMOD and ln_len is not None and self.n[0] != ln_len:
+            bad(f"LNMOD row length n0={self.n[0]} differs from the engine's C={ln_len}")
         if sub is VecSubop.LNMOD and self.n[0] > max_ln:
             bad(f"LNMOD row length n0={self.n[0]} exceeds the configured maximum {max_ln}")
         for name in self.operands:

@@ -277,11 +277,12 @@ def legal_order(instrs: list, seed: int, *, coarse: bool = True) -> list[int]:
 
 
 def execute(dram: Dram, prog_addr: int, cfg: AcceleratorConfig, *, max_kv: int = isa.MAX_KV_LEN,
-            max_ln: int = isa.MAX_LN_LEN, interleave_seed: int | None = None,
-            max_instructions: int = 1 << 20) -> RunResult:
+            max_ln: int = isa.MAX_LN_LEN, ln_len: int | None = None,
+            interleave_seed: int | None = None, max_instructions: int = 1 << 20) -> RunResult:
     """Run the program at ``prog_addr`` on ``dram`` (modified in place).
 
-    ``max_kv`` / ``max_ln``: the build's SOFTMAX / LNMOD row limits.
+    ``max_kv`` / ``max_ln``: the build's SOFTMAX / LNMOD row limits; ``ln_len``:
+    the C of an engine whose LayerNorm unit takes rows of exactly C (RTL builds).
     ``interleave_seed``: execute the (error-free) program in the order
     :func:`legal_order` draws instead of program order.
     """
@@ -293,7 +294,7 @@ def execute(dram: Dram, prog_addr: int, cfg: AcceleratorConfig, *, max_kv: int =
     stop: RunResult | None = None
     for i, ins in enumerate(instrs):
         try:
-            ins.check(max_kv=max_kv, max_ln=max_ln)
+            ins.check(max_kv=max_kv, max_ln=max_ln, ln_len=ln_len)
         except IsaError as e:
             stop = RunResult(i, e.code, i, str(e))
             break

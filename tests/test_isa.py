@@ -105,6 +105,13 @@ def test_vec_row_limits_and_fp16_alignment():
     with pytest.raises(IsaError, match="exceeds"):
         Vec(subop=VecSubop.SOFTMAX, n=(33, 1, 1, 1)).check(max_kv=32)
     Vec(subop=VecSubop.SOFTMAX, n=(32, 1, 1, 1)).check(max_kv=32)
+    ln = dict(subop=VecSubop.LNMOD, a=Operand(0, 4), b=Operand(0, 4), c=Operand(0, 4), d=Operand(0, 4))
+    Vec(n=(96, 1, 1, 1), **ln).check()
+    Vec(n=(128, 1, 1, 1), **ln).check(ln_len=128)
+    with pytest.raises(IsaError, match="engine's C=128"):
+        Vec(n=(96, 1, 1, 1), **ln).check(ln_len=128)
+    with pytest.raises(IsaError, match="exceeds"):
+        Vec(n=(isa.MAX_LN_LEN + 1, 1, 1, 1), **ln).check()
     # FP16 destination: 2-byte alignment suffices; unused operands are ignored
     Vec(subop=VecSubop.CVT16, n=(8, 1, 1, 1), a=Operand(0x100, 4), b=Operand(3, 3),
         d=Operand(0x102, 2), flags=VecFlag.D_FP16).check()
