@@ -39,6 +39,14 @@ Micro-architecture (three decoupled processes, each on its own DMA clients):
   (one FP32 add per result), and consecutive results of a row that share a
   16-byte word are merged into one strobed write.
 
+Throughput (fine pipeline on, DRAM keeping up): the weight stream dominates,
+about ``ceil(M/tm) * ceil(N/tn) * (K/lanes) * tn * ceil(lanes*4/128)`` cycles
+(every row block rereads all weights, one bus word per cycle); the drain needs
+about ``rows * tn + 5`` cycles per feature block and the loader ``tm * K/4``
+per row block, both hidden behind the weight stream when ``K/lanes *
+ceil(lanes*4/128) > tm + 5/tn`` and ``N/tn`` feature blocks outlast a row load
+(true for every VAR layer: K >= 1024).  Measured cycles: ``sim/test_matrix.py``.
+
 DMA discipline: a read request is issued only when its response beats fit in
 the client's FIFO (responses are never back-pressured, so no client can block
 a shared in-order read channel); every request's byte range is checked against

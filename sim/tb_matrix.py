@@ -16,7 +16,8 @@ image is replaced between cases), so an aborted or failed GEMM must leave the
 engine ready for the next one.  Per case: ``cmd`` is presented, the cycles from
 its acceptance until ``busy`` falls are counted, ``error`` is compared, and for
 successful cases the whole DRAM image is compared byte for byte (outputs, and
-every byte that must not be written: rows >= M, padded features, gaps).
+every byte that must not be written: rows >= M, padded features, gaps); an
+instruction with a field error (5) must not access DRAM at all.
 """
 import json
 
@@ -115,7 +116,10 @@ async def gemm_cases(dut):
     errors, report = [], []
     for c, mt in enumerate(meta):
         tb.mem[:] = z[f"image{c}"].tobytes()
+        traffic = (tb.dma.stats.read_bursts, tb.dma.stats.writes)
         cycles, err = await tb.run_case(z[f"words{c}"], mt)
+        if mt["error"] == 5 and traffic != (tb.dma.stats.read_bursts, tb.dma.stats.writes):
+            errors.append(f"{mt['name']}: an invalid instruction accessed DRAM")
         report.append({"name": mt["name"], "cycles": cycles, "error": err, "fine": mt["fine"]})
         dut._log.info(f"case {c} {mt['name']}: {cycles} cycles, error {err}")
         if err != mt["error"]:

@@ -6,15 +6,15 @@ One Verilator build (tm=2, tn=2, lanes=16, quant_lanes=8, max_k=512) runs a
 sequence of instructions on one engine instance: random GEMMs (M not a multiple
 of tm, N not a multiple of tn, K in {128, 256, 512}, HAD on/off, BIAS on/off,
 plain e2m1fn and DFQ, an all-zero group, a NaN row and an Inf-overflow row), an
-out-of-window address (error 2, back to idle), a field error (error 5, no
-access), an abort in the middle of a GEMM followed by a GEMM that must be
+out-of-window read and write (error 2, back to idle), read and write error
+responses (errors 3 and 4), a field error (error 5, no access), an abort in the middle of a GEMM followed by a GEMM that must be
 correct, and the same GEMM with the fine pipeline on and off (same bytes, more
 cycles; the cycle counts are printed).  The whole DRAM image is compared byte
 for byte, so rows >= M, padded features and row gaps must stay untouched.
 
-Reference per row (``docs/top.md``): ``golden.fp32.convert`` FP32 -> FP16,
-``golden.hadamard.hadamard_groups`` (HAD), ``golden.quantizer.quantize_groups``,
-``golden.dot.dot``, ``golden.fp32.add`` of the bias (BIAS).
+Reference: ``fpqvar_hw.isa_sim.gemm`` (the instruction-level executor built
+from ``fpqvar_quant.golden``: FP32 -> FP16, Hadamard, group quantizer, group dot
+products, bias add) applied to the same DRAM image.
 """
 from __future__ import annotations
 
@@ -24,12 +24,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from fpqvar_hw import isa
+from fpqvar_hw import isa, isa_sim
 from fpqvar_hw.config import get_preset
 from fpqvar_hw.matrix import MatrixEngine
-from fpqvar_quant.golden import dot as gdot
-from fpqvar_quant.golden import fp32 as gfp32
-from fpqvar_quant.golden.hadamard import hadamard_groups
 from fpqvar_quant.golden.quantizer import quantize_groups
 from sim.runner import BUILD_ROOT, run_cocotb
 
@@ -38,31 +35,6 @@ SIZE = 1 << 16
 SENTINEL = 0xA5
 CFG = get_preset("w4a4").replace(tm=2, tn=2, lanes=16, quant_lanes=8)
 MAX_K = 512
-
-
-def reference_gemm(x_bits, w_codes, w_scales, *, dfq: bool, signs=None, bias_bits=None):
-    """Golden GEMM: FP32 bits ``x [M, K]``, e2m1fn weight codes ``[N, K]`` and FP16
-    scales ``[N, K/128]`` -> FP32 output bits ``[M, N]``."""
-    M, K = x_bits.shape
-    N = w_codes.shape[0]
-    G = K // 128
-    x16 = gfp32.convert(x_bits, "fp32", "fp16").reshape(M, G, 128)
-    if signs is not None:
-        x16 = hadamard_groups(x16, signs).y
-    q = quantize_groups(x16, "dfq4" if dfq else "e2m1fn")
-    a = np.broadcast_to(q.codes.reshape(M, 1, K), (M, N, K))
-    w = np.broadcast_to(w_codes.reshape(1, N, K), (M, N, K))
-    sw = np.broadcast_to(w_scales.reshape(1, N, G), (M, N, G))
-    if dfq:
-        s_pos = np.broadcast_to(q.scales[:, None, :, 1], (M, N, G))
-        s_neg = np.broadcast_to(q.scales[:, None, :, 0], (M, N, G))
-        out = gdot.dot(gdot.DFQ, "e2m1fn", a, w, s_pos, sw, 128, s_neg)
-    else:
-        out = gdot.dot("e2m1fn", "e2m1fn", a, w, np.broadcast_to(q.scales[:, None, :, 0], (M, N, G)),
-                       sw, 128)
-    if bias_bits is not None:
-        out = gfp32.add(out, np.broadcast_to(bias_bits[None, :N], (M, N)))
-    return np.asarray(out, dtype=np.uint32)
 
 
 @dataclass
@@ -88,16 +60,17 @@ def _activations(rng, M, K, *, specials: bool, dfq: bool):
 
 
 def make_gemm(rng, name, *, M, K, N, had, bias, dfq, fine=True, specials=False,
-              window_size=SIZE, abort_after=None, corrupt=None) -> Case:
-    """One GEMM case: DRAM image, instruction and the expected image."""
+              abort_after=None, corrupt=None, size=SIZE) -> Case:
+    """One GEMM case: DRAM image (``size`` bytes at ``BASE``), instruction and the
+    expected image.  ``corrupt``: {word index: value} overrides in the instruction."""
     tn, lanes = CFG.tn, CFG.lanes
-    mem = bytearray(SIZE)
+    mem = bytearray(size)
     cursor = [0]
 
     def alloc(nbytes, align=16, skew=0):
         start = -(-cursor[0] // align) * align + skew
         cursor[0] = start + nbytes + 16 * int(rng.integers(0, 3))
-        assert cursor[0] <= SIZE, "case does not fit the test DRAM"
+        assert cursor[0] <= size, "case does not fit the test DRAM"
         return start
 
     act_stride = K * 4 + 16 * int(rng.integers(0, 3))
@@ -133,13 +106,10 @@ def make_gemm(rng, name, *, M, K, N, had, bias, dfq, fine=True, specials=False,
     if corrupt:
         for idx, val in corrupt.items():
             words[idx] = val
-    out = reference_gemm(x, w_codes, w_scales, dfq=dfq, signs=signs if had else None,
-                         bias_bits=bias_bits if bias else None)
-    expect = bytearray(mem)
-    for r in range(M):
-        o = oa + r * out_stride
-        expect[o:o + 4 * N] = out[r].astype("<u4").tobytes()
-    return Case(name, words, bytes(mem), bytes(expect),
+    dram = isa_sim.Dram(BASE, size)
+    dram.mem[:] = mem
+    isa_sim.gemm(dram, g, isa_sim.gemm_formats(CFG))
+    return Case(name, words, bytes(mem), bytes(dram.mem),
                 {"name": name, "error": 0, "fine": int(fine), "abort_after": abort_after,
                  "out_addr": BASE + oa, "out_stride": out_stride, "m": M, "n": N})
 
@@ -159,6 +129,20 @@ def default_cases(seed: int) -> list[Case]:
     c.meta["error"] = int(isa.ErrorCode.ADDRESS)
     c.meta["window"] = w_off + 32
     cs.append(c)
+    # the window ends just before the outputs: error 2 raised by the write path
+    c = make_gemm(rng, "window-out", M=3, K=128, N=3, had=True, bias=True, dfq=False)
+    c.meta["error"] = int(isa.ErrorCode.ADDRESS)
+    c.meta["window"] = int(c.words[isa.GEMM_OUT]) - BASE
+    cs.append(c)
+    # inside the window but beyond the DRAM model's array: error responses (3 read, 4 write)
+    c = make_gemm(rng, "read-error", M=2, K=128, N=2, had=False, bias=False, dfq=True,
+                  corrupt={isa.GEMM_WS: BASE + SIZE})
+    c.meta.update(error=int(isa.ErrorCode.AXI_READ), window=2 * SIZE)
+    cs.append(c)
+    c = make_gemm(rng, "write-error", M=2, K=128, N=2, had=False, bias=False, dfq=False,
+                  corrupt={isa.GEMM_OUT: BASE + SIZE + 4})
+    c.meta.update(error=int(isa.ErrorCode.AXI_WRITE), window=2 * SIZE)
+    cs.append(c)
     # K not a multiple of 128: error 5, nothing accessed
     c = make_gemm(rng, "field-k", M=2, K=128, N=2, had=False, bias=False, dfq=False,
                   corrupt={isa.GEMM_K: 192})
@@ -177,7 +161,9 @@ def default_cases(seed: int) -> list[Case]:
     return cs
 
 
-def run_cases(cases: list[Case], tag: str, seed: int, **dma) -> list[dict]:
+def run_cases(cases: list[Case], tag: str, seed: int, size: int = SIZE, **dma) -> list[dict]:
+    """Run ``cases`` in order on one engine (Verilator build shared by all callers);
+    ``dma``: DmaMemory knobs.  Returns the testbench report (cycles per case)."""
     dut = MatrixEngine(CFG, max_k=MAX_K)
     data = BUILD_ROOT / "vectors" / f"matrix-{tag}-s{seed}"
     data.mkdir(parents=True, exist_ok=True)
@@ -192,7 +178,7 @@ def run_cases(cases: list[Case], tag: str, seed: int, **dma) -> list[dict]:
     knobs.update(dma)
     run_cocotb(dut, name="matrix-w4a4-tm2tn2l16q8", test_module="sim.tb_matrix",
                params={"cases": str(data / "cases.npz"), "meta": [c.meta for c in cases],
-                       "base": BASE, "size": SIZE, "seed": seed, "report": str(report), **knobs})
+                       "base": BASE, "size": size, "seed": seed, "report": str(report), **knobs})
     return json.loads(report.read_text())
 
 
@@ -201,3 +187,43 @@ def test_matrix_engine_cosim():
     cyc = {r["name"]: r["cycles"] for r in rep}
     print("cycles per GEMM:", cyc)
     assert cyc["fine-off"] > cyc["fine-on"], cyc
+
+
+def random_cases(seed: int, n: int) -> list[Case]:
+    """``n`` random GEMMs over the shapes and modes of the default tier."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        out.append(make_gemm(
+            rng, f"random{k}", M=int(rng.integers(1, 8)), K=int(rng.choice([128, 256, 512])),
+            N=int(rng.integers(1, 8)), had=bool(rng.integers(2)), bias=bool(rng.integers(2)),
+            dfq=bool(rng.integers(2)), specials=bool(rng.integers(2)),
+            fine=bool(rng.random() < 0.8)))
+    return out
+
+
+@pytest.mark.slow
+def test_matrix_engine_random_sweep():
+    """12 random GEMMs under heavier DRAM stress (latency up to 40, 40 % gaps and
+    request backpressure), with an abort in the middle of the sequence."""
+    cases = random_cases(101, 12)
+    ab = make_gemm(np.random.default_rng(5), "abort-late", M=5, K=512, N=5, had=True, bias=True,
+                   dfq=False, abort_after=900)
+    cases.insert(6, ab)
+    run_cases(cases, "sweep", 101, lat_min=1, lat_max=40, gap=0.4, req_backpressure=0.4)
+
+
+@pytest.mark.slow
+def test_matrix_engine_cycles():
+    """Cycle counts of one GEMM (M=16, K=128, N=384) with the fine pipeline on and off,
+    ideal DRAM (fixed latency 8, no gaps, no backpressure); results still bit-exact."""
+    size = 1 << 17
+    shape = dict(M=16, K=128, N=384, had=True, bias=True, dfq=False, size=size)
+    cases = [make_gemm(np.random.default_rng(9), "m16k128n384-fine-on", **shape),
+             make_gemm(np.random.default_rng(9), "m16k128n384-fine-off", fine=False, **shape)]
+    rep = run_cases(cases, "cycles", 9, size=size, lat_min=8, lat_max=8, gap=0.0,
+                    req_backpressure=0.0)
+    cyc = {r["name"]: r["cycles"] for r in rep}
+    print(f"cycles per GEMM (tm={CFG.tm}, tn={CFG.tn}, lanes={CFG.lanes}, "
+          f"quant_lanes={CFG.quant_lanes}):", cyc)
+    assert cyc["m16k128n384-fine-off"] > cyc["m16k128n384-fine-on"]

@@ -246,24 +246,47 @@ def run_engine_sim(engine, cases, *, base, seed=0, max_cycles=200_000):
     return results
 
 
-def test_engine_small_gemms_amaranth():
-    """tm=1, tn=1: a plain GEMM with HAD and BIAS, then a DFQ GEMM, bit-exact."""
+def _engine_cases(cfg, seed, specs):
+    """Cases of sim.test_matrix.make_gemm built for ``cfg`` (weights packed for its tn/lanes)."""
     from sim import test_matrix as tmx
-    cfg = get_preset("w4a4").replace(tm=1, tn=1, lanes=16, quant_lanes=8)
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng(seed)
     old = tmx.CFG
     tmx.CFG = cfg
     try:
-        cases = [tmx.make_gemm(rng, "plain", M=2, K=128, N=2, had=True, bias=True, dfq=False),
-                 tmx.make_gemm(rng, "dfq", M=1, K=256, N=1, had=False, bias=True, dfq=True)]
+        return [tmx.make_gemm(rng, name, **kw) for name, kw in specs], tmx.BASE
     finally:
         tmx.CFG = old
-    res = run_engine_sim(MatrixEngine(cfg, max_k=256), cases, base=tmx.BASE)
+
+
+def _check_results(cases, res, base):
     for case, (cycles, err, mem) in zip(cases, res):
-        assert err == 0, (case.name, err)
-        if mem != case.expect:
-            o = case.meta["out_addr"] - tmx.BASE
-            got = np.frombuffer(mem[o:o + 4 * case.meta["n"]], "<u4")
-            exp = np.frombuffer(case.expect[o:o + 4 * case.meta["n"]], "<u4")
-            raise AssertionError(f"{case.name}: row 0 got {[hex(v) for v in got]}, "
-                                 f"expected {[hex(v) for v in exp]}")
+        assert err == case.meta["error"], (case.name, err)
+        if err == 0 and mem != case.expect:
+            o = case.meta["out_addr"] - base
+            n, st = case.meta["n"], case.meta["out_stride"]
+            rows = [(np.frombuffer(mem[o + r * st:o + r * st + 4 * n], "<u4"),
+                     np.frombuffer(case.expect[o + r * st:o + r * st + 4 * n], "<u4"))
+                    for r in range(case.meta["m"])]
+            bad = [(r, k, hex(g[k]), hex(x[k])) for r, (g, x) in enumerate(rows)
+                   for k in range(n) if g[k] != x[k]]
+            raise AssertionError(f"{case.name}: (row, feature, got, expected) {bad[:8]} "
+                                 f"(or bytes outside the outputs changed)")
+
+
+def test_engine_small_gemms_amaranth():
+    """tm=1, tn=1: a plain GEMM with HAD and BIAS, then a DFQ GEMM, bit-exact."""
+    cfg = get_preset("w4a4").replace(tm=1, tn=1, lanes=16, quant_lanes=8)
+    cases, base = _engine_cases(cfg, 3, [
+        ("plain", dict(M=2, K=128, N=2, had=True, bias=True, dfq=False)),
+        ("dfq", dict(M=1, K=256, N=1, had=False, bias=True, dfq=True))])
+    _check_results(cases, run_engine_sim(MatrixEngine(cfg, max_k=256), cases, base=base), base)
+
+
+@pytest.mark.slow
+def test_engine_other_geometry_amaranth():
+    """lanes = quant_lanes = 32 (one code word per entry, no padding), tn=4 (one bias
+    word per feature block), tm=3 with M = 4 (a one-row last block)."""
+    cfg = get_preset("w4a4").replace(tm=3, tn=4, lanes=32, quant_lanes=32)
+    cases, base = _engine_cases(cfg, 4, [
+        ("dfq-had-bias", dict(M=4, K=256, N=6, had=True, bias=True, dfq=True, specials=True))])
+    _check_results(cases, run_engine_sim(MatrixEngine(cfg, max_k=256), cases, base=base), base)
