@@ -441,14 +441,16 @@ class DeviceBackend(BlockBackend):
     name = "device"
 
     def __init__(self, pkg: Any, *, rows: int, coarse: bool = True, fine: bool = True,
-                 config: Any = None) -> None:
+                 config: Any = None, dram_base: int = 0, max_kv: int | None = None) -> None:
+        from . import isa
         from .compiler import Compiler
 
         self.coarse, self.fine = bool(coarse), bool(fine)
         self.config = (device_config(coarse=coarse, fine=fine) if config is None
                        else config.replace(coarse_pipeline=self.coarse, fine_pipeline=self.fine))
         self.pkg, self.rows = pkg, rows
-        self.compiler = Compiler(pkg, self.config, rows)
+        self.max_kv = isa.MAX_KV_LEN if max_kv is None else int(max_kv)
+        self.compiler = Compiler(pkg, self.config, rows, dram_base=dram_base, max_kv=self.max_kv)
         self._loaded = False
         self._began = False
 
@@ -515,10 +517,11 @@ class GoldenBackend(DeviceBackend):
     name = "golden"
 
     def __init__(self, pkg: Any, *, rows: int, coarse: bool = True, fine: bool = True,
-                 config: Any = None) -> None:
+                 config: Any = None, dram_base: int = 0, max_kv: int | None = None) -> None:
         from .isa_sim import Dram
 
-        super().__init__(pkg, rows=rows, coarse=coarse, fine=fine, config=config)
+        super().__init__(pkg, rows=rows, coarse=coarse, fine=fine, config=config, dram_base=dram_base,
+                         max_kv=max_kv)
         self.dram = Dram(self.compiler.dram_base, self.compiler.dram_size)
 
     async def mem_write(self, addr: int, data: bytes) -> None:
@@ -531,7 +534,7 @@ class GoldenBackend(DeviceBackend):
         from .isa_sim import execute
 
         t0 = time.perf_counter()
-        res = execute(self.dram, prog_addr, self.config)
+        res = execute(self.dram, prog_addr, self.config, max_kv=self.max_kv)
         if not res.ok:
             raise DeviceError(f"reference executor stopped with error {int(res.error)} ({res.error.name}) at "
                               f"instruction {res.err_pc}: {res.message}", int(res.error), res.err_pc)
@@ -539,22 +542,31 @@ class GoldenBackend(DeviceBackend):
 
 
 class RtlBackend(DeviceBackend):
-    """The compiled programs on the simulated RTL top, inside a cocotb test.
+    """The compiled programs on the simulated RTL top (``fpqvar_hw.top.Accelerator``),
+    inside a cocotb test.
 
-    ``ram``: a cocotbext-axi ``AxiRam`` on the top's ``m_axi`` (the DRAM: written and
-    read directly, in zero simulated time, between runs); ``axil``: an
-    ``AxiLiteMaster`` on ``s_axil``; ``clk``, ``irq``: the top's clock and interrupt
-    signals. Per step: PROG_ADDR, DRAM_BASE, DRAM_SIZE, then CTRL = start | irq_en |
-    coarse | fine; wait for ``irq`` (at most ``timeout_cycles``), check STATUS, clear
-    done (write 1), read PC / CYCLES / GEMM_CYCLES / VEC_CYCLES / OVERLAP_CYCLES."""
+    The DRAM is a cocotbext-axi ``AxiRam`` on the top's ``m_axi`` (written and read by
+    the host directly, in zero simulated time, between runs); registers are programmed
+    through an ``AxiLiteMaster`` on ``s_axil``. The test starts the clock and applies
+    the reset. Per step: PROG_ADDR, DRAM_BASE, DRAM_SIZE, then CTRL = start | irq_en |
+    coarse | fine; wait for ``irq`` (at most ``timeout_cycles``; then abort and raise),
+    check STATUS (error / aborted -> :class:`DeviceError` with the code and ERR_PC), read
+    PC / CYCLES / GEMM_CYCLES / VEC_CYCLES / OVERLAP_CYCLES, clear done (write 1), check
+    that ``irq`` falls."""
 
     name = "rtl"
 
-    def __init__(self, pkg: Any, *, ram: Any, axil: Any, clk: Any, irq: Any, rows: int,
-                 coarse: bool = True, fine: bool = True, config: Any = None,
-                 timeout_cycles: int = 50_000_000) -> None:
-        super().__init__(pkg, rows=rows, coarse=coarse, fine=fine, config=config)
-        self.ram, self.axil, self.clk, self.irq = ram, axil, clk, irq
+    def __init__(self, pkg: Any, dut: Any, *, rows: int, coarse: bool = True, fine: bool = True,
+                 config: Any = None, dram_base: int = 0, max_kv: int | None = None,
+                 timeout_cycles: int = 20_000_000) -> None:
+        from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
+
+        super().__init__(pkg, rows=rows, coarse=coarse, fine=fine, config=config, dram_base=dram_base,
+                         max_kv=max_kv)
+        self.dut, self.clk, self.irq = dut, dut.clk, dut.irq
+        size = self.compiler.dram_base + self.compiler.dram_size
+        self.ram = AxiRam(AxiBus.from_prefix(dut, "m_axi", bus_separator="__"), dut.clk, dut.rst, size=size)
+        self.axil = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil", bus_separator="__"), dut.clk, dut.rst)
         self.timeout_cycles = timeout_cycles
 
     async def mem_write(self, addr: int, data: bytes) -> None:
@@ -586,9 +598,8 @@ class RtlBackend(DeviceBackend):
             | (isa.CTRL_FINE if self.fine else 0)
         await self._reg_write("CTRL", ctrl)
         if not int(self.irq.value):
-            timeout = ClockCycles(self.clk, self.timeout_cycles)
-            fired = await First(RisingEdge(self.irq), timeout)
-            if fired is timeout:
+            await First(RisingEdge(self.irq), ClockCycles(self.clk, self.timeout_cycles))
+            if not int(self.irq.value):
                 await self._reg_write("CTRL", isa.CTRL_ABORT)
                 raise DeviceError(f"no done interrupt within {self.timeout_cycles} cycles "
                                   f"(program at 0x{prog_addr:x}; PC={await self._reg_read('PC')})")

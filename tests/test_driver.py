@@ -130,15 +130,19 @@ def test_bad_sampling_and_preset():
 
 
 # ------------------------------------------------------------------ golden backend
-@pytest.fixture(scope="module")
-def golden_run(fast_package):
+def run_with_shadows(package, label: int = 3, seed: int = 0) -> drv.ImageRun:
     """One image on the golden backend with the golden block, FP32 and fake-quant torch
     blocks as shadows (same inputs every step)."""
-    host = drv.host_model_from_package(fast_package)
-    shadows = [drv.GoldenBlockBackend(fast_package),
+    host = drv.host_model_from_package(package)
+    shadows = [drv.GoldenBlockBackend(package),
                drv.TorchBlocksBackend(drv.load_shipped_model().var, "fp32"),
-               drv.TorchBlocksBackend(drv.fakequant_model_from_package(fast_package).var, "fakequant")]
-    return asyncio.run(drv.generate(host, drv.GoldenBackend(fast_package, rows=2), [3], 0, shadows=shadows))
+               drv.TorchBlocksBackend(drv.fakequant_model_from_package(package).var, "fakequant")]
+    return asyncio.run(drv.generate(host, drv.GoldenBackend(package, rows=2), [label], seed, shadows=shadows))
+
+
+@pytest.fixture(scope="module")
+def golden_run(fast_package):
+    return run_with_shadows(fast_package)
 
 
 def test_golden_backend_equals_the_golden_block(golden_run):
@@ -173,21 +177,34 @@ TOL = {"fp32": {"max_abs": 0.2, "mean_abs": 0.012, "kl": 0.015},
 STEP0_VS_FAKEQUANT = 2e-3
 
 
-def test_golden_blocks_close_to_fp32_and_fakequant(golden_run):
-    rows = drv.step_errors(golden_run)
+def check_tolerances(run: drv.ImageRun, step0_vs_fakequant: float | None) -> None:
+    rows = drv.step_errors(run)
     by = {(r["si"], r["reference"], r["compared"]): r for r in rows}
-    for s in golden_run.steps:
+    for s in run.steps:
         for ref, tol in TOL.items():
             r = by[(s.si, ref, "golden")]
             for k, bound in tol.items():
                 assert r[k] <= bound, f"step {s.si}: golden vs {ref}: {k} {r[k]:.4g} > {bound}"
-        if s.si == 0:
-            assert by[(0, "fakequant", "golden")]["max_abs"] < STEP0_VS_FAKEQUANT
+        if s.si == 0 and step0_vs_fakequant is not None:
+            assert by[(0, "fakequant", "golden")]["max_abs"] < step0_vs_fakequant
         # the golden block is a shadow too: distance 0 to the golden backend
         assert by[(s.si, "golden-block", "golden")]["max_abs"] == 0.0
         # fake quant is closer to the device than FP32 is (the device implements the quantization)
         assert by[(s.si, "fakequant", "golden")]["mean_abs"] < by[(s.si, "fp32", "golden")]["mean_abs"]
-    assert drv.kl_rows(golden_run.steps[0].logits, golden_run.steps[0].logits) == 0.0
+    assert drv.kl_rows(run.steps[0].logits, run.steps[0].logits) == 0.0
+
+
+def test_golden_blocks_close_to_fp32_and_fakequant(golden_run):
+    check_tolerances(golden_run, STEP0_VS_FAKEQUANT)
+
+
+@pytest.mark.slow
+def test_golden_blocks_close_to_fp32_and_fakequant_fpqvar():
+    """The same bounds for the command line's fp4-fpqvar package (GALT; built in about a
+    minute, cached under build/tiny-image/cache). At step 0 a few activation codes flip
+    against the fake-quant model (FP16 rounding near grid midpoints), so no step-0 bound."""
+    pkg = drv.load_package_checked(drv.build_package())
+    check_tolerances(run_with_shadows(pkg), None)
 
 
 def test_device_error_is_reported(fast_package):
