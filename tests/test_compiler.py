@@ -47,8 +47,8 @@ def comp(pkg):
 class Run:
     """A DRAM image with the compiled model, adaLN vectors and a golden twin."""
 
-    def __init__(self, comp: Compiler, seed: int):
-        self.comp = comp
+    def __init__(self, comp: Compiler, seed: int, cfg=CFG):
+        self.comp, self.cfg = comp, cfg
         self.rng = np.random.default_rng(seed)
         R, C = comp.rows, comp.C
         self.dram = isa_sim.Dram(comp.dram_base, comp.dram_size)
@@ -67,7 +67,7 @@ class Run:
         c = self.comp
         self.dram.write(c.x_addr, c.encode_x(x))
         self.dram.write(c.prog_addr, c.program(step) if prog is None else prog)
-        return isa_sim.execute(self.dram, c.prog_addr, CFG, **kw)
+        return isa_sim.execute(self.dram, c.prog_addr, self.cfg, **kw)
 
     def x_out(self, step: int) -> np.ndarray:
         c = self.comp
@@ -95,6 +95,19 @@ def test_compiled_steps_are_bit_exact_against_golden_block(comp):
             gk, gv_ = run.caches[b].fp16_bits()
             np.testing.assert_array_equal(k[:, :, :Lk], gk)
             np.testing.assert_array_equal(v[:, :, :Lk], gv_)
+
+
+def test_small_array_config_pads_and_stays_exact(pkg):
+    """Tn = 3 (N padded: 384 -> 384, 128 -> 129, 512 -> 513), 16 lanes, 4-token tiles."""
+    cfg = CFG.replace(tn=3, lanes=16, quant_lanes=16, tm=4)
+    c = Compiler(pkg, cfg, rows=2, dram_base=BASE)
+    assert c.tile_tokens == 4 and c.pack == dict(tn=3, lanes=16, bits=4, group=128)
+    run = Run(c, seed=4, cfg=cfg)
+    for step in range(2):
+        x = run.x(step)
+        res = run.device(step, x)
+        assert res.ok, res.message
+        np.testing.assert_array_equal(run.x_out(step).view(np.uint32), gfp32.canon(run.golden(x)))
 
 
 def test_one_tile_per_row_and_fine_tiles_give_the_same_bits(pkg):
