@@ -42,7 +42,7 @@ def test_dual_requires_dfq():
 # ----------------------------------------------------------------- engine config
 from amaranth.sim import Simulator  # noqa: E402
 
-from fpqvar_hw import axi  # noqa: E402
+from fpqvar_hw import axi, isa  # noqa: E402
 from fpqvar_hw.config import get_preset, preset_names  # noqa: E402
 from fpqvar_hw.matrix import MatrixEngine, SUPPORTED_PRESETS, _BurstReader  # noqa: E402
 
@@ -160,7 +160,7 @@ def test_reader_window_error_before_issue():
 def run_engine_sim(engine, cases, *, base, seed=0, max_cycles=200_000):
     """Run ``cases`` (sim.test_matrix.Case) one after another on ``engine`` in the
     Amaranth simulator with a small in-order DRAM model (random response gaps and
-    request backpressure).  Returns [(cycles, error, memory bytes after)]."""
+    request backpressure).  Returns [(cycles, error, memory bytes after, requests)]."""
     rng = np.random.default_rng(seed)
     ports = ["rd_act", "rd_w", "rd_ws", "rd_bias"]
     results = []
@@ -178,7 +178,7 @@ def run_engine_sim(engine, cases, *, base, seed=0, max_cycles=200_000):
             ctx.set(engine.cmd.payload.as_value(),
                     sum(int(w) << (32 * k) for k, w in enumerate(case.words)))
             ctx.set(engine.cmd.valid, 1)
-            cycles, started = 0, False
+            cycles, started, requests = 0, False, 0
             while True:
                 rr = {p: int(rng.random() < 0.8) for p in ports}
                 for p in ports:
@@ -217,11 +217,13 @@ def run_engine_sim(engine, cases, *, base, seed=0, max_cycles=200_000):
                     if rv[k] and rr[p]:
                         a, n = int(rp[k].addr), int(rp[k].len) + 1
                         queues[p].extend(a + 16 * j for j in range(n))
+                        requests += 1
                     if sv[k] and sr[k]:
                         queues[p].pop(0)
                 if wq and wrr:
                     wq.pop(0)
                 if wv and wr_ready:
+                    requests += 1
                     a, strb = int(wp.addr) & ~15, int(wp.strb)
                     raw = int(wp.data).to_bytes(16, "little")
                     ok = 0 <= a - base and a - base + 16 <= len(mem)
@@ -237,7 +239,7 @@ def run_engine_sim(engine, cases, *, base, seed=0, max_cycles=200_000):
                 assert cycles < max_cycles, "engine hung"
             ctx.set(engine.abort, 0)
             assert not any(queues.values()) and not wq, "transactions outstanding after busy fell"
-            results.append((cycles, int(err), bytes(mem)))
+            results.append((cycles, int(err), bytes(mem), requests))
 
     sim = Simulator(engine)
     sim.add_clock(1e-8)
@@ -259,8 +261,10 @@ def _engine_cases(cfg, seed, specs):
 
 
 def _check_results(cases, res, base):
-    for case, (cycles, err, mem) in zip(cases, res):
+    for case, (cycles, err, mem, requests) in zip(cases, res):
         assert err == case.meta["error"], (case.name, err)
+        if err == 5:
+            assert requests == 0, f"{case.name}: an invalid instruction accessed DRAM"
         if err == 0 and mem != case.expect:
             o = case.meta["out_addr"] - base
             n, st = case.meta["n"], case.meta["out_stride"]
@@ -279,6 +283,21 @@ def test_engine_small_gemms_amaranth():
     cases, base = _engine_cases(cfg, 3, [
         ("plain", dict(M=2, K=128, N=2, had=True, bias=True, dfq=False)),
         ("dfq", dict(M=1, K=256, N=1, had=False, bias=True, dfq=True))])
+    # field errors (5): detected before any DRAM access, the engine stays usable
+    small = dict(M=1, K=128, N=1, had=True, bias=True, dfq=False)
+    hdr = isa.header(isa.Opcode.GEMM, subop=0, flags=int(isa.GemmFlag.HAD | isa.GemmFlag.BIAS))
+    bad_fields = {
+        "k-above-max_k": {isa.GEMM_K: 512}, "k-zero": {isa.GEMM_K: 0}, "n-zero": {isa.GEMM_N: 0},
+        "m-zero": {isa.GEMM_M: 0}, "out-misaligned": {isa.GEMM_OUT: base + 0x102},
+        "stride-misaligned": {isa.GEMM_ACT_STRIDE: 520}, "signs-misaligned": {isa.GEMM_SIGNS: base + 8},
+        "unknown-subop": {0: hdr | 2 << isa.HDR_SUBOP_SHIFT},
+        "unknown-flag": {0: hdr | 4 << isa.HDR_FLAGS_SHIFT}}
+    bad, _ = _engine_cases(cfg, 5, [(name, dict(small, corrupt=c)) for name, c in bad_fields.items()])
+    for c in bad:
+        c.meta["error"] = int(isa.ErrorCode.FIELD)
+    last, _ = _engine_cases(cfg, 6, [("after-errors", dict(M=1, K=128, N=1, had=False, bias=False,
+                                                           dfq=True))])
+    cases = cases[:1] + bad + cases[1:] + last
     _check_results(cases, run_engine_sim(MatrixEngine(cfg, max_k=256), cases, base=base), base)
 
 
