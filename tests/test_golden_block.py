@@ -235,12 +235,39 @@ def test_block_params_rejects_unsupported_packages(digits_fpqvar):
         gb.block_params(_patched(pkg, scale_format={"name": "e8m0"}), 0)
     with pytest.raises(ValueError, match="head_dim 32"):
         gb.block_params(_patched(pkg, model={**pkg.model, "head_dim": 32}), 0)
-    bad = copy.copy(pkg)
-    bad.layers = dict(pkg.layers)
-    lp = pkg.layers["blocks.0.ffn.fc2"]
-    bad.layers["blocks.0.ffn.fc2"] = type(lp)(**{**lp.__dict__, "meta": {**lp.meta, "dfq": "fp6"}})
     with pytest.raises(ValueError, match="DFQ variant 'fp6'"):
-        gb.block_params(bad, 0)
+        gb.block_params(_with_layer(pkg, "blocks.0.ffn.fc2", meta={"dfq": "fp6"}), 0)
+    with pytest.raises(ValueError, match="granularity"):
+        gb.block_params(_with_layer(pkg, "blocks.0.attn.proj", meta={"a_granularity": "token"}), 0)
+    with pytest.raises(ValueError, match="float weights"):
+        gb.block_params(_with_layer(pkg, "blocks.0.attn.proj", codes=None), 0)
+
+
+def _with_layer(pkg, name, **changes):
+    p = copy.copy(pkg)
+    p.layers = dict(pkg.layers)
+    lp = pkg.layers[name]
+    meta = {**lp.meta, **changes.pop("meta", {})}
+    p.layers[name] = type(lp)(**{**lp.__dict__, "meta": meta, **changes})
+    return p
+
+
+def test_online_smoothing_is_folded_into_the_adaln_vectors(digits_fpqvar):
+    """A shared-adaLN package keeps its GALT vectors online (smooth_online): block_params
+    picks them up and device_modulation folds them into scale1/shift1 (qkv) per row."""
+    from fpqvar_quant.ptq.package import load_package
+
+    pkg = load_package(digits_fpqvar[1])
+    s = np.linspace(0.5, 2.0, pkg.model["embed_dim"]).astype(np.float32)
+    p = gb.block_params(_with_layer(pkg, "blocks.0.attn.mat_qkv", meta={"smooth_online": True}, smooth=s), 0)
+    np.testing.assert_array_equal(p.smooth_qkv, s)
+    assert p.smooth_fc1 is None
+    ada = np.random.default_rng(0).standard_normal((2, 6, s.size)).astype(np.float32)
+    out = gb.device_modulation(ada, p)
+    np.testing.assert_array_equal(out[:, 4], (ada[:, 4].astype(np.float64) * s).astype(np.float32))
+    np.testing.assert_array_equal(out[:, 3], ada[:, 3])
+    with pytest.raises(ValueError, match="online smoothing on proj"):
+        gb.block_params(_with_layer(pkg, "blocks.0.attn.proj", meta={"smooth_online": True}, smooth=s), 0)
 
 
 @pytest.mark.parametrize("kv", ["fp16", "kv6"])
