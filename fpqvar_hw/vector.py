@@ -403,7 +403,7 @@ class Softmax(wiring.Component):
     def __init__(self, *, length: int, P: int = 8):
         _check_row_params(self, "length", length, P, divides=False)
         self.length, self.P, self.lanes = length, P, 1
-        #: element pipeline depth (the load phase takes one element per cycle)
+        #: cycles an element spends in the load-phase datapath (running max, buffer write)
         self.latency = 1
         fl = float_layout(FP32)
         super().__init__({
@@ -507,7 +507,8 @@ class LayerNormModulate(wiring.Component):
     def __init__(self, *, length: int, P: int = 8):
         _check_row_params(self, "length", length, P, divides=True)
         self.length, self.P, self.lanes = length, P, 1
-        self.latency = 1   # element pipeline depth of the load phase
+        #: cycles an element spends in the load-phase datapath (accumulation)
+        self.latency = PartialSums.DRAIN
         fl = float_layout(FP32)
         super().__init__({
             "i": In(stream.Signature(data.StructLayout({"x": fl, "scale": fl, "shift": fl}))),
@@ -623,7 +624,8 @@ class L2NormTemperature(wiring.Component):
     def __init__(self, *, head_dim: int = 64, P: int = 8, temperature: bool = True):
         _check_row_params(self, "head_dim", head_dim, P, divides=True)
         self.length, self.P, self.temperature, self.lanes = head_dim, P, temperature, 1
-        self.latency = 1   # element pipeline depth of the load phase
+        #: cycles an element spends in the load-phase datapath (square, accumulate)
+        self.latency = 2 + PartialSums.DRAIN
         fl = float_layout(FP32)
         fields = {"x": fl, "t": fl} if temperature else {"x": fl}
         super().__init__({"i": In(stream.Signature(data.StructLayout(fields))),

@@ -1,0 +1,493 @@
+"""The vector engine: executes VEC instructions (``docs/top.md``) from and to DRAM.
+
+:class:`VectorEngine` walks the 4-level loop nest of a VEC instruction, reads
+its FP32 (FDOT: FP32 or FP16 B) operands through three DMA read clients, feeds
+one element per cycle to the unit of the sub-op (all from
+:mod:`fpqvar_hw.vector` / :mod:`fpqvar_hw.fpu`, each bit-exact to its golden
+function) and writes the results through one write client.
+
+Data path (one element per cycle when nothing stalls)::
+
+    cmd -> CHECK -> issue: loop counters (i3, i2, i1, i0), one address per operand,
+                   window check, read requests (only when the 16-byte word changes)
+                   |                                   |
+                   v descriptor FIFO                   v rd_a / rd_b / rd_c
+            gather: word caches + response FIFOs -> element {a, b, c, last}
+                   -> unit of the sub-op -> result -> D address, merge into a
+                   16-byte word -> wr (one write per word, strobes)
+
+* **Reads.**  Each operand keeps the last word it read: a new read is issued only
+  when an element lies in a different 16-byte word than the operand's previous
+  element, so contiguous FP32 data costs one single-beat read per 4 elements
+  (FP16: per 8).  Up to ``rd_depth`` reads per operand are outstanding; a read is
+  only issued when its response FIFO has room, so ``rd_*.resp.ready`` is always 1
+  (a shared in-order AXI read channel is never blocked by this engine).
+* **Writes.**  Consecutive results in the same 16-byte word are merged into one
+  single-beat write with byte strobes.  ``wr.resp.ready`` is always 1.
+* **Window.**  Every element address (``isa.operand_address``: 32-bit wrap-around) is
+  checked with ``isa.in_window`` against ``dram_base``/``dram_size`` before its read
+  is issued (A, B, C) or its write is merged (D); a failure is error 2 and nothing
+  of that element is accessed.
+* **Validation** (error 5, before any access; the rules of ``isa.Vec.check``):
+  unknown sub-op or flag bits, a zero count, B_FP16 on anything but FDOT, D_FP16
+  not exactly on CVT16, misaligned base/stride of a used operand (FDOT's D and
+  L2NT's B ignore s0), L2NT ``n0 != 64``, SOFTMAX ``n0 > max_kv``, and LNMOD
+  ``n0 != C`` (the LayerNorm unit is built for rows of ``C``).
+* **Errors and abort.**  Error 2/3/4 (address, read ``err``, write ``err``) or
+  ``abort`` stop the issue side and hold the units, FIFOs and caches in reset
+  (``ResetInserter``) while outstanding requests complete and their responses are
+  discarded; ``busy`` falls when nothing is outstanding.  ``error`` holds the first
+  error's code until the next ``cmd`` is accepted (0 after an abort).
+* **fine** = 0: the unit is fed one element per ``latency`` cycles of that unit
+  (its element path is never overlapped).
+
+Sub-op -> unit: LNMOD :class:`~fpqvar_hw.vector.LayerNormModulate` (length ``C``);
+RESID :class:`~fpqvar_hw.vector.Residual`; GELU :class:`~fpqvar_hw.vector.Elementwise`;
+L2NT :class:`~fpqvar_hw.vector.L2NormTemperature` (64); SOFTMAX
+:class:`~fpqvar_hw.vector.Softmax` (rows up to ``max_kv``, ended by ``i0 = n0-1``);
+FDOT :class:`~fpqvar_hw.vector.FDot` (B FP16 converted exactly to FP32 first);
+CVT16 :class:`~fpqvar_hw.fpu.FPUnit` (CONVERT FP32 -> FP16, RNE).
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, ResetInserter, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from . import isa
+from .axi import DATA_BITS, DATA_BYTES, ReadClient, WriteClient
+from .fpu import FP16, FP32, FPOp, FPUnit, RoundPack, _convert_front
+from .vector import (Elementwise, FDot, Func, L2NormTemperature, LayerNormModulate, Residual,
+                     Softmax)
+
+__all__ = ["VectorEngine"]
+
+_READ_OPERANDS = ("a", "b", "c")
+_WORD_SHIFT = (DATA_BYTES - 1).bit_length()      # 4: byte address -> 16-byte word
+
+
+def _uses(operand: str) -> list[isa.VecSubop]:
+    return [s for s, ops in isa.VEC_OPERANDS.items() if operand in ops]
+
+
+class VectorEngine(wiring.Component):
+    """Executes VEC instructions (``docs/top.md``, fields and rules from :mod:`fpqvar_hw.isa`).
+
+    Parameters
+    ----------
+    C : LayerNorm row length (LNMOD requires ``n0 == C``); a multiple of ``P``.
+    max_kv : longest SOFTMAX row (``1 <= n0 <= max_kv``).
+    P : tree-sum width of the row operations (golden ``tree_sum``; ``isa.VEC_P``).
+    rd_depth : outstanding reads per operand (response FIFO depth, a power of two).
+
+    Ports
+    -----
+    ``cmd``: In stream of ``isa.INSTR_LAYOUT`` (a VEC instruction; the opcode is not
+    checked here).  Accepted only when idle (``busy`` low) and ``abort`` is low.
+    ``busy``: Out(1), high from accepting ``cmd`` until every issued request has its
+    response (write responses included).  ``error``: Out(4), ``isa.ErrorCode`` of the
+    last instruction, held until the next ``cmd``.  ``abort``: In(1).  ``fine``: In(1)
+    (fine pipelining; 0 = one element per unit latency).  ``dram_base``,
+    ``dram_size``: In(32).  ``rd_a``, ``rd_b``, ``rd_c``: ``axi.ReadClient`` of operands A,
+    B, C (single-beat reads, ``len`` = 0, 16-byte aligned addresses).  ``wr``:
+    ``axi.WriteClient`` (single-beat writes with strobes).
+    """
+
+    DESC_DEPTH = 32
+
+    def __init__(self, *, C: int = 128, max_kv: int = 64, P: int = isa.VEC_P, rd_depth: int = 16):
+        self._MustUse__silence = True
+        for name, v in (("C", C), ("max_kv", max_kv), ("P", P), ("rd_depth", rd_depth)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if P < 4 or P & (P - 1):
+            raise ValueError(f"P must be a power of two >= 4, got {P}")
+        if C % P:
+            raise ValueError(f"C ({C}) must be a multiple of P ({P})")
+        if isa.L2NT_LEN % P:
+            raise ValueError(f"P ({P}) must divide the L2NT head length {isa.L2NT_LEN}")
+        if rd_depth < 2 or rd_depth & (rd_depth - 1):
+            raise ValueError(f"rd_depth must be a power of two >= 2, got {rd_depth}")
+        self._MustUse__silence = False
+        self.C, self.max_kv, self.P, self.rd_depth = C, max_kv, P, rd_depth
+        super().__init__({
+            "cmd": In(stream.Signature(isa.INSTR_LAYOUT)),
+            "busy": Out(1),
+            "error": Out(4),
+            "abort": In(1),
+            "fine": In(1, init=1),
+            "dram_base": In(32),
+            "dram_size": In(32),
+            "rd_a": Out(ReadClient()),
+            "rd_b": Out(ReadClient()),
+            "rd_c": Out(ReadClient()),
+            "wr": Out(WriteClient()),
+        })
+
+    # ----------------------------------------------------------------- helpers
+    def _units(self) -> dict[isa.VecSubop, wiring.Component]:
+        return {
+            isa.VecSubop.LNMOD: LayerNormModulate(length=self.C, P=self.P),
+            isa.VecSubop.RESID: Residual(),
+            isa.VecSubop.GELU: Elementwise(Func.GELU),
+            isa.VecSubop.L2NT: L2NormTemperature(head_dim=isa.L2NT_LEN, P=self.P, temperature=True),
+            isa.VecSubop.SOFTMAX: Softmax(length=self.max_kv, P=self.P),
+            isa.VecSubop.FDOT: FDot(P=self.P),
+            isa.VecSubop.CVT16: FPUnit(FPOp.CONVERT, FP32, dst=FP16),
+        }
+
+    def elaborate(self, platform):
+        m = Module()
+        V = isa.VecSubop
+        depth = self.rd_depth
+
+        # ------------------------------------------------------------ instruction
+        ins = Signal(isa.INSTR_LAYOUT)
+        hdr = ins[0]
+        sub = hdr[isa.HDR_SUBOP_SHIFT:isa.HDR_SUBOP_SHIFT + isa.HDR_SUBOP_BITS]
+        flags = hdr[isa.HDR_FLAGS_SHIFT:isa.HDR_FLAGS_SHIFT + isa.HDR_FLAGS_BITS]
+        b16 = flags[(int(isa.VecFlag.B_FP16)).bit_length() - 1]
+        d16 = flags[(int(isa.VecFlag.D_FP16)).bit_length() - 1]
+        n = [ins[isa.VEC_N + k] for k in range(4)]
+
+        def field(x: str, k: int):      # k = 0: base, 1..4: s0..s3
+            return ins[isa.VEC_OPERAND_WORD[x] + k]
+
+        is_sub = {s: (sub == int(s)) for s in V}
+        used = {x: Cat(*(is_sub[s] for s in _uses(x))).any() for x in ("a", "b", "c", "d")}
+
+        # validation (isa.Vec.check, with LNMOD n0 == C)
+        known_flags = int(isa.VecFlag.B_FP16 | isa.VecFlag.D_FP16)
+        misaligned = []
+        for x in ("a", "b", "c", "d"):
+            mask = Mux(b16, 1, 3) if x == "b" else Mux(d16, 1, 3) if x == "d" else Const(3, 2)
+            skip_s0 = is_sub[V.FDOT] if x == "d" else is_sub[V.L2NT] if x == "b" else Const(0)
+            bad = (field(x, 0)[:2] & mask) != 0
+            bad |= ((field(x, 1)[:2] & mask) != 0) & ~skip_s0
+            for k in (2, 3, 4):
+                bad |= (field(x, k)[:2] & mask) != 0
+            misaligned.append(used[x] & bad)
+        bad_field = Signal()
+        m.d.comb += bad_field.eq(
+            (sub > int(max(V))) | ((flags & ~known_flags) != 0) | Cat(*(v == 0 for v in n)).any()
+            | (b16 & ~is_sub[V.FDOT]) | (d16 != is_sub[V.CVT16])
+            | (is_sub[V.L2NT] & (n[0] != isa.L2NT_LEN))
+            | (is_sub[V.SOFTMAX] & (n[0] > self.max_kv))
+            | (is_sub[V.LNMOD] & (n[0] != self.C))
+            | Cat(*misaligned).any())
+
+        # ------------------------------------------------------------ control state
+        error = Signal(4)
+        m.d.comb += self.error.eq(error)
+        flush = Signal()                   # units, FIFOs, caches held in reset
+        in_run = Signal()                  # state RUN (error detection)
+        running = Signal()                 # RUN and no error/abort this cycle (issue, accept)
+        raise_err = Signal(4)              # an error detected this cycle (0: none)
+        drained = Signal()
+        finished = Signal()
+        start = Signal()                   # CHECK passed: load the generators
+
+        with m.FSM(name="ctl"):
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(~self.abort)
+                with m.If(self.cmd.valid & ~self.abort):
+                    m.d.sync += [ins.eq(self.cmd.payload), error.eq(0)]
+                    m.next = "CHECK"
+            with m.State("CHECK"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(self.abort):
+                    m.next = "IDLE"
+                with m.Elif(bad_field):
+                    m.d.sync += error.eq(isa.ErrorCode.FIELD)
+                    m.next = "IDLE"
+                with m.Else():
+                    m.d.comb += start.eq(1)
+                    m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += [self.busy.eq(1), in_run.eq(1),
+                             running.eq(~self.abort & (raise_err == 0))]
+                with m.If(self.abort | (raise_err != 0)):
+                    m.d.sync += error.eq(raise_err)
+                    m.next = "DRAIN"
+                with m.Elif(finished):
+                    m.next = "IDLE"
+            with m.State("DRAIN"):
+                m.d.comb += [self.busy.eq(1), flush.eq(1)]
+                with m.If(drained):
+                    m.next = "IDLE"
+
+        # first error of the cycle by priority (address before AXI errors)
+        err_addr_rd, err_addr_wr, err_rd, err_wr = Signal(), Signal(), Signal(), Signal()
+        with m.If(err_addr_rd | err_addr_wr):
+            m.d.comb += raise_err.eq(isa.ErrorCode.ADDRESS)
+        with m.Elif(err_rd):
+            m.d.comb += raise_err.eq(isa.ErrorCode.AXI_READ)
+        with m.Elif(err_wr):
+            m.d.comb += raise_err.eq(isa.ErrorCode.AXI_WRITE)
+
+        def in_window(addr, nbytes):
+            end = Signal(34)
+            lim = Signal(34)
+            m.d.comb += [end.eq(addr + nbytes), lim.eq(self.dram_base + self.dram_size)]
+            return (addr >= self.dram_base) & (end <= lim)
+
+        # ------------------------------------------------------------ loop nests
+        def loop_nest(prefix: str, n0m1, operands: dict[str, list]):
+            """Counters i0..i3 and one address register per operand; ``step`` advances.
+            Returns (idx, addr dict, step, at_last_element, last_of_row)."""
+            idx = [Signal(32, name=f"{prefix}_i{k}") for k in range(4)]
+            nm1 = [Signal(32, name=f"{prefix}_nm1_{k}") for k in range(4)]
+            step = Signal(name=f"{prefix}_step")
+            top = [idx[0] == nm1[0]] + [idx[k] == nm1[k] for k in range(1, 4)]
+            addrs = {}
+            with m.If(start):
+                m.d.sync += [nm1[0].eq(n0m1)] + [nm1[k].eq(n[k] - 1) for k in range(1, 4)]
+                m.d.sync += [i.eq(0) for i in idx]
+            for x, strides in operands.items():
+                # p[0]: current element; p[k]: first element of the current level-k block
+                p = [Signal(32, name=f"{prefix}_{x}_p{k}") for k in range(4)]
+                addrs[x] = p[0]
+                with m.If(start):
+                    m.d.sync += [q.eq(field(x, 0)) for q in p]
+                with m.Elif(step):
+                    with m.If(~top[0]):
+                        m.d.sync += p[0].eq(p[0] + strides[0])
+                    for lvl in (1, 2, 3):
+                        cond = Cat(*top[:lvl]).all() & ~top[lvl]
+                        with m.Elif(cond):
+                            nxt = (p[lvl] + strides[lvl])[:32]
+                            m.d.sync += [q.eq(nxt) for q in p[:lvl + 1]]
+            with m.If(step & ~start):
+                with m.If(~top[0]):
+                    m.d.sync += idx[0].eq(idx[0] + 1)
+                for lvl in (1, 2, 3):
+                    with m.Elif(Cat(*top[:lvl]).all() & ~top[lvl]):
+                        m.d.sync += [i.eq(0) for i in idx[:lvl]] + [idx[lvl].eq(idx[lvl] + 1)]
+            return idx, addrs, step, Cat(*top).all(), top[0]
+
+        # ============================================================ issue side
+        strides = {x: [field(x, k) for k in range(1, 5)] for x in ("a", "b", "c", "d")}
+        i_idx, i_addr, i_step, i_final, i_last = loop_nest(
+            "is", n[0] - 1, {x: strides[x] for x in _READ_OPERANDS})
+        i_done = Signal()
+        with m.If(start):
+            m.d.sync += i_done.eq(0)
+        with m.Elif(i_step & i_final):
+            m.d.sync += i_done.eq(1)
+
+        desc_layout = data.StructLayout({
+            **{f"new_{x}": 1 for x in _READ_OPERANDS},
+            **{f"off_{x}": _WORD_SHIFT for x in _READ_OPERANDS},
+            "last": 1})
+        m.submodules.desc_fifo = ResetInserter(flush)(
+            desc_fifo := SyncFIFOBuffered(width=desc_layout.size, depth=self.DESC_DEPTH))
+        desc_w = Signal(desc_layout)
+        m.d.comb += desc_fifo.w_data.eq(desc_w)
+
+        need = {"a": Const(1),
+                "b": (is_sub[V.LNMOD] | is_sub[V.RESID] | is_sub[V.FDOT]
+                      | (is_sub[V.L2NT] & (i_idx[0] == 0))),
+                "c": is_sub[V.LNMOD] | is_sub[V.RESID]}
+        esize = {"a": Const(4, 3), "b": Mux(b16, 2, 4), "c": Const(4, 3)}
+        can_issue = Signal()
+        m.d.comb += can_issue.eq(in_run & ~i_done & desc_fifo.w_rdy)
+        blocked = []
+        rd_state = {}
+        for x in _READ_OPERANDS:
+            port = getattr(self, f"rd_{x}")
+            addr = i_addr[x]
+            word = addr[_WORD_SHIFT:]
+            last_word = Signal(32 - _WORD_SHIFT, name=f"last_word_{x}")
+            cached = Signal(name=f"cached_{x}")
+            new = Signal(name=f"new_{x}")
+            m.d.comb += new.eq(need[x] & (~cached | (word != last_word)))
+            # read request register
+            req_valid = Signal(name=f"req_valid_{x}")
+            req_addr = Signal(32, name=f"req_addr_{x}")
+            m.d.comb += [port.req.valid.eq(req_valid), port.req.payload.addr.eq(req_addr),
+                         port.req.payload.len.eq(0)]
+            req_free = ~req_valid | port.req.ready
+            credits = Signal(range(depth + 1), name=f"credits_{x}")   # issued, not yet popped
+            inflight = Signal(range(depth + 2), name=f"inflight_{x}")  # issued, no response yet
+            window_ok = in_window(addr, esize[x])
+            blocked.append(new & (~req_free | (credits == depth)))
+            with m.If(can_issue & need[x] & ~window_ok):
+                m.d.comb += err_addr_rd.eq(1)
+            rd_state[x] = dict(port=port, new=new, word=word, last_word=last_word, cached=cached,
+                               req_valid=req_valid, req_addr=req_addr, req_free=req_free,
+                               credits=credits, inflight=inflight, window_ok=window_ok)
+        all_ok = Cat(*(~need[x] | rd_state[x]["window_ok"] for x in _READ_OPERANDS)).all()
+        fire = Signal()
+        m.d.comb += [fire.eq(running & can_issue & all_ok & ~Cat(*blocked).any()), i_step.eq(fire)]
+        m.d.comb += [desc_fifo.w_en.eq(fire), desc_w.last.eq(i_last)]
+
+        # response FIFOs and word caches (gather side) -------------------------
+        pop = Signal()                  # gather takes the head descriptor this cycle
+        desc = desc_layout(desc_fifo.r_data)
+        words = {}
+        fifo_ok = []
+        for x in _READ_OPERANDS:
+            st = rd_state[x]
+            port = st["port"]
+            m.d.comb += [getattr(desc_w, f"new_{x}").eq(st["new"]),
+                         getattr(desc_w, f"off_{x}").eq(i_addr[x][:_WORD_SHIFT])]
+            with m.If(fire & st["new"]):
+                m.d.sync += [st["last_word"].eq(st["word"]), st["cached"].eq(1),
+                             st["req_valid"].eq(1), st["req_addr"].eq(Cat(Const(0, _WORD_SHIFT), st["word"]))]
+            with m.Elif(port.req.ready):
+                m.d.sync += st["req_valid"].eq(0)
+            with m.If(start | flush):
+                m.d.sync += st["cached"].eq(0)
+            # response FIFO: room is reserved by credits, so resp.ready is always 1
+            m.submodules[f"resp_fifo_{x}"] = ResetInserter(flush)(
+                fifo := SyncFIFOBuffered(width=DATA_BITS, depth=depth))
+            m.d.comb += [port.resp.ready.eq(1), fifo.w_data.eq(port.resp.payload.data),
+                         fifo.w_en.eq(port.resp.valid & ~flush)]
+            with m.If(in_run & port.resp.valid & port.resp.payload.err):
+                m.d.comb += err_rd.eq(1)
+            issued = fire & st["new"]
+            take = pop & getattr(desc, f"new_{x}")
+            m.d.comb += fifo.r_en.eq(take)
+            with m.If(flush):
+                m.d.sync += st["credits"].eq(0)
+            with m.Else():
+                m.d.sync += st["credits"].eq(st["credits"] + issued - take)
+            m.d.sync += st["inflight"].eq(st["inflight"] + issued - port.resp.valid)
+            cache = Signal(DATA_BITS, name=f"cache_{x}")
+            with m.If(take):
+                m.d.sync += cache.eq(fifo.r_data)
+            words[x] = Mux(getattr(desc, f"new_{x}"), fifo.r_data, cache)
+            fifo_ok.append(~getattr(desc, f"new_{x}") | fifo.r_rdy)
+
+        # gather: the element register feeding the units -----------------------
+        elem_layout = data.StructLayout({"a": 32, "b": 32, "c": 32, "last": 1})
+        elem = Signal(elem_layout)
+        elem_valid = Signal()
+        elem_ready = Signal()
+        elem_free = ~elem_valid | elem_ready
+        m.d.comb += pop.eq(desc_fifo.r_rdy & Cat(*fifo_ok).all() & elem_free & ~flush)
+        m.d.comb += desc_fifo.r_en.eq(pop)
+
+        def lane32(word, off):
+            return word.word_select(off[2:], 32)
+        b_half = words["b"].word_select(desc.off_b[1:], 16)
+        b_conv = RoundPack(FP32, sig_bits=FP16.man_bits + 1, exp_bits=FP16.exp_bits + 4)
+        m.submodules.b_fp16 = b_conv
+        m.d.comb += b_conv.i.eq(_convert_front(m, b_half, FP16))
+        with m.If(flush):
+            m.d.sync += elem_valid.eq(0)
+        with m.Elif(pop):
+            m.d.sync += [elem_valid.eq(1), elem.a.eq(lane32(words["a"], desc.off_a)),
+                         elem.b.eq(Mux(b16, b_conv.o.as_value(), lane32(words["b"], desc.off_b))),
+                         elem.c.eq(lane32(words["c"], desc.off_c)), elem.last.eq(desc.last)]
+        with m.Elif(elem_ready):
+            m.d.sync += elem_valid.eq(0)
+
+        # ============================================================ units
+        units = self._units()
+        for s, u in units.items():
+            m.submodules[f"unit_{s.name.lower()}"] = ResetInserter(flush)(u)
+        # fine = 0: one element per unit latency
+        lat = Array(Const(units[s].latency, 8) for s in sorted(units))
+        gap = Signal(8)
+        throttle_ok = gap == 0
+        feed = elem_valid & throttle_ok
+        with m.If(flush):
+            m.d.sync += gap.eq(0)
+        with m.Elif(feed & elem_ready & ~self.fine):
+            m.d.sync += gap.eq(lat[sub[:3]] - 1)
+        with m.Elif(gap != 0):
+            m.d.sync += gap.eq(gap - 1)
+        payloads = {
+            V.LNMOD: {"x": elem.a, "scale": elem.b, "shift": elem.c},
+            V.RESID: {"x": elem.a, "g": elem.b, "y": elem.c},
+            V.L2NT: {"x": elem.a, "t": elem.b},
+            V.SOFTMAX: {"x": elem.a, "last": elem.last},
+            V.FDOT: {"a": elem.a, "b": elem.b, "last": elem.last},
+        }
+        res_valid, res_ready = Signal(), Signal()
+        res_data = Signal(32)
+        for s, u in units.items():
+            if s in payloads:
+                for name, val in payloads[s].items():
+                    m.d.comb += getattr(u.i.payload, name).eq(val)
+            elif s is V.GELU:
+                m.d.comb += u.i.payload[0].as_value().eq(elem.a)
+            else:   # CVT16
+                m.d.comb += u.i.payload[0].a.as_value().eq(elem.a)
+            m.d.comb += u.i.valid.eq(feed & is_sub[s])
+            with m.If(is_sub[s]):
+                m.d.comb += [elem_ready.eq(throttle_ok & u.i.ready), res_valid.eq(u.o.valid),
+                             res_data.eq(u.o.payload.as_value()), u.o.ready.eq(res_ready)]
+
+        # ============================================================ write side
+        d_n0m1 = Mux(is_sub[V.FDOT], 0, n[0] - 1)     # FDOT: one result per row, s0 unused
+        _, d_addr, d_step, d_final, _ = loop_nest("wr", d_n0m1, {"d": strides["d"]})
+        q = d_addr["d"]
+        d_done = Signal()
+        with m.If(start):
+            m.d.sync += d_done.eq(0)
+        with m.Elif(d_step & d_final):
+            m.d.sync += d_done.eq(1)
+
+        # the pending (merging) word and the write request register
+        pend_valid = Signal()
+        pend_word = Signal(32 - _WORD_SHIFT)
+        pend_data = Signal(DATA_BITS)
+        pend_strb = Signal(DATA_BYTES)
+        wreq_valid = Signal()
+        m.d.comb += self.wr.req.valid.eq(wreq_valid)
+        wreq_free = ~wreq_valid | self.wr.req.ready
+        wr_out = Signal(range(1 << 16))       # writes accepted, response pending
+        m.d.comb += self.wr.resp.ready.eq(1)
+        with m.If(in_run & self.wr.resp.valid & self.wr.resp.payload.err):
+            m.d.comb += err_wr.eq(1)
+
+        new_word = q[_WORD_SHIFT:]
+        lane16 = q[1:_WORD_SHIFT]
+        new_data = Signal(DATA_BITS)
+        new_strb = Signal(DATA_BYTES)
+        with m.If(d16):
+            m.d.comb += [new_data.eq(res_data[:16] << (lane16 * 16)),
+                         new_strb.eq(Const(0b11, DATA_BYTES) << (lane16 * 2))]
+        with m.Else():
+            m.d.comb += [new_data.eq(res_data << (lane16[1:] * 32)),
+                         new_strb.eq(Const(0b1111, DATA_BYTES) << (lane16[1:] * 4))]
+        new_mask = Cat(*(b.replicate(8) for b in new_strb))
+        same = pend_valid & (pend_word == new_word)
+        d_ok = in_window(q, Mux(d16, 2, 4))
+        emit = Signal()                     # pending word -> write request register
+        m.d.comb += res_ready.eq(running & ~d_done & d_ok & (~pend_valid | same | wreq_free))
+        with m.If(in_run & res_valid & ~d_done & ~d_ok):
+            m.d.comb += err_addr_wr.eq(1)
+        take_res = res_valid & res_ready
+        m.d.comb += d_step.eq(take_res)
+        with m.If(take_res):
+            m.d.sync += [pend_valid.eq(1), pend_word.eq(new_word)]
+            with m.If(same):
+                m.d.sync += [pend_data.eq((pend_data & ~new_mask) | new_data),
+                             pend_strb.eq(pend_strb | new_strb)]
+            with m.Else():
+                m.d.sync += [pend_data.eq(new_data), pend_strb.eq(new_strb)]
+                m.d.comb += emit.eq(pend_valid)
+        with m.Elif(running & d_done & pend_valid & wreq_free):
+            m.d.comb += emit.eq(1)
+            m.d.sync += pend_valid.eq(0)
+        with m.If(flush | start):
+            m.d.sync += pend_valid.eq(0)
+        with m.If(emit):
+            m.d.sync += [wreq_valid.eq(1),
+                         self.wr.req.payload.addr.eq(Cat(Const(0, _WORD_SHIFT), pend_word)),
+                         self.wr.req.payload.data.eq(pend_data),
+                         self.wr.req.payload.strb.eq(pend_strb)]
+        with m.Elif(self.wr.req.ready):
+            m.d.sync += wreq_valid.eq(0)
+        m.d.sync += wr_out.eq(wr_out + (self.wr.req.valid & self.wr.req.ready) - self.wr.resp.valid)
+
+        # ============================================================ completion
+        quiet = Cat(*(~rd_state[x]["req_valid"] & (rd_state[x]["inflight"] == 0)
+                      for x in _READ_OPERANDS)).all() & ~wreq_valid & (wr_out == 0)
+        m.d.comb += [drained.eq(quiet),
+                     finished.eq(quiet & i_done & d_done & ~pend_valid)]
+        return m

@@ -1,0 +1,447 @@
+"""cocotb module for sim/test_vecengine.py: the vector engine (fpqvar_hw.vecengine) on
+DRAM served by sim.dma_model, against the golden model, instruction by instruction.
+
+Parameters (``tb_params``): ``seed``, ``C``, ``max_kv``, ``P`` (the build), ``n_random``
+(random instructions in ``random_instructions``), ``max_elems`` (size bound of a random
+instruction), ``attention`` ([H, Nq, Nk] of the attention sequence).
+
+Every instruction is checked the same way: the expected DRAM image is the image before
+the instruction with the golden results (``fpqvar_quant.golden``) written at the
+destination addresses (``isa.operand_address``); after ``busy`` falls the whole
+DRAM image must equal it byte for byte (so a stray write anywhere fails too) and
+``error`` must be 0.  Mismatch reports name the destination element, its address, and
+expected vs actual bits and values.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import cocotb
+import numpy as np
+from cocotb.clock import Clock
+from cocotb.triggers import ClockCycles, RisingEdge
+
+from fpqvar_hw import isa
+from fpqvar_hw.isa import ErrorCode, Operand, Vec, VecFlag, VecSubop
+from fpqvar_quant.golden import fp32 as g
+from fpqvar_quant.golden import vector as gv
+from fpqvar_quant.golden.attention import attention, tree_last
+from sim.dma_model import DmaMemory
+from sim.streams import tb_params
+
+BASE = 0x0001_0000          # first byte of the DMA model's memory (and of the window)
+MEM_BYTES = 1 << 18
+
+
+# ------------------------------------------------------------------ golden executor
+def element_addresses(op: Operand, n: tuple[int, ...], *, row_const: bool = False) -> np.ndarray:
+    """int64 [n3, n2, n1, n0] (n0 = 1 when ``row_const``) of ``isa.operand_address``."""
+    n0 = 1 if row_const else n[0]
+    i = np.ix_(np.arange(n[3]), np.arange(n[2]), np.arange(n[1]), np.arange(n0))
+    addr = op.base + i[3] * op.s0 + i[2] * op.s1 + i[1] * op.s2 + i[0] * op.s3
+    return (addr & 0xFFFFFFFF).astype(np.int64)
+
+
+def load(mem: np.ndarray, addr: np.ndarray, size: int) -> np.ndarray:
+    off = addr - BASE
+    out = np.zeros(addr.shape, np.uint64)
+    for k in range(size):
+        out |= mem[off + k].astype(np.uint64) << np.uint64(8 * k)
+    return out.astype(np.uint32 if size == 4 else np.uint16)
+
+
+def store(mem: np.ndarray, addr: np.ndarray, bits: np.ndarray, size: int) -> None:
+    off = (addr - BASE).reshape(-1)
+    b = bits.reshape(-1).astype(np.uint64)
+    for k in range(size):
+        mem[off + k] = ((b >> np.uint64(8 * k)) & np.uint64(0xFF)).astype(np.uint8)
+
+
+def golden_vec(mem: np.ndarray, v: Vec, P: int) -> None:
+    """Apply VEC instruction ``v`` to the DRAM image ``mem`` (uint8, byte 0 at BASE) with
+    the golden functions; D elements are written in loop order (last write wins)."""
+    sub = VecSubop(v.subop)
+    f32 = lambda a: g.to_float(a, "fp32")  # noqa: E731
+    A = f32(load(mem, element_addresses(v.a, v.n), 4))
+    if sub is VecSubop.L2NT:
+        B = f32(load(mem, element_addresses(v.b, v.n, row_const=True), 4))
+    elif "b" in v.operands:
+        bb = load(mem, element_addresses(v.b, v.n), v.elem_bytes("b"))
+        B = f32(g.convert(bb, "fp16", "fp32")) if v.flags & VecFlag.B_FP16 else f32(bb)
+    if "c" in v.operands:
+        Cv = f32(load(mem, element_addresses(v.c, v.n), 4))
+    d_addr = element_addresses(v.d, v.n, row_const=sub is VecSubop.FDOT)
+    if sub is VecSubop.LNMOD:
+        res = gv.layernorm_modulate(A, B, Cv, P)
+    elif sub is VecSubop.RESID:
+        res = gv.gamma_residual(A, B, Cv)
+    elif sub is VecSubop.GELU:
+        res = gv.gelu(A)
+    elif sub is VecSubop.L2NT:
+        res = gv.l2norm_temperature(A, B, P)
+    elif sub is VecSubop.SOFTMAX:
+        res = gv.softmax(A, P)
+    elif sub is VecSubop.FDOT:
+        res = tree_last(gv.NUMPY.mul(A, B), P, gv.NUMPY)[..., None]
+    else:
+        store(mem, d_addr, g.convert(load(mem, element_addresses(v.a, v.n), 4), "fp32", "fp16"), 2)
+        return
+    store(mem, d_addr, g.canon(np.asarray(res, np.float32), "fp32"), 4)
+
+
+# ------------------------------------------------------------------ random instructions
+class Allocator:
+    """Bump allocator over the DRAM image with random gaps and sub-word offsets."""
+
+    def __init__(self, rng: random.Random, size: int):
+        self.rng, self.size, self.next = rng, size, 0
+
+    def reset(self) -> None:
+        self.next = 0
+
+    def take(self, nbytes: int, align: int) -> int:
+        start = (self.next + 15) // 16 * 16 + self.rng.randrange(0, 16, align) + 16 * self.rng.randint(0, 3)
+        if start + nbytes > self.size:
+            self.next = 0
+            start = self.rng.randrange(0, 16, align)
+            if nbytes > self.size:
+                raise ValueError(f"operand of {nbytes} bytes does not fit the {self.size}-byte DRAM image")
+        self.next = start + nbytes
+        return BASE + start
+
+
+def rand_operand(rng: random.Random, alloc: Allocator, n: tuple[int, ...], esize: int, *,
+                 zero: tuple[int, ...] = (), ignore: tuple[int, ...] = ()) -> Operand:
+    """A layout of an [n3, n2, n1, n0] operand: dims in a random memory order (i0 innermost
+    most of the time), random padding, random negative strides; dims in ``zero`` are
+    broadcast (stride 0), dims in ``ignore`` get a random (even misaligned) stride."""
+    order = [0, 1, 2, 3]
+    if rng.random() < 0.3:
+        rng.shuffle(order)
+    strides, span = [0] * 4, esize
+    for d in order:
+        if d in zero or d in ignore:
+            continue
+        strides[d] = span
+        span = span * n[d] + esize * rng.choice([0, 0, 0, 1, 3])
+    for d in range(4):
+        if strides[d] and rng.random() < 0.2:
+            strides[d] = -strides[d]
+    lo = sum(min(0, (n[d] - 1) * strides[d]) for d in range(4))
+    hi = sum(max(0, (n[d] - 1) * strides[d]) for d in range(4))
+    base = alloc.take(hi - lo + esize, esize) - lo
+    for d in ignore:
+        strides[d] = rng.randrange(-(1 << 20), 1 << 20)
+    return Operand(base, *strides)
+
+
+def fill(mem: np.ndarray, rng: np.random.Generator, op: Operand, n, esize: int, *, scale: float,
+         row_const: bool = False, specials: bool = False) -> None:
+    addr = element_addresses(op, n, row_const=row_const)
+    x = (rng.standard_normal(addr.shape) * scale * rng.uniform(0.2, 1.0)).astype(np.float32)
+    if specials and x.size > 4:
+        flat = x.reshape(-1)
+        k = rng.integers(0, flat.size, 3)
+        flat[k] = rng.choice(np.array([0.0, -0.0, 1e-42, -3e38, np.inf, np.nan], np.float32), 3)
+    bits = g.convert(x.view(np.uint32), "fp32", "fp16") if esize == 2 else x.view(np.uint32)
+    store(mem, addr, bits, esize)
+
+
+def rand_vec(rng: random.Random, nrng: np.random.Generator, mem: np.ndarray, alloc: Allocator,
+             sub: VecSubop, *, C: int, max_kv: int, max_elems: int) -> Vec:
+    """A random valid instruction of sub-op ``sub`` over freshly allocated, filled operands."""
+    def counts(n0: int) -> tuple[int, int, int, int]:
+        rest = max(1, max_elems // n0)
+        n1 = rng.randint(1, min(4, rest))
+        n2 = rng.randint(1, max(1, min(3, rest // n1)))
+        n3 = rng.randint(1, max(1, min(2, rest // (n1 * n2))))
+        return (n0, n1, n2, n3)
+
+    flags = 0
+    ops: dict[str, Operand] = {}
+    if sub is VecSubop.LNMOD:
+        n = counts(C)
+        ops["a"] = rand_operand(rng, alloc, n, 4)
+        # adaLN scale/shift: one row per image (broadcast over rows) or per row
+        bz = (1,) if rng.random() < 0.6 else ()
+        ops["b"] = rand_operand(rng, alloc, n, 4, zero=bz)
+        ops["c"] = rand_operand(rng, alloc, n, 4, zero=bz)
+    elif sub is VecSubop.RESID:
+        n = counts(rng.randint(1, 48))
+        ops["a"] = rand_operand(rng, alloc, n, 4)
+        ops["b"] = rand_operand(rng, alloc, n, 4, zero=(1, 2, 3) if rng.random() < 0.5 else ())
+        ops["c"] = rand_operand(rng, alloc, n, 4)
+    elif sub in (VecSubop.GELU, VecSubop.CVT16):
+        n = counts(rng.randint(1, 48))
+        ops["a"] = rand_operand(rng, alloc, n, 4)
+        flags = VecFlag.D_FP16 if sub is VecSubop.CVT16 else 0
+    elif sub is VecSubop.L2NT:
+        n = counts(isa.L2NT_LEN)
+        ops["a"] = rand_operand(rng, alloc, n, 4)
+        ops["b"] = rand_operand(rng, alloc, n, 4, ignore=(0,))
+    elif sub is VecSubop.SOFTMAX:
+        n0 = rng.choice([1, 2, 7, 8, 9, max_kv, rng.randint(1, max_kv)])
+        n = counts(n0)
+        ops["a"] = rand_operand(rng, alloc, n, 4)
+    else:  # FDOT
+        n = counts(rng.choice([1, 5, 8, 64, rng.randint(1, 100)]))
+        if rng.random() < 0.5:
+            flags |= VecFlag.B_FP16
+        ops["a"] = rand_operand(rng, alloc, n, 4)
+        ops["b"] = rand_operand(rng, alloc, n, 2 if flags & VecFlag.B_FP16 else 4)
+    dn = (1,) + n[1:] if sub is VecSubop.FDOT else n
+    d = rand_operand(rng, alloc, dn, 2 if flags & VecFlag.D_FP16 else 4,
+                     ignore=(0,) if sub is VecSubop.FDOT else ())
+    scale = {VecSubop.CVT16: 3e4, VecSubop.SOFTMAX: 8.0, VecSubop.GELU: 4.0}.get(sub, 2.0)
+    fill(mem, nrng, ops["a"], n, 4, scale=scale, specials=sub in (VecSubop.RESID, VecSubop.GELU,
+                                                                   VecSubop.CVT16))
+    if "b" in ops:
+        fill(mem, nrng, ops["b"], n, 2 if flags & VecFlag.B_FP16 else 4,
+             scale=3.0 if sub is VecSubop.L2NT else 1.0, row_const=sub is VecSubop.L2NT)
+    if "c" in ops:
+        fill(mem, nrng, ops["c"], n, 4, scale=1.0)
+    return Vec(subop=sub, n=n, flags=int(flags), d=d, **ops)
+
+
+# ------------------------------------------------------------------ testbench
+class VecEngineTB:
+    """Clock, reset, the DMA memory model and an instruction runner for ``VectorEngine``."""
+
+    def __init__(self, dut: Any, p: dict):
+        self.dut, self.p = dut, p
+        self.seed = p["seed"]
+        self.mem = bytearray(MEM_BYTES)
+        self.view = np.frombuffer(self.mem, dtype=np.uint8)    # shares the buffer
+        self.dma = DmaMemory(dut, dut.clk, self.mem, base=BASE, seed=self.seed,
+                             read_ports=("rd_a", "rd_b", "rd_c"), write_ports=("wr",),
+                             lat_min=2, lat_max=14, gap=0.2, req_backpressure=0.2)
+        self.log = dut._log
+        self.cycles = 0
+
+    async def start(self) -> None:
+        cocotb.start_soon(Clock(self.dut.clk, 10, unit="ns").start())
+        d = self.dut
+        d.cmd__valid.value = 0
+        d.abort.value = 0
+        d.fine.value = 1
+        d.dram_base.value = BASE
+        d.dram_size.value = MEM_BYTES
+        d.rst.value = 1
+        await ClockCycles(d.clk, 3)
+        d.rst.value = 0
+        await RisingEdge(d.clk)
+        self.dma.start()
+
+    async def issue(self, v: Vec | bytes) -> None:
+        """Hand one instruction to ``cmd`` (waits for the handshake)."""
+        raw = v if isinstance(v, bytes) else v.encode()
+        d = self.dut
+        d.cmd__payload.value = int.from_bytes(raw, "little")
+        d.cmd__valid.value = 1
+        while True:
+            await RisingEdge(d.clk)
+            if int(d.cmd__ready.value):
+                break
+        d.cmd__valid.value = 0
+
+    async def wait_idle(self, timeout: int) -> int:
+        """Cycles until ``busy`` is low (fails after ``timeout``)."""
+        d = self.dut
+        await RisingEdge(d.clk)
+        for c in range(timeout):
+            await RisingEdge(d.clk)
+            if not int(d.busy.value):
+                return c
+        raise AssertionError(f"engine still busy after {timeout} cycles (hang)")
+
+    async def run(self, v: Vec, *, what: str, fine: bool = True) -> int:
+        """Execute ``v`` and compare the whole DRAM image with the golden result."""
+        want = self.view.copy()
+        golden_vec(want, v, self.p["P"])
+        self.dut.fine.value = int(fine)
+        elems = int(np.prod(v.n))
+        await self.issue(v)
+        cycles = await self.wait_idle(60 * elems + 4000 if fine else 200 * elems + 4000)
+        self.dut.fine.value = 1
+        err = int(self.dut.error.value)
+        assert err == 0, f"{what}: error code {err} ({ErrorCode(err).name}) for {v}"
+        diff = np.nonzero(self.view != want)[0]
+        if len(diff):
+            raise AssertionError(f"{what}: {len(diff)} bytes differ; {self.describe(v, want, diff)}")
+        self.log.info("%s: %d elements, %d cycles (%.2f elem/cycle)", what, elems, cycles,
+                      elems / max(cycles, 1))
+        return cycles
+
+    def describe(self, v: Vec, want: np.ndarray, diff: np.ndarray, limit: int = 6) -> str:
+        sub = VecSubop(v.subop)
+        size = v.elem_bytes("d")
+        d_addr = element_addresses(v.d, v.n, row_const=sub is VecSubop.FDOT).reshape(-1)
+        lines = []
+        for byte in diff[:limit * 4]:
+            addr = BASE + int(byte)
+            hit = np.nonzero((d_addr <= addr) & (addr < d_addr + size))[0]
+            if not len(hit):
+                lines.append(f"byte at {addr:#x} outside D changed: {want[byte]:#04x} -> {self.view[byte]:#04x}")
+                continue
+            a = int(d_addr[hit[-1]])
+            e = int.from_bytes(want[a - BASE:a - BASE + size].tobytes(), "little")
+            got = int.from_bytes(self.view[a - BASE:a - BASE + size].tobytes(), "little")
+            fmt = "fp16" if size == 2 else "fp32"
+            lines.append(f"D element #{int(hit[-1])} at {a:#x}: expected {e:#x} "
+                         f"({float(g.to_float(e, fmt))!r}), got {got:#x} ({float(g.to_float(got, fmt))!r})")
+            if len(lines) >= limit:
+                break
+        return f"{sub.name} n={v.n} flags={v.flags}\n  " + "\n  ".join(dict.fromkeys(lines))
+
+    async def expect_error(self, v: Vec | bytes, code: ErrorCode, *, what: str) -> None:
+        await self.issue(v)
+        await self.wait_idle(20000)
+        err = int(self.dut.error.value)
+        assert err == code, f"{what}: expected error {int(code)} ({code.name}), got {err}"
+        self.log.info("%s: error %d (%s) as expected", what, err, code.name)
+
+    def finish(self) -> None:
+        assert not self.dma.violations, "DMA protocol violations:\n" + "\n".join(self.dma.violations[:10])
+        assert self.dma.idle, "DMA requests still outstanding at the end"
+        self.log.info("DMA: %s", self.dma.stats)
+
+
+def _setup(dut, label: str):
+    p = tb_params()
+    tb = VecEngineTB(dut, p)
+    rng = random.Random(f"{p['seed']}:{label}")
+    return p, tb, rng
+
+
+@cocotb.test()
+async def random_instructions(dut):
+    """Random instructions of every sub-op (every sub-op at least twice), random shapes,
+    layouts, strides (negative, broadcast, padded), FP16 B for FDOT, softmax rows
+    1..max_kv; a few with fine pipelining off."""
+    p, tb, rng = _setup(dut, "random")
+    nrng = np.random.default_rng(p["seed"])
+    await tb.start()
+    alloc = Allocator(rng, MEM_BYTES)
+    subs = list(VecSubop) * 2 + [rng.choice(list(VecSubop)) for _ in range(max(0, p["n_random"] - 14))]
+    rng.shuffle(subs)
+    for k, sub in enumerate(subs):
+        v = rand_vec(rng, nrng, tb.view, alloc, sub, C=p["C"], max_kv=p["max_kv"],
+                     max_elems=p["max_elems"])
+        fine = not (k % 7 == 3 and int(np.prod(v.n)) <= 400)
+        await tb.run(v, what=f"#{k} {sub.name}{'' if fine else ' (fine off)'}", fine=fine)
+    tb.finish()
+
+
+@cocotb.test()
+async def attention_sequence(dut):
+    """QK^T (FDOT, K cache FP16) -> SOFTMAX -> PV (FDOT, V cache FP16) over all heads and
+    queries in three instructions; the result equals golden ``attention`` bit for bit."""
+    p, tb, rng = _setup(dut, "attention")
+    H, Nq, Nk = p["attention"]
+    D = isa.L2NT_LEN
+    nrng = np.random.default_rng(p["seed"] + 1)
+    await tb.start()
+    q = gv.l2norm_temperature(nrng.standard_normal((H, Nq, D)).astype(np.float32),
+                              np.full((H, 1, 1), 2.5, np.float32))
+    k16 = g.convert(gv.l2norm_temperature(nrng.standard_normal((Nk, H, D)).astype(np.float32))
+                    .view(np.uint32), "fp32", "fp16")
+    v16 = g.convert(nrng.standard_normal((Nk, H, D)).astype(np.float32).view(np.uint32), "fp32", "fp16")
+    q_at, k_at, v_at = BASE + 0x100, BASE + 0x4000, BASE + 0x10000
+    s_at, o_at = BASE + 0x20000, BASE + 0x30000
+    tb.view[q_at - BASE:q_at - BASE + q.nbytes] = np.frombuffer(q.tobytes(), np.uint8)
+    tb.view[k_at - BASE:k_at - BASE + k16.nbytes] = np.frombuffer(k16.tobytes(), np.uint8)
+    tb.view[v_at - BASE:v_at - BASE + v16.nbytes] = np.frombuffer(v16.tobytes(), np.uint8)
+    tok = H * D * 2                                        # KV cache bytes per token
+    qk = Vec(subop=VecSubop.FDOT, n=(D, Nk, Nq, H), flags=int(VecFlag.B_FP16),
+             a=Operand(q_at, 4, 0, D * 4, Nq * D * 4),
+             b=Operand(k_at, 2, tok, 0, D * 2),
+             d=Operand(s_at, 0, 4, Nk * 4, Nq * Nk * 4))
+    sm = Vec(subop=VecSubop.SOFTMAX, n=(Nk, Nq, H, 1),
+             a=Operand(s_at, 4, Nk * 4, Nq * Nk * 4, 0), d=Operand(s_at, 4, Nk * 4, Nq * Nk * 4, 0))
+    pv = Vec(subop=VecSubop.FDOT, n=(Nk, D, Nq, H), flags=int(VecFlag.B_FP16),
+             a=Operand(s_at, 4, 0, Nk * 4, Nq * Nk * 4),
+             b=Operand(v_at, tok, 2, 0, D * 2),
+             d=Operand(o_at, 0, 4, D * 4, Nq * D * 4))
+    for name, v in (("QK^T", qk), ("softmax (in place)", sm), ("PV", pv)):
+        await tb.run(v, what=f"attention {name}")
+    kf = g.to_float(g.convert(k16, "fp16", "fp32"), "fp32").transpose(1, 0, 2)
+    vf = g.to_float(g.convert(v16, "fp16", "fp32"), "fp32").transpose(1, 0, 2)
+    want = g.canon(attention(q, kf, vf, p["P"]))
+    got = np.frombuffer(tb.view[o_at - BASE:o_at - BASE + want.nbytes].tobytes(), np.uint32).reshape(want.shape)
+    bad = np.argwhere(got != want)
+    assert not len(bad), f"attention output differs at {len(bad)} places, first {bad[:4].tolist()}"
+    tb.finish()
+
+
+@cocotb.test()
+async def errors_and_abort(dut):
+    """Invalid fields (code 5), out-of-window addresses (code 2), AXI read/write errors
+    (codes 3, 4: the window extends past the model's memory), and abort in the middle of
+    instructions: each returns to idle without a hang, and the next instruction is correct."""
+    p, tb, rng = _setup(dut, "errors")
+    nrng = np.random.default_rng(p["seed"] + 2)
+    await tb.start()
+    alloc = Allocator(rng, MEM_BYTES)
+    C, max_kv = p["C"], p["max_kv"]
+    good = lambda sub: rand_vec(rng, nrng, tb.view, alloc, sub, C=C, max_kv=max_kv,  # noqa: E731
+                                max_elems=p["max_elems"])
+    ok = Operand(BASE + 0x40, 4, 4 * 64)
+    raw_bad_sub = bytearray(Vec(subop=VecSubop.GELU, n=(4, 1, 1, 1), a=ok, d=ok).encode())
+    raw_bad_sub[2] = 7                                     # sub-op byte [23:16]
+    field_cases = [
+        ("unknown sub-op 7", bytes(raw_bad_sub)),
+        ("zero count n2", Vec(subop=VecSubop.GELU, n=(4, 1, 0, 1), a=ok, d=ok)),
+        ("misaligned A base", Vec(subop=VecSubop.GELU, n=(4, 1, 1, 1), a=Operand(BASE + 2, 4), d=ok)),
+        ("misaligned D stride s1", Vec(subop=VecSubop.RESID, n=(4, 2, 1, 1), a=ok, b=ok, c=ok,
+                                       d=Operand(BASE + 0x400, 4, 6))),
+        ("LNMOD n0 != C", Vec(subop=VecSubop.LNMOD, n=(C // 2, 1, 1, 1), a=ok, b=ok, c=ok, d=ok)),
+        ("L2NT n0 != 64", Vec(subop=VecSubop.L2NT, n=(32, 1, 1, 1), a=ok, b=ok, d=ok)),
+        ("SOFTMAX n0 > max_kv", Vec(subop=VecSubop.SOFTMAX, n=(max_kv + 1, 1, 1, 1), a=ok, d=ok)),
+        ("CVT16 without D_FP16", Vec(subop=VecSubop.CVT16, n=(4, 1, 1, 1), a=ok, d=ok)),
+        ("B_FP16 on RESID", Vec(subop=VecSubop.RESID, n=(4, 1, 1, 1), a=ok, b=ok, c=ok, d=ok,
+                                flags=int(VecFlag.B_FP16))),
+        ("unknown flag bit 2", Vec(subop=VecSubop.GELU, n=(4, 1, 1, 1), a=ok, d=ok, flags=4)),
+    ]
+    for what, v in field_cases:
+        before = tb.view.copy()
+        await tb.expect_error(v, ErrorCode.FIELD, what=what)
+        assert np.array_equal(before, tb.view), f"{what}: memory changed"
+    await tb.run(good(VecSubop.RESID), what="after field errors")
+
+    # out of the window: A below it, D past its end (after some rows were written)
+    await tb.expect_error(Vec(subop=VecSubop.GELU, n=(8, 1, 1, 1), a=Operand(BASE - 16, 4), d=ok),
+                          ErrorCode.ADDRESS, what="A below the window")
+    await tb.expect_error(Vec(subop=VecSubop.SOFTMAX, n=(8, 40, 1, 1), a=Operand(BASE, 4, 32),
+                              d=Operand(BASE + MEM_BYTES - 16 * 32, 4, 32)),
+                          ErrorCode.ADDRESS, what="D crosses the window's end")
+    await tb.expect_error(Vec(subop=VecSubop.FDOT, n=(8, 3, 1, 1), a=Operand(BASE, 4, 32),
+                              b=Operand(BASE + 0x1000, 4, -(1 << 20)), d=Operand(BASE, 0, 4)),
+                          ErrorCode.ADDRESS, what="B wraps below the window")
+    await tb.run(good(VecSubop.SOFTMAX), what="after address errors")
+
+    # AXI error responses: the window is larger than the memory behind it
+    tb.dut.dram_size.value = MEM_BYTES + 0x1000
+    end = BASE + MEM_BYTES
+    await tb.expect_error(Vec(subop=VecSubop.GELU, n=(16, 4, 1, 1), a=Operand(end - 128, 4, 64),
+                              d=Operand(BASE + 0x80, 4, 64)), ErrorCode.AXI_READ, what="read error")
+    await tb.expect_error(Vec(subop=VecSubop.RESID, n=(16, 4, 1, 1), a=Operand(BASE, 4, 64),
+                              b=Operand(BASE, 4, 64), c=Operand(BASE, 4, 64),
+                              d=Operand(end - 64, 4, 64)), ErrorCode.AXI_WRITE, what="write error")
+    tb.dut.dram_size.value = MEM_BYTES
+    await tb.run(good(VecSubop.FDOT), what="after AXI errors")
+
+    # abort in the middle of instructions of several sub-ops, then a correct instruction
+    for k, sub in enumerate([VecSubop.GELU, VecSubop.LNMOD, VecSubop.SOFTMAX, VecSubop.FDOT,
+                             VecSubop.L2NT]):
+        v = good(sub)
+        await tb.issue(v)
+        await ClockCycles(tb.dut.clk, rng.randint(1, 40 * int(np.prod(v.n)) // 10 + 5))
+        tb.dut.abort.value = 1
+        await RisingEdge(tb.dut.clk)
+        tb.dut.abort.value = 0
+        cycles = await tb.wait_idle(2000)
+        assert int(tb.dut.error.value) == 0, "abort must not report an error"
+        tb.log.info("abort #%d (%s): idle %d cycles after abort", k, sub.name, cycles)
+        await tb.run(good(rng.choice(list(VecSubop))), what=f"after abort #{k}")
+    tb.finish()
