@@ -20,14 +20,15 @@ Usage (the driver)::
 DRAM layout (every region 128-byte aligned, from ``dram_base`` upward; the
 addresses are attributes, :meth:`regions` lists them):
 
+* static (:meth:`image`, ``[dram_base, static_end)``): Hadamard sign bits (16
+  bytes), a zero FP32 word (the keys' temperature); per block ``b`` and layer:
+  packed codes and scales (:func:`isa.pack_gemm_weights`, Hadamard-folded scales
+  from ``golden.block``), FP32 bias padded to ``ceil(N/Tn)*Tn``; per block the
+  temperature vector ``t`` (FP32 ``[H]``);
 * ``prog_addr``: room for the longest step program (``prog_bytes``);
-* per block ``b`` and layer: packed codes and scales (:func:`isa.pack_gemm_weights`,
-  Hadamard-folded scales from ``golden.block``), FP32 bias padded to
-  ``ceil(N/Tn)*Tn``; per block: temperature vector ``t`` (FP32 ``[H]``),
-  adaLN vectors ``[R, 6, C]`` FP32 (written by the driver, :meth:`encode_adaln`),
-  K and V caches, FP16 ``[R, H, L_total, 64]`` each (token ``j`` of row ``r``,
-  head ``h`` at ``((r*H + h)*L_total + j)*128``);
-* shared: Hadamard sign bits (16 bytes), a zero FP32 word (the keys' temperature);
+* per block: adaLN vectors ``[R, 6, C]`` FP32 (written by the driver,
+  :meth:`encode_adaln`), K and V caches, FP16 ``[R, H, L_total, 64]`` each
+  (token ``j`` of row ``r``, head ``h`` at ``((r*H + h)*L_total + j)*128``);
 * ``x_addr``: the step's input/output ``x`` ``[R, L, C]`` FP32, dense for the
   step's ``L``;
 * scratch (dense for the step's ``L``): ``h`` ``[R*L, C]``, ``qkv`` ``[R*L, 3C]``,
@@ -43,6 +44,10 @@ the tiles' chains are interleaved with a skew of one stage so that the matrix
 engine works on tile t+1 while the vector engine finishes tile t.
 Sync flags: :func:`assign_sync` (exact byte-range RAW/WAR/WAW against the
 instruction that may still run on the other engine).
+
+CLI: ``python -m fpqvar_hw.compiler PACKAGE --out DIR [--preset w4a4] [--param k=v]
+[--rows 2] [--dram-base 0x0]`` writes ``static.bin``, ``step{i}.bin`` and
+``layout.json`` (:func:`write_bundle`) for a board driver.
 """
 from __future__ import annotations
 
@@ -57,7 +62,7 @@ from .config import AcceleratorConfig
 from .isa import Gemm, GemmFlag, GemmSubop, Halt, Opcode, Operand, Vec, VecFlag, VecSubop
 from .isa_sim import gemm_formats
 
-__all__ = ["Compiler", "assign_sync", "Region"]
+__all__ = ["Compiler", "assign_sync", "Region", "write_bundle", "main"]
 
 _ALIGN = 128
 _F32 = 4
@@ -198,14 +203,11 @@ class Compiler:
 
         R, C, H, Ls = self.rows, self.C, self.H, self.L_max
         n_prog = max(self.depth * _PER_TILE * len(self._tiles(L)) for L in self.step_lens) + 1
-        self.prog_bytes = n_prog * isa.INSTR_BYTES
-        self.prog_addr = alloc("program", self.prog_bytes)
         signs = self.params[0].signs
         self.signs_addr = alloc("signs", 16, isa.pack_sign_bits(signs) if signs is not None else bytes(16))
         self.zero_addr = alloc("zero", 16, bytes(16))
         self.layer_addr: list[dict[str, dict[str, int]]] = []
         self.temp_addr, self.ada_addr, self.k_addr, self.v_addr = [], [], [], []
-        kv_bytes = R * H * self.L_total * HEAD_DIM * 2
         for b, p in enumerate(self.params):
             la = {}
             for role, lay in p.layers().items():
@@ -220,6 +222,12 @@ class Compiler:
             self.layer_addr.append(la)
             self.temp_addr.append(alloc(f"block{b}.temperature", 4 * H,
                                         p.log_temp.astype("<f4").tobytes()))
+        #: end of the static image (everything :meth:`image` writes lies in [dram_base, static_end))
+        self.static_end = cur
+        self.prog_bytes = n_prog * isa.INSTR_BYTES
+        self.prog_addr = alloc("program", self.prog_bytes)
+        kv_bytes = R * H * self.L_total * HEAD_DIM * 2
+        for b in range(self.depth):
             self.ada_addr.append(alloc(f"block{b}.adaln", 4 * R * 6 * C))
             self.k_addr.append(alloc(f"block{b}.k_cache", kv_bytes))
             self.v_addr.append(alloc(f"block{b}.v_cache", kv_bytes))
@@ -407,3 +415,74 @@ def _skew(chains: list[list]) -> list:
     keyed = [((t + s, t), ins) for t, ch in enumerate(chains) for s, ins in enumerate(ch)]
     keyed.sort(key=lambda kv: kv[0])
     return [ins for _, ins in keyed]
+
+
+# --------------------------------------------------------------------- CLI
+def write_bundle(comp: Compiler, out_dir) -> dict:
+    """Write what a board driver needs into ``out_dir``: ``static.bin`` (the bytes of
+    ``[dram_base, static_end)``, i.e. :meth:`Compiler.image` with zero gaps),
+    ``step{i}.bin`` (the programs) and ``layout.json`` (addresses, window, steps,
+    regions, config).  Returns the layout dict."""
+    import json
+    from pathlib import Path
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    static = bytearray(comp.static_end - comp.dram_base)
+    for addr, data in comp.image():
+        static[addr - comp.dram_base:addr - comp.dram_base + len(data)] = data
+    (out / "static.bin").write_bytes(bytes(static))
+    steps = []
+    for s in range(comp.steps):
+        (out / f"step{s}.bin").write_bytes(comp.program(s))
+        L_start, L = comp.step_tokens(s)
+        steps.append({"step": s, "L_start": L_start, "L": L, "program": f"step{s}.bin",
+                      "instructions": len(comp.program(s)) // isa.INSTR_BYTES,
+                      "x_bytes": comp.x_bytes(s)})
+    layout = {"dram_base": comp.dram_base, "dram_size": comp.dram_size, "static_end": comp.static_end,
+              "prog_addr": comp.prog_addr, "prog_bytes": comp.prog_bytes, "x_addr": comp.x_addr,
+              "ada_addr": comp.ada_addr, "rows": comp.rows, "embed_dim": comp.C,
+              "depth": comp.depth, "tile_tokens": comp.tile_tokens, "steps": steps,
+              "x_layout": "FP32 little-endian [rows, L, C]",
+              "adaln_layout": "FP32 little-endian [rows, 6, C]: gamma1, gamma2, scale1, scale2, shift1, shift2",
+              "config": comp.cfg.as_dict(),
+              "regions": [{"name": r.name, "addr": r.addr, "size": r.size} for r in comp.regions()]}
+    (out / "layout.json").write_text(json.dumps(layout, indent=1))
+    return layout
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from fpqvar_quant.ptq.package import load_package
+
+    from .config import apply_overrides, get_preset, preset_names
+
+    p = argparse.ArgumentParser(prog="python -m fpqvar_hw.compiler",
+                                description="Compile a quantized model package (fpqvar-quant export) "
+                                            "into a DRAM image and one program per scale step.")
+    p.add_argument("package", help="package directory (manifest.json + arrays.npz)")
+    p.add_argument("--out", required=True, help="output directory (static.bin, step*.bin, layout.json)")
+    p.add_argument("--preset", default="w4a4", choices=preset_names(), help="accelerator preset (default w4a4)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an accelerator config field (repeatable), e.g. --param tn=4")
+    p.add_argument("--rows", type=int, default=2, help="rows per step, 2 x batch with CFG (default 2)")
+    p.add_argument("--dram-base", type=lambda t: int(t, 0), default=0,
+                   help="first byte of the layout, multiple of 128 (default 0)")
+    p.add_argument("--tile-tokens", type=int, default=None, help="tokens per tile (default: the config's tm)")
+    a = p.parse_args(argv)
+    try:
+        cfg = apply_overrides(get_preset(a.preset), a.param)
+        comp = Compiler(load_package(a.package), cfg, a.rows, dram_base=a.dram_base,
+                        tile_tokens=a.tile_tokens)
+        lay = write_bundle(comp, a.out)
+    except (ValueError, FileNotFoundError) as e:
+        p.error(str(e))
+    print(f"{a.out}: static image {lay['static_end'] - lay['dram_base']} bytes at 0x{lay['dram_base']:x}, "
+          f"window 0x{lay['dram_size']:x} bytes, {len(lay['steps'])} step programs "
+          f"({', '.join(str(s['instructions']) for s in lay['steps'])} instructions)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -329,3 +329,25 @@ def test_compiler_imports_without_torch(digits_fpqvar):  # noqa: F811
     """)
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=str(ROOT))
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_cli_bundle(pkg, digits_fpqvar, tmp_path, capsys):  # noqa: F811
+    import json
+
+    from fpqvar_hw.compiler import main
+
+    assert main([str(digits_fpqvar[1]), "--out", str(tmp_path), "--rows", "2", "--dram-base", "0x40000",
+                 "--param", "tn=4"]) == 0
+    assert "4 step programs" in capsys.readouterr().out
+    lay = json.loads((tmp_path / "layout.json").read_text())
+    cfg = CFG.replace(tn=4)
+    c = Compiler(pkg, cfg, rows=2, dram_base=0x40000)
+    assert (lay["dram_base"], lay["static_end"], lay["prog_addr"], lay["x_addr"]) == \
+        (0x40000, c.static_end, c.prog_addr, c.x_addr)
+    static = (tmp_path / "static.bin").read_bytes()
+    for addr, data in c.image():
+        assert static[addr - 0x40000:addr - 0x40000 + len(data)] == data
+    assert all((tmp_path / s["program"]).read_bytes() == c.program(s["step"]) for s in lay["steps"])
+    with pytest.raises(SystemExit) as e:
+        main([str(digits_fpqvar[1]), "--out", str(tmp_path), "--param", "tn=0"])
+    assert e.value.code == 2
