@@ -10,9 +10,9 @@ step compiles to"; ``docs/numerics.md`` section 5).
 Usage (the driver)::
 
     comp = Compiler(pkg, cfg, rows=2 * B)          # rows = 2B with CFG
-    for addr, data in comp.image(): write(addr, data)          # once
+    for addr, data in comp.image(): write(addr, data)             # once
+    for b in range(comp.depth): write(*comp.encode_adaln(b, ada[b]))  # per image batch
     for step in range(comp.steps):
-        for b in range(depth): write(*comp.encode_adaln(b, ada[b]))   # per image batch
         write(comp.x_addr, comp.encode_x(x))                          # [R, L, C] FP32
         write(comp.prog_addr, comp.program(step)); start(comp.prog_addr)
         x = comp.decode_x(read(comp.x_addr, comp.x_bytes(step)), step)
