@@ -37,29 +37,32 @@ WRITE_REQ = data.StructLayout({"addr": ADDR_BITS, "data": DATA_BITS, "strb": DAT
 WRITE_RESP = data.StructLayout({"err": 1})
 
 
-_AXI4_READ_MEMBERS = ("araddr", "arlen", "arsize", "arburst", "arcache", "arprot", "arvalid",
-                      "arready", "rdata", "rresp", "rlast", "rvalid", "rready")
-_AXI4_WRITE_MEMBERS = ("awaddr", "awlen", "awsize", "awburst", "awcache", "awprot", "awvalid",
-                       "awready", "wdata", "wstrb", "wlast", "wvalid", "wready", "bresp",
-                       "bvalid", "bready")
+_AXI4_READ_MEMBERS = ("arid", "araddr", "arlen", "arsize", "arburst", "arcache", "arprot", "arvalid",
+                      "arready", "rid", "rdata", "rresp", "rlast", "rvalid", "rready")
+_AXI4_WRITE_MEMBERS = ("awid", "awaddr", "awlen", "awsize", "awburst", "awcache", "awprot", "awvalid",
+                       "awready", "wdata", "wstrb", "wlast", "wvalid", "wready", "bid",
+                       "bresp", "bvalid", "bready")
 
 
 def _axi4_members(addr_bits: int, data_bits: int) -> dict:
+    # one ID: awid/arid are constant 0 and bid/rid are ignored; they exist (1 bit) so
+    # that AXI models and interconnects which expect ID signals connect unchanged
     return {
-        "awaddr": Out(addr_bits), "awlen": Out(8), "awsize": Out(3), "awburst": Out(2),
+        "awid": Out(1), "awaddr": Out(addr_bits), "awlen": Out(8), "awsize": Out(3), "awburst": Out(2),
         "awcache": Out(4), "awprot": Out(3), "awvalid": Out(1), "awready": In(1),
         "wdata": Out(data_bits), "wstrb": Out(data_bits // 8), "wlast": Out(1),
         "wvalid": Out(1), "wready": In(1),
-        "bresp": In(2), "bvalid": In(1), "bready": Out(1),
-        "araddr": Out(addr_bits), "arlen": Out(8), "arsize": Out(3), "arburst": Out(2),
+        "bid": In(1), "bresp": In(2), "bvalid": In(1), "bready": Out(1),
+        "arid": Out(1), "araddr": Out(addr_bits), "arlen": Out(8), "arsize": Out(3), "arburst": Out(2),
         "arcache": Out(4), "arprot": Out(3), "arvalid": Out(1), "arready": In(1),
-        "rdata": In(data_bits), "rresp": In(2), "rlast": In(1), "rvalid": In(1),
+        "rid": In(1), "rdata": In(data_bits), "rresp": In(2), "rlast": In(1), "rvalid": In(1),
         "rready": Out(1),
     }
 
 
 class AXI4Signature(wiring.Signature):
-    """AXI4 master port (Out = driven by the master), single ID, no user/qos/region."""
+    """AXI4 master port (Out = driven by the master), no user/qos/region/lock.  Single
+    ID: 1-bit ``awid``/``arid`` driven 0, ``bid``/``rid`` ignored."""
 
     def __init__(self, *, addr_bits: int = ADDR_BITS, data_bits: int = DATA_BITS):
         super().__init__(_axi4_members(addr_bits, data_bits))
@@ -181,7 +184,7 @@ class ReadArbiter(wiring.Component):
         n, axi = self.n_clients, self.axi
         tags = m.submodules.tags = SyncFIFO(width=max(1, ceil_log2(n)), depth=self.max_outstanding)
 
-        m.d.comb += [axi.arsize.eq(_SIZE_LOG2), axi.arburst.eq(_BURST_INCR),
+        m.d.comb += [axi.arid.eq(0), axi.arsize.eq(_SIZE_LOG2), axi.arburst.eq(_BURST_INCR),
                      axi.arcache.eq(0), axi.arprot.eq(0)]
         with m.If(axi.arvalid & axi.arready):
             m.d.sync += axi.arvalid.eq(0)
@@ -238,7 +241,7 @@ class WriteArbiter(wiring.Component):
         n, axi = self.n_clients, self.axi
         tags = m.submodules.tags = SyncFIFO(width=max(1, ceil_log2(n)), depth=self.max_outstanding)
 
-        m.d.comb += [axi.awlen.eq(0), axi.awsize.eq(_SIZE_LOG2), axi.awburst.eq(_BURST_INCR),
+        m.d.comb += [axi.awid.eq(0), axi.awlen.eq(0), axi.awsize.eq(_SIZE_LOG2), axi.awburst.eq(_BURST_INCR),
                      axi.awcache.eq(0), axi.awprot.eq(0), axi.wlast.eq(1)]
         with m.If(axi.awvalid & axi.awready):
             m.d.sync += axi.awvalid.eq(0)
