@@ -431,17 +431,21 @@ async def errors_and_abort(dut):
     tb.dut.dram_size.value = MEM_BYTES
     await tb.run(good(VecSubop.FDOT), what="after AXI errors")
 
-    # abort in the middle of instructions of several sub-ops, then a correct instruction
+    # abort in the middle of instructions of several sub-ops (at a random cycle while the
+    # engine is busy), then a correct instruction on the same state
     for k, sub in enumerate([VecSubop.GELU, VecSubop.LNMOD, VecSubop.SOFTMAX, VecSubop.FDOT,
-                             VecSubop.L2NT]):
-        v = good(sub)
+                             VecSubop.L2NT, VecSubop.RESID]):
+        v = rand_vec(rng, nrng, tb.view, alloc, sub, C=C, max_kv=max_kv, max_elems=1500)
         await tb.issue(v)
-        await ClockCycles(tb.dut.clk, rng.randint(1, 40 * int(np.prod(v.n)) // 10 + 5))
+        await ClockCycles(tb.dut.clk, rng.randint(2, 120))
+        assert int(tb.dut.busy.value), f"abort #{k}: {sub.name} finished before the abort ({v.n})"
         tb.dut.abort.value = 1
         await RisingEdge(tb.dut.clk)
         tb.dut.abort.value = 0
         cycles = await tb.wait_idle(2000)
         assert int(tb.dut.error.value) == 0, "abort must not report an error"
-        tb.log.info("abort #%d (%s): idle %d cycles after abort", k, sub.name, cycles)
+        await RisingEdge(tb.dut.clk)
+        assert tb.dma.idle, f"abort #{k}: busy fell with DMA requests outstanding"
+        tb.log.info("abort #%d (%s, n=%s): idle %d cycles after abort", k, sub.name, v.n, cycles)
         await tb.run(good(rng.choice(list(VecSubop))), what=f"after abort #{k}")
     tb.finish()

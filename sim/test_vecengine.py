@@ -4,8 +4,12 @@ VEC instructions from random shapes/strides of every sub-op, an attention sequen
 sim.dma_model with random latency, gaps and backpressure; every result compared bit
 for bit with the golden model (see sim/tb_vecengine.py).
 
-Default tier: a small build (C = 128, max_kv = 64).  Slow tier (``--run-slow``): more
-random instructions on the same build.
+Default tier: a small build (C = 128, max_kv = 64; the Verilator build takes minutes, the
+simulation about a minute).  Slow tier (``--run-slow``): more and larger random
+instructions and a longer attention sequence on the same build.  The real widths
+(C = 1024 LayerNorm rows, SOFTMAX rows up to 680) are not co-simulated: the row units
+are parameterised by length only, and their C = 1024 rows run in the Amaranth simulator
+(sim/test_vector.py, slow).
 """
 from __future__ import annotations
 
@@ -27,11 +31,13 @@ def _run(cfg: dict, *, seed: int, n_random: int, max_elems: int, attention: list
 
 @pytest.mark.parametrize("seed", [1])
 def test_vecengine_cosim(seed):
-    _run(SMALL, seed=seed, n_random=16, max_elems=400, attention=[2, 3, 40])
+    _run(SMALL, seed=seed, n_random=14, max_elems=256, attention=[1, 2, 24])
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [2, 3])
+@pytest.mark.parametrize("seed", [2])
 def test_vecengine_cosim_sweep(seed):
-    _run(SMALL, seed=seed, n_random=80, max_elems=1500, attention=[3, 4, 64],
+    """More and larger random instructions, and attention with 2 heads and the full
+    64-key KV cache of the build."""
+    _run(SMALL, seed=seed, n_random=48, max_elems=1200, attention=[2, 3, 64],
          testcase="random_instructions,attention_sequence")
