@@ -55,12 +55,25 @@ def make_parser() -> argparse.ArgumentParser:
                    help="accelerator preset (default: w4a4 = FPQVAR e2m1 + DFQ FC2 + GHT)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help=_param_help())
+    p.add_argument("--model", default=None, metavar="NAME",
+                   help="VAR model the accelerator top is built for (its vector engine's "
+                        "LayerNorm row is C = 64*depth; SOFTMAX rows up to the model's KV "
+                        "length): one of d16, d20, d24, d30, d36 (default d16)")
+    p.add_argument("--sim-cycles", type=Path, action="append", default=[], metavar="JSON",
+                   help="cycle counts of the top's RTL simulation (build/tiny-image/cycles.json "
+                        "from `python -m fpqvar_hw.driver --backend rtl`, or build/top/"
+                        "cycles-s<seed>.json from `pytest sim/test_top.py --run-slow`); writes "
+                        "perf_vs_sim.json/.md comparing the throughput model with them "
+                        "(repeatable)")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: build/<platform>-<preset>/)")
     p.add_argument("--list-presets", action="store_true",
                    help="print the presets and their formats, then exit")
     p.add_argument("--no-synth", action="store_true",
                    help="skip the Yosys synth_xilinx resource step (reports say so)")
+    p.add_argument("--no-top", action="store_true",
+                   help="do not emit the accelerator top (its Verilog holds every array cell: "
+                        "minutes of Amaranth elaboration at full size); units and reports only")
     p.add_argument("--no-lint", action="store_true",
                    help="skip the Verilator lint step")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
@@ -160,12 +173,19 @@ class BuildResult:
     resources: dict | None
 
 
+def top_ports(component) -> list[dict]:
+    """The emitted top's ports: its signature plus the ``sync`` domain's ``clk`` / ``rst``."""
+    return signature_ports(component) + [{"name": "clk", "dir": "in", "width": 1},
+                                         {"name": "rst", "dir": "in", "width": 1}]
+
+
 def _emit_units(resolved, config, platform, out: Path, verbose: bool):
     from amaranth.back import verilog
     rtl, mans = out / "rtl", out / "manifests"
     rtl.mkdir()
     mans.mkdir()
     emitted, pending, manifests, texts = [], {}, {}, {}
+    ports_of_top = None
     for r in resolved:
         if r.pending:
             pending[r.spec.name] = r.pending
@@ -185,7 +205,9 @@ def _emit_units(resolved, config, platform, out: Path, verbose: bool):
             emitted.append(v)
             texts[v.instance] = text
             manifests.setdefault(r.spec.name, man["manifest"])
-    return emitted, pending, manifests, texts
+            if r.spec.is_top:
+                ports_of_top = top_ports(comp)
+    return emitted, pending, manifests, texts, ports_of_top
 
 
 def _lint(out: Path, emitted, verbose: bool) -> dict:
@@ -209,8 +231,9 @@ def _resources(out, emitted, texts, resolved, config, platform, pending, jobs, c
     from fpqvar_hw import resources as R
     if not R.synth_available():
         raise BuildError("fpqvar_hw.synth (the Yosys runner) is not in the tree; pass --no-synth")
+    top = next((v for r in resolved if r.spec.is_top for v in r.ready if v in emitted), None)
     synth_jobs = [R.SynthJob(v.instance, v.instance, texts[v.instance]) for v in emitted
-                  if not any(r.spec.is_top and v in r.variants for r in resolved)]
+                  if v is not top]
     _log(verbose, f"  synth {len(synth_jobs) + len(extra_jobs)} unit variants, {jobs} parallel "
                   f"Yosys processes (cache {cache_dir}/)")
     res = R.run_synth_jobs(synth_jobs + list(extra_jobs), cache_dir=cache_dir, workers=jobs,
@@ -231,18 +254,31 @@ def _resources(out, emitted, texts, resolved, config, platform, pending, jobs, c
     buffers = R.buffer_estimate(config)
     total = R.total_resources(rows + [(buffers, 1)])
     fractions = R.fit_fractions(total, platform)
-    top_exists = any(r.spec.is_top and r.variants for r in resolved)
+    if top is not None:
+        method = (f"per-unit synthesis x instance count + estimated buffers. The accelerator "
+                  f"top ({top.instance}.v, emitted for preset {config.preset}, array "
+                  f"{config.tm}x{config.tn}x{config.lanes}, built for {top.params.get('model')}) "
+                  f"is NOT synthesised as a whole: its units alone sum to {total['LUT']:,} LUT, "
+                  f"hours of Yosys on this machine. Synthesised: every unit variant at this "
+                  f"preset's own parameters, the controller and the AXI arbiters. The "
+                  f"co-simulated top in the tests uses a small config; these figures are for "
+                  f"this preset's config")
+        glue = ["the engines' sequencing logic (MatrixEngine / VectorEngine address "
+                "generation, FIFOs, field checks) and the vector engine's row units (LayerNorm, "
+                "Softmax, FDot, residual): inside fpqvar_top.v, not synthesised separately"]
+    else:
+        method = ("per-unit synthesis x instance count + estimated buffers; the accelerator "
+                  "top does not exist yet or cannot serve this preset (see pending)")
+        glue = ["control/DMA/matrix-engine glue (top pending)"]
     report = {
         "flow": R.FLOW_NOTE, "platform": platform.name, "preset": config.preset,
         "budget": platform.budget, "units": units,
         "buffers_estimated_not_synthesised": buffers,
         "total": total, "fraction_of_budget": fractions,
-        "method": ("per-unit synthesis x instance count + estimated buffers; the accelerator "
-                   "top " + ("exists but is too large to synthesise here in minutes"
-                             if top_exists else "does not exist yet (issue 8)")),
+        "method": method,
+        "top_synthesised": False,
         "not_included": sorted(pending) + [f"{k} (synthesis failed: {v})"
-                                           for k, v in sorted(failed.items())]
-        + ([] if top_exists else ["control/DMA/matrix-engine glue (top pending)"]),
+                                           for k, v in sorted(failed.items())] + glue,
         "total_is_lower_bound": bool(failed),
         "max_logic_depth": max((u.get("logic_depth") or 0 for u in units), default=None),
         # the clock is set by the units in the design (an unused variant, count 0, is not)
@@ -319,24 +355,40 @@ def _int_comparison(config, platform, timings, unit_res) -> dict:
 
 
 def run_build(platform, config, out, *, synth=True, lint=True, jobs=2, verbose=True,
-              cache_dir: Path | None = None) -> BuildResult:
+              cache_dir: Path | None = None, model: str | None = None,
+              top: bool = True, sim_cycles: tuple = ()) -> BuildResult:
     """Run every build step for ``platform`` x ``config`` into ``out`` (replaced).
+
+    ``model``: the VAR model the accelerator top is built for (default
+    :data:`fpqvar_hw.registry.DEFAULT_MODEL`); ``top=False`` skips the top (reported so).
+    ``sim_cycles``: cycle-count JSON files of the top's simulation to compare the model with
+    (:func:`fpqvar_hw.perf.load_sim_cycles`).
 
     Raises :class:`BuildError` for problems the user must fix (missing tool,
     configuration that does not fit the platform).
     """
     from fpqvar_hw import perf, vivado
-    from fpqvar_hw.registry import resolve_units
+    from fpqvar_hw.registry import DEFAULT_MODEL, resolve_units, top_shape
     from fpqvar_hw.resources import FitError, check_fit
     out = Path(out)
+    shape = top_shape(model or DEFAULT_MODEL)
+    try:            # read before anything is written: a bad file is the user's to fix
+        sims = [perf.load_sim_cycles(p) for p in sim_cycles]
+    except ValueError as e:
+        raise BuildError(f"--sim-cycles: {e}") from None
     cache_dir = cache_dir or (REPO / "build" / "synth")
     _prepare_out(out)
     (out / "config.json").write_text(_json({"platform": platform.as_dict(),
-                                            "config": config.as_dict()}))
-    _log(verbose, f"[1/6] units for preset {config.preset}")
-    resolved = resolve_units(config)
-    emitted, pending, manifests, texts = _emit_units(resolved, config, platform, out, verbose)
-    top_exists = any(r.spec.is_top and r.variants for r in resolved)
+                                            "config": config.as_dict(),
+                                            "top_built_for": dataclasses.asdict(shape)}))
+    _log(verbose, f"[1/6] units for preset {config.preset}, top for {shape.model}")
+    resolved = resolve_units(config, shape=shape)
+    if not top:
+        resolved = [dataclasses.replace(r, variants=(), pending="not emitted (--no-top)")
+                    if r.spec.is_top else r for r in resolved]
+    emitted, pending, manifests, texts, ports_of_top = _emit_units(resolved, config, platform,
+                                                                   out, verbose)
+    top_exists = ports_of_top is not None
 
     lint_res = None
     if lint and emitted:
@@ -373,16 +425,29 @@ def run_build(platform, config, out, *, synth=True, lint=True, jobs=2, verbose=T
     rep["clock_estimate"] = _clock_scaled(rep, res_rep)
     (out / "throughput.json").write_text(_json(rep))
     (out / "throughput.md").write_text(perf.throughput_markdown(rep))
+    vs_sim = [perf.compare_to_sim(sm) for sm in sims]
+    if vs_sim:
+        (out / "perf_vs_sim.json").write_text(_json(vs_sim))
+        (out / "perf_vs_sim.md").write_text("\n".join(perf.compare_markdown(c) for c in vs_sim))
     perf.plot_roofline(rep, out / "roofline.png")
     perf.plot_breakdown(rep, out / "step_breakdown.png")
 
     _log(verbose, "[5/6] Vivado collateral (generated, not run)")
     clock = config.clock_mhz or platform.clock_mhz
-    viv = vivado.generate(out / "vivado", platform, clock, top_exists=top_exists)
+    try:
+        viv = vivado.generate(out / "vivado", platform, clock, top_exists=top_exists,
+                              ports=ports_of_top)
+    except ValueError as e:
+        raise BuildError(f"Vivado packaging: {e}") from None
 
     _log(verbose, "[6/6] summary")
     summary = make_summary(platform, config, out, emitted, pending, top_exists, lint_res,
                            res_rep, rep, viv)
+    for c in vs_sim:
+        r = [s["cycles"]["ratio"] for s in c["steps"]]
+        summary += (f"\nModel vs RTL simulation ({c['model']}, {len(r)} step runs from "
+                    f"{Path(c['source']).name}): predicted / simulated cycles "
+                    f"{min(r):.2f}x .. {max(r):.2f}x (perf_vs_sim.md)")
     (out / "summary.md").write_text(summary + "\n")
     if res_rep is not None:
         try:
@@ -426,8 +491,9 @@ def make_summary(platform, config, out, emitted, pending, top_exists, lint_res, 
     L.append(f"RTL: {len(emitted)} unit variants emitted with manifests"
              + (f"; pending: " + "; ".join(f"{k} ({v})" for k, v in pending.items())
                 if pending else ""))
-    L.append("Top: " + ("fpqvar_top emitted" if top_exists else
-                        "PENDING (accelerator top, issue 8, not in the tree): units only, no top"))
+    L.append("Top: " + ("fpqvar_top emitted (rtl/fpqvar_top.v; Vivado IP ports m_axi, s_axil, "
+                        "irq, clk, rst)" if top_exists else
+                        f"PENDING ({pending.get('top', 'not emitted')}): units only, no top"))
     if lint_res is None:
         L.append("Lint: skipped")
     else:
@@ -507,12 +573,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         platform = get_platform(args.platform)
         config = apply_overrides(get_preset(args.preset), args.param)
+        if args.model is not None:
+            from fpqvar_hw.registry import top_shape
+            top_shape(args.model)
     except (ValueError, TypeError) as e:
         parser.error(str(e))
     out = args.out if args.out is not None else REPO / "build" / f"{platform.name}-{config.preset}"
     try:
         result = run_build(platform, config, out, synth=not args.no_synth, lint=not args.no_lint,
-                           jobs=args.jobs, verbose=not args.quiet, cache_dir=args.synth_cache)
+                           jobs=args.jobs, verbose=not args.quiet, cache_dir=args.synth_cache,
+                           model=args.model, top=not args.no_top,
+                           sim_cycles=tuple(args.sim_cycles))
     except BuildError as e:
         print(f"build.py: error: {e}", file=sys.stderr)
         return 1

@@ -31,7 +31,33 @@ from typing import Any, Callable
 
 from .config import AcceleratorConfig, ElementFormat, Rotation
 
-__all__ = ["Variant", "UnitSpec", "UNITS", "Resolved", "resolve_units", "unit_names", "probe"]
+__all__ = ["Variant", "UnitSpec", "UNITS", "Resolved", "resolve_units", "unit_names", "probe",
+           "TopShape", "top_shape", "DEFAULT_MODEL", "TOP_INSTANCE"]
+
+#: The model whose width the accelerator top is built for unless ``build.py --model`` says
+#: otherwise (the vector engine's LayerNorm is built for rows of exactly C elements).
+DEFAULT_MODEL = "d16"
+#: Module name of the emitted accelerator top (``rtl/fpqvar_top.v``, the Vivado IP's top).
+TOP_INSTANCE = "fpqvar_top"
+
+
+@dataclass(frozen=True)
+class TopShape:
+    """What the top is built for besides the config: the model's width ``C`` (LNMOD row
+    length) and its longest KV length ``max_kv`` (SOFTMAX row)."""
+
+    model: str
+    C: int
+    max_kv: int
+
+
+def top_shape(model: str = DEFAULT_MODEL) -> TopShape:
+    """:class:`TopShape` of a throughput-model VAR (``fpqvar_hw.perf.MODELS``)."""
+    from .perf import MODELS
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; models: {', '.join(MODELS)}")
+    m = MODELS[model]
+    return TopShape(m.name, m.C, m.kv_lengths[-1])
 
 
 @dataclass(frozen=True)
@@ -62,8 +88,10 @@ class UnitSpec:
     name: str
     module: str
     role: str
-    variants: Callable[[Any, AcceleratorConfig], list[Variant]]
+    variants: Callable[..., list[Variant]]
     is_top: bool = False
+    #: ``variants(mod, config, shape)`` (a :class:`TopShape`) instead of ``variants(mod, config)``
+    uses_shape: bool = False
 
 
 @dataclass(frozen=True)
@@ -204,7 +232,17 @@ def _dot_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
     # trees).  A dfq6 cell has no RTL (pending, below), so a W6A6 array is counted as its
     # plain e2m3fn x e2m3fn cells and the missing int6 tree is listed as not included.
     cell = next((i for i, (_, sp) in enumerate(specs) if sp["dfq"]), 0)
-    takes_scale_format = "scale_format" in inspect.signature(mod.GroupDot).parameters
+    params = inspect.signature(mod.GroupDot).parameters
+    takes_scale_format = "scale_format" in params
+    # The matrix engine's cell serves the plain e2m1fn layers and the DFQ-FP4 FC2 with one
+    # dual-mode unit (GroupDot dual=True): count that cell when the RTL has it.
+    plain_too = any(a is ElementFormat.E2M1 and w is ElementFormat.E2M1 for a, w in _operand_pairs(c))
+    if "dual" in params and plain_too and specs[cell][1]["dfq"]:
+        name, sp = specs[cell]
+        specs[cell] = (name.replace("dot_", "dot_dual_", 1), {**sp, "dual_cell": True})
+        # the plain e2m1fn cell is then not in the design: do not emit or synthesise it
+        specs = [x for x in specs if x[1]["dfq"] or x[1]["key"] != ("e2m1fn", "e2m1fn")]
+        cell = next(i for i, (_, sp) in enumerate(specs) if sp.get("dual_cell"))
     out = []
     for i, (name, sp) in enumerate(specs):
         def make(sp=sp):
@@ -219,6 +257,8 @@ def _dot_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
             pair = by_value[sp["key"]]
             var = MulVariant.DSP if pair.fmt_a.bits > 4 and not pair.is_float else MulVariant.LUT
             kw = {"scale_format": c.scale_format.value} if takes_scale_format else {}
+            if sp.get("dual_cell"):
+                kw["dual"] = True
             return mod.GroupDot(pair=pair, group_size=c.group_size, lanes=c.lanes, variant=var,
                                 dfq=sp["dfq"], **kw)
         a, w = sp["key"]
@@ -227,8 +267,11 @@ def _dot_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
                      "halves, two scales; the array is counted as plain cells without it)")
         else:
             needs = f"{a} x {w} group dot products with {c.scale_format} scales"
+        if sp.get("dual_cell"):
+            needs = "the matrix engine's dual-mode cell (plain e2m1fn and DFQ-FP4 modes)"
         out.append(Variant(name, make, c.tm * c.tn if i == cell else 0, None,
                            {"pair": " x ".join(sp["key"]), "dfq": sp["dfq"],
+                            "dual": bool(sp.get("dual_cell")),
                             "group_size": c.group_size, "lanes": c.lanes}, needs=needs))
     return out
 
@@ -255,10 +298,40 @@ def _attention_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
     return [Variant("attention", lambda: cls(**kw), 1, None, kw)]
 
 
-def _top_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
+def _top_variants(mod: Any, c: AcceleratorConfig, shape: TopShape) -> list[Variant]:
+    """The accelerator top (``Accelerator(cfg, C=..., max_kv=...)``, docs/top.md), built for
+    ``shape``; emitted as :data:`TOP_INSTANCE` (ports m_axi, s_axil, irq, clk, rst)."""
     cls = _find_class(mod, ("Accelerator", "FPQVARTop", "Top"))
-    kw = _kw(cls, config=c)
-    return [Variant("fpqvar_top", lambda: cls(**kw), 1, None, {"config": c.preset})]
+    kw = _kw(cls, C=shape.C, max_kv=shape.max_kv)
+    return [Variant(TOP_INSTANCE, lambda: cls(c, **kw), 1, None,
+                    {"model": shape.model, **kw},
+                    needs=f"the accelerator top for preset {c.preset} and {shape.model} "
+                          f"(C={shape.C}, KV up to {shape.max_kv})")]
+
+
+def _control_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
+    """The top's controller (register file, instruction fetch, dispatch): one instance."""
+    return [Variant("controller", lambda: mod.Controller(), 1, None, {},
+                    needs="the AXI4-Lite register file, fetch and dispatch")]
+
+
+def _arbiter_variants(mod: Any, c: AcceleratorConfig, shape: TopShape) -> list[Variant]:
+    """The top's read / write arbiters, sized by the top's client lists (pending until
+    ``fpqvar_hw.top`` exists: the client count comes from it)."""
+    if importlib.util.find_spec("fpqvar_hw.top") is None:
+        raise LookupError("the arbiters' client counts come from fpqvar_hw.top, not in the "
+                          "tree yet")
+    top_cls = _find_class(importlib.import_module("fpqvar_hw.top"), ("Accelerator",))
+    try:
+        top = top_cls(c, **_kw(top_cls, C=shape.C, max_kv=shape.max_kv))
+    except (ValueError, TypeError, NotImplementedError) as e:
+        raise LookupError(f"the top cannot be built for this config ({e})") from None
+    top._MustUse__silence = True
+    n_rd, n_wr = len(top.read_clients), len(top.write_clients)
+    return [Variant(f"read_arbiter_{n_rd}", lambda: mod.ReadArbiter(n_rd), 1, None,
+                    {"n_clients": n_rd}, needs="the AXI4 read arbiter"),
+            Variant(f"write_arbiter_{n_wr}", lambda: mod.WriteArbiter(n_wr), 1, None,
+                    {"n_clients": n_wr}, needs="the AXI4 write arbiter")]
 
 
 UNITS: tuple[UnitSpec, ...] = (
@@ -275,8 +348,12 @@ UNITS: tuple[UnitSpec, ...] = (
              _vector_variants),
     UnitSpec("attention", "fpqvar_hw.attention", "attention unit (QK^T, softmax, PV)",
              _attention_variants),
-    UnitSpec("top", "fpqvar_hw.top", "accelerator top (matrix engine, DMA, control)",
-             _top_variants, is_top=True),
+    UnitSpec("control", "fpqvar_hw.control", "controller: AXI4-Lite registers, instruction "
+             "fetch, dispatch", _control_variants),
+    UnitSpec("arbiters", "fpqvar_hw.axi", "AXI4 read/write arbiters (engine clients -> m_axi)",
+             _arbiter_variants, uses_shape=True),
+    UnitSpec("top", "fpqvar_hw.top", "accelerator top (controller, matrix and vector engines, "
+             "one AXI4 master)", _top_variants, is_top=True, uses_shape=True),
 )
 
 
@@ -284,15 +361,17 @@ def unit_names() -> tuple[str, ...]:
     return tuple(u.name for u in UNITS)
 
 
-def resolve_units(config: AcceleratorConfig,
-                  units: tuple[UnitSpec, ...] = UNITS) -> list[Resolved]:
+def resolve_units(config: AcceleratorConfig, units: tuple[UnitSpec, ...] = UNITS, *,
+                  shape: TopShape | None = None) -> list[Resolved]:
     """Resolve every registered unit for ``config``.
 
     A missing module makes the unit *pending* (reason: not in the tree yet); a
     module that exists but cannot serve the config (e.g. a format it does not
     implement) is pending with the unit's own error message.  Errors in a unit
     module's import are not swallowed beyond ``ImportError`` of the module itself.
+    ``shape``: what the top is built for (default: :func:`top_shape` of :data:`DEFAULT_MODEL`).
     """
+    shape = shape or top_shape()
     out = []
     for spec in units:
         if importlib.util.find_spec(spec.module) is None:
@@ -300,7 +379,8 @@ def resolve_units(config: AcceleratorConfig,
             continue
         mod = importlib.import_module(spec.module)
         try:
-            variants = spec.variants(mod, config)
+            variants = (spec.variants(mod, config, shape) if spec.uses_shape
+                        else spec.variants(mod, config))
         except (LookupError, ValueError, TypeError, NotImplementedError) as e:
             out.append(Resolved(spec, (), f"{spec.module}: {e}"))
             continue

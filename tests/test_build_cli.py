@@ -61,8 +61,11 @@ def _digest(folder: Path) -> dict[str, str]:
 
 def test_build_outputs_and_determinism(tmp_path):
     cfg = apply_overrides(get_preset("w4a4"), SMALL)
-    a = build.run_build(VCK190, cfg, tmp_path / "a", synth=False, lint=False, verbose=False)
-    b = build.run_build(VCK190, cfg, tmp_path / "b", synth=False, lint=False, verbose=False)
+    # the top (minutes of elaboration even when small) is covered by the slow build below
+    a = build.run_build(VCK190, cfg, tmp_path / "a", synth=False, lint=False, verbose=False,
+                        top=False)
+    b = build.run_build(VCK190, cfg, tmp_path / "b", synth=False, lint=False, verbose=False,
+                        top=False)
     da, db = _digest(tmp_path / "a"), _digest(tmp_path / "b")
     assert da == db, [k for k in da if da[k] != db.get(k)]
     for f in ("config.json", "throughput.json", "throughput.md", "resources.json",
@@ -76,10 +79,8 @@ def test_build_outputs_and_determinism(tmp_path):
         man = json.loads((tmp_path / "a" / "manifests" / f"{inst}.json").read_text())
         assert man.get("ports") or man["manifest"].get("ports")
     assert "NOT RUN" in a.summary and "1.1" in a.summary and "3.1x" in a.summary
-    if not any("top" == k for k in a.pending):
-        assert "fpqvar_top emitted" in a.summary
-    else:
-        assert "PENDING" in a.summary
+    assert a.pending["top"] == "not emitted (--no-top)" and "Top: PENDING" in a.summary
+    assert not (tmp_path / "a" / "rtl" / "fpqvar_top.v").exists()
     png = (tmp_path / "a" / "roofline.png").read_bytes()
     assert b"Software" not in png and b"matplotlib" not in png.lower()
 
@@ -94,9 +95,34 @@ def test_vivado_tcl_parses():
     bd = vivado.block_design_tcl(VCK190, 300, True)
     for ip in ("versal_cips", "axi_noc", "num_mc_ddr {1}", "pl_ps_irq0"):
         assert ip in bd
-    assert "-period 3.333" in vivado.xdc(VCK190, 300)
+    assert "-period 3.333 -name clk [get_ports clk]" in vivado.xdc(VCK190, 300)
     ok, _ = tcl_syntax_ok("puts {unbalanced\n")
     assert not ok
+
+
+def test_vivado_ip_maps_every_contract_port_and_rejects_a_mismatching_top():
+    """The IP's bus interfaces are explicit port maps of the top's ports (docs/top.md)."""
+    from fpqvar_hw import vivado
+    ports = vivado.contract_ports()
+    names = {p["name"]: p for p in ports}
+    assert names["m_axi__rdata"] == {"name": "m_axi__rdata", "dir": "in", "width": 128}
+    assert names["s_axil__rdata"] == {"name": "s_axil__rdata", "dir": "out", "width": 32}
+    assert names["m_axi__araddr"]["dir"] == "out" and names["irq"]["dir"] == "out"
+    tcl = vivado.package_ip_tcl(VCK190, True, ports)
+    for p in ports:
+        if "__" in p["name"]:
+            logical = p["name"].split("__", 1)[1].upper()
+            assert f"{logical} {p['name']}" in tcl, p["name"]
+    for needle in ("interface_mode master", "interface_mode slave", "POLARITY", "ACTIVE_HIGH",
+                   "LEVEL_HIGH", "AXI4LITE", "rtl/fpqvar_top.v"):
+        assert needle in tcl
+    bd = vivado.block_design_tcl(VCK190, 300, True)
+    assert "$acc/m_axi]" in bd and "$acc/s_axil]" in bd and "peripheral_reset" in bd
+    vivado.check_top_ports(ports)
+    bad = [p for p in ports if p["name"] != "m_axi__wlast"] + [
+        {"name": "irq", "dir": "in", "width": 1}]
+    with pytest.raises(ValueError, match=r"m_axi__wlast missing.*irq is in 1 bit"):
+        vivado.check_top_ports(bad)
 
 
 def test_verilog_platform_writes_no_vivado(tmp_path):
@@ -136,6 +162,16 @@ def test_lint_clean_and_synth_cached_build_is_deterministic(tmp_path):
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
     assert "Lint (verilator -Wall, waivers in fpqvar_hw/lint_waivers.vlt): clean" in a.summary
     assert a.resources["total"]["LUT"] > 0
+    assert a.resources["clock_estimate"]["achievable_mhz"] > 0
+    if "top" not in a.pending:          # the accelerator top is in the tree: emitted, packaged
+        import json
+        assert (tmp_path / "a" / "rtl" / "fpqvar_top.v").exists()
+        man = json.loads((tmp_path / "a" / "manifests" / "fpqvar_top.json").read_text())
+        assert man["class"] == "Accelerator" and "m_axi__araddr" in man["manifest"]["ports"]
+        assert "fpqvar_top emitted" in a.summary
+        assert "NOT synthesised as a whole" in a.resources["method"]
+        tcl = (tmp_path / "a" / "vivado" / "package_ip.tcl").read_text()
+        assert "is part of this build" in tcl and "m_axi__rready" in tcl
 
 
 def test_failed_synthesis_is_reported_not_guessed(monkeypatch, tmp_path):

@@ -145,3 +145,91 @@ def test_hadamard_cycles(seed, lanes, groups):
     predicted = timing.cycles(groups)
     print(f"hadamard lanes={lanes}: measured {measured}, predicted {predicted}")
     _check(predicted, measured)
+
+
+# ------------------------------------------- the accelerator top's simulated cycle counts
+def _top_tb_doc(cycles=(9000, 20000, 41000, 70000)):
+    """sim/tb_top.py block_steps schema (digits VAR, 2 rows)."""
+    return {"preset": "w4a4", "config": {"tm": 2, "tn": 2, "lanes": 32, "quant_lanes": 8},
+            "pause": 0.2, "seed": 22,
+            "runs": [{"step": s, "L": n, "instructions": 65, "coarse": c, "fine": True,
+                      "cycles": cyc, "gemm_cycles": cyc // 2, "vec_cycles": cyc // 3,
+                      "overlap_cycles": cyc // 10}
+                     for c in (True, False) for s, (n, cyc) in enumerate(zip((1, 4, 9, 16), cycles))]}
+
+
+def _driver_doc(backend="rtl", cycles=(9000, 20000, 41000, 70000)):
+    """fpqvar_hw.driver.write_cycles_json schema (format version 1)."""
+    from fpqvar_hw.config import get_preset
+    dev = get_preset("w4a4").replace(tm=2, tn=2, quant_lanes=8).as_dict()
+    kv = 0
+    steps = []
+    for s, (pn, cyc) in enumerate(zip((1, 2, 3, 4), cycles)):
+        kv += pn * pn
+        on = backend == "rtl"
+        steps.append({"si": s, "pn": pn, "new_tokens": pn * pn, "kv_len": kv, "instructions": 65,
+                      "cycles": cyc if on else None, "gemm_cycles": cyc // 2 if on else None,
+                      "vec_cycles": cyc // 3 if on else None, "overlap_cycles": None,
+                      "wall_s": 1.0})
+    return {"format": "fpqvar-tiny-image-cycles", "version": 1, "backend": backend,
+            "model": {"name": "digits VAR", "patch_nums": [1, 2, 3, 4]}, "rows": 2,
+            "labels": [3], "seed": 0, "coarse_pipeline": True, "fine_pipeline": True,
+            "device": {**dev, "rows": 2, "dram_base": 0, "dram_size": 1 << 20},
+            "steps": steps, "total": {}}
+
+
+def _write(tmp_path, doc, name="cycles.json"):
+    import json
+    p = tmp_path / name
+    p.write_text(json.dumps(doc))
+    return p
+
+
+@pytest.mark.parametrize("schema", ["top_tb", "driver"])
+def test_sim_cycles_load_both_schemas_and_compare_per_step(tmp_path, schema):
+    from fpqvar_hw import perf
+    doc = _top_tb_doc() if schema == "top_tb" else _driver_doc()
+    sim = perf.load_sim_cycles(_write(tmp_path, doc))
+    assert sim.model is perf.DIGITS and sim.rows == 2 and sim.config.batch == 1
+    assert (sim.config.tm, sim.config.tn, sim.config.quant_lanes) == (2, 2, 8)
+    assert [r.tokens for r in sim.runs][:4] == [1, 4, 9, 16]
+    cmp = perf.compare_to_sim(sim)
+    assert len(cmp["steps"]) == len(sim.runs)
+    for row, run in zip(cmp["steps"], sim.runs):
+        c = row["cycles"]
+        assert c["simulated"] == run.cycles and c["predicted"] > 0
+        assert c["ratio"] == pytest.approx(c["predicted"] / run.cycles)
+        # the model's own step cost for this config, not a copy of the simulation
+        cfg = sim.config.replace(coarse_pipeline=run.coarse, fine_pipeline=run.fine)
+        want = perf.evaluate(perf.DIGITS, cfg, perf.sim_platform()).steps[run.step].cycles
+        assert c["predicted"] == want
+    md = perf.compare_markdown(cmp)
+    assert "| 3 | 16 | 1 | 1 |" in md and "x)" in md
+    if schema == "top_tb":      # coarse pipeline off costs at least as much in the model
+        on = {r["step"]: r["cycles"]["predicted"] for r in cmp["steps"] if r["coarse"]}
+        off = {r["step"]: r["cycles"]["predicted"] for r in cmp["steps"] if not r["coarse"]}
+        assert all(off[s] >= on[s] for s in on)
+
+
+@pytest.mark.parametrize("doc, msg", [
+    (_driver_doc(backend="golden"), "has no cycle count \\(backend 'golden'\\)"),
+    ({"hello": 1}, "not a cycle-count file; expected one of"),
+    ({**_driver_doc(), "version": 2}, "version 2 is not supported"),
+    ({**_top_tb_doc(), "runs": [{"step": 1, "L": 9, "coarse": True, "fine": True,
+                                 "cycles": 5}]}, "step 1 with 9 tokens is not a step"),
+])
+def test_sim_cycles_bad_files_say_what_to_do(tmp_path, doc, msg):
+    from fpqvar_hw import perf
+    with pytest.raises(ValueError, match=msg):
+        perf.load_sim_cycles(_write(tmp_path, doc))
+    with pytest.raises(ValueError, match="no such file"):
+        perf.load_sim_cycles(tmp_path / "missing.json")
+
+
+def test_build_refuses_an_unusable_sim_cycles_file_before_writing(tmp_path, capsys):
+    import build
+    bad = _write(tmp_path, _driver_doc(backend="golden"))
+    code = build.main(["--platform", "verilog", "--out", str(tmp_path / "out"), "--no-synth",
+                       "--no-lint", "--no-top", "--sim-cycles", str(bad)])
+    assert code == 1 and "--sim-cycles" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -1,10 +1,13 @@
 """fpqvar_hw.registry: pending units and variants are reported with their reason, never faked."""
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 from fpqvar_hw.config import get_preset
-from fpqvar_hw.registry import UNITS, UnitSpec, Variant, resolve_units
+from fpqvar_hw.registry import (TOP_INSTANCE, UNITS, TopShape, UnitSpec, Variant, resolve_units,
+                                top_shape)
 
 
 def _variants(preset: str) -> dict[str, Variant]:
@@ -69,5 +72,53 @@ def test_mxfp4_quantizer_has_e8m0_scales_and_the_dot_side_is_pending_until_it_do
 
 
 @pytest.mark.parametrize("preset", ["w4a4", "int4", "int8"])
-def test_fp16_presets_have_no_pending_variant(preset):
-    assert not [k for k, x in _variants(preset).items() if x.pending]
+def test_fp16_presets_have_no_pending_unit_variant(preset):
+    """Every unit variant of these presets has RTL (the top is checked below)."""
+    assert not [k for k, x in _variants(preset).items() if x.pending and k != TOP_INSTANCE]
+
+
+def test_top_shape():
+    assert top_shape("d16") == TopShape("d16", 1024, 680)
+    assert top_shape("d36").C == 2304
+    with pytest.raises(ValueError, match="unknown model 'd99'"):
+        top_shape("d99")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("fpqvar_hw.top") is None,
+                    reason="fpqvar_hw.top not in the tree yet")
+def test_top_adapter_builds_the_real_accelerator_for_the_model():
+    """The registry constructs fpqvar_hw.top's Accelerator for the preset and the model's
+    width; a preset its engines cannot serve leaves the top pending with their reason."""
+    from fpqvar_hw import top as top_mod
+    from fpqvar_hw.vivado import check_top_ports
+    shape = top_shape("d20")
+    res = {r.spec.name: r for r in resolve_units(get_preset("w4a4"), shape=shape)}
+    (v,) = res["top"].variants
+    if v.pending is None:
+        acc = v.factory()
+        assert isinstance(acc, top_mod.Accelerator) and (acc.C, acc.max_kv) == (1280, 680)
+        import build
+        check_top_ports(build.top_ports(acc))        # the ports the Vivado IP maps
+        arb = {x.instance for x in res["arbiters"].ready}
+        assert arb == {f"read_arbiter_{len(acc.read_clients)}",
+                       f"write_arbiter_{len(acc.write_clients)}"}
+    int4_top = _variants("int4")[TOP_INSTANCE]
+    if int4_top.pending is not None:
+        assert "accelerator top for preset int4" in int4_top.pending
+
+
+def test_w4a4_array_cell_is_the_matrix_engines_dual_mode_cell():
+    """The counted cell is the one the MatrixEngine instantiates (plain e2m1fn + DFQ-FP4
+    modes in one unit) when dot.py has it; the unused plain cell is then not emitted."""
+    import inspect
+
+    from fpqvar_hw.dot import GroupDot
+    v = _variants("w4a4")
+    counted = [x for x in v.values() if x.instance.startswith("dot_") and x.count]
+    assert len(counted) == 1 and counted[0].count == 16 * 8
+    if "dual" in inspect.signature(GroupDot).parameters:
+        cell = counted[0]
+        assert cell.instance == "dot_dual_dfq4_e2m1fn_g128_l32" and cell.params["dual"]
+        dut = cell.factory()
+        assert dut.dual and dut.dfq and dut.lanes == 32
+        assert "dot_e2m1fn_e2m1fn_g128_l32" not in v
