@@ -267,10 +267,13 @@ class MatrixEngine(wiring.Component):
     ``quant_lanes`` and the formats are used), keyword-only ``max_k`` (largest K,
     a power of two >= 128: it sizes the double-banked activation buffer,
     ``2 * tm * max_k`` codes and ``2 * tm * max_k / 128`` scale pairs; larger K
-    is error 5), ``fifo_words`` (depth of each read client's FIFO, >= 16).
+    is error 5), ``fifo_words`` (depth of each read client's FIFO, >= 16; a client
+    keeps at most this many words in flight, so it sustains one word per cycle
+    only while the DRAM read latency stays below it: 256 words (one BRAM36 each)
+    cover the ~100-200-cycle latency of the VCK190 NoC + DDR4).
     """
 
-    def __init__(self, cfg: AcceleratorConfig, *, max_k: int = 8192, fifo_words: int = 32):
+    def __init__(self, cfg: AcceleratorConfig, *, max_k: int = 8192, fifo_words: int = 256):
         self._MustUse__silence = True     # a rejected configuration is not an unused design
         check_config(cfg)
         if not isinstance(max_k, int) or max_k < 128 or max_k & (max_k - 1):

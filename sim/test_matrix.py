@@ -164,7 +164,9 @@ def default_cases(seed: int) -> list[Case]:
 def run_cases(cases: list[Case], tag: str, seed: int, size: int = SIZE, **dma) -> list[dict]:
     """Run ``cases`` in order on one engine (Verilator build shared by all callers);
     ``dma``: DmaMemory knobs.  Returns the testbench report (cycles per case)."""
-    dut = MatrixEngine(CFG, max_k=MAX_K)
+    # small read FIFOs: the credit limit (no request whose beats would not fit) is
+    # exercised against the DMA model's latencies
+    dut = MatrixEngine(CFG, max_k=MAX_K, fifo_words=32)
     data = BUILD_ROOT / "vectors" / f"matrix-{tag}-s{seed}"
     data.mkdir(parents=True, exist_ok=True)
     arrays = {}
