@@ -133,8 +133,9 @@ def _bus_tcl(ports: list[dict]) -> str:
 
 def _header(title: str, platform: Platform, top_exists: bool) -> str:
     top = ("the accelerator top (fpqvar_top.v) is part of this build" if top_exists else
-           "the accelerator top (issue 8) does not exist yet: fpqvar_top.v is NOT in rtl/, so "
-           "this script cannot run until it lands")
+           "the accelerator top is not in this build (pending for this preset, not in the "
+           "tree, or --no-top; see summary.md): fpqvar_top.v is NOT in rtl/, so this script "
+           "cannot run until a build emits it")
     return (f"# {title}\n# Platform {platform.name}: {platform.part}\n# {NOT_RUN_NOTE}\n"
             f"# Status: {top}.\n# Written by fpqvar build.py (fpqvar_hw/vivado.py).\n")
 
