@@ -11,7 +11,7 @@ any instruction with CTRL.coarse = 0, starts only with both engines idle);
 overlap of GEMM and VEC with the coarse pipeline on; STATUS/PC/ERR_PC for HALT,
 unknown opcodes, engine errors, fetch errors (AXI error, outside the window),
 abort; a prefetch past the HALT never faults; the perf counters against the
-models' own busy counts.
+models' own busy counts; the top elaborates with the real engines.
 """
 from __future__ import annotations
 
@@ -282,3 +282,19 @@ def test_abort():
     assert res["STATUS"] == status(aborted=True), f"STATUS {res['STATUS']:#x}"
     assert res["CYCLES"] < 300, "abort did not cut the run short"
     assert res["PC"] == 2
+def test_top_elaborates_with_both_engines():
+    from amaranth.back import rtlil
+
+    from fpqvar_hw.config import get_preset
+    from fpqvar_hw.top import Accelerator
+
+    cfg = get_preset("w4a4").replace(tm=1, tn=2, lanes=8, quant_lanes=8)
+    top = Accelerator(cfg, C=128, max_kv=8)
+    man = top.manifest()
+    assert man["registers"]["ID"] == "0x1C" and man["id"] == "0x46505156"
+    assert [c for c in man["axi"]["read_clients"]][0] == "controller.fetch"
+    assert {"matrix.wr", "vector.wr"} == set(man["axi"]["write_clients"])
+    assert man["ports"]["m_axi__rdata"] == {"dir": "in", "width": 128}
+    assert man["ports"]["s_axil__awaddr"] == {"dir": "in", "width": 8}
+    text = rtlil.convert(top, name="top")
+    assert "matrix" in text and "vector" in text

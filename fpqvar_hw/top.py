@@ -1,0 +1,130 @@
+"""The accelerator top: controller, matrix engine, vector engine, one AXI4 master.
+
+``docs/top.md`` is the contract.  Structure::
+
+    s_axil --> Controller --cmd/busy/error/abort--> MatrixEngine, VectorEngine
+                   | fetch (ReadClient)                 | rd_* (ReadClient), wr (WriteClient)
+                   v                                    v
+               ReadArbiter (fetch + every engine rd_*)  WriteArbiter (engine wr ports)
+                   \\________________ m_axi (AXI4, single ID) ________________/
+
+Ports: ``m_axi`` (``Out(axi.AXI4Signature())``: 128-bit data, 32-bit addresses,
+one ID), ``s_axil`` (``In(axi.AXILiteSignature())``), ``irq`` (level), and the
+implicit ``clk`` / ``rst`` (synchronous, active high) of the ``sync`` domain.
+
+The read clients are arbitrated in the order :attr:`Accelerator.read_clients`
+lists them (controller fetch first, then each engine's ``rd_*`` ports in
+signature order); round-robin makes the order irrelevant to throughput.
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Module, Value
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from . import axi, isa
+from .config import AcceleratorConfig
+from .control import Controller, EngineLink
+from .matrix import MatrixEngine
+from .vecengine import VectorEngine
+
+__all__ = ["Accelerator"]
+
+
+def _client_ports(engine: wiring.Component, kind: type) -> list[str]:
+    """Names of ``engine``'s ports whose signature is ``kind`` (ReadClient/WriteClient),
+    in signature order."""
+    return [name for name, member in engine.signature.members.items()
+            if member.is_signature and isinstance(member.signature, kind)]
+
+
+class Accelerator(wiring.Component):
+    """The FPQVAR accelerator (module docstring).
+
+    Parameters (keyword-only except ``cfg``):
+
+    * ``cfg``: :class:`AcceleratorConfig` of the matrix engine (``tm``, ``tn``,
+      ``lanes``, ``quant_lanes``, formats).
+    * ``C``: model width (LNMOD row length of the vector engine).
+    * ``max_kv``: longest SOFTMAX row (KV length) the vector engine supports.
+    * ``max_k``: largest GEMM K (sizes the matrix engine's activation buffer; a
+      power of two >= 128; the MLP's fc2 has K = 4*C).
+    * ``max_outstanding``: bursts in flight on each arbiter (tag FIFO depth).
+    """
+
+    def __init__(self, cfg: AcceleratorConfig, *, C: int, max_kv: int, max_k: int | None = None,
+                 max_outstanding: int = 8):
+        if not isinstance(C, int) or C < 1 or C % isa.K_ALIGN:
+            raise ValueError(f"C must be a positive multiple of {isa.K_ALIGN} (GEMM K), got {C!r}")
+        if max_k is None:
+            max_k = 1 << (4 * C - 1).bit_length()       # the fc2 reduction, next power of two
+        self.cfg, self.C, self.max_kv, self.max_k = cfg, C, max_kv, max_k
+        self.max_outstanding = max_outstanding
+        self.matrix = MatrixEngine(cfg, max_k=max_k)
+        self.vector = VectorEngine(C=C, max_kv=max_kv, P=isa.VEC_P)
+        self.controller = Controller()
+        #: (owner, port) of every read client, in arbiter order
+        self.read_clients = [("controller", "fetch")] + [
+            (owner, name) for owner, eng in (("matrix", self.matrix), ("vector", self.vector))
+            for name in _client_ports(eng, axi.ReadClient)]
+        #: (owner, port) of every write client, in arbiter order
+        self.write_clients = [
+            (owner, name) for owner, eng in (("matrix", self.matrix), ("vector", self.vector))
+            for name in _client_ports(eng, axi.WriteClient)]
+        super().__init__({"m_axi": Out(axi.AXI4Signature()),
+                          "s_axil": In(axi.AXILiteSignature()),
+                          "irq": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.controller = ctrl = self.controller
+        m.submodules.matrix = mat = self.matrix
+        m.submodules.vector = vec = self.vector
+        owners = {"controller": ctrl, "matrix": mat, "vector": vec}
+        m.submodules.rd_arb = rd = axi.ReadArbiter(len(self.read_clients),
+                                                   max_outstanding=self.max_outstanding)
+        m.submodules.wr_arb = wr = axi.WriteArbiter(len(self.write_clients),
+                                                    max_outstanding=self.max_outstanding)
+        for i, (owner, port) in enumerate(self.read_clients):
+            wiring.connect(m, getattr(owners[owner], port), rd.clients[i])
+        for i, (owner, port) in enumerate(self.write_clients):
+            wiring.connect(m, getattr(owners[owner], port), wr.clients[i])
+        axi.connect_axi4_halves(m, self.m_axi, rd.axi, wr.axi)
+
+        wiring.connect(m, wiring.flipped(self.s_axil), ctrl.s_axil)
+        m.d.comb += self.irq.eq(ctrl.irq)
+        for link, eng in ((ctrl.gemm, mat), (ctrl.vec, vec)):
+            wiring.connect(m, link.cmd, eng.cmd)
+            for name, member in EngineLink().members.items():
+                if name == "cmd":
+                    continue
+                if member.flow == Out:
+                    m.d.comb += getattr(eng, name).eq(getattr(link, name))
+                else:
+                    m.d.comb += getattr(link, name).eq(getattr(eng, name))
+        return m
+
+    def manifest(self) -> dict:
+        """JSON-ready description for build reports: ports, register map, configuration."""
+        flat = {}
+        for path, member, value in self.signature.flatten(self):
+            name = "__".join(str(p) for p in path)
+            flat[name] = {"dir": "out" if member.flow == Out else "in",
+                          "width": len(Value.cast(value))}
+        flat["clk"] = {"dir": "in", "width": 1}
+        flat["rst"] = {"dir": "in", "width": 1}
+        return {
+            "top": "Accelerator",
+            "contract": "docs/top.md",
+            "ports": flat,
+            "registers": {name: f"0x{off:02X}" for name, off in isa.REGS.items()},
+            "id": f"0x{isa.REG_ID_VALUE:08X}",
+            "axi": {"data_bits": axi.DATA_BITS, "addr_bits": axi.ADDR_BITS, "ids": 1,
+                    "max_outstanding": self.max_outstanding,
+                    "read_clients": [f"{o}.{p}" for o, p in self.read_clients],
+                    "write_clients": [f"{o}.{p}" for o, p in self.write_clients]},
+            "engines": {"matrix": {"tm": self.cfg.tm, "tn": self.cfg.tn, "lanes": self.cfg.lanes,
+                                   "quant_lanes": self.cfg.quant_lanes, "max_k": self.max_k},
+                        "vector": {"C": self.C, "max_kv": self.max_kv, "P": isa.VEC_P}},
+            "config": self.cfg.as_dict(),
+        }
