@@ -16,12 +16,17 @@ Data path (one element per cycle when nothing stalls)::
                    -> unit of the sub-op -> result -> D address, merge into a
                    16-byte word -> wr (one write per word, strobes)
 
-* **Reads.**  Each operand keeps the last word it read: a new read is issued only
-  when an element lies in a different 16-byte word than the operand's previous
-  element, so contiguous FP32 data costs one single-beat read per 4 elements
-  (FP16: per 8).  Up to ``rd_depth`` reads per operand are outstanding; a read is
-  only issued when its response FIFO has room, so ``rd_*.resp.ready`` is always 1
-  (a shared in-order AXI read channel is never blocked by this engine).
+* **Reads.**  Each operand keeps the last word it read: an element in the same
+  16-byte word as the operand's previous element costs no read, so contiguous FP32
+  data needs one word per 4 elements (FP16: per 8).  When a new word is needed and
+  the row walks forward in steps of at most 16 bytes (``0 < s0 <= 16``; not L2NT's
+  B), one INCR burst fetches the words up to the row's last element (at most
+  ``axi.MAX_BURST`` beats, never across a 4 KiB boundary, only as far as that
+  element is inside the window); later elements use those words in order.
+  Otherwise a single-beat read.  Up to ``rd_depth`` words per operand are
+  outstanding; a request is only issued when its response FIFO has room for all its
+  beats, so ``rd_*.resp.ready`` is always 1 (a shared in-order AXI read channel is
+  never blocked by this engine).
 * **Writes.**  Consecutive results in the same 16-byte word are merged into one
   single-beat write with byte strobes.  ``wr.resp.ready`` is always 1.
 * **Window.**  Every element address (``isa.operand_address``: 32-bit wrap-around) is
@@ -56,7 +61,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from . import isa
-from .axi import DATA_BITS, DATA_BYTES, ReadClient, WriteClient
+from .axi import DATA_BITS, DATA_BYTES, MAX_BURST, ReadClient, WriteClient
 from .fpu import FP16, FP32, FPOp, FPUnit, RoundPack, _convert_front
 from .vector import (Elementwise, FDot, Func, L2NormTemperature, LayerNormModulate, Residual,
                      Softmax)
@@ -79,7 +84,7 @@ class VectorEngine(wiring.Component):
     C : LayerNorm row length (LNMOD requires ``n0 == C``); a multiple of ``P``.
     max_kv : longest SOFTMAX row (``1 <= n0 <= max_kv``).
     P : tree-sum width of the row operations (golden ``tree_sum``; ``isa.VEC_P``).
-    rd_depth : outstanding reads per operand (response FIFO depth, a power of two).
+    rd_depth : words in flight per operand (response FIFO depth, a power of two >= 16).
 
     Ports
     -----
@@ -90,7 +95,7 @@ class VectorEngine(wiring.Component):
     last instruction, held until the next ``cmd``.  ``abort``: In(1).  ``fine``: In(1)
     (fine pipelining; 0 = one element per unit latency).  ``dram_base``,
     ``dram_size``: In(32).  ``rd_a``, ``rd_b``, ``rd_c``: ``axi.ReadClient`` of operands A,
-    B, C (single-beat reads, ``len`` = 0, 16-byte aligned addresses).  ``wr``:
+    B, C (bursts of 1 to ``axi.MAX_BURST`` beats, 16-byte aligned addresses).  ``wr``:
     ``axi.WriteClient`` (single-beat writes with strobes).
     """
 
@@ -107,8 +112,9 @@ class VectorEngine(wiring.Component):
             raise ValueError(f"C ({C}) must be a multiple of P ({P})")
         if isa.L2NT_LEN % P:
             raise ValueError(f"P ({P}) must divide the L2NT head length {isa.L2NT_LEN}")
-        if rd_depth < 2 or rd_depth & (rd_depth - 1):
-            raise ValueError(f"rd_depth must be a power of two >= 2, got {rd_depth}")
+        if rd_depth < MAX_BURST or rd_depth & (rd_depth - 1):
+            raise ValueError(f"rd_depth must be a power of two >= {MAX_BURST} (one burst), "
+                             f"got {rd_depth}")
         self._MustUse__silence = False
         self.C, self.max_kv, self.P, self.rd_depth = C, max_kv, P, rd_depth
         super().__init__({
@@ -235,7 +241,7 @@ class VectorEngine(wiring.Component):
         # ------------------------------------------------------------ loop nests
         def loop_nest(prefix: str, n0m1, operands: dict[str, list]):
             """Counters i0..i3 and one address register per operand; ``step`` advances.
-            Returns (idx, addr dict, step, at_last_element, last_of_row)."""
+            Returns (idx, n-1 registers, addr dict, step, at_last_element, last_of_row)."""
             idx = [Signal(32, name=f"{prefix}_i{k}") for k in range(4)]
             nm1 = [Signal(32, name=f"{prefix}_nm1_{k}") for k in range(4)]
             step = Signal(name=f"{prefix}_step")
@@ -264,11 +270,11 @@ class VectorEngine(wiring.Component):
                 for lvl in (1, 2, 3):
                     with m.Elif(Cat(*top[:lvl]).all() & ~top[lvl]):
                         m.d.sync += [i.eq(0) for i in idx[:lvl]] + [idx[lvl].eq(idx[lvl] + 1)]
-            return idx, addrs, step, Cat(*top).all(), top[0]
+            return idx, nm1, addrs, step, Cat(*top).all(), top[0]
 
         # ============================================================ issue side
         strides = {x: [field(x, k) for k in range(1, 5)] for x in ("a", "b", "c", "d")}
-        i_idx, i_addr, i_step, i_final, i_last = loop_nest(
+        i_idx, i_nm1, i_addr, i_step, i_final, i_last = loop_nest(
             "is", n[0] - 1, {x: strides[x] for x in _READ_OPERANDS})
         i_done = Signal()
         with m.If(start):
@@ -294,6 +300,8 @@ class VectorEngine(wiring.Component):
         m.d.comb += can_issue.eq(in_run & ~i_done & desc_fifo.w_rdy)
         blocked = []
         rd_state = {}
+        remaining = Signal(8)            # elements after this one in the row, clamped to 255
+        m.d.comb += remaining.eq(Mux(i_nm1[0] - i_idx[0] > 255, 255, i_nm1[0] - i_idx[0]))
         for x in _READ_OPERANDS:
             port = getattr(self, f"rd_{x}")
             addr = i_addr[x]
@@ -302,21 +310,48 @@ class VectorEngine(wiring.Component):
             cached = Signal(name=f"cached_{x}")
             new = Signal(name=f"new_{x}")
             m.d.comb += new.eq(need[x] & (~cached | (word != last_word)))
-            # read request register
+            # Words already requested ahead of this element by a burst.  A burst covers the
+            # words from this element's to the one of a later element of the same row; with
+            # 0 < s0 <= 16 every word in between is touched, in order, so the next new word
+            # of this operand is always the next word of the burst.
+            ahead = Signal(range(MAX_BURST), name=f"ahead_{x}")
+            s0 = strides[x][0]
+            burstable = (s0[31] == 0) & (s0 != 0) & (s0 <= DATA_BYTES)
+            if x == "b":
+                burstable &= ~is_sub[V.L2NT]          # one B per row: s0 is unused
+            end = Signal(34, name=f"burst_end_{x}")   # last element the burst may cover
+            m.d.comb += end.eq(addr + remaining * s0[:(DATA_BYTES).bit_length()])
+            end_ok = (end[32:] == 0) & in_window(end[:32], esize[x])
             req_valid = Signal(name=f"req_valid_{x}")
             req_addr = Signal(32, name=f"req_addr_{x}")
+            req_len = Signal(8, name=f"req_len_{x}")
             m.d.comb += [port.req.valid.eq(req_valid), port.req.payload.addr.eq(req_addr),
-                         port.req.payload.len.eq(0)]
+                         port.req.payload.len.eq(req_len)]
             req_free = ~req_valid | port.req.ready
-            credits = Signal(range(depth + 1), name=f"credits_{x}")   # issued, not yet popped
-            inflight = Signal(range(depth + 2), name=f"inflight_{x}")  # issued, no response yet
+            credits = Signal(range(depth + 1), name=f"credits_{x}")   # words issued, not popped
+            inflight = Signal(range(depth + 1), name=f"inflight_{x}")  # words without response
+            # burst length: to the end word, at most MAX_BURST, not across 4 KiB, fits credits
+            span = Signal(range(MAX_BURST + 1), name=f"span_{x}")
+            dist = (end[_WORD_SHIFT:32] - word)[:9]
+            page = (1 << (12 - _WORD_SHIFT)) - word[:12 - _WORD_SHIFT]
+            m.d.comb += span.eq(1)
+            with m.If(burstable & end_ok):
+                m.d.comb += span.eq(Mux(dist >= MAX_BURST - 1, MAX_BURST, dist + 1))
+            in_page = Signal(range(MAX_BURST + 1), name=f"in_page_{x}")
+            m.d.comb += in_page.eq(Mux(page < span, page, span))
+            free = depth - credits
+            beats = Signal(range(MAX_BURST + 1), name=f"beats_{x}")
+            m.d.comb += beats.eq(Mux(free < in_page, free, in_page))
+            request = Signal(name=f"request_{x}")
+            m.d.comb += request.eq(new & (ahead == 0))
             window_ok = in_window(addr, esize[x])
-            blocked.append(new & (~req_free | (credits == depth)))
+            blocked.append(request & (~req_free | (credits == depth)))
             with m.If(can_issue & need[x] & ~window_ok):
                 m.d.comb += err_addr_rd.eq(1)
             rd_state[x] = dict(port=port, new=new, word=word, last_word=last_word, cached=cached,
-                               req_valid=req_valid, req_addr=req_addr, req_free=req_free,
-                               credits=credits, inflight=inflight, window_ok=window_ok)
+                               req_valid=req_valid, req_addr=req_addr, req_len=req_len,
+                               req_free=req_free, credits=credits, inflight=inflight,
+                               window_ok=window_ok, ahead=ahead, request=request, beats=beats)
         all_ok = Cat(*(~need[x] | rd_state[x]["window_ok"] for x in _READ_OPERANDS)).all()
         fire = Signal()
         m.d.comb += [fire.eq(running & can_issue & all_ok & ~Cat(*blocked).any()), i_step.eq(fire)]
@@ -333,12 +368,18 @@ class VectorEngine(wiring.Component):
             m.d.comb += [getattr(desc_w, f"new_{x}").eq(st["new"]),
                          getattr(desc_w, f"off_{x}").eq(i_addr[x][:_WORD_SHIFT])]
             with m.If(fire & st["new"]):
-                m.d.sync += [st["last_word"].eq(st["word"]), st["cached"].eq(1),
-                             st["req_valid"].eq(1), st["req_addr"].eq(Cat(Const(0, _WORD_SHIFT), st["word"]))]
+                m.d.sync += [st["last_word"].eq(st["word"]), st["cached"].eq(1)]
+                with m.If(st["request"]):
+                    m.d.sync += st["ahead"].eq(st["beats"] - 1)
+                with m.Else():
+                    m.d.sync += st["ahead"].eq(st["ahead"] - 1)
+            with m.If(fire & st["request"]):
+                m.d.sync += [st["req_valid"].eq(1), st["req_len"].eq(st["beats"] - 1),
+                             st["req_addr"].eq(Cat(Const(0, _WORD_SHIFT), st["word"]))]
             with m.Elif(port.req.ready):
                 m.d.sync += st["req_valid"].eq(0)
             with m.If(start | flush):
-                m.d.sync += st["cached"].eq(0)
+                m.d.sync += [st["cached"].eq(0), st["ahead"].eq(0)]
             # response FIFO: room is reserved by credits, so resp.ready is always 1
             m.submodules[f"resp_fifo_{x}"] = ResetInserter(flush)(
                 fifo := SyncFIFOBuffered(width=DATA_BITS, depth=depth))
@@ -346,7 +387,7 @@ class VectorEngine(wiring.Component):
                          fifo.w_en.eq(port.resp.valid & ~flush)]
             with m.If(in_run & port.resp.valid & port.resp.payload.err):
                 m.d.comb += err_rd.eq(1)
-            issued = fire & st["new"]
+            issued = Mux(fire & st["request"], st["beats"], 0)
             take = pop & getattr(desc, f"new_{x}")
             m.d.comb += fifo.r_en.eq(take)
             with m.If(flush):
@@ -423,7 +464,7 @@ class VectorEngine(wiring.Component):
 
         # ============================================================ write side
         d_n0m1 = Mux(is_sub[V.FDOT], 0, n[0] - 1)     # FDOT: one result per row, s0 unused
-        _, d_addr, d_step, d_final, _ = loop_nest("wr", d_n0m1, {"d": strides["d"]})
+        _, _, d_addr, d_step, d_final, _ = loop_nest("wr", d_n0m1, {"d": strides["d"]})
         q = d_addr["d"]
         d_done = Signal()
         with m.If(start):

@@ -330,6 +330,16 @@ async def random_instructions(dut):
                      max_elems=p["max_elems"])
         fine = not (k % 7 == 3 and int(np.prod(v.n)) <= 400)
         await tb.run(v, what=f"#{k} {sub.name}{'' if fine else ' (fine off)'}", fine=fine)
+    # rows that cross 4 KiB boundaries (bursts must split there), FP32 and FP16 operands
+    page = BASE + 0x3000
+    await tb.run(Vec(subop=VecSubop.FDOT, n=(48, 3, 1, 1), flags=int(VecFlag.B_FP16),
+                     a=Operand(page - 100, 4, 4096), b=Operand(page - 36, 2, 4096),
+                     d=Operand(page + 0x2000, 0, 4)), what="FDOT rows across 4 KiB")
+    await tb.run(Vec(subop=VecSubop.RESID, n=(40, 2, 1, 1), a=Operand(page + 0x1000 - 84, 4, 160),
+                     b=Operand(page + 0x2000 - 4, 4, 0), c=Operand(page + 0x3000 - 12, 4, 160),
+                     d=Operand(page + 0x4000 - 44, 4, 160)), what="RESID rows across 4 KiB")
+    st = tb.dma.stats
+    assert st.read_beats > st.read_bursts, f"no multi-beat bursts were used: {st}"
     tb.finish()
 
 
