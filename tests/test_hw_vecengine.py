@@ -124,3 +124,26 @@ def test_bad_parameters():
         FDot(P=6)
     with pytest.raises(ValueError, match="length"):
         Softmax(length=0)
+
+
+def test_vecengine_interface():
+    """The engine interface of docs/top.md (what the top connects by name)."""
+    from amaranth.hdl import Shape
+    from amaranth.lib import wiring
+
+    from fpqvar_hw import axi, isa
+    from fpqvar_hw.vecengine import VectorEngine
+
+    eng = VectorEngine(C=128, max_kv=64, P=8)
+    members = eng.signature.members
+    assert members["cmd"].signature.members["payload"].shape == isa.INSTR_LAYOUT
+    for name, width in (("busy", 1), ("error", 4), ("abort", 1), ("fine", 1),
+                        ("dram_base", 32), ("dram_size", 32)):
+        assert Shape.cast(members[name].shape).width == width, name
+    for name in ("rd_a", "rd_b", "rd_c"):
+        assert members[name].flow == wiring.Out and isinstance(members[name].signature, axi.ReadClient)
+    assert members["wr"].flow == wiring.Out and isinstance(members["wr"].signature, axi.WriteClient)
+    with pytest.raises(ValueError, match="multiple of P"):
+        VectorEngine(C=100)
+    with pytest.raises(ValueError, match="rd_depth"):
+        VectorEngine(rd_depth=8)
