@@ -125,6 +125,9 @@ def main(argv: "list[str] | None" = None) -> int:
     ap.add_argument("--filter", default="", help="regex on the unit name (default: all)")
     ap.add_argument("--list", action="store_true", help="list the registered units and exit")
     ap.add_argument("--out", help="also write the table as markdown to this file")
+    ap.add_argument("--timeout", type=float, default=3600,
+                    help="seconds per Yosys run (default 3600; the FP32 vector units take "
+                         "15-40 min each on a busy 2-core machine)")
     ap.add_argument("--no-abc9", action="store_true",
                     help="use Yosys' default ABC flow instead of -abc9 (see fpqvar_hw/synth.py)")
     args = ap.parse_args(argv)
@@ -151,7 +154,7 @@ def main(argv: "list[str] | None" = None) -> int:
             print(f"# {group}")
         t0 = time.time()
         print(f"{e.name:34s} ...", end="\r", file=sys.stderr, flush=True)
-        r = synthesize(e.build(), abc9=not args.no_abc9)
+        r = synthesize(e.build(), abc9=not args.no_abc9, timeout_s=args.timeout)
         per = f"{r.lut / e.lanes:8.1f}" if e.lanes else f"{'':8s}"
         print(f"{e.name:34s} {r.lut:7d} {r.lut6:6d} {r.ff:6d} {r.dsp:4d} {r.carry:5d} "
               f"{r.muxf:5d} {r.lutram:6d} {r.depth:5d} {per}", flush=True)
