@@ -300,7 +300,7 @@ def resources_markdown(rep: dict, platform) -> str:
              " | logic depth (LUT + carry levels) | est. f_max MHz |",
              "|---|---|---|" + "---|" * len(KEYS) + "---|---|"]
     for u in rep["units"]:
-        lines.append(f"| {u['instance']} | {u['count']} | {u['inside'] or ''} | " +
+        lines.append(f"| {u['instance']}{' (abc mapper: abc9 failed)' if u.get('mapper') else ''} | {u['count']} | {u['inside'] or ''} | " +
                      " | ".join(f"{u[k]:,}" for k in KEYS) +
                      f" | {u.get('logic_depth')} ({u.get('lut_levels')} + {u.get('carry_levels')})"
                      f" | {u.get('fmax_mhz_est')} |")

@@ -168,7 +168,16 @@ def run_synth_jobs(jobs: Iterable[SynthJob], *, cache_dir: Path | None = None, w
 
     def one(j: SynthJob) -> dict:
         try:
-            res = _result_to_dict(synth.synthesize(j.verilog, top=j.top, cache_dir=cache_dir))
+            try:
+                res = _result_to_dict(synth.synthesize(j.verilog, top=j.top, cache_dir=cache_dir))
+            except RuntimeError as e:
+                # Yosys' ABC9 flow can die on an internal assertion (seen on the controller:
+                # "Assert `count_id(wire->name) == 0' failed" in its AIGER reader); the
+                # classic ABC mapper is then used for this unit, and the report says so.
+                first = str(e).splitlines()[0][:200]
+                res = _result_to_dict(synth.synthesize(j.verilog, top=j.top, cache_dir=cache_dir,
+                                                       abc9=False))
+                res["mapper"] = f"abc (abc9 failed: {first})"
         except (RuntimeError, OSError, subprocess.SubprocessError) as e:
             # YosysError is a RuntimeError; a timeout is a SubprocessError.  The unit is
             # reported as not synthesised (and the total as a lower bound), never guessed.
