@@ -662,19 +662,23 @@ class ImageRun:
 
 async def generate(host: HostModel, backend: BlockBackend, labels: Sequence[int], seed: int,
                    sampling: Sampling = Sampling(), *, shadows: Sequence[BlockBackend] = (),
-                   log: Callable[[str], None] | None = None) -> ImageRun:
+                   max_steps: int | None = None, log: Callable[[str], None] | None = None) -> ImageRun:
     """Sample one image per label with the blocks on ``backend``.
 
     Same computation and random draws as ``VAR.sample_tokens(B, labels, g_seed=seed,
     cfg, top_k, top_p)`` followed by ``vae.fhat_to_img``. ``shadows``: other backends fed
     the same block inputs every step (their outputs and head logits are recorded in
-    ``StepRecord.shadows`` for the numerical comparisons; they never steer the sampling)."""
+    ``StepRecord.shadows`` for the numerical comparisons; they never steer the sampling).
+    ``max_steps``: stop after that many scale steps (slow simulations); the image is then
+    decoded from the partial ``f_hat``."""
     import torch
 
     from fpqvar_quant.var.helpers import sample_with_top_k_top_p_
 
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 63:
         raise ValueError(f"seed must be an integer in [0, 2^63), got {seed!r}")
+    if max_steps is not None and not 1 <= max_steps <= len(host.patch_nums):
+        raise ValueError(f"max_steps must be in 1..{len(host.patch_nums)}, got {max_steps}")
     label_B = host.check_labels(labels)
     B = label_B.numel()
     var, quant = host.var, host.vae.quantize
@@ -696,7 +700,7 @@ async def generate(host: HostModel, backend: BlockBackend, labels: Sequence[int]
         for b in everyone:
             await b.begin(cond_np, adaln)
         cur_L = 0
-        for si, pn in enumerate(host.patch_nums):
+        for si, pn in enumerate(host.patch_nums[:max_steps]):
             x_in = np.ascontiguousarray(next_map.numpy(), dtype=np.float32)
             t0 = time.perf_counter()
             x_out, perf = await backend.step(si, x_in)

@@ -244,3 +244,15 @@ def test_command_line(fast_package, tmp_path, capsys):
     assert drv.main(["--package", str(fast_package.root), "--seed", "-3", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "class index 12 out of range" in err and "seed must be" in err
+
+
+def test_max_steps(fp32_model):
+    """A run cut after two scale steps draws the sampler's first two token maps."""
+    host = drv.HostModel(fp32_model.var, fp32_model.vae)
+    run = asyncio.run(drv.generate(host, drv.TorchBlocksBackend(fp32_model.var, "fp32"), [6], 4, max_steps=2))
+    want = sampler_tokens(fp32_model.var, 6, 4)
+    assert len(run.steps) == 2 and run.images.shape == (1, 8, 8)
+    for s, w in zip(run.steps, want):
+        np.testing.assert_array_equal(s.tokens, w)
+    with pytest.raises(ValueError, match="max_steps must be in 1..4"):
+        asyncio.run(drv.generate(host, drv.TorchBlocksBackend(fp32_model.var, "fp32"), [6], 4, max_steps=5))
