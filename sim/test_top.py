@@ -1,0 +1,102 @@
+"""Co-simulation of the accelerator top (fpqvar_hw.top.Accelerator) on Verilator.
+
+The emitted Verilog of the whole accelerator (controller, matrix engine,
+vector engine, AXI arbiters) runs against a cocotbext-axi ``AxiRam`` with
+random pauses on every AXI channel; every result is compared byte for byte
+with :func:`fpqvar_hw.isa_sim.execute` (sim/tb_top.py).
+
+Build: ``tm=2, tn=2, lanes=32, quant_lanes=8``, ``C=128``, ``max_kv=30`` (the
+digits VAR: patch_nums (1, 2, 3, 4), 30 tokens).  One Verilator build (several
+minutes on two cores; cached under build/sim/top-*) serves every test here.
+
+Default tier: registers, HALT, unknown opcode, window errors, abort, reset, and
+scale step 0 of the digits VAR (both blocks, 65 instructions) in the default
+pipeline mode; the cycle counters go to ``build/top/cycles-s<seed>.json``
+(``fpqvar_hw.perf.load_sim_cycles`` reads them).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fpqvar_hw import isa_sim
+from fpqvar_hw.config import get_preset
+from fpqvar_hw.top import Accelerator
+from sim.runner import BUILD_ROOT, REPO, run_cocotb
+from tests.test_golden_block import digits_fpqvar  # noqa: F401  (session fixture: the package)
+
+PRESET = "w4a4"
+OVERRIDES = {"tm": 2, "tn": 2, "lanes": 32, "quant_lanes": 8}
+CFG = get_preset(PRESET).replace(**OVERRIDES)
+C, MAX_KV = 128, 30
+NAME = "top-tm2tn2l32q8-c128kv30"
+RAM_SIZE = 1 << 22
+STEP_BASE = 0x40000
+
+
+def _params(seed: int, pause: float, **extra) -> dict:
+    return {"preset": PRESET, "overrides": OVERRIDES, "max_kv": MAX_KV, "seed": seed,
+            "pause": pause, "ram_size": RAM_SIZE, **extra}
+
+
+@pytest.fixture(scope="module")
+def dut():
+    return Accelerator(CFG, C=C, max_kv=MAX_KV)
+
+
+def test_top_control(dut):
+    """(a)-(f): registers, HALT, errors 1/2/5, abort, reset, with AXI pauses."""
+    run_cocotb(dut, name=NAME, test_module="sim.tb_top", params=_params(11, 0.3),
+               testcase="registers,halt_only,bad_opcode,window_error,abort_then_run,reset_then_run")
+
+
+def _prepare_steps(pkg_path: Path, n_steps: int, seed: int) -> Path:
+    """DRAM image (compiled model + random adaLN vectors), inputs and programs of steps
+    0 .. n_steps-1 (from the compiler) and the region map, for tb_top.block_steps."""
+    from fpqvar_hw.compiler import Compiler
+    from fpqvar_quant.ptq.package import load_package
+
+    comp = Compiler(load_package(pkg_path), CFG, rows=2, dram_base=STEP_BASE, max_kv=MAX_KV)
+    assert comp.dram_base + comp.dram_size <= RAM_SIZE
+    out = BUILD_ROOT / "vectors" / f"top-steps-s{seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    dram = isa_sim.Dram(comp.dram_base, comp.dram_size)
+    dram.load(comp.image())
+    for b in range(comp.depth):
+        ada = (rng.standard_normal((comp.rows, 6, comp.C)) * 0.3).astype(np.float32)
+        dram.write(*comp.encode_adaln(b, ada))
+    np.save(out / "image.npy", np.frombuffer(bytes(dram.mem), np.uint8))
+    spec = {"base": comp.dram_base, "size": comp.dram_size, "prog_addr": comp.prog_addr,
+            "image": str(out / "image.npy"),
+            "regions": [[r.name, r.addr, r.size] for r in comp.regions()], "steps": []}
+    for s in range(n_steps):
+        L = comp.step_tokens(s)[1]
+        x = rng.standard_normal((comp.rows, L, comp.C)).astype("<f4")
+        prog = np.frombuffer(comp.program(s), np.uint8)
+        np.savez(out / f"step{s}.npz", x=x, program=prog)
+        spec["steps"].append({"step": s, "L": L, "x_addr": comp.x_addr,
+                              "input": str(out / f"step{s}.npz"),
+                              "timeout_cycles": 400_000 * (L + 1)})
+    path = out / "steps.json"
+    path.write_text(json.dumps(spec, indent=1))
+    return path
+
+
+def _run_steps(dut, pkg_path, n_steps, modes, seed, pause):
+    spec = _prepare_steps(pkg_path, n_steps, seed)
+    cycles = REPO / "build" / "top" / f"cycles-s{seed}.json"
+    cycles.parent.mkdir(parents=True, exist_ok=True)
+    run_cocotb(dut, name=NAME, test_module="sim.tb_top", testcase="block_steps",
+               params=_params(seed, pause, steps=str(spec), modes=modes, cycles_out=str(cycles)))
+    data = json.loads(cycles.read_text())
+    assert len(data["runs"]) == len(modes) * n_steps
+    return data
+
+
+def test_top_block_step0(dut, digits_fpqvar):  # noqa: F811
+    """(g, default tier) scale step 0 (one token per row, every block) bit-exact vs isa_sim."""
+    _run_steps(dut, digits_fpqvar[1], 1, [[1, 1]], seed=21, pause=0.2)
