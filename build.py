@@ -258,8 +258,9 @@ def _resources(out, emitted, texts, resolved, config, platform, pending, jobs, c
         method = (f"per-unit synthesis x instance count + estimated buffers. The accelerator "
                   f"top ({top.instance}.v, emitted for preset {config.preset}, array "
                   f"{config.tm}x{config.tn}x{config.lanes}, built for {top.params.get('model')}) "
-                  f"is NOT synthesised as a whole: its units alone sum to {total['LUT']:,} LUT, "
-                  f"hours of Yosys on this machine. Synthesised: every unit variant at this "
+                  f"is NOT synthesised as a whole: a flattened run re-synthesises every instance "
+                  f"(units x counts here: {total['LUT']:,} LUT), far beyond the per-unit runs "
+                  f"on this machine. Synthesised: every unit variant at this "
                   f"preset's own parameters, the controller and the AXI arbiters. The "
                   f"co-simulated top in the tests uses a small config; these figures are for "
                   f"this preset's config")
