@@ -886,6 +886,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=None, help="top-p (default: the model's, 0 = off)")
     p.add_argument("--no-coarse", action="store_true", help="disable the coarse (between-engine) pipeline")
     p.add_argument("--no-fine", action="store_true", help="disable the fine (in-unit) pipeline")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="stop after this many scale steps (1..4; the image is decoded from the partial "
+                        "f_hat): a quick check of the slow rtl backend")
     p.add_argument("--no-compare", action="store_true",
                    help="skip the FP32 / fake-quant shadow blocks and their images")
     return p
@@ -915,6 +918,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             top_p=base.top_p if args.top_p is None else args.top_p)
         if args.seed < 0:
             raise ValueError(f"seed must be an integer in [0, 2^63), got {args.seed}")
+        if args.max_steps is not None and not 1 <= args.max_steps <= len(host.patch_nums):
+            raise ValueError(f"--max-steps must be in 1..{len(host.patch_nums)}, got {args.max_steps}")
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -926,7 +931,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sim.test_tiny_image import run_rtl_image
 
         run = run_rtl_image(pkg_path, label=args.label, seed=args.seed, sampling=sampling, out=out,
-                            coarse=coarse, fine=fine)
+                            coarse=coarse, fine=fine, max_steps=args.max_steps)
         errors: list[dict[str, Any]] = []
     else:
         shadows: list[BlockBackend] = []
@@ -936,7 +941,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                        TorchBlocksBackend(fakequant_model_from_package(pkg).var, "fakequant")]
         backend: BlockBackend = (GoldenBackend(pkg, rows=2, coarse=coarse, fine=fine) if args.backend == "golden"
                                  else GoldenBlockBackend(pkg))
-        run = asyncio.run(generate(host, backend, [args.label], args.seed, sampling, shadows=shadows, log=print))
+        run = asyncio.run(generate(host, backend, [args.label], args.seed, sampling, shadows=shadows,
+                                   max_steps=args.max_steps, log=print))
         write_run(run, out)
         write_cycles_json(run, out / "cycles.json", coarse=coarse, fine=fine,
                           device=getattr(backend, "device_info", lambda: {})())
