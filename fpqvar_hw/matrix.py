@@ -555,7 +555,7 @@ class _Datapath(Elaboratable):
         wrow = Signal(range(tm))
         wkb = Signal(kb_bits)
         wg = Signal(g_bits)
-        wsub = Signal(range(R))
+        wsub = Signal(range(max(R, 2)))   # one bit even when R == 1 (no zero-width signal)
         wrows_left = Signal(32)
         with m.If(self.go):
             m.d.sync += [wbank.eq(0), wrow.eq(0), wkb.eq(0), wg.eq(0), wsub.eq(0),

@@ -110,10 +110,10 @@ VCK190 = Platform(
     # justify the figure by the logic depth reported by resources.py.
     clock_mhz=300.0,
     axi_data_bits=128,
-    io=("s_axi_control: AXI4-Lite slave (start/status/program address)",
-        "m_axi_gmem: AXI4 master 128-bit to DDR4 through the NoC",
-        "interrupt: level-high done interrupt to the CIPS PL-PS IRQ",
-        "ap_clk / ap_rst_n: one PL clock from the CIPS"),
+    io=("s_axil: AXI4-Lite slave (control/status registers, docs/top.md)",
+        "m_axi: AXI4 master 128-bit to DDR4 through the NoC",
+        "irq: level-high done interrupt to the CIPS PL-PS IRQ",
+        "clk / rst (active high): one PL clock and reset from the CIPS"),
     host="on-board Arm Cortex-A72 APU (2 cores, 1.4 GHz)",
     # 2 cores x 1.4 GHz x 8 FP32 FLOP/cycle (2x128-bit NEON FMA) = 22 GFLOP/s peak;
     # 15 assumed sustained for conv layers.
@@ -134,7 +134,7 @@ VERILOG = Platform(
     dram_gbps=25.6,
     clock_mhz=300.0,
     axi_data_bits=128,
-    io=("s_axi_control: AXI4-Lite slave", "m_axi_gmem: AXI4 master", "interrupt"),
+    io=("s_axil: AXI4-Lite slave", "m_axi: AXI4 master", "irq", "clk / rst"),
     host="a host CPU assumed at 15 GFLOP/s sustained",
     host_gflops=15.0,
     budget_source="none (unbounded)",
