@@ -15,6 +15,10 @@ for byte, so rows >= M, padded features and row gaps must stay untouched.
 Reference: ``fpqvar_hw.isa_sim.gemm`` (the instruction-level executor built
 from ``fpqvar_quant.golden``: FP32 -> FP16, Hadamard, group quantizer, group dot
 products, bias add) applied to the same DRAM image.
+
+All co-simulations here are in the slow tier (``--run-slow``, which CI runs): the
+Verilator build takes minutes.  The default tier runs the engine in the Amaranth
+simulator (tests/test_hw_matrix.py).
 """
 from __future__ import annotations
 
@@ -184,6 +188,7 @@ def run_cases(cases: list[Case], tag: str, seed: int, size: int = SIZE, **dma) -
     return json.loads(report.read_text())
 
 
+@pytest.mark.slow   # the Verilator build of the engine takes minutes
 def test_matrix_engine_cosim():
     rep = run_cases(default_cases(7), "default", 7)
     cyc = {r["name"]: r["cycles"] for r in rep}

@@ -9,11 +9,14 @@ Build: ``tm=2, tn=2, lanes=32, quant_lanes=8``, ``C=128``, ``max_kv=30`` (the
 digits VAR: patch_nums (1, 2, 3, 4), 30 tokens).  One Verilator build (several
 minutes on two cores; cached under build/sim/top-*) serves every test here.
 
-Default tier: registers, HALT, unknown opcode, window errors, abort, reset, and
-scale step 0 of the digits VAR (both blocks, 65 instructions) in the default
-pipeline mode; the cycle counters go to ``build/top/cycles-s<seed>.json``
-(``fpqvar_hw.perf.load_sim_cycles`` reads them).  Slow tier: step 0 with the
-coarse pipeline off.  Steps 1..3 and the fine-pipeline-off modes are not part
+Every test here is in the slow tier (``--run-slow``, which CI runs): the
+Verilator build of the top takes minutes.  Tests: registers, HALT, unknown
+opcode, window errors, abort, reset; scale step 0 of the digits VAR (both
+blocks, 65 instructions) in the default pipeline mode, and with the coarse
+pipeline off.  The cycle counters go to ``build/top/cycles-s<seed>.json``
+(``fpqvar_hw.perf.load_sim_cycles`` reads them).  The default tier covers the
+controller and arbiters in the Amaranth simulator (tests/test_hw_top.py,
+tests/test_hw_axi.py).  Steps 1..3 and the fine-pipeline-off modes are not part
 of the suite: at about 100-300 simulated cycles per second on this machine a
 step-3 run (16 tokens per row) would take hours.
 """
@@ -50,6 +53,7 @@ def dut():
     return Accelerator(CFG, C=C, max_kv=MAX_KV)
 
 
+@pytest.mark.slow
 def test_top_control(dut):
     """(a)-(f): registers, HALT, errors 1/2/5, abort, reset, with AXI pauses."""
     run_cocotb(dut, name=NAME, test_module="sim.tb_top", params=_params(11, 0.3),
@@ -100,8 +104,9 @@ def _run_steps(dut, pkg_path, n_steps, modes, seed, pause):
     return data
 
 
+@pytest.mark.slow
 def test_top_block_step0(dut, digits_fpqvar):  # noqa: F811
-    """(g, default tier) scale step 0 (one token per row, every block) bit-exact vs isa_sim;
+    """(g) scale step 0 (one token per row, every block) bit-exact vs isa_sim;
     with the coarse pipeline on, the engines overlap."""
     run, = _run_steps(dut, digits_fpqvar[1], 1, [[1, 1]], seed=21, pause=0.2)["runs"]
     assert run["overlap_cycles"] > 0, f"coarse pipeline on but the engines never overlapped: {run}"

@@ -4,9 +4,11 @@ VEC instructions from random shapes/strides of every sub-op, an attention sequen
 sim.dma_model with random latency, gaps and backpressure; every result compared bit
 for bit with the golden model (see sim/tb_vecengine.py).
 
-Default tier: a small build (C = 128, max_kv = 64; the Verilator build takes minutes, the
-simulation about a minute).  Slow tier (``--run-slow``): more and larger random
-instructions and a longer attention sequence on the same build.  The real widths
+Both tests are in the slow tier (``--run-slow``, which CI runs), because the Verilator
+build (C = 128, max_kv = 64) takes minutes: a basic run (simulation about a minute) and
+more and larger random instructions with a longer attention sequence on the same build.
+The default tier covers the engine's units and ports in the Amaranth simulator
+(tests/test_hw_vecengine.py).  The real widths
 (C = 1024 LayerNorm rows, SOFTMAX rows up to 680) are not co-simulated: the row units
 are parameterised by length only, and their C = 1024 rows run in the Amaranth simulator
 (sim/test_vector.py, slow).
@@ -29,6 +31,7 @@ def _run(cfg: dict, *, seed: int, n_random: int, max_elems: int, attention: list
                            attention=attention, **cfg))
 
 
+@pytest.mark.slow   # the Verilator build of the engine takes minutes
 @pytest.mark.parametrize("seed", [1])
 def test_vecengine_cosim(seed):
     _run(SMALL, seed=seed, n_random=14, max_elems=256, attention=[1, 2, 24])
