@@ -63,7 +63,7 @@ def register_exporter(unit: str, help: str,
 
 
 #: Modules that define exporters; imported lazily by :func:`exporters` (add yours here).
-EXPORTER_MODULES = ("quantizer", "hadamard", "multiplier", "dot", "vector")
+EXPORTER_MODULES = ("quantizer", "hadamard", "multiplier", "dot", "vector", "attention")
 
 
 def exporters() -> dict[str, Exporter]:

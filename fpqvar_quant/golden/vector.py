@@ -403,8 +403,3 @@ def _export_vector(args, rng: np.random.Generator):
     sc, sh = (rng.standard_normal((2, n, C)) * 0.5).astype(np.float32)
     return ({"x": x.view(np.uint32), "scale": sc.view(np.uint32), "shift": sh.view(np.uint32),
              "y": _bits32(layernorm_modulate(x, sc, sh, args.P))}, config)
-
-
-# The attention unit's exporter lives in golden/attention.py; importing it here
-# registers it (``EXPORTER_MODULES`` in golden/__init__.py lists "vector").
-from . import attention as _attention  # noqa: E402,F401
