@@ -88,7 +88,7 @@ def run_exhaustive_fp16(func: str, lanes: int, seed: int, monkeypatch) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("func,seed", [("exp", 32)])   # GELU: same harness, not yet run (build time)
+@pytest.mark.parametrize("func,seed", [("exp", 32)])   # GELU exhaustive: sim/test_gelu_exhaustive.py
 def test_elementwise_fp16_exhaustive_cocotb(func, seed, monkeypatch):
     run_exhaustive_fp16(func, 8, seed, monkeypatch)
 
