@@ -293,9 +293,15 @@ def _vector_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
 
 
 def _attention_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
-    cls = _find_class(mod, ("AttentionUnit", "Attention"))
-    kw = _kw(cls, macs=c.attn_macs, lanes=c.attn_macs, kv_format=c.kv_format.value)
-    return [Variant("attention", lambda: cls(**kw), 1, None, kw)]
+    """Attention runs on the vector engine (FDOT / SOFTMAX instructions, docs/top.md): its
+    FDot and Softmax units are inside fpqvar_top.v.  The preset's separate attention array of
+    ``attn_macs`` multiply-adds per cycle, which the throughput model assumes, is not built."""
+    fdot = _find_class(mod, ("FDot",))
+    softmax = _find_class(mod, ("Softmax",))
+    raise NotImplementedError(
+        f"no separate attention array of {c.attn_macs} FP32 multiply-adds/cycle (the throughput "
+        f"model's figure); the RTL top runs attention on the vector engine's {fdot.__name__} "
+        f"(one multiply-add per cycle) and {softmax.__name__}, inside fpqvar_top.v")
 
 
 def _top_variants(mod: Any, c: AcceleratorConfig, shape: TopShape) -> list[Variant]:
@@ -346,7 +352,7 @@ UNITS: tuple[UnitSpec, ...] = (
     UnitSpec("vector", "fpqvar_hw.vector", "FP32 vector unit: element-wise GELU/exp/rsqrt/"
              "reciprocal pipelines",
              _vector_variants),
-    UnitSpec("attention", "fpqvar_hw.attention", "attention unit (QK^T, softmax, PV)",
+    UnitSpec("attention", "fpqvar_hw.vector", "attention (QK^T, softmax, PV)",
              _attention_variants),
     UnitSpec("control", "fpqvar_hw.control", "controller: AXI4-Lite registers, instruction "
              "fetch, dispatch", _control_variants),
