@@ -22,11 +22,11 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge
 
-from fpqvar_hw import isa
+from fpqvar_hw import isa, isa_sim
 from fpqvar_hw.isa import ErrorCode, Operand, Vec, VecFlag, VecSubop
 from fpqvar_quant.golden import fp32 as g
 from fpqvar_quant.golden import vector as gv
-from fpqvar_quant.golden.attention import attention, tree_last
+from fpqvar_quant.golden.attention import attention
 from sim.dma_model import DmaMemory
 from sim.streams import tb_params
 
@@ -34,7 +34,7 @@ BASE = 0x0001_0000          # first byte of the DMA model's memory (and of the w
 MEM_BYTES = 1 << 18
 
 
-# ------------------------------------------------------------------ golden executor
+# ------------------------------------------------------------------ operand addressing
 def element_addresses(op: Operand, n: tuple[int, ...], *, row_const: bool = False) -> np.ndarray:
     """int64 [n3, n2, n1, n0] (n0 = 1 when ``row_const``) of ``isa.operand_address``."""
     n0 = 1 if row_const else n[0]
@@ -58,36 +58,13 @@ def store(mem: np.ndarray, addr: np.ndarray, bits: np.ndarray, size: int) -> Non
         mem[off + k] = ((b >> np.uint64(8 * k)) & np.uint64(0xFF)).astype(np.uint8)
 
 
-def golden_vec(mem: np.ndarray, v: Vec, P: int) -> None:
-    """Apply VEC instruction ``v`` to the DRAM image ``mem`` (uint8, byte 0 at BASE) with
-    the golden functions; D elements are written in loop order (last write wins)."""
-    sub = VecSubop(v.subop)
-    f32 = lambda a: g.to_float(a, "fp32")  # noqa: E731
-    A = f32(load(mem, element_addresses(v.a, v.n), 4))
-    if sub is VecSubop.L2NT:
-        B = f32(load(mem, element_addresses(v.b, v.n, row_const=True), 4))
-    elif "b" in v.operands:
-        bb = load(mem, element_addresses(v.b, v.n), v.elem_bytes("b"))
-        B = f32(g.convert(bb, "fp16", "fp32")) if v.flags & VecFlag.B_FP16 else f32(bb)
-    if "c" in v.operands:
-        Cv = f32(load(mem, element_addresses(v.c, v.n), 4))
-    d_addr = element_addresses(v.d, v.n, row_const=sub is VecSubop.FDOT)
-    if sub is VecSubop.LNMOD:
-        res = gv.layernorm_modulate(A, B, Cv, P)
-    elif sub is VecSubop.RESID:
-        res = gv.gamma_residual(A, B, Cv)
-    elif sub is VecSubop.GELU:
-        res = gv.gelu(A)
-    elif sub is VecSubop.L2NT:
-        res = gv.l2norm_temperature(A, B, P)
-    elif sub is VecSubop.SOFTMAX:
-        res = gv.softmax(A, P)
-    elif sub is VecSubop.FDOT:
-        res = tree_last(gv.NUMPY.mul(A, B), P, gv.NUMPY)[..., None]
-    else:
-        store(mem, d_addr, g.convert(load(mem, element_addresses(v.a, v.n), 4), "fp32", "fp16"), 2)
-        return
-    store(mem, d_addr, g.canon(np.asarray(res, np.float32), "fp32"), 4)
+def reference_vec(mem: np.ndarray, v: Vec) -> np.ndarray:
+    """The DRAM image ``mem`` (uint8, byte 0 at BASE) after ``v``, from the one
+    instruction-level reference executor (``fpqvar_hw.isa_sim.vec``)."""
+    dram = isa_sim.Dram(BASE, len(mem))
+    dram.mem[:] = mem.tobytes()
+    isa_sim.vec(dram, v)
+    return np.frombuffer(bytes(dram.mem), dtype=np.uint8)
 
 
 # ------------------------------------------------------------------ random instructions
@@ -257,8 +234,8 @@ class VecEngineTB:
 
     async def run(self, v: Vec, *, what: str, fine: bool = True) -> int:
         """Execute ``v`` and compare the whole DRAM image with the golden result."""
-        want = self.view.copy()
-        golden_vec(want, v, self.p["P"])
+        assert self.p["P"] == isa.VEC_P, "isa_sim executes with the ISA's tree-sum width"
+        want = reference_vec(self.view, v)
         self.dut.fine.value = int(fine)
         elems = int(np.prod(v.n))
         await self.issue(v)
