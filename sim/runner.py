@@ -222,7 +222,9 @@ def run_cocotb(component: Any, *, name: str, test_module: str, params: Mapping[s
 
 
 def _test_id() -> str:
-    cur = os.environ.get("PYTEST_CURRENT_TEST", "manual")
+    # Outside pytest (e.g. `python -m fpqvar_hw.driver --backend rtl`) several runs of one
+    # design may be live at once: give each process its own run folder.
+    cur = os.environ.get("PYTEST_CURRENT_TEST", f"manual-{os.getpid()}")
     cur = cur.rsplit(" ", 1)[0].split("::")[-1]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in cur)
     return safe[:120] or "manual"
