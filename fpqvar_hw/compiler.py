@@ -29,6 +29,10 @@ addresses are attributes, :meth:`regions` lists them):
 * per block: adaLN vectors ``[R, 6, C]`` FP32 (written by the driver,
   :meth:`encode_adaln`), K and V caches, FP16 ``[R, H, L_total, 64]`` each
   (token ``j`` of row ``r``, head ``h`` at ``((r*H + h)*L_total + j)*128``);
+  with a KV6 cache (package KV quantizer e2m3fn, config ``kv_format=e2m3fn``)
+  instead K and V codes ``uint8 [R, H, L_total, 64]`` (at ``((r*H + h)*L_total +
+  j)*64``) each followed by its FP16 scales ``[R, H, L_total]`` (at
+  ``((r*H + h)*L_total + j)*2``);
 * ``x_addr``: the step's input/output ``x`` ``[R, L, C]`` FP32, dense for the
   step's ``L``;
 * scratch (dense for the step's ``L``): ``h`` ``[R*L, C]``, ``qkv`` ``[R*L, 3C]``,
@@ -37,7 +41,8 @@ addresses are attributes, :meth:`regions` lists them):
 
 Program of a step: per block, three phases over token tiles (``tile_tokens``
 tokens of one row): A = LNMOD, GEMM qkv, L2NT q, L2NT k, CVT16 k, CVT16 v
-(cache positions ``[L_start + l0, L_start + l1)``); B = per tile FDOT q.K
+(cache positions ``[L_start + l0, L_start + l1)``; KV6: KVQ6 k, KVQ6 v, and
+both FDOTs of B read the codes with B_KV6 and the scales as C); B = per tile FDOT q.K
 (one instruction: dims x keys x queries x heads), SOFTMAX, FDOT p.V, GEMM proj,
 RESID; C = LNMOD, GEMM fc1, GELU, GEMM fc2, RESID; then HALT.  Within a phase
 the tiles' chains are interleaved with a skew of one stage so that the matrix
@@ -58,7 +63,7 @@ import numpy as np
 from fpqvar_quant.golden import block as _blk
 
 from . import isa
-from .config import AcceleratorConfig
+from .config import AcceleratorConfig, KVFormat
 from .isa import Gemm, GemmFlag, GemmSubop, Halt, Opcode, Operand, Vec, VecFlag, VecSubop
 from .isa_sim import gemm_formats
 
@@ -152,10 +157,7 @@ class Compiler:
                              f"limit is {max_kv} (max_kv)")
         if self.C > isa.MAX_LN_LEN:
             raise ValueError(f"embed_dim {self.C} exceeds the LNMOD row limit {isa.MAX_LN_LEN}")
-        kv = pkg.manifest.get("kv_cache")
-        if kv is not None:
-            raise ValueError(f"the package quantizes the KV cache ({kv['fmt']}); the ISA has FP16 "
-                             "KV caches only (FDOT reads FP32 or FP16)")
+        self.kv6 = self._kv_format(pkg.manifest.get("kv_cache"), cfg)
         self.params = [_blk.block_params(pkg, b) for b in range(self.depth)]
         self._check_formats()
         self.pack = dict(tn=cfg.tn, lanes=cfg.lanes, bits=cfg.qkv_weight.bits, group=cfg.group_size)
@@ -164,6 +166,30 @@ class Compiler:
         self._programs: dict[int, bytes] = {}
 
     # ---------------------------------------------------------------- checks
+    @staticmethod
+    def _kv_format(kv: dict | None, cfg: AcceleratorConfig) -> bool:
+        """True for a KV6 cache: the package quantizes K/V with e2m3fn per
+        (token, head) group of 64 with FP16 scales (``golden.attention.kv_encode``)
+        and the config builds the KV6 hardware; FP16 caches when neither does."""
+        want = cfg.kv_format is KVFormat.E2M3
+        if kv is None:
+            if want:
+                raise ValueError(f"the accelerator config {cfg.preset!r} keeps the KV cache in "
+                                 "e2m3fn (kv_format=e2m3fn) but the package does not quantize it; "
+                                 "use a package from a *-kv6 PTQ preset or kv_format=fp16")
+            return False
+        got = (kv.get("fmt"), int(kv.get("group_size", 0)), kv.get("scale_format"))
+        if got != ("e2m3fn", isa.KV6_GROUP, "fp16"):
+            raise ValueError(f"the package quantizes the KV cache as fmt={got[0]}, group "
+                             f"{got[1]}, scales {got[2]}; the accelerator's KV6 cache is e2m3fn, "
+                             f"group {isa.KV6_GROUP} (one token-head), FP16 scales")
+        if not want:
+            raise ValueError(f"the package quantizes the KV cache (e2m3fn, KV6) but the accelerator "
+                             f"config {cfg.preset!r} has kv_format={cfg.kv_format.value}: build with "
+                             "--param kv_format=e2m3fn (KVQ6 / FDOT B_KV6 hardware) or use a package "
+                             "without a KV quantizer")
+        return True
+
     def _check_formats(self) -> None:
         cfg = self.cfg
         gemm_formats(cfg)      # the ISA's one-plain-format / FP16-scale limits (ValueError)
@@ -226,11 +252,17 @@ class Compiler:
         self.static_end = cur
         self.prog_bytes = n_prog * isa.INSTR_BYTES
         self.prog_addr = alloc("program", self.prog_bytes)
-        kv_bytes = R * H * self.L_total * HEAD_DIM * 2
+        #: bytes of one cache element (FP16 or an e2m3fn code)
+        self.kv_elem = 1 if self.kv6 else 2
+        kv_bytes = R * H * self.L_total * HEAD_DIM * self.kv_elem
+        self.ks_addr, self.vs_addr = [], []
         for b in range(self.depth):
             self.ada_addr.append(alloc(f"block{b}.adaln", 4 * R * 6 * C))
             self.k_addr.append(alloc(f"block{b}.k_cache", kv_bytes))
             self.v_addr.append(alloc(f"block{b}.v_cache", kv_bytes))
+            if self.kv6:
+                self.ks_addr.append(alloc(f"block{b}.k_scales", R * H * self.L_total * 2))
+                self.vs_addr.append(alloc(f"block{b}.v_scales", R * H * self.L_total * 2))
         self.x_addr = alloc("x", 4 * R * Ls * C)
         self.h_addr = alloc("scratch.h", 4 * R * Ls * C)
         self.qkv_addr = alloc("scratch.qkv", 4 * R * Ls * 3 * C)
@@ -290,12 +322,29 @@ class Compiler:
         return self.ada_addr[block], a.astype("<f4").tobytes()
 
     def kv_cache(self, dram_read, block: int) -> tuple[np.ndarray, np.ndarray]:
-        """FP16 bits ``(K, V)`` ``[R, H, L_total, 64]`` of a block, read with
-        ``dram_read(addr, nbytes) -> bytes`` (debugging and tests)."""
+        """FP16 bits ``(K, V)`` ``[R, H, L_total, 64]`` of a block with an FP16 cache,
+        read with ``dram_read(addr, nbytes) -> bytes`` (debugging and tests)."""
+        if self.kv6:
+            raise ValueError("this program keeps a KV6 cache: read it with kv_entries()")
         shape = (self.rows, self.H, self.L_total, HEAD_DIM)
         n = int(np.prod(shape)) * 2
         return tuple(np.frombuffer(dram_read(a, n), dtype="<u2").reshape(shape)
                      for a in (self.k_addr[block], self.v_addr[block]))
+
+    def kv_entries(self, dram_read, block: int) -> tuple:
+        """The block's caches as ``golden.attention.KVEntry`` ``(K, V)`` (``[R, H,
+        L_total, 64]``; kv6: codes ``uint8`` and scales ``uint16 [R, H, L_total]``)."""
+        from fpqvar_quant.golden.attention import KVEntry
+
+        if not self.kv6:
+            return tuple(KVEntry("fp16", bits=a) for a in self.kv_cache(dram_read, block))
+        shape = (self.rows, self.H, self.L_total)
+        n = int(np.prod(shape))
+        return tuple(KVEntry("kv6", codes=np.frombuffer(dram_read(c, n * HEAD_DIM), dtype="u1")
+                             .reshape(shape + (HEAD_DIM,)),
+                             scales=np.frombuffer(dram_read(s, 2 * n), dtype="<u2").reshape(shape))
+                     for c, s in ((self.k_addr[block], self.ks_addr[block]),
+                                  (self.v_addr[block], self.vs_addr[block])))
 
     # --------------------------------------------------------------- program
     def program(self, step: int) -> bytes:
@@ -356,8 +405,10 @@ class Compiler:
         t0 = r * L + l0
         row3 = 3 * C * _F32
         q = self.qkv_addr + t0 * row3
-        head_kv = self.L_total * HEAD_DIM * 2
-        cache_off = (r * H * self.L_total + L_start + l0) * HEAD_DIM * 2
+        E = self.kv_elem
+        head_kv = self.L_total * HEAD_DIM * E
+        tok = r * H * self.L_total + L_start + l0          # (row, head 0, first new token)
+        cache_off = tok * HEAD_DIM * E
         ins = [self._lnmod(b, r, t0, n, 2, 4),
                self._gemm(b, "qkv", self.h_addr + t0 * C * _F32, C * _F32, n, q, row3)]
         for part, t_addr, t_stride in ((0, self.temp_addr[b], 4), (1, self.zero_addr, 0)):
@@ -365,9 +416,15 @@ class Compiler:
             ins.append(Vec(subop=VecSubop.L2NT, n=(HEAD_DIM, H, n, 1), a=a,
                            b=Operand(t_addr, 0, t_stride, 0), d=a))
         for part, cache in ((1, self.k_addr[b]), (2, self.v_addr[b])):
-            ins.append(Vec(subop=VecSubop.CVT16, n=(HEAD_DIM, H, n, 1), flags=VecFlag.D_FP16,
-                           a=Operand(q + part * C * _F32, 4, HEAD_DIM * _F32, row3),
-                           d=Operand(cache + cache_off, 2, head_kv, HEAD_DIM * 2)))
+            a = Operand(q + part * C * _F32, 4, HEAD_DIM * _F32, row3)
+            d = Operand(cache + cache_off, E, head_kv, HEAD_DIM * E)
+            if self.kv6:      # codes + one FP16 scale per (token, head)
+                sc = (self.ks_addr if part == 1 else self.vs_addr)[b] + tok * 2
+                ins.append(Vec(subop=VecSubop.KVQ6, n=(HEAD_DIM, H, n, 1), a=a, d=d,
+                               c=Operand(sc, 0, self.L_total * 2, 2)))
+            else:
+                ins.append(Vec(subop=VecSubop.CVT16, n=(HEAD_DIM, H, n, 1), flags=VecFlag.D_FP16,
+                               a=a, d=d))
         return ins
 
     def _phase_b(self, b: int, L_start: int, L: int, r: int, l0: int, l1: int) -> list:
@@ -375,23 +432,29 @@ class Compiler:
         Lk = L_start + L
         t0 = r * L + l0
         row3 = 3 * C * _F32
-        head_kv = self.L_total * HEAD_DIM * 2
+        E = self.kv_elem
+        head_kv = self.L_total * HEAD_DIM * E
         cache_row = r * H * head_kv
         s_tok = H * Lk * _F32                      # scores [t, h, j]
         sc = self.scores_addr + t0 * s_tok
         att = self.attn_addr + t0 * C * _F32
+        flag = VecFlag.B_KV6 if self.kv6 else VecFlag.B_FP16
+        # KV6: the FP16 scale of key/value j of head h (per B element, C's own strides)
+        head_sc = self.L_total * 2
+        ks = Operand(self.ks_addr[b] + r * H * head_sc, 0, 2, 0, head_sc) if self.kv6 else Operand()
+        vs = Operand(self.vs_addr[b] + r * H * head_sc, 2, 0, 0, head_sc) if self.kv6 else Operand()
         return [
             # scores[t, h, j] = sum_d q[t, h, d] * K[r, h, j, d]     loops (d, j, t, h)
-            Vec(subop=VecSubop.FDOT, n=(HEAD_DIM, Lk, n, H), flags=VecFlag.B_FP16,
+            Vec(subop=VecSubop.FDOT, n=(HEAD_DIM, Lk, n, H), flags=flag,
                 a=Operand(self.qkv_addr + t0 * row3, 4, 0, row3, HEAD_DIM * _F32),
-                b=Operand(self.k_addr[b] + cache_row, 2, HEAD_DIM * 2, 0, head_kv),
+                b=Operand(self.k_addr[b] + cache_row, E, HEAD_DIM * E, 0, head_kv), c=ks,
                 d=Operand(sc, 0, 4, s_tok, Lk * _F32)),
             Vec(subop=VecSubop.SOFTMAX, n=(Lk, H, n, 1), a=Operand(sc, 4, Lk * _F32, s_tok),
                 d=Operand(sc, 4, Lk * _F32, s_tok)),
             # attn[t, h*64 + d] = sum_j p[t, h, j] * V[r, h, j, d]   loops (j, d, t, h)
-            Vec(subop=VecSubop.FDOT, n=(Lk, HEAD_DIM, n, H), flags=VecFlag.B_FP16,
+            Vec(subop=VecSubop.FDOT, n=(Lk, HEAD_DIM, n, H), flags=flag,
                 a=Operand(sc, 4, 0, s_tok, Lk * _F32),
-                b=Operand(self.v_addr[b] + cache_row, HEAD_DIM * 2, 2, 0, head_kv),
+                b=Operand(self.v_addr[b] + cache_row, HEAD_DIM * E, E, 0, head_kv), c=vs,
                 d=Operand(att, 0, 4, C * _F32, HEAD_DIM * _F32)),
             self._gemm(b, "proj", att, C * _F32, n, self.y_addr + t0 * C * _F32, C * _F32),
             self._resid(b, r, t0, n, 0),
@@ -443,6 +506,7 @@ def write_bundle(comp: Compiler, out_dir) -> dict:
               "prog_addr": comp.prog_addr, "prog_bytes": comp.prog_bytes, "x_addr": comp.x_addr,
               "ada_addr": comp.ada_addr, "rows": comp.rows, "embed_dim": comp.C,
               "depth": comp.depth, "tile_tokens": comp.tile_tokens, "steps": steps,
+              "kv_cache": "kv6 (e2m3fn codes + FP16 scale per token-head)" if comp.kv6 else "fp16",
               "x_layout": "FP32 little-endian [rows, L, C]",
               "adaln_layout": "FP32 little-endian [rows, 6, C]: gamma1, gamma2, scale1, scale2, shift1, shift2",
               "config": comp.cfg.as_dict(),

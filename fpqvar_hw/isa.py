@@ -44,17 +44,28 @@ VEC_D         20..24  destination D
 ============  ======  ==========================================================
 
 Element ``(i0, i1, i2, i3)`` of an operand is at ``(base + i0*s0 + i1*s1 +
-i2*s2 + i3*s3) mod 2^32`` (:func:`operand_address`); FDOT's D and L2NT's B
-are addressed with ``i0 = 0`` (one value per row, s0 unused).  Sub-ops
-(:class:`VecSubop`): LNMOD, RESID, GELU, L2NT, SOFTMAX, FDOT, CVT16; which
-operands each one reads/writes is :data:`VEC_OPERANDS`.  Flags
-(:class:`VecFlag`): bit 0 B_FP16, bit 1 D_FP16.
+i2*s2 + i3*s3) mod 2^32`` (:func:`operand_address`); FDOT's D, L2NT's B and
+KVQ6's C are addressed with ``i0 = 0`` (one value per row, s0 unused).  Sub-ops
+(:class:`VecSubop`): LNMOD, RESID, GELU, L2NT, SOFTMAX, FDOT, CVT16, KVQ6;
+which operands each one reads/writes is :data:`VEC_OPERANDS` /
+:data:`VEC_WRITES` (:attr:`Vec.operands`: FDOT with B_KV6 also reads C).
+Flags (:class:`VecFlag`): bit 0 B_FP16, bit 1 D_FP16, bit 2 B_KV6.
+
+KV6 (the e2m3fn KV cache, ``kv_format=e2m3fn`` builds only: ``check(kv6=True)``):
+KVQ6 (sub-op 7) quantizes rows of ``n0 = 64`` FP32 elements of A: ``fp16(A)``
+(RNE, as CVT16), then the golden group quantizer (``quantize_groups(.,
+"e2m3fn")``, one group per row, FP16 scale); the 6-bit codes go to D (1-byte
+elements, upper two bits 0) and the scale to C (FP16, once per row).  FDOT with
+B_KV6 reads B as e2m3fn codes (1 byte each, the upper two bits ignored) and C
+as FP16 scales, one per B element (C's own four strides): element value
+``decode(code) * scale``, exact in FP32 (``golden.attention.kv_decode``).
+Without KV6 hardware, KVQ6 and B_KV6 are invalid fields (error 5).
 
 Errors (:class:`ErrorCode`): 1 unknown opcode, 2 address out of the DRAM
 window, 3 AXI read error, 4 AXI write error, 5 invalid field.  What counts as
 an invalid field is :meth:`Gemm.check` / :meth:`Vec.check` (zero count,
 misalignment, unknown sub-op or flag bits, K not a multiple of 128, L2NT
-``n0 != 64``, SOFTMAX ``n0 > max_kv``); the bytes an instruction touches are
+or KVQ6 ``n0 != 64``, SOFTMAX ``n0 > max_kv``, KV6 without ``kv6``); the bytes an instruction touches are
 :func:`footprint` (every one must lie in the DRAM window, error 2).  Checks
 apply in this order: opcode (1), fields (5), window (2).
 
@@ -78,7 +89,7 @@ __all__ = [
     "GEMM_ACT", "GEMM_ACT_STRIDE", "GEMM_M", "GEMM_K", "GEMM_N", "GEMM_W", "GEMM_WS",
     "GEMM_BIAS", "GEMM_OUT", "GEMM_OUT_STRIDE", "GEMM_SIGNS",
     "VEC_N", "VEC_A", "VEC_B", "VEC_C", "VEC_D", "VEC_OPERAND_WORD", "OPERAND_FIELDS",
-    "VEC_OPERANDS", "L2NT_LEN", "MAX_KV_LEN", "MAX_LN_LEN", "VEC_P",
+    "VEC_OPERANDS", "VEC_WRITES", "KV6_GROUP", "L2NT_LEN", "MAX_KV_LEN", "MAX_LN_LEN", "VEC_P",
     "REGS", "REG_ID_VALUE", "CTRL_START", "CTRL_ABORT", "CTRL_IRQ_EN", "CTRL_COARSE", "CTRL_FINE",
     "STATUS_BUSY", "STATUS_DONE", "STATUS_ERROR", "STATUS_ABORTED", "STATUS_ERR_SHIFT",
     "STATUS_ERR_BITS",
@@ -135,11 +146,13 @@ class VecSubop(enum.IntEnum):
     SOFTMAX = 4
     FDOT = 5
     CVT16 = 6
+    KVQ6 = 7   #: fp16(A) -> e2m3fn codes (D, bytes) + FP16 scale per 64-row (C); KV6 builds only
 
 
 class VecFlag(enum.IntFlag):
     B_FP16 = 1 << 0  #: operand B holds FP16 values (FDOT against the FP16 KV cache)
     D_FP16 = 1 << 1  #: destination D is FP16 (CVT16 needs it)
+    B_KV6 = 1 << 2   #: operand B holds e2m3fn codes scaled by FP16 C (FDOT against the KV6 cache)
 
 
 class ErrorCode(enum.IntEnum):
@@ -171,7 +184,13 @@ VEC_OPERANDS: dict[VecSubop, tuple[str, ...]] = {
     VecSubop.SOFTMAX: ("a", "d"),
     VecSubop.FDOT: ("a", "b", "d"),
     VecSubop.CVT16: ("a", "d"),
+    VecSubop.KVQ6: ("a", "c", "d"),
 }
+#: Operands a VEC sub-op writes (default: ``("d",)``); the others in
+#: :data:`VEC_OPERANDS` are read.
+VEC_WRITES: dict[VecSubop, tuple[str, ...]] = {VecSubop.KVQ6: ("c", "d")}
+#: KVQ6 rows are one head (the quantization group): n0 must equal this.
+KV6_GROUP = 64
 #: L2NT rows are one head: n0 must equal this.
 L2NT_LEN = 64
 #: Largest SOFTMAX row (KV length) the default build supports (VAR 256px: 680).
@@ -373,16 +392,43 @@ class Vec:
 
     @property
     def operands(self) -> tuple[str, ...]:
-        """Operands this sub-op accesses (``VEC_OPERANDS``), empty for an unknown sub-op."""
+        """Operands this instruction accesses (``VEC_OPERANDS``, plus C for FDOT with
+        B_KV6), empty for an unknown sub-op."""
         try:
-            return VEC_OPERANDS[VecSubop(self.subop)]
+            sub = VecSubop(self.subop)
+        except ValueError:
+            return ()
+        if sub is VecSubop.FDOT and self.flags & VecFlag.B_KV6:
+            return ("a", "b", "c", "d")
+        return VEC_OPERANDS[sub]
+
+    @property
+    def writes(self) -> tuple[str, ...]:
+        """Operands this instruction writes (:data:`VEC_WRITES`); the rest of
+        :attr:`operands` are read."""
+        try:
+            return VEC_WRITES.get(VecSubop(self.subop), ("d",))
         except ValueError:
             return ()
 
+    def row_const(self, name: str) -> bool:
+        """True for the operands accessed once per row (``i0 = 0``, s0 unused):
+        FDOT's D, L2NT's B, KVQ6's C."""
+        return (self.subop, name) in ((VecSubop.FDOT, "d"), (VecSubop.L2NT, "b"), (VecSubop.KVQ6, "c"))
+
     def elem_bytes(self, name: str) -> int:
-        """Element size of operand ``name``: 2 for B with B_FP16 and D with D_FP16, else 4."""
+        """Element size of operand ``name``: 2 for B with B_FP16, D with D_FP16 and C
+        of KVQ6 / FDOT with B_KV6 (FP16 scales); 1 for B with B_KV6 and D of KVQ6
+        (e2m3fn codes); else 4."""
+        kv6_fdot = self.subop == VecSubop.FDOT and bool(self.flags & VecFlag.B_KV6)
         if name == "b" and self.flags & VecFlag.B_FP16:
             return 2
+        if name == "b" and self.flags & VecFlag.B_KV6:
+            return 1
+        if name == "c" and (self.subop == VecSubop.KVQ6 or kv6_fdot):
+            return 2
+        if name == "d" and self.subop == VecSubop.KVQ6:
+            return 1
         if name == "d" and self.flags & VecFlag.D_FP16:
             return 2
         return 4
@@ -412,24 +458,36 @@ class Vec:
                    flags=(h >> HDR_FLAGS_SHIFT) & 0xFF, sync=bool(h >> HDR_SYNC_BIT & 1), **ops)
 
     def check(self, *, max_kv: int = MAX_KV_LEN, max_ln: int = MAX_LN_LEN,
-              ln_len: int | None = None) -> None:
+              ln_len: int | None = None, kv6: bool = False) -> None:
         """Raise :class:`IsaError` (code FIELD) for what the vector engine rejects.
 
         ``max_kv``: the build's SOFTMAX row limit; LNMOD rows: ``n0 == ln_len`` when
-        given (an engine built for one C), else ``n0 <= max_ln``."""
+        given (an engine built for one C), else ``n0 <= max_ln``; ``kv6``: the build
+        has the KV6 hardware (``kv_format=e2m3fn``), else KVQ6 and B_KV6 are invalid."""
         def bad(msg: str):
             raise IsaError(ErrorCode.FIELD, f"VEC: {msg}")
+        no_kv6 = "this build has no KV6 hardware (accelerator config kv_format=e2m3fn adds it)"
         try:
             sub = VecSubop(self.subop)
         except ValueError:
             bad(f"unknown sub-op {self.subop} (known: "
                 + ", ".join(f"{s.value} {s.name}" for s in VecSubop) + ")")
-        if self.flags & ~int(VecFlag.B_FP16 | VecFlag.D_FP16):
-            bad(f"unknown flag bits 0x{self.flags:02x} (bit 0 B_FP16, bit 1 D_FP16)")
+        if sub is VecSubop.KVQ6 and not kv6:
+            bad(f"sub-op 7 KVQ6: {no_kv6}")
+        if self.flags & ~int(VecFlag.B_FP16 | VecFlag.D_FP16 | VecFlag.B_KV6):
+            bad(f"unknown flag bits 0x{self.flags:02x} (bit 0 B_FP16, bit 1 D_FP16, bit 2 B_KV6)")
+        if self.flags & VecFlag.B_KV6 and not kv6:
+            bad(f"flag B_KV6: {no_kv6}")
         if any(v == 0 for v in self.n):
             bad(f"loop counts must be >= 1, got n={self.n}")
         if self.flags & VecFlag.B_FP16 and sub is not VecSubop.FDOT:
             bad(f"flag B_FP16 is only defined for FDOT, not {sub.name}")
+        if self.flags & VecFlag.B_KV6 and sub is not VecSubop.FDOT:
+            bad(f"flag B_KV6 is only defined for FDOT, not {sub.name}")
+        if self.flags & VecFlag.B_KV6 and self.flags & VecFlag.B_FP16:
+            bad("flags B_FP16 and B_KV6 are exclusive (B is FP16 or e2m3fn codes)")
+        if sub is VecSubop.KVQ6 and self.n[0] != KV6_GROUP:
+            bad(f"KVQ6 rows are one quantization group: n0 must be {KV6_GROUP}, got {self.n[0]}")
         if bool(self.flags & VecFlag.D_FP16) != (sub is VecSubop.CVT16):
             bad("CVT16 needs flag D_FP16 and no other sub-op may set it")
         if sub is VecSubop.L2NT and self.n[0] != L2NT_LEN:
@@ -443,8 +501,7 @@ class Vec:
         for name in self.operands:
             size = self.elem_bytes(name)
             op: Operand = getattr(self, name)
-            row_const = (name == "d" and sub is VecSubop.FDOT) or (name == "b" and sub is VecSubop.L2NT)
-            strides = op.strides[1:] if row_const else op.strides      # s0 unused there
+            strides = op.strides[1:] if self.row_const(name) else op.strides      # s0 unused there
             if op.base % size or any(s % size for s in strides):
                 bad(f"operand {name.upper()} base/strides must be multiples of its element "
                     f"size {size}: base=0x{op.base:x}, strides={op.strides}")
@@ -638,11 +695,10 @@ def unpack_signs(raw: bytes) -> np.ndarray:
 def vec_addresses(v: Vec, name: str) -> np.ndarray:
     """Byte addresses (int64, mod 2^32) of operand ``name``'s elements in loop
     order, shape ``(n3, n2, n1, n0)``; ``(n3, n2, n1, 1)`` for the one-per-row
-    operands (FDOT's D, L2NT's B)."""
+    operands (:meth:`Vec.row_const`: FDOT's D, L2NT's B, KVQ6's C)."""
     op: Operand = getattr(v, name)
     n0, n1, n2, n3 = v.n
-    row_const = (name == "d" and v.subop == VecSubop.FDOT) or (name == "b" and v.subop == VecSubop.L2NT)
-    if row_const:
+    if v.row_const(name):
         n0 = 1
     i0 = np.arange(n0, dtype=np.int64) * op.s0
     i1 = np.arange(n1, dtype=np.int64) * op.s1
@@ -656,8 +712,7 @@ def vec_addresses(v: Vec, name: str) -> np.ndarray:
 def _operand_dims(v: Vec, name: str) -> tuple[int, list[tuple[int, int]]]:
     """``(base, [(count, stride), ...])`` of an operand's loop nest (row-const: n0 = 1)."""
     op: Operand = getattr(v, name)
-    row_const = (name == "d" and v.subop == VecSubop.FDOT) or (name == "b" and v.subop == VecSubop.L2NT)
-    counts = (1,) + tuple(v.n[1:]) if row_const else tuple(v.n)
+    counts = (1,) + tuple(v.n[1:]) if v.row_const(name) else tuple(v.n)
     return op.base, list(zip(counts, op.strides))
 
 
@@ -794,8 +849,9 @@ def footprint(instr: Instruction, *, tn: int, lanes: int, bits: int, group: int)
     GEMM: activation rows (``K*4`` bytes each), the packed codes and scales
     (:func:`gemm_code_bytes` / :func:`gemm_scale_bytes`), the bias (``4*ceil(N/Tn)*Tn``
     bytes, flag BIAS), the signs (16 bytes, flag HAD); writes the ``N*4`` bytes of
-    each output row.  VEC: every element of the operands its sub-op uses
-    (:data:`VEC_OPERANDS`, :func:`vec_addresses`).  HALT: nothing.
+    each output row.  VEC: every element of the operands it uses
+    (:attr:`Vec.operands`, :func:`vec_addresses`), written ones (:attr:`Vec.writes`:
+    D, and C of KVQ6) as writes.  HALT: nothing.
     """
     empty = np.zeros((0, 2), np.int64)
     if isinstance(instr, Halt):
@@ -814,6 +870,6 @@ def footprint(instr: Instruction, *, tn: int, lanes: int, bits: int, group: int)
         writes = _intervals(gemm_row_addresses(g.out_addr, g.out_stride, g.m), 4 * g.n)
         return Footprint(merge_intervals(*reads), writes)
     v = instr
-    reads = [_operand_intervals(v, nm) for nm in v.operands if nm != "d"]
-    writes = _operand_intervals(v, "d")
-    return Footprint(merge_intervals(*reads), writes)
+    reads = [_operand_intervals(v, nm) for nm in v.operands if nm not in v.writes]
+    writes = [_operand_intervals(v, nm) for nm in v.writes]
+    return Footprint(merge_intervals(*reads), merge_intervals(*writes))

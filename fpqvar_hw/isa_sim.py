@@ -32,6 +32,11 @@ Formats
     ``proj_act`` and ``fc1_act``), sub-op DFQ with ``cfg.fc2_act``; weights are
     ``cfg.qkv_weight`` codes (all four weight formats equal) packed with
     ``cfg.tn``, ``cfg.lanes`` and ``cfg.group_size``; scales FP16.
+KV6
+    KVQ6 is ``golden.attention.kv_encode(fp16(A), "kv6")`` per row of 64; FDOT
+    with B_KV6 multiplies A by ``golden.attention.kv_decode`` of the B codes
+    (low six bits) and C scales, element by element.  Both exist only with
+    ``kv6`` (default: ``cfg.kv_format`` is e2m3fn), else error 5.
 """
 from __future__ import annotations
 
@@ -46,7 +51,7 @@ from fpqvar_quant.golden import fp32 as _fp32
 from fpqvar_quant.golden import vector as _vec
 
 from . import isa
-from .config import AcceleratorConfig, ScaleFormat
+from .config import AcceleratorConfig, KVFormat, ScaleFormat
 from .isa import ErrorCode, Gemm, GemmSubop, Halt, IsaError, Opcode, Vec, VecSubop
 
 __all__ = ["Dram", "RunResult", "GemmFormats", "gemm_formats", "gemm", "vec", "execute",
@@ -101,8 +106,8 @@ class Dram:
         self.write(addr, a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes())
 
     def words(self, itemsize: int) -> np.ndarray:
-        """The whole window as a writable little-endian uint16/uint32 array (no copy)."""
-        return np.frombuffer(self.mem, dtype={2: "<u2", 4: "<u4"}[itemsize])
+        """The whole window as a writable little-endian uint8/uint16/uint32 array (no copy)."""
+        return np.frombuffer(self.mem, dtype={1: "u1", 2: "<u2", 4: "<u4"}[itemsize])
 
     def gather(self, addrs: np.ndarray, itemsize: int) -> np.ndarray:
         """Elements at byte addresses ``addrs`` (aligned, inside the window)."""
@@ -190,6 +195,11 @@ def gemm(dram: Dram, g: Gemm, fmts: GemmFormats) -> None:
 
 def _load(dram: Dram, v: Vec, name: str) -> np.ndarray:
     a = isa.vec_addresses(v, name)
+    if name == "b" and v.flags & isa.VecFlag.B_KV6:
+        # e2m3fn codes (upper two bits ignored) times the FP16 scale of C, per element
+        codes = dram.gather(a, 1) & 0x3F
+        scales = dram.gather(isa.vec_addresses(v, "c"), 2)
+        return _att.kv_decode(_att.KVEntry("kv6", codes=codes[..., None], scales=scales))[..., 0]
     if v.elem_bytes(name) == 2:
         return dram.gather(a, 2).view(np.float16).astype(np.float32)    # exact
     return dram.gather(a, 4).view(np.float32)
@@ -212,11 +222,16 @@ def vec(dram: Dram, v: Vec) -> None:
         r = _vec.softmax(A, P)
     elif sub is VecSubop.FDOT:
         r = _att.tree_last(_vec.NUMPY.mul(A, _load(dram, v, "b")), P, _vec.NUMPY)[..., None]
-    else:   # CVT16
+    else:   # CVT16, KVQ6
         r = None
     d = isa.vec_addresses(v, "d")
     if sub is VecSubop.CVT16:
         dram.scatter(d, _fp32.convert(A.view(np.uint32), "fp32", "fp16"), 2)
+    elif sub is VecSubop.KVQ6:
+        # rows of 64 (n0 = KV6_GROUP): fp16 (RNE) -> golden KV6 encode (group quantizer)
+        e = _att.kv_encode(_fp32.convert(A.view(np.uint32), "fp32", "fp16"), "kv6")
+        dram.scatter(d, e.codes, 1)
+        dram.scatter(isa.vec_addresses(v, "c"), e.scales[..., None], 2)
     else:
         dram.scatter(d, _fp32.canon(np.asarray(r, np.float32), "fp32"), 4)
 
@@ -277,16 +292,20 @@ def legal_order(instrs: list, seed: int, *, coarse: bool = True) -> list[int]:
 
 
 def execute(dram: Dram, prog_addr: int, cfg: AcceleratorConfig, *, max_kv: int = isa.MAX_KV_LEN,
-            max_ln: int = isa.MAX_LN_LEN, ln_len: int | None = None,
+            max_ln: int = isa.MAX_LN_LEN, ln_len: int | None = None, kv6: bool | None = None,
             interleave_seed: int | None = None, max_instructions: int = 1 << 20) -> RunResult:
     """Run the program at ``prog_addr`` on ``dram`` (modified in place).
 
     ``max_kv`` / ``max_ln``: the build's SOFTMAX / LNMOD row limits; ``ln_len``:
-    the C of an engine whose LayerNorm unit takes rows of exactly C (RTL builds).
+    the C of an engine whose LayerNorm unit takes rows of exactly C (RTL builds);
+    ``kv6``: the build has the KV6 hardware (KVQ6, FDOT with B_KV6); default: the
+    config's ``kv_format`` is e2m3fn (what :class:`fpqvar_hw.top.Accelerator` builds).
     ``interleave_seed``: execute the (error-free) program in the order
     :func:`legal_order` draws instead of program order.
     """
     fmts = gemm_formats(cfg)
+    if kv6 is None:
+        kv6 = cfg.kv_format is KVFormat.E2M3
     instrs, fetch_err = fetch_program(dram, prog_addr, max_instructions=max_instructions)
     kw = _pack_kwargs(fmts)
     # validate everything first: an erring instruction and everything after it never run
@@ -294,7 +313,7 @@ def execute(dram: Dram, prog_addr: int, cfg: AcceleratorConfig, *, max_kv: int =
     stop: RunResult | None = None
     for i, ins in enumerate(instrs):
         try:
-            ins.check(max_kv=max_kv, max_ln=max_ln, ln_len=ln_len)
+            ins.check(max_kv=max_kv, max_ln=max_ln, ln_len=ln_len, kv6=kv6)
         except IsaError as e:
             stop = RunResult(i, e.code, i, str(e))
             break

@@ -57,7 +57,8 @@ class Run:
                     for _ in range(comp.depth)]
         for b in range(comp.depth):
             self.dram.write(*comp.encode_adaln(b, self.ada[b]))
-        self.caches = [gb.KVCache(R, comp.H) for _ in range(comp.depth)]
+        self.caches = [gb.KVCache(R, comp.H, kind="kv6" if comp.kv6 else "fp16")
+                       for _ in range(comp.depth)]
 
     def x(self, step: int) -> np.ndarray:
         L = self.comp.step_tokens(step)[1]
@@ -303,11 +304,87 @@ def test_compiler_rejects_mismatches(pkg):
         Compiler(pkg, CFG, rows=2, max_kv=16)
     with pytest.raises(ValueError, match="rows"):
         Compiler(pkg, CFG, rows=0)
+
+
+# ------------------------------------------------------------------ KV6 cache
+CFG6 = CFG.replace(kv_format="e2m3fn")
+
+
+def _with_kv(pkg, kv):
+    """The package with another ``kv_cache`` manifest entry (same weights)."""
     import copy
-    kv6 = copy.copy(pkg)
-    kv6.manifest = {**pkg.manifest, "kv_cache": {"fmt": "e2m3fn", "group_size": 64, "scale_format": "fp16"}}
-    with pytest.raises(ValueError, match="FP16 KV caches only"):
-        Compiler(kv6, CFG, rows=2)
+    out = copy.copy(pkg)
+    out.manifest = {**pkg.manifest, "kv_cache": kv}
+    return out
+
+
+@pytest.fixture(scope="module")
+def kv6_pkg(pkg):
+    """The digits package as the fp4-fpqvar-kv6 PTQ preset exports it: the KV
+    quantizer is installed after calibration (``quantize_model``), so the weights
+    equal fp4-fpqvar's and only the manifest's ``kv_cache`` entry differs."""
+    from fpqvar_quant.ptq.config import get_preset as ptq_preset
+    q = ptq_preset("fp4-fpqvar-kv6")
+    return _with_kv(pkg, {"fmt": q.kv_fmt, "group_size": q.kv_group_size,
+                          "scale_format": q.kv_scale_format})
+
+
+def test_kv6_compiled_steps_are_bit_exact_against_golden_block(kv6_pkg):
+    """KVQ6 + FDOT(B_KV6) programs == golden.block.model_step with kv6 caches, all
+    steps: x and the cache codes/scales bit for bit."""
+    comp = Compiler(kv6_pkg, CFG6, rows=2, dram_base=BASE, tile_tokens=8)
+    assert comp.kv6 and comp.kv_elem == 1
+    run = Run(comp, seed=5, cfg=CFG6)
+    for step in range(comp.steps):
+        x = run.x(step)
+        ins = comp.instructions(step)
+        subs = [i.subop for i in ins if isinstance(i, Vec)]
+        assert VecSubop.CVT16 not in subs and subs.count(VecSubop.KVQ6) == 2 * comp.depth * len(
+            comp._tiles(x.shape[1]))
+        assert all(i.flags == VecFlag.B_KV6 for i in ins if isinstance(i, Vec) and i.subop == VecSubop.FDOT)
+        res = run.device(step, x)
+        assert res.ok and res.pc == len(ins), res.message
+        np.testing.assert_array_equal(run.x_out(step).view(np.uint32), gfp32.canon(run.golden(x)))
+        Lk = sum(comp.step_lens[:step + 1])
+        for b in range(comp.depth):
+            for got, want in zip(comp.kv_entries(run.dram.read, b), (run.caches[b].k, run.caches[b].v)):
+                assert got.kind == want.kind == "kv6"
+                np.testing.assert_array_equal(got.codes[:, :, :Lk], want.codes)
+                np.testing.assert_array_equal(got.scales[:, :, :Lk], want.scales)
+    # the same program on a build without the KV6 hardware stops at the first KVQ6 (error 5)
+    run.dram.write(comp.prog_addr, comp.program(0))
+    res = isa_sim.execute(run.dram, comp.prog_addr, CFG6, kv6=False)
+    first = next(i for i, ins in enumerate(comp.instructions(0))
+                 if isinstance(ins, Vec) and ins.subop == VecSubop.KVQ6)
+    assert res.error == ErrorCode.FIELD and res.err_pc == first and "KV6" in res.message
+
+
+def test_kv6_sync_flags_make_every_legal_interleaving_equal(kv6_pkg):
+    """The KV6 caches' codes and scales regions enter the sync analysis (footprints
+    of KVQ6 write C and D, FDOT B_KV6 reads C)."""
+    comp = Compiler(kv6_pkg, CFG6, rows=2, dram_base=BASE, tile_tokens=4)
+    ref = Run(comp, seed=2, cfg=CFG6)
+    xs = [ref.x(s) for s in range(2)]
+    for s in range(2):
+        assert ref.device(s, xs[s]).ok
+    for seed in range(2):
+        run = Run(comp, seed=2, cfg=CFG6)
+        for s in range(2):
+            assert run.device(s, xs[s], interleave_seed=seed).ok
+        assert run.dram.mem == ref.dram.mem
+
+
+def test_compiler_kv_cache_format_must_match_config(pkg, kv6_pkg):
+    with pytest.raises(ValueError, match="--param kv_format=e2m3fn"):
+        Compiler(kv6_pkg, CFG, rows=2)
+    with pytest.raises(ValueError, match="does not quantize it"):
+        Compiler(pkg, CFG6, rows=2)
+    with pytest.raises(ValueError, match="group 32"):
+        Compiler(_with_kv(pkg, {"fmt": "e2m3fn", "group_size": 32, "scale_format": "fp16"}), CFG6, rows=2)
+    with pytest.raises(ValueError, match="fmt=e2m1fn"):
+        Compiler(_with_kv(pkg, {"fmt": "e2m1fn", "group_size": 64, "scale_format": "fp16"}), CFG6, rows=2)
+    with pytest.raises(ValueError, match="kv_entries"):
+        Compiler(kv6_pkg, CFG6, rows=2).kv_cache(lambda a, n: bytes(n), 0)
 
 
 def test_coarse_pipeline_off_sets_every_sync(pkg):

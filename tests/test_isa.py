@@ -1,4 +1,6 @@
 """fpqvar_hw.isa: encodings round-trip, layouts match docs/top.md, bad fields are rejected."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -86,7 +88,9 @@ def test_gemm_unused_addresses_are_not_checked():
 
 @pytest.mark.parametrize("kw, msg", [
     (dict(n=(0, 1, 1, 1)), "loop counts"), (dict(n=(8, 1, 0, 1)), "loop counts"),
-    (dict(subop=7), "unknown sub-op"), (dict(flags=4), "flag bits"),
+    (dict(subop=8), "unknown sub-op"), (dict(flags=8), "flag bits"),
+    (dict(subop=VecSubop.KVQ6, n=(64, 1, 1, 1)), "no KV6 hardware"),
+    (dict(subop=VecSubop.FDOT, flags=VecFlag.B_KV6), "no KV6 hardware"),
     (dict(a=Operand(0x102, 4)), "operand A"), (dict(d=Operand(0x100, 6)), "operand D"),
     (dict(flags=VecFlag.D_FP16), "CVT16"), (dict(flags=VecFlag.B_FP16), "only defined for FDOT"),
 ])
@@ -118,6 +122,50 @@ def test_vec_row_limits_and_fp16_alignment():
     # FDOT ignores D's s0
     Vec(subop=VecSubop.FDOT, n=(8, 2, 1, 1), a=Operand(0, 4), b=Operand(0, 4),
         d=Operand(0x100, 3, 4)).check()
+
+
+def test_kv6_encoding_and_fields():
+    """KVQ6 (sub-op 7) and FDOT with B_KV6 (flag bit 2): words, element sizes,
+    operands, alignment of the 1-byte codes and FP16 scales, KV6-build-only."""
+    q = Vec(subop=VecSubop.KVQ6, n=(64, 3, 2, 1), a=Operand(0x100, 4, 256, 768),
+            c=Operand(0x802, 0, 40, 2), d=Operand(0x1001, 1, 1280, 64))
+    w = words(q)
+    assert w[0] == 0x02 | 7 << 16 and list(w[15:20]) == [0x802, 0, 40, 2, 0]
+    assert isa.decode(q.encode()) == q
+    assert q.operands == ("a", "c", "d") and q.writes == ("c", "d")
+    assert (q.elem_bytes("a"), q.elem_bytes("c"), q.elem_bytes("d")) == (4, 2, 1)
+    assert q.row_const("c") and not q.row_const("d")
+    q.check(kv6=True)                              # odd code address: bytes need no alignment
+    assert isa.vec_addresses(q, "c").shape == (1, 2, 3, 1)
+    f = Vec(subop=VecSubop.FDOT, n=(64, 5, 1, 1), flags=VecFlag.B_KV6, a=Operand(0x100, 4),
+            b=Operand(0x1003, 1, 64), c=Operand(0x2002, 0, 2), d=Operand(0x3000, 0, 4))
+    assert words(f)[0] == 0x02 | 5 << 16 | 4 << 24 and isa.decode(f.encode()) == f
+    assert f.operands == ("a", "b", "c", "d") and f.writes == ("d",)
+    assert (f.elem_bytes("b"), f.elem_bytes("c")) == (1, 2)
+    f.check(kv6=True)
+    for v, msg in [
+            (replace(q, n=(32, 1, 1, 1)), "n0 must be 64"),
+            (replace(q, c=Operand(0x801, 0, 2)), "operand C"),
+            (replace(q, c=Operand(0x800, 3, 2)), None),                  # C's s0 is unused
+            (replace(f, c=Operand(0x2000, 0, 3)), "operand C"),
+            (replace(f, c=Operand(0x2000, 1, 2)), "operand C"),          # FDOT's C uses s0
+            (replace(f, flags=VecFlag.B_KV6 | VecFlag.B_FP16), "exclusive"),
+            (replace(q, flags=VecFlag.B_KV6), "only defined for FDOT"),
+            (replace(q, flags=VecFlag.D_FP16), "CVT16")]:
+        if msg is None:
+            v.check(kv6=True)
+            continue
+        with pytest.raises(IsaError, match=msg) as e:
+            v.check(kv6=True)
+        assert e.value.code == ErrorCode.FIELD
+    fp = isa.footprint(q, tn=8, lanes=32, bits=4, group=128)
+    assert fp.reads.tolist() == [[0x100, 0x100 + 4 * 64 * 3 * 2]]         # A only: C is written
+    want_w = isa.merge_intervals(*[np.array([[a, a + 1]]) for a in isa.vec_addresses(q, "d").ravel()],
+                                 *[np.array([[a, a + 2]]) for a in isa.vec_addresses(q, "c").ravel()])
+    assert fp.writes.tolist() == want_w.tolist()
+    fpf = isa.footprint(f, tn=8, lanes=32, bits=4, group=128)
+    assert fpf.reads.tolist() == isa.merge_intervals(
+        np.array([[0x100, 0x200], [0x1003, 0x1003 + 5 * 64], [0x2002, 0x2002 + 5 * 2]])).tolist()
 
 
 def test_field_ranges_rejected_at_construction():
@@ -232,7 +280,8 @@ def test_window_check_equals_footprint_bounds(seed):
     kw = dict(tn=8, lanes=32, bits=4, group=128)
     for _ in range(200):
         if rng.random() < 0.5:
-            ins = Vec(subop=int(rng.integers(0, 7)), n=tuple(int(v) for v in rng.integers(1, 5, 4)),
+            ins = Vec(subop=int(rng.integers(0, 8)), n=tuple(int(v) for v in rng.integers(1, 5, 4)),
+                      flags=int(rng.choice([0, VecFlag.B_KV6])),
                       **{o: Operand(int(rng.integers(0, 0x3000)) * 4, *(int(s) * 4 for s in rng.integers(-64, 64, 4)))
                          for o in "abcd"})
         else:
@@ -247,16 +296,20 @@ def test_footprint_intervals_equal_element_enumeration(seed):
     """The collapsed-loop interval computation equals merging every element's bytes."""
     rng = np.random.default_rng(seed)
     for _ in range(300):
-        sub = int(rng.integers(0, 7))
+        sub = int(rng.integers(0, 8))
         n = tuple(int(v) for v in rng.integers(1, 6, 4))
         ops = {o: Operand(0x10000 + int(rng.integers(0, 64)) * 4,
                           *(int(rng.choice([0, 1, 2, 4, 8, 16, -4, -12, 64])) * 4 for _ in range(4)))
                for o in "abcd"}
-        v = Vec(subop=sub, n=n, **ops, flags=VecFlag.D_FP16 if sub == VecSubop.CVT16 else 0)
+        flags = {VecSubop.CVT16: VecFlag.D_FP16,
+                 VecSubop.FDOT: int(rng.choice([0, VecFlag.B_FP16, VecFlag.B_KV6]))}.get(sub, 0)
+        v = Vec(subop=sub, n=n, **ops, flags=flags)
         fp = isa.footprint(v, tn=8, lanes=32, bits=4, group=128)
-        want_r = isa.merge_intervals(*[
-            isa.merge_intervals(*[np.array([[a, a + v.elem_bytes(o)]]) for a in isa.vec_addresses(v, o).ravel()])
-            for o in v.operands if o != "d"])
-        d = isa.vec_addresses(v, "d").ravel()
-        want_w = isa.merge_intervals(*[np.array([[a, a + v.elem_bytes("d")]]) for a in d])
+
+        def elems(names):
+            return isa.merge_intervals(*[
+                isa.merge_intervals(*[np.array([[a, a + v.elem_bytes(o)]])
+                                      for a in isa.vec_addresses(v, o).ravel()]) for o in names])
+        want_r = elems([o for o in v.operands if o not in v.writes])
+        want_w = elems(v.writes)
         assert fp.reads.tolist() == want_r.tolist() and fp.writes.tolist() == want_w.tolist(), v

@@ -33,9 +33,10 @@ linear (the host computes the adaLN vectors from the package's float
 parameters).  Online smoothing (``smooth_online``, shared adaLN models) is
 folded per row into the adaLN scale/shift by :func:`device_modulation`.
 
-KV cache: ``"fp16"`` (what the accelerator implements) or ``"kv6"`` (e2m3fn
-codes + one FP16 scale per token-head, ``attention.kv_encode``; golden model
-only, the ISA has no kv6 operand).
+KV cache: ``"fp16"`` (the default build) or ``"kv6"`` (e2m3fn codes + one
+FP16 scale per token-head, ``attention.kv_encode``; builds with
+``kv_format=e2m3fn``: VEC KVQ6 writes it, FDOT with B_KV6 reads it,
+``docs/top.md``).
 """
 from __future__ import annotations
 
