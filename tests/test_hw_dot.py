@@ -7,53 +7,27 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 
 from fpqvar_hw.dot import GroupDot
 from fpqvar_hw.multiplier import MulPair, MulVariant
 from fpqvar_quant.golden.dot import DFQ
 from tests.dot_vectors import expected, make_vectors, pack_beats
+from tests.hw_streams import collect, drive, simulate
 
 
 def run_dot(dut: GroupDot, beats: list[int], n_out: int, seed: int,
             idle: float = 0.3, stall: float = 0.3) -> tuple[list[int], int]:
-    """Stream ``beats`` through ``dut`` with random gaps/backpressure; return (outputs, cycles)."""
-    rng = np.random.default_rng(seed)
-    out: list[int] = []
-    cycles = [0]
-
-    async def source(ctx):
-        for b in beats:
-            while rng.random() < idle:
-                ctx.set(dut.i.valid, 0)
-                await ctx.tick()
-            ctx.set(dut.i.payload.as_value(), b)
-            ctx.set(dut.i.valid, 1)
-            await ctx.tick().until(dut.i.ready)
-        ctx.set(dut.i.valid, 0)
-
-    async def sink(ctx):
-        srng = np.random.default_rng(seed + 1)
-        while len(out) < n_out:
-            ready = int(srng.random() >= stall)
-            ctx.set(dut.o.ready, ready)
-            _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload.as_value())
-            cycles[0] += 1
-            if valid and ready:
-                out.append(int(payload))
-            assert cycles[0] < 100 * (len(beats) + 50), "dot unit hung"
-        # nothing extra arrives afterwards
-        ctx.set(dut.o.ready, 1)
-        for _ in range(dut.latency + 4):
-            _, _, valid = await ctx.tick().sample(dut.o.valid)
-            assert not valid, "the unit produced more results than dot products"
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(source)
-    sim.add_testbench(sink)
-    sim.run()
-    return out, cycles[0]
+    """Stream ``beats`` through ``dut`` with random gaps/backpressure; return
+    (the ``n_out`` results, cycles until the last one).  Fails if the unit hangs
+    or produces more than ``n_out`` results."""
+    times: list[int] = []
+    _, out = simulate(
+        dut,
+        lambda ctx: drive(ctx, dut.i, beats, np.random.default_rng(seed), idle=idle),
+        lambda ctx: collect(ctx, dut.o, n_out, np.random.default_rng(seed + 1), stall=stall,
+                            transferred=times, quiet=dut.latency + 4),
+        max_cycles=100 * (len(beats) + 50))
+    return out, times[-1] + 1 if times else 0
 
 
 def check(out, exp):
@@ -95,22 +69,11 @@ def test_latency_attribute(lanes, dfq):
     vec = make_vectors(DFQ if dfq else "e2m1fn", "e2m1fn", n_dots=1, groups_per_dot=1,
                        group_size=8, seed=5)
     beats = pack_beats(dut.beat_layout, vec, lanes, 8)
-    seen = []
-
-    async def tb(ctx):
-        ctx.set(dut.o.ready, 1)
-        for b in beats:
-            ctx.set(dut.i.payload.as_value(), b)
-            ctx.set(dut.i.valid, 1)
-            await ctx.tick()
-        ctx.set(dut.i.valid, 0)
-        for k in range(1, 20):
-            _, _, valid = await ctx.tick().sample(dut.o.valid)
-            if valid:
-                seen.append(k)
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(tb)
-    sim.run()
-    assert seen == [dut.latency]
+    rng = np.random.default_rng(5)
+    accepted: list[int] = []
+    done: list[int] = []
+    simulate(dut, lambda ctx: drive(ctx, dut.i, beats, rng, accepted=accepted),
+             lambda ctx: collect(ctx, dut.o, 1, rng, transferred=done, quiet=20),
+             max_cycles=100)
+    assert np.all(np.diff(accepted) == 1), "input stalled"
+    assert done[0] - accepted[-1] == dut.latency

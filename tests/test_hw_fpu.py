@@ -10,10 +10,10 @@ import itertools
 
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 
 from fpqvar_hw.fpu import FP16, FP32, FPOp, FPUnit, FloatFormat
 from fpqvar_quant.golden import fp32 as golden
+from tests.hw_streams import collect, drive, simulate
 
 LANES = 8
 FMTS = {"fp32": FP32, "fp16": FP16}
@@ -24,51 +24,26 @@ def run_unit(dut, lane_words: list[int], out_width: int, seed: int, in_width: in
     """Stream per-lane packed input words through ``dut`` (``i``/``o`` array streams of
     ``dut.lanes`` lanes); return the per-lane output words in order.
 
-    Random input gaps and output backpressure from ``seed``; fails if a beat is lost.
+    The words are padded with zeros to whole beats.  Random input gaps and output
+    backpressure from ``seed``; fails if a beat is lost, if ``dut`` produces more
+    beats than it was given, or if it has not finished after ``max_cycles``.
     """
     lanes = dut.lanes
     in_width = in_width or len(dut.i.payload.as_value()) // lanes
     n = len(lane_words)
     beats = -(-n // lanes)
     words = list(lane_words) + [0] * (beats * lanes - n)
-    rng = np.random.default_rng(seed)
-    results: list[int] = []
-
-    async def source(ctx):
-        for t in range(beats):
-            while rng.random() < 0.2:
-                ctx.set(dut.i.valid, 0)
-                await ctx.tick()
-            word = 0
-            for lane in range(lanes):
-                word |= int(words[t * lanes + lane]) << (lane * in_width)
-            ctx.set(dut.i.payload.as_value(), word)
-            ctx.set(dut.i.valid, 1)
-            await ctx.tick().until(dut.i.ready)
-        ctx.set(dut.i.valid, 0)
-
-    async def sink(ctx):
-        rng2 = np.random.default_rng(seed + 1)
-        while len(results) < beats * lanes:
-            ctx.set(dut.o.ready, int(rng2.random() < 0.7))
-            await ctx.tick()
-
-    async def monitor(ctx):
-        async for _clk, _rst, valid, ready, payload in ctx.tick().sample(
-                dut.o.valid, dut.o.ready, dut.o.payload.as_value()):
-            if valid and ready:
-                for lane in range(lanes):
-                    results.append((payload >> (lane * out_width)) & ((1 << out_width) - 1))
-            if len(results) >= beats * lanes:
-                break
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(source)
-    sim.add_testbench(sink)
-    sim.add_process(monitor)
-    sim.run_until(1e-6 * (max_cycles or (beats * 4 + 4 * getattr(dut, "latency", 2) + 200)))
-    assert len(results) == beats * lanes, f"lost beats: got {len(results)} of {beats * lanes}"
+    packed = [sum(int(words[t * lanes + lane]) << (lane * in_width) for lane in range(lanes))
+              for t in range(beats)]
+    latency = getattr(dut, "latency", 2)
+    _, out = simulate(
+        dut,
+        lambda ctx: drive(ctx, dut.i, packed, np.random.default_rng(seed), idle=0.2),
+        lambda ctx: collect(ctx, dut.o, beats, np.random.default_rng(seed + 1), stall=0.3,
+                            quiet=latency + 4),
+        max_cycles=max_cycles or (beats * 4 + 4 * latency + 200), period=1e-6)
+    mask = (1 << out_width) - 1
+    results = [(beat >> (lane * out_width)) & mask for beat in out for lane in range(lanes)]
     return np.array(results[:n], dtype=np.uint64)
 
 

@@ -2,40 +2,29 @@
 (the >= 10^4-group runs are co-simulated in sim/test_hadamard.py)."""
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 
 from fpqvar_hw.hadamard import LATENCY_AFTER_LAST, GroupHadamard
 from fpqvar_quant.golden import hadamard as gh
+from tests.hw_streams import collect, drive, simulate
 
 
 def _run(dut, beats, signs, *, seed, idle, bp, max_cycles=5000):
-    rng = np.random.default_rng(seed)
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    got, t_in, t_out, flags = [], [], [], []
+    """Drive ``beats`` with random idle (``idle``) and backpressure (``bp``); return
+    (output beats, cycle of each input acceptance, cycle of each output transfer,
+    (error, overflow) flags after the last output).  Fails if the unit hangs or
+    produces more output beats than input beats."""
+    t_in, t_out = [], []
 
-    async def tb(ctx):
+    async def source(ctx):
         ctx.set(dut.signs, int(sum(int(b) << j for j, b in enumerate(signs))))
-        i = cyc = 0
-        while len(got) < len(beats) and cyc < max_cycles:
-            send = i < len(beats) and rng.random() >= idle
-            ctx.set(dut.i.valid, int(send))
-            if send:
-                ctx.set(dut.i.payload.as_value(), beats[i])
-            ctx.set(dut.o.ready, int(rng.random() >= bp))
-            _, _, iv, ir, ov, orr, op = await ctx.tick().sample(
-                dut.i.valid, dut.i.ready, dut.o.valid, dut.o.ready, dut.o.payload.as_value())
-            if iv and ir:
-                t_in.append(cyc)
-                i += 1
-            if ov and orr:
-                got.append(int(op))
-                t_out.append(cyc)
-            cyc += 1
-        flags.extend([ctx.get(dut.error), ctx.get(dut.overflow)])
+        await drive(ctx, dut.i, beats, np.random.default_rng(seed), idle=idle, accepted=t_in)
 
-    sim.add_testbench(tb)
-    sim.run()
+    async def sink(ctx):
+        got = await collect(ctx, dut.o, len(beats), np.random.default_rng(seed + 1), stall=bp,
+                            transferred=t_out, quiet=LATENCY_AFTER_LAST + 4)
+        return got, [ctx.get(dut.error), ctx.get(dut.overflow)]
+
+    _, (got, flags) = simulate(dut, source, sink, max_cycles=max_cycles)
     return got, t_in, t_out, flags
 
 

@@ -7,12 +7,12 @@ and scale format with random stalls, and the latency figure.
 """
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 
 from fpqvar_hw.quantizer import (DFQ_FORMATS, LATENCY_AFTER_LAST, QUANTIZER_FORMATS, QUOT_P, Quantizer,
                                  e8m0_exponents, e8m0_keys, grid, scale_constants)
 from fpqvar_quant.golden import fp16
 from fpqvar_quant.golden import quantizer as gq
+from tests.hw_streams import collect, drive, simulate
 
 
 def _pack_beats(x: np.ndarray, lanes: int) -> list[int]:
@@ -39,38 +39,22 @@ def _expected_beats(q, dut: Quantizer) -> list[int]:
 
 def run_quantizer(dut: Quantizer, beats: list[int], *, seed: int, idle: float, bp: float,
                   max_cycles: int = 20000):
-    """Drive ``beats`` with random idle/backpressure; return (output beats, cycle
-    of each input acceptance, cycle of each output transfer, error flag)."""
-    rng = np.random.default_rng(seed)
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    got, t_in, t_out = [], [], []
-    flag = []
+    """Drive ``beats`` with random idle (``idle``) and backpressure (``bp``); return
+    (output beats, cycle of each input acceptance, cycle of each output transfer,
+    error flag after the last output).  Fails if the quantizer hangs or produces
+    more output beats than input beats."""
+    t_in, t_out = [], []
 
-    async def tb(ctx):
-        i, cyc = 0, 0
-        while (len(got) < len(beats)) and cyc < max_cycles:
-            send = i < len(beats) and rng.random() >= idle
-            ctx.set(dut.i.valid, int(send))
-            if send:
-                ctx.set(dut.i.payload.as_value(), beats[i])
-            ready = rng.random() >= bp
-            ctx.set(dut.o.ready, int(ready))
-            _, _, iv, ir, ov, orr, op = await ctx.tick().sample(
-                dut.i.valid, dut.i.ready, dut.o.valid, dut.o.ready, dut.o.payload.as_value())
-            if iv and ir:
-                t_in.append(cyc)
-                i += 1
-            if ov and orr:
-                got.append(int(op))
-                t_out.append(cyc)
-            cyc += 1
-        ctx.set(dut.i.valid, 0)
-        flag.append(ctx.get(dut.error))
+    async def sink(ctx):
+        got = await collect(ctx, dut.o, len(beats), np.random.default_rng(seed + 1), stall=bp,
+                            transferred=t_out, quiet=LATENCY_AFTER_LAST + 4)
+        return got, bool(ctx.get(dut.error))
 
-    sim.add_testbench(tb)
-    sim.run()
-    return got, t_in, t_out, bool(flag[0])
+    _, (got, err) = simulate(
+        dut, lambda ctx: drive(ctx, dut.i, beats, np.random.default_rng(seed), idle=idle,
+                               accepted=t_in),
+        sink, max_cycles=max_cycles)
+    return got, t_in, t_out, err
 
 
 @pytest.mark.parametrize("kw,msg", [
