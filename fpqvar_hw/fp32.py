@@ -66,4 +66,4 @@ def round_pack(m: Module, u, name: str) -> Value:
 
 def add(m: Module, a: Value, b: Value, name: str) -> Value:
     """``RNE_fp32(a + b)`` of two FP32 bit patterns (combinational, ``fpu``'s add front end)."""
-    return round_pack(m, fpu._add_front(m, a, b, FP32), name)
+    return round_pack(m, fpu.add_front(m, a, b, FP32), name)

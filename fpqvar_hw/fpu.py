@@ -17,7 +17,10 @@ Structure: each operator is a combinational *front end* that produces an
 unrounded result (:func:`unrounded_layout`: sign, exponent, wide significand,
 sticky, NaN/Inf flags), followed by the one shared :class:`RoundPack` stage that
 normalises, handles the subnormal range, rounds and packs.  :class:`FPUnit`
-wraps a front end and ``RoundPack`` into a stream pipeline.
+wraps a front end and ``RoundPack`` into a stream pipeline; units with their own
+pipelines (``fpqvar_hw.fp32``, the vector and matrix units) combine the public
+front ends :func:`add_front`, :func:`mul_front` and :func:`convert_front` with a
+``RoundPack`` of their own.
 
 Payloads are :func:`float_layout` views whose packed bits equal the IEEE
 encoding (mantissa | exponent | sign from the LSB), so a testbench can drive raw
@@ -34,7 +37,7 @@ from amaranth.lib.wiring import In, Out
 
 __all__ = [
     "FloatFormat", "FP16", "FP32", "float_layout", "unrounded_layout",
-    "RoundPack", "FPOp", "FPUnit", "unpack", "clz",
+    "RoundPack", "FPOp", "FPUnit", "unpack", "clz", "mul_front", "add_front", "convert_front",
 ]
 
 
@@ -242,8 +245,16 @@ class FPOp(enum.Enum):
         return {FPOp.MAD: 4}.get(self, 2)
 
 
-def _mul_front(m: Module, a: Value, b: Value, fmt: FloatFormat):
-    """Exact product as an unrounded record (sig 2M+2 bits)."""
+def mul_front(m: Module, a: Value, b: Value, fmt: FloatFormat):
+    """Front end of ``a * b``: the exact product of two ``fmt`` bit patterns, unrounded.
+
+    Returns a combinational ``Signal`` of ``unrounded_layout(2 * fmt.man_bits + 2,
+    fmt.exp_bits + 4)`` (M = ``fmt.man_bits``): ``sig`` is the product of the two
+    (M+1)-bit significands, hidden bits included, so nothing is lost and
+    ``sticky`` is 0; ``exp`` is ``e_a + e_b + 1``; ``sign`` is the XOR of the
+    signs; ``nan`` is set for a NaN operand or ``0 * Inf``; ``inf`` for an Inf
+    operand.  :class:`RoundPack` of the record gives ``RNE_fmt(a * b)``.
+    """
     ua, ub = unpack(m, a, fmt), unpack(m, b, fmt)
     ew = fmt.exp_bits + 4
     u = Signal(unrounded_layout(2 * fmt.man_bits + 2, ew))
@@ -259,8 +270,19 @@ def _mul_front(m: Module, a: Value, b: Value, fmt: FloatFormat):
     return u
 
 
-def _add_front(m: Module, a: Value, b: Value, fmt: FloatFormat):
-    """Aligned sum with guard, round and sticky (jammed) bits (sig M+5 bits)."""
+def add_front(m: Module, a: Value, b: Value, fmt: FloatFormat):
+    """Front end of ``a + b``: the aligned sum of two ``fmt`` bit patterns, unrounded.
+
+    Returns a combinational ``Signal`` of ``unrounded_layout(fmt.man_bits + 5,
+    fmt.exp_bits + 4)`` (M = ``fmt.man_bits``): ``sig`` is the larger-magnitude
+    operand's significand plus or minus the smaller one's, aligned to it, with a
+    carry bit on top and guard, round and sticky bits below (every bit shifted
+    out is jammed into the lowest), so :class:`RoundPack` of the record gives
+    ``RNE_fmt(a + b)``; ``exp`` is the larger exponent + 1; ``sticky`` is 0
+    (folded into ``sig``).  Signs: an exact zero sum is -0 only when both
+    operands are negative (``x + (-x) = +0``), an Inf operand keeps its sign;
+    ``nan`` is set for a NaN operand or ``Inf - Inf``, ``inf`` for an Inf operand.
+    """
     ua, ub = unpack(m, a, fmt), unpack(m, b, fmt)
     M = fmt.man_bits
     swap = ub.mag > ua.mag
@@ -294,12 +316,21 @@ def _add_front(m: Module, a: Value, b: Value, fmt: FloatFormat):
     return u
 
 
-def _convert_front(m: Module, a: Value, src: FloatFormat):
+def convert_front(m: Module, a: Value, src: FloatFormat):
+    """Front end of a format conversion: the ``src`` bit pattern ``a`` as an exact
+    ``unrounded_layout(src.man_bits + 1, src.exp_bits + 4)`` record (significand
+    with hidden bit, unbiased exponent, sign, NaN/Inf flags).  :class:`RoundPack`
+    of it in the destination format rounds it to nearest even."""
     ua = unpack(m, a, src)
     u = Signal(unrounded_layout(src.man_bits + 1, src.exp_bits + 4))
     m.d.comb += [u.sig.eq(ua.sig), u.exp.eq(ua.exp), u.sticky.eq(0), u.sign.eq(ua.sign),
                  u.nan.eq(ua.is_nan), u.inf.eq(ua.is_inf)]
     return u
+
+
+# The names these front ends had while they were private; fpqvar_hw.vector and
+# fpqvar_hw.matrix still import them.  Use the public names in new code.
+_mul_front, _add_front, _convert_front = mul_front, add_front, convert_front
 
 
 def fp_max(m: Module, a: Value, b: Value, fmt: FloatFormat) -> Value:
@@ -381,17 +412,17 @@ class FPUnit(wiring.Component):
             if op is FPOp.MAX:
                 res = reg(reg(fp_max(m, x.a, x.b, fmt), f"l{lane}_max"), f"l{lane}_max2")
             elif op is FPOp.CONVERT:
-                u = reg(_convert_front(m, x.a, fmt), f"l{lane}_u")
+                u = reg(convert_front(m, x.a, fmt), f"l{lane}_u")
                 res = reg(_round(m, u, self.dst, f"rp{lane}"), f"l{lane}_r")
             elif op in (FPOp.MUL, FPOp.MAD):
-                u = reg(_mul_front(m, x.a, x.b, fmt), f"l{lane}_u")
+                u = reg(mul_front(m, x.a, x.b, fmt), f"l{lane}_u")
                 res = reg(_round(m, u, fmt, f"rp{lane}"), f"l{lane}_r")
                 if op is FPOp.MAD:
                     c = reg(reg(x.c, f"l{lane}_c1"), f"l{lane}_c2")
-                    s = reg(_add_front(m, res, c, fmt), f"l{lane}_s")
+                    s = reg(add_front(m, res, c, fmt), f"l{lane}_s")
                     res = reg(_round(m, s, fmt, f"rpa{lane}"), f"l{lane}_r2")
             else:
-                u = reg(_add_front(m, x.a, x.b, fmt), f"l{lane}_u")
+                u = reg(add_front(m, x.a, x.b, fmt), f"l{lane}_u")
                 res = reg(_round(m, u, fmt, f"rp{lane}"), f"l{lane}_r")
             m.d.comb += self.o.payload[lane].as_value().eq(res)
         return m
