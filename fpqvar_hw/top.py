@@ -23,7 +23,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from . import axi, isa
-from .config import AcceleratorConfig
+from .config import AcceleratorConfig, KVFormat
 from .control import Controller, EngineLink
 from .matrix import MatrixEngine
 from .vecengine import VectorEngine
@@ -44,7 +44,8 @@ class Accelerator(wiring.Component):
     Parameters (keyword-only except ``cfg``):
 
     * ``cfg``: :class:`AcceleratorConfig` of the matrix engine (``tm``, ``tn``,
-      ``lanes``, ``quant_lanes``, formats).
+      ``lanes``, ``quant_lanes``, formats); ``kv_format=e2m3fn`` adds the vector
+      engine's KV6 hardware (``VectorEngine(kv6=True)``).
     * ``C``: model width (LNMOD row length of the vector engine).
     * ``max_kv``: longest SOFTMAX row (KV length) the vector engine supports.
     * ``max_k``: largest GEMM K (sizes the matrix engine's activation buffer; a
@@ -61,7 +62,9 @@ class Accelerator(wiring.Component):
         self.cfg, self.C, self.max_kv, self.max_k = cfg, C, max_kv, max_k
         self.max_outstanding = max_outstanding
         self.matrix = MatrixEngine(cfg, max_k=max_k)
-        self.vector = VectorEngine(C=C, max_kv=max_kv, P=isa.VEC_P)
+        # the KV6 hardware (KVQ6, FDOT B_KV6) only when the config keeps the KV cache in e2m3fn
+        self.vector = VectorEngine(C=C, max_kv=max_kv, P=isa.VEC_P,
+                                   kv6=cfg.kv_format is KVFormat.E2M3)
         self.controller = Controller()
         #: (owner, port) of every read client, in arbiter order
         self.read_clients = [("controller", "fetch")] + [
@@ -125,6 +128,7 @@ class Accelerator(wiring.Component):
                     "write_clients": [f"{o}.{p}" for o, p in self.write_clients]},
             "engines": {"matrix": {"tm": self.cfg.tm, "tn": self.cfg.tn, "lanes": self.cfg.lanes,
                                    "quant_lanes": self.cfg.quant_lanes, "max_k": self.max_k},
-                        "vector": {"C": self.C, "max_kv": self.max_kv, "P": isa.VEC_P}},
+                        "vector": {"C": self.C, "max_kv": self.max_kv, "P": isa.VEC_P,
+                                   "kv6": self.vector.kv6}},
             "config": self.cfg.as_dict(),
         }

@@ -61,18 +61,67 @@ CVT16 :class:`~fpqvar_hw.fpu.FPUnit` (CONVERT FP32 -> FP16, RNE).
 """
 from __future__ import annotations
 
+import numpy as np
 from amaranth.hdl import Array, Cat, Const, Module, Mux, ResetInserter, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
+from fpqvar_quant.formats import get_format
+
 from . import isa
 from .axi import DATA_BITS, DATA_BYTES, MAX_BURST, ReadClient, WriteClient
 from .fpu import FP16, FP32, FPOp, FPUnit, RoundPack, _convert_front
+from .quantizer import LATENCY_AFTER_LAST, Quantizer
 from .vector import (Elementwise, FDot, Func, L2NormTemperature, LayerNormModulate, Residual,
                      Softmax)
 
-__all__ = ["VectorEngine"]
+__all__ = ["VectorEngine", "KV6Quantizer", "KV6_FORMAT"]
+
+#: Element format of the KV6 cache codes (``golden.attention.kv_encode``).
+KV6_FORMAT = "e2m3fn"
+#: Result of :class:`KV6Quantizer` (one 32-bit unit result of the engine).
+KV6_OUT = data.StructLayout({"code": 6, "zero": 10, "scale": 16})
+
+
+def kv6_decode_table() -> list[int]:
+    """FP32 bit patterns of the 64 e2m3fn code values (the B_KV6 decode LUT)."""
+    vals = get_format(KV6_FORMAT).decode(np.arange(64)).astype(np.float32)
+    return [int(b) for b in vals.view(np.uint32)]
+
+
+class KV6Quantizer(wiring.Component):
+    """KVQ6's unit: FP32 -> FP16 (RNE, :class:`~fpqvar_hw.fpu.FPUnit` CONVERT) into the
+    group quantizer (:class:`~fpqvar_hw.quantizer.Quantizer`, e2m3fn, group
+    ``isa.KV6_GROUP`` = 64, one lane, FP16 scale): bit-exact
+    ``golden.attention.kv_encode(fp16(x), "kv6")`` for consecutive groups of 64.
+
+    ``i``: stream of ``{x: FP32 bits}``; ``o``: stream of :data:`KV6_OUT` (32 bits),
+    one per input element: ``code`` (bits [5:0]) the e2m3fn code, ``zero`` (bits
+    [15:6]), ``scale`` (bits [31:16]) the group's FP16 scale (repeated on each
+    element of the group).  An element appears after its whole
+    group has entered (the quantizer's absmax pass); II = 1, ``o.ready`` low stalls.
+    ``latency``: cycles from an element to its code when fed one element per
+    ``latency`` cycles (the engine's ``fine = 0`` mode uses it).
+    """
+
+    def __init__(self):
+        self.latency = FPOp.CONVERT.latency + LATENCY_AFTER_LAST
+        super().__init__({"i": In(stream.Signature(data.StructLayout({"x": 32}))),
+                          "o": Out(stream.Signature(KV6_OUT))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.cvt = cvt = FPUnit(FPOp.CONVERT, FP32, dst=FP16)
+        m.submodules.quant = q = Quantizer(format=KV6_FORMAT, group_size=isa.KV6_GROUP, lanes=1)
+        m.d.comb += [cvt.i.valid.eq(self.i.valid), self.i.ready.eq(cvt.i.ready),
+                     cvt.i.payload[0].a.as_value().eq(self.i.payload.x),
+                     q.i.valid.eq(cvt.o.valid), cvt.o.ready.eq(q.i.ready),
+                     q.i.payload[0].as_value().eq(cvt.o.payload[0].as_value()),
+                     self.o.valid.eq(q.o.valid), q.o.ready.eq(self.o.ready),
+                     self.o.payload.code.eq(q.o.payload.codes[0].as_value()),
+                     self.o.payload.scale.eq(q.o.payload.scales[0].as_value())]
+        return m
 
 _READ_OPERANDS = ("a", "b", "c")
 _WORD_SHIFT = (DATA_BYTES - 1).bit_length()      # 4: byte address -> 16-byte word
@@ -91,6 +140,9 @@ class VectorEngine(wiring.Component):
     max_kv : longest SOFTMAX row (``1 <= n0 <= max_kv``).
     P : tree-sum width of the row operations (golden ``tree_sum``; ``isa.VEC_P``).
     rd_depth : words in flight per operand (response FIFO depth, a power of two >= 16).
+    kv6 : build the KV6 hardware (KVQ6, FDOT with B_KV6; accelerator config
+        ``kv_format=e2m3fn``).  Without it both are error 5 and the design is exactly
+        the FP16-only engine.
 
     Ports
     -----
@@ -107,8 +159,11 @@ class VectorEngine(wiring.Component):
 
     DESC_DEPTH = 32
 
-    def __init__(self, *, C: int = 128, max_kv: int = 64, P: int = isa.VEC_P, rd_depth: int = 16):
+    def __init__(self, *, C: int = 128, max_kv: int = 64, P: int = isa.VEC_P, rd_depth: int = 16,
+                 kv6: bool = False):
         self._MustUse__silence = True
+        if not isinstance(kv6, bool):
+            raise ValueError(f"kv6 must be a bool, got {kv6!r}")
         for name, v in (("C", C), ("max_kv", max_kv), ("P", P), ("rd_depth", rd_depth)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -122,7 +177,7 @@ class VectorEngine(wiring.Component):
             raise ValueError(f"rd_depth must be a power of two >= {MAX_BURST} (one burst), "
                              f"got {rd_depth}")
         self._MustUse__silence = False
-        self.C, self.max_kv, self.P, self.rd_depth = C, max_kv, P, rd_depth
+        self.C, self.max_kv, self.P, self.rd_depth, self.kv6 = C, max_kv, P, rd_depth, kv6
         super().__init__({
             "cmd": In(stream.Signature(isa.INSTR_LAYOUT)),
             "busy": Out(1),
@@ -138,8 +193,13 @@ class VectorEngine(wiring.Component):
         })
 
     # ----------------------------------------------------------------- helpers
+    @property
+    def subops(self) -> list[isa.VecSubop]:
+        """The sub-ops this build executes (KVQ6 only with ``kv6``)."""
+        return [s for s in isa.VecSubop if self.kv6 or s is not isa.VecSubop.KVQ6]
+
     def _units(self) -> dict[isa.VecSubop, wiring.Component]:
-        return {
+        units = {
             isa.VecSubop.LNMOD: LayerNormModulate(length=self.C, P=self.P),
             isa.VecSubop.RESID: Residual(),
             isa.VecSubop.GELU: Elementwise(Func.GELU),
@@ -148,6 +208,9 @@ class VectorEngine(wiring.Component):
             isa.VecSubop.FDOT: FDot(P=self.P),
             isa.VecSubop.CVT16: FPUnit(FPOp.CONVERT, FP32, dst=FP16),
         }
+        if self.kv6:
+            units[isa.VecSubop.KVQ6] = KV6Quantizer()
+        return units
 
     def elaborate(self, platform):
         m = Module()
@@ -162,32 +225,48 @@ class VectorEngine(wiring.Component):
         b16 = flags[(int(isa.VecFlag.B_FP16)).bit_length() - 1]
         d16 = flags[(int(isa.VecFlag.D_FP16)).bit_length() - 1]
         n = [ins[isa.VEC_N + k] for k in range(4)]
+        kv6 = self.kv6
+        subs = self.subops
 
         def field(x: str, k: int):      # k = 0: base, 1..4: s0..s3
             return ins[isa.VEC_OPERAND_WORD[x] + k]
 
-        is_sub = {s: (sub == int(s)) for s in V}
-        used = {x: Cat(*(is_sub[s] for s in _uses(x))).any() for x in ("a", "b", "c", "d")}
+        is_sub = {s: (sub == int(s)) for s in subs}
+        used = {x: Cat(*(is_sub[s] for s in _uses(x) if s in subs)).any() for x in ("a", "b", "c", "d")}
+        if kv6:
+            bkv6 = flags[(int(isa.VecFlag.B_KV6)).bit_length() - 1]
+            kv_fdot = is_sub[V.FDOT] & bkv6            # B = LUT(code) * FP16 scale of C
+            kvq6 = is_sub[V.KVQ6]
+            used["c"] = used["c"] | kv_fdot
 
         # validation (isa.Vec.check, with LNMOD n0 == C)
         known_flags = int(isa.VecFlag.B_FP16 | isa.VecFlag.D_FP16)
+        if kv6:
+            known_flags |= int(isa.VecFlag.B_KV6)
         misaligned = []
         for x in ("a", "b", "c", "d"):
             mask = Mux(b16, 1, 3) if x == "b" else Mux(d16, 1, 3) if x == "d" else Const(3, 2)
             skip_s0 = is_sub[V.FDOT] if x == "d" else is_sub[V.L2NT] if x == "b" else Const(0)
+            if kv6:      # 1-byte codes (B_KV6's B, KVQ6's D), FP16 scales (their C)
+                mask = {"b": Mux(bkv6, 0, mask), "d": Mux(kvq6, 0, mask),
+                        "c": Mux(kv_fdot | kvq6, 1, mask)}.get(x, mask)
+                if x == "c":
+                    skip_s0 = kvq6
             bad = (field(x, 0)[:2] & mask) != 0
             bad |= ((field(x, 1)[:2] & mask) != 0) & ~skip_s0
             for k in (2, 3, 4):
                 bad |= (field(x, k)[:2] & mask) != 0
             misaligned.append(used[x] & bad)
         bad_field = Signal()
-        m.d.comb += bad_field.eq(
-            (sub > int(max(V))) | ((flags & ~known_flags) != 0) | Cat(*(v == 0 for v in n)).any()
-            | (b16 & ~is_sub[V.FDOT]) | (d16 != is_sub[V.CVT16])
-            | (is_sub[V.L2NT] & (n[0] != isa.L2NT_LEN))
-            | (is_sub[V.SOFTMAX] & (n[0] > self.max_kv))
-            | (is_sub[V.LNMOD] & (n[0] != self.C))
-            | Cat(*misaligned).any())
+        bad = ((sub > int(max(subs))) | ((flags & ~known_flags) != 0) | Cat(*(v == 0 for v in n)).any()
+               | (b16 & ~is_sub[V.FDOT]) | (d16 != is_sub[V.CVT16])
+               | (is_sub[V.L2NT] & (n[0] != isa.L2NT_LEN))
+               | (is_sub[V.SOFTMAX] & (n[0] > self.max_kv))
+               | (is_sub[V.LNMOD] & (n[0] != self.C))
+               | Cat(*misaligned).any())
+        if kv6:
+            bad |= (bkv6 & ~is_sub[V.FDOT]) | (bkv6 & b16) | (kvq6 & (n[0] != isa.KV6_GROUP))
+        m.d.comb += bad_field.eq(bad)
 
         # ------------------------------------------------------------ control state
         error = Signal(4)
@@ -302,6 +381,10 @@ class VectorEngine(wiring.Component):
                       | (is_sub[V.L2NT] & (i_idx[0] == 0))),
                 "c": is_sub[V.LNMOD] | is_sub[V.RESID]}
         esize = {"a": Const(4, 3), "b": Mux(b16, 2, 4), "c": Const(4, 3)}
+        if kv6:
+            need["c"] = need["c"] | kv_fdot
+            esize["b"] = Mux(bkv6, 1, esize["b"])
+            esize["c"] = Mux(kv_fdot, 2, esize["c"])
         can_issue = Signal()
         m.d.comb += can_issue.eq(in_run & ~i_done & desc_fifo.w_rdy)
         blocked = []
@@ -422,14 +505,44 @@ class VectorEngine(wiring.Component):
         b_conv = RoundPack(FP32, sig_bits=FP16.man_bits + 1, exp_bits=FP16.exp_bits + 4)
         m.submodules.b_fp16 = b_conv
         m.d.comb += b_conv.i.eq(_convert_front(m, b_half, FP16))
+        b_val = Mux(b16, b_conv.o.as_value(), lane32(words["b"], desc.off_b))
+        c_val = lane32(words["c"], desc.off_c)
+        if kv6:
+            # B_KV6: the code byte through the 64-entry decode LUT (exact FP32 values);
+            # C: the FP16 scale converted exactly to FP32 (multiplied in the next stage)
+            lut = Array(Const(v, 32) for v in kv6_decode_table())
+            b_code = words["b"].word_select(desc.off_b, 8)
+            c_conv = RoundPack(FP32, sig_bits=FP16.man_bits + 1, exp_bits=FP16.exp_bits + 4)
+            m.submodules.c_fp16 = c_conv
+            m.d.comb += c_conv.i.eq(_convert_front(m, words["c"].word_select(desc.off_c[1:], 16), FP16))
+            b_val = Mux(bkv6, lut[b_code[:6]], b_val)
+            c_val = Mux(kv_fdot, c_conv.o.as_value(), c_val)
         with m.If(flush):
             m.d.sync += elem_valid.eq(0)
         with m.Elif(pop):
             m.d.sync += [elem_valid.eq(1), elem.a.eq(lane32(words["a"], desc.off_a)),
-                         elem.b.eq(Mux(b16, b_conv.o.as_value(), lane32(words["b"], desc.off_b))),
-                         elem.c.eq(lane32(words["c"], desc.off_c)), elem.last.eq(desc.last)]
+                         elem.b.eq(b_val), elem.c.eq(c_val), elem.last.eq(desc.last)]
         with m.Elif(elem_ready):
             m.d.sync += elem_valid.eq(0)
+
+        # KV6 builds: one more stage, the FP32 multiply value(code) * scale for FDOT with
+        # B_KV6 (exact); the other fields travel alongside (2 cycles, stalls with it)
+        if kv6:
+            m.submodules.kv6_mul = mul = ResetInserter(flush)(FPUnit(FPOp.MUL, FP32))
+            mul_en = ~mul.o.valid | mul.o.ready           # FPUnit's stall-all enable
+            side = [Signal(elem_layout, name=f"kv6_side{k}") for k in range(mul.latency)]
+            with m.If(mul_en):
+                m.d.sync += [side[0].eq(elem)] + [side[k].eq(side[k - 1]) for k in range(1, len(side))]
+            m.d.comb += [mul.i.valid.eq(elem_valid), elem_ready.eq(mul.i.ready),
+                         mul.i.payload[0].a.as_value().eq(elem.b),
+                         mul.i.payload[0].b.as_value().eq(elem.c)]
+            src = Signal(elem_layout)
+            src_valid, src_ready = mul.o.valid, Signal()
+            m.d.comb += [src.eq(side[-1]), mul.o.ready.eq(src_ready)]
+            with m.If(kv_fdot):
+                m.d.comb += src.b.eq(mul.o.payload[0].as_value())
+        else:
+            src, src_valid, src_ready = elem, elem_valid, elem_ready
 
         # ============================================================ units
         units = self._units()
@@ -439,19 +552,20 @@ class VectorEngine(wiring.Component):
         lat = Array(Const(units[s].latency, 8) for s in sorted(units))
         gap = Signal(8)
         throttle_ok = gap == 0
-        feed = elem_valid & throttle_ok
+        feed = src_valid & throttle_ok
         with m.If(flush):
             m.d.sync += gap.eq(0)
-        with m.Elif(feed & elem_ready & ~self.fine):
+        with m.Elif(feed & src_ready & ~self.fine):
             m.d.sync += gap.eq(lat[sub[:3]] - 1)
         with m.Elif(gap != 0):
             m.d.sync += gap.eq(gap - 1)
         payloads = {
-            V.LNMOD: {"x": elem.a, "scale": elem.b, "shift": elem.c},
-            V.RESID: {"x": elem.a, "g": elem.b, "y": elem.c},
-            V.L2NT: {"x": elem.a, "t": elem.b},
-            V.SOFTMAX: {"x": elem.a, "last": elem.last},
-            V.FDOT: {"a": elem.a, "b": elem.b, "last": elem.last},
+            V.LNMOD: {"x": src.a, "scale": src.b, "shift": src.c},
+            V.RESID: {"x": src.a, "g": src.b, "y": src.c},
+            V.L2NT: {"x": src.a, "t": src.b},
+            V.SOFTMAX: {"x": src.a, "last": src.last},
+            V.FDOT: {"a": src.a, "b": src.b, "last": src.last},
+            V.KVQ6: {"x": src.a},
         }
         res_valid, res_ready = Signal(), Signal()
         res_data = Signal(32)
@@ -460,17 +574,17 @@ class VectorEngine(wiring.Component):
                 for name, val in payloads[s].items():
                     m.d.comb += getattr(u.i.payload, name).eq(val)
             elif s is V.GELU:
-                m.d.comb += u.i.payload[0].as_value().eq(elem.a)
+                m.d.comb += u.i.payload[0].as_value().eq(src.a)
             else:   # CVT16
-                m.d.comb += u.i.payload[0].a.as_value().eq(elem.a)
+                m.d.comb += u.i.payload[0].a.as_value().eq(src.a)
             m.d.comb += u.i.valid.eq(feed & is_sub[s])
             with m.If(is_sub[s]):
-                m.d.comb += [elem_ready.eq(throttle_ok & u.i.ready), res_valid.eq(u.o.valid),
+                m.d.comb += [src_ready.eq(throttle_ok & u.i.ready), res_valid.eq(u.o.valid),
                              res_data.eq(u.o.payload.as_value()), u.o.ready.eq(res_ready)]
 
         # ============================================================ write side
         d_n0m1 = Mux(is_sub[V.FDOT], 0, n[0] - 1)     # FDOT: one result per row, s0 unused
-        _, _, d_addr, d_step, d_final, _ = loop_nest("wr", d_n0m1, {"d": strides["d"]})
+        _, _, d_addr, d_step, d_final, d_row_end = loop_nest("wr", d_n0m1, {"d": strides["d"]})
         q = d_addr["d"]
         d_done = Signal()
         with m.If(start):
@@ -498,14 +612,34 @@ class VectorEngine(wiring.Component):
         with m.If(d16):
             m.d.comb += [new_data.eq(res_data[:16] << (lane16 * 16)),
                          new_strb.eq(Const(0b11, DATA_BYTES) << (lane16 * 2))]
+        if kv6:      # KVQ6: one code byte
+            with m.Elif(kvq6):
+                m.d.comb += [new_data.eq(res_data[:8] << (q[:_WORD_SHIFT] * 8)),
+                             new_strb.eq(Const(1, DATA_BYTES) << q[:_WORD_SHIFT])]
         with m.Else():
             m.d.comb += [new_data.eq(res_data << (lane16[1:] * 32)),
                          new_strb.eq(Const(0b1111, DATA_BYTES) << (lane16[1:] * 4))]
         new_mask = Cat(*(b.replicate(8) for b in new_strb))
         same = pend_valid & (pend_word == new_word)
-        d_ok = in_window(q, Mux(d16, 2, 4))
+        d_size = Mux(d16, 2, 4)
+        if kv6:
+            d_size = Mux(kvq6, 1, d_size)
+        d_ok = in_window(q, d_size)
         emit = Signal()                     # pending word -> write request register
-        m.d.comb += res_ready.eq(running & ~d_done & d_ok & (~pend_valid | same | wreq_free))
+        res_ok = running & ~d_done & d_ok & (~pend_valid | same | wreq_free)
+        if kv6:
+            # KVQ6: with a row's last code its FP16 scale goes to C (row loop nest "sc",
+            # s0 unused) through a one-entry scale write register
+            _, _, c_addr, c_step, _, _ = loop_nest("sc", 0, {"c": strides["c"]})
+            sc_valid = Signal()
+            sc_addr = Signal(32)
+            sc_data = Signal(16)
+            c_ok = in_window(c_addr["c"], 2)
+            sc_take = kvq6 & d_row_end              # this result also carries the row's scale
+            res_ok &= ~sc_take | (~sc_valid & c_ok)
+            with m.If(in_run & res_valid & ~d_done & d_ok & sc_take & ~c_ok):
+                m.d.comb += err_addr_wr.eq(1)
+        m.d.comb += res_ready.eq(res_ok)
         with m.If(in_run & res_valid & ~d_done & ~d_ok):
             m.d.comb += err_addr_wr.eq(1)
         take_res = res_valid & res_ready
@@ -528,13 +662,28 @@ class VectorEngine(wiring.Component):
                          self.wr.req.payload.addr.eq(Cat(Const(0, _WORD_SHIFT), pend_word)),
                          self.wr.req.payload.data.eq(pend_data),
                          self.wr.req.payload.strb.eq(pend_strb)]
+        if kv6:      # the scale write takes the request register when the codes do not
+            with m.Elif(running & sc_valid & wreq_free):
+                sc_lane = sc_addr[1:_WORD_SHIFT]
+                m.d.sync += [wreq_valid.eq(1), sc_valid.eq(0),
+                             self.wr.req.payload.addr.eq(Cat(Const(0, _WORD_SHIFT), sc_addr[_WORD_SHIFT:])),
+                             self.wr.req.payload.data.eq(sc_data << (sc_lane * 16)),
+                             self.wr.req.payload.strb.eq(Const(0b11, DATA_BYTES) << (sc_lane * 2))]
         with m.Elif(self.wr.req.ready):
             m.d.sync += wreq_valid.eq(0)
+        if kv6:
+            with m.If(take_res & sc_take):
+                m.d.sync += [sc_valid.eq(1), sc_addr.eq(c_addr["c"]), sc_data.eq(res_data[16:])]
+                m.d.comb += c_step.eq(1)
+            with m.If(flush | start):
+                m.d.sync += sc_valid.eq(0)
         m.d.sync += wr_out.eq(wr_out + (self.wr.req.valid & self.wr.req.ready) - self.wr.resp.valid)
 
         # ============================================================ completion
         quiet = Cat(*(~rd_state[x]["req_valid"] & (rd_state[x]["inflight"] == 0)
                       for x in _READ_OPERANDS)).all() & ~wreq_valid & (wr_out == 0)
-        m.d.comb += [drained.eq(quiet),
-                     finished.eq(quiet & i_done & d_done & ~pend_valid)]
+        done = quiet & i_done & d_done & ~pend_valid
+        if kv6:
+            done &= ~sc_valid
+        m.d.comb += [drained.eq(quiet), finished.eq(done)]
         return m

@@ -3,7 +3,9 @@ model: FDot (rows ended by ``last``), Residual, Softmax with runtime row lengths
 
 Bit-exact comparisons (``==`` on FP32 bit patterns), random input gaps and output
 backpressure from the seed in the test id.  The whole engine (DMA, address generation,
-errors) is co-simulated in sim/test_vecengine.py.
+errors) is co-simulated in sim/test_vecengine.py; its KV6 hardware (KVQ6, FDOT with
+B_KV6) also runs here against ``isa_sim`` with a small in-order DRAM model
+(:func:`run_engine`), and an engine without it rejects both with error 5.
 """
 from __future__ import annotations
 
@@ -148,3 +150,195 @@ def test_vecengine_interface():
         VectorEngine(C=100)
     with pytest.raises(ValueError, match="rd_depth"):
         VectorEngine(rd_depth=8)
+
+
+# ----------------------------------------------------------------- whole engine, KV6
+def run_engine(engine, instrs, mem: bytearray, *, base: int, seed: int, max_cycles: int = 60_000):
+    """Run VEC ``instrs`` one after another on ``engine`` in the Amaranth simulator over
+    ``mem`` (the DRAM window ``[base, base + len(mem))``, modified in place) with a small
+    in-order DRAM model: random request backpressure and response gaps on ``rd_a/b/c``
+    and ``wr``.  Returns ``[(cycles, error, dram accesses, image after)]`` per instruction."""
+    rng = np.random.default_rng(seed)
+    ports = ["rd_a", "rd_b", "rd_c"]
+    results = []
+
+    async def tb(ctx):
+        ctx.set(engine.fine, 1)
+        ctx.set(engine.dram_base, base)
+        ctx.set(engine.dram_size, len(mem))
+        queues = {p: [] for p in ports}
+        wq = []
+        for ins in instrs:
+            ctx.set(engine.cmd.payload.as_value(), int.from_bytes(ins.encode(), "little"))
+            ctx.set(engine.cmd.valid, 1)
+            cycles, started, accesses = 0, False, 0
+            while True:
+                rr = {p: int(rng.random() < 0.8) for p in ports}
+                for p in ports:
+                    port = getattr(engine, p)
+                    ctx.set(port.req.ready, rr[p])
+                    q = queues[p]
+                    if q and rng.random() < 0.85:
+                        a = q[0]
+                        ok = 0 <= a - base and a - base + 16 <= len(mem)
+                        word = int.from_bytes(mem[a - base:a - base + 16], "little") if ok else 0
+                        ctx.set(port.resp.valid, 1)
+                        ctx.set(port.resp.payload, {"data": word, "last": 0, "err": int(not ok)})
+                    else:
+                        ctx.set(port.resp.valid, 0)
+                wr_ready = int(rng.random() < 0.8)
+                ctx.set(engine.wr.req.ready, wr_ready)
+                ctx.set(engine.wr.resp.valid, int(bool(wq)))
+                ctx.set(engine.wr.resp.payload, {"err": int(wq[0]) if wq else 0})
+                sampled = await ctx.tick().sample(
+                    engine.cmd.valid, engine.cmd.ready, engine.busy, engine.error,
+                    *[getattr(engine, p).req.valid for p in ports],
+                    *[getattr(engine, p).req.payload for p in ports],
+                    *[getattr(engine, p).resp.valid for p in ports],
+                    *[getattr(engine, p).resp.ready for p in ports],
+                    engine.wr.req.valid, engine.wr.req.payload, engine.wr.resp.ready)
+                cv, cr, busy, err = sampled[2:6]
+                rv, rp, sv, sr = sampled[6:9], sampled[9:12], sampled[12:15], sampled[15:18]
+                wv, wp, wrr = sampled[18:]
+                if cv and cr:
+                    ctx.set(engine.cmd.valid, 0)
+                    started = True
+                for k, p in enumerate(ports):
+                    if rv[k] and rr[p]:
+                        a, n = int(rp[k].addr), int(rp[k].len) + 1
+                        queues[p].extend(a + 16 * j for j in range(n))
+                        accesses += 1
+                    if sv[k] and sr[k]:
+                        queues[p].pop(0)
+                if wq and wrr:
+                    wq.pop(0)
+                if wv and wr_ready:
+                    accesses += 1
+                    a, strb = int(wp.addr) & ~15, int(wp.strb)
+                    raw = int(wp.data).to_bytes(16, "little")
+                    ok = 0 <= a - base and a - base + 16 <= len(mem)
+                    if ok:
+                        for b in range(16):
+                            if strb >> b & 1:
+                                mem[a - base + b] = raw[b]
+                    wq.append(not ok)
+                if started:
+                    cycles += 1
+                    if cycles > 2 and not busy:
+                        break
+                assert cycles < max_cycles, f"engine hung on {ins}"
+            assert not any(queues.values()) and not wq, "transactions outstanding after busy fell"
+            results.append((cycles, int(err), accesses, bytes(mem)))
+
+    sim = Simulator(engine)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    return results
+
+
+KV6_BASE = 0x1_0000
+
+
+def kv6_attention_program(seed: int, *, H: int = 1, Nq: int = 1, Nk: int = 3):
+    """DRAM image and instructions: KVQ6 of FP32 k and v rows into code/scale caches
+    (odd code base, scales at 2 mod 4), a KVQ6 of special rows (zeros, Inf, FP16
+    overflow, subnormals; scales with a gap), then QK^T (FDOT B_KV6, C s0 = 0) ->
+    SOFTMAX -> PV (FDOT B_KV6, C s0 = 2).  Returns (mem, instrs, addresses)."""
+    from fpqvar_hw.isa import Operand, Vec, VecFlag, VecSubop
+
+    rng = np.random.default_rng(seed)
+    D = 64
+    mem = bytearray(0x8000)
+    at = dict(q=0x0100, k=0x1000, v=0x2000, kc=0x3003, vc=0x3803, ks=0x4002, vs=0x4102,
+              x=0x4200, xc=0x4601, xs=0x4800, s=0x5000, o=0x6000)
+    at = {k: KV6_BASE + a for k, a in at.items()}
+    tok = 272                                                    # FP32 k/v row stride (padded)
+
+    def put(addr, arr):
+        raw = np.ascontiguousarray(arr).tobytes()
+        mem[addr - KV6_BASE:addr - KV6_BASE + len(raw)] = raw
+
+    q = v.l2norm_temperature(rng.standard_normal((H, Nq, D)).astype(np.float32),
+                             np.full((H, 1, 1), 2.5, np.float32))
+    k = v.l2norm_temperature(rng.standard_normal((H, Nk, D)).astype(np.float32))
+    vv = (rng.standard_normal((H, Nk, D)) * rng.uniform(0.05, 20, (H, Nk, 1))).astype(np.float32)
+    put(at["q"], q)
+    for h in range(H):
+        for j in range(Nk):
+            put(at["k"] + (h * Nk + j) * tok, k[h, j])
+            put(at["v"] + (h * Nk + j) * tok, vv[h, j])
+    x = (rng.standard_normal((3, D)) * 3).astype(np.float32)
+    x[0] = 0.0
+    x[1, 7] = 1e5                     # overflows FP16 -> Inf: NaN scale, zero codes
+    x[2] = x[2] * 1e-6                # FP16 subnormals
+    put(at["x"], x)
+    hk = Nk * D                                                  # code bytes per head
+    hs = Nk * 2                                                  # scale bytes per head
+    ins = [Vec(subop=VecSubop.KVQ6, n=(D, Nk, H, 1), a=Operand(at[src], 4, tok, Nk * tok),
+               c=Operand(at[sc], 0, 2, hs), d=Operand(at[cc], 1, D, hk))
+           for src, cc, sc in (("k", "kc", "ks"), ("v", "vc", "vs"))]
+    ins.append(Vec(subop=VecSubop.KVQ6, n=(D, 3, 1, 1), a=Operand(at["x"], 4, 4 * D),
+                   c=Operand(at["xs"], 7, 6), d=Operand(at["xc"], 1, D)))
+    ins += [
+        Vec(subop=VecSubop.FDOT, n=(D, Nk, Nq, H), flags=int(VecFlag.B_KV6),
+            a=Operand(at["q"], 4, 0, D * 4, Nq * D * 4), b=Operand(at["kc"], 1, D, 0, hk),
+            c=Operand(at["ks"], 0, 2, 0, hs), d=Operand(at["s"], 0, 4, Nk * 4, Nq * Nk * 4)),
+        Vec(subop=VecSubop.SOFTMAX, n=(Nk, Nq, H, 1), a=Operand(at["s"], 4, Nk * 4, Nq * Nk * 4),
+            d=Operand(at["s"], 4, Nk * 4, Nq * Nk * 4)),
+        Vec(subop=VecSubop.FDOT, n=(Nk, D, Nq, H), flags=int(VecFlag.B_KV6),
+            a=Operand(at["s"], 4, 0, Nk * 4, Nq * Nk * 4), b=Operand(at["vc"], D, 1, 0, hk),
+            c=Operand(at["vs"], 2, 0, 0, hs), d=Operand(at["o"], 0, 4, D * 4, Nq * D * 4)),
+    ]
+    for i in ins:
+        i.check(kv6=True, max_kv=16)
+    return mem, ins, dict(at=at, q=q, k=k, v=vv, shape=(H, Nq, Nk))
+
+
+@pytest.mark.slow   # about 90 s in the Amaranth simulator (sim/test_vecengine.py co-simulates more)
+def test_kv6_engine_matches_isa_sim():
+    """VectorEngine(kv6=True) in the Amaranth simulator: KVQ6 (codes, scales; special
+    rows) and a kv6 attention FDOT(B_KV6) -> SOFTMAX -> FDOT(B_KV6) equal
+    ``isa_sim.vec`` byte for byte over the whole DRAM image, instruction by
+    instruction, with random AXI pauses; the output equals golden attention over the
+    kv_encode'd caches."""
+    from fpqvar_hw import isa_sim
+    from fpqvar_hw.vecengine import VectorEngine
+    from fpqvar_quant.golden.attention import attention, kv_decode, kv_encode
+
+    mem, ins, meta = kv6_attention_program(7)
+    dram = isa_sim.Dram(KV6_BASE, len(mem))
+    dram.mem[:] = mem
+    got = bytearray(mem)
+    res = run_engine(VectorEngine(C=64, max_kv=16, P=8, kv6=True), ins, got, base=KV6_BASE, seed=3)
+    for i, (cycles, err, _, image) in zip(ins, res):
+        isa_sim.vec(dram, i)
+        assert err == 0, f"{i}: error {err}"
+        assert image == bytes(dram.mem), f"{isa_sim.VecSubop(i.subop).name}: " + _first_diff(image, dram.mem)
+    H, Nq, Nk = meta["shape"]
+    k16, v16 = (g.convert(meta[n].view(np.uint32), "fp32", "fp16") for n in ("k", "v"))
+    ref = g.canon(attention(meta["q"], kv_decode(kv_encode(k16, "kv6")), kv_decode(kv_encode(v16, "kv6")), 8))
+    o = meta["at"]["o"] - KV6_BASE
+    out = np.frombuffer(bytes(got[o:o + ref.nbytes]), np.uint32)
+    check(out, ref.reshape(-1), "kv6 attention")
+
+
+def test_kv6_ops_without_kv6_hardware_are_error_5():
+    """An engine built without KV6 (the FP16-only design) rejects KVQ6 and FDOT with
+    B_KV6 with error 5 before any DRAM access, and still runs the next instruction."""
+    from fpqvar_hw.isa import ErrorCode, Operand, Vec, VecSubop
+    from fpqvar_hw.vecengine import VectorEngine
+
+    mem, ins, _ = kv6_attention_program(8)
+    fdot = ins[3]
+    gelu = Vec(subop=VecSubop.GELU, n=(8, 1, 1, 1), a=Operand(KV6_BASE + 0x100, 4),
+               d=Operand(KV6_BASE + 0x7000, 4))
+    res = run_engine(VectorEngine(C=64, max_kv=16, P=8), [ins[0], fdot, gelu], bytearray(mem),
+                     base=KV6_BASE, seed=4)
+    assert [(err, acc) for _, err, acc, _ in res[:2]] == [(ErrorCode.FIELD, 0)] * 2
+    assert res[2][1] == 0 and res[2][3] != bytes(mem)
+
+
+def _first_diff(a: bytes, b) -> str:
+    d = [i for i in range(len(a)) if a[i] != b[i]]
+    return f"{len(d)} bytes differ, first at {[hex(KV6_BASE + i) for i in d[:8]]}"
