@@ -424,6 +424,8 @@ def run_build(platform, config, out, *, synth=True, lint=True, jobs=2, verbose=T
     rep = perf.throughput_report(config, platform, timings, headline=HEADLINE)
     rep["fp_vs_int"] = _int_comparison(config, platform, timings, unit_res)
     rep["clock_estimate"] = _clock_scaled(rep, res_rep)
+    _log(verbose, "      as-built top (the RTL that exists) on the same models")
+    rep["as_built_top"] = perf.top_report(config, platform)
     (out / "throughput.json").write_text(_json(rep))
     (out / "throughput.md").write_text(perf.throughput_markdown(rep))
     vs_sim = [perf.compare_to_sim(sm) for sm in sims]
@@ -446,9 +448,11 @@ def run_build(platform, config, out, *, synth=True, lint=True, jobs=2, verbose=T
                            res_rep, rep, viv)
     for c in vs_sim:
         r = [s["cycles"]["ratio"] for s in c["steps"]]
-        summary += (f"\nModel vs RTL simulation ({c['model']}, {len(r)} step runs from "
-                    f"{Path(c['source']).name}): predicted / simulated cycles "
-                    f"{min(r):.2f}x .. {max(r):.2f}x (perf_vs_sim.md)")
+        p = [s["planned"]["cycles"]["ratio"] for s in c["steps"]]
+        summary += (f"\nModels vs RTL simulation ({c['model']}, {len(r)} step runs from "
+                    f"{Path(c['source']).name}): as-built model / simulated cycles "
+                    f"{min(r):.2f}x .. {max(r):.2f}x; planned-architecture model / simulated "
+                    f"{min(p):.2f}x .. {max(p):.2f}x (perf_vs_sim.md)")
     (out / "summary.md").write_text(summary + "\n")
     if res_rep is not None:
         try:
@@ -545,6 +549,18 @@ def make_summary(platform, config, out, emitted, pending, top_exists, lint_res, 
         L.append(f"| {name} | {m['images_per_s']:.3g} | {m['images_per_s'] / PAPER_IMAGES_PER_S:.2f}x"
                  + (f" | {est[name]:.3g}" if est else "")
                  + f" | {m['end_to_end_images_per_s']:.3g} | {lim} |")
+    top = rep.get("as_built_top")
+    if top:
+        mem = top["memory"]
+        L += ["", "As-built top (fpqvar_hw/top.py as it exists: one element per cycle per vector "
+              "row op, FDOT 1 MAC/cycle, weights re-read per tm-row block; perf.evaluate_top, "
+              f"read latency {mem['read_latency']:g} cycles assumed) vs the planned "
+              "architecture above, transformer images/s:", "",
+              "| model | planned | as-built top | as-built / planned |", "|---|---|---|---|"]
+        for name, t in top["models"].items():
+            plan = rep["models"][name]["images_per_s"]
+            L.append(f"| {name} | {plan:.3g} | {t['images_per_s']:.3g} | "
+                     f"{t['images_per_s'] / plan:.2g}x |")
     c = rep["fp_vs_int"]
     L += ["", f"FP/INT ({c['model']}, {c['fp_preset']} vs {c['int_preset']}): same array "
           f"{c['same_array_ratio']:.2f}x" + (

@@ -129,3 +129,162 @@ def test_report_and_markdown():
     assert "| d30 |" in md and "assumed" in md and "1.1 image/s" in md
     assert math.isclose(rep["peak_matrix_tflops"],
                         2 * W4.tm * W4.tn * W4.lanes * VCK190.clock_mhz * 1e6 / 1e12)
+
+
+# ------------------------------------------------------------------ the as-built top model
+# Hand-checked cases of perf.gemm_cost / vec_cost / schedule_top (docs/build.md, "As-built").
+from fpqvar_hw import perf  # noqa: E402
+from fpqvar_hw.isa import VecSubop  # noqa: E402
+
+DIG = W4.replace(tm=2, tn=2, lanes=32, quant_lanes=8)     # the top the co-simulation runs
+
+
+def _b(cfg=DIG, C=128):
+    return perf.top_build(cfg, C)
+
+
+def test_top_build_reads_latencies_from_the_units():
+    from fpqvar_hw.hadamard import LATENCY_AFTER_LAST as HAD
+    from fpqvar_hw.quantizer import LATENCY_AFTER_LAST as QUANT
+    from fpqvar_hw.vector import Elementwise, FDot, Func, Residual
+    b = _b()
+    assert (b.lat["had"], b.lat["quant"]) == (HAD, QUANT)
+    assert b.lat["gelu"] == b.lat["gap_GELU"] == Elementwise(Func.GELU).latency
+    assert b.lat["resid"] == Residual().latency and b.lat["fdot"] == FDot().latency
+    # a 128-bit word holds one 32-lane beat of 4-bit codes and tn=2 FP16 scales
+    assert (b.code_words, b.scale_words, b.max_burst) == (1, 1, 16)
+    # stage counts of vector.py's row units: tree over P=8 = 3 adds of 2 stages
+    assert b.lat["tree"] == 6 and b.lat["ln_mean"] == 6 + 2 and b.lat["sm_recip"] == 6 + 20
+    with pytest.raises(ValueError, match="multiple of 8"):
+        perf.top_build(DIG, 100)
+
+
+def test_gemm_cost_matches_the_matrix_engine_measurement():
+    # matrix.py docstring (sim/test_matrix.py test_matrix_engine_cycles): tm=tn=2, lanes=16,
+    # per-port DMA memory with fixed latency 8, M=16 K=128 N=384 HAD+BIAS: 24,727 cycles with
+    # the fine pipeline, 98,623 without.
+    cfg = W4.replace(tm=2, tn=2, lanes=16, quant_lanes=8)
+    mem = perf.TopMemory("dma_model", 8, 8, 1.0, "sim/dma_model.py", shared=False)
+    b = perf.top_build(cfg, 128)
+    on = perf.gemm_cost(16, 128, 384, had=True, bias=True, fine=True, b=b, mem=mem)
+    off = perf.gemm_cost(16, 128, 384, had=True, bias=True, fine=False, b=b, mem=mem)
+    assert on.cycles == pytest.approx(24_727, rel=0.02)
+    assert off.cycles == pytest.approx(98_623, rel=0.02)
+
+
+def test_gemm_cost_counts_every_bus_word():
+    # digits qkv, one token: 192 feature blocks x (4 beats x 2 weight words + 1 scale word +
+    # 1 bias word) + 128/4 activation words + the Hadamard sign word
+    mem = perf.sim_memory()
+    c = perf.gemm_cost(1, 128, 384, had=True, bias=True, fine=True, b=_b(), mem=mem)
+    assert c.words == 192 * (4 * 2 + 1 + 1) + 32 + 1
+    # bus bound: the R channel is the bottleneck, the rest is fixed latency
+    assert 0 < c.cycles - c.words < 100
+    slow = perf.gemm_cost(1, 128, 384, had=True, bias=True, fine=True, b=_b(),
+                          mem=perf.sim_memory(0.5))
+    assert slow.cycles - 2 * c.words == pytest.approx(c.cycles - c.words, abs=40)
+    # two row blocks re-read the weights: twice the weight words
+    c3 = perf.gemm_cost(3, 128, 384, had=True, bias=True, fine=True, b=_b(), mem=mem)
+    assert c3.words == 2 * 192 * 10 + 3 * 32 + 1
+    with pytest.raises(ValueError, match="multiple of 128"):
+        perf.gemm_cost(1, 100, 8, had=False, bias=False, fine=True, b=_b(), mem=mem)
+
+
+def test_vec_cost_hand_checked():
+    mem, b = perf.sim_memory(), _b()
+    fixed = 2 + (perf.AXIRAM_READ_LATENCY + perf.READ_PATH) + 1 \
+        + perf.AXIRAM_WRITE_LATENCY + perf.WRITE_PATH + 1
+    a = {"a": (4, 2048, 4)}
+    gelu = perf.vec_cost(VecSubop.GELU, (512, 1, 1, 1), a, fine=True, b=b, mem=mem)
+    assert (gelu.cycles, gelu.words) == (512 + 78 + fixed, 128)
+    gelu_off = perf.vec_cost(VecSubop.GELU, (512, 1, 1, 1), a, fine=False, b=b, mem=mem)
+    assert gelu_off.cycles == 512 * 78 + 78 + fixed      # one element per GELU latency
+    # LNMOD row of 128: load, variance and output passes + mean (8+3+1) + rsqrt (4+3+30+1)
+    # + the output pipeline (6)
+    ln = perf.vec_cost(VecSubop.LNMOD, (128, 1, 1, 1),
+                       {"a": (4, 512, 4), "b": (4, 0, 4), "c": (4, 0, 4)}, fine=True, b=b, mem=mem)
+    assert ln.cycles == 3 * 128 + 12 + 38 + 6 + fixed and ln.words == 3 * 32
+    # FDOT rows of n0: n0 + 5 cycles each
+    fd = perf.vec_cost(VecSubop.FDOT, (64, 5, 1, 2), {"a": (4, 0, 4), "b": (2, 128, 2)},
+                       fine=True, b=b, mem=mem)
+    assert fd.cycles == 10 * (64 + 5) + 6 + fixed and fd.words == 10 * (16 + 8)
+
+
+def test_operand_words_follow_the_engine_read_rules():
+    # contiguous FP32 row: one word per 4 elements; FP16: per 8
+    assert perf._operand_words((64, 3, 1, 1), 4, 256, 4) == (48, 0)
+    assert perf._operand_words((64, 3, 1, 1), 2, 128, 2) == (24, 0)
+    # V cache walked across tokens (s0 = 128 bytes): one single-beat read per element
+    assert perf._operand_words((30, 64, 1, 2), 128, 2, 2) == (30 * 128, 30 * 128)
+    # a one-word row re-read by every row (s1 = 0) stays in the operand's word cache
+    assert perf._operand_words((1, 64, 1, 2), 4, 0, 4) == (2, 0)
+    # L2NT's per-head B: H temperatures, 4 per word
+    assert perf._operand_words((64, 8, 2, 1), 0, 4, 4, once_per_row=True) == (4, 4)
+
+
+def test_single_beat_reads_are_latency_bound():
+    b = _b()
+    near = perf.TopMemory("near", 2, 2, 1.0, "test")
+    far = perf.TopMemory("far", 150, 150, 1.0, "test")
+    pv = dict(subop=VecSubop.FDOT, n=(30, 64, 1, 2), operands={"a": (4, 0, 4), "b": (128, 2, 2)})
+    qk = dict(subop=VecSubop.FDOT, n=(64, 30, 1, 2), operands={"a": (4, 0, 4), "b": (2, 128, 2)})
+    pv_far = perf.vec_cost(**pv, fine=True, b=b, mem=far).cycles
+    # 8 bursts in flight (ReadArbiter max_outstanding) per (150 + READ_PATH + 1) cycles
+    assert pv_far == pytest.approx(30 * 128 * (154 / 8), rel=0.03)
+    assert perf.vec_cost(**pv, fine=True, b=b, mem=near).cycles < pv_far / 10
+    assert perf.vec_cost(**qk, fine=True, b=b, mem=far).cycles < pv_far / 10
+
+
+def test_schedule_overlaps_only_what_the_sync_flags_allow():
+    g = perf.TopInstr(1, "g", gemm=(1, 128, 8, False, False))
+    v = perf.TopInstr(2, "v", vec=(int(VecSubop.GELU), (8, 1, 1, 1), (("a", 4, 32, 4),)))
+    mem = perf.TopMemory("m", 2, 2, 1.0, "test")
+    costs = [perf.EngineCost(1000, 0), perf.EngineCost(500, 0)]
+    on = perf.schedule_top([g, v], costs, coarse=True, mem=mem)
+    off = perf.schedule_top([g, v], costs, coarse=False, mem=mem)
+    synced = perf.schedule_top([g, perf.TopInstr(2, "v", vec=v.vec, sync=True)], costs,
+                               coarse=True, mem=mem)
+    assert (on.gemm_cycles, on.vec_cycles, on.overlap_cycles) == (1000, 500, 500)
+    assert 1000 < on.cycles < 1040 and off.overlap_cycles == 0
+    assert off.cycles == synced.cycles and 1500 < off.cycles < 1540
+    assert on.instructions == 3                       # + HALT
+    # sharing the R channel: a bus-bound GEMM (1 word/cycle) next to a VEC wanting 0.5
+    # word/cycle keeps the VEC at full speed and gets the other half while both run
+    bus = [perf.EngineCost(1000, 1000), perf.EngineCost(500, 250)]
+    shared = perf.schedule_top([g, v], bus, coarse=True, mem=mem)
+    assert shared.vec_cycles == 500 and shared.gemm_cycles == pytest.approx(1250, abs=3)
+
+
+def test_bus_speeds_max_min_fair():
+    mem = perf.TopMemory("m", 2, 2, 1.0, "test")
+    assert perf._bus_speeds({1: [1, 0.3], 2: [1, 0.3]}, mem) == {1: 1.0, 2: 1.0}
+    assert perf._bus_speeds({1: [1, 1.0], 2: [1, 1.0]}, mem) == {1: 0.5, 2: 0.5}
+    s = perf._bus_speeds({1: [1, 1.0], 2: [1, 0.25]}, mem)
+    assert s == {1: pytest.approx(0.75), 2: 1.0}
+    assert perf._bus_speeds({1: [1, 1.0], 2: None}, mem) == {1: 1.0}
+
+
+def test_step_program_shape_and_sync():
+    prog = perf.top_step_program(128, 2, 512, 2, 1, 4, 2, 2)
+    assert len(prog) == 2 * 16 * 4                      # blocks x 16 per tile x tiles
+    assert sum(i.gemm is not None for i in prog) == 2 * 4 * 4
+    assert any(i.sync for i in prog) and not all(i.sync for i in prog)
+    off = perf.top_step_program(128, 2, 512, 2, 1, 4, 2, 2, coarse=False)
+    assert all(i.sync for i in off)
+
+
+def test_as_built_top_is_slower_than_the_planned_design_and_reported():
+    from fpqvar_hw.platform import VCK190
+    r = perf.evaluate_top("d16", W4, VCK190)
+    assert len(r.steps) == 10 and all(s.cycles > 0 for s in r.steps)
+    plan = evaluate("d16", W4, VCK190).images_per_s
+    assert 0 < r.images_per_s < plan
+    # the co-simulation's memory (2-cycle latency) is faster than the assumed DDR4 path
+    fast = perf.evaluate_top("d16", W4, VCK190, perf.sim_memory())
+    assert fast.images_per_s > r.images_per_s
+    rep = throughput_report(W4, VCK190, unit_timings(W4))
+    rep["as_built_top"] = {"memory": {"source": "x", "beat_rate": 1.0, "read_latency": 150},
+                           "models": {"d16": {**r.as_dict(), "pipeline_ablation":
+                                              {"no_coarse": 1e-4, "no_fine": 1e-5}}}}
+    md = throughput_markdown(rep)
+    assert "## The as-built top" in md and "| d16 |" in md.split("## The as-built top")[1]

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import importlib.util
 import random
+from pathlib import Path
 
 import pytest
 from amaranth.sim import Simulator
 
 from fpqvar_hw.config import get_preset
 from fpqvar_hw.perf import component_manifest, unit_timings
+
+from .test_golden_block import digits_fpqvar  # noqa: F401  (session fixture: the package)
 
 TOLERANCE = 0.10
 
@@ -193,16 +196,22 @@ def test_sim_cycles_load_both_schemas_and_compare_per_step(tmp_path, schema):
     assert sim.model is perf.DIGITS and sim.rows == 2 and sim.config.batch == 1
     assert (sim.config.tm, sim.config.tn, sim.config.quant_lanes) == (2, 2, 8)
     assert [r.tokens for r in sim.runs][:4] == [1, 4, 9, 16]
+    assert sim.pause == (0.2 if schema == "top_tb" else 0.0)
     cmp = perf.compare_to_sim(sim)
     assert len(cmp["steps"]) == len(sim.runs)
+    m = perf.DIGITS
     for row, run in zip(cmp["steps"], sim.runs):
         c = row["cycles"]
         assert c["simulated"] == run.cycles and c["predicted"] > 0
         assert c["ratio"] == pytest.approx(c["predicted"] / run.cycles)
-        # the model's own step cost for this config, not a copy of the simulation
+        # the models' own step costs for this config, not copies of the simulation
         cfg = sim.config.replace(coarse_pipeline=run.coarse, fine_pipeline=run.fine)
-        want = perf.evaluate(perf.DIGITS, cfg, perf.sim_platform()).steps[run.step].cycles
-        assert c["predicted"] == want
+        top = perf.top_step(m.C, m.heads, 4 * m.C, m.depth, sum(m.tokens[:run.step]),
+                            m.tokens[run.step], 2, cfg, perf.sim_memory(sim.pause))
+        assert (c["predicted"], row["gemm_cycles"]["predicted"], row["vec_cycles"]["predicted"]) \
+            == (top.cycles, top.gemm_cycles, top.vec_cycles)
+        planned = perf.evaluate(perf.DIGITS, cfg, perf.sim_platform()).steps[run.step].cycles
+        assert row["planned"]["cycles"]["predicted"] == planned
     md = perf.compare_markdown(cmp)
     assert "| 3 | 16 | 1 | 1 |" in md and "x)" in md
     if schema == "top_tb":      # coarse pipeline off costs at least as much in the model
@@ -233,3 +242,68 @@ def test_build_refuses_an_unusable_sim_cycles_file_before_writing(tmp_path, caps
                        "--no-lint", "--no-top", "--sim-cycles", str(bad)])
     assert code == 1 and "--sim-cycles" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------- the as-built model against the committed cycle files
+#: Every cycle file the top's co-simulation wrote that the repository keeps
+#: (benchmarks/results/top_cycles/README.md says which command made each).
+TOP_CYCLES = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+                     / "top_cycles").glob("*.json"))
+#: docs/build.md: the as-built model (perf.top_step) is within this of CYCLES, GEMM_CYCLES
+#: and VEC_CYCLES for every simulated step; it is derived from the RTL, not fitted to these
+#: files, so a change of the engines or of the compiler's programs that moves the simulated
+#: cycles beyond it must come with a model (and file) update.
+TOP_TOLERANCE = 0.15
+
+
+def test_committed_cycle_files_exist():
+    names = {p.name for p in TOP_CYCLES}
+    assert {"driver-rtl-steps0-1-coarse1-fine1.json",
+            "tb_top-s21-step0-coarse1-fine1-pause0.2.json",
+            "tb_top-s23-step0-coarse0-fine1-pause0.2.json"} <= names
+
+
+@pytest.mark.parametrize("path", TOP_CYCLES, ids=lambda p: p.stem)
+def test_as_built_model_matches_the_simulated_top(path):
+    from fpqvar_hw import perf
+    cmp = perf.compare_to_sim(perf.load_sim_cycles(path))
+    for s in cmp["steps"]:
+        assert s["instructions"]["predicted"] == s["instructions"]["simulated"], s
+        for k in ("cycles", "gemm_cycles", "vec_cycles"):
+            r = s[k]["ratio"]
+            print(f"{path.name} step {s['step']} coarse {s['coarse']} fine {s['fine']} {k}: "
+                  f"model {s[k]['predicted']:,} / sim {s[k]['simulated']:,} = {r:.3f}")
+            assert abs(r - 1) <= TOP_TOLERANCE, (path.name, s["step"], k, s[k])
+
+
+def test_step_program_equals_the_compilers(digits_fpqvar):  # noqa: F811
+    """perf.top_step_program (shape level, no package) is what fpqvar_hw.compiler emits:
+    same instruction sequence, GEMM shapes and flags, VEC sub-ops and loop counts, sync."""
+    from fpqvar_quant.ptq.package import load_package
+
+    from fpqvar_hw import perf
+    from fpqvar_hw.compiler import Compiler
+    from fpqvar_hw.isa import Gemm, GemmFlag, Halt
+    pkg = load_package(digits_fpqvar[1])
+    m = perf.DIGITS
+    for coarse in (True, False):
+        cfg = get_preset("w4a4").replace(tm=2, tn=2, lanes=32, quant_lanes=8,
+                                         coarse_pipeline=coarse)
+        comp = Compiler(pkg, cfg, rows=2)
+        assert (comp.C, comp.H, comp.hidden, comp.depth) == (m.C, m.heads, 4 * m.C, m.depth)
+        for step in range(len(m.tokens)):
+            L_start, L = comp.step_tokens(step)
+            want = [i for i in comp.instructions(step) if not isinstance(i, Halt)]
+            got = perf.top_step_program(m.C, m.heads, 4 * m.C, m.depth, L_start, L, 2, cfg.tm,
+                                        coarse=coarse)
+            assert len(got) == len(want)
+            for k, (g, w) in enumerate(zip(got, want)):
+                assert (g.opcode, g.sync) == (int(w.opcode), w.sync), (step, k, g, w)
+                if isinstance(w, Gemm):
+                    assert g.gemm == (w.m, w.k, w.n, bool(w.flags & GemmFlag.HAD),
+                                      bool(w.flags & GemmFlag.BIAS)), (step, k)
+                else:
+                    assert g.vec[:2] == (int(w.subop), tuple(w.n)), (step, k)
+                    for name, s0, s1, esize in g.vec[2]:
+                        op = getattr(w, name)
+                        assert (op.s0, op.s1) == (s0, s1), (step, k, name)
