@@ -43,8 +43,8 @@ import numpy as np
 import torch
 
 from .formats import get_format
-from .quantize import (_CHUNK, _INT_VIEW, Granularity, QuantSpec, _codes_chunk, _minmax_rows,
-                       _round_chunk, _row_len, _scales_from_absmax, _serial, _to_torch)
+from .quantize import (_CHUNK, Granularity, QuantSpec, _ChunkQuantizer, _minmax_rows, _row_len,
+                       _scales_from_absmax, _serial, _to_torch)
 
 __all__ = ["DFQSpec", "DFQResult", "dfq_quantize", "dfq_fake_quant", "dfq_dequantize",
            "DFQ_VARIANTS"]
@@ -110,9 +110,10 @@ def _dfq(t: torch.Tensor, spec: DFQSpec, want_codes: bool = True
 
     One chunked pass like :func:`fpqvar_quant.quantize._run`: per row (group)
     ``a_pos = max(max x, 0)`` and ``a_neg = max(-min x, 0)``; per chunk the
-    negative side rounds ``max(-x, 0) / s_neg`` and the positive side
-    ``max(x, 0) / s_pos`` with the shared arithmetic rounder, and ``x <= 0``
-    selects between them.
+    negative side quantizes ``max(-x, 0)`` with ``s_neg`` and the positive side
+    ``max(x, 0)`` with ``s_pos``, each with the quantizer's element pass
+    (:class:`fpqvar_quant.quantize._ChunkQuantizer`), and ``x <= 0`` selects
+    between them.
     """
     neg_spec, pos_spec = spec.side_specs()
     fn, fp = neg_spec.format, pos_spec.format
@@ -126,46 +127,34 @@ def _dfq(t: torch.Tensor, spec: DFQSpec, want_codes: bool = True
         s_pos = _scales_from_absmax(a_pos, fp, spec.scale_format)
         rows, dev = x2.shape[0], t.device
         cdt = torch.float64 if t.dtype == torch.float64 else torch.float32
-        ity = _INT_VIEW[cdt][0]
-
-        def col(v: np.ndarray, zero_to_one: bool) -> torch.Tensor:
-            v = np.where(v == 0, np.float32(1), v) if zero_to_one else v
-            return torch.from_numpy(v).to(dev, cdt)[:, None]
-
-        sn_div, sp_div, sn_mul, sp_mul = (col(s_neg, True), col(s_pos, True),
-                                          col(s_neg, False), col(s_pos, False))
         out = torch.empty(x2.shape, dtype=t.dtype, device=dev)
         codes = torch.empty(x2.shape, dtype=torch.uint8, device=dev) if want_codes else None
         step = max(1, _CHUNK // L)
         r = min(step, rows)
-        qn, qp, tmp = (torch.empty((r, L), dtype=cdt, device=dev) for _ in range(3))
-        en, ep = (torch.empty((r, L), dtype=ity, device=dev) for _ in range(2))
+        sides = ((_ChunkQuantizer(fn, spec.tie, s_neg, r, L, cdt, dev), True),
+                 (_ChunkQuantizer(fp, spec.tie, s_pos, r, L, cdt, dev), False))
+        sel = torch.empty((r, L), dtype=cdt, device=dev) if out.dtype != cdt else None
         sign = 1 << (spec.bits - 1)
         for i in range(0, rows, step):
             j = min(i + step, rows)
             xc, k = x2[i:j], j - i
             neg = xc <= 0
-            sides = []
-            for q, e, f, s_div, s_mul, flip in ((qn[:k], en[:k], fn, sn_div, sn_mul, True),
-                                               (qp[:k], ep[:k], fp, sp_div, sp_mul, False)):
+            vals, side_codes = [], []
+            for quant, flip in sides:
+                q = quant.scratch(k)
                 q.copy_(xc)                                    # exact widening
                 if flip:
                     q.neg_()
                 q.clamp_(min=0)
-                q.div_(s_div[i:j])
-                _round_chunk(q, e if f.kind == "float" else None, tmp[:k], f, spec.tie)
-                c = _codes_chunk(q, e, f) & (sign - 1) if want_codes else None
-                q.abs_()                                       # magnitude (no -0)
-                if f.kind == "float":
-                    q.mul_(e.view(cdt))
-                q.mul_(s_mul[i:j])
-                sides.append(c)
-            if out.dtype == cdt:
-                torch.where(neg, qn[:k].neg_(), qp[:k], out=out[i:j])
+                v, c = quant(q, i, want_codes=want_codes)
+                vals.append(v.abs_())                          # magnitude (no -0)
+                side_codes.append(c & (sign - 1) if c is not None else None)
+            if sel is None:
+                torch.where(neg, vals[0].neg_(), vals[1], out=out[i:j])
             else:                                              # one rounding to x's dtype
-                out[i:j].copy_(torch.where(neg, qn[:k].neg_(), qp[:k], out=tmp[:k]))
+                out[i:j].copy_(torch.where(neg, vals[0].neg_(), vals[1], out=sel[:k]))
             if codes is not None:
-                codes[i:j] = torch.where(neg, sides[0] | sign, sides[1])
+                codes[i:j] = torch.where(neg, side_codes[0] | sign, side_codes[1])
     shape = t.shape
     scale_shape = (*shape[:-1], shape[-1] // L)
     return (codes.view(shape) if codes is not None else None,

@@ -382,6 +382,69 @@ def _codes_chunk(q: torch.Tensor, eb: torch.Tensor | None, f: Format) -> torch.T
     return code | (torch.signbit(q).to(torch.int32) << (f.bits - 1))
 
 
+def _scale_columns(s_rows: np.ndarray, device: torch.device, cdt: torch.dtype
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(divisor, multiplier) columns ``[rows, 1]`` in the compute dtype from per-row
+    scales: the scales themselves, except that a zero scale divides by 1 (its row
+    has no nonzero element to scale, and nothing becomes NaN)."""
+    s_div = torch.from_numpy(np.where(s_rows == 0, np.float32(1), s_rows)).to(device, cdt)[:, None]
+    return s_div, torch.from_numpy(s_rows).to(device, cdt)[:, None]
+
+
+class _ChunkQuantizer:
+    """The element pass shared by :func:`quantize` and :mod:`fpqvar_quant.dfq`.
+
+    Quantizes chunks of rows of a ``[rows, L]`` tensor with one scale per row
+    (``s_rows``, float32 numpy) onto format ``f``: ``code = round(x / s)`` (the
+    arithmetic rounder :func:`_round_chunk`, ``tie`` rule, saturating) and the
+    dequantized value ``s * decode(code)`` computed in ``cdt`` (float32, or
+    float64 for float64 data).  Scratch buffers for ``max_rows`` rows are
+    allocated once and reused by every chunk.
+    """
+
+    def __init__(self, f: Format, tie: str, s_rows: np.ndarray, max_rows: int, L: int,
+                 cdt: torch.dtype, device: torch.device):
+        self.f, self.tie = f, tie
+        self.s_div, self.s_mul = _scale_columns(s_rows, device, cdt)
+        self.q = torch.empty((max_rows, L), dtype=cdt, device=device)
+        self.tmp = torch.empty((max_rows, L), dtype=cdt, device=device)
+        self.eb = (torch.empty((max_rows, L), dtype=_INT_VIEW[cdt][0], device=device)
+                   if f.kind == "float" else None)
+
+    def __call__(self, x: torch.Tensor, i: int, out: torch.Tensor | None = None, *,
+                 want_codes: bool = True, zero: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Quantize ``x`` = rows ``i .. i + len(x)`` (at most ``max_rows``).
+
+        Returns ``(values, codes)``: ``values`` is ``out`` if given (any float
+        dtype: the product is rounded once into it), else a scratch view in the
+        compute dtype that the next call overwrites; ``codes`` is int32 (format
+        bits, sign included) or ``None`` without ``want_codes``.  ``zero``: an
+        optional boolean mask of the chunk's rows whose codes and values are
+        forced to +0 (all-zero groups, which would otherwise keep -0 codes).
+        ``x`` may be the scratch returned by :meth:`scratch` (in place).
+        """
+        k, f = x.shape[0], self.f
+        q, eb = self.q[:k], (self.eb[:k] if self.eb is not None else None)
+        torch.div(x, self.s_div[i:i + k], out=q)
+        _round_chunk(q, eb, self.tmp[:k], f, self.tie)
+        codes = _codes_chunk(q, eb, f) if want_codes else None
+        if eb is not None:
+            q.mul_(eb.view(q.dtype))
+        if zero is not None:
+            q.masked_fill_(zero.unsqueeze(1), 0.0)
+            if codes is not None:
+                codes.masked_fill_(zero.unsqueeze(1), 0)
+        if out is None:
+            return q.mul_(self.s_mul[i:i + k]), codes
+        torch.mul(q, self.s_mul[i:i + k], out=out)
+        return out, codes
+
+    def scratch(self, k: int) -> torch.Tensor:
+        """The compute-dtype input buffer for a chunk of ``k`` rows (to prepare ``x`` in)."""
+        return self.q[:k]
+
+
 def _run(x: torch.Tensor, spec: QuantSpec, want_codes: bool
          ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """Core: returns (codes or None, scales (result shape), dequant)."""
@@ -391,7 +454,6 @@ def _run(x: torch.Tensor, spec: QuantSpec, want_codes: bool
 
 def _run_serial(x: torch.Tensor, spec: QuantSpec, want_codes: bool
                 ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    f = spec.format
     x2, s_rows, a_rows = _prepare(x, spec)
     rows, L = x2.shape
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -400,31 +462,15 @@ def _run_serial(x: torch.Tensor, spec: QuantSpec, want_codes: bool
     zero_np = a_rows == 0
     any_zero = bool(zero_np.any())
     zero_rows = torch.from_numpy(zero_np).to(x.device)
-    s_div = torch.from_numpy(np.where(zero_np, np.float32(1), s_rows)).to(x.device, cdt)[:, None]
-    s_mul = torch.from_numpy(s_rows).to(x.device, cdt)[:, None]
     step = max(1, _CHUNK // L)
-    r = min(step, rows)
-    qbuf = torch.empty((r, L), dtype=cdt, device=x.device)
-    tbuf = torch.empty((r, L), dtype=cdt, device=x.device)
-    ebuf = (torch.empty((r, L), dtype=_INT_VIEW[cdt][0], device=x.device)
-            if f.kind == "float" else None)
+    quant = _ChunkQuantizer(spec.format, spec.tie, s_rows, min(step, rows), L, cdt, x.device)
     for i in range(0, rows, step):
         j = min(i + step, rows)
-        q = qbuf[: j - i]
-        eb = ebuf[: j - i] if ebuf is not None else None
-        torch.div(x2[i:j], s_div[i:j], out=q)
-        _round_chunk(q, eb, tbuf[: j - i], f, spec.tie)
+        z = zero_rows[i:j] if any_zero else None
+        _, c = quant(x2[i:j], i, out[i:j], want_codes=want_codes,
+                     zero=z if z is not None and bool(z.any()) else None)
         if codes is not None:
-            codes[i:j] = _codes_chunk(q, eb, f)
-        if eb is not None:
-            q.mul_(eb.view(cdt))
-        if any_zero:
-            z = zero_rows[i:j]
-            if bool(z.any()):
-                q.masked_fill_(z.unsqueeze(1), 0.0)
-                if codes is not None:
-                    codes[i:j].masked_fill_(z.unsqueeze(1), 0)
-        torch.mul(q, s_mul[i:j], out=out[i:j])
+            codes[i:j] = c
     shape = x.shape
     return (codes.view(shape) if codes is not None else None,
             _scales_shape(x, spec, s_rows), out.view(shape))
