@@ -165,7 +165,13 @@ def _autocast(args, device: str):
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
+def _add_progress_arg(p: argparse.ArgumentParser) -> None:
+    """``--no-progress`` (read back with :func:`_progress`)."""
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def _progress(args) -> bool:
+    """Whether to show progress bars (no ``--no-progress``)."""
     return not getattr(args, "no_progress", False)
 
 
@@ -181,7 +187,7 @@ def add_calibrate(sub) -> None:
     p.add_argument("--num-images", type=_positive_int, default=100, help="images [100]")
     p.add_argument("--dtype", choices=("float16", "float32"), default="float16",
                    help="storage dtype of the captured inputs [float16]")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_progress_arg(p)
     _add_sampling_args(p, batch=25)
     _add_model_args(p)
     p.set_defaults(func=run_calibrate)
@@ -222,7 +228,7 @@ def add_quantize(sub) -> None:
                    help="calibration rows per layer for GALT/MixedFormat (random subset) [all]")
     p.add_argument("--report", metavar="JSON",
                    help="also write a JSON summary (formats, GALT losses)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_progress_arg(p)
     _add_model_args(p)
     p.set_defaults(func=run_quantize)
 
@@ -280,7 +286,7 @@ def add_sample(sub) -> None:
     p.add_argument("--classes", default=None, metavar="LIST",
                    help="class ids/ranges, e.g. 0-999 or 0-9,42 [all classes]")
     p.add_argument("--per-class", type=_positive_int, default=50, help="images per class [50]")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_progress_arg(p)
     _add_sampling_args(p, batch=25)
     _add_model_args(p)
     p.set_defaults(func=run_sample)
@@ -382,7 +388,7 @@ def add_evaluate(sub) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=100, help="images per batch [100]")
     p.add_argument("--device", help="torch device [cuda if available, else cpu]")
     p.add_argument("--json", metavar="FILE", help="also write the metrics as JSON")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_progress_arg(p)
     p.set_defaults(func=run_evaluate)
 
 
