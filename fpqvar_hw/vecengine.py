@@ -37,7 +37,20 @@ Data path (one element per cycle when nothing stalls)::
   unknown sub-op or flag bits, a zero count, B_FP16 on anything but FDOT, D_FP16
   not exactly on CVT16, misaligned base/stride of a used operand (FDOT's D and
   L2NT's B ignore s0), L2NT ``n0 != 64``, SOFTMAX ``n0 > max_kv``, and LNMOD
-  ``n0 != C`` (the LayerNorm unit is built for rows of ``C``).
+  ``n0 != C`` (the LayerNorm unit is built for rows of ``C``); KV6 builds add
+  B_KV6 not on FDOT or with B_FP16, KVQ6 ``n0 != 64``, misaligned FP16 scales (C),
+  and accept 1-byte codes anywhere; other builds reject KVQ6 (unknown sub-op) and
+  B_KV6 (unknown flag).
+* **KV6** (``kv6=True`` only; the FP16-only design is unchanged otherwise).  FDOT
+  with B_KV6: the gather stage selects B's code byte and maps its low six bits
+  through a 64-entry LUT of the e2m3fn values (FP32) and converts C's FP16 scale to
+  FP32 (exact), and one more pipeline stage (:class:`~fpqvar_hw.fpu.FPUnit` MUL,
+  2 cycles, every sub-op passes through it in KV6 builds) forms ``value * scale``
+  (exact) for B.  KVQ6: :class:`KV6Quantizer` returns one code per element; the
+  write side merges the code bytes like other results (byte strobes) and, with a
+  row's last code, puts the row's FP16 scale into a one-entry register that the
+  write request register takes when no code word is waiting (C's address from its
+  own row loop nest, window-checked when the row's last code is taken).
 * **Errors and abort.**  Error 2/3/4 (address, read ``err``, write ``err``) or
   ``abort`` stop the issue side and hold the units, FIFOs and caches in reset
   (``ResetInserter``) while outstanding requests complete and their responses are
@@ -56,8 +69,10 @@ Sub-op -> unit: LNMOD :class:`~fpqvar_hw.vector.LayerNormModulate` (length ``C``
 RESID :class:`~fpqvar_hw.vector.Residual`; GELU :class:`~fpqvar_hw.vector.Elementwise`;
 L2NT :class:`~fpqvar_hw.vector.L2NormTemperature` (64); SOFTMAX
 :class:`~fpqvar_hw.vector.Softmax` (rows up to ``max_kv``, ended by ``i0 = n0-1``);
-FDOT :class:`~fpqvar_hw.vector.FDot` (B FP16 converted exactly to FP32 first);
-CVT16 :class:`~fpqvar_hw.fpu.FPUnit` (CONVERT FP32 -> FP16, RNE).
+FDOT :class:`~fpqvar_hw.vector.FDot` (B FP16 converted exactly to FP32 first; B_KV6:
+LUT value times scale); CVT16 :class:`~fpqvar_hw.fpu.FPUnit` (CONVERT FP32 -> FP16,
+RNE); KVQ6 :class:`KV6Quantizer` (CONVERT into :class:`~fpqvar_hw.quantizer.Quantizer`
+e2m3fn, group 64, one lane).
 """
 from __future__ import annotations
 

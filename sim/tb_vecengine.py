@@ -1,9 +1,12 @@
 """cocotb module for sim/test_vecengine.py: the vector engine (fpqvar_hw.vecengine) on
 DRAM served by sim.dma_model, against the golden model, instruction by instruction.
 
-Parameters (``tb_params``): ``seed``, ``C``, ``max_kv``, ``P`` (the build), ``n_random``
-(random instructions in ``random_instructions``), ``max_elems`` (size bound of a random
-instruction), ``attention`` ([H, Nq, Nk] of the attention sequence).
+Parameters (``tb_params``): ``seed``, ``C``, ``max_kv``, ``P``, ``kv6`` (the build;
+``kv6`` optional, default False), ``n_random`` (random instructions in
+``random_instructions``), ``max_elems`` (size bound of a random instruction),
+``attention`` ([H, Nq, Nk] of the attention sequences).  A KV6 build also gets random
+KVQ6 and FDOT with B_KV6 instructions and the ``attention_kv6`` sequence; a build
+without KV6 must answer both with error 5.
 
 Every instruction is checked the same way: the expected DRAM image is the image before
 the instruction with the golden results (``fpqvar_quant.golden``) written at the
@@ -26,7 +29,7 @@ from fpqvar_hw import isa, isa_sim
 from fpqvar_hw.isa import ErrorCode, Operand, Vec, VecFlag, VecSubop
 from fpqvar_quant.golden import fp32 as g
 from fpqvar_quant.golden import vector as gv
-from fpqvar_quant.golden.attention import attention
+from fpqvar_quant.golden.attention import attention, kv_decode, kv_encode
 from sim.dma_model import DmaMemory
 from sim.streams import tb_params
 
@@ -126,8 +129,9 @@ def fill(mem: np.ndarray, rng: np.random.Generator, op: Operand, n, esize: int, 
 
 
 def rand_vec(rng: random.Random, nrng: np.random.Generator, mem: np.ndarray, alloc: Allocator,
-             sub: VecSubop, *, C: int, max_kv: int, max_elems: int) -> Vec:
-    """A random valid instruction of sub-op ``sub`` over freshly allocated, filled operands."""
+             sub: VecSubop, *, C: int, max_kv: int, max_elems: int, kv6: bool = False) -> Vec:
+    """A random valid instruction of sub-op ``sub`` over freshly allocated, filled operands
+    (``kv6``: the build has the KV6 hardware, so FDOT may read B as e2m3fn codes)."""
     def counts(n0: int) -> tuple[int, int, int, int]:
         rest = max(1, max_elems // n0)
         n1 = rng.randint(1, min(4, rest))
@@ -136,6 +140,7 @@ def rand_vec(rng: random.Random, nrng: np.random.Generator, mem: np.ndarray, all
         return (n0, n1, n2, n3)
 
     flags = 0
+    b_size = 4
     ops: dict[str, Operand] = {}
     if sub is VecSubop.LNMOD:
         n = counts(C)
@@ -161,22 +166,35 @@ def rand_vec(rng: random.Random, nrng: np.random.Generator, mem: np.ndarray, all
         n0 = rng.choice([1, 2, 7, 8, 9, max_kv, rng.randint(1, max_kv)])
         n = counts(n0)
         ops["a"] = rand_operand(rng, alloc, n, 4)
+    elif sub is VecSubop.KVQ6:
+        n = counts(isa.KV6_GROUP)
+        ops["a"] = rand_operand(rng, alloc, n, 4)
+        ops["c"] = rand_operand(rng, alloc, n, 2, ignore=(0,))     # written: a scale per row
     else:  # FDOT
         n = counts(rng.choice([1, 5, 8, 64, rng.randint(1, 100)]))
         if rng.random() < 0.5:
             flags |= VecFlag.B_FP16
+        elif kv6 and rng.random() < 0.6:
+            flags |= VecFlag.B_KV6
+            # scales: one per B row (QK^T style, broadcast over i0) or per element (PV style)
+            ops["c"] = rand_operand(rng, alloc, n, 2, zero=(0,) if rng.random() < 0.5 else ())
+        b_size = 2 if flags & VecFlag.B_FP16 else 1 if flags & VecFlag.B_KV6 else 4
         ops["a"] = rand_operand(rng, alloc, n, 4)
-        ops["b"] = rand_operand(rng, alloc, n, 2 if flags & VecFlag.B_FP16 else 4)
+        ops["b"] = rand_operand(rng, alloc, n, b_size)
     dn = (1,) + n[1:] if sub is VecSubop.FDOT else n
-    d = rand_operand(rng, alloc, dn, 2 if flags & VecFlag.D_FP16 else 4,
+    d = rand_operand(rng, alloc, dn, 2 if flags & VecFlag.D_FP16 else 1 if sub is VecSubop.KVQ6 else 4,
                      ignore=(0,) if sub is VecSubop.FDOT else ())
-    scale = {VecSubop.CVT16: 3e4, VecSubop.SOFTMAX: 8.0, VecSubop.GELU: 4.0}.get(sub, 2.0)
+    scale = {VecSubop.CVT16: 3e4, VecSubop.SOFTMAX: 8.0, VecSubop.GELU: 4.0,
+             VecSubop.KVQ6: 50.0}.get(sub, 2.0)
     fill(mem, nrng, ops["a"], n, 4, scale=scale, specials=sub in (VecSubop.RESID, VecSubop.GELU,
-                                                                   VecSubop.CVT16))
-    if "b" in ops:
-        fill(mem, nrng, ops["b"], n, 2 if flags & VecFlag.B_FP16 else 4,
+                                                                   VecSubop.CVT16, VecSubop.KVQ6))
+    if flags & VecFlag.B_KV6:       # any byte: the upper two bits of a code are ignored
+        store(mem, element_addresses(ops["b"], n), nrng.integers(0, 256, n[::-1]), 1)
+        fill(mem, nrng, ops["c"], n, 2, scale=4.0)
+    elif "b" in ops:
+        fill(mem, nrng, ops["b"], n, b_size,
              scale=3.0 if sub is VecSubop.L2NT else 1.0, row_const=sub is VecSubop.L2NT)
-    if "c" in ops:
+    if "c" in ops and sub in (VecSubop.LNMOD, VecSubop.RESID):
         fill(mem, nrng, ops["c"], n, 4, scale=1.0)
     return Vec(subop=sub, n=n, flags=int(flags), d=d, **ops)
 
@@ -259,14 +277,18 @@ class VecEngineTB:
             addr = BASE + int(byte)
             hit = np.nonzero((d_addr <= addr) & (addr < d_addr + size))[0]
             if not len(hit):
-                lines.append(f"byte at {addr:#x} outside D changed: {want[byte]:#04x} -> {self.view[byte]:#04x}")
+                lines.append(f"byte at {addr:#x} outside D (KVQ6: C holds the scales) differs: "
+                             f"expected {want[byte]:#04x}, got {self.view[byte]:#04x}")
                 continue
             a = int(d_addr[hit[-1]])
             e = int.from_bytes(want[a - BASE:a - BASE + size].tobytes(), "little")
             got = int.from_bytes(self.view[a - BASE:a - BASE + size].tobytes(), "little")
-            fmt = "fp16" if size == 2 else "fp32"
-            lines.append(f"D element #{int(hit[-1])} at {a:#x}: expected {e:#x} "
-                         f"({float(g.to_float(e, fmt))!r}), got {got:#x} ({float(g.to_float(got, fmt))!r})")
+            if size == 1:
+                lines.append(f"D code #{int(hit[-1])} at {a:#x}: expected {e:#04x}, got {got:#04x}")
+            else:
+                fmt = "fp16" if size == 2 else "fp32"
+                lines.append(f"D element #{int(hit[-1])} at {a:#x}: expected {e:#x} "
+                             f"({float(g.to_float(e, fmt))!r}), got {got:#x} ({float(g.to_float(got, fmt))!r})")
             if len(lines) >= limit:
                 break
         return f"{sub.name} n={v.n} flags={v.flags}\n  " + "\n  ".join(dict.fromkeys(lines))
@@ -298,9 +320,9 @@ def _setup(dut, label: str):
 
 @cocotb.test()
 async def random_instructions(dut):
-    """Random instructions of every sub-op (every sub-op at least twice), random shapes,
-    layouts, strides (negative, broadcast, padded), FP16 B for FDOT, softmax rows
-    1..max_kv; a few with fine pipelining off."""
+    """Random instructions of every sub-op of the build (each at least twice), random
+    shapes, layouts, strides (negative, broadcast, padded), FP16 (KV6 builds: also
+    e2m3fn) B for FDOT, softmax rows 1..max_kv; a few with fine pipelining off."""
     p, tb, rng = _setup(dut, "random")
     nrng = np.random.default_rng(p["seed"])
     await tb.start()
@@ -310,7 +332,7 @@ async def random_instructions(dut):
     rng.shuffle(subs)
     for k, sub in enumerate(subs):
         v = rand_vec(rng, nrng, tb.view, alloc, sub, C=p["C"], max_kv=p["max_kv"],
-                     max_elems=p["max_elems"])
+                     max_elems=p["max_elems"], kv6=p.get("kv6", False))
         fine = not (k % 7 == 3 and int(np.prod(v.n)) <= 400)
         await tb.run(v, what=f"#{k} {sub.name}{'' if fine else ' (fine off)'}", fine=fine)
     # rows that cross 4 KiB boundaries (bursts must split there), FP32 and FP16 operands
@@ -368,6 +390,62 @@ async def attention_sequence(dut):
 
 
 @cocotb.test()
+async def attention_kv6(dut):
+    """KV6: KVQ6 of FP32 k and v rows (as the qkv GEMM leaves them) into e2m3fn code
+    caches (odd base) and FP16 scale caches, then QK^T (FDOT B_KV6, C s0 = 0: one scale
+    per key row) -> SOFTMAX -> PV (FDOT B_KV6, C s0 = 2: i0 runs over the keys); each
+    instruction against isa_sim, the output against golden ``attention`` over the
+    ``kv_encode``d caches.  A build without KV6 answers KVQ6 and B_KV6 with error 5."""
+    p, tb, rng = _setup(dut, "attention_kv6")
+    H, Nq, Nk = p["attention"]
+    D = isa.L2NT_LEN
+    nrng = np.random.default_rng(p["seed"] + 3)
+    await tb.start()
+    q = gv.l2norm_temperature(nrng.standard_normal((H, Nq, D)).astype(np.float32),
+                              np.full((H, 1, 1), 2.5, np.float32))
+    k = gv.l2norm_temperature(nrng.standard_normal((Nk, H, D)).astype(np.float32))
+    v = (nrng.standard_normal((Nk, H, D)) * nrng.uniform(0.05, 20, (Nk, H, 1))).astype(np.float32)
+    row = D * 4 + 16                                       # FP32 k/v rows, padded
+    at = {name: BASE + off for name, off in dict(q=0x100, k=0x4000, v=0xC000, kc=0x14001, vc=0x16001,
+                                                 ks=0x18002, vs=0x18802, s=0x20000, o=0x30000).items()}
+    assert Nk * H * row <= 0x8000 and H * Nk * D <= 0x2000 and H * Nk * 2 <= 0x800
+    tb.view[at["q"] - BASE:at["q"] - BASE + q.nbytes] = np.frombuffer(q.tobytes(), np.uint8)
+    for name, x in (("k", k), ("v", v)):
+        for j in range(Nk):
+            for h in range(H):
+                o = at[name] - BASE + (j * H + h) * row
+                tb.view[o:o + D * 4] = np.frombuffer(x[j, h].tobytes(), np.uint8)
+    hc, hs = Nk * D, Nk * 2                                # code / scale bytes per head
+    kvq = [Vec(subop=VecSubop.KVQ6, n=(D, H, Nk, 1), a=Operand(at[x], 4, row, H * row),
+               c=Operand(at[x + "s"], 0, hs, 2), d=Operand(at[x + "c"], 1, hc, D)) for x in ("k", "v")]
+    qk = Vec(subop=VecSubop.FDOT, n=(D, Nk, Nq, H), flags=int(VecFlag.B_KV6),
+             a=Operand(at["q"], 4, 0, D * 4, Nq * D * 4), b=Operand(at["kc"], 1, D, 0, hc),
+             c=Operand(at["ks"], 0, 2, 0, hs), d=Operand(at["s"], 0, 4, Nk * 4, Nq * Nk * 4))
+    sm = Vec(subop=VecSubop.SOFTMAX, n=(Nk, Nq, H, 1),
+             a=Operand(at["s"], 4, Nk * 4, Nq * Nk * 4, 0), d=Operand(at["s"], 4, Nk * 4, Nq * Nk * 4, 0))
+    pv = Vec(subop=VecSubop.FDOT, n=(Nk, D, Nq, H), flags=int(VecFlag.B_KV6),
+             a=Operand(at["s"], 4, 0, Nk * 4, Nq * Nk * 4), b=Operand(at["vc"], D, 1, 0, hc),
+             c=Operand(at["vs"], 2, 0, 0, hs), d=Operand(at["o"], 0, 4, D * 4, Nq * D * 4))
+    if not p.get("kv6", False):
+        for what, ins in (("KVQ6", kvq[0]), ("FDOT B_KV6", qk)):
+            before = tb.view.copy()
+            await tb.expect_error(ins, ErrorCode.FIELD, what=f"{what} without KV6 hardware")
+            assert np.array_equal(before, tb.view), f"{what}: memory changed"
+        tb.finish()
+        return
+    for name, ins in (("KVQ6 k", kvq[0]), ("KVQ6 v", kvq[1]), ("QK^T", qk), ("softmax", sm), ("PV", pv)):
+        await tb.run(ins, what=f"kv6 attention {name}")
+    enc = [kv_encode(g.convert(x.transpose(1, 0, 2).copy().view(np.uint32), "fp32", "fp16"), "kv6")
+           for x in (k, v)]
+    want = g.canon(attention(q, kv_decode(enc[0]), kv_decode(enc[1]), p["P"]))
+    got = np.frombuffer(tb.view[at["o"] - BASE:at["o"] - BASE + want.nbytes].tobytes(),
+                        np.uint32).reshape(want.shape)
+    bad = np.argwhere(got != want)
+    assert not len(bad), f"kv6 attention output differs at {len(bad)} places, first {bad[:4].tolist()}"
+    tb.finish()
+
+
+@cocotb.test()
 async def errors_and_abort(dut):
     """Invalid fields (code 5), out-of-window addresses (code 2), AXI read/write errors
     (codes 3, 4: the window extends past the model's memory), and abort in the middle of
@@ -377,13 +455,32 @@ async def errors_and_abort(dut):
     await tb.start()
     alloc = Allocator(rng, MEM_BYTES)
     C, max_kv = p["C"], p["max_kv"]
+    kv6 = p.get("kv6", False)
     good = lambda sub: rand_vec(rng, nrng, tb.view, alloc, sub, C=C, max_kv=max_kv,  # noqa: E731
-                                max_elems=p["max_elems"])
+                                max_elems=p["max_elems"], kv6=kv6)
     ok = Operand(BASE + 0x40, 4, 4 * 64)
     raw_bad_sub = bytearray(Vec(subop=VecSubop.GELU, n=(4, 1, 1, 1), a=ok, d=ok).encode())
-    raw_bad_sub[2] = 7                                     # sub-op byte [23:16]
-    field_cases = [
-        ("unknown sub-op 7", bytes(raw_bad_sub)),
+    raw_bad_sub[2] = 8                                     # sub-op byte [23:16]
+    kvq6 = Vec(subop=VecSubop.KVQ6, n=(64, 2, 1, 1), a=ok, c=Operand(BASE + 0x800, 0, 2),
+               d=Operand(BASE + 0x900, 1, 64))
+    kfdot = Vec(subop=VecSubop.FDOT, n=(64, 2, 1, 1), a=ok, b=Operand(BASE + 0x900, 1, 64),
+                c=Operand(BASE + 0x800, 0, 2), d=Operand(BASE + 0xA00, 0, 4), flags=int(VecFlag.B_KV6))
+    if kv6:
+        kv6_cases = [
+            ("KVQ6 n0 != 64", Vec(subop=VecSubop.KVQ6, n=(32, 1, 1, 1), a=ok, c=kvq6.c, d=kvq6.d)),
+            ("KVQ6 misaligned C stride s1", Vec(subop=VecSubop.KVQ6, n=(64, 2, 1, 1), a=ok,
+                                                c=Operand(BASE + 0x800, 0, 3), d=kvq6.d)),
+            ("B_KV6 with B_FP16", Vec(subop=VecSubop.FDOT, n=kfdot.n, a=ok, b=kfdot.b, c=kfdot.c,
+                                      d=kfdot.d, flags=int(VecFlag.B_KV6 | VecFlag.B_FP16))),
+            ("B_KV6 on RESID", Vec(subop=VecSubop.RESID, n=(4, 1, 1, 1), a=ok, b=ok, c=ok, d=ok,
+                                   flags=int(VecFlag.B_KV6))),
+            ("B_KV6 misaligned C base", Vec(subop=VecSubop.FDOT, n=kfdot.n, a=ok, b=kfdot.b,
+                                            c=Operand(BASE + 0x801, 0, 2), d=kfdot.d,
+                                            flags=int(VecFlag.B_KV6)))]
+    else:
+        kv6_cases = [("KVQ6 without KV6 hardware", kvq6), ("B_KV6 without KV6 hardware", kfdot)]
+    field_cases = kv6_cases + [
+        ("unknown sub-op 8", bytes(raw_bad_sub)),
         ("zero count n2", Vec(subop=VecSubop.GELU, n=(4, 1, 0, 1), a=ok, d=ok)),
         ("misaligned A base", Vec(subop=VecSubop.GELU, n=(4, 1, 1, 1), a=Operand(BASE + 2, 4), d=ok)),
         ("misaligned D stride s1", Vec(subop=VecSubop.RESID, n=(4, 2, 1, 1), a=ok, b=ok, c=ok,
@@ -394,7 +491,7 @@ async def errors_and_abort(dut):
         ("CVT16 without D_FP16", Vec(subop=VecSubop.CVT16, n=(4, 1, 1, 1), a=ok, d=ok)),
         ("B_FP16 on RESID", Vec(subop=VecSubop.RESID, n=(4, 1, 1, 1), a=ok, b=ok, c=ok, d=ok,
                                 flags=int(VecFlag.B_FP16))),
-        ("unknown flag bit 2", Vec(subop=VecSubop.GELU, n=(4, 1, 1, 1), a=ok, d=ok, flags=4)),
+        ("unknown flag bit 3", Vec(subop=VecSubop.GELU, n=(4, 1, 1, 1), a=ok, d=ok, flags=8)),
     ]
     for what, v in field_cases:
         before = tb.view.copy()
@@ -427,8 +524,10 @@ async def errors_and_abort(dut):
     # abort in the middle of instructions of several sub-ops (at a random cycle while the
     # engine is busy), then a correct instruction on the same state
     for k, sub in enumerate([VecSubop.GELU, VecSubop.LNMOD, VecSubop.SOFTMAX, VecSubop.FDOT,
-                             VecSubop.L2NT, VecSubop.RESID]):
-        v = rand_vec(rng, nrng, tb.view, alloc, sub, C=C, max_kv=max_kv, max_elems=1500)
+                             VecSubop.L2NT, VecSubop.RESID] + [VecSubop.KVQ6] * kv6):
+        v = rand_vec(rng, nrng, tb.view, alloc, sub, C=C, max_kv=max_kv, max_elems=1500, kv6=kv6)
+        while sub is VecSubop.KVQ6 and v.n[1] * v.n[2] * v.n[3] < 4:    # long enough to abort
+            v = rand_vec(rng, nrng, tb.view, alloc, sub, C=C, max_kv=max_kv, max_elems=1500, kv6=kv6)
         await tb.issue(v)
         await ClockCycles(tb.dut.clk, rng.randint(2, 120))
         assert int(tb.dut.busy.value), f"abort #{k}: {sub.name} finished before the abort ({v.n})"

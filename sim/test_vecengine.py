@@ -1,12 +1,15 @@
 """Co-simulation of the vector engine (fpqvar_hw.vecengine.VectorEngine) on Verilator:
 VEC instructions from random shapes/strides of every sub-op, an attention sequence
-(QK^T -> softmax -> PV against the FP16 KV cache), errors and abort; DRAM served by
+(QK^T -> softmax -> PV against the FP16 KV cache; on the KV6 build also against the
+e2m3fn cache written by KVQ6), errors and abort; DRAM served by
 sim.dma_model with random latency, gaps and backpressure; every result compared bit
 for bit with the golden model (see sim/tb_vecengine.py).
 
-Both tests are in the slow tier (``--run-slow``, which CI runs), because the Verilator
+All tests are in the slow tier (``--run-slow``, which CI runs), because the Verilator
 build (C = 128, max_kv = 64) takes minutes: a basic run (simulation about a minute) and
-more and larger random instructions with a longer attention sequence on the same build.
+more and larger random instructions with a longer attention sequence on the same build;
+then one build with the KV6 hardware (``kv6=True``), whose run includes the KV6
+instructions and the KV6 attention sequence.
 The default tier covers the engine's units and ports in the Amaranth simulator
 (tests/test_hw_vecengine.py).  The real widths
 (C = 1024 LayerNorm rows, SOFTMAX rows up to 680) are not co-simulated: the row units
@@ -25,7 +28,9 @@ SMALL = dict(C=128, max_kv=64, P=8)
 
 def _run(cfg: dict, *, seed: int, n_random: int, max_elems: int, attention: list[int],
          testcase: str | None = None) -> None:
-    run_cocotb(VectorEngine(**cfg), name=f"vecengine-c{cfg['C']}-kv{cfg['max_kv']}",
+    """Build ``VectorEngine(**cfg)`` (``cfg`` may set ``kv6``) and run sim.tb_vecengine."""
+    suffix = "-kv6" if cfg.get("kv6") else ""
+    run_cocotb(VectorEngine(**cfg), name=f"vecengine-c{cfg['C']}-kv{cfg['max_kv']}{suffix}",
                test_module="sim.tb_vecengine", seed=seed, testcase=testcase,
                params=dict(seed=seed, n_random=n_random, max_elems=max_elems,
                            attention=attention, **cfg))
@@ -44,3 +49,13 @@ def test_vecengine_cosim_sweep(seed):
     48 cached keys."""
     _run(SMALL, seed=seed, n_random=24, max_elems=640, attention=[2, 2, 48],
          testcase="random_instructions,attention_sequence")
+
+
+@pytest.mark.slow   # one more Verilator build (the engine with its KV6 hardware), minutes
+@pytest.mark.parametrize("seed", [3])
+def test_vecengine_kv6_cosim(seed):
+    """``VectorEngine(C=128, max_kv=64, kv6=True)``: random instructions of every sub-op
+    including KVQ6 and FDOT with B_KV6, the FP16 attention sequence, the KV6 attention
+    sequence (KVQ6 k, v -> QK^T -> SOFTMAX -> PV on e2m3fn caches), KV6 field errors and
+    an abort in a KVQ6, all against isa_sim bit for bit."""
+    _run(dict(SMALL, kv6=True), seed=seed, n_random=16, max_elems=256, attention=[2, 2, 24])
