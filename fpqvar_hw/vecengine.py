@@ -62,8 +62,9 @@ Data path (one element per cycle when nothing stalls)::
   backpressure): attention QK^T (FP32 q rows against FP16 K rows) 0.92
   elements/cycle; PV 0.53 (the V cache is walked across tokens: one single-beat read
   per element); the row units add their own per-row passes (LNMOD and SOFTMAX about
-  3 cycles per element, FDOT 5 cycles per row).  ``busy`` is the cycle count the top
-  reports as VEC_CYCLES.
+  3 cycles per element, FDOT 5 cycles per row).  KV6 build, same DMA model: KVQ6
+  0.96 elements/cycle on whole heads (3072 elements), QK^T against the code cache
+  0.92, PV 0.54.  ``busy`` is the cycle count the top reports as VEC_CYCLES.
 
 Sub-op -> unit: LNMOD :class:`~fpqvar_hw.vector.LayerNormModulate` (length ``C``);
 RESID :class:`~fpqvar_hw.vector.Residual`; GELU :class:`~fpqvar_hw.vector.Elementwise`;
