@@ -1142,13 +1142,15 @@ class _Spans:
 
 @functools.lru_cache(maxsize=64)
 def top_step_program(C: int, H: int, hidden: int, blocks: int, L_start: int, L: int, rows: int,
-                     tile: int, *, coarse: bool = True) -> tuple[TopInstr, ...]:
+                     tile: int, *, coarse: bool = True,
+                     max_tiles: int | None = None) -> tuple[TopInstr, ...]:
     """The instructions :meth:`fpqvar_hw.compiler.Compiler.instructions` emits for a step
     (without the HALT), at the shape level: per block the phases A, B, C over token tiles
     of ``tile`` tokens of one row, each phase's tile chains skewed by one stage
     (``compiler._skew``), sync flags from :func:`fpqvar_hw.compiler.assign_sync` on
     token-range footprints (cached).  ``tests/test_perf_vs_sim.py`` checks it against the
-    compiler."""
+    compiler.  ``max_tiles``: only the first that many tiles of each phase (the KV length
+    stays ``L_start + L``), for timing a sample of a long step."""
     from .compiler import assign_sync
     from .isa import Opcode, VecSubop as V
 
@@ -1204,6 +1206,7 @@ def top_step_program(C: int, H: int, hidden: int, blocks: int, L_start: int, L: 
                     (("x",) + T,))]
 
     tiles = [(r, l0, min(L, l0 + tile)) for r in range(rows) for l0 in range(0, L, tile)]
+    tiles = tiles[:max_tiles]
     prog = []
     for _ in range(blocks):
         for phase in (phase_a, phase_b, phase_c):
@@ -1314,8 +1317,10 @@ def instr_cost(ins: TopInstr, *, fine: bool, b: TopBuild, mem: TopMemory) -> Eng
 
 
 #: Steps whose program is longer than this are timed on one block and scaled by the depth
-#: (blocks are separated by a dependency on x, so they barely overlap).
-_MAX_SCHEDULED = 20_000
+#: (blocks are separated by a dependency on x, so they barely overlap), and a block with more
+#: than ``_MAX_SCHEDULED / 16`` tiles on its first tiles, scaled by the tile count (every
+#: tile of a step has the same shape; the pipeline is in steady state after a few).
+_MAX_SCHEDULED = 2_048
 
 
 def top_step(C: int, H: int, hidden: int, depth: int, L_start: int, L: int, rows: int,
@@ -1325,10 +1330,14 @@ def top_step(C: int, H: int, hidden: int, depth: int, L_start: int, L: int, rows
     switches; ``tile`` tokens per tile (default ``config.tm``, the compiler's default)."""
     b = top_build(config, C)
     tile = tile or config.tm
-    per_block = 16 * rows * -(-L // tile)
-    blocks = depth if depth * per_block <= _MAX_SCHEDULED else 1
+    tiles = rows * -(-L // tile)
+    blocks = depth if depth * 16 * tiles <= _MAX_SCHEDULED else 1
+    sampled = min(tiles, max(1, _MAX_SCHEDULED // 16))
+    if sampled < tiles and L % tile and L >= tile:     # a sample of full-size tiles only
+        sampled = min(sampled, L // tile)
     prog = top_step_program(C, H, hidden, blocks, L_start, L, rows, tile,
-                            coarse=config.coarse_pipeline)
+                            coarse=config.coarse_pipeline,
+                            max_tiles=sampled if sampled < tiles else None)
     cache: dict = {}
     costs = []
     for ins in prog:
@@ -1337,10 +1346,10 @@ def top_step(C: int, H: int, hidden: int, depth: int, L_start: int, L: int, rows
             cache[key] = instr_cost(ins, fine=config.fine_pipeline, b=b, mem=mem)
         costs.append(cache[key])
     r = schedule_top(prog, costs, coarse=config.coarse_pipeline, mem=mem)
-    if blocks == depth:
+    if blocks == depth and sampled == tiles:
         return r
-    k = depth / blocks
-    return TopRun(len(prog) * depth // blocks + 1, int(r.cycles * k), int(r.gemm_cycles * k),
+    k = depth / blocks * tiles / sampled
+    return TopRun(depth * 16 * tiles + 1, int(r.cycles * k), int(r.gemm_cycles * k),
                   int(r.vec_cycles * k), int(r.overlap_cycles * k))
 
 
