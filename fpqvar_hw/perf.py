@@ -479,15 +479,19 @@ def throughput_markdown(rep: dict) -> str:
                   "one 128-bit AXI master. Modelled per instruction (`perf.evaluate_top`, "
                   f"docs/build.md); memory: {mem['source']}, {mem['beat_rate']:g} beat/cycle.", "",
                   "| model | planned images/s | as-built images/s | as-built, coarse off | "
-                  "as-built, fine off | as-built cycles | GEMM busy | VEC busy |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "as-built, fine off | as-built cycles | GEMM busy | VEC busy | largest "
+                  "instruction kinds (share of engine cycles) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for name, t in top["models"].items():
             g = sum(s["gemm_cycles"] for s in t["steps"])
             v = sum(s["vec_cycles"] for s in t["steps"])
             ab = t["pipeline_ablation"]
             lines.append(f"| {name} | {_fmt_rate(rep['models'][name]['images_per_s'])} | "
                          f"{_fmt_rate(t['images_per_s'])} | {_fmt_rate(ab['no_coarse'])} | "
-                         f"{_fmt_rate(ab['no_fine'])} | {t['cycles']:.3g} | {g:.3g} | {v:.3g} |")
+                         f"{_fmt_rate(ab['no_fine'])} | {t['cycles']:.3g} | {g:.3g} | {v:.3g} | "
+                         + ", ".join(f"{k} {100 * x:.0f} %"
+                                     for k, x in list(t.get("cycle_share", {}).items())[:3])
+                         + " |")
     lines += ["", f"Paper (VCK190, depth not stated): {PAPER_IMAGES_PER_S} image/s.", "",
               "## Host-side assumption", "", rep["assumptions"]["host_work"] + f"; host: "
               f"{rep['assumptions']['host']} at {rep['assumptions']['host_gflops']:g} GFLOP/s.",
@@ -1400,6 +1404,30 @@ def evaluate_top(model: ModelSpec | str, config: AcceleratorConfig, platform: Pl
     return TopModelResult(model.name, config.batch, clock, mem, steps)
 
 
+def top_breakdown(model: ModelSpec | str, config: AcceleratorConfig, memory: TopMemory) -> dict:
+    """Share of the engines' standalone cycles per instruction kind (``TopInstr.name``) over
+    all steps of ``model``: what limits the as-built top."""
+    if isinstance(model, str):
+        model = MODELS[model]
+    b = top_build(config, model.C)
+    rows = config.batch * (2 if config.cfg else 1)
+    tot: dict[str, float] = {}
+    for Ls_end, n in zip(model.kv_lengths, model.tokens):
+        tiles = rows * -(-n // config.tm)
+        k = min(tiles, max(1, _MAX_SCHEDULED // 16))
+        prog = top_step_program(model.C, model.heads, 4 * model.C, 1, Ls_end - n, n, rows,
+                                config.tm, coarse=config.coarse_pipeline,
+                                max_tiles=k if k < tiles else None)
+        cache: dict = {}
+        for ins in prog:
+            key = (ins.gemm, ins.vec)
+            if key not in cache:
+                cache[key] = instr_cost(ins, fine=config.fine_pipeline, b=b, mem=memory).cycles
+            tot[ins.name] = tot.get(ins.name, 0.0) + cache[key] * tiles / k
+    total = sum(tot.values())
+    return {k: v / total for k, v in sorted(tot.items(), key=lambda kv: -kv[1])}
+
+
 def top_report(config: AcceleratorConfig, platform: Platform) -> dict:
     """JSON-ready as-built throughput for every model, with both pipeline levels as
     configured and with each one off."""
@@ -1412,7 +1440,9 @@ def top_report(config: AcceleratorConfig, platform: Platform) -> dict:
         for label, coarse, fine in (("no_coarse", False, True), ("no_fine", True, False)):
             c = config.replace(coarse_pipeline=coarse, fine_pipeline=fine)
             ab[label] = evaluate_top(m, c, platform, r.memory).images_per_s
-        out[name] = {**r.as_dict(), "pipeline_ablation": ab}
+        share = top_breakdown(m, config, r.memory)
+        out[name] = {**r.as_dict(), "pipeline_ablation": ab,
+                     "cycle_share": {k: round(v, 4) for k, v in share.items()}}
     mem = platform_memory(platform, config.clock_mhz or platform.clock_mhz, config.dram_efficiency)
     return {"memory": {"name": mem.name, "read_latency": mem.read_latency,
                        "beat_rate": mem.beat_rate, "source": mem.source},

@@ -123,6 +123,10 @@ def test_unknown_model_and_bad_group():
 
 
 def test_report_and_markdown():
+    share = perf.top_breakdown("d16", W4, r.memory)
+    assert sum(share.values()) == pytest.approx(1.0)
+    # 150-cycle reads, 8 in flight: the V-cache walk (one beat per element) dominates
+    assert next(iter(share)) == "FDOT pv" and share["FDOT pv"] > 0.5
     rep = throughput_report(W4, VCK190, unit_timings(W4))
     assert set(rep["models"]) == set(MODELS)
     md = throughput_markdown(rep)
@@ -282,6 +286,10 @@ def test_as_built_top_is_slower_than_the_planned_design_and_reported():
     # the co-simulation's memory (2-cycle latency) is faster than the assumed DDR4 path
     fast = perf.evaluate_top("d16", W4, VCK190, perf.sim_memory())
     assert fast.images_per_s > r.images_per_s
+    share = perf.top_breakdown("d16", W4, r.memory)
+    assert sum(share.values()) == pytest.approx(1.0)
+    # 150-cycle reads, 8 in flight: the V-cache walk (one beat per element) dominates
+    assert next(iter(share)) == "FDOT pv" and share["FDOT pv"] > 0.5
     rep = throughput_report(W4, VCK190, unit_timings(W4))
     rep["as_built_top"] = {"memory": {"source": "x", "beat_rate": 1.0, "read_latency": 150},
                            "models": {"d16": {**r.as_dict(), "pipeline_ablation":
