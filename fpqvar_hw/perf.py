@@ -26,6 +26,14 @@ head Linear(C, 4096) + sampling per step and the VQVAE decoder (394 GFLOP per
 ``Platform.host_gflops``.  The "transformer-only" figure is the accelerator time
 for all blocks of all scale steps; "end to end" adds the host work serially
 (no overlap between images assumed).
+
+Everything above models the *planned* architecture.  The second half of this module
+models the *as-built* RTL top (``fpqvar_hw/top.py``) instruction by instruction:
+:func:`top_step_program` (the compiler's program at the shape level),
+:func:`gemm_cost` / :func:`vec_cost` (each engine's cycles from its micro-architecture),
+:func:`schedule_top` (the controller's dispatch and the shared R channel),
+:func:`evaluate_top` (images/s of the top that exists), :func:`compare_to_sim` (both
+models against the simulated top's counters).  ``python -m fpqvar_hw.perf`` prints both.
 """
 from __future__ import annotations
 
