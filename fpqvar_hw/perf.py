@@ -48,7 +48,11 @@ from .platform import Platform
 
 __all__ = ["ModelSpec", "MODELS", "UnitTiming", "unit_timings", "gemm_shapes", "StepResult",
            "ModelResult", "evaluate", "evaluate_all", "PAPER_IMAGES_PER_S", "PAPER_FP_INT_RATIO",
-           "weight_bytes", "peak_macs_per_cycle"]
+           "weight_bytes", "peak_macs_per_cycle", "load_sim_cycles", "compare_to_sim",
+           "compare_markdown", "TopMemory", "sim_memory", "platform_memory", "TopBuild",
+           "top_build", "EngineCost", "gemm_cost", "vec_cost", "TopInstr", "top_step_program",
+           "TopRun", "schedule_top", "instr_cost", "top_step", "TopModelResult", "evaluate_top",
+           "top_breakdown", "top_report"]
 
 #: FPQVAR paper anchors (depth not stated in the paper).
 PAPER_IMAGES_PER_S = 1.1
