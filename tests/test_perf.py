@@ -123,10 +123,6 @@ def test_unknown_model_and_bad_group():
 
 
 def test_report_and_markdown():
-    share = perf.top_breakdown("d16", W4, r.memory)
-    assert sum(share.values()) == pytest.approx(1.0)
-    # 150-cycle reads, 8 in flight: the V-cache walk (one beat per element) dominates
-    assert next(iter(share)) == "FDOT pv" and share["FDOT pv"] > 0.5
     rep = throughput_report(W4, VCK190, unit_timings(W4))
     assert set(rep["models"]) == set(MODELS)
     md = throughput_markdown(rep)
