@@ -328,10 +328,6 @@ def convert_front(m: Module, a: Value, src: FloatFormat):
     return u
 
 
-# The names these front ends had while they were private; fpqvar_hw.vector and
-# fpqvar_hw.matrix still import them.  Use the public names in new code.
-_mul_front, _add_front, _convert_front = mul_front, add_front, convert_front
-
 
 def fp_max(m: Module, a: Value, b: Value, fmt: FloatFormat) -> Value:
     """Combinational max with the :class:`FPOp.MAX` policy; returns IEEE bits."""

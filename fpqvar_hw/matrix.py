@@ -87,7 +87,7 @@ from amaranth.utils import ceil_log2, exact_log2
 from . import axi, isa
 from .config import AcceleratorConfig, ElementFormat, ScaleFormat
 from .dot import GroupDot
-from .fpu import FP16, FP32, FPOp, FPUnit, _add_front, float_layout
+from .fpu import FP16, FP32, FPOp, FPUnit, add_front, float_layout
 from .hadamard import LATENCY_AFTER_LAST as HAD_LATENCY, GroupHadamard
 from .multiplier import MulPair
 from .quantizer import LATENCY_AFTER_LAST as QUANT_LATENCY, Quantizer

@@ -87,7 +87,7 @@ from fpqvar_quant.formats import get_format
 
 from . import isa
 from .axi import DATA_BITS, DATA_BYTES, MAX_BURST, ReadClient, WriteClient
-from .fpu import FP16, FP32, FPOp, FPUnit, RoundPack, _convert_front
+from .fpu import FP16, FP32, FPOp, FPUnit, RoundPack, convert_front
 from .quantizer import LATENCY_AFTER_LAST, Quantizer
 from .vector import (Elementwise, FDot, Func, L2NormTemperature, LayerNormModulate, Residual,
                      Softmax)
@@ -520,7 +520,7 @@ class VectorEngine(wiring.Component):
         b_half = words["b"].word_select(desc.off_b[1:], 16)
         b_conv = RoundPack(FP32, sig_bits=FP16.man_bits + 1, exp_bits=FP16.exp_bits + 4)
         m.submodules.b_fp16 = b_conv
-        m.d.comb += b_conv.i.eq(_convert_front(m, b_half, FP16))
+        m.d.comb += b_conv.i.eq(convert_front(m, b_half, FP16))
         b_val = Mux(b16, b_conv.o.as_value(), lane32(words["b"], desc.off_b))
         c_val = lane32(words["c"], desc.off_c)
         if kv6:
@@ -530,7 +530,7 @@ class VectorEngine(wiring.Component):
             b_code = words["b"].word_select(desc.off_b, 8)
             c_conv = RoundPack(FP32, sig_bits=FP16.man_bits + 1, exp_bits=FP16.exp_bits + 4)
             m.submodules.c_fp16 = c_conv
-            m.d.comb += c_conv.i.eq(_convert_front(m, words["c"].word_select(desc.off_c[1:], 16), FP16))
+            m.d.comb += c_conv.i.eq(convert_front(m, words["c"].word_select(desc.off_c[1:], 16), FP16))
             b_val = Mux(bkv6, lut[b_code[:6]], b_val)
             c_val = Mux(kv_fdot, c_conv.o.as_value(), c_val)
         with m.If(flush):

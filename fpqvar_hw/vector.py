@@ -25,7 +25,7 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, Value
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .fpu import (FP16, FP32, FloatFormat, RoundPack, _add_front, _convert_front, _mul_front,
+from .fpu import (FP16, FP32, FloatFormat, RoundPack, add_front, convert_front, mul_front,
                   float_layout, fp_max, unpack, unrounded_layout)
 
 __all__ = ["Dataflow", "Func", "Elementwise", "PartialSums", "Softmax", "LayerNormModulate", "L2NormTemperature",
@@ -121,10 +121,10 @@ class Dataflow:
         return Val(self.reg(rp.o.as_value(), "f"), s + 2)
 
     def mul(self, a: Val, b: Val) -> Val:
-        return self._fp(lambda m, x, y: _mul_front(m, x, y, FP32), a, b)
+        return self._fp(lambda m, x, y: mul_front(m, x, y, FP32), a, b)
 
     def add(self, a: Val, b: Val) -> Val:
-        return self._fp(lambda m, x, y: _add_front(m, x, y, FP32), a, b)
+        return self._fp(lambda m, x, y: add_front(m, x, y, FP32), a, b)
 
     def neg(self, a: Val) -> Val:
         if isinstance(a.sig, Const):
@@ -281,7 +281,7 @@ class Elementwise(wiring.Component):
             df = Dataflow(m, en, prefix=f"l{lane}_", dry=dry)
             v = Val(x, 0)
             if self.src is FP16:
-                v = df._round(_convert_front(m, x, FP16), FP32, 0)
+                v = df._round(convert_front(m, x, FP16), FP32, 0)
             y = getattr(df, self.func.value)(v)
             if self.dst is FP16:
                 y = self._to_fp16(df, y)
@@ -294,7 +294,7 @@ class Elementwise(wiring.Component):
 
     @staticmethod
     def _to_fp16(df: Dataflow, y: Val) -> Val:
-        return df._round(_convert_front(df.m, y.sig, FP32), FP16, y.stage)
+        return df._round(convert_front(df.m, y.sig, FP32), FP16, y.stage)
 
     def elaborate(self, platform):
         m = Module()
