@@ -12,9 +12,8 @@ then one build with the KV6 hardware (``kv6=True``), whose run includes the KV6
 instructions and the KV6 attention sequence.
 The default tier covers the engine's units and ports in the Amaranth simulator
 (tests/test_hw_vecengine.py).  The real widths
-(C = 1024 LayerNorm rows, SOFTMAX rows up to 680) are not co-simulated: the row units
-are parameterised by length only, and their C = 1024 rows run in the Amaranth simulator
-(sim/test_vector.py, slow).
+(C = 1024 LayerNorm rows, SOFTMAX rows and attention over 680 keys) are
+co-simulated on a second build in sim/test_vecengine_wide.py.
 """
 from __future__ import annotations
 
