@@ -139,3 +139,103 @@ def simulate(dut, *testbenches: Callable[[Any], Awaitable[Any]], max_cycles: int
     sim.add_testbench(watchdog, background=True)
     sim.run()
     return results
+
+
+def run_engine_dram(engine, jobs, mem: bytearray, *, ports: Sequence[str], base: int,
+                    rng: np.random.Generator, max_cycles: int) -> list[tuple[int, int, int, bytes]]:
+    """Run one engine instruction per job in the Amaranth simulator against a small
+    in-order DRAM model over ``mem`` (the window starting at ``base``, changed in place).
+
+    The engine is an ``docs/top.md`` engine: ``cmd``, ``busy``, ``error``, ``abort``,
+    ``fine``, ``dram_base``/``dram_size``, read clients ``ports`` and write client
+    ``wr``.  The model gives each request channel random backpressure (ready 80 %),
+    each response channel random gaps (valid 85 %), answers an access outside ``mem``
+    with ``err``, and applies write strobes byte by byte.
+
+    ``jobs``: dicts with ``word`` (the instruction as one integer), and optionally
+    ``image`` (bytes ``mem`` is set to first), ``window`` (DRAM_SIZE, default
+    ``len(mem)``), ``fine`` (default 1), ``abort_after`` (assert ``abort`` in that
+    cycle) and ``what`` (named when the engine hangs).  Returns per job ``(cycles,
+    error, requests issued, mem after)``; fails if a transaction is still outstanding
+    when ``busy`` falls."""
+    results = []
+
+    async def tb(ctx):
+        ctx.set(engine.dram_base, base)
+        queues = {p: [] for p in ports}
+        wq = []
+        n = len(ports)
+        for job in jobs:
+            if "image" in job:
+                mem[:] = job["image"]
+            ctx.set(engine.dram_size, job.get("window", len(mem)))
+            ctx.set(engine.fine, job.get("fine", 1))
+            ctx.set(engine.cmd.payload.as_value(), job["word"])
+            ctx.set(engine.cmd.valid, 1)
+            cycles, started, requests = 0, False, 0
+            while True:
+                rr = {p: int(rng.random() < 0.8) for p in ports}
+                for p in ports:
+                    port = getattr(engine, p)
+                    ctx.set(port.req.ready, rr[p])
+                    q = queues[p]
+                    if q and rng.random() < 0.85:
+                        a = q[0]
+                        ok = 0 <= a - base and a - base + 16 <= len(mem)
+                        word = int.from_bytes(mem[a - base:a - base + 16], "little") if ok else 0
+                        ctx.set(port.resp.valid, 1)
+                        ctx.set(port.resp.payload, {"data": word, "last": 0, "err": int(not ok)})
+                    else:
+                        ctx.set(port.resp.valid, 0)
+                wr_ready = int(rng.random() < 0.8)
+                ctx.set(engine.wr.req.ready, wr_ready)
+                ctx.set(engine.wr.resp.valid, int(bool(wq)))
+                ctx.set(engine.wr.resp.payload, {"err": int(wq[0]) if wq else 0})
+                ctx.set(engine.abort, int(job.get("abort_after") == cycles))
+                s = await ctx.tick().sample(
+                    engine.cmd.valid, engine.cmd.ready, engine.busy, engine.error,
+                    *[getattr(engine, p).req.valid for p in ports],
+                    *[getattr(engine, p).req.payload for p in ports],
+                    *[getattr(engine, p).resp.valid for p in ports],
+                    *[getattr(engine, p).resp.ready for p in ports],
+                    engine.wr.req.valid, engine.wr.req.payload, engine.wr.resp.ready)
+                s = s[2:]          # tick().sample returns the clock and reset first
+                cv, cr, busy, err = s[:4]
+                rv, rp, sv, sr = (s[4 + k * n:4 + (k + 1) * n] for k in range(4))
+                wv, wp, wrr = s[4 + 4 * n:]
+                if cv and cr:
+                    ctx.set(engine.cmd.valid, 0)
+                    started = True
+                for k, p in enumerate(ports):
+                    if rv[k] and rr[p]:
+                        a, beats = int(rp[k].addr), int(rp[k].len) + 1
+                        queues[p].extend(a + 16 * j for j in range(beats))
+                        requests += 1
+                    if sv[k] and sr[k]:
+                        queues[p].pop(0)
+                if wq and wrr:
+                    wq.pop(0)
+                if wv and wr_ready:
+                    requests += 1
+                    a, strb = int(wp.addr) & ~15, int(wp.strb)
+                    raw = int(wp.data).to_bytes(16, "little")
+                    ok = 0 <= a - base and a - base + 16 <= len(mem)
+                    if ok:
+                        for b in range(16):
+                            if strb >> b & 1:
+                                mem[a - base + b] = raw[b]
+                    wq.append(not ok)
+                if started:
+                    cycles += 1
+                    if cycles > 2 and not busy:
+                        break
+                assert cycles < max_cycles, f"engine hung on {job.get('what', 'the instruction')}"
+            ctx.set(engine.abort, 0)
+            assert not any(queues.values()) and not wq, "transactions outstanding after busy fell"
+            results.append((cycles, int(err), requests, bytes(mem)))
+
+    sim = Simulator(engine)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    return results

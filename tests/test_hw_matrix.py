@@ -14,6 +14,7 @@ from fpqvar_hw.multiplier import MulPair
 from fpqvar_quant.golden.dot import DFQ
 from tests.dot_vectors import expected, make_vectors, pack_beats
 from tests.test_hw_dot import check, run_dot
+from tests.hw_streams import run_engine_dram
 
 
 @pytest.mark.parametrize("plain,lanes,seed", [(True, 8, 31), (False, 8, 32), (True, 16, 33)])
@@ -159,94 +160,16 @@ def test_reader_window_error_before_issue():
 # ----------------------------------------------------------------- engine, Amaranth sim
 def run_engine_sim(engine, cases, *, base, seed=0, max_cycles=200_000):
     """Run ``cases`` (sim.test_matrix.Case) one after another on ``engine`` in the
-    Amaranth simulator with a small in-order DRAM model (random response gaps and
-    request backpressure).  Returns [(cycles, error, memory bytes after, requests)]."""
-    rng = np.random.default_rng(seed)
-    ports = ["rd_act", "rd_w", "rd_ws", "rd_bias"]
-    results = []
-
-    async def tb(ctx):
-        mem = bytearray()
-        ctx.set(engine.fine, 1)
-        ctx.set(engine.dram_base, base)
-        queues = {p: [] for p in ports}
-        wq = []
-        for case in cases:
-            mem[:] = case.image
-            ctx.set(engine.dram_size, case.meta.get("window", len(mem)))
-            ctx.set(engine.fine, case.meta["fine"])
-            ctx.set(engine.cmd.payload.as_value(),
-                    sum(int(w) << (32 * k) for k, w in enumerate(case.words)))
-            ctx.set(engine.cmd.valid, 1)
-            cycles, started, requests = 0, False, 0
-            while True:
-                rr = {p: int(rng.random() < 0.8) for p in ports}
-                for p in ports:
-                    port = getattr(engine, p)
-                    ctx.set(port.req.ready, rr[p])
-                    q = queues[p]
-                    if q and rng.random() < 0.85:
-                        a = q[0]
-                        ok = 0 <= a - base and a - base + 16 <= len(mem)
-                        word = int.from_bytes(mem[a - base:a - base + 16], "little") if ok else 0
-                        ctx.set(port.resp.valid, 1)
-                        ctx.set(port.resp.payload, {"data": word, "last": 0, "err": int(not ok)})
-                    else:
-                        ctx.set(port.resp.valid, 0)
-                wr_ready = int(rng.random() < 0.8)
-                ctx.set(engine.wr.req.ready, wr_ready)
-                ctx.set(engine.wr.resp.valid, int(bool(wq)))
-                ctx.set(engine.wr.resp.payload, {"err": int(wq[0]) if wq else 0})
-                ctx.set(engine.abort, int(case.meta.get("abort_after") == cycles))
-                sampled = await ctx.tick().sample(
-                    engine.cmd.valid, engine.cmd.ready, engine.busy, engine.error,
-                    *[getattr(engine, p).req.valid for p in ports],
-                    *[getattr(engine, p).req.payload for p in ports],
-                    *[getattr(engine, p).resp.valid for p in ports],
-                    *[getattr(engine, p).resp.ready for p in ports],
-                    engine.wr.req.valid, engine.wr.req.payload, engine.wr.resp.ready)
-                s = sampled[2:]
-                cv, cr, busy, err = s[:4]
-                P = len(ports)
-                rv, rp, sv, sr = s[4:4 + P], s[4 + P:4 + 2 * P], s[4 + 2 * P:4 + 3 * P], s[4 + 3 * P:4 + 4 * P]
-                wv, wp, wrr = s[4 + 4 * P:]
-                if cv and cr:
-                    ctx.set(engine.cmd.valid, 0)
-                    started = True
-                for k, p in enumerate(ports):
-                    if rv[k] and rr[p]:
-                        a, n = int(rp[k].addr), int(rp[k].len) + 1
-                        queues[p].extend(a + 16 * j for j in range(n))
-                        requests += 1
-                    if sv[k] and sr[k]:
-                        queues[p].pop(0)
-                if wq and wrr:
-                    wq.pop(0)
-                if wv and wr_ready:
-                    requests += 1
-                    a, strb = int(wp.addr) & ~15, int(wp.strb)
-                    raw = int(wp.data).to_bytes(16, "little")
-                    ok = 0 <= a - base and a - base + 16 <= len(mem)
-                    if ok:
-                        for b in range(16):
-                            if strb >> b & 1:
-                                mem[a - base + b] = raw[b]
-                    wq.append(not ok)
-                if started:
-                    cycles += 1
-                    if cycles > 2 and not busy:
-                        break
-                assert cycles < max_cycles, "engine hung"
-            ctx.set(engine.abort, 0)
-            assert not any(queues.values()) and not wq, "transactions outstanding after busy fell"
-            results.append((cycles, int(err), bytes(mem), requests))
-
-    sim = Simulator(engine)
-    sim.add_clock(1e-8)
-    sim.add_testbench(tb)
-    sim.run()
-    return results
-
+    Amaranth simulator with the in-order DRAM model of ``tests.hw_streams.run_engine_dram``
+    (random response gaps and request backpressure).  Returns [(cycles, error, memory
+    bytes after, requests)]."""
+    jobs = [dict(word=sum(int(w) << (32 * k) for k, w in enumerate(case.words)),
+                 image=case.image, window=case.meta.get("window", len(case.image)),
+                 fine=case.meta["fine"], abort_after=case.meta.get("abort_after"))
+            for case in cases]
+    res = run_engine_dram(engine, jobs, bytearray(), ports=["rd_act", "rd_w", "rd_ws", "rd_bias"],
+                          base=base, rng=np.random.default_rng(seed), max_cycles=max_cycles)
+    return [(cycles, err, mem, requests) for cycles, err, requests, mem in res]
 
 def _engine_cases(cfg, seed, specs):
     """Cases of sim.test_matrix.make_gemm built for ``cfg`` (weights packed for its tn/lanes)."""

@@ -17,6 +17,7 @@ from fpqvar_hw.vector import FDot, Residual, Softmax
 from fpqvar_quant.golden import fp32 as g
 from fpqvar_quant.golden import vector as v
 from fpqvar_quant.golden.attention import tree_last
+from tests.hw_streams import run_engine_dram
 
 
 def stream_unit(dut, words: list[int], n_out: int, seed: int, *, max_cycles: int) -> np.ndarray:
@@ -155,86 +156,13 @@ def test_vecengine_interface():
 # ----------------------------------------------------------------- whole engine, KV6
 def run_engine(engine, instrs, mem: bytearray, *, base: int, seed: int, max_cycles: int = 60_000):
     """Run VEC ``instrs`` one after another on ``engine`` in the Amaranth simulator over
-    ``mem`` (the DRAM window ``[base, base + len(mem))``, modified in place) with a small
-    in-order DRAM model: random request backpressure and response gaps on ``rd_a/b/c``
-    and ``wr``.  Returns ``[(cycles, error, dram accesses, image after)]`` per instruction."""
-    rng = np.random.default_rng(seed)
-    ports = ["rd_a", "rd_b", "rd_c"]
-    results = []
-
-    async def tb(ctx):
-        ctx.set(engine.fine, 1)
-        ctx.set(engine.dram_base, base)
-        ctx.set(engine.dram_size, len(mem))
-        queues = {p: [] for p in ports}
-        wq = []
-        for ins in instrs:
-            ctx.set(engine.cmd.payload.as_value(), int.from_bytes(ins.encode(), "little"))
-            ctx.set(engine.cmd.valid, 1)
-            cycles, started, accesses = 0, False, 0
-            while True:
-                rr = {p: int(rng.random() < 0.8) for p in ports}
-                for p in ports:
-                    port = getattr(engine, p)
-                    ctx.set(port.req.ready, rr[p])
-                    q = queues[p]
-                    if q and rng.random() < 0.85:
-                        a = q[0]
-                        ok = 0 <= a - base and a - base + 16 <= len(mem)
-                        word = int.from_bytes(mem[a - base:a - base + 16], "little") if ok else 0
-                        ctx.set(port.resp.valid, 1)
-                        ctx.set(port.resp.payload, {"data": word, "last": 0, "err": int(not ok)})
-                    else:
-                        ctx.set(port.resp.valid, 0)
-                wr_ready = int(rng.random() < 0.8)
-                ctx.set(engine.wr.req.ready, wr_ready)
-                ctx.set(engine.wr.resp.valid, int(bool(wq)))
-                ctx.set(engine.wr.resp.payload, {"err": int(wq[0]) if wq else 0})
-                sampled = await ctx.tick().sample(
-                    engine.cmd.valid, engine.cmd.ready, engine.busy, engine.error,
-                    *[getattr(engine, p).req.valid for p in ports],
-                    *[getattr(engine, p).req.payload for p in ports],
-                    *[getattr(engine, p).resp.valid for p in ports],
-                    *[getattr(engine, p).resp.ready for p in ports],
-                    engine.wr.req.valid, engine.wr.req.payload, engine.wr.resp.ready)
-                cv, cr, busy, err = sampled[2:6]
-                rv, rp, sv, sr = sampled[6:9], sampled[9:12], sampled[12:15], sampled[15:18]
-                wv, wp, wrr = sampled[18:]
-                if cv and cr:
-                    ctx.set(engine.cmd.valid, 0)
-                    started = True
-                for k, p in enumerate(ports):
-                    if rv[k] and rr[p]:
-                        a, n = int(rp[k].addr), int(rp[k].len) + 1
-                        queues[p].extend(a + 16 * j for j in range(n))
-                        accesses += 1
-                    if sv[k] and sr[k]:
-                        queues[p].pop(0)
-                if wq and wrr:
-                    wq.pop(0)
-                if wv and wr_ready:
-                    accesses += 1
-                    a, strb = int(wp.addr) & ~15, int(wp.strb)
-                    raw = int(wp.data).to_bytes(16, "little")
-                    ok = 0 <= a - base and a - base + 16 <= len(mem)
-                    if ok:
-                        for b in range(16):
-                            if strb >> b & 1:
-                                mem[a - base + b] = raw[b]
-                    wq.append(not ok)
-                if started:
-                    cycles += 1
-                    if cycles > 2 and not busy:
-                        break
-                assert cycles < max_cycles, f"engine hung on {ins}"
-            assert not any(queues.values()) and not wq, "transactions outstanding after busy fell"
-            results.append((cycles, int(err), accesses, bytes(mem)))
-
-    sim = Simulator(engine)
-    sim.add_clock(1e-8)
-    sim.add_testbench(tb)
-    sim.run()
-    return results
+    ``mem`` (the DRAM window ``[base, base + len(mem))``, modified in place) with the
+    in-order DRAM model of ``tests.hw_streams.run_engine_dram`` (random backpressure and
+    response gaps on ``rd_a/b/c`` and ``wr``).  Returns ``[(cycles, error, dram accesses,
+    image after)]`` per instruction."""
+    jobs = [dict(word=int.from_bytes(ins.encode(), "little"), what=ins) for ins in instrs]
+    return run_engine_dram(engine, jobs, mem, ports=["rd_a", "rd_b", "rd_c"], base=base,
+                           rng=np.random.default_rng(seed), max_cycles=max_cycles)
 
 
 KV6_BASE = 0x1_0000
