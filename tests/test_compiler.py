@@ -126,7 +126,16 @@ def test_one_tile_per_row_and_fine_tiles_give_the_same_bits(pkg):
 def test_sync_flags_make_every_legal_interleaving_equal(comp):
     step = 2
     run = Run(comp, seed=2)
-    for s in range(step):                      # the KV caches of the earlier steps
+    ins = comp.instructions(step)
+    assert 0 < sum(i.sync for i in ins) < len(ins) - 1        # overlap is possible, not everywhere
+    check_interleavings(comp, run, step)
+
+
+def check_interleavings(comp, run, step: int) -> None:
+    """Run steps ``0..step-1`` (the KV caches), then ``step`` in program order and in 3
+    random orders the sync flags allow: identical DRAM; with the flags cleared, some
+    order must differ (else the check is blind)."""
+    for s in range(step):
         assert run.device(s, run.x(s)).ok
     x = run.x(step)
     start = run.dram.copy()
@@ -140,9 +149,7 @@ def test_sync_flags_make_every_legal_interleaving_equal(comp):
     ref = replay(comp.program(step), None)
     for seed in range(3):
         assert replay(comp.program(step), seed) == ref, seed
-    ins = comp.instructions(step)
-    assert 0 < sum(i.sync for i in ins) < len(ins) - 1        # overlap is possible, not everywhere
-    stripped = isa.encode_program([replace(i, sync=False) for i in ins])
+    stripped = isa.encode_program([replace(i, sync=False) for i in comp.instructions(step)])
     assert any(replay(stripped, seed) != ref for seed in range(3)), \
         "clearing the sync flags changed nothing: the interleaving test is blind"
 
@@ -365,23 +372,7 @@ def test_kv6_sync_flags_make_every_legal_interleaving_equal(kv6_pkg):
     flags breaks it."""
     comp = Compiler(kv6_pkg, CFG6, rows=2, dram_base=BASE, tile_tokens=4)
     step = 1
-    run = Run(comp, seed=2, cfg=CFG6)
-    assert run.device(0, run.x(0)).ok
-    x = run.x(step)
-    start = run.dram.copy()
-
-    def replay(prog: bytes, seed):
-        run.dram = start.copy()
-        res = run.device(step, x, prog=prog, interleave_seed=seed)
-        assert res.ok, res.message
-        return bytes(run.dram.mem)
-
-    ref = replay(comp.program(step), None)
-    for seed in range(3):
-        assert replay(comp.program(step), seed) == ref, seed
-    stripped = isa.encode_program([replace(i, sync=False) for i in comp.instructions(step)])
-    assert any(replay(stripped, seed) != ref for seed in range(3)), \
-        "clearing the sync flags changed nothing: the interleaving test is blind"
+    check_interleavings(comp, Run(comp, seed=2, cfg=CFG6), step)
 
 
 def test_compiler_kv_cache_format_must_match_config(pkg, kv6_pkg):
