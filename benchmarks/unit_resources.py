@@ -7,15 +7,15 @@
         --out benchmarks/results/unit_resources.md   # also write a markdown table
 
 Units: the multipliers and group-dot MAC arrays, the FP32 building blocks of
-``fpqvar_hw.fpu`` (one lane: add, mul, max, FP16 <-> FP32 convert), the
-element-wise functions of ``fpqvar_hw.vector`` at one lane (FP32 in and out)
+``fpqvar_hw.units.fpu`` (one lane: add, mul, max, FP16 <-> FP32 convert), the
+element-wise functions of ``fpqvar_hw.units.vector`` at one lane (FP32 in and out)
 and its row units at small sizes (softmax and layernorm rows of 64, one
 64-wide L2-norm head; ``P = 8``).
 
 For each entry: LUTs (all sizes; each takes one LUT6 site), LUT6, FF, DSP48E2,
 CARRY (CARRY4/8), MUXF7/8, LUTRAM (distributed-RAM cells: the row buffers),
 logic depth (``ltp -noff``: cells on the longest register-to-register path, see
-``fpqvar_hw/synth.py``), and for multiply-accumulate units the LUTs per lane
+``fpqvar_hw/flow/synth.py``), and for multiply-accumulate units the LUTs per lane
 (whole unit incl. adder tree, group-sum register and the shared FP32
 scale/accumulate tail, divided by the lane count).
 UltraScale+ mapping (closest open flow to the Versal target): an estimate, not
@@ -37,12 +37,12 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fpqvar_hw.dot import GroupDot                                    # noqa: E402
-from fpqvar_hw.fpu import FP16, FP32, FPOp, FPUnit                     # noqa: E402
-from fpqvar_hw.multiplier import (MagnitudeCore, MulPair, MulVariant, Multiplier,  # noqa: E402
+from fpqvar_hw.units.dot import GroupDot                                    # noqa: E402
+from fpqvar_hw.units.fpu import FP16, FP32, FPOp, FPUnit                     # noqa: E402
+from fpqvar_hw.units.multiplier import (MagnitudeCore, MulPair, MulVariant, Multiplier,  # noqa: E402
                                   check_variant)
-from fpqvar_hw.synth import synthesize                                 # noqa: E402
-from fpqvar_hw.vector import (Elementwise, Func, L2NormTemperature,    # noqa: E402
+from fpqvar_hw.flow.synth import synthesize                                 # noqa: E402
+from fpqvar_hw.units.vector import (Elementwise, Func, L2NormTemperature,    # noqa: E402
                               LayerNormModulate, Softmax)
 
 
@@ -79,7 +79,7 @@ def _mac(pair: MulPair, var: MulVariant, *, dfq: bool = False, lanes: int = 128)
 
 
 def _fp_entries() -> list[Entry]:
-    """FP32 building blocks (one lane each, 2-stage pipelines of ``fpqvar_hw.fpu``)."""
+    """FP32 building blocks (one lane each, 2-stage pipelines of ``fpqvar_hw.units.fpu``)."""
     return [
         Entry("fp32 add", "fp building blocks", lambda: FPUnit(FPOp.ADD, FP32)),
         Entry("fp32 mul", "fp building blocks", lambda: FPUnit(FPOp.MUL, FP32)),
@@ -129,7 +129,7 @@ def main(argv: "list[str] | None" = None) -> int:
                     help="seconds per Yosys run (default 3600; the FP32 vector units take "
                          "15-40 min each on a busy 2-core machine)")
     ap.add_argument("--no-abc9", action="store_true",
-                    help="use Yosys' default ABC flow instead of -abc9 (see fpqvar_hw/synth.py)")
+                    help="use Yosys' default ABC flow instead of -abc9 (see fpqvar_hw/flow/synth.py)")
     args = ap.parse_args(argv)
     entries = [e for e in REGISTRY if re.search(args.filter, e.name)]
     if args.list:

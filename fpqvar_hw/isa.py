@@ -2,8 +2,8 @@
 
 This module is the one implementation of every encoding in ``docs/top.md``:
 the RTL (controller, matrix engine, vector engine) reads its word indices and
-enums from here, the compiler (:mod:`fpqvar_hw.compiler`) encodes with it and
-the reference executor (:mod:`fpqvar_hw.isa_sim`) decodes with it.  It imports
+enums from here, the compiler (:mod:`fpqvar_hw.host.compiler`) encodes with it and
+the reference executor (:mod:`fpqvar_hw.host.isa_sim`) decodes with it.  It imports
 only numpy and ``amaranth.lib.data``.
 
 Instruction: ``INSTR_BYTES = 128`` bytes = ``INSTR_WORDS = 32`` little-endian
@@ -275,7 +275,7 @@ class Halt:
 @dataclass(frozen=True)
 class Gemm:
     """``out = Q(T(fp16(act))) . W'^T (+ bias)`` (``docs/top.md``, executed by
-    :func:`fpqvar_hw.isa_sim.gemm`)."""
+    :func:`fpqvar_hw.host.isa_sim.gemm`)."""
 
     opcode: ClassVar[Opcode] = Opcode.GEMM
     act_addr: int

@@ -1,4 +1,4 @@
-"""cocotb memory model for the engines' DMA clients (``fpqvar_hw.axi.ReadClient`` /
+"""cocotb memory model for the engines' DMA clients (``fpqvar_hw.engines.axi.ReadClient`` /
 ``WriteClient``), serving them from a Python ``bytearray``.
 
 An engine port ``rd0`` of a component elaborated to Verilog appears as the
@@ -46,7 +46,7 @@ from typing import Any, Iterable
 import cocotb
 from cocotb.triggers import RisingEdge
 
-from fpqvar_hw.axi import DATA_BYTES, MAX_BURST, READ_REQ, READ_RESP, WRITE_REQ, WRITE_RESP
+from fpqvar_hw.engines.axi import DATA_BYTES, MAX_BURST, READ_REQ, READ_RESP, WRITE_REQ, WRITE_RESP
 from sim.streams import pack, stream_signals, unpack
 
 __all__ = ["DmaMemory", "DmaStats"]

@@ -222,7 +222,7 @@ def run_cocotb(component: Any, *, name: str, test_module: str, params: Mapping[s
 
 
 def _test_id() -> str:
-    # Outside pytest (e.g. `python -m fpqvar_hw.driver --backend rtl`) several runs of one
+    # Outside pytest (e.g. `python -m fpqvar_hw.host.driver --backend rtl`) several runs of one
     # design may be live at once: give each process its own run folder.
     cur = os.environ.get("PYTEST_CURRENT_TEST", f"manual-{os.getpid()}")
     cur = cur.rsplit(" ", 1)[0].split("::")[-1]

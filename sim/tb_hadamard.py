@@ -1,4 +1,4 @@
-"""cocotb testbench of fpqvar_hw.hadamard.GroupHadamard (driven by sim/test_hadamard.py).
+"""cocotb testbench of fpqvar_hw.units.hadamard.GroupHadamard (driven by sim/test_hadamard.py).
 
 Parameters: ``vectors`` (npz: ``x`` [n, 128] FP16 bits, ``signs`` [128], ``y``
 [n, 128], ``overflow`` [n], ``error`` [n] from the golden model), ``lanes``,

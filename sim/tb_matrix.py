@@ -1,4 +1,4 @@
-"""cocotb testbench of fpqvar_hw.matrix.MatrixEngine (driven by sim/test_matrix.py).
+"""cocotb testbench of fpqvar_hw.engines.matrix.MatrixEngine (driven by sim/test_matrix.py).
 
 Parameters (``sim.streams.tb_params``): ``cases`` (an ``.npz``: per case ``c``,
 ``image{c}`` (the DRAM bytes before), ``expect{c}`` (after; ignored for aborted

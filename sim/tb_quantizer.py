@@ -1,4 +1,4 @@
-"""cocotb testbench of fpqvar_hw.quantizer.Quantizer (driven by sim/test_quantizer.py).
+"""cocotb testbench of fpqvar_hw.units.quantizer.Quantizer (driven by sim/test_quantizer.py).
 
 Parameters (sim.streams.tb_params): ``vectors`` (npz with ``x`` [n, G] FP16 bits,
 ``codes`` [n, G], ``scales`` [n, S], ``error`` [n] from the golden model),

@@ -1,8 +1,8 @@
 """cocotb module for sim/test_tiny_image.py: one image of the tiny digits VAR with every
-transformer block on the RTL top (``fpqvar_hw.top.Accelerator``).
+transformer block on the RTL top (``fpqvar_hw.engines.top.Accelerator``).
 
-The host side runs in this (cocotb) process: :func:`fpqvar_hw.driver.generate` with an
-:class:`fpqvar_hw.driver.RtlBackend` (cocotbext-axi ``AxiRam`` on ``m_axi``,
+The host side runs in this (cocotb) process: :func:`fpqvar_hw.host.driver.generate` with an
+:class:`fpqvar_hw.host.driver.RtlBackend` (cocotbext-axi ``AxiRam`` on ``m_axi``,
 ``AxiLiteMaster`` on ``s_axil``, done interrupt on ``irq``).
 
 Parameters (``tb_params``): ``package`` (quantized package directory), ``label``,
@@ -23,7 +23,7 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles
 
-from fpqvar_hw import driver as drv
+from fpqvar_hw.host import driver as drv
 from fpqvar_hw import isa
 from fpqvar_hw.config import get_preset
 from sim.streams import tb_params
@@ -55,7 +55,7 @@ async def tiny_image(dut):
                              log=dut._log.info)
     drv.write_run(run, out)
     drv.write_cycles_json(run, out / "cycles.json", coarse=p["coarse"], fine=p["fine"],
-                          device={**backend.device_info(), "top": "fpqvar_hw.top.Accelerator",
+                          device={**backend.device_info(), "top": "fpqvar_hw.engines.top.Accelerator",
                                   "clock_period_ns": PERIOD_NS})
     np.savez(out / "rtl_steps.npz", images=run.images,
              **{f"{k}{s.si}": getattr(s, k) for s in run.steps for k in ("x_in", "x_out", "logits", "tokens")})

@@ -1,9 +1,9 @@
-"""cocotb module for sim/test_top.py: the accelerator top (fpqvar_hw.top.Accelerator).
+"""cocotb module for sim/test_top.py: the accelerator top (fpqvar_hw.engines.top.Accelerator).
 
 The DUT's ``m_axi`` is served by a cocotbext-axi ``AxiRam`` (random pauses on
 all five channels when ``pause`` > 0), ``s_axil`` is driven by an
 ``AxiLiteMaster``.  Every program's result is compared byte for byte with
-:func:`fpqvar_hw.isa_sim.execute` on the same image (DRAM window and STATUS /
+:func:`fpqvar_hw.host.isa_sim.execute` on the same image (DRAM window and STATUS /
 PC / ERR_PC).
 
 Parameters (``tb_params``): ``preset`` + ``overrides`` (the AcceleratorConfig),
@@ -25,8 +25,10 @@ from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, First, RisingEdge, Timer
 from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
 
-from fpqvar_hw import isa, isa_sim
-from fpqvar_hw.compiler import assign_sync
+from fpqvar_hw import isa
+
+from fpqvar_hw.host import isa_sim
+from fpqvar_hw.host.compiler import assign_sync
 from fpqvar_hw.config import get_preset
 from fpqvar_hw.isa import ErrorCode, Gemm, GemmFlag, Halt, Operand, Vec, VecFlag, VecSubop
 from sim.streams import tb_params

@@ -1,4 +1,4 @@
-"""cocotb module for sim/test_vecengine.py: the vector engine (fpqvar_hw.vecengine) on
+"""cocotb module for sim/test_vecengine.py: the vector engine (fpqvar_hw.engines.vecengine) on
 DRAM served by sim.dma_model, against the golden model, instruction by instruction.
 
 Parameters (``tb_params``): ``seed``, ``C``, ``max_kv``, ``P``, ``kv6`` (the build;
@@ -25,7 +25,9 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge
 
-from fpqvar_hw import isa, isa_sim
+from fpqvar_hw import isa
+
+from fpqvar_hw.host import isa_sim
 from fpqvar_hw.isa import ErrorCode, Operand, Vec, VecFlag, VecSubop
 from fpqvar_quant.golden import fp32 as g
 from fpqvar_quant.golden import vector as gv
@@ -63,7 +65,7 @@ def store(mem: np.ndarray, addr: np.ndarray, bits: np.ndarray, size: int) -> Non
 
 def reference_vec(mem: np.ndarray, v: Vec) -> np.ndarray:
     """The DRAM image ``mem`` (uint8, byte 0 at BASE) after ``v``, from the one
-    instruction-level reference executor (``fpqvar_hw.isa_sim.vec``)."""
+    instruction-level reference executor (``fpqvar_hw.host.isa_sim.vec``)."""
     dram = isa_sim.Dram(BASE, len(mem))
     dram.mem[:] = mem.tobytes()
     isa_sim.vec(dram, v)

@@ -5,7 +5,7 @@ instruction-level reference, instruction by instruction.
 
 Everything runs on :class:`sim.tb_vecengine.VecEngineTB`: DRAM latency 2-14 cycles,
 idle gaps between beats and request backpressure (random, seeded), and after every
-instruction the whole DRAM image must equal the image ``fpqvar_hw.isa_sim.vec``
+instruction the whole DRAM image must equal the image ``fpqvar_hw.host.isa_sim.vec``
 computes (golden model) byte for byte, with ``error`` 0, so a wrong or a stray write
 anywhere fails.  This module adds what ``sim.tb_vecengine``'s tests cannot express at
 these widths (its random rows are N(0, 1)-like with random lengths, and its attention
@@ -20,7 +20,7 @@ sequence has fixed addresses that overlap beyond 384 keys):
   multiple of ``P``), 1 and 9, typical attention-score ranges and ranges where most
   outputs underflow, ``-inf`` and ``-3e38`` entries; random layouts, two in place.
 * ``attention_wide``: QK^T (FDOT, FP16 K cache) -> SOFTMAX -> PV (FDOT, FP16 V
-  cache) in the compiler's layouts (``fpqvar_hw.compiler``: caches ``[h, j, d]``,
+  cache) in the compiler's layouts (``fpqvar_hw.host.compiler``: caches ``[h, j, d]``,
   scores ``[t, h, j]``) over ``attention = [H, Nq, Nk]``; besides the per-instruction
   check the output must equal ``fpqvar_quant.golden.attention.attention`` bit for bit.
 * ``length_limits``: LNMOD rows of ``C - 1`` and ``C + 1`` and a SOFTMAX row of

@@ -1,4 +1,4 @@
-"""Co-simulation of the group dot-product unit (fpqvar_hw.dot) on the emitted
+"""Co-simulation of the group dot-product unit (fpqvar_hw.units.dot) on the emitted
 Verilog against the golden model, under random input gaps and output backpressure.
 
 Default tier: a small e2m1 and a DFQ run.  Slow tier (``--run-slow``): >= 10^4
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fpqvar_hw.dot import GroupDot
-from fpqvar_hw.multiplier import MulPair, MulVariant
+from fpqvar_hw.units.dot import GroupDot
+from fpqvar_hw.units.multiplier import MulPair, MulVariant
 from fpqvar_quant.golden.dot import DFQ
 from sim.runner import BUILD_ROOT, run_cocotb
 from tests.dot_vectors import expected, make_vectors, pack_beats

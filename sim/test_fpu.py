@@ -1,4 +1,4 @@
-"""Co-simulation of the FP building blocks (fpqvar_hw.fpu) on Verilator against golden vectors.
+"""Co-simulation of the FP building blocks (fpqvar_hw.units.fpu) on Verilator against golden vectors.
 
 One DUT per format, :class:`FPUBundle`: every lane feeds the same operands to an
 ``FPUnit`` of each operation (add, mul, mad, max, convert to the other format)
@@ -18,7 +18,7 @@ from amaranth.hdl import Module
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from fpqvar_hw.fpu import FP16, FP32, FloatFormat, FPOp, FPUnit, float_layout
+from fpqvar_hw.units.fpu import FP16, FP32, FloatFormat, FPOp, FPUnit, float_layout
 from fpqvar_quant.golden import fp32 as golden
 from sim.runner import BUILD_ROOT, run_cocotb
 

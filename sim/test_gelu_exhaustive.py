@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fpqvar_hw.fpu import FP16, FP32
-from fpqvar_hw.vector import Elementwise, Func
+from fpqvar_hw.units.fpu import FP16, FP32
+from fpqvar_hw.units.vector import Elementwise, Func
 from fpqvar_quant.golden import fp32 as g
 from fpqvar_quant.golden import vector as v
 from sim.runner import BUILD_ROOT, run_cocotb

@@ -7,7 +7,7 @@ tests/test_hw_hadamard.py; a 128-lane Verilator build takes about 10 minutes on
 import numpy as np
 import pytest
 
-from fpqvar_hw.hadamard import GroupHadamard
+from fpqvar_hw.units.hadamard import GroupHadamard
 from fpqvar_quant.golden import hadamard as gh
 from sim.runner import run_cocotb
 

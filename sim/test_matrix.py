@@ -1,4 +1,4 @@
-"""Co-simulation of the matrix engine (fpqvar_hw.matrix.MatrixEngine) on the emitted
+"""Co-simulation of the matrix engine (fpqvar_hw.engines.matrix.MatrixEngine) on the emitted
 Verilog: GEMM instructions against the golden model, DRAM served by
 sim/dma_model.py with random latency, gaps and request backpressure.
 
@@ -12,7 +12,7 @@ correct, and the same GEMM with the fine pipeline on and off (same bytes, more
 cycles; the cycle counts are printed).  The whole DRAM image is compared byte
 for byte, so rows >= M, padded features and row gaps must stay untouched.
 
-Reference: ``fpqvar_hw.isa_sim.gemm`` (the instruction-level executor built
+Reference: ``fpqvar_hw.host.isa_sim.gemm`` (the instruction-level executor built
 from ``fpqvar_quant.golden``: FP32 -> FP16, Hadamard, group quantizer, group dot
 products, bias add) applied to the same DRAM image.
 
@@ -28,9 +28,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from fpqvar_hw import isa, isa_sim
+from fpqvar_hw import isa
+
+from fpqvar_hw.host import isa_sim
 from fpqvar_hw.config import get_preset
-from fpqvar_hw.matrix import MatrixEngine
+from fpqvar_hw.engines.matrix import MatrixEngine
 from fpqvar_quant.golden.quantizer import quantize_groups
 from sim.runner import BUILD_ROOT, run_cocotb
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fpqvar_hw.multiplier import Multiplier, MulPair, MulVariant
+from fpqvar_hw.units.multiplier import Multiplier, MulPair, MulVariant
 from sim.runner import run_cocotb
 from tests.test_hw_multiplier import COMBOS
 

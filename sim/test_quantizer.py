@@ -17,7 +17,7 @@
 import numpy as np
 import pytest
 
-from fpqvar_hw.quantizer import Quantizer
+from fpqvar_hw.units.quantizer import Quantizer
 from fpqvar_quant.golden import quantizer as gq
 from sim.runner import run_cocotb
 

@@ -1,7 +1,7 @@
 """The tiny digits image on the simulated RTL top (Verilator): every transformer block of
-all four scale steps runs on ``fpqvar_hw.top.Accelerator``; the host loop
-(``fpqvar_hw.driver``) runs in the cocotb process. The sampled tokens must equal the
-golden backend's (compiled programs on ``fpqvar_hw.isa_sim``) for the same package,
+all four scale steps runs on ``fpqvar_hw.engines.top.Accelerator``; the host loop
+(``fpqvar_hw.host.driver``) runs in the cocotb process. The sampled tokens must equal the
+golden backend's (compiled programs on ``fpqvar_hw.host.isa_sim``) for the same package,
 seed and class; the image, tokens and per-step cycle counters are saved.
 
 The top is built with the configuration of ``sim/test_top.py`` (``tm=2, tn=2,
@@ -9,7 +9,7 @@ lanes=32, quant_lanes=8``, ``C=128``, ``max_kv=30``) under the same build name, 
 two tests share one Verilator build (several minutes on two cores, cached under
 ``build/sim/top-*``).
 
-:func:`run_rtl_image` is also what ``python -m fpqvar_hw.driver --backend rtl`` runs.
+:func:`run_rtl_image` is also what ``python -m fpqvar_hw.host.driver --backend rtl`` runs.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from fpqvar_hw import driver as drv
+from fpqvar_hw.host import driver as drv
 from fpqvar_hw.config import get_preset
 from sim.runner import REPO, run_cocotb
 
@@ -55,7 +55,7 @@ def run_rtl_image(package: Path, *, label: int, seed: int, sampling: drv.Samplin
     read back from ``out`` (``tokens.json``, ``cycles.json``, ``rtl_steps.npz``, ``device.png``)."""
     import numpy as np
 
-    from fpqvar_hw.top import Accelerator
+    from fpqvar_hw.engines.top import Accelerator
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -85,7 +85,7 @@ def test_tiny_image_on_rtl():
     """Scale step 0 of one image on the RTL top through the driver (RtlBackend: image load,
     adaLN, x, program, registers, irq, counters): its tokens equal the golden backend's.
     (All four steps take far longer than the slow tier allows on a shared 2-core machine;
-    ``python -m fpqvar_hw.driver --backend rtl`` runs the whole image.)"""
+    ``python -m fpqvar_hw.host.driver --backend rtl`` runs the whole image.)"""
     package = drv.build_package(drv.PackageSettings(preset="fp4-dfq-ght"))
     sampling = drv.Sampling()
     want = golden_tokens(package, 3, 0, sampling)

@@ -1,9 +1,9 @@
-"""Co-simulation of the accelerator top (fpqvar_hw.top.Accelerator) on Verilator.
+"""Co-simulation of the accelerator top (fpqvar_hw.engines.top.Accelerator) on Verilator.
 
 The emitted Verilog of the whole accelerator (controller, matrix engine,
 vector engine, AXI arbiters) runs against a cocotbext-axi ``AxiRam`` with
 random pauses on every AXI channel; every result is compared byte for byte
-with :func:`fpqvar_hw.isa_sim.execute` (sim/tb_top.py).
+with :func:`fpqvar_hw.host.isa_sim.execute` (sim/tb_top.py).
 
 Build: ``tm=2, tn=2, lanes=32, quant_lanes=8``, ``C=128``, ``max_kv=30`` (the
 digits VAR: patch_nums (1, 2, 3, 4), 30 tokens).  One Verilator build (several
@@ -14,7 +14,7 @@ Verilator build of the top takes minutes.  Tests: registers, HALT, unknown
 opcode, window errors, abort, reset; scale step 0 of the digits VAR (both
 blocks, 65 instructions) in the default pipeline mode, and with the coarse
 pipeline off.  The cycle counters go to ``build/top/cycles-s<seed>.json``
-(``fpqvar_hw.perf.load_sim_cycles`` reads them).  The default tier covers the
+(``fpqvar_hw.flow.perf.load_sim_cycles`` reads them).  The default tier covers the
 controller and arbiters in the Amaranth simulator (tests/test_hw_top.py,
 tests/test_hw_axi.py).  Steps 1..3 and the fine-pipeline-off modes are not part
 of the suite: at about 100-300 simulated cycles per second on this machine a
@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fpqvar_hw import isa_sim
+from fpqvar_hw.host import isa_sim
 from fpqvar_hw.config import get_preset
-from fpqvar_hw.top import Accelerator
+from fpqvar_hw.engines.top import Accelerator
 from sim.runner import BUILD_ROOT, REPO, run_cocotb
 from tests.test_golden_block import digits_fpqvar  # noqa: F401  (session fixture: the package)
 
@@ -63,7 +63,7 @@ def test_top_control(dut):
 def _prepare_steps(pkg_path: Path, n_steps: int, seed: int) -> Path:
     """DRAM image (compiled model + random adaLN vectors), inputs and programs of steps
     0 .. n_steps-1 (from the compiler) and the region map, for tb_top.block_steps."""
-    from fpqvar_hw.compiler import Compiler
+    from fpqvar_hw.host.compiler import Compiler
     from fpqvar_quant.ptq.package import load_package
 
     comp = Compiler(load_package(pkg_path), CFG, rows=2, dram_base=STEP_BASE, max_kv=MAX_KV)

@@ -1,4 +1,4 @@
-"""Co-simulation of the vector engine (fpqvar_hw.vecengine.VectorEngine) on Verilator:
+"""Co-simulation of the vector engine (fpqvar_hw.engines.vecengine.VectorEngine) on Verilator:
 VEC instructions from random shapes/strides of every sub-op, an attention sequence
 (QK^T -> softmax -> PV against the FP16 KV cache; on the KV6 build also against the
 e2m3fn cache written by KVQ6), errors and abort; DRAM served by
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import pytest
 
-from fpqvar_hw.vecengine import VectorEngine
+from fpqvar_hw.engines.vecengine import VectorEngine
 from sim.runner import run_cocotb
 
 SMALL = dict(C=128, max_kv=64, P=8)

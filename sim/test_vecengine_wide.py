@@ -1,7 +1,7 @@
 """Co-simulation of the vector engine at the real widths of the d16 model on Verilator:
 ``VectorEngine(C=1024, max_kv=680, P=8)``, DRAM served by sim.dma_model with random
 latency, gaps and backpressure, every instruction compared byte for byte (the whole
-DRAM image) with the instruction-level reference ``fpqvar_hw.isa_sim.vec`` (golden
+DRAM image) with the instruction-level reference ``fpqvar_hw.host.isa_sim.vec`` (golden
 model); see sim/tb_vecengine_wide.py for the cases:
 
 * LNMOD over rows of C = 1024 (scales 2^+-20, a large common offset, magnitudes
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import pytest
 
-from fpqvar_hw.vecengine import VectorEngine
+from fpqvar_hw.engines.vecengine import VectorEngine
 from sim.runner import run_cocotb
 
 WIDE = dict(C=1024, max_kv=680, P=8)     # d16: C = 64 x 16, 680 tokens at 256 px

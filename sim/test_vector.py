@@ -1,4 +1,4 @@
-"""Vector-unit element-wise functions (fpqvar_hw.vector.Elementwise) against the golden model.
+"""Vector-unit element-wise functions (fpqvar_hw.units.vector.Elementwise) against the golden model.
 
 Amaranth-simulator tier: labelled special values plus seeded random inputs for
 every function, random backpressure, bit-exact (NaNs canonical).
@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fpqvar_hw.fpu import FP16, FP32
-from fpqvar_hw.vector import Elementwise, Func
+from fpqvar_hw.units.fpu import FP16, FP32
+from fpqvar_hw.units.vector import Elementwise, Func
 from fpqvar_quant.golden import fp32 as g
 from fpqvar_quant.golden import vector as v
 from tests.test_hw_fpu import run_unit
@@ -96,7 +96,7 @@ def test_elementwise_fp16_exhaustive_cocotb(func, seed, monkeypatch):
 @pytest.mark.parametrize("length,rows,seed", [(64, 3, 41), pytest.param(1024, 1, 42, marks=pytest.mark.slow)])
 def test_softmax_amaranth(length, rows, seed):
     """Seeded rows (scales from 0.1 to 30, one row with -Inf entries) against golden softmax."""
-    from fpqvar_hw.vector import Softmax
+    from fpqvar_hw.units.vector import Softmax
 
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((rows, length)) * rng.uniform(0.1, 30, (rows, 1))).astype(np.float32)
@@ -111,7 +111,7 @@ def test_softmax_amaranth(length, rows, seed):
 @pytest.mark.parametrize("length,rows,seed", [(64, 2, 71), pytest.param(1024, 1, 72, marks=pytest.mark.slow)])
 def test_layernorm_modulate_amaranth(length, rows, seed):
     """Seeded rows with offsets and scales, per-row adaLN scale/shift, vs golden."""
-    from fpqvar_hw.vector import LayerNormModulate
+    from fpqvar_hw.units.vector import LayerNormModulate
 
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((rows, length)) * rng.uniform(0.01, 50, (rows, 1))
@@ -129,7 +129,7 @@ def test_layernorm_modulate_amaranth(length, rows, seed):
 def test_l2norm_temperature_amaranth(temperature, seed):
     """Three 64-wide heads (one all-zero: eps path) with per-head log-temperatures
     below and above the ln 100 clamp."""
-    from fpqvar_hw.vector import L2NormTemperature
+    from fpqvar_hw.units.vector import L2NormTemperature
 
     rng = np.random.default_rng(seed)
     q = (rng.standard_normal((3, 64)) * rng.uniform(0.01, 20, (3, 1))).astype(np.float32)

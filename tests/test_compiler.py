@@ -1,4 +1,4 @@
-"""fpqvar_hw.compiler + fpqvar_hw.isa_sim on the shipped digits VAR (fp4-fpqvar package).
+"""fpqvar_hw.host.compiler + fpqvar_hw.host.isa_sim on the shipped digits VAR (fp4-fpqvar package).
 
 * executing the compiled step programs gives bit for bit the x (and KV caches)
   of ``golden.block.model_step`` applied step by step;
@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fpqvar_hw import isa, isa_sim
-from fpqvar_hw.compiler import Compiler, assign_sync
+from fpqvar_hw import isa
+
+from fpqvar_hw.host import isa_sim
+from fpqvar_hw.host.compiler import Compiler, assign_sync
 from fpqvar_hw.config import get_preset
 from fpqvar_hw.isa import ErrorCode, Gemm, Halt, Opcode, Operand, Vec, VecFlag, VecSubop
 from fpqvar_quant.golden import block as gb
@@ -397,9 +399,9 @@ def test_compiler_imports_without_torch(digits_fpqvar):  # noqa: F811
     script = textwrap.dedent(f"""
         import sys
         sys.modules["torch"] = None          # any torch import now fails
-        from fpqvar_hw.compiler import Compiler
+        from fpqvar_hw.host.compiler import Compiler
         from fpqvar_hw.config import get_preset
-        from fpqvar_hw import isa_sim
+        from fpqvar_hw.host import isa_sim
         from fpqvar_quant.ptq.package import load_package
         c = Compiler(load_package({str(digits_fpqvar[1])!r}), get_preset("w4a4"), rows=2)
         assert len(c.program(0)) > 0
@@ -412,7 +414,7 @@ def test_compiler_imports_without_torch(digits_fpqvar):  # noqa: F811
 def test_cli_bundle(pkg, digits_fpqvar, tmp_path, capsys):  # noqa: F811
     import json
 
-    from fpqvar_hw.compiler import main
+    from fpqvar_hw.host.compiler import main
 
     assert main([str(digits_fpqvar[1]), "--out", str(tmp_path), "--rows", "2", "--dram-base", "0x40000",
                  "--param", "tn=4"]) == 0

@@ -1,4 +1,4 @@
-"""Host driver (fpqvar_hw.driver): the host loop, the package-built models, the golden
+"""Host driver (fpqvar_hw.host.driver): the host loop, the package-built models, the golden
 backend and the numerical distance of the accelerator's blocks to the FP32 and
 fake-quant torch blocks.
 
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from fpqvar_hw import driver as drv
+from fpqvar_hw.host import driver as drv
 
 FAST = drv.PackageSettings(preset="fp4-dfq-ght")
 

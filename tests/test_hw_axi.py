@@ -1,4 +1,4 @@
-"""AXI arbiters and the AXI4-Lite bridge (fpqvar_hw.axi) in the Amaranth simulator.
+"""AXI arbiters and the AXI4-Lite bridge (fpqvar_hw.engines.axi) in the Amaranth simulator.
 
 A Python AXI4 slave (in-order, one ID) with random AR/AW/W readiness, random
 R/B latency and gaps answers the arbiters; clients issue random bursts/writes
@@ -16,7 +16,7 @@ import pytest
 from amaranth.hdl import Elaboratable, Module
 from amaranth.sim import Simulator
 
-from fpqvar_hw.axi import AXILiteBridge, ReadArbiter, WriteArbiter
+from fpqvar_hw.engines.axi import AXILiteBridge, ReadArbiter, WriteArbiter
 
 MEM_BYTES = 1 << 16
 ERR_LO, ERR_HI = 0xC000, 0xD000       # the slave answers SLVERR for beats in this range

@@ -1,4 +1,4 @@
-"""Group dot-product unit (fpqvar_hw.dot) in the Amaranth simulator against the golden model.
+"""Group dot-product unit (fpqvar_hw.units.dot) in the Amaranth simulator against the golden model.
 
 Fast tier: small lane counts, random idle input and output backpressure; the
 10^4-group sweeps run in cocotb/Verilator (sim/test_dot.py).
@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fpqvar_hw.dot import GroupDot
-from fpqvar_hw.multiplier import MulPair, MulVariant
+from fpqvar_hw.units.dot import GroupDot
+from fpqvar_hw.units.multiplier import MulPair, MulVariant
 from fpqvar_quant.golden.dot import DFQ
 from tests.dot_vectors import expected, make_vectors, pack_beats
 from tests.hw_streams import collect, drive, simulate

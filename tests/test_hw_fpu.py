@@ -1,4 +1,4 @@
-"""FP building blocks (fpqvar_hw.fpu) in the Amaranth simulator against the golden model.
+"""FP building blocks (fpqvar_hw.units.fpu) in the Amaranth simulator against the golden model.
 
 Fast tier: labelled corner cases plus a few thousand seeded biased vectors per
 operator, with random output backpressure.  The >= 10^6-vector sweeps run in
@@ -11,7 +11,7 @@ import itertools
 import numpy as np
 import pytest
 
-from fpqvar_hw.fpu import FP16, FP32, FPOp, FPUnit, FloatFormat
+from fpqvar_hw.units.fpu import FP16, FP32, FPOp, FPUnit, FloatFormat
 from fpqvar_quant.golden import fp32 as golden
 from tests.hw_streams import collect, drive, simulate
 

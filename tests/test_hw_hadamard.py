@@ -1,9 +1,9 @@
-"""Fast Amaranth-simulator tests of fpqvar_hw.hadamard against the golden model
+"""Fast Amaranth-simulator tests of fpqvar_hw.units.hadamard against the golden model
 (the >= 10^4-group runs are co-simulated in sim/test_hadamard.py)."""
 import numpy as np
 import pytest
 
-from fpqvar_hw.hadamard import LATENCY_AFTER_LAST, GroupHadamard
+from fpqvar_hw.units.hadamard import LATENCY_AFTER_LAST, GroupHadamard
 from fpqvar_quant.golden import hadamard as gh
 from tests.hw_streams import collect, drive, simulate
 

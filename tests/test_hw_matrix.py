@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fpqvar_hw.dot import GroupDot
-from fpqvar_hw.multiplier import MulPair
+from fpqvar_hw.units.dot import GroupDot
+from fpqvar_hw.units.multiplier import MulPair
 from fpqvar_quant.golden.dot import DFQ
 from tests.dot_vectors import expected, make_vectors, pack_beats
 from tests.test_hw_dot import check, run_dot
@@ -43,9 +43,11 @@ def test_dual_requires_dfq():
 # ----------------------------------------------------------------- engine config
 from amaranth.sim import Simulator  # noqa: E402
 
-from fpqvar_hw import axi, isa  # noqa: E402
+from fpqvar_hw.engines import axi
+
+from fpqvar_hw import isa  # noqa: E402
 from fpqvar_hw.config import get_preset, preset_names  # noqa: E402
-from fpqvar_hw.matrix import MatrixEngine, SUPPORTED_PRESETS, _BurstReader  # noqa: E402
+from fpqvar_hw.engines.matrix import MatrixEngine, SUPPORTED_PRESETS, _BurstReader  # noqa: E402
 
 
 @pytest.mark.parametrize("name", [p for p in preset_names() if p not in SUPPORTED_PRESETS])

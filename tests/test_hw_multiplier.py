@@ -1,4 +1,4 @@
-"""Multipliers (fpqvar_hw.multiplier) in the Amaranth simulator: every code pair of
+"""Multipliers (fpqvar_hw.units.multiplier) in the Amaranth simulator: every code pair of
 every (pair, variant), bit-exact against the golden model fpqvar_quant.golden.multiplier.
 
 int8 x int8 (65,536 pairs) runs exhaustively in cocotb (sim/test_multiplier.py);
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from fpqvar_hw.multiplier import Multiplier, MulPair, MulVariant, check_variant
+from fpqvar_hw.units.multiplier import Multiplier, MulPair, MulVariant, check_variant
 from fpqvar_quant.golden.multiplier import multiply, product_spec
 
 COMBOS = [(p, v) for p in MulPair for v in MulVariant

@@ -1,4 +1,4 @@
-"""Fast Amaranth-simulator tests of fpqvar_hw.quantizer against the golden model.
+"""Fast Amaranth-simulator tests of fpqvar_hw.units.quantizer against the golden model.
 
 The exhaustive FP16 sweeps run in co-simulation (sim/test_quantizer.py); here:
 construction checks, the reciprocal constants over every 11-bit significand,
@@ -8,7 +8,7 @@ and scale format with random stalls, and the latency figure.
 import numpy as np
 import pytest
 
-from fpqvar_hw.quantizer import (DFQ_FORMATS, LATENCY_AFTER_LAST, QUANTIZER_FORMATS, QUOT_P, Quantizer,
+from fpqvar_hw.units.quantizer import (DFQ_FORMATS, LATENCY_AFTER_LAST, QUANTIZER_FORMATS, QUOT_P, Quantizer,
                                  e8m0_exponents, e8m0_keys, grid, scale_constants)
 from fpqvar_quant.golden import fp16
 from fpqvar_quant.golden import quantizer as gq

@@ -1,4 +1,4 @@
-"""The controller (fpqvar_hw.control) in the Amaranth simulator, with modelled engines.
+"""The controller (fpqvar_hw.engines.control) in the Amaranth simulator, with modelled engines.
 
 Each engine model accepts a ``cmd`` while idle, stays busy for the number of
 cycles in instruction word 2, then reports the error code in word 3 (low
@@ -21,7 +21,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from fpqvar_hw import isa
-from fpqvar_hw.control import Controller
+from fpqvar_hw.engines.control import Controller
 from fpqvar_hw.isa import ErrorCode, Opcode
 
 BASE, SIZE, PROG = 0x1000, 0x4000, 0x1000
@@ -286,7 +286,7 @@ def test_top_elaborates_with_both_engines():
     from amaranth.back import rtlil
 
     from fpqvar_hw.config import get_preset
-    from fpqvar_hw.top import Accelerator
+    from fpqvar_hw.engines.top import Accelerator
 
     cfg = get_preset("w4a4").replace(tm=1, tn=2, lanes=8, quant_lanes=8)
     top = Accelerator(cfg, C=128, max_kv=8)

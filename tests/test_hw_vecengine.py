@@ -1,4 +1,4 @@
-"""Amaranth-simulator tests of the vector engine's units (fpqvar_hw.vector) against the golden
+"""Amaranth-simulator tests of the vector engine's units (fpqvar_hw.units.vector) against the golden
 model: FDot (rows ended by ``last``), Residual, Softmax with runtime row lengths.
 
 Bit-exact comparisons (``==`` on FP32 bit patterns), random input gaps and output
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from fpqvar_hw.vector import FDot, Residual, Softmax
+from fpqvar_hw.units.vector import FDot, Residual, Softmax
 from fpqvar_quant.golden import fp32 as g
 from fpqvar_quant.golden import vector as v
 from fpqvar_quant.golden.attention import tree_last
@@ -134,8 +134,10 @@ def test_vecengine_interface():
     from amaranth.hdl import Shape
     from amaranth.lib import wiring
 
-    from fpqvar_hw import axi, isa
-    from fpqvar_hw.vecengine import VectorEngine
+    from fpqvar_hw.engines import axi
+
+    from fpqvar_hw import isa
+    from fpqvar_hw.engines.vecengine import VectorEngine
 
     eng = VectorEngine(C=128, max_kv=64, P=8)
     eng._MustUse__silence = True        # only the signature is inspected
@@ -230,8 +232,8 @@ def test_kv6_engine_matches_isa_sim():
     ``isa_sim.vec`` byte for byte over the whole DRAM image, instruction by
     instruction, with random AXI pauses; the output equals golden attention over the
     kv_encode'd caches."""
-    from fpqvar_hw import isa_sim
-    from fpqvar_hw.vecengine import VectorEngine
+    from fpqvar_hw.host import isa_sim
+    from fpqvar_hw.engines.vecengine import VectorEngine
     from fpqvar_quant.golden.attention import attention, kv_decode, kv_encode
 
     mem, ins, meta = kv6_attention_program(7)
@@ -255,7 +257,7 @@ def test_kv6_ops_without_kv6_hardware_are_error_5():
     """An engine built without KV6 (the FP16-only design) rejects KVQ6 and FDOT with
     B_KV6 with error 5 before any DRAM access, and still runs the next instruction."""
     from fpqvar_hw.isa import ErrorCode, Operand, Vec, VecSubop
-    from fpqvar_hw.vecengine import VectorEngine
+    from fpqvar_hw.engines.vecengine import VectorEngine
 
     mem, ins, _ = kv6_attention_program(8)
     fdot = ins[3]

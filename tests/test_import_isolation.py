@@ -65,14 +65,14 @@ def violations(path: Path) -> list[str]:
 
 #: host-side fpqvar_hw modules and the fpqvar_quant modules (prefixes) each may use
 HOST_MODULES = {
-    "isa_sim.py": ("fpqvar_quant.golden",),
-    "compiler.py": ("fpqvar_quant.golden", "fpqvar_quant.ptq.package"),
-    "driver.py": ("fpqvar_quant",),
+    "host/isa_sim.py": ("fpqvar_quant.golden",),
+    "host/compiler.py": ("fpqvar_quant.golden", "fpqvar_quant.ptq.package"),
+    "host/driver.py": ("fpqvar_quant",),
 }
 
 
 def _allowed(path: Path, module: str) -> bool:
-    prefixes = HOST_MODULES.get(path.name, ()) if path.parent.name == "fpqvar_hw" else ()
+    prefixes = HOST_MODULES.get(path.relative_to(ROOT / "fpqvar_hw").as_posix(), ())
     return any(module == p or module.startswith(p + ".") for p in prefixes)
 
 

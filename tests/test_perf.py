@@ -4,9 +4,9 @@ import math
 import pytest
 
 from fpqvar_hw.config import get_preset
-from fpqvar_hw.perf import (MODELS, UnitTiming, evaluate, gemm_shapes, passes, pipeline_ablation,
+from fpqvar_hw.flow.perf import (MODELS, UnitTiming, evaluate, gemm_shapes, passes, pipeline_ablation,
                             throughput_markdown, throughput_report, unit_timings, weight_bytes)
-from fpqvar_hw.platform import VCK190
+from fpqvar_hw.flow.platform import VCK190
 
 W4 = get_preset("w4a4")
 
@@ -133,7 +133,7 @@ def test_report_and_markdown():
 
 # ------------------------------------------------------------------ the as-built top model
 # Hand-checked cases of perf.gemm_cost / vec_cost / schedule_top (docs/build.md, "As-built").
-from fpqvar_hw import perf  # noqa: E402
+from fpqvar_hw.flow import perf  # noqa: E402
 from fpqvar_hw.isa import VecSubop  # noqa: E402
 
 DIG = W4.replace(tm=2, tn=2, lanes=32, quant_lanes=8)     # the top the co-simulation runs
@@ -144,9 +144,9 @@ def _b(cfg=DIG, C=128):
 
 
 def test_top_build_reads_latencies_from_the_units():
-    from fpqvar_hw.hadamard import LATENCY_AFTER_LAST as HAD
-    from fpqvar_hw.quantizer import LATENCY_AFTER_LAST as QUANT
-    from fpqvar_hw.vector import Elementwise, FDot, Func, Residual
+    from fpqvar_hw.units.hadamard import LATENCY_AFTER_LAST as HAD
+    from fpqvar_hw.units.quantizer import LATENCY_AFTER_LAST as QUANT
+    from fpqvar_hw.units.vector import Elementwise, FDot, Func, Residual
     b = _b()
     assert (b.lat["had"], b.lat["quant"]) == (HAD, QUANT)
     assert b.lat["gelu"] == b.lat["gap_GELU"] == Elementwise(Func.GELU).latency
@@ -274,7 +274,7 @@ def test_step_program_shape_and_sync():
 
 
 def test_as_built_top_is_slower_than_the_planned_design_and_reported():
-    from fpqvar_hw.platform import VCK190
+    from fpqvar_hw.flow.platform import VCK190
     r = perf.evaluate_top("d16", W4, VCK190)
     assert len(r.steps) == 10 and all(s.cycles > 0 for s in r.steps)
     plan = evaluate("d16", W4, VCK190).images_per_s

@@ -2,7 +2,7 @@
 
 Each existing streaming unit is driven at full rate (input always valid, output
 always ready) and the cycles from the first input handshake to the last output
-(inclusive) are counted; :meth:`fpqvar_hw.perf.UnitTiming.cycles`, built from
+(inclusive) are counted; :meth:`fpqvar_hw.flow.perf.UnitTiming.cycles`, built from
 the unit's own manifest / latency exactly as ``build.py`` builds it, must predict
 them within 10 %.  Units not in the tree yet are skipped with the reason.
 Payload bits are drawn with an explicit seed (in the test id); timing does not
@@ -18,7 +18,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from fpqvar_hw.config import get_preset
-from fpqvar_hw.perf import component_manifest, unit_timings
+from fpqvar_hw.flow.perf import component_manifest, unit_timings
 
 from .test_golden_block import digits_fpqvar  # noqa: F401  (session fixture: the package)
 
@@ -69,15 +69,15 @@ def _check(predicted: int, measured: int) -> None:
         f"model predicts {predicted} cycles, simulation measured {measured}"
 
 
-@pytest.mark.skipif(not _have("fpqvar_hw.dot"), reason="fpqvar_hw.dot not in the tree yet")
+@pytest.mark.skipif(not _have("fpqvar_hw.units.dot"), reason="fpqvar_hw.units.dot not in the tree yet")
 @pytest.mark.parametrize("seed, group_size, lanes, groups_per_dot, dots, dfq", [
     (1, 32, 8, 2, 3, False),
     (2, 32, 32, 4, 2, False),
     (3, 64, 16, 1, 5, True),
 ])
 def test_dot_cycles(seed, group_size, lanes, groups_per_dot, dots, dfq):
-    from fpqvar_hw.dot import GroupDot
-    from fpqvar_hw.multiplier import MulPair
+    from fpqvar_hw.units.dot import GroupDot
+    from fpqvar_hw.units.multiplier import MulPair
     dut = GroupDot(pair=MulPair.E2M1_E2M1, group_size=group_size, lanes=lanes, dfq=dfq)
     cfg = get_preset("w4a4").replace(group_size=group_size, lanes=lanes, quant_lanes=lanes)
     timing = unit_timings(cfg, {"dot": component_manifest(dut)})["dot"]
@@ -101,14 +101,14 @@ def test_dot_cycles(seed, group_size, lanes, groups_per_dot, dots, dfq):
     _check(predicted, measured)
 
 
-@pytest.mark.skipif(not _have("fpqvar_hw.quantizer"), reason="fpqvar_hw.quantizer not in the tree")
+@pytest.mark.skipif(not _have("fpqvar_hw.units.quantizer"), reason="fpqvar_hw.units.quantizer not in the tree")
 @pytest.mark.parametrize("seed, fmt, group_size, lanes, groups", [
     (11, "e2m1fn", 32, 8, 6),
     (12, "dfq4", 64, 16, 5),
     (13, "int4", 32, 32, 8),
 ])
 def test_quantizer_cycles(seed, fmt, group_size, lanes, groups):
-    from fpqvar_hw.quantizer import Quantizer
+    from fpqvar_hw.units.quantizer import Quantizer
     dut = Quantizer(format=fmt, group_size=group_size, lanes=lanes)
     cfg = get_preset("w4a4").replace(group_size=group_size, lanes=lanes, quant_lanes=lanes)
     timing = unit_timings(cfg, {"quantizer": component_manifest(dut)})["quantizer"]
@@ -128,10 +128,10 @@ def test_quantizer_cycles(seed, fmt, group_size, lanes, groups):
     _check(predicted, measured)
 
 
-@pytest.mark.skipif(not _have("fpqvar_hw.hadamard"), reason="fpqvar_hw.hadamard not in the tree")
+@pytest.mark.skipif(not _have("fpqvar_hw.units.hadamard"), reason="fpqvar_hw.units.hadamard not in the tree")
 @pytest.mark.parametrize("seed, lanes, groups", [(21, 16, 4), (22, 32, 6)])
 def test_hadamard_cycles(seed, lanes, groups):
-    from fpqvar_hw.hadamard import GroupHadamard
+    from fpqvar_hw.units.hadamard import GroupHadamard
     dut = GroupHadamard(lanes=lanes)
     cfg = get_preset("w4a4").replace(quant_lanes=lanes, lanes=min(lanes, 128))
     timing = unit_timings(cfg, {"hadamard": component_manifest(dut)})["hadamard"]
@@ -162,7 +162,7 @@ def _top_tb_doc(cycles=(9000, 20000, 41000, 70000)):
 
 
 def _driver_doc(backend="rtl", cycles=(9000, 20000, 41000, 70000)):
-    """fpqvar_hw.driver.write_cycles_json schema (format version 1)."""
+    """fpqvar_hw.host.driver.write_cycles_json schema (format version 1)."""
     from fpqvar_hw.config import get_preset
     dev = get_preset("w4a4").replace(tm=2, tn=2, quant_lanes=8).as_dict()
     kv = 0
@@ -190,7 +190,7 @@ def _write(tmp_path, doc, name="cycles.json"):
 
 @pytest.mark.parametrize("schema", ["top_tb", "driver"])
 def test_sim_cycles_load_both_schemas_and_compare_per_step(tmp_path, schema):
-    from fpqvar_hw import perf
+    from fpqvar_hw.flow import perf
     doc = _top_tb_doc() if schema == "top_tb" else _driver_doc()
     sim = perf.load_sim_cycles(_write(tmp_path, doc))
     assert sim.model is perf.DIGITS and sim.rows == 2 and sim.config.batch == 1
@@ -228,7 +228,7 @@ def test_sim_cycles_load_both_schemas_and_compare_per_step(tmp_path, schema):
                                  "cycles": 5}]}, "step 1 with 9 tokens is not a step"),
 ])
 def test_sim_cycles_bad_files_say_what_to_do(tmp_path, doc, msg):
-    from fpqvar_hw import perf
+    from fpqvar_hw.flow import perf
     with pytest.raises(ValueError, match=msg):
         perf.load_sim_cycles(_write(tmp_path, doc))
     with pytest.raises(ValueError, match="no such file"):
@@ -265,7 +265,7 @@ def test_committed_cycle_files_exist():
 
 @pytest.mark.parametrize("path", TOP_CYCLES, ids=lambda p: p.stem)
 def test_as_built_model_matches_the_simulated_top(path):
-    from fpqvar_hw import perf
+    from fpqvar_hw.flow import perf
     cmp = perf.compare_to_sim(perf.load_sim_cycles(path))
     for s in cmp["steps"]:
         assert s["instructions"]["predicted"] == s["instructions"]["simulated"], s
@@ -277,12 +277,12 @@ def test_as_built_model_matches_the_simulated_top(path):
 
 
 def test_step_program_equals_the_compilers(digits_fpqvar):  # noqa: F811
-    """perf.top_step_program (shape level, no package) is what fpqvar_hw.compiler emits:
+    """perf.top_step_program (shape level, no package) is what fpqvar_hw.host.compiler emits:
     same instruction sequence, GEMM shapes and flags, VEC sub-ops and loop counts, sync."""
     from fpqvar_quant.ptq.package import load_package
 
-    from fpqvar_hw import perf
-    from fpqvar_hw.compiler import Compiler
+    from fpqvar_hw.flow import perf
+    from fpqvar_hw.host.compiler import Compiler
     from fpqvar_hw.isa import Gemm, GemmFlag, Halt
     pkg = load_package(digits_fpqvar[1])
     m = perf.DIGITS

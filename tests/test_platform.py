@@ -3,7 +3,7 @@ import dataclasses
 
 import pytest
 
-from fpqvar_hw.platform import (PLATFORMS, VCK190, VERILOG, Platform, get_platform,
+from fpqvar_hw.flow.platform import (PLATFORMS, VCK190, VERILOG, Platform, get_platform,
                                 platform_names, register_platform)
 
 

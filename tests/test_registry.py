@@ -1,4 +1,4 @@
-"""fpqvar_hw.registry: pending units and variants are reported with their reason, never faked."""
+"""fpqvar_hw.flow.registry: pending units and variants are reported with their reason, never faked."""
 from __future__ import annotations
 
 import importlib.util
@@ -6,7 +6,7 @@ import importlib.util
 import pytest
 
 from fpqvar_hw.config import get_preset
-from fpqvar_hw.registry import (TOP_INSTANCE, UNITS, TopShape, UnitSpec, Variant, resolve_units,
+from fpqvar_hw.flow.registry import (TOP_INSTANCE, UNITS, TopShape, UnitSpec, Variant, resolve_units,
                                 top_shape)
 
 
@@ -39,7 +39,7 @@ def test_missing_module_unservable_unit_and_refusing_variant_are_pending():
 def test_w6a6_dfq6_quantizer_is_built_and_missing_fc2_arithmetic_is_pending():
     """dfq6 (W6A6 FC2 input): the quantizer RTL exists; the int6 x e2m3fn products and the
     dual-grid dot cell are pending with a reason exactly when the RTL lacks them."""
-    from fpqvar_hw.multiplier import MulPair
+    from fpqvar_hw.units.multiplier import MulPair
     v = _variants("w6a6")
     q = v["quantizer_dfq6_g128_l32"]
     assert q.pending is None and q.factory().manifest()["config"]["format"] == "dfq6"
@@ -59,7 +59,7 @@ def test_w6a6_dfq6_quantizer_is_built_and_missing_fc2_arithmetic_is_pending():
 def test_mxfp4_quantizer_has_e8m0_scales_and_the_dot_side_is_pending_until_it_does():
     import inspect
 
-    from fpqvar_hw.dot import GroupDot
+    from fpqvar_hw.units.dot import GroupDot
     v = _variants("mxfp4")
     q = v["quantizer_e2m1fn_g32_l32_e8m0"]
     assert q.pending is None
@@ -84,13 +84,13 @@ def test_top_shape():
         top_shape("d99")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("fpqvar_hw.top") is None,
-                    reason="fpqvar_hw.top not in the tree yet")
+@pytest.mark.skipif(importlib.util.find_spec("fpqvar_hw.engines.top") is None,
+                    reason="fpqvar_hw.engines.top not in the tree yet")
 def test_top_adapter_builds_the_real_accelerator_for_the_model():
-    """The registry constructs fpqvar_hw.top's Accelerator for the preset and the model's
+    """The registry constructs fpqvar_hw.engines.top's Accelerator for the preset and the model's
     width; a preset its engines cannot serve leaves the top pending with their reason."""
-    from fpqvar_hw import top as top_mod
-    from fpqvar_hw.vivado import check_top_ports
+    from fpqvar_hw.engines import top as top_mod
+    from fpqvar_hw.flow.vivado import check_top_ports
     shape = top_shape("d20")
     res = {r.spec.name: r for r in resolve_units(get_preset("w4a4"), shape=shape)}
     (v,) = res["top"].variants
@@ -112,7 +112,7 @@ def test_w4a4_array_cell_is_the_matrix_engines_dual_mode_cell():
     modes in one unit) when dot.py has it; the unused plain cell is then not emitted."""
     import inspect
 
-    from fpqvar_hw.dot import GroupDot
+    from fpqvar_hw.units.dot import GroupDot
     v = _variants("w4a4")
     counted = [x for x in v.values() if x.instance.startswith("dot_") and x.count]
     assert len(counted) == 1 and counted[0].count == 16 * 8

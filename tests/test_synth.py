@@ -1,4 +1,4 @@
-"""fpqvar_hw.synth: result parsing (fast) and real Yosys runs (slow): the
+"""fpqvar_hw.flow.synth: result parsing (fast) and real Yosys runs (slow): the
 e2m1 x e2m1 magnitude table fits in 8 LUTs and an e2m1 MAC lane costs fewer
 LUTs than an int4 lane built the same way."""
 from __future__ import annotations
@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from fpqvar_hw.dot import GroupDot
-from fpqvar_hw.multiplier import MagnitudeCore, MulPair, MulVariant
-from fpqvar_hw.synth import SynthResult, synthesize
+from fpqvar_hw.units.dot import GroupDot
+from fpqvar_hw.units.multiplier import MagnitudeCore, MulPair, MulVariant
+from fpqvar_hw.flow.synth import SynthResult, synthesize
 
 
 def test_result_properties():

@@ -1,4 +1,4 @@
-"""Golden model of the FP32/FP16 building blocks (``fpqvar_hw.fpu``).
+"""Golden model of the FP32/FP16 building blocks (``fpqvar_hw.units.fpu``).
 
 Every function takes and returns IEEE bit patterns (``uint32`` for FP32,
 ``uint16`` for FP16) as numpy arrays, and implements exactly the policy of

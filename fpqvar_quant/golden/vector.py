@@ -2,7 +2,7 @@
 
 Every function here is a fixed sequence of IEEE FP32 operations (each one
 correctly rounded, round to nearest even, subnormals kept: what
-``numpy.float32`` computes and what ``fpqvar_hw.fpu`` builds) plus integer bit
+``numpy.float32`` computes and what ``fpqvar_hw.units.fpu`` builds) plus integer bit
 manipulation of FP32 encodings and small tables.  That sequence *is* the
 definition (``docs/numerics.md`` section 4); the RTL performs the same
 operations in the same order, and ``fpqvar_quant.approx`` runs the very same

@@ -2,15 +2,15 @@
 of group dot-product cells.
 
 Per instruction (fields: :class:`fpqvar_hw.isa.Gemm`), exactly
-``fpqvar_hw.isa_sim.gemm``: for each block of ``tm`` activation rows, every FP32
+``fpqvar_hw.host.isa_sim.gemm``: for each block of ``tm`` activation rows, every FP32
 row is read from DRAM, converted to FP16 (RNE, overflow to Inf;
-:class:`~fpqvar_hw.fpu.FPUnit` CONVERT), optionally rotated by the group
+:class:`~fpqvar_hw.units.fpu.FPUnit` CONVERT), optionally rotated by the group
 Hadamard unit (flag HAD; signs from ``signs_addr``), group-quantized
-(:class:`~fpqvar_hw.quantizer.Quantizer`: sub-op 0 the plain activation format,
+(:class:`~fpqvar_hw.units.quantizer.Quantizer`: sub-op 0 the plain activation format,
 sub-op 1 the DFQ format) and stored as codes + scales in the on-chip activation
 buffer.  The packed weights (:func:`fpqvar_hw.isa.pack_gemm_weights`) then
 stream through the array: cell ``(i, j)`` computes the dot product of block row
-``i`` with feature ``nb*tn + j`` (:class:`~fpqvar_hw.dot.GroupDot`, dual-mode:
+``i`` with feature ``nb*tn + j`` (:class:`~fpqvar_hw.units.dot.GroupDot`, dual-mode:
 plain e2m1fn or DFQ activations, selected per instruction).  With flag BIAS one
 FP32 add (RNE) adds ``bias[f]``; results go to ``out_addr + r*out_stride + 4*f``
 (rows ``>= M`` and padded features ``>= N`` are never written).
@@ -51,7 +51,7 @@ latency 8, no gaps): M=16, K=128, N=384 with HAD and BIAS takes 24,727 cycles
 with the fine pipeline (the formula gives 24,576) and 98,623 without.
 
 Dataflow note: row blocks are the outer loop and every row block rereads all
-the weights (``ceil(M/tm)`` weight passes per GEMM).  ``fpqvar_hw.perf`` models
+the weights (``ceil(M/tm)`` weight passes per GEMM).  ``fpqvar_hw.flow.perf`` models
 weights streamed once per GEMM while the quantized rows of a step stay in an
 ``act_buffer_kib`` buffer; matching it needs a weight-tile buffer (feature
 blocks outer, row blocks inner) and a drain that writes a row per cycle.
@@ -84,14 +84,16 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
-from . import axi, isa
-from .config import AcceleratorConfig, ElementFormat, ScaleFormat
-from .dot import GroupDot
-from .fpu import FP16, FP32, FPOp, FPUnit, add_front, float_layout
-from .hadamard import LATENCY_AFTER_LAST as HAD_LATENCY, GroupHadamard
-from .multiplier import MulPair
-from .quantizer import LATENCY_AFTER_LAST as QUANT_LATENCY, Quantizer
-from .vector import Dataflow, Val
+from . import axi
+
+from .. import isa
+from ..config import AcceleratorConfig, ElementFormat, ScaleFormat
+from ..units.dot import GroupDot
+from ..units.fpu import FP16, FP32, FPOp, FPUnit, add_front, float_layout
+from ..units.hadamard import LATENCY_AFTER_LAST as HAD_LATENCY, GroupHadamard
+from ..units.multiplier import MulPair
+from ..units.quantizer import LATENCY_AFTER_LAST as QUANT_LATENCY, Quantizer
+from ..units.vector import Dataflow, Val
 
 __all__ = ["MatrixEngine", "check_config", "SUPPORTED_PRESETS", "JOB_LAYOUT"]
 

@@ -22,8 +22,10 @@ from amaranth.hdl import Module, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from . import axi, isa
-from .config import AcceleratorConfig, KVFormat
+from . import axi
+
+from .. import isa
+from ..config import AcceleratorConfig, KVFormat
 from .control import Controller, EngineLink
 from .matrix import MatrixEngine
 from .vecengine import VectorEngine

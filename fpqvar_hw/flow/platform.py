@@ -5,7 +5,7 @@ Amaranth 0.5's ``XilinxPlatform`` does not recognise Versal parts (it files
 project keeps its own, deliberately small description: what the build needs to
 size the accelerator (programmable-logic budget), to predict throughput (clock,
 DRAM bandwidth) and to write vendor collateral (part number, I/O).  Nothing here
-drives a vendor tool; :mod:`fpqvar_hw.vivado` only *generates* Tcl/XDC.
+drives a vendor tool; :mod:`fpqvar_hw.flow.vivado` only *generates* Tcl/XDC.
 
 Adding a board is one :class:`Platform` literal plus :func:`register_platform`
 (see ``docs/build.md``).
@@ -28,7 +28,7 @@ class Platform:
     description: one line for ``--help`` and the reports.
     part: full FPGA part number, or ``None`` for a vendor-neutral target.
     family: ``"versal"``, ``"ultrascale+"`` or ``"generic"``; selects the
-        Vivado collateral (:mod:`fpqvar_hw.vivado` writes it for ``"versal"`` only).
+        Vivado collateral (:mod:`fpqvar_hw.flow.vivado` writes it for ``"versal"`` only).
     lut, ff, dsp, bram36, uram: programmable-logic budget (LUT6, flip-flops,
         DSP slices, 36 Kb block RAMs, 288 Kb UltraRAMs); ``None`` = unbounded
         (no fit check).
@@ -82,7 +82,7 @@ class Platform:
 
     @property
     def budget(self) -> dict[str, int | None]:
-        """Resource budget keyed like :class:`fpqvar_hw.resources` reports (LUT, FF, ...)."""
+        """Resource budget keyed like :class:`fpqvar_hw.flow.resources` reports (LUT, FF, ...)."""
         return {"LUT": self.lut, "FF": self.ff, "DSP": self.dsp, "BRAM36": self.bram36,
                 "URAM": self.uram}
 

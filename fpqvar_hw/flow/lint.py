@@ -1,7 +1,7 @@
 """Verilator lint of the emitted Verilog.
 
 Every emitted file is checked with ``verilator --lint-only -Wall`` plus the one
-waiver file :data:`WAIVERS` (``fpqvar_hw/lint_waivers.vlt``, each waiver explained
+waiver file :data:`WAIVERS` (``fpqvar_hw/flow/lint_waivers.vlt``, each waiver explained
 there).  A warning that survives the waivers is reported by file and line; the
 build summary counts them, it does not hide them.
 

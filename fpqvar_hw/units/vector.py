@@ -3,7 +3,7 @@
 Each function is the exact operation sequence that ``docs/numerics.md``
 section 4 and the golden model ``fpqvar_quant.golden.vector`` define (same
 operations, same order, same constants and tables): every FP operation is one
-:mod:`fpqvar_hw.fpu` front end followed by the shared :class:`~fpqvar_hw.fpu.RoundPack`,
+:mod:`fpqvar_hw.units.fpu` front end followed by the shared :class:`~fpqvar_hw.units.fpu.RoundPack`,
 each registered, so results are bit-identical to the golden model.
 
 :class:`Dataflow` schedules such a sequence into a pipeline: every value carries

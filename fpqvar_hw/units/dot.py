@@ -2,9 +2,9 @@
 
 Arithmetic (``docs/numerics.md`` section 3, "Products and group accumulation", golden model
 ``fpqvar_quant.golden.dot``): per group of ``G`` elements the exact code
-products (:mod:`fpqvar_hw.multiplier`) are summed exactly by a registered
+products (:mod:`fpqvar_hw.units.multiplier`) are summed exactly by a registered
 adder tree into the integer ``S``; the group result is
-``g = RNE_fp32(S * 2^L * s_a * s_w)`` (one rounding, :mod:`fpqvar_hw.fp32`);
+``g = RNE_fp32(S * 2^L * s_a * s_w)`` (one rounding, :mod:`fpqvar_hw.units.fp32`);
 the dot product is ``acc = RNE_fp32(acc + g)`` over its groups in order,
 starting from +0.0.  DFQ activations give two integer sums (positive grid
 e2m1fn x e2m1fn, units 2^-2; negative grid e1m2fn x e2m1fn, units 2^-3) and
@@ -54,7 +54,7 @@ class GroupDot(wiring.Component):
     Ports
     -----
     ``i``: stream of beats, ``StructLayout``:
-      ``a``: ``lanes`` activation codes (:func:`~fpqvar_hw.multiplier.code_layout`
+      ``a``: ``lanes`` activation codes (:func:`~fpqvar_hw.units.multiplier.code_layout`
       of ``pair.fmt_a``, or :func:`dfq_code_layout` with ``dfq=True``);
       ``w``: ``lanes`` weight codes; ``s_a``, ``s_w`` (and ``s_a_neg`` with DFQ):
       FP16 group scales; ``last``: this group ends the dot product.

@@ -10,7 +10,7 @@ Flow the files describe (Vivado 2023.2 or later, VCK190 board files installed):
 1. ``package_ip.tcl``: a project with ``rtl/fpqvar_top.v`` (the accelerator top,
    every unit inside it) as top, ``ipx::package_project`` into ``ip_repo/``, then
    the bus interfaces declared *explicitly*, port by port, from the top's ports
-   (docs/top.md, ``fpqvar_hw/axi.py``): ``m_axi`` AXI4 master (128-bit data,
+   (docs/top.md, ``fpqvar_hw/engines/axi.py``): ``m_axi`` AXI4 master (128-bit data,
    32-bit addresses, Amaranth names ``m_axi__araddr`` ...), ``s_axil`` AXI4-Lite
    slave (256-byte register map), ``irq`` level-high interrupt, ``clk`` and the
    synchronous active-high ``rst`` of Amaranth's ``sync`` domain.  Explicit maps
@@ -50,12 +50,12 @@ CLOCK, RESET, IRQ = "clk", "rst", "irq"
 
 
 def contract_ports() -> list[dict]:
-    """The top's ports as docs/top.md defines them, from ``fpqvar_hw/axi.py``'s signatures
+    """The top's ports as docs/top.md defines them, from ``fpqvar_hw/engines/axi.py``'s signatures
     (directions seen from the top): ``m_axi__*``, ``s_axil__*``, ``irq``, ``clk``, ``rst``."""
     from amaranth.hdl import Shape
     from amaranth.lib import wiring
 
-    from .axi import AXI4Signature, AXILiteSignature
+    from ..engines.axi import AXI4Signature, AXILiteSignature
     ports = []
     for prefix, sig, flip in (("m_axi", AXI4Signature(), False), ("s_axil", AXILiteSignature(), True)):
         for path, member in sig.members.flatten():
@@ -79,7 +79,7 @@ def check_top_ports(ports: list[dict]) -> None:
             bad.append(f"{p['name']} is {q['dir']} {q['width']} bit(s), contract {p['dir']} "
                        f"{p['width']}")
     if bad:
-        raise ValueError("the top's ports do not match docs/top.md / fpqvar_hw/axi.py: "
+        raise ValueError("the top's ports do not match docs/top.md / fpqvar_hw/engines/axi.py: "
                          + "; ".join(bad))
 
 
@@ -137,7 +137,7 @@ def _header(title: str, platform: Platform, top_exists: bool) -> str:
            "tree, or --no-top; see summary.md): fpqvar_top.v is NOT in rtl/, so this script "
            "cannot run until a build emits it")
     return (f"# {title}\n# Platform {platform.name}: {platform.part}\n# {NOT_RUN_NOTE}\n"
-            f"# Status: {top}.\n# Written by fpqvar build.py (fpqvar_hw/vivado.py).\n")
+            f"# Status: {top}.\n# Written by fpqvar build.py (fpqvar_hw/flow/vivado.py).\n")
 
 
 def package_ip_tcl(platform: Platform, top_exists: bool, ports: list[dict] | None = None) -> str:

@@ -15,7 +15,7 @@ Micro-architecture (no divider anywhere):
    from a multiplication by the constant ``ceil(2^K / F)`` (exact for every
    11-bit ``Ma``, Granlund-Montgomery; the unit test checks all of them), the
    remainder's non-zeroness gives the sticky bit, and the shared
-   :class:`fpqvar_hw.fpu.RoundPack` rounds once.  ``A > 0`` rounding to 0 gives
+   :class:`fpqvar_hw.units.fpu.RoundPack` rounds once.  ``A > 0`` rounding to 0 gives
    ``2^-24``.  Then each midpoint threshold ``T_j = s * mid_j`` (exact: 11-bit
    significand times a small constant) is reduced to a 16-bit *key*
    ``V_j = floor16(T_j)`` (even ``j``) or ``ceil16(T_j) - 1`` (odd ``j``), where

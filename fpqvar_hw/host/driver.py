@@ -21,8 +21,8 @@ bit for bit (``tests/test_driver.py``).
 
 Backends:
 
-* :class:`GoldenBackend`: the compiled programs (``fpqvar_hw.compiler``) run by
-  the instruction-level reference executor ``fpqvar_hw.isa_sim`` on a numpy DRAM;
+* :class:`GoldenBackend`: the compiled programs (``fpqvar_hw.host.compiler``) run by
+  the instruction-level reference executor ``fpqvar_hw.host.isa_sim`` on a numpy DRAM;
 * :class:`RtlBackend`: the same programs and DRAM image on the simulated RTL top
   (inside a cocotb test: cocotbext-axi ``AxiRam`` + ``AxiLiteMaster``), with the
   perf registers read after every step;
@@ -32,9 +32,9 @@ Backends:
 The run loop :func:`generate` is ``async`` so the same code drives the cocotb
 test and the plain Python backends (``asyncio.run``).
 
-Command line (``python -m fpqvar_hw.driver --help``)::
+Command line (``python -m fpqvar_hw.host.driver --help``)::
 
-    python -m fpqvar_hw.driver --backend golden --seed 0 --class 3 --out build/tiny-image
+    python -m fpqvar_hw.host.driver --backend golden --seed 0 --class 3 --out build/tiny-image
 
 writes ``tokens.json``, ``device.png``, ``fp32.png``, ``fakequant.png``,
 ``side_by_side.png`` and ``cycles.json`` into ``--out``; ``--backend rtl`` runs
@@ -59,7 +59,7 @@ __all__ = ["DEFAULT_PRESET", "PackageSettings", "build_package", "HostModel", "S
            "BlockBackend", "TorchBlocksBackend", "DeviceBackend", "GoldenBackend", "RtlBackend",
            "Sampling", "ImageRun", "generate", "write_cycles_json", "main"]
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "build" / "tiny-image"
 #: The W4A4 FPQVAR preset (DFQ on the FC2 input, GHT on QKV/FC1, GALT folded into adaLN;
 #: FP16 KV cache, which is what the accelerator's attention implements).
@@ -153,7 +153,7 @@ def _check_package_matches(manifest: dict[str, Any], var: Any, where: Path) -> N
     if diff:
         raise ValueError(f"package {where} was made for another model: "
                          + ", ".join(f"{k} {a} (package) != {b} (digits VAR)" for k, (a, b) in diff.items())
-                         + "; rebuild it with `python -m fpqvar_hw.driver --rebuild-package`")
+                         + "; rebuild it with `python -m fpqvar_hw.host.driver --rebuild-package`")
 
 
 def load_package_checked(package: Path) -> Any:
@@ -417,14 +417,14 @@ class DeviceError(RuntimeError):
 def device_config(preset: str = "w4a4", *, coarse: bool = True, fine: bool = True, **overrides: Any) -> Any:
     """The accelerator config the programs are compiled for (``fpqvar_hw.config`` preset with
     the pipeline switches and any field overrides, e.g. the RTL top's ``lanes``/``tn``/``tm``)."""
-    from .config import get_preset
+    from ..config import get_preset
 
     return get_preset(preset).replace(coarse_pipeline=bool(coarse), fine_pipeline=bool(fine), **overrides)
 
 
 class DeviceBackend(BlockBackend):
     """The accelerator contract (``docs/top.md``) seen from the host, with the DRAM image
-    and programs of :class:`fpqvar_hw.compiler.Compiler`:
+    and programs of :class:`fpqvar_hw.host.compiler.Compiler`:
 
     * once: the static image (packed weights, scales, biases, signs, temperatures);
     * per image (:meth:`begin`): every block's adaLN vectors ``[R, 6, C]`` at
@@ -442,7 +442,7 @@ class DeviceBackend(BlockBackend):
 
     def __init__(self, pkg: Any, *, rows: int, coarse: bool = True, fine: bool = True,
                  config: Any = None, dram_base: int = 0, max_kv: int | None = None) -> None:
-        from . import isa
+        from .. import isa
         from .compiler import Compiler
 
         self.coarse, self.fine = bool(coarse), bool(fine)
@@ -511,7 +511,7 @@ class DeviceBackend(BlockBackend):
 
 class GoldenBackend(DeviceBackend):
     """The compiled programs on the instruction-level reference executor
-    (:func:`fpqvar_hw.isa_sim.execute`) over a numpy :class:`fpqvar_hw.isa_sim.Dram`.
+    (:func:`fpqvar_hw.host.isa_sim.execute`) over a numpy :class:`fpqvar_hw.host.isa_sim.Dram`.
     Counts instructions (``PC``); it has no cycle counters."""
 
     name = "golden"
@@ -542,7 +542,7 @@ class GoldenBackend(DeviceBackend):
 
 
 class RtlBackend(DeviceBackend):
-    """The compiled programs on the simulated RTL top (``fpqvar_hw.top.Accelerator``),
+    """The compiled programs on the simulated RTL top (``fpqvar_hw.engines.top.Accelerator``),
     inside a cocotb test.
 
     The DRAM is a cocotbext-axi ``AxiRam`` on the top's ``m_axi`` (written and read by
@@ -576,19 +576,19 @@ class RtlBackend(DeviceBackend):
         return bytes(self.ram.read(addr, n))
 
     async def _reg_write(self, name: str, value: int) -> None:
-        from .isa import REGS
+        from ..isa import REGS
 
         await self.axil.write_dword(REGS[name], int(value) & 0xFFFFFFFF)
 
     async def _reg_read(self, name: str) -> int:
-        from .isa import REGS
+        from ..isa import REGS
 
         return int(await self.axil.read_dword(REGS[name]))
 
     async def run_program(self, prog_addr: int) -> StepPerf:
         from cocotb.triggers import ClockCycles, First, RisingEdge
 
-        from . import isa
+        from .. import isa
 
         t0 = time.perf_counter()
         await self._reg_write("PROG_ADDR", prog_addr)
@@ -865,7 +865,7 @@ BACKENDS = ("golden", "golden-block", "rtl")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m fpqvar_hw.driver",
+        prog="python -m fpqvar_hw.host.driver",
         description="Generate one image of the shipped tiny digits VAR with the transformer blocks on "
                     "the accelerator (golden: compiled programs on the instruction-level reference "
                     "executor; golden-block: the bit-exact numpy block model without the ISA; rtl: the "

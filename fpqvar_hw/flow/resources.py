@@ -6,19 +6,19 @@ are UltraScale+ mappings and DSP counts are DSP48E2 slices (a DSP58 does at
 least as much).  Every report says so.
 
 The accelerator is far too large to synthesise on two cores in minutes, so the
-total is *per unit x instance count* (:class:`~fpqvar_hw.registry.Variant.count`),
+total is *per unit x instance count* (:class:`~fpqvar_hw.flow.registry.Variant.count`),
 plus on-chip buffers estimated from their sizes (not synthesised, marked so),
 and the units that do not exist yet are listed as missing, never guessed.
 When the accelerator top exists and is small enough it is synthesised too.
 
-Synthesis results are cached by content hash by :mod:`fpqvar_hw.synth` under
+Synthesis results are cached by content hash by :mod:`fpqvar_hw.flow.synth` under
 ``build/synth/``.
 
 Clock estimate from logic depth
 -------------------------------
 Yosys gives no timing for Versal, so the achievable clock is *estimated* from
 the longest register-to-register path of every synthesised unit (``ltp``, see
-:mod:`fpqvar_hw.synth`) with a documented per-level delay model
+:mod:`fpqvar_hw.flow.synth`) with a documented per-level delay model
 (:func:`path_delay_ns`): each path level is classified from the cell it goes
 through as a carry-chain stage (CARRY4/CARRY8, named ``carry`` by the Xilinx
 techmap) or a LUT/MUXF/DSP level, and
@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from .config import AcceleratorConfig
+from ..config import AcceleratorConfig
 from .platform import Platform
 
 __all__ = ["KEYS", "SynthJob", "synth_available", "run_synth_jobs", "buffer_estimate",
@@ -57,7 +57,7 @@ __all__ = ["KEYS", "SynthJob", "synth_available", "run_synth_jobs", "buffer_esti
 KEYS = ("LUT", "FF", "DSP", "CARRY", "BRAM36", "URAM")
 FLOW_NOTE = ("Yosys synth_xilinx -family xcup (UltraScale+ mapping: LUT6, DSP48E2, BRAM36, "
              "URAM288), the closest open flow to Versal; Vivado was not run.")
-SYNTH_MODULE = "fpqvar_hw.synth"
+SYNTH_MODULE = "fpqvar_hw.flow.synth"
 
 
 class FitError(ValueError):
@@ -115,7 +115,7 @@ def fmax_mhz(lut_levels: int, carry_levels: int) -> float:
 
 
 def _result_to_dict(res) -> dict:
-    """Report keys of a :class:`fpqvar_hw.synth.SynthResult` (+ logic depth and the
+    """Report keys of a :class:`fpqvar_hw.flow.synth.SynthResult` (+ logic depth and the
     clock estimate of its longest path)."""
     ltp = Path(res.workdir) / "ltp.txt" if res.workdir else None
     lv = path_levels(ltp.read_text() if ltp is not None and ltp.exists() else "", res.depth)
@@ -153,7 +153,7 @@ def clock_estimate(units: Iterable[Mapping], planning_mhz: float) -> dict:
 
 def run_synth_jobs(jobs: Iterable[SynthJob], *, cache_dir: Path | None = None, workers: int = 2,
                    progress=None) -> dict[str, dict]:
-    """Synthesise every job with ``fpqvar_hw.synth.synthesize`` (which caches by content
+    """Synthesise every job with ``fpqvar_hw.flow.synth.synthesize`` (which caches by content
     hash under ``cache_dir``, default ``build/synth/``); returns instance -> resources,
     or ``{"error": message}`` for a unit whose synthesis failed or timed out.
 

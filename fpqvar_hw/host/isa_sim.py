@@ -50,9 +50,9 @@ from fpqvar_quant.golden import block as _blk
 from fpqvar_quant.golden import fp32 as _fp32
 from fpqvar_quant.golden import vector as _vec
 
-from . import isa
-from .config import AcceleratorConfig, KVFormat, ScaleFormat
-from .isa import ErrorCode, Gemm, GemmSubop, Halt, IsaError, Opcode, Vec, VecSubop
+from .. import isa
+from ..config import AcceleratorConfig, KVFormat, ScaleFormat
+from ..isa import ErrorCode, Gemm, GemmSubop, Halt, IsaError, Opcode, Vec, VecSubop
 
 __all__ = ["Dram", "RunResult", "GemmFormats", "gemm_formats", "gemm", "vec", "execute",
            "fetch_program", "legal_order"]
@@ -299,7 +299,7 @@ def execute(dram: Dram, prog_addr: int, cfg: AcceleratorConfig, *, max_kv: int =
     ``max_kv`` / ``max_ln``: the build's SOFTMAX / LNMOD row limits; ``ln_len``:
     the C of an engine whose LayerNorm unit takes rows of exactly C (RTL builds);
     ``kv6``: the build has the KV6 hardware (KVQ6, FDOT with B_KV6); default: the
-    config's ``kv_format`` is e2m3fn (what :class:`fpqvar_hw.top.Accelerator` builds).
+    config's ``kv_format`` is e2m3fn (what :class:`fpqvar_hw.engines.top.Accelerator` builds).
     ``interleave_seed``: execute the (error-free) program in the order
     :func:`legal_order` draws instead of program order.
     """

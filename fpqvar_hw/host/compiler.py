@@ -50,7 +50,7 @@ engine works on tile t+1 while the vector engine finishes tile t.
 Sync flags: :func:`assign_sync` (exact byte-range RAW/WAR/WAW against the
 instruction that may still run on the other engine).
 
-CLI: ``python -m fpqvar_hw.compiler PACKAGE --out DIR [--preset w4a4] [--param k=v]
+CLI: ``python -m fpqvar_hw.host.compiler PACKAGE --out DIR [--preset w4a4] [--param k=v]
 [--rows 2] [--dram-base 0x0]`` writes ``static.bin``, ``step{i}.bin`` and
 ``layout.json`` (:func:`write_bundle`) for a board driver.
 """
@@ -62,9 +62,9 @@ import numpy as np
 
 from fpqvar_quant.golden import block as _blk
 
-from . import isa
-from .config import AcceleratorConfig, KVFormat
-from .isa import Gemm, GemmFlag, GemmSubop, Halt, Opcode, Operand, Vec, VecFlag, VecSubop
+from .. import isa
+from ..config import AcceleratorConfig, KVFormat
+from ..isa import Gemm, GemmFlag, GemmSubop, Halt, Opcode, Operand, Vec, VecFlag, VecSubop
 from .isa_sim import gemm_formats
 
 __all__ = ["Compiler", "assign_sync", "Region", "write_bundle", "main"]
@@ -520,9 +520,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from fpqvar_quant.ptq.package import load_package
 
-    from .config import apply_overrides, get_preset, preset_names
+    from ..config import apply_overrides, get_preset, preset_names
 
-    p = argparse.ArgumentParser(prog="python -m fpqvar_hw.compiler",
+    p = argparse.ArgumentParser(prog="python -m fpqvar_hw.host.compiler",
                                 description="Compile a quantized model package (fpqvar-quant export) "
                                             "into a DRAM image and one program per scale step.")
     p.add_argument("package", help="package directory (manifest.json + arrays.npz)")

@@ -37,7 +37,7 @@ from pathlib import Path
 
 __all__ = ["SynthResult", "synthesize", "DEFAULT_CACHE", "YosysError"]
 
-DEFAULT_CACHE = Path(__file__).resolve().parents[1] / "build" / "synth"
+DEFAULT_CACHE = Path(__file__).resolve().parents[2] / "build" / "synth"
 _SCRIPT_VERSION = "2"
 
 

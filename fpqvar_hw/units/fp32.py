@@ -1,7 +1,7 @@
-"""The FP32 operations of the group dot-product unit, on top of ``fpqvar_hw.fpu``.
+"""The FP32 operations of the group dot-product unit, on top of ``fpqvar_hw.units.fpu``.
 
-``fpqvar_hw.fpu`` is the project's IEEE-754 library (one shared, verified
-:class:`~fpqvar_hw.fpu.RoundPack` stage; round to nearest even, subnormals
+``fpqvar_hw.units.fpu`` is the project's IEEE-754 library (one shared, verified
+:class:`~fpqvar_hw.units.fpu.RoundPack` stage; round to nearest even, subnormals
 kept, overflow to Inf, canonical NaN ``0x7FC00000``).  This module adds the one
 front end the dot product needs and nothing else:
 

@@ -3,7 +3,7 @@
 :class:`VectorEngine` walks the 4-level loop nest of a VEC instruction, reads
 its FP32 (FDOT: FP32 or FP16 B) operands through three DMA read clients, feeds
 one element per cycle to the unit of the sub-op (all from
-:mod:`fpqvar_hw.vector` / :mod:`fpqvar_hw.fpu`, each bit-exact to its golden
+:mod:`fpqvar_hw.units.vector` / :mod:`fpqvar_hw.units.fpu`, each bit-exact to its golden
 function) and writes the results through one write client.
 
 Data path (one element per cycle when nothing stalls)::
@@ -44,7 +44,7 @@ Data path (one element per cycle when nothing stalls)::
 * **KV6** (``kv6=True`` only; the FP16-only design is unchanged otherwise).  FDOT
   with B_KV6: the gather stage selects B's code byte and maps its low six bits
   through a 64-entry LUT of the e2m3fn values (FP32) and converts C's FP16 scale to
-  FP32 (exact), and one more pipeline stage (:class:`~fpqvar_hw.fpu.FPUnit` MUL,
+  FP32 (exact), and one more pipeline stage (:class:`~fpqvar_hw.units.fpu.FPUnit` MUL,
   2 cycles, every sub-op passes through it in KV6 builds) forms ``value * scale``
   (exact) for B.  KVQ6: :class:`KV6Quantizer` returns one code per element; the
   write side merges the code bytes like other results (byte strobes) and, with a
@@ -66,13 +66,13 @@ Data path (one element per cycle when nothing stalls)::
   0.96 elements/cycle on whole heads (3072 elements), QK^T against the code cache
   0.92, PV 0.54.  ``busy`` is the cycle count the top reports as VEC_CYCLES.
 
-Sub-op -> unit: LNMOD :class:`~fpqvar_hw.vector.LayerNormModulate` (length ``C``);
-RESID :class:`~fpqvar_hw.vector.Residual`; GELU :class:`~fpqvar_hw.vector.Elementwise`;
-L2NT :class:`~fpqvar_hw.vector.L2NormTemperature` (64); SOFTMAX
-:class:`~fpqvar_hw.vector.Softmax` (rows up to ``max_kv``, ended by ``i0 = n0-1``);
-FDOT :class:`~fpqvar_hw.vector.FDot` (B FP16 converted exactly to FP32 first; B_KV6:
-LUT value times scale); CVT16 :class:`~fpqvar_hw.fpu.FPUnit` (CONVERT FP32 -> FP16,
-RNE); KVQ6 :class:`KV6Quantizer` (CONVERT into :class:`~fpqvar_hw.quantizer.Quantizer`
+Sub-op -> unit: LNMOD :class:`~fpqvar_hw.units.vector.LayerNormModulate` (length ``C``);
+RESID :class:`~fpqvar_hw.units.vector.Residual`; GELU :class:`~fpqvar_hw.units.vector.Elementwise`;
+L2NT :class:`~fpqvar_hw.units.vector.L2NormTemperature` (64); SOFTMAX
+:class:`~fpqvar_hw.units.vector.Softmax` (rows up to ``max_kv``, ended by ``i0 = n0-1``);
+FDOT :class:`~fpqvar_hw.units.vector.FDot` (B FP16 converted exactly to FP32 first; B_KV6:
+LUT value times scale); CVT16 :class:`~fpqvar_hw.units.fpu.FPUnit` (CONVERT FP32 -> FP16,
+RNE); KVQ6 :class:`KV6Quantizer` (CONVERT into :class:`~fpqvar_hw.units.quantizer.Quantizer`
 e2m3fn, group 64, one lane).
 """
 from __future__ import annotations
@@ -85,11 +85,11 @@ from amaranth.lib.wiring import In, Out
 
 from fpqvar_quant.formats import get_format
 
-from . import isa
+from .. import isa
 from .axi import DATA_BITS, DATA_BYTES, MAX_BURST, ReadClient, WriteClient
-from .fpu import FP16, FP32, FPOp, FPUnit, RoundPack, convert_front
-from .quantizer import LATENCY_AFTER_LAST, Quantizer
-from .vector import (Elementwise, FDot, Func, L2NormTemperature, LayerNormModulate, Residual,
+from ..units.fpu import FP16, FP32, FPOp, FPUnit, RoundPack, convert_front
+from ..units.quantizer import LATENCY_AFTER_LAST, Quantizer
+from ..units.vector import (Elementwise, FDot, Func, L2NormTemperature, LayerNormModulate, Residual,
                      Softmax)
 
 __all__ = ["VectorEngine", "KV6Quantizer", "KV6_FORMAT"]
@@ -107,8 +107,8 @@ def kv6_decode_table() -> list[int]:
 
 
 class KV6Quantizer(wiring.Component):
-    """KVQ6's unit: FP32 -> FP16 (RNE, :class:`~fpqvar_hw.fpu.FPUnit` CONVERT) into the
-    group quantizer (:class:`~fpqvar_hw.quantizer.Quantizer`, e2m3fn, group
+    """KVQ6's unit: FP32 -> FP16 (RNE, :class:`~fpqvar_hw.units.fpu.FPUnit` CONVERT) into the
+    group quantizer (:class:`~fpqvar_hw.units.quantizer.Quantizer`, e2m3fn, group
     ``isa.KV6_GROUP`` = 64, one lane, FP16 scale): bit-exact
     ``golden.attention.kv_encode(fp16(x), "kv6")`` for consecutive groups of 64.
 

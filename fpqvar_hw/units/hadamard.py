@@ -7,7 +7,7 @@ Numerics: ``docs/numerics.md`` section 3, "Group Hadamard unit"; golden model
 
 computed exactly in fixed point (every FP16 value is an integer multiple of
 2^-24 below 2^40 in magnitude; the 128-term sum needs 48 bits plus sign) and
-rounded once by the shared :class:`fpqvar_hw.fpu.RoundPack`.  No multipliers:
+rounded once by the shared :class:`fpqvar_hw.units.fpu.RoundPack`.  No multipliers:
 butterflies add and subtract, the sign vector flips output signs (``x Had D``,
 the paper's ``H = Had D / sqrt(128)``; a zero stays +0).
 

@@ -18,7 +18,7 @@ unrounded result (:func:`unrounded_layout`: sign, exponent, wide significand,
 sticky, NaN/Inf flags), followed by the one shared :class:`RoundPack` stage that
 normalises, handles the subnormal range, rounds and packs.  :class:`FPUnit`
 wraps a front end and ``RoundPack`` into a stream pipeline; units with their own
-pipelines (``fpqvar_hw.fp32``, the vector and matrix units) combine the public
+pipelines (``fpqvar_hw.units.fp32``, the vector and matrix units) combine the public
 front ends :func:`add_front`, :func:`mul_front` and :func:`convert_front` with a
 ``RoundPack`` of their own.
 

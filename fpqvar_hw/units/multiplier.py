@@ -176,7 +176,7 @@ class Multiplier(wiring.Component):
     Ports: ``a`` (:func:`code_layout` of ``pair.fmt_a``), ``b`` (of ``pair.fmt_b``),
     ``p``: ``signed(pair.width)``, the exact product in units of ``2^pair.lsb_exp``
     (table in the module docstring).  Latency 0: the enclosing pipeline (e.g.
-    :class:`fpqvar_hw.dot.GroupDot`) registers the product.  No rounding, no
+    :class:`fpqvar_hw.units.dot.GroupDot`) registers the product.  No rounding, no
     overflow, every input pattern is valid.
 
     Parameters (keyword-only): ``pair`` (:class:`MulPair`), ``variant``

@@ -23,7 +23,7 @@ Structure
   burst when the buffer is free, so it never stalls the shared R channel.
 * **Dispatch** (one instruction per cycle at most, in program order): HALT waits
   for both engines to be idle, then finishes the run (``PC`` = its index + 1,
-  the HALT counted, as in :func:`fpqvar_hw.isa_sim.execute`).  GEMM goes to the
+  the HALT counted, as in :func:`fpqvar_hw.host.isa_sim.execute`).  GEMM goes to the
   matrix engine's ``cmd``, VEC to the vector engine's ``cmd`` as soon as that
   engine is idle; with the instruction's ``sync`` bit, or with CTRL.coarse = 0,
   both engines must be idle first.  Any other opcode is error 1.  Field and
@@ -54,8 +54,10 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from . import axi, isa
-from .isa import ErrorCode, Opcode
+from . import axi
+
+from .. import isa
+from ..isa import ErrorCode, Opcode
 
 __all__ = ["EngineLink", "Controller", "INSTR_BEATS"]
 

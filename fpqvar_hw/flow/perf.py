@@ -28,12 +28,12 @@ for all blocks of all scale steps; "end to end" adds the host work serially
 (no overlap between images assumed).
 
 Everything above models the *planned* architecture.  The second half of this module
-models the *as-built* RTL top (``fpqvar_hw/top.py``) instruction by instruction:
+models the *as-built* RTL top (``fpqvar_hw/engines/top.py``) instruction by instruction:
 :func:`top_step_program` (the compiler's program at the shape level),
 :func:`gemm_cost` / :func:`vec_cost` (each engine's cycles from its micro-architecture),
 :func:`schedule_top` (the controller's dispatch and the shared R channel),
 :func:`evaluate_top` (images/s of the top that exists), :func:`compare_to_sim` (both
-models against the simulated top's counters).  ``python -m fpqvar_hw.perf`` prints both.
+models against the simulated top's counters).  ``python -m fpqvar_hw.flow.perf`` prints both.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from .config import LAYERS, AcceleratorConfig, ElementFormat, Rotation
+from ..config import LAYERS, AcceleratorConfig, ElementFormat, Rotation
 from .platform import Platform
 
 __all__ = ["ModelSpec", "MODELS", "UnitTiming", "unit_timings", "gemm_shapes", "StepResult",
@@ -485,7 +485,7 @@ def throughput_markdown(rep: dict) -> str:
     if top:
         mem = top["memory"]
         lines += ["", "## The as-built top (the RTL that exists)", "",
-                  "`fpqvar_hw/top.py` as built today: one element per cycle per vector row "
+                  "`fpqvar_hw/engines/top.py` as built today: one element per cycle per vector row "
                   "operation, attention as FDOT at 1 MAC/cycle (the V cache walked one beat per "
                   "element), the matrix engine re-reading all weights per block of tm rows, "
                   "one 128-bit AXI master. Modelled per instruction (`perf.evaluate_top`, "
@@ -602,7 +602,7 @@ def plot_breakdown(rep: dict, path) -> None:
 #: patch_nums (1, 2, 3, 4) -- the model the top's co-simulation and the driver's RTL backend run.
 DIGITS = ModelSpec("digits", 2, (1, 2, 3, 4), 32)
 
-SIM_CYCLES_FORMATS = ("fpqvar-tiny-image-cycles v1 (fpqvar_hw/driver.py write_cycles_json: "
+SIM_CYCLES_FORMATS = ("fpqvar-tiny-image-cycles v1 (fpqvar_hw/host/driver.py write_cycles_json: "
                       "build/tiny-image/cycles.json)",
                       "top testbench runs (sim/tb_top.py block_steps: build/top/cycles-s<seed>.json)")
 
@@ -660,10 +660,10 @@ def load_sim_cycles(path, *, model: ModelSpec = DIGITS) -> SimCycles:
     import json
     from pathlib import Path
 
-    from .config import get_preset
+    from ..config import get_preset
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"{p}: no such file; write one with `python -m fpqvar_hw.driver "
+        raise ValueError(f"{p}: no such file; write one with `python -m fpqvar_hw.host.driver "
                          f"--backend rtl` or `pytest sim/test_top.py --run-slow`")
     try:
         doc = json.loads(p.read_text())
@@ -678,7 +678,7 @@ def load_sim_cycles(path, *, model: ModelSpec = DIGITS) -> SimCycles:
         dev = {k: v for k, v in (doc.get("device") or {}).items() if k in fields}
         if "preset" not in dev:
             raise ValueError(f"{p}: 'device' holds no accelerator config; the file must come from "
-                             f"the RTL backend of fpqvar_hw.driver")
+                             f"the RTL backend of fpqvar_hw.host.driver")
         config = get_preset(dev["preset"]).replace(**{k: v for k, v in dev.items() if k != "preset"})
         pns = tuple(doc.get("model", {}).get("patch_nums", ()))
         if pns and pns != model.patch_nums[:len(pns)]:
@@ -704,7 +704,7 @@ def load_sim_cycles(path, *, model: ModelSpec = DIGITS) -> SimCycles:
         if r.get("cycles") is None:
             raise ValueError(f"{p}: step {step} has no cycle count (backend {backend!r}); only "
                              f"the RTL backend reads the CYCLES registers: run `python -m "
-                             f"fpqvar_hw.driver --backend rtl`")
+                             f"fpqvar_hw.host.driver --backend rtl`")
         if not 0 <= step < len(model.patch_nums) or model.tokens[step] != tokens:
             raise ValueError(f"{p}: step {step} with {tokens} tokens is not a step of model "
                              f"{model.name} (tokens {model.tokens})")
@@ -803,8 +803,8 @@ def compare_markdown(cmp: dict) -> str:
 
 # ===================================================================== the as-built top
 # The planned-architecture model above counts the units the design aims at.  The model
-# below counts what the RTL top that exists (fpqvar_hw/top.py: Controller + MatrixEngine
-# + VectorEngine, docs/top.md) does with the program fpqvar_hw/compiler.py emits: one
+# below counts what the RTL top that exists (fpqvar_hw/engines/top.py: Controller + MatrixEngine
+# + VectorEngine, docs/top.md) does with the program fpqvar_hw/host/compiler.py emits: one
 # instruction at a time per engine, in program order, sync flags as compiler.assign_sync
 # sets them, every engine's cycles from its micro-architecture (matrix.py, vecengine.py,
 # vector.py) and one 128-bit AXI master (16 bytes per cycle at most).  Nothing here is
@@ -918,14 +918,16 @@ _TOP_BUILDS: dict = {}      # lanes -> unit latencies
 def top_build(config: AcceleratorConfig, C: int) -> TopBuild:
     """The as-built top for ``config`` and model width ``C``: every latency is read from the
     unit classes (:func:`_top_latencies`; needs Amaranth).  The engine defaults are those
-    :class:`fpqvar_hw.top.Accelerator` builds (``max_outstanding``, ``rd_depth``,
+    :class:`fpqvar_hw.engines.top.Accelerator` builds (``max_outstanding``, ``rd_depth``,
     ``fifo_words``)."""
     import inspect
 
-    from . import axi, isa
-    from .matrix import MatrixEngine
-    from .top import Accelerator
-    from .vecengine import VectorEngine
+    from ..engines import axi
+
+    from .. import isa
+    from ..engines.matrix import MatrixEngine
+    from ..engines.top import Accelerator
+    from ..engines.vecengine import VectorEngine
     if C < 1 or C % isa.VEC_P:
         raise ValueError(f"C must be a positive multiple of {isa.VEC_P}, got {C}")
     acc = inspect.signature(Accelerator.__init__).parameters["max_outstanding"].default
@@ -946,14 +948,14 @@ def _top_latencies(lanes: int) -> dict[str, int]:
         return _TOP_BUILDS[lanes]
     from amaranth.hdl import Module, Signal
 
-    from . import isa
-    from .dot import GroupDot
-    from .fpu import FP16, FP32, FPOp, FPUnit
-    from .hadamard import LATENCY_AFTER_LAST as HAD
-    from .multiplier import MulPair
-    from .quantizer import LATENCY_AFTER_LAST as QUANT
-    from .vecengine import VectorEngine
-    from .vector import Dataflow, FDot, PartialSums, Val, fp32_bits
+    from .. import isa
+    from ..units.dot import GroupDot
+    from ..units.fpu import FP16, FP32, FPOp, FPUnit
+    from ..units.hadamard import LATENCY_AFTER_LAST as HAD
+    from ..units.multiplier import MulPair
+    from ..units.quantizer import LATENCY_AFTER_LAST as QUANT
+    from ..engines.vecengine import VectorEngine
+    from ..units.vector import Dataflow, FDot, PartialSums, Val, fp32_bits
 
     P = isa.VEC_P
     cell = GroupDot(pair=MulPair.E2M1_E2M1, dfq=True, dual=True, group_size=128, lanes=lanes)
@@ -1088,7 +1090,7 @@ def vec_cost(subop: int, n: tuple[int, int, int, int], operands: Mapping[str, tu
     ``beat_rate``; single-beat streams are limited to ``max_outstanding`` bursts in flight
     per read latency.
     """
-    from .isa import VecSubop as V
+    from ..isa import VecSubop as V
     if any(v < 1 for v in n):
         raise ValueError(f"VEC loop counts must be >= 1, got {n}")
     L = b.lat
@@ -1128,7 +1130,7 @@ class TopInstr:
 
     ``gemm`` = ``(M, K, N, had, bias)``; ``vec`` = ``(subop, (n0, n1, n2, n3), operands)``
     with ``operands`` = ``((name, s0, s1, element bytes), ...)`` of the read operands;
-    ``sync`` as :func:`fpqvar_hw.compiler.assign_sync` sets it.
+    ``sync`` as :func:`fpqvar_hw.host.compiler.assign_sync` sets it.
     """
 
     opcode: int
@@ -1160,15 +1162,15 @@ class _Spans:
 def top_step_program(C: int, H: int, hidden: int, blocks: int, L_start: int, L: int, rows: int,
                      tile: int, *, coarse: bool = True,
                      max_tiles: int | None = None) -> tuple[TopInstr, ...]:
-    """The instructions :meth:`fpqvar_hw.compiler.Compiler.instructions` emits for a step
+    """The instructions :meth:`fpqvar_hw.host.compiler.Compiler.instructions` emits for a step
     (without the HALT), at the shape level: per block the phases A, B, C over token tiles
     of ``tile`` tokens of one row, each phase's tile chains skewed by one stage
-    (``compiler._skew``), sync flags from :func:`fpqvar_hw.compiler.assign_sync` on
+    (``compiler._skew``), sync flags from :func:`fpqvar_hw.host.compiler.assign_sync` on
     token-range footprints (cached).  ``tests/test_perf_vs_sim.py`` checks it against the
     compiler.  ``max_tiles``: only the first that many tiles of each phase (the KV length
     stays ``L_start + L``), for timing a sample of a long step."""
-    from .compiler import assign_sync
-    from .isa import Opcode, VecSubop as V
+    from ..host.compiler import assign_sync
+    from ..isa import Opcode, VecSubop as V
 
     G, Vc = int(Opcode.GEMM), int(Opcode.VEC)
     Lk, D = L_start + L, 64
@@ -1270,7 +1272,7 @@ def schedule_top(instrs: list[TopInstr], costs: list[EngineCost], *, coarse: boo
     (``settle``), an engine busy from the cycle after it takes ``cmd``; the HALT ends the
     run when both are idle.  Two instructions running at once share the R channel
     (:func:`_bus_speeds`)."""
-    from .control import INSTR_BEATS
+    from ..engines.control import INSTR_BEATS
 
     GEMM, VEC = 1, 2
     run: dict = {GEMM: None, VEC: None}          # [remaining cycles alone, words per cycle]
@@ -1398,7 +1400,7 @@ class TopModelResult:
 
 def evaluate_top(model: ModelSpec | str, config: AcceleratorConfig, platform: Platform,
                  memory: TopMemory | None = None) -> TopModelResult:
-    """The as-built top (``fpqvar_hw/top.py``, built for ``model``'s width) on ``platform``:
+    """The as-built top (``fpqvar_hw/engines/top.py``, built for ``model``'s width) on ``platform``:
     :func:`top_step` for every scale step, rows = batch x 2 (CFG), tiles of ``config.tm``
     tokens, ``memory`` default :func:`platform_memory` at the config's DRAM efficiency.
     Only the w4a4 formats exist in the RTL; other presets are timed as if they did."""
@@ -1463,15 +1465,15 @@ def top_report(config: AcceleratorConfig, platform: Platform) -> dict:
 
 # ------------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fpqvar_hw.perf [--sim-cycles JSON ...] [--platform P] [--preset NAME]``:
+    """``python -m fpqvar_hw.flow.perf [--sim-cycles JSON ...] [--platform P] [--preset NAME]``:
     the as-built and planned models against simulated cycle files (markdown), then the
     as-built top's images/s next to the planned architecture's for every model."""
     import argparse
     import sys
 
-    from .config import get_preset
+    from ..config import get_preset
     from .platform import get_platform, platform_names
-    p = argparse.ArgumentParser(prog="python -m fpqvar_hw.perf", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m fpqvar_hw.flow.perf", description=main.__doc__)
     p.add_argument("--sim-cycles", nargs="*", default=[], metavar="JSON",
                    help="cycle files of the top's simulation (driver or tb_top schema)")
     p.add_argument("--platform", default="vck190", choices=platform_names())

@@ -29,7 +29,7 @@ import inspect
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from .config import AcceleratorConfig, ElementFormat, Rotation
+from ..config import AcceleratorConfig, ElementFormat, Rotation
 
 __all__ = ["Variant", "UnitSpec", "UNITS", "Resolved", "resolve_units", "unit_names", "probe",
            "TopShape", "top_shape", "DEFAULT_MODEL", "TOP_INSTANCE"]
@@ -52,7 +52,7 @@ class TopShape:
 
 
 def top_shape(model: str = DEFAULT_MODEL) -> TopShape:
-    """:class:`TopShape` of a throughput-model VAR (``fpqvar_hw.perf.MODELS``)."""
+    """:class:`TopShape` of a throughput-model VAR (``fpqvar_hw.flow.perf.MODELS``)."""
     from .perf import MODELS
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; models: {', '.join(MODELS)}")
@@ -217,7 +217,7 @@ def _multiplier_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
 def _dot_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
     """One GroupDot per distinct operand pair; the array cell (count tm*tn) is the DFQ-FP4
     variant when FC2 uses it (it holds both grids' adder trees), else the first pair."""
-    from .multiplier import MulPair, MulVariant
+    from ..units.multiplier import MulPair, MulVariant
     by_value = {p.value: p for p in MulPair}
     native = max(c.qkv_act.bits, c.qkv_weight.bits)
     specs: list[tuple[str, dict]] = []
@@ -323,11 +323,11 @@ def _control_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
 
 def _arbiter_variants(mod: Any, c: AcceleratorConfig, shape: TopShape) -> list[Variant]:
     """The top's read / write arbiters, sized by the top's client lists (pending until
-    ``fpqvar_hw.top`` exists: the client count comes from it)."""
-    if importlib.util.find_spec("fpqvar_hw.top") is None:
-        raise LookupError("the arbiters' client counts come from fpqvar_hw.top, not in the "
+    ``fpqvar_hw.engines.top`` exists: the client count comes from it)."""
+    if importlib.util.find_spec("fpqvar_hw.engines.top") is None:
+        raise LookupError("the arbiters' client counts come from fpqvar_hw.engines.top, not in the "
                           "tree yet")
-    top_cls = _find_class(importlib.import_module("fpqvar_hw.top"), ("Accelerator",))
+    top_cls = _find_class(importlib.import_module("fpqvar_hw.engines.top"), ("Accelerator",))
     try:
         top = top_cls(c, **_kw(top_cls, C=shape.C, max_kv=shape.max_kv))
     except (ValueError, TypeError, NotImplementedError) as e:
@@ -341,24 +341,24 @@ def _arbiter_variants(mod: Any, c: AcceleratorConfig, shape: TopShape) -> list[V
 
 
 UNITS: tuple[UnitSpec, ...] = (
-    UnitSpec("quantizer", "fpqvar_hw.quantizer", "LUT-based group quantizer (FP16 in, codes "
+    UnitSpec("quantizer", "fpqvar_hw.units.quantizer", "LUT-based group quantizer (FP16 in, codes "
              "+ scale out)", _quantizer_variants),
-    UnitSpec("hadamard", "fpqvar_hw.hadamard", "group Hadamard (fast Walsh-Hadamard, 128)",
+    UnitSpec("hadamard", "fpqvar_hw.units.hadamard", "group Hadamard (fast Walsh-Hadamard, 128)",
              _hadamard_variants),
-    UnitSpec("multiplier", "fpqvar_hw.multiplier", "LUT-based code x code multiplier",
+    UnitSpec("multiplier", "fpqvar_hw.units.multiplier", "LUT-based code x code multiplier",
              _multiplier_variants),
-    UnitSpec("dot", "fpqvar_hw.dot", "group dot-product unit (matrix-engine cell)",
+    UnitSpec("dot", "fpqvar_hw.units.dot", "group dot-product unit (matrix-engine cell)",
              _dot_variants),
-    UnitSpec("vector", "fpqvar_hw.vector", "FP32 vector unit: element-wise GELU/exp/rsqrt/"
+    UnitSpec("vector", "fpqvar_hw.units.vector", "FP32 vector unit: element-wise GELU/exp/rsqrt/"
              "reciprocal pipelines",
              _vector_variants),
-    UnitSpec("attention", "fpqvar_hw.vector", "attention (QK^T, softmax, PV)",
+    UnitSpec("attention", "fpqvar_hw.units.vector", "attention (QK^T, softmax, PV)",
              _attention_variants),
-    UnitSpec("control", "fpqvar_hw.control", "controller: AXI4-Lite registers, instruction "
+    UnitSpec("control", "fpqvar_hw.engines.control", "controller: AXI4-Lite registers, instruction "
              "fetch, dispatch", _control_variants),
-    UnitSpec("arbiters", "fpqvar_hw.axi", "AXI4 read/write arbiters (engine clients -> m_axi)",
+    UnitSpec("arbiters", "fpqvar_hw.engines.axi", "AXI4 read/write arbiters (engine clients -> m_axi)",
              _arbiter_variants, uses_shape=True),
-    UnitSpec("top", "fpqvar_hw.top", "accelerator top (controller, matrix and vector engines, "
+    UnitSpec("top", "fpqvar_hw.engines.top", "accelerator top (controller, matrix and vector engines, "
              "one AXI4 master)", _top_variants, is_top=True, uses_shape=True),
 )
 
