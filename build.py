@@ -363,18 +363,18 @@ def run_build(platform, config, out, *, synth=True, lint=True, jobs=2, verbose=T
     ``model``: the VAR model the accelerator top is built for (default
     :data:`fpqvar_hw.flow.registry.DEFAULT_MODEL`); ``top=False`` skips the top (reported so).
     ``sim_cycles``: cycle-count JSON files of the top's simulation to compare the model with
-    (:func:`fpqvar_hw.flow.perf.load_sim_cycles`).
+    (:func:`fpqvar_hw.flow.simcycles.load_sim_cycles`).
 
     Raises :class:`BuildError` for problems the user must fix (missing tool,
     configuration that does not fit the platform).
     """
-    from fpqvar_hw.flow import perf, vivado
+    from fpqvar_hw.flow import asbuilt, perf, reports, simcycles, vivado
     from fpqvar_hw.flow.registry import DEFAULT_MODEL, resolve_units, top_shape
     from fpqvar_hw.flow.resources import FitError, check_fit
     out = Path(out)
     shape = top_shape(model or DEFAULT_MODEL)
     try:            # read before anything is written: a bad file is the user's to fix
-        sims = [perf.load_sim_cycles(p) for p in sim_cycles]
+        sims = [simcycles.load_sim_cycles(p) for p in sim_cycles]
     except ValueError as e:
         raise BuildError(f"--sim-cycles: {e}") from None
     cache_dir = cache_dir or (REPO / "build" / "synth")
@@ -425,15 +425,15 @@ def run_build(platform, config, out, *, synth=True, lint=True, jobs=2, verbose=T
     rep["fp_vs_int"] = _int_comparison(config, platform, timings, unit_res)
     rep["clock_estimate"] = _clock_scaled(rep, res_rep)
     _log(verbose, "      as-built top (the RTL that exists) on the same models")
-    rep["as_built_top"] = perf.top_report(config, platform)
+    rep["as_built_top"] = asbuilt.top_report(config, platform)
     (out / "throughput.json").write_text(_json(rep))
-    (out / "throughput.md").write_text(perf.throughput_markdown(rep))
-    vs_sim = [perf.compare_to_sim(sm) for sm in sims]
+    (out / "throughput.md").write_text(reports.throughput_markdown(rep))
+    vs_sim = [simcycles.compare_to_sim(sm) for sm in sims]
     if vs_sim:
         (out / "perf_vs_sim.json").write_text(_json(vs_sim))
-        (out / "perf_vs_sim.md").write_text("\n".join(perf.compare_markdown(c) for c in vs_sim))
-    perf.plot_roofline(rep, out / "roofline.png")
-    perf.plot_breakdown(rep, out / "step_breakdown.png")
+        (out / "perf_vs_sim.md").write_text("\n".join(reports.compare_markdown(c) for c in vs_sim))
+    reports.plot_roofline(rep, out / "roofline.png")
+    reports.plot_breakdown(rep, out / "step_breakdown.png")
 
     _log(verbose, "[5/6] Vivado collateral (generated, not run)")
     clock = config.clock_mhz or platform.clock_mhz
@@ -553,7 +553,7 @@ def make_summary(platform, config, out, emitted, pending, top_exists, lint_res, 
     if top:
         mem = top["memory"]
         L += ["", "As-built top (fpqvar_hw/engines/top.py as it exists: one element per cycle per vector "
-              "row op, FDOT 1 MAC/cycle, weights re-read per tm-row block; perf.evaluate_top, "
+              "row op, FDOT 1 MAC/cycle, weights re-read per tm-row block; asbuilt.evaluate_top, "
               f"read latency {mem['read_latency']:g} cycles assumed) vs the planned "
               "architecture above, transformer images/s:", "",
               "| model | planned | as-built top | as-built / planned |", "|---|---|---|---|"]

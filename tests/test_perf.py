@@ -5,7 +5,8 @@ import pytest
 
 from fpqvar_hw.config import get_preset
 from fpqvar_hw.flow.perf import (MODELS, UnitTiming, evaluate, gemm_shapes, passes, pipeline_ablation,
-                            throughput_markdown, throughput_report, unit_timings, weight_bytes)
+                                 throughput_report, unit_timings, weight_bytes)
+from fpqvar_hw.flow.reports import throughput_markdown
 from fpqvar_hw.flow.platform import VCK190
 
 W4 = get_preset("w4a4")
@@ -132,15 +133,15 @@ def test_report_and_markdown():
 
 
 # ------------------------------------------------------------------ the as-built top model
-# Hand-checked cases of perf.gemm_cost / vec_cost / schedule_top (docs/build.md, "As-built").
-from fpqvar_hw.flow import perf  # noqa: E402
+# Hand-checked cases of asbuilt.gemm_cost / vec_cost / schedule_top (docs/build.md, "As-built").
+from fpqvar_hw.flow import asbuilt  # noqa: E402
 from fpqvar_hw.isa import VecSubop  # noqa: E402
 
 DIG = W4.replace(tm=2, tn=2, lanes=32, quant_lanes=8)     # the top the co-simulation runs
 
 
 def _b(cfg=DIG, C=128):
-    return perf.top_build(cfg, C)
+    return asbuilt.top_build(cfg, C)
 
 
 def test_top_build_reads_latencies_from_the_units():
@@ -156,7 +157,7 @@ def test_top_build_reads_latencies_from_the_units():
     # stage counts of vector.py's row units: tree over P=8 = 3 adds of 2 stages
     assert b.lat["tree"] == 6 and b.lat["ln_mean"] == 6 + 2 and b.lat["sm_recip"] == 6 + 20
     with pytest.raises(ValueError, match="multiple of 8"):
-        perf.top_build(DIG, 100)
+        asbuilt.top_build(DIG, 100)
 
 
 def test_gemm_cost_matches_the_matrix_engine_measurement():
@@ -164,10 +165,10 @@ def test_gemm_cost_matches_the_matrix_engine_measurement():
     # per-port DMA memory with fixed latency 8, M=16 K=128 N=384 HAD+BIAS: 24,727 cycles with
     # the fine pipeline, 98,623 without.
     cfg = W4.replace(tm=2, tn=2, lanes=16, quant_lanes=8)
-    mem = perf.TopMemory("dma_model", 8, 8, 1.0, "sim/dma_model.py", shared=False)
-    b = perf.top_build(cfg, 128)
-    on = perf.gemm_cost(16, 128, 384, had=True, bias=True, fine=True, b=b, mem=mem)
-    off = perf.gemm_cost(16, 128, 384, had=True, bias=True, fine=False, b=b, mem=mem)
+    mem = asbuilt.TopMemory("dma_model", 8, 8, 1.0, "sim/dma_model.py", shared=False)
+    b = asbuilt.top_build(cfg, 128)
+    on = asbuilt.gemm_cost(16, 128, 384, had=True, bias=True, fine=True, b=b, mem=mem)
+    off = asbuilt.gemm_cost(16, 128, 384, had=True, bias=True, fine=False, b=b, mem=mem)
     assert on.cycles == pytest.approx(24_727, rel=0.02)
     assert off.cycles == pytest.approx(98_623, rel=0.02)
 
@@ -175,74 +176,74 @@ def test_gemm_cost_matches_the_matrix_engine_measurement():
 def test_gemm_cost_counts_every_bus_word():
     # digits qkv, one token: 192 feature blocks x (4 beats x 2 weight words + 1 scale word +
     # 1 bias word) + 128/4 activation words + the Hadamard sign word
-    mem = perf.sim_memory()
-    c = perf.gemm_cost(1, 128, 384, had=True, bias=True, fine=True, b=_b(), mem=mem)
+    mem = asbuilt.sim_memory()
+    c = asbuilt.gemm_cost(1, 128, 384, had=True, bias=True, fine=True, b=_b(), mem=mem)
     assert c.words == 192 * (4 * 2 + 1 + 1) + 32 + 1
     # bus bound: the R channel is the bottleneck, the rest is fixed latency
     assert 0 < c.cycles - c.words < 100
-    slow = perf.gemm_cost(1, 128, 384, had=True, bias=True, fine=True, b=_b(),
-                          mem=perf.sim_memory(0.5))
+    slow = asbuilt.gemm_cost(1, 128, 384, had=True, bias=True, fine=True, b=_b(),
+                          mem=asbuilt.sim_memory(0.5))
     assert slow.cycles - 2 * c.words == pytest.approx(c.cycles - c.words, abs=40)
     # two row blocks re-read the weights: twice the weight words
-    c3 = perf.gemm_cost(3, 128, 384, had=True, bias=True, fine=True, b=_b(), mem=mem)
+    c3 = asbuilt.gemm_cost(3, 128, 384, had=True, bias=True, fine=True, b=_b(), mem=mem)
     assert c3.words == 2 * 192 * 10 + 3 * 32 + 1
     with pytest.raises(ValueError, match="multiple of 128"):
-        perf.gemm_cost(1, 100, 8, had=False, bias=False, fine=True, b=_b(), mem=mem)
+        asbuilt.gemm_cost(1, 100, 8, had=False, bias=False, fine=True, b=_b(), mem=mem)
 
 
 def test_vec_cost_hand_checked():
-    mem, b = perf.sim_memory(), _b()
-    fixed = 2 + (perf.AXIRAM_READ_LATENCY + perf.READ_PATH) + 1 \
-        + perf.AXIRAM_WRITE_LATENCY + perf.WRITE_PATH + 1
+    mem, b = asbuilt.sim_memory(), _b()
+    fixed = 2 + (asbuilt.AXIRAM_READ_LATENCY + asbuilt.READ_PATH) + 1 \
+        + asbuilt.AXIRAM_WRITE_LATENCY + asbuilt.WRITE_PATH + 1
     a = {"a": (4, 2048, 4)}
-    gelu = perf.vec_cost(VecSubop.GELU, (512, 1, 1, 1), a, fine=True, b=b, mem=mem)
+    gelu = asbuilt.vec_cost(VecSubop.GELU, (512, 1, 1, 1), a, fine=True, b=b, mem=mem)
     assert (gelu.cycles, gelu.words) == (512 + 78 + fixed, 128)
-    gelu_off = perf.vec_cost(VecSubop.GELU, (512, 1, 1, 1), a, fine=False, b=b, mem=mem)
+    gelu_off = asbuilt.vec_cost(VecSubop.GELU, (512, 1, 1, 1), a, fine=False, b=b, mem=mem)
     assert gelu_off.cycles == 512 * 78 + 78 + fixed      # one element per GELU latency
     # LNMOD row of 128: load, variance and output passes + mean (8+3+1) + rsqrt (4+3+30+1)
     # + the output pipeline (6)
-    ln = perf.vec_cost(VecSubop.LNMOD, (128, 1, 1, 1),
+    ln = asbuilt.vec_cost(VecSubop.LNMOD, (128, 1, 1, 1),
                        {"a": (4, 512, 4), "b": (4, 0, 4), "c": (4, 0, 4)}, fine=True, b=b, mem=mem)
     assert ln.cycles == 3 * 128 + 12 + 38 + 6 + fixed and ln.words == 3 * 32
     # FDOT rows of n0: n0 + 5 cycles each
-    fd = perf.vec_cost(VecSubop.FDOT, (64, 5, 1, 2), {"a": (4, 0, 4), "b": (2, 128, 2)},
+    fd = asbuilt.vec_cost(VecSubop.FDOT, (64, 5, 1, 2), {"a": (4, 0, 4), "b": (2, 128, 2)},
                        fine=True, b=b, mem=mem)
     assert fd.cycles == 10 * (64 + 5) + 6 + fixed and fd.words == 10 * (16 + 8)
 
 
 def test_operand_words_follow_the_engine_read_rules():
     # contiguous FP32 row: one word per 4 elements; FP16: per 8
-    assert perf._operand_words((64, 3, 1, 1), 4, 256, 4) == (48, 0)
-    assert perf._operand_words((64, 3, 1, 1), 2, 128, 2) == (24, 0)
+    assert asbuilt._operand_words((64, 3, 1, 1), 4, 256, 4) == (48, 0)
+    assert asbuilt._operand_words((64, 3, 1, 1), 2, 128, 2) == (24, 0)
     # V cache walked across tokens (s0 = 128 bytes): one single-beat read per element
-    assert perf._operand_words((30, 64, 1, 2), 128, 2, 2) == (30 * 128, 30 * 128)
+    assert asbuilt._operand_words((30, 64, 1, 2), 128, 2, 2) == (30 * 128, 30 * 128)
     # a one-word row re-read by every row (s1 = 0) stays in the operand's word cache
-    assert perf._operand_words((1, 64, 1, 2), 4, 0, 4) == (2, 0)
+    assert asbuilt._operand_words((1, 64, 1, 2), 4, 0, 4) == (2, 0)
     # L2NT's per-head B: H temperatures, 4 per word
-    assert perf._operand_words((64, 8, 2, 1), 0, 4, 4, once_per_row=True) == (4, 4)
+    assert asbuilt._operand_words((64, 8, 2, 1), 0, 4, 4, once_per_row=True) == (4, 4)
 
 
 def test_single_beat_reads_are_latency_bound():
     b = _b()
-    near = perf.TopMemory("near", 2, 2, 1.0, "test")
-    far = perf.TopMemory("far", 150, 150, 1.0, "test")
+    near = asbuilt.TopMemory("near", 2, 2, 1.0, "test")
+    far = asbuilt.TopMemory("far", 150, 150, 1.0, "test")
     pv = dict(subop=VecSubop.FDOT, n=(30, 64, 1, 2), operands={"a": (4, 0, 4), "b": (128, 2, 2)})
     qk = dict(subop=VecSubop.FDOT, n=(64, 30, 1, 2), operands={"a": (4, 0, 4), "b": (2, 128, 2)})
-    pv_far = perf.vec_cost(**pv, fine=True, b=b, mem=far).cycles
+    pv_far = asbuilt.vec_cost(**pv, fine=True, b=b, mem=far).cycles
     # 8 bursts in flight (ReadArbiter max_outstanding) per (150 + READ_PATH + 1) cycles
     assert pv_far == pytest.approx(30 * 128 * (154 / 8), rel=0.03)
-    assert perf.vec_cost(**pv, fine=True, b=b, mem=near).cycles < pv_far / 10
-    assert perf.vec_cost(**qk, fine=True, b=b, mem=far).cycles < pv_far / 10
+    assert asbuilt.vec_cost(**pv, fine=True, b=b, mem=near).cycles < pv_far / 10
+    assert asbuilt.vec_cost(**qk, fine=True, b=b, mem=far).cycles < pv_far / 10
 
 
 def test_schedule_overlaps_only_what_the_sync_flags_allow():
-    g = perf.TopInstr(1, "g", gemm=(1, 128, 8, False, False))
-    v = perf.TopInstr(2, "v", vec=(int(VecSubop.GELU), (8, 1, 1, 1), (("a", 4, 32, 4),)))
-    mem = perf.TopMemory("m", 2, 2, 1.0, "test")
-    costs = [perf.EngineCost(1000, 0), perf.EngineCost(500, 0)]
-    on = perf.schedule_top([g, v], costs, coarse=True, mem=mem)
-    off = perf.schedule_top([g, v], costs, coarse=False, mem=mem)
-    synced = perf.schedule_top([g, perf.TopInstr(2, "v", vec=v.vec, sync=True)], costs,
+    g = asbuilt.TopInstr(1, "g", gemm=(1, 128, 8, False, False))
+    v = asbuilt.TopInstr(2, "v", vec=(int(VecSubop.GELU), (8, 1, 1, 1), (("a", 4, 32, 4),)))
+    mem = asbuilt.TopMemory("m", 2, 2, 1.0, "test")
+    costs = [asbuilt.EngineCost(1000, 0), asbuilt.EngineCost(500, 0)]
+    on = asbuilt.schedule_top([g, v], costs, coarse=True, mem=mem)
+    off = asbuilt.schedule_top([g, v], costs, coarse=False, mem=mem)
+    synced = asbuilt.schedule_top([g, asbuilt.TopInstr(2, "v", vec=v.vec, sync=True)], costs,
                                coarse=True, mem=mem)
     assert (on.gemm_cycles, on.vec_cycles, on.overlap_cycles) == (1000, 500, 500)
     assert 1000 < on.cycles < 1040 and off.overlap_cycles == 0
@@ -250,39 +251,39 @@ def test_schedule_overlaps_only_what_the_sync_flags_allow():
     assert on.instructions == 3                       # + HALT
     # sharing the R channel: a bus-bound GEMM (1 word/cycle) next to a VEC wanting 0.5
     # word/cycle keeps the VEC at full speed and gets the other half while both run
-    bus = [perf.EngineCost(1000, 1000), perf.EngineCost(500, 250)]
-    shared = perf.schedule_top([g, v], bus, coarse=True, mem=mem)
+    bus = [asbuilt.EngineCost(1000, 1000), asbuilt.EngineCost(500, 250)]
+    shared = asbuilt.schedule_top([g, v], bus, coarse=True, mem=mem)
     assert shared.vec_cycles == 500 and shared.gemm_cycles == pytest.approx(1250, abs=3)
 
 
 def test_bus_speeds_max_min_fair():
-    mem = perf.TopMemory("m", 2, 2, 1.0, "test")
-    assert perf._bus_speeds({1: [1, 0.3], 2: [1, 0.3]}, mem) == {1: 1.0, 2: 1.0}
-    assert perf._bus_speeds({1: [1, 1.0], 2: [1, 1.0]}, mem) == {1: 0.5, 2: 0.5}
-    s = perf._bus_speeds({1: [1, 1.0], 2: [1, 0.25]}, mem)
+    mem = asbuilt.TopMemory("m", 2, 2, 1.0, "test")
+    assert asbuilt._bus_speeds({1: [1, 0.3], 2: [1, 0.3]}, mem) == {1: 1.0, 2: 1.0}
+    assert asbuilt._bus_speeds({1: [1, 1.0], 2: [1, 1.0]}, mem) == {1: 0.5, 2: 0.5}
+    s = asbuilt._bus_speeds({1: [1, 1.0], 2: [1, 0.25]}, mem)
     assert s == {1: pytest.approx(0.75), 2: 1.0}
-    assert perf._bus_speeds({1: [1, 1.0], 2: None}, mem) == {1: 1.0}
+    assert asbuilt._bus_speeds({1: [1, 1.0], 2: None}, mem) == {1: 1.0}
 
 
 def test_step_program_shape_and_sync():
-    prog = perf.top_step_program(128, 2, 512, 2, 1, 4, 2, 2)
+    prog = asbuilt.top_step_program(128, 2, 512, 2, 1, 4, 2, 2)
     assert len(prog) == 2 * 16 * 4                      # blocks x 16 per tile x tiles
     assert sum(i.gemm is not None for i in prog) == 2 * 4 * 4
     assert any(i.sync for i in prog) and not all(i.sync for i in prog)
-    off = perf.top_step_program(128, 2, 512, 2, 1, 4, 2, 2, coarse=False)
+    off = asbuilt.top_step_program(128, 2, 512, 2, 1, 4, 2, 2, coarse=False)
     assert all(i.sync for i in off)
 
 
 def test_as_built_top_is_slower_than_the_planned_design_and_reported():
     from fpqvar_hw.flow.platform import VCK190
-    r = perf.evaluate_top("d16", W4, VCK190)
+    r = asbuilt.evaluate_top("d16", W4, VCK190)
     assert len(r.steps) == 10 and all(s.cycles > 0 for s in r.steps)
     plan = evaluate("d16", W4, VCK190).images_per_s
     assert 0 < r.images_per_s < plan
     # the co-simulation's memory (2-cycle latency) is faster than the assumed DDR4 path
-    fast = perf.evaluate_top("d16", W4, VCK190, perf.sim_memory())
+    fast = asbuilt.evaluate_top("d16", W4, VCK190, asbuilt.sim_memory())
     assert fast.images_per_s > r.images_per_s
-    share = perf.top_breakdown("d16", W4, r.memory)
+    share = asbuilt.top_breakdown("d16", W4, r.memory)
     assert sum(share.values()) == pytest.approx(1.0)
     # 150-cycle reads, 8 in flight: the V-cache walk (one beat per element) dominates
     assert next(iter(share)) == "FDOT pv" and share["FDOT pv"] > 0.5
@@ -292,3 +293,20 @@ def test_as_built_top_is_slower_than_the_planned_design_and_reported():
                                               {"no_coarse": 1e-4, "no_fine": 1e-5}}}}
     md = throughput_markdown(rep)
     assert "## The as-built top" in md and "| d16 |" in md.split("## The as-built top")[1]
+
+
+@pytest.mark.parametrize("preset", ["w4a4", "int4"])
+def test_roofline_points_lie_under_the_roof(preset):
+    """Only GEMM FLOPs are plotted against the matrix-engine roof, so no step can sit above
+    it (the old plot counted attention FLOPs against the matrix-only roof)."""
+    from fpqvar_hw.flow.reports import roof, roofline_points
+    cfg = get_preset(preset)
+    rep = throughput_report(cfg, VCK190, unit_timings(cfg))
+    pts = roofline_points(rep)
+    assert set(pts) == set(rep["models"]) and all(len(p) == 10 for p in pts.values())
+    for name, p in pts.items():
+        for x, y in p:
+            assert y <= roof(rep, x) * (1 + 1e-9), (name, x, y)
+    # the attention FLOPs are real work, just not the matrix engine's
+    s = rep["models"]["d16"]["steps"][-1]
+    assert 0 < s["gemm_gflop"] < s["gflop"]

@@ -190,14 +190,14 @@ def _write(tmp_path, doc, name="cycles.json"):
 
 @pytest.mark.parametrize("schema", ["top_tb", "driver"])
 def test_sim_cycles_load_both_schemas_and_compare_per_step(tmp_path, schema):
-    from fpqvar_hw.flow import perf
+    from fpqvar_hw.flow import asbuilt, perf, reports, simcycles
     doc = _top_tb_doc() if schema == "top_tb" else _driver_doc()
-    sim = perf.load_sim_cycles(_write(tmp_path, doc))
+    sim = simcycles.load_sim_cycles(_write(tmp_path, doc))
     assert sim.model is perf.DIGITS and sim.rows == 2 and sim.config.batch == 1
     assert (sim.config.tm, sim.config.tn, sim.config.quant_lanes) == (2, 2, 8)
     assert [r.tokens for r in sim.runs][:4] == [1, 4, 9, 16]
     assert sim.pause == (0.2 if schema == "top_tb" else 0.0)
-    cmp = perf.compare_to_sim(sim)
+    cmp = simcycles.compare_to_sim(sim)
     assert len(cmp["steps"]) == len(sim.runs)
     m = perf.DIGITS
     for row, run in zip(cmp["steps"], sim.runs):
@@ -206,13 +206,13 @@ def test_sim_cycles_load_both_schemas_and_compare_per_step(tmp_path, schema):
         assert c["ratio"] == pytest.approx(c["predicted"] / run.cycles)
         # the models' own step costs for this config, not copies of the simulation
         cfg = sim.config.replace(coarse_pipeline=run.coarse, fine_pipeline=run.fine)
-        top = perf.top_step(m.C, m.heads, 4 * m.C, m.depth, sum(m.tokens[:run.step]),
-                            m.tokens[run.step], 2, cfg, perf.sim_memory(sim.pause))
+        top = asbuilt.top_step(m.C, m.heads, 4 * m.C, m.depth, sum(m.tokens[:run.step]),
+                            m.tokens[run.step], 2, cfg, asbuilt.sim_memory(sim.pause))
         assert (c["predicted"], row["gemm_cycles"]["predicted"], row["vec_cycles"]["predicted"]) \
             == (top.cycles, top.gemm_cycles, top.vec_cycles)
-        planned = perf.evaluate(perf.DIGITS, cfg, perf.sim_platform()).steps[run.step].cycles
+        planned = perf.evaluate(perf.DIGITS, cfg, simcycles.sim_platform()).steps[run.step].cycles
         assert row["planned"]["cycles"]["predicted"] == planned
-    md = perf.compare_markdown(cmp)
+    md = reports.compare_markdown(cmp)
     assert "| 3 | 16 | 1 | 1 |" in md and "x)" in md
     if schema == "top_tb":      # coarse pipeline off costs at least as much in the model
         on = {r["step"]: r["cycles"]["predicted"] for r in cmp["steps"] if r["coarse"]}
@@ -228,11 +228,11 @@ def test_sim_cycles_load_both_schemas_and_compare_per_step(tmp_path, schema):
                                  "cycles": 5}]}, "step 1 with 9 tokens is not a step"),
 ])
 def test_sim_cycles_bad_files_say_what_to_do(tmp_path, doc, msg):
-    from fpqvar_hw.flow import perf
+    from fpqvar_hw.flow import simcycles
     with pytest.raises(ValueError, match=msg):
-        perf.load_sim_cycles(_write(tmp_path, doc))
+        simcycles.load_sim_cycles(_write(tmp_path, doc))
     with pytest.raises(ValueError, match="no such file"):
-        perf.load_sim_cycles(tmp_path / "missing.json")
+        simcycles.load_sim_cycles(tmp_path / "missing.json")
 
 
 def test_build_refuses_an_unusable_sim_cycles_file_before_writing(tmp_path, capsys):
@@ -249,7 +249,7 @@ def test_build_refuses_an_unusable_sim_cycles_file_before_writing(tmp_path, caps
 #: (benchmarks/results/top_cycles/README.md says which command made each).
 TOP_CYCLES = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "results"
                      / "top_cycles").glob("*.json"))
-#: docs/build.md: the as-built model (perf.top_step) is within this of CYCLES, GEMM_CYCLES
+#: docs/build.md: the as-built model (asbuilt.top_step) is within this of CYCLES, GEMM_CYCLES
 #: and VEC_CYCLES for every simulated step; it is derived from the RTL, not fitted to these
 #: files, so a change of the engines or of the compiler's programs that moves the simulated
 #: cycles beyond it must come with a model (and file) update.
@@ -265,8 +265,8 @@ def test_committed_cycle_files_exist():
 
 @pytest.mark.parametrize("path", TOP_CYCLES, ids=lambda p: p.stem)
 def test_as_built_model_matches_the_simulated_top(path):
-    from fpqvar_hw.flow import perf
-    cmp = perf.compare_to_sim(perf.load_sim_cycles(path))
+    from fpqvar_hw.flow import simcycles
+    cmp = simcycles.compare_to_sim(simcycles.load_sim_cycles(path))
     for s in cmp["steps"]:
         assert s["instructions"]["predicted"] == s["instructions"]["simulated"], s
         for k in ("cycles", "gemm_cycles", "vec_cycles"):
@@ -277,11 +277,11 @@ def test_as_built_model_matches_the_simulated_top(path):
 
 
 def test_step_program_equals_the_compilers(digits_fpqvar):  # noqa: F811
-    """perf.top_step_program (shape level, no package) is what fpqvar_hw.host.compiler emits:
+    """asbuilt.top_step_program (shape level, no package) is what fpqvar_hw.host.compiler emits:
     same instruction sequence, GEMM shapes and flags, VEC sub-ops and loop counts, sync."""
     from fpqvar_quant.ptq.package import load_package
 
-    from fpqvar_hw.flow import perf
+    from fpqvar_hw.flow import asbuilt, perf
     from fpqvar_hw.host.compiler import Compiler
     from fpqvar_hw.isa import Gemm, GemmFlag, Halt
     pkg = load_package(digits_fpqvar[1])
@@ -294,7 +294,7 @@ def test_step_program_equals_the_compilers(digits_fpqvar):  # noqa: F811
         for step in range(len(m.tokens)):
             L_start, L = comp.step_tokens(step)
             want = [i for i in comp.instructions(step) if not isinstance(i, Halt)]
-            got = perf.top_step_program(m.C, m.heads, 4 * m.C, m.depth, L_start, L, 2, cfg.tm,
+            got = asbuilt.top_step_program(m.C, m.heads, 4 * m.C, m.depth, L_start, L, 2, cfg.tm,
                                         coarse=coarse)
             assert len(got) == len(want)
             for k, (g, w) in enumerate(zip(got, want)):

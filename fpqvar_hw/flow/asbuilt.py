@@ -1,0 +1,692 @@
+"""As-built throughput model: the RTL top that exists, instruction by instruction.
+
+The planned-architecture model (:mod:`fpqvar_hw.flow.perf`) counts the units the design
+aims at; this module counts what the RTL top (``fpqvar_hw/engines/top.py``: Controller +
+MatrixEngine + VectorEngine, docs/top.md) does with the program the compiler emits:
+:func:`top_step_program` (the compiler's program at the shape level),
+:func:`gemm_cost` / :func:`vec_cost` (each engine's cycles from its micro-architecture),
+:func:`schedule_top` (the controller's dispatch and the shared R channel),
+:func:`evaluate_top` (images/s of the top that exists).  Nothing here is fitted to
+simulated cycle counts; ``tests/test_perf_vs_sim.py`` states how close it gets
+(:mod:`fpqvar_hw.flow.simcycles`).
+"""
+from __future__ import annotations
+
+import functools
+import math
+import dataclasses
+from dataclasses import dataclass
+from typing import Mapping
+
+from ..config import AcceleratorConfig
+from .perf import DIGITS, MODELS, ModelSpec
+from .platform import Platform
+
+__all__ = ["TopMemory", "sim_memory", "platform_memory", "TopBuild", "top_build", "EngineCost",
+           "gemm_cost", "vec_cost", "TopInstr", "top_step_program", "TopRun", "schedule_top",
+           "instr_cost", "top_step", "TopModelResult", "evaluate_top", "top_breakdown",
+           "top_report"]
+
+
+# ===================================================================== the as-built top
+# The planned-architecture model above counts the units the design aims at.  The model
+# below counts what the RTL top that exists (fpqvar_hw/engines/top.py: Controller + MatrixEngine
+# + VectorEngine, docs/top.md) does with the program fpqvar_hw/host/compiler.py emits: one
+# instruction at a time per engine, in program order, sync flags as compiler.assign_sync
+# sets them, every engine's cycles from its micro-architecture (matrix.py, vecengine.py,
+# vector.py) and one 128-bit AXI master (16 bytes per cycle at most).  Nothing here is
+# fitted to simulated cycle counts; tests/test_perf_vs_sim.py states how close it gets.
+
+#: ``matrix.py`` ``_Datapath``: ``_gate(m, fine, 2, "bias")`` -- with the fine pipeline
+#: off the drain emits one result per 2 cycles (the FP32 bias add's latency).
+MATRIX_BIAS_GATE = 2
+#: ``matrix.py`` drain FSM: BIAS, the cycle after the last BIAS_READ word, WAIT, FLUSH
+#: -- cycles per feature block on top of the emitted results and the bias words.
+MATRIX_DRAIN_STATES = 4
+#: ``vecengine.py`` / ``matrix.py`` command FSMs: IDLE -> CHECK -> RUN (2 cycles before
+#: the first request) and the FLUSH / finished cycle at the end.
+ENGINE_START, ENGINE_END = 2, 1
+#: Cycles between a read client's request and the AR beat, plus the response FIFO and the
+#: element/loader register: the ReadArbiter registers AR (axi.py "Latency: AR valid one cycle
+#: after req"), the engines register the request (1) and the response word (1).
+READ_PATH = 3
+#: Same for a write: write-request register, WriteArbiter AW/W register, the merge register.
+WRITE_PATH = 3
+
+
+@dataclass(frozen=True)
+class TopMemory:
+    """The memory behind the top's AXI4 master, as the as-built model sees it.
+
+    ``read_latency``: cycles from an AR handshake to its first R beat;
+    ``write_latency``: from the W beat to its B response; ``beat_rate``: R beats per
+    cycle the memory sustains (<= 1, the 128-bit bus); ``shared``: all read clients share
+    one R channel (the top) -- ``False`` models the per-port test memory of the engine
+    testbenches (``sim/dma_model.py``), where each client gets its own beat per cycle.
+    """
+
+    name: str
+    read_latency: float
+    write_latency: float
+    beat_rate: float
+    source: str
+    shared: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 < self.beat_rate <= 1:
+            raise ValueError(f"{self.name}: beat_rate must be in (0, 1], got {self.beat_rate}")
+        if self.read_latency < 0 or self.write_latency < 0:
+            raise ValueError(f"{self.name}: latencies must be >= 0")
+
+
+#: cocotbext-axi ``AxiRam`` (the co-simulation's DRAM): a channel item is taken at one
+#: clock edge by its coroutine and answered on a later edge; 2 cycles AR -> R and 3 cycles
+#: W -> B are the model's reading of that (not measured separately).
+AXIRAM_READ_LATENCY = 2
+AXIRAM_WRITE_LATENCY = 3
+#: VCK190 PL -> NoC -> DDR4 read latency in PL cycles (matrix.py docstring: "~100-200-cycle
+#: latency of the VCK190 NoC + DDR4"); a design assumption, no board measurement.
+VCK190_READ_LATENCY = 150
+
+
+def sim_memory(pause: float = 0.0) -> TopMemory:
+    """The co-simulation's ``AxiRam``; ``pause`` = the testbench's per-channel, per-cycle
+    pause probability (``sim/tb_top.py``): beats come at ``1 - pause`` per cycle and every
+    handshake waits ``1 / (1 - pause)`` times as long."""
+    if not 0 <= pause < 1:
+        raise ValueError(f"pause must be in [0, 1), got {pause}")
+    s = 1 / (1 - pause)
+    return TopMemory(f"AxiRam (pause {pause:g})" if pause else "AxiRam",
+                     AXIRAM_READ_LATENCY * s, AXIRAM_WRITE_LATENCY * s, 1 - pause,
+                     "cocotbext-axi AxiRam in the top's co-simulation")
+
+
+def platform_memory(platform: Platform, clock_mhz: float, efficiency: float = 1.0) -> TopMemory:
+    """The platform's DRAM behind the 128-bit master: at most one beat per cycle, fewer
+    when ``dram_gbps x efficiency`` is below 16 bytes per cycle."""
+    rate = min(1.0, platform.dram_gbps * 1e9 * efficiency / (clock_mhz * 1e6) / 16)
+    return TopMemory(platform.name, VCK190_READ_LATENCY, VCK190_READ_LATENCY, rate,
+                     f"{platform.dram} ({platform.dram_gbps} GB/s x {efficiency}); read latency "
+                     f"{VCK190_READ_LATENCY} cycles assumed")
+
+
+@dataclass(frozen=True)
+class TopBuild:
+    """Build parameters and unit latencies of the as-built top (:func:`top_build`).
+
+    ``lat`` holds cycle counts read from the RTL classes: matrix ``cvt`` (FP32->FP16
+    converter), ``had`` / ``quant`` (``LATENCY_AFTER_LAST``), ``dot`` (one array cell);
+    vector ``gap_<SUBOP>`` (the unit latency that spaces elements with the fine pipeline
+    off), ``tree`` (pairwise tree over ``P`` partials), ``drain`` (``PartialSums.DRAIN``),
+    ``mul``, the row units' phase latencies (``ln_mean``, ``ln_var``, ``ln_rsqrt``,
+    ``ln_out``, ``sm_exp``, ``sm_recip``, ``l2_sq``, ``l2_gain``; those after a reduction
+    include the tree), ``gelu``, ``resid``,
+    ``cvt16``, ``fdot`` (pause after a row) and ``fdot_tree``.
+    """
+
+    tm: int
+    tn: int
+    lanes: int
+    quant_lanes: int
+    C: int
+    P: int
+    code_words: int          # bus words per (beat, feature) weight entry
+    scale_words: int         # bus words per (feature block, group) of FP16 scales
+    max_outstanding: int     # bursts in flight on the read arbiter
+    vec_rd_depth: int        # words in flight per vector-engine operand
+    mat_fifo_words: int      # words per matrix-engine read FIFO
+    max_burst: int
+    lat: Mapping[str, int]
+
+
+_TOP_BUILDS: dict = {}      # lanes -> unit latencies
+
+
+def top_build(config: AcceleratorConfig, C: int) -> TopBuild:
+    """The as-built top for ``config`` and model width ``C``: every latency is read from the
+    unit classes (:func:`_top_latencies`; needs Amaranth).  The engine defaults are those
+    :class:`fpqvar_hw.engines.top.Accelerator` builds (``max_outstanding``, ``rd_depth``,
+    ``fifo_words``)."""
+    import inspect
+
+    from ..engines import axi
+
+    from .. import isa
+    from ..engines.matrix import MatrixEngine
+    from ..engines.top import Accelerator
+    from ..engines.vecengine import VectorEngine
+    if C < 1 or C % isa.VEC_P:
+        raise ValueError(f"C must be a positive multiple of {isa.VEC_P}, got {C}")
+    acc = inspect.signature(Accelerator.__init__).parameters["max_outstanding"].default
+    mat = inspect.signature(MatrixEngine.__init__).parameters["fifo_words"].default
+    rd = inspect.signature(VectorEngine.__init__).parameters["rd_depth"].default
+    return TopBuild(tm=config.tm, tn=config.tn, lanes=config.lanes, quant_lanes=config.quant_lanes,
+                    C=C, P=isa.VEC_P,
+                    code_words=isa.gemm_code_word_bytes(config.lanes, 4) // axi.DATA_BYTES,
+                    scale_words=-(-2 * config.tn // axi.DATA_BYTES), max_outstanding=acc,
+                    vec_rd_depth=rd, mat_fifo_words=mat, max_burst=axi.MAX_BURST,
+                    lat=_top_latencies(config.lanes))
+
+
+def _top_latencies(lanes: int) -> dict[str, int]:
+    """:attr:`TopBuild.lat` for an array of ``lanes`` (cached: building the units takes
+    seconds).  No latency depends on the model width."""
+    if lanes in _TOP_BUILDS:
+        return _TOP_BUILDS[lanes]
+    from amaranth.hdl import Module, Signal
+
+    from .. import isa
+    from ..units.dot import GroupDot
+    from ..units.fpu import FP16, FP32, FPOp, FPUnit
+    from ..units.hadamard import LATENCY_AFTER_LAST as HAD
+    from ..units.multiplier import MulPair
+    from ..units.quantizer import LATENCY_AFTER_LAST as QUANT
+    from ..engines.vecengine import VectorEngine
+    from ..units.vector import Dataflow, FDot, PartialSums, Val, fp32_bits
+
+    P = isa.VEC_P
+    cell = GroupDot(pair=MulPair.E2M1_E2M1, dfq=True, dual=True, group_size=128, lanes=lanes)
+    cell._MustUse__silence = True
+    cvt = FPUnit(FPOp.CONVERT, FP32, dst=FP16, lanes=4)
+    cvt._MustUse__silence = True
+    # the row units' phase latencies, scheduled exactly as vector.py schedules them
+    df = Dataflow(Module(), 1, dry=True)
+
+    def x():
+        return Val(Signal(32), 0)
+    level = [x() for _ in range(P)]
+    while len(level) > 1:
+        level = [df.add(level[q], level[q + 1]) for q in range(0, len(level), 2)]
+    tree = level[0].stage
+    tv = Val(Signal(32), tree)
+    held = Val(Signal(32), -1)
+    vec = VectorEngine(C=P, max_kv=64, P=P)      # unit latencies do not depend on C
+    vec._MustUse__silence = True
+    units = vec._units()          # the sub-op -> unit map the engine elaborates
+    for u in units.values():
+        u._MustUse__silence = True
+    lnmod_out = df.add(df.mul(df.mul(x(), held), df.add(x(), df.const(0))), x())
+    gain = df.mul(df.rsqrt(df.max(tv, df.const(fp32_bits(1e-24)))),
+                  df.exp(df.min(x(), df.const(fp32_bits(math.log(100.0))))))
+    lat = {
+        "cvt": cvt.latency, "had": HAD, "quant": QUANT, "dot": cell.latency,
+        **{f"gap_{s.name}": u.latency for s, u in units.items()},
+        "tree": tree, "drain": PartialSums.DRAIN, "mul": FPUnit(FPOp.MUL, FP32).latency,
+        "ln_mean": df.mul(tv, df.const(0)).stage,
+        "ln_var": df.mul(df.sub(x(), held), df.sub(x(), held)).stage,
+        "ln_rsqrt": df.rsqrt(df.add(df.mul(tv, df.const(0)), df.const(0))).stage,
+        "ln_out": lnmod_out.stage,
+        "sm_exp": df.exp(df.sub(x(), held)).stage,
+        "sm_recip": df.reciprocal(tv).stage,
+        "l2_sq": df.mul(x(), x()).stage,
+        "l2_gain": gain.stage,
+        "gelu": units[isa.VecSubop.GELU].latency, "resid": units[isa.VecSubop.RESID].latency,
+        "cvt16": units[isa.VecSubop.CVT16].latency, "fdot": FDot(P=P).latency,
+        "fdot_tree": tree,
+    }
+    _TOP_BUILDS[lanes] = lat
+    return lat
+
+
+@dataclass(frozen=True)
+class EngineCost:
+    """One instruction on its engine: ``cycles`` its ``busy`` is high when it runs alone,
+    ``words`` 16-byte words it reads over the shared R channel."""
+
+    cycles: int
+    words: int
+
+
+def gemm_cost(M: int, K: int, N: int, *, had: bool, bias: bool, fine: bool, b: TopBuild,
+              mem: TopMemory) -> EngineCost:
+    """Cycles of one GEMM instruction on the MatrixEngine (``matrix.py``).
+
+    Row blocks of ``tm`` rows are the outer loop and every row block re-reads all the
+    weights.  Per row block and feature block of ``tn`` outputs the array takes
+    ``K/lanes`` beats of ``tn * code_words`` weight words (one word per cycle from the
+    weight FIFO, or one beat per ``dot`` latency with the fine pipeline off); the drain
+    needs ``rows * tn`` results (x ``MATRIX_BIAS_GATE`` with the fine pipeline off) + its
+    bias words + ``MATRIX_DRAIN_STATES``.  The loader (1 bus word = 4 FP32 per cycle,
+    or one item per unit latency with the fine pipeline off) fills the first row block
+    before the array starts and the next one meanwhile (double bank).  The R channel
+    carries weights, scales, bias and activations: ``words / beat_rate`` cycles at least.
+    """
+    if min(M, K, N) < 1 or K % 128:
+        raise ValueError(f"GEMM M={M}, K={K}, N={N}: M, N >= 1 and K a multiple of 128")
+    L = b.lat
+    KB, G = K // b.lanes, K // 128
+    NB, B = -(-N // b.tn), -(-M // b.tm)
+    tw = b.tn * b.code_words
+    bw = -(-4 * b.tn // 16) if bias else 0
+    fb_words = KB * tw + G * b.scale_words + bw
+    act_words = M * K // 4 + (1 if had else 0)
+    words = B * NB * fb_words + act_words
+    if mem.shared:
+        t_bus = words / mem.beat_rate
+    else:   # one beat per cycle per client: the weight stream is the largest
+        t_bus = B * NB * KB * tw / mem.beat_rate
+    beat = max(tw, 1 if fine else L["dot"])
+    if fine:
+        load_row = K / 4
+    else:
+        load_row = max(K / 4 * L["cvt"], K / b.quant_lanes * L["quant"],
+                       K / b.quant_lanes * L["had"] if had else 0)
+    rd = mem.read_latency + READ_PATH
+    first = rd + min(M, b.tm) * load_row + L["cvt"] + (L["had"] if had else 0) + L["quant"]
+    compute = 0.0
+    for blk in range(B):
+        rows = min(b.tm, M - blk * b.tm)
+        drain = rows * b.tn * (1 if fine else MATRIX_BIAS_GATE) + bw + MATRIX_DRAIN_STATES
+        nxt = min(b.tm, M - (blk + 1) * b.tm) * load_row if blk + 1 < B else 0
+        compute += max(NB * max(KB * beat, drain), nxt)
+    last_rows = M - (B - 1) * b.tm
+    tail = L["dot"] + last_rows * b.tn + 2 + mem.write_latency + WRITE_PATH
+    cyc = ENGINE_START + max(first + compute, rd + t_bus) + tail + ENGINE_END
+    return EngineCost(int(round(cyc)), int(words))
+
+
+def _operand_words(n: tuple[int, int, int, int], s0: int, s1: int, esize: int, *,
+                   once_per_row: bool = False) -> tuple[int, int]:
+    """(words, single-beat words) an operand of a VEC instruction reads (``vecengine.py``:
+    a word is read when the element's 16-byte word differs from the operand's last one;
+    ``0 < s0 <= 16`` rows are fetched as bursts, any other stride one beat per word)."""
+    rows = n[1] * n[2] * n[3]
+    if once_per_row:                 # L2NT's B: read at i0 = 0, walks s1 across rows
+        w = max(1, -(-n[1] * abs(s1) // 16)) * n[2] * n[3] if s1 else n[2] * n[3]
+        return w, w
+    if s0 == 0:
+        per_row, single = 1, 0
+    elif 0 < s0 <= 16:
+        per_row, single = -(-n[0] * s0 // 16), 0
+    else:
+        per_row, single = n[0], n[0]
+    if s1 == 0 and per_row == 1:     # every row re-reads the same word: the cache keeps it
+        return n[2] * n[3], (n[2] * n[3] if single else 0)
+    return rows * per_row, rows * single
+
+
+def vec_cost(subop: int, n: tuple[int, int, int, int], operands: Mapping[str, tuple[int, int, int]],
+             *, fine: bool, b: TopBuild, mem: TopMemory) -> EngineCost:
+    """Cycles of one VEC instruction on the VectorEngine (``vecengine.py``, ``vector.py``).
+
+    ``operands``: the read operands the sub-op uses, ``name -> (s0, s1, element bytes)``.
+    One element per cycle enters the sub-op's unit (one per ``gap_<SUBOP>`` cycles with
+    the fine pipeline off); the row units add their phases per row: LNMOD ``3*n0`` +
+    mean, variance and rsqrt latencies; L2NT ``2*n0`` + square and gain; SOFTMAX
+    ``3*n0`` + exp and reciprocal; FDOT ``n0`` + its per-row pause.  Reads: bus words at
+    ``beat_rate``; single-beat streams are limited to ``max_outstanding`` bursts in flight
+    per read latency.
+    """
+    from ..isa import VecSubop as V
+    if any(v < 1 for v in n):
+        raise ValueError(f"VEC loop counts must be >= 1, got {n}")
+    L = b.lat
+    s = V(subop)
+    n0, rows = n[0], n[1] * n[2] * n[3]
+    g = 1 if fine else max(1, L[f"gap_{s.name}"])
+    d = L["drain"]
+    if s is V.LNMOD:
+        unit = rows * (n0 * g + 2 * n0 + (L["ln_mean"] + d + 1)
+                       + (L["ln_var"] + d + L["ln_rsqrt"] + 1)) + L["ln_out"]
+    elif s is V.L2NT:
+        unit = rows * (n0 * g + n0 + L["l2_sq"] + d + L["l2_gain"] + 1) + L["mul"]
+    elif s is V.SOFTMAX:
+        unit = rows * (n0 * g + 2 * n0 + (L["sm_exp"] + d + 1) + (L["sm_recip"] + 1)) \
+            + L["mul"]
+    elif s is V.FDOT:
+        unit = rows * max(n0 * g, n0 + L["fdot"]) + L["fdot_tree"]
+    else:
+        unit = rows * n0 * g + {V.RESID: L["resid"], V.GELU: L["gelu"], V.CVT16: L["cvt16"]}[s]
+    words = single = 0
+    for name, (s0, s1, esize) in operands.items():
+        w, sb = _operand_words(n, s0, s1, esize, once_per_row=(s is V.L2NT and name == "b"))
+        words += w
+        single += sb
+    t_bus = words / mem.beat_rate
+    rd = mem.read_latency + READ_PATH
+    t_single = single * (rd + 1) / min(b.max_outstanding, b.vec_rd_depth)
+    cyc = ENGINE_START + rd + 1 + max(unit, t_bus, t_single) + mem.write_latency + WRITE_PATH \
+        + ENGINE_END
+    return EngineCost(int(round(cyc)), int(words))
+
+
+# ---------------------------------------------------------- the step program, shape level
+@dataclass(frozen=True)
+class TopInstr:
+    """One instruction of a step program, reduced to what its timing depends on.
+
+    ``gemm`` = ``(M, K, N, had, bias)``; ``vec`` = ``(subop, (n0, n1, n2, n3), operands)``
+    with ``operands`` = ``((name, s0, s1, element bytes), ...)`` of the read operands;
+    ``sync`` as :func:`fpqvar_hw.host.compiler.assign_sync` sets it.
+    """
+
+    opcode: int
+    name: str
+    gemm: tuple | None = None
+    vec: tuple | None = None
+    sync: bool = False
+
+
+@dataclass(frozen=True)
+class _Spans:
+    """Footprint of a :class:`TopInstr`: ``(buffer, lo, hi)`` ranges of token rows (or KV
+    positions) it reads and writes; :meth:`conflicts` is RAW/WAR/WAW like
+    :meth:`fpqvar_hw.isa.Footprint.conflicts`."""
+
+    reads: tuple
+    writes: tuple
+
+    @staticmethod
+    def _overlap(a, b) -> bool:
+        return any(x[0] == y[0] and x[1] < y[2] and y[1] < x[2] for x in a for y in b)
+
+    def conflicts(self, other: "_Spans") -> bool:
+        return (self._overlap(self.reads, other.writes) or self._overlap(self.writes, other.reads)
+                or self._overlap(self.writes, other.writes))
+
+
+@functools.lru_cache(maxsize=64)
+def top_step_program(C: int, H: int, hidden: int, blocks: int, L_start: int, L: int, rows: int,
+                     tile: int, *, coarse: bool = True,
+                     max_tiles: int | None = None) -> tuple[TopInstr, ...]:
+    """The instructions :meth:`fpqvar_hw.host.compiler.Compiler.instructions` emits for a step
+    (without the HALT), at the shape level: per block the phases A, B, C over token tiles
+    of ``tile`` tokens of one row, each phase's tile chains skewed by one stage
+    (``compiler._skew``), sync flags from :func:`fpqvar_hw.host.compiler.assign_sync` on
+    token-range footprints (cached).  ``tests/test_perf_vs_sim.py`` checks it against the
+    compiler.  ``max_tiles``: only the first that many tiles of each phase (the KV length
+    stays ``L_start + L``), for timing a sample of a long step."""
+    from ..host.compiler import assign_sync
+    from ..isa import Opcode, VecSubop as V
+
+    G, Vc = int(Opcode.GEMM), int(Opcode.VEC)
+    Lk, D = L_start + L, 64
+    F = 4
+    ln_ops = (("a", F, C * F, F), ("b", F, 0, F), ("c", F, 0, F))        # x rows, ada rows
+    res_ops = (("a", F, C * F, F), ("b", F, 0, F), ("c", F, C * F, F))   # x, gamma, y
+
+    def vec(name, subop, n, ops, reads, writes):
+        return (TopInstr(Vc, name, vec=(int(subop), n, ops)), _Spans(reads, writes))
+
+    def gemm(name, M, K, N, had, reads, writes):
+        return (TopInstr(G, name, gemm=(M, K, N, had, True)), _Spans(reads, writes))
+
+    def phase_a(r, l0, l1):
+        n, t = l1 - l0, r * L + l0
+        T = (t, t + n)
+        kv = (L_start + l0, L_start + l1)
+        return [vec("LNMOD", V.LNMOD, (C, n, 1, 1), ln_ops, (("x",) + T,), (("h",) + T,)),
+                gemm("qkv", n, C, 3 * C, True, (("h",) + T,), (("q",) + T, ("k",) + T, ("v",) + T)),
+                vec("L2NT q", V.L2NT, (D, H, n, 1), (("a", F, D * F, F), ("b", 0, F, F)),
+                    (("q",) + T,), (("q",) + T,)),
+                vec("L2NT k", V.L2NT, (D, H, n, 1), (("a", F, D * F, F), ("b", 0, 0, F)),
+                    (("k",) + T,), (("k",) + T,)),
+                vec("CVT16 k", V.CVT16, (D, H, n, 1), (("a", F, D * F, F),),
+                    (("k",) + T,), ((f"kc{r}",) + kv,)),
+                vec("CVT16 v", V.CVT16, (D, H, n, 1), (("a", F, D * F, F),),
+                    (("v",) + T,), ((f"vc{r}",) + kv,))]
+
+    def phase_b(r, l0, l1):
+        n, t = l1 - l0, r * L + l0
+        T = (t, t + n)
+        return [vec("FDOT qk", V.FDOT, (D, Lk, n, H), (("a", F, 0, F), ("b", 2, D * 2, 2)),
+                    (("q",) + T, (f"kc{r}", 0, Lk)), (("s",) + T,)),
+                vec("SOFTMAX", V.SOFTMAX, (Lk, H, n, 1), (("a", F, Lk * F, F),),
+                    (("s",) + T,), (("s",) + T,)),
+                vec("FDOT pv", V.FDOT, (Lk, D, n, H), (("a", F, 0, F), ("b", D * 2, 2, 2)),
+                    (("s",) + T, (f"vc{r}", 0, Lk)), (("o",) + T,)),
+                gemm("proj", n, C, C, False, (("o",) + T,), (("y",) + T,)),
+                vec("RESID", V.RESID, (C, n, 1, 1), res_ops, (("x",) + T, ("y",) + T),
+                    (("x",) + T,))]
+
+    def phase_c(r, l0, l1):
+        n, t = l1 - l0, r * L + l0
+        T = (t, t + n)
+        return [vec("LNMOD", V.LNMOD, (C, n, 1, 1), ln_ops, (("x",) + T,), (("h",) + T,)),
+                gemm("fc1", n, C, hidden, True, (("h",) + T,), (("f",) + T,)),
+                vec("GELU", V.GELU, (hidden, n, 1, 1), (("a", F, hidden * F, F),),
+                    (("f",) + T,), (("f",) + T,)),
+                gemm("fc2", n, hidden, C, False, (("f",) + T,), (("y",) + T,)),
+                vec("RESID", V.RESID, (C, n, 1, 1), res_ops, (("x",) + T, ("y",) + T),
+                    (("x",) + T,))]
+
+    tiles = [(r, l0, min(L, l0 + tile)) for r in range(rows) for l0 in range(0, L, tile)]
+    tiles = tiles[:max_tiles]
+    prog = []
+    for _ in range(blocks):
+        for phase in (phase_a, phase_b, phase_c):
+            chains = [phase(*tl) for tl in tiles]
+            keyed = sorted(((t + s, t), item) for t, ch in enumerate(chains)
+                           for s, item in enumerate(ch))
+            prog += [item for _, item in keyed]
+    return tuple(assign_sync([i for i, _ in prog], [f for _, f in prog], coarse=coarse))
+
+
+@dataclass(frozen=True)
+class TopRun:
+    """Counters of one simulated-by-model step (the top's CYCLES, GEMM_CYCLES, VEC_CYCLES,
+    OVERLAP_CYCLES) and the instruction count including the HALT."""
+
+    instructions: int
+    cycles: int
+    gemm_cycles: int
+    vec_cycles: int
+    overlap_cycles: int
+
+
+def _bus_speeds(run: dict, mem: TopMemory) -> dict:
+    """Max-min fair share of the R channel between the running instructions: each one's
+    speed (1 = as fast as alone) when their combined word rate exceeds ``beat_rate``."""
+    act = [e for e, r in run.items() if r is not None]
+    if len(act) < 2 or not mem.shared:
+        return {e: 1.0 for e in act}
+    u = {e: run[e][1] for e in act}
+    cap = mem.beat_rate
+    if sum(u.values()) <= cap:
+        return {e: 1.0 for e in act}
+    lo, hi = sorted(act, key=u.get)
+    if u[lo] <= cap / 2:
+        return {lo: 1.0, hi: (cap - u[lo]) / u[hi]}
+    return {e: cap / 2 / u[e] for e in act}
+
+
+def schedule_top(instrs: list[TopInstr], costs: list[EngineCost], *, coarse: bool,
+                 mem: TopMemory) -> TopRun:
+    """Run ``instrs`` through the controller's dispatch rules (``control.py``): in program
+    order, one instruction per engine, the next instruction fetched (one 8-beat burst)
+    while the current one waits, dispatch when its engine is idle -- both idle with
+    ``sync`` or with the coarse pipeline off --, at most one dispatch per 2 cycles
+    (``settle``), an engine busy from the cycle after it takes ``cmd``; the HALT ends the
+    run when both are idle.  Two instructions running at once share the R channel
+    (:func:`_bus_speeds`)."""
+    from ..engines.control import INSTR_BEATS
+
+    GEMM, VEC = 1, 2
+    run: dict = {GEMM: None, VEC: None}          # [remaining cycles alone, words per cycle]
+    busy = {GEMM: 0.0, VEC: 0.0}
+    state = {"t": 1.0, "overlap": 0.0}           # start -> RUN: 1 cycle
+    fetch = 1 + mem.read_latency + INSTR_BEATS / mem.beat_rate + 1
+
+    def step_to(T: float | None) -> None:
+        """Advance to the first completion, or to ``T`` if that comes first."""
+        act = [e for e in run if run[e] is not None]
+        if not act:
+            state["t"] = max(state["t"], T)
+            return
+        sp = _bus_speeds(run, mem)
+        left = {e: run[e][0] / sp[e] for e in act}
+        step = min(left.values())
+        if T is not None and T - state["t"] < step:
+            step = max(0.0, T - state["t"])
+        if len(act) == 2:
+            state["overlap"] += step
+        for e in act:
+            busy[e] += step
+            if left[e] - step <= 1e-6:      # completes now
+                run[e] = None
+            else:
+                run[e][0] -= step * sp[e]
+        state["t"] += step
+
+    def advance(T: float) -> None:
+        while state["t"] < T:
+            step_to(T)
+
+    def until_idle(engines) -> None:
+        while any(run[e] is not None for e in engines):
+            step_to(None)
+
+    valid = state["t"] + fetch + 1
+    last = -math.inf
+    for ins, cost in zip(instrs, costs):
+        advance(max(valid, last + 2))
+        until_idle((GEMM, VEC) if (ins.sync or not coarse) else (ins.opcode,))
+        d = state["t"]
+        advance(d + 1)
+        run[ins.opcode] = [float(cost.cycles), cost.words / max(1, cost.cycles)]
+        valid = max(valid + fetch, d + 1) + 1
+        last = d
+    until_idle((GEMM, VEC))
+    end = max(state["t"], valid) + 1
+    return TopRun(len(instrs) + 1, int(round(end)), int(round(busy[GEMM])), int(round(busy[VEC])),
+                  int(round(state["overlap"])))
+
+
+def instr_cost(ins: TopInstr, *, fine: bool, b: TopBuild, mem: TopMemory) -> EngineCost:
+    """:func:`gemm_cost` or :func:`vec_cost` of one :class:`TopInstr`."""
+    if ins.gemm is not None:
+        M, K, N, had, bias = ins.gemm
+        return gemm_cost(M, K, N, had=had, bias=bias, fine=fine, b=b, mem=mem)
+    subop, n, ops = ins.vec
+    return vec_cost(subop, n, {o[0]: o[1:] for o in ops}, fine=fine, b=b, mem=mem)
+
+
+#: Steps whose program is longer than this are timed on one block and scaled by the depth
+#: (blocks are separated by a dependency on x, so they barely overlap), and a block with more
+#: than ``_MAX_SCHEDULED / 16`` tiles on its first tiles, scaled by the tile count (every
+#: tile of a step has the same shape; the pipeline is in steady state after a few).
+_MAX_SCHEDULED = 2_048
+
+
+def top_step(C: int, H: int, hidden: int, depth: int, L_start: int, L: int, rows: int,
+             config: AcceleratorConfig, mem: TopMemory, *, tile: int | None = None) -> TopRun:
+    """Model of one scale step on the as-built top: every instruction's engine cycles
+    (:func:`instr_cost`) scheduled by :func:`schedule_top` with the config's pipeline
+    switches; ``tile`` tokens per tile (default ``config.tm``, the compiler's default)."""
+    b = top_build(config, C)
+    tile = tile or config.tm
+    tiles = rows * -(-L // tile)
+    blocks = depth if depth * 16 * tiles <= _MAX_SCHEDULED else 1
+    sampled = min(tiles, max(1, _MAX_SCHEDULED // 16))
+    if sampled < tiles and L % tile and L >= tile:     # a sample of full-size tiles only
+        sampled = min(sampled, L // tile)
+    prog = top_step_program(C, H, hidden, blocks, L_start, L, rows, tile,
+                            coarse=config.coarse_pipeline,
+                            max_tiles=sampled if sampled < tiles else None)
+    cache: dict = {}
+    costs = []
+    for ins in prog:
+        key = (ins.gemm, ins.vec)
+        if key not in cache:
+            cache[key] = instr_cost(ins, fine=config.fine_pipeline, b=b, mem=mem)
+        costs.append(cache[key])
+    r = schedule_top(prog, costs, coarse=config.coarse_pipeline, mem=mem)
+    if blocks == depth and sampled == tiles:
+        return r
+    k = depth / blocks * tiles / sampled
+    return TopRun(depth * 16 * tiles + 1, int(r.cycles * k), int(r.gemm_cycles * k),
+                  int(r.vec_cycles * k), int(r.overlap_cycles * k))
+
+
+@dataclass(frozen=True)
+class TopModelResult:
+    """The as-built top running every scale step of ``model`` (one batch)."""
+
+    model: str
+    batch: int
+    clock_mhz: float
+    memory: TopMemory
+    steps: tuple[TopRun, ...]
+
+    @property
+    def cycles(self) -> int:
+        return sum(s.cycles for s in self.steps)
+
+    @property
+    def images_per_s(self) -> float:
+        """Transformer-only throughput (accelerator time only), as :class:`ModelResult`."""
+        return self.batch / (self.cycles / (self.clock_mhz * 1e6))
+
+    def as_dict(self) -> dict:
+        return {"model": self.model, "batch": self.batch, "clock_mhz": self.clock_mhz,
+                "memory": self.memory.name, "read_latency": self.memory.read_latency,
+                "beat_rate": self.memory.beat_rate, "cycles": self.cycles,
+                "images_per_s": self.images_per_s,
+                "steps": [dataclasses.asdict(s) for s in self.steps]}
+
+
+def evaluate_top(model: ModelSpec | str, config: AcceleratorConfig, platform: Platform,
+                 memory: TopMemory | None = None) -> TopModelResult:
+    """The as-built top (``fpqvar_hw/engines/top.py``, built for ``model``'s width) on ``platform``:
+    :func:`top_step` for every scale step, rows = batch x 2 (CFG), tiles of ``config.tm``
+    tokens, ``memory`` default :func:`platform_memory` at the config's DRAM efficiency.
+    Only the w4a4 formats exist in the RTL; other presets are timed as if they did."""
+    if isinstance(model, str):
+        try:
+            model = MODELS[model] if model != DIGITS.name else DIGITS
+        except KeyError:
+            raise ValueError(f"unknown model {model!r}; models: {', '.join(MODELS)}") from None
+    clock = config.clock_mhz or platform.clock_mhz
+    mem = memory or platform_memory(platform, clock, config.dram_efficiency)
+    rows = config.batch * (2 if config.cfg else 1)
+    steps = tuple(top_step(model.C, model.heads, 4 * model.C, model.depth, Ls, n, rows, config, mem)
+                  for Ls, n in zip((k - n for k, n in zip(model.kv_lengths, model.tokens)),
+                                   model.tokens))
+    return TopModelResult(model.name, config.batch, clock, mem, steps)
+
+
+def top_breakdown(model: ModelSpec | str, config: AcceleratorConfig, memory: TopMemory) -> dict:
+    """Share of the engines' standalone cycles per instruction kind (``TopInstr.name``) over
+    all steps of ``model``: what limits the as-built top."""
+    if isinstance(model, str):
+        model = MODELS[model]
+    b = top_build(config, model.C)
+    rows = config.batch * (2 if config.cfg else 1)
+    tot: dict[str, float] = {}
+    for Ls_end, n in zip(model.kv_lengths, model.tokens):
+        tiles = rows * -(-n // config.tm)
+        k = min(tiles, max(1, _MAX_SCHEDULED // 16))
+        prog = top_step_program(model.C, model.heads, 4 * model.C, 1, Ls_end - n, n, rows,
+                                config.tm, coarse=config.coarse_pipeline,
+                                max_tiles=k if k < tiles else None)
+        cache: dict = {}
+        for ins in prog:
+            key = (ins.gemm, ins.vec)
+            if key not in cache:
+                cache[key] = instr_cost(ins, fine=config.fine_pipeline, b=b, mem=memory).cycles
+            tot[ins.name] = tot.get(ins.name, 0.0) + cache[key] * tiles / k
+    total = sum(tot.values())
+    return {k: v / total for k, v in sorted(tot.items(), key=lambda kv: -kv[1])}
+
+
+def top_report(config: AcceleratorConfig, platform: Platform) -> dict:
+    """JSON-ready as-built throughput for every model, with both pipeline levels as
+    configured and with each one off."""
+    out = {}
+    for name, m in MODELS.items():
+        if m.C % 128:
+            continue
+        r = evaluate_top(m, config, platform)
+        ab = {}
+        for label, coarse, fine in (("no_coarse", False, True), ("no_fine", True, False)):
+            c = config.replace(coarse_pipeline=coarse, fine_pipeline=fine)
+            ab[label] = evaluate_top(m, c, platform, r.memory).images_per_s
+        share = top_breakdown(m, config, r.memory)
+        out[name] = {**r.as_dict(), "pipeline_ablation": ab,
+                     "cycle_share": {k: round(v, 4) for k, v in share.items()}}
+    mem = platform_memory(platform, config.clock_mhz or platform.clock_mhz, config.dram_efficiency)
+    return {"memory": {"name": mem.name, "read_latency": mem.read_latency,
+                       "beat_rate": mem.beat_rate, "source": mem.source},
+            "models": out}
+
+
