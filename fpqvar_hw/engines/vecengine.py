@@ -214,7 +214,9 @@ class VectorEngine(wiring.Component):
         """The sub-ops this build executes (KVQ6 only with ``kv6``)."""
         return [s for s in isa.VecSubop if self.kv6 or s is not isa.VecSubop.KVQ6]
 
-    def _units(self) -> dict[isa.VecSubop, wiring.Component]:
+    def row_units(self) -> dict[isa.VecSubop, wiring.Component]:
+        """The sub-op -> row unit map this engine elaborates (new, unelaborated objects on
+        every call; the throughput model reads their latencies)."""
         units = {
             isa.VecSubop.LNMOD: LayerNormModulate(length=self.C, P=self.P),
             isa.VecSubop.RESID: Residual(),
@@ -561,7 +563,7 @@ class VectorEngine(wiring.Component):
             src, src_valid, src_ready = elem, elem_valid, elem_ready
 
         # ============================================================ units
-        units = self._units()
+        units = self.row_units()
         for s, u in units.items():
             m.submodules[f"unit_{s.name.lower()}"] = ResetInserter(flush)(u)
         # fine = 0: one element per unit latency

@@ -202,7 +202,7 @@ def _top_latencies(lanes: int) -> dict[str, int]:
     held = Val(Signal(32), -1)
     vec = VectorEngine(C=P, max_kv=64, P=P)      # unit latencies do not depend on C
     vec._MustUse__silence = True
-    units = vec._units()          # the sub-op -> unit map the engine elaborates
+    units = vec.row_units()       # the sub-op -> unit map the engine elaborates
     for u in units.values():
         u._MustUse__silence = True
     lnmod_out = df.add(df.mul(df.mul(x(), held), df.add(x(), df.const(0))), x())

@@ -108,9 +108,9 @@ class Dataflow:
     def _fp(self, front, *vals: Val) -> Val:
         s = self._stage(*vals)
         u = front(self.m, *(self.at(v, s) for v in vals))
-        return self._round(u, FP32, s)
+        return self.round(u, FP32, s)
 
-    def _round(self, u, fmt: FloatFormat, s: int) -> Val:
+    def round(self, u, fmt: FloatFormat, s: int) -> Val:
         """Register the unrounded ``u`` (stage s+1), RoundPack, register (stage s+2)."""
         ur = self.reg(u.as_value(), "u")
         if self.dry:  # latency computation only: no design is built
@@ -281,7 +281,7 @@ class Elementwise(wiring.Component):
             df = Dataflow(m, en, prefix=f"l{lane}_", dry=dry)
             v = Val(x, 0)
             if self.src is FP16:
-                v = df._round(convert_front(m, x, FP16), FP32, 0)
+                v = df.round(convert_front(m, x, FP16), FP32, 0)
             y = getattr(df, self.func.value)(v)
             if self.dst is FP16:
                 y = self._to_fp16(df, y)
@@ -294,7 +294,7 @@ class Elementwise(wiring.Component):
 
     @staticmethod
     def _to_fp16(df: Dataflow, y: Val) -> Val:
-        return df._round(convert_front(df.m, y.sig, FP32), FP16, y.stage)
+        return df.round(convert_front(df.m, y.sig, FP32), FP16, y.stage)
 
     def elaborate(self, platform):
         m = Module()
