@@ -21,7 +21,8 @@ import typing
 from dataclasses import dataclass, fields
 
 __all__ = ["ElementFormat", "ScaleFormat", "Rotation", "AcceleratorConfig", "PRESETS",
-           "preset_names", "get_preset", "apply_overrides", "parse_param", "LAYERS"]
+           "preset_names", "get_preset", "apply_overrides", "parse_param", "LAYERS",
+           "PTQ_TO_ACCELERATOR", "accelerator_config"]
 
 #: The four quantized linears of a VAR block, in dataflow order.
 LAYERS = ("qkv", "proj", "fc1", "fc2")
@@ -288,10 +289,12 @@ PRESETS: dict[str, AcceleratorConfig] = {c.preset: c for c in [
     AcceleratorConfig(preset="int8", qkv_act=E.INT8, qkv_weight=E.INT8, proj_act=E.INT8,
                       proj_weight=E.INT8, fc1_act=E.INT8, fc1_weight=E.INT8, fc2_act=E.INT8,
                       fc2_weight=E.INT8, rotation=Rotation.NONE, tm=8, tn=4),
-    # OCP MXFP4: e2m1 elements, e8m0 scales, block 32.
+    # OCP MXFP4 interop: e2m1 elements, e8m0 scales, block 32, no rotation (the PTQ
+    # preset of the same name has no group Hadamard either: tests/test_preset_map.py).
     AcceleratorConfig(preset="mxfp4", qkv_act=E.E2M1, qkv_weight=E.E2M1, proj_act=E.E2M1,
                       proj_weight=E.E2M1, fc1_act=E.E2M1, fc1_weight=E.E2M1, fc2_act=E.E2M1,
-                      fc2_weight=E.E2M1, group_size=32, scale_format=ScaleFormat.E8M0),
+                      fc2_weight=E.E2M1, group_size=32, scale_format=ScaleFormat.E8M0,
+                      rotation=Rotation.NONE),
 ]}
 del E
 
@@ -306,6 +309,41 @@ def get_preset(name: str) -> AcceleratorConfig:
         return PRESETS[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}") from None
+
+
+#: The one bridge between the two preset vocabularies: for a PTQ preset
+#: (``fpqvar_quant/ptq/config.py``, what a quantized package was made with) the accelerator
+#: preset and overrides that compute its packages bit for bit.  ``tests/test_preset_map.py``
+#: checks every entry field by field against both tables (formats per layer, DFQ, group
+#: size, scale format, GHT, KV cache).  PTQ presets missing here have no accelerator:
+#: ``fp16`` (nothing quantized), ``int6-rtn`` and the ``fp6-*`` ladder (per-channel /
+#: per-token scales; the array quantizes per group), ``*-baseline`` / ``*-dfq`` without
+#: GHT on the FP presets (the w4a4 array always rotates the QKV/FC1 inputs; use
+#: ``--param rotation=none`` explicitly), ``fp4-mixedformat`` (per-layer formats chosen by
+#: calibration: build with ``--param`` per layer), ``fp4-afpq``.
+PTQ_TO_ACCELERATOR: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
+    "fp4-baseline": ("w4a4", (("fc2_act", "e2m1fn"), ("rotation", "none"))),
+    "fp4-dfq": ("w4a4", (("rotation", "none"),)),
+    "fp4-dfq-ght": ("w4a4", ()),
+    "fp4-fpqvar": ("w4a4", ()),            # GALT is folded into the weights and adaLN
+    "fp4-fpqvar-kv6": ("w4a4", (("kv_format", "e2m3fn"),)),
+    "int4-rtn": ("int4", (("fc2_act", "int4"),)),
+    "mxfp4": ("mxfp4", ()),
+}
+
+
+def accelerator_config(ptq_preset: str, **overrides) -> AcceleratorConfig:
+    """The accelerator configuration that computes packages of ``ptq_preset`` exactly
+    (:data:`PTQ_TO_ACCELERATOR`), with further field ``overrides`` (array sizes, pipeline
+    switches; strings are parsed like ``--param``).  ``ValueError`` names the PTQ presets
+    that have an accelerator."""
+    try:
+        hw, fixed = PTQ_TO_ACCELERATOR[ptq_preset]
+    except (KeyError, TypeError):
+        raise ValueError(f"no accelerator computes PTQ preset {ptq_preset!r}; presets with one: "
+                         f"{', '.join(PTQ_TO_ACCELERATOR)}") from None
+    cfg = apply_overrides(get_preset(hw), dict(fixed))
+    return cfg.replace(**overrides) if overrides else cfg
 
 
 _TRUE = {"1", "true", "yes", "on"}
