@@ -20,6 +20,8 @@ import types
 import typing
 from dataclasses import dataclass, fields
 
+from fpqvar_quant.formats import DFQ_FORMATS, get_format
+
 __all__ = ["ElementFormat", "ScaleFormat", "Rotation", "AcceleratorConfig", "PRESETS",
            "preset_names", "get_preset", "apply_overrides", "parse_param", "LAYERS",
            "PTQ_TO_ACCELERATOR", "accelerator_config"]
@@ -44,9 +46,10 @@ class ElementFormat(str, enum.Enum):
 
     @property
     def bits(self) -> int:
-        """Code width in bits (sign included)."""
-        return {"e2m1fn": 4, "e1m2fn": 4, "e3m0fn": 4, "int4": 4, "dfq4": 4,
-                "e2m3fn": 6, "e3m2fn": 6, "int6": 6, "dfq6": 6, "int8": 8}[self.value]
+        """Code width in bits (sign included), from ``fpqvar_quant.formats``."""
+        if self.is_dual:
+            return DFQ_FORMATS[self.value].bits
+        return get_format(self.value).bits
 
     @property
     def is_dual(self) -> bool:
@@ -59,10 +62,9 @@ class ElementFormat(str, enum.Enum):
     @property
     def registry_names(self) -> tuple[str, ...]:
         """fpqvar_quant format names behind this element format (two for DFQ: neg, pos)."""
-        if self is ElementFormat.DFQ4:
-            return ("e1m2fn", "e2m1fn")
-        if self is ElementFormat.DFQ6:
-            return ("int6", "e2m3fn")
+        if self.is_dual:
+            d = DFQ_FORMATS[self.value]
+            return (d.neg, d.pos)
         return (self.value,)
 
     def __str__(self) -> str:

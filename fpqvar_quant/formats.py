@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Format", "get_format", "FORMATS", "ELEMENT_FORMATS", "format_names"]
+__all__ = ["Format", "get_format", "FORMATS", "ELEMENT_FORMATS", "format_names", "DfqFormat",
+           "DFQ_FORMATS", "dfq_format"]
 
 
 @dataclass(frozen=True)
@@ -277,6 +278,38 @@ ELEMENT_FORMATS = tuple(n for n, f in FORMATS.items() if f.kind != "scale")
 
 def format_names() -> tuple[str, ...]:
     return tuple(FORMATS)
+
+
+@dataclass(frozen=True)
+class DfqFormat:
+    """Dual Format Quantization codes (``docs/numerics.md`` section 3): elements ``x <= 0``
+    on the ``neg`` grid with their own scale, ``x > 0`` on the ``pos`` grid, one code of
+    ``bits`` bits (``negative`` flag + magnitude).  ``variant`` is the PTQ name
+    (``QuantConfig.dfq``), ``name`` the golden-model / hardware format name."""
+
+    name: str
+    variant: str
+    neg: str
+    pos: str
+    bits: int
+
+
+#: The DFQ formats with a hardware and golden-model path (the one table; ``dfq.py``,
+#: ``golden/quantizer.py`` and ``fpqvar_hw`` read it).  ``fp6`` negatives use the
+#: non-positive half of int6 (a 5-bit uniform grid).
+DFQ_FORMATS: dict[str, DfqFormat] = {d.name: d for d in [
+    DfqFormat("dfq4", "fp4", "e1m2fn", "e2m1fn", 4),
+    DfqFormat("dfq6", "fp6", "int6", "e2m3fn", 6),
+]}
+
+
+def dfq_format(name: str) -> DfqFormat:
+    """A DFQ format by hardware name (``"dfq4"``) or PTQ variant (``"fp4"``)."""
+    for d in DFQ_FORMATS.values():
+        if name in (d.name, d.variant):
+            return d
+    raise ValueError(f"unknown DFQ format {name!r}; valid: "
+                     + ", ".join(f"{d.name} ({d.variant})" for d in DFQ_FORMATS.values()))
 
 
 def get_format(name: "str | Format") -> Format:

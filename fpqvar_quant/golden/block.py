@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..formats import dfq_format
 from . import fp32 as _fp32
 from . import vector as _v
 from .attention import HEAD_DIM, KVEntry, attention, kv_decode, kv_encode
@@ -63,7 +64,6 @@ P = 8
 ADA_ORDER = ("gamma1", "gamma2", "scale1", "scale2", "shift1", "shift2")
 #: Block-relative package layer names of the four GEMMs.
 LAYER_NAMES = {"qkv": "attn.mat_qkv", "proj": "attn.proj", "fc1": "ffn.fc1", "fc2": "ffn.fc2"}
-_DFQ_QUANT = {"fp4": "dfq4"}
 _INV_SQRT2 = 1.0 / np.sqrt(2.0)
 
 
@@ -178,10 +178,10 @@ def block_params(pkg, index: int) -> BlockParams:
                                f"{meta['a_group_size']} must be equal")
         a_fmt = meta["a_fmt"]
         if meta.get("dfq"):
-            if meta["dfq"] not in _DFQ_QUANT:
+            if meta["dfq"] != dfq_format("dfq4").variant:
                 raise _unsupported(f"{name}: DFQ variant {meta['dfq']!r} (golden.dot implements "
-                                   "the fp4 dual format only)")
-            a_fmt = _DFQ_QUANT[meta["dfq"]]
+                                   "the dfq4 dual format only)")
+            a_fmt = dfq_format(meta["dfq"]).name
         had = bool(meta["ght"])
         if had and signs is None:
             raise _unsupported(f"{name} uses GHT but the package has no sign vector")

@@ -38,17 +38,13 @@ from typing import Any
 
 import numpy as np
 
-from ..formats import get_format
+from ..formats import DFQ_FORMATS, get_format
 from . import fp16, register_exporter
 
 __all__ = ["QUANTIZER_FORMATS", "DFQ", "SCALE_FORMATS", "GridSpec", "grid_spec", "scale_fp16",
            "scale_e8m0", "quantize_groups", "GoldenQuant", "n_scales", "canonical_format"]
 
 DFQ = "dfq4"
-#: Dual formats: (negative-side grid, positive-side grid, code bits).  dfq6 is the
-#: FP6 variant: 5-bit uniform negatives (the int6 magnitude grid, scale max/31) and
-#: e2m3fn positives.
-DFQ_FORMATS = {"dfq4": ("e1m2fn", "e2m1fn", 4), "dfq6": ("int6", "e2m3fn", 6)}
 #: Element formats the quantizer supports (``dfq`` is accepted as an alias of ``dfq4``).
 QUANTIZER_FORMATS = ("e2m1fn", "e1m2fn", "e3m0fn", "e2m3fn", "e3m2fn", "int4", "int6", "int8") + tuple(DFQ_FORMATS)
 SCALE_FORMATS = ("fp16", "e8m0")
@@ -173,7 +169,8 @@ def quantize_groups(x_bits: Any, fmt: str, *, scale_format: str = "fp16") -> Gol
     mag = np.where(special, 0, fp16.to_fixed(np.where(special, 0, b)))
     mag = np.abs(mag)
     if fmt in DFQ_FORMATS:
-        neg_fmt, pos_fmt, bits = DFQ_FORMATS[fmt]
+        d = DFQ_FORMATS[fmt]           # (formats.py; dfq6: 5-bit uniform negatives, e2m3fn positives)
+        neg_fmt, pos_fmt, bits = d.neg, d.pos, d.bits
         neg_side = (sign == 1) | (mag == 0)
         sides = [(neg_side, grid_spec(neg_fmt), 1 << (bits - 1)), (~neg_side, grid_spec(pos_fmt), 0x0)]
     else:
