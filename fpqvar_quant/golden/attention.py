@@ -73,7 +73,7 @@ def attention(q, k, v, P: int = 8, xp: _v.Backend | None = None, *, chunk: int =
     Queries are processed ``chunk`` at a time (memory only; the result does not
     depend on it).
     """
-    xp = _v._ctx(xp)
+    xp = _v.backend(xp)
     q, k, v = xp.asf32(q), xp.asf32(k), xp.asf32(v)
     if q.shape[-1] != HEAD_DIM or k.shape != v.shape or k.shape[-1] != HEAD_DIM \
             or q.shape[0] != k.shape[0]:

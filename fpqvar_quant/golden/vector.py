@@ -50,7 +50,7 @@ import numpy as np
 
 from . import register_exporter
 
-__all__ = ["Backend", "NUMPY", "exp", "reciprocal", "rsqrt", "gelu", "softmax",
+__all__ = ["Backend", "NUMPY", "backend", "exp", "reciprocal", "rsqrt", "gelu", "softmax",
            "layernorm_modulate", "l2norm_temperature", "gamma_residual", "tree_sum",
            "RECIP_TABLE", "RSQRT_TABLE", "CONST", "f32"]
 
@@ -164,13 +164,14 @@ class Backend:
 NUMPY = Backend()
 
 
-def _ctx(xp: Backend | None) -> Backend:
+def backend(xp: Backend | None) -> Backend:
+    """``xp``, or the numpy backend when ``xp`` is None."""
     return NUMPY if xp is None else xp
 
 
 def exp(x, xp: Backend | None = None):
     """FP32 ``exp`` as defined in the module docstring."""
-    xp = _ctx(xp)
+    xp = backend(xp)
     x = xp.asf32(x)
     c = lambda v: xp.const(v, x)  # noqa: E731
     x = xp.minimum(xp.maximum(x, c(CONST["EXP_LO"])), c(CONST["EXP_HI"]))
@@ -192,7 +193,7 @@ def _fields(xp: Backend, x):
 
 def reciprocal(d, xp: Backend | None = None):
     """FP32 ``1/d`` as defined in the module docstring."""
-    xp = _ctx(xp)
+    xp = backend(xp)
     d = xp.asf32(d)
     c = lambda v: xp.const(v, d)  # noqa: E731
     sign, E, man = _fields(xp, d)
@@ -210,7 +211,7 @@ def reciprocal(d, xp: Backend | None = None):
 
 def rsqrt(v, xp: Backend | None = None):
     """FP32 ``1/sqrt(v)`` as defined in the module docstring."""
-    xp = _ctx(xp)
+    xp = backend(xp)
     v = xp.asf32(v)
     c = lambda val: xp.const(val, v)  # noqa: E731
     sign, E, man = _fields(xp, v)
@@ -230,7 +231,7 @@ def rsqrt(v, xp: Backend | None = None):
 
 def gelu(x, xp: Backend | None = None):
     """FP32 GELU (tanh form) as defined in the module docstring."""
-    xp = _ctx(xp)
+    xp = backend(xp)
     x = xp.asf32(x)
     c = lambda v: xp.const(v, x)  # noqa: E731
     x3 = xp.mul(xp.mul(x, x), x)
@@ -250,7 +251,7 @@ def tree_sum(x, P: int = 8, xp: Backend | None = None):
     to a sum that started at +0.0 changes nothing).  Returns shape
     ``x.shape[:-1] + (1,)``.
     """
-    xp = _ctx(xp)
+    xp = backend(xp)
     n = x.shape[-1]
     if P < 1 or P & (P - 1):
         raise ValueError(f"P must be a power of two, got {P}")
@@ -268,7 +269,7 @@ def tree_sum(x, P: int = 8, xp: Backend | None = None):
 
 def softmax(x, P: int = 8, xp: Backend | None = None):
     """Softmax over the last axis (FP32 in and out), as in the module docstring."""
-    xp = _ctx(xp)
+    xp = backend(xp)
     x = xp.asf32(x)
     e = exp(xp.sub(x, xp.row_max(x)), xp)
     return xp.mul(e, reciprocal(tree_sum(e, P, xp), xp))
@@ -279,7 +280,7 @@ def layernorm_modulate(x, scale, shift, P: int = 8, xp: Backend | None = None):
 
     ``x``: [..., C]; ``scale``/``shift`` broadcast against it (one row per image).
     """
-    xp = _ctx(xp)
+    xp = backend(xp)
     x = xp.asf32(x)
     C = x.shape[-1]
     inv_c = xp.const(f32(1.0 / C), x)
@@ -297,7 +298,7 @@ def l2norm_temperature(q, t=None, P: int = 8, xp: Backend | None = None):
     ``t``: per-head log-temperature broadcastable to [..., heads, 1], or None for
     the keys (factor 1, no multiply).
     """
-    xp = _ctx(xp)
+    xp = backend(xp)
     q = xp.asf32(q)
     ss = xp.maximum(tree_sum(xp.mul(q, q), P, xp), xp.const(CONST["L2_EPS_SQ"], q))
     g = rsqrt(ss, xp)
@@ -308,7 +309,7 @@ def l2norm_temperature(q, t=None, P: int = 8, xp: Backend | None = None):
 
 def gamma_residual(x, gamma, y, xp: Backend | None = None):
     """``x + gamma*y`` (unfused: two roundings)."""
-    xp = _ctx(xp)
+    xp = backend(xp)
     return xp.add(xp.asf32(x), xp.mul(xp.asf32(gamma), xp.asf32(y)))
 
 
