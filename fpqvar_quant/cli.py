@@ -30,8 +30,10 @@ __all__ = ["main", "build_parser", "COMMANDS", "parse_classes"]
 
 
 # ------------------------------------------------------------------ helpers
-class CliError(Exception):
-    """A user error: printed without traceback, exit status 2."""
+from .safeio import UserError  # noqa: E402  (one-line user errors, exit status 2)
+
+#: ``kind`` of the output markers (``fpqvar_quant.safeio``) of the folders written here
+CALIB_KIND, SAMPLES_KIND = "calibration-set", "samples"
 
 
 def _positive_int(text: str) -> int:
@@ -130,6 +132,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--init-seed", type=_nonneg_int, default=0, help="seed of the random init [0]")
     g.add_argument("--outlier-channels", type=_nonneg_int, default=0,
                    help="random model: channels with large activations, as in trained models [0]")
+    g.add_argument("--var-sha256", metavar="HEX", help="expected SHA-256 of --var-ckpt "
+                   "(checked before loading; every checkpoint's zip CRC-32s are always checked)")
+    g.add_argument("--vae-sha256", metavar="HEX", help="expected SHA-256 of --vae-ckpt")
     g.add_argument("--device", help="torch device [cuda if available, else cpu]")
 
 
@@ -138,7 +143,26 @@ def _model_spec(args):
     return ModelSpec(depth=args.depth, patch_nums=args.patch_nums, shared_aln=args.shared_aln,
                      var_ckpt=args.var_ckpt, vae_ckpt=args.vae_ckpt, init_seed=args.init_seed,
                      vae_ch=args.vae_ch, vocab_size=args.vocab_size, num_classes=args.num_classes,
-                     outlier_channels=args.outlier_channels)
+                     outlier_channels=args.outlier_channels, var_sha256=args.var_sha256,
+                     vae_sha256=args.vae_sha256)
+
+
+def _check_settings(folder: Path, kind: str, settings: dict) -> None:
+    """Refuse to resume ``folder`` (an output of ``kind``) under other ``settings`` than
+    the ones recorded in its marker; record them in a new folder."""
+    from .safeio import read_marker, write_marker
+
+    marker = read_marker(folder)
+    if marker is not None and marker.get("kind") == kind:
+        old = marker.get("settings", {})
+        diff = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+        if diff:
+            what = ", ".join(f"{k} {old.get(k)!r} -> {settings.get(k)!r}" for k in diff)
+            raise UserError(f"{folder} was written with other settings ({what}); rerun with the "
+                            "same settings to resume, or choose a new --out")
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    write_marker(folder, kind, settings=settings)
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, batch: int) -> None:
@@ -194,14 +218,19 @@ def add_calibrate(sub) -> None:
 
 
 def run_calibrate(args) -> int:
-    from .ptq.calibrate import generate_calibration
+    from .ptq.calibrate import generate_calibration, is_calibration_dir
     from .ptq.models import build_models
+    from .safeio import check_output_dir, write_marker
 
+    check_output_dir(args.out, CALIB_KIND, resume=True, own=is_calibration_dir)
+    spec = _model_spec(args)
     device = _device(args.device)
-    _, var, _ = build_models(_model_spec(args), device=device)
+    _, var, _ = build_models(spec, device=device)
     if args.num_images > var.num_classes:
-        raise CliError(f"--num-images {args.num_images} exceeds the {var.num_classes} classes "
-                       "(one image per class)")
+        raise UserError(f"--num-images {args.num_images} exceeds the {var.num_classes} classes "
+                        "(one image per class)")
+    Path(args.out).mkdir(exist_ok=True)
+    write_marker(args.out, CALIB_KIND)
     with _autocast(args, device):
         cs = generate_calibration(var, args.out, num_images=args.num_images,
                                   batch_size=args.batch_size, cfg=args.cfg, top_k=args.top_k,
@@ -222,6 +251,8 @@ def add_quantize(sub) -> None:
                        + ", ".join(PRESETS) + ". Presets with GALT or MixedFormat need --calib.")
     p.add_argument("--preset", type=_preset, required=True, help="preset name (see above)")
     p.add_argument("--out", required=True, metavar="FILE", help="output .pt file")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out (only a quantized model written by this command)")
     p.add_argument("--calib", metavar="DIR", help="calibration set from `fpqvar-quant calibrate`")
     p.add_argument("--galt-epochs", type=_positive_int, help="override GALT epochs [50]")
     p.add_argument("--max-tokens", type=_positive_int,
@@ -239,7 +270,17 @@ def run_quantize(args) -> int:
     from .ptq.models import build_models
     from .ptq.quantize_model import quantize_model, save_quantized
 
+    from .ptq.quantize_model import is_quantized_file
+    from .safeio import atomic_write_text, check_writable_file
+
     cfg = get_preset(args.preset, **({"galt_epochs": args.galt_epochs} if args.galt_epochs else {}))
+    # everything the user can get wrong is checked before any model is built
+    if (cfg.galt or cfg.mixedformat) and not args.calib:
+        raise UserError(f"preset {cfg.name} needs a calibration set (GALT/MixedFormat): pass "
+                        "--calib DIR from `fpqvar-quant calibrate`")
+    check_writable_file(args.out, overwrite=args.overwrite, own=is_quantized_file)
+    if args.report:
+        check_writable_file(args.report, overwrite=True, what="--report")
     spec = _model_spec(args)
     calib = CalibrationSet(args.calib) if args.calib else None
     _, var, shape = build_models(spec, device=_device(args.device))
@@ -247,7 +288,7 @@ def run_quantize(args) -> int:
     save_quantized(var, report, args.out, {"shape": shape.to_dict(), "vae_ckpt": spec.vae_ckpt,
                                            "var_ckpt": spec.var_ckpt})
     if args.report:
-        Path(args.report).write_text(json.dumps(report.summary(), indent=1))
+        atomic_write_text(args.report, json.dumps(report.summary(), indent=1))
     print(f"{cfg.name}: {len(report.layers)} quantized linears, GALT {len(report.galt)} vectors, "
           f"KV {'quantized' if report.kv_quantized else 'fp'} -> {args.out}")
     return 0
@@ -261,7 +302,7 @@ def _load_quantized_models(path: str, vae_ckpt: str | None, device: str):
     meta = obj["model_kwargs"]
     vae_ckpt = vae_ckpt or meta.get("vae_ckpt")
     if vae_ckpt is not None and not Path(vae_ckpt).is_file():
-        raise CliError(f"VQVAE checkpoint {vae_ckpt} not found: pass --vae-ckpt")
+        raise UserError(f"VQVAE checkpoint {vae_ckpt} not found: pass --vae-ckpt")
     vae, var = rebuild(ModelSpec.from_dict(meta["shape"]), vae_ckpt, device=device)
     report = load_quantized(var, obj)
     return vae, var, report
@@ -273,10 +314,12 @@ def add_sample(sub) -> None:
     p = sub.add_parser("sample", help="generate PNG samples (resumable, multi-GPU with torchrun)",
                        description="Write <out>/<class>_<index>.png for every class and index. "
                        "Existing PNGs are skipped, so an interrupted run (or a failed rank) is "
-                       "resumed by rerunning the same command. Under torchrun each rank takes "
-                       "the classes c with c % WORLD_SIZE == RANK. Batch j of class c uses "
-                       "g_seed = seed*10^9 + c*10^4 + j, so results do not depend on the number "
-                       "of ranks.")
+                       "resumed by rerunning the same command; the folder records the settings "
+                       "(model digest, seed, cfg, top-k/top-p, batch size, images per class) and "
+                       "a rerun with other settings is refused. Under torchrun each rank takes "
+                       "the classes c with c % WORLD_SIZE == RANK. Image i of class c has its "
+                       "own generator seeded with seed*10^9 + c*10^5 + i, so images never repeat "
+                       "and do not depend on the number of ranks.")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--quantized", metavar="FILE", help="quantized model from `quantize`")
@@ -314,6 +357,11 @@ def png_name(c: int, i: int) -> str:
     return f"{c:04d}_{i:05d}.png"
 
 
+def image_seed(seed: int, c: int, i: int) -> int:
+    """The sampling seed of image ``i`` of class ``c`` (its own generator)."""
+    return seed * 10**9 + c * 10**5 + i
+
+
 def run_sample(args) -> int:
     import numpy as np
     import torch
@@ -328,8 +376,14 @@ def run_sample(args) -> int:
             device = f"cuda:{local}"
             torch.cuda.set_device(local)
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    from .ptq.models import state_digest
+    from .safeio import check_output_dir
+
     if args.calib and not args.preset:
-        raise CliError("--calib is only used with --preset")
+        raise UserError("--calib is only used with --preset")
+    if args.per_class > 10**5:
+        raise UserError(f"--per-class {args.per_class}: at most 100000 images per class")
+    check_output_dir(args.out, SAMPLES_KIND, resume=True)
     if args.quantized:
         vae, var, _ = _load_quantized_models(args.quantized, args.vae_ckpt, device)
     else:
@@ -345,7 +399,10 @@ def run_sample(args) -> int:
     classes = (list(range(var.num_classes)) if args.classes is None
                else parse_classes(args.classes, var.num_classes))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_settings(out, SAMPLES_KIND, {
+        "model_digest": state_digest(var), "seed": args.seed, "cfg": args.cfg,
+        "top_k": min(args.top_k, int(var.V)), "top_p": args.top_p, "batch_size": args.batch_size,
+        "per_class": args.per_class, "amp": args.amp, "seeding": "per image: seed*10^9 + c*10^5 + i"})
     units = sample_units(classes, args.per_class, args.batch_size, rank, world)
     todo = [u for u in units if not all((out / png_name(u[0], i)).exists() for i in u[2])]
     written = 0
@@ -353,7 +410,7 @@ def run_sample(args) -> int:
         with _autocast(args, device):
             imgs = var.autoregressive_infer_cfg(B=len(idx),
                                                 label_B=torch.full((len(idx),), c, device=device),
-                                                g_seed=args.seed * 10**9 + c * 10**4 + j,
+                                                g_seed=[image_seed(args.seed, c, i) for i in idx],
                                                 cfg=args.cfg, top_k=min(args.top_k, int(var.V)),
                                                 top_p=args.top_p)
         arr = imgs.float().mul(255).round().clamp(0, 255).to(torch.uint8)
@@ -404,7 +461,8 @@ def run_evaluate(args) -> int:
     print(f"FID {m.fid:.3f}  IS {m.inception_score:.2f}  precision {m.precision:.3f}  "
           f"recall {m.recall:.3f}  ({m.num_samples} samples, {m.num_reference} reference)")
     if args.json:
-        Path(args.json).write_text(json.dumps(m.to_dict(), indent=1))
+        from .safeio import atomic_write_text
+        atomic_write_text(args.json, json.dumps(m.to_dict(), indent=1))
     return 0
 
 
@@ -417,13 +475,19 @@ def add_export(sub) -> None:
                        "Read it with fpqvar_quant.ptq.package (numpy/json only).")
     p.add_argument("--quantized", required=True, metavar="FILE", help="quantized model (.pt)")
     p.add_argument("--out", required=True, metavar="DIR", help="package directory to create")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out (only a package folder: any other folder is "
+                   "never replaced)")
     p.set_defaults(func=run_export)
 
 
 def run_export(args) -> int:
+    from .ptq.export import is_package_dir
+    from .ptq.package import PACKAGE_KIND
     from .ptq.quantize_model import load_quantized, read_quantized
+    from .safeio import check_output_dir
 
+    check_output_dir(args.out, PACKAGE_KIND, overwrite=args.overwrite, own=is_package_dir)
     obj = read_quantized(args.quantized)
     from .ptq.export import export_package
     from .ptq.models import ModelSpec, rebuild
@@ -448,7 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fpqvar-quant",
         description="FPQVAR post-training quantization of VAR models: calibrate -> quantize -> "
                     "sample -> evaluate, and export for the hardware.",
-        epilog="Run `fpqvar-quant COMMAND --help` for each command's options.")
+        epilog="Run `fpqvar-quant COMMAND --help` for each command's options. Errors print one "
+               "line and exit with status 2; add --debug anywhere for the traceback.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in COMMANDS:
         add(sub)
@@ -456,16 +521,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from .var import CheckpointError
-    try:
+    """``fpqvar-quant``: one error path (:func:`fpqvar_quant.safeio.run_cli`): user errors
+    print one line and return 2; ``--debug`` shows the traceback."""
+    from .safeio import run_cli
+
+    def run(av: list[str]) -> int:
+        args = build_parser().parse_args(av)
         return int(args.func(args))
-    except (CliError, ValueError, TypeError, FileNotFoundError, FileExistsError, KeyError,
-            CheckpointError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"fpqvar-quant {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+    prog = "fpqvar-quant"
+    av = list(sys.argv[1:] if argv is None else argv)
+    cmd = next((a for a in av if not a.startswith("-")), None)
+    return run_cli(run, av, f"{prog} {cmd}" if cmd else prog, errors=(ValueError, TypeError, KeyError))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from fpqvar_quant.ptq.export import export_package
 from fpqvar_quant.ptq.models import ModelSpec, build_models
 from fpqvar_quant.ptq.package import PACKAGE_VERSION, load_package
 from fpqvar_quant.ptq.quantize_model import quant_linears, quantize_model
+from fpqvar_quant.safeio import UserError
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def test_package_round_trip(preset, fp_model, tmp_path):
             assert len(pkg.manifest["element_formats"][f]["values"]) == 2 ** bits
     if cfg.kv_fmt:
         assert pkg.manifest["kv_cache"] == {"fmt": "e2m3fn", "group_size": 64, "scale_format": "fp16"}
-    with pytest.raises(FileExistsError):
+    with pytest.raises(UserError, match="pass --overwrite"):
         export_package(var, report, path)
 
 

@@ -83,6 +83,15 @@ def _atomic_write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def is_calibration_dir(path: Path) -> bool:
+    """A calibration folder written before output markers existed (its ``index.json``
+    names the calibration format): resumable like a marked one."""
+    try:
+        return json.loads((Path(path) / "index.json").read_text()).get("format") == CALIB_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 class CalibrationWriter:
     """Streams captured inputs to a calibration directory (see module docstring)."""
 
@@ -101,6 +110,13 @@ class CalibrationWriter:
                     or self.index["dtype"] != dtype:
                 raise ValueError(f"{self.root} holds a calibration set of another model or dtype; "
                                  "use an empty directory")
+            old = self.index.get("settings", {})
+            diff = [k for k in sorted(set(old) | set(settings or {}))
+                    if old.get(k) != (settings or {}).get(k)]
+            if diff:
+                what = ", ".join(f"{k} {old.get(k)!r} -> {(settings or {}).get(k)!r}" for k in diff)
+                raise ValueError(f"{self.root} holds a calibration set made with other settings "
+                                 f"({what}); resume with the same settings or use a new --out")
         else:
             self.index = {"format": CALIB_FORMAT, "version": CALIB_VERSION, "dtype": dtype,
                           "patch_nums": list(patch_nums), "layers": dict(layers),
@@ -233,7 +249,9 @@ def generate_calibration(var: nn.Module, root: str | Path, *, num_images: int = 
     ``g_seed = seed + k``; with ``batch_size >= num_images`` a single call with
     ``g_seed = seed``. Uses ``var.sample_tokens`` (the token loop of
     ``autoregressive_infer_cfg`` with the same random draws, without the final
-    VQVAE decode, which no quantized layer sees). Resumes an interrupted run in the same directory.
+    VQVAE decode, which no quantized layer sees). Resumes an interrupted run in the same
+    directory; the settings (model digest, classes, seed, cfg, top-k/top-p, batch size) are
+    recorded and a resume under other settings is refused, naming what differs.
     """
     from tqdm.auto import tqdm
 
@@ -246,8 +264,9 @@ def generate_calibration(var: nn.Module, root: str | Path, *, num_images: int = 
     patch_nums = [int(p) for p in var.patch_nums]
     names = quantized_layer_names(var)
     layers = {n: int(var.get_submodule(n).in_features) for n in names}
-    settings = dict(num_images=num_images, cfg=cfg, top_k=top_k, top_p=top_p, seed=seed,
-                    batch_size=batch_size)
+    from .models import state_digest
+    settings = dict(num_images=num_images, classes=classes, cfg=cfg, top_k=top_k, top_p=top_p,
+                    seed=seed, batch_size=batch_size, model_digest=state_digest(var))
     writer = CalibrationWriter(root, patch_nums=patch_nums, layers=layers, dtype=dtype,
                                settings=settings)
     device = next(var.parameters()).device

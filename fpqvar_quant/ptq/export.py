@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,8 @@ from torch import nn
 
 from ..formats import get_format
 from ..ght import ght
-from .package import PACKAGE_FORMAT, PACKAGE_VERSION
+from ..safeio import atomic_output_dir, check_output_dir
+from .package import PACKAGE_FORMAT, PACKAGE_KIND, PACKAGE_VERSION
 from .qlinear import QuantLinear
 from .quantize_model import QuantizationReport, quant_linears
 
@@ -76,12 +76,13 @@ def _f32(t: torch.Tensor) -> np.ndarray:
 def export_package(var: nn.Module, report: QuantizationReport, out_dir: str | Path, *,
                    overwrite: bool = False) -> Path:
     """Write ``var`` (quantized by :func:`quantize_model` or :func:`load_quantized`)
-    as a package directory ``out_dir``; returns its path."""
-    out = Path(out_dir)
-    if out.exists():
-        if not overwrite:
-            raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
-        shutil.rmtree(out)
+    as a package directory ``out_dir``; returns its path.
+
+    The folder is built beside ``out_dir`` and swapped in whole
+    (:func:`fpqvar_quant.safeio.atomic_output_dir`).  An existing ``out_dir`` is replaced
+    only with ``overwrite`` and only when it is a package (marker, or a package manifest);
+    any other folder raises :class:`fpqvar_quant.safeio.UserError`, whatever the flag."""
+    out = check_output_dir(out_dir, PACKAGE_KIND, overwrite=overwrite, own=is_package_dir)
     cfg = report.config
     qls = quant_linears(var)
     arrays: dict[str, np.ndarray] = {}
@@ -155,7 +156,16 @@ def export_package(var: nn.Module, report: QuantizationReport, out_dir: str | Pa
                                                      "scale_format": cfg.kv_scale_format},
         "galt_folded": report.galt_folded,
         "layers": layers, "galt": galt, "float_params": float_params}
-    out.mkdir(parents=True)
-    np.savez(out / "arrays.npz", **arrays)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    with atomic_output_dir(out, PACKAGE_KIND, overwrite=overwrite, own=is_package_dir) as tmp:
+        np.savez(tmp / "arrays.npz", **arrays)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return out
+
+
+def is_package_dir(path: Path) -> bool:
+    """A package folder written before output markers existed (its manifest names the
+    package format): replaceable by ``--overwrite`` like a marked one."""
+    try:
+        return json.loads((Path(path) / "manifest.json").read_text()).get("format") == PACKAGE_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False

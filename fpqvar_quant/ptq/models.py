@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["ModelSpec", "build_models", "rebuild", "parse_patch_nums"]
+__all__ = ["ModelSpec", "build_models", "rebuild", "parse_patch_nums", "state_digest"]
 
 _PN_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 
@@ -52,6 +52,8 @@ class ModelSpec:
     vocab_size: int = 4096
     num_classes: int = 1000
     outlier_channels: int = 0
+    var_sha256: str | None = None
+    vae_sha256: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.depth, int) or self.depth < 1:
@@ -64,6 +66,10 @@ class ModelSpec:
         for label, p in (("var_ckpt", self.var_ckpt), ("vae_ckpt", self.vae_ckpt)):
             if p is not None and not Path(p).is_file():
                 raise FileNotFoundError(f"{label} {p} does not exist")
+        for label, digest, ck in (("var", self.var_sha256, self.var_ckpt),
+                                  ("vae", self.vae_sha256, self.vae_ckpt)):
+            if digest is not None and ck is None:
+                raise ValueError(f"--{label}-sha256 checks --{label}-ckpt, which is not given")
         if (self.var_ckpt is None) != (self.vae_ckpt is None):
             raise ValueError("give both --var-ckpt and --vae-ckpt (official weights) or neither "
                              "(random quantization-test init)")
@@ -85,7 +91,7 @@ def build_models(spec: ModelSpec, device: str | torch.device = "cpu",
     from ..var import build_vae_var, infer_var_config, load_into, read_state_dict
 
     if spec.var_ckpt is not None:
-        sd = read_state_dict(spec.var_ckpt)
+        sd = read_state_dict(spec.var_ckpt, sha256=spec.var_sha256)
         vc = infer_var_config(sd)
         pns = vc.patch_nums
         if pns is None:   # not a released schedule: accept --patch-nums if its L matches
@@ -98,7 +104,7 @@ def build_models(spec: ModelSpec, device: str | torch.device = "cpu",
                           vocab_size=vc.V, num_classes=vc.num_classes, vae_ch=spec.vae_ch)
         vae, var = _build(shape, device, dtype, init=False)   # weights come from the files
         load_into(var, sd, what=spec.var_ckpt)
-        load_into(vae, read_state_dict(spec.vae_ckpt), what=spec.vae_ckpt)
+        load_into(vae, read_state_dict(spec.vae_ckpt, sha256=spec.vae_sha256), what=spec.vae_ckpt)
     else:
         from ..var.init import quantization_test_init_
 
@@ -132,3 +138,16 @@ def rebuild(shape: ModelSpec, vae_ckpt: str | None = None, device: str | torch.d
     if vae_ckpt is not None:
         load_into(vae, read_state_dict(vae_ckpt), what=str(vae_ckpt))
     return vae.eval(), var.eval()
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of ``module``'s state dict: what a
+    resumed run compares to know it continues with the very same model."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

@@ -53,11 +53,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PACKAGE_FORMAT", "PACKAGE_VERSION", "QuantizedPackage", "LayerPackage",
+__all__ = ["PACKAGE_FORMAT", "PACKAGE_VERSION", "PACKAGE_KIND", "QuantizedPackage", "LayerPackage",
            "load_package", "decode_scales"]
 
 PACKAGE_FORMAT = "fpqvar-quant-package"
 PACKAGE_VERSION = 1
+#: ``kind`` of the output marker (``fpqvar_quant.safeio``) of a package folder
+PACKAGE_KIND = "fpqvar-package"
 
 
 def decode_scales(bits: np.ndarray, scale_format: str) -> np.ndarray:
@@ -123,16 +125,33 @@ class QuantizedPackage:
         if not mpath.is_file():
             raise FileNotFoundError(f"{mpath} not found: not an fpqvar quantized package "
                                     "(write one with `fpqvar-quant export`)")
-        self.manifest: dict[str, Any] = json.loads(mpath.read_text())
-        if self.manifest.get("format") != PACKAGE_FORMAT:
-            raise ValueError(f"{mpath}: format is {self.manifest.get('format')!r}, "
-                             f"expected {PACKAGE_FORMAT!r}")
+        try:
+            self.manifest: dict[str, Any] = json.loads(mpath.read_text())
+        except ValueError as e:
+            raise ValueError(f"{mpath}: not valid JSON ({e}); export the package again") from None
+        if not isinstance(self.manifest, dict) or self.manifest.get("format") != PACKAGE_FORMAT:
+            got = self.manifest.get("format") if isinstance(self.manifest, dict) else None
+            raise ValueError(f"{mpath}: format is {got!r}, expected {PACKAGE_FORMAT!r}")
         if self.manifest.get("version") != PACKAGE_VERSION:
             raise ValueError(f"{mpath}: package version {self.manifest.get('version')} is not "
                              f"supported by this reader (version {PACKAGE_VERSION})")
-        with np.load(self.root / "arrays.npz", allow_pickle=False) as z:
-            self.arrays: dict[str, np.ndarray] = {k: z[k] for k in z.files}
+        npz = self.root / "arrays.npz"
+        try:
+            with np.load(npz, allow_pickle=False) as z:
+                self.arrays: dict[str, np.ndarray] = {k: z[k] for k in z.files}
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{npz} not found: the package is incomplete; export it "
+                                    "again") from None
+        except Exception as e:    # zipfile: bad CRC-32 / truncated; numpy: bad header
+            raise ValueError(f"{npz}: cannot read the package arrays ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}); the file is corrupt "
+                             "or truncated: export the package again") from None
         m = self.manifest
+        try:
+            _check_manifest(m, self.arrays, mpath)
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{mpath}: malformed manifest ({type(e).__name__}: {e}); export the "
+                             "package again") from None
 
         def arr(key: str | None) -> np.ndarray | None:
             return None if key is None else self.arrays[key]
@@ -162,6 +181,78 @@ class QuantizedPackage:
         if h is None:
             raise ValueError("this package uses no Hadamard transform")
         return self.arrays[h["matrix"]]
+
+
+_SCALE_DTYPES = {"fp16": np.uint16, "fp32": np.uint32, "e8m0": np.uint8, "e4m3": np.uint8}
+
+
+def _check_manifest(m: dict[str, Any], arrays: dict[str, np.ndarray], where: Path) -> None:
+    """Every array the manifest names exists with the dtype and shape the manifest implies,
+    every format is known, scales are finite and positive; errors name the layer."""
+    from fpqvar_quant.formats import FORMATS     # absolute: the reader also runs as a standalone file
+
+    def need(key: str | None, what: str) -> np.ndarray | None:
+        if key is None:
+            return None
+        if key not in arrays:
+            raise ValueError(f"{where}: {what}: array {key!r} is missing from arrays.npz; export "
+                             "the package again")
+        return arrays[key]
+
+    sf = m["scale_format"]["name"]
+    if sf not in _SCALE_DTYPES:
+        raise ValueError(f"{where}: unknown scale format {sf!r}; known: {', '.join(_SCALE_DTYPES)}")
+    for name in m["element_formats"]:
+        if name not in FORMATS:
+            raise ValueError(f"{where}: unknown element format {name!r}")
+    for name, L in m["layers"].items():
+        n_in, n_out = int(L["in_features"]), int(L["out_features"])
+        for side in ("w_fmt", "a_fmt"):
+            if L[side] is not None and L[side] not in m["element_formats"]:
+                raise ValueError(f"{where}: layer {name}: {side} {L[side]!r} is not among the "
+                                 "package's element_formats")
+        codes, bits = need(L["codes"], f"layer {name} codes"), need(L["scales"], f"layer {name} scales")
+        if L["w_fmt"] is not None:
+            if codes is None or bits is None:
+                raise ValueError(f"{where}: layer {name}: quantized weights need codes and scales")
+            if codes.dtype != np.uint8 or codes.shape != (n_out, n_in):
+                raise ValueError(f"{where}: layer {name}: codes are {codes.dtype} {codes.shape}, "
+                                 f"expected uint8 {(n_out, n_in)}")
+            nbits = int(m["element_formats"][L["w_fmt"]]["bits"])
+            if codes.size and int(codes.max()) >= 1 << nbits:
+                raise ValueError(f"{where}: layer {name}: a weight code exceeds {nbits} bits")
+            g = int(L["w_group_size"]) if L["w_granularity"] == "group" else n_in
+            want = (n_out, n_in // g) if L["w_granularity"] != "tensor" else None
+            if bits.dtype != _SCALE_DTYPES[sf] or (want is not None and bits.shape != want
+                                                     and bits.shape != (n_out, 1)):
+                raise ValueError(f"{where}: layer {name}: scales are {bits.dtype} {bits.shape}, "
+                                 f"expected {np.dtype(_SCALE_DTYPES[sf])} {want}")
+            vals = decode_scales(bits, sf)
+            if not np.isfinite(vals).all() or (vals <= 0).any():
+                bad = int(np.flatnonzero(~np.isfinite(vals) | (vals <= 0))[0])
+                raise ValueError(f"{where}: layer {name}: scale #{bad} is "
+                                 f"{vals.reshape(-1)[bad]} (raw 0x{int(bits.reshape(-1)[bad]):x}); "
+                                 "scales must be finite and positive: export the package again")
+        else:
+            w = need(L["weight"], f"layer {name} weight")
+            if w is None or w.shape != (n_out, n_in):
+                raise ValueError(f"{where}: layer {name}: float weight missing or not "
+                                 f"{(n_out, n_in)}")
+        b = need(L["bias"], f"layer {name} bias")
+        if b is not None and (b.shape != (n_out,) or not np.isfinite(b).all()):
+            raise ValueError(f"{where}: layer {name}: bias is {b.shape} or not finite, expected "
+                             f"finite {(n_out,)}")
+        need(L["smooth"], f"layer {name} smooth")
+    h = m["hadamard"]
+    if h is not None:
+        need(h["signs"], "hadamard signs")
+        need(h["matrix"], "hadamard matrix")
+    for k, v in m["galt"].items():
+        need(v, f"GALT vector {k}")
+    for k, v in m["float_params"].items():
+        a = need(v, f"parameter {k}")
+        if a.dtype.kind == "f" and np.isnan(a).any():     # -inf is legitimate (attention masks)
+            raise ValueError(f"{where}: parameter {k} has NaN values")
 
 
 def load_package(root: str | Path) -> QuantizedPackage:

@@ -18,6 +18,7 @@ config, per-layer formats, GALT vectors) and rebuilt with
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,7 +199,10 @@ def save_quantized(var: nn.Module, report: QuantizationReport, path: str | Path,
     """Save a quantized VAR: full state dict + config + per-layer formats + GALT
     vectors. ``model_kwargs`` are the ``build_vae_var`` keywords that rebuild
     the FP model shape (depth, patch_nums, shared_aln, ...)."""
-    torch.save({"format": SAVE_FORMAT, "version": _SAVE_VERSION,
+    from ..safeio import atomic_path
+
+    with atomic_path(path) as tmp:     # an interrupted save never leaves a partial file at path
+        _save(tmp, {"format": SAVE_FORMAT, "version": _SAVE_VERSION,
                 "config": report.config.to_dict(),
                 "layers": {k: v.to_dict() for k, v in report.layers.items()},
                 "online_smooth": {k: v.cpu() for k, v in report.galt_vectors().items()
@@ -207,15 +211,45 @@ def save_quantized(var: nn.Module, report: QuantizationReport, path: str | Path,
                 "galt_folded": report.galt_folded,
                 "kv_quantized": report.kv_quantized,
                 "model_kwargs": dict(model_kwargs),
-                "state_dict": {k: v.cpu() for k, v in var.state_dict().items()}}, path)
+                "state_dict": {k: v.cpu() for k, v in var.state_dict().items()}})
+
+
+def _save(path: Path, obj: dict) -> None:
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def is_quantized_file(path: str | Path) -> bool:
+    """Whether ``path`` is a file written by :func:`save_quantized` (a cheap sniff of the
+    zip's pickle record, no tensor is read): the only kind ``quantize --overwrite`` replaces."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            pkl = next((n for n in z.namelist() if n.endswith("/data.pkl")), None)
+            return pkl is not None and SAVE_FORMAT.encode() in z.read(pkl)
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
 
 
 def read_quantized(path: str | Path) -> dict[str, Any]:
     """Load and validate a file written by :func:`save_quantized`."""
+    from ..var.checkpoint import verify_file
+
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"quantized model {p} not found (write it with `fpqvar-quant quantize`)")
-    obj = torch.load(p, map_location="cpu", weights_only=False)
+    verify_file(p, what="quantized model")          # CRC-32 of every member (flipped bytes)
+    if not is_quantized_file(p):
+        raise ValueError(f"{p} is not a quantized VAR written by fpqvar-quant quantize")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as e:     # torch.load raises many types for damaged files
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ValueError(f"{p}: cannot read the quantized model ({type(e).__name__}: {first}); "
+                         "the file is damaged: run `fpqvar-quant quantize` again") from None
     if not isinstance(obj, dict) or obj.get("format") != SAVE_FORMAT:
         raise ValueError(f"{p} is not a quantized VAR written by fpqvar-quant quantize")
     if obj.get("version") != _SAVE_VERSION:

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["CheckpointError", "CheckpointMismatchError", "StateDictReport", "read_state_dict",
-           "check_state_dict", "load_into", "load_checkpoint", "infer_var_config", "VarConfig"]
+           "verify_file", "check_state_dict", "load_into", "load_checkpoint", "infer_var_config", "VarConfig"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 _WRAPPER_KEYS = ("state_dict", "model", "module", "var_wo_ddp", "vae_local", "trainer")
@@ -87,14 +87,50 @@ def _unwrap(obj: object, path: str, select: Optional[str]) -> Dict[str, torch.Te
                           f"got {type(obj).__name__}. Pass the official var_d*.pth / vae_ch160v4096z32.pth file.")
 
 
+def verify_file(path: PathLike, *, sha256: Optional[str] = None, what: str = "checkpoint") -> None:
+    """Check a torch file before it is loaded: its SHA-256 against ``sha256`` (hex) when
+    given, and the CRC-32 of every member of the zip container (``torch.save``'s format
+    since 1.6): ``torch.load`` does not check them, so a flipped byte inside a tensor
+    would load silently.  Raises :class:`CheckpointError` naming the file and what to do.
+    Legacy (non-zip) files have no checksums to check."""
+    import hashlib
+    import zipfile
+
+    path = os.fspath(path)
+    if sha256 is not None:
+        want = sha256.strip().lower()
+        if len(want) != 64 or any(c not in "0123456789abcdef" for c in want):
+            raise CheckpointError(f"--sha256 {sha256!r} is not a 64-digit hex SHA-256 digest")
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        if h.hexdigest() != want:
+            raise CheckpointError(f"{path}: SHA-256 {h.hexdigest()} does not match the expected "
+                                  f"{want}; the {what} is corrupt or another file: download it again")
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path}: the {what} is truncated or corrupt ({e}); "
+                              "write or download it again") from e
+    if bad is not None:
+        raise CheckpointError(f"{path}: member {bad!r} fails its CRC-32 check: the {what} is "
+                              "corrupt (flipped or damaged bytes); write or download it again")
+
+
 def read_state_dict(path: PathLike, map_location: Union[str, torch.device] = "cpu", *,
-                    select: Optional[str] = None, trusted: bool = False) -> Dict[str, torch.Tensor]:
+                    select: Optional[str] = None, trusted: bool = False,
+                    sha256: Optional[str] = None) -> Dict[str, torch.Tensor]:
     """Read a flat state dict from a ``.pth`` file.
 
     ``select``: dotted path of the state dict inside a wrapped file, e.g.
     ``"trainer.vae_local"`` for the VQVAE of an official training checkpoint
     (default: the first of ``state_dict``/``model``/``module``/``var_wo_ddp``/
-    ``vae_local``/``trainer``, recursively).  ``trusted=False`` (default) loads
+    ``vae_local``/``trainer``, recursively).  The file is checked first
+    (:func:`verify_file`: zip CRC-32s, and ``sha256`` when given).  ``trusted=False`` (default) loads
     with ``weights_only=True`` (no code execution); training checkpoints that
     pickle Python objects need ``trusted=True``, only for files you trust.
     """
@@ -102,6 +138,7 @@ def read_state_dict(path: PathLike, map_location: Union[str, torch.device] = "cp
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path!r}. Download the official weights "
                                 f"(e.g. var_d16.pth, vae_ch160v4096z32.pth) and pass their path.")
+    verify_file(path, sha256=sha256)
     try:
         obj = torch.load(path, map_location=map_location, weights_only=not trusted)
     except Exception as e:  # torch.load raises many types for damaged files (RuntimeError, EOFError, IndexError, ...)

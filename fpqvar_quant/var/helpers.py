@@ -21,7 +21,9 @@ def sample_with_top_k_top_p_(logits_BlV: torch.Tensor, top_k: int = 0, top_p: fl
     top-p (``top_p > 0``): in ascending order, tokens whose cumulative
     probability is <= 1 - top_p are dropped; the most likely token is always kept.
     Then one ``torch.multinomial`` call over the softmax (with replacement when
-    ``num_samples >= 0``) using ``rng``.
+    ``num_samples >= 0``) using ``rng``; a list of ``B`` generators draws each batch row
+    from its own generator (one call per row), so a row's tokens do not depend on the
+    other rows of the batch.
     """
     B, l, V = logits_BlV.shape
     if top_k > 0:
@@ -35,6 +37,12 @@ def sample_with_top_k_top_p_(logits_BlV: torch.Tensor, top_k: int = 0, top_p: fl
     replacement = num_samples >= 0
     num_samples = abs(num_samples)
     probs = logits_BlV.softmax(dim=-1).view(-1, V)
+    if isinstance(rng, (list, tuple)):     # one generator per batch row (per-image seeds)
+        if len(rng) != B:
+            raise ValueError(f"got {len(rng)} generators for a batch of {B}")
+        rows = probs.view(B, l, V)
+        return torch.stack([torch.multinomial(rows[b], num_samples=num_samples, replacement=replacement,
+                                              generator=g) for b, g in enumerate(rng)]).view(B, l, num_samples)
     return torch.multinomial(probs, num_samples=num_samples, replacement=replacement, generator=rng).view(B, l, num_samples)
 
 
@@ -43,7 +51,11 @@ def gumbel_softmax_with_rng(logits: torch.Tensor, tau: float = 1.0, hard: bool =
     """Gumbel-softmax whose noise comes from ``rng`` (``F.gumbel_softmax`` when ``rng`` is None)."""
     if rng is None:
         return F.gumbel_softmax(logits=logits, tau=tau, hard=hard, eps=eps, dim=dim)
-    gumbels = -torch.empty_like(logits, memory_format=torch.legacy_contiguous_format).exponential_(generator=rng).log()
+    if isinstance(rng, (list, tuple)):     # one generator per row of dim 0
+        gumbels = torch.stack([-torch.empty_like(logits[b], memory_format=torch.legacy_contiguous_format)
+                               .exponential_(generator=g).log() for b, g in enumerate(rng)])
+    else:
+        gumbels = -torch.empty_like(logits, memory_format=torch.legacy_contiguous_format).exponential_(generator=rng).log()
     y_soft = ((logits + gumbels) / tau).softmax(dim)
     if not hard:
         return y_soft

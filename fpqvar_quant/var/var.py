@@ -186,6 +186,9 @@ class VAR(nn.Module):
         dev = self.lvl_1L.device
         if label_B is None:
             uniform = torch.full((1, self.num_classes), 1.0 / self.num_classes, dtype=torch.float32, device=dev)
+            if isinstance(rng, list):
+                return torch.cat([torch.multinomial(uniform, num_samples=1, replacement=True, generator=g).reshape(1)
+                                  for g in rng])
             return torch.multinomial(uniform, num_samples=B, replacement=True, generator=rng).reshape(B)
         if isinstance(label_B, int):
             return torch.full((B,), fill_value=self.num_classes if label_B < 0 else label_B, device=dev)
@@ -198,13 +201,16 @@ class VAR(nn.Module):
 
     # ------------------------------------------------------------- sampling
     @torch.no_grad()
-    def sample_tokens(self, B: int, label_B: Optional[Union[int, torch.LongTensor]], g_seed: Optional[int] = None,
+    def sample_tokens(self, B: int, label_B: Optional[Union[int, torch.LongTensor]],
+                      g_seed: Optional[Union[int, Sequence[int]]] = None,
                       cfg: float = 1.5, top_k: int = 0, top_p: float = 0.0, more_smooth: bool = False,
                       step_callback: Optional[Callable[[SamplingStep], None]] = None) -> SampleResult:
         """The sampling loop of :meth:`autoregressive_infer_cfg`, without decoding.
 
         Random draws (all from ``self.rng`` seeded with ``g_seed``, or the global
-        RNG when ``g_seed`` is None), in order: labels when ``label_B`` is None;
+        RNG when ``g_seed`` is None; a sequence of ``B`` seeds gives every image its own
+        generator, so an image does not depend on the batch it is sampled in), in order:
+        labels when ``label_B`` is None;
         then per scale one multinomial (and, with ``more_smooth``, one
         exponential_ draw for the Gumbel noise).  CFG: the batch is doubled
         (labels, then B copies of class ``num_classes``); guidance
@@ -214,6 +220,12 @@ class VAR(nn.Module):
             raise ValueError(f"B must be >= 1, got {B}")
         if g_seed is None:
             rng = None
+        elif not isinstance(g_seed, int):      # one seed per image: rows independent of the batch
+            seeds = [int(s) for s in g_seed]
+            if len(seeds) != B:
+                raise ValueError(f"g_seed has {len(seeds)} seeds for B={B} images")
+            dev = self.lvl_1L.device
+            rng = [torch.Generator(device=dev).manual_seed(s) for s in seeds]
         else:
             dev = self.lvl_1L.device
             if self.rng is None or self.rng.device != dev:
@@ -269,7 +281,8 @@ class VAR(nn.Module):
 
     @torch.no_grad()
     def autoregressive_infer_cfg(self, B: int, label_B: Optional[Union[int, torch.LongTensor]],
-                                 g_seed: Optional[int] = None, cfg: float = 1.5, top_k: int = 0, top_p: float = 0.0,
+                                 g_seed: Optional[Union[int, Sequence[int]]] = None, cfg: float = 1.5,
+                                 top_k: int = 0, top_p: float = 0.0,
                                  more_smooth: bool = False) -> torch.Tensor:
         """Sample B images [B, 3, H, W] in [0, 1] (official signature and random-draw order).
 
