@@ -67,16 +67,16 @@ def test_bad_parameters():
         Elementwise(Func.EXP, lanes=0)
 
 
-def run_exhaustive_fp16(func: str, lanes: int, seed: int, monkeypatch) -> None:
+def run_exhaustive_fp16(func: str, lanes: int, seed: int) -> None:
     """Every FP16 input through ``Elementwise(func, src=FP16, dst=FP16)`` in cocotb.
 
-    Runs on Icarus: Verilator's C++ build of these 50-80-stage pipelines takes many
-    minutes; Icarus compiles in about a minute (the Verilog elaboration itself takes
-    minutes for 8 lanes of exp).
+    Runs on the selected simulator (Verilator by default, ``SIM=icarus`` for Icarus): one
+    lane keeps the C++ build of the pipeline short (as sim/test_gelu_exhaustive.py does);
+    the 65,536 beats then simulate in seconds.  (It used to force Icarus, which is not a
+    Python package: on a machine without it the suite failed.)
     """
     from sim.runner import BUILD_ROOT, run_cocotb
 
-    monkeypatch.setenv("SIM", "icarus")
     x = np.arange(1 << 16, dtype=np.uint16)
     path = BUILD_ROOT / "vectors" / f"elementwise-{func}-fp16-all.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,8 +89,8 @@ def run_exhaustive_fp16(func: str, lanes: int, seed: int, monkeypatch) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("func,seed", [("exp", 32)])   # GELU exhaustive: sim/test_gelu_exhaustive.py
-def test_elementwise_fp16_exhaustive_cocotb(func, seed, monkeypatch):
-    run_exhaustive_fp16(func, 8, seed, monkeypatch)
+def test_elementwise_fp16_exhaustive_cocotb(func, seed):
+    run_exhaustive_fp16(func, 1, seed)
 
 
 @pytest.mark.parametrize("length,rows,seed", [(64, 3, 41), pytest.param(1024, 1, 42, marks=pytest.mark.slow)])
