@@ -104,6 +104,8 @@ class BuildError(RuntimeError):
 
 HEADLINE = "d16"
 MARKER = ".fpqvar-build"
+#: output kind of a build folder (``fpqvar_quant.safeio`` checks --out with it)
+BUILD_KIND = "build"
 
 
 def _log(verbose: bool, msg: str) -> None:
@@ -154,6 +156,8 @@ def unit_manifest(component, variant, spec, config, platform) -> dict:
 
 
 def _prepare_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise BuildError(f"--out {out} is a file, not a folder; choose a folder path")
     if out.exists():
         if not (out / MARKER).exists() and any(out.iterdir()):
             raise BuildError(f"{out} exists and was not written by build.py; choose another --out "
@@ -580,22 +584,32 @@ def make_summary(platform, config, out, emitted, pending, top_exists, lint_res, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The one error path (``fpqvar_quant.safeio.run_cli``): bad arguments and paths print
+    one line and exit 2 (``--debug``: traceback); a build that cannot be completed as asked
+    (missing tool, does not fit) exits 1 after writing its reports."""
+    from fpqvar_quant.safeio import run_cli
+
+    return run_cli(_main, argv, "build.py", errors=(ValueError, TypeError))
+
+
+def _main(argv: list[str]) -> int:
+    from fpqvar_quant.safeio import UserError, check_output_dir
+
     parser = make_parser()
     args = parser.parse_args(argv)
     if args.list_presets:
         print(list_presets())
         return 0
     if args.jobs < 1:
-        parser.error(f"--jobs must be >= 1, got {args.jobs}")
-    try:
-        platform = get_platform(args.platform)
-        config = apply_overrides(get_preset(args.preset), args.param)
-        if args.model is not None:
-            from fpqvar_hw.flow.registry import top_shape
-            top_shape(args.model)
-    except (ValueError, TypeError) as e:
-        parser.error(str(e))
+        raise UserError(f"--jobs must be >= 1, got {args.jobs}")
+    platform = get_platform(args.platform)
+    config = apply_overrides(get_preset(args.preset), args.param)
+    if args.model is not None:
+        from fpqvar_hw.flow.registry import top_shape
+        top_shape(args.model)
     out = args.out if args.out is not None else REPO / "build" / f"{platform.name}-{config.preset}"
+    # before any work: a file, a foreign folder or an unwritable place is the user's to fix
+    check_output_dir(out, BUILD_KIND, overwrite=True, own=lambda p: (p / MARKER).exists())
     try:
         result = run_build(platform, config, out, synth=not args.no_synth, lint=not args.no_lint,
                            jobs=args.jobs, verbose=not args.quiet, cache_dir=args.synth_cache,

@@ -243,7 +243,9 @@ def test_command_line(fast_package, tmp_path, capsys):
     assert drv.main(["--package", str(fast_package.root), "--class", "12", "--out", str(out)]) == 2
     assert drv.main(["--package", str(fast_package.root), "--seed", "-3", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "does not exist" in err and "class index 12 out of range" in err and "seed must be" in err
+    assert "manifest.json not found" in err and "--class 12: the model has classes 0..9" in err \
+        and "seed must be" in err
+    assert err.count("\n") == 3 and "Traceback" not in err        # one line per error
 
 
 def test_max_steps(fp32_model):

@@ -52,7 +52,9 @@ instruction that may still run on the other engine).
 
 CLI: ``python -m fpqvar_hw.host.compiler PACKAGE --out DIR [--preset w4a4] [--param k=v]
 [--rows 2] [--dram-base 0x0]`` writes ``static.bin``, ``step{i}.bin`` and
-``layout.json`` (:func:`write_bundle`) for a board driver.
+``layout.json`` (:func:`write_bundle`) for a board driver; without ``--preset`` the
+accelerator configuration is the one that computes the package's PTQ preset
+(:func:`fpqvar_hw.config.accelerator_config`).
 """
 from __future__ import annotations
 
@@ -481,16 +483,41 @@ def _skew(chains: list[list]) -> list:
 
 
 # --------------------------------------------------------------------- CLI
+#: ``kind`` of the output marker of a compiled bundle (``fpqvar_quant.safeio``)
+BUNDLE_KIND = "compiler-bundle"
+
+
+def is_bundle_dir(path) -> bool:
+    """A bundle written before output markers existed (its ``layout.json`` has the
+    compiler's keys): replaceable like a marked one."""
+    import json
+    from pathlib import Path
+
+    try:
+        lay = json.loads((Path(path) / "layout.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(lay, dict) and {"dram_base", "static_end", "steps", "config"} <= set(lay)
+
+
 def write_bundle(comp: Compiler, out_dir) -> dict:
     """Write what a board driver needs into ``out_dir``: ``static.bin`` (the bytes of
     ``[dram_base, static_end)``, i.e. :meth:`Compiler.image` with zero gaps),
     ``step{i}.bin`` (the programs) and ``layout.json`` (addresses, window, steps,
-    regions, config).  Returns the layout dict."""
-    import json
-    from pathlib import Path
+    regions, config).  Returns the layout dict.
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    The bundle is built in a temporary sibling and swapped in whole, so no file of an
+    earlier bundle (e.g. ``step9.bin`` of a 10-step model) survives beside a new one; a
+    folder that is not a bundle is never replaced (:class:`fpqvar_quant.safeio.UserError`)."""
+    from fpqvar_quant.safeio import atomic_output_dir
+
+    with atomic_output_dir(out_dir, BUNDLE_KIND, overwrite=True, own=is_bundle_dir) as out:
+        return _write_bundle_files(comp, out)
+
+
+def _write_bundle_files(comp: Compiler, out) -> dict:
+    import json
+
     static = bytearray(comp.static_end - comp.dram_base)
     for addr, data in comp.image():
         static[addr - comp.dram_base:addr - comp.dram_base + len(data)] = data
@@ -516,18 +543,31 @@ def write_bundle(comp: Compiler, out_dir) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m fpqvar_hw.host.compiler``: errors print one line (exit 2; ``--debug``
+    for the traceback)."""
+    from fpqvar_quant.safeio import run_cli
+
+    return run_cli(_main, argv, "python -m fpqvar_hw.host.compiler", errors=(ValueError, KeyError))
+
+
+def _main(argv: list[str]) -> int:
     import argparse
 
     from fpqvar_quant.ptq.package import load_package
+    from fpqvar_quant.safeio import check_output_dir
 
-    from ..config import apply_overrides, get_preset, preset_names
+    from ..config import accelerator_config, apply_overrides, get_preset, preset_names
 
     p = argparse.ArgumentParser(prog="python -m fpqvar_hw.host.compiler",
                                 description="Compile a quantized model package (fpqvar-quant export) "
-                                            "into a DRAM image and one program per scale step.")
+                                            "into a DRAM image and one program per scale step.",
+                                epilog="Errors print one line (exit status 2); --debug shows the traceback.")
     p.add_argument("package", help="package directory (manifest.json + arrays.npz)")
-    p.add_argument("--out", required=True, help="output directory (static.bin, step*.bin, layout.json)")
-    p.add_argument("--preset", default="w4a4", choices=preset_names(), help="accelerator preset (default w4a4)")
+    p.add_argument("--out", required=True, help="output directory (static.bin, step*.bin, layout.json); "
+                   "an existing bundle there is replaced whole, any other folder is refused")
+    p.add_argument("--preset", default=None, choices=preset_names(),
+                   help="accelerator preset (default: the one that computes the package's PTQ preset, "
+                        "fpqvar_hw.config.PTQ_TO_ACCELERATOR)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="override an accelerator config field (repeatable), e.g. --param tn=4")
     p.add_argument("--rows", type=int, default=2, help="rows per step, 2 x batch with CFG (default 2)")
@@ -535,13 +575,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="first byte of the layout, multiple of 128 (default 0)")
     p.add_argument("--tile-tokens", type=int, default=None, help="tokens per tile (default: the config's tm)")
     a = p.parse_args(argv)
-    try:
-        cfg = apply_overrides(get_preset(a.preset), a.param)
-        comp = Compiler(load_package(a.package), cfg, a.rows, dram_base=a.dram_base,
-                        tile_tokens=a.tile_tokens)
-        lay = write_bundle(comp, a.out)
-    except (ValueError, FileNotFoundError) as e:
-        p.error(str(e))
+    check_output_dir(a.out, BUNDLE_KIND, overwrite=True, own=is_bundle_dir)   # before any work
+    pkg = load_package(a.package)
+    base = get_preset(a.preset) if a.preset else accelerator_config(pkg.manifest["quant_config"]["name"])
+    cfg = apply_overrides(base, a.param)
+    comp = Compiler(pkg, cfg, a.rows, dram_base=a.dram_base, tile_tokens=a.tile_tokens)
+    lay = write_bundle(comp, a.out)
     print(f"{a.out}: static image {lay['static_end'] - lay['dram_base']} bytes at 0x{lay['dram_base']:x}, "
           f"window 0x{lay['dram_size']:x} bytes, {len(lay['steps'])} step programs "
           f"({', '.join(str(s['instructions']) for s in lay['steps'])} instructions)")

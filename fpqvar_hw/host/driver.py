@@ -894,35 +894,78 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _model_dims(package: Path | None) -> tuple[int, int]:
+    """(num_classes, number of scale steps) of the package's model, or of the shipped
+    digits model: read from JSON only, before any model is built."""
+    if package is not None:
+        mpath = Path(package) / "manifest.json"
+        try:
+            m = json.loads(mpath.read_text())["model"]
+            return int(m["num_classes"]), len(m["patch_nums"])
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{mpath} not found: --package must be a folder written by "
+                                    "`fpqvar-quant export`") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{mpath}: not a package manifest ({e})") from None
+    from fpqvar_quant.digits.classifier import ASSET_DIR
+    from fpqvar_quant.digits.data import NUM_CLASSES
+
+    cfg = json.loads((ASSET_DIR / "model.json").read_text())["config"]
+    return NUM_CLASSES, len(cfg["patch_nums"])
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    """Every argument the user can get wrong, checked in milliseconds before a package is
+    built or a model loaded (``ValueError`` / ``FileNotFoundError`` with one line)."""
+    num_classes, steps = _model_dims(args.package)
+    if not 0 <= args.label <= num_classes:
+        raise ValueError(f"--class {args.label}: the model has classes 0..{num_classes - 1} "
+                         f"({num_classes} = unconditional)")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be an integer in [0, 2^63), got {args.seed}")
+    if args.max_steps is not None and not 1 <= args.max_steps <= steps:
+        raise ValueError(f"--max-steps must be in 1..{steps}, got {args.max_steps}")
+    if args.cfg is not None and args.cfg < 0:
+        raise ValueError(f"--cfg must be >= 0, got {args.cfg}")
+    if args.top_k is not None and args.top_k < 0:
+        raise ValueError(f"--top-k must be >= 0, got {args.top_k}")
+    if args.top_p is not None and not 0 <= args.top_p <= 1:
+        raise ValueError(f"--top-p must be in [0, 1], got {args.top_p}")
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a file, not a folder")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m fpqvar_hw.host.driver``: errors print one line (exit 2; ``--debug`` for
+    the traceback)."""
+    from fpqvar_quant.safeio import run_cli
+
+    return run_cli(_main, None if argv is None else list(argv), "python -m fpqvar_hw.host.driver",
+                   errors=(ValueError, KeyError))
+
+
+def _main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
+    validate_args(args)
     t_start = time.time()
     out: Path = args.out
-    try:
-        if args.package is None:
-            settings = PackageSettings(preset=args.preset)
-            if args.rebuild_package:
-                import shutil
+    if args.package is None:
+        settings = PackageSettings(preset=args.preset)
+        if args.rebuild_package:
+            import shutil
 
-                from fpqvar_quant.digits.classifier import ASSET_DIR
-                shutil.rmtree(out / "cache" / settings.key(ASSET_DIR), ignore_errors=True)
-            pkg_path = build_package(settings, out / "cache")
-        else:
-            pkg_path = args.package
-        pkg = load_package_checked(pkg_path)
-        host = host_model_from_package(pkg)
-        host.check_labels([args.label])
-        base = load_shipped_model().sampling
-        sampling = Sampling(cfg=base.cfg if args.cfg is None else args.cfg,
-                            top_k=base.top_k if args.top_k is None else args.top_k,
-                            top_p=base.top_p if args.top_p is None else args.top_p)
-        if args.seed < 0:
-            raise ValueError(f"seed must be an integer in [0, 2^63), got {args.seed}")
-        if args.max_steps is not None and not 1 <= args.max_steps <= len(host.patch_nums):
-            raise ValueError(f"--max-steps must be in 1..{len(host.patch_nums)}, got {args.max_steps}")
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+            from fpqvar_quant.digits.classifier import ASSET_DIR
+            shutil.rmtree(out / "cache" / settings.key(ASSET_DIR), ignore_errors=True)
+        pkg_path = build_package(settings, out / "cache")
+    else:
+        pkg_path = args.package
+    pkg = load_package_checked(pkg_path)
+    host = host_model_from_package(pkg)
+    host.check_labels([args.label])
+    base = load_shipped_model().sampling
+    sampling = Sampling(cfg=base.cfg if args.cfg is None else args.cfg,
+                        top_k=base.top_k if args.top_k is None else args.top_k,
+                        top_p=base.top_p if args.top_p is None else args.top_p)
     coarse, fine = not args.no_coarse, not args.no_fine
     out.mkdir(parents=True, exist_ok=True)
     print(f"package {pkg_path} ({pkg.manifest['quant_config']['name']}); class {args.label}, seed {args.seed}, "
