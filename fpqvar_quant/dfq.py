@@ -18,17 +18,25 @@ Variants (``DFQSpec.variant``):
 * ``"afpq"`` -- baseline: the same format (``afpq_fmt``, default e2m1fn) on both
   sides with separate scales ``max|x <= 0| / fmax`` and ``max(x > 0) / fmax``;
   codes are the format's sign-magnitude codes of ``x / s_side`` (except that
-  ``+0.0`` is on the negative side too, code ``1 | 0``).  Float formats only.
+  ``+0.0`` is on the negative side too, code ``1 | 0``, outside all-zero
+  groups).  Float formats only.
 
 ``R`` is the scale rounding of :mod:`fpqvar_quant.quantize` for
 ``scale_format`` (default fp16: RNE of the exact quotient, 2**-24 on
 underflow).  Element rounding is the registry's: nearest, ties to the even
-code, saturating.  A group with no negatives (or no positives) gets
+code, saturating.  ``tie="reference"`` follows the official FPQVAR CUDA kernel,
+which rounds the signed normalised values and sends every tie toward +inf: on
+the positive side to the larger magnitude, on the negative side toward zero
+(the smaller magnitude; e.g. fp4 ``-0.375 * s_neg`` -> ``-0.25 * s_neg``).
+A group with no negatives (or no positives) gets
 ``scale_neg == 0`` (``scale_pos == 0``) and its would-be elements of that side
-do not exist, so nothing is NaN; an all-zero group gives zero scales, codes
-``1 | 0`` (fp4/fp6: zero is on the negative side) and values ``-0.0``.
+do not exist, so nothing is NaN.  An **all-zero group** (every element +-0)
+gives zero scales, **all codes 0** and values ``+0.0`` in every variant, like
+the golden model and the hardware quantizer (``docs/numerics.md`` section 3:
+the zero-group check comes before the side select).
 Dequantized value of a negative-side code with magnitude value ``v``:
-``-(s_neg * v)`` (so ``x = 0`` comes back as ``-0.0``; compare with ``==``).
+``-(s_neg * v)`` (so ``x = 0`` in a group with a nonzero element comes back as
+``-0.0``; compare with ``==``).
 
 Granularity: ``group_size`` consecutive elements of the last dim (must divide
 it), or ``group_size=None`` for one group per token (row over the last dim).
@@ -43,8 +51,8 @@ import numpy as np
 import torch
 
 from .formats import get_format
-from .quantize import (_CHUNK, Granularity, QuantSpec, _ChunkQuantizer, _minmax_rows, _row_len,
-                       _scales_from_absmax, _serial, _to_torch)
+from .quantize import (_CHUNK, _TIE_MAGNITUDE_DOWN, Granularity, QuantSpec, _ChunkQuantizer,
+                       _minmax_rows, _row_len, _scales_from_absmax, _serial, _to_torch)
 
 __all__ = ["DFQSpec", "DFQResult", "dfq_quantize", "dfq_fake_quant", "dfq_dequantize",
            "DFQ_VARIANTS"]
@@ -59,7 +67,8 @@ class DFQSpec:
     variant: ``"fp4" | "fp6" | "afpq"``.
     group_size: elements per group along the last dim, or ``None`` = per token.
     scale_format: ``"fp32" | "fp16" | "e8m0" | "e4m3"`` (as in QuantSpec).
-    tie: ``"even"`` (contract) or ``"reference"``.
+    tie: ``"even"`` (contract) or ``"reference"`` (official CUDA kernel: ties
+        toward +inf; on the negative side that is toward zero).
     afpq_fmt: element format of both sides for ``variant="afpq"``.
     """
 
@@ -113,7 +122,8 @@ def _dfq(t: torch.Tensor, spec: DFQSpec, want_codes: bool = True
     negative side quantizes ``max(-x, 0)`` with ``s_neg`` and the positive side
     ``max(x, 0)`` with ``s_pos``, each with the quantizer's element pass
     (:class:`fpqvar_quant.quantize._ChunkQuantizer`), and ``x <= 0`` selects
-    between them.
+    between them, except in all-zero groups (``a_neg == a_pos == 0``), whose
+    elements all take the positive side: code 0, value +0.0.
     """
     neg_spec, pos_spec = spec.side_specs()
     fn, fp = neg_spec.format, pos_spec.format
@@ -126,12 +136,18 @@ def _dfq(t: torch.Tensor, spec: DFQSpec, want_codes: bool = True
         s_neg = _scales_from_absmax(a_neg, fn, spec.scale_format)
         s_pos = _scales_from_absmax(a_pos, fp, spec.scale_format)
         rows, dev = x2.shape[0], t.device
+        zero_np = (a_neg == 0) & (a_pos == 0)              # all-zero groups: codes 0
+        any_zero = bool(zero_np.any())
+        zero_rows = torch.from_numpy(zero_np).to(dev)
+        # negative side rounds magnitudes: the reference's toward-+inf ties on -|x|
+        # are toward zero there (ties down on |x|)
+        neg_tie = _TIE_MAGNITUDE_DOWN if spec.tie == "reference" else spec.tie
         cdt = torch.float64 if t.dtype == torch.float64 else torch.float32
         out = torch.empty(x2.shape, dtype=t.dtype, device=dev)
         codes = torch.empty(x2.shape, dtype=torch.uint8, device=dev) if want_codes else None
         step = max(1, _CHUNK // L)
         r = min(step, rows)
-        sides = ((_ChunkQuantizer(fn, spec.tie, s_neg, r, L, cdt, dev), True),
+        sides = ((_ChunkQuantizer(fn, neg_tie, s_neg, r, L, cdt, dev), True),
                  (_ChunkQuantizer(fp, spec.tie, s_pos, r, L, cdt, dev), False))
         sel = torch.empty((r, L), dtype=cdt, device=dev) if out.dtype != cdt else None
         sign = 1 << (spec.bits - 1)
@@ -139,6 +155,8 @@ def _dfq(t: torch.Tensor, spec: DFQSpec, want_codes: bool = True
             j = min(i + step, rows)
             xc, k = x2[i:j], j - i
             neg = xc <= 0
+            if any_zero:
+                neg &= ~zero_rows[i:j, None]
             vals, side_codes = [], []
             for quant, flip in sides:
                 q = quant.scratch(k)

@@ -45,8 +45,10 @@ values ``+0.0`` -- never NaN.
 Elements: ``code = round(x / s)`` onto the element grid, as if ``x / s`` were
 exact, round to nearest, **ties to the even code** (``tie="even"``, the project
 contract; equal to :meth:`Format.encode`), saturating at ``+-fmax``.
-``tie="reference"`` instead sends ties to the larger magnitude (the FPQVAR
-reference CUDA kernel's behaviour); it changes nothing else.  The quotient is
+``tie="reference"`` instead follows the official FPQVAR CUDA kernel (a scan
+of the sorted signed grid): **every tie goes toward +inf**, i.e. to the larger
+grid value -- positive ties away from zero (2.5 -> 3), negative ties toward
+zero (-2.5 -> -2); it changes nothing else.  The quotient is
 computed in float32 (float64 for float64 inputs); for fp16/e4m3/e8m0 scales this
 provably yields the exact-quotient rounding (the scale has <= 11 significant
 bits, so a rounded quotient can never land on a grid midpoint it did not
@@ -86,6 +88,9 @@ __all__ = ["Granularity", "QuantSpec", "QuantResult", "quantize", "fake_quant",
 
 SCALE_FORMATS = ("fp32", "fp16", "e8m0", "e4m3")
 TIE_MODES = ("even", "reference")
+#: Internal tie rule (not a QuantSpec option): ties toward -inf.  The DFQ negative
+#: side uses it on magnitudes for ``tie="reference"`` (see :mod:`fpqvar_quant.dfq`).
+_TIE_MAGNITUDE_DOWN = "_magnitude_down"
 
 #: Elements per chunk of the element pass (float32: 1 MiB, L2-sized).  Every
 #: chunk op is a fused pass over cache-resident scratch buffers that are reused,
@@ -112,7 +117,8 @@ class QuantSpec:
     group_size: elements per group along the last dim; required (> 0) for
         ``PER_GROUP``, normalised to ``None`` for the other granularities.
     scale_format: ``"fp32" | "fp16" | "e8m0" | "e4m3"``.
-    tie: ``"even"`` (contract) or ``"reference"`` (ties to larger magnitude).
+    tie: ``"even"`` (contract) or ``"reference"`` (ties toward +inf, the
+        official FPQVAR CUDA kernel).
     """
 
     fmt: str
@@ -353,9 +359,15 @@ def _round_chunk(q: torch.Tensor, eb: torch.Tensor | None, tmp: torch.Tensor,
     torch.add(q, magic, out=tmp)
     tmp.sub_(magic)
     if tie == "reference":
-        # ties (|q - n| == 1/2) that went toward zero go away from zero instead
-        toward0 = ((q - tmp).abs_() == 0.5) & (tmp.abs() < q.abs())
-        tmp.add_(torch.where(toward0, torch.sign(q), torch.zeros_like(q)))
+        # the FPQVAR CUDA kernel scans its sorted signed grid: every tie goes to
+        # the larger grid value, toward +inf (positives away from zero, negatives
+        # toward zero).  Ties that round-half-even sent down (n = q - 1/2) go up.
+        tmp.add_(((q - tmp) == 0.5).to(q.dtype))
+    elif tie == _TIE_MAGNITUDE_DOWN:
+        # internal (DFQ negative side, which rounds magnitudes |x| >= 0): the
+        # reference kernel's toward-+inf rule on the negative values -|x| is
+        # toward zero, i.e. down, on the magnitudes.  Ties sent up go down.
+        tmp.sub_(((tmp - q) == 0.5).to(q.dtype))
     elif f.kind == "float" and f.mbits == 0:
         # e3m0fn: ties |q| = 1.5 (between 2^ec and 2^(ec+1)) go to the even
         # *code*: the lower code E = ec + bias when E is even, else the upper.

@@ -31,6 +31,9 @@ def oracle(x: np.ndarray, spec: DFQSpec):
     cn = fn.encode(mag / sn).astype(np.int64)
     cp = fp.encode(np.where(neg, 0, g) / sp).astype(np.int64)
     sign = 1 << (spec.bits - 1)
+    # an all-zero group: every code 0 (positive side, value +0.0), as the golden
+    # model and the contract say (issue 16; before, this oracle gave the 1|0 codes)
+    neg = neg & ~((a_neg == 0) & (a_pos == 0))[..., None]
     codes = np.where(neg, cn | sign, cp)
     vals = np.where(neg, -(s_neg[..., None] * fn.decode(cn.astype(np.uint8))),
                     s_pos[..., None] * fp.decode(cp.astype(np.uint8)))
@@ -80,8 +83,12 @@ def test_one_sided_and_zero_groups_no_nan(variant):
     assert r.scale_neg[1, 0] > 0 and r.scale_pos[1, 0] == 0
     assert r.scale_neg[3, 0] == 0 and r.scale_pos[3, 0] == 0
     np.testing.assert_array_equal(r.dequant[3], 0)
+    assert not np.signbit(r.dequant[3]).any()       # +0.0
     sign = 1 << (DFQSpec(variant).bits - 1)
-    np.testing.assert_array_equal(r.codes[3], sign)
+    # all-zero group: codes 0, as the golden model and docs/numerics.md section 3
+    # (issue 16: this used to assert the negative-side code 1|0)
+    np.testing.assert_array_equal(r.codes[3], 0)
+    # zeros in a group with nonzero elements stay on the negative side
     np.testing.assert_array_equal(r.codes[2, 1::2], sign)
 
 

@@ -127,9 +127,15 @@ def test_arithmetic_rounder_equals_registry_on_all_fp16(fmt):
         got = _codes_chunk(q, eb, f).numpy().ravel().astype(np.uint8)
         if tie == "even":
             want = f.encode(ALL_FP16)
-        else:                                                   # ties to larger magnitude
+        else:
+            # the official CUDA kernel: ties toward +inf, i.e. to the larger
+            # magnitude for x > 0 and the smaller one for x < 0 (issue 16: this
+            # oracle used to send negative ties away from zero as well)
             grid = f.positive_grid
-            idx = np.searchsorted((grid[:-1] + grid[1:]) / 2, np.abs(ALL_FP16), side="right")
+            mids = (grid[:-1] + grid[1:]) / 2
+            mag = np.abs(ALL_FP16)
+            idx = np.where(np.signbit(ALL_FP16), np.searchsorted(mids, mag, side="left"),
+                           np.searchsorted(mids, mag, side="right"))
             want = f.encode(np.copysign(grid[idx], ALL_FP16))
         np.testing.assert_array_equal(got, want)
 
@@ -141,12 +147,16 @@ def test_grid_midpoints_are_ties_to_even_code():
     assert r.scales[0, 0] == 1.0
     np.testing.assert_array_equal(r.dequant[0, 1:], [0.0, 1.0, 1.0, 2.0, 2.0, 4.0, 4.0, -2.0, -4.0])
     r = quantize(x, QuantSpec("e2m1fn", "token", tie="reference"))
-    np.testing.assert_array_equal(r.dequant[0, 1:], [0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -3.0, -6.0])
+    # reference kernel: ties toward +inf, so -2.5 -> -2 and -5 -> -4 (toward zero);
+    # before issue 16 this asserted -3 and -6 (away from zero), which the kernel never does
+    np.testing.assert_array_equal(r.dequant[0, 1:], [0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -2.0, -4.0])
 
 
 @pytest.mark.parametrize("fmt", ["e2m1fn", "e1m2fn", "e3m0fn", "e4m3fn", "int4", "int8"])
 def test_reference_tie_mode_seed1(fmt):
-    """tie='reference': ties go to the larger magnitude; everything else equal."""
+    """tie='reference': ties go toward +inf (larger magnitude for positives,
+    smaller for negatives: the official CUDA kernel; issue 16 corrected the
+    negative half of this oracle); everything else equal."""
     f = get_format(fmt)
     grid = f.positive_grid
     mids = (grid[:-1] + grid[1:]) / 2
@@ -156,7 +166,8 @@ def test_reference_tie_mode_seed1(fmt):
     r = quantize(x, QuantSpec(fmt, "tensor", scale_format="fp32", tie="reference"))
     assert r.scales == 1.0
     mag = np.abs(x[0].astype(np.float64))
-    idx = np.searchsorted(mids, mag, side="right")             # ties -> larger value
+    idx = np.where(x[0] < 0, np.searchsorted(mids, mag, side="left"),   # ties -> toward 0
+                   np.searchsorted(mids, mag, side="right"))            # ties -> larger
     want = np.copysign(grid[idx], x[0])
     np.testing.assert_array_equal(r.dequant[0], want.astype(np.float32))
 

@@ -21,7 +21,8 @@ Presets (``PRESETS``, :func:`get_preset`) carry the paper's names::
     fp4-fpqvar-kv6     fp4-fpqvar + KV cache e2m3fn per (token, head) group 64
     fp6-baseline       W6A6 e2m3fn, per output channel / per token
     fp6-dfq, fp6-dfq-ght, fp6-fpqvar, fp6-fpqvar-kv6   (same ladder for FP6)
-    mxfp4              OCP MXFP4: e2m1fn elements, e8m0 scales, block 32 (W and A)
+    mxfp4              OCP MXFP4 interop: e2m1fn elements, e8m0 scales, block 32
+                       (W and A), no GHT/DFQ/GALT (the accelerator preset "mxfp4" too)
 
 Any field can be overridden: ``get_preset("fp4-fpqvar", galt_epochs=5)``
 returns a new frozen config (``dataclasses.replace``) and validates it.
@@ -67,7 +68,8 @@ class QuantConfig:
     ``mixed_candidates`` (used for weights and activations of that layer) by
     GEMM-output MSE on calibration data. ``kv_fmt`` quantizes cached K and V
     per (token, head) group of ``kv_group_size`` channels. ``tie``: "even"
-    (project default) or "reference" (the reference CUDA kernel's rounding).
+    (project default) or "reference" (the official FPQVAR CUDA kernel's rounding:
+    every tie toward +inf, so negative ties go toward zero).
     """
 
     name: str = "custom"
@@ -112,7 +114,7 @@ class QuantConfig:
                                  f"got {getattr(self, field_name)!r}")
         if self.tie not in ("even", "reference"):
             raise ValueError("tie must be 'even' (the project's rounding rule) or 'reference' "
-                             "(ties to the larger magnitude, as the FPQVAR CUDA kernel), "
+                             "(ties toward +inf, as the official FPQVAR CUDA kernel), "
                              f"got {self.tie!r}")
         if self.dfq is not None and self.dfq not in _DFQ_VARIANTS:
             raise ValueError(f"dfq must be None or one of {_DFQ_VARIANTS}, got {self.dfq!r}")
