@@ -19,7 +19,8 @@ Rounding (see ``docs/numerics.md``):
   that difference is documented and tested.
 * NaN or Inf inputs raise :class:`ValueError` unless the format can represent
   them (NaN: e4m3fn, e5m2, e8m0fnu; Inf: e5m2), in which case they map to the
-  canonical code that ``ml_dtypes`` uses.
+  canonical code that ``ml_dtypes`` uses.  ``e8m0fnu`` has no Inf: ``+-Inf``
+  raises (``ml_dtypes`` gives its NaN code 0xFF); NaN gives 0xFF.
 * ``-0.0`` keeps its sign bit (like ``ml_dtypes``); integer formats have no
   negative zero.
 
@@ -178,11 +179,15 @@ class Format:
         if nan.any() and not self.has_nan:
             raise ValueError(f"input contains NaN but {self.name} has no NaN encoding; "
                              "remove or replace NaNs before quantizing")
-        if inf.any() and not self.has_inf and not (self.kind == "scale" and self.has_nan):
-            raise ValueError(f"input contains Inf but {self.name} has no Inf encoding; "
-                             "clip the data to a finite range before quantizing")
+        if inf.any() and not self.has_inf:
+            # e8m0fnu included: its only special code 0xFF is NaN, and a scale of
+            # +-Inf is a bug upstream (data overflow), never silently a NaN scale.
+            hint = ("a scale must be a finite positive power of two (0xFF is NaN, not Inf)"
+                    if self.kind == "scale" else
+                    "clip the data to a finite range before quantizing")
+            raise ValueError(f"input contains Inf but {self.name} has no Inf encoding; {hint}")
         if self.kind == "scale":
-            return self._encode_scale(a, nan | inf)
+            return self._encode_scale(a, nan)
         neg = np.signbit(a)
         mag = np.abs(np.where(nan | inf, 0.0, a))
         grid = self.positive_grid
@@ -206,7 +211,8 @@ class Format:
         return c.astype(np.uint8)
 
     def _encode_scale(self, a: np.ndarray, special: np.ndarray) -> np.ndarray:
-        # e8m0fnu: 2^(E-127), E in 0..254, 0xFF NaN.  Ties round up (ml_dtypes).
+        # e8m0fnu: 2^(E-127), E in 0..254, 0xFF NaN (``special`` = NaN inputs;
+        # Inf was refused by encode).  Ties round up (ml_dtypes).
         bad = (~special) & (a <= 0)
         if bad.any():
             raise ValueError(f"{self.name} encodes only positive values (a power-of-two scale); "
