@@ -50,9 +50,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from .formats import get_format
-from .quantize import (_CHUNK, _TIE_MAGNITUDE_DOWN, Granularity, QuantSpec, _ChunkQuantizer,
-                       _minmax_rows, _row_len, _scales_from_absmax, _serial, _to_torch)
+from .formats import dfq_format, get_format
+from .quantize import (CHUNK, TIE_MAGNITUDE_DOWN, Granularity, QuantSpec, ChunkQuantizer,
+                       minmax_rows, row_len, scales_from_absmax, serial, to_torch)
 
 __all__ = ["DFQSpec", "DFQResult", "dfq_quantize", "dfq_fake_quant", "dfq_dequantize",
            "DFQ_VARIANTS"]
@@ -88,8 +88,10 @@ class DFQSpec:
 
     def side_specs(self) -> tuple[QuantSpec, QuantSpec]:
         """(negative-side spec, positive-side spec) quantizing magnitudes."""
-        neg, pos = {"fp4": ("e1m2fn", "e2m1fn"), "fp6": ("int6", "e2m3fn"),
-                    "afpq": (self.afpq_fmt, self.afpq_fmt)}[self.variant]
+        if self.variant == "afpq":
+            neg = pos = self.afpq_fmt
+        else:                                   # the one table of DFQ halves (formats.py)
+            neg, pos = dfq_format(self.variant).neg, dfq_format(self.variant).pos
         if self.group_size is None:
             kw = dict(granularity=Granularity.PER_TOKEN, group_size=None)
         else:
@@ -121,34 +123,34 @@ def _dfq(t: torch.Tensor, spec: DFQSpec, want_codes: bool = True
     ``a_pos = max(max x, 0)`` and ``a_neg = max(-min x, 0)``; per chunk the
     negative side quantizes ``max(-x, 0)`` with ``s_neg`` and the positive side
     ``max(x, 0)`` with ``s_pos``, each with the quantizer's element pass
-    (:class:`fpqvar_quant.quantize._ChunkQuantizer`), and ``x <= 0`` selects
+    (:class:`fpqvar_quant.quantize.ChunkQuantizer`), and ``x <= 0`` selects
     between them, except in all-zero groups (``a_neg == a_pos == 0``), whose
     elements all take the positive side: code 0, value +0.0.
     """
     neg_spec, pos_spec = spec.side_specs()
     fn, fp = neg_spec.format, pos_spec.format
-    with _serial(t.device):
-        L = _row_len(t.shape, pos_spec)
+    with serial(t.device):
+        L = row_len(t.shape, pos_spec)
         x2 = t.contiguous().view(-1, L)
-        mx, mn = _minmax_rows(x2)
+        mx, mn = minmax_rows(x2)
         a_pos = np.maximum(mx.to(torch.float64).cpu().numpy(), 0.0)
         a_neg = np.maximum(-mn.to(torch.float64).cpu().numpy(), 0.0)
-        s_neg = _scales_from_absmax(a_neg, fn, spec.scale_format)
-        s_pos = _scales_from_absmax(a_pos, fp, spec.scale_format)
+        s_neg = scales_from_absmax(a_neg, fn, spec.scale_format)
+        s_pos = scales_from_absmax(a_pos, fp, spec.scale_format)
         rows, dev = x2.shape[0], t.device
         zero_np = (a_neg == 0) & (a_pos == 0)              # all-zero groups: codes 0
         any_zero = bool(zero_np.any())
         zero_rows = torch.from_numpy(zero_np).to(dev)
         # negative side rounds magnitudes: the reference's toward-+inf ties on -|x|
         # are toward zero there (ties down on |x|)
-        neg_tie = _TIE_MAGNITUDE_DOWN if spec.tie == "reference" else spec.tie
+        neg_tie = TIE_MAGNITUDE_DOWN if spec.tie == "reference" else spec.tie
         cdt = torch.float64 if t.dtype == torch.float64 else torch.float32
         out = torch.empty(x2.shape, dtype=t.dtype, device=dev)
         codes = torch.empty(x2.shape, dtype=torch.uint8, device=dev) if want_codes else None
-        step = max(1, _CHUNK // L)
+        step = max(1, CHUNK // L)
         r = min(step, rows)
-        sides = ((_ChunkQuantizer(fn, neg_tie, s_neg, r, L, cdt, dev), True),
-                 (_ChunkQuantizer(fp, spec.tie, s_pos, r, L, cdt, dev), False))
+        sides = ((ChunkQuantizer(fn, neg_tie, s_neg, r, L, cdt, dev), True),
+                 (ChunkQuantizer(fp, spec.tie, s_pos, r, L, cdt, dev), False))
         sel = torch.empty((r, L), dtype=cdt, device=dev) if out.dtype != cdt else None
         sign = 1 << (spec.bits - 1)
         for i in range(0, rows, step):
@@ -182,7 +184,7 @@ def _dfq(t: torch.Tensor, spec: DFQSpec, want_codes: bool = True
 
 def dfq_quantize(x: Any, spec: DFQSpec) -> DFQResult:
     """Dual-format quantization of ``x`` (``[..., K]``); numpy or torch."""
-    t, was_np = _to_torch(x)
+    t, was_np = to_torch(x)
     with torch.no_grad():
         out = _dfq(t.detach(), spec)
     if was_np:
@@ -226,7 +228,7 @@ class _DFQSTE(torch.autograd.Function):
 
 def dfq_fake_quant(x: Any, spec: DFQSpec) -> Any:
     """DFQ dequantized values; torch input is differentiable (straight-through)."""
-    t, was_np = _to_torch(x)
+    t, was_np = to_torch(x)
     if was_np:
         with torch.no_grad():
             return _dfq(t, spec, want_codes=False)[3].numpy()

@@ -84,18 +84,21 @@ import torch
 from .formats import Format, get_format
 
 __all__ = ["Granularity", "QuantSpec", "QuantResult", "quantize", "fake_quant",
-           "compute_scales", "SCALE_FORMATS", "TIE_MODES"]
+           "compute_scales", "SCALE_FORMATS", "TIE_MODES",
+           # the element-pass kernel API, shared with fpqvar_quant.dfq (each DFQ side is one pass)
+           "CHUNK", "TIE_MAGNITUDE_DOWN", "ChunkQuantizer", "minmax_rows", "row_len",
+           "scales_from_absmax", "serial", "to_torch"]
 
 SCALE_FORMATS = ("fp32", "fp16", "e8m0", "e4m3")
 TIE_MODES = ("even", "reference")
-#: Internal tie rule (not a QuantSpec option): ties toward -inf.  The DFQ negative
+#: Kernel tie rule (not a QuantSpec option): ties toward -inf.  The DFQ negative
 #: side uses it on magnitudes for ``tie="reference"`` (see :mod:`fpqvar_quant.dfq`).
-_TIE_MAGNITUDE_DOWN = "_magnitude_down"
+TIE_MAGNITUDE_DOWN = "_magnitude_down"
 
 #: Elements per chunk of the element pass (float32: 1 MiB, L2-sized).  Every
 #: chunk op is a fused pass over cache-resident scratch buffers that are reused,
 #: so the only large allocation is the output.
-_CHUNK = 1 << 18
+CHUNK = 1 << 18
 
 
 class Granularity(str, enum.Enum):
@@ -167,7 +170,7 @@ class QuantResult(NamedTuple):
 
 
 # ----------------------------------------------------------------- helpers
-def _to_torch(x: Any) -> tuple[torch.Tensor, bool]:
+def to_torch(x: Any) -> tuple[torch.Tensor, bool]:
     """Validate the input and return it as a torch tensor (+ was-numpy flag)."""
     if isinstance(x, torch.Tensor):
         t, was_np = x, False
@@ -194,7 +197,7 @@ def _to_torch(x: Any) -> tuple[torch.Tensor, bool]:
     return t, was_np
 
 
-def _row_len(shape: torch.Size, spec: QuantSpec) -> int:
+def row_len(shape: torch.Size, spec: QuantSpec) -> int:
     """Length of the runs of consecutive elements that share one scale."""
     k = shape[-1]
     if spec.granularity is Granularity.PER_GROUP:
@@ -227,7 +230,7 @@ def _scale_grid(scale_format: str, fmax: float) -> tuple[np.ndarray, np.ndarray,
     return vals, thr, codes
 
 
-def _scales_from_absmax(a: np.ndarray, f: Format, scale_format: str) -> np.ndarray:
+def scales_from_absmax(a: np.ndarray, f: Format, scale_format: str) -> np.ndarray:
     """Scale values (float32) from exact per-group absmax ``a`` (float64 numpy).
 
     Done in numpy: the scale tensor is ``group_size`` times smaller than the
@@ -264,12 +267,12 @@ def _scales_from_absmax(a: np.ndarray, f: Format, scale_format: str) -> np.ndarr
     return np.where((s == 0) & pos, np.float32(2.0 ** -149), s)
 
 
-def _minmax_rows(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def minmax_rows(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(max, min) of every row of a 2-D tensor, chunked; raises on NaN/Inf."""
     rows, L = x2.shape
     mx = torch.empty(rows, dtype=x2.dtype, device=x2.device)
     mn = torch.empty_like(mx)
-    step = max(1, _CHUNK // L)
+    step = max(1, CHUNK // L)
     for i in range(0, rows, step):
         torch.amax(x2[i:i + step], dim=-1, out=mx[i:i + step])
         torch.amin(x2[i:i + step], dim=-1, out=mn[i:i + step])
@@ -281,7 +284,7 @@ def _minmax_rows(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _absmax_rows(x2: torch.Tensor) -> torch.Tensor:
     """max|row| of a 2-D tensor (chunked); raises on NaN/Inf."""
-    mx, mn = _minmax_rows(x2)
+    mx, mn = minmax_rows(x2)
     return torch.maximum(mx, mn.neg_())
 
 
@@ -290,12 +293,12 @@ def _prepare(x: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, np.ndarray
 
     Scales and absmax are numpy (float32 / float64), one entry per row.
     """
-    L = _row_len(x.shape, spec)
+    L = row_len(x.shape, spec)
     x2 = x.contiguous().view(-1, L)
     a = np.abs(_absmax_rows(x2).to(torch.float64).cpu().numpy())      # -0.0 -> +0.0
     if spec.granularity is Granularity.PER_TENSOR:
         a = np.full_like(a, a.max())
-    return x2, _scales_from_absmax(a, spec.format, spec.scale_format), a
+    return x2, scales_from_absmax(a, spec.format, spec.scale_format), a
 
 
 def _scales_shape(x: torch.Tensor, spec: QuantSpec, s_rows: np.ndarray) -> torch.Tensor:
@@ -312,7 +315,7 @@ _INT_VIEW = {torch.float32: (torch.int32, 23, 127), torch.float64: (torch.int64,
 
 
 @contextlib.contextmanager
-def _serial(device: torch.device):
+def serial(device: torch.device):
     """Run the chunk loops with one intra-op thread on CPU (restored after).
 
     The chunks are cache-sized, so threads buy little there, while on a loaded
@@ -363,7 +366,7 @@ def _round_chunk(q: torch.Tensor, eb: torch.Tensor | None, tmp: torch.Tensor,
         # the larger grid value, toward +inf (positives away from zero, negatives
         # toward zero).  Ties that round-half-even sent down (n = q - 1/2) go up.
         tmp.add_(((q - tmp) == 0.5).to(q.dtype))
-    elif tie == _TIE_MAGNITUDE_DOWN:
+    elif tie == TIE_MAGNITUDE_DOWN:
         # internal (DFQ negative side, which rounds magnitudes |x| >= 0): the
         # reference kernel's toward-+inf rule on the negative values -|x| is
         # toward zero, i.e. down, on the magnitudes.  Ties sent up go down.
@@ -403,7 +406,7 @@ def _scale_columns(s_rows: np.ndarray, device: torch.device, cdt: torch.dtype
     return s_div, torch.from_numpy(s_rows).to(device, cdt)[:, None]
 
 
-class _ChunkQuantizer:
+class ChunkQuantizer:
     """The element pass shared by :func:`quantize` and :mod:`fpqvar_quant.dfq`.
 
     Quantizes chunks of rows of a ``[rows, L]`` tensor with one scale per row
@@ -460,7 +463,7 @@ class _ChunkQuantizer:
 def _run(x: torch.Tensor, spec: QuantSpec, want_codes: bool
          ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """Core: returns (codes or None, scales (result shape), dequant)."""
-    with _serial(x.device):
+    with serial(x.device):
         return _run_serial(x, spec, want_codes)
 
 
@@ -474,8 +477,8 @@ def _run_serial(x: torch.Tensor, spec: QuantSpec, want_codes: bool
     zero_np = a_rows == 0
     any_zero = bool(zero_np.any())
     zero_rows = torch.from_numpy(zero_np).to(x.device)
-    step = max(1, _CHUNK // L)
-    quant = _ChunkQuantizer(spec.format, spec.tie, s_rows, min(step, rows), L, cdt, x.device)
+    step = max(1, CHUNK // L)
+    quant = ChunkQuantizer(spec.format, spec.tie, s_rows, min(step, rows), L, cdt, x.device)
     for i in range(0, rows, step):
         j = min(i + step, rows)
         z = zero_rows[i:j] if any_zero else None
@@ -491,8 +494,8 @@ def _run_serial(x: torch.Tensor, spec: QuantSpec, want_codes: bool
 # ------------------------------------------------------------------ public
 def compute_scales(x: Any, spec: QuantSpec) -> Any:
     """Scales of ``x`` under ``spec`` (float32; numpy or torch like ``x``)."""
-    t, was_np = _to_torch(x)
-    with _serial(t.device):
+    t, was_np = to_torch(x)
+    with serial(t.device):
         _, s_rows, _ = _prepare(t.detach(), spec)
     s = _scales_shape(t, spec, s_rows)
     return s.numpy() if was_np else s
@@ -500,7 +503,7 @@ def compute_scales(x: Any, spec: QuantSpec) -> Any:
 
 def quantize(x: Any, spec: QuantSpec) -> QuantResult:
     """Quantize ``x`` (``[..., K]``) under ``spec``; see the module docstring."""
-    t, was_np = _to_torch(x)
+    t, was_np = to_torch(x)
     with torch.no_grad():
         codes, scales, deq = _run(t.detach(), spec, want_codes=True)
     if was_np:
@@ -524,7 +527,7 @@ def fake_quant(x: Any, spec: QuantSpec) -> Any:
     For torch tensors the result is differentiable with a straight-through
     estimator (gradient passed unchanged to ``x``).  numpy in, numpy out.
     """
-    t, was_np = _to_torch(x)
+    t, was_np = to_torch(x)
     if was_np:
         with torch.no_grad():
             return _run(t, spec, want_codes=False)[2].numpy()
