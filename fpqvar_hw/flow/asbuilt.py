@@ -177,7 +177,7 @@ def _top_latencies(lanes: int) -> dict[str, int]:
 
     from .. import isa
     from ..units.dot import GroupDot
-    from ..units.fpu import FP16, FP32, FPOp, FPUnit
+    from ..units.fpu import FPOp
     from ..units.hadamard import LATENCY_AFTER_LAST as HAD
     from ..units.multiplier import MulPair
     from ..units.quantizer import LATENCY_AFTER_LAST as QUANT
@@ -187,8 +187,6 @@ def _top_latencies(lanes: int) -> dict[str, int]:
     P = isa.VEC_P
     cell = GroupDot(pair=MulPair.E2M1_E2M1, dfq=True, dual=True, group_size=128, lanes=lanes)
     cell._MustUse__silence = True
-    cvt = FPUnit(FPOp.CONVERT, FP32, dst=FP16, lanes=4)
-    cvt._MustUse__silence = True
     # the row units' phase latencies, scheduled exactly as vector.py schedules them
     df = Dataflow(Module(), 1, dry=True)
 
@@ -209,9 +207,9 @@ def _top_latencies(lanes: int) -> dict[str, int]:
     gain = df.mul(df.rsqrt(df.max(tv, df.const(fp32_bits(1e-24)))),
                   df.exp(df.min(x(), df.const(fp32_bits(math.log(100.0))))))
     lat = {
-        "cvt": cvt.latency, "had": HAD, "quant": QUANT, "dot": cell.latency,
+        "cvt": FPOp.CONVERT.latency, "had": HAD, "quant": QUANT, "dot": cell.latency,
         **{f"gap_{s.name}": u.latency for s, u in units.items()},
-        "tree": tree, "drain": PartialSums.DRAIN, "mul": FPUnit(FPOp.MUL, FP32).latency,
+        "tree": tree, "drain": PartialSums.DRAIN, "mul": FPOp.MUL.latency,
         "ln_mean": df.mul(tv, df.const(0)).stage,
         "ln_var": df.mul(df.sub(x(), held), df.sub(x(), held)).stage,
         "ln_rsqrt": df.rsqrt(df.add(df.mul(tv, df.const(0)), df.const(0))).stage,
