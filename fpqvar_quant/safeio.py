@@ -19,15 +19,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import shutil
 import sys
 import uuid
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 __all__ = ["UserError", "atomic_path", "atomic_write_bytes", "atomic_write_text", "OUTPUT_MARKER",
-           "write_marker", "read_marker", "check_output_dir", "atomic_output_dir",
-           "check_writable_file", "run_cli"]
+           "write_marker", "read_marker", "prepare_output_dir", "check_output_dir",
+           "atomic_output_dir", "check_writable_file", "run_cli", "FORMAT_ERRORS"]
 
 #: Marker file of an output folder written by this project.
 OUTPUT_MARKER = ".fpqvar-output.json"
@@ -35,7 +37,17 @@ OUTPUT_MARKER = ".fpqvar-output.json"
 
 class UserError(ValueError):
     """A bad input or output path the user can fix.  The message is one line that names
-    the file and says what is wrong and what to do."""
+    the file and says what is wrong and what to do.
+
+    It is a ``ValueError`` (hence an ``Exception``) so that callers that already catch the
+    validation errors of the loaders (``except ValueError``) keep working."""
+
+
+#: Errors of a file in a wrong or damaged format (besides :class:`UserError` and
+#: ``OSError``), which :func:`run_cli` reports in one line by default: ``ValueError``
+#: (bad values, JSON), a damaged zip/torch checkpoint, a truncated pickle.
+FORMAT_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError, zipfile.BadZipFile, pickle.UnpicklingError, EOFError)
 
 
 def _sibling(path: Path, tag: str) -> Path:
@@ -92,8 +104,8 @@ def _check_parent(path: Path, what: str) -> None:
         raise UserError(f"{what} {path}: the folder {parent} is not writable")
 
 
-def check_output_dir(path: str | os.PathLike, kind: str, *, overwrite: bool = False,
-                     resume: bool = False, own: Callable[[Path], bool] | None = None) -> Path:
+def prepare_output_dir(path: str | os.PathLike, kind: str, *, overwrite: bool = False,
+                       resume: bool = False, own: Callable[[Path], bool] | None = None) -> Path:
     """Check that ``path`` may receive an output folder of ``kind`` and return it.
 
     Allowed: a new path in a writable folder; an empty folder; a folder with the marker of
@@ -124,6 +136,10 @@ def check_output_dir(path: str | os.PathLike, kind: str, *, overwrite: bool = Fa
     return path
 
 
+#: The former name of :func:`prepare_output_dir` (``build.py`` and the compiler use it).
+check_output_dir = prepare_output_dir
+
+
 @contextlib.contextmanager
 def atomic_output_dir(path: str | os.PathLike, kind: str, *, overwrite: bool = False,
                       meta: dict | None = None, own: Callable[[Path], bool] | None = None
@@ -131,7 +147,7 @@ def atomic_output_dir(path: str | os.PathLike, kind: str, *, overwrite: bool = F
     """Build a whole output folder of ``kind`` in a temporary sibling (yielded), then mark
     it and swap it into place; the previous folder (checked by :func:`check_output_dir`)
     is removed only after the new one is complete.  On an exception nothing changes."""
-    path = check_output_dir(path, kind, overwrite=overwrite, own=own)
+    path = prepare_output_dir(path, kind, overwrite=overwrite, own=own)
     tmp = _sibling(path, "new")
     tmp.mkdir()
     try:
@@ -169,12 +185,16 @@ def check_writable_file(path: str | os.PathLike, *, overwrite: bool = False,
     return path
 
 
-def run_cli(main_fn: Callable[[list[str]], int], argv: list[str] | None, prog: str,
-            errors: tuple[type[BaseException], ...] = ()) -> int:
+def run_cli(main_fn: Callable[[list[str]], int], argv: list[str] | None = None,
+            prog: str | None = None, errors: tuple[type[BaseException], ...] = ()) -> int:
     """Run ``main_fn(argv)`` with the project's one error path: :class:`UserError`,
-    ``OSError`` and the extra ``errors`` print ``prog: error: <one line>`` on stderr and
-    return 2; ``KeyboardInterrupt`` returns 130.  ``--debug`` in ``argv`` re-raises
-    (traceback) instead."""
+    ``OSError``, :data:`FORMAT_ERRORS` and the extra ``errors`` print
+    ``prog: error: <one line>`` on stderr and return 2; ``KeyboardInterrupt`` prints one
+    line and returns 130.  ``--debug`` in ``argv`` (removed before ``main_fn`` sees it)
+    re-raises instead, with the traceback.  ``argv`` ``None`` means ``sys.argv[1:]``;
+    ``prog`` defaults to the program name."""
+    if prog is None:
+        prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "fpqvar"
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     if debug:
@@ -186,7 +206,7 @@ def run_cli(main_fn: Callable[[list[str]], int], argv: list[str] | None, prog: s
             raise
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except (UserError, OSError, *errors) as e:
+    except (UserError, OSError, *FORMAT_ERRORS, *errors) as e:
         if debug:
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
