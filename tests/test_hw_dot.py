@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fpqvar_hw.units.dot import GroupDot
+from fpqvar_hw.units.dot import GroupDot, GroupDotV2
 from fpqvar_hw.units.multiplier import MulPair, MulVariant
 from fpqvar_quant.golden.dot import DFQ
 from tests.dot_vectors import expected, make_vectors, pack_beats
@@ -77,3 +77,87 @@ def test_latency_attribute(lanes, dfq):
              max_cycles=100)
     assert np.all(np.diff(accepted) == 1), "input stalled"
     assert done[0] - accepted[-1] == dut.latency
+
+
+# ---- dot cell v2 (GroupDotV2): one group per beat, interleaved dot products
+
+def interleaved(beat_layout, group_size: int, slots: list) -> tuple[list[int], list[int]]:
+    """Beats and golden results of ``slots`` (one :class:`DotVectors` per interleave
+    slot, each the same number of groups): beat ``n`` is slot ``n mod D``'s next
+    group; results come in the order of their ``last`` groups."""
+    D = len(slots)
+    per = [pack_beats(beat_layout, v, group_size, group_size) for v in slots]
+    assert len({len(p) for p in per}) == 1, "every slot needs the same number of groups"
+    beats = [per[n % D][n // D] for n in range(D * len(per[0]))]
+    ends = []
+    for k, v in enumerate(slots):
+        gpd = v.s_a.shape[1]
+        for d, e in enumerate(expected(v, group_size)):
+            ends.append(((d * gpd + gpd - 1) * D + k, int(e)))
+    return beats, [e for _, e in sorted(ends)]
+
+
+def slot_vectors(a_fmt, w_fmt, group_size, D, seed):
+    """Slots of different dot-product lengths (12 groups each): 3x4, 2x6, 6x2, 1x12, 4x3."""
+    shapes = [(4, 3), (6, 2), (2, 6), (12, 1), (3, 4)]
+    return [make_vectors(a_fmt, w_fmt, n_dots=shapes[k % 5][0], groups_per_dot=shapes[k % 5][1],
+                         group_size=group_size, seed=seed + 100 * k) for k in range(D)]
+
+
+V2_CASES = [
+    # pair, dfq, group_size, variant, interleave, levels_per_stage
+    (MulPair.E2M1_E2M1, False, 8, MulVariant.LUT, 2, 1),   # ones' complement tree
+    (MulPair.E2M1_E2M1, True, 8, MulVariant.LUT, 3, 1),    # DFQ: two sums, RNE(RNE+RNE)
+    (MulPair.INT4_INT4, False, 8, MulVariant.LUT, 4, 2),   # integer baseline cells
+    (MulPair.INT8_INT8, False, 4, MulVariant.DSP, 2, 1),
+    (MulPair.E2M3_E2M3, False, 4, MulVariant.DECOMPOSED, 5, 1),
+    (MulPair.E2M1_E2M1, False, 1, MulVariant.LUT, 2, 1),   # single lane: no adder, carry kept
+]
+
+
+@pytest.mark.parametrize("pair,dfq,group_size,variant,interleave,lps,seed",
+                         [c + (s,) for c, s in zip(V2_CASES, range(40, 40 + len(V2_CASES)))],
+                         ids=lambda v: getattr(v, "name", str(v)))
+def test_dot_v2_interleaved(pair, dfq, group_size, variant, interleave, lps, seed):
+    """Interleaved slots of different lengths, random idle input and backpressure,
+    NaN/Inf/zero scales and all-zero/all-negative groups (dot_vectors' biases)."""
+    dut = GroupDotV2(pair=pair, dfq=dfq, group_size=group_size, variant=variant,
+                     interleave=interleave, levels_per_stage=lps)
+    a_fmt = DFQ if dfq else pair.value[0]
+    beats, exp = interleaved(dut.beat_layout, group_size,
+                             slot_vectors(a_fmt, pair.value[1], group_size, interleave, seed))
+    out, _ = run_dot(dut, beats, len(exp), seed)
+    check(out, exp)
+
+
+@pytest.mark.parametrize("dfq", [False, True])
+def test_dot_v2_full_rate(dfq):
+    """No idle, no backpressure: one group per cycle, results ``latency`` cycles after
+    their ``last`` group (the loop-carried accumulation does not throttle the input)."""
+    D = 2
+    dut = GroupDotV2(pair=MulPair.E2M1_E2M1, group_size=8, dfq=dfq, interleave=D)
+    a_fmt = DFQ if dfq else "e2m1fn"
+    slots = [make_vectors(a_fmt, "e2m1fn", n_dots=3, groups_per_dot=2, group_size=8,
+                          seed=60 + k) for k in range(D)]
+    beats, exp = interleaved(dut.beat_layout, 8, slots)
+    accepted: list[int] = []
+    done: list[int] = []
+    _, out = simulate(dut, lambda ctx: drive(ctx, dut.i, beats, np.random.default_rng(1),
+                                             accepted=accepted),
+                      lambda ctx: collect(ctx, dut.o, len(exp), np.random.default_rng(2),
+                                          transferred=done, quiet=dut.latency + 4),
+                      max_cycles=200)
+    check(out, exp)
+    assert np.all(np.diff(accepted) == 1), "input stalled"
+    last_beats = [accepted[n] for n in range(len(beats)) if (n // D) % 2 == 1]
+    assert [d - a for d, a in zip(done, last_beats)] == [dut.latency] * len(exp)
+
+
+@pytest.mark.parametrize("kwargs,msg", [
+    (dict(interleave=1), "interleave must be an integer >= 2"),
+    (dict(dfq=True, pair=MulPair.INT4_INT4), "dfq=True takes e2m1fn weights"),
+    (dict(group_size=0), "group_size must be a positive integer"),
+])
+def test_dot_v2_rejects(kwargs, msg):
+    with pytest.raises(ValueError, match=msg):
+        GroupDotV2(**kwargs)

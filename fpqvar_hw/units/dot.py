@@ -25,15 +25,16 @@ are derived from the largest product); FP32 overflow would give +-Inf.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from . import fp32
-from .fpu import FP16, FP32, float_layout
+from . import fpu
+from .fpu import FP16, FP32, float_layout, unrounded_layout
 from .multiplier import MagnitudeCore, Multiplier, MulPair, MulVariant, check_variant, code_layout
 
-__all__ = ["GroupDot", "dfq_code_layout", "sum_width"]
+__all__ = ["GroupDot", "GroupDotV2", "dfq_code_layout", "sum_width"]
 
 _MAX_SUM = 1 << 24   # |S| < 2^24 keeps S * 2^L exact in FP32 (numerics contract)
 
@@ -167,39 +168,8 @@ class GroupDot(wiring.Component):
         ctrl = reg(ctrl_in, "ctrl_p")
 
         # ---- products (stage 1) and adder trees
-        sums = []
-        for pair, tag in self._halves:
-            leaves, carries = [], []
-            for lane in range(self.lanes):
-                code, wcode = x.a[lane], x.w[lane]
-                if self.ones_complement:
-                    # |p| from the LUT table and the sign, registered; the leaf is the
-                    # ones' complement ~|p| when negative, the +1 enters the tree as a carry-in
-                    core = MagnitudeCore(pair=pair)
-                    m.submodules[f"mag{lane}"] = core
-                    m.d.comb += [core.mag_a.eq(Cat(code.mantissa, code.exponent)),
-                                 core.mag_b.eq(Cat(wcode.mantissa, wcode.exponent))]
-                    mag = reg(core.mag, f"mag{lane}")
-                    neg = reg(code.sign ^ wcode.sign, f"neg{lane}")
-                    leaf = Signal(signed(pair.width), name=f"leaf{lane}")
-                    m.d.comb += leaf.eq((Cat(mag, Const(0, 1)) ^ neg.replicate(pair.width)).as_signed())
-                    leaves.append((leaf, pair.max_abs + 1))
-                    carries.append(neg)
-                    continue
-                mul = Multiplier(pair=pair, variant=self.variant)
-                m.submodules[f"mul_{tag}{lane}"] = mul
-                if self.dfq:
-                    # dual cell, plain mode: every lane is a signed e2m1 code on the pos half
-                    gate = (code.neg & ~plain) if tag == "neg" else (~code.neg | plain)
-                    m.d.comb += mul.a.as_value().eq(code.as_value())
-                    p = Signal(signed(pair.width), name=f"p_{tag}{lane}")
-                    m.d.comb += p.eq(gate.replicate(pair.width).as_signed() & mul.p)
-                else:
-                    m.d.comb += mul.a.eq(code)
-                    p = mul.p
-                m.d.comb += mul.b.eq(wcode)
-                leaves.append((reg(p, f"prod_{tag}{lane}"), pair.max_abs))
-            sums.append((self._tree(m, leaves, carries, tag, reg), pair))
+        sums = _product_trees(m, x.a, x.w, self._halves, self.lanes, self.variant, self.dfq,
+                              self.ones_complement, plain, reg, self.levels_per_stage)
         # all trees have the same depth, so one control shift register serves them
         for k in range(self.tree_stages):
             ctrl = reg(ctrl, f"ctrl_t{k}")
@@ -258,32 +228,278 @@ class GroupDot(wiring.Component):
                          self.o.payload.as_value().eq(acc_next)]
         return m
 
-    def _tree(self, m: Module, leaves, carries, tag: str, reg):
-        """Registered pairwise adder tree over ``leaves`` (``(signal, max abs)``).
 
-        Each adder also takes one bit from the pool ``carries`` as its carry-in
-        (``L - 1`` adders absorb all but one of ``L`` bits).  Returns ``(sum,
-        max abs, leftover carry bits)``; the pool is registered with the tree.
+
+class GroupDotV2(wiring.Component):
+    """Pipelined group dot cell: one whole group per cycle, interleaved outputs.
+
+    Same arithmetic as :class:`GroupDot` (``docs/numerics.md`` section 3, golden
+    model ``fpqvar_quant.golden.dot``), bit for bit, with ``lanes = group_size``
+    (one group per beat) and ``interleave`` independent dot products (rows or
+    features) sharing the cell so that the FP32 accumulation, a loop-carried
+    read-add-round-write, can be pipelined without changing its order.
+
+    Ports
+    -----
+    ``i``: stream of groups, ``StructLayout``: ``a`` (``group_size`` activation
+    codes, :func:`~fpqvar_hw.units.multiplier.code_layout` of ``pair.fmt_a`` or
+    :func:`dfq_code_layout` with ``dfq=True``), ``w`` (weight codes), ``s_a``,
+    ``s_w`` (and ``s_a_neg`` with DFQ): the group's FP16 scales, ``last``: this
+    group ends its dot product.  Beat ``n`` (counting accepted beats from reset)
+    belongs to interleave slot ``n mod interleave``; each slot accumulates its
+    own dot product, ``acc = RNE_fp32(acc + g)`` from +0.0 over that slot's
+    groups in arrival order, and restarts at +0.0 after a ``last`` group.
+    ``o``: stream of FP32 results (``float_layout(FP32)``), one per ``last``
+    group, in the order of those groups.
+
+    Timing: initiation interval 1; ``latency`` cycles from a ``last`` group's
+    handshake to its ``o.valid``.  Stall: the whole pipeline (interleave
+    counter and accumulators included) holds while ``o.valid & ~o.ready``;
+    ``i.ready = ~o.valid | o.ready``; ``o.valid`` never depends on ``o.ready``.
+    Idle input cycles are bubbles that leave every accumulator unchanged.
+
+    Pipeline (one register after each step): products (``MultiplierVariant``
+    lanes; float LUT lanes keep ``|p|`` and the sign, see :class:`GroupDot`);
+    the adder tree, registered every ``levels_per_stage`` levels; the group sum
+    ``S``; ``|S|``, scale decode and ``sig_a * sig_w``; ``|S| * (sig_a * sig_w)``
+    (two registers: the DSP48E2 M and P registers); ``RoundPack`` of each half
+    (DFQ: add front end, then ``RoundPack`` of ``RNE(S_pos t_pos) + RNE(S_neg
+    t_neg)``); then the accumulator loop: read slot, add front end (register),
+    ``RoundPack`` and write back.  The loop is 2 cycles long, so ``interleave``
+    must be at least 2: a slot's next group arrives no earlier than
+    ``interleave`` cycles after its previous one and reads the written-back sum.
+
+    Parameters (keyword-only): ``pair`` (:class:`MulPair`), ``group_size``
+    (= lanes), ``variant`` (:class:`MulVariant`), ``dfq`` (needs
+    ``pair=MulPair.E2M1_E2M1``), ``interleave`` (>= 2), ``levels_per_stage``.
+    NaN/Inf policy as :class:`GroupDot` (canonical NaN ``0x7FC00000``).
+    """
+
+    #: cycles of the accumulator's read-add-round-write loop (minimum interleave)
+    LOOP = 2
+
+    def __init__(self, *, pair: MulPair = MulPair.E2M1_E2M1, group_size: int = 128,
+                 variant: MulVariant = MulVariant.LUT, dfq: bool = False,
+                 interleave: int = 2, levels_per_stage: int = 1):
+        if not isinstance(pair, MulPair):
+            raise TypeError(f"pair must be a MulPair, got {pair!r}")
+        if not isinstance(variant, MulVariant):
+            raise TypeError(f"variant must be a MulVariant, got {variant!r}")
+        for name, v in (("group_size", group_size), ("levels_per_stage", levels_per_stage)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if not isinstance(interleave, int) or interleave < self.LOOP:
+            raise ValueError(f"interleave must be an integer >= {self.LOOP} (the accumulator "
+                             f"loop is {self.LOOP} cycles), got {interleave!r}")
+        if dfq and pair is not MulPair.E2M1_E2M1:
+            raise ValueError("dfq=True takes e2m1fn weights: use pair=MulPair.E2M1_E2M1")
+        self._halves = ([(MulPair.E2M1_E2M1, "pos"), (MulPair.E1M2_E2M1, "neg")] if dfq
+                        else [(pair, "all")])
+        for p, _ in self._halves:
+            if p.max_abs * group_size >= _MAX_SUM:
+                raise ValueError(f"group_size {group_size} lets a {p.name} group sum reach 2^24, "
+                                 "which FP32 cannot hold exactly; use a smaller group_size")
+            check_variant(p, variant)
+        self.pair, self.variant, self.dfq = pair, variant, dfq
+        self.group_size = self.lanes = group_size
+        self.interleave, self.levels_per_stage = interleave, levels_per_stage
+        self.ones_complement = variant is MulVariant.LUT and pair.is_float and not dfq
+        self.tree_levels = (group_size - 1).bit_length()
+        self.tree_stages = max(1, -(-self.tree_levels // levels_per_stage))
+        #: cycles from a ``last`` group's handshake to its ``o.valid``: products,
+        #: tree, S, decode, M, P, round (DFQ: add, round), loop add, loop round
+        self.latency = 1 + self.tree_stages + 1 + 3 + 1 + (2 if dfq else 0) + 2
+        a_code = dfq_code_layout() if dfq else code_layout(pair.fmt_a)
+        fields = {"a": data.ArrayLayout(a_code, group_size),
+                  "w": data.ArrayLayout(code_layout(pair.fmt_b), group_size),
+                  "s_a": float_layout(FP16), "s_w": float_layout(FP16), "last": 1}
+        if dfq:
+            fields["s_a_neg"] = float_layout(FP16)
+        self.beat_layout = data.StructLayout(fields)
+        super().__init__({
+            "i": In(stream.Signature(self.beat_layout)),
+            "o": Out(stream.Signature(float_layout(FP32))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        en = ~self.o.valid | self.o.ready
+        m.d.comb += self.i.ready.eq(en)
+
+        def reg(value, name, shape=None):
+            r = Signal(shape if shape is not None else value.shape(), name=name)
+            with m.If(en):
+                m.d.sync += r.eq(value)
+            return r
+
+        # ---- interleave slot of the input group: accepted beats modulo interleave
+        D = self.interleave
+        slot_in = Signal(range(D))
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += slot_in.eq(Mux(slot_in == D - 1, 0, slot_in + 1))
+
+        x = self.i.payload
+        scales = [x.s_a, x.s_w] + ([x.s_a_neg] if self.dfq else [])
+        ctrl_layout = data.StructLayout({"valid": 1, "last": 1, "slot": range(D),
+                                         "scales": data.ArrayLayout(16, len(scales))})
+        ctrl_in = Signal(ctrl_layout)
+        m.d.comb += [ctrl_in.valid.eq(self.i.valid), ctrl_in.last.eq(x.last),
+                     ctrl_in.slot.eq(slot_in)]
+        m.d.comb += [ctrl_in.scales[k].eq(s) for k, s in enumerate(scales)]
+        ctrl = reg(ctrl_in, "ctrl_p")
+
+        sums = _product_trees(m, x.a, x.w, self._halves, self.lanes, self.variant, self.dfq,
+                              self.ones_complement, Const(0), reg, self.levels_per_stage)
+        for k in range(self.tree_stages):
+            ctrl = reg(ctrl, f"ctrl_t{k}")
+
+        # ---- exact group sums S
+        group_sums = []
+        for (tree_root, _, leftover), pair in sums:
+            smax = pair.max_abs * self.group_size
+            tree_out = Signal(signed(sum_width(smax)), name=f"tree_{pair.name}")
+            m.d.comb += tree_out.eq(sum(leftover, tree_root))
+            group_sums.append((reg(tree_out, f"S_{pair.name}"), pair))
+        ctrl = reg(ctrl, "ctrl_s")
+
+        # ---- S * 2^L * s_a * s_w, exact, in three registered steps (the DSP48E2's
+        #      A/B inputs, M and P registers), then one rounding
+        s_w = ctrl.scales[1]
+        parts = []
+        for k, (S, pair) in enumerate(group_sums):
+            s_a = ctrl.scales[2] if (self.dfq and k == 1) else ctrl.scales[0]
+            parts.append(self._scaled(m, S, s_a, s_w, pair.lsb_exp, f"h{k}", reg))
+        for k in range(3):
+            ctrl = reg(ctrl, f"ctrl_f{k}")
+        g_parts = [reg(fp32.round_pack(m, u, f"rp{k}"), f"g{k}") for k, u in enumerate(parts)]
+        ctrl = reg(ctrl, "ctrl_g")
+        if self.dfq:
+            front = reg(fpu.add_front(m, g_parts[0], g_parts[1], FP32), "dfq_front")
+            ctrl = reg(ctrl, "ctrl_dfq_front")
+            g = reg(fp32.round_pack(m, front, "dfq_rp"), "g")
+            ctrl = reg(ctrl, "ctrl_dfq_g")
+        else:
+            g = g_parts[0]
+
+        # ---- accumulator loop: read the slot's partial sum, add (register), round
+        #      and write back; a slot is revisited no earlier than D >= LOOP cycles later
+        acc = Array(Signal(32, name=f"acc{k}") for k in range(D))
+        front = reg(fpu.add_front(m, acc[ctrl.slot], g, FP32), "acc_front")
+        ctrl = reg(ctrl, "ctrl_acc_front")
+        acc_next = fp32.round_pack(m, front, "acc_rp")
+        with m.If(en & ctrl.valid):
+            m.d.sync += acc[ctrl.slot].eq(Mux(ctrl.last, 0, acc_next))
+        with m.If(en):
+            m.d.sync += [self.o.valid.eq(ctrl.valid & ctrl.last),
+                         self.o.payload.as_value().eq(acc_next)]
+        return m
+
+    @staticmethod
+    def _scaled(m: Module, S, s_a, s_w, lsb_exp: int, tag: str, reg):
+        """Unrounded record of ``S * 2^lsb_exp * s_a * s_w`` after three register stages.
+
+        Stage 1: ``|S|``, the scales' fields and ``sig_a * sig_w`` (11 x 11 bits);
+        stages 2 and 3: ``|S| * (sig_a * sig_w)`` (a DSP48E2 with its M and P
+        registers; the record's other fields ride along).  Same value and flags
+        as :func:`fpqvar_hw.units.fp32.scaled_sum_front`.
         """
-        level = list(leaves)
-        pool = list(carries)
-        depth = 0
-        while len(level) > 1:
-            nxt = []
-            for j in range(0, len(level) - 1, 2):
-                (a, ma), (b, mb) = level[j], level[j + 1]
-                bound = ma + mb + (1 if pool else 0)
-                s = Signal(signed(sum_width(bound)), name=f"t_{tag}{depth}_{j // 2}")
-                m.d.comb += s.eq(a + b + pool.pop() if pool else a + b)
-                nxt.append((s, bound))
-            if len(level) % 2:
-                nxt.append(level[-1])
-            depth += 1
-            if depth % self.levels_per_stage == 0 or len(nxt) == 1:
-                nxt = [(reg(s, f"r_{s.name}"), mx) for s, mx in nxt]
-                pool = [reg(c, f"r_{tag}c{depth}_{k}") for k, c in enumerate(pool)]
-            level = nxt
-        if depth == 0:  # a single lane: keep the stage count uniform
-            level = [(reg(level[0][0], f"r_{tag}_single"), level[0][1])]
-            pool = [reg(c, f"r_{tag}c_single{k}") for k, c in enumerate(pool)]
-        return level[0][0], level[0][1], pool
+        ua, uw = fpu.unpack(m, s_a, FP16), fpu.unpack(m, s_w, FP16)
+        n = len(S)
+        sig_bits = n + 2 * (FP16.man_bits + 1)
+        lay = unrounded_layout(sig_bits, 10)
+        zero = ua.is_zero | uw.is_zero | (S == 0)
+        inf = ua.is_inf | uw.is_inf
+        mag = reg(abs(S), f"{tag}_mag", n)
+        sig_ab = reg(ua.sig * uw.sig, f"{tag}_sigab", 2 * (FP16.man_bits + 1))
+        head = Signal(lay, name=f"{tag}_head")
+        m.d.comb += [
+            head.sig.eq(0),
+            head.exp.eq(ua.exp + uw.exp + (lsb_exp - 2 * FP16.man_bits + sig_bits - 1)),
+            head.sticky.eq(0),
+            head.sign.eq(ua.sign ^ uw.sign ^ S[-1]),
+            head.nan.eq(ua.is_nan | uw.is_nan | (inf & zero)),
+            head.inf.eq(inf),
+        ]
+        head = reg(head, f"{tag}_head1")
+        prod = reg(mag * sig_ab, f"{tag}_m", sig_bits)       # DSP48E2 M register
+        head = reg(head, f"{tag}_head2")
+        prod = reg(prod, f"{tag}_p")                         # DSP48E2 P register
+        head = reg(head, f"{tag}_head3")
+        u = Signal(lay, name=f"{tag}_u")
+        m.d.comb += [u.eq(head), u.sig.eq(prod)]
+        return u
+
+
+def _product_trees(m: Module, a, w, halves, lanes: int, variant: MulVariant, dfq: bool,
+                   ones_complement: bool, plain, reg, levels_per_stage: int):
+    """Registered exact products of ``lanes`` code pairs and their registered adder trees.
+
+    One tree per half (``halves``: ``(MulPair, tag)``; DFQ has a positive- and a
+    negative-grid half, gated by the code's ``neg`` bit unless ``plain``).
+    Returns ``[((root, max abs, leftover carries), pair), ...]`` (see :func:`_tree`).
+    """
+    sums = []
+    for pair, tag in halves:
+        leaves, carries = [], []
+        for lane in range(lanes):
+            code, wcode = a[lane], w[lane]
+            if ones_complement:
+                # |p| from the LUT table and the sign, registered; the leaf is the
+                # ones' complement ~|p| when negative, the +1 enters the tree as a carry-in
+                core = MagnitudeCore(pair=pair)
+                m.submodules[f"mag{lane}"] = core
+                m.d.comb += [core.mag_a.eq(Cat(code.mantissa, code.exponent)),
+                             core.mag_b.eq(Cat(wcode.mantissa, wcode.exponent))]
+                mag = reg(core.mag, f"mag{lane}")
+                neg = reg(code.sign ^ wcode.sign, f"neg{lane}")
+                leaf = Signal(signed(pair.width), name=f"leaf{lane}")
+                m.d.comb += leaf.eq((Cat(mag, Const(0, 1)) ^ neg.replicate(pair.width)).as_signed())
+                leaves.append((leaf, pair.max_abs + 1))
+                carries.append(neg)
+                continue
+            mul = Multiplier(pair=pair, variant=variant)
+            m.submodules[f"mul_{tag}{lane}"] = mul
+            if dfq:
+                # dual cell, plain mode: every lane is a signed e2m1 code on the pos half
+                gate = (code.neg & ~plain) if tag == "neg" else (~code.neg | plain)
+                m.d.comb += mul.a.as_value().eq(code.as_value())
+                p = Signal(signed(pair.width), name=f"p_{tag}{lane}")
+                m.d.comb += p.eq(gate.replicate(pair.width).as_signed() & mul.p)
+            else:
+                m.d.comb += mul.a.eq(code)
+                p = mul.p
+            m.d.comb += mul.b.eq(wcode)
+            leaves.append((reg(p, f"prod_{tag}{lane}"), pair.max_abs))
+        sums.append((_tree(m, leaves, carries, tag, reg, levels_per_stage), pair))
+    return sums
+
+
+def _tree(m: Module, leaves, carries, tag: str, reg, levels_per_stage: int):
+    """Registered pairwise adder tree over ``leaves`` (``(signal, max abs)``).
+
+    Each adder also takes one bit from the pool ``carries`` as its carry-in
+    (``L - 1`` adders absorb all but one of ``L`` bits).  Returns ``(sum,
+    max abs, leftover carry bits)``; the pool is registered with the tree.
+    """
+    level = list(leaves)
+    pool = list(carries)
+    depth = 0
+    while len(level) > 1:
+        nxt = []
+        for j in range(0, len(level) - 1, 2):
+            (a, ma), (b, mb) = level[j], level[j + 1]
+            bound = ma + mb + (1 if pool else 0)
+            s = Signal(signed(sum_width(bound)), name=f"t_{tag}{depth}_{j // 2}")
+            m.d.comb += s.eq(a + b + pool.pop() if pool else a + b)
+            nxt.append((s, bound))
+        if len(level) % 2:
+            nxt.append(level[-1])
+        depth += 1
+        if depth % levels_per_stage == 0 or len(nxt) == 1:
+            nxt = [(reg(s, f"r_{s.name}"), mx) for s, mx in nxt]
+            pool = [reg(c, f"r_{tag}c{depth}_{k}") for k, c in enumerate(pool)]
+        level = nxt
+    if depth == 0:  # a single lane: keep the stage count uniform
+        level = [(reg(level[0][0], f"r_{tag}_single"), level[0][1])]
+        pool = [reg(c, f"r_{tag}c_single{k}") for k, c in enumerate(pool)]
+    return level[0][0], level[0][1], pool
