@@ -4,14 +4,16 @@
     python scripts/mutate_rtl.py --only lut-flip # one (see --list)
 
 Each mutant is a one-line change to an RTL generator (a flipped LUT entry, an
-off-by-one shift, a swapped sign, a dropped carry between beats).  For each,
+off-by-one shift, a swapped sign, a dropped carry between beats; in the
+pipelined dot cell v2 a dropped pipeline register, swapped partial sums, an
+off-by-one interleave counter).  For each,
 the script copies the sources into a scratch folder, applies the change there
 (the working tree is never touched, so concurrent test runs are unaffected),
 runs the relevant ``pytest sim/...`` cocotb test on the mutated Verilog, and
 records whether the suite failed ("killed") or passed ("SURVIVED").  It prints
 a table and exits 1 if any mutant survived (or if the unmutated baseline
 fails, with ``--baseline``).  Every mutant needs one Verilator build (about a
-minute).
+minute; the v2 mutants run the Amaranth-simulator test, a few seconds).
 """
 from __future__ import annotations
 
@@ -30,6 +32,10 @@ COPY = ("fpqvar_hw", "fpqvar_quant", "sim", "tests", "conftest.py", "pyproject.t
 MUL_TEST = "sim/test_multiplier.py::test_multiplier_exhaustive[E2M1_E2M1-LUT]"
 MUL_DEC_TEST = "sim/test_multiplier.py::test_multiplier_exhaustive[E2M1_E2M1-DECOMPOSED]"
 DOT_TEST = "sim/test_dot.py::test_dot_cosim[E2M1_E2M1-False-LUT-16-40-4-101]"
+HAD_TEST = "sim/test_hadamard.py::test_random_groups_backpressure"
+#: dot cell v2 (GroupDotV2): the Amaranth-simulator test of a DFQ cell with 3 interleaved
+#: slots of different lengths under backpressure (a few seconds, no Verilator build)
+DOT2_TEST = "tests/test_hw_dot.py::test_dot_v2_interleaved[E2M1_E2M1-True-8-LUT-3-1-41]"
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,39 @@ MUTANTS = [
            "m.d.sync += [S.eq(total), part.eq(total)]",
            "m.d.sync += [S.eq(total), part.eq(tree_out)]",
            DOT_TEST, "partial group sum keeps only the latest beat"),
+    Mutant("v2-register-dropped", "fpqvar_hw/units/dot.py",
+           'head = reg(head, f"{tag}_head2")',
+           "head = head",
+           DOT2_TEST, "v2: one pipeline register of the scale path's exponent/flags dropped "
+                      "(the record meets the product of the next group)"),
+    Mutant("v2-partial-sums-swapped", "fpqvar_hw/units/dot.py",
+           "for k, (S, pair) in enumerate(group_sums):   # DFQ: k = 0 positive, 1 negative grid",
+           "for k, (S, pair) in enumerate(group_sums[::-1]):",
+           DOT2_TEST, "v2: the DFQ positive and negative group sums swapped before scaling"),
+    Mutant("v2-interleave-off-by-one", "fpqvar_hw/units/dot.py",
+           "m.d.sync += slot_in.eq(Mux(slot_in == D - 1, 0, slot_in + 1))",
+           "m.d.sync += slot_in.eq(Mux(slot_in == D, 0, slot_in + 1))",
+           DOT2_TEST, "v2: the interleave counter wraps after D + 1 beats (3 slots -> 4)"),
+    Mutant("v2-slot-restart-dropped", "fpqvar_hw/units/dot.py",
+           "m.d.sync += acc[ctrl.slot].eq(Mux(ctrl.last, 0, acc_next))",
+           "m.d.sync += acc[ctrl.slot].eq(acc_next)",
+           DOT2_TEST, "v2: a slot's accumulator is not reset to +0.0 after its last group"),
+    Mutant("had-reg-dropped", "fpqvar_hw/units/hadamard.py",
+           "q2_neg.eq(q1_neg)",
+           "q2_neg.eq(q0_neg)",
+           HAD_TEST, "output pipeline: the sign delay line skips a register (sign of the next row)"),
+    Mutant("had-valid-early", "fpqvar_hw/units/hadamard.py",
+           "q2_v.eq(q1_v)",
+           "q2_v.eq(q0_v)",
+           HAD_TEST, "output pipeline: valid delay line one stage short of the data (off by one)"),
+    Mutant("had-sticky-dropped", "fpqvar_hw/units/hadamard.py",
+           "q2_sticky.eq(lost | (shifted[:OUT_SHIFT - 1] != 0))",
+           "q2_sticky.eq(shifted[:OUT_SHIFT - 1] != 0)",
+           HAD_TEST, "round stage: the bits lost in the normalising shift miss the sticky bit"),
+    Mutant("had-no-stall", "fpqvar_hw/units/hadamard.py",
+           "en_in.eq(~s1_valid | s1_take)",
+           "en_in.eq(1)",
+           HAD_TEST, "input pipeline ignores the accumulator's stall (beats overwritten)"),
 ]
 
 

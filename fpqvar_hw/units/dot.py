@@ -358,7 +358,7 @@ class GroupDotV2(wiring.Component):
         for (tree_root, _, leftover), pair in sums:
             smax = pair.max_abs * self.group_size
             tree_out = Signal(signed(sum_width(smax)), name=f"tree_{pair.name}")
-            m.d.comb += tree_out.eq(sum(leftover, tree_root))
+            m.d.comb += tree_out.eq(tree_root + sum(leftover))
             group_sums.append((reg(tree_out, f"S_{pair.name}"), pair))
         ctrl = reg(ctrl, "ctrl_s")
 
@@ -366,8 +366,8 @@ class GroupDotV2(wiring.Component):
         #      A/B inputs, M and P registers), then one rounding
         s_w = ctrl.scales[1]
         parts = []
-        for k, (S, pair) in enumerate(group_sums):
-            s_a = ctrl.scales[2] if (self.dfq and k == 1) else ctrl.scales[0]
+        for k, (S, pair) in enumerate(group_sums):   # DFQ: k = 0 positive, 1 negative grid
+            s_a = ctrl.scales[2] if k == 1 else ctrl.scales[0]
             parts.append(self._scaled(m, S, s_a, s_w, pair.lsb_exp, f"h{k}", reg))
         for k in range(3):
             ctrl = reg(ctrl, f"ctrl_f{k}")
