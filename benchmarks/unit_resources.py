@@ -15,7 +15,10 @@ and its row units at small sizes (softmax and layernorm rows of 64, one
 For each entry: LUTs (all sizes; each takes one LUT6 site), LUT6, FF, DSP48E2,
 CARRY (CARRY4/8), MUXF7/8, LUTRAM (distributed-RAM cells: the row buffers),
 logic depth (``ltp -noff``: cells on the longest register-to-register path, see
-``fpqvar_hw/flow/synth.py``), and for multiply-accumulate units the LUTs per lane
+``fpqvar_hw/flow/synth.py``), its split into LUT and carry levels and the
+estimated f_max of the project's delay model (``fpqvar_hw/flow/resources.py``:
+0.35 ns + 0.45 ns per LUT level + 0.15 ns per carry stage; "?" marks a path
+whose levels could not be classified, all counted as LUT levels), and for multiply-accumulate units the LUTs per lane
 (whole unit incl. adder tree, group-sum register and the shared FP32
 scale/accumulate tail, divided by the lane count).
 UltraScale+ mapping (closest open flow to the Versal target): an estimate, not
@@ -37,7 +40,8 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fpqvar_hw.units.dot import GroupDot                                    # noqa: E402
+from fpqvar_hw.units.dot import GroupDot, GroupDotV2                        # noqa: E402
+from fpqvar_hw.flow.resources import fmax_mhz, path_levels                  # noqa: E402
 from fpqvar_hw.units.fpu import FP16, FP32, FPOp, FPUnit                     # noqa: E402
 from fpqvar_hw.units.multiplier import (MagnitudeCore, MulPair, MulVariant, Multiplier,  # noqa: E402
                                   check_variant)
@@ -105,6 +109,14 @@ def _vector_entries() -> list[Entry]:
     return out
 
 
+def _mac_v2(pair: MulPair, var: MulVariant, *, dfq: bool = False) -> Entry:
+    """Dot cell v2 (``GroupDotV2``): one 128-group per beat, 2 interleaved outputs."""
+    tag = "dfq_e2m1" if dfq else pair.name.lower()
+    return Entry(f"dot2 {tag} {var.value}", "dot cell v2 (G=128, 128 lanes)",
+                 lambda: GroupDotV2(pair=pair, variant=var, dfq=dfq, group_size=128),
+                 lanes=128)
+
+
 #: Every unit in the table, in print order.  Other units append here.
 REGISTRY: list[Entry] = [
     *_mul_entries(),
@@ -114,6 +126,10 @@ REGISTRY: list[Entry] = [
     _mac(MulPair.INT4_INT4, MulVariant.DSP),
     _mac(MulPair.E2M1_E2M1, MulVariant.LUT, dfq=True),
     _mac(MulPair.E2M3_E2M3, MulVariant.DECOMPOSED, lanes=32),
+    _mac_v2(MulPair.E2M1_E2M1, MulVariant.LUT),
+    _mac_v2(MulPair.E2M1_E2M1, MulVariant.LUT, dfq=True),
+    _mac_v2(MulPair.INT4_INT4, MulVariant.LUT),
+    _mac_v2(MulPair.INT8_INT8, MulVariant.DSP),
     *_fp_entries(),
     *_vector_entries(),
 ]
@@ -141,12 +157,13 @@ def main(argv: "list[str] | None" = None) -> int:
         return 2
     flow = "Yosys synth_xilinx -family xcup -flatten -noiopad" + ("" if args.no_abc9 else " -abc9")
     hdr = f"{'unit':34s} {'LUT':>7s} {'LUT6':>6s} {'FF':>6s} {'DSP':>4s} {'CARRY':>5s} " \
-          f"{'MUXF':>5s} {'LUTRAM':>6s} {'depth':>5s} {'LUT/lane':>8s}"
+          f"{'MUXF':>5s} {'LUTRAM':>6s} {'depth':>5s} {'LUT/lane':>8s} {'lvl L+C':>7s} {'fmax':>5s}"
     print(flow)
     print(hdr)
     print("-" * len(hdr))
-    md = ["| group | unit | LUT | LUT6 | FF | DSP | CARRY | MUXF | LUTRAM | depth | LUT/lane |",
-          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    md = ["| group | unit | LUT | LUT6 | FF | DSP | CARRY | MUXF | LUTRAM | depth | LUT/lane "
+          "| levels LUT+carry | est. f_max MHz |",
+          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     group = None
     for e in entries:
         if e.group != group:
@@ -156,10 +173,14 @@ def main(argv: "list[str] | None" = None) -> int:
         print(f"{e.name:34s} ...", end="\r", file=sys.stderr, flush=True)
         r = synthesize(e.build(), abc9=not args.no_abc9, timeout_s=args.timeout)
         per = f"{r.lut / e.lanes:8.1f}" if e.lanes else f"{'':8s}"
+        ltp = Path(r.workdir) / "ltp.txt" if r.workdir else None
+        lv = path_levels(ltp.read_text() if ltp is not None and ltp.exists() else "", r.depth)
+        lvl = f"{lv['lut']}+{lv['carry']}" + ("" if lv["classified"] else "?")
+        fmax = fmax_mhz(lv["lut"], lv["carry"])
         print(f"{e.name:34s} {r.lut:7d} {r.lut6:6d} {r.ff:6d} {r.dsp:4d} {r.carry:5d} "
-              f"{r.muxf:5d} {r.lutram:6d} {r.depth:5d} {per}", flush=True)
+              f"{r.muxf:5d} {r.lutram:6d} {r.depth:5d} {per} {lvl:>7s} {fmax:5.0f}", flush=True)
         md.append(f"| {e.group} | {e.name} | {r.lut} | {r.lut6} | {r.ff} | {r.dsp} | {r.carry} | "
-                  f"{r.muxf} | {r.lutram} | {r.depth} | {per.strip()} |")
+                  f"{r.muxf} | {r.lutram} | {r.depth} | {per.strip()} | {lvl} | {fmax:.0f} |")
         if time.time() - t0 > 5:
             print(f"  ({time.time() - t0:.0f} s)", file=sys.stderr)
     if args.out:
