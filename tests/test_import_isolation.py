@@ -68,6 +68,7 @@ HOST_MODULES = {
     "host/isa_sim.py": ("fpqvar_quant.golden",),
     "host/compiler.py": ("fpqvar_quant.golden", "fpqvar_quant.ptq.package", "fpqvar_quant.safeio"),
     "host/driver.py": ("fpqvar_quant",),
+    "host/run.py": ("fpqvar_quant.safeio", "fpqvar_quant.ptq.package"),
 }
 
 

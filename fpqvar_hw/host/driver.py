@@ -57,7 +57,7 @@ import numpy as np
 
 __all__ = ["DEFAULT_PRESET", "PackageSettings", "build_package", "HostModel", "StepPerf",
            "BlockBackend", "TorchBlocksBackend", "DeviceBackend", "GoldenBackend", "RtlBackend",
-           "Sampling", "ImageRun", "generate", "write_cycles_json", "main"]
+           "Sampling", "ImageRun", "generate", "write_cycles_json", "package_dims", "main"]
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "build" / "tiny-image"
@@ -894,7 +894,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _model_dims(package: Path | None) -> tuple[int, int]:
+def package_dims(package: Path | None) -> tuple[int, int]:
     """(num_classes, number of scale steps) of the package's model, or of the shipped
     digits model: read from JSON only, before any model is built."""
     if package is not None:
@@ -917,7 +917,7 @@ def _model_dims(package: Path | None) -> tuple[int, int]:
 def validate_args(args: argparse.Namespace) -> None:
     """Every argument the user can get wrong, checked in milliseconds before a package is
     built or a model loaded (``ValueError`` / ``FileNotFoundError`` with one line)."""
-    num_classes, steps = _model_dims(args.package)
+    num_classes, steps = package_dims(args.package)
     if not 0 <= args.label <= num_classes:
         raise ValueError(f"--class {args.label}: the model has classes 0..{num_classes - 1} "
                          f"({num_classes} = unconditional)")
