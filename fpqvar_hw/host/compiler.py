@@ -160,6 +160,7 @@ class Compiler:
         if self.C > isa.MAX_LN_LEN:
             raise ValueError(f"embed_dim {self.C} exceeds the LNMOD row limit {isa.MAX_LN_LEN}")
         self.kv6 = self._kv_format(pkg.manifest.get("kv_cache"), cfg)
+        self._check_shapes()
         self.params = [_blk.block_params(pkg, b) for b in range(self.depth)]
         self._check_formats()
         self.pack = dict(tn=cfg.tn, lanes=cfg.lanes, bits=cfg.qkv_weight.bits, group=cfg.group_size)
@@ -191,6 +192,37 @@ class Compiler:
                              "--param kv_format=e2m3fn (KVQ6 / FDOT B_KV6 hardware) or use a package "
                              "without a KV quantizer")
         return True
+
+    def _check_shapes(self) -> None:
+        """Every block layer's weight codes and scales, and the per-block float vectors,
+        have the shapes the package's model dimensions imply (``ValueError`` naming the
+        layer, the shape expected and the shape found)."""
+        C, F, H, pkg = self.C, self.hidden, self.H, self.pkg
+        want = {"qkv": (3 * C, C), "proj": (C, C), "fc1": (F, C), "fc2": (C, F)}
+        where = f"package {getattr(pkg, 'root', '')}".strip()
+        dims = f"embed_dim {C}, mlp_hidden {F}, num_heads {H}"
+        for b in range(self.depth):
+            for role, rel in _blk.LAYER_NAMES.items():
+                name = f"blocks.{b}.{rel}"
+                lay = pkg.layers.get(name)
+                if lay is None:
+                    raise ValueError(f"{where}: layer {name} is missing; export the package again")
+                for what, arr in (("codes", lay.codes), ("weight", lay.weight_float)):
+                    if arr is not None and tuple(arr.shape) != want[role]:
+                        raise ValueError(f"{where}: layer {name}: {what} shape {tuple(arr.shape)}, "
+                                         f"expected {want[role]} (out, in) for the model's {dims}")
+                g = int(lay.meta.get("w_group_size") or 0)
+                if lay.codes is not None and lay.scale_bits is not None and g > 0:
+                    ws = (want[role][0], want[role][1] // g)
+                    if tuple(lay.scale_bits.shape) != ws:
+                        raise ValueError(f"{where}: layer {name}: scales shape {tuple(lay.scale_bits.shape)}, "
+                                         f"expected {ws} (out, in / group {g})")
+            for key, n in ((f"blocks.{b}.attn.q_bias", C), (f"blocks.{b}.attn.v_bias", C),
+                           (f"blocks.{b}.attn.scale_mul_1H11", H)):
+                v = pkg.float_params.get(key)
+                if v is not None and np.asarray(v).size != n:
+                    raise ValueError(f"{where}: parameter {key}: {np.asarray(v).size} values, expected "
+                                     f"{n} for the model's {dims}")
 
     def _check_formats(self) -> None:
         cfg = self.cfg
