@@ -273,6 +273,26 @@ def _dot_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
                            {"pair": " x ".join(sp["key"]), "dfq": sp["dfq"],
                             "dual": bool(sp.get("dual_cell")),
                             "group_size": c.group_size, "lanes": c.lanes}, needs=needs))
+    # Dot cell v2 (GroupDotV2, issue 14): one whole group per beat, pipelined FP32 tail with
+    # interleaved accumulators.  Reported beside the matrix engine's GroupDot cells (count 0:
+    # the v1 matrix engine still instantiates GroupDot).
+    if hasattr(mod, "GroupDotV2"):
+        for key, dfq in dict.fromkeys((sp["key"], sp["dfq"]) for _, sp in specs
+                                      if not (sp["dual"] and not sp["dfq"])):
+            def make2(key=key, dfq=dfq):
+                if c.scale_format.value != "fp16":
+                    raise ValueError(f"{mod.__name__}.GroupDotV2 has FP16 scale ports (s_a, s_w); "
+                                     f"scale_format={c.scale_format} is not implemented in RTL")
+                if key not in by_value:
+                    raise ValueError(f"no multiplier pair {key[0]} x {key[1]}")
+                pair = by_value[key]
+                var = MulVariant.DSP if pair.fmt_a.bits > 4 and not pair.is_float else MulVariant.LUT
+                return mod.GroupDotV2(pair=pair, group_size=c.group_size, variant=var, dfq=dfq)
+            tag = "dfq4_e2m1fn" if dfq else f"{key[0]}_{key[1]}"
+            out.append(Variant(f"dot2_{tag}_g{c.group_size}", make2, 0, None,
+                               {"pair": " x ".join(key), "dfq": dfq, "group_size": c.group_size,
+                                "lanes": c.group_size, "interleave": 2},
+                               needs="dot cell v2 (one group per beat; not yet in the matrix engine)"))
     return out
 
 
