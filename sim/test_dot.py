@@ -3,7 +3,9 @@ Verilog against the golden model, under random input gaps and output backpressur
 
 Default tier: a small e2m1 and a DFQ run.  Slow tier (``--run-slow``): >= 10^4
 random seeded groups over e2m1 / DFQ / e3m2 x e2m3 units (16 lanes x 8 beats per
-128-group) plus one full 128-lane unit.  The other pairs (e2m3, int4, int8) and
+128-group) plus one full 128-lane unit; the dot cell v2 (``GroupDotV2``) as a
+full 128-lane DFQ cell and a 16-lane int8 cell, with interleaved outputs of
+different lengths.  The other pairs (e2m3, int4, int8) and
 variants run in the Amaranth simulator (tests/test_hw_dot.py); every verilator
 build costs about a minute, which is what limits the number of configurations here.
 """
@@ -14,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fpqvar_hw.units.dot import GroupDot
+from fpqvar_hw.units.dot import GroupDot, GroupDotV2
 from fpqvar_hw.units.multiplier import MulPair, MulVariant
 from fpqvar_quant.golden.dot import DFQ
 from sim.runner import BUILD_ROOT, run_cocotb
@@ -48,6 +50,34 @@ def test_dot_cosim(pair, dfq, variant, lanes, n_dots, groups, seed):
     (data / "beats.hex").write_text(
         "\n".join(f"{b:x}" for b in pack_beats(dut.beat_layout, vec, lanes, G)) + "\n")
     np.savez(data / "vectors.npz", expected=expected(vec, G), s_a=vec.s_a, s_w=vec.s_w)
+    run_cocotb(dut, name=name, test_module="sim.tb_dot",
+               params={"beats": str(data / "beats.hex"), "vectors": str(data / "vectors.npz"),
+                       "seed": seed, "idle": 0.2, "backpressure": 0.3})
+
+
+# Dot cell v2 (GroupDotV2): one 128-group per beat, interleaved slots of
+# different dot-product lengths (tests/test_hw_dot.py's slot_vectors).
+# (pair, dfq, variant, group_size, interleave, seed); slow tier, one Verilator build
+# each: the full 128-lane DFQ cell and a small int8 baseline cell
+V2_CASES = [
+    (MulPair.E2M1_E2M1, True, MulVariant.LUT, 128, 3, 301),
+    (MulPair.INT8_INT8, False, MulVariant.DSP, 16, 2, 302),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pair,dfq,variant,G,interleave,seed", V2_CASES,
+                         ids=lambda v: getattr(v, "name", str(v)))
+def test_dot_v2_cosim(pair, dfq, variant, G, interleave, seed):
+    from tests.test_hw_dot import interleaved, slot_vectors
+    dut = GroupDotV2(pair=pair, dfq=dfq, variant=variant, group_size=G, interleave=interleave)
+    slots = slot_vectors(DFQ if dfq else pair.value[0], pair.value[1], G, interleave, seed)
+    beats, exp = interleaved(dut.beat_layout, G, slots)
+    name = f"dot2-{'dfq' if dfq else pair.name.lower()}-{variant.value}-g{G}-d{interleave}"
+    data = BUILD_ROOT / "vectors" / f"{name}-s{seed}"
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "beats.hex").write_text("\n".join(f"{b:x}" for b in beats) + "\n")
+    np.savez(data / "vectors.npz", expected=np.array(exp, dtype=np.uint32))
     run_cocotb(dut, name=name, test_module="sim.tb_dot",
                params={"beats": str(data / "beats.hex"), "vectors": str(data / "vectors.npz"),
                        "seed": seed, "idle": 0.2, "backpressure": 0.3})
