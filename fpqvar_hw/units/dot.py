@@ -33,6 +33,7 @@ from . import fp32
 from . import fpu
 from .fpu import FP16, FP32, float_layout, unrounded_layout
 from .multiplier import MagnitudeCore, Multiplier, MulPair, MulVariant, check_variant, code_layout
+from ..emit import hierarchical
 
 __all__ = ["GroupDot", "GroupDotV2", "dfq_code_layout", "sum_width"]
 
@@ -49,6 +50,7 @@ def sum_width(max_abs: int) -> int:
     return max_abs.bit_length() + 1
 
 
+@hierarchical
 class GroupDot(wiring.Component):
     """Streaming group dot product of activation and weight codes.
 

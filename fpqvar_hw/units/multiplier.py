@@ -47,6 +47,8 @@ from amaranth.lib.wiring import In, Out
 
 from fpqvar_quant.formats import Format, get_format
 
+from ..emit import hierarchical
+
 __all__ = ["MulPair", "MulVariant", "Multiplier", "MagnitudeCore", "magnitude_table", "check_variant", "code_layout", "operand_int"]
 
 
@@ -148,6 +150,7 @@ def magnitude_table(pair: MulPair) -> list[int]:
             for k in range(1 << (na + nb))]
 
 
+@hierarchical
 class MagnitudeCore(wiring.Component):
     """The ``LUT`` variant's unsigned magnitude table alone (float pairs).
 
@@ -170,6 +173,7 @@ class MagnitudeCore(wiring.Component):
         return m
 
 
+@hierarchical
 class Multiplier(wiring.Component):
     """Combinational exact code x code multiplier (a leaf operator, no clock).
 

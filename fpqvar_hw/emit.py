@@ -1,0 +1,369 @@
+"""Hierarchical Verilog emission: every distinct module configuration once.
+
+Amaranth elaborates every instance of a component separately and emits one
+Verilog module per instance (the full-size top held 9,078 modules, most of them
+identical array cells).  This module emits each *distinct* configuration of an
+opted-in component once, under a stable name that encodes its class and
+constructor parameters, and makes parents instantiate it by name.
+
+Opting in (base layer: a component file only adds a decorator line)::
+
+    from fpqvar_hw.emit import hierarchical
+
+    @hierarchical
+    class GroupDot(wiring.Component):
+        def __init__(self, *, a_format, w_format, lanes): ...
+
+The decorator records the constructor arguments (the module's key) and wraps
+``elaborate``: when the ``platform`` argument is an :class:`Emitter` and the
+component is not the one being emitted, ``elaborate`` returns an
+``amaranth.hdl.Instance`` of the named module, whose ports are the child's
+``wiring`` signature flattened with ``__`` (as Amaranth names a top's ports)
+plus ``clk`` / ``rst`` of the ``sync`` domain when the child has them; the
+emitter elaborates and converts that configuration once on its own.  With any
+other platform (``None`` in the Amaranth simulator, a build platform) nothing
+changes, so simulation runs the same Python components.
+
+``ResetInserter`` around a parent (the matrix engine's datapath flush) reaches an
+instantiated child: a marker register next to each instance shows the inserted
+reset controls after elaboration, and the instance's ``rst`` becomes
+``rst | control...``.  ``EnableInserter`` around an instance cannot be forwarded
+through a ``rst`` port and is refused with a message.
+
+Public API: :func:`hierarchical`, :func:`module_name`, :class:`Emitter`,
+:func:`emit_verilog` -> :class:`EmittedDesign`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import hashlib
+import inspect
+import re
+from pathlib import Path
+from typing import Any
+
+from amaranth.hdl import ClockSignal, Const, Fragment, Instance, Module, ResetSignal, Signal
+from amaranth.hdl import _ast, _ir
+from amaranth.lib import wiring
+
+__all__ = ["hierarchical", "module_name", "Emitter", "EmittedDesign", "emit_verilog",
+           "EmitError"]
+
+
+class EmitError(RuntimeError):
+    """A design cannot be emitted hierarchically as written (message says why)."""
+
+
+# ---------------------------------------------------------------------------- naming
+
+def _canon(v: Any) -> str:
+    """A deterministic text of a constructor argument (no object ids)."""
+    if isinstance(v, enum.Enum):
+        return f"{type(v).__name__}.{v.name}"
+    if isinstance(v, (bool, int, float, str)) or v is None:
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "(" + ",".join(_canon(x) for x in v) + ")"
+    if isinstance(v, dict):
+        return "{" + ",".join(f"{_canon(k)}:{_canon(x)}" for k, x in sorted(v.items(),
+                                                                        key=lambda kv: repr(kv[0]))) + "}"
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return type(v).__name__ + "(" + ",".join(
+            f"{f.name}={_canon(getattr(v, f.name))}" for f in dataclasses.fields(v)) + ")"
+    r = repr(v)
+    if re.search(r" at 0x[0-9a-f]+", r):
+        raise EmitError(f"{type(v).__name__} argument has no stable text ({r}); give it a "
+                        f"__repr__ or make it a dataclass/enum to name its module")
+    return r
+
+
+def _short(v: Any) -> str | None:
+    """A name fragment for simple arguments (ints, enums, short strings), else None."""
+    if isinstance(v, bool):
+        return str(int(v))
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, enum.Enum):
+        return v.name.lower()
+    if isinstance(v, str) and len(v) <= 12:
+        return v
+    n = getattr(v, "name", None)
+    if isinstance(n, str) and len(n) <= 12:
+        return n
+    return None
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+def module_name(component: Any) -> str:
+    """The stable Verilog module name of an opted-in component's configuration.
+
+    ``<class in snake case>_<simple arguments>_<8 hex of the full key>``: equal
+    configurations give equal names in every process; the hash covers every
+    argument, the readable part only the simple ones.
+    """
+    key = getattr(component, "_fpqvar_emit_key", None)
+    if key is None:
+        raise EmitError(f"{type(component).__name__} is not opted in (@hierarchical)")
+    cls, args, kwargs = key
+    text = cls + "|" + _canon(args) + "|" + _canon(kwargs)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    parts = [s for s in (_short(a) for a in args) if s]
+    parts += [s for s in (_short(v) for _, v in sorted(kwargs.items())) if s]
+    readable = re.sub(r"[^A-Za-z0-9]+", "_", "_".join(parts)).strip("_")[:48]
+    base = _snake(cls.rsplit(".", 1)[-1])
+    return "_".join(p for p in (base, readable, digest) if p)
+
+
+def hierarchical(cls):
+    """Class decorator: emit this component once per configuration under :class:`Emitter`."""
+    init, elaborate = cls.__init__, cls.elaborate
+    sig = inspect.signature(init)
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        if not hasattr(self, "_fpqvar_emit_key"):    # the outermost decorated class names it
+            bound = sig.bind(self, *args, **kwargs)   # defaults filled: equal configs, one key
+            bound.apply_defaults()
+            self._fpqvar_emit_key = (f"{type(self).__module__}.{type(self).__qualname__}",
+                                     tuple(bound.args[1:]), dict(bound.kwargs))
+        init(self, *args, **kwargs)
+
+    @functools.wraps(elaborate)
+    def wrapped(self, platform):
+        if isinstance(platform, Emitter) and platform._root is not self:
+            return platform._instance_of(self)
+        return elaborate(self, platform)
+
+    cls.__init__ = __init__
+    cls.elaborate = wrapped
+    return cls
+
+
+# ---------------------------------------------------------------------------- emitter
+
+def _ports_of(component) -> dict[str, tuple[Any, Any]]:
+    """The signature's ports, named as ``amaranth.back.verilog.convert`` names a top's."""
+    ports = {}
+    for path, member, value in component.signature.flatten(component):
+        if isinstance(value, _ast.ValueCastable):
+            value = value.as_value()
+        if isinstance(value, _ast.Value):
+            ports["__".join(map(str, path))] = (
+                value, _ir.PortDirection.Input if member.flow == wiring.In
+                else _ir.PortDirection.Output)
+    return ports
+
+
+@dataclasses.dataclass(frozen=True)
+class EmittedDesign:
+    """An emitted file set: one Verilog file per module, and the whole set as one text.
+
+    ``modules``: module name -> Verilog text (each module exactly once; the top last).
+    ``digest``: SHA-256 of the whole set (names and texts), 16 hex digits.
+    """
+
+    top: str
+    modules: dict[str, str]
+    instances: dict[str, dict[str, int]]   # module -> {child module: count}
+
+    @property
+    def text(self) -> str:
+        """Every module once, children before parents (one file for Yosys / Verilator)."""
+        return "".join(self.modules.values())
+
+    @property
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for name, text in self.modules.items():
+            h.update(name.encode() + b"\0" + text.encode() + b"\0")
+        return h.hexdigest()[:16]
+
+    @property
+    def size(self) -> int:
+        return sum(len(t.encode()) for t in self.modules.values())
+
+    def manifest(self) -> dict:
+        return {"top": self.top, "digest": self.digest, "bytes": self.size,
+                "modules": {n: {"file": f"{n}.v", "bytes": len(t.encode()),
+                                "instantiates": self.instances.get(n, {})}
+                            for n, t in self.modules.items()}}
+
+    def write(self, folder: Path, *, one_file: str | None = None) -> list[Path]:
+        """Write one ``<module>.v`` per module (or the whole set to ``one_file``)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if one_file is not None:
+            p = folder / one_file
+            p.write_text(self.text)
+            return [p]
+        paths = []
+        for n, t in self.modules.items():
+            (folder / f"{n}.v").write_text(t)
+            paths.append(folder / f"{n}.v")
+        return paths
+
+    def counts(self) -> dict[str, int]:
+        """How many times each module occurs in the whole top (the top once)."""
+        total: dict[str, int] = {}
+
+        def walk(name: str, k: int) -> None:
+            total[name] = total.get(name, 0) + k
+            for child, n in self.instances.get(name, {}).items():
+                walk(child, k * n)
+        walk(self.top, 1)
+        return total
+
+
+class Emitter:
+    """The ``platform`` under which opted-in children become named instances.
+
+    One emitter holds every module converted so far (shared between the designs
+    it emits, so a build emits each configuration once over all its units).
+    """
+
+    def __init__(self):
+        self.modules: dict[str, str] = {}
+        self.instances: dict[str, dict[str, int]] = {}
+        self._root = None
+        self._markers: dict[int, tuple[Signal, Instance, str]] = {}
+        self._stack: list[str] = []
+        self._keys: dict[str, str] = {}
+
+    # called from the wrapped elaborate of an opted-in child
+    def _instance_of(self, child) -> Module:
+        name = module_name(child)
+        ports = _ports_of(child)
+        key_text = repr(child._fpqvar_emit_key)
+        if self._keys.setdefault(name, key_text) != key_text:   # pragma: no cover (hash clash)
+            raise EmitError(f"two configurations named {name}")
+        if name not in self.modules:
+            self._convert(child, name)
+        text = self.modules[name]
+        kw = {}
+        for pname, (value, d) in ports.items():
+            kw[("i_" if d == _ir.PortDirection.Input else "o_") + pname] = value
+        has_clk, has_rst = _has_input(text, name, "clk"), _has_input(text, name, "rst")
+        if has_clk:
+            kw["i_clk"] = ClockSignal("sync")
+        if has_rst:
+            kw["i_rst"] = ResetSignal("sync")
+        inst = Instance(name, **kw)
+        m = Module()
+        m.submodules.u = inst
+        if has_rst:
+            # marker register: a ResetInserter around any parent adds a Switch on it, which
+            # _forward_resets turns into the instance's rst (an EnableInserter is refused)
+            marker = Signal(name=f"{name}_rst_marker", init=0)
+            m.d.sync += marker.eq(1)
+            self._markers[id(marker)] = (marker, inst, name)
+        if self._stack:
+            parent = self._stack[-1]
+            self.instances.setdefault(parent, {})
+            self.instances[parent][name] = self.instances[parent].get(name, 0) + 1
+        return m
+
+    def _convert(self, component, name: str) -> str:
+        from amaranth.back import verilog
+        outer_root = self._root
+        self._root = component
+        self._stack.append(name)
+        self.instances.setdefault(name, {})
+        try:
+            frag = Fragment.get(component, self)
+        finally:
+            self._root = outer_root
+        try:
+            frag = self._forward_resets(frag)
+            text, _ = verilog.convert_fragment(frag, _ports_of(component), name, emit_src=False)
+        finally:
+            self._stack.pop()
+        self.modules[name] = text
+        return text
+
+    def _forward_resets(self, frag):
+        """Turn the marker registers' inserted resets into instance ``rst`` ports; drop markers."""
+        def visit(f):
+            for dom, stmts in list(f.statements.items()):
+                keep, found = [], {}
+                for st in stmts:
+                    marker = self._marker_in(st)
+                    if marker is None:
+                        keep.append(st)
+                        continue
+                    found.setdefault(id(marker), []).append(st)
+                for mid, sts in found.items():
+                    marker, inst, mname = self._markers[mid]
+                    controls = []
+                    for st in sts:
+                        if isinstance(st, _ast.Assign):
+                            continue
+                        if not isinstance(st, _ast.Switch):
+                            raise EmitError(f"unexpected statement around instance {mname}")
+                        body = [s for _, ss, *_ in st.cases for s in ss]
+                        if any(isinstance(s, _ast.Assign) and isinstance(s.rhs, _ast.Const)
+                               and s.rhs.value == 0 for s in body):
+                            controls.append(st.test)
+                        else:
+                            raise EmitError(f"instance {mname} is under an EnableInserter (or "
+                                            f"another transform): a clock enable cannot be "
+                                            f"forwarded; do not opt that component in")
+                    for sub, *_ in f.subfragments:
+                        if isinstance(sub, Instance) and sub.type == mname and "rst" in sub.ports:
+                            rst = sub.ports["rst"][0]
+                            for c in controls:
+                                rst = rst | c.any()
+                            sub.ports["rst"] = (rst, sub.ports["rst"][1])
+                if found:
+                    f.statements[dom] = _ast._StatementList(keep)
+                    if not keep:
+                        del f.statements[dom]
+            for sub, *_ in f.subfragments:
+                visit(sub)
+        visit(frag)
+        return frag
+
+    def _marker_in(self, st):
+        if isinstance(st, _ast.Assign) and isinstance(st.lhs, Signal) and id(st.lhs) in self._markers:
+            return st.lhs
+        if isinstance(st, _ast.Switch):
+            for _, ss, *_ in st.cases:
+                for s in ss:
+                    if (isinstance(s, _ast.Assign) and isinstance(s.lhs, Signal)
+                            and id(s.lhs) in self._markers and len(ss) == 1):
+                        return s.lhs
+        return None
+
+    def emit(self, component, name: str) -> EmittedDesign:
+        """Convert ``component`` as module ``name``; return it with every module it uses."""
+        self._convert(component, name)
+        used: dict[str, str] = {}
+
+        def walk(n: str) -> None:
+            for child in self.instances.get(n, {}):
+                walk(child)
+            used.setdefault(n, self.modules[n])
+        walk(name)
+        return EmittedDesign(name, used, {n: dict(self.instances.get(n, {})) for n in used})
+
+
+def _has_input(text: str, module: str, port: str) -> bool:
+    header = text.split(f"module {module}(", 1)[1].split(";", 1)[0]
+    return re.search(rf"\b{port}\b", header) is not None
+
+
+def emit_verilog(component, *, name: str = "", toplevel: str = "top",
+                 emitter: Emitter | None = None) -> EmittedDesign:
+    """Emit ``component`` hierarchically with its top module named ``toplevel``.
+
+    ``name`` is the caller's label of the design (a build folder name); it does not
+    change the Verilog.  Pass one ``emitter`` to several calls to share converted
+    modules between them.
+    """
+    if name and any(c in name for c in "/\\ "):
+        raise ValueError(f"build name must be a non-empty path-safe string, got {name!r}")
+    return (emitter or Emitter()).emit(component, toplevel)
