@@ -19,3 +19,16 @@ def test_flipped_lut_entry_is_caught():
                           cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1 of 1 mutants killed" in proc.stdout
+
+
+@pytest.mark.slow
+def test_dot_v2_pipeline_mutants_are_caught():
+    """The dot cell v2 mutants (dropped register, swapped partial sums, interleave off by
+    one, slot restart dropped) run the Amaranth-simulator test: no Verilator build."""
+    names = ["v2-register-dropped", "v2-partial-sums-swapped", "v2-interleave-off-by-one",
+             "v2-slot-restart-dropped"]
+    proc = subprocess.run([sys.executable, "scripts/mutate_rtl.py"]
+                          + [a for n in names for a in ("--only", n)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"{len(names)} of {len(names)} mutants killed" in proc.stdout
