@@ -147,19 +147,35 @@ def _model_spec(args):
                      vae_sha256=args.vae_sha256)
 
 
+def _recorded_settings(folder: str | Path, kind: str) -> dict | None:
+    """The settings recorded in ``folder``'s marker of ``kind`` (``None``: none yet)."""
+    from .safeio import read_marker
+
+    marker = read_marker(folder)
+    if marker is None or marker.get("kind") != kind:
+        return None
+    return dict(marker.get("settings", {}))
+
+
+def _settings_diff(folder: str | Path, old: dict, new: dict, keys=None) -> None:
+    """Raise :class:`UserError` naming every setting of ``keys`` (default: all) that
+    differs between ``old`` (recorded) and ``new``."""
+    keys = sorted(set(old) | set(new)) if keys is None else keys
+    diff = [k for k in keys if old.get(k) != new.get(k)]
+    if diff:
+        what = ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
+        raise UserError(f"{folder} was written with other settings ({what}); rerun with the "
+                        "same settings to resume, or choose a new --out")
+
+
 def _check_settings(folder: Path, kind: str, settings: dict) -> None:
     """Refuse to resume ``folder`` (an output of ``kind``) under other ``settings`` than
     the ones recorded in its marker; record them in a new folder."""
-    from .safeio import read_marker, write_marker
+    from .safeio import write_marker
 
-    marker = read_marker(folder)
-    if marker is not None and marker.get("kind") == kind:
-        old = marker.get("settings", {})
-        diff = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
-        if diff:
-            what = ", ".join(f"{k} {old.get(k)!r} -> {settings.get(k)!r}" for k in diff)
-            raise UserError(f"{folder} was written with other settings ({what}); rerun with the "
-                            "same settings to resume, or choose a new --out")
+    old = _recorded_settings(folder, kind)
+    if old is not None:
+        _settings_diff(folder, old, settings)
         return
     folder.mkdir(parents=True, exist_ok=True)
     write_marker(folder, kind, settings=settings)
@@ -206,7 +222,10 @@ def add_calibrate(sub) -> None:
                        description="Generate the calibration set: the FP model samples "
                        "--num-images images (classes 0..N-1, one each) and the inputs of every "
                        "attn.mat_qkv / attn.proj / ffn.fc1 / ffn.fc2 at all scales and both CFG "
-                       "halves are streamed to --out as .npy shards + index.json. Resumable.")
+                       "halves are streamed to --out as .npy shards + index.json. Resumable: "
+                       "rerun the same command; a resume under other settings (seed, cfg, "
+                       "top-k/top-p, batch size, image count, model) is refused, naming the "
+                       "setting. Every image has its own generator (seed, class, position).")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--num-images", type=_positive_int, default=100, help="images [100]")
     p.add_argument("--dtype", choices=("float16", "float32"), default="float16",
@@ -223,6 +242,15 @@ def run_calibrate(args) -> int:
     from .safeio import check_output_dir, write_marker
 
     check_output_dir(args.out, CALIB_KIND, resume=True, own=is_calibration_dir)
+    if not args.var_ckpt and args.num_images > args.num_classes:
+        raise UserError(f"--num-images {args.num_images} exceeds the {args.num_classes} classes "
+                        "(one image per class)")
+    index = Path(args.out) / "index.json"
+    if is_calibration_dir(Path(args.out)):   # a resume: the settings known now must agree
+        old = json.loads(index.read_text()).get("settings", {})
+        now = {"num_images": args.num_images, "seed": args.seed, "cfg": args.cfg,
+               "top_p": args.top_p, "batch_size": args.batch_size}
+        _settings_diff(args.out, old, now, keys=sorted(now))
     spec = _model_spec(args)
     device = _device(args.device)
     _, var, _ = build_models(spec, device=device)
@@ -315,8 +343,10 @@ def add_sample(sub) -> None:
                        description="Write <out>/<class>_<index>.png for every class and index. "
                        "Existing PNGs are skipped, so an interrupted run (or a failed rank) is "
                        "resumed by rerunning the same command; the folder records the settings "
-                       "(model digest, seed, cfg, top-k/top-p, batch size, images per class) and "
-                       "a rerun with other settings is refused. Under torchrun each rank takes "
+                       "(model digest, seed, cfg, top-k/top-p, images per class, amp) and "
+                       "a rerun with other settings is refused, naming the setting (the batch "
+                       "size too: an image differs in its last bits with the batch it is "
+                       "computed in); --classes may change. Under torchrun each rank takes "
                        "the classes c with c % WORLD_SIZE == RANK. Image i of class c has its "
                        "own generator seeded with seed*10^9 + c*10^5 + i, so images never repeat "
                        "and do not depend on the number of ranks.")
@@ -357,6 +387,10 @@ def png_name(c: int, i: int) -> str:
     return f"{c:04d}_{i:05d}.png"
 
 
+#: How ``sample`` seeds its images (recorded in the output folder)
+SAMPLE_SEEDING = "per image: seed*10^9 + c*10^5 + i"
+
+
 def image_seed(seed: int, c: int, i: int) -> int:
     """The sampling seed of image ``i`` of class ``c`` (its own generator)."""
     return seed * 10**9 + c * 10**5 + i
@@ -384,6 +418,18 @@ def run_sample(args) -> int:
     if args.per_class > 10**5:
         raise UserError(f"--per-class {args.per_class}: at most 100000 images per class")
     check_output_dir(args.out, SAMPLES_KIND, resume=True)
+    if args.quantized and not Path(args.quantized).is_file():
+        raise UserError(f"--quantized {args.quantized} not found")
+    if args.calib and not (Path(args.calib) / "index.json").is_file():
+        raise UserError(f"--calib {args.calib} is not a calibration set (no index.json): run "
+                        "`fpqvar-quant calibrate` first")
+    # settings known before the model exists are compared now, the model digest after
+    settings = {"seed": args.seed, "cfg": args.cfg, "top_p": args.top_p,
+                "batch_size": args.batch_size, "per_class": args.per_class, "amp": args.amp,
+                "seeding": SAMPLE_SEEDING}
+    old = _recorded_settings(args.out, SAMPLES_KIND)
+    if old is not None:
+        _settings_diff(args.out, old, settings, keys=sorted(settings))
     if args.quantized:
         vae, var, _ = _load_quantized_models(args.quantized, args.vae_ckpt, device)
     else:
@@ -399,10 +445,10 @@ def run_sample(args) -> int:
     classes = (list(range(var.num_classes)) if args.classes is None
                else parse_classes(args.classes, var.num_classes))
     out = Path(args.out)
-    _check_settings(out, SAMPLES_KIND, {
-        "model_digest": state_digest(var), "seed": args.seed, "cfg": args.cfg,
-        "top_k": min(args.top_k, int(var.V)), "top_p": args.top_p, "batch_size": args.batch_size,
-        "per_class": args.per_class, "amp": args.amp, "seeding": "per image: seed*10^9 + c*10^5 + i"})
+    # every image has its own generator (no duplicates whatever the batch size), but its
+    # last bits depend on the batch it is computed in: the batch size is a setting too
+    _check_settings(out, SAMPLES_KIND, {**settings, "model_digest": state_digest(var),
+                                        "top_k": min(args.top_k, int(var.V))})
     units = sample_units(classes, args.per_class, args.batch_size, rank, world)
     todo = [u for u in units if not all((out / png_name(u[0], i)).exists() for i in u[2])]
     written = 0
@@ -416,6 +462,8 @@ def run_sample(args) -> int:
         arr = imgs.float().mul(255).round().clamp(0, 255).to(torch.uint8)
         arr = arr.permute(0, 2, 3, 1).cpu().numpy()
         for i, a in zip(idx, arr):
+            if (out / png_name(c, i)).exists():      # a resumed batch: keep what is there
+                continue
             tmp = out / (png_name(c, i) + ".tmp")
             Image.fromarray(np.ascontiguousarray(a)).save(tmp, format="PNG")
             os.replace(tmp, out / png_name(c, i))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -170,7 +171,7 @@ def test_sample_resume_refuses_other_settings(qfile, tmp_path, capsys):
     assert main(base + ["--batch-size", "2"]) == 0
     before = {p.name: p.read_bytes() for p in out.glob("*.png")}
     assert len(before) == 4 and len(set(before.values())) == 4       # no duplicate images
-    for extra, name in ((["--batch-size", "1"], "batch_size"),
+    for extra, name in ((["--batch-size", "1"], "batch_size 2 -> 1"),
                         (["--batch-size", "2", "--seed", "1"], "seed"),
                         (["--batch-size", "2", "--cfg", "3"], "cfg"),
                         (["--batch-size", "2", "--top-p", "0.5"], "top_p")):
@@ -182,8 +183,27 @@ def test_sample_resume_refuses_other_settings(qfile, tmp_path, capsys):
     assert {p.name: p.read_bytes() for p in out.glob("*.png")} == before   # nothing mixed in
 
 
+def test_sample_resume_gives_the_uninterrupted_result(qfile, tmp_path):
+    """An interrupted folder, resumed, ends up exactly as an uninterrupted run writes it
+    (the batch size is recorded: another one is refused above)."""
+    base = ["sample", "--quantized", str(qfile), "--classes", "0,1", "--per-class", "3",
+            "--top-k", "10", "--batch-size", "2", "--device", "cpu", "--no-progress"]
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    assert main(base + ["--out", str(whole)]) == 0
+    shutil.copytree(whole, resumed)
+    for name in ("0000_00001.png", "0001_00002.png"):      # "interrupted"
+        (resumed / name).unlink()
+    assert main(base + ["--out", str(resumed)]) == 0
+    want = {p.name: p.read_bytes() for p in whole.glob("*.png")}
+    assert len(want) == 6 and len(set(want.values())) == 6      # no duplicate images
+    assert {p.name: p.read_bytes() for p in resumed.glob("*.png")} == want
+
+
 def test_sample_images_are_seeded_per_image_not_per_batch(qfile, tmp_path):
-    """Image i of class c is the same whatever the batch it was sampled in."""
+    """Image i of class c is the same whatever the batch it was sampled in (before: the
+    batch number seeded the batch, so another --batch-size gave other images and
+    duplicates).  Up to one grey level: the GEMMs of another batch shape round their last
+    bits differently (which is why a resume keeps the recorded batch size)."""
     outs = []
     for bs in (1, 3):
         out = tmp_path / f"b{bs}"
@@ -193,7 +213,8 @@ def test_sample_images_are_seeded_per_image_not_per_batch(qfile, tmp_path):
         outs.append({p.name: np.asarray(Image.open(p)) for p in out.glob("*.png")})
     assert outs[0].keys() == outs[1].keys() and len(outs[0]) == 3
     for k in outs[0]:
-        assert np.array_equal(outs[0][k], outs[1][k]), k
+        diff = np.abs(outs[0][k].astype(int) - outs[1][k].astype(int))
+        assert diff.max() <= 1 and (diff == 0).mean() > 0.99, k
 
 
 def test_sample_refuses_a_folder_that_is_not_its_own(qfile, tmp_path, capsys, no_model_building):
@@ -209,12 +230,39 @@ def test_calibrate_resume_refuses_other_settings(tmp_path, capsys):
     base = ["calibrate", "--out", str(out), "--num-images", "3", "--top-k", "10"] + TINY
     assert main(base + ["--batch-size", "3"]) == 0
     idx = (out / "index.json").read_bytes()
-    _err(base + ["--batch-size", "2"], capsys, "batch_size 3 -> 2")
     _err(base + ["--batch-size", "3", "--seed", "7"], capsys, "seed 0 -> 7")
+    _err(base + ["--batch-size", "3", "--cfg", "2"], capsys, "cfg 1.5 -> 2.0")
+    _err(base[:4] + ["4"] + base[5:] + ["--batch-size", "3"], capsys, "num_images 3 -> 4")
     assert (out / "index.json").read_bytes() == idx
     assert main(base + ["--batch-size", "3"]) == 0          # same settings: resumes (nothing to do)
     from fpqvar_quant.ptq.calibrate import CalibrationSet
     assert CalibrationSet(out).num_images == 3
+
+
+def test_calibrate_resume_reaches_every_image(tmp_path, capsys):
+    """Before: batches were numbered by --batch-size, so a resume with another one skipped
+    images (55 of 100) and exited 0.  Now the batch size is a recorded setting (another one
+    is refused, naming it), images already done are found by position, and the resumed
+    set is exactly the uninterrupted one."""
+    from fpqvar_quant.ptq.calibrate import CalibrationSet
+
+    base = ["calibrate", "--num-images", "5", "--top-k", "10", "--dtype", "float32",
+            "--batch-size", "2"] + TINY
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    assert main(base + ["--out", str(whole)]) == 0
+    assert main(base + ["--out", str(resumed)]) == 0
+    idx = json.loads((resumed / "index.json").read_text())      # interrupted after batch 0
+    idx["batches"] = idx["batches"][:1]
+    idx["shards"] = [s for s in idx["shards"] if s["batch"] == 0]
+    (resumed / "index.json").write_text(json.dumps(idx))
+    assert CalibrationSet(resumed).num_images == 2
+    _err(base[:8] + ["3"] + base[9:] + ["--out", str(resumed)], capsys, "batch_size 2 -> 3")
+    assert main(base + ["--out", str(resumed)]) == 0
+    a, b = CalibrationSet(whole), CalibrationSet(resumed)
+    assert b.num_images == 5
+    assert sorted(sum((x["labels"] for x in b.index["batches"]), [])) == [0, 1, 2, 3, 4]
+    for layer in a.layers:
+        np.testing.assert_array_equal(a.token_matrix(layer), b.token_matrix(layer))
 
 
 # ---------------------------------------------------------------- packages
