@@ -7,22 +7,31 @@ Numerics: ``docs/numerics.md`` section 3, "Group Hadamard unit"; golden model
 
 computed exactly in fixed point (every FP16 value is an integer multiple of
 2^-24 below 2^40 in magnitude; the 128-term sum needs 48 bits plus sign) and
-rounded once by the shared :class:`fpqvar_hw.units.fpu.RoundPack`.  No multipliers:
-butterflies add and subtract, the sign vector flips output signs (``x Had D``,
-the paper's ``H = Had D / sqrt(128)``; a zero stays +0).
+rounded once to nearest even (the rounding of the shared
+:class:`fpqvar_hw.units.fpu.RoundPack`, specialised here to a fixed-point input
+and split over pipeline stages).  No multipliers: butterflies add and subtract,
+the sign vector flips output signs (``x Had D``, the paper's ``H = Had D /
+sqrt(128)``; a zero stays +0).
 
 Micro-architecture (``lanes`` = L values per beat, B = 128 / L beats per group,
-element index ``j = beat * L + lane``; ``Had_128 = Had_B (x) Had_L``):
+element index ``j = beat * L + lane``; ``Had_128 = Had_B (x) Had_L``), every
+stage registered so that no path has more than one wide add or one shift
+(delay-model f_max >= 300 MHz, ``benchmarks/results/unit_resources_quant.md``):
 
-1. **Input stage**: FP16 -> signed fixed point, then
-   an L-point FWHT across the lanes (log2 L butterfly levels); registered.
+1. **Input pipeline** (stall-all, ``2 + BF_STAGES`` stages): FP16 -> unsigned
+   fixed-point magnitude (a shift); -> signed; then the L-point FWHT across the
+   lanes, its log2 L butterfly levels spread over :data:`BF_STAGES` registered
+   stages (one level per stage up to 32 lanes; fewer lanes leave delay-only
+   stages, so the latency does not depend on L).
 2. **Beat accumulation**: B x L accumulators; beat b adds ``(-1)^popcount(b & b')
    z_b`` into accumulator row b' (the B-point transform across beats).  After
    the last beat the rows move to an output buffer, so the next group
    accumulates while this one drains (II = 1).
-3. **Output**: one row of L values per cycle, sign flipped by ``signs[i]``
-   (``i = row * L + lane``; not for an exact zero), through L RoundPack
-   instances into the registered output payload.
+3. **Output pipeline** (stall-all, 3 stages + the output register): one row of
+   L values per cycle: row select, magnitude and sign (flipped by ``signs[i]``,
+   ``i = row * L + lane``, not for an exact zero); the leading-one position
+   (exponent field and shift); the normalising shift with guard and sticky
+   bits; round to nearest even, saturate, pack.
 
 Ports
 -----
@@ -34,8 +43,10 @@ data, loaded at run time; it must be stable while a group is in flight).
 all ``0x7E00``).  ``overflow``: sticky; set when an output saturated to +-65504.
 
 Latency / throughput: II = 1 beat per cycle in and out; the first output beat
-of a group leaves :data:`LATENCY_AFTER_LAST` cycles after the group's last input
-beat was accepted (no stalls).  ``valid`` never depends on ``ready``.
+of a group leaves :data:`LATENCY_AFTER_LAST` (12) cycles after the group's last
+input beat was accepted (no stalls), for every lane count.  ``valid`` never
+depends on ``ready``; ``o.ready`` low stalls the output pipeline and, once the
+output buffer and accumulators are full, the input pipeline (``i.ready`` low).
 """
 from __future__ import annotations
 
@@ -45,7 +56,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .fpu import FP16, RoundPack, float_layout
+from .fpu import FP16, float_layout
 
 __all__ = ["GroupHadamard", "N", "LATENCY_AFTER_LAST"]
 
@@ -53,9 +64,17 @@ N = 128
 FP16_LAYOUT = float_layout(FP16)
 #: Fixed-point width of one transformed value (sign + 47 magnitude bits, units 2^-24).
 ACC_BITS = 49
-#: Cycles from the acceptance of a group's last beat to its first output beat.
-LATENCY_AFTER_LAST = 3
+#: Fixed-point width of one FP16 magnitude (11-bit significand shifted by up to 30).
+MAG_BITS = 41
+#: Registered stages of the lane FWHT (its log2(lanes) butterfly levels spread over
+#: them, a stage holding at most one level up to 32 lanes), so the latency is the
+#: same for every lane count.
+BF_STAGES = 5
 OUT_SHIFT = 3       # y = sum / 8
+#: Cycles from the acceptance of a group's last beat to its first output beat (no
+#: stalls): 2 conversion stages + BF_STAGES + accumulate + 3 output stages + the
+#: output register; measured by tests/test_hw_hadamard.py.
+LATENCY_AFTER_LAST = 2 + BF_STAGES + 1 + 3 + 1
 
 
 class GroupHadamard(wiring.Component):
@@ -104,45 +123,65 @@ class GroupHadamard(wiring.Component):
         m = Module()
         L, B = self.lanes, self.beats
 
-        # ---------------------------------------------------------- input stage
-        in_cnt = Signal(range(B), name="in_cnt")
+        # ---------------------------------------------------------- input pipeline
+        # Stall-all: every stage register (and its valid bit) advances on en_in.
         s1_valid = Signal()
-        s1_first, s1_last, s1_special = Signal(), Signal(), Signal()
-        s1_beat = Signal(range(B), name="s1_beat")
-        s1 = [Signal(signed(ACC_BITS), name=f"s1_{k}") for k in range(L)]
         s1_take = Signal()
-        m.d.comb += self.i.ready.eq(~s1_valid | s1_take)
-        accept = self.i.valid & self.i.ready
-        vals = []
-        specials = []
+        en_in = Signal()
+        m.d.comb += [en_in.eq(~s1_valid | s1_take), self.i.ready.eq(en_in)]
+        accept = self.i.valid & en_in
+        in_cnt = Signal(range(B), name="in_cnt")
+        with m.If(accept):
+            m.d.sync += in_cnt.eq(Mux(in_cnt == B - 1, 0, in_cnt + 1))
+        meta = data.StructLayout({"first": 1, "last": 1, "beat": range(B), "special": 1})
+
+        def stage(name: str, vals: list, width: int, signed_: bool, prev_valid, prev_meta):
+            """One registered pipeline stage (values, valid, metadata), enabled by en_in."""
+            regs = [Signal(signed(width) if signed_ else width, name=f"{name}_{k}")
+                    for k in range(len(vals))]
+            v = Signal(name=f"{name}_valid")
+            md = Signal(meta, name=f"{name}_meta")
+            with m.If(en_in):
+                m.d.sync += [r.eq(x) for r, x in zip(regs, vals)]
+                m.d.sync += [v.eq(prev_valid), md.eq(prev_meta)]
+            return regs, v, md
+
+        # stage c0: FP16 -> unsigned fixed-point magnitude (units 2^-24) + sign
+        mags, sgns, specials = [], [], []
         for k in range(L):
             x = self.i.payload[k]
-            sig = Cat(x.mantissa, x.exponent != 0)
             sh = Signal(5, name=f"sh{k}")
             m.d.comb += sh.eq(Mux(x.exponent == 0, 0, x.exponent - 1))
-            mag = Signal(41, name=f"mag{k}")
-            m.d.comb += mag.eq(sig << sh)
-            v = Signal(signed(ACC_BITS), name=f"fx{k}")
-            m.d.comb += v.eq(Mux(x.sign, -mag, mag))
-            vals.append(v)
+            mag = Signal(MAG_BITS, name=f"mag{k}")
+            m.d.comb += mag.eq(Cat(x.mantissa, x.exponent != 0) << sh)
+            mags.append(mag)
+            sgns.append(x.sign)
             specials.append(x.exponent == 0x1F)
+        m0 = Signal(meta, name="in_meta")
+        m.d.comb += [m0.first.eq(in_cnt == 0), m0.last.eq(in_cnt == B - 1), m0.beat.eq(in_cnt),
+                     m0.special.eq(Cat(*specials).any())]
+        c0_mag, c0_valid, c0_meta = stage("c0m", mags, MAG_BITS, False, accept, m0)
+        c0_sgn, _, _ = stage("c0s", sgns, 1, False, accept, m0)
+        # stage c1: signed fixed point
+        vals, valid, md = stage("c1", [Mux(s, -mg, mg) for s, mg in zip(c0_sgn, c0_mag)],
+                                ACC_BITS, True, c0_valid, c0_meta)
+        # BF_STAGES stages of the L-point FWHT across lanes (Sylvester order), the
+        # log2(L) butterfly levels spread over them (a stage may only delay)
+        levels = L.bit_length() - 1
         h = 1
-        while h < L:                      # in-place FWHT across lanes (Sylvester order)
-            nxt = list(vals)
-            for a in range(L):
-                if a & h == 0:
-                    s, d = Signal(signed(ACC_BITS)), Signal(signed(ACC_BITS))
-                    m.d.comb += [s.eq(vals[a] + vals[a + h]), d.eq(vals[a] - vals[a + h])]
-                    nxt[a], nxt[a + h] = s, d
-            vals = nxt
-            h *= 2
-        with m.If(accept):
-            m.d.sync += [s1_valid.eq(1), s1_first.eq(in_cnt == 0), s1_last.eq(in_cnt == B - 1),
-                         s1_beat.eq(in_cnt), s1_special.eq(Cat(*specials).any()),
-                         in_cnt.eq(Mux(in_cnt == B - 1, 0, in_cnt + 1))]
-            m.d.sync += [r.eq(v) for r, v in zip(s1, vals)]
-        with m.Elif(s1_take):
-            m.d.sync += s1_valid.eq(0)
+        for st in range(BF_STAGES):
+            n_here = (st + 1) * levels // BF_STAGES - st * levels // BF_STAGES
+            for _ in range(n_here):
+                nxt = list(vals)
+                for a in range(L):
+                    if a & h == 0:
+                        nxt[a], nxt[a + h] = vals[a] + vals[a + h], vals[a] - vals[a + h]
+                vals = nxt
+                h *= 2
+            vals, valid, md = stage(f"bf{st}", vals, ACC_BITS, True, valid, md)
+        s1 = vals
+        m.d.comb += s1_valid.eq(valid)
+        s1_first, s1_last, s1_beat, s1_special = md.first, md.last, md.beat, md.special
 
         # ----------------------------------------------------- beat accumulation
         acc = [[Signal(signed(ACC_BITS), name=f"acc{r}_{k}") for k in range(L)] for r in range(B)]
@@ -177,33 +216,56 @@ class GroupHadamard(wiring.Component):
             with m.If((ob_cnt == B - 1) & ~(s1_take & s1_last)):
                 m.d.sync += ob_valid.eq(0)
 
-        # --------------------------------------------------------------- output
-        m.d.comb += ob_fire.eq(ob_valid & (~self.o.valid | self.o.ready))
-        outs, ovfs = [], []
+        # ------------------------------------------------- output pipeline (stall-all)
+        # q0: row select, |row|, output sign; q1: leading-one position -> exponent
+        # field and right shift; q2: shift, guard and sticky; then round (RNE),
+        # saturate and pack into the output register.  Value = mag * 2^-(24 + OUT_SHIFT).
+        en_out = Signal()
+        m.d.comb += [en_out.eq(~self.o.valid | self.o.ready), ob_fire.eq(ob_valid & en_out)]
         dsel = Signal(L)
         m.d.comb += dsel.eq(self.signs.word_select(ob_cnt, L))
+        q0_v, q1_v, q2_v = Signal(), Signal(), Signal()
+        q0_sp, q1_sp, q2_sp = Signal(), Signal(), Signal()
+        with m.If(en_out):
+            m.d.sync += [q0_v.eq(ob_fire), q1_v.eq(q0_v), q2_v.eq(q1_v), self.o.valid.eq(q2_v),
+                         q0_sp.eq(ob_special), q1_sp.eq(q0_sp), q2_sp.eq(q1_sp)]
+            with m.If(q2_v & q2_sp):
+                m.d.sync += self.error.eq(1)
+        SUB = 24 + OUT_SHIFT - 14          # mag < 2^SUB: FP16 subnormal result
+        W = ACC_BITS - 1
+        ovfs = []
         for k in range(L):
             row = Signal(signed(ACC_BITS), name=f"row{k}")
             m.d.comb += row.eq(Cat(*[obuf[r][k] for r in range(B)]).word_select(ob_cnt, ACC_BITS))
-            rp = RoundPack(FP16, sig_bits=ACC_BITS - 1, exp_bits=8)
-            m.submodules[f"rp{k}"] = rp
-            neg = Signal(name=f"neg{k}")
-            m.d.comb += neg.eq((row < 0) ^ (dsel[k] & (row != 0)))
-            m.d.comb += [rp.i.sig.eq(Mux(row < 0, -row, row)[:ACC_BITS - 1]),
-                         rp.i.exp.eq(-24 - OUT_SHIFT + ACC_BITS - 2), rp.i.sticky.eq(0),
-                         rp.i.sign.eq(neg), rp.i.nan.eq(0), rp.i.inf.eq(0)]
-            o = rp.o.as_value()
-            ovf = o[10:15] == 0x1F
-            res = Mux(ob_special, 0x7E00, Mux(ovf, Cat(Const(0x7BFF, 15), neg), o))
-            outs.append(res)
-            ovfs.append(ovf & ~ob_special)
-        with m.If(ob_fire):
-            m.d.sync += self.o.valid.eq(1)
-            m.d.sync += [self.o.payload[k].as_value().eq(v) for k, v in enumerate(outs)]
-            with m.If(ob_special):
-                m.d.sync += self.error.eq(1)
-            with m.If(Cat(*ovfs).any()):
-                m.d.sync += self.overflow.eq(1)
-        with m.Elif(self.o.ready):
-            m.d.sync += self.o.valid.eq(0)
+            q0_mag, q0_neg = Signal(W, name=f"q0_mag{k}"), Signal(name=f"q0_neg{k}")
+            q1_mag, q1_neg = Signal(W, name=f"q1_mag{k}"), Signal(name=f"q1_neg{k}")
+            q1_sh = Signal(range(W - SUB + 1), name=f"q1_sh{k}")     # right shift = p' - SUB
+            q1_ef = Signal(range(W - SUB + 2), name=f"q1_ef{k}")     # exponent field before rounding
+            q2_man, q2_ef = Signal(10, name=f"q2_man{k}"), Signal(len(q1_ef), name=f"q2_ef{k}")
+            q2_guard, q2_sticky, q2_neg = Signal(name=f"q2_g{k}"), Signal(name=f"q2_st{k}"), Signal(name=f"q2_neg{k}")
+            sh, ef = Signal.like(q1_sh, name=f"sh_{k}"), Signal.like(q1_ef, name=f"ef_{k}")
+            m.d.comb += [sh.eq(0), ef.eq(0)]
+            for p in range(SUB, W):        # later assignments win: the leading one decides
+                with m.If(q0_mag[p]):
+                    m.d.comb += [sh.eq(p - SUB), ef.eq(p - SUB + 1)]
+            shifted = Signal(W, name=f"shifted{k}")
+            m.d.comb += shifted.eq(q1_mag >> q1_sh)
+            lost = Cat(*[q1_mag[i] & (q1_sh > i) for i in range(W - SUB)]).any()
+            # pattern = (ef << 10 | man) + round_up; the exponent carry reaches 0x7C00 on overflow
+            round_up = q2_guard & (q2_sticky | q2_man[0])
+            pat = Signal(16, name=f"pat{k}")
+            m.d.comb += pat.eq(Cat(q2_man, q2_ef) + round_up)
+            ovf = (q2_ef >= 31) | ((q2_ef == 30) & (q2_man == 0x3FF) & round_up)
+            res = Mux(q2_sp, 0x7E00, Mux(ovf, Cat(Const(0x7BFF, 15), q2_neg), Cat(pat[:15], q2_neg)))
+            ovfs.append(ovf & ~q2_sp & q2_v)
+            with m.If(en_out):
+                m.d.sync += [q0_mag.eq(Mux(row < 0, -row, row)[:W]),
+                             q0_neg.eq((row < 0) ^ (dsel[k] & (row != 0))),
+                             q1_mag.eq(q0_mag), q1_neg.eq(q0_neg), q1_sh.eq(sh), q1_ef.eq(ef),
+                             q2_man.eq(shifted[OUT_SHIFT:OUT_SHIFT + 10]), q2_ef.eq(q1_ef),
+                             q2_guard.eq(shifted[OUT_SHIFT - 1]),
+                             q2_sticky.eq(lost | (shifted[:OUT_SHIFT - 1] != 0)), q2_neg.eq(q1_neg),
+                             self.o.payload[k].as_value().eq(res)]
+        with m.If(en_out & Cat(*ovfs).any()):
+            m.d.sync += self.overflow.eq(1)
         return m
