@@ -210,7 +210,9 @@ def test_bundle_runner_refuses_a_bundle_of_other_weights(package_dir, bundle_dir
     (lambda b: (b / "step2.bin").unlink(), "step2.bin is missing from the bundle"),
     (lambda b: (b / "static.bin").write_bytes(b"\0" * 100), "static.bin: 100 bytes, the layout says"),
     (lambda b: (b / "layout.json").write_text("{"), "layout.json: not valid JSON"),
-], ids=["missing-step", "short-static", "bad-layout"])
+    (lambda b: (b / "step1.bin").write_bytes(b"\xff" * (b / "step1.bin").stat().st_size),
+     "reference executor stopped with error"),
+], ids=["missing-step", "short-static", "bad-layout", "garbled-program"])
 def test_bundle_runner_damaged_bundle_is_one_line(capsys, package_dir, bundle_dir, tmp_path, damage, msg):
     b = tmp_path / "b"
     shutil.copytree(bundle_dir, b)

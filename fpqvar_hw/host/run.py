@@ -33,7 +33,8 @@ layout the compiler derives from the package and the bundle's config must give t
 bundle's regions and step lengths, and the package's packed weights must equal
 ``static.bin`` byte for byte, so a bundle compiled from another package (same shapes,
 other weights) is refused instead of sampling with mismatched adaLN/GALT vectors.
-Every problem is one line (exit status 2; ``--debug`` shows the traceback).
+Every problem is one line (exit status 2; ``--debug`` shows the traceback), a program the
+reference executor stops (``DeviceError``: its error code and instruction) included.
 """
 from __future__ import annotations
 
@@ -308,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fpqvar_quant.safeio import run_cli
 
     return run_cli(_main, None if argv is None else list(argv), "python -m fpqvar_hw.host.run",
-                   errors=(KeyError,))
+                   errors=(KeyError, drv.DeviceError))
 
 
 def _main(argv: Sequence[str]) -> int:
