@@ -29,16 +29,17 @@ import numpy as np
 import pytest
 
 from fpqvar_hw.host import isa_sim
-from fpqvar_hw.config import get_preset
+from fpqvar_hw.host.driver import RTL_MAX_KV, RTL_OVERRIDES, RTL_PRESET, rtl_config
+from fpqvar_hw.host.rtl import top_build_name
 from fpqvar_hw.engines.top import Accelerator
 from sim.runner import BUILD_ROOT, REPO, run_cocotb
 from tests.test_golden_block import digits_fpqvar  # noqa: F401  (session fixture: the package)
 
-PRESET = "w4a4"
-OVERRIDES = {"tm": 2, "tn": 2, "lanes": 32, "quant_lanes": 8}
-CFG = get_preset(PRESET).replace(**OVERRIDES)
-C, MAX_KV = 128, 30
-NAME = "top-tm2tn2l32q8-c128kv30"
+#: the driver's RTL top (also sim/test_tiny_image.py's: one shared Verilator build)
+PRESET, OVERRIDES = RTL_PRESET, RTL_OVERRIDES
+CFG = rtl_config()
+C, MAX_KV = 128, RTL_MAX_KV
+NAME = top_build_name(CFG, C, MAX_KV)
 RAM_SIZE = 1 << 22
 STEP_BASE = 0x40000
 

