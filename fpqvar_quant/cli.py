@@ -181,6 +181,19 @@ def _check_settings(folder: Path, kind: str, settings: dict) -> None:
     write_marker(folder, kind, settings=settings)
 
 
+def json_output_of(*keys: str) -> Callable[[Path], bool]:
+    """Predicate for :func:`fpqvar_quant.safeio.check_writable_file`: an existing file is
+    this command's JSON output (a JSON object with ``keys``), which a rerun may replace;
+    any other file is never replaced."""
+    def own(path: Path) -> bool:
+        try:
+            doc = json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(doc, dict) and all(k in doc for k in keys)
+    return own
+
+
 def _add_sampling_args(p: argparse.ArgumentParser, batch: int) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("--cfg", type=float, default=1.5, help="classifier-free guidance [1.5]")
@@ -306,9 +319,13 @@ def run_quantize(args) -> int:
     if (cfg.galt or cfg.mixedformat) and not args.calib:
         raise UserError(f"preset {cfg.name} needs a calibration set (GALT/MixedFormat): pass "
                         "--calib DIR from `fpqvar-quant calibrate`")
+    if args.calib and not (Path(args.calib) / "index.json").is_file():
+        raise UserError(f"--calib {args.calib} is not a calibration set (no index.json): run "
+                        "`fpqvar-quant calibrate` first")
     check_writable_file(args.out, overwrite=args.overwrite, own=is_quantized_file)
     if args.report:
-        check_writable_file(args.report, overwrite=True, what="--report")
+        check_writable_file(args.report, overwrite=True, what="--report",
+                            own=json_output_of("config", "layers"))
     spec = _model_spec(args)
     calib = CalibrationSet(args.calib) if args.calib else None
     _, var, shape = build_models(spec, device=_device(args.device))
@@ -499,6 +516,10 @@ def add_evaluate(sub) -> None:
 
 def run_evaluate(args) -> int:
     from .ptq.evaluate import EvaluatorUnavailable, evaluate_folder
+    from .safeio import atomic_write_text, check_writable_file
+
+    if args.json:       # before minutes of feature extraction
+        check_writable_file(args.json, overwrite=True, what="--json", own=json_output_of("fid"))
     try:
         m = evaluate_folder(args.samples, args.ref, inception_weights=args.inception_weights,
                             batch_size=args.batch_size, device=_device(args.device),
@@ -509,7 +530,6 @@ def run_evaluate(args) -> int:
     print(f"FID {m.fid:.3f}  IS {m.inception_score:.2f}  precision {m.precision:.3f}  "
           f"recall {m.recall:.3f}  ({m.num_samples} samples, {m.num_reference} reference)")
     if args.json:
-        from .safeio import atomic_write_text
         atomic_write_text(args.json, json.dumps(m.to_dict(), indent=1))
     return 0
 

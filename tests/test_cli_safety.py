@@ -149,6 +149,29 @@ def test_quantize_validates_before_building_models(tmp_path, capsys, no_model_bu
         _err(base + ["--out", str(ro / "q.pt")], capsys, "not writable")
 
 
+def test_reports_and_grids_never_replace_a_foreign_file(tmp_path, capsys, no_model_building,
+                                                       monkeypatch):
+    """--report / --json / the demo grid were written at the end, over whatever was there."""
+    import fpqvar_quant.ptq.evaluate as ev
+
+    def boom(*a, **k):
+        raise AssertionError("the evaluation ran before --json was checked")
+    monkeypatch.setattr(ev, "evaluate_folder", boom)
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"my": "notes"}')
+    base = ["quantize", "--preset", "fp4-dfq-ght", "--out", str(tmp_path / "q.pt")] + TINY
+    _err(base + ["--report", str(notes)], capsys, "--report", "not an output")
+    _err(base[:2] + ["fp4-fpqvar"] + base[3:] + ["--calib", str(tmp_path / "nocal")], capsys,
+         "not a calibration set")
+    _err(["evaluate", "--samples", str(tmp_path), "--ref", str(tmp_path / "r.npz"),
+          "--json", str(notes)], capsys, "--json", "not an output")
+    _err(["demo", "--out", str(notes)], capsys, "PNG")
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"\xff\xd8\xff\xe0 a jpeg named .png")
+    _err(["demo", "--out", str(photo)], capsys, "not an output")
+    assert notes.read_text() == '{"my": "notes"}' and photo.read_bytes().startswith(b"\xff\xd8")
+
+
 def test_interrupted_save_leaves_no_partial_file(tmp_path, monkeypatch):
     import fpqvar_quant.ptq.quantize_model as qm
 

@@ -55,8 +55,11 @@ def save_grid(results, path: Path, samples_per_cell: int = GRID_SAMPLES) -> Path
                 ax.set_ylabel(r.method, fontsize=8, rotation=0, ha="right", va="center")
     fig.suptitle("digits VAR samples (same labels and seed per row)", fontsize=9)
     fig.tight_layout()
+    from ..safeio import atomic_path
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:      # an interrupted save never leaves half a PNG
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path
 
@@ -116,6 +119,22 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"calibration rows per layer for GALT (default {DEMO_MAX_TOKENS} of 6000; 0 = all)")
 
 
+def _check_grid_path(path: Path) -> None:
+    """Before any work: ``--out`` may be a new file or a PNG (an earlier grid, replaced);
+    never a folder or another kind of file."""
+    from ..safeio import UserError, check_writable_file
+
+    def is_png(p: Path) -> bool:
+        try:
+            with open(p, "rb") as f:
+                return f.read(8) == b"\x89PNG\r\n\x1a\n"
+        except OSError:
+            return False
+    if path.suffix.lower() != ".png":
+        raise UserError(f"--out {path}: the sample grid is a PNG; give a path ending in .png")
+    check_writable_file(path, overwrite=True, own=is_png)
+
+
 def run_args(args) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
@@ -127,6 +146,7 @@ def run_args(args) -> int:
         raise ValueError(f"unknown method(s) {unknown}; choose fp32 or one of: {', '.join(PRESETS)}")
     if args.n_per_class < GRID_SAMPLES or args.galt_epochs < 1 or args.max_tokens < 0:
         raise ValueError(f"need --n-per-class >= {GRID_SAMPLES}, --galt-epochs >= 1, --max-tokens >= 0")
+    _check_grid_path(Path(args.out))
     run(methods, out=args.out, n_per_class=args.n_per_class, seed=args.seed, galt_epochs=args.galt_epochs,
         max_tokens=args.max_tokens or None)
     return 0
