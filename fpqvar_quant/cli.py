@@ -73,6 +73,13 @@ def _patch_nums(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _sha256_hex(text: str) -> str:
+    v = text.strip().lower()
+    if len(v) != 64 or any(c not in "0123456789abcdef" for c in v):
+        raise argparse.ArgumentTypeError(f"expected a SHA-256 digest (64 hex digits), got {text!r}")
+    return v
+
+
 def _preset(text: str) -> str:
     from .ptq.config import PRESETS
     if text not in PRESETS:
@@ -132,9 +139,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--init-seed", type=_nonneg_int, default=0, help="seed of the random init [0]")
     g.add_argument("--outlier-channels", type=_nonneg_int, default=0,
                    help="random model: channels with large activations, as in trained models [0]")
-    g.add_argument("--var-sha256", metavar="HEX", help="expected SHA-256 of --var-ckpt "
+    g.add_argument("--var-sha256", type=_sha256_hex, metavar="HEX", help="expected SHA-256 of --var-ckpt "
                    "(checked before loading; every checkpoint's zip CRC-32s are always checked)")
-    g.add_argument("--vae-sha256", metavar="HEX", help="expected SHA-256 of --vae-ckpt")
+    g.add_argument("--vae-sha256", type=_sha256_hex, metavar="HEX", help="expected SHA-256 of --vae-ckpt")
     g.add_argument("--device", help="torch device [cuda if available, else cpu]")
 
 
@@ -349,7 +356,7 @@ def _load_quantized_models(path: str, vae_ckpt: str | None, device: str):
     if vae_ckpt is not None and not Path(vae_ckpt).is_file():
         raise UserError(f"VQVAE checkpoint {vae_ckpt} not found: pass --vae-ckpt")
     vae, var = rebuild(ModelSpec.from_dict(meta["shape"]), vae_ckpt, device=device)
-    report = load_quantized(var, obj)
+    report = load_quantized(var, obj, where=path)
     return vae, var, report
 
 
@@ -561,7 +568,7 @@ def run_export(args) -> int:
     from .ptq.models import ModelSpec, rebuild
 
     _, var = rebuild(ModelSpec.from_dict(obj["model_kwargs"]["shape"]))
-    report = load_quantized(var, obj)
+    report = load_quantized(var, obj, where=args.quantized)
     path = export_package(var, report, args.out, overwrite=args.overwrite)
     print(f"package written to {path} ({len(report.layers)} layers)")
     return 0

@@ -112,6 +112,13 @@ def test_corrupt_quantized_model_is_one_line_error(qfile, tmp_path, capsys):
         _err(["sample", "--quantized", str(bad), "--out", str(tmp_path / f"s-{bad.stem}"),
               "--device", "cpu", "--no-progress"], capsys, str(bad))
     assert not (tmp_path / "pkg-flipped").exists()
+    # a model whose recorded shape does not fit its weights: one line, not torch's key list
+    obj = torch.load(qfile, weights_only=False)
+    obj["model_kwargs"]["shape"]["depth"] = 4
+    edited = tmp_path / "edited.pt"
+    torch.save(obj, edited)
+    _err(["export", "--quantized", str(edited), "--out", str(tmp_path / "pkg-edited")], capsys,
+         str(edited), "do not fit", "missing")
 
 
 def test_checkpoint_with_flipped_bytes_is_refused(tmp_path):

@@ -257,8 +257,28 @@ def read_quantized(path: str | Path) -> dict[str, Any]:
     return obj
 
 
-def load_quantized(var: nn.Module, path_or_obj: str | Path | dict[str, Any]) -> QuantizationReport:
-    """Turn a freshly built FP ``var`` (same shape) into the saved quantized model."""
+def _check_fits(var: nn.Module, sd: dict[str, torch.Tensor], where: Any) -> None:
+    """One line naming the first mismatches when ``sd`` does not fit ``var`` (torch's own
+    message lists every key over many lines)."""
+    want = var.state_dict()
+    if not isinstance(sd, dict):
+        raise ValueError(f"{where}: no state dict inside; run `fpqvar-quant quantize` again")
+    missing = [k for k in want if k not in sd]
+    extra = [k for k in sd if k not in want]
+    shape = [f"{k} {tuple(sd[k].shape)} != {tuple(want[k].shape)}" for k in want
+             if k in sd and tuple(getattr(sd[k], "shape", ())) != tuple(want[k].shape)]
+    if missing or extra or shape:
+        parts = [f"{len(v)} {what} (first: {v[0]})" for what, v in
+                 (("missing", missing), ("unexpected", extra), ("of another shape", shape)) if v]
+        raise ValueError(f"{where}: its weights do not fit the model shape it records: "
+                         f"{'; '.join(parts)}; the file is damaged or edited: run "
+                         "`fpqvar-quant quantize` again")
+
+
+def load_quantized(var: nn.Module, path_or_obj: str | Path | dict[str, Any], *,
+                   where: str | Path | None = None) -> QuantizationReport:
+    """Turn a freshly built FP ``var`` (same shape) into the saved quantized model
+    (``where`` names the file in errors when ``path_or_obj`` is already loaded)."""
     obj = path_or_obj if isinstance(path_or_obj, dict) else read_quantized(path_or_obj)
     cfg = QuantConfig.from_dict(obj["config"])
     layers = {k: LayerQuant(**v) for k, v in obj["layers"].items()}
@@ -266,6 +286,9 @@ def load_quantized(var: nn.Module, path_or_obj: str | Path | dict[str, Any]) -> 
     report = QuantizationReport(config=cfg, galt_folded=obj["galt_folded"])
     if cfg.quantizes_linears:
         report.layers = replace_linears(var, cfg, layers, online_smooth=online)
+    _check_fits(var, obj["state_dict"],
+                where if where is not None else
+                (path_or_obj if not isinstance(path_or_obj, dict) else "the quantized model"))
     var.load_state_dict(obj["state_dict"], strict=True)
     for q in quant_linears(var).values():
         q.refresh_weight_cache()
