@@ -30,8 +30,7 @@ import pytest
 
 from fpqvar_hw.host import isa_sim
 from fpqvar_hw.host.driver import RTL_MAX_KV, RTL_OVERRIDES, RTL_PRESET, rtl_config
-from fpqvar_hw.host.rtl import top_build_name
-from fpqvar_hw.engines.top import Accelerator
+from fpqvar_hw.host.rtl import top_build_name, top_component
 from sim.runner import BUILD_ROOT, REPO, run_cocotb
 from tests.test_golden_block import digits_fpqvar  # noqa: F401  (session fixture: the package)
 
@@ -51,7 +50,8 @@ def _params(seed: int, pause: float, **extra) -> dict:
 
 @pytest.fixture(scope="module")
 def dut():
-    return Accelerator(CFG, C=C, max_kv=MAX_KV)
+    # the process's one top object: elaborated once for these tests and sim/test_tiny_image.py
+    return top_component(CFG, C, MAX_KV)
 
 
 @pytest.mark.slow

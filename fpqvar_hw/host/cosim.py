@@ -141,16 +141,29 @@ def _save_runtime_objects(build_dir: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+#: (id(component), name, toplevel) -> (component, Verilog text) of this process
+_ELABORATED: dict[tuple[int, str, str], tuple[Any, str]] = {}
+
+
 def elaborate_verilog(component: Any, *, name: str, toplevel: str = "top") -> tuple[Path, str]:
     """Write ``component`` as Verilog under ``build/sim/<name>-<hash>/``; return (dir, verilog).
 
     The file is only rewritten when its text changed, so simulator builds are reused.
+    The text of a component object is remembered for the life of the process: several
+    tests on one object (a module-scoped fixture, :func:`fpqvar_hw.host.rtl.top_component`)
+    elaborate it once (minutes for the accelerator top).
     """
     from ..emit import emit_verilog
 
     if not name or any(c in name for c in "/\\ "):
         raise ValueError(f"build name must be a non-empty path-safe string, got {name!r}")
-    text = emit_verilog(component, name=name, toplevel=toplevel).text   # each module once
+    key = (id(component), name, toplevel)
+    seen = _ELABORATED.get(key)
+    if seen is not None and seen[0] is component:
+        text = seen[1]
+    else:
+        text = emit_verilog(component, name=name, toplevel=toplevel).text   # each module once
+        _ELABORATED[key] = (component, text)     # holds the object, so its id is not reused
     digest = hashlib.sha256(text.encode()).hexdigest()[:10]
     folder = BUILD_ROOT / f"{name}-{digest}"
     folder.mkdir(parents=True, exist_ok=True)

@@ -15,13 +15,14 @@ build folders then go under ``build/sim`` of the current directory, or
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
 
 from .records import ImageRun, Sampling, StepPerf, StepRecord
 
-__all__ = ["run_rtl_image", "top_build_name", "TIMEOUT_CYCLES"]
+__all__ = ["run_rtl_image", "top_build_name", "top_component", "TIMEOUT_CYCLES"]
 
 #: per-step limit (cycles) of :func:`run_rtl_image`; step 3 of the digits VAR is the longest
 TIMEOUT_CYCLES = 20_000_000
@@ -32,6 +33,16 @@ def top_build_name(config: Any, C: int, max_kv: int) -> str:
     appended by the runner, so two configurations never share a build by accident; tests of
     one configuration share one)."""
     return f"top-tm{config.tm}tn{config.tn}l{config.lanes}q{config.quant_lanes}-c{int(C)}kv{int(max_kv)}"
+
+
+@functools.lru_cache(maxsize=4)
+def top_component(config: Any, C: int, max_kv: int) -> Any:
+    """The :class:`fpqvar_hw.engines.top.Accelerator` for ``config``/``C``/``max_kv``, one
+    object per process, so that every co-simulation of it in one process elaborates it
+    once (:func:`fpqvar_hw.host.cosim.elaborate_verilog` remembers its text)."""
+    from ..engines.top import Accelerator
+
+    return Accelerator(config, C=int(C), max_kv=int(max_kv))
 
 
 def run_rtl_image(package: Path, *, config: Any, C: int, max_kv: int, dram_base: int, label: int, seed: int,
@@ -45,7 +56,6 @@ def run_rtl_image(package: Path, *, config: Any, C: int, max_kv: int, dram_base:
     Raises :class:`fpqvar_hw.host.cosim.CosimError` when the co-simulation fails."""
     import numpy as np
 
-    from ..engines.top import Accelerator
     from .cosim import run_cocotb
 
     out = Path(out).resolve()
@@ -55,7 +65,7 @@ def run_rtl_image(package: Path, *, config: Any, C: int, max_kv: int, dram_base:
               "config": config.as_dict(), "max_kv": int(max_kv), "dram_base": int(dram_base),
               "coarse": bool(coarse), "fine": bool(fine), "timeout_cycles": TIMEOUT_CYCLES,
               "out": str(out), "expect_tokens": expect_tokens, "max_steps": max_steps}
-    run_cocotb(Accelerator(config, C=C, max_kv=max_kv), name=top_build_name(config, C, max_kv),
+    run_cocotb(top_component(config, C, max_kv), name=top_build_name(config, C, max_kv),
                test_module="fpqvar_hw.host.rtl_tb", params=params, testcase="tiny_image")
     doc = json.loads((out / "tokens.json").read_text())
     cyc = json.loads((out / "cycles.json").read_text())
