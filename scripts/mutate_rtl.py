@@ -32,7 +32,7 @@ COPY = ("fpqvar_hw", "fpqvar_quant", "sim", "tests", "conftest.py", "pyproject.t
 MUL_TEST = "sim/test_multiplier.py::test_multiplier_exhaustive[E2M1_E2M1-LUT]"
 MUL_DEC_TEST = "sim/test_multiplier.py::test_multiplier_exhaustive[E2M1_E2M1-DECOMPOSED]"
 DOT_TEST = "sim/test_dot.py::test_dot_cosim[E2M1_E2M1-False-LUT-16-40-4-101]"
-HAD_TEST = "sim/test_hadamard.py::test_random_groups_backpressure"
+HAD_TEST = "tests/test_hw_hadamard.py::test_random_groups_match_golden[32-1]"
 #: dot cell v2 (GroupDotV2): the Amaranth-simulator test of a DFQ cell with 3 interleaved
 #: slots of different lengths under backpressure (a few seconds, no Verilator build)
 DOT2_TEST = "tests/test_hw_dot.py::test_dot_v2_interleaved[E2M1_E2M1-True-8-LUT-3-1-41]"

@@ -32,3 +32,17 @@ def test_dot_v2_pipeline_mutants_are_caught():
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"{len(names)} of {len(names)} mutants killed" in proc.stdout
+
+
+@pytest.mark.slow
+def test_hadamard_pipeline_mutants_are_caught():
+    """The group Hadamard pipeline mutants (a dropped register in the sign delay line, the
+    valid delay line off by one, the shifted-out sticky bits dropped, the input pipeline
+    ignoring the stall) run the Amaranth-simulator test under backpressure: no Verilator
+    build."""
+    names = ["had-reg-dropped", "had-valid-early", "had-sticky-dropped", "had-no-stall"]
+    proc = subprocess.run([sys.executable, "scripts/mutate_rtl.py"]
+                          + [a for n in names for a in ("--only", n)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"{len(names)} of {len(names)} mutants killed" in proc.stdout
