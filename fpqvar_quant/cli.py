@@ -269,7 +269,7 @@ def run_calibrate(args) -> int:
     if is_calibration_dir(Path(args.out)):   # a resume: the settings known now must agree
         old = json.loads(index.read_text()).get("settings", {})
         now = {"num_images": args.num_images, "seed": args.seed, "cfg": args.cfg,
-               "top_p": args.top_p, "batch_size": args.batch_size}
+               "top_p": args.top_p, "batch_size": args.batch_size, "amp": args.amp}
         _settings_diff(args.out, old, now, keys=sorted(now))
     spec = _model_spec(args)
     device = _device(args.device)
@@ -283,7 +283,7 @@ def run_calibrate(args) -> int:
         cs = generate_calibration(var, args.out, num_images=args.num_images,
                                   batch_size=args.batch_size, cfg=args.cfg, top_k=args.top_k,
                                   top_p=args.top_p, seed=args.seed, dtype=args.dtype,
-                                  progress=_progress(args))
+                                  progress=_progress(args), record={"amp": args.amp})
     print(f"calibration set: {cs.num_images} images, {len(cs.layers)} layers, "
           f"{len(cs.shards)} shards in {args.out}")
     return 0
@@ -486,8 +486,6 @@ def run_sample(args) -> int:
         arr = imgs.float().mul(255).round().clamp(0, 255).to(torch.uint8)
         arr = arr.permute(0, 2, 3, 1).cpu().numpy()
         for i, a in zip(idx, arr):
-            if (out / png_name(c, i)).exists():      # a resumed batch: keep what is there
-                continue
             tmp = out / (png_name(c, i) + ".tmp")
             Image.fromarray(np.ascontiguousarray(a)).save(tmp, format="PNG")
             os.replace(tmp, out / png_name(c, i))

@@ -132,7 +132,10 @@ def prepare_output_dir(path: str | os.PathLike, kind: str, *, overwrite: bool = 
     if not (resume or overwrite):
         raise UserError(f"--out {path} already exists (a {kind!r} output); pass --overwrite to "
                         "replace it or choose a new --out")
-    _check_parent(path, "--out")
+    if overwrite:               # replaced whole: the swap happens in the parent folder
+        _check_parent(path, "--out")
+    elif not os.access(path, os.W_OK | os.X_OK):       # resumed: written into
+        raise UserError(f"--out {path} is not writable")
     return path
 
 

@@ -261,6 +261,7 @@ def test_calibrate_resume_refuses_other_settings(tmp_path, capsys):
     idx = (out / "index.json").read_bytes()
     _err(base + ["--batch-size", "3", "--seed", "7"], capsys, "seed 0 -> 7")
     _err(base + ["--batch-size", "3", "--cfg", "2"], capsys, "cfg 1.5 -> 2.0")
+    _err(base + ["--batch-size", "3", "--amp", "bf16"], capsys, "amp 'none' -> 'bf16'")
     _err(base[:4] + ["4"] + base[5:] + ["--batch-size", "3"], capsys, "num_images 3 -> 4")
     assert (out / "index.json").read_bytes() == idx
     assert main(base + ["--batch-size", "3"]) == 0          # same settings: resumes (nothing to do)

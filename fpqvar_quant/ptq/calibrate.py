@@ -283,7 +283,8 @@ class CalibrationSet:
 def generate_calibration(var: nn.Module, root: str | Path, *, num_images: int = 100,
                          classes: Sequence[int] | None = None, batch_size: int = 25,
                          cfg: float = 1.5, top_k: int = 900, top_p: float = 0.96, seed: int = 0,
-                         dtype: str = "float16", progress: bool = True) -> CalibrationSet:
+                         dtype: str = "float16", progress: bool = True,
+                         record: dict | None = None) -> CalibrationSet:
     """Sample ``num_images`` images with the FP model and stream every quantized
     layer's input (all scales, both CFG halves) to ``root``.
 
@@ -295,6 +296,7 @@ def generate_calibration(var: nn.Module, root: str | Path, *, num_images: int = 
     VQVAE decode, which no quantized layer sees). Resumes an interrupted run in the same
     directory; the settings (model digest, classes, seed, cfg, top-k/top-p, batch size,
     seeding) are recorded and a resume under other settings is refused, naming what differs.
+    ``record``: more settings of the caller to record and compare (the CLI's ``--amp``).
     """
     from tqdm.auto import tqdm
 
@@ -311,7 +313,7 @@ def generate_calibration(var: nn.Module, root: str | Path, *, num_images: int = 
     seeds = [calib_image_seed(seed, c, p) for p, c in enumerate(classes)]
     settings = dict(num_images=num_images, classes=classes, cfg=cfg, top_k=top_k, top_p=top_p,
                     seed=seed, batch_size=batch_size, seeding=CALIB_SEEDING,
-                    model_digest=state_digest(var))
+                    model_digest=state_digest(var), **(record or {}))
     writer = CalibrationWriter(root, patch_nums=patch_nums, layers=layers, dtype=dtype,
                                settings=settings)
     device = next(var.parameters()).device
