@@ -115,6 +115,9 @@ def load_bundle(root: str | Path) -> Bundle:
     if missing:
         raise UserError(f"{lpath}: not a compiler layout (missing {', '.join(missing)}); compile the "
                         "bundle again")
+    if not (isinstance(lay["steps"], list) and isinstance(lay["regions"], list) and lay["steps"]
+            and isinstance(lay["config"], dict)):
+        raise UserError(f"{lpath}: steps, regions or config malformed; compile the bundle again")
     try:
         cfg = AcceleratorConfig(**lay["config"])
     except (TypeError, ValueError) as e:
