@@ -418,11 +418,13 @@ def fit_delay_model(points: Sequence[tuple[float, float, float]], *,
 
 def route_many(jobs: Iterable[tuple[str, str]], *, target_mhz: float = DEFAULT_TARGET_MHZ,
                part: Ecp5Part = LFE5U_85F, jobs_parallel: int = 2,
-               cache_dir: "Path | str | None" = None, progress=None) -> dict[str, RouteResult]:
+               cache_dir: "Path | str | None" = None, progress=None,
+               shortest_first: bool = False) -> dict[str, RouteResult]:
     """:func:`synth_and_route` every (top, verilog) pair, ``jobs_parallel`` (<= 2) at a time,
-    longest Verilog first; returns top -> result."""
+    longest Verilog first (least total time), or shortest first (most results early);
+    returns top -> result."""
     from concurrent.futures import ThreadPoolExecutor
-    items = sorted(jobs, key=lambda j: -len(j[1]))
+    items = sorted(jobs, key=lambda j: len(j[1]) if shortest_first else -len(j[1]))
 
     def one(j):
         r = synth_and_route(j[1], top=j[0], target_mhz=target_mhz, part=part,
