@@ -43,9 +43,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fpqvar_hw.units.dot import GroupDot, GroupDotV2                        # noqa: E402
 from fpqvar_hw.flow.resources import fmax_mhz, path_levels                  # noqa: E402
 from fpqvar_hw.units.fpu import FP16, FP32, FPOp, FPUnit                     # noqa: E402
+from fpqvar_hw.units.hadamard import GroupHadamard                          # noqa: E402
 from fpqvar_hw.units.multiplier import (MagnitudeCore, MulPair, MulVariant, Multiplier,  # noqa: E402
                                   check_variant)
 from fpqvar_hw.flow.synth import synthesize                                 # noqa: E402
+from fpqvar_hw.units.quantizer import Quantizer                             # noqa: E402
 from fpqvar_hw.units.vector import (Elementwise, Func, L2NormTemperature,    # noqa: E402
                               LayerNormModulate, Softmax)
 
@@ -117,6 +119,15 @@ def _mac_v2(pair: MulPair, var: MulVariant, *, dfq: bool = False) -> Entry:
                  lanes=128)
 
 
+def _quant_entries() -> list[Entry]:
+    """Quantizer path of the default build (w4a4: e2m1 and DFQ4 quantizers, the group
+    Hadamard; 32 lanes, groups of 128)."""
+    return [Entry(f"quantizer {f} l32", "quantizer path (G=128)",
+                  lambda f=f: Quantizer(format=f, group_size=128, lanes=32), lanes=32)
+            for f in ("e2m1fn", "dfq4")] + [
+        Entry("hadamard l32", "quantizer path (G=128)", lambda: GroupHadamard(lanes=32), lanes=32)]
+
+
 #: Every unit in the table, in print order.  Other units append here.
 REGISTRY: list[Entry] = [
     *_mul_entries(),
@@ -130,6 +141,7 @@ REGISTRY: list[Entry] = [
     _mac_v2(MulPair.E2M1_E2M1, MulVariant.LUT, dfq=True),
     _mac_v2(MulPair.INT4_INT4, MulVariant.LUT),
     _mac_v2(MulPair.INT8_INT8, MulVariant.DSP),
+    *_quant_entries(),
     *_fp_entries(),
     *_vector_entries(),
 ]
