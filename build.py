@@ -47,7 +47,11 @@ def make_parser() -> argparse.ArgumentParser:
                     "reports, Vivado collateral) for one platform and preset.",
         epilog="Outputs are deterministic. Yosys results are cached by content hash under "
                "build/synth/. Vivado Tcl/XDC are generated but NOT run (no Vivado "
-               "here). See docs/build.md.")
+               "here). Exit status: 0 built; 1 the build could not be completed as asked "
+               "(a missing tool, or a configuration that does not fit the platform: checked "
+               "from per-module figures before the top is emitted, reports written, no top, "
+               "summary.md's first line says 'does not fit'); 2 bad arguments. "
+               "See docs/build.md.")
     p.add_argument("--platform", default="vck190", choices=platform_names(),
                    help="target platform (default: vck190): " + "; ".join(
                        f"{n}: {pl.description}" for n, pl in PLATFORMS.items()))
@@ -183,18 +187,27 @@ def top_ports(component) -> list[dict]:
                                          {"name": "rst", "dir": "in", "width": 1}]
 
 
-def _emit_units(resolved, config, platform, out: Path, verbose: bool):
-    from amaranth.back import verilog
+def _emit_units(resolved, config, platform, out: Path, verbose: bool, before_top=None):
+    """Emit every ready unit variant (the top last); ``before_top(emitted, designs)`` returns
+    a reason not to emit the top (the pre-top fit check) or ``None``."""
+    from fpqvar_hw.emit import Emitter
     rtl, mans = out / "rtl", out / "manifests"
     rtl.mkdir()
     mans.mkdir()
     emitted, pending, manifests, texts = [], {}, {}, {}
+    emitter = Emitter()       # one per build: each module configuration converted once
+    rtl_manifest, designs = {}, {}
     ports_of_top = None
     for r in resolved:
         if r.pending:
             pending[r.spec.name] = r.pending
             continue
         pending.update(r.pending_variants)
+        if r.spec.is_top and before_top is not None and r.ready:
+            reason = before_top(emitted, designs)
+            if reason:
+                pending[r.spec.name] = reason
+                continue
         for v in r.ready:
             try:
                 comp = v.factory()
@@ -202,8 +215,11 @@ def _emit_units(resolved, config, platform, out: Path, verbose: bool):
                 pending[v.instance] = f"{type(e).__name__}: {e}"
                 continue
             _log(verbose, f"  emit {v.instance}")
-            text = verilog.convert(comp, name=v.instance, emit_src=False)
+            design = emitter.emit(comp, v.instance)
+            text = design.text          # self-contained: every module it uses, each once
             (rtl / f"{v.instance}.v").write_text(text)
+            rtl_manifest[f"{v.instance}.v"] = design.manifest()
+            designs[v.instance] = design
             man = unit_manifest(comp, v, r.spec, config, platform)
             (mans / f"{v.instance}.json").write_text(_json(man))
             emitted.append(v)
@@ -211,6 +227,10 @@ def _emit_units(resolved, config, platform, out: Path, verbose: bool):
             manifests.setdefault(r.spec.name, man["manifest"])
             if r.spec.is_top:
                 ports_of_top = top_ports(comp)
+    (rtl / "manifest.json").write_text(_json({
+        "note": "hierarchical emission (fpqvar_hw.emit): each file holds its top and every "
+                "module it instantiates, each once; modules are named by class and parameters",
+        "bytes": sum(len(t.encode()) for t in texts.values()), "files": rtl_manifest}))
     return emitted, pending, manifests, texts, ports_of_top
 
 
@@ -391,9 +411,13 @@ def run_build(platform, config, out, *, synth=True, lint=True, jobs=2, verbose=T
     if not top:
         resolved = [dataclasses.replace(r, variants=(), pending="not emitted (--no-top)")
                     if r.spec.is_top else r for r in resolved]
-    emitted, pending, manifests, texts, ports_of_top = _emit_units(resolved, config, platform,
-                                                                   out, verbose)
+    prefit: dict = {}
+    emitted, pending, manifests, texts, ports_of_top = _emit_units(
+        resolved, config, platform, out, verbose,
+        before_top=lambda em, designs: _pre_top_fit(em, designs, config, platform, prefit, verbose))
     top_exists = ports_of_top is not None
+    if prefit:
+        (out / "pre_top_fit.json").write_text(_json(prefit))
 
     lint_res = None
     if lint and emitted:
@@ -421,7 +445,9 @@ def run_build(platform, config, out, *, synth=True, lint=True, jobs=2, verbose=T
         (out / "resources.json").write_text(_json(note))
         (out / "resources.md").write_text(
             f"# Resources: preset {config.preset} on {platform.name}\n\nSynthesis skipped "
-            f"(--no-synth): no resource figures and no fit check.\n")
+            f"(--no-synth): no synthesised figures; the pre-top fit check (register bits "
+            f"and buffers, pre_top_fit.json) "
+            f"{'passed' if prefit.get('fits') else 'FAILED' if prefit else 'did not run'}.\n")
 
     _log(verbose, "[4/6] throughput model")
     timings = perf.unit_timings(config, manifests)
@@ -457,13 +483,52 @@ def run_build(platform, config, out, *, synth=True, lint=True, jobs=2, verbose=T
                     f"{Path(c['source']).name}): as-built model / simulated cycles "
                     f"{min(r):.2f}x .. {max(r):.2f}x; planned-architecture model / simulated "
                     f"{min(p):.2f}x .. {max(p):.2f}x (perf_vs_sim.md)")
-    (out / "summary.md").write_text(summary + "\n")
-    if res_rep is not None:
+    misfit = prefit.get("error")
+    if misfit is None and res_rep is not None:
         try:
             check_fit(res_rep["total"], platform, config)
         except FitError as e:
-            raise BuildError(f"{e} (reports written to {out})") from None
+            misfit = str(e)
+    if misfit:
+        summary = f"does not fit: {misfit}\n\n" + summary
+    (out / "summary.md").write_text(summary + "\n")
+    if misfit:
+        raise BuildError(f"does not fit: {misfit} (reports written to {out})")
     return BuildResult(out, summary, [v.instance for v in emitted], pending, rep, res_rep)
+
+
+def _pre_top_fit(emitted, designs, config, platform, result: dict, verbose: bool) -> str | None:
+    """The fit check before the top is emitted, from per-module figures.
+
+    Flip-flop bits of every emitted unit module (:func:`fpqvar_hw.flow.resources.register_bits`,
+    each module's registers times its instances inside the unit) times the unit's count in
+    the accelerator, plus the estimated buffers (BRAM/URAM), against the platform budget.
+    A configuration over budget gets no top (reason returned), and ``result["error"]`` the
+    message; ``pre_top_fit.json`` records the figures.
+    """
+    from fpqvar_hw.flow import resources as R
+    rows, per_unit = [], {}
+    for v in emitted:
+        d = designs[v.instance]
+        counts = d.counts()
+        bits = R.register_bits(d.text)
+        ff = sum(n * counts.get(m if m in counts else m.split(".", 1)[0], 1)
+                 for m, n in bits.items())
+        per_unit[v.instance] = {"FF_register_bits": ff, "count": v.count, "inside": v.inside}
+        if v.inside is None and v.count:
+            rows.append(({"FF": ff}, v.count))
+    total = R.total_resources(rows + [(R.buffer_estimate(config), 1)])
+    try:
+        R.check_fit(total, platform, config)
+        result["error"] = None
+    except R.FitError as e:
+        result["error"] = str(e)
+    result.update({"method": "before the top is emitted: register bits of each emitted unit "
+                             "(per module x instances, no synthesis) x its count in the "
+                             "accelerator, plus estimated buffers",
+                   "units": per_unit, "total": total, "fits": result["error"] is None})
+    _log(verbose, "  pre-top fit check: " + ("fits" if result["fits"] else result["error"]))
+    return (f"not emitted: does not fit ({result['error']})" if result["error"] else None)
 
 
 def _clock_scaled(rep: dict, res_rep: dict | None) -> dict:

@@ -25,7 +25,7 @@ other platform (``None`` in the Amaranth simulator, a build platform) nothing
 changes, so simulation runs the same Python components.
 
 ``ResetInserter`` around a parent (the matrix engine's datapath flush) reaches an
-instantiated child: a marker register next to each instance shows the inserted
+instantiated child: a marker statement on each Instance fragment shows the inserted
 reset controls after elaboration, and the instance's ``rst`` becomes
 ``rst | control...``.  ``EnableInserter`` around an instance cannot be forwarded
 through a ``rst`` port and is refused with a message.
@@ -44,7 +44,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from amaranth.hdl import ClockSignal, Const, Fragment, Instance, Module, ResetSignal, Signal
+from amaranth.hdl import ClockSignal, Fragment, Instance, ResetSignal, Signal
 from amaranth.hdl import _ast, _ir
 from amaranth.lib import wiring
 
@@ -235,7 +235,7 @@ class Emitter:
         self._keys: dict[str, str] = {}
 
     # called from the wrapped elaborate of an opted-in child
-    def _instance_of(self, child) -> Module:
+    def _instance_of(self, child) -> Instance:
         name = module_name(child)
         ports = _ports_of(child)
         key_text = repr(child._fpqvar_emit_key)
@@ -253,19 +253,18 @@ class Emitter:
         if has_rst:
             kw["i_rst"] = ResetSignal("sync")
         inst = Instance(name, **kw)
-        m = Module()
-        m.submodules.u = inst
         if has_rst:
-            # marker register: a ResetInserter around any parent adds a Switch on it, which
-            # _forward_resets turns into the instance's rst (an EnableInserter is refused)
+            # marker register on the Instance fragment itself: a ResetInserter around any
+            # parent adds a Switch on it, which _forward_resets turns into the instance's rst
+            # (an EnableInserter is refused); the marker never reaches the Verilog
             marker = Signal(name=f"{name}_rst_marker", init=0)
-            m.d.sync += marker.eq(1)
-            self._markers[id(marker)] = (marker, inst, name)
+            inst.add_statements("sync", marker.eq(1))
+            self._markers[id(marker)] = marker
         if self._stack:
             parent = self._stack[-1]
             self.instances.setdefault(parent, {})
             self.instances[parent][name] = self.instances[parent].get(name, 0) + 1
-        return m
+        return inst
 
     def _convert(self, component, name: str) -> str:
         from amaranth.back import verilog
@@ -288,40 +287,27 @@ class Emitter:
     def _forward_resets(self, frag):
         """Turn the marker registers' inserted resets into instance ``rst`` ports; drop markers."""
         def visit(f):
-            for dom, stmts in list(f.statements.items()):
-                keep, found = [], {}
-                for st in stmts:
-                    marker = self._marker_in(st)
-                    if marker is None:
-                        keep.append(st)
-                        continue
-                    found.setdefault(id(marker), []).append(st)
-                for mid, sts in found.items():
-                    marker, inst, mname = self._markers[mid]
-                    controls = []
-                    for st in sts:
+            if isinstance(f, Instance) and f.statements:
+                controls = []
+                for dom, stmts in f.statements.items():
+                    for st in stmts:
+                        if self._marker_in(st) is None:
+                            raise EmitError(f"unexpected statement on instance {f.type}")
                         if isinstance(st, _ast.Assign):
                             continue
-                        if not isinstance(st, _ast.Switch):
-                            raise EmitError(f"unexpected statement around instance {mname}")
                         body = [s for _, ss, *_ in st.cases for s in ss]
                         if any(isinstance(s, _ast.Assign) and isinstance(s.rhs, _ast.Const)
                                and s.rhs.value == 0 for s in body):
                             controls.append(st.test)
                         else:
-                            raise EmitError(f"instance {mname} is under an EnableInserter (or "
+                            raise EmitError(f"instance {f.type} is under an EnableInserter (or "
                                             f"another transform): a clock enable cannot be "
                                             f"forwarded; do not opt that component in")
-                    for sub, *_ in f.subfragments:
-                        if isinstance(sub, Instance) and sub.type == mname and "rst" in sub.ports:
-                            rst = sub.ports["rst"][0]
-                            for c in controls:
-                                rst = rst | c.any()
-                            sub.ports["rst"] = (rst, sub.ports["rst"][1])
-                if found:
-                    f.statements[dom] = _ast._StatementList(keep)
-                    if not keep:
-                        del f.statements[dom]
+                rst = f.ports["rst"][0]
+                for c in controls:
+                    rst = rst | c.any()
+                f.ports["rst"] = (rst, f.ports["rst"][1])
+                f.statements.clear()
             for sub, *_ in f.subfragments:
                 visit(sub)
         visit(frag)

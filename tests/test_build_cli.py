@@ -272,3 +272,22 @@ def test_abc9_failure_falls_back_to_abc_and_says_so(monkeypatch, tmp_path):
     res = run_synth_jobs([SynthJob("c", "c", "module c; endmodule")], cache_dir=tmp_path)
     assert calls == [True, False] and res["c"]["LUT"] == 5
     assert res["c"]["mapper"].startswith("abc (abc9 failed: yosys failed")
+
+
+def test_does_not_fit_is_refused_before_the_top(tmp_path, capsys):
+    """Issue 13: a --param that overflows the platform is refused from per-module figures
+    (register bits x counts) before the top is emitted: reports written, no top, exit 1."""
+    import json
+    out = tmp_path / "b"
+    rc = build.main(["--platform", "vck190", "--no-synth", "--no-lint", "--quiet", "--out",
+                     str(out)] + [f"--param={p}" for p in SMALL if not p.startswith("tm=")]
+                    + ["--param=tm=100000"])
+    assert rc == 1
+    assert "does not fit" in capsys.readouterr().err
+    summary = (out / "summary.md").read_text()
+    assert summary.splitlines()[0].startswith("does not fit: ") and "FF " in summary.splitlines()[0]
+    assert not (out / "rtl" / "fpqvar_top.v").exists()
+    fit = json.loads((out / "pre_top_fit.json").read_text())
+    assert not fit["fits"] and fit["total"]["FF"] > VCK190.budget["FF"]
+    for f in ("throughput.md", "resources.md", "rtl/manifest.json"):
+        assert (out / f).exists(), f

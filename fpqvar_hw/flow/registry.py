@@ -352,7 +352,11 @@ def _arbiter_variants(mod: Any, c: AcceleratorConfig, shape: TopShape) -> list[V
         top = top_cls(c, **_kw(top_cls, C=shape.C, max_kv=shape.max_kv))
     except (ValueError, TypeError, NotImplementedError) as e:
         raise LookupError(f"the top cannot be built for this config ({e})") from None
-    top._MustUse__silence = True
+    # built only to read its client lists: neither it nor the engines its constructor
+    # builds are elaborated (no UnusedElaboratable warning for them)
+    for obj in (top, *vars(top).values()):
+        if hasattr(obj, "elaborate"):
+            obj._MustUse__silence = True
     n_rd, n_wr = len(top.read_clients), len(top.write_clients)
     return [Variant(f"read_arbiter_{n_rd}", lambda: mod.ReadArbiter(n_rd), 1, None,
                     {"n_clients": n_rd}, needs="the AXI4 read arbiter"),

@@ -39,6 +39,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import math
+import re
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -237,3 +238,29 @@ def check_fit(total: Mapping[str, int], platform: Platform, config: AcceleratorC
             f"{platform.name}: " + "; ".join(over) +
             ". Lower --param tm/tn/lanes (LUT, FF, CARRY), attn_macs (DSP) or act_buffer_kib "
             "(URAM).")
+
+
+_MODULE_RE = re.compile(r"^module (\\?\S+?)\s*\(", re.M)
+_DECL_RE = re.compile(r"^\s*(?:output\s+)?reg\s+(?:signed\s+)?(?:\[(\d+):(\d+)\]\s+)?(\\?\S+)", re.M)
+_FF_RE = re.compile(r"always @\(posedge \S+\)\n\s+(\\?[^\s\[]+)\s*(?:\[[^\]]*\]\s*)?<=")
+
+
+def register_bits(verilog_text: str) -> dict[str, int]:
+    """Flip-flop bits per module of Amaranth-emitted Verilog, counted before synthesis.
+
+    A register is a ``reg`` assigned in an ``always @(posedge ...)`` block (memories,
+    declared ``reg [..] m [..]``, are not counted).  The figure is structural, without
+    Yosys: synthesis may remove constant or unused bits, so it can exceed the mapped FF
+    count slightly; it is used to refuse a configuration before its top is emitted.
+    """
+    out: dict[str, int] = {}
+    starts = [(m.start(), m.group(1)) for m in _MODULE_RE.finditer(verilog_text)]
+    for i, (pos, name) in enumerate(starts):
+        body = verilog_text[pos:starts[i + 1][0] if i + 1 < len(starts) else len(verilog_text)]
+        widths = {}
+        for d in _DECL_RE.finditer(body):
+            hi, lo, sig = d.group(1), d.group(2), d.group(3).rstrip(";")
+            widths[sig] = abs(int(hi) - int(lo)) + 1 if hi is not None else 1
+        regs = {m.group(1) for m in _FF_RE.finditer(body)}
+        out[name.lstrip("\\")] = sum(widths.get(r, 0) for r in regs)
+    return out

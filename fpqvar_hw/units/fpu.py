@@ -35,6 +35,8 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned, Valu
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..emit import hierarchical
+
 __all__ = [
     "FloatFormat", "FP16", "FP32", "float_layout", "unrounded_layout",
     "RoundPack", "FPOp", "FPUnit", "unpack", "clz", "mul_front", "add_front", "convert_front",
@@ -145,6 +147,7 @@ def unpack(m: Module, x: Value, fmt: FloatFormat) -> Unpacked:
                     is_nan=special & (man != 0))
 
 
+@hierarchical
 class RoundPack(wiring.Component):
     """The one shared round-and-pack stage (combinational).
 
@@ -349,6 +352,7 @@ def _round(m: Module, u, fmt: FloatFormat, name: str) -> Value:
     return rp.o.as_value()
 
 
+@hierarchical
 class FPUnit(wiring.Component):
     """Pipelined stream FP operator, ``lanes`` independent operations per beat.
 
