@@ -18,6 +18,10 @@ feeds the e2m1 x e2m1 half with its sign, the negative-grid half contributes
 ``g = RNE(S_pos * t_pos)``), so the result is bit for bit the plain e2m1fn
 dot product.  ``plain = 0`` is the DFQ unit above.
 
+:class:`GroupDotV2` (dot cell v2) computes the same per-dot-product result
+with one whole group per beat, a pipelined FP32 tail and interleaved dot
+products (each has its own accumulator; the order within one is unchanged).
+
 Special values: NaN/Inf scales propagate by IEEE rules (a quantizer's error
 group carries the FP16 NaN scale 0x7E00, so its dot product reads NaN); the
 output NaN is always ``0x7FC00000``.  The integer path cannot overflow (widths
@@ -260,7 +264,7 @@ class GroupDotV2(wiring.Component):
     ``i.ready = ~o.valid | o.ready``; ``o.valid`` never depends on ``o.ready``.
     Idle input cycles are bubbles that leave every accumulator unchanged.
 
-    Pipeline (one register after each step): products (``MultiplierVariant``
+    Pipeline (one register after each step): products (:class:`Multiplier`
     lanes; float LUT lanes keep ``|p|`` and the sign, see :class:`GroupDot`);
     the adder tree, registered every ``levels_per_stage`` levels; the group sum
     ``S``; ``|S|``, scale decode and ``sig_a * sig_w``; ``|S| * (sig_a * sig_w)``
