@@ -245,7 +245,7 @@ def add_calibrate(sub) -> None:
                        "halves are streamed to --out as .npy shards + index.json. Resumable: "
                        "rerun the same command; a resume under other settings (seed, cfg, "
                        "top-k/top-p, batch size, image count, model) is refused, naming the "
-                       "setting. Every image has its own generator (seed, class, position).")
+                       "setting.")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--num-images", type=_positive_int, default=100, help="images [100]")
     p.add_argument("--dtype", choices=("float16", "float32"), default="float16",
@@ -259,9 +259,9 @@ def add_calibrate(sub) -> None:
 def run_calibrate(args) -> int:
     from .ptq.calibrate import generate_calibration, is_calibration_dir
     from .ptq.models import build_models
-    from .safeio import check_output_dir, write_marker
+    from .safeio import prepare_output_dir, write_marker
 
-    check_output_dir(args.out, CALIB_KIND, resume=True, own=is_calibration_dir)
+    prepare_output_dir(args.out, CALIB_KIND, resume=True, own=is_calibration_dir)
     if not args.var_ckpt and args.num_images > args.num_classes:
         raise UserError(f"--num-images {args.num_images} exceeds the {args.num_classes} classes "
                         "(one image per class)")
@@ -435,13 +435,13 @@ def run_sample(args) -> int:
             torch.cuda.set_device(local)
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     from .ptq.models import state_digest
-    from .safeio import check_output_dir
+    from .safeio import prepare_output_dir
 
     if args.calib and not args.preset:
         raise UserError("--calib is only used with --preset")
     if args.per_class > 10**5:
         raise UserError(f"--per-class {args.per_class}: at most 100000 images per class")
-    check_output_dir(args.out, SAMPLES_KIND, resume=True)
+    prepare_output_dir(args.out, SAMPLES_KIND, resume=True)
     if args.quantized and not Path(args.quantized).is_file():
         raise UserError(f"--quantized {args.quantized} not found")
     if args.calib and not (Path(args.calib) / "index.json").is_file():
@@ -558,9 +558,9 @@ def run_export(args) -> int:
     from .ptq.export import is_package_dir
     from .ptq.package import PACKAGE_KIND
     from .ptq.quantize_model import load_quantized, read_quantized
-    from .safeio import check_output_dir
+    from .safeio import prepare_output_dir
 
-    check_output_dir(args.out, PACKAGE_KIND, overwrite=args.overwrite, own=is_package_dir)
+    prepare_output_dir(args.out, PACKAGE_KIND, overwrite=args.overwrite, own=is_package_dir)
     obj = read_quantized(args.quantized)
     from .ptq.export import export_package
     from .ptq.models import ModelSpec, rebuild

@@ -28,7 +28,8 @@ from PIL import Image
 
 from fpqvar_quant.cli import main
 from fpqvar_quant.safeio import (OUTPUT_MARKER, UserError, atomic_output_dir, atomic_path,
-                                 check_output_dir, run_cli)
+                                 atomic_write_text, check_output_dir, check_writable_file,
+                                 prepare_output_dir, read_marker, run_cli, write_marker)
 
 TINY = ["--depth", "2", "--patch-nums", "1,2,3", "--vae-ch", "32", "--vocab-size", "32",
         "--num-classes", "6", "--init-seed", "1", "--device", "cpu", "--no-progress"]
@@ -194,55 +195,61 @@ def test_interrupted_save_leaves_no_partial_file(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- sample
-def test_sample_resume_refuses_other_settings(qfile, tmp_path, capsys):
+SAMPLE = ["--classes", "0,1", "--per-class", "2", "--top-k", "10", "--device", "cpu",
+          "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def samples(qfile, tmp_path_factory) -> Path:
+    """An uninterrupted sample folder: classes 0 and 1, two images each, batches of 2."""
+    out = tmp_path_factory.mktemp("s") / "s"
+    assert main(["sample", "--quantized", str(qfile), "--out", str(out), "--batch-size", "2"]
+                + SAMPLE) == 0
+    return out
+
+
+def test_sample_resume_refuses_other_settings(qfile, samples, tmp_path, capsys):
     out = tmp_path / "s"
-    base = ["sample", "--quantized", str(qfile), "--out", str(out), "--classes", "0,1",
-            "--per-class", "2", "--top-k", "10", "--device", "cpu", "--no-progress"]
-    assert main(base + ["--batch-size", "2"]) == 0
+    shutil.copytree(samples, out)
+    base = ["sample", "--quantized", str(qfile), "--out", str(out)] + SAMPLE
     before = {p.name: p.read_bytes() for p in out.glob("*.png")}
     assert len(before) == 4 and len(set(before.values())) == 4       # no duplicate images
     for extra, name in ((["--batch-size", "1"], "batch_size 2 -> 1"),
-                        (["--batch-size", "2", "--seed", "1"], "seed"),
-                        (["--batch-size", "2", "--cfg", "3"], "cfg"),
-                        (["--batch-size", "2", "--top-p", "0.5"], "top_p")):
+                        (["--batch-size", "2", "--seed", "1"], "seed 0 -> 1"),
+                        (["--batch-size", "2", "--cfg", "3"], "cfg 1.5 -> 3.0"),
+                        (["--batch-size", "2", "--top-p", "0.5"], "top_p 0.96 -> 0.5"),
+                        (["--batch-size", "2", "--per-class", "3"], "per_class 2 -> 3")):
         _err(base + extra, capsys, name, "other settings")
-    other = tmp_path / "q2.pt"
-    assert main(["quantize", "--preset", "fp4-baseline", "--out", str(other)] + TINY) == 0
-    _err(["sample", "--quantized", str(other)] + base[3:] + ["--batch-size", "2"], capsys,
+    # another model (the random FP one instead of the quantized file)
+    _err(["sample", "--out", str(out), "--batch-size", "2"] + SAMPLE + TINY, capsys,
          "model_digest")
     assert {p.name: p.read_bytes() for p in out.glob("*.png")} == before   # nothing mixed in
 
 
-def test_sample_resume_gives_the_uninterrupted_result(qfile, tmp_path):
+def test_sample_resume_gives_the_uninterrupted_result(qfile, samples, tmp_path):
     """An interrupted folder, resumed, ends up exactly as an uninterrupted run writes it
     (the batch size is recorded: another one is refused above)."""
-    base = ["sample", "--quantized", str(qfile), "--classes", "4", "--per-class", "3",
-            "--top-k", "10", "--batch-size", "2", "--device", "cpu", "--no-progress"]
-    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
-    assert main(base + ["--out", str(whole)]) == 0
-    shutil.copytree(whole, resumed)
-    (resumed / "0004_00001.png").unlink()                 # "interrupted"
-    assert main(base + ["--out", str(resumed)]) == 0
-    want = {p.name: p.read_bytes() for p in whole.glob("*.png")}
-    assert len(want) == 3 and len(set(want.values())) == 3      # no duplicate images
+    resumed = tmp_path / "resumed"
+    shutil.copytree(samples, resumed)
+    (resumed / "0001_00001.png").unlink()                 # "interrupted"
+    assert main(["sample", "--quantized", str(qfile), "--out", str(resumed), "--batch-size", "2"]
+                + SAMPLE) == 0
+    want = {p.name: p.read_bytes() for p in samples.glob("*.png")}
     assert {p.name: p.read_bytes() for p in resumed.glob("*.png")} == want
 
 
-def test_sample_images_are_seeded_per_image_not_per_batch(qfile, tmp_path):
+def test_sample_images_are_seeded_per_image_not_per_batch(qfile, samples, tmp_path):
     """Image i of class c is the same whatever the batch it was sampled in (before: the
     batch number seeded the batch, so another --batch-size gave other images and
     duplicates).  Up to one grey level: the GEMMs of another batch shape round their last
     bits differently (which is why a resume keeps the recorded batch size)."""
-    outs = []
-    for bs in (1, 2):
-        out = tmp_path / f"b{bs}"
-        assert main(["sample", "--quantized", str(qfile), "--out", str(out), "--classes", "2",
-                     "--per-class", "2", "--top-k", "10", "--batch-size", str(bs),
-                     "--device", "cpu", "--no-progress"]) == 0
-        outs.append({p.name: np.asarray(Image.open(p)) for p in out.glob("*.png")})
-    assert outs[0].keys() == outs[1].keys() and len(outs[0]) == 2
-    for k in outs[0]:
-        diff = np.abs(outs[0][k].astype(int) - outs[1][k].astype(int))
+    out = tmp_path / "b1"
+    assert main(["sample", "--quantized", str(qfile), "--out", str(out), "--batch-size", "1"]
+                + SAMPLE[:1] + ["1"] + SAMPLE[2:]) == 0
+    got = {p.name: np.asarray(Image.open(p)) for p in out.glob("*.png")}
+    assert sorted(got) == ["0001_00000.png", "0001_00001.png"]
+    for k, a in got.items():
+        diff = np.abs(a.astype(int) - np.asarray(Image.open(samples / k)).astype(int))
         assert diff.max() <= 1 and (diff == 0).mean() > 0.99, k
 
 
@@ -272,8 +279,8 @@ def test_calibrate_resume_refuses_other_settings(tmp_path, capsys):
 def test_calibrate_resume_reaches_every_image(tmp_path, capsys):
     """Before: batches were numbered by --batch-size, so a resume with another one skipped
     images (55 of 100) and exited 0.  Now the batch size is a recorded setting (another one
-    is refused, naming it), images already done are found by position, and the resumed
-    set is exactly the uninterrupted one."""
+    is refused, naming it), so the batch numbers keep their meaning and the resumed set is
+    exactly the uninterrupted one."""
     from fpqvar_quant.ptq.calibrate import CalibrationSet
 
     base = ["calibrate", "--num-images", "3", "--top-k", "10", "--dtype", "float32",
@@ -355,16 +362,46 @@ def test_atomic_path_and_output_dir(tmp_path):
     out = tmp_path / "o"
     with atomic_output_dir(out, "k") as d:
         (d / "a").write_text("1")
+    assert read_marker(out)["kind"] == "k"
     with pytest.raises(UserError, match="pass --overwrite"):
-        check_output_dir(out, "k")
+        prepare_output_dir(out, "k")
+    assert prepare_output_dir(out, "k", resume=True) == out
     with pytest.raises(UserError, match="not a 'j' folder"):
-        check_output_dir(out, "j", overwrite=True)
+        prepare_output_dir(out, "j", overwrite=True)
+    assert check_output_dir is prepare_output_dir        # the name build.py/the compiler use
     with pytest.raises(RuntimeError):
         with atomic_output_dir(out, "k", overwrite=True) as d:
             (d / "b").write_text("2")
             raise RuntimeError("interrupted")
     assert sorted(p.name for p in out.iterdir()) == [OUTPUT_MARKER, "a"]   # old output intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
+
+
+def test_foreign_folders_and_files_are_never_replaced(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "data.txt").write_text("keep")
+    for flags in ({}, {"overwrite": True}, {"resume": True}):
+        with pytest.raises(UserError, match="no fpqvar output"):
+            prepare_output_dir(mine, "k", **flags)
+    with pytest.raises(UserError):
+        with atomic_output_dir(mine, "k", overwrite=True):
+            raise AssertionError("not reached")
+    write_marker(mine, "other")
+    with pytest.raises(UserError, match="a 'other' output, not a 'k' folder"):
+        prepare_output_dir(mine, "k", overwrite=True)
+    assert (mine / "data.txt").read_text() == "keep"
+    with pytest.raises(UserError, match="does not exist"):
+        prepare_output_dir(tmp_path / "a" / "b", "k")
+    f = tmp_path / "f.txt"
+    atomic_write_text(f, "one")
+    with pytest.raises(UserError, match="pass --overwrite"):
+        check_writable_file(f)
+    with pytest.raises(UserError, match="not an output"):
+        check_writable_file(f, overwrite=True, own=lambda p: False)
+    with pytest.raises(UserError, match="is a folder"):
+        check_writable_file(mine, overwrite=True)
+    assert check_writable_file(f, overwrite=True) == f and f.read_text() == "one"
 
 
 def test_run_cli_one_line_and_debug(capsys):
@@ -374,3 +411,18 @@ def test_run_cli_one_line_and_debug(capsys):
     assert capsys.readouterr().err == "prog: error: bad thing with detail\n"
     with pytest.raises(UserError):
         run_cli(fails, ["--debug"], "prog")
+
+    def truncated(argv):      # a format error of a damaged file, no traceback either
+        raise EOFError("Ran out of input")
+    assert run_cli(truncated, []) == 2
+    assert capsys.readouterr().err.endswith("error: Ran out of input\n")
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+    assert run_cli(interrupted, [], "prog") == 130
+    assert capsys.readouterr().err == "prog: interrupted\n"
+
+    def bug(argv):            # a programming error is not turned into a user error
+        raise ZeroDivisionError
+    with pytest.raises(ZeroDivisionError):
+        run_cli(bug, [], "prog")

@@ -14,20 +14,13 @@ half (class 1000). ``index.json``::
     {"format": "fpqvar-calibration", "version": 1, "dtype": "float16",
      "patch_nums": [...], "layers": {name: in_features},
      "settings": {"cfg": 1.5, "top_k": 900, "top_p": 0.96, "seed": 0, ...},
-     "batches": [{"index": k, "labels": [...], "positions": [...], "g_seed": [...]}],
+     "batches": [{"index": k, "labels": [...], "g_seed": s}],
      "shards": [{"layer": name, "scale": si, "batch": k, "file": rel, "shape": [...]}]}
 
 Shards are written as soon as a scale's forward pass finishes, so RAM holds at
 most one scale of one batch; a d30 calibration (about 110 GB in float16 for
-100 images) needs disk, not memory. An interrupted run resumes: images already
+100 images) needs disk, not memory. An interrupted run resumes: batches already
 in the index are skipped.
-
-Image ``p`` (position ``p`` in the class list, class ``c``) has its own generator,
-seeded with :func:`calib_image_seed` ``(seed, c, p)``, never from the batch number.  The
-batch size stays a recorded setting: the captured inputs of an image differ in their last
-bits with the batch it is computed in (GEMM blocking), so a resume keeps the recorded
-batch size and its result is then exactly the uninterrupted one; the images already in
-the index are found by position, so a resume never skips or repeats one.
 """
 from __future__ import annotations
 
@@ -45,22 +38,11 @@ from torch import nn
 from .config import QUANTIZED_LAYERS
 
 __all__ = ["quantized_layer_names", "capture_inputs", "CalibrationWriter", "CalibrationSet",
-           "generate_calibration", "calib_image_seed", "CALIB_FORMAT", "CALIB_VERSION",
-           "CALIB_SEEDING"]
+           "generate_calibration", "CALIB_FORMAT", "CALIB_VERSION"]
 
 CALIB_FORMAT = "fpqvar-calibration"
 CALIB_VERSION = 1
 _DTYPES = ("float16", "float32")
-#: How :func:`generate_calibration` seeds its images (recorded in the settings)
-CALIB_SEEDING = "per image: seed*10^9 + c*10^5 + position"
-
-
-def calib_image_seed(seed: int, c: int, p: int) -> int:
-    """Sampling seed of the calibration image at position ``p`` of the class list (class
-    ``c``): its own generator, whatever the batch."""
-    if not (0 <= c < 10**4 and 0 <= p < 10**5):
-        raise ValueError(f"class {c} / image position {p} out of range for the image seeds")
-    return seed * 10**9 + c * 10**5 + p
 
 
 def quantized_layer_names(var: nn.Module) -> list[str]:
@@ -145,11 +127,6 @@ class CalibrationWriter:
     def done_batches(self) -> set[int]:
         return {b["index"] for b in self.index["batches"]}
 
-    @property
-    def done_positions(self) -> set[int]:
-        """Positions (in the class list) of the images already in the index."""
-        return {p for b in _with_positions(self.index["batches"]) for p in b["positions"]}
-
     def add(self, layer: str, scale: int, batch: int, x: torch.Tensor | np.ndarray) -> None:
         """Write one shard now (its index entry is committed by :meth:`commit_batch`)."""
         if layer not in self.index["layers"]:
@@ -162,33 +139,13 @@ class CalibrationWriter:
         self._pending.append({"layer": layer, "scale": scale, "batch": batch, "file": rel,
                               "shape": list(arr.shape)})
 
-    def commit_batch(self, batch: int, labels: Sequence[int], g_seed: int | Sequence[int],
-                     positions: Sequence[int] | None = None) -> None:
-        """Record batch ``batch`` (its images at ``positions`` of the class list, default:
-        following the previous batches) and its shards in ``index.json`` (atomic rewrite)."""
+    def commit_batch(self, batch: int, labels: Sequence[int], g_seed: int) -> None:
+        """Record batch ``batch`` and its shards in ``index.json`` (atomic rewrite)."""
         self.index["shards"].extend(self._pending)
         self._pending = []
-        entry = {"index": batch, "labels": [int(c) for c in labels],
-                 "g_seed": int(g_seed) if isinstance(g_seed, int) else [int(s) for s in g_seed]}
-        if positions is not None:
-            if len(positions) != len(labels):
-                raise ValueError(f"{len(positions)} positions for {len(labels)} labels")
-            entry["positions"] = [int(p) for p in positions]
-        self.index["batches"].append(entry)
+        self.index["batches"].append({"index": batch, "labels": [int(c) for c in labels],
+                                      "g_seed": int(g_seed)})
         _atomic_write_json(self.root / "index.json", self.index)
-
-
-def _with_positions(batches: list[dict]) -> list[dict]:
-    """``batches`` with ``positions`` filled in where missing (sets written before it was
-    recorded: the images follow each other in batch order)."""
-    out, nxt = [], 0
-    for b in batches:
-        pos = b.get("positions")
-        if pos is None:
-            pos = list(range(nxt, nxt + len(b["labels"])))
-        nxt = max(nxt, max(pos, default=nxt - 1) + 1)
-        out.append({**b, "positions": list(pos)})
-    return out
 
 
 @dataclass(frozen=True)
@@ -289,14 +246,17 @@ def generate_calibration(var: nn.Module, root: str | Path, *, num_images: int = 
     layer's input (all scales, both CFG halves) to ``root``.
 
     Defaults follow the paper: 100 images, classes 0..99 (one each), cfg 1.5,
-    top-k 900, top-p 0.96, seed 0. Every image has its own generator
-    (:func:`calib_image_seed`), not one per batch.
-    Uses ``var.sample_tokens`` (the token loop of
+    top-k 900, top-p 0.96, seed 0. Batch ``k`` (``batch_size`` images) uses
+    ``g_seed = seed + k``; with ``batch_size >= num_images`` a single call with
+    ``g_seed = seed``. Uses ``var.sample_tokens`` (the token loop of
     ``autoregressive_infer_cfg`` with the same random draws, without the final
     VQVAE decode, which no quantized layer sees). Resumes an interrupted run in the same
-    directory; the settings (model digest, classes, seed, cfg, top-k/top-p, batch size,
-    seeding) are recorded and a resume under other settings is refused, naming what differs.
-    ``record``: more settings of the caller to record and compare (the CLI's ``--amp``).
+    directory; the settings (model digest, classes, seed, cfg, top-k/top-p, batch size) are
+    recorded and a resume under other settings is refused, naming what differs.  The batch
+    size is one of them: it fixes which images share a generator (batch ``k``), so a resume
+    under the recorded batch size redoes exactly the missing batches and the set is the
+    uninterrupted one.  ``record``: more settings of the caller to record and compare (the
+    CLI's ``--amp``).
     """
     from tqdm.auto import tqdm
 
@@ -310,18 +270,13 @@ def generate_calibration(var: nn.Module, root: str | Path, *, num_images: int = 
     names = quantized_layer_names(var)
     layers = {n: int(var.get_submodule(n).in_features) for n in names}
     from .models import state_digest
-    seeds = [calib_image_seed(seed, c, p) for p, c in enumerate(classes)]
     settings = dict(num_images=num_images, classes=classes, cfg=cfg, top_k=top_k, top_p=top_p,
-                    seed=seed, batch_size=batch_size, seeding=CALIB_SEEDING,
-                    model_digest=state_digest(var), **(record or {}))
+                    seed=seed, batch_size=batch_size, model_digest=state_digest(var),
+                    **(record or {}))
     writer = CalibrationWriter(root, patch_nums=patch_nums, layers=layers, dtype=dtype,
                                settings=settings)
     device = next(var.parameters()).device
-    # the images not yet in the index (found by position), batched with the recorded batch
-    # size; new batches take indices after every recorded one (shard files never collide)
-    todo = [p for p in range(num_images) if p not in writer.done_positions]
-    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
-    first = max(writer.done_batches, default=-1) + 1
+    batches = [classes[i:i + batch_size] for i in range(0, num_images, batch_size)]
     state = {"batch": 0}
 
     def sink(layer: str, scale: int, x: torch.Tensor) -> None:
@@ -330,14 +285,14 @@ def generate_calibration(var: nn.Module, root: str | Path, *, num_images: int = 
 
     var.eval()
     with capture_inputs(var, sink, patch_nums):
-        for j, pos in enumerate(tqdm(batches, desc="calibration", disable=not progress,
-                                     unit="batch")):
-            k = first + j
+        for k, labels in enumerate(tqdm(batches, desc="calibration", disable=not progress,
+                                        unit="batch")):
+            if k in writer.done_batches:
+                continue
             state["batch"] = k
-            labels = [classes[p] for p in pos]
             label_B = torch.tensor(labels, device=device, dtype=torch.long)
             # only the transformer matters: sample tokens, skip the VQVAE decode
-            var.sample_tokens(B=len(labels), label_B=label_B, g_seed=[seeds[p] for p in pos],
+            var.sample_tokens(B=len(labels), label_B=label_B, g_seed=seed + k,
                               cfg=cfg, top_k=top_k, top_p=top_p)
-            writer.commit_batch(k, labels, [seeds[p] for p in pos], positions=pos)
+            writer.commit_batch(k, labels, seed + k)
     return CalibrationSet(root)

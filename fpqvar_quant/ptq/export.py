@@ -11,7 +11,7 @@ from torch import nn
 
 from ..formats import get_format
 from ..ght import ght
-from ..safeio import atomic_output_dir, check_output_dir
+from ..safeio import atomic_output_dir, prepare_output_dir
 from .package import PACKAGE_FORMAT, PACKAGE_KIND, PACKAGE_VERSION
 from .qlinear import QuantLinear
 from .quantize_model import QuantizationReport, quant_linears
@@ -82,7 +82,7 @@ def export_package(var: nn.Module, report: QuantizationReport, out_dir: str | Pa
     (:func:`fpqvar_quant.safeio.atomic_output_dir`).  An existing ``out_dir`` is replaced
     only with ``overwrite`` and only when it is a package (marker, or a package manifest);
     any other folder raises :class:`fpqvar_quant.safeio.UserError`, whatever the flag."""
-    out = check_output_dir(out_dir, PACKAGE_KIND, overwrite=overwrite, own=is_package_dir)
+    out = prepare_output_dir(out_dir, PACKAGE_KIND, overwrite=overwrite, own=is_package_dir)
     cfg = report.config
     qls = quant_linears(var)
     arrays: dict[str, np.ndarray] = {}
