@@ -21,6 +21,8 @@ import json
 import os
 import pickle
 import shutil
+import signal
+import threading
 import sys
 import uuid
 import zipfile
@@ -188,12 +190,31 @@ def check_writable_file(path: str | os.PathLike, *, overwrite: bool = False,
     return path
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM turned into an exception by :func:`run_cli`, so that temporary files and
+    folders are cleaned up as on Ctrl-C (``atomic_path`` and ``atomic_output_dir`` remove
+    them on any exception)."""
+
+
+_TERM_PID: list[int] = []      # the process whose run_cli installed the SIGTERM handler
+
+
+def _raise_terminated(signum, frame):
+    if _TERM_PID and _TERM_PID[-1] != os.getpid():
+        # a forked worker (multiprocessing) inherited the handler: die as by default
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    raise Terminated()
+
+
 def run_cli(main_fn: Callable[[list[str]], int], argv: list[str] | None = None,
             prog: str | None = None, errors: tuple[type[BaseException], ...] = ()) -> int:
     """Run ``main_fn(argv)`` with the project's one error path: :class:`UserError`,
     ``OSError``, :data:`FORMAT_ERRORS` and the extra ``errors`` print
     ``prog: error: <one line>`` on stderr and return 2; ``KeyboardInterrupt`` prints one
-    line and returns 130.  ``--debug`` in ``argv`` (removed before ``main_fn`` sees it)
+    line and returns 130, SIGTERM (while ``main_fn`` runs in the main thread) the same and
+    returns 143, in both cases after the temporary outputs are removed.  ``--debug`` in ``argv`` (removed before ``main_fn`` sees it)
     re-raises instead, with the traceback.  ``argv`` ``None`` means ``sys.argv[1:]``;
     ``prog`` defaults to the program name."""
     if prog is None:
@@ -202,13 +223,18 @@ def run_cli(main_fn: Callable[[list[str]], int], argv: list[str] | None = None,
     debug = "--debug" in argv
     if debug:
         argv.remove("--debug")
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        old_term = signal.signal(signal.SIGTERM, _raise_terminated)
+        _TERM_PID.append(os.getpid())
     try:
         return int(main_fn(argv) or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if debug:
             raise
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+        term = isinstance(e, Terminated)
+        print(f"{prog}: {'terminated' if term else 'interrupted'}", file=sys.stderr)
+        return 143 if term else 130
     except (UserError, OSError, *FORMAT_ERRORS, *errors) as e:
         if debug:
             raise
@@ -216,3 +242,7 @@ def run_cli(main_fn: Callable[[list[str]], int], argv: list[str] | None = None,
         text = " ".join(str(msg).split()) or type(e).__name__
         print(f"{prog}: error: {text}", file=sys.stderr)
         return 2
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+            _TERM_PID.pop()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import zipfile
 from pathlib import Path
 
@@ -404,7 +405,8 @@ def test_foreign_folders_and_files_are_never_replaced(tmp_path):
     assert check_writable_file(f, overwrite=True) == f and f.read_text() == "one"
 
 
-def test_run_cli_one_line_and_debug(capsys):
+def test_run_cli_one_line_and_debug(capsys, tmp_path):
+    tmp_dir = tmp_path
     def fails(argv):
         raise UserError("bad thing\nwith detail")
     assert run_cli(fails, [], "prog") == 2
@@ -421,6 +423,14 @@ def test_run_cli_one_line_and_debug(capsys):
         raise KeyboardInterrupt
     assert run_cli(interrupted, [], "prog") == 130
     assert capsys.readouterr().err == "prog: interrupted\n"
+
+    def killed_while_saving(argv):   # SIGTERM mid-write: no partial file, no temp left
+        with atomic_path(tmp_dir / "q.pt") as tmp:
+            tmp.write_bytes(b"PK half")
+            os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("not reached")
+    assert run_cli(killed_while_saving, [], "prog") == 143
+    assert capsys.readouterr().err == "prog: terminated\n" and list(tmp_dir.iterdir()) == []
 
     def bug(argv):            # a programming error is not turned into a user error
         raise ZeroDivisionError
