@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator
 
 __all__ = ["UserError", "atomic_path", "atomic_write_bytes", "atomic_write_text", "OUTPUT_MARKER",
            "write_marker", "read_marker", "prepare_output_dir", "check_output_dir",
-           "atomic_output_dir", "check_writable_file", "run_cli", "FORMAT_ERRORS"]
+           "atomic_output_dir", "check_writable_file", "run_cli", "FORMAT_ERRORS", "Terminated"]
 
 #: Marker file of an output folder written by this project.
 OUTPUT_MARKER = ".fpqvar-output.json"
