@@ -346,15 +346,22 @@ def run_quantize(args) -> int:
     return 0
 
 
-def _load_quantized_models(path: str, vae_ckpt: str | None, device: str):
+def _load_quantized_models(path: str, vae_ckpt: str | None, device: str,
+                           vae_sha256: str | None = None):
     from .ptq.models import ModelSpec, rebuild
     from .ptq.quantize_model import load_quantized, read_quantized
+    from .var.checkpoint import verify_file
 
     obj = read_quantized(path)
     meta = obj["model_kwargs"]
     vae_ckpt = vae_ckpt or meta.get("vae_ckpt")
     if vae_ckpt is not None and not Path(vae_ckpt).is_file():
         raise UserError(f"VQVAE checkpoint {vae_ckpt} not found: pass --vae-ckpt")
+    if vae_sha256 is not None:
+        if vae_ckpt is None:
+            raise UserError("--vae-sha256 checks a VQVAE checkpoint, but none is given (--vae-ckpt) "
+                            f"or recorded in {path}")
+        verify_file(vae_ckpt, sha256=vae_sha256, what="VQVAE checkpoint")
     vae, var = rebuild(ModelSpec.from_dict(meta["shape"]), vae_ckpt, device=device)
     report = load_quantized(var, obj, where=path)
     return vae, var, report
@@ -455,7 +462,11 @@ def run_sample(args) -> int:
     if old is not None:
         _settings_diff(args.out, old, settings, keys=sorted(settings))
     if args.quantized:
-        vae, var, _ = _load_quantized_models(args.quantized, args.vae_ckpt, device)
+        if args.var_sha256:
+            raise UserError("--var-sha256 checks --var-ckpt; with --quantized the VAR weights "
+                            f"come from {args.quantized} (its zip CRC-32s are checked)")
+        vae, var, _ = _load_quantized_models(args.quantized, args.vae_ckpt, device,
+                                             vae_sha256=args.vae_sha256)
     else:
         from .ptq.models import build_models
         _, var, _ = build_models(_model_spec(args), device=device)

@@ -141,6 +141,17 @@ def test_checkpoint_with_flipped_bytes_is_refused(tmp_path):
         read_state_dict(good, sha256="0" * 64)
 
 
+def test_sample_checks_the_vae_digest(qfile, tmp_path, capsys, no_model_building):
+    """--vae-sha256 with --quantized was silently ignored (only the model spec checked it)."""
+    vae = tmp_path / "vae.pth"
+    torch.save({"x": torch.zeros(3)}, vae)
+    base = ["sample", "--quantized", str(qfile), "--out", str(tmp_path / "s"), "--device", "cpu"]
+    _err(base + ["--vae-ckpt", str(vae), "--vae-sha256", "0" * 64], capsys, str(vae),
+         "does not match")
+    _err(base + ["--var-sha256", "0" * 64], capsys, "--var-sha256 checks --var-ckpt")
+    assert not (tmp_path / "s").exists()
+
+
 # ---------------------------------------------------------------- quantize
 def test_quantize_validates_before_building_models(tmp_path, capsys, no_model_building):
     (tmp_path / "afolder").mkdir()
