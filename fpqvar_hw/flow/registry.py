@@ -427,9 +427,9 @@ def probe(v: Variant) -> Variant:
     except (ValueError, TypeError, NotImplementedError) as e:
         what = f"{v.needs}: " if v.needs else ""
         return replace(v, pending=f"{what}{type(e).__name__}: {e}")
-    # An unelaborated Amaranth component warns when garbage-collected; this one is a probe.
-    try:
-        comp._MustUse__silence = True
-    except AttributeError:
-        pass
+    # An unelaborated Amaranth component warns when garbage-collected; this one is a probe,
+    # and so are the components its constructor builds (the top's engines)
+    for obj in (comp, *getattr(comp, "__dict__", {}).values()):
+        if hasattr(obj, "elaborate"):
+            obj._MustUse__silence = True
     return v
