@@ -172,6 +172,21 @@ def test_driver_validates_arguments_before_any_model(capsys, monkeypatch, tmp_pa
     assert code == 2 and msg in _one_error_line(err)
 
 
+def test_driver_never_writes_into_a_foreign_folder(capsys, monkeypatch, tmp_path):
+    """The driver writes tokens.json, PNGs and cycles.json into --out: only into a new
+    folder or one of its own runs (marker), never into a user's folder."""
+    def no_work(*a, **k):
+        raise AssertionError("work started before --out was checked")
+
+    monkeypatch.setattr(drv, "build_package", no_work)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("years of work")
+    code, err = _cli(capsys, drv.main, ["--out", foreign])
+    assert code == 2 and "refusing" in _one_error_line(err)
+    assert sorted(q.name for q in foreign.iterdir()) == ["thesis.tex"]
+
+
 # ----------------------------------------------------------------- 6. bundle runner
 def test_bundle_runner_tokens_equal_the_driver_golden_backend(capsys, package_dir, bundle_dir, tmp_path):
     """The compiled bundle, run from its files on the reference executor, samples

@@ -55,6 +55,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from fpqvar_quant.safeio import atomic_path, atomic_write_text, prepare_output_dir, write_marker
+
 from .records import ImageRun, Sampling, StepPerf, StepRecord
 
 __all__ = ["DEFAULT_PRESET", "PackageSettings", "build_package", "HostModel", "StepPerf",
@@ -63,6 +65,8 @@ __all__ = ["DEFAULT_PRESET", "PackageSettings", "build_package", "HostModel", "S
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "build" / "tiny-image"
+#: ``kind`` of the output marker of a driver run folder (``fpqvar_quant.safeio``)
+RUN_KIND = "tiny-image-run"
 #: The W4A4 FPQVAR preset (DFQ on the FC2 input, GHT on QKV/FC1, GALT folded into adaLN;
 #: FP16 KV cache, which is what the accelerator's attention implements).
 DEFAULT_PRESET = "fp4-fpqvar"
@@ -121,7 +125,7 @@ def build_package(settings: PackageSettings = PackageSettings(), cache_root: Pat
         tmp_pkg = folder / "package.tmp"
         export_package(model.var, report, tmp_pkg, overwrite=True)
     tmp_pkg.rename(pkg)
-    (folder / "settings.json").write_text(json.dumps(asdict(settings), indent=1) + "\n")
+    atomic_write_text(folder / "settings.json", json.dumps(asdict(settings), indent=1) + "\n")
     log(f"package written to {pkg} ({time.time() - t0:.1f} s)")
     return pkg
 
@@ -626,7 +630,8 @@ def save_png(image: np.ndarray, path: Path, scale: int = 32) -> Path:
     u8 = np.round(255.0 * (1.0 - np.clip(a, 0.0, 1.0))).astype(np.uint8)
     u8 = np.kron(u8, np.ones((scale, scale), dtype=np.uint8))
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(u8, mode="L").save(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(u8, mode="L").save(tmp, format="PNG")
     return path
 
 
@@ -646,7 +651,8 @@ def save_side_by_side(images: dict[str, np.ndarray], path: Path, title: str) -> 
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path
 
@@ -681,7 +687,7 @@ def write_cycles_json(run: ImageRun, path: Path, *, coarse: bool, fine: bool,
            "coarse_pipeline": bool(coarse), "fine_pipeline": bool(fine), "device": device or {},
            "steps": steps, "total": total}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1) + "\n")
+    atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
     return path
 
 
@@ -694,7 +700,7 @@ def write_run(run: ImageRun, out: Path, *, stem: str = "device") -> dict[str, Pa
            "tokens": run.tokens, "host_seconds": round(run.host_seconds, 3),
            "device_seconds": round(run.device_seconds, 3)}
     paths["tokens"] = out / "tokens.json"
-    paths["tokens"].write_text(json.dumps(doc, indent=1) + "\n")
+    atomic_write_text(paths["tokens"], json.dumps(doc, indent=1) + "\n")
     return paths
 
 
@@ -802,8 +808,9 @@ def validate_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--top-k must be >= 0, got {args.top_k}")
     if args.top_p is not None and not 0 <= args.top_p <= 1:
         raise ValueError(f"--top-p must be in [0, 1], got {args.top_p}")
-    if args.out.exists() and not args.out.is_dir():
-        raise ValueError(f"--out {args.out} is a file, not a folder")
+    # a run writes into its own folder only (resumable: the package cache lives there too)
+    prepare_output_dir(args.out, RUN_KIND, resume=True,
+                       own=lambda p: (p / "tokens.json").is_file() or (p / "cache").is_dir())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -839,6 +846,7 @@ def _main(argv: Sequence[str]) -> int:
                         top_p=base.top_p if args.top_p is None else args.top_p)
     coarse, fine = not args.no_coarse, not args.no_fine
     out.mkdir(parents=True, exist_ok=True)
+    write_marker(out, RUN_KIND)
     print(f"package {pkg_path} ({pkg.manifest['quant_config']['name']}); class {args.label}, seed {args.seed}, "
           f"{sampling}; backend {args.backend}")
     if args.backend == "rtl":
@@ -862,7 +870,7 @@ def _main(argv: Sequence[str]) -> int:
         write_cycles_json(run, out / "cycles.json", coarse=coarse, fine=fine,
                           device=getattr(backend, "device_info", lambda: {})())
         errors = step_errors(run)
-        (out / "errors.json").write_text(json.dumps(errors, indent=1) + "\n")
+        atomic_write_text(out / "errors.json", json.dumps(errors, indent=1) + "\n")
     images = {f"device ({run.backend})": run.images[0]}
     if not args.no_compare:
         ref = reference_images(pkg, args.label, args.seed, sampling)
