@@ -79,9 +79,11 @@ def test_names_stable_and_defaults_filled():
 def test_dedup_one_module_per_configuration():
     d = emit_verilog(GroupDot(pair=MulPair.E2M1_E2M1, group_size=4, lanes=4), name="t")
     core = module_name(_unused(MagnitudeCore(pair=MulPair.E2M1_E2M1)))
-    assert list(d.modules) == [core, "top"]               # children first, each once
-    assert d.instances["top"] == {core: 4}
-    assert d.counts() == {"top": 1, core: 4}
+    packs = [m for m in d.modules if m.startswith("round_pack_fp32_")]
+    assert len(packs) == 2                                # two RoundPack configurations
+    assert list(d.modules) == [core, *packs, "top"]       # children first, each once
+    assert d.instances["top"] == {core: 4, **{p: 1 for p in packs}}
+    assert d.counts() == {"top": 1, core: 4, **{p: 1 for p in packs}}
     assert d.text.count(f"module {core}(") == 1
     assert d.text.count(f"  {core} ") == 4                 # four instances by name
     # deterministic: the same design gives the same texts and digest
@@ -93,7 +95,7 @@ def test_dedup_one_module_per_configuration():
     before = em.modules[core]
     emit_verilog(GroupDot(pair=MulPair.E2M1_E2M1, group_size=4, lanes=4), toplevel="g4",
                  emitter=em)
-    assert em.modules[core] is before and set(em.modules) == {core, "g2", "g4"}
+    assert em.modules[core] is before and set(em.modules) == {core, *packs, "g2", "g4"}
 
 
 def test_simulation_path_unchanged():
