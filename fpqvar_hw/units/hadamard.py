@@ -18,13 +18,16 @@ element index ``j = beat * L + lane``; ``Had_128 = Had_B (x) Had_L``), every
 stage registered so that no path has more than one wide add or one shift
 (delay-model f_max >= 300 MHz, ``benchmarks/results/unit_resources_quant.md``):
 
-1. **Input pipeline** (stall-all, ``2 + BF_STAGES`` stages): FP16 -> unsigned
+1. **Input pipeline** (stall-all, ``3 + BF_STAGES`` stages): FP16 -> unsigned
    fixed-point magnitude (a shift); -> signed; then the L-point FWHT across the
    lanes, its log2 L butterfly levels spread over :data:`BF_STAGES` registered
    stages (one level per stage up to 32 lanes; fewer lanes leave delay-only
-   stages, so the latency does not depend on L).
+   stages, so the latency does not depend on L); then one stage that registers
+   each value and its negation, and per accumulator row whether the beat
+   subtracts.
 2. **Beat accumulation**: B x L accumulators; beat b adds ``(-1)^popcount(b & b')
-   z_b`` into accumulator row b' (the B-point transform across beats).  After
+   z_b`` into accumulator row b' (the B-point transform across beats): one
+   operand-select LUT in front of one 49-bit carry chain per accumulator.  After
    the last beat the rows move to an output buffer, so the next group
    accumulates while this one drains (II = 1).
 3. **Output pipeline** (stall-all, 3 stages + the output register): one row of
@@ -43,7 +46,7 @@ data, loaded at run time; it must be stable while a group is in flight).
 all ``0x7E00``).  ``overflow``: sticky; set when an output saturated to +-65504.
 
 Latency / throughput: II = 1 beat per cycle in and out; the first output beat
-of a group leaves :data:`LATENCY_AFTER_LAST` (12) cycles after the group's last
+of a group leaves :data:`LATENCY_AFTER_LAST` (13) cycles after the group's last
 input beat was accepted (no stalls), for every lane count.  ``valid`` never
 depends on ``ready``; ``o.ready`` low stalls the output pipeline and, once the
 output buffer and accumulators are full, the input pipeline (``i.ready`` low).
@@ -72,9 +75,9 @@ MAG_BITS = 41
 BF_STAGES = 5
 OUT_SHIFT = 3       # y = sum / 8
 #: Cycles from the acceptance of a group's last beat to its first output beat (no
-#: stalls): 2 conversion stages + BF_STAGES + accumulate + 3 output stages + the
-#: output register; measured by tests/test_hw_hadamard.py.
-LATENCY_AFTER_LAST = 2 + BF_STAGES + 1 + 3 + 1
+#: stalls): 2 conversion stages + BF_STAGES + the negation stage + accumulate + 3
+#: output stages + the output register; measured by tests/test_hw_hadamard.py.
+LATENCY_AFTER_LAST = 2 + BF_STAGES + 1 + 1 + 3 + 1
 
 
 class GroupHadamard(wiring.Component):
@@ -179,7 +182,14 @@ class GroupHadamard(wiring.Component):
                 vals = nxt
                 h *= 2
             vals, valid, md = stage(f"bf{st}", vals, ACC_BITS, True, valid, md)
-        s1 = vals
+        # stage ng: each value and its negation, and per accumulator row whether this
+        # beat subtracts ((-1)^popcount(beat & row)), so that the accumulator add below
+        # is one LUT (operand select) in front of one carry chain
+        s1_odd = Signal(B, name="s1_odd")
+        with m.If(en_in):
+            m.d.sync += s1_odd.eq(Cat(*[(md.beat & r).xor() for r in range(B)]))
+        s1p, _, _ = stage("ngp", vals, ACC_BITS, True, valid, md)
+        s1n, valid, md = stage("ngn", [-v for v in vals], ACC_BITS, True, valid, md)
         m.d.comb += s1_valid.eq(valid)
         s1_first, s1_last, s1_beat, s1_special = md.first, md.last, md.beat, md.special
 
@@ -197,11 +207,12 @@ class GroupHadamard(wiring.Component):
         for r in range(B):
             row = []
             for k in range(L):
-                odd = Signal(name=f"odd{r}")
-                m.d.comb += odd.eq((s1_beat & r).xor())
-                base = Mux(s1_first, 0, acc[r][k])
+                base = Signal(signed(ACC_BITS), name=f"base{r}_{k}")
+                opnd = Signal(signed(ACC_BITS), name=f"opnd{r}_{k}")
+                m.d.comb += [base.eq(Mux(s1_first, 0, acc[r][k])),
+                             opnd.eq(Mux(s1_odd[r], s1n[k], s1p[k]))]
                 t = Signal(signed(ACC_BITS), name=f"nw{r}_{k}")
-                m.d.comb += t.eq(Mux(odd, base - s1[k], base + s1[k]))
+                m.d.comb += t.eq(base + opnd)
                 row.append(t)
             new.append(row)
         spec_new = s1_special | (acc_special & ~s1_first)
@@ -259,7 +270,8 @@ class GroupHadamard(wiring.Component):
             res = Mux(q2_sp, 0x7E00, Mux(ovf, Cat(Const(0x7BFF, 15), q2_neg), Cat(pat[:15], q2_neg)))
             ovfs.append(ovf & ~q2_sp & q2_v)
             with m.If(en_out):
-                m.d.sync += [q0_mag.eq(Mux(row < 0, -row, row)[:W]),
+                # |row| as (row ^ sign) + sign: one operand LUT in front of one carry chain
+                m.d.sync += [q0_mag.eq(((row.as_unsigned()[:W] ^ Cat(*[row[-1]] * W)) + row[-1])[:W]),
                              q0_neg.eq((row < 0) ^ (dsel[k] & (row != 0))),
                              q1_mag.eq(q0_mag), q1_neg.eq(q0_neg), q1_sh.eq(sh), q1_ef.eq(ef),
                              q2_man.eq(shifted[OUT_SHIFT:OUT_SHIFT + 10]), q2_ef.eq(q1_ef),
