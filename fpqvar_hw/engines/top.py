@@ -57,6 +57,7 @@ class Accelerator(wiring.Component):
 
     def __init__(self, cfg: AcceleratorConfig, *, C: int, max_kv: int, max_k: int | None = None,
                  max_outstanding: int = 8):
+        self._MustUse__silence = True     # a rejected configuration is not an unused design
         if not isinstance(C, int) or C < 1 or C % isa.K_ALIGN:
             raise ValueError(f"C must be a positive multiple of {isa.K_ALIGN} (GEMM K), got {C!r}")
         if max_k is None:
@@ -79,6 +80,7 @@ class Accelerator(wiring.Component):
         super().__init__({"m_axi": Out(axi.AXI4Signature()),
                           "s_axil": In(axi.AXILiteSignature()),
                           "irq": Out(1)})
+        self._MustUse__silence = False
 
     def elaborate(self, platform):
         m = Module()

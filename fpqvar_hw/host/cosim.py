@@ -15,7 +15,9 @@ or ``tests/`` and works outside a checkout.
   Icarus Verilog.  ``WAVES=1`` turns on waveform dumps (opt-in).
 * Verilator compiles the C++ model with its default ``-Os``, except for designs
   over :data:`BIG_DESIGN_CHARS` of Verilog (the engines and the accelerator top),
-  which use ``-O0``: their tests are dominated by the build.
+  which use ``-O0``: g++ -O1 on the 4.5 MB test top takes over 7 minutes on two
+  cores against under one at -O0.  ``FPQVAR_VERILATOR_OPT=-O2`` (or -O0/-O1/-O3/-Os)
+  overrides the level for every build, e.g. for a long whole-image run.
 * ``params`` (JSON-able) reach the cocotb module through a JSON file whose path
   is in ``FPQVAR_TB_PARAMS`` (read it with :func:`tb_params`).
 * :func:`run_cocotb` raises :class:`CosimError` when any cocotb test failed or the
@@ -36,8 +38,10 @@ REPO: Path | None = _CHECKOUT if (_CHECKOUT / "pyproject.toml").exists() and (_C
 BUILD_ROOT = (Path(os.environ["FPQVAR_SIM_BUILD"]) if os.environ.get("FPQVAR_SIM_BUILD")
               else (REPO or Path.cwd()) / "build" / "sim").resolve()
 SIMULATORS = ("verilator", "icarus")
-#: Verilog larger than this (characters) is compiled by Verilator's C++ step with -O0
+#: Verilog larger than this (characters) is compiled by Verilator's C++ step with
+#: :data:`BIG_DESIGN_OPT` instead of the default -Os
 BIG_DESIGN_CHARS = 1_000_000
+BIG_DESIGN_OPT = "-O0"
 
 __all__ = ["run_cocotb", "elaborate_verilog", "simulator", "tb_params", "CosimError", "BUILD_ROOT", "REPO"]
 
@@ -201,11 +205,13 @@ def run_cocotb(component: Any, *, name: str, test_module: str, params: Mapping[s
         saved_flags = os.environ.get("MAKEFLAGS")
         if sim == "verilator":
             _hook_runtime_cache(runner, build_dir)
-            if len(text) > BIG_DESIGN_CHARS:
-                # g++ -Os on a multi-megabyte flattened model takes tens of minutes on two
-                # cores; -O0 builds several times faster and the tests on these designs
-                # (engines, accelerator top) are dominated by the build, not the run.
-                os.environ["MAKEFLAGS"] = (saved_flags or "") + " OPT_FAST=-O0 OPT_SLOW=-O0"
+            opt = os.environ.get("FPQVAR_VERILATOR_OPT") or (
+                BIG_DESIGN_OPT if len(text) > BIG_DESIGN_CHARS else None)
+            if opt is not None:
+                if opt not in ("-O0", "-O1", "-O2", "-O3", "-Os"):
+                    raise CosimError(f"FPQVAR_VERILATOR_OPT must be one of -O0 -O1 -O2 -O3 -Os, "
+                                     f"got {opt!r}")
+                os.environ["MAKEFLAGS"] = (saved_flags or "") + f" OPT_FAST={opt} OPT_SLOW={opt}"
         try:
             runner.build(sources=[vfile], hdl_toplevel=toplevel, build_dir=build_dir, always=True,
                          build_args=build_args, waves=waves, timescale=("1ns", "1ps"),
