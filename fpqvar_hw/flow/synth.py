@@ -35,6 +35,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..cache import entry_lock, write_text_atomic
+
 __all__ = ["SynthResult", "synthesize", "DEFAULT_CACHE", "YosysError"]
 
 DEFAULT_CACHE = Path(__file__).resolve().parents[2] / "build" / "synth"
@@ -142,6 +144,12 @@ def synthesize(design, *, top: str = "top", abc9: bool = True,
                          .encode()).hexdigest()[:20]
     root = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
     work = root / key
+    with entry_lock(work):      # another process on the same design: wait for its result
+        return _synthesize_locked(text, top, script, work, timeout_s)
+
+
+def _synthesize_locked(text: str, top: str, script: str, work: Path, timeout_s: float
+                       ) -> SynthResult:
     done = work / "result.json"
     if done.exists():
         d = json.loads(done.read_text())
@@ -163,5 +171,5 @@ def synthesize(design, *, top: str = "top", abc9: bool = True,
     m = re.search(r"length=(\d+)", (work / "ltp.txt").read_text())
     depth = int(m.group(1)) if m else 0
     res = SynthResult(top=top, cells=cells, depth=depth, workdir=str(work))
-    done.write_text(json.dumps({"top": top, "cells": cells, "depth": depth}, indent=1))
+    write_text_atomic(done, json.dumps({"top": top, "cells": cells, "depth": depth}, indent=1))
     return res

@@ -32,6 +32,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..cache import entry_lock, write_text_atomic
+
 #: the checkout this package lives in (None when installed elsewhere)
 _CHECKOUT = Path(__file__).resolve().parents[2]
 REPO: Path | None = _CHECKOUT if (_CHECKOUT / "pyproject.toml").exists() and (_CHECKOUT / "sim").is_dir() else None
@@ -170,10 +172,11 @@ def elaborate_verilog(component: Any, *, name: str, toplevel: str = "top") -> tu
         _ELABORATED[key] = (component, text)     # holds the object, so its id is not reused
     digest = hashlib.sha256(text.encode()).hexdigest()[:10]
     folder = BUILD_ROOT / f"{name}-{digest}"
-    folder.mkdir(parents=True, exist_ok=True)
     vfile = folder / f"{toplevel}.v"
-    if not vfile.exists() or vfile.read_text() != text:
-        vfile.write_text(text)
+    with entry_lock(folder):       # pytest workers may share this folder
+        folder.mkdir(parents=True, exist_ok=True)
+        if not vfile.exists() or vfile.read_text() != text:
+            write_text_atomic(vfile, text)
     return folder, text
 
 
@@ -199,30 +202,10 @@ def run_cocotb(component: Any, *, name: str, test_module: str, params: Mapping[s
     waves = os.environ.get("WAVES", "0") not in ("", "0")
     runner = get_runner(sim)
     exe = build_dir / (toplevel if sim == "verilator" else "sim.vvp")
-    fresh = exe.exists() and exe.stat().st_mtime >= vfile.stat().st_mtime
     build_args = ["-Wno-fatal", "-Wno-WIDTH", "-Wno-UNOPTFLAT"] if sim == "verilator" else []
-    if not fresh or waves:
-        saved_flags = os.environ.get("MAKEFLAGS")
-        if sim == "verilator":
-            _hook_runtime_cache(runner, build_dir)
-            opt = os.environ.get("FPQVAR_VERILATOR_OPT") or (
-                BIG_DESIGN_OPT if len(text) > BIG_DESIGN_CHARS else None)
-            if opt is not None:
-                if opt not in ("-O0", "-O1", "-O2", "-O3", "-Os"):
-                    raise CosimError(f"FPQVAR_VERILATOR_OPT must be one of -O0 -O1 -O2 -O3 -Os, "
-                                     f"got {opt!r}")
-                os.environ["MAKEFLAGS"] = (saved_flags or "") + f" OPT_FAST={opt} OPT_SLOW={opt}"
-        try:
-            runner.build(sources=[vfile], hdl_toplevel=toplevel, build_dir=build_dir, always=True,
-                         build_args=build_args, waves=waves, timescale=("1ns", "1ps"),
-                         log_file=folder / f"{sim}_build.log")
-        finally:
-            if saved_flags is None:
-                os.environ.pop("MAKEFLAGS", None)
-            else:
-                os.environ["MAKEFLAGS"] = saved_flags
-        if sim == "verilator":
-            _save_runtime_objects(build_dir)
+    with entry_lock(folder):       # one build per folder; another worker reuses it
+        if waves or not (exe.exists() and exe.stat().st_mtime >= vfile.stat().st_mtime):
+            _build(runner, sim, text, vfile, toplevel, build_dir, waves, build_args, folder)
     test_id = _test_id()
     test_dir = folder / "runs" / test_id
     test_dir.mkdir(parents=True, exist_ok=True)
@@ -258,6 +241,32 @@ def run_cocotb(component: Any, *, name: str, test_module: str, params: Mapping[s
         raise CosimError(f"{n_failed} of {n_tests} cocotb tests failed in {test_module} "
                     f"(log: {test_dir / 'sim.log'}):\n{_failure_text(results)}")
     return results
+
+
+def _build(runner: Any, sim: str, text: str, vfile: Path, toplevel: str, build_dir: Path,
+           waves: bool, build_args: list[str], folder: Path) -> None:
+    """Build the simulator model of ``vfile`` in ``build_dir`` (caller holds the lock)."""
+    saved_flags = os.environ.get("MAKEFLAGS")
+    if sim == "verilator":
+        _hook_runtime_cache(runner, build_dir)
+        opt = os.environ.get("FPQVAR_VERILATOR_OPT") or (
+            BIG_DESIGN_OPT if len(text) > BIG_DESIGN_CHARS else None)
+        if opt is not None:
+            if opt not in ("-O0", "-O1", "-O2", "-O3", "-Os"):
+                raise CosimError(f"FPQVAR_VERILATOR_OPT must be one of -O0 -O1 -O2 -O3 -Os, "
+                                 f"got {opt!r}")
+            os.environ["MAKEFLAGS"] = (saved_flags or "") + f" OPT_FAST={opt} OPT_SLOW={opt}"
+    try:
+        runner.build(sources=[vfile], hdl_toplevel=toplevel, build_dir=build_dir, always=True,
+                     build_args=build_args, waves=waves, timescale=("1ns", "1ps"),
+                     log_file=folder / f"{sim}_build.log")
+    finally:
+        if saved_flags is None:
+            os.environ.pop("MAKEFLAGS", None)
+        else:
+            os.environ["MAKEFLAGS"] = saved_flags
+    if sim == "verilator":
+        _save_runtime_objects(build_dir)
 
 
 def _test_id() -> str:
