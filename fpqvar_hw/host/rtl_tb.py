@@ -16,6 +16,7 @@ naming the step).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -143,8 +144,10 @@ async def tiny_image(dut):
     drv.write_cycles_json(run, out / "cycles.json", coarse=p["coarse"], fine=p["fine"],
                           device={**backend.device_info(), "top": "fpqvar_hw.engines.top.Accelerator",
                                   "clock_period_ns": PERIOD_NS})
-    np.savez(out / "rtl_steps.npz", images=run.images,
+    tmp = out / f".rtl_steps.tmp{os.getpid()}.npz"      # a temporary sibling, renamed into place
+    np.savez(tmp, images=run.images,
              **{f"{k}{s.si}": getattr(s, k) for s in run.steps for k in ("x_in", "x_out", "logits", "tokens")})
+    os.replace(tmp, out / "rtl_steps.npz")
     for s in run.steps:
         dut._log.info(f"step {s.si}: {s.perf.cycles} cycles (GEMM {s.perf.gemm_cycles}, VEC {s.perf.vec_cycles}, "
                       f"both {s.perf.overlap_cycles}), {s.perf.instructions} instructions, {s.perf.wall_s:.1f} s")
