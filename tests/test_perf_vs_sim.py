@@ -278,7 +278,10 @@ def test_as_built_model_matches_the_simulated_top(path):
 
 def test_step_program_equals_the_compilers(digits_fpqvar):  # noqa: F811
     """asbuilt.top_step_program (shape level, no package) is what fpqvar_hw.host.compiler emits:
-    same instruction sequence, GEMM shapes and flags, VEC sub-ops and loop counts, sync."""
+    same instruction sequence, GEMM shapes and flags, VEC sub-ops and loop counts, sync.
+    Both map the one step plan (fpqvar_hw.host.plan, tests/test_plan.py); this checks what
+    each adds to it: the read operands' strides, the GEMM flags, and that the plan's
+    token-range footprints give the sync flags the compiler's byte footprints give."""
     from fpqvar_quant.ptq.package import load_package
 
     from fpqvar_hw.flow import asbuilt, perf

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from ..config import AcceleratorConfig
+from ..host.plan import HEAD_DIM, PlanOp, Spans, step_plan
+from ..isa import Opcode
 from .perf import DIGITS, MODELS, ModelSpec
 from .platform import Platform
 
@@ -367,22 +369,31 @@ class TopInstr:
     sync: bool = False
 
 
-@dataclass(frozen=True)
-class _Spans:
-    """Footprint of a :class:`TopInstr`: ``(buffer, lo, hi)`` ranges of token rows (or KV
-    positions) it reads and writes; :meth:`conflicts` is RAW/WAR/WAW like
-    :meth:`fpqvar_hw.isa.Footprint.conflicts`."""
+#: footprint of a plan op (``fpqvar_hw.host.plan.Spans``: symbolic token-range spans)
+_Spans = Spans
 
-    reads: tuple
-    writes: tuple
 
-    @staticmethod
-    def _overlap(a, b) -> bool:
-        return any(x[0] == y[0] and x[1] < y[2] and y[1] < x[2] for x in a for y in b)
-
-    def conflicts(self, other: "_Spans") -> bool:
-        return (self._overlap(self.reads, other.writes) or self._overlap(self.writes, other.reads)
-                or self._overlap(self.writes, other.writes))
+def _top_instr(op: PlanOp, C: int, hidden: int, Lk: int) -> TopInstr:
+    """The :class:`TopInstr` of one step-plan op: the GEMM shape with the Hadamard in front
+    of qkv and fc1 and a bias on every layer; a VEC's read operands ``(name, s0, s1,
+    element bytes)`` as the compiler lays them out (FP32 buffers, FP16 caches)."""
+    if op.opcode == Opcode.GEMM:
+        M, K, N = op.shape
+        return TopInstr(int(Opcode.GEMM), op.name, gemm=(M, K, N, op.name in ("qkv", "fc1"), True))
+    F, D = 4, HEAD_DIM
+    ops = {
+        "LNMOD": (("a", F, C * F, F), ("b", F, 0, F), ("c", F, 0, F)),        # x rows, ada rows
+        "L2NT q": (("a", F, D * F, F), ("b", 0, F, F)),                      # q, temperature
+        "L2NT k": (("a", F, D * F, F), ("b", 0, 0, F)),                      # k, the zero word
+        "CVT16 k": (("a", F, D * F, F),),
+        "CVT16 v": (("a", F, D * F, F),),
+        "FDOT qk": (("a", F, 0, F), ("b", 2, D * 2, 2)),                     # q, K cache
+        "SOFTMAX": (("a", F, Lk * F, F),),
+        "FDOT pv": (("a", F, 0, F), ("b", D * 2, 2, 2)),                     # p, V cache
+        "RESID": (("a", F, C * F, F), ("b", F, 0, F), ("c", F, C * F, F)),   # x, gamma, y
+        "GELU": (("a", F, hidden * F, F),),
+    }[op.name]
+    return TopInstr(int(Opcode.VEC), op.name, vec=(int(op.subop), op.shape, ops))
 
 
 @functools.lru_cache(maxsize=64)
@@ -390,76 +401,18 @@ def top_step_program(C: int, H: int, hidden: int, blocks: int, L_start: int, L: 
                      tile: int, *, coarse: bool = True,
                      max_tiles: int | None = None) -> tuple[TopInstr, ...]:
     """The instructions :meth:`fpqvar_hw.host.compiler.Compiler.instructions` emits for a step
-    (without the HALT), at the shape level: per block the phases A, B, C over token tiles
-    of ``tile`` tokens of one row, each phase's tile chains skewed by one stage
-    (``compiler._skew``), sync flags from :func:`fpqvar_hw.host.compiler.assign_sync` on
-    token-range footprints (cached).  ``tests/test_perf_vs_sim.py`` checks it against the
-    compiler.  ``max_tiles``: only the first that many tiles of each phase (the KV length
+    (without the HALT), at the shape level: the ops of the step plan
+    (:func:`fpqvar_hw.host.plan.step_plan`, the compiler's own: per block the phases A, B, C
+    over token tiles of ``tile`` tokens of one row, skewed by one stage), each as a
+    :class:`TopInstr`, sync flags from :func:`fpqvar_hw.host.compiler.assign_sync` on the
+    plan's token-range footprints (cached).  ``tests/test_perf_vs_sim.py`` checks it against
+    the compiler.  ``max_tiles``: only the first that many tiles of each phase (the KV length
     stays ``L_start + L``), for timing a sample of a long step."""
     from ..host.compiler import assign_sync
-    from ..isa import Opcode, VecSubop as V
 
-    G, Vc = int(Opcode.GEMM), int(Opcode.VEC)
-    Lk, D = L_start + L, 64
-    F = 4
-    ln_ops = (("a", F, C * F, F), ("b", F, 0, F), ("c", F, 0, F))        # x rows, ada rows
-    res_ops = (("a", F, C * F, F), ("b", F, 0, F), ("c", F, C * F, F))   # x, gamma, y
-
-    def vec(name, subop, n, ops, reads, writes):
-        return (TopInstr(Vc, name, vec=(int(subop), n, ops)), _Spans(reads, writes))
-
-    def gemm(name, M, K, N, had, reads, writes):
-        return (TopInstr(G, name, gemm=(M, K, N, had, True)), _Spans(reads, writes))
-
-    def phase_a(r, l0, l1):
-        n, t = l1 - l0, r * L + l0
-        T = (t, t + n)
-        kv = (L_start + l0, L_start + l1)
-        return [vec("LNMOD", V.LNMOD, (C, n, 1, 1), ln_ops, (("x",) + T,), (("h",) + T,)),
-                gemm("qkv", n, C, 3 * C, True, (("h",) + T,), (("q",) + T, ("k",) + T, ("v",) + T)),
-                vec("L2NT q", V.L2NT, (D, H, n, 1), (("a", F, D * F, F), ("b", 0, F, F)),
-                    (("q",) + T,), (("q",) + T,)),
-                vec("L2NT k", V.L2NT, (D, H, n, 1), (("a", F, D * F, F), ("b", 0, 0, F)),
-                    (("k",) + T,), (("k",) + T,)),
-                vec("CVT16 k", V.CVT16, (D, H, n, 1), (("a", F, D * F, F),),
-                    (("k",) + T,), ((f"kc{r}",) + kv,)),
-                vec("CVT16 v", V.CVT16, (D, H, n, 1), (("a", F, D * F, F),),
-                    (("v",) + T,), ((f"vc{r}",) + kv,))]
-
-    def phase_b(r, l0, l1):
-        n, t = l1 - l0, r * L + l0
-        T = (t, t + n)
-        return [vec("FDOT qk", V.FDOT, (D, Lk, n, H), (("a", F, 0, F), ("b", 2, D * 2, 2)),
-                    (("q",) + T, (f"kc{r}", 0, Lk)), (("s",) + T,)),
-                vec("SOFTMAX", V.SOFTMAX, (Lk, H, n, 1), (("a", F, Lk * F, F),),
-                    (("s",) + T,), (("s",) + T,)),
-                vec("FDOT pv", V.FDOT, (Lk, D, n, H), (("a", F, 0, F), ("b", D * 2, 2, 2)),
-                    (("s",) + T, (f"vc{r}", 0, Lk)), (("o",) + T,)),
-                gemm("proj", n, C, C, False, (("o",) + T,), (("y",) + T,)),
-                vec("RESID", V.RESID, (C, n, 1, 1), res_ops, (("x",) + T, ("y",) + T),
-                    (("x",) + T,))]
-
-    def phase_c(r, l0, l1):
-        n, t = l1 - l0, r * L + l0
-        T = (t, t + n)
-        return [vec("LNMOD", V.LNMOD, (C, n, 1, 1), ln_ops, (("x",) + T,), (("h",) + T,)),
-                gemm("fc1", n, C, hidden, True, (("h",) + T,), (("f",) + T,)),
-                vec("GELU", V.GELU, (hidden, n, 1, 1), (("a", F, hidden * F, F),),
-                    (("f",) + T,), (("f",) + T,)),
-                gemm("fc2", n, hidden, C, False, (("f",) + T,), (("y",) + T,)),
-                vec("RESID", V.RESID, (C, n, 1, 1), res_ops, (("x",) + T, ("y",) + T),
-                    (("x",) + T,))]
-
-    tiles = [(r, l0, min(L, l0 + tile)) for r in range(rows) for l0 in range(0, L, tile)]
-    tiles = tiles[:max_tiles]
-    prog = []
-    for _ in range(blocks):
-        for phase in (phase_a, phase_b, phase_c):
-            chains = [phase(*tl) for tl in tiles]
-            keyed = sorted(((t + s, t), item) for t, ch in enumerate(chains)
-                           for s, item in enumerate(ch))
-            prog += [item for _, item in keyed]
-    return tuple(assign_sync([i for i, _ in prog], [f for _, f in prog], coarse=coarse))
+    plan = step_plan(C, H, hidden, blocks, L_start, L, rows, tile, max_tiles=max_tiles)
+    prog = [_top_instr(op, C, hidden, L_start + L) for op in plan]
+    return tuple(assign_sync(prog, [op.spans for op in plan], coarse=coarse))
 
 
 @dataclass(frozen=True)

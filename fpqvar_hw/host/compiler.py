@@ -39,7 +39,9 @@ addresses are attributes, :meth:`regions` lists them):
   ``scores`` ``[R*L, H, L_start+L]``, ``attn`` ``[R*L, C]``, ``y`` ``[R*L, C]``,
   ``f`` ``[R*L, hidden]``.
 
-Program of a step: per block, three phases over token tiles (``tile_tokens``
+Program of a step: the step plan (:func:`fpqvar_hw.host.plan.step_plan`, shared
+with the as-built throughput model), each op compiled by one method here: per
+block, three phases over token tiles (``tile_tokens``
 tokens of one row): A = LNMOD, GEMM qkv, L2NT q, L2NT k, CVT16 k, CVT16 v
 (cache positions ``[L_start + l0, L_start + l1)``; KV6: KVQ6 k, KVQ6 v, and
 both FDOTs of B read the codes with B_KV6 and the scales as C); B = per tile FDOT q.K
@@ -68,13 +70,15 @@ from .. import isa
 from ..config import AcceleratorConfig, KVFormat
 from ..isa import Gemm, GemmFlag, GemmSubop, Halt, Opcode, Operand, Vec, VecFlag, VecSubop
 from .isa_sim import gemm_formats
+from .plan import PER_TILE, PlanOp, skew, step_plan
+from .plan import tiles as _plan_tiles
 
 __all__ = ["Compiler", "assign_sync", "Region", "write_bundle", "main"]
 
 _ALIGN = 128
 _F32 = 4
-#: instructions per tile and block: phase A 6, B 5, C 5
-_PER_TILE = 16
+#: instructions per tile and block: phase A 6, B 5, C 5 (the step plan's)
+_PER_TILE = PER_TILE
 #: head dim of the attention dataflow (the L2NT row)
 HEAD_DIM = isa.L2NT_LEN
 
@@ -394,18 +398,28 @@ class Compiler:
         fps = [isa.footprint(i, **self.pack) for i in ins]
         return assign_sync(ins, fps, coarse=self.cfg.coarse_pipeline)
 
+    def plan(self, step: int) -> tuple[PlanOp, ...]:
+        """The step's plan (:func:`fpqvar_hw.host.plan.step_plan`): the ops
+        :meth:`instructions` emits, in order, at the shape level."""
+        L_start, L = self.step_tokens(step)
+        return step_plan(self.C, self.H, self.hidden, self.depth, L_start, L, self.rows,
+                         self.tile_tokens, kv6=self.kv6)
+
     def _tiles(self, L: int) -> list[tuple[int, int, int]]:
-        t = self.tile_tokens
-        return [(r, l0, min(L, l0 + t)) for r in range(self.rows) for l0 in range(0, L, t)]
+        return _plan_tiles(L, self.rows, self.tile_tokens)
 
     def _instructions(self, step: int) -> list:
         L_start, L = self.step_tokens(step)
-        out: list = []
-        tiles = self._tiles(L)
-        for b in range(self.depth):
-            for phase in (self._phase_a, self._phase_b, self._phase_c):
-                out += _skew([phase(b, L_start, L, r, l0, l1) for r, l0, l1 in tiles])
-        return out
+        return [self._instr(op, L_start, L) for op in self.plan(step)]
+
+    def _instr(self, op: PlanOp, L_start: int, L: int):
+        """The concrete instruction of one plan op (addresses and strides from the layout)."""
+        ins = self._BUILD[op.phase, op.name](self, op.block, L_start, L, op.row, op.l0, op.l1)
+        shape = (ins.m, ins.k, ins.n) if isinstance(ins, Gemm) else tuple(ins.n)
+        if (ins.opcode, getattr(ins, "subop", None) if isinstance(ins, Vec) else None, shape) != \
+                (op.opcode, op.subop, op.shape):
+            raise AssertionError(f"plan op {op.phase} {op.name} {op.shape} compiled to {ins}")
+        return ins
 
     # one tile = tokens [l0, l1) of row r; token rows t0.. in the step-dense buffers
     def _gemm(self, b: int, role: str, act: int, act_stride: int, m: int, out: int,
@@ -434,84 +448,131 @@ class Compiler:
         return Vec(subop=VecSubop.RESID, n=(C, n, 1, 1), a=x, b=Operand(self._ada(b, r, gamma), 4, 0),
                    c=Operand(self.y_addr + t0 * C * _F32, 4, C * 4), d=x)
 
-    def _phase_a(self, b: int, L_start: int, L: int, r: int, l0: int, l1: int) -> list:
-        C, H, n = self.C, self.H, l1 - l0
-        t0 = r * L + l0
+    # ------------------------------------------------ the plan ops, one method each
+    # (b, L_start, L, r, l0, l1): block, step tokens, the tile (tokens [l0, l1) of row r)
+    def _a_lnmod(self, b, L_start, L, r, l0, l1) -> Vec:
+        return self._lnmod(b, r, r * L + l0, l1 - l0, 2, 4)
+
+    def _a_qkv(self, b, L_start, L, r, l0, l1) -> Gemm:
+        C, t0 = self.C, r * L + l0
         row3 = 3 * C * _F32
-        q = self.qkv_addr + t0 * row3
-        E = self.kv_elem
+        return self._gemm(b, "qkv", self.h_addr + t0 * C * _F32, C * _F32, l1 - l0,
+                          self.qkv_addr + t0 * row3, row3)
+
+    def _qkv_part(self, L, r, l0, part: int) -> Operand:
+        """q (0), k (1) or v (2) of the tile's qkv rows, per head."""
+        row3 = 3 * self.C * _F32
+        return Operand(self.qkv_addr + (r * L + l0) * row3 + part * self.C * _F32, 4,
+                       HEAD_DIM * _F32, row3)
+
+    def _a_l2nt(self, part: int, b, L, r, l0, l1) -> Vec:
+        t_addr, t_stride = (self.temp_addr[b], 4) if part == 0 else (self.zero_addr, 0)
+        a = self._qkv_part(L, r, l0, part)
+        return Vec(subop=VecSubop.L2NT, n=(HEAD_DIM, self.H, l1 - l0, 1), a=a,
+                   b=Operand(t_addr, 0, t_stride, 0), d=a)
+
+    def _a_cache(self, part: int, b, L_start, L, r, l0, l1) -> Vec:
+        """K (1) or V (2) of the tile into the cache positions [L_start + l0, L_start + l1)."""
+        H, n, E = self.H, l1 - l0, self.kv_elem
         head_kv = self.L_total * HEAD_DIM * E
         tok = r * H * self.L_total + L_start + l0          # (row, head 0, first new token)
-        cache_off = tok * HEAD_DIM * E
-        ins = [self._lnmod(b, r, t0, n, 2, 4),
-               self._gemm(b, "qkv", self.h_addr + t0 * C * _F32, C * _F32, n, q, row3)]
-        for part, t_addr, t_stride in ((0, self.temp_addr[b], 4), (1, self.zero_addr, 0)):
-            a = Operand(q + part * C * _F32, 4, HEAD_DIM * _F32, row3)
-            ins.append(Vec(subop=VecSubop.L2NT, n=(HEAD_DIM, H, n, 1), a=a,
-                           b=Operand(t_addr, 0, t_stride, 0), d=a))
-        for part, cache in ((1, self.k_addr[b]), (2, self.v_addr[b])):
-            a = Operand(q + part * C * _F32, 4, HEAD_DIM * _F32, row3)
-            d = Operand(cache + cache_off, E, head_kv, HEAD_DIM * E)
-            if self.kv6:      # codes + one FP16 scale per (token, head)
-                sc = (self.ks_addr if part == 1 else self.vs_addr)[b] + tok * 2
-                ins.append(Vec(subop=VecSubop.KVQ6, n=(HEAD_DIM, H, n, 1), a=a, d=d,
-                               c=Operand(sc, 0, self.L_total * 2, 2)))
-            else:
-                ins.append(Vec(subop=VecSubop.CVT16, n=(HEAD_DIM, H, n, 1), flags=VecFlag.D_FP16,
-                               a=a, d=d))
-        return ins
+        a = self._qkv_part(L, r, l0, part)
+        cache = (self.k_addr if part == 1 else self.v_addr)[b]
+        d = Operand(cache + tok * HEAD_DIM * E, E, head_kv, HEAD_DIM * E)
+        if self.kv6:      # codes + one FP16 scale per (token, head)
+            sc = (self.ks_addr if part == 1 else self.vs_addr)[b] + tok * 2
+            return Vec(subop=VecSubop.KVQ6, n=(HEAD_DIM, H, n, 1), a=a, d=d,
+                       c=Operand(sc, 0, self.L_total * 2, 2))
+        return Vec(subop=VecSubop.CVT16, n=(HEAD_DIM, H, n, 1), flags=VecFlag.D_FP16, a=a, d=d)
 
-    def _phase_b(self, b: int, L_start: int, L: int, r: int, l0: int, l1: int) -> list:
-        C, H, n = self.C, self.H, l1 - l0
-        Lk = L_start + L
-        t0 = r * L + l0
-        row3 = 3 * C * _F32
+    def _b_geometry(self, b, L_start, L, r, l0):
+        Lk, t0 = L_start + L, r * L + l0
         E = self.kv_elem
         head_kv = self.L_total * HEAD_DIM * E
-        cache_row = r * H * head_kv
-        s_tok = H * Lk * _F32                      # scores [t, h, j]
-        sc = self.scores_addr + t0 * s_tok
-        att = self.attn_addr + t0 * C * _F32
-        flag = VecFlag.B_KV6 if self.kv6 else VecFlag.B_FP16
-        # KV6: the FP16 scale of key/value j of head h (per B element, C's own strides)
-        head_sc = self.L_total * 2
-        ks = Operand(self.ks_addr[b] + r * H * head_sc, 0, 2, 0, head_sc) if self.kv6 else Operand()
-        vs = Operand(self.vs_addr[b] + r * H * head_sc, 2, 0, 0, head_sc) if self.kv6 else Operand()
-        return [
-            # scores[t, h, j] = sum_d q[t, h, d] * K[r, h, j, d]     loops (d, j, t, h)
-            Vec(subop=VecSubop.FDOT, n=(HEAD_DIM, Lk, n, H), flags=flag,
-                a=Operand(self.qkv_addr + t0 * row3, 4, 0, row3, HEAD_DIM * _F32),
-                b=Operand(self.k_addr[b] + cache_row, E, HEAD_DIM * E, 0, head_kv), c=ks,
-                d=Operand(sc, 0, 4, s_tok, Lk * _F32)),
-            Vec(subop=VecSubop.SOFTMAX, n=(Lk, H, n, 1), a=Operand(sc, 4, Lk * _F32, s_tok),
-                d=Operand(sc, 4, Lk * _F32, s_tok)),
-            # attn[t, h*64 + d] = sum_j p[t, h, j] * V[r, h, j, d]   loops (j, d, t, h)
-            Vec(subop=VecSubop.FDOT, n=(Lk, HEAD_DIM, n, H), flags=flag,
-                a=Operand(sc, 4, 0, s_tok, Lk * _F32),
-                b=Operand(self.v_addr[b] + cache_row, HEAD_DIM * E, E, 0, head_kv), c=vs,
-                d=Operand(att, 0, 4, C * _F32, HEAD_DIM * _F32)),
-            self._gemm(b, "proj", att, C * _F32, n, self.y_addr + t0 * C * _F32, C * _F32),
-            self._resid(b, r, t0, n, 0),
-        ]
+        s_tok = self.H * Lk * _F32                      # scores [t, h, j]
+        return Lk, t0, E, head_kv, r * self.H * head_kv, s_tok, self.scores_addr + t0 * s_tok
 
-    def _phase_c(self, b: int, L_start: int, L: int, r: int, l0: int, l1: int) -> list:
-        C, F, n = self.C, self.hidden, l1 - l0
-        t0 = r * L + l0
-        f = self.f_addr + t0 * F * _F32
-        fo = Operand(f, 4, F * _F32)
-        return [self._lnmod(b, r, t0, n, 3, 5),
-                self._gemm(b, "fc1", self.h_addr + t0 * C * _F32, C * _F32, n, f, F * _F32),
-                Vec(subop=VecSubop.GELU, n=(F, n, 1, 1), a=fo, d=fo),
-                self._gemm(b, "fc2", f, F * _F32, n, self.y_addr + t0 * C * _F32, C * _F32),
-                self._resid(b, r, t0, n, 1)]
+    def _b_fdot_qk(self, b, L_start, L, r, l0, l1) -> Vec:
+        # scores[t, h, j] = sum_d q[t, h, d] * K[r, h, j, d]     loops (d, j, t, h)
+        Lk, t0, E, head_kv, cache_row, s_tok, sc = self._b_geometry(b, L_start, L, r, l0)
+        row3 = 3 * self.C * _F32
+        head_sc = self.L_total * 2     # KV6: the FP16 scale of key j of head h (C's own strides)
+        ks = Operand(self.ks_addr[b] + r * self.H * head_sc, 0, 2, 0, head_sc) if self.kv6 else Operand()
+        return Vec(subop=VecSubop.FDOT, n=(HEAD_DIM, Lk, l1 - l0, self.H),
+                   flags=VecFlag.B_KV6 if self.kv6 else VecFlag.B_FP16,
+                   a=Operand(self.qkv_addr + t0 * row3, 4, 0, row3, HEAD_DIM * _F32),
+                   b=Operand(self.k_addr[b] + cache_row, E, HEAD_DIM * E, 0, head_kv), c=ks,
+                   d=Operand(sc, 0, 4, s_tok, Lk * _F32))
+
+    def _b_softmax(self, b, L_start, L, r, l0, l1) -> Vec:
+        Lk, _, _, _, _, s_tok, sc = self._b_geometry(b, L_start, L, r, l0)
+        return Vec(subop=VecSubop.SOFTMAX, n=(Lk, self.H, l1 - l0, 1),
+                   a=Operand(sc, 4, Lk * _F32, s_tok), d=Operand(sc, 4, Lk * _F32, s_tok))
+
+    def _b_fdot_pv(self, b, L_start, L, r, l0, l1) -> Vec:
+        # attn[t, h*64 + d] = sum_j p[t, h, j] * V[r, h, j, d]   loops (j, d, t, h)
+        Lk, t0, E, head_kv, cache_row, s_tok, sc = self._b_geometry(b, L_start, L, r, l0)
+        C = self.C
+        head_sc = self.L_total * 2     # KV6: the FP16 scale of value j of head h
+        vs = Operand(self.vs_addr[b] + r * self.H * head_sc, 2, 0, 0, head_sc) if self.kv6 else Operand()
+        return Vec(subop=VecSubop.FDOT, n=(Lk, HEAD_DIM, l1 - l0, self.H),
+                   flags=VecFlag.B_KV6 if self.kv6 else VecFlag.B_FP16,
+                   a=Operand(sc, 4, 0, s_tok, Lk * _F32),
+                   b=Operand(self.v_addr[b] + cache_row, HEAD_DIM * E, E, 0, head_kv), c=vs,
+                   d=Operand(self.attn_addr + t0 * C * _F32, 0, 4, C * _F32, HEAD_DIM * _F32))
+
+    def _b_proj(self, b, L_start, L, r, l0, l1) -> Gemm:
+        C, t0 = self.C, r * L + l0
+        return self._gemm(b, "proj", self.attn_addr + t0 * C * _F32, C * _F32, l1 - l0,
+                          self.y_addr + t0 * C * _F32, C * _F32)
+
+    def _b_resid(self, b, L_start, L, r, l0, l1) -> Vec:
+        return self._resid(b, r, r * L + l0, l1 - l0, 0)
+
+    def _c_lnmod(self, b, L_start, L, r, l0, l1) -> Vec:
+        return self._lnmod(b, r, r * L + l0, l1 - l0, 3, 5)
+
+    def _c_fc1(self, b, L_start, L, r, l0, l1) -> Gemm:
+        C, F, t0 = self.C, self.hidden, r * L + l0
+        return self._gemm(b, "fc1", self.h_addr + t0 * C * _F32, C * _F32, l1 - l0,
+                          self.f_addr + t0 * F * _F32, F * _F32)
+
+    def _c_gelu(self, b, L_start, L, r, l0, l1) -> Vec:
+        F = self.hidden
+        fo = Operand(self.f_addr + (r * L + l0) * F * _F32, 4, F * _F32)
+        return Vec(subop=VecSubop.GELU, n=(F, l1 - l0, 1, 1), a=fo, d=fo)
+
+    def _c_fc2(self, b, L_start, L, r, l0, l1) -> Gemm:
+        C, F, t0 = self.C, self.hidden, r * L + l0
+        return self._gemm(b, "fc2", self.f_addr + t0 * F * _F32, F * _F32, l1 - l0,
+                          self.y_addr + t0 * C * _F32, C * _F32)
+
+    def _c_resid(self, b, L_start, L, r, l0, l1) -> Vec:
+        return self._resid(b, r, r * L + l0, l1 - l0, 1)
+
+    #: (phase, plan op name) -> the method that compiles it
+    _BUILD = {
+        ("A", "LNMOD"): _a_lnmod,
+        ("A", "qkv"): _a_qkv,
+        ("A", "L2NT q"): lambda self, b, L_start, L, r, l0, l1: self._a_l2nt(0, b, L, r, l0, l1),
+        ("A", "L2NT k"): lambda self, b, L_start, L, r, l0, l1: self._a_l2nt(1, b, L, r, l0, l1),
+        **{("A", f"{op} {part}"): (lambda p: lambda self, *a: self._a_cache(p, *a))(i)
+           for op in ("CVT16", "KVQ6") for i, part in ((1, "k"), (2, "v"))},
+        ("B", "FDOT qk"): _b_fdot_qk,
+        ("B", "SOFTMAX"): _b_softmax,
+        ("B", "FDOT pv"): _b_fdot_pv,
+        ("B", "proj"): _b_proj,
+        ("B", "RESID"): _b_resid,
+        ("C", "LNMOD"): _c_lnmod,
+        ("C", "fc1"): _c_fc1,
+        ("C", "GELU"): _c_gelu,
+        ("C", "fc2"): _c_fc2,
+        ("C", "RESID"): _c_resid,
+    }
 
 
-def _skew(chains: list[list]) -> list:
-    """Interleave per-tile instruction chains: stage s of tile t at wave t + s
-    (software pipelining; the chains must not depend on each other)."""
-    keyed = [((t + s, t), ins) for t, ch in enumerate(chains) for s, ins in enumerate(ch)]
-    keyed.sort(key=lambda kv: kv[0])
-    return [ins for _, ins in keyed]
+#: per-tile chains interleaved with a skew of one stage (:func:`fpqvar_hw.host.plan.skew`)
+_skew = skew
 
 
 # --------------------------------------------------------------------- CLI
