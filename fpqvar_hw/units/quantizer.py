@@ -3,19 +3,31 @@
 Numerics: ``docs/numerics.md`` section 3, "Group quantizer"; golden model
 ``fpqvar_quant.golden.quantizer`` (the RTL is tested bit-exactly against it).
 
-Micro-architecture (no divider anywhere):
+Micro-architecture (no divider anywhere).  Every stage is registered so that no
+path holds more than about one compare, one carry chain or one small function
+(delay-model figures in ``benchmarks/results/unit_resources_quant.md``):
 
 1. **Ingest** (II = 1 beat/cycle): each beat of ``lanes`` FP16 values is written
    to a data FIFO while a max tree over the 15 magnitude bits (for finite FP16
-   values their unsigned order is the value order) updates the group's running
-   absmax (DFQ: one per side) and a NaN/Inf flag.  On the group's last beat the
-   absmax goes to a small FIFO.
-2. **Scale** (once per group, 2 pipeline stages): ``s = RNE_fp16(A / fmax)``
-   with ``fmax = F * 2^f`` (F odd): the quotient bits ``floor(Ma * 2^P / F)`` come
+   values their unsigned order is the value order; :data:`TREE_STAGES`
+   registered stages, free-running, DFQ sides selected by the sign bit) feeds
+   the group's running absmax (DFQ: one per side) and a NaN/Inf flag.  On the
+   group's last beat the absmax goes to a small FIFO; a credit counter (groups
+   accepted and not yet read from that FIFO) deasserts ``i.ready`` on a last
+   beat before the FIFO could overflow.
+2. **Scale** (once per group, :data:`SCALE_PIPE` + :data:`KEY_PIPE` stall-all
+   pipeline stages: constant multiply (DSP48E2 partial products, registered;
+   their sum); ``q * F``; sticky, shift and exponent; shift, guard and pattern;
+   round; then leading zeros; normalise; threshold products; key; tie adjust):
+   ``s = RNE_fp16(A / fmax)`` with ``fmax = F * 2^f`` (F odd): the quotient bits
+   ``floor(Ma * 2^P / F)`` come
    from a multiplication by the constant ``ceil(2^K / F)`` (exact for every
    11-bit ``Ma``, Granlund-Montgomery; the unit test checks all of them), the
-   remainder's non-zeroness gives the sticky bit, and the shared
-   :class:`fpqvar_hw.units.fpu.RoundPack` rounds once.  ``A > 0`` rounding to 0 gives
+   remainder's non-zeroness gives the sticky bit, and one round to nearest even
+   (the rounding of :class:`fpqvar_hw.units.fpu.RoundPack`, specialised: the
+   quotient's leading one is at one of two known positions for a normal ``A``,
+   so normalising is a shift by a few places; see :meth:`Quantizer._scale_pipe`)
+   gives the FP16 pattern.  ``A > 0`` rounding to 0 gives
    ``2^-24``.  Then each midpoint threshold ``T_j = s * mid_j`` (exact: 11-bit
    significand times a small constant) is reduced to a 16-bit *key*
    ``V_j = floor16(T_j)`` (even ``j``) or ``ceil16(T_j) - 1`` (odd ``j``), where
@@ -24,8 +36,9 @@ Micro-architecture (no divider anywhere):
    ``|x| >= T_j  <=>  mag(x) > V_j`` (odd j, the tie goes to the even code).
    **e8m0 scales** (OCP MX, ``scale_format="e8m0"``): the scale stage is the
    exponent of A's leading one, ``code = 127 + floor(log2 A) - emax`` (a
-   leading-zero count and an add), and the keys come from a per-format constant
-   table indexed by the scale code (:func:`e8m0_keys`; the thresholds
+   leading-zero count and an add, then delay stages), and the keys come from a
+   per-format constant table indexed by the scale code (:func:`e8m0_keys`; the
+   thresholds
    ``mid_j * 2^e`` of a power-of-two scale are constants per exponent): one
    LUT6 per key bit.
 3. **Element** (per lane, per beat): ``k = sum_j [mag(x) > V_j]`` -- a row of
@@ -45,8 +58,10 @@ e1m2fn negatives + e2m1fn positives; dfq6: uniform 0..31 negatives + e2m3fn).
 ``error``: sticky flag, set when a NaN/Inf input beat is accepted; cleared by reset.
 
 Latency / throughput: one beat per cycle in and out (II = 1) with no
-backpressure; an output beat appears :data:`LATENCY_AFTER_LAST` cycles after the
-last input beat of its group (all of a group's beats wait for its scale).
+backpressure; the first output beat of a group appears :data:`LATENCY_AFTER_LAST`
+(20) cycles after the last input beat of its group (all of a group's beats wait
+for its scale, in a data FIFO of ``2 * beats + LATENCY_AFTER_LAST + 2`` beats),
+for every lane count and scale format.
 ``valid`` never depends on ``ready``; ``o.ready`` low stalls the output stage,
 and the FIFOs then fill and deassert ``i.ready``.
 """
@@ -62,7 +77,7 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from fpqvar_quant.formats import get_format
-from .fpu import FP16, RoundPack, clz, float_layout
+from .fpu import FP16, clz, float_layout
 
 __all__ = ["Quantizer", "QUANTIZER_FORMATS", "SCALE_FORMATS", "code_layout", "Grid", "grid",
            "scale_constants", "e8m0_exponents", "e8m0_keys", "LATENCY_AFTER_LAST"]
@@ -76,9 +91,23 @@ SCALE_FORMATS = ("fp16", "e8m0")
 FP16_LAYOUT = float_layout(FP16)
 #: Largest finite FP16 magnitude pattern (65504); keys never exceed it.
 _FP16_MAX_MAG = 0x7BFF
+#: Registered stages of the ingest max tree (its ceil(log2 lanes) compare levels spread
+#: over them, one level per stage up to 32 lanes), so the latency is the same for every
+#: lane count.
+TREE_STAGES = 5
+#: Registered stages of the scale (partial products; their sum; q * F; sticky, shift
+#: and exponent; shift and guard; round) and of the threshold
+#: keys (leading zeros; normalise; products; key; tie adjust).
+SCALE_PIPE = 6
+#: Unsigned width of the DSP48E2 A port (27-bit signed): the slices of the scale's
+#: constant multiplier.
+DSP_A_BITS = 26
+KEY_PIPE = 5
 #: Cycles from the acceptance of a group's last input beat to its first output beat
-#: (no stalls); measured by tests/test_hw_quantizer.py.
-LATENCY_AFTER_LAST = 6
+#: (no stalls): the max tree, the running-max / absmax FIFO write and read (2), the
+#: scale and key pipelines, the current-group register and the output register (2);
+#: measured by tests/test_hw_quantizer.py.
+LATENCY_AFTER_LAST = 4 + TREE_STAGES + SCALE_PIPE + KEY_PIPE
 
 
 @dataclass(frozen=True)
@@ -263,41 +292,91 @@ class Quantizer(wiring.Component):
         }
 
     # --------------------------------------------------------------- elaborate
-    def _scale_stage(self, m: Module, g: Grid, amax: Value, name: str) -> Value:
-        """Combinational FP16 scale bits of ``RNE(A / fmax)`` (``A`` = 15 magnitude bits)."""
+    def _scale_pipe(self, m: Module, g: Grid, amax: Value, name: str, reg, dly) -> Value:
+        """FP16 scale bits of ``RNE(A / fmax)`` (``A`` = 15 magnitude bits), registered
+        over :data:`SCALE_PIPE` stages (``reg`` registers a value one stage on).
+
+        ``A / fmax = q' * 2^E0`` with ``q = floor(Ma * 2^P / F)`` (``q'`` = q plus the
+        remainder's fraction) and ``E0 = max(E, 1) - 25 - f - P``.  The FP16 pattern
+        of the rounded quotient is ``N + (EF << 10)``: ``N = RNE(q' >> sh)`` and ``EF``
+        = biased exponent - 1 (0 for subnormal results), ``sh = max(msb(q), -14 - E0)
+        - 10``.  For a normal ``A`` the leading one of ``q`` is at ``m0`` or ``m0 + 1``
+        (``m0 = 33 - floor(log2 F)``), so ``sh = m0 - 10 + max(c, d)`` with ``c`` that
+        bit and ``d = 2 + f + floor(log2 F) - E`` (subnormal result when ``d > c``); for
+        a subnormal ``A``, ``sh = 24 + f``.  The variable part of the shift is at most
+        ``1 + f + floor(log2 F)`` places.  (The same rounding as
+        :class:`fpqvar_hw.units.fpu.RoundPack`, specialised and split over stages; no
+        overflow: ``fmax >= 1``.)
+        """
         ex, man = amax[10:15], amax[0:10]
         Ma = Signal(11, name=f"{name}_Ma")
         m.d.comb += Ma.eq(Cat(man, ex != 0))
         R, K = scale_constants(g.fmax_odd)
-        prod = Signal(11 + R.bit_length(), name=f"{name}_prod")
-        m.d.comb += prod.eq(Ma * R)
-        q = Signal(11 + QUOT_P, name=f"{name}_q")                  # floor(Ma * 2^P / F)
-        m.d.comb += q.eq(prod >> (K - QUOT_P))
-        rem_nz = Signal(name=f"{name}_sticky")
-        m.d.comb += rem_nz.eq((q * g.fmax_odd) != (Ma << QUOT_P))
-        rp = RoundPack(FP16, sig_bits=len(q), exp_bits=10)
-        m.submodules[f"{name}_rp"] = rp
-        # value = q * 2^(exA - fmax_exp - P), exA = max(E,1) - 25; RoundPack wants the MSB weight.
-        exA = Signal(signed(10), name=f"{name}_exA")
-        m.d.comb += exA.eq(Mux(ex == 0, 1, ex) - 25)
-        m.d.comb += [rp.i.sig.eq(q), rp.i.exp.eq(exA - g.fmax_exp - QUOT_P + len(q) - 1),
-                     rp.i.sticky.eq(rem_nz), rp.i.sign.eq(0), rp.i.nan.eq(0), rp.i.inf.eq(0)]
-        s = Signal(16, name=f"{name}_s")
-        m.d.comb += s.eq(Mux(amax == 0, 0, Mux(rp.o.as_value() == 0, 1, rp.o.as_value())))
-        return s
+        F, f = g.fmax_odd, g.fmax_exp
+        t = F.bit_length() - 1
+        m0 = 33 - t
+        omax = 1 + f + t                                        # >= 1 since fmax >= 1
+        qw = 11 + QUOT_P
+        # stage 1: the constant multiply as DSP48E2-sized partial products (26-bit slices
+        # of R times the 11-bit Ma), each registered (the DSP's M/P register); stage 2:
+        # their sum
+        parts = [reg(Ma * ((R >> lo) & ((1 << DSP_A_BITS) - 1)), f"{name}_pp{lo // DSP_A_BITS}",
+                     11 + DSP_A_BITS) for lo in range(0, R.bit_length(), DSP_A_BITS)]
+        Ma0, ex0, az0 = reg(Ma, f"{name}_Ma0"), reg(ex, f"{name}_ex0"), reg(amax == 0, f"{name}_az0")
+        prod = reg(sum(pp << (k * DSP_A_BITS) for k, pp in enumerate(parts)), f"{name}_prod",
+                   11 + R.bit_length())
+        Ma1, ex1, az1 = reg(Ma0, f"{name}_Ma1"), reg(ex0, f"{name}_ex1"), reg(az0, f"{name}_az1")
+        # stage 3: quotient q = floor(Ma * 2^P / F) and q * F (F = 2^k - 1 for every grid)
+        q1 = Signal(qw, name=f"{name}_q")
+        m.d.comb += q1.eq(prod >> (K - QUOT_P))
+        kf = (F + 1).bit_length() - 1
+        qf_val = q1 if F == 1 else ((q1 << kf) - q1 if F + 1 == 1 << kf else q1 * F)
+        q2 = reg(q1, f"{name}_q2")
+        qf = reg(qf_val, f"{name}_qf", qw + F.bit_length())
+        Ma2, az2 = reg(Ma1, f"{name}_Ma2"), reg(az1, f"{name}_az2")
+        sub2 = reg(ex1 == 0, f"{name}_sub2")
+        d2 = reg((2 + f + t) - ex1, f"{name}_d2", signed(8))
+        eb2 = reg(ex1 + (m0 - 35 - f), f"{name}_eb2", signed(8))        # EF before the carry
+        # stage 4: sticky (remainder, bits below the variable window), shift, exponent field
+        c = q2[m0 + 1]
+        rem_nz = reg(qf != (Ma2 << QUOT_P), f"{name}_rem")
+        lowfix = reg(q2[:m0 - 11] != 0, f"{name}_lowfix")
+        x3 = reg((q2 >> (m0 - 11))[:13 + omax], f"{name}_x3", 13 + omax)
+        off3 = reg(Mux(sub2, omax, Mux(d2 > c, d2, c)), f"{name}_off", range(omax + 1))
+        efc = eb2 + c
+        zero_ef = sub2 | (efc < 0)
+        ef3 = reg(Mux(zero_ef, 0, efc), f"{name}_ef", 5)
+        ef13 = reg(Mux(zero_ef, 1, efc + 1), f"{name}_ef1", 5)
+        az3 = reg(az2, f"{name}_az3")
+        # stage 5: variable right shift (guard at bit 0), guard and sticky, pattern before rounding
+        y = Signal(13 + omax, name=f"{name}_y")
+        m.d.comb += y.eq(x3 >> off3)
+        lost = Cat(*[x3[i] & (off3 > i) for i in range(omax)]).any()
+        n0 = y[1:12]
+        p0 = reg(Cat(n0[:10], Mux(n0[10], ef13, ef3)), f"{name}_p0", 15)
+        guard = reg(y[0], f"{name}_guard")
+        sticky = reg(lost | lowfix | rem_nz, f"{name}_st")
+        az4 = reg(az3, f"{name}_az4")
+        # stage 6: round to nearest even (the carry reaches the exponent field); A > 0
+        # rounding to 0 gives 2^-24
+        ru = guard & (sticky | p0[0])
+        pat = Signal(15, name=f"{name}_pat")
+        m.d.comb += pat.eq(p0 + ru)
+        return reg(Mux(az4, 0, Mux((p0 == 0) & ~ru, 1, pat)), f"{name}_s", 16)
 
-    def _e8m0_scale_stage(self, m: Module, g: Grid, amax: Value, name: str) -> Value:
-        """Combinational e8m0 code ``127 + floor(log2 A) - emax`` (0 when ``A == 0``)."""
+    def _e8m0_scale_pipe(self, m: Module, g: Grid, amax: Value, name: str, reg, dly) -> Value:
+        """e8m0 code ``127 + floor(log2 A) - emax`` (0 when ``A == 0``), registered over
+        :data:`SCALE_PIPE` stages like the FP16 scale."""
         ex = amax[10:15]
         sig = Signal(11, name=f"{name}_sig")
         m.d.comb += sig.eq(Cat(amax[0:10], ex != 0))
-        lz = clz(m, sig)
+        lz = reg(clz(m, sig), f"{name}_lz", range(12))
+        ex1, az1 = reg(ex, f"{name}_ex1"), reg(amax == 0, f"{name}_az1")
         # floor(log2 A) = max(E, 1) - 15 - clz(significand); the code is always in 1..254
-        code = Signal(8, name=f"{name}_e8m0")
-        m.d.comb += code.eq(Mux(amax == 0, 0, Mux(ex == 0, 1, ex) - lz + (127 - 15 - g.emax)))
-        return code
+        code = reg(Mux(az1, 0, Mux(ex1 == 0, 1, ex1) - lz + (127 - 15 - g.emax)), f"{name}_e8m0", 8)
+        return dly(code, SCALE_PIPE - 2, f"{name}_e8m0d")
 
-    def _e8m0_threshold_keys(self, m: Module, g: Grid, code: Value, name: str) -> list[Signal]:
+    def _e8m0_threshold_keys(self, m: Module, g: Grid, code: Value, name: str, reg, dly) -> list[Signal]:
         """Keys ``V_j`` of ``T_j = mid_j * 2^(code - 127)`` from a constant table per code
         (all-ones when code == 0, the zero group / empty DFQ side)."""
         keys = [Signal(16, name=f"{name}_v{j}", init=0x7FFF) for j in range(len(g.mid_num))]
@@ -305,10 +384,12 @@ class Quantizer(wiring.Component):
             for e in e8m0_exponents(g):
                 with m.Case(e + 127):
                     m.d.comb += [k.eq(v) for k, v in zip(keys, e8m0_keys(g, e))]
-        return keys
+        return [dly(reg(k, f"{name}_v{j}r", 16), KEY_PIPE - 1, f"{name}_v{j}d")
+                for j, k in enumerate(keys)]
 
-    def _threshold_keys(self, m: Module, g: Grid, s: Value, name: str) -> list[Signal]:
-        """Keys ``V_j`` of the thresholds ``T_j = s * mid_j`` (all-ones when s == 0).
+    def _threshold_keys(self, m: Module, g: Grid, s: Value, name: str, reg, dly) -> list[Signal]:
+        """Keys ``V_j`` of the thresholds ``T_j = s * mid_j`` (all-ones when s == 0),
+        registered over :data:`KEY_PIPE` stages.
 
         ``s`` is normalised once (leading-zero count); then per threshold the exact
         product of the 11-bit significand and the constant ``mid_num[j]`` has its
@@ -321,34 +402,36 @@ class Quantizer(wiring.Component):
         ex, man = s[10:15], s[0:10]
         sig = Signal(11, name=f"{name}_sig")
         m.d.comb += sig.eq(Cat(man, ex != 0))
-        lz = clz(m, sig)
-        ms = Signal(11, name=f"{name}_ms")                    # normalised significand
-        m.d.comb += ms.eq((sig << lz)[:11])
-        es = Signal(signed(8), name=f"{name}_es")             # unbiased exponent of s's leading one
-        m.d.comb += es.eq(Mux(ex == 0, 1, ex) - 15 - lz)
+        # stage 1: leading-zero count
+        lz = reg(clz(m, sig), f"{name}_lz", range(12))
+        sig1, ex1, sz1 = reg(sig, f"{name}_sig1"), reg(ex, f"{name}_ex1"), reg(s == 0, f"{name}_sz1")
+        # stage 2: normalised significand, exponent, fixed-point copy
+        ms = reg((sig1 << lz)[:11], f"{name}_ms", 11)                  # normalised significand
+        es = reg(Mux(ex1 == 0, 1, ex1) - 15 - lz, f"{name}_es", signed(8))  # exponent of s's leading one
         WS = 11 + c                                            # enough for every subnormal T_j
-        sfix = Signal(WS, name=f"{name}_sfix")                 # s in units 2^-24 (truncated)
-        sh = Signal(5, name=f"{name}_sh")
-        m.d.comb += [sh.eq(Mux(ex == 0, 0, ex - 1)), sfix.eq((sig << sh)[:WS])]
+        sfix = reg((sig1 << Mux(ex1 == 0, 0, ex1 - 1)[:5])[:WS], f"{name}_sfix", WS)  # s in units 2^-24
+        sz2 = reg(sz1, f"{name}_sz2")
+        sz3 = reg(sz2, f"{name}_sz3")
+        sz4 = reg(sz3, f"{name}_sz4")
         keys = []
         for j, n in enumerate(g.mid_num):
             b = n.bit_length() - 1
-            p = Signal(12 + b, name=f"{name}_p{j}")
-            m.d.comb += p.eq(ms * n)
+            # stage 3: the exact products
+            p = reg(ms * n, f"{name}_p{j}", 12 + b)
+            q = reg(sfix * n, f"{name}_q{j}", WS + b + 1)
+            eb = reg(es + (b - c), f"{name}_eb{j}", signed(9))
+            # stage 4: FP16 or fixed-point key and exactness
             carry = p[11 + b]
             frac = Mux(carry, p[b + 1:b + 11], p[b:b + 10])
             low0 = (p[:b] == 0) if b > 0 else Const(1)
             low_exact = Mux(carry, low0 & ~p[b], low0)
             e_t = Signal(signed(9), name=f"{name}_e{j}")
-            m.d.comb += e_t.eq(es + (b - c) + carry)
-            q = Signal(WS + b + 1, name=f"{name}_q{j}")
-            m.d.comb += q.eq(sfix * n)
+            m.d.comb += e_t.eq(eb + carry)
             sub = e_t < -14
-            key = Mux(sub, q[c:c + 10], Cat(frac, (e_t + 15)[:5]))
-            exact = Mux(sub, q[:c] == 0, low_exact)
-            v = Signal(16, name=f"{name}_v{j}")
-            m.d.comb += v.eq(Mux(s == 0, 0x7FFF, key - ((j % 2 == 1) & exact)))
-            keys.append(v)
+            key = reg(Mux(sub, q[c:c + 10], Cat(frac, (e_t + 15)[:5])), f"{name}_k{j}", 16)
+            exact = reg(Mux(sub, q[:c] == 0, low_exact), f"{name}_x{j}")
+            # stage 5: odd j: the tie goes to the even code
+            keys.append(reg(Mux(sz4, 0x7FFF, key - ((j % 2 == 1) & exact)), f"{name}_v{j}", 16))
         return keys
 
     def elaborate(self, platform):
@@ -358,9 +441,10 @@ class Quantizer(wiring.Component):
         nthr = [len(g.mid_num) for g in self.sides]
 
         # ------------------------------------------------------------ ingest
-        m.submodules.data_q = dq = fifo.SyncFIFOBuffered(width=16 * L, depth=2 * B + 6)
+        m.submodules.data_q = dq = fifo.SyncFIFOBuffered(width=16 * L, depth=2 * B + LATENCY_AFTER_LAST + 2)
         amax_layout = data.StructLayout({"amax": data.ArrayLayout(15, S), "special": 1})
-        m.submodules.amax_q = aq = fifo.SyncFIFOBuffered(width=amax_layout.size, depth=4)
+        aq_depth = TREE_STAGES + 6
+        m.submodules.amax_q = aq = fifo.SyncFIFOBuffered(width=amax_layout.size, depth=aq_depth)
         in_cnt = Signal(range(B), name="in_cnt")
         in_last = Signal()
         m.d.comb += in_last.eq(in_cnt == B - 1)
@@ -373,74 +457,117 @@ class Quantizer(wiring.Component):
             neg = x.sign | (x.as_value()[:15] == 0)
             return [neg, ~neg]
 
-        beat_max = []
         beat_special = Signal()
         xs = [self.i.payload[k] for k in range(L)]
         m.d.comb += beat_special.eq(Cat(*[x.exponent == 0x1F for x in xs]).any())
-        for k in range(S):
-            vals = [Mux(side_of(x)[k], x.as_value()[:15], 0) for x in xs]
-            while len(vals) > 1:   # balanced max tree
-                nxt = []
-                for a, b in zip(vals[0::2], vals[1::2]):
-                    t = Signal(15)
-                    m.d.comb += t.eq(Mux(a > b, a, b))
-                    nxt.append(t)
-                if len(vals) % 2:
-                    nxt.append(vals[-1])
-                vals = nxt
-            bm = Signal(15, name=f"beat_max{k}")
-            m.d.comb += bm.eq(Mux(vals[0] > run_max[k], vals[0], run_max[k]))
-            beat_max.append(bm)
         accept = Signal()
+        # groups accepted (last beat) and not yet read from the absmax FIFO, incl. those
+        # still in the max-tree pipeline: a credit so that the FIFO never overflows
+        inflight = Signal(range(aq_depth + 1), name="aq_inflight")
+        push, pop = accept & in_last, aq.r_en & aq.r_rdy
+        m.d.sync += inflight.eq(inflight + push - pop)
         m.d.comb += [
-            self.i.ready.eq(dq.w_rdy & (~in_last | aq.w_rdy)),
+            self.i.ready.eq(dq.w_rdy & (~in_last | (inflight < aq_depth))),
             accept.eq(self.i.valid & self.i.ready),
             dq.w_data.eq(self.i.payload.as_value()),
             dq.w_en.eq(accept),
-            aq.w_en.eq(accept & in_last),
         ]
-        aw = amax_layout(aq.w_data)
-        m.d.comb += aw.special.eq(run_special | beat_special)
-        for k in range(S):
-            m.d.comb += aw.amax[k].eq(beat_max[k])
         with m.If(accept):
-            with m.If(in_last):
-                m.d.sync += [in_cnt.eq(0), run_special.eq(0)] + [r.eq(0) for r in run_max]
-            with m.Else():
-                m.d.sync += [in_cnt.eq(in_cnt + 1), run_special.eq(run_special | beat_special)]
-                m.d.sync += [r.eq(b) for r, b in zip(run_max, beat_max)]
+            m.d.sync += in_cnt.eq(Mux(in_last, 0, in_cnt + 1))
             with m.If(beat_special):
                 m.d.sync += self.error.eq(1)
+
+        # max tree over the lanes (free-running, TREE_STAGES registered stages).  The DFQ
+        # sides select by the sign bit alone: a +-0 contributes 0 to either side's max.
+        tvals = [[Mux(x.sign, x.as_value()[:15], 0) if (dfq and k == 0) else
+                  Mux(x.sign, 0, x.as_value()[:15]) if dfq else x.as_value()[:15] for x in xs]
+                 for k in range(S)]
+        t_valid, t_last, t_special = accept, in_last, beat_special
+        levels = (L - 1).bit_length()
+        for st in range(TREE_STAGES):
+            n_here = (st + 1) * levels // TREE_STAGES - st * levels // TREE_STAGES
+            for _ in range(n_here):
+                for k in range(S):
+                    vals, nxt = tvals[k], []
+                    for a_, b_ in zip(vals[0::2], vals[1::2]):
+                        t = Signal(15)
+                        m.d.comb += t.eq(Mux(a_ > b_, a_, b_))
+                        nxt.append(t)
+                    if len(vals) % 2:
+                        nxt.append(vals[-1])
+                    tvals[k] = nxt
+            regs = [[Signal(15, name=f"t{st}_{k}_{i}") for i in range(len(tvals[k]))] for k in range(S)]
+            for k in range(S):
+                m.d.sync += [r.eq(v) for r, v in zip(regs[k], tvals[k])]
+            tvals = regs
+            nv, nl, ns = Signal(name=f"t{st}_valid"), Signal(name=f"t{st}_last"), Signal(name=f"t{st}_special")
+            m.d.sync += [nv.eq(t_valid), nl.eq(t_last), ns.eq(t_special)]
+            t_valid, t_last, t_special = nv, nl, ns
+        beat_max = []
+        for k in range(S):
+            bm = Signal(15, name=f"beat_max{k}")
+            m.d.comb += bm.eq(Mux(tvals[k][0] > run_max[k], tvals[k][0], run_max[k]))
+            beat_max.append(bm)
+        m.d.comb += aq.w_en.eq(t_valid & t_last)
+        aw = amax_layout(aq.w_data)
+        m.d.comb += aw.special.eq(run_special | t_special)
+        for k in range(S):
+            m.d.comb += aw.amax[k].eq(beat_max[k])
+        with m.If(t_valid):
+            with m.If(t_last):
+                m.d.sync += [run_special.eq(0)] + [r.eq(0) for r in run_max]
+            with m.Else():
+                m.d.sync += [run_special.eq(run_special | t_special)]
+                m.d.sync += [r.eq(b) for r, b in zip(run_max, beat_max)]
 
         # ------------------------------------------------- scale pipeline (stall-all)
         thr_layout = data.StructLayout({
             "keys": data.ArrayLayout(data.ArrayLayout(16, max(nthr)), S),
             "scales": data.ArrayLayout(16, S), "special": 1, "zero": 1})
-        b0_valid, b1_valid = Signal(), Signal()
-        b0_scales = [Signal(16, name=f"b0_scale{k}") for k in range(S)]
-        b0_special = Signal()
         b1 = Signal(thr_layout)
         take_next = Signal()
         en = Signal()
+        n_pipe = SCALE_PIPE + KEY_PIPE
+        pv = [Signal(name=f"sp{k}_valid") for k in range(n_pipe)]     # pv[-1]: b1 valid
+        b1_valid = pv[-1]
         m.d.comb += [en.eq(~b1_valid | take_next), aq.r_en.eq(en)]
+
+        def reg(v, name, shape=None):
+            r = Signal(shape if shape is not None else Value.cast(v).shape(), name=name)
+            with m.If(en):
+                m.d.sync += r.eq(v)
+            return r
+
+        def dly(v, n, name):
+            for i in range(n):
+                v = reg(v, f"{name}{i}")
+            return v
+
         ar = amax_layout(aq.r_data)
+        with m.If(en):
+            m.d.sync += pv[0].eq(aq.r_rdy)
+            m.d.sync += [pv[k + 1].eq(pv[k]) for k in range(n_pipe - 1)]
+        special = dly(ar.special, n_pipe, "sp_special")        # registered up to b1
         if self.scale_format == "e8m0":
-            scales = [self._e8m0_scale_stage(m, g, ar.amax[k], f"sc{k}") for k, g in enumerate(self.sides)]
-            keys = [self._e8m0_threshold_keys(m, g, b0_scales[k], f"th{k}")
+            scales = [self._e8m0_scale_pipe(m, g, ar.amax[k], f"sc{k}", reg, dly)
+                      for k, g in enumerate(self.sides)]
+            keys = [self._e8m0_threshold_keys(m, g, scales[k], f"th{k}", reg, dly)
                     for k, g in enumerate(self.sides)]
             nan_scale = 0xFF
         else:
-            scales = [self._scale_stage(m, g, ar.amax[k], f"sc{k}") for k, g in enumerate(self.sides)]
-            keys = [self._threshold_keys(m, g, b0_scales[k], f"th{k}") for k, g in enumerate(self.sides)]
+            scales = [self._scale_pipe(m, g, ar.amax[k], f"sc{k}", reg, dly) for k, g in enumerate(self.sides)]
+            keys = [self._threshold_keys(m, g, scales[k], f"th{k}", reg, dly) for k, g in enumerate(self.sides)]
             nan_scale = 0x7E00
+        # the scales wait for their keys; the last stage also applies NaN and zero
+        sc_last = [dly(sc, KEY_PIPE - 1, f"sc{k}_d") for k, sc in enumerate(scales)]
+        sp_last = dly(ar.special, n_pipe - 1, "sp_spec_d")
+        m.d.comb += [b1.special.eq(special)]
+        for k in range(S):
+            m.d.comb += [b1.keys[k][j].eq(v) for j, v in enumerate(keys[k])]
         with m.If(en):
-            m.d.sync += [b0_valid.eq(aq.r_rdy), b0_special.eq(ar.special), b1_valid.eq(b0_valid)]
             for k in range(S):
-                m.d.sync += b0_scales[k].eq(scales[k])
-                m.d.sync += [b1.keys[k][j].eq(v) for j, v in enumerate(keys[k])]
-                m.d.sync += b1.scales[k].eq(Mux(b0_special, nan_scale, b0_scales[k]))
-            m.d.sync += [b1.special.eq(b0_special),
-                         b1.zero.eq(~b0_special & Cat(*[s == 0 for s in b0_scales]).all())]
+                m.d.sync += b1.scales[k].eq(Mux(sp_last, nan_scale, sc_last[k]))
+            m.d.sync += b1.zero.eq(~sp_last & Cat(*[sc == 0 for sc in sc_last]).all())
 
         # --------------------------------------------------------- element stage
         cur = Signal(thr_layout)
