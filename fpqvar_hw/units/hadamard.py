@@ -191,7 +191,7 @@ class GroupHadamard(wiring.Component):
         s1p, _, _ = stage("ngp", vals, ACC_BITS, True, valid, md)
         s1n, valid, md = stage("ngn", [-v for v in vals], ACC_BITS, True, valid, md)
         m.d.comb += s1_valid.eq(valid)
-        s1_first, s1_last, s1_beat, s1_special = md.first, md.last, md.beat, md.special
+        s1_first, s1_last, s1_special = md.first, md.last, md.special
 
         # ----------------------------------------------------- beat accumulation
         acc = [[Signal(signed(ACC_BITS), name=f"acc{r}_{k}") for k in range(L)] for r in range(B)]
