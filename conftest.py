@@ -36,7 +36,9 @@ def _file_seconds() -> dict[str, float]:
 
 
 def pytest_collection_modifyitems(config, items):
-    if getattr(config.option, "dist", "no") != "no":
+    # the controller sees --dist; its workers (which collect the order it schedules) see
+    # dist="no" and carry ``workerinput`` instead
+    if getattr(config.option, "dist", "no") != "no" or hasattr(config, "workerinput"):
         per = _file_seconds()
         root = Path(str(config.rootpath))
         order = {}
