@@ -23,6 +23,13 @@ def pytest_addoption(parser):
                      help="also run tests marked slow (exhaustive sweeps, long co-simulations)")
 
 
+def pytest_configure(config):
+    # pytest-xdist would reorder the files by their number of tests; the order below
+    # (longest measured duration first) is the one wanted
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
 def _file_seconds() -> dict[str, float]:
     try:
         tests = json.loads(DURATIONS.read_text())["tests"]
