@@ -23,8 +23,6 @@ checks that every expected beat arrived exactly once and nothing extra did.
 """
 from __future__ import annotations
 
-import os
-import json
 import random
 from collections import deque
 from dataclasses import dataclass
@@ -33,6 +31,8 @@ from typing import Any, Callable, Iterable, Sequence
 import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge, Timer
+
+from fpqvar_hw.host.cosim import tb_params  # re-exported for the testbenches
 
 __all__ = ["pack", "unpack", "stream_signals", "StreamSource", "StreamSink", "StreamMonitor",
            "Scoreboard", "StreamTB", "tb_params", "ScoreboardError"]
@@ -102,16 +102,6 @@ def stream_signals(dut: Any, name: str) -> tuple[Any, Any, Any]:
     except AttributeError as e:
         raise AttributeError(f"DUT has no stream port {name!r} (looked for {name}__payload/"
                              f"__valid/__ready): {e}") from None
-
-
-def tb_params() -> dict[str, Any]:
-    """Test parameters written by ``sim.runner`` (JSON file named by ``FPQVAR_TB_PARAMS``)."""
-    path = os.environ.get("FPQVAR_TB_PARAMS")
-    if not path:
-        raise RuntimeError("FPQVAR_TB_PARAMS is not set: run this cocotb module through "
-                           "sim.runner.run_cocotb (pytest sim/), not directly")
-    with open(path) as f:
-        return json.load(f)
 
 
 # ---------------------------------------------------------------------- drivers
