@@ -39,19 +39,21 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.steps <= 4:
         print(f"error: --steps must be 1..4 (the digits VAR has 4 scale steps), got {args.steps}", file=sys.stderr)
         return 2
+    from fpqvar_hw.host import backends, records
     from fpqvar_hw.host import driver as drv
+    from fpqvar_hw.host import package as hostpkg
     from fpqvar_hw.host.rtl import run_rtl_image
 
-    cfg = drv.rtl_config()
-    package = drv.build_package(drv.PackageSettings(preset="fp4-dfq-ght"))
-    sampling = drv.Sampling()
-    pkg = drv.load_package_checked(package)
-    golden = asyncio.run(drv.generate(drv.host_model_from_package(pkg),
-                                      drv.GoldenBackend(pkg, rows=2, config=cfg, dram_base=drv.RTL_DRAM_BASE,
-                                                        max_kv=drv.RTL_MAX_KV),
+    cfg = backends.rtl_config()
+    package = hostpkg.build_package(hostpkg.PackageSettings(preset="fp4-dfq-ght"))
+    sampling = records.Sampling()
+    pkg = hostpkg.load_package_checked(package)
+    golden = asyncio.run(drv.generate(hostpkg.host_model_from_package(pkg),
+                                      backends.GoldenBackend(pkg, rows=2, config=cfg, dram_base=backends.RTL_DRAM_BASE,
+                                                        max_kv=backends.RTL_MAX_KV),
                                       [3], 0, sampling, max_steps=args.steps)).tokens
     t0 = time.perf_counter()
-    run = run_rtl_image(package, config=cfg, C=128, max_kv=drv.RTL_MAX_KV, dram_base=drv.RTL_DRAM_BASE, label=3,
+    run = run_rtl_image(package, config=cfg, C=128, max_kv=backends.RTL_MAX_KV, dram_base=backends.RTL_DRAM_BASE, label=3,
                         seed=0, sampling=sampling, out=ROOT / "build" / "cosim-speed", expect_tokens=golden,
                         max_steps=args.steps)
     wall = time.perf_counter() - t0
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     total_c = sum(r["cycles"] for r in rows)
     total_w = sum(s.perf.wall_s for s in run.steps)
     doc = {"memory_model": "cocotbext-axi AxiRam (Python, every cycle)", "config": cfg.as_dict(),
-           "C": 128, "max_kv": drv.RTL_MAX_KV, "steps": rows, "cycles": total_c, "step_wall_s": round(total_w, 2),
+           "C": 128, "max_kv": backends.RTL_MAX_KV, "steps": rows, "cycles": total_c, "step_wall_s": round(total_w, 2),
            "cycles_per_s": round(total_c / total_w, 1), "total_wall_s": round(wall, 1),
            "tokens_equal_golden": True, "host": platform.node(), "cpus": os.cpu_count(),
            "load_avg": [round(x, 2) for x in os.getloadavg()]}

@@ -26,6 +26,7 @@ from cocotb.triggers import ClockCycles, First, RisingEdge, Timer
 from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
 
 from fpqvar_hw import isa
+from fpqvar_hw import footprints, packing
 
 from fpqvar_hw.host import isa_sim
 from fpqvar_hw.host.compiler import assign_sync
@@ -166,12 +167,12 @@ def mixed_program(cfg, seed: int, *, gelu_repeats: int = 1):
     dram.write(x_addr, x.tobytes())
     codes = rng.integers(0, 16, size=(N, K), dtype=np.uint8)
     scales = _f16_scales(rng, (N, K // cfg.group_size)).view(np.uint16)
-    cb, sb = isa.pack_gemm_weights(codes, scales, tn=cfg.tn, lanes=cfg.lanes,
+    cb, sb = packing.pack_gemm_weights(codes, scales, tn=cfg.tn, lanes=cfg.lanes,
                                    bits=cfg.qkv_weight.bits, group=cfg.group_size)
     dram.write(w_addr, cb)
     dram.write(ws_addr, sb)
-    dram.write(bias_addr, rng.standard_normal(isa.gemm_padded_n(N, cfg.tn)).astype("<f4").tobytes())
-    dram.write(signs_addr, isa.pack_sign_bits(rng.integers(0, 2, size=128)))
+    dram.write(bias_addr, rng.standard_normal(packing.gemm_padded_n(N, cfg.tn)).astype("<f4").tobytes())
+    dram.write(signs_addr, packing.pack_sign_bits(rng.integers(0, 2, size=128)))
     dram.write(gam_addr, rng.standard_normal(M * N).astype("<f4").tobytes())
     instrs = [Gemm(act_addr=x_addr, act_stride=4 * K, m=M, k=K, n=N, w_addr=w_addr, ws_addr=ws_addr,
                    out_addr=y_addr, out_stride=4 * N, bias_addr=bias_addr, signs_addr=signs_addr,
@@ -187,7 +188,7 @@ def mixed_program(cfg, seed: int, *, gelu_repeats: int = 1):
         Halt(),
     ]
     pack = dict(tn=cfg.tn, lanes=cfg.lanes, bits=cfg.qkv_weight.bits, group=cfg.group_size)
-    instrs = assign_sync(instrs, [isa.footprint(i, **pack) for i in instrs], coarse=True)
+    instrs = assign_sync(instrs, [footprints.footprint(i, **pack) for i in instrs], coarse=True)
     dram.write(PROG, isa.encode_program(instrs))
     return dram, instrs
 

@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 
 from fpqvar_hw import isa
+from fpqvar_hw import packing
 
 from fpqvar_hw.host import isa_sim
 from fpqvar_hw.config import get_preset
@@ -86,17 +87,17 @@ def make_gemm(rng, name, *, M, K, N, had, bias, dfq, fine=True, specials=False,
         mem[act + r * act_stride:act + r * act_stride + 4 * K] = x[r].tobytes()
     signs = rng.integers(0, 2, 128).astype(np.uint8)
     sg = alloc(16)
-    mem[sg:sg + 16] = isa.pack_sign_bits(signs)
+    mem[sg:sg + 16] = packing.pack_sign_bits(signs)
     wv = (rng.standard_normal((N, K)) * 0.05).astype(np.float16).view(np.uint16)
     wq = quantize_groups(wv.reshape(N, K // 128, 128), "e2m1fn")
     w_codes = wq.codes.reshape(N, K)
     w_scales = wq.scales[..., 0]
-    cbytes, sbytes = isa.pack_gemm_weights(w_codes, w_scales, tn=tn, lanes=lanes, bits=4, group=128)
+    cbytes, sbytes = packing.pack_gemm_weights(w_codes, w_scales, tn=tn, lanes=lanes, bits=4, group=128)
     wa = alloc(len(cbytes))
     mem[wa:wa + len(cbytes)] = cbytes
     wsa = alloc(len(sbytes))
     mem[wsa:wsa + len(sbytes)] = sbytes
-    npad = isa.gemm_padded_n(N, tn)
+    npad = packing.gemm_padded_n(N, tn)
     bias_bits = (rng.standard_normal(npad) * 0.5).astype(np.float32).view(np.uint32)
     ba = alloc(4 * npad)
     mem[ba:ba + 4 * npad] = bias_bits.tobytes()

@@ -17,21 +17,23 @@ from pathlib import Path
 
 import pytest
 
+from fpqvar_hw.host import backends, records
 from fpqvar_hw.host import driver as drv
+from fpqvar_hw.host import package as hostpkg
 from fpqvar_hw.host.rtl import run_rtl_image
 from sim.runner import REPO
 
-CFG = drv.rtl_config()
-C, MAX_KV, DRAM_BASE = 128, drv.RTL_MAX_KV, drv.RTL_DRAM_BASE
+CFG = backends.rtl_config()
+C, MAX_KV, DRAM_BASE = 128, backends.RTL_MAX_KV, backends.RTL_DRAM_BASE
 #: scale steps the slow test runs on the RTL
 TEST_STEPS = 1
 
 
-def golden_tokens(package: Path, label: int, seed: int, sampling: drv.Sampling) -> list:
+def golden_tokens(package: Path, label: int, seed: int, sampling: records.Sampling) -> list:
     """Tokens of the golden backend compiled for the RTL top's configuration."""
-    pkg = drv.load_package_checked(package)
-    run = asyncio.run(drv.generate(drv.host_model_from_package(pkg),
-                                   drv.GoldenBackend(pkg, rows=2, config=CFG, dram_base=DRAM_BASE, max_kv=MAX_KV),
+    pkg = hostpkg.load_package_checked(package)
+    run = asyncio.run(drv.generate(hostpkg.host_model_from_package(pkg),
+                                   backends.GoldenBackend(pkg, rows=2, config=CFG, dram_base=DRAM_BASE, max_kv=MAX_KV),
                                    [label], seed, sampling))
     return run.tokens
 
@@ -42,8 +44,8 @@ def test_tiny_image_on_rtl():
     adaLN, x, program, registers, irq, counters): its tokens equal the golden backend's.
     (All four steps take far longer than the slow tier allows on a shared 2-core machine;
     ``python -m fpqvar_hw.host.driver --backend rtl`` runs the whole image.)"""
-    package = drv.build_package(drv.PackageSettings(preset="fp4-dfq-ght"))
-    sampling = drv.Sampling()
+    package = hostpkg.build_package(hostpkg.PackageSettings(preset="fp4-dfq-ght"))
+    sampling = records.Sampling()
     want = golden_tokens(package, 3, 0, sampling)
     out = REPO / "build" / "tiny-image" / "rtl-test"
     run = run_rtl_image(package, config=CFG, C=C, max_kv=MAX_KV, dram_base=DRAM_BASE, label=3, seed=0,

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 from fpqvar_hw.host import isa_sim
-from fpqvar_hw.host.driver import RTL_MAX_KV, RTL_OVERRIDES, RTL_PRESET, rtl_config
+from fpqvar_hw.host.backends import RTL_MAX_KV, RTL_OVERRIDES, RTL_PRESET, rtl_config
 from fpqvar_hw.host.rtl import top_build_name, top_component
 from sim.runner import BUILD_ROOT, REPO, run_cocotb
 from tests.test_golden_block import digits_fpqvar  # noqa: F401  (session fixture: the package)

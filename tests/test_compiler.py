@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from fpqvar_hw import isa
+from fpqvar_hw import footprints, packing
 
 from fpqvar_hw.host import isa_sim
 from fpqvar_hw.host.compiler import Compiler, assign_sync
@@ -166,7 +167,7 @@ def test_assign_sync_rules():
 
     def flags(prog, coarse=True):
         prog = prog + [Halt()]
-        return [i.sync for i in assign_sync(prog, [isa.footprint(i, **kw) for i in prog], coarse=coarse)][:-1]
+        return [i.sync for i in assign_sync(prog, [footprints.footprint(i, **kw) for i in prog], coarse=coarse)][:-1]
 
     assert flags([g, rd_out]) == [False, True]                        # RAW
     assert flags([g, wr_act]) == [False, True]                        # WAR
@@ -278,12 +279,12 @@ def test_layout_regions_and_image(comp):
         assert len(comp.program(step)) <= comp.prog_bytes
         for ins in comp.instructions(step):
             ins.check()
-            assert isa.footprint(ins, **comp.pack).within(comp.dram_base, comp.dram_size)
+            assert footprints.footprint(ins, **comp.pack).within(comp.dram_base, comp.dram_size)
     # the packed qkv weights of block 1 are the golden block's device weights
     lay = comp.params[1].qkv
     a = comp.layer_addr[1]["qkv"]
     img = dict(comp.image())
-    codes, scales = isa.unpack_gemm_weights(img[a["w"]], img[a["ws"]], lay.n, lay.k, **comp.pack)
+    codes, scales = packing.unpack_gemm_weights(img[a["w"]], img[a["ws"]], lay.n, lay.k, **comp.pack)
     np.testing.assert_array_equal(codes, lay.codes)
     np.testing.assert_array_equal(scales, lay.scales)
 

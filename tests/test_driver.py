@@ -16,34 +16,36 @@ import numpy as np
 import pytest
 import torch
 
+from fpqvar_hw.host import backends, records
 from fpqvar_hw.host import driver as drv
+from fpqvar_hw.host import package as hostpkg
 
-FAST = drv.PackageSettings(preset="fp4-dfq-ght")
+FAST = hostpkg.PackageSettings(preset="fp4-dfq-ght")
 
 
 @pytest.fixture(scope="module")
 def fast_package():
-    return drv.load_package_checked(drv.build_package(FAST))
+    return hostpkg.load_package_checked(hostpkg.build_package(FAST))
 
 
 @pytest.fixture(scope="module")
 def fp32_model():
-    return drv.load_shipped_model()
+    return hostpkg.load_shipped_model()
 
 
-def sampler_tokens(var, label: int, seed: int, s: drv.Sampling = drv.Sampling()):
+def sampler_tokens(var, label: int, seed: int, s: records.Sampling = records.Sampling()):
     res = var.sample_tokens(1, torch.tensor([label]), g_seed=seed, cfg=s.cfg, top_k=s.top_k, top_p=s.top_p)
     return [t.numpy() for t in res.idx_Bl]
 
 
-@pytest.mark.parametrize("seed,label,sampling", [(0, 3, drv.Sampling()), (7, 10, drv.Sampling()),
-                                                 (11, 5, drv.Sampling(cfg=3.0, top_k=40, top_p=0.9))],
+@pytest.mark.parametrize("seed,label,sampling", [(0, 3, records.Sampling()), (7, 10, records.Sampling()),
+                                                 (11, 5, records.Sampling(cfg=3.0, top_k=40, top_p=0.9))],
                          ids=["s0-c3", "s7-uncond", "s11-c5-topk-topp"])
 def test_host_loop_reproduces_the_sampler(fp32_model, seed, label, sampling):
     """With the FP32 torch blocks as the backend, the driver's host loop draws exactly
     the tokens of VAR.sample_tokens and decodes the same image."""
-    host = drv.HostModel(fp32_model.var, fp32_model.vae)
-    run = asyncio.run(drv.generate(host, drv.TorchBlocksBackend(fp32_model.var, "fp32"), [label], seed, sampling))
+    host = hostpkg.HostModel(fp32_model.var, fp32_model.vae)
+    run = asyncio.run(drv.generate(host, backends.TorchBlocksBackend(fp32_model.var, "fp32"), [label], seed, sampling))
     want = sampler_tokens(fp32_model.var, label, seed, sampling)
     assert [s.tokens.shape for s in run.steps] == [w.shape for w in want]
     for s, w in zip(run.steps, want):
@@ -60,22 +62,22 @@ def test_fakequant_model_from_package_equals_the_quantized_model(fp32_model, fas
     from fpqvar_quant.ptq.config import get_preset
     from fpqvar_quant.ptq.quantize_model import quantize_model
 
-    ref = drv.load_shipped_model()
+    ref = hostpkg.load_shipped_model()
     quantize_model(ref.var, get_preset(FAST.preset), progress=False)
-    rebuilt = drv.fakequant_model_from_package(fast_package)
+    rebuilt = hostpkg.fakequant_model_from_package(fast_package)
     data = held_out_tokens(ref, limit=16)
     np.testing.assert_array_equal(teacher_forced_logits(rebuilt, data).numpy(),
                                   teacher_forced_logits(ref, data).numpy())
     assert not torch.equal(teacher_forced_logits(fp32_model, data), teacher_forced_logits(ref, data))
     # and its sampler agrees with the driver loop driving its blocks
-    host = drv.host_model_from_package(fast_package)
-    run = asyncio.run(drv.generate(host, drv.TorchBlocksBackend(rebuilt.var, "fq"), [4], 2))
+    host = hostpkg.host_model_from_package(fast_package)
+    run = asyncio.run(drv.generate(host, backends.TorchBlocksBackend(rebuilt.var, "fq"), [4], 2))
     for s, w in zip(run.steps, sampler_tokens(ref.var, 4, 2)):
         np.testing.assert_array_equal(s.tokens, w)
 
 
 def test_host_model_takes_float_parameters_from_the_package(fast_package):
-    host = drv.host_model_from_package(fast_package)
+    host = hostpkg.host_model_from_package(fast_package)
     sd = host.var.state_dict()
     for k, v in fast_package.float_params.items():
         np.testing.assert_array_equal(sd[k].numpy(), v, err_msg=k)
@@ -85,16 +87,16 @@ def test_host_model_takes_float_parameters_from_the_package(fast_package):
     assert len(ad) == host.depth
     assert all(a.shape == (2, 6, host.C) and a.dtype == np.float32 for a in ad)
     mods = host.var.blocks[1].modulation(cond)            # gamma1, gamma2, scale1, scale2, shift1, shift2
-    for i, name in enumerate(drv.ADALN_NAMES):
+    for i, name in enumerate(hostpkg.ADALN_NAMES):
         np.testing.assert_array_equal(ad[1][:, i], mods[i][:, 0].numpy(), err_msg=name)
 
 
 # ------------------------------------------------------------------------- errors
 def test_bad_package_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        drv.load_package_checked(tmp_path / "nope")
+        hostpkg.load_package_checked(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="not an fpqvar quantized package"):
-        drv.load_package_checked(tmp_path)
+        hostpkg.load_package_checked(tmp_path)
 
 
 def test_package_for_another_model_is_rejected(fast_package, tmp_path):
@@ -106,7 +108,7 @@ def test_package_for_another_model_is_rejected(fast_package, tmp_path):
     m["model"]["depth"] = 16
     (bad / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ValueError, match="made for another model: depth 16"):
-        drv.host_model_from_package(drv.load_package_checked(bad))
+        hostpkg.host_model_from_package(hostpkg.load_package_checked(bad))
 
 
 @pytest.mark.parametrize("labels,seed,match", [([11], 0, "class index 11 out of range"),
@@ -115,29 +117,29 @@ def test_package_for_another_model_is_rejected(fast_package, tmp_path):
                                                ([3], -1, "seed must be an integer"),
                                                ([3], 1.5, "seed must be an integer")])
 def test_bad_class_or_seed(fp32_model, labels, seed, match):
-    host = drv.HostModel(fp32_model.var, fp32_model.vae)
+    host = hostpkg.HostModel(fp32_model.var, fp32_model.vae)
     with pytest.raises(ValueError, match=match):
-        asyncio.run(drv.generate(host, drv.TorchBlocksBackend(fp32_model.var, "fp32"), labels, seed))
+        asyncio.run(drv.generate(host, backends.TorchBlocksBackend(fp32_model.var, "fp32"), labels, seed))
 
 
 def test_bad_sampling_and_preset():
     with pytest.raises(ValueError, match="top_p"):
-        drv.Sampling(top_p=1.0)
+        records.Sampling(top_p=1.0)
     with pytest.raises(ValueError, match="top_k"):
-        drv.Sampling(top_k=-1)
+        records.Sampling(top_k=-1)
     with pytest.raises(ValueError, match="unknown preset"):
-        drv.build_package(drv.PackageSettings(preset="fp5"))
+        hostpkg.build_package(hostpkg.PackageSettings(preset="fp5"))
 
 
 # ------------------------------------------------------------------ golden backend
-def run_with_shadows(package, label: int = 3, seed: int = 0) -> drv.ImageRun:
+def run_with_shadows(package, label: int = 3, seed: int = 0) -> records.ImageRun:
     """One image on the golden backend with the golden block, FP32 and fake-quant torch
     blocks as shadows (same inputs every step)."""
-    host = drv.host_model_from_package(package)
-    shadows = [drv.GoldenBlockBackend(package),
-               drv.TorchBlocksBackend(drv.load_shipped_model().var, "fp32"),
-               drv.TorchBlocksBackend(drv.fakequant_model_from_package(package).var, "fakequant")]
-    return asyncio.run(drv.generate(host, drv.GoldenBackend(package, rows=2), [label], seed, shadows=shadows))
+    host = hostpkg.host_model_from_package(package)
+    shadows = [backends.GoldenBlockBackend(package),
+               backends.TorchBlocksBackend(hostpkg.load_shipped_model().var, "fp32"),
+               backends.TorchBlocksBackend(hostpkg.fakequant_model_from_package(package).var, "fakequant")]
+    return asyncio.run(drv.generate(host, backends.GoldenBackend(package, rows=2), [label], seed, shadows=shadows))
 
 
 @pytest.fixture(scope="module")
@@ -157,11 +159,11 @@ def test_golden_backend_equals_the_golden_block(golden_run):
 
 
 def test_golden_tokens_are_deterministic(fast_package, golden_run):
-    host = drv.host_model_from_package(fast_package)
-    again = asyncio.run(drv.generate(host, drv.GoldenBackend(fast_package, rows=2, coarse=False), [3], 0))
+    host = hostpkg.host_model_from_package(fast_package)
+    again = asyncio.run(drv.generate(host, backends.GoldenBackend(fast_package, rows=2, coarse=False), [3], 0))
     assert again.tokens == golden_run.tokens           # same seed; the sync flags do not change results
     np.testing.assert_array_equal(again.images, golden_run.images)
-    other = asyncio.run(drv.generate(host, drv.GoldenBackend(fast_package, rows=2), [3], 1))
+    other = asyncio.run(drv.generate(host, backends.GoldenBackend(fast_package, rows=2), [3], 1))
     assert other.tokens != golden_run.tokens
 
 
@@ -177,7 +179,7 @@ TOL = {"fp32": {"max_abs": 0.2, "mean_abs": 0.012, "kl": 0.015},
 STEP0_VS_FAKEQUANT = 2e-3
 
 
-def check_tolerances(run: drv.ImageRun, step0_vs_fakequant: float | None) -> None:
+def check_tolerances(run: records.ImageRun, step0_vs_fakequant: float | None) -> None:
     rows = drv.step_errors(run)
     by = {(r["si"], r["reference"], r["compared"]): r for r in rows}
     for s in run.steps:
@@ -203,18 +205,18 @@ def test_golden_blocks_close_to_fp32_and_fakequant_fpqvar():
     """The same bounds for the command line's fp4-fpqvar package (GALT; built in about a
     minute, cached under build/tiny-image/cache). At step 0 a few activation codes flip
     against the fake-quant model (FP16 rounding near grid midpoints), so no step-0 bound."""
-    pkg = drv.load_package_checked(drv.build_package())
+    pkg = hostpkg.load_package_checked(hostpkg.build_package())
     check_tolerances(run_with_shadows(pkg), None)
 
 
 def test_device_error_is_reported(fast_package):
     from fpqvar_hw import isa
 
-    g = drv.GoldenBackend(fast_package, rows=2)
+    g = backends.GoldenBackend(fast_package, rows=2)
     bad = bytearray(isa.INSTR_BYTES)
     bad[0] = 0x7F                                              # unknown opcode
     asyncio.run(g.mem_write(g.compiler.prog_addr, bytes(bad)))
-    with pytest.raises(drv.DeviceError, match=r"error 1 \(OPCODE\) at instruction 0") as e:
+    with pytest.raises(backends.DeviceError, match=r"error 1 \(OPCODE\) at instruction 0") as e:
         asyncio.run(g.run_program(g.compiler.prog_addr))
     assert e.value.code == 1 and e.value.pc == 0
 
@@ -250,11 +252,11 @@ def test_command_line(fast_package, tmp_path, capsys):
 
 def test_max_steps(fp32_model):
     """A run cut after two scale steps draws the sampler's first two token maps."""
-    host = drv.HostModel(fp32_model.var, fp32_model.vae)
-    run = asyncio.run(drv.generate(host, drv.TorchBlocksBackend(fp32_model.var, "fp32"), [6], 4, max_steps=2))
+    host = hostpkg.HostModel(fp32_model.var, fp32_model.vae)
+    run = asyncio.run(drv.generate(host, backends.TorchBlocksBackend(fp32_model.var, "fp32"), [6], 4, max_steps=2))
     want = sampler_tokens(fp32_model.var, 6, 4)
     assert len(run.steps) == 2 and run.images.shape == (1, 8, 8)
     for s, w in zip(run.steps, want):
         np.testing.assert_array_equal(s.tokens, w)
     with pytest.raises(ValueError, match="max_steps must be in 1..4"):
-        asyncio.run(drv.generate(host, drv.TorchBlocksBackend(fp32_model.var, "fp32"), [6], 4, max_steps=5))
+        asyncio.run(drv.generate(host, backends.TorchBlocksBackend(fp32_model.var, "fp32"), [6], 4, max_steps=5))

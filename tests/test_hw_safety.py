@@ -19,16 +19,18 @@ import pytest
 
 import build
 from fpqvar_hw.host import compiler, run
+from fpqvar_hw.host import backends, records
 from fpqvar_hw.host import driver as drv
+from fpqvar_hw.host import package as hostpkg
 
 pytest.importorskip("torch")
 
-FAST = drv.PackageSettings(preset="fp4-dfq-ght")
+FAST = hostpkg.PackageSettings(preset="fp4-dfq-ght")
 
 
 @pytest.fixture(scope="module")
 def package_dir():
-    return drv.build_package(FAST)
+    return hostpkg.build_package(FAST)
 
 
 @pytest.fixture(scope="module")
@@ -191,9 +193,9 @@ def test_driver_never_writes_into_a_foreign_folder(capsys, monkeypatch, tmp_path
 def test_bundle_runner_tokens_equal_the_driver_golden_backend(capsys, package_dir, bundle_dir, tmp_path):
     """The compiled bundle, run from its files on the reference executor, samples
     exactly the tokens of the driver's golden backend (same package, seed, class)."""
-    pkg = drv.load_package_checked(package_dir)
-    want = asyncio.run(drv.generate(drv.host_model_from_package(pkg), drv.GoldenBackend(pkg, rows=2),
-                                    [5], 7, drv.Sampling()))
+    pkg = hostpkg.load_package_checked(package_dir)
+    want = asyncio.run(drv.generate(hostpkg.host_model_from_package(pkg), backends.GoldenBackend(pkg, rows=2),
+                                    [5], 7, records.Sampling()))
     out = tmp_path / "run"
     code, err = _cli(capsys, run.main, [bundle_dir, "--package", package_dir, "--class", 5, "--seed", 7,
                                         "--out", out])
@@ -211,7 +213,7 @@ def test_bundle_runner_refuses_a_bundle_of_other_weights(package_dir, bundle_dir
     sampling with the wrong weights."""
     b = tmp_path / "b"
     shutil.copytree(bundle_dir, b)
-    pkg = drv.load_package_checked(package_dir)
+    pkg = hostpkg.load_package_checked(package_dir)
     lay = json.loads((b / "layout.json").read_text())
     region = next(r for r in lay["regions"] if r["name"].startswith("block1."))
     static = bytearray((b / "static.bin").read_bytes())

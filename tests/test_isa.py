@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from fpqvar_hw import isa
+from fpqvar_hw import footprints, packing
 from fpqvar_hw.isa import ErrorCode, Gemm, GemmFlag, GemmSubop, Halt, IsaError, Operand, Vec, VecFlag, VecSubop
 
 
@@ -136,7 +137,7 @@ def test_kv6_encoding_and_fields():
     assert (q.elem_bytes("a"), q.elem_bytes("c"), q.elem_bytes("d")) == (4, 2, 1)
     assert q.row_const("c") and not q.row_const("d")
     q.check(kv6=True)                              # odd code address: bytes need no alignment
-    assert isa.vec_addresses(q, "c").shape == (1, 2, 3, 1)
+    assert footprints.vec_addresses(q, "c").shape == (1, 2, 3, 1)
     f = Vec(subop=VecSubop.FDOT, n=(64, 5, 1, 1), flags=VecFlag.B_KV6, a=Operand(0x100, 4),
             b=Operand(0x1003, 1, 64), c=Operand(0x2002, 0, 2), d=Operand(0x3000, 0, 4))
     assert words(f)[0] == 0x02 | 5 << 16 | 4 << 24 and isa.decode(f.encode()) == f
@@ -158,13 +159,13 @@ def test_kv6_encoding_and_fields():
         with pytest.raises(IsaError, match=msg) as e:
             v.check(kv6=True)
         assert e.value.code == ErrorCode.FIELD
-    fp = isa.footprint(q, tn=8, lanes=32, bits=4, group=128)
+    fp = footprints.footprint(q, tn=8, lanes=32, bits=4, group=128)
     assert fp.reads.tolist() == [[0x100, 0x100 + 4 * 64 * 3 * 2]]         # A only: C is written
-    want_w = isa.merge_intervals(*[np.array([[a, a + 1]]) for a in isa.vec_addresses(q, "d").ravel()],
-                                 *[np.array([[a, a + 2]]) for a in isa.vec_addresses(q, "c").ravel()])
+    want_w = footprints.merge_intervals(*[np.array([[a, a + 1]]) for a in footprints.vec_addresses(q, "d").ravel()],
+                                 *[np.array([[a, a + 2]]) for a in footprints.vec_addresses(q, "c").ravel()])
     assert fp.writes.tolist() == want_w.tolist()
-    fpf = isa.footprint(f, tn=8, lanes=32, bits=4, group=128)
-    assert fpf.reads.tolist() == isa.merge_intervals(
+    fpf = footprints.footprint(f, tn=8, lanes=32, bits=4, group=128)
+    assert fpf.reads.tolist() == footprints.merge_intervals(
         np.array([[0x100, 0x200], [0x1003, 0x1003 + 5 * 64], [0x2002, 0x2002 + 5 * 2]])).tolist()
 
 
@@ -191,7 +192,7 @@ def test_pack_gemm_weights_layout_by_hand():
     codes[1, 33] = 0x7                            # feature 1, beat 1, lane 1
     codes[2, 127] = 0xF                           # feature 2 (block 1), beat 3, lane 31
     scales = np.array([[0x3C00], [0x4000], [0x1234]], dtype=np.uint16)
-    cb, sb = isa.pack_gemm_weights(codes, scales, tn=2, lanes=32, bits=4, group=128)
+    cb, sb = packing.pack_gemm_weights(codes, scales, tn=2, lanes=32, bits=4, group=128)
     assert len(cb) == 2 * 4 * 2 * 16 and len(sb) == 2 * 1 * 16
     entry = lambda nb, kb, t: cb[((nb * 4 + kb) * 2 + t) * 16:][:16]  # noqa: E731
     assert entry(0, 0, 0)[0] == 0xA3 and not any(entry(0, 0, 0)[1:])
@@ -210,10 +211,10 @@ def test_pack_unpack_round_trip(bits, lanes, tn, group, n, k, seed):
     rng = np.random.default_rng(seed)
     codes = rng.integers(0, 1 << bits, (n, k)).astype(np.uint8)
     scales = rng.integers(0, 1 << 16, (n, k // group)).astype(np.uint16)
-    cb, sb = isa.pack_gemm_weights(codes, scales, tn=tn, lanes=lanes, bits=bits, group=group)
-    assert len(cb) == isa.gemm_code_bytes(n, k, tn=tn, lanes=lanes, bits=bits) and len(cb) % 16 == 0
-    assert len(sb) == isa.gemm_scale_bytes(n, k, tn=tn, group=group) and len(sb) % 16 == 0
-    c2, s2 = isa.unpack_gemm_weights(cb, sb, n, k, tn=tn, lanes=lanes, bits=bits, group=group)
+    cb, sb = packing.pack_gemm_weights(codes, scales, tn=tn, lanes=lanes, bits=bits, group=group)
+    assert len(cb) == packing.gemm_code_bytes(n, k, tn=tn, lanes=lanes, bits=bits) and len(cb) % 16 == 0
+    assert len(sb) == packing.gemm_scale_bytes(n, k, tn=tn, group=group) and len(sb) % 16 == 0
+    c2, s2 = packing.unpack_gemm_weights(cb, sb, n, k, tn=tn, lanes=lanes, bits=bits, group=group)
     np.testing.assert_array_equal(c2, codes)
     np.testing.assert_array_equal(s2, scales)
 
@@ -222,38 +223,38 @@ def test_pack_gemm_weights_validation():
     c = np.zeros((4, 128), np.uint8)
     s = np.zeros((4, 1), np.uint16)
     with pytest.raises(ValueError, match="multiple of 128"):
-        isa.pack_gemm_weights(np.zeros((4, 96), np.uint8), s, tn=2, lanes=32, bits=4, group=32)
+        packing.pack_gemm_weights(np.zeros((4, 96), np.uint8), s, tn=2, lanes=32, bits=4, group=32)
     with pytest.raises(ValueError, match="scales must be"):
-        isa.pack_gemm_weights(c, np.zeros((4, 2), np.uint16), tn=2, lanes=32, bits=4, group=128)
+        packing.pack_gemm_weights(c, np.zeros((4, 2), np.uint16), tn=2, lanes=32, bits=4, group=128)
     with pytest.raises(ValueError, match="fit in 4 bits"):
-        isa.pack_gemm_weights(c + 16, s, tn=2, lanes=32, bits=4, group=128)
+        packing.pack_gemm_weights(c + 16, s, tn=2, lanes=32, bits=4, group=128)
     with pytest.raises(ValueError, match="must divide"):
-        isa.pack_gemm_weights(c, s, tn=2, lanes=48, bits=4, group=128)
+        packing.pack_gemm_weights(c, s, tn=2, lanes=48, bits=4, group=128)
     with pytest.raises(ValueError, match="expected"):
-        isa.unpack_gemm_weights(b"\0" * 16, b"\0" * 16, 4, 128, tn=2, lanes=32, bits=4, group=128)
+        packing.unpack_gemm_weights(b"\0" * 16, b"\0" * 16, 4, 128, tn=2, lanes=32, bits=4, group=128)
 
 
 def test_pack_signs():
     pm = np.ones(128, dtype=np.int8)
     pm[[0, 9, 127]] = -1
-    raw = isa.pack_signs(pm)
+    raw = packing.pack_signs(pm)
     assert len(raw) == 16 and raw[0] == 0x01 and raw[1] == 0x02 and raw[15] == 0x80
-    np.testing.assert_array_equal(isa.unpack_signs(raw), (pm < 0).astype(np.uint8))
-    assert isa.pack_sign_bits((pm < 0).astype(np.uint8)) == raw
-    assert isa.pack_signs(np.ones(128)) == bytes(16)       # all +1: nothing negated
+    np.testing.assert_array_equal(packing.unpack_signs(raw), (pm < 0).astype(np.uint8))
+    assert packing.pack_sign_bits((pm < 0).astype(np.uint8)) == raw
+    assert packing.pack_signs(np.ones(128)) == bytes(16)       # all +1: nothing negated
     with pytest.raises(ValueError, match="pack_sign_bits"):
-        isa.pack_signs(np.zeros(128))
+        packing.pack_signs(np.zeros(128))
     with pytest.raises(ValueError, match="128"):
-        isa.pack_signs(np.ones(64))
+        packing.pack_signs(np.ones(64))
 
 
 def test_footprint_vec_exact_bytes():
     v = Vec(subop=VecSubop.RESID, n=(2, 2, 1, 1), a=Operand(0x100, 4, 16), b=Operand(0x200, 0, 4),
             c=Operand(0x300, -4, 0), d=Operand(0x400, 8, 4))
-    fp = isa.footprint(v, tn=8, lanes=32, bits=4, group=128)
+    fp = footprints.footprint(v, tn=8, lanes=32, bits=4, group=128)
     assert fp.reads.tolist() == [[0x100, 0x108], [0x110, 0x118], [0x200, 0x208], [0x2FC, 0x304]]
     assert fp.writes.tolist() == [[0x400, 0x410]]
-    f = isa.footprint(Vec(subop=VecSubop.FDOT, n=(4, 3, 1, 1), a=Operand(0, 4), b=Operand(0x40, 2, 8),
+    f = footprints.footprint(Vec(subop=VecSubop.FDOT, n=(4, 3, 1, 1), a=Operand(0, 4), b=Operand(0x40, 2, 8),
                           d=Operand(0x80, 99, 4), flags=VecFlag.B_FP16), tn=8, lanes=32, bits=4, group=128)
     assert f.writes.tolist() == [[0x80, 0x8C]] and f.reads.tolist() == [[0, 0x10], [0x40, 0x58]]
 
@@ -261,15 +262,15 @@ def test_footprint_vec_exact_bytes():
 def test_footprint_gemm_and_conflicts():
     kw = dict(tn=8, lanes=32, bits=4, group=128)
     g = gemm(m=2, k=128, n=10, act_stride=1024, flags=GemmFlag.BIAS)
-    fp = isa.footprint(g, **kw)
-    code = isa.gemm_code_bytes(10, 128, tn=8, lanes=32, bits=4)
+    fp = footprints.footprint(g, **kw)
+    code = packing.gemm_code_bytes(10, 128, tn=8, lanes=32, bits=4)
     assert [0x1000, 0x1200] in fp.reads.tolist() and [0x1400, 0x1600] in fp.reads.tolist()
     assert [0x2000, 0x2000 + code] in fp.reads.tolist() and [0x5000, 0x5000 + 64] in fp.reads.tolist()
     assert fp.writes.tolist() == [[0x4004, 0x4004 + 40], [0x4004 + 44, 0x4004 + 84]]
-    reader = isa.footprint(Vec(subop=VecSubop.GELU, n=(1, 1, 1, 1), a=Operand(0x4004 + 40, 4),
+    reader = footprints.footprint(Vec(subop=VecSubop.GELU, n=(1, 1, 1, 1), a=Operand(0x4004 + 40, 4),
                                d=Operand(0x9000, 4)), **kw)
     assert not fp.conflicts(reader)                     # the 4-byte gap between output rows
-    reader2 = isa.footprint(Vec(subop=VecSubop.GELU, n=(1, 1, 1, 1), a=Operand(0x4004 + 44, 4),
+    reader2 = footprints.footprint(Vec(subop=VecSubop.GELU, n=(1, 1, 1, 1), a=Operand(0x4004 + 44, 4),
                                 d=Operand(0x9000, 4)), **kw)
     assert fp.conflicts(reader2) and reader2.conflicts(fp)
 
@@ -287,8 +288,8 @@ def test_window_check_equals_footprint_bounds(seed):
         else:
             ins = gemm(act_addr=int(rng.integers(0, 0x800)) * 16, w_addr=int(rng.integers(0, 0x800)) * 16,
                        out_addr=int(rng.integers(0, 0x3000)) * 4, m=int(rng.integers(1, 4)))
-        want = isa.footprint(ins, **kw).within(0x1000, 0x8000)
-        assert isa.accesses_in_window(ins, 0x1000, 0x8000, **kw) == want
+        want = footprints.footprint(ins, **kw).within(0x1000, 0x8000)
+        assert footprints.accesses_in_window(ins, 0x1000, 0x8000, **kw) == want
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -304,12 +305,12 @@ def test_footprint_intervals_equal_element_enumeration(seed):
         flags = {VecSubop.CVT16: VecFlag.D_FP16,
                  VecSubop.FDOT: int(rng.choice([0, VecFlag.B_FP16, VecFlag.B_KV6]))}.get(sub, 0)
         v = Vec(subop=sub, n=n, **ops, flags=flags)
-        fp = isa.footprint(v, tn=8, lanes=32, bits=4, group=128)
+        fp = footprints.footprint(v, tn=8, lanes=32, bits=4, group=128)
 
         def elems(names):
-            return isa.merge_intervals(*[
-                isa.merge_intervals(*[np.array([[a, a + v.elem_bytes(o)]])
-                                      for a in isa.vec_addresses(v, o).ravel()]) for o in names])
+            return footprints.merge_intervals(*[
+                footprints.merge_intervals(*[np.array([[a, a + v.elem_bytes(o)]])
+                                      for a in footprints.vec_addresses(v, o).ravel()]) for o in names])
         want_r = elems([o for o in v.operands if o not in v.writes])
         want_w = elems(v.writes)
         assert fp.reads.tolist() == want_r.tolist() and fp.writes.tolist() == want_w.tolist(), v

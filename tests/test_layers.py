@@ -4,8 +4,8 @@
 Every ``import``/``from ... import`` in every Python file counts, including those inside
 functions (a lazy import still couples two modules).  Layers of ``fpqvar_hw``, bottom up:
 
-0. base: ``fpqvar_hw.config``, ``fpqvar_hw.isa``, ``fpqvar_hw.emit``, ``fpqvar_hw.cache`` (contracts,
-   the emitter, shared cache entries)
+0. base: ``fpqvar_hw.config``, ``fpqvar_hw.isa``, ``fpqvar_hw.packing``, ``fpqvar_hw.footprints``,
+   ``fpqvar_hw.emit``, ``fpqvar_hw.cache`` (contracts, the emitter, shared cache entries)
 1. ``fpqvar_hw.units`` (arithmetic)
 2. ``fpqvar_hw.engines`` (engines, AXI, control, top)
 3. ``fpqvar_hw.host`` (reference executor, compiler, driver, runners)

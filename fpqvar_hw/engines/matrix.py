@@ -8,7 +8,7 @@ row is read from DRAM, converted to FP16 (RNE, overflow to Inf;
 Hadamard unit (flag HAD; signs from ``signs_addr``), group-quantized
 (:class:`~fpqvar_hw.units.quantizer.Quantizer`: sub-op 0 the plain activation format,
 sub-op 1 the DFQ format) and stored as codes + scales in the on-chip activation
-buffer.  The packed weights (:func:`fpqvar_hw.isa.pack_gemm_weights`) then
+buffer.  The packed weights (:func:`fpqvar_hw.packing.pack_gemm_weights`) then
 stream through the array: cell ``(i, j)`` computes the dot product of block row
 ``i`` with feature ``nb*tn + j`` (:class:`~fpqvar_hw.units.dot.GroupDot`, dual-mode:
 plain e2m1fn or DFQ activations, selected per instruction).  With flag BIAS one
@@ -87,6 +87,7 @@ from amaranth.utils import ceil_log2, exact_log2
 from . import axi
 
 from .. import isa
+from .. import packing
 from ..config import AcceleratorConfig, ElementFormat, ScaleFormat
 from ..units.dot import GroupDot
 from ..units.fpu import FP16, FP32, FPOp, FPUnit, add_front, float_layout
@@ -286,7 +287,7 @@ class MatrixEngine(wiring.Component):
         self.cfg, self.max_k, self.fifo_words = cfg, max_k, fifo_words
         self.tm, self.tn, self.lanes, self.qlanes = cfg.tm, cfg.tn, cfg.lanes, cfg.quant_lanes
         #: bus words per (beat, feature) weight entry and per (block, group) scale entry
-        self.code_words = isa.gemm_code_word_bytes(cfg.lanes, _CODE_BITS) // axi.DATA_BYTES
+        self.code_words = packing.gemm_code_word_bytes(cfg.lanes, _CODE_BITS) // axi.DATA_BYTES
         self.scale_words = -(-2 * cfg.tn // axi.DATA_BYTES)
         cell = GroupDot(pair=MulPair.E2M1_E2M1, dfq=True, dual=True, group_size=128,
                         lanes=cfg.lanes)

@@ -153,7 +153,7 @@ def top_build(config: AcceleratorConfig, C: int) -> TopBuild:
 
     from ..engines import axi
 
-    from .. import isa
+    from .. import isa, packing
     from ..engines.matrix import MatrixEngine
     from ..engines.top import Accelerator
     from ..engines.vecengine import VectorEngine
@@ -164,7 +164,7 @@ def top_build(config: AcceleratorConfig, C: int) -> TopBuild:
     rd = inspect.signature(VectorEngine.__init__).parameters["rd_depth"].default
     return TopBuild(tm=config.tm, tn=config.tn, lanes=config.lanes, quant_lanes=config.quant_lanes,
                     C=C, P=isa.VEC_P,
-                    code_words=isa.gemm_code_word_bytes(config.lanes, 4) // axi.DATA_BYTES,
+                    code_words=packing.gemm_code_word_bytes(config.lanes, 4) // axi.DATA_BYTES,
                     scale_words=-(-2 * config.tn // axi.DATA_BYTES), max_outstanding=acc,
                     vec_rd_depth=rd, mat_fifo_words=mat, max_burst=axi.MAX_BURST,
                     lat=_top_latencies(config.lanes))

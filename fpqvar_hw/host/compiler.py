@@ -22,7 +22,7 @@ addresses are attributes, :meth:`regions` lists them):
 
 * static (:meth:`image`, ``[dram_base, static_end)``): Hadamard sign bits (16
   bytes), a zero FP32 word (the keys' temperature); per block ``b`` and layer:
-  packed codes and scales (:func:`isa.pack_gemm_weights`, Hadamard-folded scales
+  packed codes and scales (:func:`packing.pack_gemm_weights`, Hadamard-folded scales
   from ``golden.block``), FP32 bias padded to ``ceil(N/Tn)*Tn``; per block the
   temperature vector ``t`` (FP32 ``[H]``);
 * ``prog_addr``: room for the longest step program (``prog_bytes``);
@@ -67,6 +67,7 @@ import numpy as np
 from fpqvar_quant.golden import block as _blk
 
 from .. import isa
+from .. import footprints, packing
 from ..config import AcceleratorConfig, KVFormat
 from ..isa import Gemm, GemmFlag, GemmSubop, Halt, Opcode, Operand, Vec, VecFlag, VecSubop
 from .isa_sim import gemm_formats
@@ -96,7 +97,7 @@ class Region:
     size: int
 
 
-def assign_sync(instrs: list, footprints: list[isa.Footprint], *, coarse: bool = True) -> list:
+def assign_sync(instrs: list, footprints: list[footprints.Footprint], *, coarse: bool = True) -> list:
     """``instrs`` with ``sync`` set exactly where needed.
 
     Each engine runs one instruction at a time, in order, and dispatch is in
@@ -268,15 +269,15 @@ class Compiler:
         R, C, H, Ls = self.rows, self.C, self.H, self.L_max
         n_prog = max(self.depth * _PER_TILE * len(self._tiles(L)) for L in self.step_lens) + 1
         signs = self.params[0].signs
-        self.signs_addr = alloc("signs", 16, isa.pack_sign_bits(signs) if signs is not None else bytes(16))
+        self.signs_addr = alloc("signs", 16, packing.pack_sign_bits(signs) if signs is not None else bytes(16))
         self.zero_addr = alloc("zero", 16, bytes(16))
         self.layer_addr: list[dict[str, dict[str, int]]] = []
         self.temp_addr, self.ada_addr, self.k_addr, self.v_addr = [], [], [], []
         for b, p in enumerate(self.params):
             la = {}
             for role, lay in p.layers().items():
-                cb, sb = isa.pack_gemm_weights(lay.codes, lay.scales, **self.pack)
-                np_ = isa.gemm_padded_n(lay.n, self.cfg.tn)
+                cb, sb = packing.pack_gemm_weights(lay.codes, lay.scales, **self.pack)
+                np_ = packing.gemm_padded_n(lay.n, self.cfg.tn)
                 bias = np.zeros(np_, "<f4")
                 if lay.bias is not None:
                     bias[:lay.n] = lay.bias
@@ -395,7 +396,7 @@ class Compiler:
     def instructions(self, step: int) -> list:
         """The step's instructions with sync flags (:func:`assign_sync`)."""
         ins = self._instructions(step) + [Halt()]
-        fps = [isa.footprint(i, **self.pack) for i in ins]
+        fps = [footprints.footprint(i, **self.pack) for i in ins]
         return assign_sync(ins, fps, coarse=self.cfg.coarse_pipeline)
 
     def plan(self, step: int) -> tuple[PlanOp, ...]:

@@ -8,7 +8,7 @@ Division of work (``docs/top.md``):
   embeddings), the word embedding of the next scale's input, the head and the
   CFG-guided top-k/top-p sampling with a seeded ``torch.Generator``, the VQ
   residual update and the VQVAE decode;
-* **device** (a :class:`BlockBackend`): all transformer blocks of one scale step
+* **device** (a :class:`~fpqvar_hw.host.backends.BlockBackend`): all transformer blocks of one scale step
   on ``x`` ``[R, L, C]`` FP32 (``R = 2B`` rows: conditional rows first, then the
   unconditional ones), keeping its own KV cache between the steps of an image.
 
@@ -19,13 +19,15 @@ the VQVAE is the shipped one. The random draws are exactly those of
 with ``seed``), so the torch backends reproduce the existing sampler's tokens
 bit for bit (``tests/test_driver.py``).
 
-Backends:
+Module map: the package and the host's float models are :mod:`fpqvar_hw.host.package`,
+the block backends :mod:`fpqvar_hw.host.backends`; this module is the run loop, the
+outputs and the command line.  Backends:
 
-* :class:`GoldenBackend`: the compiled programs (``fpqvar_hw.host.compiler``) run by
+* :class:`~fpqvar_hw.host.backends.GoldenBackend`: the compiled programs (``fpqvar_hw.host.compiler``) run by
   the instruction-level reference executor ``fpqvar_hw.host.isa_sim`` on a numpy DRAM;
 * :class:`fpqvar_hw.host.rtl_tb.RtlBackend`: the same programs and DRAM image on the
   simulated RTL top (inside a cocotb test), with the perf registers read after every step;
-* :class:`TorchBlocksBackend`: the blocks of a torch VAR (the FP32 model or the
+* :class:`~fpqvar_hw.host.backends.TorchBlocksBackend`: the blocks of a torch VAR (the FP32 model or the
   fake-quant model), the references the device is measured against.
 
 The run loop :func:`generate` is ``async`` so the same code drives the cocotb
@@ -38,18 +40,17 @@ Command line (``python -m fpqvar_hw.host.driver --help``)::
 writes ``tokens.json``, ``device.png``, ``fp32.png``, ``fakequant.png``,
 ``side_by_side.png`` and ``cycles.json`` into ``--out``; ``--backend rtl`` runs the image
 on the simulated RTL top instead (:func:`fpqvar_hw.host.rtl.run_rtl_image`, the top at
-:func:`rtl_config`, ``max_kv`` :data:`RTL_MAX_KV`).
+:func:`~fpqvar_hw.host.backends.rtl_config`, ``max_kv``
+:data:`~fpqvar_hw.host.backends.RTL_MAX_KV`).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import sys
 import time
-from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -57,481 +58,18 @@ import numpy as np
 
 from fpqvar_quant.safeio import atomic_path, atomic_write_text, prepare_output_dir, write_marker
 
-from .records import ImageRun, Sampling, StepPerf, StepRecord
+from .backends import (RTL_DRAM_BASE, RTL_MAX_KV, BlockBackend, GoldenBackend, GoldenBlockBackend,
+                       TorchBlocksBackend, rtl_config)
+from .package import (DEFAULT_OUT, DEFAULT_PRESET, HostModel, PackageSettings, build_package,
+                      fakequant_model_from_package, host_model_from_package, load_package_checked,
+                      load_shipped_model)
+from .records import ImageRun, Sampling, StepRecord
 
-__all__ = ["DEFAULT_PRESET", "PackageSettings", "build_package", "HostModel", "StepPerf",
-           "BlockBackend", "TorchBlocksBackend", "DeviceBackend", "GoldenBackend", "DeviceError",
-           "Sampling", "ImageRun", "generate", "write_cycles_json", "package_dims", "main"]
+__all__ = ["generate", "save_png", "save_side_by_side", "write_cycles_json", "write_run", "kl_rows",
+           "step_errors", "build_parser", "package_dims", "validate_args", "main", "reference_images"]
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_OUT = REPO / "build" / "tiny-image"
 #: ``kind`` of the output marker of a driver run folder (``fpqvar_quant.safeio``)
 RUN_KIND = "tiny-image-run"
-#: The W4A4 FPQVAR preset (DFQ on the FC2 input, GHT on QKV/FC1, GALT folded into adaLN;
-#: FP16 KV cache, which is what the accelerator's attention implements).
-DEFAULT_PRESET = "fp4-fpqvar"
-
-
-# --------------------------------------------------------------------------- package
-@dataclass(frozen=True)
-class PackageSettings:
-    """How the tiny model's quantized package is made (the digits demo's settings:
-    ``fpqvar_quant.digits.demo``: 100 FP32 calibration images, GALT with 20 epochs on at
-    most 2048 calibration rows per layer)."""
-
-    preset: str = DEFAULT_PRESET
-    galt_epochs: int = 20
-    max_tokens: int = 2048
-
-    def key(self, model_dir: Path) -> str:
-        """Cache folder name: the settings plus a hash of the shipped model files."""
-        h = hashlib.sha256()
-        for name in ("model.json", "vqvae.pt", "var.pt"):
-            h.update((model_dir / name).read_bytes())
-        return f"{self.preset}-e{self.galt_epochs}-t{self.max_tokens}-{h.hexdigest()[:10]}"
-
-
-def build_package(settings: PackageSettings = PackageSettings(), cache_root: Path = DEFAULT_OUT / "cache",
-                  *, model_dir: Path | None = None, log: Callable[[str], None] = print) -> Path:
-    """The quantized package of the shipped digits VAR under ``settings``; built once
-    (about a minute: calibration + GALT) and cached in ``cache_root/<key>/package``."""
-    from fpqvar_quant.digits.classifier import ASSET_DIR
-    from fpqvar_quant.ptq.config import get_preset
-
-    model_dir = Path(model_dir or ASSET_DIR)
-    cfg = get_preset(settings.preset)            # unknown preset -> ValueError naming the known ones
-    folder = Path(cache_root) / settings.key(model_dir)
-    pkg = folder / "package"
-    if (pkg / "manifest.json").is_file():
-        return pkg
-    import tempfile
-
-    from fpqvar_quant.digits.evaluate import make_calibration
-    from fpqvar_quant.digits.model import load_digits_model
-    from fpqvar_quant.ptq.export import export_package
-    from fpqvar_quant.ptq.quantize_model import quantize_model
-
-    t0 = time.time()
-    log(f"building the {settings.preset} package of the digits VAR (cached in {folder}) ...")
-    folder.mkdir(parents=True, exist_ok=True)
-    overrides = {"galt_epochs": settings.galt_epochs} if cfg.galt else {}
-    with tempfile.TemporaryDirectory(prefix="fpqvar_tiny_calib_") as tmp:
-        calib = None
-        if cfg.galt or cfg.mixedformat:
-            calib = make_calibration(load_digits_model(model_dir), Path(tmp) / "calib")
-        model = load_digits_model(model_dir)
-        report = quantize_model(model.var, cfg.replace(**overrides), calib, max_tokens=settings.max_tokens,
-                                seed=0, progress=False)
-        tmp_pkg = folder / "package.tmp"
-        export_package(model.var, report, tmp_pkg, overwrite=True)
-    tmp_pkg.rename(pkg)
-    atomic_write_text(folder / "settings.json", json.dumps(asdict(settings), indent=1) + "\n")
-    log(f"package written to {pkg} ({time.time() - t0:.1f} s)")
-    return pkg
-
-
-_SHIPPED: dict[str, Any] = {}
-
-
-def load_shipped_model(model_dir: Path | None = None) -> Any:
-    """``fpqvar_quant.digits.model.load_digits_model`` once per process and directory; every
-    call returns a fresh deep copy of the VAR (callers quantize or overwrite it) sharing the
-    (frozen, never modified) VQVAE."""
-    import copy
-    import dataclasses
-
-    from fpqvar_quant.digits.model import load_digits_model
-
-    key = str(model_dir)
-    if key not in _SHIPPED:
-        _SHIPPED[key] = load_digits_model() if model_dir is None else load_digits_model(Path(model_dir))
-    m = _SHIPPED[key]
-    return dataclasses.replace(m, var=copy.deepcopy(m.var, {id(m.vae): m.vae}))
-
-
-def _check_package_matches(manifest: dict[str, Any], var: Any, where: Path) -> None:
-    """The package must describe the loaded VAR (same shapes)."""
-    from fpqvar_quant.ptq.export import model_dims
-
-    want = model_dims(var)
-    got = manifest.get("model", {})
-    diff = {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
-    if diff:
-        raise ValueError(f"package {where} was made for another model: "
-                         + ", ".join(f"{k} {a} (package) != {b} (digits VAR)" for k, (a, b) in diff.items())
-                         + "; rebuild it with `python -m fpqvar_hw.host.driver --rebuild-package`")
-
-
-def load_package_checked(package: Path) -> Any:
-    """``fpqvar_quant.ptq.package.load_package`` with an error that says what to pass."""
-    from fpqvar_quant.ptq.package import load_package
-
-    package = Path(package)
-    if not package.is_dir():
-        raise FileNotFoundError(f"package directory {package} does not exist; omit --package to build "
-                                "the tiny model's package under build/tiny-image/cache, or pass a directory "
-                                "written by `fpqvar-quant export`")
-    return load_package(package)
-
-
-def fakequant_model_from_package(pkg: Any, model_dir: Path | None = None) -> Any:
-    """The torch fake-quant digits model equal to the one the package was exported from.
-
-    Rebuilt from the package alone: the shipped FP32 model, its four block linears
-    replaced by ``QuantLinear`` with the package's formats, their (transformed-domain)
-    weights set to the package's dequantized weights and re-quantized (the codes and
-    scales are checked to equal the package's, so nothing drifts), every float
-    parameter (GALT-folded adaLN included) taken from the package, the KV quantizer
-    installed when the package quantizes the KV cache. Returns a ``DigitsModel``."""
-    import torch
-
-    from fpqvar_quant.ptq.config import QuantConfig
-    from fpqvar_quant.ptq.kvquant import install_kv_quantizer
-    from fpqvar_quant.ptq.qlinear import LayerQuant
-    from fpqvar_quant.ptq.quantize_model import quant_linears, replace_linears
-
-    model = load_shipped_model(model_dir)
-    var = model.var
-    _check_package_matches(pkg.manifest, var, pkg.root)
-    cfg = QuantConfig.from_dict(pkg.manifest["quant_config"])
-    lqs = {n: LayerQuant(**{k: L.meta[k] for k in ("role", "w_fmt", "a_fmt", "dfq", "ght")})
-           for n, L in pkg.layers.items()}
-    online = {n: torch.from_numpy(L.smooth.copy()) for n, L in pkg.layers.items() if L.meta["smooth_online"]}
-    if cfg.quantizes_linears:
-        replace_linears(var, cfg, lqs, online_smooth=online)
-    qls = quant_linears(var)
-    if set(qls) != set(pkg.layers):
-        raise ValueError(f"package {pkg.root} quantizes {sorted(pkg.layers)[:3]}..., the model has "
-                         f"{sorted(qls)[:3]}...")
-    with torch.no_grad():
-        for name, q in qls.items():
-            L = pkg.layers[name]
-            q.weight.copy_(torch.from_numpy(L.dequantized_weight()))
-            q.refresh_weight_cache()
-            if L.codes is not None and not (np.array_equal(q.w_codes.numpy(), L.codes)
-                                            and np.array_equal(q.w_dequant.numpy(), L.dequantized_weight())):
-                raise ValueError(f"{name}: re-quantizing the package's weight does not give its codes back")
-            if L.bias is not None:
-                q.bias.copy_(torch.from_numpy(L.bias))
-        sd = var.state_dict()
-        unknown = sorted(set(pkg.float_params) - set(sd))
-        if unknown:
-            raise ValueError(f"package {pkg.root} has float parameters the model lacks: {unknown[:5]}")
-        for k, v in pkg.float_params.items():
-            sd[k].copy_(torch.from_numpy(v))
-    if pkg.manifest.get("kv_cache"):
-        install_kv_quantizer(var, cfg)
-    var.eval()
-    return model
-
-
-def host_model_from_package(pkg: Any, model_dir: Path | None = None) -> "HostModel":
-    """The host side of the accelerated model: the shipped VAR's structure and VQVAE with
-    every float parameter taken from the package (class / position / level embeddings,
-    word embedding, GALT-folded adaLN linears, head adaLN and head)."""
-    import torch
-
-    model = load_shipped_model(model_dir)
-    _check_package_matches(pkg.manifest, model.var, pkg.root)
-    sd = model.var.state_dict()
-    with torch.no_grad():
-        for k, v in pkg.float_params.items():
-            if k not in sd:
-                raise ValueError(f"package {pkg.root} has a float parameter {k!r} the model lacks")
-            sd[k].copy_(torch.from_numpy(v))
-    return HostModel(model.var, model.vae, name=f"host({pkg.manifest['quant_config']['name']})")
-
-
-# --------------------------------------------------------------------------- host side
-ADALN_NAMES = ("gamma1", "gamma2", "scale1", "scale2", "shift1", "shift2")
-"""Order of ``AdaLNSelfAttn.modulation``'s outputs (and of the six [R, C] rows per block)."""
-
-
-class HostModel:
-    """The host's part of a VAR image (torch float32, no grad). ``var`` supplies the float
-    parameters; its blocks are never run here (that is the backend's job)."""
-
-    def __init__(self, var: Any, vae: Any, name: str = "host") -> None:
-        self.var, self.vae, self.name = var, vae, name
-        self.patch_nums = tuple(int(p) for p in var.patch_nums)
-        self.C, self.depth, self.num_classes = int(var.C), len(var.blocks), int(var.num_classes)
-
-    def check_labels(self, labels: Sequence[int]) -> "Any":
-        import torch
-
-        labels = [int(k) for k in labels]
-        if not labels:
-            raise ValueError("need at least one class label")
-        bad = [k for k in labels if not 0 <= k <= self.num_classes]
-        if bad:
-            raise ValueError(f"class index {bad[0]} out of range: the digits VAR has classes 0..{self.num_classes - 1} "
-                             f"and {self.num_classes} = unconditional")
-        return torch.tensor(labels, dtype=torch.long)
-
-    def condition(self, label_B: "Any") -> "Any":
-        """``cond_BD`` [2B, C]: class embeddings of the labels, then B unconditional rows."""
-        import torch
-
-        return self.var.class_emb(torch.cat((label_B, torch.full_like(label_B, self.num_classes))))
-
-    def adaln(self, cond_BD: "Any") -> list[np.ndarray]:
-        """Per block the six modulation vectors as FP32 ``[R, 6, C]`` in :data:`ADALN_NAMES`
-        order (computed once per image)."""
-        import torch
-
-        out = []
-        for blk in self.var.blocks:
-            mods = blk.modulation(cond_BD)
-            out.append(np.ascontiguousarray(torch.stack([m[:, 0] for m in mods], dim=1).numpy(),
-                                            dtype=np.float32))
-        return out
-
-    def first_input(self, cond_BD: "Any") -> "Any":
-        """Step 0 input [R, first_l, C]: sos + ``pos_start`` + level/position embedding."""
-        var = self.var
-        R = cond_BD.shape[0]
-        return (cond_BD.unsqueeze(1).expand(R, var.first_l, -1) + var.pos_start.expand(R, var.first_l, -1)
-                + var.lvl_pos()[:, :var.first_l])
-
-    def logits(self, x: "Any", cond_BD: "Any") -> "Any":
-        """Head logits [R, l, V] of the last block's output (``VAR.get_logits``)."""
-        return self.var.get_logits(x, cond_BD)
-
-
-# --------------------------------------------------------------------------- backends
-class BlockBackend(ABC):
-    """Runs all transformer blocks of one scale step; keeps its KV cache between steps.
-
-    Call order per image: :meth:`begin` (``cond_BD`` FP32 [R, C] and per block the adaLN
-    vectors FP32 [R, 6, C], :data:`ADALN_NAMES` order; clears the KV cache), then
-    :meth:`step` for ``si = 0, 1, ...`` with ``x`` FP32 ``[R, pn*pn, C]``; returns the
-    last block's output, same shape, and the step's :class:`StepPerf`."""
-
-    name: str = "backend"
-
-    @abstractmethod
-    async def begin(self, cond_BD: np.ndarray, adaln: list[np.ndarray]) -> None:
-        ...
-
-    @abstractmethod
-    async def step(self, si: int, x: np.ndarray) -> tuple[np.ndarray, StepPerf]:
-        ...
-
-    async def end(self) -> None:
-        """Called after the last step (or on an error)."""
-
-
-class GoldenBlockBackend(BlockBackend):
-    """The accelerator's numerics without the instruction set: ``fpqvar_quant.golden.block
-    .model_step`` (bit-exact numpy blocks) on the package's device parameters."""
-
-    def __init__(self, pkg: Any, name: str = "golden-block") -> None:
-        from fpqvar_quant.golden import block as gb
-
-        self._gb, self.name = gb, name
-        depth = int(pkg.model["depth"])
-        self.params = [gb.block_params(pkg, i) for i in range(depth)]
-        self._ada: list[np.ndarray] | None = None
-        self._caches: list[Any] = []
-
-    async def begin(self, cond_BD: np.ndarray, adaln: list[np.ndarray]) -> None:
-        if len(adaln) != len(self.params):
-            raise ValueError(f"need {len(self.params)} adaLN arrays (one per block), got {len(adaln)}")
-        self._ada = [self._gb.device_modulation(a, p) for a, p in zip(adaln, self.params)]
-        R = adaln[0].shape[0]
-        self._caches = [self._gb.KVCache(rows=R, heads=p.num_heads) for p in self.params]
-
-    async def step(self, si: int, x: np.ndarray) -> tuple[np.ndarray, StepPerf]:
-        if self._ada is None:
-            raise RuntimeError("begin() must be called before step()")
-        t0 = time.perf_counter()
-        y = self._gb.model_step(x, self._ada, self.params, self._caches)
-        return np.ascontiguousarray(y, dtype=np.float32), StepPerf(wall_s=time.perf_counter() - t0)
-
-    async def end(self) -> None:
-        self._ada, self._caches = None, []
-
-
-class TorchBlocksBackend(BlockBackend):
-    """The blocks of a torch VAR (FP32 model or fake-quant model), with its own adaLN
-    linears (``cond_BD`` given to :meth:`begin`; the host's adaLN vectors are ignored)."""
-
-    def __init__(self, var: Any, name: str) -> None:
-        self.var, self.name = var, name
-        self._cond = None
-
-    async def begin(self, cond_BD: np.ndarray, adaln: list[np.ndarray]) -> None:
-        import torch
-
-        self._cond = torch.from_numpy(np.ascontiguousarray(cond_BD, dtype=np.float32))
-        for b in self.var.blocks:
-            b.attn.kv_caching(True)
-
-    async def step(self, si: int, x: np.ndarray) -> tuple[np.ndarray, StepPerf]:
-        import torch
-
-        if self._cond is None:
-            raise RuntimeError("begin() must be called before step()")
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            h = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-            for b in self.var.blocks:
-                h = b(x=h, cond_BD=self._cond, attn_bias=None)
-        return h.numpy().astype(np.float32), StepPerf(wall_s=time.perf_counter() - t0)
-
-    async def end(self) -> None:
-        for b in self.var.blocks:
-            b.attn.kv_caching(False)
-        self._cond = None
-
-
-class DeviceError(RuntimeError):
-    """The accelerator (or the reference executor) stopped with STATUS.error / aborted."""
-
-    def __init__(self, message: str, code: int = 0, pc: int | None = None) -> None:
-        super().__init__(message)
-        self.code, self.pc = code, pc
-
-
-def device_config(preset: str = "w4a4", *, coarse: bool = True, fine: bool = True, **overrides: Any) -> Any:
-    """The accelerator config the programs are compiled for (``fpqvar_hw.config`` preset with
-    the pipeline switches and any field overrides, e.g. the RTL top's ``lanes``/``tn``/``tm``)."""
-    from ..config import get_preset
-
-    return get_preset(preset).replace(coarse_pipeline=bool(coarse), fine_pipeline=bool(fine), **overrides)
-
-
-#: the simulated RTL top of ``--backend rtl`` (and sim/test_tiny_image.py, sim/test_top.py):
-#: a small array (tm=2, tn=2, 32 lanes, 8 quantizer lanes) of the w4a4 preset, KV length 30
-#: (the digits VAR's patch_nums (1, 2, 3, 4)), image at a non-zero DRAM base
-RTL_PRESET, RTL_OVERRIDES = "w4a4", {"tm": 2, "tn": 2, "lanes": 32, "quant_lanes": 8}
-RTL_MAX_KV, RTL_DRAM_BASE = 30, 0x10000
-
-
-def rtl_config() -> Any:
-    """The :class:`fpqvar_hw.config.AcceleratorConfig` of the simulated RTL top."""
-    from ..config import get_preset
-
-    return get_preset(RTL_PRESET).replace(**RTL_OVERRIDES)
-
-
-class DeviceBackend(BlockBackend):
-    """The accelerator contract (``docs/top.md``) seen from the host, with the DRAM image
-    and programs of :class:`fpqvar_hw.host.compiler.Compiler`:
-
-    * once: the static image (packed weights, scales, biases, signs, temperatures);
-    * per image (:meth:`begin`): every block's adaLN vectors ``[R, 6, C]`` at
-      ``ada_addr[b]`` (``Compiler.encode_adaln``; the KV caches need no clearing: step
-      ``si`` writes positions ``[L_start, L_start + L)`` before any read of them);
-    * per step: ``x`` at ``x_addr``, the step's program at ``prog_addr``, start, wait,
-      read ``x`` back from ``x_addr``.
-
-    Subclasses supply the memory port (:meth:`mem_write`, :meth:`mem_read`) and
-    :meth:`run_program`. ``config``: the :class:`fpqvar_hw.config.AcceleratorConfig` the
-    device is built with (default :func:`device_config`); its ``coarse_pipeline`` decides
-    the programs' sync flags, and the CTRL bits follow ``coarse``/``fine``."""
-
-    name = "device"
-
-    def __init__(self, pkg: Any, *, rows: int, coarse: bool = True, fine: bool = True,
-                 config: Any = None, dram_base: int = 0, max_kv: int | None = None) -> None:
-        from .. import isa
-        from .compiler import Compiler
-
-        self.coarse, self.fine = bool(coarse), bool(fine)
-        self.config = (device_config(coarse=coarse, fine=fine) if config is None
-                       else config.replace(coarse_pipeline=self.coarse, fine_pipeline=self.fine))
-        self.pkg, self.rows = pkg, rows
-        self.max_kv = isa.MAX_KV_LEN if max_kv is None else int(max_kv)
-        self.compiler = Compiler(pkg, self.config, rows, dram_base=dram_base, max_kv=self.max_kv)
-        self._loaded = False
-        self._began = False
-
-    # ---- memory port / control (subclasses)
-    @abstractmethod
-    async def mem_write(self, addr: int, data: bytes) -> None:
-        ...
-
-    @abstractmethod
-    async def mem_read(self, addr: int, n: int) -> bytes:
-        ...
-
-    @abstractmethod
-    async def run_program(self, prog_addr: int) -> StepPerf:
-        """Start the program at ``prog_addr``, wait for done; raise :class:`DeviceError` on
-        an error or abort. Returns the step's counters (``wall_s`` included)."""
-
-    # ---- BlockBackend
-    async def load(self) -> None:
-        """Write the static DRAM image (once per backend)."""
-        for addr, data in self.compiler.image():
-            await self.mem_write(addr, data)
-        self._loaded = True
-
-    async def begin(self, cond_BD: np.ndarray, adaln: list[np.ndarray]) -> None:
-        if len(adaln) != self.compiler.depth:
-            raise ValueError(f"need {self.compiler.depth} adaLN arrays (one per block), got {len(adaln)}")
-        if not self._loaded:
-            await self.load()
-        for b, a in enumerate(adaln):
-            await self.mem_write(*self.compiler.encode_adaln(b, a))
-        self._began = True
-
-    async def step(self, si: int, x: np.ndarray) -> tuple[np.ndarray, StepPerf]:
-        if not self._began:
-            raise RuntimeError("begin() must be called before step()")
-        comp = self.compiler
-        if x.shape != (self.rows, comp.step_tokens(si)[1], comp.C):
-            raise ValueError(f"step {si}: x must be [R={self.rows}, L={comp.step_tokens(si)[1]}, C={comp.C}], "
-                             f"got {x.shape}")
-        await self.mem_write(comp.x_addr, comp.encode_x(x))
-        prog = comp.program(si)
-        await self.mem_write(comp.prog_addr, prog)
-        perf = await self.run_program(comp.prog_addr)
-        y = comp.decode_x(await self.mem_read(comp.x_addr, comp.x_bytes(si)), si)
-        return y, perf
-
-    async def end(self) -> None:
-        self._began = False
-
-    def device_info(self) -> dict[str, Any]:
-        """The config the programs were compiled for (for ``cycles.json``)."""
-        info = self.config.as_dict()
-        info.update({"rows": self.rows, "dram_base": self.compiler.dram_base,
-                     "dram_size": self.compiler.dram_size})
-        return info
-
-
-class GoldenBackend(DeviceBackend):
-    """The compiled programs on the instruction-level reference executor
-    (:func:`fpqvar_hw.host.isa_sim.execute`) over a numpy :class:`fpqvar_hw.host.isa_sim.Dram`.
-    Counts instructions (``PC``); it has no cycle counters."""
-
-    name = "golden"
-
-    def __init__(self, pkg: Any, *, rows: int, coarse: bool = True, fine: bool = True,
-                 config: Any = None, dram_base: int = 0, max_kv: int | None = None) -> None:
-        from .isa_sim import Dram
-
-        super().__init__(pkg, rows=rows, coarse=coarse, fine=fine, config=config, dram_base=dram_base,
-                         max_kv=max_kv)
-        self.dram = Dram(self.compiler.dram_base, self.compiler.dram_size)
-
-    async def mem_write(self, addr: int, data: bytes) -> None:
-        self.dram.write(addr, data)
-
-    async def mem_read(self, addr: int, n: int) -> bytes:
-        return self.dram.read(addr, n)
-
-    async def run_program(self, prog_addr: int) -> StepPerf:
-        from .isa_sim import execute
-
-        t0 = time.perf_counter()
-        res = execute(self.dram, prog_addr, self.config, max_kv=self.max_kv)
-        if not res.ok:
-            raise DeviceError(f"reference executor stopped with error {int(res.error)} ({res.error.name}) at "
-                              f"instruction {res.err_pc}: {res.message}", int(res.error), res.err_pc)
-        return StepPerf(instructions=res.pc, wall_s=time.perf_counter() - t0)
 
 
 # --------------------------------------------------------------------------- run loop

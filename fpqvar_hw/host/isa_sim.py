@@ -20,7 +20,7 @@ Errors
     Checked per instruction before it touches DRAM, in the order: fetch
     address in the window (2), opcode (1), fields (5, :meth:`isa.Gemm.check` /
     :meth:`isa.Vec.check`), every accessed byte in the window (2,
-    :func:`isa.accesses_in_window`, the bounds of :func:`isa.footprint`).  The run stops with ``error``, ``err_pc`` = the
+    :func:`footprints.accesses_in_window`, the bounds of :func:`footprints.footprint`).  The run stops with ``error``, ``err_pc`` = the
     instruction's index and ``pc`` = instructions completed before it; the
     erring instruction writes nothing.  (The RTL may have completed a
     following instruction of the other engine: co-simulation compares
@@ -51,6 +51,7 @@ from fpqvar_quant.golden import fp32 as _fp32
 from fpqvar_quant.golden import vector as _vec
 
 from .. import isa
+from .. import footprints, packing
 from ..config import AcceleratorConfig, KVFormat, ScaleFormat
 from ..isa import ErrorCode, Gemm, GemmSubop, Halt, IsaError, Opcode, Vec, VecSubop
 
@@ -177,28 +178,28 @@ def _pack_kwargs(f: GemmFormats) -> dict:
 
 def gemm(dram: Dram, g: Gemm, fmts: GemmFormats) -> None:
     """Execute one (checked) GEMM on ``dram`` (``golden.block.gemm``)."""
-    rows = isa.gemm_row_addresses(g.act_addr, g.act_stride, g.m)
+    rows = footprints.gemm_row_addresses(g.act_addr, g.act_stride, g.m)
     x = dram.gather(rows[:, None] + 4 * np.arange(g.k), 4).view(np.float32)
-    cb = dram.read(g.w_addr, isa.gemm_code_bytes(g.n, g.k, tn=fmts.tn, lanes=fmts.lanes,
+    cb = dram.read(g.w_addr, packing.gemm_code_bytes(g.n, g.k, tn=fmts.tn, lanes=fmts.lanes,
                                                  bits=fmts.weight_bits))
-    sb = dram.read(g.ws_addr, isa.gemm_scale_bytes(g.n, g.k, tn=fmts.tn, group=fmts.group))
-    codes, scales = isa.unpack_gemm_weights(cb, sb, g.n, g.k, **_pack_kwargs(fmts))
+    sb = dram.read(g.ws_addr, packing.gemm_scale_bytes(g.n, g.k, tn=fmts.tn, group=fmts.group))
+    codes, scales = packing.unpack_gemm_weights(cb, sb, g.n, g.k, **_pack_kwargs(fmts))
     bias = dram.read_array(g.bias_addr, "<f4", g.n) if g.bias else None
-    signs = isa.unpack_signs(dram.read(g.signs_addr, isa.HAD_GROUP // 8)) if g.had else None
+    signs = packing.unpack_signs(dram.read(g.signs_addr, isa.HAD_GROUP // 8)) if g.had else None
     a_fmt = fmts.act(g.subop)
     layer = _blk.GemmLayer(name=f"GEMM(sub-op {g.subop})", codes=codes, scales=scales, bias=bias,
                            a_fmt=a_fmt, w_fmt=fmts.weight, group=fmts.group, hadamard=g.had)
     y = _blk.gemm(x, layer, signs)
-    outs = isa.gemm_row_addresses(g.out_addr, g.out_stride, g.m)
+    outs = footprints.gemm_row_addresses(g.out_addr, g.out_stride, g.m)
     dram.scatter(outs[:, None] + 4 * np.arange(g.n), y.view(np.uint32), 4)
 
 
 def _load(dram: Dram, v: Vec, name: str) -> np.ndarray:
-    a = isa.vec_addresses(v, name)
+    a = footprints.vec_addresses(v, name)
     if name == "b" and v.flags & isa.VecFlag.B_KV6:
         # e2m3fn codes (upper two bits ignored) times the FP16 scale of C, per element
         codes = dram.gather(a, 1) & 0x3F
-        scales = dram.gather(isa.vec_addresses(v, "c"), 2)
+        scales = dram.gather(footprints.vec_addresses(v, "c"), 2)
         return _att.kv_decode(_att.KVEntry("kv6", codes=codes[..., None], scales=scales))[..., 0]
     if v.elem_bytes(name) == 2:
         return dram.gather(a, 2).view(np.float16).astype(np.float32)    # exact
@@ -224,14 +225,14 @@ def vec(dram: Dram, v: Vec) -> None:
         r = _att.tree_last(_vec.NUMPY.mul(A, _load(dram, v, "b")), P, _vec.NUMPY)[..., None]
     else:   # CVT16, KVQ6
         r = None
-    d = isa.vec_addresses(v, "d")
+    d = footprints.vec_addresses(v, "d")
     if sub is VecSubop.CVT16:
         dram.scatter(d, _fp32.convert(A.view(np.uint32), "fp32", "fp16"), 2)
     elif sub is VecSubop.KVQ6:
         # rows of 64 (n0 = KV6_GROUP): fp16 (RNE) -> golden KV6 encode (group quantizer)
         e = _att.kv_encode(_fp32.convert(A.view(np.uint32), "fp32", "fp16"), "kv6")
         dram.scatter(d, e.codes, 1)
-        dram.scatter(isa.vec_addresses(v, "c"), e.scales[..., None], 2)
+        dram.scatter(footprints.vec_addresses(v, "c"), e.scales[..., None], 2)
     else:
         dram.scatter(d, _fp32.canon(np.asarray(r, np.float32), "fp32"), 4)
 
@@ -317,7 +318,7 @@ def execute(dram: Dram, prog_addr: int, cfg: AcceleratorConfig, *, max_kv: int =
         except IsaError as e:
             stop = RunResult(i, e.code, i, str(e))
             break
-        if not isa.accesses_in_window(ins, dram.base, dram.size, **kw):
+        if not footprints.accesses_in_window(ins, dram.base, dram.size, **kw):
             stop = RunResult(i, ErrorCode.ADDRESS, i, f"instruction {i} ({type(ins).__name__}) "
                              "accesses bytes outside the DRAM window")
             break

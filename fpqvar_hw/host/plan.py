@@ -21,7 +21,7 @@ step-dense buffers (``x``, ``h``, ``q``/``k``/``v`` = the three thirds of
 ``qkv``, ``s`` = scores, ``o`` = attn, ``y``, ``f``; token row ``t = r*L + l``) or
 of KV positions of row ``r``'s caches (``kc{r}``, ``vc{r}``; KV6 scales
 ``ks{r}``, ``vs{r}``).  :class:`Spans` checks them like
-:meth:`fpqvar_hw.isa.Footprint.conflicts` checks byte ranges.  Imports only
+:meth:`fpqvar_hw.footprints.Footprint.conflicts` checks byte ranges.  Imports only
 :mod:`fpqvar_hw.isa`.
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ PER_TILE = sum(PHASES.values())
 @dataclass(frozen=True)
 class Spans:
     """Footprint of a plan op: ``(buffer, lo, hi)`` ranges it reads and writes;
-    :meth:`conflicts` is RAW/WAR/WAW like :meth:`fpqvar_hw.isa.Footprint.conflicts`."""
+    :meth:`conflicts` is RAW/WAR/WAW like :meth:`fpqvar_hw.footprints.Footprint.conflicts`."""
 
     reads: tuple
     writes: tuple

@@ -29,8 +29,11 @@ from cocotb.triggers import ClockCycles
 from fpqvar_hw import isa
 from fpqvar_hw.config import AcceleratorConfig
 from fpqvar_hw.host import driver as drv
+from fpqvar_hw.host import package as hostpkg
+from fpqvar_hw.host import records
 from fpqvar_hw.host.cosim import tb_params
-from fpqvar_hw.host.driver import DeviceBackend, DeviceError, StepPerf
+from fpqvar_hw.host.backends import DeviceBackend, DeviceError
+from fpqvar_hw.host.records import StepPerf
 
 PERIOD_NS = 10
 
@@ -122,8 +125,8 @@ class RtlBackend(DeviceBackend):
 async def tiny_image(dut):
     p = tb_params()
     out = Path(p["out"])
-    pkg = drv.load_package_checked(Path(p["package"]))
-    host = drv.host_model_from_package(pkg)
+    pkg = hostpkg.load_package_checked(Path(p["package"]))
+    host = hostpkg.host_model_from_package(pkg)
     config = AcceleratorConfig(**p["config"])
     backend = RtlBackend(pkg, dut, rows=2, coarse=p["coarse"], fine=p["fine"], config=config,
                          dram_base=p["dram_base"], max_kv=p["max_kv"], timeout_cycles=p["timeout_cycles"])
@@ -137,7 +140,7 @@ async def tiny_image(dut):
     ident = await backend.axil.read_dword(isa.REGS["ID"])
     assert ident == isa.REG_ID_VALUE, f"ID register 0x{ident:08x}, expected 0x{isa.REG_ID_VALUE:08x}"
 
-    sampling = drv.Sampling(**p["sampling"])
+    sampling = records.Sampling(**p["sampling"])
     run = await drv.generate(host, backend, [p["label"]], p["seed"], sampling, max_steps=p.get("max_steps"),
                              log=dut._log.info)
     drv.write_run(run, out)

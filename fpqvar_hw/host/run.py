@@ -52,7 +52,9 @@ from fpqvar_quant.safeio import UserError
 
 from .. import isa
 from ..config import AcceleratorConfig
+from . import backends, records
 from . import driver as drv
+from . import package as hostpkg
 
 __all__ = ["RUN_KIND", "RTL_C", "RTL_MAX_KV", "RTL_OVERRIDES", "Bundle", "BundleMismatch",
            "load_bundle", "BundleBackend", "check_rtl_size", "run_bundle", "write_outputs", "main"]
@@ -197,7 +199,7 @@ def check_bundle(pkg: Any, bundle: Bundle) -> Any:
     return comp
 
 
-class BundleBackend(drv.BlockBackend):
+class BundleBackend(backends.BlockBackend):
     """The bundle's image and programs on the reference executor (``isa_sim``): the
     :class:`~fpqvar_hw.host.driver.DeviceBackend` contract, with ``static.bin`` and
     ``step{i}.bin`` instead of a fresh compilation."""
@@ -220,7 +222,7 @@ class BundleBackend(drv.BlockBackend):
             self.dram.write(*self.compiler.encode_adaln(b, a))
         self._began = True
 
-    async def step(self, si: int, x: np.ndarray) -> tuple[np.ndarray, drv.StepPerf]:
+    async def step(self, si: int, x: np.ndarray) -> tuple[np.ndarray, records.StepPerf]:
         from .isa_sim import execute
 
         if not self._began:
@@ -232,10 +234,10 @@ class BundleBackend(drv.BlockBackend):
         t0 = time.perf_counter()
         res = execute(self.dram, prog_addr, self.bundle.config)
         if not res.ok:
-            raise drv.DeviceError(f"reference executor stopped with error {int(res.error)} ({res.error.name}) "
+            raise backends.DeviceError(f"reference executor stopped with error {int(res.error)} ({res.error.name}) "
                                   f"at instruction {res.err_pc} of {self.bundle.layout['steps'][si]['program']}: "
                                   f"{res.message}", int(res.error), res.err_pc)
-        perf = drv.StepPerf(instructions=res.pc, wall_s=time.perf_counter() - t0)
+        perf = records.StepPerf(instructions=res.pc, wall_s=time.perf_counter() - t0)
         return comp.decode_x(self.dram.read(x_addr, comp.x_bytes(si)), si), perf
 
     async def end(self) -> None:
@@ -253,9 +255,9 @@ def check_rtl_size(model: dict[str, Any]) -> None:
                         "simulate; use --backend golden")
 
 
-def run_bundle(bundle: Bundle, pkg: Any, *, label: int, seed: int, sampling: drv.Sampling,
+def run_bundle(bundle: Bundle, pkg: Any, *, label: int, seed: int, sampling: records.Sampling,
                backend: str = "golden", max_steps: int | None = None, work: Path | None = None,
-               log=None) -> drv.ImageRun:
+               log=None) -> records.ImageRun:
     """One image of class ``label`` (seed ``seed``) with the blocks on ``backend``."""
     if backend == "rtl":
         check_rtl_size(pkg.model)
@@ -269,11 +271,11 @@ def run_bundle(bundle: Bundle, pkg: Any, *, label: int, seed: int, sampling: drv
     if backend != "golden":
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     dev = BundleBackend(pkg, bundle)
-    host = drv.host_model_from_package(pkg)
+    host = hostpkg.host_model_from_package(pkg)
     return asyncio.run(drv.generate(host, dev, [label], seed, sampling, max_steps=max_steps, log=log))
 
 
-def write_outputs(run: drv.ImageRun, folder: Path, *, bundle: Bundle, package: Path) -> None:
+def write_outputs(run: records.ImageRun, folder: Path, *, bundle: Bundle, package: Path) -> None:
     """``tokens.json`` and ``image.png`` of ``run`` into ``folder`` (the caller's
     temporary folder; :func:`main` swaps it into place)."""
     drv.save_png(run.images[0], folder / "image.png")
@@ -312,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fpqvar_quant.safeio import run_cli
 
     return run_cli(_main, None if argv is None else list(argv), "python -m fpqvar_hw.host.run",
-                   errors=(KeyError, drv.DeviceError))
+                   errors=(KeyError, backends.DeviceError))
 
 
 def _main(argv: Sequence[str]) -> int:
@@ -337,8 +339,8 @@ def _main(argv: Sequence[str]) -> int:
     pkg = load_package(a.package)
     if a.backend == "rtl":
         check_rtl_size(pkg.model)
-    base = drv.load_shipped_model().sampling
-    sampling = drv.Sampling(cfg=base.cfg if a.cfg is None else a.cfg,
+    base = hostpkg.load_shipped_model().sampling
+    sampling = records.Sampling(cfg=base.cfg if a.cfg is None else a.cfg,
                             top_k=base.top_k if a.top_k is None else a.top_k,
                             top_p=base.top_p if a.top_p is None else a.top_p)
     print(f"bundle {a.bundle} ({len(bundle.programs)} steps, {bundle.config.preset}), package {a.package}; "
