@@ -11,7 +11,11 @@ import itertools
 import numpy as np
 import pytest
 
-from fpqvar_hw.units.fpu import FP16, FP32, FPOp, FPUnit, FloatFormat
+from amaranth.hdl import Module, Signal
+from amaranth.sim import Simulator
+
+from fpqvar_hw.units.fpu import (FP16, FP32, AddPipe, FPOp, FPUnit, FloatFormat, MulPipe, RoundPack,
+                                 RoundPackPipe, add_front, mul_front, unrounded_layout)
 from fpqvar_quant.golden import fp32 as golden
 from tests.hw_streams import collect, drive, simulate
 
@@ -123,3 +127,146 @@ def test_bad_parameters():
         FPUnit(FPOp.ADD, FP32, lanes=0)
     with pytest.raises(TypeError, match="FPOp"):
         FPUnit("add", FP32)
+
+
+def _unrounded_words(rng: np.random.Generator, n: int, sig_bits: int, exp_bits: int,
+                     fmt: FloatFormat) -> list[int]:
+    """Random ``unrounded_layout`` records biased to the rounding cases: short and zero
+    significands, trailing zeros (ties), exponents around the subnormal and overflow
+    boundaries, sticky, NaN and Inf flags."""
+    words = []
+    for _ in range(n):
+        sig = int(rng.integers(0, 1 << sig_bits, dtype=np.uint64))
+        r = rng.random()
+        if r < 0.3:
+            sig >>= int(rng.integers(0, sig_bits + 1))
+        elif r < 0.4:
+            sig = 0
+        elif r < 0.55:
+            sig &= ~((1 << int(rng.integers(0, sig_bits))) - 1)
+        if rng.random() < 0.7:
+            e = int(rng.integers(fmt.emin - sig_bits - 8, fmt.emax + 8))
+        else:
+            e = int(rng.integers(-(1 << (exp_bits - 1)), 1 << (exp_bits - 1)))
+        flags = [rng.random() < 0.3, rng.random() < 0.5, rng.random() < 0.03, rng.random() < 0.03]
+        w = sig | ((e & ((1 << exp_bits) - 1)) << sig_bits)
+        for k, f in enumerate(flags):     # sticky, sign, nan, inf
+            w |= int(f) << (sig_bits + exp_bits + k)
+        words.append(w)
+    return words
+
+
+class _PipeHarness:
+    """``AddPipe``, ``MulPipe`` and ``RoundPackPipe`` beside their combinational
+    counterparts (``RoundPack(add_front)``, ``RoundPack(mul_front)``, ``RoundPack``) on
+    shared inputs and one enable."""
+
+    def __init__(self, fmt: FloatFormat, sig_bits: int, exp_bits: int):
+        m = self.m = Module()
+        self.a, self.b = Signal(fmt.width), Signal(fmt.width)
+        self.u = Signal(unrounded_layout(sig_bits, exp_bits))
+        self.en = Signal()
+        self.pipes = {"add": AddPipe(fmt), "mul": MulPipe(fmt),
+                      "round": RoundPackPipe(fmt, sig_bits=sig_bits, exp_bits=exp_bits)}
+        for name, p in self.pipes.items():
+            m.submodules[f"pipe_{name}"] = p
+            m.d.comb += p.en.eq(self.en)
+            if name == "round":
+                m.d.comb += p.i.eq(self.u)
+            else:
+                m.d.comb += [p.a.as_value().eq(self.a), p.b.as_value().eq(self.b)]
+        self.comb = {}
+        for name, u in (("add", add_front(m, self.a, self.b, fmt)),
+                        ("mul", mul_front(m, self.a, self.b, fmt)), ("round", self.u)):
+            rp = RoundPack(fmt, sig_bits=len(u.sig), exp_bits=len(u.exp))
+            m.submodules[f"comb_{name}"] = rp
+            m.d.comb += rp.i.eq(u)
+            self.comb[name] = rp.o.as_value()
+
+
+def run_pipes(fmt: FloatFormat, a: np.ndarray, b: np.ndarray, u: list[int], seed: int,
+              sig_bits: int = 48, exp_bits: int = 12) -> dict[str, np.ndarray]:
+    """Drive the operands through :class:`_PipeHarness` with ``en`` low on ~30 % of the
+    cycles (and random operands while it is low); check every pipe's ``o`` after every
+    clock edge against the combinational result of the input ``latency`` enabled cycles
+    earlier (and that it holds while stalled).  Returns the combinational results."""
+    h = _PipeHarness(fmt, sig_bits, exp_bits)
+    rng = np.random.default_rng(seed)
+    n = len(a)
+    comb = {k: [] for k in h.pipes}
+    errors = []
+
+    async def tb(ctx):
+        k = 0
+        while True:
+            en = k >= n or rng.random() >= 0.3
+            if en and k < n:
+                ctx.set(h.a, int(a[k])), ctx.set(h.b, int(b[k])), ctx.set(h.u.as_value(), u[k])
+            else:    # stalled (or draining): inputs are don't-care
+                ctx.set(h.a, int(rng.integers(0, 1 << fmt.width)))
+                ctx.set(h.b, int(rng.integers(0, 1 << fmt.width)))
+                ctx.set(h.u.as_value(), u[int(rng.integers(0, n))])
+            ctx.set(h.en, en)
+            if en and k < n:
+                for name in comb:
+                    comb[name].append(ctx.get(h.comb[name]))
+            before = {name: ctx.get(p.o.as_value()) for name, p in h.pipes.items()}
+            await ctx.tick()
+            if en:
+                k += 1
+            for name, p in h.pipes.items():
+                got = ctx.get(p.o.as_value())
+                if not en:
+                    if got != before[name]:
+                        errors.append(f"{name}: o changed while en = 0")
+                elif k >= p.latency and k - p.latency < n:
+                    want = comb[name][k - p.latency]
+                    if got != want:
+                        errors.append(f"{name} element {k - p.latency}: pipe {got:#x} "
+                                      f"combinational {want:#x}")
+            if k >= n + max(p.latency for p in h.pipes.values()):
+                break
+
+    sim = Simulator(h.m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.run()
+    assert not errors, f"{len(errors)} errors: " + "; ".join(errors[:6])
+    return {k: np.array(v, dtype=np.uint64) for k, v in comb.items()}
+
+
+@pytest.mark.parametrize("fmt", ["fp32", "fp16"])
+def test_pipes_equal_combinational(fmt):
+    """AddPipe / MulPipe / RoundPackPipe == the combinational path, under a stalling
+    ``en``, on corner pairs (zeros, subnormals, max, Inf, NaN, ties), biased random
+    operands and random unrounded records; the combinational path == golden."""
+    f = FMTS[fmt]
+    corners = corner_values(f)
+    ca, cb = (np.array(x, dtype=np.uint64) for x in zip(*itertools.product(corners, corners)))
+    ra, rb = golden.sample_operands(fmt, 300, 21, op="add")
+    ma, mb = golden.sample_operands(fmt, 300, 22, op="mul")
+    a = np.concatenate([ca[::3], ra, ma]).astype(np.uint64)
+    b = np.concatenate([cb[::3], rb, mb]).astype(np.uint64)
+    rng = np.random.default_rng(23)
+    u = _unrounded_words(rng, len(a), 48, 12, f)
+    comb = run_pipes(f, a, b, u, seed=24)
+    check("add", fmt, comb["add"], golden.add(a, b, fmt), {"a": a, "b": b})
+    check("mul", fmt, comb["mul"], golden.mul(a, b, fmt), {"a": a, "b": b})
+
+
+def _unused(c):
+    c._MustUse__silence = True      # built for its latency only
+    return c
+
+
+def test_pipe_latency_and_parameters():
+    add, mul = _unused(AddPipe(FP32)), _unused(MulPipe(FP32))
+    assert add.latency == FPOp.ADD.latency == _unused(FPUnit(FPOp.ADD)).latency
+    assert mul.latency == FPOp.MUL.latency
+    assert _unused(FPUnit(FPOp.MAD)).latency == add.latency + mul.latency
+    with pytest.raises(TypeError, match="FloatFormat"):
+        AddPipe("fp32")
+    with pytest.raises(TypeError, match="FloatFormat"):
+        MulPipe(32)
+    with pytest.raises(ValueError, match="sig_bits"):
+        RoundPackPipe(FP32, sig_bits=1, exp_bits=10)

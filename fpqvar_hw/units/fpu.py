@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned, Value
 from amaranth.lib import data, stream, wiring
@@ -39,7 +40,8 @@ from ..emit import hierarchical
 
 __all__ = [
     "FloatFormat", "FP16", "FP32", "float_layout", "unrounded_layout",
-    "RoundPack", "FPOp", "FPUnit", "unpack", "clz", "mul_front", "add_front", "convert_front",
+    "RoundPack", "RoundPackPipe", "AddPipe", "MulPipe", "FPOp", "FPUnit", "unpack", "clz", "ctz",
+    "mul_front", "add_front", "convert_front", "ROUND_STAGES", "ADD_STAGES", "MUL_STAGES",
 ]
 
 
@@ -108,15 +110,129 @@ def unrounded_layout(sig_bits: int, exp_bits: int) -> data.StructLayout:
                               "sign": 1, "nan": 1, "inf": 1})
 
 
+def _lz_tree(bits: list) -> tuple[Value, Value]:
+    """(any, count) of the leading zeros of ``bits`` (MSB first, a power-of-two count);
+    ``count`` is only meaningful when ``any`` is 1."""
+    if len(bits) == 1:
+        return bits[0], Const(0, 0)
+    h = len(bits) // 2
+    any_hi, cnt_hi = _lz_tree(bits[:h])
+    any_lo, cnt_lo = _lz_tree(bits[h:])
+    return any_hi | any_lo, Cat(Mux(any_hi, cnt_hi, cnt_lo), ~any_hi)
+
+
 def clz(m: Module, value: Value) -> Signal:
-    """Count of leading zeros of ``value`` (``len(value)`` when it is 0)."""
+    """Count of leading zeros of ``value`` (``len(value)`` when it is 0), as a balanced
+    tree: about ``log2(len)`` 2:1 selections deep instead of a ``len``-deep priority chain."""
+    value = Value.cast(value)
     n = len(value)
     out = Signal(range(n + 1), name="clz")
-    m.d.comb += out.eq(n)
-    for i in range(n):  # later assignments win: the highest set bit decides
-        with m.If(value[i]):
-            m.d.comb += out.eq(n - 1 - i)
+    p2 = 1 << max(0, (n - 1).bit_length())
+    if p2 > n:   # ones below the LSB: an all-zero value counts exactly n
+        any_, cnt = _lz_tree([value[i] for i in reversed(range(n))] + [Const(1)] * (p2 - n))
+        m.d.comb += out.eq(cnt)
+    else:
+        any_, cnt = _lz_tree([value[i] for i in reversed(range(n))])
+        m.d.comb += out.eq(Mux(any_, cnt, n))
     return out
+
+
+def ctz(m: Module, value: Value) -> Signal:
+    """Count of trailing zeros of ``value`` (``len(value)`` when it is 0), as :func:`clz`."""
+    value = Value.cast(value)
+    return clz(m, Cat(*[value[i] for i in reversed(range(len(value)))]))
+
+
+class _Stages:
+    """Stage boundaries of an operator written once for both forms.
+
+    ``stages(**values)`` marks a boundary: with ``en`` None (combinational form) it
+    returns the values unchanged; otherwise a register per value, clock-enabled by
+    ``en`` (the pipelined form).  ``count`` is the number of boundaries passed.
+    """
+
+    def __init__(self, m: Module, en: "Value | None" = None, prefix: str = ""):
+        self.m, self.en, self.prefix, self.count = m, en, prefix, 0
+
+    def __call__(self, **values) -> SimpleNamespace:
+        self.count += 1
+        if self.en is None:
+            return SimpleNamespace(**values)
+        out = {}
+        for name, v in values.items():
+            v = Value.cast(v)
+            r = Signal(v.shape(), name=f"{self.prefix}{name}_s{self.count}")
+            with self.m.If(self.en):
+                self.m.d.sync += r.eq(v)
+            out[name] = r
+        return SimpleNamespace(**out)
+
+
+def _sig(m: Module, shape, value, name: str) -> Signal:
+    s = Signal(shape, name=name)
+    m.d.comb += s.eq(value)
+    return s
+
+
+#: Stage boundaries of each operator's pipelined form (the combinational form has the
+#: same boundaries, unregistered).  RoundPack: leading/trailing-zero trees and the exponent
+#: room | normal/subnormal shift amounts and the biased exponent | the normalising shift
+#: and the sticky bit | round to nearest even, pack, NaN/Inf/zero (registered output).
+ROUND_STAGES = 4
+#: add: compare magnitudes, exponent difference | align with jammed sticky | add or subtract
+ADD_STAGES = 3
+#: mul: unpack | significand product in DSP48E2 slices (M register) | (P register) | sum
+#: of the slices' products
+MUL_STAGES = 4
+#: width of the unsigned part of a DSP48E2 B port: significand products are split into
+#: slices of this many bits of the second operand (one DSP each)
+DSP_B_BITS = 17
+
+
+def _round_stages(m: Module, u, fmt: FloatFormat, sig_bits: int, st: _Stages) -> Value:
+    """RoundPack's steps (:class:`RoundPack` docstring) with ``ROUND_STAGES`` boundaries
+    ``st``; ``u`` has the fields of :func:`unrounded_layout`.  Returns the IEEE bits."""
+    M, E = fmt.man_bits, fmt.exp_bits
+    S = max(sig_bits, M + 2)     # hidden + fraction + guard bits always exist
+    sig = Value.cast(u.sig)
+    if S > sig_bits:
+        sig = Cat(Const(0, S - sig_bits), sig)
+    ew = max(len(Value.cast(u.exp)), E + 2) + 2
+    p = st.prefix
+    exp = _sig(m, signed(ew), u.exp, f"{p}rp_exp")
+    # 1: leading and trailing zeros (trees), the room above the subnormal exponent
+    s = st(sig=sig, lz=clz(m, sig), tz=ctz(m, sig), zero=sig == 0,
+           room=_sig(m, signed(ew + 1), exp - fmt.emin, f"{p}rp_room"),
+           room1=_sig(m, signed(ew + 2), exp - fmt.emin + 1, f"{p}rp_room1"),
+           nroom=_sig(m, signed(ew + 1), fmt.emin - exp, f"{p}rp_nroom"),
+           sticky=u.sticky, sign=u.sign, nan=u.nan, inf=u.inf)
+    # 2: shift left by lz if the result stays normal, else by the room (subnormal
+    # result), or right by -room (capped at S + 2) when the room is negative
+    normal = _sig(m, 1, s.room >= s.lz, f"{p}rp_normal")
+    right = _sig(m, 1, ~normal & (s.room < 0), f"{p}rp_right")
+    lsh = _sig(m, range(S + 1), Mux(normal, s.lz, Mux(s.room >= 0, s.room, 0)), f"{p}rp_lsh")
+    rsh = _sig(m, range(S + 3), Mux(right, Mux(s.nroom > S + 1, S + 2, s.nroom), 0), f"{p}rp_rsh")
+    biased = _sig(m, signed(ew + 2), s.room1 - s.lz, f"{p}rp_biased")   # exp - lz + bias
+    s = st(sig=s.sig, tz=s.tz, zero=s.zero, lsh=lsh, rsh=rsh, right=right, normal=normal,
+           biased=biased, sticky=s.sticky, sign=s.sign, nan=s.nan, inf=s.inf)
+    # 3: the shift; every bit below the guard bit (shifted out or not) is sticky: a
+    # set bit below position K of the shifted value <=> tz + lsh - rsh < K
+    x = _sig(m, S, Mux(s.right, s.sig >> s.rsh, (s.sig << s.lsh)[:S]), f"{p}rp_x")
+    K = S - 2 - M
+    low = Mux(s.right, s.tz < K + s.rsh, s.tz + s.lsh < K)
+    s = st(keep=x[S - 1 - M:S - 1], guard=x[S - 2 - M],
+           sticky=s.sticky | (~s.zero & low),
+           exp_field=Mux(s.normal, s.biased[:E], 0),
+           nan=s.nan, big=s.inf | (s.normal & (s.biased >= fmt.exp_all_ones)),
+           zero=s.zero & ~s.sticky, sign=s.sign)
+    # 4: round to nearest even (the carry may reach the exponent field: Inf), pack
+    round_up = s.guard & (s.sticky | s.keep[0])
+    packed = _sig(m, E + M + 1, Cat(s.keep, s.exp_field) + round_up, f"{p}rp_packed")
+    out = Mux(s.nan, fmt.qnan,
+              Mux(s.big, Cat(Const(fmt.inf, fmt.width - 1), s.sign),
+                  Mux(s.zero, Cat(Const(0, fmt.width - 1), s.sign),
+                      Cat(packed[:fmt.width - 1], s.sign))))
+    return st(o=_sig(m, fmt.width, out, f"{p}rp_o")).o
 
 
 @dataclass
@@ -172,59 +288,104 @@ class RoundPack(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        fmt = self.fmt
-        M = fmt.man_bits
-        # Pad the significand so that hidden + fraction + guard bits always exist.
-        S = max(self.sig_bits, M + 2)
-        sig = Signal(S)
-        m.d.comb += sig.eq(self.i.sig << (S - self.sig_bits))
-        ew = max(self.exp_bits, fmt.exp_bits + 2) + 2
-        exp = Signal(signed(ew))
-        m.d.comb += exp.eq(self.i.exp)
-        lz = clz(m, sig)
+        m.d.comb += self.o.as_value().eq(_round_stages(m, self.i, self.fmt, self.sig_bits, _Stages(m)))
+        return m
 
-        # Left shift by lz if the result stays normal, else by (exp - emin), which may
-        # be negative (right shift into the subnormal range).
-        room = Signal(signed(ew + 1))
-        m.d.comb += room.eq(exp - fmt.emin)
-        normal = Signal()
-        m.d.comb += normal.eq(room >= lz)
-        lsh = Signal(range(S + 1))
-        rsh = Signal(range(S + 3))
-        with m.If(normal):
-            m.d.comb += lsh.eq(lz)
-        with m.Elif(room >= 0):
-            m.d.comb += lsh.eq(room[:len(lsh)])
-        with m.Elif(room < -(S + 1)):
-            m.d.comb += rsh.eq(S + 2)
-        with m.Else():
-            m.d.comb += rsh.eq(-room)
-        # Right shift keeps the shifted-out bits below: (sig << (S+2)) >> rsh.
-        wide = Signal(2 * S + 2)
-        m.d.comb += wide.eq((Cat(Const(0, S + 2), sig) >> rsh) << lsh)
-        x = wide[S + 2:]
-        sticky = (wide[:S + 2] != 0) | self.i.sticky
-        keep = x[S - 1 - M:]           # hidden + M fraction bits
-        guard = x[S - 2 - M]
-        rest = (x[:S - 2 - M] != 0) if S - 2 - M > 0 else Const(0)
-        sticky_all = sticky | rest
 
-        biased = Signal(signed(ew + 1))
-        m.d.comb += biased.eq(exp - lz + fmt.bias)
-        exp_field = Mux(normal, biased[:fmt.exp_bits], 0)
-        overflow = normal & (biased >= fmt.exp_all_ones)
-        round_up = guard & (sticky_all | keep[0])
-        packed = Signal(fmt.exp_bits + M + 1)
-        m.d.comb += packed.eq(Cat(keep[:M], exp_field) + round_up)  # carry may reach Inf
+def _check_fmt(fmt) -> None:
+    if not isinstance(fmt, FloatFormat):
+        raise TypeError(f"fmt must be a FloatFormat (FP16, FP32), got {fmt!r}")
 
-        with m.If(self.i.nan):
-            m.d.comb += self.o.as_value().eq(fmt.qnan)
-        with m.Elif(self.i.inf | overflow):
-            m.d.comb += self.o.as_value().eq(Cat(Const(fmt.inf, fmt.width - 1), self.i.sign))
-        with m.Elif((sig == 0) & ~self.i.sticky):
-            m.d.comb += self.o.as_value().eq(Cat(Const(0, fmt.width - 1), self.i.sign))
-        with m.Else():
-            m.d.comb += self.o.as_value().eq(Cat(packed[:fmt.width - 1], self.i.sign))
+
+@hierarchical
+class RoundPackPipe(wiring.Component):
+    """:class:`RoundPack` as a pipeline of :data:`ROUND_STAGES` registered stages (the
+    same steps, the same results for every input).
+
+    Ports: ``en`` (every register is clock-enabled by it: the caller's stall holds the
+    pipeline), ``i`` (:func:`unrounded_layout`, combinational into the first stage),
+    ``o`` (registered).  ``latency`` = :data:`ROUND_STAGES` cycles from ``i`` (while
+    ``en`` = 1) to ``o``; initiation interval 1.
+    """
+
+    def __init__(self, fmt: FloatFormat, *, sig_bits: int, exp_bits: int):
+        self._MustUse__silence = True
+        _check_fmt(fmt)
+        if sig_bits < 2:
+            raise ValueError(f"sig_bits must be >= 2, got {sig_bits}")
+        self._MustUse__silence = False
+        self.fmt, self.sig_bits, self.exp_bits = fmt, sig_bits, exp_bits
+        self.latency = ROUND_STAGES
+        super().__init__({
+            "en": In(1),
+            "i": In(unrounded_layout(sig_bits, exp_bits)),
+            "o": Out(float_layout(fmt)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        st = _Stages(m, self.en)
+        m.d.comb += self.o.as_value().eq(_round_stages(m, self.i, self.fmt, self.sig_bits, st))
+        assert st.count == self.latency
+        return m
+
+
+@hierarchical
+class AddPipe(wiring.Component):
+    """``o = RNE_fmt(a + b)`` pipelined: the :func:`add_front` stages (:data:`ADD_STAGES`,
+    the last one registering the unrounded sum) and the :class:`RoundPackPipe` stages,
+    every stage registered, bit-identical to ``RoundPack(add_front(a, b))``.
+
+    Ports ``en``, ``a``, ``b`` (``float_layout(fmt)``, combinational into the first
+    stage), ``o`` (registered).  ``latency`` = ``ADD_STAGES + ROUND_STAGES`` cycles;
+    initiation interval 1; every register is clock-enabled by ``en``.
+    """
+
+    def __init__(self, fmt: FloatFormat = FP32):
+        self._MustUse__silence = True
+        _check_fmt(fmt)
+        self._MustUse__silence = False
+        self.fmt = fmt
+        self.latency = ADD_STAGES + ROUND_STAGES
+        fl = float_layout(fmt)
+        super().__init__({"en": In(1), "a": In(fl), "b": In(fl), "o": Out(fl)})
+
+    def elaborate(self, platform):
+        m = Module()
+        st = _Stages(m, self.en)
+        u = _add_stages(m, self.a, self.b, self.fmt, st)
+        m.d.comb += self.o.as_value().eq(_round_stages(m, u, self.fmt, len(u.sig), st))
+        assert st.count == self.latency
+        return m
+
+
+@hierarchical
+class MulPipe(wiring.Component):
+    """``o = RNE_fmt(a * b)`` pipelined: the :func:`mul_front` stages (:data:`MUL_STAGES`:
+    unpack; the significand product as ``DSP_B_BITS``-bit slices of ``b``'s significand,
+    one DSP48E2 each, registered twice (the slice's M and P registers); the sum of the
+    slices' products, registering the unrounded product) and the :class:`RoundPackPipe`
+    stages, bit-identical to ``RoundPack(mul_front(a, b))``.
+
+    Ports ``en``, ``a``, ``b``, ``o`` as :class:`AddPipe`; ``latency`` = ``MUL_STAGES +
+    ROUND_STAGES`` cycles; initiation interval 1.
+    """
+
+    def __init__(self, fmt: FloatFormat = FP32):
+        self._MustUse__silence = True
+        _check_fmt(fmt)
+        self._MustUse__silence = False
+        self.fmt = fmt
+        self.latency = MUL_STAGES + ROUND_STAGES
+        fl = float_layout(fmt)
+        super().__init__({"en": In(1), "a": In(fl), "b": In(fl), "o": Out(fl)})
+
+    def elaborate(self, platform):
+        m = Module()
+        st = _Stages(m, self.en)
+        u = _mul_stages(m, self.a, self.b, self.fmt, st)
+        m.d.comb += self.o.as_value().eq(_round_stages(m, u, self.fmt, len(u.sig), st))
+        assert st.count == self.latency
         return m
 
 
@@ -244,8 +405,52 @@ class FPOp(enum.Enum):
 
     @property
     def latency(self) -> int:
-        """Pipeline registers from input to output (stages of one RoundPack each)."""
-        return {FPOp.MAD: 4}.get(self, 2)
+        """Pipeline registers from input to output (:class:`FPUnit` docstring)."""
+        add, mul = ADD_STAGES + ROUND_STAGES, MUL_STAGES + ROUND_STAGES
+        return {FPOp.ADD: add, FPOp.MUL: mul, FPOp.MAD: mul + add, FPOp.MAX: 2,
+                FPOp.CONVERT: 1 + ROUND_STAGES}[self]
+
+
+def _unrounded(m: Module, v: SimpleNamespace, sig_bits: int, exp_bits: int) -> Signal:
+    u = Signal(unrounded_layout(sig_bits, exp_bits))
+    m.d.comb += [u.sig.eq(v.sig), u.exp.eq(v.exp), u.sticky.eq(v.sticky), u.sign.eq(v.sign),
+                 u.nan.eq(v.nan), u.inf.eq(v.inf)]
+    return u
+
+
+def _exp_field(bits: Value, fmt: FloatFormat) -> Value:
+    """The biased exponent with subnormals and zero at 1 (the exponent of their grid)."""
+    ex = bits[fmt.man_bits:fmt.man_bits + fmt.exp_bits]
+    return Cat(ex[0] | (ex == 0), ex[1:])
+
+
+def _mul_stages(m: Module, a: Value, b: Value, fmt: FloatFormat, st: _Stages) -> SimpleNamespace:
+    """:func:`mul_front`'s steps with :data:`MUL_STAGES` boundaries ``st`` (the last one
+    registers the unrounded product); returns its fields."""
+    ua, ub = unpack(m, a, fmt), unpack(m, b, fmt)
+    ew = fmt.exp_bits + 4
+    p = st.prefix
+    # 1: significands, exponent e_a + e_b + 1, flags
+    s = st(sa=ua.sig, sb=ub.sig,
+           exp=_sig(m, signed(ew), _exp_field(Value.cast(a), fmt) + _exp_field(Value.cast(b), fmt)
+                    + (1 - 2 * fmt.bias), f"{p}mul_exp"),
+           sign=ua.sign ^ ub.sign,
+           nan=ua.is_nan | ub.is_nan | (ua.is_inf & ub.is_zero) | (ub.is_inf & ua.is_zero),
+           inf=ua.is_inf | ub.is_inf)
+    # 2, 3: one product per DSP_B_BITS-bit slice of b's significand (DSP48E2 M, P registers)
+    W = fmt.man_bits + 1
+    lows = range(0, W, DSP_B_BITS)
+    parts = {f"pp{k}": _sig(m, W + min(DSP_B_BITS, W - lo),
+                            s.sa * s.sb[lo:lo + DSP_B_BITS], f"{p}mul_pp{k}")
+             for k, lo in enumerate(lows)}
+    flags = dict(exp=s.exp, sign=s.sign, nan=s.nan, inf=s.inf)
+    s = st(**parts, **flags)
+    s = st(**{f"pp{k}": getattr(s, f"pp{k}") for k in range(len(lows))},
+           **{k: getattr(s, k) for k in flags})
+    # 4: the exact product (sum of the slices' products), registered unrounded
+    prod = _sig(m, 2 * W, sum(getattr(s, f"pp{k}") << lo for k, lo in enumerate(lows)),
+                f"{p}mul_prod")
+    return st(sig=prod, exp=s.exp, sticky=Const(0, 1), sign=s.sign, nan=s.nan, inf=s.inf)
 
 
 def mul_front(m: Module, a: Value, b: Value, fmt: FloatFormat):
@@ -256,21 +461,48 @@ def mul_front(m: Module, a: Value, b: Value, fmt: FloatFormat):
     (M+1)-bit significands, hidden bits included, so nothing is lost and
     ``sticky`` is 0; ``exp`` is ``e_a + e_b + 1``; ``sign`` is the XOR of the
     signs; ``nan`` is set for a NaN operand or ``0 * Inf``; ``inf`` for an Inf
-    operand.  :class:`RoundPack` of the record gives ``RNE_fmt(a * b)``.
+    operand.  :class:`RoundPack` of the record gives ``RNE_fmt(a * b)``.  The same
+    steps as :class:`MulPipe`'s front stages, unregistered.
     """
+    v = _mul_stages(m, a, b, fmt, _Stages(m))
+    return _unrounded(m, v, 2 * fmt.man_bits + 2, fmt.exp_bits + 4)
+
+
+def _add_stages(m: Module, a: Value, b: Value, fmt: FloatFormat, st: _Stages) -> SimpleNamespace:
+    """:func:`add_front`'s steps with :data:`ADD_STAGES` boundaries ``st`` (the last one
+    registers the unrounded sum); returns its fields."""
     ua, ub = unpack(m, a, fmt), unpack(m, b, fmt)
-    ew = fmt.exp_bits + 4
-    u = Signal(unrounded_layout(2 * fmt.man_bits + 2, ew))
-    nan = ua.is_nan | ub.is_nan | (ua.is_inf & ub.is_zero) | (ub.is_inf & ua.is_zero)
-    m.d.comb += [
-        u.sig.eq(ua.sig * ub.sig),
-        u.exp.eq(ua.exp + ub.exp + 1),
-        u.sticky.eq(0),
-        u.sign.eq(ua.sign ^ ub.sign),
-        u.nan.eq(nan),
-        u.inf.eq(ua.is_inf | ub.is_inf),
-    ]
-    return u
+    a, b = Value.cast(a), Value.cast(b)
+    M, E = fmt.man_bits, fmt.exp_bits
+    p = st.prefix
+    # 1: order by magnitude, exponent difference (>= 0), trailing zeros of the smaller
+    # significand, sign of an exact zero sum (|a| == |b| and a - b, or both zero)
+    swap = _sig(m, 1, ub.mag > ua.mag, f"{p}add_swap")
+    ea, eb = _exp_field(a, fmt), _exp_field(b, fmt)
+    da = _sig(m, signed(E + 2), ea - eb, f"{p}add_da")
+    db = _sig(m, signed(E + 2), eb - ea, f"{p}add_db")
+    sub = ua.sign ^ ub.sign
+    s = st(big_sig=Mux(swap, ub.sig, ua.sig), small_sig=Mux(swap, ua.sig, ub.sig),
+           small_tz=Mux(swap, ctz(m, ua.sig), ctz(m, ub.sig)),
+           small_zero=Mux(swap, ua.is_zero, ub.is_zero),
+           d=Mux(swap, db, da)[:E + 1], big_e=Mux(swap, eb, ea), big_sign=Mux(swap, ub.sign, ua.sign),
+           sub=sub, zero_sum=(ua.mag == ub.mag) & (sub | ua.is_zero),
+           a_inf=ua.is_inf, a_sign=ua.sign, b_inf=ub.is_inf, b_sign=ub.sign,
+           nan=ua.is_nan | ub.is_nan | (ua.is_inf & ub.is_inf & sub), inf=ua.is_inf | ub.is_inf)
+    # 2: align the smaller significand (<< 3: guard, round, sticky) right by d; every bit
+    # shifted below the sticky position is jammed into it (a set bit below index d - 2)
+    far = s.d[5:] != 0 if E + 1 > 5 else Const(0)
+    hi = _sig(m, M + 3, Mux(far, 0, Cat(Const(0, 2), s.small_sig) >> s.d[:5]), f"{p}add_hi")
+    jam = ~s.small_zero & (s.small_tz + 2 < s.d)
+    sign = Mux(s.a_inf, s.a_sign, Mux(s.b_inf, s.b_sign,
+                                      Mux(s.zero_sum, s.a_sign & s.b_sign, s.big_sign)))
+    s = st(big=Cat(Const(0, 3), s.big_sig), aligned=Cat(jam, hi), sub=s.sub,
+           exp=_sig(m, signed(E + 4), s.big_e + (1 - fmt.bias), f"{p}add_exp"),
+           sign=sign, nan=s.nan, inf=s.inf)
+    # 3: add or subtract (the larger magnitude minus the smaller is >= 0), registered
+    sub_mask = Cat(*([s.sub] * (M + 5)))
+    total = _sig(m, M + 5, s.big + (s.aligned ^ sub_mask) + s.sub, f"{p}add_total")
+    return st(sig=total, exp=s.exp, sticky=Const(0, 1), sign=s.sign, nan=s.nan, inf=s.inf)
 
 
 def add_front(m: Module, a: Value, b: Value, fmt: FloatFormat):
@@ -285,38 +517,10 @@ def add_front(m: Module, a: Value, b: Value, fmt: FloatFormat):
     (folded into ``sig``).  Signs: an exact zero sum is -0 only when both
     operands are negative (``x + (-x) = +0``), an Inf operand keeps its sign;
     ``nan`` is set for a NaN operand or ``Inf - Inf``, ``inf`` for an Inf operand.
+    The same steps as :class:`AddPipe`'s front stages, unregistered.
     """
-    ua, ub = unpack(m, a, fmt), unpack(m, b, fmt)
-    M = fmt.man_bits
-    swap = ub.mag > ua.mag
-    big_sig, small_sig = Mux(swap, ub.sig, ua.sig), Mux(swap, ua.sig, ub.sig)
-    big_exp, small_exp = Mux(swap, ub.exp, ua.exp), Mux(swap, ua.exp, ub.exp)
-    big_sign = Mux(swap, ub.sign, ua.sign)
-    d = Signal(unsigned(fmt.exp_bits + 1))
-    m.d.comb += d.eq(big_exp - small_exp)
-    dc = Signal(range(M + 6))
-    m.d.comb += dc.eq(Mux(d > M + 5, M + 5, d))
-    # small << 3, shifted right by d, with all shifted-out bits jammed into bit 0
-    wide = Signal(2 * M + 9)
-    m.d.comb += wide.eq(Cat(Const(0, M + 5 + 3), small_sig) >> dc)
-    aligned = Cat(wide[M + 5:][0] | (wide[:M + 5] != 0), wide[M + 6:])
-    big = Cat(Const(0, 3), big_sig)
-    sub = ua.sign ^ ub.sign
-    total = Signal(M + 5)
-    m.d.comb += total.eq(Mux(sub, big - aligned, big + aligned))
-    ew = fmt.exp_bits + 4
-    u = Signal(unrounded_layout(M + 5, ew))
-    both_inf_opp = ua.is_inf & ub.is_inf & sub
-    m.d.comb += [
-        u.sig.eq(total),
-        u.exp.eq(big_exp + 1),
-        u.sticky.eq(0),
-        u.sign.eq(Mux(ua.is_inf, ua.sign, Mux(ub.is_inf, ub.sign,
-                      Mux(total == 0, ua.sign & ub.sign, big_sign)))),
-        u.nan.eq(ua.is_nan | ub.is_nan | both_inf_opp),
-        u.inf.eq(ua.is_inf | ub.is_inf),
-    ]
-    return u
+    v = _add_stages(m, a, b, fmt, _Stages(m))
+    return _unrounded(m, v, fmt.man_bits + 5, fmt.exp_bits + 4)
 
 
 def convert_front(m: Module, a: Value, src: FloatFormat):
@@ -345,13 +549,6 @@ def fp_max(m: Module, a: Value, b: Value, fmt: FloatFormat) -> Value:
     return out
 
 
-def _round(m: Module, u, fmt: FloatFormat, name: str) -> Value:
-    rp = RoundPack(fmt, sig_bits=len(u.sig), exp_bits=len(u.exp))
-    m.submodules[name] = rp
-    m.d.comb += rp.i.eq(u)
-    return rp.o.as_value()
-
-
 @hierarchical
 class FPUnit(wiring.Component):
     """Pipelined stream FP operator, ``lanes`` independent operations per beat.
@@ -362,7 +559,8 @@ class FPUnit(wiring.Component):
     ``o``: stream of ``ArrayLayout(float_layout(dst), lanes)``; ``dst = src``
     except for ``CONVERT``.
 
-    Latency ``op.latency`` cycles (2: front end + RoundPack; MAD: 4), initiation
+    Latency ``op.latency`` cycles (:class:`AddPipe` / :class:`MulPipe`; MAD: the two in
+    series; CONVERT: front end register + :class:`RoundPackPipe`; MAX: 2), initiation
     interval 1.  Stall: the whole pipeline holds while ``o.valid & ~o.ready``;
     ``i.ready = ~o.valid | o.ready``.  ``o.valid`` never depends on ``o.ready``.
     Rounding, subnormals and NaN/Inf: see the module docstring.
@@ -412,17 +610,22 @@ class FPUnit(wiring.Component):
             if op is FPOp.MAX:
                 res = reg(reg(fp_max(m, x.a, x.b, fmt), f"l{lane}_max"), f"l{lane}_max2")
             elif op is FPOp.CONVERT:
-                u = reg(convert_front(m, x.a, fmt), f"l{lane}_u")
-                res = reg(_round(m, u, self.dst, f"rp{lane}"), f"l{lane}_r")
-            elif op in (FPOp.MUL, FPOp.MAD):
-                u = reg(mul_front(m, x.a, x.b, fmt), f"l{lane}_u")
-                res = reg(_round(m, u, fmt, f"rp{lane}"), f"l{lane}_r")
-                if op is FPOp.MAD:
-                    c = reg(reg(x.c, f"l{lane}_c1"), f"l{lane}_c2")
-                    s = reg(add_front(m, res, c, fmt), f"l{lane}_s")
-                    res = reg(_round(m, s, fmt, f"rpa{lane}"), f"l{lane}_r2")
+                u = convert_front(m, x.a, fmt)
+                m.submodules[f"rp{lane}"] = rp = RoundPackPipe(self.dst, sig_bits=len(u.sig),
+                                                              exp_bits=len(u.exp))
+                m.d.comb += [rp.en.eq(en), rp.i.eq(reg(u, f"l{lane}_u"))]
+                res = rp.o.as_value()
             else:
-                u = reg(add_front(m, x.a, x.b, fmt), f"l{lane}_u")
-                res = reg(_round(m, u, fmt, f"rp{lane}"), f"l{lane}_r")
+                pipe = AddPipe(fmt) if op is FPOp.ADD else MulPipe(fmt)
+                m.submodules[f"{'add' if op is FPOp.ADD else 'mul'}{lane}"] = pipe
+                m.d.comb += [pipe.en.eq(en), pipe.a.eq(x.a), pipe.b.eq(x.b)]
+                res = pipe.o.as_value()
+                if op is FPOp.MAD:
+                    c = x.c.as_value()
+                    for k in range(pipe.latency):
+                        c = reg(c, f"l{lane}_c{k + 1}")
+                    m.submodules[f"add{lane}"] = add = AddPipe(fmt)
+                    m.d.comb += [add.en.eq(en), add.a.eq(res), add.b.eq(c)]
+                    res = add.o.as_value()
             m.d.comb += self.o.payload[lane].as_value().eq(res)
         return m

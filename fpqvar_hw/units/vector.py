@@ -330,8 +330,6 @@ class PartialSums:
     DRAIN = 3
 
     def __init__(self, m: Module, P: int, prefix: str):
-        from .fpu import FPOp, FPUnit
-
         if P < 4 or P & (P - 1):
             raise ValueError(f"P must be a power of two >= 4 (the adder latency is 2), got {P}")
         self.P = P
@@ -340,16 +338,21 @@ class PartialSums:
         self.part = Signal(range(P), name=f"{prefix}part")
         self.value = Signal(32, name=f"{prefix}value")
         self.clear = Signal(name=f"{prefix}clear")
-        m.submodules[f"{prefix}adder"] = adder = FPUnit(FPOp.ADD, FP32)
-        m.d.comb += [adder.o.ready.eq(1), adder.i.valid.eq(self.issue),
-                     adder.i.payload[0].a.as_value().eq(Array(self.acc)[self.part]),
-                     adder.i.payload[0].b.as_value().eq(self.value)]
-        dst = [Signal(range(P), name=f"{prefix}dst{d}") for d in range(adder.latency)]
-        m.d.sync += [dst[0].eq(self.part)] + [dst[d + 1].eq(dst[d]) for d in range(len(dst) - 1)]
+        # the accumulation loop's adder: front end, register, RoundPack, register (a
+        # deeper adder would need P > its latency + 1 partials, which changes tree_sum)
+        u = Signal(unrounded_layout(FP32.man_bits + 5, FP32.exp_bits + 4), name=f"{prefix}add_u")
+        m.d.sync += u.eq(add_front(m, Array(self.acc)[self.part], self.value, FP32))
+        m.submodules[f"{prefix}add_rp"] = rp = RoundPack(FP32, sig_bits=len(u.sig), exp_bits=len(u.exp))
+        m.d.comb += rp.i.eq(u)
+        res = Signal(32, name=f"{prefix}add_res")
+        m.d.sync += res.eq(rp.o.as_value())
+        valid = Signal(2, name=f"{prefix}add_valid")
+        dst = [Signal(range(P), name=f"{prefix}dst{d}") for d in range(2)]
+        m.d.sync += [valid.eq(Cat(self.issue, valid[0])), dst[0].eq(self.part), dst[1].eq(dst[0])]
         with m.If(self.clear):
             m.d.sync += [a.eq(0) for a in self.acc]
-        with m.Elif(adder.o.valid):
-            m.d.sync += Array(self.acc)[dst[-1]].eq(adder.o.payload[0].as_value())
+        with m.Elif(valid[1]):
+            m.d.sync += Array(self.acc)[dst[1]].eq(res)
 
     def tree(self, df: Dataflow) -> Val:
         """The pairwise tree over the partials (taken at stage 0 of ``df``)."""
