@@ -5,8 +5,10 @@
 
 Each mutant is a one-line change to an RTL generator (a flipped LUT entry, an
 off-by-one shift, a swapped sign, a dropped carry between beats; in the
-pipelined dot cell v2 a dropped pipeline register, swapped partial sums, an
-off-by-one interleave counter).  For each,
+pipelined dot cell v2 dropped pipeline registers (scale path, adder-tree sign
+flag, loop read), swapped partial sums (DFQ halves, adder-tree operands), a
+lost carry-in, a control word one stage short, an off-by-one interleave counter
+and loop length).  For each,
 the script copies the sources into a scratch folder, applies the change there
 (the working tree is never touched, so concurrent test runs are unaffected),
 runs the relevant ``pytest sim/...`` cocotb test on the mutated Verilog, and
@@ -35,7 +37,9 @@ DOT_TEST = "sim/test_dot.py::test_dot_cosim[E2M1_E2M1-False-LUT-16-40-4-101]"
 HAD_TEST = "tests/test_hw_hadamard.py::test_random_groups_match_golden[32-1]"
 #: dot cell v2 (GroupDotV2): the Amaranth-simulator test of a DFQ cell with 3 interleaved
 #: slots of different lengths under backpressure (a few seconds, no Verilator build)
-DOT2_TEST = "tests/test_hw_dot.py::test_dot_v2_interleaved[E2M1_E2M1-True-8-LUT-3-1-41]"
+DOT2_TEST = "tests/test_hw_dot.py::test_dot_v2_interleaved[E2M1_E2M1-True-8-LUT-1-1-41]"
+#: the same with e2m1 activations at the smallest interleave (interleave = the loop length)
+DOT2_E2M1_TEST = "tests/test_hw_dot.py::test_dot_v2_interleaved[E2M1_E2M1-False-8-LUT-0-1-40]"
 
 
 @dataclass(frozen=True)
@@ -80,9 +84,39 @@ MUTANTS = [
            DOT2_TEST, "v2: one pipeline register of the scale path's exponent/flags dropped "
                       "(the record meets the product of the next group)"),
     Mutant("v2-partial-sums-swapped", "fpqvar_hw/units/dot.py",
-           "for k, (S, pair) in enumerate(group_sums):   # DFQ: k = 0 positive, 1 negative grid",
-           "for k, (S, pair) in enumerate(group_sums[::-1]):",
+           "for k, ((r, f, _), (pair, _)) in enumerate(zip(roots, self._halves)):",
+           "for k, ((r, f, _), (pair, _)) in enumerate(zip(roots[::-1], self._halves)):",
            DOT2_TEST, "v2: the DFQ positive and negative group sums swapped before scaling"),
+    Mutant("v2-tree-operands-swapped", "fpqvar_hw/units/dot.py",
+           "(x, fx, mx), (y, fy, my) = level[j], level[j + 1]",
+           "(y, fx, mx), (x, fy, my) = level[j], level[j + 1]",
+           DOT2_E2M1_TEST, "v2 adder tree: the two partial sums of a node swapped but not "
+                           "their sign flags (wrong sign wherever the flags differ)"),
+    Mutant("v2-tree-carry-dropped", "fpqvar_hw/units/dot.py",
+           "+ Cat(g, ys.as_unsigned() ^ g.replicate(width)).as_signed())",
+           "+ Cat(Const(0, 1), ys.as_unsigned() ^ g.replicate(width)).as_signed())",
+           DOT2_E2M1_TEST, "v2 adder tree: the +1 of a node's conditional negation is lost"),
+    Mutant("v2-tree-flag-register-dropped", "fpqvar_hw/units/dot.py",
+           'f if isinstance(f, Const) else reg(f, f"r_{tag}{depth}_{k}_f"), mx)',
+           "f, mx)",
+           DOT2_E2M1_TEST, "v2 adder tree: a node's sign flag skips its pipeline register "
+                           "(meets the next group's partial sum)"),
+    Mutant("v2-round-delay-off-by-one", "fpqvar_hw/units/dot.py",
+           'ctrl = delay(ctrl, 3 + self._round[0].latency, "ctrl_f")',
+           'ctrl = delay(ctrl, 2 + self._round[0].latency, "ctrl_f")',
+           DOT2_E2M1_TEST, "v2: the control word one register short of the scale and "
+                           "RoundPackPipe path (slot and last meet the wrong group)"),
+    Mutant("v2-loop-too-short", "fpqvar_hw/units/dot.py",
+           "return probe.latency + 2",
+           "return probe.latency + 1",
+           "tests/test_hw_dot.py::test_dot_v2_full_rate[False]",
+           "v2: the loop length (smallest interleave) one cycle short: a slot is read "
+           "before its previous sum is written back"),
+    Mutant("v2-loop-read-register-dropped", "fpqvar_hw/units/dot.py",
+           'acc_rd = reg(acc[ctrl.slot], "acc_rd", 32)',
+           "acc_rd = acc[ctrl.slot]",
+           DOT2_E2M1_TEST, "v2 accumulator loop: the slot read skips its register "
+                           "(the partial sum meets the previous group)"),
     Mutant("v2-interleave-off-by-one", "fpqvar_hw/units/dot.py",
            "m.d.sync += slot_in.eq(Mux(slot_in == D - 1, 0, slot_in + 1))",
            "m.d.sync += slot_in.eq(Mux(slot_in == D, 0, slot_in + 1))",

@@ -3,9 +3,9 @@ Verilog against the golden model, under random input gaps and output backpressur
 
 Default tier: a small e2m1 and a DFQ run.  Slow tier (``--run-slow``): >= 10^4
 random seeded groups over e2m1 / DFQ / e3m2 x e2m3 units (16 lanes x 8 beats per
-128-group) plus one full 128-lane unit; the dot cell v2 (``GroupDotV2``) as a
-full 128-lane DFQ cell and a 16-lane int8 cell, with interleaved outputs of
-different lengths.  The other pairs (e2m3, int4, int8) and
+128-group) plus one full 128-lane unit; the dot cell v2 (``GroupDotV2``) as
+full 128-lane DFQ and e2m1 cells and a 16-lane int8 cell, with interleaved outputs
+of different lengths.  The other pairs (e2m3, int4, int8) and
 variants run in the Amaranth simulator (tests/test_hw_dot.py); every verilator
 build costs about a minute, which is what limits the number of configurations here.
 """
@@ -57,23 +57,25 @@ def test_dot_cosim(pair, dfq, variant, lanes, n_dots, groups, seed):
 
 # Dot cell v2 (GroupDotV2): one 128-group per beat, interleaved slots of
 # different dot-product lengths (tests/test_hw_dot.py's slot_vectors).
-# (pair, dfq, variant, group_size, interleave, seed); slow tier, one Verilator build
-# each: the full 128-lane DFQ cell and a small int8 baseline cell
+# (pair, dfq, variant, group_size, interleave beyond the loop length, seed); slow tier,
+# one Verilator build each: the full 128-lane DFQ and e2m1 cells and a small int8 baseline cell
 V2_CASES = [
-    (MulPair.E2M1_E2M1, True, MulVariant.LUT, 128, 3, 301),
-    (MulPair.INT8_INT8, False, MulVariant.DSP, 16, 2, 302),
+    (MulPair.E2M1_E2M1, True, MulVariant.LUT, 128, 1, 301),
+    (MulPair.INT8_INT8, False, MulVariant.DSP, 16, 0, 302),
+    (MulPair.E2M1_E2M1, False, MulVariant.LUT, 128, 0, 303),
 ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pair,dfq,variant,G,interleave,seed", V2_CASES,
+@pytest.mark.parametrize("pair,dfq,variant,G,extra,seed", V2_CASES,
                          ids=lambda v: getattr(v, "name", str(v)))
-def test_dot_v2_cosim(pair, dfq, variant, G, interleave, seed):
+def test_dot_v2_cosim(pair, dfq, variant, G, extra, seed):
     from tests.test_hw_dot import interleaved, slot_vectors
-    dut = GroupDotV2(pair=pair, dfq=dfq, variant=variant, group_size=G, interleave=interleave)
-    slots = slot_vectors(DFQ if dfq else pair.value[0], pair.value[1], G, interleave, seed)
+    D = GroupDotV2.loop_length() + extra
+    dut = GroupDotV2(pair=pair, dfq=dfq, variant=variant, group_size=G, interleave=D)
+    slots = slot_vectors(DFQ if dfq else pair.value[0], pair.value[1], G, D, seed)
     beats, exp = interleaved(dut.beat_layout, G, slots)
-    name = f"dot2-{'dfq' if dfq else pair.name.lower()}-{variant.value}-g{G}-d{interleave}"
+    name = f"dot2-{'dfq' if dfq else pair.name.lower()}-{variant.value}-g{G}-d{D}"
     data = BUILD_ROOT / "vectors" / f"{name}-s{seed}"
     data.mkdir(parents=True, exist_ok=True)
     (data / "beats.hex").write_text("\n".join(f"{b:x}" for b in beats) + "\n")

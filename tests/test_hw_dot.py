@@ -105,27 +105,29 @@ def slot_vectors(a_fmt, w_fmt, group_size, D, seed):
 
 
 V2_CASES = [
-    # pair, dfq, group_size, variant, interleave, levels_per_stage
-    (MulPair.E2M1_E2M1, False, 8, MulVariant.LUT, 2, 1),   # ones' complement tree
-    (MulPair.E2M1_E2M1, True, 8, MulVariant.LUT, 3, 1),    # DFQ: two sums, RNE(RNE+RNE)
-    (MulPair.INT4_INT4, False, 8, MulVariant.LUT, 4, 2),   # integer baseline cells
-    (MulPair.INT8_INT8, False, 4, MulVariant.DSP, 2, 1),
-    (MulPair.E2M3_E2M3, False, 4, MulVariant.DECOMPOSED, 5, 1),
-    (MulPair.E2M1_E2M1, False, 1, MulVariant.LUT, 2, 1),   # single lane: no adder, carry kept
+    # pair, dfq, group_size, variant, interleave beyond the loop length (LOOP + k), levels_per_stage
+    (MulPair.E2M1_E2M1, False, 8, MulVariant.LUT, 0, 1),   # flagged tree, sign-magnitude leaves
+    (MulPair.E2M1_E2M1, True, 8, MulVariant.LUT, 1, 1),    # DFQ: two gated sums, RNE(RNE+RNE)
+    (MulPair.INT4_INT4, False, 8, MulVariant.LUT, 3, 2),   # integer baseline cells
+    (MulPair.INT8_INT8, False, 4, MulVariant.DSP, 0, 1),
+    (MulPair.E2M3_E2M3, False, 4, MulVariant.DECOMPOSED, 2, 1),
+    (MulPair.E3M2_E2M3, False, 16, MulVariant.LUT, 1, 3),  # wider magnitudes, 3 levels a stage
+    (MulPair.E2M1_E2M1, True, 5, MulVariant.LUT, 0, 2),    # odd lane count: carried leaves
+    (MulPair.E2M1_E2M1, False, 1, MulVariant.LUT, 0, 1),   # single lane: no adder
 ]
 
 
-@pytest.mark.parametrize("pair,dfq,group_size,variant,interleave,lps,seed",
+@pytest.mark.parametrize("pair,dfq,group_size,variant,extra,lps,seed",
                          [c + (s,) for c, s in zip(V2_CASES, range(40, 40 + len(V2_CASES)))],
                          ids=lambda v: getattr(v, "name", str(v)))
-def test_dot_v2_interleaved(pair, dfq, group_size, variant, interleave, lps, seed):
+def test_dot_v2_interleaved(pair, dfq, group_size, variant, extra, lps, seed):
     """Interleaved slots of different lengths, random idle input and backpressure,
     NaN/Inf/zero scales and all-zero/all-negative groups (dot_vectors' biases)."""
     dut = GroupDotV2(pair=pair, dfq=dfq, group_size=group_size, variant=variant,
-                     interleave=interleave, levels_per_stage=lps)
+                     interleave=GroupDotV2.loop_length() + extra, levels_per_stage=lps)
     a_fmt = DFQ if dfq else pair.value[0]
     beats, exp = interleaved(dut.beat_layout, group_size,
-                             slot_vectors(a_fmt, pair.value[1], group_size, interleave, seed))
+                             slot_vectors(a_fmt, pair.value[1], group_size, dut.interleave, seed))
     out, _ = run_dot(dut, beats, len(exp), seed)
     check(out, exp)
 
@@ -134,8 +136,9 @@ def test_dot_v2_interleaved(pair, dfq, group_size, variant, interleave, lps, see
 def test_dot_v2_full_rate(dfq):
     """No idle, no backpressure: one group per cycle, results ``latency`` cycles after
     their ``last`` group (the loop-carried accumulation does not throttle the input)."""
-    D = 2
-    dut = GroupDotV2(pair=MulPair.E2M1_E2M1, group_size=8, dfq=dfq, interleave=D)
+    dut = GroupDotV2(pair=MulPair.E2M1_E2M1, group_size=8, dfq=dfq)
+    D = dut.interleave
+    assert D == dut.LOOP
     a_fmt = DFQ if dfq else "e2m1fn"
     slots = [make_vectors(a_fmt, "e2m1fn", n_dots=3, groups_per_dot=2, group_size=8,
                           seed=60 + k) for k in range(D)]
@@ -154,7 +157,7 @@ def test_dot_v2_full_rate(dfq):
 
 
 @pytest.mark.parametrize("kwargs,msg", [
-    (dict(interleave=1), "interleave must be an integer >= 2"),
+    (dict(interleave=1), "interleave must be an integer >= "),
     (dict(dfq=True, pair=MulPair.INT4_INT4), "dfq=True takes e2m1fn weights"),
     (dict(group_size=0), "group_size must be a positive integer"),
 ])

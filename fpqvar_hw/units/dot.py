@@ -260,33 +260,35 @@ class GroupDotV2(wiring.Component):
 
     Timing: initiation interval 1; ``latency`` cycles from a ``last`` group's
     handshake to its ``o.valid``.  Stall: the whole pipeline (interleave
-    counter and accumulators included) holds while ``o.valid & ~o.ready``;
-    ``i.ready = ~o.valid | o.ready``; ``o.valid`` never depends on ``o.ready``.
-    Idle input cycles are bubbles that leave every accumulator unchanged.
+    counter, accumulators and the FP32 pipelines, whose registers are enabled by
+    the same signal) holds while ``o.valid & ~o.ready``; ``i.ready = ~o.valid |
+    o.ready``; ``o.valid`` never depends on ``o.ready``.  Idle input cycles are
+    bubbles that leave every accumulator unchanged.
 
-    Pipeline (one register after each step): products (:class:`Multiplier`
-    lanes; float LUT lanes keep ``|p|`` and the sign, see :class:`GroupDot`);
-    the adder tree, registered every ``levels_per_stage`` levels; the group sum
-    ``S``; ``|S|``, scale decode and ``sig_a * sig_w``; ``|S| * (sig_a * sig_w)``
-    (two registers: the DSP48E2 M and P registers); ``RoundPack`` of each half
-    (DFQ: add front end, then ``RoundPack`` of ``RNE(S_pos t_pos) + RNE(S_neg
-    t_neg)``); then the accumulator loop: read slot, add front end (register),
-    ``RoundPack`` and write back.  The loop is 2 cycles long, so ``interleave``
-    must be at least 2: a slot's next group arrives no earlier than
+    Pipeline (one register after each step): products (LUT lanes: ``|p|`` from
+    one truth table and the product's sign, DFQ also the grid bit; DSP and
+    DECOMPOSED lanes: the signed product); the adder tree of flagged nodes
+    (:func:`_flag_tree`: no per-product negation, one LUT per sum bit),
+    registered every ``levels_per_stage`` levels; ``|S|``, scale decode and
+    ``sig_a * sig_w``; ``|S| * (sig_a * sig_w)`` (two registers: the DSP48E2 M
+    and P registers); rounding in a :class:`~fpqvar_hw.units.fpu.RoundPackPipe`
+    per half (DFQ: then ``RNE(S_pos t_pos) + RNE(S_neg t_neg)`` in an
+    :class:`~fpqvar_hw.units.fpu.AddPipe`); then the accumulator loop: read the
+    slot's partial sum (register), an ``AddPipe`` and the write back.  The loop
+    is ``LOOP = AddPipe latency + 2`` cycles long, so ``interleave`` must be at
+    least ``LOOP``: a slot's next group reaches the read stage no earlier than
     ``interleave`` cycles after its previous one and reads the written-back sum.
 
     Parameters (keyword-only): ``pair`` (:class:`MulPair`), ``group_size``
     (= lanes), ``variant`` (:class:`MulVariant`), ``dfq`` (needs
-    ``pair=MulPair.E2M1_E2M1``), ``interleave`` (>= 2), ``levels_per_stage``.
+    ``pair=MulPair.E2M1_E2M1``), ``interleave`` (>= ``LOOP``; default ``LOOP``),
+    ``levels_per_stage`` (adder-tree levels between registers).
     NaN/Inf policy as :class:`GroupDot` (canonical NaN ``0x7FC00000``).
     """
 
-    #: cycles of the accumulator's read-add-round-write loop (minimum interleave)
-    LOOP = 2
-
     def __init__(self, *, pair: MulPair = MulPair.E2M1_E2M1, group_size: int = 128,
                  variant: MulVariant = MulVariant.LUT, dfq: bool = False,
-                 interleave: int = 2, levels_per_stage: int = 1):
+                 interleave: "int | None" = None, levels_per_stage: int = 2):
         if not isinstance(pair, MulPair):
             raise TypeError(f"pair must be a MulPair, got {pair!r}")
         if not isinstance(variant, MulVariant):
@@ -294,9 +296,6 @@ class GroupDotV2(wiring.Component):
         for name, v in (("group_size", group_size), ("levels_per_stage", levels_per_stage)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if not isinstance(interleave, int) or interleave < self.LOOP:
-            raise ValueError(f"interleave must be an integer >= {self.LOOP} (the accumulator "
-                             f"loop is {self.LOOP} cycles), got {interleave!r}")
         if dfq and pair is not MulPair.E2M1_E2M1:
             raise ValueError("dfq=True takes e2m1fn weights: use pair=MulPair.E2M1_E2M1")
         self._halves = ([(MulPair.E2M1_E2M1, "pos"), (MulPair.E1M2_E2M1, "neg")] if dfq
@@ -306,15 +305,27 @@ class GroupDotV2(wiring.Component):
                 raise ValueError(f"group_size {group_size} lets a {p.name} group sum reach 2^24, "
                                  "which FP32 cannot hold exactly; use a smaller group_size")
             check_variant(p, variant)
+        #: cycles of the accumulator's read-add-write loop (the smallest interleave)
+        self.LOOP = self.loop_length()
+        if interleave is None:
+            interleave = self.LOOP
+        if not isinstance(interleave, int) or interleave < self.LOOP:
+            raise ValueError(f"interleave must be an integer >= {self.LOOP} (the accumulator "
+                             f"loop is {self.LOOP} cycles), got {interleave!r}")
+        # the FP32 pipelines (their latencies fix the cell's latency)
+        self._acc_add = fpu.AddPipe(FP32)
         self.pair, self.variant, self.dfq = pair, variant, dfq
         self.group_size = self.lanes = group_size
         self.interleave, self.levels_per_stage = interleave, levels_per_stage
-        self.ones_complement = variant is MulVariant.LUT and pair.is_float and not dfq
         self.tree_levels = (group_size - 1).bit_length()
         self.tree_stages = max(1, -(-self.tree_levels // levels_per_stage))
-        #: cycles from a ``last`` group's handshake to its ``o.valid``: products,
-        #: tree, S, decode, M, P, round (DFQ: add, round), loop add, loop round
-        self.latency = 1 + self.tree_stages + 1 + 3 + 1 + (2 if dfq else 0) + 2
+        self._round = [fpu.RoundPackPipe(FP32, sig_bits=self._sig_bits(p, group_size),
+                                         exp_bits=_SCALED_EXP_BITS) for p, _ in self._halves]
+        self._dfq_add = fpu.AddPipe(FP32) if dfq else None
+        #: cycles from a ``last`` group's handshake to its ``o.valid``: products, tree,
+        #: scale decode, M, P, rounding (DFQ: the add of the halves), loop read, loop add
+        self.latency = (1 + self.tree_stages + 3 + self._round[0].latency
+                        + (self._dfq_add.latency if dfq else 0) + 1 + self._acc_add.latency)
         a_code = dfq_code_layout() if dfq else code_layout(pair.fmt_a)
         fields = {"a": data.ArrayLayout(a_code, group_size),
                   "w": data.ArrayLayout(code_layout(pair.fmt_b), group_size),
@@ -327,16 +338,40 @@ class GroupDotV2(wiring.Component):
             "o": Out(stream.Signature(float_layout(FP32))),
         })
 
+    @staticmethod
+    def loop_length() -> int:
+        """Cycles of the accumulator loop: read register, ``AddPipe``, write back."""
+        probe = fpu.AddPipe(FP32)
+        probe._MustUse__silence = True      # built only for its latency
+        return probe.latency + 2
+
+    @staticmethod
+    def _sig_bits(pair: MulPair, group_size: int) -> int:
+        """Width of ``|S| * sig_a * sig_w`` (``|S|`` in the group sum's two's complement width)."""
+        return sum_width(pair.max_abs * group_size) + 2 * (FP16.man_bits + 1)
+
     def elaborate(self, platform):
         m = Module()
         en = ~self.o.valid | self.o.ready
         m.d.comb += self.i.ready.eq(en)
 
-        def reg(value, name, shape=None):
-            r = Signal(shape if shape is not None else value.shape(), name=name)
+        def reg(value, name, shape=None, reset_less=False):
+            r = Signal(shape if shape is not None else value.shape(), name=name,
+                       reset_less=reset_less)
             with m.If(en):
                 m.d.sync += r.eq(value)
             return r
+
+        def delay(ctrl, n, name):
+            for k in range(n):
+                ctrl = reg(ctrl, f"{name}{k}")
+            return ctrl
+
+        def pipe(name, unit, **ports):
+            m.submodules[name] = unit
+            m.d.comb += unit.en.eq(en)
+            m.d.comb += [getattr(unit, k).eq(v) for k, v in ports.items()]
+            return unit.o.as_value()
 
         # ---- interleave slot of the input group: accepted beats modulo interleave
         D = self.interleave
@@ -354,75 +389,66 @@ class GroupDotV2(wiring.Component):
         m.d.comb += [ctrl_in.scales[k].eq(s) for k, s in enumerate(scales)]
         ctrl = reg(ctrl_in, "ctrl_p")
 
-        sums = _product_trees(m, x.a, x.w, self._halves, self.lanes, self.variant, self.dfq,
-                              self.ones_complement, Const(0), reg, self.levels_per_stage)
-        for k in range(self.tree_stages):
-            ctrl = reg(ctrl, f"ctrl_t{k}")
-
-        # ---- exact group sums S
-        group_sums = []
-        for (tree_root, _, leftover), pair in sums:
-            smax = pair.max_abs * self.group_size
-            tree_out = Signal(signed(sum_width(smax)), name=f"tree_{pair.name}")
-            m.d.comb += tree_out.eq(tree_root + sum(leftover))
-            group_sums.append((reg(tree_out, f"S_{pair.name}"), pair))
-        ctrl = reg(ctrl, "ctrl_s")
+        # ---- products and adder trees: the exact group sums S = f ? -r : r
+        halves = _v2_leaves(m, x.a, x.w, self._halves, self.lanes, self.variant, self.dfq, reg)
+        roots = [_flag_tree(m, leaves, tag, reg, self.levels_per_stage)
+                 for leaves, (_, tag) in zip(halves, self._halves)]
+        ctrl = delay(ctrl, self.tree_stages, "ctrl_t")
 
         # ---- S * 2^L * s_a * s_w, exact, in three registered steps (the DSP48E2's
-        #      A/B inputs, M and P registers), then one rounding
+        #      A/B inputs, M and P registers), then rounded in a RoundPackPipe
         s_w = ctrl.scales[1]
-        parts = []
-        for k, (S, pair) in enumerate(group_sums):   # DFQ: k = 0 positive, 1 negative grid
-            s_a = ctrl.scales[2] if k == 1 else ctrl.scales[0]
-            parts.append(self._scaled(m, S, s_a, s_w, pair.lsb_exp, f"h{k}", reg))
-        for k in range(3):
-            ctrl = reg(ctrl, f"ctrl_f{k}")
-        g_parts = [reg(fp32.round_pack(m, u, f"rp{k}"), f"g{k}") for k, u in enumerate(parts)]
-        ctrl = reg(ctrl, "ctrl_g")
+        g_parts = []
+        for k, ((r, f, _), (pair, _)) in enumerate(zip(roots, self._halves)):
+            s_a = ctrl.scales[2] if k == 1 else ctrl.scales[0]   # DFQ: k = 1 negative grid
+            u = self._scaled(m, r, f, s_a, s_w, pair.lsb_exp, f"h{k}", reg)
+            g_parts.append(pipe(f"round{k}", self._round[k], i=u))
+        ctrl = delay(ctrl, 3 + self._round[0].latency, "ctrl_f")
         if self.dfq:
-            front = reg(fpu.add_front(m, g_parts[0], g_parts[1], FP32), "dfq_front")
-            ctrl = reg(ctrl, "ctrl_dfq_front")
-            g = reg(fp32.round_pack(m, front, "dfq_rp"), "g")
-            ctrl = reg(ctrl, "ctrl_dfq_g")
+            g = pipe("dfq_add", self._dfq_add, a=g_parts[0], b=g_parts[1])
+            ctrl = delay(ctrl, self._dfq_add.latency, "ctrl_d")
         else:
             g = g_parts[0]
 
-        # ---- accumulator loop: read the slot's partial sum, add (register), round
-        #      and write back; a slot is revisited no earlier than D >= LOOP cycles later
+        # ---- accumulator loop: read the slot's partial sum (register), add in the
+        #      AddPipe, write back; a slot is revisited no earlier than D >= LOOP cycles later
         acc = Array(Signal(32, name=f"acc{k}") for k in range(D))
-        front = reg(fpu.add_front(m, acc[ctrl.slot], g, FP32), "acc_front")
-        ctrl = reg(ctrl, "ctrl_acc_front")
-        acc_next = fp32.round_pack(m, front, "acc_rp")
+        acc_rd = reg(acc[ctrl.slot], "acc_rd", 32)
+        g_rd = reg(g, "g_rd")
+        ctrl = reg(ctrl, "ctrl_rd")
+        acc_next = pipe("acc_add", self._acc_add, a=acc_rd, b=g_rd)
+        ctrl = delay(ctrl, self._acc_add.latency, "ctrl_acc")
         with m.If(en & ctrl.valid):
             m.d.sync += acc[ctrl.slot].eq(Mux(ctrl.last, 0, acc_next))
-        with m.If(en):
-            m.d.sync += [self.o.valid.eq(ctrl.valid & ctrl.last),
-                         self.o.payload.as_value().eq(acc_next)]
+        m.d.comb += [self.o.valid.eq(ctrl.valid & ctrl.last),
+                     self.o.payload.as_value().eq(acc_next)]
         return m
 
     @staticmethod
-    def _scaled(m: Module, S, s_a, s_w, lsb_exp: int, tag: str, reg):
-        """Unrounded record of ``S * 2^lsb_exp * s_a * s_w`` after three register stages.
+    def _scaled(m: Module, r, f, s_a, s_w, lsb_exp: int, tag: str, reg):
+        """Unrounded record of ``S * 2^lsb_exp * s_a * s_w``, ``S = f ? -r : r``, after
+        three register stages.
 
-        Stage 1: ``|S|``, the scales' fields and ``sig_a * sig_w`` (11 x 11 bits);
-        stages 2 and 3: ``|S| * (sig_a * sig_w)`` (a DSP48E2 with its M and P
-        registers; the record's other fields ride along).  Same value and flags
-        as :func:`fpqvar_hw.units.fp32.scaled_sum_front`.
+        Stage 1: ``|S| = |r|``, the sign of ``S``, the scales' fields and ``sig_a *
+        sig_w`` (11 x 11 bits); stages 2 and 3: ``|S| * (sig_a * sig_w)`` (a DSP48E2
+        with its M and P registers; the record's other fields ride along).  Same
+        value and flags as :func:`fpqvar_hw.units.fp32.scaled_sum_front` of ``S``.
         """
         ua, uw = fpu.unpack(m, s_a, FP16), fpu.unpack(m, s_w, FP16)
-        n = len(S)
+        n = len(r)
         sig_bits = n + 2 * (FP16.man_bits + 1)
-        lay = unrounded_layout(sig_bits, 10)
-        zero = ua.is_zero | uw.is_zero | (S == 0)
+        lay = unrounded_layout(sig_bits, _SCALED_EXP_BITS)
+        nonzero = r != 0
+        zero = ua.is_zero | uw.is_zero | ~nonzero
         inf = ua.is_inf | uw.is_inf
-        mag = reg(abs(S), f"{tag}_mag", n)
+        mag = reg(abs(r), f"{tag}_mag", n)
         sig_ab = reg(ua.sig * uw.sig, f"{tag}_sigab", 2 * (FP16.man_bits + 1))
         head = Signal(lay, name=f"{tag}_head")
         m.d.comb += [
             head.sig.eq(0),
             head.exp.eq(ua.exp + uw.exp + (lsb_exp - 2 * FP16.man_bits + sig_bits - 1)),
             head.sticky.eq(0),
-            head.sign.eq(ua.sign ^ uw.sign ^ S[-1]),
+            head.sign.eq(ua.sign ^ uw.sign ^ ((r[-1] ^ f) & nonzero)),
             head.nan.eq(ua.is_nan | uw.is_nan | (inf & zero)),
             head.inf.eq(inf),
         ]
@@ -434,6 +460,11 @@ class GroupDotV2(wiring.Component):
         u = Signal(lay, name=f"{tag}_u")
         m.d.comb += [u.eq(head), u.sig.eq(prod)]
         return u
+
+
+#: exponent width of the scaled-sum record (FP16 exponents + the product LSB and the
+#: record's MSB offset fit in 10 signed bits)
+_SCALED_EXP_BITS = 10
 
 
 def _product_trees(m: Module, a, w, halves, lanes: int, variant: MulVariant, dfq: bool,
@@ -509,3 +540,95 @@ def _tree(m: Module, leaves, carries, tag: str, reg, levels_per_stage: int):
         level = [(reg(level[0][0], f"r_{tag}_single"), level[0][1])]
         pool = [reg(c, f"r_{tag}c_single{k}") for k, c in enumerate(pool)]
     return level[0][0], level[0][1], pool
+
+
+def _v2_leaves(m: Module, a, w, halves, lanes: int, variant: MulVariant, dfq: bool, reg):
+    """Registered leaves of the v2 adder trees, one list per half (``halves``).
+
+    A leaf is ``(T, f, max abs)`` worth ``f ? -T : T``:
+
+    * float LUT lanes (and DFQ): ``T = |p|`` from one truth table of the two
+      magnitude codes (:class:`MagnitudeCore`, one LUT6 per bit) and ``f`` = the
+      product's sign, both registered.  DFQ: each lane has a positive-grid and a
+      negative-grid magnitude register; the grid bit clears the one the lane does
+      not belong to (a synchronous reset of the register, no LUT on the data).
+    * other lanes (int4 LUT tables, DSP, DECOMPOSED): ``T`` = the registered signed
+      :class:`Multiplier` product, ``f = 0``.
+    """
+    out = []
+    for pair, tag in halves:
+        leaves = []
+        for lane in range(lanes):
+            code, wcode = a[lane], w[lane]
+            if variant is not MulVariant.LUT or not pair.is_float:
+                mul = Multiplier(pair=pair, variant=variant)
+                m.submodules[f"mul_{tag}{lane}"] = mul
+                m.d.comb += [mul.a.eq(code), mul.b.eq(wcode)]
+                leaves.append((reg(mul.p, f"prod_{tag}{lane}"), Const(0), pair.max_abs))
+                continue
+            core = MagnitudeCore(pair=pair)
+            m.submodules[f"mag_{tag}{lane}"] = core
+            m.d.comb += [core.mag_a.eq(code.mag if dfq else Cat(code.mantissa, code.exponent)),
+                         core.mag_b.eq(Cat(wcode.mantissa, wcode.exponent))]
+            if dfq:
+                # the positive grid's values are positive, the negative grid's negative
+                sign = wcode.sign if tag == "pos" else ~wcode.sign
+                mine = ~code.neg if tag == "pos" else code.neg
+                T = reg(Mux(mine, core.mag, 0), f"mag_{tag}{lane}", pair.mag_width,
+                        reset_less=True)
+            else:
+                sign = code.sign ^ wcode.sign
+                T = reg(core.mag, f"mag_{tag}{lane}")
+            leaves.append((T, reg(sign, f"neg_{tag}{lane}"), pair.max_abs))
+        out.append(leaves)
+    return out
+
+
+def _flag_tree(m: Module, leaves, tag: str, reg, levels_per_stage: int):
+    """Registered adder tree over flagged leaves ``(T, f, max abs)`` (:func:`_v2_leaves`).
+
+    A node is ``(r, f)`` worth ``f ? -r : r``.  Two nodes add as
+    ``r = r_x + (r_y XOR g) + g`` with ``g = f_x XOR f_y`` and ``f = f_x``
+    (``-r_x + v_y = -(r_x - v_y)``), so every adder takes its left operand
+    straight from a register or carry chain (the carry chain's DI input needs no
+    LUT) and folds the right operand's sign into the one propagate LUT per bit;
+    the conditional negation costs a carry-in, not a per-product negation.
+    Returns ``(r, f, max abs)`` of the root.
+    """
+    level = list(leaves)
+    depth = 0
+    while len(level) > 1:
+        nxt = []
+        for j in range(0, len(level) - 1, 2):
+            (x, fx, mx), (y, fy, my) = level[j], level[j + 1]
+            bound = mx + my
+            width = sum_width(bound)
+            r = Signal(signed(width), name=f"t_{tag}{depth}_{j // 2}")
+            if isinstance(fx, Const) and isinstance(fy, Const):   # signed leaves, no flags
+                m.d.comb += r.eq(x + y)
+            else:
+                # r = x + (y XOR g) + g as ONE two-operand add: the carry-in g rides in an
+                # extra low bit ({x, 1} + {y XOR g, g}), which Yosys maps to a single
+                # carry chain (a three-operand add becomes a $macc: full-adder rows)
+                g = fx ^ fy
+                xs = Signal(signed(width), name=f"x_{tag}{depth}_{j // 2}")
+                ys = Signal(signed(width), name=f"y_{tag}{depth}_{j // 2}")
+                m.d.comb += [xs.eq(x), ys.eq(y)]
+                wide = Signal(signed(width + 1), name=f"w_{tag}{depth}_{j // 2}")
+                m.d.comb += wide.eq(Cat(Const(1, 1), xs).as_signed()
+                                    + Cat(g, ys.as_unsigned() ^ g.replicate(width)).as_signed())
+                m.d.comb += r.eq(wide[1:].as_signed())
+            nxt.append((r, fx, bound))
+        if len(level) % 2:
+            nxt.append(level[-1])
+        depth += 1
+        if depth % levels_per_stage == 0 or len(nxt) == 1:
+            nxt = [(reg(r, f"r_{tag}{depth}_{k}"),
+                    f if isinstance(f, Const) else reg(f, f"r_{tag}{depth}_{k}_f"), mx)
+                   for k, (r, f, mx) in enumerate(nxt)]
+        level = nxt
+    r, f, mx = level[0]
+    if depth == 0:   # a single lane: keep the stage count uniform
+        r = reg(r, f"r_{tag}_single", signed(sum_width(mx)))
+        f = f if isinstance(f, Const) else reg(f, f"r_{tag}_single_f")
+    return r, f, mx
