@@ -291,7 +291,8 @@ def _dot_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
             tag = "dfq4_e2m1fn" if dfq else f"{key[0]}_{key[1]}"
             out.append(Variant(f"dot2_{tag}_g{c.group_size}", make2, 0, None,
                                {"pair": " x ".join(key), "dfq": dfq, "group_size": c.group_size,
-                                "lanes": c.group_size, "interleave": 2},
+                                "lanes": c.group_size,
+                                "interleave": mod.GroupDotV2.loop_length()},
                                needs="dot cell v2 (one group per beat; not yet in the matrix engine)"))
     return out
 
