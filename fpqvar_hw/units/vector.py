@@ -25,8 +25,9 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, Value
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .fpu import (FP16, FP32, FloatFormat, RoundPack, add_front, convert_front, mul_front,
-                  float_layout, fp_max, unpack, unrounded_layout)
+from .fpu import (ADD_STAGES, FP16, FP32, MUL_STAGES, ROUND_STAGES, AddPipe, FloatFormat, MulPipe,
+                  RoundPack, RoundPackPipe, add_front, convert_front, float_layout, fp_max, mul_front,
+                  unpack, unrounded_layout)
 
 __all__ = ["Dataflow", "Func", "Elementwise", "PartialSums", "Softmax", "LayerNormModulate", "L2NormTemperature",
            "FDot", "Residual", "fp32_bits"]
@@ -66,13 +67,19 @@ class Val:
 class Dataflow:
     """Schedules FP32 operations into registered stages sharing one enable ``en``.
 
-    ``value(sig, stage)`` wraps an input; each FP operation takes two stages
-    (front end, RoundPack), compare/select and table lookups one; ``at(v, s)``
-    delays ``v`` to stage ``s``.  Constants (``const``) are valid at every stage.
+    ``value(sig, stage)`` wraps an input; ``at(v, s)`` delays ``v`` to stage ``s``;
+    constants (``const``) are valid at every stage.  Compare/select and table lookups
+    take one stage.  An FP operation takes two stages (front end, RoundPack: about 26-31
+    logic levels each) by default, or with ``pipelined=True`` the stages of
+    :class:`~fpqvar_hw.units.fpu.AddPipe` / :class:`~fpqvar_hw.units.fpu.MulPipe` (a
+    rounding of another front end: a register, then
+    :class:`~fpqvar_hw.units.fpu.RoundPackPipe`), every stage a few logic levels.  Both
+    give the same bits; ``dry=True`` counts stages without building the operators.
     """
 
-    def __init__(self, m: Module, en: Value, prefix: str = "", *, dry: bool = False):
-        self.m, self.en, self.prefix, self.dry = m, en, prefix, dry
+    def __init__(self, m: Module, en: Value, prefix: str = "", *, dry: bool = False,
+                 pipelined: bool = False):
+        self.m, self.en, self.prefix, self.dry, self.pipelined = m, en, prefix, dry, pipelined
         self._n = 0
         self._delays: dict[tuple[int, int], Value] = {}
 
@@ -111,19 +118,39 @@ class Dataflow:
         return self.round(u, FP32, s)
 
     def round(self, u, fmt: FloatFormat, s: int) -> Val:
-        """Register the unrounded ``u`` (stage s+1), RoundPack, register (stage s+2)."""
+        """Register the unrounded ``u`` (stage s+1), then RoundPack and a register (stage
+        s+2), or :class:`~fpqvar_hw.units.fpu.RoundPackPipe` (stage s+1+ROUND_STAGES)."""
         ur = self.reg(u.as_value(), "u")
+        out = s + 1 + (ROUND_STAGES if self.pipelined else 1)
         if self.dry:  # latency computation only: no design is built
-            return Val(Signal(fmt.width), s + 2)
-        rp = RoundPack(fmt, sig_bits=len(u.sig), exp_bits=len(u.exp))
+            return Val(Signal(fmt.width), out)
+        if self.pipelined:
+            rp = RoundPackPipe(fmt, sig_bits=len(u.sig), exp_bits=len(u.exp))
+            self.m.d.comb += rp.en.eq(self.en)
+        else:
+            rp = RoundPack(fmt, sig_bits=len(u.sig), exp_bits=len(u.exp))
         self.m.submodules[self._name("rp")] = rp
         self.m.d.comb += rp.i.as_value().eq(ur)
-        return Val(self.reg(rp.o.as_value(), "f"), s + 2)
+        return Val(rp.o.as_value() if self.pipelined else self.reg(rp.o.as_value(), "f"), out)
+
+    def _pipe(self, cls, stages: int, a: Val, b: Val) -> Val:
+        s = self._stage(a, b)
+        if self.dry:
+            return Val(Signal(32), s + stages + ROUND_STAGES)
+        pipe = cls(FP32)
+        self.m.submodules[self._name(cls.__name__.lower())] = pipe
+        self.m.d.comb += [pipe.en.eq(self.en), pipe.a.as_value().eq(self.at(a, s)),
+                          pipe.b.as_value().eq(self.at(b, s))]
+        return Val(pipe.o.as_value(), s + pipe.latency)
 
     def mul(self, a: Val, b: Val) -> Val:
+        if self.pipelined:
+            return self._pipe(MulPipe, MUL_STAGES, a, b)
         return self._fp(lambda m, x, y: mul_front(m, x, y, FP32), a, b)
 
     def add(self, a: Val, b: Val) -> Val:
+        if self.pipelined:
+            return self._pipe(AddPipe, ADD_STAGES, a, b)
         return self._fp(lambda m, x, y: add_front(m, x, y, FP32), a, b)
 
     def neg(self, a: Val) -> Val:
@@ -278,7 +305,7 @@ class Elementwise(wiring.Component):
                ) -> tuple[int, list[Value]]:
         outs, latency = [], 0
         for lane, x in enumerate(inputs):
-            df = Dataflow(m, en, prefix=f"l{lane}_", dry=dry)
+            df = Dataflow(m, en, prefix=f"l{lane}_", dry=dry, pipelined=True)
             v = Val(x, 0)
             if self.src is FP16:
                 v = df.round(convert_front(m, x, FP16), FP32, 0)
