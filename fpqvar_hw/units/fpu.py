@@ -13,14 +13,21 @@ Numerics (``docs/numerics.md`` section 4, golden model ``fpqvar_quant.golden.fp3
   ``0 * Inf``;
 * multiply-add is **unfused**: ``mad(a, b, c) = add(mul(a, b), c)`` (two roundings).
 
-Structure: each operator is a combinational *front end* that produces an
-unrounded result (:func:`unrounded_layout`: sign, exponent, wide significand,
-sticky, NaN/Inf flags), followed by the one shared :class:`RoundPack` stage that
-normalises, handles the subnormal range, rounds and packs.  :class:`FPUnit`
-wraps a front end and ``RoundPack`` into a stream pipeline; units with their own
-pipelines (``fpqvar_hw.units.fp32``, the vector and matrix units) combine the public
-front ends :func:`add_front`, :func:`mul_front` and :func:`convert_front` with a
-``RoundPack`` of their own.
+Structure: each operator is a *front end* that produces an unrounded result
+(:func:`unrounded_layout`: sign, exponent, wide significand, sticky, NaN/Inf
+flags), followed by the one shared rounding that normalises, handles the subnormal
+range, rounds and packs.  Each is written once, as a sequence of stages separated
+by a register hook: with an identity hook it is the combinational front end
+(:func:`add_front`, :func:`mul_front`) or :class:`RoundPack`; with registers
+(clock-enabled by ``en``) it is the pipelined :class:`AddPipe` (latency
+``ADD_STAGES + ROUND_STAGES`` = 7), :class:`MulPipe` (``MUL_STAGES + ROUND_STAGES``
+= 8, the significand product in DSP48E2-sized slices, registered twice where a
+DSP48E2 has its M and P registers)
+and :class:`RoundPackPipe` (``ROUND_STAGES`` = 4), every stage a few logic levels
+(leading/trailing-zero trees instead of priority chains; the sticky bits of a
+shift come from trailing-zero counts).  :class:`FPUnit` wraps the pipes into a
+stream operator; units with their own pipelines combine the front ends with a
+``RoundPack`` or use the pipes directly (``fpqvar_hw.units.vector.Dataflow``).
 
 Payloads are :func:`float_layout` views whose packed bits equal the IEEE
 encoding (mantissa | exponent | sign from the LSB), so a testbench can drive raw
@@ -265,7 +272,8 @@ def unpack(m: Module, x: Value, fmt: FloatFormat) -> Unpacked:
 
 @hierarchical
 class RoundPack(wiring.Component):
-    """The one shared round-and-pack stage (combinational).
+    """The one shared round-and-pack step (combinational; :class:`RoundPackPipe` is the
+    same steps registered).
 
     ``i``: :func:`unrounded_layout` (``sig_bits``, ``exp_bits``); ``o``: the IEEE
     bits of ``fmt``.  Normalises by a leading-zero count, shifts right into the
@@ -363,8 +371,10 @@ class AddPipe(wiring.Component):
 class MulPipe(wiring.Component):
     """``o = RNE_fmt(a * b)`` pipelined: the :func:`mul_front` stages (:data:`MUL_STAGES`:
     unpack; the significand product as ``DSP_B_BITS``-bit slices of ``b``'s significand,
-    one DSP48E2 each, registered twice (the slice's M and P registers); the sum of the
-    slices' products, registering the unrounded product) and the :class:`RoundPackPipe`
+    one DSP48E2 each, registered twice where the slice has its M and P registers (Vivado
+    absorbs them; Yosys 0.60 packs no register into a DSP48E2 and keeps them as
+    flip-flops around the DSP); the sum of the slices' products, registering the
+    unrounded product) and the :class:`RoundPackPipe`
     stages, bit-identical to ``RoundPack(mul_front(a, b))``.
 
     Ports ``en``, ``a``, ``b``, ``o`` as :class:`AddPipe`; ``latency`` = ``MUL_STAGES +
