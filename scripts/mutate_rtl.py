@@ -102,13 +102,13 @@ MUTANTS = [
            DOT2_E2M1_TEST, "v2 adder tree: a node's sign flag skips its pipeline register "
                            "(meets the next group's partial sum)"),
     Mutant("v2-round-delay-off-by-one", "fpqvar_hw/units/dot.py",
-           'ctrl = delay(ctrl, 3 + self._round[0].latency, "ctrl_f")',
-           'ctrl = delay(ctrl, 2 + self._round[0].latency, "ctrl_f")',
+           'ctrl = delay(ctrl, 3 + self._round_latency, "ctrl_f")',
+           'ctrl = delay(ctrl, 2 + self._round_latency, "ctrl_f")',
            DOT2_E2M1_TEST, "v2: the control word one register short of the scale and "
                            "RoundPackPipe path (slot and last meet the wrong group)"),
     Mutant("v2-loop-too-short", "fpqvar_hw/units/dot.py",
-           "return probe.latency + 2",
-           "return probe.latency + 1",
+           "return _latency(fpu.AddPipe(FP32)) + 2",
+           "return _latency(fpu.AddPipe(FP32)) + 1",
            "tests/test_hw_dot.py::test_dot_v2_full_rate[False]",
            "v2: the loop length (smallest interleave) one cycle short: a slot is read "
            "before its previous sum is written back"),

@@ -11,7 +11,6 @@ build costs about a minute, which is what limits the number of configurations he
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

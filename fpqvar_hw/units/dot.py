@@ -265,11 +265,12 @@ class GroupDotV2(wiring.Component):
     o.ready``; ``o.valid`` never depends on ``o.ready``.  Idle input cycles are
     bubbles that leave every accumulator unchanged.
 
-    Pipeline (one register after each step): products (LUT lanes: ``|p|`` from
-    one truth table and the product's sign, DFQ also the grid bit; DSP and
-    DECOMPOSED lanes: the signed product); the adder tree of flagged nodes
-    (:func:`_flag_tree`: no per-product negation, one LUT per sum bit),
-    registered every ``levels_per_stage`` levels; ``|S|``, scale decode and
+    Pipeline (one register after each step): products (float LUT lanes: ``|p|``
+    from one truth table and the product's sign; DFQ: a positive- and a
+    negative-grid ``|p|``, the grid bit clearing the other; int4 LUT, DSP and
+    DECOMPOSED lanes: the signed product, :func:`_v2_leaves`); the adder tree of
+    flagged nodes (:func:`_flag_tree`: no per-product negation, one LUT per sum
+    bit), registered every ``levels_per_stage`` levels (the root always); ``|S|``, scale decode and
     ``sig_a * sig_w``; ``|S| * (sig_a * sig_w)`` (two registers: the DSP48E2 M
     and P registers); rounding in a :class:`~fpqvar_hw.units.fpu.RoundPackPipe`
     per half (DFQ: then ``RNE(S_pos t_pos) + RNE(S_neg t_neg)`` in an
@@ -284,6 +285,10 @@ class GroupDotV2(wiring.Component):
     ``pair=MulPair.E2M1_E2M1``), ``interleave`` (>= ``LOOP``; default ``LOOP``),
     ``levels_per_stage`` (adder-tree levels between registers).
     NaN/Inf policy as :class:`GroupDot` (canonical NaN ``0x7FC00000``).
+
+    With the ``fpu`` pipelines of this writing (``AddPipe`` 7 cycles, ``RoundPackPipe``
+    4) ``LOOP`` is 9 and a 128-lane cell with the default 2 levels per stage has a
+    latency of 1 + 4 + 3 + 4 + 1 + 7 = 20 cycles (DFQ: 27).
     """
 
     def __init__(self, *, pair: MulPair = MulPair.E2M1_E2M1, group_size: int = 128,
@@ -312,20 +317,20 @@ class GroupDotV2(wiring.Component):
         if not isinstance(interleave, int) or interleave < self.LOOP:
             raise ValueError(f"interleave must be an integer >= {self.LOOP} (the accumulator "
                              f"loop is {self.LOOP} cycles), got {interleave!r}")
-        # the FP32 pipelines (their latencies fix the cell's latency)
-        self._acc_add = fpu.AddPipe(FP32)
         self.pair, self.variant, self.dfq = pair, variant, dfq
         self.group_size = self.lanes = group_size
         self.interleave, self.levels_per_stage = interleave, levels_per_stage
         self.tree_levels = (group_size - 1).bit_length()
         self.tree_stages = max(1, -(-self.tree_levels // levels_per_stage))
-        self._round = [fpu.RoundPackPipe(FP32, sig_bits=self._sig_bits(p, group_size),
-                                         exp_bits=_SCALED_EXP_BITS) for p, _ in self._halves]
-        self._dfq_add = fpu.AddPipe(FP32) if dfq else None
+        # the FP32 pipelines' latencies (elaborate builds the pipelines and checks them)
+        rounds = {_latency(fpu.RoundPackPipe(FP32, sig_bits=self._sig_bits(p, group_size),
+                                             exp_bits=_SCALED_EXP_BITS)) for p, _ in self._halves}
+        assert len(rounds) == 1, "the halves' rounding pipelines must be equally long"
+        self._round_latency, self._add_latency = rounds.pop(), _latency(fpu.AddPipe(FP32))
         #: cycles from a ``last`` group's handshake to its ``o.valid``: products, tree,
         #: scale decode, M, P, rounding (DFQ: the add of the halves), loop read, loop add
-        self.latency = (1 + self.tree_stages + 3 + self._round[0].latency
-                        + (self._dfq_add.latency if dfq else 0) + 1 + self._acc_add.latency)
+        self.latency = (1 + self.tree_stages + 3 + self._round_latency
+                        + (self._add_latency if dfq else 0) + 1 + self._add_latency)
         a_code = dfq_code_layout() if dfq else code_layout(pair.fmt_a)
         fields = {"a": data.ArrayLayout(a_code, group_size),
                   "w": data.ArrayLayout(code_layout(pair.fmt_b), group_size),
@@ -341,9 +346,7 @@ class GroupDotV2(wiring.Component):
     @staticmethod
     def loop_length() -> int:
         """Cycles of the accumulator loop: read register, ``AddPipe``, write back."""
-        probe = fpu.AddPipe(FP32)
-        probe._MustUse__silence = True      # built only for its latency
-        return probe.latency + 2
+        return _latency(fpu.AddPipe(FP32)) + 2
 
     @staticmethod
     def _sig_bits(pair: MulPair, group_size: int) -> int:
@@ -367,7 +370,8 @@ class GroupDotV2(wiring.Component):
                 ctrl = reg(ctrl, f"{name}{k}")
             return ctrl
 
-        def pipe(name, unit, **ports):
+        def pipe(name, unit, latency, **ports):
+            assert unit.latency == latency, f"{name}: latency changed since construction"
             m.submodules[name] = unit
             m.d.comb += unit.en.eq(en)
             m.d.comb += [getattr(unit, k).eq(v) for k, v in ports.items()]
@@ -402,11 +406,12 @@ class GroupDotV2(wiring.Component):
         for k, ((r, f, _), (pair, _)) in enumerate(zip(roots, self._halves)):
             s_a = ctrl.scales[2] if k == 1 else ctrl.scales[0]   # DFQ: k = 1 negative grid
             u = self._scaled(m, r, f, s_a, s_w, pair.lsb_exp, f"h{k}", reg)
-            g_parts.append(pipe(f"round{k}", self._round[k], i=u))
-        ctrl = delay(ctrl, 3 + self._round[0].latency, "ctrl_f")
+            rp = fpu.RoundPackPipe(FP32, sig_bits=len(u.sig), exp_bits=len(u.exp))
+            g_parts.append(pipe(f"round{k}", rp, self._round_latency, i=u))
+        ctrl = delay(ctrl, 3 + self._round_latency, "ctrl_f")
         if self.dfq:
-            g = pipe("dfq_add", self._dfq_add, a=g_parts[0], b=g_parts[1])
-            ctrl = delay(ctrl, self._dfq_add.latency, "ctrl_d")
+            g = pipe("dfq_add", fpu.AddPipe(FP32), self._add_latency, a=g_parts[0], b=g_parts[1])
+            ctrl = delay(ctrl, self._add_latency, "ctrl_d")
         else:
             g = g_parts[0]
 
@@ -416,8 +421,8 @@ class GroupDotV2(wiring.Component):
         acc_rd = reg(acc[ctrl.slot], "acc_rd", 32)
         g_rd = reg(g, "g_rd")
         ctrl = reg(ctrl, "ctrl_rd")
-        acc_next = pipe("acc_add", self._acc_add, a=acc_rd, b=g_rd)
-        ctrl = delay(ctrl, self._acc_add.latency, "ctrl_acc")
+        acc_next = pipe("acc_add", fpu.AddPipe(FP32), self._add_latency, a=acc_rd, b=g_rd)
+        ctrl = delay(ctrl, self._add_latency, "ctrl_acc")
         with m.If(en & ctrl.valid):
             m.d.sync += acc[ctrl.slot].eq(Mux(ctrl.last, 0, acc_next))
         m.d.comb += [self.o.valid.eq(ctrl.valid & ctrl.last),
@@ -460,6 +465,12 @@ class GroupDotV2(wiring.Component):
         u = Signal(lay, name=f"{tag}_u")
         m.d.comb += [u.eq(head), u.sig.eq(prod)]
         return u
+
+
+def _latency(unit) -> int:
+    """``unit.latency`` of a pipeline built only to read it (never elaborated)."""
+    unit._MustUse__silence = True
+    return unit.latency
 
 
 #: exponent width of the scaled-sum record (FP16 exponents + the product LSB and the
