@@ -453,7 +453,7 @@ def run_build(platform, config, out, *, synth=True, lint=True, jobs=2, verbose=T
     timings = perf.unit_timings(config, manifests)
     rep = perf.throughput_report(config, platform, timings, headline=HEADLINE)
     rep["fp_vs_int"] = _int_comparison(config, platform, timings, unit_res)
-    rep["clock_estimate"] = _clock_scaled(rep, res_rep)
+    rep["clock_estimate"] = clock_scaled(rep, res_rep)
     _log(verbose, "      as-built top (the RTL that exists) on the same models")
     rep["as_built_top"] = asbuilt.top_report(config, platform)
     (out / "throughput.json").write_text(_json(rep))
@@ -531,7 +531,7 @@ def _pre_top_fit(emitted, designs, config, platform, result: dict, verbose: bool
     return (f"not emitted: does not fit ({result['error']})" if result["error"] else None)
 
 
-def _clock_scaled(rep: dict, res_rep: dict | None) -> dict:
+def clock_scaled(rep: dict, res_rep: dict | None) -> dict:
     """The logic-depth clock estimate and images/s at that clock (cycles unchanged)."""
     ce = dict((res_rep or {}).get("clock_estimate") or {})
     if not ce.get("achievable_mhz"):

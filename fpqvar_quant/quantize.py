@@ -87,7 +87,7 @@ __all__ = ["Granularity", "QuantSpec", "QuantResult", "quantize", "fake_quant",
            "compute_scales", "SCALE_FORMATS", "TIE_MODES",
            # the element-pass kernel API, shared with fpqvar_quant.dfq (each DFQ side is one pass)
            "CHUNK", "TIE_MAGNITUDE_DOWN", "ChunkQuantizer", "minmax_rows", "row_len",
-           "scales_from_absmax", "serial", "to_torch"]
+           "scales_from_absmax", "serial", "to_torch", "round_chunk", "codes_chunk"]
 
 SCALE_FORMATS = ("fp32", "fp16", "e8m0", "e4m3")
 TIE_MODES = ("even", "reference")
@@ -335,7 +335,7 @@ def serial(device: torch.device):
         torch.set_num_threads(n)
 
 
-def _round_chunk(q: torch.Tensor, eb: torch.Tensor | None, tmp: torch.Tensor,
+def round_chunk(q: torch.Tensor, eb: torch.Tensor | None, tmp: torch.Tensor,
                  f: Format, tie: str) -> None:
     """Round the scaled values ``q`` in place to *grid integers* ``n``.
 
@@ -385,8 +385,8 @@ def _round_chunk(q: torch.Tensor, eb: torch.Tensor | None, tmp: torch.Tensor,
         torch.copysign(tmp, q, out=q)
 
 
-def _codes_chunk(q: torch.Tensor, eb: torch.Tensor | None, f: Format) -> torch.Tensor:
-    """Codes (int32) from the rounded grid integers of :func:`_round_chunk`."""
+def codes_chunk(q: torch.Tensor, eb: torch.Tensor | None, f: Format) -> torch.Tensor:
+    """Codes (int32) from the rounded grid integers of :func:`round_chunk`."""
     if f.kind == "int":
         return q.to(torch.int32) & ((1 << f.bits) - 1)
     _, mbits_native, ebias = _INT_VIEW[q.dtype]
@@ -411,7 +411,7 @@ class ChunkQuantizer:
 
     Quantizes chunks of rows of a ``[rows, L]`` tensor with one scale per row
     (``s_rows``, float32 numpy) onto format ``f``: ``code = round(x / s)`` (the
-    arithmetic rounder :func:`_round_chunk`, ``tie`` rule, saturating) and the
+    arithmetic rounder :func:`round_chunk`, ``tie`` rule, saturating) and the
     dequantized value ``s * decode(code)`` computed in ``cdt`` (float32, or
     float64 for float64 data).  Scratch buffers for ``max_rows`` rows are
     allocated once and reused by every chunk.
@@ -442,8 +442,8 @@ class ChunkQuantizer:
         k, f = x.shape[0], self.f
         q, eb = self.q[:k], (self.eb[:k] if self.eb is not None else None)
         torch.div(x, self.s_div[i:i + k], out=q)
-        _round_chunk(q, eb, self.tmp[:k], f, self.tie)
-        codes = _codes_chunk(q, eb, f) if want_codes else None
+        round_chunk(q, eb, self.tmp[:k], f, self.tie)
+        codes = codes_chunk(q, eb, f) if want_codes else None
         if eb is not None:
             q.mul_(eb.view(q.dtype))
         if zero is not None:

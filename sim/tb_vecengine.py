@@ -313,7 +313,7 @@ def build_subops(p: dict) -> list[VecSubop]:
     return [s for s in VecSubop if s is not VecSubop.KVQ6 or p.get("kv6", False)]
 
 
-def _setup(dut, label: str):
+def setup_tb(dut, label: str):
     p = tb_params()
     tb = VecEngineTB(dut, p)
     rng = random.Random(f"{p['seed']}:{label}")
@@ -325,7 +325,7 @@ async def random_instructions(dut):
     """Random instructions of every sub-op of the build (each at least twice), random
     shapes, layouts, strides (negative, broadcast, padded), FP16 (KV6 builds: also
     e2m3fn) B for FDOT, softmax rows 1..max_kv; a few with fine pipelining off."""
-    p, tb, rng = _setup(dut, "random")
+    p, tb, rng = setup_tb(dut, "random")
     nrng = np.random.default_rng(p["seed"])
     await tb.start()
     alloc = Allocator(rng, MEM_BYTES)
@@ -354,7 +354,7 @@ async def random_instructions(dut):
 async def attention_sequence(dut):
     """QK^T (FDOT, K cache FP16) -> SOFTMAX -> PV (FDOT, V cache FP16) over all heads and
     queries in three instructions; the result equals golden ``attention`` bit for bit."""
-    p, tb, rng = _setup(dut, "attention")
+    p, tb, rng = setup_tb(dut, "attention")
     H, Nq, Nk = p["attention"]
     D = isa.L2NT_LEN
     nrng = np.random.default_rng(p["seed"] + 1)
@@ -398,7 +398,7 @@ async def attention_kv6(dut):
     per key row) -> SOFTMAX -> PV (FDOT B_KV6, C s0 = 2: i0 runs over the keys); each
     instruction against isa_sim, the output against golden ``attention`` over the
     ``kv_encode``d caches.  A build without KV6 answers KVQ6 and B_KV6 with error 5."""
-    p, tb, rng = _setup(dut, "attention_kv6")
+    p, tb, rng = setup_tb(dut, "attention_kv6")
     H, Nq, Nk = p["attention"]
     D = isa.L2NT_LEN
     nrng = np.random.default_rng(p["seed"] + 3)
@@ -452,7 +452,7 @@ async def errors_and_abort(dut):
     """Invalid fields (code 5), out-of-window addresses (code 2), AXI read/write errors
     (codes 3, 4: the window extends past the model's memory), and abort in the middle of
     instructions: each returns to idle without a hang, and the next instruction is correct."""
-    p, tb, rng = _setup(dut, "errors")
+    p, tb, rng = setup_tb(dut, "errors")
     nrng = np.random.default_rng(p["seed"] + 2)
     await tb.start()
     alloc = Allocator(rng, MEM_BYTES)

@@ -40,7 +40,7 @@ from fpqvar_hw.isa import ErrorCode, Operand, Vec, VecSubop
 from fpqvar_quant.golden import fp32 as g
 from fpqvar_quant.golden import vector as gv
 from fpqvar_quant.golden.attention import attention
-from sim.tb_vecengine import (BASE, MEM_BYTES, Allocator, VecEngineTB, _setup,
+from sim.tb_vecengine import (BASE, MEM_BYTES, Allocator, VecEngineTB, setup_tb,
                               element_addresses, rand_operand, store)
 
 __all__ = ["lnmod_rows", "softmax_rows", "attention_wide", "length_limits"]
@@ -81,7 +81,7 @@ def ln_row(kind: str, rng: np.random.Generator, C: int) -> np.ndarray:
 @cocotb.test()
 async def lnmod_rows(dut):
     """LNMOD over rows of exactly C with large dynamic range values (see module doc)."""
-    p, tb, rng = _setup(dut, "lnmod")
+    p, tb, rng = setup_tb(dut, "lnmod")
     C = p["C"]
     nrng = np.random.default_rng(p["seed"] + 10)
     await tb.start()
@@ -129,7 +129,7 @@ def sm_row(kind: str, rng: np.random.Generator, L: int) -> np.ndarray:
 @cocotb.test()
 async def softmax_rows(dut):
     """SOFTMAX rows of max_kv, max_kv - 3 (not a multiple of P), 1 and 9 (see module doc)."""
-    p, tb, rng = _setup(dut, "softmax")
+    p, tb, rng = setup_tb(dut, "softmax")
     L = p["max_kv"]
     nrng = np.random.default_rng(p["seed"] + 20)
     await tb.start()
@@ -157,7 +157,7 @@ async def softmax_rows(dut):
 async def attention_wide(dut):
     """QK^T -> SOFTMAX -> PV over ``attention = [H, Nq, Nk]`` in the compiler's layouts;
     the output equals golden ``attention`` bit for bit."""
-    p, tb, rng = _setup(dut, "attention_wide")
+    p, tb, rng = setup_tb(dut, "attention_wide")
     H, Nq, Nk = p["attention"]
     D = isa.L2NT_LEN
     if Nk > p["max_kv"]:
@@ -208,7 +208,7 @@ async def attention_wide(dut):
 @cocotb.test()
 async def length_limits(dut):
     """Rows the build cannot take are refused before any access (error 5)."""
-    p, tb, rng = _setup(dut, "limits")
+    p, tb, rng = setup_tb(dut, "limits")
     C, L = p["C"], p["max_kv"]
     nrng = np.random.default_rng(p["seed"] + 40)
     await tb.start()

@@ -227,9 +227,9 @@ def test_clock_estimate_is_the_slowest_unit_and_scales_images_per_s():
     assert R.clock_estimate([units[0]], 300)["achievable_mhz"] == 300   # never above planning
     assert R.clock_estimate([], 300)["achievable_mhz"] is None
     rep = {"clock_mhz": 300, "models": {"d16": {"images_per_s": 3.0}}}
-    scaled = build._clock_scaled(rep, {"clock_estimate": ce})
+    scaled = build.clock_scaled(rep, {"clock_estimate": ce})
     assert scaled["images_per_s"]["d16"] == pytest.approx(3.0 * 77 / 300)
-    assert "--no-synth" in build._clock_scaled(rep, None)["note"]
+    assert "--no-synth" in build.clock_scaled(rep, None)["note"]
 
 
 def test_synth_jobs_run_longest_first_and_report_clock_fields(monkeypatch, tmp_path):

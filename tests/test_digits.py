@@ -23,8 +23,8 @@ def test_split_is_fixed_disjoint_and_stratified():
     total = counts + s.train_labels.bincount(minlength=NUM_CLASSES)
     assert torch.all((counts - 0.2 * total).abs() <= 0.5)
     # no image of the held-out split is an index of the training split
-    from fpqvar_quant.digits.data import _raw
-    _, _, tr, te = _raw()
+    from fpqvar_quant.digits.data import raw_split
+    _, _, tr, te = raw_split()
     assert not set(tr.tolist()) & set(te.tolist()) and len(tr) + len(te) == 1797
 
 

@@ -213,14 +213,14 @@ def test_vec_cost_hand_checked():
 
 def test_operand_words_follow_the_engine_read_rules():
     # contiguous FP32 row: one word per 4 elements; FP16: per 8
-    assert asbuilt._operand_words((64, 3, 1, 1), 4, 256, 4) == (48, 0)
-    assert asbuilt._operand_words((64, 3, 1, 1), 2, 128, 2) == (24, 0)
+    assert asbuilt.operand_words((64, 3, 1, 1), 4, 256, 4) == (48, 0)
+    assert asbuilt.operand_words((64, 3, 1, 1), 2, 128, 2) == (24, 0)
     # V cache walked across tokens (s0 = 128 bytes): one single-beat read per element
-    assert asbuilt._operand_words((30, 64, 1, 2), 128, 2, 2) == (30 * 128, 30 * 128)
+    assert asbuilt.operand_words((30, 64, 1, 2), 128, 2, 2) == (30 * 128, 30 * 128)
     # a one-word row re-read by every row (s1 = 0) stays in the operand's word cache
-    assert asbuilt._operand_words((1, 64, 1, 2), 4, 0, 4) == (2, 0)
+    assert asbuilt.operand_words((1, 64, 1, 2), 4, 0, 4) == (2, 0)
     # L2NT's per-head B: H temperatures, 4 per word
-    assert asbuilt._operand_words((64, 8, 2, 1), 0, 4, 4, once_per_row=True) == (4, 4)
+    assert asbuilt.operand_words((64, 8, 2, 1), 0, 4, 4, once_per_row=True) == (4, 4)
 
 
 def test_single_beat_reads_are_latency_bound():
@@ -258,11 +258,11 @@ def test_schedule_overlaps_only_what_the_sync_flags_allow():
 
 def test_bus_speeds_max_min_fair():
     mem = asbuilt.TopMemory("m", 2, 2, 1.0, "test")
-    assert asbuilt._bus_speeds({1: [1, 0.3], 2: [1, 0.3]}, mem) == {1: 1.0, 2: 1.0}
-    assert asbuilt._bus_speeds({1: [1, 1.0], 2: [1, 1.0]}, mem) == {1: 0.5, 2: 0.5}
-    s = asbuilt._bus_speeds({1: [1, 1.0], 2: [1, 0.25]}, mem)
+    assert asbuilt.bus_speeds({1: [1, 0.3], 2: [1, 0.3]}, mem) == {1: 1.0, 2: 1.0}
+    assert asbuilt.bus_speeds({1: [1, 1.0], 2: [1, 1.0]}, mem) == {1: 0.5, 2: 0.5}
+    s = asbuilt.bus_speeds({1: [1, 1.0], 2: [1, 0.25]}, mem)
     assert s == {1: pytest.approx(0.75), 2: 1.0}
-    assert asbuilt._bus_speeds({1: [1, 1.0], 2: None}, mem) == {1: 1.0}
+    assert asbuilt.bus_speeds({1: [1, 1.0], 2: None}, mem) == {1: 1.0}
 
 
 def test_step_program_shape_and_sync():

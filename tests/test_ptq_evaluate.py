@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from fpqvar_quant.ptq.evaluate import (EvaluatorUnavailable, _find_weights, feature_stats,
+from fpqvar_quant.ptq.evaluate import (EvaluatorUnavailable, find_weights, feature_stats,
                                        fid_from_stats, inception_score, list_sample_pngs,
                                        load_reference_batch, precision_recall)
 
@@ -52,4 +52,4 @@ def test_inputs_and_missing_weights(tmp_path):
     with pytest.raises(ValueError, match="no .png"):
         list_sample_pngs(tmp_path)
     with pytest.raises(EvaluatorUnavailable, match="not found"):
-        _find_weights(tmp_path / "missing.pth")
+        find_weights(tmp_path / "missing.pth")

@@ -118,13 +118,13 @@ def test_all_fp16_inputs_fixed_scale(fmt, scale_exp):
 def test_arithmetic_rounder_equals_registry_on_all_fp16(fmt):
     """The fast rounding core on every finite fp16 value taken as the quotient
     x / s itself (in and far beyond the range: saturation), both tie modes."""
-    from fpqvar_quant.quantize import _codes_chunk, _round_chunk
+    from fpqvar_quant.quantize import codes_chunk, round_chunk
     f = get_format(fmt)
     for tie in ("even", "reference"):
         q = torch.from_numpy(ALL_FP16.copy()).view(1, -1)
         eb = torch.empty(q.shape, dtype=torch.int32)
-        _round_chunk(q, eb, torch.empty_like(q), f, tie)
-        got = _codes_chunk(q, eb, f).numpy().ravel().astype(np.uint8)
+        round_chunk(q, eb, torch.empty_like(q), f, tie)
+        got = codes_chunk(q, eb, f).numpy().ravel().astype(np.uint8)
         if tie == "even":
             want = f.encode(ALL_FP16)
         else:

@@ -88,6 +88,7 @@ from . import axi
 
 from .. import isa
 from .. import packing
+from ..checked import Checked, latency_of
 from ..config import AcceleratorConfig, ElementFormat, ScaleFormat
 from ..units.dot import GroupDot
 from ..units.fpu import FP16, FP32, FPOp, FPUnit, add_front, float_layout
@@ -96,7 +97,7 @@ from ..units.multiplier import MulPair
 from ..units.quantizer import LATENCY_AFTER_LAST as QUANT_LATENCY, Quantizer
 from ..units.vector import Dataflow, Val
 
-__all__ = ["MatrixEngine", "check_config", "SUPPORTED_PRESETS", "JOB_LAYOUT"]
+__all__ = ["MatrixEngine", "BurstReader", "check_config", "SUPPORTED_PRESETS", "JOB_LAYOUT"]
 
 #: Presets whose formats the engine implements.
 SUPPORTED_PRESETS = ("w4a4",)
@@ -190,7 +191,7 @@ def _gearbox(m: Module, in_valid, in_data, n: int, out_fire, name: str):
     return ready, slots, full
 
 
-class _BurstReader(wiring.Component):
+class BurstReader(wiring.Component):
     """One DMA read client: jobs in, bursts out, response words through a FIFO.
 
     ``job``: ``{addr, words}`` (16-byte aligned address, word count, 0 = nothing);
@@ -254,7 +255,7 @@ class _BurstReader(wiring.Component):
         return m
 
 
-class MatrixEngine(wiring.Component):
+class MatrixEngine(Checked, wiring.Component):
     """The matrix engine (module docstring; interface: ``docs/top.md``, "Engine interface").
 
     Ports
@@ -277,24 +278,43 @@ class MatrixEngine(wiring.Component):
     """
 
     def __init__(self, cfg: AcceleratorConfig, *, max_k: int = 8192, fifo_words: int = 256):
-        self._MustUse__silence = True     # a rejected configuration is not an unused design
-        check_config(cfg)
-        if not isinstance(max_k, int) or max_k < 128 or max_k & (max_k - 1):
-            raise ValueError(f"max_k must be a power of two >= 128, got {max_k!r}")
-        if not isinstance(fifo_words, int) or fifo_words < axi.MAX_BURST:
-            raise ValueError(f"fifo_words must be >= {axi.MAX_BURST} (one burst), got {fifo_words!r}")
-        self._MustUse__silence = False
+        # the parameters were checked by check_params before this object existed
         self.cfg, self.max_k, self.fifo_words = cfg, max_k, fifo_words
         self.tm, self.tn, self.lanes, self.qlanes = cfg.tm, cfg.tn, cfg.lanes, cfg.quant_lanes
         #: bus words per (beat, feature) weight entry and per (block, group) scale entry
         self.code_words = packing.gemm_code_word_bytes(cfg.lanes, _CODE_BITS) // axi.DATA_BYTES
         self.scale_words = -(-2 * cfg.tn // axi.DATA_BYTES)
-        cell = GroupDot(pair=MulPair.E2M1_E2M1, dfq=True, dual=True, group_size=128,
-                        lanes=cfg.lanes)
-        cell._MustUse__silence = True     # only its latency is needed here
-        #: cycles from a dot product's final beat to its result (one array cell)
-        self.cell_latency = cell.latency
-        super().__init__({
+        super().__init__(self.engine_signature())
+
+    @classmethod
+    def check_params(cls, *, cfg: AcceleratorConfig, max_k: int, fifo_words: int) -> None:
+        """Raise ``ValueError``/``TypeError`` for a configuration the engine cannot build
+        (:func:`check_config`, ``max_k``, ``fifo_words``); runs before the object exists
+        (:class:`fpqvar_hw.checked.Checked`)."""
+        check_config(cfg)
+        if not isinstance(max_k, int) or max_k < 128 or max_k & (max_k - 1):
+            raise ValueError(f"max_k must be a power of two >= 128, got {max_k!r}")
+        if not isinstance(fifo_words, int) or fifo_words < axi.MAX_BURST:
+            raise ValueError(f"fifo_words must be >= {axi.MAX_BURST} (one burst), got {fifo_words!r}")
+
+    @staticmethod
+    def cell_params(lanes: int) -> dict:
+        """The keyword arguments of every array cell (:class:`~fpqvar_hw.units.dot.GroupDot`,
+        dual-mode e2m1fn / DFQ-FP4, groups of 128) of an array of ``lanes``."""
+        return {"pair": MulPair.E2M1_E2M1, "dfq": True, "dual": True, "group_size": 128,
+                "lanes": lanes}
+
+    @classmethod
+    def cell_latency(cls, lanes: int) -> int:
+        """Cycles from a dot product's final beat to its result (one array cell), without
+        building a cell (:func:`fpqvar_hw.checked.latency_of`)."""
+        return latency_of(GroupDot, **cls.cell_params(lanes))
+
+    @staticmethod
+    def engine_signature() -> wiring.Signature:
+        """The engine's ports (the same for every configuration; the class docstring):
+        what the top connects, readable without building an engine."""
+        return wiring.Signature({
             "cmd": In(stream.Signature(isa.INSTR_LAYOUT)),
             "busy": Out(1), "error": Out(4), "abort": In(1), "fine": In(1),
             "dram_base": In(32), "dram_size": In(32),
@@ -408,7 +428,7 @@ class _Datapath(Elaboratable):
         fine = e.fine
         readers = {}
         for name in ("rd_act", "rd_w", "rd_ws", "rd_bias"):
-            r = _BurstReader(depth=e.fifo_words)
+            r = BurstReader(depth=e.fifo_words)
             m.submodules[name] = readers[name] = r
             wiring.connect(m, wiring.flipped(getattr(e, name)), r.bus)
             m.d.comb += [r.base.eq(e.dram_base), r.size.eq(e.dram_size), r.stop.eq(self.stop)]
@@ -611,8 +631,7 @@ class _Datapath(Elaboratable):
         b_w = Signal(128 * tw)
         b_ws = Signal(128 * e.scale_words)
         b_last = Signal()
-        cells = [[GroupDot(pair=MulPair.E2M1_E2M1, dfq=True, dual=True, group_size=128,
-                           lanes=lanes) for _ in range(tn)] for _ in range(tm)]
+        cells = [[GroupDot(**e.cell_params(lanes)) for _ in range(tn)] for _ in range(tm)]
         for i in range(tm):
             for j in range(tn):
                 m.submodules[f"cell{i}_{j}"] = cells[i][j]
@@ -620,7 +639,8 @@ class _Datapath(Elaboratable):
         arr_ready = Signal()
         m.d.comb += arr_ready.eq(Cat(*[c.i.ready for c in flat]).all())
         b_take = b_valid & arr_ready
-        ok_d, hook_d = _gate(m, fine, e.cell_latency, "dot")
+        # cycles from a dot product's final beat to its result (every cell alike)
+        ok_d, hook_d = _gate(m, fine, cells[0][0].latency, "dot")
         m.d.comb += [g_last_beat.eq(c_kbi == bpg - 1),
                      a_fire.eq(c_on & bank_full.bit_select(cbank, 1) & w_full & s_full & ok_d
                                & (~b_valid | b_take))]

@@ -25,6 +25,7 @@ from amaranth.lib.wiring import In, Out
 from . import axi
 
 from .. import isa
+from ..checked import Checked, check
 from ..config import AcceleratorConfig, KVFormat
 from .control import Controller, EngineLink
 from .matrix import MatrixEngine
@@ -33,14 +34,18 @@ from .vecengine import VectorEngine
 __all__ = ["Accelerator"]
 
 
-def _client_ports(engine: wiring.Component, kind: type) -> list[str]:
-    """Names of ``engine``'s ports whose signature is ``kind`` (ReadClient/WriteClient),
+def _client_ports(signature: wiring.Signature, kind: type) -> list[str]:
+    """Names of the ports in ``signature`` whose signature is ``kind`` (ReadClient/WriteClient),
     in signature order."""
-    return [name for name, member in engine.signature.members.items()
+    return [name for name, member in signature.members.items()
             if member.is_signature and isinstance(member.signature, kind)]
 
 
-class Accelerator(wiring.Component):
+#: The engines the arbiters serve, in arbiter order: (owner, engine class)
+_ENGINES = (("matrix", MatrixEngine), ("vector", VectorEngine))
+
+
+class Accelerator(Checked, wiring.Component):
     """The FPQVAR accelerator (module docstring).
 
     Parameters (keyword-only except ``cfg``):
@@ -57,30 +62,57 @@ class Accelerator(wiring.Component):
 
     def __init__(self, cfg: AcceleratorConfig, *, C: int, max_kv: int, max_k: int | None = None,
                  max_outstanding: int = 8):
-        self._MustUse__silence = True     # a rejected configuration is not an unused design
-        if not isinstance(C, int) or C < 1 or C % isa.K_ALIGN:
-            raise ValueError(f"C must be a positive multiple of {isa.K_ALIGN} (GEMM K), got {C!r}")
-        if max_k is None:
-            max_k = 1 << (4 * C - 1).bit_length()       # the fc2 reduction, next power of two
+        # every parameter, the engines' included, was checked by check_params before this
+        # object existed: none of the engines built here is left unused by a refusal
+        max_k = self.default_max_k(C) if max_k is None else max_k
         self.cfg, self.C, self.max_kv, self.max_k = cfg, C, max_kv, max_k
         self.max_outstanding = max_outstanding
         self.matrix = MatrixEngine(cfg, max_k=max_k)
-        # the KV6 hardware (KVQ6, FDOT B_KV6) only when the config keeps the KV cache in e2m3fn
-        self.vector = VectorEngine(C=C, max_kv=max_kv, P=isa.VEC_P,
-                                   kv6=cfg.kv_format is KVFormat.E2M3)
+        self.vector = VectorEngine(C=C, max_kv=max_kv, P=isa.VEC_P, kv6=self.has_kv6(cfg))
         self.controller = Controller()
-        #: (owner, port) of every read client, in arbiter order
-        self.read_clients = [("controller", "fetch")] + [
-            (owner, name) for owner, eng in (("matrix", self.matrix), ("vector", self.vector))
-            for name in _client_ports(eng, axi.ReadClient)]
-        #: (owner, port) of every write client, in arbiter order
-        self.write_clients = [
-            (owner, name) for owner, eng in (("matrix", self.matrix), ("vector", self.vector))
-            for name in _client_ports(eng, axi.WriteClient)]
+        #: (owner, port) of every read / write client, in arbiter order
+        self.read_clients = self.read_client_ports()
+        self.write_clients = self.write_client_ports()
         super().__init__({"m_axi": Out(axi.AXI4Signature()),
                           "s_axil": In(axi.AXILiteSignature()),
                           "irq": Out(1)})
-        self._MustUse__silence = False
+
+    @staticmethod
+    def default_max_k(C: int) -> int:
+        """``max_k`` when not given: the fc2 reduction ``4*C``, next power of two."""
+        return 1 << (4 * C - 1).bit_length()
+
+    @staticmethod
+    def has_kv6(cfg: AcceleratorConfig) -> bool:
+        """The KV6 hardware (KVQ6, FDOT B_KV6) only when the config keeps the KV cache in e2m3fn."""
+        return cfg.kv_format is KVFormat.E2M3
+
+    @classmethod
+    def check_params(cls, *, cfg: AcceleratorConfig, C: int, max_kv: int, max_k: int | None,
+                     max_outstanding: int) -> None:
+        """Raise ``ValueError``/``TypeError`` for a top that cannot be built: ``C``, then the
+        matrix and vector engines' own checks; runs before the object (or any engine) exists
+        (:class:`fpqvar_hw.checked.Checked`)."""
+        if not isinstance(C, int) or isinstance(C, bool) or C < 1 or C % isa.K_ALIGN:
+            raise ValueError(f"C must be a positive multiple of {isa.K_ALIGN} (GEMM K), got {C!r}")
+        max_k = cls.default_max_k(C) if max_k is None else max_k
+        check(MatrixEngine, cfg, max_k=max_k)
+        check(VectorEngine, C=C, max_kv=max_kv, P=isa.VEC_P, kv6=cls.has_kv6(cfg))
+
+    @staticmethod
+    def read_client_ports() -> list[tuple[str, str]]:
+        """(owner, port) of every read client in arbiter order: the controller's fetch, then
+        each engine's ``ReadClient`` ports in signature order (from the engines' published
+        signatures; nothing is built)."""
+        return [("controller", "fetch")] + [
+            (owner, name) for owner, eng in _ENGINES
+            for name in _client_ports(eng.engine_signature(), axi.ReadClient)]
+
+    @staticmethod
+    def write_client_ports() -> list[tuple[str, str]]:
+        """(owner, port) of every write client in arbiter order (as :meth:`read_client_ports`)."""
+        return [(owner, name) for owner, eng in _ENGINES
+                for name in _client_ports(eng.engine_signature(), axi.WriteClient)]
 
     def elaborate(self, platform):
         m = Module()

@@ -86,6 +86,7 @@ from amaranth.lib.wiring import In, Out
 from fpqvar_quant.formats import get_format
 
 from .. import isa
+from ..checked import Checked, latency_of
 from .axi import DATA_BITS, DATA_BYTES, MAX_BURST, ReadClient, WriteClient
 from ..units.fpu import FP16, FP32, FPOp, FPUnit, RoundPack, convert_front
 from ..units.quantizer import LATENCY_AFTER_LAST, Quantizer
@@ -122,9 +123,14 @@ class KV6Quantizer(wiring.Component):
     """
 
     def __init__(self):
-        self.latency = FPOp.CONVERT.latency + LATENCY_AFTER_LAST
+        self.latency = self.latency_for()
         super().__init__({"i": In(stream.Signature(data.StructLayout({"x": 32}))),
                           "o": Out(stream.Signature(KV6_OUT))})
+
+    @staticmethod
+    def latency_for() -> int:
+        """``latency`` without building the unit: the conversion, then the quantizer's."""
+        return FPOp.CONVERT.latency + LATENCY_AFTER_LAST
 
     def elaborate(self, platform):
         m = Module()
@@ -147,7 +153,7 @@ def _uses(operand: str) -> list[isa.VecSubop]:
     return [s for s, ops in isa.VEC_OPERANDS.items() if operand in ops]
 
 
-class VectorEngine(wiring.Component):
+class VectorEngine(Checked, wiring.Component):
     """Executes VEC instructions (``docs/top.md``, fields and rules from :mod:`fpqvar_hw.isa`).
 
     Parameters
@@ -177,7 +183,14 @@ class VectorEngine(wiring.Component):
 
     def __init__(self, *, C: int = 128, max_kv: int = 64, P: int = isa.VEC_P, rd_depth: int = 16,
                  kv6: bool = False):
-        self._MustUse__silence = True
+        # the parameters were checked by check_params before this object existed
+        self.C, self.max_kv, self.P, self.rd_depth, self.kv6 = C, max_kv, P, rd_depth, kv6
+        super().__init__(self.engine_signature())
+
+    @classmethod
+    def check_params(cls, *, C: int, max_kv: int, P: int, rd_depth: int, kv6: bool) -> None:
+        """Raise ``ValueError`` for parameters the engine cannot build (class docstring);
+        runs before the object exists (:class:`fpqvar_hw.checked.Checked`)."""
         if not isinstance(kv6, bool):
             raise ValueError(f"kv6 must be a bool, got {kv6!r}")
         for name, v in (("C", C), ("max_kv", max_kv), ("P", P), ("rd_depth", rd_depth)):
@@ -192,9 +205,12 @@ class VectorEngine(wiring.Component):
         if rd_depth < MAX_BURST or rd_depth & (rd_depth - 1):
             raise ValueError(f"rd_depth must be a power of two >= {MAX_BURST} (one burst), "
                              f"got {rd_depth}")
-        self._MustUse__silence = False
-        self.C, self.max_kv, self.P, self.rd_depth, self.kv6 = C, max_kv, P, rd_depth, kv6
-        super().__init__({
+
+    @staticmethod
+    def engine_signature() -> wiring.Signature:
+        """The engine's ports (the same for every configuration; the class docstring):
+        what the top connects, readable without building an engine."""
+        return wiring.Signature({
             "cmd": In(stream.Signature(isa.INSTR_LAYOUT)),
             "busy": Out(1),
             "error": Out(4),
@@ -214,21 +230,40 @@ class VectorEngine(wiring.Component):
         """The sub-ops this build executes (KVQ6 only with ``kv6``)."""
         return [s for s in isa.VecSubop if self.kv6 or s is not isa.VecSubop.KVQ6]
 
-    def row_units(self) -> dict[isa.VecSubop, wiring.Component]:
-        """The sub-op -> row unit map this engine elaborates (new, unelaborated objects on
-        every call; the throughput model reads their latencies)."""
-        units = {
-            isa.VecSubop.LNMOD: LayerNormModulate(length=self.C, P=self.P),
-            isa.VecSubop.RESID: Residual(),
-            isa.VecSubop.GELU: Elementwise(Func.GELU),
-            isa.VecSubop.L2NT: L2NormTemperature(head_dim=isa.L2NT_LEN, P=self.P, temperature=True),
-            isa.VecSubop.SOFTMAX: Softmax(length=self.max_kv, P=self.P),
-            isa.VecSubop.FDOT: FDot(P=self.P),
-            isa.VecSubop.CVT16: FPUnit(FPOp.CONVERT, FP32, dst=FP16),
+    @staticmethod
+    def row_unit_specs(*, C: int, max_kv: int, P: int, kv6: bool
+                       ) -> dict[isa.VecSubop, tuple[type, tuple, dict]]:
+        """The sub-op -> row unit map of an engine with these parameters, as ``(class, args,
+        kwargs)``: what :meth:`row_units` builds, described without building anything."""
+        specs = {
+            isa.VecSubop.LNMOD: (LayerNormModulate, (), {"length": C, "P": P}),
+            isa.VecSubop.RESID: (Residual, (), {}),
+            isa.VecSubop.GELU: (Elementwise, (Func.GELU,), {}),
+            isa.VecSubop.L2NT: (L2NormTemperature, (),
+                                {"head_dim": isa.L2NT_LEN, "P": P, "temperature": True}),
+            isa.VecSubop.SOFTMAX: (Softmax, (), {"length": max_kv, "P": P}),
+            isa.VecSubop.FDOT: (FDot, (), {"P": P}),
+            isa.VecSubop.CVT16: (FPUnit, (FPOp.CONVERT, FP32), {"dst": FP16}),
         }
-        if self.kv6:
-            units[isa.VecSubop.KVQ6] = KV6Quantizer()
-        return units
+        if kv6:
+            specs[isa.VecSubop.KVQ6] = (KV6Quantizer, (), {})
+        return specs
+
+    @classmethod
+    def row_latencies(cls, *, C: int = 128, max_kv: int = 64, P: int = isa.VEC_P,
+                      kv6: bool = False) -> dict[isa.VecSubop, int]:
+        """Each row unit's ``latency`` (cycles per element when fed one element per latency:
+        the ``fine = 0`` throttle) for an engine with these parameters, without building the
+        engine (:func:`fpqvar_hw.checked.latency_of`).  What the throughput model reads."""
+        return {s: latency_of(unit, *args, **kwargs)
+                for s, (unit, args, kwargs) in cls.row_unit_specs(C=C, max_kv=max_kv, P=P,
+                                                                  kv6=kv6).items()}
+
+    def row_units(self) -> dict[isa.VecSubop, wiring.Component]:
+        """The sub-op -> row unit map this engine elaborates (new objects on every call)."""
+        return {s: unit(*args, **kwargs) for s, (unit, args, kwargs)
+                in self.row_unit_specs(C=self.C, max_kv=self.max_kv, P=self.P,
+                                       kv6=self.kv6).items()}
 
     def elaborate(self, platform):
         m = Module()

@@ -27,7 +27,7 @@ from .platform import Platform
 __all__ = ["TopMemory", "sim_memory", "platform_memory", "TopBuild", "top_build", "EngineCost",
            "gemm_cost", "vec_cost", "TopInstr", "top_step_program", "TopRun", "schedule_top",
            "instr_cost", "top_step", "TopModelResult", "evaluate_top", "top_breakdown",
-           "top_report"]
+           "top_report", "operand_words", "bus_speeds"]
 
 
 # ===================================================================== the as-built top
@@ -178,21 +178,18 @@ def _top_latencies(lanes: int) -> dict[str, int]:
     from amaranth.hdl import Module, Signal
 
     from .. import isa
-    from ..units.dot import GroupDot
+    from ..checked import built_for_inspection
+    from ..engines.matrix import MatrixEngine
+    from ..engines.vecengine import VectorEngine
     from ..units.fpu import FPOp
     from ..units.hadamard import LATENCY_AFTER_LAST as HAD
-    from ..units.multiplier import MulPair
     from ..units.quantizer import LATENCY_AFTER_LAST as QUANT
-    from ..engines.vecengine import VectorEngine
-    from ..units.vector import Dataflow, FDot, PartialSums, Val, fp32_bits
+    from ..units.vector import Dataflow, PartialSums, Val, fp32_bits
 
     P = isa.VEC_P
-    cell = GroupDot(pair=MulPair.E2M1_E2M1, dfq=True, dual=True, group_size=128, lanes=lanes)
-    cell._MustUse__silence = True
-    # the row units' phase latencies, scheduled exactly as vector.py schedules them
-    scratch = Module()
-    scratch._MustUse__silence = True     # a dry dataflow: read for its stage counts only
-    df = Dataflow(scratch, 1, dry=True)
+    # the row units' phase latencies, scheduled exactly as vector.py schedules them; a dry
+    # Dataflow still writes its front ends into a Module (C_followup.md: a dry mode without one)
+    df = Dataflow(built_for_inspection(Module()), 1, dry=True)
 
     def x():
         return Val(Signal(32), 0)
@@ -202,17 +199,15 @@ def _top_latencies(lanes: int) -> dict[str, int]:
     tree = level[0].stage
     tv = Val(Signal(32), tree)
     held = Val(Signal(32), -1)
-    vec = VectorEngine(C=P, max_kv=64, P=P)      # unit latencies do not depend on C
-    vec._MustUse__silence = True
-    units = vec.row_units()       # the sub-op -> unit map the engine elaborates
-    for u in units.values():
-        u._MustUse__silence = True
+    # the sub-op -> unit latencies of the engine (they do not depend on C)
+    units = VectorEngine.row_latencies(C=P, max_kv=64, P=P)
     lnmod_out = df.add(df.mul(df.mul(x(), held), df.add(x(), df.const(0))), x())
     gain = df.mul(df.rsqrt(df.max(tv, df.const(fp32_bits(1e-24)))),
                   df.exp(df.min(x(), df.const(fp32_bits(math.log(100.0))))))
     lat = {
-        "cvt": FPOp.CONVERT.latency, "had": HAD, "quant": QUANT, "dot": cell.latency,
-        **{f"gap_{s.name}": u.latency for s, u in units.items()},
+        "cvt": FPOp.CONVERT.latency, "had": HAD, "quant": QUANT,
+        "dot": MatrixEngine.cell_latency(lanes),
+        **{f"gap_{s.name}": u for s, u in units.items()},
         "tree": tree, "drain": PartialSums.DRAIN, "mul": FPOp.MUL.latency,
         "ln_mean": df.mul(tv, df.const(0)).stage,
         "ln_var": df.mul(df.sub(x(), held), df.sub(x(), held)).stage,
@@ -222,8 +217,8 @@ def _top_latencies(lanes: int) -> dict[str, int]:
         "sm_recip": df.reciprocal(tv).stage,
         "l2_sq": df.mul(x(), x()).stage,
         "l2_gain": gain.stage,
-        "gelu": units[isa.VecSubop.GELU].latency, "resid": units[isa.VecSubop.RESID].latency,
-        "cvt16": units[isa.VecSubop.CVT16].latency, "fdot": _latency_of(FDot(P=P)),
+        "gelu": units[isa.VecSubop.GELU], "resid": units[isa.VecSubop.RESID],
+        "cvt16": units[isa.VecSubop.CVT16], "fdot": units[isa.VecSubop.FDOT],
         "fdot_tree": tree,
     }
     _TOP_BUILDS[lanes] = lat
@@ -287,7 +282,7 @@ def gemm_cost(M: int, K: int, N: int, *, had: bool, bias: bool, fine: bool, b: T
     return EngineCost(int(round(cyc)), int(words))
 
 
-def _operand_words(n: tuple[int, int, int, int], s0: int, s1: int, esize: int, *,
+def operand_words(n: tuple[int, int, int, int], s0: int, s1: int, esize: int, *,
                    once_per_row: bool = False) -> tuple[int, int]:
     """(words, single-beat words) an operand of a VEC instruction reads (``vecengine.py``:
     a word is read when the element's 16-byte word differs from the operand's last one;
@@ -341,7 +336,7 @@ def vec_cost(subop: int, n: tuple[int, int, int, int], operands: Mapping[str, tu
         unit = rows * n0 * g + {V.RESID: L["resid"], V.GELU: L["gelu"], V.CVT16: L["cvt16"]}[s]
     words = single = 0
     for name, (s0, s1, esize) in operands.items():
-        w, sb = _operand_words(n, s0, s1, esize, once_per_row=(s is V.L2NT and name == "b"))
+        w, sb = operand_words(n, s0, s1, esize, once_per_row=(s is V.L2NT and name == "b"))
         words += w
         single += sb
     t_bus = words / mem.beat_rate
@@ -427,7 +422,7 @@ class TopRun:
     overlap_cycles: int
 
 
-def _bus_speeds(run: dict, mem: TopMemory) -> dict:
+def bus_speeds(run: dict, mem: TopMemory) -> dict:
     """Max-min fair share of the R channel between the running instructions: each one's
     speed (1 = as fast as alone) when their combined word rate exceeds ``beat_rate``."""
     act = [e for e, r in run.items() if r is not None]
@@ -451,7 +446,7 @@ def schedule_top(instrs: list[TopInstr], costs: list[EngineCost], *, coarse: boo
     ``sync`` or with the coarse pipeline off --, at most one dispatch per 2 cycles
     (``settle``), an engine busy from the cycle after it takes ``cmd``; the HALT ends the
     run when both are idle.  Two instructions running at once share the R channel
-    (:func:`_bus_speeds`)."""
+    (:func:`bus_speeds`)."""
     from ..engines.control import INSTR_BEATS
 
     GEMM, VEC = 1, 2
@@ -466,7 +461,7 @@ def schedule_top(instrs: list[TopInstr], costs: list[EngineCost], *, coarse: boo
         if not act:
             state["t"] = max(state["t"], T)
             return
-        sp = _bus_speeds(run, mem)
+        sp = bus_speeds(run, mem)
         left = {e: run[e][0] / sp[e] for e in act}
         step = min(left.values())
         if T is not None and T - state["t"] < step:
@@ -641,9 +636,3 @@ def top_report(config: AcceleratorConfig, platform: Platform) -> dict:
     return {"memory": {"name": mem.name, "read_latency": mem.read_latency,
                        "beat_rate": mem.beat_rate, "source": mem.source},
             "models": out}
-
-
-def _latency_of(unit) -> int:
-    """A unit's ``latency``, the unit built only to read it (never elaborated)."""
-    unit._MustUse__silence = True
-    return unit.latency

@@ -10,16 +10,20 @@ reported as *pending* with the reason; nothing is faked in its place.
 A variant is pending too when the RTL exists but cannot serve the config: the
 variant function states what the variant needs (``Variant.needs``, e.g. "the
 W6A6 FC2 array cell: int6 x e2m3fn and e2m3fn x e2m3fn halves") and
-:func:`resolve_units` *probes* its factory (constructs the component, no
-elaboration): a ``ValueError`` / ``TypeError`` / ``NotImplementedError`` from
-the unit's own constructor makes the variant pending with ``needs`` plus the
-unit's message.  So the registry never claims a capability the RTL lacks, and
-a unit that gains one (e.g. e8m0 scales in the quantizer) is picked up without
-editing the registry.
+:func:`resolve_units` *probes* its factory (a :class:`Build`) without building
+anything: the registry's own refusals (a format pair without a multiplier) and
+the unit's parameter checks (:func:`fpqvar_hw.checked.check`: the class's
+``check_params``, which its constructor runs before the object exists) raise
+``ValueError`` / ``TypeError`` / ``NotImplementedError``, and the variant is
+pending with ``needs`` plus that message.  So the registry never claims a
+capability the RTL lacks, a unit that gains one (e.g. e8m0 scales in the
+quantizer) is picked up without editing the registry, and no component is built
+only to be probed (Amaranth would warn ``UnusedElaboratable`` for it).
 
-To add a unit: write its module (a ``wiring.Component`` with ``manifest()``),
-then append one :class:`UnitSpec` to :data:`UNITS` whose ``variants`` function
-maps the config onto the constructor's keyword arguments.
+To add a unit: write its module (a ``wiring.Component`` with ``manifest()``, its
+parameter checks in ``check_params``: :class:`fpqvar_hw.checked.Checked`), then
+append one :class:`UnitSpec` to :data:`UNITS` whose ``variants`` function maps
+the config onto a :class:`Build` of the constructor.
 """
 from __future__ import annotations
 
@@ -29,10 +33,11 @@ import inspect
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+from ..checked import check
 from ..config import AcceleratorConfig, ElementFormat, Rotation
 
-__all__ = ["Variant", "UnitSpec", "UNITS", "Resolved", "resolve_units", "unit_names", "probe",
-           "TopShape", "top_shape", "DEFAULT_MODEL", "TOP_INSTANCE"]
+__all__ = ["Build", "Variant", "UnitSpec", "UNITS", "Resolved", "resolve_units", "unit_names",
+           "probe", "TopShape", "top_shape", "DEFAULT_MODEL", "TOP_INSTANCE"]
 
 #: The model whose width the accelerator top is built for unless ``build.py --model`` says
 #: otherwise (the vector engine's LayerNorm is built for rows of exactly C elements).
@@ -58,6 +63,29 @@ def top_shape(model: str = DEFAULT_MODEL) -> TopShape:
         raise ValueError(f"unknown model {model!r}; models: {', '.join(MODELS)}")
     m = MODELS[model]
     return TopShape(m.name, m.C, m.kv_lengths[-1])
+
+
+@dataclass(frozen=True)
+class Build:
+    """A variant's factory ``cls(*args, **kwargs)``, resolved when asked: ``resolve()``
+    returns ``(cls, args, kwargs)`` or raises the registry's own refusal.  Calling it
+    builds the component; :meth:`check` raises what building would raise for the
+    parameters and builds nothing (:func:`fpqvar_hw.checked.check`)."""
+
+    resolve: Callable[[], tuple[Any, tuple, dict]]
+
+    @classmethod
+    def of(cls, unit: Any, *args: Any, **kwargs: Any) -> "Build":
+        """``unit(*args, **kwargs)``, no refusal of the registry's own."""
+        return cls(lambda: (unit, args, kwargs))
+
+    def __call__(self) -> Any:
+        unit, args, kwargs = self.resolve()
+        return unit(*args, **kwargs)
+
+    def check(self) -> None:
+        unit, args, kwargs = self.resolve()
+        check(unit, *args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -150,7 +178,7 @@ def _quantizer_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
               "scale_format": c.scale_format.value}
         sf = "" if c.scale_format.value == "fp16" else f"_{c.scale_format.value}"
         out.append(Variant(f"quantizer_{f.value}_g{c.group_size}_l{c.quant_lanes}{sf}",
-                           lambda kw=kw: mod.Quantizer(**kw), 1, None, kw,
+                           Build.of(mod.Quantizer, **kw), 1, None, kw,
                            needs=f"{f.value} codes with {c.scale_format} scales"))
     return out
 
@@ -160,7 +188,7 @@ def _hadamard_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
     if c.rotation is not Rotation.GHT:
         return []
     kw = {"lanes": c.quant_lanes, "group_size": 128}
-    return [Variant(f"hadamard_l{c.quant_lanes}", lambda: mod.GroupHadamard(**kw), 1, None, kw)]
+    return [Variant(f"hadamard_l{c.quant_lanes}", Build.of(mod.GroupHadamard, **kw), 1, None, kw)]
 
 
 def _operand_pairs(c: AcceleratorConfig) -> list[tuple[ElementFormat, ElementFormat]]:
@@ -206,10 +234,10 @@ def _multiplier_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
             pair = by_value[(ga, gw)]
             var = variant_enum.DSP if pair.fmt_a.bits > 4 and not pair.is_float \
                 else variant_enum.LUT
-            return mod.Multiplier(pair=pair, variant=var)
+            return mod.Multiplier, (), {"pair": pair, "variant": var}
         needs = (f"the dfq6 negative half ({ga} codes 0..31 x {gw} weights)" if ga == dfq6_neg
                  and ElementFormat.DFQ6 in _act_formats(c) else f"{ga} x {gw} products")
-        out.append(Variant(f"multiplier_{ga}_{gw}", make, n, "dot", {"pair": f"{ga} x {gw}"},
+        out.append(Variant(f"multiplier_{ga}_{gw}", Build(make), n, "dot", {"pair": f"{ga} x {gw}"},
                            needs=needs))
     return out
 
@@ -259,8 +287,8 @@ def _dot_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
             kw = {"scale_format": c.scale_format.value} if takes_scale_format else {}
             if sp.get("dual_cell"):
                 kw["dual"] = True
-            return mod.GroupDot(pair=pair, group_size=c.group_size, lanes=c.lanes, variant=var,
-                                dfq=sp["dfq"], **kw)
+            return mod.GroupDot, (), dict(pair=pair, group_size=c.group_size, lanes=c.lanes,
+                                          variant=var, dfq=sp["dfq"], **kw)
         a, w = sp["key"]
         if sp["dual"] and not sp["dfq"]:
             needs = ("the W6A6 FC2 cell (dfq6 activations: int6 x e2m3fn and e2m3fn x e2m3fn "
@@ -269,7 +297,7 @@ def _dot_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
             needs = f"{a} x {w} group dot products with {c.scale_format} scales"
         if sp.get("dual_cell"):
             needs = "the matrix engine's dual-mode cell (plain e2m1fn and DFQ-FP4 modes)"
-        out.append(Variant(name, make, c.tm * c.tn if i == cell else 0, None,
+        out.append(Variant(name, Build(make), c.tm * c.tn if i == cell else 0, None,
                            {"pair": " x ".join(sp["key"]), "dfq": sp["dfq"],
                             "dual": bool(sp.get("dual_cell")),
                             "group_size": c.group_size, "lanes": c.lanes}, needs=needs))
@@ -308,7 +336,7 @@ def _vector_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
     for fname, per in _VECTOR_FUNCS:
         func = mod.Func(fname)
         count = c.vector_lanes if per == "lanes" else per
-        out.append(Variant(f"vector_{fname}", lambda func=func: mod.Elementwise(func, lanes=1),
+        out.append(Variant(f"vector_{fname}", Build.of(mod.Elementwise, func, lanes=1),
                            count, None, {"func": fname, "lanes": 1}))
     return out
 
@@ -330,7 +358,7 @@ def _top_variants(mod: Any, c: AcceleratorConfig, shape: TopShape) -> list[Varia
     ``shape``; emitted as :data:`TOP_INSTANCE` (ports m_axi, s_axil, irq, clk, rst)."""
     cls = _find_class(mod, ("Accelerator", "FPQVARTop", "Top"))
     kw = _kw(cls, C=shape.C, max_kv=shape.max_kv)
-    return [Variant(TOP_INSTANCE, lambda: cls(c, **kw), 1, None,
+    return [Variant(TOP_INSTANCE, Build.of(cls, c, **kw), 1, None,
                     {"model": shape.model, **kw},
                     needs=f"the accelerator top for preset {c.preset} and {shape.model} "
                           f"(C={shape.C}, KV up to {shape.max_kv})")]
@@ -338,7 +366,7 @@ def _top_variants(mod: Any, c: AcceleratorConfig, shape: TopShape) -> list[Varia
 
 def _control_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
     """The top's controller (register file, instruction fetch, dispatch): one instance."""
-    return [Variant("controller", lambda: mod.Controller(), 1, None, {},
+    return [Variant("controller", Build.of(mod.Controller), 1, None, {},
                     needs="the AXI4-Lite register file, fetch and dispatch")]
 
 
@@ -350,18 +378,14 @@ def _arbiter_variants(mod: Any, c: AcceleratorConfig, shape: TopShape) -> list[V
                           "tree yet")
     top_cls = _find_class(importlib.import_module("fpqvar_hw.engines.top"), ("Accelerator",))
     try:
-        top = top_cls(c, **_kw(top_cls, C=shape.C, max_kv=shape.max_kv))
+        check(top_cls, c, **_kw(top_cls, C=shape.C, max_kv=shape.max_kv))
     except (ValueError, TypeError, NotImplementedError) as e:
         raise LookupError(f"the top cannot be built for this config ({e})") from None
-    # built only to read its client lists: neither it nor the engines its constructor
-    # builds are elaborated (no UnusedElaboratable warning for them)
-    for obj in (top, *vars(top).values()):
-        if hasattr(obj, "elaborate"):
-            obj._MustUse__silence = True
-    n_rd, n_wr = len(top.read_clients), len(top.write_clients)
-    return [Variant(f"read_arbiter_{n_rd}", lambda: mod.ReadArbiter(n_rd), 1, None,
+    # the client lists are class-level facts of the top (its engines' signatures)
+    n_rd, n_wr = len(top_cls.read_client_ports()), len(top_cls.write_client_ports())
+    return [Variant(f"read_arbiter_{n_rd}", Build.of(mod.ReadArbiter, n_rd), 1, None,
                     {"n_clients": n_rd}, needs="the AXI4 read arbiter"),
-            Variant(f"write_arbiter_{n_wr}", lambda: mod.WriteArbiter(n_wr), 1, None,
+            Variant(f"write_arbiter_{n_wr}", Build.of(mod.WriteArbiter, n_wr), 1, None,
                     {"n_clients": n_wr}, needs="the AXI4 write arbiter")]
 
 
@@ -420,17 +444,18 @@ def resolve_units(config: AcceleratorConfig, units: tuple[UnitSpec, ...] = UNITS
 
 
 def probe(v: Variant) -> Variant:
-    """Construct ``v`` once (no elaboration); a refusal makes the variant pending."""
+    """Check ``v``'s parameters without building it (:meth:`Build.check`); a refusal makes
+    the variant pending.  A factory that is a plain callable, not a :class:`Build`, can only
+    be probed by calling it: the component it returns is never elaborated (Amaranth then
+    warns ``UnusedElaboratable`` for it), so every factory should be a :class:`Build`."""
     if v.pending is not None:
         return v
     try:
-        comp = v.factory()
+        if isinstance(v.factory, Build):
+            v.factory.check()
+        else:
+            v.factory()
     except (ValueError, TypeError, NotImplementedError) as e:
         what = f"{v.needs}: " if v.needs else ""
         return replace(v, pending=f"{what}{type(e).__name__}: {e}")
-    # An unelaborated Amaranth component warns when garbage-collected; this one is a probe,
-    # and so are the components its constructor builds (the top's engines)
-    for obj in (comp, *getattr(comp, "__dict__", {}).values()):
-        if hasattr(obj, "elaborate"):
-            obj._MustUse__silence = True
     return v

@@ -92,8 +92,9 @@ def _verilator_env() -> None:
 
 
 # Verilator's runtime library objects do not depend on the design; compiling them takes
-# about a minute, so they are compiled once and copied into every new build folder
-# (with a fresh mtime, so make sees them as up to date).
+# about a minute, so they are compiled once (the first build), kept in a cache, and every
+# later build links the cached objects through make variables (no reach into the cocotb
+# runner: the variables travel in MAKEFLAGS, which the runner's make inherits).
 _RUNTIME_OBJECTS = ("verilated.o", "verilated_dpi.o", "verilated_vpi.o", "verilated_threads.o")
 _RUNTIME_CACHE = BUILD_ROOT / "_verilator_runtime"
 
@@ -105,29 +106,20 @@ def _runtime_key() -> str:
     return f"{verilator.__version__ if hasattr(verilator, '__version__') else 'v'}-{cocotb.__version__}"
 
 
-def _restore_runtime_objects(build_dir: Path) -> None:
+def _cached_runtime_make_vars() -> list[str]:
+    """make variable definitions that link this Verilator/cocotb's cached runtime objects
+    instead of compiling them in the build folder, or none while the cache is incomplete.
+
+    ``VM_GLOBAL_FAST`` / ``VM_GLOBAL_SLOW`` (the runtime files Verilator's generated
+    makefile compiles and links) are emptied, and the cached objects are given to the link
+    as ``USER_LDLIBS`` (Verilator's make variable for extra linker inputs).  Command-line
+    variables override the makefile's own assignments; in ``MAKEFLAGS`` a space inside a
+    value is escaped with a backslash."""
     cache = _RUNTIME_CACHE / _runtime_key()
-    if not all((cache / o).exists() for o in _RUNTIME_OBJECTS):
-        return
-    build_dir.mkdir(parents=True, exist_ok=True)
-    for o in _RUNTIME_OBJECTS:
-        for f in (o, o[:-2] + ".d"):
-            if (cache / f).exists() and not (build_dir / f).exists():
-                shutil.copyfile(cache / f, build_dir / f)
-
-
-def _hook_runtime_cache(runner: Any, build_dir: Path) -> None:
-    """Copy cached runtime objects in right after the ``verilator`` step (which rewrites
-    ``Vtop.mk``, a prerequisite of those objects) and before ``make``."""
-    orig = runner._execute_cmds
-
-    def execute_cmds(cmds, cwd, stdout=None):
-        for cmd in cmds:
-            if Path(str(cmd[0])).name == "make":
-                _restore_runtime_objects(build_dir)
-            orig([cmd], cwd, stdout)
-
-    runner._execute_cmds = execute_cmds
+    objs = [cache / o for o in _RUNTIME_OBJECTS]
+    if not all(o.exists() for o in objs) or " " in str(cache):
+        return []
+    return ["VM_GLOBAL_FAST=", "VM_GLOBAL_SLOW=", "USER_LDLIBS=" + "\\ ".join(map(str, objs))]
 
 
 def _save_runtime_objects(build_dir: Path) -> None:
@@ -254,8 +246,9 @@ def _build(runner: Any, sim: str, opt: str, vfile: Path, toplevel: str, build_di
     """Build the simulator model of ``vfile`` in ``build_dir`` (caller holds the lock)."""
     saved_flags = os.environ.get("MAKEFLAGS")
     if sim == "verilator":
-        _hook_runtime_cache(runner, build_dir)
-        os.environ["MAKEFLAGS"] = (saved_flags or "") + f" OPT_FAST={opt} OPT_SLOW={opt}"
+        cached = _cached_runtime_make_vars()
+        os.environ["MAKEFLAGS"] = " ".join([saved_flags or "", *cached, f"OPT_FAST={opt}",
+                                            f"OPT_SLOW={opt}"]).strip()
     try:
         runner.build(sources=[vfile], hdl_toplevel=toplevel, build_dir=build_dir, always=True,
                      build_args=build_args, waves=waves, timescale=("1ns", "1ps"),

@@ -45,7 +45,7 @@ class DigitsSplit:
 
 
 @lru_cache(maxsize=1)
-def _raw() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def raw_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Raw uint8 8x8 images, int64 labels, and the train / held-out index arrays."""
     from sklearn.datasets import load_digits
 
@@ -71,7 +71,7 @@ def _raw() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 def data_hash() -> str:
     """SHA-256 (hex) of the raw images, labels and split indices."""
-    images, labels, tr, te = _raw()
+    images, labels, tr, te = raw_split()
     h = hashlib.sha256()
     for a in (images, labels, tr.astype(np.int64), te.astype(np.int64)):
         h.update(np.ascontiguousarray(a).tobytes())
@@ -102,7 +102,7 @@ def from_model_range(images_pm1: torch.Tensor) -> torch.Tensor:
 @lru_cache(maxsize=2)
 def load_digits_split(size: int = IMAGE_SIZE) -> DigitsSplit:
     """The fixed train / held-out split at ``size`` x ``size`` (see module docstring)."""
-    images, labels, tr, te = _raw()
+    images, labels, tr, te = raw_split()
     x = upsample(images, size)
     y = torch.from_numpy(labels)
     return DigitsSplit(

@@ -37,7 +37,7 @@ import torch
 
 __all__ = ["EvaluatorUnavailable", "Metrics", "fid_from_stats", "inception_score",
            "precision_recall", "load_reference_batch", "list_sample_pngs", "evaluate_folder",
-           "INCEPTION_WEIGHTS_NAME"]
+           "INCEPTION_WEIGHTS_NAME", "find_weights"]
 
 INCEPTION_WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
 
@@ -156,7 +156,9 @@ def list_sample_pngs(folder: str | Path) -> list[Path]:
     return files
 
 
-def _find_weights(weights: str | Path | None) -> Path:
+def find_weights(weights: str | Path | None) -> Path:
+    """The Inception-V3 weights file: ``weights`` when given, else the torch hub checkpoint;
+    :class:`EvaluatorUnavailable` (with what to do) when it is not on this machine."""
     if weights is not None:
         p = Path(weights)
         if not p.is_file():
@@ -181,7 +183,7 @@ def _extractor(weights: str | Path | None, device: str):
             "torch-fidelity is not installed; install it with `pip install 'fpqvar[eval]'` "
             "(or `pip install torch-fidelity==0.4.0`) "
             "(it provides the TF-FID Inception-V3 port used by the ADM-compatible metrics)") from e
-    path = _find_weights(weights)
+    path = find_weights(weights)
     fe = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
                                      feature_extractor_weights_path=str(path))
     return fe.eval().to(device)

@@ -1,0 +1,128 @@
+"""No component is built only to be refused or inspected (fpqvar_hw.checked).
+
+Amaranth warns ``UnusedElaboratable`` when an elaboratable is garbage-collected without
+having been elaborated.  A rejected configuration (parameters checked before the object
+exists: ``Checked.check_params``) and the class-level facts (engine signatures, the top's
+client lists, latencies, the registry's probe) must not leave such an object behind.
+
+The warning is raised from ``__del__`` (where an error filter cannot fail a test), so
+each check records the warnings around a ``gc.collect()``.  Amaranth only starts issuing
+the warning once a first design was elaborated (``Fragment.get``); the fixture does that,
+and :func:`test_recorder_sees_an_unused_component` shows the recorder is not blind.
+"""
+from __future__ import annotations
+
+import gc
+import importlib
+import warnings
+from contextlib import contextmanager
+
+import pytest
+from amaranth.hdl import Fragment, Module, UnusedElaboratable
+from amaranth.lib import wiring
+from amaranth.lib.wiring import Out
+
+from fpqvar_hw import isa
+from fpqvar_hw.checked import Checked, check
+from fpqvar_hw.config import PRESETS, get_preset
+from fpqvar_hw.engines.matrix import MatrixEngine
+from fpqvar_hw.engines.top import Accelerator
+from fpqvar_hw.engines.vecengine import KV6Quantizer, VectorEngine
+from fpqvar_hw.flow.registry import UNITS, Build, resolve_units
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _warnings_on():
+    Fragment.get(Module(), None)        # Amaranth warns about unused designs from now on
+
+
+@contextmanager
+def no_unused_design():
+    gc.collect()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        yield
+        gc.collect()
+    unused = [str(w.message) for w in seen if issubclass(w.category, UnusedElaboratable)]
+    assert not unused, "\n".join(unused)
+
+
+class _Probe(Checked, wiring.Component):
+    def __init__(self, *, width: int = 4):
+        self.width = width
+        super().__init__({"o": Out(width)})
+
+    @classmethod
+    def check_params(cls, *, width):
+        if not isinstance(width, int) or width < 1:
+            raise ValueError(f"width must be a positive integer, got {width!r}")
+
+    def elaborate(self, platform):
+        return Module()
+
+
+def test_recorder_sees_an_unused_component():
+    """A planted unused component is reported (the checks below are not vacuous)."""
+    with pytest.raises(AssertionError, match="created but never used"):
+        with no_unused_design():
+            _Probe(width=3)
+
+
+def test_checked_refuses_before_the_object_exists():
+    with no_unused_design():
+        with pytest.raises(ValueError, match="width must be a positive integer, got 0"):
+            _Probe(width=0)
+        with pytest.raises(TypeError, match="_Probe: got an unexpected keyword argument 'depth'"):
+            _Probe(depth=3)
+        check(_Probe, width=2)          # accepted: nothing built, nothing raised
+    p = _Probe()                         # defaults filled in for check_params
+    Fragment.get(p, None)
+    assert p.width == 4
+
+
+@pytest.mark.parametrize("build,match", [
+    (lambda: MatrixEngine(get_preset("w4a4").replace(tm=1, tn=1), max_k=384), "max_k must be a power of two"),
+    (lambda: MatrixEngine(get_preset("int4")), "MatrixEngine implements the formats"),
+    (lambda: VectorEngine(C=100), "multiple of P"),
+    (lambda: VectorEngine(rd_depth=8), "rd_depth"),
+    # the matrix engine would be built first inside the top: refused before either exists
+    (lambda: Accelerator(get_preset("w4a4"), C=1024, max_kv=0), "max_kv must be a positive integer"),
+    (lambda: Accelerator(get_preset("mxfp4"), C=1024, max_kv=680), "MatrixEngine implements the formats"),
+    (lambda: Accelerator(get_preset("w4a4"), C=100, max_kv=64), "C must be a positive multiple of 128"),
+])
+def test_rejected_configuration_leaves_no_unused_design(build, match):
+    with no_unused_design():
+        with pytest.raises(ValueError, match=match):
+            build()
+
+
+def test_signatures_and_client_lists_are_class_facts():
+    with no_unused_design():
+        assert set(MatrixEngine.engine_signature().members) >= {"cmd", "rd_act", "wr"}
+        assert set(VectorEngine.engine_signature().members) >= {"cmd", "rd_a", "wr"}
+        rd, wr = Accelerator.read_client_ports(), Accelerator.write_client_ports()
+    assert rd == [("controller", "fetch"), ("matrix", "rd_act"), ("matrix", "rd_w"),
+                  ("matrix", "rd_ws"), ("matrix", "rd_bias"), ("vector", "rd_a"), ("vector", "rd_b"),
+                  ("vector", "rd_c")]
+    assert wr == [("matrix", "wr"), ("vector", "wr")]
+
+
+def test_latency_queries_build_nothing():
+    with no_unused_design():
+        lat = VectorEngine.row_latencies(C=64, max_kv=32, P=8, kv6=True)
+        cell = MatrixEngine.cell_latency(16)
+    assert lat[isa.VecSubop.KVQ6] == KV6Quantizer.latency_for()
+    assert set(lat) == set(isa.VecSubop) and cell > 0
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_registry_probe_builds_nothing(preset):
+    """Every factory but the dot2 cells' (C_followup.md) is a Build, probed by its checks."""
+    specs = tuple(s for s in UNITS if s.name != "dot")
+    with no_unused_design():
+        resolved = resolve_units(get_preset(preset), specs)
+    assert all(isinstance(v.factory, Build) for r in resolved for v in r.variants)
+    dot = next(s for s in UNITS if s.name == "dot")
+    cells = [v for v in dot.variants(importlib.import_module(dot.module), get_preset(preset))
+             if not v.instance.startswith("dot2_")]
+    assert cells and all(isinstance(v.factory, Build) for v in cells)
