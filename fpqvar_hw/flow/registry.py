@@ -315,9 +315,10 @@ def _dot_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
                     raise ValueError(f"no multiplier pair {key[0]} x {key[1]}")
                 pair = by_value[key]
                 var = MulVariant.DSP if pair.fmt_a.bits > 4 and not pair.is_float else MulVariant.LUT
-                return mod.GroupDotV2(pair=pair, group_size=c.group_size, variant=var, dfq=dfq)
+                return mod.GroupDotV2, (), dict(pair=pair, group_size=c.group_size, variant=var,
+                                                dfq=dfq)
             tag = "dfq4_e2m1fn" if dfq else f"{key[0]}_{key[1]}"
-            out.append(Variant(f"dot2_{tag}_g{c.group_size}", make2, 0, None,
+            out.append(Variant(f"dot2_{tag}_g{c.group_size}", Build(make2), 0, None,
                                {"pair": " x ".join(key), "dfq": dfq, "group_size": c.group_size,
                                 "lanes": c.group_size,
                                 "interleave": mod.GroupDotV2.loop_length()},
