@@ -117,15 +117,20 @@ def unrounded_layout(sig_bits: int, exp_bits: int) -> data.StructLayout:
                               "sign": 1, "nan": 1, "inf": 1})
 
 
-def _lz_tree(bits: list) -> tuple[Value, Value]:
+def _lz_tree(m: Module, bits: list, tag: str = "lz") -> tuple[Value, Value]:
     """(any, count) of the leading zeros of ``bits`` (MSB first, a power-of-two count);
-    ``count`` is only meaningful when ``any`` is 1."""
+    ``count`` is only meaningful when ``any`` is 1.  Every node is a named signal: an
+    Amaranth value used twice is emitted (and simulated) twice, so a tree of values would
+    grow as n log n expression copies instead of n nodes."""
     if len(bits) == 1:
         return bits[0], Const(0, 0)
     h = len(bits) // 2
-    any_hi, cnt_hi = _lz_tree(bits[:h])
-    any_lo, cnt_lo = _lz_tree(bits[h:])
-    return any_hi | any_lo, Cat(Mux(any_hi, cnt_hi, cnt_lo), ~any_hi)
+    any_hi, cnt_hi = _lz_tree(m, bits[:h], tag + "h")
+    any_lo, cnt_lo = _lz_tree(m, bits[h:], tag + "l")
+    any_ = Signal(name=f"{tag}_any")
+    cnt = Signal(len(cnt_hi) + 1, name=f"{tag}_cnt")
+    m.d.comb += [any_.eq(any_hi | any_lo), cnt.eq(Cat(Mux(any_hi, cnt_hi, cnt_lo), ~any_hi))]
+    return any_, cnt
 
 
 def clz(m: Module, value: Value) -> Signal:
@@ -136,10 +141,10 @@ def clz(m: Module, value: Value) -> Signal:
     out = Signal(range(n + 1), name="clz")
     p2 = 1 << max(0, (n - 1).bit_length())
     if p2 > n:   # ones below the LSB: an all-zero value counts exactly n
-        any_, cnt = _lz_tree([value[i] for i in reversed(range(n))] + [Const(1)] * (p2 - n))
+        any_, cnt = _lz_tree(m, [value[i] for i in reversed(range(n))] + [Const(1)] * (p2 - n))
         m.d.comb += out.eq(cnt)
     else:
-        any_, cnt = _lz_tree([value[i] for i in reversed(range(n))])
+        any_, cnt = _lz_tree(m, [value[i] for i in reversed(range(n))])
         m.d.comb += out.eq(Mux(any_, cnt, n))
     return out
 
@@ -261,13 +266,15 @@ def unpack(m: Module, x: Value, fmt: FloatFormat) -> Unpacked:
     man = bits[:fmt.man_bits]
     ex = bits[fmt.man_bits:fmt.man_bits + fmt.exp_bits]
     sign = bits[-1]
-    normal = ex != 0
-    special = ex == fmt.exp_all_ones
+    # named signals: an Amaranth value used in several places is emitted (and simulated)
+    # once per use, and the fields below feed trees of selections
+    normal, special, man_zero = Signal(), Signal(), Signal()
+    m.d.comb += [normal.eq(ex != 0), special.eq(ex == fmt.exp_all_ones), man_zero.eq(man == 0)]
     exp = Signal(signed(fmt.exp_bits + 2))
     m.d.comb += exp.eq(Mux(normal, ex, 1) - fmt.bias)
     return Unpacked(sign=sign, exp=exp, sig=Cat(man, normal), mag=bits[:-1],
-                    is_zero=(ex == 0) & (man == 0), is_inf=special & (man == 0),
-                    is_nan=special & (man != 0))
+                    is_zero=~normal & man_zero, is_inf=special & man_zero,
+                    is_nan=special & ~man_zero)
 
 
 @hierarchical
