@@ -10,6 +10,7 @@ depend on data for these units, correctness is their own tests' business.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import random
 from pathlib import Path
@@ -261,6 +262,31 @@ def test_committed_cycle_files_exist():
     assert {"driver-rtl-steps0-1-coarse1-fine1.json",
             "tb_top-s21-step0-coarse1-fine1-pause0.2.json",
             "tb_top-s23-step0-coarse0-fine1-pause0.2.json"} <= names
+
+
+def test_cycle_files_state_the_rtl_they_measured():
+    """Every committed cycle file states the unit latencies of the RTL it was measured on
+    (the model is held to that RTL, below), with the keys the current model uses; the
+    current RTL is held to the model by `sim/test_top.py` (step 0, coarse on and off),
+    which stamps and checks the cycle files it writes on every CI run."""
+    from fpqvar_hw.flow import asbuilt, simcycles
+    current = asbuilt.top_latencies(32)
+    for path in TOP_CYCLES:
+        sim = simcycles.load_sim_cycles(path)
+        assert sim.unit_latencies is not None, f"{path.name}: no unit_latencies"
+        assert set(sim.unit_latencies) == set(current), path.name
+
+
+def test_stated_latencies_reach_the_model():
+    """The file's latencies, not the current RTL's, time the step (a file without them is
+    timed with the current RTL's)."""
+    from fpqvar_hw.flow import simcycles
+    path = next(p for p in TOP_CYCLES if p.name == "driver-rtl-step0-coarse0-fine0.json")
+    sim = simcycles.load_sim_cycles(path)
+    stated = simcycles.compare_to_sim(sim)["steps"][0]["cycles"]["predicted"]
+    slower = {k: v + 50 if k in ("gelu", "gap_GELU") else v for k, v in sim.unit_latencies.items()}
+    moved = simcycles.compare_to_sim(dataclasses.replace(sim, unit_latencies=slower))
+    assert moved["steps"][0]["cycles"]["predicted"] > stated
 
 
 @pytest.mark.parametrize("path", TOP_CYCLES, ids=lambda p: p.stem)

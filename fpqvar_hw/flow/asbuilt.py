@@ -144,11 +144,14 @@ class TopBuild:
 _TOP_BUILDS: dict = {}      # lanes -> unit latencies
 
 
-def top_build(config: AcceleratorConfig, C: int) -> TopBuild:
+def top_build(config: AcceleratorConfig, C: int, *,
+              lat: Mapping[str, int] | None = None) -> TopBuild:
     """The as-built top for ``config`` and model width ``C``: every latency is read from the
-    unit classes (:func:`_top_latencies`; needs Amaranth).  The engine defaults are those
+    unit classes (:func:`top_latencies`; needs Amaranth).  The engine defaults are those
     :class:`fpqvar_hw.engines.top.Accelerator` builds (``max_outstanding``, ``rd_depth``,
-    ``fifo_words``)."""
+    ``fifo_words``).  ``lat``: the unit latencies of another RTL version instead (a cycle
+    file measured on an older top states its own, :mod:`fpqvar_hw.flow.simcycles`); it must
+    have exactly the keys of :func:`top_latencies`."""
     import inspect
 
     from ..engines import axi
@@ -167,14 +170,24 @@ def top_build(config: AcceleratorConfig, C: int) -> TopBuild:
                     code_words=packing.gemm_code_word_bytes(config.lanes, 4) // axi.DATA_BYTES,
                     scale_words=-(-2 * config.tn // axi.DATA_BYTES), max_outstanding=acc,
                     vec_rd_depth=rd, mat_fifo_words=mat, max_burst=axi.MAX_BURST,
-                    lat=_top_latencies(config.lanes))
+                    lat=_checked_latencies(lat, config.lanes) if lat is not None
+                    else top_latencies(config.lanes))
 
 
-def _top_latencies(lanes: int) -> dict[str, int]:
+def _checked_latencies(lat: Mapping[str, int], lanes: int) -> dict[str, int]:
+    want = set(top_latencies(lanes))
+    if set(lat) != want or not all(isinstance(v, int) and v >= 0 for v in lat.values()):
+        raise ValueError(f"unit latencies must map exactly {sorted(want)} to cycle counts, got "
+                         f"{dict(lat)}")
+    return dict(lat)
+
+
+def top_latencies(lanes: int) -> dict[str, int]:
     """:attr:`TopBuild.lat` for an array of ``lanes`` (cached: building the units takes
-    seconds).  No latency depends on the model width."""
+    seconds).  No latency depends on the model width.  Cycle files of the simulated top
+    record it as ``unit_latencies`` (the RTL they were measured on)."""
     if lanes in _TOP_BUILDS:
-        return _TOP_BUILDS[lanes]
+        return dict(_TOP_BUILDS[lanes])
     from amaranth.hdl import Module, Signal
 
     from .. import isa
@@ -222,7 +235,7 @@ def _top_latencies(lanes: int) -> dict[str, int]:
         "fdot_tree": tree,
     }
     _TOP_BUILDS[lanes] = lat
-    return lat
+    return dict(lat)
 
 
 @dataclass(frozen=True)
@@ -517,11 +530,13 @@ _MAX_SCHEDULED = 2_048
 
 
 def top_step(C: int, H: int, hidden: int, depth: int, L_start: int, L: int, rows: int,
-             config: AcceleratorConfig, mem: TopMemory, *, tile: int | None = None) -> TopRun:
+             config: AcceleratorConfig, mem: TopMemory, *, tile: int | None = None,
+             lat: Mapping[str, int] | None = None) -> TopRun:
     """Model of one scale step on the as-built top: every instruction's engine cycles
     (:func:`instr_cost`) scheduled by :func:`schedule_top` with the config's pipeline
-    switches; ``tile`` tokens per tile (default ``config.tm``, the compiler's default)."""
-    b = top_build(config, C)
+    switches; ``tile`` tokens per tile (default ``config.tm``, the compiler's default);
+    ``lat``: unit latencies of another RTL version (:func:`top_build`)."""
+    b = top_build(config, C, lat=lat)
     tile = tile or config.tm
     tiles = rows * -(-L // tile)
     blocks = depth if depth * 16 * tiles <= _MAX_SCHEDULED else 1

@@ -55,6 +55,9 @@ class SimCycles:
     runs: tuple[SimRun, ...]
     #: the testbench's AXI pause probability per channel and cycle (0: none, the driver's)
     pause: float = 0.0
+    #: the unit latencies of the RTL the file was measured on (``unit_latencies``,
+    #: :func:`fpqvar_hw.flow.asbuilt.top_latencies` of that version); ``None``: not stated
+    unit_latencies: Mapping[str, int] | None = None
 
 
 def load_sim_cycles(path, *, model: ModelSpec = DIGITS) -> SimCycles:
@@ -132,8 +135,13 @@ def load_sim_cycles(path, *, model: ModelSpec = DIGITS) -> SimCycles:
         raise ValueError(f"{p}: rows={rows}; the model counts rows as batch x 2 (CFG)")
     if not 0 <= pause < 1:
         raise ValueError(f"{p}: pause {pause} is not a probability in [0, 1)")
+    lat = doc.get("unit_latencies")
+    if lat is not None and not (isinstance(lat, dict) and all(
+            isinstance(k, str) and isinstance(v, int) and v >= 0 for k, v in lat.items())):
+        raise ValueError(f"{p}: unit_latencies must map unit names to cycle counts "
+                         f"(fpqvar_hw.flow.asbuilt.top_latencies), got {lat!r}")
     return SimCycles(str(p), config.replace(batch=rows // 2, cfg=True), rows, model, tuple(out),
-                     pause)
+                     pause, lat)
 
 
 def sim_platform(clock_mhz: float = 300.0) -> Platform:
@@ -148,6 +156,9 @@ def sim_platform(clock_mhz: float = 300.0) -> Platform:
 
 def compare_to_sim(sim: SimCycles, timings: Mapping[str, UnitTiming] | None = None) -> dict:
     """Models vs simulation per step and pipeline mode.
+
+    The as-built model takes the unit latencies the file states (``sim.unit_latencies``,
+    the RTL it was measured on) when it states them, else the current RTL's.
 
     ``cycles``, ``gemm_cycles``, ``vec_cycles``, ``overlap_cycles`` compare the as-built
     model (:func:`top_step` on :func:`sim_memory` with the file's pause probability) with
@@ -164,7 +175,7 @@ def compare_to_sim(sim: SimCycles, timings: Mapping[str, UnitTiming] | None = No
     for r in sim.runs:
         cfg = sim.config.replace(coarse_pipeline=r.coarse, fine_pipeline=r.fine)
         top = top_step(m.C, m.heads, 4 * m.C, m.depth, sum(m.tokens[:r.step]), m.tokens[r.step],
-                       sim.rows, cfg, mem)
+                       sim.rows, cfg, mem, lat=sim.unit_latencies)
         t = timings if timings is not None else unit_timings(cfg)
         st = evaluate(m, cfg, sim_platform(), t).steps[r.step]
         u = st.unit_cycles
