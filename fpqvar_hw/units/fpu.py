@@ -129,7 +129,8 @@ def _lz_tree(m: Module, bits: list, tag: str = "lz") -> tuple[Value, Value]:
     any_lo, cnt_lo = _lz_tree(m, bits[h:], tag + "l")
     any_ = Signal(name=f"{tag}_any")
     cnt = Signal(len(cnt_hi) + 1, name=f"{tag}_cnt")
-    m.d.comb += [any_.eq(any_hi | any_lo), cnt.eq(Cat(Mux(any_hi, cnt_hi, cnt_lo), ~any_hi))]
+    low = Mux(any_hi, cnt_hi, cnt_lo) if len(cnt_hi) else Const(0, 0)   # no zero-width mux
+    m.d.comb += [any_.eq(any_hi | any_lo), cnt.eq(Cat(low, ~any_hi))]
     return any_, cnt
 
 
@@ -231,7 +232,8 @@ def _round_stages(m: Module, u, fmt: FloatFormat, sig_bits: int, st: _Stages) ->
     # set bit below position K of the shifted value <=> tz + lsh - rsh < K
     x = _sig(m, S, Mux(s.right, s.sig >> s.rsh, (s.sig << s.lsh)[:S]), f"{p}rp_x")
     K = S - 2 - M
-    low = Mux(s.right, s.tz < K + s.rsh, s.tz + s.lsh < K)
+    # (K = 0: nothing lies below the guard bit of a left shift; no constant compare)
+    low = Mux(s.right, s.tz < K + s.rsh, s.tz + s.lsh < K if K > 0 else Const(0))
     s = st(keep=x[S - 1 - M:S - 1], guard=x[S - 2 - M],
            sticky=s.sticky | (~s.zero & low),
            exp_field=Mux(s.normal, s.biased[:E], 0),
