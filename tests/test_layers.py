@@ -42,6 +42,15 @@ def python_files() -> list[Path]:
     return [f for f in files if f.exists()]
 
 
+def from_module(node: ast.ImportFrom, pkg: str) -> str:
+    """The absolute module a ``from ... import`` in package ``pkg`` reads from."""
+    if not node.level:
+        return node.module or ""
+    base = pkg.split(".") if pkg else []
+    base = base[:len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
 def imports_of(path: Path, known: set[str]) -> set[str]:
     """Project modules imported by ``path`` (absolute and relative, at any depth)."""
     me = module_name(path)
@@ -60,12 +69,7 @@ def imports_of(path: Path, known: set[str]) -> set[str]:
             for a in node.names:
                 resolve(a.name)
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = pkg.split(".") if pkg else []
-                base = base[:len(base) - (node.level - 1)]
-                mod = ".".join(base + ([node.module] if node.module else []))
-            else:
-                mod = node.module or ""
+            mod = from_module(node, pkg)
             for a in node.names:
                 resolve(f"{mod}.{a.name}" if mod else a.name)
     out.discard(me)
@@ -94,12 +98,7 @@ def private_uses(path: Path, known: set[str], source: str | None = None) -> list
                 else:                   # `import a.b` binds `a`; `a.b._x` is resolved below
                     modules[a.name.split(".")[0]] = a.name.split(".")[0]
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = pkg.split(".") if pkg else []
-                base = base[:len(base) - (node.level - 1)]
-                mod = ".".join(base + ([node.module] if node.module else []))
-            else:
-                mod = node.module or ""
+            mod = from_module(node, pkg)
             for a in node.names:
                 full = f"{mod}.{a.name}" if mod else a.name
                 if full in known:
