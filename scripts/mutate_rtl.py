@@ -8,7 +8,8 @@ off-by-one shift, a swapped sign, a dropped carry between beats; in the
 pipelined dot cell v2 dropped pipeline registers (scale path, adder-tree sign
 flag, loop read), swapped partial sums (DFQ halves, adder-tree operands), a
 lost carry-in, a control word one stage short, an off-by-one interleave counter
-and loop length).  For each,
+and loop length; in the pipelined FP operators a product ahead of its exponent, a
+wrong sticky source, a lost +1 of a subtraction, swapped rounding sticky tests).  For each,
 the script copies the sources into a scratch folder, applies the change there
 (the working tree is never touched, so concurrent test runs are unaffected),
 runs the relevant ``pytest sim/...`` cocotb test on the mutated Verilog, and
@@ -40,6 +41,10 @@ HAD_TEST = "tests/test_hw_hadamard.py::test_random_groups_match_golden[32-1]"
 DOT2_TEST = "tests/test_hw_dot.py::test_dot_v2_interleaved[E2M1_E2M1-True-8-LUT-1-1-41]"
 #: the same with e2m1 activations at the smallest interleave (interleave = the loop length)
 DOT2_E2M1_TEST = "tests/test_hw_dot.py::test_dot_v2_interleaved[E2M1_E2M1-False-8-LUT-0-1-40]"
+#: the pipelined FP operators (fpu.AddPipe / MulPipe / RoundPackPipe inside FPUnit): the
+#: Amaranth-simulator tests of biased random operands under input gaps and backpressure
+FPU_ADD_TEST = "tests/test_hw_fpu.py::test_random_biased[add-fp32-11-400]"
+FPU_MUL_TEST = "tests/test_hw_fpu.py::test_random_biased[mul-fp16-11-400]"
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,25 @@ MUTANTS = [
            "m.d.sync += acc[ctrl.slot].eq(Mux(ctrl.last, 0, acc_next))",
            "m.d.sync += acc[ctrl.slot].eq(acc_next)",
            DOT2_TEST, "v2: a slot's accumulator is not reset to +0.0 after its last group"),
+    Mutant("fpu-mul-products-early", "fpqvar_hw/units/fpu.py",
+           "s = st(**parts, **flags)",
+           "s = st(**flags); s.__dict__.update(parts)",
+           FPU_MUL_TEST, "the significand products skip the DSP M register while exponent, "
+           "sign and flags are registered (a product meets the previous input's exponent)"),
+    Mutant("fpu-add-small-tz-swapped", "fpqvar_hw/units/fpu.py",
+           "small_tz=Mux(swap, ctz(m, ua.sig), ctz(m, ub.sig))",
+           "small_tz=Mux(swap, ctz(m, ub.sig), ctz(m, ua.sig))",
+           FPU_ADD_TEST, "the sticky bit of the alignment shift is taken from the trailing "
+           "zeros of the larger operand"),
+    Mutant("fpu-add-carry-in-dropped", "fpqvar_hw/units/fpu.py",
+           "s.big + (s.aligned ^ sub_mask) + s.sub",
+           "s.big + (s.aligned ^ sub_mask)",
+           FPU_ADD_TEST, "an effective subtraction adds the one's complement (no +1)"),
+    Mutant("fpu-round-sticky-branches-swapped", "fpqvar_hw/units/fpu.py",
+           "low = Mux(s.right, ",
+           "low = Mux(~s.right, ",
+           FPU_MUL_TEST, "RoundPack's sticky test of a right shift used for a left shift "
+           "and the other way round"),
     Mutant("had-reg-dropped", "fpqvar_hw/units/hadamard.py",
            "q2_neg.eq(q1_neg)",
            "q2_neg.eq(q0_neg)",

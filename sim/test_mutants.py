@@ -46,3 +46,17 @@ def test_hadamard_pipeline_mutants_are_caught():
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"{len(names)} of {len(names)} mutants killed" in proc.stdout
+
+
+@pytest.mark.slow
+def test_fpu_pipeline_mutants_are_caught():
+    """The pipelined FP operator mutants (products ahead of their exponent by one register,
+    the alignment sticky from the wrong operand, a subtraction without its +1, the rounding
+    sticky tests swapped) run the Amaranth-simulator tests of FPUnit: no Verilator build."""
+    names = ["fpu-mul-products-early", "fpu-add-small-tz-swapped", "fpu-add-carry-in-dropped",
+             "fpu-round-sticky-branches-swapped"]
+    proc = subprocess.run([sys.executable, "scripts/mutate_rtl.py"]
+                          + [a for n in names for a in ("--only", n)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"{len(names)} of {len(names)} mutants killed" in proc.stdout
