@@ -43,6 +43,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned, Valu
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..checked import Checked
 from ..emit import hierarchical
 
 __all__ = [
@@ -315,7 +316,7 @@ def _check_fmt(fmt) -> None:
 
 
 @hierarchical
-class RoundPackPipe(wiring.Component):
+class RoundPackPipe(Checked, wiring.Component):
     """:class:`RoundPack` as a pipeline of :data:`ROUND_STAGES` registered stages (the
     same steps, the same results for every input).
 
@@ -326,18 +327,25 @@ class RoundPackPipe(wiring.Component):
     """
 
     def __init__(self, fmt: FloatFormat, *, sig_bits: int, exp_bits: int):
-        self._MustUse__silence = True
-        _check_fmt(fmt)
-        if sig_bits < 2:
-            raise ValueError(f"sig_bits must be >= 2, got {sig_bits}")
-        self._MustUse__silence = False
         self.fmt, self.sig_bits, self.exp_bits = fmt, sig_bits, exp_bits
-        self.latency = ROUND_STAGES
+        self.latency = self.latency_for(fmt=fmt, sig_bits=sig_bits, exp_bits=exp_bits)
         super().__init__({
             "en": In(1),
             "i": In(unrounded_layout(sig_bits, exp_bits)),
             "o": Out(float_layout(fmt)),
         })
+
+    @classmethod
+    def check_params(cls, *, fmt, sig_bits, exp_bits) -> None:
+        _check_fmt(fmt)
+        if sig_bits < 2:
+            raise ValueError(f"sig_bits must be >= 2, got {sig_bits}")
+
+    @staticmethod
+    def latency_for(**params) -> int:
+        """``latency`` without building the unit: :data:`ROUND_STAGES` for every
+        configuration."""
+        return ROUND_STAGES
 
     def elaborate(self, platform):
         m = Module()
@@ -348,7 +356,7 @@ class RoundPackPipe(wiring.Component):
 
 
 @hierarchical
-class AddPipe(wiring.Component):
+class AddPipe(Checked, wiring.Component):
     """``o = RNE_fmt(a + b)`` pipelined: the :func:`add_front` stages (:data:`ADD_STAGES`,
     the last one registering the unrounded sum) and the :class:`RoundPackPipe` stages,
     every stage registered, bit-identical to ``RoundPack(add_front(a, b))``.
@@ -359,13 +367,19 @@ class AddPipe(wiring.Component):
     """
 
     def __init__(self, fmt: FloatFormat = FP32):
-        self._MustUse__silence = True
-        _check_fmt(fmt)
-        self._MustUse__silence = False
         self.fmt = fmt
-        self.latency = ADD_STAGES + ROUND_STAGES
+        self.latency = self.latency_for(fmt=fmt)
         fl = float_layout(fmt)
         super().__init__({"en": In(1), "a": In(fl), "b": In(fl), "o": Out(fl)})
+
+    @classmethod
+    def check_params(cls, *, fmt) -> None:
+        _check_fmt(fmt)
+
+    @staticmethod
+    def latency_for(*, fmt: FloatFormat = FP32) -> int:
+        """``latency`` without building the unit (the same for every format)."""
+        return ADD_STAGES + ROUND_STAGES
 
     def elaborate(self, platform):
         m = Module()
@@ -377,7 +391,7 @@ class AddPipe(wiring.Component):
 
 
 @hierarchical
-class MulPipe(wiring.Component):
+class MulPipe(Checked, wiring.Component):
     """``o = RNE_fmt(a * b)`` pipelined: the :func:`mul_front` stages (:data:`MUL_STAGES`:
     unpack; the significand product as ``DSP_B_BITS``-bit slices of ``b``'s significand,
     one DSP48E2 each, registered twice where the slice has its M and P registers (Vivado
@@ -391,13 +405,19 @@ class MulPipe(wiring.Component):
     """
 
     def __init__(self, fmt: FloatFormat = FP32):
-        self._MustUse__silence = True
-        _check_fmt(fmt)
-        self._MustUse__silence = False
         self.fmt = fmt
-        self.latency = MUL_STAGES + ROUND_STAGES
+        self.latency = self.latency_for(fmt=fmt)
         fl = float_layout(fmt)
         super().__init__({"en": In(1), "a": In(fl), "b": In(fl), "o": Out(fl)})
+
+    @classmethod
+    def check_params(cls, *, fmt) -> None:
+        _check_fmt(fmt)
+
+    @staticmethod
+    def latency_for(*, fmt: FloatFormat = FP32) -> int:
+        """``latency`` without building the unit (the same for every format)."""
+        return MUL_STAGES + ROUND_STAGES
 
     def elaborate(self, platform):
         m = Module()
@@ -569,7 +589,7 @@ def fp_max(m: Module, a: Value, b: Value, fmt: FloatFormat) -> Value:
 
 
 @hierarchical
-class FPUnit(wiring.Component):
+class FPUnit(Checked, wiring.Component):
     """Pipelined stream FP operator, ``lanes`` independent operations per beat.
 
     Ports
@@ -587,7 +607,16 @@ class FPUnit(wiring.Component):
 
     def __init__(self, op: FPOp, fmt: FloatFormat = FP32, *, dst: FloatFormat | None = None,
                  lanes: int = 1):
-        self._MustUse__silence = True  # a rejected configuration is not an unused design
+        self.op, self.fmt, self.dst, self.lanes = op, fmt, dst or fmt, lanes
+        self.latency = self.latency_for(op=op, fmt=fmt, dst=dst, lanes=lanes)
+        operand = data.StructLayout({n: float_layout(fmt) for n in op.operands})
+        super().__init__({
+            "i": In(stream.Signature(data.ArrayLayout(operand, lanes))),
+            "o": Out(stream.Signature(data.ArrayLayout(float_layout(self.dst), lanes))),
+        })
+
+    @classmethod
+    def check_params(cls, *, op, fmt, dst, lanes) -> None:
         if not isinstance(op, FPOp):
             raise TypeError(f"op must be an FPOp, got {op!r}")
         if not isinstance(fmt, FloatFormat):
@@ -598,14 +627,12 @@ class FPUnit(wiring.Component):
             raise ValueError("FPOp.CONVERT needs dst= (e.g. FP16 -> FP32)")
         if not isinstance(lanes, int) or lanes < 1:
             raise ValueError(f"lanes must be a positive integer, got {lanes!r}")
-        self._MustUse__silence = False
-        self.op, self.fmt, self.dst, self.lanes = op, fmt, dst or fmt, lanes
-        self.latency = op.latency
-        operand = data.StructLayout({n: float_layout(fmt) for n in op.operands})
-        super().__init__({
-            "i": In(stream.Signature(data.ArrayLayout(operand, lanes))),
-            "o": Out(stream.Signature(data.ArrayLayout(float_layout(self.dst), lanes))),
-        })
+
+    @staticmethod
+    def latency_for(*, op: FPOp, fmt: FloatFormat = FP32, dst: FloatFormat | None = None,
+                    lanes: int = 1) -> int:
+        """``latency`` without building the unit (``op.latency``)."""
+        return op.latency
 
     def elaborate(self, platform):
         m = Module()
