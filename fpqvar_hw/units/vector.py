@@ -28,6 +28,7 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, Value
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..checked import Checked
 from .fpu import (ADD_STAGES, FP16, FP32, MUL_STAGES, ROUND_STAGES, AddPipe, FloatFormat, MulPipe,
                   RoundPack, RoundPackPipe, add_front, convert_front, float_layout, fp_max, mul_front,
                   unpack, unrounded_layout)
@@ -77,11 +78,15 @@ class Dataflow:
     :class:`~fpqvar_hw.units.fpu.AddPipe` / :class:`~fpqvar_hw.units.fpu.MulPipe` (a
     rounding of another front end: a register, then
     :class:`~fpqvar_hw.units.fpu.RoundPackPipe`), every stage a few logic levels.  Both
-    give the same bits; ``dry=True`` counts stages without building the operators.
+    give the same bits.  ``dry=True`` (no Module needed) only counts stages: every result
+    is a placeholder ``Const`` at the stage the real operation would deliver it, and
+    nothing is built.
     """
 
-    def __init__(self, m: Module, en: Value, prefix: str = "", *, dry: bool = False,
-                 pipelined: bool = False):
+    def __init__(self, m: Module | None, en: Value | None, prefix: str = "", *,
+                 dry: bool = False, pipelined: bool = False):
+        if m is None and not dry:
+            raise ValueError("Dataflow needs a Module unless dry=True")
         self.m, self.en, self.prefix, self.dry, self.pipelined = m, en, prefix, dry, pipelined
         self._n = 0
         self._delays: dict[tuple[int, int], Value] = {}
@@ -106,6 +111,8 @@ class Dataflow:
             return v.sig
         if v.stage > stage:
             raise ValueError(f"value of stage {v.stage} needed at earlier stage {stage}")
+        if self.dry:                        # stage bookkeeping only
+            return v.sig
         key = (id(v.sig), stage)
         if key not in self._delays:
             self._delays[key] = self.reg(self.at(v, stage - 1), "d")
@@ -115,18 +122,22 @@ class Dataflow:
     def _stage(*vals: Val) -> int:
         return max(0, *(v.stage for v in vals))
 
-    def _fp(self, front, *vals: Val) -> Val:
+    def _fp(self, front, *vals: Val, fmt: FloatFormat = FP32) -> Val:
+        """The front end ``front(m, *signals)`` (an unrounded record) of values, then
+        :meth:`round` to ``fmt``."""
         s = self._stage(*vals)
+        if self.dry:
+            return self.round(None, fmt, s)
         u = front(self.m, *(self.at(v, s) for v in vals))
-        return self.round(u, FP32, s)
+        return self.round(u, fmt, s)
 
     def round(self, u, fmt: FloatFormat, s: int) -> Val:
         """Register the unrounded ``u`` (stage s+1), then RoundPack and a register (stage
         s+2), or :class:`~fpqvar_hw.units.fpu.RoundPackPipe` (stage s+1+ROUND_STAGES)."""
-        ur = self.reg(u.as_value(), "u")
         out = s + 1 + (ROUND_STAGES if self.pipelined else 1)
-        if self.dry:  # latency computation only: no design is built
-            return Val(Signal(fmt.width), out)
+        if self.dry:
+            return Val(Const(0, fmt.width), out)
+        ur = self.reg(u.as_value(), "u")
         if self.pipelined:
             rp = RoundPackPipe(fmt, sig_bits=len(u.sig), exp_bits=len(u.exp))
             self.m.d.comb += rp.en.eq(self.en)
@@ -139,7 +150,7 @@ class Dataflow:
     def _pipe(self, cls, stages: int, a: Val, b: Val) -> Val:
         s = self._stage(a, b)
         if self.dry:
-            return Val(Signal(32), s + stages + ROUND_STAGES)
+            return Val(Const(0, 32), s + stages + ROUND_STAGES)
         pipe = cls(FP32)
         self.m.submodules[self._name(cls.__name__.lower())] = pipe
         self.m.d.comb += [pipe.en.eq(self.en), pipe.a.as_value().eq(self.at(a, s)),
@@ -156,6 +167,11 @@ class Dataflow:
             return self._pipe(AddPipe, ADD_STAGES, a, b)
         return self._fp(lambda m, x, y: add_front(m, x, y, FP32), a, b)
 
+    def convert(self, v: Val, src: FloatFormat, dst: FloatFormat) -> Val:
+        """``v`` (format ``src``) in format ``dst``: the convert front end, then
+        :meth:`round` (exact for FP16 -> FP32, one RNE rounding for FP32 -> FP16)."""
+        return self._fp(lambda m, x: convert_front(m, x, src), v, fmt=dst)
+
     def neg(self, a: Val) -> Val:
         if isinstance(a.sig, Const):
             return Val(Const(a.sig.value ^ (1 << 31), 32), a.stage)
@@ -166,6 +182,8 @@ class Dataflow:
 
     def max(self, a: Val, b: Val) -> Val:
         s = self._stage(a, b)
+        if self.dry:
+            return Val(Const(0, 32), s + 1)
         return Val(self.reg(fp_max(self.m, self.at(a, s), self.at(b, s), FP32), "mx"), s + 1)
 
     def min(self, a: Val, b: Val) -> Val:
@@ -175,6 +193,8 @@ class Dataflow:
     def comb(self, fn, *vals: Val, width: int, register: bool = True) -> Val:
         """Integer logic ``fn(*signals)`` on values; registered (one stage) by default."""
         s = self._stage(*vals)
+        if self.dry:
+            return Val(Const(0, width), s + 1 if register else s)
         out = Signal(width, name=self._name("c"))
         self.m.d.comb += out.eq(fn(*(self.at(v, s) for v in vals)))
         return Val(self.reg(out, "cr"), s + 1) if register else Val(out, s)
@@ -271,7 +291,7 @@ class Func(enum.Enum):
     GELU = "gelu"
 
 
-class Elementwise(wiring.Component):
+class Elementwise(Checked, wiring.Component):
     """Pipelined element-wise FP32 function, ``lanes`` elements per beat.
 
     ``i``: stream of ``ArrayLayout(float_layout(src), lanes)``; ``o``: stream of
@@ -287,7 +307,15 @@ class Elementwise(wiring.Component):
 
     def __init__(self, func: Func, *, lanes: int = 1, src: FloatFormat = FP32,
                  dst: FloatFormat = FP32):
-        self._MustUse__silence = True
+        self.func, self.lanes, self.src, self.dst = func, lanes, src, dst
+        self.latency = self.latency_for(func=func, lanes=lanes, src=src, dst=dst)
+        super().__init__({
+            "i": In(stream.Signature(data.ArrayLayout(float_layout(src), lanes))),
+            "o": Out(stream.Signature(data.ArrayLayout(float_layout(dst), lanes))),
+        })
+
+    @classmethod
+    def check_params(cls, *, func, lanes, src, dst) -> None:
         if not isinstance(func, Func):
             raise TypeError(f"func must be a Func (EXP, RECIPROCAL, RSQRT, GELU), got {func!r}")
         if not isinstance(lanes, int) or lanes < 1:
@@ -295,43 +323,42 @@ class Elementwise(wiring.Component):
         for name, f in (("src", src), ("dst", dst)):
             if f not in (FP16, FP32):
                 raise ValueError(f"{name} must be FP16 or FP32, got {f!r}")
-        self._MustUse__silence = False
-        self.func, self.lanes, self.src, self.dst = func, lanes, src, dst
-        m = Module()
-        m._MustUse__silence = True   # scratch module: only the stage count is used
-        self.latency = self._build(m, Signal(), [Signal(src.width)], dry=True)[0]
-        super().__init__({
-            "i": In(stream.Signature(data.ArrayLayout(float_layout(src), lanes))),
-            "o": Out(stream.Signature(data.ArrayLayout(float_layout(dst), lanes))),
-        })
 
-    def _build(self, m: Module, en: Value, inputs: list[Value], dry: bool = False
-               ) -> tuple[int, list[Value]]:
-        outs, latency = [], 0
-        for lane, x in enumerate(inputs):
-            df = Dataflow(m, en, prefix=f"l{lane}_", dry=dry, pipelined=True)
-            v = Val(x, 0)
-            if self.src is FP16:
-                v = df.round(convert_front(m, x, FP16), FP32, 0)
-            y = getattr(df, self.func.value)(v)
-            if self.dst is FP16:
-                y = self._to_fp16(df, y)
-            else:
-                y = df.comb(lambda b: Mux((b[23:31] == 255) & (b[:23] != 0), QNAN, b), y,
-                            width=32, register=False)
-            outs.append(df.at(y, y.stage))
-            latency = y.stage
-        return latency, outs
+    @classmethod
+    def latency_for(cls, *, func: Func, lanes: int = 1, src: FloatFormat = FP32,
+                    dst: FloatFormat = FP32) -> int:
+        """``latency`` without building the unit: one lane scheduled by a dry
+        :class:`Dataflow` (the schedule :meth:`elaborate` builds)."""
+        df = Dataflow(None, None, dry=True, pipelined=True)
+        return cls._lane(df, Const(0, src.width), func, src, dst).stage
 
     @staticmethod
-    def _to_fp16(df: Dataflow, y: Val) -> Val:
-        return df.round(convert_front(df.m, y.sig, FP32), FP16, y.stage)
+    def _lane(df: Dataflow, x: Value, func: Func, src: FloatFormat, dst: FloatFormat) -> Val:
+        """One lane's schedule: ``func`` of the input ``x`` (stage 0) in ``dst``."""
+        v = Val(x, 0)
+        if src is FP16:
+            v = df.convert(v, FP16, FP32)
+        y = getattr(df, func.value)(v)
+        if dst is FP16:
+            return df.convert(y, FP32, FP16)
+        return df.comb(lambda b: Mux((b[23:31] == 255) & (b[:23] != 0), QNAN, b), y,
+                       width=32, register=False)
+
+    def _build(self, m: Module, en: Value, inputs: list[Value]) -> list[Value]:
+        outs = []
+        for lane, x in enumerate(inputs):
+            df = Dataflow(m, en, prefix=f"l{lane}_", pipelined=True)
+            y = self._lane(df, x, self.func, self.src, self.dst)
+            assert y.stage == self.latency, "latency_for schedules what elaborate builds"
+            outs.append(df.at(y, y.stage))
+        return outs
 
     def elaborate(self, platform):
         m = Module()
         en = ~self.o.valid | self.o.ready
         m.d.comb += self.i.ready.eq(en)
-        latency, outs = self._build(m, en, [self.i.payload[k].as_value() for k in range(self.lanes)])
+        latency = self.latency
+        outs = self._build(m, en, [self.i.payload[k].as_value() for k in range(self.lanes)])
         valid = Signal(latency, name="valid_sr")
         with m.If(en):
             m.d.sync += valid.eq(Cat(self.i.valid, valid[:-1]))
@@ -393,15 +420,14 @@ class PartialSums:
         return level[0]
 
 
-def _check_row_params(unit, name: str, length: int, P: int, *, divides: bool) -> None:
-    unit._MustUse__silence = True    # a rejected configuration is not an unused design
+def _check_row_params(name: str, length: int, P: int, *, divides: bool) -> None:
+    """The row units' parameter checks (their ``check_params``)."""
     if not isinstance(length, int) or length < 1:
         raise ValueError(f"{name} must be a positive integer, got {length!r}")
     if not isinstance(P, int) or P < 4 or P & (P - 1):
         raise ValueError(f"P must be a power of two >= 4, got {P!r}")
     if divides and length % P:
         raise ValueError(f"P ({P}) must divide {name} ({length})")
-    unit._MustUse__silence = False
 
 
 def _tags(m: Module, head: Value, stages: int) -> Value:
@@ -414,7 +440,7 @@ def _tags(m: Module, head: Value, stages: int) -> Value:
     return t
 
 
-class Softmax(wiring.Component):
+class Softmax(Checked, wiring.Component):
     """Row softmax over FP32 elements, bit-exact to ``golden.vector.softmax(row, P)``, for
     rows of 1 to ``length`` elements.
 
@@ -435,15 +461,23 @@ class Softmax(wiring.Component):
     """
 
     def __init__(self, *, length: int, P: int = 8):
-        _check_row_params(self, "length", length, P, divides=False)
         self.length, self.P, self.lanes = length, P, 1
         #: cycles an element spends in the load-phase datapath (running max, buffer write)
-        self.latency = 1
+        self.latency = self.latency_for(length=length, P=P)
         fl = float_layout(FP32)
         super().__init__({
             "i": In(stream.Signature(data.StructLayout({"x": fl, "last": 1}))),
             "o": Out(stream.Signature(fl)),
         })
+
+    @classmethod
+    def check_params(cls, *, length, P) -> None:
+        _check_row_params("length", length, P, divides=False)
+
+    @staticmethod
+    def latency_for(*, length: int, P: int = 8) -> int:
+        """``latency`` without building the unit."""
+        return 1
 
     def elaborate(self, platform):
         from amaranth.lib.memory import Memory
@@ -523,7 +557,7 @@ class Softmax(wiring.Component):
         return m
 
 
-class LayerNormModulate(wiring.Component):
+class LayerNormModulate(Checked, wiring.Component):
     """LayerNorm without affine (eps 1e-6) and adaLN modulate ``y*(1 + scale) + shift``,
     bit-exact to ``golden.vector.layernorm_modulate(x, scale, shift, P)``.
 
@@ -539,15 +573,23 @@ class LayerNormModulate(wiring.Component):
     """
 
     def __init__(self, *, length: int, P: int = 8):
-        _check_row_params(self, "length", length, P, divides=True)
         self.length, self.P, self.lanes = length, P, 1
         #: cycles an element spends in the load-phase datapath (accumulation)
-        self.latency = PartialSums.DRAIN
+        self.latency = self.latency_for(length=length, P=P)
         fl = float_layout(FP32)
         super().__init__({
             "i": In(stream.Signature(data.StructLayout({"x": fl, "scale": fl, "shift": fl}))),
             "o": Out(stream.Signature(fl)),
         })
+
+    @classmethod
+    def check_params(cls, *, length, P) -> None:
+        _check_row_params("length", length, P, divides=True)
+
+    @staticmethod
+    def latency_for(*, length: int, P: int = 8) -> int:
+        """``latency`` without building the unit."""
+        return PartialSums.DRAIN
 
     def elaborate(self, platform):
         from amaranth.lib.memory import Memory
@@ -644,7 +686,7 @@ class LayerNormModulate(wiring.Component):
         return m
 
 
-class L2NormTemperature(wiring.Component):
+class L2NormTemperature(Checked, wiring.Component):
     """Per-head L2 normalisation, optionally times ``exp(min(t, ln 100))``; bit-exact to
     ``golden.vector.l2norm_temperature(q, t if temperature else None, P)``.
 
@@ -656,14 +698,22 @@ class L2NormTemperature(wiring.Component):
     """
 
     def __init__(self, *, head_dim: int = 64, P: int = 8, temperature: bool = True):
-        _check_row_params(self, "head_dim", head_dim, P, divides=True)
         self.length, self.P, self.temperature, self.lanes = head_dim, P, temperature, 1
         #: cycles an element spends in the load-phase datapath (square, accumulate)
-        self.latency = 2 + PartialSums.DRAIN
+        self.latency = self.latency_for(head_dim=head_dim, P=P, temperature=temperature)
         fl = float_layout(FP32)
         fields = {"x": fl, "t": fl} if temperature else {"x": fl}
         super().__init__({"i": In(stream.Signature(data.StructLayout(fields))),
                           "o": Out(stream.Signature(fl))})
+
+    @classmethod
+    def check_params(cls, *, head_dim, P, temperature) -> None:
+        _check_row_params("head_dim", head_dim, P, divides=True)
+
+    @staticmethod
+    def latency_for(*, head_dim: int = 64, P: int = 8, temperature: bool = True) -> int:
+        """``latency`` without building the unit."""
+        return 2 + PartialSums.DRAIN
 
     def elaborate(self, platform):
         from amaranth.lib.memory import Memory
@@ -726,7 +776,7 @@ class L2NormTemperature(wiring.Component):
         return m
 
 
-class FDot(wiring.Component):
+class FDot(Checked, wiring.Component):
     """FP32 dot products of rows ended by ``last``, bit-exact to
     ``golden.attention.tree_last(a * b, P)`` = ``golden.vector.tree_sum(a*b, P)``.
 
@@ -746,17 +796,23 @@ class FDot(wiring.Component):
     FIFO_DEPTH = 4
 
     def __init__(self, *, P: int = 8):
-        self._MustUse__silence = True
-        if not isinstance(P, int) or P < 4 or P & (P - 1):
-            raise ValueError(f"P must be a power of two >= 4, got {P!r}")
-        self._MustUse__silence = False
         self.P, self.lanes = P, 1
-        self.latency = 2 + PartialSums.DRAIN   # product + accumulate, per element
+        self.latency = self.latency_for(P=P)
         fl = float_layout(FP32)
         super().__init__({
             "i": In(stream.Signature(data.StructLayout({"a": fl, "b": fl, "last": 1}))),
             "o": Out(stream.Signature(fl)),
         })
+
+    @classmethod
+    def check_params(cls, *, P) -> None:
+        if not isinstance(P, int) or P < 4 or P & (P - 1):
+            raise ValueError(f"P must be a power of two >= 4, got {P!r}")
+
+    @staticmethod
+    def latency_for(*, P: int = 8) -> int:
+        """``latency`` without building the unit: product + accumulate, per element."""
+        return 2 + PartialSums.DRAIN
 
     def elaborate(self, platform):
         from amaranth.lib.fifo import SyncFIFOBuffered
@@ -816,10 +872,16 @@ class Residual(wiring.Component):
 
     def __init__(self):
         self.lanes = 1
-        self.latency = 4
+        self.latency = self.latency_for()
         fl = float_layout(FP32)
         super().__init__({"i": In(stream.Signature(data.StructLayout({"x": fl, "g": fl, "y": fl}))),
                           "o": Out(stream.Signature(fl))})
+
+    @staticmethod
+    def latency_for() -> int:
+        """``latency`` without building the unit (``x + g*y``: two unpipelined FP
+        operations)."""
+        return 4
 
     def elaborate(self, platform):
         m = Module()
