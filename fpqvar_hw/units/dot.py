@@ -37,6 +37,7 @@ from . import fp32
 from . import fpu
 from .fpu import FP16, FP32, float_layout, unrounded_layout
 from .multiplier import MagnitudeCore, Multiplier, MulPair, MulVariant, check_variant, code_layout
+from ..checked import Checked
 from ..emit import hierarchical
 
 __all__ = ["GroupDot", "GroupDotV2", "dfq_code_layout", "sum_width"]
@@ -54,8 +55,28 @@ def sum_width(max_abs: int) -> int:
     return max_abs.bit_length() + 1
 
 
+def _halves(pair: MulPair, dfq: bool) -> list[tuple[MulPair, str]]:
+    """The (pair, tag) of each adder tree: DFQ's positive and negative grids, else one."""
+    return [(MulPair.E2M1_E2M1, "pos"), (MulPair.E1M2_E2M1, "neg")] if dfq else [(pair, "all")]
+
+
+def _tree_stages(lanes: int, levels_per_stage: int) -> int:
+    """Register stages of an adder tree over ``lanes`` leaves, one every ``levels_per_stage``
+    levels (at least one)."""
+    return max(1, -(-((lanes - 1).bit_length()) // levels_per_stage))
+
+
+def _check_group_sums(pair: MulPair, group_size: int, variant: MulVariant, dfq: bool) -> None:
+    """Each half's group sum fits FP32 exactly and ``variant`` implements its pair."""
+    for p, _ in _halves(pair, dfq):
+        if p.max_abs * group_size >= _MAX_SUM:
+            raise ValueError(f"group_size {group_size} lets a {p.name} group sum reach 2^24, "
+                             "which FP32 cannot hold exactly; use a smaller group_size")
+        check_variant(p, variant)
+
+
 @hierarchical
-class GroupDot(wiring.Component):
+class GroupDot(Checked, wiring.Component):
     """Streaming group dot product of activation and weight codes.
 
     Ports
@@ -92,6 +113,36 @@ class GroupDot(wiring.Component):
     def __init__(self, *, pair: MulPair = MulPair.E2M1_E2M1, group_size: int = 128,
                  lanes: int = 128, variant: MulVariant = MulVariant.LUT, dfq: bool = False,
                  dual: bool = False, levels_per_stage: int = 2):
+        self._halves = _halves(pair, dfq)
+        self.pair, self.variant, self.dfq, self.dual = pair, variant, dfq, dual
+        self.group_size, self.lanes, self.levels_per_stage = group_size, lanes, levels_per_stage
+        self.beats_per_group = group_size // lanes
+        #: float LUT lanes keep sign and magnitude: the tree adds ones' complements
+        #: and the signs as carry-ins (cheaper than a negation per product)
+        self.ones_complement = variant is MulVariant.LUT and pair.is_float and not dfq
+        self.tree_levels = (lanes - 1).bit_length()
+        self.tree_stages = _tree_stages(lanes, levels_per_stage)
+        #: cycles from the final beat's handshake to ``o.valid``
+        self.latency = self.latency_for(pair=pair, group_size=group_size, lanes=lanes,
+                                        variant=variant, dfq=dfq, dual=dual,
+                                        levels_per_stage=levels_per_stage)
+        a_code = dfq_code_layout() if dfq else code_layout(pair.fmt_a)
+        fields = {"a": data.ArrayLayout(a_code, lanes),
+                  "w": data.ArrayLayout(code_layout(pair.fmt_b), lanes),
+                  "s_a": float_layout(FP16), "s_w": float_layout(FP16), "last": 1}
+        if dfq:
+            fields["s_a_neg"] = float_layout(FP16)
+        if dual:
+            fields["plain"] = 1
+        self.beat_layout = data.StructLayout(fields)
+        super().__init__({
+            "i": In(stream.Signature(self.beat_layout)),
+            "o": Out(stream.Signature(float_layout(FP32))),
+        })
+
+    @classmethod
+    def check_params(cls, *, pair, group_size, lanes, variant, dfq, dual,
+                     levels_per_stage) -> None:
         if not isinstance(pair, MulPair):
             raise TypeError(f"pair must be a MulPair, got {pair!r}")
         if not isinstance(variant, MulVariant):
@@ -106,36 +157,16 @@ class GroupDot(wiring.Component):
             raise ValueError("dfq=True takes e2m1fn weights: use pair=MulPair.E2M1_E2M1")
         if dual and not dfq:
             raise ValueError("dual=True is a DFQ unit with a plain e2m1fn mode: set dfq=True too")
-        self._halves = ([(MulPair.E2M1_E2M1, "pos"), (MulPair.E1M2_E2M1, "neg")] if dfq
-                        else [(pair, "all")])
-        for p, _ in self._halves:
-            if p.max_abs * group_size >= _MAX_SUM:
-                raise ValueError(f"group_size {group_size} lets a {p.name} group sum reach 2^24, "
-                                 "which FP32 cannot hold exactly; use a smaller group_size")
-            check_variant(p, variant)
-        self.pair, self.variant, self.dfq, self.dual = pair, variant, dfq, dual
-        self.group_size, self.lanes, self.levels_per_stage = group_size, lanes, levels_per_stage
-        self.beats_per_group = group_size // lanes
-        #: float LUT lanes keep sign and magnitude: the tree adds ones' complements
-        #: and the signs as carry-ins (cheaper than a negation per product)
-        self.ones_complement = variant is MulVariant.LUT and pair.is_float and not dfq
-        self.tree_levels = (lanes - 1).bit_length()
-        self.tree_stages = max(1, -(-self.tree_levels // levels_per_stage))
-        #: cycles from the final beat's handshake to ``o.valid``
-        self.latency = 1 + self.tree_stages + 1 + 2 + (1 if dfq else 0) + 1
-        a_code = dfq_code_layout() if dfq else code_layout(pair.fmt_a)
-        fields = {"a": data.ArrayLayout(a_code, lanes),
-                  "w": data.ArrayLayout(code_layout(pair.fmt_b), lanes),
-                  "s_a": float_layout(FP16), "s_w": float_layout(FP16), "last": 1}
-        if dfq:
-            fields["s_a_neg"] = float_layout(FP16)
-        if dual:
-            fields["plain"] = 1
-        self.beat_layout = data.StructLayout(fields)
-        super().__init__({
-            "i": In(stream.Signature(self.beat_layout)),
-            "o": Out(stream.Signature(float_layout(FP32))),
-        })
+        _check_group_sums(pair, group_size, variant, dfq)
+
+    @staticmethod
+    def latency_for(*, pair: MulPair = MulPair.E2M1_E2M1, group_size: int = 128,
+                    lanes: int = 128, variant: MulVariant = MulVariant.LUT, dfq: bool = False,
+                    dual: bool = False, levels_per_stage: int = 2) -> int:
+        """Cycles from the final beat's handshake to ``o.valid`` (without building):
+        products, tree stages, group sum, scaled-sum front end and RoundPack, (DFQ: the
+        halves' add), accumulator."""
+        return 1 + _tree_stages(lanes, levels_per_stage) + 1 + 2 + (1 if dfq else 0) + 1
 
     def elaborate(self, platform):
         m = Module()
@@ -236,7 +267,7 @@ class GroupDot(wiring.Component):
 
 
 
-class GroupDotV2(wiring.Component):
+class GroupDotV2(Checked, wiring.Component):
     """Pipelined group dot cell: one whole group per cycle, interleaved outputs.
 
     Same arithmetic as :class:`GroupDot` (``docs/numerics.md`` section 3, golden
@@ -294,43 +325,24 @@ class GroupDotV2(wiring.Component):
     def __init__(self, *, pair: MulPair = MulPair.E2M1_E2M1, group_size: int = 128,
                  variant: MulVariant = MulVariant.LUT, dfq: bool = False,
                  interleave: "int | None" = None, levels_per_stage: int = 2):
-        if not isinstance(pair, MulPair):
-            raise TypeError(f"pair must be a MulPair, got {pair!r}")
-        if not isinstance(variant, MulVariant):
-            raise TypeError(f"variant must be a MulVariant, got {variant!r}")
-        for name, v in (("group_size", group_size), ("levels_per_stage", levels_per_stage)):
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if dfq and pair is not MulPair.E2M1_E2M1:
-            raise ValueError("dfq=True takes e2m1fn weights: use pair=MulPair.E2M1_E2M1")
-        self._halves = ([(MulPair.E2M1_E2M1, "pos"), (MulPair.E1M2_E2M1, "neg")] if dfq
-                        else [(pair, "all")])
-        for p, _ in self._halves:
-            if p.max_abs * group_size >= _MAX_SUM:
-                raise ValueError(f"group_size {group_size} lets a {p.name} group sum reach 2^24, "
-                                 "which FP32 cannot hold exactly; use a smaller group_size")
-            check_variant(p, variant)
+        self._halves = _halves(pair, dfq)
         #: cycles of the accumulator's read-add-write loop (the smallest interleave)
         self.LOOP = self.loop_length()
         if interleave is None:
             interleave = self.LOOP
-        if not isinstance(interleave, int) or interleave < self.LOOP:
-            raise ValueError(f"interleave must be an integer >= {self.LOOP} (the accumulator "
-                             f"loop is {self.LOOP} cycles), got {interleave!r}")
         self.pair, self.variant, self.dfq = pair, variant, dfq
         self.group_size = self.lanes = group_size
         self.interleave, self.levels_per_stage = interleave, levels_per_stage
         self.tree_levels = (group_size - 1).bit_length()
-        self.tree_stages = max(1, -(-self.tree_levels // levels_per_stage))
-        # the FP32 pipelines' latencies (elaborate builds the pipelines and checks them)
-        rounds = {_latency(fpu.RoundPackPipe(FP32, sig_bits=self._sig_bits(p, group_size),
-                                             exp_bits=_SCALED_EXP_BITS)) for p, _ in self._halves}
-        assert len(rounds) == 1, "the halves' rounding pipelines must be equally long"
-        self._round_latency, self._add_latency = rounds.pop(), _latency(fpu.AddPipe(FP32))
-        #: cycles from a ``last`` group's handshake to its ``o.valid``: products, tree,
-        #: scale decode, M, P, rounding (DFQ: the add of the halves), loop read, loop add
-        self.latency = (1 + self.tree_stages + 3 + self._round_latency
-                        + (self._add_latency if dfq else 0) + 1 + self._add_latency)
+        self.tree_stages = _tree_stages(group_size, levels_per_stage)
+        # the FP32 pipelines' latencies (elaborate builds the pipelines and checks them;
+        # RoundPackPipe's does not depend on its widths: one value for both halves)
+        self._round_latency = fpu.RoundPackPipe.latency_for()
+        self._add_latency = fpu.AddPipe.latency_for(fmt=FP32)
+        #: cycles from a ``last`` group's handshake to its ``o.valid``
+        self.latency = self.latency_for(pair=pair, group_size=group_size, variant=variant,
+                                        dfq=dfq, interleave=interleave,
+                                        levels_per_stage=levels_per_stage)
         a_code = dfq_code_layout() if dfq else code_layout(pair.fmt_a)
         fields = {"a": data.ArrayLayout(a_code, group_size),
                   "w": data.ArrayLayout(code_layout(pair.fmt_b), group_size),
@@ -343,10 +355,39 @@ class GroupDotV2(wiring.Component):
             "o": Out(stream.Signature(float_layout(FP32))),
         })
 
+    @classmethod
+    def check_params(cls, *, pair, group_size, variant, dfq, interleave,
+                     levels_per_stage) -> None:
+        if not isinstance(pair, MulPair):
+            raise TypeError(f"pair must be a MulPair, got {pair!r}")
+        if not isinstance(variant, MulVariant):
+            raise TypeError(f"variant must be a MulVariant, got {variant!r}")
+        for name, v in (("group_size", group_size), ("levels_per_stage", levels_per_stage)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if dfq and pair is not MulPair.E2M1_E2M1:
+            raise ValueError("dfq=True takes e2m1fn weights: use pair=MulPair.E2M1_E2M1")
+        _check_group_sums(pair, group_size, variant, dfq)
+        loop = cls.loop_length()
+        if interleave is not None and (not isinstance(interleave, int) or interleave < loop):
+            raise ValueError(f"interleave must be an integer >= {loop} (the accumulator "
+                             f"loop is {loop} cycles), got {interleave!r}")
+
+    @staticmethod
+    def latency_for(*, pair: MulPair = MulPair.E2M1_E2M1, group_size: int = 128,
+                    variant: MulVariant = MulVariant.LUT, dfq: bool = False,
+                    interleave: "int | None" = None, levels_per_stage: int = 2) -> int:
+        """Cycles from a ``last`` group's handshake to its ``o.valid`` (without building):
+        products, tree, scale decode, M, P, rounding (DFQ: the add of the halves), loop
+        read, loop add."""
+        add, round_ = fpu.AddPipe.latency_for(fmt=FP32), fpu.RoundPackPipe.latency_for()
+        return (1 + _tree_stages(group_size, levels_per_stage) + 3 + round_
+                + (add if dfq else 0) + 1 + add)
+
     @staticmethod
     def loop_length() -> int:
         """Cycles of the accumulator loop: read register, ``AddPipe``, write back."""
-        return _latency(fpu.AddPipe(FP32)) + 2
+        return fpu.AddPipe.latency_for(fmt=FP32) + 2
 
     @staticmethod
     def _sig_bits(pair: MulPair, group_size: int) -> int:
@@ -465,12 +506,6 @@ class GroupDotV2(wiring.Component):
         u = Signal(lay, name=f"{tag}_u")
         m.d.comb += [u.eq(head), u.sig.eq(prod)]
         return u
-
-
-def _latency(unit) -> int:
-    """``unit.latency`` of a pipeline built only to read it (never elaborated)."""
-    unit._MustUse__silence = True
-    return unit.latency
 
 
 #: exponent width of the scaled-sum record (FP16 exponents + the product LSB and the
