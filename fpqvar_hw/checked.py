@@ -32,7 +32,7 @@ import functools
 import inspect
 from typing import Any
 
-__all__ = ["Checked", "check", "latency_of", "built_for_inspection"]
+__all__ = ["Checked", "check", "latency_of"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -68,27 +68,14 @@ def check(cls: type, *args: Any, **kwargs: Any) -> None:
 def latency_of(cls: type, *args: Any, **kwargs: Any) -> int:
     """The ``latency`` a ``cls(*args, **kwargs)`` would have, from the class-level function
     ``cls.latency_for(**params)`` (parameters by name, defaults filled in; checked first).
-
-    Interim, until every unit class publishes ``latency_for`` (the units in
-    ``fpqvar_hw/units/`` that do not yet: ``/tmp/briefs/C_followup.md``): such a class is
-    built once and its ``latency`` attribute read (:func:`built_for_inspection`).
+    Nothing is built; a class that does not publish ``latency_for`` is a ``TypeError``.
     """
-    params = _params(cls, args, kwargs)
     latency_for = getattr(cls, "latency_for", None)
-    if latency_for is not None:
-        check(cls, *args, **kwargs)
-        return latency_for(**params)
-    return built_for_inspection(cls(*args, **kwargs)).latency
-
-
-def built_for_inspection(obj: Any) -> Any:
-    """Interim (see :func:`latency_of`): ``obj``, an elaboratable built only to read a fact
-    its class does not publish yet, marked so that Amaranth does not report it as an unused
-    design.  The one place the project reaches into ``amaranth._unused.MustUse``; it goes
-    away with the last caller (the unit classes' ``latency_for`` and a Dataflow dry mode
-    without a Module, C_followup.md)."""
-    obj._MustUse__silence = True
-    return obj
+    if latency_for is None:
+        raise TypeError(f"{cls.__name__} publishes no latency_for")
+    params = _params(cls, args, kwargs)
+    check(cls, *args, **kwargs)
+    return latency_for(**params)
 
 
 class Checked:

@@ -23,12 +23,16 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import Out
 
 from fpqvar_hw import isa
-from fpqvar_hw.checked import Checked, check
+from fpqvar_hw.checked import Checked, check, latency_of
 from fpqvar_hw.config import PRESETS, get_preset
 from fpqvar_hw.engines.matrix import MatrixEngine
 from fpqvar_hw.engines.top import Accelerator
 from fpqvar_hw.engines.vecengine import KV6Quantizer, VectorEngine
 from fpqvar_hw.flow.registry import UNITS, Build, resolve_units
+from fpqvar_hw.units.dot import GroupDot, GroupDotV2
+from fpqvar_hw.units.fpu import FP16, FP32, AddPipe, FPOp, FPUnit, RoundPackPipe
+from fpqvar_hw.units.vector import (Elementwise, FDot, Func, L2NormTemperature, LayerNormModulate,
+                                    Residual, Softmax)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -89,10 +93,36 @@ def test_checked_refuses_before_the_object_exists():
     (lambda: Accelerator(get_preset("w4a4"), C=1024, max_kv=0), "max_kv must be a positive integer"),
     (lambda: Accelerator(get_preset("mxfp4"), C=1024, max_kv=680), "MatrixEngine implements the formats"),
     (lambda: Accelerator(get_preset("w4a4"), C=100, max_kv=64), "C must be a positive multiple of 128"),
+    # the units
+    (lambda: FPUnit(FPOp.CONVERT), "FPOp.CONVERT needs dst="),
+    (lambda: FPUnit(FPOp.ADD, lanes=0), "lanes must be a positive integer"),
+    (lambda: RoundPackPipe(FP32, sig_bits=1, exp_bits=10), "sig_bits must be >= 2"),
+    (lambda: Elementwise(Func.GELU, lanes=0), "lanes must be a positive integer"),
+    (lambda: Elementwise(Func.EXP, dst="fp8"), "dst must be FP16 or FP32"),
+    (lambda: Softmax(length=0), "length must be a positive integer"),
+    (lambda: LayerNormModulate(length=12, P=8), "P \\(8\\) must divide length"),
+    (lambda: L2NormTemperature(head_dim=64, P=6), "P must be a power of two"),
+    (lambda: FDot(P=2), "P must be a power of two"),
+    (lambda: GroupDot(lanes=3), "lanes must divide group_size 128"),
+    (lambda: GroupDot(dual=True), "dual=True is a DFQ unit"),
+    (lambda: GroupDotV2(interleave=3), "interleave must be an integer >= "),
+    (lambda: GroupDotV2(group_size=1 << 22), "group sum reach 2\\^24"),
 ])
 def test_rejected_configuration_leaves_no_unused_design(build, match):
     with no_unused_design():
         with pytest.raises(ValueError, match=match):
+            build()
+
+
+@pytest.mark.parametrize("build,match", [
+    (lambda: FPUnit("add"), "op must be an FPOp"),
+    (lambda: AddPipe("fp32"), "fmt must be a FloatFormat"),
+    (lambda: Elementwise("gelu"), "func must be a Func"),
+    (lambda: GroupDot(pair="e2m1"), "pair must be a MulPair"),
+])
+def test_rejected_type_leaves_no_unused_design(build, match):
+    with no_unused_design():
+        with pytest.raises(TypeError, match=match):
             build()
 
 
@@ -113,6 +143,39 @@ def test_latency_queries_build_nothing():
         cell = MatrixEngine.cell_latency(16)
     assert lat[isa.VecSubop.KVQ6] == KV6Quantizer.latency_for()
     assert set(lat) == set(isa.VecSubop) and cell > 0
+
+
+def test_latency_of_needs_latency_for():
+    """A class that publishes no ``latency_for`` is refused, not built."""
+    with no_unused_design():
+        with pytest.raises(TypeError, match="_Probe publishes no latency_for"):
+            latency_of(_Probe, width=3)
+        with pytest.raises(ValueError, match="sig_bits must be >= 2"):   # checked first
+            latency_of(RoundPackPipe, FP32, sig_bits=1, exp_bits=10)
+        assert latency_of(Residual) == 4
+        assert latency_of(Softmax, length=16) == 1
+
+
+#: Elementwise latencies (FP32 -> FP32) as the pre-``latency_for`` code computed them (a
+#: scratch Module scheduled by a dry Dataflow, 2026-12-04); an FP16 end adds a convert
+#: front end register and a RoundPackPipe (5 cycles) each
+_ELEMENTWISE_FP32 = {Func.EXP: 156, Func.RECIPROCAL: 67, Func.RSQRT: 69, Func.GELU: 277}
+
+
+@pytest.mark.parametrize("func", list(Func))
+def test_elementwise_latency_for(func):
+    """The dry schedule (no Module) gives every Func x src x dst the latency the unit
+    had before; ``elaborate`` asserts the built schedule equals it."""
+    with no_unused_design():
+        for src in (FP32, FP16):
+            for dst in (FP32, FP16):
+                want = _ELEMENTWISE_FP32[func] + 5 * (src is FP16) + 5 * (dst is FP16)
+                assert Elementwise.latency_for(func=func, src=src, dst=dst) == want
+                assert latency_of(Elementwise, func, lanes=4, src=src, dst=dst) == want
+    if func is Func.RECIPROCAL:   # the cheapest to elaborate: elaborate's schedule check runs
+        u = Elementwise(func, lanes=2, src=FP16, dst=FP16)
+        assert u.latency == _ELEMENTWISE_FP32[func] + 10
+        Fragment.get(u, None)
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

@@ -183,15 +183,15 @@ def _checked_latencies(lat: Mapping[str, int], lanes: int) -> dict[str, int]:
 
 
 def top_latencies(lanes: int) -> dict[str, int]:
-    """:attr:`TopBuild.lat` for an array of ``lanes`` (cached: building the units takes
-    seconds).  No latency depends on the model width.  Cycle files of the simulated top
-    record it as ``unit_latencies`` (the RTL they were measured on)."""
+    """:attr:`TopBuild.lat` for an array of ``lanes`` (cached; from the unit classes'
+    ``latency_for`` and a dry Dataflow: nothing is built).  No latency depends on the model
+    width.  Cycle files of the simulated top record it as ``unit_latencies`` (the RTL they
+    were measured on)."""
     if lanes in _TOP_BUILDS:
         return dict(_TOP_BUILDS[lanes])
-    from amaranth.hdl import Module, Signal
+    from amaranth.hdl import Signal
 
     from .. import isa
-    from ..checked import built_for_inspection
     from ..engines.matrix import MatrixEngine
     from ..engines.vecengine import VectorEngine
     from ..units.fpu import FPOp
@@ -200,9 +200,9 @@ def top_latencies(lanes: int) -> dict[str, int]:
     from ..units.vector import Dataflow, PartialSums, Val, fp32_bits
 
     P = isa.VEC_P
-    # the row units' phase latencies, scheduled exactly as vector.py schedules them; a dry
-    # Dataflow still writes its front ends into a Module (C_followup.md: a dry mode without one)
-    df = Dataflow(built_for_inspection(Module()), 1, dry=True)
+    # the row units' phase latencies, scheduled exactly as vector.py schedules them (a dry
+    # Dataflow: stage counts only, nothing built)
+    df = Dataflow(None, None, dry=True)
 
     def x():
         return Val(Signal(32), 0)
