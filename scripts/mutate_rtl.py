@@ -112,8 +112,8 @@ MUTANTS = [
            DOT2_E2M1_TEST, "v2: the control word one register short of the scale and "
                            "RoundPackPipe path (slot and last meet the wrong group)"),
     Mutant("v2-loop-too-short", "fpqvar_hw/units/dot.py",
-           "return _latency(fpu.AddPipe(FP32)) + 2",
-           "return _latency(fpu.AddPipe(FP32)) + 1",
+           "return fpu.AddPipe.latency_for(fmt=FP32) + 2",
+           "return fpu.AddPipe.latency_for(fmt=FP32) + 1",
            "tests/test_hw_dot.py::test_dot_v2_full_rate[False]",
            "v2: the loop length (smallest interleave) one cycle short: a slot is read "
            "before its previous sum is written back"),

@@ -151,8 +151,8 @@ def test_top_build_reads_latencies_from_the_units():
     from fpqvar_hw.units.vector import Elementwise, FDot, Func, Residual
     b = _b()
     assert (b.lat["had"], b.lat["quant"]) == (HAD, QUANT)
-    assert b.lat["gelu"] == b.lat["gap_GELU"] == Elementwise(Func.GELU).latency
-    assert b.lat["resid"] == Residual().latency and b.lat["fdot"] == FDot().latency
+    assert b.lat["gelu"] == b.lat["gap_GELU"] == Elementwise.latency_for(func=Func.GELU)
+    assert b.lat["resid"] == Residual.latency_for() and b.lat["fdot"] == FDot.latency_for()
     # a 128-bit word holds one 32-lane beat of 4-bit codes and tn=2 FP16 scales
     assert (b.code_words, b.scale_words, b.max_burst) == (1, 1, 16)
     # stage counts of vector.py's row units: tree over P=8 = 3 adds of 2 stages
