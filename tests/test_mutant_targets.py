@@ -7,6 +7,7 @@ failing any co-simulation.  This check is instant, so the default tier catches i
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -15,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _mutants():
     spec = importlib.util.spec_from_file_location("mutate_rtl", REPO / "scripts" / "mutate_rtl.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, mod)     # dataclasses resolve their module by name
     spec.loader.exec_module(mod)
     return mod.MUTANTS
 
