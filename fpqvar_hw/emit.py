@@ -35,6 +35,7 @@ Public API: :func:`hierarchical`, :func:`module_name`, :class:`Emitter`,
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import functools
@@ -278,7 +279,9 @@ class Emitter:
             self._root = outer_root
         try:
             frag = self._forward_resets(frag)
-            text, _ = verilog.convert_fragment(frag, _ports_of(component), name, emit_src=False)
+            with _without_field_aliases():
+                text, _ = verilog.convert_fragment(frag, _ports_of(component), name,
+                                                   emit_src=False)
         finally:
             self._stack.pop()
         self.modules[name] = text
@@ -335,6 +338,26 @@ class Emitter:
             used.setdefault(n, self.modules[n])
         walk(name)
         return EmittedDesign(name, used, {n: dict(self.instances.get(n, {})) for n in used})
+
+
+@contextlib.contextmanager
+def _without_field_aliases():
+    """Convert without Amaranth's per-field alias wires.
+
+    For every signal with a structured layout (a stream payload of 32 lanes x
+    {sign, exponent, mantissa}, an ``ArrayLayout`` of cells' operands) Amaranth's RTLIL
+    backend adds one named wire per field and array element (``\\i__payload$113[3].mantissa``),
+    assigned from the signal and read by nothing: waveform names only.  In the accelerator
+    top they were most of the text (the matrix datapath module: 31,255 of its wire
+    declarations).  The logic, the ports and every other name are unchanged.
+    """
+    from amaranth.back import rtlil
+    saved = rtlil.ModuleEmitter.emit_signal_fields
+    rtlil.ModuleEmitter.emit_signal_fields = lambda self: None
+    try:
+        yield
+    finally:
+        rtlil.ModuleEmitter.emit_signal_fields = saved
 
 
 def _has_input(text: str, module: str, port: str) -> bool:
