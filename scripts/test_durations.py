@@ -80,11 +80,24 @@ def render(tests: list[dict], *, command: str, wall_s: float | None, rc: int | N
     return "\n".join(lines) + "\n"
 
 
+def _suite_summary(path: Path) -> tuple[float | None, int | None]:
+    """pytest's own wall time and an exit status (0 or 1) from an xUnit file's testsuite."""
+    suite = ET.parse(path).getroot()
+    if suite.tag == "testsuites":
+        suite = suite.find("testsuite")
+    if suite is None or suite.get("time") is None:
+        return None, None
+    bad = int(suite.get("failures", 0)) + int(suite.get("errors", 0))
+    return float(suite.get("time")), int(bad > 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python scripts/test_durations.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--junit", type=Path, help="re-render this xUnit file instead of running pytest")
     ap.add_argument("--out", type=Path, default=OUT, help="output stem (.md and .json are written); "
                     f"default {OUT.relative_to(ROOT)}")
+    ap.add_argument("--label", help="with --junit: how that file was made (the command, the "
+                    "commit), shown as the command; its pytest wall time comes from the file")
     ap.add_argument("pytest_args", nargs="*", help="arguments for pytest after `--` (default: --run-slow)")
     args = ap.parse_args(argv)
     try:
@@ -93,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise UsageError(f"--out {args.out}: {args.out.with_suffix(suffix)} is a folder; give a file stem")
         wall = rc = None
         if args.junit is not None:
-            command = f"(xUnit file {args.junit})"
+            command = args.label or f"(xUnit file {args.junit})"
             tests = parse_junit(args.junit)
+            wall, rc = _suite_summary(args.junit)
         else:
             pytest_args = args.pytest_args or ["--run-slow"]
             with tempfile.TemporaryDirectory() as tmp:
