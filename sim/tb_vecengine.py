@@ -528,7 +528,10 @@ async def errors_and_abort(dut):
     for k, sub in enumerate([VecSubop.GELU, VecSubop.LNMOD, VecSubop.SOFTMAX, VecSubop.FDOT,
                              VecSubop.L2NT, VecSubop.RESID] + [VecSubop.KVQ6] * kv6):
         v = rand_vec(rng, nrng, tb.view, alloc, sub, C=C, max_kv=max_kv, max_elems=1500, kv6=kv6)
-        while sub is VecSubop.KVQ6 and v.n[1] * v.n[2] * v.n[3] < 4:    # long enough to abort
+        # long enough to abort: at least 256 elements (the engine's units take one element
+        # per cycle, so it is still busy 120 cycles after the issue; an FDOT of shape
+        # (1, 1, 3, 1) had finished)
+        while int(np.prod(v.n)) < 256:
             v = rand_vec(rng, nrng, tb.view, alloc, sub, C=C, max_kv=max_kv, max_elems=1500, kv6=kv6)
         await tb.issue(v)
         await ClockCycles(tb.dut.clk, rng.randint(2, 120))

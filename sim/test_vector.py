@@ -53,7 +53,7 @@ def test_elementwise_fp32_amaranth(func, seed):
     check(got, golden_path(func, x, "fp32", "fp32"), x, func)
 
 
-@pytest.mark.parametrize("func", ["gelu", "exp"])
+@pytest.mark.parametrize("func", ["gelu"])   # exp: every FP16 input, below
 def test_elementwise_fp16_path_amaranth(func):
     """FP16 in, FP16 out: a stride through every FP16 encoding."""
     x = np.arange(0, 1 << 16, 997, dtype=np.uint16)

@@ -244,8 +244,8 @@ def test_pipes_equal_combinational(fmt):
     f = FMTS[fmt]
     corners = corner_values(f)
     ca, cb = (np.array(x, dtype=np.uint64) for x in zip(*itertools.product(corners, corners)))
-    ra, rb = golden.sample_operands(fmt, 300, 21, op="add")
-    ma, mb = golden.sample_operands(fmt, 300, 22, op="mul")
+    ra, rb = golden.sample_operands(fmt, 150, 21, op="add")
+    ma, mb = golden.sample_operands(fmt, 150, 22, op="mul")
     a = np.concatenate([ca[::3], ra, ma]).astype(np.uint64)
     b = np.concatenate([cb[::3], rb, mb]).astype(np.uint64)
     rng = np.random.default_rng(23)
