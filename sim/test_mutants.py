@@ -13,12 +13,18 @@ import pytest
 from sim.runner import REPO
 
 
+def _all_killed(names: list[str], timeout: float = 600) -> None:
+    """Run scripts/mutate_rtl.py on ``names``; every one must be killed."""
+    proc = subprocess.run([sys.executable, "scripts/mutate_rtl.py"]
+                          + [a for n in names for a in ("--only", n)],
+                          cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"{len(names)} of {len(names)} mutants killed" in proc.stdout
+
+
 @pytest.mark.slow
 def test_flipped_lut_entry_is_caught():
-    proc = subprocess.run([sys.executable, "scripts/mutate_rtl.py", "--only", "lut-flip"],
-                          cwd=REPO, capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "1 of 1 mutants killed" in proc.stdout
+    _all_killed(["lut-flip"], timeout=1200)
 
 
 @pytest.mark.slow
@@ -27,11 +33,7 @@ def test_dot_v2_pipeline_mutants_are_caught():
     one, slot restart dropped) run the Amaranth-simulator test: no Verilator build."""
     names = ["v2-register-dropped", "v2-partial-sums-swapped", "v2-interleave-off-by-one",
              "v2-slot-restart-dropped"]
-    proc = subprocess.run([sys.executable, "scripts/mutate_rtl.py"]
-                          + [a for n in names for a in ("--only", n)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert f"{len(names)} of {len(names)} mutants killed" in proc.stdout
+    _all_killed(names)
 
 
 @pytest.mark.slow
@@ -41,11 +43,7 @@ def test_hadamard_pipeline_mutants_are_caught():
     ignoring the stall) run the Amaranth-simulator test under backpressure: no Verilator
     build."""
     names = ["had-reg-dropped", "had-valid-early", "had-sticky-dropped", "had-no-stall"]
-    proc = subprocess.run([sys.executable, "scripts/mutate_rtl.py"]
-                          + [a for n in names for a in ("--only", n)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert f"{len(names)} of {len(names)} mutants killed" in proc.stdout
+    _all_killed(names)
 
 
 @pytest.mark.slow
@@ -55,8 +53,4 @@ def test_fpu_pipeline_mutants_are_caught():
     sticky tests swapped) run the Amaranth-simulator tests of FPUnit: no Verilator build."""
     names = ["fpu-mul-products-early", "fpu-add-small-tz-swapped", "fpu-add-carry-in-dropped",
              "fpu-round-sticky-branches-swapped"]
-    proc = subprocess.run([sys.executable, "scripts/mutate_rtl.py"]
-                          + [a for n in names for a in ("--only", n)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert f"{len(names)} of {len(names)} mutants killed" in proc.stdout
+    _all_killed(names)
