@@ -355,16 +355,13 @@ class RoundPackPipe(Checked, wiring.Component):
         return m
 
 
-@hierarchical
-class AddPipe(Checked, wiring.Component):
-    """``o = RNE_fmt(a + b)`` pipelined: the :func:`add_front` stages (:data:`ADD_STAGES`,
-    the last one registering the unrounded sum) and the :class:`RoundPackPipe` stages,
-    every stage registered, bit-identical to ``RoundPack(add_front(a, b))``.
+class _BinaryPipe(Checked, wiring.Component):
+    """What :class:`AddPipe` and :class:`MulPipe` share: ports ``en``, ``a``, ``b``,
+    ``o``; ``latency`` = the front end's ``FRONT_STAGES`` + ``ROUND_STAGES``; the front
+    end's stages (a subclass's ``_front(m, st)``, returning the unrounded fields) then
+    :func:`_round_stages`, one :class:`_Stages` hook."""
 
-    Ports ``en``, ``a``, ``b`` (``float_layout(fmt)``, combinational into the first
-    stage), ``o`` (registered).  ``latency`` = ``ADD_STAGES + ROUND_STAGES`` cycles;
-    initiation interval 1; every register is clock-enabled by ``en``.
-    """
+    FRONT_STAGES: int
 
     def __init__(self, fmt: FloatFormat = FP32):
         self.fmt = fmt
@@ -376,22 +373,39 @@ class AddPipe(Checked, wiring.Component):
     def check_params(cls, *, fmt) -> None:
         _check_fmt(fmt)
 
-    @staticmethod
-    def latency_for(*, fmt: FloatFormat = FP32) -> int:
+    @classmethod
+    def latency_for(cls, *, fmt: FloatFormat = FP32) -> int:
         """``latency`` without building the unit (the same for every format)."""
-        return ADD_STAGES + ROUND_STAGES
+        return cls.FRONT_STAGES + ROUND_STAGES
 
     def elaborate(self, platform):
         m = Module()
         st = _Stages(m, self.en)
-        u = _add_stages(m, self.a, self.b, self.fmt, st)
+        u = self._front(m, st)
         m.d.comb += self.o.as_value().eq(_round_stages(m, u, self.fmt, len(u.sig), st))
         assert st.count == self.latency
         return m
 
 
 @hierarchical
-class MulPipe(Checked, wiring.Component):
+class AddPipe(_BinaryPipe):
+    """``o = RNE_fmt(a + b)`` pipelined: the :func:`add_front` stages (:data:`ADD_STAGES`,
+    the last one registering the unrounded sum) and the :class:`RoundPackPipe` stages,
+    every stage registered, bit-identical to ``RoundPack(add_front(a, b))``.
+
+    Ports ``en``, ``a``, ``b`` (``float_layout(fmt)``, combinational into the first
+    stage), ``o`` (registered).  ``latency`` = ``ADD_STAGES + ROUND_STAGES`` cycles;
+    initiation interval 1; every register is clock-enabled by ``en``.
+    """
+
+    FRONT_STAGES = ADD_STAGES
+
+    def _front(self, m: Module, st: _Stages) -> SimpleNamespace:
+        return _add_stages(m, self.a, self.b, self.fmt, st)
+
+
+@hierarchical
+class MulPipe(_BinaryPipe):
     """``o = RNE_fmt(a * b)`` pipelined: the :func:`mul_front` stages (:data:`MUL_STAGES`:
     unpack; the significand product as ``DSP_B_BITS``-bit slices of ``b``'s significand,
     one DSP48E2 each, registered twice where the slice has its M and P registers (Vivado
@@ -404,28 +418,10 @@ class MulPipe(Checked, wiring.Component):
     ROUND_STAGES`` cycles; initiation interval 1.
     """
 
-    def __init__(self, fmt: FloatFormat = FP32):
-        self.fmt = fmt
-        self.latency = self.latency_for(fmt=fmt)
-        fl = float_layout(fmt)
-        super().__init__({"en": In(1), "a": In(fl), "b": In(fl), "o": Out(fl)})
+    FRONT_STAGES = MUL_STAGES
 
-    @classmethod
-    def check_params(cls, *, fmt) -> None:
-        _check_fmt(fmt)
-
-    @staticmethod
-    def latency_for(*, fmt: FloatFormat = FP32) -> int:
-        """``latency`` without building the unit (the same for every format)."""
-        return MUL_STAGES + ROUND_STAGES
-
-    def elaborate(self, platform):
-        m = Module()
-        st = _Stages(m, self.en)
-        u = _mul_stages(m, self.a, self.b, self.fmt, st)
-        m.d.comb += self.o.as_value().eq(_round_stages(m, u, self.fmt, len(u.sig), st))
-        assert st.count == self.latency
-        return m
+    def _front(self, m: Module, st: _Stages) -> SimpleNamespace:
+        return _mul_stages(m, self.a, self.b, self.fmt, st)
 
 
 class FPOp(enum.Enum):
