@@ -14,23 +14,19 @@ larger means an approximation is wrong, not merely rounded differently.
 """
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
+
+from tests.script_loader import load_script
 
 D_MAX = 1e-4                 # allowed max |logit difference| (see the module docstring)
 KL_MAX = D_MAX ** 2 / 2      # Hoeffding: KL <= D^2 / 2 = 5e-9 nats per token
 
 
 def _bench():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "approx_error.py"
-    spec = importlib.util.spec_from_file_location("approx_error_bench", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/approx_error.py", "approx_error_bench")
 
 
 @pytest.fixture(scope="module")

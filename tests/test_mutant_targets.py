@@ -6,19 +6,11 @@ failing any co-simulation.  This check is instant, so the default tier catches i
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.script_loader import REPO, load_script
 
 
 def _mutants():
-    spec = importlib.util.spec_from_file_location("mutate_rtl", REPO / "scripts" / "mutate_rtl.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, mod)     # dataclasses resolve their module by name
-    spec.loader.exec_module(mod)
-    return mod.MUTANTS
+    return load_script("scripts/mutate_rtl.py", "mutate_rtl").MUTANTS
 
 
 def test_every_mutant_target_occurs_exactly_once():

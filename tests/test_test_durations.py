@@ -2,12 +2,9 @@
 and the pass/fail status from the file itself; bad files give exit code 2."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.script_loader import load_script
 
 XML = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest" errors="0"
 failures="{failures}" skipped="1" tests="3" time="123.5"><testcase classname="sim.test_top"
@@ -17,12 +14,7 @@ name="test_a" time="100.0"/><testcase classname="tests.test_x" name="test_b[1]" 
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("test_durations_script",
-                                                  REPO / "scripts" / "test_durations.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, mod)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("scripts/test_durations.py", "test_durations_script")
 
 
 def test_rerender_reads_times_wall_and_status(tmp_path, capsys):
