@@ -139,10 +139,15 @@ def test_full_throughput_and_latency(scale_format):
 def test_manifest_json():
     import json
 
-    m = Quantizer(format="dfq4", lanes=16).manifest()
+    from amaranth.hdl import Fragment
+
+    q, q8 = Quantizer(format="dfq4", lanes=16), Quantizer(format="e2m1fn", group_size=32, lanes=8,
+                                                          scale_format="e8m0")
+    m, m8 = q.manifest(), q8.manifest()
+    for unit in (q, q8):              # the configurations the manifests describe elaborate
+        Fragment.get(unit, None)
     json.dumps(m)
     assert m["config"]["beats_per_group"] == 8 and m["formats"]["scale_order"] == ["neg", "pos"]
-    m8 = Quantizer(format="e2m1fn", group_size=32, lanes=8, scale_format="e8m0").manifest()
     assert m8["formats"]["scales"] == ["e8m0"] and m8["config"]["scale_format"] == "e8m0"
     assert "ArrayLayout(e8m0, 1)" in m8["ports"]["o"]["payload"]
 

@@ -76,6 +76,8 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from fpqvar_quant.formats import get_format
+
+from ..checked import Checked
 from .fpu import FP16, clz, float_layout
 
 __all__ = ["Quantizer", "QUANTIZER_FORMATS", "SCALE_FORMATS", "code_layout", "Grid", "grid",
@@ -219,7 +221,7 @@ def code_layout(fmt: str) -> data.StructLayout:
     return data.StructLayout({"mantissa": f.mbits, "exponent": f.ebits, "sign": 1})
 
 
-class Quantizer(wiring.Component):
+class Quantizer(Checked, wiring.Component):
     """LUT-based group quantizer (see the module docstring for the contract).
 
     Parameters (keyword-only)
@@ -232,8 +234,8 @@ class Quantizer(wiring.Component):
         scales, 8-bit codes; every format including DFQ).
     """
 
-    def __init__(self, *, format: str = "e2m1fn", group_size: int = 128, lanes: int = 16,
-                 scale_format: str = "fp16"):
+    @classmethod
+    def check_params(cls, *, format, group_size, lanes, scale_format) -> None:
         fmt = DFQ if format == "dfq" else format
         if fmt not in QUANTIZER_FORMATS:
             raise ValueError(f"format must be one of {', '.join(QUANTIZER_FORMATS)}, got {format!r}")
@@ -244,6 +246,10 @@ class Quantizer(wiring.Component):
             raise ValueError(f"lanes must divide group_size, got lanes={lanes}, group_size={group_size}")
         if scale_format not in SCALE_FORMATS:
             raise ValueError(f"scale_format must be one of {', '.join(SCALE_FORMATS)}, got {scale_format!r}")
+
+    def __init__(self, *, format: str = "e2m1fn", group_size: int = 128, lanes: int = 16,
+                 scale_format: str = "fp16"):
+        fmt = DFQ if format == "dfq" else format
         self.format, self.group_size, self.lanes, self.scale_format = fmt, group_size, lanes, scale_format
         self.beats = group_size // lanes
         self.sides: tuple[Grid, ...] = ((grid(DFQ_FORMATS[fmt][0]), grid(DFQ_FORMATS[fmt][1]))
