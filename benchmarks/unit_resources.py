@@ -3,14 +3,15 @@
     python benchmarks/unit_resources.py                # every registered unit
     python benchmarks/unit_resources.py --filter mac   # names matching a regex
     python benchmarks/unit_resources.py --list
-    python benchmarks/unit_resources.py --filter '^(fp|elementwise|softmax|layernorm|l2norm)' \
+    python benchmarks/unit_resources.py \
+        --filter '^(fp|elementwise|softmax|layernorm|l2norm|fdot|residual)' \
         --out benchmarks/results/unit_resources.md   # also write a markdown table
 
 Units: the multipliers and group-dot MAC arrays, the FP32 building blocks of
 ``fpqvar_hw.units.fpu`` (one lane: add, mul, max, FP16 <-> FP32 convert), the
 element-wise functions of ``fpqvar_hw.units.vector`` at one lane (FP32 in and out)
 and its row units at small sizes (softmax and layernorm rows of 64, one
-64-wide L2-norm head; ``P = 8``).
+64-wide L2-norm head, the FP32 dot product and the residual ``x + g*y``; ``P = 8``).
 
 For each entry: LUTs (all sizes; each takes one LUT6 site), LUT6, FF, DSP48E2,
 CARRY (CARRY4/8), MUXF7/8, LUTRAM (distributed-RAM cells: the row buffers),
@@ -48,8 +49,8 @@ from fpqvar_hw.units.multiplier import (MagnitudeCore, MulPair, MulVariant, Mult
                                   check_variant)
 from fpqvar_hw.flow.synth import synthesize                                 # noqa: E402
 from fpqvar_hw.units.quantizer import Quantizer                             # noqa: E402
-from fpqvar_hw.units.vector import (Elementwise, Func, L2NormTemperature,    # noqa: E402
-                              LayerNormModulate, Softmax)
+from fpqvar_hw.units.vector import (Elementwise, FDot, Func, L2NormTemperature,  # noqa: E402
+                                    LayerNormModulate, Residual, Softmax)
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,8 @@ def _vector_entries() -> list[Entry]:
               lambda: LayerNormModulate(length=64, P=8)),
         Entry("l2norm_temperature hd 64 P8", "vector unit (FP32)",
               lambda: L2NormTemperature(head_dim=64, P=8, temperature=True)),
+        Entry("fdot P8", "vector unit (FP32)", lambda: FDot(P=8)),
+        Entry("residual x1", "vector unit (FP32)", lambda: Residual()),
     ]
     return out
 

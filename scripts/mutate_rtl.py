@@ -9,7 +9,9 @@ pipelined dot cell v2 dropped pipeline registers (scale path, adder-tree sign
 flag, loop read), swapped partial sums (DFQ halves, adder-tree operands), a
 lost carry-in, a control word one stage short, an off-by-one interleave counter
 and loop length; in the pipelined FP operators a product ahead of its exponent, a
-wrong sticky source, a lost +1 of a subtraction, swapped rounding sticky tests).  For each,
+wrong sticky source, a lost +1 of a subtraction, swapped rounding sticky tests; in
+the row units' accumulating adder a write-back to the wrong partial or one cycle early,
+and partials not cleared between rows).  For each,
 the script copies the sources into a scratch folder, applies the change there
 (the working tree is never touched, so concurrent test runs are unaffected),
 runs the relevant ``pytest sim/...`` cocotb test on the mutated Verilog, and
@@ -45,6 +47,9 @@ DOT2_E2M1_TEST = "tests/test_hw_dot.py::test_dot_v2_interleaved[E2M1_E2M1-False-
 #: Amaranth-simulator tests of biased random operands under input gaps and backpressure
 FPU_ADD_TEST = "tests/test_hw_fpu.py::test_random_biased[add-fp32-11-400]"
 FPU_MUL_TEST = "tests/test_hw_fpu.py::test_random_biased[mul-fp16-11-400]"
+#: the row units' accumulating adder (vector.PartialSums on AddPipe): FDot rows of 1-70
+#: elements back to back under input gaps and backpressure (Amaranth simulator)
+ROW_TEST = "tests/test_hw_vecengine.py::test_fdot_rows[11]"
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,20 @@ MUTANTS = [
            "low = Mux(~s.right, ",
            FPU_MUL_TEST, "RoundPack's sticky test of a right shift used for a left shift "
            "and the other way round"),
+    Mutant("row-partial-dst-off-by-one", "fpqvar_hw/units/vector.py",
+           "m.d.sync += Array(self.acc)[dst[-1]].eq(add.o.as_value())",
+           "m.d.sync += Array(self.acc)[dst[-2]].eq(add.o.as_value())",
+           ROW_TEST, "row partial sums: a sum is written back to the partial of the next "
+           "issue (destination delay line one register short)"),
+    Mutant("row-writeback-early", "fpqvar_hw/units/vector.py",
+           "with m.Elif(valid[-1]):",
+           "with m.Elif(valid[-2]):",
+           ROW_TEST, "row partial sums: the write-back fires one cycle before the adder's "
+           "result arrives (valid delay line off by one)"),
+    Mutant("row-clear-dropped", "fpqvar_hw/units/vector.py",
+           "            m.d.sync += [a.eq(0) for a in self.acc]",
+           "            pass",
+           ROW_TEST, "row partial sums: not reset to +0.0 between rows"),
     Mutant("had-reg-dropped", "fpqvar_hw/units/hadamard.py",
            "q2_neg.eq(q1_neg)",
            "q2_neg.eq(q0_neg)",

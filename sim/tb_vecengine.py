@@ -73,6 +73,15 @@ def reference_vec(mem: np.ndarray, v: Vec) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ random instructions
+
+def row_cycles() -> int:
+    """An upper bound on one row's phase latencies in any row unit (the pipelines a row
+    waits for between its passes), from the unit latencies the RTL publishes."""
+    from fpqvar_hw.flow.asbuilt import top_latencies
+    lat = top_latencies(32)
+    return (sum(v for k, v in lat.items() if k.startswith(("ln_", "sm_", "l2_")))
+            + 4 * lat["drain"] + 2 * lat["mul"] + lat["fdot"] + lat["fdot_tree"])
+
 class Allocator:
     """Bump allocator over the DRAM image with random gaps and sub-word offsets."""
 
@@ -259,7 +268,11 @@ class VecEngineTB:
         self.dut.fine.value = int(fine)
         elems = int(np.prod(v.n))
         await self.issue(v)
-        cycles = await self.wait_idle(60 * elems + 4000 if fine else 200 * elems + 4000)
+        timeout = (60 if fine else 300) * elems + (elems // v.n[0]) * row_cycles() + 4000
+        try:
+            cycles = await self.wait_idle(timeout)
+        except AssertionError as e:
+            raise AssertionError(f"{what}: {e} for {v}") from None
         self.dut.fine.value = 1
         err = int(self.dut.error.value)
         assert err == 0, f"{what}: error code {err} ({ErrorCode(err).name}) for {v}"

@@ -54,3 +54,11 @@ def test_fpu_pipeline_mutants_are_caught():
     names = ["fpu-mul-products-early", "fpu-add-small-tz-swapped", "fpu-add-carry-in-dropped",
              "fpu-round-sticky-branches-swapped"]
     _all_killed(names)
+
+
+@pytest.mark.slow
+def test_row_partial_sum_mutants_are_caught():
+    """The row units' accumulating adder (PartialSums on AddPipe, latency 7): a write-back
+    to the next issue's partial, a write-back one cycle early, partials not cleared between
+    rows; the Amaranth-simulator FDot test catches each."""
+    _all_killed(["row-partial-dst-off-by-one", "row-writeback-early", "row-clear-dropped"])

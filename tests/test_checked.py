@@ -152,7 +152,7 @@ def test_latency_of_needs_latency_for():
             latency_of(_Probe, width=3)
         with pytest.raises(ValueError, match="sig_bits must be >= 2"):   # checked first
             latency_of(RoundPackPipe, FP32, sig_bits=1, exp_bits=10)
-        assert latency_of(Residual) == 4
+        assert latency_of(Residual) == 8 + 7          # MulPipe, then AddPipe
         assert latency_of(Softmax, length=16) == 1
 
 

@@ -116,7 +116,7 @@ def test_softmax_runtime_rows(seed):
         words += [x | (int(j == len(r) - 1) << 32) for j, x in enumerate(u32(r))]
         want += [int(b) for b in g.canon(v.softmax(r[None, :], P=8)).reshape(-1)]
     got = stream_unit(Softmax(length=24, P=8), words, len(words), seed,
-                      max_cycles=8 * len(words) + 200 * len(rows))
+                      max_cycles=8 * len(words) + 400 * len(rows))
     check(got, want, "softmax")
 
 

@@ -155,8 +155,13 @@ def test_top_build_reads_latencies_from_the_units():
     assert b.lat["resid"] == Residual.latency_for() and b.lat["fdot"] == FDot.latency_for()
     # a 128-bit word holds one 32-lane beat of 4-bit codes and tn=2 FP16 scales
     assert (b.code_words, b.scale_words, b.max_burst) == (1, 1, 16)
-    # stage counts of vector.py's row units: tree over P=8 = 3 adds of 2 stages
-    assert b.lat["tree"] == 6 and b.lat["ln_mean"] == 6 + 2 and b.lat["sm_recip"] == 6 + 20
+    # stage counts of vector.py's row units: tree over P=8 = 3 pipelined adds (AddPipe: 7),
+    # the mean's multiply (MulPipe: 8), the reciprocal as the element-wise lane computes it
+    from fpqvar_hw.units.fpu import FPOp
+    assert FPOp.ADD.latency == 7 and FPOp.MUL.latency == 8
+    assert b.lat["tree"] == 3 * 7 and b.lat["ln_mean"] == 21 + 8
+    assert b.lat["sm_recip"] == 21 + Elementwise.latency_for(func=Func.RECIPROCAL)
+    assert b.lat["drain"] == 7 + 1
     with pytest.raises(ValueError, match="multiple of 8"):
         asbuilt.top_build(DIG, 100)
 
@@ -203,15 +208,18 @@ def test_vec_cost_hand_checked():
     assert (gelu.cycles, gelu.words) == (512 + g + fixed, 128)
     gelu_off = asbuilt.vec_cost(VecSubop.GELU, (512, 1, 1, 1), a, fine=False, b=b, mem=mem)
     assert gelu_off.cycles == 512 * g + g + fixed      # one element per GELU latency
-    # LNMOD row of 128: load, variance and output passes + mean (8+3+1) + rsqrt (4+3+30+1)
-    # + the output pipeline (6)
+    # LNMOD row of 128 (add 7, mul 8, tree 3 adds, partial-sum drain 7 + 1, rsqrt 69):
+    # load, variance and output passes + mean (tree 21 + mul 8, drain 8, 1)
+    # + variance (sub 7 + mul 8, drain 8) and rsqrt (tree 21 + mul 8 + add 7 + 69, 1)
+    # + the output pipeline (mul 8 + mul 8 + add 7)
     ln = asbuilt.vec_cost(VecSubop.LNMOD, (128, 1, 1, 1),
                        {"a": (4, 512, 4), "b": (4, 0, 4), "c": (4, 0, 4)}, fine=True, b=b, mem=mem)
-    assert ln.cycles == 3 * 128 + 12 + 38 + 6 + fixed and ln.words == 3 * 32
-    # FDOT rows of n0: n0 + 5 cycles each
+    assert ln.cycles == 3 * 128 + (29 + 8 + 1) + (15 + 8 + 105 + 1) + 23 + fixed
+    assert ln.words == 3 * 32
+    # FDOT rows of n0: n0 + 16 cycles each (mul 8, drain 8), then the tree (21)
     fd = asbuilt.vec_cost(VecSubop.FDOT, (64, 5, 1, 2), {"a": (4, 0, 4), "b": (2, 128, 2)},
                        fine=True, b=b, mem=mem)
-    assert fd.cycles == 10 * (64 + 5) + 6 + fixed and fd.words == 10 * (16 + 8)
+    assert fd.cycles == 10 * (64 + 16) + 21 + fixed and fd.words == 10 * (16 + 8)
 
 
 def test_operand_words_follow_the_engine_read_rules():

@@ -715,7 +715,7 @@ class _Datapath(Elaboratable):
         with m.If(en):
             m.d.sync += [s0_valid.eq(emit), s0.eq(item)]
         hook_b(emit)
-        df = Dataflow(m, en, "badd_")
+        df = Dataflow(m, en, "badd_", pipelined=False)   # 2 stages (MATRIX_BIAS_GATE); issue 15
         sum_ = df.add(Val(s0.value, 0), Val(s0.bias, 0))
         s2 = Signal(item_layout)
         m.d.comb += s2.eq(df.at(Val(s0.as_value(), 0), 2))

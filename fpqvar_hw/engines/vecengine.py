@@ -602,8 +602,9 @@ class VectorEngine(Checked, wiring.Component):
         for s, u in units.items():
             m.submodules[f"unit_{s.name.lower()}"] = ResetInserter(flush)(u)
         # fine = 0: one element per unit latency
-        lat = Array(Const(units[s].latency, 8) for s in sorted(units))
-        gap = Signal(8)
+        max_lat = max(u.latency for u in units.values())
+        lat = Array(Const(units[s].latency, range(max_lat + 1)) for s in sorted(units))
+        gap = Signal(range(max_lat + 1))
         throttle_ok = gap == 0
         feed = src_valid & throttle_ok
         with m.If(flush):

@@ -341,8 +341,8 @@ def vec_cost(subop: int, n: tuple[int, int, int, int], operands: Mapping[str, tu
     elif s is V.L2NT:
         unit = rows * (n0 * g + n0 + L["l2_sq"] + d + L["l2_gain"] + 1) + L["mul"]
     elif s is V.SOFTMAX:
-        unit = rows * (n0 * g + 2 * n0 + (L["sm_exp"] + d + 1) + (L["sm_recip"] + 1)) \
-            + L["mul"]
+        unit = rows * (n0 * g + 2 * n0 + (L["sm_exp"] + d + 1) + (L["sm_recip"] + 1)
+                       + (n0 == 1)) + L["mul"]     # a one-element row waits a cycle
     elif s is V.FDOT:
         unit = rows * max(n0 * g, n0 + L["fdot"]) + L["fdot_tree"]
     else:

@@ -5,9 +5,9 @@ section 4 and the golden model ``fpqvar_quant.golden.vector`` define (same
 operations, same order, same constants and tables): every FP operation is one
 :mod:`fpqvar_hw.units.fpu` front end followed by the shared rounding (the pipelined
 :class:`~fpqvar_hw.units.fpu.AddPipe` / :class:`~fpqvar_hw.units.fpu.MulPipe` /
-:class:`~fpqvar_hw.units.fpu.RoundPackPipe` in :class:`Elementwise`; a front end and
-:class:`~fpqvar_hw.units.fpu.RoundPack`, two registered stages, in the row units), so
-results are bit-identical to the golden model.
+:class:`~fpqvar_hw.units.fpu.RoundPackPipe`, every stage a few logic levels, in the
+element-wise lanes, the row units and their accumulating adder), so results are
+bit-identical to the golden model.
 
 :class:`Dataflow` schedules such a sequence into a pipeline: every value carries
 the stage where it becomes valid, and operands from earlier stages are delayed
@@ -29,12 +29,12 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..checked import Checked
-from .fpu import (ADD_STAGES, FP16, FP32, MUL_STAGES, ROUND_STAGES, AddPipe, FloatFormat, MulPipe,
+from .fpu import (ADD_STAGES, FP16, FP32, MUL_STAGES, ROUND_STAGES, AddPipe, FloatFormat, FPOp, MulPipe,
                   RoundPack, RoundPackPipe, add_front, convert_front, float_layout, fp_max, mul_front,
                   unpack, unrounded_layout)
 
-__all__ = ["Dataflow", "Func", "Elementwise", "PartialSums", "Softmax", "LayerNormModulate", "L2NormTemperature",
-           "FDot", "Residual", "fp32_bits"]
+__all__ = ["Dataflow", "Func", "Elementwise", "PartialSums", "RowBuffers", "Softmax",
+           "LayerNormModulate", "L2NormTemperature", "FDot", "Residual", "fp32_bits"]
 
 
 def fp32_bits(v: float) -> int:
@@ -73,18 +73,19 @@ class Dataflow:
 
     ``value(sig, stage)`` wraps an input; ``at(v, s)`` delays ``v`` to stage ``s``;
     constants (``const``) are valid at every stage.  Compare/select and table lookups
-    take one stage.  An FP operation takes two stages (front end, RoundPack: about 26-31
-    logic levels each) by default, or with ``pipelined=True`` the stages of
+    take one stage.  An FP operation takes the stages of
     :class:`~fpqvar_hw.units.fpu.AddPipe` / :class:`~fpqvar_hw.units.fpu.MulPipe` (a
     rounding of another front end: a register, then
-    :class:`~fpqvar_hw.units.fpu.RoundPackPipe`), every stage a few logic levels.  Both
-    give the same bits.  ``dry=True`` (no Module needed) only counts stages: every result
+    :class:`~fpqvar_hw.units.fpu.RoundPackPipe`), every stage a few logic levels; with
+    ``pipelined=False`` two stages (front end, RoundPack: about 26-31 logic levels each),
+    which only the v1 matrix engine's bias add still uses (until the engine rewrite of
+    issue 15).  Both give the same bits.  ``dry=True`` (no Module needed) only counts stages: every result
     is a placeholder ``Const`` at the stage the real operation would deliver it, and
     nothing is built.
     """
 
     def __init__(self, m: Module | None, en: Value | None, prefix: str = "", *,
-                 dry: bool = False, pipelined: bool = False):
+                 dry: bool = False, pipelined: bool = True):
         if m is None and not dry:
             raise ValueError("Dataflow needs a Module unless dry=True")
         self.m, self.en, self.prefix, self.dry, self.pipelined = m, en, prefix, dry, pipelined
@@ -301,7 +302,7 @@ class Elementwise(Checked, wiring.Component):
 
     Latency ``self.latency`` cycles (depends on ``func`` and the formats: FP32 ->
     FP32 exp 156, reciprocal 67, rsqrt 69, GELU 277; FP16 -> FP16 +10), initiation
-    interval 1; every FP operation is pipelined (``Dataflow(pipelined=True)``); the
+    interval 1; every FP operation is pipelined (:class:`Dataflow`); the
     pipeline holds while ``o.valid & ~o.ready`` (``i.ready = ~o.valid | o.ready``).
     """
 
@@ -329,7 +330,7 @@ class Elementwise(Checked, wiring.Component):
                     dst: FloatFormat = FP32) -> int:
         """``latency`` without building the unit: one lane scheduled by a dry
         :class:`Dataflow` (the schedule :meth:`elaborate` builds)."""
-        df = Dataflow(None, None, dry=True, pipelined=True)
+        df = Dataflow(None, None, dry=True)
         return cls._lane(df, Const(0, src.width), func, src, dst).stage
 
     @staticmethod
@@ -347,7 +348,7 @@ class Elementwise(Checked, wiring.Component):
     def _build(self, m: Module, en: Value, inputs: list[Value]) -> list[Value]:
         outs = []
         for lane, x in enumerate(inputs):
-            df = Dataflow(m, en, prefix=f"l{lane}_", pipelined=True)
+            df = Dataflow(m, en, prefix=f"l{lane}_")
             y = self._lane(df, x, self.func, self.src, self.dst)
             assert y.stage == self.latency, "latency_for schedules what elaborate builds"
             outs.append(df.at(y, y.stage))
@@ -375,42 +376,43 @@ class PartialSums:
 
     Each cycle the caller may drive ``issue`` = 1 to add ``value`` to partial ``part``
     (element ``k`` of a row goes to partial ``k mod P``); ``clear`` sets every partial
-    to +0.0 and wins over a write-back in the same cycle.  A partial holds its new sum
-    :attr:`DRAIN` = 3 cycles after the issue (adder latency 2, then the register), so one
-    partial may receive an element every ``P >= 4`` cycles: a row streamed at one
-    element per cycle never reads a stale partial.  :meth:`tree` builds the pairwise
+    to +0.0 and wins over a write-back in the same cycle.  The adder is
+    :class:`~fpqvar_hw.units.fpu.AddPipe` (latency ``ADD_STAGES + ROUND_STAGES`` = 7,
+    always enabled), its first operand the selected partial; a partial holds its new sum
+    :attr:`DRAIN` = 8 cycles after the issue (the adder, then the partial's register), so
+    one partial may receive an element every ``P >= DRAIN`` cycles: a row streamed at
+    one element per cycle never reads a stale partial.  :meth:`tree` builds the pairwise
     tree ``((p0+p1)+(p2+p3))+...`` over the partials.
 
     Rows shorter than ``P`` or not a multiple of ``P`` leave the unused partials at
     +0.0, which is exactly golden ``tree_sum``'s padding with +0.0.
     """
 
-    DRAIN = 3
+    #: cycles from an issue until its partial holds the new sum (adder + write-back)
+    DRAIN = ADD_STAGES + ROUND_STAGES + 1
 
     def __init__(self, m: Module, P: int, prefix: str):
-        if P < 4 or P & (P - 1):
-            raise ValueError(f"P must be a power of two >= 4 (the adder latency is 2), got {P}")
+        if P < self.DRAIN or P & (P - 1):
+            raise ValueError(f"P must be a power of two >= {self.DRAIN} (the accumulating "
+                             f"adder's latency + 1), got {P}")
         self.P = P
         self.acc = [Signal(32, name=f"{prefix}acc{j}") for j in range(P)]
         self.issue = Signal(name=f"{prefix}issue")
         self.part = Signal(range(P), name=f"{prefix}part")
         self.value = Signal(32, name=f"{prefix}value")
         self.clear = Signal(name=f"{prefix}clear")
-        # the accumulation loop's adder: front end, register, RoundPack, register (a
-        # deeper adder would need P > its latency + 1 partials, which changes tree_sum)
-        u = Signal(unrounded_layout(FP32.man_bits + 5, FP32.exp_bits + 4), name=f"{prefix}add_u")
-        m.d.sync += u.eq(add_front(m, Array(self.acc)[self.part], self.value, FP32))
-        m.submodules[f"{prefix}add_rp"] = rp = RoundPack(FP32, sig_bits=len(u.sig), exp_bits=len(u.exp))
-        m.d.comb += rp.i.eq(u)
-        res = Signal(32, name=f"{prefix}add_res")
-        m.d.sync += res.eq(rp.o.as_value())
-        valid = Signal(2, name=f"{prefix}add_valid")
-        dst = [Signal(range(P), name=f"{prefix}dst{d}") for d in range(2)]
-        m.d.sync += [valid.eq(Cat(self.issue, valid[0])), dst[0].eq(self.part), dst[1].eq(dst[0])]
+        m.submodules[f"{prefix}add"] = add = AddPipe(FP32)
+        m.d.comb += [add.en.eq(1), add.a.as_value().eq(Array(self.acc)[self.part]),
+                     add.b.as_value().eq(self.value)]
+        # the issue's valid bit and destination travel alongside the adder
+        valid = Signal(add.latency, name=f"{prefix}add_valid")
+        dst = [Signal(range(P), name=f"{prefix}dst{d}") for d in range(add.latency)]
+        m.d.sync += [valid.eq(Cat(self.issue, valid[:-1])), dst[0].eq(self.part)]
+        m.d.sync += [dst[d].eq(dst[d - 1]) for d in range(1, add.latency)]
         with m.If(self.clear):
             m.d.sync += [a.eq(0) for a in self.acc]
-        with m.Elif(valid[1]):
-            m.d.sync += Array(self.acc)[dst[1]].eq(res)
+        with m.Elif(valid[-1]):
+            m.d.sync += Array(self.acc)[dst[-1]].eq(add.o.as_value())
 
     def tree(self, df: Dataflow) -> Val:
         """The pairwise tree over the partials (taken at stage 0 of ``df``)."""
@@ -420,14 +422,49 @@ class PartialSums:
         return level[0]
 
 
+def _check_P(P: int) -> None:
+    if not isinstance(P, int) or P < PartialSums.DRAIN or P & (P - 1):
+        raise ValueError(f"P must be a power of two >= {PartialSums.DRAIN}, got {P!r}")
+
+
 def _check_row_params(name: str, length: int, P: int, *, divides: bool) -> None:
     """The row units' parameter checks (their ``check_params``)."""
     if not isinstance(length, int) or length < 1:
         raise ValueError(f"{name} must be a positive integer, got {length!r}")
-    if not isinstance(P, int) or P < 4 or P & (P - 1):
-        raise ValueError(f"P must be a power of two >= 4, got {P!r}")
+    _check_P(P)
     if divides and length % P:
         raise ValueError(f"P ({P}) must divide {name} ({length})")
+
+
+class RowBuffers:
+    """The row buffers of a row unit: one write port each and a registered read of element
+    ``k`` (a builder inside the caller's module).
+
+    The caller keeps the element index in :attr:`k` and states its next value on the comb
+    signal :attr:`k_next` (default: unchanged); ``k`` follows it every cycle.  Each read
+    port is synchronous at address ``k_next``, so ``data(name)`` holds ``buffer[k]`` from
+    a register (distributed RAM, then its output register): no RAM read feeds the datapath
+    combinationally.  The read is not transparent: an element written in the cycle its
+    read is issued (the cycle before it is used) reads its old value, so the caller must
+    not use an element in the cycle right after writing it.
+    """
+
+    def __init__(self, m: Module, names: tuple[str, ...], depth: int):
+        from amaranth.lib.memory import Memory
+
+        self.k = Signal(range(depth + 1))
+        self.k_next = Signal(range(depth + 1))
+        m.d.comb += self.k_next.eq(self.k)
+        m.d.sync += self.k.eq(self.k_next)
+        self.rd, self.wr = {}, {}
+        for name in names:
+            m.submodules[f"buf_{name}"] = mem = Memory(shape=32, depth=depth, init=[])
+            self.wr[name] = wr = mem.write_port()
+            self.rd[name] = rd = mem.read_port(domain="sync")
+            m.d.comb += rd.addr.eq(self.k_next[:len(rd.addr)])
+
+    def data(self, name: str) -> Value:
+        return self.rd[name].data
 
 
 def _tags(m: Module, head: Value, stages: int) -> Value:
@@ -455,9 +492,10 @@ class Softmax(Checked, wiring.Component):
     back and accumulate it into :class:`PartialSums` (unused partials stay +0.0: the
     golden padding); (3) the pairwise tree and ``reciprocal`` give ``r``; (4) stream out
     ``e * r`` with backpressure.  Cycles per row of ``n``: about ``3*n +
-    latency(exp) + latency(tree + reciprocal)`` plus stalls; the next row is accepted
-    after the last output of the previous one.  The buffer uses an asynchronous read
-    port (distributed RAM on the FPGA).
+    latency(exp) + latency(tree + reciprocal)`` plus stalls (one more for a row of one
+    element); the next row is accepted
+    after the last output of the previous one.  The buffer is distributed RAM read
+    through a register (:class:`RowBuffers`).
     """
 
     def __init__(self, *, length: int, P: int = 8):
@@ -480,15 +518,13 @@ class Softmax(Checked, wiring.Component):
         return 1
 
     def elaborate(self, platform):
-        from amaranth.lib.memory import Memory
-        from .fpu import FPOp, FPUnit
+        from .fpu import FPUnit
 
         m = Module()
         n, P = self.length, self.P
-        m.submodules.buf = buf = Memory(shape=32, depth=n, init=[])
-        rd = buf.read_port(domain="comb")
-        wr = buf.write_port()
-        k = Signal(range(n + 1))          # element counter of the current phase
+        bufs = RowBuffers(m, ("x",), n)
+        wr = bufs.wr["x"]
+        k, k_next = bufs.k, bufs.k_next   # element counter of the current phase
         end = Signal(range(n))            # index of the row's last element
         mx = Signal(32, init=0xFF800000)  # running max, starts at -Inf
         r = Signal(32)
@@ -514,23 +550,29 @@ class Softmax(Checked, wiring.Component):
         m.submodules.mul = mul = FPUnit(FPOp.MUL, FP32)
         wiring.connect(m, wiring.flipped(self.o), mul.o)
 
-        wait = Signal(range(max(L, L2) + 4))
-        m.d.comb += [rd.addr.eq(k[:len(rd.addr)]), x_in.eq(rd.data)]
+        wait = Signal(range(L + L2 + PartialSums.DRAIN + 1))
+        m.d.comb += x_in.eq(bufs.data("x"))
         new_max = fp_max(m, mx, self.i.payload.x.as_value(), FP32)
         with m.FSM():
             with m.State("LOAD"):
                 m.d.comb += [self.i.ready.eq(1), wr.addr.eq(k), wr.data.eq(self.i.payload.x.as_value()),
                              wr.en.eq(self.i.valid)]
                 with m.If(self.i.valid):
-                    m.d.sync += [mx.eq(new_max), k.eq(k + 1)]
+                    m.d.sync += mx.eq(new_max)
+                    m.d.comb += k_next.eq(k + 1)
                     with m.If(self.i.payload.last | (k == n - 1)):
-                        m.d.sync += [k.eq(0), end.eq(k)]
+                        m.d.sync += end.eq(k)
+                        m.d.comb += k_next.eq(0)
                         m.next = "EXP"
+                        with m.If(k == 0):      # a one-element row waits a cycle: EXP would
+                            m.next = "SETTLE"   # read the element as it is written
+            with m.State("SETTLE"):
+                m.next = "EXP"
             with m.State("EXP"):
-                m.d.comb += go.eq(1)
-                m.d.sync += k.eq(k + 1)
+                m.d.comb += [go.eq(1), k_next.eq(k + 1)]
                 with m.If(k == end):
-                    m.d.sync += [k.eq(0), wait.eq(0)]
+                    m.d.sync += wait.eq(0)
+                    m.d.comb += k_next.eq(0)
                     m.next = "DRAIN"
             with m.State("DRAIN"):         # exp results still writing back / accumulating
                 m.d.sync += wait.eq(wait + 1)
@@ -543,13 +585,13 @@ class Softmax(Checked, wiring.Component):
                     m.d.sync += r.eq(df2.at(recip, L2))
                     m.next = "OUT"
             with m.State("OUT"):
-                m.d.comb += [mul.i.valid.eq(1), mul.i.payload[0].a.as_value().eq(rd.data),
+                m.d.comb += [mul.i.valid.eq(1), mul.i.payload[0].a.as_value().eq(bufs.data("x")),
                              mul.i.payload[0].b.as_value().eq(r)]
                 with m.If(mul.i.ready):
-                    m.d.sync += k.eq(k + 1)
+                    m.d.comb += k_next.eq(k + 1)
                     with m.If(k == end):
-                        m.d.sync += [k.eq(0), mx.eq(0xFF800000)]
-                        m.d.comb += ps.clear.eq(1)
+                        m.d.sync += mx.eq(0xFF800000)
+                        m.d.comb += [k_next.eq(0), ps.clear.eq(1)]
                         m.next = "LOAD"
         # write back e (during EXP/DRAIN; LOAD writes come from the input)
         with m.If(e_valid):
@@ -592,19 +634,12 @@ class LayerNormModulate(Checked, wiring.Component):
         return PartialSums.DRAIN
 
     def elaborate(self, platform):
-        from amaranth.lib.memory import Memory
-
         m = Module()
         n, P = self.length, self.P
-        mems = {}
-        for name in ("x", "scale", "shift"):
-            m.submodules[f"buf_{name}"] = mem = Memory(shape=32, depth=n, init=[])
-            mems[name] = (mem.read_port(domain="comb"), mem.write_port())
-        k = Signal(range(n + 1))
+        bufs = RowBuffers(m, ("x", "scale", "shift"), n)
+        k, k_next = bufs.k, bufs.k_next
         mu, r = Signal(32), Signal(32)
         inv_c = fp32_bits(1.0 / n)
-        for rd, _ in mems.values():
-            m.d.comb += rd.addr.eq(k[:len(rd.addr)])
 
         # accumulation (load: x; variance pass: d*d)
         ps = PartialSums(m, P, "sum_")
@@ -613,7 +648,7 @@ class LayerNormModulate(Checked, wiring.Component):
 
         # variance pass: d = x - mu, dd = d*d (always-enabled pipeline with tags)
         df = Dataflow(m, Const(1), prefix="var_")
-        d_val = df.sub(Val(mems["x"][0].data, 0), Val(mu, -1))
+        d_val = df.sub(Val(bufs.data("x"), 0), Val(mu, -1))
         dd_val = df.mul(d_val, d_val)
         Lv = dd_val.stage
         go = Signal()
@@ -632,9 +667,9 @@ class LayerNormModulate(Checked, wiring.Component):
         en = ~self.o.valid | self.o.ready
         out_go = Signal()
         df3 = Dataflow(m, en, prefix="out_")
-        y = df3.mul(Val(mems["x"][0].data, 0), Val(r, -1))
-        one_plus = df3.add(Val(mems["scale"][0].data, 0), df3.const(ONE))
-        res = df3.add(df3.mul(y, one_plus), Val(mems["shift"][0].data, 0))
+        y = df3.mul(Val(bufs.data("x"), 0), Val(r, -1))
+        one_plus = df3.add(Val(bufs.data("scale"), 0), df3.const(ONE))
+        res = df3.add(df3.mul(y, one_plus), Val(bufs.data("shift"), 0))
         Lo = res.stage
         ovalid = Signal(Lo)
         with m.If(en):
@@ -642,18 +677,19 @@ class LayerNormModulate(Checked, wiring.Component):
         m.d.comb += [self.o.valid.eq(ovalid[-1]), self.o.payload.as_value().eq(df3.at(res, Lo))]
 
         wait = Signal(range(max(Lv, Lm, Lr) + PartialSums.DRAIN + 1 + Lr))
-        wx = mems["x"][1]
+        wx = bufs.wr["x"]
         with m.FSM():
             with m.State("LOAD"):
                 m.d.comb += [self.i.ready.eq(1), ps.issue.eq(self.i.valid), issue_idx.eq(k),
                              ps.value.eq(self.i.payload.x.as_value())]
-                for name, (_, wp) in mems.items():
+                for name, wp in bufs.wr.items():
                     m.d.comb += [wp.addr.eq(k), wp.data.eq(getattr(self.i.payload, name).as_value()),
                                  wp.en.eq(self.i.valid)]
                 with m.If(self.i.valid):
-                    m.d.sync += k.eq(k + 1)
+                    m.d.comb += k_next.eq(k + 1)
                     with m.If(k == n - 1):
-                        m.d.sync += [k.eq(0), wait.eq(0)]
+                        m.d.sync += wait.eq(0)
+                        m.d.comb += k_next.eq(0)
                         m.next = "MEAN"
             with m.State("MEAN"):          # adder drains, then the tree settles
                 m.d.sync += wait.eq(wait + 1)
@@ -662,10 +698,10 @@ class LayerNormModulate(Checked, wiring.Component):
                     m.d.comb += ps.clear.eq(1)
                     m.next = "VAR"
             with m.State("VAR"):
-                m.d.comb += go.eq(1)
-                m.d.sync += k.eq(k + 1)
+                m.d.comb += [go.eq(1), k_next.eq(k + 1)]
                 with m.If(k == n - 1):
-                    m.d.sync += [k.eq(0), wait.eq(0)]
+                    m.d.sync += wait.eq(0)
+                    m.d.comb += k_next.eq(0)
                     m.next = "RSQRT"
             with m.State("RSQRT"):
                 m.d.sync += wait.eq(wait + 1)
@@ -675,10 +711,9 @@ class LayerNormModulate(Checked, wiring.Component):
             with m.State("OUT"):
                 m.d.comb += out_go.eq(en)
                 with m.If(en):
-                    m.d.sync += k.eq(k + 1)
+                    m.d.comb += k_next.eq(k + 1)
                     with m.If(k == n - 1):
-                        m.d.sync += k.eq(0)
-                        m.d.comb += ps.clear.eq(1)
+                        m.d.comb += [k_next.eq(0), ps.clear.eq(1)]
                         m.next = "LOAD"
         with m.If(v_valid):   # variance pass: issue d*d, write d back
             m.d.comb += [ps.issue.eq(1), issue_idx.eq(v_idx), ps.value.eq(df.at(dd_val, Lv)),
@@ -713,19 +748,17 @@ class L2NormTemperature(Checked, wiring.Component):
     @staticmethod
     def latency_for(*, head_dim: int = 64, P: int = 8, temperature: bool = True) -> int:
         """``latency`` without building the unit."""
-        return 2 + PartialSums.DRAIN
+        return FPOp.MUL.latency + PartialSums.DRAIN
 
     def elaborate(self, platform):
-        from amaranth.lib.memory import Memory
-        from .fpu import FPOp, FPUnit
+        from .fpu import FPUnit
 
         m = Module()
         n, P = self.length, self.P
-        m.submodules.buf = buf = Memory(shape=32, depth=n, init=[])
-        rd, wr = buf.read_port(domain="comb"), buf.write_port()
-        k = Signal(range(n + 1))
+        bufs = RowBuffers(m, ("x",), n)
+        wr = bufs.wr["x"]
+        k, k_next = bufs.k, bufs.k_next
         t, g = Signal(32), Signal(32)
-        m.d.comb += rd.addr.eq(k[:len(rd.addr)])
         x_in = self.i.payload.x.as_value()
 
         # x*x pipeline on accepted inputs, then the partial sums
@@ -755,9 +788,10 @@ class L2NormTemperature(Checked, wiring.Component):
                     if self.temperature:
                         with m.If(k == 0):
                             m.d.sync += t.eq(self.i.payload.t.as_value())
-                    m.d.sync += k.eq(k + 1)
+                    m.d.comb += k_next.eq(k + 1)
                     with m.If(k == n - 1):
-                        m.d.sync += [k.eq(0), wait.eq(0)]
+                        m.d.sync += wait.eq(0)
+                        m.d.comb += k_next.eq(0)
                         m.next = "REDUCE"
             with m.State("REDUCE"):
                 m.d.sync += wait.eq(wait + 1)
@@ -765,13 +799,12 @@ class L2NormTemperature(Checked, wiring.Component):
                     m.d.sync += g.eq(df2.at(gain, Lg))
                     m.next = "OUT"
             with m.State("OUT"):
-                m.d.comb += [mul.i.valid.eq(1), mul.i.payload[0].a.as_value().eq(rd.data),
+                m.d.comb += [mul.i.valid.eq(1), mul.i.payload[0].a.as_value().eq(bufs.data("x")),
                              mul.i.payload[0].b.as_value().eq(g)]
                 with m.If(mul.i.ready):
-                    m.d.sync += k.eq(k + 1)
+                    m.d.comb += k_next.eq(k + 1)
                     with m.If(k == n - 1):
-                        m.d.sync += k.eq(0)
-                        m.d.comb += ps.clear.eq(1)
+                        m.d.comb += [k_next.eq(0), ps.clear.eq(1)]
                         m.next = "LOAD"
         return m
 
@@ -785,12 +818,13 @@ class FDot(Checked, wiring.Component):
     >= 1 (element ``k`` of a row goes to partial ``k mod P``; unused partials stay
     +0.0, the golden padding).
 
-    Timing: products one per cycle (multiplier latency 2) into :class:`PartialSums`;
-    after a row's ``last`` the input pauses ``2 + PartialSums.DRAIN`` cycles while the
-    partials settle, then the partials enter the pairwise adder tree (free-running,
-    ``2*log2(P)`` cycles) and are cleared for the next row at once.  Sums wait in a small
-    FIFO for ``o.ready``; the input is held while that FIFO could overflow.  Cycles per
-    row of ``n`` elements: ``n + 5`` without stalls.
+    Timing: products one per cycle (multiplier latency ``FPOp.MUL.latency`` = 8) into
+    :class:`PartialSums`; after a row's ``last`` the input pauses ``latency`` =
+    ``FPOp.MUL.latency + PartialSums.DRAIN`` cycles while the partials settle, then the
+    partials enter the pairwise adder tree (free-running, ``log2(P)`` adder latencies) and
+    are cleared for the next row at once.  Sums wait in a small FIFO for ``o.ready``; the
+    input is held while that FIFO could overflow.  Cycles per row of ``n`` elements:
+    ``n + latency`` without stalls.
     """
 
     FIFO_DEPTH = 4
@@ -806,13 +840,12 @@ class FDot(Checked, wiring.Component):
 
     @classmethod
     def check_params(cls, *, P) -> None:
-        if not isinstance(P, int) or P < 4 or P & (P - 1):
-            raise ValueError(f"P must be a power of two >= 4, got {P!r}")
+        _check_P(P)
 
     @staticmethod
     def latency_for(*, P: int = 8) -> int:
         """``latency`` without building the unit: product + accumulate, per element."""
-        return 2 + PartialSums.DRAIN
+        return FPOp.MUL.latency + PartialSums.DRAIN
 
     def elaborate(self, platform):
         from amaranth.lib.fifo import SyncFIFOBuffered
@@ -866,8 +899,9 @@ class Residual(wiring.Component):
     """``x + g*y`` in FP32 (unfused: the product is rounded, then the sum), bit-exact to
     ``golden.vector.gamma_residual(x, g, y)``.
 
-    ``i``: stream of ``{x, g, y}`` (FP32); ``o``: FP32.  Latency ``self.latency`` = 4
-    cycles, initiation interval 1; the pipeline holds while ``o.valid & ~o.ready``.
+    ``i``: stream of ``{x, g, y}`` (FP32); ``o``: FP32.  Latency ``self.latency`` (the
+    multiplier's then the adder's pipeline, 15 cycles), initiation interval 1; the
+    pipeline holds while ``o.valid & ~o.ready``.
     """
 
     def __init__(self):
@@ -879,9 +913,13 @@ class Residual(wiring.Component):
 
     @staticmethod
     def latency_for() -> int:
-        """``latency`` without building the unit (``x + g*y``: two unpipelined FP
-        operations)."""
-        return 4
+        """``latency`` without building the unit (a dry :class:`Dataflow` of ``x + g*y``)."""
+        return Residual._schedule(Dataflow(None, None, dry=True), Const(0, 32), Const(0, 32),
+                                  Const(0, 32)).stage
+
+    @staticmethod
+    def _schedule(df: Dataflow, x: Value, g: Value, y: Value) -> Val:
+        return df.add(Val(x, 0), df.mul(Val(g, 0), Val(y, 0)))
 
     def elaborate(self, platform):
         m = Module()
@@ -889,7 +927,7 @@ class Residual(wiring.Component):
         m.d.comb += self.i.ready.eq(en)
         df = Dataflow(m, en, prefix="res_")
         p = self.i.payload
-        res = df.add(Val(p.x.as_value(), 0), df.mul(Val(p.g.as_value(), 0), Val(p.y.as_value(), 0)))
+        res = self._schedule(df, p.x.as_value(), p.g.as_value(), p.y.as_value())
         assert res.stage == self.latency
         valid = Signal(self.latency)
         with m.If(en):
