@@ -72,8 +72,6 @@ def reference_vec(mem: np.ndarray, v: Vec) -> np.ndarray:
     return np.frombuffer(bytes(dram.mem), dtype=np.uint8)
 
 
-# ------------------------------------------------------------------ random instructions
-
 def row_cycles() -> int:
     """An upper bound on one row's phase latencies in any row unit (the pipelines a row
     waits for between its passes), from the unit latencies the RTL publishes."""
@@ -82,6 +80,8 @@ def row_cycles() -> int:
     return (sum(v for k, v in lat.items() if k.startswith(("ln_", "sm_", "l2_")))
             + 4 * lat["drain"] + 2 * lat["mul"] + lat["fdot"] + lat["fdot_tree"])
 
+
+# ------------------------------------------------------------------ random instructions
 class Allocator:
     """Bump allocator over the DRAM image with random gaps and sub-word offsets."""
 

@@ -79,9 +79,9 @@ class Dataflow:
     :class:`~fpqvar_hw.units.fpu.RoundPackPipe`), every stage a few logic levels; with
     ``pipelined=False`` two stages (front end, RoundPack: about 26-31 logic levels each),
     which only the v1 matrix engine's bias add still uses (until the engine rewrite of
-    issue 15).  Both give the same bits.  ``dry=True`` (no Module needed) only counts stages: every result
-    is a placeholder ``Const`` at the stage the real operation would deliver it, and
-    nothing is built.
+    issue 15).  Both give the same bits.  ``dry=True`` (no Module needed) only counts
+    stages: every result is a placeholder ``Const`` at the stage the real operation would
+    deliver it, and nothing is built.
     """
 
     def __init__(self, m: Module | None, en: Value | None, prefix: str = "", *,
@@ -392,9 +392,7 @@ class PartialSums:
     DRAIN = ADD_STAGES + ROUND_STAGES + 1
 
     def __init__(self, m: Module, P: int, prefix: str):
-        if P < self.DRAIN or P & (P - 1):
-            raise ValueError(f"P must be a power of two >= {self.DRAIN} (the accumulating "
-                             f"adder's latency + 1), got {P}")
+        _check_P(P)
         self.P = P
         self.acc = [Signal(32, name=f"{prefix}acc{j}") for j in range(P)]
         self.issue = Signal(name=f"{prefix}issue")
@@ -423,8 +421,10 @@ class PartialSums:
 
 
 def _check_P(P: int) -> None:
+    """``P`` partial sums on one accumulating adder: a power of two >= its latency + 1."""
     if not isinstance(P, int) or P < PartialSums.DRAIN or P & (P - 1):
-        raise ValueError(f"P must be a power of two >= {PartialSums.DRAIN}, got {P!r}")
+        raise ValueError(f"P must be a power of two >= {PartialSums.DRAIN} (the accumulating "
+                         f"adder's latency + 1), got {P!r}")
 
 
 def _check_row_params(name: str, length: int, P: int, *, divides: bool) -> None:
