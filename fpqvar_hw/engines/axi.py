@@ -14,6 +14,8 @@ from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from ..emit import hierarchical
+
 __all__ = ["DATA_BITS", "DATA_BYTES", "ADDR_BITS", "LITE_ADDR_BITS", "AXI4Signature",
            "AXI4ReadSignature", "AXI4WriteSignature", "AXILiteSignature", "ReadClient",
            "WriteClient", "READ_REQ", "READ_RESP", "WRITE_REQ", "WRITE_RESP", "MAX_BURST",
@@ -149,6 +151,7 @@ def _check_clients(n_clients: int, max_outstanding: int) -> None:
         raise ValueError(f"max_outstanding must be a positive integer, got {max_outstanding!r}")
 
 
+@hierarchical
 class ReadArbiter(wiring.Component):
     """``n_clients`` :class:`ReadClient` ports -> the read half of one AXI4 master (one ID).
 
@@ -212,6 +215,7 @@ class ReadArbiter(wiring.Component):
         return m
 
 
+@hierarchical
 class WriteArbiter(wiring.Component):
     """``n_clients`` :class:`WriteClient` ports -> the write half of one AXI4 master (one ID).
 
@@ -272,6 +276,7 @@ class WriteArbiter(wiring.Component):
 
 
 # ----------------------------------------------------------- AXI4-Lite slave
+@hierarchical
 class AXILiteBridge(wiring.Component):
     """AXI4-Lite slave -> a simple synchronous register bus (one access at a time).
 

@@ -54,6 +54,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..emit import hierarchical
 from . import axi
 
 from .. import isa
@@ -91,6 +92,7 @@ def _bit(mask: int) -> int:
     return mask.bit_length() - 1
 
 
+@hierarchical
 class Controller(wiring.Component):
     """Register file, instruction fetch and dispatch (module docstring).
 

@@ -84,6 +84,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
+from ..emit import hierarchical
 from . import axi
 
 from .. import isa
@@ -191,6 +192,7 @@ def _gearbox(m: Module, in_valid, in_data, n: int, out_fire, name: str):
     return ready, slots, full
 
 
+@hierarchical
 class BurstReader(wiring.Component):
     """One DMA read client: jobs in, bursts out, response words through a FIFO.
 
@@ -255,6 +257,7 @@ class BurstReader(wiring.Component):
         return m
 
 
+@hierarchical
 class MatrixEngine(Checked, wiring.Component):
     """The matrix engine (module docstring; interface: ``docs/top.md``, "Engine interface").
 

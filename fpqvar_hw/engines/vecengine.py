@@ -85,6 +85,7 @@ from amaranth.lib.wiring import In, Out
 
 from fpqvar_quant.formats import get_format
 
+from ..emit import hierarchical
 from .. import isa
 from ..checked import Checked, latency_of
 from .axi import DATA_BITS, DATA_BYTES, MAX_BURST, ReadClient, WriteClient
@@ -107,6 +108,7 @@ def kv6_decode_table() -> list[int]:
     return [int(b) for b in vals.view(np.uint32)]
 
 
+@hierarchical
 class KV6Quantizer(wiring.Component):
     """KVQ6's unit: FP32 -> FP16 (RNE, :class:`~fpqvar_hw.units.fpu.FPUnit` CONVERT) into the
     group quantizer (:class:`~fpqvar_hw.units.quantizer.Quantizer`, e2m3fn, group
@@ -153,6 +155,7 @@ def _uses(operand: str) -> list[isa.VecSubop]:
     return [s for s, ops in isa.VEC_OPERANDS.items() if operand in ops]
 
 
+@hierarchical
 class VectorEngine(Checked, wiring.Component):
     """Executes VEC instructions (``docs/top.md``, fields and rules from :mod:`fpqvar_hw.isa`).
 

@@ -59,6 +59,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..emit import hierarchical
 from .fpu import FP16, float_layout
 
 __all__ = ["GroupHadamard", "N", "LATENCY_AFTER_LAST"]
@@ -80,6 +81,7 @@ OUT_SHIFT = 3       # y = sum / 8
 LATENCY_AFTER_LAST = 2 + BF_STAGES + 1 + 1 + 3 + 1
 
 
+@hierarchical
 class GroupHadamard(wiring.Component):
     """Streaming 128-point Walsh-Hadamard (see the module docstring).
 

@@ -77,6 +77,7 @@ from amaranth.lib.wiring import In, Out
 
 from fpqvar_quant.formats import get_format
 
+from ..emit import hierarchical
 from ..checked import Checked
 from .fpu import FP16, clz, float_layout
 
@@ -221,6 +222,7 @@ def code_layout(fmt: str) -> data.StructLayout:
     return data.StructLayout({"mantissa": f.mbits, "exponent": f.ebits, "sign": 1})
 
 
+@hierarchical
 class Quantizer(Checked, wiring.Component):
     """LUT-based group quantizer (see the module docstring for the contract).
 

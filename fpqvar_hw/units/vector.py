@@ -28,6 +28,7 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, Value
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..emit import hierarchical
 from ..checked import Checked
 from .fpu import (ADD_STAGES, FP16, FP32, MUL_STAGES, ROUND_STAGES, AddPipe, FloatFormat, FPOp, MulPipe,
                   RoundPack, RoundPackPipe, add_front, convert_front, float_layout, fp_max, mul_front,
@@ -292,6 +293,7 @@ class Func(enum.Enum):
     GELU = "gelu"
 
 
+@hierarchical
 class Elementwise(Checked, wiring.Component):
     """Pipelined element-wise FP32 function, ``lanes`` elements per beat.
 
@@ -477,6 +479,7 @@ def _tags(m: Module, head: Value, stages: int) -> Value:
     return t
 
 
+@hierarchical
 class Softmax(Checked, wiring.Component):
     """Row softmax over FP32 elements, bit-exact to ``golden.vector.softmax(row, P)``, for
     rows of 1 to ``length`` elements.
@@ -599,6 +602,7 @@ class Softmax(Checked, wiring.Component):
         return m
 
 
+@hierarchical
 class LayerNormModulate(Checked, wiring.Component):
     """LayerNorm without affine (eps 1e-6) and adaLN modulate ``y*(1 + scale) + shift``,
     bit-exact to ``golden.vector.layernorm_modulate(x, scale, shift, P)``.
@@ -721,6 +725,7 @@ class LayerNormModulate(Checked, wiring.Component):
         return m
 
 
+@hierarchical
 class L2NormTemperature(Checked, wiring.Component):
     """Per-head L2 normalisation, optionally times ``exp(min(t, ln 100))``; bit-exact to
     ``golden.vector.l2norm_temperature(q, t if temperature else None, P)``.
@@ -809,6 +814,7 @@ class L2NormTemperature(Checked, wiring.Component):
         return m
 
 
+@hierarchical
 class FDot(Checked, wiring.Component):
     """FP32 dot products of rows ended by ``last``, bit-exact to
     ``golden.attention.tree_last(a * b, P)`` = ``golden.vector.tree_sum(a*b, P)``.
@@ -895,6 +901,7 @@ class FDot(Checked, wiring.Component):
         return m
 
 
+@hierarchical
 class Residual(wiring.Component):
     """``x + g*y`` in FP32 (unfused: the product is rounded, then the sum), bit-exact to
     ``golden.vector.gamma_residual(x, g, y)``.
