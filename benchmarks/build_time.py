@@ -43,7 +43,13 @@ def main(argv: list[str]) -> int:
     peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2
     rtl = sorted((out / "rtl").glob("*.v")) if (out / "rtl").exists() else []
     man = json.loads((out / "rtl" / "manifest.json").read_text()) if rtl else {}
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                          text=True).stdout.strip() or "unknown"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                           capture_output=True, text=True).stdout.strip()
     res = {"command": " ".join(["python build.py --platform vck190", *extra]),
+           "git_head": head + (" (with uncommitted changes)" if dirty else ""),
+           "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
            "exit_status": proc.returncode, "wall_s": round(wall, 1),
            "peak_rss_gb": round(peak_gb, 3), "cpus": os.cpu_count(),
            "rtl_files": len(rtl), "rtl_bytes": sum(p.stat().st_size for p in rtl),
@@ -55,7 +61,8 @@ def main(argv: list[str]) -> int:
            "summary_first_line": (proc.stdout.splitlines() or [""])[0]}
     if proc.returncode != 0:
         res["stderr_tail"] = proc.stderr[-2000:]
-    rows = [("command", res["command"]), ("exit status", res["exit_status"]),
+    rows = [("command", res["command"]), ("commit", res["git_head"]),
+            ("date (UTC)", res["date_utc"]), ("exit status", res["exit_status"]),
             ("wall", f"{wall:.1f} s (target {TARGET_S} s)"),
             ("peak RSS (largest process)", f"{peak_gb:.2f} GB (target {TARGET_GB} GB)"),
             ("CPUs", res["cpus"]),

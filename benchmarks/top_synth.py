@@ -136,7 +136,8 @@ def main(argv: list[str]) -> int:
     frac = {k: (round(tot[k] / budget[b], 4) if budget.get(b) else None) for k, b in bkey.items()}
     mods = sorted(res.modules.values(), key=lambda m: -res.contribution(m.name)["LUT"])
     slow = res.slowest
-    comb = [m.name for m in res.modules.values() if m.own["FF"] == 0 and m.depth > 0]
+    from fpqvar_hw.flow.hsynth import combinational_modules
+    comb = sorted(combinational_modules(design))
     out = {
         "command": cmd, "git_head": _git_head(), "date_utc": time.strftime(
             "%Y-%m-%d %H:%M", time.gmtime()),
@@ -169,7 +170,8 @@ def main(argv: list[str]) -> int:
          f"From `benchmarks/top_synth.py` at {out['git_head']} on {out['date_utc']} UTC, "
          f"{out['cpus']} CPUs ({'cold' if not args.warm else 'warm'} cache, "
          f"{args.workers} Yosys processes at a time). {FLOW_NOTE} Each distinct module is "
-         f"synthesised once without `-flatten`, its children as blackboxes; own cells are "
+         f"synthesised once without `-flatten`, its registered children as blackboxes, its "
+         f"combinational children inlined; own cells are "
          f"rolled up by instance (`fpqvar_hw/flow/hsynth.py`).", "",
          "| measure | value |", "|---|---|",
          f"| top | {design.top}, preset {config.preset}, array {out['array']}, built for "
@@ -197,8 +199,9 @@ def main(argv: list[str]) -> int:
              (f"{frac[k]:.1%}" if k in frac and frac[k] is not None else "-") for k in
              ("LUT", "LUT6", "FF", "DSP", "CARRY", "MUXF", "BRAM", "URAM", "LUTRAM")) + " |",
          "", f"## Modules by rolled-up LUTs (own x instances), largest {TOP_N}", "",
-         "Own: one instance without its child modules. Depth: `ltp -noff` inside the module "
-         "(flip-flops and child instances cut), split into LUT + carry levels; f_max from "
+         "Own: one instance without its registered child modules (with its inlined "
+         "combinational ones). Depth: `ltp -noff` inside the module "
+         "(flip-flops and registered child instances cut), split into LUT + carry levels; f_max from "
          f"the delay model ({DELAY_MODEL_NOTE}). s: Yosys seconds of the module's run.", "",
          "| module | inst | own LUT | own FF | own DSP | own CARRY | LUT x inst | FF x inst "
          "| depth | L+C | f_max MHz | s | mapper |",
@@ -213,11 +216,11 @@ def main(argv: list[str]) -> int:
     if len(mods) > TOP_N:
         L.append(f"| ({len(mods) - TOP_N} more modules in the JSON) | | | | | | | | | | | | |")
     L += ["", "## Notes", "",
-          "- Combinational modules (no flip-flop of their own): "
-          + (", ".join(f"`{c}`" for c in comb) if comb else "none")
-          + ". A path through one continues in its parent, so its depth and the parent's "
-            "add up where the parent does not register the boundary; their f_max figures are "
-            "the module's own part of a path, not a register-to-register figure.",
+          "- Combinational modules (no clocked process in them or below them), synthesised "
+          "inside each registered parent's run, so a path through one is counted whole in "
+          "the parent's depth: " + (", ".join(f"`{c}`" for c in comb) if comb else "none")
+          + ". A path that crosses a boundary between registered modules combinationally "
+            "(a stream's ready) is still split between the two modules' depths.",
           "- No optimisation crosses a module boundary (no `-flatten`): the totals are those "
           "of the design as emitted. On a small design the roll-up equals Yosys' own "
           "`stat -top` of the reassembled netlists and of a whole-text run (LUTs within 1 %: "

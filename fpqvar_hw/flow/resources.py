@@ -127,6 +127,23 @@ def _result_to_dict(res) -> dict:
             "fmax_mhz_est": round(fmax_mhz(lv["lut"], lv["carry"]), 1)}
 
 
+def hier_row(result) -> dict:
+    """Report keys of a :class:`fpqvar_hw.flow.hsynth.HierSynthResult` (the design's
+    rolled-up totals, as :func:`_result_to_dict`), its logic depth and clock estimate
+    those of its slowest module (named in ``slowest_module``)."""
+    t, slow = result.totals, result.slowest
+    fallbacks = result.fallbacks
+    row = {"LUT": t["LUT"], "FF": t["FF"], "DSP": t["DSP"], "CARRY": t["CARRY"],
+           "BRAM36": t["BRAM"], "URAM": t["URAM"], "LUTRAM": t["LUTRAM"],
+           "logic_depth": slow.depth, "lut_levels": slow.lut_levels,
+           "carry_levels": slow.carry_levels, "levels_classified": slow.levels_classified,
+           "fmax_mhz_est": slow.fmax_mhz_est, "slowest_module": slow.name,
+           "modules": len(result.modules)}
+    if fallbacks:
+        row["mapper"] = "; ".join(f"{n}: {m}" for n, m in sorted(fallbacks.items()))
+    return row
+
+
 def clock_estimate(units: Iterable[Mapping], planning_mhz: float) -> dict:
     """Achievable clock of the design = the slowest synthesised unit's estimated f_max.
 
