@@ -45,8 +45,9 @@ def main(argv: list[str]) -> int:
     man = json.loads((out / "rtl" / "manifest.json").read_text()) if rtl else {}
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                           text=True).stdout.strip() or "unknown"
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                           capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                            ":!benchmarks/results"], cwd=REPO, capture_output=True,
+                           text=True).stdout.strip()          # results files do not count
     res = {"command": " ".join(["python build.py --platform vck190", *extra]),
            "git_head": head + (" (with uncommitted changes)" if dirty else ""),
            "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
