@@ -303,11 +303,14 @@ def _resources(out, emitted, designs, resolved, config, platform, pending, jobs,
             "contribution_FF": m.own["FF"] * m.instances,
             "logic_depth": m.depth, "lut_levels": m.lut_levels, "carry_levels": m.carry_levels,
             "fmax_mhz_est": m.fmax_mhz_est, "mapper": m.mapper, "inlined": m.inlined,
+            "unregistered_outputs": m.unregistered_outputs,
             "seconds": m.seconds} for m in res.modules.values()]
+        boundary = [{"module": m.name, "port": port, **v} for m in res.modules.values()
+                    for port, v in sorted(m.unregistered_outputs.items())]
         clock_rows += [{"instance": f"{top.instance}/{m['module']}", **m} for m in modules]
         report.update({
             "top_synthesised": True, "top": top.instance, "total": {k: whole[k] for k in R.KEYS},
-            "total_detail": whole, "top_modules": modules,
+            "total_detail": whole, "top_modules": modules, "boundary_paths": boundary,
             "method": (f"the accelerator top ({top.instance}.v, preset {config.preset}, array "
                        f"{config.tm}x{config.tn}x{config.lanes}, built for "
                        f"{top.params.get('model')}) synthesised as a whole: each of its "
@@ -319,9 +322,9 @@ def _resources(out, emitted, designs, resolved, config, platform, pending, jobs,
                        f"array, which is larger than the top as built"),
             "not_included": sorted(pending) + [
                 "the top's clock buffer (every run is -noclkbuf)",
-                "paths that cross a boundary between registered modules combinationally "
-                "(stream ready chains): split between the modules' depths, not proven "
-                "registered"],
+                f"the receiving side of {len(boundary)} module output ports driven "
+                f"through logic (boundary_paths: each one's depth up to the port; the "
+                f"path continues in the module it feeds)"],
         })
     else:
         report.update({
@@ -374,6 +377,17 @@ def resources_markdown(rep: dict, platform) -> str:
                 f"{m['carry_levels']}) | {m['fmax_mhz_est']} | "
                 f"{sum(m['inlined'].values()) or ''} | {m['seconds']} |")
         lines.append("")
+        bp = rep.get("boundary_paths") or []
+        lines += ["## Module boundaries that are not registered", "",
+                  (f"{len(bp)} output ports are driven through logic, not straight from a "
+                   f"register (depth of the logic up to the port; the path continues in the "
+                   f"module the port feeds, whose own depth starts at its input):"
+                   if bp else "Every module output comes straight from a register."), ""]
+        if bp:
+            lines += ["| module | port | depth (LUT + carry) |", "|---|---|---|"] + [
+                f"| {b['module']} | {b['port']} | {b['depth']} ({b['lut_levels']} + "
+                f"{b['carry_levels']}) |" for b in sorted(bp, key=lambda b: -b["depth"])]
+            lines.append("")
     lines += ["## Unit variants" if rep.get("top_synthesised") else "## Units", "",
               "| unit | count | inside | " + " | ".join(KEYS) +
               " | logic depth (LUT + carry levels) | est. f_max MHz |",

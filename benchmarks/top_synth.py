@@ -221,6 +221,11 @@ def main(argv: list[str]) -> int:
           "the parent's depth: " + (", ".join(f"`{c}`" for c in comb) if comb else "none")
           + ". A path that crosses a boundary between registered modules combinationally "
             "(a stream's ready) is still split between the two modules' depths.",
+          "- Output ports driven through logic rather than straight from a register "
+          "(the path continues in the module fed; depth up to the port): "
+          + (", ".join(f"`{m.name}.{p}` {v['depth']}" for m in mods
+                       for p, v in sorted(m.unregistered_outputs.items(),
+                                          key=lambda kv: -kv[1]["depth"])) or "none") + ".",
           "- No optimisation crosses a module boundary (no `-flatten`): the totals are those "
           "of the design as emitted. On a small design the roll-up equals Yosys' own "
           "`stat -top` of the reassembled netlists and of a whole-text run (LUTs within 1 %: "

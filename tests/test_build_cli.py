@@ -197,6 +197,8 @@ def test_lint_clean_and_synth_cached_build_is_deterministic(tmp_path):
                        "read_arbiter_", "group_dot_", "fpqvar_top"):
             assert any(n.startswith(prefix) for n in names), (prefix, names)
         assert r["total"]["LUT"] == sum(m["contribution_LUT"] for m in r["top_modules"])
+        assert {b["module"] for b in r["boundary_paths"]} <= set(names)      # listed, by port
+        assert all(b["depth"] > 0 for b in r["boundary_paths"])
         assert r["total"]["FF"] > r["units"][0]["FF"] and "planned_total" in r
         assert "Whole top as built" in (tmp_path / "a" / "resources.md").read_text()
         tcl = (tmp_path / "a" / "vivado" / "package_ip.tcl").read_text()

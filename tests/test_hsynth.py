@@ -126,6 +126,26 @@ endmodule
 """
 
 
+# an output through logic (y: a product of a register and an input) and a registered one
+COMB_OUT = """module co(input clk, input [7:0] a, input [7:0] b, output [7:0] y, output reg [7:0] q);
+  reg [7:0] r;
+  always @(posedge clk) begin r <= a; q <= a * b; end
+  assign y = (r * b) ^ a;
+endmodule
+"""
+
+
+@needs_yosys
+def test_unregistered_outputs_are_listed_with_their_depth(tmp_path):
+    r = synthesize_hierarchical(EmittedDesign(top="co", modules={"co": COMB_OUT},
+                                              instances={"co": {}}), cache_dir=tmp_path)
+    u = r.modules["co"].unregistered_outputs
+    assert list(u) == ["y"] and u["y"]["depth"] >= 3, u        # q comes from a register
+    assert u["y"]["lut_levels"] + u["y"]["carry_levels"] == u["y"]["depth"]
+    t = synthesize_hierarchical(tiny_design(), cache_dir=tmp_path)
+    assert all(not m.unregistered_outputs for m in t.modules.values())   # all registered
+
+
 @needs_yosys
 def test_combinational_children_are_inlined_and_shared_by_configuration(tmp_path):
     from fpqvar_hw.flow.hsynth import combinational_modules, synthesize_designs
@@ -175,8 +195,8 @@ def test_abc9_failure_falls_back_to_abc_and_says_so(tmp_path, monkeypatch):
     from fpqvar_hw.flow import hsynth
     real = hsynth.module_script
 
-    def failing_abc9(name, children, abc9):   # ABC9 "fails" on the leaf only
-        s = real(name, children, abc9)
+    def failing_abc9(name, children, abc9, outputs=()):   # ABC9 "fails" on the leaf only
+        s = real(name, children, abc9, outputs)
         return s.replace("synth_xilinx", "no_such_command\nsynth_xilinx") if (
             abc9 and name == "leaf") else s
     monkeypatch.setattr(hsynth, "module_script", failing_abc9)

@@ -38,7 +38,13 @@ the registered children (blackboxes) cut out of the graph.  A path that crosses 
 registered child combinationally (a stream's ``ready``, a child whose output is not a
 register) is split between the two modules: the per-module depths are
 register-to-register figures where every boundary between registered modules is itself
-registered, which the report cannot prove (it says so).  The LUT/carry split and the
+registered.  Where it is not, the run says so: the outputs' combinational input cones
+(stopping at flip-flops, memories and registered children) are written as JSON and
+:func:`boundary_depths` gives, per port, the longest chain of cells between the last
+register and the port; a port with any is listed in
+``unregistered_outputs`` with its depth (a stream's ``ready`` computed from the
+downstream ``ready`` is the typical one), and a path through it continues in the module
+it feeds.  The LUT/carry split and the
 estimated f_max use :func:`fpqvar_hw.flow.resources.path_levels` / ``fmax_mhz``.
 
 Every run is ``-noclkbuf`` (the top's one clock buffer is not counted), and the cache
@@ -75,7 +81,7 @@ __all__ = ["synthesize_hierarchical", "HierSynthResult", "ModuleSynth", "cross_c
            "module_script"]
 
 DEFAULT_CACHE = SYNTH_CACHE.parent / "hsynth"
-_SCRIPT_VERSION = "3"
+_SCRIPT_VERSION = "5"
 
 #: Whole-top total keys -> the SynthResult property that counts them.
 TOTAL_KEYS = {"LUT": "lut", "LUT6": "lut6", "FF": "ff", "DSP": "dsp", "CARRY": "carry",
@@ -107,6 +113,9 @@ class ModuleSynth:
     cached: bool                        # served from the cache (no Yosys process this call)
     workdir: str
     inlined: dict[str, int] = field(default_factory=dict)   # combinational descendants in it
+    #: output ports driven through logic (not straight from a register, a memory or a
+    #: registered child): port -> depth, LUT and carry levels of its input cone
+    unregistered_outputs: dict[str, dict] = field(default_factory=dict)
 
     @property
     def own(self) -> dict[str, int]:
@@ -120,7 +129,8 @@ class ModuleSynth:
                 "levels_classified": self.levels_classified,
                 "fmax_mhz_est": self.fmax_mhz_est, "mapper": self.mapper,
                 "seconds": self.seconds, "cached": self.cached, "workdir": self.workdir,
-                "inlined": dict(self.inlined)}
+                "inlined": dict(self.inlined),
+                "unregistered_outputs": dict(self.unregistered_outputs)}
 
 
 @dataclass(frozen=True)
@@ -273,11 +283,42 @@ def _run(work: Path, files: dict[str, str], script: str, timeout_s: float, what:
     return secs
 
 
-def module_script(name: str, children: list[str], abc9: bool) -> str:
+#: Sequential Xilinx primitives: a path starts or ends at them (the output-cone walk of
+#: :func:`module_script` stops there, as at a registered child).
+_SEQUENTIAL = ("FDRE", "FDSE", "FDCE", "FDPE", "SRL16E", "SRLC32E", "RAMB18E2", "RAMB36E2",
+               "URAM288", "RAM32M", "RAM32M16", "RAM64M", "RAM64M8", "RAM32X1D", "RAM64X1D",
+               "RAM128X1D", "RAM256X1D", "RAM32X1S", "RAM64X1S", "RAM128X1S", "RAM256X1S")
+
+
+def output_ports(text: str, name: str) -> list[str]:
+    """Names of module ``name``'s output ports, from its Verilog text (ports declared in
+    the body, as Amaranth emits them, or in an ANSI header)."""
+    m = _module_header(text, name)
+    if m is None:
+        raise ValueError(f"module {name}: its text does not define `module {name}(`")
+    header = text[m.end():text.find(";", m.end())]
+    end = text.find("endmodule", m.end())
+    body = text[text.find(";", m.end()) + 1:end]
+    outs, direction = [], None
+    for item in header.rstrip(") \n").split(","):      # ANSI: a direction carries over
+        words = item.split()
+        if words and words[0] in ("input", "output", "inout"):
+            direction = words[0]
+        if direction == "output" and words:
+            outs.append(words[-1].lstrip("\\"))
+    for decl in re.findall(r"^\s*output\b([^;]*);", body, re.M):
+        outs += [w.strip().split()[-1].lstrip("\\") for w in decl.split(",") if w.strip()]
+    return [o for o in outs if re.fullmatch(r"\w+", o) and not o.startswith("[")]
+
+
+def module_script(name: str, children: list[str], abc9: bool,
+                  outputs: list[str] = ()) -> str:
     """The Yosys script of one module's run (module docstring); ``children``: the module
-    names read as blackboxes from ``children.v``."""
+    names read as blackboxes from ``children.v``; ``outputs``: the module's output ports,
+    each one's combinational input cone measured (``out<k>.txt``: a boundary path)."""
     cut = "".join(f" t:{c} %d" for c in children)
     flags = (" -abc9" if abc9 else "") + " -noclkbuf"
+    stop = ",".join(_SEQUENTIAL + tuple(children))
     lines = (["read_verilog -lib children.v"] if children else []) + [
         "read_verilog -sv design.v",
         f"synth_xilinx -family xcup -noiopad -top {name}{flags}",
@@ -289,7 +330,71 @@ def module_script(name: str, children: list[str], abc9: bool) -> str:
         "flatten",
         f"tee -q -o ltp.txt ltp -noff t:FD* %n{cut}",
     ]
+    if outputs:      # the outputs' combinational input cones, alone (boundary_depths reads it)
+        lines += [f"select -set cone o:* %ci*:-{stop} t:FD* %d{cut}",
+                  "delete @cone %n", "write_json -noscopeinfo cone.json"]
     return "\n".join(lines) + "\n"
+
+
+def boundary_depths(cone: dict, name: str, outputs: list[str]) -> dict[str, dict]:
+    """Output ports of ``name`` driven through logic: port -> depth, LUT and carry levels
+    of the longest path of cells ending at it (``cone``: Yosys JSON of the outputs'
+    combinational input cones, flip-flops, memories and registered children cut)."""
+    mod = cone["modules"][name]
+    driver: dict[int, str] = {}
+    for cname, c in mod["cells"].items():
+        for port, bits in c["connections"].items():
+            if c.get("port_directions", {}).get(port) == "output":
+                for b in bits:
+                    if isinstance(b, int):
+                        driver[b] = cname
+    memo: dict[int, tuple[int, int]] = {}
+    cell_memo: dict[str, tuple[int, int]] = {}
+
+    def cost(lv):
+        return lv[0] * 3 + lv[1]              # LUT level 0.45 ns, carry 0.15 ns
+
+    def bit_levels(bit: int) -> tuple[int, int]:
+        # iterative post-order walk (carry chains and deep cones overflow recursion)
+        stack = [bit]
+        while stack:
+            b = stack[-1]
+            if b in memo:
+                stack.pop()
+                continue
+            cname = driver.get(b)
+            if cname is None:
+                memo[b] = (0, 0)
+                stack.pop()
+                continue
+            if cname in cell_memo:
+                memo[b] = cell_memo[cname]
+                stack.pop()
+                continue
+            c = mod["cells"][cname]
+            ins = [x for port, bits in c["connections"].items()
+                   if c.get("port_directions", {}).get(port) == "input"
+                   for x in bits if isinstance(x, int)]
+            todo = [x for x in ins if x not in memo and x != b]
+            if todo:
+                stack.extend(todo)
+                continue
+            worst = max((memo[x] for x in ins if x in memo), key=cost, default=(0, 0))
+            lv = (worst[0], worst[1] + 1) if "CARRY" in c["type"] else (worst[0] + 1, worst[1])
+            cell_memo[cname] = memo[b] = lv
+            stack.pop()
+        return memo[bit]
+
+    out = {}
+    for o in outputs:
+        port = mod["ports"].get(o)
+        if port is None:
+            continue
+        lv = max((bit_levels(b) for b in port["bits"] if isinstance(b, int)), key=cost,
+                 default=(0, 0))
+        if lv != (0, 0):
+            out[o] = {"depth": lv[0] + lv[1], "lut_levels": lv[0], "carry_levels": lv[1]}
+    return out
 
 
 def _ltp_of(text: str, name: str) -> tuple[int, str]:
@@ -315,10 +420,11 @@ def _one_module(name: str, text: str, stubs: dict[str, str], abc9: bool, root: P
     configuration inside the top share one run."""
     children = sorted(stubs)
     stub_text = "".join(stubs[c] for c in children)
+    outputs = output_ports(text, name)
     runs = 0
     fail = ""
     for use_abc9 in ((True, False) if abc9 else (False,)):
-        script = module_script(name, children, use_abc9)
+        script = module_script(name, children, use_abc9, outputs)
         key = hashlib.sha256("\0".join([text.replace(name, _PLACEHOLDER), stub_text,
                                         script.replace(name, _PLACEHOLDER), yosys_version(),
                                         _SCRIPT_VERSION]).encode()).hexdigest()[:20]
@@ -353,7 +459,12 @@ def _one_module(name: str, text: str, stubs: dict[str, str], abc9: bool, root: P
             cells = _stat_cells(work, stubs)
             ltp_text = (work / "ltp.txt").read_text()
             depth, listing = _ltp_of(ltp_text, name)
+            cone_file = work / "cone.json"
+            boundary = (boundary_depths(json.loads(cone_file.read_text()), name, outputs)
+                        if outputs else {})
+            cone_file.unlink(missing_ok=True)
             rec = {"name": name, "cells": cells, "depth": depth, "ltp": listing,
+                   "unregistered_outputs": boundary,
                    "seconds": round(secs, 2), "mapper": "abc9" if use_abc9 else "abc",
                    "workdir": str(work)}
             write_text_atomic(done, json.dumps(rec, indent=1))
@@ -462,7 +573,8 @@ def synthesize_designs(designs, *, workers: int = 2, cache_dir: "Path | str | No
                 levels_classified=lv["classified"],
                 fmax_mhz_est=round(fmax_mhz(lv["lut"], lv["carry"]), 1), mapper=rec["mapper"],
                 seconds=rec["seconds"], cached=rec["cached"] or ident[(i, n)] in counted,
-                workdir=rec["workdir"], inlined=inl)
+                workdir=rec["workdir"], inlined=inl,
+                unregistered_outputs=rec.get("unregistered_outputs", {}))
             if ident[(i, n)] not in counted:
                 counted.add(ident[(i, n)])
                 runs += done[ident[(i, n)]][1]
