@@ -271,6 +271,10 @@ def _resources(out, emitted, designs, resolved, config, platform, pending, jobs,
     if not R.synth_available():
         raise BuildError("fpqvar_hw.flow.synth (the Yosys runner) is not in the tree; pass --no-synth")
     top = next((v for r in resolved if r.spec.is_top for v in r.ready if v in emitted), None)
+    # a variant with count 0 is not in this design (emitted and linted for comparison;
+    # its figures: benchmarks/unit_resources.py)
+    absent = [v for v in emitted if v.count == 0 and v.inside is None and v is not top]
+    emitted = [v for v in emitted if v not in absent]
     names = [v.instance for v in emitted] + [n for n, _ in extra]
     hier = Path(cache_dir) / "hier"
     _log(verbose, f"  synth {len(names)} designs, each distinct module once, {jobs} parallel "
@@ -321,6 +325,7 @@ def _resources(out, emitted, designs, resolved, config, platform, pending, jobs,
                        f"is units x counts + estimated buffers of the throughput model's "
                        f"array, which is larger than the top as built"),
             "not_included": sorted(pending) + [
+                f"{v.instance} (count 0: not in this design, not synthesised)" for v in absent] + [
                 "the top's clock buffer (every run is -noclkbuf)",
                 f"the receiving side of {len(boundary)} module output ports driven "
                 f"through logic (boundary_paths: each one's depth up to the port; the "
@@ -477,20 +482,9 @@ def run_build(platform, config, out, *, synth=True, lint=True, jobs=2, verbose=T
         resolved = [dataclasses.replace(r, variants=(), pending="not emitted (--no-top)")
                     if r.spec.is_top else r for r in resolved]
     prefit: dict = {}
-    # the int4 cell of the same array (equal-LUT FP/INT ratio) joins the same Yosys pool
-    int_job = (_int_dot_design(config) if synth and config.preset != "int4"
-               and not config.is_integer else None)
-    early: list = []
-
-    def before_top(em, designs):
-        reason = _pre_top_fit(em, designs, config, platform, prefit, verbose)
-        if synth and not reason:
-            early.append(_start_unit_synthesis([designs[v.instance] for v in em]
-                                               + ([int_job[1]] if int_job else []),
-                                               jobs, cache_dir))
-        return reason
     emitted, pending, manifests, designs, ports_of_top = _emit_units(
-        resolved, config, platform, out, verbose, before_top=before_top)
+        resolved, config, platform, out, verbose,
+        before_top=lambda em, designs: _pre_top_fit(em, designs, config, platform, prefit, verbose))
     top_exists = ports_of_top is not None
     if prefit:
         (out / "pre_top_fit.json").write_text(_json(prefit))
@@ -504,10 +498,11 @@ def run_build(platform, config, out, *, synth=True, lint=True, jobs=2, verbose=T
     unit_res: dict = {}
     if synth and emitted:
         _log(verbose, "[3/6] Yosys synth_xilinx -family xcup, whole design, each distinct module once")
+        # the int4 cell of the same array (equal-LUT FP/INT ratio) joins the same Yosys pool
+        int_job = (_int_dot_design(config) if config.preset != "int4" and not config.is_integer
+                   else None)
         res_rep = _resources(out, emitted, designs, resolved, config, platform, pending, jobs,
                              cache_dir, verbose, extra=(int_job,) if int_job else ())
-        for t in early:
-            t.join()
         unit_res = {u["instance"]: u for u in res_rep["units"]}
         for name, r in res_rep["comparison_units"].items():
             if "error" not in r:
@@ -616,24 +611,6 @@ def clock_scaled(rep: dict, res_rep: dict | None) -> dict:
     f = ce["achievable_mhz"] / rep["clock_mhz"]
     ce["images_per_s"] = {k: m["images_per_s"] * f for k, m in rep["models"].items()}
     return ce
-
-
-def _start_unit_synthesis(designs, jobs: int, cache_dir):
-    """Start synthesising the unit designs in a background thread while the top is being
-    emitted (Python, one core): the whole-design pool of :func:`_resources` then finds
-    their modules in the cache, or waits on a run in progress (the cache's entry lock).
-    A failure here is not reported: the same run is repeated there and fails there."""
-    import threading
-    from fpqvar_hw.flow.hsynth import synthesize_designs
-
-    def run():
-        try:
-            synthesize_designs(designs, workers=jobs, cache_dir=Path(cache_dir) / "hier")
-        except Exception:      # noqa: BLE001 - reported by the main pool's identical run
-            pass
-    t = threading.Thread(target=run, name="unit-synthesis", daemon=True)
-    t.start()
-    return t
 
 
 def _int_dot_design(config):
