@@ -506,10 +506,10 @@ def _inlined(design, name: str, comb: frozenset[str]) -> dict[str, int]:
     return out
 
 
-def _plan(design, comb: frozenset[str]):
+def _plan(design, counts: dict[str, int], comb: frozenset[str]):
     """(name, text with inlined descendants, blackbox stubs, direct registered children,
-    inlined) of every registered module the top reaches, children before parents."""
-    counts = design.counts()
+    inlined) of every registered module the top reaches (``counts``: the design's
+    instance counts), children before parents."""
     out = []
     for n in design.modules:
         if n not in counts or n in comb:
@@ -535,7 +535,7 @@ def synthesize_designs(designs, *, workers: int = 2, cache_dir: "Path | str | No
     designs = list(designs)
     all_counts = [_check_design(d) for d in designs]
     root = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
-    plans = [_plan(d, combinational_modules(d)) for d in designs]
+    plans = [_plan(d, c, combinational_modules(d)) for d, c in zip(designs, all_counts)]
     jobs: dict[str, tuple] = {}              # identity -> (name, text, stubs)
     ident: dict[tuple[int, str], str] = {}
     for i, plan in enumerate(plans):
