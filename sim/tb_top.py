@@ -55,6 +55,7 @@ class TopTB:
         self.log = dut._log
         self.cfg = _cfg(p)
         self.rng = random.Random(p["seed"])
+        dut.dram_ext.value = 1          # the harness's m_axi ports go to this AxiRam
         self.ram = AxiRam(AxiBus.from_prefix(dut, "m_axi", bus_separator="__"), dut.clk, dut.rst,
                           size=p["ram_size"])
         self.axil = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil", bus_separator="__"),

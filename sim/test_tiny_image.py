@@ -25,9 +25,6 @@ from sim.runner import REPO
 
 CFG = backends.rtl_config()
 C, MAX_KV, DRAM_BASE = 128, backends.RTL_MAX_KV, backends.RTL_DRAM_BASE
-#: scale steps the slow test runs on the RTL
-TEST_STEPS = 1
-
 
 def golden_tokens(package: Path, label: int, seed: int, sampling: records.Sampling) -> list:
     """Tokens of the golden backend compiled for the RTL top's configuration."""
@@ -40,17 +37,18 @@ def golden_tokens(package: Path, label: int, seed: int, sampling: records.Sampli
 
 @pytest.mark.slow
 def test_tiny_image_on_rtl():
-    """Scale step 0 of one image on the RTL top through the driver (RtlBackend: image load,
-    adaLN, x, program, registers, irq, counters): its tokens equal the golden backend's.
-    (All four steps take far longer than the slow tier allows on a shared 2-core machine;
-    ``python -m fpqvar_hw.host.driver --backend rtl`` runs the whole image.)"""
+    """The whole image (scale steps 0-3) on the RTL top through the driver (RtlBackend: image
+    load, adaLN, x, program, registers, irq, counters; the simulator-side DRAM with read
+    latency and random stalls, no protocol error): its tokens equal the golden backend's at
+    every step."""
     package = hostpkg.build_package(hostpkg.PackageSettings(preset="fp4-dfq-ght"))
     sampling = records.Sampling()
     want = golden_tokens(package, 3, 0, sampling)
     out = REPO / "build" / "tiny-image" / "rtl-test"
     run = run_rtl_image(package, config=CFG, C=C, max_kv=MAX_KV, dram_base=DRAM_BASE, label=3, seed=0,
-                        sampling=sampling, out=out, expect_tokens=want, max_steps=TEST_STEPS)
-    assert run.tokens == want[:TEST_STEPS]
+                        sampling=sampling, out=out, expect_tokens=want)
+    assert len(run.steps) == len(want) == 4
+    assert run.tokens == want
     assert (out / "device.png").stat().st_size > 0
     cyc = json.loads((out / "cycles.json").read_text())
     assert all(s["cycles"] > 0 and s["instructions"] > 0 for s in cyc["steps"])

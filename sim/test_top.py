@@ -1,24 +1,25 @@
 """Co-simulation of the accelerator top (fpqvar_hw.engines.top.Accelerator) on Verilator.
 
 The emitted Verilog of the whole accelerator (controller, matrix engine,
-vector engine, AXI arbiters) runs against a cocotbext-axi ``AxiRam`` with
-random pauses on every AXI channel; every result is compared byte for byte
-with :func:`fpqvar_hw.host.isa_sim.execute` (sim/tb_top.py).
+vector engine, AXI arbiters), inside the simulation harness of
+:mod:`fpqvar_hw.host.simdram` with ``dram_ext = 1``, runs against a cocotbext-axi
+``AxiRam`` on the harness's ``m_axi`` ports (the protocol-checking DRAM) with random
+pauses on every AXI channel; every result is compared byte for byte with
+:func:`fpqvar_hw.host.isa_sim.execute` (sim/tb_top.py).
 
 Build: ``tm=2, tn=2, lanes=32, quant_lanes=8``, ``C=128``, ``max_kv=30`` (the
-digits VAR: patch_nums (1, 2, 3, 4), 30 tokens).  One Verilator build (several
-minutes on two cores; cached under build/sim/top-*) serves every test here.
+digits VAR: patch_nums (1, 2, 3, 4), 30 tokens).  One Verilator build (about 2 minutes
+on two cores; cached under build/sim/top-*) serves every test here and
+sim/test_tiny_image.py (the same harness, with its own DRAM).
 
-Every test here is in the slow tier (``--run-slow``, which CI runs): the
-Verilator build of the top takes minutes.  Tests: registers, HALT, unknown
-opcode, window errors, abort, reset; scale step 0 of the digits VAR (both
-blocks, 65 instructions) in the default pipeline mode, and with the coarse
-pipeline off.  The cycle counters go to ``build/top/cycles-s<seed>.json``
+Every test here is in the slow tier (``--run-slow``, which CI runs).  Tests:
+registers, HALT, unknown opcode, window errors, abort, reset; scale step 0 of the
+digits VAR (both blocks, 65 instructions) in the default pipeline mode, and with the
+coarse pipeline off.  The cycle counters go to ``build/top/cycles-s<seed>.json``
 (``fpqvar_hw.flow.perf.load_sim_cycles`` reads them).  The default tier covers the
 controller and arbiters in the Amaranth simulator (tests/test_hw_top.py,
-tests/test_hw_axi.py).  Steps 1..3 and the fine-pipeline-off modes are not part
-of the suite: at about 100-300 simulated cycles per second on this machine a
-step-3 run (16 tokens per row) would take hours.
+tests/test_hw_axi.py).  The whole image (all four scale steps, on the
+simulator-side DRAM) is sim/test_tiny_image.py.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from fpqvar_hw.cache import write_text_atomic
 from fpqvar_hw.flow import asbuilt, simcycles
 from fpqvar_hw.host import isa_sim
 from fpqvar_hw.host.backends import RTL_MAX_KV, RTL_OVERRIDES, RTL_PRESET, rtl_config
-from fpqvar_hw.host.rtl import top_build_name, top_component
+from fpqvar_hw.host.rtl import top_build_name, top_component, top_harness
 from sim.runner import BUILD_ROOT, REPO, run_cocotb
 from tests.test_golden_block import digits_fpqvar  # noqa: F401  (session fixture: the package)
 from tests.test_perf_vs_sim import TOP_TOLERANCE
@@ -60,7 +61,7 @@ def dut():
 @pytest.mark.slow
 def test_top_control(dut):
     """(a)-(f): registers, HALT, errors 1/2/5, abort, reset, with AXI pauses."""
-    run_cocotb(dut, name=NAME, test_module="sim.tb_top", params=_params(11, 0.3),
+    run_cocotb(dut, name=NAME, test_module="sim.tb_top", params=_params(11, 0.3), harness=top_harness(CFG, C, MAX_KV),
                testcase="registers,halt_only,bad_opcode,window_error,abort_then_run,reset_then_run")
 
 
@@ -101,7 +102,7 @@ def _run_steps(dut, pkg_path, n_steps, modes, seed, pause):
     spec = _prepare_steps(pkg_path, n_steps, seed)
     cycles = REPO / "build" / "top" / f"cycles-s{seed}.json"
     cycles.parent.mkdir(parents=True, exist_ok=True)
-    run_cocotb(dut, name=NAME, test_module="sim.tb_top", testcase="block_steps",
+    run_cocotb(dut, name=NAME, test_module="sim.tb_top", testcase="block_steps", harness=top_harness(CFG, C, MAX_KV),
                params=_params(seed, pause, steps=str(spec), modes=modes, cycles_out=str(cycles)))
     data = json.loads(cycles.read_text())
     assert len(data["runs"]) == len(modes) * n_steps

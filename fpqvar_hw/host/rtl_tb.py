@@ -8,7 +8,7 @@ Parameters (:func:`fpqvar_hw.host.cosim.tb_params`): ``package`` (quantized pack
 directory), ``label``, ``seed``, ``sampling`` ({cfg, top_k, top_p}), ``config`` (the
 ``AcceleratorConfig.as_dict()`` the top was built with), ``max_kv``, ``dram_base``,
 ``coarse``, ``fine``, ``timeout_cycles`` (per step), ``max_steps`` (None: the whole image),
-``out`` (folder for ``device.png``, ``tokens.json``, ``cycles.json`` and ``rtl_steps.npz``:
+``dram_latency``, ``dram_stall`` (the simulated DRAM), ``out`` (folder for ``device.png``, ``tokens.json``, ``cycles.json`` and ``rtl_steps.npz``:
 per step the block input and output, the head logits, the tokens, and the decoded images)
 and optionally ``expect_tokens`` (per scale, per image: any difference fails the test,
 naming the step).
@@ -42,9 +42,12 @@ class RtlBackend(DeviceBackend):
     """The compiled programs on the simulated RTL top (``fpqvar_hw.engines.top.Accelerator``),
     inside a cocotb test.
 
-    The DRAM is a cocotbext-axi ``AxiRam`` on the top's ``m_axi`` (written and read by
-    the host directly, in zero simulated time, between runs); registers are programmed
-    through an ``AxiLiteMaster`` on ``s_axil``. The test starts the clock and applies
+    ``dut`` is the simulation harness (:func:`fpqvar_hw.host.rtl.top_harness`): the DRAM is
+    its Verilog AXI4 memory (:mod:`fpqvar_hw.host.simdram`; ``dram_latency`` cycles of read
+    latency, handshakes withheld with probability ``dram_stall/256``), written and read by
+    the host through the simulator in zero simulated time, between runs; registers are
+    programmed through an ``AxiLiteMaster`` on ``s_axil``.  After every run the memory's
+    protocol-error counter must be 0. The test starts the clock and applies
     the reset. Per step: PROG_ADDR, DRAM_BASE, DRAM_SIZE, then CTRL = start | irq_en |
     coarse | fine; wait for ``irq`` (at most ``timeout_cycles``; then abort and raise),
     check STATUS (error / aborted -> :class:`DeviceError` with the code and ERR_PC), read
@@ -55,19 +58,31 @@ class RtlBackend(DeviceBackend):
 
     def __init__(self, pkg: Any, dut: Any, *, rows: int, coarse: bool = True, fine: bool = True,
                  config: Any = None, dram_base: int = 0, max_kv: int | None = None,
-                 timeout_cycles: int = 20_000_000) -> None:
-        from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
+                 timeout_cycles: int = 20_000_000, dram_latency: int = 8, dram_stall: int = 16,
+                 dram_seed: int = 1) -> None:
+        from cocotbext.axi import AxiLiteBus, AxiLiteMaster
+
+        from .simdram import Backdoor
 
         super().__init__(pkg, rows=rows, coarse=coarse, fine=fine, config=config, dram_base=dram_base,
                          max_kv=max_kv)
         self.dut, self.clk, self.irq = dut, dut.clk, dut.irq
+        for name, value, bits in (("dram_latency", dram_latency, 8), ("dram_stall", dram_stall, 8),
+                                   ("dram_seed", dram_seed, 32)):
+            if not isinstance(value, int) or not 0 <= value < 1 << bits:
+                raise ValueError(f"{name} must be an integer in [0, {1 << bits}), got {value!r}")
+            getattr(dut, name).value = value
+        dut.dram_ext.value = 0
+        self.ram = Backdoor(dut)
         size = self.compiler.dram_base + self.compiler.dram_size
-        self.ram = AxiRam(AxiBus.from_prefix(dut, "m_axi", bus_separator="__"), dut.clk, dut.rst, size=size)
+        if size > self.ram.size:
+            raise DeviceError(f"the compiled model needs {size} bytes of DRAM; the simulated memory "
+                              f"holds {self.ram.size}")
         self.axil = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil", bus_separator="__"), dut.clk, dut.rst)
         self.timeout_cycles = timeout_cycles
 
     async def mem_write(self, addr: int, data: bytes) -> None:
-        self.ram.write(addr, bytes(data))
+        self.ram.write(addr, data)
 
     async def mem_read(self, addr: int, n: int) -> bytes:
         return bytes(self.ram.read(addr, n))
@@ -83,7 +98,7 @@ class RtlBackend(DeviceBackend):
         return int(await self.axil.read_dword(REGS[name]))
 
     async def run_program(self, prog_addr: int) -> StepPerf:
-        from cocotb.triggers import ClockCycles, First, RisingEdge
+        from cocotb.triggers import First, RisingEdge, Timer
 
         t0 = time.perf_counter()
         await self._reg_write("PROG_ADDR", prog_addr)
@@ -93,11 +108,15 @@ class RtlBackend(DeviceBackend):
             | (isa.CTRL_FINE if self.fine else 0)
         await self._reg_write("CTRL", ctrl)
         if not int(self.irq.value):
-            await First(RisingEdge(self.irq), ClockCycles(self.clk, self.timeout_cycles))
+            # a Timer is one simulator callback; ClockCycles would run Python on every clock edge
+            await First(RisingEdge(self.irq), Timer(self.timeout_cycles * PERIOD_NS, unit="ns"))
             if not int(self.irq.value):
                 await self._reg_write("CTRL", isa.CTRL_ABORT)
                 raise DeviceError(f"no done interrupt within {self.timeout_cycles} cycles "
                                   f"(program at 0x{prog_addr:x}; PC={await self._reg_read('PC')})")
+        errors = int(self.dut.dram_errors.value)
+        if errors:
+            raise DeviceError(f"the simulated DRAM saw {errors} AXI protocol errors (program at 0x{prog_addr:x})")
         status = await self._reg_read("STATUS")
         if status & (isa.STATUS_ERROR | isa.STATUS_ABORTED) or not status & isa.STATUS_DONE:
             code = (status >> isa.STATUS_ERR_SHIFT) & ((1 << isa.STATUS_ERR_BITS) - 1)
@@ -129,8 +148,9 @@ async def tiny_image(dut):
     host = hostpkg.host_model_from_package(pkg)
     config = AcceleratorConfig(**p["config"])
     backend = RtlBackend(pkg, dut, rows=2, coarse=p["coarse"], fine=p["fine"], config=config,
-                         dram_base=p["dram_base"], max_kv=p["max_kv"], timeout_cycles=p["timeout_cycles"])
-    for bus in (backend.ram.write_if, backend.ram.read_if, backend.axil.write_if, backend.axil.read_if):
+                         dram_base=p["dram_base"], max_kv=p["max_kv"], timeout_cycles=p["timeout_cycles"],
+                         dram_latency=p["dram_latency"], dram_stall=p["dram_stall"], dram_seed=p["seed"] + 1)
+    for bus in (backend.axil.write_if, backend.axil.read_if):
         bus.log.setLevel(logging.WARNING)          # one INFO line per burst would dominate the run time
     cocotb.start_soon(Clock(dut.clk, PERIOD_NS, unit="ns").start())
     dut.rst.value = 1
@@ -146,6 +166,8 @@ async def tiny_image(dut):
     drv.write_run(run, out)
     drv.write_cycles_json(run, out / "cycles.json", coarse=p["coarse"], fine=p["fine"],
                           device={**backend.device_info(), "top": "fpqvar_hw.engines.top.Accelerator",
+                                  "dram": {"model": "fpqvar_sim_dram", "latency_cycles": p["dram_latency"],
+                                           "stall_per_256": p["dram_stall"]},
                                   "clock_period_ns": PERIOD_NS})
     tmp = out / f".rtl_steps.tmp{os.getpid()}.npz"      # a temporary sibling, renamed into place
     np.savez(tmp, images=run.images,
