@@ -273,7 +273,9 @@ def gemm_cost(M: int, K: int, N: int, *, had: bool, bias: bool, fine: bool, b: T
     bias words + ``MATRIX_DRAIN_STATES``.  The loader (1 bus word = 4 FP32 per cycle,
     or one item per unit latency with the fine pipeline off) fills the first row block
     before the array starts and the next one meanwhile (double bank).  The R channel
-    carries weights, scales, bias and activations: ``words / beat_rate`` cycles at least.
+    carries weights, scales, bias and activations: ``words / beat_rate`` cycles at least,
+    and every read burst holds one of the arbiter's ``max_outstanding`` slots for a read
+    round trip (``read_latency + READ_PATH + 1``), which bounds a long-latency memory.
     """
     if min(M, K, N) < 1 or K % 128:
         raise ValueError(f"GEMM M={M}, K={K}, N={N}: M, N >= 1 and K a multiple of 128")
@@ -289,13 +291,19 @@ def gemm_cost(M: int, K: int, N: int, *, had: bool, bias: bool, fine: bool, b: T
         t_bus = words / mem.beat_rate
     else:   # one beat per cycle per client: the weight stream is the largest
         t_bus = B * NB * KB * tw / mem.beat_rate
+    rd = mem.read_latency + READ_PATH
+    # at most max_outstanding bursts in flight on the read arbiter: each burst holds its
+    # slot for a read round trip, so short bursts (scales, bias, narrow feature blocks)
+    # make a long-latency memory the bound
+    bursts = B * NB * (_bursts(KB * tw, b) + _bursts(G * b.scale_words, b) + _bursts(bw, b)) \
+        + M * _bursts(K // 4, b) + (1 if had else 0)
+    t_bus = max(t_bus, bursts * (rd + 1) / b.max_outstanding)
     beat = max(tw, 1 if fine else L["dot"])
     if fine:
         load_row = K / 4
     else:
         load_row = max(K / 4 * L["cvt"], K / b.quant_lanes * L["quant"],
                        K / b.quant_lanes * L["had"] if had else 0)
-    rd = mem.read_latency + READ_PATH
     first = rd + min(M, b.tm) * load_row + L["cvt"] + (L["had"] if had else 0) + L["quant"]
     compute = 0.0
     for blk in range(B):
@@ -307,6 +315,11 @@ def gemm_cost(M: int, K: int, N: int, *, had: bool, bias: bool, fine: bool, b: T
     tail = L["dot"] + last_rows * b.tn + 2 + mem.write_latency + WRITE_PATH
     cyc = ENGINE_START + max(first + compute, rd + t_bus) + tail + ENGINE_END
     return EngineCost(int(round(cyc)), int(words))
+
+
+def _bursts(words: int, b: TopBuild) -> int:
+    """Read bursts of a ``words``-word job (bursts of at most ``max_burst`` words)."""
+    return -(-words // b.max_burst)
 
 
 def operand_words(n: tuple[int, int, int, int], s0: int, s1: int, esize: int, *,
@@ -339,7 +352,7 @@ def vec_cost(subop: int, n: tuple[int, int, int, int], operands: Mapping[str, tu
     mean, variance and rsqrt latencies; L2NT ``2*n0`` + square and gain; SOFTMAX
     ``3*n0`` + exp and reciprocal; FDOT ``n0`` + its per-row pause.  Reads: bus words at
     ``beat_rate``; single-beat streams are limited to ``max_outstanding`` bursts in flight
-    per read latency.
+    per read latency, and each operand to ``vec_rd_depth`` words in flight.
     """
     from ..isa import VecSubop as V
     if any(v < 1 for v in n):
@@ -361,15 +374,18 @@ def vec_cost(subop: int, n: tuple[int, int, int, int], operands: Mapping[str, tu
         unit = rows * max(n0 * g, n0 + L["fdot"]) + L["fdot_tree"]
     else:
         unit = rows * n0 * g + {V.RESID: L["resid"], V.GELU: L["gelu"], V.CVT16: L["cvt16"]}[s]
-    words = single = 0
+    words = single = widest = 0
     for name, (s0, s1, esize) in operands.items():
         w, sb = operand_words(n, s0, s1, esize, once_per_row=(s is V.L2NT and name == "b"))
         words += w
         single += sb
+        widest = max(widest, w)
     t_bus = words / mem.beat_rate
     rd = mem.read_latency + READ_PATH
     t_single = single * (rd + 1) / min(b.max_outstanding, b.vec_rd_depth)
-    cyc = ENGINE_START + rd + 1 + max(unit, t_bus, t_single) + mem.write_latency + WRITE_PATH \
+    # an operand has at most vec_rd_depth words in flight, each for a read round trip
+    t_depth = widest * (rd + 1) / b.vec_rd_depth
+    cyc = ENGINE_START + rd + 1 + max(unit, t_bus, t_single, t_depth) + mem.write_latency + WRITE_PATH \
         + ENGINE_END
     return EngineCost(int(round(cyc)), int(words))
 
