@@ -46,13 +46,13 @@ def test_failing_cocotb_test_fails_pytest():
 def test_port_names_of_both_verilog_header_styles():
     """The ports made public to VPI (fpqvar_hw.host.cosim): Amaranth's non-ANSI header and
     the harness's ANSI one; a missing module is an error, not an empty list."""
-    from fpqvar_hw.host.cosim import CosimError, _port_names
+    from fpqvar_hw.host.cosim import CosimError, verilog_port_names
 
     text = ("module sub(a, b);\n  input a;\nendmodule\n"
             "module top(clk, rst, i__payload, o__valid);\n  input clk;\nendmodule\n"
             "module h #(parameter integer N = 2) (\n    input wire clk,\n    input wire [7:0] x__y,\n"
             "    output reg [N-1:0] z\n);\nendmodule\n")
-    assert _port_names(text, "top") == ["clk", "rst", "i__payload", "o__valid"]
-    assert _port_names(text, "h") == ["clk", "x__y", "z"]
+    assert verilog_port_names(text, "top") == ["clk", "rst", "i__payload", "o__valid"]
+    assert verilog_port_names(text, "h") == ["clk", "x__y", "z"]
     with pytest.raises(CosimError, match="not found"):
-        _port_names(text, "to")
+        verilog_port_names(text, "to")

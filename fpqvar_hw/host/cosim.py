@@ -54,7 +54,8 @@ SIMULATORS = ("verilator", "icarus")
 #: g++ level of every Verilator build (``FPQVAR_VERILATOR_OPT`` overrides it)
 VERILATOR_OPT = "-O1"
 
-__all__ = ["run_cocotb", "elaborate_verilog", "simulator", "tb_params", "CosimError", "BUILD_ROOT", "REPO"]
+__all__ = ["run_cocotb", "elaborate_verilog", "simulator", "tb_params", "verilog_port_names", "CosimError",
+           "BUILD_ROOT", "REPO"]
 
 
 class CosimError(RuntimeError):
@@ -285,7 +286,7 @@ def _runner(sim: str, ports_vlt: Path | None = None) -> Any:
     return PortsOnlyVerilator()
 
 
-def _port_names(text: str, module: str) -> list[str]:
+def verilog_port_names(text: str, module: str) -> list[str]:
     """Port names of ``module`` in the Verilog ``text`` (ANSI or non-ANSI header)."""
     import re
 
@@ -304,7 +305,7 @@ def _write_ports_vlt(text: str, module: str, path: Path) -> None:
     """Write the Verilator configuration file ``path`` that makes only ``module``'s ports
     public to VPI."""
     lines = ["`verilator_config"] + [f'public_flat_rw -module "{module}" -var "{n}"'
-                                     for n in _port_names(text, module)]
+                                     for n in verilog_port_names(text, module)]
     body = "\n".join(lines) + "\n"
     if not path.exists() or path.read_text() != body:
         write_text_atomic(path, body)
