@@ -50,7 +50,7 @@ from amaranth.hdl import _ast, _ir
 from amaranth.lib import wiring
 
 __all__ = ["hierarchical", "module_name", "Emitter", "EmittedDesign", "emit_verilog",
-           "EmitError"]
+           "EmitError", "verilog_ports"]
 
 
 class EmitError(RuntimeError):
@@ -98,6 +98,38 @@ def _short(v: Any) -> str | None:
 
 def _snake(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+def verilog_ports(text: str, module: str) -> list[tuple[str, str | None]]:
+    """``(name, direction)`` of every port of ``module`` in the Verilog ``text``, in header
+    order: an ANSI header (``input wire [7:0] a, b``: a direction carries over) or a
+    non-ANSI one with the directions declared in the body, as Amaranth emits them.
+    Escaped names lose their backslash; ``direction`` is ``None`` where none is declared.
+    Raises ``ValueError`` when ``text`` does not define ``module``."""
+    m = re.search(rf"^\s*module\s+{re.escape(module)}\s*(?:#\s*\(.*?\)\s*)?\((.*?)\)\s*;", text,
+                  re.S | re.M)
+    if m is None:
+        raise ValueError(f"module {module} not found in the Verilog text")
+    body = text[m.end():text.find("endmodule", m.end())]
+
+    def name_of(decl: str) -> list[str]:     # the declared name: the last word, ranges removed
+        return re.sub(r"\[.*?\]", " ", decl).split()
+
+    ports, direction = [], None
+    for item in m.group(1).split(","):
+        words = name_of(item)
+        if not words:
+            continue
+        if words[0] in ("input", "output", "inout"):
+            direction = words[0]
+        ports.append((words[-1].lstrip("\\"), direction))
+    declared = {}
+    for d, decl in re.findall(r"^\s*(input|output|inout)\b([^;]*);", body, re.M):
+        for item in decl.split(","):
+            words = name_of(item)
+            if words:
+                declared[words[-1].lstrip("\\")] = d
+    return [(n, d or declared.get(n)) for n, d in ports]
 
 
 def module_name(component: Any) -> str:

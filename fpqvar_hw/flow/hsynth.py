@@ -72,6 +72,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cache import entry_lock, write_text_atomic
+from ..emit import verilog_ports
 from .resources import fmax_mhz, path_levels
 from .synth import (DEFAULT_CACHE as SYNTH_CACHE, SynthResult, YosysError, run_yosys,
                     yosys_version)
@@ -291,24 +292,10 @@ _SEQUENTIAL = ("FDRE", "FDSE", "FDCE", "FDPE", "SRL16E", "SRLC32E", "RAMB18E2", 
 
 
 def output_ports(text: str, name: str) -> list[str]:
-    """Names of module ``name``'s output ports, from its Verilog text (ports declared in
-    the body, as Amaranth emits them, or in an ANSI header)."""
-    m = _module_header(text, name)
-    if m is None:
-        raise ValueError(f"module {name}: its text does not define `module {name}(`")
-    header = text[m.end():text.find(";", m.end())]
-    end = text.find("endmodule", m.end())
-    body = text[text.find(";", m.end()) + 1:end]
-    outs, direction = [], None
-    for item in header.rstrip(") \n").split(","):      # ANSI: a direction carries over
-        words = item.split()
-        if words and words[0] in ("input", "output", "inout"):
-            direction = words[0]
-        if direction == "output" and words:
-            outs.append(words[-1].lstrip("\\"))
-    for decl in re.findall(r"^\s*output\b([^;]*);", body, re.M):
-        outs += [w.strip().split()[-1].lstrip("\\") for w in decl.split(",") if w.strip()]
-    return [o for o in outs if re.fullmatch(r"\w+", o) and not o.startswith("[")]
+    """Names of module ``name``'s output ports, from its Verilog text
+    (:func:`fpqvar_hw.emit.verilog_ports`); escaped names that are not plain identifiers
+    are left out (the cone walk addresses ports by name)."""
+    return [n for n, d in verilog_ports(text, name) if d == "output" and re.fullmatch(r"\w+", n)]
 
 
 def module_script(name: str, children: list[str], abc9: bool,

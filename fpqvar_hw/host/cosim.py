@@ -287,18 +287,13 @@ def _runner(sim: str, ports_vlt: Path | None = None) -> Any:
 
 
 def verilog_port_names(text: str, module: str) -> list[str]:
-    """Port names of ``module`` in the Verilog ``text`` (ANSI or non-ANSI header)."""
-    import re
+    """Port names of ``module`` in the Verilog ``text`` (:func:`fpqvar_hw.emit.verilog_ports`)."""
+    from ..emit import verilog_ports
 
-    m = re.search(rf"\bmodule\s+{re.escape(module)}\s*(?:#\s*\(.*?\)\s*)?\((.*?)\)\s*;", text, re.S)
-    if m is None:
-        raise CosimError(f"module {module} not found in the Verilog")
-    names = []
-    for item in m.group(1).split(","):
-        words = re.findall(r"[A-Za-z_][A-Za-z0-9_$]*", re.sub(r"\[.*?\]", " ", item))
-        if words:
-            names.append(words[-1])
-    return names
+    try:
+        return [n for n, _ in verilog_ports(text, module)]
+    except ValueError as e:
+        raise CosimError(str(e)) from None
 
 
 def _write_ports_vlt(text: str, module: str, path: Path) -> None:
