@@ -409,6 +409,16 @@ def resources_markdown(rep: dict, platform) -> str:
     lines.append("| budget | | | " + budget + " | |")
     lines.append("| fraction | | | " + frac(rep["planned_fraction_of_budget"]) + " | |")
     lines += ["", "Not included: " + (", ".join(rep["not_included"]) or "nothing"), ""]
+    cmp_units = rep.get("comparison_units") or {}
+    if cmp_units:
+        lines += ["## Comparison cells (synthesised for the FP vs INT figures, not in the design)", "",
+                  "| unit | " + " | ".join(KEYS) + " | logic depth (LUT + carry levels) "
+                  "| est. f_max MHz |", "|---|" + "---|" * len(KEYS) + "---|---|"]
+        for name, u in cmp_units.items():
+            lines.append(f"| {name} | " + " | ".join(f"{u.get(k, 0):,}" for k in KEYS)
+                         + f" | {u.get('logic_depth')} ({u.get('lut_levels')} + "
+                           f"{u.get('carry_levels')}) | {u.get('fmax_mhz_est')} |")
+        lines.append("")
     ce = rep.get("clock_estimate") or {}
     if ce.get("achievable_mhz"):
         lines += ["## Clock estimate", "", f"Achievable clock {ce['achievable_mhz']:g} MHz "

@@ -85,6 +85,14 @@ def _mac(pair: MulPair, var: MulVariant, *, dfq: bool = False, lanes: int = 128)
                  lanes=lanes)
 
 
+def _array_cell() -> Entry:
+    """The matrix engine's array cell in the default build (dual-mode e2m1fn / DFQ-FP4,
+    32 lanes: ``MatrixEngine.cell_params(32)``)."""
+    from fpqvar_hw.engines.matrix import MatrixEngine
+    return Entry("mac32 dual dfq_e2m1 lut (array cell)", "group dot (G=128)",
+                 lambda: GroupDot(**MatrixEngine.cell_params(32)), lanes=32)
+
+
 def _fp_entries() -> list[Entry]:
     """FP32 building blocks (one lane each, 2-stage pipelines of ``fpqvar_hw.units.fpu``)."""
     return [
@@ -140,6 +148,7 @@ REGISTRY: list[Entry] = [
     _mac(MulPair.INT4_INT4, MulVariant.LUT),
     _mac(MulPair.INT4_INT4, MulVariant.DSP),
     _mac(MulPair.E2M1_E2M1, MulVariant.LUT, dfq=True),
+    _array_cell(),
     _mac(MulPair.E2M3_E2M3, MulVariant.DECOMPOSED, lanes=32),
     _mac_v2(MulPair.E2M1_E2M1, MulVariant.LUT),
     _mac_v2(MulPair.E2M1_E2M1, MulVariant.LUT, dfq=True),

@@ -8,7 +8,9 @@ off-by-one shift, a swapped sign, a dropped carry between beats; in the
 pipelined dot cell v2 dropped pipeline registers (scale path, adder-tree sign
 flag, loop read), swapped partial sums (DFQ halves, adder-tree operands), a
 lost carry-in, a control word one stage short, an off-by-one interleave counter
-and loop length; in the pipelined FP operators a product ahead of its exponent, a
+and loop length; in the v1 cell's FP32 tail a group taken one cycle too early for
+the accumulator loop, a held-back beat counted, the plain-mode bypass of the DFQ add
+unaligned; in the pipelined FP operators a product ahead of its exponent, a
 wrong sticky source, a lost +1 of a subtraction, swapped rounding sticky tests; in
 the row units' accumulating adder a write-back to the wrong partial or one cycle early,
 and partials not cleared between rows).  For each,
@@ -43,6 +45,10 @@ HAD_TEST = "tests/test_hw_hadamard.py::test_random_groups_match_golden[32-1]"
 DOT2_TEST = "tests/test_hw_dot.py::test_dot_v2_interleaved[E2M1_E2M1-True-8-LUT-1-1-41]"
 #: the same with e2m1 activations at the smallest interleave (interleave = the loop length)
 DOT2_E2M1_TEST = "tests/test_hw_dot.py::test_dot_v2_interleaved[E2M1_E2M1-False-8-LUT-0-1-40]"
+#: the v1 cell (GroupDot) fed back to back: groups spaced by the accumulator loop
+DOT_SPACING_TEST = "tests/test_hw_dot.py::test_group_spacing_at_full_rate[2-False]"
+#: the matrix engine's dual-mode cell in plain mode, against the golden model
+DUAL_TEST = "tests/test_hw_matrix.py::test_dual_cell_matches_golden[True-8-31]"
 #: the pipelined FP operators (fpu.AddPipe / MulPipe / RoundPackPipe inside FPUnit): the
 #: Amaranth-simulator tests of biased random operands under input gaps and backpressure
 FPU_ADD_TEST = "tests/test_hw_fpu.py::test_random_biased[add-fp32-11-400]"
@@ -76,9 +82,9 @@ MUTANTS = [
            "m.d.comb += self.p.eq(Mux(sign, -mag, mag))",
            "m.d.comb += self.p.eq(Mux(sign, mag, -mag))",
            MUL_TEST, "product negated when the signs agree"),
-    Mutant("scale-exp-off-by-one", "fpqvar_hw/units/fp32.py",
-           "u.exp.eq(ua.exp + uw.exp + (lsb_exp - 2 * FP16.man_bits + sig_bits - 1)),",
-           "u.exp.eq(ua.exp + uw.exp + (lsb_exp - 2 * FP16.man_bits + sig_bits)),",
+    Mutant("scale-exp-off-by-one", "fpqvar_hw/units/dot.py",
+           "head.exp.eq(ua.exp + uw.exp + (lsb_exp - 2 * FP16.man_bits + sig_bits - 1)),",
+           "head.exp.eq(ua.exp + uw.exp + (lsb_exp - 2 * FP16.man_bits + sig_bits)),",
            DOT_TEST, "group result scaled by 2 (product LSB exponent off by one)"),
     Mutant("sign-carry-dropped", "fpqvar_hw/units/dot.py",
            "m.d.comb += tree_out.eq(sum(leftover, tree_root))",
@@ -94,8 +100,8 @@ MUTANTS = [
            DOT2_TEST, "v2: one pipeline register of the scale path's exponent/flags dropped "
                       "(the record meets the product of the next group)"),
     Mutant("v2-partial-sums-swapped", "fpqvar_hw/units/dot.py",
-           "for k, ((r, f, _), (pair, _)) in enumerate(zip(roots, self._halves)):",
-           "for k, ((r, f, _), (pair, _)) in enumerate(zip(roots[::-1], self._halves)):",
+           "for (r, f, _), (pair, _) in zip(roots, self._halves)]",
+           "for (r, f, _), (pair, _) in zip(roots[::-1], self._halves)]",
            DOT2_TEST, "v2: the DFQ positive and negative group sums swapped before scaling"),
     Mutant("v2-tree-operands-swapped", "fpqvar_hw/units/dot.py",
            "(x, fx, mx), (y, fy, my) = level[j], level[j + 1]",
@@ -112,8 +118,8 @@ MUTANTS = [
            DOT2_E2M1_TEST, "v2 adder tree: a node's sign flag skips its pipeline register "
                            "(meets the next group's partial sum)"),
     Mutant("v2-round-delay-off-by-one", "fpqvar_hw/units/dot.py",
-           'ctrl = delay(ctrl, 3 + self._round_latency, "ctrl_f")',
-           'ctrl = delay(ctrl, 2 + self._round_latency, "ctrl_f")',
+           'ctrl = delay(ctrl, 3 + round_latency, "ctrl_f")',
+           'ctrl = delay(ctrl, 2 + round_latency, "ctrl_f")',
            DOT2_E2M1_TEST, "v2: the control word one register short of the scale and "
                            "RoundPackPipe path (slot and last meet the wrong group)"),
     Mutant("v2-loop-too-short", "fpqvar_hw/units/dot.py",
@@ -123,8 +129,8 @@ MUTANTS = [
            "v2: the loop length (smallest interleave) one cycle short: a slot is read "
            "before its previous sum is written back"),
     Mutant("v2-loop-read-register-dropped", "fpqvar_hw/units/dot.py",
-           'acc_rd = reg(acc[ctrl.slot], "acc_rd", 32)',
-           "acc_rd = acc[ctrl.slot]",
+           'acc_rd = reg(acc_sel, "acc_rd", 32)',
+           "acc_rd = acc_sel",
            DOT2_E2M1_TEST, "v2 accumulator loop: the slot read skips its register "
                            "(the partial sum meets the previous group)"),
     Mutant("v2-interleave-off-by-one", "fpqvar_hw/units/dot.py",
@@ -132,9 +138,30 @@ MUTANTS = [
            "m.d.sync += slot_in.eq(Mux(slot_in == D, 0, slot_in + 1))",
            DOT2_TEST, "v2: the interleave counter wraps after D + 1 beats (3 slots -> 4)"),
     Mutant("v2-slot-restart-dropped", "fpqvar_hw/units/dot.py",
-           "m.d.sync += acc[ctrl.slot].eq(Mux(ctrl.last, 0, acc_next))",
-           "m.d.sync += acc[ctrl.slot].eq(acc_next)",
+           ".eq(Mux(ctrl.last, 0, acc_next))",
+           ".eq(acc_next)",
            DOT2_TEST, "v2: a slot's accumulator is not reset to +0.0 after its last group"),
+    Mutant("dot-spacing-off-by-one", "fpqvar_hw/units/dot.py",
+           "(~grp_end_in | (since == gap - 1))",
+           "(~grp_end_in | (since >= gap - 2))",
+           DOT_SPACING_TEST, "v1 cell: a group's final beat taken one cycle before the "
+           "accumulator loop has written the previous group's sum back"),
+    Mutant("dot-untaken-beat-counted", "fpqvar_hw/units/dot.py",
+           "ctrl_in.valid.eq(self.i.valid & self.i.ready)",
+           "ctrl_in.valid.eq(self.i.valid)",
+           DOT_SPACING_TEST, "v1 cell: a beat held back by the group spacing enters the "
+           "pipeline as valid anyway (counted once per waiting cycle)"),
+    Mutant("dot-slot-wrap-off-by-one", "fpqvar_hw/units/dot.py",
+           "slot_in.eq(Mux(slot_in + 1 == D, 0, slot_in + 1))",
+           "slot_in.eq(Mux(slot_in == D, 0, slot_in + 1))",
+           "tests/test_hw_dot.py::test_interleaved_slots[4-3-True-0.0-61]",
+           "v1 cell with 3 slots: the slot counter wraps after 4 groups (a group is added "
+           "to another row's sum)"),
+    Mutant("dot-plain-delay-dropped", "fpqvar_hw/units/dot.py",
+           'g = Mux(ctrl.plain, delay(g_parts[0], add_latency, "g_plain"), g)',
+           "g = Mux(ctrl.plain, g_parts[0], g)",
+           DUAL_TEST, "dual cell, plain mode: the positive half bypasses the delay that matches "
+           "the DFQ add (a group result meets a later group's control word)"),
     Mutant("fpu-mul-products-early", "fpqvar_hw/units/fpu.py",
            "s = st(**parts, **flags)",
            "s = st(**flags); s.__dict__.update(parts)",

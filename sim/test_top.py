@@ -33,6 +33,7 @@ from fpqvar_hw.cache import write_text_atomic
 from fpqvar_hw.flow import asbuilt, simcycles
 from fpqvar_hw.host import isa_sim
 from fpqvar_hw.host.backends import RTL_MAX_KV, RTL_OVERRIDES, RTL_PRESET, rtl_config
+from fpqvar_hw.host.compiler import V_CACHE_LAYOUT
 from fpqvar_hw.host.rtl import top_build_name, top_component, top_harness
 from sim.runner import BUILD_ROOT, REPO, run_cocotb
 from tests.test_golden_block import digits_fpqvar  # noqa: F401  (session fixture: the package)
@@ -109,6 +110,7 @@ def _run_steps(dut, pkg_path, n_steps, modes, seed, pause):
     # stamp the file with the unit latencies of the RTL it measured, then hold the as-built
     # model to it (the committed copies in benchmarks/results/top_cycles come from here)
     data["unit_latencies"] = asbuilt.top_latencies(simcycles.load_sim_cycles(cycles).config.lanes)
+    data["v_cache"] = V_CACHE_LAYOUT         # the compiler's, which tb_top's programs use
     write_text_atomic(cycles, json.dumps(data, indent=1))
     for s in simcycles.compare_to_sim(simcycles.load_sim_cycles(cycles))["steps"]:
         assert s["instructions"]["predicted"] == s["instructions"]["simulated"], s

@@ -200,7 +200,11 @@ def test_lint_clean_and_synth_cached_build_is_deterministic(tmp_path):
         assert {b["module"] for b in r["boundary_paths"]} <= set(names)      # listed, by port
         assert all(b["depth"] > 0 for b in r["boundary_paths"])
         assert r["total"]["FF"] > r["units"][0]["FF"] and "planned_total" in r
-        assert "Whole top as built" in (tmp_path / "a" / "resources.md").read_text()
+        md = (tmp_path / "a" / "resources.md").read_text()
+        assert "Whole top as built" in md
+        # the FP vs INT comparison cell is listed with its own depth and clock
+        assert r["comparison_units"] and "## Comparison cells" in md
+        assert all(f"| {n} |" in md for n in r["comparison_units"])
         tcl = (tmp_path / "a" / "vivado" / "package_ip.tcl").read_text()
         assert "is part of this build" in tcl and "m_axi__rready" in tcl
 

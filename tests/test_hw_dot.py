@@ -79,6 +79,74 @@ def test_latency_attribute(lanes, dfq):
     assert done[0] - accepted[-1] == dut.latency
 
 
+@pytest.mark.parametrize("lanes,dfq", [(2, False), (8, True), (1, False)])
+def test_group_spacing_at_full_rate(lanes, dfq):
+    """Back-to-back input, no backpressure: within a group one beat per cycle; a group's
+    final beat is taken exactly ``group_interval`` cycles after the previous group's
+    (the accumulator loop, 9 cycles, unless the group's beats take longer), and every
+    result is exact (each group reads the sum its predecessor wrote back)."""
+    G = 8
+    dut = GroupDot(pair=MulPair.E2M1_E2M1, group_size=G, lanes=lanes, dfq=dfq)
+    vec = make_vectors(DFQ if dfq else "e2m1fn", "e2m1fn", n_dots=4, groups_per_dot=3,
+                       group_size=G, seed=7 + lanes)
+    beats = pack_beats(dut.beat_layout, vec, lanes, G)
+    rng = np.random.default_rng(lanes)
+    accepted: list[int] = []
+    _, out = simulate(dut, lambda ctx: drive(ctx, dut.i, beats, rng, accepted=accepted),
+                      lambda ctx: collect(ctx, dut.o, 4, rng, quiet=dut.latency + 4),
+                      max_cycles=20 * len(beats) + 100)
+    check(out, expected(vec, G))
+    bpg = G // lanes
+    assert dut.group_interval == max(bpg, dut.LOOP) == (9 if bpg < 9 else bpg)
+    ends = accepted[bpg - 1::bpg]
+    assert set(np.diff(ends).tolist()) == {dut.group_interval}
+    for g in range(len(ends)):                  # the other beats of a group: no waiting
+        starts = accepted[g * bpg:(g + 1) * bpg - 1]
+        assert all(b - a == 1 for a, b in zip(starts, starts[1:]))
+
+
+@pytest.mark.parametrize("lanes,D,dfq,idle,seed", [(4, 3, True, 0.0, 61), (2, 2, False, 0.0, 62),
+                                                  (8, 4, False, 0.3, 63), (4, 3, False, 0.3, 64)])
+def test_interleaved_slots(lanes, D, dfq, idle, seed):
+    """``interleave = D``: consecutive groups belong to slots 0..D-1 in turn, each slot a dot
+    product of its own (different lengths per slot), results in the order of their last
+    groups, exact; at full rate groups come every ``group_interval`` cycles."""
+    G = 8
+    dut = GroupDot(pair=MulPair.E2M1_E2M1, group_size=G, lanes=lanes, dfq=dfq, interleave=D)
+    bpg = G // lanes
+    a_fmt = DFQ if dfq else "e2m1fn"
+    # slot k: dot products of k + 1 groups, as many as give every slot 6 groups
+    slots = [make_vectors(a_fmt, "e2m1fn", n_dots=6 // (k % 3 + 1), groups_per_dot=k % 3 + 1,
+                          group_size=G, seed=seed + k) for k in range(D)]
+    per = [pack_beats(dut.beat_layout, v, lanes, G) for v in slots]
+    beats, ends = [], []
+    for n in range(6 * D):
+        k, g = n % D, n // D
+        beats += per[k][g * bpg:(g + 1) * bpg]
+        gpd = k % 3 + 1
+        if g % gpd == gpd - 1:
+            ends.append(int(expected(slots[k], G)[g // gpd]))
+    rng = np.random.default_rng(seed)
+    accepted: list[int] = []
+    _, out = simulate(dut, lambda ctx: drive(ctx, dut.i, beats, rng, idle=idle, accepted=accepted),
+                      lambda ctx: collect(ctx, dut.o, len(ends), rng, stall=0.2 if idle else 0.0,
+                                          quiet=dut.latency + 4),
+                      max_cycles=40 * len(beats) + 200)
+    check(out, ends)
+    assert dut.group_interval == max(bpg, -(-dut.LOOP // D))
+    if not idle:
+        assert set(np.diff(accepted[bpg - 1::bpg]).tolist()) == {dut.group_interval}
+
+
+def test_interleave_for_removes_the_spacing():
+    for lanes in (1, 2, 4, 8, 16, 32, 128):
+        D = GroupDot.interleave_for(group_size=128, lanes=lanes)
+        assert GroupDot.group_interval_for(group_size=128, lanes=lanes, interleave=D) \
+            == max(128 // lanes, 1)
+        assert D == 1 or GroupDot.group_interval_for(group_size=128, lanes=lanes,
+                                                     interleave=D - 1) > 128 // lanes
+
+
 # ---- dot cell v2 (GroupDotV2): one group per beat, interleaved dot products
 
 def interleaved(beat_layout, group_size: int, slots: list) -> tuple[list[int], list[int]]:

@@ -209,7 +209,8 @@ def test_sim_cycles_load_both_schemas_and_compare_per_step(tmp_path, schema):
         # the models' own step costs for this config, not copies of the simulation
         cfg = sim.config.replace(coarse_pipeline=run.coarse, fine_pipeline=run.fine)
         top = asbuilt.top_step(m.C, m.heads, 4 * m.C, m.depth, sum(m.tokens[:run.step]),
-                            m.tokens[run.step], 2, cfg, asbuilt.sim_memory(sim.pause))
+                            m.tokens[run.step], 2, cfg, asbuilt.sim_memory(sim.pause),
+                            L_total=m.kv_lengths[-1], v_cache=sim.v_cache)
         assert (c["predicted"], row["gemm_cycles"]["predicted"], row["vec_cycles"]["predicted"]) \
             == (top.cycles, top.gemm_cycles, top.vec_cycles)
         planned = perf.evaluate(perf.DIGITS, cfg, simcycles.sim_platform()).steps[run.step].cycles
@@ -253,7 +254,8 @@ def test_driver_run_on_the_simulated_dram_is_modelled_with_it(tmp_path):
     m = perf.DIGITS
     for row, base, run in zip(cmp["steps"], plain["steps"], sim.runs):
         top = asbuilt.top_step(m.C, m.heads, 4 * m.C, m.depth, sum(m.tokens[:run.step]), m.tokens[run.step],
-                               2, sim.config, sim.memory)
+                               2, sim.config, sim.memory, L_total=m.kv_lengths[-1],
+                               v_cache=sim.v_cache)
         assert row["cycles"]["predicted"] == top.cycles > base["cycles"]["predicted"]
 
 
@@ -295,7 +297,10 @@ def test_cycle_files_state_the_rtl_they_measured():
     for path in TOP_CYCLES:
         sim = simcycles.load_sim_cycles(path)
         assert sim.unit_latencies is not None, f"{path.name}: no unit_latencies"
-        assert set(sim.unit_latencies) == set(current), path.name
+        # files from before the pipelined array cell and bias add lack those two
+        assert set(sim.unit_latencies) in (set(current),
+                                           set(current) - {"dot_group", "bias", "vec_issue"}), \
+            path.name
 
 
 def test_stated_latencies_reach_the_model():
@@ -334,8 +339,10 @@ def test_step_program_equals_the_compilers(digits_fpqvar):  # noqa: F811
     from fpqvar_hw.flow import asbuilt, perf
     from fpqvar_hw.host.compiler import Compiler
     from fpqvar_hw.isa import Gemm, GemmFlag, Halt
+    from fpqvar_hw.host.compiler import V_CACHE_LAYOUT
     pkg = load_package(digits_fpqvar[1])
     m = perf.DIGITS
+    assert asbuilt.V_CACHE_LAYOUTS[0] == V_CACHE_LAYOUT      # the model's default is the compiler's
     for coarse in (True, False):
         cfg = get_preset("w4a4").replace(tm=2, tn=2, lanes=32, quant_lanes=8,
                                          coarse_pipeline=coarse)
@@ -345,7 +352,7 @@ def test_step_program_equals_the_compilers(digits_fpqvar):  # noqa: F811
             L_start, L = comp.step_tokens(step)
             want = [i for i in comp.instructions(step) if not isinstance(i, Halt)]
             got = asbuilt.top_step_program(m.C, m.heads, 4 * m.C, m.depth, L_start, L, 2, cfg.tm,
-                                        coarse=coarse)
+                                           L_total=comp.L_total, coarse=coarse)
             assert len(got) == len(want)
             for k, (g, w) in enumerate(zip(got, want)):
                 assert (g.opcode, g.sync) == (int(w.opcode), w.sync), (step, k, g, w)

@@ -70,7 +70,7 @@ def test_plan_order_shapes_and_spans():
 def test_as_built_model_uses_the_plan():
     for args in ((128, 2, 512, 2, 1, 4, 2, 2), (256, 4, 1024, 1, 5, 9, 3, 4)):
         plan = step_plan(*args)
-        prog = asbuilt.top_step_program(*args)
+        prog = asbuilt.top_step_program(*args, L_total=args[4] + args[5])
         assert [i.name for i in prog] == [o.name for o in plan]
         assert [(i.opcode, None if i.gemm else i.vec[0], i.gemm[:3] if i.gemm else i.vec[1])
                 for i in prog] == _kinds(plan)
@@ -109,6 +109,7 @@ def test_compiler_and_as_built_model_use_one_plan(pkg, rows, tile, kv6):
         assert isinstance(ins[-1], Halt) and _instr_kinds(ins) == _kinds(plan)
         if not kv6:
             prog = asbuilt.top_step_program(comp.C, comp.H, comp.hidden, comp.depth, L_start, L,
-                                            rows, comp.tile_tokens, coarse=cfg.coarse_pipeline)
+                                            rows, comp.tile_tokens, L_total=comp.L_total,
+                                            coarse=cfg.coarse_pipeline)
             assert [i.name for i in prog] == [o.name for o in plan]
             assert [i.sync for i in prog] == [i.sync for i in ins[:-1]]

@@ -47,8 +47,8 @@ per row block, both hidden behind the weight stream when ``K/lanes *
 ceil(lanes*4/128) > tm + 5/tn`` and ``N/tn`` feature blocks outlast a row load
 (true for every VAR layer: K >= 1024).  Measured (``sim/test_matrix.py``,
 ``test_matrix_engine_cycles``; tm=2, tn=2, lanes=16, quant_lanes=8, fixed DRAM
-latency 8, no gaps): M=16, K=128, N=384 with HAD and BIAS takes 24,727 cycles
-with the fine pipeline (the formula gives 24,576) and 98,623 without.
+latency 8, no gaps): M=16, K=128, N=384 with HAD and BIAS takes 24,777 cycles
+with the fine pipeline (the formula gives 24,576) and 320,431 without.
 
 Dataflow note: row blocks are the outer loop and every row block rereads all
 the weights (``ceil(M/tm)`` weight passes per GEMM).  ``fpqvar_hw.flow.perf`` models
@@ -73,8 +73,8 @@ affected outputs read NaN).
 
 ``fine`` low (no fine pipeline): each unit is fed one beat per its latency
 (converter 2, Hadamard ``hadamard.LATENCY_AFTER_LAST``, quantizer
-``quantizer.LATENCY_AFTER_LAST``, dot array ``GroupDot.latency``, bias add 2
-cycles), modelling non-pipelined units.
+``quantizer.LATENCY_AFTER_LAST``, dot array ``GroupDot.latency``, bias add
+``BIAS_ADD_LATENCY``), modelling non-pipelined units.
 """
 from __future__ import annotations
 
@@ -92,19 +92,23 @@ from .. import packing
 from ..checked import Checked, latency_of
 from ..config import AcceleratorConfig, ElementFormat, ScaleFormat
 from ..units.dot import GroupDot
-from ..units.fpu import FP16, FP32, FPOp, FPUnit, add_front, float_layout
+from ..units.fpu import FP16, FP32, FPOp, FPUnit
 from ..units.hadamard import LATENCY_AFTER_LAST as HAD_LATENCY, GroupHadamard
 from ..units.multiplier import MulPair
 from ..units.quantizer import LATENCY_AFTER_LAST as QUANT_LATENCY, Quantizer
 from ..units.vector import Dataflow, Val
 
-__all__ = ["MatrixEngine", "BurstReader", "check_config", "SUPPORTED_PRESETS", "JOB_LAYOUT"]
+__all__ = ["MatrixEngine", "BurstReader", "check_config", "SUPPORTED_PRESETS", "JOB_LAYOUT",
+           "BIAS_ADD_LATENCY"]
 
 #: Presets whose formats the engine implements.
 SUPPORTED_PRESETS = ("w4a4",)
 #: A DMA job: ``words`` consecutive 16-byte words from ``addr`` (split into bursts).
 JOB_LAYOUT = data.StructLayout({"addr": 32, "words": 32})
 _CODE_BITS = 4
+#: Stages of the drain's FP32 bias add (an ``fpu.AddPipe``): with the fine pipeline off
+#: the drain emits one result per this many cycles.
+BIAS_ADD_LATENCY = FPOp.ADD.latency
 _PAGE = 4096
 
 
@@ -312,6 +316,13 @@ class MatrixEngine(Checked, wiring.Component):
         """Cycles from a dot product's final beat to its result (one array cell), without
         building a cell (:func:`fpqvar_hw.checked.latency_of`)."""
         return latency_of(GroupDot, **cls.cell_params(lanes))
+
+    @classmethod
+    def cell_group_interval(cls, lanes: int) -> int:
+        """Fewest cycles between consecutive groups of one array cell (its ``lanes``-wide
+        beats, or its accumulator loop when longer; ``GroupDot.group_interval_for``)."""
+        p = cls.cell_params(lanes)
+        return GroupDot.group_interval_for(group_size=p["group_size"], lanes=p["lanes"])
 
     @staticmethod
     def engine_signature() -> wiring.Signature:
@@ -706,7 +717,8 @@ class _Datapath(Elaboratable):
         left_rows = Signal(32)
         m.d.comb += [left_rows.eq(M - d_r0), d_rows.eq(Mux(left_rows < tm, left_rows, tm))]
 
-        # stage 0 of the output pipeline (registered), then the FP32 add (2 stages)
+        # stage 0 of the output pipeline (registered), then the FP32 add (an AddPipe:
+        # BIAS_ADD_LATENCY stages)
         en = Signal()
         item_layout = data.StructLayout({"value": 32, "bias": 32, "addr": 32, "write": 1,
                                          "flush": 1, "final": 1})
@@ -714,16 +726,18 @@ class _Datapath(Elaboratable):
         s0_valid = Signal()
         emit = Signal()
         item = Signal(item_layout)
-        ok_b, hook_b = _gate(m, fine, 2, "bias")
+        ok_b, hook_b = _gate(m, fine, BIAS_ADD_LATENCY, "bias")
         with m.If(en):
             m.d.sync += [s0_valid.eq(emit), s0.eq(item)]
         hook_b(emit)
-        df = Dataflow(m, en, "badd_", pipelined=False)   # 2 stages (MATRIX_BIAS_GATE); issue 15
+        df = Dataflow(m, en, "badd_")
         sum_ = df.add(Val(s0.value, 0), Val(s0.bias, 0))
+        L = sum_.stage
+        assert L == BIAS_ADD_LATENCY, f"bias add: {L} stages, BIAS_ADD_LATENCY {BIAS_ADD_LATENCY}"
         s2 = Signal(item_layout)
-        m.d.comb += s2.eq(df.at(Val(s0.as_value(), 0), 2))
-        s2_valid = df.at(Val(s0_valid, 0), 2)
-        s2_value = Mux(self.use_bias, df.at(sum_, 2), s2.value)
+        m.d.comb += s2.eq(df.at(Val(s0.as_value(), 0), L))
+        s2_valid = df.at(Val(s0_valid, 0), L)
+        s2_value = Mux(self.use_bias, df.at(sum_, L), s2.value)
 
         with m.FSM(name="drain"):
             with m.State("IDLE"):

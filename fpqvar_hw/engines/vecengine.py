@@ -9,7 +9,8 @@ function) and writes the results through one write client.
 Data path (one element per cycle when nothing stalls)::
 
     cmd -> CHECK -> issue: loop counters (i3, i2, i1, i0), one address per operand,
-                   window check, read requests (only when the 16-byte word changes)
+                   ISSUE_STAGES registers (window checks, burst end and length),
+                   read requests (only when the 16-byte word changes)
                    |                                   |
                    v descriptor FIFO                   v rd_a / rd_b / rd_c
             gather: word caches + response FIFOs -> element {a, b, c, last}
@@ -52,7 +53,9 @@ Data path (one element per cycle when nothing stalls)::
   write request register takes when no code word is waiting (C's address from its
   own row loop nest, window-checked when the row's last code is taken).
 * **Errors and abort.**  Error 2/3/4 (address, read ``err``, write ``err``) or
-  ``abort`` stop the issue side and hold the units, FIFOs and caches in reset
+  ``abort`` stop the issue side (an error raised elsewhere one cycle later: in that
+  cycle the issue side may still issue a read of an element inside the window) and
+  hold the units, FIFOs and caches in reset
   (``ResetInserter``) while outstanding requests complete and their responses are
   discarded; ``busy`` falls when nothing is outstanding.  ``error`` holds the first
   error's code until the next ``cmd`` is accepted (0 after an abort).
@@ -78,7 +81,7 @@ e2m3fn, group 64, one lane).
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Array, Cat, Const, Module, Mux, ResetInserter, Signal
+from amaranth.hdl import Array, Cat, Const, Module, Mux, ResetInserter, Signal, Value, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
@@ -89,7 +92,7 @@ from ..emit import hierarchical
 from .. import isa
 from ..checked import Checked, latency_of
 from .axi import DATA_BITS, DATA_BYTES, MAX_BURST, ReadClient, WriteClient
-from ..units.fpu import FP16, FP32, FPOp, FPUnit, RoundPack, convert_front
+from ..units.fpu import FP16, FP32, FPOp, FPUnit, fp16_to_fp32
 from ..units.quantizer import LATENCY_AFTER_LAST, Quantizer
 from ..units.vector import (Elementwise, FDot, Func, L2NormTemperature, LayerNormModulate, Residual,
                      Softmax)
@@ -164,7 +167,9 @@ class VectorEngine(Checked, wiring.Component):
     C : LayerNorm row length (LNMOD requires ``n0 == C``); a multiple of ``P``.
     max_kv : longest SOFTMAX row (``1 <= n0 <= max_kv``).
     P : tree-sum width of the row operations (golden ``tree_sum``; ``isa.VEC_P``).
-    rd_depth : words in flight per operand (response FIFO depth, a power of two >= 16).
+    rd_depth : words in flight per operand (response FIFO depth, a power of two >= 16;
+        default 32, two bursts: against a 150-cycle DRAM latency an operand streams
+        ``rd_depth`` words per round trip).
     kv6 : build the KV6 hardware (KVQ6, FDOT with B_KV6; accelerator config
         ``kv_format=e2m3fn``).  Without it both are error 5 and the design is exactly
         the FP16-only engine.
@@ -183,8 +188,12 @@ class VectorEngine(Checked, wiring.Component):
     """
 
     DESC_DEPTH = 32
+    #: Registers from the loop nest to the read-issue decision (element-only work: window
+    #: checks, the burst's end, its length); the first request of an instruction leaves
+    #: this many cycles after RUN starts.
+    ISSUE_STAGES = 5
 
-    def __init__(self, *, C: int = 128, max_kv: int = 64, P: int = isa.VEC_P, rd_depth: int = 16,
+    def __init__(self, *, C: int = 128, max_kv: int = 64, P: int = isa.VEC_P, rd_depth: int = 32,
                  kv6: bool = False):
         # the parameters were checked by check_params before this object existed
         self.C, self.max_kv, self.P, self.rd_depth, self.kv6 = C, max_kv, P, rd_depth, kv6
@@ -373,11 +382,14 @@ class VectorEngine(Checked, wiring.Component):
         with m.Elif(err_wr):
             m.d.comb += raise_err.eq(isa.ErrorCode.AXI_WRITE)
 
+        # the window's end (static from CHECK on: a register is early enough for RUN)
+        window_end = Signal(34)
+        m.d.sync += window_end.eq(self.dram_base + self.dram_size)
+
         def in_window(addr, nbytes):
             end = Signal(34)
-            lim = Signal(34)
-            m.d.comb += [end.eq(addr + nbytes), lim.eq(self.dram_base + self.dram_size)]
-            return (addr >= self.dram_base) & (end <= lim)
+            m.d.comb += end.eq(addr + nbytes)
+            return (addr >= self.dram_base) & (end <= window_end)
 
         # ------------------------------------------------------------ loop nests
         def loop_nest(prefix: str, n0m1, operands: dict[str, list]):
@@ -414,14 +426,25 @@ class VectorEngine(Checked, wiring.Component):
             return idx, nm1, addrs, step, Cat(*top).all(), top[0]
 
         # ============================================================ issue side
+        # The loop nest hands one element per step to ISSUE_STAGES registers that work out,
+        # per operand, what depends on the element alone (window checks, the burst's last
+        # word and length; a few logic levels per stage); the last register is the issue
+        # stage, which decides the read requests against the operand's state (word cache,
+        # burst words ahead, credits).  Every stage moves on `adv`: the issue stage is
+        # empty or issues its element.
         strides = {x: [field(x, k) for k in range(1, 5)] for x in ("a", "b", "c", "d")}
         i_idx, i_nm1, i_addr, i_step, i_final, i_last = loop_nest(
             "is", n[0] - 1, {x: strides[x] for x in _READ_OPERANDS})
-        i_done = Signal()
+        l_done = Signal()               # the loop nest has handed over its last element
         with m.If(start):
-            m.d.sync += i_done.eq(0)
+            m.d.sync += l_done.eq(0)
         with m.Elif(i_step & i_final):
-            m.d.sync += i_done.eq(1)
+            m.d.sync += l_done.eq(1)
+        left = Signal(32, name="is_left")   # elements after the loop nest's one in its row
+        with m.If(start):
+            m.d.sync += left.eq(n[0] - 1)
+        with m.Elif(i_step):
+            m.d.sync += left.eq(Mux(i_last, i_nm1[0], left - 1))
 
         desc_layout = data.StructLayout({
             **{f"new_{x}": 1 for x in _READ_OPERANDS},
@@ -432,24 +455,96 @@ class VectorEngine(Checked, wiring.Component):
         desc_w = Signal(desc_layout)
         m.d.comb += desc_fifo.w_data.eq(desc_w)
 
-        need = {"a": Const(1),
-                "b": (is_sub[V.LNMOD] | is_sub[V.RESID] | is_sub[V.FDOT]
-                      | (is_sub[V.L2NT] & (i_idx[0] == 0))),
-                "c": is_sub[V.LNMOD] | is_sub[V.RESID]}
         esize = {"a": Const(4, 3), "b": Mux(b16, 2, 4), "c": Const(4, 3)}
         if kv6:
-            need["c"] = need["c"] | kv_fdot
             esize["b"] = Mux(bkv6, 1, esize["b"])
             esize["c"] = Mux(kv_fdot, 2, esize["c"])
+        # last address an element of esize bytes may start at (in_window(a, esize) is
+        # base <= a <= lim); the fields are static from CHECK on, so one register is early
+        # enough for the first element (it reaches the check two cycles into RUN)
+        lim = {}
+        for x in _READ_OPERANDS:
+            lim[x] = Signal(signed(35), name=f"lim_{x}")
+            m.d.sync += lim[x].eq(self.dram_base + self.dram_size - esize[x])
+
+        def inside(addr, x):
+            return (addr >= self.dram_base) & (Cat(addr, Const(0, 3)).as_signed() <= lim[x])
+
+        # the stages: valid, element flags, and per operand the fields computed so far
+        adv = Signal()                  # every stage moves
+        gen = Signal()                  # the loop nest has an element to hand over
+        # The issue side stops one cycle after an error elsewhere (the FSM leaves RUN): in
+        # that cycle it may still issue a read, always inside the window (all_ok below),
+        # which the drain waits for like any other; an abort stops it at once.
+        issuing = in_run & ~self.abort
+        m.d.comb += [gen.eq(issuing & ~l_done), i_step.eq(adv & gen)]
+        valid = [Signal(name=f"is{k}_valid") for k in range(self.ISSUE_STAGES)]
+        with m.If(start | flush):
+            m.d.sync += [v.eq(0) for v in valid]
+        with m.Elif(adv):
+            m.d.sync += [valid[0].eq(gen)] + [valid[k].eq(valid[k - 1])
+                                              for k in range(1, self.ISSUE_STAGES)]
+
+        def stage(k: int, name: str, value, shape=None):
+            r = Signal(shape if shape is not None else Value.cast(value).shape(),
+                       name=f"is{k}_{name}")
+            with m.If(adv):
+                m.d.sync += r.eq(value)
+            return r
+
+        def carry(k: int, name: str, value):
+            """``value`` (a stage-(k-1) register, or the loop nest's at k = 0) through stages
+            k..ISSUE_STAGES-1."""
+            for j in range(k, self.ISSUE_STAGES):
+                value = stage(j, name, value)
+            return value
+
+        e_last = carry(0, "last", i_last)
+        e_first = carry(0, "first", i_idx[0] == 0)          # L2NT: B at i0 = 0 only
+        # stage 0: remaining elements of the row after this one, clamped to 255
+        rem = stage(0, "rem", Mux(left[8:] != 0, 255, left[:8]), 8)
+        addr0 = {x: stage(0, f"addr_{x}", i_addr[x]) for x in _READ_OPERANDS}
+        e_addr, win, in_page, burstable = {}, {}, {}, {}
+        for x in _READ_OPERANDS:
+            s0 = strides[x][0]
+            burstable[x] = (s0[31] == 0) & (s0 != 0) & (s0 <= DATA_BYTES)
+            if x == "b":
+                burstable[x] &= ~is_sub[V.L2NT]          # one B per row: s0 is unused
+            # stage 1: the element's window check; the burst's extent in bytes
+            a1 = stage(1, f"addr_{x}", addr0[x])
+            win1 = stage(1, f"win_{x}", inside(addr0[x], x))
+            span1 = stage(1, f"ext_{x}", rem * s0[:(DATA_BYTES).bit_length()], 13)
+            # stage 2: the last element the burst may cover
+            a2 = stage(2, f"addr_{x}", a1)
+            end2 = stage(2, f"end_{x}", a1 + span1, 34)
+            # stage 3: that element inside the window; words to it; words to the 4 KiB page end
+            a3 = stage(3, f"addr_{x}", a2)
+            end_ok3 = stage(3, f"endok_{x}", (end2[32:] == 0) & inside(end2[:32], x))
+            dist3 = stage(3, f"dist_{x}", (end2[_WORD_SHIFT:32] - a2[_WORD_SHIFT:])[:9], 9)
+            page3 = stage(3, f"page_{x}", (1 << (12 - _WORD_SHIFT)) - a2[_WORD_SHIFT:12],
+                          range((1 << (12 - _WORD_SHIFT)) + 1))
+            # stage 4 (the issue stage): burst length in words, at most MAX_BURST, not across
+            # 4 KiB (the credits are applied at issue)
+            span = Mux(burstable[x] & end_ok3, Mux(dist3 >= MAX_BURST - 1, MAX_BURST, dist3 + 1), 1)
+            in_page[x] = stage(4, f"inpage_{x}", Mux(page3 < span, page3, span),
+                               range(MAX_BURST + 1))
+            e_addr[x] = stage(4, f"addr_{x}", a3)
+            win[x] = carry(2, f"win_{x}", win1)
+        e_valid = valid[-1]
+
+        need = {"a": Const(1),
+                "b": (is_sub[V.LNMOD] | is_sub[V.RESID] | is_sub[V.FDOT]
+                      | (is_sub[V.L2NT] & e_first)),
+                "c": is_sub[V.LNMOD] | is_sub[V.RESID]}
+        if kv6:
+            need["c"] = need["c"] | kv_fdot
         can_issue = Signal()
-        m.d.comb += can_issue.eq(in_run & ~i_done & desc_fifo.w_rdy)
+        m.d.comb += can_issue.eq(in_run & e_valid & desc_fifo.w_rdy)
         blocked = []
         rd_state = {}
-        remaining = Signal(8)            # elements after this one in the row, clamped to 255
-        m.d.comb += remaining.eq(Mux(i_nm1[0] - i_idx[0] > 255, 255, i_nm1[0] - i_idx[0]))
         for x in _READ_OPERANDS:
             port = getattr(self, f"rd_{x}")
-            addr = i_addr[x]
+            addr = e_addr[x]
             word = addr[_WORD_SHIFT:]
             last_word = Signal(32 - _WORD_SHIFT, name=f"last_word_{x}")
             cached = Signal(name=f"cached_{x}")
@@ -460,13 +555,6 @@ class VectorEngine(Checked, wiring.Component):
             # 0 < s0 <= 16 every word in between is touched, in order, so the next new word
             # of this operand is always the next word of the burst.
             ahead = Signal(range(MAX_BURST), name=f"ahead_{x}")
-            s0 = strides[x][0]
-            burstable = (s0[31] == 0) & (s0 != 0) & (s0 <= DATA_BYTES)
-            if x == "b":
-                burstable &= ~is_sub[V.L2NT]          # one B per row: s0 is unused
-            end = Signal(34, name=f"burst_end_{x}")   # last element the burst may cover
-            m.d.comb += end.eq(addr + remaining * s0[:(DATA_BYTES).bit_length()])
-            end_ok = (end[32:] == 0) & in_window(end[:32], esize[x])
             req_valid = Signal(name=f"req_valid_{x}")
             req_addr = Signal(32, name=f"req_addr_{x}")
             req_len = Signal(8, name=f"req_len_{x}")
@@ -475,21 +563,12 @@ class VectorEngine(Checked, wiring.Component):
             req_free = ~req_valid | port.req.ready
             credits = Signal(range(depth + 1), name=f"credits_{x}")   # words issued, not popped
             inflight = Signal(range(depth + 1), name=f"inflight_{x}")  # words without response
-            # burst length: to the end word, at most MAX_BURST, not across 4 KiB, fits credits
-            span = Signal(range(MAX_BURST + 1), name=f"span_{x}")
-            dist = (end[_WORD_SHIFT:32] - word)[:9]
-            page = (1 << (12 - _WORD_SHIFT)) - word[:12 - _WORD_SHIFT]
-            m.d.comb += span.eq(1)
-            with m.If(burstable & end_ok):
-                m.d.comb += span.eq(Mux(dist >= MAX_BURST - 1, MAX_BURST, dist + 1))
-            in_page = Signal(range(MAX_BURST + 1), name=f"in_page_{x}")
-            m.d.comb += in_page.eq(Mux(page < span, page, span))
             free = depth - credits
             beats = Signal(range(MAX_BURST + 1), name=f"beats_{x}")
-            m.d.comb += beats.eq(Mux(free < in_page, free, in_page))
+            m.d.comb += beats.eq(Mux(free < in_page[x], free, in_page[x]))
             request = Signal(name=f"request_{x}")
             m.d.comb += request.eq(new & (ahead == 0))
-            window_ok = in_window(addr, esize[x])
+            window_ok = win[x]
             blocked.append(request & (~req_free | (credits == depth)))
             with m.If(can_issue & need[x] & ~window_ok):
                 m.d.comb += err_addr_rd.eq(1)
@@ -499,8 +578,11 @@ class VectorEngine(Checked, wiring.Component):
                                window_ok=window_ok, ahead=ahead, request=request, beats=beats)
         all_ok = Cat(*(~need[x] | rd_state[x]["window_ok"] for x in _READ_OPERANDS)).all()
         fire = Signal()
-        m.d.comb += [fire.eq(running & can_issue & all_ok & ~Cat(*blocked).any()), i_step.eq(fire)]
-        m.d.comb += [desc_fifo.w_en.eq(fire), desc_w.last.eq(i_last)]
+        m.d.comb += [fire.eq(issuing & can_issue & all_ok & ~Cat(*blocked).any()),
+                     adv.eq(~e_valid | fire)]
+        m.d.comb += [desc_fifo.w_en.eq(fire), desc_w.last.eq(e_last)]
+        i_done = Signal()               # every element issued
+        m.d.comb += i_done.eq(l_done & ~Cat(*valid).any())
 
         # response FIFOs and word caches (gather side) -------------------------
         pop = Signal()                  # gather takes the head descriptor this cycle
@@ -511,7 +593,7 @@ class VectorEngine(Checked, wiring.Component):
             st = rd_state[x]
             port = st["port"]
             m.d.comb += [getattr(desc_w, f"new_{x}").eq(st["new"]),
-                         getattr(desc_w, f"off_{x}").eq(i_addr[x][:_WORD_SHIFT])]
+                         getattr(desc_w, f"off_{x}").eq(e_addr[x][:_WORD_SHIFT])]
             with m.If(fire & st["new"]):
                 m.d.sync += [st["last_word"].eq(st["word"]), st["cached"].eq(1)]
                 with m.If(st["request"]):
@@ -558,21 +640,16 @@ class VectorEngine(Checked, wiring.Component):
         def lane32(word, off):
             return word.word_select(off[2:], 32)
         b_half = words["b"].word_select(desc.off_b[1:], 16)
-        b_conv = RoundPack(FP32, sig_bits=FP16.man_bits + 1, exp_bits=FP16.exp_bits + 4)
-        m.submodules.b_fp16 = b_conv
-        m.d.comb += b_conv.i.eq(convert_front(m, b_half, FP16))
-        b_val = Mux(b16, b_conv.o.as_value(), lane32(words["b"], desc.off_b))
+        b_val = Mux(b16, fp16_to_fp32(m, b_half), lane32(words["b"], desc.off_b))
         c_val = lane32(words["c"], desc.off_c)
         if kv6:
             # B_KV6: the code byte through the 64-entry decode LUT (exact FP32 values);
             # C: the FP16 scale converted exactly to FP32 (multiplied in the next stage)
             lut = Array(Const(v, 32) for v in kv6_decode_table())
             b_code = words["b"].word_select(desc.off_b, 8)
-            c_conv = RoundPack(FP32, sig_bits=FP16.man_bits + 1, exp_bits=FP16.exp_bits + 4)
-            m.submodules.c_fp16 = c_conv
-            m.d.comb += c_conv.i.eq(convert_front(m, words["c"].word_select(desc.off_c[1:], 16), FP16))
+            c_half = words["c"].word_select(desc.off_c[1:], 16)
             b_val = Mux(bkv6, lut[b_code[:6]], b_val)
-            c_val = Mux(kv_fdot, c_conv.o.as_value(), c_val)
+            c_val = Mux(kv_fdot, fp16_to_fp32(m, c_half), c_val)
         with m.If(flush):
             m.d.sync += elem_valid.eq(0)
         with m.Elif(pop):

@@ -25,7 +25,7 @@ from .perf import DIGITS, MODELS, ModelSpec
 from .platform import Platform
 
 __all__ = ["TopMemory", "sim_memory", "simdram_memory", "platform_memory", "TopBuild", "top_build", "EngineCost",
-           "gemm_cost", "vec_cost", "TopInstr", "top_step_program", "TopRun", "schedule_top",
+           "gemm_cost", "vec_cost", "TopInstr", "top_step_program", "V_CACHE_LAYOUTS", "TopRun", "schedule_top",
            "instr_cost", "top_step", "TopModelResult", "evaluate_top", "top_breakdown",
            "top_report", "operand_words", "bus_speeds"]
 
@@ -39,9 +39,6 @@ __all__ = ["TopMemory", "sim_memory", "simdram_memory", "platform_memory", "TopB
 # vector.py) and one 128-bit AXI master (16 bytes per cycle at most).  Nothing here is
 # fitted to simulated cycle counts; tests/test_perf_vs_sim.py states how close it gets.
 
-#: ``matrix.py`` ``_Datapath``: ``_gate(m, fine, 2, "bias")`` -- with the fine pipeline
-#: off the drain emits one result per 2 cycles (the FP32 bias add's latency).
-MATRIX_BIAS_GATE = 2
 #: ``matrix.py`` drain FSM: BIAS, the cycle after the last BIAS_READ word, WAIT, FLUSH
 #: -- cycles per feature block on top of the emitted results and the bias words.
 MATRIX_DRAIN_STATES = 4
@@ -188,8 +185,16 @@ def top_build(config: AcceleratorConfig, C: int, *,
                     else top_latencies(config.lanes))
 
 
+#: Cycle files measured before the pipelined array cell, bias add and vector-engine read
+#: issue (2026-12-05) do not state them: that cell took a group every ``group/lanes``
+#: beats, which the weight stream already bounds, so 1 reproduces it; the bias add took 2
+#: stages; the vector engine issued its first read straight from the loop nest.
+_BEFORE_DOT_GROUP = {"dot_group": 1, "bias": 2, "vec_issue": 0}
+
+
 def _checked_latencies(lat: Mapping[str, int], lanes: int) -> dict[str, int]:
     want = set(top_latencies(lanes))
+    lat = {**_BEFORE_DOT_GROUP, **lat}
     if set(lat) != want or not all(isinstance(v, int) and v >= 0 for v in lat.values()):
         raise ValueError(f"unit latencies must map exactly {sorted(want)} to cycle counts, got "
                          f"{dict(lat)}")
@@ -206,7 +211,7 @@ def top_latencies(lanes: int) -> dict[str, int]:
     from amaranth.hdl import Signal
 
     from .. import isa
-    from ..engines.matrix import MatrixEngine
+    from ..engines.matrix import BIAS_ADD_LATENCY, MatrixEngine
     from ..engines.vecengine import VectorEngine
     from ..units.fpu import FPOp
     from ..units.hadamard import LATENCY_AFTER_LAST as HAD
@@ -234,6 +239,9 @@ def top_latencies(lanes: int) -> dict[str, int]:
     lat = {
         "cvt": FPOp.CONVERT.latency, "had": HAD, "quant": QUANT,
         "dot": MatrixEngine.cell_latency(lanes),
+        "dot_group": MatrixEngine.cell_group_interval(lanes),
+        "bias": BIAS_ADD_LATENCY,
+        "vec_issue": VectorEngine.ISSUE_STAGES,
         **{f"gap_{s.name}": u for s, u in units.items()},
         "tree": tree, "drain": PartialSums.DRAIN, "mul": FPOp.MUL.latency,
         "ln_mean": df.mul(tv, df.const(0)).stage,
@@ -268,8 +276,9 @@ def gemm_cost(M: int, K: int, N: int, *, had: bool, bias: bool, fine: bool, b: T
     Row blocks of ``tm`` rows are the outer loop and every row block re-reads all the
     weights.  Per row block and feature block of ``tn`` outputs the array takes
     ``K/lanes`` beats of ``tn * code_words`` weight words (one word per cycle from the
-    weight FIFO, or one beat per ``dot`` latency with the fine pipeline off); the drain
-    needs ``rows * tn`` results (x ``MATRIX_BIAS_GATE`` with the fine pipeline off) + its
+    weight FIFO, or one beat per ``dot`` latency with the fine pipeline off), and its
+    ``K/128`` groups at least ``dot_group`` cycles apart (the cell's accumulator loop); the drain
+    needs ``rows * tn`` results (x ``bias``, the bias add's latency, with the fine pipeline off) + its
     bias words + ``MATRIX_DRAIN_STATES``.  The loader (1 bus word = 4 FP32 per cycle,
     or one item per unit latency with the fine pipeline off) fills the first row block
     before the array starts and the next one meanwhile (double bank).  The R channel
@@ -299,6 +308,9 @@ def gemm_cost(M: int, K: int, N: int, *, had: bool, bias: bool, fine: bool, b: T
         + M * _bursts(K // 4, b) + (1 if had else 0)
     t_bus = max(t_bus, bursts * (rd + 1) / b.max_outstanding)
     beat = max(tw, 1 if fine else L["dot"])
+    # a feature block: KB array beats, and its G groups no closer than the cell's
+    # accumulator loop (GroupDot.group_interval_for)
+    block = max(KB * beat, G * L["dot_group"])
     if fine:
         load_row = K / 4
     else:
@@ -308,11 +320,11 @@ def gemm_cost(M: int, K: int, N: int, *, had: bool, bias: bool, fine: bool, b: T
     compute = 0.0
     for blk in range(B):
         rows = min(b.tm, M - blk * b.tm)
-        drain = rows * b.tn * (1 if fine else MATRIX_BIAS_GATE) + bw + MATRIX_DRAIN_STATES
+        drain = rows * b.tn * (1 if fine else L["bias"]) + bw + MATRIX_DRAIN_STATES
         nxt = min(b.tm, M - (blk + 1) * b.tm) * load_row if blk + 1 < B else 0
-        compute += max(NB * max(KB * beat, drain), nxt)
+        compute += max(NB * max(block, drain), nxt)
     last_rows = M - (B - 1) * b.tm
-    tail = L["dot"] + last_rows * b.tn + 2 + mem.write_latency + WRITE_PATH
+    tail = L["dot"] + last_rows * b.tn + L["bias"] + mem.write_latency + WRITE_PATH
     cyc = ENGINE_START + max(first + compute, rd + t_bus) + tail + ENGINE_END
     return EngineCost(int(round(cyc)), int(words))
 
@@ -323,23 +335,24 @@ def _bursts(words: int, b: TopBuild) -> int:
 
 
 def operand_words(n: tuple[int, int, int, int], s0: int, s1: int, esize: int, *,
-                   once_per_row: bool = False) -> tuple[int, int]:
-    """(words, single-beat words) an operand of a VEC instruction reads (``vecengine.py``:
-    a word is read when the element's 16-byte word differs from the operand's last one;
-    ``0 < s0 <= 16`` rows are fetched as bursts, any other stride one beat per word)."""
+                   max_burst: int, once_per_row: bool = False) -> tuple[int, int]:
+    """(words, read requests) of an operand of a VEC instruction (``vecengine.py``: a word is
+    read when the element's 16-byte word differs from the operand's last one; ``0 < s0 <=
+    16`` rows are fetched as bursts of up to ``max_burst`` words to the row's end, any other
+    stride one single-beat request per word)."""
     rows = n[1] * n[2] * n[3]
     if once_per_row:                 # L2NT's B: read at i0 = 0, walks s1 across rows
         w = max(1, -(-n[1] * abs(s1) // 16)) * n[2] * n[3] if s1 else n[2] * n[3]
         return w, w
-    if s0 == 0:
-        per_row, single = 1, 0
-    elif 0 < s0 <= 16:
-        per_row, single = -(-n[0] * s0 // 16), 0
-    else:
-        per_row, single = n[0], n[0]
+    if 0 < s0 <= 16:
+        per_row = -(-n[0] * s0 // 16)
+        req_row = -(-per_row // max_burst)
+    else:                            # s0 = 0: one word per row; wider strides: every word
+        per_row = 1 if s0 == 0 else n[0]
+        req_row = per_row
     if s1 == 0 and per_row == 1:     # every row re-reads the same word: the cache keeps it
-        return n[2] * n[3], (n[2] * n[3] if single else 0)
-    return rows * per_row, rows * single
+        return n[2] * n[3], n[2] * n[3]
+    return rows * per_row, rows * req_row
 
 
 def vec_cost(subop: int, n: tuple[int, int, int, int], operands: Mapping[str, tuple[int, int, int]],
@@ -347,12 +360,14 @@ def vec_cost(subop: int, n: tuple[int, int, int, int], operands: Mapping[str, tu
     """Cycles of one VEC instruction on the VectorEngine (``vecengine.py``, ``vector.py``).
 
     ``operands``: the read operands the sub-op uses, ``name -> (s0, s1, element bytes)``.
-    One element per cycle enters the sub-op's unit (one per ``gap_<SUBOP>`` cycles with
+    The first read leaves ``vec_issue`` cycles into the instruction (the engine's issue
+    pipeline).  One element per cycle enters the sub-op's unit (one per ``gap_<SUBOP>`` cycles with
     the fine pipeline off); the row units add their phases per row: LNMOD ``3*n0`` +
     mean, variance and rsqrt latencies; L2NT ``2*n0`` + square and gain; SOFTMAX
     ``3*n0`` + exp and reciprocal; FDOT ``n0`` + its per-row pause.  Reads: bus words at
-    ``beat_rate``; single-beat streams are limited to ``max_outstanding`` bursts in flight
-    per read latency, and each operand to ``vec_rd_depth`` words in flight.
+    ``beat_rate``; every read request (a burst, or a single beat) holds one of the read
+    arbiter's ``max_outstanding`` slots for a round trip, and each operand has at most
+    ``vec_rd_depth`` words in flight.
     """
     from ..isa import VecSubop as V
     if any(v < 1 for v in n):
@@ -374,19 +389,22 @@ def vec_cost(subop: int, n: tuple[int, int, int, int], operands: Mapping[str, tu
         unit = rows * max(n0 * g, n0 + L["fdot"]) + L["fdot_tree"]
     else:
         unit = rows * n0 * g + {V.RESID: L["resid"], V.GELU: L["gelu"], V.CVT16: L["cvt16"]}[s]
-    words = single = widest = 0
+    words = requests = widest = 0
     for name, (s0, s1, esize) in operands.items():
-        w, sb = operand_words(n, s0, s1, esize, once_per_row=(s is V.L2NT and name == "b"))
+        w, r = operand_words(n, s0, s1, esize, max_burst=b.max_burst,
+                             once_per_row=(s is V.L2NT and name == "b"))
         words += w
-        single += sb
+        requests += r
         widest = max(widest, w)
     t_bus = words / mem.beat_rate
     rd = mem.read_latency + READ_PATH
-    t_single = single * (rd + 1) / min(b.max_outstanding, b.vec_rd_depth)
+    # every request holds an arbiter slot for a read round trip (short bursts and single
+    # beats make a long-latency memory the bound)
+    t_req = requests * (rd + 1) / min(b.max_outstanding, b.vec_rd_depth)
     # an operand has at most vec_rd_depth words in flight, each for a read round trip
     t_depth = widest * (rd + 1) / b.vec_rd_depth
-    cyc = ENGINE_START + rd + 1 + max(unit, t_bus, t_single, t_depth) + mem.write_latency + WRITE_PATH \
-        + ENGINE_END
+    cyc = ENGINE_START + L["vec_issue"] + rd + 1 + max(unit, t_bus, t_req, t_depth) \
+        + mem.write_latency + WRITE_PATH + ENGINE_END
     return EngineCost(int(round(cyc)), int(words))
 
 
@@ -411,10 +429,18 @@ class TopInstr:
 _Spans = Spans
 
 
-def _top_instr(op: PlanOp, C: int, hidden: int, Lk: int) -> TopInstr:
+#: V cache orders (:data:`fpqvar_hw.host.compiler.V_CACHE_LAYOUT`): ``"transposed"``
+#: ``[R, H, 64, L_total]``, the compiler's; ``"rows"`` ``[R, H, L_total, 64]``, the order of
+#: programs before 2026-12-05 (cycle files measured on them say so, ``simcycles``).
+V_CACHE_LAYOUTS = ("transposed", "rows")
+
+
+def _top_instr(op: PlanOp, C: int, hidden: int, Lk: int, L_total: int,
+               v_cache: str) -> TopInstr:
     """The :class:`TopInstr` of one step-plan op: the GEMM shape with the Hadamard in front
     of qkv and fc1 and a bias on every layer; a VEC's read operands ``(name, s0, s1,
-    element bytes)`` as the compiler lays them out (FP32 buffers, FP16 caches)."""
+    element bytes)`` as the compiler lays them out (FP32 buffers, FP16 caches of
+    ``L_total`` tokens, the V cache in ``v_cache`` order)."""
     if op.opcode == Opcode.GEMM:
         M, K, N = op.shape
         return TopInstr(int(Opcode.GEMM), op.name, gemm=(M, K, N, op.name in ("qkv", "fc1"), True))
@@ -427,7 +453,8 @@ def _top_instr(op: PlanOp, C: int, hidden: int, Lk: int) -> TopInstr:
         "CVT16 v": (("a", F, D * F, F),),
         "FDOT qk": (("a", F, 0, F), ("b", 2, D * 2, 2)),                     # q, K cache
         "SOFTMAX": (("a", F, Lk * F, F),),
-        "FDOT pv": (("a", F, 0, F), ("b", D * 2, 2, 2)),                     # p, V cache
+        "FDOT pv": (("a", F, 0, F), ("b", 2, L_total * 2, 2) if v_cache == "transposed"
+                    else ("b", D * 2, 2, 2)),                                # p, V cache
         "RESID": (("a", F, C * F, F), ("b", F, 0, F), ("c", F, C * F, F)),   # x, gamma, y
         "GELU": (("a", F, hidden * F, F),),
     }[op.name]
@@ -436,8 +463,9 @@ def _top_instr(op: PlanOp, C: int, hidden: int, Lk: int) -> TopInstr:
 
 @functools.lru_cache(maxsize=64)
 def top_step_program(C: int, H: int, hidden: int, blocks: int, L_start: int, L: int, rows: int,
-                     tile: int, *, coarse: bool = True,
-                     max_tiles: int | None = None) -> tuple[TopInstr, ...]:
+                     tile: int, *, L_total: int, coarse: bool = True,
+                     max_tiles: int | None = None,
+                     v_cache: str = V_CACHE_LAYOUTS[0]) -> tuple[TopInstr, ...]:
     """The instructions :meth:`fpqvar_hw.host.compiler.Compiler.instructions` emits for a step
     (without the HALT), at the shape level: the ops of the step plan
     (:func:`fpqvar_hw.host.plan.step_plan`, the compiler's own: per block the phases A, B, C
@@ -445,11 +473,18 @@ def top_step_program(C: int, H: int, hidden: int, blocks: int, L_start: int, L: 
     :class:`TopInstr`, sync flags from :func:`fpqvar_hw.host.compiler.assign_sync` on the
     plan's token-range footprints (cached).  ``tests/test_perf_vs_sim.py`` checks it against
     the compiler.  ``max_tiles``: only the first that many tiles of each phase (the KV length
-    stays ``L_start + L``), for timing a sample of a long step."""
+    stays ``L_start + L``), for timing a sample of a long step.  ``L_total``: tokens of the
+    KV caches (the model's last KV length); ``v_cache``: the V cache order (a cycle file of
+    an older program states ``"rows"``)."""
     from ..host.compiler import assign_sync
 
+    if v_cache not in V_CACHE_LAYOUTS:
+        raise ValueError(f"v_cache must be one of {V_CACHE_LAYOUTS}, got {v_cache!r}")
+    if L_total < L_start + L:
+        raise ValueError(f"L_total={L_total} is shorter than the step's KV length {L_start + L}")
+
     plan = step_plan(C, H, hidden, blocks, L_start, L, rows, tile, max_tiles=max_tiles)
-    prog = [_top_instr(op, C, hidden, L_start + L) for op in plan]
+    prog = [_top_instr(op, C, hidden, L_start + L, L_total, v_cache) for op in plan]
     return tuple(assign_sync(prog, [op.spans for op in plan], coarse=coarse))
 
 
@@ -560,12 +595,13 @@ _MAX_SCHEDULED = 2_048
 
 
 def top_step(C: int, H: int, hidden: int, depth: int, L_start: int, L: int, rows: int,
-             config: AcceleratorConfig, mem: TopMemory, *, tile: int | None = None,
-             lat: Mapping[str, int] | None = None) -> TopRun:
+             config: AcceleratorConfig, mem: TopMemory, *, L_total: int, tile: int | None = None,
+             lat: Mapping[str, int] | None = None, v_cache: str = V_CACHE_LAYOUTS[0]) -> TopRun:
     """Model of one scale step on the as-built top: every instruction's engine cycles
     (:func:`instr_cost`) scheduled by :func:`schedule_top` with the config's pipeline
     switches; ``tile`` tokens per tile (default ``config.tm``, the compiler's default);
-    ``lat``: unit latencies of another RTL version (:func:`top_build`)."""
+    ``L_total``, ``v_cache``: the KV caches (:func:`top_step_program`); ``lat``: unit
+    latencies of another RTL version (:func:`top_build`)."""
     b = top_build(config, C, lat=lat)
     tile = tile or config.tm
     tiles = rows * -(-L // tile)
@@ -573,8 +609,8 @@ def top_step(C: int, H: int, hidden: int, depth: int, L_start: int, L: int, rows
     sampled = min(tiles, max(1, _MAX_SCHEDULED // 16))
     if sampled < tiles and L % tile and L >= tile:     # a sample of full-size tiles only
         sampled = min(sampled, L // tile)
-    prog = top_step_program(C, H, hidden, blocks, L_start, L, rows, tile,
-                            coarse=config.coarse_pipeline,
+    prog = top_step_program(C, H, hidden, blocks, L_start, L, rows, tile, L_total=L_total,
+                            coarse=config.coarse_pipeline, v_cache=v_cache,
                             max_tiles=sampled if sampled < tiles else None)
     cache: dict = {}
     costs = []
@@ -632,7 +668,8 @@ def evaluate_top(model: ModelSpec | str, config: AcceleratorConfig, platform: Pl
     clock = config.clock_mhz or platform.clock_mhz
     mem = memory or platform_memory(platform, clock, config.dram_efficiency)
     rows = config.batch * (2 if config.cfg else 1)
-    steps = tuple(top_step(model.C, model.heads, 4 * model.C, model.depth, Ls, n, rows, config, mem)
+    steps = tuple(top_step(model.C, model.heads, 4 * model.C, model.depth, Ls, n, rows, config, mem,
+                           L_total=model.kv_lengths[-1])
                   for Ls, n in zip((k - n for k, n in zip(model.kv_lengths, model.tokens)),
                                    model.tokens))
     return TopModelResult(model.name, config.batch, clock, mem, steps)
@@ -650,7 +687,8 @@ def top_breakdown(model: ModelSpec | str, config: AcceleratorConfig, memory: Top
         tiles = rows * -(-n // config.tm)
         k = min(tiles, max(1, _MAX_SCHEDULED // 16))
         prog = top_step_program(model.C, model.heads, 4 * model.C, 1, Ls_end - n, n, rows,
-                                config.tm, coarse=config.coarse_pipeline,
+                                config.tm, L_total=model.kv_lengths[-1],
+                                coarse=config.coarse_pipeline,
                                 max_tiles=k if k < tiles else None)
         cache: dict = {}
         for ins in prog:

@@ -155,9 +155,10 @@ def _manifest_timing(name: str, manifest: Mapping | None, item: str, default_lat
 
     Manifest keys: ``latency`` or ``latency_cycles`` (input handshake of an item's last
     beat to its *first* output beat), optional ``ii`` / ``initiation_interval`` (cycles per
-    beat, default 1).  ``beats_per_item`` comes from the config (``group_size / lanes``);
-    an item leaving as ``out_beats_per_item`` beats adds ``out_beats_per_item - 1`` cycles
-    of latency to its last output beat.
+    beat, default 1) and ``item_interval`` (fewest cycles between items, e.g. a dot cell's
+    accumulator loop; default 0).  ``beats_per_item`` comes from the config
+    (``group_size / lanes``); an item leaving as ``out_beats_per_item`` beats adds
+    ``out_beats_per_item - 1`` cycles of latency to its last output beat.
     """
     lat = None
     if manifest is not None:
@@ -167,9 +168,12 @@ def _manifest_timing(name: str, manifest: Mapping | None, item: str, default_lat
         ii = next((manifest[k] for k in ("ii", "initiation_interval") if k in manifest), 1)
         if not isinstance(ii, int) or ii < 1:
             raise ValueError(f"{name} manifest: ii must be a positive int, got {ii!r}")
+        gap = manifest.get("item_interval", 0)
+        if not isinstance(gap, int) or gap < 0:
+            raise ValueError(f"{name} manifest: item_interval must be an int >= 0, got {gap!r}")
         src = manifest.get("latency_source", "manifest()")
-        return UnitTiming(name, lat + (out_beats_per_item - 1) * ii, ii * beats_per_item, item,
-                          f"{name} unit ({src})")
+        return UnitTiming(name, lat + (out_beats_per_item - 1) * ii,
+                          max(ii * beats_per_item, gap), item, f"{name} unit ({src})")
     return UnitTiming(name, default_latency, beats_per_item, item, f"assumed: {why}")
 
 

@@ -287,6 +287,12 @@ def _dot_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
             kw = {"scale_format": c.scale_format.value} if takes_scale_format else {}
             if sp.get("dual_cell"):
                 kw["dual"] = True
+            if "interleave" in params:
+                # the planned array interleaves rows in each cell so that its pipelined
+                # accumulator takes a group every group_size/lanes beats (the v1 matrix
+                # engine feeds one output at a time: MatrixEngine.cell_params, interleave 1)
+                kw["interleave"] = mod.GroupDot.interleave_for(group_size=c.group_size,
+                                                               lanes=c.lanes)
             return mod.GroupDot, (), dict(pair=pair, group_size=c.group_size, lanes=c.lanes,
                                           variant=var, dfq=sp["dfq"], **kw)
         a, w = sp["key"]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from ..config import AcceleratorConfig
-from .asbuilt import TopMemory, sim_memory, simdram_memory, top_step
+from .asbuilt import V_CACHE_LAYOUTS, TopMemory, sim_memory, simdram_memory, top_step
 from .perf import DIGITS, ModelSpec, UnitTiming, evaluate, unit_timings
 from .platform import Platform
 
@@ -61,6 +61,9 @@ class SimCycles:
     #: the memory the run had when it is not the AxiRam of ``pause`` (a driver run on the
     #: simulator-side DRAM, whose settings the file's ``device.dram`` states)
     memory: TopMemory | None = None
+    #: the V cache order of the program the file ran (``v_cache``; files without it come
+    #: from before the transposed cache: ``"rows"``), :data:`fpqvar_hw.host.compiler.V_CACHE_LAYOUT`
+    v_cache: str = "rows"
 
 
 def load_sim_cycles(path, *, model: ModelSpec = DIGITS) -> SimCycles:
@@ -151,8 +154,11 @@ def load_sim_cycles(path, *, model: ModelSpec = DIGITS) -> SimCycles:
             isinstance(k, str) and isinstance(v, int) and v >= 0 for k, v in lat.items())):
         raise ValueError(f"{p}: unit_latencies must map unit names to cycle counts "
                          f"(fpqvar_hw.flow.asbuilt.top_latencies), got {lat!r}")
+    v_cache = doc.get("v_cache", "rows")
+    if v_cache not in V_CACHE_LAYOUTS:
+        raise ValueError(f"{p}: v_cache must be one of {', '.join(V_CACHE_LAYOUTS)}, got {v_cache!r}")
     return SimCycles(str(p), config.replace(batch=rows // 2, cfg=True), rows, model, tuple(out),
-                     pause, lat, memory)
+                     pause, lat, memory, v_cache)
 
 
 def sim_platform(clock_mhz: float = 300.0) -> Platform:
@@ -187,7 +193,8 @@ def compare_to_sim(sim: SimCycles, timings: Mapping[str, UnitTiming] | None = No
     for r in sim.runs:
         cfg = sim.config.replace(coarse_pipeline=r.coarse, fine_pipeline=r.fine)
         top = top_step(m.C, m.heads, 4 * m.C, m.depth, sum(m.tokens[:r.step]), m.tokens[r.step],
-                       sim.rows, cfg, mem, lat=sim.unit_latencies)
+                       sim.rows, cfg, mem, lat=sim.unit_latencies, L_total=m.kv_lengths[-1],
+                       v_cache=sim.v_cache)
         t = timings if timings is not None else unit_timings(cfg)
         st = evaluate(m, cfg, sim_platform(), t).steps[r.step]
         u = st.unit_cycles

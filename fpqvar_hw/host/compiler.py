@@ -27,12 +27,15 @@ addresses are attributes, :meth:`regions` lists them):
   temperature vector ``t`` (FP32 ``[H]``);
 * ``prog_addr``: room for the longest step program (``prog_bytes``);
 * per block: adaLN vectors ``[R, 6, C]`` FP32 (written by the driver,
-  :meth:`encode_adaln`), K and V caches, FP16 ``[R, H, L_total, 64]`` each
-  (token ``j`` of row ``r``, head ``h`` at ``((r*H + h)*L_total + j)*128``);
-  with a KV6 cache (package KV quantizer e2m3fn, config ``kv_format=e2m3fn``)
-  instead K and V codes ``uint8 [R, H, L_total, 64]`` (at ``((r*H + h)*L_total +
-  j)*64``) each followed by its FP16 scales ``[R, H, L_total]`` (at
-  ``((r*H + h)*L_total + j)*2``);
+  :meth:`encode_adaln`), the K cache FP16 ``[R, H, L_total, 64]`` (token ``j`` of row
+  ``r``, head ``h`` at ``((r*H + h)*L_total + j)*128``: a key's 64 values contiguous, as
+  FDOT q.K walks them) and the V cache transposed, FP16 ``[R, H, 64, L_total]`` (value
+  ``d`` of token ``j`` at ``((r*H + h)*64 + d)*L_total*2 + j*2``: FDOT p.V walks the
+  tokens, so its reads are contiguous bursts rather than one single-beat read per
+  token); with a KV6 cache (package KV quantizer e2m3fn, config ``kv_format=e2m3fn``)
+  instead K codes ``uint8 [R, H, L_total, 64]`` and V codes ``uint8 [R, H, 64,
+  L_total]`` (one byte per element, same orders), each followed by its FP16 scales
+  ``[R, H, L_total]`` (at ``((r*H + h)*L_total + j)*2``);
 * ``x_addr``: the step's input/output ``x`` ``[R, L, C]`` FP32, dense for the
   step's ``L``;
 * scratch (dense for the step's ``L``): ``h`` ``[R*L, C]``, ``qkv`` ``[R*L, 3C]``,
@@ -74,7 +77,7 @@ from .isa_sim import gemm_formats
 from .plan import PER_TILE, PlanOp, skew, step_plan
 from .plan import tiles as _plan_tiles
 
-__all__ = ["Compiler", "assign_sync", "Region", "write_bundle", "main"]
+__all__ = ["Compiler", "assign_sync", "Region", "write_bundle", "main", "V_CACHE_LAYOUT"]
 
 _ALIGN = 128
 _F32 = 4
@@ -82,6 +85,10 @@ _F32 = 4
 _PER_TILE = PER_TILE
 #: head dim of the attention dataflow (the L2NT row)
 HEAD_DIM = isa.L2NT_LEN
+#: The V cache's DRAM order: ``"transposed"`` ``[R, H, 64, L_total]`` (since 2026-12-05;
+#: ``"rows"`` ``[R, H, L_total, 64]`` before).  Cycle files of the simulated top state the
+#: layout of the program they ran (``fpqvar_hw.flow.simcycles``).
+V_CACHE_LAYOUT = "transposed"
 
 
 def _round_up(v: int, a: int = _ALIGN) -> int:
@@ -361,14 +368,23 @@ class Compiler:
         return self.ada_addr[block], a.astype("<f4").tobytes()
 
     def kv_cache(self, dram_read, block: int) -> tuple[np.ndarray, np.ndarray]:
-        """FP16 bits ``(K, V)`` ``[R, H, L_total, 64]`` of a block with an FP16 cache,
-        read with ``dram_read(addr, nbytes) -> bytes`` (debugging and tests)."""
+        """FP16 bits ``(K, V)`` ``[R, H, L_total, 64]`` of a block with an FP16 cache (V
+        transposed back from its DRAM order), read with ``dram_read(addr, nbytes) ->
+        bytes`` (debugging and tests)."""
         if self.kv6:
             raise ValueError("this program keeps a KV6 cache: read it with kv_entries()")
-        shape = (self.rows, self.H, self.L_total, HEAD_DIM)
-        n = int(np.prod(shape)) * 2
-        return tuple(np.frombuffer(dram_read(a, n), dtype="<u2").reshape(shape)
-                     for a in (self.k_addr[block], self.v_addr[block]))
+        return (self._cache(dram_read, self.k_addr[block], "<u2"),
+                self._cache(dram_read, self.v_addr[block], "<u2", transposed=True))
+
+    def _cache(self, dram_read, addr: int, dtype: str, transposed: bool = False) -> np.ndarray:
+        """A cache ``[R, H, L_total, 64]`` from DRAM (``transposed``: stored ``[R, H, 64,
+        L_total]``, the V cache)."""
+        R, H, Lt = self.rows, self.H, self.L_total
+        n = R * H * Lt * HEAD_DIM * np.dtype(dtype).itemsize
+        a = np.frombuffer(dram_read(addr, n), dtype=dtype)
+        if transposed:
+            return np.ascontiguousarray(a.reshape(R, H, HEAD_DIM, Lt).transpose(0, 1, 3, 2))
+        return a.reshape(R, H, Lt, HEAD_DIM)
 
     def kv_entries(self, dram_read, block: int) -> tuple:
         """The block's caches as ``golden.attention.KVEntry`` ``(K, V)`` (``[R, H,
@@ -379,11 +395,10 @@ class Compiler:
             return tuple(KVEntry("fp16", bits=a) for a in self.kv_cache(dram_read, block))
         shape = (self.rows, self.H, self.L_total)
         n = int(np.prod(shape))
-        return tuple(KVEntry("kv6", codes=np.frombuffer(dram_read(c, n * HEAD_DIM), dtype="u1")
-                             .reshape(shape + (HEAD_DIM,)),
+        return tuple(KVEntry("kv6", codes=self._cache(dram_read, c, "u1", transposed=t),
                              scales=np.frombuffer(dram_read(s, 2 * n), dtype="<u2").reshape(shape))
-                     for c, s in ((self.k_addr[block], self.ks_addr[block]),
-                                  (self.v_addr[block], self.vs_addr[block])))
+                     for c, s, t in ((self.k_addr[block], self.ks_addr[block], False),
+                                     (self.v_addr[block], self.vs_addr[block], True)))
 
     # --------------------------------------------------------------- program
     def program(self, step: int) -> bytes:
@@ -474,12 +489,15 @@ class Compiler:
 
     def _a_cache(self, part: int, b, L_start, L, r, l0, l1) -> Vec:
         """K (1) or V (2) of the tile into the cache positions [L_start + l0, L_start + l1)."""
-        H, n, E = self.H, l1 - l0, self.kv_elem
-        head_kv = self.L_total * HEAD_DIM * E
-        tok = r * H * self.L_total + L_start + l0          # (row, head 0, first new token)
+        H, n, E, Lt = self.H, l1 - l0, self.kv_elem, self.L_total
+        head_kv = Lt * HEAD_DIM * E
+        tok = r * H * Lt + L_start + l0                 # (row, head 0, first new token)
         a = self._qkv_part(L, r, l0, part)
-        cache = (self.k_addr if part == 1 else self.v_addr)[b]
-        d = Operand(cache + tok * HEAD_DIM * E, E, head_kv, HEAD_DIM * E)
+        if part == 1:       # K [R, H, L_total, 64]: loops (d, h, token)
+            d = Operand(self.k_addr[b] + tok * HEAD_DIM * E, E, head_kv, HEAD_DIM * E)
+        else:               # V [R, H, 64, L_total]: value d of a token L_total elements apart
+            d = Operand(self.v_addr[b] + (r * H * HEAD_DIM * Lt + L_start + l0) * E, Lt * E,
+                        head_kv, E)
         if self.kv6:      # codes + one FP16 scale per (token, head)
             sc = (self.ks_addr if part == 1 else self.vs_addr)[b] + tok * 2
             return Vec(subop=VecSubop.KVQ6, n=(HEAD_DIM, H, n, 1), a=a, d=d,
@@ -511,7 +529,8 @@ class Compiler:
                    a=Operand(sc, 4, Lk * _F32, s_tok), d=Operand(sc, 4, Lk * _F32, s_tok))
 
     def _b_fdot_pv(self, b, L_start, L, r, l0, l1) -> Vec:
-        # attn[t, h*64 + d] = sum_j p[t, h, j] * V[r, h, j, d]   loops (j, d, t, h)
+        # attn[t, h*64 + d] = sum_j p[t, h, j] * V[r, h, d, j]   loops (j, d, t, h): the
+        # transposed V cache makes the inner loop over tokens contiguous
         Lk, t0, E, head_kv, cache_row, s_tok, sc = self._b_geometry(b, L_start, L, r, l0)
         C = self.C
         head_sc = self.L_total * 2     # KV6: the FP16 scale of value j of head h
@@ -519,7 +538,7 @@ class Compiler:
         return Vec(subop=VecSubop.FDOT, n=(Lk, HEAD_DIM, l1 - l0, self.H),
                    flags=VecFlag.B_KV6 if self.kv6 else VecFlag.B_FP16,
                    a=Operand(sc, 4, 0, s_tok, Lk * _F32),
-                   b=Operand(self.v_addr[b] + cache_row, HEAD_DIM * E, E, 0, head_kv), c=vs,
+                   b=Operand(self.v_addr[b] + cache_row, E, self.L_total * E, 0, head_kv), c=vs,
                    d=Operand(self.attn_addr + t0 * C * _F32, 0, 4, C * _F32, HEAD_DIM * _F32))
 
     def _b_proj(self, b, L_start, L, r, l0, l1) -> Gemm:

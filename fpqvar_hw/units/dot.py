@@ -4,7 +4,7 @@ Arithmetic (``docs/numerics.md`` section 3, "Products and group accumulation", g
 ``fpqvar_quant.golden.dot``): per group of ``G`` elements the exact code
 products (:mod:`fpqvar_hw.units.multiplier`) are summed exactly by a registered
 adder tree into the integer ``S``; the group result is
-``g = RNE_fp32(S * 2^L * s_a * s_w)`` (one rounding, :mod:`fpqvar_hw.units.fp32`);
+``g = RNE_fp32(S * 2^L * s_a * s_w)`` (one rounding, :func:`_scaled` then a ``RoundPackPipe``);
 the dot product is ``acc = RNE_fp32(acc + g)`` over its groups in order,
 starting from +0.0.  DFQ activations give two integer sums (positive grid
 e2m1fn x e2m1fn, units 2^-2; negative grid e1m2fn x e2m1fn, units 2^-3) and
@@ -33,7 +33,6 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from . import fp32
 from . import fpu
 from .fpu import FP16, FP32, float_layout, unrounded_layout
 from .multiplier import MagnitudeCore, Multiplier, MulPair, MulVariant, check_variant, code_layout
@@ -90,30 +89,47 @@ class GroupDot(Checked, wiring.Component):
       ``last`` are read on a group's final beat only (ignored on the others).
     ``o``: stream of FP32 results (``float_layout(FP32)``), one per dot product.
 
-    Timing: initiation interval 1 (one beat per cycle); ``latency`` cycles from
-    the handshake of a dot product's final beat to its ``o.valid``.  Stall:
-    the whole pipeline holds while ``o.valid & ~o.ready``; ``i.ready = ~o.valid
-    | o.ready``; ``o.valid`` never depends on ``o.ready``.
+    Interleave: with ``interleave = D > 1`` the cell holds ``D`` dot products at once:
+    group ``n`` (counting accepted groups from reset) belongs to slot ``n mod D``, each
+    slot accumulates its own dot product in group order from +0.0 and restarts after
+    its ``last`` group; results leave in the order of their ``last`` groups (the feeder
+    interleaves rows or features; ``D = 1``: one dot product after another).
 
-    Pipeline: product registers (float ``LUT`` lanes without DFQ register
-    ``|p|`` and its sign: the tree adds ones' complements and takes the signs
-    as carry-ins, saving the per-product negation); adder tree registered every
-    ``levels_per_stage`` levels; the group-sum register (adds the beats of a
-    multi-beat group); the scaled-sum front end; ``RoundPack``; (DFQ: add front
-    end and ``RoundPack`` of the two halves, 1 cycle); the accumulator, whose
-    FP32 add and rounding are one combinational cycle (a loop-carried
-    dependency; interleaving dot products is the way to pipeline it further).
+    Timing: initiation interval 1 (one beat per cycle) within a group; a group's
+    final beat is taken no earlier than ``ceil(LOOP / D)`` cycles after the previous
+    group's, so that a slot's groups are at least ``LOOP`` cycles apart (the
+    accumulator loop, below): groups start at most every ``group_interval =
+    max(group_size / lanes, ceil(LOOP / D))`` cycles (no loss once ``D * group_size /
+    lanes >= LOOP``, :meth:`interleave_for`); ``latency`` cycles from the handshake
+    of a dot product's final beat to its ``o.valid``.  Stall: the whole pipeline
+    holds while ``o.valid & ~o.ready``; ``i.ready = (~o.valid | o.ready) & (not a
+    group's final beat, or the spacing has passed)``; ``o.valid`` never depends on
+    ``o.ready``.
+
+    Pipeline (every step registered, a few logic levels each): product registers
+    (float ``LUT`` lanes without DFQ register ``|p|`` and its sign: the tree adds
+    ones' complements and takes the signs as carry-ins, saving the per-product
+    negation); adder tree registered every ``levels_per_stage`` levels; the
+    group-sum register (adds the beats of a multi-beat group); then the FP32 tail
+    shared with :class:`GroupDotV2` (:func:`_fp32_tail`): ``|S| * sig_a * sig_w``
+    in three steps (DSP48E2 with M and P registers), a ``RoundPackPipe`` per half,
+    (DFQ: the halves' ``AddPipe``), and the accumulator loop (read register,
+    ``AddPipe``, write back; ``LOOP`` = 9 cycles), kept in order by spacing the
+    groups and interleaving ``D`` dot products (:class:`GroupDotV2` takes one whole
+    group per cycle and interleaves at least ``LOOP``).
 
     Parameters (keyword-only): ``pair`` (:class:`MulPair`), ``group_size`` (G),
     ``lanes`` (must divide G), ``variant`` (:class:`MulVariant`), ``dfq``
     (DFQ-FP4 activations; needs ``pair=MulPair.E2M1_E2M1``), ``dual`` (adds the
-    per-beat ``plain`` mode bit to a DFQ unit; same latency), ``levels_per_stage``.
+    per-beat ``plain`` mode bit to a DFQ unit; same latency), ``interleave`` (slots,
+    default 1), ``levels_per_stage``.
     """
 
     def __init__(self, *, pair: MulPair = MulPair.E2M1_E2M1, group_size: int = 128,
                  lanes: int = 128, variant: MulVariant = MulVariant.LUT, dfq: bool = False,
-                 dual: bool = False, levels_per_stage: int = 2):
+                 dual: bool = False, interleave: int = 1, levels_per_stage: int = 2):
         self._halves = _halves(pair, dfq)
+        self.interleave = interleave
         self.pair, self.variant, self.dfq, self.dual = pair, variant, dfq, dual
         self.group_size, self.lanes, self.levels_per_stage = group_size, lanes, levels_per_stage
         self.beats_per_group = group_size // lanes
@@ -122,6 +138,11 @@ class GroupDot(Checked, wiring.Component):
         self.ones_complement = variant is MulVariant.LUT and pair.is_float and not dfq
         self.tree_levels = (lanes - 1).bit_length()
         self.tree_stages = _tree_stages(lanes, levels_per_stage)
+        #: cycles of the accumulator's read-add-write loop
+        self.LOOP = _loop_length()
+        #: cycles between the first beats of consecutive groups at full rate
+        self.group_interval = self.group_interval_for(group_size=group_size, lanes=lanes,
+                                                      interleave=interleave)
         #: cycles from the final beat's handshake to ``o.valid``
         self.latency = self.latency_for(pair=pair, group_size=group_size, lanes=lanes,
                                         variant=variant, dfq=dfq, dual=dual,
@@ -141,14 +162,14 @@ class GroupDot(Checked, wiring.Component):
         })
 
     @classmethod
-    def check_params(cls, *, pair, group_size, lanes, variant, dfq, dual,
+    def check_params(cls, *, pair, group_size, lanes, variant, dfq, dual, interleave,
                      levels_per_stage) -> None:
         if not isinstance(pair, MulPair):
             raise TypeError(f"pair must be a MulPair, got {pair!r}")
         if not isinstance(variant, MulVariant):
             raise TypeError(f"variant must be a MulVariant, got {variant!r}")
         for name, v in (("group_size", group_size), ("lanes", lanes),
-                        ("levels_per_stage", levels_per_stage)):
+                        ("interleave", interleave), ("levels_per_stage", levels_per_stage)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if group_size % lanes:
@@ -162,16 +183,32 @@ class GroupDot(Checked, wiring.Component):
     @staticmethod
     def latency_for(*, pair: MulPair = MulPair.E2M1_E2M1, group_size: int = 128,
                     lanes: int = 128, variant: MulVariant = MulVariant.LUT, dfq: bool = False,
-                    dual: bool = False, levels_per_stage: int = 2) -> int:
+                    dual: bool = False, interleave: int = 1, levels_per_stage: int = 2) -> int:
         """Cycles from the final beat's handshake to ``o.valid`` (without building):
-        products, tree stages, group sum, scaled-sum front end and RoundPack, (DFQ: the
-        halves' add), accumulator."""
-        return 1 + _tree_stages(lanes, levels_per_stage) + 1 + 2 + (1 if dfq else 0) + 1
+        products, tree stages, group sum, then the FP32 tail: scale decode, M, P,
+        rounding (DFQ: the add of the halves), loop read, loop add."""
+        return 1 + _tree_stages(lanes, levels_per_stage) + 1 + _tail_latency(dfq)
+
+    @staticmethod
+    def group_interval_for(*, group_size: int = 128, lanes: int = 128, interleave: int = 1) -> int:
+        """Fewest cycles between the starts of consecutive groups (without building): the
+        group's beats, or the accumulator loop's share per slot when it is longer."""
+        return max(group_size // lanes, -(-_loop_length() // interleave))
+
+    @staticmethod
+    def interleave_for(*, group_size: int = 128, lanes: int = 128) -> int:
+        """The fewest slots at which groups come every ``group_size / lanes`` beats."""
+        return -(-_loop_length() // (group_size // lanes))
+
+    def manifest(self) -> dict:
+        """Timing for the throughput model (:func:`fpqvar_hw.flow.perf.unit_timings`):
+        ``latency``, ``ii`` (cycles per beat) and ``item_interval`` (cycles per group)."""
+        return {"latency": self.latency, "ii": 1, "item_interval": self.group_interval,
+                "latency_source": "GroupDot.latency_for"}
 
     def elaborate(self, platform):
         m = Module()
         en = ~self.o.valid | self.o.ready
-        m.d.comb += self.i.ready.eq(en)
 
         def reg(value, name, shape=None):
             r = Signal(shape if shape is not None else value.shape(), name=name)
@@ -192,16 +229,44 @@ class GroupDot(Checked, wiring.Component):
                 with m.If(grp_end_in):
                     m.d.sync += beat.eq(0)
 
+        # ---- group spacing: the accumulator loop is LOOP cycles long; a group's last beat
+        #      is taken no earlier than gap = ceil(LOOP / D) enabled cycles after the
+        #      previous group's, so a slot's groups (D apart) are >= LOOP cycles apart
+        #      (every stage after the input moves on the same enable, so the spacing holds
+        #      at the accumulator); `since` counts enabled cycles, saturating at gap - 1
+        D = self.interleave
+        gap = -(-self.LOOP // D)
+        grp_take = Signal()
+        if gap > 1:
+            since = Signal(range(gap), init=gap - 1)
+            m.d.comb += self.i.ready.eq(en & (~grp_end_in | (since == gap - 1)))
+            with m.If(en):
+                with m.If(grp_take):
+                    m.d.sync += since.eq(0)
+                with m.Elif(since != gap - 1):
+                    m.d.sync += since.eq(since + 1)
+        else:
+            m.d.comb += self.i.ready.eq(en)
+        m.d.comb += grp_take.eq(self.i.valid & self.i.ready & grp_end_in)
+        if D > 1:
+            slot_in = Signal(range(D))      # slot of the group being taken
+            with m.If(grp_take):
+                m.d.sync += slot_in.eq(Mux(slot_in + 1 == D, 0, slot_in + 1))
+
         # ---- control word carried alongside the integer datapath
         x = self.i.payload
         scales = [x.s_a, x.s_w] + ([x.s_a_neg] if self.dfq else [])
         ctrl_layout = data.StructLayout({"valid": 1, "grp_end": 1, "last": 1, "plain": 1,
+                                         **({"slot": range(D)} if D > 1 else {}),
                                          "scales": data.ArrayLayout(16, len(scales))})
         ctrl_in = Signal(ctrl_layout)
         plain = x.plain if self.dual else Const(0)
-        m.d.comb += [ctrl_in.valid.eq(self.i.valid), ctrl_in.grp_end.eq(grp_end_in),
+        m.d.comb += [ctrl_in.valid.eq(self.i.valid & self.i.ready),     # taken beats only
+                     ctrl_in.grp_end.eq(grp_end_in),
                      ctrl_in.last.eq(x.last), ctrl_in.plain.eq(plain)]
         m.d.comb += [ctrl_in.scales[k].eq(s) for k, s in enumerate(scales)]
+        if D > 1:
+            m.d.comb += ctrl_in.slot.eq(slot_in)
         ctrl = reg(ctrl_in, "ctrl_p")
 
         # ---- products (stage 1) and adder trees
@@ -235,34 +300,10 @@ class GroupDot(Checked, wiring.Component):
         m.d.comb += [ctrl_in_s.eq(ctrl), ctrl_in_s.valid.eq(ctrl.valid & ctrl.grp_end)]
         ctrl = reg(ctrl_in_s, "ctrl_s")
 
-        # ---- FP32: exact scaled sums, one rounding each
-        s_w = ctrl.scales[1]
-        results = []
-        for k, (S, pair) in enumerate(group_sums):
-            s_a = ctrl.scales[2] if (self.dfq and k == 1) else ctrl.scales[0]
-            u = reg(fp32.scaled_sum_front(m, S, s_a, s_w, pair.lsb_exp), f"u{k}")
-            results.append(u)
-        ctrl = reg(ctrl, "ctrl_u")
-        g_parts = [reg(fp32.round_pack(m, u, f"rp{k}"), f"g{k}") for k, u in enumerate(results)]
-        ctrl = reg(ctrl, "ctrl_g")
-        if self.dfq:
-            g_sum = fp32.add(m, g_parts[0], g_parts[1], "dfq_add")
-            # plain mode (dual cell): the negative-grid half contributes nothing
-            g = reg(Mux(ctrl.plain, g_parts[0], g_sum) if self.dual else g_sum, "g")
-            ctrl = reg(ctrl, "ctrl_d")
-        else:
-            g = g_parts[0]
-
-        # ---- accumulator over the groups of one dot product
-        acc = Signal(32)
-        acc_next = fp32.add(m, acc, g, "acc_add")
-        with m.If(en & ctrl.valid):
-            m.d.sync += acc.eq(acc_next)
-            with m.If(ctrl.last):
-                m.d.sync += acc.eq(0)
-        with m.If(en):
-            m.d.sync += [self.o.valid.eq(ctrl.valid & ctrl.last),
-                         self.o.payload.as_value().eq(acc_next)]
+        # ---- FP32 tail (shared with GroupDotV2): S * 2^L * s_a * s_w in three registered
+        #      steps, a RoundPackPipe per half, (DFQ) the halves' AddPipe, the accumulator loop
+        _fp32_tail(m, [(S, Const(0, 1), pair) for S, pair in group_sums], ctrl, self.o,
+                   en=en, reg=reg, dual=self.dual, slots=D)
         return m
 
 
@@ -335,10 +376,6 @@ class GroupDotV2(Checked, wiring.Component):
         self.interleave, self.levels_per_stage = interleave, levels_per_stage
         self.tree_levels = (group_size - 1).bit_length()
         self.tree_stages = _tree_stages(group_size, levels_per_stage)
-        # the FP32 pipelines' latencies (elaborate builds the pipelines and checks them;
-        # RoundPackPipe's does not depend on its widths: one value for both halves)
-        self._round_latency = fpu.RoundPackPipe.latency_for()
-        self._add_latency = fpu.AddPipe.latency_for(fmt=FP32)
         #: cycles from a ``last`` group's handshake to its ``o.valid``
         self.latency = self.latency_for(pair=pair, group_size=group_size, variant=variant,
                                         dfq=dfq, interleave=interleave,
@@ -380,19 +417,12 @@ class GroupDotV2(Checked, wiring.Component):
         """Cycles from a ``last`` group's handshake to its ``o.valid`` (without building):
         products, tree, scale decode, M, P, rounding (DFQ: the add of the halves), loop
         read, loop add."""
-        add, round_ = fpu.AddPipe.latency_for(fmt=FP32), fpu.RoundPackPipe.latency_for()
-        return (1 + _tree_stages(group_size, levels_per_stage) + 3 + round_
-                + (add if dfq else 0) + 1 + add)
+        return 1 + _tree_stages(group_size, levels_per_stage) + _tail_latency(dfq)
 
     @staticmethod
     def loop_length() -> int:
         """Cycles of the accumulator loop: read register, ``AddPipe``, write back."""
-        return fpu.AddPipe.latency_for(fmt=FP32) + 2
-
-    @staticmethod
-    def _sig_bits(pair: MulPair, group_size: int) -> int:
-        """Width of ``|S| * sig_a * sig_w`` (``|S|`` in the group sum's two's complement width)."""
-        return sum_width(pair.max_abs * group_size) + 2 * (FP16.man_bits + 1)
+        return _loop_length()
 
     def elaborate(self, platform):
         m = Module()
@@ -405,18 +435,6 @@ class GroupDotV2(Checked, wiring.Component):
             with m.If(en):
                 m.d.sync += r.eq(value)
             return r
-
-        def delay(ctrl, n, name):
-            for k in range(n):
-                ctrl = reg(ctrl, f"{name}{k}")
-            return ctrl
-
-        def pipe(name, unit, latency, **ports):
-            assert unit.latency == latency, f"{name}: latency changed since construction"
-            m.submodules[name] = unit
-            m.d.comb += unit.en.eq(en)
-            m.d.comb += [getattr(unit, k).eq(v) for k, v in ports.items()]
-            return unit.o.as_value()
 
         # ---- interleave slot of the input group: accepted beats modulo interleave
         D = self.interleave
@@ -438,74 +456,129 @@ class GroupDotV2(Checked, wiring.Component):
         halves = _v2_leaves(m, x.a, x.w, self._halves, self.lanes, self.variant, self.dfq, reg)
         roots = [_flag_tree(m, leaves, tag, reg, self.levels_per_stage)
                  for leaves, (_, tag) in zip(halves, self._halves)]
-        ctrl = delay(ctrl, self.tree_stages, "ctrl_t")
+        for k in range(self.tree_stages):
+            ctrl = reg(ctrl, f"ctrl_t{k}")
 
-        # ---- S * 2^L * s_a * s_w, exact, in three registered steps (the DSP48E2's
-        #      A/B inputs, M and P registers), then rounded in a RoundPackPipe
-        s_w = ctrl.scales[1]
-        g_parts = []
-        for k, ((r, f, _), (pair, _)) in enumerate(zip(roots, self._halves)):
-            s_a = ctrl.scales[2] if k == 1 else ctrl.scales[0]   # DFQ: k = 1 negative grid
-            u = self._scaled(m, r, f, s_a, s_w, pair.lsb_exp, f"h{k}", reg)
-            rp = fpu.RoundPackPipe(FP32, sig_bits=len(u.sig), exp_bits=len(u.exp))
-            g_parts.append(pipe(f"round{k}", rp, self._round_latency, i=u))
-        ctrl = delay(ctrl, 3 + self._round_latency, "ctrl_f")
-        if self.dfq:
-            g = pipe("dfq_add", fpu.AddPipe(FP32), self._add_latency, a=g_parts[0], b=g_parts[1])
-            ctrl = delay(ctrl, self._add_latency, "ctrl_d")
-        else:
-            g = g_parts[0]
-
-        # ---- accumulator loop: read the slot's partial sum (register), add in the
-        #      AddPipe, write back; a slot is revisited no earlier than D >= LOOP cycles later
-        acc = Array(Signal(32, name=f"acc{k}") for k in range(D))
-        acc_rd = reg(acc[ctrl.slot], "acc_rd", 32)
-        g_rd = reg(g, "g_rd")
-        ctrl = reg(ctrl, "ctrl_rd")
-        acc_next = pipe("acc_add", fpu.AddPipe(FP32), self._add_latency, a=acc_rd, b=g_rd)
-        ctrl = delay(ctrl, self._add_latency, "ctrl_acc")
-        with m.If(en & ctrl.valid):
-            m.d.sync += acc[ctrl.slot].eq(Mux(ctrl.last, 0, acc_next))
-        m.d.comb += [self.o.valid.eq(ctrl.valid & ctrl.last),
-                     self.o.payload.as_value().eq(acc_next)]
+        _fp32_tail(m, [(r, f, pair) for (r, f, _), (pair, _) in zip(roots, self._halves)],
+                   ctrl, self.o, en=en, reg=reg, dual=False, slots=D)
         return m
 
-    @staticmethod
-    def _scaled(m: Module, r, f, s_a, s_w, lsb_exp: int, tag: str, reg):
-        """Unrounded record of ``S * 2^lsb_exp * s_a * s_w``, ``S = f ? -r : r``, after
-        three register stages.
 
-        Stage 1: ``|S| = |r|``, the sign of ``S``, the scales' fields and ``sig_a *
-        sig_w`` (11 x 11 bits); stages 2 and 3: ``|S| * (sig_a * sig_w)`` (a DSP48E2
-        with its M and P registers; the record's other fields ride along).  Same
-        value and flags as :func:`fpqvar_hw.units.fp32.scaled_sum_front` of ``S``.
-        """
-        ua, uw = fpu.unpack(m, s_a, FP16), fpu.unpack(m, s_w, FP16)
-        n = len(r)
-        sig_bits = n + 2 * (FP16.man_bits + 1)
-        lay = unrounded_layout(sig_bits, _SCALED_EXP_BITS)
-        nonzero = r != 0
-        zero = ua.is_zero | uw.is_zero | ~nonzero
-        inf = ua.is_inf | uw.is_inf
-        mag = reg(abs(r), f"{tag}_mag", n)
-        sig_ab = reg(ua.sig * uw.sig, f"{tag}_sigab", 2 * (FP16.man_bits + 1))
-        head = Signal(lay, name=f"{tag}_head")
-        m.d.comb += [
-            head.sig.eq(0),
-            head.exp.eq(ua.exp + uw.exp + (lsb_exp - 2 * FP16.man_bits + sig_bits - 1)),
-            head.sticky.eq(0),
-            head.sign.eq(ua.sign ^ uw.sign ^ ((r[-1] ^ f) & nonzero)),
-            head.nan.eq(ua.is_nan | uw.is_nan | (inf & zero)),
-            head.inf.eq(inf),
-        ]
-        head = reg(head, f"{tag}_head1")
-        prod = reg(mag * sig_ab, f"{tag}_m", sig_bits)       # DSP48E2 M register
-        head = reg(head, f"{tag}_head2")
-        prod = reg(prod, f"{tag}_p")                         # DSP48E2 P register
-        head = reg(head, f"{tag}_head3")
-        u = Signal(lay, name=f"{tag}_u")
-        m.d.comb += [u.eq(head), u.sig.eq(prod)]
-        return u
+def _loop_length() -> int:
+    """Cycles of the accumulator loop: read register, ``AddPipe``, write back."""
+    return fpu.AddPipe.latency_for(fmt=FP32) + 2
+
+
+def _tail_latency(dfq: bool) -> int:
+    """Cycles of :func:`_fp32_tail` from its exact group sums to ``o.valid``."""
+    add, round_ = fpu.AddPipe.latency_for(fmt=FP32), fpu.RoundPackPipe.latency_for()
+    return 3 + round_ + (add if dfq else 0) + 1 + add
+
+
+def _fp32_tail(m: Module, sums, ctrl, o, *, en, reg, dual: bool, slots: int) -> None:
+    """The dot cells' FP32 tail, from exact group sums to the ``o`` stream.
+
+    ``sums``: per half ``(r, f, pair)``, the group sum ``S = f ? -r : r`` (registered);
+    ``ctrl`` (registered alongside): ``valid`` (a group to accumulate), ``last``,
+    ``scales`` (``s_a``, ``s_w``, DFQ: ``s_a_neg``), ``plain`` (``dual``), ``slot``
+    (``slots > 1``).  Every register moves on ``en``.  Stages: ``S * 2^L * s_a * s_w``
+    exact in three steps (:func:`_scaled`), a ``RoundPackPipe`` per half; DFQ: the halves'
+    ``AddPipe`` (``dual``: ``plain`` takes the positive half, delayed alongside, instead);
+    then the accumulator loop: read the slot's partial sum (register), ``AddPipe``, write
+    back (``+0.0`` after a ``last`` group).  A slot's next group must reach the read stage
+    no earlier than :func:`_loop_length` cycles after its previous one (V2: ``slots``
+    interleaved dot products; V1: its input throttle)."""
+    add_latency, round_latency = fpu.AddPipe.latency_for(fmt=FP32), fpu.RoundPackPipe.latency_for()
+
+    def delay(value, n, name):
+        for k in range(n):
+            value = reg(value, f"{name}{k}")
+        return value
+
+    def pipe(name, unit, latency, **ports):
+        assert unit.latency == latency, f"{name}: latency changed since construction"
+        m.submodules[name] = unit
+        m.d.comb += unit.en.eq(en)
+        m.d.comb += [getattr(unit, k).eq(v) for k, v in ports.items()]
+        return unit.o.as_value()
+
+    # ---- S * 2^L * s_a * s_w, exact, in three registered steps (the DSP48E2's A/B
+    #      inputs, M and P registers), then rounded in a RoundPackPipe
+    s_w = ctrl.scales[1]
+    g_parts = []
+    for k, (r, f, pair) in enumerate(sums):
+        s_a = ctrl.scales[2] if k == 1 else ctrl.scales[0]   # DFQ: k = 1 negative grid
+        u = _scaled(m, r, f, s_a, s_w, pair.lsb_exp, f"h{k}", reg)
+        rp = fpu.RoundPackPipe(FP32, sig_bits=len(u.sig), exp_bits=len(u.exp))
+        g_parts.append(pipe(f"round{k}", rp, round_latency, i=u))
+    ctrl = delay(ctrl, 3 + round_latency, "ctrl_f")
+    if len(g_parts) == 2:       # DFQ: RNE(S_pos t_pos) + RNE(S_neg t_neg)
+        g = pipe("dfq_add", fpu.AddPipe(FP32), add_latency, a=g_parts[0], b=g_parts[1])
+        ctrl = delay(ctrl, add_latency, "ctrl_d")
+        if dual:                # plain e2m1fn mode: the positive half alone
+            g = Mux(ctrl.plain, delay(g_parts[0], add_latency, "g_plain"), g)
+    else:
+        g = g_parts[0]
+
+    # ---- accumulator loop: read the slot's partial sum (register), add in the
+    #      AddPipe, write back
+    if slots == 1:
+        acc = Signal(32, name="acc")
+        acc_sel = acc
+    else:
+        acc = Array(Signal(32, name=f"acc{k}") for k in range(slots))
+        acc_sel = acc[ctrl.slot]
+    acc_rd = reg(acc_sel, "acc_rd", 32)
+    g_rd = reg(g, "g_rd", 32)
+    ctrl = reg(ctrl, "ctrl_rd")
+    acc_next = pipe("acc_add", fpu.AddPipe(FP32), add_latency, a=acc_rd, b=g_rd)
+    ctrl = delay(ctrl, add_latency, "ctrl_acc")
+    with m.If(en & ctrl.valid):
+        m.d.sync += (acc if slots == 1 else acc[ctrl.slot]).eq(Mux(ctrl.last, 0, acc_next))
+    m.d.comb += [o.valid.eq(ctrl.valid & ctrl.last), o.payload.as_value().eq(acc_next)]
+
+
+def _scaled(m: Module, r, f, s_a, s_w, lsb_exp: int, tag: str, reg):
+    """Unrounded record of ``S * 2^lsb_exp * s_a * s_w``, ``S = f ? -r : r``, after
+    three register stages.
+
+    Stage 1: ``|S| = |r|``, the sign of ``S``, the scales' fields and ``sig_a *
+    sig_w`` (11 x 11 bits); stages 2 and 3: ``|S| * (sig_a * sig_w)`` (a DSP48E2
+    with its M and P registers; the record's other fields ride along).
+
+    The record is exact: the 11-bit significands' product is exact, and ``S * 2^L``
+    is exact because ``|S| < 2^24``, so rounding it once gives
+    ``RNE_fp32(fp32(S * 2^L) * (fp32(s_a) * fp32(s_w)))``, the contract of
+    ``docs/numerics.md`` section 3.  Special values follow IEEE multiplication: a NaN
+    scale gives NaN; an Inf scale Inf, or NaN when another factor (scale or ``S``) is
+    zero; ``S = 0`` with finite scales a zero with the sign of ``s_a * s_w``.
+    """
+    ua, uw = fpu.unpack(m, s_a, FP16), fpu.unpack(m, s_w, FP16)
+    n = len(r)
+    sig_bits = n + 2 * (FP16.man_bits + 1)
+    lay = unrounded_layout(sig_bits, _SCALED_EXP_BITS)
+    nonzero = r != 0
+    zero = ua.is_zero | uw.is_zero | ~nonzero
+    inf = ua.is_inf | uw.is_inf
+    mag = reg(abs(r), f"{tag}_mag", n)
+    sig_ab = reg(ua.sig * uw.sig, f"{tag}_sigab", 2 * (FP16.man_bits + 1))
+    head = Signal(lay, name=f"{tag}_head")
+    m.d.comb += [
+        head.sig.eq(0),
+        head.exp.eq(ua.exp + uw.exp + (lsb_exp - 2 * FP16.man_bits + sig_bits - 1)),
+        head.sticky.eq(0),
+        head.sign.eq(ua.sign ^ uw.sign ^ ((r[-1] ^ f) & nonzero)),
+        head.nan.eq(ua.is_nan | uw.is_nan | (inf & zero)),
+        head.inf.eq(inf),
+    ]
+    head = reg(head, f"{tag}_head1")
+    prod = reg(mag * sig_ab, f"{tag}_m", sig_bits)       # DSP48E2 M register
+    head = reg(head, f"{tag}_head2")
+    prod = reg(prod, f"{tag}_p")                         # DSP48E2 P register
+    head = reg(head, f"{tag}_head3")
+    u = Signal(lay, name=f"{tag}_u")
+    m.d.comb += [u.eq(head), u.sig.eq(prod)]
+    return u
 
 
 #: exponent width of the scaled-sum record (FP16 exponents + the product LSB and the

@@ -49,7 +49,8 @@ from ..emit import hierarchical
 __all__ = [
     "FloatFormat", "FP16", "FP32", "float_layout", "unrounded_layout",
     "RoundPack", "RoundPackPipe", "AddPipe", "MulPipe", "FPOp", "FPUnit", "unpack", "clz", "ctz",
-    "mul_front", "add_front", "convert_front", "ROUND_STAGES", "ADD_STAGES", "MUL_STAGES",
+    "mul_front", "add_front", "convert_front", "fp16_to_fp32", "ROUND_STAGES", "ADD_STAGES",
+    "MUL_STAGES",
 ]
 
 
@@ -569,6 +570,29 @@ def convert_front(m: Module, a: Value, src: FloatFormat):
                  u.nan.eq(ua.is_nan), u.inf.eq(ua.is_inf)]
     return u
 
+
+
+def fp16_to_fp32(m: Module, h: Value) -> Value:
+    """FP16 bits ``h`` -> FP32 bits, combinational and exact (every FP16 value is an FP32
+    value): the result of :class:`RoundPack` (FP32) of :func:`convert_front` (FP16), with
+    the canonical NaN, in a few LUT levels and no carry chain.  A normal number moves its
+    exponent by 112 and its fraction by 13 bits; a subnormal ``f * 2^-24`` becomes
+    ``1.x * 2^(p - 24)`` with ``p`` the index of ``f``'s leading one (a 10-way select)."""
+    sign, e, f = h[15], h[10:15], h[:10]
+    out = Signal(32)
+    sub_exp, sub_man = Signal(8), Signal(23)
+    for p in range(10):             # the highest set bit of f wins (the last assignment)
+        with m.If(f[p]):
+            m.d.comb += [sub_exp.eq(FP32.bias - FP16.bias - FP16.man_bits + 1 + p),
+                         sub_man.eq((f << (FP32.man_bits - p))[:FP32.man_bits])]
+    with m.If(e == 0x1F):
+        m.d.comb += out.eq(Mux(f != 0, 0x7FC00000, Cat(Const(0, 23), Const(0xFF, 8), sign)))
+    with m.Elif(e == 0):
+        m.d.comb += out.eq(Mux(f != 0, Cat(sub_man, sub_exp, sign), Cat(Const(0, 31), sign)))
+    with m.Else():
+        m.d.comb += out.eq(Cat(Const(0, FP32.man_bits - FP16.man_bits), f,
+                               e + (FP32.bias - FP16.bias), sign))
+    return out
 
 
 def fp_max(m: Module, a: Value, b: Value, fmt: FloatFormat) -> Value:

@@ -24,15 +24,14 @@ import math
 import struct
 from dataclasses import dataclass
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, Value
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..emit import hierarchical
 from ..checked import Checked
 from .fpu import (ADD_STAGES, FP16, FP32, MUL_STAGES, ROUND_STAGES, AddPipe, FloatFormat, FPOp, MulPipe,
-                  RoundPack, RoundPackPipe, add_front, convert_front, float_layout, fp_max, mul_front,
-                  unpack, unrounded_layout)
+                  RoundPackPipe, convert_front, float_layout, fp_max, unpack, unrounded_layout)
 
 __all__ = ["Dataflow", "Func", "Elementwise", "PartialSums", "RowBuffers", "Softmax",
            "LayerNormModulate", "L2NormTemperature", "FDot", "Residual", "fp32_bits"]
@@ -77,19 +76,17 @@ class Dataflow:
     take one stage.  An FP operation takes the stages of
     :class:`~fpqvar_hw.units.fpu.AddPipe` / :class:`~fpqvar_hw.units.fpu.MulPipe` (a
     rounding of another front end: a register, then
-    :class:`~fpqvar_hw.units.fpu.RoundPackPipe`), every stage a few logic levels; with
-    ``pipelined=False`` two stages (front end, RoundPack: about 26-31 logic levels each),
-    which only the v1 matrix engine's bias add still uses (until the engine rewrite of
-    issue 15).  Both give the same bits.  ``dry=True`` (no Module needed) only counts
+    :class:`~fpqvar_hw.units.fpu.RoundPackPipe`), every stage a few logic levels.
+    ``dry=True`` (no Module needed) only counts
     stages: every result is a placeholder ``Const`` at the stage the real operation would
     deliver it, and nothing is built.
     """
 
     def __init__(self, m: Module | None, en: Value | None, prefix: str = "", *,
-                 dry: bool = False, pipelined: bool = True):
+                 dry: bool = False):
         if m is None and not dry:
             raise ValueError("Dataflow needs a Module unless dry=True")
-        self.m, self.en, self.prefix, self.dry, self.pipelined = m, en, prefix, dry, pipelined
+        self.m, self.en, self.prefix, self.dry = m, en, prefix, dry
         self._n = 0
         self._delays: dict[tuple[int, int], Value] = {}
 
@@ -134,20 +131,17 @@ class Dataflow:
         return self.round(u, fmt, s)
 
     def round(self, u, fmt: FloatFormat, s: int) -> Val:
-        """Register the unrounded ``u`` (stage s+1), then RoundPack and a register (stage
-        s+2), or :class:`~fpqvar_hw.units.fpu.RoundPackPipe` (stage s+1+ROUND_STAGES)."""
-        out = s + 1 + (ROUND_STAGES if self.pipelined else 1)
+        """Register the unrounded ``u`` (stage s+1), then
+        :class:`~fpqvar_hw.units.fpu.RoundPackPipe` (stage s+1+ROUND_STAGES)."""
+        out = s + 1 + ROUND_STAGES
         if self.dry:
             return Val(Const(0, fmt.width), out)
         ur = self.reg(u.as_value(), "u")
-        if self.pipelined:
-            rp = RoundPackPipe(fmt, sig_bits=len(u.sig), exp_bits=len(u.exp))
-            self.m.d.comb += rp.en.eq(self.en)
-        else:
-            rp = RoundPack(fmt, sig_bits=len(u.sig), exp_bits=len(u.exp))
+        rp = RoundPackPipe(fmt, sig_bits=len(u.sig), exp_bits=len(u.exp))
+        self.m.d.comb += rp.en.eq(self.en)
         self.m.submodules[self._name("rp")] = rp
         self.m.d.comb += rp.i.as_value().eq(ur)
-        return Val(rp.o.as_value() if self.pipelined else self.reg(rp.o.as_value(), "f"), out)
+        return Val(rp.o.as_value(), out)
 
     def _pipe(self, cls, stages: int, a: Val, b: Val) -> Val:
         s = self._stage(a, b)
@@ -160,14 +154,10 @@ class Dataflow:
         return Val(pipe.o.as_value(), s + pipe.latency)
 
     def mul(self, a: Val, b: Val) -> Val:
-        if self.pipelined:
-            return self._pipe(MulPipe, MUL_STAGES, a, b)
-        return self._fp(lambda m, x, y: mul_front(m, x, y, FP32), a, b)
+        return self._pipe(MulPipe, MUL_STAGES, a, b)
 
     def add(self, a: Val, b: Val) -> Val:
-        if self.pipelined:
-            return self._pipe(AddPipe, ADD_STAGES, a, b)
-        return self._fp(lambda m, x, y: add_front(m, x, y, FP32), a, b)
+        return self._pipe(AddPipe, ADD_STAGES, a, b)
 
     def convert(self, v: Val, src: FloatFormat, dst: FloatFormat) -> Val:
         """``v`` (format ``src``) in format ``dst``: the convert front end, then
