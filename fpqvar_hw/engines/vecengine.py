@@ -382,14 +382,17 @@ class VectorEngine(Checked, wiring.Component):
         with m.Elif(err_wr):
             m.d.comb += raise_err.eq(isa.ErrorCode.AXI_WRITE)
 
-        # the window's end (static from CHECK on: a register is early enough for RUN)
-        window_end = Signal(34)
-        m.d.sync += window_end.eq(self.dram_base + self.dram_size)
+        # The window: an element of `nbytes` bytes at `addr` is inside when dram_base <= addr
+        # and addr + nbytes <= dram_base + dram_size, i.e. addr <= window_limit(nbytes).
+        # The window and every element size are static from CHECK on, so each limit is a
+        # register (valid from the first RUN cycle) and a check is two compares, no add.
+        def window_limit(nbytes, name: str) -> Signal:
+            limit = Signal(signed(35), name=f"window_limit_{name}")
+            m.d.sync += limit.eq(self.dram_base + self.dram_size - nbytes)
+            return limit
 
-        def in_window(addr, nbytes):
-            end = Signal(34)
-            m.d.comb += end.eq(addr + nbytes)
-            return (addr >= self.dram_base) & (end <= window_end)
+        def in_window(addr, limit):
+            return (addr >= self.dram_base) & (Cat(addr, Const(0, 3)).as_signed() <= limit)
 
         # ------------------------------------------------------------ loop nests
         def loop_nest(prefix: str, n0m1, operands: dict[str, list]):
@@ -459,16 +462,7 @@ class VectorEngine(Checked, wiring.Component):
         if kv6:
             esize["b"] = Mux(bkv6, 1, esize["b"])
             esize["c"] = Mux(kv_fdot, 2, esize["c"])
-        # last address an element of esize bytes may start at (in_window(a, esize) is
-        # base <= a <= lim); the fields are static from CHECK on, so one register is early
-        # enough for the first element (it reaches the check two cycles into RUN)
-        lim = {}
-        for x in _READ_OPERANDS:
-            lim[x] = Signal(signed(35), name=f"lim_{x}")
-            m.d.sync += lim[x].eq(self.dram_base + self.dram_size - esize[x])
-
-        def inside(addr, x):
-            return (addr >= self.dram_base) & (Cat(addr, Const(0, 3)).as_signed() <= lim[x])
+        read_limit = {x: window_limit(esize[x], x) for x in _READ_OPERANDS}
 
         # the stages: valid, element flags, and per operand the fields computed so far
         adv = Signal()                  # every stage moves
@@ -512,14 +506,14 @@ class VectorEngine(Checked, wiring.Component):
                 burstable[x] &= ~is_sub[V.L2NT]          # one B per row: s0 is unused
             # stage 1: the element's window check; the burst's extent in bytes
             a1 = stage(1, f"addr_{x}", addr0[x])
-            win1 = stage(1, f"win_{x}", inside(addr0[x], x))
+            win1 = stage(1, f"win_{x}", in_window(addr0[x], read_limit[x]))
             span1 = stage(1, f"ext_{x}", rem * s0[:(DATA_BYTES).bit_length()], 13)
             # stage 2: the last element the burst may cover
             a2 = stage(2, f"addr_{x}", a1)
             end2 = stage(2, f"end_{x}", a1 + span1, 34)
             # stage 3: that element inside the window; words to it; words to the 4 KiB page end
             a3 = stage(3, f"addr_{x}", a2)
-            end_ok3 = stage(3, f"endok_{x}", (end2[32:] == 0) & inside(end2[:32], x))
+            end_ok3 = stage(3, f"endok_{x}", (end2[32:] == 0) & in_window(end2[:32], read_limit[x]))
             dist3 = stage(3, f"dist_{x}", (end2[_WORD_SHIFT:32] - a2[_WORD_SHIFT:])[:9], 9)
             page3 = stage(3, f"page_{x}", (1 << (12 - _WORD_SHIFT)) - a2[_WORD_SHIFT:12],
                           range((1 << (12 - _WORD_SHIFT)) + 1))
@@ -758,7 +752,7 @@ class VectorEngine(Checked, wiring.Component):
         d_size = Mux(d16, 2, 4)
         if kv6:
             d_size = Mux(kvq6, 1, d_size)
-        d_ok = in_window(q, d_size)
+        d_ok = in_window(q, window_limit(d_size, "d"))
         emit = Signal()                     # pending word -> write request register
         res_ok = running & ~d_done & d_ok & (~pend_valid | same | wreq_free)
         if kv6:
@@ -768,7 +762,7 @@ class VectorEngine(Checked, wiring.Component):
             sc_valid = Signal()
             sc_addr = Signal(32)
             sc_data = Signal(16)
-            c_ok = in_window(c_addr["c"], 2)
+            c_ok = in_window(c_addr["c"], window_limit(2, "scale"))
             sc_take = kvq6 & d_row_end              # this result also carries the row's scale
             res_ok &= ~sc_take | (~sc_valid & c_ok)
             with m.If(in_run & res_valid & ~d_done & d_ok & sc_take & ~c_ok):

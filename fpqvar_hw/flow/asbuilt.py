@@ -189,12 +189,12 @@ def top_build(config: AcceleratorConfig, C: int, *,
 #: issue (2026-12-05) do not state them: that cell took a group every ``group/lanes``
 #: beats, which the weight stream already bounds, so 1 reproduces it; the bias add took 2
 #: stages; the vector engine issued its first read straight from the loop nest.
-_BEFORE_DOT_GROUP = {"dot_group": 1, "bias": 2, "vec_issue": 0}
+_OLDER_RTL_LATENCIES = {"dot_group": 1, "bias": 2, "vec_issue": 0}
 
 
 def _checked_latencies(lat: Mapping[str, int], lanes: int) -> dict[str, int]:
     want = set(top_latencies(lanes))
-    lat = {**_BEFORE_DOT_GROUP, **lat}
+    lat = {**_OLDER_RTL_LATENCIES, **lat}
     if set(lat) != want or not all(isinstance(v, int) and v >= 0 for v in lat.values()):
         raise ValueError(f"unit latencies must map exactly {sorted(want)} to cycle counts, got "
                          f"{dict(lat)}")

@@ -578,17 +578,19 @@ def fp16_to_fp32(m: Module, h: Value) -> Value:
     the canonical NaN, in a few LUT levels and no carry chain.  A normal number moves its
     exponent by 112 and its fraction by 13 bits; a subnormal ``f * 2^-24`` becomes
     ``1.x * 2^(p - 24)`` with ``p`` the index of ``f``'s leading one (a 10-way select)."""
-    sign, e, f = h[15], h[10:15], h[:10]
-    out = Signal(32)
-    sub_exp, sub_man = Signal(8), Signal(23)
-    for p in range(10):             # the highest set bit of f wins (the last assignment)
+    mb, eb = FP16.man_bits, FP16.exp_bits
+    sign, e, f = h[mb + eb], h[mb:mb + eb], h[:mb]
+    out = Signal(FP32.width)
+    sub_exp, sub_man = Signal(FP32.exp_bits), Signal(FP32.man_bits)
+    for p in range(mb):             # the highest set bit of f wins (the last assignment)
         with m.If(f[p]):
-            m.d.comb += [sub_exp.eq(FP32.bias - FP16.bias - FP16.man_bits + 1 + p),
+            m.d.comb += [sub_exp.eq(FP32.bias - FP16.bias - mb + 1 + p),
                          sub_man.eq((f << (FP32.man_bits - p))[:FP32.man_bits])]
-    with m.If(e == 0x1F):
-        m.d.comb += out.eq(Mux(f != 0, 0x7FC00000, Cat(Const(0, 23), Const(0xFF, 8), sign)))
+    with m.If(e == FP16.exp_all_ones):
+        m.d.comb += out.eq(Mux(f != 0, FP32.qnan, Cat(Const(FP32.inf, FP32.width - 1), sign)))
     with m.Elif(e == 0):
-        m.d.comb += out.eq(Mux(f != 0, Cat(sub_man, sub_exp, sign), Cat(Const(0, 31), sign)))
+        m.d.comb += out.eq(Mux(f != 0, Cat(sub_man, sub_exp, sign),
+                               Cat(Const(0, FP32.width - 1), sign)))
     with m.Else():
         m.d.comb += out.eq(Cat(Const(0, FP32.man_bits - FP16.man_bits), f,
                                e + (FP32.bias - FP16.bias), sign))
