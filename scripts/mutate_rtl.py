@@ -13,7 +13,9 @@ the accumulator loop, a held-back beat counted, the plain-mode bypass of the DFQ
 unaligned; in the pipelined FP operators a product ahead of its exponent, a
 wrong sticky source, a lost +1 of a subtraction, swapped rounding sticky tests; in
 the row units' accumulating adder a write-back to the wrong partial or one cycle early,
-and partials not cleared between rows).  For each,
+and partials not cleared between rows; in the attention array a B offset in bytes, the
+snapshot a cycle early, one B slot for all tiles, edge-tile lanes written, a cut-short
+job resuming after an abort).  For each,
 the script copies the sources into a scratch folder, applies the change there
 (the working tree is never touched, so concurrent test runs are unaffected),
 runs the relevant ``pytest sim/...`` cocotb test on the mutated Verilog, and
@@ -56,6 +58,11 @@ FPU_MUL_TEST = "tests/test_hw_fpu.py::test_random_biased[mul-fp16-11-400]"
 #: the row units' accumulating adder (vector.PartialSums on AddPipe): FDot rows of 1-70
 #: elements back to back under input gaps and backpressure (Amaranth simulator)
 ROW_TEST = "tests/test_hw_vecengine.py::test_fdot_rows[11]"
+#: the vector engine's attention array (AttentionArray, 2 x 4 lanes) in the Amaranth
+#: simulator: p.V rows at odd offsets with edge tiles; abort at several points then a
+#: correct instruction
+ATT_TEST = "tests/test_hw_attention.py::test_array_matches_the_reference[3-2-4-pv-13-6-5-2-4-30]"
+ATT_ABORT_TEST = "tests/test_hw_attention.py::test_abort_at_any_point_then_a_correct_instruction"
 
 
 @dataclass(frozen=True)
@@ -195,6 +202,30 @@ MUTANTS = [
            "            m.d.sync += [a.eq(0) for a in self.acc]",
            "            pass",
            ROW_TEST, "row partial sums: not reset to +0.0 between rows"),
+    Mutant("att-b-offset-in-bytes", "fpqvar_hw/engines/attention.py",
+           "set_off(b_off, N, b_tiles[0], ld_row, b_row[1:_WORD_SHIFT])",
+           "set_off(b_off, N, b_tiles[0], ld_row, b_row[:_WORD_SHIFT - 1])",
+           ATT_TEST, "attention array: a B row's first-element offset taken in bytes, not "
+           "FP16 elements"),
+    Mutant("att-snapshot-early", "fpqvar_hw/engines/attention.py",
+           "with m.If(wait == MacLane.DRAIN_CYCLES + self.FEED_STAGES - 2):",
+           "with m.If(wait == MacLane.DRAIN_CYCLES + self.FEED_STAGES - 3):",
+           ATT_TEST, "attention array: the partials are copied one cycle before the last "
+           "element's sum is written back"),
+    Mutant("att-one-b-slot", "fpqvar_hw/engines/attention.py",
+           "c_slot_a, c_slot_b = c_a[0], c_tile[0]",
+           "c_slot_a, c_slot_b = c_a[0], Const(0, 1)",
+           ATT_TEST, "attention array: compute reads B slot 0 for every tile (the slot being "
+           "loaded for the next tile)"),
+    Mutant("att-edge-lanes-written", "fpqvar_hw/engines/attention.py",
+           "last_n = dr_n == d_nv - 1",
+           "last_n = dr_n == N - 1",
+           ATT_TEST, "attention array: an edge tile writes the sums of lanes without a B row"),
+    Mutant("att-stop-only-in-flush", "fpqvar_hw/engines/attention.py",
+           "m.d.comb += stop.eq(~running)",
+           "m.d.comb += stop.eq(flush)",
+           ATT_ABORT_TEST, "attention array: a job an abort cut short resumes its bursts after "
+           "the flush, and their words land in the next instruction"),
     Mutant("had-reg-dropped", "fpqvar_hw/units/hadamard.py",
            "q2_neg.eq(q1_neg)",
            "q2_neg.eq(q0_neg)",

@@ -559,3 +559,92 @@ async def errors_and_abort(dut):
         tb.log.info("abort #%d (%s, n=%s): idle %d cycles after abort", k, sub.name, v.n, cycles)
         await tb.run(good(rng.choice(build_subops(p))), what=f"after abort #{k}")
     tb.finish()
+
+
+def attention_fdots(rng: random.Random, nrng: np.random.Generator, mem: np.ndarray, *,
+                    at: int, H: int, Nq: int, Nk: int, L_total: int, max_kv: int):
+    """q.K and p.V FDOTs in the compiler's layouts (K ``[H, L_total, 64]`` rows back to
+    back, V transposed ``[H, 64, L_total]``, score rows of ``Nk`` FP32 at a random 4-byte
+    offset), operands written into ``mem`` at ``at`` and above; returns (qk, pv, end)."""
+    D = isa.L2NT_LEN
+    q_at = at + 4 * rng.randrange(4)
+    k_at = (q_at + H * Nq * D * 4 + 127) // 128 * 128
+    v_at = k_at + H * L_total * D * 2 + 2 * rng.randrange(8)
+    s_at = (v_at + H * D * L_total * 2 + 15) // 16 * 16 + 4 * rng.randrange(4)
+    p_at = (s_at + H * Nq * Nk * 4 + 15) // 16 * 16 + 4 * rng.randrange(4)
+    o_at = (p_at + H * Nq * Nk * 4 + 15) // 16 * 16
+    end = o_at + H * Nq * D * 4
+    q = gv.l2norm_temperature(nrng.standard_normal((H, Nq, D)).astype(np.float32),
+                              np.full((H, 1, 1), 2.5, np.float32))
+    k16 = nrng.standard_normal((H, L_total, D)).astype(np.float16)
+    v16 = nrng.standard_normal((H, D, L_total)).astype(np.float16)
+    p = nrng.random((H, Nq, Nk)).astype(np.float32) / Nk
+    for addr, arr in ((q_at, q), (k_at, k16), (v_at, v16), (p_at, p)):
+        mem[addr - BASE:addr - BASE + arr.nbytes] = np.frombuffer(arr.tobytes(), np.uint8)
+    qk = Vec(subop=VecSubop.FDOT, n=(D, Nk, Nq, H), flags=int(VecFlag.B_FP16),
+             a=Operand(q_at, 4, 0, D * 4, Nq * D * 4),
+             b=Operand(k_at, 2, D * 2, 0, L_total * D * 2),
+             d=Operand(s_at, 0, 4, H * Nk * 4, Nk * 4))
+    pv = Vec(subop=VecSubop.FDOT, n=(Nk, D, Nq, H), flags=int(VecFlag.B_FP16),
+             a=Operand(p_at, 4, 0, H * Nk * 4, Nk * 4),
+             b=Operand(v_at, 2, L_total * 2, 0, D * L_total * 2),
+             d=Operand(o_at, 0, 4, H * D * 4, D * 4))
+    return qk, pv, end
+
+
+@cocotb.test()
+async def attention_array(dut):
+    """FDOTs of attention shape on the engine's attention array: q.K and p.V in the
+    compiler's layouts with random heads, queries (edge tiles), keys up to max_kv, cache
+    lengths and row offsets, against isa_sim bit for bit and faster than the element path
+    would be; an in-place FDOT (D inside A: declined, element path) still correct; a read
+    and a write error inside the array (codes 3, 4); an abort in the middle of an array
+    run, then a correct instruction."""
+    p, tb, rng = setup_tb(dut, "attention_array")
+    if p.get("att") is None:
+        return
+    T, N = p["att"]
+    nrng = np.random.default_rng(p["seed"] + 5)
+    await tb.start()
+    max_kv = p["max_kv"]
+    for k in range(6):
+        H, Nq = rng.randint(1, 3), rng.randint(1, 2 * T + 1)
+        Nk = rng.randint(1, max_kv)
+        qk, pv, _ = attention_fdots(rng, nrng, tb.view, at=BASE + 0x200, H=H, Nq=Nq, Nk=Nk,
+                                    L_total=Nk + rng.randrange(9), max_kv=max_kv)
+        for what, v in (("q.K", qk), ("p.V", pv)):
+            cycles = await tb.run(v, what=f"array #{k} {what} H={H} Nq={Nq} Nk={Nk}")
+            elems = int(np.prod(v.n))
+            if elems >= 4096:       # the element path takes at least one cycle per element
+                assert cycles < elems // 2, f"array #{k} {what}: {cycles} cycles for {elems} elements"
+    # in place (D overlaps A): declined by the array, same result on the element path
+    v = Vec(subop=VecSubop.FDOT, n=(16, 5, 3, 1), flags=int(VecFlag.B_FP16),
+            a=Operand(BASE + 0x400, 4, 0, 64), b=Operand(BASE + 0x800, 2, 32, 0, 0),
+            d=Operand(BASE + 0x404, 0, 4, 64))
+    await tb.run(v, what="array declines D inside A")
+    # AXI errors inside the array: the window extends past the memory behind it
+    qk, pv, end = attention_fdots(rng, nrng, tb.view, at=BASE + 0x200, H=2, Nq=T + 1, Nk=max_kv,
+                                  L_total=max_kv, max_kv=max_kv)
+    tb.dut.dram_size.value = MEM_BYTES + 0x4000
+    mend = BASE + MEM_BYTES
+    await tb.expect_error(Vec(subop=qk.subop, n=qk.n, flags=qk.flags, a=qk.a,
+                              b=Operand(mend - 2 * 64 * 2, 2, 128, 0, 0), d=qk.d),
+                          ErrorCode.AXI_READ, what="array read error")
+    await tb.expect_error(Vec(subop=qk.subop, n=qk.n, flags=qk.flags, a=qk.a, b=qk.b,
+                              d=Operand(mend - 64, 0, 4, 4 * max_kv, 0)),
+                          ErrorCode.AXI_WRITE, what="array write error")
+    tb.dut.dram_size.value = MEM_BYTES
+    await tb.run(pv, what="after array AXI errors")
+    for k in range(2):
+        await tb.issue(qk)
+        await ClockCycles(tb.dut.clk, rng.randint(30, 300))
+        assert int(tb.dut.busy.value), f"array abort #{k}: finished before the abort"
+        tb.dut.abort.value = 1
+        await RisingEdge(tb.dut.clk)
+        tb.dut.abort.value = 0
+        await tb.wait_idle(4000)
+        assert int(tb.dut.error.value) == 0, "abort must not report an error"
+        await RisingEdge(tb.dut.clk)
+        assert tb.dma.idle, f"array abort #{k}: busy fell with DMA requests outstanding"
+        await tb.run(pv, what=f"after array abort #{k}")
+    tb.finish()

@@ -20,9 +20,11 @@ sequence has fixed addresses that overlap beyond 384 keys):
   multiple of ``P``), 1 and 9, typical attention-score ranges and ranges where most
   outputs underflow, ``-inf`` and ``-3e38`` entries; random layouts, two in place.
 * ``attention_wide``: QK^T (FDOT, FP16 K cache) -> SOFTMAX -> PV (FDOT, FP16 V
-  cache) in the compiler's layouts (``fpqvar_hw.host.compiler``: caches ``[h, j, d]``,
-  scores ``[t, h, j]``) over ``attention = [H, Nq, Nk]``; besides the per-instruction
-  check the output must equal ``fpqvar_quant.golden.attention.attention`` bit for bit.
+  cache) over ``attention = [H, Nq, Nk]``, caches ``[h, j, d]``, scores ``[t, h, j]``;
+  p.V twice: on V in row order (the element path) and on V transposed ``[h, d, j]`` as
+  the compiler keeps it (rows of ``Nk`` tokens on the engine's attention array, as is
+  q.K); besides the per-instruction check both outputs must equal
+  ``fpqvar_quant.golden.attention.attention`` bit for bit.
 * ``length_limits``: LNMOD rows of ``C - 1`` and ``C + 1`` and a SOFTMAX row of
   ``max_kv + 1`` are refused (error 5, DRAM unchanged, no access), and an LNMOD row
   of ``C`` right after them is correct.
@@ -172,14 +174,16 @@ async def attention_wide(dut):
                     .view(np.uint32), "fp32", "fp16")
     v16 = g.convert(nrng.standard_normal((H, Nk, D)).astype(np.float32).view(np.uint32), "fp32", "fp16")
     # DRAM: q [t, h, d] FP32, K/V [h, j, d] FP16, scores [t, h, j] FP32, out [t, h*64 + d]
-    sizes = dict(q=Nq * H * D * 4, k=H * Nk * D * 2, v=H * Nk * D * 2, s=Nq * H * Nk * 4, o=Nq * H * D * 4)
+    sizes = dict(q=Nq * H * D * 4, k=H * Nk * D * 2, v=H * Nk * D * 2, vt=H * Nk * D * 2,
+                 s=Nq * H * Nk * 4, o=Nq * H * D * 4, o2=Nq * H * D * 4)
     at, nxt = {}, BASE + 0x40
     for name, size in sizes.items():
         at[name] = nxt
         nxt = (nxt + size + 0x40 + 15) // 16 * 16
     if nxt > BASE + MEM_BYTES:
         raise ValueError(f"attention {p['attention']} needs {nxt - BASE} bytes of DRAM; the model has {MEM_BYTES}")
-    for name, arr in (("q", q.transpose(1, 0, 2)), ("k", k16), ("v", v16)):
+    for name, arr in (("q", q.transpose(1, 0, 2)), ("k", k16), ("v", v16),
+                      ("vt", v16.transpose(0, 2, 1))):
         raw = np.ascontiguousarray(arr).view(np.uint8).reshape(-1)
         tb.view[at[name] - BASE:at[name] - BASE + raw.size] = raw
     s_tok, row = H * Nk * 4, H * D * 4
@@ -193,14 +197,23 @@ async def attention_wide(dut):
              a=Operand(at["s"], 4, 0, s_tok, Nk * 4),
              b=Operand(at["v"], D * 2, 2, 0, Nk * D * 2),
              d=Operand(at["o"], 0, 4, row, D * 4))
-    for name, v in (("QK^T", qk), ("softmax (in place)", sm), ("PV", pv)):
+    # p.V again on the V cache transposed as the compiler keeps it ([h, d, j]): rows of Nk
+    # tokens on the attention array (the row-order p.V above runs on the element path)
+    pv_t = Vec(subop=VecSubop.FDOT, n=(Nk, D, Nq, H), flags=int(isa.VecFlag.B_FP16),
+               a=Operand(at["s"], 4, 0, s_tok, Nk * 4),
+               b=Operand(at["vt"], 2, Nk * 2, 0, Nk * D * 2),
+               d=Operand(at["o2"], 0, 4, row, D * 4))
+    for name, v in (("QK^T", qk), ("softmax (in place)", sm), ("PV", pv),
+                    ("PV, V transposed", pv_t)):
         await tb.run(v, what=f"attention {name} over {Nk} keys")
     dec = lambda c: g.to_float(g.convert(c, "fp16", "fp32"), "fp32")  # noqa: E731
     want = g.canon(attention(q, dec(k16), dec(v16), p["P"]))          # [H, Nq, 64]
-    got = np.frombuffer(tb.view[at["o"] - BASE:at["o"] - BASE + sizes["o"]].tobytes(), np.uint32)
-    got = got.reshape(Nq, H, D).transpose(1, 0, 2)
-    bad = np.argwhere(got != want)
-    assert not len(bad), f"attention output differs at {len(bad)} places [h, t, d], first {bad[:4].tolist()}"
+    for o in ("o", "o2"):
+        got = np.frombuffer(tb.view[at[o] - BASE:at[o] - BASE + sizes[o]].tobytes(), np.uint32)
+        got = got.reshape(Nq, H, D).transpose(1, 0, 2)
+        bad = np.argwhere(got != want)
+        assert not len(bad), f"attention output ({o}) differs at {len(bad)} places [h, t, d], " \
+            f"first {bad[:4].tolist()}"
     tb.finish()
 
 

@@ -72,3 +72,13 @@ def test_row_partial_sum_mutants_are_caught():
     to the next issue's partial, a write-back one cycle early, partials not cleared between
     rows; the Amaranth-simulator FDot test catches each."""
     _all_killed(["row-partial-dst-off-by-one", "row-writeback-early", "row-clear-dropped"])
+
+
+@pytest.mark.slow
+def test_attention_array_mutants_are_caught():
+    """The attention array (AttentionArray): a B row offset in bytes, the partials copied a
+    cycle early, one B slot for every tile, edge-tile lanes written, a job an abort cut short
+    resuming afterwards; the Amaranth-simulator tests of tests/test_hw_attention.py catch
+    each (no Verilator build)."""
+    _all_killed(["att-b-offset-in-bytes", "att-snapshot-early", "att-one-b-slot",
+                 "att-edge-lanes-written", "att-stop-only-in-flush"])

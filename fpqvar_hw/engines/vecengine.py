@@ -59,6 +59,13 @@ Data path (one element per cycle when nothing stalls)::
   (``ResetInserter``) while outstanding requests complete and their responses are
   discarded; ``busy`` falls when nothing is outstanding.  ``error`` holds the first
   error's code until the next ``cmd`` is accepted (0 after an abort).
+* **Attention array** (``att = (T, N)``, default :data:`ATT_LANES`; ``None`` builds
+  none).  CHECK hands every FDOT with B_FP16 (no other flag, ``fine`` = 1) to
+  :class:`~fpqvar_hw.engines.attention.AttentionArray` (state OFFER, then ATT): the
+  array either runs it on ``T x N`` lanes (same bits, ``docs/top.md``) or declines it
+  without any access, and the element path below runs it.  The array and the element
+  path share ``rd_a``, ``rd_b`` and ``wr`` (a mux, one side active at a time);
+  ``error`` takes the array's code.
 * **fine** = 0: the unit is fed one element per ``latency`` cycles of that unit
   (its element path is never overlapped).
 * **Throughput** (co-simulation, random DMA latency 2-14 cycles with gaps and
@@ -90,14 +97,18 @@ from fpqvar_quant.formats import get_format
 
 from ..emit import hierarchical
 from .. import isa
-from ..checked import Checked, latency_of
+from ..checked import Checked, check, latency_of
+from .attention import AttentionArray
 from .axi import DATA_BITS, DATA_BYTES, MAX_BURST, ReadClient, WriteClient
 from ..units.fpu import FP16, FP32, FPOp, FPUnit, fp16_to_fp32
 from ..units.quantizer import LATENCY_AFTER_LAST, Quantizer
 from ..units.vector import (Elementwise, FDot, Func, L2NormTemperature, LayerNormModulate, Residual,
                      Softmax)
 
-__all__ = ["VectorEngine", "KV6Quantizer", "KV6_FORMAT"]
+__all__ = ["VectorEngine", "KV6Quantizer", "KV6_FORMAT", "ATT_LANES"]
+
+#: Default attention array of the engine: ``(T, N)`` = 4 A rows x 8 B rows, 32 MAC lanes.
+ATT_LANES = (4, 8)
 
 #: Element format of the KV6 cache codes (``golden.attention.kv_encode``).
 KV6_FORMAT = "e2m3fn"
@@ -194,15 +205,21 @@ class VectorEngine(Checked, wiring.Component):
     ISSUE_STAGES = 5
 
     def __init__(self, *, C: int = 128, max_kv: int = 64, P: int = isa.VEC_P, rd_depth: int = 32,
-                 kv6: bool = False):
+                 kv6: bool = False, att: tuple[int, int] | None = ATT_LANES):
         # the parameters were checked by check_params before this object existed
         self.C, self.max_kv, self.P, self.rd_depth, self.kv6 = C, max_kv, P, rd_depth, kv6
+        self.att = att
         super().__init__(self.engine_signature())
 
     @classmethod
-    def check_params(cls, *, C: int, max_kv: int, P: int, rd_depth: int, kv6: bool) -> None:
+    def check_params(cls, *, C: int, max_kv: int, P: int, rd_depth: int, kv6: bool,
+                     att: tuple[int, int] | None) -> None:
         """Raise ``ValueError`` for parameters the engine cannot build (class docstring);
         runs before the object exists (:class:`fpqvar_hw.checked.Checked`)."""
+        if att is not None:
+            if not (isinstance(att, tuple) and len(att) == 2):
+                raise ValueError(f"att must be None or a tuple (T, N), got {att!r}")
+            check(AttentionArray, T=att[0], N=att[1], max_e=cls.att_max_e(max_kv), P=P)
         if not isinstance(kv6, bool):
             raise ValueError(f"kv6 must be a bool, got {kv6!r}")
         for name, v in (("C", C), ("max_kv", max_kv), ("P", P), ("rd_depth", rd_depth)):
@@ -217,6 +234,11 @@ class VectorEngine(Checked, wiring.Component):
         if rd_depth < MAX_BURST or rd_depth & (rd_depth - 1):
             raise ValueError(f"rd_depth must be a power of two >= {MAX_BURST} (one burst), "
                              f"got {rd_depth}")
+
+    @staticmethod
+    def att_max_e(max_kv: int) -> int:
+        """Longest FDOT row the attention array takes: q.K rows (64) and p.V rows (KV length)."""
+        return max(isa.L2NT_LEN, max_kv)
 
     @staticmethod
     def engine_signature() -> wiring.Signature:
@@ -333,6 +355,40 @@ class VectorEngine(Checked, wiring.Component):
             bad |= (bkv6 & ~is_sub[V.FDOT]) | (bkv6 & b16) | (kvq6 & (n[0] != isa.KV6_GROUP))
         m.d.comb += bad_field.eq(bad)
 
+        # ------------------------------------------------------------ attention array
+        # FDOT with an FP16 B is offered to the array first; the element path below and the
+        # array share the engine's rd_a, rd_b and wr ports (one of them active at a time)
+        att_sel = Signal()
+        gen_rd = {x: ReadClient().create(path=(f"gen_rd_{x}",)) for x in ("a", "b")}
+        gen_rd["c"] = self.rd_c
+        gen_wr = WriteClient().create(path=("gen_wr",))
+        att = None
+        offer = Const(0)
+        if self.att is not None:
+            T, N = self.att
+            m.submodules.att = att = AttentionArray(T=T, N=N, max_e=self.att_max_e(self.max_kv),
+                                                    P=self.P)
+            m.d.comb += [att.cmd.payload.eq(ins), att.dram_base.eq(self.dram_base),
+                         att.dram_size.eq(self.dram_size)]
+            offer = is_sub[V.FDOT] & b16 & self.fine
+            if kv6:
+                offer &= ~bkv6
+        clients = [(gen_rd["a"], self.rd_a, att.rd_a if att else None),
+                   (gen_rd["b"], self.rd_b, att.rd_b if att else None),
+                   (gen_wr, self.wr, att.wr if att else None)]
+        for gen, port, alt in clients:
+            if alt is None:
+                wiring.connect(m, gen, wiring.flipped(port))
+                continue
+            m.d.comb += [port.req.valid.eq(Mux(att_sel, alt.req.valid, gen.req.valid)),
+                         port.req.payload.eq(Mux(att_sel, alt.req.payload, gen.req.payload)),
+                         gen.req.ready.eq(port.req.ready & ~att_sel),
+                         alt.req.ready.eq(port.req.ready & att_sel),
+                         gen.resp.payload.eq(port.resp.payload), alt.resp.payload.eq(port.resp.payload),
+                         gen.resp.valid.eq(port.resp.valid & ~att_sel),
+                         alt.resp.valid.eq(port.resp.valid & att_sel),
+                         port.resp.ready.eq(Mux(att_sel, alt.resp.ready, gen.resp.ready))]
+
         # ------------------------------------------------------------ control state
         error = Signal(4)
         m.d.comb += self.error.eq(error)
@@ -357,9 +413,28 @@ class VectorEngine(Checked, wiring.Component):
                 with m.Elif(bad_field):
                     m.d.sync += error.eq(isa.ErrorCode.FIELD)
                     m.next = "IDLE"
+                with m.Elif(offer):
+                    m.next = "OFFER"
                 with m.Else():
                     m.d.comb += start.eq(1)
                     m.next = "RUN"
+            if att is not None:
+                # the attention array takes the FDOT or declines it (nothing accessed)
+                with m.State("OFFER"):
+                    m.d.comb += [self.busy.eq(1), att_sel.eq(1), att.cmd.valid.eq(~self.abort)]
+                    with m.If(self.abort):
+                        m.next = "IDLE"
+                    with m.Elif(att.cmd.ready):
+                        m.next = "ATT"
+                with m.State("ATT"):
+                    m.d.comb += [self.busy.eq(1), att_sel.eq(1), att.abort.eq(self.abort)]
+                    with m.If(~att.busy):
+                        with m.If(att.declined & ~self.abort):
+                            m.d.comb += start.eq(1)
+                            m.next = "RUN"
+                        with m.Else():
+                            m.d.sync += error.eq(att.error)
+                            m.next = "IDLE"
             with m.State("RUN"):
                 m.d.comb += [self.busy.eq(1), in_run.eq(1),
                              running.eq(~self.abort & (raise_err == 0))]
@@ -537,7 +612,7 @@ class VectorEngine(Checked, wiring.Component):
         blocked = []
         rd_state = {}
         for x in _READ_OPERANDS:
-            port = getattr(self, f"rd_{x}")
+            port = gen_rd[x]
             addr = e_addr[x]
             word = addr[_WORD_SHIFT:]
             last_word = Signal(32 - _WORD_SHIFT, name=f"last_word_{x}")
@@ -726,11 +801,11 @@ class VectorEngine(Checked, wiring.Component):
         pend_data = Signal(DATA_BITS)
         pend_strb = Signal(DATA_BYTES)
         wreq_valid = Signal()
-        m.d.comb += self.wr.req.valid.eq(wreq_valid)
-        wreq_free = ~wreq_valid | self.wr.req.ready
+        m.d.comb += gen_wr.req.valid.eq(wreq_valid)
+        wreq_free = ~wreq_valid | gen_wr.req.ready
         wr_out = Signal(range(1 << 16))       # writes accepted, response pending
-        m.d.comb += self.wr.resp.ready.eq(1)
-        with m.If(in_run & self.wr.resp.valid & self.wr.resp.payload.err):
+        m.d.comb += gen_wr.resp.ready.eq(1)
+        with m.If(in_run & gen_wr.resp.valid & gen_wr.resp.payload.err):
             m.d.comb += err_wr.eq(1)
 
         new_word = q[_WORD_SHIFT:]
@@ -787,17 +862,17 @@ class VectorEngine(Checked, wiring.Component):
             m.d.sync += pend_valid.eq(0)
         with m.If(emit):
             m.d.sync += [wreq_valid.eq(1),
-                         self.wr.req.payload.addr.eq(Cat(Const(0, _WORD_SHIFT), pend_word)),
-                         self.wr.req.payload.data.eq(pend_data),
-                         self.wr.req.payload.strb.eq(pend_strb)]
+                         gen_wr.req.payload.addr.eq(Cat(Const(0, _WORD_SHIFT), pend_word)),
+                         gen_wr.req.payload.data.eq(pend_data),
+                         gen_wr.req.payload.strb.eq(pend_strb)]
         if kv6:      # the scale write takes the request register when the codes do not
             with m.Elif(running & sc_valid & wreq_free):
                 sc_lane = sc_addr[1:_WORD_SHIFT]
                 m.d.sync += [wreq_valid.eq(1), sc_valid.eq(0),
-                             self.wr.req.payload.addr.eq(Cat(Const(0, _WORD_SHIFT), sc_addr[_WORD_SHIFT:])),
-                             self.wr.req.payload.data.eq(sc_data << (sc_lane * 16)),
-                             self.wr.req.payload.strb.eq(Const(0b11, DATA_BYTES) << (sc_lane * 2))]
-        with m.Elif(self.wr.req.ready):
+                             gen_wr.req.payload.addr.eq(Cat(Const(0, _WORD_SHIFT), sc_addr[_WORD_SHIFT:])),
+                             gen_wr.req.payload.data.eq(sc_data << (sc_lane * 16)),
+                             gen_wr.req.payload.strb.eq(Const(0b11, DATA_BYTES) << (sc_lane * 2))]
+        with m.Elif(gen_wr.req.ready):
             m.d.sync += wreq_valid.eq(0)
         if kv6:
             with m.If(take_res & sc_take):
@@ -805,7 +880,7 @@ class VectorEngine(Checked, wiring.Component):
                 m.d.comb += c_step.eq(1)
             with m.If(flush | start):
                 m.d.sync += sc_valid.eq(0)
-        m.d.sync += wr_out.eq(wr_out + (self.wr.req.valid & self.wr.req.ready) - self.wr.resp.valid)
+        m.d.sync += wr_out.eq(wr_out + (gen_wr.req.valid & gen_wr.req.ready) - gen_wr.resp.valid)
 
         # ============================================================ completion
         quiet = Cat(*(~rd_state[x]["req_valid"] & (rd_state[x]["inflight"] == 0)

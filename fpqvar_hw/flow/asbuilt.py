@@ -189,7 +189,10 @@ def top_build(config: AcceleratorConfig, C: int, *,
 #: issue (2026-12-05) do not state them: that cell took a group every ``group/lanes``
 #: beats, which the weight stream already bounds, so 1 reproduces it; the bias add took 2
 #: stages; the vector engine issued its first read straight from the loop nest.
-_OLDER_RTL_LATENCIES = {"dot_group": 1, "bias": 2, "vec_issue": 0}
+_OLDER_RTL_LATENCIES = {"dot_group": 1, "bias": 2, "vec_issue": 0,
+                        # ... and had no attention array (every FDOT on the element path)
+                        "att_T": 0, "att_N": 0, "att_check": 0, "att_tile": 0, "att_tail": 0,
+                        "att_depth": 0}
 
 
 def _checked_latencies(lat: Mapping[str, int], lanes: int) -> dict[str, int]:
@@ -218,6 +221,10 @@ def top_latencies(lanes: int) -> dict[str, int]:
     from ..units.quantizer import LATENCY_AFTER_LAST as QUANT
     from ..units.vector import Dataflow, PartialSums, Val, fp32_bits
 
+    import inspect
+
+    from ..engines.attention import AttentionArray
+    att = inspect.signature(VectorEngine.__init__).parameters["att"].default
     P = isa.VEC_P
     # the row units' phase latencies, scheduled exactly as vector.py schedules them (a dry
     # Dataflow: stage counts only, nothing built)
@@ -242,6 +249,10 @@ def top_latencies(lanes: int) -> dict[str, int]:
         "dot_group": MatrixEngine.cell_group_interval(lanes),
         "bias": BIAS_ADD_LATENCY,
         "vec_issue": VectorEngine.ISSUE_STAGES,
+        # the vector engine's attention array (T = 0: none); AttentionArray's own timing
+        "att_T": att[0] if att else 0, "att_N": att[1] if att else 0,
+        "att_check": AttentionArray.CHECK_CYCLES, "att_tile": AttentionArray.tile_cycles(0),
+        "att_tail": AttentionArray.tail_cycles(0), "att_depth": AttentionArray.DEPTH,
         **{f"gap_{s.name}": u for s, u in units.items()},
         "tree": tree, "drain": PartialSums.DRAIN, "mul": FPOp.MUL.latency,
         "ln_mean": df.mul(tv, df.const(0)).stage,
@@ -374,6 +385,8 @@ def vec_cost(subop: int, n: tuple[int, int, int, int], operands: Mapping[str, tu
         raise ValueError(f"VEC loop counts must be >= 1, got {n}")
     L = b.lat
     s = V(subop)
+    if s is V.FDOT and fine and L["att_T"] and _array_shape(operands):
+        return att_cost(n, operands, b=b, mem=mem)
     n0, rows = n[0], n[1] * n[2] * n[3]
     g = 1 if fine else max(1, L[f"gap_{s.name}"])
     d = L["drain"]
@@ -403,9 +416,69 @@ def vec_cost(subop: int, n: tuple[int, int, int, int], operands: Mapping[str, tu
     t_req = requests * (rd + 1) / min(b.max_outstanding, b.vec_rd_depth)
     # an operand has at most vec_rd_depth words in flight, each for a read round trip
     t_depth = widest * (rd + 1) / b.vec_rd_depth
-    cyc = ENGINE_START + L["vec_issue"] + rd + 1 + max(unit, t_bus, t_req, t_depth) \
+    # an FDOT with an FP16 B the array declines: offered first (OFFER + the array's check)
+    offered = 1 + L["att_check"] if (s is V.FDOT and fine and L["att_T"]
+                                      and operands.get("b", (0, 0, 0))[2] == 2) else 0
+    cyc = ENGINE_START + offered + L["vec_issue"] + rd + 1 + max(unit, t_bus, t_req, t_depth) \
         + mem.write_latency + WRITE_PATH + ENGINE_END
     return EngineCost(int(round(cyc)), int(words))
+
+
+def _array_shape(operands: Mapping[str, tuple[int, int, int]]) -> bool:
+    """The FDOT operands the attention array takes (``attention.py``): A FP32 rows
+    (``s0 = 4``) that do not depend on i1 (``s1 = 0``), B FP16 rows (``s0 = 2``); the
+    compiler's B never depends on i2 and its ranges are inside the window and apart."""
+    a, bb = operands.get("a"), operands.get("b")
+    return (a is not None and bb is not None and "c" not in operands
+            and a[0] == 4 and a[1] == 0 and a[2] == 4 and bb[0] == 2 and bb[2] == 2)
+
+
+def att_cost(n: tuple[int, int, int, int], operands: Mapping[str, tuple[int, int, int]], *,
+             b: TopBuild, mem: TopMemory) -> EngineCost:
+    """Cycles of an FDOT on the vector engine's attention array (``attention.py``).
+
+    ``n3 * ceil(n2/T)`` A tiles of ``T`` rows, each with ``ceil(n1/N)`` B tiles of ``N``
+    rows; a tile takes ``att_tile + n0`` cycles once its rows are on chip
+    (``AttentionArray.tile_cycles``), the next tile's rows load meanwhile.  Words: every A
+    row once, every B row once per A tile (``ceil(16-byte words)``, half a word more on
+    average when rows are not word multiples: they start anywhere).  Requests: a burst of
+    at most ``max_burst`` words per row, B rows back to back (``s1 = 2*n0``, ``n0`` a
+    multiple of 8: the K cache) as one job per tile.  Bounds as :func:`vec_cost`: bus words,
+    arbiter slots (``max_outstanding`` bursts per round trip), ``att_depth`` words in
+    flight per operand.  Before the first tile: the offer and check (``1 + att_check``) and
+    the first tile's rows; after the last: ``att_tail`` + its results + the write.
+    """
+    L = b.lat
+    T, N = L["att_T"], L["att_N"]
+    n0, n1, n2, n3 = n
+    s1_b = operands["b"][1]
+    a_tiles = n3 * -(-n2 // T)
+    b_tiles = -(-n1 // N)
+    tiles = a_tiles * b_tiles
+
+    def row_words(nbytes: int) -> float:
+        return -(-nbytes // 16) + (0.5 if nbytes % 16 else 0.0)
+
+    wa, wb = row_words(4 * n0), row_words(2 * n0)
+    words_a, words_b = n3 * n2 * wa, a_tiles * n1 * wb
+    req_a = n3 * n2 * -(-int(wa + 0.5) // b.max_burst)
+    if s1_b == 2 * n0 and n0 % 8 == 0:
+        req_b = a_tiles * sum(-(-int(min(N, n1 - k * N) * wb) // b.max_burst) for k in range(b_tiles))
+    else:
+        req_b = a_tiles * n1 * -(-int(wb + 0.5) // b.max_burst)
+    rd = mem.read_latency + READ_PATH
+    if mem.shared:
+        t_bus = (words_a + words_b) / mem.beat_rate
+    else:
+        t_bus = max(words_a, words_b) / mem.beat_rate
+    t_req = (req_a + req_b) * (rd + 1) / b.max_outstanding
+    t_depth = max(words_a, words_b) * (rd + 1) / L["att_depth"]
+    first = rd + 1 + (min(T, n2) * wa + min(N, n1) * wb) / mem.beat_rate
+    compute = tiles * (L["att_tile"] + n0)
+    last = min(T, n2 - (-(-n2 // T) - 1) * T) * min(N, n1 - (b_tiles - 1) * N)
+    cyc = ENGINE_START + 1 + L["att_check"] + max(first + compute, rd + t_bus, t_req, t_depth) \
+        + L["att_tail"] + last + mem.write_latency + WRITE_PATH + ENGINE_END
+    return EngineCost(int(round(cyc)), int(words_a + words_b))
 
 
 # ---------------------------------------------------------- the step program, shape level

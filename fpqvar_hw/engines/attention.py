@@ -1,0 +1,635 @@
+"""The attention array: FDOT instructions of attention shape on ``T x N`` MAC lanes.
+
+The vector engine (:mod:`fpqvar_hw.engines.vecengine`) offers every FDOT with an
+FP16 B operand to :class:`AttentionArray`; the array either declines it (the engine
+then runs it element by element as before) or executes it on ``T x N`` lanes, each
+lane one independent dot product computed exactly as :class:`~fpqvar_hw.units.vector.FDot`
+computes it (FP32 product ``a*b``, then element ``k`` of the row into partial
+``k mod P`` through a pipelined FP32 adder, then the pairwise tree over the
+``P`` partials: ``golden.attention.tree_last``).  The results are the same bits;
+only the order in which the dot products are computed and written changes.
+
+Shape it takes (``D[i3, i2, i1] = sum_i0 A[i0, i2, i3] * B[i0, i1, i3]``): FDOT,
+flags exactly B_FP16, ``s0_a = 4`` and ``s0_b = 2`` (rows contiguous), ``s1_a = 0``
+(A does not depend on i1) and ``s2_b = 0`` (B does not depend on i2), ``n0 <=
+max_e``, ``n1, n2, n3 < 2**16``, and, so that no element can fail the window check
+or see a result of the same instruction: every A, B and D element inside ``[dram_base,
+dram_base + dram_size)`` without 32-bit wrap-around, and D's byte range disjoint from
+A's and B's.  The compiler's q.K (A = q rows, B = K rows) and p.V (A = probability
+rows, B = rows of the transposed V cache) are this shape.  Anything else (a KV6
+cache, other strides, ``fine = 0``) is declined and runs on the element path, which
+raises the errors at the element where they occur.
+
+Data path::
+
+    tile (i3, i2 .. i2+T-1, i1 .. i1+N-1):
+      A rows -> rd_a (BurstReader) -> T memories (two slots)  --+--> T x N MacLane
+      B rows -> rd_b (BurstReader) -> N memories (two slots)  --+    (product, P partials)
+                                         snapshot of the partials -> one shared
+                                         pairwise tree (one dot product per cycle)
+                                         -> write merge -> wr
+
+* **Loads.**  A loader walks the tiles in order and hands each row to the operand's
+  :class:`~fpqvar_hw.engines.matrix.BurstReader` as 16-byte words from the word that
+  holds the row's first element (rows need no alignment beyond the element size;
+  a lane reads element ``e`` at word ``(off + e) // per_word``).  Consecutive B
+  rows that lie back to back in DRAM (the K cache) are one job, so their bursts are
+  16 beats long.  A and B tiles each have two slots: the next tile loads while the
+  current one computes.
+* **Compute.**  One element index ``e`` per cycle for all lanes: lane ``(t, n)``
+  multiplies ``A[t][e]`` by ``B[n][e]`` (FP16 widened exactly).  After a tile's last
+  element the lanes wait ``MacLane.DRAIN_CYCLES`` (product + partial write-back),
+  their partials are copied to snapshot registers and cleared, and the next tile starts.
+* **Drain.**  The snapshots go through one pipelined pairwise tree (7 FP32 adds for
+  ``P = 8``), one lane per cycle, only the lanes of rows that exist (edge tiles);
+  results merge into 16-byte writes with strobes.
+* **Errors and abort.**  A read ``err`` is error 3, a write ``err`` error 4 (the
+  window was checked before the first access, so error 2 cannot occur here); then, as
+  on ``abort``, no further request is made, outstanding ones complete, and the array
+  goes idle.  ``busy`` is high from taking ``cmd`` until then.
+
+Cycles of an accepted instruction (no stalls; :meth:`AttentionArray.tile_cycles`): per tile
+``n0 + MacLane.DRAIN_CYCLES + 1``; ``ceil(n1/N) * ceil(n2/T) * n3`` tiles, plus
+``CHECK_CYCLES`` before the first load; the loads of the next tile overlap the
+current one's compute when the DRAM delivers ``N * ceil(2 n0/16)`` words per tile in time.
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, ResetInserter, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from .. import isa
+from ..checked import Checked
+from ..emit import hierarchical
+from ..units.fpu import FPOp, fp16_to_fp32
+from ..units.vector import Dataflow, PartialSums, Val
+from .axi import DATA_BITS, DATA_BYTES, ReadClient, WriteClient
+from .matrix import BurstReader
+
+__all__ = ["AttentionArray", "MacLane"]
+
+_WORD_SHIFT = ceil_log2(DATA_BYTES)
+#: the products ``(n_k - 1) * s_k`` of the operand range check: (operand, loop k, stride
+#: field 1 + k); A does not use i1, B not i2, D not i0
+_RANGE_PRODUCTS = (("a", 2, 3), ("a", 3, 4), ("b", 1, 2), ("b", 3, 4),
+                   ("d", 1, 2), ("d", 2, 3), ("d", 3, 4))
+
+
+@hierarchical
+class MacLane(wiring.Component):
+    """One lane of the array: the accumulation half of :class:`~fpqvar_hw.units.vector.FDot`.
+
+    ``a``, ``b`` (FP32) with ``valid`` and ``part`` (the partial this element goes to)
+    enter a :class:`~fpqvar_hw.units.fpu.MulPipe`; the product is added to partial
+    ``part`` (:class:`~fpqvar_hw.units.vector.PartialSums`).  ``acc`` shows the ``P``
+    partials (partial ``j`` in bits ``32j .. 32j+31``); the last element's sum is in
+    them ``DRAIN_CYCLES`` cycles after it entered.  ``clear`` sets them to +0.0.
+    """
+
+    DRAIN_CYCLES = FPOp.MUL.latency + PartialSums.DRAIN
+
+    def __init__(self, *, P: int = isa.VEC_P):
+        self.P = P
+        super().__init__({"a": In(32), "b": In(32), "valid": In(1), "part": In(range(P)),
+                          "clear": In(1), "acc": Out(32 * P)})
+
+    def elaborate(self, platform):
+        m = Module()
+        df = Dataflow(m, Const(1), prefix="prod_")
+        prod = df.mul(Val(self.a, 0), Val(self.b, 0))
+        Lp = prod.stage
+        assert Lp + PartialSums.DRAIN == self.DRAIN_CYCLES
+        tag = Cat(self.valid, self.part)
+        for _ in range(Lp):
+            r = Signal(len(tag))
+            m.d.sync += r.eq(tag)
+            tag = r
+        ps = PartialSums(m, self.P, "sum_")
+        m.d.comb += [ps.issue.eq(tag[0]), ps.part.eq(tag[1:]), ps.value.eq(df.at(prod, Lp)),
+                     ps.clear.eq(self.clear), self.acc.eq(Cat(*ps.acc))]
+        return m
+
+
+def _rows_words(first_byte, nbytes):
+    """16-byte words a row of ``nbytes`` bytes starting at byte ``first_byte`` (0..15) of
+    its first word occupies."""
+    return (first_byte + nbytes + DATA_BYTES - 1) >> _WORD_SHIFT
+
+
+@hierarchical
+class AttentionArray(Checked, wiring.Component):
+    """FDOT on ``T x N`` lanes (module docstring).
+
+    Parameters: ``T`` (rows of A per tile, i2), ``N`` (rows of B per tile, i1), both
+    powers of two; ``max_e``: longest row (n0) taken; ``P``: tree-sum width
+    (``isa.VEC_P``); ``depth``: words in flight per operand (each BurstReader's FIFO).
+
+    Ports: ``cmd`` (a VEC instruction; only FDOT with B_FP16 is offered), ``busy``,
+    ``declined`` (held from the end of an instruction the array did not take until the
+    next ``cmd``: nothing was accessed), ``error`` (``isa.ErrorCode``, held likewise),
+    ``abort``, ``dram_base``, ``dram_size``, ``rd_a``, ``rd_b``, ``wr``.
+    """
+
+    #: cycles from taking ``cmd`` to the first load request (SHAPE, RANGE: one product of
+    #: the operand ranges per cycle, DECIDE); a declined instruction ends after as many
+    CHECK_CYCLES = 1 + (len(_RANGE_PRODUCTS) + 2) + 1
+    #: the element pipeline in front of the lanes (memory read, element select)
+    FEED_STAGES = 2
+    #: words in flight per operand (each BurstReader's FIFO)
+    DEPTH = 128
+
+    def __init__(self, *, T: int = 4, N: int = 8, max_e: int = 680, P: int = isa.VEC_P,
+                 depth: int = DEPTH):
+        self.T, self.N, self.max_e, self.P, self.depth = T, N, max_e, P, depth
+        super().__init__({
+            "cmd": In(stream.Signature(isa.INSTR_LAYOUT)),
+            "busy": Out(1), "declined": Out(1), "error": Out(4), "abort": In(1),
+            "dram_base": In(32), "dram_size": In(32),
+            "rd_a": Out(ReadClient()), "rd_b": Out(ReadClient()), "wr": Out(WriteClient()),
+        })
+
+    @classmethod
+    def check_params(cls, *, T: int, N: int, max_e: int, P: int, depth: int) -> None:
+        for name, v in (("T", T), ("N", N), ("max_e", max_e), ("P", P), ("depth", depth)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        for name, v in (("T", T), ("N", N), ("P", P), ("depth", depth)):
+            if v & (v - 1):
+                raise ValueError(f"{name} must be a power of two, got {v}")
+        if P != 8:
+            raise ValueError(f"the lanes' pairwise tree is built for P = 8, got {P}")
+        if depth < 16:
+            raise ValueError(f"depth must hold one burst (16 words), got {depth}")
+
+    @classmethod
+    def tile_cycles(cls, n0: int) -> int:
+        """Cycles one tile of rows of ``n0`` elements takes when its operands are on chip:
+        WAIT, ``n0`` RUN cycles, DRAIN (until the last element, ``FEED_STAGES`` behind its
+        RUN cycle, is in the partials ``MacLane.DRAIN_CYCLES`` later), SNAP."""
+        return 1 + n0 + cls.FEED_STAGES + MacLane.DRAIN_CYCLES
+
+    @classmethod
+    def tail_cycles(cls, results: int) -> int:
+        """Cycles from the last tile's SNAP until its ``results`` sums are in the write
+        request register: one emission per cycle, the select register, the pairwise tree
+        (``log2 P`` adds), the output FIFO and the merge register."""
+        return results + 1 + 3 * FPOp.ADD.latency + 2 + 1
+
+    def elaborate(self, platform):
+        m = Module()
+        T, N, P = self.T, self.N, self.P
+        L = T * N
+        ins = Signal(isa.INSTR_LAYOUT)
+
+        def field(x: str, k: int):      # k = 0: base, 1..4: s0..s3
+            return ins[isa.VEC_OPERAND_WORD[x] + k]
+        n = [ins[isa.VEC_N + k] for k in range(4)]
+        hdr = ins[0]
+        sub = hdr[isa.HDR_SUBOP_SHIFT:isa.HDR_SUBOP_SHIFT + isa.HDR_SUBOP_BITS]
+        flags = hdr[isa.HDR_FLAGS_SHIFT:isa.HDR_FLAGS_SHIFT + isa.HDR_FLAGS_BITS]
+
+        # ------------------------------------------------------------ control
+        error = Signal(4)
+        declined = Signal()
+        m.d.comb += [self.error.eq(error), self.declined.eq(declined)]
+        start = Signal()            # the instruction is taken: load the walkers
+        flush = Signal()            # error or abort: stop, wait for the DMA
+        running = Signal()          # state RUN
+        stop = Signal()             # no new job or request (a job a flush cut short stays
+        m.d.comb += stop.eq(~running)   # in its reader until the next start resets it)
+        run_done = Signal()         # every result written
+        quiet = Signal()            # nothing outstanding on the buses
+        step = Signal(range(self.CHECK_CYCLES + 1))
+        ok = Signal()               # the shape test and the range test so far
+        fl_wait = Signal(range(64))
+
+        # the range check: lo/hi of A, B, D from seven products (n_k - 1) * s_k
+        E_A, E_B, E_D = 4, 2, 4
+        hi = {x: Signal(50, name=f"hi_{x}") for x in "abd"}
+        prods = _RANGE_PRODUCTS
+        mul_x = Signal(16)
+        mul_s = Signal(32)
+        prod = Signal(48)
+        m.d.sync += prod.eq(mul_x * mul_s)
+        for j, (x, k, f) in enumerate(prods):
+            with m.If(step == j):
+                m.d.comb += [mul_x.eq((n[k] - 1)[:16]), mul_s.eq(field(x, f))]
+        for j, (x, k, f) in enumerate(prods):
+            with m.If(step == j + 1):
+                m.d.sync += hi[x].eq(hi[x] + prod)
+
+        shape_ok = ((sub == int(isa.VecSubop.FDOT)) & (flags == int(isa.VecFlag.B_FP16))
+                    & (field("a", 1) == E_A) & (field("b", 1) == E_B)
+                    & (field("a", 2) == 0) & (field("b", 3) == 0)
+                    & (n[0] <= self.max_e) & (n[0] != 0)
+                    & Cat(*(n[k][16:] == 0 for k in (1, 2, 3))).all()
+                    & Cat(*(n[k] != 0 for k in (1, 2, 3))).all())
+        lo = {x: field(x, 0) for x in "abd"}
+        top = Cat(self.dram_base, Const(0, 18)) + self.dram_size          # first byte beyond
+        in_range = Cat(*((lo[x] >= self.dram_base) & (hi[x] < top) & (hi[x][32:] == 0)
+                         for x in "abd")).all()
+        apart = Cat(*(((hi["d"] < lo[x]) | (hi[x] < lo["d"])) for x in "ab")).all()
+
+        with m.FSM(name="att"):
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(~self.abort)
+                with m.If(self.cmd.valid & ~self.abort):
+                    m.d.sync += [ins.eq(self.cmd.payload), error.eq(0), declined.eq(0),
+                                 step.eq(0)]
+                    m.next = "SHAPE"
+            with m.State("SHAPE"):          # registers the shape test; first operand ranges
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += [ok.eq(shape_ok), step.eq(0),
+                             hi["a"].eq(lo["a"] + ((n[0] - 1)[:16] << 2) + E_A - 1),
+                             hi["b"].eq(lo["b"] + ((n[0] - 1)[:16] << 1) + E_B - 1),
+                             hi["d"].eq(lo["d"] + E_D - 1)]
+                m.next = "RANGE"
+                with m.If(self.abort):
+                    m.next = "IDLE"
+            with m.State("RANGE"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += step.eq(step + 1)
+                with m.If(self.abort):
+                    m.next = "IDLE"
+                with m.Elif(step == len(prods) + 1):
+                    m.d.sync += ok.eq(ok & in_range & apart)
+                    m.next = "DECIDE"
+            with m.State("DECIDE"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(self.abort):
+                    m.next = "IDLE"
+                with m.Elif(~ok):
+                    m.d.sync += declined.eq(1)
+                    m.next = "IDLE"
+                with m.Else():
+                    m.d.comb += start.eq(1)
+                    m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += [self.busy.eq(1), running.eq(1)]
+                err_now = Signal(4)
+                with m.If(self.abort | (err_now != 0)):
+                    m.d.sync += [error.eq(err_now), fl_wait.eq(0)]
+                    m.next = "FLUSH"
+                with m.Elif(run_done & quiet):
+                    m.next = "IDLE"
+            with m.State("FLUSH"):
+                m.d.comb += [self.busy.eq(1), flush.eq(1)]
+                with m.If(fl_wait != 63):
+                    m.d.sync += fl_wait.eq(fl_wait + 1)
+                with m.Elif(quiet):
+                    m.next = "IDLE"
+
+        # ------------------------------------------------------------ DMA readers
+        m.submodules.rdr_a = rdr_a = ResetInserter(start)(BurstReader(depth=self.depth))
+        m.submodules.rdr_b = rdr_b = ResetInserter(start)(BurstReader(depth=self.depth))
+        for rdr, port in ((rdr_a, self.rd_a), (rdr_b, self.rd_b)):
+            wiring.connect(m, rdr.bus, wiring.flipped(port))
+            m.d.comb += [rdr.base.eq(self.dram_base), rdr.size.eq(self.dram_size),
+                         rdr.stop.eq(stop)]
+        with m.If(rdr_a.read_error | rdr_b.read_error):
+            m.d.comb += err_now.eq(isa.ErrorCode.AXI_READ)
+        with m.Elif(rdr_a.window_error | rdr_b.window_error):     # cannot happen (checked)
+            m.d.comb += err_now.eq(isa.ErrorCode.ADDRESS)
+
+        # ------------------------------------------------------------ tile walkers
+        # the tile counts and per-instruction constants
+        n1t = Signal(16)     # tiles along i1 (B rows), i2 (A rows)
+        n2t = Signal(16)
+        with m.If(start):
+            m.d.sync += [n1t.eq((n[1][:16] + N - 1) >> ceil_log2(N)),
+                         n2t.eq((n[2][:16] + T - 1) >> ceil_log2(T))]
+        wb = Signal(range(self.max_e // 8 + 3))        # words of a B row (row starts aligned)
+        contig_b = Signal()     # B rows back to back: one job per tile
+        with m.If(start):
+            m.d.sync += [wb.eq((n[0][:12] * 2) >> _WORD_SHIFT),
+                         contig_b.eq((field("b", 2) == (n[0] << 1)) & (n[0][:3] == 0)
+                                     & (field("b", 0)[:4] == 0))]
+
+        # slot bookkeeping: tiles loaded (data in memory) and released (compute done)
+        a_loaded, a_freed, b_loaded, b_freed = (Signal(16, name=s) for s in
+                                                ("a_loaded", "a_freed", "b_loaded", "b_freed"))
+        with m.If(start):
+            m.d.sync += [s.eq(0) for s in (a_loaded, a_freed, b_loaded, b_freed)]
+
+        # row descriptors for the memory writers: lane, slot, words, last row of its tile
+        # words of a memory slot: a row of max_e elements from any offset in its first word
+        wa = 1 << ceil_log2(self.max_e // 4 + 2)
+        wbw = 1 << ceil_log2(self.max_e // 8 + 2)
+        row_layout = data.StructLayout({"lane": range(max(T, N)), "slot": 1,
+                                        "words": range(max(wa, wbw) + 1),
+                                        "last": 1})
+        for x in "ab":
+            m.submodules[f"rows_{x}"] = ResetInserter(start)(
+                SyncFIFOBuffered(width=row_layout.size, depth=16))
+        rows = {"a": m.submodules["rows_a"], "b": m.submodules["rows_b"]}
+
+        # per slot and lane: element offset of the row's first element in its first word
+        a_off = [[Signal(2, name=f"a_off{s}_{t}") for t in range(T)] for s in range(2)]
+        b_off = [[Signal(3, name=f"b_off{s}_{j}") for j in range(N)] for s in range(2)]
+
+        def set_off(offs, lanes: int, slot, lane, value):
+            for s in range(2):
+                for j in range(lanes):
+                    with m.If((slot == s) & (lane == j)):
+                        m.d.sync += offs[s][j].eq(value)
+
+        def count(total, base_tile, per_tile: int):
+            """Rows of the tile starting at row ``base_tile * per_tile`` of ``total``."""
+            left = total - (base_tile << ceil_log2(per_tile))
+            return Mux(left >= per_tile, per_tile, left)
+
+        # ------------------------------------------------------------ loader
+        # walks (i3, i2 tile: its A rows, then per i1 tile its B rows); a row's job goes to
+        # the operand's reader (B rows back to back: one job per tile), its descriptor to
+        # the memory writer
+        ld_i3, ld_i2t, ld_i1t = Signal(16), Signal(16), Signal(16)
+        ld_row = Signal(range(max(T, N) + 1))
+        a3_base, a_row = Signal(32), Signal(32)      # A: first row of i3; current row (i3, i2)
+        b3_base, b_row = Signal(32), Signal(32)      # B: first row of i3; current row (i3, i1)
+        a_tiles, b_tiles = Signal(16), Signal(16)    # tiles handed to the readers
+        tv_ld = Signal(range(T + 1))
+        nv_ld = Signal(range(N + 1))
+        m.d.comb += [tv_ld.eq(count(n[2][:16], ld_i2t, T)), nv_ld.eq(count(n[1][:16], ld_i1t, N))]
+        ja, jb = rdr_a.job, rdr_b.job
+        ra, rb = row_layout(rows["a"].w_data), row_layout(rows["b"].w_data)
+        a_row_words = _rows_words(a_row[:_WORD_SHIFT], n[0][:12] << 2)
+        b_row_words = _rows_words(b_row[:_WORD_SHIFT], n[0][:12] << 1)
+        with m.FSM(name="load"):
+            with m.State("IDLE"):
+                with m.If(start):
+                    m.d.sync += [ld_i3.eq(0), ld_i2t.eq(0), ld_i1t.eq(0), ld_row.eq(0),
+                                 a3_base.eq(field("a", 0)), a_row.eq(field("a", 0)),
+                                 b3_base.eq(field("b", 0)), b_row.eq(field("b", 0)),
+                                 a_tiles.eq(0), b_tiles.eq(0)]
+                    m.next = "A"
+            with m.State("A"):      # a row of the A tile (i3, i2t) into slot a_tiles % 2
+                m.d.comb += [ja.payload.addr.eq(Cat(Const(0, _WORD_SHIFT), a_row[_WORD_SHIFT:])),
+                             ja.payload.words.eq(a_row_words),
+                             ra.lane.eq(ld_row), ra.slot.eq(a_tiles[0]),
+                             ra.words.eq(a_row_words), ra.last.eq(ld_row == tv_ld - 1)]
+                go = ~stop & ((a_tiles - a_freed) < 2) & rows["a"].w_rdy
+                m.d.comb += [ja.valid.eq(go), rows["a"].w_en.eq(go & ja.ready)]
+                with m.If(go & ja.ready):
+                    set_off(a_off, T, a_tiles[0], ld_row, a_row[2:_WORD_SHIFT])
+                    m.d.sync += [a_row.eq(a_row + field("a", 3)), ld_row.eq(ld_row + 1)]
+                    with m.If(ld_row == tv_ld - 1):
+                        m.d.sync += [ld_row.eq(0), a_tiles.eq(a_tiles + 1), b_row.eq(b3_base)]
+                        m.next = "B"
+                with m.If(flush):
+                    m.next = "IDLE"
+            with m.State("B"):      # a row of the B tile (i3, i2t, i1t) into slot b_tiles % 2
+                need_job = ~contig_b | (ld_row == 0)
+                m.d.comb += [jb.payload.addr.eq(Cat(Const(0, _WORD_SHIFT), b_row[_WORD_SHIFT:])),
+                             jb.payload.words.eq(Mux(contig_b, wb * nv_ld, b_row_words)),
+                             rb.lane.eq(ld_row), rb.slot.eq(b_tiles[0]),
+                             rb.words.eq(b_row_words), rb.last.eq(ld_row == nv_ld - 1)]
+                go = ~stop & ((b_tiles - b_freed) < 2) & rows["b"].w_rdy
+                took = go & (jb.ready | ~need_job)
+                m.d.comb += [jb.valid.eq(go & need_job), rows["b"].w_en.eq(took)]
+                with m.If(took):
+                    set_off(b_off, N, b_tiles[0], ld_row, b_row[1:_WORD_SHIFT])
+                    m.d.sync += [b_row.eq(b_row + field("b", 2)), ld_row.eq(ld_row + 1)]
+                    with m.If(ld_row == nv_ld - 1):
+                        m.d.sync += [ld_row.eq(0), b_tiles.eq(b_tiles + 1), ld_i1t.eq(ld_i1t + 1)]
+                        with m.If(ld_i1t == n1t - 1):          # the A tile's last B tile
+                            m.d.sync += [ld_i1t.eq(0), ld_i2t.eq(ld_i2t + 1)]
+                            m.next = "A"
+                            with m.If(ld_i2t == n2t - 1):      # next head (i3)
+                                m.d.sync += [ld_i2t.eq(0), ld_i3.eq(ld_i3 + 1),
+                                             a3_base.eq(a3_base + field("a", 4)),
+                                             a_row.eq(a3_base + field("a", 4)),
+                                             b3_base.eq(b3_base + field("b", 4))]
+                                with m.If(ld_i3 == n[3][:16] - 1):
+                                    m.next = "IDLE"
+                with m.If(flush):
+                    m.next = "IDLE"
+
+        # ------------------------------------------------------------ operand memories
+        # lane memories of 16-byte words, two slots each; a row's words from its slot start
+        mem_a = [Memory(shape=DATA_BITS, depth=2 * wa, init=[]) for _ in range(T)]
+        mem_b = [Memory(shape=DATA_BITS, depth=2 * wbw, init=[]) for _ in range(N)]
+        for k, mem in enumerate(mem_a):
+            m.submodules[f"mem_a{k}"] = mem
+        for k, mem in enumerate(mem_b):
+            m.submodules[f"mem_b{k}"] = mem
+
+        def fill(x: str, rdr, mems, slot_words: int, loaded):
+            desc = row_layout(rows[x].r_data)
+            w = Signal(range(slot_words), name=f"fill_{x}_w")
+            ports = [mem.write_port() for mem in mems]
+            # outside RUN (a flush, and words a flush left behind): words are dropped
+            beat = rdr.data.valid & rows[x].r_rdy & running
+            m.d.comb += rdr.data.ready.eq(rows[x].r_rdy | ~running)
+            for k, wp in enumerate(ports):
+                m.d.comb += [wp.addr.eq(Cat(w[:ceil_log2(slot_words)], desc.slot)),
+                             wp.data.eq(rdr.data.payload), wp.en.eq(beat & (desc.lane == k))]
+            end = beat & (w == desc.words - 1)
+            m.d.comb += rows[x].r_en.eq(end)
+            with m.If(start):
+                m.d.sync += w.eq(0)
+            with m.Elif(beat):
+                m.d.sync += w.eq(Mux(end, 0, w + 1))
+            with m.If(end & desc.last):
+                m.d.sync += loaded.eq(loaded + 1)
+        fill("a", rdr_a, mem_a, wa, a_loaded)
+        fill("b", rdr_b, mem_b, wbw, b_loaded)
+
+        # ------------------------------------------------------------ compute walker
+        lanes = [MacLane(P=P) for _ in range(L)]
+        for k, lane in enumerate(lanes):
+            m.submodules[f"lane{k}"] = lane
+        c_i3, c_i2t, c_i1t, c_a = Signal(16), Signal(16), Signal(16), Signal(16)
+        c_tile = Signal(16)
+        e = Signal(range(self.max_e + 1))
+        # element pointers: offset in the first word + e (every word of a slot addressable)
+        ptr_a = [Signal(ceil_log2(wa) + 2, name=f"ptr_a{t}") for t in range(T)]
+        ptr_b = [Signal(ceil_log2(wbw) + 3, name=f"ptr_b{j}") for j in range(N)]
+        d3, d2, d1 = Signal(32), Signal(32), Signal(32)     # D of (i3, 0, 0), (i3, i2t, 0), tile
+        wait = Signal(range(MacLane.DRAIN_CYCLES + 3))
+        issue = Signal()             # element e of the tile enters the lanes (2 stages later)
+        clear = Signal()
+        c_done = Signal()
+        snap_full = Signal()
+        snap = [Signal(32 * P, name=f"snap{k}") for k in range(L)]
+        d_tv, d_nv = Signal(range(T + 1)), Signal(range(N + 1))
+        d_tile = Signal(32)
+        c_slot_a, c_slot_b = c_a[0], c_tile[0]
+        with m.FSM(name="compute"):
+            with m.State("IDLE"):
+                with m.If(start):
+                    m.d.comb += clear.eq(1)
+                    m.d.sync += [c_i3.eq(0), c_i2t.eq(0), c_i1t.eq(0), c_a.eq(0), c_tile.eq(0),
+                                 d3.eq(field("d", 0)), d2.eq(field("d", 0)), d1.eq(field("d", 0)),
+                                 c_done.eq(0)]
+                    m.next = "WAIT"
+            with m.State("WAIT"):
+                with m.If((a_loaded != c_a) & (b_loaded != c_tile)):
+                    m.d.sync += e.eq(0)
+                    for t in range(T):
+                        m.d.sync += ptr_a[t].eq(Mux(c_slot_a, a_off[1][t], a_off[0][t]))
+                    for j in range(N):
+                        m.d.sync += ptr_b[j].eq(Mux(c_slot_b, b_off[1][j], b_off[0][j]))
+                    m.next = "RUN"
+                with m.If(flush):
+                    m.next = "IDLE"
+            with m.State("RUN"):
+                m.d.comb += issue.eq(1)
+                m.d.sync += [e.eq(e + 1)] + [p.eq(p + 1) for p in ptr_a + ptr_b]
+                with m.If(e == n[0][:12] - 1):
+                    m.d.sync += wait.eq(0)
+                    m.next = "DRAIN"
+                with m.If(flush):
+                    m.next = "IDLE"
+            with m.State("DRAIN"):       # the last element's sum reaches the partials
+                m.d.sync += wait.eq(wait + 1)
+                # the last element entered the lanes FEED_STAGES cycles after its RUN cycle;
+                # its sum is in the partials DRAIN_CYCLES later, when SNAP copies them
+                with m.If(wait == MacLane.DRAIN_CYCLES + self.FEED_STAGES - 2):
+                    m.next = "SNAP"
+                with m.If(flush):
+                    m.next = "IDLE"
+            with m.State("SNAP"):
+                with m.If(~snap_full):
+                    m.d.comb += clear.eq(1)
+                    m.d.sync += [snap_full.eq(1), d_tile.eq(d1),
+                                 d_tv.eq(count(n[2][:16], c_i2t, T)),
+                                 d_nv.eq(count(n[1][:16], c_i1t, N)),
+                                 b_freed.eq(b_freed + 1), c_tile.eq(c_tile + 1),
+                                 c_i1t.eq(c_i1t + 1), d1.eq(d1 + (field("d", 2) << ceil_log2(N)))]
+                    m.d.sync += [s.eq(lane.acc) for s, lane in zip(snap, lanes)]
+                    m.next = "WAIT"
+                    with m.If(c_i1t == n1t - 1):
+                        nxt2 = d2 + (field("d", 3) << ceil_log2(T))
+                        m.d.sync += [a_freed.eq(a_freed + 1), c_a.eq(c_a + 1), c_i1t.eq(0),
+                                     c_i2t.eq(c_i2t + 1), d2.eq(nxt2), d1.eq(nxt2)]
+                        with m.If(c_i2t == n2t - 1):
+                            nxt3 = d3 + field("d", 4)
+                            m.d.sync += [c_i2t.eq(0), c_i3.eq(c_i3 + 1), d3.eq(nxt3),
+                                         d2.eq(nxt3), d1.eq(nxt3)]
+                            with m.If(c_i3 == n[3][:16] - 1):
+                                m.d.sync += c_done.eq(1)
+                                m.next = "IDLE"
+                with m.If(flush):
+                    m.next = "IDLE"
+
+        # element pipeline: memory read (stage 1), element select and FP16 widening (stage 2)
+        valid1, valid2 = Signal(), Signal()
+        part1, part2 = Signal(range(P)), Signal(range(P))
+        m.d.sync += [valid1.eq(issue & ~flush), valid2.eq(valid1 & ~flush),
+                     part1.eq(e[:ceil_log2(P)]), part2.eq(part1)]
+        a_val, b_val = [], []
+        for t, mem in enumerate(mem_a):
+            rp = mem.read_port()
+            sel = Signal(2, name=f"sel_a{t}")
+            m.d.sync += sel.eq(ptr_a[t][:2])
+            m.d.comb += rp.addr.eq(Cat(ptr_a[t][2:2 + ceil_log2(wa)], c_slot_a))
+            v = Signal(32, name=f"a{t}")
+            m.d.sync += v.eq(rp.data.word_select(sel, 32))
+            a_val.append(v)
+        for j, mem in enumerate(mem_b):
+            rp = mem.read_port()
+            sel = Signal(3, name=f"sel_b{j}")
+            m.d.sync += sel.eq(ptr_b[j][:3])
+            m.d.comb += rp.addr.eq(Cat(ptr_b[j][3:3 + ceil_log2(wbw)], c_slot_b))
+            v = Signal(32, name=f"b{j}")
+            m.d.sync += v.eq(fp16_to_fp32(m, rp.data.word_select(sel, 16)))
+            b_val.append(v)
+        for k, lane in enumerate(lanes):
+            t, j = divmod(k, N)
+            m.d.comb += [lane.a.eq(a_val[t]), lane.b.eq(b_val[j]), lane.valid.eq(valid2),
+                         lane.part.eq(part2), lane.clear.eq(clear)]
+
+        # ------------------------------------------------------------ drain: tree, writes
+        FIFO = 32
+        dr_t, dr_n = Signal(range(T)), Signal(range(N))
+        dr_row, dr_addr = Signal(32), Signal(32)
+        pending = Signal(range(FIFO + 1))          # results in the tree or the output FIFO
+        emit = Signal()
+        started = Signal()                         # dr_row/dr_addr hold the tile's start
+        m.d.comb += emit.eq(snap_full & (pending < FIFO) & ~flush)
+        with m.If(snap_full & ~started):
+            m.d.sync += [dr_row.eq(d_tile), dr_addr.eq(d_tile), dr_t.eq(0), dr_n.eq(0),
+                         started.eq(1)]
+        sel_k = Signal(range(L))
+        m.d.comb += sel_k.eq(Cat(dr_n, dr_t) if N > 1 else dr_t)
+        with m.If(emit & started):
+            last_n = dr_n == d_nv - 1
+            m.d.sync += [dr_n.eq(dr_n + 1), dr_addr.eq(dr_addr + field("d", 2))]
+            with m.If(last_n):
+                m.d.sync += [dr_n.eq(0), dr_t.eq(dr_t + 1), dr_row.eq(dr_row + field("d", 3)),
+                             dr_addr.eq(dr_row + field("d", 3))]
+                with m.If(dr_t == d_tv - 1):
+                    m.d.sync += [snap_full.eq(0), started.eq(0)]
+        with m.If(start | flush):
+            m.d.sync += [snap_full.eq(0), started.eq(0)]
+        go_tree = emit & started
+        sel_data = Signal(32 * P)
+        sel_valid = Signal()
+        sel_addr = Signal(32)
+        m.d.sync += [sel_data.eq(Array(snap)[sel_k]), sel_valid.eq(go_tree), sel_addr.eq(dr_addr)]
+        df = Dataflow(m, Const(1), prefix="tree_")
+        level = [Val(sel_data[32 * j:32 * (j + 1)], 0) for j in range(P)]
+        while len(level) > 1:
+            level = [df.add(level[q], level[q + 1]) for q in range(0, len(level), 2)]
+        total = level[0]
+        tag = Cat(sel_valid, sel_addr)
+        for _ in range(total.stage):
+            r = Signal(len(tag))
+            m.d.sync += r.eq(tag)
+            tag = r
+        m.submodules.out_fifo = out = ResetInserter(start)(SyncFIFOBuffered(width=64, depth=FIFO))
+        m.d.comb += [out.w_data.eq(Cat(df.at(total, total.stage), tag[1:])),
+                     out.w_en.eq(tag[0] & ~flush)]
+        popped = Signal()
+        m.d.sync += pending.eq(Mux(start, 0, pending + go_tree - popped))
+
+        # write merge: results of one 16-byte word in one write with strobes
+        res_data, res_addr = out.r_data[:32], out.r_data[32:]
+        pend_valid, pend_word = Signal(), Signal(32 - _WORD_SHIFT)
+        pend_data, pend_strb = Signal(DATA_BITS), Signal(DATA_BYTES)
+        wreq_valid = Signal()
+        wr_out = Signal(range(1 << 16))
+        wreq_free = ~wreq_valid | self.wr.req.ready
+        lane32 = res_addr[2:_WORD_SHIFT]
+        new_data = (res_data << (lane32 * 32))[:DATA_BITS]
+        new_strb = (Const(0b1111, DATA_BYTES) << (lane32 * 4))[:DATA_BYTES]
+        new_mask = Cat(*(b.replicate(8) for b in new_strb))
+        same = pend_valid & (pend_word == res_addr[_WORD_SHIFT:])
+        to_wreq = Signal()
+        with m.If(out.r_rdy & ~flush & (~pend_valid | same | wreq_free)):
+            m.d.comb += [popped.eq(1), out.r_en.eq(1)]
+            m.d.sync += [pend_valid.eq(1), pend_word.eq(res_addr[_WORD_SHIFT:])]
+            with m.If(same):
+                m.d.sync += [pend_data.eq((pend_data & ~new_mask) | new_data),
+                             pend_strb.eq(pend_strb | new_strb)]
+            with m.Else():
+                m.d.sync += [pend_data.eq(new_data), pend_strb.eq(new_strb)]
+                m.d.comb += to_wreq.eq(pend_valid)
+        with m.Elif(~out.r_rdy & pend_valid & (pending == 0) & wreq_free & ~flush):
+            m.d.comb += to_wreq.eq(1)
+            m.d.sync += pend_valid.eq(0)
+        with m.If(start | flush):
+            m.d.sync += pend_valid.eq(0)
+        m.d.comb += self.wr.req.valid.eq(wreq_valid)
+        with m.If(to_wreq):
+            m.d.sync += [wreq_valid.eq(1),
+                         self.wr.req.payload.addr.eq(Cat(Const(0, _WORD_SHIFT), pend_word)),
+                         self.wr.req.payload.data.eq(pend_data),
+                         self.wr.req.payload.strb.eq(pend_strb)]
+        with m.Elif(self.wr.req.ready):
+            m.d.sync += wreq_valid.eq(0)
+        m.d.comb += self.wr.resp.ready.eq(1)
+        m.d.sync += wr_out.eq(wr_out + (self.wr.req.valid & self.wr.req.ready) - self.wr.resp.valid)
+        with m.If(self.wr.resp.valid & self.wr.resp.payload.err
+                  & ~rdr_a.read_error & ~rdr_b.read_error):
+            m.d.comb += err_now.eq(isa.ErrorCode.AXI_WRITE)
+
+        # ------------------------------------------------------------ completion
+        m.d.comb += [quiet.eq(rdr_a.quiet & rdr_b.quiet & ~wreq_valid & (wr_out == 0)),
+                     run_done.eq(c_done & ~snap_full & (pending == 0) & ~out.r_rdy
+                                 & ~pend_valid)]
+        return m
