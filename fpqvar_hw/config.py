@@ -125,7 +125,9 @@ class AcceleratorConfig:
         columns); each consumes ``lanes`` element pairs per cycle.  ``quant_lanes``:
         elements per cycle of the quantizer/Hadamard path; ``vector_lanes``: FP32
         lanes of the vector unit; ``attn_macs``: FP multiply-accumulates per cycle of
-        the attention unit.
+        the attention unit the throughput model plans.  ``att_t`` x ``att_n``: MAC lanes
+        of the attention array the RTL builds (the vector engine's
+        ``AttentionArray``: ``att_t`` A rows x ``att_n`` B rows per tile, powers of two).
     Memory
         ``act_buffer_kib``: on-chip quantized-activation buffer (URAM); when the
         rows of a scale step do not fit, weights are streamed more than once.
@@ -156,6 +158,8 @@ class AcceleratorConfig:
     quant_lanes: int = 32
     vector_lanes: int = 8
     attn_macs: int = 1024
+    att_t: int = 4
+    att_n: int = 8
     act_buffer_kib: int = 4096
     dram_efficiency: float = 0.8
     clock_mhz: float | None = None
@@ -184,13 +188,17 @@ class AcceleratorConfig:
                 raise ValueError(f"{layer}_act={a}: DFQ is defined for the FC2 input (GELU output) "
                                  f"only; use it as fc2_act")
         for name in ("group_size", "tm", "tn", "lanes", "quant_lanes", "vector_lanes",
-                     "attn_macs", "act_buffer_kib", "batch"):
+                     "attn_macs", "att_t", "att_n", "act_buffer_kib", "batch"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if 1024 % self.group_size:
             raise ValueError(f"group_size must divide 1024 (C = 64*depth is a multiple of 128), "
                              f"got {self.group_size}")
+        for name in ("att_t", "att_n"):
+            v = getattr(self, name)
+            if v & (v - 1):
+                raise ValueError(f"{name} must be a power of two, got {v}")
         for name in ("lanes", "quant_lanes"):
             v = getattr(self, name)
             if v > self.group_size or self.group_size % v:

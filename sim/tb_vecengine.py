@@ -36,7 +36,7 @@ from sim.dma_model import DmaMemory
 from sim.streams import tb_params
 
 BASE = 0x0001_0000          # first byte of the DMA model's memory (and of the window)
-MEM_BYTES = 1 << 18
+MEM_BYTES = 1 << 19
 
 
 # ------------------------------------------------------------------ operand addressing
@@ -76,7 +76,7 @@ def row_cycles() -> int:
     """An upper bound on one row's phase latencies in any row unit (the pipelines a row
     waits for between its passes), from the unit latencies the RTL publishes."""
     from fpqvar_hw.flow.asbuilt import top_latencies
-    lat = top_latencies(32)
+    lat = top_latencies(32, (1, 1))
     return (sum(v for k, v in lat.items() if k.startswith(("ln_", "sm_", "l2_")))
             + 4 * lat["drain"] + 2 * lat["mul"] + lat["fdot"] + lat["fdot_tree"])
 

@@ -16,7 +16,7 @@ from fpqvar_hw.flow.vivado import tcl_syntax_ok
 
 REPO = Path(build.__file__).resolve().parent
 # Small array, small groups: emission stays fast; the flow is the same.
-SMALL = ["lanes=8", "quant_lanes=8", "tm=2", "tn=2", "vector_lanes=1"]
+SMALL = ["lanes=8", "quant_lanes=8", "tm=2", "tn=2", "vector_lanes=1", "att_t=2", "att_n=2"]
 
 
 def _run_main(capsys, *argv):

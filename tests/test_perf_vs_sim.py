@@ -293,7 +293,7 @@ def test_cycle_files_state_the_rtl_they_measured():
     current RTL is held to the model by `sim/test_top.py` (step 0, coarse on and off),
     which stamps and checks the cycle files it writes on every CI run."""
     from fpqvar_hw.flow import asbuilt, simcycles
-    current = asbuilt.top_latencies(32)
+    current = asbuilt.top_latencies(32, (4, 8))
     for path in TOP_CYCLES:
         sim = simcycles.load_sim_cycles(path)
         assert sim.unit_latencies is not None, f"{path.name}: no unit_latencies"

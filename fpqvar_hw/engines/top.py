@@ -68,7 +68,8 @@ class Accelerator(Checked, wiring.Component):
         self.cfg, self.C, self.max_kv, self.max_k = cfg, C, max_kv, max_k
         self.max_outstanding = max_outstanding
         self.matrix = MatrixEngine(cfg, max_k=max_k)
-        self.vector = VectorEngine(C=C, max_kv=max_kv, P=isa.VEC_P, kv6=self.has_kv6(cfg))
+        self.vector = VectorEngine(C=C, max_kv=max_kv, P=isa.VEC_P, kv6=self.has_kv6(cfg),
+                                   att=(cfg.att_t, cfg.att_n))
         self.controller = Controller()
         #: (owner, port) of every read / write client, in arbiter order
         self.read_clients = self.read_client_ports()
@@ -97,7 +98,8 @@ class Accelerator(Checked, wiring.Component):
             raise ValueError(f"C must be a positive multiple of {isa.K_ALIGN} (GEMM K), got {C!r}")
         max_k = cls.default_max_k(C) if max_k is None else max_k
         check(MatrixEngine, cfg, max_k=max_k)
-        check(VectorEngine, C=C, max_kv=max_kv, P=isa.VEC_P, kv6=cls.has_kv6(cfg))
+        check(VectorEngine, C=C, max_kv=max_kv, P=isa.VEC_P, kv6=cls.has_kv6(cfg),
+              att=(cfg.att_t, cfg.att_n))
 
     @staticmethod
     def read_client_ports() -> list[tuple[str, str]]:
@@ -165,6 +167,6 @@ class Accelerator(Checked, wiring.Component):
             "engines": {"matrix": {"tm": self.cfg.tm, "tn": self.cfg.tn, "lanes": self.cfg.lanes,
                                    "quant_lanes": self.cfg.quant_lanes, "max_k": self.max_k},
                         "vector": {"C": self.C, "max_kv": self.max_kv, "P": isa.VEC_P,
-                                   "kv6": self.vector.kv6}},
+                                   "kv6": self.vector.kv6, "att": list(self.vector.att)}},
             "config": self.cfg.as_dict(),
         }

@@ -97,6 +97,7 @@ from fpqvar_quant.formats import get_format
 
 from ..emit import hierarchical
 from .. import isa
+from ..config import AcceleratorConfig
 from ..checked import Checked, check, latency_of
 from .attention import AttentionArray
 from .axi import DATA_BITS, DATA_BYTES, MAX_BURST, ReadClient, WriteClient
@@ -107,8 +108,9 @@ from ..units.vector import (Elementwise, FDot, Func, L2NormTemperature, LayerNor
 
 __all__ = ["VectorEngine", "KV6Quantizer", "KV6_FORMAT", "ATT_LANES"]
 
-#: Default attention array of the engine: ``(T, N)`` = 4 A rows x 8 B rows, 32 MAC lanes.
-ATT_LANES = (4, 8)
+#: Default attention array of the engine: ``(T, N)``, the accelerator config's default
+#: ``att_t`` x ``att_n`` (4 A rows x 8 B rows, 32 MAC lanes).
+ATT_LANES = (AcceleratorConfig.att_t, AcceleratorConfig.att_n)
 
 #: Element format of the KV6 cache codes (``golden.attention.kv_encode``).
 KV6_FORMAT = "e2m3fn"

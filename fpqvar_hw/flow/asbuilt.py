@@ -152,7 +152,7 @@ class TopBuild:
     lat: Mapping[str, int]
 
 
-_TOP_BUILDS: dict = {}      # lanes -> unit latencies
+_TOP_BUILDS: dict = {}      # (lanes, attention array) -> unit latencies
 
 
 def top_build(config: AcceleratorConfig, C: int, *,
@@ -182,7 +182,7 @@ def top_build(config: AcceleratorConfig, C: int, *,
                     scale_words=-(-2 * config.tn // axi.DATA_BYTES), max_outstanding=acc,
                     vec_rd_depth=rd, mat_fifo_words=mat, max_burst=axi.MAX_BURST,
                     lat=_checked_latencies(lat, config.lanes) if lat is not None
-                    else top_latencies(config.lanes))
+                    else top_latencies(config.lanes, (config.att_t, config.att_n)))
 
 
 #: Cycle files measured before the pipelined array cell, bias add and vector-engine read
@@ -196,7 +196,7 @@ _OLDER_RTL_LATENCIES = {"dot_group": 1, "bias": 2, "vec_issue": 0,
 
 
 def _checked_latencies(lat: Mapping[str, int], lanes: int) -> dict[str, int]:
-    want = set(top_latencies(lanes))
+    want = set(top_latencies(lanes, (1, 1)))       # the keys
     lat = {**_OLDER_RTL_LATENCIES, **lat}
     if set(lat) != want or not all(isinstance(v, int) and v >= 0 for v in lat.values()):
         raise ValueError(f"unit latencies must map exactly {sorted(want)} to cycle counts, got "
@@ -204,13 +204,14 @@ def _checked_latencies(lat: Mapping[str, int], lanes: int) -> dict[str, int]:
     return dict(lat)
 
 
-def top_latencies(lanes: int) -> dict[str, int]:
-    """:attr:`TopBuild.lat` for an array of ``lanes`` (cached; from the unit classes'
+def top_latencies(lanes: int, att: tuple[int, int]) -> dict[str, int]:
+    """:attr:`TopBuild.lat` for an array of ``lanes`` and an attention array of ``att`` =
+    ``(att_t, att_n)`` MAC lanes (the config's; cached; from the unit classes'
     ``latency_for`` and a dry Dataflow: nothing is built).  No latency depends on the model
     width.  Cycle files of the simulated top record it as ``unit_latencies`` (the RTL they
     were measured on)."""
-    if lanes in _TOP_BUILDS:
-        return dict(_TOP_BUILDS[lanes])
+    if (lanes, att) in _TOP_BUILDS:
+        return dict(_TOP_BUILDS[(lanes, att)])
     from amaranth.hdl import Signal
 
     from .. import isa
@@ -221,10 +222,7 @@ def top_latencies(lanes: int) -> dict[str, int]:
     from ..units.quantizer import LATENCY_AFTER_LAST as QUANT
     from ..units.vector import Dataflow, PartialSums, Val, fp32_bits
 
-    import inspect
-
     from ..engines.attention import AttentionArray
-    att = inspect.signature(VectorEngine.__init__).parameters["att"].default
     P = isa.VEC_P
     # the row units' phase latencies, scheduled exactly as vector.py schedules them (a dry
     # Dataflow: stage counts only, nothing built)
@@ -267,7 +265,7 @@ def top_latencies(lanes: int) -> dict[str, int]:
         "cvt16": units[isa.VecSubop.CVT16], "fdot": units[isa.VecSubop.FDOT],
         "fdot_tree": tree,
     }
-    _TOP_BUILDS[lanes] = lat
+    _TOP_BUILDS[(lanes, att)] = lat
     return dict(lat)
 
 

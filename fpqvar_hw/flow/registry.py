@@ -350,14 +350,14 @@ def _vector_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
 
 def _attention_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
     """Attention runs on the vector engine (FDOT / SOFTMAX instructions, docs/top.md): its
-    FDot and Softmax units are inside fpqvar_top.v.  The preset's separate attention array of
+    attention array and Softmax unit are inside fpqvar_top.v.  The planned array of
     ``attn_macs`` multiply-adds per cycle, which the throughput model assumes, is not built."""
-    fdot = _find_class(mod, ("FDot",))
     softmax = _find_class(mod, ("Softmax",))
     raise NotImplementedError(
-        f"no separate attention array of {c.attn_macs} FP32 multiply-adds/cycle (the throughput "
-        f"model's figure); the RTL top runs attention on the vector engine's {fdot.__name__} "
-        f"(one multiply-add per cycle) and {softmax.__name__}, inside fpqvar_top.v")
+        f"no attention array of {c.attn_macs} multiply-adds/cycle (the throughput model's "
+        f"figure); the RTL top runs attention FDOTs on the vector engine's AttentionArray of "
+        f"{c.att_t} x {c.att_n} FP32 MAC lanes and SOFTMAX on its {softmax.__name__} unit "
+        f"(one element per cycle), inside fpqvar_top.v")
 
 
 def _top_variants(mod: Any, c: AcceleratorConfig, shape: TopShape) -> list[Variant]:
