@@ -213,8 +213,8 @@ MUTANTS = [
            ATT_TEST, "attention array: the partials are copied one cycle before the last "
            "element's sum is written back"),
     Mutant("att-one-b-slot", "fpqvar_hw/engines/attention.py",
-           "c_slot_a, c_slot_b = c_a[0], c_tile[0]",
-           "c_slot_a, c_slot_b = c_a[0], Const(0, 1)",
+           "c_slot_a, c_slot_b = c_a[:sa_bits], c_tile[:sb_bits]",
+           "c_slot_a, c_slot_b = c_a[:sa_bits], Const(0, sb_bits)",
            ATT_TEST, "attention array: compute reads B slot 0 for every tile (the slot being "
            "loaded for the next tile)"),
     Mutant("att-edge-lanes-written", "fpqvar_hw/engines/attention.py",

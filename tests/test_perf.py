@@ -294,6 +294,12 @@ def test_attention_fdots_run_on_the_array():
     # trip the bound
     qk_far = asbuilt.vec_cost(**qk, fine=True, b=b, mem=far).cycles
     assert compute < qk_far < compute * 1.1
+    # ... because three B tiles load while one computes: with two slots (the first array)
+    # every tile would wait for a 154-cycle round trip plus its 8 x 8 words (one job)
+    import dataclasses
+    two = dataclasses.replace(b, lat={**b.lat, "att_slots": 2})
+    assert asbuilt.vec_cost(**qk, fine=True, b=two, mem=far).cycles \
+        == pytest.approx(tiles * (154 + 2 + 64), rel=0.05)
     apart = dict(qk, operands={"a": (4, 0, 4), "b": (2, 256, 2)})
     req = 2 * (16 // T) * 256 + 2 * 16
     assert asbuilt.vec_cost(**apart, fine=True, b=b, mem=far).cycles \

@@ -23,8 +23,8 @@ raises the errors at the element where they occur.
 Data path::
 
     tile (i3, i2 .. i2+T-1, i1 .. i1+N-1):
-      A rows -> rd_a (BurstReader) -> T memories (two slots)  --+--> T x N MacLane
-      B rows -> rd_b (BurstReader) -> N memories (two slots)  --+    (product, P partials)
+      A rows -> rd_a (BurstReader) -> T memories (2 slots)  --+--> T x N MacLane
+      B rows -> rd_b (BurstReader) -> N memories (4 slots)  --+    (product, P partials)
                                          snapshot of the partials -> one shared
                                          pairwise tree (one dot product per cycle)
                                          -> write merge -> wr
@@ -34,8 +34,9 @@ Data path::
   holds the row's first element (rows need no alignment beyond the element size;
   a lane reads element ``e`` at word ``(off + e) // per_word``).  Consecutive B
   rows that lie back to back in DRAM (the K cache) are one job, so their bursts are
-  16 beats long.  A and B tiles each have two slots: the next tile loads while the
-  current one computes.
+  16 beats long.  A tiles have ``A_SLOTS`` = 2 slots, B tiles ``B_SLOTS`` = 4: up to
+  three B tiles load while one computes, so a tile waits for a DRAM round trip only
+  when three tiles' compute is shorter than it.
 * **Compute.**  One element index ``e`` per cycle for all lanes: lane ``(t, n)``
   multiplies ``A[t][e]`` by ``B[n][e]`` (FP16 widened exactly).  After a tile's last
   element the lanes wait ``MacLane.DRAIN_CYCLES`` (product + partial write-back),
@@ -141,6 +142,8 @@ class AttentionArray(Checked, wiring.Component):
     FEED_STAGES = 2
     #: words in flight per operand (each BurstReader's FIFO)
     DEPTH = 128
+    #: row-memory slots per lane: A tiles, B tiles (powers of two)
+    A_SLOTS, B_SLOTS = 2, 4
 
     def __init__(self, *, T: int = 4, N: int = 8, max_e: int = 680, P: int = isa.VEC_P,
                  depth: int = DEPTH):
@@ -319,7 +322,9 @@ class AttentionArray(Checked, wiring.Component):
         # words of a memory slot: a row of max_e elements from any offset in its first word
         wa = 1 << ceil_log2(self.max_e // 4 + 2)
         wbw = 1 << ceil_log2(self.max_e // 8 + 2)
-        row_layout = data.StructLayout({"lane": range(max(T, N)), "slot": 1,
+        SA, SB = self.A_SLOTS, self.B_SLOTS
+        sa_bits, sb_bits = ceil_log2(SA), ceil_log2(SB)
+        row_layout = data.StructLayout({"lane": range(max(T, N)), "slot": max(sa_bits, sb_bits),
                                         "words": range(max(wa, wbw) + 1),
                                         "last": 1})
         for x in "ab":
@@ -328,11 +333,11 @@ class AttentionArray(Checked, wiring.Component):
         rows = {"a": m.submodules["rows_a"], "b": m.submodules["rows_b"]}
 
         # per slot and lane: element offset of the row's first element in its first word
-        a_off = [[Signal(2, name=f"a_off{s}_{t}") for t in range(T)] for s in range(2)]
-        b_off = [[Signal(3, name=f"b_off{s}_{j}") for j in range(N)] for s in range(2)]
+        a_off = [[Signal(2, name=f"a_off{s}_{t}") for t in range(T)] for s in range(SA)]
+        b_off = [[Signal(3, name=f"b_off{s}_{j}") for j in range(N)] for s in range(SB)]
 
         def set_off(offs, lanes: int, slot, lane, value):
-            for s in range(2):
+            for s in range(len(offs)):
                 for j in range(lanes):
                     with m.If((slot == s) & (lane == j)):
                         m.d.sync += offs[s][j].eq(value)
@@ -369,12 +374,12 @@ class AttentionArray(Checked, wiring.Component):
             with m.State("A"):      # a row of the A tile (i3, i2t) into slot a_tiles % 2
                 m.d.comb += [ja.payload.addr.eq(Cat(Const(0, _WORD_SHIFT), a_row[_WORD_SHIFT:])),
                              ja.payload.words.eq(a_row_words),
-                             ra.lane.eq(ld_row), ra.slot.eq(a_tiles[0]),
+                             ra.lane.eq(ld_row), ra.slot.eq(a_tiles[:sa_bits]),
                              ra.words.eq(a_row_words), ra.last.eq(ld_row == tv_ld - 1)]
-                go = ~stop & ((a_tiles - a_freed) < 2) & rows["a"].w_rdy
+                go = ~stop & ((a_tiles - a_freed) < SA) & rows["a"].w_rdy
                 m.d.comb += [ja.valid.eq(go), rows["a"].w_en.eq(go & ja.ready)]
                 with m.If(go & ja.ready):
-                    set_off(a_off, T, a_tiles[0], ld_row, a_row[2:_WORD_SHIFT])
+                    set_off(a_off, T, a_tiles[:sa_bits], ld_row, a_row[2:_WORD_SHIFT])
                     m.d.sync += [a_row.eq(a_row + field("a", 3)), ld_row.eq(ld_row + 1)]
                     with m.If(ld_row == tv_ld - 1):
                         m.d.sync += [ld_row.eq(0), a_tiles.eq(a_tiles + 1), b_row.eq(b3_base)]
@@ -385,13 +390,13 @@ class AttentionArray(Checked, wiring.Component):
                 need_job = ~contig_b | (ld_row == 0)
                 m.d.comb += [jb.payload.addr.eq(Cat(Const(0, _WORD_SHIFT), b_row[_WORD_SHIFT:])),
                              jb.payload.words.eq(Mux(contig_b, wb * nv_ld, b_row_words)),
-                             rb.lane.eq(ld_row), rb.slot.eq(b_tiles[0]),
+                             rb.lane.eq(ld_row), rb.slot.eq(b_tiles[:sb_bits]),
                              rb.words.eq(b_row_words), rb.last.eq(ld_row == nv_ld - 1)]
-                go = ~stop & ((b_tiles - b_freed) < 2) & rows["b"].w_rdy
+                go = ~stop & ((b_tiles - b_freed) < SB) & rows["b"].w_rdy
                 took = go & (jb.ready | ~need_job)
                 m.d.comb += [jb.valid.eq(go & need_job), rows["b"].w_en.eq(took)]
                 with m.If(took):
-                    set_off(b_off, N, b_tiles[0], ld_row, b_row[1:_WORD_SHIFT])
+                    set_off(b_off, N, b_tiles[:sb_bits], ld_row, b_row[1:_WORD_SHIFT])
                     m.d.sync += [b_row.eq(b_row + field("b", 2)), ld_row.eq(ld_row + 1)]
                     with m.If(ld_row == nv_ld - 1):
                         m.d.sync += [ld_row.eq(0), b_tiles.eq(b_tiles + 1), ld_i1t.eq(ld_i1t + 1)]
@@ -409,15 +414,15 @@ class AttentionArray(Checked, wiring.Component):
                     m.next = "IDLE"
 
         # ------------------------------------------------------------ operand memories
-        # lane memories of 16-byte words, two slots each; a row's words from its slot start
-        mem_a = [Memory(shape=DATA_BITS, depth=2 * wa, init=[]) for _ in range(T)]
-        mem_b = [Memory(shape=DATA_BITS, depth=2 * wbw, init=[]) for _ in range(N)]
+        # lane memories of 16-byte words, A_SLOTS / B_SLOTS slots; a row's words from its slot start
+        mem_a = [Memory(shape=DATA_BITS, depth=SA * wa, init=[]) for _ in range(T)]
+        mem_b = [Memory(shape=DATA_BITS, depth=SB * wbw, init=[]) for _ in range(N)]
         for k, mem in enumerate(mem_a):
             m.submodules[f"mem_a{k}"] = mem
         for k, mem in enumerate(mem_b):
             m.submodules[f"mem_b{k}"] = mem
 
-        def fill(x: str, rdr, mems, slot_words: int, loaded):
+        def fill(x: str, rdr, mems, slot_words: int, slot_bits: int, loaded):
             desc = row_layout(rows[x].r_data)
             w = Signal(range(slot_words), name=f"fill_{x}_w")
             ports = [mem.write_port() for mem in mems]
@@ -425,7 +430,7 @@ class AttentionArray(Checked, wiring.Component):
             beat = rdr.data.valid & rows[x].r_rdy & running
             m.d.comb += rdr.data.ready.eq(rows[x].r_rdy | ~running)
             for k, wp in enumerate(ports):
-                m.d.comb += [wp.addr.eq(Cat(w[:ceil_log2(slot_words)], desc.slot)),
+                m.d.comb += [wp.addr.eq(Cat(w[:ceil_log2(slot_words)], desc.slot[:slot_bits])),
                              wp.data.eq(rdr.data.payload), wp.en.eq(beat & (desc.lane == k))]
             end = beat & (w == desc.words - 1)
             m.d.comb += rows[x].r_en.eq(end)
@@ -435,8 +440,8 @@ class AttentionArray(Checked, wiring.Component):
                 m.d.sync += w.eq(Mux(end, 0, w + 1))
             with m.If(end & desc.last):
                 m.d.sync += loaded.eq(loaded + 1)
-        fill("a", rdr_a, mem_a, wa, a_loaded)
-        fill("b", rdr_b, mem_b, wbw, b_loaded)
+        fill("a", rdr_a, mem_a, wa, sa_bits, a_loaded)
+        fill("b", rdr_b, mem_b, wbw, sb_bits, b_loaded)
 
         # ------------------------------------------------------------ compute walker
         lanes = [MacLane(P=P) for _ in range(L)]
@@ -457,7 +462,7 @@ class AttentionArray(Checked, wiring.Component):
         snap = [Signal(32 * P, name=f"snap{k}") for k in range(L)]
         d_tv, d_nv = Signal(range(T + 1)), Signal(range(N + 1))
         d_tile = Signal(32)
-        c_slot_a, c_slot_b = c_a[0], c_tile[0]
+        c_slot_a, c_slot_b = c_a[:sa_bits], c_tile[:sb_bits]
         with m.FSM(name="compute"):
             with m.State("IDLE"):
                 with m.If(start):
@@ -470,9 +475,9 @@ class AttentionArray(Checked, wiring.Component):
                 with m.If((a_loaded != c_a) & (b_loaded != c_tile)):
                     m.d.sync += e.eq(0)
                     for t in range(T):
-                        m.d.sync += ptr_a[t].eq(Mux(c_slot_a, a_off[1][t], a_off[0][t]))
+                        m.d.sync += ptr_a[t].eq(Array(a_off[s][t] for s in range(SA))[c_slot_a])
                     for j in range(N):
-                        m.d.sync += ptr_b[j].eq(Mux(c_slot_b, b_off[1][j], b_off[0][j]))
+                        m.d.sync += ptr_b[j].eq(Array(b_off[s][j] for s in range(SB))[c_slot_b])
                     m.next = "RUN"
                 with m.If(flush):
                     m.next = "IDLE"

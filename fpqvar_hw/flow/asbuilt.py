@@ -192,7 +192,9 @@ def top_build(config: AcceleratorConfig, C: int, *,
 _OLDER_RTL_LATENCIES = {"dot_group": 1, "bias": 2, "vec_issue": 0,
                         # ... and had no attention array (every FDOT on the element path)
                         "att_T": 0, "att_N": 0, "att_check": 0, "att_tile": 0, "att_tail": 0,
-                        "att_depth": 0}
+                        "att_depth": 0,
+                        # the first array (2e7f4c2) had two B slots per lane
+                        "att_slots": 2}
 
 
 def _checked_latencies(lat: Mapping[str, int], lanes: int) -> dict[str, int]:
@@ -251,6 +253,7 @@ def top_latencies(lanes: int, att: tuple[int, int]) -> dict[str, int]:
         "att_T": att[0] if att else 0, "att_N": att[1] if att else 0,
         "att_check": AttentionArray.CHECK_CYCLES, "att_tile": AttentionArray.tile_cycles(0),
         "att_tail": AttentionArray.tail_cycles(0), "att_depth": AttentionArray.DEPTH,
+        "att_slots": AttentionArray.B_SLOTS,
         **{f"gap_{s.name}": u for s, u in units.items()},
         "tree": tree, "drain": PartialSums.DRAIN, "mul": FPOp.MUL.latency,
         "ln_mean": df.mul(tv, df.const(0)).stage,
@@ -460,7 +463,7 @@ def att_cost(n: tuple[int, int, int, int], operands: Mapping[str, tuple[int, int
     wa, wb = row_words(4 * n0), row_words(2 * n0)
     words_a, words_b = n3 * n2 * wa, a_tiles * n1 * wb
     req_a = n3 * n2 * -(-int(wa + 0.5) // b.max_burst)
-    if s1_b == 2 * n0 and n0 % 8 == 0:
+    if s1_b == 2 * n0 and n0 % 8 == 0:      # K rows back to back: one job per tile
         req_b = a_tiles * sum(-(-int(min(N, n1 - k * N) * wb) // b.max_burst) for k in range(b_tiles))
     else:
         req_b = a_tiles * n1 * -(-int(wb + 0.5) // b.max_burst)
@@ -472,7 +475,13 @@ def att_cost(n: tuple[int, int, int, int], operands: Mapping[str, tuple[int, int
     t_req = (req_a + req_b) * (rd + 1) / b.max_outstanding
     t_depth = max(words_a, words_b) * (rd + 1) / L["att_depth"]
     first = rd + 1 + (min(T, n2) * wa + min(N, n1) * wb) / mem.beat_rate
-    compute = tiles * (L["att_tile"] + n0)
+    # att_slots B slots per lane: tile k + slots - 1's B rows are requested when tile k
+    # starts, so slots - 1 tiles take at least a round trip plus one tile's transfer (a
+    # job per row, or one for rows back to back, two cycles each to hand to the reader)
+    contig = s1_b == 2 * n0 and n0 % 8 == 0
+    b_rows = min(N, n1)
+    load = rd + 1 + 2 * (1 if contig else b_rows) + b_rows * wb / mem.beat_rate
+    compute = tiles * max(L["att_tile"] + n0, load / (L["att_slots"] - 1))
     last = min(T, n2 - (-(-n2 // T) - 1) * T) * min(N, n1 - (b_tiles - 1) * N)
     cyc = ENGINE_START + 1 + L["att_check"] + max(first + compute, rd + t_bus, t_req, t_depth) \
         + L["att_tail"] + last + mem.write_latency + WRITE_PATH + ENGINE_END
