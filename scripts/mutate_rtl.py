@@ -203,8 +203,8 @@ MUTANTS = [
            "            pass",
            ROW_TEST, "row partial sums: not reset to +0.0 between rows"),
     Mutant("att-b-offset-in-bytes", "fpqvar_hw/engines/attention.py",
-           "set_off(b_off, N, b_tiles[0], ld_row, b_row[1:_WORD_SHIFT])",
-           "set_off(b_off, N, b_tiles[0], ld_row, b_row[:_WORD_SHIFT - 1])",
+           "set_off(b_off, N, b_tiles[:sb_bits], ld_row, b_row[1:_WORD_SHIFT])",
+           "set_off(b_off, N, b_tiles[:sb_bits], ld_row, b_row[:_WORD_SHIFT - 1])",
            ATT_TEST, "attention array: a B row's first-element offset taken in bytes, not "
            "FP16 elements"),
     Mutant("att-snapshot-early", "fpqvar_hw/engines/attention.py",

@@ -189,12 +189,9 @@ def top_build(config: AcceleratorConfig, C: int, *,
 #: issue (2026-12-05) do not state them: that cell took a group every ``group/lanes``
 #: beats, which the weight stream already bounds, so 1 reproduces it; the bias add took 2
 #: stages; the vector engine issued its first read straight from the loop nest.
-_OLDER_RTL_LATENCIES = {"dot_group": 1, "bias": 2, "vec_issue": 0,
-                        # ... and had no attention array (every FDOT on the element path)
+_OLDER_RTL_LATENCIES = {"dot_group": 1, "bias": 2, "vec_issue": 0,   # ... no attention array;
                         "att_T": 0, "att_N": 0, "att_check": 0, "att_tile": 0, "att_tail": 0,
-                        "att_depth": 0,
-                        # the first array (2e7f4c2) had two B slots per lane
-                        "att_slots": 2}
+                        "att_depth": 0, "att_slots": 2}     # the first one had two B slots
 
 
 def _checked_latencies(lat: Mapping[str, int], lanes: int) -> dict[str, int]:
