@@ -308,6 +308,23 @@ class VecEngineTB:
                 break
         return f"{sub.name} n={v.n} flags={v.flags}\n  " + "\n  ".join(dict.fromkeys(lines))
 
+    async def abort_after(self, v: Vec, cycles: int, *, what: str, timeout: int) -> int:
+        """Issue ``v``, pulse ``abort`` ``cycles`` cycles later (the engine must still be
+        busy), and check it returns to idle with error 0 and no DMA request outstanding;
+        returns the cycles from the abort to idle."""
+        d = self.dut
+        await self.issue(v)
+        await ClockCycles(d.clk, cycles)
+        assert int(d.busy.value), f"{what}: finished before the abort ({v.n})"
+        d.abort.value = 1
+        await RisingEdge(d.clk)
+        d.abort.value = 0
+        idle = await self.wait_idle(timeout)
+        assert int(d.error.value) == 0, "abort must not report an error"
+        await RisingEdge(d.clk)
+        assert self.dma.idle, f"{what}: busy fell with DMA requests outstanding"
+        return idle
+
     async def expect_error(self, v: Vec | bytes, code: ErrorCode, *, what: str) -> None:
         await self.issue(v)
         await self.wait_idle(20000)
@@ -546,16 +563,8 @@ async def errors_and_abort(dut):
         # (1, 1, 3, 1) had finished)
         while int(np.prod(v.n)) < 256:
             v = rand_vec(rng, nrng, tb.view, alloc, sub, C=C, max_kv=max_kv, max_elems=1500, kv6=kv6)
-        await tb.issue(v)
-        await ClockCycles(tb.dut.clk, rng.randint(2, 120))
-        assert int(tb.dut.busy.value), f"abort #{k}: {sub.name} finished before the abort ({v.n})"
-        tb.dut.abort.value = 1
-        await RisingEdge(tb.dut.clk)
-        tb.dut.abort.value = 0
-        cycles = await tb.wait_idle(2000)
-        assert int(tb.dut.error.value) == 0, "abort must not report an error"
-        await RisingEdge(tb.dut.clk)
-        assert tb.dma.idle, f"abort #{k}: busy fell with DMA requests outstanding"
+        cycles = await tb.abort_after(v, rng.randint(2, 120), what=f"abort #{k}: {sub.name}",
+                                      timeout=2000)
         tb.log.info("abort #%d (%s, n=%s): idle %d cycles after abort", k, sub.name, v.n, cycles)
         await tb.run(good(rng.choice(build_subops(p))), what=f"after abort #{k}")
     tb.finish()
@@ -636,15 +645,6 @@ async def attention_array(dut):
     tb.dut.dram_size.value = MEM_BYTES
     await tb.run(pv, what="after array AXI errors")
     for k in range(2):
-        await tb.issue(qk)
-        await ClockCycles(tb.dut.clk, rng.randint(30, 300))
-        assert int(tb.dut.busy.value), f"array abort #{k}: finished before the abort"
-        tb.dut.abort.value = 1
-        await RisingEdge(tb.dut.clk)
-        tb.dut.abort.value = 0
-        await tb.wait_idle(4000)
-        assert int(tb.dut.error.value) == 0, "abort must not report an error"
-        await RisingEdge(tb.dut.clk)
-        assert tb.dma.idle, f"array abort #{k}: busy fell with DMA requests outstanding"
+        await tb.abort_after(qk, rng.randint(30, 300), what=f"array abort #{k}", timeout=4000)
         await tb.run(pv, what=f"after array abort #{k}")
     tb.finish()

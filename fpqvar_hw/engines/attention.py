@@ -526,23 +526,23 @@ class AttentionArray(Checked, wiring.Component):
         part1, part2 = Signal(range(P)), Signal(range(P))
         m.d.sync += [valid1.eq(issue & ~flush), valid2.eq(valid1 & ~flush),
                      part1.eq(e[:ceil_log2(P)]), part2.eq(part1)]
-        a_val, b_val = [], []
-        for t, mem in enumerate(mem_a):
-            rp = mem.read_port()
-            sel = Signal(2, name=f"sel_a{t}")
-            m.d.sync += sel.eq(ptr_a[t][:2])
-            m.d.comb += rp.addr.eq(Cat(ptr_a[t][2:2 + ceil_log2(wa)], c_slot_a))
-            v = Signal(32, name=f"a{t}")
-            m.d.sync += v.eq(rp.data.word_select(sel, 32))
-            a_val.append(v)
-        for j, mem in enumerate(mem_b):
-            rp = mem.read_port()
-            sel = Signal(3, name=f"sel_b{j}")
-            m.d.sync += sel.eq(ptr_b[j][:3])
-            m.d.comb += rp.addr.eq(Cat(ptr_b[j][3:3 + ceil_log2(wbw)], c_slot_b))
-            v = Signal(32, name=f"b{j}")
-            m.d.sync += v.eq(fp16_to_fp32(m, rp.data.word_select(sel, 16)))
-            b_val.append(v)
+
+        def lane_values(x: str, mems, ptrs, slot, slot_words: int, width: int, widen):
+            """Element ``ptr`` of each lane memory (word ``ptr // per_word`` of ``slot``),
+            selected and widened to FP32 one cycle after the read."""
+            k = ceil_log2(DATA_BITS // width)          # element bits within a word
+            out = []
+            for j, (mem, ptr) in enumerate(zip(mems, ptrs)):
+                rp = mem.read_port()
+                sel = Signal(k, name=f"sel_{x}{j}")
+                m.d.sync += sel.eq(ptr[:k])
+                m.d.comb += rp.addr.eq(Cat(ptr[k:k + ceil_log2(slot_words)], slot))
+                v = Signal(32, name=f"{x}{j}")
+                m.d.sync += v.eq(widen(rp.data.word_select(sel, width)))
+                out.append(v)
+            return out
+        a_val = lane_values("a", mem_a, ptr_a, c_slot_a, wa, 32, lambda w: w)
+        b_val = lane_values("b", mem_b, ptr_b, c_slot_b, wbw, 16, lambda h: fp16_to_fp32(m, h))
         for k, lane in enumerate(lanes):
             t, j = divmod(k, N)
             m.d.comb += [lane.a.eq(a_val[t]), lane.b.eq(b_val[j]), lane.valid.eq(valid2),
