@@ -7,6 +7,7 @@ from fpqvar_hw.config import get_preset
 from fpqvar_hw.flow.perf import (MODELS, UnitTiming, evaluate, gemm_shapes, passes, pipeline_ablation,
                                  throughput_report, unit_timings, weight_bytes)
 from fpqvar_hw.flow.reports import throughput_markdown
+from fpqvar_hw.flow.throughput import binding_units, top_breakdown
 from fpqvar_hw.flow.platform import VCK190
 
 W4 = get_preset("w4a4")
@@ -362,7 +363,9 @@ def test_as_built_top_is_slower_than_the_planned_design_and_reported():
     # the co-simulation's memory (2-cycle latency) is faster than the assumed DDR4 path
     fast = asbuilt.evaluate_top("d16", W4, VCK190, asbuilt.sim_memory())
     assert fast.images_per_s > r.images_per_s
-    share = asbuilt.top_breakdown("d16", W4, r.memory)
+    share = top_breakdown("d16", W4, r.memory)
+    steps = asbuilt.step_breakdown("d16", W4, r.memory)
+    assert len(steps) == 10 and binding_units(steps).startswith("steps 1")
     assert sum(share.values()) == pytest.approx(1.0)
     # attention dominates: the FDOTs on the 32-lane attention array and SOFTMAX at one
     # element per cycle (about three passes per score) on the vector engine

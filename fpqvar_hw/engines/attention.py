@@ -135,9 +135,12 @@ class AttentionArray(Checked, wiring.Component):
     ``abort``, ``dram_base``, ``dram_size``, ``rd_a``, ``rd_b``, ``wr``.
     """
 
+    #: stages of one range product: operands registered, two 16 x 16 DSP products, their sum
+    RANGE_STAGES = 3
     #: cycles from taking ``cmd`` to the first load request (SHAPE, RANGE: one product of
-    #: the operand ranges per cycle, DECIDE); a declined instruction ends after as many
-    CHECK_CYCLES = 1 + (len(_RANGE_PRODUCTS) + 2) + 1
+    #: the operand ranges per cycle through RANGE_STAGES, accumulate, compare; DECIDE); a
+    #: declined instruction ends after as many
+    CHECK_CYCLES = 1 + (len(_RANGE_PRODUCTS) + RANGE_STAGES + 1) + 1
     #: the element pipeline in front of the lanes (memory read, element select)
     FEED_STAGES = 2
     #: words in flight per operand (each BurstReader's FIFO)
@@ -216,13 +219,15 @@ class AttentionArray(Checked, wiring.Component):
         prods = _RANGE_PRODUCTS
         mul_x = Signal(16)
         mul_s = Signal(32)
+        p_lo, p_hi = Signal(32), Signal(32)          # x * s[:16], x * s[16:]: one DSP each
         prod = Signal(48)
-        m.d.sync += prod.eq(mul_x * mul_s)
+        m.d.sync += [p_lo.eq(mul_x * mul_s[:16]), p_hi.eq(mul_x * mul_s[16:]),
+                     prod.eq(p_lo + (p_hi << 16))]
+        R = self.RANGE_STAGES
         for j, (x, k, f) in enumerate(prods):
             with m.If(step == j):
-                m.d.comb += [mul_x.eq((n[k] - 1)[:16]), mul_s.eq(field(x, f))]
-        for j, (x, k, f) in enumerate(prods):
-            with m.If(step == j + 1):
+                m.d.sync += [mul_x.eq((n[k] - 1)[:16]), mul_s.eq(field(x, f))]
+            with m.If(step == j + R):
                 m.d.sync += hi[x].eq(hi[x] + prod)
 
         shape_ok = ((sub == int(isa.VecSubop.FDOT)) & (flags == int(isa.VecFlag.B_FP16))
@@ -232,7 +237,8 @@ class AttentionArray(Checked, wiring.Component):
                     & Cat(*(n[k][16:] == 0 for k in (1, 2, 3))).all()
                     & Cat(*(n[k] != 0 for k in (1, 2, 3))).all())
         lo = {x: field(x, 0) for x in "abd"}
-        top = Cat(self.dram_base, Const(0, 18)) + self.dram_size          # first byte beyond
+        top = Signal(50)                             # first byte beyond (registered)
+        m.d.sync += top.eq(self.dram_base + self.dram_size)
         in_range = Cat(*((lo[x] >= self.dram_base) & (hi[x] < top) & (hi[x][32:] == 0)
                          for x in "abd")).all()
         apart = Cat(*(((hi["d"] < lo[x]) | (hi[x] < lo["d"])) for x in "ab")).all()
@@ -258,7 +264,7 @@ class AttentionArray(Checked, wiring.Component):
                 m.d.sync += step.eq(step + 1)
                 with m.If(self.abort):
                     m.next = "IDLE"
-                with m.Elif(step == len(prods) + 1):
+                with m.Elif(step == len(prods) + R):
                     m.d.sync += ok.eq(ok & in_range & apart)
                     m.next = "DECIDE"
             with m.State("DECIDE"):

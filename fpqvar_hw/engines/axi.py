@@ -8,9 +8,8 @@ flattened port names (``m_axi__araddr`` ...) match cocotbext-axi's
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
@@ -128,20 +127,81 @@ class WriteClient(wiring.Signature):
 
 
 # ------------------------------------------------------------------ arbiters
-def _round_robin(m: Module, valids: list, last: Signal, can, grant) -> None:
-    """Grant one of ``valids`` when ``can``: the first requester after ``last`` (the
-    previously granted index) in circular order.  ``grant(i)`` adds the statements of
-    granting client ``i``; ``last`` is updated here."""
+def _round_robin(m: Module, valids: list, can, name: str):
+    """One-hot grant among ``valids`` when ``can``: the first requester after the previously
+    granted one in circular order.  Flat logic for timing (no priority chain through a
+    ``Switch``): ``mask`` (registered) has the bits above the last grant set; the lowest set
+    bit of ``valids & mask`` wins, else the lowest set bit of ``valids``.  Returns the
+    one-hot grant (zero unless ``can``) and ``any`` (a grant happens)."""
     n = len(valids)
-    with m.If(can):
-        with m.Switch(last):
-            for prev in range(n):
-                with m.Case(prev):
-                    for k in range(1, n + 1):
-                        i = (prev + k) % n
-                        with (m.If if k == 1 else m.Elif)(valids[i]):
-                            grant(i)
-                            m.d.sync += last.eq(i)
+    v = Signal(n, name=f"{name}_req")
+    m.d.comb += v.eq(Cat(*valids))
+    mask = Signal(n, name=f"{name}_mask")       # bits above the last granted index
+    masked = Signal(n, name=f"{name}_masked")
+    m.d.comb += masked.eq(v & mask)
+
+    def lowest(x):
+        return Cat(*[x[i] & ~x[:i].any() if i else x[0] for i in range(n)])
+
+    g = Signal(n, name=f"{name}_grant")
+    anyv = Signal(name=f"{name}_any")
+    m.d.comb += [anyv.eq(can & v.any()),
+                 g.eq(Mux(masked.any(), lowest(masked), lowest(v)) & anyv.replicate(n))]
+    with m.If(anyv):
+        # new mask: the bits above the granted one (grant one-hot: OR of its higher bits)
+        m.d.sync += mask.eq(Cat(*[g[:i].any() if i else Const(0, 1) for i in range(n)]))
+    return g, anyv
+
+
+def _onehot_mux(sel, values):
+    """AND-OR multiplexer: ``values[i]`` where the one-hot ``sel`` has bit ``i`` set."""
+    out = 0
+    for i, val in enumerate(values):
+        out = out | Mux(sel[i], val, 0)
+    return out
+
+
+class _TagQueue:
+    """FIFO of the owners (one-hot client masks) of the bursts in flight, in flip-flops:
+    ``head`` (the oldest owner, registered) and ``head_ok``; ``push``/``w_data`` (one-hot)
+    when ``w_rdy``; ``pop`` retires the head.  Flip-flops instead of a LUT RAM keep every
+    path register-to-register (a LUT RAM's write port is not a path, but the logic-depth
+    count cannot tell it from its read port)."""
+
+    def __init__(self, m: Module, n: int, depth: int, name: str):
+        self.w_data = Signal(n, name=f"{name}_w_data")
+        self.push = Signal(name=f"{name}_push")
+        self.pop = Signal(name=f"{name}_pop")
+        self.head = Signal(n, name=f"{name}_head")
+        self.head_ok = Signal(name=f"{name}_head_ok")
+        self.w_rdy = Signal(name=f"{name}_w_rdy")
+        # the entries behind the head: a shift register, slot 0 next in line
+        slots = [Signal(n, name=f"{name}_slot{k}") for k in range(depth - 1)]
+        cnt = Signal(range(depth), name=f"{name}_cnt")       # entries in slots
+        full = Signal(name=f"{name}_full")                     # head_ok & cnt == depth - 1
+        m.d.comb += self.w_rdy.eq(~full)
+        take = Signal(name=f"{name}_take")                     # the head is (re)filled
+        m.d.comb += take.eq(~self.head_ok | self.pop)
+        with m.If(take):
+            m.d.sync += self.head.eq(Mux(cnt != 0, slots[0], self.w_data) if slots else self.w_data)
+            m.d.sync += self.head_ok.eq((cnt != 0) | self.push)
+        # slots: shift on a refill from them, append the pushed entry behind the rest
+        from_slots = take & (cnt != 0)
+        for k in range(depth - 1):
+            nxt = slots[k + 1] if k + 1 < depth - 1 else Const(0, n)
+            with m.If(from_slots):
+                m.d.sync += slots[k].eq(nxt)
+            with m.If(self.push & ~(take & (cnt == 0))):
+                # the push lands at cnt (or cnt - 1 when a slot moves to the head now)
+                with m.If(Mux(from_slots, cnt - 1, cnt) == k):
+                    m.d.sync += slots[k].eq(self.w_data)
+        grow = self.push & ~(take & (cnt == 0))
+        with m.If(grow & ~from_slots):
+            m.d.sync += [cnt.eq(cnt + 1), full.eq(cnt == depth - 2)]
+        with m.Elif(from_slots & ~grow):
+            m.d.sync += [cnt.eq(cnt - 1), full.eq(0)]
+        with m.Else():
+            m.d.sync += full.eq(Mux(take, (cnt != 0) | self.push, 1) & (cnt == depth - 1))
 
 
 def _check_clients(n_clients: int, max_outstanding: int) -> None:
@@ -185,33 +245,30 @@ class ReadArbiter(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         n, axi = self.n_clients, self.axi
-        tags = m.submodules.tags = SyncFIFO(width=max(1, ceil_log2(n)), depth=self.max_outstanding)
-
+        tags = _TagQueue(m, n, self.max_outstanding, "tags")
         m.d.comb += [axi.arid.eq(0), axi.arsize.eq(_SIZE_LOG2), axi.arburst.eq(_BURST_INCR),
                      axi.arcache.eq(0), axi.arprot.eq(0)]
-        with m.If(axi.arvalid & axi.arready):
+        g, grant = _round_robin(m, [c.req.valid for c in self.clients],
+                                (~axi.arvalid | axi.arready) & tags.w_rdy, "ar")
+        for i, c in enumerate(self.clients):
+            m.d.comb += c.req.ready.eq(g[i])
+        m.d.comb += [tags.push.eq(grant), tags.w_data.eq(g)]
+        with m.If(grant):
+            m.d.sync += [axi.arvalid.eq(1),
+                         axi.araddr.eq(_onehot_mux(g, [c.req.payload.addr for c in self.clients])),
+                         axi.arlen.eq(_onehot_mux(g, [c.req.payload.len for c in self.clients]))]
+        with m.Elif(axi.arready):
             m.d.sync += axi.arvalid.eq(0)
-        last = Signal(range(n), init=n - 1)
 
-        def grant(i):
-            c = self.clients[i]
-            m.d.comb += [c.req.ready.eq(1), tags.w_en.eq(1), tags.w_data.eq(i)]
-            m.d.sync += [axi.arvalid.eq(1), axi.araddr.eq(c.req.payload.addr),
-                         axi.arlen.eq(c.req.payload.len)]
-
-        _round_robin(m, [c.req.valid for c in self.clients], last,
-                     (~axi.arvalid | axi.arready) & tags.w_rdy, grant)
-
-        tag = tags.r_data
+        owner = tags.head
         for i, c in enumerate(self.clients):
             m.d.comb += [c.resp.payload.data.eq(axi.rdata), c.resp.payload.last.eq(axi.rlast),
                          c.resp.payload.err.eq(axi.rresp != AXI_OKAY),
-                         c.resp.valid.eq(axi.rvalid & tags.r_rdy & (tag == i))]
-        with m.Switch(tag):
-            for i, c in enumerate(self.clients):
-                with m.Case(i):
-                    m.d.comb += axi.rready.eq(tags.r_rdy & c.resp.ready)
-        m.d.comb += tags.r_en.eq(axi.rvalid & axi.rready & axi.rlast)
+                         c.resp.valid.eq(axi.rvalid & tags.head_ok & owner[i])]
+        m.d.comb += [axi.rready.eq(tags.head_ok &
+                                   Cat(*[owner[i] & c.resp.ready
+                                         for i, c in enumerate(self.clients)]).any()),
+                     tags.pop.eq(axi.rvalid & axi.rready & axi.rlast)]
         return m
 
 
@@ -243,35 +300,33 @@ class WriteArbiter(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         n, axi = self.n_clients, self.axi
-        tags = m.submodules.tags = SyncFIFO(width=max(1, ceil_log2(n)), depth=self.max_outstanding)
-
+        tags = _TagQueue(m, n, self.max_outstanding, "tags")
         m.d.comb += [axi.awid.eq(0), axi.awlen.eq(0), axi.awsize.eq(_SIZE_LOG2), axi.awburst.eq(_BURST_INCR),
                      axi.awcache.eq(0), axi.awprot.eq(0), axi.wlast.eq(1)]
-        with m.If(axi.awvalid & axi.awready):
-            m.d.sync += axi.awvalid.eq(0)
-        with m.If(axi.wvalid & axi.wready):
-            m.d.sync += axi.wvalid.eq(0)
-        last = Signal(range(n), init=n - 1)
-
-        def grant(i):
-            c = self.clients[i]
-            m.d.comb += [c.req.ready.eq(1), tags.w_en.eq(1), tags.w_data.eq(i)]
-            m.d.sync += [axi.awvalid.eq(1), axi.awaddr.eq(c.req.payload.addr),
-                         axi.wvalid.eq(1), axi.wdata.eq(c.req.payload.data),
-                         axi.wstrb.eq(c.req.payload.strb)]
-
         can = (~axi.awvalid | axi.awready) & (~axi.wvalid | axi.wready) & tags.w_rdy
-        _round_robin(m, [c.req.valid for c in self.clients], last, can, grant)
+        g, grant = _round_robin(m, [c.req.valid for c in self.clients], can, "aw")
+        for i, c in enumerate(self.clients):
+            m.d.comb += c.req.ready.eq(g[i])
+        m.d.comb += [tags.push.eq(grant), tags.w_data.eq(g)]
+        pick = lambda f: _onehot_mux(g, [f(c.req.payload) for c in self.clients])  # noqa: E731
+        with m.If(grant):
+            m.d.sync += [axi.awvalid.eq(1), axi.awaddr.eq(pick(lambda p: p.addr)),
+                         axi.wvalid.eq(1), axi.wdata.eq(pick(lambda p: p.data)),
+                         axi.wstrb.eq(pick(lambda p: p.strb))]
+        with m.Else():
+            with m.If(axi.awready):
+                m.d.sync += axi.awvalid.eq(0)
+            with m.If(axi.wready):
+                m.d.sync += axi.wvalid.eq(0)
 
-        tag = tags.r_data
+        owner = tags.head
         for i, c in enumerate(self.clients):
             m.d.comb += [c.resp.payload.err.eq(axi.bresp != AXI_OKAY),
-                         c.resp.valid.eq(axi.bvalid & tags.r_rdy & (tag == i))]
-        with m.Switch(tag):
-            for i, c in enumerate(self.clients):
-                with m.Case(i):
-                    m.d.comb += axi.bready.eq(tags.r_rdy & c.resp.ready)
-        m.d.comb += tags.r_en.eq(axi.bvalid & axi.bready)
+                         c.resp.valid.eq(axi.bvalid & tags.head_ok & owner[i])]
+        m.d.comb += [axi.bready.eq(tags.head_ok &
+                                   Cat(*[owner[i] & c.resp.ready
+                                         for i, c in enumerate(self.clients)]).any()),
+                     tags.pop.eq(axi.bvalid & axi.bready)]
         return m
 
 

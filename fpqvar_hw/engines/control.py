@@ -60,10 +60,12 @@ from . import axi
 from .. import isa
 from ..isa import ErrorCode, Opcode
 
-__all__ = ["EngineLink", "Controller", "INSTR_BEATS"]
+__all__ = ["EngineLink", "Controller", "INSTR_BEATS", "FETCH_CHECK_CYCLES"]
 
 #: bus beats per instruction
 INSTR_BEATS = isa.INSTR_BYTES // axi.DATA_BYTES
+#: cycles between a new fetch address and its request: the window check is registered
+FETCH_CHECK_CYCLES = 1
 assert INSTR_BEATS * axi.DATA_BYTES == isa.INSTR_BYTES
 
 
@@ -186,21 +188,26 @@ class Controller(wiring.Component):
         faddr = Signal(32)                    # address of the instruction in / next into fbuf
         fpc = Signal(32)                      # its index
         fetching = Signal()                   # the run may issue fetches
-        lo_ok = faddr >= dram_base
-        hi_ok = (faddr + isa.INSTR_BYTES) <= (dram_base + Cat(dram_size, Const(0, 1)))
+        # the window check of faddr, registered (FETCH_CHECK_CYCLES): ``win_fresh`` is low
+        # in the cycle after faddr changes, while ``win_ok`` still describes the old one
+        lim = Signal(34)                      # base + size - INSTR_BYTES (base, size static)
+        m.d.sync += lim.eq(dram_base + Cat(dram_size, Const(0, 1)) - isa.INSTR_BYTES)
+        win_ok, win_fresh = Signal(), Signal()
+        m.d.sync += [win_ok.eq((faddr >= dram_base) & (faddr <= lim)), win_fresh.eq(1)]
         fetch_in_window = Signal()
-        m.d.comb += fetch_in_window.eq(lo_ok & hi_ok)
+        m.d.comb += fetch_in_window.eq(win_ok)
 
         # the dispatch register (declared here: the fetch stops behind a HALT)
         instr = Signal(isa.INSTR_LAYOUT)
         ivalid = Signal()
         ierr = Signal(isa.STATUS_ERR_BITS)
         ipc = Signal(32)
+        ipc1 = Signal(32)                     # ipc + 1 (registered with it)
         hdr = instr[0]
         opcode = hdr[isa.HDR_OPCODE_SHIFT:isa.HDR_OPCODE_SHIFT + isa.HDR_OPCODE_BITS]
         sync_bit = hdr[isa.HDR_SYNC_BIT]
         prefetch = Signal()
-        m.d.comb += prefetch.eq(fetching & (fstate == F_EMPTY)
+        m.d.comb += prefetch.eq(fetching & win_fresh & (fstate == F_EMPTY)
                                 & ~(ivalid & (ierr == 0) & (opcode == Opcode.HALT)))
 
         req = self.fetch.req
@@ -226,9 +233,9 @@ class Controller(wiring.Component):
 
         # -------------------------------------------------------------- dispatch
         with m.If(fetching & (fstate == F_FULL) & ~ivalid):
-            m.d.sync += [instr.eq(fbuf), ierr.eq(ferr), ipc.eq(fpc), ivalid.eq(1),
+            m.d.sync += [instr.eq(fbuf), ierr.eq(ferr), ipc.eq(fpc), ipc1.eq(fpc + 1), ivalid.eq(1),
                          fstate.eq(F_EMPTY), fpc.eq(fpc + 1),
-                         faddr.eq(faddr + isa.INSTR_BYTES)]
+                         faddr.eq(faddr + isa.INSTR_BYTES), win_fresh.eq(0)]
 
         settle = Signal()                     # an engine got a cmd last cycle
         m.d.sync += settle.eq(self.gemm.cmd.valid & self.gemm.cmd.ready
@@ -270,7 +277,8 @@ class Controller(wiring.Component):
                                  err_code.eq(0), err_pc.eq(0), pc.eq(0),
                                  cycles.eq(0), gemm_cycles.eq(0), vec_cycles.eq(0),
                                  overlap_cycles.eq(0),
-                                 faddr.eq(prog_addr), fpc.eq(0), fstate.eq(F_EMPTY),
+                                 faddr.eq(prog_addr), win_fresh.eq(0), fpc.eq(0),
+                                 fstate.eq(F_EMPTY),
                                  ivalid.eq(0), used[0].eq(0), used[1].eq(0)]
                     with m.If(prog_addr[:7] != 0):
                         m.d.sync += [stop_code.eq(ErrorCode.FIELD), stop_pc.eq(0)]
@@ -293,7 +301,7 @@ class Controller(wiring.Component):
                         # no fetch burst may be left in flight: its beats would block the
                         # shared R channel after the run
                         with m.If(both_idle & (fstate != F_RECV)):
-                            m.d.sync += pc.eq(ipc + 1)
+                            m.d.sync += pc.eq(ipc1)
                             finish()
                             m.next = "IDLE"
                     with m.Elif((opcode == Opcode.GEMM) | (opcode == Opcode.VEC)):
@@ -304,7 +312,7 @@ class Controller(wiring.Component):
                                 m.d.comb += e.cmd.valid.eq(idle & ready_all)
                                 with m.If(e.cmd.valid & e.cmd.ready):
                                     m.d.sync += [ivalid.eq(0), used[k].eq(1), last_pc[k].eq(ipc),
-                                                 pc.eq(ipc + 1)]
+                                                 pc.eq(ipc1)]
                     with m.Else():
                         m.d.comb += decode_err.eq(ErrorCode.OPCODE)
                     with m.If(decode_err != 0):

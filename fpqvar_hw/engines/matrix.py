@@ -78,7 +78,7 @@ affected outputs read NaN).
 """
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Elaboratable, Module, Mux, ResetInserter, Signal
+from amaranth.hdl import Array, Cat, Const, Elaboratable, Module, Mux, ResetInserter, Signal, signed
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -208,7 +208,16 @@ class BurstReader(wiring.Component):
     job stalls.  ``stop`` blocks new jobs and requests (a request already
     presented is held until taken).  ``quiet``: no request pending and no beat
     outstanding.  ``read_error`` (sticky): a response beat had ``err``.
+
+    Timing: a burst takes two cycles to issue (:data:`ISSUE_CYCLES`): the first
+    registers its length, the room left in the window and the lower-bound check, the
+    second checks them and the FIFO credit and registers the request, so no path
+    chains the 32-bit address arithmetic.  ``base + size`` is registered too: the
+    window must be stable one cycle before a job arrives (it is for the whole run).
     """
+
+    #: cycles per burst request (length and window room registered, then the request)
+    ISSUE_CYCLES = 2
 
     def __init__(self, *, depth: int):
         if depth < axi.MAX_BURST:
@@ -227,34 +236,56 @@ class BurstReader(wiring.Component):
         m.submodules.q = q = fifo.SyncFIFOBuffered(width=axi.DATA_BITS, depth=self.depth)
         req, resp = self.bus.req, self.bus.resp
         addr, left, have = Signal(32), Signal(32), Signal()
-        reserved = Signal(range(self.depth + 1))
-        to_page = Signal(range(_PAGE // axi.DATA_BYTES + 1))
-        m.d.comb += to_page.eq((_PAGE - addr[:12]) >> 4)
+        reserved = Signal(range(self.depth + 1))     # beats requested, not yet arrived
+        held = Signal(range(self.depth + 1))         # reserved + words in the FIFO
+        limit = Signal(33)                           # base + size (registered)
+        m.d.sync += limit.eq(self.base + self.size)
+        # cycle 1 (have & ~calc): the next burst's length, window room, lower bound
+        calc = Signal()
         n = Signal(range(axi.MAX_BURST + 1))
-        m.d.comb += n.eq(_min(Const(axi.MAX_BURST), left, to_page))
-        inside = _in_window(addr, n << 4, self.base, self.size)
-        credit = (reserved + q.level + n) <= self.depth
+        room = Signal(signed(35))                    # limit - addr
+        lo_ok, last = Signal(), Signal()
+        cap = Signal(range(self.depth + 1))          # depth - n: the credit bound for held
+        # n = min(16, left, words to the 4 KiB boundary) without wide arithmetic: fewer
+        # than 16 words remain in the page only in its last 16-word block
+        left_n = Mux(left[4:].any(), axi.MAX_BURST, left[:4])
+        page_n = Mux(addr[8:12].all() & addr[4:8].any(), (axi.MAX_BURST - addr[4:8])[:4],
+                     axi.MAX_BURST)
+        with m.If(have & ~calc):
+            n_now = Mux(page_n < left_n, page_n, left_n)
+            m.d.sync += [calc.eq(1), n.eq(n_now), cap.eq(self.depth - n_now),
+                         room.eq(limit - addr), lo_ok.eq(addr >= self.base),
+                         last.eq(~left[5:].any() & (left[:5] == n_now))]
+        # cycle 2: checks on registered values, then the request
+        nbytes = Signal(range(axi.MAX_BURST * axi.DATA_BYTES + 1))
+        m.d.comb += nbytes.eq(n << 4)
+        inside = lo_ok & (room >= 0) & (room[nbytes.width:].any() | (room[:nbytes.width] >= nbytes))
+        credit = held <= cap
+        ready = have & calc & ~self.stop
         issue = Signal()
-        m.d.comb += issue.eq(have & ~self.stop & (~req.valid | req.ready) & inside & credit)
-        with m.If(have & ~self.stop & ~inside):
+        m.d.comb += issue.eq(ready & (~req.valid | req.ready) & inside & credit)
+        with m.If(ready & ~inside):
             m.d.sync += self.window_error.eq(1)
         with m.If(issue):
             m.d.sync += [req.valid.eq(1), req.payload.addr.eq(addr), req.payload.len.eq(n - 1),
-                         addr.eq(addr + (n << 4)), left.eq(left - n)]
-            with m.If(left == n):
+                         addr.eq(addr + nbytes), left.eq(left - n), calc.eq(0)]
+            with m.If(last):
                 m.d.sync += have.eq(0)
         with m.Elif(req.ready):
             m.d.sync += req.valid.eq(0)
         m.d.comb += self.job.ready.eq(~have & ~self.stop)
         with m.If(self.job.valid & self.job.ready):
             m.d.sync += [addr.eq(self.job.payload.addr), left.eq(self.job.payload.words),
-                         have.eq(self.job.payload.words != 0)]
+                         have.eq(self.job.payload.words != 0), calc.eq(0)]
         got = Signal()
         m.d.comb += [resp.ready.eq(q.w_rdy), got.eq(resp.valid & q.w_rdy),
                      q.w_en.eq(got), q.w_data.eq(resp.payload.data)]
         with m.If(got & resp.payload.err):
             m.d.sync += self.read_error.eq(1)
-        m.d.sync += reserved.eq(reserved + Mux(issue, n, 0) - got)
+        popped = self.data.valid & self.data.ready
+        # both sums from registers, the late ``issue`` only selects
+        m.d.sync += [reserved.eq(Mux(issue, reserved + n - got, reserved - got)),
+                     held.eq(Mux(issue, held + n - popped, held - popped))]
         m.d.comb += [self.data.valid.eq(q.r_rdy), self.data.payload.eq(q.r_data),
                      q.r_en.eq(self.data.ready),
                      self.quiet.eq((reserved == 0) & ~req.valid)]
@@ -460,12 +491,12 @@ class _Datapath(Elaboratable):
         # ================================================= job generators
         # rd_act: the sign word (HAD), then each row (K/4 words)
         act_job = readers["rd_act"].job
-        aj_row = Signal(32)
+        aj_left = Signal(32)       # rows still to request
         aj_addr = Signal(32)
         aj_signs = Signal()
         aj_on = Signal()
         with m.If(self.go):
-            m.d.sync += [aj_row.eq(0), aj_addr.eq(f["act"]), aj_signs.eq(self.had), aj_on.eq(1)]
+            m.d.sync += [aj_left.eq(M), aj_addr.eq(f["act"]), aj_signs.eq(self.had), aj_on.eq(1)]
         m.d.comb += act_job.valid.eq(aj_on)
         with m.If(aj_signs):
             m.d.comb += [act_job.payload.addr.eq(f["signs"]), act_job.payload.words.eq(1)]
@@ -475,8 +506,8 @@ class _Datapath(Elaboratable):
             with m.If(aj_signs):
                 m.d.sync += aj_signs.eq(0)
             with m.Else():
-                m.d.sync += [aj_addr.eq(aj_addr + f["act_stride"]), aj_row.eq(aj_row + 1)]
-                with m.If(aj_row + 1 == M):
+                m.d.sync += [aj_addr.eq(aj_addr + f["act_stride"]), aj_left.eq(aj_left - 1)]
+                with m.If(aj_left == 1):
                     m.d.sync += aj_on.eq(0)
 
         # rd_w / rd_ws / rd_bias: per row block, per feature block
@@ -484,17 +515,20 @@ class _Datapath(Elaboratable):
             """One job per (row block, feature block); ``addr_of(f0)`` overrides the
             running address ``base + step * feature_block``."""
             job = readers[name].job
-            r0, f0, addr, on = (Signal(32, name=f"{name}_r0"), Signal(32, name=f"{name}_f0"),
-                                Signal(32, name=f"{name}_addr"), Signal(name=f"{name}_on"))
+            # rows / features from this block on count down (no adder in front of a compare)
+            left_r, left_f, f0, addr, on = (
+                Signal(32, name=f"{name}_left_r"), Signal(32, name=f"{name}_left_f"),
+                Signal(32, name=f"{name}_f0"), Signal(32, name=f"{name}_addr"),
+                Signal(name=f"{name}_on"))
             with m.If(self.go):
-                m.d.sync += [r0.eq(0), f0.eq(0), addr.eq(base), on.eq(enable)]
+                m.d.sync += [left_r.eq(M), left_f.eq(N), f0.eq(0), addr.eq(base), on.eq(enable)]
             m.d.comb += [job.valid.eq(on), job.payload.words.eq(words),
                          job.payload.addr.eq(addr if addr_of is None else addr_of(f0))]
             with m.If(job.valid & job.ready):
-                m.d.sync += [f0.eq(f0 + tn), addr.eq(addr + step)]
-                with m.If(f0 + tn >= N):
-                    m.d.sync += [f0.eq(0), addr.eq(base), r0.eq(r0 + tm)]
-                    with m.If(r0 + tm >= M):
+                m.d.sync += [f0.eq(f0 + tn), left_f.eq(left_f - tn), addr.eq(addr + step)]
+                with m.If(left_f <= tn):
+                    m.d.sync += [f0.eq(0), left_f.eq(N), addr.eq(base), left_r.eq(left_r - tm)]
+                    with m.If(left_r <= tm):
                         m.d.sync += on.eq(0)
             return f0
         w_words = Signal(32)
@@ -506,10 +540,9 @@ class _Datapath(Elaboratable):
         # bias: the words covering features [f0, f0 + tn) (bias is padded to a multiple of tn)
         bj_f0 = Signal(32)
         b_first = Signal(32)
-        b_last = Signal(32)
         bias_words = Signal(32)
-        m.d.comb += [b_first.eq(bj_f0 << 2), b_last.eq((bj_f0 << 2) + 4 * tn - 1),
-                     bias_words.eq((b_last >> 4) - (b_first >> 4) + 1)]
+        m.d.comb += [b_first.eq(bj_f0 << 2),      # words: from the first one's offset on
+                     bias_words.eq(((bj_f0[:2] + (tn - 1)) >> 2) + 1)]
         bj = block_jobs("rd_bias", 0, bias_words, 0, self.use_bias,
                         addr_of=lambda _: f["bias"] + Cat(Const(0, 4), b_first[4:]))
         m.d.comb += bj_f0.eq(bj)
@@ -632,14 +665,14 @@ class _Datapath(Elaboratable):
                                             a_fire & g_last_beat, "sgear")
         m.d.comb += [cw.ready.eq(w_ready), cs.ready.eq(s_ready)]
         cbank = Signal()
-        c_r0 = Signal(32)
-        c_f0 = Signal(32)
+        c_left_r = Signal(32)      # rows from this row block on (M - first row)
+        c_left_f = Signal(32)      # features from this feature block on
         c_kb = Signal(kb_bits)
         c_g = Signal(g_bits)
         c_kbi = Signal(range(bpg))
         c_on = Signal()
         with m.If(self.go):
-            m.d.sync += [cbank.eq(0), c_r0.eq(0), c_f0.eq(0), c_kb.eq(0), c_g.eq(0), c_kbi.eq(0),
+            m.d.sync += [cbank.eq(0), c_left_r.eq(M), c_left_f.eq(N), c_kb.eq(0), c_g.eq(0), c_kbi.eq(0),
                          c_on.eq(1)]
         b_valid = Signal()
         b_w = Signal(128 * tw)
@@ -663,7 +696,7 @@ class _Datapath(Elaboratable):
             m.d.comb += [act_rd[i].addr.eq(Cat(c_kb, cbank)), act_rd[i].en.eq(a_fire),
                          sc_rd[i].addr.eq(Cat(c_g, cbank)), sc_rd[i].en.eq(a_fire)]
         nb_last = Signal()
-        m.d.comb += nb_last.eq(c_f0 + tn >= N)
+        m.d.comb += nb_last.eq(c_left_f <= tn)
         with m.If(a_fire):
             m.d.sync += [b_valid.eq(1), b_w.eq(Cat(*w_slots)), b_ws.eq(Cat(*s_slots)),
                          b_last.eq(c_kb == KB - 1), c_kb.eq(c_kb + 1),
@@ -671,11 +704,11 @@ class _Datapath(Elaboratable):
             with m.If(g_last_beat):
                 m.d.sync += c_g.eq(c_g + 1)
             with m.If(c_kb == KB - 1):              # feature block done
-                m.d.sync += [c_kb.eq(0), c_g.eq(0), c_f0.eq(c_f0 + tn)]
+                m.d.sync += [c_kb.eq(0), c_g.eq(0), c_left_f.eq(c_left_f - tn)]
                 with m.If(nb_last):                 # row block done: release the bank
                     m.d.comb += clr_full.bit_select(cbank, 1).eq(1)
-                    m.d.sync += [c_f0.eq(0), cbank.eq(~cbank), c_r0.eq(c_r0 + tm)]
-                    with m.If(c_r0 + tm >= M):
+                    m.d.sync += [c_left_f.eq(N), cbank.eq(~cbank), c_left_r.eq(c_left_r - tm)]
+                    with m.If(c_left_r <= tm):
                         m.d.sync += c_on.eq(0)
         with m.Elif(b_take):
             m.d.sync += b_valid.eq(0)
@@ -708,14 +741,16 @@ class _Datapath(Elaboratable):
 
         bias = [Signal(32, name=f"bias{j}") for j in range(tn)]
         bd = readers["rd_bias"].data
-        d_r0, d_f0, d_fb = Signal(32), Signal(32), Signal(32)
-        d_rows = Signal(range(tm + 1))
+        # rows / features still to drain from this row / feature block on (registers, so no
+        # path subtracts from the instruction's M / N)
+        d_left_r, d_left_f, d_fb = Signal(32), Signal(32), Signal(32)
+        d_last_r = Signal(range(tm))           # the block's last row (registered in BIAS)
+        d_cols = Signal(range(tn + 1))         # features of the block inside N (in BIAS)
         d_row_addr, d_blk_addr, d_col = Signal(32), Signal(32), Signal(32)
         d_r = Signal(range(tm))
         d_t = Signal(range(tn))
-        d_bw = Signal(32)          # bias words still to read for this feature block
-        left_rows = Signal(32)
-        m.d.comb += [left_rows.eq(M - d_r0), d_rows.eq(Mux(left_rows < tm, left_rows, tm))]
+        d_bw = Signal(range(tn // 4 + 3))   # bias words still to read for this feature block
+        d_k = Signal(range(tn // 4 + 3))    # bias words read so far
 
         # stage 0 of the output pipeline (registered), then the FP32 add (an AddPipe:
         # BIAS_ADD_LATENCY stages)
@@ -742,20 +777,24 @@ class _Datapath(Elaboratable):
         with m.FSM(name="drain"):
             with m.State("IDLE"):
                 with m.If(self.go):
-                    m.d.sync += [d_r0.eq(0), d_f0.eq(0), d_fb.eq(0), d_blk_addr.eq(f["out"])]
+                    m.d.sync += [d_left_r.eq(M), d_left_f.eq(N), d_fb.eq(0),
+                                 d_blk_addr.eq(f["out"])]
                     m.next = "BIAS"
             with m.State("BIAS"):
-                m.d.sync += d_bw.eq(Mux(self.use_bias, ((d_fb + 4 * tn - 1) >> 4) - (d_fb >> 4) + 1, 0))
+                # the block's tn FP32 biases start at word offset d_fb[2:4] of a 16-byte word
+                m.d.sync += [d_bw.eq(Mux(self.use_bias, ((d_fb[2:4] + (tn - 1)) >> 2) + 1, 0)),
+                             d_k.eq(0),
+                             d_last_r.eq(Mux(d_left_r < tm, d_left_r - 1, tm - 1)),
+                             d_cols.eq(Mux(d_left_f < tn, d_left_f, tn))]
                 m.next = "BIAS_READ"
             with m.State("BIAS_READ"):
                 m.d.comb += bd.ready.eq(d_bw != 0)
                 with m.If(bd.valid & (d_bw != 0)):
-                    m.d.sync += d_bw.eq(d_bw - 1)
-                    widx = ((d_fb + 4 * tn - 1) >> 4) - d_bw + 1     # word index of this beat
+                    m.d.sync += [d_bw.eq(d_bw - 1), d_k.eq(d_k + 1)]
                     for j in range(tn):
-                        fb = d_fb + 4 * j
-                        with m.If((fb >> 4) == widx):
-                            m.d.sync += bias[j].eq(bd.payload.word_select(fb[2:4], 32))
+                        slot = d_fb[2:4] + j            # bias j: beat slot >> 2, word slot % 4
+                        with m.If((slot >> 2) == d_k):
+                            m.d.sync += bias[j].eq(bd.payload.word_select(slot[:2], 32))
                 with m.If(d_bw == 0):
                     m.next = "WAIT"
             with m.State("WAIT"):
@@ -767,23 +806,23 @@ class _Datapath(Elaboratable):
                              item.value.eq(Array(Array(r) for r in cap)[d_r][d_t]),
                              item.bias.eq(Array(bias)[d_t]),
                              item.addr.eq(d_row_addr + d_col),
-                             item.write.eq(d_f0 + d_t < N)]
+                             item.write.eq(d_t < d_cols)]
                 with m.If(emit):
                     m.d.sync += [d_t.eq(d_t + 1), d_col.eq(d_col + 4)]
                     with m.If(d_t == tn - 1):
                         m.d.sync += [d_t.eq(0), d_col.eq(d_fb), d_r.eq(d_r + 1),
                                      d_row_addr.eq(d_row_addr + f["out_stride"])]
-                        with m.If(d_r == d_rows - 1):
+                        with m.If(d_r == d_last_r):
                             m.next = "FLUSH"
             with m.State("FLUSH"):
-                last_nb = d_f0 + tn >= N
-                last_blk = d_r0 + tm >= M
+                last_nb = d_left_f <= tn
+                last_blk = d_left_r <= tm
                 m.d.comb += [emit.eq(en & ok_b), item.flush.eq(1), item.final.eq(last_nb & last_blk)]
                 with m.If(emit):
                     m.d.comb += cap_take.eq(1)
-                    m.d.sync += [d_f0.eq(d_f0 + tn), d_fb.eq(d_fb + 4 * tn)]
+                    m.d.sync += [d_left_f.eq(d_left_f - tn), d_fb.eq(d_fb + 4 * tn)]
                     with m.If(last_nb):
-                        m.d.sync += [d_f0.eq(0), d_fb.eq(0), d_r0.eq(d_r0 + tm),
+                        m.d.sync += [d_left_f.eq(N), d_fb.eq(0), d_left_r.eq(d_left_r - tm),
                                      d_blk_addr.eq(d_blk_addr + f["out_stride"] * tm)]
                     with m.If(last_nb & last_blk):
                         m.next = "IDLE"

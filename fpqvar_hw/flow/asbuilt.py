@@ -26,8 +26,8 @@ from .platform import Platform
 
 __all__ = ["TopMemory", "sim_memory", "simdram_memory", "platform_memory", "TopBuild", "top_build", "EngineCost",
            "gemm_cost", "vec_cost", "TopInstr", "top_step_program", "V_CACHE_LAYOUTS", "TopRun", "schedule_top",
-           "instr_cost", "top_step", "TopModelResult", "evaluate_top", "top_breakdown",
-           "top_report", "operand_words", "bus_speeds"]
+           "instr_cost", "top_step", "TopModelResult", "evaluate_top", "step_breakdown",
+           "operand_words", "bus_speeds"]
 
 
 # ===================================================================== the as-built top
@@ -602,13 +602,13 @@ def schedule_top(instrs: list[TopInstr], costs: list[EngineCost], *, coarse: boo
     (``settle``), an engine busy from the cycle after it takes ``cmd``; the HALT ends the
     run when both are idle.  Two instructions running at once share the R channel
     (:func:`bus_speeds`)."""
-    from ..engines.control import INSTR_BEATS
+    from ..engines.control import FETCH_CHECK_CYCLES, INSTR_BEATS
 
     GEMM, VEC = 1, 2
     run: dict = {GEMM: None, VEC: None}          # [remaining cycles alone, words per cycle]
     busy = {GEMM: 0.0, VEC: 0.0}
     state = {"t": 1.0, "overlap": 0.0}           # start -> RUN: 1 cycle
-    fetch = 1 + mem.read_latency + INSTR_BEATS / mem.beat_rate + 1
+    fetch = FETCH_CHECK_CYCLES + 1 + mem.read_latency + INSTR_BEATS / mem.beat_rate + 1
 
     def step_to(T: float | None) -> None:
         """Advance to the first completion, or to ``T`` if that comes first."""
@@ -752,14 +752,16 @@ def evaluate_top(model: ModelSpec | str, config: AcceleratorConfig, platform: Pl
     return TopModelResult(model.name, config.batch, clock, mem, steps)
 
 
-def top_breakdown(model: ModelSpec | str, config: AcceleratorConfig, memory: TopMemory) -> dict:
-    """Share of the engines' standalone cycles per instruction kind (``TopInstr.name``) over
-    all steps of ``model``: what limits the as-built top."""
+def step_breakdown(model: ModelSpec | str, config: AcceleratorConfig,
+                   memory: TopMemory) -> list[dict[str, float]]:
+    """Engine cycles per instruction kind (``TopInstr.name``) in each scale step of
+    ``model``, largest first (standalone cycles, before the engines overlap): what limits
+    each step of the as-built top."""
     if isinstance(model, str):
         model = MODELS[model]
     b = top_build(config, model.C)
     rows = config.batch * (2 if config.cfg else 1)
-    tot: dict[str, float] = {}
+    out = []
     for Ls_end, n in zip(model.kv_lengths, model.tokens):
         tiles = rows * -(-n // config.tm)
         k = min(tiles, max(1, _MAX_SCHEDULED // 16))
@@ -768,31 +770,11 @@ def top_breakdown(model: ModelSpec | str, config: AcceleratorConfig, memory: Top
                                 coarse=config.coarse_pipeline,
                                 max_tiles=k if k < tiles else None)
         cache: dict = {}
+        tot: dict[str, float] = {}
         for ins in prog:
             key = (ins.gemm, ins.vec)
             if key not in cache:
                 cache[key] = instr_cost(ins, fine=config.fine_pipeline, b=b, mem=memory).cycles
-            tot[ins.name] = tot.get(ins.name, 0.0) + cache[key] * tiles / k
-    total = sum(tot.values())
-    return {k: v / total for k, v in sorted(tot.items(), key=lambda kv: -kv[1])}
-
-
-def top_report(config: AcceleratorConfig, platform: Platform) -> dict:
-    """JSON-ready as-built throughput for every model, with both pipeline levels as
-    configured and with each one off."""
-    out = {}
-    for name, m in MODELS.items():
-        if m.C % 128:
-            continue
-        r = evaluate_top(m, config, platform)
-        ab = {}
-        for label, coarse, fine in (("no_coarse", False, True), ("no_fine", True, False)):
-            c = config.replace(coarse_pipeline=coarse, fine_pipeline=fine)
-            ab[label] = evaluate_top(m, c, platform, r.memory).images_per_s
-        share = top_breakdown(m, config, r.memory)
-        out[name] = {**r.as_dict(), "pipeline_ablation": ab,
-                     "cycle_share": {k: round(v, 4) for k, v in share.items()}}
-    mem = platform_memory(platform, config.clock_mhz or platform.clock_mhz, config.dram_efficiency)
-    return {"memory": {"name": mem.name, "read_latency": mem.read_latency,
-                       "beat_rate": mem.beat_rate, "source": mem.source},
-            "models": out}
+            tot[ins.name] = tot.get(ins.name, 0.0) + cache[key] * tiles / k * model.depth
+        out.append(dict(sorted(tot.items(), key=lambda kv: -kv[1])))
+    return out

@@ -49,25 +49,27 @@ def throughput_markdown(rep: dict) -> str:
     if top:
         mem = top["memory"]
         lines += ["", "## The as-built top (the RTL that exists)", "",
-                  "`fpqvar_hw/engines/top.py` as built today: one element per cycle per vector row "
-                  "operation, attention as FDOT at 1 MAC/cycle (the V cache walked one beat per "
-                  "element), the matrix engine re-reading all weights per block of tm rows, "
-                  "one 128-bit AXI master. Modelled per instruction (`perf.evaluate_top`, "
+                  "`fpqvar_hw/engines/top.py` as built today: attention FDOTs on the vector "
+                  "engine's attention array, the other vector row operations one element per "
+                  "cycle, the matrix engine re-reading all weights per block of tm rows, "
+                  "one 128-bit AXI master. Modelled per instruction (`asbuilt.evaluate_top`, "
                   f"docs/build.md); memory: {mem['source']}, {mem['beat_rate']:g} beat/cycle.", "",
-                  "| model | planned images/s | as-built images/s | as-built, coarse off | "
-                  "as-built, fine off | as-built cycles | GEMM busy | VEC busy | largest "
-                  "instruction kinds (share of engine cycles) |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| model | planned images/s | as-built images/s | as-built at est. clock | "
+                  "as-built, coarse off | as-built, fine off | as-built cycles | GEMM busy | "
+                  "VEC busy | largest instruction kinds (share of engine cycles) | binding kind "
+                  "per scale step |", "|" + "---|" * 11]
         for name, t in top["models"].items():
             g = sum(s["gemm_cycles"] for s in t["steps"])
             v = sum(s["vec_cycles"] for s in t["steps"])
             ab = t["pipeline_ablation"]
+            e = (f"{fmt_rate(t['images_per_s_est'])} ({t['est_clock_mhz']:g} MHz)"
+                 if t.get("images_per_s_est") else "-")
             lines.append(f"| {name} | {fmt_rate(rep['models'][name]['images_per_s'])} | "
-                         f"{fmt_rate(t['images_per_s'])} | {fmt_rate(ab['no_coarse'])} | "
+                         f"{fmt_rate(t['images_per_s'])} | {e} | {fmt_rate(ab['no_coarse'])} | "
                          f"{fmt_rate(ab['no_fine'])} | {t['cycles']:.3g} | {g:.3g} | {v:.3g} | "
                          + ", ".join(f"{k} {100 * x:.0f} %"
                                      for k, x in list(t.get("cycle_share", {}).items())[:3])
-                         + " |")
+                         + f" | {t.get('binding_summary', '-')} |")
     lines += ["", f"Paper (VCK190, depth not stated): {PAPER_IMAGES_PER_S} image/s.", "",
               "## Host-side assumption", "", rep["assumptions"]["host_work"] + f"; host: "
               f"{rep['assumptions']['host']} at {rep['assumptions']['host_gflops']:g} GFLOP/s.",

@@ -433,7 +433,8 @@ class RowBuffers:
     ``k`` (a builder inside the caller's module).
 
     The caller keeps the element index in :attr:`k` and states its next value on the comb
-    signal :attr:`k_next` (default: unchanged); ``k`` follows it every cycle.  Each read
+    signal :attr:`k_next` (default: unchanged; :attr:`k1` is ``k + 1`` from a register, the
+    address to step to); ``k`` follows it every cycle.  Each read
     port is synchronous at address ``k_next``, so ``data(name)`` holds ``buffer[k]`` from
     a register (distributed RAM, then its output register): no RAM read feeds the datapath
     combinationally.  The read is not transparent: an element written in the cycle its
@@ -446,8 +447,10 @@ class RowBuffers:
 
         self.k = Signal(range(depth + 1))
         self.k_next = Signal(range(depth + 1))
+        #: ``k + 1`` from a register (so no adder sits in front of the read address)
+        self.k1 = Signal(range(depth + 2), init=1)
         m.d.comb += self.k_next.eq(self.k)
-        m.d.sync += self.k.eq(self.k_next)
+        m.d.sync += [self.k.eq(self.k_next), self.k1.eq(self.k_next + 1)]
         self.rd, self.wr = {}, {}
         for name in names:
             m.submodules[f"buf_{name}"] = mem = Memory(shape=32, depth=depth, init=[])
@@ -517,7 +520,7 @@ class Softmax(Checked, wiring.Component):
         n, P = self.length, self.P
         bufs = RowBuffers(m, ("x",), n)
         wr = bufs.wr["x"]
-        k, k_next = bufs.k, bufs.k_next   # element counter of the current phase
+        k, k_next, k1 = bufs.k, bufs.k_next, bufs.k1   # element counter of the current phase
         end = Signal(range(n))            # index of the row's last element
         mx = Signal(32, init=0xFF800000)  # running max, starts at -Inf
         r = Signal(32)
@@ -552,7 +555,7 @@ class Softmax(Checked, wiring.Component):
                              wr.en.eq(self.i.valid)]
                 with m.If(self.i.valid):
                     m.d.sync += mx.eq(new_max)
-                    m.d.comb += k_next.eq(k + 1)
+                    m.d.comb += k_next.eq(k1)
                     with m.If(self.i.payload.last | (k == n - 1)):
                         m.d.sync += end.eq(k)
                         m.d.comb += k_next.eq(0)
@@ -562,7 +565,7 @@ class Softmax(Checked, wiring.Component):
             with m.State("SETTLE"):
                 m.next = "EXP"
             with m.State("EXP"):
-                m.d.comb += [go.eq(1), k_next.eq(k + 1)]
+                m.d.comb += [go.eq(1), k_next.eq(k1)]
                 with m.If(k == end):
                     m.d.sync += wait.eq(0)
                     m.d.comb += k_next.eq(0)
@@ -581,7 +584,7 @@ class Softmax(Checked, wiring.Component):
                 m.d.comb += [mul.i.valid.eq(1), mul.i.payload[0].a.as_value().eq(bufs.data("x")),
                              mul.i.payload[0].b.as_value().eq(r)]
                 with m.If(mul.i.ready):
-                    m.d.comb += k_next.eq(k + 1)
+                    m.d.comb += k_next.eq(k1)
                     with m.If(k == end):
                         m.d.sync += mx.eq(0xFF800000)
                         m.d.comb += [k_next.eq(0), ps.clear.eq(1)]
@@ -631,7 +634,7 @@ class LayerNormModulate(Checked, wiring.Component):
         m = Module()
         n, P = self.length, self.P
         bufs = RowBuffers(m, ("x", "scale", "shift"), n)
-        k, k_next = bufs.k, bufs.k_next
+        k, k_next, k1 = bufs.k, bufs.k_next, bufs.k1
         mu, r = Signal(32), Signal(32)
         inv_c = fp32_bits(1.0 / n)
 
@@ -680,7 +683,7 @@ class LayerNormModulate(Checked, wiring.Component):
                     m.d.comb += [wp.addr.eq(k), wp.data.eq(getattr(self.i.payload, name).as_value()),
                                  wp.en.eq(self.i.valid)]
                 with m.If(self.i.valid):
-                    m.d.comb += k_next.eq(k + 1)
+                    m.d.comb += k_next.eq(k1)
                     with m.If(k == n - 1):
                         m.d.sync += wait.eq(0)
                         m.d.comb += k_next.eq(0)
@@ -692,7 +695,7 @@ class LayerNormModulate(Checked, wiring.Component):
                     m.d.comb += ps.clear.eq(1)
                     m.next = "VAR"
             with m.State("VAR"):
-                m.d.comb += [go.eq(1), k_next.eq(k + 1)]
+                m.d.comb += [go.eq(1), k_next.eq(k1)]
                 with m.If(k == n - 1):
                     m.d.sync += wait.eq(0)
                     m.d.comb += k_next.eq(0)
@@ -705,7 +708,7 @@ class LayerNormModulate(Checked, wiring.Component):
             with m.State("OUT"):
                 m.d.comb += out_go.eq(en)
                 with m.If(en):
-                    m.d.comb += k_next.eq(k + 1)
+                    m.d.comb += k_next.eq(k1)
                     with m.If(k == n - 1):
                         m.d.comb += [k_next.eq(0), ps.clear.eq(1)]
                         m.next = "LOAD"
@@ -752,7 +755,7 @@ class L2NormTemperature(Checked, wiring.Component):
         n, P = self.length, self.P
         bufs = RowBuffers(m, ("x",), n)
         wr = bufs.wr["x"]
-        k, k_next = bufs.k, bufs.k_next
+        k, k_next, k1 = bufs.k, bufs.k_next, bufs.k1
         t, g = Signal(32), Signal(32)
         x_in = self.i.payload.x.as_value()
 
@@ -783,7 +786,7 @@ class L2NormTemperature(Checked, wiring.Component):
                     if self.temperature:
                         with m.If(k == 0):
                             m.d.sync += t.eq(self.i.payload.t.as_value())
-                    m.d.comb += k_next.eq(k + 1)
+                    m.d.comb += k_next.eq(k1)
                     with m.If(k == n - 1):
                         m.d.sync += wait.eq(0)
                         m.d.comb += k_next.eq(0)
@@ -797,7 +800,7 @@ class L2NormTemperature(Checked, wiring.Component):
                 m.d.comb += [mul.i.valid.eq(1), mul.i.payload[0].a.as_value().eq(bufs.data("x")),
                              mul.i.payload[0].b.as_value().eq(g)]
                 with m.If(mul.i.ready):
-                    m.d.comb += k_next.eq(k + 1)
+                    m.d.comb += k_next.eq(k1)
                     with m.If(k == n - 1):
                         m.d.comb += [k_next.eq(0), ps.clear.eq(1)]
                         m.next = "LOAD"
