@@ -312,9 +312,21 @@ def _resources(out, emitted, designs, resolved, config, platform, pending, jobs,
         boundary = [{"module": m.name, "port": port, **v} for m in res.modules.values()
                     for port, v in sorted(m.unregistered_outputs.items())]
         clock_rows += [{"instance": f"{top.instance}/{m['module']}", **m} for m in modules]
+        # paths that cross module boundaries (crosspaths.compose), one row per parent
+        crossing = []
+        for name, cp in res.cross_paths().items():
+            lut, carry = cp["worst"]
+            if cp["path"] and any(isinstance(x, list) and x[0].startswith("child")
+                                  for x in cp["path"]):
+                crossing.append({"instance": f"{top.instance}/{name} (across children)",
+                                 "module": name, "logic_depth": lut + carry, "lut_levels": lut,
+                                 "carry_levels": carry, "fmax_mhz_est": cp["fmax_mhz_est"],
+                                 "path": cp["path"]})
+        clock_rows += crossing
         report.update({
             "top_synthesised": True, "top": top.instance, "total": {k: whole[k] for k in R.KEYS},
             "total_detail": whole, "top_modules": modules, "boundary_paths": boundary,
+            "crossing_paths": sorted(crossing, key=lambda c: c["fmax_mhz_est"]),
             "method": (f"the accelerator top ({top.instance}.v, preset {config.preset}, array "
                        f"{config.tm}x{config.tn}x{config.lanes}, built for "
                        f"{top.params.get('model')}) synthesised as a whole: each of its "
@@ -326,10 +338,7 @@ def _resources(out, emitted, designs, resolved, config, platform, pending, jobs,
                        f"array, which is larger than the top as built"),
             "not_included": sorted(pending) + [
                 f"{v.instance} (count 0: not in this design, not synthesised)" for v in absent] + [
-                "the top's clock buffer (every run is -noclkbuf)",
-                f"the receiving side of {len(boundary)} module output ports driven "
-                f"through logic (boundary_paths: each one's depth up to the port; the "
-                f"path continues in the module it feeds)"],
+                "the top's clock buffer (every run is -noclkbuf)"],
         })
     else:
         report.update({
@@ -382,11 +391,25 @@ def resources_markdown(rep: dict, platform) -> str:
                 f"{m['carry_levels']}) | {m['fmax_mhz_est']} | "
                 f"{sum(m['inlined'].values()) or ''} | {m['seconds']} |")
         lines.append("")
+        cr = rep.get("crossing_paths") or []
+        lines += ["## Paths across module boundaries", "",
+                  "The arcs of every module (register, port, child: `fpqvar_hw/flow/"
+                  "crosspaths.py`) chained over the hierarchy: per parent module, the "
+                  "longest register-to-register path through one of its children's ports "
+                  "(a port counts as its worst bit); they are in the clock estimate.", ""]
+        if cr:
+            lines += ["| module | depth (LUT + carry) | est. f_max MHz | path |",
+                      "|---|---|---|---|"] + [
+                f"| {c['module']} | {c['logic_depth']} ({c['lut_levels']} + "
+                f"{c['carry_levels']}) | {c['fmax_mhz_est']} | "
+                + " -> ".join(n if isinstance(n, str) else f"{n[1]}.{n[3]}" if len(n) == 4
+                              else f"{n[0]} {n[1]}" for n in c["path"]) + " |" for c in cr]
+            lines.append("")
         bp = rep.get("boundary_paths") or []
         lines += ["## Module boundaries that are not registered", "",
                   (f"{len(bp)} output ports are driven through logic, not straight from a "
-                   f"register (depth of the logic up to the port; the path continues in the "
-                   f"module the port feeds, whose own depth starts at its input):"
+                   f"register (depth of the logic up to the port; the paths they continue "
+                   f"in are above):"
                    if bp else "Every module output comes straight from a register."), ""]
         if bp:
             lines += ["| module | port | depth (LUT + carry) |", "|---|---|---|"] + [

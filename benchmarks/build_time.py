@@ -72,6 +72,11 @@ def main(argv: list[str]) -> int:
             ("meets targets", res["meets_targets"])]
     table = "| measure | value |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
     print(table)
+    if proc.returncode != 0:
+        # a failed build is not a measurement: the committed results stay as they are
+        print(f"build_time.py: the build failed (exit {proc.returncode}); results not written. "
+              f"stderr: {proc.stderr.strip().splitlines()[-1:] or ['-']}", file=sys.stderr)
+        return 1
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "build_time.json").write_text(json.dumps(res, indent=2) + "\n")
     (RESULTS / "build_time.md").write_text(

@@ -198,8 +198,8 @@ def test_abc9_failure_falls_back_to_abc_and_says_so(tmp_path, monkeypatch):
     from fpqvar_hw.flow import hsynth
     real = hsynth.module_script
 
-    def failing_abc9(name, children, abc9, outputs=()):   # ABC9 "fails" on the leaf only
-        s = real(name, children, abc9, outputs)
+    def failing_abc9(name, children, abc9):   # ABC9 "fails" on the leaf only
+        s = real(name, children, abc9)
         return s.replace("synth_xilinx", "no_such_command\nsynth_xilinx") if (
             abc9 and name == "leaf") else s
     monkeypatch.setattr(hsynth, "module_script", failing_abc9)
@@ -212,3 +212,44 @@ def test_abc9_failure_falls_back_to_abc_and_says_so(tmp_path, monkeypatch):
     assert again.yosys_runs == 0 and again.fallbacks == r.fallbacks   # the failure is cached
     with pytest.raises(ValueError, match="fell back to classic ABC"):
         cross_check(d, r, cache_dir=tmp_path)
+
+
+# a path that crosses two boundaries: src's output is logic after its register, the
+# parent mixes it with its own input, and dst's input goes through logic to its register
+SRC = """module src(input clk, input [7:0] a, output [7:0] y);
+  reg [7:0] r;
+  always @(posedge clk) r <= a;
+  assign y = (r + 8'd3) ^ {r[0], r[7:1]};
+endmodule
+"""
+DST = """module dst(input clk, input [7:0] x, output reg [7:0] q);
+  always @(posedge clk) q <= (x + 8'd5) ^ {x[6:0], x[7]};
+endmodule
+"""
+PAR = """module par(input clk, input [7:0] a, output [7:0] q);
+  wire [7:0] y;
+  src u0(.clk(clk), .a(a), .y(y));
+  dst u1(.clk(clk), .x(y + a), .q(q));
+endmodule
+"""
+
+
+@needs_yosys
+def test_cross_paths_chain_the_arcs_over_module_boundaries(tmp_path):
+    d = EmittedDesign(top="par", modules={"src": SRC, "dst": DST, "par": PAR},
+                      instances={"src": {}, "dst": {}, "par": {"src": 1, "dst": 1}})
+    r = synthesize_hierarchical(d, cache_dir=tmp_path)
+    cp = r.cross_paths()
+    y = r.modules["src"].unregistered_outputs["y"]
+    assert y["depth"] >= 2, y                               # logic after src's register
+    assert cp["dst"]["eff_in"]["x"] >= (1, 0) and cp["src"]["eff_out"]["y"][0] >= 1
+    # the whole path: src's output logic + par's adder + dst's input logic; each module's
+    # own register-to-register depth is shorter than the path through all three
+    lv = cp["par"]["worst"]
+    whole = lv[0] + lv[1]
+    assert whole >= y["depth"] + 2, cp["par"]
+    assert whole > max(r.modules[n].depth for n in ("src", "dst", "par"))
+    assert cp["par"]["path"][0][0] == "child_out" and cp["par"]["path"][-1][0] == "child_in"
+    # in a fully registered hierarchy the crossing paths are the modules' own
+    t = synthesize_hierarchical(tiny_design(), cache_dir=tmp_path).cross_paths()
+    assert all(v["worst"][0] + v["worst"][1] <= 2 for v in t.values()), t

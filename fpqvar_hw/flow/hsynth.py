@@ -38,13 +38,13 @@ the registered children (blackboxes) cut out of the graph.  A path that crosses 
 registered child combinationally (a stream's ``ready``, a child whose output is not a
 register) is split between the two modules: the per-module depths are
 register-to-register figures where every boundary between registered modules is itself
-registered.  Where it is not, the run says so: the outputs' combinational input cones
-(stopping at flip-flops, memories and registered children) are written as JSON and
-:func:`boundary_depths` gives, per port, the longest chain of cells between the last
-register and the port; a port with any is listed in
-``unregistered_outputs`` with its depth (a stream's ``ready`` computed from the
-downstream ``ready`` is the typical one), and a path through it continues in the module
-it feeds.  The LUT/carry split and the
+registered.  Where it is not, the run says so: the mapped module is written as JSON and
+:func:`fpqvar_hw.flow.crosspaths.port_arcs` lists its combinational arcs between
+registers, ports and children (``arcs``); an output port driven through logic is listed
+in ``unregistered_outputs`` with its depth (a stream's ``ready`` computed from the
+downstream ``ready`` is the typical one), and :meth:`HierSynthResult.cross_paths` chains
+the arcs over the hierarchy: the longest path that crosses module boundaries.  The
+LUT/carry split and the
 estimated f_max use :func:`fpqvar_hw.flow.resources.path_levels` / ``fmax_mhz``.
 
 Every run is ``-noclkbuf`` (the top's one clock buffer is not counted), and the cache
@@ -72,7 +72,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cache import entry_lock, write_text_atomic
-from ..emit import verilog_ports
+from .crosspaths import compose, cost, port_arcs, unregistered_outputs
 from .resources import fmax_mhz, path_levels
 from .synth import (DEFAULT_CACHE as SYNTH_CACHE, SynthResult, YosysError, run_yosys,
                     yosys_version)
@@ -82,7 +82,7 @@ __all__ = ["synthesize_hierarchical", "HierSynthResult", "ModuleSynth", "cross_c
            "module_script"]
 
 DEFAULT_CACHE = SYNTH_CACHE.parent / "hsynth"
-_SCRIPT_VERSION = "5"
+_SCRIPT_VERSION = "6"
 
 #: Whole-top total keys -> the SynthResult property that counts them.
 TOTAL_KEYS = {"LUT": "lut", "LUT6": "lut6", "FF": "ff", "DSP": "dsp", "CARRY": "carry",
@@ -117,6 +117,8 @@ class ModuleSynth:
     #: output ports driven through logic (not straight from a register, a memory or a
     #: registered child): port -> depth, LUT and carry levels of its input cone
     unregistered_outputs: dict[str, dict] = field(default_factory=dict)
+    #: combinational arcs between registers, ports and children (crosspaths.port_arcs)
+    arcs: list = field(default_factory=list)
 
     @property
     def own(self) -> dict[str, int]:
@@ -177,6 +179,16 @@ class HierSynthResult:
     @property
     def slowest(self) -> ModuleSynth:
         return min(self.modules.values(), key=lambda m: m.fmax_mhz_est)
+
+    def cross_paths(self) -> dict[str, dict]:
+        """Per module, the longest register-to-register path inside it or crossing the
+        boundary of one of its registered children, chained over the hierarchy
+        (:func:`fpqvar_hw.flow.crosspaths.compose`): ``worst`` (LUT, carry levels),
+        ``fmax_mhz_est`` and ``path`` (its timing nodes)."""
+        res = compose({n: m.arcs for n, m in self.modules.items()}, list(self.modules))
+        for r in res.values():
+            r["fmax_mhz_est"] = round(fmax_mhz(*r["worst"]), 1)
+        return res
 
     def as_dict(self) -> dict:
         slow = self.slowest
@@ -284,28 +296,13 @@ def _run(work: Path, files: dict[str, str], script: str, timeout_s: float, what:
     return secs
 
 
-#: Sequential Xilinx primitives: a path starts or ends at them (the output-cone walk of
-#: :func:`module_script` stops there, as at a registered child).
-_SEQUENTIAL = ("FDRE", "FDSE", "FDCE", "FDPE", "SRL16E", "SRLC32E", "RAMB18E2", "RAMB36E2",
-               "URAM288", "RAM32M", "RAM32M16", "RAM64M", "RAM64M8", "RAM32X1D", "RAM64X1D",
-               "RAM128X1D", "RAM256X1D", "RAM32X1S", "RAM64X1S", "RAM128X1S", "RAM256X1S")
-
-
-def output_ports(text: str, name: str) -> list[str]:
-    """Names of module ``name``'s output ports, from its Verilog text
-    (:func:`fpqvar_hw.emit.verilog_ports`); escaped names that are not plain identifiers
-    are left out (the cone walk addresses ports by name)."""
-    return [n for n, d in verilog_ports(text, name) if d == "output" and re.fullmatch(r"\w+", n)]
-
-
-def module_script(name: str, children: list[str], abc9: bool,
-                  outputs: list[str] = ()) -> str:
+def module_script(name: str, children: list[str], abc9: bool) -> str:
     """The Yosys script of one module's run (module docstring); ``children``: the module
-    names read as blackboxes from ``children.v``; ``outputs``: the module's output ports,
-    each one's combinational input cone measured (``out<k>.txt``: a boundary path)."""
+    names read as blackboxes from ``children.v``.  ``full.json`` (the mapped module,
+    flattened, children still blackboxes) gives :func:`~fpqvar_hw.flow.crosspaths.port_arcs`
+    the paths that end or start at a port or a child."""
     cut = "".join(f" t:{c} %d" for c in children)
     flags = (" -abc9" if abc9 else "") + " -noclkbuf"
-    stop = ",".join(_SEQUENTIAL + tuple(children))
     lines = (["read_verilog -lib children.v"] if children else []) + [
         "read_verilog -sv design.v",
         f"synth_xilinx -family xcup -noiopad -top {name}{flags}",
@@ -316,72 +313,27 @@ def module_script(name: str, children: list[str], abc9: bool,
         "design -load mapped",
         "flatten",
         f"tee -q -o ltp.txt ltp -noff t:FD* %n{cut}",
+        "write_json -noscopeinfo full.json",
     ]
-    if outputs:      # the outputs' combinational input cones, alone (boundary_depths reads it)
-        lines += [f"select -set cone o:* %ci*:-{stop} t:FD* %d{cut}",
-                  "delete @cone %n", "write_json -noscopeinfo cone.json"]
     return "\n".join(lines) + "\n"
 
 
-def boundary_depths(cone: dict, name: str, outputs: list[str]) -> dict[str, dict]:
-    """Output ports of ``name`` driven through logic: port -> depth, LUT and carry levels
-    of the longest path of cells ending at it (``cone``: Yosys JSON of the outputs'
-    combinational input cones, flip-flops, memories and registered children cut)."""
-    mod = cone["modules"][name]
-    driver: dict[int, str] = {}
-    for cname, c in mod["cells"].items():
-        for port, bits in c["connections"].items():
-            if c.get("port_directions", {}).get(port) == "output":
-                for b in bits:
-                    if isinstance(b, int):
-                        driver[b] = cname
-    memo: dict[int, tuple[int, int]] = {}
-    cell_memo: dict[str, tuple[int, int]] = {}
-
-    def cost(lv):
-        return lv[0] * 3 + lv[1]              # LUT level 0.45 ns, carry 0.15 ns
-
-    def bit_levels(bit: int) -> tuple[int, int]:
-        # iterative post-order walk (carry chains and deep cones overflow recursion)
-        stack = [bit]
-        while stack:
-            b = stack[-1]
-            if b in memo:
-                stack.pop()
-                continue
-            cname = driver.get(b)
-            if cname is None:
-                memo[b] = (0, 0)
-                stack.pop()
-                continue
-            if cname in cell_memo:
-                memo[b] = cell_memo[cname]
-                stack.pop()
-                continue
-            c = mod["cells"][cname]
-            ins = [x for port, bits in c["connections"].items()
-                   if c.get("port_directions", {}).get(port) == "input"
-                   for x in bits if isinstance(x, int)]
-            todo = [x for x in ins if x not in memo and x != b]
-            if todo:
-                stack.extend(todo)
-                continue
-            worst = max((memo[x] for x in ins if x in memo), key=cost, default=(0, 0))
-            lv = (worst[0], worst[1] + 1) if "CARRY" in c["type"] else (worst[0] + 1, worst[1])
-            cell_memo[cname] = memo[b] = lv
-            stack.pop()
-        return memo[bit]
-
-    out = {}
-    for o in outputs:
-        port = mod["ports"].get(o)
-        if port is None:
-            continue
-        lv = max((bit_levels(b) for b in port["bits"] if isinstance(b, int)), key=cost,
-                 default=(0, 0))
-        if lv != (0, 0):
-            out[o] = {"depth": lv[0] + lv[1], "lut_levels": lv[0], "carry_levels": lv[1]}
-    return out
+def own_levels(rec: dict) -> dict:
+    """LUT and carry levels of a module's longest path *by delay* between its registers,
+    ports and children's ports (the worst arc of
+    :func:`~fpqvar_hw.flow.crosspaths.port_arcs`, a LUT level weighing three carry
+    stages; what a path continues with beyond a port is in
+    :meth:`HierSynthResult.cross_paths`).  ``ltp`` finds the path with the most cells, which is not
+    the slowest one where a carry chain competes with LUT levels (an FP32 adder's
+    24-stage carry chain against a 6-LUT normalisation: 10 cells, 6 cells); records
+    without arcs (before the arcs existed) fall back to ``ltp``."""
+    if "arcs" not in rec:
+        return path_levels(rec["ltp"], rec["depth"])
+    lv = (0, 0)
+    for s, d, lut, carry in rec["arcs"]:
+        if cost((lut, carry)) > cost(lv):
+            lv = (lut, carry)
+    return {"lut": lv[0], "carry": lv[1], "classified": True}
 
 
 def _ltp_of(text: str, name: str) -> tuple[int, str]:
@@ -407,11 +359,10 @@ def _one_module(name: str, text: str, stubs: dict[str, str], abc9: bool, root: P
     configuration inside the top share one run."""
     children = sorted(stubs)
     stub_text = "".join(stubs[c] for c in children)
-    outputs = output_ports(text, name)
     runs = 0
     fail = ""
     for use_abc9 in ((True, False) if abc9 else (False,)):
-        script = module_script(name, children, use_abc9, outputs)
+        script = module_script(name, children, use_abc9)
         key = hashlib.sha256("\0".join([text.replace(name, _PLACEHOLDER), stub_text,
                                         script.replace(name, _PLACEHOLDER), yosys_version(),
                                         _SCRIPT_VERSION]).encode()).hexdigest()[:20]
@@ -446,12 +397,11 @@ def _one_module(name: str, text: str, stubs: dict[str, str], abc9: bool, root: P
             cells = _stat_cells(work, stubs)
             ltp_text = (work / "ltp.txt").read_text()
             depth, listing = _ltp_of(ltp_text, name)
-            cone_file = work / "cone.json"
-            boundary = (boundary_depths(json.loads(cone_file.read_text()), name, outputs)
-                        if outputs else {})
-            cone_file.unlink(missing_ok=True)
+            full = work / "full.json"
+            arcs = port_arcs(json.loads(full.read_text()), name, children)
+            full.unlink(missing_ok=True)
             rec = {"name": name, "cells": cells, "depth": depth, "ltp": listing,
-                   "unregistered_outputs": boundary,
+                   "unregistered_outputs": unregistered_outputs(arcs), "arcs": arcs,
                    "seconds": round(secs, 2), "mapper": "abc9" if use_abc9 else "abc",
                    "workdir": str(work)}
             write_text_atomic(done, json.dumps(rec, indent=1))
@@ -553,15 +503,16 @@ def synthesize_designs(designs, *, workers: int = 2, cache_dir: "Path | str | No
         rolled: dict[str, int] = {}
         for n, _, _, kids, inl in plan:
             rec, _ = done[ident[(i, n)]]
-            lv = path_levels(rec["ltp"], rec["depth"])
+            lv = own_levels(rec)
             modules[n] = ModuleSynth(
                 name=n, instances=counts[n], children=dict(kids), cells=dict(rec["cells"]),
-                depth=rec["depth"], lut_levels=lv["lut"], carry_levels=lv["carry"],
+                depth=lv["lut"] + lv["carry"], lut_levels=lv["lut"], carry_levels=lv["carry"],
                 levels_classified=lv["classified"],
                 fmax_mhz_est=round(fmax_mhz(lv["lut"], lv["carry"]), 1), mapper=rec["mapper"],
                 seconds=rec["seconds"], cached=rec["cached"] or ident[(i, n)] in counted,
                 workdir=rec["workdir"], inlined=inl,
-                unregistered_outputs=rec.get("unregistered_outputs", {}))
+                unregistered_outputs=rec.get("unregistered_outputs", {}),
+                arcs=rec.get("arcs", []))
             if ident[(i, n)] not in counted:
                 counted.add(ident[(i, n)])
                 runs += done[ident[(i, n)]][1]

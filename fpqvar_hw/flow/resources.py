@@ -118,10 +118,13 @@ def fmax_mhz(lut_levels: int, carry_levels: int) -> float:
 def _result_to_dict(res) -> dict:
     """Report keys of a :class:`fpqvar_hw.flow.synth.SynthResult` (+ logic depth and the
     clock estimate of its longest path)."""
-    ltp = Path(res.workdir) / "ltp.txt" if res.workdir else None
-    lv = path_levels(ltp.read_text() if ltp is not None and ltp.exists() else "", res.depth)
+    if getattr(res, "levels", None) is not None:     # the slowest path by delay
+        lv = {"lut": res.levels[0], "carry": res.levels[1], "classified": True}
+    else:
+        ltp = Path(res.workdir) / "ltp.txt" if res.workdir else None
+        lv = path_levels(ltp.read_text() if ltp is not None and ltp.exists() else "", res.depth)
     return {"LUT": res.lut, "FF": res.ff, "DSP": res.dsp, "CARRY": res.carry,
-            "BRAM36": res.bram, "URAM": res.uram, "logic_depth": res.depth,
+            "BRAM36": res.bram, "URAM": res.uram, "logic_depth": lv["lut"] + lv["carry"],
             "lut_levels": lv["lut"], "carry_levels": lv["carry"],
             "levels_classified": lv["classified"],
             "fmax_mhz_est": round(fmax_mhz(lv["lut"], lv["carry"]), 1)}

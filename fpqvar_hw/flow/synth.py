@@ -56,6 +56,9 @@ class SynthResult:
     cells: dict[str, int] = field(default_factory=dict)   # raw cell type -> count
     depth: int = 0                                         # ltp -noff length (cells)
     workdir: str = ""
+    #: (LUT, carry) levels of the slowest path by delay (crosspaths.port_arcs; a LUT level
+    #: weighs three carry stages), which ltp's most-cells path need not be; None: unknown
+    levels: tuple[int, int] | None = None
 
     def _sum(self, pattern: str) -> int:
         return sum(n for c, n in self.cells.items() if re.fullmatch(pattern, c))
@@ -141,6 +144,7 @@ def synthesize(design, *, top: str = "top", abc9: bool = True,
         f"synth_xilinx -family xcup -flatten -noiopad -top {top}{flags}",
         "tee -q -o stat.json stat -json",
         "tee -q -o ltp.txt ltp -noff t:FD* %n",
+        "write_json -noscopeinfo full.json",
     ]) + "\n"
     key = hashlib.sha256("\0".join([text, script, yosys_version(), _SCRIPT_VERSION])
                          .encode()).hexdigest()[:20]
@@ -172,7 +176,9 @@ def _synthesize_locked(text: str, top: str, script: str, work: Path, timeout_s: 
     done = work / "result.json"
     if done.exists():
         d = json.loads(done.read_text())
-        return SynthResult(top=d["top"], cells=d["cells"], depth=d["depth"], workdir=str(work))
+        lv = d.get("levels")
+        return SynthResult(top=d["top"], cells=d["cells"], depth=d["depth"], workdir=str(work),
+                           levels=tuple(lv) if lv else None)
     proc = run_yosys(work, {"design.v": text}, script, timeout_s)
     if proc.returncode != 0 or not (work / "stat.json").exists():
         raise YosysError(f"yosys failed (exit {proc.returncode}); see {work / 'yosys.log'}\n"
@@ -181,6 +187,14 @@ def _synthesize_locked(text: str, top: str, script: str, work: Path, timeout_s: 
     cells = {k: int(v) for k, v in stat["design"]["num_cells_by_type"].items()}
     m = re.search(r"length=(\d+)", (work / "ltp.txt").read_text())
     depth = int(m.group(1)) if m else 0
-    res = SynthResult(top=top, cells=cells, depth=depth, workdir=str(work))
-    write_text_atomic(done, json.dumps({"top": top, "cells": cells, "depth": depth}, indent=1))
+    from .crosspaths import cost, port_arcs
+    full = work / "full.json"
+    lv = (0, 0)
+    for _, _, lut, carry in port_arcs(json.loads(full.read_text()), top, ()):
+        if cost((lut, carry)) > cost(lv):
+            lv = (lut, carry)
+    full.unlink(missing_ok=True)
+    res = SynthResult(top=top, cells=cells, depth=depth, workdir=str(work), levels=lv)
+    write_text_atomic(done, json.dumps({"top": top, "cells": cells, "depth": depth,
+                                        "levels": list(lv)}, indent=1))
     return res
