@@ -138,6 +138,7 @@ def test_report_and_markdown():
 from fpqvar_hw.flow import asbuilt  # noqa: E402
 from fpqvar_hw.isa import VecSubop  # noqa: E402
 from fpqvar_hw.engines.vecengine import VectorEngine  # noqa: E402
+from fpqvar_hw.engines.axi import ReadArbiter, WriteArbiter  # noqa: E402
 
 DIG = W4.replace(tm=2, tn=2, lanes=32, quant_lanes=8)     # the top the co-simulation runs
 
@@ -200,8 +201,9 @@ def test_gemm_cost_counts_every_bus_word():
 
 def test_vec_cost_hand_checked():
     mem, b = asbuilt.sim_memory(), _b()
-    fixed = 2 + VectorEngine.ISSUE_STAGES + (asbuilt.AXIRAM_READ_LATENCY + asbuilt.READ_PATH) + 1 \
-        + asbuilt.AXIRAM_WRITE_LATENCY + asbuilt.WRITE_PATH + 1
+    fixed = 2 + VectorEngine.ISSUE_STAGES + VectorEngine.UNIT_SLICES \
+        + (asbuilt.AXIRAM_READ_LATENCY + asbuilt.READ_PATH + ReadArbiter.REQUEST_SLICES) + 1 \
+        + asbuilt.AXIRAM_WRITE_LATENCY + asbuilt.WRITE_PATH + WriteArbiter.REQUEST_SLICES + 1
     a = {"a": (4, 2048, 4)}
     # the GELU pipeline's depth, as the vector engine publishes it (its Elementwise GELU unit)
     g = VectorEngine.row_latencies(C=128, max_kv=30, P=8, kv6=False)[VecSubop.GELU]

@@ -14,6 +14,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from ..emit import hierarchical
+from ..units.vector import skid_buffer
 
 __all__ = ["DATA_BITS", "DATA_BYTES", "ADDR_BITS", "LITE_ADDR_BITS", "AXI4Signature",
            "AXI4ReadSignature", "AXI4WriteSignature", "AXILiteSignature", "ReadClient",
@@ -231,9 +232,13 @@ class ReadArbiter(wiring.Component):
       OKAY, per beat).  ``rready`` follows the owning client's ``resp.ready``: a
       client that stalls its responses stalls everyone behind it, so a client
       should only request what it can accept.
-    * Latency: AR valid one cycle after ``req`` (registered); R -> ``resp`` is
-      combinational.
+    * Latency: each client's request passes a register slice (``req.ready`` is a
+      register: :data:`REQUEST_SLICES`), then the grant registers AR: AR valid two cycles
+      after ``req``; R -> ``resp`` is combinational.
     """
+
+    #: cycles a request spends in its client's register slice before it can be granted
+    REQUEST_SLICES = 1
 
     def __init__(self, n_clients: int, *, max_outstanding: int = 8):
         _check_clients(n_clients, max_outstanding)
@@ -248,15 +253,22 @@ class ReadArbiter(wiring.Component):
         tags = _TagQueue(m, n, self.max_outstanding, "tags")
         m.d.comb += [axi.arid.eq(0), axi.arsize.eq(_SIZE_LOG2), axi.arburst.eq(_BURST_INCR),
                      axi.arcache.eq(0), axi.arprot.eq(0)]
-        g, grant = _round_robin(m, [c.req.valid for c in self.clients],
-                                (~axi.arvalid | axi.arready) & tags.w_rdy, "ar")
+        # each client's request through a register slice (REQUEST_SLICES): req.ready is a
+        # register, so no client's logic waits on another client's valid through the grant
+        g = Signal(n, name="ar_g")
+        reqs = []
         for i, c in enumerate(self.clients):
-            m.d.comb += c.req.ready.eq(g[i])
-        m.d.comb += [tags.push.eq(grant), tags.w_data.eq(g)]
+            in_ready, v, p = skid_buffer(m, c.req.valid, c.req.payload.as_value(), g[i],
+                                         f"req{i}")
+            m.d.comb += c.req.ready.eq(in_ready)
+            reqs.append((v, READ_REQ(p)))
+        gg, grant = _round_robin(m, [v for v, _ in reqs],
+                                 (~axi.arvalid | axi.arready) & tags.w_rdy, "ar")
+        m.d.comb += [g.eq(gg), tags.push.eq(grant), tags.w_data.eq(g)]
         with m.If(grant):
             m.d.sync += [axi.arvalid.eq(1),
-                         axi.araddr.eq(_onehot_mux(g, [c.req.payload.addr for c in self.clients])),
-                         axi.arlen.eq(_onehot_mux(g, [c.req.payload.len for c in self.clients]))]
+                         axi.araddr.eq(_onehot_mux(g, [p.addr for _, p in reqs])),
+                         axi.arlen.eq(_onehot_mux(g, [p.len for _, p in reqs]))]
         with m.Elif(axi.arready):
             m.d.sync += axi.arvalid.eq(0)
 
@@ -279,7 +291,9 @@ class WriteArbiter(wiring.Component):
     Ports: ``clients[i]`` (``In(WriteClient())``), ``axi`` (:class:`AXI4WriteSignature`,
     master).
 
-    * Every request is one 16-byte beat: a round-robin grant registers it into both
+    * Every request is one 16-byte beat; it passes its client's register slice
+      (``req.ready`` is a register, :data:`REQUEST_SLICES`), then a round-robin grant
+      registers it into both
       the AW channel (``awlen`` = 0, ``awsize`` = 16 bytes, INCR) and the W channel
       (``wlast`` = 1, ``wstrb`` from the request).  The two channels complete
       independently (AXI allows W before or after AW); the next grant waits until
@@ -289,6 +303,9 @@ class WriteArbiter(wiring.Component):
       responses come in order (one ID) and go to the owning client's ``resp``
       with ``err`` = (``bresp`` != OKAY).
     """
+
+    #: cycles a write spends in its client's register slice before it can be granted
+    REQUEST_SLICES = 1
 
     def __init__(self, n_clients: int, *, max_outstanding: int = 8):
         _check_clients(n_clients, max_outstanding)
@@ -304,11 +321,16 @@ class WriteArbiter(wiring.Component):
         m.d.comb += [axi.awid.eq(0), axi.awlen.eq(0), axi.awsize.eq(_SIZE_LOG2), axi.awburst.eq(_BURST_INCR),
                      axi.awcache.eq(0), axi.awprot.eq(0), axi.wlast.eq(1)]
         can = (~axi.awvalid | axi.awready) & (~axi.wvalid | axi.wready) & tags.w_rdy
-        g, grant = _round_robin(m, [c.req.valid for c in self.clients], can, "aw")
-        for i, c in enumerate(self.clients):
-            m.d.comb += c.req.ready.eq(g[i])
-        m.d.comb += [tags.push.eq(grant), tags.w_data.eq(g)]
-        pick = lambda f: _onehot_mux(g, [f(c.req.payload) for c in self.clients])  # noqa: E731
+        g = Signal(n, name="aw_g")
+        reqs = []
+        for i, c in enumerate(self.clients):      # register slices, as in ReadArbiter
+            in_ready, v, p = skid_buffer(m, c.req.valid, c.req.payload.as_value(), g[i],
+                                         f"req{i}")
+            m.d.comb += c.req.ready.eq(in_ready)
+            reqs.append((v, WRITE_REQ(p)))
+        gg, grant = _round_robin(m, [v for v, _ in reqs], can, "aw")
+        m.d.comb += [g.eq(gg), tags.push.eq(grant), tags.w_data.eq(g)]
+        pick = lambda f: _onehot_mux(g, [f(p) for _, p in reqs])  # noqa: E731
         with m.If(grant):
             m.d.sync += [axi.awvalid.eq(1), axi.awaddr.eq(pick(lambda p: p.addr)),
                          axi.wvalid.eq(1), axi.wdata.eq(pick(lambda p: p.data)),

@@ -96,7 +96,7 @@ from ..units.fpu import FP16, FP32, FPOp, FPUnit
 from ..units.hadamard import LATENCY_AFTER_LAST as HAD_LATENCY, GroupHadamard
 from ..units.multiplier import MulPair
 from ..units.quantizer import LATENCY_AFTER_LAST as QUANT_LATENCY, Quantizer
-from ..units.vector import Dataflow, Val
+from ..units.vector import Dataflow, Val, skid_buffer
 
 __all__ = ["MatrixEngine", "BurstReader", "check_config", "SUPPORTED_PRESETS", "JOB_LAYOUT",
            "BIAS_ADD_LATENCY"]
@@ -259,7 +259,7 @@ class BurstReader(wiring.Component):
         # cycle 2: checks on registered values, then the request
         nbytes = Signal(range(axi.MAX_BURST * axi.DATA_BYTES + 1))
         m.d.comb += nbytes.eq(n << 4)
-        inside = lo_ok & (room >= 0) & (room[nbytes.width:].any() | (room[:nbytes.width] >= nbytes))
+        inside = lo_ok & (room >= 0) & (room[len(nbytes):].any() | (room[:len(nbytes)] >= nbytes))
         credit = held <= cap
         ready = have & calc & ~self.stop
         issue = Signal()
@@ -314,6 +314,11 @@ class MatrixEngine(Checked, wiring.Component):
     only while the DRAM read latency stays below it: 256 words (one BRAM36 each)
     cover the ~100-200-cycle latency of the VCK190 NoC + DDR4).
     """
+
+    #: register slices in the activation loader (after the reader, the converter and the
+    #: Hadamard unit): one cycle each (the weight and scale words pass one more, in
+    #: parallel with the loader, see ``_Datapath``)
+    LOADER_SLICES = 3
 
     def __init__(self, cfg: AcceleratorConfig, *, max_k: int = 8192, fifo_words: int = 256):
         # the parameters were checked by check_params before this object existed
@@ -548,7 +553,12 @@ class _Datapath(Elaboratable):
         m.d.comb += bj_f0.eq(bj)
 
         # ================================================= loader
-        act = readers["rd_act"].data
+        # register slices (skid_buffer) after the reader, the converter and the Hadamard unit:
+        # the stream readies between the units are registered there
+        act_rd = readers["rd_act"].data
+        a_ready = Signal()
+        a_in_ready, a_valid, a_data = skid_buffer(m, act_rd.valid, act_rd.payload, a_ready, "act")
+        m.d.comb += act_rd.ready.eq(a_in_ready)
         signs = Signal(128)
         want_signs = Signal()
         with m.If(self.go):
@@ -556,19 +566,22 @@ class _Datapath(Elaboratable):
         m.submodules.cvt = cvt = FPUnit(FPOp.CONVERT, FP32, dst=FP16, lanes=4)
         ok_c, hook_c = _gate(m, fine, cvt.latency, "cvt")
         with m.If(want_signs):
-            m.d.comb += act.ready.eq(1)
-            with m.If(act.valid):
-                m.d.sync += [signs.eq(act.payload), want_signs.eq(0)]
+            m.d.comb += a_ready.eq(1)
+            with m.If(a_valid):
+                m.d.sync += [signs.eq(a_data), want_signs.eq(0)]
         with m.Else():
-            m.d.comb += [cvt.i.valid.eq(act.valid & ok_c), act.ready.eq(cvt.i.ready & ok_c),
-                         cvt.i.payload.as_value().eq(act.payload)]
+            m.d.comb += [cvt.i.valid.eq(a_valid & ok_c), a_ready.eq(cvt.i.ready & ok_c),
+                         cvt.i.payload.as_value().eq(a_data)]
         hook_c(cvt.i.valid & cvt.i.ready)
+        c_ready = Signal()
+        c_in_ready, c_valid, c_data = skid_buffer(m, cvt.o.valid, cvt.o.payload.as_value(),
+                                                  c_ready, "cvt_out")
+        m.d.comb += cvt.o.ready.eq(c_in_ready)
 
         # gearbox 4 -> Q FP16 lanes
         q_fire = Signal()
-        g_ready, g_slots, g_full = _gearbox(m, cvt.o.valid, cvt.o.payload.as_value(), Q // 4,
-                                            q_fire, "x16_")
-        m.d.comb += cvt.o.ready.eq(g_ready)
+        g_ready, g_slots, g_full = _gearbox(m, c_valid, c_data, Q // 4, q_fire, "x16_")
+        m.d.comb += c_ready.eq(g_ready)
         x16 = Cat(*g_slots)
 
         # Hadamard (flag HAD) or bypass
@@ -584,6 +597,9 @@ class _Datapath(Elaboratable):
         with m.Else():
             m.d.comb += [qin_valid.eq(g_full), q_fire.eq(g_full & qin_ready), qin_data.eq(x16)]
         hook_h(hu.i.valid & hu.i.ready)
+        qs_ready = Signal()
+        qs_in_ready, qs_valid, qs_data = skid_buffer(m, qin_valid, qin_data, qs_ready, "qin")
+        m.d.comb += qin_ready.eq(qs_in_ready)
 
         # quantizers: plain (sub-op 0) and DFQ (sub-op 1); one output format for the writer
         m.submodules.qplain = qp = Quantizer(format=str(e.cfg.qkv_act), group_size=128, lanes=Q)
@@ -593,15 +609,15 @@ class _Datapath(Elaboratable):
         qo_valid, qo_ready = Signal(), Signal()
         for qq, sel in ((qp, ~self.dfq), (qd, self.dfq)):
             with m.If(sel):
-                m.d.comb += [qq.i.valid.eq(qin_valid & ok_q), qin_ready.eq(qq.i.ready & ok_q),
-                             qq.i.payload.as_value().eq(qin_data),
+                m.d.comb += [qq.i.valid.eq(qs_valid & ok_q), qs_ready.eq(qq.i.ready & ok_q),
+                             qq.i.payload.as_value().eq(qs_data),
                              qo_valid.eq(qq.o.valid), qq.o.ready.eq(qo_ready),
                              qo.codes.eq(qq.o.payload.codes.as_value()),
                              qo.last.eq(qq.o.payload.last)]
         m.d.comb += [qo.s_pos.eq(Mux(self.dfq, qd.o.payload.scales[1].as_value(),
                                      qp.o.payload.scales[0].as_value())),
                      qo.s_neg.eq(Mux(self.dfq, qd.o.payload.scales[0].as_value(), 0))]
-        hook_q(qin_valid & qin_ready)
+        hook_q(qs_valid & qs_ready)
 
         # activation buffer: per block row, two banks of codes and scale pairs
         kb_max, g_max = e.max_k // lanes, e.max_k // 128
@@ -656,14 +672,19 @@ class _Datapath(Elaboratable):
                     m.d.sync += [wrow.eq(0), wbank.eq(~wbank)]
 
         # ================================================= compute
-        cw = readers["rd_w"].data
-        cs = readers["rd_ws"].data
+        # weight and scale words through register slices: the array's ready (all cells)
+        # ends there, not in the readers' FIFOs
+        cw_rd, cs_rd = readers["rd_w"].data, readers["rd_ws"].data
+        w_ready, s_ready = Signal(), Signal()
+        cw_in_ready, cw_valid, cw_data = skid_buffer(m, cw_rd.valid, cw_rd.payload, w_ready, "w")
+        cs_in_ready, cs_valid, cs_data = skid_buffer(m, cs_rd.valid, cs_rd.payload, s_ready, "ws")
+        m.d.comb += [cw_rd.ready.eq(cw_in_ready), cs_rd.ready.eq(cs_in_ready)]
         a_fire = Signal()
         g_last_beat = Signal()
-        w_ready, w_slots, w_full = _gearbox(m, cw.valid, cw.payload, tw, a_fire, "wgear")
-        s_ready, s_slots, s_full = _gearbox(m, cs.valid, cs.payload, e.scale_words,
-                                            a_fire & g_last_beat, "sgear")
-        m.d.comb += [cw.ready.eq(w_ready), cs.ready.eq(s_ready)]
+        w_rdy, w_slots, w_full = _gearbox(m, cw_valid, cw_data, tw, a_fire, "wgear")
+        s_rdy, s_slots, s_full = _gearbox(m, cs_valid, cs_data, e.scale_words,
+                                          a_fire & g_last_beat, "sgear")
+        m.d.comb += [w_ready.eq(w_rdy), s_ready.eq(s_rdy)]
         cbank = Signal()
         c_left_r = Signal(32)      # rows from this row block on (M - first row)
         c_left_f = Signal(32)      # features from this feature block on

@@ -104,7 +104,7 @@ from .axi import DATA_BITS, DATA_BYTES, MAX_BURST, ReadClient, WriteClient
 from ..units.fpu import FP16, FP32, FPOp, FPUnit, fp16_to_fp32
 from ..units.quantizer import LATENCY_AFTER_LAST, Quantizer
 from ..units.vector import (Elementwise, FDot, Func, L2NormTemperature, LayerNormModulate, Residual,
-                     Softmax)
+                     Softmax, skid_buffer)
 
 __all__ = ["VectorEngine", "KV6Quantizer", "KV6_FORMAT", "ATT_LANES"]
 
@@ -205,6 +205,8 @@ class VectorEngine(Checked, wiring.Component):
     #: checks, the burst's end, its length); the first request of an instruction leaves
     #: this many cycles after RUN starts.
     ISSUE_STAGES = 5
+    #: register slices around the units (the element feed and the results): one cycle each
+    UNIT_SLICES = 2
 
     def __init__(self, *, C: int = 128, max_kv: int = 64, P: int = isa.VEC_P, rd_depth: int = 32,
                  kv6: bool = False, att: tuple[int, int] | None = ATT_LANES):
@@ -748,6 +750,14 @@ class VectorEngine(Checked, wiring.Component):
         else:
             src, src_valid, src_ready = elem, elem_valid, elem_ready
 
+        # a register slice between the element stage and the units (skid_buffer): the
+        # units' i.ready does not reach into the element pipeline's pop logic
+        f_ready = Signal()
+        f_in_ready, f_valid, f_bits = skid_buffer(m, src_valid, src.as_value(), f_ready, "feed",
+                                                  clear=flush)
+        fsrc = Signal(elem_layout)
+        m.d.comb += [src_ready.eq(f_in_ready), fsrc.eq(f_bits)]
+
         # ============================================================ units
         units = self.row_units()
         for s, u in units.items():
@@ -757,35 +767,40 @@ class VectorEngine(Checked, wiring.Component):
         lat = Array(Const(units[s].latency, range(max_lat + 1)) for s in sorted(units))
         gap = Signal(range(max_lat + 1))
         throttle_ok = gap == 0
-        feed = src_valid & throttle_ok
+        feed = f_valid & throttle_ok
         with m.If(flush):
             m.d.sync += gap.eq(0)
-        with m.Elif(feed & src_ready & ~self.fine):
+        with m.Elif(feed & f_ready & ~self.fine):
             m.d.sync += gap.eq(lat[sub[:3]] - 1)
         with m.Elif(gap != 0):
             m.d.sync += gap.eq(gap - 1)
         payloads = {
-            V.LNMOD: {"x": src.a, "scale": src.b, "shift": src.c},
-            V.RESID: {"x": src.a, "g": src.b, "y": src.c},
-            V.L2NT: {"x": src.a, "t": src.b},
-            V.SOFTMAX: {"x": src.a, "last": src.last},
-            V.FDOT: {"a": src.a, "b": src.b, "last": src.last},
-            V.KVQ6: {"x": src.a},
+            V.LNMOD: {"x": fsrc.a, "scale": fsrc.b, "shift": fsrc.c},
+            V.RESID: {"x": fsrc.a, "g": fsrc.b, "y": fsrc.c},
+            V.L2NT: {"x": fsrc.a, "t": fsrc.b},
+            V.SOFTMAX: {"x": fsrc.a, "last": fsrc.last},
+            V.FDOT: {"a": fsrc.a, "b": fsrc.b, "last": fsrc.last},
+            V.KVQ6: {"x": fsrc.a},
         }
-        res_valid, res_ready = Signal(), Signal()
-        res_data = Signal(32)
+        # the selected unit's results pass a register slice (skid_buffer): the units'
+        # o.ready is a register, not the write side's merge and window logic
+        u_valid, u_ready, u_data = Signal(), Signal(), Signal(32)
         for s, u in units.items():
             if s in payloads:
                 for name, val in payloads[s].items():
                     m.d.comb += getattr(u.i.payload, name).eq(val)
             elif s is V.GELU:
-                m.d.comb += u.i.payload[0].as_value().eq(src.a)
+                m.d.comb += u.i.payload[0].as_value().eq(fsrc.a)
             else:   # CVT16
-                m.d.comb += u.i.payload[0].a.as_value().eq(src.a)
+                m.d.comb += u.i.payload[0].a.as_value().eq(fsrc.a)
             m.d.comb += u.i.valid.eq(feed & is_sub[s])
             with m.If(is_sub[s]):
-                m.d.comb += [src_ready.eq(throttle_ok & u.i.ready), res_valid.eq(u.o.valid),
-                             res_data.eq(u.o.payload.as_value()), u.o.ready.eq(res_ready)]
+                m.d.comb += [f_ready.eq(throttle_ok & u.i.ready), u_valid.eq(u.o.valid),
+                             u_data.eq(u.o.payload.as_value()), u.o.ready.eq(u_ready)]
+        res_ready = Signal()
+        u_in_ready, res_valid, res_data = skid_buffer(m, u_valid, u_data, res_ready, "res",
+                                                      clear=flush)
+        m.d.comb += u_ready.eq(u_in_ready)
 
         # ============================================================ write side
         d_n0m1 = Mux(is_sub[V.FDOT], 0, n[0] - 1)     # FDOT: one result per row, s0 unused

@@ -191,7 +191,9 @@ def top_build(config: AcceleratorConfig, C: int, *,
 #: stages; the vector engine issued its first read straight from the loop nest.
 _OLDER_RTL_LATENCIES = {"dot_group": 1, "bias": 2, "vec_issue": 0,   # ... no attention array;
                         "att_T": 0, "att_N": 0, "att_check": 0, "att_tile": 0, "att_tail": 0,
-                        "att_depth": 0, "att_slots": 2}     # the first one had two B slots
+                        "att_depth": 0, "att_slots": 2,     # the first one had two B slots
+                        "vec_slices": 0, "load_slices": 0,  # no register slices
+                        "rd_slice": 0, "wr_slice": 0}
 
 
 def _checked_latencies(lat: Mapping[str, int], lanes: int) -> dict[str, int]:
@@ -214,6 +216,7 @@ def top_latencies(lanes: int, att: tuple[int, int]) -> dict[str, int]:
     from amaranth.hdl import Signal
 
     from .. import isa
+    from ..engines.axi import ReadArbiter, WriteArbiter
     from ..engines.matrix import BIAS_ADD_LATENCY, MatrixEngine
     from ..engines.vecengine import VectorEngine
     from ..units.fpu import FPOp
@@ -245,7 +248,9 @@ def top_latencies(lanes: int, att: tuple[int, int]) -> dict[str, int]:
         "dot": MatrixEngine.cell_latency(lanes),
         "dot_group": MatrixEngine.cell_group_interval(lanes),
         "bias": BIAS_ADD_LATENCY,
-        "vec_issue": VectorEngine.ISSUE_STAGES,
+        "vec_issue": VectorEngine.ISSUE_STAGES, "vec_slices": VectorEngine.UNIT_SLICES,
+        "load_slices": MatrixEngine.LOADER_SLICES, "rd_slice": ReadArbiter.REQUEST_SLICES,
+        "wr_slice": WriteArbiter.REQUEST_SLICES,
         # the vector engine's attention array (T = 0: none); AttentionArray's own timing
         "att_T": att[0] if att else 0, "att_N": att[1] if att else 0,
         "att_check": AttentionArray.CHECK_CYCLES, "att_tile": AttentionArray.tile_cycles(0),
@@ -309,7 +314,7 @@ def gemm_cost(M: int, K: int, N: int, *, had: bool, bias: bool, fine: bool, b: T
         t_bus = words / mem.beat_rate
     else:   # one beat per cycle per client: the weight stream is the largest
         t_bus = B * NB * KB * tw / mem.beat_rate
-    rd = mem.read_latency + READ_PATH
+    rd = mem.read_latency + READ_PATH + b.lat["rd_slice"]
     # at most max_outstanding bursts in flight on the read arbiter: each burst holds its
     # slot for a read round trip, so short bursts (scales, bias, narrow feature blocks)
     # make a long-latency memory the bound
@@ -325,7 +330,8 @@ def gemm_cost(M: int, K: int, N: int, *, had: bool, bias: bool, fine: bool, b: T
     else:
         load_row = max(K / 4 * L["cvt"], K / b.quant_lanes * L["quant"],
                        K / b.quant_lanes * L["had"] if had else 0)
-    first = rd + min(M, b.tm) * load_row + L["cvt"] + (L["had"] if had else 0) + L["quant"]
+    first = rd + min(M, b.tm) * load_row + L["cvt"] + (L["had"] if had else 0) + L["quant"] \
+        + L["load_slices"]
     compute = 0.0
     for blk in range(B):
         rows = min(b.tm, M - blk * b.tm)
@@ -333,7 +339,7 @@ def gemm_cost(M: int, K: int, N: int, *, had: bool, bias: bool, fine: bool, b: T
         nxt = min(b.tm, M - (blk + 1) * b.tm) * load_row if blk + 1 < B else 0
         compute += max(NB * max(block, drain), nxt)
     last_rows = M - (B - 1) * b.tm
-    tail = L["dot"] + last_rows * b.tn + L["bias"] + mem.write_latency + WRITE_PATH
+    tail = L["dot"] + last_rows * b.tn + L["bias"] + mem.write_latency + WRITE_PATH + L["wr_slice"]
     cyc = ENGINE_START + max(first + compute, rd + t_bus) + tail + ENGINE_END
     return EngineCost(int(round(cyc)), int(words))
 
@@ -408,7 +414,7 @@ def vec_cost(subop: int, n: tuple[int, int, int, int], operands: Mapping[str, tu
         requests += r
         widest = max(widest, w)
     t_bus = words / mem.beat_rate
-    rd = mem.read_latency + READ_PATH
+    rd = mem.read_latency + READ_PATH + b.lat["rd_slice"]
     # every request holds an arbiter slot for a read round trip (short bursts and single
     # beats make a long-latency memory the bound)
     t_req = requests * (rd + 1) / min(b.max_outstanding, b.vec_rd_depth)
@@ -417,8 +423,9 @@ def vec_cost(subop: int, n: tuple[int, int, int, int], operands: Mapping[str, tu
     # an FDOT with an FP16 B the array declines: offered first (OFFER + the array's check)
     offered = 1 + L["att_check"] if (s is V.FDOT and fine and L["att_T"]
                                       and operands.get("b", (0, 0, 0))[2] == 2) else 0
-    cyc = ENGINE_START + offered + L["vec_issue"] + rd + 1 + max(unit, t_bus, t_req, t_depth) \
-        + mem.write_latency + WRITE_PATH + ENGINE_END
+    cyc = ENGINE_START + offered + L["vec_issue"] + L["vec_slices"] + rd + 1 \
+        + max(unit, t_bus, t_req, t_depth) \
+        + mem.write_latency + WRITE_PATH + L["wr_slice"] + ENGINE_END
     return EngineCost(int(round(cyc)), int(words))
 
 
@@ -464,7 +471,7 @@ def att_cost(n: tuple[int, int, int, int], operands: Mapping[str, tuple[int, int
         req_b = a_tiles * sum(-(-int(min(N, n1 - k * N) * wb) // b.max_burst) for k in range(b_tiles))
     else:
         req_b = a_tiles * n1 * -(-int(wb + 0.5) // b.max_burst)
-    rd = mem.read_latency + READ_PATH
+    rd = mem.read_latency + READ_PATH + b.lat["rd_slice"]
     if mem.shared:
         t_bus = (words_a + words_b) / mem.beat_rate
     else:
@@ -481,7 +488,7 @@ def att_cost(n: tuple[int, int, int, int], operands: Mapping[str, tuple[int, int
     compute = tiles * max(L["att_tile"] + n0, load / (L["att_slots"] - 1))
     last = min(T, n2 - (-(-n2 // T) - 1) * T) * min(N, n1 - (b_tiles - 1) * N)
     cyc = ENGINE_START + 1 + L["att_check"] + max(first + compute, rd + t_bus, t_req, t_depth) \
-        + L["att_tail"] + last + mem.write_latency + WRITE_PATH + ENGINE_END
+        + L["att_tail"] + last + mem.write_latency + WRITE_PATH + L["wr_slice"] + ENGINE_END
     return EngineCost(int(round(cyc)), int(words_a + words_b))
 
 
@@ -594,21 +601,22 @@ def bus_speeds(run: dict, mem: TopMemory) -> dict:
 
 
 def schedule_top(instrs: list[TopInstr], costs: list[EngineCost], *, coarse: bool,
-                 mem: TopMemory) -> TopRun:
+                 mem: TopMemory, rd_slice: int = 0) -> TopRun:
     """Run ``instrs`` through the controller's dispatch rules (``control.py``): in program
     order, one instruction per engine, the next instruction fetched (one 8-beat burst)
     while the current one waits, dispatch when its engine is idle -- both idle with
     ``sync`` or with the coarse pipeline off --, at most one dispatch per 2 cycles
     (``settle``), an engine busy from the cycle after it takes ``cmd``; the HALT ends the
     run when both are idle.  Two instructions running at once share the R channel
-    (:func:`bus_speeds`)."""
+    (:func:`bus_speeds`).  ``rd_slice``: the read arbiter's request slice (``rd_slice``
+    of :func:`top_latencies`), on the instruction fetch too."""
     from ..engines.control import FETCH_CHECK_CYCLES, INSTR_BEATS
 
     GEMM, VEC = 1, 2
     run: dict = {GEMM: None, VEC: None}          # [remaining cycles alone, words per cycle]
     busy = {GEMM: 0.0, VEC: 0.0}
     state = {"t": 1.0, "overlap": 0.0}           # start -> RUN: 1 cycle
-    fetch = FETCH_CHECK_CYCLES + 1 + mem.read_latency + INSTR_BEATS / mem.beat_rate + 1
+    fetch = FETCH_CHECK_CYCLES + 1 + rd_slice + mem.read_latency + INSTR_BEATS / mem.beat_rate + 1
 
     def step_to(T: float | None) -> None:
         """Advance to the first completion, or to ``T`` if that comes first."""
@@ -696,7 +704,8 @@ def top_step(C: int, H: int, hidden: int, depth: int, L_start: int, L: int, rows
         if key not in cache:
             cache[key] = instr_cost(ins, fine=config.fine_pipeline, b=b, mem=mem)
         costs.append(cache[key])
-    r = schedule_top(prog, costs, coarse=config.coarse_pipeline, mem=mem)
+    r = schedule_top(prog, costs, coarse=config.coarse_pipeline, mem=mem,
+                     rd_slice=b.lat["rd_slice"])
     if blocks == depth and sampled == tiles:
         return r
     k = depth / blocks * tiles / sampled

@@ -34,7 +34,8 @@ from .fpu import (ADD_STAGES, FP16, FP32, MUL_STAGES, ROUND_STAGES, AddPipe, Flo
                   RoundPackPipe, convert_front, float_layout, fp_max, unpack, unrounded_layout)
 
 __all__ = ["Dataflow", "Func", "Elementwise", "PartialSums", "RowBuffers", "Softmax",
-           "LayerNormModulate", "L2NormTemperature", "FDot", "Residual", "fp32_bits"]
+           "LayerNormModulate", "L2NormTemperature", "FDot", "Residual", "fp32_bits",
+           "skid_buffer"]
 
 
 def fp32_bits(v: float) -> int:
@@ -460,6 +461,31 @@ class RowBuffers:
 
     def data(self, name: str) -> Value:
         return self.rd[name].data
+
+
+def skid_buffer(m: Module, in_valid, in_data, out_ready, name: str, clear=None):
+    """Register slice with a registered ``ready`` (two entries): nothing combinational
+    from ``out_ready`` to the returned ``in_ready`` or from ``in_valid`` to ``out_valid``,
+    so a ``ready`` chain through several units ends here; one word per cycle, one cycle
+    of latency; ``clear`` (optional) empties it.  Returns ``(in_ready, out_valid,
+    out_data)``."""
+    w = len(in_data)
+    main, spare = Signal(w, name=f"{name}_main"), Signal(w, name=f"{name}_spare")
+    main_ok, spare_ok = Signal(name=f"{name}_main_ok"), Signal(name=f"{name}_spare_ok")
+    in_ready = Signal(name=f"{name}_in_ready")
+    m.d.comb += in_ready.eq(~spare_ok)
+    take = in_valid & in_ready
+    with m.If(out_ready | ~main_ok):            # the head moves on (or is empty)
+        with m.If(spare_ok):
+            m.d.sync += [main.eq(spare), main_ok.eq(1), spare_ok.eq(0)]
+        with m.Else():
+            m.d.sync += [main.eq(in_data), main_ok.eq(take)]
+    with m.Elif(take):                          # the head waits: the word parks
+        m.d.sync += [spare.eq(in_data), spare_ok.eq(1)]
+    if clear is not None:
+        with m.If(clear):
+            m.d.sync += [main_ok.eq(0), spare_ok.eq(0)]
+    return in_ready, main_ok, main
 
 
 def _tags(m: Module, head: Value, stages: int) -> Value:
