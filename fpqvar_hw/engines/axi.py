@@ -205,6 +205,29 @@ class _TagQueue:
             m.d.sync += full.eq(Mux(take, (cnt != 0) | self.push, 1) & (cnt == depth - 1))
 
 
+def _sliced_grant(m: Module, clients, layout, can, tags: "_TagQueue", name: str):
+    """Both arbiters' request side: each client's ``req`` through a register slice
+    (``req.ready`` is a register, so no client's logic waits on another client's valid
+    through the grant), a round-robin one-hot grant ``g`` among the slices when ``can``,
+    the owner pushed into ``tags``.  Returns ``(g, grant, payloads)``: the one-hot grant,
+    whether one happens, and the slices' payloads (``layout`` views)."""
+    g = Signal(len(clients), name=f"{name}_g")
+    valids, payloads = [], []
+    for i, c in enumerate(clients):
+        in_ready, v, p = skid_buffer(m, c.req.valid, c.req.payload.as_value(), g[i], f"req{i}")
+        m.d.comb += c.req.ready.eq(in_ready)
+        valids.append(v)
+        payloads.append(layout(p))
+    gg, grant = _round_robin(m, valids, can, name)
+    m.d.comb += [g.eq(gg), tags.push.eq(grant), tags.w_data.eq(g)]
+    return g, grant, payloads
+
+
+def _owner_ready(tags: "_TagQueue", clients):
+    """The response channel's ready: the owning client's (``tags.head``) ``resp.ready``."""
+    return tags.head_ok & Cat(*[tags.head[i] & c.resp.ready for i, c in enumerate(clients)]).any()
+
+
 def _check_clients(n_clients: int, max_outstanding: int) -> None:
     if not isinstance(n_clients, int) or n_clients < 1:
         raise ValueError(f"n_clients must be a positive integer, got {n_clients!r}")
@@ -253,22 +276,12 @@ class ReadArbiter(wiring.Component):
         tags = _TagQueue(m, n, self.max_outstanding, "tags")
         m.d.comb += [axi.arid.eq(0), axi.arsize.eq(_SIZE_LOG2), axi.arburst.eq(_BURST_INCR),
                      axi.arcache.eq(0), axi.arprot.eq(0)]
-        # each client's request through a register slice (REQUEST_SLICES): req.ready is a
-        # register, so no client's logic waits on another client's valid through the grant
-        g = Signal(n, name="ar_g")
-        reqs = []
-        for i, c in enumerate(self.clients):
-            in_ready, v, p = skid_buffer(m, c.req.valid, c.req.payload.as_value(), g[i],
-                                         f"req{i}")
-            m.d.comb += c.req.ready.eq(in_ready)
-            reqs.append((v, READ_REQ(p)))
-        gg, grant = _round_robin(m, [v for v, _ in reqs],
-                                 (~axi.arvalid | axi.arready) & tags.w_rdy, "ar")
-        m.d.comb += [g.eq(gg), tags.push.eq(grant), tags.w_data.eq(g)]
+        g, grant, reqs = _sliced_grant(m, self.clients, READ_REQ,
+                                       (~axi.arvalid | axi.arready) & tags.w_rdy, tags, "ar")
         with m.If(grant):
             m.d.sync += [axi.arvalid.eq(1),
-                         axi.araddr.eq(_onehot_mux(g, [p.addr for _, p in reqs])),
-                         axi.arlen.eq(_onehot_mux(g, [p.len for _, p in reqs]))]
+                         axi.araddr.eq(_onehot_mux(g, [p.addr for p in reqs])),
+                         axi.arlen.eq(_onehot_mux(g, [p.len for p in reqs]))]
         with m.Elif(axi.arready):
             m.d.sync += axi.arvalid.eq(0)
 
@@ -277,9 +290,7 @@ class ReadArbiter(wiring.Component):
             m.d.comb += [c.resp.payload.data.eq(axi.rdata), c.resp.payload.last.eq(axi.rlast),
                          c.resp.payload.err.eq(axi.rresp != AXI_OKAY),
                          c.resp.valid.eq(axi.rvalid & tags.head_ok & owner[i])]
-        m.d.comb += [axi.rready.eq(tags.head_ok &
-                                   Cat(*[owner[i] & c.resp.ready
-                                         for i, c in enumerate(self.clients)]).any()),
+        m.d.comb += [axi.rready.eq(_owner_ready(tags, self.clients)),
                      tags.pop.eq(axi.rvalid & axi.rready & axi.rlast)]
         return m
 
@@ -321,16 +332,8 @@ class WriteArbiter(wiring.Component):
         m.d.comb += [axi.awid.eq(0), axi.awlen.eq(0), axi.awsize.eq(_SIZE_LOG2), axi.awburst.eq(_BURST_INCR),
                      axi.awcache.eq(0), axi.awprot.eq(0), axi.wlast.eq(1)]
         can = (~axi.awvalid | axi.awready) & (~axi.wvalid | axi.wready) & tags.w_rdy
-        g = Signal(n, name="aw_g")
-        reqs = []
-        for i, c in enumerate(self.clients):      # register slices, as in ReadArbiter
-            in_ready, v, p = skid_buffer(m, c.req.valid, c.req.payload.as_value(), g[i],
-                                         f"req{i}")
-            m.d.comb += c.req.ready.eq(in_ready)
-            reqs.append((v, WRITE_REQ(p)))
-        gg, grant = _round_robin(m, [v for v, _ in reqs], can, "aw")
-        m.d.comb += [g.eq(gg), tags.push.eq(grant), tags.w_data.eq(g)]
-        pick = lambda f: _onehot_mux(g, [f(p) for _, p in reqs])  # noqa: E731
+        g, grant, reqs = _sliced_grant(m, self.clients, WRITE_REQ, can, tags, "aw")
+        pick = lambda f: _onehot_mux(g, [f(p) for p in reqs])  # noqa: E731
         with m.If(grant):
             m.d.sync += [axi.awvalid.eq(1), axi.awaddr.eq(pick(lambda p: p.addr)),
                          axi.wvalid.eq(1), axi.wdata.eq(pick(lambda p: p.data)),
@@ -345,9 +348,7 @@ class WriteArbiter(wiring.Component):
         for i, c in enumerate(self.clients):
             m.d.comb += [c.resp.payload.err.eq(axi.bresp != AXI_OKAY),
                          c.resp.valid.eq(axi.bvalid & tags.head_ok & owner[i])]
-        m.d.comb += [axi.bready.eq(tags.head_ok &
-                                   Cat(*[owner[i] & c.resp.ready
-                                         for i, c in enumerate(self.clients)]).any()),
+        m.d.comb += [axi.bready.eq(_owner_ready(tags, self.clients)),
                      tags.pop.eq(axi.bvalid & axi.bready)]
         return m
 

@@ -189,13 +189,13 @@ class Controller(wiring.Component):
         fpc = Signal(32)                      # its index
         fetching = Signal()                   # the run may issue fetches
         # the window check of faddr, registered (FETCH_CHECK_CYCLES): ``win_fresh`` is low
-        # in the cycle after faddr changes, while ``win_ok`` still describes the old one
+        # in the cycle after faddr changes, while ``fetch_in_window`` still describes the
+        # old one
         lim = Signal(34)                      # base + size - INSTR_BYTES (base, size static)
         m.d.sync += lim.eq(dram_base + Cat(dram_size, Const(0, 1)) - isa.INSTR_BYTES)
-        win_ok, win_fresh = Signal(), Signal()
-        m.d.sync += [win_ok.eq((faddr >= dram_base) & (faddr <= lim)), win_fresh.eq(1)]
         fetch_in_window = Signal()
-        m.d.comb += fetch_in_window.eq(win_ok)
+        win_fresh = Signal()
+        m.d.sync += [fetch_in_window.eq((faddr >= dram_base) & (faddr <= lim)), win_fresh.eq(1)]
 
         # the dispatch register (declared here: the fetch stops behind a HALT)
         instr = Signal(isa.INSTR_LAYOUT)
