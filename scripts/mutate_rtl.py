@@ -49,6 +49,9 @@ DOT2_TEST = "tests/test_hw_dot.py::test_dot_v2_interleaved[E2M1_E2M1-True-8-LUT-
 DOT2_E2M1_TEST = "tests/test_hw_dot.py::test_dot_v2_interleaved[E2M1_E2M1-False-8-LUT-0-1-40]"
 #: the v1 cell (GroupDot) fed back to back: groups spaced by the accumulator loop
 DOT_SPACING_TEST = "tests/test_hw_dot.py::test_group_spacing_at_full_rate[2-False]"
+#: the v1 cell with a shared FP32 tail (share = 4 columns, DFQ, idle input and backpressure)
+DOT_SHARED_TEST = ("tests/test_hw_dot.py::"
+                   "test_shared_tail_columns_match_the_golden_model[4-4-True-True-0.3-0.3-71]")
 #: the matrix engine's dual-mode cell in plain mode, against the golden model
 DUAL_TEST = "tests/test_hw_matrix.py::test_dual_cell_matches_golden[True-8-31]"
 #: the pipelined FP operators (fpu.AddPipe / MulPipe / RoundPackPipe inside FPUnit): the
@@ -149,10 +152,18 @@ MUTANTS = [
            ".eq(acc_next)",
            DOT2_TEST, "v2: a slot's accumulator is not reset to +0.0 after its last group"),
     Mutant("dot-spacing-off-by-one", "fpqvar_hw/units/dot.py",
-           "(~grp_end_in | (since == gap - 1))",
-           "(~grp_end_in | (since >= gap - 2))",
+           "spaced.eq(since == gap - 2)",
+           "spaced.eq(since == gap - 3)",
            DOT_SPACING_TEST, "v1 cell: a group's final beat taken one cycle before the "
            "accumulator loop has written the previous group's sum back"),
+    Mutant("dot-shared-one-accumulator", "fpqvar_hw/units/dot.py",
+           "ser_in.slot.eq((hold_ctrl.slot * Q + ser_k) if D > 1 else ser_k)",
+           "ser_in.slot.eq((hold_ctrl.slot * Q + ser_k) if D > 1 else 0)",
+           DOT_SHARED_TEST, "shared-tail cell: every column accumulates into one partial sum"),
+    Mutant("dot-shared-scale-column", "fpqvar_hw/units/dot.py",
+           "ser_in.scales[1].eq(Array(hold_ctrl.scales[1 + q] for q in range(Q))[ser_k])",
+           "ser_in.scales[1].eq(hold_ctrl.scales[1])",
+           DOT_SHARED_TEST, "shared-tail cell: every column scaled by column 0's weight scale"),
     Mutant("dot-untaken-beat-counted", "fpqvar_hw/units/dot.py",
            "ctrl_in.valid.eq(self.i.valid & self.i.ready)",
            "ctrl_in.valid.eq(self.i.valid)",
@@ -194,14 +205,19 @@ MUTANTS = [
            ROW_TEST, "row partial sums: a sum is written back to the partial of the next "
            "issue (destination delay line one register short)"),
     Mutant("row-writeback-early", "fpqvar_hw/units/vector.py",
-           "with m.Elif(valid[-1]):",
-           "with m.Elif(valid[-2]):",
+           "wb = valid[-1]",
+           "wb = valid[-2]",
            ROW_TEST, "row partial sums: the write-back fires one cycle before the adder's "
            "result arrives (valid delay line off by one)"),
     Mutant("row-clear-dropped", "fpqvar_hw/units/vector.py",
            "            m.d.sync += [a.eq(0) for a in self.acc]",
            "            pass",
            ROW_TEST, "row partial sums: not reset to +0.0 between rows"),
+    Mutant("row-bypass-dropped", "fpqvar_hw/units/vector.py",
+           "opa.eq(Mux(wb & (dst[-1] == part1), add.o.as_value(), Array(self.acc)[part1]))",
+           "opa.eq(Array(self.acc)[part1])",
+           ROW_TEST, "row partial sums: an issue to the partial being written back that cycle "
+           "reads its old sum (no bypass)"),
     Mutant("att-b-offset-in-bytes", "fpqvar_hw/engines/attention.py",
            "set_off(b_off, N, b_tiles[:sb_bits], ld_row, b_row[1:_WORD_SHIFT])",
            "set_off(b_off, N, b_tiles[:sb_bits], ld_row, b_row[:_WORD_SHIFT - 1])",
@@ -218,7 +234,7 @@ MUTANTS = [
            ATT_TEST, "attention array: compute reads B slot 0 for every tile (the slot being "
            "loaded for the next tile)"),
     Mutant("att-edge-lanes-written", "fpqvar_hw/engines/attention.py",
-           "last_n = dr_n == d_nv - 1",
+           "last_n = dr_n == d_nv",
            "last_n = dr_n == N - 1",
            ATT_TEST, "attention array: an edge tile writes the sums of lanes without a B row"),
     Mutant("att-stop-only-in-flush", "fpqvar_hw/engines/attention.py",

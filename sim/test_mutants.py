@@ -40,10 +40,12 @@ def test_dot_v2_pipeline_mutants_are_caught():
 def test_dot_v1_pipeline_mutants_are_caught():
     """The v1 cell's pipelined tail (the matrix engine's array cell): a group taken before
     the accumulator loop is free, a held-back beat counted, the plain-mode bypass of the
-    DFQ add unaligned, the slot counter wrapping late (Amaranth-simulator tests: no
-    Verilator build)."""
+    DFQ add unaligned, the slot counter wrapping late, and with a shared FP32 tail the
+    columns summed into one accumulator or scaled by one column's scale (Amaranth-simulator
+    tests: no Verilator build)."""
     _all_killed(["dot-spacing-off-by-one", "dot-untaken-beat-counted", "dot-plain-delay-dropped",
-                 "dot-slot-wrap-off-by-one"])
+                 "dot-slot-wrap-off-by-one", "dot-shared-one-accumulator",
+                 "dot-shared-scale-column"])
 
 
 @pytest.mark.slow
@@ -70,8 +72,10 @@ def test_fpu_pipeline_mutants_are_caught():
 def test_row_partial_sum_mutants_are_caught():
     """The row units' accumulating adder (PartialSums on AddPipe, latency 7): a write-back
     to the next issue's partial, a write-back one cycle early, partials not cleared between
-    rows; the Amaranth-simulator FDot test catches each."""
-    _all_killed(["row-partial-dst-off-by-one", "row-writeback-early", "row-clear-dropped"])
+    rows, an issue that misses the write-back of its partial in the same cycle; the
+    Amaranth-simulator FDot test catches each."""
+    _all_killed(["row-partial-dst-off-by-one", "row-writeback-early", "row-clear-dropped",
+                 "row-bypass-dropped"])
 
 
 @pytest.mark.slow

@@ -158,8 +158,9 @@ def test_latency_of_needs_latency_for():
 
 #: Elementwise latencies (FP32 -> FP32) as the pre-``latency_for`` code computed them (a
 #: scratch Module scheduled by a dry Dataflow, 2026-12-04); an FP16 end adds a convert
-#: front end register and a RoundPackPipe (5 cycles) each
-_ELEMENTWISE_FP32 = {Func.EXP: 156, Func.RECIPROCAL: 67, Func.RSQRT: 69, Func.GELU: 277}
+#: front end register and a RoundPackPipe (5 cycles) each; an FP16 result replaces the
+#: FP32 result's canonical-NaN register (1 cycle) with the RoundPackPipe
+_ELEMENTWISE_FP32 = {Func.EXP: 157, Func.RECIPROCAL: 68, Func.RSQRT: 70, Func.GELU: 278}
 
 
 @pytest.mark.parametrize("func", list(Func))
@@ -169,12 +170,12 @@ def test_elementwise_latency_for(func):
     with no_unused_design():
         for src in (FP32, FP16):
             for dst in (FP32, FP16):
-                want = _ELEMENTWISE_FP32[func] + 5 * (src is FP16) + 5 * (dst is FP16)
+                want = _ELEMENTWISE_FP32[func] + 5 * (src is FP16) + 4 * (dst is FP16)
                 assert Elementwise.latency_for(func=func, src=src, dst=dst) == want
                 assert latency_of(Elementwise, func, lanes=4, src=src, dst=dst) == want
     if func is Func.RECIPROCAL:   # the cheapest to elaborate: elaborate's schedule check runs
         u = Elementwise(func, lanes=2, src=FP16, dst=FP16)
-        assert u.latency == _ELEMENTWISE_FP32[func] + 10
+        assert u.latency == _ELEMENTWISE_FP32[func] + 9
         Fragment.get(u, None)
 
 

@@ -232,3 +232,74 @@ def test_dot_v2_full_rate(dfq):
 def test_dot_v2_rejects(kwargs, msg):
     with pytest.raises(ValueError, match=msg):
         GroupDotV2(**kwargs)
+
+
+def _shared_beats(dut: GroupDot, cols: list, lanes: int, group_size: int) -> list[int]:
+    """Beats of a ``share = Q`` cell: the activations and ``s_a`` (``s_a_neg``) of
+    ``cols[0]``, column ``q``'s weights and ``s_w`` from ``cols[q]``."""
+    lay = dut.beat_layout
+    off = {name: lay[name].offset for name, _ in lay}
+    w_col = lay["w"].shape.elem_shape           # one column's lanes of codes
+    ww = w_col.elem_shape.width if hasattr(w_col.elem_shape, "width") else w_col.elem_shape.size
+    wa_lay = lay["a"].shape.elem_shape
+    wa = wa_lay.size if hasattr(wa_lay, "size") else wa_lay.width
+    v0 = cols[0]
+    n_dots, k = v0.a.shape
+    groups, bpg = k // group_size, group_size // lanes
+    beats = []
+    for d in range(n_dots):
+        for g in range(groups):
+            for b in range(bpg):
+                lo = g * group_size + b * lanes
+                v = sum(int(c) << (i * wa) for i, c in enumerate(v0.a[d, lo:lo + lanes])) << off["a"]
+                for q, vec in enumerate(cols):
+                    w = sum(int(c) << (i * ww) for i, c in enumerate(vec.w[d, lo:lo + lanes]))
+                    v |= w << (off["w"] + q * lanes * ww)
+                    v |= int(vec.s_w[d, g]) << (off["s_w"] + 16 * q)
+                v |= int(v0.s_a[d, g]) << off["s_a"]
+                if v0.s_a_neg is not None:
+                    v |= int(v0.s_a_neg[d, g]) << off["s_a_neg"]
+                if g == groups - 1:
+                    v |= 1 << off["last"]
+                beats.append(v)
+    return beats
+
+
+@pytest.mark.parametrize("Q,lanes,dfq,dual,idle,stall,seed", [
+    (4, 4, True, True, 0.3, 0.3, 71), (2, 8, False, False, 0.0, 0.0, 72),
+    (8, 2, True, True, 0.0, 0.0, 73), (4, 8, True, True, 0.2, 0.5, 74)])
+def test_shared_tail_columns_match_the_golden_model(Q, lanes, dfq, dual, idle, stall, seed):
+    """``share = Q``: Q weight columns against one activation row through one FP32 tail;
+    every column's result is the golden dot product (as a Q = 1 cell computes it), under
+    idle input and output backpressure; without them the result of the columns follows
+    the final beat by ``latency`` cycles and groups keep the Q = 1 spacing."""
+    from dataclasses import replace
+    G = 16
+    dut = GroupDot(pair=MulPair.E2M1_E2M1, group_size=G, lanes=lanes, dfq=dfq, dual=dual,
+                   share=Q)
+    a_fmt = DFQ if dfq else "e2m1fn"
+    base = make_vectors(a_fmt, "e2m1fn", n_dots=6, groups_per_dot=3, group_size=G, seed=seed)
+    cols = [base] + [replace(make_vectors(a_fmt, "e2m1fn", n_dots=6, groups_per_dot=3,
+                                          group_size=G, seed=seed * 10 + q),
+                             a=base.a, s_a=base.s_a, s_a_neg=base.s_a_neg) for q in range(1, Q)]
+    beats = _shared_beats(dut, cols, lanes, G)
+    rng = np.random.default_rng(seed)
+    accepted: list[int] = []
+    done: list[int] = []
+    _, out = simulate(dut, lambda ctx: drive(ctx, dut.i, beats, rng, idle=idle, accepted=accepted),
+                      lambda ctx: collect(ctx, dut.o, 6, rng, stall=stall, transferred=done,
+                                          quiet=dut.latency + 4),
+                      max_cycles=60 * len(beats) + 200)
+    got = [[(o >> (32 * q)) & 0xFFFFFFFF for o in out] for q in range(Q)]
+    for q in range(Q):
+        check(got[q], expected(cols[q], G))
+    if not idle and not stall:
+        bpg = G // lanes
+        assert done[-1] - accepted[-1] == dut.latency
+        assert set(np.diff(accepted[bpg - 1::bpg]).tolist()) == {dut.group_interval}
+
+
+def test_shared_tail_rejects_more_columns_than_the_group_interval():
+    # one beat per group, 9 slots: a group every cycle, no cycle for a second column
+    with pytest.raises(ValueError, match="group interval"):
+        GroupDot(pair=MulPair.E2M1_E2M1, group_size=128, lanes=128, interleave=9, share=2)

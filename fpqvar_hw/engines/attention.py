@@ -67,7 +67,7 @@ from .. import isa
 from ..checked import Checked
 from ..emit import hierarchical
 from ..units.fpu import FPOp, fp16_to_fp32
-from ..units.vector import Dataflow, PartialSums, Val
+from ..units.vector import Dataflow, PartialSums, Val, skid_buffer
 from .axi import DATA_BITS, DATA_BYTES, ReadClient, WriteClient
 from .matrix import BurstReader
 
@@ -143,6 +143,8 @@ class AttentionArray(Checked, wiring.Component):
     CHECK_CYCLES = 1 + (len(_RANGE_PRODUCTS) + RANGE_STAGES + 1) + 1
     #: the element pipeline in front of the lanes (memory read, element select)
     FEED_STAGES = 2
+    #: register slice between the output FIFO and the write merge (``skid_buffer``)
+    RESULT_SLICE = 1
     #: words in flight per operand (each BurstReader's FIFO)
     DEPTH = 128
     #: row-memory slots per lane: A tiles, B tiles (powers of two)
@@ -182,8 +184,8 @@ class AttentionArray(Checked, wiring.Component):
     def tail_cycles(cls, results: int) -> int:
         """Cycles from the last tile's SNAP until its ``results`` sums are in the write
         request register: one emission per cycle, the select register, the pairwise tree
-        (``log2 P`` adds), the output FIFO and the merge register."""
-        return results + 1 + 3 * FPOp.ADD.latency + 2 + 1
+        (``log2 P`` adds), the output FIFO, the result slice and the merge register."""
+        return results + 1 + 3 * FPOp.ADD.latency + 2 + cls.RESULT_SLICE + 1
 
     def elaborate(self, platform):
         m = Module()
@@ -305,24 +307,35 @@ class AttentionArray(Checked, wiring.Component):
             m.d.comb += err_now.eq(isa.ErrorCode.ADDRESS)
 
         # ------------------------------------------------------------ tile walkers
-        # the tile counts and per-instruction constants
-        n1t = Signal(16)     # tiles along i1 (B rows), i2 (A rows)
-        n2t = Signal(16)
-        with m.If(start):
-            m.d.sync += [n1t.eq((n[1][:16] + N - 1) >> ceil_log2(N)),
-                         n2t.eq((n[2][:16] + T - 1) >> ceil_log2(T))]
+        # the per-instruction constants, registered while the range check runs (the
+        # instruction is held from SHAPE on; n >= 1 when it is accepted): the last index of
+        # every loop and the rows of a last tile, so that no "== n - 1" needs an adder
+        n1t_m1, n2t_m1 = Signal(16), Signal(16)     # tiles along i1 (B rows), i2 (A rows) - 1
+        n3_m1, n0_m1 = Signal(16), Signal(12)
+        n1_rem, n2_rem = Signal(range(N)), Signal(range(T))    # rows of the last tile - 1
         wb = Signal(range(self.max_e // 8 + 3))        # words of a B row (row starts aligned)
+        wb_tile = Signal(range(N * (self.max_e // 8 + 3)))   # words of a whole B tile
+        wb_last = Signal(range(N * (self.max_e // 8 + 3)))   # words of the last B tile
         contig_b = Signal()     # B rows back to back: one job per tile
-        with m.If(start):
-            m.d.sync += [wb.eq((n[0][:12] * 2) >> _WORD_SHIFT),
-                         contig_b.eq((field("b", 2) == (n[0] << 1)) & (n[0][:3] == 0)
-                                     & (field("b", 0)[:4] == 0))]
+        n1m, n2m = (n[1][:16] - 1)[:16], (n[2][:16] - 1)[:16]
+        m.d.sync += [n1t_m1.eq(n1m >> ceil_log2(N)), n2t_m1.eq(n2m >> ceil_log2(T)),
+                     n1_rem.eq(n1m[:ceil_log2(N)] if N > 1 else 0),
+                     n2_rem.eq(n2m[:ceil_log2(T)] if T > 1 else 0),
+                     n3_m1.eq(n[3][:16] - 1), n0_m1.eq(n[0][:12] - 1),
+                     wb.eq((n[0][:12] * 2) >> _WORD_SHIFT),
+                     wb_tile.eq(wb * N), wb_last.eq(wb * (n1_rem + 1)),
+                     contig_b.eq((field("b", 2) == (n[0] << 1)) & (n[0][:3] == 0)
+                                 & (field("b", 0)[:4] == 0))]
 
-        # slot bookkeeping: tiles loaded (data in memory) and released (compute done)
-        a_loaded, a_freed, b_loaded, b_freed = (Signal(16, name=s) for s in
-                                                ("a_loaded", "a_freed", "b_loaded", "b_freed"))
+        # slot bookkeeping: tiles loaded (data in memory); slots in use (a tile handed to
+        # its reader until its compute is done: an up/down counter, no wide subtraction
+        # in front of the loader's handshake)
+        a_loaded, b_loaded = Signal(16, name="a_loaded"), Signal(16, name="b_loaded")
+        a_used, b_used = Signal(range(self.A_SLOTS + 1)), Signal(range(self.B_SLOTS + 1))
+        a_in, a_out, b_in, b_out = Signal(), Signal(), Signal(), Signal()
+        m.d.sync += [a_used.eq(a_used + a_in - a_out), b_used.eq(b_used + b_in - b_out)]
         with m.If(start):
-            m.d.sync += [s.eq(0) for s in (a_loaded, a_freed, b_loaded, b_freed)]
+            m.d.sync += [s.eq(0) for s in (a_loaded, b_loaded, a_used, b_used)]
 
         # row descriptors for the memory writers: lane, slot, words, last row of its tile
         # words of a memory slot: a row of max_e elements from any offset in its first word
@@ -331,7 +344,7 @@ class AttentionArray(Checked, wiring.Component):
         SA, SB = self.A_SLOTS, self.B_SLOTS
         sa_bits, sb_bits = ceil_log2(SA), ceil_log2(SB)
         row_layout = data.StructLayout({"lane": range(max(T, N)), "slot": max(sa_bits, sb_bits),
-                                        "words": range(max(wa, wbw) + 1),
+                                        "last_w": range(max(wa, wbw)),   # words - 1
                                         "last": 1})
         for x in "ab":
             m.submodules[f"rows_{x}"] = ResetInserter(start)(
@@ -348,10 +361,9 @@ class AttentionArray(Checked, wiring.Component):
                     with m.If((slot == s) & (lane == j)):
                         m.d.sync += offs[s][j].eq(value)
 
-        def count(total, base_tile, per_tile: int):
-            """Rows of the tile starting at row ``base_tile * per_tile`` of ``total``."""
-            left = total - (base_tile << ceil_log2(per_tile))
-            return Mux(left >= per_tile, per_tile, left)
+        def last_row(i_tile, tiles_m1, rem, per_tile: int):
+            """Index of the last row of tile ``i_tile`` (``rem`` in the last tile)."""
+            return Mux(i_tile == tiles_m1, rem, per_tile - 1)
 
         # ------------------------------------------------------------ loader
         # walks (i3, i2 tile: its A rows, then per i1 tile its B rows); a row's job goes to
@@ -362,13 +374,20 @@ class AttentionArray(Checked, wiring.Component):
         a3_base, a_row = Signal(32), Signal(32)      # A: first row of i3; current row (i3, i2)
         b3_base, b_row = Signal(32), Signal(32)      # B: first row of i3; current row (i3, i1)
         a_tiles, b_tiles = Signal(16), Signal(16)    # tiles handed to the readers
-        tv_ld = Signal(range(T + 1))
-        nv_ld = Signal(range(N + 1))
-        m.d.comb += [tv_ld.eq(count(n[2][:16], ld_i2t, T)), nv_ld.eq(count(n[1][:16], ld_i1t, N))]
+        tv_last, nv_last = Signal(range(T)), Signal(range(N))     # the tile's last row
+        ld_last_i1t = Signal()                                     # ld_i1t == n1t_m1
+        m.d.comb += [ld_last_i1t.eq(ld_i1t == n1t_m1),
+                     tv_last.eq(last_row(ld_i2t, n2t_m1, n2_rem, T)),
+                     nv_last.eq(last_row(ld_i1t, n1t_m1, n1_rem, N))]
         ja, jb = rdr_a.job, rdr_b.job
         ra, rb = row_layout(rows["a"].w_data), row_layout(rows["b"].w_data)
         a_row_words = _rows_words(a_row[:_WORD_SHIFT], n[0][:12] << 2)
         b_row_words = _rows_words(b_row[:_WORD_SHIFT], n[0][:12] << 1)
+        # index of a row's last word (the descriptor's: no "- 1" at the memory writer)
+        a_bytes_m1, b_bytes_m1 = Signal(14), Signal(13)
+        m.d.sync += [a_bytes_m1.eq((n[0][:12] << 2) - 1), b_bytes_m1.eq((n[0][:12] << 1) - 1)]
+        a_row_last = (a_row[:_WORD_SHIFT] + a_bytes_m1) >> _WORD_SHIFT
+        b_row_last = (b_row[:_WORD_SHIFT] + b_bytes_m1) >> _WORD_SHIFT
         with m.FSM(name="load"):
             with m.State("IDLE"):
                 with m.If(start):
@@ -381,13 +400,14 @@ class AttentionArray(Checked, wiring.Component):
                 m.d.comb += [ja.payload.addr.eq(Cat(Const(0, _WORD_SHIFT), a_row[_WORD_SHIFT:])),
                              ja.payload.words.eq(a_row_words),
                              ra.lane.eq(ld_row), ra.slot.eq(a_tiles[:sa_bits]),
-                             ra.words.eq(a_row_words), ra.last.eq(ld_row == tv_ld - 1)]
-                go = ~stop & ((a_tiles - a_freed) < SA) & rows["a"].w_rdy
+                             ra.last_w.eq(a_row_last), ra.last.eq(ld_row == tv_last)]
+                go = ~stop & (a_used < SA) & rows["a"].w_rdy
                 m.d.comb += [ja.valid.eq(go), rows["a"].w_en.eq(go & ja.ready)]
                 with m.If(go & ja.ready):
                     set_off(a_off, T, a_tiles[:sa_bits], ld_row, a_row[2:_WORD_SHIFT])
                     m.d.sync += [a_row.eq(a_row + field("a", 3)), ld_row.eq(ld_row + 1)]
-                    with m.If(ld_row == tv_ld - 1):
+                    with m.If(ld_row == tv_last):
+                        m.d.comb += a_in.eq(1)
                         m.d.sync += [ld_row.eq(0), a_tiles.eq(a_tiles + 1), b_row.eq(b3_base)]
                         m.next = "B"
                 with m.If(flush):
@@ -395,26 +415,28 @@ class AttentionArray(Checked, wiring.Component):
             with m.State("B"):      # a row of the B tile (i3, i2t, i1t) into slot b_tiles % 2
                 need_job = ~contig_b | (ld_row == 0)
                 m.d.comb += [jb.payload.addr.eq(Cat(Const(0, _WORD_SHIFT), b_row[_WORD_SHIFT:])),
-                             jb.payload.words.eq(Mux(contig_b, wb * nv_ld, b_row_words)),
+                             jb.payload.words.eq(Mux(contig_b, Mux(ld_last_i1t, wb_last, wb_tile),
+                                                         b_row_words)),
                              rb.lane.eq(ld_row), rb.slot.eq(b_tiles[:sb_bits]),
-                             rb.words.eq(b_row_words), rb.last.eq(ld_row == nv_ld - 1)]
-                go = ~stop & ((b_tiles - b_freed) < SB) & rows["b"].w_rdy
+                             rb.last_w.eq(b_row_last), rb.last.eq(ld_row == nv_last)]
+                go = ~stop & (b_used < SB) & rows["b"].w_rdy
                 took = go & (jb.ready | ~need_job)
                 m.d.comb += [jb.valid.eq(go & need_job), rows["b"].w_en.eq(took)]
                 with m.If(took):
                     set_off(b_off, N, b_tiles[:sb_bits], ld_row, b_row[1:_WORD_SHIFT])
                     m.d.sync += [b_row.eq(b_row + field("b", 2)), ld_row.eq(ld_row + 1)]
-                    with m.If(ld_row == nv_ld - 1):
+                    with m.If(ld_row == nv_last):
+                        m.d.comb += b_in.eq(1)
                         m.d.sync += [ld_row.eq(0), b_tiles.eq(b_tiles + 1), ld_i1t.eq(ld_i1t + 1)]
-                        with m.If(ld_i1t == n1t - 1):          # the A tile's last B tile
+                        with m.If(ld_last_i1t):                # the A tile's last B tile
                             m.d.sync += [ld_i1t.eq(0), ld_i2t.eq(ld_i2t + 1)]
                             m.next = "A"
-                            with m.If(ld_i2t == n2t - 1):      # next head (i3)
+                            with m.If(ld_i2t == n2t_m1):       # next head (i3)
                                 m.d.sync += [ld_i2t.eq(0), ld_i3.eq(ld_i3 + 1),
                                              a3_base.eq(a3_base + field("a", 4)),
                                              a_row.eq(a3_base + field("a", 4)),
                                              b3_base.eq(b3_base + field("b", 4))]
-                                with m.If(ld_i3 == n[3][:16] - 1):
+                                with m.If(ld_i3 == n3_m1):
                                     m.next = "IDLE"
                 with m.If(flush):
                     m.next = "IDLE"
@@ -438,7 +460,7 @@ class AttentionArray(Checked, wiring.Component):
             for k, wp in enumerate(ports):
                 m.d.comb += [wp.addr.eq(Cat(w[:ceil_log2(slot_words)], desc.slot[:slot_bits])),
                              wp.data.eq(rdr.data.payload), wp.en.eq(beat & (desc.lane == k))]
-            end = beat & (w == desc.words - 1)
+            end = beat & (w == desc.last_w)
             m.d.comb += rows[x].r_en.eq(end)
             with m.If(start):
                 m.d.sync += w.eq(0)
@@ -466,7 +488,7 @@ class AttentionArray(Checked, wiring.Component):
         c_done = Signal()
         snap_full = Signal()
         snap = [Signal(32 * P, name=f"snap{k}") for k in range(L)]
-        d_tv, d_nv = Signal(range(T + 1)), Signal(range(N + 1))
+        d_tv, d_nv = Signal(range(T)), Signal(range(N))    # last row of the drained tile
         d_tile = Signal(32)
         c_slot_a, c_slot_b = c_a[:sa_bits], c_tile[:sb_bits]
         with m.FSM(name="compute"):
@@ -490,7 +512,7 @@ class AttentionArray(Checked, wiring.Component):
             with m.State("RUN"):
                 m.d.comb += issue.eq(1)
                 m.d.sync += [e.eq(e + 1)] + [p.eq(p + 1) for p in ptr_a + ptr_b]
-                with m.If(e == n[0][:12] - 1):
+                with m.If(e == n0_m1):
                     m.d.sync += wait.eq(0)
                     m.next = "DRAIN"
                 with m.If(flush):
@@ -505,23 +527,24 @@ class AttentionArray(Checked, wiring.Component):
                     m.next = "IDLE"
             with m.State("SNAP"):
                 with m.If(~snap_full):
-                    m.d.comb += clear.eq(1)
+                    m.d.comb += [clear.eq(1), b_out.eq(1)]
                     m.d.sync += [snap_full.eq(1), d_tile.eq(d1),
-                                 d_tv.eq(count(n[2][:16], c_i2t, T)),
-                                 d_nv.eq(count(n[1][:16], c_i1t, N)),
-                                 b_freed.eq(b_freed + 1), c_tile.eq(c_tile + 1),
+                                 d_tv.eq(last_row(c_i2t, n2t_m1, n2_rem, T)),
+                                 d_nv.eq(last_row(c_i1t, n1t_m1, n1_rem, N)),
+                                 c_tile.eq(c_tile + 1),
                                  c_i1t.eq(c_i1t + 1), d1.eq(d1 + (field("d", 2) << ceil_log2(N)))]
                     m.d.sync += [s.eq(lane.acc) for s, lane in zip(snap, lanes)]
                     m.next = "WAIT"
-                    with m.If(c_i1t == n1t - 1):
+                    with m.If(c_i1t == n1t_m1):
                         nxt2 = d2 + (field("d", 3) << ceil_log2(T))
-                        m.d.sync += [a_freed.eq(a_freed + 1), c_a.eq(c_a + 1), c_i1t.eq(0),
+                        m.d.comb += a_out.eq(1)
+                        m.d.sync += [c_a.eq(c_a + 1), c_i1t.eq(0),
                                      c_i2t.eq(c_i2t + 1), d2.eq(nxt2), d1.eq(nxt2)]
-                        with m.If(c_i2t == n2t - 1):
+                        with m.If(c_i2t == n2t_m1):
                             nxt3 = d3 + field("d", 4)
                             m.d.sync += [c_i2t.eq(0), c_i3.eq(c_i3 + 1), d3.eq(nxt3),
                                          d2.eq(nxt3), d1.eq(nxt3)]
-                            with m.If(c_i3 == n[3][:16] - 1):
+                            with m.If(c_i3 == n3_m1):
                                 m.d.sync += c_done.eq(1)
                                 m.next = "IDLE"
                 with m.If(flush):
@@ -568,12 +591,12 @@ class AttentionArray(Checked, wiring.Component):
         sel_k = Signal(range(L))
         m.d.comb += sel_k.eq(Cat(dr_n, dr_t) if N > 1 else dr_t)
         with m.If(emit & started):
-            last_n = dr_n == d_nv - 1
+            last_n = dr_n == d_nv
             m.d.sync += [dr_n.eq(dr_n + 1), dr_addr.eq(dr_addr + field("d", 2))]
             with m.If(last_n):
                 m.d.sync += [dr_n.eq(0), dr_t.eq(dr_t + 1), dr_row.eq(dr_row + field("d", 3)),
                              dr_addr.eq(dr_row + field("d", 3))]
-                with m.If(dr_t == d_tv - 1):
+                with m.If(dr_t == d_tv):
                     m.d.sync += [snap_full.eq(0), started.eq(0)]
         with m.If(start | flush):
             m.d.sync += [snap_full.eq(0), started.eq(0)]
@@ -598,8 +621,13 @@ class AttentionArray(Checked, wiring.Component):
         popped = Signal()
         m.d.sync += pending.eq(Mux(start, 0, pending + go_tree - popped))
 
-        # write merge: results of one 16-byte word in one write with strobes
-        res_data, res_addr = out.r_data[:32], out.r_data[32:]
+        # write merge: results of one 16-byte word in one write with strobes, from a register
+        # slice after the FIFO (the merge's word compare does not reach the FIFO's pointers)
+        res_take = Signal()
+        res_rdy, res_valid, res_word = skid_buffer(m, out.r_rdy, out.r_data, res_take, "res",
+                                                   clear=start)
+        m.d.comb += out.r_en.eq(out.r_rdy & res_rdy)
+        res_data, res_addr = res_word[:32], res_word[32:]
         pend_valid, pend_word = Signal(), Signal(32 - _WORD_SHIFT)
         pend_data, pend_strb = Signal(DATA_BITS), Signal(DATA_BYTES)
         wreq_valid = Signal()
@@ -611,8 +639,8 @@ class AttentionArray(Checked, wiring.Component):
         new_mask = Cat(*(b.replicate(8) for b in new_strb))
         same = pend_valid & (pend_word == res_addr[_WORD_SHIFT:])
         to_wreq = Signal()
-        with m.If(out.r_rdy & ~flush & (~pend_valid | same | wreq_free)):
-            m.d.comb += [popped.eq(1), out.r_en.eq(1)]
+        with m.If(res_valid & ~flush & (~pend_valid | same | wreq_free)):
+            m.d.comb += [popped.eq(1), res_take.eq(1)]
             m.d.sync += [pend_valid.eq(1), pend_word.eq(res_addr[_WORD_SHIFT:])]
             with m.If(same):
                 m.d.sync += [pend_data.eq((pend_data & ~new_mask) | new_data),
@@ -620,7 +648,7 @@ class AttentionArray(Checked, wiring.Component):
             with m.Else():
                 m.d.sync += [pend_data.eq(new_data), pend_strb.eq(new_strb)]
                 m.d.comb += to_wreq.eq(pend_valid)
-        with m.Elif(~out.r_rdy & pend_valid & (pending == 0) & wreq_free & ~flush):
+        with m.Elif(~res_valid & pend_valid & (pending == 0) & wreq_free & ~flush):
             m.d.comb += to_wreq.eq(1)
             m.d.sync += pend_valid.eq(0)
         with m.If(start | flush):
@@ -641,6 +669,6 @@ class AttentionArray(Checked, wiring.Component):
 
         # ------------------------------------------------------------ completion
         m.d.comb += [quiet.eq(rdr_a.quiet & rdr_b.quiet & ~wreq_valid & (wr_out == 0)),
-                     run_done.eq(c_done & ~snap_full & (pending == 0) & ~out.r_rdy
+                     run_done.eq(c_done & ~snap_full & (pending == 0) & ~res_valid
                                  & ~pend_valid)]
         return m

@@ -33,7 +33,13 @@ Micro-architecture (three decoupled processes, each on its own DMA clients):
   gathered into one array beat of ``tn`` weight words; the activation words of
   the ``tm`` rows come from the buffer.  One array beat per cycle at most; the
   128-bit bus supplies one weight word per cycle, so a beat takes
-  ``tn * ceil(lanes*4/128)`` cycles when the weight stream is the bottleneck.
+  ``tn * ceil(lanes*4/128)`` cycles when the weight stream is the bottleneck.  The
+  array is ``tm x tn/Q`` cells (:class:`~fpqvar_hw.units.dot.GroupDot` with ``share =
+  Q``, :meth:`MatrixEngine.cell_share`): a cell computes ``Q`` columns of one row with
+  ``Q`` integer front ends and one FP32 tail that takes their group sums one per cycle
+  (a cell takes a group at most every ``group_interval`` >= Q cycles, so the tail
+  keeps up; each result is bit for bit the one-column cell's).  The beat passes a
+  register slice on its way to the array (:attr:`MatrixEngine.ARRAY_SLICES`).
 * **Drain** (``rd_bias``, ``wr``): the ``tm x tn`` results of a feature block
   are captured (the array computes the next block meanwhile), the bias added
   (one FP32 add per result), and consecutive results of a row that share a
@@ -47,8 +53,9 @@ per row block, both hidden behind the weight stream when ``K/lanes *
 ceil(lanes*4/128) > tm + 5/tn`` and ``N/tn`` feature blocks outlast a row load
 (true for every VAR layer: K >= 1024).  Measured (``sim/test_matrix.py``,
 ``test_matrix_engine_cycles``; tm=2, tn=2, lanes=16, quant_lanes=8, fixed DRAM
-latency 8, no gaps): M=16, K=128, N=384 with HAD and BIAS takes 24,777 cycles
-with the fine pipeline (the formula gives 24,576) and 320,431 without.
+latency 8, no gaps): M=16, K=128, N=384 with HAD and BIAS takes 24,787 cycles
+with the fine pipeline (the formula gives 24,576) and 369,589 without (the cell,
+two columns around one tail, waits its 30-cycle latency per beat).
 
 Dataflow note: row blocks are the outer loop and every row block rereads all
 the weights (``ceil(M/tm)`` weight passes per GEMM).  ``fpqvar_hw.flow.perf`` models
@@ -164,14 +171,15 @@ def _gate(m: Module, fine, latency: int, name: str):
     with the transfer condition.  While ``fine`` is low a transfer is allowed only
     ``latency`` cycles after the previous one."""
     cnt = Signal(range(max(latency, 1)), name=f"{name}_thr")
+    idle = Signal(init=1, name=f"{name}_idle")      # cnt == 0, as a register
     ok = Signal(name=f"{name}_ok")
-    m.d.comb += ok.eq(fine | (cnt == 0))
+    m.d.comb += ok.eq(fine | idle)
 
     def hook(fire):
         with m.If(fire & ~fine & (latency > 1)):
-            m.d.sync += cnt.eq(latency - 1)
-        with m.Elif(cnt != 0):
-            m.d.sync += cnt.eq(cnt - 1)
+            m.d.sync += [cnt.eq(latency - 1), idle.eq(0)]
+        with m.Elif(~idle):
+            m.d.sync += [cnt.eq(cnt - 1), idle.eq(cnt == 1)]
     return ok, hook
 
 
@@ -315,10 +323,13 @@ class MatrixEngine(Checked, wiring.Component):
     cover the ~100-200-cycle latency of the VCK190 NoC + DDR4).
     """
 
-    #: register slices in the activation loader (after the reader, the converter and the
-    #: Hadamard unit): one cycle each (the weight and scale words pass one more, in
-    #: parallel with the loader, see ``_Datapath``)
-    LOADER_SLICES = 3
+    #: register slices in the activation loader (after the reader and the converter, in
+    #: front of and after the Hadamard unit): one cycle each (the weight and scale words
+    #: pass one more, in parallel with the loader, see ``_Datapath``)
+    LOADER_SLICES = 4
+    #: register slice between the beat register and the array (the array's ready does not
+    #: reach the weight gearbox and the activation reads): one cycle
+    ARRAY_SLICES = 1
 
     def __init__(self, cfg: AcceleratorConfig, *, max_k: int = 8192, fifo_words: int = 256):
         # the parameters were checked by check_params before this object existed
@@ -341,17 +352,30 @@ class MatrixEngine(Checked, wiring.Component):
             raise ValueError(f"fifo_words must be >= {axi.MAX_BURST} (one burst), got {fifo_words!r}")
 
     @staticmethod
-    def cell_params(lanes: int) -> dict:
+    def cell_params(lanes: int, tn: int = 1) -> dict:
         """The keyword arguments of every array cell (:class:`~fpqvar_hw.units.dot.GroupDot`,
-        dual-mode e2m1fn / DFQ-FP4, groups of 128) of an array of ``lanes``."""
+        dual-mode e2m1fn / DFQ-FP4, groups of 128) of an array of ``lanes`` and ``tn``
+        columns: each cell holds :meth:`cell_share` columns of one row around one FP32
+        tail (``share``)."""
         return {"pair": MulPair.E2M1_E2M1, "dfq": True, "dual": True, "group_size": 128,
-                "lanes": lanes}
+                "lanes": lanes, "share": MatrixEngine.cell_share(lanes, tn)}
+
+    @staticmethod
+    def cell_share(lanes: int, tn: int) -> int:
+        """Columns per array cell: the largest power of two that divides ``tn`` and is at
+        most the cell's group interval (its tail takes one column per cycle, and a cell
+        takes a group at most every ``group_interval`` cycles)."""
+        gi = GroupDot.group_interval_for(group_size=128, lanes=lanes)
+        q = 1
+        while tn % (2 * q) == 0 and 2 * q <= gi:
+            q *= 2
+        return q
 
     @classmethod
-    def cell_latency(cls, lanes: int) -> int:
+    def cell_latency(cls, lanes: int, tn: int = 1) -> int:
         """Cycles from a dot product's final beat to its result (one array cell), without
         building a cell (:func:`fpqvar_hw.checked.latency_of`)."""
-        return latency_of(GroupDot, **cls.cell_params(lanes))
+        return latency_of(GroupDot, **cls.cell_params(lanes, tn))
 
     @classmethod
     def cell_group_interval(cls, lanes: int) -> int:
@@ -385,22 +409,28 @@ class MatrixEngine(Checked, wiring.Component):
                  "signs": isa.GEMM_SIGNS}
         subop = Signal(isa.HDR_SUBOP_BITS)
         flags = Signal(isa.HDR_FLAGS_BITS)
-        f = fields
         had = flags[0]
         use_bias = flags[1]
 
         # ------------------------------------------------------------ field checks
         def mis(v, a):
             return v[:exact_log2(a)] != 0
+
+        def bad_fields(f, subop, flags):
+            had, use_bias = flags[0], flags[1]
+            return ((subop > int(max(isa.GemmSubop)))
+                    | ((flags & ~int(isa.GemmFlag.HAD | isa.GemmFlag.BIAS)) != 0)
+                    | (f["m"] == 0) | (f["n"] == 0) | (f["k"] == 0) | mis(f["k"], isa.K_ALIGN)
+                    | (f["k"] > self.max_k)
+                    | mis(f["act"], 16) | mis(f["act_stride"], 16) | mis(f["w"], 16)
+                    | mis(f["ws"], 16) | (use_bias & mis(f["bias"], 16))
+                    | (had & mis(f["signs"], 16)) | mis(f["out"], 4) | mis(f["out_stride"], 4))
+        # checked on the command as it is taken and registered with the fields: CHECK
+        # decides from a register (the checks do not reach the datapath's go)
         bad = Signal()
-        m.d.comb += bad.eq(
-            (subop > int(max(isa.GemmSubop)))
-            | ((flags & ~int(isa.GemmFlag.HAD | isa.GemmFlag.BIAS)) != 0)
-            | (f["m"] == 0) | (f["n"] == 0) | (f["k"] == 0) | mis(f["k"], isa.K_ALIGN)
-            | (f["k"] > self.max_k)
-            | mis(f["act"], 16) | mis(f["act_stride"], 16) | mis(f["w"], 16) | mis(f["ws"], 16)
-            | (use_bias & mis(f["bias"], 16)) | (had & mis(f["signs"], 16))
-            | mis(f["out"], 4) | mis(f["out_stride"], 4))
+        cmd_sub = hdr[isa.HDR_SUBOP_SHIFT:][:isa.HDR_SUBOP_BITS]
+        cmd_flags = hdr[isa.HDR_FLAGS_SHIFT:][:isa.HDR_FLAGS_BITS]
+        cmd_bad = bad_fields({name: w[index[name]] for name in fields}, cmd_sub, cmd_flags)
 
         # ------------------------------------------------------------ datapath
         flush = Signal()
@@ -413,8 +443,7 @@ class MatrixEngine(Checked, wiring.Component):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
                     m.d.sync += [sig.eq(w[index[name]]) for name, sig in fields.items()]
-                    m.d.sync += [subop.eq(hdr[isa.HDR_SUBOP_SHIFT:][:isa.HDR_SUBOP_BITS]),
-                                 flags.eq(hdr[isa.HDR_FLAGS_SHIFT:][:isa.HDR_FLAGS_BITS]),
+                    m.d.sync += [subop.eq(cmd_sub), flags.eq(cmd_flags), bad.eq(cmd_bad),
                                  self.error.eq(0), self.busy.eq(1)]
                     m.next = "CHECK"
             with m.State("CHECK"):
@@ -490,6 +519,10 @@ class _Datapath(Elaboratable):
         KB = Signal(kb_bits + 1)          # beats (buffer words) per row
         G = Signal(g_bits + 1)            # groups per row
         m.d.comb += [KB.eq(K[exact_log2(lanes):]), G.eq(K[7:])]
+        # the last beat's index, registered (valid from the cycle after go: the fields are
+        # held from the command on, and no row is complete before RUN)
+        KB_m1 = Signal(kb_bits + 1)
+        m.d.sync += KB_m1.eq(KB - 1)
         tw = tn * e.code_words            # bus words per array beat
         bpg = 128 // lanes                # array beats per group
 
@@ -589,13 +622,17 @@ class _Datapath(Elaboratable):
         m.d.comb += hu.signs.eq(signs)
         qin_valid, qin_ready, qin_data = Signal(), Signal(), Signal(16 * Q)
         ok_h, hook_h = _gate(m, fine, HAD_LATENCY, "had")
+        # a register slice in front of the Hadamard unit (its ready does not reach the
+        # gearbox)
+        h_ready = Signal()
+        h_in_ready, h_valid, h_data = skid_buffer(m, g_full, x16, h_ready, "hadin")
+        m.d.comb += [q_fire.eq(g_full & h_in_ready), hu.i.payload.as_value().eq(h_data)]
         with m.If(self.had):
-            m.d.comb += [hu.i.valid.eq(g_full & ok_h), q_fire.eq(hu.i.valid & hu.i.ready),
-                         hu.i.payload.as_value().eq(x16),
+            m.d.comb += [hu.i.valid.eq(h_valid & ok_h), h_ready.eq(hu.i.ready & ok_h),
                          qin_valid.eq(hu.o.valid), hu.o.ready.eq(qin_ready),
                          qin_data.eq(hu.o.payload.as_value())]
         with m.Else():
-            m.d.comb += [qin_valid.eq(g_full), q_fire.eq(g_full & qin_ready), qin_data.eq(x16)]
+            m.d.comb += [qin_valid.eq(h_valid), h_ready.eq(qin_ready), qin_data.eq(h_data)]
         hook_h(hu.i.valid & hu.i.ready)
         qs_ready = Signal()
         qs_in_ready, qs_valid, qs_data = skid_buffer(m, qin_valid, qin_data, qs_ready, "qin")
@@ -665,7 +702,7 @@ class _Datapath(Elaboratable):
             m.d.sync += wg.eq(wg + 1)
         with m.If(word_done):
             m.d.sync += wkb.eq(wkb + 1)
-            with m.If(wkb == KB - 1):                 # row complete
+            with m.If(wkb == KB_m1):                  # row complete
                 m.d.sync += [wkb.eq(0), wg.eq(0), wrow.eq(wrow + 1), wrows_left.eq(wrows_left - 1)]
                 with m.If((wrow == tm - 1) | (wrows_left == 1)):   # block complete
                     m.d.comb += set_full.bit_select(wbank, 1).eq(1)
@@ -699,14 +736,25 @@ class _Datapath(Elaboratable):
         b_w = Signal(128 * tw)
         b_ws = Signal(128 * e.scale_words)
         b_last = Signal()
-        cells = [[GroupDot(**e.cell_params(lanes)) for _ in range(tn)] for _ in range(tm)]
+        # cell (i, jc) computes columns jc*Q .. jc*Q+Q-1 of row i (one FP32 tail for Q)
+        Q = e.cell_share(lanes, tn)
+        cells = [[GroupDot(**e.cell_params(lanes, tn)) for _ in range(tn // Q)] for _ in range(tm)]
         for i in range(tm):
-            for j in range(tn):
-                m.submodules[f"cell{i}_{j}"] = cells[i][j]
+            for jc in range(tn // Q):
+                m.submodules[f"cell{i}_{jc}"] = cells[i][jc]
         flat = [c for row in cells for c in row]
+        # every cell sees the same beats and the same o.ready (the drain takes all results
+        # at once): they run in lockstep, so one cell's i.ready is the array's (no AND tree
+        # over the array), as flat[0].o.valid is the array's below
         arr_ready = Signal()
-        m.d.comb += arr_ready.eq(Cat(*[c.i.ready for c in flat]).all())
-        b_take = b_valid & arr_ready
+        m.d.comb += arr_ready.eq(flat[0].i.ready)
+        # the beat (weights, scales, activation words of every row) passes a register slice
+        # (skid_buffer, MatrixEngine.ARRAY_SLICES) on its way to the array: taking a beat
+        # depends on the slice's registered ready only
+        beat_in = Cat(b_w, b_ws, b_last, *[act_rd[i].data for i in range(tm)],
+                      *[sc_rd[i].data for i in range(tm)])
+        f_in_ready, f_valid, f_beat = skid_buffer(m, b_valid, beat_in, arr_ready, "feed")
+        b_take = b_valid & f_in_ready
         # cycles from a dot product's final beat to its result (every cell alike)
         ok_d, hook_d = _gate(m, fine, cells[0][0].latency, "dot")
         m.d.comb += [g_last_beat.eq(c_kbi == bpg - 1),
@@ -720,11 +768,11 @@ class _Datapath(Elaboratable):
         m.d.comb += nb_last.eq(c_left_f <= tn)
         with m.If(a_fire):
             m.d.sync += [b_valid.eq(1), b_w.eq(Cat(*w_slots)), b_ws.eq(Cat(*s_slots)),
-                         b_last.eq(c_kb == KB - 1), c_kb.eq(c_kb + 1),
+                         b_last.eq(c_kb == KB_m1), c_kb.eq(c_kb + 1),
                          c_kbi.eq(Mux(g_last_beat, 0, c_kbi + 1))]
             with m.If(g_last_beat):
                 m.d.sync += c_g.eq(c_g + 1)
-            with m.If(c_kb == KB - 1):              # feature block done
+            with m.If(c_kb == KB_m1):               # feature block done
                 m.d.sync += [c_kb.eq(0), c_g.eq(0), c_left_f.eq(c_left_f - tn)]
                 with m.If(nb_last):                 # row block done: release the bank
                     m.d.comb += clr_full.bit_select(cbank, 1).eq(1)
@@ -734,18 +782,30 @@ class _Datapath(Elaboratable):
         with m.Elif(b_take):
             m.d.sync += b_valid.eq(0)
         cb = 128 * e.code_words
+        fields, at = [], 0
+        for width in ([len(b_w), len(b_ws), 1] + [len(act_rd[i].data) for i in range(tm)]
+                      + [len(sc_rd[i].data) for i in range(tm)]):
+            fields.append(f_beat[at:at + width])
+            at += width
+        f_w, f_ws, f_last = fields[:3]
         for i in range(tm):
-            a_word = act_rd[i].data
-            s_pair = sc_rd[i].data
-            for j in range(tn):
-                c = cells[i][j]
+            a_word = fields[3 + i]
+            s_pair = fields[3 + tm + i]
+            for jc in range(tn // Q):
+                c = cells[i][jc]
                 p = c.i.payload
-                m.d.comb += [c.i.valid.eq(b_valid),
+                m.d.comb += [c.i.valid.eq(f_valid),
                              p.a.as_value().eq(a_word),
-                             p.w.as_value().eq(b_w[j * cb:j * cb + _CODE_BITS * lanes]),
                              p.s_a.as_value().eq(s_pair[:16]), p.s_a_neg.as_value().eq(s_pair[16:]),
-                             p.s_w.as_value().eq(b_ws[16 * j:16 * j + 16]),
-                             p.last.eq(b_last), p.plain.eq(~self.dfq)]
+                             p.last.eq(f_last), p.plain.eq(~self.dfq)]
+                for q in range(Q):
+                    j = jc * Q + q
+                    w_j = f_w[j * cb:j * cb + _CODE_BITS * lanes]
+                    s_j = f_ws[16 * j:16 * j + 16]
+                    if Q == 1:
+                        m.d.comb += [p.w.as_value().eq(w_j), p.s_w.as_value().eq(s_j)]
+                    else:
+                        m.d.comb += [p.w[q].as_value().eq(w_j), p.s_w[q].as_value().eq(s_j)]
 
         # ================================================= drain
         cap = [[Signal(32, name=f"cap{i}_{j}") for j in range(tn)] for i in range(tm)]
@@ -754,7 +814,8 @@ class _Datapath(Elaboratable):
         for c in flat:
             m.d.comb += c.o.ready.eq(~cap_full)
         with m.If(flat[0].o.valid & ~cap_full):
-            m.d.sync += [cap[i][j].eq(cells[i][j].o.payload.as_value())
+            m.d.sync += [cap[i][j].eq(cells[i][j // Q].o.payload.as_value() if Q == 1
+                                      else cells[i][j // Q].o.payload[j % Q].as_value())
                          for i in range(tm) for j in range(tn)]
             m.d.sync += cap_full.eq(1)
         with m.Elif(cap_take):

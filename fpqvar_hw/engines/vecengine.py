@@ -53,8 +53,9 @@ Data path (one element per cycle when nothing stalls)::
   write request register takes when no code word is waiting (C's address from its
   own row loop nest, window-checked when the row's last code is taken).
 * **Errors and abort.**  Error 2/3/4 (address, read ``err``, write ``err``) or
-  ``abort`` stop the issue side (an error raised elsewhere one cycle later: in that
-  cycle the issue side may still issue a read of an element inside the window) and
+  ``abort`` stop the issue side (an AXI error response a cycle after it arrives, it is
+  registered; an error raised elsewhere one cycle later: in that cycle the issue side
+  may still issue a read of an element inside the window) and
   hold the units, FIFOs and caches in reset
   (``ResetInserter``) while outstanding requests complete and their responses are
   discarded; ``busy`` falls when nothing is outstanding.  ``error`` holds the first
@@ -190,9 +191,11 @@ class VectorEngine(Checked, wiring.Component):
     Ports
     -----
     ``cmd``: In stream of ``isa.INSTR_LAYOUT`` (a VEC instruction; the opcode is not
-    checked here).  Accepted only when idle (``busy`` low) and ``abort`` is low.
-    ``busy``: Out(1), high from accepting ``cmd`` until every issued request has its
-    response (write responses included).  ``error``: Out(4), ``isa.ErrorCode`` of the
+    checked here).  Accepted only when idle and ``abort`` is low.
+    ``busy``: Out(1), a register (:attr:`BUSY_DELAY` = 1 cycle behind the engine's
+    state): high from the cycle after the one that accepts ``cmd`` until the cycle after
+    every issued request has its response (write responses included); the controller's
+    settle cycle covers the cycle in between.  ``error``: Out(4), ``isa.ErrorCode`` of the
     last instruction, held until the next ``cmd``.  ``abort``: In(1).  ``fine``: In(1)
     (fine pipelining; 0 = one element per unit latency).  ``dram_base``,
     ``dram_size``: In(32).  ``rd_a``, ``rd_b``, ``rd_c``: ``axi.ReadClient`` of operands A,
@@ -207,6 +210,8 @@ class VectorEngine(Checked, wiring.Component):
     ISSUE_STAGES = 5
     #: register slices around the units (the element feed and the results): one cycle each
     UNIT_SLICES = 2
+    #: ``busy`` is registered: the controller sees the end of an instruction a cycle later
+    BUSY_DELAY = 1
 
     def __init__(self, *, C: int = 128, max_kv: int = 64, P: int = isa.VEC_P, rd_depth: int = 32,
                  kv6: bool = False, att: tuple[int, int] | None = ATT_LANES):
@@ -322,7 +327,10 @@ class VectorEngine(Checked, wiring.Component):
         def field(x: str, k: int):      # k = 0: base, 1..4: s0..s3
             return ins[isa.VEC_OPERAND_WORD[x] + k]
 
-        is_sub = {s: (sub == int(s)) for s in subs}
+        # one-hot sub-op flags, registered with the instruction (no wide compare of the
+        # sub-op field in front of the units' handshakes)
+        is_sub = {s: Signal(name=f"is_{s.name.lower()}") for s in subs}
+        cmd_sub = self.cmd.payload[0][isa.HDR_SUBOP_SHIFT:isa.HDR_SUBOP_SHIFT + isa.HDR_SUBOP_BITS]
         used = {x: Cat(*(is_sub[s] for s in _uses(x) if s in subs)).any() for x in ("a", "b", "c", "d")}
         if kv6:
             bkv6 = flags[(int(isa.VecFlag.B_KV6)).bit_length() - 1]
@@ -404,14 +412,17 @@ class VectorEngine(Checked, wiring.Component):
         finished = Signal()
         start = Signal()                   # CHECK passed: load the generators
 
+        busy_now = Signal()                # the engine's state is not IDLE
+        m.d.sync += self.busy.eq(busy_now)   # (registered: BUSY_DELAY)
         with m.FSM(name="ctl"):
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(~self.abort)
                 with m.If(self.cmd.valid & ~self.abort):
                     m.d.sync += [ins.eq(self.cmd.payload), error.eq(0)]
+                    m.d.sync += [is_sub[s].eq(cmd_sub == int(s)) for s in subs]
                     m.next = "CHECK"
             with m.State("CHECK"):
-                m.d.comb += self.busy.eq(1)
+                m.d.comb += busy_now.eq(1)
                 with m.If(self.abort):
                     m.next = "IDLE"
                 with m.Elif(bad_field):
@@ -425,13 +436,13 @@ class VectorEngine(Checked, wiring.Component):
             if att is not None:
                 # the attention array takes the FDOT or declines it (nothing accessed)
                 with m.State("OFFER"):
-                    m.d.comb += [self.busy.eq(1), att_sel.eq(1), att.cmd.valid.eq(~self.abort)]
+                    m.d.comb += [busy_now.eq(1), att_sel.eq(1), att.cmd.valid.eq(~self.abort)]
                     with m.If(self.abort):
                         m.next = "IDLE"
                     with m.Elif(att.cmd.ready):
                         m.next = "ATT"
                 with m.State("ATT"):
-                    m.d.comb += [self.busy.eq(1), att_sel.eq(1), att.abort.eq(self.abort)]
+                    m.d.comb += [busy_now.eq(1), att_sel.eq(1), att.abort.eq(self.abort)]
                     with m.If(~att.busy):
                         with m.If(att.declined & ~self.abort):
                             m.d.comb += start.eq(1)
@@ -440,7 +451,7 @@ class VectorEngine(Checked, wiring.Component):
                             m.d.sync += error.eq(att.error)
                             m.next = "IDLE"
             with m.State("RUN"):
-                m.d.comb += [self.busy.eq(1), in_run.eq(1),
+                m.d.comb += [busy_now.eq(1), in_run.eq(1),
                              running.eq(~self.abort & (raise_err == 0))]
                 with m.If(self.abort | (raise_err != 0)):
                     m.d.sync += error.eq(raise_err)
@@ -448,12 +459,16 @@ class VectorEngine(Checked, wiring.Component):
                 with m.Elif(finished):
                     m.next = "IDLE"
             with m.State("DRAIN"):
-                m.d.comb += [self.busy.eq(1), flush.eq(1)]
+                m.d.comb += [busy_now.eq(1), flush.eq(1)]
                 with m.If(drained):
                     m.next = "IDLE"
 
-        # first error of the cycle by priority (address before AXI errors)
+        # first error of the cycle by priority (address before AXI errors); an AXI error
+        # response is registered first (it stops the engine a cycle after it arrives: no
+        # response port reaches the issue logic, and that word goes nowhere meanwhile)
         err_addr_rd, err_addr_wr, err_rd, err_wr = Signal(), Signal(), Signal(), Signal()
+        err_rd_now, err_wr_now = Signal(), Signal()
+        m.d.sync += [err_rd.eq(err_rd_now), err_wr.eq(err_wr_now)]
         with m.If(err_addr_rd | err_addr_wr):
             m.d.comb += raise_err.eq(isa.ErrorCode.ADDRESS)
         with m.Elif(err_rd):
@@ -577,7 +592,16 @@ class VectorEngine(Checked, wiring.Component):
         # stage 0: remaining elements of the row after this one, clamped to 255
         rem = stage(0, "rem", Mux(left[8:] != 0, 255, left[:8]), 8)
         addr0 = {x: stage(0, f"addr_{x}", i_addr[x]) for x in _READ_OPERANDS}
-        e_addr, win, in_page, burstable = {}, {}, {}, {}
+        e_valid = valid[-1]
+        e_addr, win, in_page, burstable, differs = {}, {}, {}, {}, {}
+        # the operands the element at the issue stage reads
+        need = {"a": Const(1),
+                "b": (is_sub[V.LNMOD] | is_sub[V.RESID] | is_sub[V.FDOT]
+                      | (is_sub[V.L2NT] & e_first)),
+                "c": is_sub[V.LNMOD] | is_sub[V.RESID]}
+        if kv6:
+            need["c"] = need["c"] | kv_fdot
+        last_word = {x: Signal(32 - _WORD_SHIFT, name=f"last_word_{x}") for x in _READ_OPERANDS}
         for x in _READ_OPERANDS:
             s0 = strides[x][0]
             burstable[x] = (s0[31] == 0) & (s0 != 0) & (s0 <= DATA_BYTES)
@@ -602,15 +626,12 @@ class VectorEngine(Checked, wiring.Component):
             in_page[x] = stage(4, f"inpage_{x}", Mux(page3 < span, page3, span),
                                range(MAX_BURST + 1))
             e_addr[x] = stage(4, f"addr_{x}", a3)
+            # the element's word against the operand's last word as it will be when the
+            # element reaches the issue stage (the stage advances when the element there
+            # fires or is empty; a firing element that reads x makes its word the last one)
+            prev = Mux(e_valid & need[x], e_addr[x][_WORD_SHIFT:], last_word[x])
+            differs[x] = stage(4, f"differs_{x}", a3[_WORD_SHIFT:] != prev)
             win[x] = carry(2, f"win_{x}", win1)
-        e_valid = valid[-1]
-
-        need = {"a": Const(1),
-                "b": (is_sub[V.LNMOD] | is_sub[V.RESID] | is_sub[V.FDOT]
-                      | (is_sub[V.L2NT] & e_first)),
-                "c": is_sub[V.LNMOD] | is_sub[V.RESID]}
-        if kv6:
-            need["c"] = need["c"] | kv_fdot
         can_issue = Signal()
         m.d.comb += can_issue.eq(in_run & e_valid & desc_fifo.w_rdy)
         blocked = []
@@ -619,10 +640,9 @@ class VectorEngine(Checked, wiring.Component):
             port = gen_rd[x]
             addr = e_addr[x]
             word = addr[_WORD_SHIFT:]
-            last_word = Signal(32 - _WORD_SHIFT, name=f"last_word_{x}")
             cached = Signal(name=f"cached_{x}")
             new = Signal(name=f"new_{x}")
-            m.d.comb += new.eq(need[x] & (~cached | (word != last_word)))
+            m.d.comb += new.eq(need[x] & (~cached | differs[x]))
             # Words already requested ahead of this element by a burst.  A burst covers the
             # words from this element's to the one of a later element of the same row; with
             # 0 < s0 <= 16 every word in between is touched, in order, so the next new word
@@ -645,7 +665,7 @@ class VectorEngine(Checked, wiring.Component):
             blocked.append(request & (~req_free | (credits == depth)))
             with m.If(can_issue & need[x] & ~window_ok):
                 m.d.comb += err_addr_rd.eq(1)
-            rd_state[x] = dict(port=port, new=new, word=word, last_word=last_word, cached=cached,
+            rd_state[x] = dict(port=port, new=new, word=word, last_word=last_word[x], cached=cached,
                                req_valid=req_valid, req_addr=req_addr, req_len=req_len,
                                req_free=req_free, credits=credits, inflight=inflight,
                                window_ok=window_ok, ahead=ahead, request=request, beats=beats)
@@ -686,7 +706,7 @@ class VectorEngine(Checked, wiring.Component):
             m.d.comb += [port.resp.ready.eq(1), fifo.w_data.eq(port.resp.payload.data),
                          fifo.w_en.eq(port.resp.valid & ~flush)]
             with m.If(in_run & port.resp.valid & port.resp.payload.err):
-                m.d.comb += err_rd.eq(1)
+                m.d.comb += err_rd_now.eq(1)
             issued = Mux(fire & st["request"], st["beats"], 0)
             take = pop & getattr(desc, f"new_{x}")
             m.d.comb += fifo.r_en.eq(take)
@@ -766,14 +786,14 @@ class VectorEngine(Checked, wiring.Component):
         max_lat = max(u.latency for u in units.values())
         lat = Array(Const(units[s].latency, range(max_lat + 1)) for s in sorted(units))
         gap = Signal(range(max_lat + 1))
-        throttle_ok = gap == 0
+        throttle_ok = Signal(init=1)            # gap == 0, as a register
         feed = f_valid & throttle_ok
         with m.If(flush):
-            m.d.sync += gap.eq(0)
+            m.d.sync += [gap.eq(0), throttle_ok.eq(1)]
         with m.Elif(feed & f_ready & ~self.fine):
-            m.d.sync += gap.eq(lat[sub[:3]] - 1)
-        with m.Elif(gap != 0):
-            m.d.sync += gap.eq(gap - 1)
+            m.d.sync += [gap.eq(lat[sub[:3]] - 1), throttle_ok.eq(lat[sub[:3]] == 1)]
+        with m.Elif(~throttle_ok):
+            m.d.sync += [gap.eq(gap - 1), throttle_ok.eq(gap == 1)]
         payloads = {
             V.LNMOD: {"x": fsrc.a, "scale": fsrc.b, "shift": fsrc.c},
             V.RESID: {"x": fsrc.a, "g": fsrc.b, "y": fsrc.c},
@@ -784,7 +804,9 @@ class VectorEngine(Checked, wiring.Component):
         }
         # the selected unit's results pass a register slice (skid_buffer): the units'
         # o.ready is a register, not the write side's merge and window logic
+        # (is_sub is one-hot: the selections are AND-OR, not a chain of priority muxes)
         u_valid, u_ready, u_data = Signal(), Signal(), Signal(32)
+        any_ready, any_valid, any_data = Const(0), Const(0), Const(0, 32)
         for s, u in units.items():
             if s in payloads:
                 for name, val in payloads[s].items():
@@ -793,10 +815,12 @@ class VectorEngine(Checked, wiring.Component):
                 m.d.comb += u.i.payload[0].as_value().eq(fsrc.a)
             else:   # CVT16
                 m.d.comb += u.i.payload[0].a.as_value().eq(fsrc.a)
-            m.d.comb += u.i.valid.eq(feed & is_sub[s])
-            with m.If(is_sub[s]):
-                m.d.comb += [f_ready.eq(throttle_ok & u.i.ready), u_valid.eq(u.o.valid),
-                             u_data.eq(u.o.payload.as_value()), u.o.ready.eq(u_ready)]
+            m.d.comb += [u.i.valid.eq(feed & is_sub[s]), u.o.ready.eq(u_ready & is_sub[s])]
+            any_ready = any_ready | (is_sub[s] & u.i.ready)
+            any_valid = any_valid | (is_sub[s] & u.o.valid)
+            any_data = any_data | Mux(is_sub[s], u.o.payload.as_value(), 0)
+        m.d.comb += [f_ready.eq(throttle_ok & any_ready), u_valid.eq(any_valid),
+                     u_data.eq(any_data)]
         res_ready = Signal()
         u_in_ready, res_valid, res_data = skid_buffer(m, u_valid, u_data, res_ready, "res",
                                                       clear=flush)
@@ -823,7 +847,7 @@ class VectorEngine(Checked, wiring.Component):
         wr_out = Signal(range(1 << 16))       # writes accepted, response pending
         m.d.comb += gen_wr.resp.ready.eq(1)
         with m.If(in_run & gen_wr.resp.valid & gen_wr.resp.payload.err):
-            m.d.comb += err_wr.eq(1)
+            m.d.comb += err_wr_now.eq(1)
 
         new_word = q[_WORD_SHIFT:]
         lane16 = q[1:_WORD_SHIFT]

@@ -182,7 +182,7 @@ def top_build(config: AcceleratorConfig, C: int, *,
                     scale_words=-(-2 * config.tn // axi.DATA_BYTES), max_outstanding=acc,
                     vec_rd_depth=rd, mat_fifo_words=mat, max_burst=axi.MAX_BURST,
                     lat=_checked_latencies(lat, config.lanes) if lat is not None
-                    else top_latencies(config.lanes, (config.att_t, config.att_n)))
+                    else top_latencies(config.lanes, (config.att_t, config.att_n), config.tn))
 
 
 #: Cycle files measured before the pipelined array cell, bias add and vector-engine read
@@ -193,7 +193,9 @@ _OLDER_RTL_LATENCIES = {"dot_group": 1, "bias": 2, "vec_issue": 0,   # ... no at
                         "att_T": 0, "att_N": 0, "att_check": 0, "att_tile": 0, "att_tail": 0,
                         "att_depth": 0, "att_slots": 2,     # the first one had two B slots
                         "vec_slices": 0, "load_slices": 0,  # no register slices
-                        "rd_slice": 0, "wr_slice": 0}
+                        "rd_slice": 0, "wr_slice": 0,
+                        "vec_busy": 0,                      # a combinational busy
+                        "arr_slice": 0}                     # beats straight to the array
 
 
 def _checked_latencies(lat: Mapping[str, int], lanes: int) -> dict[str, int]:
@@ -205,14 +207,15 @@ def _checked_latencies(lat: Mapping[str, int], lanes: int) -> dict[str, int]:
     return dict(lat)
 
 
-def top_latencies(lanes: int, att: tuple[int, int]) -> dict[str, int]:
+def top_latencies(lanes: int, att: tuple[int, int], tn: int = 1) -> dict[str, int]:
     """:attr:`TopBuild.lat` for an array of ``lanes`` and an attention array of ``att`` =
-    ``(att_t, att_n)`` MAC lanes (the config's; cached; from the unit classes'
-    ``latency_for`` and a dry Dataflow: nothing is built).  No latency depends on the model
+    ``(att_t, att_n)`` MAC lanes and ``tn`` array columns (the config's; cached; from the
+    unit classes' ``latency_for`` and a dry Dataflow: nothing is built; ``tn`` sets the
+    columns per array cell, ``MatrixEngine.cell_share``).  No latency depends on the model
     width.  Cycle files of the simulated top record it as ``unit_latencies`` (the RTL they
     were measured on)."""
-    if (lanes, att) in _TOP_BUILDS:
-        return dict(_TOP_BUILDS[(lanes, att)])
+    if (lanes, att, tn) in _TOP_BUILDS:
+        return dict(_TOP_BUILDS[(lanes, att, tn)])
     from amaranth.hdl import Signal
 
     from .. import isa
@@ -245,10 +248,11 @@ def top_latencies(lanes: int, att: tuple[int, int]) -> dict[str, int]:
                   df.exp(df.min(x(), df.const(fp32_bits(math.log(100.0))))))
     lat = {
         "cvt": FPOp.CONVERT.latency, "had": HAD, "quant": QUANT,
-        "dot": MatrixEngine.cell_latency(lanes),
+        "dot": MatrixEngine.cell_latency(lanes, tn),
         "dot_group": MatrixEngine.cell_group_interval(lanes),
         "bias": BIAS_ADD_LATENCY,
         "vec_issue": VectorEngine.ISSUE_STAGES, "vec_slices": VectorEngine.UNIT_SLICES,
+        "vec_busy": VectorEngine.BUSY_DELAY, "arr_slice": MatrixEngine.ARRAY_SLICES,
         "load_slices": MatrixEngine.LOADER_SLICES, "rd_slice": ReadArbiter.REQUEST_SLICES,
         "wr_slice": WriteArbiter.REQUEST_SLICES,
         # the vector engine's attention array (T = 0: none); AttentionArray's own timing
@@ -270,7 +274,7 @@ def top_latencies(lanes: int, att: tuple[int, int]) -> dict[str, int]:
         "cvt16": units[isa.VecSubop.CVT16], "fdot": units[isa.VecSubop.FDOT],
         "fdot_tree": tree,
     }
-    _TOP_BUILDS[(lanes, att)] = lat
+    _TOP_BUILDS[(lanes, att, tn)] = lat
     return dict(lat)
 
 
@@ -339,7 +343,8 @@ def gemm_cost(M: int, K: int, N: int, *, had: bool, bias: bool, fine: bool, b: T
         nxt = min(b.tm, M - (blk + 1) * b.tm) * load_row if blk + 1 < B else 0
         compute += max(NB * max(block, drain), nxt)
     last_rows = M - (B - 1) * b.tm
-    tail = L["dot"] + last_rows * b.tn + L["bias"] + mem.write_latency + WRITE_PATH + L["wr_slice"]
+    tail = L["arr_slice"] + L["dot"] + last_rows * b.tn + L["bias"] + mem.write_latency \
+        + WRITE_PATH + L["wr_slice"]
     cyc = ENGINE_START + max(first + compute, rd + t_bus) + tail + ENGINE_END
     return EngineCost(int(round(cyc)), int(words))
 
@@ -425,7 +430,7 @@ def vec_cost(subop: int, n: tuple[int, int, int, int], operands: Mapping[str, tu
                                       and operands.get("b", (0, 0, 0))[2] == 2) else 0
     cyc = ENGINE_START + offered + L["vec_issue"] + L["vec_slices"] + rd + 1 \
         + max(unit, t_bus, t_req, t_depth) \
-        + mem.write_latency + WRITE_PATH + L["wr_slice"] + ENGINE_END
+        + mem.write_latency + WRITE_PATH + L["wr_slice"] + ENGINE_END + L["vec_busy"]
     return EngineCost(int(round(cyc)), int(words))
 
 
@@ -488,7 +493,8 @@ def att_cost(n: tuple[int, int, int, int], operands: Mapping[str, tuple[int, int
     compute = tiles * max(L["att_tile"] + n0, load / (L["att_slots"] - 1))
     last = min(T, n2 - (-(-n2 // T) - 1) * T) * min(N, n1 - (b_tiles - 1) * N)
     cyc = ENGINE_START + 1 + L["att_check"] + max(first + compute, rd + t_bus, t_req, t_depth) \
-        + L["att_tail"] + last + mem.write_latency + WRITE_PATH + L["wr_slice"] + ENGINE_END
+        + L["att_tail"] + last + mem.write_latency + WRITE_PATH + L["wr_slice"] + ENGINE_END \
+        + L["vec_busy"]
     return EngineCost(int(round(cyc)), int(words_a + words_b))
 
 

@@ -122,14 +122,25 @@ class GroupDot(Checked, wiring.Component):
     ``lanes`` (must divide G), ``variant`` (:class:`MulVariant`), ``dfq``
     (DFQ-FP4 activations; needs ``pair=MulPair.E2M1_E2M1``), ``dual`` (adds the
     per-beat ``plain`` mode bit to a DFQ unit; same latency), ``interleave`` (slots,
-    default 1), ``levels_per_stage``.
+    default 1), ``levels_per_stage``, ``share``.
+
+    Shared tail (``share = Q > 1``): ``Q`` dot products of the same activations against
+    ``Q`` weight columns in one cell (``w`` and ``s_w`` are arrays of ``Q``, ``o`` an
+    array of ``Q`` results that leave together): ``Q`` integer front ends (products,
+    trees, group sums) and one FP32 tail.  A group's ``Q`` exact sums are held and
+    enter the tail one per cycle (column ``q`` in cycle ``q``; the accumulators are
+    per column and slot), so the tail, otherwise busy one cycle in ``group_interval``,
+    serves them all; ``Q <= group_interval``.  Every column's result is bit for bit the
+    ``Q = 1`` cell's (the same operations in the same order); the latency grows by
+    ``Q + 2`` (hold, serialise, the last column's turn, the output register).
     """
 
     def __init__(self, *, pair: MulPair = MulPair.E2M1_E2M1, group_size: int = 128,
                  lanes: int = 128, variant: MulVariant = MulVariant.LUT, dfq: bool = False,
-                 dual: bool = False, interleave: int = 1, levels_per_stage: int = 2):
+                 dual: bool = False, interleave: int = 1, levels_per_stage: int = 2,
+                 share: int = 1):
         self._halves = _halves(pair, dfq)
-        self.interleave = interleave
+        self.interleave, self.share = interleave, share
         self.pair, self.variant, self.dfq, self.dual = pair, variant, dfq, dual
         self.group_size, self.lanes, self.levels_per_stage = group_size, lanes, levels_per_stage
         self.beats_per_group = group_size // lanes
@@ -146,24 +157,28 @@ class GroupDot(Checked, wiring.Component):
         #: cycles from the final beat's handshake to ``o.valid``
         self.latency = self.latency_for(pair=pair, group_size=group_size, lanes=lanes,
                                         variant=variant, dfq=dfq, dual=dual,
-                                        levels_per_stage=levels_per_stage)
+                                        levels_per_stage=levels_per_stage, share=share)
         a_code = dfq_code_layout() if dfq else code_layout(pair.fmt_a)
+        w_codes = data.ArrayLayout(code_layout(pair.fmt_b), lanes)
         fields = {"a": data.ArrayLayout(a_code, lanes),
-                  "w": data.ArrayLayout(code_layout(pair.fmt_b), lanes),
-                  "s_a": float_layout(FP16), "s_w": float_layout(FP16), "last": 1}
+                  "w": w_codes if share == 1 else data.ArrayLayout(w_codes, share),
+                  "s_a": float_layout(FP16),
+                  "s_w": float_layout(FP16) if share == 1
+                  else data.ArrayLayout(float_layout(FP16), share), "last": 1}
         if dfq:
             fields["s_a_neg"] = float_layout(FP16)
         if dual:
             fields["plain"] = 1
         self.beat_layout = data.StructLayout(fields)
+        out = float_layout(FP32) if share == 1 else data.ArrayLayout(float_layout(FP32), share)
         super().__init__({
             "i": In(stream.Signature(self.beat_layout)),
-            "o": Out(stream.Signature(float_layout(FP32))),
+            "o": Out(stream.Signature(out)),
         })
 
     @classmethod
     def check_params(cls, *, pair, group_size, lanes, variant, dfq, dual, interleave,
-                     levels_per_stage) -> None:
+                     levels_per_stage, share=1) -> None:
         if not isinstance(pair, MulPair):
             raise TypeError(f"pair must be a MulPair, got {pair!r}")
         if not isinstance(variant, MulVariant):
@@ -179,15 +194,25 @@ class GroupDot(Checked, wiring.Component):
         if dual and not dfq:
             raise ValueError("dual=True is a DFQ unit with a plain e2m1fn mode: set dfq=True too")
         _check_group_sums(pair, group_size, variant, dfq)
+        if not isinstance(share, int) or share < 1:
+            raise ValueError(f"share must be a positive integer, got {share!r}")
+        gi = cls.group_interval_for(group_size=group_size, lanes=lanes, interleave=interleave)
+        if share > gi:
+            raise ValueError(f"share ({share}) must not exceed the group interval ({gi} "
+                             "cycles): the tail takes one column per cycle")
 
     @staticmethod
     def latency_for(*, pair: MulPair = MulPair.E2M1_E2M1, group_size: int = 128,
                     lanes: int = 128, variant: MulVariant = MulVariant.LUT, dfq: bool = False,
-                    dual: bool = False, interleave: int = 1, levels_per_stage: int = 2) -> int:
+                    dual: bool = False, interleave: int = 1, levels_per_stage: int = 2,
+                    share: int = 1) -> int:
         """Cycles from the final beat's handshake to ``o.valid`` (without building):
         products, tree stages, group sum, then the FP32 tail: scale decode, M, P,
-        rounding (DFQ: the add of the halves), loop read, loop add."""
-        return 1 + _tree_stages(lanes, levels_per_stage) + 1 + _tail_latency(dfq)
+        rounding (DFQ: the add of the halves), loop read, loop add; a shared tail
+        (``share > 1``) adds the hold and serialiser registers, the last column's turn
+        and the output register."""
+        shared = share + 2 if share > 1 else 0
+        return 1 + _tree_stages(lanes, levels_per_stage) + 1 + _tail_latency(dfq) + shared
 
     @staticmethod
     def group_interval_for(*, group_size: int = 128, lanes: int = 128, interleave: int = 1) -> int:
@@ -222,12 +247,13 @@ class GroupDot(Checked, wiring.Component):
         if bpg == 1:
             m.d.comb += grp_end_in.eq(1)
         else:
+            # grp_end_in is a register (beat == bpg - 1 kept alongside the counter), so
+            # i.ready is one LUT from registers and o.ready
             beat = Signal(range(bpg))
-            m.d.comb += grp_end_in.eq(beat == bpg - 1)
             with m.If(self.i.valid & self.i.ready):
-                m.d.sync += beat.eq(beat + 1)
+                m.d.sync += [beat.eq(beat + 1), grp_end_in.eq(beat == bpg - 2)]
                 with m.If(grp_end_in):
-                    m.d.sync += beat.eq(0)
+                    m.d.sync += [beat.eq(0), grp_end_in.eq(0)]
 
         # ---- group spacing: the accumulator loop is LOOP cycles long; a group's last beat
         #      is taken no earlier than gap = ceil(LOOP / D) enabled cycles after the
@@ -239,12 +265,13 @@ class GroupDot(Checked, wiring.Component):
         grp_take = Signal()
         if gap > 1:
             since = Signal(range(gap), init=gap - 1)
-            m.d.comb += self.i.ready.eq(en & (~grp_end_in | (since == gap - 1)))
+            spaced = Signal(init=1)             # since == gap - 1, as a register
+            m.d.comb += self.i.ready.eq(en & (~grp_end_in | spaced))
             with m.If(en):
                 with m.If(grp_take):
-                    m.d.sync += since.eq(0)
-                with m.Elif(since != gap - 1):
-                    m.d.sync += since.eq(since + 1)
+                    m.d.sync += [since.eq(0), spaced.eq(0)]
+                with m.Elif(~spaced):
+                    m.d.sync += [since.eq(since + 1), spaced.eq(since == gap - 2)]
         else:
             m.d.comb += self.i.ready.eq(en)
         m.d.comb += grp_take.eq(self.i.valid & self.i.ready & grp_end_in)
@@ -255,7 +282,10 @@ class GroupDot(Checked, wiring.Component):
 
         # ---- control word carried alongside the integer datapath
         x = self.i.payload
-        scales = [x.s_a, x.s_w] + ([x.s_a_neg] if self.dfq else [])
+        Q = self.share
+        s_ws = [x.s_w] if Q == 1 else [x.s_w[q] for q in range(Q)]
+        ws = [x.w] if Q == 1 else [x.w[q] for q in range(Q)]
+        scales = [x.s_a] + s_ws + ([x.s_a_neg] if self.dfq else [])
         ctrl_layout = data.StructLayout({"valid": 1, "grp_end": 1, "last": 1, "plain": 1,
                                          **({"slot": range(D)} if D > 1 else {}),
                                          "scales": data.ArrayLayout(16, len(scales))})
@@ -269,42 +299,101 @@ class GroupDot(Checked, wiring.Component):
             m.d.comb += ctrl_in.slot.eq(slot_in)
         ctrl = reg(ctrl_in, "ctrl_p")
 
-        # ---- products (stage 1) and adder trees
-        sums = _product_trees(m, x.a, x.w, self._halves, self.lanes, self.variant, self.dfq,
-                              self.ones_complement, plain, reg, self.levels_per_stage)
+        # ---- products (stage 1) and adder trees, one set per column
+        fronts = [_product_trees(m, x.a, ws[q], self._halves, self.lanes, self.variant,
+                                 self.dfq, self.ones_complement, plain, reg,
+                                 self.levels_per_stage, prefix="" if Q == 1 else f"c{q}_")
+                  for q in range(Q)]
         # all trees have the same depth, so one control shift register serves them
         for k in range(self.tree_stages):
             ctrl = reg(ctrl, f"ctrl_t{k}")
 
         # ---- group-sum register: exact S over the beats of a group
-        group_sums = []
-        for (tree_root, _, leftover), pair in sums:
-            smax = pair.max_abs * self.group_size
-            tree_out = Signal(signed(sum_width(smax)), name=f"tree_{pair.name}")
-            # the exact sum fits sum_width(smax); two's complement truncation is exact
-            m.d.comb += tree_out.eq(sum(leftover, tree_root))
-            S = Signal(signed(sum_width(smax)), name=f"S_{pair.name}")
-            if bpg == 1:
-                with m.If(en):
-                    m.d.sync += S.eq(tree_out)
-            else:
-                part = Signal(signed(sum_width(smax)), name=f"part_{pair.name}")
-                total = Signal(signed(sum_width(smax)), name=f"total_{pair.name}")
-                m.d.comb += total.eq(part + tree_out)
-                with m.If(en & ctrl.valid):
-                    m.d.sync += [S.eq(total), part.eq(total)]
-                    with m.If(ctrl.grp_end):
-                        m.d.sync += part.eq(0)
-            group_sums.append((S, pair))
+        group_sums = []         # per column: [(S, pair) per half]
+        for q, sums in enumerate(fronts):
+            pre = "" if Q == 1 else f"c{q}_"
+            col = []
+            for (tree_root, _, leftover), pair in sums:
+                smax = pair.max_abs * self.group_size
+                tree_out = Signal(signed(sum_width(smax)), name=f"{pre}tree_{pair.name}")
+                # the exact sum fits sum_width(smax); two's complement truncation is exact
+                m.d.comb += tree_out.eq(sum(leftover, tree_root))
+                S = Signal(signed(sum_width(smax)), name=f"{pre}S_{pair.name}")
+                if bpg == 1:
+                    with m.If(en):
+                        m.d.sync += S.eq(tree_out)
+                else:
+                    part = Signal(signed(sum_width(smax)), name=f"{pre}part_{pair.name}")
+                    total = Signal(signed(sum_width(smax)), name=f"{pre}total_{pair.name}")
+                    m.d.comb += total.eq(part + tree_out)
+                    with m.If(en & ctrl.valid):
+                        m.d.sync += [S.eq(total), part.eq(total)]
+                        with m.If(ctrl.grp_end):
+                            m.d.sync += part.eq(0)
+                col.append((S, pair))
+            group_sums.append(col)
         ctrl_in_s = Signal(ctrl_layout)
         m.d.comb += [ctrl_in_s.eq(ctrl), ctrl_in_s.valid.eq(ctrl.valid & ctrl.grp_end)]
         ctrl = reg(ctrl_in_s, "ctrl_s")
 
         # ---- FP32 tail (shared with GroupDotV2): S * 2^L * s_a * s_w in three registered
         #      steps, a RoundPackPipe per half, (DFQ) the halves' AddPipe, the accumulator loop
-        _fp32_tail(m, [(S, Const(0, 1), pair) for S, pair in group_sums], ctrl, self.o,
-                   en=en, reg=reg, dual=self.dual, slots=D)
+        if Q == 1:
+            _fp32_tail(m, [(S, Const(0, 1), pair) for S, pair in group_sums[0]], ctrl, self.o,
+                       en=en, reg=reg, dual=self.dual, slots=D)
+        else:
+            self._shared_tail(m, group_sums, ctrl, en, reg)
         return m
+
+    def _shared_tail(self, m: Module, group_sums, ctrl, en, reg) -> None:
+        """``share`` columns through one FP32 tail: a completed group's sums are held,
+        then column ``q`` enters the tail ``q + 1`` cycles later (accumulator slot
+        ``slot * Q + q``); the results are gathered and leave together."""
+        Q, D, dfq = self.share, self.interleave, self.dfq
+        hold = [[Signal(signed(len(S)), name=f"hold{q}_{h}") for h, (S, _) in enumerate(col)]
+                for q, col in enumerate(group_sums)]
+        hold_ctrl = Signal(ctrl.shape(), name="hold_ctrl")
+        ser_on, ser_k = Signal(name="ser_on"), Signal(range(Q), name="ser_k")
+        with m.If(en):
+            with m.If(ctrl.valid):              # a group completed: hold every column
+                m.d.sync += [hold[q][h].eq(S) for q, col in enumerate(group_sums)
+                             for h, (S, _) in enumerate(col)]
+                m.d.sync += [hold_ctrl.eq(ctrl), ser_on.eq(1), ser_k.eq(0)]
+            with m.Elif(ser_on):
+                m.d.sync += ser_k.eq(ser_k + 1)
+                with m.If(ser_k == Q - 1):
+                    m.d.sync += ser_on.eq(0)
+        # the serialised control word and sums, registered (the tail starts from registers)
+        n_sc = 3 if dfq else 2
+        ser_layout = data.StructLayout({"valid": 1, "last": 1, "plain": 1,
+                                        "slot": range(D * Q),
+                                        "scales": data.ArrayLayout(16, n_sc)})
+        ser_in = Signal(ser_layout)
+        m.d.comb += [ser_in.valid.eq(ser_on), ser_in.last.eq(hold_ctrl.last),
+                     ser_in.plain.eq(hold_ctrl.plain),
+                     ser_in.slot.eq((hold_ctrl.slot * Q + ser_k) if D > 1 else ser_k),
+                     ser_in.scales[0].eq(hold_ctrl.scales[0]),
+                     ser_in.scales[1].eq(Array(hold_ctrl.scales[1 + q] for q in range(Q))[ser_k])]
+        if dfq:
+            m.d.comb += ser_in.scales[2].eq(hold_ctrl.scales[1 + Q])
+        ser = reg(ser_in, "ser_ctrl")
+        sums = []
+        for h, (S0, pair) in enumerate(group_sums[0]):
+            S = reg(Array(hold[q][h] for q in range(Q))[ser_k], f"ser_S{h}", signed(len(S0)))
+            sums.append((S, Const(0, 1), pair))
+        # the tail's results, one column per cycle, into the output registers
+        inner = _Stream(Signal(name="col_valid"), Signal(float_layout(FP32), name="col_result"))
+        _fp32_tail(m, sums, ser, inner, en=en, reg=reg, dual=self.dual, slots=D * Q)
+        o_valid = Signal(name="o_valid_r")
+        res = [Signal(32, name=f"res{q}") for q in range(Q)]
+        out_k = Signal(range(Q), name="out_k")
+        with m.If(en):
+            m.d.sync += o_valid.eq(inner.valid & (out_k == Q - 1))
+            with m.If(inner.valid):
+                m.d.sync += [Array(res)[out_k].eq(inner.payload.as_value()),
+                             out_k.eq(Mux(out_k == Q - 1, 0, out_k + 1))]
+        m.d.comb += [self.o.valid.eq(o_valid)] + [self.o.payload[q].as_value().eq(res[q])
+                                                   for q in range(Q)]
 
 
 
@@ -475,6 +564,13 @@ def _tail_latency(dfq: bool) -> int:
     return 3 + round_ + (add if dfq else 0) + 1 + add
 
 
+class _Stream:
+    """``valid`` and ``payload`` of an internal result stream (:func:`_fp32_tail`'s ``o``)."""
+
+    def __init__(self, valid, payload):
+        self.valid, self.payload = valid, payload
+
+
 def _fp32_tail(m: Module, sums, ctrl, o, *, en, reg, dual: bool, slots: int) -> None:
     """The dot cells' FP32 tail, from exact group sums to the ``o`` stream.
 
@@ -532,10 +628,13 @@ def _fp32_tail(m: Module, sums, ctrl, o, *, en, reg, dual: bool, slots: int) -> 
     g_rd = reg(g, "g_rd", 32)
     ctrl = reg(ctrl, "ctrl_rd")
     acc_next = pipe("acc_add", fpu.AddPipe(FP32), add_latency, a=acc_rd, b=g_rd)
+    # o.valid straight from a register (valid & last travel as one bit), so the cell's
+    # i.ready is one LUT from registers and o.ready
+    out_valid = delay(ctrl.valid & ctrl.last, add_latency, "ovalid")
     ctrl = delay(ctrl, add_latency, "ctrl_acc")
     with m.If(en & ctrl.valid):
         m.d.sync += (acc if slots == 1 else acc[ctrl.slot]).eq(Mux(ctrl.last, 0, acc_next))
-    m.d.comb += [o.valid.eq(ctrl.valid & ctrl.last), o.payload.as_value().eq(acc_next)]
+    m.d.comb += [o.valid.eq(out_valid), o.payload.as_value().eq(acc_next)]
 
 
 def _scaled(m: Module, r, f, s_a, s_w, lsb_exp: int, tag: str, reg):
@@ -587,11 +686,12 @@ _SCALED_EXP_BITS = 10
 
 
 def _product_trees(m: Module, a, w, halves, lanes: int, variant: MulVariant, dfq: bool,
-                   ones_complement: bool, plain, reg, levels_per_stage: int):
+                   ones_complement: bool, plain, reg, levels_per_stage: int, prefix: str = ""):
     """Registered exact products of ``lanes`` code pairs and their registered adder trees.
 
     One tree per half (``halves``: ``(MulPair, tag)``; DFQ has a positive- and a
-    negative-grid half, gated by the code's ``neg`` bit unless ``plain``).
+    negative-grid half, gated by the code's ``neg`` bit unless ``plain``); ``prefix``
+    starts the names of its signals and submodules (several in one module).
     Returns ``[((root, max abs, leftover carries), pair), ...]`` (see :func:`_tree`).
     """
     sums = []
@@ -603,30 +703,30 @@ def _product_trees(m: Module, a, w, halves, lanes: int, variant: MulVariant, dfq
                 # |p| from the LUT table and the sign, registered; the leaf is the
                 # ones' complement ~|p| when negative, the +1 enters the tree as a carry-in
                 core = MagnitudeCore(pair=pair)
-                m.submodules[f"mag{lane}"] = core
+                m.submodules[f"{prefix}mag{lane}"] = core
                 m.d.comb += [core.mag_a.eq(Cat(code.mantissa, code.exponent)),
                              core.mag_b.eq(Cat(wcode.mantissa, wcode.exponent))]
-                mag = reg(core.mag, f"mag{lane}")
-                neg = reg(code.sign ^ wcode.sign, f"neg{lane}")
-                leaf = Signal(signed(pair.width), name=f"leaf{lane}")
+                mag = reg(core.mag, f"{prefix}mag{lane}")
+                neg = reg(code.sign ^ wcode.sign, f"{prefix}neg{lane}")
+                leaf = Signal(signed(pair.width), name=f"{prefix}leaf{lane}")
                 m.d.comb += leaf.eq((Cat(mag, Const(0, 1)) ^ neg.replicate(pair.width)).as_signed())
                 leaves.append((leaf, pair.max_abs + 1))
                 carries.append(neg)
                 continue
             mul = Multiplier(pair=pair, variant=variant)
-            m.submodules[f"mul_{tag}{lane}"] = mul
+            m.submodules[f"{prefix}mul_{tag}{lane}"] = mul
             if dfq:
                 # dual cell, plain mode: every lane is a signed e2m1 code on the pos half
                 gate = (code.neg & ~plain) if tag == "neg" else (~code.neg | plain)
                 m.d.comb += mul.a.as_value().eq(code.as_value())
-                p = Signal(signed(pair.width), name=f"p_{tag}{lane}")
+                p = Signal(signed(pair.width), name=f"{prefix}p_{tag}{lane}")
                 m.d.comb += p.eq(gate.replicate(pair.width).as_signed() & mul.p)
             else:
                 m.d.comb += mul.a.eq(code)
                 p = mul.p
             m.d.comb += mul.b.eq(wcode)
-            leaves.append((reg(p, f"prod_{tag}{lane}"), pair.max_abs))
-        sums.append((_tree(m, leaves, carries, tag, reg, levels_per_stage), pair))
+            leaves.append((reg(p, f"{prefix}prod_{tag}{lane}"), pair.max_abs))
+        sums.append((_tree(m, leaves, carries, prefix + tag, reg, levels_per_stage), pair))
     return sums
 
 

@@ -294,7 +294,7 @@ class Elementwise(Checked, wiring.Component):
     exactly as the golden model defines it.  NaN results are the canonical NaN.
 
     Latency ``self.latency`` cycles (depends on ``func`` and the formats: FP32 ->
-    FP32 exp 156, reciprocal 67, rsqrt 69, GELU 277; FP16 -> FP16 +10), initiation
+    FP32 exp 157, reciprocal 68, rsqrt 70, GELU 278; FP16 -> FP16 +9), initiation
     interval 1; every FP operation is pipelined (:class:`Dataflow`); the
     pipeline holds while ``o.valid & ~o.ready`` (``i.ready = ~o.valid | o.ready``).
     """
@@ -335,8 +335,9 @@ class Elementwise(Checked, wiring.Component):
         y = getattr(df, func.value)(v)
         if dst is FP16:
             return df.convert(y, FP32, FP16)
+        # canonical NaN, registered: ``o.payload`` comes straight from a register
         return df.comb(lambda b: Mux((b[23:31] == 255) & (b[:23] != 0), QNAN, b), y,
-                       width=32, register=False)
+                       width=32, register=True)
 
     def _build(self, m: Module, en: Value, inputs: list[Value]) -> list[Value]:
         outs = []
@@ -369,20 +370,26 @@ class PartialSums:
 
     Each cycle the caller may drive ``issue`` = 1 to add ``value`` to partial ``part``
     (element ``k`` of a row goes to partial ``k mod P``); ``clear`` sets every partial
-    to +0.0 and wins over a write-back in the same cycle.  The adder is
-    :class:`~fpqvar_hw.units.fpu.AddPipe` (latency ``ADD_STAGES + ROUND_STAGES`` = 7,
-    always enabled), its first operand the selected partial; a partial holds its new sum
-    :attr:`DRAIN` = 8 cycles after the issue (the adder, then the partial's register), so
-    one partial may receive an element every ``P >= DRAIN`` cycles: a row streamed at
-    one element per cycle never reads a stale partial.  :meth:`tree` builds the pairwise
-    tree ``((p0+p1)+(p2+p3))+...`` over the partials.
+    to +0.0 and wins over a write-back in the same cycle.  The issue is registered, the
+    selected partial is read into a register (bypassing a write-back of the same partial
+    in that cycle), and the adder (:class:`~fpqvar_hw.units.fpu.AddPipe`, latency
+    ``ADD_STAGES + ROUND_STAGES`` = 7, always enabled) starts from registers: nothing in
+    front of its first stage.  A partial holds its new sum :attr:`DRAIN` = 10 cycles
+    after the issue (two input registers, the adder, the partial's register); one partial
+    may receive an element every :attr:`SPACING` = 8 cycles (its previous sum is
+    bypassed into the read), so ``P >= SPACING`` lets a row stream at one element per
+    cycle.  :meth:`tree` builds the pairwise tree ``((p0+p1)+(p2+p3))+...`` over the
+    partials.
 
     Rows shorter than ``P`` or not a multiple of ``P`` leave the unused partials at
     +0.0, which is exactly golden ``tree_sum``'s padding with +0.0.
     """
 
-    #: cycles from an issue until its partial holds the new sum (adder + write-back)
-    DRAIN = ADD_STAGES + ROUND_STAGES + 1
+    #: cycles from an issue until its partial holds the new sum (issue and operand
+    #: registers, adder, write-back)
+    DRAIN = 2 + ADD_STAGES + ROUND_STAGES + 1
+    #: smallest number of cycles between two issues to the same partial
+    SPACING = ADD_STAGES + ROUND_STAGES + 1
 
     def __init__(self, m: Module, P: int, prefix: str):
         _check_P(P)
@@ -393,16 +400,25 @@ class PartialSums:
         self.value = Signal(32, name=f"{prefix}value")
         self.clear = Signal(name=f"{prefix}clear")
         m.submodules[f"{prefix}add"] = add = AddPipe(FP32)
-        m.d.comb += [add.en.eq(1), add.a.as_value().eq(Array(self.acc)[self.part]),
-                     add.b.as_value().eq(self.value)]
+        # stage 1: the issue registered; stage 2: the partial read (or the write-back
+        # bypassed) and the value, both registered as the adder's operands
+        iss1, part1, val1 = (Signal(name=f"{prefix}iss1"), Signal(range(P), name=f"{prefix}part1"),
+                             Signal(32, name=f"{prefix}val1"))
+        iss2, part2 = Signal(name=f"{prefix}iss2"), Signal(range(P), name=f"{prefix}part2")
+        opa, opb = Signal(32, name=f"{prefix}opa"), Signal(32, name=f"{prefix}opb")
+        m.d.sync += [iss1.eq(self.issue), part1.eq(self.part), val1.eq(self.value),
+                     iss2.eq(iss1), part2.eq(part1), opb.eq(val1)]
+        m.d.comb += [add.en.eq(1), add.a.as_value().eq(opa), add.b.as_value().eq(opb)]
         # the issue's valid bit and destination travel alongside the adder
         valid = Signal(add.latency, name=f"{prefix}add_valid")
         dst = [Signal(range(P), name=f"{prefix}dst{d}") for d in range(add.latency)]
-        m.d.sync += [valid.eq(Cat(self.issue, valid[:-1])), dst[0].eq(self.part)]
+        m.d.sync += [valid.eq(Cat(iss2, valid[:-1])), dst[0].eq(part2)]
         m.d.sync += [dst[d].eq(dst[d - 1]) for d in range(1, add.latency)]
+        wb = valid[-1]
+        m.d.sync += opa.eq(Mux(wb & (dst[-1] == part1), add.o.as_value(), Array(self.acc)[part1]))
         with m.If(self.clear):
             m.d.sync += [a.eq(0) for a in self.acc]
-        with m.Elif(valid[-1]):
+        with m.Elif(wb):
             m.d.sync += Array(self.acc)[dst[-1]].eq(add.o.as_value())
 
     def tree(self, df: Dataflow) -> Val:
@@ -415,8 +431,8 @@ class PartialSums:
 
 def _check_P(P: int) -> None:
     """``P`` partial sums on one accumulating adder: a power of two >= its latency + 1."""
-    if not isinstance(P, int) or P < PartialSums.DRAIN or P & (P - 1):
-        raise ValueError(f"P must be a power of two >= {PartialSums.DRAIN} (the accumulating "
+    if not isinstance(P, int) or P < PartialSums.SPACING or P & (P - 1):
+        raise ValueError(f"P must be a power of two >= {PartialSums.SPACING} (the accumulating "
                          f"adder's latency + 1), got {P!r}")
 
 
