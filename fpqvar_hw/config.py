@@ -158,7 +158,7 @@ class AcceleratorConfig:
     quant_lanes: int = 32
     vector_lanes: int = 8
     attn_macs: int = 1024
-    att_t: int = 4
+    att_t: int = 8
     att_n: int = 8
     act_buffer_kib: int = 4096
     dram_efficiency: float = 0.8

@@ -3,9 +3,10 @@ Amaranth simulator, small builds (T x N = 2 x 2 or 2 x 4, rows up to 24 elements
 of attention shape against the instruction-level reference (``isa_sim.vec``), the whole
 memory image compared byte for byte, with DRAM responses after random latencies, random
 gaps between beats and random request/write backpressure; declined instructions (nothing
-accessed); abort at any point followed by a correct instruction.  The real build (4 x 8
-lanes, rows of 680) runs inside the vector engine on Verilator (sim/test_vecengine.py,
-sim/test_vecengine_wide.py) and in the top (sim/test_top.py, sim/test_tiny_image.py)."""
+accessed); abort at any point followed by a correct instruction, and one case at the
+preset's 8 x 8 lanes.  Arrays of 2 x 4 and 4 x 8 lanes (rows of 680) run inside the
+vector engine on Verilator (sim/test_vecengine.py, sim/test_vecengine_wide.py) and in the
+top (sim/test_top.py, sim/test_tiny_image.py)."""
 from __future__ import annotations
 
 import random
@@ -149,6 +150,7 @@ def _memory(seed: int) -> bytearray:
     (3, 2, 4, "pv", 13, 6, 5, 2, 4, 30),      # V rows of 13 of 15 tokens: odd offsets
     (4, 2, 2, "pv", 1, 3, 3, 1, 12, 18),      # one-token rows
     (5, 2, 2, "qk", 9, 1, 1, 3, 4, 22),       # one dot product per tile
+    (6, 8, 8, "qk", 8, 11, 10, 1, 0, 16),     # the preset's 8 x 8 lanes, edge tiles both ways
 ])
 def test_array_matches_the_reference(seed, T, N, kind, n0, rows_b, rows_a, heads, a_off, b_stride):
     rng = np.random.default_rng(seed)
