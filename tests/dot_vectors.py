@@ -72,32 +72,38 @@ def make_vectors(a_fmt: str, w_fmt: str, *, n_dots: int, groups_per_dot: int,
                       _scales(rng, sc, allow_special), s_neg)
 
 
-def pack_beats(beat_layout, vec: DotVectors, lanes: int, group_size: int) -> list[int]:
+def pack_beats(beat_layout, vec: DotVectors, lanes: int, group_size: int,
+               cols: "list[DotVectors] | None" = None) -> list[int]:
     """The input beats of ``vec`` for a ``GroupDot`` with this ``beat_layout``, packed.
 
     Codes are written as raw bits; scales go on every beat of their group (the
     unit reads them on the final beat); ``last`` marks a dot product's final group.
+    ``cols`` (a shared-tail cell, ``share = len(cols)``): column ``q``'s weights and
+    ``s_w`` from ``cols[q]``, the activations and ``s_a`` (``s_a_neg``) from ``vec``.
     """
     n_dots, k = vec.a.shape
     groups = k // group_size
     bpg = group_size // lanes
-    code_w = {name: beat_layout[name].shape.elem_shape for name in ("a", "w")}
     from amaranth.hdl import Shape
     from amaranth.lib import data
 
     def width(s):
         return s.size if isinstance(s, data.Layout) else Shape.cast(s).width
-    wa, ww = width(code_w["a"]), width(code_w["w"])
+    w_col = beat_layout["w"].shape if cols is None else beat_layout["w"].shape.elem_shape
+    wa, ww = width(beat_layout["a"].shape.elem_shape), width(w_col.elem_shape)
     off = {name: beat_layout[name].offset for name, _ in beat_layout}
+    cols = [vec] if cols is None else cols
     beats = []
     for d in range(n_dots):
         for g in range(groups):
             for b in range(bpg):
                 lo = g * group_size + b * lanes
-                a = sum(int(c) << (i * wa) for i, c in enumerate(vec.a[d, lo:lo + lanes]))
-                w = sum(int(c) << (i * ww) for i, c in enumerate(vec.w[d, lo:lo + lanes]))
-                v = (a << off["a"]) | (w << off["w"])
-                v |= int(vec.s_a[d, g]) << off["s_a"] | int(vec.s_w[d, g]) << off["s_w"]
+                v = sum(int(c) << (i * wa) for i, c in enumerate(vec.a[d, lo:lo + lanes])) << off["a"]
+                for q, col in enumerate(cols):
+                    w = sum(int(c) << (i * ww) for i, c in enumerate(col.w[d, lo:lo + lanes]))
+                    v |= w << (off["w"] + q * lanes * ww)
+                    v |= int(col.s_w[d, g]) << (off["s_w"] + 16 * q)
+                v |= int(vec.s_a[d, g]) << off["s_a"]
                 if vec.s_a_neg is not None:
                     v |= int(vec.s_a_neg[d, g]) << off["s_a_neg"]
                 if g == groups - 1:

@@ -234,37 +234,6 @@ def test_dot_v2_rejects(kwargs, msg):
         GroupDotV2(**kwargs)
 
 
-def _shared_beats(dut: GroupDot, cols: list, lanes: int, group_size: int) -> list[int]:
-    """Beats of a ``share = Q`` cell: the activations and ``s_a`` (``s_a_neg``) of
-    ``cols[0]``, column ``q``'s weights and ``s_w`` from ``cols[q]``."""
-    lay = dut.beat_layout
-    off = {name: lay[name].offset for name, _ in lay}
-    w_col = lay["w"].shape.elem_shape           # one column's lanes of codes
-    ww = w_col.elem_shape.width if hasattr(w_col.elem_shape, "width") else w_col.elem_shape.size
-    wa_lay = lay["a"].shape.elem_shape
-    wa = wa_lay.size if hasattr(wa_lay, "size") else wa_lay.width
-    v0 = cols[0]
-    n_dots, k = v0.a.shape
-    groups, bpg = k // group_size, group_size // lanes
-    beats = []
-    for d in range(n_dots):
-        for g in range(groups):
-            for b in range(bpg):
-                lo = g * group_size + b * lanes
-                v = sum(int(c) << (i * wa) for i, c in enumerate(v0.a[d, lo:lo + lanes])) << off["a"]
-                for q, vec in enumerate(cols):
-                    w = sum(int(c) << (i * ww) for i, c in enumerate(vec.w[d, lo:lo + lanes]))
-                    v |= w << (off["w"] + q * lanes * ww)
-                    v |= int(vec.s_w[d, g]) << (off["s_w"] + 16 * q)
-                v |= int(v0.s_a[d, g]) << off["s_a"]
-                if v0.s_a_neg is not None:
-                    v |= int(v0.s_a_neg[d, g]) << off["s_a_neg"]
-                if g == groups - 1:
-                    v |= 1 << off["last"]
-                beats.append(v)
-    return beats
-
-
 @pytest.mark.parametrize("Q,lanes,dfq,dual,idle,stall,seed", [
     (4, 4, True, True, 0.3, 0.3, 71), (2, 8, False, False, 0.0, 0.0, 72),
     (8, 2, True, True, 0.0, 0.0, 73), (4, 8, True, True, 0.2, 0.5, 74)])
@@ -282,7 +251,7 @@ def test_shared_tail_columns_match_the_golden_model(Q, lanes, dfq, dual, idle, s
     cols = [base] + [replace(make_vectors(a_fmt, "e2m1fn", n_dots=6, groups_per_dot=3,
                                           group_size=G, seed=seed * 10 + q),
                              a=base.a, s_a=base.s_a, s_a_neg=base.s_a_neg) for q in range(1, Q)]
-    beats = _shared_beats(dut, cols, lanes, G)
+    beats = pack_beats(dut.beat_layout, base, lanes, G, cols=cols)
     rng = np.random.default_rng(seed)
     accepted: list[int] = []
     done: list[int] = []

@@ -382,7 +382,7 @@ class GroupDot(Checked, wiring.Component):
             S = reg(Array(hold[q][h] for q in range(Q))[ser_k], f"ser_S{h}", signed(len(S0)))
             sums.append((S, Const(0, 1), pair))
         # the tail's results, one column per cycle, into the output registers
-        inner = _Stream(Signal(name="col_valid"), Signal(float_layout(FP32), name="col_result"))
+        inner = stream.Signature(float_layout(FP32)).create(path=("col",))   # ready unused
         _fp32_tail(m, sums, ser, inner, en=en, reg=reg, dual=self.dual, slots=D * Q)
         o_valid = Signal(name="o_valid_r")
         res = [Signal(32, name=f"res{q}") for q in range(Q)]
@@ -562,13 +562,6 @@ def _tail_latency(dfq: bool) -> int:
     """Cycles of :func:`_fp32_tail` from its exact group sums to ``o.valid``."""
     add, round_ = fpu.AddPipe.latency_for(fmt=FP32), fpu.RoundPackPipe.latency_for()
     return 3 + round_ + (add if dfq else 0) + 1 + add
-
-
-class _Stream:
-    """``valid`` and ``payload`` of an internal result stream (:func:`_fp32_tail`'s ``o``)."""
-
-    def __init__(self, valid, payload):
-        self.valid, self.payload = valid, payload
 
 
 def _fp32_tail(m: Module, sums, ctrl, o, *, en, reg, dual: bool, slots: int) -> None:
