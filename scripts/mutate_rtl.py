@@ -61,6 +61,10 @@ FPU_MUL_TEST = "tests/test_hw_fpu.py::test_random_biased[mul-fp16-11-400]"
 #: the row units' accumulating adder (vector.PartialSums on AddPipe): FDot rows of 1-70
 #: elements back to back under input gaps and backpressure (Amaranth simulator)
 ROW_TEST = "tests/test_hw_vecengine.py::test_fdot_rows[11]"
+#: rows of 1 to 24 elements, more rows than buffers, runs of one-element rows
+SOFTMAX_TEST = "tests/test_hw_vecengine.py::test_softmax_runtime_rows[13]"
+#: heads of 8 back to back (a partial-sum set is reused before the head two earlier is done)
+L2_SHORT_TEST = "sim/test_vector.py::test_l2norm_short_heads_amaranth[83]"
 #: the vector engine's attention array (AttentionArray, 2 x 4 lanes) in the Amaranth
 #: simulator: p.V rows at odd offsets with edge tiles; abort at several points then a
 #: correct instruction
@@ -164,6 +168,26 @@ MUTANTS = [
            "ser_in.scales[1].eq(Array(hold_ctrl.scales[1 + q] for q in range(Q))[ser_k])",
            "ser_in.scales[1].eq(hold_ctrl.scales[1])",
            DOT_SHARED_TEST, "shared-tail cell: every column scaled by column 0's weight scale"),
+    Mutant("sm-snapshot-early", "fpqvar_hw/units/vector.py",
+           "Cat(e_valid & e_last, e_par, e_slot), PartialSums.DRAIN)",
+           "Cat(e_valid & e_last, e_par, e_slot), PartialSums.DRAIN - 1)",
+           SOFTMAX_TEST, "softmax: the partial sums are snapshotted a cycle before the row's "
+           "last e is in them"),
+    Mutant("sm-partial-set-reused", "fpqvar_hw/units/vector.py",
+           "loaded.bit_select(es, 1) & ~ps_busy.bit_select(par, 1)",
+           "loaded.bit_select(es, 1)",
+           SOFTMAX_TEST, "softmax: a row starts on a partial-sum set whose previous row is "
+           "not yet snapshotted"),
+    Mutant("l2-snapshot-early", "fpqvar_hw/units/vector.py",
+           "Cat(q_valid & q_last, q_par, q_slot), PartialSums.DRAIN)",
+           "Cat(q_valid & q_last, q_par, q_slot), PartialSums.DRAIN - 1)",
+           L2_SHORT_TEST, "L2 norm: a head's partial sums are snapshotted a cycle before its "
+           "last square is in them"),
+    Mutant("l2-partial-set-reused", "fpqvar_hw/units/vector.py",
+           "& ~(first & ps_busy.bit_select(par, 1))),",
+           "),",
+           L2_SHORT_TEST, "L2 norm: a head starts on a partial-sum set whose previous head "
+           "is not yet snapshotted"),
     Mutant("dot-untaken-beat-counted", "fpqvar_hw/units/dot.py",
            "ctrl_in.valid.eq(self.i.valid & self.i.ready)",
            "ctrl_in.valid.eq(self.i.valid)",

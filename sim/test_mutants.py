@@ -49,6 +49,15 @@ def test_dot_v1_pipeline_mutants_are_caught():
 
 
 @pytest.mark.slow
+def test_row_units_in_flight_mutants_are_caught():
+    """Softmax and L2 norm keep rows in flight on two alternating partial-sum sets: a
+    snapshot a cycle early, or a row started on a set still in use, changes results
+    (Amaranth-simulator tests: no Verilator build)."""
+    _all_killed(["sm-snapshot-early", "sm-partial-set-reused", "l2-snapshot-early",
+                 "l2-partial-set-reused"])
+
+
+@pytest.mark.slow
 def test_hadamard_pipeline_mutants_are_caught():
     """The group Hadamard pipeline mutants (a dropped register in the sign delay line, the
     valid delay line off by one, the shifted-out sticky bits dropped, the input pipeline

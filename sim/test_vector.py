@@ -112,6 +112,51 @@ def test_softmax_amaranth(length, rows, seed):
     check(got, want, x.view(np.uint32).reshape(-1), "softmax")
 
 
+@pytest.mark.slow   # Verilator build of the unit (about a minute) + ~25k cycles
+def test_softmax_rows_verilator():
+    """Softmax(length=680) (the d16 rows) on Verilator: rows of 680, 677, 1 and 9 and 200
+    back to back with random gaps and backpressure, bit-exact; streams of 4 x 680, 6 x 200,
+    8 x 9 rows without stalls take exactly the cycles of the unit's model
+    (sim/tb_row_units.py)."""
+    from fpqvar_hw.units.vector import Softmax
+    from sim.runner import run_cocotb
+
+    cases = [[3, 680, 0.2, 0.2], [2, 677, 0.1, 0.3], [5, 1, 0.3, 0.3], [4, 9, 0.2, 0.2],
+             [4, 680, 0, 0], [6, 200, 0, 0], [8, 9, 0, 0]]
+    run_cocotb(Softmax(length=680, P=8), name="softmax-680", test_module="sim.tb_row_units",
+               params=dict(unit="softmax", seed=23, cases=cases))
+
+
+@pytest.mark.parametrize("seed", [83])
+def test_l2norm_short_heads_amaranth(seed):
+    """Six heads of 8 back to back: a head's partial-sum set is still accumulating when the
+    head two later arrives, which must wait for it (the sets alternate)."""
+    from fpqvar_hw.units.vector import L2NormTemperature
+
+    rng = np.random.default_rng(seed)
+    q = (rng.standard_normal((6, 8)) * rng.uniform(0.01, 20, (6, 1))).astype(np.float32)
+    t = rng.uniform(-3.0, 7.0, (6, 1)).astype(np.float32)
+    want = g.canon(v.l2norm_temperature(q, t, P=8)).reshape(-1)
+    u = lambda a: a.view(np.uint32).reshape(-1).astype(np.uint64)  # noqa: E731
+    words = [int(a) | (int(b) << 32) for a, b in zip(u(q), u(np.repeat(t, 8, axis=1)))]
+    dut = L2NormTemperature(head_dim=8, P=8, temperature=True)
+    got = run_unit(dut, words, 32, seed, in_width=64, max_cycles=2000)
+    check(got, want, u(q), "l2norm_temperature")
+
+
+@pytest.mark.slow   # Verilator build of the unit + ~10k cycles
+def test_l2norm_heads_verilator():
+    """L2NormTemperature (heads of 64, temperature) on Verilator: 20 heads (more than its
+    buffers) with random gaps and backpressure, bit-exact; 3 and 24 heads without stalls
+    take exactly the cycles of the unit's model (sim/tb_row_units.py)."""
+    from fpqvar_hw.units.vector import L2NormTemperature
+    from sim.runner import run_cocotb
+
+    cases = [[20, 64, 0.2, 0.3], [3, 64, 0, 0], [24, 64, 0, 0]]
+    run_cocotb(L2NormTemperature(head_dim=64, P=8, temperature=True), name="l2nt-64",
+               test_module="sim.tb_row_units", params=dict(unit="l2nt", seed=29, cases=cases))
+
+
 @pytest.mark.parametrize("length,rows,seed", [(64, 2, 71)])
 def test_layernorm_modulate_amaranth(length, rows, seed):
     """Seeded rows with offsets and scales, per-row adaLN scale/shift, vs golden."""

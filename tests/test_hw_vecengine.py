@@ -108,7 +108,10 @@ def test_softmax_runtime_rows(seed):
     """Rows of 1, 5, 8, 13 and the maximum 24 elements ended by ``last``, against golden
     softmax of each row (tree_sum padding with +0.0)."""
     rng = np.random.default_rng(seed)
-    lengths = [5, 1, 24, 13, 8]
+    # more rows than buffers (Softmax.SLOTS); rows into free buffers whose third must wait
+    # for the first one's partial-sum set (the sets alternate); runs of one-element rows;
+    # a row of the maximum length
+    lengths = [16, 1, 9, 5, 1, 24, 13, 8, 1, 1, 1, 2, 24, 7]
     rows = [(rng.standard_normal(n) * rng.uniform(0.1, 30)).astype(np.float32) for n in lengths]
     rows[3][2] = -np.inf
     words, want = [], []

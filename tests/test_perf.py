@@ -373,11 +373,13 @@ def test_as_built_top_is_slower_than_the_planned_design_and_reported():
     steps = asbuilt.step_breakdown("d16", W4, r.memory)
     assert len(steps) == 10 and binding_units(steps).startswith("steps 1")
     assert sum(share.values()) == pytest.approx(1.0)
-    # SOFTMAX at one element per cycle (about three passes per score) on the vector engine
-    # leads; the FDOTs on the 64-lane attention array come next to the GEMMs
-    assert list(share)[0] == "SOFTMAX"
+    # the GEMMs (the weight stream, re-read per row block) lead; the FDOTs on the 64-lane
+    # attention array come next; SOFTMAX, its rows in flight (one pass per score, not three),
+    # is about 10 %
+    assert list(share)[:2] == ["fc2", "fc1"]
     assert 0.15 < share["FDOT pv"] + share["FDOT qk"] < 0.3
-    assert 0.15 < share["fc1"] + share["fc2"] < 0.3
+    assert 0.2 < share["fc1"] + share["fc2"] < 0.35
+    assert share["SOFTMAX"] < 0.12
     rep = throughput_report(W4, VCK190, unit_timings(W4))
     rep["as_built_top"] = {"memory": {"source": "x", "beat_rate": 1.0, "read_latency": 150},
                            "models": {"d16": {**r.as_dict(), "pipeline_ablation":

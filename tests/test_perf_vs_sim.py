@@ -302,8 +302,11 @@ def test_cycle_files_state_the_rtl_they_measured():
         # files from before the register slices around the units lack those keys, and
         # from before the registered busy of the vector engine and the matrix engine's
         # array slice "vec_busy" and "arr_slice"
+        # and from before the row units' rows in flight "sm_slots" and "l2_slots"
+        if set(sim.unit_latencies) == set(current):
+            continue
         att = {k for k in current if k.startswith("att_")}
-        now = set(current)
+        now = set(current) - {"sm_slots", "l2_slots"}
         new = {"vec_busy", "arr_slice"}
         sl = now - {"vec_slices", "load_slices", "rd_slice", "wr_slice"} - new
         assert set(sim.unit_latencies) in (now, now - new, sl, sl - {"att_slots"}, sl - att,

@@ -31,13 +31,8 @@ __all__ = ["TopMemory", "sim_memory", "simdram_memory", "platform_memory", "TopB
 
 
 # ===================================================================== the as-built top
-# The planned-architecture model above counts the units the design aims at.  The model
-# below counts what the RTL top that exists (fpqvar_hw/engines/top.py: Controller + MatrixEngine
-# + VectorEngine, docs/top.md) does with the program fpqvar_hw/host/compiler.py emits: one
-# instruction at a time per engine, in program order, sync flags as compiler.assign_sync
-# sets them, every engine's cycles from its micro-architecture (matrix.py, vecengine.py,
-# vector.py) and one 128-bit AXI master (16 bytes per cycle at most).  Nothing here is
-# fitted to simulated cycle counts; tests/test_perf_vs_sim.py states how close it gets.
+# One instruction at a time per engine, in program order, sync flags as
+# compiler.assign_sync sets them; one 128-bit AXI master (16 bytes per cycle at most).
 
 #: ``matrix.py`` drain FSM: BIAS, the cycle after the last BIAS_READ word, WAIT, FLUSH
 #: -- cycles per feature block on top of the emitted results and the bias words.
@@ -133,8 +128,8 @@ class TopBuild:
     off), ``tree`` (pairwise tree over ``P`` partials), ``drain`` (``PartialSums.DRAIN``),
     ``mul``, the row units' phase latencies (``ln_mean``, ``ln_var``, ``ln_rsqrt``,
     ``ln_out``, ``sm_exp``, ``sm_recip``, ``l2_sq``, ``l2_gain``; those after a reduction
-    include the tree), ``gelu``, ``resid``,
-    ``cvt16``, ``fdot`` (pause after a row) and ``fdot_tree``.
+    include the tree), ``sm_slots``, ``l2_slots`` (the row units' buffers in flight),
+    ``gelu``, ``resid``, ``cvt16``, ``fdot`` (pause after a row) and ``fdot_tree``.
     """
 
     tm: int
@@ -195,7 +190,8 @@ _OLDER_RTL_LATENCIES = {"dot_group": 1, "bias": 2, "vec_issue": 0,   # ... no at
                         "vec_slices": 0, "load_slices": 0,  # no register slices
                         "rd_slice": 0, "wr_slice": 0,
                         "vec_busy": 0,                      # a combinational busy
-                        "arr_slice": 0}                     # beats straight to the array
+                        "arr_slice": 0,                     # beats straight to the array
+                        "sm_slots": 0, "l2_slots": 0}       # row units: one row at a time
 
 
 def _checked_latencies(lat: Mapping[str, int], lanes: int) -> dict[str, int]:
@@ -225,7 +221,7 @@ def top_latencies(lanes: int, att: tuple[int, int], tn: int = 1) -> dict[str, in
     from ..units.fpu import FPOp
     from ..units.hadamard import LATENCY_AFTER_LAST as HAD
     from ..units.quantizer import LATENCY_AFTER_LAST as QUANT
-    from ..units.vector import Dataflow, PartialSums, Val, fp32_bits
+    from ..units.vector import Dataflow, L2NormTemperature, PartialSums, Softmax, Val, fp32_bits
 
     from ..engines.attention import AttentionArray
     P = isa.VEC_P
@@ -268,6 +264,7 @@ def top_latencies(lanes: int, att: tuple[int, int], tn: int = 1) -> dict[str, in
         "ln_out": lnmod_out.stage,
         "sm_exp": df.exp(df.sub(x(), held)).stage,
         "sm_recip": df.reciprocal(tv).stage,
+        "sm_slots": Softmax.SLOTS, "l2_slots": L2NormTemperature.SLOTS,
         "l2_sq": df.mul(x(), x()).stage,
         "l2_gain": gain.stage,
         "gelu": units[isa.VecSubop.GELU], "resid": units[isa.VecSubop.RESID],
@@ -383,13 +380,14 @@ def vec_cost(subop: int, n: tuple[int, int, int, int], operands: Mapping[str, tu
     The first read leaves ``vec_issue`` cycles into the instruction (the engine's issue
     pipeline).  One element per cycle enters the sub-op's unit (one per ``gap_<SUBOP>`` cycles with
     the fine pipeline off); the row units add their phases per row: LNMOD ``3*n0`` +
-    mean, variance and rsqrt latencies; L2NT ``2*n0`` + square and gain; SOFTMAX
-    ``3*n0`` + exp and reciprocal; FDOT ``n0`` + its per-row pause.  Reads: bus words at
+    mean, variance and rsqrt latencies; FDOT ``n0`` + its pause; SOFTMAX and L2NT keep rows
+    in flight (their units' ``stream_cycles``).  Reads: bus words at
     ``beat_rate``; every read request (a burst, or a single beat) holds one of the read
     arbiter's ``max_outstanding`` slots for a round trip, and each operand has at most
     ``vec_rd_depth`` words in flight.
     """
     from ..isa import VecSubop as V
+    from ..units.vector import L2NormTemperature, Softmax
     if any(v < 1 for v in n):
         raise ValueError(f"VEC loop counts must be >= 1, got {n}")
     L = b.lat
@@ -402,11 +400,16 @@ def vec_cost(subop: int, n: tuple[int, int, int, int], operands: Mapping[str, tu
     if s is V.LNMOD:
         unit = rows * (n0 * g + 2 * n0 + (L["ln_mean"] + d + 1)
                        + (L["ln_var"] + d + L["ln_rsqrt"] + 1)) + L["ln_out"]
-    elif s is V.L2NT:
+    elif s is V.L2NT and L["l2_slots"]:
+        unit = L2NormTemperature.stream_cycles(rows, n0, sq=L["l2_sq"], gain=L["l2_gain"],
+                                               drain=d, mul=L["mul"], slots=L["l2_slots"])
+    elif s is V.L2NT:       # older RTL (l2_slots 0): one head at a time
         unit = rows * (n0 * g + n0 + L["l2_sq"] + d + L["l2_gain"] + 1) + L["mul"]
-    elif s is V.SOFTMAX:
-        unit = rows * (n0 * g + 2 * n0 + (L["sm_exp"] + d + 1) + (L["sm_recip"] + 1)
-                       + (n0 == 1)) + L["mul"]     # a one-element row waits a cycle
+    elif s is V.SOFTMAX and L["sm_slots"]:
+        unit = Softmax.stream_cycles(rows, n0, exp=L["sm_exp"], recip=L["sm_recip"], drain=d,
+                                     mul=L["mul"], slots=L["sm_slots"])
+    elif s is V.SOFTMAX:    # older RTL (sm_slots 0): one row at a time, a 1-element row waits
+        unit = rows * (n0 * g + 2 * n0 + L["sm_exp"] + d + L["sm_recip"] + 2 + (n0 == 1)) + L["mul"]
     elif s is V.FDOT:
         unit = rows * max(n0 * g, n0 + L["fdot"]) + L["fdot_tree"]
     else:

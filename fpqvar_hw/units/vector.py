@@ -33,7 +33,7 @@ from ..checked import Checked
 from .fpu import (ADD_STAGES, FP16, FP32, MUL_STAGES, ROUND_STAGES, AddPipe, FloatFormat, FPOp, MulPipe,
                   RoundPackPipe, convert_front, float_layout, fp_max, unpack, unrounded_layout)
 
-__all__ = ["Dataflow", "Func", "Elementwise", "PartialSums", "RowBuffers", "Softmax",
+__all__ = ["Dataflow", "Func", "Elementwise", "PartialSums", "RowBuffers", "RowSlots", "Softmax",
            "LayerNormModulate", "L2NormTemperature", "FDot", "Residual", "fp32_bits",
            "skid_buffer"]
 
@@ -423,10 +423,7 @@ class PartialSums:
 
     def tree(self, df: Dataflow) -> Val:
         """The pairwise tree over the partials (taken at stage 0 of ``df``)."""
-        level = [Val(a, 0) for a in self.acc]
-        while len(level) > 1:
-            level = [df.add(level[q], level[q + 1]) for q in range(0, len(level), 2)]
-        return level[0]
+        return _tree_of(df, self.acc)
 
 
 def _check_P(P: int) -> None:
@@ -514,6 +511,124 @@ def _tags(m: Module, head: Value, stages: int) -> Value:
     return t
 
 
+class RowSlots:
+    """Row buffers of a row unit that keeps several rows in flight, and its output phase
+    (a builder inside the caller's module, like :class:`RowBuffers`).
+
+    ``slots`` buffers of ``depth`` FP32 elements, used in turn; per buffer the row's last
+    index (:attr:`end`), its factor (:attr:`r`) and two flags: *free* (the caller's load
+    phase may fill it) and *ready* (its factor is known).  The caller writes element ``k``
+    of buffer ``j`` with :meth:`write`, marks a row loaded with :attr:`clr_free` (a bit
+    per buffer, comb) and its factor known with :meth:`set_factor`; OUT then streams the
+    row's ``element * r`` through ``mul`` (an ``FPUnit`` MUL whose ``o`` is the unit's
+    output), one element per cycle with backpressure, in buffer order, and frees the
+    buffer.  ``shared``: one memory holds every buffer (buffer ``j`` at ``Cat(k, j)``), so
+    OUT's element comes straight from its read register, with no mux in front of
+    ``mul``; for a caller that writes one buffer per cycle and never reads.  OUT reads a buffer through its read register at :attr:`out_next` (``0``
+    while OUT waits, so a row's first element is read before OUT starts it); the caller
+    may read a buffer it owns instead (:meth:`read_at`).  OUT takes ``n + 1`` cycles
+    per row of ``n`` from seeing *ready*; its last element leaves ``mul``'s latency later.
+    """
+
+    def __init__(self, m: Module, depth: int, slots: int, mul, prefix: str = "", *,
+                 shared: bool = False):
+        from amaranth.lib.memory import Memory
+
+        self.m, self.slots, self.shared = m, slots, shared
+        self.ports = []
+        if shared:      # one memory, buffer j at Cat(k, j): one write and one read port
+            self._kbits = max(1, (depth - 1).bit_length())
+            m.submodules[f"{prefix}buf"] = mem = Memory(shape=32, depth=slots << self._kbits,
+                                                        init=[])
+            self.ports.append((mem.write_port(), mem.read_port(domain="sync")))
+        else:
+            for j in range(slots):
+                m.submodules[f"{prefix}buf{j}"] = mem = Memory(shape=32, depth=depth, init=[])
+                self.ports.append((mem.write_port(), mem.read_port(domain="sync")))
+        self.end = Array(Signal(range(depth), name=f"{prefix}end{j}") for j in range(slots))
+        self.r = Array(Signal(32, name=f"{prefix}r{j}") for j in range(slots))
+        self.free = Signal(slots, init=(1 << slots) - 1, name=f"{prefix}free")
+        self.ready = Signal(slots, name=f"{prefix}ready")
+        self.clr_free = Signal(slots, name=f"{prefix}clr_free")
+        set_ready, set_free = Signal(slots), Signal(slots)
+        self._set_ready = set_ready
+        m.d.sync += [self.free.eq((self.free & ~self.clr_free) | set_free),
+                     self.ready.eq((self.ready | set_ready) & ~set_free)]
+        # OUT
+        self.out_slot = os_ = Signal(range(slots), name=f"{prefix}out_slot")
+        ko, self.out_next = Signal(range(depth)), Signal(range(depth), name=f"{prefix}out_next")
+        o_end, o_r = Signal(range(depth)), Signal(32)
+        self.out_step = Signal(name=f"{prefix}out_step")     # OUT moves to the next buffer
+        m.d.sync += ko.eq(self.out_next)
+        m.d.comb += self.out_next.eq(ko)
+        with m.FSM(name=f"{prefix}out"):
+            with m.State("IDLE"):
+                with m.If(self.ready.bit_select(os_, 1)):
+                    m.d.sync += [o_r.eq(self.r[os_]), o_end.eq(self.end[os_])]
+                    m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += [mul.i.valid.eq(1), mul.i.payload[0].a.as_value().eq(self.data(os_)),
+                             mul.i.payload[0].b.as_value().eq(o_r)]
+                with m.If(mul.i.ready):
+                    m.d.comb += self.out_next.eq(ko + 1)
+                    with m.If(ko == o_end):
+                        m.d.comb += [self.out_next.eq(0), set_free.eq(Const(1, slots) << os_),
+                                     self.out_step.eq(1)]
+                        m.d.sync += os_.eq(self.next_slot(os_))
+                        m.next = "IDLE"
+        self._override = [None] * slots
+
+    def next_slot(self, j: Value) -> Value:
+        """The buffer after ``j``."""
+        n = self.slots
+        return (j + 1)[:len(j)] if n & (n - 1) == 0 else Mux(j == n - 1, 0, j + 1)
+
+    def write(self, j, addr: Value, data: Value) -> None:
+        """Write ``data`` at ``addr`` of buffer ``j`` (under the caller's condition; with
+        ``shared`` ``j`` may be a signal, and one buffer is written per cycle)."""
+        wr, _ = self.ports[0 if self.shared else j]
+        full = Cat(addr[:self._kbits], j) if self.shared else addr
+        self.m.d.comb += [wr.addr.eq(full), wr.data.eq(data), wr.en.eq(1)]
+
+    def read_at(self, j: int, mine: Value, addr: Value) -> None:
+        """Buffer ``j`` reads ``addr`` (comb: the next cycle's element) while ``mine``, else
+        OUT's address."""
+        self._override[j] = (mine, addr)
+
+    def data(self, j: Value) -> Value:
+        """The read register of buffer ``j`` (a signal index: a mux; with ``shared`` the
+        one read register, which holds OUT's buffer)."""
+        if self.shared:
+            return self.ports[0][1].data
+        return Array(rd.data for _, rd in self.ports)[j]
+
+    def set_factor(self, j: Value, r: Value) -> None:
+        """Store row ``j``'s factor and mark it ready (under the caller's condition)."""
+        self.m.d.comb += self._set_ready.eq(Const(1, self.slots) << j)
+        self.m.d.sync += self.r[j].eq(r)
+
+    def finish(self) -> None:
+        """Connect the read addresses (after every :meth:`read_at`)."""
+        if self.shared:     # OUT is the only reader: the next cycle's slot and element
+            _, rd = self.ports[0]
+            assert all(o is None for o in self._override), "a shared RowSlots has one reader"
+            nxt = Mux(self.out_step, self.next_slot(self.out_slot), self.out_slot)
+            self.m.d.comb += rd.addr.eq(Cat(self.out_next[:self._kbits], nxt))
+            return
+        for j, (_, rd) in enumerate(self.ports):
+            o = self._override[j]
+            self.m.d.comb += rd.addr.eq(self.out_next if o is None else Mux(o[0], o[1], self.out_next))
+
+
+def _tree_of(df: Dataflow, values) -> Val:
+    """The pairwise tree ``((v0+v1)+(v2+v3))+...`` over ``values`` (taken at stage 0 of
+    ``df``): :meth:`PartialSums.tree` over registers of the caller's."""
+    level = [Val(a, 0) for a in values]
+    while len(level) > 1:
+        level = [df.add(level[q], level[q + 1]) for q in range(0, len(level), 2)]
+    return level[0]
+
+
 @hierarchical
 class Softmax(Checked, wiring.Component):
     """Row softmax over FP32 elements, bit-exact to ``golden.vector.softmax(row, P)``, for
@@ -524,17 +639,34 @@ class Softmax(Checked, wiring.Component):
     of exactly ``length``); ``o``: stream of the FP32 results in the same order.  One
     element per beat.
 
-    Per row: (1) load the row into a buffer while keeping the running max (``max`` is
-    exact, so any order gives the golden ``max``); (2) stream the buffer through
-    ``exp(x - m)`` (one :class:`Dataflow` pipeline, one element per cycle), write ``e``
-    back and accumulate it into :class:`PartialSums` (unused partials stay +0.0: the
-    golden padding); (3) the pairwise tree and ``reciprocal`` give ``r``; (4) stream out
-    ``e * r`` with backpressure.  Cycles per row of ``n``: about ``3*n +
-    latency(exp) + latency(tree + reciprocal)`` plus stalls (one more for a row of one
-    element); the next row is accepted
-    after the last output of the previous one.  The buffer is distributed RAM read
-    through a register (:class:`RowBuffers`).
+    Every row passes three phases, each its own process, so that up to :attr:`SLOTS` rows
+    are in flight (one row buffer each, used in turn): (1) LOAD takes the row into a
+    free buffer while keeping the running max (``max`` is exact, so any order gives the
+    golden ``max``); (2) EXP streams a loaded buffer through ``exp(x - m)`` (one
+    :class:`Dataflow` pipeline, one element per cycle), writes ``e`` back and
+    accumulates it into one of two :class:`PartialSums` (rows alternate between them;
+    unused partials stay +0.0: the golden padding); :attr:`PartialSums.DRAIN` cycles
+    after the row's last ``e`` its partials are copied into a snapshot register and
+    cleared, and the pairwise tree and ``reciprocal`` on the snapshot give ``r``;
+    (3) OUT streams ``e * r`` out, with backpressure, and frees the buffer.  LOAD of
+    row ``j + 1`` runs while EXP works on row ``j`` and OUT on row ``j - 1``.
+
+    Cycles (no stalls), row ``j`` of ``n`` elements, ``L`` / ``L2`` / ``Lm`` the latencies
+    of the exp, tree + reciprocal and output-multiply pipelines: LOAD takes it from the
+    cycle after row ``j - 1``'s last element, or after its buffer is freed (row ``j -
+    SLOTS``); EXP starts it (cycle ``c_j``) once it is loaded, EXP is done with row ``j -
+    1`` (``c_{j-1} + n + 2``) and its partial-sum set is free (``c_{j-2} + n + L + DRAIN +
+    2``), then the first read, ``n`` elements; its ``r`` is ready ``n + L + DRAIN + L2 + 3``
+    cycles after ``c_j``; OUT takes ``n + 1`` cycles per row and the last result leaves
+    ``Lm`` cycles after its last element.  :meth:`stream_cycles` runs this recursion (it
+    reproduces the simulated unit to the cycle: ``sim/test_vector.py``, rows of 1 to 680);
+    long rows stream at ``n + 2`` cycles per row, where one row at a time took ``3*n +
+    L + DRAIN + L2`` and more.  The buffers are memories read through a register at the
+    address of the phase that owns them.
     """
+
+    #: row buffers (rows in flight)
+    SLOTS = 4
 
     def __init__(self, *, length: int, P: int = 8):
         self.length, self.P, self.lanes = length, P, 1
@@ -555,85 +687,139 @@ class Softmax(Checked, wiring.Component):
         """``latency`` without building the unit."""
         return 1
 
+    @classmethod
+    def pipeline_cycles(cls, P: int = 8) -> tuple[int, int]:
+        """``(latency(exp(x - m)), latency(tree over P + reciprocal))`` of the unit's
+        pipelines (a dry :class:`Dataflow`: nothing built)."""
+        df = Dataflow(None, None, dry=True)
+        e = df.exp(df.sub(Val(Const(0, 32), 0), Val(Const(0, 32), -1)))
+        return e.stage, df.reciprocal(_tree_of(df, [Const(0, 32)] * P)).stage
+
+    @staticmethod
+    def stream_cycles(rows: int, n: int, *, exp: int, recip: int, drain: int, mul: int,
+                      slots: int) -> int:
+        """Cycles from the first element in to the last result out for ``rows`` rows of
+        ``n`` elements, input and output never stalled: the class docstring's recursion
+        over the rows, from the pipelines' latencies (``exp``, ``recip`` = tree +
+        reciprocal, ``drain`` = ``PartialSums.DRAIN``, ``mul``) and ``slots`` buffers
+        (:meth:`cycles_for` passes this build's; the throughput model those a cycle file
+        recorded)."""
+        if rows < 1 or n < 1:
+            raise ValueError(f"rows and n must be >= 1, got {rows}, {n}")
+        load_end = c1 = c2 = out = -(1 << 30)    # rows j-1 (and j-2) as the recursion goes
+        freed = [-(1 << 30)] * slots              # when each buffer was last freed
+        for j in range(rows):
+            load = 0 if j == 0 else max(load_end + 1, freed[j % slots] + 1)
+            load_end = load + n - 1
+            c = max(load_end + 1, c1 + n + 2, c2 + n + exp + drain + 2)
+            ready = c + n + exp + drain + recip + 3
+            out = ready if j == 0 else max(ready, out + n + 1)
+            freed[j % slots] = out + n
+            c1, c2 = c, c1
+        return out + n + mul + 1
+
+    @classmethod
+    def cycles_for(cls, rows: int, n: int, P: int = 8) -> int:
+        """:meth:`stream_cycles` of this build (``P`` partial sums)."""
+        from .fpu import FPOp
+        L, L2 = cls.pipeline_cycles(P)
+        return cls.stream_cycles(rows, n, exp=L, recip=L2, drain=PartialSums.DRAIN,
+                                 mul=FPOp.MUL.latency, slots=cls.SLOTS)
+
     def elaborate(self, platform):
         from .fpu import FPUnit
 
         m = Module()
-        n, P = self.length, self.P
-        bufs = RowBuffers(m, ("x",), n)
-        wr = bufs.wr["x"]
-        k, k_next, k1 = bufs.k, bufs.k_next, bufs.k1   # element counter of the current phase
-        end = Signal(range(n))            # index of the row's last element
-        mx = Signal(32, init=0xFF800000)  # running max, starts at -Inf
-        r = Signal(32)
-        ps = PartialSums(m, P, "sum_")
-
-        # (2) exp pipeline, always enabled; valid and index travel alongside.
-        df = Dataflow(m, Const(1), prefix="sm_")
-        x_in = Signal(32)
-        e_val = df.exp(df.sub(Val(x_in, 0), Val(mx, -1)))
-        L = e_val.stage
-        go = Signal()
-        tag = _tags(m, Cat(go, k), L)
-        e_valid, e_idx = tag[0], tag[1:]
-        e_sig = df.at(e_val, L)
-        m.d.comb += [ps.issue.eq(e_valid), ps.part.eq(e_idx[:len(ps.part)]), ps.value.eq(e_sig)]
-
-        # (3) tree + reciprocal on the (stable) partials
-        df2 = Dataflow(m, Const(1), prefix="tr_")
-        recip = df2.reciprocal(ps.tree(df2))
-        L2 = recip.stage
-
-        # (4) output multiply with backpressure
+        n, P, S = self.length, self.P, self.SLOTS
+        NEG_INF = 0xFF800000
         m.submodules.mul = mul = FPUnit(FPOp.MUL, FP32)
         wiring.connect(m, wiring.flipped(self.o), mul.o)
+        # a buffer is free -> (LOAD) loaded -> (EXP, snapshot, reciprocal) ready -> (OUT) free
+        rows = RowSlots(m, n, S, mul)
+        row_mx = Array(Signal(32, name=f"mx{j}") for j in range(S))
+        loaded, set_loaded, clr_loaded = Signal(S), Signal(S), Signal(S)
+        m.d.sync += loaded.eq((loaded | set_loaded) & ~clr_loaded)
+        m.d.comb += rows.clr_free.eq(set_loaded)
 
-        wait = Signal(range(L + L2 + PartialSums.DRAIN + 1))
-        m.d.comb += x_in.eq(bufs.data("x"))
-        new_max = fp_max(m, mx, self.i.payload.x.as_value(), FP32)
-        with m.FSM():
-            with m.State("LOAD"):
-                m.d.comb += [self.i.ready.eq(1), wr.addr.eq(k), wr.data.eq(self.i.payload.x.as_value()),
-                             wr.en.eq(self.i.valid)]
-                with m.If(self.i.valid):
-                    m.d.sync += mx.eq(new_max)
-                    m.d.comb += k_next.eq(k1)
-                    with m.If(self.i.payload.last | (k == n - 1)):
-                        m.d.sync += end.eq(k)
-                        m.d.comb += k_next.eq(0)
-                        m.next = "EXP"
-                        with m.If(k == 0):      # a one-element row waits a cycle: EXP would
-                            m.next = "SETTLE"   # read the element as it is written
-            with m.State("SETTLE"):
-                m.next = "EXP"
-            with m.State("EXP"):
-                m.d.comb += [go.eq(1), k_next.eq(k1)]
-                with m.If(k == end):
-                    m.d.sync += wait.eq(0)
-                    m.d.comb += k_next.eq(0)
-                    m.next = "DRAIN"
-            with m.State("DRAIN"):         # exp results still writing back / accumulating
-                m.d.sync += wait.eq(wait + 1)
-                with m.If(wait == L + PartialSums.DRAIN):
-                    m.d.sync += wait.eq(0)
-                    m.next = "REDUCE"
-            with m.State("REDUCE"):        # tree + reciprocal pipeline settles
-                m.d.sync += wait.eq(wait + 1)
-                with m.If(wait == L2):
-                    m.d.sync += r.eq(df2.at(recip, L2))
-                    m.next = "OUT"
-            with m.State("OUT"):
-                m.d.comb += [mul.i.valid.eq(1), mul.i.payload[0].a.as_value().eq(bufs.data("x")),
-                             mul.i.payload[0].b.as_value().eq(r)]
-                with m.If(mul.i.ready):
-                    m.d.comb += k_next.eq(k1)
-                    with m.If(k == end):
-                        m.d.sync += mx.eq(0xFF800000)
-                        m.d.comb += [k_next.eq(0), ps.clear.eq(1)]
-                        m.next = "LOAD"
-        # write back e (during EXP/DRAIN; LOAD writes come from the input)
-        with m.If(e_valid):
-            m.d.comb += [wr.addr.eq(e_idx), wr.data.eq(e_sig), wr.en.eq(1)]
+        # ---- (1) LOAD
+        ls = Signal(range(S))               # the buffer being loaded
+        kl = Signal(range(n))
+        mx = Signal(32, init=NEG_INF)       # running max, starts at -Inf
+        l_take = Signal()
+        x_new = self.i.payload.x.as_value()
+        new_max = fp_max(m, mx, x_new, FP32)
+        m.d.comb += [self.i.ready.eq(rows.free.bit_select(ls, 1)),
+                     l_take.eq(self.i.valid & self.i.ready)]
+        with m.If(l_take):
+            m.d.sync += [mx.eq(new_max), kl.eq(kl + 1)]
+            with m.If(self.i.payload.last | (kl == n - 1)):
+                m.d.sync += [rows.end[ls].eq(kl), row_mx[ls].eq(new_max), mx.eq(NEG_INF),
+                             kl.eq(0), ls.eq(rows.next_slot(ls))]
+                m.d.comb += set_loaded.eq(Const(1, S) << ls)
+
+        # ---- (2) EXP: exp pipeline, always enabled; valid, row end, partial-sum set,
+        #      buffer and index travel alongside
+        es = Signal(range(S))               # the buffer EXP works on
+        ke, ke_next = Signal(range(n)), Signal(range(n))
+        e_end, e_mx = Signal(range(n)), Signal(32)
+        par = Signal()                      # partial-sum set of EXP's row
+        ps_busy, set_busy, clr_busy = Signal(2), Signal(2), Signal(2)
+        e_own, go = Signal(), Signal()
+        m.d.sync += [ke.eq(ke_next), ps_busy.eq((ps_busy | set_busy) & ~clr_busy)]
+        m.d.comb += ke_next.eq(ke)
+        df = Dataflow(m, Const(1), prefix="sm_")
+        e_val = df.exp(df.sub(Val(rows.data(es), 0), Val(e_mx, -1)))
+        L = e_val.stage
+        tag = _tags(m, Cat(go, ke == e_end, par, es, ke), L)
+        e_valid, e_last, e_par = tag[0], tag[1], tag[2]
+        e_slot, e_idx = tag[3:3 + len(es)], tag[3 + len(es):]
+        e_sig = df.at(e_val, L)
+        sets = [PartialSums(m, P, f"sum{q}_") for q in range(2)]
+        for q, ps in enumerate(sets):
+            m.d.comb += [ps.issue.eq(e_valid & (e_par == q)), ps.part.eq(e_idx[:len(ps.part)]),
+                         ps.value.eq(e_sig)]
+        with m.FSM(name="exp"):
+            with m.State("IDLE"):
+                with m.If(loaded.bit_select(es, 1) & ~ps_busy.bit_select(par, 1)):
+                    m.d.sync += [e_mx.eq(row_mx[es]), e_end.eq(rows.end[es])]
+                    m.d.comb += [set_busy.eq(Const(1, 2) << par), clr_loaded.eq(Const(1, S) << es)]
+                    m.next = "PRIME"
+            with m.State("PRIME"):          # the first element's read
+                m.d.comb += e_own.eq(1)
+                m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += [e_own.eq(1), go.eq(1), ke_next.eq(ke + 1)]
+                with m.If(ke == e_end):
+                    m.d.comb += ke_next.eq(0)
+                    m.d.sync += [es.eq(rows.next_slot(es)), par.eq(~par)]
+                    m.next = "IDLE"
+        # EXP reads the buffer it owns; LOAD and the write-back never share a buffer
+        for j in range(S):
+            rows.read_at(j, e_own & (es == j), ke_next)
+            with m.If(e_valid & (e_slot == j)):
+                rows.write(j, e_idx, e_sig)
+            with m.Elif(l_take & (ls == j)):
+                rows.write(j, kl, x_new)
+        rows.finish()
+
+        # the row's partials hold their sums DRAIN cycles after its last e: snapshot, clear
+        snap_tag = _tags(m, Cat(e_valid & e_last, e_par, e_slot), PartialSums.DRAIN)
+        s_go, s_par, s_slot = snap_tag[0], snap_tag[1], snap_tag[2:]
+        snap = [Signal(32, name=f"snap{j}") for j in range(P)]
+        snap_valid, snap_slot = Signal(), Signal(range(S))
+        m.d.sync += [snap_valid.eq(s_go), snap_slot.eq(s_slot)]
+        with m.If(s_go):
+            m.d.sync += [snap[j].eq(Mux(s_par, sets[1].acc[j], sets[0].acc[j])) for j in range(P)]
+            m.d.comb += clr_busy.eq(Mux(s_par, 2, 1))
+            for q, ps in enumerate(sets):
+                m.d.comb += ps.clear.eq(s_par == q)
+        # (3) tree + reciprocal on the snapshot, fully pipelined
+        df2 = Dataflow(m, Const(1), prefix="tr_")
+        recip = df2.reciprocal(_tree_of(df2, snap))
+        L2 = recip.stage
+        r_tag = _tags(m, Cat(snap_valid, snap_slot), L2)
+        with m.If(r_tag[0]):
+            rows.set_factor(r_tag[1:], df2.at(recip, L2))
         return m
 
 
@@ -767,10 +953,28 @@ class L2NormTemperature(Checked, wiring.Component):
 
     ``i``: stream of ``{x, t}`` (FP32) with ``temperature=True``, else ``{x}``; heads of
     ``head_dim`` elements back to back (``t`` is taken from a head's first element);
-    ``o``: FP32 results in order.  Per head: load while ``x*x`` is accumulated into
-    :class:`PartialSums`; tree, ``max(., 1e-24)``, ``rsqrt`` (times the temperature) ->
-    ``g``; stream out ``x*g`` with backpressure.
+    ``o``: FP32 results in order.
+
+    Heads in flight (:class:`RowSlots`, :attr:`SLOTS` buffers used in turn): LOAD takes a
+    head into a free buffer while ``x*x`` is accumulated into one of two
+    :class:`PartialSums` (heads alternate between them); :attr:`PartialSums.DRAIN` cycles
+    after the head's last square its partials are copied into a snapshot register (with
+    the head's ``t``) and cleared, and the tree, ``max(., 1e-24)``, ``rsqrt`` (times the
+    temperature) on the snapshot give ``g``; OUT streams ``x*g`` out with backpressure.
+    LOAD of the next heads runs while earlier heads reduce and leave.
+
+    Cycles (no stalls), head ``j`` of ``n`` elements, ``Ls`` / ``Lg`` / ``Lm`` the
+    latencies of the square, gain and output-multiply pipelines: LOAD takes it from the
+    cycle after head ``j - 1``'s last element, once its buffer is freed (head ``j -
+    SLOTS``) and its partial-sum set snapshotted (head ``j - 2``: ``Ls + DRAIN + 1`` cycles
+    after that head's last element); ``g`` is ready ``Ls + DRAIN + Lg + 2`` cycles after
+    the head's last element; OUT takes ``n + 1`` cycles per head and the last result
+    leaves ``Lm`` later (:meth:`stream_cycles`): heads of 64 stream at 64 cycles each,
+    where one at a time took ``2*64 + Ls + DRAIN + Lg``.
     """
+
+    #: head buffers (heads in flight)
+    SLOTS = 8
 
     def __init__(self, *, head_dim: int = 64, P: int = 8, temperature: bool = True):
         self.length, self.P, self.temperature, self.lanes = head_dim, P, temperature, 1
@@ -790,62 +994,115 @@ class L2NormTemperature(Checked, wiring.Component):
         """``latency`` without building the unit."""
         return FPOp.MUL.latency + PartialSums.DRAIN
 
+    @staticmethod
+    def stream_cycles(rows: int, n: int, *, sq: int, gain: int, drain: int, mul: int,
+                      slots: int) -> int:
+        """Cycles from the first element in to the last result out for ``rows`` heads of
+        ``n`` elements, input and output never stalled: the class docstring's recursion
+        from the pipelines' latencies (``sq``, ``gain`` = tree + max + rsqrt (+ temperature),
+        ``drain`` = ``PartialSums.DRAIN``, ``mul``) and ``slots`` buffers."""
+        if rows < 1 or n < 1:
+            raise ValueError(f"rows and n must be >= 1, got {rows}, {n}")
+        end1 = end2 = out = -(1 << 30)            # heads j-1, j-2: last element taken
+        freed = [-(1 << 30)] * slots
+        for j in range(rows):
+            load = 0 if j == 0 else max(end1 + 1, freed[j % slots] + 1, end2 + sq + drain + 2)
+            end = load + n - 1
+            ready = end + sq + drain + gain + 2
+            out = ready if j == 0 else max(ready, out + n + 1)
+            freed[j % slots] = out + n
+            end1, end2 = end, end1
+        return out + n + mul + 1
+
+    @classmethod
+    def cycles_for(cls, rows: int, n: int = 64, P: int = 8, temperature: bool = True) -> int:
+        """:meth:`stream_cycles` of this build."""
+        sq, gain = cls.pipeline_cycles(P, temperature)
+        return cls.stream_cycles(rows, n, sq=sq, gain=gain, drain=PartialSums.DRAIN,
+                                 mul=FPOp.MUL.latency, slots=cls.SLOTS)
+
+    @staticmethod
+    def _gain(df: Dataflow, snap, t: Val | None) -> Val:
+        gain = df.rsqrt(df.max(_tree_of(df, snap), df.const(fp32_bits(1e-24))))
+        if t is not None:
+            gain = df.mul(gain, df.exp(df.min(t, df.const(fp32_bits(math.log(100.0))))))
+        return gain
+
+    @classmethod
+    def pipeline_cycles(cls, P: int = 8, temperature: bool = True) -> tuple[int, int]:
+        """``(latency(x*x), latency(gain))`` of the unit's pipelines (a dry Dataflow)."""
+        df = Dataflow(None, None, dry=True)
+        sq = df.mul(Val(Const(0, 32), 0), Val(Const(0, 32), 0)).stage
+        t = Val(Const(0, 32), 0) if temperature else None
+        return sq, cls._gain(df, [Const(0, 32)] * P, t).stage
+
     def elaborate(self, platform):
         from .fpu import FPUnit
 
         m = Module()
-        n, P = self.length, self.P
-        bufs = RowBuffers(m, ("x",), n)
-        wr = bufs.wr["x"]
-        k, k_next, k1 = bufs.k, bufs.k_next, bufs.k1
-        t, g = Signal(32), Signal(32)
-        x_in = self.i.payload.x.as_value()
+        n, P, S = self.length, self.P, self.SLOTS
+        m.submodules.mul = mul = FPUnit(FPOp.MUL, FP32)
+        wiring.connect(m, wiring.flipped(self.o), mul.o)
+        rows = RowSlots(m, n, S, mul, shared=True)
+        m.d.comb += [rows.end[j].eq(n - 1) for j in range(S)]
+        row_t = Array(Signal(32, name=f"t{j}") for j in range(S))
 
-        # x*x pipeline on accepted inputs, then the partial sums
+        # ---- LOAD: x*x pipeline on accepted inputs into the head's partial-sum set
+        ls = Signal(range(S))               # the buffer being loaded
+        kl = Signal(range(n))
+        par = Signal()                      # the head's partial-sum set
+        ps_busy, set_busy, clr_busy = Signal(2), Signal(2), Signal(2)
+        m.d.sync += ps_busy.eq((ps_busy | set_busy) & ~clr_busy)
+        x_in = self.i.payload.x.as_value()
+        take, last = Signal(), Signal()
+        first = Signal(init=1)              # kl == 0, as a register
+        m.d.comb += [last.eq(kl == n - 1),
+                     self.i.ready.eq(rows.free.bit_select(ls, 1)
+                                     & ~(first & ps_busy.bit_select(par, 1))),
+                     take.eq(self.i.valid & self.i.ready)]
         df = Dataflow(m, Const(1), prefix="sq_")
         sq = df.mul(Val(x_in, 0), Val(x_in, 0))
         Ls = sq.stage
-        take = Signal()
-        tag = _tags(m, Cat(take, k[:(n - 1).bit_length()]), Ls)
-        ps = PartialSums(m, P, "sum_")
-        m.d.comb += [ps.issue.eq(tag[0]), ps.part.eq(tag[1:][:len(ps.part)]),
-                     ps.value.eq(df.at(sq, Ls))]
+        tag = _tags(m, Cat(take, last, par, ls, kl), Ls)
+        q_valid, q_last, q_par, q_slot = tag[0], tag[1], tag[2], tag[3:3 + len(ls)]
+        q_idx = tag[3 + len(ls):]
+        sets = [PartialSums(m, P, f"sum{q}_") for q in range(2)]
+        for q, ps in enumerate(sets):
+            m.d.comb += [ps.issue.eq(q_valid & (q_par == q)), ps.part.eq(q_idx[:len(ps.part)]),
+                         ps.value.eq(df.at(sq, Ls))]
+        with m.If(take):
+            m.d.sync += [kl.eq(kl + 1), first.eq(last)]
+            with m.If(first):
+                m.d.comb += set_busy.eq(Const(1, 2) << par)
+                if self.temperature:
+                    m.d.sync += row_t[ls].eq(self.i.payload.t.as_value())
+            with m.If(last):
+                m.d.sync += [kl.eq(0), ls.eq(rows.next_slot(ls)), par.eq(~par)]
+                m.d.comb += rows.clr_free.eq(Const(1, S) << ls)
+        with m.If(take):
+            rows.write(ls, kl, x_in)
+        rows.finish()
 
+        # the head's partials hold their sums DRAIN cycles after its last square: snapshot
+        # them and its t, clear the set; the gain pipeline runs on the snapshot
+        snap_tag = _tags(m, Cat(q_valid & q_last, q_par, q_slot), PartialSums.DRAIN)
+        s_go, s_par, s_slot = snap_tag[0], snap_tag[1], snap_tag[2:]
+        snap = [Signal(32, name=f"snap{j}") for j in range(P)]
+        snap_t = Signal(32)
+        snap_valid, snap_slot = Signal(), Signal(range(S))
+        m.d.sync += [snap_valid.eq(s_go), snap_slot.eq(s_slot)]
+        with m.If(s_go):
+            m.d.sync += [snap[j].eq(Mux(s_par, sets[1].acc[j], sets[0].acc[j])) for j in range(P)]
+            m.d.sync += snap_t.eq(row_t[s_slot])
+            m.d.comb += clr_busy.eq(Mux(s_par, 2, 1))
+            for q, ps in enumerate(sets):
+                m.d.comb += ps.clear.eq(s_par == q)
         df2 = Dataflow(m, Const(1), prefix="tr_")
-        gain = df2.rsqrt(df2.max(ps.tree(df2), df2.const(fp32_bits(1e-24))))
-        if self.temperature:
-            gain = df2.mul(gain, df2.exp(df2.min(Val(t, 0), df2.const(fp32_bits(math.log(100.0))))))
+        gain = self._gain(df2, snap, Val(snap_t, 0) if self.temperature else None)
         Lg = gain.stage
-
-        m.submodules.mul = mul = FPUnit(FPOp.MUL, FP32)
-        wiring.connect(m, wiring.flipped(self.o), mul.o)
-        wait = Signal(range(Ls + Lg + PartialSums.DRAIN + 1))
-        with m.FSM():
-            with m.State("LOAD"):
-                m.d.comb += [self.i.ready.eq(1), take.eq(self.i.valid), wr.addr.eq(k),
-                             wr.data.eq(x_in), wr.en.eq(self.i.valid)]
-                with m.If(self.i.valid):
-                    if self.temperature:
-                        with m.If(k == 0):
-                            m.d.sync += t.eq(self.i.payload.t.as_value())
-                    m.d.comb += k_next.eq(k1)
-                    with m.If(k == n - 1):
-                        m.d.sync += wait.eq(0)
-                        m.d.comb += k_next.eq(0)
-                        m.next = "REDUCE"
-            with m.State("REDUCE"):
-                m.d.sync += wait.eq(wait + 1)
-                with m.If(wait == Ls + PartialSums.DRAIN + Lg):
-                    m.d.sync += g.eq(df2.at(gain, Lg))
-                    m.next = "OUT"
-            with m.State("OUT"):
-                m.d.comb += [mul.i.valid.eq(1), mul.i.payload[0].a.as_value().eq(bufs.data("x")),
-                             mul.i.payload[0].b.as_value().eq(g)]
-                with m.If(mul.i.ready):
-                    m.d.comb += k_next.eq(k1)
-                    with m.If(k == n - 1):
-                        m.d.comb += [k_next.eq(0), ps.clear.eq(1)]
-                        m.next = "LOAD"
+        g_tag = _tags(m, Cat(snap_valid, snap_slot), Lg)
+        with m.If(g_tag[0]):
+            rows.set_factor(g_tag[1:], df2.at(gain, Lg))
         return m
 
 
