@@ -127,7 +127,10 @@ class AcceleratorConfig:
         lanes of the vector unit; ``attn_macs``: FP multiply-accumulates per cycle of
         the attention unit the throughput model plans.  ``att_t`` x ``att_n``: MAC lanes
         of the attention array the RTL builds (the vector engine's
-        ``AttentionArray``: ``att_t`` A rows x ``att_n`` B rows per tile, powers of two).
+        ``AttentionArray``: ``att_t`` A rows x ``att_n`` B rows per tile, powers of two;
+        every B row is read once per A tile, so 16 x 4 reads K and V half as often as
+        8 x 8 on the same 64 lanes; ``att_t`` above the compiler's 16-token tile buys
+        nothing).
     Memory
         ``act_buffer_kib``: on-chip quantized-activation buffer (URAM); when the
         rows of a scale step do not fit, weights are streamed more than once.
@@ -158,8 +161,8 @@ class AcceleratorConfig:
     quant_lanes: int = 32
     vector_lanes: int = 8
     attn_macs: int = 1024
-    att_t: int = 8
-    att_n: int = 8
+    att_t: int = 16
+    att_n: int = 4
     act_buffer_kib: int = 4096
     dram_efficiency: float = 0.8
     clock_mhz: float | None = None

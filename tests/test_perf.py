@@ -302,15 +302,15 @@ def test_attention_fdots_run_on_the_array():
     qk_far = asbuilt.vec_cost(**qk, fine=True, b=b, mem=far).cycles
     assert compute < qk_far < compute * 1.1
     # ... because three B tiles load while one computes: with two slots (the first array)
-    # every tile would wait for a 154-cycle round trip plus its 8 x 8 words (one job)
+    # every tile would wait for a 154-cycle round trip plus its N rows of 8 words (one job)
     import dataclasses
     two = dataclasses.replace(b, lat={**b.lat, "att_slots": 2})
     assert asbuilt.vec_cost(**qk, fine=True, b=two, mem=far).cycles \
-        == pytest.approx(tiles * (154 + 2 + 64), rel=0.05)
+        == pytest.approx(tiles * (154 + 2 + N * 8), rel=0.05)
     apart = dict(qk, operands={"a": (4, 0, 4), "b": (2, 256, 2)})
     req = 2 * (16 // T) * 256 + 2 * 16
-    assert asbuilt.vec_cost(**apart, fine=True, b=b, mem=far).cycles \
-        == pytest.approx(req * 154 / 8, rel=0.05)
+    bound = max(req * 154 / 8, compute)      # 16 x 4: each B row read half as often as 8 x 8
+    assert bound <= asbuilt.vec_cost(**apart, fine=True, b=b, mem=far).cycles < 1.1 * bound
     # fine pipeline off, KV6 B (C operand) or a row-order V cache: the element path
     rows_v = dict(subop=VecSubop.FDOT, n=(30, 64, 1, 2), operands={"a": (4, 0, 4), "b": (128, 2, 2)})
     offered = asbuilt.vec_cost(**rows_v, fine=True, b=b, mem=near).cycles
