@@ -522,12 +522,15 @@ class RowSlots:
     per buffer, comb) and its factor known with :meth:`set_factor`; OUT then streams the
     row's ``element * r`` through ``mul`` (an ``FPUnit`` MUL whose ``o`` is the unit's
     output), one element per cycle with backpressure, in buffer order, and frees the
-    buffer.  ``shared``: one memory holds every buffer (buffer ``j`` at ``Cat(k, j)``), so
-    OUT's element comes straight from its read register, with no mux in front of
-    ``mul``; for a caller that writes one buffer per cycle and never reads.  OUT reads a buffer through its read register at :attr:`out_next` (``0``
+    buffer.  OUT reads a buffer through its read register at :attr:`out_next` (``0``
     while OUT waits, so a row's first element is read before OUT starts it); the caller
     may read a buffer it owns instead (:meth:`read_at`).  OUT takes ``n + 1`` cycles
     per row of ``n`` from seeing *ready*; its last element leaves ``mul``'s latency later.
+
+    ``shared``: one memory holds every buffer (buffer ``j`` at ``Cat(k, j)``), so OUT's
+    element comes straight from the read register, with no mux in front of ``mul``; for
+    a caller that writes one buffer per cycle and never reads.  Call :meth:`finish`
+    after the caller's :meth:`read_at` calls.
     """
 
     def __init__(self, m: Module, depth: int, slots: int, mul, prefix: str = "", *,
@@ -587,7 +590,9 @@ class RowSlots:
         """Write ``data`` at ``addr`` of buffer ``j`` (under the caller's condition; with
         ``shared`` ``j`` may be a signal, and one buffer is written per cycle)."""
         wr, _ = self.ports[0 if self.shared else j]
-        full = Cat(addr[:self._kbits], j) if self.shared else addr
+        if self.shared:
+            addr = Cat(addr, Const(0, max(0, self._kbits - len(addr))))[:self._kbits]
+        full = Cat(addr, j) if self.shared else addr
         self.m.d.comb += [wr.addr.eq(full), wr.data.eq(data), wr.en.eq(1)]
 
     def read_at(self, j: int, mine: Value, addr: Value) -> None:
