@@ -170,22 +170,22 @@ MUTANTS = [
            "ser_in.scales[1].eq(hold_ctrl.scales[1])",
            DOT_SHARED_TEST, "shared-tail cell: every column scaled by column 0's weight scale"),
     Mutant("sm-snapshot-early", "fpqvar_hw/units/vector.py",
-           "Cat(e_valid & e_last, e_par, e_slot), PartialSums.DRAIN)",
-           "Cat(e_valid & e_last, e_par, e_slot), PartialSums.DRAIN - 1)",
-           SOFTMAX_TEST, "softmax: the partial sums are snapshotted a cycle before the row's "
-           "last e is in them"),
+           "Cat(valid & last, par, slot), PartialSums.DRAIN)",
+           "Cat(valid & last, par, slot), PartialSums.DRAIN - 1)",
+           SOFTMAX_TEST, "rows in flight (RowSums): the partial sums are snapshotted a cycle "
+           "before the row's last issue is in them (softmax test)"),
     Mutant("sm-partial-set-reused", "fpqvar_hw/units/vector.py",
-           "loaded.bit_select(es, 1) & ~ps_busy.bit_select(par, 1)",
+           "loaded.bit_select(es, 1) & ~sums.busy.bit_select(par, 1)",
            "loaded.bit_select(es, 1)",
            SOFTMAX_TEST, "softmax: a row starts on a partial-sum set whose previous row is "
            "not yet snapshotted"),
     Mutant("l2-snapshot-early", "fpqvar_hw/units/vector.py",
-           "Cat(q_valid & q_last, q_par, q_slot), PartialSums.DRAIN)",
-           "Cat(q_valid & q_last, q_par, q_slot), PartialSums.DRAIN - 1)",
-           L2_SHORT_TEST, "L2 norm: a head's partial sums are snapshotted a cycle before its "
-           "last square is in them"),
+           "Cat(valid & last, par, slot), PartialSums.DRAIN)",
+           "Cat(valid & last, par, slot), PartialSums.DRAIN - 1)",
+           L2_SHORT_TEST, "rows in flight (RowSums): the partial sums are snapshotted a cycle "
+           "before the row's last issue is in them (L2 norm test)"),
     Mutant("l2-partial-set-reused", "fpqvar_hw/units/vector.py",
-           "& ~(first & ps_busy.bit_select(par, 1))),",
+           "& ~(first & sums.busy.bit_select(par, 1))),",
            "),",
            L2_SHORT_TEST, "L2 norm: a head starts on a partial-sum set whose previous head "
            "is not yet snapshotted"),

@@ -33,7 +33,7 @@ from ..checked import Checked
 from .fpu import (ADD_STAGES, FP16, FP32, MUL_STAGES, ROUND_STAGES, AddPipe, FloatFormat, FPOp, MulPipe,
                   RoundPackPipe, convert_front, float_layout, fp_max, unpack, unrounded_layout)
 
-__all__ = ["Dataflow", "Func", "Elementwise", "PartialSums", "RowBuffers", "RowSlots", "Softmax",
+__all__ = ["Dataflow", "Func", "Elementwise", "PartialSums", "RowBuffers", "RowSlots", "RowSums", "Softmax",
            "LayerNormModulate", "L2NormTemperature", "FDot", "Residual", "fp32_bits",
            "skid_buffer"]
 
@@ -625,6 +625,53 @@ class RowSlots:
             self.m.d.comb += rd.addr.eq(self.out_next if o is None else Mux(o[0], o[1], self.out_next))
 
 
+class RowSums:
+    """Two :class:`PartialSums` sets that the rows of a row unit with rows in flight
+    alternate between (a builder inside the caller's module).
+
+    The caller starts a row on set ``par`` with :meth:`take` once ``busy`` bit ``par`` is
+    low, and issues its elements with :meth:`issue`.  :attr:`PartialSums.DRAIN` cycles
+    after the row's ``last`` issue (the row's partials hold their sums) the set is copied
+    into :attr:`snap` (``P`` registers, with :attr:`snap_valid` and :attr:`snap_slot`
+    one cycle later) and cleared, and its ``busy`` bit falls: the caller's reduction
+    pipeline runs on the snapshot while the set takes the row two later.
+    """
+
+    def __init__(self, m: Module, P: int, slots: int):
+        self.m = m
+        self.sets = [PartialSums(m, P, f"sum{q}_") for q in range(2)]
+        self.busy = Signal(2, name="ps_busy")
+        self._set, self._clr = Signal(2, name="set_busy"), Signal(2, name="clr_busy")
+        m.d.sync += self.busy.eq((self.busy | self._set) & ~self._clr)
+        self.snap = [Signal(32, name=f"snap{j}") for j in range(P)]
+        self.snap_valid, self.snap_slot = Signal(name="snap_valid"), Signal(range(slots),
+                                                                            name="snap_slot")
+
+    def take(self, par: Value) -> None:
+        """A row starts on set ``par`` (under the caller's condition)."""
+        self.m.d.comb += self._set.eq(Const(1, 2) << par)
+
+    def issue(self, valid: Value, last: Value, par: Value, slot: Value, part: Value,
+              value: Value) -> tuple[Value, Value]:
+        """Add ``value`` to partial ``part`` of set ``par`` while ``valid``; ``last``: the
+        row's final issue, ``slot``: its buffer.  Returns ``(go, slot)`` of the snapshot
+        cycle (for the caller's own per-row values that travel with it)."""
+        m = self.m
+        for q, ps in enumerate(self.sets):
+            m.d.comb += [ps.issue.eq(valid & (par == q)), ps.part.eq(part[:len(ps.part)]),
+                         ps.value.eq(value)]
+        tag = _tags(m, Cat(valid & last, par, slot), PartialSums.DRAIN)
+        go, s_par, s_slot = tag[0], tag[1], tag[2:]
+        m.d.sync += [self.snap_valid.eq(go), self.snap_slot.eq(s_slot)]
+        with m.If(go):
+            m.d.sync += [r.eq(Mux(s_par, self.sets[1].acc[j], self.sets[0].acc[j]))
+                         for j, r in enumerate(self.snap)]
+            m.d.comb += self._clr.eq(Mux(s_par, 2, 1))
+            for q, ps in enumerate(self.sets):
+                m.d.comb += ps.clear.eq(s_par == q)
+        return go, s_slot
+
+
 def _tree_of(df: Dataflow, values) -> Val:
     """The pairwise tree ``((v0+v1)+(v2+v3))+...`` over ``values`` (taken at stage 0 of
     ``df``): :meth:`PartialSums.tree` over registers of the caller's."""
@@ -768,9 +815,9 @@ class Softmax(Checked, wiring.Component):
         ke, ke_next = Signal(range(n)), Signal(range(n))
         e_end, e_mx = Signal(range(n)), Signal(32)
         par = Signal()                      # partial-sum set of EXP's row
-        ps_busy, set_busy, clr_busy = Signal(2), Signal(2), Signal(2)
+        sums = RowSums(m, P, S)
         e_own, go = Signal(), Signal()
-        m.d.sync += [ke.eq(ke_next), ps_busy.eq((ps_busy | set_busy) & ~clr_busy)]
+        m.d.sync += ke.eq(ke_next)
         m.d.comb += ke_next.eq(ke)
         df = Dataflow(m, Const(1), prefix="sm_")
         e_val = df.exp(df.sub(Val(rows.data(es), 0), Val(e_mx, -1)))
@@ -779,15 +826,14 @@ class Softmax(Checked, wiring.Component):
         e_valid, e_last, e_par = tag[0], tag[1], tag[2]
         e_slot, e_idx = tag[3:3 + len(es)], tag[3 + len(es):]
         e_sig = df.at(e_val, L)
-        sets = [PartialSums(m, P, f"sum{q}_") for q in range(2)]
-        for q, ps in enumerate(sets):
-            m.d.comb += [ps.issue.eq(e_valid & (e_par == q)), ps.part.eq(e_idx[:len(ps.part)]),
-                         ps.value.eq(e_sig)]
+        # the row's partials hold their sums DRAIN cycles after its last e: snapshot, clear
+        sums.issue(e_valid, e_last, e_par, e_slot, e_idx, e_sig)
         with m.FSM(name="exp"):
             with m.State("IDLE"):
-                with m.If(loaded.bit_select(es, 1) & ~ps_busy.bit_select(par, 1)):
+                with m.If(loaded.bit_select(es, 1) & ~sums.busy.bit_select(par, 1)):
                     m.d.sync += [e_mx.eq(row_mx[es]), e_end.eq(rows.end[es])]
-                    m.d.comb += [set_busy.eq(Const(1, 2) << par), clr_loaded.eq(Const(1, S) << es)]
+                    m.d.comb += clr_loaded.eq(Const(1, S) << es)
+                    sums.take(par)
                     m.next = "PRIME"
             with m.State("PRIME"):          # the first element's read
                 m.d.comb += e_own.eq(1)
@@ -807,22 +853,11 @@ class Softmax(Checked, wiring.Component):
                 rows.write(j, kl, x_new)
         rows.finish()
 
-        # the row's partials hold their sums DRAIN cycles after its last e: snapshot, clear
-        snap_tag = _tags(m, Cat(e_valid & e_last, e_par, e_slot), PartialSums.DRAIN)
-        s_go, s_par, s_slot = snap_tag[0], snap_tag[1], snap_tag[2:]
-        snap = [Signal(32, name=f"snap{j}") for j in range(P)]
-        snap_valid, snap_slot = Signal(), Signal(range(S))
-        m.d.sync += [snap_valid.eq(s_go), snap_slot.eq(s_slot)]
-        with m.If(s_go):
-            m.d.sync += [snap[j].eq(Mux(s_par, sets[1].acc[j], sets[0].acc[j])) for j in range(P)]
-            m.d.comb += clr_busy.eq(Mux(s_par, 2, 1))
-            for q, ps in enumerate(sets):
-                m.d.comb += ps.clear.eq(s_par == q)
         # (3) tree + reciprocal on the snapshot, fully pipelined
         df2 = Dataflow(m, Const(1), prefix="tr_")
-        recip = df2.reciprocal(_tree_of(df2, snap))
+        recip = df2.reciprocal(_tree_of(df2, sums.snap))
         L2 = recip.stage
-        r_tag = _tags(m, Cat(snap_valid, snap_slot), L2)
+        r_tag = _tags(m, Cat(sums.snap_valid, sums.snap_slot), L2)
         with m.If(r_tag[0]):
             rows.set_factor(r_tag[1:], df2.at(recip, L2))
         return m
@@ -1056,14 +1091,13 @@ class L2NormTemperature(Checked, wiring.Component):
         ls = Signal(range(S))               # the buffer being loaded
         kl = Signal(range(n))
         par = Signal()                      # the head's partial-sum set
-        ps_busy, set_busy, clr_busy = Signal(2), Signal(2), Signal(2)
-        m.d.sync += ps_busy.eq((ps_busy | set_busy) & ~clr_busy)
+        sums = RowSums(m, P, S)
         x_in = self.i.payload.x.as_value()
         take, last = Signal(), Signal()
         first = Signal(init=1)              # kl == 0, as a register
         m.d.comb += [last.eq(kl == n - 1),
                      self.i.ready.eq(rows.free.bit_select(ls, 1)
-                                     & ~(first & ps_busy.bit_select(par, 1))),
+                                     & ~(first & sums.busy.bit_select(par, 1))),
                      take.eq(self.i.valid & self.i.ready)]
         df = Dataflow(m, Const(1), prefix="sq_")
         sq = df.mul(Val(x_in, 0), Val(x_in, 0))
@@ -1071,14 +1105,16 @@ class L2NormTemperature(Checked, wiring.Component):
         tag = _tags(m, Cat(take, last, par, ls, kl), Ls)
         q_valid, q_last, q_par, q_slot = tag[0], tag[1], tag[2], tag[3:3 + len(ls)]
         q_idx = tag[3 + len(ls):]
-        sets = [PartialSums(m, P, f"sum{q}_") for q in range(2)]
-        for q, ps in enumerate(sets):
-            m.d.comb += [ps.issue.eq(q_valid & (q_par == q)), ps.part.eq(q_idx[:len(ps.part)]),
-                         ps.value.eq(df.at(sq, Ls))]
+        # the head's partials hold their sums DRAIN cycles after its last square: snapshot
+        # them (and its t), clear the set; the gain pipeline runs on the snapshot
+        s_go, s_slot = sums.issue(q_valid, q_last, q_par, q_slot, q_idx, df.at(sq, Ls))
+        snap_t = Signal(32)
+        with m.If(s_go):
+            m.d.sync += snap_t.eq(row_t[s_slot])
         with m.If(take):
             m.d.sync += [kl.eq(kl + 1), first.eq(last)]
             with m.If(first):
-                m.d.comb += set_busy.eq(Const(1, 2) << par)
+                sums.take(par)
                 if self.temperature:
                     m.d.sync += row_t[ls].eq(self.i.payload.t.as_value())
             with m.If(last):
@@ -1088,24 +1124,10 @@ class L2NormTemperature(Checked, wiring.Component):
             rows.write(ls, kl, x_in)
         rows.finish()
 
-        # the head's partials hold their sums DRAIN cycles after its last square: snapshot
-        # them and its t, clear the set; the gain pipeline runs on the snapshot
-        snap_tag = _tags(m, Cat(q_valid & q_last, q_par, q_slot), PartialSums.DRAIN)
-        s_go, s_par, s_slot = snap_tag[0], snap_tag[1], snap_tag[2:]
-        snap = [Signal(32, name=f"snap{j}") for j in range(P)]
-        snap_t = Signal(32)
-        snap_valid, snap_slot = Signal(), Signal(range(S))
-        m.d.sync += [snap_valid.eq(s_go), snap_slot.eq(s_slot)]
-        with m.If(s_go):
-            m.d.sync += [snap[j].eq(Mux(s_par, sets[1].acc[j], sets[0].acc[j])) for j in range(P)]
-            m.d.sync += snap_t.eq(row_t[s_slot])
-            m.d.comb += clr_busy.eq(Mux(s_par, 2, 1))
-            for q, ps in enumerate(sets):
-                m.d.comb += ps.clear.eq(s_par == q)
         df2 = Dataflow(m, Const(1), prefix="tr_")
-        gain = self._gain(df2, snap, Val(snap_t, 0) if self.temperature else None)
+        gain = self._gain(df2, sums.snap, Val(snap_t, 0) if self.temperature else None)
         Lg = gain.stage
-        g_tag = _tags(m, Cat(snap_valid, snap_slot), Lg)
+        g_tag = _tags(m, Cat(sums.snap_valid, sums.snap_slot), Lg)
         with m.If(g_tag[0]):
             rows.set_factor(g_tag[1:], df2.at(gain, Lg))
         return m
