@@ -221,7 +221,7 @@ def top_latencies(lanes: int, att: tuple[int, int], tn: int = 1) -> dict[str, in
     from ..units.fpu import FPOp
     from ..units.hadamard import LATENCY_AFTER_LAST as HAD
     from ..units.quantizer import LATENCY_AFTER_LAST as QUANT
-    from ..units.vector import Dataflow, L2NormTemperature, PartialSums, Softmax, Val, fp32_bits
+    from ..units.vector import Dataflow, L2NormTemperature, PartialSums, Softmax, Val
 
     from ..engines.attention import AttentionArray
     P = isa.VEC_P
@@ -240,8 +240,8 @@ def top_latencies(lanes: int, att: tuple[int, int], tn: int = 1) -> dict[str, in
     # the sub-op -> unit latencies of the engine (they do not depend on C)
     units = VectorEngine.row_latencies(C=P, max_kv=64, P=P)
     lnmod_out = df.add(df.mul(df.mul(x(), held), df.add(x(), df.const(0))), x())
-    gain = df.mul(df.rsqrt(df.max(tv, df.const(fp32_bits(1e-24)))),
-                  df.exp(df.min(x(), df.const(fp32_bits(math.log(100.0))))))
+    sm_exp, sm_recip = Softmax.pipeline_cycles(P)          # the units' own pipelines
+    l2_sq, l2_gain = L2NormTemperature.pipeline_cycles(P)
     lat = {
         "cvt": FPOp.CONVERT.latency, "had": HAD, "quant": QUANT,
         "dot": MatrixEngine.cell_latency(lanes, tn),
@@ -262,11 +262,9 @@ def top_latencies(lanes: int, att: tuple[int, int], tn: int = 1) -> dict[str, in
         "ln_var": df.mul(df.sub(x(), held), df.sub(x(), held)).stage,
         "ln_rsqrt": df.rsqrt(df.add(df.mul(tv, df.const(0)), df.const(0))).stage,
         "ln_out": lnmod_out.stage,
-        "sm_exp": df.exp(df.sub(x(), held)).stage,
-        "sm_recip": df.reciprocal(tv).stage,
+        "sm_exp": sm_exp, "sm_recip": sm_recip,
         "sm_slots": Softmax.SLOTS, "l2_slots": L2NormTemperature.SLOTS,
-        "l2_sq": df.mul(x(), x()).stage,
-        "l2_gain": gain.stage,
+        "l2_sq": l2_sq, "l2_gain": l2_gain,
         "gelu": units[isa.VecSubop.GELU], "resid": units[isa.VecSubop.RESID],
         "cvt16": units[isa.VecSubop.CVT16], "fdot": units[isa.VecSubop.FDOT],
         "fdot_tree": tree,

@@ -590,10 +590,9 @@ class RowSlots:
         """Write ``data`` at ``addr`` of buffer ``j`` (under the caller's condition; with
         ``shared`` ``j`` may be a signal, and one buffer is written per cycle)."""
         wr, _ = self.ports[0 if self.shared else j]
-        if self.shared:
-            addr = Cat(addr, Const(0, max(0, self._kbits - len(addr))))[:self._kbits]
-        full = Cat(addr, j) if self.shared else addr
-        self.m.d.comb += [wr.addr.eq(full), wr.data.eq(data), wr.en.eq(1)]
+        if self.shared:     # element index zero-extended to _kbits, then the buffer
+            addr = Cat(Cat(addr, Const(0, max(0, self._kbits - len(addr))))[:self._kbits], j)
+        self.m.d.comb += [wr.addr.eq(addr), wr.data.eq(data), wr.en.eq(1)]
 
     def read_at(self, j: int, mine: Value, addr: Value) -> None:
         """Buffer ``j`` reads ``addr`` (comb: the next cycle's element) while ``mine``, else
@@ -1120,7 +1119,6 @@ class L2NormTemperature(Checked, wiring.Component):
             with m.If(last):
                 m.d.sync += [kl.eq(0), ls.eq(rows.next_slot(ls)), par.eq(~par)]
                 m.d.comb += rows.clr_free.eq(Const(1, S) << ls)
-        with m.If(take):
             rows.write(ls, kl, x_in)
         rows.finish()
 
