@@ -45,11 +45,20 @@ def dut():
     return AxiPassThrough()
 
 
-@pytest.mark.parametrize("latency,stall,pause,seed", [(0, 0, 0.0, 1), (8, 64, 0.3, 2), (40, 200, 0.5, 3)])
-def test_random_traffic(dut, latency, stall, pause, seed):
+@pytest.mark.parametrize("latency,stall,pause,seed,wlatency",
+                         [(0, 0, 0.0, 1, 0), (8, 64, 0.3, 2, 5), (40, 200, 0.5, 3, 150)])
+def test_random_traffic(dut, latency, stall, pause, seed, wlatency):
     run_cocotb(dut, name="simdram", test_module="sim.tb_simdram", testcase="random_traffic",
                harness=(HARNESS_TOP, harness_verilog(dut, words_log2=WORDS_LOG2)),
                params=dict(latency=latency, stall=stall, pause=pause, seed=seed, n=120,
+                           size=(1 << WORDS_LOG2) * axi.DATA_BYTES, wlatency=wlatency))
+
+
+@pytest.mark.parametrize("wlatency", [0, 150])
+def test_write_latency(dut, wlatency):
+    run_cocotb(dut, name="simdram", test_module="sim.tb_simdram", testcase="write_latency",
+               harness=(HARNESS_TOP, harness_verilog(dut, words_log2=WORDS_LOG2)),
+               params=dict(latency=4, stall=0, pause=0.0, seed=5, n=0, wlatency=wlatency,
                            size=(1 << WORDS_LOG2) * axi.DATA_BYTES))
 
 

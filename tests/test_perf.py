@@ -276,6 +276,34 @@ def test_single_beat_reads_are_latency_bound():
     assert asbuilt.vec_cost(**qk, fine=True, b=b, mem=near).cycles < qk_far < pv_far / 5
 
 
+def test_writes_are_bound_by_the_tags_in_flight():
+    """Every engine write is one 16-byte beat holding a write-arbiter tag until its B
+    response: ``max_writes`` of them per (write latency + 2) cycles bound an instruction."""
+    import dataclasses
+    from fpqvar_hw.engines.top import Accelerator
+    b = _b()
+    assert b.max_writes == Accelerator(W4.replace(tm=1, tn=1), C=128, max_kv=30).max_writes == 64
+    # merged results: a contiguous FP32 row of 64 = 16 words; unaligned rows half a word
+    # more; FDOT results (s0 = 0) run along s1; a transposed cache (stride >= 16) one each
+    assert asbuilt.result_words((64, 3, 1, 1), 4, 256, 4) == 48
+    assert asbuilt.result_words((30, 3, 1, 1), 4, 120, 4) == 3 * (8 + 0.5)
+    assert asbuilt.result_words((64, 30, 2, 1), 0, 4, 4) == 2 * 8.5
+    assert asbuilt.result_words((64, 8, 2, 1), 60, 7680, 2) == 64 * 16
+    far = asbuilt.TopMemory("far", 150, 150, 1.0, "test")
+    gelu = dict(subop=VecSubop.GELU, n=(4096, 16, 1, 1), operands={"a": (4, 16384, 4)},
+                out=(4, 16384, 4))
+    fast = asbuilt.vec_cost(**gelu, fine=True, b=b, mem=far).cycles
+    few = asbuilt.vec_cost(**gelu, fine=True, b=dataclasses.replace(b, max_writes=8), mem=far)
+    # 16 rows x 1024 words written, 8 tags per 152 cycles: the write side binds
+    assert few.cycles == pytest.approx(16 * 1024 * 152 / 8, rel=0.02) and few.cycles > 2 * fast
+    # 64 tags: 0.42 words per cycle, above GELU's 0.25 (one FP32 per cycle)
+    assert fast == pytest.approx(asbuilt.vec_cost(**{**gelu, "out": None}, fine=True, b=b,
+                                                  mem=far).cycles, rel=0.01)
+    g8 = asbuilt.gemm_cost(64, 1024, 4096, had=True, bias=True, fine=True,
+                           b=dataclasses.replace(b, max_writes=8), mem=far)
+    assert g8.cycles >= 64 * 1024 * 152 / 8
+
+
 def test_attention_fdots_run_on_the_array():
     """The compiler's q.K and p.V FDOTs (A rows not depending on i1, FP16 B rows) are timed
     on the attention array (attention.py: tiles of T x N dot products, ``n0 + att_tile``

@@ -343,13 +343,13 @@ def test_step_program_equals_the_compilers(digits_fpqvar):  # noqa: F811
     """asbuilt.top_step_program (shape level, no package) is what fpqvar_hw.host.compiler emits:
     same instruction sequence, GEMM shapes and flags, VEC sub-ops and loop counts, sync.
     Both map the one step plan (fpqvar_hw.host.plan, tests/test_plan.py); this checks what
-    each adds to it: the read operands' strides, the GEMM flags, and that the plan's
+    each adds to it: the read operands' and the results' strides, the GEMM flags, and that the plan's
     token-range footprints give the sync flags the compiler's byte footprints give."""
     from fpqvar_quant.ptq.package import load_package
 
     from fpqvar_hw.flow import asbuilt, perf
     from fpqvar_hw.host.compiler import Compiler
-    from fpqvar_hw.isa import Gemm, GemmFlag, Halt
+    from fpqvar_hw.isa import Gemm, GemmFlag, Halt, VecFlag
     from fpqvar_hw.host.compiler import V_CACHE_LAYOUT
     pkg = load_package(digits_fpqvar[1])
     m = perf.DIGITS
@@ -375,3 +375,5 @@ def test_step_program_equals_the_compilers(digits_fpqvar):  # noqa: F811
                     for name, s0, s1, esize in g.vec[2]:
                         op = getattr(w, name)
                         assert (op.s0, op.s1) == (s0, s1), (step, k, name)
+                    assert g.out[:2] == (w.d.s0, w.d.s1), (step, k, "d")     # the results
+                    assert g.out[2] == (2 if w.flags & VecFlag.D_FP16 else 4), (step, k)

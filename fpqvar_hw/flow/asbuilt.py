@@ -23,6 +23,8 @@ from ..host.plan import HEAD_DIM, PlanOp, Spans, step_plan
 from ..isa import Opcode
 from .perf import DIGITS, MODELS, ModelSpec
 from .platform import Platform
+from .topmem import (AXIRAM_READ_LATENCY, AXIRAM_WRITE_LATENCY, VCK190_READ_LATENCY,  # noqa: F401
+                     TopMemory, platform_memory, sim_memory, simdram_memory)
 
 __all__ = ["TopMemory", "sim_memory", "simdram_memory", "platform_memory", "TopBuild", "top_build", "EngineCost",
            "gemm_cost", "vec_cost", "TopInstr", "top_step_program", "V_CACHE_LAYOUTS", "TopRun", "schedule_top",
@@ -49,76 +51,6 @@ WRITE_PATH = 3
 
 
 @dataclass(frozen=True)
-class TopMemory:
-    """The memory behind the top's AXI4 master, as the as-built model sees it.
-
-    ``read_latency``: cycles from an AR handshake to its first R beat;
-    ``write_latency``: from the W beat to its B response; ``beat_rate``: R beats per
-    cycle the memory sustains (<= 1, the 128-bit bus); ``shared``: all read clients share
-    one R channel (the top) -- ``False`` models the per-port test memory of the engine
-    testbenches (``sim/dma_model.py``), where each client gets its own beat per cycle.
-    """
-
-    name: str
-    read_latency: float
-    write_latency: float
-    beat_rate: float
-    source: str
-    shared: bool = True
-
-    def __post_init__(self) -> None:
-        if not 0 < self.beat_rate <= 1:
-            raise ValueError(f"{self.name}: beat_rate must be in (0, 1], got {self.beat_rate}")
-        if self.read_latency < 0 or self.write_latency < 0:
-            raise ValueError(f"{self.name}: latencies must be >= 0")
-
-
-#: cocotbext-axi ``AxiRam`` (the co-simulation's DRAM): a channel item is taken at one
-#: clock edge by its coroutine and answered on a later edge; 2 cycles AR -> R and 3 cycles
-#: W -> B are the model's reading of that (not measured separately).
-AXIRAM_READ_LATENCY = 2
-AXIRAM_WRITE_LATENCY = 3
-#: VCK190 PL -> NoC -> DDR4 read latency in PL cycles (matrix.py docstring: "~100-200-cycle
-#: latency of the VCK190 NoC + DDR4"); a design assumption, no board measurement.
-VCK190_READ_LATENCY = 150
-
-
-def sim_memory(pause: float = 0.0) -> TopMemory:
-    """The co-simulation's ``AxiRam``; ``pause`` = the testbench's per-channel, per-cycle
-    pause probability (``sim/tb_top.py``): beats come at ``1 - pause`` per cycle and every
-    handshake waits ``1 / (1 - pause)`` times as long."""
-    if not 0 <= pause < 1:
-        raise ValueError(f"pause must be in [0, 1), got {pause}")
-    s = 1 / (1 - pause)
-    return TopMemory(f"AxiRam (pause {pause:g})" if pause else "AxiRam",
-                     AXIRAM_READ_LATENCY * s, AXIRAM_WRITE_LATENCY * s, 1 - pause,
-                     "cocotbext-axi AxiRam in the top's co-simulation")
-
-
-def simdram_memory(latency: int, stall: int) -> TopMemory:
-    """The simulator-side DRAM of :mod:`fpqvar_hw.host.simdram` (the driver's RTL runs):
-    ``latency`` cycles from an accepted read address until its burst may start, one cycle
-    to start it; every handshake withheld with probability ``stall/256``, so beats come at
-    ``1 - stall/256`` per cycle and each handshake waits ``1 / (1 - stall/256)`` cycles;
-    a write burst starts a cycle after its address and is answered a cycle after its last
-    beat (the model's reading of the Verilog, checked against the driver's runs)."""
-    if not (0 <= latency < 256 and 0 <= stall < 256):
-        raise ValueError(f"latency and stall must be in [0, 256), got {latency}, {stall}")
-    rate = 1 - stall / 256
-    return TopMemory(f"fpqvar_sim_dram (latency {latency}, stall {stall}/256)", latency + 1 + 1 / rate,
-                     2 + 1 / rate, rate, "the simulator-side AXI4 memory of fpqvar_hw.host.simdram")
-
-
-def platform_memory(platform: Platform, clock_mhz: float, efficiency: float = 1.0) -> TopMemory:
-    """The platform's DRAM behind the 128-bit master: at most one beat per cycle, fewer
-    when ``dram_gbps x efficiency`` is below 16 bytes per cycle."""
-    rate = min(1.0, platform.dram_gbps * 1e9 * efficiency / (clock_mhz * 1e6) / 16)
-    return TopMemory(platform.name, VCK190_READ_LATENCY, VCK190_READ_LATENCY, rate,
-                     f"{platform.dram} ({platform.dram_gbps} GB/s x {efficiency}); read latency "
-                     f"{VCK190_READ_LATENCY} cycles assumed")
-
-
-@dataclass(frozen=True)
 class TopBuild:
     """Build parameters and unit latencies of the as-built top (:func:`top_build`).
 
@@ -141,6 +73,7 @@ class TopBuild:
     code_words: int          # bus words per (beat, feature) weight entry
     scale_words: int         # bus words per (feature block, group) of FP16 scales
     max_outstanding: int     # bursts in flight on the read arbiter
+    max_writes: int          # single-beat writes awaiting their B response (write arbiter)
     vec_rd_depth: int        # words in flight per vector-engine operand
     mat_fifo_words: int      # words per matrix-engine read FIFO
     max_burst: int
@@ -169,12 +102,14 @@ def top_build(config: AcceleratorConfig, C: int, *,
     if C < 1 or C % isa.VEC_P:
         raise ValueError(f"C must be a positive multiple of {isa.VEC_P}, got {C}")
     acc = inspect.signature(Accelerator.__init__).parameters["max_outstanding"].default
+    acc_w = inspect.signature(Accelerator.__init__).parameters["max_writes"].default
     mat = inspect.signature(MatrixEngine.__init__).parameters["fifo_words"].default
     rd = inspect.signature(VectorEngine.__init__).parameters["rd_depth"].default
     return TopBuild(tm=config.tm, tn=config.tn, lanes=config.lanes, quant_lanes=config.quant_lanes,
                     C=C, P=isa.VEC_P,
                     code_words=packing.gemm_code_word_bytes(config.lanes, 4) // axi.DATA_BYTES,
                     scale_words=-(-2 * config.tn // axi.DATA_BYTES), max_outstanding=acc,
+                    max_writes=acc_w,
                     vec_rd_depth=rd, mat_fifo_words=mat, max_burst=axi.MAX_BURST,
                     lat=_checked_latencies(lat, config.lanes) if lat is not None
                     else top_latencies(config.lanes, (config.att_t, config.att_n), config.tn))
@@ -319,7 +254,8 @@ def gemm_cost(M: int, K: int, N: int, *, had: bool, bias: bool, fine: bool, b: T
     # make a long-latency memory the bound
     bursts = B * NB * (_bursts(KB * tw, b) + _bursts(G * b.scale_words, b) + _bursts(bw, b)) \
         + M * _bursts(K // 4, b) + (1 if had else 0)
-    t_bus = max(t_bus, bursts * (rd + 1) / b.max_outstanding)
+    t_bus = max(t_bus, bursts * (rd + 1) / b.max_outstanding,
+                write_bound(M * -(-N // 4), b, mem))       # a row's results: whole words
     beat = max(tw, 1 if fine else L["dot"])
     # a feature block: KB array beats, and its G groups no closer than the cell's
     # accumulator loop (GroupDot.group_interval_for)
@@ -342,6 +278,25 @@ def gemm_cost(M: int, K: int, N: int, *, had: bool, bias: bool, fine: bool, b: T
         + WRITE_PATH + L["wr_slice"]
     cyc = ENGINE_START + max(first + compute, rd + t_bus) + tail + ENGINE_END
     return EngineCost(int(round(cyc)), int(words))
+
+
+def write_bound(words: float, b: TopBuild, mem: TopMemory) -> float:
+    """Cycles ``words`` single-beat writes need at least: each holds one of the write
+    arbiter's ``max_writes`` tags from its grant to its B response (``write_latency`` + 2)."""
+    return words * (mem.write_latency + 2) / b.max_writes
+
+
+def result_words(n: tuple[int, int, int, int], s0: int, s1: int, esize: int) -> float:
+    """16-byte writes of a VEC instruction's results (``vecengine.py``: results in loop order,
+    consecutive ones in the same word merged).  ``s0 = 0``: one result per ``(i1, i2, i3)``
+    (FDOT), runs along ``s1``; else runs of ``n0`` along ``s0``.  A contiguous run takes its
+    words, half a word more on average when its length is not a word multiple (runs start
+    anywhere); a run of results 16 bytes or more apart one word per result."""
+    run, stride, runs = (n[1], s1, n[2] * n[3]) if s0 == 0 else (n[0], s0, n[1] * n[2] * n[3])
+    if abs(stride) >= 16:
+        return float(runs * run)
+    nbytes = run * max(abs(stride), esize)
+    return runs * (-(-nbytes // 16) + (0.5 if nbytes % 16 else 0.0))
 
 
 def _bursts(words: int, b: TopBuild) -> int:
@@ -371,7 +326,8 @@ def operand_words(n: tuple[int, int, int, int], s0: int, s1: int, esize: int, *,
 
 
 def vec_cost(subop: int, n: tuple[int, int, int, int], operands: Mapping[str, tuple[int, int, int]],
-             *, fine: bool, b: TopBuild, mem: TopMemory) -> EngineCost:
+             *, fine: bool, b: TopBuild, mem: TopMemory,
+             out: tuple[int, int, int] | None = None) -> EngineCost:
     """Cycles of one VEC instruction on the VectorEngine (``vecengine.py``, ``vector.py``).
 
     ``operands``: the read operands the sub-op uses, ``name -> (s0, s1, element bytes)``.
@@ -382,7 +338,8 @@ def vec_cost(subop: int, n: tuple[int, int, int, int], operands: Mapping[str, tu
     in flight (their units' ``stream_cycles``).  Reads: bus words at
     ``beat_rate``; every read request (a burst, or a single beat) holds one of the read
     arbiter's ``max_outstanding`` slots for a round trip, and each operand has at most
-    ``vec_rd_depth`` words in flight.
+    ``vec_rd_depth`` words in flight.  ``out`` = ``(s0, s1, element bytes)`` of the results:
+    their writes (:func:`result_words`) bound it too (:func:`write_bound`).
     """
     from ..isa import VecSubop as V
     from ..units.vector import L2NormTemperature, Softmax
@@ -392,6 +349,7 @@ def vec_cost(subop: int, n: tuple[int, int, int, int], operands: Mapping[str, tu
     s = V(subop)
     if s is V.FDOT and fine and L["att_T"] and _array_shape(operands):
         return att_cost(n, operands, b=b, mem=mem)
+    t_wr = write_bound(result_words(n, *out), b, mem) if out is not None else 0.0
     n0, rows = n[0], n[1] * n[2] * n[3]
     g = 1 if fine else max(1, L[f"gap_{s.name}"])
     d = L["drain"]
@@ -430,7 +388,7 @@ def vec_cost(subop: int, n: tuple[int, int, int, int], operands: Mapping[str, tu
     offered = 1 + L["att_check"] if (s is V.FDOT and fine and L["att_T"]
                                       and operands.get("b", (0, 0, 0))[2] == 2) else 0
     cyc = ENGINE_START + offered + L["vec_issue"] + L["vec_slices"] + rd + 1 \
-        + max(unit, t_bus, t_req, t_depth) \
+        + max(unit, t_bus, t_req, t_depth, t_wr) \
         + mem.write_latency + WRITE_PATH + L["wr_slice"] + ENGINE_END + L["vec_busy"]
     return EngineCost(int(round(cyc)), int(words))
 
@@ -457,7 +415,9 @@ def att_cost(n: tuple[int, int, int, int], operands: Mapping[str, tuple[int, int
     multiple of 8: the K cache) as one job per tile.  Bounds as :func:`vec_cost`: bus words,
     arbiter slots (``max_outstanding`` bursts per round trip), ``att_depth`` words in
     flight per operand.  Before the first tile: the offer and check (``1 + att_check``) and
-    the first tile's rows; after the last: ``att_tail`` + its results + the write.
+    the first tile's rows; after the last: ``att_tail`` + its results + the write.  Writes:
+    an A row's ``N`` results of a B tile merge into one write (two when the row's results
+    are not word aligned, 3 in 4 of its tiles), bounded as :func:`write_bound`.
     """
     L = b.lat
     T, N = L["att_T"], L["att_N"]
@@ -484,6 +444,8 @@ def att_cost(n: tuple[int, int, int, int], operands: Mapping[str, tuple[int, int
         t_bus = max(words_a, words_b) / mem.beat_rate
     t_req = (req_a + req_b) * (rd + 1) / b.max_outstanding
     t_depth = max(words_a, words_b) * (rd + 1) / L["att_depth"]
+    chunk = -(-4 * min(N, n1) // 16) + (0.75 if (4 * n1) % 16 else 0.0)
+    t_wr = write_bound(n3 * n2 * b_tiles * chunk, b, mem)
     first = rd + 1 + (min(T, n2) * wa + min(N, n1) * wb) / mem.beat_rate
     # att_slots B slots per lane: tile k + slots - 1's B rows are requested when tile k
     # starts, so slots - 1 tiles take at least a round trip plus one tile's transfer (a
@@ -493,7 +455,7 @@ def att_cost(n: tuple[int, int, int, int], operands: Mapping[str, tuple[int, int
     load = rd + 1 + 2 * (1 if contig else b_rows) + b_rows * wb / mem.beat_rate
     compute = tiles * max(L["att_tile"] + n0, load / (L["att_slots"] - 1))
     last = min(T, n2 - (-(-n2 // T) - 1) * T) * min(N, n1 - (b_tiles - 1) * N)
-    cyc = ENGINE_START + 1 + L["att_check"] + max(first + compute, rd + t_bus, t_req, t_depth) \
+    cyc = ENGINE_START + 1 + L["att_check"] + max(first + compute, rd + t_bus, t_req, t_depth, t_wr) \
         + L["att_tail"] + last + mem.write_latency + WRITE_PATH + L["wr_slice"] + ENGINE_END \
         + L["vec_busy"]
     return EngineCost(int(round(cyc)), int(words_a + words_b))
@@ -505,7 +467,8 @@ class TopInstr:
     """One instruction of a step program, reduced to what its timing depends on.
 
     ``gemm`` = ``(M, K, N, had, bias)``; ``vec`` = ``(subop, (n0, n1, n2, n3), operands)``
-    with ``operands`` = ``((name, s0, s1, element bytes), ...)`` of the read operands;
+    with ``operands`` = ``((name, s0, s1, element bytes), ...)`` of the read operands and
+    ``out`` = ``(s0, s1, element bytes)`` of its results (operand D);
     ``sync`` as :func:`fpqvar_hw.host.compiler.assign_sync` sets it.
     """
 
@@ -514,6 +477,7 @@ class TopInstr:
     gemm: tuple | None = None
     vec: tuple | None = None
     sync: bool = False
+    out: tuple | None = None
 
 
 #: footprint of a plan op (``fpqvar_hw.host.plan.Spans``: symbolic token-range spans)
@@ -549,7 +513,13 @@ def _top_instr(op: PlanOp, C: int, hidden: int, Lk: int, L_total: int,
         "RESID": (("a", F, C * F, F), ("b", F, 0, F), ("c", F, C * F, F)),   # x, gamma, y
         "GELU": (("a", F, hidden * F, F),),
     }[op.name]
-    return TopInstr(int(Opcode.VEC), op.name, vec=(int(op.subop), op.shape, ops))
+    kv_head = L_total * D * 2                                   # bytes of a head's FP16 cache
+    out = {"LNMOD": (F, C * F, F), "L2NT q": (F, D * F, F), "L2NT k": (F, D * F, F),
+           "CVT16 k": (2, kv_head, 2),                         # K rows [H, L_total, 64]
+           "CVT16 v": (L_total * 2, kv_head, 2) if v_cache == "transposed" else (2, kv_head, 2),
+           "FDOT qk": (0, F, F), "SOFTMAX": (F, Lk * F, F), "FDOT pv": (0, F, F),
+           "RESID": (F, C * F, F), "GELU": (F, hidden * F, F)}[op.name]
+    return TopInstr(int(Opcode.VEC), op.name, vec=(int(op.subop), op.shape, ops), out=out)
 
 
 @functools.lru_cache(maxsize=64)
@@ -676,7 +646,7 @@ def instr_cost(ins: TopInstr, *, fine: bool, b: TopBuild, mem: TopMemory) -> Eng
         M, K, N, had, bias = ins.gemm
         return gemm_cost(M, K, N, had=had, bias=bias, fine=fine, b=b, mem=mem)
     subop, n, ops = ins.vec
-    return vec_cost(subop, n, {o[0]: o[1:] for o in ops}, fine=fine, b=b, mem=mem)
+    return vec_cost(subop, n, {o[0]: o[1:] for o in ops}, fine=fine, b=b, mem=mem, out=ins.out)
 
 
 #: Steps whose program is longer than this are timed on one block and scaled by the depth
@@ -707,7 +677,7 @@ def top_step(C: int, H: int, hidden: int, depth: int, L_start: int, L: int, rows
     cache: dict = {}
     costs = []
     for ins in prog:
-        key = (ins.gemm, ins.vec)
+        key = (ins.gemm, ins.vec, ins.out)
         if key not in cache:
             cache[key] = instr_cost(ins, fine=config.fine_pipeline, b=b, mem=mem)
         costs.append(cache[key])
@@ -788,7 +758,7 @@ def step_breakdown(model: ModelSpec | str, config: AcceleratorConfig,
         cache: dict = {}
         tot: dict[str, float] = {}
         for ins in prog:
-            key = (ins.gemm, ins.vec)
+            key = (ins.gemm, ins.vec, ins.out)
             if key not in cache:
                 cache[key] = instr_cost(ins, fine=config.fine_pipeline, b=b, mem=memory).cycles
             tot[ins.name] = tot.get(ins.name, 0.0) + cache[key] * tiles / k * model.depth

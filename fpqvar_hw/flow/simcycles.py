@@ -116,7 +116,9 @@ def load_sim_cycles(path, *, model: ModelSpec = DIGITS) -> SimCycles:
         dram = (doc.get("device") or {}).get("dram")
         if dram is not None:
             try:
-                memory = simdram_memory(int(dram["latency_cycles"]), int(dram["stall_per_256"]))
+                # files before the write latency (2026-12-06) answered writes at once
+                memory = simdram_memory(int(dram["latency_cycles"]), int(dram["stall_per_256"]),
+                                        int(dram.get("write_latency_cycles", 0)))
             except (KeyError, TypeError, ValueError) as e:
                 raise ValueError(f"{p}: device.dram must hold latency_cycles and stall_per_256 "
                                  f"in [0, 256) ({e})") from None

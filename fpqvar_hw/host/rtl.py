@@ -58,14 +58,15 @@ def top_harness(config: Any, C: int, max_kv: int) -> tuple[str, str]:
 def run_rtl_image(package: Path, *, config: Any, C: int, max_kv: int, dram_base: int, label: int, seed: int,
                   sampling: Sampling, out: Path, coarse: bool = True, fine: bool = True,
                   expect_tokens: list | None = None, max_steps: int | None = None,
-                  dram_latency: int = 8, dram_stall: int = 16) -> ImageRun:
+                  dram_latency: int = 8, dram_stall: int = 16, dram_write_latency: int = 0) -> ImageRun:
     """Build (or reuse) the RTL top ``Accelerator(config, C=C, max_kv=max_kv)``, run one image
     of ``package`` (class ``label``, ``seed``, ``sampling``) on it in cocotb and return the run
     as read back from ``out`` (``tokens.json``, ``cycles.json``, ``rtl_steps.npz``,
     ``device.png``). ``expect_tokens`` (per scale, per image): any difference fails the run
     naming the step; ``max_steps``: stop after that many scale steps (None: the whole image).
     ``dram_latency`` (read latency, cycles) and ``dram_stall`` (each AXI handshake withheld
-    with probability ``dram_stall/256``) set the simulated DRAM (:mod:`.simdram`).
+    with probability ``dram_stall/256``) and ``dram_write_latency`` (cycles from a write's last
+    beat to its B response) set the simulated DRAM (:mod:`.simdram`).
     Raises :class:`fpqvar_hw.host.cosim.CosimError` when the co-simulation fails."""
     import numpy as np
 
@@ -78,7 +79,8 @@ def run_rtl_image(package: Path, *, config: Any, C: int, max_kv: int, dram_base:
               "config": config.as_dict(), "max_kv": int(max_kv), "dram_base": int(dram_base),
               "coarse": bool(coarse), "fine": bool(fine), "timeout_cycles": TIMEOUT_CYCLES,
               "out": str(out), "expect_tokens": expect_tokens, "max_steps": max_steps,
-              "dram_latency": int(dram_latency), "dram_stall": int(dram_stall)}
+              "dram_latency": int(dram_latency), "dram_stall": int(dram_stall),
+              "dram_write_latency": int(dram_write_latency)}
     run_cocotb(top_component(config, C, max_kv), name=top_build_name(config, C, max_kv),
                test_module="fpqvar_hw.host.rtl_tb", params=params, testcase="tiny_image",
                harness=top_harness(config, C, max_kv))

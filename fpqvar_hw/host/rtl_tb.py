@@ -59,7 +59,7 @@ class RtlBackend(DeviceBackend):
     def __init__(self, pkg: Any, dut: Any, *, rows: int, coarse: bool = True, fine: bool = True,
                  config: Any = None, dram_base: int = 0, max_kv: int | None = None,
                  timeout_cycles: int = 20_000_000, dram_latency: int = 8, dram_stall: int = 16,
-                 dram_seed: int = 1) -> None:
+                 dram_seed: int = 1, dram_write_latency: int = 0) -> None:
         from cocotbext.axi import AxiLiteBus, AxiLiteMaster
 
         from .simdram import Backdoor
@@ -68,7 +68,8 @@ class RtlBackend(DeviceBackend):
                          max_kv=max_kv)
         self.dut, self.clk, self.irq = dut, dut.clk, dut.irq
         for name, value, bits in (("dram_latency", dram_latency, 8), ("dram_stall", dram_stall, 8),
-                                   ("dram_seed", dram_seed, 32)):
+                                   ("dram_seed", dram_seed, 32),
+                                   ("dram_write_latency", dram_write_latency, 8)):
             if not isinstance(value, int) or not 0 <= value < 1 << bits:
                 raise ValueError(f"{name} must be an integer in [0, {1 << bits}), got {value!r}")
             getattr(dut, name).value = value
@@ -149,7 +150,8 @@ async def tiny_image(dut):
     config = AcceleratorConfig(**p["config"])
     backend = RtlBackend(pkg, dut, rows=2, coarse=p["coarse"], fine=p["fine"], config=config,
                          dram_base=p["dram_base"], max_kv=p["max_kv"], timeout_cycles=p["timeout_cycles"],
-                         dram_latency=p["dram_latency"], dram_stall=p["dram_stall"], dram_seed=p["seed"] + 1)
+                         dram_latency=p["dram_latency"], dram_stall=p["dram_stall"], dram_seed=p["seed"] + 1,
+                         dram_write_latency=p.get("dram_write_latency", 0))
     for bus in (backend.axil.write_if, backend.axil.read_if):
         bus.log.setLevel(logging.WARNING)          # one INFO line per burst would dominate the run time
     cocotb.start_soon(Clock(dut.clk, PERIOD_NS, unit="ns").start())
@@ -167,7 +169,8 @@ async def tiny_image(dut):
     drv.write_cycles_json(run, out / "cycles.json", coarse=p["coarse"], fine=p["fine"],
                           device={**backend.device_info(), "top": "fpqvar_hw.engines.top.Accelerator",
                                   "dram": {"model": "fpqvar_sim_dram", "latency_cycles": p["dram_latency"],
-                                           "stall_per_256": p["dram_stall"]},
+                                           "stall_per_256": p["dram_stall"],
+                                           "write_latency_cycles": p.get("dram_write_latency", 0)},
                                   "clock_period_ns": PERIOD_NS})
     tmp = out / f".rtl_steps.tmp{os.getpid()}.npz"      # a temporary sibling, renamed into place
     np.savez(tmp, images=run.images,

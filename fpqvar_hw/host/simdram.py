@@ -10,7 +10,9 @@ test:
   cocotbext-axi ``AxiRam`` there checks the protocol (``sim/test_top.py``).
 * ``dram_ext = 0``: ``m_axi`` goes to ``fpqvar_sim_dram``; the harness's own ``m_axi``
   inputs are ignored. ``dram_latency`` (cycles from an accepted read address to its first
-  data beat, pipelined over up to :data:`QUEUE` bursts) and ``dram_stall`` (each of
+  data beat, pipelined over up to :data:`QUEUE` bursts), ``dram_write_latency`` (cycles from a
+  write burst's last beat until its B response may be shown; up to :data:`B_QUEUE`
+  responses owed) and ``dram_stall`` (each of
   ARREADY, RVALID, AWREADY, WREADY and BVALID is withheld in a cycle with probability
   ``dram_stall/256``; ``dram_seed`` seeds the generator) are inputs, set from Python at
   run time. ``dram_errors`` counts the protocol errors the model saw (a burst that is not
@@ -27,10 +29,12 @@ from typing import Any
 
 from ..engines import axi
 
-__all__ = ["QUEUE", "DATA_BYTES", "harness_verilog", "Backdoor", "HARNESS_TOP"]
+__all__ = ["QUEUE", "B_QUEUE", "DATA_BYTES", "harness_verilog", "Backdoor", "HARNESS_TOP"]
 
 #: bursts each of the read and write address queues holds
 QUEUE = 8
+#: write responses the memory owes at most (it takes no W beat beyond them)
+B_QUEUE = 64
 DATA_BYTES = axi.DATA_BYTES
 #: module name of the harness (the simulator's top level)
 HARNESS_TOP = "fpqvar_sim_top"
@@ -40,11 +44,13 @@ _DRAM = r"""
 // INCR bursts of DATA_BITS-bit beats; pipelined read latency and random handshake stalls.
 module fpqvar_sim_dram #(
     parameter integer WORDS_LOG2 = 18,
-    parameter integer QUEUE_LOG2 = 3
+    parameter integer QUEUE_LOG2 = 3,
+    parameter integer BQUEUE_LOG2 = 6
 ) (
     input  wire         clk,
     input  wire         rst,
     input  wire [7:0]   latency,
+    input  wire [7:0]   wlatency,
     input  wire [7:0]   stall,
     input  wire [31:0]  seed,
     output reg  [31:0]  errors,
@@ -104,21 +110,26 @@ module fpqvar_sim_dram #(
     reg        w_active, w_ok, w_id;
     reg [27:0] w_word;
     reg [8:0]  w_left;
-    reg [QUEUE_LOG2+1:0] b_count;        // write responses owed (at most 2Q)
-    reg [2*Q-1:0] b_err, b_ids;           // their SLVERR flags and IDs, oldest in bit 0
+    // write responses owed, oldest at b_head: each is due `wlatency` cycles after its last beat
+    localparam integer BQ = 1 << BQUEUE_LOG2;
+    reg [BQUEUE_LOG2:0] b_count;
+    reg [BQUEUE_LOG2-1:0] b_head, b_tail, b_next;
+    reg        b_err  [0:BQ-1];
+    reg        b_ids  [0:BQ-1];
+    reg [31:0] b_time [0:BQ-1];
     assign awready = !rst && !aw_count[QUEUE_LOG2] && !st_aw;
-    assign wready = !rst && w_active && !b_count[QUEUE_LOG2+1] && !st_w;   // < 2Q owed
+    assign wready = !rst && w_active && !b_count[BQUEUE_LOG2] && !st_w;   // < BQ owed
 
     integer i;
     /* verilator lint_off BLKSEQ */   // the push/pop strobes are this cycle's temporaries
-    reg ar_push, ar_pop, aw_push, aw_pop, b_push, b_pop, b_new_err;
+    reg ar_push, ar_pop, aw_push, aw_pop, b_push, b_pop;
     always @(posedge clk) begin
         if (rst) begin
             rng <= {seed, ~seed} | 64'd1;
             now <= 0; errors <= 0;
             ar_count <= 0; ar_head <= 0; ar_tail <= 0; r_active <= 0; rvalid <= 0; rlast <= 0;
             aw_count <= 0; aw_head <= 0; aw_tail <= 0; w_active <= 0; bvalid <= 0;
-            b_count <= 0; b_err <= 0; b_ids <= 0;
+            b_count <= 0; b_head <= 0; b_tail <= 0;
         end else begin
             rng <= rng_next;
             now <= now + 1;
@@ -169,7 +180,7 @@ module fpqvar_sim_dram #(
                 aw_tail <= aw_tail + 1;
             end
             // write data: start the oldest burst, then take its beats
-            aw_pop = 0; b_push = 0; b_new_err = 0;
+            aw_pop = 0; b_push = 0;
             if (!w_active && aw_count != 0) begin
                 aw_pop = 1; w_active <= 1;
                 w_word <= aw_addr[aw_head][31:4]; w_left <= {1'b0, aw_len[aw_head]} + 1; w_ok <= aw_ok[aw_head]; w_id <= aw_id[aw_head];
@@ -180,29 +191,29 @@ module fpqvar_sim_dram #(
                 if (wlast != (w_left == 1)) errors <= errors + 1;
                 w_word <= w_word + 1; w_left <= w_left - 1;
                 if (w_left == 1) begin
-                    w_active <= 0; b_push = 1; b_new_err = !w_ok;
+                    w_active <= 0; b_push = 1;
+                    b_err[b_tail] <= !w_ok; b_ids[b_tail] <= w_id; b_time[b_tail] <= now;
+                    b_tail <= b_tail + 1;
                 end
             end
             if (aw_pop) aw_head <= aw_head + 1;
             aw_count <= aw_count + (aw_push ? 1 : 0) - (aw_pop ? 1 : 0);
-            // write responses, in order
-            b_pop = 0;
+            // write responses, in order: the one shown is b_head's; once it is accepted
+            // the next one is shown when it is due
+            b_pop = bvalid && bready;
+            b_next = b_head + (b_pop ? 1 : 0);
             if (!bvalid || bready) begin
-                if (b_count != 0 && !(bvalid && bready && b_count == 1) && !st_b) begin
-                    // the response after the one accepted now (or the oldest, when none is shown)
+                if (b_count != {{BQUEUE_LOG2{1'b0}}, b_pop} && now - b_time[b_next] >= {24'd0, wlatency}
+                        && !st_b) begin
                     bvalid <= 1;
-                    bresp <= (bvalid ? b_err[1] : b_err[0]) ? 2'd2 : 2'd0;
-                    bid <= bvalid ? b_ids[1] : b_ids[0];
+                    bresp <= b_err[b_next] ? 2'd2 : 2'd0;
+                    bid <= b_ids[b_next];
                 end else begin
                     bvalid <= 0;
                 end
-                b_pop = bvalid && bready;
             end
+            if (b_pop) b_head <= b_next;
             b_count <= b_count + (b_push ? 1 : 0) - (b_pop ? 1 : 0);
-            b_err <= (b_pop ? b_err >> 1 : b_err) | (b_push ? {{(2*Q-1){1'b0}}, b_new_err} << (b_count - (b_pop ? 1 : 0))
-                                                      : {2*Q{1'b0}});
-            b_ids <= (b_pop ? b_ids >> 1 : b_ids) | (b_push ? {{(2*Q-1){1'b0}}, w_id} << (b_count - (b_pop ? 1 : 0))
-                                                      : {2*Q{1'b0}});
         end
     end
     /* verilator lint_on BLKSEQ */
@@ -237,6 +248,7 @@ def harness_verilog(component: Any, *, top: str = "top", words_log2: int = 18) -
     lines = [f"module {HARNESS_TOP} ("]
     lines += [decl("input" if d == "In" else "output", w, n) + "," for n, d, w in ports]
     lines += [decl("input", 1, "dram_ext") + ",", decl("input", 8, "dram_latency") + ",",
+              decl("input", 8, "dram_write_latency") + ",",
               decl("input", 8, "dram_stall") + ",", decl("input", 32, "dram_seed") + ",",
               decl("output", 32, "dram_errors"), ");"]
     body, conns, dconns = [], [], []
@@ -263,7 +275,7 @@ def harness_verilog(component: Any, *, top: str = "top", words_log2: int = 18) -
     lines += body
     lines.append(f"    {top} u_acc ({', '.join(conns)});")
     lines.append(f"    fpqvar_sim_dram #(.WORDS_LOG2({int(words_log2)})) u_dram (.clk(clk), .rst(rst), "
-                 ".latency(dram_latency), .stall(dram_stall), .seed(dram_seed), .errors(dram_errors), "
+                 ".latency(dram_latency), .wlatency(dram_write_latency), .stall(dram_stall), .seed(dram_seed), .errors(dram_errors), "
                  + ", ".join(dconns) + ");")
     lines.append("endmodule")
     return _DRAM + "\n" + "\n".join(lines) + "\n"
