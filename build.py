@@ -734,7 +734,7 @@ def make_summary(platform, config, out, emitted, pending, top_exists, lint_res, 
         est = next(iter(top["models"].values()), {}).get("est_clock_mhz")
         L += ["", "As-built top (fpqvar_hw/engines/top.py as it exists: attention FDOTs on the "
               "vector engine's attention array, the other vector row ops one element per cycle, "
-              "weights re-read per tm-row block; asbuilt.evaluate_top, read latency "
+              "weights read once per tile of tm x row_sets rows; asbuilt.evaluate_top, read latency "
               f"{mem['read_latency']:g} cycles assumed), transformer images/s, next to the "
               f"planned architecture and the paper ({PAPER_IMAGES_PER_S} images/s):", "",
               f"| model | planned | as-built at {rep['clock_mhz']:g} MHz | "

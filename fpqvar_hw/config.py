@@ -122,7 +122,10 @@ class AcceleratorConfig:
         ``kv_format``: KV cache in DRAM.
     Array
         ``tm`` x ``tn`` group dot-product units (``tm`` token rows, ``tn`` output
-        columns); each consumes ``lanes`` element pairs per cycle.  ``quant_lanes``:
+        columns); each consumes ``lanes`` element pairs per cycle.  ``row_sets``: sets of
+        ``tm`` rows the matrix engine holds at once and runs through the array in turn, each
+        weight group replayed for every set, so one weight pass serves ``gemm_rows = tm x
+        row_sets`` rows (a power of two; the compiler's default tile).  ``quant_lanes``:
         elements per cycle of the quantizer/Hadamard path; ``vector_lanes``: FP32
         lanes of the vector unit; ``attn_macs``: FP multiply-accumulates per cycle of
         the attention unit the throughput model plans.  ``att_t`` x ``att_n``: MAC lanes
@@ -157,6 +160,7 @@ class AcceleratorConfig:
     kv_format: KVFormat = KVFormat.FP16
     tm: int = 16
     tn: int = 8
+    row_sets: int = 8
     lanes: int = 32
     quant_lanes: int = 32
     vector_lanes: int = 8
@@ -190,7 +194,7 @@ class AcceleratorConfig:
             if a.is_dual:
                 raise ValueError(f"{layer}_act={a}: DFQ is defined for the FC2 input (GELU output) "
                                  f"only; use it as fc2_act")
-        for name in ("group_size", "tm", "tn", "lanes", "quant_lanes", "vector_lanes",
+        for name in ("group_size", "tm", "tn", "row_sets", "lanes", "quant_lanes", "vector_lanes",
                      "attn_macs", "att_t", "att_n", "act_buffer_kib", "batch"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -198,7 +202,7 @@ class AcceleratorConfig:
         if 1024 % self.group_size:
             raise ValueError(f"group_size must divide 1024 (C = 64*depth is a multiple of 128), "
                              f"got {self.group_size}")
-        for name in ("att_t", "att_n"):
+        for name in ("att_t", "att_n", "row_sets"):
             v = getattr(self, name)
             if v & (v - 1):
                 raise ValueError(f"{name} must be a power of two, got {v}")
@@ -237,6 +241,11 @@ class AcceleratorConfig:
     @property
     def dot_units(self) -> int:
         return self.tm * self.tn
+
+    @property
+    def gemm_rows(self) -> int:
+        """Rows per weight pass of the matrix engine (``tm x row_sets``)."""
+        return self.tm * self.row_sets
 
     def as_dict(self) -> dict:
         """JSON-ready dict (enums as their values), field order preserved."""

@@ -71,6 +71,9 @@ L2_SHORT_TEST = "sim/test_vector.py::test_l2norm_short_heads_amaranth[83]"
 #: correct instruction
 ATT_TEST = "tests/test_hw_attention.py::test_array_matches_the_reference[3-2-4-pv-13-6-5-2-4-30]"
 ATT_ABORT_TEST = "tests/test_hw_attention.py::test_abort_at_any_point_then_a_correct_instruction"
+#: the matrix engine with row sets (tm=1, 4 sets) in the Amaranth simulator: a GEMM over two
+#: row blocks (4 rows, then 2) and a DFQ GEMM, bit-exact
+MATRIX_SETS_TEST = "tests/test_hw_matrix.py::test_engine_small_gemms_amaranth"
 
 
 @dataclass(frozen=True)
@@ -283,6 +286,19 @@ MUTANTS = [
            "en_in.eq(~s1_valid | s1_take)",
            "en_in.eq(1)",
            HAD_TEST, "input pipeline ignores the accumulator's stall (beats overwritten)"),
+    Mutant("mat-set-address-dropped", "fpqvar_hw/engines/matrix.py",
+           "act_wr[i].addr.eq(buf_addr(wkb, wset, wbank))",
+           "act_wr[i].addr.eq(buf_addr(wkb, wset & 0, wbank))",
+           MATRIX_SETS_TEST, "row sets: the loader writes every set's codes into set 0"),
+    Mutant("mat-group-scales-one-half", "fpqvar_hw/engines/matrix.py",
+           "b_ws.eq(Mux(c_half, g_scales[1], g_scales[0]))",
+           "b_ws.eq(g_scales[0])",
+           MATRIX_SETS_TEST, "weight replay buffer: every group takes the scales of the first "
+           "half"),
+    Mutant("mat-drain-set-repeated", "fpqvar_hw/engines/matrix.py",
+           "m.d.sync += [d_r.eq(0), d_s.eq(d_s + 1)]",
+           "m.d.sync += [d_r.eq(0), d_s.eq(d_s)]",
+           MATRIX_SETS_TEST, "row sets: the drain writes the first set's results for every set"),
 ]
 
 

@@ -2,7 +2,7 @@
 Verilog: GEMM instructions against the golden model, DRAM served by
 sim/dma_model.py with random latency, gaps and request backpressure.
 
-One Verilator build (tm=2, tn=2, lanes=16, quant_lanes=8, max_k=512) runs a
+One Verilator build (tm=2, 2 row sets, tn=2, lanes=16, quant_lanes=8, max_k=512) runs a
 sequence of instructions on one engine instance: random GEMMs (M not a multiple
 of tm, N not a multiple of tn, K in {128, 256, 512}, HAD on/off, BIAS on/off,
 plain e2m1fn and DFQ, an all-zero group, a NaN row and an Inf-overflow row), an
@@ -40,7 +40,7 @@ from sim.runner import BUILD_ROOT, run_cocotb
 BASE = 0x0010_0000
 SIZE = 1 << 16
 SENTINEL = 0xA5
-CFG = get_preset("w4a4").replace(tm=2, tn=2, lanes=16, quant_lanes=8)
+CFG = get_preset("w4a4").replace(tm=2, tn=2, lanes=16, quant_lanes=8, row_sets=2)
 MAX_K = 512
 
 

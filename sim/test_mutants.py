@@ -58,6 +58,15 @@ def test_row_units_in_flight_mutants_are_caught():
 
 
 @pytest.mark.slow
+def test_matrix_row_set_mutants_are_caught():
+    """The matrix engine's row sets: a loader that ignores the set, the weight replay
+    buffer's scales taken from one half, a drain that repeats the first set
+    (Amaranth-simulator test: no Verilator build)."""
+    _all_killed(["mat-set-address-dropped", "mat-group-scales-one-half",
+                 "mat-drain-set-repeated"])
+
+
+@pytest.mark.slow
 def test_hadamard_pipeline_mutants_are_caught():
     """The group Hadamard pipeline mutants (a dropped register in the sign delay line, the
     valid delay line off by one, the shifted-out sticky bits dropped, the input pipeline

@@ -103,7 +103,7 @@ def test_compiled_steps_are_bit_exact_against_golden_block(comp):
 
 def test_small_array_config_pads_and_stays_exact(pkg):
     """Tn = 3 (N padded: 384 -> 384, 128 -> 129, 512 -> 513), 16 lanes, 4-token tiles."""
-    cfg = CFG.replace(tn=3, lanes=16, quant_lanes=16, tm=4)
+    cfg = CFG.replace(tn=3, lanes=16, quant_lanes=16, tm=4, row_sets=1)
     c = Compiler(pkg, cfg, rows=2, dram_base=BASE)
     assert c.tile_tokens == 4 and c.pack == dict(tn=3, lanes=16, bits=4, group=128)
     run = Run(c, seed=4, cfg=cfg)

@@ -61,6 +61,8 @@ def test_unsupported_presets_are_rejected(name):
     ({"quant_lanes": 2}, "quant_lanes must be a power of two >= 4"),
     ({"lanes": 8, "quant_lanes": 16}, "must be >= quant_lanes"),
     ({"tn": 3}, "tn must be 1, 2 or a multiple of 4"),
+    ({"row_sets": 3}, "row_sets must be a power of two"),
+    ({"row_sets": 0}, "row_sets must be a positive integer"),
 ])
 def test_bad_array_parameters(changes, match):
     with pytest.raises(ValueError, match=match):
@@ -202,10 +204,11 @@ def _check_results(cases, res, base):
 
 
 def test_engine_small_gemms_amaranth():
-    """tm=1, tn=1: a plain GEMM with HAD and BIAS, then a DFQ GEMM, bit-exact."""
-    cfg = get_preset("w4a4").replace(tm=1, tn=1, lanes=16, quant_lanes=8)
+    """tm=1, tn=1, 4 row sets: a plain GEMM with HAD and BIAS over two row blocks (4 rows,
+    then 2: the second block's last two sets hold no row), then a DFQ GEMM, bit-exact."""
+    cfg = get_preset("w4a4").replace(tm=1, tn=1, lanes=16, quant_lanes=8, row_sets=4)
     cases, base = _engine_cases(cfg, 3, [
-        ("plain", dict(M=2, K=128, N=2, had=True, bias=True, dfq=False)),
+        ("plain", dict(M=6, K=128, N=2, had=True, bias=True, dfq=False)),
         ("dfq", dict(M=1, K=256, N=1, had=False, bias=True, dfq=True))])
     # field errors (5): detected before any DRAM access, the engine stays usable
     small = dict(M=1, K=128, N=1, had=True, bias=True, dfq=False)
@@ -228,8 +231,13 @@ def test_engine_small_gemms_amaranth():
 @pytest.mark.slow
 def test_engine_other_geometry_amaranth():
     """lanes = quant_lanes = 32 (one code word per entry, no padding), tn=4 (one bias
-    word per feature block), tm=3 with M = 4 (a one-row last block)."""
-    cfg = get_preset("w4a4").replace(tm=3, tn=4, lanes=32, quant_lanes=32)
+    word per feature block), tm=3 with M = 4 (a one-row last block); and 2 row sets of
+    tm=3 with M = 7 (blocks of 6 rows and 1)."""
+    cfg = get_preset("w4a4").replace(tm=3, tn=4, lanes=32, quant_lanes=32, row_sets=1)
     cases, base = _engine_cases(cfg, 4, [
         ("dfq-had-bias", dict(M=4, K=256, N=6, had=True, bias=True, dfq=True, specials=True))])
+    _check_results(cases, run_engine_sim(MatrixEngine(cfg, max_k=256), cases, base=base), base)
+    cfg = cfg.replace(row_sets=2)
+    cases, base = _engine_cases(cfg, 7, [
+        ("sets-plain-bias", dict(M=7, K=128, N=5, had=False, bias=True, dfq=False))])
     _check_results(cases, run_engine_sim(MatrixEngine(cfg, max_k=256), cases, base=base), base)

@@ -362,7 +362,7 @@ def test_step_program_equals_the_compilers(digits_fpqvar):  # noqa: F811
         for step in range(len(m.tokens)):
             L_start, L = comp.step_tokens(step)
             want = [i for i in comp.instructions(step) if not isinstance(i, Halt)]
-            got = asbuilt.top_step_program(m.C, m.heads, 4 * m.C, m.depth, L_start, L, 2, cfg.tm,
+            got = asbuilt.top_step_program(m.C, m.heads, 4 * m.C, m.depth, L_start, L, 2, cfg.gemm_rows,
                                            L_total=comp.L_total, coarse=coarse)
             assert len(got) == len(want)
             for k, (g, w) in enumerate(zip(got, want)):

@@ -41,3 +41,32 @@ def test_e2m1_lane_cheaper_than_int4_lane():
     fp4 = synthesize(GroupDot(pair=MulPair.E2M1_E2M1, **kw))
     int4 = synthesize(GroupDot(pair=MulPair.INT4_INT4, **kw))
     assert fp4.lut < int4.lut, (fp4.as_dict(), int4.as_dict())
+
+
+def test_zero_memory_initialisers_are_left_out_of_the_yosys_text():
+    """An Amaranth memory's all-zero ``initial`` block (one line per word: minutes in
+    Yosys' frontend at the matrix engine's 16 x 2,048 words) is dropped from the text Yosys
+    reads; a non-zero one, or any other initial block, stays."""
+    from amaranth.back import verilog
+    from amaranth.hdl import Module, Signal
+    from amaranth.lib.memory import Memory
+
+    from fpqvar_hw.flow.synth import strip_zero_memory_init
+
+    def mem_text(init):
+        m = Module()
+        m.submodules.mem = mem = Memory(shape=16, depth=64, init=init)
+        rd, wr = mem.read_port(), mem.write_port()
+        a, d, q, we = Signal(6), Signal(16), Signal(16), Signal()
+        m.d.comb += [rd.addr.eq(a), wr.addr.eq(a), wr.data.eq(d), wr.en.eq(we), q.eq(rd.data)]
+        return verilog.convert(m, ports=[a, d, q, we])
+
+    zero = mem_text([])
+    assert zero.count("= 16'h0000;") == 64
+    out = strip_zero_memory_init(zero)
+    assert "initial begin" in zero and "= 16'h0000;" not in out
+    assert out.count("\n") == zero.count("\n") - 66            # the block and its 64 words
+    kept = mem_text([0] * 63 + [5])
+    assert strip_zero_memory_init(kept) == kept
+    other = "module x;\n  reg r;\n  initial begin\n    r = 1'h0;\n  end\nendmodule\n"
+    assert strip_zero_memory_init(other) == other

@@ -2,16 +2,18 @@
 of group dot-product cells.
 
 Per instruction (fields: :class:`fpqvar_hw.isa.Gemm`), exactly
-``fpqvar_hw.host.isa_sim.gemm``: for each block of ``tm`` activation rows, every FP32
+``fpqvar_hw.host.isa_sim.gemm``: for each block of ``gemm_rows = tm x row_sets``
+activation rows (one weight pass), every FP32
 row is read from DRAM, converted to FP16 (RNE, overflow to Inf;
 :class:`~fpqvar_hw.units.fpu.FPUnit` CONVERT), optionally rotated by the group
 Hadamard unit (flag HAD; signs from ``signs_addr``), group-quantized
 (:class:`~fpqvar_hw.units.quantizer.Quantizer`: sub-op 0 the plain activation format,
 sub-op 1 the DFQ format) and stored as codes + scales in the on-chip activation
 buffer.  The packed weights (:func:`fpqvar_hw.packing.pack_gemm_weights`) then
-stream through the array: cell ``(i, j)`` computes the dot product of block row
-``i`` with feature ``nb*tn + j`` (:class:`~fpqvar_hw.units.dot.GroupDot`, dual-mode:
-plain e2m1fn or DFQ activations, selected per instruction).  With flag BIAS one
+stream through the array once per block: cell ``(i, j)`` computes the dot products of
+block rows ``s*tm + i`` (row set ``s``) with feature ``nb*tn + j``
+(:class:`~fpqvar_hw.units.dot.GroupDot`, dual-mode: plain e2m1fn or DFQ activations,
+selected per instruction; ``interleave = row_sets``, one accumulator per set).  With flag BIAS one
 FP32 add (RNE) adds ``bias[f]``; results go to ``out_addr + r*out_stride + 4*f``
 (rows ``>= M`` and padded features ``>= N`` are never written).
 
@@ -25,43 +27,49 @@ Micro-architecture (three decoupled processes, each on its own DMA clients):
 * **Loader** (``rd_act``): the sign word (flag HAD), then the rows in bursts of
   up to ``axi.MAX_BURST`` words (never across a 4 KiB boundary) -> FP16
   conversion (4 lanes, one bus word per cycle) -> gearbox to ``quant_lanes`` ->
-  Hadamard (or bypass) -> quantizer -> activation buffer.  The buffer is double
-  banked: block ``b + 1`` is quantized into one bank while the array computes
-  block ``b`` from the other (the coarse pipeline inside the engine).
+  Hadamard (or bypass) -> quantizer -> activation buffer (row ``r`` of a block into
+  set ``r // tm``, array row ``r % tm``).  The buffer is double banked: block ``b + 1``
+  is quantized into one bank while the array computes block ``b`` from the other (the
+  coarse pipeline inside the engine).
 * **Compute** (``rd_w`` codes, ``rd_ws`` scales): weights are prefetched into
-  FIFOs (requests run ahead of the array as far as FIFO space allows) and
-  gathered into one array beat of ``tn`` weight words; the activation words of
-  the ``tm`` rows come from the buffer.  One array beat per cycle at most; the
-  128-bit bus supplies one weight word per cycle, so a beat takes
-  ``tn * ceil(lanes*4/128)`` cycles when the weight stream is the bottleneck.  The
+  FIFOs (requests run ahead of the array as far as FIFO space allows), gathered into
+  beats of ``tn`` weight words, and a group's beats (``128 / lanes``) and scale words
+  go into one half of a two-group replay buffer (``wbuf``); the array runs the group
+  from the other half once per row set (sets in order, the group's beats in order;
+  the activation words of the set's ``tm`` rows come from the buffer), so each weight
+  word is fetched once per block of ``tm x row_sets`` rows.  One array beat per cycle
+  at most; the 128-bit bus supplies one weight word per cycle, so a weight beat takes
+  ``tw = tn * ceil(lanes*4/128)`` cycles and the array is busy ``row_sets / tw`` of
+  them (the preset: 8 / 8, full).  The
   array is ``tm x tn/Q`` cells (:class:`~fpqvar_hw.units.dot.GroupDot` with ``share =
   Q``, :meth:`MatrixEngine.cell_share`): a cell computes ``Q`` columns of one row with
   ``Q`` integer front ends and one FP32 tail that takes their group sums one per cycle
   (a cell takes a group at most every ``group_interval`` >= Q cycles, so the tail
   keeps up; each result is bit for bit the one-column cell's).  The beat passes a
   register slice on its way to the array (:attr:`MatrixEngine.ARRAY_SLICES`).
-* **Drain** (``rd_bias``, ``wr``): the ``tm x tn`` results of a feature block
-  are captured (the array computes the next block meanwhile), the bias added
-  (one FP32 add per result), and consecutive results of a row that share a
-  16-byte word are merged into one strobed write.
+* **Drain** (``rd_bias``, ``wr``): the ``tm x tn`` results of each row set of a
+  feature block are captured (a memory per array row holding two feature blocks:
+  the array computes the next block meanwhile), read back a set at a time (one
+  cycle per set), the bias added (one FP32 add per result), and consecutive results
+  of a row that share a 16-byte word are merged into one strobed write; sets
+  without rows (the block's last rows) are computed but not drained.
 
-Throughput (fine pipeline on, DRAM keeping up): the weight stream dominates,
-about ``ceil(M/tm) * ceil(N/tn) * (K/lanes) * tn * ceil(lanes*4/128)`` cycles
-(every row block rereads all weights, one bus word per cycle); the drain needs
-about ``rows * tn + 5`` cycles per feature block and the loader ``tm * K/4``
-per row block, both hidden behind the weight stream when ``K/lanes *
-ceil(lanes*4/128) > tm + 5/tn`` and ``N/tn`` feature blocks outlast a row load
-(true for every VAR layer: K >= 1024).  Measured (``sim/test_matrix.py``,
-``test_matrix_engine_cycles``; tm=2, tn=2, lanes=16, quant_lanes=8, fixed DRAM
-latency 8, no gaps): M=16, K=128, N=384 with HAD and BIAS takes 24,787 cycles
-with the fine pipeline (the formula gives 24,576) and 369,589 without (the cell,
-two columns around one tail, waits its 30-cycle latency per beat).
+Throughput (fine pipeline on, DRAM keeping up): per row block and feature block the
+larger of the weight stream ``(K/lanes) * tw`` cycles, the array's ``(K/lanes) *
+row_sets`` beats and the drain's ``rows * tn`` results plus a cycle per set
+(``fpqvar_hw.flow.asbuilt.gemm_cost`` states it in full); ``ceil(M/gemm_rows)`` weight
+passes per GEMM, and the compiler's tiles are ``gemm_rows`` tokens, so a tile's GEMM
+reads its weights once.  The drain (one result per cycle) binds for K = 1024 at full
+row blocks (128 rows x 8 features = 1,024 cycles against 256 of weights); the loader
+(``K/4`` cycles per row) fills the other bank meanwhile.  Measured
+(``sim/test_matrix.py``, ``test_matrix_engine_cycles``; tm=2, 2 row sets, tn=2,
+lanes=16, quant_lanes=8, fixed DRAM latency 8, no gaps): M=16, K=128, N=384 with HAD
+and BIAS takes 12,571 cycles with the fine pipeline (the model 12,533; one row set,
+before 2026-12-06: 24,787) and 370,259 without (the cell waits its latency per beat).
 
-Dataflow note: row blocks are the outer loop and every row block rereads all
-the weights (``ceil(M/tm)`` weight passes per GEMM).  ``fpqvar_hw.flow.perf`` models
-weights streamed once per GEMM while the quantized rows of a step stay in an
-``act_buffer_kib`` buffer; matching it needs a weight-tile buffer (feature
-blocks outer, row blocks inner) and a drain that writes a row per cycle.
+Dataflow note: row blocks are the outer loop and every row block rereads all the
+weights (``ceil(M/gemm_rows)`` weight passes per GEMM); a step's rows beyond one
+block (d16 steps 8-9, the two CFG halves) still read them again.
 
 DMA discipline: a read request is issued only when its response beats fit in
 the client's FIFO (responses are never back-pressured, so no client can block
@@ -313,10 +321,10 @@ class MatrixEngine(Checked, wiring.Component):
     ``rd_act`` (signs, activation rows), ``rd_w`` (weight codes), ``rd_ws`` (weight
     scales), ``rd_bias`` (bias): Out(:class:`axi.ReadClient`); ``wr``: Out(:class:`axi.WriteClient`).
 
-    Parameters: ``cfg`` (:class:`AcceleratorConfig`; ``tm``, ``tn``, ``lanes``,
-    ``quant_lanes`` and the formats are used), keyword-only ``max_k`` (largest K,
+    Parameters: ``cfg`` (:class:`AcceleratorConfig`; ``tm``, ``tn``, ``row_sets``,
+    ``lanes``, ``quant_lanes`` and the formats are used), keyword-only ``max_k`` (largest K,
     a power of two >= 128: it sizes the double-banked activation buffer,
-    ``2 * tm * max_k`` codes and ``2 * tm * max_k / 128`` scale pairs; larger K
+    ``2 * gemm_rows * max_k`` codes and ``2 * gemm_rows * max_k / 128`` scale pairs; larger K
     is error 5), ``fifo_words`` (depth of each read client's FIFO, >= 16; a client
     keeps at most this many words in flight, so it sustains one word per cycle
     only while the DRAM read latency stays below it: 256 words (one BRAM36 each)
@@ -335,6 +343,9 @@ class MatrixEngine(Checked, wiring.Component):
         # the parameters were checked by check_params before this object existed
         self.cfg, self.max_k, self.fifo_words = cfg, max_k, fifo_words
         self.tm, self.tn, self.lanes, self.qlanes = cfg.tm, cfg.tn, cfg.lanes, cfg.quant_lanes
+        #: row sets: the array runs ``sets`` sets of ``tm`` rows in turn, so a row block
+        #: (one weight pass) is ``gemm_rows = tm * sets`` rows
+        self.sets, self.gemm_rows = cfg.row_sets, cfg.gemm_rows
         #: bus words per (beat, feature) weight entry and per (block, group) scale entry
         self.code_words = packing.gemm_code_word_bytes(cfg.lanes, _CODE_BITS) // axi.DATA_BYTES
         self.scale_words = -(-2 * cfg.tn // axi.DATA_BYTES)
@@ -352,37 +363,41 @@ class MatrixEngine(Checked, wiring.Component):
             raise ValueError(f"fifo_words must be >= {axi.MAX_BURST} (one burst), got {fifo_words!r}")
 
     @staticmethod
-    def cell_params(lanes: int, tn: int = 1) -> dict:
+    def cell_params(lanes: int, tn: int = 1, sets: int = 1) -> dict:
         """The keyword arguments of every array cell (:class:`~fpqvar_hw.units.dot.GroupDot`,
         dual-mode e2m1fn / DFQ-FP4, groups of 128) of an array of ``lanes`` and ``tn``
-        columns: each cell holds :meth:`cell_share` columns of one row around one FP32
-        tail (``share``)."""
+        columns running ``sets`` row sets: each cell holds :meth:`cell_share` columns of one
+        row around one FP32 tail (``share``) and one dot product per row set
+        (``interleave``)."""
         return {"pair": MulPair.E2M1_E2M1, "dfq": True, "dual": True, "group_size": 128,
-                "lanes": lanes, "share": MatrixEngine.cell_share(lanes, tn)}
+                "lanes": lanes, "interleave": sets,
+                "share": MatrixEngine.cell_share(lanes, tn, sets)}
 
     @staticmethod
-    def cell_share(lanes: int, tn: int) -> int:
+    def cell_share(lanes: int, tn: int, sets: int = 1) -> int:
         """Columns per array cell: the largest power of two that divides ``tn`` and is at
         most the cell's group interval (its tail takes one column per cycle, and a cell
         takes a group at most every ``group_interval`` cycles)."""
-        gi = GroupDot.group_interval_for(group_size=128, lanes=lanes)
+        gi = GroupDot.group_interval_for(group_size=128, lanes=lanes, interleave=sets)
         q = 1
         while tn % (2 * q) == 0 and 2 * q <= gi:
             q *= 2
         return q
 
     @classmethod
-    def cell_latency(cls, lanes: int, tn: int = 1) -> int:
+    def cell_latency(cls, lanes: int, tn: int = 1, sets: int = 1) -> int:
         """Cycles from a dot product's final beat to its result (one array cell), without
         building a cell (:func:`fpqvar_hw.checked.latency_of`)."""
-        return latency_of(GroupDot, **cls.cell_params(lanes, tn))
+        return latency_of(GroupDot, **cls.cell_params(lanes, tn, sets))
 
     @classmethod
-    def cell_group_interval(cls, lanes: int) -> int:
+    def cell_group_interval(cls, lanes: int, sets: int = 1) -> int:
         """Fewest cycles between consecutive groups of one array cell (its ``lanes``-wide
-        beats, or its accumulator loop when longer; ``GroupDot.group_interval_for``)."""
-        p = cls.cell_params(lanes)
-        return GroupDot.group_interval_for(group_size=p["group_size"], lanes=p["lanes"])
+        beats, or its accumulator loop's share per row set when longer;
+        ``GroupDot.group_interval_for``)."""
+        p = cls.cell_params(lanes, 1, sets)
+        return GroupDot.group_interval_for(group_size=p["group_size"], lanes=p["lanes"],
+                                           interleave=sets)
 
     @staticmethod
     def engine_signature() -> wiring.Signature:
@@ -504,6 +519,7 @@ class _Datapath(Elaboratable):
         m = Module()
         e, f = self.eng, self.f
         tm, tn, lanes, Q = e.tm, e.tn, e.lanes, e.qlanes
+        D, TM = e.sets, e.gemm_rows          # row sets; rows per row block (weight pass)
         fine = e.fine
         readers = {}
         for name in ("rd_act", "rd_w", "rd_ws", "rd_bias"):
@@ -522,7 +538,8 @@ class _Datapath(Elaboratable):
         # the last beat's index, registered (valid from the cycle after go: the fields are
         # held from the command on, and no row is complete before RUN)
         KB_m1 = Signal(kb_bits + 1)
-        m.d.sync += KB_m1.eq(KB - 1)
+        G_m1 = Signal(g_bits + 1)
+        m.d.sync += [KB_m1.eq(KB - 1), G_m1.eq(G - 1)]
         tw = tn * e.code_words            # bus words per array beat
         bpg = 128 // lanes                # array beats per group
 
@@ -565,8 +582,8 @@ class _Datapath(Elaboratable):
             with m.If(job.valid & job.ready):
                 m.d.sync += [f0.eq(f0 + tn), left_f.eq(left_f - tn), addr.eq(addr + step)]
                 with m.If(left_f <= tn):
-                    m.d.sync += [f0.eq(0), left_f.eq(N), addr.eq(base), left_r.eq(left_r - tm)]
-                    with m.If(left_r <= tm):
+                    m.d.sync += [f0.eq(0), left_f.eq(N), addr.eq(base), left_r.eq(left_r - TM)]
+                    with m.If(left_r <= TM):
                         m.d.sync += on.eq(0)
             return f0
         w_words = Signal(32)
@@ -656,12 +673,16 @@ class _Datapath(Elaboratable):
                      qo.s_neg.eq(Mux(self.dfq, qd.o.payload.scales[0].as_value(), 0))]
         hook_q(qs_valid & qs_ready)
 
-        # activation buffer: per block row, two banks of codes and scale pairs
+        # activation buffer: per array row i, two banks of D row sets (rows s*tm + i of
+        # the row block) of codes and scale pairs; address (beat or group, set, bank)
         kb_max, g_max = e.max_k // lanes, e.max_k // 128
         act_rd, sc_rd, act_wr, sc_wr = [], [], [], []
+
+        def buf_addr(index, rset, bank):
+            return Cat(index, rset, bank) if D > 1 else Cat(index, bank)
         for i in range(tm):
-            am = Memory(shape=_CODE_BITS * lanes, depth=2 * kb_max, init=[])
-            sm = Memory(shape=32, depth=2 * g_max, init=[])
+            am = Memory(shape=_CODE_BITS * lanes, depth=2 * D * kb_max, init=[])
+            sm = Memory(shape=32, depth=2 * D * g_max, init=[])
             m.submodules[f"abuf{i}"], m.submodules[f"sbuf{i}"] = am, sm
             act_wr.append(am.write_port())
             act_rd.append(am.read_port())
@@ -676,12 +697,13 @@ class _Datapath(Elaboratable):
         R = lanes // Q
         wbank = Signal()
         wrow = Signal(range(tm))
+        wset = Signal(range(max(D, 2)))
         wkb = Signal(kb_bits)
         wg = Signal(g_bits)
         wsub = Signal(range(max(R, 2)))   # one bit even when R == 1 (no zero-width signal)
         wrows_left = Signal(32)
         with m.If(self.go):
-            m.d.sync += [wbank.eq(0), wrow.eq(0), wkb.eq(0), wg.eq(0), wsub.eq(0),
+            m.d.sync += [wbank.eq(0), wrow.eq(0), wset.eq(0), wkb.eq(0), wg.eq(0), wsub.eq(0),
                          wrows_left.eq(M)]
         hold = [Signal(_CODE_BITS * Q, name=f"wgear{k}") for k in range(R - 1)]
         m.d.comb += qo_ready.eq(~bank_full.bit_select(wbank, 1))
@@ -694,9 +716,11 @@ class _Datapath(Elaboratable):
                 with m.If(wsub == k):
                     m.d.sync += hold[k].eq(qo.codes)
         for i in range(tm):
-            m.d.comb += [act_wr[i].addr.eq(Cat(wkb, wbank)), act_wr[i].data.eq(Cat(*hold, qo.codes)),
+            m.d.comb += [act_wr[i].addr.eq(buf_addr(wkb, wset, wbank)),
+                         act_wr[i].data.eq(Cat(*hold, qo.codes)),
                          act_wr[i].en.eq(word_done & (wrow == i)),
-                         sc_wr[i].addr.eq(Cat(wg, wbank)), sc_wr[i].data.eq(Cat(qo.s_pos, qo.s_neg)),
+                         sc_wr[i].addr.eq(buf_addr(wg, wset, wbank)),
+                         sc_wr[i].data.eq(Cat(qo.s_pos, qo.s_neg)),
                          sc_wr[i].en.eq(wfire & qo.last & (wrow == i))]
         with m.If(wfire & qo.last):
             m.d.sync += wg.eq(wg + 1)
@@ -704,9 +728,11 @@ class _Datapath(Elaboratable):
             m.d.sync += wkb.eq(wkb + 1)
             with m.If(wkb == KB_m1):                  # row complete
                 m.d.sync += [wkb.eq(0), wg.eq(0), wrow.eq(wrow + 1), wrows_left.eq(wrows_left - 1)]
-                with m.If((wrow == tm - 1) | (wrows_left == 1)):   # block complete
+                with m.If(wrow == tm - 1):               # set complete
+                    m.d.sync += [wrow.eq(0), wset.eq(wset + 1)]
+                with m.If(((wrow == tm - 1) & (wset == D - 1)) | (wrows_left == 1)):   # block
                     m.d.comb += set_full.bit_select(wbank, 1).eq(1)
-                    m.d.sync += [wrow.eq(0), wbank.eq(~wbank)]
+                    m.d.sync += [wrow.eq(0), wset.eq(0), wbank.eq(~wbank)]
 
         # ================================================= compute
         # weight and scale words through register slices: the array's ready (all cells)
@@ -716,29 +742,58 @@ class _Datapath(Elaboratable):
         cw_in_ready, cw_valid, cw_data = skid_buffer(m, cw_rd.valid, cw_rd.payload, w_ready, "w")
         cs_in_ready, cs_valid, cs_data = skid_buffer(m, cs_rd.valid, cs_rd.payload, s_ready, "ws")
         m.d.comb += [cw_rd.ready.eq(cw_in_ready), cs_rd.ready.eq(cs_in_ready)]
-        a_fire = Signal()
-        g_last_beat = Signal()
-        w_rdy, w_slots, w_full = _gearbox(m, cw_valid, cw_data, tw, a_fire, "wgear")
-        s_rdy, s_slots, s_full = _gearbox(m, cs_valid, cs_data, e.scale_words,
-                                          a_fire & g_last_beat, "sgear")
+
+        # weight groups: the gearbox gathers a beat of tn weight words, the beats of a group
+        # (and its scale words) go into one half of the replay buffer; the array reads the
+        # group D times (once per row set) from the other half meanwhile
+        p_fire = Signal()
+        w_rdy, w_slots, w_full = _gearbox(m, cw_valid, cw_data, tw, p_fire, "wgear")
+        p_kbi = Signal(range(bpg))          # the producer's beat within its group
+        p_last = Signal()
+        m.d.comb += p_last.eq(p_kbi == bpg - 1)
+        s_rdy, s_slots, s_full = _gearbox(m, cs_valid, cs_data, e.scale_words, p_fire & p_last,
+                                          "sgear")
         m.d.comb += [w_ready.eq(w_rdy), s_ready.eq(s_rdy)]
+        wbuf = Memory(shape=128 * tw, depth=2 * bpg, init=[])
+        m.submodules.wbuf = wbuf
+        wb_wr, wb_rd = wbuf.write_port(), wbuf.read_port()
+        g_scales = [Signal(128 * e.scale_words, name=f"g_scales{h}") for h in range(2)]
+        half_full = Signal(2)
+        half_set, half_clr = Signal(2), Signal(2)
+        m.d.sync += half_full.eq((half_full | half_set) & ~half_clr)
+        p_half = Signal()
+        with m.If(self.go):
+            m.d.sync += [p_half.eq(0), p_kbi.eq(0)]
+        m.d.comb += p_fire.eq(w_full & ~half_full.bit_select(p_half, 1) & (~p_last | s_full))
+        m.d.comb += [wb_wr.addr.eq(Cat(p_kbi, p_half)), wb_wr.data.eq(Cat(*w_slots)),
+                     wb_wr.en.eq(p_fire)]
+        with m.If(p_fire):
+            m.d.sync += p_kbi.eq(Mux(p_last, 0, p_kbi + 1))
+            with m.If(p_last):
+                m.d.comb += half_set.bit_select(p_half, 1).eq(1)
+                m.d.sync += [g_scales[0].eq(Mux(p_half, g_scales[0], Cat(*s_slots))),
+                             g_scales[1].eq(Mux(p_half, Cat(*s_slots), g_scales[1])),
+                             p_half.eq(~p_half)]
+
         cbank = Signal()
         c_left_r = Signal(32)      # rows from this row block on (M - first row)
         c_left_f = Signal(32)      # features from this feature block on
-        c_kb = Signal(kb_bits)
         c_g = Signal(g_bits)
         c_kbi = Signal(range(bpg))
+        c_set = Signal(range(max(D, 2)))
+        c_half = Signal()
         c_on = Signal()
         with m.If(self.go):
-            m.d.sync += [cbank.eq(0), c_left_r.eq(M), c_left_f.eq(N), c_kb.eq(0), c_g.eq(0), c_kbi.eq(0),
-                         c_on.eq(1)]
+            m.d.sync += [cbank.eq(0), c_left_r.eq(M), c_left_f.eq(N), c_g.eq(0), c_kbi.eq(0),
+                         c_set.eq(0), c_half.eq(0), c_on.eq(1)]
         b_valid = Signal()
-        b_w = Signal(128 * tw)
         b_ws = Signal(128 * e.scale_words)
         b_last = Signal()
-        # cell (i, jc) computes columns jc*Q .. jc*Q+Q-1 of row i (one FP32 tail for Q)
-        Q = e.cell_share(lanes, tn)
-        cells = [[GroupDot(**e.cell_params(lanes, tn)) for _ in range(tn // Q)] for _ in range(tm)]
+        # cell (i, jc) computes columns jc*Q .. jc*Q+Q-1 of row i (one FP32 tail for Q),
+        # one dot product per row set (interleave D)
+        Q = e.cell_share(lanes, tn, D)
+        cells = [[GroupDot(**e.cell_params(lanes, tn, D)) for _ in range(tn // Q)]
+                 for _ in range(tm)]
         for i in range(tm):
             for jc in range(tn // Q):
                 m.submodules[f"cell{i}_{jc}"] = cells[i][jc]
@@ -750,40 +805,50 @@ class _Datapath(Elaboratable):
         m.d.comb += arr_ready.eq(flat[0].i.ready)
         # the beat (weights, scales, activation words of every row) passes a register slice
         # (skid_buffer, MatrixEngine.ARRAY_SLICES) on its way to the array: taking a beat
-        # depends on the slice's registered ready only
-        beat_in = Cat(b_w, b_ws, b_last, *[act_rd[i].data for i in range(tm)],
+        # depends on the slice's registered ready only.  The buffers' read ports give the
+        # words the cycle after a_fire, with b_valid.
+        beat_in = Cat(wb_rd.data, b_ws, b_last, *[act_rd[i].data for i in range(tm)],
                       *[sc_rd[i].data for i in range(tm)])
         f_in_ready, f_valid, f_beat = skid_buffer(m, b_valid, beat_in, arr_ready, "feed")
         b_take = b_valid & f_in_ready
         # cycles from a dot product's final beat to its result (every cell alike)
         ok_d, hook_d = _gate(m, fine, cells[0][0].latency, "dot")
-        m.d.comb += [g_last_beat.eq(c_kbi == bpg - 1),
-                     a_fire.eq(c_on & bank_full.bit_select(cbank, 1) & w_full & s_full & ok_d
+        a_fire = Signal()
+        beat_end = Signal()         # the last beat of a group (of this row set)
+        group_end = Signal()        # ... and of the last row set: the weight group is done
+        m.d.comb += [beat_end.eq(c_kbi == bpg - 1), group_end.eq(beat_end & (c_set == D - 1)),
+                     a_fire.eq(c_on & bank_full.bit_select(cbank, 1)
+                               & half_full.bit_select(c_half, 1) & ok_d
                                & (~b_valid | b_take))]
         hook_d(a_fire)
+        c_kb = Cat(c_kbi, c_g) if bpg > 1 else c_g      # beat index in the row
         for i in range(tm):
-            m.d.comb += [act_rd[i].addr.eq(Cat(c_kb, cbank)), act_rd[i].en.eq(a_fire),
-                         sc_rd[i].addr.eq(Cat(c_g, cbank)), sc_rd[i].en.eq(a_fire)]
+            m.d.comb += [act_rd[i].addr.eq(buf_addr(c_kb, c_set, cbank)), act_rd[i].en.eq(a_fire),
+                         sc_rd[i].addr.eq(buf_addr(c_g, c_set, cbank)), sc_rd[i].en.eq(a_fire)]
+        m.d.comb += [wb_rd.addr.eq(Cat(c_kbi, c_half) if bpg > 1 else c_half),
+                     wb_rd.en.eq(a_fire)]
         nb_last = Signal()
         m.d.comb += nb_last.eq(c_left_f <= tn)
         with m.If(a_fire):
-            m.d.sync += [b_valid.eq(1), b_w.eq(Cat(*w_slots)), b_ws.eq(Cat(*s_slots)),
-                         b_last.eq(c_kb == KB_m1), c_kb.eq(c_kb + 1),
-                         c_kbi.eq(Mux(g_last_beat, 0, c_kbi + 1))]
-            with m.If(g_last_beat):
-                m.d.sync += c_g.eq(c_g + 1)
-            with m.If(c_kb == KB_m1):               # feature block done
-                m.d.sync += [c_kb.eq(0), c_g.eq(0), c_left_f.eq(c_left_f - tn)]
-                with m.If(nb_last):                 # row block done: release the bank
-                    m.d.comb += clr_full.bit_select(cbank, 1).eq(1)
-                    m.d.sync += [c_left_f.eq(N), cbank.eq(~cbank), c_left_r.eq(c_left_r - tm)]
-                    with m.If(c_left_r <= tm):
-                        m.d.sync += c_on.eq(0)
+            m.d.sync += [b_valid.eq(1), b_ws.eq(Mux(c_half, g_scales[1], g_scales[0])),
+                         b_last.eq(c_g == G_m1), c_kbi.eq(Mux(beat_end, 0, c_kbi + 1))]
+            with m.If(beat_end):
+                m.d.sync += c_set.eq(Mux(c_set == D - 1, 0, c_set + 1))
+            with m.If(group_end):                   # the weight group served every row set
+                m.d.comb += half_clr.bit_select(c_half, 1).eq(1)
+                m.d.sync += [c_half.eq(~c_half), c_g.eq(c_g + 1)]
+                with m.If(c_g == G_m1):             # feature block done
+                    m.d.sync += [c_g.eq(0), c_left_f.eq(c_left_f - tn)]
+                    with m.If(nb_last):             # row block done: release the bank
+                        m.d.comb += clr_full.bit_select(cbank, 1).eq(1)
+                        m.d.sync += [c_left_f.eq(N), cbank.eq(~cbank), c_left_r.eq(c_left_r - TM)]
+                        with m.If(c_left_r <= TM):
+                            m.d.sync += c_on.eq(0)
         with m.Elif(b_take):
             m.d.sync += b_valid.eq(0)
         cb = 128 * e.code_words
         fields, at = [], 0
-        for width in ([len(b_w), len(b_ws), 1] + [len(act_rd[i].data) for i in range(tm)]
+        for width in ([len(wb_rd.data), len(b_ws), 1] + [len(act_rd[i].data) for i in range(tm)]
                       + [len(sc_rd[i].data) for i in range(tm)]):
             fields.append(f_beat[at:at + width])
             at += width
@@ -808,28 +873,58 @@ class _Datapath(Elaboratable):
                         m.d.comb += [p.w[q].as_value().eq(w_j), p.s_w[q].as_value().eq(s_j)]
 
         # ================================================= drain
-        cap = [[Signal(32, name=f"cap{i}_{j}") for j in range(tn)] for i in range(tm)]
-        cap_full = Signal()
-        cap_take = Signal()
+        # capture: per array row, the tn results of each row set, for two feature blocks
+        # (the array computes the next block while the drain empties this one)
+        cap_wr, cap_rd = [], []
+        for i in range(tm):
+            cm = Memory(shape=32 * tn, depth=2 * D, init=[])
+            m.submodules[f"cap{i}"] = cm
+            cap_wr.append(cm.write_port())
+            cap_rd.append(cm.read_port())
+        cap_full = Signal(2)
+        cap_set, cap_clr = Signal(2), Signal(2)
+        m.d.sync += cap_full.eq((cap_full | cap_set) & ~cap_clr)
+        k_half = Signal()
+        k_set = Signal(range(max(D, 2)))
+        with m.If(self.go):
+            m.d.sync += [k_half.eq(0), k_set.eq(0)]
+        k_ok = Signal()
+        m.d.comb += k_ok.eq(~cap_full.bit_select(k_half, 1))
         for c in flat:
-            m.d.comb += c.o.ready.eq(~cap_full)
-        with m.If(flat[0].o.valid & ~cap_full):
-            m.d.sync += [cap[i][j].eq(cells[i][j // Q].o.payload.as_value() if Q == 1
-                                      else cells[i][j // Q].o.payload[j % Q].as_value())
-                         for i in range(tm) for j in range(tn)]
-            m.d.sync += cap_full.eq(1)
-        with m.Elif(cap_take):
-            m.d.sync += cap_full.eq(0)
+            m.d.comb += c.o.ready.eq(k_ok)
+        k_fire = flat[0].o.valid & k_ok
+        for i in range(tm):
+            m.d.comb += [cap_wr[i].addr.eq(Cat(k_set, k_half) if D > 1 else k_half),
+                         cap_wr[i].en.eq(k_fire),
+                         cap_wr[i].data.eq(Cat(*[cells[i][j // Q].o.payload.as_value() if Q == 1
+                                                 else cells[i][j // Q].o.payload[j % Q].as_value()
+                                                 for j in range(tn)]))]
+        with m.If(k_fire):
+            m.d.sync += k_set.eq(Mux(k_set == D - 1, 0, k_set + 1))
+            with m.If(k_set == D - 1):
+                m.d.comb += cap_set.bit_select(k_half, 1).eq(1)
+                m.d.sync += k_half.eq(~k_half)
+        cap = [[cap_rd[i].data[32 * j:32 * j + 32] for j in range(tn)] for i in range(tm)]
+        r_half = Signal()          # the capture half the drain empties
+        cap_take = Signal()        # the drain is done with it
+        with m.If(self.go):
+            m.d.sync += r_half.eq(0)
+        with m.If(cap_take):
+            m.d.comb += cap_clr.bit_select(r_half, 1).eq(1)
+            m.d.sync += r_half.eq(~r_half)
 
         bias = [Signal(32, name=f"bias{j}") for j in range(tn)]
         bd = readers["rd_bias"].data
         # rows / features still to drain from this row / feature block on (registers, so no
         # path subtracts from the instruction's M / N)
         d_left_r, d_left_f, d_fb = Signal(32), Signal(32), Signal(32)
-        d_last_r = Signal(range(tm))           # the block's last row (registered in BIAS)
+        d_last_r = Signal(range(TM))           # the block's last row (registered in BIAS)
         d_cols = Signal(range(tn + 1))         # features of the block inside N (in BIAS)
         d_row_addr, d_blk_addr, d_col = Signal(32), Signal(32), Signal(32)
-        d_r = Signal(range(tm))
+        d_r = Signal(range(tm))                # row of the set
+        d_s = Signal(range(max(D, 2)))         # row set
+        d_ra = Signal(range(TM))               # row of the block (d_s * tm + d_r)
+        m.d.comb += [r.addr.eq(Cat(d_s, r_half) if D > 1 else r_half) for r in cap_rd]
         d_t = Signal(range(tn))
         d_bw = Signal(range(tn // 4 + 3))   # bias words still to read for this feature block
         d_k = Signal(range(tn // 4 + 3))    # bias words read so far
@@ -866,7 +961,7 @@ class _Datapath(Elaboratable):
                 # the block's tn FP32 biases start at word offset d_fb[2:4] of a 16-byte word
                 m.d.sync += [d_bw.eq(Mux(self.use_bias, ((d_fb[2:4] + (tn - 1)) >> 2) + 1, 0)),
                              d_k.eq(0),
-                             d_last_r.eq(Mux(d_left_r < tm, d_left_r - 1, tm - 1)),
+                             d_last_r.eq(Mux(d_left_r < TM, d_left_r - 1, TM - 1)),
                              d_cols.eq(Mux(d_left_f < tn, d_left_f, tn))]
                 m.next = "BIAS_READ"
             with m.State("BIAS_READ"):
@@ -880,9 +975,13 @@ class _Datapath(Elaboratable):
                 with m.If(d_bw == 0):
                     m.next = "WAIT"
             with m.State("WAIT"):
-                with m.If(cap_full):
-                    m.d.sync += [d_r.eq(0), d_t.eq(0), d_row_addr.eq(d_blk_addr), d_col.eq(d_fb)]
-                    m.next = "EMIT"
+                with m.If(cap_full.bit_select(r_half, 1)):
+                    m.d.sync += [d_r.eq(0), d_s.eq(0), d_ra.eq(0), d_t.eq(0),
+                                 d_row_addr.eq(d_blk_addr), d_col.eq(d_fb)]
+                    m.next = "LOAD"
+            with m.State("LOAD"):                  # the set's results into the read registers
+                m.d.comb += [r.en.eq(1) for r in cap_rd]
+                m.next = "EMIT"
             with m.State("EMIT"):
                 m.d.comb += [emit.eq(en & ok_b),
                              item.value.eq(Array(Array(r) for r in cap)[d_r][d_t]),
@@ -892,20 +991,23 @@ class _Datapath(Elaboratable):
                 with m.If(emit):
                     m.d.sync += [d_t.eq(d_t + 1), d_col.eq(d_col + 4)]
                     with m.If(d_t == tn - 1):
-                        m.d.sync += [d_t.eq(0), d_col.eq(d_fb), d_r.eq(d_r + 1),
+                        m.d.sync += [d_t.eq(0), d_col.eq(d_fb), d_r.eq(d_r + 1), d_ra.eq(d_ra + 1),
                                      d_row_addr.eq(d_row_addr + f["out_stride"])]
-                        with m.If(d_r == d_last_r):
+                        with m.If(d_ra == d_last_r):
                             m.next = "FLUSH"
+                        with m.Elif(d_r == tm - 1):
+                            m.d.sync += [d_r.eq(0), d_s.eq(d_s + 1)]
+                            m.next = "LOAD"
             with m.State("FLUSH"):
                 last_nb = d_left_f <= tn
-                last_blk = d_left_r <= tm
+                last_blk = d_left_r <= TM
                 m.d.comb += [emit.eq(en & ok_b), item.flush.eq(1), item.final.eq(last_nb & last_blk)]
                 with m.If(emit):
                     m.d.comb += cap_take.eq(1)
                     m.d.sync += [d_left_f.eq(d_left_f - tn), d_fb.eq(d_fb + 4 * tn)]
                     with m.If(last_nb):
-                        m.d.sync += [d_left_f.eq(N), d_fb.eq(0), d_left_r.eq(d_left_r - tm),
-                                     d_blk_addr.eq(d_blk_addr + f["out_stride"] * tm)]
+                        m.d.sync += [d_left_f.eq(N), d_fb.eq(0), d_left_r.eq(d_left_r - TM),
+                                     d_blk_addr.eq(d_blk_addr + f["out_stride"] * TM)]
                     with m.If(last_nb & last_blk):
                         m.next = "IDLE"
                     with m.Else():

@@ -66,6 +66,7 @@ class TopBuild:
 
     tm: int
     tn: int
+    sets: int                # row sets: a row block (weight pass) is tm * sets rows
     lanes: int
     quant_lanes: int
     C: int
@@ -105,14 +106,16 @@ def top_build(config: AcceleratorConfig, C: int, *,
     acc_w = inspect.signature(Accelerator.__init__).parameters["max_writes"].default
     mat = inspect.signature(MatrixEngine.__init__).parameters["fifo_words"].default
     rd = inspect.signature(VectorEngine.__init__).parameters["rd_depth"].default
-    return TopBuild(tm=config.tm, tn=config.tn, lanes=config.lanes, quant_lanes=config.quant_lanes,
+    return TopBuild(tm=config.tm, tn=config.tn, sets=config.row_sets, lanes=config.lanes,
+                    quant_lanes=config.quant_lanes,
                     C=C, P=isa.VEC_P,
                     code_words=packing.gemm_code_word_bytes(config.lanes, 4) // axi.DATA_BYTES,
                     scale_words=-(-2 * config.tn // axi.DATA_BYTES), max_outstanding=acc,
                     max_writes=acc_w,
                     vec_rd_depth=rd, mat_fifo_words=mat, max_burst=axi.MAX_BURST,
                     lat=_checked_latencies(lat, config.lanes) if lat is not None
-                    else top_latencies(config.lanes, (config.att_t, config.att_n), config.tn))
+                    else top_latencies(config.lanes, (config.att_t, config.att_n), config.tn,
+                                       config.row_sets))
 
 
 #: Cycle files measured before the pipelined array cell, bias add and vector-engine read
@@ -138,15 +141,16 @@ def _checked_latencies(lat: Mapping[str, int], lanes: int) -> dict[str, int]:
     return dict(lat)
 
 
-def top_latencies(lanes: int, att: tuple[int, int], tn: int = 1) -> dict[str, int]:
+def top_latencies(lanes: int, att: tuple[int, int], tn: int = 1, sets: int = 1) -> dict[str, int]:
     """:attr:`TopBuild.lat` for an array of ``lanes`` and an attention array of ``att`` =
     ``(att_t, att_n)`` MAC lanes and ``tn`` array columns (the config's; cached; from the
     unit classes' ``latency_for`` and a dry Dataflow: nothing is built; ``tn`` sets the
-    columns per array cell, ``MatrixEngine.cell_share``).  No latency depends on the model
+    columns per array cell, ``MatrixEngine.cell_share``, ``sets`` the row sets).  No latency
+    depends on the model
     width.  Cycle files of the simulated top record it as ``unit_latencies`` (the RTL they
     were measured on)."""
-    if (lanes, att, tn) in _TOP_BUILDS:
-        return dict(_TOP_BUILDS[(lanes, att, tn)])
+    if (lanes, att, tn, sets) in _TOP_BUILDS:
+        return dict(_TOP_BUILDS[(lanes, att, tn, sets)])
     from amaranth.hdl import Signal
 
     from .. import isa
@@ -179,8 +183,8 @@ def top_latencies(lanes: int, att: tuple[int, int], tn: int = 1) -> dict[str, in
     l2_sq, l2_gain = L2NormTemperature.pipeline_cycles(P)
     lat = {
         "cvt": FPOp.CONVERT.latency, "had": HAD, "quant": QUANT,
-        "dot": MatrixEngine.cell_latency(lanes, tn),
-        "dot_group": MatrixEngine.cell_group_interval(lanes),
+        "dot": MatrixEngine.cell_latency(lanes, tn, sets),
+        "dot_group": MatrixEngine.cell_group_interval(lanes, sets),
         "bias": BIAS_ADD_LATENCY,
         "vec_issue": VectorEngine.ISSUE_STAGES, "vec_slices": VectorEngine.UNIT_SLICES,
         "vec_busy": VectorEngine.BUSY_DELAY, "arr_slice": MatrixEngine.ARRAY_SLICES,
@@ -204,7 +208,7 @@ def top_latencies(lanes: int, att: tuple[int, int], tn: int = 1) -> dict[str, in
         "cvt16": units[isa.VecSubop.CVT16], "fdot": units[isa.VecSubop.FDOT],
         "fdot_tree": tree,
     }
-    _TOP_BUILDS[(lanes, att, tn)] = lat
+    _TOP_BUILDS[(lanes, att, tn, sets)] = lat
     return dict(lat)
 
 
@@ -221,13 +225,15 @@ def gemm_cost(M: int, K: int, N: int, *, had: bool, bias: bool, fine: bool, b: T
               mem: TopMemory) -> EngineCost:
     """Cycles of one GEMM instruction on the MatrixEngine (``matrix.py``).
 
-    Row blocks of ``tm`` rows are the outer loop and every row block re-reads all the
-    weights.  Per row block and feature block of ``tn`` outputs the array takes
-    ``K/lanes`` beats of ``tn * code_words`` weight words (one word per cycle from the
-    weight FIFO, or one beat per ``dot`` latency with the fine pipeline off), and its
-    ``K/128`` groups at least ``dot_group`` cycles apart (the cell's accumulator loop); the drain
-    needs ``rows * tn`` results (x ``bias``, the bias add's latency, with the fine pipeline off) + its
-    bias words + ``MATRIX_DRAIN_STATES``.  The loader (1 bus word = 4 FP32 per cycle,
+    Row blocks of ``tm * sets`` rows (``sets`` row sets of ``tm``) are the outer loop and
+    every row block re-reads all the weights.  Per row block and feature block of ``tn``
+    outputs the weights arrive as ``K/lanes`` beats of ``tn * code_words`` words (one word
+    per cycle from the weight FIFO) and the array takes every beat once per row set (one
+    beat per cycle, or one per ``dot`` latency with the fine pipeline off), its ``K/128 *
+    sets`` groups at least ``dot_group`` cycles apart (the cell's accumulator loop); the
+    drain needs ``rows * tn`` results (x ``bias``, the bias add's latency, with the fine
+    pipeline off) + a cycle per row set holding rows + its bias words +
+    ``MATRIX_DRAIN_STATES``.  The loader (1 bus word = 4 FP32 per cycle,
     or one item per unit latency with the fine pipeline off) fills the first row block
     before the array starts and the next one meanwhile (double bank).  The R channel
     carries weights, scales, bias and activations: ``words / beat_rate`` cycles at least,
@@ -238,7 +244,8 @@ def gemm_cost(M: int, K: int, N: int, *, had: bool, bias: bool, fine: bool, b: T
         raise ValueError(f"GEMM M={M}, K={K}, N={N}: M, N >= 1 and K a multiple of 128")
     L = b.lat
     KB, G = K // b.lanes, K // 128
-    NB, B = -(-N // b.tn), -(-M // b.tm)
+    TM = b.tm * b.sets
+    NB, B = -(-N // b.tn), -(-M // TM)
     tw = b.tn * b.code_words
     bw = -(-4 * b.tn // 16) if bias else 0
     fb_words = KB * tw + G * b.scale_words + bw
@@ -256,25 +263,25 @@ def gemm_cost(M: int, K: int, N: int, *, had: bool, bias: bool, fine: bool, b: T
         + M * _bursts(K // 4, b) + (1 if had else 0)
     t_bus = max(t_bus, bursts * (rd + 1) / b.max_outstanding,
                 write_bound(M * -(-N // 4), b, mem))       # a row's results: whole words
-    beat = max(tw, 1 if fine else L["dot"])
-    # a feature block: KB array beats, and its G groups no closer than the cell's
-    # accumulator loop (GroupDot.group_interval_for)
-    block = max(KB * beat, G * L["dot_group"])
+    # a feature block: KB weight beats, KB * sets array beats, and its G * sets groups no
+    # closer than the cell's accumulator loop (GroupDot.group_interval_for)
+    block = max(KB * tw, KB * b.sets * (1 if fine else L["dot"]), G * b.sets * L["dot_group"])
     if fine:
         load_row = K / 4
     else:
         load_row = max(K / 4 * L["cvt"], K / b.quant_lanes * L["quant"],
                        K / b.quant_lanes * L["had"] if had else 0)
-    first = rd + min(M, b.tm) * load_row + L["cvt"] + (L["had"] if had else 0) + L["quant"] \
+    first = rd + min(M, TM) * load_row + L["cvt"] + (L["had"] if had else 0) + L["quant"] \
         + L["load_slices"]
     compute = 0.0
     for blk in range(B):
-        rows = min(b.tm, M - blk * b.tm)
-        drain = rows * b.tn * (1 if fine else L["bias"]) + bw + MATRIX_DRAIN_STATES
-        nxt = min(b.tm, M - (blk + 1) * b.tm) * load_row if blk + 1 < B else 0
+        rows = min(TM, M - blk * TM)
+        drain = rows * b.tn * (1 if fine else L["bias"]) + -(-rows // b.tm) + bw \
+            + MATRIX_DRAIN_STATES
+        nxt = min(TM, M - (blk + 1) * TM) * load_row if blk + 1 < B else 0
         compute += max(NB * max(block, drain), nxt)
-    last_rows = M - (B - 1) * b.tm
-    tail = L["arr_slice"] + L["dot"] + last_rows * b.tn + L["bias"] + mem.write_latency \
+    last_rows = M - (B - 1) * TM
+    tail = L["arr_slice"] + L["dot"] + last_rows * b.tn + -(-last_rows // b.tm) + L["bias"] + mem.write_latency \
         + WRITE_PATH + L["wr_slice"]
     cyc = ENGINE_START + max(first + compute, rd + t_bus) + tail + ENGINE_END
     return EngineCost(int(round(cyc)), int(words))
@@ -661,11 +668,11 @@ def top_step(C: int, H: int, hidden: int, depth: int, L_start: int, L: int, rows
              lat: Mapping[str, int] | None = None, v_cache: str = V_CACHE_LAYOUTS[0]) -> TopRun:
     """Model of one scale step on the as-built top: every instruction's engine cycles
     (:func:`instr_cost`) scheduled by :func:`schedule_top` with the config's pipeline
-    switches; ``tile`` tokens per tile (default ``config.tm``, the compiler's default);
+    switches; ``tile`` tokens per tile (default ``config.gemm_rows``, the compiler's default);
     ``L_total``, ``v_cache``: the KV caches (:func:`top_step_program`); ``lat``: unit
     latencies of another RTL version (:func:`top_build`)."""
     b = top_build(config, C, lat=lat)
-    tile = tile or config.tm
+    tile = tile or config.gemm_rows
     tiles = rows * -(-L // tile)
     blocks = depth if depth * 16 * tiles <= _MAX_SCHEDULED else 1
     sampled = min(tiles, max(1, _MAX_SCHEDULED // 16))
@@ -720,7 +727,7 @@ class TopModelResult:
 def evaluate_top(model: ModelSpec | str, config: AcceleratorConfig, platform: Platform,
                  memory: TopMemory | None = None) -> TopModelResult:
     """The as-built top (``fpqvar_hw/engines/top.py``, built for ``model``'s width) on ``platform``:
-    :func:`top_step` for every scale step, rows = batch x 2 (CFG), tiles of ``config.tm``
+    :func:`top_step` for every scale step, rows = batch x 2 (CFG), tiles of ``config.gemm_rows``
     tokens, ``memory`` default :func:`platform_memory` at the config's DRAM efficiency.
     Only the w4a4 formats exist in the RTL; other presets are timed as if they did."""
     if isinstance(model, str):
@@ -749,10 +756,10 @@ def step_breakdown(model: ModelSpec | str, config: AcceleratorConfig,
     rows = config.batch * (2 if config.cfg else 1)
     out = []
     for Ls_end, n in zip(model.kv_lengths, model.tokens):
-        tiles = rows * -(-n // config.tm)
+        tiles = rows * -(-n // config.gemm_rows)
         k = min(tiles, max(1, _MAX_SCHEDULED // 16))
         prog = top_step_program(model.C, model.heads, 4 * model.C, 1, Ls_end - n, n, rows,
-                                config.tm, L_total=model.kv_lengths[-1],
+                                config.gemm_rows, L_total=model.kv_lengths[-1],
                                 coarse=config.coarse_pipeline,
                                 max_tiles=k if k < tiles else None)
         cache: dict = {}

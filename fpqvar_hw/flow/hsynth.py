@@ -82,7 +82,7 @@ __all__ = ["synthesize_hierarchical", "HierSynthResult", "ModuleSynth", "cross_c
            "module_script"]
 
 DEFAULT_CACHE = SYNTH_CACHE.parent / "hsynth"
-_SCRIPT_VERSION = "6"
+_SCRIPT_VERSION = "7"    # 7: all-zero memory initialisers left out (synth.strip_zero_memory_init)
 
 #: Whole-top total keys -> the SynthResult property that counts them.
 TOTAL_KEYS = {"LUT": "lut", "LUT6": "lut6", "FF": "ff", "DSP": "dsp", "CARRY": "carry",

@@ -51,7 +51,8 @@ def throughput_markdown(rep: dict) -> str:
         lines += ["", "## The as-built top (the RTL that exists)", "",
                   "`fpqvar_hw/engines/top.py` as built today: attention FDOTs on the vector "
                   "engine's attention array, the other vector row operations one element per "
-                  "cycle, the matrix engine re-reading all weights per block of tm rows, "
+                  "cycle, the matrix engine reading the weights once per block of tm x "
+                  "row_sets rows (the compiler's tile), "
                   "one 128-bit AXI master. Modelled per instruction (`asbuilt.evaluate_top`, "
                   f"docs/build.md); memory: {mem['source']}, {mem['beat_rate']:g} beat/cycle.", "",
                   "| model | planned images/s | as-built images/s | as-built at est. clock | "

@@ -106,7 +106,9 @@ def load_sim_cycles(path, *, model: ModelSpec = DIGITS) -> SimCycles:
         if "preset" not in dev:
             raise ValueError(f"{p}: 'device' holds no accelerator config; the file must come from "
                              f"the RTL backend of fpqvar_hw.host.driver")
-        config = get_preset(dev["preset"]).replace(**{k: v for k, v in dev.items() if k != "preset"})
+        # files before the row sets (2026-12-06) ran one set of tm rows (and tiles of tm)
+        config = get_preset(dev["preset"]).replace(
+            **{"row_sets": 1, **{k: v for k, v in dev.items() if k != "preset"}})
         pns = tuple(doc.get("model", {}).get("patch_nums", ()))
         if pns and pns != model.patch_nums[:len(pns)]:
             raise ValueError(f"{p}: patch_nums {pns} do not match model {model.name} "
@@ -126,7 +128,7 @@ def load_sim_cycles(path, *, model: ModelSpec = DIGITS) -> SimCycles:
             runs.append((s["si"], s["pn"] ** 2, doc["coarse_pipeline"], doc["fine_pipeline"], s))
         backend = doc.get("backend")
     elif isinstance(doc, dict) and isinstance(doc.get("runs"), list) and "preset" in doc:
-        config = get_preset(doc["preset"]).replace(**(doc.get("config") or {}))
+        config = get_preset(doc["preset"]).replace(**{"row_sets": 1, **(doc.get("config") or {})})
         rows = 2
         pause = float(doc.get("pause") or 0.0)
         for r in doc["runs"]:

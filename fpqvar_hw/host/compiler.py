@@ -144,7 +144,8 @@ class Compiler:
     ``rows``: R, the rows of every step (2B with CFG); ``dram_base``: first byte
     of the layout (multiple of 128); ``dram_size``: window size (default: the
     layout's size rounded up to 4 KiB; too small raises); ``tile_tokens``:
-    tokens per tile (default ``cfg.tm``); ``max_kv``: the build's SOFTMAX limit.
+    tokens per tile (default ``cfg.gemm_rows``: a GEMM's rows fill the matrix engine's row
+    sets, one weight pass per tile); ``max_kv``: the build's SOFTMAX limit.
     """
 
     def __init__(self, pkg, cfg: AcceleratorConfig, rows: int, *, dram_base: int = 0,
@@ -163,7 +164,7 @@ class Compiler:
         self.steps = len(self.step_lens)
         self.L_total = sum(self.step_lens)
         self.L_max = max(self.step_lens)
-        self.tile_tokens = cfg.tm if tile_tokens is None else int(tile_tokens)
+        self.tile_tokens = cfg.gemm_rows if tile_tokens is None else int(tile_tokens)
         if self.tile_tokens < 1:
             raise ValueError(f"tile_tokens must be >= 1, got {tile_tokens}")
         if self.L_total > max_kv:

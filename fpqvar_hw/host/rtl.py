@@ -32,7 +32,8 @@ def top_build_name(config: Any, C: int, max_kv: int) -> str:
     """Build folder name of the top for ``config``/``C``/``max_kv`` (the Verilog digest is
     appended by the runner, so two configurations never share a build by accident; tests of
     one configuration share one)."""
-    return f"top-tm{config.tm}tn{config.tn}l{config.lanes}q{config.quant_lanes}-c{int(C)}kv{int(max_kv)}"
+    return (f"top-tm{config.tm}x{config.row_sets}tn{config.tn}l{config.lanes}q{config.quant_lanes}"
+            f"-c{int(C)}kv{int(max_kv)}")
 
 
 @functools.lru_cache(maxsize=4)

@@ -64,7 +64,7 @@ RUN_KIND = "bundle-run"
 #: The RTL top the ``rtl`` backend simulates (the configuration of ``sim/test_tiny_image.py``
 #: and ``sim/test_top.py``, so that they share one Verilator build): the bundle's formats
 #: with this small geometry, embed dim C = 128, SOFTMAX rows up to 30 keys.
-RTL_OVERRIDES = {"tm": 2, "tn": 2, "lanes": 32, "quant_lanes": 8}
+RTL_OVERRIDES = {"tm": 2, "tn": 2, "row_sets": 2, "lanes": 32, "quant_lanes": 8}
 RTL_C = 128
 RTL_MAX_KV = 30
 #: first DRAM byte of the RTL run (non-zero on purpose: exercises DRAM_BASE)
