@@ -6,9 +6,11 @@ sim.dma_model with random latency, gaps and backpressure; every result compared 
 for bit with the golden model (see sim/tb_vecengine.py).
 
 All tests are in the slow tier (``--run-slow``, which CI runs), because the Verilator
-build (C = 128, max_kv = 64) takes minutes: random instructions, an attention
-sequence, errors and abort on it; then one build with the KV6 hardware (``kv6=True``), whose run includes the KV6
-instructions and the KV6 attention sequence.
+build (C = 128, max_kv = 64, with the KV6 hardware, ``kv6=True``) takes minutes; both
+tests run on that one build: random instructions, an attention sequence, errors and
+abort; then the KV6 instructions and the KV6 attention sequence.  The engine without
+the KV6 hardware (the preset's) is co-simulated at real widths in
+sim/test_vecengine_wide.py and inside the top (sim/test_top.py, sim/test_tiny_image.py).
 The default tier covers the engine's units and ports in the Amaranth simulator
 (tests/test_hw_vecengine.py).  The real widths
 (C = 1024 LayerNorm rows, SOFTMAX rows and attention over 680 keys) are
@@ -40,7 +42,7 @@ def test_vecengine_cosim(seed):
     """24 random instructions of up to 640 elements, attention with 2 heads, 2 queries
     and 48 cached keys, errors and abort (one run: a separate smaller run on the same
     build, seed 1, added two minutes and no case this one lacks)."""
-    _run(SMALL, seed=seed, n_random=24, max_elems=640, attention=[2, 2, 48])
+    _run(dict(SMALL, kv6=True), seed=seed, n_random=24, max_elems=640, attention=[2, 2, 48])
 
 
 @pytest.mark.slow   # one more Verilator build (the engine with its KV6 hardware), minutes

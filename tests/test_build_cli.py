@@ -157,28 +157,17 @@ def test_fit_check_names_the_resource():
 
 
 @pytest.mark.slow
-def test_lint_clean_and_synth_cached_build_is_deterministic(tmp_path):
+def test_lint_clean_and_synthesised_build(tmp_path):
+    """The whole build with lint and synthesis (cold in CI). Its outputs' determinism is
+    tests/test_build_outputs_and_determinism's (without the top and synthesis); a second,
+    cached build here (2026-12-06: 60-90 s of emission) was dropped for the CI budget."""
     from fpqvar_hw.flow.lint import verilator_available
     from fpqvar_hw.flow.resources import synth_available
     if not (verilator_available() and synth_available()):
         pytest.skip("needs verilator and fpqvar_hw.flow.synth")
     cfg = apply_overrides(get_preset("w4a4"), SMALL)
     a = build.run_build(VCK190, cfg, tmp_path / "a", synth=True, lint=True, verbose=False)
-    # the second build reads the synthesis cache; without lint (the slowest step left),
-    # so every file but lint.log is byte-identical, and the summaries differ in that line
-    b = build.run_build(VCK190, cfg, tmp_path / "b", synth=True, lint=False, verbose=False)
-    da, db = _digest(tmp_path / "a"), _digest(tmp_path / "b")
-    assert da.pop("lint.log") and "lint.log" not in db
-    linted = [k for k in da if k.startswith("lint/")]       # the module texts lint.log cites
-    assert linted and not any(k.startswith("lint/") for k in db)
-    for k in linted:
-        da.pop(k)
-    da.pop("summary.md"), db.pop("summary.md")
-    assert da == db, [k for k in da if da[k] != db.get(k)]
-    lines_a, lines_b = a.summary.splitlines(), b.summary.splitlines()
-    assert [x for x in lines_a if not x.startswith("Lint")] == \
-        [x for x in lines_b if not x.startswith("Lint")]
-    assert "Lint: skipped" in lines_b
+    assert "lint.log" in _digest(tmp_path / "a")
     lint = (tmp_path / "a" / "lint.log").read_text()
     for inst in a.emitted:      # every emitted file, the top included, is lint-clean
         assert f"{inst}.v: clean" in lint, lint     # with the one waiver file

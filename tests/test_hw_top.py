@@ -291,7 +291,7 @@ def test_top_elaborates_with_both_engines():
     from fpqvar_hw.config import get_preset
     from fpqvar_hw.engines.top import Accelerator
 
-    cfg = get_preset("w4a4").replace(tm=1, tn=2, lanes=8, quant_lanes=8)
+    cfg = get_preset("w4a4").replace(tm=1, tn=2, row_sets=2, lanes=8, quant_lanes=8)
     top = Accelerator(cfg, C=128, max_kv=8)
     man = top.manifest()
     assert man["registers"]["ID"] == "0x1C" and man["id"] == "0x46505156"
