@@ -81,7 +81,7 @@ class TopBuild:
     lat: Mapping[str, int]
 
 
-_TOP_BUILDS: dict = {}      # (lanes, attention array) -> unit latencies
+_TOP_BUILDS: dict = {}      # (lanes, attention array, tn, row sets) -> unit latencies
 
 
 def top_build(config: AcceleratorConfig, C: int, *,
