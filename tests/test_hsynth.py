@@ -198,8 +198,8 @@ def test_abc9_failure_falls_back_to_abc_and_says_so(tmp_path, monkeypatch):
     from fpqvar_hw.flow import hsynth
     real = hsynth.module_script
 
-    def failing_abc9(name, children, abc9):   # ABC9 "fails" on the leaf only
-        s = real(name, children, abc9)
+    def failing_abc9(name, children, abc9, memories=True):   # ABC9 "fails" on the leaf only
+        s = real(name, children, abc9, memories)
         return s.replace("synth_xilinx", "no_such_command\nsynth_xilinx") if (
             abc9 and name == "leaf") else s
     monkeypatch.setattr(hsynth, "module_script", failing_abc9)

@@ -4,6 +4,7 @@ LUTs than an int4 lane built the same way."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -70,3 +71,41 @@ def test_zero_memory_initialisers_are_left_out_of_the_yosys_text():
     assert strip_zero_memory_init(kept) == kept
     other = "module x;\n  reg r;\n  initial begin\n    r = 1'h0;\n  end\nendmodule\n"
     assert strip_zero_memory_init(other) == other
+
+
+def _rom_text(top: str, array: bool) -> str:
+    """A registered 64 x 8 lookup table, as a ``case`` (Yosys makes it a ROM) or as a
+    written memory (declared ``reg [7:0] mem [0:63]``)."""
+    vals = [(37 * i * i + 11) % 256 for i in range(64)]
+    if array:
+        return (f"module {top}(input clk, input we, input [5:0] a, input [7:0] d, "
+                f"output reg [7:0] q);\n  reg [7:0] mem [0:63];\n"
+                f"  always @(posedge clk) begin if (we) mem[a] <= d; q <= mem[a]; end\n"
+                f"endmodule\n")
+    arms = "".join(f"      6'd{i}: t = 8'd{v};\n" for i, v in enumerate(vals))
+    return (f"module {top}(input clk, input [5:0] a, output reg [7:0] q);\n  reg [7:0] t;\n"
+            f"  always @* begin\n    case (a)\n{arms}    endcase\n  end\n"
+            f"  always @(posedge clk) q <= t;\nendmodule\n")
+
+
+@pytest.mark.slow
+def test_memory_mapping_is_skipped_only_where_nothing_is_mapped(tmp_path, monkeypatch):
+    """``synth_xilinx``'s map_memory label is left out of a design that declares no memory
+    (the per-module runs of tests/test_hsynth.py equal one whole-flow run of the whole
+    text); a ROM Yosys makes of a ``case`` fails the assertion and gets the whole flow,
+    with the whole flow's result; a declared memory gets the whole flow at once."""
+    from fpqvar_hw.flow import synth as S
+
+    arith = ("module arith(input clk, input [15:0] a, b, output reg [15:0] q);\n"
+             "  always @(posedge clk) q <= (a + b) ^ {a[7:0], b[15:8]};\nendmodule\n")
+    rom = _rom_text("rom", False)
+    assert not S.declares_memory(arith) and not S.declares_memory(rom)
+    assert S.declares_memory(_rom_text("ram", True))
+    fast = {n: S.synthesize(t, top=n, cache_dir=tmp_path / "fast")
+            for n, t in (("arith", arith), ("rom", rom))}
+    logs = {n: (Path(r.workdir) / "yosys.log").read_text() for n, r in fast.items()}
+    assert "brams_xcu_map" not in logs["arith"] and fast["arith"].lut > 0
+    assert "brams_xcu_map" in logs["rom"]                    # the second, whole run
+    monkeypatch.setattr(S, "declares_memory", lambda text: True)     # the whole flow
+    full = S.synthesize(rom, top="rom", cache_dir=tmp_path / "full")
+    assert fast["rom"].cells == full.cells and fast["rom"].depth == full.depth

@@ -70,19 +70,20 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from ..cache import entry_lock, write_text_atomic
 from .crosspaths import compose, cost, port_arcs, unregistered_outputs
 from .resources import fmax_mhz, path_levels
-from .synth import (DEFAULT_CACHE as SYNTH_CACHE, SynthResult, YosysError, run_yosys,
-                    yosys_version)
+from .synth import (DEFAULT_CACHE as SYNTH_CACHE, SynthResult, YosysError, run_synth, run_yosys,
+                    synth_xilinx_lines, yosys_version)
 
 __all__ = ["synthesize_hierarchical", "HierSynthResult", "ModuleSynth", "cross_check",
            "CrossCheck", "EXACT_KEYS", "synthesize_designs", "combinational_modules", "LUT_TOLERANCE", "DEFAULT_CACHE", "TOTAL_KEYS", "port_stub",
            "module_script"]
 
 DEFAULT_CACHE = SYNTH_CACHE.parent / "hsynth"
-_SCRIPT_VERSION = "7"    # 7: all-zero memory initialisers left out (synth.strip_zero_memory_init)
+_SCRIPT_VERSION = "8"    # 8: map_memory skipped without memories (synth.synth_xilinx_lines)
 
 #: Whole-top total keys -> the SynthResult property that counts them.
 TOTAL_KEYS = {"LUT": "lut", "LUT6": "lut6", "FF": "ff", "DSP": "dsp", "CARRY": "carry",
@@ -281,11 +282,15 @@ class _Timeout(YosysError):
     """A Yosys process ran past its time limit (not retried with the other mapper)."""
 
 
-def _run(work: Path, files: dict[str, str], script: str, timeout_s: float, what: str) -> float:
-    """Run Yosys on ``script`` in ``work``; return its wall seconds.  YosysError on failure."""
+def _run(work: Path, files: dict[str, str], script: "str | Callable[[bool], str]",
+         timeout_s: float, what: str) -> float:
+    """Run Yosys on ``script`` in ``work``; return its wall seconds.  YosysError on failure.
+    A callable ``script(memories)`` runs through :func:`~fpqvar_hw.flow.synth.run_synth`
+    (the memory mapping only where a memory is)."""
     t0 = time.monotonic()
     try:
-        proc = run_yosys(work, files, script, timeout_s)
+        proc = (run_yosys(work, files, script, timeout_s) if isinstance(script, str)
+                else run_synth(work, files, script, timeout_s))
     except subprocess.TimeoutExpired:
         raise _Timeout(f"{what}: yosys ran past {timeout_s:.0f} s; see {work / 'yosys.log'}"
                          ) from None
@@ -296,16 +301,18 @@ def _run(work: Path, files: dict[str, str], script: str, timeout_s: float, what:
     return secs
 
 
-def module_script(name: str, children: list[str], abc9: bool) -> str:
+def module_script(name: str, children: list[str], abc9: bool, memories: bool = True) -> str:
     """The Yosys script of one module's run (module docstring); ``children``: the module
-    names read as blackboxes from ``children.v``.  ``full.json`` (the mapped module,
-    flattened, children still blackboxes) gives :func:`~fpqvar_hw.flow.crosspaths.port_arcs`
-    the paths that end or start at a port or a child."""
+    names read as blackboxes from ``children.v``; ``memories`` false: without
+    ``synth_xilinx``'s memory mapping (:func:`~fpqvar_hw.flow.synth.synth_xilinx_lines`).
+    ``full.json`` (the mapped module, flattened, children still blackboxes) gives
+    :func:`~fpqvar_hw.flow.crosspaths.port_arcs` the paths that end or start at a port or
+    a child."""
     cut = "".join(f" t:{c} %d" for c in children)
     flags = (" -abc9" if abc9 else "") + " -noclkbuf"
     lines = (["read_verilog -lib children.v"] if children else []) + [
         "read_verilog -sv design.v",
-        f"synth_xilinx -family xcup -noiopad -top {name}{flags}",
+        *synth_xilinx_lines(f"-noiopad -top {name}{flags}", memories),
         f"tee -q -o stat.json stat -json -top {name}",
         "design -save mapped",
         "delete =A:blackbox",
@@ -383,7 +390,8 @@ def _one_module(name: str, text: str, stubs: dict[str, str], abc9: bool, root: P
                 files["children.v"] = stub_text
             try:
                 runs += 1
-                secs = _run(work, files, script, timeout_s, f"module {name}")
+                secs = _run(work, files, lambda mem: module_script(name, children, use_abc9, mem),
+                            timeout_s, f"module {name}")
             except _Timeout:
                 raise
             except YosysError as e:
