@@ -24,7 +24,7 @@ from fpqvar_hw.host.rtl import run_rtl_image
 from sim.runner import REPO
 
 CFG = backends.rtl_config()
-C, MAX_KV, DRAM_BASE = 128, backends.RTL_MAX_KV, backends.RTL_DRAM_BASE
+C, MAX_KV, DRAM_BASE = backends.RTL_C, backends.RTL_MAX_KV, backends.RTL_DRAM_BASE
 
 def golden_tokens(package: Path, label: int, seed: int, sampling: records.Sampling) -> list:
     """Tokens of the golden backend compiled for the RTL top's configuration."""

@@ -32,7 +32,7 @@ import pytest
 from fpqvar_hw.cache import write_text_atomic
 from fpqvar_hw.flow import asbuilt, simcycles
 from fpqvar_hw.host import isa_sim
-from fpqvar_hw.host.backends import RTL_MAX_KV, RTL_OVERRIDES, RTL_PRESET, rtl_config
+from fpqvar_hw.host.backends import RTL_C, RTL_MAX_KV, RTL_OVERRIDES, RTL_PRESET, rtl_config
 from fpqvar_hw.host.compiler import V_CACHE_LAYOUT
 from fpqvar_hw.host.rtl import top_build_name, top_component, top_harness
 from sim.runner import BUILD_ROOT, REPO, run_cocotb
@@ -42,7 +42,7 @@ from tests.test_perf_vs_sim import TOP_TOLERANCE
 #: the driver's RTL top (also sim/test_tiny_image.py's: one shared Verilator build)
 PRESET, OVERRIDES = RTL_PRESET, RTL_OVERRIDES
 CFG = rtl_config()
-C, MAX_KV = 128, RTL_MAX_KV
+C, MAX_KV = RTL_C, RTL_MAX_KV
 NAME = top_build_name(CFG, C, MAX_KV)
 RAM_SIZE = 1 << 22
 STEP_BASE = 0x40000

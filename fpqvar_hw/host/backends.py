@@ -22,7 +22,7 @@ import numpy as np
 from .records import StepPerf
 
 __all__ = ["BlockBackend", "GoldenBlockBackend", "TorchBlocksBackend", "DeviceError", "device_config",
-           "RTL_PRESET", "RTL_OVERRIDES", "RTL_MAX_KV", "RTL_DRAM_BASE", "rtl_config",
+           "RTL_PRESET", "RTL_OVERRIDES", "RTL_MAX_KV", "RTL_DRAM_BASE", "RTL_C", "rtl_config",
            "DeviceBackend", "GoldenBackend"]
 
 
@@ -136,6 +136,8 @@ def device_config(preset: str = "w4a4", *, coarse: bool = True, fine: bool = Tru
 RTL_PRESET, RTL_OVERRIDES = "w4a4", {"tm": 2, "tn": 2, "row_sets": 2, "lanes": 32, "quant_lanes": 8,
                                      "att_t": 2, "att_n": 4}
 RTL_MAX_KV, RTL_DRAM_BASE = 30, 0x10000
+#: embed dim of the simulated RTL top (the digits VAR's)
+RTL_C = 128
 
 
 def rtl_config() -> Any:

@@ -61,14 +61,12 @@ __all__ = ["RUN_KIND", "RTL_C", "RTL_MAX_KV", "RTL_OVERRIDES", "Bundle", "Bundle
 
 #: ``kind`` of the output marker of a bundle run's folder
 RUN_KIND = "bundle-run"
-#: The RTL top the ``rtl`` backend simulates (the configuration of ``sim/test_tiny_image.py``
-#: and ``sim/test_top.py``, so that they share one Verilator build): the bundle's formats
-#: with this small geometry, embed dim C = 128, SOFTMAX rows up to 30 keys.
-RTL_OVERRIDES = {"tm": 2, "tn": 2, "row_sets": 2, "lanes": 32, "quant_lanes": 8}
-RTL_C = 128
-RTL_MAX_KV = 30
-#: first DRAM byte of the RTL run (non-zero on purpose: exercises DRAM_BASE)
-RTL_DRAM_BASE = 0x10000
+# The RTL top the ``rtl`` backend simulates is the one of sim/test_tiny_image.py and
+# sim/test_top.py (one Verilator build): the bundle's formats with
+# :data:`~fpqvar_hw.host.backends.RTL_OVERRIDES`' small geometry, C = RTL_C, SOFTMAX rows
+# up to RTL_MAX_KV keys, the image at RTL_DRAM_BASE.
+RTL_OVERRIDES, RTL_C, RTL_MAX_KV = backends.RTL_OVERRIDES, backends.RTL_C, backends.RTL_MAX_KV
+RTL_DRAM_BASE = backends.RTL_DRAM_BASE
 BACKENDS = ("golden", "rtl")
 
 
