@@ -50,6 +50,7 @@ from amaranth.hdl import _ast, _ir
 from amaranth.lib import wiring
 
 __all__ = ["hierarchical", "module_name", "Emitter", "EmittedDesign", "emit_verilog",
+           "clear_conversion_cache",
            "EmitError", "verilog_ports"]
 
 
@@ -266,6 +267,7 @@ class Emitter:
         self._markers: dict[int, tuple[Signal, Instance, str]] = {}
         self._stack: list[str] = []
         self._keys: dict[str, str] = {}
+        self._cache_keys: dict[str, "tuple[str, str] | None"] = {}
 
     # called from the wrapped elaborate of an opted-in child
     def _instance_of(self, child) -> Instance:
@@ -300,6 +302,10 @@ class Emitter:
         return inst
 
     def _convert(self, component, name: str) -> str:
+        ck = _cache_key(component, name)
+        if ck in _CONVERTED:             # converted before in this process: the same text
+            self._adopt(ck)
+            return self.modules[name]
         from amaranth.back import verilog
         outer_root = self._root
         self._root = component
@@ -317,7 +323,25 @@ class Emitter:
         finally:
             self._stack.pop()
         self.modules[name] = text
+        if ck is not None:
+            _CONVERTED[ck] = (text, dict(self.instances[name]),
+                              {c: self._cache_keys[c] for c in self.instances[name]})
+            self._cache_keys[name] = ck
         return text
+
+    def _adopt(self, ck: tuple[str, str]) -> None:
+        """Take the module of cache key ``ck`` and its descendants from :data:`_CONVERTED`
+        (children first, as a conversion adds them)."""
+        name = ck[0]
+        if name in self.modules:
+            return
+        text, children, child_keys = _CONVERTED[ck]
+        for c in children:
+            self._adopt(child_keys[c])
+        self._keys.setdefault(name, ck[1])
+        self._cache_keys[name] = ck
+        self.instances[name] = dict(children)
+        self.modules[name] = text
 
     def _forward_resets(self, frag):
         """Turn the marker registers' inserted resets into instance ``rst`` ports; drop markers."""
@@ -370,6 +394,25 @@ class Emitter:
             used.setdefault(n, self.modules[n])
         walk(name)
         return EmittedDesign(name, used, {n: dict(self.instances.get(n, {})) for n in used})
+
+
+#: (module name, configuration key) -> (Verilog text, {child: instances}, {child: its key})
+#: of every opted-in module converted in this process: a configuration is converted once
+#: per process, not once per :class:`Emitter` (the test suite builds the same small
+#: configuration several times; a build emits each unit and the top through one emitter)
+_CONVERTED: dict[tuple[str, str], tuple[str, dict[str, int], dict[str, "tuple[str, str] | None"]]] = {}
+
+
+def _cache_key(component, name: str) -> "tuple[str, str] | None":
+    """The conversion cache key of ``component`` emitted as ``name``; None for a component
+    that is not opted in (its text is not determined by a key)."""
+    key = getattr(component, "_fpqvar_emit_key", None)
+    return None if key is None else (name, repr(key))
+
+
+def clear_conversion_cache() -> None:
+    """Forget every module converted in this process (a test of emission determinism)."""
+    _CONVERTED.clear()
 
 
 @contextlib.contextmanager
