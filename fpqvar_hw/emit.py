@@ -267,7 +267,6 @@ class Emitter:
         self._markers: dict[int, tuple[Signal, Instance, str]] = {}
         self._stack: list[str] = []
         self._keys: dict[str, str] = {}
-        self._cache_keys: dict[str, "tuple[str, str] | None"] = {}
 
     # called from the wrapped elaborate of an opted-in child
     def _instance_of(self, child) -> Instance:
@@ -323,10 +322,9 @@ class Emitter:
         finally:
             self._stack.pop()
         self.modules[name] = text
-        if ck is not None:
+        if ck is not None:      # every child came through _instance_of: its key is in _keys
             _CONVERTED[ck] = (text, dict(self.instances[name]),
-                              {c: self._cache_keys[c] for c in self.instances[name]})
-            self._cache_keys[name] = ck
+                              {c: self._keys[c] for c in self.instances[name]})
         return text
 
     def _adopt(self, ck: tuple[str, str]) -> None:
@@ -337,9 +335,8 @@ class Emitter:
             return
         text, children, child_keys = _CONVERTED[ck]
         for c in children:
-            self._adopt(child_keys[c])
+            self._adopt((c, child_keys[c]))
         self._keys.setdefault(name, ck[1])
-        self._cache_keys[name] = ck
         self.instances[name] = dict(children)
         self.modules[name] = text
 
@@ -396,11 +393,12 @@ class Emitter:
         return EmittedDesign(name, used, {n: dict(self.instances.get(n, {})) for n in used})
 
 
-#: (module name, configuration key) -> (Verilog text, {child: instances}, {child: its key})
+#: (module name, configuration key) -> (Verilog text, {child: instances},
+#: {child: its configuration key})
 #: of every opted-in module converted in this process: a configuration is converted once
 #: per process, not once per :class:`Emitter` (the test suite builds the same small
 #: configuration several times; a build emits each unit and the top through one emitter)
-_CONVERTED: dict[tuple[str, str], tuple[str, dict[str, int], dict[str, "tuple[str, str] | None"]]] = {}
+_CONVERTED: dict[tuple[str, str], tuple[str, dict[str, int], dict[str, str]]] = {}
 
 
 def _cache_key(component, name: str) -> "tuple[str, str] | None":
