@@ -20,7 +20,9 @@ sequence has fixed addresses that overlap beyond 384 keys):
   multiple of ``P``), 1 and 9, typical attention-score ranges and ranges where most
   outputs underflow, ``-inf`` and ``-3e38`` entries; random layouts, two in place.
 * ``attention_wide``: QK^T (FDOT, FP16 K cache) -> SOFTMAX -> PV (FDOT, FP16 V
-  cache) over ``attention = [H, Nq, Nk]``, caches ``[h, j, d]``, scores ``[t, h, j]``;
+  cache) over each ``[H, Nq, Nk]`` of ``attention`` in turn (one long row of keys;
+  queries and keys that leave edge tiles both ways on the engine's attention array),
+  caches ``[h, j, d]``, scores ``[t, h, j]``;
   p.V twice: on V in row order (the element path) and on V transposed ``[h, d, j]`` as
   the compiler keeps it (rows of ``Nk`` tokens on the engine's attention array, as is
   q.K); besides the per-instruction check both outputs must equal
@@ -30,7 +32,7 @@ sequence has fixed addresses that overlap beyond 384 keys):
   of ``C`` right after them is correct.
 
 Parameters (``tb_params``): ``seed``, ``C``, ``max_kv``, ``P`` (the build), ``attention``
-([H, Nq, Nk] of ``attention_wide``).
+(a list of [H, Nq, Nk] for ``attention_wide``).
 """
 from __future__ import annotations
 
@@ -157,15 +159,23 @@ async def softmax_rows(dut):
 # ------------------------------------------------------------------ attention
 @cocotb.test()
 async def attention_wide(dut):
-    """QK^T -> SOFTMAX -> PV over ``attention = [H, Nq, Nk]`` in the compiler's layouts;
-    the output equals golden ``attention`` bit for bit."""
+    """QK^T -> SOFTMAX -> PV in the compiler's layouts for each ``[H, Nq, Nk]`` of
+    ``attention``: the output equals golden ``attention`` bit for bit."""
     p, tb, rng = setup_tb(dut, "attention_wide")
-    H, Nq, Nk = p["attention"]
-    D = isa.L2NT_LEN
-    if Nk > p["max_kv"]:
-        raise ValueError(f"attention over {Nk} keys needs max_kv >= {Nk} (build has {p['max_kv']})")
+    shapes = p["attention"]
+    for H, Nq, Nk in shapes:
+        if Nk > p["max_kv"]:
+            raise ValueError(f"attention over {Nk} keys needs max_kv >= {Nk} (build has {p['max_kv']})")
     nrng = np.random.default_rng(p["seed"] + 30)
     await tb.start()
+    for H, Nq, Nk in shapes:
+        await _attention(tb, nrng, p, H, Nq, Nk)
+    tb.finish()
+
+
+async def _attention(tb: VecEngineTB, nrng: np.random.Generator, p: dict, H: int, Nq: int,
+                     Nk: int) -> None:
+    D = isa.L2NT_LEN
     # q: l2-normalised rows times exp(t) (t per head in [2, ln 100]); caches: K
     # l2-normalised, V N(0, 1); both FP16 as the model's KV cache holds them
     t = nrng.uniform(2.0, np.log(100.0), (H, 1, 1)).astype(np.float32)
@@ -181,7 +191,7 @@ async def attention_wide(dut):
         at[name] = nxt
         nxt = (nxt + size + 0x40 + 15) // 16 * 16
     if nxt > BASE + MEM_BYTES:
-        raise ValueError(f"attention {p['attention']} needs {nxt - BASE} bytes of DRAM; the model has {MEM_BYTES}")
+        raise ValueError(f"attention {[H, Nq, Nk]} needs {nxt - BASE} bytes of DRAM; the model has {MEM_BYTES}")
     for name, arr in (("q", q.transpose(1, 0, 2)), ("k", k16), ("v", v16),
                       ("vt", v16.transpose(0, 2, 1))):
         raw = np.ascontiguousarray(arr).view(np.uint8).reshape(-1)
@@ -205,16 +215,15 @@ async def attention_wide(dut):
                d=Operand(at["o2"], 0, 4, row, D * 4))
     for name, v in (("QK^T", qk), ("softmax (in place)", sm), ("PV", pv),
                     ("PV, V transposed", pv_t)):
-        await tb.run(v, what=f"attention {name} over {Nk} keys")
+        await tb.run(v, what=f"attention {name}, {H} heads x {Nq} queries x {Nk} keys")
     dec = lambda c: g.to_float(g.convert(c, "fp16", "fp32"), "fp32")  # noqa: E731
     want = g.canon(attention(q, dec(k16), dec(v16), p["P"]))          # [H, Nq, 64]
     for o in ("o", "o2"):
         got = np.frombuffer(tb.view[at[o] - BASE:at[o] - BASE + sizes[o]].tobytes(), np.uint32)
         got = got.reshape(Nq, H, D).transpose(1, 0, 2)
         bad = np.argwhere(got != want)
-        assert not len(bad), f"attention output ({o}) differs at {len(bad)} places [h, t, d], " \
-            f"first {bad[:4].tolist()}"
-    tb.finish()
+        assert not len(bad), f"attention {H}x{Nq}x{Nk} output ({o}) differs at {len(bad)} " \
+            f"places [h, t, d], first {bad[:4].tolist()}"
 
 
 # ------------------------------------------------------------------ row-length limits

@@ -1,12 +1,14 @@
 """The vector engine's attention array (fpqvar_hw.engines.attention.AttentionArray) in the
-Amaranth simulator, small builds (T x N = 2 x 2 or 2 x 4, rows up to 24 elements): FDOTs
+Amaranth simulator, small builds (T x N = 2 x 2 or 2 x 4, rows up to 64 elements): FDOTs
 of attention shape against the instruction-level reference (``isa_sim.vec``), the whole
 memory image compared byte for byte, with DRAM responses after random latencies, random
 gaps between beats and random request/write backpressure; declined instructions (nothing
-accessed); abort at any point followed by a correct instruction, and one case at the
-preset's 8 x 8 lanes.  Arrays of 2 x 4 and 4 x 8 lanes (rows of 680) run inside the
-vector engine on Verilator (sim/test_vecengine.py, sim/test_vecengine_wide.py) and in the
-top (sim/test_top.py, sim/test_tiny_image.py)."""
+accessed); abort at any point followed by a correct instruction.  Each test runs its
+instructions one after the other in one simulation of one build (the simulator spends
+most of a small case compiling the design).  The preset's 16 x 4 array (rows of 680,
+and 19 queries x 6 keys: edge tiles both ways) runs inside the vector engine on
+Verilator (sim/test_vecengine_wide.py), 2 x 4 in sim/test_vecengine.py and in the top
+(sim/test_top.py, sim/test_tiny_image.py)."""
 from __future__ import annotations
 
 import random
@@ -23,14 +25,16 @@ from fpqvar_hw.isa import Operand, Vec, VecFlag, VecSubop
 BASE, SIZE = 0x10000, 0x8000
 
 
-def run(dut: AttentionArray, mem: bytearray, jobs: list[tuple[Vec, int | None]], *, seed: int,
+def run(dut: AttentionArray, mem: bytearray, jobs: list[tuple], *, seed: int,
         lat=(2, 9), p_ready=0.8, p_beat=0.85, max_cycles=20000,
-        idle_cycles=24) -> list[tuple[int, int, int]]:
-    """Hand ``jobs`` ((instruction, abort cycle or None), one after the other) to ``dut``
-    with ``mem`` (bytes from BASE) behind its read and write clients; returns per job
-    (cycles until ``busy`` fell, declined, error).  Fails when ``busy`` falls with a
-    request outstanding, on a request in the ``idle_cycles`` after that, on a burst that is
-    not 16-byte aligned or crosses 4 KiB, or on a request outside ``mem``."""
+        idle_cycles=24) -> list[tuple[int, int, int, bytes]]:
+    """Hand ``jobs`` ((instruction, abort cycle or None[, memory image]), one after the
+    other) to ``dut`` with ``mem`` (bytes from BASE) behind its read and write clients;
+    a job with an image first loads it into ``mem`` (while the array is idle).  Returns
+    per job (cycles until ``busy`` fell, declined, error, ``mem`` then).  Fails when
+    ``busy`` falls with a request outstanding, on a request in the ``idle_cycles`` after
+    that, on a burst that is not 16-byte aligned or crosses 4 KiB, or on a request
+    outside ``mem``."""
     rng = random.Random(seed)
     sim = Simulator(dut)
     sim.add_clock(1e-8)
@@ -42,7 +46,9 @@ def run(dut: AttentionArray, mem: bytearray, jobs: list[tuple[Vec, int | None]],
         queued = {"a": [], "b": []}        # (due cycle, addr, beats) per read client
         cur = {"a": None, "b": None}
         wresp = []
-        for v, abort_at in jobs:
+        for v, abort_at, *image in jobs:
+            if image:
+                mem[:] = image[0]
             raw = v.encode()
             ctx.set(dut.cmd.payload, [int.from_bytes(raw[4 * i:4 * i + 4], "little")
                                       for i in range(isa.INSTR_WORDS)])
@@ -101,7 +107,7 @@ def run(dut: AttentionArray, mem: bytearray, jobs: list[tuple[Vec, int | None]],
                     assert not wresp and not any(queued.values()) and cur == {"a": None, "b": None}, \
                         "busy fell with a request outstanding"
                     break
-            out.append((cyc, ctx.get(dut.declined), ctx.get(dut.error)))
+            out.append((cyc, ctx.get(dut.declined), ctx.get(dut.error), bytes(mem)))
             # idle: no request of any kind until the next instruction
             for _ in range(idle_cycles):
                 for p in (dut.rd_a, dut.rd_b, dut.wr):
@@ -144,24 +150,32 @@ def _memory(seed: int) -> bytearray:
     return bytearray(np.random.default_rng(seed).integers(0, 256, SIZE, dtype=np.uint8).tobytes())
 
 
-@pytest.mark.parametrize("seed,T,N,kind,n0,rows_b,rows_a,heads,a_off,b_stride", [
-    (1, 2, 4, "qk", 16, 7, 3, 2, 0, 32),      # K rows back to back, edge tiles both ways
-    (2, 2, 2, "qk", 24, 4, 2, 1, 8, 48),      # A rows start mid-word
-    (3, 2, 4, "pv", 13, 6, 5, 2, 4, 30),      # V rows of 13 of 15 tokens: odd offsets
-    (4, 2, 2, "pv", 1, 3, 3, 1, 12, 18),      # one-token rows
-    (5, 2, 2, "qk", 9, 1, 1, 3, 4, 22),       # one dot product per tile
-    (7, 16, 4, "pv", 11, 6, 19, 1, 4, 26),    # the preset's 16 x 4 lanes, edge tiles both ways
-])
-def test_array_matches_the_reference(seed, T, N, kind, n0, rows_b, rows_a, heads, a_off, b_stride):
-    rng = np.random.default_rng(seed)
-    mem = _memory(seed)
-    v = attention_fdot(rng, mem, kind, n0=n0, rows_b=rows_b, rows_a=rows_a, heads=heads,
-                       a_off=a_off, b_stride=b_stride)
-    want = reference(bytes(mem), v)
-    [(cycles, declined, error)] = run(AttentionArray(T=T, N=N, max_e=24), mem, [(v, None)], seed=seed)
-    assert (declined, error) == (0, 0)
-    bad = [hex(BASE + i) for i in range(SIZE) if mem[i] != want[i]]
-    assert not bad, f"{len(bad)} bytes differ, first at {bad[:4]}"
+#: Per array shape (T, N): FDOT cases (seed, kind, n0, rows_b, rows_a, heads, a_off,
+#: b_stride), run one after the other in one simulation
+CASES = {
+    (2, 4): [(1, "qk", 16, 7, 3, 2, 0, 32),     # K rows back to back, edge tiles both ways
+             (3, "pv", 13, 6, 5, 2, 4, 30)],    # V rows of 13 of 15 tokens: odd offsets
+    (2, 2): [(2, "qk", 24, 4, 2, 1, 8, 48),     # A rows start mid-word
+             (4, "pv", 1, 3, 3, 1, 12, 18),     # one-token rows
+             (5, "qk", 9, 1, 1, 3, 4, 22)],     # one dot product per tile
+}
+
+
+@pytest.mark.parametrize("T,N", list(CASES))
+def test_array_matches_the_reference(T, N):
+    jobs, wants = [], []
+    for seed, kind, n0, rows_b, rows_a, heads, a_off, b_stride in CASES[(T, N)]:
+        rng = np.random.default_rng(seed)
+        mem = _memory(seed)
+        v = attention_fdot(rng, mem, kind, n0=n0, rows_b=rows_b, rows_a=rows_a, heads=heads,
+                           a_off=a_off, b_stride=b_stride)
+        jobs.append((v, None, bytes(mem)))
+        wants.append(reference(bytes(mem), v))
+    res = run(AttentionArray(T=T, N=N, max_e=24), bytearray(SIZE), jobs, seed=T * 10 + N)
+    for case, (cycles, declined, error, got), want in zip(CASES[(T, N)], res, wants):
+        assert (declined, error) == (0, 0), case
+        bad = [hex(BASE + i) for i in range(SIZE) if got[i] != want[i]]
+        assert not bad, f"case {case}: {len(bad)} bytes differ, first at {bad[:4]}"
 
 
 def test_array_runs_at_the_tile_rate():
@@ -170,8 +184,8 @@ def test_array_runs_at_the_tile_rate():
     rng = np.random.default_rng(7)
     mem = _memory(7)
     v = attention_fdot(rng, mem, "qk", n0=24, rows_b=8, rows_a=4, heads=1, a_off=0, b_stride=48)
-    [(cycles, declined, error)] = run(AttentionArray(T=2, N=2, max_e=24), mem, [(v, None)], seed=7,
-                                      lat=(1, 1), p_ready=1.0, p_beat=1.0)
+    [(cycles, declined, error, _)] = run(AttentionArray(T=2, N=2, max_e=24), mem, [(v, None)],
+                                         seed=7, lat=(1, 1), p_ready=1.0, p_beat=1.0)
     tiles = (8 // 2) * (4 // 2)
     floor = AttentionArray.CHECK_CYCLES + tiles * AttentionArray.tile_cycles(24) \
         + AttentionArray.tail_cycles(4)
@@ -201,13 +215,16 @@ def _declined_cases():
     ]
 
 
-@pytest.mark.parametrize("what,v", _declined_cases(), ids=lambda x: x if isinstance(x, str) else "")
-def test_array_declines_without_access(what, v):
-    mem = _memory(3)
-    before = bytes(mem)
-    [(cycles, declined, error)] = run(AttentionArray(T=2, N=2, max_e=24), mem, [(v, None)], seed=3)
-    assert (declined, error) == (1, 0), what
-    assert bytes(mem) == before and cycles <= AttentionArray.CHECK_CYCLES + 1
+def test_array_declines_without_access():
+    """Every instruction the array must decline, one after the other: declined, no error,
+    memory untouched, within the check's cycles."""
+    cases = _declined_cases()
+    before = bytes(_memory(3))
+    res = run(AttentionArray(T=2, N=2, max_e=24), bytearray(before),
+              [(v, None) for _, v in cases], seed=3)
+    for (what, _), (cycles, declined, error, after) in zip(cases, res):
+        assert (declined, error) == (1, 0), what
+        assert after == before and cycles <= AttentionArray.CHECK_CYCLES + 1, what
 
 
 def test_abort_at_any_point_then_a_correct_instruction():
@@ -222,10 +239,12 @@ def test_abort_at_any_point_then_a_correct_instruction():
     v = attention_fdot(rng, mem, "qk", n0=64, rows_b=8, rows_a=3, heads=1, a_off=4, b_stride=128)
     nxt = Vec(subop=v.subop, n=(16, 4, 2, 1), flags=v.flags, a=v.a,
               b=Operand(v.b.base + 0x800, 2, 32), d=Operand(v.d.base + 0x400, 0, 4, 16))
-    for abort_at in (1, 13, 14, 15, 60):
-        work = bytearray(mem)
-        res = run(AttentionArray(T=2, N=4, max_e=64), work, [(v, abort_at), (nxt, None)],
-                  seed=abort_at)
-        assert [r[1:] for r in res] == [(0, 0), (0, 0)], (abort_at, res)
-        want = reference(bytes(work), nxt)
-        assert bytes(work) == want, f"abort at {abort_at}: the next instruction differs"
+    # one simulation: per abort point the cut instruction (on the original memory), then
+    # the next one on whatever the cut one left
+    points = (1, 13, 14, 15, 60)
+    jobs = [job for at in points for job in ((v, at, bytes(mem)), (nxt, None))]
+    res = run(AttentionArray(T=2, N=4, max_e=64), bytearray(mem), jobs, seed=11)
+    for k, at in enumerate(points):
+        (_, *flags_cut, left), (_, *flags_next, got) = res[2 * k:2 * k + 2]
+        assert (flags_cut, flags_next) == ([0, 0], [0, 0]), (at, flags_cut, flags_next)
+        assert got == reference(left, nxt), f"abort at {at}: the next instruction differs"

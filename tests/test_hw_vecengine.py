@@ -1,5 +1,7 @@
 """Amaranth-simulator tests of the vector engine's units (fpqvar_hw.units.vector) against the golden
-model: FDot (rows ended by ``last``), Residual, Softmax with runtime row lengths.
+model: FDot (rows ended by ``last``), Residual.  Softmax rows of runtime lengths (mixed,
+more rows than buffers) run on Verilator, sim/test_vector.py::test_softmax_rows_verilator;
+one Softmax row in this simulator is sim/test_vector.py::test_softmax_amaranth.
 
 Bit-exact comparisons (``==`` on FP32 bit patterns), random input gaps and output
 backpressure from the seed in the test id.  The whole engine (DMA, address generation,
@@ -101,26 +103,6 @@ def test_residual(seed):
     words = [a | (b << 32) | (c << 64) for a, b, c in zip(u32(x), u32(gm), u32(y))]
     got = stream_unit(Residual(), words, len(words), seed, max_cycles=4 * len(words) + 100)
     check(got, g.canon(v.gamma_residual(x, gm, y)), "residual")
-
-
-@pytest.mark.parametrize("seed", [13])
-def test_softmax_runtime_rows(seed):
-    """Rows of 1, 5, 8, 13 and the maximum 24 elements ended by ``last``, against golden
-    softmax of each row (tree_sum padding with +0.0)."""
-    rng = np.random.default_rng(seed)
-    # more rows than buffers (Softmax.SLOTS); rows into free buffers whose third must wait
-    # for the first one's partial-sum set (the sets alternate); runs of one-element rows;
-    # a row of the maximum length
-    lengths = [16, 1, 9, 5, 1, 24, 13, 8, 1, 1, 1, 2, 24, 7]
-    rows = [(rng.standard_normal(n) * rng.uniform(0.1, 30)).astype(np.float32) for n in lengths]
-    rows[3][2] = -np.inf
-    words, want = [], []
-    for r in rows:
-        words += [x | (int(j == len(r) - 1) << 32) for j, x in enumerate(u32(r))]
-        want += [int(b) for b in g.canon(v.softmax(r[None, :], P=8)).reshape(-1)]
-    got = stream_unit(Softmax(length=24, P=8), words, len(words), seed,
-                      max_cycles=8 * len(words) + 400 * len(rows))
-    check(got, want, "softmax")
 
 
 def test_bad_parameters():
