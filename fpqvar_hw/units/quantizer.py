@@ -81,7 +81,7 @@ from ..emit import hierarchical
 from ..checked import Checked
 from .fpu import FP16, clz, float_layout
 
-__all__ = ["Quantizer", "QUANTIZER_FORMATS", "SCALE_FORMATS", "code_layout", "Grid", "grid",
+__all__ = ["QuantizerLane", "QuantizerMaxLeaf", "Quantizer", "QUANTIZER_FORMATS", "SCALE_FORMATS", "code_layout", "Grid", "grid",
            "scale_constants", "e8m0_exponents", "e8m0_keys", "LATENCY_AFTER_LAST"]
 
 DFQ = "dfq4"
@@ -220,6 +220,130 @@ def code_layout(fmt: str) -> data.StructLayout:
     if f.kind == "int":
         return data.StructLayout({"value": signed(f.bits)})
     return data.StructLayout({"mantissa": f.mbits, "exponent": f.ebits, "sign": 1})
+
+
+def tree_levels(lanes: int) -> list[int]:
+    """Compare levels of the ingest max tree in each of its TREE_STAGES registered stages
+    (``ceil(log2 lanes)`` levels spread over them)."""
+    levels = (lanes - 1).bit_length()
+    return [(st + 1) * levels // TREE_STAGES - st * levels // TREE_STAGES for st in range(TREE_STAGES)]
+
+
+def leaf_stages(lanes: int) -> int:
+    """How many of the max tree's first stages run in :class:`QuantizerMaxLeaf` modules:
+    the most that reduce at most 8 lanes to one and leave at least 4 leaves (0 for a lane
+    count that is not a power of two, or where no stage compares: the parent's tree)."""
+    if lanes & (lanes - 1):
+        return 0
+    best, lv = 0, 0
+    for n, here in enumerate(tree_levels(lanes), 1):
+        lv += here
+        if lv > 3 or lanes >> lv < 4:
+            break
+        if lv:
+            best = n
+    return best
+
+
+def side_magnitudes(xs: list, sides: int) -> list[list[Value]]:
+    """Per side the 15-bit magnitudes the max tree reduces: every element's (one side),
+    or the DFQ sides (side 0 the negative elements', side 1 the others', 0 elsewhere)."""
+    if sides == 1:
+        return [[x.as_value()[:15] for x in xs]]
+    return [[Mux(x.sign, x.as_value()[:15], 0) for x in xs],
+            [Mux(x.sign, 0, x.as_value()[:15]) for x in xs]]
+
+
+def max_stage(m: Module, tvals: list[list[Value]], n_levels: int, name: str) -> list[list[Signal]]:
+    """One registered stage of the max tree: ``n_levels`` pairwise compare levels per side
+    (an odd value passes a level unchanged), then a register per value (free-running)."""
+    tvals = [list(v) for v in tvals]
+    for _ in range(n_levels):
+        for k, vals in enumerate(tvals):
+            nxt = []
+            for a_, b_ in zip(vals[0::2], vals[1::2]):
+                t = Signal(15)
+                m.d.comb += t.eq(Mux(a_ > b_, a_, b_))
+                nxt.append(t)
+            if len(vals) % 2:
+                nxt.append(vals[-1])
+            tvals[k] = nxt
+    regs = [[Signal(15, name=f"{name}_{k}_{i}") for i in range(len(v))] for k, v in enumerate(tvals)]
+    for r, v in zip(regs, tvals):
+        m.d.sync += [a.eq(b) for a, b in zip(r, v)]
+    return regs
+
+
+@hierarchical
+class QuantizerMaxLeaf(wiring.Component):
+    """The first registered stages of :class:`Quantizer`'s ingest max tree for ``lanes``
+    consecutive lanes (the unit holds ``lanes_total / lanes`` of them, one module): ``x``
+    the lanes' FP16 elements, ``o`` per side (``sides`` 1, or 2 for DFQ) the 15-bit
+    maximum magnitude, after ``len(stage_levels)`` registered stages of
+    ``stage_levels[s]`` compare levels each (free-running, as the parent's later stages)."""
+
+    def __init__(self, lanes: int, sides: int, stage_levels: tuple[int, ...]):
+        if 1 << sum(stage_levels) != lanes or sides not in (1, 2):
+            raise ValueError(f"QuantizerMaxLeaf: {lanes} lanes, {sides} sides, levels {stage_levels}")
+        self.lanes, self.sides, self.stage_levels = lanes, sides, tuple(stage_levels)
+        super().__init__({"x": In(16 * lanes), "o": Out(15 * sides)})
+
+    def elaborate(self, platform):
+        m = Module()
+        xs = [FP16_LAYOUT(self.x[16 * j:16 * (j + 1)]) for j in range(self.lanes)]
+        tvals = side_magnitudes(xs, self.sides)
+        for st, n in enumerate(self.stage_levels):
+            tvals = max_stage(m, tvals, n, f"t{st}")
+        m.d.comb += self.o.eq(Cat(*[v[0] for v in tvals]))
+        return m
+
+
+@hierarchical
+class QuantizerLane(wiring.Component):
+    """One lane of :class:`Quantizer`'s element stage (the unit holds ``lanes`` of them, one
+    module: the build emits and synthesises it once).
+
+    ``x``: the lane's FP16 element; ``keys``: per side ``nthr[k]`` 16-bit threshold keys
+    (side 0 first), from the group's scale stage; ``kill``: the group is NaN/Inf or all
+    zero (code 0).  The element's magnitude against every key of its side gives a
+    thermometer code whose count is the magnitude code; ``mode`` packs it: ``"dfq"`` (the
+    side's magnitude, bit ``code_bits - 1`` set on the negative side), ``"int"`` (two's
+    complement of the signed count), ``"float"`` (magnitude, then the sign bit).  On ``en``
+    the code is registered to ``code``."""
+
+    def __init__(self, nthr: tuple[int, ...], code_bits: int, mode: str):
+        if mode not in ("dfq", "int", "float") or (mode == "dfq") != (len(nthr) == 2):
+            raise ValueError(f"QuantizerLane: mode {mode!r} with {len(nthr)} sides")
+        self.nthr, self.code_bits, self.mode = tuple(nthr), code_bits, mode
+        super().__init__({"en": In(1), "x": In(FP16_LAYOUT), "keys": In(16 * sum(self.nthr)),
+                          "kill": In(1), "code": Out(code_bits)})
+
+    def elaborate(self, platform):
+        m = Module()
+        x = self.x
+        mag = x.as_value()[:15]
+        idx, at = [], 0
+        for k, n in enumerate(self.nthr):
+            therm = Signal(n, name=f"therm{k}")   # thermometer code
+            m.d.comb += therm.eq(Cat(*[mag > self.keys[16 * (at + j):16 * (at + j + 1)]
+                                       for j in range(n)]))
+            cnt = Signal(range(n + 1), name=f"idx{k}")
+            m.d.comb += cnt.eq(sum(therm[j] for j in range(n)))
+            idx.append(cnt)
+            at += n
+        code = Signal(self.code_bits, name="code_c")
+        if self.mode == "dfq":
+            mb = self.code_bits - 1
+            neg = x.sign | (mag == 0)
+            m.d.comb += code.eq(Mux(neg, Cat(idx[0][:mb], Const(1, 1)), Cat(idx[1][:mb], Const(0, 1))))
+        elif self.mode == "int":
+            mag_c = idx[0][:self.code_bits]
+            m.d.comb += code.eq(Mux(x.sign, -mag_c, mag_c)[:self.code_bits])
+        else:
+            m.d.comb += code.eq(Cat(idx[0][:self.code_bits - 1], x.sign))
+        with m.If(self.en):
+            m.d.sync += self.code.eq(Mux(self.kill, 0, code))
+        return m
 
 
 @hierarchical
@@ -458,12 +582,6 @@ class Quantizer(Checked, wiring.Component):
         run_max = [Signal(15, name=f"run_max{k}") for k in range(S)]
         run_special = Signal()
 
-        def side_of(x) -> list[Value]:
-            if not dfq:
-                return [Const(1)]
-            neg = x.sign | (x.as_value()[:15] == 0)
-            return [neg, ~neg]
-
         beat_special = Signal()
         xs = [self.i.payload[k] for k in range(L)]
         m.d.comb += beat_special.eq(Cat(*[x.exponent == 0x1F for x in xs]).any())
@@ -486,27 +604,25 @@ class Quantizer(Checked, wiring.Component):
 
         # max tree over the lanes (free-running, TREE_STAGES registered stages).  The DFQ
         # sides select by the sign bit alone: a +-0 contributes 0 to either side's max.
-        tvals = [[Mux(x.sign, x.as_value()[:15], 0) if (dfq and k == 0) else
-                  Mux(x.sign, 0, x.as_value()[:15]) if dfq else x.as_value()[:15] for x in xs]
-                 for k in range(S)]
-        t_valid, t_last, t_special = accept, in_last, beat_special
-        levels = (L - 1).bit_length()
-        for st in range(TREE_STAGES):
-            n_here = (st + 1) * levels // TREE_STAGES - st * levels // TREE_STAGES
-            for _ in range(n_here):
+        # Its first stages run in QuantizerMaxLeaf modules of a few lanes each (one
+        # module, emitted and synthesised once), the rest here.
+        per_stage = tree_levels(L)
+        n_leaf = leaf_stages(L)
+        if n_leaf:
+            grp = 1 << sum(per_stage[:n_leaf])
+            tvals = [[] for _ in range(S)]
+            for gi in range(L // grp):
+                leaf = QuantizerMaxLeaf(grp, S, tuple(per_stage[:n_leaf]))
+                m.submodules[f"max{gi}"] = leaf
+                m.d.comb += leaf.x.eq(Cat(*[xs[j].as_value() for j in range(gi * grp, (gi + 1) * grp)]))
                 for k in range(S):
-                    vals, nxt = tvals[k], []
-                    for a_, b_ in zip(vals[0::2], vals[1::2]):
-                        t = Signal(15)
-                        m.d.comb += t.eq(Mux(a_ > b_, a_, b_))
-                        nxt.append(t)
-                    if len(vals) % 2:
-                        nxt.append(vals[-1])
-                    tvals[k] = nxt
-            regs = [[Signal(15, name=f"t{st}_{k}_{i}") for i in range(len(tvals[k]))] for k in range(S)]
-            for k in range(S):
-                m.d.sync += [r.eq(v) for r, v in zip(regs[k], tvals[k])]
-            tvals = regs
+                    tvals[k].append(leaf.o[15 * k:15 * (k + 1)])
+        else:
+            tvals = side_magnitudes(xs, S)
+        t_valid, t_last, t_special = accept, in_last, beat_special
+        for st in range(TREE_STAGES):
+            if st >= n_leaf:
+                tvals = max_stage(m, tvals, per_stage[st], f"t{st}")
             nv, nl, ns = Signal(name=f"t{st}_valid"), Signal(name=f"t{st}_last"), Signal(name=f"t{st}_special")
             m.d.sync += [nv.eq(t_valid), nl.eq(t_last), ns.eq(t_special)]
             t_valid, t_last, t_special = nv, nl, ns
@@ -593,34 +709,20 @@ class Quantizer(Checked, wiring.Component):
         with m.Elif(fire & out_last):
             m.d.sync += cur_valid.eq(0)
 
+        # one QuantizerLane module per lane (emitted and synthesised once); each registers
+        # its code on ``fire`` into the output beat
         dr = data.ArrayLayout(FP16_LAYOUT, L)(dq.r_data)
-        codes = []
+        mode = "dfq" if dfq else "int" if self.sides[0].kind == "int" else "float"
+        keys = Cat(*[cur.keys[k][j] for k in range(S) for j in range(nthr[k])])
         for lane in range(L):
-            x = dr[lane]
-            mag = x.as_value()[:15]
-            sides = side_of(x)
-            idx = []
-            for k, g in enumerate(self.sides):
-                therm = Signal(nthr[k], name=f"l{lane}_therm{k}")   # thermometer code
-                m.d.comb += therm.eq(Cat(*[mag > cur.keys[k][j] for j in range(nthr[k])]))
-                cnt = Signal(range(nthr[k] + 1), name=f"l{lane}_idx{k}")
-                m.d.comb += cnt.eq(sum(therm[j] for j in range(nthr[k])))
-                idx.append(cnt)
-            code = Signal(self.code.size, name=f"l{lane}_code")
-            if dfq:
-                mb = self.code.size - 1
-                m.d.comb += code.eq(Mux(sides[0], Cat(idx[0][:mb], Const(1, 1)), Cat(idx[1][:mb], Const(0, 1))))
-            elif self.sides[0].kind == "int":
-                w = self.code.size
-                mag_c = idx[0][:w]
-                m.d.comb += code.eq(Mux(x.sign, -mag_c, mag_c)[:w])
-            else:
-                m.d.comb += code.eq(Cat(idx[0][:self.code.size - 1], x.sign))
-            codes.append(Mux(cur.special | cur.zero, 0, code))
+            ql = QuantizerLane(tuple(nthr), self.code.size, mode)
+            m.submodules[f"lane{lane}"] = ql
+            m.d.comb += [ql.en.eq(fire), ql.x.eq(dr[lane]), ql.keys.eq(keys),
+                         ql.kill.eq(cur.special | cur.zero),
+                         self.o.payload.codes[lane].as_value().eq(ql.code)]
 
         with m.If(fire):
             m.d.sync += self.o.valid.eq(1)
-            m.d.sync += [self.o.payload.codes[lane].as_value().eq(c) for lane, c in enumerate(codes)]
             m.d.sync += [Value.cast(self.o.payload.scales[k]).eq(cur.scales[k][:self.scale_bits])
                          for k in range(S)]
             m.d.sync += self.o.payload.last.eq(out_last)
