@@ -86,9 +86,12 @@ class MacLane(wiring.Component):
 
     ``a``, ``b`` (FP32) with ``valid`` and ``part`` (the partial this element goes to)
     enter a :class:`~fpqvar_hw.units.fpu.MulPipe`; the product is added to partial
-    ``part`` (:class:`~fpqvar_hw.units.vector.PartialSums`).  ``acc`` shows the ``P``
-    partials (partial ``j`` in bits ``32j .. 32j+31``); the last element's sum is in
-    them ``DRAIN_CYCLES`` cycles after it entered.  ``clear`` sets them to +0.0.
+    ``part`` (:class:`~fpqvar_hw.units.vector.PartialSums`); the last element's sum is in
+    the ``P`` partials ``DRAIN_CYCLES`` cycles after it entered.  ``clear`` sets them to
+    +0.0.  ``snap`` copies them to ``held`` (partial ``j`` in bits ``32j .. 32j+31``; held
+    until the next ``snap``), where the array's drain reads them while the next tile
+    accumulates.  The array holds ``T x N`` lanes, one module (emitted and synthesised once,
+    its snapshot register included).
     """
 
     DRAIN_CYCLES = FPOp.MUL.latency + PartialSums.DRAIN
@@ -96,7 +99,7 @@ class MacLane(wiring.Component):
     def __init__(self, *, P: int = isa.VEC_P):
         self.P = P
         super().__init__({"a": In(32), "b": In(32), "valid": In(1), "part": In(range(P)),
-                          "clear": In(1), "acc": Out(32 * P)})
+                          "clear": In(1), "snap": In(1), "held": Out(32 * P)})
 
     def elaborate(self, platform):
         m = Module()
@@ -111,7 +114,9 @@ class MacLane(wiring.Component):
             tag = r
         ps = PartialSums(m, self.P, "sum_")
         m.d.comb += [ps.issue.eq(tag[0]), ps.part.eq(tag[1:]), ps.value.eq(df.at(prod, Lp)),
-                     ps.clear.eq(self.clear), self.acc.eq(Cat(*ps.acc))]
+                     ps.clear.eq(self.clear)]
+        with m.If(self.snap):
+            m.d.sync += self.held.eq(Cat(*ps.acc))
         return m
 
 
@@ -487,7 +492,8 @@ class AttentionArray(Checked, wiring.Component):
         clear = Signal()
         c_done = Signal()
         snap_full = Signal()
-        snap = [Signal(32 * P, name=f"snap{k}") for k in range(L)]
+        take_snap = Signal()         # the lanes copy their partials to their ``held``
+        snap = [lane.held for lane in lanes]
         d_tv, d_nv = Signal(range(T)), Signal(range(N))    # last row of the drained tile
         d_tile = Signal(32)
         c_slot_a, c_slot_b = c_a[:sa_bits], c_tile[:sb_bits]
@@ -527,13 +533,12 @@ class AttentionArray(Checked, wiring.Component):
                     m.next = "IDLE"
             with m.State("SNAP"):
                 with m.If(~snap_full):
-                    m.d.comb += [clear.eq(1), b_out.eq(1)]
+                    m.d.comb += [clear.eq(1), b_out.eq(1), take_snap.eq(1)]
                     m.d.sync += [snap_full.eq(1), d_tile.eq(d1),
                                  d_tv.eq(last_row(c_i2t, n2t_m1, n2_rem, T)),
                                  d_nv.eq(last_row(c_i1t, n1t_m1, n1_rem, N)),
                                  c_tile.eq(c_tile + 1),
                                  c_i1t.eq(c_i1t + 1), d1.eq(d1 + (field("d", 2) << ceil_log2(N)))]
-                    m.d.sync += [s.eq(lane.acc) for s, lane in zip(snap, lanes)]
                     m.next = "WAIT"
                     with m.If(c_i1t == n1t_m1):
                         nxt2 = d2 + (field("d", 3) << ceil_log2(T))
@@ -575,7 +580,7 @@ class AttentionArray(Checked, wiring.Component):
         for k, lane in enumerate(lanes):
             t, j = divmod(k, N)
             m.d.comb += [lane.a.eq(a_val[t]), lane.b.eq(b_val[j]), lane.valid.eq(valid2),
-                         lane.part.eq(part2), lane.clear.eq(clear)]
+                         lane.part.eq(part2), lane.clear.eq(clear), lane.snap.eq(take_snap)]
 
         # ------------------------------------------------------------ drain: tree, writes
         FIFO = 32
