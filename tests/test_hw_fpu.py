@@ -240,12 +240,15 @@ def run_pipes(fmt: FloatFormat, a: np.ndarray, b: np.ndarray, u: list[int], seed
 def test_pipes_equal_combinational(fmt):
     """AddPipe / MulPipe / RoundPackPipe == the combinational path, under a stalling
     ``en``, on corner pairs (zeros, subnormals, max, Inf, NaN, ties), biased random
-    operands and random unrounded records; the combinational path == golden."""
+    operands and random unrounded records; the combinational path == golden.  (A third of
+    the corner pairs and 60 random operand pairs per operation: FPUnit, built on these
+    pipes, meets golden on 10^5-10^6 operand sets per operation on Verilator with random
+    stalls, sim/test_fpu.py.)"""
     f = FMTS[fmt]
     corners = corner_values(f)
     ca, cb = (np.array(x, dtype=np.uint64) for x in zip(*itertools.product(corners, corners)))
-    ra, rb = golden.sample_operands(fmt, 150, 21, op="add")
-    ma, mb = golden.sample_operands(fmt, 150, 22, op="mul")
+    ra, rb = golden.sample_operands(fmt, 60, 21, op="add")
+    ma, mb = golden.sample_operands(fmt, 60, 22, op="mul")
     a = np.concatenate([ca[::3], ra, ma]).astype(np.uint64)
     b = np.concatenate([cb[::3], rb, mb]).astype(np.uint64)
     rng = np.random.default_rng(23)

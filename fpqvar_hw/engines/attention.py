@@ -103,7 +103,7 @@ class MacLane(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        df = Dataflow(m, Const(1), prefix="prod_")
+        df = Dataflow(m, Const(1), prefix="prod_", data_only=True)     # valid, part: tag
         prod = df.mul(Val(self.a, 0), Val(self.b, 0))
         Lp = prod.stage
         assert Lp + PartialSums.DRAIN == self.DRAIN_CYCLES
@@ -610,7 +610,7 @@ class AttentionArray(Checked, wiring.Component):
         sel_valid = Signal()
         sel_addr = Signal(32)
         m.d.sync += [sel_data.eq(Array(snap)[sel_k]), sel_valid.eq(go_tree), sel_addr.eq(dr_addr)]
-        df = Dataflow(m, Const(1), prefix="tree_")
+        df = Dataflow(m, Const(1), prefix="tree_", data_only=True)     # valid, address: tag
         level = [Val(sel_data[32 * j:32 * (j + 1)], 0) for j in range(P)]
         while len(level) > 1:
             level = [df.add(level[q], level[q + 1]) for q in range(0, len(level), 2)]

@@ -17,7 +17,7 @@ so each run sees only its own logic.  **Own cells** are the module's mapped cell
 without the blackbox child instances; the whole-top totals roll them up by instance
 (:meth:`fpqvar_hw.emit.EmittedDesign.counts`): ``total = sum(own x instances)``.
 Totals are read through :class:`~fpqvar_hw.flow.synth.SynthResult`'s properties
-(LUT = LUT1..LUT6, FF = FD*, CARRY = CARRY4/8, ...), so they mean what the unit table
+(LUT = LUT1..LUT6 and SRL16E/SRLC32E, FF = FD*, CARRY = CARRY4/8, ...), so they mean what the unit table
 (``benchmarks/unit_resources.py``) means.
 
 Not flattening across module boundaries keeps each run short, at the price of no

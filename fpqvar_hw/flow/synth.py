@@ -74,8 +74,9 @@ class SynthResult:
 
     @property
     def lut(self) -> int:
-        """All LUTs (LUT1..LUT6); each occupies one LUT6 site."""
-        return self._sum(r"LUT\d")
+        """All LUTs: LUT1..LUT6 and the shift registers (SRL16E, SRLC32E) mapped into a LUT
+        of their own; each occupies one LUT6 site."""
+        return self._sum(r"LUT\d|SRL16E|SRLC32E")
 
     @property
     def lut6(self) -> int:
