@@ -823,7 +823,7 @@ class Softmax(Checked, wiring.Component):
         e_own, go = Signal(), Signal()
         m.d.sync += ke.eq(ke_next)
         m.d.comb += ke_next.eq(ke)
-        df = Dataflow(m, Const(1), prefix="sm_")
+        df = Dataflow(m, Const(1), prefix="sm_", data_only=True)
         e_val = df.exp(df.sub(Val(rows.data(es), 0), Val(e_mx, -1)))
         L = e_val.stage
         tag = _tags(m, Cat(go, ke == e_end, par, es, ke), L)
@@ -858,7 +858,7 @@ class Softmax(Checked, wiring.Component):
         rows.finish()
 
         # (3) tree + reciprocal on the snapshot, fully pipelined
-        df2 = Dataflow(m, Const(1), prefix="tr_")
+        df2 = Dataflow(m, Const(1), prefix="tr_", data_only=True)
         recip = df2.reciprocal(_tree_of(df2, sums.snap))
         L2 = recip.stage
         r_tag = _tags(m, Cat(sums.snap_valid, sums.snap_slot), L2)
@@ -916,7 +916,7 @@ class LayerNormModulate(Checked, wiring.Component):
         m.d.comb += ps.part.eq(issue_idx[:len(ps.part)])
 
         # variance pass: d = x - mu, dd = d*d (always-enabled pipeline with tags)
-        df = Dataflow(m, Const(1), prefix="var_")
+        df = Dataflow(m, Const(1), prefix="var_", data_only=True)
         d_val = df.sub(Val(bufs.data("x"), 0), Val(mu, -1))
         dd_val = df.mul(d_val, d_val)
         Lv = dd_val.stage
@@ -926,7 +926,7 @@ class LayerNormModulate(Checked, wiring.Component):
         d_at = df.at(d_val, Lv)
 
         # trees: mean and 1/sqrt(var + eps) on the stable partials
-        df2 = Dataflow(m, Const(1), prefix="tr_")
+        df2 = Dataflow(m, Const(1), prefix="tr_", data_only=True)
         total = ps.tree(df2)
         mean = df2.mul(total, df2.const(inv_c))
         rs = df2.rsqrt(df2.add(df2.mul(total, df2.const(inv_c)), df2.const(fp32_bits(1e-6))))
@@ -935,7 +935,7 @@ class LayerNormModulate(Checked, wiring.Component):
         # output pipeline (stall-able)
         en = ~self.o.valid | self.o.ready
         out_go = Signal()
-        df3 = Dataflow(m, en, prefix="out_")
+        df3 = Dataflow(m, en, prefix="out_", data_only=True)
         y = df3.mul(Val(bufs.data("x"), 0), Val(r, -1))
         one_plus = df3.add(Val(bufs.data("scale"), 0), df3.const(ONE))
         res = df3.add(df3.mul(y, one_plus), Val(bufs.data("shift"), 0))
@@ -1103,7 +1103,7 @@ class L2NormTemperature(Checked, wiring.Component):
                      self.i.ready.eq(rows.free.bit_select(ls, 1)
                                      & ~(first & sums.busy.bit_select(par, 1))),
                      take.eq(self.i.valid & self.i.ready)]
-        df = Dataflow(m, Const(1), prefix="sq_")
+        df = Dataflow(m, Const(1), prefix="sq_", data_only=True)
         sq = df.mul(Val(x_in, 0), Val(x_in, 0))
         Ls = sq.stage
         tag = _tags(m, Cat(take, last, par, ls, kl), Ls)
@@ -1127,7 +1127,7 @@ class L2NormTemperature(Checked, wiring.Component):
             rows.write(ls, kl, x_in)
         rows.finish()
 
-        df2 = Dataflow(m, Const(1), prefix="tr_")
+        df2 = Dataflow(m, Const(1), prefix="tr_", data_only=True)
         gain = self._gain(df2, sums.snap, Val(snap_t, 0) if self.temperature else None)
         Lg = gain.stage
         g_tag = _tags(m, Cat(sums.snap_valid, sums.snap_slot), Lg)
@@ -1184,7 +1184,7 @@ class FDot(Checked, wiring.Component):
         k = Signal(range(P))     # element index in the row, mod P
         take = Signal()
 
-        df = Dataflow(m, Const(1), prefix="prod_")
+        df = Dataflow(m, Const(1), prefix="prod_", data_only=True)
         prod = df.mul(Val(self.i.payload.a.as_value(), 0), Val(self.i.payload.b.as_value(), 0))
         Lp = prod.stage
         tag = _tags(m, Cat(take, k), Lp)
@@ -1192,7 +1192,7 @@ class FDot(Checked, wiring.Component):
 
         # tree over the partials, free-running; a valid bit travels alongside
         snap = Signal()
-        df2 = Dataflow(m, Const(1), prefix="tr_")
+        df2 = Dataflow(m, Const(1), prefix="tr_", data_only=True)
         total = ps.tree(df2)
         Lt = total.stage
         t_valid = _tags(m, snap, Lt)
@@ -1254,7 +1254,7 @@ class Residual(wiring.Component):
         m = Module()
         en = ~self.o.valid | self.o.ready
         m.d.comb += self.i.ready.eq(en)
-        df = Dataflow(m, en, prefix="res_")
+        df = Dataflow(m, en, prefix="res_", data_only=True)
         p = self.i.payload
         res = self._schedule(df, p.x.as_value(), p.g.as_value(), p.y.as_value())
         assert res.stage == self.latency
