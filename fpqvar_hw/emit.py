@@ -304,6 +304,9 @@ class Emitter:
         ck = _cache_key(component, name)
         if ck in _CONVERTED:             # converted before in this process: the same text
             self._adopt(ck)
+            # emitted (from the cache), so not "created but never used": Amaranth's
+            # UnusedElaboratable check reads this flag when the object is collected
+            setattr(component, "_MustUse__used", True)
             return self.modules[name]
         from amaranth.back import verilog
         outer_root = self._root

@@ -81,8 +81,9 @@ from ..emit import hierarchical
 from ..checked import Checked
 from .fpu import FP16, clz, float_layout
 
-__all__ = ["QuantizerLane", "QuantizerMaxLeaf", "Quantizer", "QUANTIZER_FORMATS", "SCALE_FORMATS", "code_layout", "Grid", "grid",
-           "scale_constants", "e8m0_exponents", "e8m0_keys", "LATENCY_AFTER_LAST"]
+__all__ = ["Quantizer", "QuantizerLane", "QuantizerMaxLeaf", "QUANTIZER_FORMATS", "SCALE_FORMATS",
+           "code_layout", "Grid", "grid", "scale_constants", "e8m0_exponents", "e8m0_keys",
+           "LATENCY_AFTER_LAST"]
 
 DFQ = "dfq4"
 #: Dual formats: (negative-side grid, positive-side grid, code bits); the code's
