@@ -27,11 +27,13 @@ BASE, SIZE = 0x10000, 0x8000
 
 def run(dut: AttentionArray, mem: bytearray, jobs: list[tuple], *, seed: int,
         lat=(2, 9), p_ready=0.8, p_beat=0.85, max_cycles=20000,
-        idle_cycles=24) -> list[tuple[int, int, int, bytes]]:
+        idle_cycles=24, check=None) -> list[tuple[int, int, int, bytes]]:
     """Hand ``jobs`` ((instruction, abort cycle or None[, memory image]), one after the
     other) to ``dut`` with ``mem`` (bytes from BASE) behind its read and write clients;
     a job with an image first loads it into ``mem`` (while the array is idle).  Returns
-    per job (cycles until ``busy`` fell, declined, error, ``mem`` then).  Fails when
+    per job (cycles until ``busy`` fell, declined, error, ``mem`` then); ``check(k, that)``,
+    if given, runs on job ``k``'s as soon as it is done (a failure stops the simulation
+    there).  Fails when
     ``busy`` falls with a request outstanding, on a request in the ``idle_cycles`` after
     that, on a burst that is not 16-byte aligned or crosses 4 KiB, or on a request
     outside ``mem``."""
@@ -108,6 +110,8 @@ def run(dut: AttentionArray, mem: bytearray, jobs: list[tuple], *, seed: int,
                         "busy fell with a request outstanding"
                     break
             out.append((cyc, ctx.get(dut.declined), ctx.get(dut.error), bytes(mem)))
+            if check is not None:
+                check(len(out) - 1, out[-1])
             # idle: no request of any kind until the next instruction
             for _ in range(idle_cycles):
                 for p in (dut.rd_a, dut.rd_b, dut.wr):
@@ -171,11 +175,15 @@ def test_array_matches_the_reference(T, N):
                            a_off=a_off, b_stride=b_stride)
         jobs.append((v, None, bytes(mem)))
         wants.append(reference(bytes(mem), v))
-    res = run(AttentionArray(T=T, N=N, max_e=24), bytearray(SIZE), jobs, seed=T * 10 + N)
-    for case, (cycles, declined, error, got), want in zip(CASES[(T, N)], res, wants):
+    def check(k, result):
+        case, (cycles, declined, error, got), want = CASES[(T, N)][k], result, wants[k]
         assert (declined, error) == (0, 0), case
         bad = [hex(BASE + i) for i in range(SIZE) if got[i] != want[i]]
         assert not bad, f"case {case}: {len(bad)} bytes differ, first at {bad[:4]}"
+
+    res = run(AttentionArray(T=T, N=N, max_e=24), bytearray(SIZE), jobs, seed=T * 10 + N,
+              check=check)
+    assert len(res) == len(CASES[(T, N)])
 
 
 def test_array_runs_at_the_tile_rate():
