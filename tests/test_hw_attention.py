@@ -175,6 +175,7 @@ def test_array_matches_the_reference(T, N):
                            a_off=a_off, b_stride=b_stride)
         jobs.append((v, None, bytes(mem)))
         wants.append(reference(bytes(mem), v))
+
     def check(k, result):
         case, (cycles, declined, error, got), want = CASES[(T, N)][k], result, wants[k]
         assert (declined, error) == (0, 0), case
