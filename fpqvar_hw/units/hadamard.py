@@ -64,6 +64,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..checked import Checked
 from ..emit import hierarchical
 from .fpu import FP16, float_layout
 
@@ -178,18 +179,21 @@ class HadamardOutLane(wiring.Component):
 
 
 @hierarchical
-class GroupHadamard(wiring.Component):
+class GroupHadamard(Checked, wiring.Component):
     """Streaming 128-point Walsh-Hadamard (see the module docstring).
 
     Parameters (keyword-only): ``lanes`` (values per beat, a power of two dividing
     128, default 16); ``group_size`` must be 128 (the transform size).
     """
 
-    def __init__(self, *, lanes: int = 16, group_size: int = N):
+    @classmethod
+    def check_params(cls, *, lanes, group_size) -> None:
         if group_size != N:
             raise ValueError(f"the Hadamard unit transforms groups of {N}, got group_size={group_size}")
         if not isinstance(lanes, int) or lanes < 1 or lanes & (lanes - 1) or N % lanes:
             raise ValueError(f"lanes must be a power of two dividing {N}, got {lanes!r}")
+
+    def __init__(self, *, lanes: int = 16, group_size: int = N):
         self.lanes, self.group_size, self.beats = lanes, group_size, N // lanes
         super().__init__({
             "i": In(stream.Signature(data.ArrayLayout(FP16_LAYOUT, lanes))),
