@@ -4,10 +4,10 @@ test_l2norm_heads_verilator: the row units that keep rows in flight
 
 Parameters (``tb_params``): ``unit`` (``"softmax"`` or ``"l2nt"``), ``seed``, ``cases``: a
 list of ``[rows, n, idle, backpressure]``.  Each case streams ``rows`` seeded rows of
-``n`` FP32 elements (softmax: ended by ``last``, every third row of a case with ``n > 7``
-has -Inf entries; ``n`` may be a list of ``rows`` lengths, one per row; l2nt: heads of ``n`` = 64 with per-head log-temperatures around the
-ln 100 clamp, every fifth head all zero) and checks every result bit for bit against
-the golden model.  A case without stalls (``idle = backpressure = 0``) also counts its
+``n`` FP32 elements (softmax: ended by ``last``, every third row longer than 7 has -Inf
+entries, ``n`` may be a list of the ``rows`` lengths, one per row; l2nt: heads of
+``n`` = 64 with per-head log-temperatures around the ln 100 clamp, every fifth head all
+zero) and checks every result bit for bit against the golden model.  A case without stalls (``idle = backpressure = 0``) also counts its
 cycles from the first element in to the last result out and asserts that they equal
 the unit's ``cycles_for`` (the cycle model the throughput model uses).
 """
@@ -25,11 +25,11 @@ def _softmax_case(rng, rows: int, n: "int | list[int]") -> tuple[list[int], list
     lengths = n if isinstance(n, list) else [n] * rows
     assert len(lengths) == rows, (rows, n)
     beats, want = [], []
-    for j, n in enumerate(lengths):
-        x = (rng.standard_normal(n) * rng.uniform(0.1, 30)).astype(np.float32)
-        if j % 3 == 2 and n > 7:
+    for j, length in enumerate(lengths):
+        x = (rng.standard_normal(length) * rng.uniform(0.1, 30)).astype(np.float32)
+        if j % 3 == 2 and length > 7:
             x[::7] = -np.inf
-        beats += [int(b) | (int(k == n - 1) << 32) for k, b in enumerate(x.view(np.uint32))]
+        beats += [int(b) | (int(k == length - 1) << 32) for k, b in enumerate(x.view(np.uint32))]
         want += [int(b) for b in g.canon(v.softmax(x[None, :], P=8)).reshape(-1)]
     return beats, want
 
