@@ -222,8 +222,10 @@ class BurstReader(wiring.Component):
     <= depth`` (its beats are sure to fit the FIFO) and only when it lies inside
     ``[base, base + size)``; otherwise ``window_error`` is set (sticky) and the
     job stalls.  ``stop`` blocks new jobs and requests (a request already
-    presented is held until taken).  ``quiet``: no request pending and no beat
-    outstanding.  ``read_error`` (sticky): a response beat had ``err``.
+    presented is held until taken).  ``quiet`` (registered): no request pending and no
+    beat outstanding.  ``read_error`` (sticky): a response beat had ``err`` (or, which the
+    credit rule rules out, arrived with the FIFO full).  ``bus.resp.ready`` is always 1:
+    every beat was reserved FIFO room when its burst was requested.
 
     Timing: a burst takes two cycles to issue (:data:`ISSUE_CYCLES`): the first
     registers its length, the room left in the window and the lower-bound check, the
@@ -264,14 +266,18 @@ class BurstReader(wiring.Component):
         cap = Signal(range(self.depth + 1))          # depth - n: the credit bound for held
         # n = min(16, left, words to the 4 KiB boundary) without wide arithmetic: fewer
         # than 16 words remain in the page only in its last 16-word block
-        left_n = Mux(left[4:].any(), axi.MAX_BURST, left[:4])
-        page_n = Mux(addr[8:12].all() & addr[4:8].any(), (axi.MAX_BURST - addr[4:8])[:4],
-                     axi.MAX_BURST)
+        # (the burst is the job's last when left <= page_n: n = left then; page_n <= 16), and
+        # both credit bounds depth - n are formed before the min picks one
+        left_n, page_n = Signal(5), Signal(5)
+        m.d.comb += [left_n.eq(Mux(left[4:].any(), axi.MAX_BURST, left[:4])),
+                     page_n.eq(Mux(addr[8:12].all() & addr[4:8].any(),
+                                   (axi.MAX_BURST - addr[4:8])[:4], axi.MAX_BURST))]
         with m.If(have & ~calc):
-            n_now = Mux(page_n < left_n, page_n, left_n)
-            m.d.sync += [calc.eq(1), n.eq(n_now), cap.eq(self.depth - n_now),
+            page_first = page_n < left_n
+            m.d.sync += [calc.eq(1), n.eq(Mux(page_first, page_n, left_n)),
+                         cap.eq(Mux(page_first, self.depth - page_n, self.depth - left_n)),
                          room.eq(limit - addr), lo_ok.eq(addr >= self.base),
-                         last.eq(~left[5:].any() & (left[:5] == n_now))]
+                         last.eq(~left[5:].any() & (left[:5] <= page_n))]
         # cycle 2: checks on registered values, then the request
         nbytes = Signal(range(axi.MAX_BURST * axi.DATA_BYTES + 1))
         m.d.comb += nbytes.eq(n << 4)
@@ -294,17 +300,22 @@ class BurstReader(wiring.Component):
             m.d.sync += [addr.eq(self.job.payload.addr), left.eq(self.job.payload.words),
                          have.eq(self.job.payload.words != 0), calc.eq(0)]
         got = Signal()
-        m.d.comb += [resp.ready.eq(q.w_rdy), got.eq(resp.valid & q.w_rdy),
+        m.d.comb += [resp.ready.eq(1), got.eq(resp.valid),
                      q.w_en.eq(got), q.w_data.eq(resp.payload.data)]
-        with m.If(got & resp.payload.err):
+        with m.If(got & (resp.payload.err | ~q.w_rdy)):
             m.d.sync += self.read_error.eq(1)
         popped = self.data.valid & self.data.ready
         # both sums from registers, the late ``issue`` only selects
         m.d.sync += [reserved.eq(Mux(issue, reserved + n - got, reserved - got)),
                      held.eq(Mux(issue, held + n - popped, held - popped))]
+        # quiet = (reserved == 0) & ~req.valid of this cycle, registered from the next
+        # state: an issue makes req.valid 1; otherwise reserved - got == 0 and the
+        # request taken or none
+        quiet = Signal(init=1)
+        r0, r1 = reserved == 0, reserved == 1
+        m.d.sync += quiet.eq(~issue & Mux(got, r1, r0) & ~(req.valid & ~req.ready))
         m.d.comb += [self.data.valid.eq(q.r_rdy), self.data.payload.eq(q.r_data),
-                     q.r_en.eq(self.data.ready),
-                     self.quiet.eq((reserved == 0) & ~req.valid)]
+                     q.r_en.eq(self.data.ready), self.quiet.eq(quiet)]
         return m
 
 
