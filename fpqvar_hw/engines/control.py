@@ -36,8 +36,9 @@ Structure
   transactions) and its own fetch burst has drained, then sets done + error +
   code, ERR_PC (index of the erring instruction) and PC = ERR_PC (instructions
   before it).  The first error wins; when both engines report in the same
-  cycle, the matrix engine's is taken.  CTRL.abort does the same and sets done +
-  aborted (PC = instructions dispatched).  Nothing waits on an external event
+  cycle, the matrix engine's is taken.  CTRL.abort does the same (from the cycle
+  after the write: an instruction may still be dispatched in the write's cycle) and
+  sets done + aborted (PC = instructions dispatched).  Nothing waits on an external event
   other than the engines draining, so a run always ends.
 * **Counters** (reset by ``start``): CYCLES counts every cycle with ``busy``;
   GEMM_CYCLES / VEC_CYCLES the cycles of the run in which each engine's ``busy``
@@ -153,6 +154,7 @@ class Controller(wiring.Component):
 
         start_req = Signal()     # a CTRL write with start = 1 (this cycle)
         abort_req = Signal()
+        abort_run = Signal()     # abort_req of the previous cycle, which was in RUN
         wd, ws = bridge.w_data, bridge.w_strb
         with m.If(bridge.w_en):
             with m.Switch(bridge.w_addr):
@@ -232,10 +234,16 @@ class Controller(wiring.Component):
                 m.d.sync += fstate.eq(F_FULL)
 
         # -------------------------------------------------------------- dispatch
+        # the dispatch register's decode, registered with it (no opcode compare in front of
+        # the engines' cmd.valid): no fetch error, and then which opcode
+        f_op = fbuf[isa.HDR_OPCODE_SHIFT:isa.HDR_OPCODE_SHIFT + isa.HDR_OPCODE_BITS]
+        i_ok, i_halt, i_gemm, i_vec = Signal(), Signal(), Signal(), Signal()
         with m.If(fetching & (fstate == F_FULL) & ~ivalid):
             m.d.sync += [instr.eq(fbuf), ierr.eq(ferr), ipc.eq(fpc), ipc1.eq(fpc + 1), ivalid.eq(1),
                          fstate.eq(F_EMPTY), fpc.eq(fpc + 1),
-                         faddr.eq(faddr + isa.INSTR_BYTES), win_fresh.eq(0)]
+                         faddr.eq(faddr + isa.INSTR_BYTES), win_fresh.eq(0),
+                         i_ok.eq(ferr == 0), i_halt.eq(f_op == Opcode.HALT),
+                         i_gemm.eq(f_op == Opcode.GEMM), i_vec.eq(f_op == Opcode.VEC)]
 
         settle = Signal()                     # an engine got a cmd last cycle
         m.d.sync += settle.eq(self.gemm.cmd.valid & self.gemm.cmd.ready
@@ -270,6 +278,7 @@ class Controller(wiring.Component):
         def finish():     # only when no fetch burst is in flight (fstate != F_RECV)
             m.d.sync += [busy.eq(0), done.eq(1), ivalid.eq(0), fstate.eq(F_EMPTY)]
 
+        m.d.sync += abort_run.eq(0)      # (RUN overrides: abort_req of a RUN cycle)
         with m.FSM(name="run"):
             with m.State("IDLE"):
                 with m.If(start_req & ~busy):
@@ -287,28 +296,31 @@ class Controller(wiring.Component):
                         m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += fetching.eq(1)
+                # an abort written in RUN acts in the next cycle (registered: no path from
+                # the AXI4-Lite write decode to the engines' cmd.valid)
+                m.d.sync += abort_run.eq(abort_req)
                 go_stop = Signal()
-                with m.If(abort_req):
+                with m.If(abort_run):
                     m.d.sync += stop_code.eq(0)
                     m.d.comb += go_stop.eq(1)
                 with m.Elif(eng_err != 0):
                     m.d.sync += [stop_code.eq(eng_err), stop_pc.eq(eng_err_pc)]
                     m.d.comb += go_stop.eq(1)
                 with m.Elif(ivalid):
-                    with m.If(ierr != 0):
+                    with m.If(~i_ok):
                         m.d.comb += decode_err.eq(ierr)
-                    with m.Elif(opcode == Opcode.HALT):
+                    with m.Elif(i_halt):
                         # no fetch burst may be left in flight: its beats would block the
                         # shared R channel after the run
                         with m.If(both_idle & (fstate != F_RECV)):
                             m.d.sync += pc.eq(ipc1)
                             finish()
                             m.next = "IDLE"
-                    with m.Elif((opcode == Opcode.GEMM) | (opcode == Opcode.VEC)):
+                    with m.Elif(i_gemm | i_vec):
                         ready_all = both_idle | ~(sync_bit | ~coarse)
-                        for k, (e, op, idle) in enumerate(((self.gemm, Opcode.GEMM, gemm_idle),
-                                                           (self.vec, Opcode.VEC, vec_idle))):
-                            with m.If(opcode == op):
+                        for k, (e, is_op, idle) in enumerate(((self.gemm, i_gemm, gemm_idle),
+                                                              (self.vec, i_vec, vec_idle))):
+                            with m.If(is_op):
                                 m.d.comb += e.cmd.valid.eq(idle & ready_all)
                                 with m.If(e.cmd.valid & e.cmd.ready):
                                     m.d.sync += [ivalid.eq(0), used[k].eq(1), last_pc[k].eq(ipc),

@@ -216,13 +216,15 @@ def _gearbox(m: Module, in_valid, in_data, n: int, out_fire, name: str):
 class BurstReader(wiring.Component):
     """One DMA read client: jobs in, bursts out, response words through a FIFO.
 
-    ``job``: ``{addr, words}`` (16-byte aligned address, word count, 0 = nothing);
+    ``job``: ``{addr, words}`` (16-byte aligned address, word count; 0 = nothing, the
+    reader takes its next job a cycle later);
     split into INCR bursts of at most ``axi.MAX_BURST`` words that never cross
     a 4 KiB boundary.  A burst is requested only when ``reserved + level + len
     <= depth`` (its beats are sure to fit the FIFO) and only when it lies inside
     ``[base, base + size)``; otherwise ``window_error`` is set (sticky) and the
-    job stalls.  ``stop`` blocks new jobs and requests (a request already
-    presented is held until taken).  ``quiet`` (registered): no request pending and no
+    job stalls.  ``stop`` blocks new requests (a request already presented is held until
+    taken); a client offers no job while it holds ``stop`` (``job.ready`` is ``~have``
+    alone, so no path runs from ``stop`` through this module back to the client).  ``quiet`` (registered): no request pending and no
     beat outstanding.  ``read_error`` (sticky): a response beat had ``err`` (or, which the
     credit rule rules out, arrived with the FIFO full).  ``bus.resp.ready`` is always 1:
     every beat was reserved FIFO room when its burst was requested.
@@ -272,7 +274,9 @@ class BurstReader(wiring.Component):
         m.d.comb += [left_n.eq(Mux(left[4:].any(), axi.MAX_BURST, left[:4])),
                      page_n.eq(Mux(addr[8:12].all() & addr[4:8].any(),
                                    (axi.MAX_BURST - addr[4:8])[:4], axi.MAX_BURST))]
-        with m.If(have & ~calc):
+        with m.If(have & ~calc & (left == 0)):      # a job of 0 words: nothing to request
+            m.d.sync += have.eq(0)
+        with m.Elif(have & ~calc):
             page_first = page_n < left_n
             m.d.sync += [calc.eq(1), n.eq(Mux(page_first, page_n, left_n)),
                          cap.eq(Mux(page_first, self.depth - page_n, self.depth - left_n)),
@@ -295,19 +299,21 @@ class BurstReader(wiring.Component):
                 m.d.sync += have.eq(0)
         with m.Elif(req.ready):
             m.d.sync += req.valid.eq(0)
-        m.d.comb += self.job.ready.eq(~have & ~self.stop)
+        m.d.comb += self.job.ready.eq(~have)
         with m.If(self.job.valid & self.job.ready):
             m.d.sync += [addr.eq(self.job.payload.addr), left.eq(self.job.payload.words),
-                         have.eq(self.job.payload.words != 0), calc.eq(0)]
+                         have.eq(1), calc.eq(0)]       # (0 words: dropped in the next cycle)
         got = Signal()
         m.d.comb += [resp.ready.eq(1), got.eq(resp.valid),
                      q.w_en.eq(got), q.w_data.eq(resp.payload.data)]
         with m.If(got & (resp.payload.err | ~q.w_rdy)):
             m.d.sync += self.read_error.eq(1)
         popped = self.data.valid & self.data.ready
-        # both sums from registers, the late ``issue`` only selects
-        m.d.sync += [reserved.eq(Mux(issue, reserved + n - got, reserved - got)),
-                     held.eq(Mux(issue, held + n - popped, held - popped))]
+        # every sum from registers; the late ``issue``, ``got`` and ``popped`` only select
+        def count(c, dec):
+            m.d.sync += c.eq(Mux(issue, Mux(dec, c + n - 1, c + n), Mux(dec, c - 1, c)))
+        count(reserved, got)
+        count(held, popped)
         # quiet = (reserved == 0) & ~req.valid of this cycle, registered from the next
         # state: an issue makes req.valid 1; otherwise reserved - got == 0 and the
         # request taken or none
@@ -563,7 +569,7 @@ class _Datapath(Elaboratable):
         aj_on = Signal()
         with m.If(self.go):
             m.d.sync += [aj_left.eq(M), aj_addr.eq(f["act"]), aj_signs.eq(self.had), aj_on.eq(1)]
-        m.d.comb += act_job.valid.eq(aj_on)
+        m.d.comb += act_job.valid.eq(aj_on & ~self.stop)     # no job under stop (BurstReader)
         with m.If(aj_signs):
             m.d.comb += [act_job.payload.addr.eq(f["signs"]), act_job.payload.words.eq(1)]
         with m.Else():
@@ -588,7 +594,7 @@ class _Datapath(Elaboratable):
                 Signal(name=f"{name}_on"))
             with m.If(self.go):
                 m.d.sync += [left_r.eq(M), left_f.eq(N), f0.eq(0), addr.eq(base), on.eq(enable)]
-            m.d.comb += [job.valid.eq(on), job.payload.words.eq(words),
+            m.d.comb += [job.valid.eq(on & ~self.stop), job.payload.words.eq(words),
                          job.payload.addr.eq(addr if addr_of is None else addr_of(f0))]
             with m.If(job.valid & job.ready):
                 m.d.sync += [f0.eq(f0 + tn), left_f.eq(left_f - tn), addr.eq(addr + step)]

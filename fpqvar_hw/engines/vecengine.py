@@ -331,41 +331,56 @@ class VectorEngine(Checked, wiring.Component):
         # sub-op field in front of the units' handshakes)
         is_sub = {s: Signal(name=f"is_{s.name.lower()}") for s in subs}
         cmd_sub = self.cmd.payload[0][isa.HDR_SUBOP_SHIFT:isa.HDR_SUBOP_SHIFT + isa.HDR_SUBOP_BITS]
-        used = {x: Cat(*(is_sub[s] for s in _uses(x) if s in subs)).any() for x in ("a", "b", "c", "d")}
         if kv6:
             bkv6 = flags[(int(isa.VecFlag.B_KV6)).bit_length() - 1]
             kv_fdot = is_sub[V.FDOT] & bkv6            # B = LUT(code) * FP16 scale of C
             kvq6 = is_sub[V.KVQ6]
-            used["c"] = used["c"] | kv_fdot
 
-        # validation (isa.Vec.check, with LNMOD n0 == C)
+        # validation (isa.Vec.check, with LNMOD n0 == C) of the command as it is taken, into
+        # a register that CHECK reads (no validation logic in front of the loop nests' start)
         known_flags = int(isa.VecFlag.B_FP16 | isa.VecFlag.D_FP16)
         if kv6:
             known_flags |= int(isa.VecFlag.B_KV6)
-        misaligned = []
-        for x in ("a", "b", "c", "d"):
-            mask = Mux(b16, 1, 3) if x == "b" else Mux(d16, 1, 3) if x == "d" else Const(3, 2)
-            skip_s0 = is_sub[V.FDOT] if x == "d" else is_sub[V.L2NT] if x == "b" else Const(0)
-            if kv6:      # 1-byte codes (B_KV6's B, KVQ6's D), FP16 scales (their C)
-                mask = {"b": Mux(bkv6, 0, mask), "d": Mux(kvq6, 0, mask),
-                        "c": Mux(kv_fdot | kvq6, 1, mask)}.get(x, mask)
-                if x == "c":
-                    skip_s0 = kvq6
-            bad = (field(x, 0)[:2] & mask) != 0
-            bad |= ((field(x, 1)[:2] & mask) != 0) & ~skip_s0
-            for k in (2, 3, 4):
-                bad |= (field(x, k)[:2] & mask) != 0
-            misaligned.append(used[x] & bad)
+
+        def invalid(word, sf) -> Value:
+            """1 when instruction ``word`` (one-hot sub-op flags ``sf``) breaks a rule."""
+            w_flags = word[0][isa.HDR_FLAGS_SHIFT:isa.HDR_FLAGS_SHIFT + isa.HDR_FLAGS_BITS]
+            w_sub = word[0][isa.HDR_SUBOP_SHIFT:isa.HDR_SUBOP_SHIFT + isa.HDR_SUBOP_BITS]
+            w_b16 = w_flags[(int(isa.VecFlag.B_FP16)).bit_length() - 1]
+            w_d16 = w_flags[(int(isa.VecFlag.D_FP16)).bit_length() - 1]
+            w_n = [word[isa.VEC_N + k] for k in range(4)]
+            w_used = {x: Cat(*(sf[s] for s in _uses(x) if s in subs)).any() for x in ("a", "b", "c", "d")}
+            if kv6:
+                w_bkv6 = w_flags[(int(isa.VecFlag.B_KV6)).bit_length() - 1]
+                w_kv_fdot, w_kvq6 = sf[V.FDOT] & w_bkv6, sf[V.KVQ6]
+                w_used["c"] = w_used["c"] | w_kv_fdot
+            misaligned = []
+            for x in ("a", "b", "c", "d"):
+                fld = [word[isa.VEC_OPERAND_WORD[x] + k] for k in range(5)]
+                mask = Mux(w_b16, 1, 3) if x == "b" else Mux(w_d16, 1, 3) if x == "d" else Const(3, 2)
+                skip_s0 = sf[V.FDOT] if x == "d" else sf[V.L2NT] if x == "b" else Const(0)
+                if kv6:      # 1-byte codes (B_KV6's B, KVQ6's D), FP16 scales (their C)
+                    mask = {"b": Mux(w_bkv6, 0, mask), "d": Mux(w_kvq6, 0, mask),
+                            "c": Mux(w_kv_fdot | w_kvq6, 1, mask)}.get(x, mask)
+                    if x == "c":
+                        skip_s0 = w_kvq6
+                bad = (fld[0][:2] & mask) != 0
+                bad |= ((fld[1][:2] & mask) != 0) & ~skip_s0
+                for k in (2, 3, 4):
+                    bad |= (fld[k][:2] & mask) != 0
+                misaligned.append(w_used[x] & bad)
+            bad = ((w_sub > int(max(subs))) | ((w_flags & ~known_flags) != 0)
+                   | Cat(*(v == 0 for v in w_n)).any()
+                   | (w_b16 & ~sf[V.FDOT]) | (w_d16 != sf[V.CVT16])
+                   | (sf[V.L2NT] & (w_n[0] != isa.L2NT_LEN))
+                   | (sf[V.SOFTMAX] & (w_n[0] > self.max_kv))
+                   | (sf[V.LNMOD] & (w_n[0] != self.C))
+                   | Cat(*misaligned).any())
+            if kv6:
+                bad |= (w_bkv6 & ~sf[V.FDOT]) | (w_bkv6 & w_b16) | (w_kvq6 & (w_n[0] != isa.KV6_GROUP))
+            return bad
         bad_field = Signal()
-        bad = ((sub > int(max(subs))) | ((flags & ~known_flags) != 0) | Cat(*(v == 0 for v in n)).any()
-               | (b16 & ~is_sub[V.FDOT]) | (d16 != is_sub[V.CVT16])
-               | (is_sub[V.L2NT] & (n[0] != isa.L2NT_LEN))
-               | (is_sub[V.SOFTMAX] & (n[0] > self.max_kv))
-               | (is_sub[V.LNMOD] & (n[0] != self.C))
-               | Cat(*misaligned).any())
-        if kv6:
-            bad |= (bkv6 & ~is_sub[V.FDOT]) | (bkv6 & b16) | (kvq6 & (n[0] != isa.KV6_GROUP))
-        m.d.comb += bad_field.eq(bad)
+        n_one = [Signal(name=f"n{k}_one") for k in range(4)]     # n_k == 1, registered with ins
 
         # ------------------------------------------------------------ attention array
         # FDOT with an FP16 B is offered to the array first; the element path below and the
@@ -404,8 +419,10 @@ class VectorEngine(Checked, wiring.Component):
         # ------------------------------------------------------------ control state
         error = Signal(4)
         m.d.comb += self.error.eq(error)
-        flush = Signal()                   # units, FIFOs, caches held in reset
+        flush = Signal()                   # state DRAIN: units, FIFOs, caches held in reset
         in_run = Signal()                  # state RUN (error detection)
+        # (both registered beside the FSM state, set and cleared with its transitions: the
+        # FIFOs' enables and resets hang off them)
         running = Signal()                 # RUN and no error/abort this cycle (issue, accept)
         raise_err = Signal(4)              # an error detected this cycle (0: none)
         drained = Signal()
@@ -420,6 +437,10 @@ class VectorEngine(Checked, wiring.Component):
                 with m.If(self.cmd.valid & ~self.abort):
                     m.d.sync += [ins.eq(self.cmd.payload), error.eq(0)]
                     m.d.sync += [is_sub[s].eq(cmd_sub == int(s)) for s in subs]
+                    m.d.sync += bad_field.eq(invalid(self.cmd.payload,
+                                                     {s: cmd_sub == int(s) for s in subs}))
+                    m.d.sync += [o.eq(self.cmd.payload[isa.VEC_N + k] == 1)
+                                 for k, o in enumerate(n_one)]
                     m.next = "CHECK"
             with m.State("CHECK"):
                 m.d.comb += busy_now.eq(1)
@@ -428,10 +449,12 @@ class VectorEngine(Checked, wiring.Component):
                 with m.Elif(bad_field):
                     m.d.sync += error.eq(isa.ErrorCode.FIELD)
                     m.next = "IDLE"
-                with m.Elif(offer):
-                    m.next = "OFFER"
+                if att is not None:             # (no OFFER state without an array)
+                    with m.Elif(offer):
+                        m.next = "OFFER"
                 with m.Else():
                     m.d.comb += start.eq(1)
+                    m.d.sync += in_run.eq(1)
                     m.next = "RUN"
             if att is not None:
                 # the attention array takes the FDOT or declines it (nothing accessed)
@@ -446,21 +469,23 @@ class VectorEngine(Checked, wiring.Component):
                     with m.If(~att.busy):
                         with m.If(att.declined & ~self.abort):
                             m.d.comb += start.eq(1)
+                            m.d.sync += in_run.eq(1)
                             m.next = "RUN"
                         with m.Else():
                             m.d.sync += error.eq(att.error)
                             m.next = "IDLE"
             with m.State("RUN"):
-                m.d.comb += [busy_now.eq(1), in_run.eq(1),
-                             running.eq(~self.abort & (raise_err == 0))]
+                m.d.comb += [busy_now.eq(1), running.eq(~self.abort & (raise_err == 0))]
                 with m.If(self.abort | (raise_err != 0)):
-                    m.d.sync += error.eq(raise_err)
+                    m.d.sync += [error.eq(raise_err), in_run.eq(0), flush.eq(1)]
                     m.next = "DRAIN"
                 with m.Elif(finished):
+                    m.d.sync += in_run.eq(0)
                     m.next = "IDLE"
             with m.State("DRAIN"):
-                m.d.comb += [busy_now.eq(1), flush.eq(1)]
+                m.d.comb += busy_now.eq(1)
                 with m.If(drained):
+                    m.d.sync += flush.eq(0)
                     m.next = "IDLE"
 
         # first error of the cycle by priority (address before AXI errors); an AXI error
@@ -489,16 +514,27 @@ class VectorEngine(Checked, wiring.Component):
             return (addr >= self.dram_base) & (Cat(addr, Const(0, 3)).as_signed() <= limit)
 
         # ------------------------------------------------------------ loop nests
-        def loop_nest(prefix: str, n0m1, operands: dict[str, list]):
-            """Counters i0..i3 and one address register per operand; ``step`` advances.
+        def loop_nest(prefix: str, n0, n0_one, operands: dict[str, list]):
+            """Counters i0..i3 (``n0``, n1, n2, n3 counts; ``n0_one``: n0 == 1) and one
+            address register per operand; ``step`` advances.
             Returns (idx, n-1 registers, addr dict, step, at_last_element, last_of_row)."""
             idx = [Signal(32, name=f"{prefix}_i{k}") for k in range(4)]
             nm1 = [Signal(32, name=f"{prefix}_nm1_{k}") for k in range(4)]
             step = Signal(name=f"{prefix}_step")
-            top = [idx[0] == nm1[0]] + [idx[k] == nm1[k] for k in range(1, 4)]
+            # top[k] = (idx[k] == nm1[k]) as registers, updated with idx: an increment
+            # lands on nm1 when idx == nm1 - 1 (nm2, compared ahead), a wrap to 0 when
+            # nm1 == 0 (one1: a count of 1); so no compare sits between idx and the step
+            top = [Signal(init=1, name=f"{prefix}_top{k}") for k in range(4)]
+            nm2 = [Signal(32, name=f"{prefix}_nm2_{k}") for k in range(4)]
+            one1 = [Signal(name=f"{prefix}_one{k}") for k in range(4)]
             addrs = {}
             with m.If(start):
-                m.d.sync += [nm1[0].eq(n0m1)] + [nm1[k].eq(n[k] - 1) for k in range(1, 4)]
+                cnt = [Value.cast(n0)] + [n[k] for k in range(1, 4)]
+                m.d.sync += [q.eq(v - 1) for q, v in zip(nm1, cnt)]
+                m.d.sync += [q.eq(v - 2) for q, v in zip(nm2, cnt)]
+                ones = [n0_one] + n_one[1:]
+                m.d.sync += [q.eq(v) for q, v in zip(one1, ones)]
+                m.d.sync += [q.eq(v) for q, v in zip(top, ones)]
                 m.d.sync += [i.eq(0) for i in idx]
             for x, strides in operands.items():
                 # p[0]: current element; p[k]: first element of the current level-k block
@@ -516,10 +552,12 @@ class VectorEngine(Checked, wiring.Component):
                             m.d.sync += [q.eq(nxt) for q in p[:lvl + 1]]
             with m.If(step & ~start):
                 with m.If(~top[0]):
-                    m.d.sync += idx[0].eq(idx[0] + 1)
+                    m.d.sync += [idx[0].eq(idx[0] + 1), top[0].eq(idx[0] == nm2[0])]
                 for lvl in (1, 2, 3):
                     with m.Elif(Cat(*top[:lvl]).all() & ~top[lvl]):
                         m.d.sync += [i.eq(0) for i in idx[:lvl]] + [idx[lvl].eq(idx[lvl] + 1)]
+                        m.d.sync += [t.eq(o) for t, o in zip(top[:lvl], one1[:lvl])]
+                        m.d.sync += top[lvl].eq(idx[lvl] == nm2[lvl])
             return idx, nm1, addrs, step, Cat(*top).all(), top[0]
 
         # ============================================================ issue side
@@ -531,7 +569,7 @@ class VectorEngine(Checked, wiring.Component):
         # empty or issues its element.
         strides = {x: [field(x, k) for k in range(1, 5)] for x in ("a", "b", "c", "d")}
         i_idx, i_nm1, i_addr, i_step, i_final, i_last = loop_nest(
-            "is", n[0] - 1, {x: strides[x] for x in _READ_OPERANDS})
+            "is", n[0], n_one[0], {x: strides[x] for x in _READ_OPERANDS})
         l_done = Signal()               # the loop nest has handed over its last element
         with m.If(start):
             m.d.sync += l_done.eq(0)
@@ -580,27 +618,30 @@ class VectorEngine(Checked, wiring.Component):
                 m.d.sync += r.eq(value)
             return r
 
-        def carry(k: int, name: str, value):
+        def carry(k: int, name: str, value, end: int = self.ISSUE_STAGES):
             """``value`` (a stage-(k-1) register, or the loop nest's at k = 0) through stages
-            k..ISSUE_STAGES-1."""
-            for j in range(k, self.ISSUE_STAGES):
+            k..end-1."""
+            for j in range(k, end):
                 value = stage(j, name, value)
             return value
 
         e_last = carry(0, "last", i_last)
-        e_first = carry(0, "first", i_idx[0] == 0)          # L2NT: B at i0 = 0 only
+        first3 = carry(0, "first", i_idx[0] == 0, end=self.ISSUE_STAGES - 1)   # L2NT: B at i0 = 0
         # stage 0: remaining elements of the row after this one, clamped to 255
         rem = stage(0, "rem", Mux(left[8:] != 0, 255, left[:8]), 8)
         addr0 = {x: stage(0, f"addr_{x}", i_addr[x]) for x in _READ_OPERANDS}
         e_valid = valid[-1]
         e_addr, win, in_page, burstable, differs = {}, {}, {}, {}, {}
-        # the operands the element at the issue stage reads
-        need = {"a": Const(1),
-                "b": (is_sub[V.LNMOD] | is_sub[V.RESID] | is_sub[V.FDOT]
-                      | (is_sub[V.L2NT] & e_first)),
-                "c": is_sub[V.LNMOD] | is_sub[V.RESID]}
+        # the operands the element at the issue stage reads (registered into that stage: the
+        # sub-op flags are static during the run)
+        need_c = is_sub[V.LNMOD] | is_sub[V.RESID]
         if kv6:
-            need["c"] = need["c"] | kv_fdot
+            need_c = need_c | kv_fdot
+        last_stage = self.ISSUE_STAGES - 1
+        need = {"a": Const(1),
+                "b": stage(last_stage, "need_b", is_sub[V.LNMOD] | is_sub[V.RESID] | is_sub[V.FDOT]
+                           | (is_sub[V.L2NT] & first3)),
+                "c": stage(last_stage, "need_c", need_c)}
         last_word = {x: Signal(32 - _WORD_SHIFT, name=f"last_word_{x}") for x in _READ_OPERANDS}
         for x in _READ_OPERANDS:
             s0 = strides[x][0]
@@ -648,6 +689,7 @@ class VectorEngine(Checked, wiring.Component):
             # 0 < s0 <= 16 every word in between is touched, in order, so the next new word
             # of this operand is always the next word of the burst.
             ahead = Signal(range(MAX_BURST), name=f"ahead_{x}")
+            ahead_z = Signal(init=1, name=f"ahead_z_{x}")      # ahead == 0, as a register
             req_valid = Signal(name=f"req_valid_{x}")
             req_addr = Signal(32, name=f"req_addr_{x}")
             req_len = Signal(8, name=f"req_len_{x}")
@@ -660,15 +702,17 @@ class VectorEngine(Checked, wiring.Component):
             beats = Signal(range(MAX_BURST + 1), name=f"beats_{x}")
             m.d.comb += beats.eq(Mux(free < in_page[x], free, in_page[x]))
             request = Signal(name=f"request_{x}")
-            m.d.comb += request.eq(new & (ahead == 0))
+            m.d.comb += request.eq(new & ahead_z)
             window_ok = win[x]
-            blocked.append(request & (~req_free | (credits == depth)))
+            full = Signal(name=f"credits_full_{x}")      # credits == depth, as a register
+            blocked.append(request & (~req_free | full))
             with m.If(can_issue & need[x] & ~window_ok):
                 m.d.comb += err_addr_rd.eq(1)
             rd_state[x] = dict(port=port, new=new, word=word, last_word=last_word[x], cached=cached,
                                req_valid=req_valid, req_addr=req_addr, req_len=req_len,
-                               req_free=req_free, credits=credits, inflight=inflight,
-                               window_ok=window_ok, ahead=ahead, request=request, beats=beats)
+                               req_free=req_free, credits=credits, full=full, inflight=inflight,
+                               window_ok=window_ok, ahead=ahead, ahead_z=ahead_z,
+                               request=request, beats=beats)
         all_ok = Cat(*(~need[x] | rd_state[x]["window_ok"] for x in _READ_OPERANDS)).all()
         fire = Signal()
         m.d.comb += [fire.eq(issuing & can_issue & all_ok & ~Cat(*blocked).any()),
@@ -690,16 +734,19 @@ class VectorEngine(Checked, wiring.Component):
             with m.If(fire & st["new"]):
                 m.d.sync += [st["last_word"].eq(st["word"]), st["cached"].eq(1)]
                 with m.If(st["request"]):
-                    m.d.sync += st["ahead"].eq(st["beats"] - 1)
+                    # beats == 1: min(free, in_page) with both >= 1 here (a burst is only
+                    # requested with a free credit; a burst has a word)
+                    m.d.sync += [st["ahead"].eq(st["beats"] - 1),
+                                 st["ahead_z"].eq((st["credits"] == depth - 1) | (in_page[x] == 1))]
                 with m.Else():
-                    m.d.sync += st["ahead"].eq(st["ahead"] - 1)
+                    m.d.sync += [st["ahead"].eq(st["ahead"] - 1), st["ahead_z"].eq(st["ahead"] == 1)]
             with m.If(fire & st["request"]):
                 m.d.sync += [st["req_valid"].eq(1), st["req_len"].eq(st["beats"] - 1),
                              st["req_addr"].eq(Cat(Const(0, _WORD_SHIFT), st["word"]))]
             with m.Elif(port.req.ready):
                 m.d.sync += st["req_valid"].eq(0)
             with m.If(start | flush):
-                m.d.sync += [st["cached"].eq(0), st["ahead"].eq(0)]
+                m.d.sync += [st["cached"].eq(0), st["ahead"].eq(0), st["ahead_z"].eq(1)]
             # response FIFO: room is reserved by credits, so resp.ready is always 1
             m.submodules[f"resp_fifo_{x}"] = ResetInserter(flush)(
                 fifo := SyncFIFOBuffered(width=DATA_BITS, depth=depth))
@@ -707,14 +754,29 @@ class VectorEngine(Checked, wiring.Component):
                          fifo.w_en.eq(port.resp.valid & ~flush)]
             with m.If(in_run & port.resp.valid & port.resp.payload.err):
                 m.d.comb += err_rd_now.eq(1)
-            issued = Mux(fire & st["request"], st["beats"], 0)
+            issue_x = fire & st["request"]
             take = pop & getattr(desc, f"new_{x}")
             m.d.comb += fifo.r_en.eq(take)
+
+            # credits + (beats if issued) - take, the sums from registers and the late
+            # issue_x and take only selecting: c + beats = min(depth, c + in_page)
+            c = st["credits"]
+            c_in = Signal(range(depth + MAX_BURST + 1), name=f"credits_in_{x}")
+            m.d.comb += c_in.eq(c + in_page[x])
+            over = c_in > depth
+            up, up1 = Mux(over, depth, c_in), Mux(over, depth - 1, c_in - 1)
             with m.If(flush):
-                m.d.sync += st["credits"].eq(0)
+                m.d.sync += [c.eq(0), st["full"].eq(0)]
             with m.Else():
-                m.d.sync += st["credits"].eq(st["credits"] + issued - take)
-            m.d.sync += st["inflight"].eq(st["inflight"] + issued - port.resp.valid)
+                m.d.sync += [c.eq(Mux(issue_x, Mux(take, up1, up), Mux(take, c - 1, c))),
+                             st["full"].eq(Mux(issue_x, Mux(take, up1 == depth, up == depth),
+                                               ~take & (c == depth)))]
+            # inflight (for quiet only) counts an issued burst a cycle late: in that cycle
+            # its request register is valid, so quiet stays low
+            inc = Signal(range(MAX_BURST + 1), name=f"inflight_inc_{x}")
+            m.d.sync += inc.eq(Mux(issue_x, st["beats"], 0))
+            f_up = st["inflight"] + inc
+            m.d.sync += st["inflight"].eq(Mux(port.resp.valid, f_up - 1, f_up))
             cache = Signal(DATA_BITS, name=f"cache_{x}")
             with m.If(take):
                 m.d.sync += cache.eq(fifo.r_data)
@@ -732,8 +794,10 @@ class VectorEngine(Checked, wiring.Component):
 
         def lane32(word, off):
             return word.word_select(off[2:], 32)
+        # an FP16 B travels as its 16 bits and is converted (exactly) after the element
+        # register, in front of the feed slice: no conversion behind the word select
         b_half = words["b"].word_select(desc.off_b[1:], 16)
-        b_val = Mux(b16, fp16_to_fp32(m, b_half), lane32(words["b"], desc.off_b))
+        b_val = Mux(b16, b_half, lane32(words["b"], desc.off_b))
         c_val = lane32(words["c"], desc.off_c)
         if kv6:
             # B_KV6: the code byte through the 64-entry decode LUT (exact FP32 values);
@@ -773,7 +837,9 @@ class VectorEngine(Checked, wiring.Component):
         # a register slice between the element stage and the units (skid_buffer): the
         # units' i.ready does not reach into the element pipeline's pop logic
         f_ready = Signal()
-        f_in_ready, f_valid, f_bits = skid_buffer(m, src_valid, src.as_value(), f_ready, "feed",
+        fed = Signal(elem_layout)
+        m.d.comb += [fed.eq(src), fed.b.eq(Mux(b16, fp16_to_fp32(m, src.b[:16]), src.b))]
+        f_in_ready, f_valid, f_bits = skid_buffer(m, src_valid, fed.as_value(), f_ready, "feed",
                                                   clear=flush)
         fsrc = Signal(elem_layout)
         m.d.comb += [src_ready.eq(f_in_ready), fsrc.eq(f_bits)]
@@ -788,10 +854,13 @@ class VectorEngine(Checked, wiring.Component):
         gap = Signal(range(max_lat + 1))
         throttle_ok = Signal(init=1)            # gap == 0, as a register
         feed = f_valid & throttle_ok
+        # the sub-op's gap, registered (the instruction is static from CHECK on)
+        gap_load, gap_one = Signal.like(gap), Signal()
+        m.d.sync += [gap_load.eq(lat[sub[:3]] - 1), gap_one.eq(lat[sub[:3]] == 1)]
         with m.If(flush):
             m.d.sync += [gap.eq(0), throttle_ok.eq(1)]
         with m.Elif(feed & f_ready & ~self.fine):
-            m.d.sync += [gap.eq(lat[sub[:3]] - 1), throttle_ok.eq(lat[sub[:3]] == 1)]
+            m.d.sync += [gap.eq(gap_load), throttle_ok.eq(gap_one)]
         with m.Elif(~throttle_ok):
             m.d.sync += [gap.eq(gap - 1), throttle_ok.eq(gap == 1)]
         payloads = {
@@ -827,8 +896,9 @@ class VectorEngine(Checked, wiring.Component):
         m.d.comb += u_ready.eq(u_in_ready)
 
         # ============================================================ write side
-        d_n0m1 = Mux(is_sub[V.FDOT], 0, n[0] - 1)     # FDOT: one result per row, s0 unused
-        _, _, d_addr, d_step, d_final, d_row_end = loop_nest("wr", d_n0m1, {"d": strides["d"]})
+        d_n0 = Mux(is_sub[V.FDOT], 1, n[0])     # FDOT: one result per row, s0 unused
+        _, _, d_addr, d_step, d_final, d_row_end = loop_nest("wr", d_n0, is_sub[V.FDOT] | n_one[0],
+                                                             {"d": strides["d"]})
         q = d_addr["d"]
         d_done = Signal()
         with m.If(start):
@@ -874,7 +944,7 @@ class VectorEngine(Checked, wiring.Component):
         if kv6:
             # KVQ6: with a row's last code its FP16 scale goes to C (row loop nest "sc",
             # s0 unused) through a one-entry scale write register
-            _, _, c_addr, c_step, _, _ = loop_nest("sc", 0, {"c": strides["c"]})
+            _, _, c_addr, c_step, _, _ = loop_nest("sc", 1, Const(1), {"c": strides["c"]})
             sc_valid = Signal()
             sc_addr = Signal(32)
             sc_data = Signal(16)

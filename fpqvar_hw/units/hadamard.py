@@ -131,7 +131,7 @@ class HadamardOutLane(wiring.Component):
     leading-one position -> exponent field and right shift; q2: the shift, guard and
     sticky bits; then round to nearest even, saturate to +-65504 and pack into ``y``
     (``0x7E00`` where the parent's ``special``, aligned with q2, is set).  ``ovf``
-    (combinational, from q2): this lane's value saturates, qualified by ``valid`` (q2's)."""
+    (registered with ``y``): the value in ``y`` saturated, qualified by ``valid`` (q2's)."""
 
     def __init__(self):
         super().__init__({
@@ -151,6 +151,7 @@ class HadamardOutLane(wiring.Component):
         q1_ef = Signal(range(W - SUB + 2))     # exponent field before rounding
         q2_man, q2_ef = Signal(10), Signal(len(q1_ef))
         q2_guard, q2_sticky, q2_neg = Signal(), Signal(), Signal()
+        q2_ef_ge31, q2_ef_eq30 = Signal(), Signal()        # q2_ef >= 31, == 30 (from q1_ef)
         sh, ef = Signal.like(q1_sh), Signal.like(q1_ef)
         m.d.comb += [sh.eq(0), ef.eq(0)]
         for p in range(SUB, W):        # later assignments win: the leading one decides
@@ -163,10 +164,10 @@ class HadamardOutLane(wiring.Component):
         round_up = q2_guard & (q2_sticky | q2_man[0])
         pat = Signal(16)
         m.d.comb += pat.eq(Cat(q2_man, q2_ef) + round_up)
-        ovf = (q2_ef >= 31) | ((q2_ef == 30) & (q2_man == 0x3FF) & round_up)
+        ovf = q2_ef_ge31 | (q2_ef_eq30 & (q2_man == 0x3FF) & round_up)
         res = Mux(q2_sp, 0x7E00, Mux(ovf, Cat(Const(0x7BFF, 15), q2_neg), Cat(pat[:15], q2_neg)))
-        m.d.comb += self.ovf.eq(ovf & ~q2_sp & self.valid)
         with m.If(self.en):
+            m.d.sync += self.ovf.eq(ovf & ~q2_sp & self.valid)
             # |row| as (row ^ sign) + sign: one operand LUT in front of one carry chain
             m.d.sync += [q0_mag.eq(((row.as_unsigned()[:W] ^ Cat(*[row[-1]] * W)) + row[-1])[:W]),
                          q0_neg.eq((row < 0) ^ (self.flip & (row != 0))),
@@ -174,6 +175,7 @@ class HadamardOutLane(wiring.Component):
                          q2_man.eq(shifted[OUT_SHIFT:OUT_SHIFT + 10]), q2_ef.eq(q1_ef),
                          q2_guard.eq(shifted[OUT_SHIFT - 1]),
                          q2_sticky.eq(lost | (shifted[:OUT_SHIFT - 1] != 0)), q2_neg.eq(q1_neg),
+                         q2_ef_ge31.eq(q1_ef >= 31), q2_ef_eq30.eq(q1_ef == 30),
                          self.y.eq(res)]
         return m
 
@@ -347,6 +349,6 @@ class GroupHadamard(Checked, wiring.Component):
                          lane.special.eq(q2_sp), lane.valid.eq(q2_v),
                          self.o.payload[k].as_value().eq(lane.y)]
             ovfs.append(lane.ovf)
-        with m.If(en_out & Cat(*ovfs).any()):
+        with m.If(Cat(*ovfs).any()):            # the lanes' registered flags, with y
             m.d.sync += self.overflow.eq(1)
         return m
