@@ -224,8 +224,8 @@ class BurstReader(wiring.Component):
     ``[base, base + size)``; otherwise ``window_error`` is set (sticky) and the
     job stalls.  ``stop`` blocks new requests (a request already presented is held until
     taken); a client offers no job while it holds ``stop`` (``job.ready`` is ``~have``
-    alone, so no path runs from ``stop`` through this module back to the client).  ``quiet`` (registered): no request pending and no
-    beat outstanding.  ``read_error`` (sticky): a response beat had ``err`` (or, which the
+    alone, so no path runs from ``stop`` through this module back to the client).
+    ``quiet`` (registered): no request pending and no beat outstanding.  ``read_error`` (sticky): a response beat had ``err`` (or, which the
     credit rule rules out, arrived with the FIFO full).  ``bus.resp.ready`` is always 1:
     every beat was reserved FIFO room when its burst was requested.
 

@@ -88,6 +88,8 @@ e2m3fn, group 64, one lane).
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 from amaranth.hdl import Array, Cat, Const, Module, Mux, ResetInserter, Signal, Value, signed
 from amaranth.lib import data, stream, wiring
@@ -314,25 +316,36 @@ class VectorEngine(Checked, wiring.Component):
         depth = self.rd_depth
 
         # ------------------------------------------------------------ instruction
-        ins = Signal(isa.INSTR_LAYOUT)
-        hdr = ins[0]
-        sub = hdr[isa.HDR_SUBOP_SHIFT:isa.HDR_SUBOP_SHIFT + isa.HDR_SUBOP_BITS]
-        flags = hdr[isa.HDR_FLAGS_SHIFT:isa.HDR_FLAGS_SHIFT + isa.HDR_FLAGS_BITS]
-        b16 = flags[(int(isa.VecFlag.B_FP16)).bit_length() - 1]
-        d16 = flags[(int(isa.VecFlag.D_FP16)).bit_length() - 1]
-        n = [ins[isa.VEC_N + k] for k in range(4)]
         kv6 = self.kv6
         subs = self.subops
 
-        def field(x: str, k: int):      # k = 0: base, 1..4: s0..s3
-            return ins[isa.VEC_OPERAND_WORD[x] + k]
+        def decode(word):
+            """Fields of instruction ``word``: sub-op, flags, the B_FP16 / D_FP16 / B_KV6 flag
+            bits (B_KV6 in KV6 builds), the counts n0..n3 and ``field(x, k)`` (k = 0: base,
+            1..4: s0..s3)."""
+            hdr = word[0]
+            flags = hdr[isa.HDR_FLAGS_SHIFT:isa.HDR_FLAGS_SHIFT + isa.HDR_FLAGS_BITS]
+
+            def bit(f):
+                return flags[(int(f)).bit_length() - 1]
+            return SimpleNamespace(
+                sub=hdr[isa.HDR_SUBOP_SHIFT:isa.HDR_SUBOP_SHIFT + isa.HDR_SUBOP_BITS], flags=flags,
+                b16=bit(isa.VecFlag.B_FP16), d16=bit(isa.VecFlag.D_FP16),
+                bkv6=bit(isa.VecFlag.B_KV6) if kv6 else None,
+                n=[word[isa.VEC_N + k] for k in range(4)],
+                field=lambda x, k: word[isa.VEC_OPERAND_WORD[x] + k])
+
+        ins = Signal(isa.INSTR_LAYOUT)
+        d_ins = decode(ins)
+        sub, flags, b16, d16, n, field = d_ins.sub, d_ins.flags, d_ins.b16, d_ins.d16, d_ins.n, d_ins.field
+        d_cmd = decode(self.cmd.payload)
 
         # one-hot sub-op flags, registered with the instruction (no wide compare of the
         # sub-op field in front of the units' handshakes)
         is_sub = {s: Signal(name=f"is_{s.name.lower()}") for s in subs}
-        cmd_sub = self.cmd.payload[0][isa.HDR_SUBOP_SHIFT:isa.HDR_SUBOP_SHIFT + isa.HDR_SUBOP_BITS]
+        cmd_is = {s: d_cmd.sub == int(s) for s in subs}
         if kv6:
-            bkv6 = flags[(int(isa.VecFlag.B_KV6)).bit_length() - 1]
+            bkv6 = d_ins.bkv6
             kv_fdot = is_sub[V.FDOT] & bkv6            # B = LUT(code) * FP16 scale of C
             kvq6 = is_sub[V.KVQ6]
 
@@ -342,21 +355,18 @@ class VectorEngine(Checked, wiring.Component):
         if kv6:
             known_flags |= int(isa.VecFlag.B_KV6)
 
-        def invalid(word, sf) -> Value:
-            """1 when instruction ``word`` (one-hot sub-op flags ``sf``) breaks a rule."""
-            w_flags = word[0][isa.HDR_FLAGS_SHIFT:isa.HDR_FLAGS_SHIFT + isa.HDR_FLAGS_BITS]
-            w_sub = word[0][isa.HDR_SUBOP_SHIFT:isa.HDR_SUBOP_SHIFT + isa.HDR_SUBOP_BITS]
-            w_b16 = w_flags[(int(isa.VecFlag.B_FP16)).bit_length() - 1]
-            w_d16 = w_flags[(int(isa.VecFlag.D_FP16)).bit_length() - 1]
-            w_n = [word[isa.VEC_N + k] for k in range(4)]
+        def invalid(w, sf) -> Value:
+            """1 when the instruction of fields ``w`` (:func:`decode`; one-hot sub-op flags
+            ``sf``) breaks a rule."""
+            w_flags, w_sub, w_b16, w_d16, w_n = w.flags, w.sub, w.b16, w.d16, w.n
             w_used = {x: Cat(*(sf[s] for s in _uses(x) if s in subs)).any() for x in ("a", "b", "c", "d")}
             if kv6:
-                w_bkv6 = w_flags[(int(isa.VecFlag.B_KV6)).bit_length() - 1]
+                w_bkv6 = w.bkv6
                 w_kv_fdot, w_kvq6 = sf[V.FDOT] & w_bkv6, sf[V.KVQ6]
                 w_used["c"] = w_used["c"] | w_kv_fdot
             misaligned = []
             for x in ("a", "b", "c", "d"):
-                fld = [word[isa.VEC_OPERAND_WORD[x] + k] for k in range(5)]
+                fld = [w.field(x, k) for k in range(5)]
                 mask = Mux(w_b16, 1, 3) if x == "b" else Mux(w_d16, 1, 3) if x == "d" else Const(3, 2)
                 skip_s0 = sf[V.FDOT] if x == "d" else sf[V.L2NT] if x == "b" else Const(0)
                 if kv6:      # 1-byte codes (B_KV6's B, KVQ6's D), FP16 scales (their C)
@@ -436,11 +446,9 @@ class VectorEngine(Checked, wiring.Component):
                 m.d.comb += self.cmd.ready.eq(~self.abort)
                 with m.If(self.cmd.valid & ~self.abort):
                     m.d.sync += [ins.eq(self.cmd.payload), error.eq(0)]
-                    m.d.sync += [is_sub[s].eq(cmd_sub == int(s)) for s in subs]
-                    m.d.sync += bad_field.eq(invalid(self.cmd.payload,
-                                                     {s: cmd_sub == int(s) for s in subs}))
-                    m.d.sync += [o.eq(self.cmd.payload[isa.VEC_N + k] == 1)
-                                 for k, o in enumerate(n_one)]
+                    m.d.sync += [is_sub[s].eq(cmd_is[s]) for s in subs]
+                    m.d.sync += bad_field.eq(invalid(d_cmd, cmd_is))
+                    m.d.sync += [o.eq(v == 1) for o, v in zip(n_one, d_cmd.n)]
                     m.next = "CHECK"
             with m.State("CHECK"):
                 m.d.comb += busy_now.eq(1)
@@ -523,7 +531,9 @@ class VectorEngine(Checked, wiring.Component):
             step = Signal(name=f"{prefix}_step")
             # top[k] = (idx[k] == nm1[k]) as registers, updated with idx: an increment
             # lands on nm1 when idx == nm1 - 1 (nm2, compared ahead), a wrap to 0 when
-            # nm1 == 0 (one1: a count of 1); so no compare sits between idx and the step
+            # nm1 == 0 (one1: a count of 1, a copy of the command's flags kept beside the
+            # nest: using those flags directly maps the top one level deeper); so no
+            # compare sits between idx and the step
             top = [Signal(init=1, name=f"{prefix}_top{k}") for k in range(4)]
             nm2 = [Signal(32, name=f"{prefix}_nm2_{k}") for k in range(4)]
             one1 = [Signal(name=f"{prefix}_one{k}") for k in range(4)]
@@ -634,12 +644,11 @@ class VectorEngine(Checked, wiring.Component):
         e_addr, win, in_page, burstable, differs = {}, {}, {}, {}, {}
         # the operands the element at the issue stage reads (registered into that stage: the
         # sub-op flags are static during the run)
-        need_c = is_sub[V.LNMOD] | is_sub[V.RESID]
-        if kv6:
-            need_c = need_c | kv_fdot
+        three_operands = is_sub[V.LNMOD] | is_sub[V.RESID]
+        need_c = three_operands | kv_fdot if kv6 else three_operands
         last_stage = self.ISSUE_STAGES - 1
         need = {"a": Const(1),
-                "b": stage(last_stage, "need_b", is_sub[V.LNMOD] | is_sub[V.RESID] | is_sub[V.FDOT]
+                "b": stage(last_stage, "need_b", three_operands | is_sub[V.FDOT]
                            | (is_sub[V.L2NT] & first3)),
                 "c": stage(last_stage, "need_c", need_c)}
         last_word = {x: Signal(32 - _WORD_SHIFT, name=f"last_word_{x}") for x in _READ_OPERANDS}
