@@ -33,7 +33,7 @@ from fpqvar_hw.cache import write_text_atomic
 from fpqvar_hw.flow import asbuilt, simcycles
 from fpqvar_hw.host import isa_sim
 from fpqvar_hw.host.backends import RTL_C, RTL_MAX_KV, RTL_OVERRIDES, RTL_PRESET, rtl_config
-from fpqvar_hw.host.compiler import V_CACHE_LAYOUT
+from fpqvar_hw.host.compiler import TILE_ORDER, V_CACHE_LAYOUT
 from fpqvar_hw.host.rtl import top_build_name, top_component, top_harness
 from sim.runner import BUILD_ROOT, REPO, run_cocotb
 from tests.test_golden_block import digits_fpqvar  # noqa: F401  (session fixture: the package)
@@ -66,13 +66,15 @@ def test_top_control(dut):
                testcase="registers,halt_only,bad_opcode,window_error,abort_then_run,reset_then_run")
 
 
-def _prepare_steps(pkg_path: Path, n_steps: int, seed: int) -> Path:
+def _prepare_steps(pkg_path: Path, n_steps: int, seed: int, tile_tokens: int | None) -> Path:
     """DRAM image (compiled model + random adaLN vectors), inputs and programs of steps
-    0 .. n_steps-1 (from the compiler) and the region map, for tb_top.block_steps."""
+    0 .. n_steps-1 (from the compiler, tiles of ``tile_tokens``) and the region map, for
+    tb_top.block_steps."""
     from fpqvar_hw.host.compiler import Compiler
     from fpqvar_quant.ptq.package import load_package
 
-    comp = Compiler(load_package(pkg_path), CFG, rows=2, dram_base=STEP_BASE, max_kv=MAX_KV)
+    comp = Compiler(load_package(pkg_path), CFG, rows=2, dram_base=STEP_BASE, max_kv=MAX_KV,
+                    tile_tokens=tile_tokens)
     assert comp.dram_base + comp.dram_size <= RAM_SIZE
     out = BUILD_ROOT / "vectors" / f"top-steps-s{seed}"
     out.mkdir(parents=True, exist_ok=True)
@@ -99,8 +101,8 @@ def _prepare_steps(pkg_path: Path, n_steps: int, seed: int) -> Path:
     return path
 
 
-def _run_steps(dut, pkg_path, n_steps, modes, seed, pause):
-    spec = _prepare_steps(pkg_path, n_steps, seed)
+def _run_steps(dut, pkg_path, n_steps, modes, seed, pause, tile_tokens=None):
+    spec = _prepare_steps(pkg_path, n_steps, seed, tile_tokens)
     cycles = REPO / "build" / "top" / f"cycles-s{seed}.json"
     cycles.parent.mkdir(parents=True, exist_ok=True)
     run_cocotb(dut, name=NAME, test_module="sim.tb_top", testcase="block_steps", harness=top_harness(CFG, C, MAX_KV),
@@ -113,6 +115,9 @@ def _run_steps(dut, pkg_path, n_steps, modes, seed, pause):
     data["unit_latencies"] = asbuilt.top_latencies(run_cfg.lanes, (run_cfg.att_t, run_cfg.att_n),
                                                    run_cfg.tn, run_cfg.row_sets)
     data["v_cache"] = V_CACHE_LAYOUT         # the compiler's, which tb_top's programs use
+    data["tiles"] = TILE_ORDER
+    if tile_tokens is not None:
+        data["tile_tokens"] = tile_tokens
     write_text_atomic(cycles, json.dumps(data, indent=1))
     for s in simcycles.compare_to_sim(simcycles.load_sim_cycles(cycles))["steps"]:
         assert s["instructions"]["predicted"] == s["instructions"]["simulated"], s
@@ -124,8 +129,9 @@ def _run_steps(dut, pkg_path, n_steps, modes, seed, pause):
 @pytest.mark.slow
 def test_top_block_step0(dut, digits_fpqvar):  # noqa: F811
     """(g) scale step 0 (one token per row, every block) bit-exact vs isa_sim;
-    with the coarse pipeline on, the engines overlap."""
-    run, = _run_steps(dut, digits_fpqvar[1], 1, [[1, 1]], seed=21, pause=0.2)["runs"]
+    with the coarse pipeline on, the engines overlap.  Tiles of one token: two tiles (the
+    default tile holds both rows of step 0, one chain, which cannot overlap)."""
+    run, = _run_steps(dut, digits_fpqvar[1], 1, [[1, 1]], seed=21, pause=0.2, tile_tokens=1)["runs"]
     assert run["overlap_cycles"] > 0, f"coarse pipeline on but the engines never overlapped: {run}"
 
 

@@ -23,6 +23,7 @@ from fpqvar_hw import footprints, packing
 
 from fpqvar_hw.host import isa_sim
 from fpqvar_hw.host.compiler import Compiler, assign_sync
+from fpqvar_hw.host.plan import segments
 from fpqvar_hw.config import get_preset
 from fpqvar_hw.isa import ErrorCode, Gemm, Halt, Opcode, Operand, Vec, VecFlag, VecSubop
 from fpqvar_quant.golden import block as gb
@@ -349,8 +350,9 @@ def test_kv6_compiled_steps_are_bit_exact_against_golden_block(kv6_pkg):
         x = run.x(step)
         ins = comp.instructions(step)
         subs = [i.subop for i in ins if isinstance(i, Vec)]
-        assert VecSubop.CVT16 not in subs and subs.count(VecSubop.KVQ6) == 2 * comp.depth * len(
-            comp._tiles(x.shape[1]))
+        L = x.shape[1]      # one KVQ6 k and v per piece of a tile in one row
+        assert VecSubop.CVT16 not in subs and subs.count(VecSubop.KVQ6) == 2 * comp.depth * sum(
+            len(segments(t0, t1, L)) for t0, t1 in comp._tiles(L))
         assert all(i.flags == VecFlag.B_KV6 for i in ins if isinstance(i, Vec) and i.subop == VecSubop.FDOT)
         res = run.device(step, x)
         assert res.ok and res.pc == len(ins), res.message

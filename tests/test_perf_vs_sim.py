@@ -210,7 +210,7 @@ def test_sim_cycles_load_both_schemas_and_compare_per_step(tmp_path, schema):
         cfg = sim.config.replace(coarse_pipeline=run.coarse, fine_pipeline=run.fine)
         top = asbuilt.top_step(m.C, m.heads, 4 * m.C, m.depth, sum(m.tokens[:run.step]),
                             m.tokens[run.step], 2, cfg, asbuilt.sim_memory(sim.pause),
-                            L_total=m.kv_lengths[-1], v_cache=sim.v_cache)
+                            L_total=m.kv_lengths[-1], v_cache=sim.v_cache, tiles=sim.tiles)
         assert (c["predicted"], row["gemm_cycles"]["predicted"], row["vec_cycles"]["predicted"]) \
             == (top.cycles, top.gemm_cycles, top.vec_cycles)
         planned = perf.evaluate(perf.DIGITS, cfg, simcycles.sim_platform()).steps[run.step].cycles
@@ -229,6 +229,7 @@ def test_sim_cycles_load_both_schemas_and_compare_per_step(tmp_path, schema):
     ({**_driver_doc(), "version": 2}, "version 2 is not supported"),
     (_driver_doc(dram={"latency_cycles": 300, "stall_per_256": 0}), "device.dram must hold"),
     (_driver_doc(dram={"stall_per_256": 0}), "device.dram must hold"),
+    ({**_top_tb_doc(), "tiles": "zigzag"}, "tiles must be one of span, rows, flat"),
     ({**_top_tb_doc(), "runs": [{"step": 1, "L": 9, "coarse": True, "fine": True,
                                  "cycles": 5}]}, "step 1 with 9 tokens is not a step"),
 ])
@@ -255,7 +256,7 @@ def test_driver_run_on_the_simulated_dram_is_modelled_with_it(tmp_path):
     for row, base, run in zip(cmp["steps"], plain["steps"], sim.runs):
         top = asbuilt.top_step(m.C, m.heads, 4 * m.C, m.depth, sum(m.tokens[:run.step]), m.tokens[run.step],
                                2, sim.config, sim.memory, L_total=m.kv_lengths[-1],
-                               v_cache=sim.v_cache)
+                               v_cache=sim.v_cache, tiles=sim.tiles)
         assert row["cycles"]["predicted"] == top.cycles > base["cycles"]["predicted"]
 
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from ..config import AcceleratorConfig
-from ..host.plan import HEAD_DIM, PlanOp, Spans, step_plan
+from ..host.plan import HEAD_DIM, PlanOp, Spans, step_plan, tiles as plan_tiles
+from ..host.plan import TILE_ORDERS as _PLAN_TILE_ORDERS
 from ..isa import Opcode
 from .perf import DIGITS, MODELS, ModelSpec
 from .platform import Platform
@@ -27,7 +28,7 @@ from .topmem import (AXIRAM_READ_LATENCY, AXIRAM_WRITE_LATENCY, VCK190_READ_LATE
                      TopMemory, platform_memory, sim_memory, simdram_memory)
 
 __all__ = ["TopMemory", "sim_memory", "simdram_memory", "platform_memory", "TopBuild", "top_build", "EngineCost",
-           "gemm_cost", "vec_cost", "TopInstr", "top_step_program", "V_CACHE_LAYOUTS", "TopRun", "schedule_top",
+           "gemm_cost", "vec_cost", "TopInstr", "top_step_program", "V_CACHE_LAYOUTS", "TILE_ORDERS", "TopRun", "schedule_top",
            "instr_cost", "top_step", "TopModelResult", "evaluate_top", "step_breakdown",
            "operand_words", "bus_speeds"]
 
@@ -495,6 +496,9 @@ _Spans = Spans
 #: ``[R, H, 64, L_total]``, the compiler's; ``"rows"`` ``[R, H, L_total, 64]``, the order of
 #: programs before 2026-12-05 (cycle files measured on them say so, ``simcycles``).
 V_CACHE_LAYOUTS = ("transposed", "rows")
+#: The token tile orders (:func:`fpqvar_hw.host.plan.tiles`): ``"span"`` the compiler's
+#: (since 2026-12-06), ``"rows"`` one row per tile at most (before), ``"flat"``.
+TILE_ORDERS = _PLAN_TILE_ORDERS
 
 
 def _top_instr(op: PlanOp, C: int, hidden: int, Lk: int, L_total: int,
@@ -533,25 +537,30 @@ def _top_instr(op: PlanOp, C: int, hidden: int, Lk: int, L_total: int,
 def top_step_program(C: int, H: int, hidden: int, blocks: int, L_start: int, L: int, rows: int,
                      tile: int, *, L_total: int, coarse: bool = True,
                      max_tiles: int | None = None,
-                     v_cache: str = V_CACHE_LAYOUTS[0]) -> tuple[TopInstr, ...]:
+                     v_cache: str = V_CACHE_LAYOUTS[0],
+                     tiles: str = TILE_ORDERS[0]) -> tuple[TopInstr, ...]:
     """The instructions :meth:`fpqvar_hw.host.compiler.Compiler.instructions` emits for a step
     (without the HALT), at the shape level: the ops of the step plan
     (:func:`fpqvar_hw.host.plan.step_plan`, the compiler's own: per block the phases A, B, C
-    over token tiles of ``tile`` tokens of one row, skewed by one stage), each as a
+    over token tiles of ``tile`` token rows, skewed by one stage), each as a
     :class:`TopInstr`, sync flags from :func:`fpqvar_hw.host.compiler.assign_sync` on the
     plan's token-range footprints (cached).  ``tests/test_perf_vs_sim.py`` checks it against
     the compiler.  ``max_tiles``: only the first that many tiles of each phase (the KV length
     stays ``L_start + L``), for timing a sample of a long step.  ``L_total``: tokens of the
     KV caches (the model's last KV length); ``v_cache``: the V cache order (a cycle file of
-    an older program states ``"rows"``)."""
+    an older program states ``"rows"``); ``tiles``: the tile order
+    (:func:`fpqvar_hw.host.plan.tiles`; a cycle file of an older program states ``"rows"``)."""
     from ..host.compiler import assign_sync
 
     if v_cache not in V_CACHE_LAYOUTS:
         raise ValueError(f"v_cache must be one of {V_CACHE_LAYOUTS}, got {v_cache!r}")
+    if tiles not in TILE_ORDERS:
+        raise ValueError(f"tiles must be one of {TILE_ORDERS}, got {tiles!r}")
     if L_total < L_start + L:
         raise ValueError(f"L_total={L_total} is shorter than the step's KV length {L_start + L}")
 
-    plan = step_plan(C, H, hidden, blocks, L_start, L, rows, tile, max_tiles=max_tiles)
+    plan = step_plan(C, H, hidden, blocks, L_start, L, rows, tile, max_tiles=max_tiles,
+                     order=tiles)
     prog = [_top_instr(op, C, hidden, L_start + L, L_total, v_cache) for op in plan]
     return tuple(assign_sync(prog, [op.spans for op in plan], coarse=coarse))
 
@@ -663,24 +672,32 @@ def instr_cost(ins: TopInstr, *, fine: bool, b: TopBuild, mem: TopMemory) -> Eng
 _MAX_SCHEDULED = 2_048
 
 
+def _sample(L: int, rows: int, tile: int, tiles: str) -> tuple[int, int]:
+    """(tiles of the step, tiles to schedule): at most ``_MAX_SCHEDULED / 16`` tiles, a
+    sample of full-size tiles only (spanning tiles: all but the last are)."""
+    n = len(plan_tiles(L, rows, tile, order=tiles))
+    sampled = min(n, max(1, _MAX_SCHEDULED // 16))
+    if tiles == "rows" and sampled < n and L % tile and L >= tile:
+        sampled = min(sampled, L // tile)
+    return n, sampled
+
+
 def top_step(C: int, H: int, hidden: int, depth: int, L_start: int, L: int, rows: int,
              config: AcceleratorConfig, mem: TopMemory, *, L_total: int, tile: int | None = None,
-             lat: Mapping[str, int] | None = None, v_cache: str = V_CACHE_LAYOUTS[0]) -> TopRun:
+             lat: Mapping[str, int] | None = None, v_cache: str = V_CACHE_LAYOUTS[0],
+             tiles: str = TILE_ORDERS[0]) -> TopRun:
     """Model of one scale step on the as-built top: every instruction's engine cycles
     (:func:`instr_cost`) scheduled by :func:`schedule_top` with the config's pipeline
     switches; ``tile`` tokens per tile (default ``config.gemm_rows``, the compiler's default);
-    ``L_total``, ``v_cache``: the KV caches (:func:`top_step_program`); ``lat``: unit
-    latencies of another RTL version (:func:`top_build`)."""
+    ``L_total``, ``v_cache``, ``tiles``: the KV caches and the tiles (:func:`top_step_program`);
+    ``lat``: unit latencies of another RTL version (:func:`top_build`)."""
     b = top_build(config, C, lat=lat)
     tile = tile or config.gemm_rows
-    tiles = rows * -(-L // tile)
-    blocks = depth if depth * 16 * tiles <= _MAX_SCHEDULED else 1
-    sampled = min(tiles, max(1, _MAX_SCHEDULED // 16))
-    if sampled < tiles and L % tile and L >= tile:     # a sample of full-size tiles only
-        sampled = min(sampled, L // tile)
+    n_tiles, sampled = _sample(L, rows, tile, tiles)
+    blocks = depth if depth * 16 * n_tiles <= _MAX_SCHEDULED else 1
     prog = top_step_program(C, H, hidden, blocks, L_start, L, rows, tile, L_total=L_total,
-                            coarse=config.coarse_pipeline, v_cache=v_cache,
-                            max_tiles=sampled if sampled < tiles else None)
+                            coarse=config.coarse_pipeline, v_cache=v_cache, tiles=tiles,
+                            max_tiles=sampled if sampled < n_tiles else None)
     cache: dict = {}
     costs = []
     for ins in prog:
@@ -690,10 +707,10 @@ def top_step(C: int, H: int, hidden: int, depth: int, L_start: int, L: int, rows
         costs.append(cache[key])
     r = schedule_top(prog, costs, coarse=config.coarse_pipeline, mem=mem,
                      rd_slice=b.lat["rd_slice"])
-    if blocks == depth and sampled == tiles:
+    if blocks == depth and sampled == n_tiles:
         return r
-    k = depth / blocks * tiles / sampled
-    return TopRun(depth * 16 * tiles + 1, int(r.cycles * k), int(r.gemm_cycles * k),
+    k = depth / blocks * n_tiles / sampled
+    return TopRun(int(round(len(prog) * k)) + 1, int(r.cycles * k), int(r.gemm_cycles * k),
                   int(r.vec_cycles * k), int(r.overlap_cycles * k))
 
 
@@ -756,18 +773,17 @@ def step_breakdown(model: ModelSpec | str, config: AcceleratorConfig,
     rows = config.batch * (2 if config.cfg else 1)
     out = []
     for Ls_end, n in zip(model.kv_lengths, model.tokens):
-        tiles = rows * -(-n // config.gemm_rows)
-        k = min(tiles, max(1, _MAX_SCHEDULED // 16))
+        n_tiles, k = _sample(n, rows, config.gemm_rows, TILE_ORDERS[0])
         prog = top_step_program(model.C, model.heads, 4 * model.C, 1, Ls_end - n, n, rows,
                                 config.gemm_rows, L_total=model.kv_lengths[-1],
                                 coarse=config.coarse_pipeline,
-                                max_tiles=k if k < tiles else None)
+                                max_tiles=k if k < n_tiles else None)
         cache: dict = {}
         tot: dict[str, float] = {}
         for ins in prog:
             key = (ins.gemm, ins.vec, ins.out)
             if key not in cache:
                 cache[key] = instr_cost(ins, fine=config.fine_pipeline, b=b, mem=memory).cycles
-            tot[ins.name] = tot.get(ins.name, 0.0) + cache[key] * tiles / k * model.depth
+            tot[ins.name] = tot.get(ins.name, 0.0) + cache[key] * n_tiles / k * model.depth
         out.append(dict(sorted(tot.items(), key=lambda kv: -kv[1])))
     return out

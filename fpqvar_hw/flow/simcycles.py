@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from ..config import AcceleratorConfig
-from .asbuilt import V_CACHE_LAYOUTS, TopMemory, sim_memory, simdram_memory, top_step
+from .asbuilt import TILE_ORDERS, V_CACHE_LAYOUTS, TopMemory, sim_memory, simdram_memory, top_step
 from .perf import DIGITS, ModelSpec, UnitTiming, evaluate, unit_timings
 from .platform import Platform
 
@@ -64,6 +64,12 @@ class SimCycles:
     #: the V cache order of the program the file ran (``v_cache``; files without it come
     #: from before the transposed cache: ``"rows"``), :data:`fpqvar_hw.host.compiler.V_CACHE_LAYOUT`
     v_cache: str = "rows"
+    #: the token tiles of the program the file ran (``tiles``; files without it come from
+    #: before tiles spanned rows: ``"rows"``), :data:`fpqvar_hw.flow.asbuilt.TILE_ORDERS`
+    tiles: str = "rows"
+    #: the program's tile size (``tile_tokens``; ``None``: the compiler's default, the
+    #: configuration's ``gemm_rows``)
+    tile_tokens: int | None = None
 
 
 def load_sim_cycles(path, *, model: ModelSpec = DIGITS) -> SimCycles:
@@ -161,8 +167,14 @@ def load_sim_cycles(path, *, model: ModelSpec = DIGITS) -> SimCycles:
     v_cache = doc.get("v_cache", "rows")
     if v_cache not in V_CACHE_LAYOUTS:
         raise ValueError(f"{p}: v_cache must be one of {', '.join(V_CACHE_LAYOUTS)}, got {v_cache!r}")
+    tiles = doc.get("tiles", "rows")
+    if tiles not in TILE_ORDERS:
+        raise ValueError(f"{p}: tiles must be one of {', '.join(TILE_ORDERS)}, got {tiles!r}")
+    tile = doc.get("tile_tokens")
+    if tile is not None and (not isinstance(tile, int) or isinstance(tile, bool) or tile < 1):
+        raise ValueError(f"{p}: tile_tokens must be a positive integer (the compiler's), got {tile!r}")
     return SimCycles(str(p), config.replace(batch=rows // 2, cfg=True), rows, model, tuple(out),
-                     pause, lat, memory, v_cache)
+                     pause, lat, memory, v_cache, tiles, tile)
 
 
 def sim_platform(clock_mhz: float = 300.0) -> Platform:
@@ -198,7 +210,7 @@ def compare_to_sim(sim: SimCycles, timings: Mapping[str, UnitTiming] | None = No
         cfg = sim.config.replace(coarse_pipeline=r.coarse, fine_pipeline=r.fine)
         top = top_step(m.C, m.heads, 4 * m.C, m.depth, sum(m.tokens[:r.step]), m.tokens[r.step],
                        sim.rows, cfg, mem, lat=sim.unit_latencies, L_total=m.kv_lengths[-1],
-                       v_cache=sim.v_cache)
+                       v_cache=sim.v_cache, tiles=sim.tiles, tile=sim.tile_tokens)
         t = timings if timings is not None else unit_timings(cfg)
         st = evaluate(m, cfg, sim_platform(), t).steps[r.step]
         u = st.unit_cycles

@@ -44,11 +44,13 @@ addresses are attributes, :meth:`regions` lists them):
 
 Program of a step: the step plan (:func:`fpqvar_hw.host.plan.step_plan`, shared
 with the as-built throughput model), each op compiled by one method here: per
-block, three phases over token tiles (``tile_tokens``
-tokens of one row): A = LNMOD, GEMM qkv, L2NT q, L2NT k, CVT16 k, CVT16 v
+block, three phases over token tiles (:func:`fpqvar_hw.host.plan.tiles`: rows of up to
+``tile_tokens`` tokens whole, several per tile, so that both CFG halves and the images of
+a batch share a weight pass; longer rows in tiles of ``tile_tokens``; the ops on a row's
+own adaLN vectors, caches or attention once per row of the tile): A = LNMOD, GEMM qkv, L2NT q, L2NT k, CVT16 k, CVT16 v
 (cache positions ``[L_start + l0, L_start + l1)``; KV6: KVQ6 k, KVQ6 v, and
-both FDOTs of B read the codes with B_KV6 and the scales as C); B = per tile FDOT q.K
-(one instruction: dims x keys x queries x heads), SOFTMAX, FDOT p.V, GEMM proj,
+both FDOTs of B read the codes with B_KV6 and the scales as C); B = FDOT q.K
+(one instruction per piece: dims x keys x queries x heads), SOFTMAX, FDOT p.V, GEMM proj,
 RESID; C = LNMOD, GEMM fc1, GELU, GEMM fc2, RESID; then HALT.  Within a phase
 the tiles' chains are interleaved with a skew of one stage so that the matrix
 engine works on tile t+1 while the vector engine finishes tile t.
@@ -74,21 +76,23 @@ from .. import footprints, packing
 from ..config import AcceleratorConfig, KVFormat
 from ..isa import Gemm, GemmFlag, GemmSubop, Halt, Opcode, Operand, Vec, VecFlag, VecSubop
 from .isa_sim import gemm_formats
-from .plan import PER_TILE, PlanOp, skew, step_plan
+from .plan import PlanOp, skew, step_plan
 from .plan import tiles as _plan_tiles
 
-__all__ = ["Compiler", "assign_sync", "Region", "write_bundle", "main", "V_CACHE_LAYOUT"]
+__all__ = ["Compiler", "assign_sync", "Region", "write_bundle", "main", "V_CACHE_LAYOUT", "TILE_ORDER"]
 
 _ALIGN = 128
 _F32 = 4
-#: instructions per tile and block: phase A 6, B 5, C 5 (the step plan's)
-_PER_TILE = PER_TILE
 #: head dim of the attention dataflow (the L2NT row)
 HEAD_DIM = isa.L2NT_LEN
 #: The V cache's DRAM order: ``"transposed"`` ``[R, H, 64, L_total]`` (since 2026-12-05;
 #: ``"rows"`` ``[R, H, L_total, 64]`` before).  Cycle files of the simulated top state the
 #: layout of the program they ran (``fpqvar_hw.flow.simcycles``).
 V_CACHE_LAYOUT = "transposed"
+#: The token tiles (:func:`fpqvar_hw.host.plan.tiles`): ``"span"`` whole rows per tile
+#: where they fit (since 2026-12-06; ``"rows"`` one row per tile at most before).  Cycle
+#: files state it like the V cache order.
+TILE_ORDER = "span"
 
 
 def _round_up(v: int, a: int = _ALIGN) -> int:
@@ -275,7 +279,9 @@ class Compiler:
             return addr
 
         R, C, H, Ls = self.rows, self.C, self.H, self.L_max
-        n_prog = max(self.depth * _PER_TILE * len(self._tiles(L)) for L in self.step_lens) + 1
+        n_prog = max(len(step_plan(self.C, self.H, self.hidden, self.depth, 0, L, self.rows,
+                                   self.tile_tokens, kv6=self.kv6, order=TILE_ORDER))
+                     for L in self.step_lens) + 1
         signs = self.params[0].signs
         self.signs_addr = alloc("signs", 16, packing.pack_sign_bits(signs) if signs is not None else bytes(16))
         self.zero_addr = alloc("zero", 16, bytes(16))
@@ -420,10 +426,10 @@ class Compiler:
         :meth:`instructions` emits, in order, at the shape level."""
         L_start, L = self.step_tokens(step)
         return step_plan(self.C, self.H, self.hidden, self.depth, L_start, L, self.rows,
-                         self.tile_tokens, kv6=self.kv6)
+                         self.tile_tokens, kv6=self.kv6, order=TILE_ORDER)
 
-    def _tiles(self, L: int) -> list[tuple[int, int, int]]:
-        return _plan_tiles(L, self.rows, self.tile_tokens)
+    def _tiles(self, L: int) -> list[tuple[int, int]]:
+        return _plan_tiles(L, self.rows, self.tile_tokens, order=TILE_ORDER)
 
     def _instructions(self, step: int) -> list:
         L_start, L = self.step_tokens(step)
@@ -431,7 +437,7 @@ class Compiler:
 
     def _instr(self, op: PlanOp, L_start: int, L: int):
         """The concrete instruction of one plan op (addresses and strides from the layout)."""
-        ins = self._BUILD[op.phase, op.name](self, op.block, L_start, L, op.row, op.l0, op.l1)
+        ins = self._BUILD[op.phase, op.name](self, op.block, L_start, L, op)
         shape = (ins.m, ins.k, ins.n) if isinstance(ins, Gemm) else tuple(ins.n)
         if (ins.opcode, getattr(ins, "subop", None) if isinstance(ins, Vec) else None, shape) != \
                 (op.opcode, op.subop, op.shape):
@@ -466,34 +472,36 @@ class Compiler:
                    c=Operand(self.y_addr + t0 * C * _F32, 4, C * 4), d=x)
 
     # ------------------------------------------------ the plan ops, one method each
-    # (b, L_start, L, r, l0, l1): block, step tokens, the tile (tokens [l0, l1) of row r)
-    def _a_lnmod(self, b, L_start, L, r, l0, l1) -> Vec:
-        return self._lnmod(b, r, r * L + l0, l1 - l0, 2, 4)
+    # (b, L_start, L, op): block, the step's tokens, the plan op (token rows [op.t0, op.t1)
+    # of the step-dense buffers; a per-row op's row op.row, its tokens l = t - row * L)
+    def _a_lnmod(self, b, L_start, L, op) -> Vec:
+        return self._lnmod(b, op.row, op.t0, op.tokens, 2, 4)
 
-    def _a_qkv(self, b, L_start, L, r, l0, l1) -> Gemm:
-        C, t0 = self.C, r * L + l0
+    def _a_qkv(self, b, L_start, L, op) -> Gemm:
+        C, t0 = self.C, op.t0
         row3 = 3 * C * _F32
-        return self._gemm(b, "qkv", self.h_addr + t0 * C * _F32, C * _F32, l1 - l0,
+        return self._gemm(b, "qkv", self.h_addr + t0 * C * _F32, C * _F32, op.tokens,
                           self.qkv_addr + t0 * row3, row3)
 
-    def _qkv_part(self, L, r, l0, part: int) -> Operand:
-        """q (0), k (1) or v (2) of the tile's qkv rows, per head."""
+    def _qkv_part(self, t0: int, part: int) -> Operand:
+        """q (0), k (1) or v (2) of token rows from ``t0``, per head."""
         row3 = 3 * self.C * _F32
-        return Operand(self.qkv_addr + (r * L + l0) * row3 + part * self.C * _F32, 4,
-                       HEAD_DIM * _F32, row3)
+        return Operand(self.qkv_addr + t0 * row3 + part * self.C * _F32, 4, HEAD_DIM * _F32, row3)
 
-    def _a_l2nt(self, part: int, b, L, r, l0, l1) -> Vec:
+    def _a_l2nt(self, part: int, b, op) -> Vec:
         t_addr, t_stride = (self.temp_addr[b], 4) if part == 0 else (self.zero_addr, 0)
-        a = self._qkv_part(L, r, l0, part)
-        return Vec(subop=VecSubop.L2NT, n=(HEAD_DIM, self.H, l1 - l0, 1), a=a,
+        a = self._qkv_part(op.t0, part)
+        return Vec(subop=VecSubop.L2NT, n=(HEAD_DIM, self.H, op.tokens, 1), a=a,
                    b=Operand(t_addr, 0, t_stride, 0), d=a)
 
-    def _a_cache(self, part: int, b, L_start, L, r, l0, l1) -> Vec:
-        """K (1) or V (2) of the tile into the cache positions [L_start + l0, L_start + l1)."""
-        H, n, E, Lt = self.H, l1 - l0, self.kv_elem, self.L_total
+    def _a_cache(self, part: int, b, L_start, L, op) -> Vec:
+        """K (1) or V (2) of the op's tokens into row ``op.row``'s cache positions
+        ``[L_start + l0, L_start + l1)``."""
+        H, n, E, Lt, r = self.H, op.tokens, self.kv_elem, self.L_total, op.row
+        l0 = op.t0 - r * L
         head_kv = Lt * HEAD_DIM * E
         tok = r * H * Lt + L_start + l0                 # (row, head 0, first new token)
-        a = self._qkv_part(L, r, l0, part)
+        a = self._qkv_part(op.t0, part)
         if part == 1:       # K [R, H, L_total, 64]: loops (d, h, token)
             d = Operand(self.k_addr[b] + tok * HEAD_DIM * E, E, head_kv, HEAD_DIM * E)
         else:               # V [R, H, 64, L_total]: value d of a token L_total elements apart
@@ -505,78 +513,80 @@ class Compiler:
                        c=Operand(sc, 0, self.L_total * 2, 2))
         return Vec(subop=VecSubop.CVT16, n=(HEAD_DIM, H, n, 1), flags=VecFlag.D_FP16, a=a, d=d)
 
-    def _b_geometry(self, b, L_start, L, r, l0):
-        Lk, t0 = L_start + L, r * L + l0
+    def _b_geometry(self, b, L_start, L, op):
+        Lk, t0 = L_start + L, op.t0
         E = self.kv_elem
         head_kv = self.L_total * HEAD_DIM * E
         s_tok = self.H * Lk * _F32                      # scores [t, h, j]
-        return Lk, t0, E, head_kv, r * self.H * head_kv, s_tok, self.scores_addr + t0 * s_tok
+        return Lk, t0, E, head_kv, op.row * self.H * head_kv, s_tok, self.scores_addr + t0 * s_tok
 
-    def _b_fdot_qk(self, b, L_start, L, r, l0, l1) -> Vec:
+    def _b_fdot_qk(self, b, L_start, L, op) -> Vec:
         # scores[t, h, j] = sum_d q[t, h, d] * K[r, h, j, d]     loops (d, j, t, h)
-        Lk, t0, E, head_kv, cache_row, s_tok, sc = self._b_geometry(b, L_start, L, r, l0)
+        Lk, t0, E, head_kv, cache_row, s_tok, sc = self._b_geometry(b, L_start, L, op)
         row3 = 3 * self.C * _F32
         head_sc = self.L_total * 2     # KV6: the FP16 scale of key j of head h (C's own strides)
-        ks = Operand(self.ks_addr[b] + r * self.H * head_sc, 0, 2, 0, head_sc) if self.kv6 else Operand()
-        return Vec(subop=VecSubop.FDOT, n=(HEAD_DIM, Lk, l1 - l0, self.H),
+        ks = Operand(self.ks_addr[b] + op.row * self.H * head_sc, 0, 2, 0, head_sc) if self.kv6 \
+            else Operand()
+        return Vec(subop=VecSubop.FDOT, n=(HEAD_DIM, Lk, op.tokens, self.H),
                    flags=VecFlag.B_KV6 if self.kv6 else VecFlag.B_FP16,
                    a=Operand(self.qkv_addr + t0 * row3, 4, 0, row3, HEAD_DIM * _F32),
                    b=Operand(self.k_addr[b] + cache_row, E, HEAD_DIM * E, 0, head_kv), c=ks,
                    d=Operand(sc, 0, 4, s_tok, Lk * _F32))
 
-    def _b_softmax(self, b, L_start, L, r, l0, l1) -> Vec:
-        Lk, _, _, _, _, s_tok, sc = self._b_geometry(b, L_start, L, r, l0)
-        return Vec(subop=VecSubop.SOFTMAX, n=(Lk, self.H, l1 - l0, 1),
+    def _b_softmax(self, b, L_start, L, op) -> Vec:
+        Lk, _, _, _, _, s_tok, sc = self._b_geometry(b, L_start, L, op)
+        return Vec(subop=VecSubop.SOFTMAX, n=(Lk, self.H, op.tokens, 1),
                    a=Operand(sc, 4, Lk * _F32, s_tok), d=Operand(sc, 4, Lk * _F32, s_tok))
 
-    def _b_fdot_pv(self, b, L_start, L, r, l0, l1) -> Vec:
+    def _b_fdot_pv(self, b, L_start, L, op) -> Vec:
         # attn[t, h*64 + d] = sum_j p[t, h, j] * V[r, h, d, j]   loops (j, d, t, h): the
         # transposed V cache makes the inner loop over tokens contiguous
-        Lk, t0, E, head_kv, cache_row, s_tok, sc = self._b_geometry(b, L_start, L, r, l0)
+        Lk, t0, E, head_kv, cache_row, s_tok, sc = self._b_geometry(b, L_start, L, op)
         C = self.C
         head_sc = self.L_total * 2     # KV6: the FP16 scale of value j of head h
-        vs = Operand(self.vs_addr[b] + r * self.H * head_sc, 2, 0, 0, head_sc) if self.kv6 else Operand()
-        return Vec(subop=VecSubop.FDOT, n=(Lk, HEAD_DIM, l1 - l0, self.H),
+        vs = Operand(self.vs_addr[b] + op.row * self.H * head_sc, 2, 0, 0, head_sc) if self.kv6 \
+            else Operand()
+        return Vec(subop=VecSubop.FDOT, n=(Lk, HEAD_DIM, op.tokens, self.H),
                    flags=VecFlag.B_KV6 if self.kv6 else VecFlag.B_FP16,
                    a=Operand(sc, 4, 0, s_tok, Lk * _F32),
                    b=Operand(self.v_addr[b] + cache_row, E, self.L_total * E, 0, head_kv), c=vs,
                    d=Operand(self.attn_addr + t0 * C * _F32, 0, 4, C * _F32, HEAD_DIM * _F32))
 
-    def _b_proj(self, b, L_start, L, r, l0, l1) -> Gemm:
-        C, t0 = self.C, r * L + l0
-        return self._gemm(b, "proj", self.attn_addr + t0 * C * _F32, C * _F32, l1 - l0,
+    def _b_proj(self, b, L_start, L, op) -> Gemm:
+        C, t0 = self.C, op.t0
+        return self._gemm(b, "proj", self.attn_addr + t0 * C * _F32, C * _F32, op.tokens,
                           self.y_addr + t0 * C * _F32, C * _F32)
 
-    def _b_resid(self, b, L_start, L, r, l0, l1) -> Vec:
-        return self._resid(b, r, r * L + l0, l1 - l0, 0)
+    def _b_resid(self, b, L_start, L, op) -> Vec:
+        return self._resid(b, op.row, op.t0, op.tokens, 0)
 
-    def _c_lnmod(self, b, L_start, L, r, l0, l1) -> Vec:
-        return self._lnmod(b, r, r * L + l0, l1 - l0, 3, 5)
+    def _c_lnmod(self, b, L_start, L, op) -> Vec:
+        return self._lnmod(b, op.row, op.t0, op.tokens, 3, 5)
 
-    def _c_fc1(self, b, L_start, L, r, l0, l1) -> Gemm:
-        C, F, t0 = self.C, self.hidden, r * L + l0
-        return self._gemm(b, "fc1", self.h_addr + t0 * C * _F32, C * _F32, l1 - l0,
+    def _c_fc1(self, b, L_start, L, op) -> Gemm:
+        C, F, t0 = self.C, self.hidden, op.t0
+        return self._gemm(b, "fc1", self.h_addr + t0 * C * _F32, C * _F32, op.tokens,
                           self.f_addr + t0 * F * _F32, F * _F32)
 
-    def _c_gelu(self, b, L_start, L, r, l0, l1) -> Vec:
+    def _c_gelu(self, b, L_start, L, op) -> Vec:
         F = self.hidden
-        fo = Operand(self.f_addr + (r * L + l0) * F * _F32, 4, F * _F32)
-        return Vec(subop=VecSubop.GELU, n=(F, l1 - l0, 1, 1), a=fo, d=fo)
+        fo = Operand(self.f_addr + op.t0 * F * _F32, 4, F * _F32)
+        return Vec(subop=VecSubop.GELU, n=(F, op.tokens, 1, 1), a=fo, d=fo)
 
-    def _c_fc2(self, b, L_start, L, r, l0, l1) -> Gemm:
-        C, F, t0 = self.C, self.hidden, r * L + l0
-        return self._gemm(b, "fc2", self.f_addr + t0 * F * _F32, F * _F32, l1 - l0,
+    def _c_fc2(self, b, L_start, L, op) -> Gemm:
+        C, F, t0 = self.C, self.hidden, op.t0
+        return self._gemm(b, "fc2", self.f_addr + t0 * F * _F32, F * _F32, op.tokens,
                           self.y_addr + t0 * C * _F32, C * _F32)
 
-    def _c_resid(self, b, L_start, L, r, l0, l1) -> Vec:
-        return self._resid(b, r, r * L + l0, l1 - l0, 1)
+    def _c_resid(self, b, L_start, L, op) -> Vec:
+        return self._resid(b, op.row, op.t0, op.tokens, 1)
 
     #: (phase, plan op name) -> the method that compiles it
     _BUILD = {
         ("A", "LNMOD"): _a_lnmod,
         ("A", "qkv"): _a_qkv,
-        ("A", "L2NT q"): lambda self, b, L_start, L, r, l0, l1: self._a_l2nt(0, b, L, r, l0, l1),
-        ("A", "L2NT k"): lambda self, b, L_start, L, r, l0, l1: self._a_l2nt(1, b, L, r, l0, l1),
+        ("A", "L2NT q"): lambda self, b, L_start, L, op: self._a_l2nt(0, b, op),
+        ("A", "L2NT k"): lambda self, b, L_start, L, op: self._a_l2nt(1, b, op),
         **{("A", f"{op} {part}"): (lambda p: lambda self, *a: self._a_cache(p, *a))(i)
            for op in ("CVT16", "KVQ6") for i, part in ((1, "k"), (2, "v"))},
         ("B", "FDOT qk"): _b_fdot_qk,

@@ -63,7 +63,7 @@ from .backends import (RTL_DRAM_BASE, RTL_MAX_KV, BlockBackend, GoldenBackend, G
 from .package import (DEFAULT_OUT, DEFAULT_PRESET, HostModel, PackageSettings, build_package,
                       fakequant_model_from_package, host_model_from_package, load_package_checked,
                       load_shipped_model)
-from .compiler import V_CACHE_LAYOUT
+from .compiler import TILE_ORDER, V_CACHE_LAYOUT
 from .records import ImageRun, Sampling, StepRecord
 
 __all__ = ["generate", "save_png", "save_side_by_side", "write_cycles_json", "write_run", "kl_rows",
@@ -202,7 +202,8 @@ def write_cycles_json(run: ImageRun, path: Path, *, coarse: bool, fine: bool,
 
         {"format": "fpqvar-tiny-image-cycles", "version": 1, "backend", "model": {...},
          "rows", "coarse_pipeline", "fine_pipeline", "device": {...} (the top's config),
-         "v_cache" (the program's V cache order, ``compiler.V_CACHE_LAYOUT``),
+         "v_cache" (the program's V cache order, ``compiler.V_CACHE_LAYOUT``), "tiles"
+         (its token tiles, ``compiler.TILE_ORDER``),
          "steps": [{"si", "pn", "new_tokens", "kv_len", "instructions", "cycles",
                     "gemm_cycles", "vec_cycles", "overlap_cycles", "wall_s"}],
          "total": {same counters summed; null where a step has none}}
@@ -225,7 +226,7 @@ def write_cycles_json(run: ImageRun, path: Path, *, coarse: bool, fine: bool,
            "model": {"name": "digits VAR", "patch_nums": [s.pn for s in run.steps]},
            "rows": 2 * len(run.labels), "labels": run.labels, "seed": run.seed,
            "coarse_pipeline": bool(coarse), "fine_pipeline": bool(fine), "device": device or {},
-           "v_cache": V_CACHE_LAYOUT, "steps": steps, "total": total}
+           "v_cache": V_CACHE_LAYOUT, "tiles": TILE_ORDER, "steps": steps, "total": total}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
     return path
