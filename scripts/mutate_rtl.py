@@ -188,8 +188,8 @@ MUTANTS = [
            L2_SHORT_TEST, "rows in flight (RowSums): the partial sums are snapshotted a cycle "
            "before the row's last issue is in them (L2 norm test)"),
     Mutant("l2-partial-set-reused", "fpqvar_hw/units/vector.py",
-           "& ~(first & sums.busy.bit_select(par, 1))),",
-           "),",
+           "& ~(first_n & sums.busy_next.bit_select(par_n, 1)))",
+           ")",
            L2_SHORT_TEST, "L2 norm: a head starts on a partial-sum set whose previous head "
            "is not yet snapshotted"),
     Mutant("dot-untaken-beat-counted", "fpqvar_hw/units/dot.py",
@@ -213,11 +213,11 @@ MUTANTS = [
            "s = st(**flags); s.__dict__.update(parts)",
            FPU_MUL_TEST, "the significand products skip the DSP M register while exponent, "
            "sign and flags are registered (a product meets the previous input's exponent)"),
-    Mutant("fpu-add-small-tz-swapped", "fpqvar_hw/units/fpu.py",
-           "small_tz=Mux(swap, ctz(m, ua.sig), ctz(m, ub.sig))",
-           "small_tz=Mux(swap, ctz(m, ub.sig), ctz(m, ua.sig))",
-           FPU_ADD_TEST, "the sticky bit of the alignment shift is taken from the trailing "
-           "zeros of the larger operand"),
+    Mutant("fpu-add-sticky-from-larger", "fpqvar_hw/units/fpu.py",
+           "sig2[i] & (s.d[:5] > i) for i in range(2, len(sig2))",
+           "Cat(Const(0, 2), s.big_sig)[i] & (s.d[:5] > i) for i in range(2, len(sig2))",
+           FPU_ADD_TEST, "the sticky bit of the alignment shift is taken from the larger "
+           "operand's significand"),
     Mutant("fpu-add-carry-in-dropped", "fpqvar_hw/units/fpu.py",
            "s.big + (s.aligned ^ sub_mask) + s.sub",
            "s.big + (s.aligned ^ sub_mask)",

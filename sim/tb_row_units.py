@@ -1,13 +1,15 @@
-"""cocotb module for sim/test_vector.py::test_softmax_rows_verilator and
-test_l2norm_heads_verilator: the row units that keep rows in flight
-(``fpqvar_hw.units.vector.Softmax``, ``L2NormTemperature``) on Verilator.
+"""cocotb module for sim/test_vector.py::test_softmax_rows_verilator,
+test_l2norm_heads_verilator and test_layernorm_rows_verilator: the row units that keep
+rows in flight (``fpqvar_hw.units.vector.Softmax``, ``L2NormTemperature``,
+``LayerNormModulate``) on Verilator.
 
-Parameters (``tb_params``): ``unit`` (``"softmax"`` or ``"l2nt"``), ``seed``, ``cases``: a
+Parameters (``tb_params``): ``unit`` (``"softmax"``, ``"l2nt"`` or ``"lnmod"``), ``seed``, ``cases``: a
 list of ``[rows, n, idle, backpressure]``.  Each case streams ``rows`` seeded rows of
 ``n`` FP32 elements (softmax: ended by ``last``, every third row longer than 7 has -Inf
 entries, ``n`` may be a list of the ``rows`` lengths, one per row; l2nt: heads of
 ``n`` = 64 with per-head log-temperatures around the ln 100 clamp, every fifth head all
-zero) and checks every result bit for bit against the golden model.  A case without stalls (``idle = backpressure = 0``) also counts its
+zero; lnmod: rows of ``n`` = the unit's length with offsets, scales and per-row adaLN
+scale/shift) and checks every result bit for bit against the golden model.  A case without stalls (``idle = backpressure = 0``) also counts its
 cycles from the first element in to the last result out and asserts that they equal
 the unit's ``cycles_for`` (the cycle model the throughput model uses).
 """
@@ -15,7 +17,7 @@ import cocotb
 import numpy as np
 from cocotb.triggers import RisingEdge
 
-from fpqvar_hw.units.vector import L2NormTemperature, Softmax
+from fpqvar_hw.units.vector import L2NormTemperature, LayerNormModulate, Softmax
 from fpqvar_quant.golden import fp32 as g
 from fpqvar_quant.golden import vector as v
 from sim.streams import StreamTB, tb_params
@@ -45,8 +47,19 @@ def _l2nt_case(rng, rows: int, n: int) -> tuple[list[int], list[int]]:
     return beats, want
 
 
+def _lnmod_case(rng, rows: int, n: int) -> tuple[list[int], list[int]]:
+    x = (rng.standard_normal((rows, n)) * rng.uniform(0.01, 50, (rows, 1))
+         + rng.standard_normal((rows, 1)) * 5).astype(np.float32)
+    sc, sh = (rng.standard_normal((2, rows, n)) * 0.5).astype(np.float32)
+    want = [int(b) for b in g.canon(v.layernorm_modulate(x, sc, sh, P=8)).reshape(-1)]
+    u = [a.view(np.uint32).reshape(-1) for a in (x, sc, sh)]
+    beats = [int(a) | (int(b) << 32) | (int(c) << 64) for a, b, c in zip(*u)]
+    return beats, want
+
+
 UNITS = {"softmax": (_softmax_case, Softmax.cycles_for),
-         "l2nt": (_l2nt_case, L2NormTemperature.cycles_for)}
+         "l2nt": (_l2nt_case, L2NormTemperature.cycles_for),
+         "lnmod": (_lnmod_case, LayerNormModulate.cycles_for)}
 
 
 async def _span(tb: StreamTB, n_out: int) -> int:

@@ -79,9 +79,9 @@ def test_hadamard_pipeline_mutants_are_caught():
 @pytest.mark.slow
 def test_fpu_pipeline_mutants_are_caught():
     """The pipelined FP operator mutants (products ahead of their exponent by one register,
-    the alignment sticky from the wrong operand, a subtraction without its +1, the rounding
+    the alignment sticky from the larger operand, a subtraction without its +1, the rounding
     sticky tests swapped) run the Amaranth-simulator tests of FPUnit: no Verilator build."""
-    names = ["fpu-mul-products-early", "fpu-add-small-tz-swapped", "fpu-add-carry-in-dropped",
+    names = ["fpu-mul-products-early", "fpu-add-sticky-from-larger", "fpu-add-carry-in-dropped",
              "fpu-round-sticky-branches-swapped"]
     _all_killed(names)
 

@@ -165,9 +165,11 @@ def test_l2norm_heads_verilator():
                test_module="sim.tb_row_units", params=dict(unit="l2nt", seed=29, cases=cases))
 
 
-@pytest.mark.parametrize("length,rows,seed", [(64, 2, 71)])
+@pytest.mark.parametrize("length,rows,seed", [(64, 2, 71), (64, 7, 72), (8, 9, 73)])
 def test_layernorm_modulate_amaranth(length, rows, seed):
-    """Seeded rows with offsets and scales, per-row adaLN scale/shift, vs golden."""
+    """Seeded rows with offsets and scales, per-row adaLN scale/shift, vs golden: two rows;
+    more rows than the unit's slots; rows of 8 (= P), shorter than a partial sum's
+    drain, so that LOAD, VAR and OUT of neighbouring rows meet every hazard."""
     from fpqvar_hw.units.vector import LayerNormModulate
 
     rng = np.random.default_rng(seed)
@@ -180,6 +182,19 @@ def test_layernorm_modulate_amaranth(length, rows, seed):
     dut = LayerNormModulate(length=length, P=8)
     got = run_unit(dut, words, 32, seed, in_width=96, max_cycles=rows * (8 * length + 600))
     check(got, want, u(x), "layernorm_modulate")
+
+
+@pytest.mark.slow   # Verilator build of the unit + ~10k cycles
+def test_layernorm_rows_verilator():
+    """LayerNormModulate(length=64) on Verilator: 9 and 5 rows back to back (more than its
+    slots) with random gaps and backpressure, bit-exact; streams of 1, 3 and 9 rows
+    without stalls take exactly the cycles of the unit's model (sim/tb_row_units.py)."""
+    from fpqvar_hw.units.vector import LayerNormModulate
+    from sim.runner import run_cocotb
+
+    cases = [[9, 64, 0.2, 0.3], [5, 64, 0.1, 0.1], [1, 64, 0, 0], [3, 64, 0, 0], [9, 64, 0, 0]]
+    run_cocotb(LayerNormModulate(length=64, P=8), name="lnmod-64", test_module="sim.tb_row_units",
+               params=dict(unit="lnmod", seed=31, cases=cases))
 
 
 @pytest.mark.parametrize("temperature,seed", [(True, 81), (False, 82)])

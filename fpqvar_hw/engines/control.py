@@ -220,7 +220,9 @@ class Controller(wiring.Component):
         with m.If(req.valid & req.ready):
             m.d.sync += [fstate.eq(F_RECV), fbeat.eq(0), ferr.eq(0)]
         resp = self.fetch.resp
-        m.d.comb += resp.ready.eq(fstate == F_RECV)    # the buffer was reserved: never stalls
+        # the buffer was reserved when the burst was requested, and beats come only while
+        # it is in flight (fstate RECV): always ready, a constant in front of the arbiter
+        m.d.comb += resp.ready.eq(1)
         with m.If(resp.valid & resp.ready):
             with m.Switch(fbeat):
                 for b in range(INSTR_BEATS):

@@ -58,16 +58,21 @@ class Accelerator(Checked, wiring.Component):
     * ``max_k``: largest GEMM K (sizes the matrix engine's activation buffer; a
       power of two >= 128; the MLP's fc2 has K = 4*C).
     * ``max_outstanding``: read bursts in flight on the read arbiter (tag FIFO depth).
+      Every burst holds a slot for a read round trip, so against a 150-cycle NoC + DDR4
+      latency 16 slots carry 16 bursts per ~155 cycles: short bursts (a row of a few
+      words, single beats) are bound by it (as-built d16 0.2947 images/s with 8, 0.3002
+      with 16 at 64 writes; ``asbuilt.gemm_cost``, ``vec_cost``).
     * ``max_writes``: writes waiting for their B response on the write arbiter (its tag
       FIFO depth).  Every engine write is one 16-byte beat, so with a DRAM that answers
       ``L`` cycles after the beat the write side sustains ``max_writes / (L + 4)`` words
-      per cycle: 64 keeps a 150-cycle NoC + DDR4 round trip within 1 % of an unbounded
-      write side on d16 and d30 (8 would cost 58 %; ``asbuilt.write_bound``); a Versal NoC
-      master unit is assumed to take 64 writes in flight.
+      per cycle (``asbuilt.write_bound``): the transposed V cache's single-element writes
+      need more than 64 (d16 0.3002 with 64, 0.3083 with 128, 0.3097 with 256, 16 read
+      slots; 8 writes would cost more than half).  A Versal NoC master unit is assumed
+      to take 16 reads and 128 writes in flight.
     """
 
     def __init__(self, cfg: AcceleratorConfig, *, C: int, max_kv: int, max_k: int | None = None,
-                 max_outstanding: int = 8, max_writes: int = 64):
+                 max_outstanding: int = 16, max_writes: int = 128):
         # every parameter, the engines' included, was checked by check_params before this
         # object existed: none of the engines built here is left unused by a refusal
         max_k = self.default_max_k(C) if max_k is None else max_k

@@ -53,8 +53,8 @@ Data path (one element per cycle when nothing stalls)::
   write request register takes when no code word is waiting (C's address from its
   own row loop nest, window-checked when the row's last code is taken).
 * **Errors and abort.**  Error 2/3/4 (address, read ``err``, write ``err``) or
-  ``abort`` stop the issue side (an AXI error response a cycle after it arrives, it is
-  registered; an error raised elsewhere one cycle later: in that cycle the issue side
+  ``abort`` stop the issue side (an AXI error response or an abort a cycle after it
+  arrives, both registered; an error raised elsewhere one cycle later: in that cycle the issue side
   may still issue a read of an element inside the window) and
   hold the units, FIFOs and caches in reset
   (``ResetInserter``) while outstanding requests complete and their responses are
@@ -184,8 +184,10 @@ class VectorEngine(Checked, wiring.Component):
     max_kv : longest SOFTMAX row (``1 <= n0 <= max_kv``).
     P : tree-sum width of the row operations (golden ``tree_sum``; ``isa.VEC_P``).
     rd_depth : words in flight per operand (response FIFO depth, a power of two >= 16;
-        default 32, two bursts: against a 150-cycle DRAM latency an operand streams
-        ``rd_depth`` words per round trip).
+        default 64, four bursts: against a 150-cycle DRAM latency an operand streams
+        ``rd_depth`` words per round trip, 0.4 words = 1.6 FP32 elements per cycle, so a
+        row unit's one element per cycle binds, not the latency; with 32 the latency
+        did: SOFTMAX, GELU, RESID, L2NT at 0.8 elements per cycle).
     kv6 : build the KV6 hardware (KVQ6, FDOT with B_KV6; accelerator config
         ``kv_format=e2m3fn``).  Without it both are error 5 and the design is exactly
         the FP16-only engine.
@@ -215,7 +217,7 @@ class VectorEngine(Checked, wiring.Component):
     #: ``busy`` is registered: the controller sees the end of an instruction a cycle later
     BUSY_DELAY = 1
 
-    def __init__(self, *, C: int = 128, max_kv: int = 64, P: int = isa.VEC_P, rd_depth: int = 32,
+    def __init__(self, *, C: int = 128, max_kv: int = 64, P: int = isa.VEC_P, rd_depth: int = 64,
                  kv6: bool = False, att: tuple[int, int] | None = ATT_LANES):
         # the parameters were checked by check_params before this object existed
         self.C, self.max_kv, self.P, self.rd_depth, self.kv6 = C, max_kv, P, rd_depth, kv6
@@ -355,9 +357,10 @@ class VectorEngine(Checked, wiring.Component):
         if kv6:
             known_flags |= int(isa.VecFlag.B_KV6)
 
-        def invalid(w, sf) -> Value:
-            """1 when the instruction of fields ``w`` (:func:`decode`; one-hot sub-op flags
-            ``sf``) breaks a rule."""
+        def invalid(w, sf) -> list[Value]:
+            """The rules the instruction of fields ``w`` (:func:`decode`; one-hot sub-op flags
+            ``sf``) breaks: one term per rule group (any 1: invalid), each registered on its
+            own so that CHECK only ORs flip-flops."""
             w_flags, w_sub, w_b16, w_d16, w_n = w.flags, w.sub, w.b16, w.d16, w.n
             w_used = {x: Cat(*(sf[s] for s in _uses(x) if s in subs)).any() for x in ("a", "b", "c", "d")}
             if kv6:
@@ -379,17 +382,18 @@ class VectorEngine(Checked, wiring.Component):
                 for k in (2, 3, 4):
                     bad |= (fld[k][:2] & mask) != 0
                 misaligned.append(w_used[x] & bad)
-            bad = ((w_sub > int(max(subs))) | ((w_flags & ~known_flags) != 0)
-                   | Cat(*(v == 0 for v in w_n)).any()
-                   | (w_b16 & ~sf[V.FDOT]) | (w_d16 != sf[V.CVT16])
-                   | (sf[V.L2NT] & (w_n[0] != isa.L2NT_LEN))
-                   | (sf[V.SOFTMAX] & (w_n[0] > self.max_kv))
-                   | (sf[V.LNMOD] & (w_n[0] != self.C))
-                   | Cat(*misaligned).any())
+            bad = [(w_sub > int(max(subs))) | ((w_flags & ~known_flags) != 0),
+                   Cat(*(v == 0 for v in w_n)).any(),
+                   (w_b16 & ~sf[V.FDOT]) | (w_d16 != sf[V.CVT16]),
+                   (sf[V.L2NT] & (w_n[0] != isa.L2NT_LEN)) | (sf[V.SOFTMAX] & (w_n[0] > self.max_kv)),
+                   sf[V.LNMOD] & (w_n[0] != self.C)] + misaligned
             if kv6:
-                bad |= (w_bkv6 & ~sf[V.FDOT]) | (w_bkv6 & w_b16) | (w_kvq6 & (w_n[0] != isa.KV6_GROUP))
+                bad.append((w_bkv6 & ~sf[V.FDOT]) | (w_bkv6 & w_b16) | (w_kvq6 & (w_n[0] != isa.KV6_GROUP)))
             return bad
+        cmd_bad = invalid(d_cmd, cmd_is)
+        bad_terms = [Signal(name=f"bad_field{j}") for j in range(len(cmd_bad))]
         bad_field = Signal()
+        m.d.comb += bad_field.eq(Cat(*bad_terms).any())
         n_one = [Signal(name=f"n{k}_one") for k in range(4)]     # n_k == 1, registered with ins
 
         # ------------------------------------------------------------ attention array
@@ -424,7 +428,10 @@ class VectorEngine(Checked, wiring.Component):
                          gen.resp.payload.eq(port.resp.payload), alt.resp.payload.eq(port.resp.payload),
                          gen.resp.valid.eq(port.resp.valid & ~att_sel),
                          alt.resp.valid.eq(port.resp.valid & att_sel),
-                         port.resp.ready.eq(Mux(att_sel, alt.resp.ready, gen.resp.ready))]
+                         # both sides always take a response (the element path reserves
+                         # FIFO room by credits, the array's BurstReaders likewise): a
+                         # constant, not a select of a child's port in front of the arbiter
+                         port.resp.ready.eq(1)]
 
         # ------------------------------------------------------------ control state
         error = Signal(4)
@@ -434,6 +441,10 @@ class VectorEngine(Checked, wiring.Component):
         # (both registered beside the FSM state, set and cleared with its transitions: the
         # FIFOs' enables and resets hang off them)
         running = Signal()                 # RUN and no error/abort this cycle (issue, accept)
+        # abort as the issue side and RUN see it: registered (the issue side's loop nests
+        # sit behind it; IDLE and CHECK answer the port at once)
+        abort_q = Signal()
+        m.d.sync += abort_q.eq(self.abort)
         raise_err = Signal(4)              # an error detected this cycle (0: none)
         drained = Signal()
         finished = Signal()
@@ -441,29 +452,34 @@ class VectorEngine(Checked, wiring.Component):
 
         busy_now = Signal()                # the engine's state is not IDLE
         m.d.sync += self.busy.eq(busy_now)   # (registered: BUSY_DELAY)
+        # CHECK is a flag inside the FSM's IDLE state, set by the command's take: cmd.valid
+        # reaches only this flag and the error register, not the state's next-state logic
+        check = Signal()
+        take = Signal()
         with m.FSM(name="ctl"):
             with m.State("IDLE"):
-                m.d.comb += self.cmd.ready.eq(~self.abort)
-                with m.If(self.cmd.valid & ~self.abort):
-                    m.d.sync += [ins.eq(self.cmd.payload), error.eq(0)]
+                with m.If(~check):
+                    m.d.comb += self.cmd.ready.eq(~self.abort)
+                    # the instruction and its decode load every idle cycle (nothing reads
+                    # them before CHECK), so cmd.valid does not gate the validation logic
+                    m.d.sync += [ins.eq(self.cmd.payload)]
                     m.d.sync += [is_sub[s].eq(cmd_is[s]) for s in subs]
-                    m.d.sync += bad_field.eq(invalid(d_cmd, cmd_is))
+                    m.d.sync += [r.eq(t) for r, t in zip(bad_terms, cmd_bad)]
                     m.d.sync += [o.eq(v == 1) for o, v in zip(n_one, d_cmd.n)]
-                    m.next = "CHECK"
-            with m.State("CHECK"):
-                m.d.comb += busy_now.eq(1)
-                with m.If(self.abort):
-                    m.next = "IDLE"
-                with m.Elif(bad_field):
-                    m.d.sync += error.eq(isa.ErrorCode.FIELD)
-                    m.next = "IDLE"
-                if att is not None:             # (no OFFER state without an array)
-                    with m.Elif(offer):
-                        m.next = "OFFER"
-                with m.Else():
-                    m.d.comb += start.eq(1)
-                    m.d.sync += in_run.eq(1)
-                    m.next = "RUN"
+                with m.Else():                  # CHECK
+                    m.d.comb += busy_now.eq(1)
+                    m.d.sync += check.eq(0)
+                    with m.If(self.abort):
+                        pass
+                    with m.Elif(bad_field):
+                        m.d.sync += error.eq(isa.ErrorCode.FIELD)
+                    if att is not None:             # (no OFFER state without an array)
+                        with m.Elif(offer):
+                            m.next = "OFFER"
+                    with m.Else():
+                        m.d.comb += start.eq(1)
+                        m.d.sync += in_run.eq(1)
+                        m.next = "RUN"
             if att is not None:
                 # the attention array takes the FDOT or declines it (nothing accessed)
                 with m.State("OFFER"):
@@ -483,8 +499,8 @@ class VectorEngine(Checked, wiring.Component):
                             m.d.sync += error.eq(att.error)
                             m.next = "IDLE"
             with m.State("RUN"):
-                m.d.comb += [busy_now.eq(1), running.eq(~self.abort & (raise_err == 0))]
-                with m.If(self.abort | (raise_err != 0)):
+                m.d.comb += [busy_now.eq(1), running.eq(~abort_q & (raise_err == 0))]
+                with m.If(abort_q | (raise_err != 0)):
                     m.d.sync += [error.eq(raise_err), in_run.eq(0), flush.eq(1)]
                     m.next = "DRAIN"
                 with m.Elif(finished):
@@ -495,6 +511,9 @@ class VectorEngine(Checked, wiring.Component):
                 with m.If(drained):
                     m.d.sync += flush.eq(0)
                     m.next = "IDLE"
+        m.d.comb += take.eq(self.cmd.valid & self.cmd.ready)     # IDLE, not CHECK, no abort
+        with m.If(take):
+            m.d.sync += [check.eq(1), error.eq(0)]
 
         # first error of the cycle by priority (address before AXI errors); an AXI error
         # response is registered first (it stops the engine a cycle after it arrives: no
@@ -611,8 +630,9 @@ class VectorEngine(Checked, wiring.Component):
         gen = Signal()                  # the loop nest has an element to hand over
         # The issue side stops one cycle after an error elsewhere (the FSM leaves RUN): in
         # that cycle it may still issue a read, always inside the window (all_ok below),
-        # which the drain waits for like any other; an abort stops it at once.
-        issuing = in_run & ~self.abort
+        # which the drain waits for like any other; an abort stops it a cycle after it
+        # arrives (registered, like an AXI error response).
+        issuing = in_run & ~abort_q
         m.d.comb += [gen.eq(issuing & ~l_done), i_step.eq(adv & gen)]
         valid = [Signal(name=f"is{k}_valid") for k in range(self.ISSUE_STAGES)]
         with m.If(start | flush):

@@ -130,7 +130,8 @@ _OLDER_RTL_LATENCIES = {"dot_group": 1, "bias": 2, "vec_issue": 0,   # ... no at
                         "rd_slice": 0, "wr_slice": 0,
                         "vec_busy": 0,                      # a combinational busy
                         "arr_slice": 0,                     # beats straight to the array
-                        "sm_slots": 0, "l2_slots": 0}       # row units: one row at a time
+                        "sm_slots": 0, "l2_slots": 0,       # row units: one row at a time
+                        "ln_slots": 0}
 
 
 def _checked_latencies(lat: Mapping[str, int], lanes: int) -> dict[str, int]:
@@ -161,7 +162,8 @@ def top_latencies(lanes: int, att: tuple[int, int], tn: int = 1, sets: int = 1) 
     from ..units.fpu import FPOp
     from ..units.hadamard import LATENCY_AFTER_LAST as HAD
     from ..units.quantizer import LATENCY_AFTER_LAST as QUANT
-    from ..units.vector import Dataflow, L2NormTemperature, PartialSums, Softmax, Val
+    from ..units.vector import (Dataflow, L2NormTemperature, LayerNormModulate, PartialSums,
+                                Softmax, Val)
 
     from ..engines.attention import AttentionArray
     P = isa.VEC_P
@@ -204,6 +206,7 @@ def top_latencies(lanes: int, att: tuple[int, int], tn: int = 1, sets: int = 1) 
         "ln_out": lnmod_out.stage,
         "sm_exp": sm_exp, "sm_recip": sm_recip,
         "sm_slots": Softmax.SLOTS, "l2_slots": L2NormTemperature.SLOTS,
+        "ln_slots": LayerNormModulate.SLOTS,
         "l2_sq": l2_sq, "l2_gain": l2_gain,
         "gelu": units[isa.VecSubop.GELU], "resid": units[isa.VecSubop.RESID],
         "cvt16": units[isa.VecSubop.CVT16], "fdot": units[isa.VecSubop.FDOT],
@@ -341,8 +344,9 @@ def vec_cost(subop: int, n: tuple[int, int, int, int], operands: Mapping[str, tu
     ``operands``: the read operands the sub-op uses, ``name -> (s0, s1, element bytes)``.
     The first read leaves ``vec_issue`` cycles into the instruction (the engine's issue
     pipeline).  One element per cycle enters the sub-op's unit (one per ``gap_<SUBOP>`` cycles with
-    the fine pipeline off); the row units add their phases per row: LNMOD ``3*n0`` +
-    mean, variance and rsqrt latencies; FDOT ``n0`` + its pause; SOFTMAX and L2NT keep rows
+    the fine pipeline off); the row units add their phases per row: LNMOD keeps rows in
+    flight (``LayerNormModulate.stream_cycles``; an older RTL ``3*n0`` + mean, variance
+    and rsqrt latencies per row); FDOT ``n0`` + its pause; SOFTMAX and L2NT keep rows
     in flight (their units' ``stream_cycles``).  Reads: bus words at
     ``beat_rate``; every read request (a burst, or a single beat) holds one of the read
     arbiter's ``max_outstanding`` slots for a round trip, and each operand has at most
@@ -350,7 +354,7 @@ def vec_cost(subop: int, n: tuple[int, int, int, int], operands: Mapping[str, tu
     their writes (:func:`result_words`) bound it too (:func:`write_bound`).
     """
     from ..isa import VecSubop as V
-    from ..units.vector import L2NormTemperature, Softmax
+    from ..units.vector import L2NormTemperature, LayerNormModulate, Softmax
     if any(v < 1 for v in n):
         raise ValueError(f"VEC loop counts must be >= 1, got {n}")
     L = b.lat
@@ -361,7 +365,12 @@ def vec_cost(subop: int, n: tuple[int, int, int, int], operands: Mapping[str, tu
     n0, rows = n[0], n[1] * n[2] * n[3]
     g = 1 if fine else max(1, L[f"gap_{s.name}"])
     d = L["drain"]
-    if s is V.LNMOD:
+    if s is V.LNMOD and L["ln_slots"]:
+        unit = LayerNormModulate.stream_cycles(rows, n0, var=L["ln_var"], mean=L["ln_mean"],
+                                               rsqrt=L["ln_rsqrt"] - L["ln_mean"],
+                                               out=L["ln_out"], drain=d, slots=L["ln_slots"]) \
+            + rows * n0 * (g - 1)       # fine pipeline off: LOAD takes an element per gap
+    elif s is V.LNMOD:      # older RTL (ln_slots 0): one row at a time, three passes
         unit = rows * (n0 * g + 2 * n0 + (L["ln_mean"] + d + 1)
                        + (L["ln_var"] + d + L["ln_rsqrt"] + 1)) + L["ln_out"]
     elif s is V.L2NT and L["l2_slots"]:

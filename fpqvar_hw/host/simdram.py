@@ -31,10 +31,12 @@ from ..engines import axi
 
 __all__ = ["QUEUE", "B_QUEUE", "DATA_BYTES", "harness_verilog", "Backdoor", "HARNESS_TOP"]
 
-#: bursts each of the read and write address queues holds
-QUEUE = 8
-#: write responses the memory owes at most (it takes no W beat beyond them)
-B_QUEUE = 64
+#: bursts each of the read and write address queues holds (as many read bursts as the
+#: top keeps in flight, ``Accelerator(max_outstanding=16)``: the memory is not the limit)
+QUEUE = 16
+#: write responses the memory owes at most (it takes no W beat beyond them; the top's
+#: ``max_writes`` = 128)
+B_QUEUE = 128
 DATA_BYTES = axi.DATA_BYTES
 #: module name of the harness (the simulator's top level)
 HARNESS_TOP = "fpqvar_sim_top"
@@ -44,8 +46,8 @@ _DRAM = r"""
 // INCR bursts of DATA_BITS-bit beats; pipelined read latency and random handshake stalls.
 module fpqvar_sim_dram #(
     parameter integer WORDS_LOG2 = 18,
-    parameter integer QUEUE_LOG2 = 3,
-    parameter integer BQUEUE_LOG2 = 6
+    parameter integer QUEUE_LOG2 = 4,
+    parameter integer BQUEUE_LOG2 = 7
 ) (
     input  wire         clk,
     input  wire         rst,

@@ -121,18 +121,30 @@ def unrounded_layout(sig_bits: int, exp_bits: int) -> data.StructLayout:
 
 def _lz_tree(m: Module, bits: list, tag: str = "lz") -> tuple[Value, Value]:
     """(any, count) of the leading zeros of ``bits`` (MSB first, a power-of-two count);
-    ``count`` is only meaningful when ``any`` is 1.  Every node is a named signal: an
-    Amaranth value used twice is emitted (and simulated) twice, so a tree of values would
-    grow as n log n expression copies instead of n nodes."""
-    if len(bits) == 1:
+    ``count`` is only meaningful when ``any`` is 1.  Radix 4 where it can: a node over
+    four sub-trees takes the first one with a one (its index: the count's two high bits)
+    and that one's count, so a LUT level resolves two bits of the count (a binary tree's
+    chain of 2:1 selections mapped one LUT level deeper).  Every node is a named signal:
+    an Amaranth value used twice is emitted (and simulated) twice, so a tree of values
+    would grow as n log n expression copies instead of n nodes."""
+    n = len(bits)
+    if n == 1:
         return bits[0], Const(0, 0)
-    h = len(bits) // 2
-    any_hi, cnt_hi = _lz_tree(m, bits[:h], tag + "h")
-    any_lo, cnt_lo = _lz_tree(m, bits[h:], tag + "l")
+    if n == 2:
+        any_ = Signal(name=f"{tag}_any")
+        m.d.comb += any_.eq(bits[0] | bits[1])
+        return any_, ~bits[0]
+    q = n // 4
+    subs = [_lz_tree(m, bits[k * q:(k + 1) * q], f"{tag}{k}") for k in range(4)]
+    anys = [a for a, _ in subs]
     any_ = Signal(name=f"{tag}_any")
-    cnt = Signal(len(cnt_hi) + 1, name=f"{tag}_cnt")
-    low = Mux(any_hi, cnt_hi, cnt_lo) if len(cnt_hi) else Const(0, 0)   # no zero-width mux
-    m.d.comb += [any_.eq(any_hi | any_lo), cnt.eq(Cat(low, ~any_hi))]
+    w = len(subs[0][1])
+    cnt = Signal(w + 2, name=f"{tag}_cnt")
+    # the first sub-tree with a one: 0, 1, 2 or 3 (3 also when none has)
+    idx = Mux(anys[0], 0, Mux(anys[1], 1, Mux(anys[2], 2, 3)))
+    low = Mux(anys[0], subs[0][1], Mux(anys[1], subs[1][1], Mux(anys[2], subs[2][1], subs[3][1]))) \
+        if w else Const(0, 0)
+    m.d.comb += [any_.eq(anys[0] | anys[1] | anys[2] | anys[3]), cnt.eq(Cat(low, Const(0, 2) | idx))]
     return any_, cnt
 
 
@@ -511,30 +523,33 @@ def _add_stages(m: Module, a: Value, b: Value, fmt: FloatFormat, st: _Stages) ->
     a, b = Value.cast(a), Value.cast(b)
     M, E = fmt.man_bits, fmt.exp_bits
     p = st.prefix
-    # 1: order by magnitude, exponent difference (>= 0), trailing zeros of the smaller
-    # significand, sign of an exact zero sum (|a| == |b| and a - b, or both zero)
+    # 1: order by magnitude, exponent difference (>= 0), sign of an exact zero sum
+    # (|a| == |b| and a - b, or both zero); the NaN/Inf result is combined in stage 2
+    # (behind the field decodes here it would make this stage the adder's deepest)
     swap = _sig(m, 1, ub.mag > ua.mag, f"{p}add_swap")
     ea, eb = _exp_field(a, fmt), _exp_field(b, fmt)
     da = _sig(m, signed(E + 2), ea - eb, f"{p}add_da")
     db = _sig(m, signed(E + 2), eb - ea, f"{p}add_db")
     sub = ua.sign ^ ub.sign
     s = st(big_sig=Mux(swap, ub.sig, ua.sig), small_sig=Mux(swap, ua.sig, ub.sig),
-           small_tz=Mux(swap, ctz(m, ua.sig), ctz(m, ub.sig)),
            small_zero=Mux(swap, ua.is_zero, ub.is_zero),
            d=Mux(swap, db, da)[:E + 1], big_e=Mux(swap, eb, ea), big_sign=Mux(swap, ub.sign, ua.sign),
            sub=sub, zero_sum=(ua.mag == ub.mag) & (sub | ua.is_zero),
            a_inf=ua.is_inf, a_sign=ua.sign, b_inf=ub.is_inf, b_sign=ub.sign,
-           nan=ua.is_nan | ub.is_nan | (ua.is_inf & ub.is_inf & sub), inf=ua.is_inf | ub.is_inf)
+           a_nan=ua.is_nan, b_nan=ub.is_nan)
     # 2: align the smaller significand (<< 3: guard, round, sticky) right by d; every bit
-    # shifted below the sticky position is jammed into it (a set bit below index d - 2)
+    # shifted below the sticky position is jammed into it: a set bit of (sig << 2) below
+    # index d (= trailing zeros + 2 < d), as a mask of the shift, no trailing-zero count
     far = s.d[5:] != 0 if E + 1 > 5 else Const(0)
-    hi = _sig(m, M + 3, Mux(far, 0, Cat(Const(0, 2), s.small_sig) >> s.d[:5]), f"{p}add_hi")
-    jam = ~s.small_zero & (s.small_tz + 2 < s.d)
+    sig2 = Cat(Const(0, 2), s.small_sig)
+    hi = _sig(m, M + 3, Mux(far, 0, sig2 >> s.d[:5]), f"{p}add_hi")
+    out_bits = Cat(*(sig2[i] & (s.d[:5] > i) for i in range(2, len(sig2))))
+    jam = Mux(far, ~s.small_zero, out_bits.any())
     sign = Mux(s.a_inf, s.a_sign, Mux(s.b_inf, s.b_sign,
                                       Mux(s.zero_sum, s.a_sign & s.b_sign, s.big_sign)))
     s = st(big=Cat(Const(0, 3), s.big_sig), aligned=Cat(jam, hi), sub=s.sub,
            exp=_sig(m, signed(E + 4), s.big_e + (1 - fmt.bias), f"{p}add_exp"),
-           sign=sign, nan=s.nan, inf=s.inf)
+           sign=sign, nan=s.a_nan | s.b_nan | (s.a_inf & s.b_inf & s.sub), inf=s.a_inf | s.b_inf)
     # 3: add or subtract (the larger magnitude minus the smaller is >= 0), registered
     sub_mask = Cat(*([s.sub] * (M + 5)))
     total = _sig(m, M + 5, s.big + (s.aligned ^ sub_mask) + s.sub, f"{p}add_total")

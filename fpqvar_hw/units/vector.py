@@ -33,7 +33,7 @@ from ..checked import Checked
 from .fpu import (ADD_STAGES, FP16, FP32, MUL_STAGES, ROUND_STAGES, AddPipe, FloatFormat, FPOp, MulPipe,
                   RoundPackPipe, convert_front, float_layout, fp_max, unpack, unrounded_layout)
 
-__all__ = ["Dataflow", "Func", "Elementwise", "PartialSums", "RowBuffers", "RowSlots", "RowSums", "Softmax",
+__all__ = ["Dataflow", "Func", "Elementwise", "PartialSums", "RowSlots", "RowSums", "Softmax",
            "LayerNormModulate", "L2NormTemperature", "FDot", "Residual", "fp32_bits",
            "skid_buffer"]
 
@@ -447,40 +447,6 @@ def _check_row_params(name: str, length: int, P: int, *, divides: bool) -> None:
         raise ValueError(f"P ({P}) must divide {name} ({length})")
 
 
-class RowBuffers:
-    """The row buffers of a row unit: one write port each and a registered read of element
-    ``k`` (a builder inside the caller's module).
-
-    The caller keeps the element index in :attr:`k` and states its next value on the comb
-    signal :attr:`k_next` (default: unchanged; :attr:`k1` is ``k + 1`` from a register, the
-    address to step to); ``k`` follows it every cycle.  Each read
-    port is synchronous at address ``k_next``, so ``data(name)`` holds ``buffer[k]`` from
-    a register (distributed RAM, then its output register): no RAM read feeds the datapath
-    combinationally.  The read is not transparent: an element written in the cycle its
-    read is issued (the cycle before it is used) reads its old value, so the caller must
-    not use an element in the cycle right after writing it.
-    """
-
-    def __init__(self, m: Module, names: tuple[str, ...], depth: int):
-        from amaranth.lib.memory import Memory
-
-        self.k = Signal(range(depth + 1))
-        self.k_next = Signal(range(depth + 1))
-        #: ``k + 1`` from a register (so no adder sits in front of the read address)
-        self.k1 = Signal(range(depth + 2), init=1)
-        m.d.comb += self.k_next.eq(self.k)
-        m.d.sync += [self.k.eq(self.k_next), self.k1.eq(self.k_next + 1)]
-        self.rd, self.wr = {}, {}
-        for name in names:
-            m.submodules[f"buf_{name}"] = mem = Memory(shape=32, depth=depth, init=[])
-            self.wr[name] = wr = mem.write_port()
-            self.rd[name] = rd = mem.read_port(domain="sync")
-            m.d.comb += rd.addr.eq(self.k_next[:len(rd.addr)])
-
-    def data(self, name: str) -> Value:
-        return self.rd[name].data
-
-
 def skid_buffer(m: Module, in_valid, in_data, out_ready, name: str, clear=None):
     """Register slice with a registered ``ready`` (two entries): nothing combinational
     from ``out_ready`` to the returned ``in_ready`` or from ``in_valid`` to ``out_valid``,
@@ -518,7 +484,7 @@ def _tags(m: Module, head: Value, stages: int) -> Value:
 
 class RowSlots:
     """Row buffers of a row unit that keeps several rows in flight, and its output phase
-    (a builder inside the caller's module, like :class:`RowBuffers`).
+    (a builder inside the caller's module).
 
     ``slots`` buffers of ``depth`` FP32 elements, used in turn; per buffer the row's last
     index (:attr:`end`), its factor (:attr:`r`) and two flags: *free* (the caller's load
@@ -560,7 +526,10 @@ class RowSlots:
         self.clr_free = Signal(slots, name=f"{prefix}clr_free")
         set_ready, set_free = Signal(slots), Signal(slots)
         self._set_ready = set_ready
-        m.d.sync += [self.free.eq((self.free & ~self.clr_free) | set_free),
+        #: the buffers free in the next cycle (comb: the register's next value)
+        self.free_next = Signal(slots, name=f"{prefix}free_next")
+        m.d.comb += self.free_next.eq((self.free & ~self.clr_free) | set_free)
+        m.d.sync += [self.free.eq(self.free_next),
                      self.ready.eq((self.ready | set_ready) & ~set_free)]
         # OUT
         self.out_slot = os_ = Signal(range(slots), name=f"{prefix}out_slot")
@@ -575,8 +544,7 @@ class RowSlots:
                     m.d.sync += [o_r.eq(self.r[os_]), o_end.eq(self.end[os_])]
                     m.next = "RUN"
             with m.State("RUN"):
-                m.d.comb += [mul.i.valid.eq(1), mul.i.payload[0].a.as_value().eq(self.data(os_)),
-                             mul.i.payload[0].b.as_value().eq(o_r)]
+                m.d.comb += mul.i.valid.eq(1)
                 with m.If(mul.i.ready):
                     m.d.comb += self.out_next.eq(ko + 1)
                     with m.If(ko == o_end):
@@ -584,6 +552,10 @@ class RowSlots:
                                      self.out_step.eq(1)]
                         m.d.sync += os_.eq(self.next_slot(os_))
                         m.next = "IDLE"
+        # the operands whatever the state (only ``valid`` is RUN's): no state term in front
+        # of the multiplier's first stage
+        m.d.comb += [mul.i.payload[0].a.as_value().eq(self.data(os_)),
+                     mul.i.payload[0].b.as_value().eq(o_r)]
         self._override = [None] * slots
 
     def next_slot(self, j: Value) -> Value:
@@ -641,15 +613,19 @@ class RowSums:
     pipeline runs on the snapshot while the set takes the row two later.
     """
 
-    def __init__(self, m: Module, P: int, slots: int):
+    def __init__(self, m: Module, P: int, slots: int, prefix: str = ""):
         self.m = m
-        self.sets = [PartialSums(m, P, f"sum{q}_") for q in range(2)]
-        self.busy = Signal(2, name="ps_busy")
-        self._set, self._clr = Signal(2, name="set_busy"), Signal(2, name="clr_busy")
-        m.d.sync += self.busy.eq((self.busy | self._set) & ~self._clr)
-        self.snap = [Signal(32, name=f"snap{j}") for j in range(P)]
-        self.snap_valid, self.snap_slot = Signal(name="snap_valid"), Signal(range(slots),
-                                                                            name="snap_slot")
+        p = prefix
+        self.sets = [PartialSums(m, P, f"{p}sum{q}_") for q in range(2)]
+        self.busy = Signal(2, name=f"{p}ps_busy")
+        self._set, self._clr = Signal(2, name=f"{p}set_busy"), Signal(2, name=f"{p}clr_busy")
+        #: ``busy`` in the next cycle (comb: the register's next value)
+        self.busy_next = Signal(2, name=f"{p}ps_busy_next")
+        m.d.comb += self.busy_next.eq((self.busy | self._set) & ~self._clr)
+        m.d.sync += self.busy.eq(self.busy_next)
+        self.snap = [Signal(32, name=f"{p}snap{j}") for j in range(P)]
+        self.snap_valid = Signal(name=f"{p}snap_valid")
+        self.snap_slot = Signal(range(slots), name=f"{p}snap_slot")
 
     def take(self, par: Value) -> None:
         """A row starts on set ``par`` (under the caller's condition)."""
@@ -875,13 +851,23 @@ class LayerNormModulate(Checked, wiring.Component):
     ``i``: stream of ``{x, scale, shift}`` (FP32 each), one channel per beat, rows of
     ``length`` channels back to back; ``o``: stream of FP32 results in order.
 
-    Per row: (1) load ``x``/``scale``/``shift`` into buffers while :class:`PartialSums`
-    accumulates ``x``; (2) tree, ``mu = sum * fp32(1/C)``; (3) stream ``d = x - mu``
-    (written back) and accumulate ``d*d``; (4) tree, ``* fp32(1/C)``, ``+ 1e-6``,
-    ``rsqrt`` -> ``r``; (5) stream ``(d*r)*(1 + scale) + shift`` out through a
-    stall-able pipeline.  Cycles per row about ``3*length`` plus pipeline latencies plus
-    stalls.
+    Every row passes three phases, each its own process, so that up to :attr:`SLOTS`
+    rows are in flight (one set of row buffers each, used in turn): (1) LOAD takes the
+    row's ``x``/``scale``/``shift`` into a free slot and accumulates ``x`` into one of
+    two :class:`PartialSums` sets (:class:`RowSums`, rows alternate); (2) VAR, once the
+    row's mean ``mu`` is known, streams ``d = x - mu`` (written back over ``x``) and
+    accumulates ``d*d`` into a second :class:`RowSums`; (3) OUT, once ``r =
+    rsqrt(var + 1e-6)`` is known, streams ``(d*r)*(1 + scale) + shift`` out through a
+    stall-able pipeline and frees the slot.  The snapshots of both sums share one
+    pipeline: pairwise tree, ``* fp32(1/C)`` (the mean leaves here), ``+ 1e-6``,
+    ``rsqrt`` (a snapshot of each kind in the same cycle: the mean's first).  LOAD of
+    row ``j + 2`` runs while VAR works on row ``j + 1`` and OUT on row ``j``: long rows
+    stream at about ``length + 3`` cycles per row, where one row at a time took
+    ``3*length`` plus the latencies.  :meth:`stream_cycles` gives the cycles.
     """
+
+    #: rows in flight (slots of row buffers)
+    SLOTS = 4
 
     def __init__(self, *, length: int, P: int = 8):
         self.length, self.P, self.lanes = length, P, 1
@@ -902,91 +888,245 @@ class LayerNormModulate(Checked, wiring.Component):
         """``latency`` without building the unit."""
         return PartialSums.DRAIN
 
+    @classmethod
+    def pipeline_cycles(cls, P: int = 8) -> dict[str, int]:
+        """Latencies of the unit's pipelines (a dry :class:`Dataflow`: nothing built):
+        ``var`` (``x - mu``, squared), ``mean`` (tree + ``* 1/C``), ``rsqrt`` (``+ eps``,
+        ``rsqrt`` after the mean), ``out`` (the output pipeline)."""
+        z = Const(0, 32)
+        df = Dataflow(None, None, dry=True)
+        d = df.sub(Val(z, 0), Val(z, -1))
+        var = df.mul(d, d).stage
+        df = Dataflow(None, None, dry=True)
+        mean = df.mul(_tree_of(df, [z] * P), df.const(0))
+        rs = df.rsqrt(df.add(mean, df.const(0)))
+        df = Dataflow(None, None, dry=True)
+        y = df.mul(Val(z, 0), Val(z, -1))
+        out = df.add(df.mul(y, df.add(Val(z, 0), df.const(0))), Val(z, 0)).stage
+        return {"var": var, "mean": mean.stage, "rsqrt": rs.stage - mean.stage, "out": out}
+
+    @staticmethod
+    def stream_cycles(rows: int, n: int, *, var: int, mean: int, rsqrt: int, out: int,
+                      drain: int, slots: int) -> int:
+        """Cycles from the first element in to the last result out for ``rows`` rows of
+        ``n`` elements, input and output never stalled, from the pipelines' latencies
+        (:meth:`pipeline_cycles`; ``drain`` = ``PartialSums.DRAIN``; :meth:`cycles_for`
+        passes this build's).  Row ``j``: LOAD takes it from the cycle after row ``j -
+        1``'s last element, after its slot is freed (row ``j - slots``) and after its
+        sum set's snapshot (row ``j - 2``); the mean's snapshot ``drain + 1`` cycles after
+        the last element, the mean ``mean + 2`` later; VAR starts once the mean is known,
+        VAR is done with row ``j - 1`` (``+ n + 2``) and its sum set is free (row ``j -
+        2``: ``+ n + var + drain + 2``), then a cycle to prime the read and ``n``
+        elements; the variance's snapshot ``var + drain + 1`` after the last, one cycle
+        later when a mean snapshot takes the shared pipeline in that cycle; ``r`` ``mean +
+        rsqrt + 2`` after it; OUT starts a row once ``r`` is known and the previous row is
+        out (``n + 1`` cycles a row), the last result ``out`` after its last element.
+        ``sim/test_vector.py`` holds the simulated unit to it to the cycle."""
+        if rows < 1 or n < 1:
+            raise ValueError(f"rows and n must be >= 1, got {rows}, {n}")
+        NEG = -(1 << 30)
+        load_end: list[int] = []
+        freed = [NEG] * rows
+        m_picks: set[int] = set()
+
+        def load(j: int) -> None:       # row j's LOAD and its mean snapshot
+            start = 0 if j == 0 else max(load_end[j - 1] + 1,
+                                         freed[j - slots] + 1 if j >= slots else NEG,
+                                         load_end[j - 2] + drain + 1 if j >= 2 else NEG)
+            load_end.append(start + n - 1)
+            m_picks.add(start + n - 1 + drain + 1)
+
+        v1 = v2 = out_start = NEG
+        last = 0
+        for j in range(rows):
+            while len(load_end) <= j:
+                load(len(load_end))
+            mu_ok = load_end[j] + drain + 1 + mean + 2
+            v = max(mu_ok, v1 + n + 2, v2 + n + var + drain + 2)
+            snap_v = v + n + var + drain + 2
+            # the LOADs that may snapshot by then (their slots freed by earlier rows' OUT)
+            while len(load_end) < rows and len(load_end) <= j + slots - 1 \
+                    and (len(load_end) < slots or freed[len(load_end) - slots] > NEG):
+                load(len(load_end))
+            pick_v = snap_v + (1 if snap_v in m_picks else 0)
+            r_ok = pick_v + mean + rsqrt + 2
+            out_start = r_ok if j == 0 else max(r_ok, out_start + n + 1)
+            freed[j] = out_start + n
+            v2, v1 = v1, v
+            last = out_start + n + out
+        return last + 1
+
+    @classmethod
+    def cycles_for(cls, rows: int, n: int, P: int = 8) -> int:
+        """:meth:`stream_cycles` of this build."""
+        return cls.stream_cycles(rows, n, **cls.pipeline_cycles(P), drain=PartialSums.DRAIN,
+                                 slots=cls.SLOTS)
+
     def elaborate(self, platform):
+        from amaranth.lib.memory import Memory
+
         m = Module()
-        n, P = self.length, self.P
-        bufs = RowBuffers(m, ("x", "scale", "shift"), n)
-        k, k_next, k1 = bufs.k, bufs.k_next, bufs.k1
-        mu, r = Signal(32), Signal(32)
-        inv_c = fp32_bits(1.0 / n)
+        n, P, S = self.length, self.P, self.SLOTS
+        inv_c, eps = fp32_bits(1.0 / n), fp32_bits(1e-6)
+        names = ("x", "scale", "shift")
+        mem = {nm: [] for nm in names}
+        for nm in names:
+            for j in range(S):
+                m.submodules[f"buf_{nm}{j}"] = b = Memory(shape=32, depth=n, init=[])
+                mem[nm].append((b.write_port(), b.read_port(domain="sync")))
 
-        # accumulation (load: x; variance pass: d*d)
-        ps = PartialSums(m, P, "sum_")
-        issue_idx = Signal(range(n))
-        m.d.comb += ps.part.eq(issue_idx[:len(ps.part)])
+        free = Signal(S, init=(1 << S) - 1)
+        loaded, mu_ok, r_ok = Signal(S), Signal(S), Signal(S)
+        set_free, clr_free = Signal(S), Signal(S)
+        set_loaded, clr_loaded = Signal(S), Signal(S)
+        set_mu, set_r, clr_r = Signal(S), Signal(S), Signal(S)
+        free_next = Signal(S)
+        m.d.comb += free_next.eq((free & ~clr_free) | set_free)
+        m.d.sync += [free.eq(free_next), loaded.eq((loaded | set_loaded) & ~clr_loaded),
+                     mu_ok.eq((mu_ok | set_mu) & ~clr_loaded),
+                     r_ok.eq((r_ok | set_r) & ~clr_r)]
+        mu = Array(Signal(32, name=f"mu{j}") for j in range(S))
+        r = Array(Signal(32, name=f"r{j}") for j in range(S))
 
-        # variance pass: d = x - mu, dd = d*d (always-enabled pipeline with tags)
+        def next_slot(j):
+            return (j + 1)[:len(j)]
+
+        # ---- (1) LOAD: the row into slot ls, x into the mean sums (set lpar)
+        ls, kl = Signal(range(S)), Signal(range(n))
+        lpar = Signal()
+        lsums = RowSums(m, P, S, prefix="m")
+        take, last = Signal(), Signal()
+        first = Signal(init=1)              # kl == 0, as a register
+        # i.ready is a register: next cycle's "the slot is free and, at a row's first
+        # element, its sum set too", from the next values of the state
+        ready = Signal(init=1)
+        row_end = take & last
+        ls_n, lpar_n = Mux(row_end, next_slot(ls), ls), Mux(row_end, ~lpar, lpar)
+        first_n = Mux(take, last, first)
+        m.d.sync += ready.eq(free_next.bit_select(ls_n, 1)
+                             & ~(first_n & lsums.busy_next.bit_select(lpar_n, 1)))
+        m.d.comb += [last.eq(kl == n - 1), self.i.ready.eq(ready),
+                     take.eq(self.i.valid & ready)]
+        lsums.issue(take, last, lpar, ls, kl, self.i.payload.x.as_value())
+        with m.If(take):
+            m.d.sync += [kl.eq(kl + 1), first.eq(last)]
+            with m.If(first):
+                lsums.take(lpar)
+            with m.If(last):
+                m.d.sync += [kl.eq(0), ls.eq(next_slot(ls)), lpar.eq(~lpar)]
+                m.d.comb += [clr_free.eq(Const(1, S) << ls), set_loaded.eq(Const(1, S) << ls)]
+
+        # ---- (2) VAR: d = x - mu written back, d*d into the variance sums (set vpar)
+        vs = Signal(range(S))
+        kv, kv_next = Signal(range(n)), Signal(range(n))
+        vpar, v_own, v_go = Signal(), Signal(), Signal()
+        v_mu = Signal(32)
+        vsums = RowSums(m, P, S, prefix="v")
+        m.d.sync += kv.eq(kv_next)
+        m.d.comb += kv_next.eq(kv)
+        x_rd = Array(rd.data for _, rd in mem["x"])
         df = Dataflow(m, Const(1), prefix="var_", data_only=True)
-        d_val = df.sub(Val(bufs.data("x"), 0), Val(mu, -1))
+        d_val = df.sub(Val(x_rd[vs], 0), Val(v_mu, -1))
         dd_val = df.mul(d_val, d_val)
         Lv = dd_val.stage
-        go = Signal()
-        tag = _tags(m, Cat(go, k[:len(issue_idx)]), Lv)
-        v_valid, v_idx = tag[0], tag[1:]
+        tag = _tags(m, Cat(v_go, kv == n - 1, vpar, vs, kv), Lv)
+        q_valid, q_last, q_par = tag[0], tag[1], tag[2]
+        q_slot, q_idx = tag[3:3 + len(vs)], tag[3 + len(vs):]
         d_at = df.at(d_val, Lv)
+        vsums.issue(q_valid, q_last, q_par, q_slot, q_idx, df.at(dd_val, Lv))
+        with m.FSM(name="var"):
+            with m.State("IDLE"):
+                with m.If(loaded.bit_select(vs, 1) & mu_ok.bit_select(vs, 1)
+                          & ~vsums.busy.bit_select(vpar, 1)):
+                    m.d.sync += v_mu.eq(mu[vs])
+                    m.d.comb += clr_loaded.eq(Const(1, S) << vs)
+                    vsums.take(vpar)
+                    m.next = "PRIME"
+            with m.State("PRIME"):          # the first element's read
+                m.d.comb += v_own.eq(1)
+                m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += [v_own.eq(1), v_go.eq(1), kv_next.eq(kv + 1)]
+                with m.If(kv == n - 1):
+                    m.d.comb += kv_next.eq(0)
+                    m.d.sync += [vs.eq(next_slot(vs)), vpar.eq(~vpar)]
+                    m.next = "IDLE"
 
-        # trees: mean and 1/sqrt(var + eps) on the stable partials
+        # ---- the shared reduction: tree, * 1/C (the mean), + eps, rsqrt (r)
+        # (a mean snapshot goes first; a variance snapshot of the same cycle waits one: its
+        # snapshot registers hold until that set's next row, rows later)
+        pend_v, pslot_v = Signal(), Signal(range(S))
+        pick_m = lsums.snap_valid
+        pick_v = ~pick_m & (pend_v | vsums.snap_valid)
+        with m.If(vsums.snap_valid):
+            m.d.sync += pslot_v.eq(vsums.snap_slot)
+        m.d.sync += pend_v.eq((pend_v | vsums.snap_valid) & ~pick_v)
+        sel_slot = Mux(pick_m, lsums.snap_slot, Mux(pend_v, pslot_v, vsums.snap_slot))
+        t_in = [Signal(32, name=f"tree_in{j}") for j in range(P)]
+        t_go, t_var, t_slot = Signal(), Signal(), Signal(range(S))
+        m.d.sync += [t_go.eq(pick_m | pick_v), t_var.eq(pick_v), t_slot.eq(sel_slot)]
+        m.d.sync += [t.eq(Mux(pick_m, a, b)) for t, a, b in zip(t_in, lsums.snap, vsums.snap)]
         df2 = Dataflow(m, Const(1), prefix="tr_", data_only=True)
-        total = ps.tree(df2)
-        mean = df2.mul(total, df2.const(inv_c))
-        rs = df2.rsqrt(df2.add(df2.mul(total, df2.const(inv_c)), df2.const(fp32_bits(1e-6))))
+        mean = df2.mul(_tree_of(df2, t_in), df2.const(inv_c))
+        rs = df2.rsqrt(df2.add(mean, df2.const(eps)))
         Lm, Lr = mean.stage, rs.stage
+        m_tag = _tags(m, Cat(t_go & ~t_var, t_slot), Lm)
+        r_tag = _tags(m, Cat(t_go & t_var, t_slot), Lr)
+        with m.If(m_tag[0]):
+            m.d.sync += mu[m_tag[1:]].eq(df2.at(mean, Lm))
+            m.d.comb += set_mu.eq(Const(1, S) << m_tag[1:])
+        with m.If(r_tag[0]):
+            m.d.sync += r[r_tag[1:]].eq(df2.at(rs, Lr))
+            m.d.comb += set_r.eq(Const(1, S) << r_tag[1:])
 
-        # output pipeline (stall-able)
+        # ---- (3) OUT: (d*r)*(1 + scale) + shift, stall-able, then free the slot
+        os_ = Signal(range(S))
+        ko, ko_next = Signal(range(n)), Signal(range(n))
+        o_r = Signal(32)
+        m.d.sync += ko.eq(ko_next)
+        m.d.comb += ko_next.eq(ko)
         en = ~self.o.valid | self.o.ready
         out_go = Signal()
+        sc_rd = Array(rd.data for _, rd in mem["scale"])
+        sh_rd = Array(rd.data for _, rd in mem["shift"])
         df3 = Dataflow(m, en, prefix="out_", data_only=True)
-        y = df3.mul(Val(bufs.data("x"), 0), Val(r, -1))
-        one_plus = df3.add(Val(bufs.data("scale"), 0), df3.const(ONE))
-        res = df3.add(df3.mul(y, one_plus), Val(bufs.data("shift"), 0))
+        y = df3.mul(Val(x_rd[os_], 0), Val(o_r, -1))
+        one_plus = df3.add(Val(sc_rd[os_], 0), df3.const(ONE))
+        res = df3.add(df3.mul(y, one_plus), Val(sh_rd[os_], 0))
         Lo = res.stage
         ovalid = Signal(Lo)
         with m.If(en):
             m.d.sync += ovalid.eq(Cat(out_go, ovalid[:-1]))
         m.d.comb += [self.o.valid.eq(ovalid[-1]), self.o.payload.as_value().eq(df3.at(res, Lo))]
-
-        wait = Signal(range(max(Lv, Lm, Lr) + PartialSums.DRAIN + 1 + Lr))
-        wx = bufs.wr["x"]
-        with m.FSM():
-            with m.State("LOAD"):
-                m.d.comb += [self.i.ready.eq(1), ps.issue.eq(self.i.valid), issue_idx.eq(k),
-                             ps.value.eq(self.i.payload.x.as_value())]
-                for name, wp in bufs.wr.items():
-                    m.d.comb += [wp.addr.eq(k), wp.data.eq(getattr(self.i.payload, name).as_value()),
-                                 wp.en.eq(self.i.valid)]
-                with m.If(self.i.valid):
-                    m.d.comb += k_next.eq(k1)
-                    with m.If(k == n - 1):
-                        m.d.sync += wait.eq(0)
-                        m.d.comb += k_next.eq(0)
-                        m.next = "MEAN"
-            with m.State("MEAN"):          # adder drains, then the tree settles
-                m.d.sync += wait.eq(wait + 1)
-                with m.If(wait == Lm + PartialSums.DRAIN):
-                    m.d.sync += [mu.eq(df2.at(mean, Lm)), wait.eq(0)]
-                    m.d.comb += ps.clear.eq(1)
-                    m.next = "VAR"
-            with m.State("VAR"):
-                m.d.comb += [go.eq(1), k_next.eq(k1)]
-                with m.If(k == n - 1):
-                    m.d.sync += wait.eq(0)
-                    m.d.comb += k_next.eq(0)
-                    m.next = "RSQRT"
-            with m.State("RSQRT"):
-                m.d.sync += wait.eq(wait + 1)
-                with m.If(wait == Lv + PartialSums.DRAIN + Lr):
-                    m.d.sync += r.eq(df2.at(rs, Lr))
-                    m.next = "OUT"
-            with m.State("OUT"):
+        with m.FSM(name="out"):
+            with m.State("IDLE"):
+                with m.If(r_ok.bit_select(os_, 1)):
+                    m.d.sync += o_r.eq(r[os_])
+                    m.d.comb += clr_r.eq(Const(1, S) << os_)
+                    m.next = "RUN"
+            with m.State("RUN"):
                 m.d.comb += out_go.eq(en)
                 with m.If(en):
-                    m.d.comb += k_next.eq(k1)
-                    with m.If(k == n - 1):
-                        m.d.comb += [k_next.eq(0), ps.clear.eq(1)]
-                        m.next = "LOAD"
-        with m.If(v_valid):   # variance pass: issue d*d, write d back
-            m.d.comb += [ps.issue.eq(1), issue_idx.eq(v_idx), ps.value.eq(df.at(dd_val, Lv)),
-                         wx.addr.eq(v_idx), wx.data.eq(d_at), wx.en.eq(1)]
+                    m.d.comb += ko_next.eq(ko + 1)
+                    with m.If(ko == n - 1):
+                        m.d.comb += [ko_next.eq(0), set_free.eq(Const(1, S) << os_)]
+                        m.d.sync += os_.eq(next_slot(os_))
+                        m.next = "IDLE"
+
+        # ---- the buffers: LOAD writes x/scale/shift of slot ls, VAR writes d back over x;
+        # x is read at VAR's index while VAR owns the slot, else at OUT's
+        for j in range(S):
+            for nm in names:
+                wr, rd = mem[nm][j]
+                if nm == "x":
+                    vwb = q_valid & (q_slot == j)
+                    m.d.comb += [wr.addr.eq(Mux(vwb, q_idx, kl)),
+                                 wr.data.eq(Mux(vwb, d_at, self.i.payload.x.as_value())),
+                                 wr.en.eq(vwb | (take & (ls == j))),
+                                 rd.addr.eq(Mux(v_own & (vs == j), kv_next, ko_next))]
+                else:
+                    m.d.comb += [wr.addr.eq(kl), wr.data.eq(getattr(self.i.payload, nm).as_value()),
+                                 wr.en.eq(take & (ls == j)), rd.addr.eq(ko_next)]
         return m
 
 
@@ -1099,9 +1239,16 @@ class L2NormTemperature(Checked, wiring.Component):
         x_in = self.i.payload.x.as_value()
         take, last = Signal(), Signal()
         first = Signal(init=1)              # kl == 0, as a register
-        m.d.comb += [last.eq(kl == n - 1),
-                     self.i.ready.eq(rows.free.bit_select(ls, 1)
-                                     & ~(first & sums.busy.bit_select(par, 1))),
+        # i.ready is a register: next cycle's "the head's buffer is free and, at a row's
+        # first element, its partial-sum set too", from the next values of the state (the
+        # same cycles as the comb form; nothing combinational from the state to the port)
+        ready = Signal(init=1)
+        row_end = take & last
+        ls_n, par_n = Mux(row_end, rows.next_slot(ls), ls), Mux(row_end, ~par, par)
+        first_n = Mux(take, last, first)
+        m.d.sync += ready.eq(rows.free_next.bit_select(ls_n, 1)
+                             & ~(first_n & sums.busy_next.bit_select(par_n, 1)))
+        m.d.comb += [last.eq(kl == n - 1), self.i.ready.eq(ready),
                      take.eq(self.i.valid & self.i.ready)]
         df = Dataflow(m, Const(1), prefix="sq_", data_only=True)
         sq = df.mul(Val(x_in, 0), Val(x_in, 0))
