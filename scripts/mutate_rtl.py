@@ -214,8 +214,8 @@ MUTANTS = [
            FPU_MUL_TEST, "the significand products skip the DSP M register while exponent, "
            "sign and flags are registered (a product meets the previous input's exponent)"),
     Mutant("fpu-add-sticky-from-larger", "fpqvar_hw/units/fpu.py",
-           "sig2[i] & (s.d[:5] > i) for i in range(2, len(sig2))",
-           "Cat(Const(0, 2), s.big_sig)[i] & (s.d[:5] > i) for i in range(2, len(sig2))",
+           "sig2 & below, f\"{p}add_out\")",
+           "Cat(Const(0, 2), s.big_sig) & below, f\"{p}add_out\")",
            FPU_ADD_TEST, "the sticky bit of the alignment shift is taken from the larger "
            "operand's significand"),
     Mutant("fpu-add-carry-in-dropped", "fpqvar_hw/units/fpu.py",

@@ -543,7 +543,8 @@ def _add_stages(m: Module, a: Value, b: Value, fmt: FloatFormat, st: _Stages) ->
     far = s.d[5:] != 0 if E + 1 > 5 else Const(0)
     sig2 = Cat(Const(0, 2), s.small_sig)
     hi = _sig(m, M + 3, Mux(far, 0, sig2 >> s.d[:5]), f"{p}add_hi")
-    out_bits = Cat(*(sig2[i] & (s.d[:5] > i) for i in range(2, len(sig2))))
+    below = ~(Const((1 << len(sig2)) - 1, len(sig2)) << s.d[:5])[:len(sig2)]   # bits < d
+    out_bits = _sig(m, len(sig2), sig2 & below, f"{p}add_out")
     jam = Mux(far, ~s.small_zero, out_bits.any())
     sign = Mux(s.a_inf, s.a_sign, Mux(s.b_inf, s.b_sign,
                                       Mux(s.zero_sum, s.a_sign & s.b_sign, s.big_sign)))
