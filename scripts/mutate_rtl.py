@@ -105,9 +105,10 @@ MUTANTS = [
            "head.exp.eq(ua.exp + uw.exp + (lsb_exp - 2 * FP16.man_bits + sig_bits)),",
            DOT_TEST, "group result scaled by 2 (product LSB exponent off by one)"),
     Mutant("sign-carry-dropped", "fpqvar_hw/units/dot.py",
-           "m.d.comb += tree_out.eq(sum(leftover, tree_root))",
-           "m.d.comb += tree_out.eq(tree_root)",
-           DOT_TEST, "the last negative product's +1 (ones' complement) is lost"),
+           "+ Cat(f, rs.as_unsigned() ^ f.replicate(width)).as_signed())",
+           "+ Cat(Const(0, 1), rs.as_unsigned() ^ f.replicate(width)).as_signed())",
+           DOT_TEST, "the group sum adds the ones' complement of a negative tree root "
+                     "(its +1 carry-in is lost)"),
     Mutant("beat-carry-dropped", "fpqvar_hw/units/dot.py",
            "m.d.sync += [S.eq(total), part.eq(total)]",
            "m.d.sync += [S.eq(total), part.eq(tree_out)]",

@@ -107,10 +107,12 @@ class GroupDot(Checked, wiring.Component):
     ``o.ready``.
 
     Pipeline (every step registered, a few logic levels each): product registers
-    (float ``LUT`` lanes without DFQ register ``|p|`` and its sign: the tree adds
-    ones' complements and takes the signs as carry-ins, saving the per-product
-    negation); adder tree registered every ``levels_per_stage`` levels; the
-    group-sum register (adds the beats of a multi-beat group); then the FP32 tail
+    (:func:`_leaves`: float ``LUT`` lanes register ``|p|`` from one truth table and the
+    product's sign, DFQ one magnitude per grid, cleared on the lanes of the other grid;
+    no per-product negation); the adder tree of flagged nodes (:func:`_flag_tree`, one
+    LUT per sum bit) registered every ``levels_per_stage`` levels; the group-sum
+    register (adds the beats of a multi-beat group, the root's sign as a carry-in:
+    :func:`_add_flagged`); then the FP32 tail
     shared with :class:`GroupDotV2` (:func:`_fp32_tail`): ``|S| * sig_a * sig_w``
     in three steps (DSP48E2 with M and P registers), a ``RoundPackPipe`` per half,
     (DFQ: the halves' ``AddPipe``), and the accumulator loop (read register,
@@ -144,9 +146,6 @@ class GroupDot(Checked, wiring.Component):
         self.pair, self.variant, self.dfq, self.dual = pair, variant, dfq, dual
         self.group_size, self.lanes, self.levels_per_stage = group_size, lanes, levels_per_stage
         self.beats_per_group = group_size // lanes
-        #: float LUT lanes keep sign and magnitude: the tree adds ones' complements
-        #: and the signs as carry-ins (cheaper than a negation per product)
-        self.ones_complement = variant is MulVariant.LUT and pair.is_float and not dfq
         self.tree_levels = (lanes - 1).bit_length()
         self.tree_stages = _tree_stages(lanes, levels_per_stage)
         #: cycles of the accumulator's read-add-write loop
@@ -235,8 +234,9 @@ class GroupDot(Checked, wiring.Component):
         m = Module()
         en = ~self.o.valid | self.o.ready
 
-        def reg(value, name, shape=None):
-            r = Signal(shape if shape is not None else value.shape(), name=name)
+        def reg(value, name, shape=None, reset_less=False):
+            r = Signal(shape if shape is not None else value.shape(), name=name,
+                       reset_less=reset_less)
             with m.If(en):
                 m.d.sync += r.eq(value)
             return r
@@ -300,32 +300,33 @@ class GroupDot(Checked, wiring.Component):
         ctrl = reg(ctrl_in, "ctrl_p")
 
         # ---- products (stage 1) and adder trees, one set per column
-        fronts = [_product_trees(m, x.a, ws[q], self._halves, self.lanes, self.variant,
-                                 self.dfq, self.ones_complement, plain, reg,
-                                 self.levels_per_stage, prefix="" if Q == 1 else f"c{q}_")
-                  for q in range(Q)]
+        fronts = []
+        for q in range(Q):
+            pre = "" if Q == 1 else f"c{q}_"
+            halves = _leaves(m, x.a, ws[q], self._halves, self.lanes, self.variant, self.dfq,
+                             reg, plain=plain if self.dual else None, prefix=pre)
+            fronts.append([(_flag_tree(m, leaves, pre + tag, reg, self.levels_per_stage), pair)
+                           for leaves, (pair, tag) in zip(halves, self._halves)])
         # all trees have the same depth, so one control shift register serves them
         for k in range(self.tree_stages):
             ctrl = reg(ctrl, f"ctrl_t{k}")
 
-        # ---- group-sum register: exact S over the beats of a group
+        # ---- group-sum register: exact S over the beats of a group (the tree's root
+        #      (r, f) is worth f ? -r : r; its sign folds into the add as a carry-in)
         group_sums = []         # per column: [(S, pair) per half]
         for q, sums in enumerate(fronts):
             pre = "" if Q == 1 else f"c{q}_"
             col = []
-            for (tree_root, _, leftover), pair in sums:
-                smax = pair.max_abs * self.group_size
-                tree_out = Signal(signed(sum_width(smax)), name=f"{pre}tree_{pair.name}")
-                # the exact sum fits sum_width(smax); two's complement truncation is exact
-                m.d.comb += tree_out.eq(sum(leftover, tree_root))
-                S = Signal(signed(sum_width(smax)), name=f"{pre}S_{pair.name}")
+            for (r, f, _), pair in sums:
+                width = sum_width(pair.max_abs * self.group_size)
+                S = Signal(signed(width), name=f"{pre}S_{pair.name}")
                 if bpg == 1:
                     with m.If(en):
-                        m.d.sync += S.eq(tree_out)
+                        m.d.sync += S.eq(_add_flagged(m, Const(0, signed(width)), r, f, width,
+                                                      f"{pre}tree_{pair.name}"))
                 else:
-                    part = Signal(signed(sum_width(smax)), name=f"{pre}part_{pair.name}")
-                    total = Signal(signed(sum_width(smax)), name=f"{pre}total_{pair.name}")
-                    m.d.comb += total.eq(part + tree_out)
+                    part = Signal(signed(width), name=f"{pre}part_{pair.name}")
+                    total = _add_flagged(m, part, r, f, width, f"{pre}total_{pair.name}")
                     with m.If(en & ctrl.valid):
                         m.d.sync += [S.eq(total), part.eq(total)]
                         with m.If(ctrl.grp_end):
@@ -429,7 +430,7 @@ class GroupDotV2(Checked, wiring.Component):
     Pipeline (one register after each step): products (float LUT lanes: ``|p|``
     from one truth table and the product's sign; DFQ: a positive- and a
     negative-grid ``|p|``, the grid bit clearing the other; int4 LUT, DSP and
-    DECOMPOSED lanes: the signed product, :func:`_v2_leaves`); the adder tree of
+    DECOMPOSED lanes: the signed product, :func:`_leaves`); the adder tree of
     flagged nodes (:func:`_flag_tree`: no per-product negation, one LUT per sum
     bit), registered every ``levels_per_stage`` levels (the root always); ``|S|``, scale decode and
     ``sig_a * sig_w``; ``|S| * (sig_a * sig_w)`` (two registers: the DSP48E2 M
@@ -542,7 +543,7 @@ class GroupDotV2(Checked, wiring.Component):
         ctrl = reg(ctrl_in, "ctrl_p")
 
         # ---- products and adder trees: the exact group sums S = f ? -r : r
-        halves = _v2_leaves(m, x.a, x.w, self._halves, self.lanes, self.variant, self.dfq, reg)
+        halves = _leaves(m, x.a, x.w, self._halves, self.lanes, self.variant, self.dfq, reg)
         roots = [_flag_tree(m, leaves, tag, reg, self.levels_per_stage)
                  for leaves, (_, tag) in zip(halves, self._halves)]
         for k in range(self.tree_stages):
@@ -678,126 +679,91 @@ def _scaled(m: Module, r, f, s_a, s_w, lsb_exp: int, tag: str, reg):
 _SCALED_EXP_BITS = 10
 
 
-def _product_trees(m: Module, a, w, halves, lanes: int, variant: MulVariant, dfq: bool,
-                   ones_complement: bool, plain, reg, levels_per_stage: int, prefix: str = ""):
-    """Registered exact products of ``lanes`` code pairs and their registered adder trees.
-
-    One tree per half (``halves``: ``(MulPair, tag)``; DFQ has a positive- and a
-    negative-grid half, gated by the code's ``neg`` bit unless ``plain``); ``prefix``
-    starts the names of its signals and submodules (several in one module).
-    Returns ``[((root, max abs, leftover carries), pair), ...]`` (see :func:`_tree`).
-    """
-    sums = []
-    for pair, tag in halves:
-        leaves, carries = [], []
-        for lane in range(lanes):
-            code, wcode = a[lane], w[lane]
-            if ones_complement:
-                # |p| from the LUT table and the sign, registered; the leaf is the
-                # ones' complement ~|p| when negative, the +1 enters the tree as a carry-in
-                core = MagnitudeCore(pair=pair)
-                m.submodules[f"{prefix}mag{lane}"] = core
-                m.d.comb += [core.mag_a.eq(Cat(code.mantissa, code.exponent)),
-                             core.mag_b.eq(Cat(wcode.mantissa, wcode.exponent))]
-                mag = reg(core.mag, f"{prefix}mag{lane}")
-                neg = reg(code.sign ^ wcode.sign, f"{prefix}neg{lane}")
-                leaf = Signal(signed(pair.width), name=f"{prefix}leaf{lane}")
-                m.d.comb += leaf.eq((Cat(mag, Const(0, 1)) ^ neg.replicate(pair.width)).as_signed())
-                leaves.append((leaf, pair.max_abs + 1))
-                carries.append(neg)
-                continue
-            mul = Multiplier(pair=pair, variant=variant)
-            m.submodules[f"{prefix}mul_{tag}{lane}"] = mul
-            if dfq:
-                # dual cell, plain mode: every lane is a signed e2m1 code on the pos half
-                gate = (code.neg & ~plain) if tag == "neg" else (~code.neg | plain)
-                m.d.comb += mul.a.as_value().eq(code.as_value())
-                p = Signal(signed(pair.width), name=f"{prefix}p_{tag}{lane}")
-                m.d.comb += p.eq(gate.replicate(pair.width).as_signed() & mul.p)
-            else:
-                m.d.comb += mul.a.eq(code)
-                p = mul.p
-            m.d.comb += mul.b.eq(wcode)
-            leaves.append((reg(p, f"{prefix}prod_{tag}{lane}"), pair.max_abs))
-        sums.append((_tree(m, leaves, carries, prefix + tag, reg, levels_per_stage), pair))
-    return sums
-
-
-def _tree(m: Module, leaves, carries, tag: str, reg, levels_per_stage: int):
-    """Registered pairwise adder tree over ``leaves`` (``(signal, max abs)``).
-
-    Each adder also takes one bit from the pool ``carries`` as its carry-in
-    (``L - 1`` adders absorb all but one of ``L`` bits).  Returns ``(sum,
-    max abs, leftover carry bits)``; the pool is registered with the tree.
-    """
-    level = list(leaves)
-    pool = list(carries)
-    depth = 0
-    while len(level) > 1:
-        nxt = []
-        for j in range(0, len(level) - 1, 2):
-            (a, ma), (b, mb) = level[j], level[j + 1]
-            bound = ma + mb + (1 if pool else 0)
-            s = Signal(signed(sum_width(bound)), name=f"t_{tag}{depth}_{j // 2}")
-            m.d.comb += s.eq(a + b + pool.pop() if pool else a + b)
-            nxt.append((s, bound))
-        if len(level) % 2:
-            nxt.append(level[-1])
-        depth += 1
-        if depth % levels_per_stage == 0 or len(nxt) == 1:
-            nxt = [(reg(s, f"r_{s.name}"), mx) for s, mx in nxt]
-            pool = [reg(c, f"r_{tag}c{depth}_{k}") for k, c in enumerate(pool)]
-        level = nxt
-    if depth == 0:  # a single lane: keep the stage count uniform
-        level = [(reg(level[0][0], f"r_{tag}_single"), level[0][1])]
-        pool = [reg(c, f"r_{tag}c_single{k}") for k, c in enumerate(pool)]
-    return level[0][0], level[0][1], pool
-
-
-def _v2_leaves(m: Module, a, w, halves, lanes: int, variant: MulVariant, dfq: bool, reg):
-    """Registered leaves of the v2 adder trees, one list per half (``halves``).
+def _leaves(m: Module, a, w, halves, lanes: int, variant: MulVariant, dfq: bool, reg, *,
+            plain=None, prefix: str = ""):
+    """Registered leaves of the adder trees, one list per half (``halves``).
 
     A leaf is ``(T, f, max abs)`` worth ``f ? -T : T``:
 
     * float LUT lanes (and DFQ): ``T = |p|`` from one truth table of the two
       magnitude codes (:class:`MagnitudeCore`, one LUT6 per bit) and ``f`` = the
-      product's sign, both registered.  DFQ: each lane has a positive-grid and a
+      product's sign, both registered.  DFQ: each lane has a positive- and a
       negative-grid magnitude register; the grid bit clears the one the lane does
       not belong to (a synchronous reset of the register, no LUT on the data).
+      ``plain`` (the dual cell's mode bit, a signal; ``None``: no plain mode): set, every
+      lane is a signed e2m1fn code (the DFQ code's ``neg`` bit is its sign) on the
+      positive half and the negative half is all zero.
     * other lanes (int4 LUT tables, DSP, DECOMPOSED): ``T`` = the registered signed
-      :class:`Multiplier` product, ``f = 0``.
+      :class:`Multiplier` product (DFQ: gated by the grid bit and ``plain`` as above),
+      ``f = 0``.
+
+    ``prefix`` starts the names of the signals and submodules (several fronts in one
+    module).
     """
     out = []
     for pair, tag in halves:
         leaves = []
         for lane in range(lanes):
             code, wcode = a[lane], w[lane]
+            if dfq:
+                # the lane's grid: the positive half takes ~neg (every lane in plain mode),
+                # the negative half neg (no lane in plain mode)
+                if tag == "pos":
+                    mine = ~code.neg if plain is None else (~code.neg | plain)
+                else:
+                    mine = code.neg if plain is None else (code.neg & ~plain)
+            name = f"{prefix}{{}}_{tag}{lane}"
             if variant is not MulVariant.LUT or not pair.is_float:
                 mul = Multiplier(pair=pair, variant=variant)
-                m.submodules[f"mul_{tag}{lane}"] = mul
-                m.d.comb += [mul.a.eq(code), mul.b.eq(wcode)]
-                leaves.append((reg(mul.p, f"prod_{tag}{lane}"), Const(0), pair.max_abs))
+                m.submodules[name.format("mul")] = mul
+                m.d.comb += mul.b.eq(wcode)
+                if dfq:
+                    m.d.comb += mul.a.as_value().eq(code.as_value())
+                    p = Signal(signed(pair.width), name=name.format("p"))
+                    m.d.comb += p.eq(mine.replicate(pair.width).as_signed() & mul.p)
+                else:
+                    m.d.comb += mul.a.eq(code)
+                    p = mul.p
+                leaves.append((reg(p, name.format("prod")), Const(0), pair.max_abs))
                 continue
             core = MagnitudeCore(pair=pair)
-            m.submodules[f"mag_{tag}{lane}"] = core
+            m.submodules[name.format("mag")] = core
             m.d.comb += [core.mag_a.eq(code.mag if dfq else Cat(code.mantissa, code.exponent)),
                          core.mag_b.eq(Cat(wcode.mantissa, wcode.exponent))]
             if dfq:
-                # the positive grid's values are positive, the negative grid's negative
-                sign = wcode.sign if tag == "pos" else ~wcode.sign
-                mine = ~code.neg if tag == "pos" else code.neg
-                T = reg(Mux(mine, core.mag, 0), f"mag_{tag}{lane}", pair.mag_width,
+                # positive grid: the sign of w (plain mode: and of the code, whose neg bit
+                # is 0 on every positive-grid lane); negative grid: negative values
+                sign = (code.neg ^ wcode.sign) if tag == "pos" else ~wcode.sign
+                T = reg(Mux(mine, core.mag, 0), name.format("mag"), pair.mag_width,
                         reset_less=True)
             else:
                 sign = code.sign ^ wcode.sign
-                T = reg(core.mag, f"mag_{tag}{lane}")
-            leaves.append((T, reg(sign, f"neg_{tag}{lane}"), pair.max_abs))
+                T = reg(core.mag, name.format("mag"))
+            leaves.append((T, reg(sign, name.format("neg")), pair.max_abs))
         out.append(leaves)
     return out
 
 
+def _add_flagged(m: Module, base, r, f, width: int, name: str):
+    """``base + (f ? -r : r)`` in ``width`` bits as ONE two-operand add: the negation's +1
+    rides in an extra low bit (``{base, 1} + {r XOR f, f}``), one LUT per bit on a carry
+    chain (the exact sum fits ``width``, so the truncation is exact)."""
+    rs = Signal(signed(width), name=f"{name}_r")
+    m.d.comb += rs.eq(r)
+    if isinstance(f, Const):
+        out = Signal(signed(width), name=name)
+        m.d.comb += out.eq(base + rs)
+        return out
+    wide = Signal(signed(width + 1), name=f"{name}_w")
+    m.d.comb += wide.eq(Cat(Const(1, 1), base).as_signed()
+                        + Cat(f, rs.as_unsigned() ^ f.replicate(width)).as_signed())
+    out = Signal(signed(width), name=name)
+    m.d.comb += out.eq(wide[1:].as_signed())
+    return out
+
+
 def _flag_tree(m: Module, leaves, tag: str, reg, levels_per_stage: int):
-    """Registered adder tree over flagged leaves ``(T, f, max abs)`` (:func:`_v2_leaves`).
+    """Registered adder tree over flagged leaves ``(T, f, max abs)`` (:func:`_leaves`).
 
     A node is ``(r, f)`` worth ``f ? -r : r``.  Two nodes add as
     ``r = r_x + (r_y XOR g) + g`` with ``g = f_x XOR f_y`` and ``f = f_x``
