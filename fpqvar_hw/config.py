@@ -131,9 +131,12 @@ class AcceleratorConfig:
         the attention unit the throughput model plans.  ``att_t`` x ``att_n``: MAC lanes
         of the attention array the RTL builds (the vector engine's
         ``AttentionArray``: ``att_t`` A rows x ``att_n`` B rows per tile, powers of two;
-        every B row is read once per A tile, so 16 x 4 reads K and V half as often as
-        8 x 8 on the same 64 lanes; ``att_t`` above the compiler's 16-token tile buys
-        nothing).
+        every B row is read once per A tile, so 32 x 4 reads K and V half as often as
+        16 x 8 on the same 128 lanes; a tile's results leave through two drains of one
+        per cycle (``AttentionArray.drain_cycles``), so q.K, rows of 64, is bound by them
+        above 164 lanes; as-built d16 images/s at 300 MHz, ``asbuilt.evaluate_top``:
+        16 x 4 0.327, 16 x 8 0.388, 32 x 4 0.402, 32 x 8 0.420 (does not fit in 70 % of
+        the LUTs), 64 x 2 0.398).
     Memory
         ``act_buffer_kib``: on-chip quantized-activation buffer (URAM); when the
         rows of a scale step do not fit, weights are streamed more than once.
@@ -165,7 +168,7 @@ class AcceleratorConfig:
     quant_lanes: int = 32
     vector_lanes: int = 8
     attn_macs: int = 1024
-    att_t: int = 16
+    att_t: int = 32
     att_n: int = 4
     act_buffer_kib: int = 4096
     dram_efficiency: float = 0.8

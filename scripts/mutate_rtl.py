@@ -263,9 +263,15 @@ MUTANTS = [
            ATT_TEST, "attention array: compute reads B slot 0 for every tile (the slot being "
            "loaded for the next tile)"),
     Mutant("att-edge-lanes-written", "fpqvar_hw/engines/attention.py",
-           "last_n = dr_n == d_nv",
-           "last_n = dr_n == N - 1",
+           "with m.If(dr_n == d_nv):",
+           "with m.If(dr_n == N - 1):",
            ATT_TEST, "attention array: an edge tile writes the sums of lanes without a B row"),
+    Mutant("att-snap-ignores-drain", "fpqvar_hw/engines/attention.py",
+           "with m.If(~snap_full):",
+           "with m.If(1):",
+           "tests/test_hw_attention.py::test_array_waits_for_the_drains_on_short_rows",
+           "attention array: SNAP does not wait for the drain of the previous tile (its "
+           "snapshots are overwritten while being emitted, on tiles of more lanes than cycles)"),
     Mutant("att-stop-only-in-flush", "fpqvar_hw/engines/attention.py",
            "m.d.comb += stop.eq(~running)",
            "m.d.comb += stop.eq(flush)",

@@ -103,4 +103,5 @@ def test_attention_array_mutants_are_caught():
     tests of tests/test_hw_attention.py catch each (no Verilator build).  The other two
     array mutants (a B offset in bytes, edge-tile lanes written) are killed by the same test
     (``python scripts/mutate_rtl.py --only att-b-offset-in-bytes ...``)."""
-    _all_killed(["att-snapshot-early", "att-one-b-slot", "att-stop-only-in-flush"])
+    _all_killed(["att-snapshot-early", "att-one-b-slot", "att-stop-only-in-flush",
+                 "att-snap-ignores-drain"])

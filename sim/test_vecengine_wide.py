@@ -8,7 +8,7 @@ model); see sim/tb_vecengine_wide.py for the cases:
   2^+-40 within a row, outliers, a constant row, an overflowing variance, subnormals);
 * SOFTMAX rows of 680, 677 (not a multiple of P = 8), 1 and 9;
 * attention QK^T -> SOFTMAX -> PV over 680 cached FP16 keys (1 head, 1 query) and over
-  6 keys for 19 queries of 2 heads (edge tiles both ways on the 16 x 4 attention array),
+  6 keys for 35 queries of 2 heads (edge tiles both ways on the 32 x 4 attention array),
   also equal to ``golden.attention`` bit for bit;
 * the row-length limits: LNMOD rows of 1023 and 1025 and a SOFTMAX row of 681 are
   refused (error 5) without touching DRAM.
@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import pytest
 
-from fpqvar_hw.engines.vecengine import VectorEngine
+from fpqvar_hw.engines.vecengine import ATT_LANES, VectorEngine
 from sim.runner import run_cocotb
 
 WIDE = dict(C=1024, max_kv=680, P=8,     # d16: C = 64 x 16, 680 tokens at 256 px
-            att=(16, 4))                # the preset's attention array
+            att=ATT_LANES)              # the preset's attention array
 
 
 @pytest.mark.slow   # Verilator build of the engine + ~200k simulated cycles
@@ -34,4 +34,4 @@ WIDE = dict(C=1024, max_kv=680, P=8,     # d16: C = 64 x 16, 680 tokens at 256 p
 def test_vecengine_real_widths(seed):
     run_cocotb(VectorEngine(**WIDE), name=f"vecengine-c{WIDE['C']}-kv{WIDE['max_kv']}",
                test_module="sim.tb_vecengine_wide", seed=seed,
-               params=dict(seed=seed, attention=[[1, 1, WIDE["max_kv"]], [2, 19, 6]], **WIDE))
+               params=dict(seed=seed, attention=[[1, 1, WIDE["max_kv"]], [2, 35, 6]], **WIDE))

@@ -5,8 +5,8 @@ memory image compared byte for byte, with DRAM responses after random latencies,
 gaps between beats and random request/write backpressure; declined instructions (nothing
 accessed); abort at any point followed by a correct instruction.  Each test runs its
 instructions one after the other in one simulation of one build (the simulator spends
-most of a small case compiling the design).  The preset's 16 x 4 array (rows of 680,
-and 19 queries x 6 keys: edge tiles both ways) runs inside the vector engine on
+most of a small case compiling the design).  The preset's 32 x 4 array (rows of 680,
+and 35 queries x 6 keys: edge tiles both ways) runs inside the vector engine on
 Verilator (sim/test_vecengine_wide.py), 2 x 4 in sim/test_vecengine.py and in the top
 (sim/test_top.py, sim/test_tiny_image.py)."""
 from __future__ import annotations
@@ -197,9 +197,35 @@ def test_array_runs_at_the_tile_rate():
                                          seed=7, lat=(1, 1), p_ready=1.0, p_beat=1.0)
     tiles = (8 // 2) * (4 // 2)
     floor = AttentionArray.CHECK_CYCLES + tiles * AttentionArray.tile_cycles(24) \
-        + AttentionArray.tail_cycles(4)
+        + AttentionArray.tail_cycles(AttentionArray.drain_results(2, 2))
     assert (declined, error) == (0, 0)
     assert floor <= cycles <= floor + 40, (cycles, floor)
+
+
+def test_array_waits_for_the_drains_on_short_rows():
+    """More results per drain than a short row's tile lasts: the drains (one result per
+    cycle each, drain h taking the rows t mod 2 = h) bind, each SNAP waits
+    ``drain_cycles(T, N)`` after the previous one (the model's bound, ``asbuilt.att_cost``);
+    bits as the reference."""
+    T, N, n0 = 16, 4, 4
+    A = AttentionArray
+    assert A.drain_cycles(T, N) > A.tile_cycles(n0) > A.drain_cycles(T, N, drains=4)
+    rng = np.random.default_rng(11)
+    mem = _memory(11)
+    v = attention_fdot(rng, mem, "qk", n0=n0, rows_b=64, rows_a=16, heads=1, a_off=0,
+                       b_stride=2 * n0)
+    want = reference(bytes(mem), v)
+    [(cycles, declined, error, got)] = run(A(T=T, N=N, max_e=8), mem, [(v, None)],
+                                           seed=11, lat=(1, 1), p_ready=1.0, p_beat=1.0)
+    tiles = (64 // N) * (16 // T)
+    floor = A.CHECK_CYCLES + A.tile_cycles(n0) + (tiles - 1) * A.drain_cycles(T, N) \
+        + A.tail_cycles(A.drain_results(T, N))
+    assert (declined, error) == (0, 0) and got == want
+    # slack: the first tile's 16 A rows and the last writes (measured 72 here; 8 more
+    # tiles add 282 cycles, 35.25 per tile)
+    assert floor <= cycles <= floor + 90, (cycles, floor)
+    # at the tile rate alone it would be (tiles - 1) * 10 cycles shorter: beyond the slack
+    assert cycles > floor - (tiles - 1) * (A.drain_cycles(T, N) - A.tile_cycles(n0)) + 90
 
 
 def _declined_cases():

@@ -335,8 +335,10 @@ def test_attention_fdots_run_on_the_array():
     near = asbuilt.TopMemory("near", 2, 2, 1.0, "test")
     far = asbuilt.TopMemory("far", 150, 150, 1.0, "test")
     qk = dict(subop=VecSubop.FDOT, n=(64, 256, 16, 2), operands={"a": (4, 0, 4), "b": (2, 128, 2)})
-    tiles = 2 * (16 // T) * (256 // N)
-    compute = tiles * AttentionArray.tile_cycles(64)
+    tiles = 2 * -(-16 // T) * (256 // N)
+    # a tile: its rows of 64, or the drain of its results (one per cycle) when longer
+    compute = tiles * max(AttentionArray.tile_cycles(64),
+                          AttentionArray.drain_cycles(min(T, 16), N))
     qk_near = asbuilt.vec_cost(**qk, fine=True, b=b, mem=near).cycles
     assert compute < qk_near < compute * 1.1
     elem = asbuilt.vec_cost(**qk, fine=True, b=_element_path(b), mem=near).cycles
@@ -353,7 +355,7 @@ def test_attention_fdots_run_on_the_array():
     assert asbuilt.vec_cost(**qk, fine=True, b=two, mem=far).cycles \
         == pytest.approx(tiles * (154 + 2 + N * 8), rel=0.05)
     apart = dict(qk, operands={"a": (4, 0, 4), "b": (2, 256, 2)})
-    req = 2 * (16 // T) * 256 + 2 * 16
+    req = 2 * -(-16 // T) * 256 + 2 * 16
     bound = max(req * 154 / 8, compute)      # 16 x 4: each B row read half as often as 8 x 8
     assert bound <= asbuilt.vec_cost(**apart, fine=True, b=b, mem=far).cycles < 1.1 * bound
     # fine pipeline off, KV6 B (C operand) or a row-order V cache: the element path
@@ -418,14 +420,13 @@ def test_as_built_top_is_slower_than_the_planned_design_and_reported():
     steps = asbuilt.step_breakdown("d16", W4, r.memory)
     assert len(steps) == 10 and binding_units(steps).startswith("steps 1")
     assert sum(share.values()) == pytest.approx(1.0)
-    # with a weight pass per 128-row tile (8 row sets) the vector engine leads: the FDOTs on
-    # the 64-lane attention array, then SOFTMAX (rows in flight, one element per cycle,
-    # since the operands keep 64 words in flight: at 32 the DRAM latency bound it);
-    # the MLP GEMMs are under a fifth
-    assert list(share)[:3] == ["FDOT qk", "FDOT pv", "SOFTMAX"]
-    assert 0.2 < share["FDOT pv"] + share["FDOT qk"] < 0.35
-    assert 0.1 < share["fc1"] + share["fc2"] < 0.2
-    assert share["SOFTMAX"] < 0.16
+    # with a weight pass per 128-row tile (8 row sets) the vector engine leads: SOFTMAX (rows
+    # in flight, one element per cycle) since the attention array has 128 lanes and two
+    # drains, then its q.K FDOTs and fc1; the MLP GEMMs are about a fifth
+    assert list(share)[:3] == ["SOFTMAX", "FDOT qk", "fc1"]
+    assert 0.15 < share["FDOT pv"] + share["FDOT qk"] < 0.3
+    assert 0.1 < share["fc1"] + share["fc2"] < 0.22
+    assert share["SOFTMAX"] < 0.2
     rep = throughput_report(W4, VCK190, unit_timings(W4))
     rep["as_built_top"] = {"memory": {"source": "x", "beat_rate": 1.0, "read_latency": 150},
                            "models": {"d16": {**r.as_dict(), "pipeline_ablation":

@@ -25,9 +25,9 @@ Data path::
     tile (i3, i2 .. i2+T-1, i1 .. i1+N-1):
       A rows -> rd_a (BurstReader) -> T memories (2 slots)  --+--> T x N MacLane
       B rows -> rd_b (BurstReader) -> N memories (4 slots)  --+    (product, P partials)
-                                         snapshot of the partials -> one shared
+                                         snapshot of the partials -> 2 drains:
                                          pairwise tree (one dot product per cycle)
-                                         -> write merge -> wr
+                                         -> write merge -> (turns) -> wr
 
 * **Loads.**  A loader walks the tiles in order and hands each row to the operand's
   :class:`~fpqvar_hw.engines.matrix.BurstReader` as 16-byte words from the word that
@@ -41,16 +41,23 @@ Data path::
   multiplies ``A[t][e]`` by ``B[n][e]`` (FP16 widened exactly).  After a tile's last
   element the lanes wait ``MacLane.DRAIN_CYCLES`` (product + partial write-back),
   their partials are copied to snapshot registers and cleared, and the next tile starts.
-* **Drain.**  The snapshots go through one pipelined pairwise tree (7 FP32 adds for
-  ``P = 8``), one lane per cycle, only the lanes of rows that exist (edge tiles);
-  results merge into 16-byte writes with strobes.
+* **Drains.**  ``DRAINS`` = 2 drains (one per row with fewer rows): drain ``h`` takes
+  the snapshots of the tile's rows ``t mod 2 = h`` through its own pipelined pairwise
+  tree (7 FP32 adds for ``P = 8``), one lane per cycle, only the lanes of rows that
+  exist (edge tiles); its results merge into 16-byte writes with strobes, and the
+  drains' writes take turns on ``wr`` (two drains may write different bytes of one
+  word: strobes keep them apart).  A tile of 128 results drains in 67 cycles (130 with one):
+  q.K's tiles of 85 cycles are no longer bound by it.
 * **Errors and abort.**  A read ``err`` is error 3, a write ``err`` error 4 (the
   window was checked before the first access, so error 2 cannot occur here); then, as
   on ``abort``, no further request is made, outstanding ones complete, and the array
-  goes idle.  ``busy`` is high from taking ``cmd`` until then.
+  goes idle.  ``busy`` is high from taking ``cmd`` until then.  In RUN the abort and the
+  write response act through a register (``RESP_SLICE``): one cycle later than they
+  arrive (the check states answer ``abort`` at once).
 
 Cycles of an accepted instruction (no stalls; :meth:`AttentionArray.tile_cycles`): per tile
-``n0 + MacLane.DRAIN_CYCLES + 1``; ``ceil(n1/N) * ceil(n2/T) * n3`` tiles, plus
+``n0 + MacLane.DRAIN_CYCLES + 1``, or the drain's ``T x N + 2`` when that is longer
+(:meth:`AttentionArray.drain_cycles`: one result per cycle); ``ceil(n1/N) * ceil(n2/T) * n3`` tiles, plus
 ``CHECK_CYCLES`` before the first load; the loads of the next tile overlap the
 current one's compute when the DRAM delivers ``N * ceil(2 n0/16)`` words per tile in time.
 """
@@ -61,7 +68,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import ceil_log2
+from amaranth.utils import ceil_log2, exact_log2
 
 from .. import isa
 from ..checked import Checked
@@ -150,6 +157,11 @@ class AttentionArray(Checked, wiring.Component):
     FEED_STAGES = 2
     #: register slice between the output FIFO and the write merge (``skid_buffer``)
     RESULT_SLICE = 1
+    #: registers on the write response (``valid``, ``err``) and on ``abort`` as RUN sees
+    #: it: the arbiter's response logic and the vector engine's port select end there
+    RESP_SLICE = 1
+    #: result drains (each one result per cycle; drain h takes the tile's rows t mod H = h)
+    DRAINS = 2
     #: words in flight per operand (each BurstReader's FIFO)
     DEPTH = 128
     #: row-memory slots per lane: A tiles, B tiles (powers of two)
@@ -158,6 +170,8 @@ class AttentionArray(Checked, wiring.Component):
     def __init__(self, *, T: int = 4, N: int = 8, max_e: int = 680, P: int = isa.VEC_P,
                  depth: int = DEPTH):
         self.T, self.N, self.max_e, self.P, self.depth = T, N, max_e, P, depth
+        #: drains of this build (``DRAINS``, at most one per row of a tile)
+        self.drains = min(self.DRAINS, T)
         super().__init__({
             "cmd": In(stream.Signature(isa.INSTR_LAYOUT)),
             "busy": Out(1), "declined": Out(1), "error": Out(4), "abort": In(1),
@@ -186,11 +200,33 @@ class AttentionArray(Checked, wiring.Component):
         return 1 + n0 + cls.FEED_STAGES + MacLane.DRAIN_CYCLES
 
     @classmethod
+    def drain_results(cls, rows: int, cols: int, drains: "int | None" = None) -> int:
+        """Results the busiest drain emits for a tile of ``rows`` A rows x ``cols`` B rows:
+        drain ``h`` takes the rows ``t mod drains = h`` (default ``DRAINS``; a build with
+        fewer rows than that has one per row, which this count gives as well)."""
+        d = cls.DRAINS if drains is None else drains
+        return -(-rows // d) * cols
+
+    @classmethod
+    def drain_cycles(cls, rows: int, cols: int, drains: "int | None" = None) -> int:
+        """Fewest cycles between two SNAPs for tiles of ``rows x cols`` dot products: each
+        drain emits one result per cycle from the cycle after ``started`` is set, marks
+        itself done after its last, and SNAP waits until ``snap_full`` has fallen after all
+        are done.  Tiles of more results per drain than ``tile_cycles(n0) - 3`` are bound
+        by it (q.K, rows of 64, on 32 x 4 lanes: 67 cycles per tile against 85; one drain
+        as before 2026-12-06 evening: 130)."""
+        return cls.drain_results(rows, cols, drains) + 3
+
+    @classmethod
     def tail_cycles(cls, results: int) -> int:
-        """Cycles from the last tile's SNAP until its ``results`` sums are in the write
-        request register: one emission per cycle, the select register, the pairwise tree
-        (``log2 P`` adds), the output FIFO, the result slice and the merge register."""
-        return results + 1 + 3 * FPOp.ADD.latency + 2 + cls.RESULT_SLICE + 1
+        """Cycles from the last tile's SNAP until its sums are in the write request
+        register, ``results`` the busiest drain's (:meth:`drain_results`): one emission per
+        cycle, the select register, the pairwise tree (``log2 P`` adds), the output FIFO,
+        the result slice, the merge register and the drain's request register; plus the
+        registered write response (``RESP_SLICE``: the last response is counted a cycle
+        after it arrives)."""
+        return results + 1 + 3 * FPOp.ADD.latency + 2 + cls.RESULT_SLICE + 1 + 1 \
+            + cls.RESP_SLICE
 
     def elaborate(self, platform):
         m = Module()
@@ -219,6 +255,10 @@ class AttentionArray(Checked, wiring.Component):
         step = Signal(range(self.CHECK_CYCLES + 1))
         ok = Signal()               # the shape test and the range test so far
         fl_wait = Signal(range(64))
+        # abort as RUN sees it and the write response, registered (RESP_SLICE)
+        abort_q, wresp_valid, wresp_err = Signal(), Signal(), Signal()
+        m.d.sync += [abort_q.eq(self.abort), wresp_valid.eq(self.wr.resp.valid),
+                     wresp_err.eq(self.wr.resp.payload.err)]
 
         # the range check: lo/hi of A, B, D from seven products (n_k - 1) * s_k
         E_A, E_B, E_D = 4, 2, 4
@@ -287,7 +327,7 @@ class AttentionArray(Checked, wiring.Component):
             with m.State("RUN"):
                 m.d.comb += [self.busy.eq(1), running.eq(1)]
                 err_now = Signal(4)
-                with m.If(self.abort | (err_now != 0)):
+                with m.If(abort_q | (err_now != 0)):
                     m.d.sync += [error.eq(err_now), fl_wait.eq(0)]
                     m.next = "FLUSH"
                 with m.Elif(run_done & quiet):
@@ -376,6 +416,7 @@ class AttentionArray(Checked, wiring.Component):
         # the memory writer
         ld_i3, ld_i2t, ld_i1t = Signal(16), Signal(16), Signal(16)
         ld_row = Signal(range(max(T, N) + 1))
+        ld_row0 = Signal(init=1)        # ld_row == 0, as a register (B's job decision)
         a3_base, a_row = Signal(32), Signal(32)      # A: first row of i3; current row (i3, i2)
         b3_base, b_row = Signal(32), Signal(32)      # B: first row of i3; current row (i3, i1)
         a_tiles, b_tiles = Signal(16), Signal(16)    # tiles handed to the readers
@@ -397,6 +438,7 @@ class AttentionArray(Checked, wiring.Component):
             with m.State("IDLE"):
                 with m.If(start):
                     m.d.sync += [ld_i3.eq(0), ld_i2t.eq(0), ld_i1t.eq(0), ld_row.eq(0),
+                                 ld_row0.eq(1),
                                  a3_base.eq(field("a", 0)), a_row.eq(field("a", 0)),
                                  b3_base.eq(field("b", 0)), b_row.eq(field("b", 0)),
                                  a_tiles.eq(0), b_tiles.eq(0)]
@@ -410,15 +452,17 @@ class AttentionArray(Checked, wiring.Component):
                 m.d.comb += [ja.valid.eq(go), rows["a"].w_en.eq(go & ja.ready)]
                 with m.If(go & ja.ready):
                     set_off(a_off, T, a_tiles[:sa_bits], ld_row, a_row[2:_WORD_SHIFT])
-                    m.d.sync += [a_row.eq(a_row + field("a", 3)), ld_row.eq(ld_row + 1)]
+                    m.d.sync += [a_row.eq(a_row + field("a", 3)), ld_row.eq(ld_row + 1),
+                                 ld_row0.eq(0)]
                     with m.If(ld_row == tv_last):
                         m.d.comb += a_in.eq(1)
-                        m.d.sync += [ld_row.eq(0), a_tiles.eq(a_tiles + 1), b_row.eq(b3_base)]
+                        m.d.sync += [ld_row.eq(0), ld_row0.eq(1), a_tiles.eq(a_tiles + 1),
+                                     b_row.eq(b3_base)]
                         m.next = "B"
                 with m.If(flush):
                     m.next = "IDLE"
             with m.State("B"):      # a row of the B tile (i3, i2t, i1t) into slot b_tiles % 2
-                need_job = ~contig_b | (ld_row == 0)
+                need_job = ~contig_b | ld_row0
                 m.d.comb += [jb.payload.addr.eq(Cat(Const(0, _WORD_SHIFT), b_row[_WORD_SHIFT:])),
                              jb.payload.words.eq(Mux(contig_b, Mux(ld_last_i1t, wb_last, wb_tile),
                                                          b_row_words)),
@@ -429,10 +473,12 @@ class AttentionArray(Checked, wiring.Component):
                 m.d.comb += [jb.valid.eq(go & need_job), rows["b"].w_en.eq(took)]
                 with m.If(took):
                     set_off(b_off, N, b_tiles[:sb_bits], ld_row, b_row[1:_WORD_SHIFT])
-                    m.d.sync += [b_row.eq(b_row + field("b", 2)), ld_row.eq(ld_row + 1)]
+                    m.d.sync += [b_row.eq(b_row + field("b", 2)), ld_row.eq(ld_row + 1),
+                                 ld_row0.eq(0)]
                     with m.If(ld_row == nv_last):
                         m.d.comb += b_in.eq(1)
-                        m.d.sync += [ld_row.eq(0), b_tiles.eq(b_tiles + 1), ld_i1t.eq(ld_i1t + 1)]
+                        m.d.sync += [ld_row.eq(0), ld_row0.eq(1), b_tiles.eq(b_tiles + 1),
+                                     ld_i1t.eq(ld_i1t + 1)]
                         with m.If(ld_last_i1t):                # the A tile's last B tile
                             m.d.sync += [ld_i1t.eq(0), ld_i2t.eq(ld_i2t + 1)]
                             m.next = "A"
@@ -582,98 +628,146 @@ class AttentionArray(Checked, wiring.Component):
             m.d.comb += [lane.a.eq(a_val[t]), lane.b.eq(b_val[j]), lane.valid.eq(valid2),
                          lane.part.eq(part2), lane.clear.eq(clear), lane.snap.eq(take_snap)]
 
-        # ------------------------------------------------------------ drain: tree, writes
+        # ------------------------------------------------------------ drains: trees, writes
+        # H drains; drain h takes the tile's rows t = h, h + H, ... (t mod H = h): its own
+        # snapshot select, pairwise tree, output FIFO and write merge, one result per cycle
+        # each; their write requests meet in one registered request (round robin).  SNAP
+        # waits until every drain is done with the previous tile (drain_cycles).
+        H = self.drains
         FIFO = 32
-        dr_t, dr_n = Signal(range(T)), Signal(range(N))
-        dr_row, dr_addr = Signal(32), Signal(32)
-        pending = Signal(range(FIFO + 1))          # results in the tree or the output FIFO
-        emit = Signal()
-        started = Signal()                         # dr_row/dr_addr hold the tile's start
-        m.d.comb += emit.eq(snap_full & (pending < FIFO) & ~flush)
+        rows_h = T // H
+        started = Signal()                  # the drains hold the tile's start
+        done = [Signal(name=f"dr_done{h}") for h in range(H)]
+        with m.If(snap_full & started & Cat(*done).all()):
+            m.d.sync += [snap_full.eq(0), started.eq(0)]
         with m.If(snap_full & ~started):
-            m.d.sync += [dr_row.eq(d_tile), dr_addr.eq(d_tile), dr_t.eq(0), dr_n.eq(0),
-                         started.eq(1)]
-        sel_k = Signal(range(L))
-        m.d.comb += sel_k.eq(Cat(dr_n, dr_t) if N > 1 else dr_t)
-        with m.If(emit & started):
-            last_n = dr_n == d_nv
-            m.d.sync += [dr_n.eq(dr_n + 1), dr_addr.eq(dr_addr + field("d", 2))]
-            with m.If(last_n):
-                m.d.sync += [dr_n.eq(0), dr_t.eq(dr_t + 1), dr_row.eq(dr_row + field("d", 3)),
-                             dr_addr.eq(dr_row + field("d", 3))]
-                with m.If(dr_t == d_tv):
-                    m.d.sync += [snap_full.eq(0), started.eq(0)]
+            m.d.sync += started.eq(1)
         with m.If(start | flush):
             m.d.sync += [snap_full.eq(0), started.eq(0)]
-        go_tree = emit & started
-        sel_data = Signal(32 * P)
-        sel_valid = Signal()
-        sel_addr = Signal(32)
-        m.d.sync += [sel_data.eq(Array(snap)[sel_k]), sel_valid.eq(go_tree), sel_addr.eq(dr_addr)]
-        df = Dataflow(m, Const(1), prefix="tree_", data_only=True)     # valid, address: tag
-        level = [Val(sel_data[32 * j:32 * (j + 1)], 0) for j in range(P)]
-        while len(level) > 1:
-            level = [df.add(level[q], level[q + 1]) for q in range(0, len(level), 2)]
-        total = level[0]
-        tag = Cat(sel_valid, sel_addr)
-        for _ in range(total.stage):
-            r = Signal(len(tag))
-            m.d.sync += r.eq(tag)
-            tag = r
-        m.submodules.out_fifo = out = ResetInserter(start)(SyncFIFOBuffered(width=64, depth=FIFO))
-        m.d.comb += [out.w_data.eq(Cat(df.at(total, total.stage), tag[1:])),
-                     out.w_en.eq(tag[0] & ~flush)]
-        popped = Signal()
-        m.d.sync += pending.eq(Mux(start, 0, pending + go_tree - popped))
+        wreqs = []                          # per drain: (valid, word, data, strb) registers
+        idle = []                           # per drain: nothing pending in it
+        for h in range(H):
+            dr_i, dr_n = Signal(range(rows_h), name=f"dr_i{h}"), Signal(range(N), name=f"dr_n{h}")
+            i_last = Signal(range(rows_h), name=f"dr_ilast{h}")
+            dr_row, dr_addr = Signal(32, name=f"dr_row{h}"), Signal(32, name=f"dr_addr{h}")
+            pending = Signal(range(FIFO + 1), name=f"pending{h}")   # in its tree or FIFO
+            with m.If(snap_full & ~started):
+                first = d_tile + field("d", 3) * h if h else d_tile
+                m.d.sync += [dr_row.eq(first), dr_addr.eq(first), dr_i.eq(0), dr_n.eq(0),
+                             i_last.eq((d_tv - h) >> exact_log2(H)), done[h].eq(d_tv < h)]
+            go = Signal(name=f"emit{h}")
+            m.d.comb += go.eq(snap_full & started & ~done[h] & (pending < FIFO) & ~flush)
+            with m.If(go):
+                m.d.sync += [dr_n.eq(dr_n + 1), dr_addr.eq(dr_addr + field("d", 2))]
+                with m.If(dr_n == d_nv):
+                    nxt = dr_row + (field("d", 3) << exact_log2(H))
+                    m.d.sync += [dr_n.eq(0), dr_i.eq(dr_i + 1), dr_row.eq(nxt), dr_addr.eq(nxt)]
+                    with m.If(dr_i == i_last):
+                        m.d.sync += done[h].eq(1)
+            # lane k = t * N + n with t = i * H + h, in the order of Cat(dr_n, dr_i)
+            mine = [snap[(i * H + h) * N + j] for i in range(rows_h) for j in range(N)]
+            sel_data = Signal(32 * P, name=f"sel_data{h}")
+            sel_valid, sel_addr = Signal(name=f"sel_valid{h}"), Signal(32, name=f"sel_addr{h}")
+            m.d.sync += [sel_data.eq(Array(mine)[Cat(dr_n, dr_i)] if len(mine) > 1 else mine[0]),
+                         sel_valid.eq(go), sel_addr.eq(dr_addr)]
+            df = Dataflow(m, Const(1), prefix=f"tree{h}_", data_only=True)  # valid, address: tag
+            level = [Val(sel_data[32 * j:32 * (j + 1)], 0) for j in range(P)]
+            while len(level) > 1:
+                level = [df.add(level[q], level[q + 1]) for q in range(0, len(level), 2)]
+            total = level[0]
+            tag = Cat(sel_valid, sel_addr)
+            for _ in range(total.stage):
+                r = Signal(len(tag))
+                m.d.sync += r.eq(tag)
+                tag = r
+            out = ResetInserter(start)(SyncFIFOBuffered(width=64, depth=FIFO))
+            m.submodules[f"out_fifo{h}"] = out
+            m.d.comb += [out.w_data.eq(Cat(df.at(total, total.stage), tag[1:])),
+                         out.w_en.eq(tag[0] & ~flush)]
+            popped = Signal(name=f"popped{h}")
+            m.d.sync += pending.eq(Mux(start, 0, pending + go - popped))
 
-        # write merge: results of one 16-byte word in one write with strobes, from a register
-        # slice after the FIFO (the merge's word compare does not reach the FIFO's pointers)
-        res_take = Signal()
-        res_rdy, res_valid, res_word = skid_buffer(m, out.r_rdy, out.r_data, res_take, "res",
-                                                   clear=start)
-        m.d.comb += out.r_en.eq(out.r_rdy & res_rdy)
-        res_data, res_addr = res_word[:32], res_word[32:]
-        pend_valid, pend_word = Signal(), Signal(32 - _WORD_SHIFT)
-        pend_data, pend_strb = Signal(DATA_BITS), Signal(DATA_BYTES)
+            # write merge: results of one 16-byte word in one write with strobes, from a
+            # register slice after the FIFO (the word compare does not reach its pointers)
+            res_take = Signal(name=f"res_take{h}")
+            res_rdy, res_valid, res_word = skid_buffer(m, out.r_rdy, out.r_data, res_take,
+                                                       f"res{h}", clear=start)
+            m.d.comb += out.r_en.eq(out.r_rdy & res_rdy)
+            res_data, res_addr = res_word[:32], res_word[32:]
+            pend_valid, pend_word = Signal(name=f"pend_valid{h}"), Signal(32 - _WORD_SHIFT,
+                                                                         name=f"pend_word{h}")
+            pend_data = Signal(DATA_BITS, name=f"pend_data{h}")
+            pend_strb = Signal(DATA_BYTES, name=f"pend_strb{h}")
+            wq = (Signal(name=f"wq_valid{h}"), Signal(32 - _WORD_SHIFT, name=f"wq_word{h}"),
+                  Signal(DATA_BITS, name=f"wq_data{h}"), Signal(DATA_BYTES, name=f"wq_strb{h}"))
+            wq_taken = Signal(name=f"wq_taken{h}")       # the request register takes it
+            # (refilled the cycle after it is taken: wr.req.ready does not reach the merge;
+            # a drain writes at most a word every second cycle, q.K one per 4 results)
+            wq_free = ~wq[0]
+            lane32 = res_addr[2:_WORD_SHIFT]
+            new_data = (res_data << (lane32 * 32))[:DATA_BITS]
+            new_strb = (Const(0b1111, DATA_BYTES) << (lane32 * 4))[:DATA_BYTES]
+            new_mask = Cat(*(b.replicate(8) for b in new_strb))
+            same = pend_valid & (pend_word == res_addr[_WORD_SHIFT:])
+            to_wq = Signal(name=f"to_wq{h}")
+            with m.If(res_valid & ~flush & (~pend_valid | same | wq_free)):
+                m.d.comb += [popped.eq(1), res_take.eq(1)]
+                m.d.sync += [pend_valid.eq(1), pend_word.eq(res_addr[_WORD_SHIFT:])]
+                with m.If(same):
+                    m.d.sync += [pend_data.eq((pend_data & ~new_mask) | new_data),
+                                 pend_strb.eq(pend_strb | new_strb)]
+                with m.Else():
+                    m.d.sync += [pend_data.eq(new_data), pend_strb.eq(new_strb)]
+                    m.d.comb += to_wq.eq(pend_valid)
+            with m.Elif(~res_valid & pend_valid & (pending == 0) & wq_free & ~flush):
+                m.d.comb += to_wq.eq(1)
+                m.d.sync += pend_valid.eq(0)
+            with m.If(start | flush):
+                m.d.sync += pend_valid.eq(0)
+            with m.If(to_wq):
+                m.d.sync += [wq[0].eq(1), wq[1].eq(pend_word), wq[2].eq(pend_data),
+                             wq[3].eq(pend_strb)]
+            with m.Elif(wq_taken | flush):     # (a request not yet on the bus is dropped)
+                m.d.sync += wq[0].eq(0)
+            wreqs.append((wq, wq_taken))
+            idle.append((pending == 0) & ~res_valid & ~pend_valid & ~wq[0])
+
+        # the write request register: the drains' requests in turn (``prio``: the drain
+        # that goes first when several wait); valid never drops before ready
         wreq_valid = Signal()
         wr_out = Signal(range(1 << 16))
+        prio = Signal(range(H))
         wreq_free = ~wreq_valid | self.wr.req.ready
-        lane32 = res_addr[2:_WORD_SHIFT]
-        new_data = (res_data << (lane32 * 32))[:DATA_BITS]
-        new_strb = (Const(0b1111, DATA_BYTES) << (lane32 * 4))[:DATA_BYTES]
-        new_mask = Cat(*(b.replicate(8) for b in new_strb))
-        same = pend_valid & (pend_word == res_addr[_WORD_SHIFT:])
-        to_wreq = Signal()
-        with m.If(res_valid & ~flush & (~pend_valid | same | wreq_free)):
-            m.d.comb += [popped.eq(1), res_take.eq(1)]
-            m.d.sync += [pend_valid.eq(1), pend_word.eq(res_addr[_WORD_SHIFT:])]
-            with m.If(same):
-                m.d.sync += [pend_data.eq((pend_data & ~new_mask) | new_data),
-                             pend_strb.eq(pend_strb | new_strb)]
-            with m.Else():
-                m.d.sync += [pend_data.eq(new_data), pend_strb.eq(new_strb)]
-                m.d.comb += to_wreq.eq(pend_valid)
-        with m.Elif(~res_valid & pend_valid & (pending == 0) & wreq_free & ~flush):
-            m.d.comb += to_wreq.eq(1)
-            m.d.sync += pend_valid.eq(0)
-        with m.If(start | flush):
-            m.d.sync += pend_valid.eq(0)
-        m.d.comb += self.wr.req.valid.eq(wreq_valid)
-        with m.If(to_wreq):
-            m.d.sync += [wreq_valid.eq(1),
-                         self.wr.req.payload.addr.eq(Cat(Const(0, _WORD_SHIFT), pend_word)),
-                         self.wr.req.payload.data.eq(pend_data),
-                         self.wr.req.payload.strb.eq(pend_strb)]
-        with m.Elif(self.wr.req.ready):
+        # the pick depends on registers only (wr.req.ready reaches just the loads below)
+        pick = Signal(range(H))
+        any_w = Signal()
+        waiting = Cat(*(wq[0] for wq, _ in wreqs))
+        # rotate so that bit 0 is drain prio, take the lowest set bit, rotate back
+        rot = Signal(H)
+        m.d.comb += rot.eq(Cat(waiting, waiting).bit_select(prio, H) if H > 1 else waiting)
+        m.d.comb += any_w.eq(rot.any() & ~flush)
+        for k in reversed(range(H)):     # the first waiting drain from prio wins
+            with m.If(rot[k]):
+                m.d.comb += pick.eq((prio + k)[:max(1, exact_log2(H))] if H > 1 else 0)
+        with m.If(wreq_free):
             m.d.sync += wreq_valid.eq(0)
+            with m.If(any_w):
+                m.d.sync += [wreq_valid.eq(1),
+                             self.wr.req.payload.addr.eq(Cat(Const(0, _WORD_SHIFT),
+                                                             Array(wq[1] for wq, _ in wreqs)[pick])),
+                             self.wr.req.payload.data.eq(Array(wq[2] for wq, _ in wreqs)[pick]),
+                             self.wr.req.payload.strb.eq(Array(wq[3] for wq, _ in wreqs)[pick])]
+                if H > 1:
+                    m.d.sync += prio.eq(pick + 1)
+                m.d.comb += [taken.eq(pick == h) for h, (_, taken) in enumerate(wreqs)]
+        m.d.comb += self.wr.req.valid.eq(wreq_valid)
         m.d.comb += self.wr.resp.ready.eq(1)
-        m.d.sync += wr_out.eq(wr_out + (self.wr.req.valid & self.wr.req.ready) - self.wr.resp.valid)
-        with m.If(self.wr.resp.valid & self.wr.resp.payload.err
+        m.d.sync += wr_out.eq(wr_out + (self.wr.req.valid & self.wr.req.ready) - wresp_valid)
+        with m.If(wresp_valid & wresp_err
                   & ~rdr_a.read_error & ~rdr_b.read_error):
             m.d.comb += err_now.eq(isa.ErrorCode.AXI_WRITE)
 
         # ------------------------------------------------------------ completion
         m.d.comb += [quiet.eq(rdr_a.quiet & rdr_b.quiet & ~wreq_valid & (wr_out == 0)),
-                     run_done.eq(c_done & ~snap_full & (pending == 0) & ~res_valid
-                                 & ~pend_valid)]
+                     run_done.eq(c_done & ~snap_full & Cat(*idle).all())]
         return m

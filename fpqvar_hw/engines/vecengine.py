@@ -112,7 +112,7 @@ from ..units.vector import (Elementwise, FDot, Func, L2NormTemperature, LayerNor
 __all__ = ["VectorEngine", "KV6Quantizer", "KV6_FORMAT", "ATT_LANES"]
 
 #: Default attention array of the engine: ``(T, N)``, the accelerator config's default
-#: ``att_t`` x ``att_n`` (16 A rows x 4 B rows, 64 MAC lanes).
+#: ``att_t`` x ``att_n`` (32 A rows x 4 B rows, 128 MAC lanes).
 ATT_LANES = (AcceleratorConfig.att_t, AcceleratorConfig.att_n)
 
 #: Element format of the KV6 cache codes (``golden.attention.kv_encode``).

@@ -125,7 +125,7 @@ def top_build(config: AcceleratorConfig, C: int, *,
 #: stages; the vector engine issued its first read straight from the loop nest.
 _OLDER_RTL_LATENCIES = {"dot_group": 1, "bias": 2, "vec_issue": 0,   # ... no attention array;
                         "att_T": 0, "att_N": 0, "att_check": 0, "att_tile": 0, "att_tail": 0,
-                        "att_depth": 0, "att_slots": 2,     # the first one had two B slots
+                        "att_depth": 0, "att_slots": 2, "att_drains": 1,  # the first: 2 B slots, 1 drain
                         "vec_slices": 0, "load_slices": 0,  # no register slices
                         "rd_slice": 0, "wr_slice": 0,
                         "vec_busy": 0,                      # a combinational busy
@@ -197,7 +197,7 @@ def top_latencies(lanes: int, att: tuple[int, int], tn: int = 1, sets: int = 1) 
         "att_T": att[0] if att else 0, "att_N": att[1] if att else 0,
         "att_check": AttentionArray.CHECK_CYCLES, "att_tile": AttentionArray.tile_cycles(0),
         "att_tail": AttentionArray.tail_cycles(0), "att_depth": AttentionArray.DEPTH,
-        "att_slots": AttentionArray.B_SLOTS,
+        "att_slots": AttentionArray.B_SLOTS, "att_drains": AttentionArray.DRAINS,
         **{f"gap_{s.name}": u for s, u in units.items()},
         "tree": tree, "drain": PartialSums.DRAIN, "mul": FPOp.MUL.latency,
         "ln_mean": df.mul(tv, df.const(0)).stage,
@@ -425,7 +425,8 @@ def att_cost(n: tuple[int, int, int, int], operands: Mapping[str, tuple[int, int
 
     ``n3 * ceil(n2/T)`` A tiles of ``T`` rows, each with ``ceil(n1/N)`` B tiles of ``N``
     rows; a tile takes ``att_tile + n0`` cycles once its rows are on chip
-    (``AttentionArray.tile_cycles``), the next tile's rows load meanwhile.  Words: every A
+    (``AttentionArray.tile_cycles``), or the drain's one result per cycle when longer
+    (``AttentionArray.drain_cycles``), the next tile's rows load meanwhile.  Words: every A
     row once, every B row once per A tile (``ceil(16-byte words)``, half a word more on
     average when rows are not word multiples: they start anywhere).  Requests: a burst of
     at most ``max_burst`` words per row, B rows back to back (``s1 = 2*n0``, ``n0`` a
@@ -436,12 +437,9 @@ def att_cost(n: tuple[int, int, int, int], operands: Mapping[str, tuple[int, int
     an A row's ``N`` results of a B tile merge into one write (two when the row's results
     are not word aligned, 3 in 4 of its tiles), bounded as :func:`write_bound`.
     """
-    L = b.lat
+    L, (n0, n1, n2, n3), s1_b = b.lat, n, operands["b"][1]
     T, N = L["att_T"], L["att_N"]
-    n0, n1, n2, n3 = n
-    s1_b = operands["b"][1]
-    a_tiles = n3 * -(-n2 // T)
-    b_tiles = -(-n1 // N)
+    a_tiles, b_tiles = n3 * -(-n2 // T), -(-n1 // N)
     tiles = a_tiles * b_tiles
 
     def row_words(nbytes: int) -> float:
@@ -470,8 +468,11 @@ def att_cost(n: tuple[int, int, int, int], operands: Mapping[str, tuple[int, int
     contig = s1_b == 2 * n0 and n0 % 8 == 0
     b_rows = min(N, n1)
     load = rd + 1 + 2 * (1 if contig else b_rows) + b_rows * wb / mem.beat_rate
-    compute = tiles * max(L["att_tile"] + n0, load / (L["att_slots"] - 1))
-    last = min(T, n2 - (-(-n2 // T) - 1) * T) * min(N, n1 - (b_tiles - 1) * N)
+    from ..engines.attention import AttentionArray
+    drain = AttentionArray.drain_cycles(min(T, n2), min(N, n1), L["att_drains"])
+    compute = tiles * max(L["att_tile"] + n0, drain, load / (L["att_slots"] - 1))
+    last = AttentionArray.drain_results(min(T, n2 - (-(-n2 // T) - 1) * T),
+                                        min(N, n1 - (b_tiles - 1) * N), L["att_drains"])
     cyc = ENGINE_START + 1 + L["att_check"] + max(first + compute, rd + t_bus, t_req, t_depth, t_wr) \
         + L["att_tail"] + last + mem.write_latency + WRITE_PATH + L["wr_slice"] + ENGINE_END \
         + L["vec_busy"]
