@@ -647,14 +647,17 @@ class AttentionArray(Checked, wiring.Component):
         wreqs = []                          # per drain: (valid, word, data, strb) registers
         idle = []                           # per drain: nothing pending in it
         for h in range(H):
-            dr_i, dr_n = Signal(range(rows_h), name=f"dr_i{h}"), Signal(range(N), name=f"dr_n{h}")
-            i_last = Signal(range(rows_h), name=f"dr_ilast{h}")
+            # (at least one bit: a drain of one row per tile still counts it)
+            ib = max(1, ceil_log2(rows_h))
+            dr_i, dr_n = Signal(ib, name=f"dr_i{h}"), Signal(range(N), name=f"dr_n{h}")
+            i_last = Signal(ib, name=f"dr_ilast{h}")
             dr_row, dr_addr = Signal(32, name=f"dr_row{h}"), Signal(32, name=f"dr_addr{h}")
             pending = Signal(range(FIFO + 1), name=f"pending{h}")   # in its tree or FIFO
             with m.If(snap_full & ~started):
                 first = d_tile + field("d", 3) * h if h else d_tile
                 m.d.sync += [dr_row.eq(first), dr_addr.eq(first), dr_i.eq(0), dr_n.eq(0),
-                             i_last.eq((d_tv - h) >> exact_log2(H)), done[h].eq(d_tv < h)]
+                             i_last.eq((d_tv - h) >> exact_log2(H)),
+                             done[h].eq(d_tv < h if h else 0)]
             go = Signal(name=f"emit{h}")
             m.d.comb += go.eq(snap_full & started & ~done[h] & (pending < FIFO) & ~flush)
             with m.If(go):
@@ -668,7 +671,8 @@ class AttentionArray(Checked, wiring.Component):
             mine = [snap[(i * H + h) * N + j] for i in range(rows_h) for j in range(N)]
             sel_data = Signal(32 * P, name=f"sel_data{h}")
             sel_valid, sel_addr = Signal(name=f"sel_valid{h}"), Signal(32, name=f"sel_addr{h}")
-            m.d.sync += [sel_data.eq(Array(mine)[Cat(dr_n, dr_i)] if len(mine) > 1 else mine[0]),
+            sel_k = Cat(dr_n, dr_i)[:ceil_log2(len(mine))]
+            m.d.sync += [sel_data.eq(Array(mine)[sel_k] if len(mine) > 1 else mine[0]),
                          sel_valid.eq(go), sel_addr.eq(dr_addr)]
             df = Dataflow(m, Const(1), prefix=f"tree{h}_", data_only=True)  # valid, address: tag
             level = [Val(sel_data[32 * j:32 * (j + 1)], 0) for j in range(P)]
