@@ -20,19 +20,20 @@ sequence has fixed addresses that overlap beyond 384 keys):
   multiple of ``P``), 1 and 9, typical attention-score ranges and ranges where most
   outputs underflow, ``-inf`` and ``-3e38`` entries; random layouts, two in place.
 * ``attention_wide``: QK^T (FDOT, FP16 K cache) -> SOFTMAX -> PV (FDOT, FP16 V
-  cache) over each ``[H, Nq, Nk]`` of ``attention`` in turn (one long row of keys;
-  queries and keys that leave edge tiles both ways on the engine's attention array),
-  caches ``[h, j, d]``, scores ``[t, h, j]``;
-  p.V twice: on V in row order (the element path) and on V transposed ``[h, d, j]`` as
-  the compiler keeps it (rows of ``Nk`` tokens on the engine's attention array, as is
-  q.K); besides the per-instruction check both outputs must equal
+  cache) over each ``[H, Nq, Nk, row_order]`` of ``attention`` in turn (one long row
+  of keys; queries and keys that leave edge tiles both ways on the engine's attention
+  array), caches ``[h, j, d]``, scores ``[t, h, j]``;
+  p.V on V transposed ``[h, d, j]`` as the compiler keeps it (rows of ``Nk`` tokens on
+  the engine's attention array, as is q.K) and, where ``row_order`` is 1, again on V in
+  row order (the element path: 0.25-0.5 elements/cycle, 80 % of the simulated cycles
+  when run on every shape); besides the per-instruction check every output must equal
   ``fpqvar_quant.golden.attention.attention`` bit for bit.
 * ``length_limits``: LNMOD rows of ``C - 1`` and ``C + 1`` and a SOFTMAX row of
   ``max_kv + 1`` are refused (error 5, DRAM unchanged, no access), and an LNMOD row
   of ``C`` right after them is correct.
 
 Parameters (``tb_params``): ``seed``, ``C``, ``max_kv``, ``P`` (the build), ``attention``
-(a list of [H, Nq, Nk] for ``attention_wide``).
+(a list of [H, Nq, Nk, row_order] for ``attention_wide``).
 """
 from __future__ import annotations
 
@@ -163,18 +164,20 @@ async def attention_wide(dut):
     ``attention``: the output equals golden ``attention`` bit for bit."""
     p, tb, rng = setup_tb(dut, "attention_wide")
     shapes = p["attention"]
-    for H, Nq, Nk in shapes:
+    for H, Nq, Nk, row_order in shapes:
+        if row_order not in (0, 1):
+            raise ValueError(f"attention {[H, Nq, Nk, row_order]}: row_order must be 0 or 1")
         if Nk > p["max_kv"]:
             raise ValueError(f"attention over {Nk} keys needs max_kv >= {Nk} (build has {p['max_kv']})")
     nrng = np.random.default_rng(p["seed"] + 30)
     await tb.start()
-    for H, Nq, Nk in shapes:
-        await _attention(tb, nrng, p, H, Nq, Nk)
+    for H, Nq, Nk, row_order in shapes:
+        await _attention(tb, nrng, p, H, Nq, Nk, bool(row_order))
     tb.finish()
 
 
 async def _attention(tb: VecEngineTB, nrng: np.random.Generator, p: dict, H: int, Nq: int,
-                     Nk: int) -> None:
+                     Nk: int, row_order: bool) -> None:
     D = isa.L2NT_LEN
     # q: l2-normalised rows times exp(t) (t per head in [2, ln 100]); caches: K
     # l2-normalised, V N(0, 1); both FP16 as the model's KV cache holds them
@@ -207,18 +210,22 @@ async def _attention(tb: VecEngineTB, nrng: np.random.Generator, p: dict, H: int
              a=Operand(at["s"], 4, 0, s_tok, Nk * 4),
              b=Operand(at["v"], D * 2, 2, 0, Nk * D * 2),
              d=Operand(at["o"], 0, 4, row, D * 4))
-    # p.V again on the V cache transposed as the compiler keeps it ([h, d, j]): rows of Nk
+    # p.V on the V cache transposed as the compiler keeps it ([h, d, j]): rows of Nk
     # tokens on the attention array (the row-order p.V above runs on the element path)
     pv_t = Vec(subop=VecSubop.FDOT, n=(Nk, D, Nq, H), flags=int(isa.VecFlag.B_FP16),
                a=Operand(at["s"], 4, 0, s_tok, Nk * 4),
                b=Operand(at["vt"], 2, Nk * 2, 0, Nk * D * 2),
                d=Operand(at["o2"], 0, 4, row, D * 4))
-    for name, v in (("QK^T", qk), ("softmax (in place)", sm), ("PV", pv),
-                    ("PV, V transposed", pv_t)):
+    steps = [("QK^T", qk), ("softmax (in place)", sm), ("PV, V transposed", pv_t)]
+    outs = ["o2"]
+    if row_order:
+        steps.append(("PV, V in row order", pv))
+        outs.append("o")
+    for name, v in steps:
         await tb.run(v, what=f"attention {name}, {H} heads x {Nq} queries x {Nk} keys")
     dec = lambda c: g.to_float(g.convert(c, "fp16", "fp32"), "fp32")  # noqa: E731
     want = g.canon(attention(q, dec(k16), dec(v16), p["P"]))          # [H, Nq, 64]
-    for o in ("o", "o2"):
+    for o in outs:
         got = np.frombuffer(tb.view[at[o] - BASE:at[o] - BASE + sizes[o]].tobytes(), np.uint32)
         got = got.reshape(Nq, H, D).transpose(1, 0, 2)
         bad = np.argwhere(got != want)
