@@ -495,9 +495,8 @@ def run_build(platform, config, out, *, synth=True, lint=True, jobs=2, verbose=T
     Raises :class:`BuildError` for problems the user must fix (missing tool,
     configuration that does not fit the platform).
     """
-    from fpqvar_hw.flow import perf, reports, simcycles, throughput, vivado
+    from fpqvar_hw.flow import simcycles
     from fpqvar_hw.flow.registry import DEFAULT_MODEL, resolve_units, top_shape
-    from fpqvar_hw.flow.resources import FitError, check_fit
     out = Path(out)
     shape = top_shape(model or DEFAULT_MODEL)
     try:            # read before anything is written: a bad file is the user's to fix
@@ -515,9 +514,45 @@ def run_build(platform, config, out, *, synth=True, lint=True, jobs=2, verbose=T
         resolved = [dataclasses.replace(r, variants=(), pending="not emitted (--no-top)")
                     if r.spec.is_top else r for r in resolved]
     prefit: dict = {}
+    prefetch: list = []         # the units' synthesis, started before the top is emitted
+    try:
+        return _steps(platform, config, out, resolved, sims, synth, lint, jobs, verbose,
+                      cache_dir, prefit, prefetch)
+    finally:
+        for p in prefetch:      # its Yosys run in flight ends (an error exit included)
+            p.stop()
+            p.join()
+
+
+def _before_top(emitted, designs, config, platform, prefit, verbose, synth, cache_dir,
+                prefetch) -> str | None:
+    """Before the top is emitted: the pre-top fit check and, with synthesis on, the
+    synthesis of the emitted units in the background (one Yosys process while the top's
+    emission holds the other core: 50 s of the top's Python at full size, during which
+    the pool of [3/6] would otherwise wait)."""
+    reason = _pre_top_fit(emitted, designs, config, platform, prefit, verbose)
+    if synth and not reason:
+        from fpqvar_hw.flow import resources as R
+        from fpqvar_hw.flow.hsynth import Prefetch
+        units = sorted((designs[v.instance] for v in emitted if v.count or v.inside),
+                       key=lambda d: -len(d.text))
+        if units and R.synth_available():
+            prefetch.append(Prefetch(units, cache_dir=Path(cache_dir) / "hier", progress=lambda n, rec: _log(
+                verbose, f"    {n}: {rec['seconds']} s (synthesised while the top is emitted)")))
+    return reason
+
+
+def _steps(platform, config, out, resolved, sims, synth, lint, jobs, verbose, cache_dir,
+           prefit, prefetch) -> BuildResult:
+    """The steps of :func:`run_build` after the output folder is prepared."""
+    from fpqvar_hw.flow import perf, reports, simcycles, throughput, vivado
+    from fpqvar_hw.flow.resources import FitError, check_fit
     emitted, pending, manifests, designs, ports_of_top = _emit_units(
         resolved, config, platform, out, verbose,
-        before_top=lambda em, designs: _pre_top_fit(em, designs, config, platform, prefit, verbose))
+        before_top=lambda em, designs: _before_top(em, designs, config, platform, prefit,
+                                                   verbose, synth, cache_dir, prefetch))
+    for p in prefetch:
+        p.stop()                # the foreground pool takes over; the run in flight ends
     top_exists = ports_of_top is not None
     if prefit:
         (out / "pre_top_fit.json").write_text(_json(prefit))

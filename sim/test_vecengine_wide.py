@@ -8,15 +8,15 @@ model); see sim/tb_vecengine_wide.py for the cases:
   2^+-40 within a row, outliers, a constant row, an overflowing variance, subnormals);
 * SOFTMAX rows of 680, 677 (not a multiple of P = 8), 1 and 9;
 * attention QK^T -> SOFTMAX -> PV over 680 cached FP16 keys (1 head, 1 query; p.V also
-  on V in row order, the element path's 680-long reduction) and over 6 keys for 35
-  queries of 2 heads (edge tiles both ways on the 32 x 4 attention array), also equal
-  to ``golden.attention`` bit for bit;
+  on V in row order for 8 output dimensions, the element path's 680-long reductions) and
+  over 6 keys for 35 queries of 2 heads (edge tiles both ways on the 32 x 4 attention
+  array), also equal to ``golden.attention`` bit for bit;
 * the row-length limits: LNMOD rows of 1023 and 1025 and a SOFTMAX row of 681 are
   refused (error 5) without touching DRAM.
 
 Slow tier (``--run-slow``): one Verilator build of the engine (a few minutes, cached
 under build/sim/vecengine-c1024-kv680-*) and one simulator run, the attention
-sequence (about 120k cycles) being most of it.  The small build with random
+sequence (about 50k cycles) being most of it.  The small build with random
 instructions of every sub-op is sim/test_vecengine.py.
 """
 from __future__ import annotations
@@ -30,9 +30,9 @@ WIDE = dict(C=1024, max_kv=680, P=8,     # d16: C = 64 x 16, 680 tokens at 256 p
             att=ATT_LANES)              # the preset's attention array
 
 
-@pytest.mark.slow   # Verilator build of the engine + ~120k simulated cycles
+@pytest.mark.slow   # Verilator build of the engine + ~50k simulated cycles
 @pytest.mark.parametrize("seed", [7])
 def test_vecengine_real_widths(seed):
     run_cocotb(VectorEngine(**WIDE), name=f"vecengine-c{WIDE['C']}-kv{WIDE['max_kv']}",
                test_module="sim.tb_vecengine_wide", seed=seed,
-               params=dict(seed=seed, attention=[[1, 1, WIDE["max_kv"], 1], [2, 35, 6, 0]], **WIDE))
+               params=dict(seed=seed, attention=[[1, 1, WIDE["max_kv"], 8], [2, 35, 6, 0]], **WIDE))

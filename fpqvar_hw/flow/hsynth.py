@@ -79,7 +79,7 @@ from .synth import (DEFAULT_CACHE as SYNTH_CACHE, SynthResult, YosysError, run_s
                     synth_xilinx_lines, yosys_version)
 
 __all__ = ["synthesize_hierarchical", "HierSynthResult", "ModuleSynth", "cross_check",
-           "CrossCheck", "EXACT_KEYS", "synthesize_designs", "combinational_modules", "LUT_TOLERANCE", "DEFAULT_CACHE", "TOTAL_KEYS", "port_stub",
+           "CrossCheck", "EXACT_KEYS", "synthesize_designs", "Prefetch", "combinational_modules", "LUT_TOLERANCE", "DEFAULT_CACHE", "TOTAL_KEYS", "port_stub",
            "module_script"]
 
 DEFAULT_CACHE = SYNTH_CACHE.parent / "hsynth"
@@ -467,6 +467,67 @@ def _plan(design, counts: dict[str, int], comb: frozenset[str]):
     return out
 
 
+def _jobs_of(designs: list):
+    """(instance counts, plans, jobs, identities) of ``designs``: ``jobs`` maps a module
+    run's identity (its text without its own name, and its children's ports) to (name,
+    text, stubs), each distinct run once; ``ident[(i, name)]`` is module ``name`` of
+    design ``i``'s identity."""
+    all_counts = [_check_design(d) for d in designs]
+    plans = [_plan(d, c, combinational_modules(d)) for d, c in zip(designs, all_counts)]
+    jobs: dict[str, tuple] = {}              # identity -> (name, text, stubs)
+    ident: dict[tuple[int, str], str] = {}
+    for i, plan in enumerate(plans):
+        for n, text, stubs, _, _ in plan:
+            key = hashlib.sha256("\0".join([text.replace(n, _PLACEHOLDER)] + [
+                stubs[c] for c in sorted(stubs)]).encode()).hexdigest()
+            ident[(i, n)] = key
+            jobs.setdefault(key, (n, text, stubs))
+    return all_counts, plans, jobs, ident
+
+
+class Prefetch:
+    """Synthesise the modules of ``designs`` into the cache in one background thread (one
+    Yosys process at a time, longest first) while the caller works on (the build: it emits
+    the accelerator top meanwhile, one core of Python); a later
+    :func:`synthesize_designs` over them finds them cached, or waits on the one in flight
+    (the cache entry's lock).  :meth:`stop` takes no new module; :meth:`join` waits until
+    the thread ends (after the module in flight, once stopped).  A failure is left to the foreground run, which meets the same
+    module and reports it.  ``progress(name, record)`` is called after each run."""
+
+    def __init__(self, designs, *, cache_dir: "Path | str | None" = None, abc9: bool = True,
+                 timeout_s: float = 3600, progress=None):
+        import threading
+
+        _, _, jobs, _ = _jobs_of(list(designs))
+        self._todo = sorted(jobs.values(), key=lambda j: -len(j[1]))
+        self._root = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
+        self._abc9, self._timeout, self._progress = abc9, timeout_s, progress
+        self._stop = threading.Event()
+        #: modules this prefetch ran Yosys on
+        self.ran: list[str] = []
+        self._thread = threading.Thread(target=self._work, name="synth-prefetch", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        for n, text, stubs in self._todo:
+            if self._stop.is_set():
+                return
+            try:
+                rec, runs = _one_module(n, text, stubs, self._abc9, self._root, self._timeout)
+            except Exception:       # noqa: BLE001 - the foreground run reports it
+                continue
+            if runs:
+                self.ran.append(n)
+                if self._progress:
+                    self._progress(n, rec)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self) -> None:
+        self._thread.join()
+
+
 def synthesize_designs(designs, *, workers: int = 2, cache_dir: "Path | str | None" = None,
                        abc9: bool = True, timeout_s: float = 3600,
                        progress=None) -> list[HierSynthResult]:
@@ -478,17 +539,8 @@ def synthesize_designs(designs, *, workers: int = 2, cache_dir: "Path | str | No
     if not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
         raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
     designs = list(designs)
-    all_counts = [_check_design(d) for d in designs]
+    all_counts, plans, jobs, ident = _jobs_of(designs)
     root = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
-    plans = [_plan(d, c, combinational_modules(d)) for d, c in zip(designs, all_counts)]
-    jobs: dict[str, tuple] = {}              # identity -> (name, text, stubs)
-    ident: dict[tuple[int, str], str] = {}
-    for i, plan in enumerate(plans):
-        for n, text, stubs, _, _ in plan:
-            key = hashlib.sha256("\0".join([text.replace(n, _PLACEHOLDER)] + [
-                stubs[c] for c in sorted(stubs)]).encode()).hexdigest()
-            ident[(i, n)] = key
-            jobs.setdefault(key, (n, text, stubs))
     t0 = time.monotonic()
 
     def job(key: str) -> tuple[dict, int]:
