@@ -534,11 +534,10 @@ def _before_top(emitted, designs, config, platform, prefit, verbose, synth, cach
     if synth and not reason:
         from fpqvar_hw.flow import resources as R
         from fpqvar_hw.flow.hsynth import Prefetch
-        units = sorted((designs[v.instance] for v in emitted if v.count or v.inside),
-                       key=lambda d: -len(d.text))
+        units = [designs[v.instance] for v in emitted if v.count or v.inside]
         if units and R.synth_available():
-            prefetch.append(Prefetch(units, cache_dir=Path(cache_dir) / "hier", progress=lambda n, rec: _log(
-                verbose, f"    {n}: {rec['seconds']} s (synthesised while the top is emitted)")))
+            prefetch.append(Prefetch(units, cache_dir=Path(cache_dir) / "hier", progress=lambda n, r: _log(
+                verbose, f"    {n}: {r['seconds']} s (synthesised while the top is emitted)")))
     return reason
 
 

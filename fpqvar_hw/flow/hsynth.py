@@ -491,8 +491,9 @@ class Prefetch:
     the accelerator top meanwhile, one core of Python); a later
     :func:`synthesize_designs` over them finds them cached, or waits on the one in flight
     (the cache entry's lock).  :meth:`stop` takes no new module; :meth:`join` waits until
-    the thread ends (after the module in flight, once stopped).  A failure is left to the foreground run, which meets the same
-    module and reports it.  ``progress(name, record)`` is called after each run."""
+    the thread ends (after the module in flight, once stopped).  A failure is left to the
+    foreground run, which meets the same module and reports it.  ``progress(name,
+    record)`` is called after each run."""
 
     def __init__(self, designs, *, cache_dir: "Path | str | None" = None, abc9: bool = True,
                  timeout_s: float = 3600, progress=None):
