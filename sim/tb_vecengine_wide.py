@@ -208,19 +208,19 @@ async def _attention(tb: VecEngineTB, nrng: np.random.Generator, p: dict, H: int
              d=Operand(at["s"], 0, 4, s_tok, Nk * 4))
     sm = Vec(subop=VecSubop.SOFTMAX, n=(Nk, H, Nq, 1),
              a=Operand(at["s"], 4, Nk * 4, s_tok), d=Operand(at["s"], 4, Nk * 4, s_tok))
-    pv = Vec(subop=VecSubop.FDOT, n=(Nk, row_order, Nq, H), flags=int(isa.VecFlag.B_FP16),
-             a=Operand(at["s"], 4, 0, s_tok, Nk * 4),
-             b=Operand(at["v"], D * 2, 2, 0, Nk * D * 2),
-             d=Operand(at["o"], 0, 4, row, D * 4))
     # p.V on the V cache transposed as the compiler keeps it ([h, d, j]): rows of Nk
-    # tokens on the attention array (the row-order p.V above runs on the element path)
+    # tokens on the attention array
     pv_t = Vec(subop=VecSubop.FDOT, n=(Nk, D, Nq, H), flags=int(isa.VecFlag.B_FP16),
                a=Operand(at["s"], 4, 0, s_tok, Nk * 4),
                b=Operand(at["vt"], 2, Nk * 2, 0, Nk * D * 2),
                d=Operand(at["o2"], 0, 4, row, D * 4))
     steps = [("QK^T", qk), ("softmax (in place)", sm), ("PV, V transposed", pv_t)]
     outs = {"o2": D}
-    if row_order:
+    if row_order:       # p.V on V in row order, output dimensions 0..row_order-1: element path
+        pv = Vec(subop=VecSubop.FDOT, n=(Nk, row_order, Nq, H), flags=int(isa.VecFlag.B_FP16),
+                 a=Operand(at["s"], 4, 0, s_tok, Nk * 4),
+                 b=Operand(at["v"], D * 2, 2, 0, Nk * D * 2),
+                 d=Operand(at["o"], 0, 4, row, D * 4))
         steps.append((f"PV, V in row order (dimensions 0..{row_order - 1})", pv))
         outs["o"] = row_order
     for name, v in steps:
