@@ -63,7 +63,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, metavar="NAME",
                    help="VAR model the accelerator top is built for (its vector engine's "
                         "LayerNorm row is C = 64*depth; SOFTMAX rows up to the model's KV "
-                        "length): one of d16, d20, d24, d30, d36 (default d16)")
+                        "length): one of d16, d20, d24, d30, d36, digits (default d16)")
     p.add_argument("--sim-cycles", type=Path, action="append", default=[], metavar="JSON",
                    help="cycle counts of the top's RTL simulation (build/tiny-image/cycles.json "
                         "from `python -m fpqvar_hw.host.driver --backend rtl`, or build/top/"

@@ -80,6 +80,7 @@ def test_fp16_presets_have_no_pending_unit_variant(preset):
 def test_top_shape():
     assert top_shape("d16") == TopShape("d16", 1024, 680)
     assert top_shape("d36").C == 2304
+    assert top_shape("digits") == TopShape("digits", 128, 30)     # 1 + 4 + 9 + 16 tokens
     with pytest.raises(ValueError, match="unknown model 'd99'"):
         top_shape("d99")
 

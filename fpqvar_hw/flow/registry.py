@@ -57,11 +57,14 @@ class TopShape:
 
 
 def top_shape(model: str = DEFAULT_MODEL) -> TopShape:
-    """:class:`TopShape` of a throughput-model VAR (``fpqvar_hw.flow.perf.MODELS``)."""
-    from .perf import MODELS
-    if model not in MODELS:
-        raise ValueError(f"unknown model {model!r}; models: {', '.join(MODELS)}")
-    m = MODELS[model]
+    """:class:`TopShape` of a throughput-model VAR (``fpqvar_hw.flow.perf.MODELS``) or of the
+    shipped digits VAR (``perf.DIGITS``: C = 128, longest KV 32; the open ECP5 build's
+    size, and the CI build test's: its row buffers are 8-21x smaller than d16's)."""
+    from .perf import DIGITS, MODELS
+    known = {**MODELS, DIGITS.name: DIGITS}
+    if model not in known:
+        raise ValueError(f"unknown model {model!r}; models: {', '.join(known)}")
+    m = known[model]
     return TopShape(m.name, m.C, m.kv_lengths[-1])
 
 
