@@ -128,9 +128,10 @@ MUTANTS = [
            DOT2_E2M1_TEST, "v2 adder tree: the two partial sums of a node swapped but not "
                            "their sign flags (wrong sign wherever the flags differ)"),
     Mutant("v2-tree-carry-dropped", "fpqvar_hw/units/dot.py",
-           "+ Cat(g, ys.as_unsigned() ^ g.replicate(width)).as_signed())",
-           "+ Cat(Const(0, 1), ys.as_unsigned() ^ g.replicate(width)).as_signed())",
-           DOT2_E2M1_TEST, "v2 adder tree: the +1 of a node's conditional negation is lost"),
+           "+ Cat(f, rs.as_unsigned() ^ f.replicate(width)).as_signed())",
+           "+ Cat(Const(0, 1), rs.as_unsigned() ^ f.replicate(width)).as_signed())",
+           DOT2_E2M1_TEST, "flagged add (the v2 adder tree's nodes, the v1 totals): the +1 of "
+           "the conditional negation is lost"),
     Mutant("v2-tree-flag-register-dropped", "fpqvar_hw/units/dot.py",
            'f if isinstance(f, Const) else reg(f, f"r_{tag}{depth}_{k}_f"), mx)',
            "f, mx)",

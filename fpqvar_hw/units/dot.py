@@ -781,21 +781,14 @@ def _flag_tree(m: Module, leaves, tag: str, reg, levels_per_stage: int):
             (x, fx, mx), (y, fy, my) = level[j], level[j + 1]
             bound = mx + my
             width = sum_width(bound)
-            r = Signal(signed(width), name=f"t_{tag}{depth}_{j // 2}")
+            name = f"t_{tag}{depth}_{j // 2}"
             if isinstance(fx, Const) and isinstance(fy, Const):   # signed leaves, no flags
+                r = Signal(signed(width), name=name)
                 m.d.comb += r.eq(x + y)
-            else:
-                # r = x + (y XOR g) + g as ONE two-operand add: the carry-in g rides in an
-                # extra low bit ({x, 1} + {y XOR g, g}), which Yosys maps to a single
-                # carry chain (a three-operand add becomes a $macc: full-adder rows)
-                g = fx ^ fy
+            else:       # x + (g ? -y : y), g = fx XOR fy: one carry chain, the +1 carried in
                 xs = Signal(signed(width), name=f"x_{tag}{depth}_{j // 2}")
-                ys = Signal(signed(width), name=f"y_{tag}{depth}_{j // 2}")
-                m.d.comb += [xs.eq(x), ys.eq(y)]
-                wide = Signal(signed(width + 1), name=f"w_{tag}{depth}_{j // 2}")
-                m.d.comb += wide.eq(Cat(Const(1, 1), xs).as_signed()
-                                    + Cat(g, ys.as_unsigned() ^ g.replicate(width)).as_signed())
-                m.d.comb += r.eq(wide[1:].as_signed())
+                m.d.comb += xs.eq(x)
+                r = _add_flagged(m, xs, y, fx ^ fy, width, name)
             nxt.append((r, fx, bound))
         if len(level) % 2:
             nxt.append(level[-1])
