@@ -55,7 +55,9 @@ def make_parser() -> argparse.ArgumentParser:
                "See docs/build.md.")
     p.add_argument("--platform", default="vck190", choices=platform_names(),
                    help="target platform (default: vck190): " + "; ".join(
-                       f"{n}: {pl.description}" for n, pl in PLATFORMS.items()))
+                       f"{n}: {pl.description}"
+                       + (f" (default --param {' '.join(pl.default_params)})"
+                          if pl.default_params else "") for n, pl in PLATFORMS.items()))
     p.add_argument("--preset", default="w4a4", choices=preset_names(),
                    help="accelerator preset (default: w4a4 = FPQVAR e2m1 + DFQ FC2 + GHT)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
@@ -482,6 +484,18 @@ def _int_comparison(config, platform, timings, unit_res) -> dict:
     return out
 
 
+def platform_params(platform, params) -> dict[str, str]:
+    """The platform's default ``key=value`` overrides, then the user's ``--param`` (which
+    win; a key the user gives twice stays an error of :func:`apply_overrides`)."""
+    from fpqvar_hw.config import parse_param
+    user = [parse_param(t) for t in params]
+    keys = [k for k, _ in user]
+    dup = next((k for k in keys if keys.count(k) > 1), None)
+    if dup is not None:
+        raise ValueError(f"parameter {dup!r} given twice")
+    return {**dict(parse_param(t) for t in platform.default_params), **dict(user)}
+
+
 def run_build(platform, config, out, *, synth=True, lint=True, jobs=2, verbose=True,
               cache_dir: Path | None = None, model: str | None = None,
               top: bool = True, sim_cycles: tuple = ()) -> BuildResult:
@@ -819,7 +833,7 @@ def _main(argv: list[str]) -> int:
     if args.jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {args.jobs}")
     platform = get_platform(args.platform)
-    config = apply_overrides(get_preset(args.preset), args.param)
+    config = apply_overrides(get_preset(args.preset), platform_params(platform, args.param))
     if args.model is not None:
         from fpqvar_hw.flow.registry import top_shape
         top_shape(args.model)
@@ -827,13 +841,13 @@ def _main(argv: list[str]) -> int:
     # before any work: a file, a foreign folder or an unwritable place is the user's to fix
     check_output_dir(out, BUILD_KIND, overwrite=True, own=lambda p: (p / MARKER).exists())
     if platform.family == "ecp5":   # open ECP5 flow, issue 18 (fpqvar_hw.flow.ecp5, docs/build.md)
-        from fpqvar_hw.flow.ecp5 import Ecp5Error, build_ecp5
+        from fpqvar_hw.flow.ecp5 import Ecp5Error, build_ecp5, summary_text
         _prepare_out(out)
         try:
             rep = build_ecp5(config, out, jobs=min(args.jobs, 2), verbose=not args.quiet)
         except Ecp5Error as e:
             raise UserError(str(e)) from None
-        print(f"{rep['top']['summary']}\n\nOutputs in {out}")
+        print(f"{summary_text(rep)}\n\nOutputs in {out}")
         return 0 if rep["top"]["status"] == "routed" else 1
     try:
         result = run_build(platform, config, out, synth=not args.no_synth, lint=not args.no_lint,

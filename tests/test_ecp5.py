@@ -74,6 +74,45 @@ def test_top_summary_sums_top_level_units_only():
     assert ecp5.top_summary(rows)[0] is None
 
 
+def test_ulx3s_defaults_to_the_smallest_arrays_and_the_user_wins():
+    """build.py applies the platform's default arrays before --param; the user's value wins,
+    a key the user gives twice is still refused."""
+    import build
+    from fpqvar_hw.config import apply_overrides, get_preset
+    p = get_platform("ulx3s")
+    cfg = apply_overrides(get_preset("w4a4"), build.platform_params(p, []))
+    assert (cfg.lanes, cfg.quant_lanes, cfg.tm, cfg.tn, cfg.vector_lanes, cfg.att_t,
+            cfg.att_n) == (8, 8, 2, 2, 1, 2, 2)
+    cfg = apply_overrides(get_preset("w4a4"), build.platform_params(p, ["tm=4"]))
+    assert cfg.tm == 4 and cfg.lanes == 8
+    with pytest.raises(ValueError, match="'tm' given twice"):
+        build.platform_params(p, ["tm=4", "tm=8"])
+    assert build.platform_params(get_platform("vck190"), ["tm=4"]) == {"tm": "4"}
+
+
+def test_summary_and_throughput_of_a_report():
+    """The lines build.py prints: units routed, the slowest with its model figure, the
+    as-built model's images/s at that clock on the board's SDRAM, the top's line."""
+    from fpqvar_hw.config import apply_overrides, get_preset
+    p = get_platform("ulx3s")
+    cfg = apply_overrides(get_preset("w4a4"), list(p.default_params))
+    rows = [{"unit": "a", "status": "routed", "fmax_mhz": 90.0, "model_mhz": 80.0},
+            {"unit": "b", "status": "routed", "fmax_mhz": 70.0, "model_mhz": 75.0},
+            {"unit": "m", "status": "routed", "fmax_mhz": None},
+            {"unit": "c", "status": "tool crash", "fmax_mhz": None}]
+    tp = ecp5.ecp5_throughput(cfg, rows, p)
+    assert tp["slowest_unit"] == "b" and tp["routed"]["clock_mhz"] == 70.0
+    assert tp["board"]["clock_mhz"] == 25.0
+    # the SDRAM (16 bits at 25 MHz) bounds it: a faster clock buys little
+    assert 0 < tp["board"]["images_per_s"] <= tp["routed"]["images_per_s"] < 2 * tp["board"]["images_per_s"]
+    rep = {"part": "LFE5U-85F-6 CABGA381", "preset": "w4a4", "arrays": {"tm": 2},
+           "units": rows, "throughput": tp, "top": {"summary": "does not fit LFE5U-85F: X"}}
+    text = ecp5.summary_text(rep).splitlines()
+    assert text[0].endswith("arrays tm=2: 3 of 4 units routed; slowest b 70.0 MHz routed (model 75.0)")
+    assert text[1].startswith("Throughput model at 70 MHz (digits VAR, SDRAM): ")
+    assert text[2] == "does not fit LFE5U-85F: X"
+
+
 def _netlist(cells: dict) -> dict:
     """A synth_ecp5-style JSON netlist: cells {name: (type, {port: (dir, [bits])})}."""
     out = {}

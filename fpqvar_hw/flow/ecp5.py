@@ -475,19 +475,67 @@ def top_summary(rows: Sequence[Mapping], part: Ecp5Part = LFE5U_85F) -> tuple[st
     return line, tot
 
 
+#: The configuration fields that size the arrays (printed in the ECP5 report).
+_ARRAY_FIELDS = ("lanes", "quant_lanes", "tm", "tn", "vector_lanes", "att_t", "att_n")
+
+
+def ecp5_throughput(config, rows: Sequence[Mapping], plat) -> dict:
+    """The as-built top's model (:func:`fpqvar_hw.flow.asbuilt.evaluate_top`) for the digits
+    VAR on ``plat``'s memory (the ULX3S's 16-bit SDRAM), at the slowest unit's routed f_max
+    and at the board clock: what this configuration would run at if it fit."""
+    import dataclasses
+    from .asbuilt import evaluate_top
+    clocked = [r for r in rows if r.get("fmax_mhz")]
+    out = {"model": ECP5_MODEL}
+    clocks = [("board", plat.clock_mhz)]
+    if clocked:
+        slow = min(clocked, key=lambda r: r["fmax_mhz"])
+        out["slowest_unit"] = slow["unit"]
+        clocks.insert(0, ("routed", slow["fmax_mhz"]))
+    for label, mhz in clocks:
+        res = evaluate_top(ECP5_MODEL, dataclasses.replace(config, clock_mhz=mhz), plat)
+        out[label] = {"clock_mhz": round(mhz, 1), "images_per_s": round(res.images_per_s, 3),
+                      "cycles": res.cycles, "memory_beats_per_cycle": round(res.memory.beat_rate, 4)}
+    return out
+
+
+def summary_text(rep: Mapping) -> str:
+    """The lines ``build.py --platform ulx3s`` prints: units routed, the slowest, the model
+    throughput at its clock, and the whole top's line."""
+    units = rep["units"]
+    routed = [u for u in units if u.get("status") == "routed"]
+    clocked = [u for u in routed if u.get("fmax_mhz")]
+    lines = [f"ECP5 {rep['part']}, preset {rep['preset']}, arrays "
+             + ", ".join(f"{k}={v}" for k, v in rep.get("arrays", {}).items())
+             + f": {len(routed)} of {len(units)} units routed"]
+    if clocked:
+        slow = min(clocked, key=lambda u: u["fmax_mhz"])
+        lines[0] += (f"; slowest {slow['unit']} {slow['fmax_mhz']:.1f} MHz routed"
+                     + (f" (model {slow['model_mhz']:.1f})" if slow.get("model_mhz") else ""))
+    tp = (rep.get("throughput") or {}).get("routed")
+    if tp:
+        lines.append(f"Throughput model at {tp['clock_mhz']:g} MHz ({rep['throughput']['model']} "
+                     f"VAR, SDRAM): {tp['images_per_s']:.3g} images/s, if the top fit")
+    lines.append(rep["top"]["summary"])
+    return "\n".join(lines)
+
+
 def resources_markdown(rep: Mapping) -> str:
+    arrays = ", ".join(f"{k}={v}" for k, v in rep.get("arrays", {}).items())
     lines = [f"# Resources: preset {rep['preset']} on {rep['platform']} ({rep['part']})", "",
+             f"Arrays: {arrays} (built for the {ECP5_MODEL} VAR).", "",
              f"Flow: {rep['flow']}; nextpnr --freq {rep['target_mhz']:g} (routed f_max is the "
              f"result; platform clock {rep['platform_clock_mhz']:g} MHz).", "",
              "| unit | count | inside | LUT4 | FF | CCU2C | DP16KD | MULT18X18D | "
-             "ECP5 levels (LUT / carry / mux / DSP) | xcup levels (LUT / carry) | routed MHz | "
-             "model MHz (error) | status |", "|" + "---|" * 13]
+             "ECP5 levels (LUT / carry / mux / DSP) | xcup levels (LUT / carry), VCK190 model | "
+             "routed MHz | ECP5 model MHz (error) | status |", "|" + "---|" * 13]
     for u in rep["units"]:
         lv = u.get("levels") or {}
         x = u.get("xcup") or {}
         el = (f"{lv.get('depth')} ({lv.get('lut')} / {lv.get('carry')} / {lv.get('mux')} / "
               f"{lv.get('dsp')})") if lv else "-"
         xl = (f"{x.get('logic_depth')} ({x.get('lut_levels')} / {x.get('carry_levels')})"
+              + (f", {x['fmax_mhz_est']:.1f} MHz" if x.get("fmax_mhz_est") else "")
               if x.get("logic_depth") is not None else "-")
         fm = "-" if u.get("fmax_mhz") is None else f"{u['fmax_mhz']:.1f}"
         mm = ("-" if u.get("model_mhz") is None else
@@ -505,6 +553,15 @@ def resources_markdown(rep: Mapping) -> str:
                   f"f_max here: mean {sum(errs) / len(errs):.0f} %, max {max(errs):.0f} % over "
                   f"{len(errs)} units."]
     t = rep["top"]
+    tp = rep.get("throughput") or {}
+    for label, what in (("routed", f"the slowest unit's routed f_max ({tp.get('slowest_unit')})"),
+                        ("board", "the board clock")):
+        if label in tp:
+            x = tp[label]
+            lines += ["", f"Throughput model (as-built top, {tp['model']} VAR, SDRAM "
+                      f"{x['memory_beats_per_cycle']:g} beats/cycle) at {what}, "
+                      f"{x['clock_mhz']:g} MHz: {x['images_per_s']:.3g} images/s "
+                      f"({x['cycles']:,} cycles per image) - if the top fit."]
     lines += ["", "## Whole top", "", t["summary"], "",
               "Sum of units x instances: " + ", ".join(f"{k} {v:,}" for k, v in t["sum"].items()) +
               f" (part: " + ", ".join(f"{k} {v:,}" for k, v in rep["budget"].items()) + ")", ""]
@@ -570,6 +627,8 @@ def build_ecp5(config, out: Path, *, jobs: int = 2, verbose: bool = True,
     top["sum"] = tot
     rep = {"platform": plat.name, "part": f"{part.device}-{part.speed} {part.package}",
            "preset": config.preset, "target_mhz": target, "platform_clock_mhz": plat.clock_mhz,
+           "arrays": {k: getattr(config, k) for k in _ARRAY_FIELDS},
+           "throughput": ecp5_throughput(config, rows, plat),
            "flow": (f"Yosys synth_ecp5 + nextpnr-ecp5 --out-of-context per unit ("
                     + ", ".join(f"{k} {v}" for k, v in tool_versions().items()) + ")"),
            "budget": part.budget, "units": rows, "top": top}
@@ -581,4 +640,4 @@ def build_ecp5(config, out: Path, *, jobs: int = 2, verbose: bool = True,
 
 
 __all__ += ["DEFAULT_TARGET_MHZ", "Ecp5Unit", "ecp5_units", "top_summary", "build_ecp5", "resources_markdown",
-            "ECP5_MODEL"]
+            "ECP5_MODEL", "summary_text", "ecp5_throughput"]

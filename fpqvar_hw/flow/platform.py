@@ -41,6 +41,9 @@ class Platform:
     host: where the host-side work (sampling, VQVAE decoder) runs.
     host_gflops: sustained FP32 GFLOP/s assumed for the host-side VQVAE decoder.
     budget_source: where the budget figures come from.
+    default_params: ``key=value`` configuration overrides the build applies before the
+        user's ``--param`` (which win): the platform's own array size where the
+        preset's (sized for the VCK190) cannot be meant, e.g. the ULX3S's smallest arrays.
     """
 
     name: str
@@ -61,6 +64,7 @@ class Platform:
     host: str
     host_gflops: float
     budget_source: str
+    default_params: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.name or self.name != self.name.lower() or not self.name.isidentifier():
@@ -173,6 +177,10 @@ def _ulx3s() -> Platform:
         host_gflops=15.0,
         budget_source="Lattice FPGA-DS-02012 (ECP5 family data sheet), LFE5U-85F; "
                       "checked against nextpnr's utilisation report",
+        # the smallest arrays the RTL builds (the CI's small configuration): 8 quantizer and
+        # Hadamard lanes, a 2 x 2 dot array of 8-lane cells, one vector lane, 2 x 2 attention
+        default_params=("lanes=8", "quant_lanes=8", "tm=2", "tn=2", "vector_lanes=1",
+                        "att_t=2", "att_n=2"),
     )
 
 
