@@ -42,10 +42,17 @@ DIGITS_C = 128
 
 def unit_jobs(preset: str = "w4a4") -> list[tuple[str, object]]:
     """(top name, factory) of every unit to route (:func:`fpqvar_hw.flow.ecp5.ecp5_units`:
-    FP building blocks + the registry's arithmetic units for the digits configuration)."""
-    from fpqvar_hw.config import PRESETS
+    FP building blocks + the registry's arithmetic units for the digits configuration),
+    for the preset's arrays (sized for the VCK190) and the ULX3S's default arrays (what
+    ``build.py --platform ulx3s`` builds): 8- and 32-lane quantizers, Hadamard, dot cells."""
+    from fpqvar_hw.config import PRESETS, apply_overrides
     from fpqvar_hw.flow.ecp5 import ecp5_units
-    return [(u.name, u.factory) for u in ecp5_units(PRESETS[preset])]
+    from fpqvar_hw.flow.platform import ULX3S
+    jobs: dict[str, object] = {}
+    for cfg in (PRESETS[preset], apply_overrides(PRESETS[preset], list(ULX3S.default_params))):
+        for u in ecp5_units(cfg):
+            jobs.setdefault(u.name, u.factory)
+    return list(jobs.items())
 
 
 def _verilog(name: str, factory) -> str:
@@ -149,14 +156,15 @@ def main(argv=None) -> int:
           f"`python benchmarks/ecp5_routed.py` at commit {commit}; tools "
           f"{', '.join(f'{k} {v}' for k, v in ecp5.tool_versions().items())}; nextpnr "
           f"`--freq {args.target_mhz:g} --seed 1 --out-of-context`; units of preset w4a4 "
-          f"sized for the digits VAR (C = {DIGITS_C})"
+          f"(its arrays and the ULX3S default arrays) sized for the digits VAR (C = {DIGITS_C})"
           + (f"; units routed: --units {args.units}" if args.units else "") + ".", "",
           table(rows, fit), ""]
     if fit:
         md += [f"ECP5 model fitted over {fit['n']} routed units: slowest register-to-register "
                f"path of the synth_ecp5 netlist with the -6 grade's cell delays and "
                f"{fit['r0_ns']:+} + {fit['r1_ns_per_log2_cell']} x log2(cells) ns per routed "
-               f"connection; period r^2 = {fit['r2']}, max f_max error {fit['max_err_pct']} %.",
+               f"connection (least squares on the log of the period); period r^2 = {fit['r2']}, f_max "
+               f"error mean {fit['mean_err_pct']} %, max {fit['max_err_pct']} %.",
                ""]
     else:
         md += ["Fewer than 3 units routed: no delay model fitted.", ""]

@@ -159,6 +159,11 @@ def test_delay_profile_times_cells_and_connections():
                     "f1": _ff(13, 40)})
     p = delay_profile(net)
     assert p.period_ns(1.0) == pytest.approx(CLK_TO_Q_NS + L + C["PFUMX"] + 2 * 1.0)
+    # a block RAM's output starts a path at its clock-to-out (no output register)
+    from fpqvar_hw.flow.ecp5_timing import EBR_CLK_TO_OUT_NS
+    ram = ("DP16KD", {"CLKA": ("input", [1]), "ADA0": ("input", [40]), "DOA0": ("output", [10])})
+    net = _netlist({"f0": _ff(13, 40), "ram": ram, "l": _lut([10], 13)})
+    assert delay_profile(net).period_ns(1.0) == pytest.approx(EBR_CLK_TO_OUT_NS + L + 2 * 1.0)
     # an unknown cell type is timed as a LUT4 and named
     net = _netlist({"f0": _ff(30, 10), "x": ("WEIRD", {"I": ("input", [10]), "O": ("output", [11])}),
                     "f1": _ff(11, 30)})
@@ -196,6 +201,7 @@ def test_committed_routing_fit_is_the_benchmarks():
     assert (ECP5_ROUTING.r0, ECP5_ROUTING.r1, ECP5_ROUTING.n) == pytest.approx(
         (fit["r0_ns"], fit["r1_ns_per_log2_cell"], fit["n"]), abs=1e-9)
     assert ECP5_ROUTING.r2 == fit["r2"] and ECP5_ROUTING.max_err_pct == fit["max_err_pct"]
+    assert ECP5_ROUTING.mean_err_pct == fit["mean_err_pct"]
     rows = [u for u in res["units"] if u.get("profile")]
     assert len(rows) == fit["n"]
     for u in rows:

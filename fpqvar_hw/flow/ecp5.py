@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from ..cache import entry_lock, write_text_atomic
-from .ecp5_timing import ECP5_ROUTING, Profile, delay_profile
+from .ecp5_timing import ECP5_ROUTING, MODEL_VERSION, Profile, delay_profile
 
 __all__ = ["Ecp5Part", "LFE5U_85F", "RouteResult", "Ecp5Error", "DEFAULT_CACHE",
            "synth_and_route", "parse_report", "classify_failure", "ecp5_levels",
@@ -379,8 +379,9 @@ def synth_and_route(verilog: str, *, top: str, target_mhz: float = DEFAULT_TARGE
 # ----------------------------------------------------------------------------- delay model
 def profile_of(res: RouteResult) -> Profile | None:
     """The delay profile of a synthesised result: stored with it, or computed from the
-    netlist kept in its cache folder (results routed before profiles were stored)."""
-    if res.profile:
+    netlist kept in its cache folder (results routed before profiles were stored, or
+    stored by another :data:`~fpqvar_hw.flow.ecp5_timing.MODEL_VERSION`)."""
+    if res.profile and res.profile.get("version") == MODEL_VERSION:
         return Profile.from_dict(res.profile)
     net = Path(res.workdir) / "synth.json" if res.workdir else None
     if net is None or not net.exists():

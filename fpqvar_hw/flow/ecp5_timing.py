@@ -9,7 +9,8 @@ times the mapped netlist instead:
   appear in the routed critical paths of ``benchmarks/results/ecp5_routed.json``
   (:data:`CELL_NS`: LUT4 0.236 ns, PFUMX / L6MUX21 0.256, a CCU2C entered from its
   data inputs 0.447, carry-in to carry-out 0.071 per cell, carry-in to sum 0.443,
-  MULT18X18D 3.927 (unregistered), clock-to-Q 0.525);
+  MULT18X18D 3.927 (unregistered), clock-to-Q 0.525, a DP16KD block RAM's clock to
+  data out 5.83 without its output register);
 * **routing**: every routed connection on the path costs ``r`` ns, dedicated
   connections (CCU2C COUT -> CIN, LUT4 -> PFUMX, PFUMX -> L6MUX21) none, and
   ``r = r0 + r1 * log2(cells)`` grows with the size of the block (wires get longer
@@ -34,10 +35,15 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["CELL_NS", "CLK_TO_Q_NS", "R_GRID", "Profile", "delay_profile", "RoutingFit",
+__all__ = ["CELL_NS", "CLK_TO_Q_NS", "EBR_CLK_TO_OUT_NS", "MODEL_VERSION", "R_GRID", "Profile", "delay_profile", "RoutingFit",
            "fit_routing", "ECP5_ROUTING"]
 
+#: Bumped whenever the cell delays or the path rules change: a stored profile of another
+#: version is recomputed from its netlist (:func:`fpqvar_hw.flow.ecp5.profile_of`).
+MODEL_VERSION = 2
 CLK_TO_Q_NS = 0.525
+#: DP16KD clock to DOA/DOB without the output register (5.609-5.83 ns in the reports).
+EBR_CLK_TO_OUT_NS = 5.83
 #: (cell type, input class, output class) -> ns.  Input classes: "data", "cin" (CCU2C),
 #: "sel" (mux select); outputs "carry" (COUT) or "out".
 CELL_NS = {
@@ -70,17 +76,19 @@ class Profile:
     delays_ns: tuple[float, ...]
     cells: int
     unknown: tuple[str, ...] = ()     # cell types timed as a LUT4 (none in our units)
+    version: int = MODEL_VERSION
 
     def period_ns(self, r_ns: float) -> float:
         return float(np.interp(r_ns, R_GRID, np.asarray(self.delays_ns)))
 
     def as_dict(self) -> dict:
         return {"delays_ns": [round(x, 4) for x in self.delays_ns], "cells": self.cells,
-                "unknown": list(self.unknown)}
+                "unknown": list(self.unknown), "version": self.version}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "Profile":
-        return cls(tuple(d["delays_ns"]), int(d["cells"]), tuple(d.get("unknown", ())))
+        return cls(tuple(d["delays_ns"]), int(d["cells"]), tuple(d.get("unknown", ())),
+                   int(d.get("version", 1)))
 
 
 def _top_module(netlist: Mapping) -> Mapping:
@@ -108,7 +116,7 @@ def delay_profile(netlist: Mapping) -> Profile:
     # arcs: (src bit, dst bit, cell delay, routed 0/1); ends: (src bit, setup, routed)
     src, dst, dly, rtd = [], [], [], []
     ends: list[tuple[int, float, int]] = []
-    starts: set[int] = set()
+    starts: dict[int, float] = {}          # register / RAM output bit -> clock-to-out
     unknown: set[str] = set()
 
     def routed(bit: int, ctype: str, port: str) -> int:
@@ -129,7 +137,8 @@ def delay_profile(netlist: Mapping) -> Profile:
         outs = [(p, b) for p, bits in conns.items() if dirs.get(p) == "output"
                 for b in bits if isinstance(b, int)]
         if t in _SEQ:
-            starts.update(b for _, b in outs)
+            tco = CLK_TO_Q_NS if t == "TRELLIS_FF" else EBR_CLK_TO_OUT_NS
+            starts.update((b, tco) for _, b in outs)
             ends.extend((b, 0.0, 1) for p, b in ins if p not in ("CLK", "CLKA", "CLKB", "CLKW", "CLKR"))
             continue
         if t == "TRELLIS_DPR16X4":
@@ -162,11 +171,11 @@ def delay_profile(netlist: Mapping) -> Profile:
                    len(cells), tuple(sorted(unknown)))
 
 
-def _longest(src, dst, dly, rtd, starts: set[int], ends) -> np.ndarray:
+def _longest(src, dst, dly, rtd, starts: dict[int, float], ends) -> np.ndarray:
     """Slowest start-to-end delay for every r of R_GRID (levelised, vectorised over r)."""
     if not ends or not starts:
         return np.zeros(len(R_GRID))
-    bits = sorted(set(src) | set(dst) | starts | {b for b, _, _ in ends})
+    bits = sorted(set(src) | set(dst) | set(starts) | {b for b, _, _ in ends})
     idx = {b: i for i, b in enumerate(bits)}
     S = np.array([idx[b] for b in src], dtype=np.int64)
     D = np.array([idx[b] for b in dst], dtype=np.int64)
@@ -176,6 +185,8 @@ def _longest(src, dst, dly, rtd, starts: set[int], ends) -> np.ndarray:
     # topological level of every net (Kahn over the arc graph); a start breaks a path
     start = np.zeros(n, bool)
     start[[idx[b] for b in starts]] = True
+    tco = np.zeros(n)
+    tco[[idx[b] for b in starts]] = list(starts.values())
     keep = ~start[D]                      # arcs into a register output do not exist, but be safe
     S, D, W, R = S[keep], D[keep], W[keep], R[keep]
     indeg = np.bincount(D, minlength=n)
@@ -201,7 +212,7 @@ def _longest(src, dst, dly, rtd, starts: set[int], ends) -> np.ndarray:
     arc_level = level[D]
     ok = arc_level >= 0                   # arcs inside a combinational loop are dropped
     arr = np.full((n, len(R_GRID)), -np.inf)
-    arr[start] = CLK_TO_Q_NS
+    arr[start] = tco[start][:, None]
     by_level = np.argsort(arc_level[ok], kind="stable")
     aS, aD, aW, aR, aL = (x[ok][by_level] for x in (S, D, W, R, arc_level))
     bounds = np.searchsorted(aL, np.arange(1, lv + 2))
@@ -228,6 +239,7 @@ class RoutingFit:
     r2: float                 # coefficient of determination of the period
     max_err_pct: float        # largest |model f_max - routed f_max| / routed f_max
     n: int
+    mean_err_pct: float = 0.0
 
     def r_ns(self, cells: int) -> float:
         return max(0.0, self.r0 + self.r1 * math.log2(max(cells, 2)))
@@ -238,20 +250,24 @@ class RoutingFit:
 
     def as_dict(self) -> dict:
         return {"r0_ns": round(self.r0, 4), "r1_ns_per_log2_cell": round(self.r1, 4),
-                "r2": round(self.r2, 4), "max_err_pct": round(self.max_err_pct, 1), "n": self.n}
+                "r2": round(self.r2, 4), "max_err_pct": round(self.max_err_pct, 1),
+                "mean_err_pct": round(self.mean_err_pct, 1), "n": self.n}
 
 
 #: The fit committed in benchmarks/results/ecp5_routed.json (python benchmarks/ecp5_routed.py),
 #: used by the ulx3s build to print a model f_max next to each routed one.
-#: 14 routed units at 3c239c8: r = -0.14 + 0.08 log2(cells) ns (0.47 ns per connection in a
-#: 200-cell block, 1.0 ns at 20,000 cells); the period's r^2 0.875, f_max error mean 11.6 %,
-#: max 30.3 % (the 2-ns FP32 max).  tests/test_ecp5.py checks it against the JSON.
-ECP5_ROUTING = RoutingFit(r0=-0.14, r1=0.08, r2=0.875, max_err_pct=30.3, n=14)
+#: 18 routed units at 5fe57cf (the preset's arrays and the ULX3S default arrays): r = 0.15 +
+#: 0.06 log2(cells) ns (0.61 ns per connection in a 200-cell block, 1.01 ns at 20,000
+#: cells); f_max error mean 9.7 %, max 16.4 %, period r^2 0.885.  tests/test_ecp5.py
+#: checks it against the JSON.
+ECP5_ROUTING = RoutingFit(r0=0.15, r1=0.06, r2=0.8846, max_err_pct=16.4, n=18, mean_err_pct=9.7)
 
 
 def fit_routing(points: Sequence[tuple[Profile, float]]) -> RoutingFit:
-    """Least-squares fit (grid search, 0.005-ns steps) of ``r0``, ``r1`` to (profile,
-    routed f_max MHz) points; needs at least 3 points with a clocked path."""
+    """Fit of ``r0``, ``r1`` to (profile, routed f_max MHz) points by least squares on the
+    log of the period (every unit's relative error weighs the same: a 2-ns FP32 max as
+    much as a 13-ns Hadamard), grid search in 0.01 / 0.005-ns steps; needs at least 3
+    points with a clocked path."""
     pts = [(p, 1000.0 / f) for p, f in points if f and f > 0 and max(p.delays_ns) > 0]
     if len(pts) < 3:
         raise ValueError(f"a routing fit needs at least 3 routed units, got {len(pts)}")
@@ -266,7 +282,7 @@ def fit_routing(points: Sequence[tuple[Profile, float]]) -> RoutingFit:
     best = None
     for r1 in np.arange(0.0, 0.301, 0.005):
         for r0 in np.arange(-1.0, 2.001, 0.01):
-            e = float(np.sum((model(r0, r1) - T) ** 2))
+            e = float(np.sum(np.log(model(r0, r1) / T) ** 2))
             if best is None or e < best[0]:
                 best = (e, r0, r1)
     _, r0, r1 = best
@@ -274,4 +290,4 @@ def fit_routing(points: Sequence[tuple[Profile, float]]) -> RoutingFit:
     ss_tot = float(np.sum((T - T.mean()) ** 2))
     r2 = 1.0 - float(np.sum((pred - T) ** 2)) / ss_tot if ss_tot > 0 else 1.0
     err = np.abs((1000 / pred) - (1000 / T)) / (1000 / T) * 100
-    return RoutingFit(float(r0), float(r1), r2, float(err.max()), len(pts))
+    return RoutingFit(float(r0), float(r1), r2, float(err.max()), len(pts), float(err.mean()))
