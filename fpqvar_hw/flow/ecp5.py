@@ -633,8 +633,8 @@ def build_ecp5(config, out: Path, *, jobs: int = 2, verbose: bool = True,
            "flow": (f"Yosys synth_ecp5 + nextpnr-ecp5 --out-of-context per unit ("
                     + ", ".join(f"{k} {v}" for k, v in tool_versions().items()) + ")"),
            "budget": part.budget, "units": rows, "top": top}
-    (out / "resources.json").write_text(json.dumps(rep, indent=1))
-    (out / "resources.md").write_text(resources_markdown(rep))
+    write_text_atomic(out / "resources.json", json.dumps(rep, indent=1))
+    write_text_atomic(out / "resources.md", resources_markdown(rep))
     if verbose:
         print(f"[ecp5] {top['summary']}", flush=True)
     return rep
