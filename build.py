@@ -484,16 +484,12 @@ def _int_comparison(config, platform, timings, unit_res) -> dict:
     return out
 
 
-def platform_params(platform, params) -> dict[str, str]:
-    """The platform's default ``key=value`` overrides, then the user's ``--param`` (which
-    win; a key the user gives twice stays an error of :func:`apply_overrides`)."""
+def platform_params(platform, params) -> list[str]:
+    """The platform's default ``key=value`` overrides the user's ``--param`` does not set,
+    then the user's (a key the user gives twice stays an error of :func:`apply_overrides`)."""
     from fpqvar_hw.config import parse_param
-    user = [parse_param(t) for t in params]
-    keys = [k for k, _ in user]
-    dup = next((k for k in keys if keys.count(k) > 1), None)
-    if dup is not None:
-        raise ValueError(f"parameter {dup!r} given twice")
-    return {**dict(parse_param(t) for t in platform.default_params), **dict(user)}
+    user = {parse_param(t)[0] for t in params}
+    return [t for t in platform.default_params if parse_param(t)[0] not in user] + list(params)
 
 
 def run_build(platform, config, out, *, synth=True, lint=True, jobs=2, verbose=True,

@@ -44,8 +44,8 @@ MODEL_VERSION = 2
 CLK_TO_Q_NS = 0.525
 #: DP16KD clock to DOA/DOB without the output register (5.609-5.83 ns in the reports).
 EBR_CLK_TO_OUT_NS = 5.83
-#: (cell type, input class, output class) -> ns.  Input classes: "data", "cin" (CCU2C),
-#: "sel" (mux select); outputs "carry" (COUT) or "out".
+#: Cell delays in ns, by cell type (a CCU2C by the arc: from a data input, carry in to
+#: carry out, carry in to sum) and the one non-zero setup time.
 CELL_NS = {
     "LUT4": 0.236,
     "PFUMX": 0.256,
@@ -62,10 +62,13 @@ CELL_NS = {
 R_GRID = np.round(np.arange(0.0, 4.01, 0.1), 2)
 
 _SEQ = {"TRELLIS_FF", "DP16KD", "PDPW16KD"}
-_COMB_ALL = {"LUT4": "LUT4", "PFUMX": "PFUMX", "L6MUX21": "L6MUX21",
-             "MULT18X18D": "MULT18X18D", "ALU54B": "ALU54B"}
-_DEDICATED = {("CCU2C", "CIN"), ("PFUMX", "ALUT"), ("PFUMX", "BLUT"), ("L6MUX21", "D0"),
-              ("L6MUX21", "D1")}
+#: Combinational cells timed by their own CELL_NS entry (any other type as a LUT4).
+_COMB = {"LUT4", "PFUMX", "L6MUX21", "MULT18X18D", "ALU54B"}
+#: Dedicated (unrouted) connections: (sink cell, sink port) -> the (driver cell, driver
+#: port) that makes it one.
+_DEDICATED = {("CCU2C", "CIN"): ("CCU2C", "COUT"), ("PFUMX", "ALUT"): ("LUT4", "Z"),
+              ("PFUMX", "BLUT"): ("LUT4", "Z"), ("L6MUX21", "D0"): ("PFUMX", "Z"),
+              ("L6MUX21", "D1"): ("PFUMX", "Z")}
 
 
 @dataclass(frozen=True)
@@ -120,15 +123,8 @@ def delay_profile(netlist: Mapping) -> Profile:
     unknown: set[str] = set()
 
     def routed(bit: int, ctype: str, port: str) -> int:
-        d = driver.get(bit)
-        if (ctype, port) in _DEDICATED:
-            if ctype == "CCU2C" and d and d[1] == "COUT":
-                return 0
-            if ctype == "PFUMX" and d and d[0] == "LUT4":
-                return 0
-            if ctype == "L6MUX21" and d and d[0] == "PFUMX":
-                return 0
-        return 1
+        ded = _DEDICATED.get((ctype, port))
+        return 0 if ded is not None and driver.get(bit) == ded else 1
 
     for c in cells:
         t, conns, dirs = c["type"], c["connections"], c["port_directions"]
@@ -159,10 +155,9 @@ def delay_profile(netlist: Mapping) -> Profile:
                         d = CELL_NS["CCU2C_data"]
                     src.append(b); dst.append(o); dly.append(d); rtd.append(r)
             continue
-        key = _COMB_ALL.get(t)
-        if key is None:
+        key = t if t in _COMB else "LUT4"
+        if t not in _COMB:
             unknown.add(t)
-            key = "LUT4"
         for p, b in ins:
             r = routed(b, t, p)
             for _, o in outs:
