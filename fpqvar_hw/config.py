@@ -24,7 +24,7 @@ from fpqvar_quant.formats import DFQ_FORMATS, get_format
 
 __all__ = ["ElementFormat", "ScaleFormat", "Rotation", "AcceleratorConfig", "PRESETS",
            "preset_names", "get_preset", "apply_overrides", "parse_param", "LAYERS",
-           "PTQ_TO_ACCELERATOR", "accelerator_config"]
+           "PTQ_TO_ACCELERATOR", "accelerator_config", "SMALL_ARRAYS"]
 
 #: The four quantized linears of a VAR block, in dataflow order.
 LAYERS = ("qkv", "proj", "fc1", "fc2")
@@ -322,6 +322,17 @@ PRESETS: dict[str, AcceleratorConfig] = {c.preset: c for c in [
                       rotation=Rotation.NONE),
 ]}
 del E
+
+
+#: The small arrays of the simulated RTL top (``fpqvar_hw.host.backends.RTL_OVERRIDES``:
+#: sim/test_tiny_image.py, sim/test_top.py, ``--backend rtl``) and of the ULX3S build's
+#: default (``fpqvar_hw.flow.platform.ULX3S``): one configuration, so the top whose tiny
+#: image the RTL simulation checks against the golden tokens is the ECP5 build's top.  A
+#: 2 x 2 array of 32-lane dot cells in 2 row sets (a weight beat is tn = 2 bus words, so two
+#: sets keep the array as busy as the weight stream), 8 quantizer / Hadamard lanes, a 2 x 4
+#: attention array.
+SMALL_ARRAYS: dict[str, int] = {"tm": 2, "tn": 2, "row_sets": 2, "lanes": 32, "quant_lanes": 8,
+                                "att_t": 2, "att_n": 4}
 
 
 def preset_names() -> tuple[str, ...]:

@@ -74,17 +74,24 @@ def test_top_summary_sums_top_level_units_only():
     assert ecp5.top_summary(rows)[0] is None
 
 
-def test_ulx3s_defaults_to_the_smallest_arrays_and_the_user_wins():
-    """build.py applies the platform's default arrays before --param; the user's value wins,
-    a key the user gives twice is still refused."""
+def test_ulx3s_defaults_to_the_simulated_tops_arrays_and_the_user_wins():
+    """build.py applies the platform's default arrays before --param: the simulated RTL
+    top's configuration (the tiny image of sim/test_tiny_image.py runs on the top the ECP5
+    build reports, built for the same model shape) with one vector lane; the user's value
+    wins, a key the user gives twice is still refused."""
     import build
     from fpqvar_hw.config import apply_overrides, get_preset
+    from fpqvar_hw.flow.registry import top_shape
+    from fpqvar_hw.host import backends
     p = get_platform("ulx3s")
     cfg = apply_overrides(get_preset("w4a4"), build.platform_params(p, []))
-    assert (cfg.lanes, cfg.quant_lanes, cfg.tm, cfg.tn, cfg.vector_lanes, cfg.att_t,
-            cfg.att_n) == (8, 8, 2, 2, 1, 2, 2)
+    assert (cfg.lanes, cfg.quant_lanes, cfg.tm, cfg.tn, cfg.row_sets, cfg.vector_lanes,
+            cfg.att_t, cfg.att_n) == (32, 8, 2, 2, 2, 1, 2, 4)
+    assert cfg == backends.rtl_config().replace(vector_lanes=1)
+    shape = top_shape(ecp5.ECP5_MODEL)
+    assert (shape.C, shape.max_kv) == (backends.RTL_C, backends.RTL_MAX_KV)
     cfg = apply_overrides(get_preset("w4a4"), build.platform_params(p, ["tm=4"]))
-    assert cfg.tm == 4 and cfg.lanes == 8
+    assert cfg.tm == 4 and cfg.lanes == 32
     with pytest.raises(ValueError, match="'tm' given twice"):
         apply_overrides(get_preset("w4a4"), build.platform_params(p, ["tm=4", "tm=8"]))
     assert build.platform_params(get_platform("vck190"), ["tm=4"]) == ["tm=4"]

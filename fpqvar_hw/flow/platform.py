@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from ..config import SMALL_ARRAYS
+
 __all__ = ["Platform", "PLATFORMS", "VCK190", "VERILOG", "ULX3S", "get_platform",
            "register_platform", "platform_names"]
 
@@ -177,10 +179,11 @@ def _ulx3s() -> Platform:
         host_gflops=15.0,
         budget_source="Lattice FPGA-DS-02012 (ECP5 family data sheet), LFE5U-85F; "
                       "checked against nextpnr's utilisation report",
-        # the smallest arrays the RTL builds (the CI's small configuration): 8 quantizer and
-        # Hadamard lanes, a 2 x 2 dot array of 8-lane cells, one vector lane, 2 x 2 attention
-        default_params=("lanes=8", "quant_lanes=8", "tm=2", "tn=2", "vector_lanes=1",
-                        "att_t=2", "att_n=2"),
+        # the simulated RTL top's arrays (fpqvar_hw.config.SMALL_ARRAYS: its tiny image is
+        # checked against the golden tokens, sim/test_tiny_image.py) and one vector lane (the
+        # v1 vector engine is one element per cycle; vector_lanes sizes the report's per-lane
+        # function units and the planned model)
+        default_params=tuple(f"{k}={v}" for k, v in SMALL_ARRAYS.items()) + ("vector_lanes=1",),
     )
 
 

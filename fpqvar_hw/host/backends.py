@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import SMALL_ARRAYS
 from .records import StepPerf
 
 __all__ = ["BlockBackend", "GoldenBlockBackend", "TorchBlocksBackend", "DeviceError", "device_config",
@@ -129,12 +130,10 @@ def device_config(preset: str = "w4a4", *, coarse: bool = True, fine: bool = Tru
 
 
 #: the simulated RTL top of ``--backend rtl`` (and sim/test_tiny_image.py, sim/test_top.py):
-#: a small array (tm=2 in 2 row sets, tn=2, 32 lanes, 8 quantizer lanes: a weight beat is
-#: tn = 2 bus words, so 2 sets keep the array as busy as the weight stream) of the w4a4
-#: preset, KV length 30
-#: (the digits VAR's patch_nums (1, 2, 3, 4)), image at a non-zero DRAM base
-RTL_PRESET, RTL_OVERRIDES = "w4a4", {"tm": 2, "tn": 2, "row_sets": 2, "lanes": 32, "quant_lanes": 8,
-                                     "att_t": 2, "att_n": 4}
+#: :data:`fpqvar_hw.config.SMALL_ARRAYS` (also the ULX3S build's arrays) of the w4a4
+#: preset, KV length 30 (the digits VAR's patch_nums (1, 2, 3, 4)), image at a non-zero
+#: DRAM base
+RTL_PRESET, RTL_OVERRIDES = "w4a4", dict(SMALL_ARRAYS)
 RTL_MAX_KV, RTL_DRAM_BASE = 30, 0x10000
 #: embed dim of the simulated RTL top (the digits VAR's)
 RTL_C = 128
