@@ -833,7 +833,11 @@ def _main(argv: list[str]) -> int:
     if args.model is not None:
         from fpqvar_hw.flow.registry import top_shape
         top_shape(args.model)
-    out = args.out if args.out is not None else REPO / "build" / f"{platform.name}-{config.preset}"
+    if args.out is None:     # the default folder's parent, build/, is the project's own
+        out = REPO / "build" / f"{platform.name}-{config.preset}"
+        out.parent.mkdir(exist_ok=True)
+    else:
+        out = args.out
     # before any work: a file, a foreign folder or an unwritable place is the user's to fix
     check_output_dir(out, BUILD_KIND, overwrite=True, own=lambda p: (p / MARKER).exists())
     if platform.family == "ecp5":   # open ECP5 flow, issue 18 (fpqvar_hw.flow.ecp5, docs/build.md)

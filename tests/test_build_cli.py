@@ -328,3 +328,22 @@ def test_does_not_fit_is_refused_before_the_top(tmp_path, capsys):
     assert not fit["fits"] and fit["total"]["FF"] > VCK190.budget["FF"]
     for f in ("throughput.md", "resources.md", "rtl/manifest.json"):
         assert (out / f).exists(), f
+
+
+def test_default_out_works_in_a_fresh_clone(monkeypatch, tmp_path):
+    """Without --out the build writes build/<platform>-<preset>/ and creates build/ (not in
+    a fresh clone: git does not track it) instead of refusing a missing parent folder."""
+    from fpqvar_quant import safeio
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def check(out, *a, **k):
+        seen.append(out)
+        raise Stop
+    monkeypatch.setattr(build, "REPO", tmp_path)
+    monkeypatch.setattr(safeio, "check_output_dir", check)
+    with pytest.raises(Stop):
+        build._main(["--platform", "ulx3s"])
+    assert seen == [tmp_path / "build" / "ulx3s-w4a4"] and (tmp_path / "build").is_dir()
