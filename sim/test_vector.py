@@ -101,11 +101,13 @@ def test_elementwise_fp16_exhaustive_cocotb(func, seed):
     run_exhaustive_fp16(func, 1, seed)
 
 
-@pytest.mark.parametrize("length,rows,seed", [(64, 1, 41)])
-def test_softmax_amaranth(length, rows, seed):
-    """A seeded row (scale from 0.1 to 30, -Inf entries) against golden softmax.  (One row:
-    the simulator spends about 30 s per row in the pipelined exp; several rows ended by
-    ``last`` are tests/test_hw_vecengine.py::test_softmax_runtime_rows.)"""
+@pytest.mark.parametrize("length,rows,seed,idle", [(64, 1, 41, 0.2), (2, 12, 42, 0.0)])
+def test_softmax_amaranth(length, rows, seed, idle):
+    """Seeded rows (scales from 0.1 to 30, -Inf entries) against golden softmax: one row of
+    64 under input gaps, and 12 rows of 2 back to back without gaps (each row's partial-sum
+    set still draining when the row two later arrives: the mutants sm-* of
+    scripts/mutate_rtl.py).  The simulator spends about 10 s per row of 64 in the
+    pipelined exp; rows of 680 and mixed lengths are test_softmax_rows_verilator's."""
     from fpqvar_hw.units.vector import Softmax
 
     rng = np.random.default_rng(seed)
@@ -114,7 +116,7 @@ def test_softmax_amaranth(length, rows, seed):
     want = g.canon(v.softmax(x, P=8)).reshape(-1)
     dut = Softmax(length=length, P=8)
     got = run_unit(dut, [int(b) for b in x.view(np.uint32).reshape(-1)], 32, seed,
-                   max_cycles=rows * (6 * length + 400))
+                   max_cycles=rows * (6 * length + 400), idle=idle)
     check(got, want, x.view(np.uint32).reshape(-1), "softmax")
 
 

@@ -24,12 +24,12 @@ FMTS = {"fp32": FP32, "fp16": FP16}
 
 
 def run_unit(dut, lane_words: list[int], out_width: int, seed: int, in_width: int | None = None,
-             max_cycles: int | None = None) -> np.ndarray:
+             max_cycles: int | None = None, idle: float = 0.2) -> np.ndarray:
     """Stream per-lane packed input words through ``dut`` (``i``/``o`` array streams of
     ``dut.lanes`` lanes); return the per-lane output words in order.
 
     The words are padded with zeros to whole beats.  Random input gaps and output
-    backpressure from ``seed``; fails if a beat is lost, if ``dut`` produces more
+    backpressure (``idle``: the input's gap probability) from ``seed``; fails if a beat is lost, if ``dut`` produces more
     beats than it was given, or if it has not finished after ``max_cycles``.
     """
     lanes = dut.lanes
@@ -42,7 +42,7 @@ def run_unit(dut, lane_words: list[int], out_width: int, seed: int, in_width: in
     latency = getattr(dut, "latency", 2)
     _, out = simulate(
         dut,
-        lambda ctx: drive(ctx, dut.i, packed, np.random.default_rng(seed), idle=0.2),
+        lambda ctx: drive(ctx, dut.i, packed, np.random.default_rng(seed), idle=idle),
         lambda ctx: collect(ctx, dut.o, beats, np.random.default_rng(seed + 1), stall=0.3,
                             quiet=latency + 4),
         max_cycles=max_cycles or (beats * 4 + 4 * latency + 200), period=1e-6)
