@@ -51,7 +51,7 @@ from amaranth.lib import wiring
 
 __all__ = ["hierarchical", "module_name", "Emitter", "EmittedDesign", "emit_verilog",
            "clear_conversion_cache",
-           "EmitError", "verilog_ports"]
+           "EmitError", "verilog_ports", "strip_zero_memory_init"]
 
 
 class EmitError(RuntimeError):
@@ -452,3 +452,30 @@ def emit_verilog(component, *, name: str = "", toplevel: str = "top",
     if name and any(c in name for c in "/\\ "):
         raise ValueError(f"build name must be a non-empty path-safe string, got {name!r}")
     return (emitter or Emitter()).emit(component, toplevel)
+
+
+_ZERO_INIT = re.compile(r"\s*(?:\\\S+ |[A-Za-z_][\w$]*)\[\d+\] = \d+'[hbd]0+;")
+
+
+def strip_zero_memory_init(text: str) -> str:
+    """``text`` without the ``initial`` blocks that set every word of a memory to zero
+    (Amaranth writes one per ``Memory``, one line per word).  Yosys' Verilog frontend takes
+    minutes over a few ten thousand such lines (the matrix engine's activation buffers:
+    16 x 2,048 words), and zero is what Xilinx block RAM, LUT RAM and flip-flops hold
+    without an INIT: the synthesised netlist and its counts are the same.  Verilator's C++
+    compile spends minutes on them too; its builds (``fpqvar_hw.host.cosim``) read this
+    text with ``--x-initial 0``, which sets what has no initialiser to zero.  Only the text
+    the tools read is changed (the emitted RTL keeps its initial values)."""
+    lines = text.split("\n")
+    out, i = [], 0
+    while i < len(lines):
+        if lines[i].strip() == "initial begin":
+            j = i + 1
+            while j < len(lines) and _ZERO_INIT.fullmatch(lines[j]):
+                j += 1
+            if j > i + 1 and j < len(lines) and lines[j].strip() == "end":
+                i = j + 1
+                continue
+        out.append(lines[i])
+        i += 1
+    return "\n".join(out)

@@ -52,7 +52,7 @@ def test_zero_memory_initialisers_are_left_out_of_the_yosys_text():
     from amaranth.hdl import Module, Signal
     from amaranth.lib.memory import Memory
 
-    from fpqvar_hw.flow.synth import strip_zero_memory_init
+    from fpqvar_hw.emit import strip_zero_memory_init
 
     def mem_text(init):
         m = Module()

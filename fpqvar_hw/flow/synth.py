@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..cache import entry_lock, write_text_atomic
+from ..emit import strip_zero_memory_init
 
 __all__ = ["SynthResult", "synthesize", "DEFAULT_CACHE", "YosysError", "yosys_version",
            "run_yosys", "run_synth", "synth_xilinx_lines", "declares_memory"]
@@ -203,31 +204,6 @@ def _log_tail(work: Path, proc: subprocess.CompletedProcess) -> str:
     log = work / "yosys.log"
     tail = log.read_text(errors="replace")[-4000:] if log.exists() else ""
     return tail + (proc.stderr or "") + (proc.stdout or "")
-
-
-_ZERO_INIT = re.compile(r"\s*(?:\\\S+ |[A-Za-z_][\w$]*)\[\d+\] = \d+'[hbd]0+;")
-
-
-def strip_zero_memory_init(text: str) -> str:
-    """``text`` without the ``initial`` blocks that set every word of a memory to zero
-    (Amaranth writes one per ``Memory``, one line per word).  Yosys' Verilog frontend takes
-    minutes over a few ten thousand such lines (the matrix engine's activation buffers:
-    16 x 2,048 words), and zero is what Xilinx block RAM, LUT RAM and flip-flops hold
-    without an INIT: the synthesised netlist and its counts are the same.  Only the text
-    Yosys reads is changed (the emitted RTL keeps its initial values)."""
-    lines = text.split("\n")
-    out, i = [], 0
-    while i < len(lines):
-        if lines[i].strip() == "initial begin":
-            j = i + 1
-            while j < len(lines) and _ZERO_INIT.fullmatch(lines[j]):
-                j += 1
-            if j > i + 1 and j < len(lines) and lines[j].strip() == "end":
-                i = j + 1
-                continue
-        out.append(lines[i])
-        i += 1
-    return "\n".join(out)
 
 
 _COMPILED: set[str] = set()

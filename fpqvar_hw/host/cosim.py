@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..cache import entry_lock, write_text_atomic
+from ..emit import strip_zero_memory_init
 
 #: the checkout this package lives in (None when installed elsewhere)
 _CHECKOUT = Path(__file__).resolve().parents[2]
@@ -57,7 +58,10 @@ VERILATOR_OPT = "-O1"
 #: tiny-image top builds in 105 s instead of 162 s and simulates the image in 150 s
 #: instead of 163 s; the real-width vector engine 104 s instead of 141 s, its run 70 s
 #: instead of 74 s.
-VERILATOR_ARGS = ("-fno-inline",)
+#: ``--x-initial 0``: what has no initial value starts at zero, so the model reads the text
+#: without Amaranth's all-zero memory initialisers (:func:`fpqvar_hw.emit.strip_zero_memory_init`):
+#: the real-width vector engine's attention array had 17,000 lines of them (2026-12-07).
+VERILATOR_ARGS = ("-fno-inline", "--x-initial", "0")
 
 __all__ = ["run_cocotb", "elaborate_verilog", "simulator", "tb_params", "verilog_port_names", "CosimError",
            "BUILD_ROOT", "REPO"]
@@ -224,9 +228,12 @@ def run_cocotb(component: Any, *, name: str, test_module: str, params: Mapping[s
     build_args = ["-Wno-fatal", "-Wno-WIDTH", "-Wno-UNOPTFLAT", *VERILATOR_ARGS] if sim == "verilator" else []
     with entry_lock(folder):       # one build per folder; another worker reuses it
         if waves or not (exe.exists() and exe.stat().st_mtime >= vfile.stat().st_mtime):
+            src = vfile
             if sim == "verilator":
                 _write_ports_vlt(text, hdl_top, vlt)
-            _build(runner, sim, opt, vfile, hdl_top, build_dir, waves, build_args, folder)
+                src = folder / f"{toplevel}.verilator.v"       # read with --x-initial 0
+                write_text_atomic(src, strip_zero_memory_init(text))
+            _build(runner, sim, opt, src, hdl_top, build_dir, waves, build_args, folder)
     test_id = _test_id()
     test_dir = folder / "runs" / test_id
     test_dir.mkdir(parents=True, exist_ok=True)
@@ -265,8 +272,9 @@ def run_cocotb(component: Any, *, name: str, test_module: str, params: Mapping[s
 
 
 #: tag of the Verilator build flags in the build folder name (a folder built with older
-#: flags, every signal public or modules inlined, is never reused)
-_PORTS_ONLY = "ports3"
+#: flags, every signal public, modules inlined or the zero memory initialisers compiled,
+#: is never reused)
+_PORTS_ONLY = "ports4"
 
 
 def _runner(sim: str, ports_vlt: Path | None = None) -> Any:
