@@ -28,8 +28,20 @@ BAD_BASE = 0xF000_0000          # the RAM model refuses these addresses (SLVERR)
 
 
 class UartTB:
-    def __init__(self, dut, p):
+    def __init__(self, dut, p, *, ram_model: bool = True):
+        """``ram_model``: serve the DUT's ``axil`` master with cocotbext-axi's AxiLiteRam
+        (the bridge alone); without it the DUT holds its own RAM (``LinkTest``)."""
         self.dut, self.D = dut, p["divisor"]
+        self.ram = None
+        if ram_model:
+            self._add_ram_model()
+        self.replies: Queue = Queue()
+        dut.rx.value = 1
+        cocotb.start_soon(Clock(dut.clk, PERIOD_NS, unit="ns").start())
+        cocotb.start_soon(self._receiver())
+
+    def _add_ram_model(self):
+        dut = self.dut
         self.ram = AxiLiteRam(AxiLiteBus.from_prefix(dut, "axil", bus_separator="__"),
                               dut.clk, dut.rst, size=1 << 16)
         for side in (self.ram.write_if, self.ram.read_if):
@@ -44,10 +56,6 @@ class UartTB:
                 side._write = guarded
             else:
                 side._read = guarded
-        self.replies: Queue = Queue()
-        dut.rx.value = 1
-        cocotb.start_soon(Clock(dut.clk, PERIOD_NS, unit="ns").start())
-        cocotb.start_soon(self._receiver())
 
     async def reset(self):
         self.dut.rst.value = 1

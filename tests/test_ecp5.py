@@ -118,6 +118,7 @@ def test_summary_and_throughput_of_a_report():
     assert text[0].endswith("arrays tm=2: 3 of 4 units routed; slowest b 70.0 MHz routed (model 75.0)")
     assert text[1].startswith("Throughput model at 70 MHz (digits VAR, SDRAM): ")
     assert text[2] == "does not fit LFE5U-85F: X"
+    assert text[3].startswith("No accelerator bitstream") and "fpqvar_hw.flow.board" in text[3]
 
 
 def _netlist(cells: dict) -> dict:

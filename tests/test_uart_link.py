@@ -86,3 +86,23 @@ def test_divisor_and_parameters():
     with pytest.raises(ValueError, match="timeout"):
         check(UartBridge, 8, timeout=100)
     check(UartBridge, 217)
+
+
+def test_selftest_and_cli_refusals(capsys):
+    port = FakeBridge()
+    assert ul.selftest(ul.UartLink(port), 300, seed=3) >= 0
+    assert [c[0] for c in port.commands] == ["W", "W", "R", "R"]
+
+    class Corrupting(FakeBridge):
+        def read(self, n):
+            r = super().read(n)
+            return bytes([r[0] ^ 1]) + r[1:] if n > 1 else r
+    with pytest.raises(ul.LinkError, match="1 of 10 words read back differ"):
+        ul.selftest(ul.UartLink(Corrupting()), 10)
+    assert ul.main(["--port", "/dev/null", "--selftest", "--words", "0"]) == 2
+    assert "--words must be 1 to 4096" in capsys.readouterr().err
+    try:
+        import serial  # noqa: F401
+    except ImportError:
+        assert ul.main(["--port", "/dev/null", "--selftest"]) == 2
+        assert "needs pyserial" in capsys.readouterr().err

@@ -22,15 +22,17 @@ Protocol (every multi-byte field little-endian, ``docs/top.md`` "Host link"):
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
 
 from ..checked import Checked
 from .axi import AXILiteSignature
 
-__all__ = ["UartRx", "UartTx", "UartBridge", "OP_WRITE", "OP_READ", "BAD_OP", "MAX_WORDS",
-           "ST_RX_ERROR", "divisor_for"]
+__all__ = ["UartRx", "UartTx", "UartBridge", "LiteRam", "LinkTest", "OP_WRITE", "OP_READ",
+           "BAD_OP", "MAX_WORDS", "ST_RX_ERROR", "AXI_DECERR", "divisor_for"]
 
 OP_WRITE, OP_READ = 0x57, 0x52       # 'W', 'R'
 #: the reply to an unknown command byte
@@ -39,6 +41,8 @@ BAD_OP = 0xEE
 ST_RX_ERROR = 0x80
 #: words per command (the length byte holds ``n - 1``)
 MAX_WORDS = 256
+#: AXI response of an address nothing answers
+AXI_DECERR = 3
 
 
 def divisor_for(clock_hz: float, baud: int) -> int:
@@ -277,4 +281,74 @@ class UartBridge(Checked, wiring.Component):
                 m.d.comb += [utx.i.valid.eq(1), utx.i.payload.eq(status)]
                 with m.If(utx.i.ready):
                     m.next = "OP"
+        return m
+
+
+class LiteRam(Checked, wiring.Component):
+    """AXI4-Lite slave: ``depth`` 32-bit words (a power of two) of block RAM at byte
+    addresses ``[0, 4 * depth)``, byte strobes honoured; any other address answers DECERR
+    (a write changes nothing, a read returns zero).  One transaction at a time: AW and W
+    are taken together, a read's data comes the cycle after its address."""
+
+    def __init__(self, depth: int):
+        self.depth = depth
+        super().__init__({"axil": In(AXILiteSignature(addr_bits=32))})
+
+    @classmethod
+    def check_params(cls, *, depth) -> None:
+        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 2 or depth & (depth - 1):
+            raise ValueError(f"depth must be a power of two >= 2 (32-bit words), got {depth!r}")
+
+    def elaborate(self, platform):
+        m = Module()
+        bus, k = self.axil, ceil_log2(self.depth)
+        m.submodules.mem = mem = Memory(shape=32, depth=self.depth, init=[])
+        wp, rp = mem.write_port(granularity=8), mem.read_port()
+
+        def mapped(addr):
+            return addr[2 + k:] == 0
+
+        take_w = bus.awvalid & bus.wvalid & ~bus.bvalid
+        m.d.comb += [bus.awready.eq(take_w), bus.wready.eq(take_w),
+                     wp.addr.eq(bus.awaddr[2:2 + k]), wp.data.eq(bus.wdata),
+                     wp.en.eq(Mux(take_w & mapped(bus.awaddr), bus.wstrb, 0))]
+        with m.If(take_w):
+            m.d.sync += [bus.bvalid.eq(1), bus.bresp.eq(Mux(mapped(bus.awaddr), 0, AXI_DECERR))]
+        with m.Elif(bus.bready):
+            m.d.sync += bus.bvalid.eq(0)
+
+        take_r = bus.arvalid & ~bus.rvalid
+        hit = Signal()
+        m.d.comb += [bus.arready.eq(take_r), rp.addr.eq(bus.araddr[2:2 + k]), rp.en.eq(take_r),
+                     bus.rdata.eq(Mux(hit, rp.data, 0)), bus.rresp.eq(Mux(hit, 0, AXI_DECERR))]
+        with m.If(take_r):
+            m.d.sync += [bus.rvalid.eq(1), hit.eq(mapped(bus.araddr))]
+        with m.Elif(bus.rready):
+            m.d.sync += bus.rvalid.eq(0)
+        return m
+
+
+class LinkTest(Checked, wiring.Component):
+    """The board bring-up design of the host link: :class:`UartBridge` on a :class:`LiteRam`
+    of ``depth`` words; ``led`` shows the low byte of the last word written.  A user with
+    the board loads its bitstream (``python -m fpqvar_hw.flow.board``) and runs
+    ``python -m fpqvar_hw.host.uart_link --port ... --selftest`` before the accelerator."""
+
+    def __init__(self, divisor: int, *, depth: int = 4096, timeout: int | None = None):
+        self.divisor, self.depth, self.timeout = divisor, depth, timeout
+        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "led": Out(8)})
+
+    @classmethod
+    def check_params(cls, *, divisor, depth, timeout) -> None:
+        UartBridge.check_params(divisor=divisor, timeout=timeout)
+        LiteRam.check_params(depth=depth)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.bridge = bridge = UartBridge(self.divisor, timeout=self.timeout)
+        m.submodules.ram = ram = LiteRam(self.depth)
+        wiring.connect(m, bridge.axil, ram.axil)
+        m.d.comb += [bridge.rx.eq(self.rx), self.tx.eq(bridge.tx)]
+        with m.If(bridge.axil.wvalid & bridge.axil.wready):
+            m.d.sync += self.led.eq(bridge.axil.wdata[:8])
         return m

@@ -518,6 +518,9 @@ def summary_text(rep: Mapping) -> str:
         lines.append(f"Throughput model at {tp['clock_mhz']:g} MHz ({rep['throughput']['model']} "
                      f"VAR, SDRAM): {tp['images_per_s']:.3g} images/s, if the top fit")
     lines.append(rep["top"]["summary"])
+    if rep["top"]["summary"].startswith("does not fit"):
+        lines.append("No accelerator bitstream; the board's UART link test bitstream: "
+                     "python -m fpqvar_hw.flow.board")
     return "\n".join(lines)
 
 

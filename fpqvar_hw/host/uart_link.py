@@ -7,12 +7,19 @@ baud rate, 8N1, with a read timeout).  The cocotb testbench of the bridge
 """
 from __future__ import annotations
 
+import argparse
+import random
+import sys
+import time
 from typing import Protocol
 
 from ..engines.uart import BAD_OP, MAX_WORDS, OP_READ, OP_WRITE, ST_RX_ERROR
 
 __all__ = ["LinkError", "BytePort", "write_command", "read_command", "check_status",
-           "words_from_bytes", "UartLink"]
+           "words_from_bytes", "UartLink", "selftest", "SELFTEST_WORDS", "main"]
+
+#: the LinkTest design's RAM (``fpqvar_hw.engines.uart.LinkTest``, default depth)
+SELFTEST_WORDS = 4096
 
 _RESP = {0: "OKAY", 1: "EXOKAY", 2: "SLVERR", 3: "DECERR"}
 
@@ -101,3 +108,60 @@ class UartLink:
     def load(self, addr: int, data: bytes) -> None:
         """Write ``data`` (zero-padded to whole words) from ``addr``: e.g. a DRAM image."""
         self.write(addr, words_from_bytes(data + bytes(-len(data) % 4)))
+
+
+def selftest(link: UartLink, n: int = SELFTEST_WORDS, seed: int = 0) -> float:
+    """Write ``n`` random words from address 0 of the LinkTest RAM, read them back; raise
+    ``LinkError`` on any difference; return the seconds taken."""
+    rng = random.Random(seed)
+    words = [rng.getrandbits(32) for _ in range(n)]
+    t0 = time.perf_counter()
+    link.write(0, words)
+    got = link.read(0, n)
+    bad = [i for i, (a, b) in enumerate(zip(words, got)) if a != b]
+    if bad:
+        i = bad[0]
+        raise LinkError(f"{len(bad)} of {n} words read back differ (first at {4 * i:#x}: wrote "
+                        f"{words[i]:#010x}, read {got[i]:#010x})")
+    return time.perf_counter() - t0
+
+
+def main(argv: "list[str] | None" = None) -> int:
+    """``python -m fpqvar_hw.host.uart_link --port /dev/ttyUSB0 --selftest``: check a ULX3S
+    loaded with the LinkTest bitstream (``python -m fpqvar_hw.flow.board``)."""
+    ap = argparse.ArgumentParser(prog="python -m fpqvar_hw.host.uart_link",
+                                 description="Check the UART host link of a board loaded with "
+                                             "the LinkTest bitstream (python -m fpqvar_hw.flow.board).")
+    ap.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0 or COM3")
+    ap.add_argument("--baud", type=int, default=115_200, help="the bitstream's rate (default 115200)")
+    ap.add_argument("--selftest", action="store_true", required=True,
+                    help="write and read back the LinkTest RAM")
+    ap.add_argument("--words", type=int, default=SELFTEST_WORDS,
+                    help=f"words to write and read (1 to {SELFTEST_WORDS})")
+    args = ap.parse_args(argv)
+    if not 1 <= args.words <= SELFTEST_WORDS:
+        print(f"uart_link: --words must be 1 to {SELFTEST_WORDS}, got {args.words}", file=sys.stderr)
+        return 2
+    try:
+        import serial
+    except ImportError:
+        print("uart_link: opening a serial port needs pyserial: pip install pyserial", file=sys.stderr)
+        return 2
+    try:
+        port = serial.Serial(args.port, args.baud, timeout=2)
+    except (OSError, ValueError, serial.SerialException) as e:
+        print(f"uart_link: cannot open {args.port}: {e}", file=sys.stderr)
+        return 2
+    try:
+        with port:
+            dt = selftest(UartLink(port), args.words)
+    except LinkError as e:
+        print(f"uart_link: {e}", file=sys.stderr)
+        return 1
+    print(f"link OK: {args.words} words written and read back in {dt:.2f} s "
+          f"({8 * args.words / dt / 1e3:.1f} KB/s both ways)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
