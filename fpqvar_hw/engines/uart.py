@@ -15,6 +15,8 @@ Protocol (every multi-byte field little-endian, ``docs/top.md`` "Host link"):
   3 = DECERR), bit 7 a receive error during the command (a framing error or a byte lost
   to overrun: the written data may be wrong; write again).  Any other first byte is
   answered :data:`BAD_OP` and dropped.
+* one command at a time: the host sends the next command after the reply (the receiver
+  buffers one byte; bytes sent during a reply are lost and flagged as overrun);
 * a command whose bytes stop arriving for ``timeout`` cycles (default 64 byte times) is
   dropped without a reply: a host that died mid-command does not leave the bridge
   waiting for the rest of it.  Nothing of a dropped write is lost except the words not
