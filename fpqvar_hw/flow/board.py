@@ -1,4 +1,4 @@
-"""Board bitstreams with amaranth-boards and the open ECP5 toolchain from PyPI (issue 18).
+"""Board bitstreams with amaranth-boards and the open ECP5 toolchain from PyPI.
 
 ``python -m fpqvar_hw.flow.board [--out DIR] [--baud N]`` builds the ULX3S 85F bring-up
 design (:class:`fpqvar_hw.engines.uart.LinkTest`: the UART host link on 16 KiB of block
