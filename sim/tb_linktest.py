@@ -24,15 +24,9 @@ async def ram_round_trip(dut):
     await tb.reset()
     rng = random.Random(p["seed"])
     words = [rng.getrandbits(32) for _ in range(300)]
-    for i in range(0, 300, 256):
-        ul.check_status(await tb.write(0x100 + 4 * i, words[i:i + 256]), "write")
+    await tb.write_all(0x100, words)
     assert int(dut.led.value) == words[-1] & 0xFF
-    got = []
-    for i in range(0, 300, 256):
-        w, st = await tb.read(0x100 + 4 * i, min(256, 300 - i))
-        ul.check_status(st, "read")
-        got += w
-    assert got == words
+    assert await tb.read_all(0x100, 300) == words
 
 
 @cocotb.test()

@@ -19,7 +19,7 @@ from cocotb.queue import Queue
 from cocotb.triggers import ClockCycles, FallingEdge, Timer, with_timeout
 from cocotbext.axi import AxiLiteBus, AxiLiteRam
 
-from fpqvar_hw.engines.uart import BAD_OP, ST_RX_ERROR
+from fpqvar_hw.engines.uart import BAD_OP, MAX_WORDS, ST_RX_ERROR
 from fpqvar_hw.host import uart_link as ul
 from sim.streams import tb_params
 
@@ -106,6 +106,19 @@ class UartTB:
         r = await self.reply(4 * n + 1)
         return ul.words_from_bytes(r[:-1]), r[-1]
 
+    async def write_all(self, addr: int, words: list[int]) -> None:
+        """``words`` in commands of up to 256 (UartLink's split), every status OKAY."""
+        for i in range(0, len(words), MAX_WORDS):
+            ul.check_status(await self.write(addr + 4 * i, words[i:i + MAX_WORDS]), "write")
+
+    async def read_all(self, addr: int, n: int) -> list[int]:
+        out = []
+        for i in range(0, n, MAX_WORDS):
+            w, st = await self.read(addr + 4 * i, min(MAX_WORDS, n - i))
+            ul.check_status(st, "read")
+            out += w
+        return out
+
 
 @cocotb.test()
 async def small_transfer(dut):
@@ -114,17 +127,10 @@ async def small_transfer(dut):
     await tb.reset()
     rng = random.Random(p["seed"])
     words = [rng.getrandbits(32) for _ in range(300)]
-    for i in range(0, 300, 256):
-        st = await tb.write(0x1000 + 4 * i, words[i:i + 256])
-        ul.check_status(st, "write")
+    await tb.write_all(0x1000, words)
     assert ul.words_from_bytes(tb.ram.read(0x1000, 1200)) == words
     assert tb.ram.read(0xFFC, 4) == bytes(4) and tb.ram.read(0x1000 + 1200, 4) == bytes(4)
-    got = []
-    for i in range(0, 300, 256):
-        w, st = await tb.read(0x1000 + 4 * i, min(256, 300 - i))
-        ul.check_status(st, "read")
-        got += w
-    assert got == words
+    assert await tb.read_all(0x1000, 300) == words
 
 
 @cocotb.test()
