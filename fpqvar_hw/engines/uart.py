@@ -34,7 +34,7 @@ from ..checked import Checked
 from .axi import AXILiteSignature
 
 __all__ = ["UartRx", "UartTx", "UartBridge", "LiteRam", "LinkTest", "OP_WRITE", "OP_READ",
-           "BAD_OP", "MAX_WORDS", "ST_RX_ERROR", "AXI_DECERR", "divisor_for"]
+           "BAD_OP", "MAX_WORDS", "ST_RX_ERROR", "AXI_DECERR", "LINK_TEST_WORDS", "divisor_for"]
 
 OP_WRITE, OP_READ = 0x57, 0x52       # 'W', 'R'
 #: the reply to an unknown command byte
@@ -45,6 +45,8 @@ ST_RX_ERROR = 0x80
 MAX_WORDS = 256
 #: AXI response of an address nothing answers
 AXI_DECERR = 3
+#: words of block RAM in the board bring-up design (:class:`LinkTest`, 16 KiB)
+LINK_TEST_WORDS = 4096
 
 
 def divisor_for(clock_hz: float, baud: int) -> int:
@@ -257,7 +259,7 @@ class UartBridge(Checked, wiring.Component):
                 m.d.comb += bus.bready.eq(1)
                 with m.If(bus.bvalid):
                     m.d.sync += [status.eq(status | bus.bresp), addr.eq(addr + 4),
-                                 count.eq(count - 1), idle.eq(0)]
+                                 count.eq(count - 1)]
                     m.next = "WDATA"
                     with m.If(count == 0):
                         m.next = "STATUS"
@@ -336,7 +338,7 @@ class LinkTest(Checked, wiring.Component):
     the board loads its bitstream (``python -m fpqvar_hw.flow.board``) and runs
     ``python -m fpqvar_hw.host.uart_link --port ... --selftest`` before the accelerator."""
 
-    def __init__(self, divisor: int, *, depth: int = 4096, timeout: int | None = None):
+    def __init__(self, divisor: int, *, depth: int = LINK_TEST_WORDS, timeout: int | None = None):
         self.divisor, self.depth, self.timeout = divisor, depth, timeout
         super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "led": Out(8)})
 

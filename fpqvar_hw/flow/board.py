@@ -61,29 +61,22 @@ def build_link_test(out: Path, *, baud: int = DEFAULT_BAUD, verbose: bool = Fals
     """Build the ULX3S 85F LinkTest bitstream into ``out``; return the ``.bit`` path."""
     from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
-    missing = [exe for exe in _YOWASP.values() if shutil.which(exe) is None]
-    if missing:
-        raise BoardError(f"{', '.join(missing)} not found; install the open ECP5 tools: "
-                         f"pip install -e . (they are dependencies of this project)")
-    env = {k: os.environ.get(k, v) for k, v in _YOWASP.items()}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     out = Path(out)
     plat = ULX3S_85F_Platform()
-    top = link_test_top(plat, baud)
+    top = link_test_top(plat, baud)         # a rate the board clock cannot hit: ValueError
+    missing = [exe for exe in _YOWASP.values() if shutil.which(exe) is None]
+    if missing:
+        top._MustUse__silence = True        # refused before elaboration: no unused warning
+        raise BoardError(f"{', '.join(missing)} not found; install the open ECP5 tools: "
+                         f"pip install -e . (they are dependencies of this project)")
+    env = {**os.environ, **{k: os.environ.get(k, v) for k, v in _YOWASP.items()}}
     try:
         # prepare + execute_local = Platform.build without its up-front check of the
         # programmer (openFPGALoader), which this flow never runs
-        plat.prepare(top, name=LINK_NAME, verbose=verbose).execute_local(str(out))
+        plat.prepare(top, name=LINK_NAME, verbose=verbose).execute_local(str(out), env=env)
     except Exception as e:        # the Trellis script's failing step: its log is in out/
         raise BoardError(f"the board flow failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                          f"see the logs in {out} ({LINK_NAME}.rpt, {LINK_NAME}.tim)") from None
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     bit = out / f"{LINK_NAME}.bit"
     if not bit.is_file() or bit.stat().st_size == 0:
         raise BoardError(f"no bitstream {bit} after the flow; see the logs in {out}")
@@ -110,7 +103,7 @@ def fmax_line(out: Path) -> str:
             f"{float(mhz):.1f} MHz routed ({verdict} at {float(target):g} MHz)")
 
 
-def main(argv: "list[str] | None" = None) -> int:
+def _main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m fpqvar_hw.flow.board",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("build") / "ulx3s-link",
@@ -119,11 +112,6 @@ def main(argv: "list[str] | None" = None) -> int:
                     help=f"UART rate (default {DEFAULT_BAUD}; 25 MHz / rate within 2 %%)")
     ap.add_argument("--verbose", action="store_true", help="show the tools' output")
     args = ap.parse_args(argv)
-    try:
-        divisor_for(25e6, args.baud)
-    except ValueError as e:
-        print(f"board: --baud: {e}", file=sys.stderr)
-        return 2
     t0 = time.time()
     try:
         bit = build_link_test(args.out, baud=args.baud, verbose=args.verbose)
@@ -133,6 +121,13 @@ def main(argv: "list[str] | None" = None) -> int:
     print(f"ULX3S 85F link test: {bit} ({bit.stat().st_size:,} bytes), {fmax_line(args.out)}, "
           f"UART {args.baud} baud; {time.time() - t0:.0f} s")
     return 0
+
+
+def main(argv: "list[str] | None" = None) -> int:
+    """The CLI through the project's one error path (``fpqvar_quant.safeio.run_cli``): a
+    bad ``--baud`` or ``--out`` is one line and exit 2, Ctrl-C exit 130; a failed flow 1."""
+    from fpqvar_quant.safeio import run_cli
+    return run_cli(_main, argv, "board", errors=(ValueError,))
 
 
 if __name__ == "__main__":

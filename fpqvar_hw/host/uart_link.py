@@ -13,13 +13,13 @@ import sys
 import time
 from typing import Protocol
 
-from ..engines.uart import BAD_OP, MAX_WORDS, OP_READ, OP_WRITE, ST_RX_ERROR
+from ..engines.uart import BAD_OP, LINK_TEST_WORDS, MAX_WORDS, OP_READ, OP_WRITE, ST_RX_ERROR
 
 __all__ = ["LinkError", "BytePort", "write_command", "read_command", "check_status",
            "words_from_bytes", "UartLink", "selftest", "SELFTEST_WORDS", "main"]
 
 #: the LinkTest design's RAM (``fpqvar_hw.engines.uart.LinkTest``, default depth)
-SELFTEST_WORDS = 4096
+SELFTEST_WORDS = LINK_TEST_WORDS
 
 _RESP = {0: "OKAY", 1: "EXOKAY", 2: "SLVERR", 3: "DECERR"}
 
@@ -126,9 +126,7 @@ def selftest(link: UartLink, n: int = SELFTEST_WORDS, seed: int = 0) -> float:
     return time.perf_counter() - t0
 
 
-def main(argv: "list[str] | None" = None) -> int:
-    """``python -m fpqvar_hw.host.uart_link --port /dev/ttyUSB0 --selftest``: check a ULX3S
-    loaded with the LinkTest bitstream (``python -m fpqvar_hw.flow.board``)."""
+def _main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m fpqvar_hw.host.uart_link",
                                  description="Check the UART host link of a board loaded with "
                                              "the LinkTest bitstream (python -m fpqvar_hw.flow.board).")
@@ -140,18 +138,15 @@ def main(argv: "list[str] | None" = None) -> int:
                     help=f"words to write and read (1 to {SELFTEST_WORDS})")
     args = ap.parse_args(argv)
     if not 1 <= args.words <= SELFTEST_WORDS:
-        print(f"uart_link: --words must be 1 to {SELFTEST_WORDS}, got {args.words}", file=sys.stderr)
-        return 2
+        raise ValueError(f"--words must be 1 to {SELFTEST_WORDS}, got {args.words}")
     try:
         import serial
     except ImportError:
-        print("uart_link: opening a serial port needs pyserial: pip install pyserial", file=sys.stderr)
-        return 2
+        raise ValueError("opening a serial port needs pyserial: pip install pyserial") from None
     try:
         port = serial.Serial(args.port, args.baud, timeout=2)
-    except (OSError, ValueError, serial.SerialException) as e:
-        print(f"uart_link: cannot open {args.port}: {e}", file=sys.stderr)
-        return 2
+    except serial.SerialException as e:
+        raise ValueError(f"cannot open {args.port}: {e}") from None
     try:
         with port:
             dt = selftest(UartLink(port), args.words)
@@ -161,6 +156,15 @@ def main(argv: "list[str] | None" = None) -> int:
     print(f"link OK: {args.words} words written and read back in {dt:.2f} s "
           f"({8 * args.words / dt / 1e3:.1f} KB/s both ways)")
     return 0
+
+
+def main(argv: "list[str] | None" = None) -> int:
+    """``python -m fpqvar_hw.host.uart_link --port /dev/ttyUSB0 --selftest``: check a ULX3S
+    loaded with the LinkTest bitstream (``python -m fpqvar_hw.flow.board``).  Through the
+    project's one error path (``fpqvar_quant.safeio.run_cli``): bad arguments, a missing
+    pyserial or port are one line and exit 2, Ctrl-C exit 130; a failed self-test 1."""
+    from fpqvar_quant.safeio import run_cli
+    return run_cli(_main, argv, "uart_link", errors=(ValueError,))
 
 
 if __name__ == "__main__":
