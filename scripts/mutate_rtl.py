@@ -66,7 +66,7 @@ ROW_TEST = "tests/test_hw_vecengine.py::test_fdot_rows[11]"
 #: build: the Softmax(length=680) Verilator test took a minute to build per mutant)
 SOFTMAX_TEST = "sim/test_vector.py::test_softmax_amaranth[2-12-42-0.0]"
 #: heads of 8 back to back (a partial-sum set is reused before the head two earlier is done)
-L2_SHORT_TEST = "sim/test_vector.py::test_l2norm_short_heads_amaranth[83]"
+L2_SHORT_TEST = "sim/test_vector.py::test_l2norm_short_heads_amaranth[83-False]"
 #: the vector engine's attention array (AttentionArray, 2 x 4 lanes) in the Amaranth
 #: simulator: p.V rows at odd offsets with edge tiles; abort at several points then a
 #: correct instruction

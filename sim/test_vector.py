@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 
 from fpqvar_hw.units.fpu import FP16, FP32
-from fpqvar_hw.units.vector import Elementwise, Func
+from amaranth.hdl import Const, Module
+from amaranth.lib import wiring
+
+from fpqvar_hw.units.vector import Elementwise, Func, FunctionPipe, connect_function_pipes
 from fpqvar_quant.golden import fp32 as g
 from fpqvar_quant.golden import vector as v
 from tests.test_hw_fpu import run_unit
@@ -73,6 +76,41 @@ def test_bad_parameters():
         Elementwise("gelu")
     with pytest.raises(ValueError, match="lanes"):
         Elementwise(Func.EXP, lanes=0)
+    with pytest.raises(ValueError, match="shared_functions needs lanes=1"):
+        Elementwise(Func.GELU, lanes=2, shared_functions=True)
+    with pytest.raises(ValueError, match="func must be one of"):
+        FunctionPipe(Func.GELU)
+
+
+class WithFunctionPipes(wiring.Component):
+    """A unit built with ``shared_functions=True`` and its function pipes, wired as the
+    vector engine wires them (``connect_function_pipes``; the unit always selected)."""
+
+    def __init__(self, unit):
+        self.unit, self.lanes, self.latency = unit, unit.lanes, unit.latency
+        super().__init__({"i": unit.signature.members["i"], "o": unit.signature.members["o"]})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.unit = self.unit
+        wiring.connect(m, wiring.flipped(self.i), self.unit.i)
+        wiring.connect(m, self.unit.o, wiring.flipped(self.o))
+        pipes = connect_function_pipes(m, [(self.unit, Const(1))])
+        assert set(pipes) == set(self.unit.functions)
+        return m
+
+
+def test_gelu_with_shared_function_pipes_amaranth():
+    """GELU whose exp and reciprocal are the shared pipes (the vector engine's build): the
+    golden bits under gaps and backpressure, and the inline lane's latency."""
+    rng = np.random.default_rng(6)
+    x = np.concatenate([np.array(SPECIAL32, np.uint32),
+                        (rng.standard_normal(40) * 4).astype(np.float32).view(np.uint32)])
+    unit = Elementwise(Func.GELU, shared_functions=True)
+    assert unit.latency == Elementwise.latency_for(func=Func.GELU)
+    assert sorted(unit.signature.members) == ["fn_exp", "fn_reciprocal", "i", "o"]
+    got = run_unit(WithFunctionPipes(unit), [int(b) for b in x], 32, 6)
+    check(got, golden_path("gelu", x, "fp32", "fp32"), x, "gelu")
 
 
 def run_exhaustive_fp16(func: str, lanes: int, seed: int) -> None:
@@ -137,10 +175,11 @@ def test_softmax_rows_verilator():
                params=dict(unit="softmax", seed=23, cases=cases))
 
 
-@pytest.mark.parametrize("seed", [83])
-def test_l2norm_short_heads_amaranth(seed):
+@pytest.mark.parametrize("seed,shared", [(83, False), (84, True)])
+def test_l2norm_short_heads_amaranth(seed, shared):
     """Six heads of 8 back to back: a head's partial-sum set is still accumulating when the
-    head two later arrives, which must wait for it (the sets alternate)."""
+    head two later arrives, which must wait for it (the sets alternate).  ``shared``: its
+    rsqrt and exp are the shared function pipes (the vector engine's build)."""
     from fpqvar_hw.units.vector import L2NormTemperature
 
     rng = np.random.default_rng(seed)
@@ -149,7 +188,9 @@ def test_l2norm_short_heads_amaranth(seed):
     want = g.canon(v.l2norm_temperature(q, t, P=8)).reshape(-1)
     u = lambda a: a.view(np.uint32).reshape(-1).astype(np.uint64)  # noqa: E731
     words = [int(a) | (int(b) << 32) for a, b in zip(u(q), u(np.repeat(t, 8, axis=1)))]
-    dut = L2NormTemperature(head_dim=8, P=8, temperature=True)
+    dut = L2NormTemperature(head_dim=8, P=8, temperature=True, shared_functions=shared)
+    if shared:
+        dut = WithFunctionPipes(dut)
     got = run_unit(dut, words, 32, seed, in_width=64, max_cycles=2000)
     check(got, want, u(q), "l2norm_temperature")
 

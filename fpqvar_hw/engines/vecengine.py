@@ -84,7 +84,10 @@ L2NT :class:`~fpqvar_hw.units.vector.L2NormTemperature` (64); SOFTMAX
 FDOT :class:`~fpqvar_hw.units.vector.FDot` (B FP16 converted exactly to FP32 first; B_KV6:
 LUT value times scale); CVT16 :class:`~fpqvar_hw.units.fpu.FPUnit` (CONVERT FP32 -> FP16,
 RNE); KVQ6 :class:`KV6Quantizer` (CONVERT into :class:`~fpqvar_hw.units.quantizer.Quantizer`
-e2m3fn, group 64, one lane).
+e2m3fn, group 64, one lane).  The units' exp (SOFTMAX, L2NT, GELU), reciprocal (SOFTMAX,
+GELU) and rsqrt (LNMOD, L2NT) are one :class:`~fpqvar_hw.units.vector.FunctionPipe` each,
+driven by the unit of the instruction's sub-op (three FP32 function pipelines instead of
+seven: the same bits and cycles).
 """
 from __future__ import annotations
 
@@ -106,8 +109,8 @@ from .attention import AttentionArray
 from .axi import DATA_BITS, DATA_BYTES, MAX_BURST, ReadClient, WriteClient
 from ..units.fpu import FP16, FP32, FPOp, FPUnit, fp16_to_fp32
 from ..units.quantizer import LATENCY_AFTER_LAST, Quantizer
-from ..units.vector import (Elementwise, FDot, Func, L2NormTemperature, LayerNormModulate, Residual,
-                     Softmax, skid_buffer)
+from ..units.vector import (Elementwise, FDot, Func, L2NormTemperature, LayerNormModulate,
+                            Residual, Softmax, connect_function_pipes, skid_buffer)
 
 __all__ = ["VectorEngine", "KV6Quantizer", "KV6_FORMAT", "ATT_LANES"]
 
@@ -281,14 +284,18 @@ class VectorEngine(Checked, wiring.Component):
     def row_unit_specs(*, C: int, max_kv: int, P: int, kv6: bool
                        ) -> dict[isa.VecSubop, tuple[type, tuple, dict]]:
         """The sub-op -> row unit map of an engine with these parameters, as ``(class, args,
-        kwargs)``: what :meth:`row_units` builds, described without building anything."""
+        kwargs)``: what :meth:`row_units` builds, described without building anything.
+        The units' exp, reciprocal and rsqrt are shared (``shared_functions``: one
+        :class:`~fpqvar_hw.units.vector.FunctionPipe` each, the engine runs one sub-op at a
+        time)."""
+        shared = {"shared_functions": True}
         specs = {
-            isa.VecSubop.LNMOD: (LayerNormModulate, (), {"length": C, "P": P}),
+            isa.VecSubop.LNMOD: (LayerNormModulate, (), {"length": C, "P": P, **shared}),
             isa.VecSubop.RESID: (Residual, (), {}),
-            isa.VecSubop.GELU: (Elementwise, (Func.GELU,), {}),
+            isa.VecSubop.GELU: (Elementwise, (Func.GELU,), shared),
             isa.VecSubop.L2NT: (L2NormTemperature, (),
-                                {"head_dim": isa.L2NT_LEN, "P": P, "temperature": True}),
-            isa.VecSubop.SOFTMAX: (Softmax, (), {"length": max_kv, "P": P}),
+                                {"head_dim": isa.L2NT_LEN, "P": P, "temperature": True, **shared}),
+            isa.VecSubop.SOFTMAX: (Softmax, (), {"length": max_kv, "P": P, **shared}),
             isa.VecSubop.FDOT: (FDot, (), {"P": P}),
             isa.VecSubop.CVT16: (FPUnit, (FPOp.CONVERT, FP32), {"dst": FP16}),
         }
@@ -877,6 +884,12 @@ class VectorEngine(Checked, wiring.Component):
         units = self.row_units()
         for s, u in units.items():
             m.submodules[f"unit_{s.name.lower()}"] = ResetInserter(flush)(u)
+        # one pipe per shared function: the selected sub-op's unit drives its argument and
+        # enable (is_sub is one-hot and static for an instruction; an instruction ends with
+        # its unit empty, so a pipe never holds another unit's elements), every user sees
+        # its result
+        connect_function_pipes(m, [(u, is_sub[s]) for s, u in units.items()
+                                   if getattr(u, "shared_functions", False)])
         # fine = 0: one element per unit latency
         max_lat = max(u.latency for u in units.values())
         lat = Array(Const(units[s].latency, range(max_lat + 1)) for s in sorted(units))

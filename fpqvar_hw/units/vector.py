@@ -14,12 +14,21 @@ the stage where it becomes valid, and operands from earlier stages are delayed
 by registers, so the whole unit is one stall-able pipeline with initiation
 interval 1.
 
+Shared function pipes: built with ``shared_functions=True``, a unit (:class:`Softmax`,
+:class:`LayerNormModulate`, :class:`L2NormTemperature`, a one-lane :class:`Elementwise`)
+computes its exp, reciprocal and rsqrt not in pipelines of its own but through ports
+(``fn_exp``, ``fn_reciprocal``, ``fn_rsqrt``: :data:`FUNCTION_PORT`) to a
+:class:`FunctionPipe` outside it, the same pipeline with the same latency and enable, so
+the results and the cycles are those of the inline build.  The vector engine runs one
+sub-op at a time and builds one pipe per function for all its units.
+
 Constants and tables are computed here from their defining formulas (never read
 from the golden model); tests compare the RTL with the golden model.
 """
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import struct
 from dataclasses import dataclass
@@ -33,7 +42,8 @@ from ..checked import Checked
 from .fpu import (ADD_STAGES, FP16, FP32, MUL_STAGES, ROUND_STAGES, AddPipe, FloatFormat, FPOp, MulPipe,
                   RoundPackPipe, convert_front, float_layout, fp_max, unpack, unrounded_layout)
 
-__all__ = ["Dataflow", "Func", "Elementwise", "PartialSums", "RowSlots", "RowSums", "Softmax",
+__all__ = ["Dataflow", "Func", "Elementwise", "FunctionPipe", "FUNCTION_PORT", "SHAREABLE",
+           "function_latency", "connect_function_pipes", "PartialSums", "RowSlots", "RowSums", "Softmax",
            "LayerNormModulate", "L2NormTemperature", "FDot", "Residual", "fp32_bits",
            "skid_buffer", "select_tree"]
 
@@ -84,15 +94,19 @@ class Dataflow:
     validity the caller tracks in registers of its own (with a reset), so the delay lines
     of :meth:`at` have no reset and map to shift registers (SRL16E/SRLC32E: a 278-stage
     GELU lane 531 flip-flops and 859 SRLs instead of 18,621 flip-flops); a caller that
-    delays a valid or control bit through :meth:`at` must leave it False.
+    delays a valid or control bit through :meth:`at` must leave it False.  ``ports``
+    (function name -> the unit's :data:`FUNCTION_PORT`, one dict shared by the unit's
+    Dataflows): :meth:`exp` / :meth:`reciprocal` / :meth:`rsqrt` of a name in it drive
+    that port instead of building the pipeline (same latency); each port is driven once.
     """
 
     def __init__(self, m: Module | None, en: Value | None, prefix: str = "", *,
-                 dry: bool = False, data_only: bool = False):
+                 dry: bool = False, data_only: bool = False, ports: dict | None = None):
         if m is None and not dry:
             raise ValueError("Dataflow needs a Module unless dry=True")
         self.m, self.en, self.prefix, self.dry = m, en, prefix, dry
         self.data_only = data_only
+        self.ports = {} if ports is None else ports
         self._n = 0
         self._delays: dict[tuple[int, int], Value] = {}
 
@@ -212,8 +226,26 @@ class Dataflow:
         rom = Array(Const(e, 32) for e in entries)
         return self.comb(lambda i: rom[i], idx, width=32)
 
+    def _external(self, name: str, x: Val) -> Val | None:
+        """``name(x)`` through the unit's port to a shared :class:`FunctionPipe` (``None``:
+        no port, build it here): the argument and this pipeline's enable go out at ``x``'s
+        stage, the result comes back :func:`function_latency` stages later."""
+        if name not in self.ports:
+            return None
+        port = self.ports[name]
+        if port is None:
+            raise ValueError(f"the unit's {name} port is already driven (one use per unit)")
+        self.ports[name] = None
+        s = self._stage(x)
+        if self.dry:
+            return Val(Const(0, 32), s + function_latency(name))
+        self.m.d.comb += [port.arg.eq(self.at(x, s)), port.en.eq(self.en)]
+        return Val(port.res, s + function_latency(name))
+
     # ------------------------------------------------------------ functions
     def exp(self, x: Val) -> Val:
+        if (ext := self._external("exp", x)) is not None:
+            return ext
         c = self.const
         x = self.min(self.max(x, c(EXP_LO)), c(EXP_HI))
         t = self.mul(x, c(LOG2E))
@@ -227,6 +259,8 @@ class Dataflow:
         return self.ldexp(p, n)
 
     def reciprocal(self, d: Val) -> Val:
+        if (ext := self._external("reciprocal", d)) is not None:
+            return ext
         c = self.const
         man = self.comb(lambda b: b[:23], d, width=23, register=False)
         m = self.comb(lambda b: Cat(b, Const(127, 8)), man, width=32, register=False)
@@ -239,6 +273,8 @@ class Dataflow:
         return self._special(d, res, zero_gives=INF, inf_gives=0, neg_is_nan=False)
 
     def rsqrt(self, v: Val) -> Val:
+        if (ext := self._external("rsqrt", v)) is not None:
+            return ext
         c = self.const
         odd = self.comb(lambda b: b[23] ^ 1, v, width=1, register=False)   # (E - 127) & 1
         m = self.comb(lambda b, o: Cat(b[:23], Const(127, 8) + o), v, odd, width=32, register=False)
@@ -289,6 +325,86 @@ class Func(enum.Enum):
     GELU = "gelu"
 
 
+#: Functions a unit built with ``shared_functions=True`` takes from a :class:`FunctionPipe`.
+SHAREABLE = (Func.EXP, Func.RECIPROCAL, Func.RSQRT)
+
+#: A unit's port to a shared :class:`FunctionPipe`: the unit drives the FP32 argument and
+#: its pipeline's enable, the result comes back :func:`function_latency` enabled cycles later.
+FUNCTION_PORT = wiring.Signature({"arg": Out(32), "en": Out(1), "res": In(32)})
+
+
+@functools.cache
+def function_latency(name: str) -> int:
+    """Stages from the argument to the result of the FP32 function ``name`` (``exp``,
+    ``reciprocal``, ``rsqrt``): the inline pipeline's, a dry :class:`Dataflow`."""
+    return getattr(Dataflow(None, None, dry=True), name)(Val(Const(0, 32), 0)).stage
+
+
+def _function_members(functions, shared: bool) -> dict:
+    """The ``fn_<name>`` ports of a unit using ``functions`` (none unless ``shared``)."""
+    return {f"fn_{f.value}": Out(FUNCTION_PORT) for f in functions} if shared else {}
+
+
+def _function_ports(unit) -> dict:
+    """``{name: port}`` of ``unit``'s function ports, for its Dataflows (``ports=``)."""
+    return {f.value: getattr(unit, f"fn_{f.value}") for f in unit.functions} \
+        if unit.shared_functions else {}
+
+
+def _check_ports_driven(ports: dict) -> None:
+    left = [name for name, port in ports.items() if port is not None]
+    if left:
+        raise AssertionError(f"function ports never driven: {left}")
+
+
+def connect_function_pipes(m: Module, users) -> dict[Func, "FunctionPipe"]:
+    """One :class:`FunctionPipe` per function that the units of ``users`` (pairs ``(unit,
+    select)``, units built with ``shared_functions=True``) compute, added to ``m`` as
+    ``fn_<name>``: the unit whose ``select`` is 1 drives its argument and enable (at most one
+    at a time, and only while no other user has elements in the pipe), every user reads
+    its result.  Returns the pipes."""
+    ports: dict[Func, list] = {}
+    for unit, select in users:
+        for f in unit.functions:
+            ports.setdefault(f, []).append((select, getattr(unit, f"fn_{f.value}")))
+    pipes = {}
+    for f, fports in ports.items():
+        m.submodules[f"fn_{f.value}"] = pipe = pipes[f] = FunctionPipe(f)
+        en, arg = Const(0), Const(0, 32)
+        for select, port in fports:
+            en = en | (select & port.en)
+            arg = arg | Mux(select, port.arg, 0)
+            m.d.comb += port.res.eq(pipe.y)
+        m.d.comb += [pipe.en.eq(en), pipe.x.eq(arg)]
+    return pipes
+
+
+@hierarchical
+class FunctionPipe(Checked, wiring.Component):
+    """One FP32 function (exp, reciprocal or rsqrt) as a pipeline of its own, shared by
+    the units built with ``shared_functions=True`` (their ``fn_<name>`` ports): ``y`` is
+    ``func(x)`` :attr:`latency` cycles of ``en`` later (the stages, operations and
+    rounding of the inline :class:`Dataflow` function; data only, no valid bits: the
+    unit that drives ``x`` and ``en`` tracks its own)."""
+
+    def __init__(self, func: Func):
+        self.func = func
+        self.latency = function_latency(func.value)
+        super().__init__({"en": In(1), "x": In(32), "y": Out(32)})
+
+    @classmethod
+    def check_params(cls, *, func) -> None:
+        if func not in SHAREABLE:
+            raise ValueError(f"func must be one of {[f.name for f in SHAREABLE]}, got {func!r}")
+
+    def elaborate(self, platform):
+        m = Module()
+        df = Dataflow(m, self.en, prefix=f"{self.func.value}_", data_only=True)
+        y = getattr(df, self.func.value)(Val(self.x, 0))
+        m.d.comb += self.y.eq(df.at(y, y.stage))
+        return m
+
+
 @hierarchical
 class Elementwise(Checked, wiring.Component):
     """Pipelined element-wise FP32 function, ``lanes`` elements per beat.
@@ -302,32 +418,43 @@ class Elementwise(Checked, wiring.Component):
     FP32 exp 157, reciprocal 68, rsqrt 70, GELU 278; FP16 -> FP16 +9), initiation
     interval 1; every FP operation is pipelined (:class:`Dataflow`); the
     pipeline holds while ``o.valid & ~o.ready`` (``i.ready = ~o.valid | o.ready``).
+    ``shared_functions`` (one lane only): exp and reciprocal (GELU), or the function
+    itself, through ``fn_*`` ports to shared :class:`FunctionPipe` s (module docstring).
     """
 
     def __init__(self, func: Func, *, lanes: int = 1, src: FloatFormat = FP32,
-                 dst: FloatFormat = FP32):
+                 dst: FloatFormat = FP32, shared_functions: bool = False):
         self.func, self.lanes, self.src, self.dst = func, lanes, src, dst
-        self.latency = self.latency_for(func=func, lanes=lanes, src=src, dst=dst)
+        self.shared_functions = shared_functions
+        #: the shareable functions the lane computes
+        self.functions = (Func.EXP, Func.RECIPROCAL) if func is Func.GELU else (func,)
+        self.latency = self.latency_for(func=func, lanes=lanes, src=src, dst=dst,
+                                        shared_functions=shared_functions)
         super().__init__({
             "i": In(stream.Signature(data.ArrayLayout(float_layout(src), lanes))),
             "o": Out(stream.Signature(data.ArrayLayout(float_layout(dst), lanes))),
+            **_function_members(self.functions, shared_functions),
         })
 
     @classmethod
-    def check_params(cls, *, func, lanes, src, dst) -> None:
+    def check_params(cls, *, func, lanes, src, dst, shared_functions) -> None:
         if not isinstance(func, Func):
             raise TypeError(f"func must be a Func (EXP, RECIPROCAL, RSQRT, GELU), got {func!r}")
         if not isinstance(lanes, int) or lanes < 1:
             raise ValueError(f"lanes must be a positive integer, got {lanes!r}")
+        if shared_functions and lanes != 1:
+            raise ValueError(f"shared_functions needs lanes=1 (one port per function), "
+                             f"got lanes={lanes}")
         for name, f in (("src", src), ("dst", dst)):
             if f not in (FP16, FP32):
                 raise ValueError(f"{name} must be FP16 or FP32, got {f!r}")
 
     @classmethod
     def latency_for(cls, *, func: Func, lanes: int = 1, src: FloatFormat = FP32,
-                    dst: FloatFormat = FP32) -> int:
+                    dst: FloatFormat = FP32, shared_functions: bool = False) -> int:
         """``latency`` without building the unit: one lane scheduled by a dry
-        :class:`Dataflow` (the schedule :meth:`elaborate` builds)."""
+        :class:`Dataflow` (the schedule :meth:`elaborate` builds; the same with shared
+        functions)."""
         df = Dataflow(None, None, dry=True)
         return cls._lane(df, Const(0, src.width), func, src, dst).stage
 
@@ -346,11 +473,14 @@ class Elementwise(Checked, wiring.Component):
 
     def _build(self, m: Module, en: Value, inputs: list[Value]) -> list[Value]:
         outs = []
+        ports = _function_ports(self)
         for lane, x in enumerate(inputs):
-            df = Dataflow(m, en, prefix=f"l{lane}_", data_only=True)    # valid: valid_sr
+            df = Dataflow(m, en, prefix=f"l{lane}_", data_only=True,   # valid: valid_sr
+                          ports=ports)
             y = self._lane(df, x, self.func, self.src, self.dst)
             assert y.stage == self.latency, "latency_for schedules what elaborate builds"
             outs.append(df.at(y, y.stage))
+        _check_ports_driven(ports)
         return outs
 
     def elaborate(self, platform):
@@ -722,22 +852,27 @@ class Softmax(Checked, wiring.Component):
     #: row buffers (rows in flight)
     SLOTS = 4
 
-    def __init__(self, *, length: int, P: int = 8):
+    #: the shareable functions the unit computes (``shared_functions``: module docstring)
+    functions = (Func.EXP, Func.RECIPROCAL)
+
+    def __init__(self, *, length: int, P: int = 8, shared_functions: bool = False):
         self.length, self.P, self.lanes = length, P, 1
+        self.shared_functions = shared_functions
         #: cycles an element spends in the load-phase datapath (running max, buffer write)
         self.latency = self.latency_for(length=length, P=P)
         fl = float_layout(FP32)
         super().__init__({
             "i": In(stream.Signature(data.StructLayout({"x": fl, "last": 1}))),
             "o": Out(stream.Signature(fl)),
+            **_function_members(self.functions, shared_functions),
         })
 
     @classmethod
-    def check_params(cls, *, length, P) -> None:
+    def check_params(cls, *, length, P, shared_functions) -> None:
         _check_row_params("length", length, P, divides=False)
 
     @staticmethod
-    def latency_for(*, length: int, P: int = 8) -> int:
+    def latency_for(*, length: int, P: int = 8, shared_functions: bool = False) -> int:
         """``latency`` without building the unit."""
         return 1
 
@@ -821,7 +956,8 @@ class Softmax(Checked, wiring.Component):
         e_own, go = Signal(), Signal()
         m.d.sync += ke.eq(ke_next)
         m.d.comb += ke_next.eq(ke)
-        df = Dataflow(m, Const(1), prefix="sm_", data_only=True)
+        ports = _function_ports(self)
+        df = Dataflow(m, Const(1), prefix="sm_", data_only=True, ports=ports)
         e_val = df.exp(df.sub(Val(rows.data(es), 0), Val(e_mx, -1)))
         L = e_val.stage
         tag = _tags(m, Cat(go, ke == e_end, par, es, ke), L)
@@ -856,12 +992,13 @@ class Softmax(Checked, wiring.Component):
         rows.finish()
 
         # (3) tree + reciprocal on the snapshot, fully pipelined
-        df2 = Dataflow(m, Const(1), prefix="tr_", data_only=True)
+        df2 = Dataflow(m, Const(1), prefix="tr_", data_only=True, ports=ports)
         recip = df2.reciprocal(_tree_of(df2, sums.snap))
         L2 = recip.stage
         r_tag = _tags(m, Cat(sums.snap_valid, sums.snap_slot), L2)
         with m.If(r_tag[0]):
             rows.set_factor(r_tag[1:], df2.at(recip, L2))
+        _check_ports_driven(ports)
         return m
 
 
@@ -891,22 +1028,27 @@ class LayerNormModulate(Checked, wiring.Component):
     #: rows in flight (slots of row buffers)
     SLOTS = 4
 
-    def __init__(self, *, length: int, P: int = 8):
+    #: the shareable functions the unit computes (``shared_functions``: module docstring)
+    functions = (Func.RSQRT,)
+
+    def __init__(self, *, length: int, P: int = 8, shared_functions: bool = False):
         self.length, self.P, self.lanes = length, P, 1
+        self.shared_functions = shared_functions
         #: cycles an element spends in the load-phase datapath (accumulation)
         self.latency = self.latency_for(length=length, P=P)
         fl = float_layout(FP32)
         super().__init__({
             "i": In(stream.Signature(data.StructLayout({"x": fl, "scale": fl, "shift": fl}))),
             "o": Out(stream.Signature(fl)),
+            **_function_members(self.functions, shared_functions),
         })
 
     @classmethod
-    def check_params(cls, *, length, P) -> None:
+    def check_params(cls, *, length, P, shared_functions) -> None:
         _check_row_params("length", length, P, divides=True)
 
     @staticmethod
-    def latency_for(*, length: int, P: int = 8) -> int:
+    def latency_for(*, length: int, P: int = 8, shared_functions: bool = False) -> int:
         """``latency`` without building the unit."""
         return PartialSums.DRAIN
 
@@ -1088,7 +1230,8 @@ class LayerNormModulate(Checked, wiring.Component):
         t_go, t_var, t_slot = Signal(), Signal(), Signal(range(S))
         m.d.sync += [t_go.eq(pick_m | pick_v), t_var.eq(pick_v), t_slot.eq(sel_slot)]
         m.d.sync += [t.eq(Mux(pick_m, a, b)) for t, a, b in zip(t_in, lsums.snap, vsums.snap)]
-        df2 = Dataflow(m, Const(1), prefix="tr_", data_only=True)
+        ports = _function_ports(self)
+        df2 = Dataflow(m, Const(1), prefix="tr_", data_only=True, ports=ports)
         mean = df2.mul(_tree_of(df2, t_in), df2.const(inv_c))
         rs = df2.rsqrt(df2.add(mean, df2.const(eps)))
         Lm, Lr = mean.stage, rs.stage
@@ -1149,6 +1292,7 @@ class LayerNormModulate(Checked, wiring.Component):
                 else:
                     m.d.comb += [wr.addr.eq(kl), wr.data.eq(getattr(self.i.payload, nm).as_value()),
                                  wr.en.eq(take & (ls == j)), rd.addr.eq(ko_next)]
+        _check_ports_driven(ports)
         return m
 
 
@@ -1182,21 +1326,27 @@ class L2NormTemperature(Checked, wiring.Component):
     #: head buffers (heads in flight)
     SLOTS = 8
 
-    def __init__(self, *, head_dim: int = 64, P: int = 8, temperature: bool = True):
+    def __init__(self, *, head_dim: int = 64, P: int = 8, temperature: bool = True,
+                 shared_functions: bool = False):
         self.length, self.P, self.temperature, self.lanes = head_dim, P, temperature, 1
+        self.shared_functions = shared_functions
+        #: the shareable functions the unit computes (``shared_functions``: module docstring)
+        self.functions = (Func.RSQRT, Func.EXP) if temperature else (Func.RSQRT,)
         #: cycles an element spends in the load-phase datapath (square, accumulate)
         self.latency = self.latency_for(head_dim=head_dim, P=P, temperature=temperature)
         fl = float_layout(FP32)
         fields = {"x": fl, "t": fl} if temperature else {"x": fl}
         super().__init__({"i": In(stream.Signature(data.StructLayout(fields))),
-                          "o": Out(stream.Signature(fl))})
+                          "o": Out(stream.Signature(fl)),
+                          **_function_members(self.functions, shared_functions)})
 
     @classmethod
-    def check_params(cls, *, head_dim, P, temperature) -> None:
+    def check_params(cls, *, head_dim, P, temperature, shared_functions) -> None:
         _check_row_params("head_dim", head_dim, P, divides=True)
 
     @staticmethod
-    def latency_for(*, head_dim: int = 64, P: int = 8, temperature: bool = True) -> int:
+    def latency_for(*, head_dim: int = 64, P: int = 8, temperature: bool = True,
+                    shared_functions: bool = False) -> int:
         """``latency`` without building the unit."""
         return FPOp.MUL.latency + PartialSums.DRAIN
 
@@ -1296,12 +1446,14 @@ class L2NormTemperature(Checked, wiring.Component):
             rows.write(ls, kl, x_in)
         rows.finish()
 
-        df2 = Dataflow(m, Const(1), prefix="tr_", data_only=True)
+        ports = _function_ports(self)
+        df2 = Dataflow(m, Const(1), prefix="tr_", data_only=True, ports=ports)
         gain = self._gain(df2, sums.snap, Val(snap_t, 0) if self.temperature else None)
         Lg = gain.stage
         g_tag = _tags(m, Cat(sums.snap_valid, sums.snap_slot), Lg)
         with m.If(g_tag[0]):
             rows.set_factor(g_tag[1:], df2.at(gain, Lg))
+        _check_ports_driven(ports)
         return m
 
 
