@@ -841,7 +841,8 @@ def _main(argv: list[str]) -> int:
     # before any work: a file, a foreign folder or an unwritable place is the user's to fix
     check_output_dir(out, BUILD_KIND, overwrite=True, own=lambda p: (p / MARKER).exists())
     if platform.family == "ecp5":   # open ECP5 flow, issue 18 (fpqvar_hw.flow.ecp5, docs/build.md)
-        from fpqvar_hw.flow.ecp5 import Ecp5Error, build_ecp5, summary_text
+        from fpqvar_hw.flow.ecp5 import Ecp5Error
+        from fpqvar_hw.flow.ecp5_build import build_ecp5, summary_text
         _prepare_out(out)
         try:
             rep = build_ecp5(config, out, jobs=min(args.jobs, 2), verbose=not args.quiet)

