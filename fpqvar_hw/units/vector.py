@@ -688,18 +688,24 @@ class RowSlots:
         ko, self.out_next = Signal(range(depth)), Signal(range(depth), name=f"{prefix}out_next")
         o_end, o_r = Signal(range(depth)), Signal(32)
         self.out_step = Signal(name=f"{prefix}out_step")     # OUT moves to the next buffer
+        # ko == o_end as a register (o_last), and whether the element after ko is the last
+        # (from registers): the multiplier's i.ready (the unit's o.ready) only selects
         m.d.sync += ko.eq(self.out_next)
         m.d.comb += self.out_next.eq(ko)
+        o_last, o_next_last = Signal(name=f"{prefix}out_last"), Signal()
+        m.d.comb += o_next_last.eq(ko + 1 == o_end)
         with m.FSM(name=f"{prefix}out"):
             with m.State("IDLE"):
                 with m.If(self.ready.bit_select(os_, 1)):
-                    m.d.sync += [o_r.eq(self.r[os_]), o_end.eq(self.end[os_])]
+                    m.d.sync += [o_r.eq(self.r[os_]), o_end.eq(self.end[os_]),
+                                 o_last.eq(self.end[os_] == 0)]
                     m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += mul.i.valid.eq(1)
                 with m.If(mul.i.ready):
                     m.d.comb += self.out_next.eq(ko + 1)
-                    with m.If(ko == o_end):
+                    m.d.sync += o_last.eq(o_next_last)
+                    with m.If(o_last):
                         m.d.comb += [self.out_next.eq(0), set_free.eq(Const(1, slots) << os_),
                                      self.out_step.eq(1)]
                         m.d.sync += os_.eq(self.next_slot(os_))
