@@ -153,6 +153,47 @@ def test_summary_and_throughput_of_a_report():
     assert text[3].startswith("No accelerator bitstream") and "fpqvar_hw.flow.board" in text[3]
 
 
+def test_build_reports_the_whole_top_and_refuses_a_top_that_does_not_fit(monkeypatch, tmp_path):
+    """build_ecp5 end to end with the tools stubbed: every unit's row, the whole top's
+    synthesised totals (not the units' sum) decide the fit, resources.md lists the top's
+    modules, and a top over the part is not routed."""
+    from fpqvar_hw.config import apply_overrides, get_preset
+    from fpqvar_hw.emit import EmittedDesign, Emitter
+    p = get_platform("ulx3s")
+    cfg = apply_overrides(get_preset("w4a4"), list(p.default_params))
+    monkeypatch.setattr(ecp5_build, "_emit", lambda name, factory: f"module {name}; endmodule\n")
+    routed = []
+
+    def route_many(jobs, **kw):
+        out = {}
+        for name, _ in jobs:
+            routed.append(name)
+            out[name] = ecp5.RouteResult(top=name, status="routed", summary=f"{name}: routed",
+                                         target_mhz=100.0, cells={"LUT4": 10},
+                                         fmax_mhz={"clk": 90.0})
+        return out
+    monkeypatch.setattr(ecp5_build, "route_many", route_many)
+    fake = EmittedDesign(top="fpqvar_top", modules={"fpqvar_top": "module fpqvar_top(); endmodule\n"},
+                         instances={})
+    monkeypatch.setattr(Emitter, "emit", lambda self, component, toplevel: fake)
+    total = {"LUT4": 190_000, "FF": 150_000, "CCU2C": 1, "DP16KD": 90, "MULT18X18D": 200,
+             "LUTRAM": 0}
+    syn = {"top": "fpqvar_top", "total": total, "seconds": 1.0, "modules": [
+        {"module": "fpqvar_top", "instances": 1, "own": total, "contribution": total,
+         "seconds": 1.0, "cached": False}]}
+    monkeypatch.setattr(ecp5_build, "synth_top_ecp5", lambda design, **kw: syn)
+    monkeypatch.setattr(ecp5_build, "synth_and_route",
+                        lambda *a, **k: pytest.fail("a top over the part must not be routed"))
+    rep = ecp5_build.build_ecp5(cfg, tmp_path, verbose=False, xilinx_levels=False)
+    assert len(rep["units"]) == len(routed) > 10
+    assert rep["top"]["status"] == "does not fit" and rep["top"]["synth"] is syn
+    assert rep["top"]["summary"].startswith("does not fit LFE5U-85F (the top as built")
+    assert "LUT4 190,000 > 83,640 (227 %)" in rep["top"]["summary"]
+    md = (tmp_path / "resources.md").read_text()
+    assert "| fpqvar_top | 1 | 190,000 | 150,000 | 200 | 90 | 190,000 | 100.0 % |" in md
+    assert json.loads((tmp_path / "resources.json").read_text())["top"]["status"] == "does not fit"
+
+
 def _netlist(cells: dict) -> dict:
     """A synth_ecp5-style JSON netlist: cells {name: (type, {port: (dir, [bits])})}."""
     out = {}

@@ -181,7 +181,7 @@ def _emit(name: str, factory) -> str:
 
 def top_line(total: Mapping[str, int], part: Ecp5Part = LFE5U_85F) -> str | None:
     """``"does not fit ..."`` for the whole top's synthesised totals
-    (:func:`fpqvar_hw.flow.ecp5_top.synth_top_ecp5`) against ``part``, or ``None`` when
+    (:func:`synth_top_ecp5`) against ``part``, or ``None`` when
     they fit (the top is then placed and routed)."""
     line = fit_check(total, part)
     if line:
@@ -286,7 +286,7 @@ def resources_markdown(rep: Mapping) -> str:
     if syn:
         tot = syn["total"]
         lines += [f"The top as built ({syn['top']}), `synth_ecp5` once per distinct module, "
-                  f"own cells rolled up by instance (`fpqvar_hw.flow.ecp5_top`): "
+                  f"own cells rolled up by instance (`fpqvar_hw.flow.ecp5_build`): "
                   + ", ".join(f"{k} {v:,}" for k, v in tot.items())
                   + " (part: " + ", ".join(f"{k} {v:,}" for k, v in rep["budget"].items())
                   + ").", "",
@@ -306,7 +306,7 @@ def build_ecp5(config, out: Path, *, jobs: int = 2, verbose: bool = True,
                cache_dir: "Path | str | None" = None, xilinx_levels: bool = True) -> dict:
     """Synthesise and route every arithmetic unit of ``config`` (top sized for the digits
     VAR) out of context on ``part``, and the whole top as built through ``synth_ecp5`` per
-    module (:func:`fpqvar_hw.flow.ecp5_top.synth_top_ecp5`); write ``resources.md`` /
+    module (:func:`synth_top_ecp5`); write ``resources.md`` /
     ``resources.json`` into ``out`` and return the report.  ``report["top"]["summary"]``
     is the line for the whole top: "does not fit ..." with the figures when the
     synthesised top exceeds the part, else the top's own routed result.  ``target_mhz``: nextpnr clock (default
@@ -349,7 +349,6 @@ def build_ecp5(config, out: Path, *, jobs: int = 2, verbose: bool = True,
     # the whole top as built: every distinct module through synth_ecp5, rolled up by
     # instance; placed and routed only if that fits (never a cut-down top)
     from ..emit import Emitter
-    from .ecp5_top import synth_top_ecp5
     from .registry import resolve_units, top_shape
     top_v = next(v for r in resolve_units(config, shape=top_shape(ECP5_MODEL))
                  if r.spec.is_top for v in r.ready)
