@@ -17,7 +17,8 @@ from fpqvar_hw.units.fpu import FP16, FP32
 from amaranth.hdl import Const, Module
 from amaranth.lib import wiring
 
-from fpqvar_hw.units.vector import Elementwise, Func, FunctionPipe, connect_function_pipes
+from fpqvar_hw.units.vector import (Elementwise, Func, FunctionPipe, TreePipe,
+                                    connect_function_pipes)
 from fpqvar_quant.golden import fp32 as g
 from fpqvar_quant.golden import vector as v
 from tests.test_hw_fpu import run_unit
@@ -80,6 +81,8 @@ def test_bad_parameters():
         Elementwise(Func.GELU, lanes=2, shared_functions=True)
     with pytest.raises(ValueError, match="func must be one of"):
         FunctionPipe(Func.GELU)
+    with pytest.raises(ValueError, match="P"):
+        TreePipe(P=6)
 
 
 class WithFunctionPipes(wiring.Component):
@@ -179,7 +182,7 @@ def test_softmax_rows_verilator():
 def test_l2norm_short_heads_amaranth(seed, shared):
     """Six heads of 8 back to back: a head's partial-sum set is still accumulating when the
     head two later arrives, which must wait for it (the sets alternate).  ``shared``: its
-    rsqrt and exp are the shared function pipes (the vector engine's build)."""
+    tree, rsqrt and exp are the shared pipes (the vector engine's build)."""
     from fpqvar_hw.units.vector import L2NormTemperature
 
     rng = np.random.default_rng(seed)

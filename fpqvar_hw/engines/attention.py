@@ -675,10 +675,7 @@ class AttentionArray(Checked, wiring.Component):
             m.d.sync += [sel_data.eq(select_tree(mine, sel_k)),
                          sel_valid.eq(go), sel_addr.eq(dr_addr)]
             df = Dataflow(m, Const(1), prefix=f"tree{h}_", data_only=True)  # valid, address: tag
-            level = [Val(sel_data[32 * j:32 * (j + 1)], 0) for j in range(P)]
-            while len(level) > 1:
-                level = [df.add(level[q], level[q + 1]) for q in range(0, len(level), 2)]
-            total = level[0]
+            total = df.tree([sel_data[32 * j:32 * (j + 1)] for j in range(P)])
             tag = Cat(sel_valid, sel_addr)
             for _ in range(total.stage):
                 r = Signal(len(tag))

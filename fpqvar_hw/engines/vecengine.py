@@ -86,8 +86,10 @@ LUT value times scale); CVT16 :class:`~fpqvar_hw.units.fpu.FPUnit` (CONVERT FP32
 RNE); KVQ6 :class:`KV6Quantizer` (CONVERT into :class:`~fpqvar_hw.units.quantizer.Quantizer`
 e2m3fn, group 64, one lane).  The units' exp (SOFTMAX, L2NT, GELU), reciprocal (SOFTMAX,
 GELU) and rsqrt (LNMOD, L2NT) are one :class:`~fpqvar_hw.units.vector.FunctionPipe` each,
-driven by the unit of the instruction's sub-op (three FP32 function pipelines instead of
-seven: the same bits and cycles).
+and the pairwise tree over the partial sums (SOFTMAX, LNMOD, L2NT, FDOT) one
+:class:`~fpqvar_hw.units.vector.TreePipe`, driven by the unit of the instruction's sub-op
+(three FP32 function pipelines instead of seven, one tree instead of four: the same bits
+and cycles).
 """
 from __future__ import annotations
 
@@ -285,8 +287,9 @@ class VectorEngine(Checked, wiring.Component):
                        ) -> dict[isa.VecSubop, tuple[type, tuple, dict]]:
         """The sub-op -> row unit map of an engine with these parameters, as ``(class, args,
         kwargs)``: what :meth:`row_units` builds, described without building anything.
-        The units' exp, reciprocal and rsqrt are shared (``shared_functions``: one
-        :class:`~fpqvar_hw.units.vector.FunctionPipe` each, the engine runs one sub-op at a
+        The units' exp, reciprocal and rsqrt and their partial sums' tree are shared
+        (``shared_functions``: one :class:`~fpqvar_hw.units.vector.FunctionPipe` each and
+        one :class:`~fpqvar_hw.units.vector.TreePipe`; the engine runs one sub-op at a
         time)."""
         shared = {"shared_functions": True}
         specs = {
@@ -296,7 +299,7 @@ class VectorEngine(Checked, wiring.Component):
             isa.VecSubop.L2NT: (L2NormTemperature, (),
                                 {"head_dim": isa.L2NT_LEN, "P": P, "temperature": True, **shared}),
             isa.VecSubop.SOFTMAX: (Softmax, (), {"length": max_kv, "P": P, **shared}),
-            isa.VecSubop.FDOT: (FDot, (), {"P": P}),
+            isa.VecSubop.FDOT: (FDot, (), {"P": P, **shared}),
             isa.VecSubop.CVT16: (FPUnit, (FPOp.CONVERT, FP32), {"dst": FP16}),
         }
         if kv6:

@@ -14,13 +14,15 @@ the stage where it becomes valid, and operands from earlier stages are delayed
 by registers, so the whole unit is one stall-able pipeline with initiation
 interval 1.
 
-Shared function pipes: built with ``shared_functions=True``, a unit (:class:`Softmax`,
-:class:`LayerNormModulate`, :class:`L2NormTemperature`, a one-lane :class:`Elementwise`)
-computes its exp, reciprocal and rsqrt not in pipelines of its own but through ports
-(``fn_exp``, ``fn_reciprocal``, ``fn_rsqrt``: :data:`FUNCTION_PORT`) to a
-:class:`FunctionPipe` outside it, the same pipeline with the same latency and enable, so
-the results and the cycles are those of the inline build.  The vector engine runs one
-sub-op at a time and builds one pipe per function for all its units.
+Shared pipes: built with ``shared_functions=True``, a unit (:class:`Softmax`,
+:class:`LayerNormModulate`, :class:`L2NormTemperature`, :class:`FDot`, a one-lane
+:class:`Elementwise`) computes its exp, reciprocal and rsqrt and its partial sums' tree
+not in pipelines of its own but through ports (``fn_exp``, ``fn_reciprocal``,
+``fn_rsqrt``: :data:`FUNCTION_PORT`; ``fn_tree``: :func:`tree_port`) to a
+:class:`FunctionPipe` / :class:`TreePipe` outside it, the same pipeline with the same
+latency and enable, so the results and the cycles are those of the inline build.  The
+vector engine runs one sub-op at a time and builds one pipe of each for all its units
+(:func:`connect_function_pipes`).
 
 Constants and tables are computed here from their defining formulas (never read
 from the golden model); tests compare the RTL with the golden model.
@@ -42,8 +44,9 @@ from ..checked import Checked
 from .fpu import (ADD_STAGES, FP16, FP32, MUL_STAGES, ROUND_STAGES, AddPipe, FloatFormat, FPOp, MulPipe,
                   RoundPackPipe, convert_front, float_layout, fp_max, unpack, unrounded_layout)
 
-__all__ = ["Dataflow", "Func", "Elementwise", "FunctionPipe", "FUNCTION_PORT", "SHAREABLE",
-           "function_latency", "connect_function_pipes", "PartialSums", "RowSlots", "RowSums", "Softmax",
+__all__ = ["Dataflow", "Func", "Elementwise", "FunctionPipe", "TreePipe", "FUNCTION_PORT",
+           "SHAREABLE", "TREE", "tree_port", "function_latency", "tree_latency",
+           "connect_function_pipes", "PartialSums", "RowSlots", "RowSums", "Softmax",
            "LayerNormModulate", "L2NormTemperature", "FDot", "Residual", "fp32_bits",
            "skid_buffer", "select_tree"]
 
@@ -226,25 +229,38 @@ class Dataflow:
         rom = Array(Const(e, 32) for e in entries)
         return self.comb(lambda i: rom[i], idx, width=32)
 
-    def _external(self, name: str, x: Val) -> Val | None:
-        """``name(x)`` through the unit's port to a shared :class:`FunctionPipe` (``None``:
-        no port, build it here): the argument and this pipeline's enable go out at ``x``'s
-        stage, the result comes back :func:`function_latency` stages later."""
+    def _external(self, name: str, vals: list[Val]) -> Val | None:
+        """``name(*vals)`` through the unit's port to a shared pipe (:class:`FunctionPipe`,
+        :class:`TreePipe`; ``None``: no port, build it here): the arguments (concatenated)
+        and this pipeline's enable go out at the arguments' stage, the result comes back
+        the inline pipeline's latency later (:func:`function_latency`,
+        :func:`tree_latency`)."""
         if name not in self.ports:
             return None
         port = self.ports[name]
         if port is None:
             raise ValueError(f"the unit's {name} port is already driven (one use per unit)")
         self.ports[name] = None
-        s = self._stage(x)
+        s = self._stage(*vals)
+        out = s + (tree_latency(len(vals)) if name == TREE else function_latency(name))
         if self.dry:
-            return Val(Const(0, 32), s + function_latency(name))
-        self.m.d.comb += [port.arg.eq(self.at(x, s)), port.en.eq(self.en)]
-        return Val(port.res, s + function_latency(name))
+            return Val(Const(0, 32), out)
+        self.m.d.comb += [port.arg.eq(Cat(*(self.at(v, s) for v in vals))), port.en.eq(self.en)]
+        return Val(port.res, out)
+
+    def tree(self, values) -> Val:
+        """The pairwise tree ``((v0+v1)+(v2+v3))+...`` over ``values`` (signals taken at
+        stage 0): the accumulation tail of golden ``tree_sum``."""
+        level = [Val(a, 0) for a in values]
+        if (ext := self._external(TREE, level)) is not None:
+            return ext
+        while len(level) > 1:
+            level = [self.add(level[q], level[q + 1]) for q in range(0, len(level), 2)]
+        return level[0]
 
     # ------------------------------------------------------------ functions
     def exp(self, x: Val) -> Val:
-        if (ext := self._external("exp", x)) is not None:
+        if (ext := self._external("exp", [x])) is not None:
             return ext
         c = self.const
         x = self.min(self.max(x, c(EXP_LO)), c(EXP_HI))
@@ -259,7 +275,7 @@ class Dataflow:
         return self.ldexp(p, n)
 
     def reciprocal(self, d: Val) -> Val:
-        if (ext := self._external("reciprocal", d)) is not None:
+        if (ext := self._external("reciprocal", [d])) is not None:
             return ext
         c = self.const
         man = self.comb(lambda b: b[:23], d, width=23, register=False)
@@ -273,7 +289,7 @@ class Dataflow:
         return self._special(d, res, zero_gives=INF, inf_gives=0, neg_is_nan=False)
 
     def rsqrt(self, v: Val) -> Val:
-        if (ext := self._external("rsqrt", v)) is not None:
+        if (ext := self._external("rsqrt", [v])) is not None:
             return ext
         c = self.const
         odd = self.comb(lambda b: b[23] ^ 1, v, width=1, register=False)   # (E - 127) & 1
@@ -327,10 +343,18 @@ class Func(enum.Enum):
 
 #: Functions a unit built with ``shared_functions=True`` takes from a :class:`FunctionPipe`.
 SHAREABLE = (Func.EXP, Func.RECIPROCAL, Func.RSQRT)
+#: The shared pairwise tree over a row unit's ``P`` partial sums (:class:`TreePipe`).
+TREE = "tree"
 
 #: A unit's port to a shared :class:`FunctionPipe`: the unit drives the FP32 argument and
 #: its pipeline's enable, the result comes back :func:`function_latency` enabled cycles later.
 FUNCTION_PORT = wiring.Signature({"arg": Out(32), "en": Out(1), "res": In(32)})
+
+
+def tree_port(P: int) -> wiring.Signature:
+    """A unit's port to a shared :class:`TreePipe` of ``P`` inputs (``arg``: value ``j`` in
+    bits ``32j .. 32j+31``)."""
+    return wiring.Signature({"arg": Out(32 * P), "en": Out(1), "res": In(32)})
 
 
 @functools.cache
@@ -340,14 +364,23 @@ def function_latency(name: str) -> int:
     return getattr(Dataflow(None, None, dry=True), name)(Val(Const(0, 32), 0)).stage
 
 
-def _function_members(functions, shared: bool) -> dict:
-    """The ``fn_<name>`` ports of a unit using ``functions`` (none unless ``shared``)."""
-    return {f"fn_{f.value}": Out(FUNCTION_PORT) for f in functions} if shared else {}
+@functools.cache
+def tree_latency(P: int) -> int:
+    """Stages of the pairwise tree over ``P`` values (``log2 P`` adders)."""
+    return Dataflow(None, None, dry=True).tree([Const(0, 32)] * P).stage
+
+
+def _function_members(names, shared: bool, P: int = 0) -> dict:
+    """The ``fn_<name>`` ports of a unit using the shared pipes ``names`` (none unless
+    ``shared``; the tree's for ``P`` inputs)."""
+    if not shared:
+        return {}
+    return {f"fn_{n}": Out(tree_port(P) if n == TREE else FUNCTION_PORT) for n in names}
 
 
 def _function_ports(unit) -> dict:
-    """``{name: port}`` of ``unit``'s function ports, for its Dataflows (``ports=``)."""
-    return {f.value: getattr(unit, f"fn_{f.value}") for f in unit.functions} \
+    """``{name: port}`` of ``unit``'s shared-pipe ports, for its Dataflows (``ports=``)."""
+    return {n: getattr(unit, f"fn_{n}") for n in unit.functions} \
         if unit.shared_functions else {}
 
 
@@ -357,26 +390,56 @@ def _check_ports_driven(ports: dict) -> None:
         raise AssertionError(f"function ports never driven: {left}")
 
 
-def connect_function_pipes(m: Module, users) -> dict[Func, "FunctionPipe"]:
-    """One :class:`FunctionPipe` per function that the units of ``users`` (pairs ``(unit,
-    select)``, units built with ``shared_functions=True``) compute, added to ``m`` as
-    ``fn_<name>``: the unit whose ``select`` is 1 drives its argument and enable (at most one
-    at a time, and only while no other user has elements in the pipe), every user reads
-    its result.  Returns the pipes."""
-    ports: dict[Func, list] = {}
+def connect_function_pipes(m: Module, users) -> dict[str, wiring.Component]:
+    """One shared pipe per function name that the units of ``users`` (pairs ``(unit,
+    select)``, units built with ``shared_functions=True``) use: a :class:`FunctionPipe`
+    (exp, reciprocal, rsqrt) or the :class:`TreePipe` (their partial sums' tree), added to
+    ``m`` as ``fn_<name>``.  The unit whose ``select`` is 1 drives its arguments and enable
+    (at most one at a time, and only while no other user has elements in the pipe), every
+    user reads its result.  Returns the pipes by name."""
+    ports: dict[str, list] = {}
+    sizes: dict[str, set] = {}
     for unit, select in users:
-        for f in unit.functions:
-            ports.setdefault(f, []).append((select, getattr(unit, f"fn_{f.value}")))
+        for n in unit.functions:
+            ports.setdefault(n, []).append((select, getattr(unit, f"fn_{n}")))
+            sizes.setdefault(n, set()).add(unit.P if n == TREE else 1)
     pipes = {}
-    for f, fports in ports.items():
-        m.submodules[f"fn_{f.value}"] = pipe = pipes[f] = FunctionPipe(f)
-        en, arg = Const(0), Const(0, 32)
+    for n, fports in ports.items():
+        if len(sizes[n]) != 1:
+            raise ValueError(f"the users of the shared {n} differ in P: {sorted(sizes[n])}")
+        pipe = TreePipe(P=sizes[n].pop()) if n == TREE else FunctionPipe(Func(n))
+        m.submodules[f"fn_{n}"] = pipes[n] = pipe
+        en, arg = Const(0), Const(0, len(pipe.x))
         for select, port in fports:
             en = en | (select & port.en)
             arg = arg | Mux(select, port.arg, 0)
             m.d.comb += port.res.eq(pipe.y)
         m.d.comb += [pipe.en.eq(en), pipe.x.eq(arg)]
     return pipes
+
+
+@hierarchical
+class TreePipe(Checked, wiring.Component):
+    """The pairwise tree over ``P`` FP32 values as a pipeline of its own, shared by the row
+    units built with ``shared_functions=True`` (their ``fn_tree`` ports): ``y`` is
+    ``((x0+x1)+(x2+x3))+...`` :attr:`latency` cycles of ``en`` later (value ``j`` of ``x``
+    in bits ``32j .. 32j+31``; the adders of the inline tree; data only)."""
+
+    def __init__(self, *, P: int = 8):
+        self.P = P
+        self.latency = tree_latency(P)
+        super().__init__({"en": In(1), "x": In(32 * P), "y": Out(32)})
+
+    @classmethod
+    def check_params(cls, *, P) -> None:
+        _check_P(P)
+
+    def elaborate(self, platform):
+        m = Module()
+        df = Dataflow(m, self.en, prefix="tree_", data_only=True)
+        y = df.tree([self.x.word_select(j, 32) for j in range(self.P)])
+        m.d.comb += self.y.eq(df.at(y, y.stage))
+        return m
 
 
 @hierarchical
@@ -427,7 +490,7 @@ class Elementwise(Checked, wiring.Component):
         self.func, self.lanes, self.src, self.dst = func, lanes, src, dst
         self.shared_functions = shared_functions
         #: the shareable functions the lane computes
-        self.functions = (Func.EXP, Func.RECIPROCAL) if func is Func.GELU else (func,)
+        self.functions = ("exp", "reciprocal") if func is Func.GELU else (func.value,)
         self.latency = self.latency_for(func=func, lanes=lanes, src=src, dst=dst,
                                         shared_functions=shared_functions)
         super().__init__({
@@ -558,7 +621,7 @@ class PartialSums:
 
     def tree(self, df: Dataflow) -> Val:
         """The pairwise tree over the partials (taken at stage 0 of ``df``)."""
-        return _tree_of(df, self.acc)
+        return df.tree(self.acc)
 
 
 def _check_P(P: int) -> None:
@@ -810,15 +873,6 @@ class RowSums:
         return go, s_slot
 
 
-def _tree_of(df: Dataflow, values) -> Val:
-    """The pairwise tree ``((v0+v1)+(v2+v3))+...`` over ``values`` (taken at stage 0 of
-    ``df``): :meth:`PartialSums.tree` over registers of the caller's."""
-    level = [Val(a, 0) for a in values]
-    while len(level) > 1:
-        level = [df.add(level[q], level[q + 1]) for q in range(0, len(level), 2)]
-    return level[0]
-
-
 @hierarchical
 class Softmax(Checked, wiring.Component):
     """Row softmax over FP32 elements, bit-exact to ``golden.vector.softmax(row, P)``, for
@@ -858,8 +912,8 @@ class Softmax(Checked, wiring.Component):
     #: row buffers (rows in flight)
     SLOTS = 4
 
-    #: the shareable functions the unit computes (``shared_functions``: module docstring)
-    functions = (Func.EXP, Func.RECIPROCAL)
+    #: the shared pipes the unit uses (``shared_functions``: module docstring)
+    functions = ("exp", "reciprocal", TREE)
 
     def __init__(self, *, length: int, P: int = 8, shared_functions: bool = False):
         self.length, self.P, self.lanes = length, P, 1
@@ -870,7 +924,7 @@ class Softmax(Checked, wiring.Component):
         super().__init__({
             "i": In(stream.Signature(data.StructLayout({"x": fl, "last": 1}))),
             "o": Out(stream.Signature(fl)),
-            **_function_members(self.functions, shared_functions),
+            **_function_members(self.functions, shared_functions, P),
         })
 
     @classmethod
@@ -888,7 +942,7 @@ class Softmax(Checked, wiring.Component):
         pipelines (a dry :class:`Dataflow`: nothing built)."""
         df = Dataflow(None, None, dry=True)
         e = df.exp(df.sub(Val(Const(0, 32), 0), Val(Const(0, 32), -1)))
-        return e.stage, df.reciprocal(_tree_of(df, [Const(0, 32)] * P)).stage
+        return e.stage, df.reciprocal(df.tree([Const(0, 32)] * P)).stage
 
     @staticmethod
     def stream_cycles(rows: int, n: int, *, exp: int, recip: int, drain: int, mul: int,
@@ -999,7 +1053,7 @@ class Softmax(Checked, wiring.Component):
 
         # (3) tree + reciprocal on the snapshot, fully pipelined
         df2 = Dataflow(m, Const(1), prefix="tr_", data_only=True, ports=ports)
-        recip = df2.reciprocal(_tree_of(df2, sums.snap))
+        recip = df2.reciprocal(df2.tree(sums.snap))
         L2 = recip.stage
         r_tag = _tags(m, Cat(sums.snap_valid, sums.snap_slot), L2)
         with m.If(r_tag[0]):
@@ -1034,8 +1088,8 @@ class LayerNormModulate(Checked, wiring.Component):
     #: rows in flight (slots of row buffers)
     SLOTS = 4
 
-    #: the shareable functions the unit computes (``shared_functions``: module docstring)
-    functions = (Func.RSQRT,)
+    #: the shared pipes the unit uses (``shared_functions``: module docstring)
+    functions = (TREE, "rsqrt")
 
     def __init__(self, *, length: int, P: int = 8, shared_functions: bool = False):
         self.length, self.P, self.lanes = length, P, 1
@@ -1046,7 +1100,7 @@ class LayerNormModulate(Checked, wiring.Component):
         super().__init__({
             "i": In(stream.Signature(data.StructLayout({"x": fl, "scale": fl, "shift": fl}))),
             "o": Out(stream.Signature(fl)),
-            **_function_members(self.functions, shared_functions),
+            **_function_members(self.functions, shared_functions, P),
         })
 
     @classmethod
@@ -1068,7 +1122,7 @@ class LayerNormModulate(Checked, wiring.Component):
         d = df.sub(Val(z, 0), Val(z, -1))
         var = df.mul(d, d).stage
         df = Dataflow(None, None, dry=True)
-        mean = df.mul(_tree_of(df, [z] * P), df.const(0))
+        mean = df.mul(df.tree([z] * P), df.const(0))
         rs = df.rsqrt(df.add(mean, df.const(0)))
         df = Dataflow(None, None, dry=True)
         y = df.mul(Val(z, 0), Val(z, -1))
@@ -1238,7 +1292,7 @@ class LayerNormModulate(Checked, wiring.Component):
         m.d.sync += [t.eq(Mux(pick_m, a, b)) for t, a, b in zip(t_in, lsums.snap, vsums.snap)]
         ports = _function_ports(self)
         df2 = Dataflow(m, Const(1), prefix="tr_", data_only=True, ports=ports)
-        mean = df2.mul(_tree_of(df2, t_in), df2.const(inv_c))
+        mean = df2.mul(df2.tree(t_in), df2.const(inv_c))
         rs = df2.rsqrt(df2.add(mean, df2.const(eps)))
         Lm, Lr = mean.stage, rs.stage
         m_tag = _tags(m, Cat(t_go & ~t_var, t_slot), Lm)
@@ -1336,15 +1390,15 @@ class L2NormTemperature(Checked, wiring.Component):
                  shared_functions: bool = False):
         self.length, self.P, self.temperature, self.lanes = head_dim, P, temperature, 1
         self.shared_functions = shared_functions
-        #: the shareable functions the unit computes (``shared_functions``: module docstring)
-        self.functions = (Func.RSQRT, Func.EXP) if temperature else (Func.RSQRT,)
+        #: the shared pipes the unit uses (``shared_functions``: module docstring)
+        self.functions = (TREE, "rsqrt", "exp") if temperature else (TREE, "rsqrt")
         #: cycles an element spends in the load-phase datapath (square, accumulate)
         self.latency = self.latency_for(head_dim=head_dim, P=P, temperature=temperature)
         fl = float_layout(FP32)
         fields = {"x": fl, "t": fl} if temperature else {"x": fl}
         super().__init__({"i": In(stream.Signature(data.StructLayout(fields))),
                           "o": Out(stream.Signature(fl)),
-                          **_function_members(self.functions, shared_functions)})
+                          **_function_members(self.functions, shared_functions, P)})
 
     @classmethod
     def check_params(cls, *, head_dim, P, temperature, shared_functions) -> None:
@@ -1385,7 +1439,7 @@ class L2NormTemperature(Checked, wiring.Component):
 
     @staticmethod
     def _gain(df: Dataflow, snap, t: Val | None) -> Val:
-        gain = df.rsqrt(df.max(_tree_of(df, snap), df.const(fp32_bits(1e-24))))
+        gain = df.rsqrt(df.max(df.tree(snap), df.const(fp32_bits(1e-24))))
         if t is not None:
             gain = df.mul(gain, df.exp(df.min(t, df.const(fp32_bits(math.log(100.0))))))
         return gain
@@ -1483,22 +1537,26 @@ class FDot(Checked, wiring.Component):
     """
 
     FIFO_DEPTH = 4
+    #: the shared pipes the unit uses (``shared_functions``: module docstring)
+    functions = (TREE,)
 
-    def __init__(self, *, P: int = 8):
+    def __init__(self, *, P: int = 8, shared_functions: bool = False):
         self.P, self.lanes = P, 1
+        self.shared_functions = shared_functions
         self.latency = self.latency_for(P=P)
         fl = float_layout(FP32)
         super().__init__({
             "i": In(stream.Signature(data.StructLayout({"a": fl, "b": fl, "last": 1}))),
             "o": Out(stream.Signature(fl)),
+            **_function_members(self.functions, shared_functions, P),
         })
 
     @classmethod
-    def check_params(cls, *, P) -> None:
+    def check_params(cls, *, P, shared_functions) -> None:
         _check_P(P)
 
     @staticmethod
-    def latency_for(*, P: int = 8) -> int:
+    def latency_for(*, P: int = 8, shared_functions: bool = False) -> int:
         """``latency`` without building the unit: product + accumulate, per element."""
         return FPOp.MUL.latency + PartialSums.DRAIN
 
@@ -1519,9 +1577,11 @@ class FDot(Checked, wiring.Component):
 
         # tree over the partials, free-running; a valid bit travels alongside
         snap = Signal()
-        df2 = Dataflow(m, Const(1), prefix="tr_", data_only=True)
+        ports = _function_ports(self)
+        df2 = Dataflow(m, Const(1), prefix="tr_", data_only=True, ports=ports)
         total = ps.tree(df2)
         Lt = total.stage
+        _check_ports_driven(ports)
         t_valid = _tags(m, snap, Lt)
 
         m.submodules.fifo = fifo = SyncFIFOBuffered(width=32, depth=self.FIFO_DEPTH)
