@@ -741,11 +741,21 @@ class RowSlots:
         self.clr_free = Signal(slots, name=f"{prefix}clr_free")
         set_ready, set_free = Signal(slots), Signal(slots)
         self._set_ready = set_ready
-        #: the buffers free in the next cycle (comb: the register's next value)
+        #: the buffers free in the next cycle (comb: the register's next value), and the two
+        #: values it takes: ``free_if_hold`` when OUT takes no element this cycle,
+        #: ``free_if_take`` when it does (:attr:`out_take`, the multiplier's i.ready: a
+        #: caller that registers something of ``free_next`` can select between the two
+        #: last, so the unit's o.ready only reaches a mux)
         self.free_next = Signal(slots, name=f"{prefix}free_next")
-        m.d.comb += self.free_next.eq((self.free & ~self.clr_free) | set_free)
-        m.d.sync += [self.free.eq(self.free_next),
-                     self.ready.eq((self.ready | set_ready) & ~set_free)]
+        self.free_if_hold = Signal(slots, name=f"{prefix}free_if_hold")
+        self.free_if_take = Signal(slots, name=f"{prefix}free_if_take")
+        self.out_take = mul.i.ready
+        # set_free: the buffer OUT frees if it takes an element now (its row's last)
+        m.d.comb += [self.free_if_hold.eq(self.free & ~self.clr_free),
+                     self.free_if_take.eq(self.free_if_hold | set_free),
+                     self.free_next.eq(Mux(self.out_take, self.free_if_take, self.free_if_hold))]
+        m.d.sync += self.ready.eq((self.ready | set_ready) & ~Mux(self.out_take, set_free, 0))
+        m.d.sync += self.free.eq(self.free_next)
         # OUT
         self.out_slot = os_ = Signal(range(slots), name=f"{prefix}out_slot")
         ko, self.out_next = Signal(range(depth)), Signal(range(depth), name=f"{prefix}out_next")
@@ -757,7 +767,7 @@ class RowSlots:
         m.d.comb += self.out_next.eq(ko)
         o_last, o_next_last = Signal(name=f"{prefix}out_last"), Signal()
         m.d.comb += o_next_last.eq(ko + 1 == o_end)
-        with m.FSM(name=f"{prefix}out"):
+        with m.FSM(name=f"{prefix}out") as fsm:
             with m.State("IDLE"):
                 with m.If(self.ready.bit_select(os_, 1)):
                     m.d.sync += [o_r.eq(self.r[os_]), o_end.eq(self.end[os_]),
@@ -769,10 +779,12 @@ class RowSlots:
                     m.d.comb += self.out_next.eq(ko + 1)
                     m.d.sync += o_last.eq(o_next_last)
                     with m.If(o_last):
-                        m.d.comb += [self.out_next.eq(0), set_free.eq(Const(1, slots) << os_),
-                                     self.out_step.eq(1)]
+                        m.d.comb += [self.out_next.eq(0), self.out_step.eq(1)]
                         m.d.sync += os_.eq(self.next_slot(os_))
                         m.next = "IDLE"
+        # the buffer a taken element would free (the row's last in RUN), without i.ready
+        with m.If(fsm.ongoing("RUN") & o_last):
+            m.d.comb += set_free.eq(Const(1, slots) << os_)
         # the operands whatever the state (only ``valid`` is RUN's): no state term in front
         # of the multiplier's first stage
         m.d.comb += [mul.i.payload[0].a.as_value().eq(self.data(os_)),
@@ -1478,8 +1490,10 @@ class L2NormTemperature(Checked, wiring.Component):
         row_end = take & last
         ls_n, par_n = Mux(row_end, rows.next_slot(ls), ls), Mux(row_end, ~par, par)
         first_n = Mux(take, last, first)
-        m.d.sync += ready.eq(rows.free_next.bit_select(ls_n, 1)
-                             & ~(first_n & sums.busy_next.bit_select(par_n, 1)))
+        # (selected by the unit's o.ready last: rows.free_if_take / free_if_hold)
+        busy_n = first_n & sums.busy_next.bit_select(par_n, 1)
+        m.d.sync += ready.eq(Mux(rows.out_take, rows.free_if_take.bit_select(ls_n, 1),
+                                 rows.free_if_hold.bit_select(ls_n, 1)) & ~busy_n)
         m.d.comb += [last.eq(kl == n - 1), self.i.ready.eq(ready),
                      take.eq(self.i.valid & self.i.ready)]
         df = Dataflow(m, Const(1), prefix="sq_", data_only=True)
