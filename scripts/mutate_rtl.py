@@ -191,8 +191,8 @@ MUTANTS = [
            L2_SHORT_TEST, "rows in flight (RowSums): the partial sums are snapshotted a cycle "
            "before the row's last issue is in them (L2 norm test)"),
     Mutant("l2-partial-set-reused", "fpqvar_hw/units/vector.py",
-           "& ~(first_n & sums.busy_next.bit_select(par_n, 1)))",
-           ")",
+           "busy_n = first_n & sums.busy_next.bit_select(par_n, 1)",
+           "busy_n = Const(0)",
            L2_SHORT_TEST, "L2 norm: a head starts on a partial-sum set whose previous head "
            "is not yet snapshotted"),
     Mutant("dot-untaken-beat-counted", "fpqvar_hw/units/dot.py",
