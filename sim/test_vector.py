@@ -103,6 +103,19 @@ class WithFunctionPipes(wiring.Component):
         return m
 
 
+def test_shared_tree_users_must_agree_on_P():
+    """One TreePipe serves every user: units with different partial-sum counts are refused
+    (nothing is built)."""
+    from fpqvar_hw.units.vector import FDot, Softmax
+    m = Module()
+    users = [(Softmax(length=8, P=8, shared_functions=True), Const(1)),
+             (FDot(P=16, shared_functions=True), Const(0))]
+    with pytest.raises(ValueError, match=r"shared tree differ in P: \[8, 16\]"):
+        connect_function_pipes(m, users)
+    for obj in [m] + [unit for unit, _ in users]:   # never elaborated: no unused warning
+        obj._MustUse__silence = True
+
+
 def test_gelu_with_shared_function_pipes_amaranth():
     """GELU whose exp and reciprocal are the shared pipes (the vector engine's build): the
     golden bits under gaps and backpressure, and the inline lane's latency."""

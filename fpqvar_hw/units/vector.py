@@ -403,10 +403,11 @@ def connect_function_pipes(m: Module, users) -> dict[str, wiring.Component]:
         for n in unit.functions:
             ports.setdefault(n, []).append((select, getattr(unit, f"fn_{n}")))
             sizes.setdefault(n, set()).add(unit.P if n == TREE else 1)
+    for n, ps in sizes.items():             # checked before anything is built
+        if len(ps) != 1:
+            raise ValueError(f"the users of the shared {n} differ in P: {sorted(ps)}")
     pipes = {}
     for n, fports in ports.items():
-        if len(sizes[n]) != 1:
-            raise ValueError(f"the users of the shared {n} differ in P: {sorted(sizes[n])}")
         pipe = TreePipe(P=sizes[n].pop()) if n == TREE else FunctionPipe(Func(n))
         m.submodules[f"fn_{n}"] = pipes[n] = pipe
         en, arg = Const(0), Const(0, len(pipe.x))
