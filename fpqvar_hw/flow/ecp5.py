@@ -52,7 +52,7 @@ from .ecp5_timing import MODEL_VERSION, Profile, delay_profile
 __all__ = ["Ecp5Part", "LFE5U_85F", "RouteResult", "Ecp5Error", "DEFAULT_CACHE",
            "synth_and_route", "parse_report", "classify_failure", "ecp5_levels",
            "profile_of", "fit_check", "tool_versions", "MAX_PARALLEL", "DEFAULT_TARGET_MHZ",
-           "tool_exe", "nice_prefix"]
+           "tool_exe", "nice_prefix", "cells_summary"]
 
 DEFAULT_CACHE = Path(__file__).resolve().parents[2] / "build" / "ecp5"
 _FLOW_VERSION = "1"
@@ -141,13 +141,7 @@ class RouteResult:
         return None if self.fmax is None else self.fmax >= self.target_mhz
 
     def cells_summary(self) -> dict[str, int]:
-        c = self.cells
-        return {"LUT4": c.get("LUT4", 0),
-                "FF": sum(n for k, n in c.items() if k.startswith("TRELLIS_FF")),
-                "CCU2C": c.get("CCU2C", 0),
-                "DP16KD": c.get("DP16KD", 0),
-                "MULT18X18D": c.get("MULT18X18D", 0),
-                "LUTRAM": c.get("TRELLIS_DPR16X4", 0)}
+        return cells_summary(self.cells)
 
     def as_dict(self) -> dict:
         return {"top": self.top, "status": self.status, "summary": self.summary,
@@ -166,6 +160,18 @@ class RouteResult:
                    utilization={k: dict(v) for k, v in d["utilization"].items()},
                    synth_s=d["synth_s"], route_s=d["route_s"], workdir=d.get("workdir", ""),
                    profile=dict(d.get("profile") or {}))
+
+
+def cells_summary(cells: Mapping[str, int]) -> dict[str, int]:
+    """LUT4, FF (every TRELLIS_FF kind), CCU2C, DP16KD, MULT18X18D and LUTRAM
+    (TRELLIS_DPR16X4) of a ``synth_ecp5`` cell count by type."""
+    c = cells
+    return {"LUT4": c.get("LUT4", 0),
+            "FF": sum(n for k, n in c.items() if k.startswith("TRELLIS_FF")),
+            "CCU2C": c.get("CCU2C", 0),
+            "DP16KD": c.get("DP16KD", 0),
+            "MULT18X18D": c.get("MULT18X18D", 0),
+            "LUTRAM": c.get("TRELLIS_DPR16X4", 0)}
 
 
 # ----------------------------------------------------------------------------- parsing

