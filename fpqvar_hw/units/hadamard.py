@@ -128,8 +128,9 @@ class HadamardOutLane(wiring.Component):
 
     ``row``: the lane's transformed value (fixed point, units 2^-24, read from the output
     buffer); q0: magnitude and output sign (``flip`` negates a non-zero value); q1:
-    leading-one position -> exponent field and right shift; q2: the shift, guard and
-    sticky bits; then round to nearest even, saturate to +-65504 and pack into ``y``
+    leading-one position (an OR over the one-hot leading one, no priority chain) -> right
+    shift and whether there is one; q2: the shift, guard and sticky bits, the exponent
+    field; then round to nearest even, saturate to +-65504 and pack into ``y``
     (``0x7E00`` where the parent's ``special``, aligned with q2, is set).  ``ovf``
     (registered with ``y``): the value in ``y`` saturated, qualified by ``valid`` (q2's)."""
 
@@ -148,15 +149,22 @@ class HadamardOutLane(wiring.Component):
         q0_mag, q0_neg = Signal(W), Signal()
         q1_mag, q1_neg = Signal(W), Signal()
         q1_sh = Signal(range(W - SUB + 1))     # right shift = p' - SUB
-        q1_ef = Signal(range(W - SUB + 2))     # exponent field before rounding
-        q2_man, q2_ef = Signal(10), Signal(len(q1_ef))
+        q1_any = Signal()                      # a one at or above bit SUB
+        q2_man, q2_ef = Signal(10), Signal(range(W - SUB + 2))
         q2_guard, q2_sticky, q2_neg = Signal(), Signal(), Signal()
         q2_ef_ge31, q2_ef_eq30 = Signal(), Signal()        # q2_ef >= 31, == 30 (from q1_ef)
-        sh, ef = Signal.like(q1_sh), Signal.like(q1_ef)
-        m.d.comb += [sh.eq(0), ef.eq(0)]
-        for p in range(SUB, W):        # later assignments win: the leading one decides
-            with m.If(q0_mag[p]):
-                m.d.comb += [sh.eq(p - SUB), ef.eq(p - SUB + 1)]
+        # leading one of q0_mag[SUB:] as a one-hot vector (a bit set with nothing set
+        # above it), then each bit of the shift an OR over the one-hot bits whose
+        # position has it: no priority chain
+        top = q0_mag[SUB:W]
+        lead = Signal(W - SUB)
+        m.d.comb += lead.eq(Cat(*[top[p] & ~top[p + 1:].any() for p in range(W - SUB - 1)],
+                                top[W - SUB - 1]))
+        sh = Signal.like(q1_sh)
+        m.d.comb += sh.eq(Cat(*[Cat(*[lead[p] for p in range(W - SUB) if p >> k & 1]).any()
+                                for k in range(len(sh))]))
+        # exponent field before rounding: q1_sh + 1 where there is a leading one, else 0
+        q1_ef = Mux(q1_any, q1_sh + 1, 0)
         shifted = Signal(W)
         m.d.comb += shifted.eq(q1_mag >> q1_sh)
         lost = Cat(*[q1_mag[i] & (q1_sh > i) for i in range(W - SUB)]).any()
@@ -171,7 +179,7 @@ class HadamardOutLane(wiring.Component):
             # |row| as (row ^ sign) + sign: one operand LUT in front of one carry chain
             m.d.sync += [q0_mag.eq(((row.as_unsigned()[:W] ^ Cat(*[row[-1]] * W)) + row[-1])[:W]),
                          q0_neg.eq((row < 0) ^ (self.flip & (row != 0))),
-                         q1_mag.eq(q0_mag), q1_neg.eq(q0_neg), q1_sh.eq(sh), q1_ef.eq(ef),
+                         q1_mag.eq(q0_mag), q1_neg.eq(q0_neg), q1_sh.eq(sh), q1_any.eq(top.any()),
                          q2_man.eq(shifted[OUT_SHIFT:OUT_SHIFT + 10]), q2_ef.eq(q1_ef),
                          q2_guard.eq(shifted[OUT_SHIFT - 1]),
                          q2_sticky.eq(lost | (shifted[:OUT_SHIFT - 1] != 0)), q2_neg.eq(q1_neg),
