@@ -305,8 +305,8 @@ MUTANTS = [
            MATRIX_SETS_TEST, "weight replay buffer: every group takes the scales of the first "
            "half"),
     Mutant("mat-drain-set-repeated", "fpqvar_hw/engines/matrix.py",
-           "m.d.sync += [d_r.eq(0), d_s.eq(d_s + 1)]",
-           "m.d.sync += [d_r.eq(0), d_s.eq(d_s)]",
+           "m.d.sync += [d_r.eq(0), d_s.eq(d_s + 1), r_last.eq(tm == 1),",
+           "m.d.sync += [d_r.eq(0), d_s.eq(d_s), r_last.eq(tm == 1),",
            MATRIX_SETS_TEST, "row sets: the drain writes the first set's results for every set"),
 ]
 

@@ -174,15 +174,15 @@ def test_top_build_reads_latencies_from_the_units():
 def test_gemm_cost_matches_the_matrix_engine_measurement():
     # matrix.py docstring (sim/test_matrix.py test_matrix_engine_cycles): tm=tn=2, 2 row
     # sets, lanes=16, per-port DMA memory with fixed latency 8, M=16 K=128 N=384 HAD+BIAS:
-    # 12,571 cycles with the fine pipeline, 370,259 without (the cell waits its latency per
+    # 13,344 cycles with the fine pipeline, 370,264 without (the cell waits its latency per
     # beat).
     cfg = W4.replace(tm=2, tn=2, lanes=16, quant_lanes=8, row_sets=2)
     mem = asbuilt.TopMemory("dma_model", 8, 8, 1.0, "sim/dma_model.py", shared=False)
     b = asbuilt.top_build(cfg, 128)
     on = asbuilt.gemm_cost(16, 128, 384, had=True, bias=True, fine=True, b=b, mem=mem)
     off = asbuilt.gemm_cost(16, 128, 384, had=True, bias=True, fine=False, b=b, mem=mem)
-    assert on.cycles == pytest.approx(12_571, rel=0.02)
-    assert off.cycles == pytest.approx(370_259, rel=0.02)
+    assert on.cycles == pytest.approx(13_344, rel=0.02)
+    assert off.cycles == pytest.approx(370_264, rel=0.02)
 
 
 def test_gemm_cost_counts_every_bus_word():
@@ -192,7 +192,7 @@ def test_gemm_cost_counts_every_bus_word():
     c = asbuilt.gemm_cost(1, 128, 384, had=True, bias=True, fine=True, b=_b(), mem=mem)
     assert c.words == 192 * (4 * 2 + 1 + 1) + 32 + 1
     # bus bound: the R channel is the bottleneck, the rest is fixed latency
-    assert 0 < c.cycles - c.words < 100
+    assert 0 < c.cycles - c.words < 110
     slow = asbuilt.gemm_cost(1, 128, 384, had=True, bias=True, fine=True, b=_b(),
                           mem=asbuilt.sim_memory(0.5))
     assert slow.cycles - 2 * c.words == pytest.approx(c.cycles - c.words, abs=40)

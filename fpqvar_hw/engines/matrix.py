@@ -49,14 +49,22 @@ Micro-architecture (three decoupled processes, each on its own DMA clients):
   register slice on its way to the array (:attr:`MatrixEngine.ARRAY_SLICES`).
 * **Drain** (``rd_bias``, ``wr``): the ``tm x tn`` results of each row set of a
   feature block are captured (a memory per array row holding two feature blocks:
-  the array computes the next block meanwhile), read back a set at a time (one
-  cycle per set), the bias added (one FP32 add per result), and consecutive results
-  of a row that share a 16-byte word are merged into one strobed write; sets
-  without rows (the block's last rows) are computed but not drained.
+  the array computes the next block meanwhile), read back a set at a time (LOAD: the
+  set into the read registers; PICK: its first row into a row register, each row's
+  last result the next row, so a result selects among ``tn`` values), through a
+  register slice (the FSM waits on a registered ready), the bias added (one FP32 add
+  per result), then stage W (the result's 16-byte word compared with the previous
+  result's, between registers: :attr:`MatrixEngine.DRAIN_SLICES`), and consecutive
+  results of a row that share a 16-byte word are merged into one strobed write; sets
+  without rows (the block's last rows) are computed but not drained.  The flags the
+  drain and the compute side decide on (last feature / row / set, the block's end, the
+  weight group and activations on chip, a gearbox full) are registers, so no compare
+  sits in front of an FSM decision: the engine maps to 5 LUT levels and 4 carry stages
+  (about 312 MHz on the VCK190's delay model, 285.7 before).
 
 Throughput (fine pipeline on, DRAM keeping up): per row block and feature block the
 larger of the weight stream ``(K/lanes) * tw`` cycles, the array's ``(K/lanes) *
-row_sets`` beats and the drain's ``rows * tn`` results plus a cycle per set
+row_sets`` beats and the drain's ``rows * tn`` results plus two cycles per set
 (``fpqvar_hw.flow.asbuilt.gemm_cost`` states it in full); ``ceil(M/gemm_rows)`` weight
 passes per GEMM, and the compiler's tiles are ``gemm_rows`` tokens, so a tile's GEMM
 reads its weights once.  The drain (one result per cycle) binds for K = 1024 at full
@@ -64,8 +72,9 @@ row blocks (128 rows x 8 features = 1,024 cycles against 256 of weights); the lo
 (``K/4`` cycles per row) fills the other bank meanwhile.  Measured
 (``sim/test_matrix.py``, ``test_matrix_engine_cycles``; tm=2, 2 row sets, tn=2,
 lanes=16, quant_lanes=8, fixed DRAM latency 8, no gaps): M=16, K=128, N=384 with HAD
-and BIAS takes 12,571 cycles with the fine pipeline (the model 12,533; one row set,
-before 2026-12-06: 24,787) and 370,259 without (the cell waits its latency per beat).
+and BIAS takes 13,344 cycles with the fine pipeline (the model 13,305; 12,571 before the
+drain's row register and slices of 2026-12-07, one row set before 2026-12-06: 24,787) and
+370,264 without (the cell waits its latency per beat).
 
 Dataflow note: row blocks are the outer loop and every row block rereads all the
 weights (``ceil(M/gemm_rows)`` weight passes per GEMM); a step's rows beyond one
@@ -196,16 +205,16 @@ def _gearbox(m: Module, in_valid, in_data, n: int, out_fire, name: str):
     empties it with ``out_fire`` (a new word may enter in the same cycle)."""
     slots = [Signal(len(in_data), name=f"{name}{k}") for k in range(n)]
     cnt = Signal(range(n + 1), name=f"{name}_cnt")
-    full = Signal(name=f"{name}_full")
+    full = Signal(name=f"{name}_full")      # cnt == n, as a register
     ready = Signal(name=f"{name}_ready")
-    m.d.comb += [full.eq(cnt == n), ready.eq(~full | out_fire)]
+    m.d.comb += ready.eq(~full | out_fire)
     pop = in_valid & ready
     with m.If(out_fire):
-        m.d.sync += cnt.eq(pop)
+        m.d.sync += [cnt.eq(pop), full.eq(pop & (n == 1))]
         with m.If(pop):
             m.d.sync += slots[0].eq(in_data)
     with m.Elif(pop):
-        m.d.sync += cnt.eq(cnt + 1)
+        m.d.sync += [cnt.eq(cnt + 1), full.eq(cnt == n - 1)]
         for k in range(n):
             with m.If(cnt == k):
                 m.d.sync += slots[k].eq(in_data)
@@ -229,15 +238,17 @@ class BurstReader(wiring.Component):
     credit rule rules out, arrived with the FIFO full).  ``bus.resp.ready`` is always 1:
     every beat was reserved FIFO room when its burst was requested.
 
-    Timing: a burst takes two cycles to issue (:data:`ISSUE_CYCLES`): the first
-    registers its length, the room left in the window and the lower-bound check, the
-    second checks them and the FIFO credit and registers the request, so no path
-    chains the 32-bit address arithmetic.  ``base + size`` is registered too: the
+    Timing: a burst takes three cycles to issue (:data:`ISSUE_CYCLES`): the first
+    reduces the job's remaining words and the address's place in its page to a few
+    registered bits, the second registers the burst's length, the room left in the window
+    and the lower-bound check, the third checks them and the FIFO credit and registers
+    the request, so no path chains the 32-bit address arithmetic.  ``base + size`` is registered too: the
     window must be stable one cycle before a job arrives (it is for the whole run).
     """
 
-    #: cycles per burst request (length and window room registered, then the request)
-    ISSUE_CYCLES = 2
+    #: cycles per burst request (remaining words reduced, length and window room
+    #: registered, then the request)
+    ISSUE_CYCLES = 3
 
     def __init__(self, *, depth: int):
         if depth < axi.MAX_BURST:
@@ -260,8 +271,12 @@ class BurstReader(wiring.Component):
         held = Signal(range(self.depth + 1))         # reserved + words in the FIFO
         limit = Signal(33)                           # base + size (registered)
         m.d.sync += limit.eq(self.base + self.size)
-        # cycle 1 (have & ~calc): the next burst's length, window room, lower bound
-        calc = Signal()
+        # cycle 0 (have & ~pre): the job's remaining words and the address's place in its
+        # 4 KiB page, reduced to a few bits; cycle 1 (pre & ~calc): the next burst's length,
+        # window room, lower bound
+        pre, calc = Signal(), Signal()
+        left_zero, left_big, left_hi5, page_low = Signal(), Signal(), Signal(), Signal()
+        left_lo5, page_sub = Signal(5), Signal(4)
         n = Signal(range(axi.MAX_BURST + 1))
         room = Signal(signed(35))                    # limit - addr
         lo_ok, last = Signal(), Signal()
@@ -271,17 +286,21 @@ class BurstReader(wiring.Component):
         # (the burst is the job's last when left <= page_n: n = left then; page_n <= 16), and
         # both credit bounds depth - n are formed before the min picks one
         left_n, page_n = Signal(5), Signal(5)
-        m.d.comb += [left_n.eq(Mux(left[4:].any(), axi.MAX_BURST, left[:4])),
-                     page_n.eq(Mux(addr[8:12].all() & addr[4:8].any(),
-                                   (axi.MAX_BURST - addr[4:8])[:4], axi.MAX_BURST))]
-        with m.If(have & ~calc & (left == 0)):      # a job of 0 words: nothing to request
-            m.d.sync += have.eq(0)
-        with m.Elif(have & ~calc):
+        m.d.comb += [left_n.eq(Mux(left_big, axi.MAX_BURST, left_lo5[:4])),
+                     page_n.eq(Mux(page_low, page_sub, axi.MAX_BURST))]
+        with m.If(have & ~pre):
+            m.d.sync += [pre.eq(1), left_zero.eq(left == 0), left_big.eq(left[4:].any()),
+                         left_hi5.eq(left[5:].any()), left_lo5.eq(left[:5]),
+                         page_low.eq(addr[8:12].all() & addr[4:8].any()),
+                         page_sub.eq((axi.MAX_BURST - addr[4:8])[:4])]
+        with m.If(have & pre & ~calc & left_zero):  # a job of 0 words: nothing to request
+            m.d.sync += [have.eq(0), pre.eq(0)]
+        with m.Elif(have & pre & ~calc):
             page_first = page_n < left_n
             m.d.sync += [calc.eq(1), n.eq(Mux(page_first, page_n, left_n)),
                          cap.eq(Mux(page_first, self.depth - page_n, self.depth - left_n)),
                          room.eq(limit - addr), lo_ok.eq(addr >= self.base),
-                         last.eq(~left[5:].any() & (left[:5] <= page_n))]
+                         last.eq(~left_hi5 & (left_lo5 <= page_n))]
         # cycle 2: checks on registered values, then the request
         nbytes = Signal(range(axi.MAX_BURST * axi.DATA_BYTES + 1))
         m.d.comb += nbytes.eq(n << 4)
@@ -294,7 +313,7 @@ class BurstReader(wiring.Component):
             m.d.sync += self.window_error.eq(1)
         with m.If(issue):
             m.d.sync += [req.valid.eq(1), req.payload.addr.eq(addr), req.payload.len.eq(n - 1),
-                         addr.eq(addr + nbytes), left.eq(left - n), calc.eq(0)]
+                         addr.eq(addr + nbytes), left.eq(left - n), calc.eq(0), pre.eq(0)]
             with m.If(last):
                 m.d.sync += have.eq(0)
         with m.Elif(req.ready):
@@ -302,7 +321,7 @@ class BurstReader(wiring.Component):
         m.d.comb += self.job.ready.eq(~have)
         with m.If(self.job.valid & self.job.ready):
             m.d.sync += [addr.eq(self.job.payload.addr), left.eq(self.job.payload.words),
-                         have.eq(1), calc.eq(0)]       # (0 words: dropped in the next cycle)
+                         have.eq(1), pre.eq(0), calc.eq(0)]     # (0 words: dropped 2 cycles later)
         got = Signal()
         m.d.comb += [resp.ready.eq(1), got.eq(resp.valid),
                      q.w_en.eq(got), q.w_data.eq(resp.payload.data)]
@@ -334,7 +353,8 @@ class MatrixEngine(Checked, wiring.Component):
     ``cmd``: In stream of ``isa.INSTR_LAYOUT`` (a GEMM instruction); taken only while idle.
     ``busy``: Out(1), from taking ``cmd`` until every issued AXI transaction completed.
     ``error``: Out(4), error code of the last instruction (0 none; 2, 3, 4, 5).
-    ``abort``: In(1); ``fine``: In(1) fine pipeline enable; ``dram_base``, ``dram_size``: In(32).
+    ``abort``: In(1); ``fine``: In(1) fine pipeline enable (registered: a run-level setting,
+    a change acts a cycle later); ``dram_base``, ``dram_size``: In(32).
     ``rd_act`` (signs, activation rows), ``rd_w`` (weight codes), ``rd_ws`` (weight
     scales), ``rd_bias`` (bias): Out(:class:`axi.ReadClient`); ``wr``: Out(:class:`axi.WriteClient`).
 
@@ -355,6 +375,13 @@ class MatrixEngine(Checked, wiring.Component):
     #: register slice between the beat register and the array (the array's ready does not
     #: reach the weight gearbox and the activation reads): one cycle
     ARRAY_SLICES = 1
+    #: Register slices of the drain: between its FSM and the bias add, and stage W (an
+    #: output's 16-byte word and its compare with the previous output's, between the bias
+    #: add and the write combiner): one cycle each.
+    DRAIN_SLICES = 2
+    #: Drain FSM cycles per row set besides its results: LOAD (the set into the capture read
+    #: registers) and PICK (its first row into the row register).
+    DRAIN_SET_CYCLES = 2
 
     def __init__(self, cfg: AcceleratorConfig, *, max_k: int = 8192, fifo_words: int = 256):
         # the parameters were checked by check_params before this object existed
@@ -473,10 +500,12 @@ class MatrixEngine(Checked, wiring.Component):
         with m.FSM(name="ctl"):
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
+                # the fields follow the payload while idle (the datapath is flushed): only
+                # the state, busy and error wait on cmd.valid, not some 700 field registers
+                m.d.sync += [sig.eq(w[index[name]]) for name, sig in fields.items()]
+                m.d.sync += [subop.eq(cmd_sub), flags.eq(cmd_flags), bad.eq(cmd_bad)]
                 with m.If(self.cmd.valid):
-                    m.d.sync += [sig.eq(w[index[name]]) for name, sig in fields.items()]
-                    m.d.sync += [subop.eq(cmd_sub), flags.eq(cmd_flags), bad.eq(cmd_bad),
-                                 self.error.eq(0), self.busy.eq(1)]
+                    m.d.sync += [self.error.eq(0), self.busy.eq(1)]
                     m.next = "CHECK"
             with m.State("CHECK"):
                 with m.If(bad):
@@ -537,7 +566,10 @@ class _Datapath(Elaboratable):
         e, f = self.eng, self.f
         tm, tn, lanes, Q = e.tm, e.tn, e.lanes, e.qlanes
         D, TM = e.sets, e.gemm_rows          # row sets; rows per row block (weight pass)
-        fine = e.fine
+        # the fine-pipeline switch, registered (a run-level setting: no path from the
+        # controller's register into the throttles' fan-out)
+        fine = Signal()
+        m.d.sync += fine.eq(e.fine)
         readers = {}
         for name in ("rd_act", "rd_w", "rd_ws", "rd_bias"):
             r = BurstReader(depth=e.fifo_words)
@@ -554,9 +586,9 @@ class _Datapath(Elaboratable):
         m.d.comb += [KB.eq(K[exact_log2(lanes):]), G.eq(K[7:])]
         # the last beat's index, registered (valid from the cycle after go: the fields are
         # held from the command on, and no row is complete before RUN)
-        KB_m1 = Signal(kb_bits + 1)
+        KB_m1, KB_m2 = Signal(kb_bits + 1), Signal(kb_bits + 1)
         G_m1 = Signal(g_bits + 1)
-        m.d.sync += [KB_m1.eq(KB - 1), G_m1.eq(G - 1)]
+        m.d.sync += [KB_m1.eq(KB - 1), KB_m2.eq(KB - 2), G_m1.eq(G - 1)]
         tw = tn * e.code_words            # bus words per array beat
         bpg = 128 // lanes                # array beats per group
 
@@ -679,10 +711,13 @@ class _Datapath(Elaboratable):
         qo = Signal(data.StructLayout({"codes": _CODE_BITS * Q, "s_pos": 16, "s_neg": 16, "last": 1}))
         qo_valid, qo_ready = Signal(), Signal()
         for qq, sel in ((qp, ~self.dfq), (qd, self.dfq)):
+            # o.ready straight from the register (the quantizer not selected is empty: it
+            # gets no input in this instruction and drained its last one)
+            m.d.comb += qq.o.ready.eq(qo_ready)
             with m.If(sel):
                 m.d.comb += [qq.i.valid.eq(qs_valid & ok_q), qs_ready.eq(qq.i.ready & ok_q),
                              qq.i.payload.as_value().eq(qs_data),
-                             qo_valid.eq(qq.o.valid), qq.o.ready.eq(qo_ready),
+                             qo_valid.eq(qq.o.valid),
                              qo.codes.eq(qq.o.payload.codes.as_value()),
                              qo.last.eq(qq.o.payload.last)]
         m.d.comb += [qo.s_pos.eq(Mux(self.dfq, qd.o.payload.scales[1].as_value(),
@@ -708,7 +743,9 @@ class _Datapath(Elaboratable):
         bank_full = Signal(2)
         set_full = Signal(2)
         clr_full = Signal(2)
-        m.d.sync += bank_full.eq((bank_full | set_full) & ~clr_full)
+        bank_full_n = Signal(2)
+        m.d.comb += bank_full_n.eq((bank_full | set_full) & ~clr_full)
+        m.d.sync += bank_full.eq(bank_full_n)
 
         # writer: R quantizer beats -> one buffer word
         R = lanes // Q
@@ -719,11 +756,21 @@ class _Datapath(Elaboratable):
         wg = Signal(g_bits)
         wsub = Signal(range(max(R, 2)))   # one bit even when R == 1 (no zero-width signal)
         wrows_left = Signal(32)
+        # registers for the loader's decisions: wkb_last = (wkb == KB - 1) (the row's last
+        # word), blk_last = this row ends the row block (its TM-th row, or the GEMM's last),
+        # from blk_rows = rows of the block from this one on
+        wkb_last, blk_last = Signal(), Signal()
+        blk_done = Signal()               # the row block's last word is written this cycle
+        blk_rows = Signal(32)
         with m.If(self.go):
             m.d.sync += [wbank.eq(0), wrow.eq(0), wset.eq(0), wkb.eq(0), wg.eq(0), wsub.eq(0),
-                         wrows_left.eq(M)]
+                         wrows_left.eq(M), wkb_last.eq(KB == 1),
+                         blk_rows.eq(Mux(M < TM, M, TM)), blk_last.eq((M == 1) | (TM == 1))]
         hold = [Signal(_CODE_BITS * Q, name=f"wgear{k}") for k in range(R - 1)]
-        m.d.comb += qo_ready.eq(~bank_full.bit_select(wbank, 1))
+        # qo_ready = ~bank_full[wbank] (the loader's bank has room), as a register: from the
+        # next values (the quantizer's o.ready reaches some 6 LUT levels into it)
+        qo_ready_r = Signal(init=1)
+        m.d.comb += qo_ready.eq(qo_ready_r)
         wfire = qo_valid & qo_ready
         word_done = Signal()
         m.d.comb += word_done.eq(wfire & (wsub == R - 1))
@@ -742,14 +789,20 @@ class _Datapath(Elaboratable):
         with m.If(wfire & qo.last):
             m.d.sync += wg.eq(wg + 1)
         with m.If(word_done):
-            m.d.sync += wkb.eq(wkb + 1)
-            with m.If(wkb == KB_m1):                  # row complete
-                m.d.sync += [wkb.eq(0), wg.eq(0), wrow.eq(wrow + 1), wrows_left.eq(wrows_left - 1)]
+            m.d.sync += [wkb.eq(wkb + 1), wkb_last.eq(wkb == KB_m2)]
+            with m.If(wkb_last):                      # row complete
+                m.d.sync += [wkb.eq(0), wg.eq(0), wrow.eq(wrow + 1), wrows_left.eq(wrows_left - 1),
+                             wkb_last.eq(KB_m1 == 0),
+                             blk_rows.eq(blk_rows - 1), blk_last.eq(blk_rows == 2)]
                 with m.If(wrow == tm - 1):               # set complete
                     m.d.sync += [wrow.eq(0), wset.eq(wset + 1)]
-                with m.If(((wrow == tm - 1) & (wset == D - 1)) | (wrows_left == 1)):   # block
-                    m.d.comb += set_full.bit_select(wbank, 1).eq(1)
-                    m.d.sync += [wrow.eq(0), wset.eq(0), wbank.eq(~wbank)]
+                with m.If(blk_last):                      # block complete
+                    m.d.comb += [set_full.bit_select(wbank, 1).eq(1), blk_done.eq(1)]
+                    m.d.sync += [wrow.eq(0), wset.eq(0), wbank.eq(~wbank),
+                                 blk_rows.eq(Mux(wrows_left - 1 < TM, wrows_left - 1, TM)),
+                                 blk_last.eq((wrows_left == 2) | (TM == 1))]
+        wbank_n = Mux(blk_done, ~wbank, Mux(self.go, 0, wbank))
+        m.d.sync += qo_ready_r.eq(~bank_full_n.bit_select(wbank_n, 1))
 
         # ================================================= compute
         # weight and scale words through register slices: the array's ready (all cells)
@@ -766,8 +819,7 @@ class _Datapath(Elaboratable):
         p_fire = Signal()
         w_rdy, w_slots, w_full = _gearbox(m, cw_valid, cw_data, tw, p_fire, "wgear")
         p_kbi = Signal(range(bpg))          # the producer's beat within its group
-        p_last = Signal()
-        m.d.comb += p_last.eq(p_kbi == bpg - 1)
+        p_last = Signal()                   # p_kbi == bpg - 1, as a register
         s_rdy, s_slots, s_full = _gearbox(m, cs_valid, cs_data, e.scale_words, p_fire & p_last,
                                           "sgear")
         m.d.comb += [w_ready.eq(w_rdy), s_ready.eq(s_rdy)]
@@ -777,15 +829,18 @@ class _Datapath(Elaboratable):
         g_scales = [Signal(128 * e.scale_words, name=f"g_scales{h}") for h in range(2)]
         half_full = Signal(2)
         half_set, half_clr = Signal(2), Signal(2)
-        m.d.sync += half_full.eq((half_full | half_set) & ~half_clr)
+        half_full_n = Signal(2)
+        m.d.comb += half_full_n.eq((half_full | half_set) & ~half_clr)
+        m.d.sync += half_full.eq(half_full_n)
         p_half = Signal()
         with m.If(self.go):
-            m.d.sync += [p_half.eq(0), p_kbi.eq(0)]
+            m.d.sync += [p_half.eq(0), p_kbi.eq(0), p_last.eq(bpg == 1)]
         m.d.comb += p_fire.eq(w_full & ~half_full.bit_select(p_half, 1) & (~p_last | s_full))
         m.d.comb += [wb_wr.addr.eq(Cat(p_kbi, p_half)), wb_wr.data.eq(Cat(*w_slots)),
                      wb_wr.en.eq(p_fire)]
         with m.If(p_fire):
-            m.d.sync += p_kbi.eq(Mux(p_last, 0, p_kbi + 1))
+            m.d.sync += [p_kbi.eq(Mux(p_last, 0, p_kbi + 1)),
+                         p_last.eq(Mux(p_last, bpg == 1, p_kbi == bpg - 2))]
             with m.If(p_last):
                 m.d.comb += half_set.bit_select(p_half, 1).eq(1)
                 m.d.sync += [g_scales[0].eq(Mux(p_half, g_scales[0], Cat(*s_slots))),
@@ -804,6 +859,7 @@ class _Datapath(Elaboratable):
             m.d.sync += [cbank.eq(0), c_left_r.eq(M), c_left_f.eq(N), c_g.eq(0), c_kbi.eq(0),
                          c_set.eq(0), c_half.eq(0), c_on.eq(1)]
         b_valid = Signal()
+        have = Signal()
         b_ws = Signal(128 * e.scale_words)
         b_last = Signal()
         # cell (i, jc) computes columns jc*Q .. jc*Q+Q-1 of row i (one FP32 tail for Q),
@@ -834,9 +890,7 @@ class _Datapath(Elaboratable):
         beat_end = Signal()         # the last beat of a group (of this row set)
         group_end = Signal()        # ... and of the last row set: the weight group is done
         m.d.comb += [beat_end.eq(c_kbi == bpg - 1), group_end.eq(beat_end & (c_set == D - 1)),
-                     a_fire.eq(c_on & bank_full.bit_select(cbank, 1)
-                               & half_full.bit_select(c_half, 1) & ok_d
-                               & (~b_valid | b_take))]
+                     a_fire.eq(c_on & have & ok_d & (~b_valid | b_take))]
         hook_d(a_fire)
         c_kb = Cat(c_kbi, c_g) if bpg > 1 else c_g      # beat index in the row
         for i in range(tm):
@@ -846,6 +900,12 @@ class _Datapath(Elaboratable):
                      wb_rd.en.eq(a_fire)]
         nb_last = Signal()
         m.d.comb += nb_last.eq(c_left_f <= tn)
+        # have = bank_full[cbank] & half_full[c_half] (the row block's activations and the
+        # weight group are on chip), as a register: from the next values of all four
+        blk_end = a_fire & group_end & (c_g == G_m1) & nb_last
+        c_half_n = Mux(a_fire & group_end, ~c_half, Mux(self.go, 0, c_half))
+        cbank_n = Mux(blk_end, ~cbank, Mux(self.go, 0, cbank))
+        m.d.sync += have.eq(bank_full_n.bit_select(cbank_n, 1) & half_full_n.bit_select(c_half_n, 1))
         with m.If(a_fire):
             m.d.sync += [b_valid.eq(1), b_ws.eq(Mux(c_half, g_scales[1], g_scales[0])),
                          b_last.eq(c_g == G_m1), c_kbi.eq(Mux(beat_end, 0, c_kbi + 1))]
@@ -921,7 +981,6 @@ class _Datapath(Elaboratable):
             with m.If(k_set == D - 1):
                 m.d.comb += cap_set.bit_select(k_half, 1).eq(1)
                 m.d.sync += k_half.eq(~k_half)
-        cap = [[cap_rd[i].data[32 * j:32 * j + 32] for j in range(tn)] for i in range(tm)]
         r_half = Signal()          # the capture half the drain empties
         cap_take = Signal()        # the drain is done with it
         with m.If(self.go):
@@ -943,6 +1002,9 @@ class _Datapath(Elaboratable):
         d_ra = Signal(range(TM))               # row of the block (d_s * tm + d_r)
         m.d.comb += [r.addr.eq(Cat(d_s, r_half) if D > 1 else r_half) for r in cap_rd]
         d_t = Signal(range(tn))
+        # d_t == tn - 1, d_r == tm - 1, d_ra == d_last_r (EMIT) and whether the feature block
+        # and the row block end with this one (FLUSH), as registers
+        t_last, r_last, ra_last, last_nb_r, last_blk_r = (Signal() for _ in range(5))
         d_bw = Signal(range(tn // 4 + 3))   # bias words still to read for this feature block
         d_k = Signal(range(tn // 4 + 3))    # bias words read so far
 
@@ -956,9 +1018,17 @@ class _Datapath(Elaboratable):
         emit = Signal()
         item = Signal(item_layout)
         ok_b, hook_b = _gate(m, fine, BIAS_ADD_LATENCY, "bias")
+        # the FSM's items pass a register slice (skid_buffer: the FSM waits on a registered
+        # ready, not on the output pipeline's enable) into stage 0
+        sk_ready, sk_valid, sk_item = skid_buffer(m, emit, item.as_value(), en, "drain")
         with m.If(en):
-            m.d.sync += [s0_valid.eq(emit), s0.eq(item)]
+            m.d.sync += [s0_valid.eq(sk_valid), s0.eq(sk_item)]
         hook_b(emit)
+        # the results of the row being emitted (PICK copies row 0 of a set from the read
+        # registers, each row's last item the next row): an item selects among tn values,
+        # not tm x tn
+        row_vals = Signal(32 * tn)
+        d_r_next = Signal(range(tm + 1))       # d_r + 1
         df = Dataflow(m, en, "badd_")
         sum_ = df.add(Val(s0.value, 0), Val(s0.bias, 0))
         L = sum_.stage
@@ -975,6 +1045,7 @@ class _Datapath(Elaboratable):
                                  d_blk_addr.eq(f["out"])]
                     m.next = "BIAS"
             with m.State("BIAS"):
+                m.d.sync += [last_nb_r.eq(d_left_f <= tn), last_blk_r.eq(d_left_r <= TM)]
                 # the block's tn FP32 biases start at word offset d_fb[2:4] of a 16-byte word
                 m.d.sync += [d_bw.eq(Mux(self.use_bias, ((d_fb[2:4] + (tn - 1)) >> 2) + 1, 0)),
                              d_k.eq(0),
@@ -994,31 +1065,41 @@ class _Datapath(Elaboratable):
             with m.State("WAIT"):
                 with m.If(cap_full.bit_select(r_half, 1)):
                     m.d.sync += [d_r.eq(0), d_s.eq(0), d_ra.eq(0), d_t.eq(0),
-                                 d_row_addr.eq(d_blk_addr), d_col.eq(d_fb)]
+                                 d_row_addr.eq(d_blk_addr), d_col.eq(d_fb),
+                                 t_last.eq(tn == 1), r_last.eq(tm == 1), ra_last.eq(d_last_r == 0),
+                                 d_r_next.eq(1)]
                     m.next = "LOAD"
             with m.State("LOAD"):                  # the set's results into the read registers
                 m.d.comb += [r.en.eq(1) for r in cap_rd]
+                m.next = "PICK"
+            with m.State("PICK"):                  # the set's first row
+                m.d.sync += row_vals.eq(cap_rd[0].data)
                 m.next = "EMIT"
             with m.State("EMIT"):
-                m.d.comb += [emit.eq(en & ok_b),
-                             item.value.eq(Array(Array(r) for r in cap)[d_r][d_t]),
+                m.d.comb += [emit.eq(sk_ready & ok_b),
+                             item.value.eq(row_vals.word_select(d_t, 32)),
                              item.bias.eq(Array(bias)[d_t]),
                              item.addr.eq(d_row_addr + d_col),
                              item.write.eq(d_t < d_cols)]
                 with m.If(emit):
-                    m.d.sync += [d_t.eq(d_t + 1), d_col.eq(d_col + 4)]
-                    with m.If(d_t == tn - 1):
+                    m.d.sync += [d_t.eq(d_t + 1), d_col.eq(d_col + 4), t_last.eq(d_t == tn - 2)]
+                    with m.If(t_last):
                         m.d.sync += [d_t.eq(0), d_col.eq(d_fb), d_r.eq(d_r + 1), d_ra.eq(d_ra + 1),
-                                     d_row_addr.eq(d_row_addr + f["out_stride"])]
-                        with m.If(d_ra == d_last_r):
+                                     d_row_addr.eq(d_row_addr + f["out_stride"]),
+                                     t_last.eq(tn == 1), r_last.eq(d_r == tm - 2),
+                                     ra_last.eq(d_ra + 1 == d_last_r),
+                                     row_vals.eq(Array(r.data for r in cap_rd)[d_r_next]),
+                                     d_r_next.eq(d_r_next + 1)]
+                        with m.If(ra_last):
                             m.next = "FLUSH"
-                        with m.Elif(d_r == tm - 1):
-                            m.d.sync += [d_r.eq(0), d_s.eq(d_s + 1)]
+                        with m.Elif(r_last):
+                            m.d.sync += [d_r.eq(0), d_s.eq(d_s + 1), r_last.eq(tm == 1),
+                                         d_r_next.eq(1)]
                             m.next = "LOAD"
             with m.State("FLUSH"):
-                last_nb = d_left_f <= tn
-                last_blk = d_left_r <= TM
-                m.d.comb += [emit.eq(en & ok_b), item.flush.eq(1), item.final.eq(last_nb & last_blk)]
+                last_nb, last_blk = last_nb_r, last_blk_r
+                m.d.comb += [emit.eq(sk_ready & ok_b), item.flush.eq(1),
+                             item.final.eq(last_nb & last_blk)]
                 with m.If(emit):
                     m.d.comb += cap_take.eq(1)
                     m.d.sync += [d_left_f.eq(d_left_f - tn), d_fb.eq(d_fb + 4 * tn)]
@@ -1030,6 +1111,13 @@ class _Datapath(Elaboratable):
                     with m.Else():
                         m.next = "BIAS"
 
+        # stage W: the item leaving the bias add, its word, and whether that word is the
+        # previous written result's (``last_word``; compared here, between registers, so
+        # that the merge below and ``en`` decide from registers)
+        w_valid, w_same, w_inside, w_need = Signal(), Signal(), Signal(), Signal()
+        w = Signal(item_layout)
+        w_value = Signal(32)
+        last_valid, last_word = Signal(), Signal(28)
         # write combiner: merge results that share a 16-byte word into one strobed write
         wr = e.wr
         w_window = Signal()       # a result address outside the window (sticky)
@@ -1037,53 +1125,71 @@ class _Datapath(Elaboratable):
         p_addr = Signal(28)
         p_data = Signal(128)
         p_strb = Signal(16)
-        outstanding = Signal(32)
+        outstanding = Signal(16)       # writes awaiting B (the write arbiter holds at most max_writes)
         req_free = ~wr.req.valid | wr.req.ready
-        same = p_valid & (p_addr == s2.addr[4:])
+        # need_emit: W's item sends the pending word (p_valid & (flush | write & ~same)); as
+        # a register: p_valid when W's item is combined is last_valid when it is loaded
+        need_emit = w_need
+        w_take = Signal()         # W goes through the combiner this cycle
+        w_load = Signal()         # W takes s2's item (or becomes empty)
+        m.d.comb += [w_take.eq(w_valid & (~need_emit | req_free)),
+                     w_load.eq(~w_valid | w_take),
+                     # = ~s2_valid | w_load, written out over registers: one LUT
+                     en.eq(~s2_valid | ~w_valid | ~w_need | ~wr.req.valid | wr.req.ready)]
         inside = _in_window(s2.addr, 4, e.dram_base, e.dram_size)
-        need_emit = Signal()
-        m.d.comb += need_emit.eq(p_valid & (s2.flush | (s2.write & ~same)))
-        m.d.comb += en.eq(~s2_valid | ~need_emit | req_free | self.stop)
-        take = s2_valid & en
+        with m.If(w_load):
+            m.d.sync += [w_valid.eq(s2_valid), w.eq(s2), w_value.eq(s2_value), w_inside.eq(inside),
+                         w_same.eq(last_valid & (last_word == s2.addr[4:])),
+                         w_need.eq(last_valid & (s2.flush | (s2.write & (last_word != s2.addr[4:]))))]
+            with m.If(s2_valid & s2.flush):
+                m.d.sync += last_valid.eq(0)
+            with m.Elif(s2_valid & s2.write & inside):
+                m.d.sync += [last_valid.eq(1), last_word.eq(s2.addr[4:])]
+        take = w_take
         new_req = take & need_emit & ~self.stop
         with m.If(new_req):
             m.d.sync += [wr.req.valid.eq(1), wr.req.payload.addr.eq(Cat(Const(0, 4), p_addr)),
                          wr.req.payload.data.eq(p_data), wr.req.payload.strb.eq(p_strb)]
         with m.Elif(wr.req.ready):
             m.d.sync += wr.req.valid.eq(0)
-        lane = s2.addr[2:4]
+        lane = w.addr[2:4]
         with m.If(take):
-            with m.If(s2.flush):
+            with m.If(w.flush):
                 m.d.sync += p_valid.eq(0)
-            with m.Elif(s2.write & ~inside):
+            with m.Elif(w.write & ~w_inside):
                 m.d.sync += w_window.eq(1)
-            with m.Elif(s2.write & same):
+            with m.Elif(w.write & w_same):
                 for k in range(4):
                     with m.If(lane == k):
-                        m.d.sync += [p_data.word_select(k, 32).eq(s2_value),
+                        m.d.sync += [p_data.word_select(k, 32).eq(w_value),
                                      p_strb.word_select(k, 4).eq(0xF)]
-            with m.Elif(s2.write):
-                m.d.sync += [p_valid.eq(1), p_addr.eq(s2.addr[4:]), p_data.eq(0)]
+            with m.Elif(w.write):
+                m.d.sync += [p_valid.eq(1), p_addr.eq(w.addr[4:]), p_data.eq(0)]
                 for k in range(4):
                     with m.If(lane == k):
-                        m.d.sync += [p_data.word_select(k, 32).eq(s2_value),
+                        m.d.sync += [p_data.word_select(k, 32).eq(w_value),
                                      p_strb.eq(0xF << (4 * k))]
         final_seen = Signal()
         with m.If(self.go):
             m.d.sync += final_seen.eq(0)
-        with m.If(take & s2.final):
+        with m.If(take & w.final):
             m.d.sync += final_seen.eq(1)
         m.d.comb += wr.resp.ready.eq(1)
         wsent = wr.req.valid & wr.req.ready
         wgot = wr.resp.valid
         m.d.sync += outstanding.eq(outstanding + wsent - wgot)
+        out_zero = Signal(init=1)           # outstanding == 0, as a register (it moves by 1)
+        with m.If(wsent & ~wgot):
+            m.d.sync += out_zero.eq(0)
+        with m.Elif(wgot & ~wsent):
+            m.d.sync += out_zero.eq(outstanding == 1)
         with m.If(wgot & wr.resp.payload.err):
             m.d.sync += self.write_error.eq(1)
 
         # ================================================= status
         readers_quiet = Cat(*[r.quiet for r in readers.values()]).all()
         m.d.comb += [
-            self.quiet.eq(readers_quiet & ~wr.req.valid & (outstanding == 0)),
+            self.quiet.eq(readers_quiet & ~wr.req.valid & out_zero),
             self.done.eq(final_seen & self.quiet),
             self.window_error.eq(Cat(*[r.window_error for r in readers.values()]).any()
                                  | w_window),

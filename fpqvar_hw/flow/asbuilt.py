@@ -130,8 +130,8 @@ _OLDER_RTL_LATENCIES = {"dot_group": 1, "bias": 2, "vec_issue": 0,   # ... no at
                         "rd_slice": 0, "wr_slice": 0,
                         "vec_busy": 0,                      # a combinational busy
                         "arr_slice": 0,                     # beats straight to the array
-                        "sm_slots": 0, "l2_slots": 0,       # row units: one row at a time
-                        "ln_slots": 0}
+                        "drain_slice": 0, "drain_set": 1,   # drain: no slices, LOAD alone
+                        "sm_slots": 0, "l2_slots": 0, "ln_slots": 0}   # row units: a row at a time
 
 
 def _checked_latencies(lat: Mapping[str, int], lanes: int) -> dict[str, int]:
@@ -191,6 +191,7 @@ def top_latencies(lanes: int, att: tuple[int, int], tn: int = 1, sets: int = 1) 
         "bias": BIAS_ADD_LATENCY,
         "vec_issue": VectorEngine.ISSUE_STAGES, "vec_slices": VectorEngine.UNIT_SLICES,
         "vec_busy": VectorEngine.BUSY_DELAY, "arr_slice": MatrixEngine.ARRAY_SLICES,
+        "drain_slice": MatrixEngine.DRAIN_SLICES, "drain_set": MatrixEngine.DRAIN_SET_CYCLES,
         "load_slices": MatrixEngine.LOADER_SLICES, "rd_slice": ReadArbiter.REQUEST_SLICES,
         "wr_slice": WriteArbiter.REQUEST_SLICES,
         # the vector engine's attention array (T = 0: none); AttentionArray's own timing
@@ -236,7 +237,7 @@ def gemm_cost(M: int, K: int, N: int, *, had: bool, bias: bool, fine: bool, b: T
     beat per cycle, or one per ``dot`` latency with the fine pipeline off), its ``K/128 *
     sets`` groups at least ``dot_group`` cycles apart (the cell's accumulator loop); the
     drain needs ``rows * tn`` results (x ``bias``, the bias add's latency, with the fine
-    pipeline off) + a cycle per row set holding rows + its bias words +
+    pipeline off) + ``drain_set`` cycles per row set holding rows + its bias words +
     ``MATRIX_DRAIN_STATES``.  The loader (1 bus word = 4 FP32 per cycle,
     or one item per unit latency with the fine pipeline off) fills the first row block
     before the array starts and the next one meanwhile (double bank).  The R channel
@@ -280,13 +281,13 @@ def gemm_cost(M: int, K: int, N: int, *, had: bool, bias: bool, fine: bool, b: T
     compute = 0.0
     for blk in range(B):
         rows = min(TM, M - blk * TM)
-        drain = rows * b.tn * (1 if fine else L["bias"]) + -(-rows // b.tm) + bw \
-            + MATRIX_DRAIN_STATES
+        drain = rows * b.tn * (1 if fine else L["bias"]) + L["drain_set"] * -(-rows // b.tm) \
+            + bw + MATRIX_DRAIN_STATES
         nxt = min(TM, M - (blk + 1) * TM) * load_row if blk + 1 < B else 0
         compute += max(NB * max(block, drain), nxt)
     last_rows = M - (B - 1) * TM
-    tail = L["arr_slice"] + L["dot"] + last_rows * b.tn + -(-last_rows // b.tm) + L["bias"] + mem.write_latency \
-        + WRITE_PATH + L["wr_slice"]
+    tail = L["arr_slice"] + L["dot"] + last_rows * b.tn + L["drain_set"] * -(-last_rows // b.tm) \
+        + L["bias"] + L["drain_slice"] + mem.write_latency + WRITE_PATH + L["wr_slice"]
     cyc = ENGINE_START + max(first + compute, rd + t_bus) + tail + ENGINE_END
     return EngineCost(int(round(cyc)), int(words))
 
