@@ -266,9 +266,13 @@ class Controller(wiring.Component):
         decode_err = Signal(isa.STATUS_ERR_BITS)
         eng_err = Signal(isa.STATUS_ERR_BITS)
         eng_err_pc = Signal(32)
-        with m.If(used[0] & (self.gemm.error != 0)):
+        gemm_bad = used[0] & (self.gemm.error != 0)
+        vec_bad = used[1] & (self.vec.error != 0)
+        eng_bad = Signal()      # = eng_err != 0, from the engines' errors directly (not
+        m.d.comb += eng_bad.eq(gemm_bad | vec_bad)      # behind eng_err's select)
+        with m.If(gemm_bad):
             m.d.comb += [eng_err.eq(self.gemm.error), eng_err_pc.eq(last_pc[0])]
-        with m.Elif(used[1] & (self.vec.error != 0)):
+        with m.Elif(vec_bad):
             m.d.comb += [eng_err.eq(self.vec.error), eng_err_pc.eq(last_pc[1])]
 
         with m.If(busy):
@@ -305,7 +309,7 @@ class Controller(wiring.Component):
                 with m.If(abort_run):
                     m.d.sync += stop_code.eq(0)
                     m.d.comb += go_stop.eq(1)
-                with m.Elif(eng_err != 0):
+                with m.Elif(eng_bad):
                     m.d.sync += [stop_code.eq(eng_err), stop_pc.eq(eng_err_pc)]
                     m.d.comb += go_stop.eq(1)
                 with m.Elif(ivalid):
