@@ -1121,42 +1121,39 @@ class _Datapath(Elaboratable):
         # write combiner: merge results that share a 16-byte word into one strobed write
         wr = e.wr
         w_window = Signal()       # a result address outside the window (sticky)
-        p_valid = Signal()
         p_addr = Signal(28)
         p_data = Signal(128)
         p_strb = Signal(16)
         outstanding = Signal(16)       # writes awaiting B (the write arbiter holds at most max_writes)
         req_free = ~wr.req.valid | wr.req.ready
-        # need_emit: W's item sends the pending word (p_valid & (flush | write & ~same)); as
-        # a register: p_valid when W's item is combined is last_valid when it is loaded
-        need_emit = w_need
+        # w_need: W's item sends the pending word (a pending word exists and the item is a
+        # flush or a write to another word); a pending word exists when W's item is combined
+        # exactly when last_valid was set as it was loaded
         w_take = Signal()         # W goes through the combiner this cycle
         w_load = Signal()         # W takes s2's item (or becomes empty)
-        m.d.comb += [w_take.eq(w_valid & (~need_emit | req_free)),
+        m.d.comb += [w_take.eq(w_valid & (~w_need | req_free)),
                      w_load.eq(~w_valid | w_take),
                      # = ~s2_valid | w_load, written out over registers: one LUT
                      en.eq(~s2_valid | ~w_valid | ~w_need | ~wr.req.valid | wr.req.ready)]
         inside = _in_window(s2.addr, 4, e.dram_base, e.dram_size)
+        same_word = last_word == s2.addr[4:]
         with m.If(w_load):
             m.d.sync += [w_valid.eq(s2_valid), w.eq(s2), w_value.eq(s2_value), w_inside.eq(inside),
-                         w_same.eq(last_valid & (last_word == s2.addr[4:])),
-                         w_need.eq(last_valid & (s2.flush | (s2.write & (last_word != s2.addr[4:]))))]
+                         w_same.eq(last_valid & same_word),
+                         w_need.eq(last_valid & (s2.flush | (s2.write & ~same_word)))]
             with m.If(s2_valid & s2.flush):
                 m.d.sync += last_valid.eq(0)
             with m.Elif(s2_valid & s2.write & inside):
                 m.d.sync += [last_valid.eq(1), last_word.eq(s2.addr[4:])]
-        take = w_take
-        new_req = take & need_emit & ~self.stop
+        new_req = w_take & w_need & ~self.stop
         with m.If(new_req):
             m.d.sync += [wr.req.valid.eq(1), wr.req.payload.addr.eq(Cat(Const(0, 4), p_addr)),
                          wr.req.payload.data.eq(p_data), wr.req.payload.strb.eq(p_strb)]
         with m.Elif(wr.req.ready):
             m.d.sync += wr.req.valid.eq(0)
         lane = w.addr[2:4]
-        with m.If(take):
-            with m.If(w.flush):
-                m.d.sync += p_valid.eq(0)
-            with m.Elif(w.write & ~w_inside):
+        with m.If(w_take):          # (a flush item writes nothing: it only sends the word)
+            with m.If(w.write & ~w_inside):
                 m.d.sync += w_window.eq(1)
             with m.Elif(w.write & w_same):
                 for k in range(4):
@@ -1164,7 +1161,7 @@ class _Datapath(Elaboratable):
                         m.d.sync += [p_data.word_select(k, 32).eq(w_value),
                                      p_strb.word_select(k, 4).eq(0xF)]
             with m.Elif(w.write):
-                m.d.sync += [p_valid.eq(1), p_addr.eq(w.addr[4:]), p_data.eq(0)]
+                m.d.sync += [p_addr.eq(w.addr[4:]), p_data.eq(0)]
                 for k in range(4):
                     with m.If(lane == k):
                         m.d.sync += [p_data.word_select(k, 32).eq(w_value),
@@ -1172,7 +1169,7 @@ class _Datapath(Elaboratable):
         final_seen = Signal()
         with m.If(self.go):
             m.d.sync += final_seen.eq(0)
-        with m.If(take & w.final):
+        with m.If(w_take & w.final):
             m.d.sync += final_seen.eq(1)
         m.d.comb += wr.resp.ready.eq(1)
         wsent = wr.req.valid & wr.req.ready

@@ -165,13 +165,12 @@ class RouteResult:
 def cells_summary(cells: Mapping[str, int]) -> dict[str, int]:
     """LUT4, FF (every TRELLIS_FF kind), CCU2C, DP16KD, MULT18X18D and LUTRAM
     (TRELLIS_DPR16X4) of a ``synth_ecp5`` cell count by type."""
-    c = cells
-    return {"LUT4": c.get("LUT4", 0),
-            "FF": sum(n for k, n in c.items() if k.startswith("TRELLIS_FF")),
-            "CCU2C": c.get("CCU2C", 0),
-            "DP16KD": c.get("DP16KD", 0),
-            "MULT18X18D": c.get("MULT18X18D", 0),
-            "LUTRAM": c.get("TRELLIS_DPR16X4", 0)}
+    return {"LUT4": cells.get("LUT4", 0),
+            "FF": sum(n for k, n in cells.items() if k.startswith("TRELLIS_FF")),
+            "CCU2C": cells.get("CCU2C", 0),
+            "DP16KD": cells.get("DP16KD", 0),
+            "MULT18X18D": cells.get("MULT18X18D", 0),
+            "LUTRAM": cells.get("TRELLIS_DPR16X4", 0)}
 
 
 # ----------------------------------------------------------------------------- parsing

@@ -742,21 +742,18 @@ class RowSlots:
         self.clr_free = Signal(slots, name=f"{prefix}clr_free")
         set_ready, set_free = Signal(slots), Signal(slots)
         self._set_ready = set_ready
-        #: the buffers free in the next cycle (comb: the register's next value), and the two
-        #: values it takes: ``free_if_hold`` when OUT takes no element this cycle,
-        #: ``free_if_take`` when it does (:attr:`out_take`, the multiplier's i.ready: a
-        #: caller that registers something of ``free_next`` can select between the two
+        #: the two values ``free`` takes next: ``free_if_hold`` when OUT takes no element this
+        #: cycle, ``free_if_take`` when it does (:attr:`out_take`, the multiplier's i.ready:
+        #: a caller that registers something of the next ``free`` selects between the two
         #: last, so the unit's o.ready only reaches a mux)
-        self.free_next = Signal(slots, name=f"{prefix}free_next")
         self.free_if_hold = Signal(slots, name=f"{prefix}free_if_hold")
         self.free_if_take = Signal(slots, name=f"{prefix}free_if_take")
         self.out_take = mul.i.ready
         # set_free: the buffer OUT frees if it takes an element now (its row's last)
         m.d.comb += [self.free_if_hold.eq(self.free & ~self.clr_free),
-                     self.free_if_take.eq(self.free_if_hold | set_free),
-                     self.free_next.eq(Mux(self.out_take, self.free_if_take, self.free_if_hold))]
+                     self.free_if_take.eq(self.free_if_hold | set_free)]
         m.d.sync += self.ready.eq((self.ready | set_ready) & ~Mux(self.out_take, set_free, 0))
-        m.d.sync += self.free.eq(self.free_next)
+        m.d.sync += self.free.eq(Mux(self.out_take, self.free_if_take, self.free_if_hold))
         # OUT
         self.out_slot = os_ = Signal(range(slots), name=f"{prefix}out_slot")
         ko, self.out_next = Signal(range(depth)), Signal(range(depth), name=f"{prefix}out_next")
