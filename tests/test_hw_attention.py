@@ -1,6 +1,6 @@
 """The vector engine's attention array (fpqvar_hw.engines.attention.AttentionArray) in the
-Amaranth simulator, small builds (T x N = 2 x 2 or 2 x 4, rows up to 64 elements; 8 x 4
-with one drain where the drain must bind): FDOTs
+Amaranth simulator, small builds (T x N = 2 x 2, 2 x 4 or 4 x 2 with two rows per drain,
+rows up to 64 elements; 8 x 4 with one drain where the drain must bind): FDOTs
 of attention shape against the instruction-level reference (``isa_sim.vec``), the whole
 memory image compared byte for byte, with DRAM responses after random latencies, random
 gaps between beats and random request/write backpressure; declined instructions (nothing
@@ -160,6 +160,8 @@ def _memory(seed: int) -> bytearray:
 CASES = {
     (2, 4): [(1, "qk", 16, 7, 3, 2, 0, 32),     # K rows back to back, edge tiles both ways
              (3, "pv", 13, 6, 5, 2, 4, 30)],    # V rows of 13 of 15 tokens: odd offsets
+    (4, 2): [(6, "qk", 16, 5, 7, 2, 4, 32),     # two rows per drain; 3-row edge tiles
+             (8, "pv", 11, 3, 6, 1, 8, 26)],    # two rows of the second tile, odd offsets
     (2, 2): [(2, "qk", 24, 4, 2, 1, 8, 48),     # A rows start mid-word
              (4, "pv", 1, 3, 3, 1, 12, 18),     # one-token rows
              (5, "qk", 9, 1, 1, 3, 4, 22)],     # one dot product per tile
@@ -214,7 +216,7 @@ def test_array_waits_for_the_drains_on_short_rows():
     cycle) binds, each SNAP waits ``drain_cycles(T, N)`` after the previous one (the
     model's bound, ``asbuilt.att_cost``); bits as the reference.  One drain on 8 x 4 lanes
     (:class:`_OneDrain`): the SNAP wait is the same logic for any number of drains (the
-    built two, each on rows of one parity, run here on 2 x 4 and on 32 x 4 in
+    built two, each on rows of one parity, run here on 2 x 4, 4 x 2 and on 32 x 4 in
     sim/test_vecengine_wide.py); with two drains the 2-drain array binds on 16 x 4 lanes,
     whose simulator compile took 30 s more, twice (this test and a mutant's)."""
     T, N, n0 = 8, 4, 4

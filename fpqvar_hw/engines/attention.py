@@ -46,8 +46,8 @@ Data path::
   tree (7 FP32 adds for ``P = 8``), one lane per cycle, only the lanes of rows that
   exist (edge tiles); its results merge into 16-byte writes with strobes, and the
   drains' writes take turns on ``wr`` (two drains may write different bytes of one
-  word: strobes keep them apart).  A tile of 128 results drains in 67 cycles (130 with one):
-  q.K's tiles of 85 cycles are no longer bound by it.
+  word: strobes keep them apart).  A tile of 128 results drains in 67 cycles (131 with one):
+  q.K's tiles of 86 cycles are no longer bound by it.
 * **Errors and abort.**  A read ``err`` is error 3, a write ``err`` error 4 (the
   window was checked before the first access, so error 2 cannot occur here); then, as
   on ``abort``, no further request is made, outstanding ones complete, and the array
@@ -127,6 +127,41 @@ class MacLane(wiring.Component):
         return m
 
 
+class _Countdown:
+    """A loop index as a down counter from ``m1`` (its last index) to 0, with ``last``
+    (``left == 0``) and ``pen`` (``left == 1``) registers, and optionally ``row_last``, a
+    register holding the index of the last row of the current tile: ``rem`` in the last
+    tile, ``full`` (a constant) in the others.  ``m1 = (m1, m1 == 0, m1 == 1)``, ``rem``
+    and ``rem == 0`` are registers: the walkers' ``== n - 1`` and last-row decisions read
+    registers only."""
+
+    def __init__(self, m: Module, name: str, m1: tuple, rows: "tuple | None" = None,
+                 width: int = 16):
+        self.m, self.m1, self.rows = m, m1, rows
+        self.left = Signal(width, name=f"{name}_left")
+        self.last = Signal(name=f"{name}_last")
+        self.pen = Signal(name=f"{name}_pen")
+        self.row_last = Signal(len(rows[0]), name=f"{name}_row_last") if rows else None
+        self.row_zero = Signal(name=f"{name}_row_zero") if rows else None    # row_last == 0
+
+    def _set(self, left, last, pen):
+        """Returns the new ``(row_last, row_last == 0)`` (with ``rows``)."""
+        self.m.d.sync += [self.left.eq(left), self.last.eq(last), self.pen.eq(pen)]
+        if self.rows:
+            rem, rem_zero, full = self.rows
+            row, zero = Mux(last, rem, full), Mux(last, rem_zero, full == 0)
+            self.m.d.sync += [self.row_last.eq(row), self.row_zero.eq(zero)]
+            return row, zero
+
+    def load(self):
+        """Start at index 0 of ``m1 + 1``."""
+        return self._set(*self.m1)
+
+    def step(self):
+        """The next index."""
+        return self._set(self.left - 1, self.pen, self.left == 2)
+
+
 def _rows_words(first_byte, nbytes):
     """16-byte words a row of ``nbytes`` bytes starting at byte ``first_byte`` (0..15) of
     its first word occupies."""
@@ -153,8 +188,9 @@ class AttentionArray(Checked, wiring.Component):
     #: the operand ranges per cycle through RANGE_STAGES, accumulate, compare; DECIDE); a
     #: declined instruction ends after as many
     CHECK_CYCLES = 1 + (len(_RANGE_PRODUCTS) + RANGE_STAGES + 1) + 1
-    #: the element pipeline in front of the lanes (memory read, element select)
-    FEED_STAGES = 2
+    #: the element pipeline in front of the lanes (memory read, element select, FP16
+    #: widening)
+    FEED_STAGES = 3
     #: register slice between the output FIFO and the write merge (``skid_buffer``)
     RESULT_SLICE = 1
     #: registers on the write response (``valid``, ``err``) and on ``abort`` as RUN sees
@@ -213,8 +249,8 @@ class AttentionArray(Checked, wiring.Component):
         drain emits one result per cycle from the cycle after ``started`` is set, marks
         itself done after its last, and SNAP waits until ``snap_full`` has fallen after all
         are done.  Tiles of more results per drain than ``tile_cycles(n0) - 3`` are bound
-        by it (q.K, rows of 64, on 32 x 4 lanes: 67 cycles per tile against 85; one drain
-        as before 2026-12-06 evening: 130)."""
+        by it (q.K, rows of 64, on 32 x 4 lanes: 67 cycles per tile against 86; one drain
+        as before 2026-12-06 evening: 131)."""
         return cls.drain_results(rows, cols, drains) + 3
 
     @classmethod
@@ -247,13 +283,13 @@ class AttentionArray(Checked, wiring.Component):
         m.d.comb += [self.error.eq(error), self.declined.eq(declined)]
         start = Signal()            # the instruction is taken: load the walkers
         flush = Signal()            # error or abort: stop, wait for the DMA
-        running = Signal()          # state RUN
+        running = Signal()          # state RUN (a register: set with start, cleared on leaving)
         stop = Signal()             # no new job or request (a job a flush cut short stays
         m.d.comb += stop.eq(~running)   # in its reader until the next start resets it)
         run_done = Signal()         # every result written
         quiet = Signal()            # nothing outstanding on the buses
         step = Signal(range(self.CHECK_CYCLES + 1))
-        ok = Signal()               # the shape test and the range test so far
+        ok = Signal()               # the shape test and the range test
         fl_wait = Signal(range(64))
         # abort as RUN sees it and the write response, registered (RESP_SLICE)
         abort_q, wresp_valid, wresp_err = Signal(), Signal(), Signal()
@@ -289,6 +325,10 @@ class AttentionArray(Checked, wiring.Component):
         in_range = Cat(*((lo[x] >= self.dram_base) & (hi[x] < top) & (hi[x][32:] == 0)
                          for x in "abd")).all()
         apart = Cat(*(((hi["d"] < lo[x]) | (hi[x] < lo["d"])) for x in "ab")).all()
+        # the shape test, registered every cycle: ``ins`` is held from SHAPE on, so it is
+        # the instruction's from the first RANGE cycle (RANGE's last cycle reads it)
+        shape_q = Signal()
+        m.d.sync += shape_q.eq(shape_ok)
 
         with m.FSM(name="att"):
             with m.State("IDLE"):
@@ -297,9 +337,9 @@ class AttentionArray(Checked, wiring.Component):
                     m.d.sync += [ins.eq(self.cmd.payload), error.eq(0), declined.eq(0),
                                  step.eq(0)]
                     m.next = "SHAPE"
-            with m.State("SHAPE"):          # registers the shape test; first operand ranges
+            with m.State("SHAPE"):          # the first operand ranges (shape_q: the shape test)
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += [ok.eq(shape_ok), step.eq(0),
+                m.d.sync += [step.eq(0),
                              hi["a"].eq(lo["a"] + ((n[0] - 1)[:16] << 2) + E_A - 1),
                              hi["b"].eq(lo["b"] + ((n[0] - 1)[:16] << 1) + E_B - 1),
                              hi["d"].eq(lo["d"] + E_D - 1)]
@@ -312,7 +352,7 @@ class AttentionArray(Checked, wiring.Component):
                 with m.If(self.abort):
                     m.next = "IDLE"
                 with m.Elif(step == len(prods) + R):
-                    m.d.sync += ok.eq(ok & in_range & apart)
+                    m.d.sync += ok.eq(shape_q & in_range & apart)
                     m.next = "DECIDE"
             with m.State("DECIDE"):
                 m.d.comb += self.busy.eq(1)
@@ -323,14 +363,16 @@ class AttentionArray(Checked, wiring.Component):
                     m.next = "IDLE"
                 with m.Else():
                     m.d.comb += start.eq(1)
+                    m.d.sync += running.eq(1)
                     m.next = "RUN"
             with m.State("RUN"):
-                m.d.comb += [self.busy.eq(1), running.eq(1)]
+                m.d.comb += self.busy.eq(1)
                 err_now = Signal(4)
                 with m.If(abort_q | (err_now != 0)):
-                    m.d.sync += [error.eq(err_now), fl_wait.eq(0)]
+                    m.d.sync += [error.eq(err_now), fl_wait.eq(0), running.eq(0)]
                     m.next = "FLUSH"
                 with m.Elif(run_done & quiet):
+                    m.d.sync += running.eq(0)
                     m.next = "IDLE"
             with m.State("FLUSH"):
                 m.d.comb += [self.busy.eq(1), flush.eq(1)]
@@ -358,6 +400,10 @@ class AttentionArray(Checked, wiring.Component):
         n1t_m1, n2t_m1 = Signal(16), Signal(16)     # tiles along i1 (B rows), i2 (A rows) - 1
         n3_m1, n0_m1 = Signal(16), Signal(12)
         n1_rem, n2_rem = Signal(range(N)), Signal(range(T))    # rows of the last tile - 1
+        # ... each == 0, registered a cycle later (the range check runs for many more)
+        n1t_z, n2t_z, n3_z, n1_rem_z, n2_rem_z = (Signal(name=f"{x}_zero") for x in
+                                                   ("n1t", "n2t", "n3", "n1_rem", "n2_rem"))
+        n1t_1, n2t_1, n3_1 = (Signal(name=f"{x}_one") for x in ("n1t", "n2t", "n3"))
         wb = Signal(range(self.max_e // 8 + 3))        # words of a B row (row starts aligned)
         wb_tile = Signal(range(N * (self.max_e // 8 + 3)))   # words of a whole B tile
         wb_last = Signal(range(N * (self.max_e // 8 + 3)))   # words of the last B tile
@@ -367,20 +413,27 @@ class AttentionArray(Checked, wiring.Component):
                      n1_rem.eq(n1m[:ceil_log2(N)] if N > 1 else 0),
                      n2_rem.eq(n2m[:ceil_log2(T)] if T > 1 else 0),
                      n3_m1.eq(n[3][:16] - 1), n0_m1.eq(n[0][:12] - 1),
+                     n1t_z.eq(n1t_m1 == 0), n2t_z.eq(n2t_m1 == 0), n3_z.eq(n3_m1 == 0),
+                     n1t_1.eq(n1t_m1 == 1), n2t_1.eq(n2t_m1 == 1), n3_1.eq(n3_m1 == 1),
+                     n1_rem_z.eq(n1_rem == 0), n2_rem_z.eq(n2_rem == 0),
                      wb.eq((n[0][:12] * 2) >> _WORD_SHIFT),
                      wb_tile.eq(wb * N), wb_last.eq(wb * (n1_rem + 1)),
                      contig_b.eq((field("b", 2) == (n[0] << 1)) & (n[0][:3] == 0)
                                  & (field("b", 0)[:4] == 0))]
 
-        # slot bookkeeping: tiles loaded (data in memory); slots in use (a tile handed to
-        # its reader until its compute is done: an up/down counter, no wide subtraction
-        # in front of the loader's handshake)
-        a_loaded, b_loaded = Signal(16, name="a_loaded"), Signal(16, name="b_loaded")
+        # slot bookkeeping, up/down counters (no wide compare or subtraction in front of
+        # the loader's handshake or the compute walker): tiles loaded (data in memory)
+        # and not yet computed; slots in use (a tile handed to its reader until its
+        # compute is done)
+        a_avail, b_avail = Signal(range(self.A_SLOTS + 1)), Signal(range(self.B_SLOTS + 1))
         a_used, b_used = Signal(range(self.A_SLOTS + 1)), Signal(range(self.B_SLOTS + 1))
         a_in, a_out, b_in, b_out = Signal(), Signal(), Signal(), Signal()
-        m.d.sync += [a_used.eq(a_used + a_in - a_out), b_used.eq(b_used + b_in - b_out)]
+        a_filled, b_filled = Signal(), Signal()     # a tile's last word is in memory
+        m.d.sync += [a_used.eq(a_used + a_in - a_out), b_used.eq(b_used + b_in - b_out),
+                     a_avail.eq(a_avail + a_filled - a_out),
+                     b_avail.eq(b_avail + b_filled - b_out)]
         with m.If(start):
-            m.d.sync += [s.eq(0) for s in (a_loaded, b_loaded, a_used, b_used)]
+            m.d.sync += [s.eq(0) for s in (a_avail, b_avail, a_used, b_used)]
 
         # row descriptors for the memory writers: lane, slot, words, last row of its tile
         # words of a memory slot: a row of max_e elements from any offset in its first word
@@ -390,6 +443,7 @@ class AttentionArray(Checked, wiring.Component):
         sa_bits, sb_bits = ceil_log2(SA), ceil_log2(SB)
         row_layout = data.StructLayout({"lane": range(max(T, N)), "slot": max(sa_bits, sb_bits),
                                         "last_w": range(max(wa, wbw)),   # words - 1
+                                        "single": 1,                     # last_w == 0
                                         "last": 1})
         for x in "ab":
             m.submodules[f"rows_{x}"] = ResetInserter(start)(
@@ -406,25 +460,27 @@ class AttentionArray(Checked, wiring.Component):
                     with m.If((slot == s) & (lane == j)):
                         m.d.sync += offs[s][j].eq(value)
 
-        def last_row(i_tile, tiles_m1, rem, per_tile: int):
-            """Index of the last row of tile ``i_tile`` (``rem`` in the last tile)."""
-            return Mux(i_tile == tiles_m1, rem, per_tile - 1)
-
         # ------------------------------------------------------------ loader
         # walks (i3, i2 tile: its A rows, then per i1 tile its B rows); a row's job goes to
         # the operand's reader (B rows back to back: one job per tile), its descriptor to
         # the memory writer
-        ld_i3, ld_i2t, ld_i1t = Signal(16), Signal(16), Signal(16)
+        # loop indices i3, i2 tile, i1 tile (the last rows of the current A and B tiles)
+        ld3 = _Countdown(m, "ld3", (n3_m1, n3_z, n3_1))
+        ld2 = _Countdown(m, "ld2", (n2t_m1, n2t_z, n2t_1), (n2_rem, n2_rem_z, T - 1))
+        ld1 = _Countdown(m, "ld1", (n1t_m1, n1t_z, n1t_1), (n1_rem, n1_rem_z, N - 1))
         ld_row = Signal(range(max(T, N) + 1))
         ld_row0 = Signal(init=1)        # ld_row == 0, as a register (B's job decision)
+        # rows of the tile after ld_row, and ld_row == the tile's last row, as registers
+        ld_rleft, ld_rlast = Signal(range(max(T, N))), Signal()
+
+        def tile_rows(row_last):
+            """A new tile whose last row is ``row_last``: (index, index == 0), Muxes of
+            registers."""
+            m.d.sync += [ld_rleft.eq(row_last[0]), ld_rlast.eq(row_last[1])]
         a3_base, a_row = Signal(32), Signal(32)      # A: first row of i3; current row (i3, i2)
         b3_base, b_row = Signal(32), Signal(32)      # B: first row of i3; current row (i3, i1)
         a_tiles, b_tiles = Signal(16), Signal(16)    # tiles handed to the readers
-        tv_last, nv_last = Signal(range(T)), Signal(range(N))     # the tile's last row
-        ld_last_i1t = Signal()                                     # ld_i1t == n1t_m1
-        m.d.comb += [ld_last_i1t.eq(ld_i1t == n1t_m1),
-                     tv_last.eq(last_row(ld_i2t, n2t_m1, n2_rem, T)),
-                     nv_last.eq(last_row(ld_i1t, n1t_m1, n1_rem, N))]
+        ld_last_i1t = ld1.last
         ja, jb = rdr_a.job, rdr_b.job
         ra, rb = row_layout(rows["a"].w_data), row_layout(rows["b"].w_data)
         a_row_words = _rows_words(a_row[:_WORD_SHIFT], n[0][:12] << 2)
@@ -437,8 +493,10 @@ class AttentionArray(Checked, wiring.Component):
         with m.FSM(name="load"):
             with m.State("IDLE"):
                 with m.If(start):
-                    m.d.sync += [ld_i3.eq(0), ld_i2t.eq(0), ld_i1t.eq(0), ld_row.eq(0),
-                                 ld_row0.eq(1),
+                    ld3.load()
+                    tile_rows(ld2.load())
+                    ld1.load()
+                    m.d.sync += [ld_row.eq(0), ld_row0.eq(1),
                                  a3_base.eq(field("a", 0)), a_row.eq(field("a", 0)),
                                  b3_base.eq(field("b", 0)), b_row.eq(field("b", 0)),
                                  a_tiles.eq(0), b_tiles.eq(0)]
@@ -447,17 +505,20 @@ class AttentionArray(Checked, wiring.Component):
                 m.d.comb += [ja.payload.addr.eq(Cat(Const(0, _WORD_SHIFT), a_row[_WORD_SHIFT:])),
                              ja.payload.words.eq(a_row_words),
                              ra.lane.eq(ld_row), ra.slot.eq(a_tiles[:sa_bits]),
-                             ra.last_w.eq(a_row_last), ra.last.eq(ld_row == tv_last)]
+                             ra.last_w.eq(a_row_last), ra.single.eq(a_row_last == 0),
+                             ra.last.eq(ld_rlast)]
                 go = ~stop & (a_used < SA) & rows["a"].w_rdy
                 m.d.comb += [ja.valid.eq(go), rows["a"].w_en.eq(go & ja.ready)]
                 with m.If(go & ja.ready):
                     set_off(a_off, T, a_tiles[:sa_bits], ld_row, a_row[2:_WORD_SHIFT])
                     m.d.sync += [a_row.eq(a_row + field("a", 3)), ld_row.eq(ld_row + 1),
-                                 ld_row0.eq(0)]
-                    with m.If(ld_row == tv_last):
+                                 ld_row0.eq(0), ld_rleft.eq(ld_rleft - 1),
+                                 ld_rlast.eq(ld_rleft == 1)]
+                    with m.If(ld_rlast):
                         m.d.comb += a_in.eq(1)
                         m.d.sync += [ld_row.eq(0), ld_row0.eq(1), a_tiles.eq(a_tiles + 1),
                                      b_row.eq(b3_base)]
+                        tile_rows((ld1.row_last, ld1.row_zero))   # the first B tile
                         m.next = "B"
                 with m.If(flush):
                     m.next = "IDLE"
@@ -467,27 +528,31 @@ class AttentionArray(Checked, wiring.Component):
                              jb.payload.words.eq(Mux(contig_b, Mux(ld_last_i1t, wb_last, wb_tile),
                                                          b_row_words)),
                              rb.lane.eq(ld_row), rb.slot.eq(b_tiles[:sb_bits]),
-                             rb.last_w.eq(b_row_last), rb.last.eq(ld_row == nv_last)]
+                             rb.last_w.eq(b_row_last), rb.single.eq(b_row_last == 0),
+                             rb.last.eq(ld_rlast)]
                 go = ~stop & (b_used < SB) & rows["b"].w_rdy
                 took = go & (jb.ready | ~need_job)
                 m.d.comb += [jb.valid.eq(go & need_job), rows["b"].w_en.eq(took)]
                 with m.If(took):
                     set_off(b_off, N, b_tiles[:sb_bits], ld_row, b_row[1:_WORD_SHIFT])
                     m.d.sync += [b_row.eq(b_row + field("b", 2)), ld_row.eq(ld_row + 1),
-                                 ld_row0.eq(0)]
-                    with m.If(ld_row == nv_last):
+                                 ld_row0.eq(0), ld_rleft.eq(ld_rleft - 1),
+                                 ld_rlast.eq(ld_rleft == 1)]
+                    with m.If(ld_rlast):
                         m.d.comb += b_in.eq(1)
-                        m.d.sync += [ld_row.eq(0), ld_row0.eq(1), b_tiles.eq(b_tiles + 1),
-                                     ld_i1t.eq(ld_i1t + 1)]
+                        m.d.sync += [ld_row.eq(0), ld_row0.eq(1), b_tiles.eq(b_tiles + 1)]
+                        tile_rows(ld1.step())                   # the next B tile
                         with m.If(ld_last_i1t):                # the A tile's last B tile
-                            m.d.sync += [ld_i1t.eq(0), ld_i2t.eq(ld_i2t + 1)]
+                            ld1.load()
+                            tile_rows(ld2.step())               # the next A tile
                             m.next = "A"
-                            with m.If(ld_i2t == n2t_m1):       # next head (i3)
-                                m.d.sync += [ld_i2t.eq(0), ld_i3.eq(ld_i3 + 1),
-                                             a3_base.eq(a3_base + field("a", 4)),
+                            with m.If(ld2.last):               # next head (i3)
+                                tile_rows(ld2.load())
+                                ld3.step()
+                                m.d.sync += [a3_base.eq(a3_base + field("a", 4)),
                                              a_row.eq(a3_base + field("a", 4)),
                                              b3_base.eq(b3_base + field("b", 4))]
-                                with m.If(ld_i3 == n3_m1):
+                                with m.If(ld3.last):
                                     m.next = "IDLE"
                 with m.If(flush):
                     m.next = "IDLE"
@@ -501,7 +566,7 @@ class AttentionArray(Checked, wiring.Component):
         for k, mem in enumerate(mem_b):
             m.submodules[f"mem_b{k}"] = mem
 
-        def fill(x: str, rdr, mems, slot_words: int, slot_bits: int, loaded):
+        def fill(x: str, rdr, mems, slot_words: int, slot_bits: int, filled):
             desc = row_layout(rows[x].r_data)
             w = Signal(range(slot_words), name=f"fill_{x}_w")
             ports = [mem.write_port() for mem in mems]
@@ -511,30 +576,37 @@ class AttentionArray(Checked, wiring.Component):
             for k, wp in enumerate(ports):
                 m.d.comb += [wp.addr.eq(Cat(w[:ceil_log2(slot_words)], desc.slot[:slot_bits])),
                              wp.data.eq(rdr.data.payload), wp.en.eq(beat & (desc.lane == k))]
-            end = beat & (w == desc.last_w)
+            # w == desc.last_w without a compare in front of the FIFO's read: the first
+            # word of a row reads the descriptor's single bit, later words a register
+            # set as the previous word was taken
+            w_first, w_at_last = Signal(name=f"fill_{x}_first", init=1), Signal(name=f"fill_{x}_at_last")
+            end = beat & Mux(w_first, desc.single, w_at_last)
             m.d.comb += rows[x].r_en.eq(end)
             with m.If(start):
-                m.d.sync += w.eq(0)
+                m.d.sync += [w.eq(0), w_first.eq(1)]
             with m.Elif(beat):
-                m.d.sync += w.eq(Mux(end, 0, w + 1))
-            with m.If(end & desc.last):
-                m.d.sync += loaded.eq(loaded + 1)
-        fill("a", rdr_a, mem_a, wa, sa_bits, a_loaded)
-        fill("b", rdr_b, mem_b, wbw, sb_bits, b_loaded)
+                m.d.sync += [w.eq(Mux(end, 0, w + 1)), w_first.eq(end),
+                             w_at_last.eq((w + 1)[:len(w)] == desc.last_w)]
+            m.d.comb += filled.eq(end & desc.last)
+        fill("a", rdr_a, mem_a, wa, sa_bits, a_filled)
+        fill("b", rdr_b, mem_b, wbw, sb_bits, b_filled)
 
         # ------------------------------------------------------------ compute walker
         lanes = [MacLane(P=P) for _ in range(L)]
         for k, lane in enumerate(lanes):
             m.submodules[f"lane{k}"] = lane
-        c_i3, c_i2t, c_i1t, c_a = Signal(16), Signal(16), Signal(16), Signal(16)
+        c3 = _Countdown(m, "c3", (n3_m1, n3_z, n3_1))
+        c2 = _Countdown(m, "c2", (n2t_m1, n2t_z, n2t_1), (n2_rem, n2_rem_z, T - 1))
+        c1 = _Countdown(m, "c1", (n1t_m1, n1t_z, n1t_1), (n1_rem, n1_rem_z, N - 1))
+        c_a = Signal(16)
         c_tile = Signal(16)
         e = Signal(range(self.max_e + 1))
         # element pointers: offset in the first word + e (every word of a slot addressable)
         ptr_a = [Signal(ceil_log2(wa) + 2, name=f"ptr_a{t}") for t in range(T)]
         ptr_b = [Signal(ceil_log2(wbw) + 3, name=f"ptr_b{j}") for j in range(N)]
         d3, d2, d1 = Signal(32), Signal(32), Signal(32)     # D of (i3, 0, 0), (i3, i2t, 0), tile
-        wait = Signal(range(MacLane.DRAIN_CYCLES + 3))
-        issue = Signal()             # element e of the tile enters the lanes (2 stages later)
+        wait = Signal(range(MacLane.DRAIN_CYCLES + self.FEED_STAGES + 1))
+        issue = Signal()             # element e of the tile enters the lanes (FEED_STAGES later)
         clear = Signal()
         c_done = Signal()
         snap_full = Signal()
@@ -547,12 +619,15 @@ class AttentionArray(Checked, wiring.Component):
             with m.State("IDLE"):
                 with m.If(start):
                     m.d.comb += clear.eq(1)
-                    m.d.sync += [c_i3.eq(0), c_i2t.eq(0), c_i1t.eq(0), c_a.eq(0), c_tile.eq(0),
+                    c3.load()
+                    c2.load()
+                    c1.load()
+                    m.d.sync += [c_a.eq(0), c_tile.eq(0),
                                  d3.eq(field("d", 0)), d2.eq(field("d", 0)), d1.eq(field("d", 0)),
                                  c_done.eq(0)]
                     m.next = "WAIT"
             with m.State("WAIT"):
-                with m.If((a_loaded != c_a) & (b_loaded != c_tile)):
+                with m.If((a_avail != 0) & (b_avail != 0)):
                     m.d.sync += e.eq(0)
                     for t in range(T):
                         m.d.sync += ptr_a[t].eq(Array(a_off[s][t] for s in range(SA))[c_slot_a])
@@ -581,35 +656,42 @@ class AttentionArray(Checked, wiring.Component):
                 with m.If(~snap_full):
                     m.d.comb += [clear.eq(1), b_out.eq(1), take_snap.eq(1)]
                     m.d.sync += [snap_full.eq(1), d_tile.eq(d1),
-                                 d_tv.eq(last_row(c_i2t, n2t_m1, n2_rem, T)),
-                                 d_nv.eq(last_row(c_i1t, n1t_m1, n1_rem, N)),
+                                 d_tv.eq(c2.row_last), d_nv.eq(c1.row_last),
                                  c_tile.eq(c_tile + 1),
-                                 c_i1t.eq(c_i1t + 1), d1.eq(d1 + (field("d", 2) << ceil_log2(N)))]
+                                 d1.eq(d1 + (field("d", 2) << ceil_log2(N)))]
+                    c1.step()
                     m.next = "WAIT"
-                    with m.If(c_i1t == n1t_m1):
+                    with m.If(c1.last):
                         nxt2 = d2 + (field("d", 3) << ceil_log2(T))
                         m.d.comb += a_out.eq(1)
-                        m.d.sync += [c_a.eq(c_a + 1), c_i1t.eq(0),
-                                     c_i2t.eq(c_i2t + 1), d2.eq(nxt2), d1.eq(nxt2)]
-                        with m.If(c_i2t == n2t_m1):
+                        c1.load()
+                        c2.step()
+                        m.d.sync += [c_a.eq(c_a + 1), d2.eq(nxt2), d1.eq(nxt2)]
+                        with m.If(c2.last):
                             nxt3 = d3 + field("d", 4)
-                            m.d.sync += [c_i2t.eq(0), c_i3.eq(c_i3 + 1), d3.eq(nxt3),
-                                         d2.eq(nxt3), d1.eq(nxt3)]
-                            with m.If(c_i3 == n3_m1):
+                            c2.load()
+                            c3.step()
+                            m.d.sync += [d3.eq(nxt3), d2.eq(nxt3), d1.eq(nxt3)]
+                            with m.If(c3.last):
                                 m.d.sync += c_done.eq(1)
                                 m.next = "IDLE"
                 with m.If(flush):
                     m.next = "IDLE"
 
-        # element pipeline: memory read (stage 1), element select and FP16 widening (stage 2)
-        valid1, valid2 = Signal(), Signal()
-        part1, part2 = Signal(range(P)), Signal(range(P))
-        m.d.sync += [valid1.eq(issue & ~flush), valid2.eq(valid1 & ~flush),
-                     part1.eq(e[:ceil_log2(P)]), part2.eq(part1)]
+        # element pipeline (FEED_STAGES): memory read (stage 1), element select (stage 2),
+        # FP16 widening (stage 3; the select and the subnormal normalisation in one cycle
+        # were 7 LUT levels)
+        valid = [issue & ~flush]
+        part = [e[:ceil_log2(P)]]
+        for k in range(1, self.FEED_STAGES + 1):
+            v, p = Signal(name=f"valid{k}"), Signal(range(P), name=f"part{k}")
+            m.d.sync += [v.eq(valid[-1] & ~flush), p.eq(part[-1])]
+            valid.append(v)
+            part.append(p)
 
         def lane_values(x: str, mems, ptrs, slot, slot_words: int, width: int, widen):
             """Element ``ptr`` of each lane memory (word ``ptr // per_word`` of ``slot``),
-            selected and widened to FP32 one cycle after the read."""
+            selected one cycle after the read and widened to FP32 the cycle after."""
             k = ceil_log2(DATA_BITS // width)          # element bits within a word
             out = []
             for j, (mem, ptr) in enumerate(zip(mems, ptrs)):
@@ -617,16 +699,17 @@ class AttentionArray(Checked, wiring.Component):
                 sel = Signal(k, name=f"sel_{x}{j}")
                 m.d.sync += sel.eq(ptr[:k])
                 m.d.comb += rp.addr.eq(Cat(ptr[k:k + ceil_log2(slot_words)], slot))
+                raw = Signal(width, name=f"{x}{j}_raw")
                 v = Signal(32, name=f"{x}{j}")
-                m.d.sync += v.eq(widen(rp.data.word_select(sel, width)))
+                m.d.sync += [raw.eq(rp.data.word_select(sel, width)), v.eq(widen(raw))]
                 out.append(v)
             return out
         a_val = lane_values("a", mem_a, ptr_a, c_slot_a, wa, 32, lambda w: w)
         b_val = lane_values("b", mem_b, ptr_b, c_slot_b, wbw, 16, lambda h: fp16_to_fp32(m, h))
         for k, lane in enumerate(lanes):
             t, j = divmod(k, N)
-            m.d.comb += [lane.a.eq(a_val[t]), lane.b.eq(b_val[j]), lane.valid.eq(valid2),
-                         lane.part.eq(part2), lane.clear.eq(clear), lane.snap.eq(take_snap)]
+            m.d.comb += [lane.a.eq(a_val[t]), lane.b.eq(b_val[j]), lane.valid.eq(valid[-1]),
+                         lane.part.eq(part[-1]), lane.clear.eq(clear), lane.snap.eq(take_snap)]
 
         # ------------------------------------------------------------ drains: trees, writes
         # H drains; drain h takes the tile's rows t = h, h + H, ... (t mod H = h): its own
@@ -674,27 +757,36 @@ class AttentionArray(Checked, wiring.Component):
             sel_k = Cat(dr_n, dr_i)[:ceil_log2(len(mine))]
             m.d.sync += [sel_data.eq(select_tree(mine, sel_k)),
                          sel_valid.eq(go), sel_addr.eq(dr_addr)]
+            # the result's 16-byte word is the previous result's (this drain, this
+            # instruction): the write merge's "same word" without a wide compare after the
+            # FIFO (the merge holds the previous result's word whenever it has one pending)
+            prev_word = Signal(32 - _WORD_SHIFT, name=f"prev_word{h}")
+            with m.If(sel_valid):
+                m.d.sync += prev_word.eq(sel_addr[_WORD_SHIFT:])
+            sel_same = sel_addr[_WORD_SHIFT:] == prev_word
             df = Dataflow(m, Const(1), prefix=f"tree{h}_", data_only=True)  # valid, address: tag
             total = df.tree([sel_data[32 * j:32 * (j + 1)] for j in range(P)])
-            tag = Cat(sel_valid, sel_addr)
+            tag = Cat(sel_valid, sel_addr, sel_same)
             for _ in range(total.stage):
                 r = Signal(len(tag))
                 m.d.sync += r.eq(tag)
                 tag = r
-            out = ResetInserter(start)(SyncFIFOBuffered(width=64, depth=FIFO))
+            # (emptied on a flush as well: a result left in it or in the slice behind it
+            # would be merged and written after the array went idle)
+            out = ResetInserter(start | flush)(SyncFIFOBuffered(width=65, depth=FIFO))
             m.submodules[f"out_fifo{h}"] = out
             m.d.comb += [out.w_data.eq(Cat(df.at(total, total.stage), tag[1:])),
                          out.w_en.eq(tag[0] & ~flush)]
             popped = Signal(name=f"popped{h}")
-            m.d.sync += pending.eq(Mux(start, 0, pending + go - popped))
+            m.d.sync += pending.eq(Mux(start | flush, 0, pending + go - popped))
 
             # write merge: results of one 16-byte word in one write with strobes, from a
             # register slice after the FIFO (the word compare does not reach its pointers)
             res_take = Signal(name=f"res_take{h}")
             res_rdy, res_valid, res_word = skid_buffer(m, out.r_rdy, out.r_data, res_take,
-                                                       f"res{h}", clear=start)
+                                                       f"res{h}", clear=start | flush)
             m.d.comb += out.r_en.eq(out.r_rdy & res_rdy)
-            res_data, res_addr = res_word[:32], res_word[32:]
+            res_data, res_addr, res_same = res_word[:32], res_word[32:64], res_word[64]
             pend_valid, pend_word = Signal(name=f"pend_valid{h}"), Signal(32 - _WORD_SHIFT,
                                                                          name=f"pend_word{h}")
             pend_data = Signal(DATA_BITS, name=f"pend_data{h}")
@@ -709,7 +801,7 @@ class AttentionArray(Checked, wiring.Component):
             new_data = (res_data << (lane32 * 32))[:DATA_BITS]
             new_strb = (Const(0b1111, DATA_BYTES) << (lane32 * 4))[:DATA_BYTES]
             new_mask = Cat(*(b.replicate(8) for b in new_strb))
-            same = pend_valid & (pend_word == res_addr[_WORD_SHIFT:])
+            same = pend_valid & res_same
             to_wq = Signal(name=f"to_wq{h}")
             with m.If(res_valid & ~flush & (~pend_valid | same | wq_free)):
                 m.d.comb += [popped.eq(1), res_take.eq(1)]
@@ -763,12 +855,16 @@ class AttentionArray(Checked, wiring.Component):
                 m.d.comb += [taken.eq(pick == h) for h, (_, taken) in enumerate(wreqs)]
         m.d.comb += self.wr.req.valid.eq(wreq_valid)
         m.d.comb += self.wr.resp.ready.eq(1)
-        m.d.sync += wr_out.eq(wr_out + (self.wr.req.valid & self.wr.req.ready) - wresp_valid)
+        w_acc = self.wr.req.valid & self.wr.req.ready
+        m.d.sync += wr_out.eq(wr_out + w_acc - wresp_valid)
+        # wr_out == 0 as a register (the next count is 0: it is 0 and stays, or 1 and falls)
+        wr_zero = Signal(init=1)
+        m.d.sync += wr_zero.eq(Mux(w_acc == wresp_valid, wr_zero, (wr_out == 1) & wresp_valid))
         with m.If(wresp_valid & wresp_err
                   & ~rdr_a.read_error & ~rdr_b.read_error):
             m.d.comb += err_now.eq(isa.ErrorCode.AXI_WRITE)
 
         # ------------------------------------------------------------ completion
-        m.d.comb += [quiet.eq(rdr_a.quiet & rdr_b.quiet & ~wreq_valid & (wr_out == 0)),
+        m.d.comb += [quiet.eq(rdr_a.quiet & rdr_b.quiet & ~wreq_valid & wr_zero),
                      run_done.eq(c_done & ~snap_full & Cat(*idle).all())]
         return m
