@@ -56,8 +56,9 @@ Data path::
   arrive (the check states answer ``abort`` at once).
 
 Cycles of an accepted instruction (no stalls; :meth:`AttentionArray.tile_cycles`): per tile
-``n0 + MacLane.DRAIN_CYCLES + 1``, or the drain's ``T x N + 2`` when that is longer
-(:meth:`AttentionArray.drain_cycles`: one result per cycle); ``ceil(n1/N) * ceil(n2/T) * n3`` tiles, plus
+``1 + n0 + FEED_STAGES + MacLane.DRAIN_CYCLES``, or the busiest drain's results + 3 when
+that is longer (:meth:`AttentionArray.drain_cycles`: one result per cycle per drain);
+``ceil(n1/N) * ceil(n2/T) * n3`` tiles, plus
 ``CHECK_CYCLES`` before the first load; the loads of the next tile overlap the
 current one's compute when the DRAM delivers ``N * ceil(2 n0/16)`` words per tile in time.
 """

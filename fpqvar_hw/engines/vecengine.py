@@ -419,8 +419,10 @@ class VectorEngine(Checked, wiring.Component):
             T, N = self.att
             m.submodules.att = att = AttentionArray(T=T, N=N, max_e=self.att_max_e(self.max_kv),
                                                     P=self.P)
+            # (abort straight through, not through the state: an idle array ignores it,
+            # and its command is offered only in OFFER)
             m.d.comb += [att.cmd.payload.eq(ins), att.dram_base.eq(self.dram_base),
-                         att.dram_size.eq(self.dram_size)]
+                         att.dram_size.eq(self.dram_size), att.abort.eq(self.abort)]
             offer = is_sub[V.FDOT] & b16 & self.fine
             if kv6:
                 offer &= ~bkv6
@@ -499,7 +501,7 @@ class VectorEngine(Checked, wiring.Component):
                     with m.Elif(att.cmd.ready):
                         m.next = "ATT"
                 with m.State("ATT"):
-                    m.d.comb += [busy_now.eq(1), att_sel.eq(1), att.abort.eq(self.abort)]
+                    m.d.comb += [busy_now.eq(1), att_sel.eq(1)]
                     with m.If(~att.busy):
                         with m.If(att.declined & ~self.abort):
                             m.d.comb += start.eq(1)
