@@ -481,7 +481,6 @@ class AttentionArray(Checked, wiring.Component):
         a3_base, a_row = Signal(32), Signal(32)      # A: first row of i3; current row (i3, i2)
         b3_base, b_row = Signal(32), Signal(32)      # B: first row of i3; current row (i3, i1)
         a_tiles, b_tiles = Signal(16), Signal(16)    # tiles handed to the readers
-        ld_last_i1t = ld1.last
         ja, jb = rdr_a.job, rdr_b.job
         ra, rb = row_layout(rows["a"].w_data), row_layout(rows["b"].w_data)
         a_row_words = _rows_words(a_row[:_WORD_SHIFT], n[0][:12] << 2)
@@ -526,7 +525,7 @@ class AttentionArray(Checked, wiring.Component):
             with m.State("B"):      # a row of the B tile (i3, i2t, i1t) into slot b_tiles % 2
                 need_job = ~contig_b | ld_row0
                 m.d.comb += [jb.payload.addr.eq(Cat(Const(0, _WORD_SHIFT), b_row[_WORD_SHIFT:])),
-                             jb.payload.words.eq(Mux(contig_b, Mux(ld_last_i1t, wb_last, wb_tile),
+                             jb.payload.words.eq(Mux(contig_b, Mux(ld1.last, wb_last, wb_tile),
                                                          b_row_words)),
                              rb.lane.eq(ld_row), rb.slot.eq(b_tiles[:sb_bits]),
                              rb.last_w.eq(b_row_last), rb.single.eq(b_row_last == 0),
@@ -543,7 +542,7 @@ class AttentionArray(Checked, wiring.Component):
                         m.d.comb += b_in.eq(1)
                         m.d.sync += [ld_row.eq(0), ld_row0.eq(1), b_tiles.eq(b_tiles + 1)]
                         tile_rows(ld1.step())                   # the next B tile
-                        with m.If(ld_last_i1t):                # the A tile's last B tile
+                        with m.If(ld1.last):                # the A tile's last B tile
                             ld1.load()
                             tile_rows(ld2.step())               # the next A tile
                             m.next = "A"
@@ -580,7 +579,8 @@ class AttentionArray(Checked, wiring.Component):
             # w == desc.last_w without a compare in front of the FIFO's read: the first
             # word of a row reads the descriptor's single bit, later words a register
             # set as the previous word was taken
-            w_first, w_at_last = Signal(name=f"fill_{x}_first", init=1), Signal(name=f"fill_{x}_at_last")
+            w_first = Signal(name=f"fill_{x}_first", init=1)
+            w_at_last = Signal(name=f"fill_{x}_at_last")
             end = beat & Mux(w_first, desc.single, w_at_last)
             m.d.comb += rows[x].r_en.eq(end)
             with m.If(start):
