@@ -76,7 +76,7 @@ from ..checked import Checked
 from ..emit import hierarchical
 from ..units.fpu import FPOp, fp16_to_fp32
 from ..units.vector import Dataflow, PartialSums, Val, select_tree, skid_buffer
-from .axi import DATA_BITS, DATA_BYTES, ReadClient, WriteClient
+from .axi import DATA_BITS, DATA_BYTES, ReadClient, WriteClient, writes_pending_zero
 from .matrix import BurstReader
 
 __all__ = ["AttentionArray", "MacLane"]
@@ -829,7 +829,6 @@ class AttentionArray(Checked, wiring.Component):
         # the write request register: the drains' requests in turn (``prio``: the drain
         # that goes first when several wait); valid never drops before ready
         wreq_valid = Signal()
-        wr_out = Signal(range(1 << 16))
         prio = Signal(range(H))
         wreq_free = ~wreq_valid | self.wr.req.ready
         # the pick depends on registers only (wr.req.ready reaches just the loads below)
@@ -856,11 +855,8 @@ class AttentionArray(Checked, wiring.Component):
                 m.d.comb += [taken.eq(pick == h) for h, (_, taken) in enumerate(wreqs)]
         m.d.comb += self.wr.req.valid.eq(wreq_valid)
         m.d.comb += self.wr.resp.ready.eq(1)
-        w_acc = self.wr.req.valid & self.wr.req.ready
-        m.d.sync += wr_out.eq(wr_out + w_acc - wresp_valid)
-        # wr_out == 0 as a register (the next count is 0: it is 0 and stays, or 1 and falls)
-        wr_zero = Signal(init=1)
-        m.d.sync += wr_zero.eq(Mux(w_acc == wresp_valid, wr_zero, (wr_out == 1) & wresp_valid))
+        wr_zero = writes_pending_zero(m, self.wr.req.valid & self.wr.req.ready, wresp_valid,
+                                      "wr_out")
         with m.If(wresp_valid & wresp_err
                   & ~rdr_a.read_error & ~rdr_b.read_error):
             m.d.comb += err_now.eq(isa.ErrorCode.AXI_WRITE)

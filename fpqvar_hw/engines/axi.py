@@ -19,7 +19,8 @@ from ..units.vector import skid_buffer
 __all__ = ["DATA_BITS", "DATA_BYTES", "ADDR_BITS", "LITE_ADDR_BITS", "AXI4Signature",
            "AXI4ReadSignature", "AXI4WriteSignature", "AXILiteSignature", "ReadClient",
            "WriteClient", "READ_REQ", "READ_RESP", "WRITE_REQ", "WRITE_RESP", "MAX_BURST",
-           "AXI_OKAY", "ReadArbiter", "WriteArbiter", "AXILiteBridge", "connect_axi4_halves"]
+           "AXI_OKAY", "ReadArbiter", "WriteArbiter", "AXILiteBridge", "connect_axi4_halves",
+           "writes_pending_zero"]
 
 DATA_BITS = 128
 DATA_BYTES = DATA_BITS // 8
@@ -125,6 +126,19 @@ class WriteClient(wiring.Signature):
     def __init__(self):
         super().__init__({"req": Out(stream.Signature(WRITE_REQ)),
                           "resp": In(stream.Signature(WRITE_RESP))})
+
+
+def writes_pending_zero(m: Module, sent, answered, name: str) -> Signal:
+    """A write client's writes awaiting their response, counted up by ``sent`` (a request
+    accepted this cycle) and down by ``answered`` (a response this cycle); returns ``count
+    == 0`` as a register, for an engine's ``quiet``.  The count moves by at most one a
+    cycle, so it is 0 next when it is 0 and stays, or 1 and falls: no compare of the count
+    sits in front of ``quiet``."""
+    count = Signal(16, name=f"{name}_count")
+    zero = Signal(init=1, name=f"{name}_zero")
+    m.d.sync += [count.eq(count + sent - answered),
+                 zero.eq(Mux(sent == answered, zero, (count == 1) & answered))]
+    return zero
 
 
 # ------------------------------------------------------------------ arbiters

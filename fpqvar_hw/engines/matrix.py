@@ -1124,7 +1124,6 @@ class _Datapath(Elaboratable):
         p_addr = Signal(28)
         p_data = Signal(128)
         p_strb = Signal(16)
-        outstanding = Signal(16)       # writes awaiting B (the write arbiter holds at most max_writes)
         req_free = ~wr.req.valid | wr.req.ready
         # w_need: W's item sends the pending word (a pending word exists and the item is a
         # flush or a write to another word); a pending word exists when W's item is combined
@@ -1172,15 +1171,10 @@ class _Datapath(Elaboratable):
         with m.If(w_take & w.final):
             m.d.sync += final_seen.eq(1)
         m.d.comb += wr.resp.ready.eq(1)
-        wsent = wr.req.valid & wr.req.ready
-        wgot = wr.resp.valid
-        m.d.sync += outstanding.eq(outstanding + wsent - wgot)
-        out_zero = Signal(init=1)           # outstanding == 0, as a register (it moves by 1)
-        with m.If(wsent & ~wgot):
-            m.d.sync += out_zero.eq(0)
-        with m.Elif(wgot & ~wsent):
-            m.d.sync += out_zero.eq(outstanding == 1)
-        with m.If(wgot & wr.resp.payload.err):
+        # writes awaiting B (the write arbiter holds at most max_writes): none, as a register
+        out_zero = axi.writes_pending_zero(m, wr.req.valid & wr.req.ready, wr.resp.valid,
+                                           "wr_out")
+        with m.If(wr.resp.valid & wr.resp.payload.err):
             m.d.sync += self.write_error.eq(1)
 
         # ================================================= status

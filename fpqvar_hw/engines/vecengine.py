@@ -108,7 +108,7 @@ from .. import isa
 from ..config import AcceleratorConfig
 from ..checked import Checked, check, latency_of
 from .attention import AttentionArray
-from .axi import DATA_BITS, DATA_BYTES, MAX_BURST, ReadClient, WriteClient
+from .axi import DATA_BITS, DATA_BYTES, MAX_BURST, ReadClient, WriteClient, writes_pending_zero
 from ..units.fpu import FP16, FP32, FPOp, FPUnit, fp16_to_fp32
 from ..units.quantizer import LATENCY_AFTER_LAST, Quantizer
 from ..units.vector import (Elementwise, FDot, Func, L2NormTemperature, LayerNormModulate,
@@ -961,7 +961,6 @@ class VectorEngine(Checked, wiring.Component):
         wreq_valid = Signal()
         m.d.comb += gen_wr.req.valid.eq(wreq_valid)
         wreq_free = ~wreq_valid | gen_wr.req.ready
-        wr_out = Signal(range(1 << 16))       # writes accepted, response pending
         m.d.comb += gen_wr.resp.ready.eq(1)
         with m.If(in_run & gen_wr.resp.valid & gen_wr.resp.payload.err):
             m.d.comb += err_wr_now.eq(1)
@@ -1038,11 +1037,13 @@ class VectorEngine(Checked, wiring.Component):
                 m.d.comb += c_step.eq(1)
             with m.If(flush | start):
                 m.d.sync += sc_valid.eq(0)
-        m.d.sync += wr_out.eq(wr_out + (gen_wr.req.valid & gen_wr.req.ready) - gen_wr.resp.valid)
+        # writes accepted, response pending: none (a register)
+        wr_zero = writes_pending_zero(m, gen_wr.req.valid & gen_wr.req.ready, gen_wr.resp.valid,
+                                      "wr_out")
 
         # ============================================================ completion
         quiet = Cat(*(~rd_state[x]["req_valid"] & (rd_state[x]["inflight"] == 0)
-                      for x in _READ_OPERANDS)).all() & ~wreq_valid & (wr_out == 0)
+                      for x in _READ_OPERANDS)).all() & ~wreq_valid & wr_zero
         done = quiet & i_done & d_done & ~pend_valid
         if kv6:
             done &= ~sc_valid
