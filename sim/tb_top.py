@@ -8,10 +8,13 @@ PC / ERR_PC).
 
 Parameters (``tb_params``): ``preset`` + ``overrides`` (the AcceleratorConfig),
 ``max_kv``, ``seed``, ``pause`` (pause probability per channel and cycle),
-``ram_size``, and for ``block_steps``: ``steps`` (a JSON file written by
-sim/test_top.py: image, per-step programs, inputs and expected DRAM files),
-``modes`` (list of [coarse, fine]) and ``cycles_out`` (JSON written with the
-measured cycle counts).
+``ram_size``, ``simdram`` (optional ``{latency, stall, write_latency}``: the harness's own
+DRAM, :mod:`fpqvar_hw.host.simdram`, instead of the AxiRam), and for ``block_steps`` /
+``instruction_profile``: ``steps`` (a JSON file written by :func:`sim.top_steps.prepare_steps`:
+image, per-step programs, inputs and expected DRAM files), ``modes`` (list of [coarse,
+fine]), ``cycles_out`` (JSON written with the measured cycle counts), ``rows`` and
+``model`` (copied into it: rows per step and the model's
+:class:`fpqvar_hw.flow.perf.ModelSpec` fields when it is not the digits VAR).
 """
 from __future__ import annotations
 
@@ -55,15 +58,26 @@ class TopTB:
         self.log = dut._log
         self.cfg = _cfg(p)
         self.rng = random.Random(p["seed"])
-        dut.dram_ext.value = 1          # the harness's m_axi ports go to this AxiRam
-        self.ram = AxiRam(AxiBus.from_prefix(dut, "m_axi", bus_separator="__"), dut.clk, dut.rst,
-                          size=p["ram_size"])
+        self.simdram = p.get("simdram")
+        if self.simdram is None:
+            dut.dram_ext.value = 1          # the harness's m_axi ports go to this AxiRam
+            self.ram = AxiRam(AxiBus.from_prefix(dut, "m_axi", bus_separator="__"), dut.clk, dut.rst,
+                              size=p["ram_size"])
+            logs = [self.ram.write_if.log, self.ram.read_if.log]
+        else:                               # the harness's own DRAM (fpqvar_hw.host.simdram)
+            from fpqvar_hw.host.simdram import Backdoor
+            for name in ("latency", "stall", "write_latency"):
+                getattr(dut, f"dram_{name}").value = int(self.simdram[name])
+            dut.dram_seed.value = p["seed"] + 1
+            dut.dram_ext.value = 0
+            self.ram = Backdoor(dut)
+            logs = []
         self.axil = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil", bus_separator="__"),
                                   dut.clk, dut.rst)
-        for log in (self.ram.write_if.log, self.ram.read_if.log, self.axil.write_if.log,
-                    self.axil.read_if.log):
+        for log in logs + [self.axil.write_if.log, self.axil.read_if.log]:
             log.setLevel(logging.WARNING)          # one INFO line per burst otherwise
-        self.set_pause(p.get("pause", 0.0))
+        if self.simdram is None:
+            self.set_pause(p.get("pause", 0.0))
         cocotb.start_soon(Clock(dut.clk, PERIOD_NS, unit="ns").start())
 
     def set_pause(self, prob: float) -> None:
@@ -372,4 +386,46 @@ async def block_steps(dut):
                         st["OVERLAP_CYCLES"])
     with open(p["cycles_out"], "w") as f:
         json.dump({"config": p["overrides"], "preset": p["preset"], "pause": p["pause"],
-                   "seed": p["seed"], "runs": results}, f, indent=1)
+                   "seed": p["seed"], "runs": results,
+                   **{k: p[k] for k in ("rows", "model", "simdram") if p.get(k) is not None}},
+                  f, indent=1)
+
+
+@cocotb.test()
+async def instruction_profile(dut):
+    """Every instruction of the steps in ``steps`` run alone (a program of it and a HALT, in
+    program order, so the DRAM evolves as in the whole step), on the AxiRam of ``pause`` or
+    the harness's DRAM (``simdram``: latency, stall, write_latency); each one's counters go to
+    ``cycles_out`` (``runs`` [{step, index, opcode, cycles, gemm_cycles, vec_cycles}]).  The
+    DRAM after each step must equal isa_sim's whole-program result."""
+    tb = await _setup(dut)
+    p = tb.p
+    spec = json.loads(open(p["steps"]).read())
+    coarse, fine = p["modes"][0]
+    dram = isa_sim.Dram(spec["base"], spec["size"])
+    dram.mem[:] = np.load(spec["image"]).tobytes()
+    tb.load(dram)
+    out = []
+    for s in spec["steps"]:
+        step_in = np.load(s["input"])
+        dram.write(s["x_addr"], step_in["x"].tobytes())
+        dram.write(spec["prog_addr"], step_in["program"].tobytes())
+        tb.ram.write(s["x_addr"], step_in["x"].tobytes())
+        res = isa_sim.execute(dram, spec["prog_addr"], tb.cfg, max_kv=p["max_kv"])
+        assert res.ok, f"isa_sim: step {s['step']}: {res.message}"
+        prog = isa.decode_program(step_in["program"].tobytes())
+        for k, ins in enumerate(prog):
+            if isinstance(ins, Halt):
+                break
+            tb.ram.write(spec["prog_addr"], isa.encode_program([ins, Halt()]))
+            st = await tb.run(spec["prog_addr"], spec["base"], spec["size"], coarse=bool(coarse),
+                              fine=bool(fine), timeout_cycles=s["timeout_cycles"])
+            assert st["STATUS"] == isa.STATUS_DONE, f"step {s['step']} instruction {k}: STATUS 0x{st['STATUS']:x}"
+            out.append({"step": s["step"], "index": k, "opcode": int(ins.opcode),
+                        **{n.lower(): st[n] for n in ("CYCLES", "GEMM_CYCLES", "VEC_CYCLES")}})
+        tb.ram.write(spec["prog_addr"], step_in["program"].tobytes())
+        tb.compare(dram, f"step {s['step']} instruction by instruction", spec["regions"])
+    with open(p["cycles_out"], "w") as f:
+        json.dump({"config": p["overrides"], "preset": p["preset"], "pause": p.get("pause", 0.0),
+                   "simdram": tb.simdram, "seed": p["seed"], "coarse": bool(coarse),
+                   "fine": bool(fine), "runs": out}, f, indent=1)

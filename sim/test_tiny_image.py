@@ -60,11 +60,11 @@ def test_step0_with_long_dram_latency():
     """Scale step 0 with the simulated DRAM 128 cycles from read address to data, 128 from a
     write's beat to its response, and one handshake in four withheld: still the golden
     token, no protocol error, and the as-built
-    model on that memory (``fpqvar_hw.flow.asbuilt.simdram_memory``) predicts CYCLES and
-    GEMM_CYCLES within the tolerance it meets on the AxiRam runs (the GEMM's read bursts
-    bound by the arbiter's outstanding slots: 2.9x the short-latency cycles; measured 0.92x
-    and 0.95x).  VEC_CYCLES is predicted 0.69x here (0.9-1.0x at short latencies): the vector engine loses more to
-    a long latency than its model's per-operand read depth explains; not yet modelled."""
+    model on that memory (``fpqvar_hw.flow.asbuilt.simdram_memory``) predicts CYCLES,
+    GEMM_CYCLES and VEC_CYCLES within the tolerance it meets on the AxiRam runs (the GEMM's
+    read bursts bound by the arbiter's outstanding slots: 2.9x the short-latency cycles;
+    the vector engine's element stream by its issue side's lookahead,
+    ``VectorEngine.lookahead_stall``)."""
     from fpqvar_hw.flow import simcycles
     from tests.test_perf_vs_sim import TOP_TOLERANCE
 
@@ -80,6 +80,5 @@ def test_step0_with_long_dram_latency():
     assert sim.memory is not None and sim.memory.read_latency > 128
     assert sim.memory.write_latency > 128
     step, = simcycles.compare_to_sim(sim)["steps"]
-    for k in ("cycles", "gemm_cycles"):
+    for k in ("cycles", "gemm_cycles", "vec_cycles"):
         assert abs(step[k]["ratio"] - 1) <= TOP_TOLERANCE, (k, step[k])
-    assert step["vec_cycles"]["ratio"] >= 0.6, step["vec_cycles"]     # the known gap, not wider

@@ -24,18 +24,16 @@ simulator-side DRAM) is sim/test_tiny_image.py.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from fpqvar_hw.cache import write_text_atomic
 from fpqvar_hw.flow import asbuilt, simcycles
-from fpqvar_hw.host import isa_sim
 from fpqvar_hw.host.backends import RTL_C, RTL_MAX_KV, RTL_OVERRIDES, RTL_PRESET, rtl_config
 from fpqvar_hw.host.compiler import TILE_ORDER, V_CACHE_LAYOUT
 from fpqvar_hw.host.rtl import top_build_name, top_component, top_harness
-from sim.runner import BUILD_ROOT, REPO, run_cocotb
+from sim.runner import REPO, run_cocotb
+from sim.top_steps import prepare_steps
 from tests.test_golden_block import digits_fpqvar  # noqa: F401  (session fixture: the package)
 from tests.test_perf_vs_sim import TOP_TOLERANCE
 
@@ -45,7 +43,6 @@ CFG = rtl_config()
 C, MAX_KV = RTL_C, RTL_MAX_KV
 NAME = top_build_name(CFG, C, MAX_KV)
 RAM_SIZE = 1 << 22
-STEP_BASE = 0x40000
 
 
 def _params(seed: int, pause: float, **extra) -> dict:
@@ -66,43 +63,9 @@ def test_top_control(dut):
                testcase="registers,halt_only,bad_opcode,window_error,abort_then_run,reset_then_run")
 
 
-def _prepare_steps(pkg_path: Path, n_steps: int, seed: int, tile_tokens: int | None) -> Path:
-    """DRAM image (compiled model + random adaLN vectors), inputs and programs of steps
-    0 .. n_steps-1 (from the compiler, tiles of ``tile_tokens``) and the region map, for
-    tb_top.block_steps."""
-    from fpqvar_hw.host.compiler import Compiler
-    from fpqvar_quant.ptq.package import load_package
-
-    comp = Compiler(load_package(pkg_path), CFG, rows=2, dram_base=STEP_BASE, max_kv=MAX_KV,
-                    tile_tokens=tile_tokens)
-    assert comp.dram_base + comp.dram_size <= RAM_SIZE
-    out = BUILD_ROOT / "vectors" / f"top-steps-s{seed}"
-    out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    dram = isa_sim.Dram(comp.dram_base, comp.dram_size)
-    dram.load(comp.image())
-    for b in range(comp.depth):
-        ada = (rng.standard_normal((comp.rows, 6, comp.C)) * 0.3).astype(np.float32)
-        dram.write(*comp.encode_adaln(b, ada))
-    np.save(out / "image.npy", np.frombuffer(bytes(dram.mem), np.uint8))
-    spec = {"base": comp.dram_base, "size": comp.dram_size, "prog_addr": comp.prog_addr,
-            "image": str(out / "image.npy"),
-            "regions": [[r.name, r.addr, r.size] for r in comp.regions()], "steps": []}
-    for s in range(n_steps):
-        L = comp.step_tokens(s)[1]
-        x = rng.standard_normal((comp.rows, L, comp.C)).astype("<f4")
-        prog = np.frombuffer(comp.program(s), np.uint8)
-        np.savez(out / f"step{s}.npz", x=x, program=prog)
-        spec["steps"].append({"step": s, "L": L, "x_addr": comp.x_addr,
-                              "input": str(out / f"step{s}.npz"),
-                              "timeout_cycles": 400_000 * (L + 1)})
-    path = out / "steps.json"
-    path.write_text(json.dumps(spec, indent=1))
-    return path
-
-
 def _run_steps(dut, pkg_path, n_steps, modes, seed, pause, tile_tokens=None):
-    spec = _prepare_steps(pkg_path, n_steps, seed, tile_tokens)
+    spec = prepare_steps(pkg_path, CFG, rows=2, n_steps=n_steps, seed=seed, max_kv=MAX_KV,
+                         ram_size=RAM_SIZE, tile_tokens=tile_tokens)
     cycles = REPO / "build" / "top" / f"cycles-s{seed}.json"
     cycles.parent.mkdir(parents=True, exist_ok=True)
     run_cocotb(dut, name=NAME, test_module="sim.tb_top", testcase="block_steps", harness=top_harness(CFG, C, MAX_KV),
@@ -142,3 +105,21 @@ def test_top_block_step0_coarse_off(dut, digits_fpqvar):  # noqa: F811
     cycles against 49,818 with the coarse pipeline on, seeds 23 / 21, pause 0.2.)"""
     run, = _run_steps(dut, digits_fpqvar[1], 1, [[0, 1]], seed=23, pause=0.2)["runs"]
     assert run["overlap_cycles"] == 0, f"coarse pipeline off but the engines overlapped: {run}"
+
+
+@pytest.mark.slow
+def test_calibration_rerun():
+    """One configuration of benchmarks/top_calibration.py re-simulated (the digits VAR at
+    batch 2 on a 128-cycle DRAM, steps 0-1): bit-exact against isa_sim (tb_top), and the
+    top's counters equal the committed calibration file's, which the as-built model is held
+    to (tests/test_perf_vs_sim.py).  A difference means the RTL or the compiler changed
+    without re-running the calibration."""
+    from tests.script_loader import load_script
+
+    cal = load_script("benchmarks/top_calibration.py", "top_calibration")
+    c = cal.by_name("k2-digits-b2-lat128")
+    want = json.loads((cal.CAL_DIR / f"{c.name}.json").read_text())
+    got = json.loads(cal.simulate(c, REPO / "build" / "calibration" / f"{c.name}.json").read_text())
+    assert got["rtl_hash"] == want["rtl_hash"], \
+        f"{c.name}: the committed file was measured on other RTL; re-run python benchmarks/top_calibration.py"
+    assert got["runs"] == want["runs"]

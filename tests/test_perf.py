@@ -225,7 +225,12 @@ def test_vec_cost_hand_checked():
     # 2) + the output pipeline (mul 8 + mul 8 + add 7) + 1
     ln = asbuilt.vec_cost(VecSubop.LNMOD, (128, 1, 1, 1),
                        {"a": (4, 512, 4), "b": (4, 0, 4), "c": (4, 0, 4)}, fine=True, b=b, mem=mem)
-    assert ln.cycles == 3 * 128 + (10 + 29 + 2) + (15 + 10 + 2) + (105 + 2) + 23 + 1 + fixed
+    # + the read side: the first element waits for B's and C's first 16-word bursts behind
+    # A's on the R channel; the second bursts, requested LOOKAHEAD elements ahead, are there
+    # in time (VectorEngine.lookahead_stall, below)
+    rd = asbuilt.AXIRAM_READ_LATENCY + asbuilt.READ_PATH + ReadArbiter.REQUEST_SLICES + 1
+    assert rd + 2 * 16 < VectorEngine.LOOKAHEAD
+    assert ln.cycles == 3 * 128 + (10 + 29 + 2) + (15 + 10 + 2) + (105 + 2) + 23 + 1 + fixed + 2 * 16
     # rows in flight (LayerNormModulate): a stream of rows of 1,024 takes n + 2 per row
     # (VAR's prime cycle and its return to IDLE), not three passes
     L = b.lat
@@ -236,10 +241,26 @@ def test_vec_cost_hand_checked():
         == 1026
     assert ln.words == 3 * 32
     # FDOT rows of n0 on the element path: n0 + 18 cycles each (mul 8, drain 10), then the
-    # tree (21)
+    # tree (21), + the first element's wait for B's first word behind A's 16-word burst
     fd = asbuilt.vec_cost(VecSubop.FDOT, (64, 5, 1, 2), {"a": (4, 0, 4), "b": (2, 128, 2)},
                        fine=True, b=_element_path(b), mem=mem)
-    assert fd.cycles == 10 * (64 + 18) + 21 + fixed and fd.words == 10 * (16 + 8)
+    assert fd.cycles == 10 * (64 + 18) + 21 + fixed + 16 and fd.words == 10 * (16 + 8)
+
+
+def test_lookahead_stall_is_the_round_trip_beyond_the_lookahead():
+    """VectorEngine.lookahead_stall: each later request's first element waits out the part
+    of the round trip the issue side's lookahead does not cover, shared by the requests that
+    fit in the lookahead window; nothing when the lookahead covers the round trip."""
+    D = VectorEngine.LOOKAHEAD
+    assert VectorEngine.lookahead_stall(15, 64, D) == 0
+    assert VectorEngine.lookahead_stall(0, 64, D + 100) == 0
+    # bursts longer than the lookahead: every one stalls by the uncovered part
+    assert VectorEngine.lookahead_stall(3, 4 * D, D + 100) == 300
+    # requests of 64 elements: (D - 1) // 64 more of them fit in the window and share it
+    assert VectorEngine.lookahead_stall(15, 64, D + 100) == pytest.approx(15 * 100 / (1 + (D - 1) // 64))
+    # the VCK190 round trip (150 + the read path) is inside the lookahead
+    from fpqvar_hw.flow.topmem import VCK190_READ_LATENCY
+    assert VCK190_READ_LATENCY + asbuilt.READ_PATH + ReadArbiter.REQUEST_SLICES + 1 < D
 
 
 def test_operand_words_follow_the_engine_read_rules():

@@ -400,3 +400,54 @@ def test_simulated_dram_is_not_the_tops_limit():
     assert f"QUEUE_LOG2 = {simdram.QUEUE.bit_length() - 1}," in v
     assert f"BQUEUE_LOG2 = {simdram.B_QUEUE.bit_length() - 1}" in v
 
+
+
+# ------------------------------------------- calibration: benchmarks/top_calibration.py
+def _calibration():
+    from tests.script_loader import load_script
+    return load_script("benchmarks/top_calibration.py", "top_calibration")
+
+
+def test_calibration_files_span_the_dimensions_within_the_tolerance():
+    """issue 15's calibration: the as-built model predicts each committed configuration's
+    simulated CYCLES (its steps together) within ``TOLERANCE`` (10 %) and every step's
+    within ``TOP_TOLERANCE``, and across the files the attention array, C (up to >= 256),
+    the depth, the batch (up to >= 2) and the DRAM read latency (up to >= 100 cycles) each
+    take two values or more."""
+    cal = _calibration()
+    seen: dict = {k: set() for k in ("array", "C", "depth", "batch", "latency")}
+    for c in cal.CONFIGS:
+        path = cal.CAL_DIR / f"{c.name}.json"
+        assert path.is_file(), f"{path.name} missing: python benchmarks/top_calibration.py --only {c.name}"
+        cfg, C, _, model = cal.top_of(c)
+        for key, v in (("array", (cfg.att_t, cfg.att_n)), ("C", C), ("depth", model.depth),
+                       ("batch", c.rows // 2), ("latency", c.dram[0])):
+            seen[key].add(v)
+        steps = cal.compare(path)
+        assert [s["step"] for s in steps] == list(range(c.steps)), path.name
+        for s in steps:
+            assert s["instructions"]["predicted"] == s["instructions"]["simulated"], (c.name, s)
+            assert abs(s["cycles"]["ratio"] - 1) <= TOP_TOLERANCE, (c.name, s["step"], s["cycles"])
+        model, sim = (sum(s["cycles"][k] for s in steps) for k in ("predicted", "simulated"))
+        assert abs(model / sim - 1) <= cal.TOLERANCE, (c.name, model, sim)
+    assert all(len(v) >= 2 for v in seen.values()), seen
+    assert max(seen["C"]) >= 256 and max(seen["batch"]) >= 2 and max(seen["latency"]) >= 100, seen
+
+
+@pytest.mark.slow
+def test_calibration_files_are_stamped_with_the_current_rtl():
+    """Each committed calibration file was measured on the RTL that exists: its stamp is the
+    SHA-256 of today's emitted top (and harness) for its configuration, and its unit latencies
+    are today's.  A change of the RTL fails here until the files are re-simulated
+    (``python benchmarks/top_calibration.py``, about 10 minutes)."""
+    import json
+
+    from fpqvar_hw.flow import asbuilt
+    cal = _calibration()
+    for c in cal.CONFIGS:
+        doc = json.loads((cal.CAL_DIR / f"{c.name}.json").read_text())
+        cfg, C, max_kv, _ = cal.top_of(c)
+        assert doc["rtl_hash"] == cal.rtl_hash(cfg, C, max_kv), \
+            f"{c.name}: measured on other RTL; re-run `python benchmarks/top_calibration.py`"
+        assert doc["unit_latencies"] == asbuilt.top_latencies(cfg.lanes, (cfg.att_t, cfg.att_n), cfg.tn,
+                                                              cfg.row_sets), c.name

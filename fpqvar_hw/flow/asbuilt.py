@@ -12,18 +12,16 @@ simulated cycle counts; ``tests/test_perf_vs_sim.py`` states how close it gets
 """
 from __future__ import annotations
 
-import functools
 import math
 import dataclasses
 from dataclasses import dataclass
 from typing import Mapping
 
 from ..config import AcceleratorConfig
-from ..host.plan import HEAD_DIM, PlanOp, Spans, step_plan, tiles as plan_tiles
-from ..host.plan import TILE_ORDERS as _PLAN_TILE_ORDERS
-from ..isa import Opcode
+from ..host.plan import tiles as plan_tiles
 from .perf import DIGITS, MODELS, ModelSpec
 from .platform import Platform
+from .topprog import TILE_ORDERS, V_CACHE_LAYOUTS, TopInstr, top_step_program
 from .topmem import (AXIRAM_READ_LATENCY, AXIRAM_WRITE_LATENCY, VCK190_READ_LATENCY,  # noqa: F401
                      TopMemory, platform_memory, sim_memory, simdram_memory)
 
@@ -220,10 +218,12 @@ def top_latencies(lanes: int, att: tuple[int, int], tn: int = 1, sets: int = 1) 
 @dataclass(frozen=True)
 class EngineCost:
     """One instruction on its engine: ``cycles`` its ``busy`` is high when it runs alone,
-    ``words`` 16-byte words it reads over the shared R channel."""
+    ``words`` 16-byte words it reads over the shared R channel in ``bursts`` requests."""
 
     cycles: int
     words: int
+    #: read requests (bursts or single beats) it makes
+    bursts: int = 0
 
 
 def gemm_cost(M: int, K: int, N: int, *, had: bool, bias: bool, fine: bool, b: TopBuild,
@@ -256,6 +256,8 @@ def gemm_cost(M: int, K: int, N: int, *, had: bool, bias: bool, fine: bool, b: T
     fb_words = KB * tw + G * b.scale_words + bw
     act_words = M * K // 4 + (1 if had else 0)
     words = B * NB * fb_words + act_words
+    bursts = B * NB * (_bursts(KB * tw, b) + _bursts(G * b.scale_words, b) + _bursts(bw, b)) \
+        + M * _bursts(K // 4, b) + (1 if had else 0)
     if mem.shared:
         t_bus = words / mem.beat_rate
     else:   # one beat per cycle per client: the weight stream is the largest
@@ -264,8 +266,6 @@ def gemm_cost(M: int, K: int, N: int, *, had: bool, bias: bool, fine: bool, b: T
     # at most max_outstanding bursts in flight on the read arbiter: each burst holds its
     # slot for a read round trip, so short bursts (scales, bias, narrow feature blocks)
     # make a long-latency memory the bound
-    bursts = B * NB * (_bursts(KB * tw, b) + _bursts(G * b.scale_words, b) + _bursts(bw, b)) \
-        + M * _bursts(K // 4, b) + (1 if had else 0)
     t_bus = max(t_bus, bursts * (rd + 1) / b.max_outstanding,
                 write_bound(M * -(-N // 4), b, mem))       # a row's results: whole words
     # a feature block: KB weight beats, KB * sets array beats, and its G * sets groups no
@@ -289,13 +289,14 @@ def gemm_cost(M: int, K: int, N: int, *, had: bool, bias: bool, fine: bool, b: T
     tail = L["arr_slice"] + L["dot"] + last_rows * b.tn + L["drain_set"] * -(-last_rows // b.tm) \
         + L["bias"] + L["drain_slice"] + mem.write_latency + WRITE_PATH + L["wr_slice"]
     cyc = ENGINE_START + max(first + compute, rd + t_bus) + tail + ENGINE_END
-    return EngineCost(int(round(cyc)), int(words))
+    return EngineCost(int(round(cyc)), int(words), int(bursts))
 
 
 def write_bound(words: float, b: TopBuild, mem: TopMemory) -> float:
     """Cycles ``words`` single-beat writes need at least: each holds one of the write
-    arbiter's ``max_writes`` tags from its grant to its B response (``write_latency`` + 2)."""
-    return words * (mem.write_latency + 2) / b.max_writes
+    arbiter's ``max_writes`` tags from its grant to its B response (``write_latency`` + 2),
+    and the memory takes one per ``write_burst_cycles``."""
+    return words * max((mem.write_latency + 2) / b.max_writes, mem.write_burst_cycles)
 
 
 def result_words(n: tuple[int, int, int, int], s0: int, s1: int, esize: int) -> float:
@@ -355,6 +356,7 @@ def vec_cost(subop: int, n: tuple[int, int, int, int], operands: Mapping[str, tu
     their writes (:func:`result_words`) bound it too (:func:`write_bound`).
     """
     from ..isa import VecSubop as V
+    from ..engines.vecengine import VectorEngine
     from ..units.vector import L2NormTemperature, LayerNormModulate, Softmax
     if any(v < 1 for v in n):
         raise ValueError(f"VEC loop counts must be >= 1, got {n}")
@@ -389,14 +391,22 @@ def vec_cost(subop: int, n: tuple[int, int, int, int], operands: Mapping[str, tu
     else:
         unit = rows * n0 * g + {V.RESID: L["resid"], V.GELU: L["gelu"], V.CVT16: L["cvt16"]}[s]
     words = requests = widest = 0
+    rd = mem.read_latency + READ_PATH + b.lat["rd_slice"]
+    stall = 0.0
+    elems = rows * n0
     for name, (s0, s1, esize) in operands.items():
         w, r = operand_words(n, s0, s1, esize, max_burst=b.max_burst,
                              once_per_row=(s is V.L2NT and name == "b"))
         words += w
         requests += r
         widest = max(widest, w)
+        # an element waits for every operand: requested in the same cycle, the others'
+        # bursts come first on the R channel
+        behind = (len(operands) - 1) * min(b.max_burst, w / max(1, r)) / mem.beat_rate
+        stall = max(stall, behind + VectorEngine.lookahead_stall(r - 1, elems / max(1, r),
+                                                                 rd + 1 + behind))
+    unit += stall
     t_bus = words / mem.beat_rate
-    rd = mem.read_latency + READ_PATH + b.lat["rd_slice"]
     # every request holds an arbiter slot for a read round trip (short bursts and single
     # beats make a long-latency memory the bound)
     t_req = requests * (rd + 1) / min(b.max_outstanding, b.vec_rd_depth)
@@ -408,7 +418,7 @@ def vec_cost(subop: int, n: tuple[int, int, int, int], operands: Mapping[str, tu
     cyc = ENGINE_START + offered + L["vec_issue"] + L["vec_slices"] + rd + 1 \
         + max(unit, t_bus, t_req, t_depth, t_wr) \
         + mem.write_latency + WRITE_PATH + L["wr_slice"] + ENGINE_END + L["vec_busy"]
-    return EngineCost(int(round(cyc)), int(words))
+    return EngineCost(int(round(cyc)), int(words), int(requests))
 
 
 def _array_shape(operands: Mapping[str, tuple[int, int, int]]) -> bool:
@@ -477,103 +487,7 @@ def att_cost(n: tuple[int, int, int, int], operands: Mapping[str, tuple[int, int
     cyc = ENGINE_START + 1 + L["att_check"] + max(first + compute, rd + t_bus, t_req, t_depth, t_wr) \
         + L["att_tail"] + last + mem.write_latency + WRITE_PATH + L["wr_slice"] + ENGINE_END \
         + L["vec_busy"]
-    return EngineCost(int(round(cyc)), int(words_a + words_b))
-
-
-# ---------------------------------------------------------- the step program, shape level
-@dataclass(frozen=True)
-class TopInstr:
-    """One instruction of a step program, reduced to what its timing depends on.
-
-    ``gemm`` = ``(M, K, N, had, bias)``; ``vec`` = ``(subop, (n0, n1, n2, n3), operands)``
-    with ``operands`` = ``((name, s0, s1, element bytes), ...)`` of the read operands and
-    ``out`` = ``(s0, s1, element bytes)`` of its results (operand D);
-    ``sync`` as :func:`fpqvar_hw.host.compiler.assign_sync` sets it.
-    """
-
-    opcode: int
-    name: str
-    gemm: tuple | None = None
-    vec: tuple | None = None
-    sync: bool = False
-    out: tuple | None = None
-
-
-#: footprint of a plan op (``fpqvar_hw.host.plan.Spans``: symbolic token-range spans)
-_Spans = Spans
-
-
-#: V cache orders (:data:`fpqvar_hw.host.compiler.V_CACHE_LAYOUT`): ``"transposed"``
-#: ``[R, H, 64, L_total]``, the compiler's; ``"rows"`` ``[R, H, L_total, 64]``, the order of
-#: programs before 2026-12-05 (cycle files measured on them say so, ``simcycles``).
-V_CACHE_LAYOUTS = ("transposed", "rows")
-#: The token tile orders (:func:`fpqvar_hw.host.plan.tiles`): ``"span"`` the compiler's
-#: (since 2026-12-06), ``"rows"`` one row per tile at most (before), ``"flat"``.
-TILE_ORDERS = _PLAN_TILE_ORDERS
-
-
-def _top_instr(op: PlanOp, C: int, hidden: int, Lk: int, L_total: int,
-               v_cache: str) -> TopInstr:
-    """The :class:`TopInstr` of one step-plan op: the GEMM shape with the Hadamard in front
-    of qkv and fc1 and a bias on every layer; a VEC's read operands ``(name, s0, s1,
-    element bytes)`` as the compiler lays them out (FP32 buffers, FP16 caches of
-    ``L_total`` tokens, the V cache in ``v_cache`` order)."""
-    if op.opcode == Opcode.GEMM:
-        M, K, N = op.shape
-        return TopInstr(int(Opcode.GEMM), op.name, gemm=(M, K, N, op.name in ("qkv", "fc1"), True))
-    F, D = 4, HEAD_DIM
-    ops = {
-        "LNMOD": (("a", F, C * F, F), ("b", F, 0, F), ("c", F, 0, F)),        # x rows, ada rows
-        "L2NT q": (("a", F, D * F, F), ("b", 0, F, F)),                      # q, temperature
-        "L2NT k": (("a", F, D * F, F), ("b", 0, 0, F)),                      # k, the zero word
-        "CVT16 k": (("a", F, D * F, F),),
-        "CVT16 v": (("a", F, D * F, F),),
-        "FDOT qk": (("a", F, 0, F), ("b", 2, D * 2, 2)),                     # q, K cache
-        "SOFTMAX": (("a", F, Lk * F, F),),
-        "FDOT pv": (("a", F, 0, F), ("b", 2, L_total * 2, 2) if v_cache == "transposed"
-                    else ("b", D * 2, 2, 2)),                                # p, V cache
-        "RESID": (("a", F, C * F, F), ("b", F, 0, F), ("c", F, C * F, F)),   # x, gamma, y
-        "GELU": (("a", F, hidden * F, F),),
-    }[op.name]
-    kv_head = L_total * D * 2                                   # bytes of a head's FP16 cache
-    out = {"LNMOD": (F, C * F, F), "L2NT q": (F, D * F, F), "L2NT k": (F, D * F, F),
-           "CVT16 k": (2, kv_head, 2),                         # K rows [H, L_total, 64]
-           "CVT16 v": (L_total * 2, kv_head, 2) if v_cache == "transposed" else (2, kv_head, 2),
-           "FDOT qk": (0, F, F), "SOFTMAX": (F, Lk * F, F), "FDOT pv": (0, F, F),
-           "RESID": (F, C * F, F), "GELU": (F, hidden * F, F)}[op.name]
-    return TopInstr(int(Opcode.VEC), op.name, vec=(int(op.subop), op.shape, ops), out=out)
-
-
-@functools.lru_cache(maxsize=64)
-def top_step_program(C: int, H: int, hidden: int, blocks: int, L_start: int, L: int, rows: int,
-                     tile: int, *, L_total: int, coarse: bool = True,
-                     max_tiles: int | None = None,
-                     v_cache: str = V_CACHE_LAYOUTS[0],
-                     tiles: str = TILE_ORDERS[0]) -> tuple[TopInstr, ...]:
-    """The instructions :meth:`fpqvar_hw.host.compiler.Compiler.instructions` emits for a step
-    (without the HALT), at the shape level: the ops of the step plan
-    (:func:`fpqvar_hw.host.plan.step_plan`, the compiler's own: per block the phases A, B, C
-    over token tiles of ``tile`` token rows, skewed by one stage), each as a
-    :class:`TopInstr`, sync flags from :func:`fpqvar_hw.host.compiler.assign_sync` on the
-    plan's token-range footprints (cached).  ``tests/test_perf_vs_sim.py`` checks it against
-    the compiler.  ``max_tiles``: only the first that many tiles of each phase (the KV length
-    stays ``L_start + L``), for timing a sample of a long step.  ``L_total``: tokens of the
-    KV caches (the model's last KV length); ``v_cache``: the V cache order (a cycle file of
-    an older program states ``"rows"``); ``tiles``: the tile order
-    (:func:`fpqvar_hw.host.plan.tiles`; a cycle file of an older program states ``"rows"``)."""
-    from ..host.compiler import assign_sync
-
-    if v_cache not in V_CACHE_LAYOUTS:
-        raise ValueError(f"v_cache must be one of {V_CACHE_LAYOUTS}, got {v_cache!r}")
-    if tiles not in TILE_ORDERS:
-        raise ValueError(f"tiles must be one of {TILE_ORDERS}, got {tiles!r}")
-    if L_total < L_start + L:
-        raise ValueError(f"L_total={L_total} is shorter than the step's KV length {L_start + L}")
-
-    plan = step_plan(C, H, hidden, blocks, L_start, L, rows, tile, max_tiles=max_tiles,
-                     order=tiles)
-    prog = [_top_instr(op, C, hidden, L_start + L, L_total, v_cache) for op in plan]
-    return tuple(assign_sync(prog, [op.spans for op in plan], coarse=coarse))
+    return EngineCost(int(round(cyc)), int(words_a + words_b), int(req_a + req_b))
 
 
 @dataclass(frozen=True)
@@ -605,7 +519,8 @@ def bus_speeds(run: dict, mem: TopMemory) -> dict:
 
 
 def schedule_top(instrs: list[TopInstr], costs: list[EngineCost], *, coarse: bool,
-                 mem: TopMemory, rd_slice: int = 0) -> TopRun:
+                 mem: TopMemory, rd_slice: int = 0, beside=None,
+                 max_outstanding: int = 16) -> TopRun:
     """Run ``instrs`` through the controller's dispatch rules (``control.py``): in program
     order, one instruction per engine, the next instruction fetched (one 8-beat burst)
     while the current one waits, dispatch when its engine is idle -- both idle with
@@ -613,7 +528,11 @@ def schedule_top(instrs: list[TopInstr], costs: list[EngineCost], *, coarse: boo
     (``settle``), an engine busy from the cycle after it takes ``cmd``; the HALT ends the
     run when both are idle.  Two instructions running at once share the R channel
     (:func:`bus_speeds`).  ``rd_slice``: the read arbiter's request slice (``rd_slice``
-    of :func:`top_latencies`), on the instruction fetch too."""
+    of :func:`top_latencies`), on the instruction fetch too.  ``beside(k, words)``: the
+    cycles of instruction ``k`` when ``words`` of the other engine's reads are ahead of each
+    of its own (:func:`cost_beside`; the read arbiter has ``max_outstanding`` slots); while
+    both engines run each advances at ``cycles / beside`` of its speed on top of its share
+    of the R channel (None: as alone)."""
     from ..engines.control import FETCH_CHECK_CYCLES, INSTR_BEATS
 
     GEMM, VEC = 1, 2
@@ -629,6 +548,10 @@ def schedule_top(instrs: list[TopInstr], costs: list[EngineCost], *, coarse: boo
             state["t"] = max(state["t"], T)
             return
         sp = bus_speeds(run, mem)
+        if len(act) == 2 and beside is not None:
+            for e, k in ((VEC, vec_at["k"]), (GEMM, gemm_at["k"])):
+                alone = costs[k].cycles
+                sp[e] *= alone / max(alone, beside(k, ahead(e)))
         left = {e: run[e][0] / sp[e] for e in act}
         step = min(left.values())
         if T is not None and T - state["t"] < step:
@@ -653,12 +576,26 @@ def schedule_top(instrs: list[TopInstr], costs: list[EngineCost], *, coarse: boo
 
     valid = state["t"] + fetch + 1
     last = -math.inf
-    for ins, cost in zip(instrs, costs):
+    vec_at, gemm_at = {"k": 0}, {"k": 0}      # the instruction each engine runs
+
+    def ahead(e: int) -> float:
+        """Words of the other engine ahead of engine ``e``'s read (one ID, in order): a GEMM
+        keeps the arbiter's ``max_outstanding`` slots busy (its FIFOs have room), so a VEC
+        request waits for ``max_outstanding - 1`` of its bursts; the vector engine holds what
+        it streams in a round trip (its word rate x that wait, Little's law)."""
+        g, v = costs[gemm_at["k"]], costs[vec_at["k"]]
+        behind_gemm = (max_outstanding - 1) * g.words / max(1, g.bursts)
+        if e == VEC:
+            return behind_gemm
+        rt = mem.read_latency + behind_gemm / mem.beat_rate
+        return min((max_outstanding - 1) * v.words / max(1, v.bursts), v.words / max(1, v.cycles) * rt)
+    for k, (ins, cost) in enumerate(zip(instrs, costs)):
         advance(max(valid, last + 2))
         until_idle((GEMM, VEC) if (ins.sync or not coarse) else (ins.opcode,))
         d = state["t"]
         advance(d + 1)
         run[ins.opcode] = [float(cost.cycles), cost.words / max(1, cost.cycles)]
+        (gemm_at if ins.opcode == GEMM else vec_at)["k"] = k
         valid = max(valid + fetch, d + 1) + 1
         last = d
     until_idle((GEMM, VEC))
@@ -674,6 +611,15 @@ def instr_cost(ins: TopInstr, *, fine: bool, b: TopBuild, mem: TopMemory) -> Eng
         return gemm_cost(M, K, N, had=had, bias=bias, fine=fine, b=b, mem=mem)
     subop, n, ops = ins.vec
     return vec_cost(subop, n, {o[0]: o[1:] for o in ops}, fine=fine, b=b, mem=mem, out=ins.out)
+
+
+def cost_beside(ins: TopInstr, ahead: float, *, fine: bool, b: TopBuild, mem: TopMemory) -> int:
+    """Cycles of ``ins`` while the other engine reads too: one ID and in-order responses, so
+    each of its reads comes after the ``ahead`` words of the other engine's already
+    requested (:func:`schedule_top` says how many): :func:`instr_cost` at that longer read
+    latency."""
+    queued = dataclasses.replace(mem, read_latency=mem.read_latency + ahead / mem.beat_rate)
+    return instr_cost(ins, fine=fine, b=b, mem=queued).cycles
 
 
 #: Steps whose program is longer than this are timed on one block and scaled by the depth
@@ -716,8 +662,17 @@ def top_step(C: int, H: int, hidden: int, depth: int, L_start: int, L: int, rows
         if key not in cache:
             cache[key] = instr_cost(ins, fine=config.fine_pipeline, b=b, mem=mem)
         costs.append(cache[key])
+    near: dict = {}
+
+    def beside(k: int, ahead: float) -> int:
+        ins = prog[k]
+        key = (ins.gemm, ins.vec, ins.out, round(ahead))
+        if key not in near:
+            near[key] = cost_beside(ins, ahead, fine=config.fine_pipeline, b=b, mem=mem)
+        return near[key]
+
     r = schedule_top(prog, costs, coarse=config.coarse_pipeline, mem=mem,
-                     rd_slice=b.lat["rd_slice"])
+                     rd_slice=b.lat["rd_slice"], beside=beside, max_outstanding=b.max_outstanding)
     if blocks == depth and sampled == n_tiles:
         return r
     k = depth / blocks * n_tiles / sampled

@@ -83,7 +83,10 @@ def load_sim_cycles(path, *, model: ModelSpec = DIGITS) -> SimCycles:
       "gemm_cycles", "vec_cycles", "overlap_cycles", ...}]}``;
     * top testbench, ``{"preset", "config": {overrides}, "runs": [{"step", "L",
       "instructions", "coarse", "fine", "cycles", "gemm_cycles", "vec_cycles",
-      "overlap_cycles"}]}`` (digits VAR, 2 rows: one image with CFG).
+      "overlap_cycles"}]}`` (digits VAR, 2 rows: one image with CFG, the AxiRam of
+      ``pause``), optionally ``rows`` (2 x batch), ``model`` (the ModelSpec fields of
+      another VAR, which then replaces ``model``) and ``simdram`` (``{latency, stall,
+      write_latency}``: run on the simulator-side DRAM).
 
     ``model``: the VAR the steps belong to (default :data:`DIGITS`; its patch_nums
     must match the file's).  Raises ``ValueError`` with what is wrong and how to
@@ -135,8 +138,22 @@ def load_sim_cycles(path, *, model: ModelSpec = DIGITS) -> SimCycles:
         backend = doc.get("backend")
     elif isinstance(doc, dict) and isinstance(doc.get("runs"), list) and "preset" in doc:
         config = get_preset(doc["preset"]).replace(**{"row_sets": 1, **(doc.get("config") or {})})
-        rows = 2
+        rows = int(doc.get("rows", 2))
         pause = float(doc.get("pause") or 0.0)
+        if doc.get("model") is not None:     # a model other than the digits VAR (its fields)
+            try:
+                m = doc["model"]
+                model = ModelSpec(str(m["name"]), int(m["depth"]), tuple(int(v) for v in m["patch_nums"]),
+                                  int(m["resolution"]))
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"{p}: model must hold name, depth, patch_nums, resolution ({e})") from None
+        if doc.get("simdram") is not None:   # the harness's DRAM instead of the AxiRam
+            try:
+                d = doc["simdram"]
+                memory = simdram_memory(int(d["latency"]), int(d["stall"]), int(d["write_latency"]))
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"{p}: simdram must hold latency, stall and write_latency in "
+                                 f"[0, 256) ({e})") from None
         for r in doc["runs"]:
             runs.append((r["step"], r["L"], r["coarse"], r["fine"], r))
         backend = "rtl"

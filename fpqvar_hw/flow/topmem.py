@@ -19,7 +19,10 @@ class TopMemory:
     ``write_latency``: from the W beat to its B response; ``beat_rate``: R beats per
     cycle the memory sustains (<= 1, the 128-bit bus); ``shared``: all read clients share
     one R channel (the top) -- ``False`` models the per-port test memory of the engine
-    testbenches (``sim/dma_model.py``), where each client gets its own beat per cycle.
+    testbenches (``sim/dma_model.py``), where each client gets its own beat per cycle;
+    ``write_burst_cycles``: cycles the memory spends on a single-beat write burst (the
+    engines write one 16-byte beat per burst), so it takes at most ``1 / write_burst_cycles``
+    writes per cycle.
     """
 
     name: str
@@ -28,8 +31,11 @@ class TopMemory:
     beat_rate: float
     source: str
     shared: bool = True
+    write_burst_cycles: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.write_burst_cycles < 1:
+            raise ValueError(f"{self.name}: write_burst_cycles must be >= 1, got {self.write_burst_cycles}")
         if not 0 < self.beat_rate <= 1:
             raise ValueError(f"{self.name}: beat_rate must be in (0, 1], got {self.beat_rate}")
         if self.read_latency < 0 or self.write_latency < 0:
@@ -55,7 +61,7 @@ def sim_memory(pause: float = 0.0) -> TopMemory:
     s = 1 / (1 - pause)
     return TopMemory(f"AxiRam (pause {pause:g})" if pause else "AxiRam",
                      AXIRAM_READ_LATENCY * s, AXIRAM_WRITE_LATENCY * s, 1 - pause,
-                     "cocotbext-axi AxiRam in the top's co-simulation")
+                     "cocotbext-axi AxiRam in the top's co-simulation", write_burst_cycles=s)
 
 
 def simdram_memory(latency: int, stall: int, write_latency: int = 0) -> TopMemory:
@@ -65,7 +71,12 @@ def simdram_memory(latency: int, stall: int, write_latency: int = 0) -> TopMemor
     ``1 - stall/256`` per cycle and each handshake waits ``1 / (1 - stall/256)`` cycles;
     a write burst starts a cycle after its address and is answered ``write_latency`` + 1
     cycles after its last beat (the model's reading of the Verilog, checked against the
-    driver's runs)."""
+    driver's runs).  Single-beat writes go at one per ``1 + 2 / rate`` cycles: the memory
+    takes a burst's W beat only from the cycle after it moved the address out of its queue,
+    and the top's write arbiter offers the next AW and W together once the W beat is taken
+    (AW handshake, the move, the W handshake; ``CVT16`` of the V cache, 512 single FP16
+    writes at stall 16/256: 3.19 cycles each in ``benchmarks/top_calibration.py``'s
+    per-instruction profile)."""
     if not (0 <= latency < 256 and 0 <= stall < 256 and 0 <= write_latency < 256):
         raise ValueError(f"latency, stall and write_latency must be in [0, 256), got {latency}, "
                          f"{stall}, {write_latency}")
@@ -73,7 +84,8 @@ def simdram_memory(latency: int, stall: int, write_latency: int = 0) -> TopMemor
     wl = f", write latency {write_latency}" if write_latency else ""
     return TopMemory(f"fpqvar_sim_dram (latency {latency}, stall {stall}/256{wl})",
                      latency + 1 + 1 / rate, write_latency + 2 + 1 / rate, rate,
-                     "the simulator-side AXI4 memory of fpqvar_hw.host.simdram")
+                     "the simulator-side AXI4 memory of fpqvar_hw.host.simdram",
+                     write_burst_cycles=1 + 2 / rate)
 
 
 def platform_memory(platform: Platform, clock_mhz: float, efficiency: float = 1.0) -> TopMemory:

@@ -17,7 +17,8 @@ import numpy as np
 
 from fpqvar_quant.safeio import atomic_write_text
 
-__all__ = ["DEFAULT_PRESET", "DEFAULT_OUT", "PackageSettings", "build_package", "load_shipped_model",
+__all__ = ["DEFAULT_PRESET", "DEFAULT_OUT", "PackageSettings", "build_package", "build_random_package",
+           "load_shipped_model",
            "load_package_checked", "fakequant_model_from_package", "host_model_from_package",
            "HostModel", "ADALN_NAMES"]
 
@@ -84,6 +85,49 @@ def build_package(settings: PackageSettings = PackageSettings(), cache_root: Pat
     tmp_pkg.rename(pkg)
     atomic_write_text(folder / "settings.json", json.dumps(asdict(settings), indent=1) + "\n")
     log(f"package written to {pkg} ({time.time() - t0:.1f} s)")
+    return pkg
+
+
+def build_random_package(depth: int, *, preset: str = "fp4-dfq-ght", seed: int = 0,
+                         cache_root: Path = DEFAULT_OUT / "cache") -> Path:
+    """A package of the digits VAR's architecture at another ``depth`` (``C = 64 * depth``,
+    ``depth`` heads of 64, like :class:`fpqvar_hw.flow.perf.ModelSpec`) with the official
+    random initialisation (``torch.manual_seed(seed)``), quantized with ``preset`` (one that
+    needs no calibration data).  Its weights mean nothing: it exists to time the RTL top on
+    a wider model (``benchmarks/top_calibration.py``); the top's cycles do not depend on the
+    values.  Built once (seconds) and cached in ``cache_root/random-d<depth>-...``."""
+    import tempfile
+
+    import torch
+
+    from fpqvar_quant.digits.model import ModelConfig, build_models
+    from fpqvar_quant.ptq.config import get_preset
+    from fpqvar_quant.ptq.export import export_package
+    from fpqvar_quant.ptq.quantize_model import quantize_model
+
+    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+        raise ValueError(f"depth must be a positive integer, got {depth!r}")
+    cfg = get_preset(preset)
+    if cfg.galt or cfg.mixedformat:
+        raise ValueError(f"preset {preset!r} needs calibration data; a random package takes one "
+                         f"that does not (e.g. fp4-dfq-ght)")
+    from fpqvar_quant.digits.classifier import ASSET_DIR
+    meta = json.loads((Path(ASSET_DIR) / "model.json").read_text())
+    mc = ModelConfig.from_dict({**meta["config"], "depth": depth, "embed_dim": 64 * depth,
+                                "num_heads": depth})
+    key = hashlib.sha256(json.dumps([mc.to_dict(), preset, seed], sort_keys=True).encode()).hexdigest()[:10]
+    folder = Path(cache_root) / f"random-d{depth}-{preset}-s{seed}-{key}"
+    pkg = folder / "package"
+    if (pkg / "manifest.json").is_file():
+        return pkg
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    _, var = build_models(mc)
+    var.eval()
+    report = quantize_model(var, cfg, None, seed=seed, progress=False)
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        export_package(var, report, Path(tmp) / "package", overwrite=True)
+        (Path(tmp) / "package").rename(pkg)
     return pkg
 
 
