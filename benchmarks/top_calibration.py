@@ -18,7 +18,8 @@ requires the committed counters exactly.
 
 ``--profile NAME`` instead runs every instruction of the configuration's steps alone
 (``sim/tb_top.py`` ``instruction_profile``) and prints the model against the simulation per
-instruction kind: where a model error comes from.
+instruction kind (also to ``benchmarks/results/calibration_profile_<NAME>.md``): where a
+model error comes from.
 
     python benchmarks/top_calibration.py                 # all configurations (~6 min cold)
     python benchmarks/top_calibration.py --only k2-digits-b2-lat128
@@ -232,7 +233,11 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", metavar="NAME", help="per-instruction profile of one configuration")
     args = ap.parse_args(argv)
     if args.profile:
-        print(profile(by_name(args.profile)))
+        text = profile(by_name(args.profile))
+        print(text)
+        from fpqvar_hw.cache import write_text_atomic
+        write_text_atomic(RESULTS / f"calibration_profile_{args.profile}.md",
+                          f"# `python benchmarks/top_calibration.py --profile {args.profile}`\n\n{text}\n")
         return 0
     todo = [by_name(n) for n in args.only] if args.only else list(CONFIGS)
     if not args.report:

@@ -411,12 +411,18 @@ def test_schedule_overlaps_only_what_the_sync_flags_allow():
 
 
 def test_bus_speeds_max_min_fair():
+    """[cycles left, read words per cycle, write-channel share per cycle] per engine."""
     mem = asbuilt.TopMemory("m", 2, 2, 1.0, "test")
-    assert asbuilt.bus_speeds({1: [1, 0.3], 2: [1, 0.3]}, mem) == {1: 1.0, 2: 1.0}
-    assert asbuilt.bus_speeds({1: [1, 1.0], 2: [1, 1.0]}, mem) == {1: 0.5, 2: 0.5}
-    s = asbuilt.bus_speeds({1: [1, 1.0], 2: [1, 0.25]}, mem)
+    assert asbuilt.bus_speeds({1: [1, 0.3, 0], 2: [1, 0.3, 0]}, mem) == {1: 1.0, 2: 1.0}
+    assert asbuilt.bus_speeds({1: [1, 1.0, 0], 2: [1, 1.0, 0]}, mem) == {1: 0.5, 2: 0.5}
+    s = asbuilt.bus_speeds({1: [1, 1.0, 0], 2: [1, 0.25, 0]}, mem)
     assert s == {1: pytest.approx(0.75), 2: 1.0}
-    assert asbuilt.bus_speeds({1: [1, 1.0], 2: None}, mem) == {1: 1.0}
+    assert asbuilt.bus_speeds({1: [1, 1.0, 0], 2: None}, mem) == {1: 1.0}
+    # the write channel too (a single-beat write every write_burst_cycles): the slower share
+    w = asbuilt.bus_speeds({1: [1, 0.1, 0.9], 2: [1, 0.1, 0.6]}, mem)
+    assert w == {1: pytest.approx(0.5 / 0.9), 2: pytest.approx(0.5 / 0.6)}
+    assert asbuilt.bus_speeds({1: [1, 1.0, 0.2], 2: [1, 0.25, 0.7]}, mem) == \
+        {1: pytest.approx(0.75), 2: 1.0}
 
 
 def test_step_program_shape_and_sync():

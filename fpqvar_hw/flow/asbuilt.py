@@ -224,6 +224,8 @@ class EngineCost:
     words: int
     #: read requests (bursts or single beats) it makes
     bursts: int = 0
+    #: single-beat writes it makes
+    writes: int = 0
 
 
 def gemm_cost(M: int, K: int, N: int, *, had: bool, bias: bool, fine: bool, b: TopBuild,
@@ -289,7 +291,7 @@ def gemm_cost(M: int, K: int, N: int, *, had: bool, bias: bool, fine: bool, b: T
     tail = L["arr_slice"] + L["dot"] + last_rows * b.tn + L["drain_set"] * -(-last_rows // b.tm) \
         + L["bias"] + L["drain_slice"] + mem.write_latency + WRITE_PATH + L["wr_slice"]
     cyc = ENGINE_START + max(first + compute, rd + t_bus) + tail + ENGINE_END
-    return EngineCost(int(round(cyc)), int(words), int(bursts))
+    return EngineCost(int(round(cyc)), int(words), int(bursts), M * -(-N // 4))
 
 
 def write_bound(words: float, b: TopBuild, mem: TopMemory) -> float:
@@ -364,7 +366,8 @@ def vec_cost(subop: int, n: tuple[int, int, int, int], operands: Mapping[str, tu
     s = V(subop)
     if s is V.FDOT and fine and L["att_T"] and _array_shape(operands):
         return att_cost(n, operands, b=b, mem=mem)
-    t_wr = write_bound(result_words(n, *out), b, mem) if out is not None else 0.0
+    writes = result_words(n, *out) if out is not None else 0.0
+    t_wr = write_bound(writes, b, mem)
     n0, rows = n[0], n[1] * n[2] * n[3]
     g = 1 if fine else max(1, L[f"gap_{s.name}"])
     d = L["drain"]
@@ -418,7 +421,7 @@ def vec_cost(subop: int, n: tuple[int, int, int, int], operands: Mapping[str, tu
     cyc = ENGINE_START + offered + L["vec_issue"] + L["vec_slices"] + rd + 1 \
         + max(unit, t_bus, t_req, t_depth, t_wr) \
         + mem.write_latency + WRITE_PATH + L["wr_slice"] + ENGINE_END + L["vec_busy"]
-    return EngineCost(int(round(cyc)), int(words), int(requests))
+    return EngineCost(int(round(cyc)), int(words), int(requests), int(round(writes)))
 
 
 def _array_shape(operands: Mapping[str, tuple[int, int, int]]) -> bool:
@@ -471,7 +474,8 @@ def att_cost(n: tuple[int, int, int, int], operands: Mapping[str, tuple[int, int
     t_req = (req_a + req_b) * (rd + 1) / b.max_outstanding
     t_depth = max(words_a, words_b) * (rd + 1) / L["att_depth"]
     chunk = -(-4 * min(N, n1) // 16) + (0.75 if (4 * n1) % 16 else 0.0)
-    t_wr = write_bound(n3 * n2 * b_tiles * chunk, b, mem)
+    writes = n3 * n2 * b_tiles * chunk
+    t_wr = write_bound(writes, b, mem)
     first = rd + 1 + (min(T, n2) * wa + min(N, n1) * wb) / mem.beat_rate
     # att_slots B slots per lane: tile k + slots - 1's B rows are requested when tile k
     # starts, so slots - 1 tiles take at least a round trip plus one tile's transfer (a
@@ -487,7 +491,7 @@ def att_cost(n: tuple[int, int, int, int], operands: Mapping[str, tuple[int, int
     cyc = ENGINE_START + 1 + L["att_check"] + max(first + compute, rd + t_bus, t_req, t_depth, t_wr) \
         + L["att_tail"] + last + mem.write_latency + WRITE_PATH + L["wr_slice"] + ENGINE_END \
         + L["vec_busy"]
-    return EngineCost(int(round(cyc)), int(words_a + words_b), int(req_a + req_b))
+    return EngineCost(int(round(cyc)), int(words_a + words_b), int(req_a + req_b), int(round(writes)))
 
 
 @dataclass(frozen=True)
@@ -502,20 +506,29 @@ class TopRun:
     overlap_cycles: int
 
 
-def bus_speeds(run: dict, mem: TopMemory) -> dict:
-    """Max-min fair share of the R channel between the running instructions: each one's
-    speed (1 = as fast as alone) when their combined word rate exceeds ``beat_rate``."""
-    act = [e for e, r in run.items() if r is not None]
-    if len(act) < 2 or not mem.shared:
-        return {e: 1.0 for e in act}
-    u = {e: run[e][1] for e in act}
-    cap = mem.beat_rate
-    if sum(u.values()) <= cap:
+def fair_speeds(u: Mapping[int, float], cap: float) -> dict:
+    """Max-min fair share of a channel of capacity ``cap`` between users of demand ``u``
+    (per cycle when alone): each one's speed (1 = as fast as alone)."""
+    act = list(u)
+    if len(act) < 2 or sum(u.values()) <= cap:
         return {e: 1.0 for e in act}
     lo, hi = sorted(act, key=u.get)
     if u[lo] <= cap / 2:
         return {lo: 1.0, hi: (cap - u[lo]) / u[hi]}
     return {e: cap / 2 / u[e] for e in act}
+
+
+def bus_speeds(run: dict, mem: TopMemory) -> dict:
+    """Each running instruction's speed (1 = as fast as alone) on the shared channels: the R
+    channel (its words per cycle against ``beat_rate``) and the write channel (its
+    single-beat writes x ``write_burst_cycles`` per cycle against 1), max-min fair; the
+    slower of the two."""
+    act = [e for e, r in run.items() if r is not None]
+    if len(act) < 2 or not mem.shared:
+        return {e: 1.0 for e in act}
+    rd = fair_speeds({e: run[e][1] for e in act}, mem.beat_rate)
+    wr = fair_speeds({e: run[e][2] for e in act}, 1.0)
+    return {e: min(rd[e], wr[e]) for e in act}
 
 
 def schedule_top(instrs: list[TopInstr], costs: list[EngineCost], *, coarse: bool,
@@ -594,7 +607,8 @@ def schedule_top(instrs: list[TopInstr], costs: list[EngineCost], *, coarse: boo
         until_idle((GEMM, VEC) if (ins.sync or not coarse) else (ins.opcode,))
         d = state["t"]
         advance(d + 1)
-        run[ins.opcode] = [float(cost.cycles), cost.words / max(1, cost.cycles)]
+        run[ins.opcode] = [float(cost.cycles), cost.words / max(1, cost.cycles),
+                           cost.writes * mem.write_burst_cycles / max(1, cost.cycles)]
         (gemm_at if ins.opcode == GEMM else vec_at)["k"] = k
         valid = max(valid + fetch, d + 1) + 1
         last = d
