@@ -299,13 +299,13 @@ def test_single_beat_reads_are_latency_bound():
     assert asbuilt.vec_cost(**pv, fine=True, b=b, mem=near).cycles < pv_far / 5
     # q.K reads bursts, but an operand has at most vec_rd_depth words in flight: A (q,
     # re-read every row: 60 rows x 16 words) streams at 16 words per round trip with a
-    # depth of 16; at the engine's 64 the FDot unit binds (rows of 64 + its 16-cycle pause)
+    # depth of 16; at the engine's 128 the FDot unit binds (rows of 64 + its 16-cycle pause)
     import dataclasses
     b16 = dataclasses.replace(b, vec_rd_depth=16)
     qk_far16 = asbuilt.vec_cost(**qk, fine=True, b=b16, mem=far).cycles
     assert qk_far16 == pytest.approx(60 * 16 * 154 / 16, rel=0.05)
     qk_far = asbuilt.vec_cost(**qk, fine=True, b=b, mem=far).cycles
-    assert b.vec_rd_depth == 64 and qk_far == pytest.approx(60 * (64 + 16), rel=0.1)
+    assert b.vec_rd_depth == 128 and qk_far == pytest.approx(60 * (64 + 16), rel=0.1)
     assert qk_far < qk_far16
     assert asbuilt.vec_cost(**qk, fine=True, b=b, mem=near).cycles < qk_far < pv_far / 5
 

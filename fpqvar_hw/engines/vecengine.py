@@ -189,10 +189,13 @@ class VectorEngine(Checked, wiring.Component):
     max_kv : longest SOFTMAX row (``1 <= n0 <= max_kv``).
     P : tree-sum width of the row operations (golden ``tree_sum``; ``isa.VEC_P``).
     rd_depth : words in flight per operand (response FIFO depth, a power of two >= 16;
-        default 64, four bursts: against a 150-cycle DRAM latency an operand streams
-        ``rd_depth`` words per round trip, 0.4 words = 1.6 FP32 elements per cycle, so a
-        row unit's one element per cycle binds, not the latency; with 32 the latency
-        did: SOFTMAX, GELU, RESID, L2NT at 0.8 elements per cycle).
+        default 128, eight bursts: beside a GEMM a read waits behind the matrix engine's
+        15 bursts in the arbiter as well as the DRAM's latency, about 450 cycles at the
+        VCK190's assumed 150, and an operand streams ``rd_depth`` words per round trip, so
+        128 keeps an FP32 stream at one element per cycle there (64 did so only alone;
+        32 bound SOFTMAX, GELU, RESID, L2NT to 0.8 elements per cycle even alone).  As-built
+        d16 0.372 images/s with 64 words and 256 descriptors, 0.395 with 128 and 512
+        (``fpqvar_hw.flow.asbuilt``; either alone gains nothing).
     kv6 : build the KV6 hardware (KVQ6, FDOT with B_KV6; accelerator config
         ``kv_format=e2m3fn``).  Without it both are error 5 and the design is exactly
         the FP16-only engine.
@@ -213,11 +216,12 @@ class VectorEngine(Checked, wiring.Component):
     """
 
     #: descriptors of issued elements waiting for their words: how far the issue side runs
-    #: ahead of the gather.  256 covers a read round trip of the VCK190's assumed 150-cycle
-    #: DRAM at one element per cycle (32 did not: a new burst's first element then waited
-    #: out most of the round trip, d16 0.197 instead of 0.401 images/s in the as-built
-    #: model; :meth:`lookahead_stall`).  16 bits wide, so 256 entries are small.
-    DESC_DEPTH = 256
+    #: ahead of the gather.  512 covers a read round trip at the VCK190's assumed 150-cycle
+    #: DRAM latency behind a GEMM's 15 bursts, at one element per cycle (32 did not cover
+    #: even the DRAM's: a new burst's first element then waited out most of the round trip,
+    #: d16 0.197 instead of 0.401 images/s in the as-built model; :meth:`lookahead_stall`).
+    #: 16 bits wide, so 512 entries are one block RAM.
+    DESC_DEPTH = 512
     #: elements the issue side may run ahead of the gather (:meth:`lookahead_stall`): the
     #: descriptor FIFO up to two entries short of full (its registered room flag), the
     #: descriptor register in front of it and the element waiting in the issue stage
@@ -253,7 +257,7 @@ class VectorEngine(Checked, wiring.Component):
     #: ``busy`` is registered: the controller sees the end of an instruction a cycle later
     BUSY_DELAY = 1
 
-    def __init__(self, *, C: int = 128, max_kv: int = 64, P: int = isa.VEC_P, rd_depth: int = 64,
+    def __init__(self, *, C: int = 128, max_kv: int = 64, P: int = isa.VEC_P, rd_depth: int = 128,
                  kv6: bool = False, att: tuple[int, int] | None = ATT_LANES):
         # the parameters were checked by check_params before this object existed
         self.C, self.max_kv, self.P, self.rd_depth, self.kv6 = C, max_kv, P, rd_depth, kv6
@@ -990,6 +994,20 @@ class VectorEngine(Checked, wiring.Component):
         _, _, d_addr, d_step, d_final, d_row_end = loop_nest("wr", d_n0, is_sub[V.FDOT] | n_one[0],
                                                              {"d": strides["d"]})
         q = d_addr["d"]
+        # the same nest one element ahead (stepped once after start, then with the results),
+        # so that "the next result is in this result's word" is a register (same_r), not a
+        # 28-bit compare in front of the write side's decision
+        _, _, a_addr, a_step, _, _ = loop_nest("wa", d_n0, is_sub[V.FDOT] | n_one[0],
+                                               {"d": strides["d"]})
+        primed = Signal()
+        with m.If(start):
+            m.d.sync += primed.eq(0)
+        with m.Elif(~primed):
+            m.d.sync += primed.eq(1)
+        m.d.comb += a_step.eq(d_step | (~primed & ~start))
+        same_r = Signal()
+        with m.If(d_step):
+            m.d.sync += same_r.eq(q[_WORD_SHIFT:] == a_addr["d"][_WORD_SHIFT:])
         d_done = Signal()
         with m.If(start):
             m.d.sync += d_done.eq(0)
@@ -1023,7 +1041,7 @@ class VectorEngine(Checked, wiring.Component):
             m.d.comb += [new_data.eq(res_data << (lane16[1:] * 32)),
                          new_strb.eq(Const(0b1111, DATA_BYTES) << (lane16[1:] * 4))]
         new_mask = Cat(*(b.replicate(8) for b in new_strb))
-        same = pend_valid & (pend_word == new_word)
+        same = pend_valid & same_r         # = pend_valid & (pend_word == new_word)
         d_size = Mux(d16, 2, 4)
         if kv6:
             d_size = Mux(kvq6, 1, d_size)
