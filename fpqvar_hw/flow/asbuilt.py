@@ -539,8 +539,8 @@ def schedule_top(instrs: list[TopInstr], costs: list[EngineCost], *, coarse: boo
     while the current one waits, dispatch when its engine is idle -- both idle with
     ``sync`` or with the coarse pipeline off --, at most one dispatch per 2 cycles
     (``settle``), an engine busy from the cycle after it takes ``cmd``; the HALT ends the
-    run when both are idle.  Two instructions running at once share the R channel
-    (:func:`bus_speeds`).  ``rd_slice``: the read arbiter's request slice (``rd_slice``
+    run when both are idle.  Two instructions running at once share the R and write
+    channels (:func:`bus_speeds`).  ``rd_slice``: the read arbiter's request slice (``rd_slice``
     of :func:`top_latencies`), on the instruction fetch too.  ``beside(k, words)``: the
     cycles of instruction ``k`` when ``words`` of the other engine's reads are ahead of each
     of its own (:func:`cost_beside`; the read arbiter has ``max_outstanding`` slots); while
@@ -602,6 +602,7 @@ def schedule_top(instrs: list[TopInstr], costs: list[EngineCost], *, coarse: boo
             return behind_gemm
         rt = mem.read_latency + behind_gemm / mem.beat_rate
         return min((max_outstanding - 1) * v.words / max(1, v.bursts), v.words / max(1, v.cycles) * rt)
+
     for k, (ins, cost) in enumerate(zip(instrs, costs)):
         advance(max(valid, last + 2))
         until_idle((GEMM, VEC) if (ins.sync or not coarse) else (ins.opcode,))
