@@ -75,7 +75,7 @@ def by_name(name: str) -> Calib:
     for c in CONFIGS:
         if c.name == name:
             return c
-    raise SystemExit(f"error: no configuration {name!r}; known: {', '.join(c.name for c in CONFIGS)}")
+    raise ValueError(f"no configuration {name!r}; known: {', '.join(c.name for c in CONFIGS)}")
 
 
 def top_of(c: Calib):
@@ -208,7 +208,7 @@ def profile(c: Calib) -> str:
                                         tiles=TILE_ORDER)
         sim = [r for r in runs if r["step"] == s]
         if len(sim) != len(prog):
-            raise SystemExit(f"error: step {s}: {len(sim)} simulated instructions, the model has {len(prog)}")
+            raise RuntimeError(f"step {s}: {len(sim)} simulated instructions, the model has {len(prog)}")
         for ins, r in zip(prog, sim):
             cost = asbuilt.instr_cost(ins, fine=True, b=b, mem=mem)
             one = asbuilt.schedule_top([ins], [cost], coarse=True, mem=mem, rd_slice=b.lat["rd_slice"])
@@ -232,14 +232,27 @@ def main(argv=None) -> int:
                     help="no simulation: the table of the committed files")
     ap.add_argument("--profile", metavar="NAME", help="per-instruction profile of one configuration")
     args = ap.parse_args(argv)
+    try:
+        chosen = [by_name(n) for n in ([args.profile] if args.profile else args.only)]
+    except ValueError as e:
+        ap.error(str(e))                 # one line, exit status 2
+    from fpqvar_hw.host.cosim import CosimError
+    try:
+        return _run(args, chosen)
+    except (CosimError, RuntimeError) as e:     # a failed co-simulation, a model mismatch
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _run(args, chosen: list) -> int:
     if args.profile:
-        text = profile(by_name(args.profile))
+        text = profile(chosen[0])
         print(text)
         from fpqvar_hw.cache import write_text_atomic
         write_text_atomic(RESULTS / f"calibration_profile_{args.profile}.md",
                           f"# `python benchmarks/top_calibration.py --profile {args.profile}`\n\n{text}\n")
         return 0
-    todo = [by_name(n) for n in args.only] if args.only else list(CONFIGS)
+    todo = chosen or list(CONFIGS)
     if not args.report:
         for c in todo:
             t0 = time.time()
