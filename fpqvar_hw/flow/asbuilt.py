@@ -28,7 +28,7 @@ from .topmem import (AXIRAM_READ_LATENCY, AXIRAM_WRITE_LATENCY, VCK190_READ_LATE
 __all__ = ["TopMemory", "sim_memory", "simdram_memory", "platform_memory", "TopBuild", "top_build", "EngineCost",
            "gemm_cost", "vec_cost", "TopInstr", "top_step_program", "V_CACHE_LAYOUTS", "TILE_ORDERS", "TopRun", "schedule_top",
            "instr_cost", "top_step", "TopModelResult", "evaluate_top", "step_breakdown",
-           "operand_words", "bus_speeds"]
+           "operand_words", "bus_speeds", "fair_speeds", "words_ahead", "cost_beside"]
 
 
 # ===================================================================== the as-built top
@@ -268,8 +268,8 @@ def gemm_cost(M: int, K: int, N: int, *, had: bool, bias: bool, fine: bool, b: T
     # at most max_outstanding bursts in flight on the read arbiter: each burst holds its
     # slot for a read round trip, so short bursts (scales, bias, narrow feature blocks)
     # make a long-latency memory the bound
-    t_bus = max(t_bus, bursts * (rd + 1) / b.max_outstanding,
-                write_bound(M * -(-N // 4), b, mem))       # a row's results: whole words
+    writes = M * -(-N // 4)                                 # a row's results: whole words
+    t_bus = max(t_bus, bursts * (rd + 1) / b.max_outstanding, write_bound(writes, b, mem))
     # a feature block: KB weight beats, KB * sets array beats, and its G * sets groups no
     # closer than the cell's accumulator loop (GroupDot.group_interval_for)
     block = max(KB * tw, KB * b.sets * (1 if fine else L["dot"]), G * b.sets * L["dot_group"])
@@ -291,7 +291,7 @@ def gemm_cost(M: int, K: int, N: int, *, had: bool, bias: bool, fine: bool, b: T
     tail = L["arr_slice"] + L["dot"] + last_rows * b.tn + L["drain_set"] * -(-last_rows // b.tm) \
         + L["bias"] + L["drain_slice"] + mem.write_latency + WRITE_PATH + L["wr_slice"]
     cyc = ENGINE_START + max(first + compute, rd + t_bus) + tail + ENGINE_END
-    return EngineCost(int(round(cyc)), int(words), int(bursts), M * -(-N // 4))
+    return EngineCost(int(round(cyc)), int(words), int(bursts), writes)
 
 
 def write_bound(words: float, b: TopBuild, mem: TopMemory) -> float:
@@ -532,8 +532,7 @@ def bus_speeds(run: dict, mem: TopMemory) -> dict:
 
 
 def schedule_top(instrs: list[TopInstr], costs: list[EngineCost], *, coarse: bool,
-                 mem: TopMemory, rd_slice: int = 0, beside=None,
-                 max_outstanding: int = 16) -> TopRun:
+                 mem: TopMemory, rd_slice: int = 0, beside=None) -> TopRun:
     """Run ``instrs`` through the controller's dispatch rules (``control.py``): in program
     order, one instruction per engine, the next instruction fetched (one 8-beat burst)
     while the current one waits, dispatch when its engine is idle -- both idle with
@@ -541,11 +540,10 @@ def schedule_top(instrs: list[TopInstr], costs: list[EngineCost], *, coarse: boo
     (``settle``), an engine busy from the cycle after it takes ``cmd``; the HALT ends the
     run when both are idle.  Two instructions running at once share the R and write
     channels (:func:`bus_speeds`).  ``rd_slice``: the read arbiter's request slice (``rd_slice``
-    of :func:`top_latencies`), on the instruction fetch too.  ``beside(k, words)``: the
-    cycles of instruction ``k`` when ``words`` of the other engine's reads are ahead of each
-    of its own (:func:`cost_beside`; the read arbiter has ``max_outstanding`` slots); while
-    both engines run each advances at ``cycles / beside`` of its speed on top of its share
-    of the R channel (None: as alone)."""
+    of :func:`top_latencies`), on the instruction fetch too.  ``beside(k, j)``: the cycles
+    of instruction ``k`` while instruction ``j`` runs on the other engine (:func:`top_step`:
+    :func:`cost_beside` with :func:`words_ahead`); while both engines run each advances at
+    ``cycles / beside`` of its speed on top of its share of the channels (None: as alone)."""
     from ..engines.control import FETCH_CHECK_CYCLES, INSTR_BEATS
 
     GEMM, VEC = 1, 2
@@ -562,9 +560,9 @@ def schedule_top(instrs: list[TopInstr], costs: list[EngineCost], *, coarse: boo
             return
         sp = bus_speeds(run, mem)
         if len(act) == 2 and beside is not None:
-            for e, k in ((VEC, vec_at["k"]), (GEMM, gemm_at["k"])):
+            for e, k, j in ((VEC, vec_at["k"], gemm_at["k"]), (GEMM, gemm_at["k"], vec_at["k"])):
                 alone = costs[k].cycles
-                sp[e] *= alone / max(alone, beside(k, ahead(e)))
+                sp[e] *= alone / max(alone, beside(k, j))
         left = {e: run[e][0] / sp[e] for e in act}
         step = min(left.values())
         if T is not None and T - state["t"] < step:
@@ -590,19 +588,6 @@ def schedule_top(instrs: list[TopInstr], costs: list[EngineCost], *, coarse: boo
     valid = state["t"] + fetch + 1
     last = -math.inf
     vec_at, gemm_at = {"k": 0}, {"k": 0}      # the instruction each engine runs
-
-    def ahead(e: int) -> float:
-        """Words of the other engine ahead of engine ``e``'s read (one ID, in order): a GEMM
-        keeps the arbiter's ``max_outstanding`` slots busy (its FIFOs have room), so a VEC
-        request waits for ``max_outstanding - 1`` of its bursts; the vector engine holds what
-        it streams in a round trip (its word rate x that wait, Little's law)."""
-        g, v = costs[gemm_at["k"]], costs[vec_at["k"]]
-        behind_gemm = (max_outstanding - 1) * g.words / max(1, g.bursts)
-        if e == VEC:
-            return behind_gemm
-        rt = mem.read_latency + behind_gemm / mem.beat_rate
-        return min((max_outstanding - 1) * v.words / max(1, v.bursts), v.words / max(1, v.cycles) * rt)
-
     for k, (ins, cost) in enumerate(zip(instrs, costs)):
         advance(max(valid, last + 2))
         until_idle((GEMM, VEC) if (ins.sync or not coarse) else (ins.opcode,))
@@ -626,6 +611,21 @@ def instr_cost(ins: TopInstr, *, fine: bool, b: TopBuild, mem: TopMemory) -> Eng
         return gemm_cost(M, K, N, had=had, bias=bias, fine=fine, b=b, mem=mem)
     subop, n, ops = ins.vec
     return vec_cost(subop, n, {o[0]: o[1:] for o in ops}, fine=fine, b=b, mem=mem, out=ins.out)
+
+
+def words_ahead(vec: bool, mine: EngineCost, other: EngineCost, *, max_outstanding: int,
+                mem: TopMemory) -> float:
+    """Words of the other engine's reads ahead of each read of ``mine`` (one ID, in order)
+    while both run: a GEMM keeps the read arbiter's ``max_outstanding`` slots busy (its FIFOs
+    have room), so a VEC request (``vec``) waits for ``max_outstanding - 1`` of its bursts;
+    the vector engine holds what it streams in a round trip (its word rate x that wait,
+    Little's law), at most ``max_outstanding - 1`` of its bursts."""
+    g, v = (other, mine) if vec else (mine, other)
+    behind_gemm = (max_outstanding - 1) * g.words / max(1, g.bursts)
+    if vec:
+        return behind_gemm
+    rt = mem.read_latency + behind_gemm / mem.beat_rate
+    return min((max_outstanding - 1) * v.words / max(1, v.bursts), v.words / max(1, v.cycles) * rt)
 
 
 def cost_beside(ins: TopInstr, ahead: float, *, fine: bool, b: TopBuild, mem: TopMemory) -> int:
@@ -679,15 +679,17 @@ def top_step(C: int, H: int, hidden: int, depth: int, L_start: int, L: int, rows
         costs.append(cache[key])
     near: dict = {}
 
-    def beside(k: int, ahead: float) -> int:
+    def beside(k: int, j: int) -> int:
         ins = prog[k]
+        ahead = words_ahead(ins.vec is not None, costs[k], costs[j],
+                            max_outstanding=b.max_outstanding, mem=mem)
         key = (ins.gemm, ins.vec, ins.out, round(ahead))
         if key not in near:
             near[key] = cost_beside(ins, ahead, fine=config.fine_pipeline, b=b, mem=mem)
         return near[key]
 
     r = schedule_top(prog, costs, coarse=config.coarse_pipeline, mem=mem,
-                     rd_slice=b.lat["rd_slice"], beside=beside, max_outstanding=b.max_outstanding)
+                     rd_slice=b.lat["rd_slice"], beside=beside)
     if blocks == depth and sampled == n_tiles:
         return r
     k = depth / blocks * n_tiles / sampled
