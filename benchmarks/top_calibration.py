@@ -82,12 +82,19 @@ def top_of(c: Calib):
     """(config, C, max_kv, ModelSpec) of ``c``'s top."""
     from fpqvar_hw.config import get_preset
     from fpqvar_hw.flow.perf import DIGITS, ModelSpec
-    from fpqvar_hw.host.backends import RTL_MAX_KV, RTL_OVERRIDES, RTL_PRESET
+    from fpqvar_hw.host.backends import RTL_MAX_KV, RTL_PRESET
 
     model = DIGITS if c.depth is None else ModelSpec(f"random-d{c.depth}", c.depth, DIGITS.patch_nums,
                                                      DIGITS.resolution)
-    cfg = get_preset(RTL_PRESET).replace(**{**RTL_OVERRIDES, **c.overrides})
+    cfg = get_preset(RTL_PRESET).replace(**overrides_of(c))
     return cfg, model.C, RTL_MAX_KV, model
+
+
+def overrides_of(c: Calib) -> dict:
+    """The RTL preset's overrides of ``c``'s top: the simulated top's, then ``c``'s own."""
+    from fpqvar_hw.host.backends import RTL_OVERRIDES
+
+    return {**RTL_OVERRIDES, **c.overrides}
 
 
 def rtl_hash(cfg, C: int, max_kv: int) -> str:
@@ -109,25 +116,16 @@ def package_of(c: Calib) -> Path:
     return hostpkg.build_random_package(c.depth)
 
 
-def _params(c: Calib, cfg, max_kv: int, model, **extra) -> dict:
+def _params(c: Calib, max_kv: int, model, **extra) -> dict:
     from fpqvar_hw.host.backends import RTL_PRESET
 
     lat, stall, wl = c.dram
-    return {"preset": RTL_PRESET, "overrides": {**_overrides(cfg)}, "max_kv": max_kv, "seed": SEED,
+    return {"preset": RTL_PRESET, "overrides": overrides_of(c), "max_kv": max_kv, "seed": SEED,
             "pause": 0.0, "ram_size": RAM_SIZE, "rows": c.rows,
             "model": None if c.depth is None else {"name": model.name, "depth": model.depth,
                                                    "patch_nums": list(model.patch_nums),
                                                    "resolution": model.resolution},
             "simdram": {"latency": lat, "stall": stall, "write_latency": wl}, **extra}
-
-
-def _overrides(cfg) -> dict:
-    from fpqvar_hw.config import get_preset
-    from fpqvar_hw.host.backends import RTL_PRESET
-
-    base = get_preset(RTL_PRESET)
-    return {k: getattr(cfg, k) for k in ("tm", "tn", "row_sets", "lanes", "quant_lanes", "att_t", "att_n")
-            if getattr(cfg, k) != getattr(base, k)}
 
 
 def simulate(c: Calib, out: Path, *, testcase: str = "block_steps") -> Path:
@@ -146,7 +144,7 @@ def simulate(c: Calib, out: Path, *, testcase: str = "block_steps") -> Path:
     raw.parent.mkdir(parents=True, exist_ok=True)
     run_cocotb(top_component(cfg, C, max_kv), name=top_build_name(cfg, C, max_kv), test_module="sim.tb_top",
                testcase=testcase, harness=top_harness(cfg, C, max_kv),
-               params=_params(c, cfg, max_kv, model, steps=str(spec), modes=[[1, 1]],
+               params=_params(c, max_kv, model, steps=str(spec), modes=[[1, 1]],
                               cycles_out=str(raw)))
     data = json.loads(raw.read_text())
     raw.unlink()

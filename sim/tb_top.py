@@ -64,6 +64,7 @@ class TopTB:
             self.ram = AxiRam(AxiBus.from_prefix(dut, "m_axi", bus_separator="__"), dut.clk, dut.rst,
                               size=p["ram_size"])
             logs = [self.ram.write_if.log, self.ram.read_if.log]
+            self.set_pause(p.get("pause", 0.0))
         else:                               # the harness's own DRAM (fpqvar_hw.host.simdram)
             from fpqvar_hw.host.simdram import Backdoor
             for name in ("latency", "stall", "write_latency"):
@@ -76,8 +77,6 @@ class TopTB:
                                   dut.clk, dut.rst)
         for log in logs + [self.axil.write_if.log, self.axil.read_if.log]:
             log.setLevel(logging.WARNING)          # one INFO line per burst otherwise
-        if self.simdram is None:
-            self.set_pause(p.get("pause", 0.0))
         cocotb.start_soon(Clock(dut.clk, PERIOD_NS, unit="ns").start())
 
     def set_pause(self, prob: float) -> None:
@@ -350,6 +349,19 @@ async def reset_then_run(dut):
     await check_program(tb, dram, "after reset, coarse off", coarse=False, fine=False)
 
 
+def _load_step(tb: TopTB, dram: isa_sim.Dram, spec: dict, s: dict):
+    """Step ``s`` of ``spec`` (sim.top_steps.prepare_steps): its x and program into the RAM
+    and into ``dram``, then the program on isa_sim (``dram`` holds the expected image).
+    Returns (the step's inputs, isa_sim's result)."""
+    step_in = np.load(s["input"])
+    for mem in (dram, tb.ram):
+        mem.write(s["x_addr"], step_in["x"].tobytes())
+        mem.write(spec["prog_addr"], step_in["program"].tobytes())
+    res = isa_sim.execute(dram, spec["prog_addr"], tb.cfg, max_kv=tb.p["max_kv"])
+    assert res.ok, f"isa_sim: step {s['step']}: {res.message}"
+    return step_in, res
+
+
 @cocotb.test()
 async def block_steps(dut):
     """(g) scale steps of the digits VAR (every block) from the compiler, on the RTL
@@ -365,13 +377,7 @@ async def block_steps(dut):
         dram.mem[:] = image.tobytes()
         tb.load(dram)
         for s in spec["steps"]:
-            step_in = np.load(s["input"])               # x and program written by the driver
-            dram.write(s["x_addr"], step_in["x"].tobytes())
-            dram.write(spec["prog_addr"], step_in["program"].tobytes())
-            tb.ram.write(s["x_addr"], step_in["x"].tobytes())
-            tb.ram.write(spec["prog_addr"], step_in["program"].tobytes())
-            res = isa_sim.execute(dram, spec["prog_addr"], tb.cfg, max_kv=p["max_kv"])
-            assert res.ok, f"isa_sim: step {s['step']}: {res.message}"
+            _, res = _load_step(tb, dram, spec, s)
             st = await tb.run(spec["prog_addr"], spec["base"], spec["size"], coarse=bool(coarse),
                               fine=bool(fine), timeout_cycles=s["timeout_cycles"])
             what = f"step {s['step']} coarse={coarse} fine={fine}"
@@ -407,12 +413,7 @@ async def instruction_profile(dut):
     tb.load(dram)
     out = []
     for s in spec["steps"]:
-        step_in = np.load(s["input"])
-        dram.write(s["x_addr"], step_in["x"].tobytes())
-        dram.write(spec["prog_addr"], step_in["program"].tobytes())
-        tb.ram.write(s["x_addr"], step_in["x"].tobytes())
-        res = isa_sim.execute(dram, spec["prog_addr"], tb.cfg, max_kv=p["max_kv"])
-        assert res.ok, f"isa_sim: step {s['step']}: {res.message}"
+        step_in, _ = _load_step(tb, dram, spec, s)
         prog = isa.decode_program(step_in["program"].tobytes())
         for k, ins in enumerate(prog):
             if isinstance(ins, Halt):
