@@ -775,21 +775,28 @@ def make_summary(platform, config, out, emitted, pending, top_exists, lint_res, 
     top = rep.get("as_built_top")
     if top:
         mem = top["memory"]
-        est = next(iter(top["models"].values()), {}).get("est_clock_mhz")
+        first = next(iter(top["models"].values()), {})
+        est, bat = first.get("est_clock_mhz"), first.get("batch_est")
         L += ["", "As-built top (fpqvar_hw/engines/top.py as it exists: attention FDOTs on the "
-              "vector engine's attention array, the other vector row ops one element per cycle, "
+              "vector engine's attention array, SOFTMAX on its softmax array's "
+              f"{config.sm_lanes} lanes, the other vector row ops one element per cycle, "
               "weights read once per tile of tm x row_sets rows; asbuilt.evaluate_top, read latency "
-              f"{mem['read_latency']:g} cycles assumed), transformer images/s, next to the "
+              f"{mem['read_latency']:g} cycles assumed, batch {config.batch}"
+              + (f"; and at batch {bat}, the largest the targets allow" if est and bat else "")
+              + "), transformer images/s, next to the "
               f"planned architecture and the paper ({PAPER_IMAGES_PER_S} images/s):", "",
               f"| model | planned | as-built at {rep['clock_mhz']:g} MHz | "
               + (f"as-built at est. {est:g} MHz | vs paper | " if est else "")
+              + (f"at est. clock, batch {bat} | vs paper | " if est and bat else "")
               + "binding instruction kind per scale step |",
-              "|---|---|---|" + ("---|---|" if est else "") + "---|"]
+              "|---|---|---|" + ("---|---|" if est else "") + ("---|---|" if est and bat else "")
+              + "---|"]
         for name, t in top["models"].items():
             plan = rep["models"][name]["images_per_s"]
-            e = t.get("images_per_s_est")
+            e, eb = t.get("images_per_s_est"), t.get("images_per_s_est_batch")
             L.append(f"| {name} | {plan:.3g} | {t['images_per_s']:.3g} | "
                      + (f"{e:.3g} | {e / PAPER_IMAGES_PER_S:.2g}x | " if est else "")
+                     + (f"{eb:.3g} | {eb / PAPER_IMAGES_PER_S:.2g}x | " if est and bat else "")
                      + f"{t.get('binding_summary', '-')} |")
     c = rep["fp_vs_int"]
     L += ["", f"FP/INT ({c['model']}, {c['fp_preset']} vs {c['int_preset']}): same array "

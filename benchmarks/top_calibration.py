@@ -150,7 +150,7 @@ def simulate(c: Calib, out: Path, *, testcase: str = "block_steps") -> Path:
     raw.unlink()
     data.update({"calibration": c.name, "rtl_hash": rtl_hash(cfg, C, max_kv),
                  "unit_latencies": asbuilt.top_latencies(cfg.lanes, (cfg.att_t, cfg.att_n), cfg.tn,
-                                                         cfg.row_sets),
+                                                         cfg.row_sets, cfg.sm_lanes),
                  "v_cache": V_CACHE_LAYOUT, "tiles": TILE_ORDER})
     write_text_atomic(out, json.dumps(data, indent=1) + "\n")
     return out

@@ -137,7 +137,9 @@ class AcceleratorConfig:
         above 164 lanes; as-built d16 images/s at 300 MHz, ``asbuilt.evaluate_top``:
         16 x 4 0.326, 16 x 8 0.387, 32 x 4 0.401, 32 x 8 0.419, 64 x 2 0.397; with four
         drains 64 x 4 0.446, but built it took 729,880 LUT (81.1 %, 1,232 per lane), over
-        the 70 % bound, like 32 x 8).
+        the 70 % bound, like 32 x 8).  ``sm_lanes``: lanes of the vector engine's softmax
+        array (``SoftmaxArray``: a whole Softmax unit per lane, rows in parallel; 0 = none,
+        SOFTMAX then runs on the element path at one element per cycle).
     Memory
         ``act_buffer_kib``: on-chip quantized-activation buffer (URAM); when the
         rows of a scale step do not fit, weights are streamed more than once.
@@ -171,6 +173,7 @@ class AcceleratorConfig:
     attn_macs: int = 1024
     att_t: int = 32
     att_n: int = 4
+    sm_lanes: int = 3
     act_buffer_kib: int = 4096
     dram_efficiency: float = 0.8
     clock_mhz: float | None = None
@@ -206,6 +209,10 @@ class AcceleratorConfig:
         if 1024 % self.group_size:
             raise ValueError(f"group_size must divide 1024 (C = 64*depth is a multiple of 128), "
                              f"got {self.group_size}")
+        if not isinstance(self.sm_lanes, int) or isinstance(self.sm_lanes, bool) \
+                or self.sm_lanes not in (0, 2, 3, 4, 5, 6, 7, 8):
+            raise ValueError(f"sm_lanes must be 0 (no softmax array) or 2 to 8, got "
+                             f"{self.sm_lanes!r}")
         for name in ("att_t", "att_n", "row_sets"):
             v = getattr(self, name)
             if v & (v - 1):
@@ -333,7 +340,7 @@ del E
 #: sets keep the array as busy as the weight stream), 8 quantizer / Hadamard lanes, a 2 x 4
 #: attention array.
 SMALL_ARRAYS: dict[str, int] = {"tm": 2, "tn": 2, "row_sets": 2, "lanes": 32, "quant_lanes": 8,
-                                "att_t": 2, "att_n": 4}
+                                "att_t": 2, "att_n": 4, "sm_lanes": 2}
 
 
 def preset_names() -> tuple[str, ...]:

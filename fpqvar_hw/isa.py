@@ -82,6 +82,7 @@ import numpy as np
 from amaranth.lib import data
 
 __all__ = [
+    "vec_fields",
     "INSTR_WORDS", "INSTR_BYTES", "INSTR_LAYOUT", "WORD_BYTES", "BUS_BYTES", "K_ALIGN", "HAD_GROUP",
     "Opcode", "GemmSubop", "GemmFlag", "VecSubop", "VecFlag", "ErrorCode",
     "HDR_OPCODE_SHIFT", "HDR_OPCODE_BITS", "HDR_SYNC_BIT", "HDR_SUBOP_SHIFT", "HDR_SUBOP_BITS",
@@ -235,6 +236,19 @@ def header(opcode: int, *, sync: bool = False, subop: int = 0, flags: int = 0) -
         raise ValueError(f"header field out of range: opcode={opcode}, subop={subop}, flags={flags}")
     return (opcode << HDR_OPCODE_SHIFT) | (int(bool(sync)) << HDR_SYNC_BIT) \
         | (subop << HDR_SUBOP_SHIFT) | (flags << HDR_FLAGS_SHIFT)
+
+
+def vec_fields(ins):
+    """The VEC fields of an instruction held in a signal of :data:`INSTR_LAYOUT` (Amaranth
+    slices of it, nothing built): ``sub``, ``flags``, the counts ``n[0..3]`` and
+    ``field(x, k)``, operand ``x``'s base (``k = 0``) or stride ``s{k-1}``."""
+    from types import SimpleNamespace
+    hdr = ins[0]
+    return SimpleNamespace(
+        sub=hdr[HDR_SUBOP_SHIFT:HDR_SUBOP_SHIFT + HDR_SUBOP_BITS],
+        flags=hdr[HDR_FLAGS_SHIFT:HDR_FLAGS_SHIFT + HDR_FLAGS_BITS],
+        n=[ins[VEC_N + k] for k in range(4)],
+        field=lambda x, k: ins[VEC_OPERAND_WORD[x] + k])
 
 
 def _words_to_bytes(words: list[int]) -> bytes:

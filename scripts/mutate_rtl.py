@@ -15,7 +15,8 @@ wrong sticky source, a lost +1 of a subtraction, swapped rounding sticky tests; 
 the row units' accumulating adder a write-back to the wrong partial or one cycle early,
 and partials not cleared between rows; in the attention array a B offset in bytes, the
 snapshot a cycle early, one B slot for all tiles, edge-tile lanes written, a cut-short
-job resuming after an abort).  For each,
+job resuming after an abort; in the softmax array a row's offset dropped, a merged word
+closed early, overlapping rows taken, lanes kept after an abort).  For each,
 the script copies the sources into a scratch folder, applies the change there
 (the working tree is never touched, so concurrent test runs are unaffected),
 runs the relevant ``pytest sim/...`` cocotb test on the mutated Verilog, and
@@ -72,6 +73,10 @@ L2_SHORT_TEST = "sim/test_vector.py::test_l2norm_short_heads_amaranth[83-False]"
 #: correct instruction
 ATT_TEST = "tests/test_hw_attention.py::test_array_matches_the_reference[2-4]"
 ATT_ABORT_TEST = "tests/test_hw_attention.py::test_abort_at_any_point_then_a_correct_instruction"
+#: the vector engine with its softmax array (3 lanes) on Verilator: the softmax_array
+#: testcase (rows at any offset, in place and apart, declined shapes, AXI errors, aborts)
+#: among the engine's others (one build, about three minutes)
+SM_TEST = "sim/test_vecengine.py::test_vecengine_cosim[2]"
 #: the matrix engine with row sets (tm=1, 4 sets) in the Amaranth simulator: a GEMM over two
 #: row blocks (4 rows, then 2) and a DFQ GEMM, bit-exact
 MATRIX_SETS_TEST = "tests/test_hw_matrix.py::test_engine_small_gemms_amaranth"
@@ -279,6 +284,26 @@ MUTANTS = [
            "m.d.comb += stop.eq(flush)",
            ATT_ABORT_TEST, "attention array: a job an abort cut short resumes its bursts after "
            "the flush, and their words land in the next instruction"),
+    Mutant("sm-row-offset-dropped", "fpqvar_hw/engines/smarray.py",
+           "slot.eq(ROW_LAYOUT(rf.r_data).off)",
+           "slot.eq(0)",
+           SM_TEST, "softmax array: a lane reads a row from its first word's first element, "
+           "not from the row's (rows at any 4-byte offset)"),
+    Mutant("sm-word-closed-early", "fpqvar_hw/engines/smarray.py",
+           "closes.eq((lane32 == _PER_WORD - 2) | (o_left == 1))",
+           "closes.eq((lane32 == _PER_WORD - 3) | (o_left == 1))",
+           SM_TEST, "softmax array: a lane writes its merged word one result early (the "
+           "word's last result then goes out alone over the merged ones' bytes)"),
+    Mutant("sm-overlapping-rows-taken", "fpqvar_hw/engines/smarray.py",
+           "sep[x].eq(((n[1] == 1) | (field(x, 2) >= row_bytes))",
+           "sep[x].eq(((n[1] == 1) | (field(x, 2) >= row_bytes >> 1))",
+           SM_TEST, "softmax array: takes rows that overlap (each row then reads the original "
+           "of the bytes the row before it writes, the element path's results differ)"),
+    Mutant("sm-lanes-kept-after-abort", "fpqvar_hw/engines/smarray.py",
+           "ResetInserter(start | flush)(SoftmaxLane",
+           "ResetInserter(start)(SoftmaxLane",
+           SM_TEST, "softmax array: an abort leaves the lanes' rows and words in place "
+           "(they are only cleared when the next instruction starts)"),
     Mutant("had-reg-dropped", "fpqvar_hw/units/hadamard.py",
            "q2_neg.eq(q1_neg)",
            "q2_neg.eq(q0_neg)",

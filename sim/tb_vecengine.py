@@ -28,6 +28,7 @@ from cocotb.triggers import ClockCycles, RisingEdge
 from fpqvar_hw import isa
 
 from fpqvar_hw.host import isa_sim
+from fpqvar_hw.units.vector import Softmax
 from fpqvar_hw.isa import ErrorCode, Operand, Vec, VecFlag, VecSubop
 from fpqvar_quant.golden import fp32 as g
 from fpqvar_quant.golden import vector as gv
@@ -647,4 +648,81 @@ async def attention_array(dut):
     for k in range(2):
         await tb.abort_after(qk, rng.randint(30, 300), what=f"array abort #{k}", timeout=4000)
         await tb.run(pv, what=f"after array abort #{k}")
+    tb.finish()
+
+
+@cocotb.test()
+async def softmax_array(dut):
+    """SOFTMAX on the engine's softmax array (``sm`` lanes): rows back to back (the
+    compiler's layout) and rows with gaps, in place and out of place, rows from 1 to
+    max_kv elements at any 4-byte offset, against isa_sim bit for bit and faster than the
+    element path when there are rows for every lane; shapes it declines (rows that overlap,
+    D overlapping A) still correct on the element path; a read and a write error inside
+    the array (codes 3, 4); aborts in the middle of an array run, then a correct
+    instruction."""
+    p, tb, rng = setup_tb(dut, "softmax_array")
+    R = p.get("sm", 0)
+    if not R:
+        return
+    nrng = np.random.default_rng(p["seed"] + 7)
+    await tb.start()
+    max_kv = p["max_kv"]
+
+    def rows_at(at: int, n0: int, n1: int, n2: int, gap1: int = 0, gap2: int = 0) -> Operand:
+        s1 = 4 * (n0 + gap1)
+        return Operand(at, 4, s1, n1 * s1 + 4 * gap2)
+
+    def fill_rows(op: Operand, n: tuple[int, ...]) -> None:
+        addr = element_addresses(op, n)
+        vals = (nrng.standard_normal(addr.size) * 8.0).astype(np.float32).view(np.uint32)
+        store(tb.view, addr.reshape(-1), vals, 4)
+
+    at = BASE + 0x100
+    for k in range(8):
+        n0 = rng.choice([1, 3, 8, 37, max_kv, rng.randint(1, max_kv)])
+        n1, n2 = rng.randint(1, 4), rng.randint(1, 2 * R + 1)
+        gap1, gap2 = rng.choice([0, 0, 1, 5]), rng.choice([0, 0, 3])
+        a = rows_at(at + 4 * rng.randrange(4), n0, n1, n2, gap1, gap2)
+        n = (n0, n1, n2, 1)
+        fill_rows(a, n)
+        span = (n2 - 1) * a.s2 + (n1 - 1) * a.s1 + 4 * n0
+        d = a if k % 2 else rows_at(at + span + 16 + 4 * rng.randrange(4), n0, n1, n2)
+        v = Vec(subop=VecSubop.SOFTMAX, n=n, a=a, d=d)
+        cycles = await tb.run(v, what=f"softmax array #{k} n={n} gaps {gap1},{gap2} "
+                                      f"{'in place' if d is a else 'apart'}")
+        rows = n1 * n2
+        if rows >= 2 * R and R > 1:     # faster than the element path's Softmax unit alone
+            alone = Softmax.cycles_for(rows, n0, isa.VEC_P)
+            assert cycles < alone, f"softmax array #{k}: {cycles} cycles, one unit {alone}"
+    # declined: rows overlapping (s1 < 4 n0, in place: each row reads the one before it
+    # wrote) and D overlapping A one element off; the element path's results
+    a = Operand(at, 4, 4 * 6, 4 * 6 * 3)
+    fill_rows(Operand(at, 4, 4 * 8, 4 * 8 * 3), (8, 3, 2, 1))
+    await tb.run(Vec(subop=VecSubop.SOFTMAX, n=(8, 3, 2, 1), a=a, d=a), what="overlapping rows")
+    a = rows_at(at, 16, 3, 2)
+    fill_rows(a, (16, 3, 2, 1))
+    await tb.run(Vec(subop=VecSubop.SOFTMAX, n=(16, 3, 2, 1), a=a, d=rows_at(at + 4, 16, 3, 2)),
+                 what="D overlapping A")
+    # AXI errors inside the array: the window extends past the memory behind it
+    tb.dut.dram_size.value = MEM_BYTES + 0x4000
+    mend = BASE + MEM_BYTES
+    ok = rows_at(at, max_kv, 2, R + 1)
+    fill_rows(ok, (max_kv, 2, R + 1, 1))
+    await tb.expect_error(Vec(subop=VecSubop.SOFTMAX, n=(max_kv, 2, R + 1, 1),
+                              a=rows_at(mend - 4 * max_kv * 3, max_kv, 2, R + 1), d=ok),
+                          ErrorCode.AXI_READ, what="softmax array read error")
+    await tb.expect_error(Vec(subop=VecSubop.SOFTMAX, n=(max_kv, 2, R + 1, 1), a=ok,
+                              d=rows_at(mend - 4 * max_kv * 3, max_kv, 2, R + 1)),
+                          ErrorCode.AXI_WRITE, what="softmax array write error")
+    tb.dut.dram_size.value = MEM_BYTES
+    n = (max_kv, 2, 4 * R + 1, 1)      # long enough to abort in the middle
+    v = Vec(subop=VecSubop.SOFTMAX, n=n, a=ok, d=ok)
+    fill_rows(ok, n)
+    await tb.run(v, what="after softmax array AXI errors")
+    for k in range(2):
+        fill_rows(ok, n)
+        await tb.abort_after(v, rng.randint(30, 300), what=f"softmax array abort #{k}",
+                             timeout=4000)
+        fill_rows(ok, n)
+        await tb.run(v, what=f"after softmax array abort #{k}")
     tb.finish()

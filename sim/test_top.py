@@ -76,7 +76,7 @@ def _run_steps(dut, pkg_path, n_steps, modes, seed, pause, tile_tokens=None):
     # model to it (the committed copies in benchmarks/results/top_cycles come from here)
     run_cfg = simcycles.load_sim_cycles(cycles).config
     data["unit_latencies"] = asbuilt.top_latencies(run_cfg.lanes, (run_cfg.att_t, run_cfg.att_n),
-                                                   run_cfg.tn, run_cfg.row_sets)
+                                                   run_cfg.tn, run_cfg.row_sets, run_cfg.sm_lanes)
     data["v_cache"] = V_CACHE_LAYOUT         # the compiler's, which tb_top's programs use
     data["tiles"] = TILE_ORDER
     if tile_tokens is not None:

@@ -23,7 +23,7 @@ import pytest
 from fpqvar_hw.engines.vecengine import VectorEngine
 from sim.runner import run_cocotb
 
-SMALL = dict(C=128, max_kv=64, P=8, att=(2, 4))
+SMALL = dict(C=128, max_kv=64, P=8, att=(2, 4), sm=3)
 
 
 def _run(cfg: dict, *, seed: int, n_random: int, max_elems: int, attention: list[int],

@@ -89,6 +89,8 @@ def test_checked_refuses_before_the_object_exists():
     (lambda: MatrixEngine(get_preset("int4")), "MatrixEngine implements the formats"),
     (lambda: VectorEngine(C=100), "multiple of P"),
     (lambda: VectorEngine(rd_depth=8), "rd_depth"),
+    (lambda: VectorEngine(sm=-1), "sm must be a non-negative integer"),
+    (lambda: VectorEngine(max_kv=5000, sm=2), "max_e must be below 4096"),
     # the matrix engine would be built first inside the top: refused before either exists
     (lambda: Accelerator(get_preset("w4a4"), C=1024, max_kv=0), "max_kv must be a positive integer"),
     (lambda: Accelerator(get_preset("mxfp4"), C=1024, max_kv=680), "MatrixEngine implements the formats"),

@@ -214,8 +214,8 @@ def test_graph_resolves_relative_and_lazy_imports(tmp_path):
     assert "fpqvar_hw.engines.control" in g["fpqvar_hw.engines.top"]
     # relative into the base layer: `from .. import isa`
     assert "fpqvar_hw.isa" in g["fpqvar_hw.engines.control"]
-    # lazy (inside a function): flow/asbuilt.py imports the top inside top_build()
-    assert "fpqvar_hw.engines.top" in g["fpqvar_hw.flow.asbuilt"]
+    # lazy (inside a function): flow/topbuild.py imports the top inside top_build()
+    assert "fpqvar_hw.engines.top" in g["fpqvar_hw.flow.topbuild"]
 
 
 #: the size limit of a host or build module (issue 17); the engines' and units' limits

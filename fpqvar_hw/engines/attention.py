@@ -271,12 +271,8 @@ class AttentionArray(Checked, wiring.Component):
         L = T * N
         ins = Signal(isa.INSTR_LAYOUT)
 
-        def field(x: str, k: int):      # k = 0: base, 1..4: s0..s3
-            return ins[isa.VEC_OPERAND_WORD[x] + k]
-        n = [ins[isa.VEC_N + k] for k in range(4)]
-        hdr = ins[0]
-        sub = hdr[isa.HDR_SUBOP_SHIFT:isa.HDR_SUBOP_SHIFT + isa.HDR_SUBOP_BITS]
-        flags = hdr[isa.HDR_FLAGS_SHIFT:isa.HDR_FLAGS_SHIFT + isa.HDR_FLAGS_BITS]
+        f = isa.vec_fields(ins)
+        field, n, sub, flags = f.field, f.n, f.sub, f.flags     # field(x, 0): base, 1..4: s0..s3
 
         # ------------------------------------------------------------ control
         error = Signal(4)

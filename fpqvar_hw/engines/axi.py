@@ -20,7 +20,7 @@ __all__ = ["DATA_BITS", "DATA_BYTES", "ADDR_BITS", "LITE_ADDR_BITS", "AXI4Signat
            "AXI4ReadSignature", "AXI4WriteSignature", "AXILiteSignature", "ReadClient",
            "WriteClient", "READ_REQ", "READ_RESP", "WRITE_REQ", "WRITE_RESP", "MAX_BURST",
            "AXI_OKAY", "ReadArbiter", "WriteArbiter", "AXILiteBridge", "connect_axi4_halves",
-           "writes_pending_zero"]
+           "writes_pending_zero", "round_robin"]
 
 DATA_BITS = 128
 DATA_BYTES = DATA_BITS // 8
@@ -142,7 +142,7 @@ def writes_pending_zero(m: Module, sent, answered, name: str) -> Signal:
 
 
 # ------------------------------------------------------------------ arbiters
-def _round_robin(m: Module, valids: list, can, name: str):
+def round_robin(m: Module, valids: list, can, name: str):
     """One-hot grant among ``valids`` when ``can``: the first requester after the previously
     granted one in circular order.  Flat logic for timing (no priority chain through a
     ``Switch``): ``mask`` (registered) has the bits above the last grant set; the lowest set
@@ -232,7 +232,7 @@ def _sliced_grant(m: Module, clients, layout, can, tags: "_TagQueue", name: str)
         m.d.comb += c.req.ready.eq(in_ready)
         valids.append(v)
         payloads.append(layout(p))
-    gg, grant = _round_robin(m, valids, can, name)
+    gg, grant = round_robin(m, valids, can, name)
     m.d.comb += [g.eq(gg), tags.push.eq(grant), tags.w_data.eq(g)]
     return g, grant, payloads
 

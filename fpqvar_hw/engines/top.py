@@ -80,7 +80,7 @@ class Accelerator(Checked, wiring.Component):
         self.max_outstanding, self.max_writes = max_outstanding, max_writes
         self.matrix = MatrixEngine(cfg, max_k=max_k)
         self.vector = VectorEngine(C=C, max_kv=max_kv, P=isa.VEC_P, kv6=self.has_kv6(cfg),
-                                   att=(cfg.att_t, cfg.att_n))
+                                   att=(cfg.att_t, cfg.att_n), sm=cfg.sm_lanes)
         self.controller = Controller()
         #: (owner, port) of every read / write client, in arbiter order
         self.read_clients = self.read_client_ports()
@@ -110,7 +110,7 @@ class Accelerator(Checked, wiring.Component):
         max_k = cls.default_max_k(C) if max_k is None else max_k
         check(MatrixEngine, cfg, max_k=max_k)
         check(VectorEngine, C=C, max_kv=max_kv, P=isa.VEC_P, kv6=cls.has_kv6(cfg),
-              att=(cfg.att_t, cfg.att_n))
+              att=(cfg.att_t, cfg.att_n), sm=cfg.sm_lanes)
 
     @staticmethod
     def read_client_ports() -> list[tuple[str, str]]:

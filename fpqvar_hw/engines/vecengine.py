@@ -62,11 +62,16 @@ Data path (one element per cycle when nothing stalls)::
   error's code until the next ``cmd`` is accepted (0 after an abort).
 * **Attention array** (``att = (T, N)``, default :data:`ATT_LANES`; ``None`` builds
   none).  CHECK hands every FDOT with B_FP16 (no other flag, ``fine`` = 1) to
-  :class:`~fpqvar_hw.engines.attention.AttentionArray` (state OFFER, then ATT): the
+  :class:`~fpqvar_hw.engines.attention.AttentionArray` (state OFFER, then ARRAY): the
   array either runs it on ``T x N`` lanes (same bits, ``docs/top.md``) or declines it
   without any access, and the element path below runs it.  The array and the element
   path share ``rd_a``, ``rd_b`` and ``wr`` (a mux, one side active at a time);
   ``error`` takes the array's code.
+* **Softmax array** (``sm`` lanes, default :data:`SM_LANES`; 0 builds none).  CHECK
+  hands every SOFTMAX (``fine`` = 1) to :class:`~fpqvar_hw.engines.smarray.SoftmaxArray`
+  the same way (state OFFER, then ARRAY): it runs rows that do not overlap on ``sm``
+  whole Softmax units side by side (same bits, ``docs/top.md``) or declines without any
+  access.  It shares ``rd_a`` and ``wr`` with the element path.
 * **fine** = 0: the unit is fed one element per ``latency`` cycles of that unit
   (its element path is never overlapped).
 * **Throughput** (co-simulation, random DMA latency 2-14 cycles with gaps and
@@ -108,6 +113,7 @@ from .. import isa
 from ..config import AcceleratorConfig
 from ..checked import Checked, check, latency_of
 from .attention import AttentionArray
+from .smarray import SoftmaxArray
 from .axi import DATA_BITS, DATA_BYTES, MAX_BURST, ReadClient, WriteClient, writes_pending_zero
 from ..units.fpu import FP16, FP32, FPOp, FPUnit, fp16_to_fp32
 from ..units.quantizer import LATENCY_AFTER_LAST, Quantizer
@@ -119,6 +125,8 @@ __all__ = ["VectorEngine", "KV6Quantizer", "KV6_FORMAT", "ATT_LANES"]
 #: Default attention array of the engine: ``(T, N)``, the accelerator config's default
 #: ``att_t`` x ``att_n`` (32 A rows x 4 B rows, 128 MAC lanes).
 ATT_LANES = (AcceleratorConfig.att_t, AcceleratorConfig.att_n)
+#: Default softmax array of the engine: ``AcceleratorConfig.sm_lanes`` lanes (0: none).
+SM_LANES = AcceleratorConfig.sm_lanes
 
 #: Element format of the KV6 cache codes (``golden.attention.kv_encode``).
 KV6_FORMAT = "e2m3fn"
@@ -258,15 +266,16 @@ class VectorEngine(Checked, wiring.Component):
     BUSY_DELAY = 1
 
     def __init__(self, *, C: int = 128, max_kv: int = 64, P: int = isa.VEC_P, rd_depth: int = 128,
-                 kv6: bool = False, att: tuple[int, int] | None = ATT_LANES):
+                 kv6: bool = False, att: tuple[int, int] | None = ATT_LANES,
+                 sm: int = SM_LANES):
         # the parameters were checked by check_params before this object existed
         self.C, self.max_kv, self.P, self.rd_depth, self.kv6 = C, max_kv, P, rd_depth, kv6
-        self.att = att
+        self.att, self.sm = att, sm
         super().__init__(self.engine_signature())
 
     @classmethod
     def check_params(cls, *, C: int, max_kv: int, P: int, rd_depth: int, kv6: bool,
-                     att: tuple[int, int] | None) -> None:
+                     att: tuple[int, int] | None, sm: int) -> None:
         """Raise ``ValueError`` for parameters the engine cannot build (class docstring);
         runs before the object exists (:class:`fpqvar_hw.checked.Checked`)."""
         if att is not None:
@@ -287,6 +296,10 @@ class VectorEngine(Checked, wiring.Component):
         if rd_depth < MAX_BURST or rd_depth & (rd_depth - 1):
             raise ValueError(f"rd_depth must be a power of two >= {MAX_BURST} (one burst), "
                              f"got {rd_depth}")
+        if not isinstance(sm, int) or isinstance(sm, bool) or sm < 0:
+            raise ValueError(f"sm must be a non-negative integer (softmax lanes), got {sm!r}")
+        if sm:
+            check(SoftmaxArray, R=sm, max_e=max_kv, P=P, depth=SoftmaxArray.DEPTH)
 
     @staticmethod
     def att_max_e(max_kv: int) -> int:
@@ -444,11 +457,12 @@ class VectorEngine(Checked, wiring.Component):
         # ------------------------------------------------------------ attention array
         # FDOT with an FP16 B is offered to the array first; the element path below and the
         # array share the engine's rd_a, rd_b and wr ports (one of them active at a time)
-        att_sel = Signal()
+        # SOFTMAX to the softmax array (same protocol, its own read client on rd_a and wr)
+        arr_sel = Signal()                 # OFFER / ARRAY: an array owns the ports
         gen_rd = {x: ReadClient().create(path=(f"gen_rd_{x}",)) for x in ("a", "b")}
         gen_rd["c"] = self.rd_c
         gen_wr = WriteClient().create(path=("gen_wr",))
-        att = None
+        att = sma = None
         offer = Const(0)
         if self.att is not None:
             T, N = self.att
@@ -458,25 +472,40 @@ class VectorEngine(Checked, wiring.Component):
             # and its command is offered only in OFFER)
             m.d.comb += [att.cmd.payload.eq(ins), att.dram_base.eq(self.dram_base),
                          att.dram_size.eq(self.dram_size), att.abort.eq(self.abort)]
-            offer = is_sub[V.FDOT] & b16 & self.fine
+            att_offer = is_sub[V.FDOT] & b16 & self.fine
             if kv6:
-                offer &= ~bkv6
-        clients = [(gen_rd["a"], self.rd_a, att.rd_a if att else None),
-                   (gen_rd["b"], self.rd_b, att.rd_b if att else None),
-                   (gen_wr, self.wr, att.wr if att else None)]
-        for gen, port, alt in clients:
-            if alt is None:
+                att_offer &= ~bkv6
+            offer = att_offer
+        if self.sm:
+            m.submodules.sma = sma = SoftmaxArray(R=self.sm, max_e=self.max_kv, P=self.P)
+            m.d.comb += [sma.cmd.payload.eq(ins), sma.dram_base.eq(self.dram_base),
+                         sma.dram_size.eq(self.dram_size), sma.abort.eq(self.abort)]
+            offer = offer | (is_sub[V.SOFTMAX] & self.fine)
+        # the array of the instruction (is_sub: registered with it); one-hot port selects
+        arrays = [(a, on) for a, on in ((att, arr_sel & ~is_sub[V.SOFTMAX]),
+                                        (sma, arr_sel & is_sub[V.SOFTMAX])) if a is not None]
+        clients = [(gen_rd["a"], self.rd_a, [(att.rd_a if att else None), (sma.rd if sma else None)]),
+                   (gen_rd["b"], self.rd_b, [(att.rd_b if att else None), None]),
+                   (gen_wr, self.wr, [(att.wr if att else None), (sma.wr if sma else None)])]
+        sels = [arr_sel & ~is_sub[V.SOFTMAX], arr_sel & is_sub[V.SOFTMAX]]
+        for gen, port, alts in clients:
+            alts = [(alt, on) for alt, on in zip(alts, sels) if alt is not None]
+            if not alts:
                 wiring.connect(m, gen, wiring.flipped(port))
                 continue
-            m.d.comb += [port.req.valid.eq(Mux(att_sel, alt.req.valid, gen.req.valid)),
-                         port.req.payload.eq(Mux(att_sel, alt.req.payload, gen.req.payload)),
-                         gen.req.ready.eq(port.req.ready & ~att_sel),
-                         alt.req.ready.eq(port.req.ready & att_sel),
-                         gen.resp.payload.eq(port.resp.payload), alt.resp.payload.eq(port.resp.payload),
-                         gen.resp.valid.eq(port.resp.valid & ~att_sel),
-                         alt.resp.valid.eq(port.resp.valid & att_sel),
-                         # both sides always take a response (the element path reserves
-                         # FIFO room by credits, the array's BurstReaders likewise): a
+            valid, payload = Mux(arr_sel, 0, gen.req.valid), Mux(arr_sel, 0, gen.req.payload.as_value())
+            for alt, on in alts:
+                valid = valid | Mux(on, alt.req.valid, 0)
+                payload = payload | Mux(on, alt.req.payload.as_value(), 0)
+                m.d.comb += [alt.req.ready.eq(port.req.ready & on),
+                             alt.resp.payload.eq(port.resp.payload),
+                             alt.resp.valid.eq(port.resp.valid & on)]
+            m.d.comb += [port.req.valid.eq(valid), port.req.payload.eq(payload),
+                         gen.req.ready.eq(port.req.ready & ~arr_sel),
+                         gen.resp.payload.eq(port.resp.payload),
+                         gen.resp.valid.eq(port.resp.valid & ~arr_sel),
+                         # every side always takes a response (the element path reserves
+                         # FIFO room by credits, the arrays' BurstReaders likewise): a
                          # constant, not a select of a child's port in front of the arbiter
                          port.resp.ready.eq(1)]
 
@@ -520,30 +549,38 @@ class VectorEngine(Checked, wiring.Component):
                         pass
                     with m.Elif(bad_field):
                         m.d.sync += error.eq(isa.ErrorCode.FIELD)
-                    if att is not None:             # (no OFFER state without an array)
+                    if arrays:                      # (no OFFER state without an array)
                         with m.Elif(offer):
                             m.next = "OFFER"
                     with m.Else():
                         m.d.comb += start.eq(1)
                         m.d.sync += in_run.eq(1)
                         m.next = "RUN"
-            if att is not None:
-                # the attention array takes the FDOT or declines it (nothing accessed)
+            if arrays:
+                # the array takes the instruction or declines it (nothing accessed)
+                arr_busy = arr_declined = 0
+                arr_ready = arr_error = 0
+                for a, on in arrays:
+                    arr_busy = arr_busy | (a.busy & on)
+                    arr_declined = arr_declined | (a.declined & on)
+                    arr_ready = arr_ready | (a.cmd.ready & on)
+                    arr_error = arr_error | Mux(on, a.error, 0)
                 with m.State("OFFER"):
-                    m.d.comb += [busy_now.eq(1), att_sel.eq(1), att.cmd.valid.eq(~self.abort)]
+                    m.d.comb += [busy_now.eq(1), arr_sel.eq(1)]
+                    m.d.comb += [a.cmd.valid.eq(on & ~self.abort) for a, on in arrays]
                     with m.If(self.abort):
                         m.next = "IDLE"
-                    with m.Elif(att.cmd.ready):
-                        m.next = "ATT"
-                with m.State("ATT"):
-                    m.d.comb += [busy_now.eq(1), att_sel.eq(1)]
-                    with m.If(~att.busy):
-                        with m.If(att.declined & ~self.abort):
+                    with m.Elif(arr_ready):
+                        m.next = "ARRAY"
+                with m.State("ARRAY"):
+                    m.d.comb += [busy_now.eq(1), arr_sel.eq(1)]
+                    with m.If(~arr_busy):
+                        with m.If(arr_declined & ~self.abort):
                             m.d.comb += start.eq(1)
                             m.d.sync += in_run.eq(1)
                             m.next = "RUN"
                         with m.Else():
-                            m.d.sync += error.eq(att.error)
+                            m.d.sync += error.eq(arr_error)
                             m.next = "IDLE"
             with m.State("RUN"):
                 m.d.comb += [busy_now.eq(1), running.eq(~abort_q & (raise_err == 0))]

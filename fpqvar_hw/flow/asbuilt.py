@@ -22,210 +22,17 @@ from ..host.plan import tiles as plan_tiles
 from .perf import DIGITS, MODELS, ModelSpec
 from .platform import Platform
 from .topprog import TILE_ORDERS, V_CACHE_LAYOUTS, TopInstr, top_step_program
+from .topbuild import (ENGINE_END, ENGINE_START, MATRIX_DRAIN_STATES, READ_PATH,  # noqa: F401
+                       WRITE_PATH, EngineCost, TopBuild, bursts, top_build, top_latencies,
+                       write_bound)
 from .topmem import (AXIRAM_READ_LATENCY, AXIRAM_WRITE_LATENCY, VCK190_READ_LATENCY,  # noqa: F401
                      TopMemory, platform_memory, sim_memory, simdram_memory)
 
 __all__ = ["TopMemory", "sim_memory", "simdram_memory", "platform_memory", "TopBuild", "top_build", "EngineCost",
            "gemm_cost", "vec_cost", "TopInstr", "top_step_program", "V_CACHE_LAYOUTS", "TILE_ORDERS", "TopRun", "schedule_top",
            "instr_cost", "top_step", "TopModelResult", "evaluate_top", "step_breakdown",
-           "operand_words", "bus_speeds", "fair_speeds", "words_ahead", "cost_beside"]
-
-
-# ===================================================================== the as-built top
-# One instruction at a time per engine, in program order, sync flags as
-# compiler.assign_sync sets them; one 128-bit AXI master (16 bytes per cycle at most).
-
-#: ``matrix.py`` drain FSM: BIAS, the cycle after the last BIAS_READ word, WAIT, FLUSH
-#: -- cycles per feature block on top of the emitted results and the bias words.
-MATRIX_DRAIN_STATES = 4
-#: ``vecengine.py`` / ``matrix.py`` command FSMs: IDLE -> CHECK -> RUN (2 cycles before
-#: the first request) and the FLUSH / finished cycle at the end.
-ENGINE_START, ENGINE_END = 2, 1
-#: Cycles between a read client's request and the AR beat, plus the response FIFO and the
-#: element/loader register: the ReadArbiter registers AR (axi.py "Latency: AR valid one cycle
-#: after req"), the engines register the request (1) and the response word (1).
-READ_PATH = 3
-#: Same for a write: write-request register, WriteArbiter AW/W register, the merge register.
-WRITE_PATH = 3
-
-
-@dataclass(frozen=True)
-class TopBuild:
-    """Build parameters and unit latencies of the as-built top (:func:`top_build`).
-
-    ``lat`` holds cycle counts read from the RTL classes: matrix ``cvt`` (FP32->FP16
-    converter), ``had`` / ``quant`` (``LATENCY_AFTER_LAST``), ``dot`` (one array cell);
-    vector ``gap_<SUBOP>`` (the unit latency that spaces elements with the fine pipeline
-    off), ``tree`` (pairwise tree over ``P`` partials), ``drain`` (``PartialSums.DRAIN``),
-    ``mul``, the row units' phase latencies (``ln_mean``, ``ln_var``, ``ln_rsqrt``,
-    ``ln_out``, ``sm_exp``, ``sm_recip``, ``l2_sq``, ``l2_gain``; those after a reduction
-    include the tree), ``sm_slots``, ``l2_slots`` (the row units' buffers in flight),
-    ``gelu``, ``resid``, ``cvt16``, ``fdot`` (pause after a row) and ``fdot_tree``.
-    """
-
-    tm: int
-    tn: int
-    sets: int                # row sets: a row block (weight pass) is tm * sets rows
-    lanes: int
-    quant_lanes: int
-    C: int
-    P: int
-    code_words: int          # bus words per (beat, feature) weight entry
-    scale_words: int         # bus words per (feature block, group) of FP16 scales
-    max_outstanding: int     # bursts in flight on the read arbiter
-    max_writes: int          # single-beat writes awaiting their B response (write arbiter)
-    vec_rd_depth: int        # words in flight per vector-engine operand
-    mat_fifo_words: int      # words per matrix-engine read FIFO
-    max_burst: int
-    lat: Mapping[str, int]
-
-
-_TOP_BUILDS: dict = {}      # (lanes, attention array, tn, row sets) -> unit latencies
-
-
-def top_build(config: AcceleratorConfig, C: int, *,
-              lat: Mapping[str, int] | None = None) -> TopBuild:
-    """The as-built top for ``config`` and model width ``C``: every latency is read from the
-    unit classes (:func:`top_latencies`; needs Amaranth).  The engine defaults are those
-    :class:`fpqvar_hw.engines.top.Accelerator` builds (``max_outstanding``, ``rd_depth``,
-    ``fifo_words``).  ``lat``: the unit latencies of another RTL version instead (a cycle
-    file measured on an older top states its own, :mod:`fpqvar_hw.flow.simcycles`); it must
-    have exactly the keys of :func:`top_latencies`."""
-    import inspect
-
-    from ..engines import axi
-
-    from .. import isa, packing
-    from ..engines.matrix import MatrixEngine
-    from ..engines.top import Accelerator
-    from ..engines.vecengine import VectorEngine
-    if C < 1 or C % isa.VEC_P:
-        raise ValueError(f"C must be a positive multiple of {isa.VEC_P}, got {C}")
-    acc = inspect.signature(Accelerator.__init__).parameters["max_outstanding"].default
-    acc_w = inspect.signature(Accelerator.__init__).parameters["max_writes"].default
-    mat = inspect.signature(MatrixEngine.__init__).parameters["fifo_words"].default
-    rd = inspect.signature(VectorEngine.__init__).parameters["rd_depth"].default
-    return TopBuild(tm=config.tm, tn=config.tn, sets=config.row_sets, lanes=config.lanes,
-                    quant_lanes=config.quant_lanes,
-                    C=C, P=isa.VEC_P,
-                    code_words=packing.gemm_code_word_bytes(config.lanes, 4) // axi.DATA_BYTES,
-                    scale_words=-(-2 * config.tn // axi.DATA_BYTES), max_outstanding=acc,
-                    max_writes=acc_w,
-                    vec_rd_depth=rd, mat_fifo_words=mat, max_burst=axi.MAX_BURST,
-                    lat=_checked_latencies(lat, config.lanes) if lat is not None
-                    else top_latencies(config.lanes, (config.att_t, config.att_n), config.tn,
-                                       config.row_sets))
-
-
-#: Cycle files measured before the pipelined array cell, bias add and vector-engine read
-#: issue (2026-12-05) do not state them: that cell took a group every ``group/lanes``
-#: beats, which the weight stream already bounds, so 1 reproduces it; the bias add took 2
-#: stages; the vector engine issued its first read straight from the loop nest.
-_OLDER_RTL_LATENCIES = {"dot_group": 1, "bias": 2, "vec_issue": 0,   # ... no attention array;
-                        "att_T": 0, "att_N": 0, "att_check": 0, "att_tile": 0, "att_tail": 0,
-                        "att_depth": 0, "att_slots": 2, "att_drains": 1,  # the first: 2 B slots, 1 drain
-                        "vec_slices": 0, "load_slices": 0,  # no register slices
-                        "rd_slice": 0, "wr_slice": 0,
-                        "vec_busy": 0,                      # a combinational busy
-                        "arr_slice": 0,                     # beats straight to the array
-                        "drain_slice": 0, "drain_set": 1,   # drain: no slices, LOAD alone
-                        "sm_slots": 0, "l2_slots": 0, "ln_slots": 0}   # row units: a row at a time
-
-
-def _checked_latencies(lat: Mapping[str, int], lanes: int) -> dict[str, int]:
-    want = set(top_latencies(lanes, (1, 1)))       # the keys
-    lat = {**_OLDER_RTL_LATENCIES, **lat}
-    if set(lat) != want or not all(isinstance(v, int) and v >= 0 for v in lat.values()):
-        raise ValueError(f"unit latencies must map exactly {sorted(want)} to cycle counts, got "
-                         f"{dict(lat)}")
-    return dict(lat)
-
-
-def top_latencies(lanes: int, att: tuple[int, int], tn: int = 1, sets: int = 1) -> dict[str, int]:
-    """:attr:`TopBuild.lat` for an array of ``lanes`` and an attention array of ``att`` =
-    ``(att_t, att_n)`` MAC lanes and ``tn`` array columns (the config's; cached; from the
-    unit classes' ``latency_for`` and a dry Dataflow: nothing is built; ``tn`` sets the
-    columns per array cell, ``MatrixEngine.cell_share``, ``sets`` the row sets).  No latency
-    depends on the model
-    width.  Cycle files of the simulated top record it as ``unit_latencies`` (the RTL they
-    were measured on)."""
-    if (lanes, att, tn, sets) in _TOP_BUILDS:
-        return dict(_TOP_BUILDS[(lanes, att, tn, sets)])
-    from amaranth.hdl import Signal
-
-    from .. import isa
-    from ..engines.axi import ReadArbiter, WriteArbiter
-    from ..engines.matrix import BIAS_ADD_LATENCY, MatrixEngine
-    from ..engines.vecengine import VectorEngine
-    from ..units.fpu import FPOp
-    from ..units.hadamard import LATENCY_AFTER_LAST as HAD
-    from ..units.quantizer import LATENCY_AFTER_LAST as QUANT
-    from ..units.vector import (Dataflow, L2NormTemperature, LayerNormModulate, PartialSums,
-                                Softmax, Val)
-
-    from ..engines.attention import AttentionArray
-    P = isa.VEC_P
-    # the row units' phase latencies, scheduled exactly as vector.py schedules them (a dry
-    # Dataflow: stage counts only, nothing built)
-    df = Dataflow(None, None, dry=True)
-
-    def x():
-        return Val(Signal(32), 0)
-    level = [x() for _ in range(P)]
-    while len(level) > 1:
-        level = [df.add(level[q], level[q + 1]) for q in range(0, len(level), 2)]
-    tree = level[0].stage
-    tv = Val(Signal(32), tree)
-    held = Val(Signal(32), -1)
-    # the sub-op -> unit latencies of the engine (they do not depend on C)
-    units = VectorEngine.row_latencies(C=P, max_kv=64, P=P)
-    lnmod_out = df.add(df.mul(df.mul(x(), held), df.add(x(), df.const(0))), x())
-    sm_exp, sm_recip = Softmax.pipeline_cycles(P)          # the units' own pipelines
-    l2_sq, l2_gain = L2NormTemperature.pipeline_cycles(P)
-    lat = {
-        "cvt": FPOp.CONVERT.latency, "had": HAD, "quant": QUANT,
-        "dot": MatrixEngine.cell_latency(lanes, tn, sets),
-        "dot_group": MatrixEngine.cell_group_interval(lanes, sets),
-        "bias": BIAS_ADD_LATENCY,
-        "vec_issue": VectorEngine.ISSUE_STAGES, "vec_slices": VectorEngine.UNIT_SLICES,
-        "vec_busy": VectorEngine.BUSY_DELAY, "arr_slice": MatrixEngine.ARRAY_SLICES,
-        "drain_slice": MatrixEngine.DRAIN_SLICES, "drain_set": MatrixEngine.DRAIN_SET_CYCLES,
-        "load_slices": MatrixEngine.LOADER_SLICES, "rd_slice": ReadArbiter.REQUEST_SLICES,
-        "wr_slice": WriteArbiter.REQUEST_SLICES,
-        # the vector engine's attention array (T = 0: none); AttentionArray's own timing
-        "att_T": att[0] if att else 0, "att_N": att[1] if att else 0,
-        "att_check": AttentionArray.CHECK_CYCLES, "att_tile": AttentionArray.tile_cycles(0),
-        "att_tail": AttentionArray.tail_cycles(0), "att_depth": AttentionArray.DEPTH,
-        "att_slots": AttentionArray.B_SLOTS, "att_drains": AttentionArray.DRAINS,
-        **{f"gap_{s.name}": u for s, u in units.items()},
-        "tree": tree, "drain": PartialSums.DRAIN, "mul": FPOp.MUL.latency,
-        "ln_mean": df.mul(tv, df.const(0)).stage,
-        "ln_var": df.mul(df.sub(x(), held), df.sub(x(), held)).stage,
-        "ln_rsqrt": df.rsqrt(df.add(df.mul(tv, df.const(0)), df.const(0))).stage,
-        "ln_out": lnmod_out.stage,
-        "sm_exp": sm_exp, "sm_recip": sm_recip,
-        "sm_slots": Softmax.SLOTS, "l2_slots": L2NormTemperature.SLOTS,
-        "ln_slots": LayerNormModulate.SLOTS,
-        "l2_sq": l2_sq, "l2_gain": l2_gain,
-        "gelu": units[isa.VecSubop.GELU], "resid": units[isa.VecSubop.RESID],
-        "cvt16": units[isa.VecSubop.CVT16], "fdot": units[isa.VecSubop.FDOT],
-        "fdot_tree": tree,
-    }
-    _TOP_BUILDS[(lanes, att, tn, sets)] = lat
-    return dict(lat)
-
-
-@dataclass(frozen=True)
-class EngineCost:
-    """One instruction on its engine: ``cycles`` its ``busy`` is high when it runs alone,
-    ``words`` 16-byte words it reads over the shared R channel in ``bursts`` requests."""
-
-    cycles: int
-    words: int
-    #: read requests (bursts or single beats) it makes
-    bursts: int = 0
-    #: single-beat writes it makes
-    writes: int = 0
+           "operand_words", "bus_speeds", "fair_speeds", "words_ahead", "cost_beside",
+           "top_latencies", "write_bound", "att_cost", "sm_cost"]
 
 
 def gemm_cost(M: int, K: int, N: int, *, had: bool, bias: bool, fine: bool, b: TopBuild,
@@ -258,8 +65,8 @@ def gemm_cost(M: int, K: int, N: int, *, had: bool, bias: bool, fine: bool, b: T
     fb_words = KB * tw + G * b.scale_words + bw
     act_words = M * K // 4 + (1 if had else 0)
     words = B * NB * fb_words + act_words
-    bursts = B * NB * (_bursts(KB * tw, b) + _bursts(G * b.scale_words, b) + _bursts(bw, b)) \
-        + M * _bursts(K // 4, b) + (1 if had else 0)
+    requests = B * NB * (bursts(KB * tw, b) + bursts(G * b.scale_words, b) + bursts(bw, b)) \
+        + M * bursts(K // 4, b) + (1 if had else 0)
     if mem.shared:
         t_bus = words / mem.beat_rate
     else:   # one beat per cycle per client: the weight stream is the largest
@@ -269,7 +76,7 @@ def gemm_cost(M: int, K: int, N: int, *, had: bool, bias: bool, fine: bool, b: T
     # slot for a read round trip, so short bursts (scales, bias, narrow feature blocks)
     # make a long-latency memory the bound
     writes = M * -(-N // 4)                                 # a row's results: whole words
-    t_bus = max(t_bus, bursts * (rd + 1) / b.max_outstanding, write_bound(writes, b, mem))
+    t_bus = max(t_bus, requests * (rd + 1) / b.max_outstanding, write_bound(writes, b, mem))
     # a feature block: KB weight beats, KB * sets array beats, and its G * sets groups no
     # closer than the cell's accumulator loop (GroupDot.group_interval_for)
     block = max(KB * tw, KB * b.sets * (1 if fine else L["dot"]), G * b.sets * L["dot_group"])
@@ -291,14 +98,7 @@ def gemm_cost(M: int, K: int, N: int, *, had: bool, bias: bool, fine: bool, b: T
     tail = L["arr_slice"] + L["dot"] + last_rows * b.tn + L["drain_set"] * -(-last_rows // b.tm) \
         + L["bias"] + L["drain_slice"] + mem.write_latency + WRITE_PATH + L["wr_slice"]
     cyc = ENGINE_START + max(first + compute, rd + t_bus) + tail + ENGINE_END
-    return EngineCost(int(round(cyc)), int(words), int(bursts), writes)
-
-
-def write_bound(words: float, b: TopBuild, mem: TopMemory) -> float:
-    """Cycles ``words`` single-beat writes need at least: each holds one of the write
-    arbiter's ``max_writes`` tags from its grant to its B response (``write_latency`` + 2),
-    and the memory takes one per ``write_burst_cycles``."""
-    return words * max((mem.write_latency + 2) / b.max_writes, mem.write_burst_cycles)
+    return EngineCost(int(round(cyc)), int(words), int(requests), writes)
 
 
 def result_words(n: tuple[int, int, int, int], s0: int, s1: int, esize: int) -> float:
@@ -312,11 +112,6 @@ def result_words(n: tuple[int, int, int, int], s0: int, s1: int, esize: int) -> 
         return float(runs * run)
     nbytes = run * max(abs(stride), esize)
     return runs * (-(-nbytes // 16) + (0.5 if nbytes % 16 else 0.0))
-
-
-def _bursts(words: int, b: TopBuild) -> int:
-    """Read bursts of a ``words``-word job (bursts of at most ``max_burst`` words)."""
-    return -(-words // b.max_burst)
 
 
 def operand_words(n: tuple[int, int, int, int], s0: int, s1: int, esize: int, *,
@@ -366,6 +161,8 @@ def vec_cost(subop: int, n: tuple[int, int, int, int], operands: Mapping[str, tu
     s = V(subop)
     if s is V.FDOT and fine and L["att_T"] and _array_shape(operands):
         return att_cost(n, operands, b=b, mem=mem)
+    if s is V.SOFTMAX and fine and L["sma_lanes"] and _softmax_shape(n, operands):
+        return sm_cost(n, b=b, mem=mem)
     writes = result_words(n, *out) if out is not None else 0.0
     t_wr = write_bound(writes, b, mem)
     n0, rows = n[0], n[1] * n[2] * n[3]
@@ -418,6 +215,8 @@ def vec_cost(subop: int, n: tuple[int, int, int, int], operands: Mapping[str, tu
     # an FDOT with an FP16 B the array declines: offered first (OFFER + the array's check)
     offered = 1 + L["att_check"] if (s is V.FDOT and fine and L["att_T"]
                                       and operands.get("b", (0, 0, 0))[2] == 2) else 0
+    if s is V.SOFTMAX and fine and L["sma_lanes"]:      # a SOFTMAX the softmax array declines
+        offered = 1 + L["sma_check"]
     cyc = ENGINE_START + offered + L["vec_issue"] + L["vec_slices"] + rd + 1 \
         + max(unit, t_bus, t_req, t_depth, t_wr) \
         + mem.write_latency + WRITE_PATH + L["wr_slice"] + ENGINE_END + L["vec_busy"]
@@ -431,6 +230,48 @@ def _array_shape(operands: Mapping[str, tuple[int, int, int]]) -> bool:
     a, bb = operands.get("a"), operands.get("b")
     return (a is not None and bb is not None and "c" not in operands
             and a[0] == 4 and a[1] == 0 and a[2] == 4 and bb[0] == 2 and bb[2] == 2)
+
+
+def _softmax_shape(n: tuple[int, int, int, int], operands: Mapping[str, tuple[int, int, int]]) -> bool:
+    """The SOFTMAX shapes the softmax array takes (``smarray.py``): FP32 rows (``s0 = 4``)
+    that do not overlap (``s1 >= 4 n0``), ``n3 = 1``; the compiler's rows of a step are
+    back to back (``s2 = n1 s1``), in place, inside the window."""
+    a = operands.get("a")
+    return a is not None and a[0] == 4 and a[2] == 4 and n[3] == 1 \
+        and (n[1] == 1 or a[1] >= 4 * n[0])
+
+
+def sm_cost(n: tuple[int, int, int, int], *, b: TopBuild, mem: TopMemory) -> EngineCost:
+    """Cycles of a SOFTMAX on the vector engine's softmax array (``smarray.py``).
+
+    ``rows = n1 * n2`` rows of ``n0``, row ``j`` on lane ``j mod sma_lanes``: each lane runs
+    its rows through its Softmax unit (``SoftmaxArray.row_cycles``: the unit's own
+    recursion, one element per cycle in, rows in flight).  Words: every row once
+    (``ceil(16-byte words)``, 0.75 of a word more on average: rows start anywhere), in
+    bursts of at most ``max_burst``; the same number of single-beat writes.  Bounds as
+    :func:`vec_cost`: bus words, arbiter slots, the reader's ``sma_depth`` words in flight,
+    and a lane's FIFO: a burst is requested when ``max_burst`` words are free, so at most
+    ``sma_words`` words of a lane are in flight or waiting.  Before the first row: the offer
+    and check (``1 + sma_check``), a read round trip and the first word; after the last:
+    the output multiply, the merge and the write."""
+    from ..engines.smarray import SoftmaxArray
+    L = b.lat
+    n0, rows, R = n[0], n[1] * n[2] * n[3], L["sma_lanes"]
+    per_lane = -(-rows // R)
+    row_words = -(-4 * n0 // 16) + (0.75 if (4 * n0) % 16 else 0.0)
+    words = rows * row_words
+    requests = rows * -(-int(row_words + 0.5) // b.max_burst)
+    rd = mem.read_latency + READ_PATH + L["rd_slice"]
+    lane = SoftmaxArray.row_cycles(per_lane, n0, b.P)
+    t_bus = words / mem.beat_rate
+    t_req = requests * (rd + 1) / b.max_outstanding
+    t_depth = words * (rd + 1) / L["sma_depth"]
+    t_lane = per_lane * row_words * (rd + 1 + 2) / max(1, L["sma_words"] - b.max_burst)
+    t_wr = write_bound(words, b, mem)
+    cyc = ENGINE_START + 1 + L["sma_check"] + rd + 1 + 2 \
+        + max(lane, t_bus, t_req, t_depth, t_lane, t_wr) \
+        + mem.write_latency + WRITE_PATH + L["wr_slice"] + ENGINE_END + L["vec_busy"]
+    return EngineCost(int(round(cyc)), int(words), int(requests), int(round(words)))
 
 
 def att_cost(n: tuple[int, int, int, int], operands: Mapping[str, tuple[int, int, int]], *,

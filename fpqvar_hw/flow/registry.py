@@ -359,8 +359,8 @@ def _attention_variants(mod: Any, c: AcceleratorConfig) -> list[Variant]:
     raise NotImplementedError(
         f"no attention array of {c.attn_macs} multiply-adds/cycle (the throughput model's "
         f"figure); the RTL top runs attention FDOTs on the vector engine's AttentionArray of "
-        f"{c.att_t} x {c.att_n} FP32 MAC lanes and SOFTMAX on its {softmax.__name__} unit "
-        f"(one element per cycle), inside fpqvar_top.v")
+        f"{c.att_t} x {c.att_n} FP32 MAC lanes and SOFTMAX on its softmax array of "
+        f"{c.sm_lanes} {softmax.__name__} lanes (one element per cycle each), inside fpqvar_top.v")
 
 
 def _top_variants(mod: Any, c: AcceleratorConfig, shape: TopShape) -> list[Variant]:

@@ -50,23 +50,27 @@ def throughput_markdown(rep: dict) -> str:
         mem = top["memory"]
         lines += ["", "## The as-built top (the RTL that exists)", "",
                   "`fpqvar_hw/engines/top.py` as built today: attention FDOTs on the vector "
-                  "engine's attention array, the other vector row operations one element per "
+                  "engine's attention array, SOFTMAX on its softmax array (a Softmax unit "
+                  "per lane, rows side by side), the other vector row operations one element per "
                   "cycle, the matrix engine reading the weights once per block of tm x "
                   "row_sets rows (the compiler's tile), "
                   "one 128-bit AXI master. Modelled per instruction (`asbuilt.evaluate_top`, "
                   f"docs/build.md); memory: {mem['source']}, {mem['beat_rate']:g} beat/cycle.", "",
                   "| model | planned images/s | as-built images/s | as-built at est. clock | "
+                  "at est. clock, larger batch | "
                   "as-built, coarse off | as-built, fine off | as-built cycles | GEMM busy | "
                   "VEC busy | largest instruction kinds (share of engine cycles) | binding kind "
-                  "per scale step |", "|" + "---|" * 11]
+                  "per scale step |", "|" + "---|" * 12]
         for name, t in top["models"].items():
             g = sum(s["gemm_cycles"] for s in t["steps"])
             v = sum(s["vec_cycles"] for s in t["steps"])
             ab = t["pipeline_ablation"]
             e = (f"{fmt_rate(t['images_per_s_est'])} ({t['est_clock_mhz']:g} MHz)"
                  if t.get("images_per_s_est") else "-")
+            eb = (f"{fmt_rate(t['images_per_s_est_batch'])} (batch {t['batch_est']})"
+                  if t.get("images_per_s_est_batch") else "-")
             lines.append(f"| {name} | {fmt_rate(rep['models'][name]['images_per_s'])} | "
-                         f"{fmt_rate(t['images_per_s'])} | {e} | {fmt_rate(ab['no_coarse'])} | "
+                         f"{fmt_rate(t['images_per_s'])} | {e} | {eb} | {fmt_rate(ab['no_coarse'])} | "
                          f"{fmt_rate(ab['no_fine'])} | {t['cycles']:.3g} | {g:.3g} | {v:.3g} | "
                          + ", ".join(f"{k} {100 * x:.0f} %"
                                      for k, x in list(t.get("cycle_share", {}).items())[:3])

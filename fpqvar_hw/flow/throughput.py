@@ -8,7 +8,12 @@ from .reports import compare_markdown, fmt_rate
 from .simcycles import compare_to_sim, load_sim_cycles
 
 
-__all__ = ["top_breakdown", "binding_units", "top_report", "main"]
+__all__ = ["top_breakdown", "binding_units", "top_report", "main", "REPORT_BATCH"]
+
+#: The largest batch the throughput targets allow (issue 15: "batch B <= 4"): the report
+#: also gives the as-built top at this batch (images per run; the compiler, isa_sim and the
+#: driver run any batch, the KV caches and scratch grow with it).
+REPORT_BATCH = 4
 
 
 def top_breakdown(model, config, memory) -> dict[str, float]:
@@ -38,7 +43,8 @@ def binding_units(steps: list[dict[str, float]]) -> str:
 def top_report(config, platform, *, est_clock_mhz: float | None = None) -> dict:
     """JSON-ready as-built throughput of every model: at the configured clock, with each
     pipeline level off, at ``est_clock_mhz`` (the clock the logic depth supports, when
-    given: ``images_per_s_est``), the share of cycles per instruction kind and the
+    given: ``images_per_s_est``, and at batch :data:`REPORT_BATCH` when the config's is
+    smaller: ``images_per_s_est_batch``), the share of cycles per instruction kind and the
     binding kind of each scale step."""
     out = {}
     for name, m in MODELS.items():
@@ -59,6 +65,11 @@ def top_report(config, platform, *, est_clock_mhz: float | None = None) -> dict:
             out[name]["est_clock_mhz"] = est_clock_mhz
             out[name]["images_per_s_est"] = evaluate_top(
                 m, config.replace(clock_mhz=est_clock_mhz), platform).images_per_s
+            if config.batch < REPORT_BATCH:
+                out[name]["batch_est"] = REPORT_BATCH
+                out[name]["images_per_s_est_batch"] = evaluate_top(
+                    m, config.replace(clock_mhz=est_clock_mhz, batch=REPORT_BATCH),
+                    platform).images_per_s
     mem = platform_memory(platform, config.clock_mhz or platform.clock_mhz, config.dram_efficiency)
     return {"memory": {"name": mem.name, "read_latency": mem.read_latency,
                        "beat_rate": mem.beat_rate, "source": mem.source},
