@@ -27,7 +27,9 @@ from fpqvar_hw.engines.vecengine import ATT_LANES, VectorEngine
 from sim.runner import run_cocotb
 
 WIDE = dict(C=1024, max_kv=680, P=8,     # d16: C = 64 x 16, 680 tokens at 256 px
-            att=ATT_LANES)              # the preset's attention array
+            att=ATT_LANES,              # the preset's attention array
+            sm=2)                       # rows of 680 on a 2-lane softmax array (the
+                                        # preset's 3 lanes: sim/test_vecengine.py, CI budget)
 
 
 @pytest.mark.slow   # Verilator build of the engine + ~50k simulated cycles
