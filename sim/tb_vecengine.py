@@ -694,11 +694,14 @@ async def softmax_array(dut):
         if rows >= 2 * R and R > 1:     # faster than the element path's Softmax unit alone
             alone = Softmax.cycles_for(rows, n0, isa.VEC_P)
             assert cycles < alone, f"softmax array #{k}: {cycles} cycles, one unit {alone}"
-    # declined: rows overlapping (s1 < 4 n0, in place: each row reads the one before it
-    # wrote) and D overlapping A one element off; the element path's results
-    a = Operand(at, 4, 4 * 6, 4 * 6 * 3)
-    fill_rows(Operand(at, 4, 4 * 8, 4 * 8 * 3), (8, 3, 2, 1))
-    await tb.run(Vec(subop=VecSubop.SOFTMAX, n=(8, 3, 2, 1), a=a, d=a), what="overlapping rows")
+    # declined: rows overlapping along loop 1 only (s1 < 4 n0, s2 clear of the rows), along
+    # loop 2 only (s2 < (n1 - 1) s1 + 4 n0), in place: each row reads the one before it
+    # wrote; and D overlapping A one element off; the element path's results
+    for s1, s2, n in ((4 * 6, 4 * 50, (8, 3, 2, 1)), (4 * 8, 4 * 12, (8, 2, 3, 1))):
+        a = Operand(at, 4, s1, s2)
+        fill_rows(a, n)
+        await tb.run(Vec(subop=VecSubop.SOFTMAX, n=n, a=a, d=a),
+                     what=f"overlapping rows s1={s1} s2={s2}")
     a = rows_at(at, 16, 3, 2)
     fill_rows(a, (16, 3, 2, 1))
     await tb.run(Vec(subop=VecSubop.SOFTMAX, n=(16, 3, 2, 1), a=a, d=rows_at(at + 4, 16, 3, 2)),
