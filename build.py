@@ -190,9 +190,11 @@ def top_ports(component) -> list[dict]:
                                          {"name": "rst", "dir": "in", "width": 1}]
 
 
-def _emit_units(resolved, config, platform, out: Path, verbose: bool, before_top=None):
+def _emit_units(resolved, config, platform, out: Path, verbose: bool, before_top=None,
+                on_unit=None):
     """Emit every ready unit variant (the top last); ``before_top(emitted, designs)`` returns
-    a reason not to emit the top (the pre-top fit check) or ``None``."""
+    a reason not to emit the top (the pre-top fit check) or ``None``; ``on_unit(variant,
+    design)`` is called as each unit other than the top is emitted."""
     from fpqvar_hw.emit import Emitter
     rtl, mans = out / "rtl", out / "manifests"
     rtl.mkdir()
@@ -230,6 +232,8 @@ def _emit_units(resolved, config, platform, out: Path, verbose: bool, before_top
             manifests.setdefault(r.spec.name, man["manifest"])
             if r.spec.is_top:
                 ports_of_top = top_ports(comp)
+            elif on_unit is not None:
+                on_unit(v, design)
     (rtl / "manifest.json").write_text(_json({
         "note": "hierarchical emission (fpqvar_hw.emit): each file holds its top and every "
                 "module it instantiates, each once; modules are named by class and parameters",
@@ -524,7 +528,7 @@ def run_build(platform, config, out, *, synth=True, lint=True, jobs=2, verbose=T
         resolved = [dataclasses.replace(r, variants=(), pending="not emitted (--no-top)")
                     if r.spec.is_top else r for r in resolved]
     prefit: dict = {}
-    prefetch: list = []         # the units' synthesis, started before the top is emitted
+    prefetch: list = []         # the units' synthesis, started as they are emitted
     try:
         return _steps(platform, config, out, resolved, sims, synth, lint, jobs, verbose,
                       cache_dir, prefit, prefetch)
@@ -534,21 +538,23 @@ def run_build(platform, config, out, *, synth=True, lint=True, jobs=2, verbose=T
             p.join()
 
 
-def _before_top(emitted, designs, config, platform, prefit, verbose, synth, cache_dir,
-                prefetch) -> str | None:
-    """Before the top is emitted: the pre-top fit check and, with synthesis on, the
-    synthesis of the emitted units in the background (one Yosys process while the top's
-    emission holds the other core: 50 s of the top's Python at full size, during which
-    the pool of [3/6] would otherwise wait)."""
-    reason = _pre_top_fit(emitted, designs, config, platform, prefit, verbose)
-    if synth and not reason:
-        from fpqvar_hw.flow import resources as R
-        from fpqvar_hw.flow.hsynth import Prefetch
-        units = [designs[v.instance] for v in emitted if v.count or v.inside]
-        if units and R.synth_available():
-            prefetch.append(Prefetch(units, cache_dir=Path(cache_dir) / "hier", progress=lambda n, r: _log(
-                verbose, f"    {n}: {r['seconds']} s (synthesised while the top is emitted)")))
-    return reason
+def _prefetch(prefetch: list, synth: bool, cache_dir, verbose: bool):
+    """With synthesis on, a background synthesis of the units as they are emitted (one
+    Yosys process while the emission holds the other core: the units' Python, then 50 s of
+    the top's at full size, during which the pool of [3/6] would otherwise wait); returns
+    ``on_unit`` for :func:`_emit_units`."""
+    from fpqvar_hw.flow import resources as R
+    if not (synth and R.synth_available()):
+        return None
+    from fpqvar_hw.flow.hsynth import Prefetch
+    p = Prefetch(cache_dir=Path(cache_dir) / "hier", more=True, progress=lambda n, r: _log(
+        verbose, f"    {n}: {r['seconds']} s (synthesised while the RTL is emitted)"))
+    prefetch.append(p)
+
+    def on_unit(v, design) -> None:
+        if v.count or v.inside:     # the units [3/6] synthesises
+            p.add([design])
+    return on_unit
 
 
 def _steps(platform, config, out, resolved, sims, synth, lint, jobs, verbose, cache_dir,
@@ -558,8 +564,9 @@ def _steps(platform, config, out, resolved, sims, synth, lint, jobs, verbose, ca
     from fpqvar_hw.flow.resources import FitError, check_fit
     emitted, pending, manifests, designs, ports_of_top = _emit_units(
         resolved, config, platform, out, verbose,
-        before_top=lambda em, designs: _before_top(em, designs, config, platform, prefit,
-                                                   verbose, synth, cache_dir, prefetch))
+        before_top=lambda em, designs: _pre_top_fit(em, designs, config, platform, prefit,
+                                                    verbose),
+        on_unit=_prefetch(prefetch, synth, cache_dir, verbose))
     for p in prefetch:
         p.stop()                # the foreground pool takes over; the run in flight ends
     top_exists = ports_of_top is not None
@@ -710,7 +717,7 @@ def make_summary(platform, config, out, emitted, pending, top_exists, lint_res, 
     from fpqvar_hw.flow.perf import PAPER_FP_INT_RATIO, PAPER_IMAGES_PER_S
     L = [f"FPQVAR build: platform {platform.name}, preset {config.preset}", ""]
     L.append(f"RTL: {len(emitted)} unit variants emitted with manifests"
-             + (f"; pending: " + "; ".join(f"{k} ({v})" for k, v in pending.items())
+             + ("; pending: " + "; ".join(f"{k} ({v})" for k, v in pending.items())
                 if pending else ""))
     L.append("Top: " + ("fpqvar_top emitted (rtl/fpqvar_top.v; Vivado IP ports m_axi, s_axil, "
                         "irq, clk, rst)" if top_exists else
@@ -719,7 +726,7 @@ def make_summary(platform, config, out, emitted, pending, top_exists, lint_res, 
         L.append("Lint: skipped")
     else:
         bad = {k: v for k, v in lint_res.items() if v}
-        L.append(f"Lint (verilator -Wall, waivers in fpqvar_hw/flow/lint_waivers.vlt): "
+        L.append("Lint (verilator -Wall, waivers in fpqvar_hw/flow/lint_waivers.vlt): "
                  + ("clean" if not bad else f"{sum(map(len, bad.values()))} unwaived warnings in "
                     + ", ".join(bad) + " (see lint.log)"))
     if res_rep is None:

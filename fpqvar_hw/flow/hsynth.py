@@ -487,32 +487,66 @@ def _jobs_of(designs: list):
 
 class Prefetch:
     """Synthesise the modules of ``designs`` into the cache in one background thread (one
-    Yosys process at a time, longest first) while the caller works on (the build: it emits
-    the accelerator top meanwhile, one core of Python); a later
-    :func:`synthesize_designs` over them finds them cached, or waits on the one in flight
-    (the cache entry's lock).  :meth:`stop` takes no new module; :meth:`join` waits until
-    the thread ends (after the module in flight, once stopped).  A failure is left to the
-    foreground run, which meets the same module and reports it.  ``progress(name,
-    record)`` is called after each run."""
+    Yosys process at a time, the longest waiting module first) while the caller works on
+    (the build: it emits the units and the accelerator top meanwhile, one core of Python);
+    a later :func:`synthesize_designs` over them finds them cached, or waits on the one in
+    flight (the cache entry's lock).  With ``more=True`` the caller hands in further
+    designs as it makes them (:meth:`add`) and :meth:`close` says there are no more; the
+    thread waits for work until then.  :meth:`stop` takes no new module; :meth:`join` waits
+    until the thread ends (after the module in flight, once stopped; after the last module,
+    once closed).  A failure is left to the foreground run, which meets the same module and
+    reports it.  ``progress(name, record)`` is called after each run."""
 
-    def __init__(self, designs, *, cache_dir: "Path | str | None" = None, abc9: bool = True,
-                 timeout_s: float = 3600, progress=None):
+    def __init__(self, designs=(), *, cache_dir: "Path | str | None" = None, abc9: bool = True,
+                 timeout_s: float = 3600, progress=None, more: bool = False):
         import threading
 
-        _, _, jobs, _ = _jobs_of(list(designs))
-        self._todo = sorted(jobs.values(), key=lambda j: -len(j[1]))
         self._root = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
         self._abc9, self._timeout, self._progress = abc9, timeout_s, progress
         self._stop = threading.Event()
+        self._cv = threading.Condition()
+        self._todo: dict[str, tuple] = {}       # identity -> (name, text, stubs), not run yet
+        self._seen: set[str] = set()
+        self._closed = False
         #: modules this prefetch ran Yosys on
         self.ran: list[str] = []
+        self.add(designs)
+        if not more:
+            self.close()
         self._thread = threading.Thread(target=self._work, name="synth-prefetch", daemon=True)
         self._thread.start()
 
+    def add(self, designs) -> None:
+        """Queue the modules of ``designs`` not queued or run before."""
+        designs = list(designs)
+        if not designs:
+            return
+        _, _, jobs, _ = _jobs_of(designs)
+        with self._cv:
+            for key, job in jobs.items():
+                if key not in self._seen:
+                    self._seen.add(key)
+                    self._todo[key] = job
+            self._cv.notify()
+
+    def close(self) -> None:
+        """No more designs: the thread ends once the queue is empty."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+
+    def _next(self) -> "tuple | None":
+        with self._cv:
+            while not self._todo and not self._closed and not self._stop.is_set():
+                self._cv.wait()
+            if self._stop.is_set() or not self._todo:
+                return None
+            key = max(self._todo, key=lambda k: len(self._todo[k][1]))
+            return self._todo.pop(key)
+
     def _work(self) -> None:
-        for n, text, stubs in self._todo:
-            if self._stop.is_set():
-                return
+        while (job := self._next()) is not None:
+            n, text, stubs = job
             try:
                 rec, runs = _one_module(n, text, stubs, self._abc9, self._root, self._timeout)
             except Exception:       # noqa: BLE001 - the foreground run reports it
@@ -524,6 +558,8 @@ class Prefetch:
 
     def stop(self) -> None:
         self._stop.set()
+        with self._cv:
+            self._cv.notify()
 
     def join(self) -> None:
         self._thread.join()

@@ -384,6 +384,27 @@ def _function_ports(unit) -> dict:
         if unit.shared_functions else {}
 
 
+def _own_function_pipes(m: Module, names, prefix: str) -> dict:
+    """A :class:`FunctionPipe` of its own in ``m`` for each function of ``names`` (one lane
+    of a unit built without shared functions): ``{name: port}`` for the lane's Dataflow
+    (``ports=``).  The pipe is the inline pipeline (same stages, rounding and enable), a
+    module of its own, so the synthesis flow maps it once for every lane and unit."""
+    ports = {}
+    for n in names:
+        pipe = m.submodules[f"{prefix}fn_{n}"] = FunctionPipe(Func(n))
+        ports[n] = _PipePort(arg=pipe.x, en=pipe.en, res=pipe.y)
+    return ports
+
+
+@dataclass(frozen=True)
+class _PipePort:
+    """The unit side of a :class:`FunctionPipe` in the same module (:data:`FUNCTION_PORT`'s
+    members: the argument and enable the Dataflow drives, the result it reads)."""
+    arg: Value
+    en: Value
+    res: Value
+
+
 def _check_ports_driven(ports: dict) -> None:
     left = [name for name, port in ports.items() if port is not None]
     if left:
@@ -483,7 +504,8 @@ class Elementwise(Checked, wiring.Component):
     interval 1; every FP operation is pipelined (:class:`Dataflow`); the
     pipeline holds while ``o.valid & ~o.ready`` (``i.ready = ~o.valid | o.ready``).
     ``shared_functions`` (one lane only): exp and reciprocal (GELU), or the function
-    itself, through ``fn_*`` ports to shared :class:`FunctionPipe` s (module docstring).
+    itself, through ``fn_*`` ports to shared :class:`FunctionPipe` s (module docstring);
+    without it each lane holds its own :class:`FunctionPipe` s (the same pipelines).
     """
 
     def __init__(self, func: Func, *, lanes: int = 1, src: FloatFormat = FP32,
@@ -537,14 +559,15 @@ class Elementwise(Checked, wiring.Component):
 
     def _build(self, m: Module, en: Value, inputs: list[Value]) -> list[Value]:
         outs = []
-        ports = _function_ports(self)
         for lane, x in enumerate(inputs):
+            ports = (_function_ports(self) if self.shared_functions
+                     else _own_function_pipes(m, self.functions, prefix=f"l{lane}_"))
             df = Dataflow(m, en, prefix=f"l{lane}_", data_only=True,   # valid: valid_sr
                           ports=ports)
             y = self._lane(df, x, self.func, self.src, self.dst)
             assert y.stage == self.latency, "latency_for schedules what elaborate builds"
             outs.append(df.at(y, y.stage))
-        _check_ports_driven(ports)
+            _check_ports_driven(ports)
         return outs
 
     def elaborate(self, platform):
