@@ -22,7 +22,9 @@ not in pipelines of its own but through ports (``fn_exp``, ``fn_reciprocal``,
 :class:`FunctionPipe` / :class:`TreePipe` outside it, the same pipeline with the same
 latency and enable, so the results and the cycles are those of the inline build.  The
 vector engine runs one sub-op at a time and builds one pipe of each for all its units
-(:func:`connect_function_pipes`).
+(:func:`connect_function_pipes`).  Built without shared functions, a unit (each lane of
+an :class:`Elementwise`) holds the same pipes as modules of its own: the inline
+pipelines, which the synthesis flow then maps once for every unit that uses them.
 
 Constants and tables are computed here from their defining formulas (never read
 from the golden model); tests compare the RTL with the golden model.
@@ -378,20 +380,24 @@ def _function_members(names, shared: bool, P: int = 0) -> dict:
     return {f"fn_{n}": Out(tree_port(P) if n == TREE else FUNCTION_PORT) for n in names}
 
 
-def _function_ports(unit) -> dict:
-    """``{name: port}`` of ``unit``'s shared-pipe ports, for its Dataflows (``ports=``)."""
-    return {n: getattr(unit, f"fn_{n}") for n in unit.functions} \
-        if unit.shared_functions else {}
+def _function_ports(unit, m: Module) -> dict:
+    """``{name: port}`` for ``unit``'s Dataflows (``ports=``): its ports to the shared pipes
+    (built with ``shared_functions=True``), else pipes of its own in ``m``."""
+    if unit.shared_functions:
+        return {n: getattr(unit, f"fn_{n}") for n in unit.functions}
+    return _own_function_pipes(m, unit.functions, prefix="", P=getattr(unit, "P", 0))
 
 
-def _own_function_pipes(m: Module, names, prefix: str) -> dict:
-    """A :class:`FunctionPipe` of its own in ``m`` for each function of ``names`` (one lane
-    of a unit built without shared functions): ``{name: port}`` for the lane's Dataflow
-    (``ports=``).  The pipe is the inline pipeline (same stages, rounding and enable), a
-    module of its own, so the synthesis flow maps it once for every lane and unit."""
+def _own_function_pipes(m: Module, names, prefix: str, P: int = 0) -> dict:
+    """A :class:`FunctionPipe` (or the :class:`TreePipe` over ``P`` values) of its own in
+    ``m`` for each function of ``names`` (a unit, or a lane, built without shared
+    functions): ``{name: port}`` for its Dataflows (``ports=``).  The pipe is the inline
+    pipeline (same stages, rounding and enable), a module of its own, so the synthesis
+    flow maps it once for every lane and unit."""
     ports = {}
     for n in names:
-        pipe = m.submodules[f"{prefix}fn_{n}"] = FunctionPipe(Func(n))
+        pipe = TreePipe(P=P) if n == TREE else FunctionPipe(Func(n))
+        m.submodules[f"{prefix}fn_{n}"] = pipe
         ports[n] = _PipePort(arg=pipe.x, en=pipe.en, res=pipe.y)
     return ports
 
@@ -560,7 +566,7 @@ class Elementwise(Checked, wiring.Component):
     def _build(self, m: Module, en: Value, inputs: list[Value]) -> list[Value]:
         outs = []
         for lane, x in enumerate(inputs):
-            ports = (_function_ports(self) if self.shared_functions
+            ports = (_function_ports(self, m) if self.shared_functions
                      else _own_function_pipes(m, self.functions, prefix=f"l{lane}_"))
             df = Dataflow(m, en, prefix=f"l{lane}_", data_only=True,   # valid: valid_sr
                           ports=ports)
@@ -1049,7 +1055,7 @@ class Softmax(Checked, wiring.Component):
         e_own, go = Signal(), Signal()
         m.d.sync += ke.eq(ke_next)
         m.d.comb += ke_next.eq(ke)
-        ports = _function_ports(self)
+        ports = _function_ports(self, m)
         df = Dataflow(m, Const(1), prefix="sm_", data_only=True, ports=ports)
         e_val = df.exp(df.sub(Val(rows.data(es), 0), Val(e_mx, -1)))
         L = e_val.stage
@@ -1323,7 +1329,7 @@ class LayerNormModulate(Checked, wiring.Component):
         t_go, t_var, t_slot = Signal(), Signal(), Signal(range(S))
         m.d.sync += [t_go.eq(pick_m | pick_v), t_var.eq(pick_v), t_slot.eq(sel_slot)]
         m.d.sync += [t.eq(Mux(pick_m, a, b)) for t, a, b in zip(t_in, lsums.snap, vsums.snap)]
-        ports = _function_ports(self)
+        ports = _function_ports(self, m)
         df2 = Dataflow(m, Const(1), prefix="tr_", data_only=True, ports=ports)
         mean = df2.mul(df2.tree(t_in), df2.const(inv_c))
         rs = df2.rsqrt(df2.add(mean, df2.const(eps)))
@@ -1541,7 +1547,7 @@ class L2NormTemperature(Checked, wiring.Component):
             rows.write(ls, kl, x_in)
         rows.finish()
 
-        ports = _function_ports(self)
+        ports = _function_ports(self, m)
         df2 = Dataflow(m, Const(1), prefix="tr_", data_only=True, ports=ports)
         gain = self._gain(df2, sums.snap, Val(snap_t, 0) if self.temperature else None)
         Lg = gain.stage
@@ -1612,7 +1618,7 @@ class FDot(Checked, wiring.Component):
 
         # tree over the partials, free-running; a valid bit travels alongside
         snap = Signal()
-        ports = _function_ports(self)
+        ports = _function_ports(self, m)
         df2 = Dataflow(m, Const(1), prefix="tr_", data_only=True, ports=ports)
         total = ps.tree(df2)
         Lt = total.stage
