@@ -129,6 +129,25 @@ def test_prefetch_fills_the_cache_the_foreground_run_reads(tmp_path):
     assert len(stopped.ran) <= 1      # at most the module it had started
 
 
+@needs_yosys
+def test_prefetch_takes_designs_as_they_come(tmp_path):
+    """The build feeds the background synthesis each unit as it is emitted (``more=True``):
+    it waits for work until closed, runs a module that two designs share once, and ends
+    after the last module once closed."""
+    mid = tiny_design(top="mid", modules={"leaf": LEAF, "mid": MID},
+                      instances={"leaf": {}, "mid": {"leaf": 2}})
+    p = Prefetch(cache_dir=tmp_path, more=True)
+    p._thread.join(timeout=0.5)
+    assert p._thread.is_alive()     # nothing queued yet, not closed: it waits
+    p.add([mid])
+    p.add([tiny_design()])          # leaf and mid again, tiny new
+    p.close()
+    p.join()
+    assert sorted(p.ran) == ["leaf", "mid", "tiny"]
+    r = synthesize_hierarchical(tiny_design(), cache_dir=tmp_path, workers=2)
+    assert r.yosys_runs == 0
+
+
 # comb: a registered module feeding a combinational module twice in a chain, registered
 # again: the path reg -> inc -> inc -> reg is counted whole in the parent's run
 INC = """module inc(input [7:0] a, output [7:0] y);
