@@ -51,7 +51,8 @@ from amaranth.lib import wiring
 
 __all__ = ["hierarchical", "module_name", "Emitter", "EmittedDesign", "emit_verilog",
            "clear_conversion_cache",
-           "EmitError", "verilog_ports", "strip_zero_memory_init"]
+           "EmitError", "verilog_ports", "strip_zero_memory_init",
+           "fast_memory_init", "memory_init_sigspec"]
 
 
 class EmitError(RuntimeError):
@@ -319,7 +320,7 @@ class Emitter:
             self._root = outer_root
         try:
             frag = self._forward_resets(frag)
-            with _without_field_aliases(), _fast_memory_init():
+            with _without_field_aliases(), fast_memory_init():
                 text, _ = verilog.convert_fragment(frag, _ports_of(component), name,
                                                    emit_src=False)
         finally:
@@ -436,7 +437,7 @@ def _without_field_aliases():
         rtlil.ModuleEmitter.emit_signal_fields = saved
 
 
-def _memory_init_sigspec(init, width: int) -> str:
+def memory_init_sigspec(init, width: int) -> str:
     """The RTLIL constant of a memory's initial contents (``init``: one integer per word,
     word 0 in the lowest bits), the text Amaranth's ``sigspec`` writes for the same
     bits."""
@@ -446,13 +447,13 @@ def _memory_init_sigspec(init, width: int) -> str:
 
 
 @contextlib.contextmanager
-def _fast_memory_init():
+def fast_memory_init():
     """Convert with each memory's initial contents written as one constant at once.
 
     Amaranth's RTLIL backend builds a memory's ``$meminit_v2`` data one bit at a time
     (a constant net object per bit): 7.7 million of them for the accelerator top's buffers
     (16 x 2,048-word activation buffers and the rest), about a tenth of the top's
-    emission time.  :func:`_memory_init_sigspec` writes the same text from the words;
+    emission time.  :func:`memory_init_sigspec` writes the same text from the words;
     everything else about the cell is Amaranth's (tests compare both texts)."""
     from amaranth.back import rtlil
     saved = rtlil.ModuleEmitter.emit_memory
@@ -462,7 +463,7 @@ def _fast_memory_init():
             return saved(self, cell_idx, cell)
         self.builder.cell("$meminit_v2", ports={
             "ADDR": self.sigspec(),
-            "DATA": _memory_init_sigspec(cell.init, cell.width),
+            "DATA": memory_init_sigspec(cell.init, cell.width),
             "EN": self.sigspec(rtlil._nir.Value.ones(cell.width)),
         }, parameters={
             "MEMID": self.memories[cell_idx].memid,

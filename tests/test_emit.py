@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from amaranth.back import verilog
-from amaranth.hdl import Module, ResetInserter, Signal
+from amaranth.hdl import Module, ResetInserter
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
@@ -219,11 +219,11 @@ def test_memory_init_text_is_amaranths():
              (32, [0] * 16), (1, [rng.randrange(2) for _ in range(16)])]
     for w, words in inits:
         mem_bits = "".join(str((words[i] >> b) & 1) for i in range(len(words)) for b in range(w))
-        assert emit._memory_init_sigspec(words, w) == f"{w * len(words)}'{mem_bits[::-1]}"
+        assert emit.memory_init_sigspec(words, w) == f"{w * len(words)}'{mem_bits[::-1]}"
     ports = lambda d: [d.addr, *(getattr(d, f"o{k}") for k in range(len(inits)))]
     plain = _Rom(inits)
     want = verilog.convert(plain, ports=ports(plain), name="rom", emit_src=False)
     fast = _Rom(inits)
-    with emit._fast_memory_init():
+    with emit.fast_memory_init():
         got = verilog.convert(fast, ports=ports(fast), name="rom", emit_src=False)
     assert got == want and "initial begin" in got
