@@ -380,12 +380,13 @@ def _function_members(names, shared: bool, P: int = 0) -> dict:
     return {f"fn_{n}": Out(tree_port(P) if n == TREE else FUNCTION_PORT) for n in names}
 
 
-def _function_ports(unit, m: Module) -> dict:
+def _function_ports(unit, m: Module, prefix: str = "") -> dict:
     """``{name: port}`` for ``unit``'s Dataflows (``ports=``): its ports to the shared pipes
-    (built with ``shared_functions=True``), else pipes of its own in ``m``."""
+    (built with ``shared_functions=True``), else pipes of its own in ``m`` (submodules
+    ``<prefix>fn_<name>``: one set per lane of an :class:`Elementwise`)."""
     if unit.shared_functions:
         return {n: getattr(unit, f"fn_{n}") for n in unit.functions}
-    return _own_function_pipes(m, unit.functions, prefix="", P=getattr(unit, "P", 0))
+    return _own_function_pipes(m, unit.functions, prefix=prefix, P=getattr(unit, "P", 0))
 
 
 def _own_function_pipes(m: Module, names, prefix: str, P: int = 0) -> dict:
@@ -566,8 +567,7 @@ class Elementwise(Checked, wiring.Component):
     def _build(self, m: Module, en: Value, inputs: list[Value]) -> list[Value]:
         outs = []
         for lane, x in enumerate(inputs):
-            ports = (_function_ports(self, m) if self.shared_functions
-                     else _own_function_pipes(m, self.functions, prefix=f"l{lane}_"))
+            ports = _function_ports(self, m, prefix=f"l{lane}_")
             df = Dataflow(m, en, prefix=f"l{lane}_", data_only=True,   # valid: valid_sr
                           ports=ports)
             y = self._lane(df, x, self.func, self.src, self.dst)
