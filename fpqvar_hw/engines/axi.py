@@ -178,8 +178,10 @@ def _onehot_mux(sel, values):
 
 class _TagQueue:
     """FIFO of the owners (one-hot client masks) of the bursts in flight, in flip-flops:
-    ``head`` (the oldest owner, registered) and ``head_ok``; ``push``/``w_data`` (one-hot)
-    when ``w_rdy``; ``pop`` retires the head.  Flip-flops instead of a LUT RAM keep every
+    ``head`` (the oldest owner, registered), ``head_ok`` and ``owner`` (``head`` where
+    ``head_ok``, else 0: a register, so a response's valid per client is ``valid &
+    owner[i]``, one gate behind flip-flops); ``push``/``w_data`` (one-hot) when ``w_rdy``;
+    ``pop`` retires the head.  Flip-flops instead of a LUT RAM keep every
     path register-to-register (a LUT RAM's write port is not a path, but the logic-depth
     count cannot tell it from its read port)."""
 
@@ -189,6 +191,7 @@ class _TagQueue:
         self.pop = Signal(name=f"{name}_pop")
         self.head = Signal(n, name=f"{name}_head")
         self.head_ok = Signal(name=f"{name}_head_ok")
+        self.owner = Signal(n, name=f"{name}_owner")
         self.w_rdy = Signal(name=f"{name}_w_rdy")
         # the entries behind the head: a shift register, slot 0 next in line
         slots = [Signal(n, name=f"{name}_slot{k}") for k in range(depth - 1)]
@@ -200,6 +203,8 @@ class _TagQueue:
         with m.If(take):
             m.d.sync += self.head.eq(Mux(cnt != 0, slots[0], self.w_data) if slots else self.w_data)
             m.d.sync += self.head_ok.eq((cnt != 0) | self.push)
+            m.d.sync += self.owner.eq(Mux(cnt != 0, slots[0] if slots else 0,
+                                          Mux(self.push, self.w_data, 0)))
         # slots: shift on a refill from them, append the pushed entry behind the rest
         from_slots = take & (cnt != 0)
         for k in range(depth - 1):
@@ -239,7 +244,7 @@ def _sliced_grant(m: Module, clients, layout, can, tags: "_TagQueue", name: str)
 
 def _owner_ready(tags: "_TagQueue", clients):
     """The response channel's ready: the owning client's (``tags.head``) ``resp.ready``."""
-    return tags.head_ok & Cat(*[tags.head[i] & c.resp.ready for i, c in enumerate(clients)]).any()
+    return Cat(*[tags.owner[i] & c.resp.ready for i, c in enumerate(clients)]).any()
 
 
 def _check_clients(n_clients: int, max_outstanding: int) -> None:
@@ -299,11 +304,10 @@ class ReadArbiter(wiring.Component):
         with m.Elif(axi.arready):
             m.d.sync += axi.arvalid.eq(0)
 
-        owner = tags.head
         for i, c in enumerate(self.clients):
             m.d.comb += [c.resp.payload.data.eq(axi.rdata), c.resp.payload.last.eq(axi.rlast),
                          c.resp.payload.err.eq(axi.rresp != AXI_OKAY),
-                         c.resp.valid.eq(axi.rvalid & tags.head_ok & owner[i])]
+                         c.resp.valid.eq(axi.rvalid & tags.owner[i])]
         m.d.comb += [axi.rready.eq(_owner_ready(tags, self.clients)),
                      tags.pop.eq(axi.rvalid & axi.rready & axi.rlast)]
         return m
@@ -358,10 +362,9 @@ class WriteArbiter(wiring.Component):
             with m.If(axi.wready):
                 m.d.sync += axi.wvalid.eq(0)
 
-        owner = tags.head
         for i, c in enumerate(self.clients):
             m.d.comb += [c.resp.payload.err.eq(axi.bresp != AXI_OKAY),
-                         c.resp.valid.eq(axi.bvalid & tags.head_ok & owner[i])]
+                         c.resp.valid.eq(axi.bvalid & tags.owner[i])]
         m.d.comb += [axi.bready.eq(_owner_ready(tags, self.clients)),
                      tags.pop.eq(axi.bvalid & axi.bready)]
         return m

@@ -285,6 +285,10 @@ class Controller(wiring.Component):
             m.d.sync += [busy.eq(0), done.eq(1), ivalid.eq(0), fstate.eq(F_EMPTY)]
 
         m.d.sync += abort_run.eq(0)      # (RUN overrides: abort_req of a RUN cycle)
+        # STOP as a register of its own, set and cleared with the state's transitions: the
+        # engines' abort inputs come straight from a flip-flop, not through the state decode
+        stopping = Signal()
+        m.d.comb += [self.gemm.abort.eq(stopping), self.vec.abort.eq(stopping)]
         with m.FSM(name="run"):
             with m.State("IDLE"):
                 with m.If(start_req & ~busy):
@@ -296,7 +300,7 @@ class Controller(wiring.Component):
                                  fstate.eq(F_EMPTY),
                                  ivalid.eq(0), used[0].eq(0), used[1].eq(0)]
                     with m.If(prog_addr[:7] != 0):
-                        m.d.sync += [stop_code.eq(ErrorCode.FIELD), stop_pc.eq(0)]
+                        m.d.sync += [stop_code.eq(ErrorCode.FIELD), stop_pc.eq(0), stopping.eq(1)]
                         m.next = "STOP"
                     with m.Else():
                         m.next = "RUN"
@@ -337,12 +341,13 @@ class Controller(wiring.Component):
                         m.d.sync += [stop_code.eq(decode_err), stop_pc.eq(ipc)]
                         m.d.comb += go_stop.eq(1)
                 with m.If(go_stop):
+                    m.d.sync += stopping.eq(1)
                     m.next = "STOP"
             with m.State("STOP"):
-                # abort both engines and drain: engines idle, no fetch burst in flight
-                m.d.comb += [self.gemm.abort.eq(1), self.vec.abort.eq(1)]
+                # abort both engines (stopping) and drain: engines idle, no fetch burst in flight
                 with m.If(both_idle & (fstate != F_RECV)):
                     finish()
+                    m.d.sync += stopping.eq(0)
                     with m.If(stop_code != 0):
                         m.d.sync += [error.eq(1), err_code.eq(stop_code), err_pc.eq(stop_pc),
                                      pc.eq(stop_pc)]
