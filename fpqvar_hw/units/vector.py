@@ -68,7 +68,7 @@ EXP_HI = fp32_bits(89.0)
 EXP_POLY = [fp32_bits(1.0 / math.factorial(k)) for k in range(7, -1, -1)]
 GELU_K = fp32_bits(0.044715)
 GELU_2C = fp32_bits(2.0 * math.sqrt(2.0 / math.pi))
-ONE, HALF, THREE_HALVES = fp32_bits(1.0), fp32_bits(0.5), fp32_bits(1.5)
+ONE, THREE_HALVES = fp32_bits(1.0), fp32_bits(1.5)
 QNAN, INF = FP32.qnan, FP32.inf
 RECIP_BITS, RSQRT_BITS = 7, 6
 RECIP_TABLE = [fp32_bits(1.0 / (1.0 + (k + 0.5) / 2 ** RECIP_BITS)) for k in range(2 ** RECIP_BITS)]
@@ -204,8 +204,14 @@ class Dataflow:
         return Val(self.reg(fp_max(self.m, self.at(a, s), self.at(b, s), FP32), "mx"), s + 1)
 
     def min(self, a: Val, b: Val) -> Val:
-        """min(a, b) = -max(-a, -b) (NaN in, NaN out)."""
-        return self.neg(self.max(self.neg(a), self.neg(b)))
+        """min(a, b) = -max(-a, -b) (NaN in, NaN out), the outer sign flip in front of the
+        register (its consumer takes the register straight, no flip after it)."""
+        s = self._stage(a, b)
+        if self.dry:
+            return Val(Const(0, 32), s + 1)
+        sign = 1 << 31
+        out = fp_max(self.m, self.at(a, s) ^ sign, self.at(b, s) ^ sign, FP32) ^ sign
+        return Val(self.reg(out, "mn"), s + 1)
 
     def comb(self, fn, *vals: Val, width: int, register: bool = True) -> Val:
         """Integer logic ``fn(*signals)`` on values; registered (one stage) by default."""
@@ -295,10 +301,12 @@ class Dataflow:
             return ext
         c = self.const
         odd = self.comb(lambda b: b[23] ^ 1, v, width=1, register=False)   # (E - 127) & 1
-        m = self.comb(lambda b, o: Cat(b[:23], Const(127, 8) + o), v, odd, width=32, register=False)
         y = self.table(RSQRT_TABLE, self.comb(lambda b, o: Cat(b[23 - RSQRT_BITS:23], o), v, odd,
                                               width=RSQRT_BITS + 1, register=False))
-        h = self.mul(m, c(HALF))
+        # h = m * 0.5, exact (m is normal, in [1, 4)): the exponent 126 + odd, no multiplier
+        # (so no inverter sits between the argument and a multiplier's input register)
+        h = self.comb(lambda b, o: Cat(b[:23], o, Const(0b0111111, 7), Const(0, 1)), v, odd,
+                      width=32, register=False)
         for _ in range(2):
             y = self.mul(y, self.sub(c(THREE_HALVES), self.mul(self.mul(y, y), h)))
         # -((e - odd) >> 1) with e = E - 127
@@ -329,8 +337,11 @@ class Dataflow:
         c = self.const
         x3 = self.mul(self.mul(x, x), x)
         inner = self.add(self.mul(x3, c(GELU_K)), x)
-        u2 = self.mul(inner, c(GELU_2C))
-        den = self.add(self.exp(self.neg(u2)), c(ONE))
+        # -u2 as inner * (-GELU_2C): the same bits (RNE rounds symmetrically; +-0, +-Inf
+        # and NaN alike), and no sign flip between the product's register and the exp
+        # (a shared pipe's argument select follows it)
+        neg_u2 = self.mul(inner, c(GELU_2C ^ (1 << 31)))
+        den = self.add(self.exp(neg_u2), c(ONE))
         return self.mul(x, self.reciprocal(den))
 
 
@@ -424,7 +435,13 @@ def connect_function_pipes(m: Module, users) -> dict[str, wiring.Component]:
     (exp, reciprocal, rsqrt) or the :class:`TreePipe` (their partial sums' tree), added to
     ``m`` as ``fn_<name>``.  The unit whose ``select`` is 1 drives its arguments and enable
     (at most one at a time, and only while no other user has elements in the pipe), every
-    user reads its result.  Returns the pipes by name."""
+    user reads its result.  Returns the pipes by name.
+
+    The arguments reach the pipe through a k:1 multiplexer on a binary index (one LUT per
+    bit for up to four users, where a one-hot AND-OR of four takes two), registered from the
+    selects: a select must hold for a cycle before its unit drives the pipe (the vector
+    engine's sub-op flags are loaded in IDLE, cycles before an element reaches a unit).
+    The enables stay one-hot gated, so an unselected unit never moves the pipe."""
     ports: dict[str, list] = {}
     sizes: dict[str, set] = {}
     for unit, select in users:
@@ -438,11 +455,17 @@ def connect_function_pipes(m: Module, users) -> dict[str, wiring.Component]:
     for n, fports in ports.items():
         pipe = TreePipe(P=sizes[n].pop()) if n == TREE else FunctionPipe(Func(n))
         m.submodules[f"fn_{n}"] = pipes[n] = pipe
-        en, arg = Const(0), Const(0, len(pipe.x))
-        for select, port in fports:
+        en, index = Const(0), Const(0, range(len(fports)))
+        for k, (select, port) in enumerate(fports):
             en = en | (select & port.en)
-            arg = arg | Mux(select, port.arg, 0)
+            index = index | Mux(select, k, 0)
             m.d.comb += port.res.eq(pipe.y)
+        if len(fports) == 1:
+            arg = fports[0][1].arg
+        else:
+            sel = Signal(range(len(fports)), name=f"fn_{n}_sel")
+            m.d.sync += sel.eq(index)
+            arg = Array(port.arg for _, port in fports)[sel]
         m.d.comb += [pipe.en.eq(en), pipe.x.eq(arg)]
     return pipes
 
