@@ -397,7 +397,7 @@ class VectorEngine(Checked, wiring.Component):
 
         ins = Signal(isa.INSTR_LAYOUT)
         d_ins = decode(ins)
-        sub, flags, b16, d16, n, field = d_ins.sub, d_ins.flags, d_ins.b16, d_ins.d16, d_ins.n, d_ins.field
+        sub, b16, d16, n, field = d_ins.sub, d_ins.b16, d_ins.d16, d_ins.n, d_ins.field
         d_cmd = decode(self.cmd.payload)
 
         # one-hot sub-op flags, registered with the instruction (no wide compare of the
@@ -410,7 +410,7 @@ class VectorEngine(Checked, wiring.Component):
             kvq6 = is_sub[V.KVQ6]
 
         # validation (isa.Vec.check, with LNMOD n0 == C) of the command as it is taken, into
-        # a register that CHECK reads (no validation logic in front of the loop nests' start)
+        # a register that CHECK reads (no validation logic in front of the loop nests' loads)
         known_flags = int(isa.VecFlag.B_FP16 | isa.VecFlag.D_FP16)
         if kv6:
             known_flags |= int(isa.VecFlag.B_KV6)
@@ -524,7 +524,11 @@ class VectorEngine(Checked, wiring.Component):
         raise_err = Signal(4)              # an error detected this cycle (0: none)
         drained = Signal()
         finished = Signal()
-        start = Signal()                   # CHECK passed: load the generators
+        # load the generators (loop nests, address and word state) from the instruction:
+        # in every CHECK cycle, whatever CHECK decides (an instruction that errors or goes
+        # to an array leaves them loaded and unused: nothing outside RUN reads them), and
+        # again when an array declines; so no validation term sits in front of their loads
+        load = Signal()
 
         busy_now = Signal()                # the engine's state is not IDLE
         m.d.sync += self.busy.eq(busy_now)   # (registered: BUSY_DELAY)
@@ -543,7 +547,7 @@ class VectorEngine(Checked, wiring.Component):
                     m.d.sync += [r.eq(t) for r, t in zip(bad_terms, cmd_bad)]
                     m.d.sync += [o.eq(v == 1) for o, v in zip(n_one, d_cmd.n)]
                 with m.Else():                  # CHECK
-                    m.d.comb += busy_now.eq(1)
+                    m.d.comb += [busy_now.eq(1), load.eq(1)]
                     m.d.sync += check.eq(0)
                     with m.If(self.abort):
                         pass
@@ -553,7 +557,6 @@ class VectorEngine(Checked, wiring.Component):
                         with m.Elif(offer):
                             m.next = "OFFER"
                     with m.Else():
-                        m.d.comb += start.eq(1)
                         m.d.sync += in_run.eq(1)
                         m.next = "RUN"
             if arrays:
@@ -576,7 +579,7 @@ class VectorEngine(Checked, wiring.Component):
                     m.d.comb += [busy_now.eq(1), arr_sel.eq(1)]
                     with m.If(~arr_busy):
                         with m.If(arr_declined & ~self.abort):
-                            m.d.comb += start.eq(1)
+                            m.d.comb += load.eq(1)
                             m.d.sync += in_run.eq(1)
                             m.next = "RUN"
                         with m.Else():
@@ -626,34 +629,45 @@ class VectorEngine(Checked, wiring.Component):
 
         # ------------------------------------------------------------ loop nests
         def loop_nest(prefix: str, n0, n0_one, operands: dict[str, list]):
-            """Counters i0..i3 (``n0``, n1, n2, n3 counts; ``n0_one``: n0 == 1) and one
+            """Counters over i0..i3 (``n0``, n1, n2, n3 counts; ``n0_one``: n0 == 1) and one
             address register per operand; ``step`` advances.
-            Returns (idx, n-1 registers, addr dict, step, at_last_element, last_of_row)."""
-            idx = [Signal(32, name=f"{prefix}_i{k}") for k in range(4)]
+            Returns (first_of_row, n-1 registers, addr dict, step, at_last_element,
+            last_of_row)."""
+            # rem[k]: elements of level k after the current one (counting down from n_k - 1,
+            # reloaded from nm1 when the level wraps); top[k] = (rem[k] == 0) as registers,
+            # updated with rem: a decrement lands on 0 when rem == 1 (a compare with a
+            # constant), a reload when nm1 == 0 (one1: a count of 1, a copy of the
+            # command's flags kept beside the nest: using those flags directly maps the top
+            # one level deeper); so no compare sits between the counters and the step
+            rem = [Signal(32, name=f"{prefix}_rem{k}") for k in range(4)]
             nm1 = [Signal(32, name=f"{prefix}_nm1_{k}") for k in range(4)]
             step = Signal(name=f"{prefix}_step")
-            # top[k] = (idx[k] == nm1[k]) as registers, updated with idx: an increment
-            # lands on nm1 when idx == nm1 - 1 (nm2, compared ahead), a wrap to 0 when
-            # nm1 == 0 (one1: a count of 1, a copy of the command's flags kept beside the
-            # nest: using those flags directly maps the top one level deeper); so no
-            # compare sits between idx and the step
             top = [Signal(init=1, name=f"{prefix}_top{k}") for k in range(4)]
-            nm2 = [Signal(32, name=f"{prefix}_nm2_{k}") for k in range(4)]
             one1 = [Signal(name=f"{prefix}_one{k}") for k in range(4)]
+            first = Signal(init=1, name=f"{prefix}_first")     # i0 == 0
             addrs = {}
-            with m.If(start):
+            with m.If(load):
                 cnt = [Value.cast(n0)] + [n[k] for k in range(1, 4)]
                 m.d.sync += [q.eq(v - 1) for q, v in zip(nm1, cnt)]
-                m.d.sync += [q.eq(v - 2) for q, v in zip(nm2, cnt)]
+                m.d.sync += [q.eq(v - 1) for q, v in zip(rem, cnt)]
                 ones = [n0_one] + n_one[1:]
                 m.d.sync += [q.eq(v) for q, v in zip(one1, ones)]
                 m.d.sync += [q.eq(v) for q, v in zip(top, ones)]
-                m.d.sync += [i.eq(0) for i in idx]
+                m.d.sync += first.eq(1)
+            with m.Elif(step):
+                with m.If(~top[0]):
+                    m.d.sync += [rem[0].eq(rem[0] - 1), top[0].eq(rem[0] == 1), first.eq(0)]
+                for lvl in (1, 2, 3):
+                    with m.Elif(Cat(*top[:lvl]).all() & ~top[lvl]):
+                        m.d.sync += [r.eq(v) for r, v in zip(rem[:lvl], nm1[:lvl])]
+                        m.d.sync += [rem[lvl].eq(rem[lvl] - 1), first.eq(1)]
+                        m.d.sync += [t.eq(o) for t, o in zip(top[:lvl], one1[:lvl])]
+                        m.d.sync += top[lvl].eq(rem[lvl] == 1)
             for x, strides in operands.items():
                 # p[0]: current element; p[k]: first element of the current level-k block
                 p = [Signal(32, name=f"{prefix}_{x}_p{k}") for k in range(4)]
                 addrs[x] = p[0]
-                with m.If(start):
+                with m.If(load):
                     m.d.sync += [q.eq(field(x, 0)) for q in p]
                 with m.Elif(step):
                     with m.If(~top[0]):
@@ -663,15 +677,7 @@ class VectorEngine(Checked, wiring.Component):
                         with m.Elif(cond):
                             nxt = (p[lvl] + strides[lvl])[:32]
                             m.d.sync += [q.eq(nxt) for q in p[:lvl + 1]]
-            with m.If(step & ~start):
-                with m.If(~top[0]):
-                    m.d.sync += [idx[0].eq(idx[0] + 1), top[0].eq(idx[0] == nm2[0])]
-                for lvl in (1, 2, 3):
-                    with m.Elif(Cat(*top[:lvl]).all() & ~top[lvl]):
-                        m.d.sync += [i.eq(0) for i in idx[:lvl]] + [idx[lvl].eq(idx[lvl] + 1)]
-                        m.d.sync += [t.eq(o) for t, o in zip(top[:lvl], one1[:lvl])]
-                        m.d.sync += top[lvl].eq(idx[lvl] == nm2[lvl])
-            return idx, nm1, addrs, step, Cat(*top).all(), top[0]
+            return first, nm1, addrs, step, Cat(*top).all(), top[0]
 
         # ============================================================ issue side
         # The loop nest hands one element per step to ISSUE_STAGES registers that work out,
@@ -681,15 +687,15 @@ class VectorEngine(Checked, wiring.Component):
         # burst words ahead, credits).  Every stage moves on `adv`: the issue stage is
         # empty or issues its element.
         strides = {x: [field(x, k) for k in range(1, 5)] for x in ("a", "b", "c", "d")}
-        i_idx, i_nm1, i_addr, i_step, i_final, i_last = loop_nest(
+        i_first, i_nm1, i_addr, i_step, i_final, i_last = loop_nest(
             "is", n[0], n_one[0], {x: strides[x] for x in _READ_OPERANDS})
         l_done = Signal()               # the loop nest has handed over its last element
-        with m.If(start):
+        with m.If(load):
             m.d.sync += l_done.eq(0)
         with m.Elif(i_step & i_final):
             m.d.sync += l_done.eq(1)
         left = Signal(32, name="is_left")   # elements after the loop nest's one in its row
-        with m.If(start):
+        with m.If(load):
             m.d.sync += left.eq(n[0] - 1)
         with m.Elif(i_step):
             m.d.sync += left.eq(Mux(i_last, i_nm1[0], left - 1))
@@ -724,7 +730,7 @@ class VectorEngine(Checked, wiring.Component):
         issuing = in_run & ~abort_q
         m.d.comb += [gen.eq(issuing & ~l_done), i_step.eq(adv & gen)]
         valid = [Signal(name=f"is{k}_valid") for k in range(self.ISSUE_STAGES)]
-        with m.If(start | flush):
+        with m.If(load | flush):
             m.d.sync += [v.eq(0) for v in valid]
         with m.Elif(adv):
             m.d.sync += [valid[0].eq(gen)] + [valid[k].eq(valid[k - 1])
@@ -745,21 +751,21 @@ class VectorEngine(Checked, wiring.Component):
             return value
 
         e_last = carry(0, "last", i_last)
-        first3 = carry(0, "first", i_idx[0] == 0, end=self.ISSUE_STAGES - 1)   # L2NT: B at i0 = 0
+        first3 = carry(0, "first", i_first, end=self.ISSUE_STAGES - 1)   # L2NT: B at i0 = 0
         # stage 0: remaining elements of the row after this one, clamped to 255
         rem = stage(0, "rem", Mux(left[8:] != 0, 255, left[:8]), 8)
         addr0 = {x: stage(0, f"addr_{x}", i_addr[x]) for x in _READ_OPERANDS}
         e_valid = valid[-1]
-        e_addr, win, in_page, burstable, differs = {}, {}, {}, {}, {}
+        e_addr, ok, in_page, burstable, differs = {}, {}, {}, {}, {}
         # the operands the element at the issue stage reads (registered into that stage: the
         # sub-op flags are static during the run)
         three_operands = is_sub[V.LNMOD] | is_sub[V.RESID]
         need_c = three_operands | kv_fdot if kv6 else three_operands
         last_stage = self.ISSUE_STAGES - 1
-        need = {"a": Const(1),
-                "b": stage(last_stage, "need_b", three_operands | is_sub[V.FDOT]
-                           | (is_sub[V.L2NT] & first3)),
-                "c": stage(last_stage, "need_c", need_c)}
+        need_in = {"a": Const(1),
+                   "b": three_operands | is_sub[V.FDOT] | (is_sub[V.L2NT] & first3),
+                   "c": need_c}
+        need = {x: v if x == "a" else stage(last_stage, f"need_{x}", v) for x, v in need_in.items()}
         last_word = {x: Signal(32 - _WORD_SHIFT, name=f"last_word_{x}") for x in _READ_OPERANDS}
         for x in _READ_OPERANDS:
             s0 = strides[x][0]
@@ -790,7 +796,8 @@ class VectorEngine(Checked, wiring.Component):
             # fires or is empty; a firing element that reads x makes its word the last one)
             prev = Mux(e_valid & need[x], e_addr[x][_WORD_SHIFT:], last_word[x])
             differs[x] = stage(4, f"differs_{x}", a3[_WORD_SHIFT:] != prev)
-            win[x] = carry(2, f"win_{x}", win1)
+            # the element reads x inside the window, or does not read x
+            ok[x] = ~need_in[x] | carry(2, f"win_{x}", win1, end=last_stage)
         can_issue = Signal()
         # room for the descriptor, as a register: the FIFO's level from the cycle before,
         # three entries short of full (it grows by one a cycle at most, and the descriptor
@@ -819,7 +826,9 @@ class VectorEngine(Checked, wiring.Component):
             req_len = Signal(8, name=f"req_len_{x}")
             m.d.comb += [port.req.valid.eq(req_valid), port.req.payload.addr.eq(req_addr),
                          port.req.payload.len.eq(req_len)]
-            req_free = ~req_valid | port.req.ready
+            # (the engine's own port's ready: an array holds the ports only outside RUN, and
+            # an element issues only in RUN, so the array select is not in this decision)
+            req_free = ~req_valid | getattr(self, f"rd_{x}").req.ready
             credits = Signal(range(depth + 1), name=f"credits_{x}")   # words issued, not popped
             inflight = Signal(range(depth + 1), name=f"inflight_{x}")  # words without response
             free = depth - credits
@@ -827,17 +836,18 @@ class VectorEngine(Checked, wiring.Component):
             m.d.comb += beats.eq(Mux(free < in_page[x], free, in_page[x]))
             request = Signal(name=f"request_{x}")
             m.d.comb += request.eq(new & ahead_z)
-            window_ok = win[x]
             full = Signal(name=f"credits_full_{x}")      # credits == depth, as a register
             blocked.append(request & (~req_free | full))
-            with m.If(can_issue & need[x] & ~window_ok):
-                m.d.comb += err_addr_rd.eq(1)
             rd_state[x] = dict(port=port, new=new, word=word, last_word=last_word[x], cached=cached,
                                req_valid=req_valid, req_addr=req_addr, req_len=req_len,
-                               req_free=req_free, credits=credits, full=full, inflight=inflight,
-                               window_ok=window_ok, ahead=ahead, ahead_z=ahead_z,
+                               credits=credits, full=full, inflight=inflight,
+                               ahead=ahead, ahead_z=ahead_z,
                                request=request, beats=beats)
-        all_ok = Cat(*(~need[x] | rd_state[x]["window_ok"] for x in _READ_OPERANDS)).all()
+        # every operand the element reads inside the window: one register (an element
+        # outside it is an address error instead of an issue)
+        all_ok = stage(last_stage, "all_ok", Cat(*ok.values()).all())
+        with m.If(can_issue & ~all_ok):
+            m.d.comb += err_addr_rd.eq(1)
         fire = Signal()
         m.d.comb += [fire.eq(issuing & can_issue & all_ok & ~Cat(*blocked).any()),
                      adv.eq(~e_valid | fire)]
@@ -870,7 +880,7 @@ class VectorEngine(Checked, wiring.Component):
                              st["req_addr"].eq(Cat(Const(0, _WORD_SHIFT), st["word"]))]
             with m.Elif(port.req.ready):
                 m.d.sync += st["req_valid"].eq(0)
-            with m.If(start | flush):
+            with m.If(load | flush):
                 m.d.sync += [st["cached"].eq(0), st["ahead"].eq(0), st["ahead_z"].eq(1)]
             # response FIFO: room is reserved by credits, so resp.ready is always 1
             m.submodules[f"resp_fifo_{x}"] = ResetInserter(flush)(
@@ -890,12 +900,18 @@ class VectorEngine(Checked, wiring.Component):
             m.d.comb += c_in.eq(c + in_page[x])
             over = c_in > depth
             up, up1 = Mux(over, depth, c_in), Mux(over, depth - 1, c_in - 1)
+            # (fire, the latest of them, selects last: the values if the element requests,
+            # and the values without an issue, are worked out beside it)
+            c_keep = Signal.like(c, name=f"credits_keep_{x}")
+            c_req = Signal.like(c, name=f"credits_req_{x}")
+            f_keep, f_req = Signal(name=f"full_keep_{x}"), Signal(name=f"full_req_{x}")
+            m.d.comb += [c_keep.eq(Mux(take, c - 1, c)), f_keep.eq(~take & (c == depth)),
+                         c_req.eq(Mux(st["request"], Mux(take, up1, up), c_keep)),
+                         f_req.eq(Mux(st["request"], Mux(take, up1 == depth, up == depth), f_keep))]
             with m.If(flush):
                 m.d.sync += [c.eq(0), st["full"].eq(0)]
             with m.Else():
-                m.d.sync += [c.eq(Mux(issue_x, Mux(take, up1, up), Mux(take, c - 1, c))),
-                             st["full"].eq(Mux(issue_x, Mux(take, up1 == depth, up == depth),
-                                               ~take & (c == depth)))]
+                m.d.sync += [c.eq(Mux(fire, c_req, c_keep)), st["full"].eq(Mux(fire, f_req, f_keep))]
             # inflight (for quiet only) counts an issued burst a cycle late: in that cycle
             # its request register is valid, so quiet stays low
             inc = Signal(range(MAX_BURST + 1), name=f"inflight_inc_{x}")
@@ -1037,16 +1053,16 @@ class VectorEngine(Checked, wiring.Component):
         _, _, a_addr, a_step, _, _ = loop_nest("wa", d_n0, is_sub[V.FDOT] | n_one[0],
                                                {"d": strides["d"]})
         primed = Signal()
-        with m.If(start):
+        with m.If(load):
             m.d.sync += primed.eq(0)
         with m.Elif(~primed):
             m.d.sync += primed.eq(1)
-        m.d.comb += a_step.eq(d_step | (~primed & ~start))
+        m.d.comb += a_step.eq(d_step | ~primed)     # (a load outranks a step)
         same_r = Signal()
         with m.If(d_step):
             m.d.sync += same_r.eq(q[_WORD_SHIFT:] == a_addr["d"][_WORD_SHIFT:])
         d_done = Signal()
-        with m.If(start):
+        with m.If(load):
             m.d.sync += d_done.eq(0)
         with m.Elif(d_step & d_final):
             m.d.sync += d_done.eq(1)
@@ -1113,7 +1129,7 @@ class VectorEngine(Checked, wiring.Component):
         with m.Elif(running & d_done & pend_valid & wreq_free):
             m.d.comb += emit.eq(1)
             m.d.sync += pend_valid.eq(0)
-        with m.If(flush | start):
+        with m.If(flush | load):
             m.d.sync += pend_valid.eq(0)
         with m.If(emit):
             m.d.sync += [wreq_valid.eq(1),
@@ -1133,7 +1149,7 @@ class VectorEngine(Checked, wiring.Component):
             with m.If(take_res & sc_take):
                 m.d.sync += [sc_valid.eq(1), sc_addr.eq(c_addr["c"]), sc_data.eq(res_data[16:])]
                 m.d.comb += c_step.eq(1)
-            with m.If(flush | start):
+            with m.If(flush | load):
                 m.d.sync += sc_valid.eq(0)
         # writes accepted, response pending: none (a register)
         wr_zero = writes_pending_zero(m, gen_wr.req.valid & gen_wr.req.ready, gen_wr.resp.valid,
