@@ -481,13 +481,13 @@ class VectorEngine(Checked, wiring.Component):
             m.d.comb += [sma.cmd.payload.eq(ins), sma.dram_base.eq(self.dram_base),
                          sma.dram_size.eq(self.dram_size), sma.abort.eq(self.abort)]
             offer = offer | (is_sub[V.SOFTMAX] & self.fine)
-        # the array of the instruction (is_sub: registered with it); one-hot port selects
-        arrays = [(a, on) for a, on in ((att, arr_sel & ~is_sub[V.SOFTMAX]),
-                                        (sma, arr_sel & is_sub[V.SOFTMAX])) if a is not None]
+        # the array of the instruction (is_sub: registered with it); one-hot port selects,
+        # (attention array, softmax array)
+        sels = (arr_sel & ~is_sub[V.SOFTMAX], arr_sel & is_sub[V.SOFTMAX])
+        arrays = [(a, on) for a, on in zip((att, sma), sels) if a is not None]
         clients = [(gen_rd["a"], self.rd_a, [(att.rd_a if att else None), (sma.rd if sma else None)]),
                    (gen_rd["b"], self.rd_b, [(att.rd_b if att else None), None]),
                    (gen_wr, self.wr, [(att.wr if att else None), (sma.wr if sma else None)])]
-        sels = [arr_sel & ~is_sub[V.SOFTMAX], arr_sel & is_sub[V.SOFTMAX]]
         for gen, port, alts in clients:
             alts = [(alt, on) for alt, on in zip(alts, sels) if alt is not None]
             if not alts:
