@@ -137,12 +137,11 @@ def test_prefetch_takes_designs_as_they_come(tmp_path):
     mid = tiny_design(top="mid", modules={"leaf": LEAF, "mid": MID},
                       instances={"leaf": {}, "mid": {"leaf": 2}})
     p = Prefetch(cache_dir=tmp_path, more=True)
-    p._thread.join(timeout=0.5)
-    assert p._thread.is_alive()     # nothing queued yet, not closed: it waits
+    assert not p.join(timeout=0.5)  # nothing queued yet, not closed: it waits
     p.add([mid])
     p.add([tiny_design()])          # leaf and mid again, tiny new
     p.close()
-    p.join()
+    assert p.join()
     assert sorted(p.ran) == ["leaf", "mid", "tiny"]
     r = synthesize_hierarchical(tiny_design(), cache_dir=tmp_path, workers=2)
     assert r.yosys_runs == 0

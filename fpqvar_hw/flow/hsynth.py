@@ -494,7 +494,7 @@ class Prefetch:
     designs as it makes them (:meth:`add`) and :meth:`close` says there are no more; the
     thread waits for work until then.  :meth:`stop` takes no new module; :meth:`join` waits
     until the thread ends (after the module in flight, once stopped; after the last module,
-    once closed).  A failure is left to the foreground run, which meets the same module and
+    once closed), or a timeout, and says whether it has ended.  A failure is left to the foreground run, which meets the same module and
     reports it.  ``progress(name, record)`` is called after each run."""
 
     def __init__(self, designs=(), *, cache_dir: "Path | str | None" = None, abc9: bool = True,
@@ -561,8 +561,10 @@ class Prefetch:
         with self._cv:
             self._cv.notify()
 
-    def join(self) -> None:
-        self._thread.join()
+    def join(self, timeout: "float | None" = None) -> bool:
+        """Wait for the thread (at most ``timeout`` seconds); whether it has ended."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
 
 def synthesize_designs(designs, *, workers: int = 2, cache_dir: "Path | str | None" = None,
