@@ -494,8 +494,9 @@ class Prefetch:
     designs as it makes them (:meth:`add`) and :meth:`close` says there are no more; the
     thread waits for work until then.  :meth:`stop` takes no new module; :meth:`join` waits
     until the thread ends (after the module in flight, once stopped; after the last module,
-    once closed), or a timeout, and says whether it has ended.  A failure is left to the foreground run, which meets the same module and
-    reports it.  ``progress(name, record)`` is called after each run."""
+    once closed) or a timeout passes, and says whether it has ended.  A failure is left to
+    the foreground run, which meets the same module and reports it.  ``progress(name,
+    record)`` is called after each run."""
 
     def __init__(self, designs=(), *, cache_dir: "Path | str | None" = None, abc9: bool = True,
                  timeout_s: float = 3600, progress=None, more: bool = False):
