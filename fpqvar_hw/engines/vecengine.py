@@ -481,8 +481,8 @@ class VectorEngine(Checked, wiring.Component):
             m.d.comb += [sma.cmd.payload.eq(ins), sma.dram_base.eq(self.dram_base),
                          sma.dram_size.eq(self.dram_size), sma.abort.eq(self.abort)]
             offer = offer | (is_sub[V.SOFTMAX] & self.fine)
-        # the array of the instruction (is_sub: registered with it); one-hot port selects,
-        # (attention array, softmax array)
+        # the array of the instruction (is_sub: registered with it): one-hot port selects of
+        # the attention array and the softmax array
         sels = (arr_sel & ~is_sub[V.SOFTMAX], arr_sel & is_sub[V.SOFTMAX])
         arrays = [(a, on) for a, on in zip((att, sma), sels) if a is not None]
         clients = [(gen_rd["a"], self.rd_a, [(att.rd_a if att else None), (sma.rd if sma else None)]),
