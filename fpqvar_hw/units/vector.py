@@ -70,6 +70,7 @@ GELU_K = fp32_bits(0.044715)
 GELU_2C = fp32_bits(2.0 * math.sqrt(2.0 / math.pi))
 ONE, THREE_HALVES = fp32_bits(1.0), fp32_bits(1.5)
 QNAN, INF = FP32.qnan, FP32.inf
+SIGN = 1 << 31                  # an FP32's sign bit
 RECIP_BITS, RSQRT_BITS = 7, 6
 RECIP_TABLE = [fp32_bits(1.0 / (1.0 + (k + 0.5) / 2 ** RECIP_BITS)) for k in range(2 ** RECIP_BITS)]
 RSQRT_TABLE = [fp32_bits(1.0 / math.sqrt((1.0 + (j + 0.5) / 2 ** RSQRT_BITS) * 2 ** odd))
@@ -191,8 +192,8 @@ class Dataflow:
 
     def neg(self, a: Val) -> Val:
         if isinstance(a.sig, Const):
-            return Val(Const(a.sig.value ^ (1 << 31), 32), a.stage)
-        return Val(a.sig ^ (1 << 31), a.stage)
+            return Val(Const(a.sig.value ^ SIGN, 32), a.stage)
+        return Val(a.sig ^ SIGN, a.stage)
 
     def sub(self, a: Val, b: Val) -> Val:
         return self.add(a, self.neg(b))
@@ -209,8 +210,7 @@ class Dataflow:
         s = self._stage(a, b)
         if self.dry:
             return Val(Const(0, 32), s + 1)
-        sign = 1 << 31
-        out = fp_max(self.m, self.at(a, s) ^ sign, self.at(b, s) ^ sign, FP32) ^ sign
+        out = fp_max(self.m, self.at(a, s) ^ SIGN, self.at(b, s) ^ SIGN, FP32) ^ SIGN
         return Val(self.reg(out, "mn"), s + 1)
 
     def comb(self, fn, *vals: Val, width: int, register: bool = True) -> Val:
@@ -340,7 +340,7 @@ class Dataflow:
         # -u2 as inner * (-GELU_2C): the same bits (RNE rounds symmetrically; +-0, +-Inf
         # and NaN alike), and no sign flip between the product's register and the exp
         # (a shared pipe's argument select follows it)
-        neg_u2 = self.mul(inner, c(GELU_2C ^ (1 << 31)))
+        neg_u2 = self.mul(inner, c(GELU_2C ^ SIGN))
         den = self.add(self.exp(neg_u2), c(ONE))
         return self.mul(x, self.reciprocal(den))
 
@@ -400,6 +400,12 @@ def _function_ports(unit, m: Module, prefix: str = "") -> dict:
     return _own_function_pipes(m, unit.functions, prefix=prefix, P=getattr(unit, "P", 0))
 
 
+def _pipe_for(name: str, P: int) -> "FunctionPipe | TreePipe":
+    """The pipe of function ``name``: the :class:`TreePipe` over ``P`` values, else a
+    :class:`FunctionPipe`."""
+    return TreePipe(P=P) if name == TREE else FunctionPipe(Func(name))
+
+
 def _own_function_pipes(m: Module, names, prefix: str, P: int = 0) -> dict:
     """A :class:`FunctionPipe` (or the :class:`TreePipe` over ``P`` values) of its own in
     ``m`` for each function of ``names`` (a unit, or a lane, built without shared
@@ -408,8 +414,7 @@ def _own_function_pipes(m: Module, names, prefix: str, P: int = 0) -> dict:
     flow maps it once for every lane and unit."""
     ports = {}
     for n in names:
-        pipe = TreePipe(P=P) if n == TREE else FunctionPipe(Func(n))
-        m.submodules[f"{prefix}fn_{n}"] = pipe
+        pipe = m.submodules[f"{prefix}fn_{n}"] = _pipe_for(n, P)
         ports[n] = _PipePort(arg=pipe.x, en=pipe.en, res=pipe.y)
     return ports
 
@@ -453,8 +458,7 @@ def connect_function_pipes(m: Module, users) -> dict[str, wiring.Component]:
             raise ValueError(f"the users of the shared {n} differ in P: {sorted(ps)}")
     pipes = {}
     for n, fports in ports.items():
-        pipe = TreePipe(P=sizes[n].pop()) if n == TREE else FunctionPipe(Func(n))
-        m.submodules[f"fn_{n}"] = pipes[n] = pipe
+        pipe = m.submodules[f"fn_{n}"] = pipes[n] = _pipe_for(n, sizes[n].pop())
         en, index = Const(0), Const(0, range(len(fports)))
         for k, (select, port) in enumerate(fports):
             en = en | (select & port.en)
