@@ -178,18 +178,16 @@ def _onehot_mux(sel, values):
 
 class _TagQueue:
     """FIFO of the owners (one-hot client masks) of the bursts in flight, in flip-flops:
-    ``head`` (the oldest owner, registered), ``head_ok`` and ``owner`` (``head`` where
-    ``head_ok``, else 0: a register, so a response's valid per client is ``valid &
-    owner[i]``, one gate behind flip-flops); ``push``/``w_data`` (one-hot) when ``w_rdy``;
-    ``pop`` retires the head.  Flip-flops instead of a LUT RAM keep every
-    path register-to-register (a LUT RAM's write port is not a path, but the logic-depth
-    count cannot tell it from its read port)."""
+    ``owner`` (the oldest owner where there is one, else 0: a register, so a response's
+    valid per client is ``valid & owner[i]``, one gate behind flip-flops) and ``head_ok``;
+    ``push``/``w_data`` (one-hot) when ``w_rdy``; ``pop`` retires the head.  Flip-flops
+    instead of a LUT RAM keep every path register-to-register (a LUT RAM's write port is
+    not a path, but the logic-depth count cannot tell it from its read port)."""
 
     def __init__(self, m: Module, n: int, depth: int, name: str):
         self.w_data = Signal(n, name=f"{name}_w_data")
         self.push = Signal(name=f"{name}_push")
         self.pop = Signal(name=f"{name}_pop")
-        self.head = Signal(n, name=f"{name}_head")
         self.head_ok = Signal(name=f"{name}_head_ok")
         self.owner = Signal(n, name=f"{name}_owner")
         self.w_rdy = Signal(name=f"{name}_w_rdy")
@@ -201,7 +199,6 @@ class _TagQueue:
         take = Signal(name=f"{name}_take")                     # the head is (re)filled
         m.d.comb += take.eq(~self.head_ok | self.pop)
         with m.If(take):
-            m.d.sync += self.head.eq(Mux(cnt != 0, slots[0], self.w_data) if slots else self.w_data)
             m.d.sync += self.head_ok.eq((cnt != 0) | self.push)
             m.d.sync += self.owner.eq(Mux(cnt != 0, slots[0] if slots else 0,
                                           Mux(self.push, self.w_data, 0)))
@@ -243,7 +240,7 @@ def _sliced_grant(m: Module, clients, layout, can, tags: "_TagQueue", name: str)
 
 
 def _owner_ready(tags: "_TagQueue", clients):
-    """The response channel's ready: the owning client's (``tags.head``) ``resp.ready``."""
+    """The response channel's ready: the owning client's (``tags.owner``) ``resp.ready``."""
     return Cat(*[tags.owner[i] & c.resp.ready for i, c in enumerate(clients)]).any()
 
 
